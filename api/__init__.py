@@ -1,0 +1,1 @@
+"""dispatchlet: Dispatch function endpoints on serverless platforms."""

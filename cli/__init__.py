@@ -1,0 +1,1 @@
+"""The dispatchlet command-line tool."""

@@ -1,0 +1,1 @@
+"""Platform-neutral, sans-IO core: verification, routing, encoding, running functions."""

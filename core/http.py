@@ -1,0 +1,41 @@
+"""Plain HTTP request and response values exchanged between adapters and the core."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """An HTTP request as the client sent it.
+
+    ``path`` is the request path exactly as it appeared on the wire (percent-encoding
+    kept, no query); ``authority`` is the Host the client addressed, as sent.
+    Header names may use any case; a name may repeat.
+    """
+
+    method: str
+    path: str
+    authority: str
+    headers: Sequence[tuple[str, str]]
+    body: bytes
+    query: str = ""
+    scheme: str = "https"
+
+
+@dataclass(slots=True)
+class Response:
+    """An HTTP response for an adapter to send back unchanged."""
+
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (case-insensitive), or None."""
+        name = name.lower()
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
