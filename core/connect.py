@@ -1,0 +1,68 @@
+"""The Connect unary wire format of FunctionService/Run: codecs and error bodies."""
+
+from __future__ import annotations
+
+import json
+
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+
+from ..proto.dispatch.sdk.v1 import function_pb2
+from .errors import DispatchletError, InvalidArgument, MethodNotAllowed, UnsupportedMediaType
+from .http import Response
+
+RUN_PATH = "/dispatch.sdk.v1.FunctionService/Run"
+PROTO = "application/proto"
+JSON = "application/json"
+CODECS = (PROTO, JSON)
+
+
+def media_type(content_type: str | None) -> str:
+    """The codec a Content-Type asks for, or ``UnsupportedMediaType``."""
+    if content_type is None:
+        raise UnsupportedMediaType(f"missing Content-Type: send {PROTO} or {JSON}")
+    kind = content_type.partition(";")[0].strip().lower()
+    if kind not in CODECS:
+        raise UnsupportedMediaType(
+            f"unsupported Content-Type {content_type[:100]!r}: send {PROTO} or {JSON}"
+        )
+    return kind
+
+
+def decode_request(body: bytes, codec: str) -> function_pb2.RunRequest:
+    """Parse a RunRequest in ``codec``; anything undecodable is ``InvalidArgument``."""
+    if codec == PROTO:
+        try:
+            return function_pb2.RunRequest.FromString(body)
+        except (ProtobufDecodeError, RuntimeError) as exc:
+            raise InvalidArgument(f"cannot decode RunRequest: {exc}") from None
+    # json_format is imported here: only JSON callers pay for it.
+    from google.protobuf import json_format
+
+    request = function_pb2.RunRequest()
+    try:
+        json_format.Parse(body, request, ignore_unknown_fields=True)
+    except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
+        raise InvalidArgument(f"cannot decode RunRequest from JSON: {exc}") from None
+    return request
+
+
+def encode_response(message: function_pb2.RunResponse, codec: str) -> Response:
+    """A 200 response carrying ``message`` in ``codec``."""
+    if codec == PROTO:
+        body = message.SerializeToString()
+    else:
+        from google.protobuf import json_format
+
+        body = json_format.MessageToJson(message, indent=None).encode("utf-8")
+    return Response(200, [("Content-Type", codec)], body)
+
+
+def error_response(error: DispatchletError) -> Response:
+    """A Connect error: the error's HTTP status and a JSON body with code and message."""
+    headers = [("Content-Type", JSON)]
+    if isinstance(error, MethodNotAllowed):
+        headers.append(("Allow", "POST"))
+    elif isinstance(error, UnsupportedMediaType):
+        headers.append(("Accept-Post", ", ".join(CODECS)))
+    body = json.dumps({"code": error.code, "message": str(error)}).encode("utf-8")
+    return Response(error.http_status, headers, body)

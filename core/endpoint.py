@@ -1,0 +1,210 @@
+"""The Endpoint: functions registered by users, served over the Dispatch protocol."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
+from typing import Any, ParamSpec, TypeVar, overload
+from urllib.parse import urlsplit
+
+from ..proto.dispatch.sdk.v1 import function_pb2
+from . import connect
+from .errors import (
+    DispatchletError,
+    InvalidArgument,
+    MethodNotAllowed,
+    NotFound,
+    Unauthenticated,
+    UnsupportedMediaType,
+)
+from .functions import FUNCTION_NAME, Function
+from .http import Request, Response
+from .keys import VERIFICATION_KEY_ENV, PublicKeyLike, load_public_keys, public_keys_from_env
+from .runner import error_response, execute
+from .signatures import Verifier, normalize_authority
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+ENDPOINT_URL_ENV = "DISPATCH_ENDPOINT_URL"
+DEFAULT_MAX_BODY_SIZE = 16 * 1024 * 1024
+DEFAULT_MAX_HEADER_COUNT = 128
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+
+logger = logging.getLogger("dispatchlet")
+
+_NO_KEY = (
+    "no verification key configured: set DISPATCH_VERIFICATION_KEY to the Dispatch "
+    "public key (PEM or base64), or pass Endpoint(verification_key=...); "
+    "Endpoint(insecure=True) serves without verification, for local development only"
+)
+
+
+class Endpoint:
+    """A set of functions served as one Dispatch function endpoint.
+
+    ``verification_key``: Ed25519 public key(s) that sign the scheduler's requests, as
+    PEM or base64 (str/bytes), ``Ed25519PublicKey``, or a list of those for rotation;
+    by default read from ``DISPATCH_VERIFICATION_KEY``. Without a key every request is
+    refused unless ``insecure=True``.
+
+    ``endpoint_url``: the public base URL callers use (default ``DISPATCH_ENDPOINT_URL``).
+    When set, signatures are checked against its authority and path prefix rather than
+    what reached the server, which a proxy, CDN, API stage or custom domain may change.
+
+    ``allow_pickle``: accept and produce pickled Python values (Python callers only);
+    unpickling happens only after a request is verified.
+    """
+
+    def __init__(
+        self,
+        *,
+        verification_key: PublicKeyLike | Iterable[PublicKeyLike] | None = None,
+        endpoint_url: str | None = None,
+        insecure: bool = False,
+        allow_pickle: bool = False,
+        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+        max_signature_age: float = 300.0,
+        clock_skew: float = 5.0,
+        max_header_count: int = DEFAULT_MAX_HEADER_COUNT,
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    ) -> None:
+        keys = (
+            public_keys_from_env()
+            if verification_key is None
+            else load_public_keys(verification_key)
+        )
+        self.insecure = insecure
+        self.allow_pickle = allow_pickle
+        self.max_body_size = max_body_size
+        self.max_header_count = max_header_count
+        self.max_header_bytes = max_header_bytes
+        self.verifier = (
+            Verifier(keys, max_age=max_signature_age, clock_skew=clock_skew) if keys else None
+        )
+        if insecure:
+            logger.warning("request signatures are NOT verified (insecure=True)")
+        url = os.environ.get(ENDPOINT_URL_ENV) if endpoint_url is None else endpoint_url
+        self.endpoint_url = url or None
+        self._authority: str | None = None
+        self._signed_path: str | None = None
+        if self.endpoint_url:
+            parts = urlsplit(self.endpoint_url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"endpoint_url must be an http(s) URL, got {self.endpoint_url!r}")
+            if parts.query or parts.fragment:
+                raise ValueError("endpoint_url must not have a query or fragment")
+            self._authority = normalize_authority(parts.netloc)
+            self._signed_path = parts.path.rstrip("/") + connect.RUN_PATH
+        self._functions: dict[str, Function[..., Any]] = {}
+
+    @property
+    def functions(self) -> Mapping[str, Function[..., Any]]:
+        """The registered functions by name."""
+        return MappingProxyType(self._functions)
+
+    @overload
+    def function(self, fn: Callable[P, R], /) -> Function[P, R]: ...
+
+    @overload
+    def function(self, *, name: str | None = None) -> Callable[[Callable[P, R]], Function[P, R]]: ...
+
+    def function(
+        self, fn: Callable[P, R] | None = None, /, *, name: str | None = None
+    ) -> Function[P, R] | Callable[[Callable[P, R]], Function[P, R]]:
+        """Register a function (plain or ``async def``) under its name or ``name``."""
+
+        def register(f: Callable[P, R]) -> Function[P, R]:
+            registered = Function(f, name or getattr(f, "__name__", ""))
+            if registered.name in self._functions:
+                raise ValueError(f"a function named {registered.name!r} is already registered")
+            self._functions[registered.name] = registered
+            return registered
+
+        return register if fn is None else register(fn)
+
+    def handle(self, request: Request) -> Response:
+        """Answer one HTTP request; never raises."""
+        try:
+            return self._handle(request)
+        except DispatchletError as exc:
+            if exc.http_status in (401, 403):
+                logger.warning("rejected request: %s", exc)
+            return connect.error_response(exc)
+        except Exception:
+            logger.exception("internal error while handling a request")
+            return connect.error_response(DispatchletError("internal error"))
+
+    def run(self, request: function_pb2.RunRequest) -> function_pb2.RunResponse:
+        """Run the function a RunRequest names; every outcome is a RunResponse."""
+        try:
+            function = self._lookup(request.function)
+        except DispatchletError as exc:
+            return error_response(exc)
+        return execute(function, request, allow_pickle=self.allow_pickle)
+
+    def _lookup(self, name: str) -> Function[..., Any]:
+        if not name:
+            raise InvalidArgument("missing function name")
+        function = self._functions.get(name)
+        if function is None:
+            if not FUNCTION_NAME.fullmatch(name):
+                raise InvalidArgument(f"invalid function name {name[:100]!r}")
+            raise NotFound(f"function {name!r} does not exist")
+        return function
+
+    def _handle(self, request: Request) -> Response:
+        self._check_limits(request)
+        if not request.path.endswith(connect.RUN_PATH):
+            raise NotFound(f"no such RPC: {request.path[:200]!r}")
+        if request.method != "POST":
+            raise MethodNotAllowed(f"method {request.method[:20]!r} not allowed: use POST")
+        codec = connect.media_type(_header(request, "content-type"))
+        encoding = _header(request, "content-encoding")
+        if encoding not in (None, "identity"):
+            raise UnsupportedMediaType(f"unsupported Content-Encoding {encoding[:40]!r}")
+        if not request.body:
+            raise InvalidArgument("empty request body: expected a RunRequest")
+        if len(request.body) > self.max_body_size:
+            raise self._oversized()
+        self._verify(request)
+        run_request = connect.decode_request(request.body, codec)
+        function = self._lookup(run_request.function)
+        result = execute(function, run_request, allow_pickle=self.allow_pickle)
+        return connect.encode_response(result, codec)
+
+    def body_too_large(self) -> Response:
+        """The answer to a request whose body exceeds ``max_body_size``, for adapters
+        that stop reading a body before it fills memory."""
+        return connect.error_response(self._oversized())
+
+    def _oversized(self) -> InvalidArgument:
+        return InvalidArgument(f"request body exceeds {self.max_body_size} bytes")
+
+    def _check_limits(self, request: Request) -> None:
+        if not request.authority:
+            raise InvalidArgument("missing Host header")
+        if len(request.headers) > self.max_header_count:
+            raise InvalidArgument(f"more than {self.max_header_count} header fields")
+        size = sum(len(n) + len(v) for n, v in request.headers)
+        if size > self.max_header_bytes:
+            raise InvalidArgument(f"header fields exceed {self.max_header_bytes} bytes")
+
+    def _verify(self, request: Request) -> None:
+        if self.insecure:
+            return
+        if self.verifier is None:
+            raise Unauthenticated(_NO_KEY)
+        self.verifier.verify(request, authority=self._authority, path=self._signed_path)
+
+
+def _header(request: Request, name: str) -> str | None:
+    for key, value in request.headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+__all__ = ["ENDPOINT_URL_ENV", "VERIFICATION_KEY_ENV", "Endpoint"]

@@ -1,0 +1,203 @@
+"""Registered functions and the rule that turns one input value into arguments.
+
+The rule, which any caller in any language can follow:
+
+- a function with one parameter receives the decoded input value itself;
+- a function with several parameters (or ``*args``/``**kwargs``) takes either an
+  object of named parameters or a list of positional ones;
+- a function with no parameters takes no input (or null);
+- a parameter annotated ``RunContext`` is not part of the input: it receives the
+  run's context.
+
+Inputs are checked against parameter annotations (see ``typecheck``); a mismatch is
+an ``InvalidArgument`` naming the parameter, reported as INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property, update_wrapper
+from typing import Any, Generic, ParamSpec, TypeVar
+
+from .context import RunContext
+from .errors import InvalidArgument
+from .typecheck import Check, checker, describe
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+FUNCTION_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_<>.]*")
+
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+_VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+
+
+@dataclass(frozen=True)
+class TailCall:
+    """Returned by a function to hand its work over to another function.
+
+    The run ends and the scheduler calls ``function`` (on ``endpoint``, or on this
+    endpoint when empty) with ``input``; its result becomes the result of this call.
+    """
+
+    function: str
+    input: object = None
+    endpoint: str = ""
+
+    def __post_init__(self) -> None:
+        if not FUNCTION_NAME.fullmatch(self.function):
+            raise ValueError(f"invalid function name {self.function!r}")
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What a function's parameters mean for its input, resolved once."""
+
+    inputs: tuple[inspect.Parameter, ...]
+    checks: dict[str, Check]
+    context: str | None
+    single: inspect.Parameter | None
+
+
+class Function(Generic[P, R]):
+    """A function registered on an endpoint; calling it calls the original."""
+
+    def __init__(self, fn: Callable[P, R], name: str) -> None:
+        if not FUNCTION_NAME.fullmatch(name):
+            raise ValueError(
+                f"invalid function name {name!r}: must match ^[a-zA-Z_][a-zA-Z0-9_<>.]*$"
+            )
+        self.fn = fn
+        self.name = name
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.signature = inspect.signature(fn)
+        update_wrapper(self, fn)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<dispatchlet function {self.name}>"
+
+    @cached_property
+    def _shape(self) -> _Shape:
+        # Resolved on first use, not at registration: annotations may name types
+        # defined after the decorated function.
+        try:
+            hints = typing.get_type_hints(self.fn)
+        except Exception:
+            hints = {}
+        context = None
+        inputs = []
+        for param in self.signature.parameters.values():
+            if hints.get(param.name) is RunContext:
+                context = param.name
+            else:
+                inputs.append(param)
+        checks = {p.name: checker(hints[p.name]) for p in inputs if p.name in hints}
+        single = inputs[0] if len(inputs) == 1 and inputs[0].kind not in _VARIADIC else None
+        return _Shape(tuple(inputs), checks, context, single)
+
+    def arguments(
+        self, value: object, present: bool, context: Callable[[], RunContext]
+    ) -> tuple[tuple[object, ...], dict[str, object]]:
+        """Positional and keyword arguments for a call with input ``value``.
+
+        ``present`` is False when the request carried no input at all; ``context`` is
+        called only when the function asks for its run context.
+        """
+        shape = self._shape
+        args: tuple[object, ...] = ()
+        kwargs: dict[str, object] = {}
+        if shape.single is not None:
+            param = shape.single
+            if present:
+                self._check(param.name, value)
+                if param.kind is inspect.Parameter.POSITIONAL_ONLY:
+                    args = (value,)
+                else:
+                    kwargs[param.name] = value
+            elif param.default is inspect.Parameter.empty:
+                raise InvalidArgument(
+                    f"{self.name}(): missing input for parameter {param.name!r}"
+                )
+        elif not shape.inputs:
+            if present and value not in (None, {}, []):
+                raise InvalidArgument(f"{self.name}() takes no input, got {describe(value)}")
+        elif present and value is not None:
+            if isinstance(value, dict):
+                kwargs = dict(value)
+            elif isinstance(value, (list, tuple)):
+                args = tuple(value)
+            else:
+                raise InvalidArgument(
+                    f"{self.name}() takes parameters "
+                    f"({', '.join(p.name for p in shape.inputs)}): pass an object of "
+                    f"named parameters or a list of positional ones, got {describe(value)}"
+                )
+            self._check_bound(args, kwargs)
+        if shape.context is not None:
+            kwargs[shape.context] = context()
+        return args, kwargs
+
+    def _check(self, name: str, value: object) -> None:
+        check = self._shape.checks.get(name)
+        if check is None:
+            return
+        expected = check(value)
+        if expected is not None:
+            raise InvalidArgument(
+                f"{self.name}(): parameter {name!r} expects {expected}, got {describe(value)}"
+            )
+
+    def _check_bound(self, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+        shape = self._shape
+        if shape.context is not None and shape.context in kwargs:
+            raise InvalidArgument(f"{self.name}(): unexpected parameter {shape.context!r}")
+        signature = self.signature.replace(parameters=shape.inputs)
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidArgument(f"{self.name}(): {exc}") from None
+        for param in shape.inputs:
+            if param.name not in bound.arguments:
+                continue
+            value = bound.arguments[param.name]
+            if param.kind is inspect.Parameter.VAR_POSITIONAL:
+                for item in typing.cast(tuple[object, ...], value):
+                    self._check(param.name, item)
+            elif param.kind is inspect.Parameter.VAR_KEYWORD:
+                for item in typing.cast(dict[str, object], value).values():
+                    self._check(param.name, item)
+            else:
+                self._check(param.name, value)
+
+    def tail_call(self, *args: P.args, **kwargs: P.kwargs) -> TailCall:
+        """A ``TailCall`` of this function with these arguments, encoded by the input rule."""
+        return TailCall(self.name, self.input_for(*args, **kwargs))
+
+    def input_for(self, *args: Any, **kwargs: Any) -> object:
+        """The input value that makes this function receive these arguments."""
+        shape = self._shape
+        if shape.single is not None:
+            if len(args) + len(kwargs) != 1 or (kwargs and shape.single.name not in kwargs):
+                raise TypeError(f"{self.name}() takes one argument: {shape.single.name!r}")
+            return args[0] if args else kwargs[shape.single.name]
+        if not shape.inputs:
+            if args or kwargs:
+                raise TypeError(f"{self.name}() takes no arguments")
+            return None
+        if not kwargs:
+            return list(args)
+        if not args:
+            return dict(kwargs)
+        if any(p.kind in _VARIADIC or p.kind is _POSITIONAL[0] for p in shape.inputs):
+            raise TypeError(
+                f"{self.name}(): mix positional and keyword arguments only for named parameters"
+            )
+        bound = self.signature.replace(parameters=shape.inputs).bind_partial(*args, **kwargs)
+        return dict(bound.arguments)

@@ -1,0 +1,187 @@
+"""Running one function for one RunRequest, and shaping its RunResponse."""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections.abc import Awaitable, Coroutine
+from datetime import timezone
+from typing import TYPE_CHECKING, Any
+
+from ..proto.dispatch.sdk.v1 import call_pb2, error_pb2, exit_pb2, function_pb2
+from . import values
+from .context import RunContext
+from .errors import DeadlineExceeded, DispatchletError, IncompatibleState, status_for
+from .functions import Function, TailCall
+from .status import Status
+
+if TYPE_CHECKING:
+    import asyncio
+
+MAX_TRACEBACK_BYTES = 64 * 1024
+
+
+def response(status: Status, result: call_pb2.CallResult | None = None) -> function_pb2.RunResponse:
+    """A RunResponse that exits with ``result`` (empty when None)."""
+    return function_pb2.RunResponse(
+        status=status.value,  # type: ignore[arg-type]  # IntEnum is the proto enum's int
+        exit=exit_pb2.Exit(result=result or call_pb2.CallResult()),
+    )
+
+
+def error_proto(exc: BaseException, *, allow_pickle: bool = False) -> error_pb2.Error:
+    """An Error carrying the exception's type, message and traceback text."""
+    cls = type(exc)
+    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    trace = "".join(traceback.format_exception(cls, exc, exc.__traceback__)).encode(
+        "utf-8", "replace"
+    )
+    error = error_pb2.Error(
+        type=name, message=str(exc), traceback=trace[-MAX_TRACEBACK_BYTES:]
+    )
+    if allow_pickle:
+        import pickle
+
+        try:
+            error.value = pickle.dumps(exc)
+        except Exception:  # noqa: S110 - the value is optional; type and message remain
+            pass
+    return error
+
+
+def error_response(exc: BaseException, *, allow_pickle: bool = False) -> function_pb2.RunResponse:
+    """The RunResponse for a run that ended with ``exc``."""
+    return response(
+        status_for(exc),
+        call_pb2.CallResult(error=error_proto(exc, allow_pickle=allow_pickle)),
+    )
+
+
+def _seconds(ts: Any) -> float:
+    return float(ts.seconds) + ts.nanos / 1e9
+
+
+def execute(
+    function: Function[..., Any], request: function_pb2.RunRequest, *, allow_pickle: bool
+) -> function_pb2.RunResponse:
+    """Run ``function`` for ``request``; every outcome is a RunResponse, never a raise."""
+    deadline = None
+    if request.HasField("expiration_time"):
+        deadline = _seconds(request.expiration_time)
+        if deadline <= time.time():
+            return error_response(
+                DeadlineExceeded(f"the run of {function.name} expired before it started")
+            )
+    if request.WhichOneof("directive") == "poll_result":
+        return error_response(
+            IncompatibleState(f"{function.name} is not a coroutine: there is no state to resume")
+        )
+    try:
+        present = request.HasField("input") and bool(request.input.type_url)
+        value = values.from_any(request.input, allow_pickle=allow_pickle) if present else None
+        args, kwargs = function.arguments(value, present, lambda: _context(function, request))
+    except (values.DecodeError, DispatchletError) as exc:
+        # Bad input is the caller's fault: no traceback of ours to show.
+        status = Status.INVALID_ARGUMENT if isinstance(exc, values.DecodeError) else exc.status
+        error = error_pb2.Error(type=type(exc).__name__, message=str(exc))
+        return response(status, call_pb2.CallResult(error=error))
+
+    try:
+        if function.is_async:
+            timeout = None if deadline is None else max(deadline - time.time(), 0.0)
+            result = run_coroutine(function.fn(*args, **kwargs), timeout)
+        else:
+            result = function.fn(*args, **kwargs)
+    except Exception as exc:
+        return error_response(exc, allow_pickle=allow_pickle)
+
+    try:
+        if isinstance(result, TailCall):
+            call = call_pb2.Call(
+                function=result.function,
+                endpoint=result.endpoint,
+                input=values.to_any(result.input, allow_pickle=allow_pickle),
+            )
+            resp = response(Status.OK)
+            resp.exit.tail_call.CopyFrom(call)
+            return resp
+        output = values.to_any(result, allow_pickle=allow_pickle)
+    except values.EncodeError as exc:
+        return response(
+            Status.PERMANENT_ERROR,
+            call_pb2.CallResult(
+                error=error_pb2.Error(
+                    type="TypeError",
+                    message=f"cannot encode the return value of {function.name}: {exc}",
+                )
+            ),
+        )
+    return response(Status.OK, call_pb2.CallResult(output=output))
+
+
+def _context(function: Function[..., Any], request: function_pb2.RunRequest) -> RunContext:
+    return RunContext(
+        function=function.name,
+        dispatch_id=request.dispatch_id,
+        parent_dispatch_id=request.parent_dispatch_id,
+        root_dispatch_id=request.root_dispatch_id,
+        creation_time=request.creation_time.ToDatetime(timezone.utc)
+        if request.HasField("creation_time")
+        else None,
+        expiration_time=request.expiration_time.ToDatetime(timezone.utc)
+        if request.HasField("expiration_time")
+        else None,
+    )
+
+
+_loops = threading.local()
+
+
+def run_coroutine(awaitable: Awaitable[object], timeout: float | None) -> object:
+    """Run a coroutine to completion on this thread's event loop, within ``timeout``.
+
+    asyncio is imported here, not at module level: it costs cold-start time and only
+    async functions need it. A thread that already runs a loop (a notebook, an async
+    server) hands the coroutine to a fresh thread instead.
+    """
+    import asyncio
+
+    async def bounded() -> object:
+        return await asyncio.wait_for(awaitable, timeout)
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return _thread_loop().run_until_complete(bounded())
+    return _in_fresh_thread(bounded())
+
+
+def _thread_loop() -> asyncio.AbstractEventLoop:
+    import asyncio
+
+    loop: asyncio.AbstractEventLoop | None = getattr(_loops, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = asyncio.new_event_loop()
+        _loops.loop = loop
+    return loop
+
+
+def _in_fresh_thread(coro: Coroutine[Any, Any, object]) -> object:
+    import asyncio
+
+    outcome: list[object] = []
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            outcome.append(asyncio.run(coro))
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=target, name="dispatchlet-coroutine")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return outcome[0]

@@ -1,0 +1,550 @@
+"""RFC 9651 Structured Field Values: parse and serialize Dictionaries, Lists and Items.
+
+Built for the request path of signature verification (``Signature-Input``,
+``Signature``, ``Content-Digest``), so parsing favours a few compiled regular
+expressions, each matched at a position, over walking the input a character at
+a time. Every pattern is anchored where it is applied and none nests
+quantifiers, so the time taken stays linear in the length of hostile input; the
+only nesting the grammar has (an Inner List inside a Dictionary or List) is
+handled without recursion.
+
+Field values are ``str`` (HTTP field bytes decoded as latin-1); anything outside
+printable ASCII fails parsing, except the Horizontal Tabs that may surround the
+commas between members. Decimals are represented as ``float``.
+"""
+
+from __future__ import annotations
+
+import binascii
+import math
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Context, Decimal
+from typing import Any, Final, TypeAlias
+from urllib.parse import unquote_to_bytes
+
+__all__ = [
+    "BareItem",
+    "Date",
+    "DisplayString",
+    "InnerList",
+    "Item",
+    "Member",
+    "Params",
+    "StructuredFieldError",
+    "Token",
+    "parse_dictionary",
+    "parse_item",
+    "parse_list",
+    "serialize_dictionary",
+    "serialize_inner_list",
+    "serialize_item",
+    "serialize_list",
+    "serialize_params",
+]
+
+
+class StructuredFieldError(ValueError):
+    """A field value that does not parse, or a value that cannot be serialized.
+
+    ``position`` is the offset in the field value at which parsing failed, or
+    None for serialization failures.
+    """
+
+    def __init__(self, message: str, position: int | None = None) -> None:
+        super().__init__(message if position is None else f"{message} at offset {position}")
+        self.position = position
+
+
+class Token(str):
+    """A Token bare item; a distinct type so that it is not taken for a String."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"Token({str.__repr__(self)})"
+
+
+class DisplayString(str):
+    """A Display String bare item (``%"..."``): Unicode text, percent-encoded on the wire."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"DisplayString({str.__repr__(self)})"
+
+
+@dataclass(frozen=True)
+class Date:
+    """A Date bare item (``@1659578233``): whole seconds since the Unix epoch."""
+
+    seconds: int
+
+
+BareItem: TypeAlias = int | float | str | Token | DisplayString | bytes | bool | Date
+Params: TypeAlias = dict[str, BareItem]
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """A bare item with its parameters."""
+
+    value: BareItem
+    params: Params
+
+
+@dataclass(frozen=True, slots=True)
+class InnerList:
+    """A parenthesized list of Items, with parameters of its own."""
+
+    items: list[Item]
+    params: Params
+
+
+Member: TypeAlias = Item | InnerList
+
+# --- Parsing -----------------------------------------------------------------
+
+_KEY: Final = r"[a-z*][a-z0-9_.*-]*"
+
+
+def _bare_item_pattern(paren: str) -> str:
+    """The alternatives for a bare item, and one for the parenthesis ``paren``.
+
+    Each kind of bare item starts with its own characters, so at most one
+    alternative applies; each starts with a literal or a class rather than a
+    group, which lets the regex engine skip it at a glance. The kind is told by
+    the last group that takes part in the match (``lastindex``). Strings and
+    Display Strings are matched only up to the first character that needs a
+    closer look (the closing quote, an escape or an invalid character).
+    """
+    return (
+        r'"([ !#-\[\]-~]*)'  # 1 String
+        r"|[A-Za-z*]([!#$%&'*+\-.^_`|~0-9A-Za-z:/]*)"  # 2 Token, after its first character
+        r"|[-0-9]([0-9]*)(\.[0-9]*)?"  # 3 Integer, after its first character; 4 fraction
+        r"|:()"  # 5 Byte Sequence, decoded separately
+        r"|\?([01])"  # 6 Boolean
+        r"|@(-?[0-9]+)(\.[0-9]*)?"  # 7 Date; 8 a fraction, which is invalid
+        r'|%"([ !#$&-~]*)'  # 9 Display String
+        rf"|\{paren}()"  # 10 the parenthesis
+    )
+
+
+_STR, _TOKEN, _INT, _FRAC, _BINARY, _BOOL, _DATE, _DATE_FRAC, _DISPLAY, _PAREN = range(1, 11)
+
+# A List member (or a top-level Item): a bare item or the "(" opening an Inner List.
+_LIST_MEMBER: Final = re.compile(_bare_item_pattern("("))
+# A Dictionary member: the key (group 1) and, unless the value is Boolean true,
+# "=" and then a bare item or "(".
+_DICT_MEMBER: Final = re.compile(rf"({_KEY})(?:=(?:{_bare_item_pattern('(')}))?")
+# An Inner List member: the separating spaces, then a bare item or the closing ")".
+_INNER_MEMBER: Final = re.compile(rf" *(?:{_bare_item_pattern(')')})")
+# One parameter; as in a Dictionary, the value is Boolean true without "=". An
+# Inner List is not a valid value, and "(" fails in _bare_item.
+_PARAM: Final = re.compile(rf"; *({_KEY})(?:=(?:{_bare_item_pattern('(')}))?")
+# What may follow a List or Dictionary member; group 1 is set if there is a comma.
+_SEPARATOR: Final = re.compile(r"[ \t]*(?:(,)[ \t]*)?")
+# A String with escapes and a Display String with percent-encoding, in full.
+_ESCAPED_STRING: Final = re.compile(r'"((?:[ !#-\[\]-~]|\\["\\])*)"')
+_ESCAPE: Final = re.compile(r'\\(["\\])')
+_ENCODED_DISPLAY_STRING: Final = re.compile(r'%"((?:[ !#$&-~]|%[0-9a-f]{2})*)"')
+_BASE64: Final = re.compile(r"([A-Za-z0-9+/]*)(={0,2})")
+_B64_PADDING: Final = ("", "", "==", "=")
+# binascii validates base64 itself from Python 3.11 on.
+_STRICT_BASE64: Final = sys.version_info >= (3, 11)
+
+# A character that no pattern accepts, appended to the input so that looking at
+# the character after a match never runs off the end.
+_END: Final = "\x00"
+
+# A frozen dataclass's __init__ sets each field through object.__setattr__,
+# which more than doubles the cost of building the Items of a field value; the
+# parser sets the slots directly instead.
+_new: Final = object.__new__
+_set_item_value: Final = Item.__dict__["value"].__set__
+_set_item_params: Final = Item.__dict__["params"].__set__
+_set_inner_items: Final = InnerList.__dict__["items"].__set__
+_set_inner_params: Final = InnerList.__dict__["params"].__set__
+
+
+def _bare_item(s: str, m: re.Match[str], kind: int, base: int) -> tuple[BareItem, int]:
+    """Decode the bare item matched by ``m``; return it with the position after it.
+
+    ``base`` is the number of groups before the bare item's in the pattern.
+    """
+    end = m.end()
+    if kind == _STR:
+        if s[end] == '"':
+            return m.group(_STR + base), end + 1
+        return _escaped_string(s, m.start(_STR + base) - 1)
+    if kind == _TOKEN:
+        return Token(s[m.start(_TOKEN + base) - 1 : end]), end
+    if kind == _INT:
+        text = s[m.start(_INT + base) - 1 : end]
+        if len(text) > 15 and len(text.lstrip("-")) > 15:
+            raise StructuredFieldError("Integer has more than 15 digits", m.start())
+        if text == "-":
+            raise StructuredFieldError("Number has no digits", end)
+        return int(text), end
+    if kind == _BINARY:
+        return _byte_sequence(s, end)
+    if kind == _FRAC:
+        fraction_start = m.start(_FRAC + base)
+        integer = s[m.start(_INT + base) - 1 : fraction_start]
+        if integer == "-":
+            raise StructuredFieldError("Number has no digits", fraction_start)
+        if end - fraction_start == 1:
+            raise StructuredFieldError("Decimal has no fractional digits", end)
+        if end - fraction_start > 4:
+            raise StructuredFieldError("Decimal has more than 3 fractional digits", m.start())
+        if len(integer.lstrip("-")) > 12:
+            raise StructuredFieldError("Decimal has more than 12 integer digits", m.start())
+        return float(s[fraction_start - len(integer) : end]), end
+    if kind == _BOOL:
+        return m.group(_BOOL + base) == "1", end
+    if kind == _DATE:
+        text = m.group(_DATE + base)
+        if len(text) > 15 and len(text.lstrip("-")) > 15:
+            raise StructuredFieldError("Date has more than 15 digits", m.start())
+        return Date(int(text)), end
+    if kind == _DATE_FRAC:
+        raise StructuredFieldError("Date is not an Integer", m.start())
+    if kind == _DISPLAY:
+        if s[end] == '"':
+            return DisplayString(m.group(_DISPLAY + base)), end + 1
+        return _encoded_display_string(s, m.start(_DISPLAY + base) - 2)
+    raise StructuredFieldError("Expected a bare item", end - 1)
+
+
+def _escaped_string(s: str, start: int) -> tuple[str, int]:
+    m = _ESCAPED_STRING.match(s, start)
+    if m is None:
+        raise StructuredFieldError("Invalid or unterminated String", start)
+    return _ESCAPE.sub(r"\1", m.group(1)), m.end()
+
+
+def _encoded_display_string(s: str, start: int) -> tuple[DisplayString, int]:
+    m = _ENCODED_DISPLAY_STRING.match(s, start)
+    if m is None:
+        raise StructuredFieldError("Invalid or unterminated Display String", start)
+    try:
+        text = unquote_to_bytes(m.group(1)).decode("utf-8")
+    except UnicodeDecodeError:
+        raise StructuredFieldError("Display String is not valid UTF-8", start) from None
+    return DisplayString(text), m.end()
+
+
+def _byte_sequence(s: str, start: int) -> tuple[bytes, int]:
+    """Decode the Byte Sequence from just after its opening ":" at ``start``."""
+    # Searching for the closing ":" and decoding in C is much faster than
+    # matching the content with a pattern first. The search cannot go quadratic:
+    # what it passes over is consumed.
+    close = s.find(":", start)
+    if close < 0:
+        raise StructuredFieldError("Unterminated Byte Sequence", start - 1)
+    content = s[start:close]
+    if _STRICT_BASE64 and not len(content) % 4:
+        try:
+            return binascii.a2b_base64(content, strict_mode=True), close + 1
+        except ValueError:
+            pass  # not canonical base64: let the rules below decide
+    m = _BASE64.fullmatch(content)
+    # Padding is optional (RFC 9651 section 4.2.7 asks parsers not to insist on
+    # it), so it is dropped and resupplied, but it must be in its place.
+    if m is None or (m.group(2) and not m.group(1)) or len(m.group(1)) % 4 == 1:
+        raise StructuredFieldError("Invalid base64 in Byte Sequence", start - 1)
+    # Checked as it is, the content can only be valid base64 to the lenient
+    # decoder, which also accepts non-zero pad bits, as the RFC asks parsers to.
+    data = m.group(1)
+    return binascii.a2b_base64(data + _B64_PADDING[len(data) % 4]), close + 1
+
+
+def _params(s: str, pos: int) -> tuple[Params, int]:
+    """Parse the parameters starting with the ";" at ``pos``."""
+    params: Params = {}
+    match = _PARAM.match
+    while True:
+        m = match(s, pos)
+        if m is None:
+            raise StructuredFieldError("Expected a parameter key", pos)
+        kind = (m.lastindex or 1) - 1
+        if kind:
+            params[m.group(1)], pos = _bare_item(s, m, kind, 1)
+        else:
+            pos = m.end()
+            if s[pos] == "=":
+                raise StructuredFieldError("Invalid parameter value", pos + 1)
+            params[m.group(1)] = True
+        if s[pos] != ";":
+            return params, pos
+
+
+def _rest_of_inner_list(s: str, pos: int) -> tuple[InnerList, int]:
+    """Parse an Inner List from just after its "(" at ``pos``."""
+    items: list[Item] = []
+    match = _INNER_MEMBER.match
+    while True:
+        m = match(s, pos)
+        if m is None:
+            raise StructuredFieldError("Invalid or unterminated Inner List", pos)
+        kind = m.lastindex
+        value: BareItem
+        if kind == _STR and s[m.end()] == '"':  # the usual case, inlined
+            value = m.group(_STR)
+            pos = m.end() + 1
+        elif kind == _PAREN:
+            inner: InnerList = _new(InnerList)
+            _set_inner_items(inner, items)
+            pos = m.end()
+            if s[pos] == ";":
+                params, pos = _params(s, pos)
+                _set_inner_params(inner, params)
+            else:
+                _set_inner_params(inner, {})
+            return inner, pos
+        else:
+            value, pos = _bare_item(s, m, kind or 0, 0)
+        item: Item = _new(Item)
+        _set_item_value(item, value)
+        if s[pos] == ";":
+            params, pos = _params(s, pos)
+            _set_item_params(item, params)
+        else:
+            _set_item_params(item, {})
+        items.append(item)
+        if s[pos] != " " and s[pos] != ")":
+            raise StructuredFieldError("Inner List members must be separated by spaces", pos)
+
+
+def _item_at(s: str, m: re.Match[str], kind: int, base: int) -> tuple[Item, int]:
+    """Build the Item whose bare item ``m`` matched, reading its parameters."""
+    value, pos = _bare_item(s, m, kind, base)
+    item: Item = _new(Item)
+    _set_item_value(item, value)
+    if s[pos] == ";":
+        params, pos = _params(s, pos)
+        _set_item_params(item, params)
+    else:
+        _set_item_params(item, {})
+    return item, pos
+
+
+def _next_member(s: str, pos: int, end: int) -> int:
+    """Move past the comma after a member; return ``end`` if there are no more members."""
+    m = _SEPARATOR.match(s, pos)
+    assert m is not None  # every part of the pattern is optional
+    after = m.end()
+    if m.lastindex is None:  # no comma: only whitespace may follow
+        if after == end:
+            return end
+        raise StructuredFieldError("Expected a comma between members", after)
+    if after == end:
+        raise StructuredFieldError("Trailing comma", pos)
+    return after
+
+
+def parse_dictionary(value: str) -> dict[str, Member]:
+    """Parse a Dictionary field value; an empty value is an empty Dictionary.
+
+    A key that appears again replaces the value but keeps its first position.
+    """
+    # Leading and trailing SP are discarded by starting and stopping short of
+    # them, so that error offsets refer to the value as given.
+    s = value.rstrip(" ")
+    end = len(s)
+    pos = end - len(s.lstrip(" "))
+    s += _END
+    result: dict[str, Member] = {}
+    if pos == end:
+        return result
+    match = _DICT_MEMBER.match
+    while True:
+        m = match(s, pos)
+        if m is None:
+            raise StructuredFieldError("Expected a Dictionary key", pos)
+        kind = (m.lastindex or 1) - 1
+        if kind == _PAREN:
+            result[m.group(1)], pos = _rest_of_inner_list(s, m.end())
+        elif kind:
+            result[m.group(1)], pos = _item_at(s, m, kind, 1)
+        else:  # no "=": Boolean true
+            pos = m.end()
+            if s[pos] == "=":
+                raise StructuredFieldError("Invalid Dictionary value", pos + 1)
+            params: Params = {}
+            if s[pos] == ";":
+                params, pos = _params(s, pos)
+            result[m.group(1)] = Item(True, params)
+        if pos == end:
+            return result
+        pos = _next_member(s, pos, end)
+        if pos == end:
+            return result
+
+
+def parse_list(value: str) -> list[Member]:
+    """Parse a List field value; an empty value is an empty List."""
+    s = value.rstrip(" ")
+    end = len(s)
+    pos = end - len(s.lstrip(" "))
+    s += _END
+    result: list[Member] = []
+    if pos == end:
+        return result
+    match = _LIST_MEMBER.match
+    while True:
+        m = match(s, pos)
+        if m is None:
+            raise StructuredFieldError("Expected a List member", pos)
+        member: Member
+        if m.lastindex == _PAREN:
+            member, pos = _rest_of_inner_list(s, m.end())
+        else:
+            member, pos = _item_at(s, m, m.lastindex or 0, 0)
+        result.append(member)
+        if pos == end:
+            return result
+        pos = _next_member(s, pos, end)
+        if pos == end:
+            return result
+
+
+def parse_item(value: str) -> Item:
+    """Parse an Item field value; an empty value is an error."""
+    s = value.rstrip(" ")
+    end = len(s)
+    pos = end - len(s.lstrip(" "))
+    s += _END
+    if pos == end:
+        raise StructuredFieldError("Empty Item", pos)
+    m = _LIST_MEMBER.match(s, pos)
+    if m is None or m.lastindex == _PAREN:
+        raise StructuredFieldError("Expected a bare item", pos)
+    item, pos = _item_at(s, m, m.lastindex or 0, 0)
+    if pos != end:
+        raise StructuredFieldError("Unexpected characters after the Item", pos)
+    return item
+
+
+# --- Serialization -----------------------------------------------------------
+
+_KEY_FULL: Final = re.compile(_KEY)
+_TOKEN_FULL: Final = re.compile(r"[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*")
+_STRING_FULL: Final = re.compile(r"[ -~]*")
+_MAX_INTEGER: Final = 999_999_999_999_999
+# Quantizing to thousandths needs 15 significant digits at most (after the
+# magnitude check); a private context keeps the global one from interfering.
+_DECIMAL_CONTEXT: Final = Context(prec=28, rounding=ROUND_HALF_EVEN)
+_THOUSANDTH: Final = Decimal("0.001")
+# Display String bytes as they are written: printable ASCII other than '"' and
+# "%" as is, the rest percent-encoded in lowercase hex.
+_DISPLAY_BYTES: Final = tuple(
+    chr(b) if 0x20 <= b <= 0x7E and b not in b'"%' else f"%{b:02x}" for b in range(256)
+)
+
+
+def _serialize_key(key: Any) -> str:
+    if not isinstance(key, str) or _KEY_FULL.fullmatch(key) is None:
+        raise StructuredFieldError(f"Invalid key {key!r}")
+    return str.__str__(key)
+
+
+def _serialize_decimal(value: float) -> str:
+    # 1e12 has 13 integer digits; the check also excludes inf and nan.
+    if not -1e12 < value < 1e12:
+        raise StructuredFieldError(f"Decimal out of range: {value!r}")
+    # Round the shortest decimal that reads back as this float, not its exact
+    # binary value: 0.0025 is 0.002 (ties to even), as a reader would expect.
+    rounded = Decimal(float.__repr__(value)).quantize(_THOUSANDTH, context=_DECIMAL_CONTEXT)
+    integer, _, fraction = f"{rounded:f}".partition(".")
+    if len(integer.lstrip("-")) > 12:  # rounding carried into a 13th digit
+        raise StructuredFieldError(f"Decimal out of range: {value!r}")
+    fraction = fraction.rstrip("0") or "0"
+    if integer == "-0" and fraction == "0":  # no negative zero
+        integer = "0"
+    return f"{integer}.{fraction}"
+
+
+def _serialize_bare_item(value: Any) -> str:
+    # Order matters: bool is an int, Token and DisplayString are strs.
+    if isinstance(value, bool):
+        return "?1" if value else "?0"
+    if isinstance(value, int):
+        if not -_MAX_INTEGER <= value <= _MAX_INTEGER:
+            raise StructuredFieldError(f"Integer out of range: {value}")
+        return int.__repr__(value)
+    if isinstance(value, float):
+        return _serialize_decimal(value)
+    if isinstance(value, Token):
+        if _TOKEN_FULL.fullmatch(value) is None:
+            raise StructuredFieldError(f"Invalid Token {value!r}")
+        return str.__str__(value)
+    if isinstance(value, DisplayString):
+        try:
+            encoded = value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise StructuredFieldError(f"Display String is not valid Unicode: {value!r}") from None
+        return '%"' + "".join([_DISPLAY_BYTES[b] for b in encoded]) + '"'
+    if isinstance(value, str):
+        if _STRING_FULL.fullmatch(value) is None:
+            raise StructuredFieldError(f"String has characters other than printable ASCII: {value!r}")
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, bytes):
+        return ":" + binascii.b2a_base64(value, newline=False).decode("ascii") + ":"
+    if isinstance(value, Date):
+        seconds = value.seconds
+        if isinstance(seconds, bool) or not isinstance(seconds, int):
+            raise StructuredFieldError(f"Date seconds must be an int: {seconds!r}")
+        if not -_MAX_INTEGER <= seconds <= _MAX_INTEGER:
+            raise StructuredFieldError(f"Date out of range: {seconds}")
+        return "@" + int.__repr__(seconds)
+    raise StructuredFieldError(f"Not a bare item: {value!r}")
+
+
+def serialize_params(params: Mapping[str, BareItem]) -> str:
+    """Serialize parameters, each as ``;key=value`` or, for Boolean true, ``;key``."""
+    return "".join(
+        [
+            ";" + _serialize_key(key) + ("" if value is True else "=" + _serialize_bare_item(value))
+            for key, value in params.items()
+        ]
+    )
+
+
+def serialize_item(item: Item) -> str:
+    """Serialize an Item."""
+    if not isinstance(item, Item):
+        raise StructuredFieldError(f"Not an Item: {item!r}")
+    return _serialize_bare_item(item.value) + serialize_params(item.params)
+
+
+def serialize_inner_list(inner: InnerList) -> str:
+    """Serialize an Inner List."""
+    if not isinstance(inner, InnerList):
+        raise StructuredFieldError(f"Not an Inner List: {inner!r}")
+    members = " ".join([serialize_item(item) for item in inner.items])
+    return f"({members}){serialize_params(inner.params)}"
+
+
+def _serialize_member(member: Member) -> str:
+    if isinstance(member, InnerList):
+        return serialize_inner_list(member)
+    return serialize_item(member)
+
+
+def serialize_list(members: Sequence[Member]) -> str:
+    """Serialize a List; an empty List gives "", meaning the field is to be omitted."""
+    return ", ".join([_serialize_member(member) for member in members])
+
+
+def serialize_dictionary(d: Mapping[str, Member]) -> str:
+    """Serialize a Dictionary; an empty one gives "", meaning the field is to be omitted."""
+    out = []
+    for key, member in d.items():
+        if isinstance(member, Item) and member.value is True:
+            out.append(_serialize_key(key) + serialize_params(member.params))
+        else:
+            out.append(_serialize_key(key) + "=" + _serialize_member(member))
+    return ", ".join(out)

@@ -1,0 +1,74 @@
+"""Builders shared by the tests: run requests, HTTP requests, a deterministic key."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from dispatchlet import Request, Response
+from dispatchlet.core import values
+from dispatchlet.core.connect import PROTO, RUN_PATH
+from dispatchlet.core.signatures import sign_request
+from dispatchlet.proto.dispatch.sdk.v1 import function_pb2
+
+KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+PUBLIC_KEY = KEY.public_key()
+OTHER_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
+
+_UNSET = object()
+
+
+def run_request(function: str, value: Any = _UNSET, **fields: Any) -> function_pb2.RunRequest:
+    request = function_pb2.RunRequest(function=function, **fields)
+    if value is not _UNSET:
+        request.input.CopyFrom(values.to_any(value))
+    return request
+
+
+def http_request(
+    body: function_pb2.RunRequest | bytes,
+    *,
+    method: str = "POST",
+    path: str = RUN_PATH,
+    authority: str = "example.com",
+    content_type: str | None = PROTO,
+    headers: Sequence[tuple[str, str]] = (),
+) -> Request:
+    payload = body if isinstance(body, bytes) else body.SerializeToString()
+    fields = list(headers)
+    if content_type is not None:
+        fields.insert(0, ("Content-Type", content_type))
+    return Request(method=method, path=path, authority=authority, headers=fields, body=payload)
+
+
+def signed(request: Request, key: Ed25519PrivateKey = KEY, **options: Any) -> Request:
+    return sign_request(request, key, **options)
+
+
+def call(endpoint: Any, function: str, value: Any = _UNSET, **fields: Any) -> Response:
+    """A signed proto Run request for ``function`` answered by ``endpoint``."""
+    return endpoint.handle(signed(http_request(run_request(function, value, **fields))))
+
+
+def run_response(response: Response) -> function_pb2.RunResponse:
+    assert response.status == 200, (response.status, response.body)
+    assert response.header("content-type") == PROTO
+    return function_pb2.RunResponse.FromString(response.body)
+
+
+def output(response: Response) -> Any:
+    """The decoded output of a successful run."""
+    result = run_response(response)
+    assert result.status == 1, result
+    return values.from_any(result.exit.result.output)
+
+
+def connect_error(response: Response) -> tuple[int, str, str]:
+    """Status, Connect code and message of an HTTP error response."""
+    assert response.header("content-type") == "application/json"
+    body = json.loads(response.body)
+    assert set(body) == {"code", "message"}, body
+    return response.status, body["code"], body["message"]
