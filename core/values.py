@@ -26,18 +26,19 @@ an ``Any``                             itself, unchanged
   beyond +-315,576,000,000 seconds it is an ``EncodeError``.
 * A container is JSON-like when its dict keys are all ``str`` and its items are,
   recursively, ``None``, ``bool``, ``int``, ``float``, ``str``, or JSON-like
-  containers nested at most ``MAX_DEPTH`` deep. Numbers travel as doubles, so an
+  containers nested at most ``MAX_DEPTH`` (32) deep. Numbers travel as doubles, so an
   ``int`` inside a container must be within +-2**53; on decoding, a number
   without fractional part within +-2**53 becomes an ``int``, as in JSON. Hence
   ints inside containers come back as ints, but an integral float inside a
   container (``1.0``, ``-0.0``) comes back as an ``int`` too, and tuples come
   back as lists. NaN and infinities inside containers come back as floats.
+* ``bytearray`` and ``memoryview`` come back as ``bytes``.
 * Subclasses of the types above are encoded as their base type (an ``IntEnum``
   member as its ``int``), as ``json.dumps`` does; the subclass is not preserved.
 * Anything else - and an int outside int64, a container that is not JSON-like -
   is pickled into ``dispatch.sdk.python.v1.Pickled`` when pickling is allowed
   (``Endpoint(allow_pickle=True)``); otherwise it is an ``EncodeError``. Only
-  Python can read a pickle, so no other language can call such a function.
+  Python reads a pickle: such a value cannot reach a function in another language.
 
 Decoding (``Any`` -> Python) inverts the table and also accepts ``Int32Value``,
 ``UInt32Value``, ``UInt64Value`` and ``FloatValue`` (as ``int`` and ``float``),
