@@ -1,12 +1,12 @@
 """dispatchlet: Dispatch function endpoints on AWS Lambda, Google Cloud Functions and WSGI.
 
-    from dispatchlet import Endpoint
+from dispatchlet import Endpoint
 
-    endpoint = Endpoint()
+endpoint = Endpoint()
 
-    @endpoint.function
-    def greet(name: str) -> str:
-        return f"Hello, {name}!"
+@endpoint.function
+def greet(name: str) -> str:
+    return f"Hello, {name}!"
 """
 
 from .core.context import RunContext

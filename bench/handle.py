@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from dispatchlet import Endpoint
 from dispatchlet.core.connect import PROTO, RUN_PATH
 from dispatchlet.core.http import Request
@@ -68,7 +67,9 @@ def main() -> None:
         handle_best = verify_best = float("inf")
         for _ in range(args.rounds):
             verify_best = min(verify_best, best_per_call(bare_verify, calls))
-            handle_best = min(handle_best, best_per_call(lambda: endpoint.handle(request), calls))
+            handle_best = min(
+                handle_best, best_per_call(lambda r=request: endpoint.handle(r), calls)
+            )
         label = f"{len(request.body) // 1024} KiB"
         print(
             f"{label:>14} {handle_best * 1e6:>12.1f} {verify_best * 1e6:>12.1f} "

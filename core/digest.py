@@ -46,6 +46,4 @@ def check_content_digest(header: str | None, body: bytes) -> None:
             raise PermissionDenied("content digest does not match the body")
         checked = True
     if not checked:
-        raise Unauthenticated(
-            "Content-Digest header has no supported algorithm (sha-512, sha-256)"
-        )
+        raise Unauthenticated("Content-Digest header has no supported algorithm (sha-512, sha-256)")

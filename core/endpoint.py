@@ -109,15 +109,15 @@ class Endpoint:
     def function(self, fn: Callable[P, R], /) -> Function[P, R]: ...
 
     @overload
-    def function(self, *, name: str | None = None) -> Callable[[Callable[P, R]], Function[P, R]]: ...
-
     def function(
-        self, fn: Callable[P, R] | None = None, /, *, name: str | None = None
-    ) -> Function[P, R] | Callable[[Callable[P, R]], Function[P, R]]:
+        self, /, *, name: str | None = None
+    ) -> Callable[[Callable[P, R]], Function[P, R]]: ...
+
+    def function(self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None) -> Any:
         """Register a function (plain or ``async def``) under its name or ``name``."""
 
-        def register(f: Callable[P, R]) -> Function[P, R]:
-            registered = Function(f, name or getattr(f, "__name__", ""))
+        def register(f: Callable[..., Any]) -> Function[..., Any]:
+            registered = Function(f, name or str(getattr(f, "__name__", "")))
             if registered.name in self._functions:
                 raise ValueError(f"a function named {registered.name!r} is already registered")
             self._functions[registered.name] = registered

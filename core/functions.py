@@ -122,9 +122,7 @@ class Function(Generic[P, R]):
                 else:
                     kwargs[param.name] = value
             elif param.default is inspect.Parameter.empty:
-                raise InvalidArgument(
-                    f"{self.name}(): missing input for parameter {param.name!r}"
-                )
+                raise InvalidArgument(f"{self.name}(): missing input for parameter {param.name!r}")
         elif not shape.inputs:
             if present and value not in (None, {}, []):
                 raise InvalidArgument(f"{self.name}() takes no input, got {describe(value)}")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import traceback
 from collections.abc import Awaitable, Coroutine
 from datetime import timezone
 from typing import TYPE_CHECKING, Any
+
+from google.protobuf import timestamp_pb2
 
 from ..proto.dispatch.sdk.v1 import call_pb2, error_pb2, exit_pb2, function_pb2
 from . import values
@@ -33,20 +36,19 @@ def response(status: Status, result: call_pb2.CallResult | None = None) -> funct
 def error_proto(exc: BaseException, *, allow_pickle: bool = False) -> error_pb2.Error:
     """An Error carrying the exception's type, message and traceback text."""
     cls = type(exc)
-    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    name = (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
     trace = "".join(traceback.format_exception(cls, exc, exc.__traceback__)).encode(
         "utf-8", "replace"
     )
-    error = error_pb2.Error(
-        type=name, message=str(exc), traceback=trace[-MAX_TRACEBACK_BYTES:]
-    )
+    error = error_pb2.Error(type=name, message=str(exc), traceback=trace[-MAX_TRACEBACK_BYTES:])
     if allow_pickle:
         import pickle
 
-        try:
+        # The value is optional: type and message remain when it does not pickle.
+        with contextlib.suppress(Exception):
             error.value = pickle.dumps(exc)
-        except Exception:  # noqa: S110 - the value is optional; type and message remain
-            pass
     return error
 
 
@@ -58,8 +60,8 @@ def error_response(exc: BaseException, *, allow_pickle: bool = False) -> functio
     )
 
 
-def _seconds(ts: Any) -> float:
-    return float(ts.seconds) + ts.nanos / 1e9
+def _seconds(ts: timestamp_pb2.Timestamp) -> float:
+    return ts.seconds + ts.nanos / 1e9
 
 
 def execute(

@@ -42,8 +42,10 @@ def checker(annotation: object) -> Check:
         return lambda v: None if any(c(v) is None for c in options) else name
     if origin is typing.Literal:
         allowed = args
-        return lambda v: None if any(v == a and type(v) is type(a) for a in allowed) else (
-            f"one of {', '.join(map(repr, allowed))}"
+        return lambda v: (
+            None
+            if any(v == a and type(v) is type(a) for a in allowed)
+            else (f"one of {', '.join(map(repr, allowed))}")
         )
     if origin in (list, Sequence, tuple) and args:
         return _sequence_checker(annotation, origin, args)
@@ -78,7 +80,7 @@ def _sequence_checker(annotation: object, origin: object, args: tuple[object, ..
         def check_fixed(v: object) -> str | None:
             if not isinstance(v, (list, tuple)) or len(v) != len(fixed):
                 return name
-            return None if all(c(x) is None for c, x in zip(fixed, v)) else name
+            return None if all(c(x) is None for c, x in zip(fixed, v, strict=True)) else name
 
         return check_fixed
     element = checker(args[0])
@@ -88,7 +90,7 @@ def _sequence_checker(annotation: object, origin: object, args: tuple[object, ..
             return name
         if element is _accept:
             return None
-        for i, x in enumerate(v):
+        for i, x in enumerate(typing.cast("list[object]", v)):
             if i >= _MAX_ITEMS_CHECKED:
                 break
             if element(x) is not None:

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from dispatchlet import Request, Response
 from dispatchlet.core import values
 from dispatchlet.core.connect import PROTO, RUN_PATH

@@ -12,18 +12,6 @@ from datetime import datetime, timezone
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from google.protobuf import json_format, timestamp_pb2
-from support import (
-    PUBLIC_KEY,
-    call,
-    connect_error,
-    http_request,
-    output,
-    run_request,
-    run_response,
-    signed,
-)
-
 from dispatchlet import (
     Endpoint,
     InvalidArgument,
@@ -37,6 +25,17 @@ from dispatchlet import (
 from dispatchlet.core import values
 from dispatchlet.core.connect import JSON, RUN_PATH
 from dispatchlet.proto.dispatch.sdk.v1 import call_pb2, function_pb2
+from google.protobuf import json_format, timestamp_pb2
+from support import (
+    PUBLIC_KEY,
+    call,
+    connect_error,
+    http_request,
+    output,
+    run_request,
+    run_response,
+    signed,
+)
 
 
 @pytest.fixture
@@ -58,7 +57,9 @@ def endpoint() -> Endpoint:
 
 
 def test_unknown_path_is_404(endpoint: Endpoint) -> None:
-    request = signed(http_request(run_request("greet", "x"), path="/dispatch.sdk.v1.FunctionService/Nope"))
+    request = signed(
+        http_request(run_request("greet", "x"), path="/dispatch.sdk.v1.FunctionService/Nope")
+    )
     assert connect_error(endpoint.handle(request))[:2] == (404, "not_found")
 
 
@@ -79,7 +80,9 @@ def test_other_methods_are_405(endpoint: Endpoint, method: str) -> None:
     assert response.header("allow") == "POST"
 
 
-@pytest.mark.parametrize("content_type", [None, "text/plain", "application/grpc", "application/protobuf"])
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/grpc", "application/protobuf"]
+)
 def test_other_content_types_are_415(endpoint: Endpoint, content_type: str | None) -> None:
     request = http_request(run_request("greet", "x"), content_type=content_type)
     response = endpoint.handle(request if content_type is None else signed(request))
@@ -88,17 +91,24 @@ def test_other_content_types_are_415(endpoint: Endpoint, content_type: str | Non
 
 
 def test_content_type_parameters_are_accepted(endpoint: Endpoint) -> None:
-    request = signed(http_request(run_request("greet", "x"), content_type="Application/Proto; charset=binary"))
+    request = signed(
+        http_request(run_request("greet", "x"), content_type="Application/Proto; charset=binary")
+    )
     assert endpoint.handle(request).status == 200
 
 
 def test_compressed_body_is_415(endpoint: Endpoint) -> None:
-    request = signed(http_request(run_request("greet", "x"), headers=[("Content-Encoding", "gzip")]))
+    request = signed(
+        http_request(run_request("greet", "x"), headers=[("Content-Encoding", "gzip")])
+    )
     assert connect_error(endpoint.handle(request))[0] == 415
 
 
 def test_empty_body_is_400(endpoint: Endpoint) -> None:
-    assert connect_error(endpoint.handle(signed(http_request(b""))))[:2] == (400, "invalid_argument")
+    assert connect_error(endpoint.handle(signed(http_request(b""))))[:2] == (
+        400,
+        "invalid_argument",
+    )
 
 
 def test_undecodable_body_is_400(endpoint: Endpoint) -> None:
@@ -164,7 +174,10 @@ def test_no_key_refuses_every_request(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DISPATCH_VERIFICATION_KEY", raising=False)
     ep = Endpoint()
     ep.function(lambda value: value, name="echo")
-    for request in (http_request(run_request("echo", 1)), signed(http_request(run_request("echo", 1)))):
+    for request in (
+        http_request(run_request("echo", 1)),
+        signed(http_request(run_request("echo", 1))),
+    ):
         status, code, message = connect_error(ep.handle(request))
         assert (status, code) == (401, "unauthenticated")
         assert "DISPATCH_VERIFICATION_KEY" in message
@@ -210,7 +223,10 @@ def test_json_codec_hand_written(endpoint: Endpoint) -> None:
     body = json.dumps(
         {
             "function": "add",
-            "input": {"@type": "type.googleapis.com/google.protobuf.Value", "value": {"a": 2, "b": 3}},
+            "input": {
+                "@type": "type.googleapis.com/google.protobuf.Value",
+                "value": {"a": 2, "b": 3},
+            },
         }
     ).encode()
     response = endpoint.handle(signed(http_request(body, content_type=JSON)))
@@ -385,7 +401,8 @@ def test_registered_error_types() -> None:
 
     register_error_status(QuotaExceeded, Status.THROTTLED)
     register_error_status(
-        HttpFailure, lambda e: Status.THROTTLED if e.code == 429 else Status.HTTP_ERROR  # type: ignore[attr-defined]
+        HttpFailure,
+        lambda e: Status.THROTTLED if e.code == 429 else Status.HTTP_ERROR,  # type: ignore[attr-defined]
     )
     ep = Endpoint(verification_key=PUBLIC_KEY)
 
@@ -476,7 +493,8 @@ def test_run_context() -> None:
     )
     assert ctx.creation_time == datetime.fromtimestamp(1_700_000_000, timezone.utc)
     remaining = ctx.time_remaining()
-    assert remaining is not None and 3500 < remaining.total_seconds() <= 3600
+    assert remaining is not None
+    assert 3500 < remaining.total_seconds() <= 3600
 
 
 def test_expired_request_is_timeout_without_running(endpoint: Endpoint) -> None:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from dispatchlet import Endpoint, Request
+from dispatchlet.core.connect import JSON, PROTO, RUN_PATH
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import PUBLIC_KEY, http_request, run_request, signed
-
-from dispatchlet import Endpoint, Request
-from dispatchlet.core.connect import JSON, PROTO, RUN_PATH
 
 ENDPOINT = Endpoint(verification_key=PUBLIC_KEY, max_body_size=4096)
 INSECURE = Endpoint(insecure=True, max_body_size=4096)
@@ -20,11 +19,21 @@ for ep in (ENDPOINT, INSECURE):
 ALLOWED = {200, 400, 401, 403, 404, 405, 415}
 
 header_names = st.sampled_from(
-    ["Content-Type", "Signature", "Signature-Input", "Content-Digest", "Content-Encoding", "Host", "X-Other"]
+    [
+        "Content-Type",
+        "Signature",
+        "Signature-Input",
+        "Content-Digest",
+        "Content-Encoding",
+        "Host",
+        "X-Other",
+    ]
 ) | st.text(min_size=1, max_size=20)
 header_values = (
     st.text(max_size=200)
-    | st.sampled_from([PROTO, JSON, "dispatch=:AAAA:", 'dispatch=("@method");created=1', "sha-512=:AAAA:"])
+    | st.sampled_from(
+        [PROTO, JSON, "dispatch=:AAAA:", 'dispatch=("@method");created=1', "sha-512=:AAAA:"]
+    )
     | st.from_regex(r'[a-z]+=\("[@a-z-]+"( "[@a-z-]+")*\)(;[a-z]+=(\d+|"[a-z]*"))*', fullmatch=True)
 )
 requests = st.builds(
@@ -69,11 +78,15 @@ def test_mutated_signed_headers_never_crash(index: int, text: str) -> None:
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
-@given(value=st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
-    max_leaves=20,
-))
+@given(
+    value=st.recursive(
+        st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+        ),
+        max_leaves=20,
+    )
+)
 def test_arbitrary_inputs_to_functions_never_crash(value: object) -> None:
     for function in ("echo", "pair"):
         response = ENDPOINT.handle(signed(http_request(run_request(function, value))))

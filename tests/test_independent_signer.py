@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from dispatchlet import Endpoint, Request
+from dispatchlet.core.connect import PROTO, RUN_PATH
+from dispatchlet.core.digest import content_digest
+from dispatchlet.core.signatures import REQUIRED_COMPONENTS
 from http_message_signatures import (
     HTTPMessageSigner,
     HTTPMessageVerifier,
@@ -20,11 +24,6 @@ from http_message_signatures import (
 )
 from http_message_signatures.structures import CaseInsensitiveDict
 from support import KEY, OTHER_KEY, PUBLIC_KEY, http_request, output, run_request, signed
-
-from dispatchlet import Endpoint, Request
-from dispatchlet.core.connect import PROTO, RUN_PATH
-from dispatchlet.core.digest import content_digest
-from dispatchlet.core.signatures import REQUIRED_COMPONENTS
 
 RESOLVER = MappingKeyResolver(public_keys={"default": PUBLIC_KEY}, private_keys={"default": KEY})
 
@@ -64,7 +63,9 @@ def endpoint() -> Endpoint:
     return ep
 
 
-def sign_independently(*, path: str = RUN_PATH, authority: str = "example.com", **options: Any) -> Message:
+def sign_independently(
+    *, path: str = RUN_PATH, authority: str = "example.com", **options: Any
+) -> Message:
     message = Message("POST", f"https://{authority}{path}")
     message.headers["Content-Type"] = PROTO
     signer = HTTPMessageSigner(signature_algorithm=algorithms.ED25519, key_resolver=RESOLVER)
@@ -109,7 +110,8 @@ def test_independently_signed_percent_encoded_path_and_port(endpoint: Endpoint) 
 def test_independently_signed_with_expires_and_nonce(endpoint: Endpoint) -> None:
     body = run_request("echo", 1).SerializeToString()
     now = datetime.datetime.now(datetime.timezone.utc)
-    message = sign_independently(body=body, expires=now + datetime.timedelta(minutes=1), nonce="n-1"
+    message = sign_independently(
+        body=body, expires=now + datetime.timedelta(minutes=1), nonce="n-1"
     )
     assert output(endpoint.handle(request_from(message, body, "example.com", RUN_PATH))) == 1
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from support import KEY, PUBLIC_KEY
-
 from dispatchlet.core.keys import (
     load_private_key,
     load_public_key,
@@ -17,6 +15,7 @@ from dispatchlet.core.keys import (
     public_key_pem,
     public_keys_from_env,
 )
+from support import KEY, PUBLIC_KEY
 
 
 def same(a: object, b: object) -> bool:
@@ -48,18 +47,26 @@ def test_private_key_forms(form: object) -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "not base64!", "AAAA", public_key_base64(PUBLIC_KEY)[:-4], "-----BEGIN PUBLIC KEY-----\nxx\n-----END PUBLIC KEY-----"],
+    [
+        "",
+        "not base64!",
+        "AAAA",
+        public_key_base64(PUBLIC_KEY)[:-4],
+        "-----BEGIN PUBLIC KEY-----\nxx\n-----END PUBLIC KEY-----",
+    ],
 )
 def test_bad_public_keys_are_clear_errors(bad: str) -> None:
-    with pytest.raises(ValueError, match="(?i)key"):
+    with pytest.raises(ValueError, match=r"(?i)key"):
         load_public_key(bad)
 
 
 def test_rsa_pem_is_refused() -> None:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    pem = rsa.generate_private_key(65537, 2048).public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    pem = (
+        rsa.generate_private_key(65537, 2048)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     with pytest.raises(ValueError, match="Ed25519"):
         load_public_key(pem)

@@ -30,7 +30,10 @@ def test_generated_code_matches_a_fresh_generation(tmp_path: Path) -> None:
 
 
 def test_status_enum_mirrors_the_proto_enum() -> None:
-    proto = {v.name.removeprefix("STATUS_"): v.number for v in status_pb2.DESCRIPTOR.enum_types_by_name["Status"].values}
+    proto = {
+        v.name.removeprefix("STATUS_"): v.number
+        for v in status_pb2.DESCRIPTOR.enum_types_by_name["Status"].values
+    }
     assert proto == {s.name: s.value for s in Status}
 
 

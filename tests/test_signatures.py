@@ -10,19 +10,27 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from support import KEY, OTHER_KEY, PUBLIC_KEY, connect_error, http_request, output, run_request, signed
-
 from dispatchlet import Endpoint, Request
+from dispatchlet.core import structured_fields as sf
 from dispatchlet.core.digest import check_content_digest, content_digest
 from dispatchlet.core.errors import PermissionDenied, Unauthenticated
+from dispatchlet.core.keys import load_public_key
 from dispatchlet.core.signatures import (
     Verifier,
     header_fields,
     normalize_authority,
     signature_base,
 )
-from dispatchlet.core import structured_fields as sf
-from dispatchlet.core.keys import load_public_key
+from support import (
+    KEY,
+    OTHER_KEY,
+    PUBLIC_KEY,
+    connect_error,
+    http_request,
+    output,
+    run_request,
+    signed,
+)
 
 VECTOR = json.loads((Path(__file__).parent / "data" / "rfc9421-b26.json").read_text())
 
@@ -65,7 +73,11 @@ def test_rfc9421_b26_signature_base_is_byte_for_byte() -> None:
     components = sf.parse_dictionary(fields["signature-input"][0])["sig-b26"]
     assert isinstance(components, sf.InnerList)
     base = signature_base(
-        components, request, fields, authority=normalize_authority(request.authority), path=request.path
+        components,
+        request,
+        fields,
+        authority=normalize_authority(request.authority),
+        path=request.path,
     )
     assert base == VECTOR["signature_base"].encode()
 
@@ -146,7 +158,9 @@ def test_signed_request_runs(endpoint: Endpoint) -> None:
                 "Content-Digest",
                 "sha-512=:"
                 + base64.b64encode(
-                    __import__("hashlib").sha512(run_request("echo", "ho").SerializeToString()).digest()
+                    __import__("hashlib")
+                    .sha512(run_request("echo", "ho").SerializeToString())
+                    .digest()
                 ).decode()
                 + ":",
             ),
@@ -186,7 +200,9 @@ def test_one_flipped_signature_bit_is_rejected(endpoint: Endpoint, bit: int) -> 
     label, _, value = header(request, "Signature").partition("=")
     raw = bytearray(base64.b64decode(value.strip(":")))
     raw[bit // 8] ^= 1 << (bit % 8)
-    tampered = with_header(request, "Signature", f"{label}=:{base64.b64encode(bytes(raw)).decode()}:")
+    tampered = with_header(
+        request, "Signature", f"{label}=:{base64.b64encode(bytes(raw)).decode()}:"
+    )
     assert connect_error(endpoint.handle(tampered))[:2] == (403, "permission_denied")
 
 
@@ -361,7 +377,9 @@ def test_endpoint_url_fixes_authority_and_path_prefix() -> None:
         )
     )
     arrived = replace(
-        sent, authority="abc123.lambda-url.us-east-1.on.aws", path="/dispatch.sdk.v1.FunctionService/Run"
+        sent,
+        authority="abc123.lambda-url.us-east-1.on.aws",
+        path="/dispatch.sdk.v1.FunctionService/Run",
     )
     assert output(ep.handle(arrived)) == "x"
     # A request signed for another host is refused.
