@@ -1,0 +1,170 @@
+"""Finding the ``Endpoint`` an APP argument names.
+
+APP is ``module``, ``module:attr``, ``path/to/file.py`` or ``path/to/file.py:attr``.
+Without ``attr`` the module must hold exactly one ``Endpoint`` among its globals.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from ..core.endpoint import Endpoint
+
+_ATTR = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+
+
+class AppLoadError(Exception):
+    """APP does not name a loadable Endpoint. An exception raised by the app's own
+    code while it was imported is the ``__cause__``."""
+
+
+def load_endpoint(app: str) -> Endpoint:
+    """Import what ``app`` names and return its ``Endpoint``."""
+    target, attr = split_app(app)
+    module = import_file(target) if _is_path(target) else import_module(target)
+    return find_endpoint(module, attr, label=target)
+
+
+def split_app(app: str) -> tuple[str, str | None]:
+    """``app`` as (module or file, attribute or None)."""
+    if not app:
+        raise AppLoadError("empty APP: give a module, module:attr or path/to/file.py")
+    head, colon, tail = app.rpartition(":")
+    if colon and head and not tail:
+        raise AppLoadError(f"{app!r}: missing attribute name after ':'")
+    if colon and head and _ATTR.fullmatch(tail):
+        return head, tail
+    # No attribute; this also keeps a Windows drive letter ("C:\\app.py") in the path.
+    return app, None
+
+
+def _is_path(target: str) -> bool:
+    separators = {"/", os.sep, os.altsep or "/"}
+    return target.endswith(".py") or any(s in target for s in separators)
+
+
+def import_file(target: str) -> ModuleType:
+    """Import the Python file ``target``; its directory is put on ``sys.path`` so
+    that the app imports its neighbours as when run as a script."""
+    path = Path(target).expanduser()
+    if path.is_dir():
+        raise AppLoadError(f"{target} is a directory: give a .py file or a module name")
+    if not path.is_file():
+        raise AppLoadError(f"no such file: {target}")
+    path = path.resolve()
+    directory = str(path.parent)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    name = path.stem
+    existing = sys.modules.get(name)
+    if existing is not None and _module_file(existing) == path:
+        return existing
+    if existing is not None or not name.isidentifier():
+        # Never shadow a module already loaded under that name (a file named json.py).
+        name = _unused_module_name()
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise AppLoadError(f"cannot import {target}: not a Python source file")
+    module = importlib.util.module_from_spec(spec)
+    # Registered before it runs, as an import would: dataclasses and pickle look it up.
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise _failed(target, exc) from exc
+    return module
+
+
+def import_module(name: str) -> ModuleType:
+    """Import the module ``name``, looking in the current directory first."""
+    if not all(part.isidentifier() for part in name.split(".")):
+        raise AppLoadError(
+            f"{name!r} is neither a module name nor a .py file "
+            "(APP is module, module:attr, path/to/file.py or path/to/file.py:attr)"
+        )
+    # As `python -m` does; a console script's sys.path starts with its own directory.
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
+            raise AppLoadError(
+                f"no module named {name!r} (looked in the current directory and sys.path)"
+            ) from None
+        raise _failed(name, exc) from exc
+    except Exception as exc:
+        raise _failed(name, exc) from exc
+
+
+def find_endpoint(module: ModuleType, attr: str | None, *, label: str) -> Endpoint:
+    """The ``Endpoint`` at ``attr`` in ``module``, or its single module-level one."""
+    if attr is not None:
+        value: object = module
+        for part in attr.split("."):
+            try:
+                value = getattr(value, part)
+            except AttributeError:
+                raise AppLoadError(f"{label} has no attribute {attr!r}") from None
+        if not isinstance(value, Endpoint):
+            raise AppLoadError(
+                f"{label}:{attr} is of type {type(value).__name__}, not a dispatchlet Endpoint"
+            )
+        return value
+    names: dict[int, list[str]] = {}
+    endpoints: dict[int, Endpoint] = {}
+    for name, value in vars(module).items():
+        if isinstance(value, Endpoint):
+            names.setdefault(id(value), []).append(name)
+            endpoints[id(value)] = value
+    if not endpoints:
+        raise AppLoadError(
+            f"no Endpoint found in {label}: define one at module level, "
+            "e.g. `endpoint = Endpoint()`, or name it with APP:attr"
+        )
+    if len(endpoints) > 1:
+        found = ", ".join(group[0] for group in names.values())
+        first = next(iter(names.values()))[0]
+        raise AppLoadError(
+            f"several Endpoints in {label} ({found}): choose one with {label}:{first}"
+        )
+    return next(iter(endpoints.values()))
+
+
+def _failed(target: str, exc: Exception) -> AppLoadError:
+    """The error for an app whose code raised ``exc`` while it was imported; the
+    traceback of ``exc`` loses its leading frames of the import machinery."""
+    tb = exc.__traceback__
+    while tb is not None and _is_machinery(tb.tb_frame.f_code.co_filename):
+        tb = tb.tb_next
+    if tb is not None:
+        exc.__traceback__ = tb
+    return AppLoadError(f"importing {target} failed: {type(exc).__name__}: {exc}")
+
+
+def _is_machinery(filename: str) -> bool:
+    return (
+        filename == __file__
+        or filename.startswith("<frozen importlib")
+        or Path(filename).parent.name == "importlib"
+    )
+
+
+def _unused_module_name() -> str:
+    number = 1
+    while f"__dispatchlet_app_{number}__" in sys.modules:
+        number += 1
+    return f"__dispatchlet_app_{number}__"
+
+
+def _module_file(module: ModuleType) -> Path | None:
+    file = getattr(module, "__file__", None)
+    return Path(file).resolve() if file else None

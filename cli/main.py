@@ -1,0 +1,63 @@
+"""The ``dispatchlet`` command: ``keygen``, ``serve`` and ``call``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from importlib import metadata
+
+from . import call, keygen, serve
+from .errors import CommandError
+
+_EPILOG = """\
+exit status:
+  0  success
+  1  call: the function ran and failed (its status was not OK)
+  2  the command could not do its job: bad arguments, configuration, key,
+     connection or HTTP error
+
+quick start:
+  dispatchlet serve examples/hello.py     # prints a signing key to export
+  dispatchlet call greet World            # in another terminal, after that export
+"""
+
+
+def _version() -> str:
+    try:
+        return metadata.version("dispatchlet")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``dispatchlet`` command and its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="dispatchlet",
+        description="Develop and run Dispatch function endpoints.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    keygen.add_parser(commands)
+    serve.add_parser(commands)
+    call.add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        status: int = args.handler(args)
+    except CommandError as exc:
+        print(f"dispatchlet {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,463 @@
+"""The dispatchlet command: keygen, serve and call as real processes, and APP loading."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from dispatchlet import Endpoint
+from dispatchlet.cli.app_loader import AppLoadError, load_endpoint, split_app
+from dispatchlet.core.keys import (
+    load_private_key,
+    load_public_key,
+    private_key_base64,
+    public_key_base64,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+HELLO = ROOT / "examples" / "hello.py"
+START_TIMEOUT = 20.0
+RUN_TIMEOUT = 30.0
+POSIX_SIGNALS = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+_PROXY_VARIABLES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
+
+
+def cli_env(**variables: str) -> dict[str, str]:
+    """The environment without DISPATCH_* settings or proxies, plus ``variables``."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("DISPATCH_") and name.lower() not in _PROXY_VARIABLES
+    }
+    env.update(variables)
+    return env
+
+
+def dispatchlet(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dispatchlet.cli", *args],
+        capture_output=True,
+        text=True,
+        env=cli_env() if env is None else env,
+        cwd=cwd,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+
+
+class Server:
+    """A ``dispatchlet serve`` process whose output (stdout and stderr) is read as it
+    comes, so that every wait for it is bounded."""
+
+    def __init__(self, *args: str, env: dict[str, str], cwd: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "dispatchlet.cli", "serve", *args, "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=cwd,
+        )
+        self.output: list[str] = []
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.url = ""
+        self.signing_key: str | None = None
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def start(self) -> str:
+        """Wait for the banner; return it."""
+        banner = self.wait_for("Press Ctrl+C to stop.")
+        match = re.search(r"serving \S+ at (http://\S+)", banner)
+        assert match, banner
+        self.url = match.group(1)
+        key = re.search(r"export DISPATCH_SIGNING_KEY=(\S+)", banner)
+        self.signing_key = key.group(1) if key else None
+        return banner
+
+    def wait_for(self, text: str, timeout: float = START_TIMEOUT) -> str:
+        """All output up to and including the first line after the last wait that holds
+        ``text``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {text!r} within {timeout} s:\n{''.join(self.output)}")
+            try:
+                line = self._lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                code = self.process.wait(timeout=5)
+                raise AssertionError(
+                    f"serve exited ({code}) before printing {text!r}:\n{''.join(self.output)}"
+                )
+            self.output.append(line)
+            if text in line:
+                return "".join(self.output)
+
+    def stop(self, signum: int) -> int:
+        """Send ``signum``; the exit status, within a bounded wait."""
+        self.process.send_signal(signum)
+        try:
+            return self.process.wait(timeout=10)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+def serve(*args: str, env: dict[str, str], cwd: Path) -> Iterator[Server]:
+    server = Server(*args, env=env, cwd=cwd)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture(scope="module")
+def hello(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """examples/hello.py served with a session key, from an unrelated directory."""
+    yield from serve(str(HELLO), env=cli_env(), cwd=tmp_path_factory.mktemp("elsewhere"))
+
+
+def call(server: Server, *args: str, key: str | None = None) -> subprocess.CompletedProcess[str]:
+    signing_key = key or server.signing_key
+    assert signing_key is not None
+    env = cli_env(DISPATCH_SIGNING_KEY=signing_key)
+    return dispatchlet("call", "--endpoint", server.url, *args, env=env)
+
+
+# --- keygen -------------------------------------------------------------------
+
+
+def pem_block(kind: str, text: str) -> str:
+    match = re.search(f"-----BEGIN {kind}-----.*?-----END {kind}-----", text, re.DOTALL)
+    assert match, text
+    return match.group(0)
+
+
+def export(name: str, text: str) -> str:
+    match = re.search(f"^export {name}=(.+)$", text, re.MULTILINE)
+    assert match, text
+    return match.group(1)
+
+
+def test_keygen_prints_a_matching_pair() -> None:
+    result = dispatchlet("keygen")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    public = load_public_key(export("DISPATCH_VERIFICATION_KEY", out))
+    assert public_key_base64(load_public_key(pem_block("PUBLIC KEY", out))) == (
+        public_key_base64(public)
+    )
+    private = load_private_key(export("DISPATCH_SIGNING_KEY", out))
+    assert private_key_base64(load_private_key(pem_block("PRIVATE KEY", out))) == (
+        private_key_base64(private)
+    )
+    assert public_key_base64(private.public_key()) == public_key_base64(public)
+
+
+def test_keygen_writes_key_files(tmp_path: Path) -> None:
+    out_dir = tmp_path / "keys"
+    result = dispatchlet("keygen", "--out-dir", str(out_dir))
+    assert result.returncode == 0, result.stderr
+    signing, verification = out_dir / "signing-key.pem", out_dir / "verification-key.pem"
+    assert str(signing) in result.stdout
+    assert str(verification) in result.stdout
+    assert "PRIVATE KEY" not in result.stdout  # it is in the file, not on the terminal
+    private = load_private_key(signing.read_text())
+    public = load_public_key(verification.read_text())
+    assert public_key_base64(private.public_key()) == public_key_base64(public)
+    assert export("DISPATCH_VERIFICATION_KEY", result.stdout) == public_key_base64(public)
+    if sys.platform != "win32":
+        assert stat.S_IMODE(signing.stat().st_mode) == 0o600
+        assert stat.S_IMODE(verification.stat().st_mode) & 0o600 == 0o600
+
+    again = dispatchlet("keygen", "--out-dir", str(out_dir))
+    assert again.returncode == 2
+    assert "--force" in again.stderr
+    assert load_private_key(signing.read_text()).public_key() == private.public_key()
+
+    forced = dispatchlet("keygen", "--out-dir", str(out_dir), "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert load_private_key(signing.read_text()).public_key() != private.public_key()
+    if sys.platform != "win32":
+        assert stat.S_IMODE(signing.stat().st_mode) == 0o600
+
+
+# --- call, against examples/hello.py ------------------------------------------
+
+
+@pytest.mark.slow
+def test_serve_prints_url_functions_and_session_key(hello: Server) -> None:
+    banner = "".join(hello.output)
+    assert hello.url.startswith("http://127.0.0.1:")
+    for line in ("greet(name: str) -> str", "add(a: int, b: int) -> int", "async greet_later"):
+        assert line in banner
+    assert hello.signing_key is not None
+    load_private_key(hello.signing_key)
+    assert f"dispatchlet call --endpoint {hello.url} greet World" in banner
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "output"),
+    [
+        (["greet", '"World"'], '"Hello, World!"'),
+        (["greet", "World"], '"Hello, World!"'),  # not JSON: taken as a string
+        (["--json", "greet", '"World"'], '"Hello, World!"'),
+        (["add", '{"a": 1, "b": 2}'], "3"),
+        (["add", "[40, 2]"], "42"),
+        (["greet_later", '{"name": "Bob", "seconds": 0}'], '"Hello again, Bob!"'),
+        (["--string", "greet", "42"], '"Hello, 42!"'),
+    ],
+)
+def test_call_prints_the_output_as_json(hello: Server, args: list[str], output: str) -> None:
+    result = call(hello, *args)
+    assert (result.returncode, result.stdout.strip()) == (0, output), result.stderr
+
+
+@pytest.mark.slow
+def test_call_shows_a_tail_call(hello: Server) -> None:
+    result = call(hello, "welcome", " ada ")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == 'tail call to greet with input "Ada"'
+
+
+@pytest.mark.slow
+def test_call_reports_a_failed_function(hello: Server) -> None:
+    result = call(hello, "divide", '{"a": 1, "b": 0}')
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "INVALID_ARGUMENT: ValueError: cannot divide by zero" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    traced = call(hello, "--traceback", "divide", "[1, 0]")
+    assert traced.returncode == 1
+    assert 'raise ValueError("cannot divide by zero")' in traced.stderr
+
+
+@pytest.mark.slow
+def test_call_reports_http_errors(hello: Server) -> None:
+    unknown = call(hello, "nope")
+    assert unknown.returncode == 2
+    assert "HTTP 404 not_found: function 'nope' does not exist" in unknown.stderr
+
+    unsigned = dispatchlet("call", "--endpoint", hello.url, "--unsigned", "greet", "x")
+    assert unsigned.returncode == 2
+    assert unsigned.stderr.startswith("HTTP 401 unauthenticated: ")
+
+    other_key = private_key_base64(Ed25519PrivateKey.generate())
+    forged = call(hello, "greet", "x", key=other_key)
+    assert forged.returncode == 2
+    assert forged.stderr.startswith("HTTP 403 permission_denied: ")
+    # Rejections are logged by the server at WARNING.
+    assert "WARNING dispatchlet: rejected request" in hello.wait_for("invalid signature")
+
+
+def test_call_without_a_key_says_how_to_get_one() -> None:
+    result = dispatchlet("call", "greet", "World")
+    assert result.returncode == 2
+    assert "DISPATCH_SIGNING_KEY" in result.stderr
+    assert "dispatchlet keygen" in result.stderr
+    assert "dispatchlet serve" in result.stderr
+
+
+def test_call_reports_a_refused_connection() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = dispatchlet("call", "--endpoint", f"http://127.0.0.1:{port}", "--unsigned", "f")
+    assert result.returncode == 2
+    assert "cannot connect to" in result.stderr
+
+
+def test_call_rejects_a_bad_key_and_url() -> None:
+    bad_key = dispatchlet("call", "--key", "not a key", "f")
+    assert bad_key.returncode == 2
+    assert "invalid signing key in --key" in bad_key.stderr
+    bad_url = dispatchlet("call", "--endpoint", "ftp://example.com", "--unsigned", "f")
+    assert bad_url.returncode == 2
+    assert "invalid endpoint URL" in bad_url.stderr
+
+
+# --- serve with configured keys, and stopping ----------------------------------
+
+
+@pytest.mark.slow
+@POSIX_SIGNALS
+def test_serve_with_a_verification_key_from_the_environment(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    public = public_key_base64(key.public_key())
+    env = cli_env(DISPATCH_VERIFICATION_KEY=public)
+    server = Server(f"{HELLO}:endpoint", env=env, cwd=tmp_path)
+    try:
+        banner = server.start()
+        assert server.signing_key is None  # no session key: the configured one is used
+        assert public in banner
+        signed = call(server, "add", "[1, 2]", key=private_key_base64(key))
+        assert (signed.returncode, signed.stdout.strip()) == (0, "3"), signed.stderr
+        other = private_key_base64(Ed25519PrivateKey.generate())
+        assert call(server, "add", "[1, 2]", key=other).returncode == 2
+        assert server.stop(signal.SIGINT) == 0
+        assert "dispatchlet serve: stopped" in server.wait_for("stopped", timeout=5)
+    finally:
+        server.kill()
+
+
+@pytest.mark.slow
+@POSIX_SIGNALS
+def test_serve_an_insecure_module_and_stop_on_sigterm(tmp_path: Path) -> None:
+    (tmp_path / "open_app.py").write_text(
+        "from dispatchlet import Endpoint\n"
+        "endpoint = Endpoint(insecure=True)\n"
+        "@endpoint.function\n"
+        "def ping() -> str:\n"
+        "    return 'pong'\n"
+    )
+    server = Server("open_app:endpoint", env=cli_env(), cwd=tmp_path)
+    try:
+        banner = server.start()
+        assert "NOT checked" in banner
+        assert f"dispatchlet call --endpoint {server.url} --unsigned ping" in banner
+        result = dispatchlet("call", "--endpoint", server.url, "--unsigned", "ping")
+        assert (result.returncode, result.stdout.strip()) == (0, '"pong"'), result.stderr
+        assert server.stop(signal.SIGTERM) == 0
+    finally:
+        server.kill()
+
+
+# --- APP loading ----------------------------------------------------------------
+
+APP = """\
+from dispatchlet import Endpoint
+endpoint = Endpoint()
+alias = endpoint
+@endpoint.function
+def ping() -> str:
+    return "pong"
+"""
+
+TWO = """\
+from dispatchlet import Endpoint
+first = Endpoint()
+second = Endpoint()
+"""
+
+
+@pytest.fixture
+def apps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A directory of apps; sys.path and sys.modules are restored afterwards."""
+    monkeypatch.delenv("DISPATCH_VERIFICATION_KEY", raising=False)
+    monkeypatch.delenv("DISPATCH_ENDPOINT_URL", raising=False)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    before = set(sys.modules)
+    directory = tmp_path / "apps"
+    directory.mkdir()
+    (directory / "cli_app_one.py").write_text(APP)
+    (directory / "cli_app_two.py").write_text(TWO)
+    (directory / "cli_app_none.py").write_text("x = 1\n")
+    (directory / "cli_app_helper.py").write_text("GREETING = 'hi'\n")
+    (directory / "cli_app_neighbour.py").write_text(APP + "from cli_app_helper import GREETING\n")
+    (directory / "cli_app_broken.py").write_text("1 / 0\n")
+    yield directory
+    for name in set(sys.modules) - before:
+        del sys.modules[name]
+
+
+def test_split_app() -> None:
+    assert split_app("pkg.mod") == ("pkg.mod", None)
+    assert split_app("pkg.mod:app.endpoint") == ("pkg.mod", "app.endpoint")
+    assert split_app("dir/app.py:endpoint") == ("dir/app.py", "endpoint")
+    assert split_app(r"C:\apps\app.py") == (r"C:\apps\app.py", None)
+    with pytest.raises(AppLoadError, match="missing attribute"):
+        split_app("app.py:")
+
+
+def test_load_a_file_from_any_directory(apps: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(apps.parent)
+    endpoint = load_endpoint("apps/cli_app_neighbour.py")  # imports its neighbour
+    assert isinstance(endpoint, Endpoint)
+    assert list(endpoint.functions) == ["ping"]
+    assert load_endpoint(str(apps / "cli_app_neighbour.py")) is endpoint
+
+
+def test_load_file_attr_and_module_attr(apps: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    second = load_endpoint(f"{apps / 'cli_app_two.py'}:second")
+    first = load_endpoint(f"{apps / 'cli_app_two.py'}:first")
+    assert isinstance(second, Endpoint)
+    assert first is not second
+    monkeypatch.chdir(apps)  # module names are looked up in the current directory
+    assert load_endpoint("cli_app_one:alias") is load_endpoint("cli_app_one")
+    assert load_endpoint("cli_app_two:second") is second
+
+
+@pytest.mark.parametrize(
+    ("app", "message"),
+    [
+        ("cli_app_none.py", "no Endpoint found in"),
+        ("cli_app_two.py", r"several Endpoints in \S+ \(first, second\): choose one with"),
+        ("cli_app_one.py:missing", "has no attribute 'missing'"),
+        ("cli_app_one.py:ping", "is of type Function, not a dispatchlet Endpoint"),
+        ("cli_app_absent.py", "no such file"),
+        ("cli_app_absent_module", "no module named 'cli_app_absent_module'"),
+        ("not-a-module", "neither a module name nor a .py file"),
+        ("cli_app_broken.py", "importing cli_app_broken.py failed: ZeroDivisionError"),
+    ],
+)
+def test_load_errors(apps: Path, monkeypatch: pytest.MonkeyPatch, app: str, message: str) -> None:
+    monkeypatch.chdir(apps)
+    with pytest.raises(AppLoadError, match=message):
+        load_endpoint(app)
+
+
+def test_an_error_in_the_app_is_the_cause(apps: Path) -> None:
+    with pytest.raises(AppLoadError) as info:
+        load_endpoint(str(apps / "cli_app_broken.py"))
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
+    assert "cli_app_broken" not in sys.modules
+
+
+@pytest.mark.parametrize(
+    ("app", "message"),
+    [
+        ("cli_app_none.py", "no Endpoint found in cli_app_none.py"),
+        ("cli_app_two.py", "several Endpoints in cli_app_two.py (first, second)"),
+        ("cli_app_broken.py", "importing cli_app_broken.py failed: ZeroDivisionError"),
+    ],
+)
+def test_serve_exits_2_on_a_bad_app(apps: Path, app: str, message: str) -> None:
+    result = dispatchlet("serve", app, "--port", "0", cwd=apps)
+    assert result.returncode == 2
+    assert f"dispatchlet serve: error: {message}" in result.stderr
+    if app == "cli_app_broken.py":
+        # The app's own traceback, without the import machinery's frames.
+        assert 'File "' + str((apps / "cli_app_broken.py").resolve()) in result.stderr
+        assert "importlib" not in result.stderr
