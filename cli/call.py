@@ -75,6 +75,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     keys.add_argument("--key", metavar="KEY", help="signing key, PEM or base64")
     keys.add_argument("--key-file", metavar="PATH", type=Path, help="file holding the signing key")
     keys.add_argument("--unsigned", action="store_true", help="send the request without signing it")
+    keys.add_argument(
+        "--app",
+        metavar="APP",
+        help="serve APP (as `dispatchlet serve` takes it) on a free loopback port with a "
+        "one-off key for this call: a check of the whole path with no setup",
+    )
     parser.add_argument(
         "--json",
         dest="use_json",
@@ -106,8 +112,27 @@ class Target:
 
 def run(args: argparse.Namespace) -> int:
     """Build, sign and send the RunRequest; print its outcome."""
-    target = run_target(args.endpoint or os.environ.get(ENDPOINT_URL_ENV) or DEFAULT_ENDPOINT_URL)
-    key = None if args.unsigned else signing_key(args.key, args.key_file)
+    if args.app is None:
+        url = args.endpoint or os.environ.get(ENDPOINT_URL_ENV) or DEFAULT_ENDPOINT_URL
+        key = None if args.unsigned else signing_key(args.key, args.key_file)
+        return call(args, run_target(url), key)
+    if args.endpoint:
+        raise CommandError("--app serves the app itself: leave out --endpoint")
+    from .app_loader import AppLoadError, load_endpoint
+    from .serve import serving
+
+    try:
+        endpoint = load_endpoint(args.app)
+    except AppLoadError as exc:
+        raise CommandError(str(exc)) from None
+    key = Ed25519PrivateKey.generate()
+    endpoint.set_verification_key(key.public_key())
+    with serving(endpoint) as url:
+        return call(args, run_target(url), key)
+
+
+def call(args: argparse.Namespace, target: Target, key: Ed25519PrivateKey | None) -> int:
+    """Send the RunRequest of ``args`` to ``target``, signed with ``key``."""
     request = function_pb2.RunRequest(function=args.function)
     if args.input is not None:
         value = args.input if args.string else parse_input(args.input)

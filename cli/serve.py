@@ -9,6 +9,7 @@ import logging
 import shlex
 import signal
 import sys
+import threading
 import traceback
 import typing
 from collections.abc import Iterator
@@ -18,7 +19,6 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
-    Ed25519PublicKey,
 )
 
 from ..adapters.wsgi import wsgi_app
@@ -26,7 +26,6 @@ from ..core.context import RunContext
 from ..core.endpoint import Endpoint
 from ..core.functions import Function
 from ..core.keys import private_key_base64, public_key_base64
-from ..core.signatures import Verifier
 from .app_loader import AppLoadError, load_endpoint
 from .call import DEFAULT_ENDPOINT_URL
 from .errors import EXIT_OK, CommandError
@@ -82,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     session_key = None
     if endpoint.verifier is None and not endpoint.insecure:
         session_key = Ed25519PrivateKey.generate()
-        use_verification_key(endpoint, session_key.public_key())
+        endpoint.set_verification_key(session_key.public_key())
 
     from waitress import create_server  # here: only `serve` needs it
 
@@ -106,10 +105,23 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def use_verification_key(endpoint: Endpoint, key: Ed25519PublicKey) -> None:
-    """Make ``endpoint`` check signatures with ``key``, as ``Endpoint(verification_key=key)``
-    would (with the default signature age and clock skew)."""
-    endpoint.verifier = Verifier((key,))
+@contextmanager
+def serving(endpoint: Endpoint) -> Iterator[str]:
+    """Serve ``endpoint`` on a free loopback port in a background thread; yield its URL."""
+    from waitress import create_server
+
+    server = create_server(
+        wsgi_app(endpoint), host="127.0.0.1", port=0, threads=2, asyncore_loop_timeout=0.05
+    )
+    host, port_number = _listening(server)[0]
+    thread = threading.Thread(target=server.run, name="dispatchlet-server", daemon=True)
+    thread.start()
+    try:
+        yield _url(host, port_number)
+    finally:
+        server.close()
+        server.task_dispatcher.shutdown()
+        thread.join(timeout=5)
 
 
 def configure_logging() -> None:

@@ -81,9 +81,10 @@ class Endpoint:
         self.max_body_size = max_body_size
         self.max_header_count = max_header_count
         self.max_header_bytes = max_header_bytes
-        self.verifier = (
-            Verifier(keys, max_age=max_signature_age, clock_skew=clock_skew) if keys else None
-        )
+        self.max_signature_age = max_signature_age
+        self.clock_skew = clock_skew
+        self.verifier: Verifier | None = None
+        self.set_verification_key(keys)
         if insecure:
             logger.warning("request signatures are NOT verified (insecure=True)")
         url = os.environ.get(ENDPOINT_URL_ENV) if endpoint_url is None else endpoint_url
@@ -99,6 +100,17 @@ class Endpoint:
             self._authority = normalize_authority(parts.netloc)
             self._signed_path = parts.path.rstrip("/") + connect.RUN_PATH
         self._functions: dict[str, Function[..., Any]] = {}
+
+    def set_verification_key(
+        self, verification_key: PublicKeyLike | Iterable[PublicKeyLike] | None
+    ) -> None:
+        """Verify requests with these keys from now on (None or empty: no key)."""
+        keys = load_public_keys(verification_key)
+        self.verifier = (
+            Verifier(keys, max_age=self.max_signature_age, clock_skew=self.clock_skew)
+            if keys
+            else None
+        )
 
     @property
     def functions(self) -> Mapping[str, Function[..., Any]]:

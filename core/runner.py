@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 import traceback
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     import asyncio
 
 MAX_TRACEBACK_BYTES = 64 * 1024
+
+logger = logging.getLogger("dispatchlet")
 
 
 def response(status: Status, result: call_pb2.CallResult | None = None) -> function_pb2.RunResponse:
@@ -96,6 +99,7 @@ def execute(
         else:
             result = function.fn(*args, **kwargs)
     except Exception as exc:
+        logger.warning("%s failed: %s: %s", function.name, type(exc).__name__, exc)
         return error_response(exc, allow_pickle=allow_pickle)
 
     try:

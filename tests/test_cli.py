@@ -461,3 +461,24 @@ def test_serve_exits_2_on_a_bad_app(apps: Path, app: str, message: str) -> None:
         # The app's own traceback, without the import machinery's frames.
         assert 'File "' + str((apps / "cli_app_broken.py").resolve()) in result.stderr
         assert "importlib" not in result.stderr
+
+
+@pytest.mark.slow
+def test_call_app_serves_signs_and_calls_in_one_command(tmp_path: Path) -> None:
+    result = dispatchlet("call", "--app", str(HELLO), "greet", "World", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == '"Hello, World!"'
+    failed = dispatchlet("call", "--app", str(HELLO), "divide", "[1, 0]", cwd=tmp_path)
+    assert failed.returncode == 1
+    assert "INVALID_ARGUMENT: ValueError: cannot divide by zero" in failed.stderr
+    missing = dispatchlet("call", "--app", str(HELLO), "nope", cwd=tmp_path)
+    assert missing.returncode == 2
+    assert "HTTP 404 not_found" in missing.stderr
+
+
+def test_call_app_refuses_an_endpoint_url(tmp_path: Path) -> None:
+    result = dispatchlet(
+        "call", "--app", str(HELLO), "--endpoint", "http://127.0.0.1:1", "greet", "x", cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert "--endpoint" in result.stderr
