@@ -3,10 +3,13 @@
 Built for the request path of signature verification (``Signature-Input``,
 ``Signature``, ``Content-Digest``), so parsing favours a few compiled regular
 expressions, each matched at a position, over walking the input a character at
-a time. Every pattern is anchored where it is applied and none nests
-quantifiers, so the time taken stays linear in the length of hostile input; the
-only nesting the grammar has (an Inner List inside a Dictionary or List) is
-handled without recursion.
+a time, and has a fast path for the shape of a ``Signature-Input`` member.
+
+Hostile input cannot make parsing slow: every pattern is anchored where it is
+applied, and every repetition in a pattern can go only one way (each round
+starts with a character the one before cannot take), so a match or a failure
+costs time linear in what it covers. The only nesting the grammar has (an
+Inner List inside a Dictionary or List) is handled without recursion.
 
 Field values are ``str`` (HTTP field bytes decoded as latin-1); anything outside
 printable ASCII fails parsing, except the Horizontal Tabs that may surround the
@@ -16,7 +19,6 @@ commas between members. Decimals are represented as ``float``.
 from __future__ import annotations
 
 import binascii
-import math
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -108,6 +110,7 @@ Member: TypeAlias = Item | InnerList
 # --- Parsing -----------------------------------------------------------------
 
 _KEY: Final = r"[a-z*][a-z0-9_.*-]*"
+_TCHAR: Final = r"!#$%&'*+\-.^_`|~0-9A-Za-z:/"  # what a Token may go on with
 
 
 def _bare_item_pattern(paren: str) -> str:
@@ -122,7 +125,7 @@ def _bare_item_pattern(paren: str) -> str:
     """
     return (
         r'"([ !#-\[\]-~]*)'  # 1 String
-        r"|[A-Za-z*]([!#$%&'*+\-.^_`|~0-9A-Za-z:/]*)"  # 2 Token, after its first character
+        rf"|[A-Za-z*]([{_TCHAR}]*)"  # 2 Token, after its first character
         r"|[-0-9]([0-9]*)(\.[0-9]*)?"  # 3 Integer, after its first character; 4 fraction
         r"|:()"  # 5 Byte Sequence, decoded separately
         r"|\?([01])"  # 6 Boolean
@@ -136,9 +139,9 @@ _STR, _TOKEN, _INT, _FRAC, _BINARY, _BOOL, _DATE, _DATE_FRAC, _DISPLAY, _PAREN =
 
 # A List member (or a top-level Item): a bare item or the "(" opening an Inner List.
 _LIST_MEMBER: Final = re.compile(_bare_item_pattern("("))
-# A Dictionary member: the key (group 1) and, unless the value is Boolean true,
-# "=" and then a bare item or "(".
-_DICT_MEMBER: Final = re.compile(rf"({_KEY})(?:=(?:{_bare_item_pattern('(')}))?")
+# A Dictionary key. What follows "=" is told by its first character, so the
+# usual values (an Inner List, a Byte Sequence) need no second pattern.
+_KEY_RE: Final = re.compile(_KEY)
 # An Inner List member: the separating spaces, then a bare item or the closing ")".
 _INNER_MEMBER: Final = re.compile(rf" *(?:{_bare_item_pattern(')')})")
 # One parameter; as in a Dictionary, the value is Boolean true without "=". An
@@ -146,14 +149,41 @@ _INNER_MEMBER: Final = re.compile(rf" *(?:{_bare_item_pattern(')')})")
 _PARAM: Final = re.compile(rf"; *({_KEY})(?:=(?:{_bare_item_pattern('(')}))?")
 # What may follow a List or Dictionary member; group 1 is set if there is a comma.
 _SEPARATOR: Final = re.compile(r"[ \t]*(?:(,)[ \t]*)?")
+
+# The fast path, for the shape of a Signature-Input member: an Inner List of
+# Strings without escapes or parameters, separated by single spaces (group 1,
+# from just after the "("), and then a run of parameters whose values are
+# Strings without escapes or ";", Integers and Tokens (group 2). Both groups can
+# be split with str methods. Each parameter in the run is complete (an Integer
+# may not go on as a Decimal), so any parameters after the run are left to the
+# general parser.
+_PLAIN_INNER_LIST: Final = re.compile(
+    r'(?:"([ !#-\[\]-~]*(?:" "[ !#-\[\]-~]*)*)")?\)'
+    rf'((?:;{_KEY}=(?:"[ !#-:<-\[\]-~]*"|-?[0-9]{{1,15}}(?![0-9.])|[A-Za-z*][{_TCHAR}]*))*)'
+)
+_INTEGER_START: Final = "-0123456789"
+
 # A String with escapes and a Display String with percent-encoding, in full.
-_ESCAPED_STRING: Final = re.compile(r'"((?:[ !#-\[\]-~]|\\["\\])*)"')
+# Written as runs of plain characters between escapes, so that the engine
+# keeps state per escape, not per character.
+_ESCAPED_STRING: Final = re.compile(r'"([ !#-\[\]-~]*(?:\\["\\][ !#-\[\]-~]*)*)"')
 _ESCAPE: Final = re.compile(r'\\(["\\])')
-_ENCODED_DISPLAY_STRING: Final = re.compile(r'%"((?:[ !#$&-~]|%[0-9a-f]{2})*)"')
+_ENCODED_DISPLAY_STRING: Final = re.compile(r'%"([ !#$&-~]*(?:%[0-9a-f]{2}[ !#$&-~]*)*)"')
 _BASE64: Final = re.compile(r"([A-Za-z0-9+/]*)(={0,2})")
 _B64_PADDING: Final = ("", "", "==", "=")
-# binascii validates base64 itself from Python 3.11 on.
-_STRICT_BASE64: Final = sys.version_info >= (3, 11)
+
+if sys.version_info >= (3, 11):
+
+    def _decode_canonical_base64(content: str) -> bytes:
+        """Decode base64 padded as an encoder pads it; raise ValueError for anything else."""
+        return binascii.a2b_base64(content, strict_mode=True)
+
+else:
+
+    def _decode_canonical_base64(content: str) -> bytes:
+        """Defer to the general rules: binascii cannot validate before Python 3.11."""
+        raise ValueError(content)
+
 
 # A character that no pattern accepts, appended to the input so that looking at
 # the character after a match never runs off the end.
@@ -177,7 +207,7 @@ def _bare_item(s: str, m: re.Match[str], kind: int, base: int) -> tuple[BareItem
     end = m.end()
     if kind == _STR:
         if s[end] == '"':
-            return m.group(_STR + base), end + 1
+            return m[_STR + base], end + 1
         return _escaped_string(s, m.start(_STR + base) - 1)
     if kind == _TOKEN:
         return Token(s[m.start(_TOKEN + base) - 1 : end]), end
@@ -203,9 +233,9 @@ def _bare_item(s: str, m: re.Match[str], kind: int, base: int) -> tuple[BareItem
             raise StructuredFieldError("Decimal has more than 12 integer digits", m.start())
         return float(s[fraction_start - len(integer) : end]), end
     if kind == _BOOL:
-        return m.group(_BOOL + base) == "1", end
+        return m[_BOOL + base] == "1", end
     if kind == _DATE:
-        text = m.group(_DATE + base)
+        text = m[_DATE + base]
         if len(text) > 15 and len(text.lstrip("-")) > 15:
             raise StructuredFieldError("Date has more than 15 digits", m.start())
         return Date(int(text)), end
@@ -213,7 +243,7 @@ def _bare_item(s: str, m: re.Match[str], kind: int, base: int) -> tuple[BareItem
         raise StructuredFieldError("Date is not an Integer", m.start())
     if kind == _DISPLAY:
         if s[end] == '"':
-            return DisplayString(m.group(_DISPLAY + base)), end + 1
+            return DisplayString(m[_DISPLAY + base]), end + 1
         return _encoded_display_string(s, m.start(_DISPLAY + base) - 2)
     raise StructuredFieldError("Expected a bare item", end - 1)
 
@@ -222,7 +252,7 @@ def _escaped_string(s: str, start: int) -> tuple[str, int]:
     m = _ESCAPED_STRING.match(s, start)
     if m is None:
         raise StructuredFieldError("Invalid or unterminated String", start)
-    return _ESCAPE.sub(r"\1", m.group(1)), m.end()
+    return _ESCAPE.sub(r"\1", m[1]), m.end()
 
 
 def _encoded_display_string(s: str, start: int) -> tuple[DisplayString, int]:
@@ -230,7 +260,7 @@ def _encoded_display_string(s: str, start: int) -> tuple[DisplayString, int]:
     if m is None:
         raise StructuredFieldError("Invalid or unterminated Display String", start)
     try:
-        text = unquote_to_bytes(m.group(1)).decode("utf-8")
+        text = unquote_to_bytes(m[1]).decode("utf-8")
     except UnicodeDecodeError:
         raise StructuredFieldError("Display String is not valid UTF-8", start) from None
     return DisplayString(text), m.end()
@@ -238,96 +268,113 @@ def _encoded_display_string(s: str, start: int) -> tuple[DisplayString, int]:
 
 def _byte_sequence(s: str, start: int) -> tuple[bytes, int]:
     """Decode the Byte Sequence from just after its opening ":" at ``start``."""
-    # Searching for the closing ":" and decoding in C is much faster than
-    # matching the content with a pattern first. The search cannot go quadratic:
-    # what it passes over is consumed.
+    # Finding the closing ":" and decoding in C is much faster than matching the
+    # content with a pattern first. The search cannot go quadratic: what it
+    # passes over is consumed.
     close = s.find(":", start)
     if close < 0:
         raise StructuredFieldError("Unterminated Byte Sequence", start - 1)
     content = s[start:close]
-    if _STRICT_BASE64 and not len(content) % 4:
+    if not len(content) % 4:
         try:
-            return binascii.a2b_base64(content, strict_mode=True), close + 1
+            return _decode_canonical_base64(content), close + 1
         except ValueError:
-            pass  # not canonical base64: let the rules below decide
+            pass  # not canonical base64: the rules below decide
     m = _BASE64.fullmatch(content)
     # Padding is optional (RFC 9651 section 4.2.7 asks parsers not to insist on
     # it), so it is dropped and resupplied, but it must be in its place.
-    if m is None or (m.group(2) and not m.group(1)) or len(m.group(1)) % 4 == 1:
+    if m is None or (m[2] and not m[1]) or len(m[1]) % 4 == 1:
         raise StructuredFieldError("Invalid base64 in Byte Sequence", start - 1)
     # Checked as it is, the content can only be valid base64 to the lenient
     # decoder, which also accepts non-zero pad bits, as the RFC asks parsers to.
-    data = m.group(1)
+    data = m[1]
     return binascii.a2b_base64(data + _B64_PADDING[len(data) % 4]), close + 1
 
 
-def _params(s: str, pos: int) -> tuple[Params, int]:
-    """Parse the parameters starting with the ";" at ``pos``."""
-    params: Params = {}
+def _params(s: str, pos: int, params: Params) -> int:
+    """Add the parameters starting with the ";" at ``pos``; return the position after them."""
     match = _PARAM.match
     while True:
         m = match(s, pos)
         if m is None:
             raise StructuredFieldError("Expected a parameter key", pos)
         kind = (m.lastindex or 1) - 1
-        if kind:
-            params[m.group(1)], pos = _bare_item(s, m, kind, 1)
+        if kind == _STR and s[m.end()] == '"':  # the usual case, inlined
+            params[m[1]] = m[_STR + 1]
+            pos = m.end() + 1
+        elif kind:
+            params[m[1]], pos = _bare_item(s, m, kind, 1)
         else:
             pos = m.end()
             if s[pos] == "=":
                 raise StructuredFieldError("Invalid parameter value", pos + 1)
-            params[m.group(1)] = True
+            params[m[1]] = True
         if s[pos] != ";":
-            return params, pos
+            return pos
 
 
 def _rest_of_inner_list(s: str, pos: int) -> tuple[InnerList, int]:
     """Parse an Inner List from just after its "(" at ``pos``."""
     items: list[Item] = []
-    match = _INNER_MEMBER.match
-    while True:
-        m = match(s, pos)
-        if m is None:
-            raise StructuredFieldError("Invalid or unterminated Inner List", pos)
-        kind = m.lastindex
-        value: BareItem
-        if kind == _STR and s[m.end()] == '"':  # the usual case, inlined
-            value = m.group(_STR)
-            pos = m.end() + 1
-        elif kind == _PAREN:
-            inner: InnerList = _new(InnerList)
-            _set_inner_items(inner, items)
-            pos = m.end()
+    params: Params = {}
+    item: Item
+    plain = _PLAIN_INNER_LIST.match(s, pos)
+    if plain is not None:
+        if plain[1] is not None:
+            for value in plain[1].split('" "'):  # plain Strings contain no '"'
+                item = _new(Item)
+                _set_item_value(item, value)
+                _set_item_params(item, {})
+                items.append(item)
+        if plain[2]:
+            for param in plain[2][1:].split(";"):  # nor do these ";"
+                key, _, text = param.partition("=")
+                first = text[0]
+                if first == '"':
+                    params[key] = text[1:-1]
+                elif first in _INTEGER_START:
+                    params[key] = int(text)
+                else:
+                    params[key] = Token(text)
+        pos = plain.end()
+    else:
+        match = _INNER_MEMBER.match
+        while True:
+            m = match(s, pos)
+            if m is None:
+                raise StructuredFieldError("Invalid or unterminated Inner List", pos)
+            kind = m.lastindex or 0
+            if kind == _PAREN:
+                pos = m.end()
+                break
+            value, pos = _bare_item(s, m, kind, 0)
+            item = _new(Item)
+            _set_item_value(item, value)
             if s[pos] == ";":
-                params, pos = _params(s, pos)
-                _set_inner_params(inner, params)
+                item_params: Params = {}
+                pos = _params(s, pos, item_params)
+                _set_item_params(item, item_params)
             else:
-                _set_inner_params(inner, {})
-            return inner, pos
-        else:
-            value, pos = _bare_item(s, m, kind or 0, 0)
-        item: Item = _new(Item)
-        _set_item_value(item, value)
-        if s[pos] == ";":
-            params, pos = _params(s, pos)
-            _set_item_params(item, params)
-        else:
-            _set_item_params(item, {})
-        items.append(item)
-        if s[pos] != " " and s[pos] != ")":
-            raise StructuredFieldError("Inner List members must be separated by spaces", pos)
+                _set_item_params(item, {})
+            items.append(item)
+            if s[pos] != " " and s[pos] != ")":
+                raise StructuredFieldError("Inner List members must be separated by spaces", pos)
+    if s[pos] == ";":
+        pos = _params(s, pos, params)
+    inner: InnerList = _new(InnerList)
+    _set_inner_items(inner, items)
+    _set_inner_params(inner, params)
+    return inner, pos
 
 
-def _item_at(s: str, m: re.Match[str], kind: int, base: int) -> tuple[Item, int]:
-    """Build the Item whose bare item ``m`` matched, reading its parameters."""
-    value, pos = _bare_item(s, m, kind, base)
+def _item(s: str, value: BareItem, pos: int) -> tuple[Item, int]:
+    """Build an Item of ``value``, reading any parameters from ``pos``."""
+    params: Params = {}
+    if s[pos] == ";":
+        pos = _params(s, pos, params)
     item: Item = _new(Item)
     _set_item_value(item, value)
-    if s[pos] == ";":
-        params, pos = _params(s, pos)
-        _set_item_params(item, params)
-    else:
-        _set_item_params(item, {})
+    _set_item_params(item, params)
     return item, pos
 
 
@@ -350,33 +397,33 @@ def parse_dictionary(value: str) -> dict[str, Member]:
 
     A key that appears again replaces the value but keeps its first position.
     """
-    # Leading and trailing SP are discarded by starting and stopping short of
-    # them, so that error offsets refer to the value as given.
-    s = value.rstrip(" ")
-    end = len(s)
-    pos = end - len(s.lstrip(" "))
-    s += _END
+    s = value + _END
+    end = len(value)
+    # Trailing SP is taken as the whitespace that may follow a member.
+    pos = end - len(value.lstrip(" ")) if s[0] == " " else 0
     result: dict[str, Member] = {}
     if pos == end:
         return result
-    match = _DICT_MEMBER.match
+    item_value: BareItem
+    match = _KEY_RE.match
     while True:
         m = match(s, pos)
         if m is None:
             raise StructuredFieldError("Expected a Dictionary key", pos)
-        kind = (m.lastindex or 1) - 1
-        if kind == _PAREN:
-            result[m.group(1)], pos = _rest_of_inner_list(s, m.end())
-        elif kind:
-            result[m.group(1)], pos = _item_at(s, m, kind, 1)
-        else:  # no "=": Boolean true
-            pos = m.end()
-            if s[pos] == "=":
+        pos = m.end()
+        if s[pos] != "=":  # Boolean true
+            result[m[0]], pos = _item(s, True, pos)
+        elif s[pos + 1] == "(":
+            result[m[0]], pos = _rest_of_inner_list(s, pos + 2)
+        elif s[pos + 1] == ":":
+            item_value, pos = _byte_sequence(s, pos + 2)
+            result[m[0]], pos = _item(s, item_value, pos)
+        else:
+            bare = _LIST_MEMBER.match(s, pos + 1)
+            if bare is None:
                 raise StructuredFieldError("Invalid Dictionary value", pos + 1)
-            params: Params = {}
-            if s[pos] == ";":
-                params, pos = _params(s, pos)
-            result[m.group(1)] = Item(True, params)
+            item_value, pos = _bare_item(s, bare, bare.lastindex or 0, 0)
+            result[m[0]], pos = _item(s, item_value, pos)
         if pos == end:
             return result
         pos = _next_member(s, pos, end)
@@ -386,10 +433,10 @@ def parse_dictionary(value: str) -> dict[str, Member]:
 
 def parse_list(value: str) -> list[Member]:
     """Parse a List field value; an empty value is an empty List."""
-    s = value.rstrip(" ")
-    end = len(s)
-    pos = end - len(s.lstrip(" "))
-    s += _END
+    s = value + _END
+    end = len(value)
+    # Trailing SP is taken as the whitespace that may follow a member.
+    pos = end - len(value.lstrip(" ")) if s[0] == " " else 0
     result: list[Member] = []
     if pos == end:
         return result
@@ -402,7 +449,8 @@ def parse_list(value: str) -> list[Member]:
         if m.lastindex == _PAREN:
             member, pos = _rest_of_inner_list(s, m.end())
         else:
-            member, pos = _item_at(s, m, m.lastindex or 0, 0)
+            item_value, pos = _bare_item(s, m, m.lastindex or 0, 0)
+            member, pos = _item(s, item_value, pos)
         result.append(member)
         if pos == end:
             return result
@@ -417,12 +465,11 @@ def parse_item(value: str) -> Item:
     end = len(s)
     pos = end - len(s.lstrip(" "))
     s += _END
-    if pos == end:
-        raise StructuredFieldError("Empty Item", pos)
     m = _LIST_MEMBER.match(s, pos)
     if m is None or m.lastindex == _PAREN:
-        raise StructuredFieldError("Expected a bare item", pos)
-    item, pos = _item_at(s, m, m.lastindex or 0, 0)
+        raise StructuredFieldError("Empty Item" if pos == end else "Expected a bare item", pos)
+    item_value, pos = _bare_item(s, m, m.lastindex or 0, 0)
+    item, pos = _item(s, item_value, pos)
     if pos != end:
         raise StructuredFieldError("Unexpected characters after the Item", pos)
     return item
@@ -430,8 +477,7 @@ def parse_item(value: str) -> Item:
 
 # --- Serialization -----------------------------------------------------------
 
-_KEY_FULL: Final = re.compile(_KEY)
-_TOKEN_FULL: Final = re.compile(r"[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*")
+_TOKEN_RE: Final = re.compile(rf"[A-Za-z*][{_TCHAR}]*")
 _STRING_FULL: Final = re.compile(r"[ -~]*")
 _MAX_INTEGER: Final = 999_999_999_999_999
 # Quantizing to thousandths needs 15 significant digits at most (after the
@@ -446,7 +492,7 @@ _DISPLAY_BYTES: Final = tuple(
 
 
 def _serialize_key(key: Any) -> str:
-    if not isinstance(key, str) or _KEY_FULL.fullmatch(key) is None:
+    if not isinstance(key, str) or _KEY_RE.fullmatch(key) is None:
         raise StructuredFieldError(f"Invalid key {key!r}")
     return str.__str__(key)
 
@@ -478,7 +524,7 @@ def _serialize_bare_item(value: Any) -> str:
     if isinstance(value, float):
         return _serialize_decimal(value)
     if isinstance(value, Token):
-        if _TOKEN_FULL.fullmatch(value) is None:
+        if _TOKEN_RE.fullmatch(value) is None:
             raise StructuredFieldError(f"Invalid Token {value!r}")
         return str.__str__(value)
     if isinstance(value, DisplayString):
@@ -489,7 +535,9 @@ def _serialize_bare_item(value: Any) -> str:
         return '%"' + "".join([_DISPLAY_BYTES[b] for b in encoded]) + '"'
     if isinstance(value, str):
         if _STRING_FULL.fullmatch(value) is None:
-            raise StructuredFieldError(f"String has characters other than printable ASCII: {value!r}")
+            raise StructuredFieldError(
+                f"String has characters other than printable ASCII: {value!r}"
+            )
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, bytes):
         return ":" + binascii.b2a_base64(value, newline=False).decode("ascii") + ":"
@@ -505,6 +553,8 @@ def _serialize_bare_item(value: Any) -> str:
 
 def serialize_params(params: Mapping[str, BareItem]) -> str:
     """Serialize parameters, each as ``;key=value`` or, for Boolean true, ``;key``."""
+    if not isinstance(params, Mapping):
+        raise StructuredFieldError(f"Parameters must be a mapping: {params!r}")
     return "".join(
         [
             ";" + _serialize_key(key) + ("" if value is True else "=" + _serialize_bare_item(value))
@@ -524,6 +574,8 @@ def serialize_inner_list(inner: InnerList) -> str:
     """Serialize an Inner List."""
     if not isinstance(inner, InnerList):
         raise StructuredFieldError(f"Not an Inner List: {inner!r}")
+    if not isinstance(inner.items, Sequence):
+        raise StructuredFieldError(f"Inner List items must be a sequence: {inner.items!r}")
     members = " ".join([serialize_item(item) for item in inner.items])
     return f"({members}){serialize_params(inner.params)}"
 
@@ -536,11 +588,15 @@ def _serialize_member(member: Member) -> str:
 
 def serialize_list(members: Sequence[Member]) -> str:
     """Serialize a List; an empty List gives "", meaning the field is to be omitted."""
+    if not isinstance(members, Sequence):
+        raise StructuredFieldError(f"A List must be a sequence: {members!r}")
     return ", ".join([_serialize_member(member) for member in members])
 
 
 def serialize_dictionary(d: Mapping[str, Member]) -> str:
     """Serialize a Dictionary; an empty one gives "", meaning the field is to be omitted."""
+    if not isinstance(d, Mapping):
+        raise StructuredFieldError(f"A Dictionary must be a mapping: {d!r}")
     out = []
     for key, member in d.items():
         if isinstance(member, Item) and member.value is True:
