@@ -23,7 +23,7 @@ from .functions import FUNCTION_NAME, Function
 from .http import Request, Response
 from .keys import VERIFICATION_KEY_ENV, PublicKeyLike, load_public_keys, public_keys_from_env
 from .runner import error_response, execute
-from .signatures import Verifier, normalize_authority
+from .signatures import Verifier, header_fields, normalize_authority
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -173,15 +173,16 @@ class Endpoint:
             raise NotFound(f"no such RPC: {request.path[:200]!r}")
         if request.method != "POST":
             raise MethodNotAllowed(f"method {request.method[:20]!r} not allowed: use POST")
-        codec = connect.media_type(_header(request, "content-type"))
-        encoding = _header(request, "content-encoding")
+        fields = header_fields(request.headers)
+        codec = connect.media_type(_first(fields, "content-type"))
+        encoding = _first(fields, "content-encoding")
         if encoding not in (None, "identity"):
             raise UnsupportedMediaType(f"unsupported Content-Encoding {encoding[:40]!r}")
         if not request.body:
             raise InvalidArgument("empty request body: expected a RunRequest")
         if len(request.body) > self.max_body_size:
             raise self._oversized()
-        self._verify(request)
+        self._verify(request, fields)
         run_request = connect.decode_request(request.body, codec)
         function = self._lookup(run_request.function)
         result = execute(function, run_request, allow_pickle=self.allow_pickle)
@@ -204,19 +205,19 @@ class Endpoint:
         if size > self.max_header_bytes:
             raise InvalidArgument(f"header fields exceed {self.max_header_bytes} bytes")
 
-    def _verify(self, request: Request) -> None:
+    def _verify(self, request: Request, fields: dict[str, list[str]]) -> None:
         if self.insecure:
             return
         if self.verifier is None:
             raise Unauthenticated(_NO_KEY)
-        self.verifier.verify(request, authority=self._authority, path=self._signed_path)
+        self.verifier.verify(
+            request, fields=fields, authority=self._authority, path=self._signed_path
+        )
 
 
-def _header(request: Request, name: str) -> str | None:
-    for key, value in request.headers:
-        if key.lower() == name:
-            return value
-    return None
+def _first(fields: dict[str, list[str]], name: str) -> str | None:
+    values = fields.get(name)
+    return values[0] if values else None
 
 
 __all__ = ["ENDPOINT_URL_ENV", "VERIFICATION_KEY_ENV", "Endpoint"]

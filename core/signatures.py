@@ -13,6 +13,8 @@ mismatch, stale, from the future, expired).
 
 from __future__ import annotations
 
+import functools
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -76,17 +78,15 @@ def _field_value(fields: Mapping[str, list[str]], name: str) -> str:
 def _component_value(
     name: str, request: Request, fields: Mapping[str, list[str]], authority: str, path: str
 ) -> str:
-    if not name.startswith("@"):
-        if name != name.lower():
-            raise Unauthenticated(f"component {name!r} must be lower case")
+    if name[0] != "@":
         return _field_value(fields, name)
-    query = f"?{request.query}" if request.query else ""
     if name == "@method":
         return request.method
     if name == "@authority":
         return authority
     if name == "@path":
         return path or "/"
+    query = f"?{request.query}" if request.query else ""
     if name == "@query":
         return query or "?"
     if name == "@scheme":
@@ -98,8 +98,102 @@ def _component_value(
     raise Unauthenticated(f"unsupported signature component {name!r}")
 
 
+# A header field name (RFC 9110 token, lower case) or a derived component.
+_COMPONENT_NAME = re.compile(r"@?[a-z0-9!#$%&'*+.^_`|~-]+")
+
+
+@functools.lru_cache(maxsize=256)
+def _covered_components(names: tuple[str, ...]) -> str:
+    """The serialized list of covered components, once its names are checked.
+
+    Cached: a signer covers the same components on every request.
+    """
+    for name in names:
+        if _COMPONENT_NAME.fullmatch(name) is None:
+            raise Unauthenticated(f"invalid signature component {name!r}")
+    if len(set(names)) != len(names):
+        raise Unauthenticated("a signature component is covered twice")
+    return sf.serialize_inner_list(sf.InnerList([sf.Item(name, {}) for name in names], {}))
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureInput:
+    """One member of Signature-Input: what a signature covers, with its parameters.
+
+    ``serialized`` is the RFC 9651 serialization of the member, the value of the
+    ``@signature-params`` line of the signature base.
+    """
+
+    names: tuple[str, ...]
+    params: Mapping[str, sf.BareItem]
+    serialized: str
+
+    @classmethod
+    def build(cls, names: Sequence[str], params: Mapping[str, sf.BareItem]) -> SignatureInput:
+        names = tuple(names)
+        return cls(names, params, _covered_components(names) + sf.serialize_params(params))
+
+    @classmethod
+    def from_member(cls, member: sf.Member) -> SignatureInput:
+        if not isinstance(member, sf.InnerList):
+            raise Unauthenticated("Signature-Input member is not an inner list")
+        names = []
+        for item in member.items:
+            if type(item.value) is not str:
+                raise Unauthenticated("signature components must be strings")
+            if item.params:
+                raise Unauthenticated(f"unsupported parameters on component {item.value!r}")
+            names.append(item.value)
+        return cls.build(names, member.params)
+
+
+# The Signature-Input a signer in the Dispatch profile sends: one member, an inner list
+# of plain strings separated by single spaces, then integer or string parameters, all
+# in canonical form. Such text is its own serialization, so the hot path takes it as it
+# is; anything else goes through the general parser.
+_KEY = r"[a-z*][a-z0-9_.*-]*"
+_STRING = r'"[ !#-\[\]-~]*"'
+_INTEGER = r"-?[1-9][0-9]{0,14}|0"
+_CANONICAL_INPUT = re.compile(
+    rf"({_KEY})=(\((?:{_STRING}(?: {_STRING})*)?\)((?:;{_KEY}=(?:{_INTEGER}|{_STRING}))*))"
+)
+_CANONICAL_NAME = re.compile(r'"([ !#-\[\]-~]*)"')
+_CANONICAL_PARAM = re.compile(rf';({_KEY})=(?:({_INTEGER})|"([ !#-\[\]-~]*)")')
+
+
+def parse_signature_input(value: str) -> dict[str, SignatureInput | Unauthenticated]:
+    """The members of a Signature-Input field value by label.
+
+    A member that cannot be a signature's input maps to the reason; a field that is not
+    a Structured Field Dictionary raises ``Unauthenticated``.
+    """
+    m = _CANONICAL_INPUT.fullmatch(value)
+    if m is not None:
+        params: dict[str, sf.BareItem] = {}
+        for p in _CANONICAL_PARAM.finditer(m[3]):
+            params[p[1]] = int(p[2]) if p[2] is not None else p[3]
+        if len(params) == m[3].count(";"):  # a repeated key is not canonical
+            names = tuple(_CANONICAL_NAME.findall(m[2], 0, len(m[2]) - len(m[3])))
+            try:
+                _covered_components(names)  # checks the names
+            except Unauthenticated as exc:
+                return {m[1]: exc}
+            return {m[1]: SignatureInput(names, params, m[2])}
+    try:
+        members = sf.parse_dictionary(value)
+    except sf.StructuredFieldError as exc:
+        raise Unauthenticated(f"malformed Signature-Input header: {exc}") from None
+    inputs: dict[str, SignatureInput | Unauthenticated] = {}
+    for label, member in members.items():
+        try:
+            inputs[label] = SignatureInput.from_member(member)
+        except Unauthenticated as exc:
+            inputs[label] = exc
+    return inputs
+
+
 def signature_base(
-    components: sf.InnerList,
+    covered: SignatureInput,
     request: Request,
     fields: Mapping[str, list[str]],
     *,
@@ -107,20 +201,11 @@ def signature_base(
     path: str,
 ) -> bytes:
     """The bytes that are signed: one line per covered component, then the parameters."""
-    lines = []
-    seen = set()
-    for item in components.items:
-        name = item.value
-        if not isinstance(name, str) or isinstance(name, sf.Token):
-            raise Unauthenticated("signature components must be strings")
-        if item.params:
-            raise Unauthenticated(f"unsupported parameters on component {name!r}")
-        if name in seen:
-            raise Unauthenticated(f"component {name!r} is covered twice")
-        seen.add(name)
-        value = _component_value(name, request, fields, authority, path)
-        lines.append(f'"{name}": {value}')
-    lines.append(f'"@signature-params": {sf.serialize_inner_list(components)}')
+    lines = [
+        f'"{name}": {_component_value(name, request, fields, authority, path)}'
+        for name in covered.names
+    ]
+    lines.append(f'"@signature-params": {covered.serialized}')
     try:
         return "\n".join(lines).encode("ascii")
     except UnicodeEncodeError:
@@ -144,25 +229,28 @@ class Verifier:
         self,
         request: Request,
         *,
+        fields: Mapping[str, list[str]] | None = None,
         authority: str | None = None,
         path: str | None = None,
         now: float | None = None,
     ) -> str:
         """Return the label of the signature that verified, or raise.
 
+        ``fields`` is ``header_fields(request.headers)`` when the caller has it already.
         ``authority`` and ``path`` are what the caller addressed when that differs from
         what reached us (a proxy or API stage in between); by default the request's own.
         """
-        fields = header_fields(request.headers)
+        if fields is None:
+            fields = header_fields(request.headers)
         inputs = fields.get("signature-input")
         signatures = fields.get("signature")
         if not inputs or not signatures:
             raise Unauthenticated("missing request signature (Signature-Input and Signature)")
+        parsed_inputs = parse_signature_input(", ".join(inputs))
         try:
-            parsed_inputs = sf.parse_dictionary(", ".join(inputs))
             parsed_signatures = sf.parse_dictionary(", ".join(signatures))
         except sf.StructuredFieldError as exc:
-            raise Unauthenticated(f"malformed signature header: {exc}") from None
+            raise Unauthenticated(f"malformed Signature header: {exc}") from None
 
         target_authority = normalize_authority(
             request.authority if authority is None else authority
@@ -172,19 +260,15 @@ class Verifier:
         # The first 403-class reason wins over 401-class ones: it says more.
         rejected: DispatchletError | None = None
         unusable: DispatchletError | None = None
-        for label, components in parsed_inputs.items():
+        for label, covered in parsed_inputs.items():
             signature = parsed_signatures.get(label)
             if signature is None:
                 continue
             try:
+                if isinstance(covered, Unauthenticated):
+                    raise covered
                 self._verify_one(
-                    components,
-                    signature,
-                    request,
-                    fields,
-                    target_authority,
-                    target_path,
-                    current,
+                    covered, signature, request, fields, target_authority, target_path, current
                 )
                 return label
             except PermissionDenied as exc:
@@ -199,7 +283,7 @@ class Verifier:
 
     def _verify_one(
         self,
-        components: sf.Member,
+        covered: SignatureInput,
         signature: sf.Member,
         request: Request,
         fields: Mapping[str, list[str]],
@@ -207,17 +291,14 @@ class Verifier:
         path: str,
         now: float,
     ) -> None:
-        if not isinstance(components, sf.InnerList):
-            raise Unauthenticated("Signature-Input member is not an inner list")
-        if not isinstance(signature, sf.Item) or not isinstance(signature.value, bytes):
+        if type(signature) is not sf.Item or type(signature.value) is not bytes:
             raise Unauthenticated("Signature member is not a byte sequence")
-        covered = {item.value for item in components.items}
-        missing = self.required.difference(covered)
+        missing = self.required.difference(covered.names)
         if missing:
             raise Unauthenticated(
                 f"signature does not cover required components: {', '.join(sorted(missing))}"
             )
-        params = components.params
+        params = covered.params
         alg = params.get("alg")
         if alg is not None and alg != ALGORITHM:
             raise Unauthenticated(f"unsupported signature algorithm {alg!r}")
@@ -238,8 +319,8 @@ class Verifier:
             if expires < now - self.clock_skew:
                 raise PermissionDenied("signature has expired")
 
-        base = signature_base(components, request, fields, authority=authority, path=path)
-        if "content-digest" in covered:
+        base = signature_base(covered, request, fields, authority=authority, path=path)
+        if "content-digest" in covered.names:
             check_content_digest(_field_value(fields, "content-digest"), request.body)
         for key in self.keys:
             try:
@@ -265,6 +346,8 @@ def sign_request(
 
     The authority and path signed are the request's own, as a client addressed them.
     """
+    if re.fullmatch(_KEY, label) is None:
+        raise ValueError(f"invalid signature label {label!r}")
     headers = [(n, v) for n, v in request.headers if n.lower() not in _SIGNATURE_FIELDS]
     headers.append(("Content-Digest", content_digest(request.body, digest)))
     params: dict[str, sf.BareItem] = {
@@ -274,16 +357,16 @@ def sign_request(
         params["expires"] = expires
     params["keyid"] = keyid
     params["alg"] = ALGORITHM
-    inner = sf.InnerList([sf.Item(name, {}) for name in components], params)
+    covered = SignatureInput.build(components, params)
     unsigned = replace(request, headers=headers)
     base = signature_base(
-        inner,
+        covered,
         unsigned,
         header_fields(headers),
         authority=normalize_authority(request.authority),
         path=request.path,
     )
     signature = sf.Item(key.sign(base), {})
-    headers.append(("Signature-Input", sf.serialize_dictionary({label: inner})))
+    headers.append(("Signature-Input", f"{label}={covered.serialized}"))
     headers.append(("Signature", sf.serialize_dictionary({label: signature})))
     return replace(request, headers=headers)

@@ -491,10 +491,19 @@ _DISPLAY_BYTES: Final = tuple(
 )
 
 
+# Keys seen valid before: signature parameters repeat the same few on every request.
+_VALID_KEYS: Final[set[str]] = set()
+
+
 def _serialize_key(key: Any) -> str:
+    if type(key) is str and key in _VALID_KEYS:
+        return key
     if not isinstance(key, str) or _KEY_RE.fullmatch(key) is None:
         raise StructuredFieldError(f"Invalid key {key!r}")
-    return str.__str__(key)
+    key = str.__str__(key)
+    if len(_VALID_KEYS) < 1024:
+        _VALID_KEYS.add(key)
+    return key
 
 
 def _serialize_decimal(value: float) -> str:
@@ -513,7 +522,32 @@ def _serialize_decimal(value: float) -> str:
     return f"{integer}.{fraction}"
 
 
+def _serialize_plain_string(value: str) -> str:
+    # isascii() and isprintable() together mean exactly the characters %x20-7E.
+    if not (value.isascii() and value.isprintable()):
+        raise StructuredFieldError(f"String has characters other than printable ASCII: {value!r}")
+    if '"' in value or "\\" in value:
+        value = value.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + value + '"'
+
+
+def _serialize_plain_int(value: int) -> str:
+    if not -_MAX_INTEGER <= value <= _MAX_INTEGER:
+        raise StructuredFieldError(f"Integer out of range: {value}")
+    return int.__repr__(value)
+
+
+# Exact types of the common bare items, served without the isinstance chain below.
+_PLAIN_SERIALIZERS: Final[dict[type, Any]] = {
+    str: _serialize_plain_string,
+    int: _serialize_plain_int,
+}
+
+
 def _serialize_bare_item(value: Any) -> str:
+    plain = _PLAIN_SERIALIZERS.get(type(value))
+    if plain is not None:
+        return plain(value)  # type: ignore[no-any-return]
     # Order matters: bool is an int, Token and DisplayString are strs.
     if isinstance(value, bool):
         return "?1" if value else "?0"
@@ -553,7 +587,9 @@ def _serialize_bare_item(value: Any) -> str:
 
 def serialize_params(params: Mapping[str, BareItem]) -> str:
     """Serialize parameters, each as ``;key=value`` or, for Boolean true, ``;key``."""
-    if not isinstance(params, Mapping):
+    if not params and type(params) is dict:
+        return ""
+    if type(params) is not dict and not isinstance(params, Mapping):
         raise StructuredFieldError(f"Parameters must be a mapping: {params!r}")
     return "".join(
         [
@@ -565,16 +601,16 @@ def serialize_params(params: Mapping[str, BareItem]) -> str:
 
 def serialize_item(item: Item) -> str:
     """Serialize an Item."""
-    if not isinstance(item, Item):
+    if type(item) is not Item and not isinstance(item, Item):
         raise StructuredFieldError(f"Not an Item: {item!r}")
     return _serialize_bare_item(item.value) + serialize_params(item.params)
 
 
 def serialize_inner_list(inner: InnerList) -> str:
     """Serialize an Inner List."""
-    if not isinstance(inner, InnerList):
+    if type(inner) is not InnerList and not isinstance(inner, InnerList):
         raise StructuredFieldError(f"Not an Inner List: {inner!r}")
-    if not isinstance(inner.items, Sequence):
+    if type(inner.items) is not list and not isinstance(inner.items, Sequence):
         raise StructuredFieldError(f"Inner List items must be a sequence: {inner.items!r}")
     members = " ".join([serialize_item(item) for item in inner.items])
     return f"({members}){serialize_params(inner.params)}"

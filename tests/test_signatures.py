@@ -11,14 +11,15 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from dispatchlet import Endpoint, Request
-from dispatchlet.core import structured_fields as sf
 from dispatchlet.core.digest import check_content_digest, content_digest
 from dispatchlet.core.errors import PermissionDenied, Unauthenticated
 from dispatchlet.core.keys import load_public_key
 from dispatchlet.core.signatures import (
+    SignatureInput,
     Verifier,
     header_fields,
     normalize_authority,
+    parse_signature_input,
     signature_base,
 )
 from support import (
@@ -70,10 +71,10 @@ def vector_verifier(**options: object) -> Verifier:
 def test_rfc9421_b26_signature_base_is_byte_for_byte() -> None:
     request = vector_request()
     fields = header_fields(request.headers)
-    components = sf.parse_dictionary(fields["signature-input"][0])["sig-b26"]
-    assert isinstance(components, sf.InnerList)
+    covered = parse_signature_input(fields["signature-input"][0])["sig-b26"]
+    assert isinstance(covered, SignatureInput)
     base = signature_base(
-        components,
+        covered,
         request,
         fields,
         authority=normalize_authority(request.authority),
