@@ -13,6 +13,7 @@ import argparse
 import os
 import time
 from collections.abc import Callable
+from functools import partial
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dispatchlet import Endpoint
@@ -67,10 +68,8 @@ def main() -> None:
         handle_best = verify_best = float("inf")
         for _ in range(args.rounds):
             verify_best = min(verify_best, best_per_call(bare_verify, calls))
-            handle_best = min(
-                handle_best, best_per_call(lambda r=request: endpoint.handle(r), calls)
-            )
-        label = f"{len(request.body) // 1024} KiB"
+            handle_best = min(handle_best, best_per_call(partial(endpoint.handle, request), calls))
+        label = f"{len(request.body) / 1024:.0f} KiB"
         print(
             f"{label:>14} {handle_best * 1e6:>12.1f} {verify_best * 1e6:>12.1f} "
             f"{handle_best / verify_best:>7.2f}"

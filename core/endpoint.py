@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
+from itertools import chain
 from types import MappingProxyType
 from typing import Any, ParamSpec, TypeVar, overload
 from urllib.parse import urlsplit
@@ -201,7 +202,7 @@ class Endpoint:
             raise InvalidArgument("missing Host header")
         if len(request.headers) > self.max_header_count:
             raise InvalidArgument(f"more than {self.max_header_count} header fields")
-        size = sum(len(n) + len(v) for n, v in request.headers)
+        size = sum(map(len, chain.from_iterable(request.headers)))
         if size > self.max_header_bytes:
             raise InvalidArgument(f"header fields exceed {self.max_header_bytes} bytes")
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf import timestamp_pb2
 
-from ..proto.dispatch.sdk.v1 import call_pb2, error_pb2, function_pb2
+from ..proto.dispatch.sdk.v1 import call_pb2, error_pb2, function_pb2, status_pb2
 from . import values
 from .context import RunContext
 from .errors import DeadlineExceeded, DispatchletError, IncompatibleState, status_for
@@ -87,8 +87,10 @@ def execute(
             IncompatibleState(f"{function.name} is not a coroutine: there is no state to resume")
         )
     try:
-        present = request.HasField("input") and bool(request.input.type_url)
-        value = values.from_any(request.input, allow_pickle=allow_pickle) if present else None
+        # An unset input reads as an empty Any: no type URL.
+        input_any = request.input
+        present = bool(input_any.type_url)
+        value = values.from_any(input_any, allow_pickle=allow_pickle) if present else None
         args, kwargs = function.arguments(value, present, lambda: _context(function, request))
     except (values.DecodeError, DispatchletError) as exc:
         # Bad input is the caller's fault: no traceback of ours to show.
@@ -127,7 +129,7 @@ def execute(
                 )
             ),
         )
-    message = response(Status.OK)
+    message = function_pb2.RunResponse(status=status_pb2.STATUS_OK)
     message.exit.result.output.CopyFrom(output)
     return message
 

@@ -500,10 +500,10 @@ def _serialize_key(key: Any) -> str:
         return key
     if not isinstance(key, str) or _KEY_RE.fullmatch(key) is None:
         raise StructuredFieldError(f"Invalid key {key!r}")
-    key = str.__str__(key)
+    valid: str = str.__str__(key)
     if len(_VALID_KEYS) < 1024:
-        _VALID_KEYS.add(key)
-    return key
+        _VALID_KEYS.add(valid)
+    return valid
 
 
 def _serialize_decimal(value: float) -> str:
