@@ -36,6 +36,7 @@ from dispatchlet.core.structured_fields import (
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from typed_structures import typed
 
 EXAMPLES = settings(max_examples=500, deadline=None)
 # Nested structures are slow to draw; fewer of them keep the file to seconds.
@@ -52,37 +53,6 @@ EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 DATETIME_MIN = -62135596800
 DATETIME_MAX = 253402300799
 MAX_INTEGER = 999_999_999_999_999
-
-
-# --- Comparison that tells the types apart ------------------------------------
-# Token("a") == "a", True == 1 and 1 == 1.0 in Python, so values are compared
-# with their types spelled out.
-
-
-def typed_bare(value: Any) -> tuple[str, Any]:
-    for kind in (bool, Token, DisplayString, Date, int, float, str, bytes):
-        if isinstance(value, kind):
-            return kind.__name__, value
-    raise AssertionError(f"not a bare item: {value!r}")
-
-
-def typed_params(params: dict[str, Any]) -> list[tuple[str, tuple[str, Any]]]:
-    return [(key, typed_bare(value)) for key, value in params.items()]
-
-
-def typed_member(member: Member) -> Any:
-    if isinstance(member, InnerList):
-        return ("inner", [typed_member(item) for item in member.items], typed_params(member.params))
-    assert isinstance(member, Item), member
-    return ("item", typed_bare(member.value), typed_params(member.params))
-
-
-def typed(structure: Any) -> Any:
-    if isinstance(structure, dict):
-        return [(key, typed_member(member)) for key, member in structure.items()]
-    if isinstance(structure, list):
-        return [typed_member(member) for member in structure]
-    return typed_member(structure)
 
 
 # --- http-sf's representation, converted to ours -----------------------------
