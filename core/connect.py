@@ -6,7 +6,7 @@ import json
 
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
-from ..proto.dispatch.sdk.v1 import function_pb2
+from ..proto.dispatch.sdk.v1 import function_pb2, status_pb2
 from .errors import DispatchletError, InvalidArgument, MethodNotAllowed, UnsupportedMediaType
 from .http import Response
 
@@ -48,13 +48,23 @@ def decode_request(body: bytes, codec: str) -> function_pb2.RunRequest:
 
 def encode_response(message: function_pb2.RunResponse, codec: str) -> Response:
     """A 200 response carrying ``message`` in ``codec``."""
-    if codec == PROTO:
-        body = message.SerializeToString()
-    else:
-        from google.protobuf import json_format
-
-        body = json_format.MessageToJson(message, indent=None).encode("utf-8")
+    body = message.SerializeToString() if codec == PROTO else _to_json(message)
     return Response(200, [("Content-Type", codec)], body)
+
+
+def _to_json(message: function_pb2.RunResponse) -> bytes:
+    from google.protobuf import json_format
+
+    try:
+        return json_format.MessageToJson(message, indent=None).encode("utf-8")
+    except (TypeError, ValueError, json_format.Error) as exc:
+        # An output the JSON mapping cannot show (an Any of a type this process does not
+        # know): the run still has an answer, in a form JSON callers can read.
+        failed = function_pb2.RunResponse(status=status_pb2.STATUS_PERMANENT_ERROR)
+        error = failed.exit.result.error
+        error.type = "TypeError"
+        error.message = f"the output cannot be represented in JSON: {exc}"
+        return json_format.MessageToJson(failed, indent=None).encode("utf-8")
 
 
 def error_response(error: DispatchletError) -> Response:

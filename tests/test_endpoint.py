@@ -561,3 +561,21 @@ def test_pickle_never_before_verification() -> None:
     assert connect_error(ep.handle(unsigned))[0] == 401
     forged = signed(http_request(request), key=Ed25519PrivateKey.generate())
     assert connect_error(ep.handle(forged))[0] == 403
+
+
+def test_json_caller_gets_an_error_for_an_output_json_cannot_show() -> None:
+    from google.protobuf import any_pb2
+
+    ep = Endpoint(verification_key=PUBLIC_KEY)
+    ep.function(
+        lambda: any_pb2.Any(type_url="type.googleapis.com/x.Unknown", value=b"\x08\x01"), name="odd"
+    )
+    body = json_format.MessageToJson(run_request("odd")).encode()
+    response = ep.handle(signed(http_request(body, content_type=JSON)))
+    assert response.status == 200
+    message = json.loads(response.body)
+    assert message["status"] == "STATUS_PERMANENT_ERROR"
+    assert "JSON" in message["exit"]["result"]["error"]["message"]
+    # The proto codec carries it unchanged.
+    result = run_response(call(ep, "odd"))
+    assert result.exit.result.output.type_url == "type.googleapis.com/x.Unknown"
