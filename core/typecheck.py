@@ -23,7 +23,8 @@ def _accept(value: object) -> str | None:
 
 
 def _name(annotation: object) -> str:
-    if isinstance(annotation, type):
+    # A generic alias such as list[int] passes isinstance(..., type) on Python 3.10.
+    if isinstance(annotation, type) and typing.get_origin(annotation) is None:
         return annotation.__qualname__
     return repr(annotation).replace("typing.", "")
 
