@@ -31,6 +31,14 @@ def check_content_digest(header: str | None, body: bytes) -> None:
     """
     if header is None:
         raise Unauthenticated("missing Content-Digest header")
+    # What a signer sends: one algorithm, canonical base64. Compared as text, that is
+    # exact; anything else (several algorithms, other padding) is parsed below.
+    algorithm = header.partition("=")[0]
+    compute = ALGORITHMS.get(algorithm)
+    if compute is not None and header.isascii():
+        expected = f"{algorithm}=:{base64.b64encode(compute(body)).decode()}:"
+        if hmac.compare_digest(header, expected):
+            return
     try:
         members = sf.parse_dictionary(header)
     except sf.StructuredFieldError as exc:

@@ -58,6 +58,7 @@ def header_fields(headers: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
     return fields
 
 
+@functools.lru_cache(maxsize=256)
 def normalize_authority(authority: str) -> str:
     """``@authority`` as RFC 9421 wants it: lower case, default port dropped."""
     authority = authority.strip().lower()
@@ -160,9 +161,40 @@ def _canonical_input(value: str) -> tuple[str, SignatureInput] | None:
     parser: this runs on every request. Anything else returns None and goes through
     the general parser.
     """
-    label, _, rest = value.partition("=(")
-    inner, close_paren, param_text = rest.partition(")")
-    if not close_paren or _KEY.fullmatch(label) is None:
+    head, close_paren, param_text = value.partition(")")
+    components = _canonical_components(head) if close_paren else None
+    if components is None:
+        return None
+    label, names = components
+    params: dict[str, sf.BareItem] = {}
+    if param_text:
+        pairs = param_text.split(";")
+        if pairs[0]:
+            return None
+        for pair in pairs[1:]:
+            key, equals, text = pair.partition("=")
+            if not equals or key in params:
+                return None
+            if key not in _SIGNATURE_PARAMETERS and _KEY.fullmatch(key) is None:
+                return None
+            item = _canonical_bare_item(text)
+            if item is None:
+                return None
+            params[key] = item
+    return label, SignatureInput(names, params, value[len(label) + 1 :])
+
+
+_SIGNATURE_PARAMETERS = frozenset({"created", "expires", "keyid", "alg", "nonce", "tag"})
+
+
+@functools.lru_cache(maxsize=256)
+def _canonical_components(head: str) -> tuple[str, tuple[str, ...]] | None:
+    """Label and names from ``label=("name" "name"``, the text before ")".
+
+    Cached: it is the same on every request of a signer; only the parameters change.
+    """
+    label, open_paren, inner = head.partition("=(")
+    if not open_paren or _KEY.fullmatch(label) is None:
         return None
     names = []
     if inner:
@@ -171,24 +203,11 @@ def _canonical_input(value: str) -> tuple[str, SignatureInput] | None:
             if len(quoted) < 3 or quoted[0] != '"' or quoted[-1] != '"':
                 return None
             names.append(quoted[1:-1])
-    params: dict[str, sf.BareItem] = {}
-    if param_text:
-        pairs = param_text.split(";")
-        if pairs[0]:
-            return None
-        for pair in pairs[1:]:
-            key, equals, text = pair.partition("=")
-            if not equals or key in params or _KEY.fullmatch(key) is None:
-                return None
-            item = _canonical_bare_item(text)
-            if item is None:
-                return None
-            params[key] = item
     try:
         _covered_components(tuple(names))  # checks the names
     except Unauthenticated:
         return None  # the general parser says why
-    return label, SignatureInput(tuple(names), params, value[len(label) + 1 :])
+    return label, tuple(names)
 
 
 def _canonical_bare_item(text: str) -> int | str | None:
