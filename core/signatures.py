@@ -18,6 +18,7 @@ import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -72,8 +73,10 @@ def _field_value(fields: Mapping[str, list[str]], name: str) -> str:
     values = fields.get(name)
     if values is None:
         raise Unauthenticated(f"covered field {name!r} is missing from the request")
+    if len(values) == 1:
+        return values[0].strip()
     # RFC 9421 2.1: trim each field line, join with ", ".
-    return ", ".join(v.strip() for v in values)
+    return ", ".join([v.strip() for v in values])
 
 
 def _component_value(
@@ -117,8 +120,7 @@ def _covered_components(names: tuple[str, ...]) -> str:
     return sf.serialize_inner_list(sf.InnerList([sf.Item(name, {}) for name in names], {}))
 
 
-@dataclass(frozen=True, slots=True)
-class SignatureInput:
+class SignatureInput(NamedTuple):
     """One member of Signature-Input: what a signature covers, with its parameters.
 
     ``serialized`` is the RFC 9651 serialization of the member, the value of the
