@@ -1,51 +1,78 @@
 """PEP 3333 adapter: ``app = wsgi_app(endpoint)`` for gunicorn, waitress and others.
 
-It only translates. The path is taken from the raw request line when the server keeps
-it (``RAW_URI`` in gunicorn, ``REQUEST_URI`` in waitress and others), because a
-signature covers the path exactly as the client sent it; otherwise it is rebuilt from
-``SCRIPT_NAME`` and ``PATH_INFO``. The body is read up to the endpoint's limit and
-never further.
+It only translates; the endpoint decides. What it takes from the environ:
+
+- Path: from the raw request line when the server keeps it (``RAW_URI`` in gunicorn,
+  ``REQUEST_URI`` in waitress and others), because a signature covers the path exactly
+  as the client sent it (``%2F``, ``//``, ``;params`` included); otherwise rebuilt from
+  ``SCRIPT_NAME`` and ``PATH_INFO``, which cannot tell ``%2F`` from ``/``.
+- Authority: the ``Host`` header, or the authority of an absolute-form request target
+  (RFC 9112 3.2.2). Never ``SERVER_NAME``: that is the server's name, not what the
+  client signed. No Host gives an empty authority, which the endpoint refuses (400).
+- Body: exactly ``CONTENT_LENGTH`` bytes. A length over the endpoint's limit is refused
+  without reading a byte. A body without a length (chunked) is read only when the
+  server sets ``wsgi.input_terminated``, and never more than the limit plus one byte.
+  A body that ends before its announced length, fails to read, or stalls for
+  ``body_timeout`` seconds is answered 400: a truncated body is never passed on as if
+  complete.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import suppress
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import quote, urlsplit
 
+from ..core.connect import error_response
 from ..core.endpoint import Endpoint
-from ..core.http import Request
+from ..core.errors import InvalidArgument
+from ..core.http import Request, Response
 
 StartResponse = Callable[..., Any]
 WSGIApplication = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+DEFAULT_BODY_TIMEOUT = 10.0
+"""Seconds a body may pause before it is given up as incomplete (gunicorn only)."""
 
 _READ_CHUNK = 64 * 1024
 # Characters that stay literal in a path when it has to be re-encoded.
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
 
-def wsgi_app(endpoint: Endpoint) -> WSGIApplication:
-    """A WSGI application serving ``endpoint``."""
+def wsgi_app(
+    endpoint: Endpoint, *, body_timeout: float | None = DEFAULT_BODY_TIMEOUT
+) -> WSGIApplication:
+    """A WSGI application serving ``endpoint``.
+
+    ``body_timeout``: the longest pause, in seconds, while a request body arrives,
+    after which the request is answered 400. It applies where the server hands the
+    application its client socket (gunicorn's ``gunicorn.socket``): gunicorn's
+    threaded workers would otherwise wait forever on a client that stops sending.
+    Servers that read the whole body before calling the application (waitress) bound
+    this themselves (waitress: ``channel_timeout``). None leaves the socket alone.
+    """
 
     def application(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        body = _read_body(environ, endpoint.max_body_size)
-        if body is None:
-            response = endpoint.body_too_large()
+        body = _read_body(environ, endpoint, body_timeout)
+        if isinstance(body, Response):
+            response = body
         else:
             path, query = request_target(environ)
             response = endpoint.handle(
                 Request(
                     method=environ.get("REQUEST_METHOD", "GET"),
                     path=path,
-                    authority=environ.get("HTTP_HOST", ""),
+                    authority=request_authority(environ),
                     headers=request_headers(environ),
                     body=body,
                     query=query,
                     scheme=environ.get("wsgi.url_scheme", "http"),
                 )
             )
-        headers = [*response.headers, ("Content-Length", str(len(response.body)))]
+        headers = [(k, v) for k, v in response.headers if k.lower() != "content-length"]
+        headers.append(("Content-Length", str(len(response.body))))
         start_response(f"{response.status} {_reason(response.status)}", headers)
         return [response.body]
 
@@ -68,6 +95,18 @@ def request_target(environ: dict[str, Any]) -> tuple[str, str]:
     return path or "/", environ.get("QUERY_STRING", "")
 
 
+def request_authority(environ: dict[str, Any]) -> str:
+    """The authority the client addressed: an absolute-form target's, else Host, else ""."""
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI") or ""
+    if raw and not raw.startswith("/"):
+        # RFC 9112 3.2.2: the target's authority wins over the Host header.
+        netloc = urlsplit(raw).netloc.rpartition("@")[2]
+        if netloc:
+            return netloc
+    host: str = environ.get("HTTP_HOST", "")
+    return host
+
+
 def request_headers(environ: dict[str, Any]) -> list[tuple[str, str]]:
     """Header fields from the environ's CONTENT_* and HTTP_* keys."""
     headers = []
@@ -79,39 +118,88 @@ def request_headers(environ: dict[str, Any]) -> list[tuple[str, str]]:
     return headers
 
 
-def _read_body(environ: dict[str, Any], limit: int) -> bytes | None:
-    """The request body, or None when it exceeds ``limit`` (then it is not read)."""
+def _read_body(
+    environ: dict[str, Any], endpoint: Endpoint, timeout: float | None
+) -> bytes | Response:
+    """The whole request body, or the error response that replaces reading it."""
+    limit = endpoint.max_body_size
     stream = environ.get("wsgi.input")
+    length_text = (environ.get("CONTENT_LENGTH") or "").strip()
+    if length_text:
+        # Digits only: int() would also take "+1", "1_0" and non-ASCII digits.
+        if not (length_text.isascii() and length_text.isdigit()):
+            return _bad_request(f"invalid Content-Length {length_text[:40]!r}")
+        length = int(length_text)
+        if length > limit:
+            return endpoint.body_too_large()
+        if length == 0 or stream is None:
+            return b""
+        body = _read_bounded(environ, stream, length, timeout)
+        if isinstance(body, bytes) and len(body) < length:
+            return _bad_request(f"incomplete request body: {len(body)} of {length} bytes arrived")
+        return body
     if stream is None:
         return b""
-    length_text = environ.get("CONTENT_LENGTH") or ""
-    if length_text.strip():
-        try:
-            length = int(length_text)
-        except ValueError:
-            length = -1
-        if length < 0:
-            return b""  # nonsense length: the core answers an empty body with 400
-        if length > limit:
-            return None
-        return _read(stream, length)
-    # No length: a chunked body, readable to its end only if the server says so.
     if not environ.get("wsgi.input_terminated"):
+        # PEP 3333: without a length the stream may never end; reading it could hang.
+        if environ.get("HTTP_TRANSFER_ENCODING"):
+            return _bad_request("this server cannot read a body without Content-Length")
         return b""
-    data = _read(stream, limit + 1)
-    return None if len(data) > limit else data
+    body = _read_bounded(environ, stream, limit + 1, timeout)
+    if isinstance(body, bytes) and len(body) > limit:
+        return endpoint.body_too_large()
+    return body
 
 
-def _read(stream: Any, size: int) -> bytes:
+def _read_bounded(
+    environ: dict[str, Any], stream: Any, size: int, timeout: float | None
+) -> bytes | Response:
+    """At most ``size`` bytes, fewer only at the end of the stream."""
+    sock = _client_socket(environ) if timeout is not None else None
+    previous = None
+    if sock is not None and timeout is not None:
+        previous = sock.gettimeout()
+        sock.settimeout(timeout if previous is None else min(previous, timeout))
     chunks = []
     remaining = size
-    while remaining > 0:
-        chunk = stream.read(min(remaining, _READ_CHUNK))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        remaining -= len(chunk)
+    try:
+        while remaining > 0:
+            chunk = stream.read(min(remaining, _READ_CHUNK))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+    except TimeoutError:
+        return _bad_request("incomplete request body: it stopped arriving (timed out)")
+    except Exception as exc:
+        # A reset connection or a malformed chunk (each server has its own exception
+        # types): the body cannot be had, and the client is the one to tell.
+        return _bad_request(f"incomplete request body ({type(exc).__name__})")
+    finally:
+        if sock is not None:
+            with suppress(OSError):  # the server may have closed it meanwhile
+                sock.settimeout(previous)
     return b"".join(chunks)
+
+
+@runtime_checkable
+class _Socket(Protocol):
+    def gettimeout(self) -> float | None: ...
+    def settimeout(self, value: float | None, /) -> None: ...
+
+
+def _client_socket(environ: dict[str, Any]) -> _Socket | None:
+    """gunicorn's client socket, when reading the body reads from it (HTTP/1.x)."""
+    sock = environ.get("gunicorn.socket")
+    if sock is None:
+        return None
+    # An HTTP/2 connection's socket carries other streams too: never touch it.
+    http1 = str(environ.get("SERVER_PROTOCOL", "")).startswith("HTTP/1.")
+    return sock if http1 and isinstance(sock, _Socket) else None
+
+
+def _bad_request(message: str) -> Response:
+    return error_response(InvalidArgument(message))
 
 
 def _reason(status: int) -> str:

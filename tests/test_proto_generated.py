@@ -12,16 +12,20 @@ from dispatchlet.proto.dispatch.sdk.v1 import status_pb2
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def sources(root: Path) -> list[Path]:
+    """Python modules and stubs below ``root``; bytecode caches are not sources."""
+    return [p for p in root.rglob("*.py*") if p.suffix in (".py", ".pyi")]
+
+
 def test_generated_code_matches_a_fresh_generation(tmp_path: Path) -> None:
     subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "generate_proto.py"), "--out", str(tmp_path)],
         check=True,
         capture_output=True,
     )
-    fresh = {p.relative_to(tmp_path): p.read_text() for p in tmp_path.rglob("*.py*")}
+    fresh = {p.relative_to(tmp_path): p.read_text() for p in sources(tmp_path)}
     committed = {
-        p.relative_to(ROOT / "proto"): p.read_text()
-        for p in (ROOT / "proto" / "dispatch").rglob("*.py*")
+        p.relative_to(ROOT / "proto"): p.read_text() for p in sources(ROOT / "proto" / "dispatch")
     }
     committed = {Path("dispatch") / k.relative_to("dispatch"): v for k, v in committed.items()}
     assert sorted(fresh) == sorted(committed)

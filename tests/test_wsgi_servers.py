@@ -1,0 +1,562 @@
+"""The WSGI adapter on real servers: gunicorn (sync and gthread workers) and waitress.
+
+Each server runs in its own process on a loopback port. Requests are written byte by
+byte on raw sockets, so that the request line, the framing and the body are exactly
+what each test says, as an HTTP client library would not allow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dispatchlet import Request
+from dispatchlet.core import values
+from dispatchlet.core.connect import PROTO, RUN_PATH
+from dispatchlet.core.keys import public_key_base64
+from dispatchlet.core.signatures import REQUIRED_COMPONENTS
+from dispatchlet.proto.dispatch.sdk.v1 import function_pb2
+from http_message_signatures import HTTPMessageSigner, MappingKeyResolver, algorithms
+from http_message_signatures.structures import CaseInsensitiveDict
+from support import KEY, PUBLIC_KEY, http_request, run_request, signed
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy" / "wsgi"
+MAX_BODY = 1 << 20
+BODY_TIMEOUT = 1.0
+WAITRESS_CHANNEL_TIMEOUT = 2
+# waitress counts a chunked body's framing against its limit, as serve_waitress.py says.
+WAITRESS_MARGIN = 65536
+
+APP = f"""
+from dispatchlet import Endpoint
+from dispatchlet.adapters.wsgi import wsgi_app
+
+endpoint = Endpoint(max_body_size={MAX_BODY})  # key: DISPATCH_VERIFICATION_KEY
+
+
+@endpoint.function
+def echo(value):
+    return value
+
+
+app = wsgi_app(endpoint, body_timeout={BODY_TIMEOUT})
+"""
+
+GUNICORN = [sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:0", "--graceful-timeout", "2"]
+SERVERS = {
+    "gunicorn-sync": [*GUNICORN, "--worker-class", "sync", "--workers", "2", "server_app:app"],
+    "gunicorn-gthread": [
+        *GUNICORN,
+        *("--worker-class", "gthread", "--workers", "1", "--threads", "8", "server_app:app"),
+    ],
+    "waitress": [
+        *(sys.executable, "-m", "waitress", "--listen", "127.0.0.1:0", "--threads", "8"),
+        f"--max-request-body-size={MAX_BODY + WAITRESS_MARGIN}",
+        f"--channel-timeout={WAITRESS_CHANNEL_TIMEOUT}",
+        "--cleanup-interval=1",
+        "server_app:app",
+    ],
+}
+LISTENING = re.compile(r"(?:Listening at|Serving on):? http://127\.0\.0\.1:(\d+)")
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def error(self) -> tuple[int, str, str]:
+        """Status, Connect code and message of an error answer."""
+        assert self.headers["content-type"] == "application/json", self
+        error = json.loads(self.body)
+        return self.status, error["code"], error["message"]
+
+    def output(self) -> Any:
+        """The decoded output of a successful run."""
+        assert (self.status, self.headers["content-type"]) == (200, PROTO), self
+        result = function_pb2.RunResponse.FromString(self.body)
+        assert result.status == 1, result
+        return values.from_any(result.exit.result.output)
+
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    port: int = 0
+
+    @property
+    def authority(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def connect(self, timeout: float = 10.0) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+
+    def exchange(self, data: bytes, *, half_close: bool = False) -> Answer | None:
+        """Send one request, then read its answer (None: closed without one)."""
+        with self.connect() as sock:
+            sock.sendall(data)
+            if half_close:
+                sock.shutdown(socket.SHUT_WR)
+            return read_answer(sock)
+
+    def sign(self, value: Any, path: str = RUN_PATH) -> Request:
+        return signed(http_request(run_request("echo", value), path=path, authority=self.authority))
+
+    def call(self, value: Any, path: str = RUN_PATH) -> Any:
+        answer = self.exchange(encode(self.sign(value, path)))
+        assert answer is not None
+        return answer.output()
+
+    def assert_serves(self) -> None:
+        """A signed request still gets its answer, and the server process is alive."""
+        assert self.process.poll() is None, self.log.read_text()
+        assert self.call("still serving") == "still serving"
+
+    def memory(self) -> int:
+        """Resident memory of the server and its worker processes, in bytes."""
+        pids = [self.process.pid, *children(self.process.pid)]
+        return sum(resident_bytes(pid) for pid in pids)
+
+
+def read_answer(sock: socket.socket) -> Answer | None:
+    """One answer framed by Content-Length (None: closed without one)."""
+    data = b""
+    try:
+        while not complete(data):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except ConnectionResetError:
+        pass  # a server closing on a body it did not read resets, after its answer
+    if not data:
+        return None
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines)}
+    assert len(body) == int(headers["content-length"]), (status_line, headers, body)
+    return Answer(int(status_line.split()[1]), headers, body)
+
+
+def complete(data: bytes) -> bool:
+    head, separator, body = data.partition(b"\r\n\r\n")
+    length = re.search(rb"^content-length:\s*(\d+)", head, re.IGNORECASE | re.MULTILINE)
+    return bool(separator) and length is not None and len(body) >= int(length.group(1))
+
+
+def encode(
+    request: Request,
+    *,
+    host: bool = True,
+    body: bytes | None = None,
+    content_length: int | None = None,
+    chunks: Sequence[int] = (),
+    version: str = "HTTP/1.1",
+) -> bytes:
+    """The request's bytes on the wire: request line as given, Host, its headers, body.
+
+    ``chunks``: send the body chunked, in pieces of these sizes (the rest in one).
+    """
+    payload = request.body if body is None else body
+    lines = [f"{request.method} {request.path} {version}"]
+    if host:
+        lines.append(f"Host: {request.authority}")
+    lines += [f"{name}: {value}" for name, value in request.headers]
+    if chunks:
+        lines.append("Transfer-Encoding: chunked")
+        pieces, rest = [], payload
+        for size in chunks:
+            pieces.append(rest[:size])
+            rest = rest[size:]
+        pieces.append(rest)
+        payload = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces if p) + b"0\r\n\r\n"
+    else:
+        length = len(payload) if content_length is None else content_length
+        lines.append(f"Content-Length: {length}")
+    lines.append("Connection: close")
+    return "\r\n".join([*lines, "", ""]).encode("latin-1") + payload
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def resident_bytes(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+    return int(match.group(1)) * 1024 if match else 0
+
+
+def server_env(tmp: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_")}
+    env["DISPATCH_VERIFICATION_KEY"] = public_key_base64(PUBLIC_KEY)
+    # gunicorn 25.1+ opens a control socket under XDG_RUNTIME_DIR (or ~/.gunicorn):
+    # one place per server, so that servers running side by side do not collide.
+    env["XDG_RUNTIME_DIR"] = str(tmp)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def launch(name: str, command: list[str], cwd: Path, tmp: Path, env: dict[str, str]) -> Server:
+    """Start a server process and wait until it answers; the caller stops it."""
+    log = tmp / f"{name}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its workers in its own process group, to stop
+        )
+    server = Server(name, process, log)
+    try:
+        server.port = wait_for_port(process, log)
+        wait_until_answering(server)
+    except BaseException:
+        stop(process)
+        raise
+    return server
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Any]:
+    """``start(name, command, cwd, env)``: a server stopped when the test ends."""
+    started: list[Server] = []
+
+    def start_server(name: str, command: list[str], cwd: Path, env: dict[str, str]) -> Server:
+        started.append(launch(name, command, cwd, tmp_path, env))
+        return started[-1]
+
+    yield start_server
+    for server in started:
+        stop(server.process)
+
+
+def wait_for_port(process: subprocess.Popen[bytes], log: Path, timeout: float = 20.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = LISTENING.search(log.read_text(errors="replace"))
+        if match:
+            return int(match.group(1))
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    pytest.fail(f"server did not start:\n{log.read_text(errors='replace')}")
+
+
+def wait_until_answering(server: Server, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    probe = f"GET / HTTP/1.1\r\nHost: {server.authority}\r\nConnection: close\r\n\r\n"
+    while time.monotonic() < deadline:
+        try:
+            if server.exchange(probe.encode()) is not None:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    pytest.fail(f"server did not answer:\n{server.log.read_text(errors='replace')}")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    # Workers outliving their master: the group is this server's alone.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def app_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("wsgi_app")
+    (directory / "server_app.py").write_text(APP)
+    return directory
+
+
+@pytest.fixture(scope="module", params=list(SERVERS))
+def server(
+    request: pytest.FixtureRequest, app_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    # Module scope: each server starts once for all the tests below.
+    name: str = request.param
+    tmp = tmp_path_factory.mktemp(name)
+    running = launch(name, SERVERS[name], app_dir, tmp, server_env(tmp))
+    yield running
+    stop(running.process)
+
+
+ENCODED_PATHS = {
+    "plain": RUN_PATH,
+    "encoded-slash": "/a%2Fb" + RUN_PATH,
+    "encoded-space-and-utf8": "/x%20y/caf%C3%A9" + RUN_PATH,
+    "double-slashes": "//double//slashes" + RUN_PATH,
+    "params": "/p;a=1/q;b" + RUN_PATH,
+    "everything": "/v1%2F2;k=v//%E2%9C%93%20ok" + RUN_PATH,
+}
+
+
+@pytest.mark.parametrize("path", list(ENCODED_PATHS.values()), ids=list(ENCODED_PATHS))
+def test_percent_encoded_path_prefix_verifies(server: Server, path: str) -> None:
+    assert server.call(path, path) == path
+
+
+def test_signature_binds_the_path_as_sent_not_as_decoded(server: Server) -> None:
+    # Both paths decode to the same PATH_INFO: only the raw one can tell them apart.
+    request = server.sign("x", "/a/b" + RUN_PATH)
+    answer = server.exchange(encode(replace(request, path="/a%2Fb" + RUN_PATH)))
+    assert answer is not None
+    assert answer.error() == (403, "permission_denied", "invalid signature")
+
+
+@dataclass
+class IndependentMessage:
+    """The request interface http-message-signatures signs."""
+
+    method: str
+    url: str
+    headers: Any = field(default_factory=CaseInsensitiveDict)
+
+
+def test_independently_signed_request(server: Server) -> None:
+    path = "/base%20path/v%C3%A9%2Fx" + RUN_PATH
+    body = run_request("echo", "interop").SerializeToString()
+    message = IndependentMessage("POST", f"http://{server.authority}{path}")
+    message.headers["Content-Type"] = PROTO
+    HTTPMessageSigner(
+        signature_algorithm=algorithms.ED25519,
+        key_resolver=MappingKeyResolver(public_keys={}, private_keys={"default": KEY}),
+    ).sign(
+        message,
+        key_id="default",
+        label="dispatch",
+        covered_component_ids=REQUIRED_COMPONENTS,
+        body=body,
+        expires=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=1),
+    )
+    request = Request("POST", path, server.authority, list(message.headers.items()), body)
+    answer = server.exchange(encode(request))
+    assert answer is not None
+    assert answer.output() == "interop"
+
+
+def test_chunked_body(server: Server) -> None:
+    value = {"text": "chunked " * 200, "n": 7}
+    request = server.sign(value)
+    answer = server.exchange(encode(request, chunks=(1, 7, 300, 1000)))
+    assert answer is not None
+    assert answer.output() == value
+
+
+@pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
+def test_missing_host_is_400(server: Server, version: str) -> None:
+    answer = server.exchange(encode(server.sign("x"), host=False, version=version))
+    assert answer is not None
+    assert answer.error() == (400, "invalid_argument", "missing Host header")
+
+
+def run_request_of_size(size: int) -> bytes:
+    """A serialized RunRequest for echo of exactly ``size`` bytes."""
+    text = "x" * size
+    while excess := len(run_request("echo", text).SerializeToString()) - size:
+        text = "x" * (len(text) - excess)
+    return run_request("echo", text).SerializeToString()
+
+
+@pytest.mark.parametrize("chunks", [(), (65536,)], ids=["content-length", "chunked"])
+def test_body_limit_is_exact(server: Server, chunks: tuple[int, ...]) -> None:
+    body = run_request_of_size(MAX_BODY)
+    request = signed(http_request(body, authority=server.authority))
+    answer = server.exchange(encode(request, chunks=chunks))
+    assert answer is not None
+    assert answer.output() == values.from_any(function_pb2.RunRequest.FromString(body).input)
+
+    over = signed(http_request(run_request_of_size(MAX_BODY + 1), authority=server.authority))
+    answer = server.exchange(encode(over, chunks=chunks))
+    assert answer is not None
+    assert answer.error() == (400, "invalid_argument", f"request body exceeds {MAX_BODY} bytes")
+
+
+def test_announced_oversized_body_is_refused_at_once(server: Server) -> None:
+    request = server.sign("x")
+    started = time.monotonic()
+    answer = server.exchange(encode(request, body=b"x" * 16384, content_length=1 << 30))
+    assert time.monotonic() - started < 3
+    assert answer is not None
+    if server.name == "waitress":
+        # waitress reads a body before calling the app; past max_request_body_size (the
+        # endpoint's limit here) it refuses it itself, unread.
+        assert answer.status == 413
+    else:
+        assert answer.error() == (400, "invalid_argument", f"request body exceeds {MAX_BODY} bytes")
+    server.assert_serves()
+
+
+def test_endless_chunked_body_is_cut_off_at_the_limit(server: Server) -> None:
+    before = server.memory()
+    sent = 0
+    with server.connect() as sock:
+        head = f"POST {RUN_PATH} HTTP/1.1\r\nHost: {server.authority}\r\n"
+        sock.sendall(f"{head}Content-Type: {PROTO}\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+
+        def send() -> None:
+            nonlocal sent
+            piece = b"10000\r\n" + b"x" * 0x10000 + b"\r\n"
+            try:
+                while sent < 64 * MAX_BODY:
+                    sock.sendall(piece)
+                    sent += 0x10000
+            except OSError:
+                pass  # the server answered and closed: what is expected
+
+        sender = threading.Thread(target=send, daemon=True)
+        started = time.monotonic()
+        sender.start()
+        answer = read_answer(sock)
+        elapsed = time.monotonic() - started
+        with contextlib.suppress(OSError):  # unblocks the sender, if the server has not
+            sock.shutdown(socket.SHUT_RDWR)
+        sender.join(timeout=10)
+    assert elapsed < 5
+    assert answer is not None
+    if server.name == "waitress":
+        assert answer.status == 413
+    else:
+        assert answer.error() == (400, "invalid_argument", f"request body exceeds {MAX_BODY} bytes")
+    assert sent < 64 * MAX_BODY  # the server stopped taking the body
+    if before:
+        assert server.memory() - before < 16 * MAX_BODY
+    server.assert_serves()
+
+
+def test_body_shorter_than_announced_then_half_close(server: Server) -> None:
+    started = time.monotonic()
+    answer = server.exchange(
+        encode(server.sign("x"), body=b"x" * 100, content_length=1000), half_close=True
+    )
+    assert time.monotonic() - started < 3
+    if server.name == "waitress":
+        # waitress waits for the whole body before calling the app: it just closes.
+        assert answer is None
+    else:
+        assert answer is not None
+        assert answer.error() == (
+            400,
+            "invalid_argument",
+            "incomplete request body: 100 of 1000 bytes arrived",
+        )
+    server.assert_serves()
+
+
+def test_stalled_body_is_given_up_while_others_are_served(server: Server) -> None:
+    with server.connect(timeout=15) as sock:
+        sock.sendall(encode(server.sign("x"), body=b"x" * 100, content_length=1000))
+        started = time.monotonic()
+        server.assert_serves()
+        answer = read_answer(sock)
+        elapsed = time.monotonic() - started
+    if server.name == "waitress":
+        # channel_timeout, checked every cleanup_interval, drops the connection.
+        assert answer is None
+        assert elapsed < WAITRESS_CHANNEL_TIMEOUT + 3
+    else:
+        # The adapter's body_timeout on gunicorn's socket.
+        assert answer is not None
+        assert answer.error() == (
+            400,
+            "invalid_argument",
+            "incomplete request body: it stopped arriving (timed out)",
+        )
+        assert BODY_TIMEOUT / 2 < elapsed < BODY_TIMEOUT + 3
+    server.assert_serves()
+
+
+def test_concurrent_clients_each_get_their_own_answer(server: Server) -> None:
+    def one(n: int) -> tuple[int, Any]:
+        value = {"n": n, "text": f"request {n}", "items": list(range(n % 7))}
+        return n, (value, server.call(value, f"/c{n}" + RUN_PATH))
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = dict(pool.map(one, range(400)))
+    assert sorted(results) == list(range(400))
+    for sent, received in results.values():
+        assert received == sent
+    server.assert_serves()
+
+
+def test_deployed_gunicorn_config_behind_a_rewriting_proxy(start: Any, tmp_path: Path) -> None:
+    # As behind a proxy that serves https://functions.example.com/team/... and forwards
+    # to gunicorn with its own Host and without the prefix: DISPATCH_ENDPOINT_URL says
+    # what the scheduler signed.
+    public = "https://functions.example.com/team"
+    env = server_env(tmp_path, DISPATCH_ENDPOINT_URL=public, WEB_CONCURRENCY="2")
+    command = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py"]
+    server = start("gunicorn-conf", [*command, "--bind", "127.0.0.1:0"], DEPLOY, env)
+    request = signed(
+        http_request(
+            run_request("greet", "World"),
+            path="/team" + RUN_PATH,
+            authority="functions.example.com",
+        )
+    )
+    as_forwarded = replace(request, path=RUN_PATH, authority=server.authority)
+    answer = server.exchange(encode(as_forwarded))
+    assert answer is not None
+    assert answer.output() == "Hello, World!"
+    # The access log line of the configured format: request line as sent, status, time.
+    deadline = time.monotonic() + 5
+    while f'"POST {RUN_PATH} HTTP/1.1" 200' not in server.log.read_text():
+        assert time.monotonic() < deadline, server.log.read_text()
+        time.sleep(0.05)
+    assert re.search(r'" 200 \d+ \d+ms "', server.log.read_text())
+
+
+def test_waitress_example_serves_a_signed_request(start: Any, tmp_path: Path) -> None:
+    env = server_env(tmp_path, HOST="127.0.0.1", PORT="0")
+    server = start("waitress-example", [sys.executable, "serve_waitress.py"], DEPLOY, env)
+    request = signed(http_request(run_request("greet", "Ada"), authority=server.authority))
+    answer = server.exchange(encode(request))
+    assert answer is not None
+    assert answer.output() == "Hello, Ada!"
+    # A body far past the endpoint's limit is refused by waitress itself, unread.
+    refused = server.exchange(encode(request, body=b"", content_length=1 << 30))
+    assert refused is not None
+    assert refused.status == 413
