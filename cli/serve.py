@@ -87,7 +87,11 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         server = create_server(
-            wsgi_app(endpoint), host=args.host, port=args.port, threads=args.threads
+            wsgi_app(endpoint),
+            host=args.host,
+            port=args.port,
+            threads=args.threads,
+            max_request_body_size=waitress_body_limit(endpoint),
         )
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
@@ -105,13 +109,25 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def waitress_body_limit(endpoint: Endpoint) -> int:
+    """Waitress reads a whole body before the app sees it, spooling large ones to disk:
+    stop it near the endpoint's own limit. The margin covers chunked framing, which
+    waitress counts, so that a body just over the limit still gets the endpoint's 400."""
+    return endpoint.max_body_size + 64 * 1024
+
+
 @contextmanager
 def serving(endpoint: Endpoint) -> Iterator[str]:
     """Serve ``endpoint`` on a free loopback port in a background thread; yield its URL."""
     from waitress import create_server
 
     server = create_server(
-        wsgi_app(endpoint), host="127.0.0.1", port=0, threads=2, asyncore_loop_timeout=0.05
+        wsgi_app(endpoint),
+        host="127.0.0.1",
+        port=0,
+        threads=2,
+        asyncore_loop_timeout=0.05,
+        max_request_body_size=waitress_body_limit(endpoint),
     )
     host, port_number = _listening(server)[0]
     thread = threading.Thread(target=server.run, name="dispatchlet-server", daemon=True)
