@@ -134,7 +134,7 @@ def _read_body(
             return endpoint.body_too_large()
         if length == 0 or stream is None:
             return b""
-        body = _read_bounded(environ, stream, length, timeout)
+        body = read_bounded(environ, stream, length, timeout)
         if isinstance(body, bytes) and len(body) < length:
             return _bad_request(f"incomplete request body: {len(body)} of {length} bytes arrived")
         return body
@@ -145,13 +145,13 @@ def _read_body(
         if environ.get("HTTP_TRANSFER_ENCODING"):
             return _bad_request("this server cannot read a body without Content-Length")
         return b""
-    body = _read_bounded(environ, stream, limit + 1, timeout)
+    body = read_bounded(environ, stream, limit + 1, timeout)
     if isinstance(body, bytes) and len(body) > limit:
         return endpoint.body_too_large()
     return body
 
 
-def _read_bounded(
+def read_bounded(
     environ: dict[str, Any], stream: Any, size: int, timeout: float | None
 ) -> bytes | Response:
     """At most ``size`` bytes, fewer only at the end of the stream."""

@@ -6,7 +6,6 @@ import contextlib
 import logging
 import threading
 import time
-import traceback
 from collections.abc import Awaitable, Coroutine
 from datetime import timezone
 from typing import TYPE_CHECKING, Any
@@ -46,6 +45,8 @@ def error_proto(exc: BaseException, *, allow_pickle: bool = False) -> error_pb2.
     name = (
         cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
     )
+    import traceback  # failures only: it costs cold-start time
+
     trace = "".join(traceback.format_exception(cls, exc, exc.__traceback__)).encode(
         "utf-8", "replace"
     )

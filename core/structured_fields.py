@@ -23,7 +23,6 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Context, Decimal
 from typing import Any, Final, TypeAlias
 from urllib.parse import unquote_to_bytes
 
@@ -482,8 +481,6 @@ _STRING_FULL: Final = re.compile(r"[ -~]*")
 _MAX_INTEGER: Final = 999_999_999_999_999
 # Quantizing to thousandths needs 15 significant digits at most (after the
 # magnitude check); a private context keeps the global one from interfering.
-_DECIMAL_CONTEXT: Final = Context(prec=28, rounding=ROUND_HALF_EVEN)
-_THOUSANDTH: Final = Decimal("0.001")
 # Display String bytes as they are written: printable ASCII other than '"' and
 # "%" as is, the rest percent-encoded in lowercase hex.
 _DISPLAY_BYTES: Final = tuple(
@@ -510,9 +507,14 @@ def _serialize_decimal(value: float) -> str:
     # 1e12 has 13 integer digits; the check also excludes inf and nan.
     if not -1e12 < value < 1e12:
         raise StructuredFieldError(f"Decimal out of range: {value!r}")
+    # decimal is imported here: parsing never needs it, and it costs cold-start time.
+    from decimal import ROUND_HALF_EVEN, Context, Decimal
+
     # Round the shortest decimal that reads back as this float, not its exact
     # binary value: 0.0025 is 0.002 (ties to even), as a reader would expect.
-    rounded = Decimal(float.__repr__(value)).quantize(_THOUSANDTH, context=_DECIMAL_CONTEXT)
+    rounded = Decimal(float.__repr__(value)).quantize(
+        Decimal("0.001"), context=Context(prec=28, rounding=ROUND_HALF_EVEN)
+    )
     integer, _, fraction = f"{rounded:f}".partition(".")
     if len(integer.lstrip("-")) > 12:  # rounding carried into a 13th digit
         raise StructuredFieldError(f"Decimal out of range: {value!r}")

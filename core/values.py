@@ -60,7 +60,6 @@ A ``Pickled`` value is unpickled only when pickling is allowed. A malformed
 from __future__ import annotations
 
 import datetime
-import pickle
 import struct
 import typing
 from collections.abc import Callable
@@ -430,6 +429,8 @@ def _encoder_for(value: object) -> _Encoder | None:
 
 def _encode_pickle(value: object) -> any_pb2.Any:
     try:
+        import pickle  # only endpoints that opted in pay for it
+
         data = pickle.dumps(value, protocol=_PICKLE_PROTOCOL)
     except Exception as exc:  # __reduce__ may raise anything
         raise EncodeError(
@@ -761,6 +762,8 @@ def _message_class(name: str) -> type[message.Message] | None:
 def _decode_pickle(data: bytes) -> object:
     pickled = _parse(Pickled, data)
     try:
+        import pickle
+
         return pickle.loads(pickled.pickled_value)  # the endpoint opted in
     except Exception as exc:  # a corrupt pickle can raise almost anything
         raise DecodeError(f"invalid {_PICKLED_NAME}: unpickling failed: {exc!r}") from exc

@@ -1,0 +1,103 @@
+"""Google Cloud Functions adapter: ``run = cloud_function(endpoint)`` is a
+functions-framework HTTP target (a Flask request in, a Flask response out).
+
+It only translates. The path comes from the raw request line the server keeps
+(``RAW_URI`` under gunicorn, which functions-framework runs in production), because a
+signature covers the path exactly as the client sent it and Flask's ``request.path`` is
+decoded; the authority is the Host header's (an absolute-form target's, if any). The
+body is read through
+``request.stream`` up to the endpoint's limit and never further, with the WSGI
+adapter's reader: a body that arrives incomplete, fails to read or stalls is answered
+400, never passed on. Flask is imported when a target is made, not when this module is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..core.connect import error_response
+from ..core.endpoint import Endpoint
+from ..core.errors import InvalidArgument
+from ..core.http import Request, Response
+from .wsgi import (
+    DEFAULT_BODY_TIMEOUT,
+    read_bounded,
+    request_authority,
+    request_headers,
+    request_target,
+)
+
+if TYPE_CHECKING:
+    import flask
+
+
+def cloud_function(
+    endpoint: Endpoint, *, body_timeout: float | None = DEFAULT_BODY_TIMEOUT
+) -> Callable[[flask.Request], flask.Response]:
+    """A functions-framework HTTP target serving ``endpoint``.
+
+    ``body_timeout``: the longest pause, in seconds, while a request body arrives, after
+    which the request is answered 400, as in ``wsgi_app``: it applies under gunicorn,
+    which functions-framework runs, whose threads would otherwise wait on a client that
+    stops sending. None leaves the socket alone.
+    """
+    from flask import Response as FlaskResponse
+
+    # functions-framework accepts only plain functions as targets, hence a closure.
+    def run(request: flask.Request) -> flask.Response:
+        body = _read_body(request, endpoint, body_timeout)
+        if isinstance(body, Response):
+            # functions-framework reads whatever body is left after a response unless
+            # the response is streamed; an iterable body keeps an oversized or broken
+            # request out of memory and leaves the rest to the server, which discards
+            # it or closes the connection.
+            return _flask_response(FlaskResponse, body, streamed=True)
+        environ = request.environ
+        path, query = request_target(environ)
+        response = endpoint.handle(
+            Request(
+                method=request.method,
+                path=path,
+                authority=request_authority(environ),
+                headers=request_headers(environ),
+                body=body,
+                query=query,
+                scheme=environ.get("wsgi.url_scheme", "http"),
+            )
+        )
+        return _flask_response(FlaskResponse, response)
+
+    return run
+
+
+def _read_body(
+    request: flask.Request, endpoint: Endpoint, timeout: float | None
+) -> bytes | Response:
+    """The whole request body, or the error response that replaces reading it."""
+    limit = endpoint.max_body_size
+    # None for a chunked body or one without Content-Length.
+    length = request.content_length
+    if length is not None and length > limit:
+        return endpoint.body_too_large()
+    # request.stream ends at Content-Length; a chunked body reaches its end only when the
+    # server terminates the stream (gunicorn does), otherwise Werkzeug makes it empty.
+    size = limit + 1 if length is None else length
+    body = read_bounded(request.environ, request.stream, size, timeout)
+    if isinstance(body, Response):
+        return body
+    if length is not None and len(body) < length:
+        # A body cut short is never passed on as if it were complete.
+        message = f"incomplete request body: {len(body)} of {length} bytes arrived"
+        return error_response(InvalidArgument(message))
+    return endpoint.body_too_large() if len(body) > limit else body
+
+
+def _flask_response(
+    factory: type[flask.Response], response: Response, *, streamed: bool = False
+) -> flask.Response:
+    if not streamed:
+        # Werkzeug sets Content-Length from a bytes body.
+        return factory(response.body, status=response.status, headers=response.headers)
+    headers = [*response.headers, ("Content-Length", str(len(response.body)))]
+    return factory(iter((response.body,)), status=response.status, headers=headers)
