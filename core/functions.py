@@ -21,7 +21,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property, update_wrapper
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import Any, Generic, NamedTuple, ParamSpec, TypeVar
 
 from .context import RunContext
 from .errors import InvalidArgument
@@ -53,8 +53,7 @@ class TailCall:
             raise ValueError(f"invalid function name {self.function!r}")
 
 
-@dataclass(frozen=True)
-class _Shape:
+class _Shape(NamedTuple):
     """What a function's parameters mean for its input, resolved once."""
 
     inputs: tuple[inspect.Parameter, ...]
