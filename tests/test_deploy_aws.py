@@ -1,0 +1,363 @@
+"""deploy/aws/deploy.py against moto: create, idempotent re-runs, code and key changes."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import sys
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import boto3
+import moto
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+AWS_DIR = ROOT / "deploy" / "aws"
+KEY_PARAMETER = "/dispatchlet/verification-key"
+KEY = "MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE="
+FUNCTION = "dispatchlet-hello"
+# The calls that change something; an idempotent re-run makes none of them.
+WRITES = {
+    "CreateFunction",
+    "UpdateFunctionCode",
+    "UpdateFunctionConfiguration",
+    "CreateFunctionUrlConfig",
+    "UpdateFunctionUrlConfig",
+    "AddPermission",
+    "RemovePermission",
+}
+
+
+def load(name: str, path: Path) -> ModuleType:
+    """A deploy/aws script as a module, under a name no other deploy folder uses."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# deploy.py imports its neighbour as a script would.
+lambda_package = load("lambda_package", AWS_DIR / "lambda_package.py")
+aws_deploy = load("dispatchlet_aws_deploy", AWS_DIR / "deploy.py")
+
+
+def package(source: str) -> bytes:
+    """A small stand-in package: these tests are about the control plane, not the code."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("lambda_app.py", source)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """moto's AWS with an execution role and the key parameter; clients, and a log of
+    the Lambda operations called."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with moto.mock_aws():
+        trust = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Service": "lambda.amazonaws.com"},
+                    "Action": "sts:AssumeRole",
+                }
+            ],
+        }
+        role = boto3.client("iam").create_role(
+            RoleName="dispatchlet-hello", AssumeRolePolicyDocument=json.dumps(trust)
+        )
+        ssm = boto3.client("ssm")
+        ssm.put_parameter(Name=KEY_PARAMETER, Type="String", Value=KEY)
+        lambda_client = boto3.client("lambda")
+        calls: list[str] = []
+        requests: list[tuple[str, dict[str, Any]]] = []
+
+        def record(model: Any, params: dict[str, Any], **_: Any) -> None:
+            calls.append(model.name)
+            requests.append((model.name, params))
+
+        # Called with the operation's arguments, as the code passed them.
+        lambda_client.meta.events.register("provide-client-params.lambda.*", record)
+        yield {
+            "role": role["Role"]["Arn"],
+            "ssm": ssm,
+            "lambda": lambda_client,
+            "calls": calls,
+            "requests": requests,
+        }
+
+
+def settings(aws: dict[str, Any], **changes: Any) -> Any:
+    return aws_deploy.Settings(
+        function_name=FUNCTION,
+        role_arn=aws["role"],
+        verification_key_parameter=KEY_PARAMETER,
+        **changes,
+    )
+
+
+def deploy(aws: dict[str, Any], code: bytes, **changes: Any) -> Any:
+    aws["calls"].clear()
+    aws["requests"].clear()
+    return aws_deploy.deploy(
+        settings(aws, **changes), code, lambda_client=aws["lambda"], ssm_client=aws["ssm"]
+    )
+
+
+def configuration(aws: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = aws["lambda"].get_function(FunctionName=FUNCTION)["Configuration"]
+    return result
+
+
+def statements(aws: dict[str, Any]) -> list[dict[str, Any]]:
+    policy = aws["lambda"].get_policy(FunctionName=FUNCTION)["Policy"]
+    result: list[dict[str, Any]] = json.loads(policy)["Statement"]
+    return result
+
+
+def test_first_deploy_creates_the_function_url_and_environment(aws: dict[str, Any]) -> None:
+    code = package("handler = None\n")
+    result = deploy(aws, code)
+
+    config = configuration(aws)
+    assert config["Runtime"] == "python3.12"
+    assert config["Handler"] == "lambda_app.handler"
+    assert config["Architectures"] == ["arm64"]
+    assert config["Role"] == aws["role"]
+    assert config["CodeSha256"] == aws_deploy.code_sha256(code)
+    assert result.function_arn == config["FunctionArn"]
+    assert result.function_arn.startswith("arn:aws:lambda:us-east-1:")
+
+    url = aws["lambda"].get_function_url_config(FunctionName=FUNCTION)
+    assert url["AuthType"] == "NONE"
+    # The base URL the scheduler appends the RPC path to.
+    assert result.function_url == url["FunctionUrl"].rstrip("/")
+    assert config["Environment"]["Variables"] == {
+        "DISPATCH_VERIFICATION_KEY": KEY,
+        "DISPATCH_ENDPOINT_URL": result.function_url,
+    }
+    # Anyone may call the URL (the signature authenticates), and only through it.
+    granted = {(s["Action"], s["Principal"]) for s in statements(aws)}
+    assert granted == {("lambda:InvokeFunctionUrl", "*"), ("lambda:InvokeFunction", "*")}
+    assert "created function" in result.changes
+
+
+def test_second_deploy_changes_nothing(aws: dict[str, Any]) -> None:
+    code = package("handler = None\n")
+    first = deploy(aws, code)
+    before = configuration(aws)
+
+    second = deploy(aws, code)
+
+    assert second.changes == []
+    assert not WRITES & set(aws["calls"]), aws["calls"]
+    assert second.function_url == first.function_url
+    assert second.function_arn == first.function_arn
+    assert configuration(aws)["CodeSha256"] == before["CodeSha256"]
+    sids = [s["Sid"] for s in statements(aws)]
+    assert len(sids) == len(set(sids)) == 2
+
+
+def test_changed_code_updates_only_the_code(aws: dict[str, Any]) -> None:
+    deploy(aws, package("handler = None\n"))
+    environment = configuration(aws)["Environment"]
+    changed = package("handler = 'new'\n")
+
+    result = deploy(aws, changed)
+
+    assert result.changes == ["updated code"]
+    assert set(aws["calls"]) & WRITES == {"UpdateFunctionCode"}
+    assert configuration(aws)["CodeSha256"] == aws_deploy.code_sha256(changed)
+    assert configuration(aws)["Environment"] == environment
+
+
+def test_rotated_key_in_ssm_updates_the_environment(aws: dict[str, Any]) -> None:
+    code = package("handler = None\n")
+    deploy(aws, code)
+    rotated = KEY + "," + "GB9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE="
+    aws["ssm"].put_parameter(Name=KEY_PARAMETER, Value=rotated, Overwrite=True)
+
+    result = deploy(aws, code)
+
+    assert result.changes == ["updated configuration (Environment)"]
+    assert configuration(aws)["Environment"]["Variables"]["DISPATCH_VERIFICATION_KEY"] == rotated
+
+
+def test_secure_string_parameter_is_read_decrypted(aws: dict[str, Any]) -> None:
+    aws["ssm"].put_parameter(Name=KEY_PARAMETER, Value=KEY, Type="SecureString", Overwrite=True)
+    deploy(aws, package("handler = None\n"))
+    assert configuration(aws)["Environment"]["Variables"]["DISPATCH_VERIFICATION_KEY"] == KEY
+
+
+def test_other_environment_variables_are_kept(aws: dict[str, Any]) -> None:
+    code = package("handler = None\n")
+    deploy(aws, code)
+    variables = {**configuration(aws)["Environment"]["Variables"], "LOG_LEVEL": "DEBUG"}
+    aws["lambda"].update_function_configuration(
+        FunctionName=FUNCTION, Environment={"Variables": variables}
+    )
+
+    assert deploy(aws, code).changes == []
+    assert configuration(aws)["Environment"]["Variables"]["LOG_LEVEL"] == "DEBUG"
+
+
+def test_settings_changes_update_the_configuration(aws: dict[str, Any]) -> None:
+    code = package("handler = None\n")
+    deploy(aws, code)
+    result = deploy(aws, code, memory_size=1024, timeout=60)
+    assert result.changes == ["updated configuration (MemorySize, Timeout)"]
+    config = configuration(aws)
+    assert (config["MemorySize"], config["Timeout"]) == (1024, 60)
+
+
+def test_architecture_change_reuploads_the_code(aws: dict[str, Any]) -> None:
+    code = package("handler = None\n")
+    deploy(aws, code)
+    result = deploy(aws, code, architecture="x86_64")
+    assert result.changes == ["updated code"]
+    # moto keeps the first architecture; the request is what Lambda acts on.
+    updates = [params for name, params in aws["requests"] if name == "UpdateFunctionCode"]
+    assert len(updates) == 1
+    assert updates[0]["Architectures"] == ["x86_64"]
+
+
+def test_custom_domain_sets_the_endpoint_url(aws: dict[str, Any]) -> None:
+    code = package("handler = None\n")
+    first = deploy(aws, code)
+    result = deploy(aws, code, endpoint_url="https://jobs.example.com")
+    assert result.changes == ["updated configuration (Environment)"]
+    variables = configuration(aws)["Environment"]["Variables"]
+    assert variables["DISPATCH_ENDPOINT_URL"] == "https://jobs.example.com"
+    assert result.function_url == first.function_url
+
+
+def test_iam_authenticated_url_is_made_public(aws: dict[str, Any]) -> None:
+    code = package("handler = None\n")
+    deploy(aws, code)
+    aws["lambda"].update_function_url_config(FunctionName=FUNCTION, AuthType="AWS_IAM")
+
+    result = deploy(aws, code)
+
+    assert result.changes == ["set Function URL AuthType to NONE"]
+    assert aws["lambda"].get_function_url_config(FunctionName=FUNCTION)["AuthType"] == "NONE"
+
+
+def test_invoker_is_allowed_once(aws: dict[str, Any]) -> None:
+    code = package("handler = None\n")
+    deploy(aws, code, invoker="123456789012")
+    deploy(aws, code, invoker="123456789012")
+    invokers = [s for s in statements(aws) if s["Sid"] == aws_deploy.INVOKER_PERMISSION_SID]
+    assert len(invokers) == 1
+    assert invokers[0]["Action"] == "lambda:InvokeFunction"
+
+
+def test_missing_parameter_is_a_clear_error_before_anything_is_built(
+    aws: dict[str, Any], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    aws["ssm"].delete_parameter(Name=KEY_PARAMETER)
+
+    def no_build(*args: object, **kwargs: object) -> None:
+        raise AssertionError("packaging started before the key was found")
+
+    monkeypatch.setattr(lambda_package, "build_zip", no_build)
+    status = aws_deploy.main(
+        [
+            "--function-name",
+            FUNCTION,
+            "--role-arn",
+            aws["role"],
+            "--verification-key-parameter",
+            KEY_PARAMETER,
+        ]
+    )
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert f"SSM parameter '{KEY_PARAMETER}' not found" in error
+    assert "aws ssm put-parameter" in error
+    assert aws["lambda"].list_functions()["Functions"] == []
+
+
+def test_cli_prints_the_url_and_arn(
+    aws: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    zip_path = tmp_path / "function.zip"
+    zip_path.write_bytes(package("handler = None\n"))
+    arguments = [
+        "--function-name",
+        FUNCTION,
+        "--role-arn",
+        aws["role"],
+        "--verification-key-parameter",
+        KEY_PARAMETER,
+        "--region",
+        "us-east-1",
+        "--zip",
+        str(zip_path),
+    ]
+
+    assert aws_deploy.main(arguments) == 0
+    first = capsys.readouterr().out
+    assert aws_deploy.main(arguments) == 0
+    second = capsys.readouterr().out
+
+    url = aws["lambda"].get_function_url_config(FunctionName=FUNCTION)["FunctionUrl"]
+    url = url.rstrip("/")
+    arn = configuration(aws)["FunctionArn"]
+    for out in (first, second):
+        assert f"Function URL: {url}" in out
+        assert f"Function ARN: {arn}" in out
+    assert "- created function" in first
+    assert "- no changes" in second
+
+
+def test_console_made_permissions_are_recognised() -> None:
+    """Statements as GetPolicy returns them for a URL made in the Lambda console."""
+    url_access = {
+        "Sid": "FunctionURLAllowPublicAccess",
+        "Effect": "Allow",
+        "Principal": "*",
+        "Action": "lambda:InvokeFunctionUrl",
+        "Resource": "arn:aws:lambda:us-east-1:123456789012:function:f",
+        "Condition": {"StringEquals": {"lambda:FunctionUrlAuthType": "NONE"}},
+    }
+    via_url = {
+        "Sid": "some-other-id",
+        "Effect": "Allow",
+        "Principal": "*",
+        "Action": "lambda:InvokeFunction",
+        "Resource": "arn:aws:lambda:us-east-1:123456789012:function:f",
+        "Condition": {"Bool": {"lambda:InvokedViaFunctionUrl": "true"}},
+    }
+    account = {
+        "Effect": "Allow",
+        "Principal": {"AWS": "arn:aws:iam::210987654321:root"},
+        "Action": "lambda:InvokeFunction",
+    }
+    grants = aws_deploy.grants
+    assert grants(
+        url_access, "lambda:InvokeFunctionUrl", "*", ("lambda:FunctionUrlAuthType", "NONE")
+    )
+    assert grants(via_url, "lambda:InvokeFunction", "*", ("lambda:InvokedViaFunctionUrl", "true"))
+    assert grants(account, "lambda:InvokeFunction", "210987654321", None)
+    # Narrower or other grants do not count.
+    assert not grants(
+        url_access, "lambda:InvokeFunctionUrl", "*", ("lambda:FunctionUrlAuthType", "AWS_IAM")
+    )
+    assert not grants(via_url, "lambda:InvokeFunction", "*", ("lambda:FunctionUrlAuthType", "NONE"))
+    assert not grants({**account, "Effect": "Deny"}, "lambda:InvokeFunction", "210987654321", None)
+    assert not grants(account, "lambda:InvokeFunction", "*", None)
