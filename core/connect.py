@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from ..proto.dispatch.sdk.v1 import function_pb2, status_pb2
@@ -74,5 +72,7 @@ def error_response(error: DispatchletError) -> Response:
         headers.append(("Allow", "POST"))
     elif isinstance(error, UnsupportedMediaType):
         headers.append(("Accept-Post", ", ".join(CODECS)))
+    import json  # error answers only: it costs cold-start time
+
     body = json.dumps({"code": error.code, "message": str(error)}).encode("utf-8")
     return Response(error.http_status, headers, body)
