@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dispatchlet import Request, Response
 from dispatchlet.core import values
 from dispatchlet.core.connect import PROTO, RUN_PATH
-from dispatchlet.core.signatures import sign_request
+from dispatchlet.core.signatures import REQUIRED_COMPONENTS, sign_request
 from dispatchlet.proto.dispatch.sdk.v1 import function_pb2
+from http_message_signatures import HTTPMessageSigner, MappingKeyResolver, algorithms
+from http_message_signatures.structures import CaseInsensitiveDict
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 PUBLIC_KEY = KEY.public_key()
@@ -71,3 +78,56 @@ def connect_error(response: Response) -> tuple[int, str, str]:
     body = json.loads(response.body)
     assert set(body) == {"code", "message"}, body
     return response.status, body["code"], body["message"]
+
+
+@dataclass
+class IndependentMessage:
+    """The request interface http-message-signatures works on."""
+
+    method: str
+    url: str
+    headers: Any = field(default_factory=CaseInsensitiveDict)
+
+
+INDEPENDENT_SIGNER = HTTPMessageSigner(
+    signature_algorithm=algorithms.ED25519,
+    key_resolver=MappingKeyResolver(public_keys={}, private_keys={"default": KEY}),
+)
+
+
+def independently_signed(
+    body: bytes,
+    *,
+    path: str = RUN_PATH,
+    authority: str = "example.com",
+    scheme: str = "https",
+    headers: Sequence[tuple[str, str]] = (),
+    **options: Any,
+) -> Request:
+    """A POST of ``body`` signed by http-message-signatures in the Dispatch profile (label
+    dispatch, key id default, the required components), not by dispatchlet. ``options``
+    go to its ``sign()``; it adds a Content-Digest unless one is in ``headers``."""
+    message = IndependentMessage("POST", f"{scheme}://{authority}{path}")
+    message.headers["Content-Type"] = PROTO
+    for name, value in headers:
+        message.headers[name] = value
+    options.setdefault("label", "dispatch")
+    INDEPENDENT_SIGNER.sign(
+        message,
+        key_id="default",
+        covered_component_ids=REQUIRED_COMPONENTS,
+        body=body,
+        **options,
+    )
+    return Request("POST", path, authority, list(message.headers.items()), body)
+
+
+def load_script(name: str, path: Path) -> ModuleType:
+    """A script (a deploy tool) imported as a module under ``name``."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -29,14 +29,19 @@ from dispatchlet.adapters import aws_lambda
 from dispatchlet.adapters.aws_lambda import UnsupportedEvent, event_source, lambda_handler
 from dispatchlet.core import values
 from dispatchlet.core.connect import JSON, PROTO, RUN_PATH
-from dispatchlet.core.signatures import REQUIRED_COMPONENTS
 from dispatchlet.proto.dispatch.sdk.v1 import function_pb2
 from google.protobuf import json_format
-from http_message_signatures import HTTPMessageSigner, MappingKeyResolver, algorithms
-from http_message_signatures.structures import CaseInsensitiveDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import KEY, PUBLIC_KEY, connect_error, http_request, output, run_request, signed
+from support import (
+    PUBLIC_KEY,
+    connect_error,
+    http_request,
+    independently_signed,
+    output,
+    run_request,
+    signed,
+)
 
 EVENTS = Path(__file__).parent / "data" / "lambda_events"
 
@@ -245,35 +250,11 @@ def test_signed_run_reaches_the_core_as_sent(name: str) -> None:
         assert answer["statusDescription"] == "200 OK"
 
 
-def independently_signed(source: Source, body: bytes) -> Request:
-    """A request signed by http-message-signatures, not by dispatchlet."""
-
-    @dataclass
-    class Message:
-        method: str
-        url: str
-        headers: Any = field(default_factory=CaseInsensitiveDict)
-
-    message = Message("POST", f"https://{source.authority}{source.path}")
-    message.headers["Content-Type"] = PROTO
-    HTTPMessageSigner(
-        signature_algorithm=algorithms.ED25519,
-        key_resolver=MappingKeyResolver(public_keys={}, private_keys={"default": KEY}),
-    ).sign(
-        message,
-        key_id="default",
-        label="dispatch",
-        covered_component_ids=REQUIRED_COMPONENTS,
-        body=body,
-    )
-    headers = list(message.headers.items())
-    return Request("POST", source.path, source.authority, headers, body)
-
-
 @pytest.mark.parametrize("name", ["rest-api", "function-url", "alb-multi-value-headers"])
 def test_independently_signed_run_verifies(name: str) -> None:
     source = SOURCES[name]
-    request = independently_signed(source, run_request("echo", "interop").SerializeToString())
+    body = run_request("echo", "interop").SerializeToString()
+    request = independently_signed(body, path=source.path, authority=source.authority)
     answer = lambda_handler(RecordingEndpoint())(source.event(request), CONTEXT)
     assert output(as_response(answer)) == "interop"
 

@@ -31,15 +31,12 @@ from dispatchlet import Endpoint, Request, Response
 from dispatchlet.adapters.cloud_functions import cloud_function
 from dispatchlet.core.connect import PROTO, RUN_PATH
 from dispatchlet.core.keys import public_key_base64, public_key_pem, public_keys_from_env
-from dispatchlet.core.signatures import REQUIRED_COMPONENTS
-from http_message_signatures import HTTPMessageSigner, MappingKeyResolver, algorithms
-from http_message_signatures.structures import CaseInsensitiveDict
 from support import (
-    KEY,
     OTHER_KEY,
     PUBLIC_KEY,
     connect_error,
     http_request,
+    independently_signed,
     output,
     run_request,
     signed,
@@ -311,25 +308,9 @@ def test_signature_covers_the_path_as_sent_not_reencoded(server: Server) -> None
 
 @pytest.mark.slow
 def test_independently_signed_call(server: Server) -> None:
-    @dataclass
-    class Message:  # the request interface http-message-signatures works on
-        method: str
-        url: str
-        headers: Any = field(default_factory=CaseInsensitiveDict)
-
     path = f"{ENCODED_PREFIX}{RUN_PATH}"
     body = run_request("echo", "interop").SerializeToString()
-    message = Message("POST", f"http://{server.authority}{path}")
-    message.headers["Content-Type"] = PROTO
-    resolver = MappingKeyResolver(public_keys={}, private_keys={"default": KEY})
-    HTTPMessageSigner(signature_algorithm=algorithms.ED25519, key_resolver=resolver).sign(
-        message,
-        key_id="default",
-        label="dispatch",
-        covered_component_ids=REQUIRED_COMPONENTS,
-        body=body,
-    )
-    request = Request("POST", path, server.authority, list(message.headers.items()), body)
+    request = independently_signed(body, path=path, authority=server.authority, scheme="http")
     assert output(post(server, request)) == "interop"
 
 

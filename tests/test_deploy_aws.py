@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
-import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import boto3
 import moto
 import pytest
+from support import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 AWS_DIR = ROOT / "deploy" / "aws"
@@ -33,20 +31,9 @@ WRITES = {
 }
 
 
-def load(name: str, path: Path) -> ModuleType:
-    """A deploy/aws script as a module, under a name no other deploy folder uses."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 # deploy.py imports its neighbour as a script would.
-lambda_package = load("lambda_package", AWS_DIR / "lambda_package.py")
-aws_deploy = load("dispatchlet_aws_deploy", AWS_DIR / "deploy.py")
+lambda_package = load_script("lambda_package", AWS_DIR / "lambda_package.py")
+aws_deploy = load_script("dispatchlet_aws_deploy", AWS_DIR / "deploy.py")
 
 
 def package(source: str) -> bytes:

@@ -7,53 +7,29 @@ requests dispatchlet signs verify in it.
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from dispatchlet import Endpoint, Request
-from dispatchlet.core.connect import PROTO, RUN_PATH
 from dispatchlet.core.digest import content_digest
 from dispatchlet.core.signatures import REQUIRED_COMPONENTS
 from http_message_signatures import (
-    HTTPMessageSigner,
     HTTPMessageVerifier,
     InvalidSignature,
     MappingKeyResolver,
     algorithms,
 )
-from http_message_signatures.structures import CaseInsensitiveDict
-from support import KEY, OTHER_KEY, PUBLIC_KEY, http_request, output, run_request, signed
-
-RESOLVER = MappingKeyResolver(public_keys={"default": PUBLIC_KEY}, private_keys={"default": KEY})
-
-
-@dataclass
-class Message:
-    """The request interface http-message-signatures works on."""
-
-    method: str
-    url: str
-    headers: Any = field(default_factory=CaseInsensitiveDict)
-
-
-def message_from(request: Request) -> Message:
-    message = Message(request.method, f"https://{request.authority}{request.path}")
-    if request.query:
-        message.url += f"?{request.query}"
-    for name, value in request.headers:
-        message.headers[name] = value
-    return message
-
-
-def request_from(message: Message, body: bytes, authority: str, path: str) -> Request:
-    return Request(
-        method=message.method,
-        path=path,
-        authority=authority,
-        headers=list(message.headers.items()),
-        body=body,
-    )
+from support import (
+    OTHER_KEY,
+    PUBLIC_KEY,
+    IndependentMessage,
+    http_request,
+    independently_signed,
+    output,
+    run_request,
+    signed,
+)
 
 
 @pytest.fixture
@@ -63,71 +39,60 @@ def endpoint() -> Endpoint:
     return ep
 
 
-def sign_independently(
-    *, path: str = RUN_PATH, authority: str = "example.com", **options: Any
-) -> Message:
-    message = Message("POST", f"https://{authority}{path}")
-    message.headers["Content-Type"] = PROTO
-    signer = HTTPMessageSigner(signature_algorithm=algorithms.ED25519, key_resolver=RESOLVER)
-    options.setdefault("key_id", "default")
-    options.setdefault("label", "dispatch")
-    signer.sign(message, covered_component_ids=REQUIRED_COMPONENTS, **options)
-    return message
+def header(request: Request, name: str) -> str:
+    return next(v for n, v in request.headers if n.lower() == name.lower())
 
 
 def test_independently_signed_request_verifies(endpoint: Endpoint) -> None:
     body = run_request("echo", "interop").SerializeToString()
-    message = sign_independently(body=body)  # it adds a sha-256 Content-Digest
-    assert message.headers["Content-Digest"].startswith("sha-256=")
-    response = endpoint.handle(request_from(message, body, "example.com", RUN_PATH))
-    assert output(response) == "interop"
+    request = independently_signed(body)  # it adds a sha-256 Content-Digest
+    assert header(request, "Content-Digest").startswith("sha-256=")
+    assert output(endpoint.handle(request)) == "interop"
 
 
 def test_independently_signed_with_sha512_digest(endpoint: Endpoint) -> None:
     body = run_request("echo", "512").SerializeToString()
-    message = Message("POST", f"https://example.com{RUN_PATH}")
-    message.headers["Content-Type"] = PROTO
-    message.headers["Content-Digest"] = content_digest(body, "sha-512")
-    HTTPMessageSigner(signature_algorithm=algorithms.ED25519, key_resolver=RESOLVER).sign(
-        message,
-        key_id="default",
-        label="dispatch",
-        covered_component_ids=REQUIRED_COMPONENTS,
-        body=body,
+    request = independently_signed(
+        body,
+        headers=[("Content-Digest", content_digest(body, "sha-512"))],
         use_existing_digest=True,
     )
-    assert output(endpoint.handle(request_from(message, body, "example.com", RUN_PATH))) == "512"
+    assert output(endpoint.handle(request)) == "512"
 
 
 def test_independently_signed_percent_encoded_path_and_port(endpoint: Endpoint) -> None:
     path = "/base%20path/v%C3%A9/dispatch.sdk.v1.FunctionService/Run"
     body = run_request("echo", "path").SerializeToString()
-    message = sign_independently(body=body, path=path, authority="Example.COM:8443")
-    request = request_from(message, body, "Example.COM:8443", path)
+    request = independently_signed(body, path=path, authority="Example.COM:8443")
     assert output(endpoint.handle(request)) == "path"
 
 
 def test_independently_signed_with_expires_and_nonce(endpoint: Endpoint) -> None:
     body = run_request("echo", 1).SerializeToString()
     now = datetime.datetime.now(datetime.timezone.utc)
-    message = sign_independently(
-        body=body, expires=now + datetime.timedelta(minutes=1), nonce="n-1"
-    )
-    assert output(endpoint.handle(request_from(message, body, "example.com", RUN_PATH))) == 1
+    request = independently_signed(body, expires=now + datetime.timedelta(minutes=1), nonce="n-1")
+    assert output(endpoint.handle(request)) == 1
 
 
 def test_independently_signed_stale_request_is_rejected(endpoint: Endpoint) -> None:
     body = run_request("echo", 1).SerializeToString()
     old = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=10)
-    message = sign_independently(body=body, created=old)
-    assert endpoint.handle(request_from(message, body, "example.com", RUN_PATH)).status == 403
+    assert endpoint.handle(independently_signed(body, created=old)).status == 403
 
 
 def test_independently_signed_body_swap_is_rejected(endpoint: Endpoint) -> None:
-    body = run_request("echo", "a").SerializeToString()
-    message = sign_independently(body=body)
+    request = independently_signed(run_request("echo", "a").SerializeToString())
     other = run_request("echo", "b").SerializeToString()
-    assert endpoint.handle(request_from(message, other, "example.com", RUN_PATH)).status == 403
+    assert endpoint.handle(replace(request, body=other)).status == 403
+
+
+def message_from(request: Request) -> IndependentMessage:
+    message = IndependentMessage(request.method, f"https://{request.authority}{request.path}")
+    if request.query:
+        message.url += f"?{request.query}"
+    for name, value in request.headers:
+        message.headers[name] = value
+    return message
 
 
 def independent_verify(request: Request, key: Any = PUBLIC_KEY) -> Any:

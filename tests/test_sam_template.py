@@ -4,7 +4,6 @@ it deploys what users rely on, and its build makes a package Lambda can run."""
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import re
@@ -15,7 +14,6 @@ import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -26,6 +24,7 @@ from dispatchlet.core import values
 from dispatchlet.core.connect import PROTO, RUN_PATH
 from dispatchlet.core.signatures import sign_request
 from dispatchlet.proto.dispatch.sdk.v1 import function_pb2
+from support import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 AWS_DIR = ROOT / "deploy" / "aws"
@@ -33,19 +32,10 @@ TEMPLATE = ROOT / "template.yaml"
 FUNCTION = "DispatchFunction"
 
 
-def load(name: str, path: Path) -> ModuleType:
-    """A deploy/aws script as a module, under a name no other deploy folder uses."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-validate_template = load("dispatchlet_aws_validate_template", AWS_DIR / "validate_template.py")
-lambda_package = load("lambda_package", AWS_DIR / "lambda_package.py")
+validate_template = load_script(
+    "dispatchlet_aws_validate_template", AWS_DIR / "validate_template.py"
+)
+lambda_package = load_script("lambda_package", AWS_DIR / "lambda_package.py")
 
 
 @pytest.fixture(scope="module")

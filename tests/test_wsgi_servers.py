@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +29,8 @@ from dispatchlet import Request
 from dispatchlet.core import values
 from dispatchlet.core.connect import PROTO, RUN_PATH
 from dispatchlet.core.keys import public_key_base64
-from dispatchlet.core.signatures import REQUIRED_COMPONENTS
 from dispatchlet.proto.dispatch.sdk.v1 import function_pb2
-from http_message_signatures import HTTPMessageSigner, MappingKeyResolver, algorithms
-from http_message_signatures.structures import CaseInsensitiveDict
-from support import KEY, PUBLIC_KEY, http_request, run_request, signed
+from support import PUBLIC_KEY, http_request, independently_signed, run_request, signed
 
 pytestmark = pytest.mark.slow
 
@@ -347,32 +344,16 @@ def test_signature_binds_the_path_as_sent_not_as_decoded(server: Server) -> None
     assert answer.error() == (403, "permission_denied", "invalid signature")
 
 
-@dataclass
-class IndependentMessage:
-    """The request interface http-message-signatures signs."""
-
-    method: str
-    url: str
-    headers: Any = field(default_factory=CaseInsensitiveDict)
-
-
 def test_independently_signed_request(server: Server) -> None:
     path = "/base%20path/v%C3%A9%2Fx" + RUN_PATH
     body = run_request("echo", "interop").SerializeToString()
-    message = IndependentMessage("POST", f"http://{server.authority}{path}")
-    message.headers["Content-Type"] = PROTO
-    HTTPMessageSigner(
-        signature_algorithm=algorithms.ED25519,
-        key_resolver=MappingKeyResolver(public_keys={}, private_keys={"default": KEY}),
-    ).sign(
-        message,
-        key_id="default",
-        label="dispatch",
-        covered_component_ids=REQUIRED_COMPONENTS,
-        body=body,
+    request = independently_signed(
+        body,
+        path=path,
+        authority=server.authority,
+        scheme="http",
         expires=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=1),
     )
-    request = Request("POST", path, server.authority, list(message.headers.items()), body)
     answer = server.exchange(encode(request))
     assert answer is not None
     assert answer.output() == "interop"
