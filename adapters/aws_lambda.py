@@ -53,9 +53,11 @@ text is answered 400 with this advice. Responses carry protobuf bodies as base64
 Each served invocation is logged at INFO level (event source, status, duration,
 ``function_request_id`` from ``context.aws_request_id``, ``function_name``,
 ``cold_start``), through the ``logger`` given, else the standard logging logger
-``dispatchlet.aws_lambda``. Pass an aws-lambda-powertools ``Logger`` for JSON logs; it
-is not the default because importing powertools adds about 40 ms to a cold start, and
-its package loads botocore wherever that is installed, as in every Lambda runtime.
+``dispatchlet.aws_lambda``, with the fields as ``extra``: under Lambda's JSON log format
+(``LoggingConfig: LogFormat: JSON``, as template.yaml sets it) they are JSON fields. An
+aws-lambda-powertools ``Logger`` may be passed instead; it is not the default because
+importing powertools adds about 40 ms to a cold start, and its package loads botocore
+wherever that is installed, as in every Lambda runtime.
 The status is the HTTP status for HTTP events and the run status (``OK``,
 ``PERMANENT_ERROR``, ...) for direct invocations. With ``metrics=True``, or the
 environment variable ``DISPATCHLET_METRICS=1`` when ``metrics`` is not given, each
