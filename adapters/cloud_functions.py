@@ -19,14 +19,8 @@ from typing import TYPE_CHECKING
 from ..core.connect import error_response
 from ..core.endpoint import Endpoint
 from ..core.errors import InvalidArgument
-from ..core.http import Request, Response
-from .wsgi import (
-    DEFAULT_BODY_TIMEOUT,
-    read_bounded,
-    request_authority,
-    request_headers,
-    request_target,
-)
+from ..core.http import Response
+from .wsgi import DEFAULT_BODY_TIMEOUT, read_bounded, request_from_environ
 
 if TYPE_CHECKING:
     import flask
@@ -53,19 +47,7 @@ def cloud_function(
             # request out of memory and leaves the rest to the server, which discards
             # it or closes the connection.
             return _flask_response(FlaskResponse, body, streamed=True)
-        environ = request.environ
-        path, query = request_target(environ)
-        response = endpoint.handle(
-            Request(
-                method=request.method,
-                path=path,
-                authority=request_authority(environ),
-                headers=request_headers(environ),
-                body=body,
-                query=query,
-                scheme=environ.get("wsgi.url_scheme", "http"),
-            )
-        )
+        response = endpoint.handle(request_from_environ(request.environ, body))
         return _flask_response(FlaskResponse, response)
 
     return run

@@ -59,24 +59,27 @@ def wsgi_app(
         if isinstance(body, Response):
             response = body
         else:
-            path, query = request_target(environ)
-            response = endpoint.handle(
-                Request(
-                    method=environ.get("REQUEST_METHOD", "GET"),
-                    path=path,
-                    authority=request_authority(environ),
-                    headers=request_headers(environ),
-                    body=body,
-                    query=query,
-                    scheme=environ.get("wsgi.url_scheme", "http"),
-                )
-            )
+            response = endpoint.handle(request_from_environ(environ, body))
         headers = [(k, v) for k, v in response.headers if k.lower() != "content-length"]
         headers.append(("Content-Length", str(len(response.body))))
         start_response(f"{response.status} {_reason(response.status)}", headers)
         return [response.body]
 
     return application
+
+
+def request_from_environ(environ: dict[str, Any], body: bytes) -> Request:
+    """The core's view of a WSGI request whose body has been read."""
+    path, query = request_target(environ)
+    return Request(
+        method=environ.get("REQUEST_METHOD", "GET"),
+        path=path,
+        authority=request_authority(environ),
+        headers=request_headers(environ),
+        body=body,
+        query=query,
+        scheme=environ.get("wsgi.url_scheme", "http"),
+    )
 
 
 def request_target(environ: dict[str, Any]) -> tuple[str, str]:
