@@ -478,40 +478,13 @@ def _decode_empty(data: bytes) -> None:
         _parse(empty_pb2.Empty, data)
 
 
-def _decode_bool(data: bytes) -> bool:
-    return _parse(wrappers_pb2.BoolValue, data).value
+def _wrapper_decoder(cls: type[message.Message]) -> Callable[[bytes], object]:
+    """A decoder for one of the wrappers (BoolValue, Int64Value, ...): its ``value``."""
 
+    def decode(data: bytes) -> object:
+        return _parse(cls, data).value  # type: ignore[attr-defined]
 
-def _decode_int64(data: bytes) -> int:
-    return _parse(wrappers_pb2.Int64Value, data).value
-
-
-def _decode_int32(data: bytes) -> int:
-    return _parse(wrappers_pb2.Int32Value, data).value
-
-
-def _decode_uint64(data: bytes) -> int:
-    return _parse(wrappers_pb2.UInt64Value, data).value
-
-
-def _decode_uint32(data: bytes) -> int:
-    return _parse(wrappers_pb2.UInt32Value, data).value
-
-
-def _decode_double(data: bytes) -> float:
-    return _parse(wrappers_pb2.DoubleValue, data).value
-
-
-def _decode_float(data: bytes) -> float:
-    return _parse(wrappers_pb2.FloatValue, data).value
-
-
-def _decode_str(data: bytes) -> str:
-    return _parse(wrappers_pb2.StringValue, data).value
-
-
-def _decode_bytes(data: bytes) -> bytes:
-    return _parse(wrappers_pb2.BytesValue, data).value
+    return decode
 
 
 def _decode_timestamp(data: bytes) -> datetime.datetime:
@@ -712,25 +685,28 @@ def _decode_list(data: bytes) -> list[object]:
 
 _Decoder = Callable[[bytes], object]
 
+_WRAPPERS: tuple[type[message.Message], ...] = (
+    wrappers_pb2.StringValue,
+    wrappers_pb2.Int64Value,
+    wrappers_pb2.BoolValue,
+    wrappers_pb2.DoubleValue,
+    wrappers_pb2.BytesValue,
+    wrappers_pb2.Int32Value,
+    wrappers_pb2.UInt32Value,
+    wrappers_pb2.UInt64Value,
+    wrappers_pb2.FloatValue,
+)
+_DECODERS: tuple[tuple[type[message.Message], _Decoder], ...] = (
+    (empty_pb2.Empty, _decode_empty),
+    (struct_pb2.Value, _decode_value),
+    (timestamp_pb2.Timestamp, _decode_timestamp),
+    (duration_pb2.Duration, _decode_duration),
+    (struct_pb2.Struct, _decode_struct),
+    (struct_pb2.ListValue, _decode_list),
+    *((wrapper, _wrapper_decoder(wrapper)) for wrapper in _WRAPPERS),
+)
 _DECODERS_BY_NAME: dict[str, _Decoder] = {
-    cls.DESCRIPTOR.full_name: decoder
-    for cls, decoder in (
-        (wrappers_pb2.StringValue, _decode_str),
-        (wrappers_pb2.Int64Value, _decode_int64),
-        (empty_pb2.Empty, _decode_empty),
-        (struct_pb2.Value, _decode_value),
-        (wrappers_pb2.BoolValue, _decode_bool),
-        (wrappers_pb2.DoubleValue, _decode_double),
-        (wrappers_pb2.BytesValue, _decode_bytes),
-        (timestamp_pb2.Timestamp, _decode_timestamp),
-        (duration_pb2.Duration, _decode_duration),
-        (struct_pb2.Struct, _decode_struct),
-        (struct_pb2.ListValue, _decode_list),
-        (wrappers_pb2.Int32Value, _decode_int32),
-        (wrappers_pb2.UInt32Value, _decode_uint32),
-        (wrappers_pb2.UInt64Value, _decode_uint64),
-        (wrappers_pb2.FloatValue, _decode_float),
-    )
+    cls.DESCRIPTOR.full_name: decoder for cls, decoder in _DECODERS
 }
 
 # Whole type URL -> decoder for the two prefixes seen in practice: one lookup.
