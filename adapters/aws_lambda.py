@@ -149,6 +149,8 @@ def _fields(value: object, what: str) -> Fields:
     """Header fields from a map of names to a value or a list of values, all kept."""
     fields: Fields = []
     for name, values in _mapping(value, what).items():
+        if not isinstance(name, str):
+            raise InvalidArgument(f"malformed event: {what} has a name that is not text")
         if isinstance(values, str):
             fields.append((name, values))
         elif isinstance(values, list) and all(isinstance(v, str) for v in values):
@@ -168,7 +170,10 @@ def _first(fields: Fields, name: str) -> str | None:
 def _query(params: object, what: str, encode: Callable[[str], str]) -> str:
     """A query string rebuilt from parameters, for sources that keep no raw one."""
     pairs = _fields(params, what)
-    return "&".join(f"{encode(name)}={encode(value)}" for name, value in pairs)
+    try:
+        return "&".join(f"{encode(name)}={encode(value)}" for name, value in pairs)
+    except UnicodeEncodeError:  # a lone surrogate: JSON carries it, no client sent it
+        raise InvalidArgument(f"malformed event: {what} is not valid text") from None
 
 
 def _encode(text: str) -> str:

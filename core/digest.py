@@ -23,35 +23,48 @@ def content_digest(body: bytes, algorithm: str = "sha-512") -> str:
     return f"{algorithm}=:{base64.b64encode(digest).decode('ascii')}:"
 
 
-def check_content_digest(header: str | None, body: bytes) -> None:
-    """Raise unless ``header`` holds a digest of ``body`` in an algorithm we know.
+def parse_content_digest(header: str | None) -> list[tuple[str, bytes]]:
+    """The digests of known algorithms in a Content-Digest value, strongest first.
 
-    Every known algorithm present must match; unknown ones are ignored, but a header
-    with none we know is refused, never passed.
+    Cheap (no hashing), so a malformed header is refused before anything costly:
+    ``Unauthenticated`` when the header is missing, malformed or has no algorithm we
+    know (unknown ones are ignored, but never taken as a pass).
     """
     if header is None:
         raise Unauthenticated("missing Content-Digest header")
-    # What a signer sends: one algorithm, canonical base64. Compared as text, that is
-    # exact; anything else (several algorithms, other padding) is parsed below.
-    algorithm = header.partition("=")[0]
-    compute = ALGORITHMS.get(algorithm)
-    if compute is not None and header.isascii():
-        expected = f"{algorithm}=:{base64.b64encode(compute(body)).decode()}:"
-        if hmac.compare_digest(header, expected):
-            return
+    # What a signer sends: one algorithm, canonical base64, read with string methods.
+    algorithm, _, rest = header.partition("=")
+    if algorithm in ALGORITHMS and len(rest) > 2 and rest[0] == ":" and rest[-1] == ":":
+        try:
+            return [(algorithm, base64.b64decode(rest[1:-1], validate=True))]
+        except ValueError:
+            pass  # the general parser says why
     try:
         members = sf.parse_dictionary(header)
     except sf.StructuredFieldError as exc:
         raise Unauthenticated(f"malformed Content-Digest header: {exc}") from None
-    checked = False
-    for algorithm, compute in ALGORITHMS.items():
+    digests = []
+    for algorithm in ALGORITHMS:
         member = members.get(algorithm)
         if member is None:
             continue
         if not isinstance(member, sf.Item) or not isinstance(member.value, bytes):
             raise Unauthenticated(f"malformed Content-Digest header: {algorithm} is not bytes")
-        if not hmac.compare_digest(member.value, compute(body)):
-            raise PermissionDenied("content digest does not match the body")
-        checked = True
-    if not checked:
+        digests.append((algorithm, member.value))
+    if not digests:
         raise Unauthenticated("Content-Digest header has no supported algorithm (sha-512, sha-256)")
+    return digests
+
+
+def match_content_digest(digests: list[tuple[str, bytes]], body: bytes) -> None:
+    """Raise ``PermissionDenied`` unless every digest matches ``body``, compared in
+    constant time. The body is hashed once per algorithm."""
+    for algorithm, expected in digests:
+        if not hmac.compare_digest(expected, ALGORITHMS[algorithm](body)):
+            raise PermissionDenied("content digest does not match the body")
+
+
+def check_content_digest(header: str | None, body: bytes) -> None:
+    """Raise unless ``header`` holds a digest of ``body`` in an algorithm we know, and
+    every known algorithm present matches."""
+    match_content_digest(parse_content_digest(header), body)

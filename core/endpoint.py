@@ -56,7 +56,11 @@ class Endpoint:
     what reached the server, which a proxy, CDN, API stage or custom domain may change.
 
     ``allow_pickle``: accept and produce pickled Python values (Python callers only);
-    unpickling happens only after a request is verified.
+    unpickling happens only after a request's signature is verified. Input that no
+    signature vouches for (``run()``: Lambda direct invocation, in-process callers; and
+    every request under ``insecure=True``) is never unpickled unless
+    ``allow_unsigned_pickle=True`` says so too: whoever may invoke the function could
+    otherwise run code in it.
     """
 
     def __init__(
@@ -66,6 +70,7 @@ class Endpoint:
         endpoint_url: str | None = None,
         insecure: bool = False,
         allow_pickle: bool = False,
+        allow_unsigned_pickle: bool = False,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         max_signature_age: float = 300.0,
         clock_skew: float = 5.0,
@@ -78,7 +83,10 @@ class Endpoint:
             else load_public_keys(verification_key)
         )
         self.insecure = insecure
+        if allow_unsigned_pickle and not allow_pickle:
+            raise ValueError("allow_unsigned_pickle=True needs allow_pickle=True")
         self.allow_pickle = allow_pickle
+        self.allow_unsigned_pickle = allow_unsigned_pickle
         self.max_body_size = max_body_size
         self.max_header_count = max_header_count
         self.max_header_bytes = max_header_bytes
@@ -98,7 +106,7 @@ class Endpoint:
                 raise ValueError(f"endpoint_url must be an http(s) URL, got {self.endpoint_url!r}")
             if parts.query or parts.fragment:
                 raise ValueError("endpoint_url must not have a query or fragment")
-            self._authority = normalize_authority(parts.netloc)
+            self._authority = normalize_authority(parts.netloc, parts.scheme)
             self._signed_path = parts.path.rstrip("/") + connect.RUN_PATH
         self._functions: dict[str, Function[..., Any]] = {}
 
@@ -156,7 +164,12 @@ class Endpoint:
             function = self._lookup(request.function)
         except DispatchletError as exc:
             return error_response(exc)
-        return execute(function, request, allow_pickle=self.allow_pickle)
+        return execute(
+            function,
+            request,
+            allow_pickle=self.allow_pickle,
+            unpickle_input=self.allow_pickle and self.allow_unsigned_pickle,
+        )
 
     def _lookup(self, name: str) -> Function[..., Any]:
         if not name:
@@ -186,7 +199,13 @@ class Endpoint:
         self._verify(request, fields)
         run_request = connect.decode_request(request.body, codec)
         function = self._lookup(run_request.function)
-        result = execute(function, run_request, allow_pickle=self.allow_pickle)
+        signed = not self.insecure
+        result = execute(
+            function,
+            run_request,
+            allow_pickle=self.allow_pickle,
+            unpickle_input=self.allow_pickle and (signed or self.allow_unsigned_pickle),
+        )
         return connect.encode_response(result, codec)
 
     def body_too_large(self) -> Response:

@@ -72,10 +72,28 @@ def _seconds(ts: timestamp_pb2.Timestamp) -> float:
     return ts.seconds + ts.nanos / 1e9
 
 
+_UNSIGNED_PICKLE = (
+    "refusing pickled input: this request carries no verified signature (Lambda direct "
+    "invocation, Endpoint.run, insecure=True), and unpickling it would let anyone who can "
+    "reach the function run code in it; Endpoint(allow_pickle=True, "
+    "allow_unsigned_pickle=True) accepts it where the caller is trusted otherwise"
+)
+
+
 def execute(
-    function: Function[..., Any], request: function_pb2.RunRequest, *, allow_pickle: bool
+    function: Function[..., Any],
+    request: function_pb2.RunRequest,
+    *,
+    allow_pickle: bool,
+    unpickle_input: bool | None = None,
 ) -> function_pb2.RunResponse:
-    """Run ``function`` for ``request``; every outcome is a RunResponse, never a raise."""
+    """Run ``function`` for ``request``; every outcome is a RunResponse, never a raise.
+
+    ``allow_pickle`` lets outputs and errors be pickled; ``unpickle_input`` (by default
+    ``allow_pickle``) lets a pickled input be unpickled: only for a verified request,
+    unless the user opted in to more.
+    """
+    unpickle = allow_pickle if unpickle_input is None else unpickle_input
     deadline = None
     if request.HasField("expiration_time"):
         deadline = _seconds(request.expiration_time)
@@ -91,7 +109,9 @@ def execute(
         # An unset input reads as an empty Any: no type URL.
         input_any = request.input
         present = bool(input_any.type_url)
-        value = values.from_any(input_any, allow_pickle=allow_pickle) if present else None
+        if allow_pickle and not unpickle and values.is_pickled(input_any):
+            raise values.DecodeError(_UNSIGNED_PICKLE)
+        value = values.from_any(input_any, allow_pickle=unpickle) if present else None
         args, kwargs = function.arguments(value, present, lambda: _context(function, request))
     except (values.DecodeError, DispatchletError) as exc:
         # Bad input is the caller's fault: no traceback of ours to show.

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from . import structured_fields as sf
-from .digest import check_content_digest, content_digest
+from .digest import content_digest, match_content_digest, parse_content_digest
 from .errors import DispatchletError, PermissionDenied, Unauthenticated
 from .http import Request
 
@@ -41,6 +41,11 @@ REQUIRED_COMPONENTS: tuple[str, ...] = (
 DISPATCH_LABEL = "dispatch"
 DISPATCH_KEYID = "default"
 ALGORITHM = "ed25519"
+MAX_SIGNATURES = 4
+"""Signatures a request may carry: each costs a verification per key, so an
+unauthenticated request with hundreds of labels would otherwise cost hundreds."""
+
+_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
 
 # Header fields replaced when a request is signed.
 _SIGNATURE_FIELDS = frozenset({"signature", "signature-input", "content-digest"})
@@ -60,12 +65,13 @@ def header_fields(headers: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
 
 
 @functools.lru_cache(maxsize=256)
-def normalize_authority(authority: str) -> str:
-    """``@authority`` as RFC 9421 wants it: lower case, default port dropped."""
+def normalize_authority(authority: str, scheme: str = "https") -> str:
+    """``@authority`` as RFC 9421 wants it: lower case, the default port of ``scheme``
+    dropped (``:443`` for https, ``:80`` for http; any other port is kept)."""
     authority = authority.strip().lower()
-    for port in (":443", ":80"):
-        if authority.endswith(port):
-            return authority[: -len(port)]
+    port = _DEFAULT_PORTS.get(scheme.lower())
+    if port is not None and authority.endswith(port):
+        return authority[: -len(port)]
     return authority
 
 
@@ -303,8 +309,9 @@ class Verifier:
         """Return the label of the signature that verified, or raise.
 
         ``fields`` is ``header_fields(request.headers)`` when the caller has it already.
-        ``authority`` and ``path`` are what the caller addressed when that differs from
-        what reached us (a proxy or API stage in between); by default the request's own.
+        ``authority`` (normalized, as ``normalize_authority`` gives it) and ``path`` are
+        what the caller addressed when that differs from what reached us (a proxy or API
+        stage in between); by default the request's own.
         """
         if fields is None:
             fields = header_fields(request.headers)
@@ -313,16 +320,28 @@ class Verifier:
         if not inputs or not signatures:
             raise Unauthenticated("missing request signature (Signature-Input and Signature)")
         parsed_inputs = parse_signature_input(", ".join(inputs))
+        if len(parsed_inputs) > MAX_SIGNATURES:
+            raise Unauthenticated(f"more than {MAX_SIGNATURES} signatures in Signature-Input")
         try:
             parsed_signatures = sf.parse_dictionary(", ".join(signatures))
         except sf.StructuredFieldError as exc:
             raise Unauthenticated(f"malformed Signature header: {exc}") from None
 
-        target_authority = normalize_authority(
-            request.authority if authority is None else authority
+        target_authority = (
+            normalize_authority(request.authority, request.scheme)
+            if authority is None
+            else authority
         )
         target_path = request.path if path is None else path
         current = time.time() if now is None else now
+        # Read before any signature is checked (a malformed one is a 401 either way);
+        # compared with the body only once a signature verifies, so hashing a large body
+        # is never done for an unsigned request, nor more than once.
+        digests = (
+            parse_content_digest(_field_value(fields, "content-digest"))
+            if "content-digest" in fields
+            else None
+        )
         # The first 403-class reason wins over 401-class ones: it says more.
         rejected: DispatchletError | None = None
         unusable: DispatchletError | None = None
@@ -336,11 +355,17 @@ class Verifier:
                 self._verify_one(
                     covered, signature, request, fields, target_authority, target_path, current
                 )
-                return label
             except PermissionDenied as exc:
                 rejected = rejected or exc
+                continue
             except Unauthenticated as exc:
                 unusable = unusable or exc
+                continue
+            if "content-digest" in covered.names:
+                if digests is None:  # unreachable: a covered field is in the base
+                    raise Unauthenticated("missing Content-Digest header")
+                match_content_digest(digests, request.body)
+            return label
         if rejected is not None:
             raise rejected
         if unusable is not None:
@@ -386,8 +411,6 @@ class Verifier:
                 raise PermissionDenied("signature has expired")
 
         base = signature_base(covered, request, fields, authority=authority, path=path)
-        if "content-digest" in covered.names:
-            check_content_digest(_field_value(fields, "content-digest"), request.body)
         for key in self.keys:
             try:
                 key.verify(signature.value, base)
@@ -429,7 +452,7 @@ def sign_request(
         covered,
         unsigned,
         header_fields(headers),
-        authority=normalize_authority(request.authority),
+        authority=normalize_authority(request.authority, request.scheme),
         path=request.path,
     )
     signature = sf.Item(key.sign(base), {})

@@ -754,6 +754,12 @@ def type_name(any: any_pb2.Any) -> str:
     return url[slash + 1 :]
 
 
+def is_pickled(any: any_pb2.Any) -> bool:
+    """Whether ``any`` holds a pickled Python value."""
+    url = any.type_url
+    return url.endswith("/" + _PICKLED_NAME)
+
+
 def from_any(any: any_pb2.Any, *, allow_pickle: bool = False) -> object:
     """Decode ``any`` into a Python value (see the module docstring for the rules).
 

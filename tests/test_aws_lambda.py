@@ -699,7 +699,7 @@ FUZZED_KEYS = {
 }
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "300")), suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(
     name=st.sampled_from(sorted(SOURCES)),
     changes=st.dictionaries(st.sampled_from(sorted(FUZZED_KEYS)), st.none(), max_size=4).flatmap(
@@ -734,6 +734,62 @@ def test_arbitrary_events_get_a_well_shaped_answer(
     assert isinstance(answer["body"], str)
     assert isinstance(answer["isBase64Encoded"], bool)
     as_response(answer)  # the body decodes as it says
+
+
+def leaf_paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """The path of every value nested in a JSON event, containers included."""
+    found: list[tuple[Any, ...]] = []
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in items:
+        found.append((*prefix, key))
+        found.extend(leaf_paths(child, (*prefix, key)))
+    return found
+
+
+@settings(
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "300")),
+    suppress_health_check=[HealthCheck.too_slow],
+    deadline=None,
+)
+@given(name=st.sampled_from(sorted(SOURCES)), data=st.data(), insecure=st.booleans())
+def test_any_field_of_a_real_event_replaced_by_any_json_value(
+    name: str, data: st.DataObject, insecure: bool
+) -> None:
+    """What a fuzzing campaign found: a lone surrogate in a query parameter, a field of
+    the wrong type anywhere in the event. Recognised events get a 4xx, never a raise."""
+    source = SOURCES[name]
+    event = source.event(signed_run(source))
+    for _ in range(data.draw(st.integers(1, 3))):
+        paths = leaf_paths(event)
+        path = data.draw(st.sampled_from(paths))
+        parent = event
+        for key in path[:-1]:
+            parent = parent[key]
+        parent[path[-1]] = data.draw(json_values)
+    handler = lambda_handler(FUZZ_ENDPOINTS[insecure])
+    if not any(s.matches(event) for s in aws_lambda.SOURCES):
+        with pytest.raises(UnsupportedEvent):
+            handler(event, CONTEXT)
+        return
+    answer = handler(event, CONTEXT)
+    assert answer["statusCode"] == 200 or 400 <= answer["statusCode"] < 500, answer
+    as_response(answer)
+
+
+@pytest.mark.parametrize("name", ["rest-api", "vpc-lattice-v1", "vpc-lattice-v2"])
+@pytest.mark.parametrize("where", ["name", "value"])
+def test_lone_surrogate_in_a_query_parameter_is_400(name: str, where: str) -> None:
+    source = SOURCES[name]
+    event = source.event(signed_run(source))
+    key = {"vpc-lattice-v1": "query_string_parameters"}.get(name, "queryStringParameters")
+    params = {"q\ud800": "x"} if where == "name" else {"q": "\ud800"}
+    event[key] = params
+    if name == "rest-api":
+        event["multiValueQueryStringParameters"] = {k: [v] for k, v in params.items()}
+    answer = lambda_handler(RecordingEndpoint())(event, CONTEXT)
+    status, code, message = connect_error(as_response(answer))
+    assert (status, code) == (400, "invalid_argument")
+    assert "not valid text" in message
 
 
 @settings(max_examples=200, deadline=None)
@@ -884,3 +940,43 @@ def test_adapter_never_imports_boto3_botocore_or_flask(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("served")
+
+
+# --- pickles on the unsigned path -----------------------------------------------------
+
+
+UNPICKLED: list[str] = []
+
+
+def record_unpickling(what: str) -> None:
+    UNPICKLED.append(what)
+
+
+class Unpickled:
+    """Unpickling it records that it happened: what a malicious pickle would exploit."""
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (record_unpickling, ("unpickled",))
+
+
+def test_direct_invocation_refuses_pickles_even_with_allow_pickle() -> None:
+    endpoint = Endpoint(insecure=True, allow_pickle=True)
+    endpoint.function(lambda value: "ran", name="take")
+    request = run_request("take")
+    request.input.CopyFrom(values.to_any(Unpickled(), allow_pickle=True))
+    UNPICKLED.clear()
+    result = direct(endpoint, request)
+    assert result.status == 4  # INVALID_ARGUMENT
+    assert "allow_unsigned_pickle" in result.exit.result.error.message
+    assert UNPICKLED == []
+
+
+def test_direct_invocation_unpickles_with_the_explicit_opt_in() -> None:
+    endpoint = Endpoint(insecure=True, allow_pickle=True, allow_unsigned_pickle=True)
+    endpoint.function(lambda value: "ran", name="take")
+    request = run_request("take")
+    request.input.CopyFrom(values.to_any(Unpickled(), allow_pickle=True))
+    UNPICKLED.clear()
+    result = direct(endpoint, request)
+    assert result.status == 1
+    assert UNPICKLED == ["unpickled"]

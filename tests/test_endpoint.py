@@ -579,3 +579,27 @@ def test_json_caller_gets_an_error_for_an_output_json_cannot_show() -> None:
     # The proto codec carries it unchanged.
     result = run_response(call(ep, "odd"))
     assert result.exit.result.output.type_url == "type.googleapis.com/x.Unknown"
+
+
+def test_insecure_endpoint_never_unpickles_without_the_unsigned_opt_in() -> None:
+    ep = Endpoint(insecure=True, allow_pickle=True)
+    ep.function(lambda p: p.x, name="getx")
+    request = run_request("getx")
+    request.input.CopyFrom(values.to_any(Point(3), allow_pickle=True))
+    result = run_response(ep.handle(http_request(request)))
+    assert result.status == Status.INVALID_ARGUMENT
+    assert "no verified signature" in result.exit.result.error.message
+    # Output may still be pickled: that is no risk to the endpoint.
+    ep.function(lambda: Point(4), name="point")
+    out = run_response(ep.handle(http_request(run_request("point"))))
+    assert values.from_any(out.exit.result.output, allow_pickle=True).x == 4
+    trusting = Endpoint(insecure=True, allow_pickle=True, allow_unsigned_pickle=True)
+    trusting.function(lambda p: p.x, name="getx")
+    assert values.from_any(
+        run_response(trusting.handle(http_request(request))).exit.result.output
+    ) == 3
+
+
+def test_unsigned_pickle_opt_in_needs_allow_pickle() -> None:
+    with pytest.raises(ValueError, match="allow_pickle"):
+        Endpoint(insecure=True, allow_unsigned_pickle=True)

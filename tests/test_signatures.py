@@ -391,3 +391,22 @@ def test_endpoint_url_fixes_authority_and_path_prefix() -> None:
 def test_endpoint_url_must_be_http() -> None:
     with pytest.raises(ValueError, match="http"):
         Endpoint(verification_key=PUBLIC_KEY, endpoint_url="ftp://example.com")
+
+
+def test_only_the_default_port_of_the_scheme_is_dropped() -> None:
+    assert normalize_authority("Example.COM:443", "https") == "example.com"
+    assert normalize_authority("example.com:80", "http") == "example.com"
+    assert normalize_authority("example.com:80", "https") == "example.com:80"
+    assert normalize_authority("example.com:443", "http") == "example.com:443"
+
+
+def test_a_signature_for_https_default_port_does_not_verify_for_port_80() -> None:
+    ep = Endpoint(verification_key=PUBLIC_KEY)
+    ep.function(lambda value: value, name="echo")
+    request = signed(http_request(run_request("echo", "x"), authority="example.com"))
+    assert output(ep.handle(request)) == "x"
+    assert ep.handle(replace(request, authority="example.com:80")).status == 403
+    # Over plain http, :80 is the default port and the same authority.
+    plain = signed(replace(http_request(run_request("echo", "x")), scheme="http"))
+    assert output(ep.handle(replace(plain, authority="example.com:80"))) == "x"
+    assert ep.handle(replace(plain, authority="example.com:443")).status == 403
