@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             threads=args.threads,
-            max_request_body_size=waitress_body_limit(endpoint),
+            **waitress_options(endpoint),
         )
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
@@ -109,11 +109,29 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def waitress_body_limit(endpoint: Endpoint) -> int:
-    """Waitress reads a whole body before the app sees it, spooling large ones to disk:
-    stop it near the endpoint's own limit. The margin covers chunked framing, which
-    waitress counts, so that a body just over the limit still gets the endpoint's 400."""
-    return endpoint.max_body_size + 64 * 1024
+CHANNEL_TIMEOUT = 10
+"""Seconds a connection may send nothing, with no request running, before waitress
+closes it: a client that stalls mid-request frees its connection in seconds."""
+CLEANUP_INTERVAL = 2
+"""How often waitress looks for such connections (its default, 30 s, would keep one open
+for up to 40 s)."""
+
+
+def waitress_options(endpoint: Endpoint) -> dict[str, int]:
+    """The waitress settings that bound what a client can hold, matched to ``endpoint``.
+
+    Waitress reads a whole body before the app sees it, spooling large ones to disk:
+    ``max_request_body_size`` stops it near the endpoint's own limit, with a margin for
+    chunked framing (which waitress counts) so that a body just over the limit still gets
+    the endpoint's 400. Headers and bodies are read by waitress's event loop, not by a
+    worker thread, so a slow client holds a connection (up to ``connection_limit``), never
+    a thread; ``channel_timeout`` releases one that stops sending.
+    """
+    return {
+        "max_request_body_size": endpoint.max_body_size + 64 * 1024,
+        "channel_timeout": CHANNEL_TIMEOUT,
+        "cleanup_interval": CLEANUP_INTERVAL,
+    }
 
 
 @contextmanager
@@ -127,7 +145,7 @@ def serving(endpoint: Endpoint) -> Iterator[str]:
         port=0,
         threads=2,
         asyncore_loop_timeout=0.05,
-        max_request_body_size=waitress_body_limit(endpoint),
+        **waitress_options(endpoint),
     )
     host, port_number = _listening(server)[0]
     thread = threading.Thread(target=server.run, name="dispatchlet-server", daemon=True)

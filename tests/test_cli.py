@@ -282,6 +282,31 @@ def test_call_reports_http_errors(hello: Server) -> None:
     assert "WARNING dispatchlet: rejected request" in hello.wait_for("invalid signature")
 
 
+@pytest.mark.slow
+def test_stalled_connections_neither_starve_serve_nor_stay_open(hello: Server) -> None:
+    from dispatchlet.cli.serve import CHANNEL_TIMEOUT, CLEANUP_INTERVAL
+
+    host, port = hello.url.removeprefix("http://").rsplit(":", 1)
+    stalled = []
+    try:
+        for _ in range(30):
+            sock = socket.create_connection((host, int(port)), timeout=5)
+            # Half a request: headers never finished, as a slowloris client sends.
+            sock.sendall(b"POST /dispatch.sdk.v1.FunctionService/Run HTTP/1.1\r\nHost: x\r\n")
+            stalled.append(sock)
+        # Meanwhile a real call is served at once.
+        result = call(hello, "greet", "World")
+        assert (result.returncode, result.stdout.strip()) == (0, '"Hello, World!"')
+        # And every stalled connection is closed by the server, not left open.
+        limit = CHANNEL_TIMEOUT + 2 * CLEANUP_INTERVAL + 5
+        for sock in stalled:
+            sock.settimeout(limit)
+            assert sock.recv(1024) == b""
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
 def test_call_without_a_key_says_how_to_get_one() -> None:
     result = dispatchlet("call", "greet", "World")
     assert result.returncode == 2

@@ -530,14 +530,75 @@ def test_deployed_gunicorn_config_behind_a_rewriting_proxy(start: Any, tmp_path:
     assert re.search(r'" 200 \d+ \d+ms "', server.log.read_text())
 
 
-def test_waitress_example_serves_a_signed_request(start: Any, tmp_path: Path) -> None:
-    env = server_env(tmp_path, HOST="127.0.0.1", PORT="0")
-    server = start("waitress-example", [sys.executable, "serve_waitress.py"], DEPLOY, env)
+@pytest.mark.parametrize(
+    ("args", "env", "model"),
+    [
+        ([], {}, "ThreadWorker, 1 worker(s) x 8 thread(s)"),
+        (["-k", "sync"], {}, "SyncWorker, 1 worker(s) x 1 thread(s)"),
+        (["--worker-class=sync"], {}, "SyncWorker, 1 worker(s) x 1 thread(s)"),
+        ([], {"GUNICORN_WORKER_CLASS": "sync"}, "SyncWorker, 1 worker(s) x 1 thread(s)"),
+    ],
+    ids=["default", "-k sync", "--worker-class=sync", "env sync"],
+)
+def test_gunicorn_config_runs_the_worker_model_asked_for(
+    start: Any, tmp_path: Path, args: list[str], env: dict[str, str], model: str
+) -> None:
+    # threads = 8 in a config file silently turns `-k sync` into gthread; this one doesn't.
+    environment = server_env(tmp_path, WEB_CONCURRENCY="1", **env)
+    command = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", *args]
+    server = start("gunicorn-model", [*command, "--bind", "127.0.0.1:0"], DEPLOY, environment)
+    assert f"worker model: {model}" in server.log.read_text()
     request = signed(http_request(run_request("greet", "Ada"), authority=server.authority))
     answer = server.exchange(encode(request))
     assert answer is not None
     assert answer.output() == "Hello, Ada!"
+
+
+USER_APP = """
+from dispatchlet import Endpoint
+
+endpoint = Endpoint()
+
+
+@endpoint.function
+def shout(text: str) -> str:
+    return text.upper() + "!"
+"""
+
+
+def test_waitress_launcher_serves_the_users_app(start: Any, tmp_path: Path) -> None:
+    # The user's own folder, outside this repository, with no app.py of the example.
+    user_dir = tmp_path / "myproject"
+    user_dir.mkdir()
+    (user_dir / "myapp.py").write_text(USER_APP)
+    env = server_env(tmp_path, HOST="127.0.0.1", PORT="0")
+    launcher = str(DEPLOY / "serve_waitress.py")
+    server = start("waitress-launcher", [sys.executable, launcher, "myapp"], user_dir, env)
+    request = signed(http_request(run_request("shout", "hey"), authority=server.authority))
+    answer = server.exchange(encode(request))
+    assert answer is not None
+    assert answer.output() == "HEY!"
+    # The example app's function is not there: it is the user's app that runs.
+    other = signed(http_request(run_request("greet", "Ada"), authority=server.authority))
+    answer = server.exchange(encode(other))
+    assert answer is not None
+    assert answer.error()[:2] == (404, "not_found")
     # A body far past the endpoint's limit is refused by waitress itself, unread.
     refused = server.exchange(encode(request, body=b"", content_length=1 << 30))
     assert refused is not None
     assert refused.status == 413
+
+
+def test_waitress_launcher_names_a_missing_app(tmp_path: Path) -> None:
+    launcher = str(DEPLOY / "serve_waitress.py")
+    result = subprocess.run(
+        [sys.executable, launcher, "nosuchapp"],
+        cwd=tmp_path,
+        env=server_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "no module named 'nosuchapp'" in result.stderr

@@ -1,5 +1,5 @@
 """An example app for the WSGI servers: ``gunicorn -c gunicorn.conf.py`` in this folder,
-or ``python serve_waitress.py``.
+or ``python serve_waitress.py app.py``.
 
 The verification key comes from ``DISPATCH_VERIFICATION_KEY``. Set
 ``DISPATCH_ENDPOINT_URL`` to the public URL when a proxy in front changes the Host or

@@ -1,13 +1,15 @@
 """gunicorn settings for a dispatchlet endpoint: ``gunicorn -c gunicorn.conf.py``.
 
-Command-line options override these (``--bind 127.0.0.1:9000``, ``--workers 2``), and
-so do the environment variables read below. Meant to run behind a reverse proxy that
-terminates TLS (see README.md).
+It binds 0.0.0.0:8000 (every interface, port 8000): set ``PORT``, or ``BIND`` (e.g.
+``127.0.0.1:9000``), or pass ``--bind``. Command-line options override these
+(``--workers 2``), and so do the environment variables read below. Meant to run behind
+a reverse proxy that terminates TLS and buffers requests (see README.md).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 # The application; a module path given on the command line replaces it.
 wsgi_app = "app:app"
@@ -23,14 +25,35 @@ def _cpus() -> int:
     return os.cpu_count() or 1
 
 
-# Threads in a few processes: verifying a signature and decoding protobuf hold the GIL
-# (one process per CPU), while functions mostly wait on I/O (threads). A function that
-# runs long does not get its worker killed by `timeout`, which for gthread only watches
-# that the process is alive. A stalled request body is cut off by the adapter
-# (wsgi_app's body_timeout), not left holding a thread.
-worker_class = "gthread"
+# The worker model, stated in full: gthread, a few processes of several threads each.
+# Verifying a signature and decoding protobuf hold the GIL (one process per CPU), while
+# functions mostly wait on I/O (threads). A function that runs long does not get its
+# worker killed by `timeout`, which for gthread only watches that the process is alive.
+# A stalled request body is cut off by the adapter (wsgi_app's body_timeout).
+#
+# gunicorn turns `sync` into `gthread` whenever threads > 1, even when `-k sync` is
+# given on the command line; so threads is 8 only for gthread, whether the class comes
+# from GUNICORN_WORKER_CLASS or from -k/--worker-class. With any worker model, a thread is held by each connection while gunicorn reads its headers, with no
+# time limit, so a client that trickles them (slowloris) holds a thread: gunicorn must
+# run behind a proxy that buffers whole requests before passing them on (README.md).
+
+
+def _command_line_worker_class(argv: list[str]) -> str | None:
+    """The class given by -k/--worker-class, which overrides this file's."""
+    for index, arg in enumerate(argv):
+        if arg in ("-k", "--worker-class") and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith("--worker-class="):
+            return arg.partition("=")[2]
+        if arg.startswith("-k") and len(arg) > 2:
+            return arg[2:]
+    return None
+
+
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
+_effective_class = _command_line_worker_class(sys.argv[1:]) or worker_class
 workers = int(os.environ.get("WEB_CONCURRENCY", _cpus()))
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+threads = int(os.environ.get("GUNICORN_THREADS", "8")) if _effective_class == "gthread" else 1
 timeout = 30
 # A deploy lets the functions running finish, within this time.
 graceful_timeout = 30
@@ -70,3 +93,14 @@ accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
 access_log_format = '%(h)s %({x-forwarded-for}i)s "%(r)s" %(s)s %(B)s %(M)sms "%(a)s"'
+
+
+def on_starting(server: object) -> None:
+    """Say which worker model runs: it decides what a slow client can hold."""
+    cfg = server.cfg  # type: ignore[attr-defined]
+    server.log.info(  # type: ignore[attr-defined]
+        "worker model: %s, %d worker(s) x %d thread(s)",
+        cfg.worker_class.__name__,
+        cfg.workers,
+        cfg.threads,
+    )

@@ -1,41 +1,61 @@
-"""Serve app.py's endpoint on waitress (pure Python; runs on Windows too).
+"""Serve an app's Endpoint on waitress, for production (pure Python; runs on Windows too).
 
-    python serve_waitress.py     # HOST (0.0.0.0), PORT (8000), THREADS (8) from the environment
+    python serve_waitress.py APP      # e.g. myapp.py, myapp:endpoint, package.module
 
-Waitress reads a whole request body before the application sees it, so its own limits
-bound what clients send: ``max_request_body_size`` follows the endpoint's limit (a body
-announced larger is answered 413 at once, unread; one just over the endpoint's limit is
-read, then refused by the endpoint), and ``channel_timeout`` drops a client that stops
-sending. The same with the command line tool:
+APP is what ``dispatchlet serve`` takes: module, module:attr, path/to/file.py or
+path/to/file.py:attr, naming an ``Endpoint`` (without :attr, the module's only one). A
+module name is looked up in the current directory first, so run it from your app's
+folder, or give the file's path. HOST (0.0.0.0), PORT (8000) and THREADS (8) come from
+the environment, or from --host, --port and --threads.
+
+Unlike ``dispatchlet serve`` (loopback, a session key when none is set), this listens
+where it is told and never makes a key: without DISPATCH_VERIFICATION_KEY every request
+is refused. The waitress settings are those of ``dispatchlet serve``: the body limit
+follows the endpoint's, and a connection that stops sending is closed within seconds
+(see README.md). The same with the command line tool, for an app module that holds
+``app = wsgi_app(endpoint)``:
 
     waitress-serve --listen 0.0.0.0:8000 --threads 8 --max-request-body-size 16842752 \\
-        --channel-timeout 60 app:app
+        --channel-timeout 10 --cleanup-interval 2 app:app
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+import sys
 
-from app import app, endpoint
+from dispatchlet.adapters.wsgi import wsgi_app
+from dispatchlet.cli.app_loader import AppLoadError, load_endpoint
+from dispatchlet.cli.serve import waitress_options
 from waitress import serve
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Serve an app's Endpoint on waitress.")
+    parser.add_argument("app", metavar="APP", help="module[:attr] or path/to/file.py[:attr]")
+    parser.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))  # noqa: S104
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", "8")))
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    try:
+        endpoint = load_endpoint(args.app)
+    except AppLoadError as exc:
+        print(f"serve_waitress.py: error: {exc}", file=sys.stderr)
+        return 2
     serve(
-        app,
-        host=os.environ.get("HOST", "0.0.0.0"),  # noqa: S104 - a container listens on all
-        port=int(os.environ.get("PORT", "8000")),
-        threads=int(os.environ.get("THREADS", "8")),
-        # waitress counts a chunked body's framing too, and refuses a body of exactly its
-        # limit: the margin lets in every body the endpoint takes (it refuses the rest).
-        max_request_body_size=endpoint.max_body_size + 65536,
-        channel_timeout=60,
+        wsgi_app(endpoint),
+        host=args.host,
+        port=args.port,
+        threads=args.threads,
+        **waitress_options(endpoint),
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
