@@ -9,9 +9,12 @@ def greet(name: str) -> str:
     return f"Hello, {name}!"
 """
 
+__version__ = "0.1.0"
+
 from .core.context import RunContext
 from .core.endpoint import Endpoint
 from .core.errors import (
+    ConfigurationError,
     DeadlineExceeded,
     DispatchletError,
     IncompatibleState,
@@ -29,6 +32,7 @@ from .core.http import Request, Response
 from .core.status import Status
 
 __all__ = [
+    "ConfigurationError",
     "DeadlineExceeded",
     "DispatchletError",
     "Endpoint",

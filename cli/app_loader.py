@@ -11,10 +11,12 @@ import importlib.util
 import os
 import re
 import sys
+import traceback
 from pathlib import Path
 from types import ModuleType
 
 from ..core.endpoint import Endpoint
+from ..core.errors import ConfigurationError
 
 _ATTR = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 
@@ -78,7 +80,7 @@ def import_file(target: str) -> ModuleType:
         spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[name]
-        raise _failed(target, exc) from exc
+        raise _failed(target, exc)  # noqa: B904 - its cause is set
     return module
 
 
@@ -100,9 +102,9 @@ def import_module(name: str) -> ModuleType:
             raise AppLoadError(
                 f"no module named {name!r} (looked in the current directory and sys.path)"
             ) from None
-        raise _failed(name, exc) from exc
+        raise _failed(name, exc)  # noqa: B904 - its cause is set
     except Exception as exc:
-        raise _failed(name, exc) from exc
+        raise _failed(name, exc)  # noqa: B904 - its cause is set
 
 
 def find_endpoint(module: ModuleType, attr: str | None, *, label: str) -> Endpoint:
@@ -140,14 +142,32 @@ def find_endpoint(module: ModuleType, attr: str | None, *, label: str) -> Endpoi
 
 
 def _failed(target: str, exc: Exception) -> AppLoadError:
-    """The error for an app whose code raised ``exc`` while it was imported; the
-    traceback of ``exc`` loses its leading frames of the import machinery."""
+    """The error for an app whose code raised ``exc`` while it was imported.
+
+    Its cause is ``exc`` with a traceback of the app's own frames only (none of the
+    import machinery; none at all for a SyntaxError, which shows its own line). A
+    ``ConfigurationError`` (an invalid DISPATCH_VERIFICATION_KEY, say) names the setting
+    and has no cause: no traceback would say more.
+    """
+    if isinstance(exc, ConfigurationError):
+        error = AppLoadError(f"{target}: {exc}")
+        error.__suppress_context__ = True
+        return error
     tb = exc.__traceback__
     while tb is not None and _is_machinery(tb.tb_frame.f_code.co_filename):
         tb = tb.tb_next
-    if tb is not None:
-        exc.__traceback__ = tb
-    return AppLoadError(f"importing {target} failed: {type(exc).__name__}: {exc}")
+    exc.__traceback__ = tb
+    error = AppLoadError(f"importing {target} failed: {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+def user_traceback(error: AppLoadError) -> str | None:
+    """The traceback of the app's code that made ``error``, if its code raised."""
+    cause = error.__cause__
+    if cause is None:
+        return None
+    return "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
 
 
 def _is_machinery(filename: str) -> bool:

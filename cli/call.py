@@ -46,7 +46,8 @@ Call FUNCTION on a running endpoint and print its output as JSON.
 INPUT is parsed as JSON when it is valid JSON and taken as a plain string
 otherwise: `greet World` and `greet '"World"'` send the same string, `add
 '{{"a": 1, "b": 2}}'` an object, `f 42` a number (`--string f 42` the string).
-Without INPUT the function gets no input.
+INPUT that starts with {{, [ or " but is not valid JSON is an error. Without INPUT
+the function gets no input.
 
 The request is signed with the Ed25519 key in {SIGNING_KEY_ENV}, --key or
 --key-file (PEM, or base64 of the 32-byte seed). Outputs that JSON cannot show
@@ -118,13 +119,9 @@ def run(args: argparse.Namespace) -> int:
         return call(args, run_target(url), key)
     if args.endpoint:
         raise CommandError("--app serves the app itself: leave out --endpoint")
-    from .app_loader import AppLoadError, load_endpoint
-    from .serve import serving
+    from .serve import load_app, serving
 
-    try:
-        endpoint = load_endpoint(args.app)
-    except AppLoadError as exc:
-        raise CommandError(str(exc)) from None
+    endpoint = load_app(args.app)
     key = Ed25519PrivateKey.generate()
     endpoint.set_verification_key(key.public_key())
     with serving(endpoint) as url:
@@ -198,10 +195,19 @@ def signing_key(key: str | None, key_file: Path | None) -> Ed25519PrivateKey:
 
 
 def parse_input(text: str) -> object:
-    """``text`` as JSON when it is valid JSON, otherwise the string itself."""
+    """``text`` as JSON when it is valid JSON, otherwise the string itself.
+
+    Text that starts like a JSON object, array or string but does not parse is an error:
+    it was meant as JSON, and sending it as a string would hide the typo.
+    """
     try:
         return json.loads(text)
-    except ValueError:
+    except ValueError as exc:
+        if text.lstrip()[:1] in ("{", "[", '"'):
+            raise CommandError(
+                f"INPUT looks like JSON but does not parse: {exc} "
+                "(--string sends it as a plain string)"
+            ) from None
         return text
 
 
@@ -294,22 +300,33 @@ def show(response: function_pb2.RunResponse, *, show_traceback: bool = False) ->
         return EXIT_FAILED
     if response.exit.HasField("tail_call"):
         call = response.exit.tail_call
-        where = f" on {call.endpoint}" if call.endpoint else ""
-        argument = render_any(call.input) if call.HasField("input") else "no input"
-        print(f"tail call to {call.function}{where} with input {argument}")
+        tail: dict[str, object] = {"function": call.function}
+        if call.endpoint:
+            tail["endpoint"] = call.endpoint
+        tail["input"] = decode_any(call.input) if call.HasField("input") else None
+        print(render({"tail_call": tail}))
+        print(
+            f"(the function handed over to {call.function}: a scheduler would call it next)",
+            file=sys.stderr,
+        )
         return EXIT_OK
     print(render_any(result.output) if result.HasField("output") else "null")
     return EXIT_OK
 
 
-def render_any(value: any_pb2.Any) -> str:
-    """A value as text: JSON when JSON can show it."""
+def decode_any(value: any_pb2.Any) -> object:
+    """The value an Any holds; a pickle is described, never unpickled."""
     try:
         if value.type_url and type_name(value) == Pickled.DESCRIPTOR.full_name:
             return f"<a pickled Python value of {len(value.value)} bytes, not unpickled>"
-        return render(from_any(value))
+        return from_any(value)
     except DecodeError as exc:
         raise CommandError(f"cannot decode the value: {exc}") from None
+
+
+def render_any(value: any_pb2.Any) -> str:
+    """A value as text: JSON when JSON can show it."""
+    return render(decode_any(value))
 
 
 def render(value: object) -> str:

@@ -10,7 +10,6 @@ import shlex
 import signal
 import sys
 import threading
-import traceback
 import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +25,7 @@ from ..core.context import RunContext
 from ..core.endpoint import Endpoint
 from ..core.functions import Function
 from ..core.keys import private_key_base64, public_key_base64
-from .app_loader import AppLoadError, load_endpoint
+from .app_loader import AppLoadError, load_endpoint, user_traceback
 from .call import DEFAULT_ENDPOINT_URL
 from .errors import EXIT_OK, CommandError
 from .keygen import SIGNING_KEY_ENV
@@ -72,12 +71,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     """Load the app, start waitress, serve until SIGINT or SIGTERM."""
     configure_logging()
-    try:
-        endpoint = load_endpoint(args.app)
-    except AppLoadError as exc:
-        if exc.__cause__ is not None:
-            traceback.print_exception(exc.__cause__)
-        raise CommandError(str(exc)) from None
+    endpoint = load_app(args.app)
     session_key = None
     if endpoint.verifier is None and not endpoint.insecure:
         session_key = Ed25519PrivateKey.generate()
@@ -117,6 +111,17 @@ CLEANUP_INTERVAL = 2
 for up to 40 s)."""
 
 
+def load_app(app: str) -> Endpoint:
+    """The Endpoint APP names; a failure shows the app's own traceback, then one line."""
+    try:
+        return load_endpoint(app)
+    except AppLoadError as exc:
+        trace = user_traceback(exc)
+        if trace:
+            print(trace, end="", file=sys.stderr)
+        raise CommandError(str(exc)) from None
+
+
 def waitress_options(endpoint: Endpoint) -> dict[str, int]:
     """The waitress settings that bound what a client can hold, matched to ``endpoint``.
 
@@ -153,8 +158,13 @@ def serving(endpoint: Endpoint) -> Iterator[str]:
     try:
         yield _url(host, port_number)
     finally:
+        # Functions still running (the call timed out) are not waited for: their
+        # connections are cancelled, so what they answer later is dropped quietly, and
+        # their threads, daemons, end when they return or when the process exits.
+        for channel in list(server.active_channels.values()):
+            channel.cancel()
         server.close()
-        server.task_dispatcher.shutdown()
+        server.task_dispatcher.set_thread_count(0)
         thread.join(timeout=5)
 
 

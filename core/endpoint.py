@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from ..proto.dispatch.sdk.v1 import function_pb2
 from . import connect
 from .errors import (
+    ConfigurationError,
     DispatchletError,
     InvalidArgument,
     MethodNotAllowed,
@@ -101,11 +102,14 @@ class Endpoint:
         self._authority: str | None = None
         self._signed_path: str | None = None
         if self.endpoint_url:
+            setting = ENDPOINT_URL_ENV if endpoint_url is None else "endpoint_url"
             parts = urlsplit(self.endpoint_url)
             if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise ValueError(f"endpoint_url must be an http(s) URL, got {self.endpoint_url!r}")
+                raise ConfigurationError(
+                    f"{setting} must be an http(s) URL, got {self.endpoint_url!r}"
+                )
             if parts.query or parts.fragment:
-                raise ValueError("endpoint_url must not have a query or fragment")
+                raise ConfigurationError(f"{setting} must not have a query or fragment")
             self._authority = normalize_authority(parts.netloc, parts.scheme)
             self._signed_path = parts.path.rstrip("/") + connect.RUN_PATH
         self._functions: dict[str, Function[..., Any]] = {}

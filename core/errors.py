@@ -17,6 +17,12 @@ from typing import ClassVar
 from .status import Status
 
 
+class ConfigurationError(ValueError):
+    """A setting that cannot be used, from an argument or an environment variable; the
+    message names the setting. Raised when an Endpoint (or another part) is made, never
+    while serving."""
+
+
 class DispatchletError(Exception):
     """Base class of dispatchlet's errors; each subclass fixes its status."""
 

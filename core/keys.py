@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from .errors import ConfigurationError
+
 VERIFICATION_KEY_ENV = "DISPATCH_VERIFICATION_KEY"
 
 PublicKeyLike = str | bytes | Ed25519PublicKey
@@ -82,8 +84,12 @@ def load_public_keys(
 
 
 def public_keys_from_env() -> tuple[Ed25519PublicKey, ...]:
-    """The keys in ``DISPATCH_VERIFICATION_KEY``, or none when it is unset or empty."""
-    return load_public_keys(os.environ.get(VERIFICATION_KEY_ENV))
+    """The keys in ``DISPATCH_VERIFICATION_KEY``, or none when it is unset or empty;
+    ``ConfigurationError`` naming the variable when it holds no valid key."""
+    try:
+        return load_public_keys(os.environ.get(VERIFICATION_KEY_ENV))
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid {VERIFICATION_KEY_ENV}: {exc}") from None
 
 
 def load_private_key(value: PrivateKeyLike) -> Ed25519PrivateKey:

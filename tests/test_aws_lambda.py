@@ -699,7 +699,11 @@ FUZZED_KEYS = {
 }
 
 
-@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "300")), suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@settings(
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "300")),
+    suppress_health_check=[HealthCheck.too_slow],
+    deadline=None,
+)
 @given(
     name=st.sampled_from(sorted(SOURCES)),
     changes=st.dictionaries(st.sampled_from(sorted(FUZZED_KEYS)), st.none(), max_size=4).flatmap(
@@ -739,7 +743,10 @@ def test_arbitrary_events_get_a_well_shaped_answer(
 def leaf_paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     """The path of every value nested in a JSON event, containers included."""
     found: list[tuple[Any, ...]] = []
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    if isinstance(value, dict):
+        items: Any = value.items()
+    else:
+        items = enumerate(value) if isinstance(value, list) else ()
     for key, child in items:
         found.append((*prefix, key))
         found.extend(leaf_paths(child, (*prefix, key)))

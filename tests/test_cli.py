@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -248,7 +249,8 @@ def test_call_prints_the_output_as_json(hello: Server, args: list[str], output: 
 def test_call_shows_a_tail_call(hello: Server) -> None:
     result = call(hello, "welcome", " ada ")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == 'tail call to greet with input "Ada"'
+    assert json.loads(result.stdout) == {"tail_call": {"function": "greet", "input": "Ada"}}
+    assert "handed over to greet" in result.stderr
 
 
 @pytest.mark.slow
@@ -507,3 +509,86 @@ def test_call_app_refuses_an_endpoint_url(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "--endpoint" in result.stderr
+
+
+# --- rough edges a new user meets -------------------------------------------------
+
+
+SLEEPY = """\
+import time
+from dispatchlet import Endpoint
+
+endpoint = Endpoint()
+
+
+@endpoint.function
+def nap() -> str:
+    time.sleep(4)
+    return "rested"
+"""
+
+
+@pytest.mark.slow
+def test_call_app_timeout_returns_at_the_timeout_with_one_message(tmp_path: Path) -> None:
+    (tmp_path / "sleepy.py").write_text(SLEEPY)
+    started = time.monotonic()
+    result = dispatchlet("call", "--app", "sleepy.py", "--timeout", "1", "nap", cwd=tmp_path)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"dispatchlet call: error: no answer from {_url_in(result.stderr)} within 1 s "
+        "(see --timeout)"
+    ]
+    # The function sleeps 4 s: the command did not wait for it (interpreter start included).
+    assert elapsed < 3.5, elapsed
+
+
+def _url_in(text: str) -> str:
+    match = re.search(r"no answer from (\S+) within", text)
+    assert match, text
+    return match.group(1)
+
+
+@pytest.mark.parametrize("text", ['{"a": 1', "[1, 2", '"unterminated', ' {"a": }'])
+def test_input_that_looks_like_json_must_parse(text: str) -> None:
+    result = dispatchlet("call", "--unsigned", "--endpoint", "http://127.0.0.1:1", "f", text)
+    assert result.returncode == 2
+    assert "INPUT looks like JSON but does not parse" in result.stderr
+    assert "--string" in result.stderr
+
+
+def test_an_invalid_verification_key_is_named_without_a_traceback(tmp_path: Path) -> None:
+    env = cli_env(DISPATCH_VERIFICATION_KEY="not-a-key")
+    result = dispatchlet("serve", str(HELLO), "--port", "0", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "invalid DISPATCH_VERIFICATION_KEY" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_syntax_error_in_the_app_shows_the_apps_line(tmp_path: Path) -> None:
+    (tmp_path / "typo.py").write_text("from dispatchlet import Endpoint\nendpoint = Endpoint(\n")
+    for command in (["serve", "typo.py", "--port", "0"], ["call", "--app", "typo.py", "f"]):
+        result = dispatchlet(*command, cwd=tmp_path)
+        assert result.returncode == 2
+        assert f'File "{(tmp_path / "typo.py").resolve()}", line 2' in result.stderr
+        assert "SyntaxError" in result.stderr
+        assert "importlib" not in result.stderr
+        assert "app_loader" not in result.stderr
+
+
+def test_python_dash_m_dispatchlet_runs_the_cli() -> None:
+    from importlib.metadata import version
+
+    import dispatchlet as package
+
+    result = subprocess.run(
+        [sys.executable, "-m", "dispatchlet", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"dispatchlet {package.__version__}"
+    assert package.__version__ == version("dispatchlet")

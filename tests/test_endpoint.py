@@ -595,9 +595,10 @@ def test_insecure_endpoint_never_unpickles_without_the_unsigned_opt_in() -> None
     assert values.from_any(out.exit.result.output, allow_pickle=True).x == 4
     trusting = Endpoint(insecure=True, allow_pickle=True, allow_unsigned_pickle=True)
     trusting.function(lambda p: p.x, name="getx")
-    assert values.from_any(
-        run_response(trusting.handle(http_request(request))).exit.result.output
-    ) == 3
+    assert (
+        values.from_any(run_response(trusting.handle(http_request(request))).exit.result.output)
+        == 3
+    )
 
 
 def test_unsigned_pickle_opt_in_needs_allow_pickle() -> None:

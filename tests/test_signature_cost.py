@@ -4,7 +4,6 @@ body, whatever its signature headers hold; a signed one hashes its body once."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -14,7 +13,7 @@ from dispatchlet.core import digest
 from dispatchlet.core.signatures import MAX_SIGNATURES
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import PUBLIC_KEY, OTHER_KEY, connect_error, http_request, output, run_request, signed
+from support import OTHER_KEY, PUBLIC_KEY, connect_error, http_request, output, run_request, signed
 
 
 class CountingKey:
@@ -30,7 +29,7 @@ class CountingKey:
 
 
 @pytest.fixture
-def hashes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+def hashes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The sizes of the bodies hashed while the test runs."""
     sizes: list[int] = []
     for name, compute in list(digest.ALGORITHMS.items()):
@@ -40,7 +39,7 @@ def hashes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
             return compute(body)
 
         monkeypatch.setitem(digest.ALGORITHMS, name, counted)
-    yield sizes
+    return sizes
 
 
 def endpoint_with(keys: list[CountingKey]) -> Endpoint:
@@ -62,9 +61,7 @@ def request_with_labels(labels: int, signature_bytes: bytes = b"\0" * 64):  # ty
     sig = base64.b64encode(signature_bytes).decode()
     inputs = ", ".join(f"s{n}={member}" for n in range(labels))
     signatures = ", ".join(f"s{n}=:{sig}:" for n in range(labels))
-    headers = [
-        (n, v) for n, v in good.headers if n.lower() not in ("signature-input", "signature")
-    ]
+    headers = [(n, v) for n, v in good.headers if n.lower() not in ("signature-input", "signature")]
     headers += [("Signature-Input", inputs), ("Signature", signatures)]
     return replace(good, headers=headers)
 

@@ -33,9 +33,10 @@ def _cpus() -> int:
 #
 # gunicorn turns `sync` into `gthread` whenever threads > 1, even when `-k sync` is
 # given on the command line; so threads is 8 only for gthread, whether the class comes
-# from GUNICORN_WORKER_CLASS or from -k/--worker-class. With any worker model, a thread is held by each connection while gunicorn reads its headers, with no
-# time limit, so a client that trickles them (slowloris) holds a thread: gunicorn must
-# run behind a proxy that buffers whole requests before passing them on (README.md).
+# from GUNICORN_WORKER_CLASS or from -k/--worker-class. With any worker model, a thread
+# is held by each connection while gunicorn reads its headers, with no time limit, so a
+# client that trickles them (slowloris) holds a thread: gunicorn must run behind a proxy
+# that buffers whole requests before passing them on (README.md).
 
 
 def _command_line_worker_class(argv: list[str]) -> str | None:
