@@ -504,7 +504,7 @@ def serve(endpoint: Endpoint, source: EventSource, event: Event) -> tuple[dict[s
     try:
         request = source.request(event)
     except DispatchletError as exc:
-        response = connect.error_response(exc)
+        response = endpoint.reject(exc)
     else:
         response = endpoint.handle(request)
     return source.response(response, event), response.status

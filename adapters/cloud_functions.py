@@ -16,11 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..core.connect import error_response
 from ..core.endpoint import Endpoint
-from ..core.errors import InvalidArgument
+from ..core.errors import DispatchletError
 from ..core.http import Response
-from .wsgi import DEFAULT_BODY_TIMEOUT, read_bounded, request_from_environ
+from .wsgi import DEFAULT_BODY_TIMEOUT, read_body, request_from_environ
 
 if TYPE_CHECKING:
     import flask
@@ -40,39 +39,23 @@ def cloud_function(
 
     # functions-framework accepts only plain functions as targets, hence a closure.
     def run(request: flask.Request) -> flask.Response:
-        body = _read_body(request, endpoint, body_timeout)
-        if isinstance(body, Response):
+        environ = request.environ
+        try:
+            # request.stream ends at Content-Length; a chunked body reaches its end only
+            # when the server terminates the stream (gunicorn does), otherwise Werkzeug
+            # makes it empty.
+            reader = endpoint.body_reader(environ.get("CONTENT_LENGTH"), ends_without_length=True)
+            body = read_body(environ, request.stream, reader, body_timeout)
+        except DispatchletError as exc:
             # functions-framework reads whatever body is left after a response unless
             # the response is streamed; an iterable body keeps an oversized or broken
             # request out of memory and leaves the rest to the server, which discards
             # it or closes the connection.
-            return _flask_response(FlaskResponse, body, streamed=True)
-        response = endpoint.handle(request_from_environ(request.environ, body))
+            return _flask_response(FlaskResponse, endpoint.reject(exc), streamed=True)
+        response = endpoint.handle(request_from_environ(environ, body))
         return _flask_response(FlaskResponse, response)
 
     return run
-
-
-def _read_body(
-    request: flask.Request, endpoint: Endpoint, timeout: float | None
-) -> bytes | Response:
-    """The whole request body, or the error response that replaces reading it."""
-    limit = endpoint.max_body_size
-    # None for a chunked body or one without Content-Length.
-    length = request.content_length
-    if length is not None and length > limit:
-        return endpoint.body_too_large()
-    # request.stream ends at Content-Length; a chunked body reaches its end only when the
-    # server terminates the stream (gunicorn does), otherwise Werkzeug makes it empty.
-    size = limit + 1 if length is None else length
-    body = read_bounded(request.environ, request.stream, size, timeout)
-    if isinstance(body, Response):
-        return body
-    if length is not None and len(body) < length:
-        # A body cut short is never passed on as if it were complete.
-        message = f"incomplete request body: {len(body)} of {length} bytes arrived"
-        return error_response(InvalidArgument(message))
-    return endpoint.body_too_large() if len(body) > limit else body
 
 
 def _flask_response(

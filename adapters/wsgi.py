@@ -25,10 +25,10 @@ from http import HTTPStatus
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import quote, urlsplit
 
-from ..core.connect import error_response
+from ..core.body import BodyReader
 from ..core.endpoint import Endpoint
-from ..core.errors import InvalidArgument
-from ..core.http import Request, Response
+from ..core.errors import DispatchletError
+from ..core.http import Request
 
 StartResponse = Callable[..., Any]
 WSGIApplication = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -55,9 +55,10 @@ def wsgi_app(
     """
 
     def application(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        body = _read_body(environ, endpoint, body_timeout)
-        if isinstance(body, Response):
-            response = body
+        try:
+            body = _environ_body(environ, endpoint, body_timeout)
+        except DispatchletError as exc:
+            response = endpoint.reject(exc)
         else:
             response = endpoint.handle(request_from_environ(environ, body))
         headers = [(k, v) for k, v in response.headers if k.lower() != "content-length"]
@@ -121,42 +122,26 @@ def request_headers(environ: dict[str, Any]) -> list[tuple[str, str]]:
     return headers
 
 
-def _read_body(
-    environ: dict[str, Any], endpoint: Endpoint, timeout: float | None
-) -> bytes | Response:
-    """The whole request body, or the error response that replaces reading it."""
-    limit = endpoint.max_body_size
-    stream = environ.get("wsgi.input")
-    length_text = (environ.get("CONTENT_LENGTH") or "").strip()
-    if length_text:
-        # Digits only: int() would also take "+1", "1_0" and non-ASCII digits.
-        if not (length_text.isascii() and length_text.isdigit()):
-            return _bad_request(f"invalid Content-Length {length_text[:40]!r}")
-        length = int(length_text)
-        if length > limit:
-            return endpoint.body_too_large()
-        if length == 0 or stream is None:
-            return b""
-        body = read_bounded(environ, stream, length, timeout)
-        if isinstance(body, bytes) and len(body) < length:
-            return _bad_request(f"incomplete request body: {len(body)} of {length} bytes arrived")
-        return body
-    if stream is None:
-        return b""
-    if not environ.get("wsgi.input_terminated"):
-        # PEP 3333: without a length the stream may never end; reading it could hang.
-        if environ.get("HTTP_TRANSFER_ENCODING"):
-            return _bad_request("this server cannot read a body without Content-Length")
-        return b""
-    body = read_bounded(environ, stream, limit + 1, timeout)
-    if isinstance(body, bytes) and len(body) > limit:
-        return endpoint.body_too_large()
-    return body
+def read_body(
+    environ: dict[str, Any], stream: Any, reader: BodyReader, timeout: float | None
+) -> bytes:
+    """The whole request body as ``reader`` decides it, read from ``stream``; the
+    core's ``InvalidArgument`` when it cannot be had."""
+    if reader.size == 0 or stream is None:
+        return reader.complete(b"")
+    return reader.complete(read_bounded(environ, stream, reader.size, timeout))
 
 
-def read_bounded(
-    environ: dict[str, Any], stream: Any, size: int, timeout: float | None
-) -> bytes | Response:
+def _environ_body(environ: dict[str, Any], endpoint: Endpoint, timeout: float | None) -> bytes:
+    reader = endpoint.body_reader(
+        environ.get("CONTENT_LENGTH"),
+        ends_without_length=bool(environ.get("wsgi.input_terminated")),
+        chunked=bool(environ.get("HTTP_TRANSFER_ENCODING")),
+    )
+    return read_body(environ, environ.get("wsgi.input"), reader, timeout)
+
+
+def read_bounded(environ: dict[str, Any], stream: Any, size: int, timeout: float | None) -> bytes:
     """At most ``size`` bytes, fewer only at the end of the stream."""
     sock = _client_socket(environ) if timeout is not None else None
     previous = None
@@ -173,11 +158,11 @@ def read_bounded(
             chunks.append(chunk)
             remaining -= len(chunk)
     except TimeoutError:
-        return _bad_request("incomplete request body: it stopped arriving (timed out)")
+        raise BodyReader.stalled() from None
     except Exception as exc:
         # A reset connection or a malformed chunk (each server has its own exception
         # types): the body cannot be had, and the client is the one to tell.
-        return _bad_request(f"incomplete request body ({type(exc).__name__})")
+        raise BodyReader.broken(exc) from None
     finally:
         if sock is not None:
             with suppress(OSError):  # the server may have closed it meanwhile
@@ -199,10 +184,6 @@ def _client_socket(environ: dict[str, Any]) -> _Socket | None:
     # An HTTP/2 connection's socket carries other streams too: never touch it.
     http1 = str(environ.get("SERVER_PROTOCOL", "")).startswith("HTTP/1.")
     return sock if http1 and isinstance(sock, _Socket) else None
-
-
-def _bad_request(message: str) -> Response:
-    return error_response(InvalidArgument(message))
 
 
 def _reason(status: int) -> str:

@@ -65,7 +65,7 @@ def _to_json(message: function_pb2.RunResponse) -> bytes:
         return json_format.MessageToJson(failed, indent=None).encode("utf-8")
 
 
-def error_response(error: DispatchletError) -> Response:
+def http_error_response(error: DispatchletError) -> Response:
     """A Connect error: the error's HTTP status and a JSON body with code and message."""
     headers = [("Content-Type", JSON)]
     if isinstance(error, MethodNotAllowed):

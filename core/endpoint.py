@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from ..proto.dispatch.sdk.v1 import function_pb2
 from . import connect
+from .body import BodyReader, oversized
 from .errors import (
     ConfigurationError,
     DispatchletError,
@@ -24,7 +25,7 @@ from .errors import (
 from .functions import FUNCTION_NAME, Function
 from .http import Request, Response
 from .keys import VERIFICATION_KEY_ENV, PublicKeyLike, load_public_keys, public_keys_from_env
-from .runner import error_response, execute
+from .runner import error_run_response, execute
 from .signatures import Verifier, header_fields, normalize_authority
 
 P = ParamSpec("P")
@@ -155,19 +156,36 @@ class Endpoint:
         try:
             return self._handle(request)
         except DispatchletError as exc:
-            if exc.http_status in (401, 403):
-                logger.warning("rejected request: %s", exc)
-            return connect.error_response(exc)
+            return self.reject(exc)
         except Exception:
             logger.exception("internal error while handling a request")
-            return connect.error_response(DispatchletError("internal error"))
+            return connect.http_error_response(DispatchletError("internal error"))
+
+    def reject(self, error: DispatchletError) -> Response:
+        """The answer to a request refused with ``error`` before it could be handled:
+        for adapters, whose reading of a request (its body, its platform event) failed."""
+        if error.http_status in (401, 403):
+            logger.warning("rejected request: %s", error)
+        return connect.http_error_response(error)
+
+    def body_reader(
+        self, content_length: str | int | None, *, ends_without_length: bool, chunked: bool = False
+    ) -> BodyReader:
+        """The policy for reading a request body of this endpoint (see ``BodyReader``);
+        raises ``InvalidArgument`` for a body refused before a byte is read."""
+        return BodyReader(
+            self.max_body_size,
+            content_length,
+            ends_without_length=ends_without_length,
+            chunked=chunked,
+        )
 
     def run(self, request: function_pb2.RunRequest) -> function_pb2.RunResponse:
         """Run the function a RunRequest names; every outcome is a RunResponse."""
         try:
             function = self._lookup(request.function)
         except DispatchletError as exc:
-            return error_response(exc)
+            return error_run_response(exc)
         return execute(
             function,
             request,
@@ -199,7 +217,7 @@ class Endpoint:
         if not request.body:
             raise InvalidArgument("empty request body: expected a RunRequest")
         if len(request.body) > self.max_body_size:
-            raise self._oversized()
+            raise oversized(self.max_body_size)
         self._verify(request, fields)
         run_request = connect.decode_request(request.body, codec)
         function = self._lookup(run_request.function)
@@ -211,14 +229,6 @@ class Endpoint:
             unpickle_input=self.allow_pickle and (signed or self.allow_unsigned_pickle),
         )
         return connect.encode_response(result, codec)
-
-    def body_too_large(self) -> Response:
-        """The answer to a request whose body exceeds ``max_body_size``, for adapters
-        that stop reading a body before it fills memory."""
-        return connect.error_response(self._oversized())
-
-    def _oversized(self) -> InvalidArgument:
-        return InvalidArgument(f"request body exceeds {self.max_body_size} bytes")
 
     def _check_limits(self, request: Request) -> None:
         if not request.authority:

@@ -60,7 +60,9 @@ def error_proto(exc: BaseException, *, allow_pickle: bool = False) -> error_pb2.
     return error
 
 
-def error_response(exc: BaseException, *, allow_pickle: bool = False) -> function_pb2.RunResponse:
+def error_run_response(
+    exc: BaseException, *, allow_pickle: bool = False
+) -> function_pb2.RunResponse:
     """The RunResponse for a run that ended with ``exc``."""
     return response(
         status_for(exc),
@@ -98,11 +100,11 @@ def execute(
     if request.HasField("expiration_time"):
         deadline = _seconds(request.expiration_time)
         if deadline <= time.time():
-            return error_response(
+            return error_run_response(
                 DeadlineExceeded(f"the run of {function.name} expired before it started")
             )
     if request.WhichOneof("directive") == "poll_result":
-        return error_response(
+        return error_run_response(
             IncompatibleState(f"{function.name} is not a coroutine: there is no state to resume")
         )
     try:
@@ -127,7 +129,7 @@ def execute(
             result = function.fn(*args, **kwargs)
     except Exception as exc:
         logger.warning("%s failed: %s: %s", function.name, type(exc).__name__, exc)
-        return error_response(exc, allow_pickle=allow_pickle)
+        return error_run_response(exc, allow_pickle=allow_pickle)
 
     try:
         if isinstance(result, TailCall):
