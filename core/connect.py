@@ -6,7 +6,7 @@ from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from ..proto.dispatch.sdk.v1 import function_pb2, status_pb2
 from .errors import DispatchletError, InvalidArgument, MethodNotAllowed, UnsupportedMediaType
-from .http import Response
+from .http import Response, media_type
 
 RUN_PATH = "/dispatch.sdk.v1.FunctionService/Run"
 PROTO = "application/proto"
@@ -14,11 +14,11 @@ JSON = "application/json"
 CODECS = (PROTO, JSON)
 
 
-def media_type(content_type: str | None) -> str:
+def codec(content_type: str | None) -> str:
     """The codec a Content-Type asks for, or ``UnsupportedMediaType``."""
     if content_type is None:
         raise UnsupportedMediaType(f"missing Content-Type: send {PROTO} or {JSON}")
-    kind = content_type.partition(";")[0].strip().lower()
+    kind = media_type(content_type)
     if kind not in CODECS:
         raise UnsupportedMediaType(
             f"unsupported Content-Type {content_type[:100]!r}: send {PROTO} or {JSON}"

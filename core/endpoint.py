@@ -210,9 +210,10 @@ class Endpoint:
         if request.method != "POST":
             raise MethodNotAllowed(f"method {request.method[:20]!r} not allowed: use POST")
         fields = header_fields(request.headers)
-        codec = connect.media_type(_first(fields, "content-type"))
-        encoding = _first(fields, "content-encoding")
-        if encoding not in (None, "identity"):
+        content_types = fields.get("content-type")
+        codec = connect.codec(content_types[0] if content_types else None)
+        encoding = fields.get("content-encoding", ["identity"])[0]
+        if encoding != "identity":
             raise UnsupportedMediaType(f"unsupported Content-Encoding {encoding[:40]!r}")
         if not request.body:
             raise InvalidArgument("empty request body: expected a RunRequest")
@@ -247,11 +248,6 @@ class Endpoint:
         self.verifier.verify(
             request, fields=fields, authority=self._authority, path=self._signed_path
         )
-
-
-def _first(fields: dict[str, list[str]], name: str) -> str | None:
-    values = fields.get(name)
-    return values[0] if values else None
 
 
 __all__ = ["ENDPOINT_URL_ENV", "VERIFICATION_KEY_ENV", "Endpoint"]

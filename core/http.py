@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+
+
+def header_value(headers: Iterable[tuple[str, str]], name: str) -> str | None:
+    """The first value of header ``name`` (lower case) in ``headers``, any case, or None."""
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def media_type(content_type: str | None) -> str:
+    """The media type of a Content-Type value, lower case and without parameters
+    (``""`` when there is none)."""
+    if content_type is None:
+        return ""
+    return content_type.partition(";")[0].strip().lower()
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +50,4 @@ class Response:
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), or None."""
-        name = name.lower()
-        for key, value in self.headers:
-            if key.lower() == name:
-                return value
-        return None
+        return header_value(self.headers, name.lower())

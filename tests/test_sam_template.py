@@ -388,7 +388,7 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def check_layout(artifacts: Path) -> None:
     for name in lambda_package.APP_MODULES:
         assert (artifacts / name).is_file(), name
-    assert (artifacts / "dispatchlet" / "adapters" / "aws_lambda.py").is_file()
+    assert (artifacts / "dispatchlet" / "adapters" / "aws_lambda" / "__init__.py").is_file()
     # Nothing the build machine made for itself, nothing that differs between builds.
     assert not (artifacts / "bin").exists()
     assert not list(artifacts.rglob("__pycache__"))
