@@ -11,27 +11,30 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
-from http import HTTPStatus
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf import any_pb2, json_format, message
 
-from ..core.connect import JSON, PROTO, RUN_PATH
+from ..core.connect import (
+    JSON,
+    PROTO,
+    InvalidAnswer,
+    decode_response,
+    encode_request,
+    parse_error,
+)
 from ..core.endpoint import ENDPOINT_URL_ENV
+from ..core.endpoint_url import EndpointURL, parse_endpoint_url
 from ..core.http import Request
-from ..core.keys import load_private_key
+from ..core.keys import SIGNING_KEY_ENV, load_private_key
 from ..core.signatures import sign_request
 from ..core.status import Status
 from ..core.values import DecodeError, EncodeError, from_any, to_any, type_name
 from ..proto.dispatch.sdk.python.v1.pickled_pb2 import Pickled
 from ..proto.dispatch.sdk.v1 import function_pb2, status_pb2
 from .errors import EXIT_ERROR, EXIT_FAILED, EXIT_OK, CommandError
-
-DEFAULT_ENDPOINT_URL = "http://127.0.0.1:8000"
-SIGNING_KEY_ENV = "DISPATCH_SIGNING_KEY"
+from .local_server import DEFAULT_ENDPOINT_URL, load_app, serving
 
 _NO_KEY = (
     f"no signing key: set {SIGNING_KEY_ENV}, or pass --key or --key-file, to the private "
@@ -101,16 +104,6 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(handler=run)
 
 
-@dataclass(frozen=True)
-class Target:
-    """Where a Run request goes, and what its signature covers."""
-
-    url: str
-    scheme: str
-    authority: str
-    path: str
-
-
 def run(args: argparse.Namespace) -> int:
     """Build, sign and send the RunRequest; print its outcome."""
     if args.app is None:
@@ -119,8 +112,6 @@ def run(args: argparse.Namespace) -> int:
         return call(args, run_target(url), key)
     if args.endpoint:
         raise CommandError("--app serves the app itself: leave out --endpoint")
-    from .serve import load_app, serving
-
     endpoint = load_app(args.app)
     key = Ed25519PrivateKey.generate()
     endpoint.set_verification_key(key.public_key())
@@ -128,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         return call(args, run_target(url), key)
 
 
-def call(args: argparse.Namespace, target: Target, key: Ed25519PrivateKey | None) -> int:
+def call(args: argparse.Namespace, target: EndpointURL, key: Ed25519PrivateKey | None) -> int:
     """Send the RunRequest of ``args`` to ``target``, signed with ``key``."""
     request = function_pb2.RunRequest(function=args.function)
     if args.input is not None:
@@ -138,40 +129,33 @@ def call(args: argparse.Namespace, target: Target, key: Ed25519PrivateKey | None
         except EncodeError as exc:
             raise CommandError(f"cannot send INPUT: {exc}") from None
     codec = JSON if args.use_json else PROTO
-    body = (
-        json_format.MessageToJson(request, indent=None).encode()
-        if codec == JSON
-        else request.SerializeToString()
-    )
     http_request = Request(
         method="POST",
-        path=target.path,
+        path=target.run_path,
         authority=target.authority,
         headers=[("Content-Type", codec)],
-        body=body,
+        body=encode_request(request, codec),
         scheme=target.scheme,
     )
     if key is not None:
         http_request = sign_request(http_request, key)
-    status, content_type, answer = post(target.url, http_request, args.timeout)
+    status, content_type, answer = post(target.run_url, http_request, args.timeout)
     if status != 200:
-        print(f"HTTP {status} {http_error(status, content_type, answer)}", file=sys.stderr)
+        print(f"HTTP {status} {parse_error(status, content_type, answer)}", file=sys.stderr)
         return EXIT_ERROR
-    return show(decode_response(content_type, answer), show_traceback=args.traceback)
+    try:
+        response = decode_response(content_type, answer)
+    except InvalidAnswer as exc:
+        raise CommandError(str(exc)) from None
+    return show(response, show_traceback=args.traceback)
 
 
-def run_target(url: str) -> Target:
+def run_target(url: str) -> EndpointURL:
     """The Run RPC of the endpoint whose base URL is ``url`` (which may have a path)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise CommandError(f"invalid endpoint URL {url!r}: expected http(s)://host[:port][/path]")
-    if parts.query or parts.fragment:
-        raise CommandError(f"invalid endpoint URL {url!r}: it must have no query or fragment")
-    path = parts.path.rstrip("/") + RUN_PATH
-    authority = parts.netloc.rpartition("@")[2]
-    return Target(
-        urlunsplit((parts.scheme, authority, path, "", "")), parts.scheme, authority, path
-    )
+    try:
+        return parse_endpoint_url(url)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def signing_key(key: str | None, key_file: Path | None) -> Ed25519PrivateKey:
@@ -242,39 +226,6 @@ def post(url: str, request: Request, timeout: float) -> tuple[int, str, bytes]:
         raise CommandError(f"no answer from {url} within {timeout:g} s (see --timeout)") from None
     except (OSError, http.client.HTTPException) as exc:
         raise CommandError(f"connection to {url} failed: {exc!r}") from None
-
-
-def http_error(status: int, content_type: str, body: bytes) -> str:
-    """``code: message`` of a Connect error body, or the reason phrase and body text."""
-    if content_type.partition(";")[0].strip().lower() == JSON:
-        try:
-            error = json.loads(body)
-        except ValueError:
-            error = None
-        if isinstance(error, dict) and "code" in error:
-            return f"{error['code']}: {error.get('message', '')}"
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = "error"
-    text = body.decode("utf-8", "replace").strip()
-    return f"{phrase}: {text[:500]}" if text else phrase
-
-
-def decode_response(content_type: str, body: bytes) -> function_pb2.RunResponse:
-    """The RunResponse in a 200 answer, in the codec its Content-Type names."""
-    codec = content_type.partition(";")[0].strip().lower()
-    response = function_pb2.RunResponse()
-    try:
-        if codec == PROTO:
-            response.ParseFromString(body)
-        elif codec == JSON:
-            json_format.Parse(body, response, ignore_unknown_fields=True)
-        else:
-            raise CommandError(f"unexpected Content-Type {content_type!r} in the answer")
-    except (message.DecodeError, json_format.ParseError) as exc:
-        raise CommandError(f"cannot decode the RunResponse: {exc}") from None
-    return response
 
 
 def show(response: function_pb2.RunResponse, *, show_traceback: bool = False) -> int:

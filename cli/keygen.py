@@ -10,6 +10,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..core.keys import (
+    SIGNING_KEY_ENV,
     VERIFICATION_KEY_ENV,
     private_key_base64,
     private_key_pem,
@@ -18,7 +19,6 @@ from ..core.keys import (
 )
 from .errors import EXIT_OK, CommandError
 
-SIGNING_KEY_ENV = "DISPATCH_SIGNING_KEY"
 SIGNING_KEY_FILE = "signing-key.pem"
 VERIFICATION_KEY_FILE = "verification-key.pem"
 

@@ -9,7 +9,6 @@ import logging
 import shlex
 import signal
 import sys
-import threading
 import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,11 +23,16 @@ from ..adapters.wsgi import wsgi_app
 from ..core.context import RunContext
 from ..core.endpoint import Endpoint
 from ..core.functions import Function
-from ..core.keys import private_key_base64, public_key_base64
-from .app_loader import AppLoadError, load_endpoint, user_traceback
-from .call import DEFAULT_ENDPOINT_URL
+from ..core.keys import SIGNING_KEY_ENV, private_key_base64, public_key_base64
 from .errors import EXIT_OK, CommandError
-from .keygen import SIGNING_KEY_ENV
+from .local_server import (
+    DEFAULT_ENDPOINT_URL,
+    WILDCARDS,
+    listening,
+    load_app,
+    local_url,
+    waitress_options,
+)
 
 _DESCRIPTION = """\
 Serve the Endpoint of APP over HTTP on this machine.
@@ -91,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise CommandError(f"cannot listen on {args.host}:{args.port}: {reason}") from None
 
-    addresses = _listening(server)
+    addresses = listening(server)
     print(banner(args.app, endpoint, addresses, session_key), flush=True)
     with _sigterm_stops():
         try:
@@ -101,71 +105,6 @@ def run(args: argparse.Namespace) -> int:
             server.close()
     print("dispatchlet serve: stopped", file=sys.stderr)
     return EXIT_OK
-
-
-CHANNEL_TIMEOUT = 10
-"""Seconds a connection may send nothing, with no request running, before waitress
-closes it: a client that stalls mid-request frees its connection in seconds."""
-CLEANUP_INTERVAL = 2
-"""How often waitress looks for such connections (its default, 30 s, would keep one open
-for up to 40 s)."""
-
-
-def load_app(app: str) -> Endpoint:
-    """The Endpoint APP names; a failure shows the app's own traceback, then one line."""
-    try:
-        return load_endpoint(app)
-    except AppLoadError as exc:
-        trace = user_traceback(exc)
-        if trace:
-            print(trace, end="", file=sys.stderr)
-        raise CommandError(str(exc)) from None
-
-
-def waitress_options(endpoint: Endpoint) -> dict[str, int]:
-    """The waitress settings that bound what a client can hold, matched to ``endpoint``.
-
-    Waitress reads a whole body before the app sees it, spooling large ones to disk:
-    ``max_request_body_size`` stops it near the endpoint's own limit, with a margin for
-    chunked framing (which waitress counts) so that a body just over the limit still gets
-    the endpoint's 400. Headers and bodies are read by waitress's event loop, not by a
-    worker thread, so a slow client holds a connection (up to ``connection_limit``), never
-    a thread; ``channel_timeout`` releases one that stops sending.
-    """
-    return {
-        "max_request_body_size": endpoint.max_body_size + 64 * 1024,
-        "channel_timeout": CHANNEL_TIMEOUT,
-        "cleanup_interval": CLEANUP_INTERVAL,
-    }
-
-
-@contextmanager
-def serving(endpoint: Endpoint) -> Iterator[str]:
-    """Serve ``endpoint`` on a free loopback port in a background thread; yield its URL."""
-    from waitress import create_server
-
-    server = create_server(
-        wsgi_app(endpoint),
-        host="127.0.0.1",
-        port=0,
-        threads=2,
-        asyncore_loop_timeout=0.05,
-        **waitress_options(endpoint),
-    )
-    host, port_number = _listening(server)[0]
-    thread = threading.Thread(target=server.run, name="dispatchlet-server", daemon=True)
-    thread.start()
-    try:
-        yield _url(host, port_number)
-    finally:
-        # Functions still running (the call timed out) are not waited for: their
-        # connections are cancelled, so what they answer later is dropped quietly, and
-        # their threads, daemons, end when they return or when the process exits.
-        for channel in list(server.active_channels.values()):
-            channel.cancel()
-        server.close()
-        server.task_dispatcher.set_thread_count(0)
-        thread.join(timeout=5)
 
 
 def configure_logging() -> None:
@@ -186,11 +125,11 @@ def banner(
     session_key: Ed25519PrivateKey | None,
 ) -> str:
     """What ``serve`` prints once it listens: where, which functions, how to call one."""
-    local_url = _url(*addresses[0])
-    url = endpoint.endpoint_url or local_url
-    head = [f"dispatchlet: serving {app} at {local_url}"]
-    head += [f"             and at {_url(host, port)}" for host, port in addresses[1:]]
-    if addresses[0][0] in _WILDCARDS:
+    here = local_url(*addresses[0])
+    url = endpoint.endpoint_url or here
+    head = [f"dispatchlet: serving {app} at {here}"]
+    head += [f"             and at {local_url(host, port)}" for host, port in addresses[1:]]
+    if addresses[0][0] in WILDCARDS:
         head.append(f"(listening on all interfaces, port {addresses[0][1]})")
     if endpoint.endpoint_url:
         head.append(
@@ -301,25 +240,6 @@ def _example_input(function: Function[..., Any]) -> str | None:
 
 def _sample(annotation: object, number: int) -> object:
     return number if annotation is int else _SAMPLES.get(annotation)
-
-
-_WILDCARDS = ("0.0.0.0", "::", "")  # noqa: S104 - recognised, not bound to
-
-
-def _url(host: str, port: int) -> str:
-    if host in _WILDCARDS:  # listening everywhere: call it on this machine
-        host = "::1" if host == "::" else "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
-
-
-def _listening(server: Any) -> list[tuple[str, int]]:
-    # One socket gives a server with effective_host/port; several give effective_listen.
-    listen = getattr(server, "effective_listen", None)
-    if listen:
-        return [(str(host), int(port)) for host, port in listen]
-    return [(str(server.effective_host), int(server.effective_port))]
 
 
 @contextmanager

@@ -8,11 +8,11 @@ from collections.abc import Callable, Iterable, Mapping
 from itertools import chain
 from types import MappingProxyType
 from typing import Any, ParamSpec, TypeVar, overload
-from urllib.parse import urlsplit
 
 from ..proto.dispatch.sdk.v1 import function_pb2
 from . import connect
 from .body import BodyReader, oversized
+from .endpoint_url import parse_endpoint_url
 from .errors import (
     ConfigurationError,
     DispatchletError,
@@ -104,15 +104,12 @@ class Endpoint:
         self._signed_path: str | None = None
         if self.endpoint_url:
             setting = ENDPOINT_URL_ENV if endpoint_url is None else "endpoint_url"
-            parts = urlsplit(self.endpoint_url)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise ConfigurationError(
-                    f"{setting} must be an http(s) URL, got {self.endpoint_url!r}"
-                )
-            if parts.query or parts.fragment:
-                raise ConfigurationError(f"{setting} must not have a query or fragment")
-            self._authority = normalize_authority(parts.netloc, parts.scheme)
-            self._signed_path = parts.path.rstrip("/") + connect.RUN_PATH
+            try:
+                public = parse_endpoint_url(self.endpoint_url)
+            except ValueError as exc:
+                raise ConfigurationError(f"{setting}: {exc}") from None
+            self._authority = normalize_authority(public.authority, public.scheme)
+            self._signed_path = public.run_path
         self._functions: dict[str, Function[..., Any]] = {}
 
     def set_verification_key(

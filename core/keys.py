@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from .errors import ConfigurationError
 
 VERIFICATION_KEY_ENV = "DISPATCH_VERIFICATION_KEY"
+SIGNING_KEY_ENV = "DISPATCH_SIGNING_KEY"
+"""The scheduler's (or a caller's) private key, whose public half endpoints verify with."""
 
 PublicKeyLike = str | bytes | Ed25519PublicKey
 PrivateKeyLike = str | bytes | Ed25519PrivateKey

@@ -286,7 +286,7 @@ def test_call_reports_http_errors(hello: Server) -> None:
 
 @pytest.mark.slow
 def test_stalled_connections_neither_starve_serve_nor_stay_open(hello: Server) -> None:
-    from dispatchlet.cli.serve import CHANNEL_TIMEOUT, CLEANUP_INTERVAL
+    from dispatchlet.cli.local_server import CHANNEL_TIMEOUT, CLEANUP_INTERVAL
 
     host, port = hello.url.removeprefix("http://").rsplit(":", 1)
     stalled = []

@@ -28,7 +28,7 @@ import sys
 
 from dispatchlet.adapters.wsgi import wsgi_app
 from dispatchlet.cli.app_loader import AppLoadError, load_endpoint
-from dispatchlet.cli.serve import waitress_options
+from dispatchlet.cli.local_server import waitress_options
 from waitress import serve
 
 
