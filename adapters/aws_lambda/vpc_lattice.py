@@ -1,4 +1,4 @@
-"""VPC Lattice events, versions 1 and 2."""
+"""VPC Lattice events, versions 1 and 2: the same request under different key names."""
 
 from __future__ import annotations
 
@@ -12,23 +12,24 @@ from .source import Event, EventSource
 
 class VpcLatticeV2(EventSource):
     name = "vpc-lattice-v2"
+    keys = ("path", "queryStringParameters", "isBase64Encoded")
 
     def matches(self, event: Event) -> bool:
         context = event.get("requestContext")
         return version_2(event) and isinstance(context, dict) and "targetGroupArn" in context
 
     def request(self, event: Event) -> Request:
+        path_key, query_key, flag_key = self.keys
         fields = source.fields(event.get("headers"), "headers")
-        path, _, query = source.text(event.get("path"), "path").partition("?")
+        path, _, query = source.text(event.get(path_key), path_key).partition("?")
         if not query:
-            params = event.get("queryStringParameters")
-            query = source.query(params, "queryStringParameters", source.encoded)
+            query = source.query(event.get(query_key), query_key, source.encoded)
         return Request(
             method=source.text(event.get("method"), "method"),
             path=path or "/",
             authority=source.host(fields) or "",
             headers=fields,
-            body=source.body(event),
+            body=source.body(event, "body", flag_key),
             query=query,
             scheme=source.scheme(fields),
         )
@@ -37,27 +38,9 @@ class VpcLatticeV2(EventSource):
         return source.described(response, {"headers": source.joined(response.headers)})
 
 
-class VpcLatticeV1(EventSource):
+class VpcLatticeV1(VpcLatticeV2):
     name = "vpc-lattice-v1"
+    keys = ("raw_path", "query_string_parameters", "is_base64_encoded")
 
     def matches(self, event: Event) -> bool:
         return "raw_path" in event and "method" in event
-
-    def request(self, event: Event) -> Request:
-        fields = source.fields(event.get("headers"), "headers")
-        path, _, query = source.text(event.get("raw_path"), "raw_path").partition("?")
-        if not query:
-            params = event.get("query_string_parameters")
-            query = source.query(params, "query_string_parameters", source.encoded)
-        return Request(
-            method=source.text(event.get("method"), "method"),
-            path=path or "/",
-            authority=source.host(fields) or "",
-            headers=fields,
-            body=source.body(event, "body", "is_base64_encoded"),
-            query=query,
-            scheme=source.scheme(fields),
-        )
-
-    def response(self, response: Response, event: Event) -> dict[str, Any]:
-        return source.described(response, {"headers": source.joined(response.headers)})
