@@ -199,7 +199,7 @@ def test_function_runs_the_packaged_example_app(cloudformation: dict[str, Any]) 
     assert properties["Architectures"] == [lambda_package.ARCHITECTURE]
     assert properties["Handler"] == lambda_package.HANDLER
     module, attribute = properties["Handler"].split(".")
-    assert f"{module}.py" in lambda_package.APP_MODULES
+    assert lambda_package.check_handler(ROOT / "examples", properties["Handler"])
     assert re.search(rf"(?m)^{attribute} = ", (ROOT / "examples" / f"{module}.py").read_text())
     assert 128 <= properties["MemorySize"] <= 3008
     assert properties["Timeout"] <= 30  # the HTTP API's integration limit
@@ -369,7 +369,10 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "ARTIFACTS_DIR": str(artifacts),
             "PYTHON": sys.executable,
             "ARCHITECTURE": architecture,
+            "HANDLER": lambda_package.HANDLER,
         }
+        if architecture == "host":  # bytecode this interpreter uses
+            settings["PYTHON_VERSION"] = HOST_VERSION
         command = [make, "--makefile", str(AWS_DIR / "Makefile"), f"build-{FUNCTION}"]
         command += [f"{k}={v}" for k, v in settings.items()]
         log = (root / f"{name}.log").open("w")
@@ -385,14 +388,32 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {name: artifacts for name, (_, _, artifacts) in running.items()}
 
 
-def check_layout(artifacts: Path) -> None:
-    for name in lambda_package.APP_MODULES:
-        assert (artifacts / name).is_file(), name
+HOST_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def check_layout(artifacts: Path, app: Path = ROOT / "examples", version: str = "3.12") -> None:
+    for path in app.glob("*.py"):
+        assert (artifacts / path.name).read_text() == path.read_text(), path.name
     assert (artifacts / "dispatchlet" / "adapters" / "aws_lambda" / "__init__.py").is_file()
+    # What Lambda never uses is left out: the local server.
+    assert not list(artifacts.glob("waitress*"))
+    assert (artifacts / "cryptography").is_dir()
+    assert (artifacts / "google" / "protobuf").is_dir()
     # Nothing the build machine made for itself, nothing that differs between builds.
     assert not (artifacts / "bin").exists()
-    assert not list(artifacts.rglob("__pycache__"))
     assert not list(artifacts.glob("*.dist-info/direct_url.json"))
+    # Bytecode for the runtime's Python only, for every module, the app's included.
+    tag = f"cpython-{version.replace('.', '')}"
+    compiled = list(artifacts.rglob("*.pyc"))
+    if lambda_package.bytecode_compiler(version) is not None:
+        assert {path.name.split(".")[-2] for path in compiled} == {tag}
+        for path in app.glob("*.py"):
+            assert (artifacts / "__pycache__" / f"{path.stem}.{tag}.pyc").is_file()
+        assert (
+            artifacts / "dispatchlet" / "core" / "__pycache__" / f"endpoint.{tag}.pyc"
+        ).is_file()
+    else:
+        assert compiled == []
     for record in artifacts.glob("*.dist-info/RECORD"):
         assert "direct_url.json" not in record.read_text(), record
 
@@ -415,7 +436,7 @@ def test_built_package_serves_direct_and_http_invocations(
     here): the handler imports from the package alone, as Lambda's runtime imports it,
     and serves a direct invocation and a signed HTTP API request."""
     artifacts = builds["host"]
-    check_layout(artifacts)
+    check_layout(artifacts, version=HOST_VERSION)
 
     events = {
         "direct": base64.b64encode(run_request("greet", "World").SerializeToString()).decode(),
@@ -465,6 +486,143 @@ def test_build_fetches_the_lambda_platform_wheels(builds: dict[str, Path]) -> No
     assert binaries, "no cryptography binary in the package"
     assert {elf_machine(path) for path in binaries} == {AARCH64}
     assert list(artifacts.glob("google/_upb/_message*.so")), "protobuf without its C extension"
+
+
+USER_APP = {
+    "main.py": """
+from dispatchlet import Endpoint
+from dispatchlet.adapters.aws_lambda import lambda_handler
+
+import helpers
+
+endpoint = Endpoint()
+
+
+@endpoint.function
+def shout(text: str) -> str:
+    return helpers.loud(text)
+
+
+handler = lambda_handler(endpoint)
+""",
+    # six is the app's own requirement: it must come with the package.
+    "helpers.py": (
+        "import six\n\n\ndef loud(text):\n    return six.ensure_str(text).upper() + '!'\n"
+    ),
+    "requirements.txt": "six==1.16.0\n",
+    ".venv/lib/junk.py": "raise SystemExit('a virtual environment was packaged')\n",
+}
+
+
+def write_app(folder: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    return folder
+
+
+@pytest.mark.slow
+def test_users_app_outside_the_repository_is_packaged_and_runs(tmp_path: Path) -> None:
+    app = write_app(tmp_path / "myproject", USER_APP)
+    package = tmp_path / "function.zip"
+    build = subprocess.run(
+        [
+            sys.executable,
+            str(AWS_DIR / "lambda_package.py"),
+            str(package),
+            "--zip",
+            f"--app-dir={app}",
+            "--handler=main:handler",
+            "--architecture=host",
+            f"--python-version={HOST_VERSION}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert build.returncode == 0, build.stderr[-3000:]
+    assert build.stdout.strip().endswith("Handler: main.handler")
+    # Unpacked read-only, as Lambda's /var/task: nothing can be compiled into it.
+    task = tmp_path / "task"
+    with zipfile.ZipFile(package) as archive:
+        archive.extractall(task)
+    check_layout(task, app, HOST_VERSION)
+    assert not (task / ".venv").exists()
+    assert (task / "six.py").is_file()
+    for path in [task, *task.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    try:
+        answers = serve_package(task, "main.handler", "shout", "hey", tmp_path)
+    finally:
+        for path in [task, *task.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    for answer in answers:
+        assert values.from_any(answer.exit.result.output) == "HEY!"
+
+
+def serve_package(
+    package: Path, handler: str, function_name: str, value: Any, cwd: Path
+) -> list[function_pb2.RunResponse]:
+    """The RunResponses of one direct invocation and one signed HTTP API event of
+    ``function_name(value)``, served by ``handler`` of ``package`` in a fresh process."""
+    events = {
+        "direct": base64.b64encode(run_request(function_name, value).SerializeToString()).decode(),
+        "http_api": http_api_event(run_request(function_name, value)),
+    }
+    public_key = SIGNING_KEY.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "DISPATCH_VERIFICATION_KEY": base64.b64encode(public_key).decode(),
+    }
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", SERVE, str(package), handler, json.dumps(events)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    answers = json.loads(result.stdout)
+    http = answers["http_api"]
+    assert http["statusCode"] == 200, http
+    return [
+        function_pb2.RunResponse.FromString(base64.b64decode(answers["direct"])),
+        function_pb2.RunResponse.FromString(base64.b64decode(http["body"])),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("handler", "message"),
+    [
+        ("missing:handler", "handler module 'missing' not found in"),
+        ("main", "invalid handler 'main'"),
+        ("main:bad-name", "invalid handler"),
+    ],
+)
+def test_a_handler_not_in_the_app_is_named_before_anything_is_built(
+    tmp_path: Path, handler: str, message: str
+) -> None:
+    app = write_app(tmp_path / "myproject", {"main.py": "handler = None\n"})
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(AWS_DIR / "lambda_package.py"),
+            str(tmp_path / "out"),
+            f"--app-dir={app}",
+            f"--handler={handler}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_zip_is_reproducible(tmp_path: Path) -> None:

@@ -1,14 +1,29 @@
-"""The Lambda package of the example app: dispatchlet, its dependencies built for the
-Lambda platform, and the app's modules, side by side at the package's root.
+"""The Lambda package of an app: dispatchlet, its dependencies and the app's own
+requirements built for the Lambda platform, and the app's code, side by side at the
+package's root, with bytecode compiled for the runtime's Python.
 
-The SAM build (deploy/aws/Makefile) and deploy.py both use this, so both ship the same
-thing. As a command: ``python deploy/aws/lambda_package.py TARGET_DIR`` fills TARGET_DIR,
-``--zip FILE`` writes a zip instead.
+    python deploy/aws/lambda_package.py TARGET --app-dir DIR [--handler MODULE:ATTR] [--zip]
+
+DIR is the app's folder (default: this repository's examples/): everything in it is
+copied except VCS data, virtual environments, caches and build folders, and its
+requirements.txt, if any, is installed with dispatchlet. MODULE:ATTR (or Lambda's
+MODULE.ATTR), when given, names the handler, ``handler = lambda_handler(endpoint)``: the
+build checks that MODULE is in DIR and prints Lambda's Handler setting for it. The SAM build
+(deploy/aws/Makefile) and deploy.py both use this, so both ship the same thing.
+
+Lambda's code folder is read-only: Python cannot write bytecode there, so a package
+without it compiles every module it imports on every cold start. The package carries
+``__pycache__`` files compiled by an interpreter of the runtime's version
+(``--python``, else ``pythonX.Y`` on PATH), with unchecked-hash invalidation since the
+code never changes after deployment. Without such an interpreter it is built without
+bytecode, and says so.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,12 +31,16 @@ import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_DIR = ROOT / "examples"
-# The entry module and what it imports; template.yaml's Handler names the first one.
-APP_MODULES = ("lambda_app.py", "hello.py")
+# template.yaml's Handler, in Lambda's MODULE.ATTR form: the example's entry module.
 HANDLER = "lambda_app.handler"
+# What Lambda never uses of dispatchlet's own requirements: the local HTTP server.
+LAMBDA_UNUSED = frozenset({"waitress"})
+# Lambda's code folder, where tracebacks should say the files are.
+TASK_ROOT = "/var/task"
 RUNTIME = "python3.12"
 PYTHON_VERSION = "3.12"
 # Graviton: cheaper per GB-second than x86_64, and every binary dependency ships
@@ -33,6 +52,21 @@ _MACHINES = {"arm64": "aarch64", "x86_64": "x86_64"}
 # What a source tree copy leaves out: VCS data, virtual environments, caches, and
 # setuptools' own build folders, whose stale files would otherwise end up in the wheel.
 _SOURCE_IGNORE = shutil.ignore_patterns(".*", "build", "dist", "*.egg-info", "__pycache__", "*.pyc")
+# What an app folder copy leaves out, besides the above: virtual environments named
+# without a dot, and the deploy files that sit beside an app.
+_APP_IGNORE = shutil.ignore_patterns(
+    ".*",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    "*.pyc",
+    "venv",
+    "node_modules",
+    "samconfig.toml",
+    "template.yaml",
+    "requirements.txt",
+)
 # A fixed timestamp makes the zip of identical files identical, byte for byte, so that
 # deploy.py can tell from the code hash whether the code changed.
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -70,21 +104,50 @@ def pip_platform_args(architecture: str, python_version: str = PYTHON_VERSION) -
     ]
 
 
+def lambda_handler_name(handler: str) -> str:
+    """``module:attr`` or ``module.attr`` as Lambda's Handler setting, ``module.attr``."""
+    module, colon, attribute = handler.rpartition(":")
+    if not colon:
+        module, _, attribute = handler.rpartition(".")
+    parts = [*module.split("."), attribute]
+    if not module or not all(part.isidentifier() for part in parts):
+        raise PackageError(f"invalid handler {handler!r}: expected MODULE:ATTRIBUTE")
+    return f"{module}.{attribute}"
+
+
+def check_handler(app_dir: Path, handler: str) -> str:
+    """Lambda's Handler for ``handler``, once its module is found in ``app_dir``."""
+    name = lambda_handler_name(handler)
+    module = name.rpartition(".")[0]
+    path = app_dir.joinpath(*module.split("."))
+    if not (path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()):
+        raise PackageError(
+            f"handler module {module!r} not found in {app_dir}: expected "
+            f"{path.with_suffix('.py').relative_to(app_dir)} (give the app's folder with "
+            "--app-dir and its handler with --handler MODULE:ATTR)"
+        )
+    return name
+
+
 def build(
     target: Path,
     *,
     architecture: str = ARCHITECTURE,
     python_version: str = PYTHON_VERSION,
     app_dir: Path = APP_DIR,
-    modules: Sequence[str] = APP_MODULES,
+    handler: str | None = None,
     source: Path = ROOT,
+    python: str | None = None,
 ) -> Path:
-    """Fill ``target`` with the package: dispatchlet from ``source``, its dependencies
-    for ``architecture``, and ``modules`` from ``app_dir``. Returns ``target``."""
+    """Fill ``target`` with the package: dispatchlet from ``source``, its dependencies and
+    the app's requirements for ``architecture``, the app from ``app_dir``, and bytecode
+    for ``python_version``. Returns ``target``."""
     platform_args = pip_platform_args(architecture, python_version)
-    missing = [name for name in modules if not (app_dir / name).is_file()]
-    if missing:
-        raise PackageError(f"app modules not found in {app_dir}: {', '.join(missing)}")
+    if not app_dir.is_dir():
+        raise PackageError(f"app folder {app_dir} does not exist")
+    if handler is not None:
+        check_handler(app_dir, handler)
+    compiler = bytecode_compiler(python_version, python)
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="dispatchlet-package-") as scratch:
         tree = Path(scratch, "source")
@@ -96,20 +159,90 @@ def build(
         built = sorted(wheels.glob("dispatchlet-*.whl"))
         if len(built) != 1:
             raise PackageError(f"expected one dispatchlet wheel, pip built {built}")
-        _pip(
-            "install",
-            "--target",
-            str(target),
-            "--upgrade",
-            # Bytecode for the build machine's Python would not match Lambda's.
-            "--no-compile",
-            *platform_args,
-            str(built[0]),
-        )
+        # dispatchlet without its requirements, then those Lambda uses with the app's
+        # own, in one resolution.
+        install = ["install", "--target", str(target), "--upgrade", *platform_args]
+        # Bytecode for the build machine's Python would not match Lambda's.
+        _pip(*install, "--no-compile", "--no-deps", str(built[0]))
+        requirements = [r for r in wheel_requirements(built[0]) if _name(r) not in LAMBDA_UNUSED]
+        app_requirements = app_dir / "requirements.txt"
+        if app_requirements.is_file():
+            requirements += ["--requirement", str(app_requirements)]
+        _pip(*install, "--no-compile", *requirements)
     _tidy(target)
-    for name in modules:
-        shutil.copyfile(app_dir / name, target / name)
+    shutil.copytree(app_dir, target, ignore=_APP_IGNORE, dirs_exist_ok=True)
+    if compiler is None:
+        print(
+            f"lambda_package: warning: no Python {python_version} found to compile "
+            f"bytecode with (pass --python): every cold start will compile what it imports",
+            file=sys.stderr,
+        )
+    else:
+        compile_bytecode(target, compiler)
     return target
+
+
+def wheel_requirements(wheel: Path) -> list[str]:
+    """The unconditional requirements (Requires-Dist without an extra) of ``wheel``."""
+    with zipfile.ZipFile(wheel) as archive:
+        name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        metadata = archive.read(name).decode("utf-8")
+    found = []
+    for line in metadata.splitlines():
+        if line.startswith("Requires-Dist:"):
+            requirement, _, marker = line.removeprefix("Requires-Dist:").partition(";")
+            if "extra" not in marker:
+                found.append(requirement.strip())
+    return found
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[\s<>=!~\[(;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def bytecode_compiler(python_version: str, python: str | None = None) -> str | None:
+    """An interpreter of ``python_version`` to compile the package's bytecode with."""
+    candidates = [python] if python else []
+    if not python:
+        if f"{sys.version_info.major}.{sys.version_info.minor}" == python_version:
+            candidates.append(sys.executable)
+        candidates.append(shutil.which(f"python{python_version}") or "")
+        # pyenv's installs, which its shims only reach when selected.
+        pyenv = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
+        pattern = f"versions/{python_version}.*/bin/python{python_version}"
+        candidates += [str(path) for path in sorted(pyenv.glob(pattern), reverse=True)]
+    for candidate in filter(None, candidates):
+        probe = subprocess.run(  # noqa: S603 - an interpreter path, no shell
+            [candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if probe.returncode == 0 and probe.stdout.strip() == python_version:
+            return candidate
+        if python:
+            raise PackageError(f"--python {python} is not Python {python_version}")
+    return None
+
+
+def compile_bytecode(target: Path, python: str) -> None:
+    """Compile every module in ``target`` as Lambda will import it: paths under
+    /var/task in tracebacks, never checked against sources that cannot change."""
+    # One process: in a pool, what a worker compiled before changes the marshalled output.
+    command = [python, "-m", "compileall", "-q", "-s", str(target), "-p", TASK_ROOT]
+    command += ["--invalidation-mode", "unchecked-hash", str(target)]
+    # A fixed hash seed: frozenset constants are marshalled in hash order, and a zip of
+    # the same code must hash the same for deploy.py to skip an unchanged upload.
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    result = subprocess.run(  # noqa: S603 - an interpreter path, no shell
+        command, capture_output=True, text=True, check=False, env=env
+    )
+    if result.returncode != 0:
+        # A file that is not valid Python for this version (a test fixture in a
+        # dependency) fails to compile; everything else is compiled all the same.
+        print(
+            f"lambda_package: some files did not compile:\n{result.stdout[-2000:]}", file=sys.stderr
+        )
 
 
 def _pip(*args: str) -> None:
@@ -123,7 +256,7 @@ def _tidy(target: Path) -> None:
     """Remove what Lambda never uses and what would differ from build to build."""
     # Console scripts carry the build machine's interpreter path.
     shutil.rmtree(target / "bin", ignore_errors=True)
-    for path in target.rglob("__pycache__"):
+    for path in list(target.rglob("__pycache__")):
         shutil.rmtree(path, ignore_errors=True)
     # Records where the wheel came from: a temporary path, new on every build. Its line
     # in RECORD goes too, since that line holds its hash.
@@ -153,28 +286,30 @@ def write_zip(folder: Path, zip_path: Path) -> Path:
     return zip_path
 
 
-def build_zip(
-    zip_path: Path,
-    *,
-    architecture: str = ARCHITECTURE,
-    python_version: str = PYTHON_VERSION,
-    app_dir: Path = APP_DIR,
-) -> Path:
-    """Build the package (as ``build`` does) and zip it to ``zip_path``."""
+def build_zip(zip_path: Path, **options: Any) -> Path:
+    """Build the package (as ``build`` does, with its keyword ``options``) and zip it."""
     with tempfile.TemporaryDirectory(prefix="dispatchlet-lambda-") as folder:
-        build(
-            Path(folder), architecture=architecture, python_version=python_version, app_dir=app_dir
-        )
+        build(Path(folder), **options)
         return write_zip(Path(folder), zip_path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("target", type=Path, help="folder to fill (or the zip with --zip)")
     parser.add_argument("--zip", action="store_true", help="write a zip file to TARGET")
+    parser.add_argument(
+        "--app-dir", type=Path, default=APP_DIR, help="the app's folder (default: examples/)"
+    )
+    parser.add_argument(
+        "--handler",
+        help="the Lambda handler, MODULE:ATTR or MODULE.ATTR: checked to be in the app, "
+        "and printed as Lambda's Handler setting",
+    )
     parser.add_argument("--architecture", choices=ARCHITECTURES, default=ARCHITECTURE)
     parser.add_argument("--python-version", default=PYTHON_VERSION)
-    parser.add_argument("--app-dir", type=Path, default=APP_DIR)
+    parser.add_argument("--python", help="interpreter of --python-version to compile bytecode with")
     args = parser.parse_args(argv)
     make = build_zip if args.zip else build
     try:
@@ -182,11 +317,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.target,
             architecture=args.architecture,
             python_version=args.python_version,
-            app_dir=args.app_dir,
+            app_dir=args.app_dir.resolve(),
+            handler=args.handler,
+            python=args.python,
         )
     except (PackageError, OSError) as exc:
         print(f"lambda_package: {exc}", file=sys.stderr)
         return 1
+    if args.handler:
+        print(f"Handler: {lambda_handler_name(args.handler)}")
     return 0
 
 
