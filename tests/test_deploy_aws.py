@@ -348,3 +348,74 @@ def test_console_made_permissions_are_recognised() -> None:
     assert not grants(via_url, "lambda:InvokeFunction", "*", ("lambda:FunctionUrlAuthType", "NONE"))
     assert not grants({**account, "Effect": "Deny"}, "lambda:InvokeFunction", "210987654321", None)
     assert not grants(account, "lambda:InvokeFunction", "*", None)
+
+
+def user_app(folder: Path) -> Path:
+    """An app of the user's, outside this repository."""
+    folder.mkdir()
+    (folder / "main.py").write_text("handler = None\n")
+    return folder
+
+
+def test_the_users_app_and_handler_are_packaged_and_configured(
+    aws: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    app = user_app(tmp_path / "myproject")
+    built: list[dict[str, Any]] = []
+
+    def build_zip(zip_path: Path, **options: Any) -> Path:
+        built.append(options)
+        zip_path.write_bytes(package("handler = None\n"))
+        return zip_path
+
+    monkeypatch.setattr(lambda_package, "build_zip", build_zip)
+    arguments = [
+        *("--function-name", FUNCTION, "--role-arn", aws["role"]),
+        *("--verification-key-parameter", KEY_PARAMETER),
+        *("--app-dir", str(app), "--handler", "main:handler"),
+    ]
+    assert aws_deploy.main(arguments) == 0
+    assert built == [{"architecture": "arm64", "app_dir": app.resolve(), "handler": "main:handler"}]
+    assert configuration(aws)["Handler"] == "main.handler"
+
+
+def test_a_handler_missing_from_the_app_stops_before_aws(
+    aws: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    app = user_app(tmp_path / "myproject")
+    arguments = [
+        *("--function-name", FUNCTION, "--role-arn", aws["role"]),
+        *("--verification-key-parameter", KEY_PARAMETER, "--app-dir", str(app)),
+    ]
+    assert aws_deploy.main(arguments) == 1  # the default handler is the example's
+    assert "handler module 'lambda_app' not found in" in capsys.readouterr().err
+    assert aws["lambda"].list_functions()["Functions"] == []
+
+
+def test_dry_run_prints_the_plan_and_touches_nothing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    def no_aws(*args: object) -> None:
+        raise AssertionError("--dry-run called AWS")
+
+    def no_build(*args: object, **kwargs: object) -> None:
+        raise AssertionError("--dry-run built the package")
+
+    monkeypatch.setattr(aws_deploy, "_clients", no_aws)
+    monkeypatch.setattr(lambda_package, "build_zip", no_build)
+    app = user_app(tmp_path / "myproject")
+    arguments = [
+        *("--function-name", FUNCTION, "--role-arn", "arn:aws:iam::123456789012:role/r"),
+        *("--verification-key-parameter", KEY_PARAMETER, "--region", "eu-west-1"),
+        *("--app-dir", str(app), "--handler", "main:handler", "--invoker", "123456789012"),
+        "--dry-run",
+    ]
+    assert aws_deploy.main(arguments) == 0
+    steps = capsys.readouterr().out.splitlines()
+    assert steps[0].startswith("1. Package the app: python ")
+    assert f"--app-dir={app}" in steps[0]
+    assert "--handler=main:handler" in steps[0]
+    assert f"SSM parameter '{KEY_PARAMETER}' in eu-west-1" in steps[1]
+    assert "handler main.handler" in steps[2]
+    assert "Allow 123456789012 to invoke" in steps[4]
+    assert "DISPATCH_ENDPOINT_URL=<its Function URL>" in steps[5]

@@ -32,10 +32,11 @@ TEMPLATE = ROOT / "template.yaml"
 FUNCTION = "DispatchFunction"
 
 
+# validate_template.py imports its neighbour as a script would.
+lambda_package = load_script("lambda_package", AWS_DIR / "lambda_package.py")
 validate_template = load_script(
     "dispatchlet_aws_validate_template", AWS_DIR / "validate_template.py"
 )
-lambda_package = load_script("lambda_package", AWS_DIR / "lambda_package.py")
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +139,10 @@ BROKEN = {
         "build-HelloFunction",
     ),
     "YAML syntax error": (replace("Resources:\n", "Resources:\n  - [\n"), "E0000"),
+    "Handler whose module is not in CodeUri": (
+        replace("Handler: lambda_app.handler", "Handler: lambda_ap.handler"),
+        "handler module 'lambda_ap' not found",
+    ),
 }
 
 
@@ -146,6 +151,23 @@ def test_unedited_copy_is_valid(workspace: Path) -> None:
     path = workspace / "template.yaml"
     path.write_text(TEMPLATE.read_text())
     assert validate_template.validate(path).problems == []
+
+
+def test_a_copy_in_the_users_project_deploying_their_app_is_valid(tmp_path: Path) -> None:
+    """What the template says to change for one's own code: CodeUri and Handler, and
+    ContextPath when the template moves into the user's project."""
+    project = tmp_path / "myproject"
+    write_app(project / "src", {"main.py": "handler = None\n"})
+    text = TEMPLATE.read_text()
+    for old, new in [
+        ("CodeUri: examples/", "CodeUri: src/"),
+        ("Handler: lambda_app.handler", "Handler: main.handler"),
+        ("ContextPath: deploy/aws", f"ContextPath: {AWS_DIR}"),
+    ]:
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    (project / "template.yaml").write_text(text)
+    assert validate_template.validate(project / "template.yaml").problems == []
 
 
 @pytest.mark.parametrize("fault", sorted(BROKEN))

@@ -1,8 +1,15 @@
-"""Deploy the example app to AWS Lambda with boto3, without CloudFormation.
+"""Deploy an app to AWS Lambda with boto3, without CloudFormation.
 
-    python deploy/aws/deploy.py --function-name dispatchlet-hello \\
-        --role-arn arn:aws:iam::123456789012:role/dispatchlet-hello \\
+    python deploy/aws/deploy.py --function-name my-functions \\
+        --app-dir ~/myproject --handler main:handler \\
+        --role-arn arn:aws:iam::123456789012:role/my-functions \\
         --verification-key-parameter /dispatchlet/verification-key [--region eu-west-1]
+
+The app is the folder ``--app-dir`` (default: this repository's examples/), packaged by
+lambda_package.py with its requirements.txt; ``--handler`` names its
+``handler = lambda_handler(endpoint)`` as MODULE:ATTR (default: the example's
+lambda_app:handler). ``--dry-run`` prints what would be done, with no AWS call and no
+build.
 
 Creates or updates the function, its public Function URL (AuthType NONE: each request is
 authenticated by its Dispatch signature) and its environment: DISPATCH_VERIFICATION_KEY
@@ -17,6 +24,7 @@ import argparse
 import base64
 import hashlib
 import json
+import shlex
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -303,7 +311,7 @@ def _clients(region: str | None) -> tuple[LambdaClient, SSMClient]:
     return session.client("lambda"), session.client("ssm")
 
 
-def _package(zip_path: Path | None, architecture: str) -> bytes:
+def _package(zip_path: Path | None, architecture: str, app_dir: Path, handler: str) -> bytes:
     if zip_path is not None:
         try:
             return zip_path.read_bytes()
@@ -312,10 +320,48 @@ def _package(zip_path: Path | None, architecture: str) -> bytes:
     with tempfile.TemporaryDirectory(prefix="dispatchlet-deploy-") as folder:
         built = Path(folder, "function.zip")
         try:
-            lambda_package.build_zip(built, architecture=architecture)
+            lambda_package.build_zip(
+                built, architecture=architecture, app_dir=app_dir, handler=handler
+            )
         except lambda_package.PackageError as exc:
             raise DeployError(f"packaging failed: {exc}") from None
         return built.read_bytes()
+
+
+def plan(settings: Settings, args: argparse.Namespace) -> list[str]:
+    """What a deploy with these settings does, step by step, as printed by --dry-run."""
+    region = args.region or "<the AWS configuration's region>"
+    if args.zip is not None:
+        package = f"1. Upload the package {args.zip}"
+    else:
+        build = [
+            "python",
+            str(Path(lambda_package.__file__).resolve()),
+            "--zip",
+            "<package.zip>",
+            f"--app-dir={args.app_dir}",
+            f"--handler={args.handler}",
+            f"--architecture={settings.architecture}",
+        ]
+        package = f"1. Package the app: {shlex.join(build)}"
+    steps = [
+        package,
+        f"2. Read the verification key from the SSM parameter "
+        f"{settings.verification_key_parameter!r} in {region}",
+        f"3. Create or update the function {settings.function_name!r}: "
+        f"runtime {settings.runtime}, {settings.architecture}, handler {settings.handler}, "
+        f"{settings.memory_size} MB, {settings.timeout} s, role {settings.role_arn}",
+        "4. Create its Function URL if it has none (AuthType NONE) and allow public "
+        "invocation through it",
+    ]
+    if settings.invoker:
+        steps.append(f"5. Allow {settings.invoker} to invoke the function by its ARN")
+    url = settings.endpoint_url or "<its Function URL>"
+    steps.append(
+        f"{len(steps) + 1}. Set DISPATCH_VERIFICATION_KEY (from SSM) and "
+        f"DISPATCH_ENDPOINT_URL={url}; upload the code if its hash changed"
+    )
+    return steps
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -332,6 +378,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="SSM parameter holding the Dispatch verification key (String or SecureString)",
     )
     parser.add_argument("--region", help="AWS region (default: the AWS configuration's)")
+    parser.add_argument(
+        "--app-dir",
+        type=Path,
+        default=lambda_package.APP_DIR,
+        help="the app's folder, packaged with its requirements.txt (default: examples/)",
+    )
+    parser.add_argument(
+        "--handler",
+        default=lambda_package.HANDLER,
+        help=f"the app's Lambda handler, MODULE:ATTR (default: {lambda_package.HANDLER})",
+    )
     parser.add_argument("--zip", type=Path, help="deploy this prebuilt package zip")
     parser.add_argument(
         "--architecture", choices=("arm64", "x86_64"), default=lambda_package.ARCHITECTURE
@@ -347,7 +404,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="public base URL when a custom domain or CDN fronts the function "
         "(DISPATCH_ENDPOINT_URL; default: the Function URL)",
     )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print what would be done: no AWS call, no build"
+    )
     args = parser.parse_args(argv)
+    try:
+        # Local and quick, so before anything else: a handler the app does not have.
+        handler = (
+            lambda_package.lambda_handler_name(args.handler)
+            if args.zip is not None
+            else lambda_package.check_handler(args.app_dir.resolve(), args.handler)
+        )
+    except lambda_package.PackageError as exc:
+        print(f"deploy: {exc}", file=sys.stderr)
+        return 1
     settings = Settings(
         function_name=args.function_name,
         role_arn=args.role_arn,
@@ -357,14 +427,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout=args.timeout,
         invoker=args.invoker,
         endpoint_url=args.endpoint_url,
+        handler=handler,
     )
+    if args.dry_run:
+        print("\n".join(plan(settings, args)))
+        return 0
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
         lambda_client, ssm_client = _clients(args.region)
         # Before the slow packaging: a missing key parameter is the likeliest mistake.
         read_verification_key(ssm_client, settings.verification_key_parameter)
-        code = _package(args.zip, settings.architecture)
+        code = _package(args.zip, settings.architecture, args.app_dir.resolve(), args.handler)
         result = deploy(settings, code, lambda_client=lambda_client, ssm_client=ssm_client)
     except DeployError as exc:
         print(f"deploy: {exc}", file=sys.stderr)

@@ -27,6 +27,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import lambda_package
+
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 DEFAULT_REGION = "us-east-1"
 # Stands in for a local CodeUri, as in `sam validate`: the translator wants S3 URIs.
@@ -189,6 +191,11 @@ def _check_local_build(template: dict[str, Any], base: Path) -> list[str]:
         uri = _local_code_uri(properties)
         if uri is not None and not (base / uri).is_dir():
             problems.append(f"{logical_id}: CodeUri {uri!r} is not a folder beside the template")
+        elif uri is not None and isinstance(properties.get("Handler"), str):
+            try:
+                lambda_package.check_handler(base / uri, properties["Handler"])
+            except lambda_package.PackageError as exc:
+                problems.append(f"{logical_id}: Handler: {exc}")
         metadata = resource.get("Metadata")
         if not isinstance(metadata, dict) or metadata.get("BuildMethod") != "makefile":
             continue
