@@ -1,5 +1,5 @@
 """The Cloud Functions adapter, served by the real functions-framework server on loopback,
-and the example deployment in deploy/cloud_functions (its folder and its deploy script)."""
+and deploy/cloud_functions/deploy.py (staging a user's app, the gcloud steps)."""
 
 from __future__ import annotations
 
@@ -434,44 +434,132 @@ def test_importing_the_adapter_does_not_import_flask() -> None:
 FUNCTION_URL = "https://us-central1-example-project.cloudfunctions.net/hello"
 
 
+USER_APP = {
+    "service.py": """
+from dispatchlet import Endpoint
+
+from helpers import loud
+
+endpoint = Endpoint()
+
+
+@endpoint.function
+def shout(text: str) -> str:
+    return loud(text)
+""",
+    "helpers.py": "def loud(text: str) -> str:\n    return text.upper() + '!'\n",
+    "requirements.txt": "# the app's own\nsix==1.16.0\n",
+}
+
+
+def write_app(folder: Path, files: dict[str, str]) -> Path:
+    folder.mkdir(parents=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return folder
+
+
 @pytest.mark.slow
-def test_deploy_folder_serves_the_example(tmp_path: Path) -> None:
+def test_a_users_app_staged_for_upload_is_served_by_functions_framework(tmp_path: Path) -> None:
+    app = write_app(tmp_path / "myproject", USER_APP)
+    staged = tmp_path / "staged"
     # As deploy.py sets them: the key as a one-line PEM, the URL the scheduler calls.
     key = public_key_pem(PUBLIC_KEY).strip().replace("\n", "\\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(DEPLOY / "deploy.py"),
+            "hello",
+            "--region=us-central1",
+            f"--verification-key={public_key_pem(PUBLIC_KEY)}",
+            f"--app-dir={app}",
+            "--handler=service:endpoint",
+            f"--stage-dir={staged}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "target run" in result.stdout
+    version = importlib.metadata.version("dispatchlet")
+    wheel = f"vendor/dispatchlet-{version}-py3-none-any.whl"
+    assert (staged / wheel).is_file()
+    requirements = (staged / "requirements.txt").read_text().splitlines()
+    assert requirements == ["# the app's own", "six==1.16.0", f"./{wheel}[cloud-functions]"]
+    assert (staged / "helpers.py").read_text() == USER_APP["helpers.py"]
     with serve(
-        DEPLOY / "main.py",
+        staged / "main.py",
         tmp_path,
         DISPATCH_VERIFICATION_KEY=key,
         DISPATCH_ENDPOINT_URL=FUNCTION_URL,
     ) as running:
         # Signed for the public URL; the request reaches the container on another host.
         authority = FUNCTION_URL.split("/")[2]
-        for function, value, expected in [("greet", "World", "Hello, World!"), ("add", [1, 2], 3)]:
-            request = signed(
-                http_request(
-                    run_request(function, value), authority=authority, path=f"/hello{RUN_PATH}"
-                )
-            )
-            delivered = dataclasses.replace(request, authority=running.authority, path=RUN_PATH)
-            assert output(post(running, delivered)) == expected
+        request = signed(
+            http_request(run_request("shout", "hey"), authority=authority, path=f"/hello{RUN_PATH}")
+        )
+        delivered = dataclasses.replace(request, authority=running.authority, path=RUN_PATH)
+        assert output(post(running, delivered)) == "HEY!"
         # Signed for the container's own address: not the URL it was told it serves.
-        assert post(running, call(running, "greet", "x")).status == 403
+        assert post(running, call(running, "shout", "x")).status == 403
 
 
-def test_deploy_folder_holds_the_example_app() -> None:
-    assert (DEPLOY / "hello.py").read_text() == (ROOT / "examples" / "hello.py").read_text()
+@pytest.mark.parametrize(
+    ("files", "handler", "message"),
+    [
+        ({"service.py": ""}, "service", "expected MODULE:ATTR"),
+        ({"service.py": ""}, "other:endpoint", "module 'other' not found in"),
+        ({"service.py": "", "main.py": ""}, "service:endpoint", "main.py would be replaced"),
+    ],
+)
+def test_an_app_that_cannot_be_staged_is_named_before_anything_runs(
+    fake_gcloud: dict[str, str], tmp_path: Path, files: dict[str, str], handler: str, message: str
+) -> None:
+    app = write_app(tmp_path / "myproject", files)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(DEPLOY / "deploy.py"),
+            "hello",
+            "--region=r",
+            "--key-secret=k",
+            f"--app-dir={app}",
+            f"--handler={handler}",
+        ],
+        env=fake_gcloud,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert gcloud_calls(fake_gcloud) == []
 
 
-def test_requirements_install_this_version_with_the_cloud_functions_extra() -> None:
-    version = importlib.metadata.version("dispatchlet")
-    lines = [
-        line
-        for line in (DEPLOY / "requirements.txt").read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
-    assert lines == [f"./vendor/dispatchlet-{version}-py3-none-any.whl[cloud-functions]"]
-    extras = importlib.metadata.metadata("dispatchlet").get_all("Provides-Extra") or []
-    assert "cloud-functions" in extras
+def test_an_invalid_verification_key_stops_before_anything_is_built(
+    fake_gcloud: dict[str, str],
+) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(DEPLOY / "deploy.py"),
+            "hello",
+            "--region=r",
+            "--verification-key=not-a-key",
+        ],
+        env=fake_gcloud,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--verification-key: invalid Ed25519 public key" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert gcloud_calls(fake_gcloud) == []
 
 
 FAKE_GCLOUD = """#!{python}
@@ -488,6 +576,9 @@ with open(state / "calls.jsonl", "a") as log:
 if sys.argv[1:3] == ["functions", "deploy"]:
     (state / "deployed").touch()
 elif sys.argv[1:3] == ["functions", "describe"]:
+    failure = os.environ.get("FAKE_GCLOUD_DESCRIBE_ERROR")
+    if failure:
+        sys.exit(failure)
     if not (state / "deployed").exists():
         sys.exit("ERROR: (gcloud.functions.describe) NOT_FOUND")
     print("{url}")
@@ -618,7 +709,14 @@ def test_deploy_reads_the_url_and_deploys_again(
     calls = gcloud_calls(fake_gcloud)
     describe, deploy = ["functions", "describe"], ["functions", "deploy"]
     assert [call["argv"][:2] for call in calls] == [describe, deploy, describe, deploy]
-    uploaded = ["hello.py", "main.py", "requirements.txt", f"vendor/{wheel.name}"]
+    uploaded = sorted(
+        [
+            *(p.name for p in (ROOT / "examples").glob("*.py")),
+            "main.py",
+            "requirements.txt",
+            f"vendor/{wheel.name}",
+        ]
+    )
     assert calls[1]["files"] == calls[3]["files"] == uploaded
     assert not any(arg.startswith("--set-env-vars") for arg in calls[1]["argv"])
     assert f"--set-env-vars=DISPATCH_ENDPOINT_URL={FUNCTION_URL}" in calls[3]["argv"]
@@ -628,3 +726,56 @@ def test_deploy_reads_the_url_and_deploys_again(
     again = gcloud_calls(fake_gcloud)[len(calls) :]
     assert [call["argv"][:2] for call in again] == [describe, deploy]
     assert f"--set-env-vars=DISPATCH_ENDPOINT_URL={FUNCTION_URL}" in again[1]["argv"]
+
+
+@pytest.mark.slow
+def test_a_describe_failure_other_than_not_found_stops_with_gclouds_message(
+    fake_gcloud: dict[str, str], tmp_path: Path
+) -> None:
+    error = "ERROR: (gcloud.functions.describe) You do not currently have an active account"
+    env = {**fake_gcloud, "FAKE_GCLOUD_DESCRIBE_ERROR": error}
+    wheel = tmp_path / "dispatchlet-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"stands in for the built wheel")
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(DEPLOY / "deploy.py"),
+            "hello",
+            "--region=us-central1",
+            "--key-secret=k",
+            f"--wheel={wheel}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert error in result.stderr
+    calls = gcloud_calls(fake_gcloud)
+    assert [call["argv"][:2] for call in calls] == [["functions", "describe"]]
+
+
+@pytest.mark.slow
+def test_a_handler_in_main_py_is_the_entry_point_itself(
+    fake_gcloud: dict[str, str], tmp_path: Path
+) -> None:
+    app = write_app(
+        tmp_path / "myproject",
+        {"main.py": "from dispatchlet import Endpoint\nendpoint = Endpoint()\napp = endpoint\n"},
+    )
+    result = deploy_script(
+        fake_gcloud,
+        "hello",
+        "--region=us-central1",
+        "--key-secret=k",
+        f"--app-dir={app}",
+        "--handler=main:app",
+        "--dry-run",
+    )
+    deploys = [
+        c for c in printed_commands(result.stdout) if c[:3] == ["gcloud", "functions", "deploy"]
+    ]
+    assert deploys
+    assert all("--entry-point=app" in command for command in deploys)

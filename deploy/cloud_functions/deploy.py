@@ -1,14 +1,21 @@
 #!/usr/bin/env python3
-"""Deploy the example function (main.py, target ``run``) to Cloud Functions (2nd gen).
+"""Deploy an app to Cloud Functions (2nd gen).
 
     python deploy/cloud_functions/deploy.py NAME --region REGION --key-secret SECRET
     python deploy/cloud_functions/deploy.py NAME --region REGION --verification-key KEY
-    ... [--endpoint-url URL] [--project P] [--dry-run] [-- EXTRA GCLOUD FLAGS]
+    ... [--app-dir DIR --handler MODULE:ATTR] [--endpoint-url URL] [--project P]
+    ... [--dry-run | --stage-dir DIR] [-- EXTRA GCLOUD FLAGS]
+
+The app is the folder ``--app-dir`` (default: this repository's examples/) and
+``--handler`` names, as MODULE:ATTR, its Endpoint or its functions-framework target
+(``run = cloud_function(endpoint)``); default: the example's hello:endpoint.
 
 Steps:
 
-1. Stage the folder to upload: main.py, hello.py, requirements.txt, and in vendor/ a
-   wheel of dispatchlet built from this checkout (the file requirements.txt names).
+1. Stage the folder to upload: the app's files; main.py, the entry module Cloud
+   Functions loads, made to serve MODULE:ATTR as target ``run`` (unless the handler is in
+   main.py itself: its attribute is then the target); requirements.txt, the app's own
+   lines followed by a wheel of dispatchlet built from this checkout into vendor/.
 2. ``gcloud functions deploy`` it: HTTP trigger, no IAM check on callers (every request
    must carry a Dispatch signature instead), the verification key from a Secret Manager
    secret or an environment variable.
@@ -19,12 +26,14 @@ Steps:
    one deploy does it all.
 
 ``--dry-run`` prints the commands instead of running them; it needs neither gcloud nor
-a network.
+a network. ``--stage-dir DIR`` writes the folder of step 1 to DIR and stops: serve it
+locally with ``functions-framework --source DIR/main.py --target run``.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import shutil
 import subprocess
@@ -32,14 +41,79 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-UPLOADED = ("main.py", "hello.py", "requirements.txt")
+APP_DIR = ROOT / "examples"
+HANDLER = "hello:endpoint"
+ENTRY_MODULE = "main.py"
+REQUIREMENTS = "requirements.txt"
 VENDOR = "vendor"
 ENTRY_POINT = "run"
 STAGE_PLACEHOLDER = "<staging folder>"
 URL_PLACEHOLDER = "<URL read in step 3>"
+# What staging leaves out of the app's folder: VCS data, virtual environments, caches.
+_APP_IGNORE = shutil.ignore_patterns(".*", "__pycache__", "*.pyc", "venv", "node_modules")
+# gcloud's words for a function that does not exist, as opposed to any other failure.
+_NOT_FOUND = re.compile(r"NOT_FOUND|not found|does not exist", re.IGNORECASE)
+
+ENTRY_SOURCE = """\
+\"\"\"The entry module Cloud Functions loads, made by deploy.py: target ``run`` serves
+{module}:{attribute}.\"\"\"
+
+from dispatchlet import Endpoint
+from dispatchlet.adapters.cloud_functions import cloud_function
+from {module} import {attribute} as _app
+
+run = cloud_function(_app) if isinstance(_app, Endpoint) else _app
+"""
+
+
+class Handler(NamedTuple):
+    module: str
+    attribute: str
+
+    @property
+    def entry_point(self) -> str:
+        """The target name Cloud Functions calls in main.py."""
+        return self.attribute if self.module == "main" else ENTRY_POINT
+
+
+def parse_handler(text: str) -> Handler:
+    module, colon, attribute = text.rpartition(":")
+    parts = [*module.split("."), attribute]
+    if not colon or not all(part.isidentifier() for part in parts):
+        raise ValueError(f"--handler {text!r}: expected MODULE:ATTR, e.g. main:endpoint")
+    return Handler(module, attribute)
+
+
+def check_app(app_dir: Path, handler: Handler) -> None:
+    """The app folder holds the handler's module, and no main.py the stage would replace."""
+    if not app_dir.is_dir():
+        raise ValueError(f"--app-dir {app_dir}: no such folder")
+    path = app_dir.joinpath(*handler.module.split("."))
+    if not (path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()):
+        raise ValueError(f"--handler: module {handler.module!r} not found in {app_dir}")
+    if handler.module != "main" and (app_dir / ENTRY_MODULE).exists():
+        raise ValueError(
+            f"{app_dir / ENTRY_MODULE} would be replaced by the entry module made for "
+            f"{handler.module}:{handler.attribute}: name the handler in it (main:ATTR)"
+        )
+
+
+def check_key(text: str) -> None:
+    """Refuse a verification key the endpoint would refuse, before anything is built."""
+    try:
+        from dispatchlet.core.keys import load_public_keys
+    except ImportError:
+        return  # without dispatchlet here, the endpoint checks it when it starts
+    try:
+        keys = load_public_keys(text)
+    except ValueError as exc:
+        raise ValueError(f"--verification-key: {exc}") from None
+    if not keys:
+        raise ValueError("--verification-key holds no key")
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -72,13 +146,35 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--endpoint-url",
         help="the public URL the scheduler calls, when known (skips reading it back)",
     )
+    parser.add_argument(
+        "--app-dir", type=Path, default=APP_DIR, help="the app's folder (default: examples/)"
+    )
+    parser.add_argument(
+        "--handler",
+        default=HANDLER,
+        help="MODULE:ATTR of the app's Endpoint or functions-framework target "
+        f"(default: {HANDLER})",
+    )
     parser.add_argument("--runtime", default="python312")
     parser.add_argument(
         "--wheel", type=Path, help="a dispatchlet wheel to upload instead of building one"
     )
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
+    parser.add_argument(
+        "--stage-dir", type=Path, help="write the folder to upload to this new folder and stop"
+    )
     args = parser.parse_args(argv)
     args.extra = extra
+    try:
+        args.handler = parse_handler(args.handler)
+        args.app_dir = args.app_dir.resolve()
+        check_app(args.app_dir, args.handler)
+        if args.verification_key is not None:
+            check_key(args.verification_key)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.stage_dir is not None and args.stage_dir.exists():
+        parser.error(f"--stage-dir {args.stage_dir} exists already")
     if args.endpoint_url and not args.endpoint_url.startswith("https://"):
         parser.error("--endpoint-url must be an https:// URL")
     if args.wheel and not args.wheel.is_file():
@@ -102,7 +198,7 @@ def deploy_command(args: argparse.Namespace, source: str, endpoint_url: str | No
         *location_flags(args),
         f"--runtime={args.runtime}",
         f"--source={source}",
-        f"--entry-point={ENTRY_POINT}",
+        f"--entry-point={args.handler.entry_point}",
         "--trigger-http",
         # Cloud IAM lets every caller in; the endpoint refuses any request that does not
         # carry a valid Dispatch signature.
@@ -144,14 +240,6 @@ def dict_flag(values: dict[str, str]) -> str:
     return f"^{delimiter}^" + delimiter.join(pairs)
 
 
-def wheel_name() -> str:
-    """The wheel file requirements.txt installs dispatchlet from."""
-    for line in (HERE / "requirements.txt").read_text().splitlines():
-        if line.startswith(f"./{VENDOR}/"):
-            return line.removeprefix(f"./{VENDOR}/").partition("[")[0]
-    raise SystemExit(f"requirements.txt installs no wheel from ./{VENDOR}/")
-
-
 def wheel_command(vendor: str, project: str) -> list[str]:
     return [sys.executable, "-m", "pip", "wheel", "--no-deps", f"--wheel-dir={vendor}", project]
 
@@ -166,28 +254,36 @@ def build_wheel(vendor: Path) -> None:
         run(wheel_command(str(vendor), str(project)))
 
 
-def stage(folder: Path, wheel: Path | None) -> None:
+def stage(folder: Path, args: argparse.Namespace) -> None:
     """Fill ``folder`` with what Cloud Functions builds the function from."""
-    for name in UPLOADED:
-        shutil.copy(HERE / name, folder / name)
+    shutil.copytree(args.app_dir, folder, ignore=_APP_IGNORE, dirs_exist_ok=True)
+    handler: Handler = args.handler
+    if handler.module != "main":
+        (folder / ENTRY_MODULE).write_text(
+            ENTRY_SOURCE.format(module=handler.module, attribute=handler.attribute)
+        )
     vendor = folder / VENDOR
-    vendor.mkdir()
-    if wheel is None:
+    vendor.mkdir(exist_ok=True)
+    if args.wheel is None:
         build_wheel(vendor)
     else:
-        shutil.copy(wheel, vendor / wheel.name)
-    expected = wheel_name()
-    if not (vendor / expected).is_file():
-        found = ", ".join(p.name for p in vendor.iterdir()) or "nothing"
-        raise SystemExit(
-            f"requirements.txt installs {VENDOR}/{expected}, but {VENDOR}/ holds {found}: "
-            "make that line name the wheel of this version"
-        )
+        shutil.copy(args.wheel, vendor / args.wheel.name)
+    wheels = sorted(vendor.glob("dispatchlet-*.whl"))
+    if len(wheels) != 1:
+        raise SystemExit(f"expected one dispatchlet wheel in {VENDOR}/, found {wheels}")
+    own = folder / REQUIREMENTS
+    lines = own.read_text().splitlines() if own.is_file() else []
+    # The cloud-functions extra brings functions-framework.
+    lines.append(f"./{VENDOR}/{wheels[0].name}[cloud-functions]")
+    own.write_text("\n".join(lines) + "\n")
 
 
 def dry_run(args: argparse.Namespace) -> None:
     show = shlex.join
-    print(f"# 1. Stage {', '.join(UPLOADED)} and a dispatchlet wheel in {VENDOR}/")
+    print(
+        f"# 1. Stage {args.app_dir} ({args.handler.module}:{args.handler.attribute}), "
+        f"its entry module and requirements, and a dispatchlet wheel in {VENDOR}/"
+    )
     if args.wheel is None:
         print(f"#    (built from a clean copy of {ROOT})")
         print(show(wheel_command(f"{STAGE_PLACEHOLDER}/{VENDOR}", str(ROOT))))
@@ -210,10 +306,17 @@ def run(command: list[str], *, capture: bool = False) -> subprocess.CompletedPro
 
 
 def read_url(args: argparse.Namespace) -> str | None:
-    """The deployed function's URL, or None when there is no such function yet."""
+    """The deployed function's URL, or None when there is no such function yet; any
+    other failure of gcloud (no account, no project, no permission) stops the deploy
+    with gcloud's own message."""
     result = run(describe_command(args), capture=True)
     url = result.stdout.strip()
-    return url if result.returncode == 0 and url.startswith("https://") else None
+    if result.returncode == 0 and url.startswith("https://"):
+        return url
+    if result.returncode != 0 and not _NOT_FOUND.search(result.stderr):
+        message = result.stderr.strip() or f"exit status {result.returncode}"
+        raise SystemExit(f"`{shlex.join(describe_command(args))}` failed:\n{message}")
+    return None
 
 
 def deploy(args: argparse.Namespace) -> str:
@@ -224,7 +327,7 @@ def deploy(args: argparse.Namespace) -> str:
         )
     url = args.endpoint_url or read_url(args)
     with tempfile.TemporaryDirectory(prefix="dispatchlet-cf-") as folder:
-        stage(Path(folder), args.wheel)
+        stage(Path(folder), args)
         run(deploy_command(args, folder, url))
         if url is None:
             url = read_url(args)
@@ -239,6 +342,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.dry_run:
         dry_run(args)
+        return 0
+    if args.stage_dir is not None:
+        args.stage_dir.mkdir(parents=True)
+        stage(args.stage_dir, args)
+        print(f"Staged in {args.stage_dir} (target {args.handler.entry_point})")
         return 0
     try:
         url = deploy(args)
