@@ -16,14 +16,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf import any_pb2, json_format, message
 
-from ..core.connect import (
-    JSON,
-    PROTO,
-    InvalidAnswer,
-    decode_response,
-    encode_request,
-    parse_error,
-)
+from ..core.connect import JSON, PROTO
+from ..core.connect_client import InvalidAnswer, decode_response, encode_request, parse_error
 from ..core.endpoint import ENDPOINT_URL_ENV
 from ..core.endpoint_url import EndpointURL, parse_endpoint_url
 from ..core.http import Request

@@ -12,7 +12,6 @@ from typing import Any, ParamSpec, TypeVar, overload
 from ..proto.dispatch.sdk.v1 import function_pb2
 from . import connect
 from .body import BodyReader, oversized
-from .endpoint_url import parse_endpoint_url
 from .errors import (
     ConfigurationError,
     DispatchletError,
@@ -103,6 +102,8 @@ class Endpoint:
         self._authority: str | None = None
         self._signed_path: str | None = None
         if self.endpoint_url:
+            from .endpoint_url import parse_endpoint_url  # only for a URL: cold starts
+
             setting = ENDPOINT_URL_ENV if endpoint_url is None else "endpoint_url"
             try:
                 public = parse_endpoint_url(self.endpoint_url)

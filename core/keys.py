@@ -49,10 +49,17 @@ def _raw(text: str, what: str) -> bytes:
 
 
 def load_public_key(value: PublicKeyLike) -> Ed25519PublicKey:
-    """An Ed25519 public key from PEM (SubjectPublicKeyInfo) or base64 of its 32 bytes."""
-    if isinstance(value, Ed25519PublicKey):
-        return value
-    text = _text(value)
+    """An Ed25519 public key from PEM (SubjectPublicKeyInfo) or base64 of its 32 bytes.
+
+    A weak key is refused: a point of small order (under which OpenSSL accepts a forged
+    signature for any message) or a non-canonical encoding; no key pair makes either.
+    """
+    key = value if isinstance(value, Ed25519PublicKey) else _parse_public_key(_text(value))
+    _check_strong(key.public_bytes_raw())
+    return key
+
+
+def _parse_public_key(text: str) -> Ed25519PublicKey:
     if text.startswith("-----BEGIN"):
         from cryptography.hazmat.primitives import serialization
 
@@ -64,6 +71,30 @@ def load_public_key(value: PublicKeyLike) -> Ed25519PublicKey:
             raise ValueError(f"expected an Ed25519 public key, got {type(key).__name__}")
         return key
     return Ed25519PublicKey.from_public_bytes(_raw(text, "public"))
+
+
+_FIELD_PRIME = 2**255 - 19
+# The encodings of the points of small order (libsodium's list), sign bit cleared.
+_SMALL_ORDER = frozenset(
+    bytes.fromhex(h)
+    for h in (
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    )
+)
+
+
+def _check_strong(raw: bytes) -> None:
+    unsigned = raw[:31] + bytes([raw[31] & 0x7F])
+    if unsigned in _SMALL_ORDER:
+        raise ValueError("weak Ed25519 public key (a point of small order): refused")
+    if int.from_bytes(unsigned, "little") >= _FIELD_PRIME:
+        raise ValueError("invalid Ed25519 public key: non-canonical encoding")
 
 
 def load_public_keys(

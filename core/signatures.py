@@ -17,15 +17,15 @@ import functools
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
 
+from . import ed25519
 from . import structured_fields as sf
 from .digest import content_digest, match_content_digest, parse_content_digest
 from .errors import DispatchletError, PermissionDenied, Unauthenticated
@@ -289,6 +289,8 @@ class Verifier:
     """Checks request signatures against a set of keys and a profile.
 
     ``keyids`` None accepts any key id; ``max_age`` None accepts any age (test vectors).
+    ``backend`` is the Ed25519 implementation (``ed25519.backend``: PyNaCl when
+    installed, else cryptography).
     """
 
     keys: tuple[Ed25519PublicKey, ...]
@@ -296,6 +298,13 @@ class Verifier:
     keyids: frozenset[str] | None = frozenset({DISPATCH_KEYID})
     max_age: float | None = 300.0
     clock_skew: float = 5.0
+    backend: str | None = None
+    _checks: tuple[ed25519.Check, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        name = ed25519.backend(self.backend)
+        object.__setattr__(self, "backend", name)
+        object.__setattr__(self, "_checks", tuple(ed25519.check_for(k, name) for k in self.keys))
 
     def verify(
         self,
@@ -411,12 +420,9 @@ class Verifier:
                 raise PermissionDenied("signature has expired")
 
         base = signature_base(covered, request, fields, authority=authority, path=path)
-        for key in self.keys:
-            try:
-                key.verify(signature.value, base)
+        for check in self._checks:
+            if check(signature.value, base):
                 return
-            except InvalidSignature:
-                continue
         raise PermissionDenied("invalid signature")
 
 

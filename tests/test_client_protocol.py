@@ -9,10 +9,8 @@ import json
 import pytest
 from dispatchlet import Endpoint
 from dispatchlet.core import values
-from dispatchlet.core.connect import (
-    JSON,
-    PROTO,
-    RUN_PATH,
+from dispatchlet.core.connect import JSON, PROTO, RUN_PATH
+from dispatchlet.core.connect_client import (
     ConnectError,
     InvalidAnswer,
     decode_response,

@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from dispatchlet import Endpoint, Request
 from dispatchlet.core.digest import check_content_digest, content_digest
+from dispatchlet.core.ed25519 import BACKEND_ENV, BACKENDS
 from dispatchlet.core.errors import PermissionDenied, Unauthenticated
 from dispatchlet.core.keys import load_public_key
 from dispatchlet.core.signatures import (
@@ -34,6 +35,14 @@ from support import (
 )
 
 VECTOR = json.loads((Path(__file__).parent / "data" / "rfc9421-b26.json").read_text())
+
+
+@pytest.fixture(autouse=True, params=BACKENDS)
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs with each Ed25519 backend: they must accept and reject the same."""
+    name: str = request.param
+    monkeypatch.setenv(BACKEND_ENV, name)
+    return name
 
 
 def vector_request() -> Request:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import quote
 
 from ...core import connect
 from ...core.errors import InvalidArgument
@@ -30,6 +29,8 @@ def version_2(event: Event) -> bool:
 
 def escape_decoded(path: str) -> str:
     """A percent-decoded path made sendable again: a path as sent is unchanged."""
+    from urllib.parse import quote  # here: a cold start of a Function URL never needs it
+
     return _UNSAFE_IN_PATH.sub(lambda m: quote(m.group(), safe="", errors="surrogatepass"), path)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
-from urllib.parse import quote
 
 from ...core import connect
 from ...core.errors import InvalidArgument
@@ -96,6 +95,8 @@ def query(params: object, what: str, encode: Callable[[str], str]) -> str:
 
 
 def encoded(value: str) -> str:
+    from urllib.parse import quote  # here: only events that carry parameters need it
+
     return quote(value, safe="")
 
 
