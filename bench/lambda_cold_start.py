@@ -16,7 +16,8 @@ to its exit:
 Both are timed in paired rounds, back to back; the medians of their wall and CPU times
 (user + system, less sensitive to other load on the machine) are printed with the median
 of the rounds' ratios (target: at most 1.5). ``--metrics`` serves with embedded metrics
-on, ``--powertools-logger`` logs through an aws-lambda-powertools ``Logger``.
+on, ``--powertools-logger`` logs through an aws-lambda-powertools ``Logger``, ``--nacl``
+verifies with PyNaCl.
 """
 
 from __future__ import annotations
@@ -121,6 +122,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=41)
     parser.add_argument("--metrics", action="store_true")
     parser.add_argument("--powertools-logger", action="store_true")
+    parser.add_argument(
+        "--nacl",
+        action="store_true",
+        help="verify with PyNaCl, as a package with dispatchlet[nacl] does (default: "
+        "cryptography, as the default Lambda package does)",
+    )
     args = parser.parse_args()
 
     key = Ed25519PrivateKey.generate()
@@ -135,6 +142,7 @@ def main() -> None:
         **os.environ,
         "DISPATCH_VERIFICATION_KEY": base64.b64encode(public).decode(),
         "POWERTOOLS_METRICS_NAMESPACE": "bench",
+        "DISPATCHLET_ED25519_BACKEND": "nacl" if args.nacl else "cryptography",
     }
     logger_setup = ""
     options = ", metrics=True" if args.metrics else ", metrics=False"

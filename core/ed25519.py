@@ -12,6 +12,7 @@ requests: a short-lived function may be better off without it.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Protocol
@@ -38,8 +39,12 @@ def backend(name: str | None = None) -> str:
     choice = (name or os.environ.get(BACKEND_ENV, "")).strip().lower()
     if choice and choice not in BACKENDS:
         raise ValueError(f"{BACKEND_ENV} must be one of {', '.join(BACKENDS)}, not {choice!r}")
-    if choice:
-        return choice
+    return choice or _installed()
+
+
+@functools.cache
+def _installed() -> str:
+    """PyNaCl when it can be imported, else cryptography; looked for once."""
     try:
         import nacl.bindings  # noqa: F401
     except ImportError:

@@ -13,6 +13,7 @@ mismatch, stale, from the future, expired).
 
 from __future__ import annotations
 
+import base64
 import functools
 import re
 import time
@@ -264,6 +265,26 @@ def parse_signature_input(value: str) -> dict[str, SignatureInput | Unauthentica
     return inputs
 
 
+def parse_signature(value: str) -> dict[str, sf.Member]:
+    """The members of a Signature field value by label; ``Unauthenticated`` when it is
+    not a Structured Field Dictionary.
+
+    The form a signer sends, ``label=:base64:``, is read with string methods; anything
+    else goes through the general parser.
+    """
+    label, equals, rest = value.partition("=")
+    canonical = equals and len(rest) > 2 and rest[0] == ":" and rest[-1] == ":"
+    if canonical and _KEY.fullmatch(label) is not None:
+        try:
+            return {label: sf.Item(base64.b64decode(rest[1:-1], validate=True), {})}
+        except ValueError:
+            pass  # the general parser says why
+    try:
+        return sf.parse_dictionary(value)
+    except sf.StructuredFieldError as exc:
+        raise Unauthenticated(f"malformed Signature header: {exc}") from None
+
+
 def signature_base(
     covered: SignatureInput,
     request: Request,
@@ -331,10 +352,7 @@ class Verifier:
         parsed_inputs = parse_signature_input(", ".join(inputs))
         if len(parsed_inputs) > MAX_SIGNATURES:
             raise Unauthenticated(f"more than {MAX_SIGNATURES} signatures in Signature-Input")
-        try:
-            parsed_signatures = sf.parse_dictionary(", ".join(signatures))
-        except sf.StructuredFieldError as exc:
-            raise Unauthenticated(f"malformed Signature header: {exc}") from None
+        parsed_signatures = parse_signature(", ".join(signatures))
 
         target_authority = (
             normalize_authority(request.authority, request.scheme)

@@ -23,7 +23,7 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, TypeAlias, cast
 from urllib.parse import unquote_to_bytes
 
 __all__ = [
@@ -112,6 +112,25 @@ _KEY: Final = r"[a-z*][a-z0-9_.*-]*"
 _TCHAR: Final = r"!#$%&'*+\-.^_`|~0-9A-Za-z:/"  # what a Token may go on with
 
 
+class _LazyPattern:
+    """A regex compiled on its first use: compiling these costs milliseconds of a cold
+    start, and a process serving only canonical Dispatch headers never needs them."""
+
+    def __init__(self, pattern: str) -> None:
+        self._pattern = pattern
+
+    def __getattr__(self, name: str) -> Any:
+        compiled = re.compile(self._pattern)
+        # Bound methods kept on the instance: later lookups find them directly.
+        for method in ("match", "fullmatch", "search", "sub"):
+            setattr(self, method, getattr(compiled, method))
+        return getattr(compiled, name)
+
+
+def _lazy(pattern: str) -> re.Pattern[str]:
+    return cast("re.Pattern[str]", _LazyPattern(pattern))
+
+
 def _bare_item_pattern(paren: str) -> str:
     """The alternatives for a bare item, and one for the parenthesis ``paren``.
 
@@ -137,17 +156,17 @@ def _bare_item_pattern(paren: str) -> str:
 _STR, _TOKEN, _INT, _FRAC, _BINARY, _BOOL, _DATE, _DATE_FRAC, _DISPLAY, _PAREN = range(1, 11)
 
 # A List member (or a top-level Item): a bare item or the "(" opening an Inner List.
-_LIST_MEMBER: Final = re.compile(_bare_item_pattern("("))
+_LIST_MEMBER: Final = _lazy(_bare_item_pattern("("))
 # A Dictionary key. What follows "=" is told by its first character, so the
 # usual values (an Inner List, a Byte Sequence) need no second pattern.
-_KEY_RE: Final = re.compile(_KEY)
+_KEY_RE: Final = _lazy(_KEY)
 # An Inner List member: the separating spaces, then a bare item or the closing ")".
-_INNER_MEMBER: Final = re.compile(rf" *(?:{_bare_item_pattern(')')})")
+_INNER_MEMBER: Final = _lazy(rf" *(?:{_bare_item_pattern(')')})")
 # One parameter; as in a Dictionary, the value is Boolean true without "=". An
 # Inner List is not a valid value, and "(" fails in _bare_item.
-_PARAM: Final = re.compile(rf"; *({_KEY})(?:=(?:{_bare_item_pattern('(')}))?")
+_PARAM: Final = _lazy(rf"; *({_KEY})(?:=(?:{_bare_item_pattern('(')}))?")
 # What may follow a List or Dictionary member; group 1 is set if there is a comma.
-_SEPARATOR: Final = re.compile(r"[ \t]*(?:(,)[ \t]*)?")
+_SEPARATOR: Final = _lazy(r"[ \t]*(?:(,)[ \t]*)?")
 
 # The fast path, for the shape of a Signature-Input member: an Inner List of
 # Strings without escapes or parameters, separated by single spaces (group 1,
@@ -156,7 +175,7 @@ _SEPARATOR: Final = re.compile(r"[ \t]*(?:(,)[ \t]*)?")
 # be split with str methods. Each parameter in the run is complete (an Integer
 # may not go on as a Decimal), so any parameters after the run are left to the
 # general parser.
-_PLAIN_INNER_LIST: Final = re.compile(
+_PLAIN_INNER_LIST: Final = _lazy(
     r'(?:"([ !#-\[\]-~]*(?:" "[ !#-\[\]-~]*)*)")?\)'
     rf'((?:;{_KEY}=(?:"[ !#-:<-\[\]-~]*"|-?[0-9]{{1,15}}(?![0-9.])|[A-Za-z*][{_TCHAR}]*))*)'
 )
@@ -165,10 +184,10 @@ _INTEGER_START: Final = "-0123456789"
 # A String with escapes and a Display String with percent-encoding, in full.
 # Written as runs of plain characters between escapes, so that the engine
 # keeps state per escape, not per character.
-_ESCAPED_STRING: Final = re.compile(r'"([ !#-\[\]-~]*(?:\\["\\][ !#-\[\]-~]*)*)"')
-_ESCAPE: Final = re.compile(r'\\(["\\])')
-_ENCODED_DISPLAY_STRING: Final = re.compile(r'%"([ !#$&-~]*(?:%[0-9a-f]{2}[ !#$&-~]*)*)"')
-_BASE64: Final = re.compile(r"([A-Za-z0-9+/]*)(={0,2})")
+_ESCAPED_STRING: Final = _lazy(r'"([ !#-\[\]-~]*(?:\\["\\][ !#-\[\]-~]*)*)"')
+_ESCAPE: Final = _lazy(r'\\(["\\])')
+_ENCODED_DISPLAY_STRING: Final = _lazy(r'%"([ !#$&-~]*(?:%[0-9a-f]{2}[ !#$&-~]*)*)"')
+_BASE64: Final = _lazy(r"([A-Za-z0-9+/]*)(={0,2})")
 _B64_PADDING: Final = ("", "", "==", "=")
 
 if sys.version_info >= (3, 11):
@@ -476,8 +495,8 @@ def parse_item(value: str) -> Item:
 
 # --- Serialization -----------------------------------------------------------
 
-_TOKEN_RE: Final = re.compile(rf"[A-Za-z*][{_TCHAR}]*")
-_STRING_FULL: Final = re.compile(r"[ -~]*")
+_TOKEN_RE: Final = _lazy(rf"[A-Za-z*][{_TCHAR}]*")
+_STRING_FULL: Final = _lazy(r"[ -~]*")
 _MAX_INTEGER: Final = 999_999_999_999_999
 # Quantizing to thousandths needs 15 significant digits at most (after the
 # magnitude check); a private context keeps the global one from interfering.

@@ -12,6 +12,7 @@ import base64
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -995,3 +996,19 @@ def test_direct_invocation_unpickles_with_the_explicit_opt_in() -> None:
     result = direct(endpoint, request)
     assert result.status == 1
     assert UNPICKLED == ["unpickled"]
+
+
+FUNCTION_URL_PATTERN = re.compile(r"\.lambda-url\.[a-z0-9-]+\.on\.aws\Z")
+
+
+@given(
+    domain=st.lists(
+        st.sampled_from(["lambda-url", "on", "aws", "us-east-1", "x", "", "US", "a.b", "-"]),
+        max_size=6,
+    ).map(".".join)
+    | st.text(st.sampled_from("al.-ambdurlonws1"), max_size=30)
+)
+def test_function_url_domains_are_told_as_the_documented_pattern_says(domain: str) -> None:
+    from dispatchlet.adapters.aws_lambda.api_gateway import is_function_url_domain
+
+    assert is_function_url_domain(domain) == (FUNCTION_URL_PATTERN.search(domain) is not None)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 from dispatchlet.core import structured_fields as sf
 from dispatchlet.core.errors import Unauthenticated
-from dispatchlet.core.signatures import SignatureInput, parse_signature_input
+from dispatchlet.core.signatures import SignatureInput, parse_signature, parse_signature_input
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -92,3 +94,34 @@ def test_arbitrary_text_reads_the_same_both_ways(value: str) -> None:
 )
 def test_edge_cases_read_the_same_both_ways(value: str) -> None:
     assert fast(value) == general(value)
+
+
+# --- the Signature field ------------------------------------------------------------
+
+
+def general_signature(value: str) -> dict[str, sf.Member] | str:
+    try:
+        return sf.parse_dictionary(value)
+    except sf.StructuredFieldError:
+        return "malformed"
+
+
+def fast_signature(value: str) -> dict[str, sf.Member] | str:
+    try:
+        return parse_signature(value)
+    except Unauthenticated:
+        return "malformed"
+
+
+base64_text = st.binary(max_size=70).map(lambda b: base64.b64encode(b).decode())
+
+
+@settings(max_examples=500)
+@given(
+    label=keys | st.text(max_size=4),
+    content=base64_text | st.text(st.sampled_from("AZaz09+/=: \\"), max_size=12),
+    suffix=st.sampled_from(["", ";p", ", b=:AA==:", " ", ":"]),
+)
+def test_signature_fields_read_the_same_both_ways(label: str, content: str, suffix: str) -> None:
+    value = f"{label}=:{content}:{suffix}"
+    assert fast_signature(value) == general_signature(value)

@@ -3,6 +3,7 @@ on a ``*.lambda-url.<region>.on.aws`` domain) and payload 1.0 (REST APIs)."""
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -18,20 +19,36 @@ MANGLED_BODY = (
     'BinaryMediaTypes: ["*~1*"]) or at least binaryMediaTypes: ["application/proto"], '
     "then redeploy it"
 )
-_FUNCTION_URL_DOMAIN = re.compile(r"\.lambda-url\.[a-z0-9-]+\.on\.aws\Z")
-# A "%" that starts no escape, or a character that a client must escape in a path.
-_UNSAFE_IN_PATH = re.compile(r"%(?![0-9A-Fa-f]{2})|[^A-Za-z0-9\-._~!$&'()*+,;=:@/%]")
+_REGION_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 
 
 def version_2(event: Event) -> bool:
     return event.get("version") == "2.0"
 
 
+def is_function_url_domain(domain: str) -> bool:
+    """Whether ``domain`` is ``<id>.lambda-url.<region>.on.aws``."""
+    head, _, region = domain.removesuffix(".on.aws").rpartition(".")
+    return (
+        domain.endswith(".on.aws")
+        and head.endswith(".lambda-url")
+        and bool(region)
+        and _REGION_CHARACTERS.issuperset(region)
+    )
+
+
+@functools.cache
+def _unsafe_in_path() -> re.Pattern[str]:
+    # A "%" that starts no escape, or a character that a client must escape in a path.
+    # Compiled when first needed: a cold start of a Function URL never needs it.
+    return re.compile(r"%(?![0-9A-Fa-f]{2})|[^A-Za-z0-9\-._~!$&'()*+,;=:@/%]")
+
+
 def escape_decoded(path: str) -> str:
     """A percent-decoded path made sendable again: a path as sent is unchanged."""
-    from urllib.parse import quote  # here: a cold start of a Function URL never needs it
+    from urllib.parse import quote
 
-    return _UNSAFE_IN_PATH.sub(lambda m: quote(m.group(), safe="", errors="surrogatepass"), path)
+    return _unsafe_in_path().sub(lambda m: quote(m.group(), safe="", errors="surrogatepass"), path)
 
 
 class HttpApi(EventSource):
@@ -93,7 +110,7 @@ class FunctionUrl(HttpApi):
         if not (version_2(event) and isinstance(context, dict)):
             return False
         domain = context.get("domainName")
-        return isinstance(domain, str) and _FUNCTION_URL_DOMAIN.search(domain) is not None
+        return isinstance(domain, str) and is_function_url_domain(domain)
 
     def path(self, raw_path: str) -> str:
         return raw_path  # kept as sent
