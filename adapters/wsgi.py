@@ -19,6 +19,7 @@ It only translates; the endpoint decides. What it takes from the environ:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from contextlib import suppress
 from http import HTTPStatus
@@ -61,9 +62,9 @@ def wsgi_app(
             response = endpoint.reject(exc)
         else:
             response = endpoint.handle(request_from_environ(environ, body))
-        headers = [(k, v) for k, v in response.headers if k.lower() != "content-length"]
-        headers.append(("Content-Length", str(len(response.body))))
-        start_response(f"{response.status} {_reason(response.status)}", headers)
+        # The core never sets Content-Length; the server needs it to keep connections.
+        headers = [*response.headers, ("Content-Length", str(len(response.body)))]
+        start_response(status_line(response.status), headers)
         return [response.body]
 
     return application
@@ -71,15 +72,21 @@ def wsgi_app(
 
 def request_from_environ(environ: dict[str, Any], body: bytes) -> Request:
     """The core's view of a WSGI request whose body has been read."""
-    path, query = request_target(environ)
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if raw and raw[0] == "/":  # what servers hand over: the origin-form target as sent
+        path, _, query = raw.partition("?")
+        authority: str = environ.get("HTTP_HOST", "")
+    else:
+        path, query = request_target(environ)
+        authority = request_authority(environ)
     return Request(
-        method=environ.get("REQUEST_METHOD", "GET"),
-        path=path,
-        authority=request_authority(environ),
-        headers=request_headers(environ),
-        body=body,
-        query=query,
-        scheme=environ.get("wsgi.url_scheme", "http"),
+        environ.get("REQUEST_METHOD", "GET"),
+        path,
+        authority,
+        request_headers(environ),
+        body,
+        query,
+        environ.get("wsgi.url_scheme", "http"),
     )
 
 
@@ -111,14 +118,26 @@ def request_authority(environ: dict[str, Any]) -> str:
     return host
 
 
+# Header names by environ key: the same few arrive on every request.
+_HEADER_NAMES: dict[str, str] = {"CONTENT_TYPE": "content-type", "CONTENT_LENGTH": "content-length"}
+_MAX_HEADER_NAMES = 512
+
+
 def request_headers(environ: dict[str, Any]) -> list[tuple[str, str]]:
     """Header fields from the environ's CONTENT_* and HTTP_* keys."""
+    names = _HEADER_NAMES
     headers = []
     for key, value in environ.items():
-        if key.startswith("HTTP_"):
-            headers.append((key[5:].replace("_", "-").lower(), value))
-        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
-            headers.append((key.replace("_", "-").lower(), value))
+        name = names.get(key)
+        if name is None:
+            if key[:5] != "HTTP_":
+                continue
+            name = key[5:].replace("_", "-").lower()
+            if len(names) < _MAX_HEADER_NAMES:
+                names[key] = name
+        elif not value and key[0] == "C":
+            continue  # an empty CONTENT_TYPE or CONTENT_LENGTH: no such header
+        headers.append((name, value))
     return headers
 
 
@@ -186,8 +205,10 @@ def _client_socket(environ: dict[str, Any]) -> _Socket | None:
     return sock if http1 and isinstance(sock, _Socket) else None
 
 
-def _reason(status: int) -> str:
+@functools.lru_cache(maxsize=64)
+def status_line(status: int) -> str:
+    """``"200 OK"``: the status line WSGI wants."""
     try:
-        return HTTPStatus(status).phrase
+        return f"{status} {HTTPStatus(status).phrase}"
     except ValueError:
-        return "Unknown"
+        return f"{status} Unknown"

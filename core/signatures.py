@@ -194,6 +194,11 @@ def _canonical_input(value: str) -> tuple[str, SignatureInput] | None:
 
 
 _SIGNATURE_PARAMETERS = frozenset({"created", "expires", "keyid", "alg", "nonce", "tag"})
+# Parameter values every Dispatch signer repeats on each request, already read.
+_REPEATED_VALUES: dict[str, int | str] = {
+    f'"{DISPATCH_KEYID}"': DISPATCH_KEYID,
+    f'"{ALGORITHM}"': ALGORITHM,
+}
 
 
 @functools.lru_cache(maxsize=256)
@@ -221,6 +226,9 @@ def _canonical_components(head: str) -> tuple[str, tuple[str, ...]] | None:
 
 def _canonical_bare_item(text: str) -> int | str | None:
     """An integer or a string without escapes, in canonical form; else None."""
+    known = _REPEATED_VALUES.get(text)
+    if known is not None:
+        return known
     if text[:1] == '"':
         content = text[1:-1]
         if (
