@@ -20,7 +20,6 @@ import json
 import os
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from lambda_cold_start import function_url_event
+from lambda_cold_start import function_url_event, print_rounds
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,18 +88,7 @@ def main() -> None:
         start(compiled, event, env)  # warm the file cache
         start(plain, event, env)
         rounds = [(start(plain, event, env), start(compiled, event, env)) for _ in range(args.runs)]
-    print(
-        f"{'median of ' + str(args.runs) + ' fresh processes':>34} {'no .pyc ms':>11} "
-        f"{'with .pyc ms':>13} {'ratio':>6}"
-    )
-    for index, label in ((0, "wall time"), (1, "CPU time (user + system)")):
-        without = [pair[0][index] for pair in rounds]
-        with_pyc = [pair[1][index] for pair in rounds]
-        ratio = statistics.median(w / p for p, w in zip(without, with_pyc, strict=True))
-        print(
-            f"{label:>34} {statistics.median(without) * 1000:>11.1f} "
-            f"{statistics.median(with_pyc) * 1000:>13.1f} {ratio:>6.2f}"
-        )
+    print_rounds(rounds, "no .pyc ms", "with .pyc ms")
 
 
 if __name__ == "__main__":

@@ -165,17 +165,25 @@ def main() -> None:
             (fresh_process(FLOOR, data_file, env), fresh_process(adapter_code, data_file, env))
             for _ in range(args.runs)
         ]
+    print_rounds(rounds, "floor ms", "adapter ms")
+
+
+Timing = tuple[float, float]
+
+
+def print_rounds(rounds: list[tuple[Timing, Timing]], base: str, measured: str) -> None:
+    """Medians of paired (wall, CPU) timings, and of the rounds' ratios."""
     print(
-        f"{'median of ' + str(args.runs) + ' fresh processes':>34} {'floor ms':>9} "
-        f"{'adapter ms':>11} {'ratio':>6}"
+        f"{'median of ' + str(len(rounds)) + ' fresh processes':>34} {base:>11} "
+        f"{measured:>13} {'ratio':>6}"
     )
     for index, label in ((0, "wall time"), (1, "CPU time (user + system)")):
-        floor = [pair[0][index] for pair in rounds]
-        adapter = [pair[1][index] for pair in rounds]
-        ratio = statistics.median(a / f for f, a in zip(floor, adapter, strict=True))
+        before = [pair[0][index] for pair in rounds]
+        after = [pair[1][index] for pair in rounds]
+        ratio = statistics.median(a / b for b, a in zip(before, after, strict=True))
         print(
-            f"{label:>34} {statistics.median(floor) * 1000:>9.1f} "
-            f"{statistics.median(adapter) * 1000:>11.1f} {ratio:>6.2f}"
+            f"{label:>34} {statistics.median(before) * 1000:>11.1f} "
+            f"{statistics.median(after) * 1000:>13.1f} {ratio:>6.2f}"
         )
 
 

@@ -465,21 +465,16 @@ def test_a_users_app_staged_for_upload_is_served_by_functions_framework(tmp_path
     staged = tmp_path / "staged"
     # As deploy.py sets them: the key as a one-line PEM, the URL the scheduler calls.
     key = public_key_pem(PUBLIC_KEY).strip().replace("\n", "\\n")
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(DEPLOY / "deploy.py"),
-            "hello",
-            "--region=us-central1",
-            f"--verification-key={public_key_pem(PUBLIC_KEY)}",
-            f"--app-dir={app}",
-            "--handler=service:endpoint",
-            f"--stage-dir={staged}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = deploy_script(
+        None,
+        "hello",
+        "--region=us-central1",
+        f"--verification-key={public_key_pem(PUBLIC_KEY)}",
+        f"--app-dir={app}",
+        "--handler=service:endpoint",
+        f"--stage-dir={staged}",
         check=False,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert "target run" in result.stdout
@@ -518,20 +513,13 @@ def test_an_app_that_cannot_be_staged_is_named_before_anything_runs(
     fake_gcloud: dict[str, str], tmp_path: Path, files: dict[str, str], handler: str, message: str
 ) -> None:
     app = write_app(tmp_path / "myproject", files)
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(DEPLOY / "deploy.py"),
-            "hello",
-            "--region=r",
-            "--key-secret=k",
-            f"--app-dir={app}",
-            f"--handler={handler}",
-        ],
-        env=fake_gcloud,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = deploy_script(
+        fake_gcloud,
+        "hello",
+        "--region=r",
+        "--key-secret=k",
+        f"--app-dir={app}",
+        f"--handler={handler}",
         check=False,
     )
     assert result.returncode == 2
@@ -542,19 +530,8 @@ def test_an_app_that_cannot_be_staged_is_named_before_anything_runs(
 def test_an_invalid_verification_key_stops_before_anything_is_built(
     fake_gcloud: dict[str, str],
 ) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(DEPLOY / "deploy.py"),
-            "hello",
-            "--region=r",
-            "--verification-key=not-a-key",
-        ],
-        env=fake_gcloud,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    result = deploy_script(
+        fake_gcloud, "hello", "--region=r", "--verification-key=not-a-key", check=False
     )
     assert result.returncode == 2
     assert "--verification-key: invalid Ed25519 public key" in result.stderr
@@ -601,14 +578,16 @@ def gcloud_calls(env: dict[str, str]) -> list[dict[str, Any]]:
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
-def deploy_script(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def deploy_script(
+    env: dict[str, str] | None, *args: str, check: bool = True, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(DEPLOY / "deploy.py"), *args],
         env=env,
         capture_output=True,
         text=True,
-        check=True,
-        timeout=60,
+        check=check,
+        timeout=timeout,
     )
 
 
@@ -736,20 +715,8 @@ def test_a_describe_failure_other_than_not_found_stops_with_gclouds_message(
     env = {**fake_gcloud, "FAKE_GCLOUD_DESCRIBE_ERROR": error}
     wheel = tmp_path / "dispatchlet-0.1.0-py3-none-any.whl"
     wheel.write_bytes(b"stands in for the built wheel")
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(DEPLOY / "deploy.py"),
-            "hello",
-            "--region=us-central1",
-            "--key-secret=k",
-            f"--wheel={wheel}",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    result = deploy_script(
+        env, "hello", "--region=us-central1", "--key-secret=k", f"--wheel={wheel}", check=False
     )
     assert result.returncode == 1
     assert error in result.stderr
