@@ -85,7 +85,7 @@ class Endpoint:
         )
         self.insecure = insecure
         if allow_unsigned_pickle and not allow_pickle:
-            raise ValueError("allow_unsigned_pickle=True needs allow_pickle=True")
+            raise ConfigurationError("allow_unsigned_pickle=True needs allow_pickle=True")
         self.allow_pickle = allow_pickle
         self.allow_unsigned_pickle = allow_unsigned_pickle
         self.max_body_size = max_body_size
