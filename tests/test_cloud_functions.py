@@ -507,6 +507,11 @@ def test_a_users_app_staged_for_upload_is_served_by_functions_framework(tmp_path
         ({"service.py": ""}, "service", "expected MODULE:ATTR"),
         ({"service.py": ""}, "other:endpoint", "module 'other' not found in"),
         ({"service.py": "", "main.py": ""}, "service:endpoint", "main.py would be replaced"),
+        (
+            {"main.py": "from dispatchlet import Endpoint\nendpoint = Endpoint()\n"},
+            "main:endpoint",
+            "add `run = cloud_function(endpoint)` to main.py",
+        ),
     ],
 )
 def test_an_app_that_cannot_be_staged_is_named_before_anything_runs(
@@ -730,7 +735,11 @@ def test_a_handler_in_main_py_is_the_entry_point_itself(
 ) -> None:
     app = write_app(
         tmp_path / "myproject",
-        {"main.py": "from dispatchlet import Endpoint\nendpoint = Endpoint()\napp = endpoint\n"},
+        {
+            "main.py": "from dispatchlet import Endpoint\n"
+            "from dispatchlet.adapters.cloud_functions import cloud_function\n"
+            "endpoint = Endpoint()\napp = cloud_function(endpoint)\n"
+        },
     )
     result = deploy_script(
         fake_gcloud,

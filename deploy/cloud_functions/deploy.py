@@ -100,6 +100,31 @@ def check_app(app_dir: Path, handler: Handler) -> None:
             f"{app_dir / ENTRY_MODULE} would be replaced by the entry module made for "
             f"{handler.module}:{handler.attribute}: name the handler in it (main:ATTR)"
         )
+    if handler.module == "main" and _assigns_endpoint(app_dir / ENTRY_MODULE, handler.attribute):
+        # main.py is the entry module itself: Cloud Functions calls main.ATTR directly.
+        raise ValueError(
+            f"main:{handler.attribute} is an Endpoint, and functions-framework calls a "
+            f"target function: add `run = cloud_function({handler.attribute})` to main.py "
+            "(from dispatchlet.adapters.cloud_functions) and pass --handler main:run"
+        )
+
+
+def _assigns_endpoint(path: Path, name: str) -> bool:
+    """Whether the module at ``path`` assigns ``name = Endpoint(...)`` at top level."""
+    import ast
+
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return False
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+            callee = node.value.func
+            called = callee.attr if isinstance(callee, ast.Attribute) else getattr(callee, "id", "")
+            targets = {t.id for t in node.targets if isinstance(t, ast.Name)}
+            if called == "Endpoint" and name in targets:
+                return True
+    return False
 
 
 def check_key(text: str) -> None:
