@@ -12,7 +12,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # Folders mapped into the import package (pyproject's package-dir), by import name.
-PACKAGE_DIRS = {"": "api", "core": "core", "adapters": "adapters", "proto": "proto", "cli": "cli"}
+PACKAGE_DIRS = {
+    "": "api",
+    "core": "core",
+    "adapters": "adapters",
+    "proto": "proto",
+    "cli": "cli",
+    "scheduler": "scheduler",
+}
 # Checked one folder at a time: deploy recipes each have a module named like the others'.
 SCRIPTS = ["examples", "bench", "scripts", "deploy/wsgi", "deploy/cloud_functions", "deploy/aws"]
 

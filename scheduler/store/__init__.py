@@ -1,0 +1,137 @@
+"""The storage contract of the scheduler: what every store (SQLite embedded, PostgreSQL
+for several processes) keeps and guarantees.
+
+A call moves through these states:
+
+- ``ready``: waiting for its ``ready_at`` time (a first attempt, a retry, a resume);
+- ``running``: leased to one scheduler process until ``lease_expires``; each lease has a
+  fencing token, and an outcome is recorded only with the token of the current lease,
+  so a late answer from an expired lease never overwrites a newer attempt;
+- ``done``: final, with its status and result.
+
+A lease that expires (its scheduler died) makes the call claimable again: calls run at
+least once, never zero times. Every method is one transaction; ``dispatch`` commits all
+its calls or none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+
+class State(str, Enum):
+    READY = "ready"
+    RUNNING = "running"
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class NewCall:
+    """A call to store: what to run, and where it sits in its call tree."""
+
+    function: str
+    endpoint: str
+    input: bytes
+    """A serialized ``google.protobuf.Any`` (empty: no input)."""
+    expires_at: float
+    version: str = ""
+    correlation_id: int = 0
+    parent_id: str | None = None
+    root_id: str | None = None
+    """The root of the tree; None for a root call (its own id)."""
+
+
+@dataclass(frozen=True)
+class Call:
+    """A stored call."""
+
+    dispatch_id: str
+    function: str
+    endpoint: str
+    input: bytes
+    version: str
+    correlation_id: int
+    parent_id: str | None
+    root_id: str
+    state: State
+    status: int | None
+    """The final run status (``Status`` value) once done, else None."""
+    result: bytes
+    """A serialized ``CallResult``: the output once OK, else the last error (empty: none)."""
+    attempts: int
+    created_at: float
+    expires_at: float
+    ready_at: float
+    finished_at: float | None
+
+    @property
+    def done(self) -> bool:
+        return self.state is State.DONE
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One attempt's hold on a call: its fencing ``token`` and when it lapses."""
+
+    dispatch_id: str
+    token: int
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class Claimed:
+    call: Call
+    lease: Lease
+
+
+class Store(Protocol):
+    """What the scheduler needs of its storage; each method is one transaction."""
+
+    async def dispatch(self, calls: Sequence[NewCall], *, now: float) -> list[str]:
+        """Store ``calls``, ready now; their dispatch ids in order. All or none."""
+
+    async def claim(
+        self, *, owner: str, now: float, limit: int, lease_seconds: float
+    ) -> list[Claimed]:
+        """Lease up to ``limit`` calls that are ready (or whose lease lapsed), one at a
+        time per root dispatch in turn (round-robin), oldest first within a root."""
+
+    async def extend(self, lease: Lease, *, until: float) -> bool:
+        """Keep ``lease`` until ``until``; False when it is no longer the current one."""
+
+    async def finish(self, lease: Lease, status: int, result: bytes, *, now: float) -> bool:
+        """Record the final outcome; False (nothing changed) for a stale lease."""
+
+    async def retry(
+        self, lease: Lease, status: int, result: bytes, *, ready_at: float, now: float
+    ) -> bool:
+        """Make the call ready again at ``ready_at``, keeping its last error; False for a
+        stale lease."""
+
+    async def get(self, dispatch_id: str) -> Call | None:
+        """The call, or None."""
+
+    async def list(
+        self,
+        *,
+        state: State | None = None,
+        function: str | None = None,
+        root_id: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[Call]:
+        """Calls matching every filter given, in creation order, after the dispatch id
+        ``after`` (a page's last)."""
+
+    async def cancel(self, dispatch_id: str, status: int, result: bytes, *, now: float) -> int:
+        """End the call and its unfinished descendants with ``status`` and ``result``;
+        how many were ended (0: unknown or already done)."""
+
+    async def close(self) -> None:
+        """Release the store's resources."""
+
+
+__all__ = ["Call", "Claimed", "Lease", "NewCall", "State", "Store"]

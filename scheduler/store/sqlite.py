@@ -1,0 +1,332 @@
+"""The embedded store: one SQLite database file, for one scheduler process.
+
+Durability: WAL journal with ``synchronous=FULL``, so a transaction that returned is on
+disk (fsync) before the scheduler acknowledges anything it holds. Every operation runs
+on one thread of its own, in order, each in one transaction; the asyncio side awaits
+it. The schema is versioned (``PRAGMA user_version``) and migrated when the store
+opens; a database written by a newer version is refused, not guessed at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from . import Call, Claimed, Lease, NewCall, State
+
+T = TypeVar("T")
+
+# Each entry moves the schema one version up; never edit one that has shipped.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE calls (
+        dispatch_id    TEXT PRIMARY KEY,
+        root_id        TEXT NOT NULL,
+        parent_id      TEXT REFERENCES calls (dispatch_id),
+        correlation_id INTEGER NOT NULL DEFAULT 0,
+        function       TEXT NOT NULL CHECK (function <> ''),
+        endpoint       TEXT NOT NULL CHECK (endpoint <> ''),
+        version        TEXT NOT NULL DEFAULT '',
+        input          BLOB NOT NULL,
+        state          TEXT NOT NULL CHECK (state IN ('ready', 'running', 'done')),
+        status         INTEGER,
+        result         BLOB NOT NULL DEFAULT x'',
+        attempts       INTEGER NOT NULL DEFAULT 0,
+        created_at     REAL NOT NULL,
+        expires_at     REAL NOT NULL,
+        ready_at       REAL NOT NULL,
+        finished_at    REAL,
+        lease_owner    TEXT,
+        lease_token    INTEGER NOT NULL DEFAULT 0,
+        lease_expires  REAL
+    );
+    CREATE INDEX calls_ready ON calls (ready_at) WHERE state = 'ready';
+    CREATE INDEX calls_leased ON calls (lease_expires) WHERE state = 'running';
+    CREATE INDEX calls_root ON calls (root_id, dispatch_id);
+    CREATE INDEX calls_parent ON calls (parent_id) WHERE parent_id IS NOT NULL;
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# The columns of a Call, in its fields' order (``_call`` reads them).
+_SELECT = (
+    "SELECT dispatch_id, function, endpoint, input, version, correlation_id, parent_id, "
+    "root_id, state, status, result, attempts, created_at, expires_at, ready_at, "
+    "finished_at FROM calls"
+)
+_CLAIM = (
+    "UPDATE calls SET state = 'running', lease_owner = ?, lease_token = lease_token + 1, "
+    "lease_expires = ?, attempts = attempts + 1 WHERE dispatch_id = ? "
+    "RETURNING lease_token, dispatch_id, function, endpoint, input, version, "
+    "correlation_id, parent_id, root_id, state, status, result, attempts, created_at, "
+    "expires_at, ready_at, finished_at"
+)
+
+
+class StoreError(Exception):
+    """The database cannot be used (written by a newer version, not a store)."""
+
+
+def new_dispatch_id(now: float) -> str:
+    """A dispatch id: 48 bits of milliseconds, then 80 random bits, as 32 hex digits:
+    unguessable, never repeated, and roughly in creation order."""
+    return f"{int(now * 1000) & 0xFFFF_FFFF_FFFF:012x}{secrets.token_hex(10)}"
+
+
+class SQLiteStore:
+    """The ``Store`` contract on one SQLite file (``":memory:"`` for tests)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = str(path)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dispatchlet-sqlite")
+        self._connection: sqlite3.Connection | None = None
+
+    @classmethod
+    async def open(cls, path: str | os.PathLike[str]) -> SQLiteStore:
+        """The store at ``path``, created or migrated to the current schema."""
+        store = cls(path)
+        try:
+            await store._run(store._open)
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    # --- the thread that owns the connection ----------------------------------------
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    def _open(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit mode: transactions are begun explicitly, IMMEDIATE so that a writer
+        # never upgrades a read lock midway.
+        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = FULL")
+        connection.execute("PRAGMA foreign_keys = ON")
+        connection.execute("PRAGMA busy_timeout = 5000")
+        self._connection = connection
+        self._migrate(connection)
+
+    def _migrate(self, connection: sqlite3.Connection) -> None:
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path} has schema version {version}, newer than this "
+                    f"dispatchlet's {SCHEMA_VERSION}: upgrade dispatchlet to use it"
+                )
+            for number in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        connection.execute(statement)
+            # PRAGMA takes no parameters; the value is this module's own integer.
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+
+    def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        connection = self._connection
+        if connection is None:
+            raise StoreError("the store is closed")
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(connection)
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        return result
+
+    # --- the contract ------------------------------------------------------------------
+
+    async def dispatch(self, calls: Sequence[NewCall], *, now: float) -> list[str]:
+        def insert(db: sqlite3.Connection) -> list[str]:
+            ids = []
+            for call in calls:
+                dispatch_id = new_dispatch_id(now)
+                db.execute(
+                    "INSERT INTO calls (dispatch_id, root_id, parent_id, correlation_id, "
+                    "function, endpoint, version, input, state, created_at, expires_at, "
+                    "ready_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'ready', ?, ?, ?)",
+                    (
+                        dispatch_id,
+                        call.root_id or dispatch_id,
+                        call.parent_id,
+                        call.correlation_id,
+                        call.function,
+                        call.endpoint,
+                        call.version,
+                        call.input,
+                        now,
+                        call.expires_at,
+                        now,
+                    ),
+                )
+                ids.append(dispatch_id)
+            return ids
+
+        return await self._run(self._transaction, insert)
+
+    async def claim(
+        self, *, owner: str, now: float, limit: int, lease_seconds: float
+    ) -> list[Claimed]:
+        def lease(db: sqlite3.Connection) -> list[Claimed]:
+            # Round-robin across roots: each root's oldest claimable call first, then
+            # each root's second, so that one large fan-out does not starve the others.
+            rows = db.execute(
+                "SELECT dispatch_id FROM ("
+                "  SELECT dispatch_id, ready_at, rowid AS created, ROW_NUMBER() OVER ("
+                "    PARTITION BY root_id ORDER BY ready_at, rowid) AS turn"
+                "  FROM calls"
+                "  WHERE (state = 'ready' AND ready_at <= :now)"
+                "     OR (state = 'running' AND lease_expires <= :now)"
+                ") ORDER BY turn, ready_at, created LIMIT :limit",
+                {"now": now, "limit": limit},
+            ).fetchall()
+            claimed = []
+            expires = now + lease_seconds
+            for (dispatch_id,) in rows:
+                row = db.execute(_CLAIM, (owner, expires, dispatch_id)).fetchone()
+                claimed.append(Claimed(_call(row[1:]), Lease(dispatch_id, row[0], expires)))
+            return claimed
+
+        return await self._run(self._transaction, lease)
+
+    async def extend(self, lease: Lease, *, until: float) -> bool:
+        def update(db: sqlite3.Connection) -> bool:
+            cursor = db.execute(
+                "UPDATE calls SET lease_expires = ? "
+                "WHERE dispatch_id = ? AND lease_token = ? AND state = 'running'",
+                (until, lease.dispatch_id, lease.token),
+            )
+            return cursor.rowcount == 1
+
+        return await self._run(self._transaction, update)
+
+    async def finish(self, lease: Lease, status: int, result: bytes, *, now: float) -> bool:
+        def update(db: sqlite3.Connection) -> bool:
+            cursor = db.execute(
+                "UPDATE calls SET state = 'done', status = ?, result = ?, finished_at = ?, "
+                "lease_owner = NULL, lease_expires = NULL "
+                "WHERE dispatch_id = ? AND lease_token = ? AND state = 'running'",
+                (status, result, now, lease.dispatch_id, lease.token),
+            )
+            return cursor.rowcount == 1
+
+        return await self._run(self._transaction, update)
+
+    async def retry(
+        self, lease: Lease, status: int, result: bytes, *, ready_at: float, now: float
+    ) -> bool:
+        def update(db: sqlite3.Connection) -> bool:
+            cursor = db.execute(
+                "UPDATE calls SET state = 'ready', status = NULL, result = ?, ready_at = ?, "
+                "lease_owner = NULL, lease_expires = NULL "
+                "WHERE dispatch_id = ? AND lease_token = ? AND state = 'running'",
+                (result, ready_at, lease.dispatch_id, lease.token),
+            )
+            return cursor.rowcount == 1
+
+        del status  # kept with the error in ``result``; a ready call has no final status
+        return await self._run(self._transaction, update)
+
+    async def get(self, dispatch_id: str) -> Call | None:
+        def select(db: sqlite3.Connection) -> Call | None:
+            row = db.execute(f"{_SELECT} WHERE dispatch_id = ?", (dispatch_id,)).fetchone()
+            return None if row is None else _call(row)
+
+        return await self._run(self._transaction, select)
+
+    async def list(
+        self,
+        *,
+        state: State | None = None,
+        function: str | None = None,
+        root_id: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[Call]:
+        clauses, values = [], []
+        for column, value in (
+            ("state", None if state is None else state.value),
+            ("function", function),
+            ("root_id", root_id),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                values.append(value)
+        if after is not None:
+            # Creation order is the row order; a page starts after the last one's row.
+            clauses.append("rowid > (SELECT rowid FROM calls WHERE dispatch_id = ?)")
+            values.append(after)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        # Only this module's own column names go into the text; values are parameters.
+        query = f"{_SELECT} {where} ORDER BY rowid LIMIT ?"
+
+        def select(db: sqlite3.Connection) -> list[Call]:
+            return [_call(row) for row in db.execute(query, (*values, limit))]
+
+        return await self._run(self._transaction, select)
+
+    async def cancel(self, dispatch_id: str, status: int, result: bytes, *, now: float) -> int:
+        def end(db: sqlite3.Connection) -> int:
+            cursor = db.execute(
+                "WITH RECURSIVE tree (id) AS ("
+                "  SELECT dispatch_id FROM calls WHERE dispatch_id = :id"
+                "  UNION SELECT calls.dispatch_id FROM calls JOIN tree ON calls.parent_id = tree.id"
+                ") UPDATE calls SET state = 'done', status = :status, result = :result, "
+                "finished_at = :now, lease_owner = NULL, lease_expires = NULL, "
+                # A lease still out is fenced off: its late answer is not recorded.
+                "lease_token = lease_token + 1 "
+                "WHERE dispatch_id IN (SELECT id FROM tree) AND state <> 'done' "
+                "RETURNING dispatch_id",
+                {"id": dispatch_id, "status": status, "result": result, "now": now},
+            )
+            return len(cursor.fetchall())
+
+        return await self._run(self._transaction, end)
+
+    async def close(self) -> None:
+        def shut() -> None:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+        try:
+            await self._run(shut)
+        finally:
+            self._executor.shutdown(wait=True)
+
+
+def _call(row: Sequence[Any]) -> Call:
+    return Call(
+        dispatch_id=row[0],
+        function=row[1],
+        endpoint=row[2],
+        input=bytes(row[3]),
+        version=row[4],
+        correlation_id=row[5],
+        parent_id=row[6],
+        root_id=row[7],
+        state=State(row[8]),
+        status=row[9],
+        result=bytes(row[10]),
+        attempts=row[11],
+        created_at=row[12],
+        expires_at=row[13],
+        ready_at=row[14],
+        finished_at=row[15],
+    )

@@ -1,0 +1,337 @@
+"""The scheduler's storage contract, held against every store (one suite, each store a
+parameter): atomic dispatch, leases with fencing tokens, lapsed leases reclaimed,
+round-robin claims, listing, cancelling a tree, and the SQLite store's durability and
+schema versioning."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from dispatchlet.scheduler.store import Call, Lease, NewCall, State, Store
+from dispatchlet.scheduler.store.sqlite import SCHEMA_VERSION, SQLiteStore, StoreError
+
+T = TypeVar("T")
+NOW = 1_800_000_000.0
+LEASE = 30.0
+OK, TIMEOUT, PERMANENT_ERROR = 1, 2, 7
+
+STORES: dict[str, Callable[[Path], Coroutine[Any, Any, Store]]] = {
+    "sqlite": lambda folder: SQLiteStore.open(folder / "scheduler.db"),
+}
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coroutine)
+
+
+def call(function: str = "f", **fields: Any) -> NewCall:
+    fields.setdefault("endpoint", "http://127.0.0.1:8000")
+    fields.setdefault("input", b"\x0a\x01x")
+    fields.setdefault("expires_at", NOW + 3600)
+    return NewCall(function=function, **fields)
+
+
+@pytest.fixture(params=sorted(STORES))
+def open_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Callable[[], Coroutine[Any, Any, Store]]:
+    """Opens the store under test on this test's database (again: a restart)."""
+    factory = STORES[request.param]
+    return lambda: factory(tmp_path)
+
+
+def with_store(
+    open_store: Callable[[], Coroutine[Any, Any, Store]],
+    body: Callable[[Store], Coroutine[Any, Any, T]],
+) -> T:
+    async def session() -> T:
+        store = await open_store()
+        try:
+            return await body(store)
+        finally:
+            await store.close()
+
+    return run(session())
+
+
+def test_dispatched_calls_are_stored_ready_with_their_tree(open_store: Any) -> None:
+    async def body(store: Store) -> list[Call | None]:
+        ids = await store.dispatch([call("a"), call("b", correlation_id=7)], now=NOW)
+        assert len(ids) == 2
+        assert len(set(ids)) == 2
+        return [await store.get(i) for i in ids]
+
+    first, second = with_store(open_store, body)
+    assert first is not None
+    assert second is not None
+    assert (first.function, second.function) == ("a", "b")
+    assert first.state is State.READY
+    assert first.root_id == first.dispatch_id  # a root call is its own root
+    assert first.parent_id is None
+    assert second.correlation_id == 7
+    assert (first.attempts, first.status, first.result, first.finished_at) == (0, None, b"", None)
+    assert first.created_at == first.ready_at == NOW
+    assert first.input == b"\x0a\x01x"
+
+
+def test_dispatch_is_all_or_nothing(open_store: Any) -> None:
+    async def body(store: Store) -> list[Call]:
+        with pytest.raises(sqlite3.IntegrityError):
+            # The third call is invalid: the two before it are not kept either.
+            await store.dispatch([call("a"), call("b"), call("c", endpoint="")], now=NOW)
+        return await store.list()
+
+    assert with_store(open_store, body) == []
+
+
+def test_claim_leases_ready_calls_once(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        (dispatch_id,) = await store.dispatch([call()], now=NOW)
+        (claimed,) = await store.claim(owner="s1", now=NOW, limit=10, lease_seconds=LEASE)
+        assert claimed.call.dispatch_id == dispatch_id
+        assert claimed.call.state is State.RUNNING
+        assert claimed.call.attempts == 1
+        assert claimed.lease.expires_at == NOW + LEASE
+        # Leased: nobody else gets it while the lease holds.
+        assert await store.claim(owner="s2", now=NOW + 1, limit=10, lease_seconds=LEASE) == []
+
+    with_store(open_store, body)
+
+
+def test_finish_records_the_outcome_only_for_the_current_lease(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        (dispatch_id,) = await store.dispatch([call()], now=NOW)
+        (first,) = await store.claim(owner="s1", now=NOW, limit=1, lease_seconds=LEASE)
+        # s1 stalls; its lease lapses and s2 runs the call again (at least once).
+        later = NOW + LEASE + 1
+        (second,) = await store.claim(owner="s2", now=later, limit=1, lease_seconds=LEASE)
+        assert second.lease.token > first.lease.token
+        assert second.call.attempts == 2
+        assert await store.finish(second.lease, OK, b"new", now=later + 1)
+        # s1's late answer is fenced off: it never overwrites the newer attempt.
+        assert not await store.finish(first.lease, TIMEOUT, b"stale", now=later + 2)
+        assert not await store.retry(first.lease, TIMEOUT, b"stale", ready_at=later, now=later)
+        assert not await store.extend(first.lease, until=later + 100)
+        done = await store.get(dispatch_id)
+        assert done is not None
+        assert (done.state, done.status, done.result) == (State.DONE, OK, b"new")
+        assert done.finished_at == later + 1
+        # Done: never claimed again.
+        assert await store.claim(owner="s3", now=later + 999, limit=1, lease_seconds=LEASE) == []
+
+    with_store(open_store, body)
+
+
+def test_retry_makes_the_call_ready_later_with_its_last_error(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        (dispatch_id,) = await store.dispatch([call()], now=NOW)
+        (claimed,) = await store.claim(owner="s1", now=NOW, limit=1, lease_seconds=LEASE)
+        assert await store.retry(claimed.lease, TIMEOUT, b"err", ready_at=NOW + 5, now=NOW + 1)
+        waiting = await store.get(dispatch_id)
+        assert waiting is not None
+        assert (waiting.state, waiting.status, waiting.result) == (State.READY, None, b"err")
+        assert await store.claim(owner="s1", now=NOW + 4, limit=1, lease_seconds=LEASE) == []
+        (again,) = await store.claim(owner="s1", now=NOW + 5, limit=1, lease_seconds=LEASE)
+        assert again.call.attempts == 2
+        # Retrying twice with one lease is refused: the lease ended with the first.
+        assert not await store.retry(claimed.lease, TIMEOUT, b"x", ready_at=NOW, now=NOW + 6)
+
+    with_store(open_store, body)
+
+
+def test_extend_keeps_a_long_attempt_leased(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        await store.dispatch([call()], now=NOW)
+        (claimed,) = await store.claim(owner="s1", now=NOW, limit=1, lease_seconds=LEASE)
+        assert await store.extend(claimed.lease, until=NOW + 3 * LEASE)
+        later = NOW + 2 * LEASE
+        assert await store.claim(owner="s2", now=later, limit=1, lease_seconds=LEASE) == []
+        lease = Lease(claimed.lease.dispatch_id, claimed.lease.token, NOW + 3 * LEASE)
+        assert await store.finish(lease, OK, b"", now=later)
+
+    with_store(open_store, body)
+
+
+def test_claims_take_root_dispatches_in_turn(open_store: Any) -> None:
+    async def body(store: Store) -> list[str]:
+        # A fan-out of 50 children under one root, dispatched first, then two others.
+        (big,) = await store.dispatch([call("big")], now=NOW - 10)
+        children = [call("child", parent_id=big, root_id=big) for _ in range(50)]
+        await store.dispatch(children, now=NOW - 5)
+        await store.dispatch([call("small1")], now=NOW - 1)
+        await store.dispatch([call("small2")], now=NOW - 1)
+        claimed = await store.claim(owner="s", now=NOW, limit=3, lease_seconds=LEASE)
+        return [c.call.function for c in claimed]
+
+    # One from each root, the big tree's oldest first: no root starves the others.
+    assert with_store(open_store, body) == ["big", "small1", "small2"]
+
+
+def test_list_filters_and_pages_in_creation_order(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        ids = await store.dispatch([call("a" if n % 2 else "b") for n in range(7)], now=NOW)
+        everything = await store.list()
+        assert [c.dispatch_id for c in everything] == ids
+        assert [c.dispatch_id for c in await store.list(function="a")] == ids[1::2]
+        page = await store.list(limit=3)
+        rest = await store.list(after=page[-1].dispatch_id, limit=10)
+        assert [c.dispatch_id for c in page + rest] == ids
+        (claimed, *_) = await store.claim(owner="s", now=NOW, limit=1, lease_seconds=LEASE)
+        running = await store.list(state=State.RUNNING)
+        assert [c.dispatch_id for c in running] == [claimed.call.dispatch_id]
+        assert await store.list(root_id=ids[3]) == [await store.get(ids[3])]
+
+    with_store(open_store, body)
+
+
+def test_cancel_ends_a_call_and_its_unfinished_descendants(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        (root,) = await store.dispatch([call("root")], now=NOW)
+        child, finished = await store.dispatch(
+            [call("child", parent_id=root, root_id=root)] * 2, now=NOW
+        )
+        (grandchild,) = await store.dispatch(
+            [call("grandchild", parent_id=child, root_id=root)], now=NOW
+        )
+        (other,) = await store.dispatch([call("other")], now=NOW)
+        leases = {
+            c.call.dispatch_id: c.lease
+            for c in await store.claim(owner="s", now=NOW, limit=10, lease_seconds=LEASE)
+        }
+        assert await store.finish(leases[finished], OK, b"kept", now=NOW + 1)
+        ended = await store.cancel(root, PERMANENT_ERROR, b"cancelled", now=NOW + 2)
+        assert ended == 3  # root, child, grandchild; the finished child stays as it was
+        for dispatch_id in (root, child, grandchild):
+            found = await store.get(dispatch_id)
+            assert found is not None
+            assert (found.state, found.status, found.result) == (
+                State.DONE,
+                PERMANENT_ERROR,
+                b"cancelled",
+            )
+        kept = await store.get(finished)
+        assert kept is not None
+        assert (kept.status, kept.result) == (OK, b"kept")
+        untouched = await store.get(other)
+        assert untouched is not None
+        assert untouched.state is State.RUNNING
+        # The cancelled calls' leases are fenced: their late answers are not recorded.
+        assert not await store.finish(leases[child], OK, b"late", now=NOW + 3)
+        assert await store.cancel(root, PERMANENT_ERROR, b"again", now=NOW + 4) == 0
+        assert await store.cancel("no-such-call", PERMANENT_ERROR, b"", now=NOW) == 0
+
+    with_store(open_store, body)
+
+
+def test_acknowledged_calls_survive_a_restart(open_store: Any) -> None:
+    async def first(store: Store) -> tuple[list[str], Lease]:
+        ids = await store.dispatch([call(f"f{n}") for n in range(5)], now=NOW)
+        (claimed,) = await store.claim(owner="s1", now=NOW, limit=1, lease_seconds=LEASE)
+        return ids, claimed.lease
+
+    ids, lease = with_store(open_store, first)
+
+    async def second(store: Store) -> None:
+        assert [c.dispatch_id for c in await store.list()] == ids
+        # The attempt in flight when the process stopped runs again once its lease lapses.
+        later = NOW + LEASE
+        claimed = await store.claim(owner="s2", now=later, limit=10, lease_seconds=LEASE)
+        assert sorted(c.call.dispatch_id for c in claimed) == sorted(ids)
+        assert not await store.finish(lease, OK, b"stale", now=later)
+
+    with_store(open_store, second)
+
+
+# --- the SQLite store itself ----------------------------------------------------------
+
+
+def test_sqlite_is_durable_and_versioned(tmp_path: Path) -> None:
+    path = tmp_path / "scheduler.db"
+    run(_open_and_close(path))
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    finally:
+        db.close()
+    run(_open_and_close(path))  # opening a current database again changes nothing
+
+
+def test_sqlite_refuses_a_database_of_a_newer_version(tmp_path: Path) -> None:
+    path = tmp_path / "scheduler.db"
+    run(_open_and_close(path))
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="newer than this dispatchlet"):
+        run(_open_and_close(path))
+
+
+async def _open_and_close(path: Path) -> None:
+    store = await SQLiteStore.open(path)
+    await store.close()
+
+
+DISPATCHER = """
+import asyncio, sys, time
+from dispatchlet.scheduler.store import NewCall
+from dispatchlet.scheduler.store.sqlite import SQLiteStore
+
+async def main():
+    store = await SQLiteStore.open(sys.argv[1])
+    batch = [NewCall("f", "http://127.0.0.1:1", b"", time.time() + 60)] * 10
+    while True:
+        ids = await store.dispatch(batch, now=time.time())
+        # Acknowledged: the transaction returned. Printed only now.
+        print(" ".join(ids), flush=True)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+def test_sqlite_loses_no_acknowledged_dispatch_when_killed(tmp_path: Path) -> None:
+    """SIGKILL at random moments while batches are dispatched: every batch the process
+    acknowledged is in the database after it restarts, whole."""
+    path = tmp_path / "scheduler.db"
+    rng = random.Random(20)
+    acknowledged: list[list[str]] = []
+    for _ in range(8):
+        process = subprocess.Popen(
+            [sys.executable, "-c", DISPATCHER, str(path)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            time.sleep(rng.uniform(0.3, 1.0))
+        finally:
+            process.kill()  # SIGKILL: no cleanup, no flush beyond what was committed
+            output, _ = process.communicate(timeout=10)
+        # A line cut short by the kill was never printed whole: not acknowledged.
+        lines = output.split("\n")[:-1] if not output.endswith("\n") else output.splitlines()
+        acknowledged += [line.split() for line in lines if len(line.split()) == 10]
+
+    async def stored() -> tuple[set[str], int]:
+        store = await SQLiteStore.open(path)
+        try:
+            calls = await store.list(limit=10**7)
+        finally:
+            await store.close()
+        return {c.dispatch_id for c in calls}, len(calls)
+
+    ids, count = run(stored())
+    assert len(acknowledged) > 8
+    for batch in acknowledged:
+        assert set(batch) <= ids
+    # Batches are whole: a batch interrupted before its commit left nothing behind.
+    assert count % 10 == 0
