@@ -3,7 +3,9 @@
 Usage: python scripts/generate_proto.py [--out DIR]
 
 protoc writes imports as ``from dispatch.sdk.v1 import ...``; the modules live under
-``dispatchlet.proto``, so those imports are rewritten after generation. Writing to
+``dispatchlet.proto`` (``dispatchlet.proto.dispatch`` for the SDK's packages,
+``dispatchlet.proto.dispatchlet`` for the project's own), so those imports are
+rewritten after generation. Writing to
 another directory (``--out``) lets a test compare a fresh generation with the
 committed files.
 """
@@ -21,7 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
 PACKAGE = "dispatchlet.proto"
-_IMPORT = re.compile(r"^(from|import) dispatch\.", re.MULTILINE)
+# The proto packages: dispatch.* (the SDK's) and dispatchlet.* (the project's own).
+_IMPORT = re.compile(r"^(from|import) (dispatch|dispatchlet)\.", re.MULTILINE)
 
 
 def proto_sources() -> list[Path]:
@@ -53,7 +56,7 @@ def generate(out: Path) -> list[Path]:
             rel = src.relative_to(tmp)
             dest = out / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_text(_IMPORT.sub(rf"\1 {PACKAGE}.dispatch.", src.read_text()))
+            dest.write_text(_IMPORT.sub(rf"\1 {PACKAGE}.\2.", src.read_text()))
             written.append(dest)
     # Every directory on the way down is a regular package.
     for path in list(written):
