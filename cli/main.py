@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 
-from . import call, keygen, serve
+from . import call, keygen, scheduler, serve
 from .errors import CommandError
 
 _EPILOG = """\
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_parser(commands)
     serve.add_parser(commands)
     call.add_parser(commands)
+    scheduler.add_parser(commands)
     return parser
 
 

@@ -148,6 +148,33 @@ def test_retry_makes_the_call_ready_later_with_its_last_error(open_store: Any) -
     with_store(open_store, body)
 
 
+def test_a_tail_call_keeps_the_identity_and_starts_afresh(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        (root,) = await store.dispatch([call("first")], now=NOW)
+        (claimed,) = await store.claim(owner="s1", now=NOW + 1, limit=1, lease_seconds=LEASE)
+        assert await store.tail_call(
+            claimed.lease, "second", "https://other.example", b"in", now=NOW + 2
+        )
+        (next_,) = await store.claim(owner="s1", now=NOW + 2, limit=1, lease_seconds=LEASE)
+        before, after = claimed.call, next_.call
+        assert (after.dispatch_id, after.root_id, after.created_at) == (
+            before.dispatch_id,
+            before.root_id,
+            before.created_at,
+        )
+        assert (after.function, after.endpoint, after.input) == (
+            "second",
+            "https://other.example",
+            b"in",
+        )
+        assert after.attempts == 1
+        assert after.expires_at == before.expires_at
+        assert not await store.tail_call(claimed.lease, "x", "y", b"", now=NOW + 3)
+        assert root == after.dispatch_id
+
+    with_store(open_store, body)
+
+
 def test_extend_keeps_a_long_attempt_leased(open_store: Any) -> None:
     async def body(store: Store) -> None:
         await store.dispatch([call()], now=NOW)

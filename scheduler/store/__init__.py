@@ -111,6 +111,13 @@ class Store(Protocol):
         """Make the call ready again at ``ready_at``, keeping its last error; False for a
         stale lease."""
 
+    async def tail_call(
+        self, lease: Lease, function: str, endpoint: str, input: bytes, *, now: float
+    ) -> bool:
+        """Hand the call over to ``function`` at ``endpoint`` with ``input``, ready now:
+        the same dispatch id, parent, root, creation time and expiration, a fresh count
+        of attempts. False for a stale lease."""
+
     async def get(self, dispatch_id: str) -> Call | None:
         """The call, or None."""
 

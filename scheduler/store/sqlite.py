@@ -243,6 +243,21 @@ class SQLiteStore:
         del status  # kept with the error in ``result``; a ready call has no final status
         return await self._run(self._transaction, update)
 
+    async def tail_call(
+        self, lease: Lease, function: str, endpoint: str, input: bytes, *, now: float
+    ) -> bool:
+        def update(db: sqlite3.Connection) -> bool:
+            cursor = db.execute(
+                "UPDATE calls SET function = ?, endpoint = ?, input = ?, state = 'ready', "
+                "ready_at = ?, attempts = 0, result = x'', lease_owner = NULL, "
+                "lease_expires = NULL "
+                "WHERE dispatch_id = ? AND lease_token = ? AND state = 'running'",
+                (function, endpoint, input, now, lease.dispatch_id, lease.token),
+            )
+            return cursor.rowcount == 1
+
+        return await self._run(self._transaction, update)
+
     async def get(self, dispatch_id: str) -> Call | None:
         def select(db: sqlite3.Connection) -> Call | None:
             row = db.execute(f"{_SELECT} WHERE dispatch_id = ?", (dispatch_id,)).fetchone()

@@ -1,0 +1,134 @@
+"""``dispatchlet scheduler``: the scheduler on this machine, its calls in a SQLite file."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from ..core.keys import SIGNING_KEY_ENV, load_private_key, public_key_base64
+from ..scheduler.retry import RetryPolicy
+from ..scheduler.settings import API_KEY_ENV, DEFAULT_PORT
+from .errors import EXIT_OK, CommandError
+from .serve import port, positive_int
+
+DEFAULT_DATABASE = "dispatchlet.db"
+
+_DESCRIPTION = f"""\
+Run the scheduler: it accepts calls (DispatchService/Dispatch), stores them in a
+SQLite file, runs them on their endpoints with requests signed by
+{SIGNING_KEY_ENV} (or --signing-key-file), retries what fails, and answers
+CallService Get, Wait, List and Cancel.
+
+Clients authenticate with Authorization: Bearer <api key>; the keys come from
+{API_KEY_ENV} (comma-separated, for rotation). Without keys every request is
+refused, unless --insecure (local development only: no API key, unsigned calls).
+"""
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "scheduler",
+        help="run the scheduler (SQLite) on this machine",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--db",
+        metavar="PATH",
+        type=Path,
+        default=Path(DEFAULT_DATABASE),
+        help="the SQLite database file (default: %(default)s)",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address (default: %(default)s)")
+    parser.add_argument(
+        "--port", type=port, default=DEFAULT_PORT, help="port; 0 picks one (default: %(default)s)"
+    )
+    parser.add_argument("--signing-key-file", metavar="PATH", type=Path)
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="no API key and unsigned calls: for local development only",
+    )
+    parser.add_argument(
+        "--max-attempts", type=positive_int, default=RetryPolicy.max_attempts, metavar="N"
+    )
+    parser.add_argument(
+        "--backoff",
+        type=float,
+        default=RetryPolicy.base,
+        metavar="SECONDS",
+        help="the first retry's delay, doubled each time (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--backoff-cap",
+        type=float,
+        default=RetryPolicy.cap,
+        metavar="SECONDS",
+        help="the longest delay between attempts (default: %(default)s)",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # Here: aiohttp and the store load only for this command, not for every one.
+    from ..scheduler.server import Settings, serve
+    from ..scheduler.store.sqlite import StoreError
+
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    key = None
+    if args.signing_key_file is not None:
+        try:
+            text, source = args.signing_key_file.read_text(), str(args.signing_key_file)
+        except OSError as exc:
+            raise CommandError(f"cannot read the signing key: {exc}") from None
+    else:
+        text, source = os.environ.get(SIGNING_KEY_ENV, ""), SIGNING_KEY_ENV
+    if text.strip():
+        try:
+            key = load_private_key(text)
+        except ValueError as exc:
+            raise CommandError(f"invalid signing key in {source}: {exc}") from None
+    elif not args.insecure:
+        raise CommandError(
+            f"no signing key: set {SIGNING_KEY_ENV} or pass --signing-key-file (`dispatchlet "
+            "keygen` makes a pair; endpoints verify with its public half), or --insecure"
+        )
+    api_keys = [k.strip() for k in os.environ.get(API_KEY_ENV, "").split(",") if k.strip()]
+    settings = Settings(
+        database=str(args.db),
+        host=args.host,
+        port=args.port,
+        signing_key=key,
+        api_keys=api_keys,
+        insecure=args.insecure,
+        policy=RetryPolicy(base=args.backoff, cap=args.backoff_cap, max_attempts=args.max_attempts),
+    )
+
+    def ready(addresses: list[tuple[str, int]]) -> None:
+        host, port_number = addresses[0]
+        lines = [f"dispatchlet scheduler: listening at http://{host}:{port_number}"]
+        lines.append(f"database: {args.db}")
+        if key is not None:
+            lines.append(f"endpoints verify with: {public_key_base64(key.public_key())}")
+        if args.insecure:
+            lines.append("INSECURE: no API key is checked and calls are not signed")
+        print("\n".join(lines), flush=True)
+
+    try:
+        asyncio.run(serve(settings, ready=ready))
+    except StoreError as exc:
+        raise CommandError(str(exc)) from None
+    except OSError as exc:
+        raise CommandError(
+            f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
+        ) from None
+    print("dispatchlet scheduler: stopped", file=sys.stderr)
+    return EXIT_OK

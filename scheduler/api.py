@@ -1,0 +1,288 @@
+"""The scheduler's HTTP API (aiohttp): ``DispatchService/Dispatch`` and the project's
+``CallService`` (Get, Wait, List, Cancel), Connect unary in ``application/proto`` and
+``application/json``, with ``Authorization: Bearer <api key>``; ``/healthz``.
+
+Errors are Connect errors (``{"code", "message"}`` with the HTTP status of the code).
+A Dispatch is validated whole before anything is stored: a bad call is a 400 naming its
+index and the reason, and then no call of the request is kept.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from aiohttp import web
+from google.protobuf import json_format, message
+
+from ..core.connect import JSON, PROTO, codec, http_error_response
+from ..core.errors import (
+    DispatchletError,
+    InvalidArgument,
+    MethodNotAllowed,
+    NotFound,
+    Unauthenticated,
+)
+from ..core.functions import FUNCTION_NAME
+from ..core.http import Response
+from ..core.status import Status
+from ..proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2, error_pb2
+from ..proto.dispatchlet.scheduler.v1 import calls_pb2
+from .engine import Engine
+from .store import Call, NewCall, State, Store
+
+M = TypeVar("M", bound=message.Message)
+
+MAX_CALLS = 1000
+MAX_BODY_BYTES = 32 * 1024 * 1024
+DEFAULT_EXPIRATION = 24 * 3600.0
+MAX_WAIT = 60.0
+MAX_PAGE = 1000
+ENDPOINT_SCHEMES = ("http://", "https://", "arn:aws:lambda:")
+
+DISPATCH_PATH = "/dispatch.sdk.v1.DispatchService/Dispatch"
+CALLS_PATH = "/dispatchlet.scheduler.v1.CallService/"
+
+_NO_KEYS = (
+    "no API key configured: set DISPATCH_API_KEY (comma-separated for rotation) for the "
+    "scheduler and its clients, or run it with --insecure for local development"
+)
+
+
+class Api:
+    """The request handlers, over one store and engine."""
+
+    def __init__(
+        self,
+        store: Store,
+        engine: Engine,
+        *,
+        api_keys: Sequence[str] = (),
+        insecure: bool = False,
+        default_expiration: float = DEFAULT_EXPIRATION,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.api_keys = [key.encode() for key in api_keys if key]
+        self.insecure = insecure
+        self.default_expiration = default_expiration
+        self.clock = clock
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_route(
+            "*", DISPATCH_PATH, self.rpc(self.dispatch, dispatch_pb2.DispatchRequest)
+        )
+        for name, handler, kind in (
+            ("Get", self.get, calls_pb2.GetRequest),
+            ("Wait", self.wait, calls_pb2.WaitRequest),
+            ("List", self.list, calls_pb2.ListRequest),
+            ("Cancel", self.cancel, calls_pb2.CancelRequest),
+        ):
+            app.router.add_route("*", CALLS_PATH + name, self.rpc(handler, kind))
+        return app
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    def rpc(
+        self, handler: Callable[[Any], Awaitable[message.Message]], kind: type[M]
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        """A Connect unary handler: authenticated, decoded, answered in the same codec."""
+
+        async def serve(request: web.Request) -> web.Response:
+            try:
+                if request.method != "POST":
+                    raise MethodNotAllowed(f"method {request.method[:20]!r} not allowed: use POST")
+                self._authenticate(request.headers.get("Authorization"))
+                wire = codec(request.headers.get("Content-Type"))
+                body = await request.read()
+                decoded = _decode(kind, body, wire)
+                answer = await handler(decoded)
+            except DispatchletError as exc:
+                return _web(http_error_response(exc))
+            except web.HTTPRequestEntityTooLarge:
+                return _web(http_error_response(InvalidArgument("request body too large")))
+            payload = (
+                answer.SerializeToString()
+                if wire == PROTO
+                else json_format.MessageToJson(answer, indent=None).encode()
+            )
+            return web.Response(body=payload, content_type=wire)
+
+        return serve
+
+    def _authenticate(self, header: str | None) -> None:
+        if self.insecure:
+            return
+        if not self.api_keys:
+            raise Unauthenticated(_NO_KEYS)
+        scheme, _, token = (header or "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthenticated("missing API key: send Authorization: Bearer <api key>")
+        given = token.strip().encode()
+        # Every key is compared, in constant time: nothing tells which came close.
+        matches = [hmac.compare_digest(given, key) for key in self.api_keys]
+        if not any(matches):
+            raise Unauthenticated("invalid API key")
+
+    # --- DispatchService -------------------------------------------------------------
+
+    async def dispatch(
+        self, request: dispatch_pb2.DispatchRequest
+    ) -> dispatch_pb2.DispatchResponse:
+        if len(request.calls) > MAX_CALLS:
+            raise InvalidArgument(
+                f"{len(request.calls)} calls in one Dispatch: at most {MAX_CALLS}"
+            )
+        now = self.clock()
+        calls = [self._new_call(index, call, now) for index, call in enumerate(request.calls)]
+        ids = await self.store.dispatch(calls, now=now) if calls else []
+        self.engine.wake()
+        return dispatch_pb2.DispatchResponse(dispatch_ids=ids)
+
+    def _new_call(self, index: int, call: call_pb2.Call, now: float) -> NewCall:
+        def invalid(reason: str) -> InvalidArgument:
+            return InvalidArgument(f"call {index}: {reason}")
+
+        if not FUNCTION_NAME.fullmatch(call.function):
+            raise invalid(
+                f"invalid function name {call.function[:100]!r}: "
+                "expected ^[a-zA-Z_][a-zA-Z0-9_<>.]*$"
+            )
+        if not call.endpoint.startswith(ENDPOINT_SCHEMES):
+            raise invalid(
+                f"invalid endpoint {call.endpoint[:200]!r}: expected an http://, https:// "
+                "or arn:aws:lambda: endpoint"
+            )
+        if call.endpoint.startswith("arn:"):
+            raise invalid("Lambda ARN endpoints are not supported by this scheduler yet")
+        expiration = self.default_expiration
+        if call.HasField("expiration"):
+            seconds = call.expiration.seconds + call.expiration.nanos / 1e9
+            if seconds < 0:
+                raise invalid("negative expiration")
+            if seconds > 0:
+                expiration = seconds
+        return NewCall(
+            function=call.function,
+            endpoint=call.endpoint.rstrip("/"),
+            input=call.input.SerializeToString() if call.HasField("input") else b"",
+            expires_at=now + expiration,
+            version=call.version,
+            correlation_id=call.correlation_id,
+        )
+
+    # --- CallService -------------------------------------------------------------------
+
+    async def _found(self, dispatch_id: str) -> Call:
+        if not dispatch_id:
+            raise InvalidArgument("missing dispatch_id")
+        found = await self.store.get(dispatch_id)
+        if found is None:
+            raise NotFound(f"no call {dispatch_id[:100]!r}")
+        return found
+
+    async def get(self, request: calls_pb2.GetRequest) -> calls_pb2.GetResponse:
+        return calls_pb2.GetResponse(call=call_info(await self._found(request.dispatch_id)))
+
+    async def wait(self, request: calls_pb2.WaitRequest) -> calls_pb2.WaitResponse:
+        found = await self._found(request.dispatch_id)
+        limit = MAX_WAIT
+        if request.HasField("timeout"):
+            limit = min(limit, max(0.0, request.timeout.seconds + request.timeout.nanos / 1e9))
+        deadline = time.monotonic() + limit
+        while not found.done:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            # Woken when this process ends the call; checked again at least every second.
+            await self.engine.finished(found.dispatch_id, min(remaining, 1.0))
+            found = await self._found(request.dispatch_id)
+        return calls_pb2.WaitResponse(call=call_info(found))
+
+    async def list(self, request: calls_pb2.ListRequest) -> calls_pb2.ListResponse:
+        state = None
+        if request.state:
+            try:
+                state = State(request.state)
+            except ValueError:
+                raise InvalidArgument(
+                    f"invalid state {request.state[:20]!r}: ready, running or done"
+                ) from None
+        size = request.page_size or 100
+        if not 0 < size <= MAX_PAGE:
+            raise InvalidArgument(f"page_size must be 1 to {MAX_PAGE}")
+        calls = await self.store.list(
+            state=state,
+            function=request.function or None,
+            root_id=request.root_dispatch_id or None,
+            after=request.page_token or None,
+            limit=size + 1,
+        )
+        page = calls[:size]
+        token = page[-1].dispatch_id if len(calls) > size else ""
+        return calls_pb2.ListResponse(calls=[call_info(c) for c in page], next_page_token=token)
+
+    async def cancel(self, request: calls_pb2.CancelRequest) -> calls_pb2.CancelResponse:
+        await self._found(request.dispatch_id)
+        error = error_pb2.Error(type="Cancelled", message="the call was cancelled")
+        result = call_pb2.CallResult(error=error).SerializeToString()
+        count = await self.store.cancel(
+            request.dispatch_id, Status.PERMANENT_ERROR.value, result, now=self.clock()
+        )
+        return calls_pb2.CancelResponse(cancelled=count)
+
+
+def call_info(call: Call) -> calls_pb2.CallInfo:
+    """What the CallService tells of ``call``."""
+    info = calls_pb2.CallInfo(
+        dispatch_id=call.dispatch_id,
+        function=call.function,
+        endpoint=call.endpoint,
+        done=call.done,
+        attempts=call.attempts,
+        parent_dispatch_id=call.parent_id or "",
+        root_dispatch_id=call.root_id,
+        state=call.state.value,
+    )
+    if call.status is not None:
+        info.status = call.status  # type: ignore[assignment]
+    if call.result:
+        result = call_pb2.CallResult.FromString(call.result)
+        if result.HasField("output"):
+            info.output.CopyFrom(result.output)
+        if result.HasField("error"):
+            info.error.CopyFrom(result.error)
+    info.created_at.FromNanoseconds(int(call.created_at * 1e9))
+    info.expires_at.FromNanoseconds(int(call.expires_at * 1e9))
+    if call.finished_at is not None:
+        info.finished_at.FromNanoseconds(int(call.finished_at * 1e9))
+    return info
+
+
+def _decode(kind: type[M], body: bytes, wire: str) -> M:
+    decoded = kind()
+    try:
+        if wire == PROTO:
+            decoded.ParseFromString(body)
+        else:
+            json_format.Parse(body, decoded, ignore_unknown_fields=True)
+    except (message.DecodeError, json_format.ParseError, ValueError, RecursionError) as exc:
+        name = kind.DESCRIPTOR.name
+        raise InvalidArgument(f"cannot decode {name}: {exc}"[:500]) from None
+    return decoded
+
+
+def _web(response: Response) -> web.Response:
+    headers = [(k, v) for k, v in response.headers if k.lower() != "content-type"]
+    return web.Response(
+        status=response.status,
+        body=response.body,
+        headers=headers,
+        content_type=JSON,
+    )

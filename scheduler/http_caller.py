@@ -1,0 +1,193 @@
+"""Calling a function endpoint over HTTP: a signed Run request, and what its answer
+means as a run status.
+
+aiohttp is the client: asyncio-native, with connection pooling per host and a server
+in the same package (the scheduler's API). The request is signed (RFC 9421, the
+Dispatch profile) for exactly the authority and path it is sent to, and sent with the
+path as signed (no re-encoding). Every answer or failure becomes an ``Outcome``:
+
+- a 200 whose body is a RunResponse: that response, taken as is;
+- 400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND:
+  final, with the endpoint's Connect error as the message;
+- 408 TIMEOUT, 429 THROTTLED, 5xx TEMPORARY_ERROR, any other status HTTP_ERROR: retried,
+  ``Retry-After`` honoured;
+- refused or reset connections TCP_ERROR, DNS failures DNS_ERROR, TLS failures
+  TLS_ERROR, no answer in time TIMEOUT: retried;
+- a 200 that is no RunResponse, or an answer larger than the limit: INVALID_RESPONSE,
+  final.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from yarl import URL
+
+from ..core.connect import PROTO
+from ..core.connect_client import InvalidAnswer, decode_response, parse_error
+from ..core.endpoint_url import parse_endpoint_url
+from ..core.http import Request
+from ..core.signatures import sign_request
+from ..core.status import Status
+from ..proto.dispatch.sdk.v1 import function_pb2
+
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
+USER_AGENT = "dispatchlet-scheduler"
+
+_FINAL_HTTP = {
+    400: Status.INVALID_ARGUMENT,
+    401: Status.UNAUTHENTICATED,
+    403: Status.PERMISSION_DENIED,
+    404: Status.NOT_FOUND,
+}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt came to: the endpoint's RunResponse, or a status and a reason."""
+
+    status: Status
+    response: function_pb2.RunResponse | None = None
+    error_type: str = ""
+    message: str = ""
+    retry_after: float | None = None
+    """Seconds the endpoint asked to wait before the next attempt."""
+
+
+class HttpCaller:
+    """Sends signed Run requests; one connection pool for the scheduler's lifetime."""
+
+    def __init__(self, signing_key: Ed25519PrivateKey | None, *, insecure: bool = False) -> None:
+        if signing_key is None and not insecure:
+            raise ValueError("a signing key is needed (or insecure=True, for development)")
+        self.signing_key = signing_key
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> HttpCaller:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
+                # Redirects are not followed: a signature covers the authority and path.
+                headers={"User-Agent": USER_AGENT},
+                auto_decompress=False,
+                skip_auto_headers=("Accept-Encoding",),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def run(
+        self, endpoint: str, request: function_pb2.RunRequest, *, timeout: float
+    ) -> Outcome:
+        """Send ``request`` to the endpoint whose base URL is ``endpoint``."""
+        try:
+            target = parse_endpoint_url(endpoint)
+        except ValueError as exc:
+            return Outcome(Status.INVALID_ARGUMENT, error_type="ValueError", message=str(exc))
+        http_request = Request(
+            "POST",
+            target.run_path,
+            target.authority,
+            [("Content-Type", PROTO)],
+            request.SerializeToString(),
+            scheme=target.scheme,
+        )
+        if self.signing_key is not None:
+            http_request = sign_request(http_request, self.signing_key)
+        try:
+            return await asyncio.wait_for(self._send(target.run_url, http_request), timeout)
+        except (TimeoutError, asyncio.TimeoutError):
+            return Outcome(Status.TIMEOUT, error_type="TimeoutError", message=_no_answer(timeout))
+
+    async def _send(self, url: str, request: Request) -> Outcome:
+        try:
+            async with self._client().post(
+                URL(url, encoded=True),
+                data=request.body,
+                headers=request.headers,
+                allow_redirects=False,
+            ) as answer:
+                body = await answer.content.read(MAX_ANSWER_BYTES + 1)
+                return _outcome(answer.status, answer.headers, body)
+        except aiohttp.ClientConnectorDNSError as exc:
+            return _failure(Status.DNS_ERROR, exc)
+        except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
+            return _failure(Status.TLS_ERROR, exc)
+        except ssl.SSLError as exc:
+            return _failure(Status.TLS_ERROR, exc)
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
+            return _failure(Status.TCP_ERROR, exc)
+        except aiohttp.ClientResponseError as exc:  # a malformed answer
+            return _failure(Status.INVALID_RESPONSE, exc)
+
+
+def _outcome(status: int, headers: Any, body: bytes) -> Outcome:
+    content_type = headers.get("Content-Type")
+    if len(body) > MAX_ANSWER_BYTES:
+        return Outcome(
+            Status.INVALID_RESPONSE,
+            error_type="InvalidResponse",
+            message=f"the endpoint answered more than {MAX_ANSWER_BYTES} bytes",
+        )
+    if status == 200:
+        try:
+            return Outcome(Status.OK, decode_response(content_type, body))
+        except InvalidAnswer as exc:
+            return Outcome(Status.INVALID_RESPONSE, error_type="InvalidResponse", message=str(exc))
+    error = parse_error(status, content_type, body)
+    final = _FINAL_HTTP.get(status)
+    if final is not None:
+        return Outcome(final, error_type="HTTPError", message=f"HTTP {status} {error}")
+    if status == 408:
+        kind = Status.TIMEOUT
+    elif status == 429:
+        kind = Status.THROTTLED
+    elif 500 <= status <= 599:
+        kind = Status.TEMPORARY_ERROR
+    else:
+        kind = Status.HTTP_ERROR
+    return Outcome(
+        kind,
+        error_type="HTTPError",
+        message=f"HTTP {status} {error}",
+        retry_after=retry_after(headers.get("Retry-After")),
+    )
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date; None if absent
+    or unreadable."""
+    if not value:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _failure(status: Status, exc: BaseException) -> Outcome:
+    return Outcome(status, error_type=type(exc).__name__, message=str(exc) or type(exc).__name__)
+
+
+def _no_answer(timeout: float) -> str:
+    return f"no answer within {timeout:g} s"

@@ -1,0 +1,20 @@
+"""How long to wait before the next attempt of a call."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Capped exponential backoff with jitter: attempt n waits a random time between
+    half and all of ``min(cap, base * 2 ** (n - 1))``."""
+
+    base: float = 0.5
+    cap: float = 60.0
+    max_attempts: int = 50
+
+    def delay(self, attempts: int, rng: random.Random) -> float:
+        ceiling: float = min(self.cap, self.base * 2.0 ** max(attempts - 1, 0))
+        return ceiling * (0.5 + rng.random() / 2)

@@ -1,0 +1,78 @@
+"""Running the scheduler: the store, the engine and the API in one asyncio process, with
+a graceful stop (new requests refused, attempts in flight finished within a grace
+period, their leases otherwise left to lapse so another start runs them again)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from .api import Api
+from .engine import Engine
+from .http_caller import HttpCaller
+from .retry import RetryPolicy
+from .settings import DEFAULT_PORT
+from .store.sqlite import SQLiteStore
+
+logger = logging.getLogger("dispatchlet.scheduler")
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: str
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    signing_key: Ed25519PrivateKey | None = None
+    api_keys: Sequence[str] = ()
+    insecure: bool = False
+    grace_period: float = 10.0
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+async def serve(
+    settings: Settings, *, ready: Callable[[list[tuple[str, int]]], None] | None = None
+) -> None:
+    """Serve until SIGINT or SIGTERM; ``ready`` is told the addresses listened on."""
+    store = await SQLiteStore.open(settings.database)
+    caller = HttpCaller(settings.signing_key, insecure=settings.insecure)
+    engine = Engine(store, caller, policy=settings.policy)
+    api = Api(store, engine, api_keys=settings.api_keys, insecure=settings.insecure)
+    runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopped.set)
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        if ready is not None:
+            ready([(str(a[0]), int(a[1])) for a in runner.addresses])
+        engine_task = asyncio.create_task(engine.run())
+        stop_task = asyncio.create_task(stopped.wait())
+        await asyncio.wait({engine_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        await site.stop()
+        engine.stop()
+        try:
+            await asyncio.wait_for(asyncio.shield(engine_task), settings.grace_period)
+        except (TimeoutError, asyncio.TimeoutError):
+            logger.warning(
+                "attempts still running after %s s: left to their leases", settings.grace_period
+            )
+            engine_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await engine_task
+        stop_task.cancel()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        await runner.cleanup()
+        await caller.close()
+        await store.close()

@@ -1,0 +1,355 @@
+"""The scheduler as users run it: `dispatchlet scheduler` and an endpoint served by
+`dispatchlet serve` (waitress), real processes on loopback, called over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from dispatchlet import Status
+from dispatchlet.core import values
+from dispatchlet.core.keys import private_key_base64, public_key_base64
+from dispatchlet.proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2
+from dispatchlet.proto.dispatchlet.scheduler.v1 import calls_pb2
+from google.protobuf import message
+
+pytestmark = pytest.mark.slow
+
+API_KEY = "test-api-key"
+START_TIMEOUT = 20.0
+
+APP = """
+import json, os
+from pathlib import Path
+from dispatchlet import Endpoint, RunContext
+
+endpoint = Endpoint()
+LOG = Path(os.environ["APP_LOG"])
+
+
+def record(entry):
+    with LOG.open("a") as log:
+        log.write(json.dumps(entry) + "\\n")
+
+
+@endpoint.function
+def greet(name: str) -> str:
+    return f"Hello, {name}!"
+
+
+@endpoint.function
+def flaky(key: str, context: RunContext) -> int:
+    record({"key": key, "dispatch_id": context.dispatch_id})
+    seen = sum(1 for line in LOG.read_text().splitlines() if json.loads(line).get("key") == key)
+    if seen <= 2:
+        raise TimeoutError(f"attempt {seen} timed out")
+    return seen
+
+
+@endpoint.function
+def refuse() -> None:
+    raise ValueError("never valid")
+
+
+@endpoint.function
+def hand_over(name: str):
+    return whoami.tail_call(name)
+
+
+@endpoint.function
+def whoami(name: str, context: RunContext) -> dict:
+    return {
+        "name": name,
+        "function": context.function,
+        "dispatch_id": context.dispatch_id,
+        "parent": context.parent_dispatch_id,
+        "root": context.root_dispatch_id,
+        "created": context.creation_time.isoformat(),
+    }
+"""
+
+
+@dataclass
+class Process:
+    """A command whose output is read as it comes, so every wait is bounded."""
+
+    command: list[str]
+    env: dict[str, str]
+    cwd: Path
+    output: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.process = subprocess.Popen(
+            self.command,
+            env=self.env,
+            cwd=self.cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def wait_for(self, pattern: str, timeout: float = START_TIMEOUT) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                line = self._lines.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.output.append(line)
+            if match := re.search(pattern, line):
+                return match
+        raise AssertionError(f"no {pattern!r} in:\n{''.join(self.output)}")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        return self.process.returncode
+
+
+def environment(**variables: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(variables)
+    return env
+
+
+@dataclass
+class Loop:
+    scheduler: str
+    endpoint: str
+    log: Path
+
+    def rpc(self, path: str, request: message.Message, reply: type[Any], key: str = API_KEY) -> Any:
+        status, body = post(self.scheduler + path, request.SerializeToString(), key)
+        assert status == 200, (status, body)
+        return reply.FromString(body)
+
+    def dispatch(self, *calls: call_pb2.Call) -> list[str]:
+        request = dispatch_pb2.DispatchRequest(calls=calls)
+        answer = self.rpc(
+            "/dispatch.sdk.v1.DispatchService/Dispatch", request, dispatch_pb2.DispatchResponse
+        )
+        return list(answer.dispatch_ids)
+
+    def call(self, function: str, value: Any = None, **fields: Any) -> call_pb2.Call:
+        built = call_pb2.Call(function=function, endpoint=self.endpoint, **fields)
+        if value is not None:
+            built.input.CopyFrom(values.to_any(value))
+        return built
+
+    def wait(self, dispatch_id: str, timeout: float = 30) -> calls_pb2.CallInfo:
+        request = calls_pb2.WaitRequest(dispatch_id=dispatch_id)
+        request.timeout.FromSeconds(int(timeout))
+        answer = self.rpc(
+            "/dispatchlet.scheduler.v1.CallService/Wait", request, calls_pb2.WaitResponse
+        )
+        return answer.call
+
+
+def post(
+    url: str, body: bytes, key: str | None, content_type: str = "application/proto"
+) -> tuple[int, bytes]:
+    headers = {"Content-Type": content_type}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read()
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
+    folder = tmp_path_factory.mktemp("loop")
+    (folder / "app.py").write_text(APP)
+    log = folder / "attempts.jsonl"
+    key = Ed25519PrivateKey.generate()
+    scheduler = Process(
+        [
+            sys.executable,
+            "-m",
+            "dispatchlet",
+            "scheduler",
+            "--db",
+            str(folder / "s.db"),
+            "--port",
+            "0",
+            "--backoff",
+            "0.05",
+            "--backoff-cap",
+            "0.3",
+        ],
+        environment(DISPATCH_SIGNING_KEY=private_key_base64(key), DISPATCH_API_KEY=API_KEY),
+        folder,
+    )
+    endpoint = Process(
+        [sys.executable, "-m", "dispatchlet", "serve", "app.py", "--port", "0"],
+        environment(
+            DISPATCH_VERIFICATION_KEY=public_key_base64(key.public_key()), APP_LOG=str(log)
+        ),
+        folder,
+    )
+    try:
+        scheduler_url = scheduler.wait_for(r"listening at (http://\S+)").group(1)
+        endpoint_url = endpoint.wait_for(r"serving \S+ at (http://\S+)").group(1)
+        yield Loop(scheduler_url, endpoint_url, log)
+    finally:
+        endpoint.stop()
+        assert scheduler.stop() == 0, "".join(scheduler.output)
+
+
+def error_of(info: calls_pb2.CallInfo) -> tuple[str, str]:
+    return info.error.type, info.error.message
+
+
+def test_a_call_runs_on_its_endpoint(loop: Loop) -> None:
+    (dispatch_id,) = loop.dispatch(loop.call("greet", "World"))
+    info = loop.wait(dispatch_id)
+    assert info.done
+    assert info.status == Status.OK
+    assert values.from_any(info.output) == "Hello, World!"
+    assert (info.attempts, info.state, info.root_dispatch_id) == (1, "done", dispatch_id)
+
+
+def test_a_timeout_error_is_retried_until_it_succeeds(loop: Loop) -> None:
+    (dispatch_id,) = loop.dispatch(loop.call("flaky", "k1"))
+    info = loop.wait(dispatch_id)
+    assert info.status == Status.OK, info
+    assert values.from_any(info.output) == 3
+    assert info.attempts == 3
+    attempts = [json.loads(line) for line in loop.log.read_text().splitlines()]
+    # Every attempt saw the same dispatch id: the user's idempotency key.
+    assert [a["dispatch_id"] for a in attempts if a["key"] == "k1"] == [dispatch_id] * 3
+
+
+def test_a_permanent_error_is_not_retried(loop: Loop) -> None:
+    (dispatch_id,) = loop.dispatch(loop.call("refuse"))
+    info = loop.wait(dispatch_id)
+    assert (info.status, info.attempts) == (Status.INVALID_ARGUMENT, 1)
+    assert error_of(info) == ("ValueError", "never valid")
+
+
+def test_an_unknown_function_is_final_with_the_endpoints_reason(loop: Loop) -> None:
+    (dispatch_id,) = loop.dispatch(loop.call("nope"))
+    info = loop.wait(dispatch_id)
+    assert (info.status, info.attempts) == (Status.NOT_FOUND, 1)
+    assert "HTTP 404 not_found: function 'nope' does not exist" in info.error.message
+
+
+def test_a_tail_call_keeps_the_dispatch_id_parent_root_and_creation_time(loop: Loop) -> None:
+    (dispatch_id,) = loop.dispatch(loop.call("hand_over", "Ada"))
+    info = loop.wait(dispatch_id)
+    assert info.status == Status.OK, info
+    context = values.from_any(info.output)
+    assert context["function"] == "whoami"
+    assert context["name"] == "Ada"
+    assert context["dispatch_id"] == context["root"] == dispatch_id
+    assert context["parent"] == ""
+    assert context["created"] == info.created_at.ToDatetime().isoformat() + "+00:00"
+
+
+def test_an_endpoint_not_listening_is_retried_until_the_call_expires(loop: Loop) -> None:
+    call = call_pb2.Call(function="greet", endpoint="http://127.0.0.1:9")
+    call.expiration.FromMilliseconds(1500)
+    (dispatch_id,) = loop.dispatch(call)
+    info = loop.wait(dispatch_id)
+    assert info.status == Status.TIMEOUT, info
+    assert info.attempts > 2
+    assert info.error.type in ("ClientConnectorError", "ClientOSError")
+
+
+def test_dispatch_is_refused_without_the_api_key(loop: Loop) -> None:
+    body = dispatch_pb2.DispatchRequest(calls=[loop.call("greet", "x")]).SerializeToString()
+    for key in (None, "wrong"):
+        status, answer = post(
+            loop.scheduler + "/dispatch.sdk.v1.DispatchService/Dispatch", body, key
+        )
+        assert status == 401
+        assert json.loads(answer)["code"] == "unauthenticated"
+
+
+@pytest.mark.parametrize(
+    ("calls", "message"),
+    [
+        ([("greet", "http://x")] * 1001, "1001 calls in one Dispatch: at most 1000"),
+        ([("greet", "http://x"), ("bad name", "http://x")], "call 1: invalid function name"),
+        ([("greet", "ftp://x")], "call 0: invalid endpoint 'ftp://x'"),
+    ],
+)
+def test_invalid_dispatches_are_400_and_store_nothing(
+    loop: Loop, calls: list[tuple[str, str]], message: str
+) -> None:
+    request = dispatch_pb2.DispatchRequest(
+        calls=[call_pb2.Call(function=f, endpoint=e) for f, e in calls]
+    )
+    status, answer = post(
+        loop.scheduler + "/dispatch.sdk.v1.DispatchService/Dispatch",
+        request.SerializeToString(),
+        API_KEY,
+    )
+    assert status == 400
+    assert json.loads(answer)["code"] == "invalid_argument"
+    assert message in json.loads(answer)["message"]
+
+
+def test_garbage_is_a_clear_400(loop: Loop) -> None:
+    status, answer = post(
+        loop.scheduler + "/dispatch.sdk.v1.DispatchService/Dispatch", b"\xff\xff\xff", API_KEY
+    )
+    assert status == 400
+    assert "cannot decode DispatchRequest" in json.loads(answer)["message"]
+    status, answer = post(
+        loop.scheduler + "/dispatch.sdk.v1.DispatchService/Dispatch", b"{}", API_KEY, "text/plain"
+    )
+    assert status == 415
+
+
+def test_calls_are_listed_and_cancelled(loop: Loop) -> None:
+    call = call_pb2.Call(function="greet", endpoint="http://127.0.0.1:9")
+    (dispatch_id,) = loop.dispatch(call)
+    cancelled = loop.rpc(
+        "/dispatchlet.scheduler.v1.CallService/Cancel",
+        calls_pb2.CancelRequest(dispatch_id=dispatch_id),
+        calls_pb2.CancelResponse,
+    )
+    assert cancelled.cancelled == 1
+    info = loop.wait(dispatch_id)
+    assert (info.done, info.status, info.error.type) == (True, Status.PERMANENT_ERROR, "Cancelled")
+    listed = loop.rpc(
+        "/dispatchlet.scheduler.v1.CallService/List",
+        calls_pb2.ListRequest(function="greet", page_size=1000),
+        calls_pb2.ListResponse,
+    )
+    assert dispatch_id in [c.dispatch_id for c in listed.calls]
