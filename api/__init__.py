@@ -11,6 +11,9 @@ def greet(name: str) -> str:
 
 __version__ = "0.1.0"
 
+from typing import TYPE_CHECKING
+
+from .core import dispatching as _dispatching
 from .core.context import RunContext
 from .core.endpoint import Endpoint
 from .core.errors import (
@@ -31,7 +34,35 @@ from .core.functions import Function, TailCall
 from .core.http import Request, Response
 from .core.status import Status
 
+if TYPE_CHECKING:
+    from .client import CallError, CallInfo, Client, ClientError
+
+
+def _default_client() -> _dispatching.Dispatcher:
+    # Imported when a call is first dispatched: serving requests never needs the client.
+    from .client import Client
+
+    return Client()
+
+
+_dispatching.set_default_factory(_default_client)
+_CLIENT_NAMES = ("CallError", "CallInfo", "Client", "ClientError")
+
+
+def __getattr__(name: str) -> object:
+    # The client is imported on first use: a Lambda cold start never pays for it.
+    if name in _CLIENT_NAMES:
+        from . import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'dispatchlet' has no attribute {name!r}")
+
+
 __all__ = [
+    "CallError",
+    "CallInfo",
+    "Client",
+    "ClientError",
     "ConfigurationError",
     "DeadlineExceeded",
     "DispatchletError",

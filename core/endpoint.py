@@ -12,6 +12,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 from ..proto.dispatch.sdk.v1 import function_pb2
 from . import connect
 from .body import BodyReader, oversized
+from .dispatching import Batch, Dispatcher, default_dispatcher
 from .errors import (
     ConfigurationError,
     DispatchletError,
@@ -112,6 +113,9 @@ class Endpoint:
             self._authority = normalize_authority(public.authority, public.scheme)
             self._signed_path = public.run_path
         self._functions: dict[str, Function[..., Any]] = {}
+        self.client: Dispatcher | None = None
+        """Where ``function.dispatch(...)`` sends calls (a ``dispatchlet.Client``); None:
+        the default client, from ``DISPATCH_API_URL`` and ``DISPATCH_API_KEY``."""
 
     def set_verification_key(
         self, verification_key: PublicKeyLike | Iterable[PublicKeyLike] | None
@@ -141,13 +145,22 @@ class Endpoint:
         """Register a function (plain or ``async def``) under its name or ``name``."""
 
         def register(f: Callable[..., Any]) -> Function[..., Any]:
-            registered = Function(f, name or str(getattr(f, "__name__", "")))
+            registered = Function(f, name or str(getattr(f, "__name__", "")), self)
             if registered.name in self._functions:
                 raise ValueError(f"a function named {registered.name!r} is already registered")
             self._functions[registered.name] = registered
             return registered
 
         return register if fn is None else register(fn)
+
+    def dispatcher(self) -> Dispatcher:
+        """What this endpoint's functions' ``dispatch`` calls go to: ``self.client`` when
+        set, else the default client (from the environment)."""
+        return self.client if self.client is not None else default_dispatcher()
+
+    def batch(self) -> Batch:
+        """A batch of calls dispatched together, atomically, when its block ends."""
+        return Batch(self.dispatcher)
 
     def handle(self, request: Request) -> Response:
         """Answer one HTTP request; never raises."""

@@ -21,11 +21,16 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property, update_wrapper
-from typing import Any, Generic, NamedTuple, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar
 
+from ..proto.dispatch.sdk.v1 import call_pb2
 from .context import RunContext
+from .dispatching import default_dispatcher
 from .errors import InvalidArgument
 from .typecheck import Check, checker, describe
+
+if TYPE_CHECKING:
+    from .endpoint import Endpoint
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -65,13 +70,14 @@ class _Shape(NamedTuple):
 class Function(Generic[P, R]):
     """A function registered on an endpoint; calling it calls the original."""
 
-    def __init__(self, fn: Callable[P, R], name: str) -> None:
+    def __init__(self, fn: Callable[P, R], name: str, endpoint: Endpoint | None = None) -> None:
         if not FUNCTION_NAME.fullmatch(name):
             raise ValueError(
                 f"invalid function name {name!r}: must match ^[a-zA-Z_][a-zA-Z0-9_<>.]*$"
             )
         self.fn = fn
         self.name = name
+        self.endpoint = endpoint
         self.is_async = inspect.iscoroutinefunction(fn)
         self.signature = inspect.signature(fn)
         update_wrapper(self, fn)
@@ -176,6 +182,32 @@ class Function(Generic[P, R]):
     def tail_call(self, *args: P.args, **kwargs: P.kwargs) -> TailCall:
         """A ``TailCall`` of this function with these arguments, encoded by the input rule."""
         return TailCall(self.name, self.input_for(*args, **kwargs))
+
+    def build_call(self, *args: P.args, **kwargs: P.kwargs) -> call_pb2.Call:
+        """The ``Call`` of this function with these arguments, on its endpoint's public URL
+        (``endpoint_url``, ``DISPATCH_ENDPOINT_URL``)."""
+        endpoint = self.endpoint
+        url = endpoint.endpoint_url if endpoint is not None else None
+        if not url:
+            raise ValueError(
+                f"{self.name}: its endpoint has no public URL to be called at: set "
+                "DISPATCH_ENDPOINT_URL or Endpoint(endpoint_url=...)"
+            )
+        from . import values  # here: only code that starts calls needs the encoder
+
+        call = call_pb2.Call(function=self.name, endpoint=url)
+        value = self.input_for(*args, **kwargs)
+        allow_pickle = endpoint is not None and endpoint.allow_pickle
+        call.input.CopyFrom(values.to_any(value, allow_pickle=allow_pickle))
+        return call
+
+    def dispatch(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """Start a call of this function with these arguments, run by the scheduler in
+        the background; its dispatch id."""
+        call = self.build_call(*args, **kwargs)
+        dispatcher = self.endpoint.dispatcher() if self.endpoint is not None else None
+        (dispatch_id,) = (dispatcher or default_dispatcher()).dispatch([call])
+        return dispatch_id
 
     def input_for(self, *args: Any, **kwargs: Any) -> object:
         """The input value that makes this function receive these arguments."""

@@ -3,6 +3,8 @@ the scheduler's own dependencies (aiohttp)."""
 
 from __future__ import annotations
 
-API_KEY_ENV = "DISPATCH_API_KEY"
-"""API keys, comma-separated for rotation: the scheduler accepts them, clients send one."""
+from ..core.dispatching import API_KEY_ENV
+
 DEFAULT_PORT = 4450
+
+__all__ = ["API_KEY_ENV", "DEFAULT_PORT"]

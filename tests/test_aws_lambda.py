@@ -937,6 +937,10 @@ def test_adapter_never_imports_boto3_botocore_or_flask(tmp_path: Path) -> None:
         assert answer["statusCode"] == 200, answer
         loaded = sorted({{"boto3", "botocore", "flask"}} & set(sys.modules))
         assert not loaded, loaded
+        # Nor the client or the scheduler, and their HTTP libraries: serving needs none.
+        unused = {{"dispatchlet.client", "dispatchlet.scheduler", "aiohttp", "http.client"}}
+        loaded = sorted(unused & set(sys.modules))
+        assert not loaded, loaded
         import botocore  # still there for the application
         print("served")
         """

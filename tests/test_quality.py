@@ -19,6 +19,7 @@ PACKAGE_DIRS = {
     "proto": "proto",
     "cli": "cli",
     "scheduler": "scheduler",
+    "client": "client",
 }
 # Checked one folder at a time: deploy recipes each have a module named like the others'.
 SCRIPTS = ["examples", "bench", "scripts", "deploy/wsgi", "deploy/cloud_functions", "deploy/aws"]

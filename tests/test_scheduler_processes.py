@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from dispatchlet import Status
+from dispatchlet import CallInfo, Client, ClientError, Endpoint, Status
 from dispatchlet.core import values
 from dispatchlet.core.keys import private_key_base64, public_key_base64
 from dispatchlet.proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2
@@ -353,3 +353,87 @@ def test_calls_are_listed_and_cancelled(loop: Loop) -> None:
         calls_pb2.ListResponse,
     )
     assert dispatch_id in [c.dispatch_id for c in listed.calls]
+
+
+# --- the client ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def client(loop: Loop) -> Iterator[Client]:
+    with Client(api_url=loop.scheduler, api_key=API_KEY) as opened:
+        yield opened
+
+
+def test_the_client_dispatches_waits_lists_and_cancels(loop: Loop, client: Client) -> None:
+    (dispatch_id,) = client.dispatch([loop.call("greet", "Client")])
+    info = client.wait(dispatch_id, timeout=30)
+    assert isinstance(info, CallInfo)
+    assert (info.done, info.status, info.output, info.attempts) == (
+        True,
+        Status.OK,
+        "Hello, Client!",
+        1,
+    )
+    assert info.error is None
+    assert info.root_dispatch_id == dispatch_id
+    assert info.finished_at is not None
+    assert info.finished_at >= info.created_at
+    assert client.get(dispatch_id) == info
+    assert dispatch_id in [c.dispatch_id for c in client.list(function="greet", page_size=2)]
+    (waiting,) = client.dispatch([call_pb2.Call(function="greet", endpoint="http://127.0.0.1:9")])
+    assert client.cancel(waiting) == 1
+    cancelled = client.wait(waiting, timeout=10)
+    assert cancelled.status == Status.PERMANENT_ERROR
+    assert cancelled.error is not None
+    assert cancelled.error.type == "Cancelled"
+
+
+def test_the_client_raises_the_schedulers_errors(loop: Loop) -> None:
+    with (
+        Client(api_url=loop.scheduler, api_key="wrong") as wrong,
+        pytest.raises(ClientError) as info,
+    ):
+        wrong.dispatch([loop.call("greet", "x")])
+    assert (info.value.code, info.value.http_status) == ("unauthenticated", 401)
+    with (
+        Client(api_url=loop.scheduler, api_key=API_KEY) as client,
+        pytest.raises(ClientError, match="not_found"),
+    ):
+        client.get("no-such-call")
+    with (
+        Client(api_url="http://127.0.0.1:9", api_key=API_KEY) as unreachable,
+        pytest.raises(ClientError, match="cannot reach the scheduler") as down,
+    ):
+        unreachable.get("x")
+    assert down.value.code == "unavailable"
+
+
+def test_registered_functions_dispatch_themselves_and_in_batches(
+    loop: Loop, client: Client
+) -> None:
+    # The code of the app, imported by a program that starts calls of it.
+    endpoint = Endpoint(insecure=True, endpoint_url=loop.endpoint)
+
+    @endpoint.function
+    def greet(name: str) -> str:
+        return f"Hello, {name}!"
+
+    endpoint.client = client
+    dispatch_id = greet.dispatch("Function")
+    assert client.wait(dispatch_id, timeout=30).output == "Hello, Function!"
+    with endpoint.batch() as batch:
+        batch.add(greet, "A")
+        batch.add(greet.build_call("B"))
+    assert len(batch.dispatch_ids) == 2
+    outputs = [client.wait(i, timeout=30).output for i in batch.dispatch_ids]
+    assert outputs == ["Hello, A!", "Hello, B!"]
+    failed = endpoint.batch()
+
+    def fail_inside_the_block() -> None:
+        with failed:
+            failed.add(greet, "never")
+            raise RuntimeError("the block failed")
+
+    with pytest.raises(RuntimeError):
+        fail_inside_the_block()
+    assert failed.dispatch_ids == []
