@@ -54,14 +54,15 @@ def waitress_options(endpoint: Endpoint) -> dict[str, int]:
 
 
 @contextmanager
-def serving(endpoint: Endpoint) -> Iterator[str]:
-    """Serve ``endpoint`` on a free loopback port in a background thread; yield its URL."""
+def serving(endpoint: Endpoint, *, port: int = 0) -> Iterator[str]:
+    """Serve ``endpoint`` on loopback (``port``, or a free one) in a background thread;
+    yield its URL."""
     from waitress import create_server
 
     server = create_server(
         wsgi_app(endpoint),
         host="127.0.0.1",
-        port=0,
+        port=port,
         threads=2,
         asyncore_loop_timeout=0.05,
         **waitress_options(endpoint),

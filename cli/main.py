@@ -1,4 +1,5 @@
-"""The ``dispatchlet`` command: ``keygen``, ``serve`` and ``call``."""
+"""The ``dispatchlet`` command: ``keygen``, ``serve``, ``call``, ``scheduler``, ``dev``,
+``dispatch`` and ``calls``."""
 
 from __future__ import annotations
 
@@ -7,19 +8,20 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 
-from . import call, keygen, scheduler, serve
+from . import call, dev, dispatch, keygen, scheduler, serve
 from .errors import CommandError
 
 _EPILOG = """\
 exit status:
   0  success
-  1  call: the function ran and failed (its status was not OK)
+  1  call, dispatch --wait, calls wait: the function ran and failed (not OK)
   2  the command could not do its job: bad arguments, configuration, key,
      connection or HTTP error
 
 quick start:
-  dispatchlet serve examples/hello.py     # prints a signing key to export
-  dispatchlet call greet World            # in another terminal, after that export
+  dispatchlet dev examples/hello.py greet_flaky World   # the whole loop, one call
+  dispatchlet dev examples/hello.py                     # the loop; prints exports
+  dispatchlet dispatch greet World --wait               # in another terminal
 """
 
 
@@ -44,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_parser(commands)
     call.add_parser(commands)
     scheduler.add_parser(commands)
+    dev.add_parser(commands)
+    dispatch.add_parsers(commands)
     return parser
 
 

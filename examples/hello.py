@@ -1,15 +1,16 @@
 """A small Dispatch endpoint: the app of the quick start.
 
-dispatchlet serve examples/hello.py     # prints an `export DISPATCH_SIGNING_KEY=...` line
-dispatchlet call greet World            # in another terminal, after that export
-dispatchlet call add '{"a": 1, "b": 2}'
+dispatchlet dev examples/hello.py greet_flaky World   # the whole loop: one call, retried
+dispatchlet dev examples/hello.py                      # the loop, for `dispatchlet dispatch`
+dispatchlet serve examples/hello.py                    # the endpoint alone
+dispatchlet call greet World                           # one direct call, after serve's export
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from dispatchlet import Endpoint, TailCall
+from dispatchlet import Endpoint, RunContext, TailCall
 
 # The verification key comes from DISPATCH_VERIFICATION_KEY; `dispatchlet serve`
 # makes one for its session when that is unset.
@@ -41,6 +42,20 @@ def divide(a: float, b: float) -> float:
     if b == 0:
         raise ValueError("cannot divide by zero")
     return a / b
+
+
+# Attempts seen per call, in this process: enough for the example to fail only once.
+_attempts: dict[str, int] = {}
+
+
+@endpoint.function
+def greet_flaky(name: str, context: RunContext) -> str:
+    """Fails its first attempt with a TimeoutError, which the scheduler retries; the
+    dispatch id, the same on every attempt, is the key to make work idempotent."""
+    _attempts[context.dispatch_id] = _attempts.get(context.dispatch_id, 0) + 1
+    if _attempts[context.dispatch_id] == 1:
+        raise TimeoutError("the greeting service is slow today (the scheduler retries)")
+    return f"Hello, {name}!"
 
 
 @endpoint.function

@@ -37,16 +37,20 @@ class Settings:
 
 
 async def serve(
-    settings: Settings, *, ready: Callable[[list[tuple[str, int]]], None] | None = None
+    settings: Settings,
+    *,
+    ready: Callable[[list[tuple[str, int]]], None] | None = None,
+    stop: asyncio.Event | None = None,
 ) -> None:
-    """Serve until SIGINT or SIGTERM; ``ready`` is told the addresses listened on."""
+    """Serve until SIGINT, SIGTERM or ``stop`` is set; ``ready`` is told the addresses
+    listened on."""
     store = await SQLiteStore.open(settings.database)
     caller = HttpCaller(settings.signing_key, insecure=settings.insecure)
     engine = Engine(store, caller, policy=settings.policy)
     api = Api(store, engine, api_keys=settings.api_keys, insecure=settings.insecure)
     runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
     await runner.setup()
-    stopped = asyncio.Event()
+    stopped = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopped.set)

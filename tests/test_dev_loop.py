@@ -1,0 +1,134 @@
+"""`dispatchlet dev`, `dispatchlet dispatch` and `dispatchlet calls` as a user runs them:
+real processes, the example app, ports picked free."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_scheduler_processes import Process, environment
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+HELLO = str(ROOT / "examples" / "hello.py")
+
+
+def dispatchlet(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dispatchlet", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_dev_with_a_function_runs_the_whole_loop_once(tmp_path: Path) -> None:
+    result = dispatchlet("dev", HELLO, "greet_flaky", "World", env=environment(), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    output, summary = result.stdout.splitlines()
+    assert output == '"Hello, World!"'
+    # It failed once with a TimeoutError and was retried.
+    assert summary.startswith("(OK after 2 attempt(s), dispatch id ")
+    assert "TimeoutError" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # its database was a temporary one
+
+
+def test_dev_with_a_failing_function_exits_1_with_its_error(tmp_path: Path) -> None:
+    result = dispatchlet("dev", HELLO, "divide", "[1, 0]", env=environment(), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "INVALID_ARGUMENT after 1 attempt(s): ValueError: cannot divide by zero" in result.stderr
+
+
+@pytest.fixture
+def dev(tmp_path: Path) -> Iterator[tuple[Process, dict[str, str]]]:
+    process = Process(
+        [
+            sys.executable,
+            "-m",
+            "dispatchlet",
+            "dev",
+            HELLO,
+            "--port",
+            "0",
+            "--scheduler-port",
+            "0",
+            "--db",
+            str(tmp_path / "dev.db"),
+        ],
+        environment(),
+        tmp_path,
+    )
+    exports: dict[str, str] = {}
+    try:
+        for _ in range(3):
+            match = process.wait_for(r"export (DISPATCH_\w+)=(\S+)")
+            exports[match.group(1)] = match.group(2).strip("'")
+        process.wait_for("Press Ctrl\\+C to stop.")
+        yield process, environment(**exports)
+    finally:
+        process.stop()
+
+
+def test_dev_prints_the_exports_dispatch_and_calls_use(
+    dev: tuple[Process, dict[str, str]], tmp_path: Path
+) -> None:
+    process, env = dev
+    waited = dispatchlet("dispatch", "greet", "World", "--wait", env=env, cwd=tmp_path)
+    assert (waited.returncode, waited.stdout.strip()) == (0, '"Hello, World!"'), waited.stderr
+
+    started = dispatchlet("dispatch", "add", '{"a": 1, "b": 2}', env=env, cwd=tmp_path)
+    assert started.returncode == 0, started.stderr
+    dispatch_id = started.stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{32}", dispatch_id)
+    assert dispatchlet("calls", "wait", dispatch_id, env=env, cwd=tmp_path).stdout.strip() == "3"
+    shown = json.loads(dispatchlet("calls", "show", dispatch_id, env=env, cwd=tmp_path).stdout)
+    assert (shown["status"], shown["output"], shown["attempts"], shown["done"]) == (
+        "OK",
+        3,
+        1,
+        True,
+    )
+    listed = dispatchlet("calls", "list", "--function", "add", env=env, cwd=tmp_path).stdout
+    assert dispatch_id in listed
+    assert "OK" in listed
+
+    failed = dispatchlet("dispatch", "divide", "[1, 0]", "--wait", env=env, cwd=tmp_path)
+    assert failed.returncode == 1
+    assert "INVALID_ARGUMENT after 1 attempt(s): ValueError" in failed.stderr
+
+    nowhere = {**env, "DISPATCH_ENDPOINT_URL": f"http://127.0.0.1:{closed_port()}"}
+    pending = dispatchlet("dispatch", "greet", "x", env=nowhere, cwd=tmp_path).stdout.strip()
+    cancelled = dispatchlet("calls", "cancel", pending, env=env, cwd=tmp_path)
+    assert cancelled.stdout.strip() == "cancelled 1 call(s)"
+
+    # Ctrl+C stops both, cleanly.
+    process.process.send_signal(signal.SIGINT)
+    assert process.process.wait(timeout=20) == 0
+    scheduler = env["DISPATCH_API_URL"].rsplit(":", 1)[1]
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", int(scheduler)), timeout=2).close()
+
+
+def test_dispatch_without_a_scheduler_says_how_to_start_one(tmp_path: Path) -> None:
+    env = environment(DISPATCH_API_URL=f"http://127.0.0.1:{closed_port()}")
+    result = dispatchlet("dispatch", "greet", "World", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "cannot reach the scheduler" in result.stderr
+    assert "dispatchlet dev" in result.stderr
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
