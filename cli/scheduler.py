@@ -70,6 +70,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="SECONDS",
         help="the longest delay between attempts (default: %(default)s)",
     )
+    parser.add_argument(
+        "--attempt-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="the longest an attempt may take; a call in flight when the scheduler dies "
+        "runs again after about this much (default: %(default)s)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -110,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         api_keys=api_keys,
         insecure=args.insecure,
         policy=RetryPolicy(base=args.backoff, cap=args.backoff_cap, max_attempts=args.max_attempts),
+        attempt_timeout=args.attempt_timeout,
     )
 
     def ready(addresses: list[tuple[str, int]]) -> None:

@@ -33,6 +33,7 @@ class Settings:
     api_keys: Sequence[str] = ()
     insecure: bool = False
     grace_period: float = 10.0
+    attempt_timeout: float = 300.0
     policy: RetryPolicy = field(default_factory=RetryPolicy)
 
 
@@ -46,7 +47,14 @@ async def serve(
     listened on."""
     store = await SQLiteStore.open(settings.database)
     caller = HttpCaller(settings.signing_key, insecure=settings.insecure)
-    engine = Engine(store, caller, policy=settings.policy)
+    engine = Engine(
+        store,
+        caller,
+        policy=settings.policy,
+        attempt_timeout=settings.attempt_timeout,
+        # A lease outlasts its attempt; it lapses soon after one that died with its process.
+        lease_margin=min(30.0, settings.attempt_timeout),
+    )
     api = Api(store, engine, api_keys=settings.api_keys, insecure=settings.insecure)
     runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
     await runner.setup()
