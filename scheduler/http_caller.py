@@ -123,7 +123,7 @@ class HttpCaller:
                 headers=request.headers,
                 allow_redirects=False,
             ) as answer:
-                body = await answer.content.read(MAX_ANSWER_BYTES + 1)
+                body = await _read_bounded(answer, MAX_ANSWER_BYTES)
                 return _outcome(answer.status, answer.headers, body)
         except aiohttp.ClientConnectorDNSError as exc:
             return _failure(Status.DNS_ERROR, exc)
@@ -137,9 +137,24 @@ class HttpCaller:
             return _failure(Status.INVALID_RESPONSE, exc)
 
 
-def _outcome(status: int, headers: Any, body: bytes) -> Outcome:
+async def _read_bounded(answer: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The whole body, or None when it is longer than ``limit`` (found out from its
+    announced length, or by reading no more than ``limit`` and one chunk)."""
+    length = answer.content_length
+    if length is not None and length > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in answer.content.iter_chunked(64 * 1024):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return None
+    return b"".join(chunks)
+
+
+def _outcome(status: int, headers: Any, body: bytes | None) -> Outcome:
     content_type = headers.get("Content-Type")
-    if len(body) > MAX_ANSWER_BYTES:
+    if body is None:
         return Outcome(
             Status.INVALID_RESPONSE,
             error_type="InvalidResponse",

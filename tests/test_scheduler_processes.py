@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import queue
@@ -16,14 +17,14 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dispatchlet import CallInfo, Client, ClientError, Endpoint, Status
 from dispatchlet.core import values
 from dispatchlet.core.keys import private_key_base64, public_key_base64
-from dispatchlet.proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2
+from dispatchlet.proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2, function_pb2
 from dispatchlet.proto.dispatchlet.scheduler.v1 import calls_pb2
 from google.protobuf import message
 
@@ -437,3 +438,100 @@ def test_registered_functions_dispatch_themselves_and_in_batches(
     with pytest.raises(RuntimeError):
         fail_inside_the_block()
     assert failed.dispatch_ids == []
+
+
+# --- endpoints that misbehave ---------------------------------------------------------
+
+
+class Misbehaving(http.server.BaseHTTPRequestHandler):
+    """An endpoint whose first path segment says how it answers."""
+
+    hits: ClassVar[dict[str, int]] = {}
+
+    def do_POST(self) -> None:
+        mode = self.path.split("/")[1]
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        Misbehaving.hits[mode] = Misbehaving.hits.get(mode, 0) + 1
+        if mode == "close":
+            self.close_connection = True
+            return
+        if mode == "garbage":
+            self.answer(200, "text/plain", b"garbage")
+        elif mode == "garbage-proto":
+            self.answer(200, "application/proto", b"\xff\xff\xff\xff")
+        elif mode == "huge":
+            self.answer(200, "application/proto", b"\x00" * (17 * 1024 * 1024))
+        elif mode == "busy" and Misbehaving.hits[mode] == 1:
+            self.answer(503, "text/plain", b"busy", [("Retry-After", "0")])
+        elif mode in ("busy", "fine"):
+            response = function_pb2.RunResponse(status=Status.OK.value)
+            response.exit.result.output.CopyFrom(values.to_any("fine"))
+            self.answer(200, "application/proto", response.SerializeToString())
+        else:
+            error = json.dumps({"code": "permission_denied", "message": "nope"}).encode()
+            self.answer(int(mode), "application/json", error)
+
+    def answer(
+        self,
+        status: int,
+        kind: str,
+        body: bytes,
+        headers: list[tuple[str, str]] = (),  # type: ignore[assignment]
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def misbehaving() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Misbehaving)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("mode", "status", "attempts", "message"),
+    [
+        ("garbage", Status.INVALID_RESPONSE, 1, "unexpected Content-Type 'text/plain'"),
+        ("garbage-proto", Status.INVALID_RESPONSE, 1, "cannot decode the RunResponse"),
+        ("huge", Status.INVALID_RESPONSE, 1, "more than 16777216 bytes"),
+        ("401", Status.UNAUTHENTICATED, 1, "HTTP 401 permission_denied: nope"),
+        ("403", Status.PERMISSION_DENIED, 1, "HTTP 403 permission_denied: nope"),
+        ("busy", Status.OK, 2, ""),
+    ],
+)
+def test_what_the_endpoint_answers_decides_the_outcome(
+    loop: Loop, misbehaving: str, mode: str, status: Status, attempts: int, message: str
+) -> None:
+    call = call_pb2.Call(function="f", endpoint=f"{misbehaving}/{mode}")
+    (dispatch_id,) = loop.dispatch(call)
+    info = loop.wait(dispatch_id)
+    assert (info.status, info.attempts) == (status, attempts), info
+    assert message in info.error.message
+
+
+def test_a_connection_closed_without_an_answer_is_retried(loop: Loop, misbehaving: str) -> None:
+    call = call_pb2.Call(function="f", endpoint=f"{misbehaving}/close")
+    call.expiration.FromMilliseconds(1500)
+    (dispatch_id,) = loop.dispatch(call)
+    info = loop.wait(dispatch_id)
+    assert info.status == Status.TIMEOUT
+    assert info.attempts > 1
+    assert info.error.type == "ServerDisconnectedError"
+    # The scheduler is still there for everything else.
+    (other,) = loop.dispatch(call_pb2.Call(function="f", endpoint=f"{misbehaving}/fine"))
+    assert loop.wait(other).status == Status.OK
