@@ -362,3 +362,150 @@ def test_sqlite_loses_no_acknowledged_dispatch_when_killed(tmp_path: Path) -> No
         assert set(batch) <= ids
     # Batches are whole: a batch interrupted before its commit left nothing behind.
     assert count % 10 == 0
+
+
+# --- Poll: children, results, resumes --------------------------------------------------
+
+POLL = b"\x32\x03abc"  # stands in for a serialized Poll (state and limits)
+ORPHANS = (PERMANENT_ERROR, b"orphaned")
+
+
+async def suspended(store: Store, children: int, *, min_results: int, max_results: int) -> Any:
+    """A root call suspended on ``children`` new children (correlation ids 0..n-1)."""
+    (parent,) = await store.dispatch([call("parent")], now=NOW)
+    (claimed,) = await store.claim(owner="s", now=NOW, limit=1, lease_seconds=LEASE)
+    kids = [call("child", correlation_id=n) for n in range(children)]
+    ids = await store.suspend(
+        claimed.lease,
+        POLL,
+        kids,
+        min_results=min_results,
+        max_results=max_results,
+        until=NOW + 100,
+        now=NOW,
+    )
+    assert ids is not None
+    return parent, ids
+
+
+async def run_children(store: Store, now: float, *ids: str) -> None:
+    leases = {
+        c.call.dispatch_id: c.lease
+        for c in await store.claim(owner="s", now=now, limit=100, lease_seconds=LEASE)
+    }
+    for dispatch_id in ids:
+        assert await store.finish(leases[dispatch_id], OK, dispatch_id.encode(), now=now)
+
+
+def test_a_poll_runs_children_and_resumes_the_parent_with_their_results(
+    open_store: Any,
+) -> None:
+    async def body(store: Store) -> None:
+        parent, kids = await suspended(store, 3, min_results=2, max_results=2)
+        waiting = await store.get(parent)
+        assert waiting is not None
+        assert (waiting.state, waiting.poll) == (State.WAITING, POLL)
+        for kid in kids:
+            child = await store.get(kid)
+            assert child is not None
+            assert (child.parent_id, child.root_id, child.state) == (parent, parent, State.READY)
+        # One result is not enough (min 2): the parent waits.
+        claimed = await store.claim(owner="s", now=NOW + 1, limit=100, lease_seconds=LEASE)
+        assert {c.call.dispatch_id for c in claimed} == set(kids)
+        leases = {c.call.dispatch_id: c.lease for c in claimed}
+        assert await store.finish(leases[kids[2]], OK, b"r2", now=NOW + 2)
+        assert await store.claim(owner="s", now=NOW + 3, limit=10, lease_seconds=LEASE) == []
+        assert await store.finish(leases[kids[0]], OK, b"r0", now=NOW + 4)
+        (resumed,) = await store.claim(owner="s", now=NOW + 5, limit=10, lease_seconds=LEASE)
+        assert resumed.call.dispatch_id == parent
+        assert resumed.call.poll == POLL
+        # In the order they finished; each with its correlation id.
+        assert [(r.correlation_id, r.result) for r in resumed.results] == [(2, b"r2"), (0, b"r0")]
+        assert resumed.lease.delivered == (kids[2], kids[0])
+        # It polls again; the results it was given count as delivered.
+        again = await store.suspend(
+            resumed.lease, POLL, [], min_results=1, max_results=5, until=NOW + 100, now=NOW + 6
+        )
+        assert again == []
+        assert await store.finish(leases[kids[1]], OK, b"r1", now=NOW + 7)
+        (last,) = await store.claim(owner="s", now=NOW + 8, limit=10, lease_seconds=LEASE)
+        assert [r.correlation_id for r in last.results] == [1]
+        assert await store.finish(last.lease, OK, b"all", now=NOW + 9)
+        done = await store.get(parent)
+        assert done is not None
+        assert (done.state, done.result, done.poll) == (State.DONE, b"all", b"")
+
+    with_store(open_store, body)
+
+
+def test_results_beyond_max_results_wait_for_the_next_resume(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        _parent, kids = await suspended(store, 5, min_results=5, max_results=2)
+        await run_children(store, NOW + 1, *kids)
+        (first,) = await store.claim(owner="s", now=NOW + 2, limit=10, lease_seconds=LEASE)
+        assert len(first.results) == 2
+        await store.suspend(
+            first.lease, POLL, [], min_results=1, max_results=2, until=NOW + 50, now=NOW + 3
+        )
+        (second,) = await store.claim(owner="s", now=NOW + 4, limit=10, lease_seconds=LEASE)
+        assert len(second.results) == 2
+        assert not set(second.lease.delivered) & set(first.lease.delivered)
+
+    with_store(open_store, body)
+
+
+def test_an_attempt_that_fails_to_resume_gets_the_same_results_again(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        _parent, kids = await suspended(store, 1, min_results=1, max_results=10)
+        await run_children(store, NOW + 1, *kids)
+        (first,) = await store.claim(owner="s", now=NOW + 2, limit=10, lease_seconds=LEASE)
+        assert await store.retry(first.lease, TIMEOUT, b"", ready_at=NOW + 3, now=NOW + 2)
+        (second,) = await store.claim(owner="s", now=NOW + 3, limit=10, lease_seconds=LEASE)
+        assert second.lease.delivered == first.lease.delivered == (kids[0],)
+
+    with_store(open_store, body)
+
+
+def test_a_poll_without_calls_is_a_timer(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        parent, kids = await suspended(store, 0, min_results=1, max_results=1)
+        assert kids == []
+        assert await store.claim(owner="s", now=NOW + 99, limit=10, lease_seconds=LEASE) == []
+        (woken,) = await store.claim(owner="s", now=NOW + 100, limit=10, lease_seconds=LEASE)
+        assert (woken.call.dispatch_id, woken.results) == (parent, ())
+
+    with_store(open_store, body)
+
+
+def test_a_finished_call_ends_its_unfinished_children(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        _parent, kids = await suspended(store, 2, min_results=1, max_results=1)
+        await run_children(store, NOW + 1, kids[0])
+        (resumed,) = await store.claim(owner="s", now=NOW + 2, limit=10, lease_seconds=LEASE)
+        assert await store.finish(resumed.lease, OK, b"early", now=NOW + 3, orphans=ORPHANS)
+        orphan = await store.get(kids[1])
+        assert orphan is not None
+        assert (orphan.state, orphan.status, orphan.result) == (
+            State.DONE,
+            PERMANENT_ERROR,
+            b"orphaned",
+        )
+
+    with_store(open_store, body)
+
+
+def test_a_restart_runs_the_call_again_from_its_input(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        parent, kids = await suspended(store, 2, min_results=1, max_results=1)
+        await run_children(store, NOW + 1, kids[0])
+        (resumed,) = await store.claim(owner="s", now=NOW + 2, limit=10, lease_seconds=LEASE)
+        assert await store.restart(resumed.lease, now=NOW + 3, orphans=ORPHANS)
+        (fresh,) = await store.claim(owner="s", now=NOW + 3, limit=10, lease_seconds=LEASE)
+        assert (fresh.call.dispatch_id, fresh.call.poll, fresh.results) == (parent, b"", ())
+        assert fresh.call.restarts == 1
+        unfinished = await store.get(kids[1])
+        assert unfinished is not None
+        assert unfinished.status == PERMANENT_ERROR
+        assert not await store.restart(resumed.lease, now=NOW + 4, orphans=ORPHANS)
+
+    with_store(open_store, body)

@@ -7,7 +7,12 @@ A call moves through these states:
 - ``running``: leased to one scheduler process until ``lease_expires``; each lease has a
   fencing token, and an outcome is recorded only with the token of the current lease,
   so a late answer from an expired lease never overwrites a newer attempt;
-- ``done``: final, with its status and result.
+- ``waiting``: suspended by a Poll, until ``min_results`` of its children are done or
+  its ``max_wait`` passes; it is then claimable, and its attempt resumes it with the
+  results not delivered yet (at most ``max_results``), which count as delivered once
+  that attempt's outcome is recorded;
+- ``done``: final, with its status and result. When a call ends, its unfinished
+  descendants end too.
 
 A lease that expires (its scheduler died) makes the call claimable again: calls run at
 least once, never zero times. Every method is one transaction; ``dispatch`` commits all
@@ -25,6 +30,7 @@ from typing import Protocol
 class State(str, Enum):
     READY = "ready"
     RUNNING = "running"
+    WAITING = "waiting"
     DONE = "done"
 
 
@@ -66,6 +72,10 @@ class Call:
     expires_at: float
     ready_at: float
     finished_at: float | None
+    poll: bytes = b""
+    """A serialized ``Poll`` (its state and limits, without its calls) while the call is
+    suspended or being resumed; empty otherwise."""
+    restarts: int = 0
 
     @property
     def done(self) -> bool:
@@ -79,12 +89,25 @@ class Lease:
     dispatch_id: str
     token: int
     expires_at: float
+    delivered: tuple[str, ...] = ()
+    """The children whose results this attempt carries (a resume)."""
+
+
+@dataclass(frozen=True)
+class ChildResult:
+    dispatch_id: str
+    correlation_id: int
+    status: int
+    result: bytes
+    """A serialized ``CallResult``."""
 
 
 @dataclass(frozen=True)
 class Claimed:
     call: Call
     lease: Lease
+    results: tuple[ChildResult, ...] = ()
+    """For a resume: the children's results to deliver, in the order they finished."""
 
 
 class Store(Protocol):
@@ -102,8 +125,35 @@ class Store(Protocol):
     async def extend(self, lease: Lease, *, until: float) -> bool:
         """Keep ``lease`` until ``until``; False when it is no longer the current one."""
 
-    async def finish(self, lease: Lease, status: int, result: bytes, *, now: float) -> bool:
-        """Record the final outcome; False (nothing changed) for a stale lease."""
+    async def finish(
+        self,
+        lease: Lease,
+        status: int,
+        result: bytes,
+        *,
+        now: float,
+        orphans: tuple[int, bytes] = (0, b""),
+    ) -> bool:
+        """Record the final outcome; False (nothing changed) for a stale lease. The
+        call's unfinished descendants end with ``orphans`` (a status and a result)."""
+
+    async def suspend(
+        self,
+        lease: Lease,
+        poll: bytes,
+        children: Sequence[NewCall],
+        *,
+        min_results: int,
+        max_results: int,
+        until: float,
+        now: float,
+    ) -> list[str] | None:
+        """Store ``children`` under the call and make it wait for them (``poll``: the
+        serialized Poll without its calls); their ids, or None for a stale lease."""
+
+    async def restart(self, lease: Lease, *, now: float, orphans: tuple[int, bytes]) -> bool:
+        """Run the call again from its input, its poll state dropped and its unfinished
+        descendants ended with ``orphans``; False for a stale lease."""
 
     async def retry(
         self, lease: Lease, status: int, result: bytes, *, ready_at: float, now: float
@@ -141,4 +191,4 @@ class Store(Protocol):
         """Release the store's resources."""
 
 
-__all__ = ["Call", "Claimed", "Lease", "NewCall", "State", "Store"]
+__all__ = ["Call", "ChildResult", "Claimed", "Lease", "NewCall", "State", "Store"]

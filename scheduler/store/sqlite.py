@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import Call, Claimed, Lease, NewCall, State
+from . import Call, ChildResult, Claimed, Lease, NewCall, State
 
 T = TypeVar("T")
 
@@ -34,7 +34,7 @@ MIGRATIONS: tuple[str, ...] = (
         endpoint       TEXT NOT NULL CHECK (endpoint <> ''),
         version        TEXT NOT NULL DEFAULT '',
         input          BLOB NOT NULL,
-        state          TEXT NOT NULL CHECK (state IN ('ready', 'running', 'done')),
+        state          TEXT NOT NULL CHECK (state IN ('ready', 'running', 'waiting', 'done')),
         status         INTEGER,
         result         BLOB NOT NULL DEFAULT x'',
         attempts       INTEGER NOT NULL DEFAULT 0,
@@ -44,28 +44,41 @@ MIGRATIONS: tuple[str, ...] = (
         finished_at    REAL,
         lease_owner    TEXT,
         lease_token    INTEGER NOT NULL DEFAULT 0,
-        lease_expires  REAL
+        lease_expires  REAL,
+        poll           BLOB NOT NULL DEFAULT x'',
+        poll_min       INTEGER NOT NULL DEFAULT 0,
+        poll_max       INTEGER NOT NULL DEFAULT 0,
+        poll_until     REAL,
+        restarts       INTEGER NOT NULL DEFAULT 0,
+        delivered      INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX calls_ready ON calls (ready_at) WHERE state = 'ready';
     CREATE INDEX calls_leased ON calls (lease_expires) WHERE state = 'running';
     CREATE INDEX calls_root ON calls (root_id, dispatch_id);
-    CREATE INDEX calls_parent ON calls (parent_id) WHERE parent_id IS NOT NULL;
+    CREATE INDEX calls_parent ON calls (parent_id, state, delivered) WHERE parent_id IS NOT NULL;
+    CREATE INDEX calls_waiting ON calls (poll_until) WHERE state = 'waiting';
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # The columns of a Call, in its fields' order (``_call`` reads them).
-_SELECT = (
-    "SELECT dispatch_id, function, endpoint, input, version, correlation_id, parent_id, "
+_COLUMNS = (
+    "dispatch_id, function, endpoint, input, version, correlation_id, parent_id, "
     "root_id, state, status, result, attempts, created_at, expires_at, ready_at, "
-    "finished_at FROM calls"
+    "finished_at, poll, restarts"
 )
+_SELECT = "SELECT " + _COLUMNS + " FROM calls"
 _CLAIM = (
     "UPDATE calls SET state = 'running', lease_owner = ?, lease_token = lease_token + 1, "
     "lease_expires = ?, attempts = attempts + 1 WHERE dispatch_id = ? "
-    "RETURNING lease_token, dispatch_id, function, endpoint, input, version, "
-    "correlation_id, parent_id, root_id, state, status, result, attempts, created_at, "
-    "expires_at, ready_at, finished_at"
+    "RETURNING lease_token, poll_max, " + _COLUMNS
+)
+# A call's subtree: the call and its descendants, by parent links.
+_TREE = (
+    "WITH RECURSIVE tree (id) AS ("
+    "  SELECT dispatch_id FROM calls WHERE dispatch_id = :id"
+    "  UNION SELECT calls.dispatch_id FROM calls JOIN tree ON calls.parent_id = tree.id"
+    ") "
 )
 
 
@@ -154,29 +167,7 @@ class SQLiteStore:
 
     async def dispatch(self, calls: Sequence[NewCall], *, now: float) -> list[str]:
         def insert(db: sqlite3.Connection) -> list[str]:
-            ids = []
-            for call in calls:
-                dispatch_id = new_dispatch_id(now)
-                db.execute(
-                    "INSERT INTO calls (dispatch_id, root_id, parent_id, correlation_id, "
-                    "function, endpoint, version, input, state, created_at, expires_at, "
-                    "ready_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'ready', ?, ?, ?)",
-                    (
-                        dispatch_id,
-                        call.root_id or dispatch_id,
-                        call.parent_id,
-                        call.correlation_id,
-                        call.function,
-                        call.endpoint,
-                        call.version,
-                        call.input,
-                        now,
-                        call.expires_at,
-                        now,
-                    ),
-                )
-                ids.append(dispatch_id)
-            return ids
+            return _insert(db, calls, now)
 
         return await self._run(self._transaction, insert)
 
@@ -193,6 +184,7 @@ class SQLiteStore:
                 "  FROM calls"
                 "  WHERE (state = 'ready' AND ready_at <= :now)"
                 "     OR (state = 'running' AND lease_expires <= :now)"
+                "     OR (state = 'waiting' AND poll_until <= :now)"
                 ") ORDER BY turn, ready_at, created LIMIT :limit",
                 {"now": now, "limit": limit},
             ).fetchall()
@@ -200,7 +192,12 @@ class SQLiteStore:
             expires = now + lease_seconds
             for (dispatch_id,) in rows:
                 row = db.execute(_CLAIM, (owner, expires, dispatch_id)).fetchone()
-                claimed.append(Claimed(_call(row[1:]), Lease(dispatch_id, row[0], expires)))
+                call = _call(row[2:])
+                results: tuple[ChildResult, ...] = ()
+                if call.poll:
+                    results = _undelivered(db, dispatch_id, row[1])
+                lease = Lease(dispatch_id, row[0], expires, tuple(r.dispatch_id for r in results))
+                claimed.append(Claimed(call, lease, results))
             return claimed
 
         return await self._run(self._transaction, lease)
@@ -216,15 +213,90 @@ class SQLiteStore:
 
         return await self._run(self._transaction, update)
 
-    async def finish(self, lease: Lease, status: int, result: bytes, *, now: float) -> bool:
+    async def finish(
+        self,
+        lease: Lease,
+        status: int,
+        result: bytes,
+        *,
+        now: float,
+        orphans: tuple[int, bytes] = (0, b""),
+    ) -> bool:
         def update(db: sqlite3.Connection) -> bool:
             cursor = db.execute(
                 "UPDATE calls SET state = 'done', status = ?, result = ?, finished_at = ?, "
-                "lease_owner = NULL, lease_expires = NULL "
-                "WHERE dispatch_id = ? AND lease_token = ? AND state = 'running'",
+                "lease_owner = NULL, lease_expires = NULL, poll = x'' "
+                "WHERE dispatch_id = ? AND lease_token = ? AND state = 'running' "
+                "RETURNING parent_id",
                 (status, result, now, lease.dispatch_id, lease.token),
             )
-            return cursor.rowcount == 1
+            row = cursor.fetchone()
+            if row is None:
+                return False
+            _deliver(db, lease.delivered)
+            _end_descendants(db, lease.dispatch_id, orphans, now)
+            if row[0] is not None:
+                _wake(db, row[0], now)
+            return True
+
+        return await self._run(self._transaction, update)
+
+    async def suspend(
+        self,
+        lease: Lease,
+        poll: bytes,
+        children: Sequence[NewCall],
+        *,
+        min_results: int,
+        max_results: int,
+        until: float,
+        now: float,
+    ) -> list[str] | None:
+        def update(db: sqlite3.Connection) -> list[str] | None:
+            row = db.execute(
+                "UPDATE calls SET state = 'waiting', poll = ?, poll_min = ?, poll_max = ?, "
+                "poll_until = ?, lease_owner = NULL, lease_expires = NULL "
+                "WHERE dispatch_id = ? AND lease_token = ? AND state = 'running' "
+                "RETURNING root_id",
+                (poll, min_results, max_results, until, lease.dispatch_id, lease.token),
+            ).fetchone()
+            if row is None:
+                return None
+            _deliver(db, lease.delivered)
+            placed = [
+                NewCall(
+                    function=c.function,
+                    endpoint=c.endpoint,
+                    input=c.input,
+                    expires_at=c.expires_at,
+                    version=c.version,
+                    correlation_id=c.correlation_id,
+                    parent_id=lease.dispatch_id,
+                    root_id=row[0],
+                )
+                for c in children
+            ]
+            ids = _insert(db, placed, now)
+            # Results of earlier polls may be enough already.
+            _wake(db, lease.dispatch_id, now)
+            return ids
+
+        return await self._run(self._transaction, update)
+
+    async def restart(self, lease: Lease, *, now: float, orphans: tuple[int, bytes]) -> bool:
+        def update(db: sqlite3.Connection) -> bool:
+            cursor = db.execute(
+                "UPDATE calls SET state = 'ready', ready_at = ?, poll = x'', "
+                "restarts = restarts + 1, lease_owner = NULL, lease_expires = NULL "
+                "WHERE dispatch_id = ? AND lease_token = ? AND state = 'running'",
+                (now, lease.dispatch_id, lease.token),
+            )
+            if cursor.rowcount != 1:
+                return False
+            _end_descendants(db, lease.dispatch_id, orphans, now)
+            # The old children's results belong to the run that was dropped.
+            db.execute("UPDATE calls SET delivered = 1 WHERE parent_id = ?", (lease.dispatch_id,))
+            return True
 
         return await self._run(self._transaction, update)
 
@@ -250,11 +322,15 @@ class SQLiteStore:
             cursor = db.execute(
                 "UPDATE calls SET function = ?, endpoint = ?, input = ?, state = 'ready', "
                 "ready_at = ?, attempts = 0, result = x'', lease_owner = NULL, "
-                "lease_expires = NULL "
+                "lease_expires = NULL, poll = x'' "
                 "WHERE dispatch_id = ? AND lease_token = ? AND state = 'running'",
                 (function, endpoint, input, now, lease.dispatch_id, lease.token),
             )
-            return cursor.rowcount == 1
+            if cursor.rowcount != 1:
+                return False
+            # The function handed over to starts afresh: earlier children are not its.
+            db.execute("UPDATE calls SET delivered = 1 WHERE parent_id = ?", (lease.dispatch_id,))
+            return True
 
         return await self._run(self._transaction, update)
 
@@ -298,19 +374,19 @@ class SQLiteStore:
 
     async def cancel(self, dispatch_id: str, status: int, result: bytes, *, now: float) -> int:
         def end(db: sqlite3.Connection) -> int:
-            cursor = db.execute(
-                "WITH RECURSIVE tree (id) AS ("
-                "  SELECT dispatch_id FROM calls WHERE dispatch_id = :id"
-                "  UNION SELECT calls.dispatch_id FROM calls JOIN tree ON calls.parent_id = tree.id"
-                ") UPDATE calls SET state = 'done', status = :status, result = :result, "
-                "finished_at = :now, lease_owner = NULL, lease_expires = NULL, "
+            ended = db.execute(
+                _TREE + "UPDATE calls SET state = 'done', status = :status, result = :result, "
+                "finished_at = :now, lease_owner = NULL, lease_expires = NULL, poll = x'', "
                 # A lease still out is fenced off: its late answer is not recorded.
                 "lease_token = lease_token + 1 "
                 "WHERE dispatch_id IN (SELECT id FROM tree) AND state <> 'done' "
-                "RETURNING dispatch_id",
+                "RETURNING dispatch_id, parent_id",
                 {"id": dispatch_id, "status": status, "result": result, "now": now},
-            )
-            return len(cursor.fetchall())
+            ).fetchall()
+            for ended_id, parent_id in ended:
+                if ended_id == dispatch_id and parent_id is not None:
+                    _wake(db, parent_id, now)
+            return len(ended)
 
         return await self._run(self._transaction, end)
 
@@ -324,6 +400,71 @@ class SQLiteStore:
             await self._run(shut)
         finally:
             self._executor.shutdown(wait=True)
+
+
+def _insert(db: sqlite3.Connection, calls: Sequence[NewCall], now: float) -> list[str]:
+    ids = []
+    for call in calls:
+        dispatch_id = new_dispatch_id(now)
+        db.execute(
+            "INSERT INTO calls (dispatch_id, root_id, parent_id, correlation_id, function, "
+            "endpoint, version, input, state, created_at, expires_at, ready_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'ready', ?, ?, ?)",
+            (
+                dispatch_id,
+                call.root_id or dispatch_id,
+                call.parent_id,
+                call.correlation_id,
+                call.function,
+                call.endpoint,
+                call.version,
+                call.input,
+                now,
+                call.expires_at,
+                now,
+            ),
+        )
+        ids.append(dispatch_id)
+    return ids
+
+
+def _undelivered(db: sqlite3.Connection, parent_id: str, limit: int) -> tuple[ChildResult, ...]:
+    rows = db.execute(
+        "SELECT dispatch_id, correlation_id, status, result FROM calls "
+        "WHERE parent_id = ? AND state = 'done' AND delivered = 0 "
+        "ORDER BY finished_at, rowid LIMIT ?",
+        (parent_id, max(limit, 1)),
+    ).fetchall()
+    return tuple(ChildResult(r[0], r[1], r[2], bytes(r[3])) for r in rows)
+
+
+def _deliver(db: sqlite3.Connection, ids: Sequence[str]) -> None:
+    db.executemany("UPDATE calls SET delivered = 1 WHERE dispatch_id = ?", [(i,) for i in ids])
+
+
+def _end_descendants(
+    db: sqlite3.Connection, dispatch_id: str, orphans: tuple[int, bytes], now: float
+) -> None:
+    status, result = orphans
+    db.execute(
+        _TREE + "UPDATE calls SET state = 'done', status = :status, result = :result, "
+        "finished_at = :now, lease_owner = NULL, lease_expires = NULL, poll = x'', "
+        "lease_token = lease_token + 1 "
+        "WHERE dispatch_id IN (SELECT id FROM tree) AND dispatch_id <> :id "
+        "AND state <> 'done'",
+        {"id": dispatch_id, "status": status, "result": result, "now": now},
+    )
+
+
+def _wake(db: sqlite3.Connection, parent_id: str, now: float) -> None:
+    """Make a waiting parent ready once it has the results it waits for."""
+    db.execute(
+        "UPDATE calls SET state = 'ready', ready_at = :now "
+        "WHERE dispatch_id = :id AND state = 'waiting' AND poll_min <= ("
+        "  SELECT count(*) FROM calls AS child"
+        "  WHERE child.parent_id = :id AND child.state = 'done' AND child.delivered = 0)",
+        {"id": parent_id, "now": now},
+    )
 
 
 def _call(row: Sequence[Any]) -> Call:
@@ -344,4 +485,6 @@ def _call(row: Sequence[Any]) -> Call:
         expires_at=row[13],
         ready_at=row[14],
         finished_at=row[15],
+        poll=bytes(row[16]),
+        restarts=row[17],
     )
