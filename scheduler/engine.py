@@ -9,6 +9,11 @@ what came of it.
   expiration or ``max_attempts``; then the call is final with its last error. A call
   whose expiration passes ends TIMEOUT.
 - A tail call hands the call over to another function (``Store.tail_call``).
+- A Poll suspends the call: its calls are dispatched as its children, and it is resumed
+  with a PollResult (its state, and its children's results with their correlation ids)
+  once ``min_results`` are ready or ``max_wait`` has passed, at most ``max_results`` at a
+  time. INCOMPATIBLE_STATE in answer to a resume runs the call again from its input, at
+  most ``max_restarts`` times. When a call ends, its unfinished children are cancelled.
 - Calls are run at least once: a lease that lapses (this process died) makes the call
   claimable again, and an outcome is recorded only under the current lease.
 """
@@ -21,16 +26,17 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf import any_pb2, timestamp_pb2
 
+from ..core.functions import FUNCTION_NAME
 from ..core.status import Status
-from ..proto.dispatch.sdk.v1 import call_pb2, error_pb2, function_pb2
+from ..proto.dispatch.sdk.v1 import call_pb2, error_pb2, function_pb2, poll_pb2
 from .http_caller import HttpCaller, Outcome
 from .retry import RetryPolicy
-from .store import Call, Claimed, Lease, Store
+from .store import Call, ChildResult, Claimed, Lease, NewCall, Store
 
 logger = logging.getLogger("dispatchlet.scheduler")
 
@@ -46,6 +52,7 @@ class Engine:
     attempt_timeout: float = 300.0
     lease_margin: float = 30.0
     idle_interval: float = 0.25
+    max_restarts: int = 3
     clock: Callable[[], float] = time.time
     owner: str = field(default_factory=lambda: f"scheduler-{uuid.uuid4().hex[:12]}")
     rng: random.Random = field(default_factory=random.Random)
@@ -124,7 +131,8 @@ class Engine:
             return
         timeout = min(self.attempt_timeout, call.expires_at - now)
         try:
-            outcome = await self.caller.run(call.endpoint, run_request(call), timeout=timeout)
+            request = run_request(call, item.results)
+            outcome = await self.caller.run(call.endpoint, request, timeout=timeout)
         except Exception as exc:  # a bug of ours: the call is retried, not lost
             logger.exception("attempt of %s failed unexpectedly", call.dispatch_id)
             outcome = Outcome(Status.TEMPORARY_ERROR, error_type=type(exc).__name__)
@@ -161,15 +169,24 @@ class Engine:
                 )
                 return
             if directive == "poll":
+                problem = await self._suspend(call, lease, response.poll, now)
+                if problem is None:
+                    return
                 outcome = Outcome(
-                    Status.PERMANENT_ERROR,
-                    error_type="NotImplementedError",
-                    message="this scheduler does not resume polls yet",
+                    Status.INVALID_RESPONSE, error_type="InvalidPoll", message=problem
                 )
                 result = _error_result(outcome)
             else:
                 result = response.exit.result.SerializeToString()
                 outcome = Outcome(_status(response.status))
+                if (
+                    outcome.status is Status.INCOMPATIBLE_STATE
+                    and call.poll
+                    and call.restarts < self.max_restarts
+                ):
+                    # The code that answers cannot resume this state: start it over.
+                    await self.store.restart(lease, now=now, orphans=ORPHANS)
+                    return
         else:
             result = _error_result(outcome)
         status = outcome.status
@@ -189,11 +206,80 @@ class Engine:
             return
         await self._end(lease, status, result, now)
 
+    async def _suspend(
+        self, call: Call, lease: Lease, poll: poll_pb2.Poll, now: float
+    ) -> str | None:
+        """Suspend ``call`` on ``poll``; what is wrong with the Poll, if anything."""
+        max_wait = poll.max_wait.seconds + poll.max_wait.nanos / 1e9
+        if not poll.HasField("max_wait") or max_wait < 1:
+            return "max_wait must be at least 1 second"
+        if not 1 <= poll.max_results <= MAX_POLL_RESULTS:
+            return f"max_results must be 1 to {MAX_POLL_RESULTS}, not {poll.max_results}"
+        if not 1 <= poll.min_results <= poll.max_results:
+            return f"min_results must be 1 to max_results, not {poll.min_results}"
+        if len(poll.calls) > MAX_POLL_CALLS:
+            return f"{len(poll.calls)} calls in one Poll: at most {MAX_POLL_CALLS}"
+        children = []
+        for index, child in enumerate(poll.calls):
+            problem = child_problem(child)
+            if problem is not None:
+                return f"call {index}: {problem}"
+            expires_at = call.expires_at
+            if child.HasField("expiration"):
+                seconds = child.expiration.seconds + child.expiration.nanos / 1e9
+                expires_at = min(expires_at, now + seconds) if seconds > 0 else expires_at
+            children.append(
+                NewCall(
+                    function=child.function,
+                    endpoint=child.endpoint.rstrip("/") or call.endpoint,
+                    input=child.input.SerializeToString() if child.HasField("input") else b"",
+                    expires_at=expires_at,
+                    version=child.version,
+                    correlation_id=child.correlation_id,
+                )
+            )
+        state = poll_pb2.Poll()
+        state.CopyFrom(poll)
+        state.ClearField("calls")
+        await self.store.suspend(
+            lease,
+            state.SerializeToString(),
+            children,
+            min_results=poll.min_results,
+            max_results=poll.max_results,
+            until=min(now + max_wait, call.expires_at),
+            now=now,
+        )
+        if children:
+            self._wake.set()
+        return None
+
     async def _end(self, lease: Lease, status: Status, result: bytes, now: float) -> None:
-        if await self.store.finish(lease, status.value, result, now=now):
+        if await self.store.finish(lease, status.value, result, now=now, orphans=ORPHANS):
             for future in self._finished.pop(lease.dispatch_id, []):
                 if not future.done():
                     future.set_result(None)
+
+
+MAX_POLL_CALLS = 1000
+MAX_POLL_RESULTS = 1000
+# What a call's unfinished children end with when it ends (or restarts).
+ORPHANS = (
+    Status.PERMANENT_ERROR.value,
+    call_pb2.CallResult(
+        error=error_pb2.Error(type="Cancelled", message="its parent call ended")
+    ).SerializeToString(),
+)
+ENDPOINT_SCHEMES = ("http://", "https://")
+
+
+def child_problem(child: call_pb2.Call) -> str | None:
+    """Why a Poll's call cannot be dispatched, or None."""
+    if not FUNCTION_NAME.fullmatch(child.function):
+        return f"invalid function name {child.function[:100]!r}"
+    if child.endpoint and not child.endpoint.startswith(ENDPOINT_SCHEMES):
+        return f"invalid endpoint {child.endpoint[:200]!r}: expected http:// or https://"
+    return None
 
 
 def _status(value: int) -> Status:
@@ -208,15 +294,31 @@ def _error_result(outcome: Outcome) -> bytes:
     return call_pb2.CallResult(error=error).SerializeToString()
 
 
-def run_request(call: Call) -> function_pb2.RunRequest:
-    """The RunRequest of an attempt of ``call``."""
+def run_request(call: Call, results: Sequence[ChildResult] = ()) -> function_pb2.RunRequest:
+    """The RunRequest of an attempt of ``call``: its input, or, resuming it after a Poll,
+    a PollResult with its state and ``results``."""
     request = function_pb2.RunRequest(
         function=call.function,
         dispatch_id=call.dispatch_id,
         parent_dispatch_id=call.parent_id or "",
         root_dispatch_id=call.root_id,
     )
-    if call.input:
+    if call.poll:
+        poll = poll_pb2.Poll.FromString(call.poll)
+        resume = request.poll_result
+        if poll.WhichOneof("state") == "typed_coroutine_state":
+            resume.typed_coroutine_state.CopyFrom(poll.typed_coroutine_state)
+        elif poll.WhichOneof("state") == "coroutine_state":
+            resume.coroutine_state = poll.coroutine_state
+        else:
+            resume.SetInParent()
+        for child in results:
+            result = resume.results.add()
+            if child.result:
+                result.MergeFromString(child.result)
+            result.correlation_id = child.correlation_id
+            result.dispatch_id = child.dispatch_id
+    elif call.input:
         request.input.CopyFrom(any_pb2.Any.FromString(call.input))
     request.creation_time.CopyFrom(_timestamp(call.created_at))
     request.expiration_time.CopyFrom(_timestamp(call.expires_at))

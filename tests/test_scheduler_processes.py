@@ -535,3 +535,158 @@ def test_a_connection_closed_without_an_answer_is_retried(loop: Loop, misbehavin
     # The scheduler is still there for everything else.
     (other,) = loop.dispatch(call_pb2.Call(function="f", endpoint=f"{misbehaving}/fine"))
     assert loop.wait(other).status == Status.OK
+
+
+# --- Poll: an endpoint that suspends and is resumed ------------------------------------
+
+
+class Coroutines(http.server.BaseHTTPRequestHandler):
+    """An endpoint that answers Run requests with Polls, as a coroutine runtime does,
+    written against the protocol alone (it checks no signature)."""
+
+    restarts: ClassVar[dict[str, int]] = {}
+
+    def do_POST(self) -> None:
+        request = function_pb2.RunRequest.FromString(
+            self.rfile.read(int(self.headers["Content-Length"]))
+        )
+        response = getattr(self, f"run_{request.function}")(request)
+        body = response.SerializeToString()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/proto")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    @staticmethod
+    def poll(state: str, calls: list[call_pb2.Call], low: int, high: int, wait: float = 20) -> Any:
+        response = function_pb2.RunResponse(status=Status.OK.value)
+        response.poll.typed_coroutine_state.CopyFrom(values.to_any(state))
+        response.poll.calls.extend(calls)
+        response.poll.min_results, response.poll.max_results = low, high
+        response.poll.max_wait.FromMilliseconds(int(wait * 1000))
+        return response
+
+    @staticmethod
+    def exit(value: Any, status: Status = Status.OK) -> Any:
+        response = function_pb2.RunResponse(status=status.value)
+        response.exit.result.output.CopyFrom(values.to_any(value))
+        return response
+
+    @staticmethod
+    def child(function: str, value: Any, correlation_id: int) -> call_pb2.Call:
+        built = call_pb2.Call(function=function, correlation_id=correlation_id)
+        built.input.CopyFrom(values.to_any(value))
+        return built
+
+    def run_double(self, request: Any) -> Any:
+        return self.exit(2 * values.from_any(request.input))
+
+    def run_context(self, request: Any) -> Any:
+        return self.exit(
+            [request.dispatch_id, request.parent_dispatch_id, request.root_dispatch_id]
+        )
+
+    def run_fanout(self, request: Any) -> Any:
+        """Doubles 0..n-1 in n children; resumed once, with every result."""
+        if request.WhichOneof("directive") != "poll_result":
+            n = values.from_any(request.input)
+            calls = [self.child("double", k, correlation_id=100 + k) for k in range(n)]
+            calls.append(self.child("context", None, correlation_id=1))
+            return self.poll("fanout", calls, n + 1, n + 1)
+        resume = request.poll_result
+        assert values.from_any(resume.typed_coroutine_state) == "fanout"
+        outputs = {r.correlation_id: values.from_any(r.output) for r in resume.results}
+        context = outputs.pop(1)
+        return self.exit({"sum": sum(outputs.values()), "ids": sorted(outputs), "child": context})
+
+    def run_trickle(self, request: Any) -> Any:
+        """Three children, resumed with one result at a time (min 1, max 1)."""
+        if request.WhichOneof("directive") != "poll_result":
+            calls = [self.child("double", k, correlation_id=k) for k in range(3)]
+            return self.poll("0", calls, 1, 1)
+        resume = request.poll_result
+        seen = int(values.from_any(resume.typed_coroutine_state)) + len(resume.results)
+        if seen < 3:
+            return self.poll(str(seen), [], 1, 1)
+        return self.exit(seen)
+
+    def run_sleep(self, request: Any) -> Any:
+        """A Poll with no calls: a timer of max_wait."""
+        if request.WhichOneof("directive") != "poll_result":
+            return self.poll(str(time.time()), [], 1, 1, wait=1.0)
+        started = float(values.from_any(request.poll_result.typed_coroutine_state))
+        return self.exit(time.time() - started)
+
+    def run_incompatible(self, request: Any) -> Any:
+        """Refuses to resume its state twice: started over each time."""
+        if request.WhichOneof("directive") != "poll_result":
+            runs = Coroutines.restarts.get(request.dispatch_id, 0)
+            Coroutines.restarts[request.dispatch_id] = runs + 1
+            if runs == 2:
+                return self.exit(f"run {runs + 1}")
+            return self.poll("old", [self.child("double", 1, correlation_id=0)], 1, 1)
+        return self.exit("cannot resume", Status.INCOMPATIBLE_STATE)
+
+    def run_bad_poll(self, request: Any) -> Any:
+        return self.poll("x", [], 2, 1)
+
+
+@pytest.fixture(scope="module")
+def coroutines() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Coroutines)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def run(loop: Loop, endpoint: str, function: str, value: Any = None) -> calls_pb2.CallInfo:
+    call = call_pb2.Call(function=function, endpoint=endpoint)
+    if value is not None:
+        call.input.CopyFrom(values.to_any(value))
+    (dispatch_id,) = loop.dispatch(call)
+    return loop.wait(dispatch_id)
+
+
+def test_a_poll_runs_its_children_and_resumes_with_their_results(
+    loop: Loop, coroutines: str
+) -> None:
+    info = run(loop, coroutines, "fanout", 5)
+    assert info.status == Status.OK, info
+    output = values.from_any(info.output)
+    assert output["sum"] == 2 * (0 + 1 + 2 + 3 + 4)
+    assert output["ids"] == [100, 101, 102, 103, 104]  # every correlation id came back
+    # A child runs with the polling call as its parent, and the same root.
+    child_id, parent, root = output["child"]
+    assert (parent, root) == (info.dispatch_id, info.dispatch_id)
+    assert child_id != info.dispatch_id
+
+
+def test_min_and_max_results_resume_one_result_at_a_time(loop: Loop, coroutines: str) -> None:
+    info = run(loop, coroutines, "trickle")
+    assert (info.status, values.from_any(info.output)) == (Status.OK, 3), info
+
+
+def test_a_poll_without_calls_sleeps_max_wait(loop: Loop, coroutines: str) -> None:
+    info = run(loop, coroutines, "sleep")
+    assert info.status == Status.OK, info
+    assert 1.0 <= values.from_any(info.output) < 5.0
+
+
+def test_incompatible_state_restarts_the_call_from_its_input(loop: Loop, coroutines: str) -> None:
+    info = run(loop, coroutines, "incompatible")
+    assert (info.status, values.from_any(info.output)) == (Status.OK, "run 3"), info
+
+
+def test_an_invalid_poll_is_a_final_invalid_response(loop: Loop, coroutines: str) -> None:
+    info = run(loop, coroutines, "bad_poll")
+    assert info.status == Status.INVALID_RESPONSE
+    assert "min_results must be 1 to max_results" in info.error.message
