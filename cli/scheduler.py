@@ -78,6 +78,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the longest an attempt may take; a call in flight when the scheduler dies "
         "runs again after about this much (default: %(default)s)",
     )
+    parser.add_argument(
+        "--max-per-destination",
+        type=positive_int,
+        metavar="N",
+        help="at most N attempts in flight to one endpoint host or function; without it the "
+        "limit adapts alone (more while calls succeed, half on THROTTLED, TIMEOUT, "
+        "TEMPORARY_ERROR)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -119,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         insecure=args.insecure,
         policy=RetryPolicy(base=args.backoff, cap=args.backoff_cap, max_attempts=args.max_attempts),
         attempt_timeout=args.attempt_timeout,
+        max_per_destination=args.max_per_destination,
     )
 
     def ready(addresses: list[tuple[str, int]]) -> None:

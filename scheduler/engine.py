@@ -34,6 +34,7 @@ from google.protobuf import any_pb2, timestamp_pb2
 from ..core.functions import FUNCTION_NAME
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, error_pb2, function_pb2, poll_pb2
+from .concurrency import Limiter, destination
 from .http_caller import HttpCaller, Outcome
 from .retry import RetryPolicy
 from .store import Call, ChildResult, Claimed, Lease, NewCall, Store
@@ -53,6 +54,7 @@ class Engine:
     lease_margin: float = 30.0
     idle_interval: float = 0.25
     max_restarts: int = 3
+    limiter: Limiter = field(default_factory=Limiter)
     clock: Callable[[], float] = time.time
     owner: str = field(default_factory=lambda: f"scheduler-{uuid.uuid4().hex[:12]}")
     rng: random.Random = field(default_factory=random.Random)
@@ -129,13 +131,29 @@ class Engine:
             except Exception:
                 logger.exception("recording the expiration of %s failed", call.dispatch_id)
             return
+        key = destination(call.endpoint)
+        if not self.limiter.try_acquire(key):
+            # The destination is at its limit: back to the store, not holding a slot of
+            # this process that calls to other destinations could use.
+            ready_at = now + 0.05 + self.rng.random() * 0.2
+            try:
+                await self.store.release(lease, ready_at=ready_at)
+            except Exception:
+                logger.exception("handing back %s failed", call.dispatch_id)
+            return
         timeout = min(self.attempt_timeout, call.expires_at - now)
+        verdict: Status | None = None
         try:
             request = run_request(call, item.results)
             outcome = await self.caller.run(call.endpoint, request, timeout=timeout)
+            verdict = outcome.status
+            if outcome.response is not None:
+                verdict = _status(outcome.response.status)
         except Exception as exc:  # a bug of ours: the call is retried, not lost
             logger.exception("attempt of %s failed unexpectedly", call.dispatch_id)
             outcome = Outcome(Status.TEMPORARY_ERROR, error_type=type(exc).__name__)
+        finally:
+            self.limiter.release(key, verdict)
         try:
             await self._record(call, lease, outcome)
         except Exception:

@@ -15,6 +15,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .api import Api
+from .concurrency import Limiter
 from .engine import Engine
 from .http_caller import HttpCaller
 from .retry import RetryPolicy
@@ -34,6 +35,8 @@ class Settings:
     insecure: bool = False
     grace_period: float = 10.0
     attempt_timeout: float = 300.0
+    max_per_destination: int | None = None
+    """A hard cap on attempts in flight to one destination; None: adaptive only."""
     policy: RetryPolicy = field(default_factory=RetryPolicy)
 
 
@@ -54,6 +57,7 @@ async def serve(
         attempt_timeout=settings.attempt_timeout,
         # A lease outlasts its attempt; it lapses soon after one that died with its process.
         lease_margin=min(30.0, settings.attempt_timeout),
+        limiter=Limiter(cap=settings.max_per_destination),
     )
     api = Api(store, engine, api_keys=settings.api_keys, insecure=settings.insecure)
     runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)

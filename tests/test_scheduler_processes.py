@@ -690,3 +690,63 @@ def test_an_invalid_poll_is_a_final_invalid_response(loop: Loop, coroutines: str
     info = run(loop, coroutines, "bad_poll")
     assert info.status == Status.INVALID_RESPONSE
     assert "min_results must be 1 to max_results" in info.error.message
+
+
+class Gauged(http.server.BaseHTTPRequestHandler):
+    """An endpoint that takes 0.1 s per call and records how many ran at once."""
+
+    lock = threading.Lock()
+    in_flight = 0
+    most = 0
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        with Gauged.lock:
+            Gauged.in_flight += 1
+            Gauged.most = max(Gauged.most, Gauged.in_flight)
+        time.sleep(0.1)
+        with Gauged.lock:
+            Gauged.in_flight -= 1
+        body = Coroutines.exit("ok").SerializeToString()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/proto")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_cap_per_destination_holds(tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gauged)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    key = Ed25519PrivateKey.generate()
+    scheduler = Process(
+        [
+            sys.executable,
+            "-m",
+            "dispatchlet",
+            "scheduler",
+            "--db",
+            str(tmp_path / "s.db"),
+            "--port",
+            "0",
+            "--max-per-destination",
+            "3",
+        ],
+        environment(DISPATCH_SIGNING_KEY=private_key_base64(key), DISPATCH_API_KEY=API_KEY),
+        tmp_path,
+    )
+    try:
+        url = scheduler.wait_for(r"listening at (http://\S+)").group(1)
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        with Client(url, API_KEY) as client:
+            ids = client.dispatch([call_pb2.Call(function="f", endpoint=endpoint)] * 30)
+            infos = [client.wait(i, timeout=60) for i in ids]
+        assert {i.status for i in infos} == {Status.OK}
+        assert Gauged.most == 3  # reached, and never passed
+    finally:
+        scheduler.stop()
+        server.shutdown()
+        server.server_close()

@@ -175,6 +175,22 @@ def test_a_tail_call_keeps_the_identity_and_starts_afresh(open_store: Any) -> No
     with_store(open_store, body)
 
 
+def test_a_released_call_is_handed_back_without_counting_an_attempt(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        parent, kids = await suspended(store, 1, min_results=1, max_results=1)
+        await run_children(store, NOW + 1, *kids)
+        (resume,) = await store.claim(owner="s", now=NOW + 2, limit=1, lease_seconds=LEASE)
+        assert await store.release(resume.lease, ready_at=NOW + 5)
+        assert not await store.release(resume.lease, ready_at=NOW + 5)
+        assert await store.claim(owner="s", now=NOW + 4, limit=1, lease_seconds=LEASE) == []
+        (again,) = await store.claim(owner="s", now=NOW + 5, limit=1, lease_seconds=LEASE)
+        assert again.call.attempts == resume.call.attempts
+        assert again.results == resume.results  # still a resume, with the same results
+        assert again.call.dispatch_id == parent
+
+    with_store(open_store, body)
+
+
 def test_extend_keeps_a_long_attempt_leased(open_store: Any) -> None:
     async def body(store: Store) -> None:
         await store.dispatch([call()], now=NOW)

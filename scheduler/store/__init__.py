@@ -122,6 +122,10 @@ class Store(Protocol):
         """Lease up to ``limit`` calls that are ready (or whose lease lapsed), one at a
         time per root dispatch in turn (round-robin), oldest first within a root."""
 
+    async def release(self, lease: Lease, *, ready_at: float) -> bool:
+        """Hand the call back unrun, ready at ``ready_at``: the attempt is not counted.
+        False for a stale lease."""
+
     async def extend(self, lease: Lease, *, until: float) -> bool:
         """Keep ``lease`` until ``until``; False when it is no longer the current one."""
 

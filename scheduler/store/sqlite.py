@@ -202,6 +202,19 @@ class SQLiteStore:
 
         return await self._run(self._transaction, lease)
 
+    async def release(self, lease: Lease, *, ready_at: float) -> bool:
+        def update(db: sqlite3.Connection) -> bool:
+            # Back as it was before the claim: a resume keeps its poll to resume from.
+            cursor = db.execute(
+                "UPDATE calls SET state = 'ready', ready_at = ?, attempts = attempts - 1, "
+                "lease_owner = NULL, lease_expires = NULL "
+                "WHERE dispatch_id = ? AND lease_token = ? AND state = 'running'",
+                (ready_at, lease.dispatch_id, lease.token),
+            )
+            return cursor.rowcount == 1
+
+        return await self._run(self._transaction, update)
+
     async def extend(self, lease: Lease, *, until: float) -> bool:
         def update(db: sqlite3.Connection) -> bool:
             cursor = db.execute(

@@ -1,0 +1,50 @@
+"""Per-destination concurrency: additive increase on success, multiplicative decrease on
+overload, under an optional cap."""
+
+from __future__ import annotations
+
+from dispatchlet.core.status import Status
+from dispatchlet.scheduler.concurrency import Limiter, destination
+
+
+def test_destinations_are_hosts_or_functions() -> None:
+    assert destination("https://API.example.com/prefix/x") == "https://api.example.com"
+    assert destination("http://user@host:8000") == "http://host:8000"
+    arn = "arn:aws:lambda:us-east-1:123456789012:function:f"
+    assert destination(arn) == arn
+
+
+def test_the_limit_grows_with_successes_and_halves_on_overload() -> None:
+    limiter = Limiter(initial=4)
+    assert [limiter.try_acquire("d") for _ in range(5)] == [True] * 4 + [False]
+    for _ in range(4):
+        limiter.release("d", Status.OK)
+    assert 4.9 < limiter.windows["d"].limit <= 5  # about one more per window of successes
+    for _ in range(40):
+        assert limiter.try_acquire("d")
+        limiter.release("d", Status.OK)
+    grown = limiter.limit("d")
+    assert grown > 8
+    assert limiter.try_acquire("d")
+    limiter.release("d", Status.THROTTLED)
+    assert limiter.limit("d") == grown // 2 or limiter.limit("d") == (grown + 1) // 2
+    for status in (Status.TIMEOUT, Status.TEMPORARY_ERROR) * 10:
+        limiter.try_acquire("d")
+        limiter.release("d", status)
+    assert limiter.limit("d") == 1  # never below one attempt at a time
+
+
+def test_destinations_have_their_own_limits_and_the_cap_holds() -> None:
+    limiter = Limiter(initial=4, cap=6)
+    for _ in range(100):
+        limiter.try_acquire("a")
+        limiter.release("a", Status.OK)
+    assert limiter.limit("a") == 6
+    assert limiter.limit("b") == 4
+    limiter.try_acquire("b")
+    limiter.release("b", None)  # not a verdict of the destination: no change
+    assert limiter.limit("b") == 4
+    # A final error that is the caller's fault says nothing about load.
+    limiter.try_acquire("b")
+    limiter.release("b", Status.INVALID_ARGUMENT)
+    assert limiter.limit("b") >= 4
