@@ -74,6 +74,7 @@ class Api:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.metrics)
         app.router.add_route(
             "*", DISPATCH_PATH, self.rpc(self.dispatch, dispatch_pb2.DispatchRequest)
         )
@@ -88,6 +89,33 @@ class Api:
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """Prometheus text exposition: attempts by outcome, attempts in flight, and each
+        destination's current concurrency limit."""
+        lines = [
+            "# HELP dispatchlet_attempts_total Attempts made, by outcome status.",
+            "# TYPE dispatchlet_attempts_total counter",
+        ]
+        lines += [
+            f'dispatchlet_attempts_total{{status="{name}"}} {count}'
+            for name, count in sorted(self.engine.attempts.items())
+        ]
+        lines += [
+            "# HELP dispatchlet_attempts_in_flight Attempts running now.",
+            "# TYPE dispatchlet_attempts_in_flight gauge",
+            f"dispatchlet_attempts_in_flight {self.engine.in_flight}",
+            "# HELP dispatchlet_destination_limit Attempts allowed at once, by destination.",
+            "# TYPE dispatchlet_destination_limit gauge",
+        ]
+        for key, window in sorted(self.engine.limiter.windows.items()):
+            label = key.replace("\\", "\\\\").replace('"', '\\"')
+            lines.append(
+                f'dispatchlet_destination_limit{{destination="{label}"}} {int(window.limit)}'
+            )
+        return web.Response(
+            text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8"
+        )
 
     def rpc(
         self, handler: Callable[[Any], Awaitable[message.Message]], kind: type[M]

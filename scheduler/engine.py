@@ -64,6 +64,12 @@ class Engine:
         self._stopping = False
         self._running: set[asyncio.Task[None]] = set()
         self._finished: dict[str, list[asyncio.Future[None]]] = {}
+        self.attempts: dict[str, int] = {}
+        """Attempts made by this process, by outcome status name (for /metrics)."""
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
 
     def wake(self) -> None:
         """Look for ready calls now (new calls were dispatched)."""
@@ -154,6 +160,8 @@ class Engine:
             outcome = Outcome(Status.TEMPORARY_ERROR, error_type=type(exc).__name__)
         finally:
             self.limiter.release(key, verdict)
+            name = (verdict or Status.TEMPORARY_ERROR).name
+            self.attempts[name] = self.attempts.get(name, 0) + 1
         try:
             await self._record(call, lease, outcome)
         except Exception:

@@ -291,6 +291,20 @@ def test_an_endpoint_not_listening_is_retried_until_the_call_expires(loop: Loop)
     assert info.error.type in ("ClientConnectorError", "ClientOSError")
 
 
+def test_health_and_metrics(loop: Loop) -> None:
+    (dispatch_id,) = loop.dispatch(loop.call("greet", "metrics"))
+    loop.wait(dispatch_id)
+    with urllib.request.urlopen(loop.scheduler + "/healthz", timeout=10) as answer:
+        assert json.loads(answer.read()) == {"status": "ok"}
+    with urllib.request.urlopen(loop.scheduler + "/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    ok = re.search(r'^dispatchlet_attempts_total\{status="OK"\} (\d+)$', text, re.MULTILINE)
+    assert ok is not None
+    assert int(ok.group(1)) >= 1
+    assert "dispatchlet_attempts_in_flight " in text
+    assert f'dispatchlet_destination_limit{{destination="{loop.endpoint}"}}' in text
+
+
 def test_dispatch_is_refused_without_the_api_key(loop: Loop) -> None:
     body = dispatch_pb2.DispatchRequest(calls=[loop.call("greet", "x")]).SerializeToString()
     for key in (None, "wrong"):
