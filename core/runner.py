@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Coroutine
-from datetime import timezone
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf import timestamp_pb2
@@ -15,7 +15,13 @@ from google.protobuf import timestamp_pb2
 from ..proto.dispatch.sdk.v1 import call_pb2, error_pb2, function_pb2, status_pb2
 from . import values
 from .context import RunContext
-from .errors import DeadlineExceeded, DispatchletError, IncompatibleState, status_for
+from .errors import (
+    DeadlineExceeded,
+    DispatchletError,
+    IncompatibleState,
+    InvalidArgument,
+    status_for,
+)
 from .functions import Function, TailCall
 from .status import Status
 
@@ -163,13 +169,20 @@ def _context(function: Function[..., Any], request: function_pb2.RunRequest) -> 
         dispatch_id=request.dispatch_id,
         parent_dispatch_id=request.parent_dispatch_id,
         root_dispatch_id=request.root_dispatch_id,
-        creation_time=request.creation_time.ToDatetime(timezone.utc)
-        if request.HasField("creation_time")
-        else None,
-        expiration_time=request.expiration_time.ToDatetime(timezone.utc)
-        if request.HasField("expiration_time")
-        else None,
+        creation_time=_datetime(request, "creation_time"),
+        expiration_time=_datetime(request, "expiration_time"),
     )
+
+
+def _datetime(request: function_pb2.RunRequest, name: str) -> datetime | None:
+    if not request.HasField(name):  # type: ignore[arg-type]
+        return None
+    try:
+        value: datetime = getattr(request, name).ToDatetime(timezone.utc)
+    except (ValueError, OverflowError):
+        # Out of the datetime range: the caller's mistake, reported as such.
+        raise InvalidArgument(f"{name} is out of range") from None
+    return value
 
 
 _loops = threading.local()

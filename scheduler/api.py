@@ -30,7 +30,7 @@ from ..core.http import Response
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2, error_pb2
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2
-from .engine import Engine
+from .engine import ENDPOINT_SCHEMES, Engine
 from .store import Call, NewCall, State, Store
 
 M = TypeVar("M", bound=message.Message)
@@ -38,9 +38,9 @@ M = TypeVar("M", bound=message.Message)
 MAX_CALLS = 1000
 MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_EXPIRATION = 24 * 3600.0
+MAX_EXPIRATION = 366 * 24 * 3600.0
 MAX_WAIT = 60.0
 MAX_PAGE = 1000
-ENDPOINT_SCHEMES = ("http://", "https://", "arn:aws:lambda:")
 
 DISPATCH_PATH = "/dispatch.sdk.v1.DispatchService/Dispatch"
 CALLS_PATH = "/dispatchlet.scheduler.v1.CallService/"
@@ -187,13 +187,13 @@ class Api:
                 f"invalid endpoint {call.endpoint[:200]!r}: expected an http://, https:// "
                 "or arn:aws:lambda: endpoint"
             )
-        if call.endpoint.startswith("arn:"):
-            raise invalid("Lambda ARN endpoints are not supported by this scheduler yet")
         expiration = self.default_expiration
         if call.HasField("expiration"):
             seconds = call.expiration.seconds + call.expiration.nanos / 1e9
             if seconds < 0:
                 raise invalid("negative expiration")
+            if seconds > MAX_EXPIRATION:
+                raise invalid(f"expiration beyond {MAX_EXPIRATION:.0f} seconds (a year)")
             if seconds > 0:
                 expiration = seconds
         return NewCall(

@@ -34,8 +34,9 @@ from google.protobuf import any_pb2, timestamp_pb2
 from ..core.functions import FUNCTION_NAME
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, error_pb2, function_pb2, poll_pb2
+from .callers import Caller
 from .concurrency import Limiter, destination
-from .http_caller import HttpCaller, Outcome
+from .http_caller import Outcome
 from .retry import RetryPolicy
 from .store import Call, ChildResult, Claimed, Lease, NewCall, Store
 
@@ -47,7 +48,7 @@ class Engine:
     """Runs the store's calls; ``run()`` until ``stop()``."""
 
     store: Store
-    caller: HttpCaller
+    caller: Caller
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     concurrency: int = 128
     attempt_timeout: float = 300.0
@@ -296,7 +297,7 @@ ORPHANS = (
         error=error_pb2.Error(type="Cancelled", message="its parent call ended")
     ).SerializeToString(),
 )
-ENDPOINT_SCHEMES = ("http://", "https://")
+ENDPOINT_SCHEMES = ("http://", "https://", "arn:aws:lambda:")
 
 
 def child_problem(child: call_pb2.Call) -> str | None:
@@ -304,7 +305,10 @@ def child_problem(child: call_pb2.Call) -> str | None:
     if not FUNCTION_NAME.fullmatch(child.function):
         return f"invalid function name {child.function[:100]!r}"
     if child.endpoint and not child.endpoint.startswith(ENDPOINT_SCHEMES):
-        return f"invalid endpoint {child.endpoint[:200]!r}: expected http:// or https://"
+        return (
+            f"invalid endpoint {child.endpoint[:200]!r}: expected http://, https:// or "
+            "arn:aws:lambda:"
+        )
     return None
 
 

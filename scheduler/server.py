@@ -15,6 +15,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .api import Api
+from .callers import Callers
 from .concurrency import Limiter
 from .engine import Engine
 from .http_caller import HttpCaller
@@ -49,7 +50,7 @@ async def serve(
     """Serve until SIGINT, SIGTERM or ``stop`` is set; ``ready`` is told the addresses
     listened on."""
     store = await SQLiteStore.open(settings.database)
-    caller = HttpCaller(settings.signing_key, insecure=settings.insecure)
+    caller = Callers(HttpCaller(settings.signing_key, insecure=settings.insecure))
     engine = Engine(
         store,
         caller,

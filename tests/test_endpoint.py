@@ -604,3 +604,18 @@ def test_insecure_endpoint_never_unpickles_without_the_unsigned_opt_in() -> None
 def test_unsigned_pickle_opt_in_needs_allow_pickle() -> None:
     with pytest.raises(ValueError, match="allow_pickle"):
         Endpoint(insecure=True, allow_unsigned_pickle=True)
+
+
+def test_timestamps_out_of_range_are_the_callers_mistake() -> None:
+
+    ep = Endpoint(insecure=True)
+
+    @ep.function
+    def when(context: RunContext) -> str:
+        return str(context.expiration_time)
+
+    request = run_request("when")
+    request.expiration_time.seconds = 10**12  # past year 9999: no datetime holds it
+    result = ep.run(request)
+    assert result.status == Status.INVALID_ARGUMENT
+    assert "expiration_time is out of range" in result.exit.result.error.message

@@ -321,14 +321,18 @@ def test_dispatch_is_refused_without_the_api_key(loop: Loop) -> None:
         ([("greet", "http://x")] * 1001, "1001 calls in one Dispatch: at most 1000"),
         ([("greet", "http://x"), ("bad name", "http://x")], "call 1: invalid function name"),
         ([("greet", "ftp://x")], "call 0: invalid endpoint 'ftp://x'"),
+        ([("greet", "http://x", 400 * 86400)], "call 0: expiration beyond"),
+        ([("greet", "http://x", -1)], "call 0: negative expiration"),
     ],
 )
 def test_invalid_dispatches_are_400_and_store_nothing(
-    loop: Loop, calls: list[tuple[str, str]], message: str
+    loop: Loop, calls: list[tuple[Any, ...]], message: str
 ) -> None:
-    request = dispatch_pb2.DispatchRequest(
-        calls=[call_pb2.Call(function=f, endpoint=e) for f, e in calls]
-    )
+    request = dispatch_pb2.DispatchRequest()
+    for function, endpoint, *expiration in calls:
+        call = request.calls.add(function=function, endpoint=endpoint)
+        if expiration:
+            call.expiration.FromSeconds(expiration[0])
     status, answer = post(
         loop.scheduler + "/dispatch.sdk.v1.DispatchService/Dispatch",
         request.SerializeToString(),

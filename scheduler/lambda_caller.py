@@ -1,0 +1,169 @@
+"""Calling a function endpoint that is an AWS Lambda function ARN: ``Invoke`` with the
+base64 of the RunRequest as a JSON string, the base64 of the RunResponse back. No HTTP
+and no signature: IAM decides who may invoke.
+
+boto3 is imported when the first ARN is called, never for HTTP endpoints; credentials
+and configuration come from the usual AWS sources. What comes back becomes an
+``Outcome``:
+
+- a payload holding a RunResponse: that response;
+- a function error: ``UnsupportedEvent`` (the function is no Dispatch endpoint)
+  INVALID_ARGUMENT, final; "Task timed out" TIMEOUT; any other TEMPORARY_ERROR (retried);
+- the Lambda API's errors: throttling THROTTLED, an unknown function NOT_FOUND, access
+  denied PERMISSION_DENIED, a refused request INVALID_ARGUMENT; the service's own
+  failures TEMPORARY_ERROR, no connection TCP_ERROR, no answer in time TIMEOUT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from google.protobuf.message import DecodeError
+
+from ..core.status import Status
+from ..proto.dispatch.sdk.v1 import function_pb2
+from .http_caller import MAX_ANSWER_BYTES, Outcome
+
+_ERROR_STATUSES = {
+    "TooManyRequestsException": Status.THROTTLED,
+    "ThrottlingException": Status.THROTTLED,
+    "EC2ThrottledException": Status.THROTTLED,
+    "ResourceNotFoundException": Status.NOT_FOUND,
+    "AccessDeniedException": Status.PERMISSION_DENIED,
+    "UnrecognizedClientException": Status.UNAUTHENTICATED,
+    "InvalidSignatureException": Status.UNAUTHENTICATED,
+    "ExpiredTokenException": Status.UNAUTHENTICATED,
+    "InvalidRequestContentException": Status.INVALID_ARGUMENT,
+    "RequestTooLargeException": Status.INVALID_ARGUMENT,
+    "InvalidParameterValueException": Status.INVALID_ARGUMENT,
+    "ResourceNotReadyException": Status.TEMPORARY_ERROR,
+    "ResourceConflictException": Status.TEMPORARY_ERROR,
+}
+
+ClientFactory = Callable[[str, float], Any]
+
+
+def boto3_client(region: str, timeout: float) -> Any:
+    """A Lambda client for ``region``: one attempt per call (the scheduler retries),
+    reading for up to ``timeout`` seconds."""
+    import boto3  # here: only ARN endpoints need it
+    from botocore.config import Config
+
+    config = Config(
+        region_name=region,
+        read_timeout=max(1, int(timeout) + 1),
+        connect_timeout=10,
+        retries={"max_attempts": 1, "mode": "standard"},
+    )
+    return boto3.session.Session().client("lambda", config=config)
+
+
+class LambdaCaller:
+    """Invokes Lambda functions by ARN; one client per region."""
+
+    def __init__(self, client_factory: ClientFactory = boto3_client, timeout: float = 300.0):
+        self._factory = client_factory
+        self._timeout = timeout
+        self._clients: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def _client(self, region: str) -> Any:
+        with self._lock:
+            client = self._clients.get(region)
+            if client is None:
+                client = self._clients[region] = self._factory(region, self._timeout)
+            return client
+
+    async def close(self) -> None:
+        self._clients.clear()
+
+    async def run(
+        self, endpoint: str, request: function_pb2.RunRequest, *, timeout: float
+    ) -> Outcome:
+        parts = endpoint.split(":")
+        if len(parts) < 7 or parts[2] != "lambda" or not parts[3]:
+            return Outcome(
+                Status.INVALID_ARGUMENT,
+                error_type="ValueError",
+                message=f"invalid Lambda function ARN {endpoint[:200]!r}",
+            )
+        payload = json.dumps(base64.b64encode(request.SerializeToString()).decode("ascii"))
+        try:
+            return await asyncio.wait_for(
+                asyncio.to_thread(self._invoke, parts[3], endpoint, payload), timeout
+            )
+        except (TimeoutError, asyncio.TimeoutError):
+            return Outcome(
+                Status.TIMEOUT, error_type="TimeoutError", message=f"no answer in {timeout:g} s"
+            )
+
+    def _invoke(self, region: str, arn: str, payload: str) -> Outcome:
+        from botocore.exceptions import (
+            ClientError,
+            ConnectionError,
+            EndpointConnectionError,
+            ReadTimeoutError,
+        )
+
+        try:
+            answer = self._client(region).invoke(
+                FunctionName=arn, InvocationType="RequestResponse", Payload=payload.encode()
+            )
+            body = answer["Payload"].read(MAX_ANSWER_BYTES + 1)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            message = exc.response.get("Error", {}).get("Message", "") or str(exc)
+            status = _ERROR_STATUSES.get(code, Status.TEMPORARY_ERROR)
+            return Outcome(status, error_type=code or "ClientError", message=message)
+        except ReadTimeoutError as exc:
+            return Outcome(Status.TIMEOUT, error_type=type(exc).__name__, message=str(exc))
+        except (EndpointConnectionError, ConnectionError) as exc:
+            return Outcome(Status.TCP_ERROR, error_type=type(exc).__name__, message=str(exc))
+        if len(body) > MAX_ANSWER_BYTES:
+            return Outcome(
+                Status.INVALID_RESPONSE,
+                error_type="InvalidResponse",
+                message=f"the function answered more than {MAX_ANSWER_BYTES} bytes",
+            )
+        if answer.get("FunctionError"):
+            return _function_error(body)
+        return _decode(body)
+
+
+def _function_error(body: bytes) -> Outcome:
+    try:
+        error = json.loads(body)
+    except ValueError:
+        error = {}
+    if not isinstance(error, dict):
+        error = {}
+    kind = str(error.get("errorType") or "FunctionError")
+    message = str(error.get("errorMessage") or body[:500].decode("utf-8", "replace"))
+    if kind.endswith("UnsupportedEvent"):
+        status = Status.INVALID_ARGUMENT  # not a Dispatch endpoint: retrying cannot help
+    elif "Task timed out" in message:
+        status = Status.TIMEOUT
+    else:
+        status = Status.TEMPORARY_ERROR
+    return Outcome(status, error_type=kind, message=message)
+
+
+def _decode(body: bytes) -> Outcome:
+    try:
+        text = json.loads(body)
+        if not isinstance(text, str):
+            raise ValueError("the payload is not a JSON string")
+        response = function_pb2.RunResponse.FromString(base64.b64decode(text, validate=True))
+    except (ValueError, binascii.Error, RuntimeError, DecodeError) as exc:
+        return Outcome(
+            Status.INVALID_RESPONSE,
+            error_type="InvalidResponse",
+            message=f"the function's answer is not a base64 RunResponse: {exc}"[:500],
+        )
+    return Outcome(Status.OK, response)
