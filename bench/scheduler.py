@@ -1,0 +1,300 @@
+"""Throughput and latency of the scheduler, side by side with Huey on its SQLite storage
+running the same no-op work.
+
+    pip install huey
+    python bench/scheduler.py [--calls 5000] [--singles 200] [--history 50000]
+
+dispatchlet: `dispatchlet scheduler` (SQLite) calling a no-op function served by
+`dispatchlet serve` (waitress, 8 threads), in processes of their own. Huey: a
+`huey_consumer` with 8 worker threads on a SqliteHuey file, the task a no-op.
+
+- throughput: ``--calls`` calls dispatched in batches of 100 (Huey has no batches: one
+  enqueue each), timed from the first dispatch to the last call final; calls/s;
+- latency: ``--singles`` calls one at a time, p50 and p99 of dispatch-to-start (the
+  function's first line) and dispatch-to-final (the caller has the result);
+- the scheduler's throughput again with ``--history`` finished calls already in its
+  database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from dispatchlet import Client
+from dispatchlet.core import values
+from dispatchlet.core.keys import private_key_base64, public_key_base64
+from dispatchlet.proto.dispatch.sdk.v1 import call_pb2
+
+API_KEY = "bench"
+BATCH = 100
+
+ENDPOINT_APP = """
+import os, time
+from dispatchlet import Endpoint
+
+endpoint = Endpoint()
+STARTS = os.environ["BENCH_STARTS"]
+
+
+@endpoint.function
+def noop(n: int) -> int:
+    if n < 0:  # a latency probe: say when it started
+        with open(STARTS, "a") as log:
+            log.write(f"{-n} {time.time()}\\n")
+    return n
+"""
+
+HUEY_APP = """
+import os, time
+from huey import SqliteHuey
+
+huey = SqliteHuey(filename=os.environ["BENCH_HUEY_DB"])
+STARTS = os.environ["BENCH_STARTS"]
+
+
+@huey.task()
+def noop(n):
+    if n < 0:
+        with open(STARTS, "a") as log:
+            log.write(f"{-n} {time.time()}\\n")
+    return n
+"""
+
+
+@contextmanager
+def process(command: list[str], env: dict[str, str], cwd: Path, ready: str) -> Iterator[str]:
+    """A process started and stopped around the block; the first match of ``ready``."""
+    log = cwd / f"{Path(command[2] if len(command) > 2 else command[0]).name}.log"
+    with log.open("w") as out:
+        child = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            match = re.search(ready, log.read_text())
+            if match:
+                yield match.group(1) if match.groups() else ""
+                break
+            if child.poll() is not None:
+                raise SystemExit(f"{command} exited:\n{log.read_text()}")
+            time.sleep(0.05)
+        else:
+            raise SystemExit(f"{command} did not start:\n{log.read_text()}")
+    finally:
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def starts(path: Path) -> dict[int, float]:
+    if not path.exists():
+        return {}
+    return {int(n): float(t) for n, t in (line.split() for line in path.read_text().splitlines())}
+
+
+def dispatchlet_run(folder: Path, calls: int, singles: int, history: int) -> dict[str, float]:
+    key = Ed25519PrivateKey.generate()
+    starts_log = folder / "starts-dispatchlet.log"
+    (folder / "app.py").write_text(ENDPOINT_APP)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH")}
+    endpoint_env = {
+        **base,
+        "DISPATCH_VERIFICATION_KEY": public_key_base64(key.public_key()),
+        "BENCH_STARTS": str(starts_log),
+        "PYTHONUNBUFFERED": "1",
+    }
+    scheduler_env = {
+        **base,
+        "DISPATCH_SIGNING_KEY": private_key_base64(key),
+        "DISPATCH_API_KEY": API_KEY,
+        "PYTHONUNBUFFERED": "1",
+    }
+    database = folder / "scheduler.db"
+    if history:
+        prefill(database, history)
+    serve = [
+        sys.executable,
+        "-m",
+        "dispatchlet",
+        "serve",
+        "app.py",
+        "--port",
+        "0",
+        "--threads",
+        "8",
+    ]
+    scheduler = [
+        sys.executable,
+        "-m",
+        "dispatchlet",
+        "scheduler",
+        "--db",
+        str(database),
+        "--port",
+        "0",
+    ]
+    results: dict[str, float] = {}
+    with (
+        process(serve, endpoint_env, folder, r"serving \S+ at (http://\S+)") as endpoint,
+        process(scheduler, scheduler_env, folder, r"listening at (http://\S+)") as url,
+        Client(url, API_KEY) as client,
+    ):
+
+        def call(n: int) -> call_pb2.Call:
+            built = call_pb2.Call(function="noop", endpoint=endpoint)
+            built.input.CopyFrom(values.to_any(n))
+            return built
+
+        client.wait(client.dispatch([call(0)])[0])  # warm both up
+        began = time.perf_counter()
+        ids: list[str] = []
+        for first in range(0, calls, BATCH):
+            ids += client.dispatch([call(n) for n in range(first, min(calls, first + BATCH))])
+        for dispatch_id in ids:
+            client.wait(dispatch_id)
+        results["throughput"] = calls / (time.perf_counter() - began)
+        if singles:
+            to_start, to_final = [], []
+            for n in range(1, singles + 1):
+                sent = time.time()
+                (dispatch_id,) = client.dispatch([call(-n)])
+                client.wait(dispatch_id)
+                to_final.append(time.time() - sent)
+                to_start.append(starts(starts_log)[n] - sent)
+            results |= latency(to_start, to_final)
+    return results
+
+
+def prefill(database: Path, count: int) -> None:
+    """``count`` finished calls in the scheduler's database, as a long history leaves."""
+    import asyncio
+
+    from dispatchlet.scheduler.store import NewCall
+    from dispatchlet.scheduler.store.sqlite import SQLiteStore
+
+    async def fill() -> None:
+        store = await SQLiteStore.open(database)
+        try:
+            batch = [NewCall("noop", "http://127.0.0.1:1", b"", time.time() + 3600)] * 1000
+            for _ in range(count // 1000):
+                await store.dispatch(batch, now=time.time())
+        finally:
+            await store.close()
+
+    asyncio.run(fill())
+    db = sqlite3.connect(database)
+    with db:
+        db.execute("UPDATE calls SET state = 'done', status = 1, finished_at = ready_at")
+    db.close()
+
+
+def huey_run(folder: Path, calls: int, singles: int) -> dict[str, float]:
+    (folder / "bench_huey.py").write_text(HUEY_APP)
+    starts_log = folder / "starts-huey.log"
+    env = {
+        **os.environ,
+        "BENCH_HUEY_DB": str(folder / "huey.db"),
+        "BENCH_STARTS": str(starts_log),
+        "PYTHONPATH": str(folder),
+    }
+    os.environ.update({k: env[k] for k in ("BENCH_HUEY_DB", "BENCH_STARTS")})
+    sys.path.insert(0, str(folder))
+    import bench_huey  # type: ignore[import-not-found]
+
+    consumer = [
+        sys.executable,
+        "-m",
+        "huey.bin.huey_consumer",
+        "bench_huey.huey",
+        "-w",
+        "8",
+        "-k",
+        "thread",
+        "-d",
+        "0.001",
+    ]
+    results: dict[str, float] = {}
+    with process(consumer, env, folder, r"(\d+) worker|Huey consumer started"):
+        bench_huey.noop(0).get(blocking=True, timeout=30)
+        began = time.perf_counter()
+        pending = [bench_huey.noop(n) for n in range(calls)]
+        for result in pending:
+            result.get(blocking=True, timeout=300, backoff=1.0, max_delay=0.01)
+        results["throughput"] = calls / (time.perf_counter() - began)
+        to_start, to_final = [], []
+        for n in range(1, singles + 1):
+            sent = time.time()
+            bench_huey.noop(-n).get(blocking=True, timeout=30, backoff=1.0, max_delay=0.001)
+            to_final.append(time.time() - sent)
+            to_start.append(starts(starts_log)[n] - sent)
+        results |= latency(to_start, to_final)
+    return results
+
+
+def latency(to_start: list[float], to_final: list[float]) -> dict[str, float]:
+    return {
+        "start p50 ms": percentile(to_start, 0.5) * 1000,
+        "start p99 ms": percentile(to_start, 0.99) * 1000,
+        "final p50 ms": percentile(to_final, 0.5) * 1000,
+        "final p99 ms": percentile(to_final, 0.99) * 1000,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=5000)
+    parser.add_argument("--singles", type=int, default=200)
+    parser.add_argument("--history", type=int, default=50000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        ours = (
+            dispatchlet_run(folder / "a", args.calls, args.singles, 0)
+            if mkdir(folder / "a")
+            else {}
+        )
+        theirs = huey_run(folder / "b", args.calls, args.singles) if mkdir(folder / "b") else {}
+        aged: dict[str, float] = {}
+        if args.history and mkdir(folder / "c"):
+            aged = dispatchlet_run(folder / "c", args.calls, 0, args.history)
+    rows: list[tuple[str, Callable[[dict[str, float]], float]]] = [
+        (name, (lambda key: lambda r: r[key])(name))
+        for name in ("throughput", "start p50 ms", "start p99 ms", "final p50 ms", "final p99 ms")
+    ]
+    print(f"{'':>26} {'dispatchlet':>12} {'huey':>10} {'ratio':>7}")
+    for name, get in rows:
+        print(f"{name:>26} {get(ours):>12.1f} {get(theirs):>10.1f} {get(ours) / get(theirs):>7.2f}")
+    if aged:
+        print(
+            f"{'throughput, ' + str(args.history) + ' done':>26} {aged['throughput']:>12.1f}"
+            f" {'':>10} {aged['throughput'] / ours['throughput']:>7.2f} (of the empty run)"
+        )
+    print(json.dumps({"dispatchlet": ours, "huey": theirs, "dispatchlet_aged": aged}))
+
+
+def mkdir(path: Path) -> bool:
+    path.mkdir(parents=True)
+    return True
+
+
+if __name__ == "__main__":
+    main()
