@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import http.server
+import itertools
 import json
 import os
 import queue
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -34,7 +36,7 @@ API_KEY = "test-api-key"
 START_TIMEOUT = 20.0
 
 APP = """
-import json, os
+import json, os, time
 from pathlib import Path
 from dispatchlet import Endpoint, RunContext
 
@@ -54,7 +56,7 @@ def greet(name: str) -> str:
 
 @endpoint.function
 def flaky(key: str, context: RunContext) -> int:
-    record({"key": key, "dispatch_id": context.dispatch_id})
+    record({"key": key, "dispatch_id": context.dispatch_id, "at": time.time()})
     seen = sum(1 for line in LOG.read_text().splitlines() if json.loads(line).get("key") == key)
     if seen <= 2:
         raise TimeoutError(f"attempt {seen} timed out")
@@ -251,8 +253,15 @@ def test_a_timeout_error_is_retried_until_it_succeeds(loop: Loop) -> None:
     assert values.from_any(info.output) == 3
     assert info.attempts == 3
     attempts = [json.loads(line) for line in loop.log.read_text().splitlines()]
+    mine = [a for a in attempts if a["key"] == "k1"]
     # Every attempt saw the same dispatch id: the user's idempotency key.
-    assert [a["dispatch_id"] for a in attempts if a["key"] == "k1"] == [dispatch_id] * 3
+    assert [a["dispatch_id"] for a in mine] == [dispatch_id] * 3
+    # The delays grow: the second wait is drawn from [0.05, 0.1] s, the first from
+    # [0.025, 0.05] s (--backoff 0.05, jitter of half).
+    first, second = (b["at"] - a["at"] for a, b in itertools.pairwise(mine))
+    assert 0.025 <= first < 0.5
+    assert second >= 0.05
+    assert second > first * 0.9
 
 
 def test_a_permanent_error_is_not_retried(loop: Loop) -> None:
@@ -768,3 +777,45 @@ def test_the_cap_per_destination_holds(tmp_path: Path) -> None:
         scheduler.stop()
         server.shutdown()
         server.server_close()
+
+
+def test_sigterm_lets_attempts_in_flight_finish(tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gauged)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    key = Ed25519PrivateKey.generate()
+    env = environment(DISPATCH_SIGNING_KEY=private_key_base64(key), DISPATCH_API_KEY=API_KEY)
+    database = tmp_path / "s.db"
+    command = [
+        sys.executable,
+        "-m",
+        "dispatchlet",
+        "scheduler",
+        "--db",
+        str(database),
+        "--port",
+        "0",
+    ]
+    scheduler = Process(command, env, tmp_path)
+    try:
+        url = scheduler.wait_for(r"listening at (http://\S+)").group(1)
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        with Client(url, API_KEY) as client:
+            ids = client.dispatch([call_pb2.Call(function="f", endpoint=endpoint)] * 5)
+        deadline = time.monotonic() + 10
+        while Gauged.in_flight == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        scheduler.process.send_signal(signal.SIGTERM)
+        assert scheduler.process.wait(timeout=30) == 0
+    finally:
+        scheduler.stop()
+        server.shutdown()
+        server.server_close()
+    # What was in flight finished and was recorded: nothing is left running.
+    again = Process(command, env, tmp_path)
+    try:
+        url = again.wait_for(r"listening at (http://\S+)").group(1)
+        with Client(url, API_KEY) as client:
+            states = {client.get(i).state for i in ids}
+    finally:
+        again.stop()
+    assert "running" not in states
