@@ -178,13 +178,19 @@ class SQLiteStore:
             # Round-robin across roots: each root's oldest claimable call first, then
             # each root's second, so that one large fan-out does not starve the others.
             rows = db.execute(
+                # One branch per claimable state, each read through its own partial
+                # index: finished calls, however many, are never scanned.
                 "SELECT dispatch_id FROM ("
-                "  SELECT dispatch_id, ready_at, rowid AS created, ROW_NUMBER() OVER ("
-                "    PARTITION BY root_id ORDER BY ready_at, rowid) AS turn"
-                "  FROM calls"
-                "  WHERE (state = 'ready' AND ready_at <= :now)"
-                "     OR (state = 'running' AND lease_expires <= :now)"
-                "     OR (state = 'waiting' AND poll_until <= :now)"
+                "  SELECT dispatch_id, ready_at, created, ROW_NUMBER() OVER ("
+                "    PARTITION BY root_id ORDER BY ready_at, created) AS turn"
+                "  FROM ("
+                "    SELECT dispatch_id, root_id, ready_at, rowid AS created FROM calls"
+                "    WHERE state = 'ready' AND ready_at <= :now"
+                "    UNION ALL SELECT dispatch_id, root_id, ready_at, rowid FROM calls"
+                "    WHERE state = 'running' AND lease_expires <= :now"
+                "    UNION ALL SELECT dispatch_id, root_id, ready_at, rowid FROM calls"
+                "    WHERE state = 'waiting' AND poll_until <= :now"
+                "  )"
                 ") ORDER BY turn, ready_at, created LIMIT :limit",
                 {"now": now, "limit": limit},
             ).fetchall()
