@@ -169,6 +169,7 @@ class Engine:
             # The lease lapses and another attempt runs: at least once.
             logger.exception("recording the outcome of %s failed", call.dispatch_id)
         finally:
+            milliseconds = round((time.perf_counter() - started) * 1000, 1)
             logger.info(
                 "attempt %d of %s (%s) on %s: %s in %.1f ms",
                 call.attempts,
@@ -176,7 +177,17 @@ class Engine:
                 call.dispatch_id,
                 call.endpoint,
                 outcome.status.name,
-                (time.perf_counter() - started) * 1000,
+                milliseconds,
+                # The same as fields, for a JSON log handler.
+                extra={
+                    "dispatch_id": call.dispatch_id,
+                    "root_dispatch_id": call.root_id,
+                    "function": call.function,
+                    "endpoint": call.endpoint,
+                    "attempt": call.attempts,
+                    "status": outcome.status.name,
+                    "duration_ms": milliseconds,
+                },
             )
             self._wake.set()
 

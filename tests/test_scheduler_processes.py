@@ -69,6 +69,13 @@ def refuse() -> None:
 
 
 @endpoint.function
+def give_up() -> None:
+    from dispatchlet import PermanentError
+
+    raise PermanentError("this will not work later either")
+
+
+@endpoint.function
 def hand_over(name: str):
     return whoami.tail_call(name)
 
@@ -269,6 +276,39 @@ def test_a_permanent_error_is_not_retried(loop: Loop) -> None:
     info = loop.wait(dispatch_id)
     assert (info.status, info.attempts) == (Status.INVALID_ARGUMENT, 1)
     assert error_of(info) == ("ValueError", "never valid")
+
+
+def test_a_permanent_error_status_is_final_after_one_attempt(loop: Loop) -> None:
+    (dispatch_id,) = loop.dispatch(loop.call("give_up"))
+    info = loop.wait(dispatch_id)
+    assert (info.status, info.attempts) == (Status.PERMANENT_ERROR, 1)
+    assert info.error.message == "this will not work later either"
+
+
+def test_the_api_speaks_json_too(loop: Loop) -> None:
+    body = json.dumps(
+        {
+            "calls": [
+                {
+                    "function": "greet",
+                    "endpoint": loop.endpoint,
+                    "input": {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                        "value": "JSON",
+                    },
+                }
+            ]
+        }
+    ).encode()
+    status, answer = post(
+        loop.scheduler + "/dispatch.sdk.v1.DispatchService/Dispatch",
+        body,
+        API_KEY,
+        "application/json",
+    )
+    assert status == 200, answer
+    (dispatch_id,) = json.loads(answer)["dispatchIds"]
+    assert values.from_any(loop.wait(dispatch_id).output) == "Hello, JSON!"
 
 
 def test_an_unknown_function_is_final_with_the_endpoints_reason(loop: Loop) -> None:
@@ -819,3 +859,37 @@ def test_sigterm_lets_attempts_in_flight_finish(tmp_path: Path) -> None:
     finally:
         again.stop()
     assert "running" not in states
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "kinds"),
+    [
+        ("http://no-such-host.invalid", ("ClientConnectorDNSError",)),
+        ("https://127.0.0.1:{port}", ("ClientConnectorSSLError", "ClientSSLError", "SSLError")),
+    ],
+    ids=["dns", "tls"],
+)
+def test_dns_and_tls_failures_are_retried(
+    loop: Loop, misbehaving: str, endpoint: str, kinds: tuple[str, ...]
+) -> None:
+    # TLS: an https:// endpoint that answers plain HTTP.
+    call = call_pb2.Call(function="f", endpoint=endpoint.format(port=misbehaving.rsplit(":")[-1]))
+    call.expiration.FromMilliseconds(1500)
+    (dispatch_id,) = loop.dispatch(call)
+    info = loop.wait(dispatch_id)
+    assert info.status == Status.TIMEOUT  # retried until the call expired
+    assert info.attempts > 1
+    assert info.error.type in kinds, info.error
+
+
+def test_retry_after_is_read_as_seconds_or_a_date() -> None:
+    from email.utils import formatdate
+
+    from dispatchlet.scheduler.http_caller import retry_after
+
+    assert retry_after("7") == 7.0
+    assert retry_after(None) is None
+    assert retry_after("soon") is None
+    later = retry_after(formatdate(time.time() + 30, usegmt=True))
+    assert later is not None
+    assert 25 <= later <= 31
