@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -557,9 +558,10 @@ class Misbehaving(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
-def misbehaving() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Misbehaving)
+@contextmanager
+def http_server(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """``handler`` served on a free loopback port in a thread; its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -568,6 +570,12 @@ def misbehaving() -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def misbehaving() -> Iterator[str]:
+    with http_server(Misbehaving) as url:
+        yield url
 
 
 @pytest.mark.parametrize(
@@ -704,15 +712,8 @@ class Coroutines(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def coroutines() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Coroutines)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with http_server(Coroutines) as url:
+        yield url
 
 
 def run(loop: Loop, endpoint: str, function: str, value: Any = None) -> calls_pb2.CallInfo:
@@ -786,8 +787,11 @@ class Gauged(http.server.BaseHTTPRequestHandler):
 
 
 def test_the_cap_per_destination_holds(tmp_path: Path) -> None:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gauged)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with http_server(Gauged) as endpoint:
+        capped(tmp_path, endpoint)
+
+
+def capped(tmp_path: Path, endpoint: str) -> None:
     key = Ed25519PrivateKey.generate()
     scheduler = Process(
         [
@@ -807,7 +811,6 @@ def test_the_cap_per_destination_holds(tmp_path: Path) -> None:
     )
     try:
         url = scheduler.wait_for(r"listening at (http://\S+)").group(1)
-        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
         with Client(url, API_KEY) as client:
             ids = client.dispatch([call_pb2.Call(function="f", endpoint=endpoint)] * 30)
             infos = [client.wait(i, timeout=60) for i in ids]
@@ -815,13 +818,26 @@ def test_the_cap_per_destination_holds(tmp_path: Path) -> None:
         assert Gauged.most == 3  # reached, and never passed
     finally:
         scheduler.stop()
-        server.shutdown()
-        server.server_close()
 
 
 def test_sigterm_lets_attempts_in_flight_finish(tmp_path: Path) -> None:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gauged)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with http_server(Gauged) as endpoint:
+        ids, command, env = stopped_mid_flight(tmp_path, endpoint)
+    # What was in flight finished and was recorded: nothing is left running.
+    again = Process(command, env, tmp_path)
+    try:
+        url = again.wait_for(r"listening at (http://\S+)").group(1)
+        with Client(url, API_KEY) as client:
+            states = {client.get(i).state for i in ids}
+    finally:
+        again.stop()
+    assert "running" not in states
+
+
+def stopped_mid_flight(
+    tmp_path: Path, endpoint: str
+) -> tuple[list[str], list[str], dict[str, str]]:
+    """Five calls dispatched, and the scheduler sent SIGTERM while they run."""
     key = Ed25519PrivateKey.generate()
     env = environment(DISPATCH_SIGNING_KEY=private_key_base64(key), DISPATCH_API_KEY=API_KEY)
     database = tmp_path / "s.db"
@@ -838,7 +854,6 @@ def test_sigterm_lets_attempts_in_flight_finish(tmp_path: Path) -> None:
     scheduler = Process(command, env, tmp_path)
     try:
         url = scheduler.wait_for(r"listening at (http://\S+)").group(1)
-        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
         with Client(url, API_KEY) as client:
             ids = client.dispatch([call_pb2.Call(function="f", endpoint=endpoint)] * 5)
         deadline = time.monotonic() + 10
@@ -848,17 +863,7 @@ def test_sigterm_lets_attempts_in_flight_finish(tmp_path: Path) -> None:
         assert scheduler.process.wait(timeout=30) == 0
     finally:
         scheduler.stop()
-        server.shutdown()
-        server.server_close()
-    # What was in flight finished and was recorded: nothing is left running.
-    again = Process(command, env, tmp_path)
-    try:
-        url = again.wait_for(r"listening at (http://\S+)").group(1)
-        with Client(url, API_KEY) as client:
-            states = {client.get(i).state for i in ids}
-    finally:
-        again.stop()
-    assert "running" not in states
+    return ids, command, env
 
 
 @pytest.mark.parametrize(
