@@ -198,6 +198,13 @@ class Engine:
             directive = response.WhichOneof("directive")
             if directive == "exit" and response.exit.HasField("tail_call"):
                 tail = response.exit.tail_call
+                problem = child_problem(tail)
+                if problem is not None:
+                    outcome = Outcome(
+                        Status.INVALID_RESPONSE, error_type="InvalidTailCall", message=problem
+                    )
+                    await self._end(lease, outcome.status, _error_result(outcome), now)
+                    return
                 await self.store.tail_call(
                     lease,
                     tail.function,

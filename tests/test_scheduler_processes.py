@@ -709,6 +709,11 @@ class Coroutines(http.server.BaseHTTPRequestHandler):
     def run_bad_poll(self, request: Any) -> Any:
         return self.poll("x", [], 2, 1)
 
+    def run_bad_tail(self, request: Any) -> Any:
+        response = function_pb2.RunResponse(status=Status.OK.value)
+        response.exit.tail_call.function = "not a name"
+        return response
+
 
 @pytest.fixture(scope="module")
 def coroutines() -> Iterator[str]:
@@ -758,6 +763,12 @@ def test_an_invalid_poll_is_a_final_invalid_response(loop: Loop, coroutines: str
     info = run(loop, coroutines, "bad_poll")
     assert info.status == Status.INVALID_RESPONSE
     assert "min_results must be 1 to max_results" in info.error.message
+
+
+def test_an_invalid_tail_call_is_a_final_invalid_response(loop: Loop, coroutines: str) -> None:
+    info = run(loop, coroutines, "bad_tail")
+    assert (info.status, info.error.type) == (Status.INVALID_RESPONSE, "InvalidTailCall")
+    assert "invalid function name 'not a name'" in info.error.message
 
 
 class Gauged(http.server.BaseHTTPRequestHandler):
