@@ -6,7 +6,8 @@ package's root, with bytecode compiled for the runtime's Python.
 
 DIR is the app's folder (default: this repository's examples/): everything in it is
 copied except VCS data, virtual environments, caches and build folders, and its
-requirements.txt, if any, is installed with dispatchlet. MODULE:ATTR (or Lambda's
+requirements.txt, if any, is installed with dispatchlet (less waitress and aiohttp,
+which a function never uses). MODULE:ATTR (or Lambda's
 MODULE.ATTR), when given, names the handler, ``handler = lambda_handler(endpoint)``: the
 build checks that MODULE is in DIR and prints Lambda's Handler setting for it. The SAM build
 (deploy/aws/Makefile) and deploy.py both use this, so both ship the same thing.
@@ -37,8 +38,9 @@ ROOT = Path(__file__).resolve().parents[2]
 APP_DIR = ROOT / "examples"
 # template.yaml's Handler, in Lambda's MODULE.ATTR form: the example's entry module.
 HANDLER = "lambda_app.handler"
-# What Lambda never uses of dispatchlet's own requirements: the local HTTP server.
-LAMBDA_UNUSED = frozenset({"waitress"})
+# What Lambda never uses of dispatchlet's own requirements: the local HTTP server and the
+# scheduler's HTTP library.
+LAMBDA_UNUSED = frozenset({"waitress", "aiohttp"})
 # Lambda's code folder, where tracebacks should say the files are.
 TASK_ROOT = "/var/task"
 RUNTIME = "python3.12"
