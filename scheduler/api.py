@@ -30,7 +30,7 @@ from ..core.http import Response
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2, error_pb2
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2
-from .engine import ENDPOINT_SCHEMES, Engine
+from .engine import ENDPOINT_SCHEMES, Engine, timestamp
 from .store import Call, NewCall, State, Store
 
 M = TypeVar("M", bound=message.Message)
@@ -286,10 +286,10 @@ def call_info(call: Call) -> calls_pb2.CallInfo:
             info.output.CopyFrom(result.output)
         if result.HasField("error"):
             info.error.CopyFrom(result.error)
-    info.created_at.FromNanoseconds(int(call.created_at * 1e9))
-    info.expires_at.FromNanoseconds(int(call.expires_at * 1e9))
+    info.created_at.CopyFrom(timestamp(call.created_at))
+    info.expires_at.CopyFrom(timestamp(call.expires_at))
     if call.finished_at is not None:
-        info.finished_at.FromNanoseconds(int(call.finished_at * 1e9))
+        info.finished_at.CopyFrom(timestamp(call.finished_at))
     return info
 
 

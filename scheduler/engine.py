@@ -368,12 +368,14 @@ def run_request(call: Call, results: Sequence[ChildResult] = ()) -> function_pb2
             result.dispatch_id = child.dispatch_id
     elif call.input:
         request.input.CopyFrom(any_pb2.Any.FromString(call.input))
-    request.creation_time.CopyFrom(_timestamp(call.created_at))
-    request.expiration_time.CopyFrom(_timestamp(call.expires_at))
+    request.creation_time.CopyFrom(timestamp(call.created_at))
+    request.expiration_time.CopyFrom(timestamp(call.expires_at))
     return request
 
 
-def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    """A stored time as a Timestamp; the one conversion, so that what an endpoint is
+    told and what the CallService shows are the same to the nanosecond."""
     stamp = timestamp_pb2.Timestamp()
     whole = int(seconds)
     stamp.seconds, stamp.nanos = whole, int((seconds - whole) * 1e9)
