@@ -62,6 +62,7 @@ class Engine:
 
     def __post_init__(self) -> None:
         self._wake = asyncio.Event()
+        self._due = float("inf")  # the earliest retry this process scheduled
         self._stopping = False
         self._running: set[asyncio.Task[None]] = set()
         self._finished: dict[str, list[asyncio.Future[None]]] = {}
@@ -117,8 +118,12 @@ class Engine:
             if len(claimed) < free:
                 # Nothing more ready: wait for a dispatch, a finished attempt or a timer.
                 self._wake.clear()
+                # Until a dispatch or a finished attempt, a retry of ours falls due, or
+                # the idle interval (what other processes' timers wait on) passes.
+                pause = max(0.0, min(self.idle_interval, self._due - self.clock()))
+                self._due = float("inf")
                 with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.idle_interval)
+                    await asyncio.wait_for(self._wake.wait(), pause)
             elif free <= 0:
                 await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
         if self._running:
@@ -247,7 +252,8 @@ class Engine:
                 # No attempt could start before the call expires.
                 await self._end(lease, Status.TIMEOUT, result, now)
                 return
-            await self.store.retry(lease, status.value, result, ready_at=ready_at, now=now)
+            if await self.store.retry(lease, status.value, result, ready_at=ready_at, now=now):
+                self._due = min(self._due, ready_at)
             return
         await self._end(lease, status, result, now)
 

@@ -48,3 +48,16 @@ def test_destinations_have_their_own_limits_and_the_cap_holds() -> None:
     limiter.try_acquire("b")
     limiter.release("b", Status.INVALID_ARGUMENT)
     assert limiter.limit("b") >= 4
+
+
+def test_retry_delays_double_up_to_the_cap_with_half_jitter() -> None:
+    import random
+
+    from dispatchlet.scheduler.retry import RetryPolicy
+
+    policy = RetryPolicy(base=0.5, cap=8.0)
+    rng = random.Random(7)
+    for attempts, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (5, 8.0), (9, 8.0)]:
+        delays = [policy.delay(attempts, rng) for _ in range(200)]
+        assert ceiling / 2 <= min(delays)
+        assert max(delays) <= ceiling
