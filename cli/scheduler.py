@@ -9,9 +9,10 @@ import os
 import sys
 from pathlib import Path
 
+from ..core.dispatching import API_KEY_ENV
 from ..core.keys import SIGNING_KEY_ENV, load_private_key, public_key_base64
 from ..scheduler.retry import RetryPolicy
-from ..scheduler.settings import API_KEY_ENV, DEFAULT_PORT
+from ..scheduler.settings import DEFAULT_PORT
 from .errors import EXIT_OK, CommandError
 from .serve import port, positive_int
 

@@ -25,12 +25,11 @@ from ..core.errors import (
     NotFound,
     Unauthenticated,
 )
-from ..core.functions import FUNCTION_NAME
 from ..core.http import Response
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2, error_pb2
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2
-from .engine import ENDPOINT_SCHEMES, Engine, timestamp
+from .engine import Engine, call_problem, timestamp
 from .store import Call, NewCall, State, Store
 
 M = TypeVar("M", bound=message.Message)
@@ -177,16 +176,9 @@ class Api:
         def invalid(reason: str) -> InvalidArgument:
             return InvalidArgument(f"call {index}: {reason}")
 
-        if not FUNCTION_NAME.fullmatch(call.function):
-            raise invalid(
-                f"invalid function name {call.function[:100]!r}: "
-                "expected ^[a-zA-Z_][a-zA-Z0-9_<>.]*$"
-            )
-        if not call.endpoint.startswith(ENDPOINT_SCHEMES):
-            raise invalid(
-                f"invalid endpoint {call.endpoint[:200]!r}: expected an http://, https:// "
-                "or arn:aws:lambda: endpoint"
-            )
+        problem = call_problem(call)
+        if problem is not None:
+            raise invalid(problem)
         expiration = self.default_expiration
         if call.HasField("expiration"):
             seconds = call.expiration.seconds + call.expiration.nanos / 1e9

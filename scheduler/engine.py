@@ -203,7 +203,7 @@ class Engine:
             directive = response.WhichOneof("directive")
             if directive == "exit" and response.exit.HasField("tail_call"):
                 tail = response.exit.tail_call
-                problem = child_problem(tail)
+                problem = call_problem(tail, endpoint_required=False)
                 if problem is not None:
                     outcome = Outcome(
                         Status.INVALID_RESPONSE, error_type="InvalidTailCall", message=problem
@@ -272,7 +272,7 @@ class Engine:
             return f"{len(poll.calls)} calls in one Poll: at most {MAX_POLL_CALLS}"
         children = []
         for index, child in enumerate(poll.calls):
-            problem = child_problem(child)
+            problem = call_problem(child, endpoint_required=False)
             if problem is not None:
                 return f"call {index}: {problem}"
             expires_at = call.expires_at
@@ -324,14 +324,17 @@ ORPHANS = (
 ENDPOINT_SCHEMES = ("http://", "https://", "arn:aws:lambda:")
 
 
-def child_problem(child: call_pb2.Call) -> str | None:
-    """Why a Poll's call cannot be dispatched, or None."""
-    if not FUNCTION_NAME.fullmatch(child.function):
-        return f"invalid function name {child.function[:100]!r}"
-    if child.endpoint and not child.endpoint.startswith(ENDPOINT_SCHEMES):
+def call_problem(call: call_pb2.Call, *, endpoint_required: bool = True) -> str | None:
+    """Why ``call`` (dispatched, or made by a Poll or a tail call, whose endpoint may be
+    left empty for the caller's own) cannot be run, or None."""
+    if not FUNCTION_NAME.fullmatch(call.function):
         return (
-            f"invalid endpoint {child.endpoint[:200]!r}: expected http://, https:// or "
-            "arn:aws:lambda:"
+            f"invalid function name {call.function[:100]!r}: expected ^[a-zA-Z_][a-zA-Z0-9_<>.]*$"
+        )
+    if (call.endpoint or endpoint_required) and not call.endpoint.startswith(ENDPOINT_SCHEMES):
+        return (
+            f"invalid endpoint {call.endpoint[:200]!r}: expected an http://, https:// or "
+            "arn:aws:lambda: endpoint"
         )
     return None
 
