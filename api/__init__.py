@@ -17,6 +17,8 @@ from .core import dispatching as _dispatching
 from .core.context import RunContext
 from .core.endpoint import Endpoint
 from .core.errors import (
+    AllFailed,
+    CallFailed,
     ConfigurationError,
     DeadlineExceeded,
     DispatchletError,
@@ -25,6 +27,7 @@ from .core.errors import (
     NotFound,
     PermanentError,
     PermissionDenied,
+    StepMismatch,
     TemporaryError,
     Throttled,
     Unauthenticated,
@@ -36,6 +39,7 @@ from .core.status import Status
 
 if TYPE_CHECKING:
     from .client import CallError, CallInfo, Client, ClientError
+    from .core.workflow import any, call, gather, patched, race, sleep
 
 
 def _default_client() -> _dispatching.Dispatcher:
@@ -47,19 +51,27 @@ def _default_client() -> _dispatching.Dispatcher:
 
 _dispatching.set_default_factory(_default_client)
 _CLIENT_NAMES = ("CallError", "CallInfo", "Client", "ClientError")
+_WORKFLOW_NAMES = ("any", "call", "gather", "patched", "race", "sleep")
 
 
 def __getattr__(name: str) -> object:
-    # The client is imported on first use: a Lambda cold start never pays for it.
+    # The client and the workflow steps are imported on first use: a Lambda cold start
+    # of an endpoint that uses neither never pays for them.
     if name in _CLIENT_NAMES:
         from . import client
 
         return getattr(client, name)
+    if name in _WORKFLOW_NAMES:
+        from .core import workflow
+
+        return getattr(workflow, name)
     raise AttributeError(f"module 'dispatchlet' has no attribute {name!r}")
 
 
 __all__ = [
+    "AllFailed",
     "CallError",
+    "CallFailed",
     "CallInfo",
     "Client",
     "ClientError",
@@ -77,9 +89,16 @@ __all__ = [
     "Response",
     "RunContext",
     "Status",
+    "StepMismatch",
     "TailCall",
     "TemporaryError",
     "Throttled",
     "Unauthenticated",
+    "any",
+    "call",
+    "gather",
+    "patched",
+    "race",
     "register_error_status",
+    "sleep",
 ]

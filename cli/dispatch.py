@@ -54,7 +54,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     calls = commands.add_parser("calls", help="list, show, wait for or cancel calls")
     actions = calls.add_subparsers(dest="action", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="calls, newest last")
-    listing.add_argument("--state", choices=("ready", "running", "done"))
+    listing.add_argument("--state", choices=("ready", "running", "waiting", "done"))
     listing.add_argument("--function")
     listing.add_argument("--root", metavar="DISPATCH_ID", help="the calls of one call tree")
     listing.add_argument("--limit", type=int, default=100)

@@ -1,5 +1,5 @@
 """The ``dispatchlet`` command: ``keygen``, ``serve``, ``call``, ``scheduler``, ``dev``,
-``dispatch`` and ``calls``."""
+``dispatch``, ``calls`` and ``check-replay``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 
-from . import call, dev, dispatch, keygen, scheduler, serve
+from . import call, check_replay, dev, dispatch, keygen, scheduler, serve
 from .errors import CommandError
 
 _EPILOG = """\
@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     scheduler.add_parser(commands)
     dev.add_parser(commands)
     dispatch.add_parsers(commands)
+    check_replay.add_parser(commands)
     return parser
 
 

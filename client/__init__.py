@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from google.protobuf import message
+from google.protobuf import any_pb2, message
 
 from ..core import values
 from ..core.connect import PROTO
@@ -77,6 +77,9 @@ class CallInfo:
     finished_at: datetime.datetime | None
     expires_at: datetime.datetime
     state: str
+    coroutine_state: any_pb2.Any | None = None
+    """While the call is suspended by a Poll: the state its endpoint returned (for a
+    dispatchlet workflow, its journal; see ``dispatchlet check-replay``)."""
 
     @classmethod
     def from_proto(cls, info: calls_pb2.CallInfo, *, allow_pickle: bool = False) -> CallInfo:
@@ -105,6 +108,7 @@ class CallInfo:
             else None,
             expires_at=info.expires_at.ToDatetime(datetime.timezone.utc),
             state=info.state,
+            coroutine_state=info.coroutine_state if info.HasField("coroutine_state") else None,
         )
 
 

@@ -35,6 +35,8 @@ ENDPOINT_URL_ENV = "DISPATCH_ENDPOINT_URL"
 DEFAULT_MAX_BODY_SIZE = 16 * 1024 * 1024
 DEFAULT_MAX_HEADER_COUNT = 128
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+DEFAULT_MAX_WORKFLOW_STEPS = 10_000
+DEFAULT_MAX_JOURNAL_SIZE = 4 * 1024 * 1024
 
 logger = logging.getLogger("dispatchlet")
 
@@ -57,6 +59,9 @@ class Endpoint:
     When set, signatures are checked against its authority and path prefix rather than
     what reached the server, which a proxy, CDN, API stage or custom domain may change.
 
+    ``max_workflow_steps``, ``max_journal_size``: bounds of a workflow's journal (see
+    ``dispatchlet.core.workflow``), with clear errors past them.
+
     ``allow_pickle``: accept and produce pickled Python values (Python callers only);
     unpickling happens only after a request's signature is verified. Input that no
     signature vouches for (``run()``: Lambda direct invocation, in-process callers; and
@@ -78,6 +83,8 @@ class Endpoint:
         clock_skew: float = 5.0,
         max_header_count: int = DEFAULT_MAX_HEADER_COUNT,
         max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        max_workflow_steps: int = DEFAULT_MAX_WORKFLOW_STEPS,
+        max_journal_size: int = DEFAULT_MAX_JOURNAL_SIZE,
     ) -> None:
         keys = (
             public_keys_from_env()
@@ -92,6 +99,11 @@ class Endpoint:
         self.max_body_size = max_body_size
         self.max_header_count = max_header_count
         self.max_header_bytes = max_header_bytes
+        self.max_workflow_steps = max_workflow_steps
+        """Steps (calls, sleeps, patches) one workflow run may make: each resume replays
+        them all."""
+        self.max_journal_size = max_journal_size
+        """Bytes a workflow's journal may hold; it travels in every resume."""
         self.max_signature_age = max_signature_age
         self.clock_skew = clock_skew
         self.verifier: Verifier | None = None

@@ -11,6 +11,8 @@ come first, and anything else is PERMANENT_ERROR.
 
 from __future__ import annotations
 
+import builtins
+import typing
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -113,6 +115,52 @@ class IncompatibleState(DispatchletError):
     code = "aborted"
 
 
+class StepMismatch(IncompatibleState):
+    """A resumed workflow made a step other than the one its journal records in that
+    slot: its code changed the order of its steps. Unlike other incompatible states,
+    the scheduler does not start such a call over, which would repeat the steps it took
+    already; it ends INCOMPATIBLE_STATE (``patched`` keeps runs on their old branch)."""
+
+
+class CallFailed(Exception):
+    """A call awaited in a workflow ended with an error: the error's type and message,
+    the call's status (as the error's type tells it) and its dispatch id.
+
+    A failed call whose error type is a built-in exception (``ValueError``, ...) or one
+    of dispatchlet's raises a subclass of both, so ``except ValueError`` catches it too.
+    Uncaught, it ends the workflow with the call's status when that status is final,
+    else (the call ran out of retries) with PERMANENT_ERROR.
+    """
+
+    def __init__(
+        self, function: str, error_type: str, message: str, status: Status, dispatch_id: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.function = function
+        self.error_type = error_type
+        self.message = message
+        self.status = status
+        self.dispatch_id = dispatch_id
+
+    def __str__(self) -> str:
+        kind = f"{self.error_type}: " if self.error_type else ""
+        return f"the call of {self.function} failed ({self.status.name}): {kind}{self.message}"
+
+    @property
+    def run_status(self) -> Status:
+        """The status of a workflow that this error ends: retrying the workflow would
+        only replay the same failure."""
+        return Status.PERMANENT_ERROR if self.status.retryable else self.status
+
+
+class AllFailed(Exception):
+    """Every call given to ``any`` failed; their errors, in the order given."""
+
+    def __init__(self, errors: list[CallFailed]) -> None:
+        super().__init__(f"all {len(errors)} calls failed")
+        self.errors = errors
+
+
 # Exceptions by "module.qualname": the most specific class in an exception's MRO wins.
 BUILTIN_STATUSES: dict[str, Status] = {
     "builtins.TimeoutError": Status.TIMEOUT,
@@ -169,9 +217,73 @@ def status_for(exc: BaseException) -> Status:
         rule = _registered.get(cls)
         if rule is not None:
             return rule if isinstance(rule, Status) else Status(rule(exc))
+        if cls is CallFailed:
+            return typing.cast(CallFailed, exc).run_status
         if issubclass(cls, DispatchletError) and "status" in cls.__dict__:
             return cls.status
         found = BUILTIN_STATUSES.get(f"{cls.__module__}.{cls.__qualname__}")
         if found is not None:
             return found
     return Status.PERMANENT_ERROR
+
+
+def type_name(cls: type[BaseException]) -> str:
+    """An exception type as an Error message names it: ``ValueError`` for a built-in,
+    else ``module.QualName``."""
+    return (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
+
+
+# What the scheduler names the errors it makes itself (no answer, a bad answer, ...).
+_SCHEDULER_ERRORS: dict[str, Status] = {
+    "InvalidResponse": Status.INVALID_RESPONSE,
+    "InvalidPoll": Status.INVALID_RESPONSE,
+    "InvalidTailCall": Status.INVALID_RESPONSE,
+    "HTTPError": Status.HTTP_ERROR,
+    "DeadlineExceeded": Status.TIMEOUT,
+    "Cancelled": Status.PERMANENT_ERROR,
+}
+
+
+def error_class(name: str) -> type[BaseException] | None:
+    """The class an Error's type names, when it is one this process knows by name alone
+    (a built-in exception, one of dispatchlet's, a registered one); never an import."""
+    if "." not in name:
+        found = getattr(builtins, name, None)
+        if isinstance(found, type) and issubclass(found, BaseException):
+            return found
+    for cls in (*_registered, *_own_errors()):
+        if type_name(cls) == name:
+            return cls
+    return None
+
+
+def _own_errors() -> list[type[DispatchletError]]:
+    found: list[type[DispatchletError]] = []
+    todo: list[type[DispatchletError]] = [DispatchletError]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return [c for c in found if c.__module__ == __name__]
+
+
+def status_for_type(name: str) -> Status:
+    """The status of a call whose error has type ``name``: by the same table as for a
+    raised exception (registered types, dispatchlet's, the built-in table), then the
+    names of errors the scheduler makes, else PERMANENT_ERROR."""
+    cls = error_class(name)
+    if cls is not None:
+        for base in cls.__mro__:
+            rule = _registered.get(base)
+            if isinstance(rule, Status):
+                return rule
+            if issubclass(base, DispatchletError) and "status" in base.__dict__:
+                return base.status
+            found = BUILTIN_STATUSES.get(f"{base.__module__}.{base.__qualname__}")
+            if found is not None:
+                return found
+        return Status.PERMANENT_ERROR
+    qualified = name if "." in name else f"builtins.{name}"
+    return BUILTIN_STATUSES.get(qualified) or _SCHEDULER_ERRORS.get(name, Status.PERMANENT_ERROR)

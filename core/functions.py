@@ -15,6 +15,7 @@ an ``InvalidArgument`` naming the parameter, reported as INVALID_ARGUMENT.
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import re
 import typing
@@ -36,6 +37,12 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 FUNCTION_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_<>.]*")
+
+WORKFLOW: contextvars.ContextVar[object] = contextvars.ContextVar(
+    "dispatchlet.workflow", default=None
+)
+"""The workflow run (``workflow.Replay``) this code is part of, if any: there, calling a
+registered function makes a durable call of it."""
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 _VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
@@ -83,6 +90,10 @@ class Function(Generic[P, R]):
         update_wrapper(self, fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        replay = WORKFLOW.get()
+        if replay is not None:
+            # In a workflow: a durable call, run by the scheduler once awaited.
+            return typing.cast(R, replay.call(self, args, kwargs))  # type: ignore[attr-defined]
         return self.fn(*args, **kwargs)
 
     def __repr__(self) -> str:

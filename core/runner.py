@@ -21,6 +21,7 @@ from .errors import (
     IncompatibleState,
     InvalidArgument,
     status_for,
+    type_name,
 )
 from .functions import Function, TailCall
 from .status import Status
@@ -48,9 +49,7 @@ def response(status: Status, result: call_pb2.CallResult | None = None) -> funct
 def error_proto(exc: BaseException, *, allow_pickle: bool = False) -> error_pb2.Error:
     """An Error carrying the exception's type, message and traceback text."""
     cls = type(exc)
-    name = (
-        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    )
+    name = type_name(cls)
     import traceback  # failures only: it costs cold-start time
 
     trace = "".join(traceback.format_exception(cls, exc, exc.__traceback__)).encode(
@@ -109,13 +108,23 @@ def execute(
             return error_run_response(
                 DeadlineExceeded(f"the run of {function.name} expired before it started")
             )
+    journal = None
     if request.WhichOneof("directive") == "poll_result":
-        return error_run_response(
-            IncompatibleState(f"{function.name} is not a coroutine: there is no state to resume")
-        )
+        if not function.is_async:
+            return error_run_response(
+                IncompatibleState(
+                    f"{function.name} is not a coroutine: there is no state to resume"
+                )
+            )
+        from . import workflow
+
+        try:
+            journal = workflow.read_journal(request.poll_result, function.name)
+        except IncompatibleState as exc:
+            return error_run_response(exc)
     try:
         # An unset input reads as an empty Any: no type URL.
-        input_any = request.input
+        input_any = request.input if journal is None else journal.input
         present = bool(input_any.type_url)
         if allow_pickle and not unpickle and values.is_pickled(input_any):
             raise values.DecodeError(_UNSIGNED_PICKLE)
@@ -129,8 +138,20 @@ def execute(
 
     try:
         if function.is_async:
+            from . import workflow
+
             timeout = None if deadline is None else max(deadline - time.time(), 0.0)
-            result = run_coroutine(function.fn(*args, **kwargs), timeout)
+            replay = workflow.Replay(
+                journal or workflow.new_journal(function.name, input_any),
+                function.endpoint,
+                allow_pickle=allow_pickle,
+                unpickle=unpickle,
+            )
+            if journal is not None:
+                replay.merge(request.poll_result.results)
+            result = workflow.run_workflow(function, args, kwargs, replay, timeout)
+            if isinstance(result, workflow.Suspended):
+                return result.response
         else:
             result = function.fn(*args, **kwargs)
     except Exception as exc:

@@ -27,7 +27,7 @@ from ..core.errors import (
 )
 from ..core.http import Response
 from ..core.status import Status
-from ..proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2, error_pb2
+from ..proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2, error_pb2, poll_pb2
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2
 from .engine import Engine, call_problem, timestamp
 from .store import Call, NewCall, State, Store
@@ -232,7 +232,7 @@ class Api:
                 state = State(request.state)
             except ValueError:
                 raise InvalidArgument(
-                    f"invalid state {request.state[:20]!r}: ready, running or done"
+                    f"invalid state {request.state[:20]!r}: ready, running, waiting or done"
                 ) from None
         size = request.page_size or 100
         if not 0 < size <= MAX_PAGE:
@@ -282,6 +282,10 @@ def call_info(call: Call) -> calls_pb2.CallInfo:
     info.expires_at.CopyFrom(timestamp(call.expires_at))
     if call.finished_at is not None:
         info.finished_at.CopyFrom(timestamp(call.finished_at))
+    if call.poll and not call.done:
+        poll = poll_pb2.Poll.FromString(call.poll)
+        if poll.HasField("typed_coroutine_state"):
+            info.coroutine_state.CopyFrom(poll.typed_coroutine_state)
     return info
 
 

@@ -13,7 +13,9 @@ what came of it.
   with a PollResult (its state, and its children's results with their correlation ids)
   once ``min_results`` are ready or ``max_wait`` has passed, at most ``max_results`` at a
   time. INCOMPATIBLE_STATE in answer to a resume runs the call again from its input, at
-  most ``max_restarts`` times. When a call ends, its unfinished children are cancelled.
+  most ``max_restarts`` times, unless the error is a ``StepMismatch`` (a workflow whose
+  steps changed order, which starting over would repeat): that is final. When a call
+  ends, its unfinished children are cancelled.
 - Calls are run at least once: a lease that lapses (this process died) makes the call
   claimable again, and an outcome is recorded only under the current lease.
 """
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf import any_pb2, timestamp_pb2
 
+from ..core.errors import StepMismatch, type_name
 from ..core.functions import FUNCTION_NAME
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, error_pb2, function_pb2, poll_pb2
@@ -229,14 +232,15 @@ class Engine:
             else:
                 result = response.exit.result.SerializeToString()
                 outcome = Outcome(_status(response.status))
-                if (
-                    outcome.status is Status.INCOMPATIBLE_STATE
-                    and call.poll
-                    and call.restarts < self.max_restarts
-                ):
-                    # The code that answers cannot resume this state: start it over.
-                    await self.store.restart(lease, now=now, orphans=ORPHANS)
-                    return
+                if outcome.status is Status.INCOMPATIBLE_STATE and call.poll:
+                    if response.exit.result.error.type == STEP_MISMATCH:
+                        # Starting over would repeat the steps the workflow took: final.
+                        await self._end(lease, outcome.status, result, now)
+                        return
+                    if call.restarts < self.max_restarts:
+                        # The code that answers cannot read this state: start it over.
+                        await self.store.restart(lease, now=now, orphans=ORPHANS)
+                        return
         else:
             result = _error_result(outcome)
         status = outcome.status
@@ -321,6 +325,8 @@ ORPHANS = (
         error=error_pb2.Error(type="Cancelled", message="its parent call ended")
     ).SerializeToString(),
 )
+# A workflow whose code changed the order of its steps (see core.workflow).
+STEP_MISMATCH = type_name(StepMismatch)
 ENDPOINT_SCHEMES = ("http://", "https://", "arn:aws:lambda:")
 
 

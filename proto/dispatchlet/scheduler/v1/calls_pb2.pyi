@@ -41,6 +41,7 @@ class CallInfo(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    COROUTINE_STATE_FIELD_NUMBER: _builtins.int
     dispatch_id: _builtins.str
     function: _builtins.str
     endpoint: _builtins.str
@@ -51,7 +52,7 @@ class CallInfo(_message.Message):
     parent_dispatch_id: _builtins.str
     root_dispatch_id: _builtins.str
     state: _builtins.str
-    """"ready", "running" or "done"."""
+    """"ready", "running", "waiting" (suspended by a Poll) or "done"."""
     @_builtins.property
     def output(self) -> _any_pb2.Any:
         """The output once OK; the last error otherwise (also while retrying)."""
@@ -64,6 +65,12 @@ class CallInfo(_message.Message):
     def finished_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def coroutine_state(self) -> _any_pb2.Any:
+        """While the call is suspended by a Poll (or being resumed): the state its endpoint
+        returned with the Poll (for a dispatchlet workflow, its journal).
+        """
+
     def __init__(
         self,
         *,
@@ -81,10 +88,11 @@ class CallInfo(_message.Message):
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         state: _builtins.str = ...,
+        coroutine_state: _any_pb2.Any | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "expires_at", b"expires_at", "finished_at", b"finished_at", "output", b"output"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["coroutine_state", b"coroutine_state", "created_at", b"created_at", "error", b"error", "expires_at", b"expires_at", "finished_at", b"finished_at", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "created_at", b"created_at", "dispatch_id", b"dispatch_id", "done", b"done", "endpoint", b"endpoint", "error", b"error", "expires_at", b"expires_at", "finished_at", b"finished_at", "function", b"function", "output", b"output", "parent_dispatch_id", b"parent_dispatch_id", "root_dispatch_id", b"root_dispatch_id", "state", b"state", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "coroutine_state", b"coroutine_state", "created_at", b"created_at", "dispatch_id", b"dispatch_id", "done", b"done", "endpoint", b"endpoint", "error", b"error", "expires_at", b"expires_at", "finished_at", b"finished_at", "function", b"function", "output", b"output", "parent_dispatch_id", b"parent_dispatch_id", "root_dispatch_id", b"root_dispatch_id", "state", b"state", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -184,7 +192,7 @@ class ListRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     state: _builtins.str
-    """Each filter applies when set: a state ("ready", "running", "done"), a function
+    """Each filter applies when set: a state ("ready", "running", "waiting", "done"), a function
     name, the root of a call tree.
     """
     function: _builtins.str

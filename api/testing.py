@@ -1,0 +1,231 @@
+"""Running workflows in a test, without a scheduler: ``run_workflow`` plays the
+scheduler's part in this process (it runs the calls a workflow starts, on the
+endpoint's own functions, and resumes it with their results), and ``check_replay``
+replays recorded journals against the current code.
+
+``results_per_resume=1`` is the strict mode: every result comes back through its own
+Poll and resume, so each await is replayed from the journal. ``order`` decides in which
+order finished calls are delivered (``"reverse"``, or a ``random.Random``), to show that
+the workflow's outcome does not depend on it. Timers do not make the test wait: the
+harness moves the workflow's clock forward instead.
+
+    from dispatchlet.testing import run_workflow
+
+    def test_onboarding():
+        run = run_workflow(endpoint, onboard, "ada@example.com", results_per_resume=1)
+        assert run.status is Status.OK and run.output == "ada"
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .core import values, workflow
+from .core.endpoint import Endpoint
+from .core.functions import Function
+from .core.status import Status
+from .core.workflow import ReplayCheck, check_replay
+from .proto.dispatch.sdk.v1 import call_pb2, error_pb2, function_pb2
+
+
+@dataclass
+class WorkflowRun:
+    """How a workflow run by ``run_workflow`` went."""
+
+    status: Status
+    output: object = None
+    """The decoded output, once OK."""
+    error: error_pb2.Error | None = None
+    resumes: int = 0
+    journals: list[bytes] = field(default_factory=list)
+    """The journal after each suspension (``Journal`` bytes), for ``check_replay``."""
+    calls: list[call_pb2.Call] = field(default_factory=list)
+    """Every call the workflow started, in order."""
+    children: dict[int, Status] = field(default_factory=dict)
+    """The status each started call ended with, by correlation id."""
+    function: str = ""
+
+    def save_journals(self, folder: str | os.PathLike[str]) -> list[Path]:
+        """Write each journal to ``folder`` as ``FUNCTION-N.journal``, for
+        ``dispatchlet check-replay APP FOLDER`` to replay against later code."""
+        target = Path(folder)
+        target.mkdir(parents=True, exist_ok=True)
+        written = []
+        for number, journal in enumerate(self.journals, 1):
+            path = target / f"{self.function}-{number}.journal"
+            path.write_bytes(journal)
+            written.append(path)
+        return written
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.offset = 0
+
+    def __call__(self) -> int:
+        return self.real() + self.offset
+
+    real = staticmethod(time.time_ns)
+
+
+@contextmanager
+def _moved_clock() -> Iterator[_Clock]:
+    clock = _Clock()
+    saved, workflow.clock = workflow.clock, clock
+    try:
+        yield clock
+    finally:
+        workflow.clock = saved
+
+
+def run_workflow(
+    endpoint: Endpoint,
+    function: Function[..., Any] | str,
+    *args: Any,
+    results_per_resume: int = workflow.MAX_POLL_RESULTS,
+    order: Literal["arrival", "reverse"] | random.Random = "arrival",
+    endpoints: Mapping[str, Endpoint] | None = None,
+    max_runs: int = 100_000,
+    **kwargs: Any,
+) -> WorkflowRun:
+    """Run ``function`` of ``endpoint`` with these arguments to its end, its calls run
+    in this process (calls of other endpoints on ``endpoints``, by URL)."""
+    if isinstance(function, str):
+        function = endpoint.functions[function]
+    value = function.input_for(*args, **kwargs)
+    request = function_pb2.RunRequest(
+        function=function.name,
+        input=values.to_any(value, allow_pickle=endpoint.allow_pickle),
+        dispatch_id="root",
+        root_dispatch_id="root",
+    )
+    simulator = _Simulator(endpoint, dict(endpoints or {}), results_per_resume, order, max_runs)
+    with _moved_clock() as clock:
+        simulator.clock = clock
+        run = WorkflowRun(Status.UNSPECIFIED, function=function.name)
+        response = simulator.complete(endpoint, request, run)
+    result = response.exit.result
+    run.status = Status(response.status)
+    if result.HasField("error"):
+        run.error = result.error
+    elif result.HasField("output"):
+        run.output = values.from_any(result.output, allow_pickle=endpoint.allow_pickle)
+    return run
+
+
+class _Simulator:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        endpoints: dict[str, Endpoint],
+        per_resume: int,
+        order: Literal["arrival", "reverse"] | random.Random,
+        max_runs: int,
+    ) -> None:
+        self.endpoint = endpoint
+        self.endpoints = endpoints
+        self.per_resume = per_resume
+        self.order = order
+        self.runs = 0
+        self.max_runs = max_runs
+        self.ids = itertools.count(1)
+        self.clock = _Clock()
+
+    def complete(
+        self, endpoint: Endpoint, request: function_pb2.RunRequest, run: WorkflowRun | None
+    ) -> function_pb2.RunResponse:
+        """Run a call until it exits, resuming it after each Poll."""
+        finished: list[call_pb2.CallResult] = []
+        while True:
+            self.runs += 1
+            if self.runs > self.max_runs:
+                raise RuntimeError(f"more than {self.max_runs} runs: does the workflow end?")
+            response = endpoint.run(request)
+            if response.WhichOneof("directive") != "poll":
+                tail = response.exit.tail_call
+                if response.exit.HasField("tail_call"):
+                    request = function_pb2.RunRequest(
+                        function=tail.function,
+                        input=tail.input,
+                        dispatch_id=request.dispatch_id,
+                        root_dispatch_id=request.root_dispatch_id,
+                    )
+                    endpoint = self._endpoint(tail.endpoint) or endpoint
+                    continue
+                return response
+            poll = response.poll
+            if run is not None:
+                run.resumes += 1
+                run.journals.append(poll.typed_coroutine_state.value)
+                run.calls.extend(poll.calls)
+            batch = [self._child(endpoint, request, child, run) for child in poll.calls]
+            finished.extend(self._ordered(batch))
+            take = min(poll.max_results, self.per_resume)
+            if len(finished) < poll.min_results:
+                # Not enough results: the Poll's max_wait passes.
+                self.clock.offset += poll.max_wait.ToNanoseconds()
+            resume = function_pb2.RunRequest(
+                function=request.function,
+                dispatch_id=request.dispatch_id,
+                root_dispatch_id=request.root_dispatch_id,
+            )
+            resume.poll_result.typed_coroutine_state.CopyFrom(poll.typed_coroutine_state)
+            resume.poll_result.results.extend(finished[:take])
+            finished = finished[take:]
+            request = resume
+
+    def _child(
+        self,
+        endpoint: Endpoint,
+        parent: function_pb2.RunRequest,
+        child: call_pb2.Call,
+        run: WorkflowRun | None,
+    ) -> call_pb2.CallResult:
+        target = self._endpoint(child.endpoint) if child.endpoint else endpoint
+        dispatch_id = f"child-{next(self.ids)}"
+        if target is None:
+            response = function_pb2.RunResponse(status=Status.NOT_FOUND.value)  # type: ignore[arg-type]
+            response.exit.result.error.CopyFrom(
+                error_pb2.Error(type="NotFound", message=f"no endpoint {child.endpoint!r}")
+            )
+        else:
+            request = function_pb2.RunRequest(
+                function=child.function,
+                input=child.input,
+                dispatch_id=dispatch_id,
+                parent_dispatch_id=parent.dispatch_id,
+                root_dispatch_id=parent.root_dispatch_id,
+            )
+            response = self.complete(target, request, None)
+        if run is not None:
+            run.children[child.correlation_id] = Status(response.status)
+        result = call_pb2.CallResult()
+        result.CopyFrom(response.exit.result)
+        result.correlation_id = child.correlation_id
+        result.dispatch_id = dispatch_id
+        return result
+
+    def _endpoint(self, url: str) -> Endpoint | None:
+        if not url:
+            return None
+        return self.endpoints.get(url.rstrip("/"))
+
+    def _ordered(self, results: list[call_pb2.CallResult]) -> list[call_pb2.CallResult]:
+        if self.order == "reverse":
+            return results[::-1]
+        if isinstance(self.order, random.Random):
+            shuffled = list(results)
+            self.order.shuffle(shuffled)
+            return shuffled
+        return results
+
+
+__all__ = ["ReplayCheck", "WorkflowRun", "check_replay", "run_workflow"]
