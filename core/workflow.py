@@ -98,21 +98,24 @@ class Awaitable:
 class Step(Awaitable):
     """One step of a workflow, in its slot: a call or a timer."""
 
-    def __init__(self, replay: Replay, slot: int) -> None:
+    def __init__(self, replay: Replay, slot: int, record: journal_pb2.Step) -> None:
         self.replay = replay
         self.slot = slot
+        self.record = record
         self.steps = (self,)
-
-    @property
-    def record(self) -> journal_pb2.Step:
-        return self.replay.journal.steps[self.slot]
 
 
 class Call(Step):
     """A call of a function, run by the scheduler when the workflow first awaits it."""
 
-    def __init__(self, replay: Replay, slot: int, encode: Callable[[], any_pb2.Any]) -> None:
-        super().__init__(replay, slot)
+    def __init__(
+        self,
+        replay: Replay,
+        slot: int,
+        record: journal_pb2.Step,
+        encode: Callable[[], any_pb2.Any],
+    ) -> None:
+        super().__init__(replay, slot, record)
         self._encode = encode
 
     def call(self) -> call_pb2.Call:
@@ -173,7 +176,9 @@ class Replay:
 
     # -- steps
 
-    def _reserve(self, kind: Kind.ValueType, name: str, endpoint: str = "") -> int:
+    def _reserve(
+        self, kind: Kind.ValueType, name: str, endpoint: str = ""
+    ) -> tuple[int, journal_pb2.Step]:
         if self.failure is not None:
             raise self.failure
         slot = self.cursor
@@ -196,9 +201,9 @@ class Replay:
                     "the work into child workflows"
                 )
                 raise self.failure
-            steps.add(kind=kind, name=name, endpoint=endpoint)
+            record = steps.add(kind=kind, name=name, endpoint=endpoint)
         self.cursor += 1
-        return slot
+        return slot, record
 
     def call(
         self, function: Function[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -216,26 +221,29 @@ class Replay:
                 endpoint = url
         # Checked now, so that a call with wrong arguments fails where it is made.
         value = function.input_for(*args, **kwargs)
-        slot = self._reserve(CALL, function.name, endpoint)
-        return Call(self, slot, lambda: values.to_any(value, allow_pickle=self.allow_pickle))
+        slot, record = self._reserve(CALL, function.name, endpoint)
+        return Call(
+            self, slot, record, lambda: values.to_any(value, allow_pickle=self.allow_pickle)
+        )
 
     def call_by_name(self, name: str, value: object, endpoint: str) -> Call:
         if not FUNCTION_NAME.fullmatch(name):
             raise ValueError(f"invalid function name {name!r}")
         if endpoint and not endpoint.startswith(("http://", "https://", "arn:aws:lambda:")):
             raise ValueError(f"invalid endpoint {endpoint!r}: expected http(s):// or a Lambda ARN")
-        slot = self._reserve(CALL, name, endpoint.rstrip("/"))
-        return Call(self, slot, lambda: values.to_any(value, allow_pickle=self.allow_pickle))
+        slot, record = self._reserve(CALL, name, endpoint.rstrip("/"))
+        return Call(
+            self, slot, record, lambda: values.to_any(value, allow_pickle=self.allow_pickle)
+        )
 
     def sleep(self, seconds: float) -> Sleep:
-        slot = self._reserve(SLEEP, "")
-        record = self.journal.steps[slot]
+        slot, record = self._reserve(SLEEP, "")
         if not record.started:
             record.started = True
             record.wake_at.FromNanoseconds(clock() + int(seconds * 1e9))
             if seconds <= 0:
                 self._arrive(record)
-        return Sleep(self, slot)
+        return Sleep(self, slot, record)
 
     def patched(self, name: str) -> bool:
         steps = self.journal.steps
@@ -290,31 +298,31 @@ class Replay:
 
     def resolve(self, awaited: Awaitable) -> tuple[bool, object] | None:
         """The outcome of ``awaited`` by the journal, or None while it is pending."""
-        for step in awaited.steps:
+        steps = awaited.steps
+        for step in steps:
             if step.replay is not self:
                 raise RuntimeError(f"{step!r} belongs to another run of the workflow")
-        steps = awaited.steps
-        arrived = sorted((s for s in steps if s.record.arrival), key=lambda s: s.record.arrival)
+        if awaited.single:
+            return self.outcome(steps[0]) if steps[0].record.arrival else None
+        arrived = sorted((s.record.arrival, i) for i, s in enumerate(steps) if s.record.arrival)
+        outcomes = {i: self.outcome(steps[i]) for _, i in arrived}
         mode = awaited.mode
-        if mode is Mode.RACE and arrived:
-            return self.outcome(arrived[0])
+        if mode is Mode.RACE:
+            return outcomes[arrived[0][1]] if arrived else None
+        complete = len(arrived) == len(steps)
         if mode is Mode.ANY:
-            for step in arrived:
-                ok, value = self.outcome(step)
-                if ok:
-                    return True, value
-            if len(arrived) == len(steps):
-                errors = [typing.cast(CallFailed, self.outcome(s)[1]) for s in steps]
+            for _, i in arrived:
+                if outcomes[i][0]:
+                    return outcomes[i]
+            if complete:
+                errors = [typing.cast(CallFailed, outcomes[i][1]) for i in range(len(steps))]
                 return False, AllFailed(errors)
             return None
-        if mode is Mode.ALL:
-            for step in arrived:
-                ok, value = self.outcome(step)
-                if not ok:
-                    return False, value
-            if len(arrived) == len(steps):
-                results = [self.outcome(s)[1] for s in steps]
-                return True, results[0] if awaited.single else results
+        for _, i in arrived:
+            if not outcomes[i][0]:
+                return outcomes[i]
+        if complete:
+            return True, [outcomes[i][1] for i in range(len(steps))]
         return None
 
     # -- suspending

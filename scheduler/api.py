@@ -211,18 +211,20 @@ class Api:
         return calls_pb2.GetResponse(call=call_info(await self._found(request.dispatch_id)))
 
     async def wait(self, request: calls_pb2.WaitRequest) -> calls_pb2.WaitResponse:
-        found = await self._found(request.dispatch_id)
         limit = MAX_WAIT
         if request.HasField("timeout"):
             limit = min(limit, max(0.0, request.timeout.seconds + request.timeout.nanos / 1e9))
         deadline = time.monotonic() + limit
-        while not found.done:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            # Woken when this process ends the call; checked again at least every second.
-            await self.engine.finished(found.dispatch_id, min(remaining, 1.0))
+        with self.engine.watching(request.dispatch_id) as until:
             found = await self._found(request.dispatch_id)
+            while not found.done:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                # Woken when this process ends the call; checked again at least every
+                # second (another process may end it).
+                await until(min(remaining, 1.0))
+                found = await self._found(request.dispatch_id)
         return calls_pb2.WaitResponse(call=call_info(found))
 
     async def list(self, request: calls_pb2.ListRequest) -> calls_pb2.ListResponse:

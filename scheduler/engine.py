@@ -28,7 +28,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf import any_pb2, timestamp_pb2
@@ -84,13 +84,20 @@ class Engine:
         self._stopping = True
         self._wake.set()
 
-    async def finished(self, dispatch_id: str, timeout: float) -> None:
-        """Return once this process ends the call, or after ``timeout`` seconds."""
-        future = asyncio.get_running_loop().create_future()
+    @contextlib.contextmanager
+    def watching(self, dispatch_id: str) -> Iterator[Callable[[float], Awaitable[None]]]:
+        """Within the block, ``await until(timeout)`` returns once this process has ended
+        the call (since the block began) or after ``timeout`` seconds. Watching starts
+        before the caller reads the store, so that an end in between is not missed."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._finished.setdefault(dispatch_id, []).append(future)
-        try:
+
+        async def until(timeout: float) -> None:
             with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(future), timeout)
+
+        try:
+            yield until
         finally:
             waiters = self._finished.get(dispatch_id, [])
             if future in waiters:
