@@ -100,7 +100,8 @@ def served(folder: Path, runs: int, steps: int) -> dict[str, Any]:
             built = call_pb2.Call(function=function, endpoint=endpoint)
             built.input.CopyFrom(values.to_any(value))
             info = client.wait(client.dispatch([built])[0])
-            assert info.status is not None and info.status.name == "OK", info
+            if info.status is None or info.status.name != "OK":
+                raise SystemExit(f"{function} did not end OK: {info}")
             return info.output
 
         run("three", 0)  # warm both up
