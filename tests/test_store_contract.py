@@ -438,6 +438,8 @@ def test_a_poll_runs_children_and_resumes_the_parent_with_their_results(
         # In the order they finished; each with its correlation id.
         assert [(r.correlation_id, r.result) for r in resumed.results] == [(2, b"r2"), (0, b"r0")]
         assert resumed.lease.delivered == (kids[2], kids[0])
+        # A suspension is a run that succeeded: the resume is the first attempt of the next.
+        assert (waiting.attempts, resumed.call.attempts) == (0, 1)
         # It polls again; the results it was given count as delivered.
         again = await store.suspend(
             resumed.lease, POLL, [], min_results=1, max_results=5, until=NOW + 100, now=NOW + 6

@@ -60,6 +60,17 @@ def fail(kind: str) -> None:
 
 
 @endpoint.function
+async def long_haul(n: int) -> int:
+    x = 0
+    for _ in range(n):
+        x = await double(x + 1)
+    note({"haul": n})
+    if sum(1 for line in LOG.read_text().splitlines() if '"haul"' in line) < 3:
+        raise TimeoutError("the workflow's own hiccup")
+    return x
+
+
+@endpoint.function
 def charge(order: str) -> str:
     note({"step": "charge", "order": order})
     return order
@@ -208,6 +219,8 @@ class Stack:
                 "0.05",
                 "--backoff-cap",
                 "0.3",
+                "--max-attempts",
+                "5",
             ],
             environment(
                 DISPATCH_SIGNING_KEY=private_key_base64(self.key), DISPATCH_API_KEY=API_KEY
@@ -357,7 +370,15 @@ def test_a_childs_error_is_caught_or_ends_the_workflow_with_its_status(stack: St
     careless = stack.wait(stack.dispatch("careless"))
     assert careless.status == Status.PERMANENT_ERROR
     assert "card declined" in careless.error.message
-    assert careless.attempts == 2  # the start, and the resume that re-raised
+    assert careless.attempts == 1  # the resume that re-raised: not retried
+
+
+def test_each_resume_has_the_whole_retry_budget(stack: Stack) -> None:
+    # More steps than --max-attempts (5), then its last resume fails twice: it is retried
+    # (attempts count from the last Poll), not ended for the attempts of earlier steps.
+    info = stack.wait(stack.dispatch("long_haul", 8))
+    assert result(info) == 510
+    assert info.attempts == 3
 
 
 def test_a_sleep_outlives_a_scheduler_kill_and_an_endpoint_restart(stack: Stack) -> None:

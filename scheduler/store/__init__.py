@@ -68,6 +68,7 @@ class Call:
     result: bytes
     """A serialized ``CallResult``: the output once OK, else the last error (empty: none)."""
     attempts: int
+    """Attempts of the call's current run: since it started, or since its last Poll."""
     created_at: float
     expires_at: float
     ready_at: float
@@ -153,7 +154,9 @@ class Store(Protocol):
         now: float,
     ) -> list[str] | None:
         """Store ``children`` under the call and make it wait for them (``poll``: the
-        serialized Poll without its calls); their ids, or None for a stale lease."""
+        serialized Poll without its calls); their ids, or None for a stale lease. The
+        run succeeded: the call's ``attempts`` count starts again, so that the retries
+        of each resume have the whole ``max_attempts`` (a workflow may have many steps)."""
 
     async def restart(self, lease: Lease, *, now: float, orphans: tuple[int, bytes]) -> bool:
         """Run the call again from its input, its poll state dropped and its unfinished

@@ -274,7 +274,7 @@ class SQLiteStore:
         def update(db: sqlite3.Connection) -> list[str] | None:
             row = db.execute(
                 "UPDATE calls SET state = 'waiting', poll = ?, poll_min = ?, poll_max = ?, "
-                "poll_until = ?, lease_owner = NULL, lease_expires = NULL "
+                "poll_until = ?, lease_owner = NULL, lease_expires = NULL, attempts = 0 "
                 "WHERE dispatch_id = ? AND lease_token = ? AND state = 'running' "
                 "RETURNING root_id",
                 (poll, min_results, max_results, until, lease.dispatch_id, lease.token),
