@@ -145,7 +145,7 @@ def replay_costs(sizes: list[int], rounds: int) -> list[tuple[int, float, float]
     async def chain(n: int) -> int:
         x = 0
         for _ in range(n):
-            x = await step(x)
+            x = await step.step(x)
         return x
 
     plain = function_pb2.RunRequest(function="step", input=values.to_any(1))

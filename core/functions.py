@@ -19,10 +19,10 @@ import contextvars
 import inspect
 import re
 import typing
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from functools import cached_property, update_wrapper
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar, overload
 
 from ..proto.dispatch.sdk.v1 import call_pb2
 from .context import RunContext
@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+Q = ParamSpec("Q")
+T = TypeVar("T")
 
 FUNCTION_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_<>.]*")
 
@@ -95,6 +97,26 @@ class Function(Generic[P, R]):
             # In a workflow: a durable call, run by the scheduler once awaited.
             return typing.cast(R, replay.call(self, args, kwargs))  # type: ignore[attr-defined]
         return self.fn(*args, **kwargs)
+
+    @overload
+    def step(
+        self: Function[Q, Coroutine[Any, Any, T]], *args: Q.args, **kwargs: Q.kwargs
+    ) -> Awaitable[T]: ...
+
+    @overload
+    def step(self: Function[Q, T], *args: Q.args, **kwargs: Q.kwargs) -> Awaitable[T]: ...
+
+    def step(self, *args: Any, **kwargs: Any) -> Any:
+        """In a workflow, the durable call of this function with these arguments: what
+        calling it there makes, typed for ``await`` (the awaited value is the function's
+        result, for a plain function as for a coroutine)."""
+        replay = WORKFLOW.get()
+        if replay is None:
+            raise RuntimeError(
+                f"{self.name}.step() is a durable call: make it in an async function "
+                "registered on an Endpoint, run by the scheduler"
+            )
+        return replay.call(self, args, kwargs)  # type: ignore[attr-defined]
 
     def __repr__(self) -> str:
         return f"<dispatchlet function {self.name}>"

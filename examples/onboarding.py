@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from dispatchlet import Endpoint, PermanentError, RunContext, gather, sleep
+from dispatchlet import Endpoint, PermanentError, gather, sleep
 
 endpoint = Endpoint()
 
@@ -17,10 +17,11 @@ endpoint = Endpoint()
 
 
 @endpoint.function
-def create_user(email: str, context: RunContext) -> dict[str, str]:
+def create_user(email: str) -> dict[str, str]:
     if "@" not in email:
         raise PermanentError(f"not an email address: {email!r}")
-    return {"id": f"user-{context.dispatch_id[:8]}", "email": email}
+    # The email is the key: a retried attempt finds the user made by an earlier one.
+    return {"id": f"user-{email.split('@')[0]}", "email": email}
 
 
 @endpoint.function
@@ -34,13 +35,17 @@ def notify_sales(user_id: str) -> str:
 
 
 # The workflow only decides: it runs again from its start on every resume, each await
-# of a step that is done returning the remembered result at once.
+# of a step that is done returning the remembered result at once. Calling a registered
+# function in a workflow makes the durable call; `.step(...)` is the same, typed for
+# `await` (mypy sees a plain function's call as returning its result, not an awaitable).
 
 
 @endpoint.function
 async def onboard(email: str) -> dict[str, object]:
-    user = await create_user(email)
-    sent = await send_email(user["email"], "welcome")
+    user = await create_user.step(email)
+    sent = await send_email.step(user["email"], "welcome")
     await sleep(timedelta(seconds=1))  # a durable timer: days work the same way
-    tips, sales = await gather(send_email(user["email"], "tips"), notify_sales(user["id"]))
+    tips, sales = await gather(
+        send_email.step(user["email"], "tips"), notify_sales.step(user["id"])
+    )
     return {"user": user["id"], "done": [sent, tips, sales]}

@@ -44,6 +44,23 @@ def test_dev_with_a_function_runs_the_whole_loop_once(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []  # its database was a temporary one
 
 
+def test_dev_runs_the_example_workflow_to_its_end(tmp_path: Path) -> None:
+    example = str(ROOT / "examples" / "onboarding.py")
+    result = dispatchlet(
+        "dev", example, "onboard", '"ada@example.com"', env=environment(), cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    *output, summary = result.stdout.splitlines()
+    done = json.loads("\n".join(output))
+    assert done["user"] == "user-ada"
+    assert done["done"] == [
+        "welcome sent to ada@example.com",
+        "tips sent to ada@example.com",
+        f"sales told of {done['user']}",
+    ]
+    assert summary.startswith("(OK after 1 attempt(s), dispatch id ")
+
+
 def test_dev_with_a_failing_function_exits_1_with_its_error(tmp_path: Path) -> None:
     result = dispatchlet("dev", HELLO, "divide", "[1, 0]", env=environment(), cwd=tmp_path)
     assert result.returncode == 1

@@ -555,6 +555,20 @@ def test_results_are_decoded_by_the_value_codec(endpoint: Endpoint) -> None:
     assert output(answer) == {"ids": [1, 2, 3], "ok": True}
 
 
+def test_step_is_the_typed_spelling_of_a_call(endpoint: Endpoint) -> None:
+    double = endpoint.functions["double"]
+
+    @endpoint.function
+    async def typed(x: int) -> list[int]:
+        return [await double.step(x), await double(x + 1)]
+
+    run = run_workflow(endpoint, typed, 1)
+    assert run.output == [2, 4]
+    assert [c.function for c in run.calls] == ["double", "double"]
+    with pytest.raises(RuntimeError, match="durable call"):
+        double.step(1)
+
+
 def test_outside_a_workflow_functions_are_plain_and_steps_refuse(endpoint: Endpoint) -> None:
     assert endpoint.functions["double"](4) == 8
     with pytest.raises(RuntimeError, match="durable step"):
