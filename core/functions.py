@@ -15,7 +15,6 @@ an ``InvalidArgument`` naming the parameter, reported as INVALID_ARGUMENT.
 
 from __future__ import annotations
 
-import contextvars
 import inspect
 import re
 import typing
@@ -31,6 +30,8 @@ from .errors import InvalidArgument
 from .typecheck import Check, checker, describe
 
 if TYPE_CHECKING:
+    import contextvars
+
     from .endpoint import Endpoint
 
 P = ParamSpec("P")
@@ -40,11 +41,11 @@ T = TypeVar("T")
 
 FUNCTION_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_<>.]*")
 
-WORKFLOW: contextvars.ContextVar[object] = contextvars.ContextVar(
-    "dispatchlet.workflow", default=None
-)
-"""The workflow run (``workflow.Replay``) this code is part of, if any: there, calling a
-registered function makes a durable call of it."""
+WORKFLOW: contextvars.ContextVar[object] | None = None
+"""Once ``workflow`` is imported, the variable holding the workflow run (``Replay``) the
+running code is part of, if any: there, calling a registered function makes a durable
+call of it. None until then, so that an endpoint without workflows never imports
+contextvars (cold starts)."""
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 _VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
@@ -92,7 +93,7 @@ class Function(Generic[P, R]):
         update_wrapper(self, fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        replay = WORKFLOW.get()
+        replay = None if WORKFLOW is None else WORKFLOW.get()
         if replay is not None:
             # In a workflow: a durable call, run by the scheduler once awaited.
             return typing.cast(R, replay.call(self, args, kwargs))  # type: ignore[attr-defined]
@@ -110,7 +111,7 @@ class Function(Generic[P, R]):
         """In a workflow, the durable call of this function with these arguments: what
         calling it there makes, typed for ``await`` (the awaited value is the function's
         result, for a plain function as for a coroutine)."""
-        replay = WORKFLOW.get()
+        replay = None if WORKFLOW is None else WORKFLOW.get()
         if replay is None:
             raise RuntimeError(
                 f"{self.name}.step() is a durable call: make it in an async function "

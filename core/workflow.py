@@ -25,6 +25,7 @@ Everything here is sans-IO: the scheduler does the calling and the waiting.
 
 from __future__ import annotations
 
+import contextvars
 import time
 import typing
 from collections.abc import Callable, Generator, Iterable, Mapping
@@ -37,7 +38,7 @@ from google.protobuf import any_pb2, message
 
 from ..proto.dispatch.sdk.v1 import call_pb2, function_pb2, poll_pb2
 from ..proto.dispatchlet.workflow.v1 import journal_pb2
-from . import values
+from . import functions, values
 from .errors import (
     AllFailed,
     CallFailed,
@@ -48,7 +49,7 @@ from .errors import (
     error_class,
     status_for_type,
 )
-from .functions import FUNCTION_NAME, WORKFLOW, Function
+from .functions import FUNCTION_NAME, Function
 from .status import Status
 
 if typing.TYPE_CHECKING:
@@ -61,6 +62,12 @@ MAX_POLL_CALLS = 1000
 MAX_POLL_RESULTS = 1000
 WAIT_FOR_RESULTS = 24 * 3600.0
 """How long a Poll waits for results before the workflow looks again."""
+
+CURRENT: contextvars.ContextVar[Replay | None] = contextvars.ContextVar(
+    "dispatchlet.workflow", default=None
+)
+"""The workflow run the running code is part of (set by ``Driver``, in its task)."""
+functions.WORKFLOW = typing.cast("contextvars.ContextVar[object]", CURRENT)
 
 clock: Callable[[], int] = time.time_ns
 """Nanoseconds since the epoch, for timers (a test harness may move it)."""
@@ -419,13 +426,13 @@ def _failure(function: str, result: call_pb2.CallResult) -> CallFailed:
 
 
 def _replay(what: str) -> Replay:
-    replay = WORKFLOW.get()
+    replay = CURRENT.get()
     if replay is None:
         raise RuntimeError(
             f"{what} is a durable step: use it in an async function registered on an "
             "Endpoint, run by the scheduler"
         )
-    return typing.cast(Replay, replay)
+    return replay
 
 
 def _steps(awaitables: tuple[object, ...], what: str) -> tuple[Step, ...]:
@@ -541,11 +548,11 @@ class Driver:
         self.replay = replay
 
     def __await__(self) -> Generator[Any, Any, Any]:
-        token = WORKFLOW.set(self.replay)
+        token = CURRENT.set(self.replay)
         try:
             return (yield from self._drive())
         finally:
-            WORKFLOW.reset(token)
+            CURRENT.reset(token)
 
     def _drive(self) -> Generator[Any, Any, Any]:
         coroutine, replay = self.coroutine, self.replay

@@ -689,3 +689,44 @@ def test_check_replay_on_the_command_line(
     assert "give JOURNAL files" in capsys.readouterr().err
     assert main(["check-replay", str(tmp_path / "original.py"), str(tmp_path / "none")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+@settings(max_examples=300, deadline=None)
+@given(state=st.binary(max_size=300), type_url=st.sampled_from([workflow.JOURNAL_TYPE_URL, "x"]))
+def test_any_state_bytes_resume_or_are_incompatible(state: bytes, type_url: str) -> None:
+    endpoint = make_endpoint()
+    request = function_pb2.RunRequest(function="three_steps")
+    request.poll_result.typed_coroutine_state.type_url = type_url
+    request.poll_result.typed_coroutine_state.value = state
+    answer = endpoint.run(request)
+    assert answer.status in (Status.OK.value, Status.INCOMPATIBLE_STATE.value), answer
+    if answer.status == Status.INCOMPATIBLE_STATE.value:
+        assert answer.exit.result.error.type.endswith(("IncompatibleState", "StepMismatch"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    flips=st.lists(st.tuples(st.integers(min_value=0), st.integers(1, 255)), max_size=4),
+    results=st.lists(
+        st.tuples(st.integers(min_value=0, max_value=2**64 - 1), st.binary(max_size=40)),
+        max_size=6,
+    ),
+)
+def test_damaged_journals_and_stray_results_never_crash(
+    flips: list[tuple[int, int]], results: list[tuple[int, bytes]]
+) -> None:
+    endpoint = make_endpoint()
+    poll = record_journal(endpoint, "three_steps", 3, results=2)
+    state = bytearray(poll.typed_coroutine_state.value)
+    for at, mask in flips:
+        state[at % len(state)] ^= mask
+    request = resume("three_steps", poll, [])
+    request.poll_result.typed_coroutine_state.value = bytes(state)
+    for correlation_id, output in results:
+        result = request.poll_result.results.add(correlation_id=correlation_id)
+        result.output.type_url = "type.googleapis.com/google.protobuf.Int64Value"
+        result.output.value = output
+    answer = endpoint.run(request)
+    # Whatever arrives: a Poll, an exit, or an error status; never an exception.
+    assert answer.WhichOneof("directive") in ("poll", "exit")
+    assert answer.status != Status.UNSPECIFIED.value
