@@ -214,17 +214,26 @@ def register_error_status(exc_type: type[BaseException], status: StatusRule) -> 
 def status_for(exc: BaseException) -> Status:
     """The run status reported for a function that raised ``exc``."""
     for cls in type(exc).__mro__:
-        rule = _registered.get(cls)
-        if rule is not None:
-            return rule if isinstance(rule, Status) else Status(rule(exc))
-        if cls is CallFailed:
-            return typing.cast(CallFailed, exc).run_status
-        if issubclass(cls, DispatchletError) and "status" in cls.__dict__:
-            return cls.status
-        found = BUILTIN_STATUSES.get(f"{cls.__module__}.{cls.__qualname__}")
+        found = _class_status(cls, exc)
         if found is not None:
             return found
     return Status.PERMANENT_ERROR
+
+
+def _class_status(cls: type[BaseException], exc: BaseException | None) -> Status | None:
+    """The status that ``cls``, one class of an exception's MRO, fixes, if it fixes one.
+    ``exc`` is the exception; None when only its type is known, where rules that are
+    functions of the exception cannot apply."""
+    rule = _registered.get(cls)
+    if isinstance(rule, Status):
+        return rule
+    if rule is not None and exc is not None:
+        return Status(rule(exc))
+    if cls is CallFailed and exc is not None:
+        return typing.cast(CallFailed, exc).run_status
+    if issubclass(cls, DispatchletError) and "status" in cls.__dict__:
+        return cls.status
+    return BUILTIN_STATUSES.get(f"{cls.__module__}.{cls.__qualname__}")
 
 
 def type_name(cls: type[BaseException]) -> str:
@@ -276,12 +285,7 @@ def status_for_type(name: str) -> Status:
     cls = error_class(name)
     if cls is not None:
         for base in cls.__mro__:
-            rule = _registered.get(base)
-            if isinstance(rule, Status):
-                return rule
-            if issubclass(base, DispatchletError) and "status" in base.__dict__:
-                return base.status
-            found = BUILTIN_STATUSES.get(f"{base.__module__}.{base.__qualname__}")
+            found = _class_status(base, None)
             if found is not None:
                 return found
         return Status.PERMANENT_ERROR

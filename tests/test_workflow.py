@@ -730,3 +730,33 @@ def test_damaged_journals_and_stray_results_never_crash(
     # Whatever arrives: a Poll, an exit, or an error status; never an exception.
     assert answer.WhichOneof("directive") in ("poll", "exit")
     assert answer.status != Status.UNSPECIFIED.value
+
+
+class QuotaExceeded(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("error_type", "status"),
+    [
+        ("ValueError", Status.INVALID_ARGUMENT),
+        ("ConnectionRefusedError", Status.TCP_ERROR),  # by its base, ConnectionError
+        ("TimeoutError", Status.TIMEOUT),
+        ("socket.gaierror", Status.DNS_ERROR),
+        ("dispatchlet.core.errors.Throttled", Status.THROTTLED),
+        ("DeadlineExceeded", Status.TIMEOUT),  # as the scheduler names an expired call
+        ("InvalidResponse", Status.INVALID_RESPONSE),
+        ("test_workflow.QuotaExceeded", Status.THROTTLED),  # registered
+        ("somewhere.Else", Status.PERMANENT_ERROR),
+    ],
+)
+def test_a_failed_calls_status_comes_from_its_error_type(error_type: str, status: Status) -> None:
+    from dispatchlet import register_error_status
+    from dispatchlet.core.errors import _registered, status_for_type
+
+    QuotaExceeded.__module__ = "test_workflow"
+    register_error_status(QuotaExceeded, Status.THROTTLED)
+    try:
+        assert status_for_type(error_type) is status
+    finally:
+        _registered.pop(QuotaExceeded, None)
