@@ -1,4 +1,5 @@
-"""``dispatchlet scheduler``: the scheduler on this machine, its calls in a SQLite file."""
+"""``dispatchlet scheduler``: the scheduler, its calls in a SQLite file, or in a PostgreSQL
+database that several scheduler processes share."""
 
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ from .errors import EXIT_OK, CommandError
 from .serve import port, positive_int
 
 DEFAULT_DATABASE = "dispatchlet.db"
+DATABASE_URL_ENV = "DISPATCHLET_DATABASE_URL"
 
 _DESCRIPTION = f"""\
 Run the scheduler: it accepts calls (DispatchService/Dispatch), stores them in a
-SQLite file, runs them on their endpoints with requests signed by
-{SIGNING_KEY_ENV} (or --signing-key-file), retries what fails, and answers
-CallService Get, Wait, List and Cancel.
+SQLite file (--db) or a PostgreSQL database (--database-url, {DATABASE_URL_ENV}:
+several scheduler processes may share one), runs them on their endpoints with requests
+signed by {SIGNING_KEY_ENV} (or --signing-key-file), retries what fails, and
+answers CallService Get, Wait, List and Cancel.
 
 Clients authenticate with Authorization: Bearer <api key>; the keys come from
 {API_KEY_ENV} (comma-separated, for rotation). Without keys every request is
@@ -33,7 +36,7 @@ refused, unless --insecure (local development only: no API key, unsigned calls).
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "scheduler",
-        help="run the scheduler (SQLite) on this machine",
+        help="run the scheduler (SQLite, or PostgreSQL for several processes)",
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -41,8 +44,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--db",
         metavar="PATH",
         type=Path,
-        default=Path(DEFAULT_DATABASE),
-        help="the SQLite database file (default: %(default)s)",
+        help=f"the SQLite database file (default: {DEFAULT_DATABASE})",
+    )
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="a PostgreSQL database (postgresql://user:password@host/db; default "
+        f"{DATABASE_URL_ENV}) that several scheduler processes may share, instead of --db",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address (default: %(default)s)")
     parser.add_argument(
@@ -92,7 +100,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     # Here: aiohttp and the store load only for this command, not for every one.
-    from ..scheduler.server import Settings, serve
+    from ..scheduler.server import POSTGRES_SCHEMES, Settings, serve
     from ..scheduler.store.sqlite import StoreError
 
     logging.basicConfig(
@@ -119,8 +127,14 @@ def run(args: argparse.Namespace) -> int:
             "keygen` makes a pair; endpoints verify with its public half), or --insecure"
         )
     api_keys = [k.strip() for k in os.environ.get(API_KEY_ENV, "").split(",") if k.strip()]
+    url = args.database_url or os.environ.get(DATABASE_URL_ENV, "")
+    if url and args.db is not None:
+        raise CommandError(f"give --db or a database URL ({DATABASE_URL_ENV}), not both")
+    if url and not url.startswith(POSTGRES_SCHEMES):
+        raise CommandError(f"not a PostgreSQL URL: {url[:40]!r} (postgresql://...)")
+    database = url or str(args.db or DEFAULT_DATABASE)
     settings = Settings(
-        database=str(args.db),
+        database=database,
         host=args.host,
         port=args.port,
         signing_key=key,
@@ -134,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     def ready(addresses: list[tuple[str, int]]) -> None:
         host, port_number = addresses[0]
         lines = [f"dispatchlet scheduler: listening at http://{host}:{port_number}"]
-        lines.append(f"database: {args.db}")
+        lines.append(f"database: {_shown(database)}")
         if key is not None:
             lines.append(f"endpoints verify with: {public_key_base64(key.public_key())}")
         if args.insecure:
@@ -151,3 +165,14 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     print("dispatchlet scheduler: stopped", file=sys.stderr)
     return EXIT_OK
+
+
+def _shown(database: str) -> str:
+    """The database as printed: a URL without its password."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(database)
+    if parts.password is None:
+        return database
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()

@@ -10,6 +10,7 @@ index and the reason, and then no call of the request is kept.
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -23,6 +24,7 @@ from ..core.errors import (
     InvalidArgument,
     MethodNotAllowed,
     NotFound,
+    TemporaryError,
     Unauthenticated,
 )
 from ..core.http import Response
@@ -33,6 +35,7 @@ from .engine import Engine, call_problem, timestamp
 from .store import Call, NewCall, State, Store
 
 M = TypeVar("M", bound=message.Message)
+logger = logging.getLogger("dispatchlet.scheduler")
 
 MAX_CALLS = 1000
 MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -134,6 +137,11 @@ class Api:
                 return _web(http_error_response(exc))
             except web.HTTPRequestEntityTooLarge:
                 return _web(http_error_response(InvalidArgument("request body too large")))
+            except Exception:
+                # The store failed (its database restarting, unreachable): nothing was
+                # acknowledged, and the request may be sent again.
+                logger.exception("a %s request failed", kind.DESCRIPTOR.name)
+                return _web(http_error_response(TemporaryError(_STORE_FAILED)))
             payload = (
                 answer.SerializeToString()
                 if wire == PROTO
@@ -258,6 +266,9 @@ class Api:
             request.dispatch_id, Status.PERMANENT_ERROR.value, result, now=self.clock()
         )
         return calls_pb2.CancelResponse(cancelled=count)
+
+
+_STORE_FAILED = "the scheduler cannot reach its database now; try again"
 
 
 def call_info(call: Call) -> calls_pb2.CallInfo:

@@ -108,6 +108,7 @@ class Engine:
     async def run(self) -> None:
         """Claim and run calls until ``stop()``; attempts in flight are finished first."""
         lease_seconds = self.attempt_timeout + self.lease_margin
+        self.store.subscribe(self.wake)
         while not self._stopping:
             free = self.concurrency - len(self._running)
             claimed: list[Claimed] = []
@@ -118,6 +119,8 @@ class Engine:
                         now=self.clock(),
                         limit=free,
                         lease_seconds=lease_seconds,
+                        # The hard cap holds across every process on the store.
+                        cap=None if self.limiter.cap is None else int(self.limiter.cap),
                     )
                 except Exception:
                     logger.exception("claiming calls failed; trying again")
@@ -178,11 +181,14 @@ class Engine:
             self.limiter.release(key, verdict)
             name = (verdict or Status.TEMPORARY_ERROR).name
             self.attempts[name] = self.attempts.get(name, 0) + 1
+        # Cut short by the call's expiration rather than slow: the call has expired.
+        expired = (
+            outcome.response is None
+            and outcome.status is Status.TIMEOUT
+            and timeout < self.attempt_timeout
+        )
         try:
-            await self._record(call, lease, outcome)
-        except Exception:
-            # The lease lapses and another attempt runs: at least once.
-            logger.exception("recording the outcome of %s failed", call.dispatch_id)
+            await self._recorded(call, lease, outcome, expired)
         finally:
             milliseconds = round((time.perf_counter() - started) * 1000, 1)
             logger.info(
@@ -205,6 +211,33 @@ class Engine:
                 },
             )
             self._wake.set()
+
+    async def _recorded(self, call: Call, lease: Lease, outcome: Outcome, expired: bool) -> None:
+        """Record ``outcome``, trying again while the store fails (a database restart)
+        and the lease holds; past that, the lease lapses and another attempt runs the
+        call again: at least once."""
+        delay = 0.1
+        while True:
+            try:
+                if expired:
+                    # It ends TIMEOUT with the error its earlier attempts had, if any.
+                    await self._end(
+                        lease, Status.TIMEOUT, call.result or _error_result(outcome), self.clock()
+                    )
+                else:
+                    await self._record(call, lease, outcome)
+                return
+            except Exception as exc:
+                if self.clock() + delay >= lease.expires_at or self._stopping:
+                    logger.exception("recording the outcome of %s failed", call.dispatch_id)
+                    return
+                logger.warning(
+                    "recording the outcome of %s failed (%s); trying again",
+                    call.dispatch_id,
+                    exc,
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     async def _record(self, call: Call, lease: Lease, outcome: Outcome) -> None:
         now = self.clock()

@@ -21,6 +21,7 @@ from .engine import Engine
 from .http_caller import HttpCaller
 from .retry import RetryPolicy
 from .settings import DEFAULT_PORT
+from .store import Store
 from .store.sqlite import SQLiteStore
 
 logger = logging.getLogger("dispatchlet.scheduler")
@@ -29,6 +30,7 @@ logger = logging.getLogger("dispatchlet.scheduler")
 @dataclass(frozen=True)
 class Settings:
     database: str
+    """A SQLite file's path, or a PostgreSQL URL (``postgresql://...``)."""
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     signing_key: Ed25519PrivateKey | None = None
@@ -41,6 +43,29 @@ class Settings:
     policy: RetryPolicy = field(default_factory=RetryPolicy)
 
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_database_url(database: str) -> bool:
+    return database.startswith(POSTGRES_SCHEMES)
+
+
+async def open_store(database: str) -> Store:
+    """The store ``database`` names: a PostgreSQL URL (``postgresql://...``, several
+    scheduler processes may share it), else a SQLite file's path."""
+    if is_database_url(database):
+        try:
+            from .store.postgres import PostgresStore
+        except ImportError as exc:
+            from .store.sqlite import StoreError
+
+            raise StoreError(
+                f"a PostgreSQL database needs psycopg: pip install 'dispatchlet[postgres]' ({exc})"
+            ) from None
+        return await PostgresStore.open(database)
+    return await SQLiteStore.open(database)
+
+
 async def serve(
     settings: Settings,
     *,
@@ -49,7 +74,7 @@ async def serve(
 ) -> None:
     """Serve until SIGINT, SIGTERM or ``stop`` is set; ``ready`` is told the addresses
     listened on."""
-    store = await SQLiteStore.open(settings.database)
+    store = await open_store(settings.database)
     caller = Callers(HttpCaller(settings.signing_key, insecure=settings.insecure))
     engine = Engine(
         store,

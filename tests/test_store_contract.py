@@ -18,14 +18,35 @@ from typing import Any, TypeVar
 import pytest
 from dispatchlet.scheduler.store import Call, Lease, NewCall, State, Store
 from dispatchlet.scheduler.store.sqlite import SCHEMA_VERSION, SQLiteStore, StoreError
+from postgres_server import fresh_database
 
 T = TypeVar("T")
 NOW = 1_800_000_000.0
 LEASE = 30.0
 OK, TIMEOUT, PERMANENT_ERROR = 1, 2, 7
 
-STORES: dict[str, Callable[[Path], Coroutine[Any, Any, Store]]] = {
-    "sqlite": lambda folder: SQLiteStore.open(folder / "scheduler.db"),
+Opener = Callable[[], Coroutine[Any, Any, Store]]
+
+
+def sqlite_store(request: pytest.FixtureRequest, folder: Path) -> Opener:
+    return lambda: SQLiteStore.open(folder / "scheduler.db")
+
+
+def postgres_store(request: pytest.FixtureRequest, folder: Path) -> Opener:
+    from dispatchlet.scheduler.store.postgres import PostgresStore
+
+    url = fresh_database(request.getfixturevalue("postgres_server"))
+    return lambda: PostgresStore.open(url)
+
+
+STORES: dict[str, Callable[[pytest.FixtureRequest, Path], Opener]] = {
+    "sqlite": sqlite_store,
+    "postgres": postgres_store,
+}
+# What each store raises for a call its schema refuses.
+INTEGRITY_ERRORS: dict[str, Callable[[], type[Exception]]] = {
+    "sqlite": lambda: sqlite3.IntegrityError,
+    "postgres": lambda: __import__("psycopg").errors.IntegrityError,
 }
 
 
@@ -41,12 +62,11 @@ def call(function: str = "f", **fields: Any) -> NewCall:
 
 
 @pytest.fixture(params=sorted(STORES))
-def open_store(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> Callable[[], Coroutine[Any, Any, Store]]:
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
     """Opens the store under test on this test's database (again: a restart)."""
-    factory = STORES[request.param]
-    return lambda: factory(tmp_path)
+    opener = STORES[request.param](request, tmp_path)
+    opener.kind = request.param  # type: ignore[attr-defined]
+    return opener
 
 
 def with_store(
@@ -84,8 +104,10 @@ def test_dispatched_calls_are_stored_ready_with_their_tree(open_store: Any) -> N
 
 
 def test_dispatch_is_all_or_nothing(open_store: Any) -> None:
+    refused = INTEGRITY_ERRORS[open_store.kind]()
+
     async def body(store: Store) -> list[Call]:
-        with pytest.raises(sqlite3.IntegrityError):
+        with pytest.raises(refused):
             # The third call is invalid: the two before it are not kept either.
             await store.dispatch([call("a"), call("b"), call("c", endpoint="")], now=NOW)
         return await store.list()

@@ -21,7 +21,7 @@ its calls or none.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
@@ -118,10 +118,22 @@ class Store(Protocol):
         """Store ``calls``, ready now; their dispatch ids in order. All or none."""
 
     async def claim(
-        self, *, owner: str, now: float, limit: int, lease_seconds: float
+        self,
+        *,
+        owner: str,
+        now: float,
+        limit: int,
+        lease_seconds: float,
+        cap: int | None = None,
     ) -> list[Claimed]:
         """Lease up to ``limit`` calls that are ready (or whose lease lapsed), one at a
-        time per root dispatch in turn (round-robin), oldest first within a root."""
+        time per root dispatch in turn (round-robin), oldest first within a root. With
+        ``cap``, no destination (``concurrency.destination`` of the endpoint) gets more
+        than ``cap`` leases in force, counting those of every process on the store."""
+
+    def subscribe(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` when another process makes a call claimable now (a store that
+        only one process uses may never call it)."""
 
     async def release(self, lease: Lease, *, ready_at: float) -> bool:
         """Hand the call back unrun, ready at ``ready_at``: the attempt is not counted.

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..concurrency import destination
 from . import Call, ChildResult, Claimed, Lease, NewCall, State
 
 T = TypeVar("T")
@@ -57,6 +58,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX calls_root ON calls (root_id, dispatch_id);
     CREATE INDEX calls_parent ON calls (parent_id, state, delivered) WHERE parent_id IS NOT NULL;
     CREATE INDEX calls_waiting ON calls (poll_until) WHERE state = 'waiting';
+    """,
+    # Version 2: each call's destination (its endpoint's host, or its function ARN),
+    # for a cap on the calls running per destination; filled in by ``_backfill``.
+    """
+    ALTER TABLE calls ADD COLUMN destination TEXT NOT NULL DEFAULT '';
+    CREATE INDEX calls_running ON calls (destination) WHERE state = 'running';
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -143,6 +150,8 @@ class SQLiteStore:
                 for statement in MIGRATIONS[number].split(";"):
                     if statement.strip():
                         connection.execute(statement)
+            if version < 2 <= SCHEMA_VERSION:
+                _backfill_destinations(connection)
             # PRAGMA takes no parameters; the value is this module's own integer.
             connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
             connection.execute("COMMIT")
@@ -171,8 +180,18 @@ class SQLiteStore:
 
         return await self._run(self._transaction, insert)
 
+    def subscribe(self, wake: Callable[[], None]) -> None:
+        """One process has the database: its API wakes its engine itself."""
+        del wake
+
     async def claim(
-        self, *, owner: str, now: float, limit: int, lease_seconds: float
+        self,
+        *,
+        owner: str,
+        now: float,
+        limit: int,
+        lease_seconds: float,
+        cap: int | None = None,
     ) -> list[Claimed]:
         def lease(db: sqlite3.Connection) -> list[Claimed]:
             # Round-robin across roots: each root's oldest claimable call first, then
@@ -180,23 +199,27 @@ class SQLiteStore:
             rows = db.execute(
                 # One branch per claimable state, each read through its own partial
                 # index: finished calls, however many, are never scanned.
-                "SELECT dispatch_id FROM ("
-                "  SELECT dispatch_id, ready_at, created, ROW_NUMBER() OVER ("
+                "SELECT dispatch_id, destination FROM ("
+                "  SELECT dispatch_id, destination, ready_at, created, ROW_NUMBER() OVER ("
                 "    PARTITION BY root_id ORDER BY ready_at, created) AS turn"
                 "  FROM ("
-                "    SELECT dispatch_id, root_id, ready_at, rowid AS created FROM calls"
-                "    WHERE state = 'ready' AND ready_at <= :now"
-                "    UNION ALL SELECT dispatch_id, root_id, ready_at, rowid FROM calls"
-                "    WHERE state = 'running' AND lease_expires <= :now"
-                "    UNION ALL SELECT dispatch_id, root_id, ready_at, rowid FROM calls"
-                "    WHERE state = 'waiting' AND poll_until <= :now"
+                "    SELECT dispatch_id, root_id, destination, ready_at, rowid AS created"
+                "    FROM calls WHERE state = 'ready' AND ready_at <= :now"
+                "    UNION ALL SELECT dispatch_id, root_id, destination, ready_at, rowid"
+                "    FROM calls WHERE state = 'running' AND lease_expires <= :now"
+                "    UNION ALL SELECT dispatch_id, root_id, destination, ready_at, rowid"
+                "    FROM calls WHERE state = 'waiting' AND poll_until <= :now"
                 "  )"
+                # With a cap, more candidates: some destinations may be full.
                 ") ORDER BY turn, ready_at, created LIMIT :limit",
-                {"now": now, "limit": limit},
+                {"now": now, "limit": limit if cap is None else limit * 4},
             ).fetchall()
+            ids = [row[0] for row in rows]
+            if cap is not None:
+                ids = _within_cap(db, rows, cap, now)
             claimed = []
             expires = now + lease_seconds
-            for (dispatch_id,) in rows:
+            for dispatch_id in ids[:limit]:
                 row = db.execute(_CLAIM, (owner, expires, dispatch_id)).fetchone()
                 call = _call(row[2:])
                 results: tuple[ChildResult, ...] = ()
@@ -339,11 +362,19 @@ class SQLiteStore:
     ) -> bool:
         def update(db: sqlite3.Connection) -> bool:
             cursor = db.execute(
-                "UPDATE calls SET function = ?, endpoint = ?, input = ?, state = 'ready', "
-                "ready_at = ?, attempts = 0, result = x'', lease_owner = NULL, "
-                "lease_expires = NULL, poll = x'' "
+                "UPDATE calls SET function = ?, endpoint = ?, destination = ?, input = ?, "
+                "state = 'ready', ready_at = ?, attempts = 0, result = x'', "
+                "lease_owner = NULL, lease_expires = NULL, poll = x'' "
                 "WHERE dispatch_id = ? AND lease_token = ? AND state = 'running'",
-                (function, endpoint, input, now, lease.dispatch_id, lease.token),
+                (
+                    function,
+                    endpoint,
+                    destination(endpoint),
+                    input,
+                    now,
+                    lease.dispatch_id,
+                    lease.token,
+                ),
             )
             if cursor.rowcount != 1:
                 return False
@@ -427,8 +458,8 @@ def _insert(db: sqlite3.Connection, calls: Sequence[NewCall], now: float) -> lis
         dispatch_id = new_dispatch_id(now)
         db.execute(
             "INSERT INTO calls (dispatch_id, root_id, parent_id, correlation_id, function, "
-            "endpoint, version, input, state, created_at, expires_at, ready_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'ready', ?, ?, ?)",
+            "endpoint, destination, version, input, state, created_at, expires_at, ready_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'ready', ?, ?, ?)",
             (
                 dispatch_id,
                 call.root_id or dispatch_id,
@@ -436,6 +467,7 @@ def _insert(db: sqlite3.Connection, calls: Sequence[NewCall], now: float) -> lis
                 call.correlation_id,
                 call.function,
                 call.endpoint,
+                destination(call.endpoint) if call.endpoint else "",
                 call.version,
                 call.input,
                 now,
@@ -445,6 +477,42 @@ def _insert(db: sqlite3.Connection, calls: Sequence[NewCall], now: float) -> lis
         )
         ids.append(dispatch_id)
     return ids
+
+
+def _backfill_destinations(db: sqlite3.Connection) -> None:
+    rows = db.execute("SELECT rowid, endpoint FROM calls WHERE destination = ''").fetchall()
+    db.executemany(
+        "UPDATE calls SET destination = ? WHERE rowid = ?",
+        [(destination(endpoint), rowid) for rowid, endpoint in rows],
+    )
+
+
+def _within_cap(
+    db: sqlite3.Connection, candidates: Sequence[Sequence[Any]], cap: int, now: float
+) -> list[str]:
+    """The candidates that keep every destination within ``cap`` leases in force."""
+    running: dict[str, int] = {}
+    for where in {row[1] for row in candidates}:
+        (count,) = db.execute(
+            "SELECT count(*) FROM calls "
+            "WHERE state = 'running' AND destination = ? AND lease_expires > ?",
+            (where, now),
+        ).fetchone()
+        running[where] = count
+    return take_within_cap(candidates, running, cap)
+
+
+def take_within_cap(
+    candidates: Sequence[Sequence[Any]], running: dict[str, int], cap: int
+) -> list[str]:
+    """Of ``(dispatch_id, destination)`` candidates in order, those that fit under
+    ``cap`` given the calls ``running`` per destination now."""
+    chosen = []
+    for dispatch_id, where in candidates:
+        if running.get(where, 0) < cap:
+            running[where] = running.get(where, 0) + 1
+            chosen.append(dispatch_id)
+    return chosen
 
 
 def _undelivered(db: sqlite3.Connection, parent_id: str, limit: int) -> tuple[ChildResult, ...]:

@@ -1,0 +1,657 @@
+"""The distributed store: one PostgreSQL database shared by several scheduler processes.
+
+- Claims lock the rows they take with ``FOR UPDATE SKIP LOCKED``, so processes claiming
+  at once take different calls and never wait on each other; each claim is a batch.
+- A lease has an expiry and a fencing token. A process that died leaves leases that
+  lapse; any process's next claim takes those calls again (no cron, no janitor).
+- A hard cap per destination holds across processes: when one is asked for, claims are
+  serialized by a transaction-scoped advisory lock and count the leases in force of
+  every process, so that no two processes spend the same budget.
+- Writes that make a call claimable now ``NOTIFY`` a channel every scheduler listens
+  on; the engine's polling is the fallback when a notification is lost.
+- The schema is versioned in ``dispatchlet_schema`` and migrated on open under an
+  advisory lock, so several processes starting at once migrate it once.
+
+psycopg 3 (``pip install 'dispatchlet[postgres]'``) is imported by this module only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg_pool
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+
+from ..concurrency import destination
+from . import Call, ChildResult, Claimed, Lease, NewCall, State
+from .sqlite import StoreError, new_dispatch_id, take_within_cap
+
+T = TypeVar("T")
+logger = logging.getLogger("dispatchlet.scheduler")
+
+CHANNEL = "dispatchlet_ready"
+# Advisory lock keys (one 64-bit number each): the migration, and capped claims.
+MIGRATION_LOCK = 0x64697370_61746368
+CLAIM_LOCK = 0x64697370_636C6169
+
+# Each entry moves the schema one version up; never edit one that has shipped.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE dispatchlet_calls (
+        seq            BIGSERIAL UNIQUE,
+        dispatch_id    TEXT PRIMARY KEY,
+        root_id        TEXT NOT NULL,
+        parent_id      TEXT REFERENCES dispatchlet_calls (dispatch_id),
+        correlation_id BIGINT NOT NULL DEFAULT 0,
+        function       TEXT NOT NULL CHECK (function <> ''),
+        endpoint       TEXT NOT NULL CHECK (endpoint <> ''),
+        destination    TEXT NOT NULL,
+        version        TEXT NOT NULL DEFAULT '',
+        input          BYTEA NOT NULL,
+        state          TEXT NOT NULL CHECK (state IN ('ready', 'running', 'waiting', 'done')),
+        status         INTEGER,
+        result         BYTEA NOT NULL DEFAULT '',
+        attempts       INTEGER NOT NULL DEFAULT 0,
+        created_at     DOUBLE PRECISION NOT NULL,
+        expires_at     DOUBLE PRECISION NOT NULL,
+        ready_at       DOUBLE PRECISION NOT NULL,
+        finished_at    DOUBLE PRECISION,
+        lease_owner    TEXT,
+        lease_token    BIGINT NOT NULL DEFAULT 0,
+        lease_expires  DOUBLE PRECISION,
+        poll           BYTEA NOT NULL DEFAULT '',
+        poll_min       INTEGER NOT NULL DEFAULT 0,
+        poll_max       INTEGER NOT NULL DEFAULT 0,
+        poll_until     DOUBLE PRECISION,
+        restarts       INTEGER NOT NULL DEFAULT 0,
+        delivered      BOOLEAN NOT NULL DEFAULT FALSE
+    );
+    CREATE INDEX dispatchlet_calls_ready ON dispatchlet_calls (ready_at) WHERE state = 'ready';
+    CREATE INDEX dispatchlet_calls_leased ON dispatchlet_calls (lease_expires)
+        WHERE state = 'running';
+    CREATE INDEX dispatchlet_calls_running ON dispatchlet_calls (destination)
+        WHERE state = 'running';
+    CREATE INDEX dispatchlet_calls_root ON dispatchlet_calls (root_id, seq);
+    CREATE INDEX dispatchlet_calls_parent ON dispatchlet_calls (parent_id, state, delivered)
+        WHERE parent_id IS NOT NULL;
+    CREATE INDEX dispatchlet_calls_waiting ON dispatchlet_calls (poll_until)
+        WHERE state = 'waiting'
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_COLUMNS = (
+    "dispatch_id, function, endpoint, input, version, correlation_id, parent_id, "
+    "root_id, state, status, result, attempts, created_at, expires_at, ready_at, "
+    "finished_at, poll, restarts"
+)
+_SELECT = "SELECT " + _COLUMNS + " FROM dispatchlet_calls"
+_CLAIMABLE = (
+    "((state = 'ready' AND ready_at <= %(now)s)"
+    " OR (state = 'running' AND lease_expires <= %(now)s)"
+    " OR (state = 'waiting' AND poll_until <= %(now)s))"
+)
+# A call's subtree: the call and its descendants, by parent links.
+_TREE = (
+    "WITH RECURSIVE tree (id) AS ("
+    "  SELECT dispatch_id FROM dispatchlet_calls WHERE dispatch_id = %(id)s"
+    "  UNION SELECT c.dispatch_id FROM dispatchlet_calls c JOIN tree ON c.parent_id = tree.id"
+    ") "
+)
+_NOTIFY = f"SELECT pg_notify('{CHANNEL}', '')"
+
+Connection = psycopg.AsyncConnection[Any]
+
+
+def _signed(correlation_id: int) -> int:
+    """A uint64 correlation id as the BIGINT that holds its bits."""
+    return correlation_id - (1 << 64) if correlation_id >= 1 << 63 else correlation_id
+
+
+def _unsigned(stored: int) -> int:
+    return stored + (1 << 64) if stored < 0 else stored
+
+
+class PostgresStore:
+    """The ``Store`` contract on a PostgreSQL database, for several processes at once."""
+
+    def __init__(self, url: str, pool: AsyncConnectionPool[Connection]) -> None:
+        self.url = url
+        self._pool = pool
+        self._listener: asyncio.Task[None] | None = None
+        self._wake: list[Callable[[], None]] = []
+
+    @classmethod
+    async def open(
+        cls, url: str, *, max_connections: int = 8, timeout: float = 30.0
+    ) -> PostgresStore:
+        """The store in the database at ``url``, its schema created or migrated."""
+        pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
+            url,
+            min_size=1,
+            max_size=max_connections,
+            kwargs={"autocommit": True},
+            open=False,
+            # A connection the server dropped (a restart) is found and replaced here,
+            # not handed to a transaction.
+            check=AsyncConnectionPool.check_connection,
+            reconnect_timeout=timeout,
+        )
+        try:
+            await pool.open(wait=True, timeout=timeout)
+        except psycopg_pool.PoolTimeout as exc:
+            await pool.close()
+            raise StoreError(f"cannot connect to {_redacted(url)}: {exc}") from None
+        store = cls(url, pool)
+        try:
+            await store._transaction(store._migrate)
+        except BaseException:
+            await pool.close()
+            raise
+        return store
+
+    async def _transaction(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
+        async with self._pool.connection() as connection, connection.transaction():
+            return await fn(connection)
+
+    async def _migrate(self, db: Connection) -> None:
+        await db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        await db.execute("CREATE TABLE IF NOT EXISTS dispatchlet_schema (version INTEGER NOT NULL)")
+        row = await (await db.execute("SELECT version FROM dispatchlet_schema")).fetchone()
+        version = 0 if row is None else int(row[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the database has schema version {version}, newer than this "
+                f"dispatchlet's {SCHEMA_VERSION}: upgrade dispatchlet to use it"
+            )
+        for number in range(version, SCHEMA_VERSION):
+            await db.execute(MIGRATIONS[number].encode())
+        if row is None:
+            await db.execute("INSERT INTO dispatchlet_schema VALUES (%s)", (SCHEMA_VERSION,))
+        else:
+            await db.execute("UPDATE dispatchlet_schema SET version = %s", (SCHEMA_VERSION,))
+
+    # --- wake-ups ----------------------------------------------------------------------
+
+    def subscribe(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` whenever any process makes a call claimable now."""
+        self._wake.append(wake)
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen())
+
+    async def _listen(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                connection = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+                async with connection:
+                    await connection.execute(f"LISTEN {CHANNEL}")
+                    delay = 0.1
+                    # What was notified while no one listened is found by polling.
+                    self._notify_local()
+                    async for _ in connection.notifies():
+                        self._notify_local()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("listening for wake-ups failed (%s); polling meanwhile", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _notify_local(self) -> None:
+        for wake in self._wake:
+            wake()
+
+    # --- the contract ------------------------------------------------------------------
+
+    async def dispatch(self, calls: Sequence[NewCall], *, now: float) -> list[str]:
+        async def insert(db: Connection) -> list[str]:
+            ids = await _insert(db, calls, now)
+            await db.execute(_NOTIFY)
+            return ids
+
+        return await self._transaction(insert)
+
+    async def claim(
+        self,
+        *,
+        owner: str,
+        now: float,
+        limit: int,
+        lease_seconds: float,
+        cap: int | None = None,
+    ) -> list[Claimed]:
+        async def lease(db: Connection) -> list[Claimed]:
+            params = {"now": now, "limit": limit}
+            if cap is not None:
+                await db.execute("SELECT pg_advisory_xact_lock(%s)", (CLAIM_LOCK,))
+            # Round-robin across roots, as in the SQLite store; more than the batch,
+            # since rows other processes hold are skipped below, and with a cap some
+            # destinations may be full.
+            candidates = await (
+                await db.execute(
+                    "SELECT dispatch_id, destination FROM ("
+                    "  SELECT dispatch_id, destination, ready_at, seq, ROW_NUMBER() OVER ("
+                    "    PARTITION BY root_id ORDER BY ready_at, seq) AS turn"
+                    "  FROM ("
+                    "    SELECT dispatch_id, root_id, destination, ready_at, seq"
+                    "    FROM dispatchlet_calls WHERE state = 'ready' AND ready_at <= %(now)s"
+                    "    UNION ALL SELECT dispatch_id, root_id, destination, ready_at, seq"
+                    "    FROM dispatchlet_calls"
+                    "    WHERE state = 'running' AND lease_expires <= %(now)s"
+                    "    UNION ALL SELECT dispatch_id, root_id, destination, ready_at, seq"
+                    "    FROM dispatchlet_calls WHERE state = 'waiting' AND poll_until <= %(now)s"
+                    "  ) AS claimable"
+                    ") AS ranked ORDER BY turn, ready_at, seq LIMIT %(limit)s * 4",
+                    params,
+                )
+            ).fetchall()
+            ids = [row[0] for row in candidates]
+            if cap is not None:
+                ids = await _within_cap(db, candidates, cap, now)
+            if not ids:
+                return []
+            locked = await (
+                await db.execute(
+                    "SELECT dispatch_id FROM dispatchlet_calls "
+                    f"WHERE dispatch_id = ANY(%(ids)s) AND {_CLAIMABLE} "
+                    "FOR UPDATE SKIP LOCKED",
+                    {**params, "ids": ids},
+                )
+            ).fetchall()
+            taken = {row[0] for row in locked}
+            order = [i for i in ids if i in taken][:limit]
+            claimed = []
+            expires = now + lease_seconds
+            for dispatch_id in order:
+                row = await (
+                    await db.execute(
+                        "UPDATE dispatchlet_calls SET state = 'running', lease_owner = %s, "
+                        "lease_token = lease_token + 1, lease_expires = %s, "
+                        "attempts = attempts + 1 WHERE dispatch_id = %s "
+                        "RETURNING lease_token, poll_max, " + _COLUMNS,
+                        (owner, expires, dispatch_id),
+                    )
+                ).fetchone()
+                assert row is not None
+                call = _call(row[2:])
+                results: tuple[ChildResult, ...] = ()
+                if call.poll:
+                    results = await _undelivered(db, dispatch_id, row[1])
+                lease = Lease(
+                    dispatch_id, int(row[0]), expires, tuple(r.dispatch_id for r in results)
+                )
+                claimed.append(Claimed(call, lease, results))
+            return claimed
+
+        return await self._transaction(lease)
+
+    async def release(self, lease: Lease, *, ready_at: float) -> bool:
+        return await self._update(
+            "UPDATE dispatchlet_calls SET state = 'ready', ready_at = %s, "
+            "attempts = attempts - 1, lease_owner = NULL, lease_expires = NULL "
+            "WHERE dispatch_id = %s AND lease_token = %s AND state = 'running'",
+            (ready_at, lease.dispatch_id, lease.token),
+        )
+
+    async def extend(self, lease: Lease, *, until: float) -> bool:
+        return await self._update(
+            "UPDATE dispatchlet_calls SET lease_expires = %s "
+            "WHERE dispatch_id = %s AND lease_token = %s AND state = 'running'",
+            (until, lease.dispatch_id, lease.token),
+        )
+
+    async def _update(self, query: str, params: tuple[Any, ...]) -> bool:
+        async def update(db: Connection) -> bool:
+            cursor = await db.execute(query.encode(), params)
+            return cursor.rowcount == 1
+
+        return await self._transaction(update)
+
+    async def finish(
+        self,
+        lease: Lease,
+        status: int,
+        result: bytes,
+        *,
+        now: float,
+        orphans: tuple[int, bytes] = (0, b""),
+    ) -> bool:
+        async def update(db: Connection) -> bool:
+            row = await (
+                await db.execute(
+                    "UPDATE dispatchlet_calls SET state = 'done', status = %s, result = %s, "
+                    "finished_at = %s, lease_owner = NULL, lease_expires = NULL, poll = '' "
+                    "WHERE dispatch_id = %s AND lease_token = %s AND state = 'running' "
+                    "RETURNING parent_id",
+                    (status, result, now, lease.dispatch_id, lease.token),
+                )
+            ).fetchone()
+            if row is None:
+                return False
+            await _deliver(db, lease.delivered)
+            await _end_descendants(db, lease.dispatch_id, orphans, now)
+            if row[0] is not None:
+                await _wake(db, row[0], now)
+            return True
+
+        return await self._transaction(update)
+
+    async def suspend(
+        self,
+        lease: Lease,
+        poll: bytes,
+        children: Sequence[NewCall],
+        *,
+        min_results: int,
+        max_results: int,
+        until: float,
+        now: float,
+    ) -> list[str] | None:
+        async def update(db: Connection) -> list[str] | None:
+            row = await (
+                await db.execute(
+                    "UPDATE dispatchlet_calls SET state = 'waiting', poll = %s, poll_min = %s, "
+                    "poll_max = %s, poll_until = %s, lease_owner = NULL, lease_expires = NULL, "
+                    "attempts = 0 "
+                    "WHERE dispatch_id = %s AND lease_token = %s AND state = 'running' "
+                    "RETURNING root_id",
+                    (poll, min_results, max_results, until, lease.dispatch_id, lease.token),
+                )
+            ).fetchone()
+            if row is None:
+                return None
+            await _deliver(db, lease.delivered)
+            placed = [
+                NewCall(
+                    function=c.function,
+                    endpoint=c.endpoint,
+                    input=c.input,
+                    expires_at=c.expires_at,
+                    version=c.version,
+                    correlation_id=c.correlation_id,
+                    parent_id=lease.dispatch_id,
+                    root_id=row[0],
+                )
+                for c in children
+            ]
+            ids = await _insert(db, placed, now)
+            # Results of earlier polls may be enough already.
+            await _wake(db, lease.dispatch_id, now)
+            if ids:
+                await db.execute(_NOTIFY)
+            return ids
+
+        return await self._transaction(update)
+
+    async def restart(self, lease: Lease, *, now: float, orphans: tuple[int, bytes]) -> bool:
+        async def update(db: Connection) -> bool:
+            cursor = await db.execute(
+                "UPDATE dispatchlet_calls SET state = 'ready', ready_at = %s, poll = '', "
+                "restarts = restarts + 1, lease_owner = NULL, lease_expires = NULL "
+                "WHERE dispatch_id = %s AND lease_token = %s AND state = 'running'",
+                (now, lease.dispatch_id, lease.token),
+            )
+            if cursor.rowcount != 1:
+                return False
+            await _end_descendants(db, lease.dispatch_id, orphans, now)
+            # The old children's results belong to the run that was dropped.
+            await db.execute(
+                "UPDATE dispatchlet_calls SET delivered = TRUE WHERE parent_id = %s",
+                (lease.dispatch_id,),
+            )
+            await db.execute(_NOTIFY)
+            return True
+
+        return await self._transaction(update)
+
+    async def retry(
+        self, lease: Lease, status: int, result: bytes, *, ready_at: float, now: float
+    ) -> bool:
+        del status, now  # the error is kept in ``result``; a ready call has no final status
+        return await self._update(
+            "UPDATE dispatchlet_calls SET state = 'ready', status = NULL, result = %s, "
+            "ready_at = %s, lease_owner = NULL, lease_expires = NULL "
+            "WHERE dispatch_id = %s AND lease_token = %s AND state = 'running'",
+            (result, ready_at, lease.dispatch_id, lease.token),
+        )
+
+    async def tail_call(
+        self, lease: Lease, function: str, endpoint: str, input: bytes, *, now: float
+    ) -> bool:
+        async def update(db: Connection) -> bool:
+            cursor = await db.execute(
+                "UPDATE dispatchlet_calls SET function = %s, endpoint = %s, destination = %s, "
+                "input = %s, state = 'ready', ready_at = %s, attempts = 0, result = '', "
+                "lease_owner = NULL, lease_expires = NULL, poll = '' "
+                "WHERE dispatch_id = %s AND lease_token = %s AND state = 'running'",
+                (
+                    function,
+                    endpoint,
+                    destination(endpoint),
+                    input,
+                    now,
+                    lease.dispatch_id,
+                    lease.token,
+                ),
+            )
+            if cursor.rowcount != 1:
+                return False
+            # The function handed over to starts afresh: earlier children are not its.
+            await db.execute(
+                "UPDATE dispatchlet_calls SET delivered = TRUE WHERE parent_id = %s",
+                (lease.dispatch_id,),
+            )
+            await db.execute(_NOTIFY)
+            return True
+
+        return await self._transaction(update)
+
+    async def get(self, dispatch_id: str) -> Call | None:
+        async def select(db: Connection) -> Call | None:
+            row = await (
+                await db.execute(f"{_SELECT} WHERE dispatch_id = %s".encode(), (dispatch_id,))
+            ).fetchone()
+            return None if row is None else _call(row)
+
+        return await self._transaction(select)
+
+    async def list(
+        self,
+        *,
+        state: State | None = None,
+        function: str | None = None,
+        root_id: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[Call]:
+        clauses: list[sql.Composable] = []
+        params: list[Any] = []
+        for column, value in (
+            ("state", None if state is None else state.value),
+            ("function", function),
+            ("root_id", root_id),
+        ):
+            if value is not None:
+                clauses.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
+                params.append(value)
+        if after is not None:
+            clauses.append(
+                sql.SQL("seq > (SELECT seq FROM dispatchlet_calls WHERE dispatch_id = %s)")
+            )
+            params.append(after)
+        where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(clauses) if clauses else sql.SQL("")
+        query = sql.SQL(_SELECT) + where + sql.SQL(" ORDER BY seq LIMIT %s")
+
+        async def select(db: Connection) -> list[Call]:
+            rows = await (await db.execute(query, (*params, limit))).fetchall()
+            return [_call(row) for row in rows]
+
+        return await self._transaction(select)
+
+    async def cancel(self, dispatch_id: str, status: int, result: bytes, *, now: float) -> int:
+        async def end(db: Connection) -> int:
+            ended = await (
+                await db.execute(
+                    _TREE + "UPDATE dispatchlet_calls SET state = 'done', status = %(status)s, "
+                    "result = %(result)s, finished_at = %(now)s, lease_owner = NULL, "
+                    "lease_expires = NULL, poll = '', "
+                    # A lease still out is fenced off: its late answer is not recorded.
+                    "lease_token = lease_token + 1 "
+                    "WHERE dispatch_id IN (SELECT id FROM tree) AND state <> 'done' "
+                    "RETURNING dispatch_id, parent_id",
+                    {"id": dispatch_id, "status": status, "result": result, "now": now},
+                )
+            ).fetchall()
+            for ended_id, parent_id in ended:
+                if ended_id == dispatch_id and parent_id is not None:
+                    await _wake(db, parent_id, now)
+            return len(ended)
+
+        return await self._transaction(end)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+        await self._pool.close()
+
+
+async def _within_cap(
+    db: Connection, candidates: Sequence[tuple[Any, ...]], cap: int, now: float
+) -> list[str]:
+    """The candidates that keep every destination within ``cap`` leases in force, across
+    all processes (the caller holds the claim lock)."""
+    destinations = sorted({row[1] for row in candidates})
+    rows = await (
+        await db.execute(
+            "SELECT destination, count(*) FROM dispatchlet_calls "
+            "WHERE state = 'running' AND lease_expires > %s AND destination = ANY(%s) "
+            "GROUP BY destination",
+            (now, destinations),
+        )
+    ).fetchall()
+    running = {row[0]: int(row[1]) for row in rows}
+    return take_within_cap(candidates, running, cap)
+
+
+async def _insert(db: Connection, calls: Sequence[NewCall], now: float) -> list[str]:
+    ids = []
+    rows = []
+    for call in calls:
+        dispatch_id = new_dispatch_id(now)
+        rows.append(
+            (
+                dispatch_id,
+                call.root_id or dispatch_id,
+                call.parent_id,
+                _signed(call.correlation_id),
+                call.function,
+                call.endpoint,
+                destination(call.endpoint) if call.endpoint else "",
+                call.version,
+                call.input,
+                now,
+                call.expires_at,
+                now,
+            )
+        )
+        ids.append(dispatch_id)
+    if rows:
+        async with db.cursor() as cursor:
+            await cursor.executemany(
+                "INSERT INTO dispatchlet_calls (dispatch_id, root_id, parent_id, "
+                "correlation_id, function, endpoint, destination, version, input, state, "
+                "created_at, expires_at, ready_at) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'ready', %s, %s, %s)",
+                rows,
+            )
+    return ids
+
+
+async def _undelivered(db: Connection, parent_id: str, limit: int) -> tuple[ChildResult, ...]:
+    rows = await (
+        await db.execute(
+            "SELECT dispatch_id, correlation_id, status, result FROM dispatchlet_calls "
+            "WHERE parent_id = %s AND state = 'done' AND NOT delivered "
+            "ORDER BY finished_at, seq LIMIT %s",
+            (parent_id, max(limit, 1)),
+        )
+    ).fetchall()
+    return tuple(ChildResult(r[0], _unsigned(r[1]), r[2], bytes(r[3])) for r in rows)
+
+
+async def _deliver(db: Connection, ids: Sequence[str]) -> None:
+    if ids:
+        await db.execute(
+            "UPDATE dispatchlet_calls SET delivered = TRUE WHERE dispatch_id = ANY(%s)",
+            (list(ids),),
+        )
+
+
+async def _end_descendants(
+    db: Connection, dispatch_id: str, orphans: tuple[int, bytes], now: float
+) -> None:
+    status, result = orphans
+    await db.execute(
+        _TREE + "UPDATE dispatchlet_calls SET state = 'done', status = %(status)s, "
+        "result = %(result)s, finished_at = %(now)s, lease_owner = NULL, lease_expires = NULL, "
+        "poll = '', lease_token = lease_token + 1 "
+        "WHERE dispatch_id IN (SELECT id FROM tree) AND dispatch_id <> %(id)s "
+        "AND state <> 'done'",
+        {"id": dispatch_id, "status": status, "result": result, "now": now},
+    )
+
+
+async def _wake(db: Connection, parent_id: str, now: float) -> None:
+    """Make a waiting parent ready once it has the results it waits for."""
+    cursor = await db.execute(
+        "UPDATE dispatchlet_calls SET state = 'ready', ready_at = %(now)s "
+        "WHERE dispatch_id = %(id)s AND state = 'waiting' AND poll_min <= ("
+        "  SELECT count(*) FROM dispatchlet_calls AS child"
+        "  WHERE child.parent_id = %(id)s AND child.state = 'done' AND NOT child.delivered)",
+        {"id": parent_id, "now": now},
+    )
+    if cursor.rowcount:
+        await db.execute(_NOTIFY)
+
+
+def _call(row: Sequence[Any]) -> Call:
+    return Call(
+        dispatch_id=row[0],
+        function=row[1],
+        endpoint=row[2],
+        input=bytes(row[3]),
+        version=row[4],
+        correlation_id=_unsigned(row[5]),
+        parent_id=row[6],
+        root_id=row[7],
+        state=State(row[8]),
+        status=row[9],
+        result=bytes(row[10]),
+        attempts=row[11],
+        created_at=row[12],
+        expires_at=row[13],
+        ready_at=row[14],
+        finished_at=row[15],
+        poll=bytes(row[16]),
+        restarts=row[17],
+    )
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password, for messages."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "the database"
+    info.pop("password", None)
+    return psycopg.conninfo.make_conninfo("", **{k: v for k, v in info.items() if v is not None})
