@@ -167,6 +167,14 @@ class Engine:
                 logger.exception("handing back %s failed", call.dispatch_id)
             return
         timeout = min(self.attempt_timeout, call.expires_at - now)
+        if self.clock() + timeout > lease.expires_at:
+            # This process was held up (paused, starved) since it claimed the call: the
+            # lease may lapse mid-attempt, and another process run the call meanwhile.
+            logger.warning("the lease on %s is about to lapse: handed back", call.dispatch_id)
+            self.limiter.release(key, None)
+            with contextlib.suppress(Exception):
+                await self.store.release(lease, ready_at=self.clock())
+            return
         verdict: Status | None = None
         try:
             request = run_request(call, item.results)
