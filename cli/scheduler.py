@@ -56,6 +56,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--port", type=port, default=DEFAULT_PORT, help="port; 0 picks one (default: %(default)s)"
     )
+    parser.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="share the port with other scheduler processes on this machine, the kernel "
+        "spreading connections over them: several processes, one address",
+    )
     parser.add_argument("--signing-key-file", metavar="PATH", type=Path)
     parser.add_argument(
         "--insecure",
@@ -143,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         policy=RetryPolicy(base=args.backoff, cap=args.backoff_cap, max_attempts=args.max_attempts),
         attempt_timeout=args.attempt_timeout,
         max_per_destination=args.max_per_destination,
+        reuse_port=args.reuse_port,
     )
 
     def ready(addresses: list[tuple[str, int]]) -> None:

@@ -38,6 +38,9 @@ class Settings:
     insecure: bool = False
     grace_period: float = 10.0
     attempt_timeout: float = 300.0
+    reuse_port: bool = False
+    """Share the port with other scheduler processes on this machine (SO_REUSEPORT: the
+    kernel spreads connections over them), for several processes behind one address."""
     max_per_destination: int | None = None
     """A hard cap on attempts in flight to one destination; None: adaptive only."""
     policy: RetryPolicy = field(default_factory=RetryPolicy)
@@ -93,7 +96,7 @@ async def serve(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopped.set)
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=settings.reuse_port)
         await site.start()
         if ready is not None:
             ready([(str(a[0]), int(a[1])) for a in runner.addresses])

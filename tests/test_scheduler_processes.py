@@ -202,11 +202,16 @@ def post(
             return exc.code, exc.read()
 
 
-def database_option(request: pytest.FixtureRequest, folder: Path) -> list[str]:
-    """Where the scheduler keeps its calls: a SQLite file, or a fresh PostgreSQL database."""
+def database_option(
+    request: pytest.FixtureRequest, folder: Path
+) -> tuple[list[str], dict[str, str]]:
+    """Where the scheduler keeps its calls (arguments, environment): a SQLite file, or a
+    fresh PostgreSQL database named by DISPATCHLET_DATABASE_URL (as --database-url does
+    in test_postgres_cluster)."""
     if request.param == "postgres":
-        return ["--database-url", fresh_database(request.getfixturevalue("postgres_server"))]
-    return ["--db", str(folder / "s.db")]
+        url = fresh_database(request.getfixturevalue("postgres_server"))
+        return [], {"DISPATCHLET_DATABASE_URL": url}
+    return ["--db", str(folder / "s.db")], {}
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -217,13 +222,14 @@ def loop(
     (folder / "app.py").write_text(APP)
     log = folder / "attempts.jsonl"
     key = Ed25519PrivateKey.generate()
+    database, database_env = database_option(request, folder)
     scheduler = Process(
         [
             sys.executable,
             "-m",
             "dispatchlet",
             "scheduler",
-            *database_option(request, folder),
+            *database,
             "--port",
             "0",
             "--backoff",
@@ -231,7 +237,9 @@ def loop(
             "--backoff-cap",
             "0.3",
         ],
-        environment(DISPATCH_SIGNING_KEY=private_key_base64(key), DISPATCH_API_KEY=API_KEY),
+        environment(
+            DISPATCH_SIGNING_KEY=private_key_base64(key), DISPATCH_API_KEY=API_KEY, **database_env
+        ),
         folder,
     )
     endpoint = Process(
@@ -248,6 +256,16 @@ def loop(
     finally:
         endpoint.stop()
         assert scheduler.stop() == 0, "".join(scheduler.output)
+
+
+def test_the_database_options_are_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    from dispatchlet.cli.main import main
+
+    both = ["scheduler", "--db", "x.db", "--database-url", "postgresql://h/db", "--insecure"]
+    assert main(both) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(["scheduler", "--database-url", "mysql://h/db", "--insecure"]) == 2
+    assert "not a PostgreSQL URL" in capsys.readouterr().err
 
 
 def error_of(info: calls_pb2.CallInfo) -> tuple[str, str]:

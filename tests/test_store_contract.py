@@ -549,3 +549,89 @@ def test_a_restart_runs_the_call_again_from_its_input(open_store: Any) -> None:
         assert not await store.restart(resumed.lease, now=NOW + 4, orphans=ORPHANS)
 
     with_store(open_store, body)
+
+
+# --- the PostgreSQL store itself --------------------------------------------------------
+
+
+def test_postgres_migrates_once_when_processes_start_together(postgres_server: str) -> None:
+    from dispatchlet.scheduler.store.postgres import SCHEMA_VERSION as PG_VERSION
+    from dispatchlet.scheduler.store.postgres import PostgresStore
+
+    url = fresh_database(postgres_server)
+
+    async def together() -> list[str]:
+        stores = await asyncio.gather(*(PostgresStore.open(url) for _ in range(6)))
+        try:
+            # Every one works on the one schema.
+            return [(await s.dispatch([call()], now=NOW))[0] for s in stores]
+        finally:
+            for store in stores:
+                await store.close()
+
+    ids = run(together())
+    import psycopg
+
+    with psycopg.connect(url) as db:
+        assert db.execute("SELECT version FROM dispatchlet_schema").fetchall() == [(PG_VERSION,)]
+        (count,) = db.execute("SELECT count(*) FROM dispatchlet_calls").fetchone() or (0,)
+    assert count == len(set(ids)) == 6
+
+
+def test_postgres_refuses_a_database_of_a_newer_version(postgres_server: str) -> None:
+    import psycopg
+    from dispatchlet.scheduler.store.postgres import SCHEMA_VERSION as PG_VERSION
+    from dispatchlet.scheduler.store.postgres import PostgresStore
+
+    url = fresh_database(postgres_server)
+    run(_open_and_close_postgres(url))
+    with psycopg.connect(url) as db:
+        db.execute("UPDATE dispatchlet_schema SET version = %s", (PG_VERSION + 1,))
+    with pytest.raises(StoreError, match="newer than this"):
+        run(PostgresStore.open(url))
+
+
+async def _open_and_close_postgres(url: str) -> None:
+    from dispatchlet.scheduler.store.postgres import PostgresStore
+
+    store = await PostgresStore.open(url)
+    await store.close()
+
+
+def test_postgres_wakes_the_other_processes_when_calls_are_ready(postgres_server: str) -> None:
+    from dispatchlet.scheduler.store.postgres import PostgresStore
+
+    url = fresh_database(postgres_server)
+
+    async def scenario() -> int:
+        dispatcher, listener = await PostgresStore.open(url), await PostgresStore.open(url)
+        woken = asyncio.Event()
+        wakes = 0
+
+        def wake() -> None:
+            nonlocal wakes
+            wakes += 1
+            woken.set()
+
+        try:
+            listener.subscribe(wake)
+            await asyncio.wait_for(woken.wait(), 10)  # listening: it looks once
+            woken.clear()
+            await dispatcher.dispatch([call()], now=NOW)
+            # Told by the database, long before any polling interval would.
+            await asyncio.wait_for(woken.wait(), 10)
+            return wakes
+        finally:
+            await dispatcher.close()
+            await listener.close()
+
+    assert run(scenario()) >= 2
+
+
+def test_postgres_says_which_server_it_cannot_reach() -> None:
+    from dispatchlet.scheduler.store.postgres import PostgresStore
+
+    url = "postgresql://someone:secret@127.0.0.1:9/nowhere"
+    with pytest.raises(StoreError, match="cannot connect to") as caught:
+        run(PostgresStore.open(url, timeout=2))
+    assert "secret" not in str(caught.value)
