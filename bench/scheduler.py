@@ -1,8 +1,21 @@
 """Throughput and latency of the scheduler, side by side with Huey on its SQLite storage
-running the same no-op work.
+running the same no-op work; with ``--database-url``, the throughput of 1, 2 and 3
+scheduler processes on one PostgreSQL database, side by side with pgqueuer on the same
+server.
 
     pip install huey
     python bench/scheduler.py [--calls 5000] [--singles 200] [--history 50000]
+
+    pip install 'dispatchlet[postgres]' pgqueuer asyncpg
+    python bench/scheduler.py --database-url postgresql://user@host/db [--calls 5000]
+
+With ``--database-url``, each run gets a database of its own, made on that server and
+dropped after (the user needs CREATEDB). dispatchlet: N `dispatchlet scheduler
+--database-url` processes calling a no-op function served by `dispatchlet serve`
+(waitress, 8 threads); the calls are dispatched through the first process in batches of
+100, and any process runs them. pgqueuer: N pgqueuer consumer processes
+(``PgQueuer.run``, batch size 10) of a no-op entrypoint, the jobs enqueued in batches of
+100. Timed from the first dispatch (or enqueue) to the last call final (the queue empty).
 
 dispatchlet: `dispatchlet scheduler` (SQLite) calling a no-op function served by
 `dispatchlet serve` (waitress, 8 threads), in processes of their own. Huey: a
@@ -29,7 +42,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -259,12 +272,197 @@ def latency(to_start: list[float], to_final: list[float]) -> dict[str, float]:
     }
 
 
+PGQUEUER_APP = """
+import os
+
+import asyncpg
+from pgqueuer import PgQueuer
+from pgqueuer.db import AsyncpgDriver
+from pgqueuer.models import Job
+
+
+async def main() -> PgQueuer:
+    connection = await asyncpg.connect(os.environ["BENCH_DSN"])
+    pgq = PgQueuer(AsyncpgDriver(connection))
+
+    @pgq.entrypoint("noop")
+    async def noop(job: Job) -> None:
+        return None
+
+    return pgq
+
+
+if __name__ == "__main__":
+    # As `pgqueuer run bench_pgq:main --batch-size 10` would (its CLI fails to set up its
+    # logging in pgqueuer 1.6.0).
+    import asyncio
+
+    async def consume() -> None:
+        pgq = await main()
+        print("consuming", flush=True)
+        await pgq.run(batch_size=10)
+
+    asyncio.run(consume())
+"""
+
+
+@contextmanager
+def database(server: str, name: str) -> Iterator[str]:
+    """A new database on ``server``'s PostgreSQL, dropped after the block; its URL."""
+    import psycopg
+
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    head, _, _ = server.rpartition("/")
+    try:
+        yield f"{head}/{name}"
+    finally:
+        with psycopg.connect(server, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def pending(url: str, query: str) -> int:
+    import psycopg
+
+    with psycopg.connect(url) as db:
+        row = db.execute(query).fetchone()
+    return int(row[0]) if row else 0
+
+
+def dispatchlet_postgres_run(folder: Path, url: str, processes: int, calls: int) -> float:
+    """Calls per second with ``processes`` schedulers on the database at ``url``."""
+    key = Ed25519PrivateKey.generate()
+    (folder / "app.py").write_text(ENDPOINT_APP)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH")}
+    endpoint_env = {
+        **base,
+        "DISPATCH_VERIFICATION_KEY": public_key_base64(key.public_key()),
+        "BENCH_STARTS": str(folder / "starts.log"),
+    }
+    scheduler_env = {
+        **base,
+        "DISPATCH_SIGNING_KEY": private_key_base64(key),
+        "DISPATCH_API_KEY": API_KEY,
+        "DISPATCHLET_DATABASE_URL": url,
+    }
+    serve = [sys.executable, "-m", "dispatchlet", "serve", "app.py", "--port", "0"]
+    serve += ["--threads", "8"]
+    scheduler = [sys.executable, "-m", "dispatchlet", "scheduler", "--port", "0"]
+    with ExitStack() as stack:
+        endpoint = stack.enter_context(
+            process(serve, endpoint_env, folder, r"serving \S+ at (http://\S+)")
+        )
+        urls = []
+        for number in range(processes):
+            log_folder = folder / f"s{number}"
+            log_folder.mkdir()
+            urls.append(
+                stack.enter_context(
+                    process(scheduler, scheduler_env, log_folder, r"listening at (http://\S+)")
+                )
+            )
+        client = stack.enter_context(Client(urls[0], API_KEY))
+
+        def call(n: int) -> call_pb2.Call:
+            built = call_pb2.Call(function="noop", endpoint=endpoint)
+            built.input.CopyFrom(values.to_any(n))
+            return built
+
+        client.wait(client.dispatch([call(0)])[0])  # warm up
+        began = time.perf_counter()
+        for first in range(0, calls, BATCH):
+            client.dispatch([call(n) for n in range(first, min(calls, first + BATCH))])
+        query = "SELECT count(*) FROM dispatchlet_calls WHERE state <> 'done'"
+        wait_until_empty(url, query, folder)
+        return calls / (time.perf_counter() - began)
+
+
+def pgqueuer_run(folder: Path, url: str, processes: int, calls: int) -> float:
+    """Jobs per second with ``processes`` pgqueuer consumers on the database at ``url``."""
+    import asyncio
+
+    (folder / "bench_pgq.py").write_text(PGQUEUER_APP)
+    env = {**os.environ, "BENCH_DSN": url, "PYTHONPATH": str(folder)}
+    pgq = [sys.executable, "-m", "pgqueuer", "--pg-dsn", url]
+    subprocess.run([*pgq, "install"], env=env, cwd=folder, check=True, capture_output=True)
+    consumer = [sys.executable, str(folder / "bench_pgq.py")]
+
+    async def enqueue() -> None:
+        import asyncpg
+        from pgqueuer.db import AsyncpgDriver
+        from pgqueuer.queries import Queries
+
+        connection = await asyncpg.connect(url)
+        try:
+            queries = Queries(AsyncpgDriver(connection))
+            for first in range(0, calls, BATCH):
+                size = min(BATCH, calls - first)
+                await queries.enqueue(["noop"] * size, [None] * size, [0] * size)
+        finally:
+            await connection.close()
+
+    with ExitStack() as stack:
+        for number in range(processes):
+            log_folder = folder / f"c{number}"
+            log_folder.mkdir()
+            stack.enter_context(process(consumer, env, log_folder, r"consuming"))
+        time.sleep(1.0)  # the consumers start listening
+        began = time.perf_counter()
+        asyncio.run(enqueue())
+        wait_until_empty(url, "SELECT count(*) FROM pgqueuer", folder)
+        return calls / (time.perf_counter() - began)
+
+
+def wait_until_empty(url: str, query: str, folder: Path) -> None:
+    """Until ``query`` counts nothing; stuck for a minute, the run failed (logs in
+    ``folder``)."""
+    last, since = -1, time.monotonic()
+    while count := pending(url, query):
+        if count != last:
+            last, since = count, time.monotonic()
+        elif time.monotonic() - since > 60:
+            raise SystemExit(f"{count} left and no progress for 60 s: see the logs in {folder}")
+        time.sleep(0.02)
+
+
+def postgres_main(server: str, calls: int) -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        rows = []
+        for processes in (1, 2, 3):
+            results = []
+            for name, run in (("dispatchlet", dispatchlet_postgres_run), ("pgq", pgqueuer_run)):
+                here = folder / f"{name}-{processes}"
+                here.mkdir()
+                with database(server, f"bench_{name}_{processes}") as url:
+                    results.append(run(here, url, processes, calls))
+            rows.append((processes, *results))
+    print(f"{calls} no-op calls, calls/s     {'dispatchlet':>12} {'pgqueuer':>10} {'ratio':>7}")
+    for processes, ours, theirs in rows:
+        label = f"{processes} process{'es' if processes > 1 else ''}"
+        print(f"{label:>26} {ours:>12.1f} {theirs:>10.1f} {ours / theirs:>7.2f}")
+    print(
+        json.dumps(
+            {
+                "processes": [r[0] for r in rows],
+                "dispatchlet": [r[1] for r in rows],
+                "pgqueuer": [r[2] for r in rows],
+            }
+        )
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--singles", type=int, default=200)
     parser.add_argument("--history", type=int, default=50000)
+    parser.add_argument("--database-url", help="compare 1-3 processes on PostgreSQL instead")
     args = parser.parse_args()
+    if args.database_url:
+        postgres_main(args.database_url, args.calls)
+        return
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         ours = (

@@ -68,5 +68,10 @@ class Limiter:
             if self.cap is not None:
                 window.limit = min(window.limit, self.cap)
 
+    def room(self, key: str) -> int:
+        """How many more attempts to ``key`` may start now."""
+        window = self._window(key)
+        return max(0, int(window.limit) - window.in_flight)
+
     def limit(self, key: str) -> int:
         return int(self._window(key).limit)

@@ -121,6 +121,8 @@ class Engine:
                         lease_seconds=lease_seconds,
                         # The hard cap holds across every process on the store.
                         cap=None if self.limiter.cap is None else int(self.limiter.cap),
+                        # Only what this process's limits let it start now.
+                        room=self.limiter.room,
                     )
                 except Exception:
                     logger.exception("claiming calls failed; trying again")

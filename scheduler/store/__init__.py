@@ -125,11 +125,14 @@ class Store(Protocol):
         limit: int,
         lease_seconds: float,
         cap: int | None = None,
+        room: Callable[[str], int] | None = None,
     ) -> list[Claimed]:
         """Lease up to ``limit`` calls that are ready (or whose lease lapsed), one at a
         time per root dispatch in turn (round-robin), oldest first within a root. With
         ``cap``, no destination (``concurrency.destination`` of the endpoint) gets more
-        than ``cap`` leases in force, counting those of every process on the store."""
+        than ``cap`` leases in force, counting those of every process on the store. With
+        ``room``, at most ``room(destination)`` calls of each destination: what this
+        process can start now, so that it claims no call only to hand it back."""
 
     def subscribe(self, wake: Callable[[], None]) -> None:
         """Call ``wake`` when another process makes a call claimable now (a store that

@@ -30,7 +30,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ..concurrency import destination
 from . import Call, ChildResult, Claimed, Lease, NewCall, State
-from .sqlite import StoreError, new_dispatch_id, take_within_cap
+from .sqlite import StoreError, fitting, new_dispatch_id
 
 T = TypeVar("T")
 logger = logging.getLogger("dispatchlet.scheduler")
@@ -226,6 +226,7 @@ class PostgresStore:
         limit: int,
         lease_seconds: float,
         cap: int | None = None,
+        room: Callable[[str], int] | None = None,
     ) -> list[Claimed]:
         async def lease(db: Connection) -> list[Claimed]:
             params = {"now": now, "limit": limit}
@@ -252,9 +253,10 @@ class PostgresStore:
                     params,
                 )
             ).fetchall()
-            ids = [row[0] for row in candidates]
+            running = {}
             if cap is not None:
-                ids = await _within_cap(db, candidates, cap, now)
+                running = await _running(db, sorted({row[1] for row in candidates}), now)
+            ids = fitting(candidates, cap=cap, running=running, room=room)
             if not ids:
                 return []
             locked = await (
@@ -267,19 +269,20 @@ class PostgresStore:
             ).fetchall()
             taken = {row[0] for row in locked}
             order = [i for i in ids if i in taken][:limit]
-            claimed = []
             expires = now + lease_seconds
-            for dispatch_id in order:
-                row = await (
-                    await db.execute(
-                        "UPDATE dispatchlet_calls SET state = 'running', lease_owner = %s, "
-                        "lease_token = lease_token + 1, lease_expires = %s, "
-                        "attempts = attempts + 1 WHERE dispatch_id = %s "
-                        "RETURNING lease_token, poll_max, " + _COLUMNS,
-                        (owner, expires, dispatch_id),
-                    )
-                ).fetchone()
-                assert row is not None
+            rows = await (
+                await db.execute(
+                    "UPDATE dispatchlet_calls SET state = 'running', lease_owner = %s, "
+                    "lease_token = lease_token + 1, lease_expires = %s, "
+                    "attempts = attempts + 1 WHERE dispatch_id = ANY(%s) "
+                    "RETURNING lease_token, poll_max, " + _COLUMNS,
+                    (owner, expires, order),
+                )
+            ).fetchall()
+            updated = {row[2]: row for row in rows}
+            claimed = []
+            for dispatch_id in order:  # in the order of turns
+                row = updated[dispatch_id]
                 call = _call(row[2:])
                 results: tuple[ChildResult, ...] = ()
                 if call.poll:
@@ -308,11 +311,14 @@ class PostgresStore:
         )
 
     async def _update(self, query: str, params: tuple[Any, ...]) -> bool:
-        async def update(db: Connection) -> bool:
+        # One statement: atomic by itself, one round trip with no BEGIN and COMMIT.
+        async with self._pool.connection() as db:
             cursor = await db.execute(query.encode(), params)
             return cursor.rowcount == 1
 
-        return await self._transaction(update)
+    async def _select(self, query: Any, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        async with self._pool.connection() as db:
+            return await (await db.execute(query, params)).fetchall()
 
     async def finish(
         self,
@@ -323,25 +329,45 @@ class PostgresStore:
         now: float,
         orphans: tuple[int, bytes] = (0, b""),
     ) -> bool:
-        async def update(db: Connection) -> bool:
-            row = await (
-                await db.execute(
-                    "UPDATE dispatchlet_calls SET state = 'done', status = %s, result = %s, "
-                    "finished_at = %s, lease_owner = NULL, lease_expires = NULL, poll = '' "
-                    "WHERE dispatch_id = %s AND lease_token = %s AND state = 'running' "
-                    "RETURNING parent_id",
-                    (status, result, now, lease.dispatch_id, lease.token),
+        # Pipelined: the statements go in one round trip. Those after the first act only
+        # if it finished the call under this lease (state done, token unchanged).
+        key = {"id": lease.dispatch_id, "token": lease.token, "now": now}
+        finished = (
+            "SELECT 1 FROM dispatchlet_calls WHERE dispatch_id = %(id)s "
+            "AND lease_token = %(token)s AND state = 'done'"
+        )
+        status_orphaned, result_orphaned = orphans
+        async with self._pool.connection() as db:
+            async with db.pipeline(), db.transaction():
+                cursor = await db.execute(
+                    "UPDATE dispatchlet_calls SET state = 'done', status = %(status)s, "
+                    "result = %(result)s, finished_at = %(now)s, lease_owner = NULL, "
+                    "lease_expires = NULL, poll = '' "
+                    "WHERE dispatch_id = %(id)s AND lease_token = %(token)s "
+                    "AND state = 'running' RETURNING parent_id",
+                    {**key, "status": status, "result": result},
                 )
-            ).fetchone()
-            if row is None:
-                return False
-            await _deliver(db, lease.delivered)
-            await _end_descendants(db, lease.dispatch_id, orphans, now)
-            if row[0] is not None:
-                await _wake(db, row[0], now)
-            return True
-
-        return await self._transaction(update)
+                if lease.delivered:
+                    await db.execute(
+                        "UPDATE dispatchlet_calls SET delivered = TRUE "
+                        f"WHERE dispatch_id = ANY(%(ids)s) AND EXISTS ({finished})",
+                        {**key, "ids": list(lease.delivered)},
+                    )
+                await db.execute(
+                    _TREE + "UPDATE dispatchlet_calls SET state = 'done', "
+                    "status = %(status)s, result = %(result)s, finished_at = %(now)s, "
+                    "lease_owner = NULL, lease_expires = NULL, poll = '', "
+                    "lease_token = lease_token + 1 "
+                    "WHERE dispatch_id IN (SELECT id FROM tree) AND dispatch_id <> %(id)s "
+                    f"AND state <> 'done' AND EXISTS ({finished})",
+                    {**key, "status": status_orphaned, "result": result_orphaned},
+                )
+                await db.execute(
+                    _WAKE_PARENT_OF,
+                    key,
+                )
+            row = await cursor.fetchone()
+        return row is not None
 
     async def suspend(
         self,
@@ -454,13 +480,8 @@ class PostgresStore:
         return await self._transaction(update)
 
     async def get(self, dispatch_id: str) -> Call | None:
-        async def select(db: Connection) -> Call | None:
-            row = await (
-                await db.execute(f"{_SELECT} WHERE dispatch_id = %s".encode(), (dispatch_id,))
-            ).fetchone()
-            return None if row is None else _call(row)
-
-        return await self._transaction(select)
+        rows = await self._select(f"{_SELECT} WHERE dispatch_id = %s".encode(), (dispatch_id,))
+        return _call(rows[0]) if rows else None
 
     async def list(
         self,
@@ -489,11 +510,7 @@ class PostgresStore:
         where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(clauses) if clauses else sql.SQL("")
         query = sql.SQL(_SELECT) + where + sql.SQL(" ORDER BY seq LIMIT %s")
 
-        async def select(db: Connection) -> list[Call]:
-            rows = await (await db.execute(query, (*params, limit))).fetchall()
-            return [_call(row) for row in rows]
-
-        return await self._transaction(select)
+        return [_call(row) for row in await self._select(query, (*params, limit))]
 
     async def cancel(self, dispatch_id: str, status: int, result: bytes, *, now: float) -> int:
         async def end(db: Connection) -> int:
@@ -525,12 +542,9 @@ class PostgresStore:
         await self._pool.close()
 
 
-async def _within_cap(
-    db: Connection, candidates: Sequence[tuple[Any, ...]], cap: int, now: float
-) -> list[str]:
-    """The candidates that keep every destination within ``cap`` leases in force, across
-    all processes (the caller holds the claim lock)."""
-    destinations = sorted({row[1] for row in candidates})
+async def _running(db: Connection, destinations: list[str], now: float) -> dict[str, int]:
+    """Leases in force per destination, every process's (the caller holds the claim
+    lock, so that none is taken meanwhile)."""
     rows = await (
         await db.execute(
             "SELECT destination, count(*) FROM dispatchlet_calls "
@@ -539,8 +553,7 @@ async def _within_cap(
             (now, destinations),
         )
     ).fetchall()
-    running = {row[0]: int(row[1]) for row in rows}
-    return take_within_cap(candidates, running, cap)
+    return {row[0]: int(row[1]) for row in rows}
 
 
 async def _insert(db: Connection, calls: Sequence[NewCall], now: float) -> list[str]:
@@ -609,6 +622,23 @@ async def _end_descendants(
         "AND state <> 'done'",
         {"id": dispatch_id, "status": status, "result": result, "now": now},
     )
+
+
+# The waiting parent of the call %(id)s made ready, if it now has the results it waits
+# for (that call done under lease %(token)s), and the others told.
+_WAKE_PARENT_OF = (
+    "WITH woken AS ("
+    "  UPDATE dispatchlet_calls AS parent SET state = 'ready', ready_at = %(now)s"
+    "  FROM dispatchlet_calls AS done"
+    "  WHERE done.dispatch_id = %(id)s AND done.lease_token = %(token)s"
+    "  AND done.state = 'done' AND parent.dispatch_id = done.parent_id"
+    "  AND parent.state = 'waiting' AND parent.poll_min <= ("
+    "    SELECT count(*) FROM dispatchlet_calls AS child"
+    "    WHERE child.parent_id = parent.dispatch_id AND child.state = 'done'"
+    "    AND NOT child.delivered)"
+    "  RETURNING parent.dispatch_id"
+    f") SELECT pg_notify('{CHANNEL}', '') FROM woken"
+)
 
 
 async def _wake(db: Connection, parent_id: str, now: float) -> None:

@@ -192,6 +192,7 @@ class SQLiteStore:
         limit: int,
         lease_seconds: float,
         cap: int | None = None,
+        room: Callable[[str], int] | None = None,
     ) -> list[Claimed]:
         def lease(db: sqlite3.Connection) -> list[Claimed]:
             # Round-robin across roots: each root's oldest claimable call first, then
@@ -210,13 +211,12 @@ class SQLiteStore:
                 "    UNION ALL SELECT dispatch_id, root_id, destination, ready_at, rowid"
                 "    FROM calls WHERE state = 'waiting' AND poll_until <= :now"
                 "  )"
-                # With a cap, more candidates: some destinations may be full.
+                # More candidates than the batch: some destinations may be full.
                 ") ORDER BY turn, ready_at, created LIMIT :limit",
-                {"now": now, "limit": limit if cap is None else limit * 4},
+                {"now": now, "limit": limit * 4},
             ).fetchall()
-            ids = [row[0] for row in rows]
-            if cap is not None:
-                ids = _within_cap(db, rows, cap, now)
+            running = {} if cap is None else _running(db, {row[1] for row in rows}, now)
+            ids = fitting(rows, cap=cap, running=running, room=room)
             claimed = []
             expires = now + lease_seconds
             for dispatch_id in ids[:limit]:
@@ -487,30 +487,40 @@ def _backfill_destinations(db: sqlite3.Connection) -> None:
     )
 
 
-def _within_cap(
-    db: sqlite3.Connection, candidates: Sequence[Sequence[Any]], cap: int, now: float
-) -> list[str]:
-    """The candidates that keep every destination within ``cap`` leases in force."""
+def _running(db: sqlite3.Connection, destinations: set[str], now: float) -> dict[str, int]:
+    """Leases in force per destination."""
     running: dict[str, int] = {}
-    for where in {row[1] for row in candidates}:
+    for where in destinations:
         (count,) = db.execute(
             "SELECT count(*) FROM calls "
             "WHERE state = 'running' AND destination = ? AND lease_expires > ?",
             (where, now),
         ).fetchone()
         running[where] = count
-    return take_within_cap(candidates, running, cap)
+    return running
 
 
-def take_within_cap(
-    candidates: Sequence[Sequence[Any]], running: dict[str, int], cap: int
+def fitting(
+    candidates: Sequence[Sequence[Any]],
+    *,
+    cap: int | None,
+    running: dict[str, int],
+    room: Callable[[str], int] | None,
 ) -> list[str]:
-    """Of ``(dispatch_id, destination)`` candidates in order, those that fit under
-    ``cap`` given the calls ``running`` per destination now."""
+    """Of ``(dispatch_id, destination)`` candidates in order, those this process may
+    start now: within ``cap`` leases in force per destination (``running`` counts them,
+    every process's), and within the ``room`` its own limiter has per destination."""
     chosen = []
+    taken: dict[str, int] = {}
+    allowance: dict[str, int] = {}
     for dispatch_id, where in candidates:
-        if running.get(where, 0) < cap:
-            running[where] = running.get(where, 0) + 1
+        if where not in allowance:
+            allowed = room(where) if room is not None else len(candidates)
+            if cap is not None:
+                allowed = min(allowed, cap - running.get(where, 0))
+            allowance[where] = allowed
+        if taken.get(where, 0) < allowance[where]:
+            taken[where] = taken.get(where, 0) + 1
             chosen.append(dispatch_id)
     return chosen
 
