@@ -389,9 +389,10 @@ def pgqueuer_run(folder: Path, url: str, processes: int, calls: int) -> float:
     consumer = [sys.executable, str(folder / "bench_pgq.py")]
 
     async def enqueue() -> None:
-        import asyncpg
-        from pgqueuer.db import AsyncpgDriver
-        from pgqueuer.queries import Queries
+        # Installed for this bench only (see the docstring).
+        import asyncpg  # type: ignore[import-not-found, import-untyped, unused-ignore]
+        from pgqueuer.db import AsyncpgDriver  # type: ignore[import-not-found, unused-ignore]
+        from pgqueuer.queries import Queries  # type: ignore[import-not-found, unused-ignore]
 
         connection = await asyncpg.connect(url)
         try:
@@ -429,7 +430,7 @@ def wait_until_empty(url: str, query: str, folder: Path) -> None:
 def postgres_main(server: str, calls: int) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        rows = []
+        rows: list[tuple[int, float, float]] = []
         for processes in (1, 2, 3):
             results = []
             for name, run in (("dispatchlet", dispatchlet_postgres_run), ("pgq", pgqueuer_run)):
@@ -437,10 +438,10 @@ def postgres_main(server: str, calls: int) -> None:
                 here.mkdir()
                 with database(server, f"bench_{name}_{processes}") as url:
                     results.append(run(here, url, processes, calls))
-            rows.append((processes, *results))
+            rows.append((processes, results[0], results[1]))
     print(f"{calls} no-op calls, calls/s     {'dispatchlet':>12} {'pgqueuer':>10} {'ratio':>7}")
-    for processes, ours, theirs in rows:
-        label = f"{processes} process{'es' if processes > 1 else ''}"
+    for count, ours, theirs in rows:
+        label = f"{count} process{'es' if count > 1 else ''}"
         print(f"{label:>26} {ours:>12.1f} {theirs:>10.1f} {ours / theirs:>7.2f}")
     print(
         json.dumps(
