@@ -30,7 +30,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ..concurrency import destination
 from . import Call, ChildResult, Claimed, Lease, NewCall, State
-from .sqlite import StoreError, fitting, new_dispatch_id
+from .sqlite import StoreError, call_from_row, fitting, new_dispatch_id
 
 T = TypeVar("T")
 logger = logging.getLogger("dispatchlet.scheduler")
@@ -428,11 +428,7 @@ class PostgresStore:
                 return False
             await _end_descendants(db, lease.dispatch_id, orphans, now)
             # The old children's results belong to the run that was dropped.
-            await db.execute(
-                "UPDATE dispatchlet_calls SET delivered = TRUE WHERE parent_id = %s",
-                (lease.dispatch_id,),
-            )
-            await db.execute(_NOTIFY)
+            await _set_aside_children(db, lease.dispatch_id)
             return True
 
         return await self._transaction(update)
@@ -470,11 +466,7 @@ class PostgresStore:
             if cursor.rowcount != 1:
                 return False
             # The function handed over to starts afresh: earlier children are not its.
-            await db.execute(
-                "UPDATE dispatchlet_calls SET delivered = TRUE WHERE parent_id = %s",
-                (lease.dispatch_id,),
-            )
-            await db.execute(_NOTIFY)
+            await _set_aside_children(db, lease.dispatch_id)
             return True
 
         return await self._transaction(update)
@@ -641,6 +633,15 @@ _WAKE_PARENT_OF = (
 )
 
 
+async def _set_aside_children(db: Connection, dispatch_id: str) -> None:
+    """The call is ready again with no Poll: its children's results are no longer for
+    it; the others are told it is ready."""
+    await db.execute(
+        "UPDATE dispatchlet_calls SET delivered = TRUE WHERE parent_id = %s", (dispatch_id,)
+    )
+    await db.execute(_NOTIFY)
+
+
 async def _wake(db: Connection, parent_id: str, now: float) -> None:
     """Make a waiting parent ready once it has the results it waits for."""
     cursor = await db.execute(
@@ -655,26 +656,8 @@ async def _wake(db: Connection, parent_id: str, now: float) -> None:
 
 
 def _call(row: Sequence[Any]) -> Call:
-    return Call(
-        dispatch_id=row[0],
-        function=row[1],
-        endpoint=row[2],
-        input=bytes(row[3]),
-        version=row[4],
-        correlation_id=_unsigned(row[5]),
-        parent_id=row[6],
-        root_id=row[7],
-        state=State(row[8]),
-        status=row[9],
-        result=bytes(row[10]),
-        attempts=row[11],
-        created_at=row[12],
-        expires_at=row[13],
-        ready_at=row[14],
-        finished_at=row[15],
-        poll=bytes(row[16]),
-        restarts=row[17],
-    )
+    # As the SQLite store reads its rows, the correlation id's bits made unsigned again.
+    return call_from_row((*row[:5], _unsigned(row[5]), *row[6:]))
 
 
 def _redacted(url: str) -> str:

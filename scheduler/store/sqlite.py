@@ -68,7 +68,7 @@ MIGRATIONS: tuple[str, ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-# The columns of a Call, in its fields' order (``_call`` reads them).
+# The columns of a Call, in its fields' order (``call_from_row`` reads them).
 _COLUMNS = (
     "dispatch_id, function, endpoint, input, version, correlation_id, parent_id, "
     "root_id, state, status, result, attempts, created_at, expires_at, ready_at, "
@@ -221,7 +221,7 @@ class SQLiteStore:
             expires = now + lease_seconds
             for dispatch_id in ids[:limit]:
                 row = db.execute(_CLAIM, (owner, expires, dispatch_id)).fetchone()
-                call = _call(row[2:])
+                call = call_from_row(row[2:])
                 results: tuple[ChildResult, ...] = ()
                 if call.poll:
                     results = _undelivered(db, dispatch_id, row[1])
@@ -387,7 +387,7 @@ class SQLiteStore:
     async def get(self, dispatch_id: str) -> Call | None:
         def select(db: sqlite3.Connection) -> Call | None:
             row = db.execute(f"{_SELECT} WHERE dispatch_id = ?", (dispatch_id,)).fetchone()
-            return None if row is None else _call(row)
+            return None if row is None else call_from_row(row)
 
         return await self._run(self._transaction, select)
 
@@ -418,7 +418,7 @@ class SQLiteStore:
         query = f"{_SELECT} {where} ORDER BY rowid LIMIT ?"
 
         def select(db: sqlite3.Connection) -> list[Call]:
-            return [_call(row) for row in db.execute(query, (*values, limit))]
+            return [call_from_row(row) for row in db.execute(query, (*values, limit))]
 
         return await self._run(self._transaction, select)
 
@@ -564,7 +564,8 @@ def _wake(db: sqlite3.Connection, parent_id: str, now: float) -> None:
     )
 
 
-def _call(row: Sequence[Any]) -> Call:
+def call_from_row(row: Sequence[Any]) -> Call:
+    """A stored call from its columns, in the order of ``Call``'s fields."""
     return Call(
         dispatch_id=row[0],
         function=row[1],
