@@ -12,7 +12,10 @@ server.
 With ``--database-url``, each run gets a database of its own, made on that server and
 dropped after (the user needs CREATEDB). dispatchlet: N `dispatchlet scheduler
 --database-url` processes calling a no-op function served by `dispatchlet serve`
-(waitress, 8 threads); the calls are dispatched through the first process in batches of
+(waitress, 8 threads), with ``--max-per-destination`` ``--cap`` (32): without a cap each
+process's adaptive limit grows on its own, and together they run into waitress's
+connection limit (100), which queues connections instead of refusing them. The calls
+are dispatched through the first process in batches of
 100, and any process runs them. pgqueuer: N pgqueuer consumer processes
 (``PgQueuer.run``, batch size 10) of a no-op entrypoint, the jobs enqueued in batches of
 100. Timed from the first dispatch (or enqueue) to the last call final (the queue empty).
@@ -330,8 +333,9 @@ def pending(url: str, query: str) -> int:
     return int(row[0]) if row else 0
 
 
-def dispatchlet_postgres_run(folder: Path, url: str, processes: int, calls: int) -> float:
-    """Calls per second with ``processes`` schedulers on the database at ``url``."""
+def dispatchlet_postgres_run(folder: Path, url: str, processes: int, calls: int, cap: int) -> float:
+    """Calls per second with ``processes`` schedulers on the database at ``url``, at most
+    ``cap`` calls in flight to the endpoint among them."""
     key = Ed25519PrivateKey.generate()
     (folder / "app.py").write_text(ENDPOINT_APP)
     base = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH")}
@@ -349,6 +353,7 @@ def dispatchlet_postgres_run(folder: Path, url: str, processes: int, calls: int)
     serve = [sys.executable, "-m", "dispatchlet", "serve", "app.py", "--port", "0"]
     serve += ["--threads", "8"]
     scheduler = [sys.executable, "-m", "dispatchlet", "scheduler", "--port", "0"]
+    scheduler += ["--max-per-destination", str(cap)]
     with ExitStack() as stack:
         endpoint = stack.enter_context(
             process(serve, endpoint_env, folder, r"serving \S+ at (http://\S+)")
@@ -378,8 +383,9 @@ def dispatchlet_postgres_run(folder: Path, url: str, processes: int, calls: int)
         return calls / (time.perf_counter() - began)
 
 
-def pgqueuer_run(folder: Path, url: str, processes: int, calls: int) -> float:
+def pgqueuer_run(folder: Path, url: str, processes: int, calls: int, cap: int) -> float:
     """Jobs per second with ``processes`` pgqueuer consumers on the database at ``url``."""
+    del cap  # its jobs run in its own processes: no endpoint to protect
     import asyncio
 
     (folder / "bench_pgq.py").write_text(PGQUEUER_APP)
@@ -427,7 +433,7 @@ def wait_until_empty(url: str, query: str, folder: Path) -> None:
         time.sleep(0.02)
 
 
-def postgres_main(server: str, calls: int) -> None:
+def postgres_main(server: str, calls: int, cap: int) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         rows: list[tuple[int, float, float]] = []
@@ -437,7 +443,7 @@ def postgres_main(server: str, calls: int) -> None:
                 here = folder / f"{name}-{processes}"
                 here.mkdir()
                 with database(server, f"bench_{name}_{processes}") as url:
-                    results.append(run(here, url, processes, calls))
+                    results.append(run(here, url, processes, calls, cap))
             rows.append((processes, results[0], results[1]))
     print(f"{calls} no-op calls, calls/s     {'dispatchlet':>12} {'pgqueuer':>10} {'ratio':>7}")
     for count, ours, theirs in rows:
@@ -460,9 +466,12 @@ def main() -> None:
     parser.add_argument("--singles", type=int, default=200)
     parser.add_argument("--history", type=int, default=50000)
     parser.add_argument("--database-url", help="compare 1-3 processes on PostgreSQL instead")
+    parser.add_argument(
+        "--cap", type=int, default=32, help="with --database-url: --max-per-destination"
+    )
     args = parser.parse_args()
     if args.database_url:
-        postgres_main(args.database_url, args.calls)
+        postgres_main(args.database_url, args.calls, args.cap)
         return
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)

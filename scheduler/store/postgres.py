@@ -126,6 +126,8 @@ class PostgresStore:
         self._pool = pool
         self._listener: asyncio.Task[None] | None = None
         self._wake: list[Callable[[], None]] = []
+        self._finishing: list[tuple[_Finish, asyncio.Future[bool]]] = []
+        self._flushes: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def open(
@@ -329,45 +331,36 @@ class PostgresStore:
         now: float,
         orphans: tuple[int, bytes] = (0, b""),
     ) -> bool:
-        # Pipelined: the statements go in one round trip. Those after the first act only
-        # if it finished the call under this lease (state done, token unchanged).
-        key = {"id": lease.dispatch_id, "token": lease.token, "now": now}
-        finished = (
-            "SELECT 1 FROM dispatchlet_calls WHERE dispatch_id = %(id)s "
-            "AND lease_token = %(token)s AND state = 'done'"
-        )
-        status_orphaned, result_orphaned = orphans
-        async with self._pool.connection() as db:
-            async with db.pipeline(), db.transaction():
-                cursor = await db.execute(
-                    "UPDATE dispatchlet_calls SET state = 'done', status = %(status)s, "
-                    "result = %(result)s, finished_at = %(now)s, lease_owner = NULL, "
-                    "lease_expires = NULL, poll = '' "
-                    "WHERE dispatch_id = %(id)s AND lease_token = %(token)s "
-                    "AND state = 'running' RETURNING parent_id",
-                    {**key, "status": status, "result": result},
-                )
-                if lease.delivered:
-                    await db.execute(
-                        "UPDATE dispatchlet_calls SET delivered = TRUE "
-                        f"WHERE dispatch_id = ANY(%(ids)s) AND EXISTS ({finished})",
-                        {**key, "ids": list(lease.delivered)},
-                    )
-                await db.execute(
-                    _TREE + "UPDATE dispatchlet_calls SET state = 'done', "
-                    "status = %(status)s, result = %(result)s, finished_at = %(now)s, "
-                    "lease_owner = NULL, lease_expires = NULL, poll = '', "
-                    "lease_token = lease_token + 1 "
-                    "WHERE dispatch_id IN (SELECT id FROM tree) AND dispatch_id <> %(id)s "
-                    f"AND state <> 'done' AND EXISTS ({finished})",
-                    {**key, "status": status_orphaned, "result": result_orphaned},
-                )
-                await db.execute(
-                    _WAKE_PARENT_OF,
-                    key,
-                )
-            row = await cursor.fetchone()
-        return row is not None
+        # Finishes that arrive together share one transaction, and so one commit (one
+        # WAL flush): each is still fenced by its own lease.
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._finishing.append(((lease, status, result, now, orphans), future))
+        if len(self._finishing) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_finishes)
+        return await future
+
+    def _flush_finishes(self) -> None:
+        batch, self._finishing = self._finishing, []
+        task = asyncio.create_task(self._finish_batch(batch))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _finish_batch(self, batch: list[tuple[_Finish, asyncio.Future[bool]]]) -> None:
+        try:
+            async with self._pool.connection() as db:
+                async with db.pipeline(), db.transaction():
+                    cursors = [await _finish_statements(db, *finish) for finish, _ in batch]
+                done = [await cursor.fetchone() is not None for cursor in cursors]
+        except BaseException as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, future), outcome in zip(batch, done, strict=True):
+            if not future.done():
+                future.set_result(outcome)
 
     async def suspend(
         self,
@@ -526,12 +519,62 @@ class PostgresStore:
         return await self._transaction(end)
 
     async def close(self) -> None:
+        if self._finishing:
+            self._flush_finishes()
+        if self._flushes:
+            await asyncio.gather(*self._flushes, return_exceptions=True)
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
             self._listener = None
         await self._pool.close()
+
+
+_Finish = tuple[Lease, int, bytes, float, tuple[int, bytes]]
+_FINISHED = (
+    "SELECT 1 FROM dispatchlet_calls WHERE dispatch_id = %(id)s "
+    "AND lease_token = %(token)s AND state = 'done'"
+)
+
+
+async def _finish_statements(
+    db: Connection,
+    lease: Lease,
+    status: int,
+    result: bytes,
+    now: float,
+    orphans: tuple[int, bytes],
+) -> psycopg.AsyncCursor[Any]:
+    """Queue one call's finish in the pipeline: its cursor yields a row if it finished
+    the call. The statements after the first act only if it did (the call done, its
+    token unchanged)."""
+    key = {"id": lease.dispatch_id, "token": lease.token, "now": now}
+    cursor = await db.execute(
+        "UPDATE dispatchlet_calls SET state = 'done', status = %(status)s, "
+        "result = %(result)s, finished_at = %(now)s, lease_owner = NULL, "
+        "lease_expires = NULL, poll = '' "
+        "WHERE dispatch_id = %(id)s AND lease_token = %(token)s "
+        "AND state = 'running' RETURNING parent_id",
+        {**key, "status": status, "result": result},
+    )
+    if lease.delivered:
+        await db.execute(
+            "UPDATE dispatchlet_calls SET delivered = TRUE "
+            f"WHERE dispatch_id = ANY(%(ids)s) AND EXISTS ({_FINISHED})",
+            {**key, "ids": list(lease.delivered)},
+        )
+    await db.execute(
+        _TREE + "UPDATE dispatchlet_calls SET state = 'done', "
+        "status = %(status)s, result = %(result)s, finished_at = %(now)s, "
+        "lease_owner = NULL, lease_expires = NULL, poll = '', "
+        "lease_token = lease_token + 1 "
+        "WHERE dispatch_id IN (SELECT id FROM tree) AND dispatch_id <> %(id)s "
+        f"AND state <> 'done' AND EXISTS ({_FINISHED})",
+        {**key, "status": orphans[0], "result": orphans[1]},
+    )
+    await db.execute(_WAKE_PARENT_OF, key)
+    return cursor
 
 
 async def _running(db: Connection, destinations: list[str], now: float) -> dict[str, int]:
