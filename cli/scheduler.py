@@ -107,7 +107,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     # Here: aiohttp and the store load only for this command, not for every one.
     from ..scheduler.server import POSTGRES_SCHEMES, Settings, serve
-    from ..scheduler.store.sqlite import StoreError
+    from ..scheduler.store import StoreError
 
     logging.basicConfig(
         level=logging.INFO,

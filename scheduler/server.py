@@ -60,7 +60,7 @@ async def open_store(database: str) -> Store:
         try:
             from .store.postgres import PostgresStore
         except ImportError as exc:
-            from .store.sqlite import StoreError
+            from .store import StoreError
 
             raise StoreError(
                 f"a PostgreSQL database needs psycopg: pip install 'dispatchlet[postgres]' ({exc})"

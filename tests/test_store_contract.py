@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from dispatchlet.scheduler.store import Call, Lease, NewCall, State, Store
-from dispatchlet.scheduler.store.sqlite import SCHEMA_VERSION, SQLiteStore, StoreError
+from dispatchlet.scheduler.store import Call, Lease, NewCall, State, Store, StoreError
+from dispatchlet.scheduler.store.sqlite import SCHEMA_VERSION, SQLiteStore
 from postgres_server import fresh_database
 
 T = TypeVar("T")

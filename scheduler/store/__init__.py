@@ -21,10 +21,12 @@ its calls or none.
 
 from __future__ import annotations
 
+import dataclasses
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class State(str, Enum):
@@ -213,4 +215,84 @@ class Store(Protocol):
         """Release the store's resources."""
 
 
-__all__ = ["Call", "ChildResult", "Claimed", "Lease", "NewCall", "State", "Store"]
+# --- what both stores share --------------------------------------------------------
+
+
+class StoreError(Exception):
+    """The database cannot be used (written by a newer version, not a store)."""
+
+
+def new_dispatch_id(now: float) -> str:
+    """A dispatch id: 48 bits of milliseconds, then 80 random bits, as 32 hex digits:
+    unguessable, never repeated, and roughly in creation order."""
+    return f"{int(now * 1000) & 0xFFFF_FFFF_FFFF:012x}{secrets.token_hex(10)}"
+
+
+def children_of(parent_id: str, root_id: str, children: Sequence[NewCall]) -> list[NewCall]:
+    """A Poll's calls, placed under the call that made them."""
+    return [dataclasses.replace(c, parent_id=parent_id, root_id=root_id) for c in children]
+
+
+def fitting(
+    candidates: Sequence[Sequence[Any]],
+    *,
+    cap: int | None,
+    running: dict[str, int],
+    room: Callable[[str], int] | None,
+) -> list[str]:
+    """Of ``(dispatch_id, destination)`` candidates in order, those this process may
+    start now: within ``cap`` leases in force per destination (``running`` counts them,
+    every process's), and within the ``room`` its own limiter has per destination."""
+    chosen = []
+    taken: dict[str, int] = {}
+    allowance: dict[str, int] = {}
+    for dispatch_id, where in candidates:
+        if where not in allowance:
+            allowed = room(where) if room is not None else len(candidates)
+            if cap is not None:
+                allowed = min(allowed, cap - running.get(where, 0))
+            allowance[where] = allowed
+        if taken.get(where, 0) < allowance[where]:
+            taken[where] = taken.get(where, 0) + 1
+            chosen.append(dispatch_id)
+    return chosen
+
+
+def call_from_row(row: Sequence[Any]) -> Call:
+    """A stored call from its columns, in the order of ``Call``'s fields."""
+    return Call(
+        dispatch_id=row[0],
+        function=row[1],
+        endpoint=row[2],
+        input=bytes(row[3]),
+        version=row[4],
+        correlation_id=row[5],
+        parent_id=row[6],
+        root_id=row[7],
+        state=State(row[8]),
+        status=row[9],
+        result=bytes(row[10]),
+        attempts=row[11],
+        created_at=row[12],
+        expires_at=row[13],
+        ready_at=row[14],
+        finished_at=row[15],
+        poll=bytes(row[16]),
+        restarts=row[17],
+    )
+
+
+__all__ = [
+    "Call",
+    "ChildResult",
+    "Claimed",
+    "Lease",
+    "NewCall",
+    "State",
+    "Store",
+    "StoreError",
+    "call_from_row",
+    "children_of",
+    "fitting",
+    "new_dispatch_id",
+]

@@ -29,8 +29,19 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from ..concurrency import destination
-from . import Call, ChildResult, Claimed, Lease, NewCall, State
-from .sqlite import StoreError, call_from_row, fitting, new_dispatch_id
+from . import (
+    Call,
+    ChildResult,
+    Claimed,
+    Lease,
+    NewCall,
+    State,
+    StoreError,
+    call_from_row,
+    children_of,
+    fitting,
+    new_dispatch_id,
+)
 
 T = TypeVar("T")
 logger = logging.getLogger("dispatchlet.scheduler")
@@ -387,20 +398,7 @@ class PostgresStore:
             if row is None:
                 return None
             await _deliver(db, lease.delivered)
-            placed = [
-                NewCall(
-                    function=c.function,
-                    endpoint=c.endpoint,
-                    input=c.input,
-                    expires_at=c.expires_at,
-                    version=c.version,
-                    correlation_id=c.correlation_id,
-                    parent_id=lease.dispatch_id,
-                    root_id=row[0],
-                )
-                for c in children
-            ]
-            ids = await _insert(db, placed, now)
+            ids = await _insert(db, children_of(lease.dispatch_id, row[0], children), now)
             # Results of earlier polls may be enough already.
             await _wake(db, lease.dispatch_id, now)
             if ids:
@@ -564,15 +562,7 @@ async def _finish_statements(
             f"WHERE dispatch_id = ANY(%(ids)s) AND EXISTS ({_FINISHED})",
             {**key, "ids": list(lease.delivered)},
         )
-    await db.execute(
-        _TREE + "UPDATE dispatchlet_calls SET state = 'done', "
-        "status = %(status)s, result = %(result)s, finished_at = %(now)s, "
-        "lease_owner = NULL, lease_expires = NULL, poll = '', "
-        "lease_token = lease_token + 1 "
-        "WHERE dispatch_id IN (SELECT id FROM tree) AND dispatch_id <> %(id)s "
-        f"AND state <> 'done' AND EXISTS ({_FINISHED})",
-        {**key, "status": orphans[0], "result": orphans[1]},
-    )
+    await _end_descendants(db, lease.dispatch_id, orphans, now, only_if=(_FINISHED, key))
     await db.execute(_WAKE_PARENT_OF, key)
     return cursor
 
@@ -646,16 +636,24 @@ async def _deliver(db: Connection, ids: Sequence[str]) -> None:
 
 
 async def _end_descendants(
-    db: Connection, dispatch_id: str, orphans: tuple[int, bytes], now: float
+    db: Connection,
+    dispatch_id: str,
+    orphans: tuple[int, bytes],
+    now: float,
+    *,
+    only_if: tuple[str, dict[str, Any]] | None = None,
 ) -> None:
+    """End the call's unfinished descendants with ``orphans``; with ``only_if`` (a
+    query and its parameters), only when that query finds a row."""
     status, result = orphans
+    guard, params = ("", {}) if only_if is None else (f" AND EXISTS ({only_if[0]})", only_if[1])
     await db.execute(
         _TREE + "UPDATE dispatchlet_calls SET state = 'done', status = %(status)s, "
         "result = %(result)s, finished_at = %(now)s, lease_owner = NULL, lease_expires = NULL, "
         "poll = '', lease_token = lease_token + 1 "
         "WHERE dispatch_id IN (SELECT id FROM tree) AND dispatch_id <> %(id)s "
-        "AND state <> 'done'",
-        {"id": dispatch_id, "status": status, "result": result, "now": now},
+        "AND state <> 'done'" + guard,
+        {**params, "id": dispatch_id, "status": status, "result": result, "now": now},
     )
 
 

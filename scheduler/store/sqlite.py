@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..concurrency import destination
-from . import Call, ChildResult, Claimed, Lease, NewCall, State
+from . import (
+    Call,
+    ChildResult,
+    Claimed,
+    Lease,
+    NewCall,
+    State,
+    StoreError,
+    call_from_row,
+    children_of,
+    fitting,
+    new_dispatch_id,
+)
 
 T = TypeVar("T")
 
@@ -87,16 +98,6 @@ _TREE = (
     "  UNION SELECT calls.dispatch_id FROM calls JOIN tree ON calls.parent_id = tree.id"
     ") "
 )
-
-
-class StoreError(Exception):
-    """The database cannot be used (written by a newer version, not a store)."""
-
-
-def new_dispatch_id(now: float) -> str:
-    """A dispatch id: 48 bits of milliseconds, then 80 random bits, as 32 hex digits:
-    unguessable, never repeated, and roughly in creation order."""
-    return f"{int(now * 1000) & 0xFFFF_FFFF_FFFF:012x}{secrets.token_hex(10)}"
 
 
 class SQLiteStore:
@@ -305,20 +306,7 @@ class SQLiteStore:
             if row is None:
                 return None
             _deliver(db, lease.delivered)
-            placed = [
-                NewCall(
-                    function=c.function,
-                    endpoint=c.endpoint,
-                    input=c.input,
-                    expires_at=c.expires_at,
-                    version=c.version,
-                    correlation_id=c.correlation_id,
-                    parent_id=lease.dispatch_id,
-                    root_id=row[0],
-                )
-                for c in children
-            ]
-            ids = _insert(db, placed, now)
+            ids = _insert(db, children_of(lease.dispatch_id, row[0], children), now)
             # Results of earlier polls may be enough already.
             _wake(db, lease.dispatch_id, now)
             return ids
@@ -500,31 +488,6 @@ def _running(db: sqlite3.Connection, destinations: set[str], now: float) -> dict
     return running
 
 
-def fitting(
-    candidates: Sequence[Sequence[Any]],
-    *,
-    cap: int | None,
-    running: dict[str, int],
-    room: Callable[[str], int] | None,
-) -> list[str]:
-    """Of ``(dispatch_id, destination)`` candidates in order, those this process may
-    start now: within ``cap`` leases in force per destination (``running`` counts them,
-    every process's), and within the ``room`` its own limiter has per destination."""
-    chosen = []
-    taken: dict[str, int] = {}
-    allowance: dict[str, int] = {}
-    for dispatch_id, where in candidates:
-        if where not in allowance:
-            allowed = room(where) if room is not None else len(candidates)
-            if cap is not None:
-                allowed = min(allowed, cap - running.get(where, 0))
-            allowance[where] = allowed
-        if taken.get(where, 0) < allowance[where]:
-            taken[where] = taken.get(where, 0) + 1
-            chosen.append(dispatch_id)
-    return chosen
-
-
 def _undelivered(db: sqlite3.Connection, parent_id: str, limit: int) -> tuple[ChildResult, ...]:
     rows = db.execute(
         "SELECT dispatch_id, correlation_id, status, result FROM calls "
@@ -561,28 +524,4 @@ def _wake(db: sqlite3.Connection, parent_id: str, now: float) -> None:
         "  SELECT count(*) FROM calls AS child"
         "  WHERE child.parent_id = :id AND child.state = 'done' AND child.delivered = 0)",
         {"id": parent_id, "now": now},
-    )
-
-
-def call_from_row(row: Sequence[Any]) -> Call:
-    """A stored call from its columns, in the order of ``Call``'s fields."""
-    return Call(
-        dispatch_id=row[0],
-        function=row[1],
-        endpoint=row[2],
-        input=bytes(row[3]),
-        version=row[4],
-        correlation_id=row[5],
-        parent_id=row[6],
-        root_id=row[7],
-        state=State(row[8]),
-        status=row[9],
-        result=bytes(row[10]),
-        attempts=row[11],
-        created_at=row[12],
-        expires_at=row[13],
-        ready_at=row[14],
-        finished_at=row[15],
-        poll=bytes(row[16]),
-        restarts=row[17],
     )
