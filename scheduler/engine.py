@@ -179,7 +179,7 @@ class Engine:
             return
         verdict: Status | None = None
         try:
-            request = run_request(call, item.results)
+            request = run_request(call, item.results, deadline=self.clock() + timeout)
             outcome = await self.caller.run(call.endpoint, request, timeout=timeout)
             verdict = outcome.status
             if outcome.response is not None:
@@ -407,9 +407,17 @@ def _error_result(outcome: Outcome) -> bytes:
     return call_pb2.CallResult(error=error).SerializeToString()
 
 
-def run_request(call: Call, results: Sequence[ChildResult] = ()) -> function_pb2.RunRequest:
+def run_request(
+    call: Call, results: Sequence[ChildResult] = (), deadline: float | None = None
+) -> function_pb2.RunRequest:
     """The RunRequest of an attempt of ``call``: its input, or, resuming it after a Poll,
-    a PollResult with its state and ``results``."""
+    a PollResult with its state and ``results``.
+
+    Its expiration is the attempt's ``deadline`` when that comes before the call's: an
+    endpoint refuses to start a run that expired, so a request that waited in a busy
+    server's queue (or was sent by a process since killed) past the moment this process
+    gave up on it is not run beside the retry.
+    """
     request = function_pb2.RunRequest(
         function=call.function,
         dispatch_id=call.dispatch_id,
@@ -434,7 +442,8 @@ def run_request(call: Call, results: Sequence[ChildResult] = ()) -> function_pb2
     elif call.input:
         request.input.CopyFrom(any_pb2.Any.FromString(call.input))
     request.creation_time.CopyFrom(timestamp(call.created_at))
-    request.expiration_time.CopyFrom(timestamp(call.expires_at))
+    expires = call.expires_at if deadline is None else min(call.expires_at, deadline)
+    request.expiration_time.CopyFrom(timestamp(expires))
     return request
 
 

@@ -136,6 +136,15 @@ class Process:
                 return match
         raise AssertionError(f"no {pattern!r} in:\n{''.join(self.output)}")
 
+    def drained(self) -> list[str]:
+        """Every line of output so far, those not yet waited for included."""
+        try:
+            while (line := self._lines.get_nowait()) is not None:
+                self.output.append(line)
+        except queue.Empty:
+            pass
+        return self.output
+
     def stop(self) -> int:
         if self.process.poll() is None:
             self.process.terminate()
@@ -936,3 +945,94 @@ def test_retry_after_is_read_as_seconds_or_a_date() -> None:
     later = retry_after(formatdate(time.time() + 30, usegmt=True))
     assert later is not None
     assert 25 <= later <= 31
+
+
+BUSY_APP = """
+import json, os, time
+from pathlib import Path
+from dispatchlet import Endpoint, RunContext
+
+endpoint = Endpoint()
+LOG = Path(os.environ["RUNS_LOG"])
+
+
+def note(**fields: object) -> None:
+    with LOG.open("a") as log:
+        log.write(json.dumps(fields) + "\\n")
+
+
+@endpoint.function
+def hold(seconds: float) -> str:
+    held = LOG.with_suffix(".held")
+    if not held.exists():  # the first run only: its retries answer at once
+        held.touch()
+        note(function="hold", start=time.time())
+        time.sleep(seconds)
+    return "held"
+
+
+@endpoint.function
+def record(context: RunContext) -> str:
+    assert context.expiration_time is not None
+    note(function="record", start=time.time(), expires=context.expiration_time.timestamp())
+    return "recorded"
+"""
+
+
+def test_a_request_that_waited_past_its_attempt_is_not_run(tmp_path: Path) -> None:
+    """The endpoint's only thread is busy for longer than the attempt timeout: the
+    scheduler gives up on the requests queued behind it and sends them again. The ones
+    it gave up on are not run when the thread frees up; the call runs once."""
+    (tmp_path / "app.py").write_text(BUSY_APP)
+    runs = tmp_path / "runs.jsonl"
+    key = Ed25519PrivateKey.generate()
+    endpoint = Process(
+        [sys.executable, "-m", "dispatchlet", "serve", "app.py", "--port", "0", "--threads", "1"],
+        environment(
+            DISPATCH_VERIFICATION_KEY=public_key_base64(key.public_key()), RUNS_LOG=str(runs)
+        ),
+        tmp_path,
+    )
+    scheduler = Process(
+        [
+            sys.executable,
+            "-m",
+            "dispatchlet",
+            "scheduler",
+            "--db",
+            str(tmp_path / "s.db"),
+            "--port",
+            "0",
+            "--attempt-timeout",
+            "1",
+            "--backoff",
+            "0.05",
+            "--backoff-cap",
+            "0.2",
+        ],
+        environment(DISPATCH_SIGNING_KEY=private_key_base64(key), DISPATCH_API_KEY=API_KEY),
+        tmp_path,
+    )
+    try:
+        url = endpoint.wait_for(r"serving \S+ at (http://\S+)").group(1)
+        scheduler_url = scheduler.wait_for(r"listening at (http://\S+)").group(1)
+        with Client(scheduler_url, API_KEY) as client:
+            (held,) = client.dispatch(
+                [call_pb2.Call(function="hold", endpoint=url, input=values.to_any(3.0))]
+            )
+            deadline = time.monotonic() + 20
+            while not (runs.exists() and "hold" in runs.read_text()):
+                assert time.monotonic() < deadline, "hold never started"
+                time.sleep(0.02)
+            (recorded,) = client.dispatch([call_pb2.Call(function="record", endpoint=url)])
+            infos = [client.wait(i, timeout=60) for i in (held, recorded)]
+    finally:
+        scheduler.stop()
+        endpoint.stop()
+    assert [i.status for i in infos] == [Status.OK, Status.OK]
+    # The scheduler gave up on ``record`` while ``hold`` held the thread.
+    assert infos[1].attempts >= 2, infos[1]
+    notes = [json.loads(line) for line in runs.read_text().splitlines()]
+    records = [n for n in notes if n["function"] == "record"]
+    assert len(records) == 1, records
+    assert records[0]["start"] < records[0]["expires"]
