@@ -241,6 +241,23 @@ def test_claims_take_root_dispatches_in_turn(open_store: Any) -> None:
     assert with_store(open_store, body) == ["big", "small1", "small2"]
 
 
+def test_a_fan_out_larger_than_a_claims_window_does_not_starve_other_roots(
+    open_store: Any,
+) -> None:
+    async def body(store: Store) -> list[str]:
+        # More ready children than a claim reads in age order, all older than the two
+        # other roots' calls.
+        (big,) = await store.dispatch([call("big")], now=NOW - 10)
+        children = [call("child", parent_id=big, root_id=big) for _ in range(3000)]
+        await store.dispatch(children, now=NOW - 5)
+        await store.dispatch([call("small1"), call("small2")], now=NOW - 1)
+        claimed = await store.claim(owner="s", now=NOW, limit=3, lease_seconds=LEASE)
+        again = await store.claim(owner="s", now=NOW, limit=3, lease_seconds=LEASE)
+        return [c.call.function for c in claimed + again]
+
+    assert with_store(open_store, body) == ["big", "small1", "small2", *["child"] * 3]
+
+
 def test_list_filters_and_pages_in_creation_order(open_store: Any) -> None:
     async def body(store: Store) -> None:
         ids = await store.dispatch([call("a" if n % 2 else "b") for n in range(7)], now=NOW)
@@ -340,6 +357,41 @@ def test_sqlite_refuses_a_database_of_a_newer_version(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(StoreError, match="newer than this dispatchlet"):
         run(_open_and_close(path))
+
+
+def test_sqlite_upgrades_a_database_of_the_previous_version(tmp_path: Path) -> None:
+    path = tmp_path / "scheduler.db"
+
+    async def dispatched() -> list[str]:
+        store = await SQLiteStore.open(path)
+        try:
+            return await store.dispatch([call("old"), call("older")], now=NOW)
+        finally:
+            await store.close()
+
+    ids = run(dispatched())
+    db = sqlite3.connect(path)
+    db.execute("DROP INDEX calls_ready_root")  # as the previous version left it
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
+    db.commit()
+    db.close()
+
+    async def claimed() -> list[str]:
+        store = await SQLiteStore.open(path)
+        try:
+            got = await store.claim(owner="s", now=NOW, limit=10, lease_seconds=LEASE)
+            return [c.call.dispatch_id for c in got]
+        finally:
+            await store.close()
+
+    assert run(claimed()) == ids  # kept, and claimable under the new schema
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        names = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        assert "calls_ready_root" in names
+    finally:
+        db.close()
 
 
 async def _open_and_close(path: Path) -> None:
@@ -589,6 +641,47 @@ def test_postgres_refuses_a_database_of_a_newer_version(postgres_server: str) ->
         db.execute("UPDATE dispatchlet_schema SET version = %s", (PG_VERSION + 1,))
     with pytest.raises(StoreError, match="newer than this"):
         run(PostgresStore.open(url))
+
+
+def test_postgres_upgrades_a_database_of_the_previous_version(postgres_server: str) -> None:
+    import psycopg
+    from dispatchlet.scheduler.store.postgres import SCHEMA_VERSION as PG_VERSION
+    from dispatchlet.scheduler.store.postgres import PostgresStore
+
+    url = fresh_database(postgres_server)
+
+    async def dispatched() -> list[str]:
+        store = await PostgresStore.open(url)
+        try:
+            return await store.dispatch([call("old"), call("older")], now=NOW)
+        finally:
+            await store.close()
+
+    ids = run(dispatched())
+    with psycopg.connect(url) as db:  # as version 1 left it
+        db.execute("DROP INDEX dispatchlet_calls_ready_root")
+        db.execute("DROP INDEX dispatchlet_calls_ready")
+        db.execute(
+            "CREATE INDEX dispatchlet_calls_ready ON dispatchlet_calls (ready_at) "
+            "WHERE state = 'ready'"
+        )
+        db.execute("UPDATE dispatchlet_schema SET version = 1")
+
+    async def claimed() -> list[str]:
+        store = await PostgresStore.open(url)
+        try:
+            got = await store.claim(owner="s", now=NOW, limit=10, lease_seconds=LEASE)
+            return [c.call.dispatch_id for c in got]
+        finally:
+            await store.close()
+
+    assert run(claimed()) == ids  # kept, and claimable under the new schema
+    with psycopg.connect(url) as db:
+        assert db.execute("SELECT version FROM dispatchlet_schema").fetchall() == [(PG_VERSION,)]
+        indexes = db.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'dispatchlet_calls'"
+        ).fetchall()
+    assert ("dispatchlet_calls_ready_root",) in indexes
 
 
 async def _open_and_close_postgres(url: str) -> None:

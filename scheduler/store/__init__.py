@@ -22,8 +22,9 @@ its calls or none.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
@@ -130,7 +131,9 @@ class Store(Protocol):
         room: Callable[[str], int] | None = None,
     ) -> list[Claimed]:
         """Lease up to ``limit`` calls that are ready (or whose lease lapsed), one at a
-        time per root dispatch in turn (round-robin), oldest first within a root. With
+        time per root dispatch in turn (round-robin), oldest first within a root. Turns
+        are dealt among the oldest ``claim_window(limit)`` claimable calls and the oldest
+        ready call of each root, so that a claim costs the same whatever the backlog. With
         ``cap``, no destination (``concurrency.destination`` of the endpoint) gets more
         than ``cap`` leases in force, counting those of every process on the store. With
         ``room``, at most ``room(destination)`` calls of each destination: what this
@@ -231,6 +234,35 @@ def new_dispatch_id(now: float) -> str:
 def children_of(parent_id: str, root_id: str, children: Sequence[NewCall]) -> list[NewCall]:
     """A Poll's calls, placed under the call that made them."""
     return [dataclasses.replace(c, parent_id=parent_id, root_id=root_id) for c in children]
+
+
+def claim_window(limit: int) -> int:
+    """How many of the oldest claimable calls of each state a claim of ``limit`` reads:
+    a bounded window, so that a claim costs the same whatever the backlog."""
+    return max(1024, 16 * limit)
+
+
+def needs_root_heads(found: Sequence[Sequence[Any]], window: int, limit: int) -> bool:
+    """Whether a claim must also read the oldest ready call of each root: when ready
+    calls fill the window (more wait beyond it) and it holds too few roots to deal every
+    turn of the claim. Otherwise every root outside the window has its oldest call after
+    the window's, so the window alone gives the round-robin order."""
+    ready = sum(row[5] == "ready" for row in found)
+    return ready >= window and len({row[1] for row in found}) < 4 * limit
+
+
+def in_turns(rows: Iterable[Sequence[Any]], count: int) -> list[tuple[str, str]]:
+    """Of claimable ``(dispatch_id, root_id, destination, ready_at, seq)`` rows, the first
+    ``count`` as ``(dispatch_id, destination)`` in round-robin order: each root's oldest
+    call, then each root's second, and so on; oldest first within a turn."""
+    unique = {row[0]: row for row in rows}.values()
+    turns: dict[str, int] = {}
+    ranked = []
+    for row in sorted(unique, key=lambda r: (r[3], r[4])):
+        turn = turns.get(row[1], 0)
+        turns[row[1]] = turn + 1
+        ranked.append((turn, row[3], row[4], row[0], row[2]))
+    return [(r[3], r[4]) for r in heapq.nsmallest(count, ranked)]
 
 
 def fitting(

@@ -39,7 +39,10 @@ from . import (
     StoreError,
     call_from_row,
     children_of,
+    claim_window,
     fitting,
+    in_turns,
+    needs_root_heads,
     new_dispatch_id,
 )
 
@@ -94,6 +97,16 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX dispatchlet_calls_waiting ON dispatchlet_calls (poll_until)
         WHERE state = 'waiting'
     """,
+    # Version 2: ready calls in the order claims take them, and each root's ready calls
+    # in order, so that a claim reads a bounded window (fair to every root) rather than
+    # sorting the whole backlog.
+    """
+    DROP INDEX dispatchlet_calls_ready;
+    CREATE INDEX dispatchlet_calls_ready ON dispatchlet_calls (ready_at, seq)
+        WHERE state = 'ready';
+    CREATE INDEX dispatchlet_calls_ready_root ON dispatchlet_calls (root_id, ready_at, seq)
+        WHERE state = 'ready'
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -103,11 +116,49 @@ _COLUMNS = (
     "finished_at, poll, restarts"
 )
 _SELECT = "SELECT " + _COLUMNS + " FROM dispatchlet_calls"
-_CLAIMABLE = (
-    "((state = 'ready' AND ready_at <= %(now)s)"
-    " OR (state = 'running' AND lease_expires <= %(now)s)"
-    " OR (state = 'waiting' AND poll_until <= %(now)s))"
+# The claimable calls a claim considers, as (dispatch_id, root_id, destination, ready_at,
+# seq, state): the oldest of each claimable state, each read through its own partial
+# index, so that neither finished calls nor a long backlog are scanned.
+_COLUMNS_CLAIMABLE = "dispatch_id, root_id, destination, ready_at, seq, state"
+_OLDEST_CLAIMABLE = (
+    f"(SELECT {_COLUMNS_CLAIMABLE} FROM dispatchlet_calls"
+    "  WHERE state = 'ready' AND ready_at <= %(now)s ORDER BY ready_at, seq LIMIT %(window)s)"
+    f" UNION ALL (SELECT {_COLUMNS_CLAIMABLE} FROM dispatchlet_calls"
+    "  WHERE state = 'running' AND lease_expires <= %(now)s"
+    "  ORDER BY lease_expires LIMIT %(window)s)"
+    f" UNION ALL (SELECT {_COLUMNS_CLAIMABLE} FROM dispatchlet_calls"
+    "  WHERE state = 'waiting' AND poll_until <= %(now)s ORDER BY poll_until LIMIT %(window)s)"
 )
+# The oldest ready call of each of the first %(roots)s roots that have ready calls: a
+# skip scan of dispatchlet_calls_ready_root, one index seek per root.
+_ROOT_HEADS = (
+    "WITH RECURSIVE roots (root_id, n) AS ("
+    "  (SELECT root_id, 1 FROM dispatchlet_calls WHERE state = 'ready'"
+    "   ORDER BY root_id LIMIT 1)"
+    "  UNION ALL SELECT (SELECT c.root_id FROM dispatchlet_calls AS c"
+    "    WHERE c.state = 'ready' AND c.root_id > r.root_id ORDER BY c.root_id LIMIT 1),"
+    "   r.n + 1"
+    "  FROM roots AS r WHERE r.root_id IS NOT NULL AND r.n < %(roots)s"
+    ") SELECT head.* FROM roots CROSS JOIN LATERAL ("
+    f"  SELECT {_COLUMNS_CLAIMABLE} FROM dispatchlet_calls"
+    "  WHERE state = 'ready' AND root_id = roots.root_id AND ready_at <= %(now)s"
+    # In the index's order, which the planner then reads rather than another.
+    "  ORDER BY root_id, ready_at, seq LIMIT 1) AS head"
+    " WHERE roots.root_id IS NOT NULL"
+)
+
+
+def _claimable(row: Sequence[Any], now: float) -> bool:
+    """Whether a call with ``(state, ready_at, lease_expires, poll_until)`` may be
+    claimed at ``now``."""
+    state, ready_at, lease_expires, poll_until = row
+    if state == "ready":
+        return bool(ready_at <= now)
+    if state == "running":
+        return bool(lease_expires <= now)
+    return state == "waiting" and bool(poll_until <= now)
+
+
 # A call's subtree: the call and its descendants, by parent links.
 _TREE = (
     "WITH RECURSIVE tree (id) AS ("
@@ -242,45 +293,37 @@ class PostgresStore:
         room: Callable[[str], int] | None = None,
     ) -> list[Claimed]:
         async def lease(db: Connection) -> list[Claimed]:
-            params = {"now": now, "limit": limit}
+            params = {"now": now}
             if cap is not None:
                 await db.execute("SELECT pg_advisory_xact_lock(%s)", (CLAIM_LOCK,))
-            # Round-robin across roots, as in the SQLite store; more than the batch,
-            # since rows other processes hold are skipped below, and with a cap some
+            # Round-robin across roots, as in the SQLite store, among the oldest
+            # claimable calls and the oldest of each root's; more than the batch, since
+            # rows other processes hold are skipped below, and with a cap some
             # destinations may be full.
-            candidates = await (
-                await db.execute(
-                    "SELECT dispatch_id, destination FROM ("
-                    "  SELECT dispatch_id, destination, ready_at, seq, ROW_NUMBER() OVER ("
-                    "    PARTITION BY root_id ORDER BY ready_at, seq) AS turn"
-                    "  FROM ("
-                    "    SELECT dispatch_id, root_id, destination, ready_at, seq"
-                    "    FROM dispatchlet_calls WHERE state = 'ready' AND ready_at <= %(now)s"
-                    "    UNION ALL SELECT dispatch_id, root_id, destination, ready_at, seq"
-                    "    FROM dispatchlet_calls"
-                    "    WHERE state = 'running' AND lease_expires <= %(now)s"
-                    "    UNION ALL SELECT dispatch_id, root_id, destination, ready_at, seq"
-                    "    FROM dispatchlet_calls WHERE state = 'waiting' AND poll_until <= %(now)s"
-                    "  ) AS claimable"
-                    ") AS ranked ORDER BY turn, ready_at, seq LIMIT %(limit)s * 4",
-                    params,
-                )
+            window = claim_window(limit)
+            found = await (
+                await db.execute(_OLDEST_CLAIMABLE, {**params, "window": window})
             ).fetchall()
+            if needs_root_heads(found, window, limit):
+                heads = await db.execute(_ROOT_HEADS, {**params, "roots": 4 * limit})
+                found += await heads.fetchall()
+            candidates = in_turns(found, 4 * limit)
             running = {}
             if cap is not None:
                 running = await _running(db, sorted({row[1] for row in candidates}), now)
             ids = fitting(candidates, cap=cap, running=running, room=room)
             if not ids:
                 return []
+            # Locked by primary key alone (the plan cannot stray into a scan), then
+            # checked: a locked row is read as it is now, after any claim that won.
             locked = await (
                 await db.execute(
-                    "SELECT dispatch_id FROM dispatchlet_calls "
-                    f"WHERE dispatch_id = ANY(%(ids)s) AND {_CLAIMABLE} "
-                    "FOR UPDATE SKIP LOCKED",
-                    {**params, "ids": ids},
+                    "SELECT dispatch_id, state, ready_at, lease_expires, poll_until "
+                    "FROM dispatchlet_calls WHERE dispatch_id = ANY(%s) FOR UPDATE SKIP LOCKED",
+                    (ids,),
                 )
             ).fetchall()
-            taken = {row[0] for row in locked}
+            taken = {row[0] for row in locked if _claimable(row[1:], now)}
             order = [i for i in ids if i in taken][:limit]
             expires = now + lease_seconds
             rows = await (

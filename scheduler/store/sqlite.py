@@ -28,7 +28,10 @@ from . import (
     StoreError,
     call_from_row,
     children_of,
+    claim_window,
     fitting,
+    in_turns,
+    needs_root_heads,
     new_dispatch_id,
 )
 
@@ -76,6 +79,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE calls ADD COLUMN destination TEXT NOT NULL DEFAULT '';
     CREATE INDEX calls_running ON calls (destination) WHERE state = 'running';
     """,
+    # Version 3: each root's ready calls in order, for claims that stay fair to every
+    # root without reading the whole backlog.
+    """
+    CREATE INDEX calls_ready_root ON calls (root_id, ready_at) WHERE state = 'ready';
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -86,6 +94,31 @@ _COLUMNS = (
     "finished_at, poll, restarts"
 )
 _SELECT = "SELECT " + _COLUMNS + " FROM calls"
+# The claimable calls a claim considers, as (dispatch_id, root_id, destination, ready_at,
+# seq, state): the oldest of each claimable state, each read through its own partial
+# index, so that neither finished calls nor a long backlog are scanned.
+_COLUMNS_CLAIMABLE = "dispatch_id, root_id, destination, ready_at, rowid, state"
+_OLDEST_CLAIMABLE = (
+    f"SELECT * FROM (SELECT {_COLUMNS_CLAIMABLE} FROM calls"
+    "  WHERE state = 'ready' AND ready_at <= :now ORDER BY ready_at, rowid LIMIT :window)"
+    f" UNION ALL SELECT * FROM (SELECT {_COLUMNS_CLAIMABLE} FROM calls"
+    "  WHERE state = 'running' AND lease_expires <= :now ORDER BY lease_expires LIMIT :window)"
+    f" UNION ALL SELECT * FROM (SELECT {_COLUMNS_CLAIMABLE} FROM calls"
+    "  WHERE state = 'waiting' AND poll_until <= :now ORDER BY poll_until LIMIT :window)"
+)
+# The oldest ready call of each of the first :roots roots that have ready calls: a
+# skip scan of calls_ready_root, one seek per root.
+_ROOT_HEADS = (
+    "WITH RECURSIVE roots (root_id, n) AS ("
+    "  SELECT (SELECT min(root_id) FROM calls WHERE state = 'ready'), 1"
+    "  UNION ALL SELECT (SELECT min(root_id) FROM calls"
+    "    WHERE state = 'ready' AND root_id > roots.root_id), n + 1"
+    "  FROM roots WHERE roots.root_id IS NOT NULL AND n < :roots"
+    f") SELECT {', '.join('c.' + c for c in _COLUMNS_CLAIMABLE.split(', '))}"
+    " FROM roots JOIN calls AS c ON c.rowid = ("
+    "  SELECT rowid FROM calls WHERE state = 'ready' AND root_id = roots.root_id"
+    "  AND ready_at <= :now ORDER BY ready_at, rowid LIMIT 1)"
+)
 _CLAIM = (
     "UPDATE calls SET state = 'running', lease_owner = ?, lease_token = lease_token + 1, "
     "lease_expires = ?, attempts = attempts + 1 WHERE dispatch_id = ? "
@@ -196,27 +229,16 @@ class SQLiteStore:
         room: Callable[[str], int] | None = None,
     ) -> list[Claimed]:
         def lease(db: sqlite3.Connection) -> list[Claimed]:
-            # Round-robin across roots: each root's oldest claimable call first, then
-            # each root's second, so that one large fan-out does not starve the others.
-            rows = db.execute(
-                # One branch per claimable state, each read through its own partial
-                # index: finished calls, however many, are never scanned.
-                "SELECT dispatch_id, destination FROM ("
-                "  SELECT dispatch_id, destination, ready_at, created, ROW_NUMBER() OVER ("
-                "    PARTITION BY root_id ORDER BY ready_at, created) AS turn"
-                "  FROM ("
-                "    SELECT dispatch_id, root_id, destination, ready_at, rowid AS created"
-                "    FROM calls WHERE state = 'ready' AND ready_at <= :now"
-                "    UNION ALL SELECT dispatch_id, root_id, destination, ready_at, rowid"
-                "    FROM calls WHERE state = 'running' AND lease_expires <= :now"
-                "    UNION ALL SELECT dispatch_id, root_id, destination, ready_at, rowid"
-                "    FROM calls WHERE state = 'waiting' AND poll_until <= :now"
-                "  )"
-                # More candidates than the batch: some destinations may be full.
-                ") ORDER BY turn, ready_at, created LIMIT :limit",
-                {"now": now, "limit": limit * 4},
-            ).fetchall()
-            running = {} if cap is None else _running(db, {row[1] for row in rows}, now)
+            # Round-robin across roots (each root's oldest claimable call first, then
+            # each root's second) so that one large fan-out does not starve the others,
+            # among the oldest claimable calls and the oldest of each root's.
+            window = claim_window(limit)
+            params = {"now": now, "window": window, "roots": 4 * limit}
+            found = db.execute(_OLDEST_CLAIMABLE, params).fetchall()
+            if needs_root_heads(found, window, limit):
+                found += db.execute(_ROOT_HEADS, params).fetchall()
+            rows = in_turns(found, 4 * limit)  # more than the batch: some may be full
+            running = {} if cap is None else _running(db, {where for _, where in rows}, now)
             ids = fitting(rows, cap=cap, running=running, room=room)
             claimed = []
             expires = now + lease_seconds
