@@ -19,6 +19,9 @@ are dispatched through the first process in batches of
 100, and any process runs them. pgqueuer: N pgqueuer consumer processes
 (``PgQueuer.run``, batch size 10) of a no-op entrypoint, the jobs enqueued in batches of
 100. Timed from the first dispatch (or enqueue) to the last call final (the queue empty).
+The endpoint floor: the same endpoint with no scheduler, sent the same calls ``--cap``
+at a time by the scheduler's own HTTP caller (signed, no store): what the endpoint process
+allows at best, so "of the floor" is how much of it the schedulers reach.
 
 dispatchlet: `dispatchlet scheduler` (SQLite) calling a no-op function served by
 `dispatchlet serve` (waitress, 8 threads), in processes of their own. Huey: a
@@ -333,6 +336,43 @@ def pending(url: str, query: str) -> int:
     return int(row[0]) if row else 0
 
 
+def endpoint_floor(folder: Path, calls: int, cap: int) -> float:
+    """Calls per second of the same endpoint with no scheduler: the scheduler's own HTTP
+    caller sends ``calls`` signed requests straight to it, ``cap`` at a time, no store.
+    What the endpoint process allows at best; the scheduler's runs are bounded by it."""
+    import asyncio
+
+    from dispatchlet.proto.dispatch.sdk.v1 import function_pb2
+    from dispatchlet.scheduler.http_caller import HttpCaller
+
+    key = Ed25519PrivateKey.generate()
+    (folder / "app.py").write_text(ENDPOINT_APP)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH")}
+    env["DISPATCH_VERIFICATION_KEY"] = public_key_base64(key.public_key())
+    env["BENCH_STARTS"] = str(folder / "starts.log")
+    serve = [sys.executable, "-m", "dispatchlet", "serve", "app.py", "--port", "0"]
+    serve += ["--threads", "8"]
+
+    async def send_all(endpoint: str) -> float:
+        async with HttpCaller(key) as caller:
+            gate = asyncio.Semaphore(cap)
+
+            async def one(n: int) -> None:
+                request = function_pb2.RunRequest(function="noop", dispatch_id=f"floor-{n}")
+                request.input.CopyFrom(values.to_any(n))
+                async with gate:
+                    outcome = await caller.run(endpoint, request, timeout=60)
+                assert outcome.response is not None, outcome
+
+            await one(0)  # warm up
+            began = time.perf_counter()
+            await asyncio.gather(*(one(n) for n in range(calls)))
+            return calls / (time.perf_counter() - began)
+
+    with process(serve, env, folder, r"serving \S+ at (http://\S+)") as endpoint:
+        return asyncio.run(send_all(endpoint))
+
+
 def dispatchlet_postgres_run(folder: Path, url: str, processes: int, calls: int, cap: int) -> float:
     """Calls per second with ``processes`` schedulers on the database at ``url``, at most
     ``cap`` calls in flight to the endpoint among them."""
@@ -445,16 +485,25 @@ def postgres_main(server: str, calls: int, cap: int) -> None:
                 with database(server, f"bench_{name}_{processes}") as url:
                     results.append(run(here, url, processes, calls, cap))
             rows.append((processes, results[0], results[1]))
-    print(f"{calls} no-op calls, calls/s     {'dispatchlet':>12} {'pgqueuer':>10} {'ratio':>7}")
+        (folder / "floor").mkdir()
+        floor = endpoint_floor(folder / "floor", calls, cap)
+    print(
+        f"{calls} no-op calls, calls/s     {'dispatchlet':>12} {'pgqueuer':>10} {'ratio':>7}"
+        f" {'of the floor':>13}"
+    )
     for count, ours, theirs in rows:
         label = f"{count} process{'es' if count > 1 else ''}"
-        print(f"{label:>26} {ours:>12.1f} {theirs:>10.1f} {ours / theirs:>7.2f}")
+        print(
+            f"{label:>26} {ours:>12.1f} {theirs:>10.1f} {ours / theirs:>7.2f} {ours / floor:>13.2f}"
+        )
+    print(f"{'endpoint floor':>26} {floor:>12.1f}  (the endpoint alone, {cap} at a time)")
     print(
         json.dumps(
             {
                 "processes": [r[0] for r in rows],
                 "dispatchlet": [r[1] for r in rows],
                 "pgqueuer": [r[2] for r in rows],
+                "endpoint_floor": floor,
             }
         )
     )
