@@ -242,13 +242,13 @@ def claim_window(limit: int) -> int:
     return max(1024, 16 * limit)
 
 
-def needs_root_heads(found: Sequence[Sequence[Any]], window: int, limit: int) -> bool:
-    """Whether a claim must also read the oldest ready call of each root: when ready
-    calls fill the window (more wait beyond it) and it holds too few roots to deal every
-    turn of the claim. Otherwise every root outside the window has its oldest call after
-    the window's, so the window alone gives the round-robin order."""
-    ready = sum(row[5] == "ready" for row in found)
-    return ready >= window and len({row[1] for row in found}) < 4 * limit
+def needs_root_heads(ready: int, roots: int, window: int, limit: int) -> bool:
+    """Whether a claim must also read the oldest ready call of each root, given how many
+    ``ready`` calls and how many ``roots`` its window held: when ready calls fill the
+    window (more wait beyond it) and it holds too few roots to deal every turn of the
+    claim. Otherwise every root outside the window has its oldest call after the
+    window's, so the window alone gives the round-robin order."""
+    return ready >= window and roots < 4 * limit
 
 
 def in_turns(rows: Iterable[Sequence[Any]], count: int) -> list[tuple[str, str]]:

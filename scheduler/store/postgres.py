@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -53,6 +55,10 @@ CHANNEL = "dispatchlet_ready"
 # Advisory lock keys (one 64-bit number each): the migration, and capped claims.
 MIGRATION_LOCK = 0x64697370_61746368
 CLAIM_LOCK = 0x64697370_636C6169
+# A pooled connection idle for longer is checked before use (a round trip), so that one
+# the server dropped meanwhile (a restart) is replaced, not handed to a transaction. One
+# in steady use is not: if it fails, the store's caller retries.
+CHECK_AFTER_IDLE = 1.0
 
 # Each entry moves the schema one version up; never edit one that has shipped.
 MIGRATIONS: tuple[str, ...] = (
@@ -129,6 +135,18 @@ _OLDEST_CLAIMABLE = (
     f" UNION ALL (SELECT {_COLUMNS_CLAIMABLE} FROM dispatchlet_calls"
     "  WHERE state = 'waiting' AND poll_until <= %(now)s ORDER BY poll_until LIMIT %(window)s)"
 )
+
+# The first :count of the window in round-robin order (each root's oldest, then each
+# root's second, ...), with how many ready calls and how many roots the window held.
+_RANKED_WINDOW = (
+    f"WITH found AS ({_OLDEST_CLAIMABLE}), ranked AS ("
+    "  SELECT *, ROW_NUMBER() OVER (PARTITION BY root_id ORDER BY ready_at, seq) AS turn"
+    "  FROM found"
+    ") SELECT dispatch_id, root_id, destination, ready_at, seq, state,"
+    "  (SELECT count(*) FROM found WHERE state = 'ready'),"
+    "  (SELECT count(DISTINCT root_id) FROM found)"
+    " FROM ranked ORDER BY turn, ready_at, seq LIMIT %(count)s"
+)
 # The oldest ready call of each of the first %(roots)s roots that have ready calls: a
 # skip scan of dispatchlet_calls_ready_root, one index seek per root.
 _ROOT_HEADS = (
@@ -196,15 +214,23 @@ class PostgresStore:
         cls, url: str, *, max_connections: int = 8, timeout: float = 30.0
     ) -> PostgresStore:
         """The store in the database at ``url``, its schema created or migrated."""
+        returned: weakref.WeakKeyDictionary[Connection, float] = weakref.WeakKeyDictionary()
+
+        async def check(connection: Connection) -> None:
+            if time.monotonic() - returned.get(connection, 0.0) > CHECK_AFTER_IDLE:
+                await AsyncConnectionPool.check_connection(connection)
+
+        async def reset(connection: Connection) -> None:
+            returned[connection] = time.monotonic()
+
         pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             url,
             min_size=1,
             max_size=max_connections,
             kwargs={"autocommit": True},
             open=False,
-            # A connection the server dropped (a restart) is found and replaced here,
-            # not handed to a transaction.
-            check=AsyncConnectionPool.check_connection,
+            check=check,
+            reset=reset,
             reconnect_timeout=timeout,
         )
         try:
@@ -293,7 +319,6 @@ class PostgresStore:
         room: Callable[[str], int] | None = None,
     ) -> list[Claimed]:
         async def lease(db: Connection) -> list[Claimed]:
-            params = {"now": now}
             if cap is not None:
                 await db.execute("SELECT pg_advisory_xact_lock(%s)", (CLAIM_LOCK,))
             # Round-robin across roots, as in the SQLite store, among the oldest
@@ -301,13 +326,14 @@ class PostgresStore:
             # rows other processes hold are skipped below, and with a cap some
             # destinations may be full.
             window = claim_window(limit)
-            found = await (
-                await db.execute(_OLDEST_CLAIMABLE, {**params, "window": window})
-            ).fetchall()
-            if needs_root_heads(found, window, limit):
-                heads = await db.execute(_ROOT_HEADS, {**params, "roots": 4 * limit})
-                found += await heads.fetchall()
-            candidates = in_turns(found, 4 * limit)
+            count = 4 * limit
+            params = {"now": now, "window": window, "roots": count, "count": count}
+            found = await (await db.execute(_RANKED_WINDOW, params)).fetchall()
+            ready, roots = found[0][6:8] if found else (0, 0)
+            candidates = [(row[0], row[2]) for row in found]
+            if needs_root_heads(ready, roots, window, limit):
+                heads = await (await db.execute(_ROOT_HEADS, params)).fetchall()
+                candidates = in_turns([row[:6] for row in found] + heads, count)
             running = {}
             if cap is not None:
                 running = await _running(db, sorted({row[1] for row in candidates}), now)

@@ -97,7 +97,7 @@ _SELECT = "SELECT " + _COLUMNS + " FROM calls"
 # The claimable calls a claim considers, as (dispatch_id, root_id, destination, ready_at,
 # seq, state): the oldest of each claimable state, each read through its own partial
 # index, so that neither finished calls nor a long backlog are scanned.
-_COLUMNS_CLAIMABLE = "dispatch_id, root_id, destination, ready_at, rowid, state"
+_COLUMNS_CLAIMABLE = "dispatch_id, root_id, destination, ready_at, rowid AS seq, state"
 _OLDEST_CLAIMABLE = (
     f"SELECT * FROM (SELECT {_COLUMNS_CLAIMABLE} FROM calls"
     "  WHERE state = 'ready' AND ready_at <= :now ORDER BY ready_at, rowid LIMIT :window)"
@@ -105,6 +105,18 @@ _OLDEST_CLAIMABLE = (
     "  WHERE state = 'running' AND lease_expires <= :now ORDER BY lease_expires LIMIT :window)"
     f" UNION ALL SELECT * FROM (SELECT {_COLUMNS_CLAIMABLE} FROM calls"
     "  WHERE state = 'waiting' AND poll_until <= :now ORDER BY poll_until LIMIT :window)"
+)
+
+# The first :count of the window in round-robin order (each root's oldest, then each
+# root's second, ...), with how many ready calls and how many roots the window held.
+_RANKED_WINDOW = (
+    f"WITH found AS ({_OLDEST_CLAIMABLE}), ranked AS ("
+    "  SELECT *, ROW_NUMBER() OVER (PARTITION BY root_id ORDER BY ready_at, seq) AS turn"
+    "  FROM found"
+    ") SELECT dispatch_id, root_id, destination, ready_at, seq, state,"
+    "  (SELECT count(*) FROM found WHERE state = 'ready'),"
+    "  (SELECT count(DISTINCT root_id) FROM found)"
+    " FROM ranked ORDER BY turn, ready_at, seq LIMIT :count"
 )
 # The oldest ready call of each of the first :roots roots that have ready calls: a
 # skip scan of calls_ready_root, one seek per root.
@@ -233,11 +245,14 @@ class SQLiteStore:
             # each root's second) so that one large fan-out does not starve the others,
             # among the oldest claimable calls and the oldest of each root's.
             window = claim_window(limit)
-            params = {"now": now, "window": window, "roots": 4 * limit}
-            found = db.execute(_OLDEST_CLAIMABLE, params).fetchall()
-            if needs_root_heads(found, window, limit):
-                found += db.execute(_ROOT_HEADS, params).fetchall()
-            rows = in_turns(found, 4 * limit)  # more than the batch: some may be full
+            count = 4 * limit  # more than the batch: some destinations may be full
+            params = {"now": now, "window": window, "roots": count, "count": count}
+            found = db.execute(_RANKED_WINDOW, params).fetchall()
+            ready, roots = found[0][6:8] if found else (0, 0)
+            rows = [(row[0], row[2]) for row in found]
+            if needs_root_heads(ready, roots, window, limit):
+                heads = db.execute(_ROOT_HEADS, params).fetchall()
+                rows = in_turns([row[:6] for row in found] + heads, count)
             running = {} if cap is None else _running(db, {where for _, where in rows}, now)
             ids = fitting(rows, cap=cap, running=running, room=room)
             claimed = []
