@@ -586,6 +586,69 @@ def test_a_finished_call_ends_its_unfinished_children(open_store: Any) -> None:
     with_store(open_store, body)
 
 
+def test_finishes_that_arrive_together_are_each_fenced_and_followed(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        # Two trees: one parent waits for both its children; the other has resumed with
+        # one result and will finish while its second child is unfinished.
+        waiting, pair = await suspended(store, 2, min_results=2, max_results=2)
+        claimed = await store.claim(owner="s", now=NOW + 1, limit=10, lease_seconds=10 * LEASE)
+        leases = {c.call.dispatch_id: c.lease for c in claimed}
+        (other,) = await store.dispatch([call("other")], now=NOW + 1)
+        (stale,) = await store.claim(owner="s", now=NOW + 1, limit=1, lease_seconds=LEASE)
+        (fresh,) = await store.claim(owner="s2", now=NOW + LEASE + 2, limit=1, lease_seconds=LEASE)
+        assert stale.call.dispatch_id == fresh.call.dispatch_id == other
+        # All in one go: both children, the stale and the current lease of ``other``.
+        outcomes = await asyncio.gather(
+            store.finish(leases[pair[0]], OK, b"a", now=NOW + LEASE + 3),
+            store.finish(stale.lease, OK, b"stale", now=NOW + LEASE + 3),
+            store.finish(leases[pair[1]], OK, b"b", now=NOW + LEASE + 3),
+            store.finish(fresh.lease, OK, b"fresh", now=NOW + LEASE + 3),
+        )
+        assert outcomes == [True, False, True, True]
+        done = await store.get(other)
+        assert done is not None
+        assert (done.state, done.result) == (State.DONE, b"fresh")
+        # Both results arrived together: the parent is ready, with both.
+        (resumed,) = await store.claim(
+            owner="s", now=NOW + LEASE + 4, limit=10, lease_seconds=LEASE
+        )
+        assert resumed.call.dispatch_id == waiting
+        assert sorted(r.result for r in resumed.results) == [b"a", b"b"]
+        # It polls for two more, gets one, and finishes with the other one unfinished,
+        # together with a finish that takes no effect.
+        more = await store.suspend(
+            resumed.lease,
+            POLL,
+            [call("late", correlation_id=5), call("later", correlation_id=6)],
+            min_results=1,
+            max_results=1,
+            until=NOW + 1000,
+            now=NOW + LEASE + 5,
+        )
+        assert more is not None
+        await run_children(store, NOW + LEASE + 6, more[0])
+        (again,) = await store.claim(owner="s", now=NOW + LEASE + 7, limit=10, lease_seconds=LEASE)
+        assert [r.result for r in again.results] == [more[0].encode()]
+        outcomes = await asyncio.gather(
+            store.finish(again.lease, OK, b"early", now=NOW + LEASE + 8, orphans=ORPHANS),
+            store.finish(stale.lease, OK, b"stale", now=NOW + LEASE + 8),
+        )
+        assert outcomes == [True, False]
+        orphan = await store.get(more[1])
+        assert orphan is not None
+        assert (orphan.state, orphan.status, orphan.result) == (
+            State.DONE,
+            PERMANENT_ERROR,
+            b"orphaned",
+        )
+        # The result it was given counts as delivered: nothing is left to claim.
+        assert (
+            await store.claim(owner="s", now=NOW + LEASE + 9, limit=10, lease_seconds=LEASE) == []
+        )
+
+    with_store(open_store, body)
+
+
 def test_a_restart_runs_the_call_again_from_its_input(open_store: Any) -> None:
     async def body(store: Store) -> None:
         parent, kids = await suspended(store, 2, min_results=1, max_results=1)

@@ -429,8 +429,8 @@ class PostgresStore:
         try:
             async with self._pool.connection() as db:
                 async with db.pipeline(), db.transaction():
-                    cursors = [await _finish_statements(db, *finish) for finish, _ in batch]
-                done = [await cursor.fetchone() is not None for cursor in cursors]
+                    finished = await _finish_all(db, [finish for finish, _ in batch])
+                done = [(f[0].dispatch_id, f[0].token) in finished for f, _ in batch]
         except BaseException as exc:
             for _, future in batch:
                 if not future.done():
@@ -599,41 +599,87 @@ class PostgresStore:
 
 
 _Finish = tuple[Lease, int, bytes, float, tuple[int, bytes]]
-_FINISHED = (
-    "SELECT 1 FROM dispatchlet_calls WHERE dispatch_id = %(id)s "
-    "AND lease_token = %(token)s AND state = 'done'"
+# The batch's finishes that took effect: the call done under the finishing lease's token.
+_FINISHES = (
+    "finishes AS (SELECT * FROM unnest(%(ids)s::text[], %(tokens)s::bigint[],"
+    "  %(nows)s::double precision[], %(orphan_statuses)s::integer[], %(orphan_results)s::bytea[])"
+    "  AS f (id, token, now, orphan_status, orphan_result)),"
+    " finished AS (SELECT f.* FROM finishes AS f JOIN dispatchlet_calls AS c"
+    "  ON c.dispatch_id = f.id AND c.lease_token = f.token AND c.state = 'done')"
+)
+_FINISH_ALL = (
+    "UPDATE dispatchlet_calls AS c SET state = 'done', status = f.status, result = f.result,"
+    " finished_at = f.now, lease_owner = NULL, lease_expires = NULL, poll = ''"
+    " FROM unnest(%(ids)s::text[], %(tokens)s::bigint[], %(statuses)s::integer[],"
+    "  %(results)s::bytea[], %(nows)s::double precision[]) AS f (id, token, status, result, now)"
+    " WHERE c.dispatch_id = f.id AND c.lease_token = f.token AND c.state = 'running'"
+    " RETURNING c.dispatch_id, c.lease_token"
+)
+# The results a finished resume was given are delivered.
+_DELIVER_ALL = (
+    "UPDATE dispatchlet_calls AS child SET delivered = TRUE"
+    " FROM unnest(%(given)s::text[], %(given_to)s::text[], %(given_token)s::bigint[])"
+    "  AS d (id, parent, token)"
+    " JOIN dispatchlet_calls AS p"
+    "  ON p.dispatch_id = d.parent AND p.lease_token = d.token AND p.state = 'done'"
+    " WHERE child.dispatch_id = d.id"
+)
+# The unfinished descendants of each finished call end with that finish's orphans.
+_END_DESCENDANTS_ALL = (
+    f"WITH RECURSIVE {_FINISHES},"
+    " tree (id, seed) AS ("
+    "  SELECT c.dispatch_id, f.id FROM finished AS f"
+    "   JOIN dispatchlet_calls AS c ON c.parent_id = f.id"
+    "  UNION SELECT c.dispatch_id, tree.seed FROM dispatchlet_calls AS c"
+    "   JOIN tree ON c.parent_id = tree.id)"
+    " UPDATE dispatchlet_calls AS c SET state = 'done', status = f.orphan_status,"
+    " result = f.orphan_result, finished_at = f.now, lease_owner = NULL,"
+    " lease_expires = NULL, poll = '', lease_token = c.lease_token + 1"
+    " FROM tree JOIN finished AS f ON f.id = tree.seed"
+    " WHERE c.dispatch_id = tree.id AND c.state <> 'done'"
+)
+# The waiting parents of finished calls made ready, if they now have the results they
+# wait for; the other processes are told.
+_WAKE_PARENTS_ALL = (
+    f"WITH {_FINISHES},"
+    " woken AS ("
+    "  UPDATE dispatchlet_calls AS parent SET state = 'ready', ready_at = w.now"
+    "  FROM (SELECT c.parent_id, max(f.now) AS now FROM finished AS f"
+    "   JOIN dispatchlet_calls AS c ON c.dispatch_id = f.id"
+    "   WHERE c.parent_id IS NOT NULL GROUP BY c.parent_id) AS w"
+    "  WHERE parent.dispatch_id = w.parent_id AND parent.state = 'waiting'"
+    "  AND parent.poll_min <= ("
+    "   SELECT count(*) FROM dispatchlet_calls AS child"
+    "   WHERE child.parent_id = parent.dispatch_id AND child.state = 'done'"
+    "   AND NOT child.delivered)"
+    "  RETURNING parent.dispatch_id)"
+    f" SELECT pg_notify('{CHANNEL}', '') WHERE EXISTS (SELECT 1 FROM woken)"
 )
 
 
-async def _finish_statements(
-    db: Connection,
-    lease: Lease,
-    status: int,
-    result: bytes,
-    now: float,
-    orphans: tuple[int, bytes],
-) -> psycopg.AsyncCursor[Any]:
-    """Queue one call's finish in the pipeline: its cursor yields a row if it finished
-    the call. The statements after the first act only if it did (the call done, its
-    token unchanged)."""
-    key = {"id": lease.dispatch_id, "token": lease.token, "now": now}
-    cursor = await db.execute(
-        "UPDATE dispatchlet_calls SET state = 'done', status = %(status)s, "
-        "result = %(result)s, finished_at = %(now)s, lease_owner = NULL, "
-        "lease_expires = NULL, poll = '' "
-        "WHERE dispatch_id = %(id)s AND lease_token = %(token)s "
-        "AND state = 'running' RETURNING parent_id",
-        {**key, "status": status, "result": result},
-    )
-    if lease.delivered:
-        await db.execute(
-            "UPDATE dispatchlet_calls SET delivered = TRUE "
-            f"WHERE dispatch_id = ANY(%(ids)s) AND EXISTS ({_FINISHED})",
-            {**key, "ids": list(lease.delivered)},
-        )
-    await _end_descendants(db, lease.dispatch_id, orphans, now, only_if=(_FINISHED, key))
-    await db.execute(_WAKE_PARENT_OF, key)
-    return cursor
+async def _finish_all(db: Connection, finishes: Sequence[_Finish]) -> set[tuple[str, int]]:
+    """Record a batch of finishes, each fenced by its own lease, in four statements for
+    the whole batch (pipelined: the later ones act only on the finishes that took
+    effect); the (dispatch id, lease token) of each finish that took effect."""
+    leases = [lease for lease, *_ in finishes]
+    params = {
+        "ids": [lease.dispatch_id for lease in leases],
+        "tokens": [lease.token for lease in leases],
+        "statuses": [status for _, status, *_ in finishes],
+        "results": [result for _, _, result, *_ in finishes],
+        "nows": [now for *_, now, _ in finishes],
+        "orphan_statuses": [orphans[0] for *_, orphans in finishes],
+        "orphan_results": [orphans[1] for *_, orphans in finishes],
+        "given": [child for lease in leases for child in lease.delivered],
+        "given_to": [lease.dispatch_id for lease in leases for _ in lease.delivered],
+        "given_token": [lease.token for lease in leases for _ in lease.delivered],
+    }
+    finished = await db.execute(_FINISH_ALL, params)
+    if params["given"]:
+        await db.execute(_DELIVER_ALL, params)
+    await db.execute(_END_DESCENDANTS_ALL, params)
+    await db.execute(_WAKE_PARENTS_ALL, params)
+    return {(row[0], int(row[1])) for row in await finished.fetchall()}
 
 
 async def _running(db: Connection, destinations: list[str], now: float) -> dict[str, int]:
@@ -705,42 +751,18 @@ async def _deliver(db: Connection, ids: Sequence[str]) -> None:
 
 
 async def _end_descendants(
-    db: Connection,
-    dispatch_id: str,
-    orphans: tuple[int, bytes],
-    now: float,
-    *,
-    only_if: tuple[str, dict[str, Any]] | None = None,
+    db: Connection, dispatch_id: str, orphans: tuple[int, bytes], now: float
 ) -> None:
-    """End the call's unfinished descendants with ``orphans``; with ``only_if`` (a
-    query and its parameters), only when that query finds a row."""
+    """End the call's unfinished descendants with ``orphans``."""
     status, result = orphans
-    guard, params = ("", {}) if only_if is None else (f" AND EXISTS ({only_if[0]})", only_if[1])
     await db.execute(
         _TREE + "UPDATE dispatchlet_calls SET state = 'done', status = %(status)s, "
         "result = %(result)s, finished_at = %(now)s, lease_owner = NULL, lease_expires = NULL, "
         "poll = '', lease_token = lease_token + 1 "
         "WHERE dispatch_id IN (SELECT id FROM tree) AND dispatch_id <> %(id)s "
-        "AND state <> 'done'" + guard,
-        {**params, "id": dispatch_id, "status": status, "result": result, "now": now},
+        "AND state <> 'done'",
+        {"id": dispatch_id, "status": status, "result": result, "now": now},
     )
-
-
-# The waiting parent of the call %(id)s made ready, if it now has the results it waits
-# for (that call done under lease %(token)s), and the others told.
-_WAKE_PARENT_OF = (
-    "WITH woken AS ("
-    "  UPDATE dispatchlet_calls AS parent SET state = 'ready', ready_at = %(now)s"
-    "  FROM dispatchlet_calls AS done"
-    "  WHERE done.dispatch_id = %(id)s AND done.lease_token = %(token)s"
-    "  AND done.state = 'done' AND parent.dispatch_id = done.parent_id"
-    "  AND parent.state = 'waiting' AND parent.poll_min <= ("
-    "    SELECT count(*) FROM dispatchlet_calls AS child"
-    "    WHERE child.parent_id = parent.dispatch_id AND child.state = 'done'"
-    "    AND NOT child.delivered)"
-    "  RETURNING parent.dispatch_id"
-    f") SELECT pg_notify('{CHANNEL}', '') FROM woken"
-)
 
 
 async def _set_aside_children(db: Connection, dispatch_id: str) -> None:
