@@ -59,6 +59,9 @@ CLAIM_LOCK = 0x64697370_636C6169
 # the server dropped meanwhile (a restart) is replaced, not handed to a transaction. One
 # in steady use is not: if it fails, the store's caller retries.
 CHECK_AFTER_IDLE = 1.0
+# Batches of finishes written at once; the finishes that arrive meanwhile wait for the
+# next batch.
+FINISH_FLUSHES = 1
 
 # Each entry moves the schema one version up; never edit one that has shipped.
 MIGRATIONS: tuple[str, ...] = (
@@ -411,8 +414,10 @@ class PostgresStore:
         now: float,
         orphans: tuple[int, bytes] = (0, b""),
     ) -> bool:
-        # Finishes that arrive together share one transaction, and so one commit (one
-        # WAL flush): each is still fenced by its own lease.
+        # Group commit: finishes that arrive while FINISH_FLUSHES batches are being
+        # written wait for the next batch, so that under load many share one
+        # transaction, one commit and one WAL flush; each is still fenced by its own
+        # lease.
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._finishing.append(((lease, status, result, now, orphans), future))
         if len(self._finishing) == 1:
@@ -420,10 +425,16 @@ class PostgresStore:
         return await future
 
     def _flush_finishes(self) -> None:
+        if not self._finishing or len(self._flushes) >= FINISH_FLUSHES:
+            return  # the batch being written starts the next one when it is done
         batch, self._finishing = self._finishing, []
         task = asyncio.create_task(self._finish_batch(batch))
         self._flushes.add(task)
-        task.add_done_callback(self._flushes.discard)
+        task.add_done_callback(self._flushed)
+
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        self._flushes.discard(task)
+        self._flush_finishes()
 
     async def _finish_batch(self, batch: list[tuple[_Finish, asyncio.Future[bool]]]) -> None:
         try:
@@ -586,9 +597,8 @@ class PostgresStore:
         return await self._transaction(end)
 
     async def close(self) -> None:
-        if self._finishing:
+        while self._finishing or self._flushes:
             self._flush_finishes()
-        if self._flushes:
             await asyncio.gather(*self._flushes, return_exceptions=True)
         if self._listener is not None:
             self._listener.cancel()
