@@ -597,9 +597,14 @@ class PostgresStore:
         return await self._transaction(end)
 
     async def close(self) -> None:
-        while self._finishing or self._flushes:
+        # Every finish waiting or being written is written first. Done batches are
+        # dropped here rather than left to their callbacks, which may not have run yet.
+        while True:
+            self._flushes = {task for task in self._flushes if not task.done()}
             self._flush_finishes()
-            await asyncio.gather(*self._flushes, return_exceptions=True)
+            if not self._flushes:
+                break
+            await asyncio.wait(list(self._flushes))
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
