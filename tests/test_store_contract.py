@@ -361,30 +361,14 @@ def test_sqlite_refuses_a_database_of_a_newer_version(tmp_path: Path) -> None:
 
 def test_sqlite_upgrades_a_database_of_the_previous_version(tmp_path: Path) -> None:
     path = tmp_path / "scheduler.db"
-
-    async def dispatched() -> list[str]:
-        store = await SQLiteStore.open(path)
-        try:
-            return await store.dispatch([call("old"), call("older")], now=NOW)
-        finally:
-            await store.close()
-
-    ids = run(dispatched())
+    ids = with_store(lambda: SQLiteStore.open(path), two_dispatched)
     db = sqlite3.connect(path)
     db.execute("DROP INDEX calls_ready_root")  # as the previous version left it
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
     db.commit()
     db.close()
-
-    async def claimed() -> list[str]:
-        store = await SQLiteStore.open(path)
-        try:
-            got = await store.claim(owner="s", now=NOW, limit=10, lease_seconds=LEASE)
-            return [c.call.dispatch_id for c in got]
-        finally:
-            await store.close()
-
-    assert run(claimed()) == ids  # kept, and claimable under the new schema
+    # Kept, and claimable under the new schema.
+    assert with_store(lambda: SQLiteStore.open(path), claimed_ids) == ids
     db = sqlite3.connect(path)
     try:
         assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
@@ -392,6 +376,15 @@ def test_sqlite_upgrades_a_database_of_the_previous_version(tmp_path: Path) -> N
         assert "calls_ready_root" in names
     finally:
         db.close()
+
+
+async def two_dispatched(store: Store) -> list[str]:
+    return await store.dispatch([call("old"), call("older")], now=NOW)
+
+
+async def claimed_ids(store: Store) -> list[str]:
+    got = await store.claim(owner="s", now=NOW, limit=10, lease_seconds=LEASE)
+    return [c.call.dispatch_id for c in got]
 
 
 async def _open_and_close(path: Path) -> None:
@@ -713,14 +706,7 @@ def test_postgres_upgrades_a_database_of_the_previous_version(postgres_server: s
 
     url = fresh_database(postgres_server)
 
-    async def dispatched() -> list[str]:
-        store = await PostgresStore.open(url)
-        try:
-            return await store.dispatch([call("old"), call("older")], now=NOW)
-        finally:
-            await store.close()
-
-    ids = run(dispatched())
+    ids = with_store(lambda: PostgresStore.open(url), two_dispatched)
     with psycopg.connect(url) as db:  # as version 1 left it
         db.execute("DROP INDEX dispatchlet_calls_ready_root")
         db.execute("DROP INDEX dispatchlet_calls_ready")
@@ -730,15 +716,8 @@ def test_postgres_upgrades_a_database_of_the_previous_version(postgres_server: s
         )
         db.execute("UPDATE dispatchlet_schema SET version = 1")
 
-    async def claimed() -> list[str]:
-        store = await PostgresStore.open(url)
-        try:
-            got = await store.claim(owner="s", now=NOW, limit=10, lease_seconds=LEASE)
-            return [c.call.dispatch_id for c in got]
-        finally:
-            await store.close()
-
-    assert run(claimed()) == ids  # kept, and claimable under the new schema
+    # Kept, and claimable under the new schema.
+    assert with_store(lambda: PostgresStore.open(url), claimed_ids) == ids
     with psycopg.connect(url) as db:
         assert db.execute("SELECT version FROM dispatchlet_schema").fetchall() == [(PG_VERSION,)]
         indexes = db.execute(
