@@ -242,6 +242,22 @@ def claim_window(limit: int) -> int:
     return max(1024, 16 * limit)
 
 
+def ranked_window(oldest: str, count: str) -> str:
+    """The query that ranks the calls ``oldest`` finds (``(dispatch_id, root_id,
+    destination, ready_at, seq, state)`` rows) in round-robin order (each root's
+    oldest, then each root's second, ...) and keeps the first ``count`` (the dialect's
+    placeholder), each with how many ready calls and how many roots were found."""
+    return (
+        f"WITH found AS ({oldest}), ranked AS ("
+        "  SELECT *, ROW_NUMBER() OVER (PARTITION BY root_id ORDER BY ready_at, seq) AS turn"
+        "  FROM found"
+        ") SELECT dispatch_id, root_id, destination, ready_at, seq, state,"
+        "  (SELECT count(*) FROM found WHERE state = 'ready'),"
+        "  (SELECT count(DISTINCT root_id) FROM found)"
+        f" FROM ranked ORDER BY turn, ready_at, seq LIMIT {count}"
+    )
+
+
 def needs_root_heads(ready: int, roots: int, window: int, limit: int) -> bool:
     """Whether a claim must also read the oldest ready call of each root, given how many
     ``ready`` calls and how many ``roots`` its window held: when ready calls fill the

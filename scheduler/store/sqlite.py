@@ -33,6 +33,7 @@ from . import (
     in_turns,
     needs_root_heads,
     new_dispatch_id,
+    ranked_window,
 )
 
 T = TypeVar("T")
@@ -106,18 +107,8 @@ _OLDEST_CLAIMABLE = (
     f" UNION ALL SELECT * FROM (SELECT {_COLUMNS_CLAIMABLE} FROM calls"
     "  WHERE state = 'waiting' AND poll_until <= :now ORDER BY poll_until LIMIT :window)"
 )
-
-# The first :count of the window in round-robin order (each root's oldest, then each
-# root's second, ...), with how many ready calls and how many roots the window held.
-_RANKED_WINDOW = (
-    f"WITH found AS ({_OLDEST_CLAIMABLE}), ranked AS ("
-    "  SELECT *, ROW_NUMBER() OVER (PARTITION BY root_id ORDER BY ready_at, seq) AS turn"
-    "  FROM found"
-    ") SELECT dispatch_id, root_id, destination, ready_at, seq, state,"
-    "  (SELECT count(*) FROM found WHERE state = 'ready'),"
-    "  (SELECT count(DISTINCT root_id) FROM found)"
-    " FROM ranked ORDER BY turn, ready_at, seq LIMIT :count"
-)
+# The first of the window in round-robin order, with the window's counts.
+_RANKED_WINDOW = ranked_window(_OLDEST_CLAIMABLE, ":count")
 # The oldest ready call of each of the first :roots roots that have ready calls: a
 # skip scan of calls_ready_root, one seek per root.
 _ROOT_HEADS = (
