@@ -75,10 +75,15 @@ def serving(endpoint: Endpoint, *, port: int = 0) -> Iterator[str]:
     finally:
         # Functions still running (the call timed out) are not waited for: their
         # connections are cancelled, so what they answer later is dropped quietly, and
-        # their threads, daemons, end when they return or when the process exits.
-        for channel in list(server.active_channels.values()):
-            channel.cancel()
-        server.close()
+        # their threads, daemons, end when they return or when the process exits. The
+        # sockets are closed by the server's own loop thread: closed from here, they
+        # could vanish under its select().
+        def stop() -> None:
+            for channel in list(server.active_channels.values()):
+                channel.cancel()
+            server.close()
+
+        server.trigger.pull_trigger(stop)
         server.task_dispatcher.set_thread_count(0)
         thread.join(timeout=5)
 
