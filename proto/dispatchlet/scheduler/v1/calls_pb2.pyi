@@ -42,6 +42,9 @@ class CallInfo(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     COROUTINE_STATE_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
+    READY_AT_FIELD_NUMBER: _builtins.int
+    LAST_STATUS_FIELD_NUMBER: _builtins.int
     dispatch_id: _builtins.str
     function: _builtins.str
     endpoint: _builtins.str
@@ -53,6 +56,10 @@ class CallInfo(_message.Message):
     root_dispatch_id: _builtins.str
     state: _builtins.str
     """"ready", "running", "waiting" (suspended by a Poll) or "done"."""
+    last_status: _status_pb2.Status.ValueType
+    """The status of the latest attempt that ended, also while the call is retried
+    (STATUS_UNSPECIFIED before any did).
+    """
     @_builtins.property
     def output(self) -> _any_pb2.Any:
         """The output once OK; the last error otherwise (also while retrying)."""
@@ -70,6 +77,14 @@ class CallInfo(_message.Message):
         """While the call is suspended by a Poll (or being resumed): the state its endpoint
         returned with the Poll (for a dispatchlet workflow, its journal).
         """
+
+    @_builtins.property
+    def input(self) -> _any_pb2.Any:
+        """The call's input, as dispatched (Get and Wait; List leaves it out)."""
+
+    @_builtins.property
+    def ready_at(self) -> _timestamp_pb2.Timestamp:
+        """When the next attempt may start, while the call is ready (a first attempt or a retry)."""
 
     def __init__(
         self,
@@ -89,10 +104,13 @@ class CallInfo(_message.Message):
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         state: _builtins.str = ...,
         coroutine_state: _any_pb2.Any | None = ...,
+        input: _any_pb2.Any | None = ...,
+        ready_at: _timestamp_pb2.Timestamp | None = ...,
+        last_status: _status_pb2.Status.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["coroutine_state", b"coroutine_state", "created_at", b"created_at", "error", b"error", "expires_at", b"expires_at", "finished_at", b"finished_at", "output", b"output"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["coroutine_state", b"coroutine_state", "created_at", b"created_at", "error", b"error", "expires_at", b"expires_at", "finished_at", b"finished_at", "input", b"input", "output", b"output", "ready_at", b"ready_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "coroutine_state", b"coroutine_state", "created_at", b"created_at", "dispatch_id", b"dispatch_id", "done", b"done", "endpoint", b"endpoint", "error", b"error", "expires_at", b"expires_at", "finished_at", b"finished_at", "function", b"function", "output", b"output", "parent_dispatch_id", b"parent_dispatch_id", "root_dispatch_id", b"root_dispatch_id", "state", b"state", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "coroutine_state", b"coroutine_state", "created_at", b"created_at", "dispatch_id", b"dispatch_id", "done", b"done", "endpoint", b"endpoint", "error", b"error", "expires_at", b"expires_at", "finished_at", b"finished_at", "function", b"function", "input", b"input", "last_status", b"last_status", "output", b"output", "parent_dispatch_id", b"parent_dispatch_id", "ready_at", b"ready_at", "root_dispatch_id", b"root_dispatch_id", "state", b"state", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -143,7 +161,14 @@ class WaitRequest(_message.Message):
 
     DISPATCH_ID_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_SEEN_FIELD_NUMBER: _builtins.int
     dispatch_id: _builtins.str
+    attempts_seen: _builtins.int
+    """When set: answer also as soon as an attempt numbered above this one has ended
+    without ending the call (it will be retried), so that a waiting client can show each
+    failed attempt as it happens. The answer's CallInfo carries that attempt's number,
+    status, error and the next attempt's time.
+    """
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
         """How long to wait at most; unset: the server's limit."""
@@ -153,12 +178,15 @@ class WaitRequest(_message.Message):
         *,
         dispatch_id: _builtins.str = ...,
         timeout: _duration_pb2.Duration | None = ...,
+        attempts_seen: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_attempts_seen", b"_attempts_seen", "attempts_seen", b"attempts_seen", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch_id", b"dispatch_id", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_attempts_seen", b"_attempts_seen", "attempts_seen", b"attempts_seen", "dispatch_id", b"dispatch_id", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__attempts_seen: _TypeAlias = _typing.Literal["attempts_seen"]  # noqa: Y015
+    _WhichOneofArgType__attempts_seen: _TypeAlias = _typing.Literal["_attempts_seen", b"_attempts_seen"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__attempts_seen) -> _WhichOneofReturnType__attempts_seen | None: ...
 
 Global___WaitRequest: _TypeAlias = WaitRequest  # noqa: Y015
 
@@ -191,6 +219,8 @@ class ListRequest(_message.Message):
     ROOT_DISPATCH_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    NEWEST_FIRST_FIELD_NUMBER: _builtins.int
     state: _builtins.str
     """Each filter applies when set: a state ("ready", "running", "waiting", "done"), a function
     name, the root of a call tree.
@@ -199,6 +229,12 @@ class ListRequest(_message.Message):
     root_dispatch_id: _builtins.str
     page_size: _builtins.int
     page_token: _builtins.str
+    status: _builtins.str
+    """A final status name ("OK", "PERMANENT_ERROR", ...), or "failed" for any final status
+    other than OK.
+    """
+    newest_first: _builtins.bool
+    """Newest first instead of creation order."""
     def __init__(
         self,
         *,
@@ -207,10 +243,12 @@ class ListRequest(_message.Message):
         root_dispatch_id: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        status: _builtins.str = ...,
+        newest_first: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["function", b"function", "page_size", b"page_size", "page_token", b"page_token", "root_dispatch_id", b"root_dispatch_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["function", b"function", "newest_first", b"newest_first", "page_size", b"page_size", "page_token", b"page_token", "root_dispatch_id", b"root_dispatch_id", "state", b"state", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
