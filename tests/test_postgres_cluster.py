@@ -233,45 +233,47 @@ def fleet(server: Cluster, tmp_path: Path) -> Iterator[Fleet]:
 
 def test_three_schedulers_lose_nothing_when_killed_and_paused(fleet: Fleet) -> None:
     total, batch = 10_000, 100
+    # Chaos is driven by the dispatches, not by the clock: after these acknowledged
+    # batches, a scheduler is killed (and started again) or paused past its leases, so
+    # every run has the same number of each, with calls in flight, however fast the
+    # machine runs them.
+    kill_after = {10, 30, 50, 70}
+    pause_after = 40
     acknowledged: set[str] = set()
-    done = threading.Event()
     rng = random.Random(9)
     kills = pauses = 0
+    resumers: list[threading.Thread] = []
 
-    def chaos() -> None:
-        nonlocal kills, pauses
-        while not done.wait(rng.uniform(1.5, 3.0)):
-            index = rng.randrange(3)
-            if kills and not pauses:
-                # Paused past its leases: others take its calls; what it records on
-                # waking is refused.
-                process = fleet.schedulers[index].process
-                # A request it is frozen in the middle of sending reaches the endpoint
-                # when it wakes, past its attempt's expiration: refused, not run beside
-                # the attempt another process has made since.
-                process.send_signal(signal.SIGSTOP)
-                time.sleep(LEASE_SECONDS + 1.5)
-                process.send_signal(signal.SIGCONT)
-                pauses += 1
-                continue
-            fleet.kill(index)
-            kills += 1
-            fleet.start_scheduler(index)
+    def pause(index: int) -> None:
+        # Paused past its leases: others take its calls; what it records on waking is
+        # refused. A request it is frozen in the middle of sending reaches the endpoint
+        # when it wakes, past its attempt's expiration: refused, not run beside the
+        # attempt another process has made since.
+        process = fleet.schedulers[index].process
+        process.send_signal(signal.SIGSTOP)
+        resumer = threading.Timer(LEASE_SECONDS + 1.5, process.send_signal, (signal.SIGCONT,))
+        resumer.start()
+        resumers.append(resumer)
 
-    killer = threading.Thread(target=chaos, daemon=True)
-    killer.start()
     try:
         deadline = time.monotonic() + 240
         pending = calls(fleet, total)
-        for first in range(0, total, batch):
+        for number, first in enumerate(range(0, total, batch), start=1):
             acknowledged.update(fleet.dispatch(pending[first : first + batch], deadline))
+            if number in kill_after:
+                index = rng.randrange(3)
+                fleet.kill(index)
+                kills += 1
+                fleet.start_scheduler(index)
+            elif number == pause_after:
+                pause(rng.randrange(3))
+                pauses += 1
         rows = wait_until_done(fleet.database, acknowledged, timeout=300)
     finally:
-        done.set()
-        killer.join(timeout=30)
+        for resumer in resumers:
+            resumer.join(timeout=30)
     assert len(acknowledged) == total
-    assert kills >= 3
-    assert pauses == 1
+    assert (kills, pauses) == (len(kill_after), 1)
     check_outcomes(fleet, acknowledged, rows)
 
 
@@ -295,7 +297,7 @@ def test_postgres_restarted_under_load(server: Cluster, fleet: Fleet) -> None:
 
 
 def test_a_cap_holds_across_schedulers(server: Cluster, tmp_path: Path) -> None:
-    Gauged.most = 0
+    Gauged.most, Gauged.gather = 0, 3
     with http_server(Gauged) as endpoint:
         fleet = Fleet(tmp_path, fresh_database(server.url), extra=("--max-per-destination", "3"))
         try:
@@ -307,6 +309,7 @@ def test_a_cap_holds_across_schedulers(server: Cluster, tmp_path: Path) -> None:
             rows = wait_until_done(fleet.database, set(ids), timeout=120)
         finally:
             fleet.stop()
+            Gauged.gather = 0
     assert {rows[i][2] for i in ids} == {Status.OK.value}
     # Three processes, each free to run 3: together never more than 3.
     assert Gauged.most == 3

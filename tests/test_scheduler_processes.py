@@ -808,17 +808,25 @@ def test_an_invalid_tail_call_is_a_final_invalid_response(loop: Loop, coroutines
 
 
 class Gauged(http.server.BaseHTTPRequestHandler):
-    """An endpoint that takes 0.1 s per call and records how many ran at once."""
+    """An endpoint that takes 0.1 s per call and records how many ran at once.
 
-    lock = threading.Lock()
+    With ``gather`` set, the first calls are held until that many run at once (or a
+    generous bound passes), so that whether a cap is reached does not depend on how fast
+    the machine happens to be."""
+
+    lock = threading.Condition()
     in_flight = 0
     most = 0
+    gather = 0
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
         with Gauged.lock:
             Gauged.in_flight += 1
             Gauged.most = max(Gauged.most, Gauged.in_flight)
+            Gauged.lock.notify_all()
+            if Gauged.most < Gauged.gather:
+                Gauged.lock.wait_for(lambda: Gauged.most >= Gauged.gather, timeout=30)
         time.sleep(0.1)
         with Gauged.lock:
             Gauged.in_flight -= 1
@@ -834,8 +842,12 @@ class Gauged(http.server.BaseHTTPRequestHandler):
 
 
 def test_the_cap_per_destination_holds(tmp_path: Path) -> None:
-    with http_server(Gauged) as endpoint:
-        capped(tmp_path, endpoint)
+    Gauged.most, Gauged.gather = 0, 3
+    try:
+        with http_server(Gauged) as endpoint:
+            capped(tmp_path, endpoint)
+    finally:
+        Gauged.gather = 0
 
 
 def capped(tmp_path: Path, endpoint: str) -> None:
