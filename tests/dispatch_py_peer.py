@@ -52,6 +52,25 @@ async def greet_all(names: list) -> list:
     return await dispatch.gather(*[greet(name) for name in names])
 
 
+@dispatch.function
+def refuse(reason: str) -> str:
+    raise ValueError(reason)
+
+
+@dispatch.function
+async def ask(reason: str) -> str:
+    try:
+        await refuse(reason)
+    except ValueError as error:
+        return f"refused: {error}"
+    return "not refused"
+
+
+@dispatch.function
+async def hand_over(name: str) -> str:
+    raise dispatch.Reset(greet, name)
+
+
 async def announce() -> None:
     # dispatch.run() runs this once its server listens (DISPATCH_ENDPOINT_ADDR).
     print("dispatch-py endpoint serving", flush=True)
@@ -98,13 +117,16 @@ def interpreter() -> tuple[str, tuple[int, int]]:
     pytest.fail("dispatch-py 0.8.0 needs Python 3.11 or 3.12, and neither is installed")
 
 
-def peer_python(cache: pytest.Cache) -> Path:
-    """The Python of a virtual environment with dispatch-py installed: the cached one
-    when it is complete, else a new one. pip's failure fails the test with its output."""
+def peer_python(config: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Python of a virtual environment with dispatch-py installed: the one in pytest's
+    cache when it is complete, else a new one (in a temporary folder when the cache is
+    off). pip's failure fails the test with its output."""
     python, version = interpreter()
     pins = "\n".join(REQUIREMENTS)
     key = hashlib.sha256(pins.encode()).hexdigest()[:12]
-    home = cache.mkdir(f"dispatch-py-{version[0]}.{version[1]}-{key}")
+    name = f"dispatch-py-{version[0]}.{version[1]}-{key}"
+    cache: pytest.Cache | None = getattr(config, "cache", None)  # None: -p no:cacheprovider
+    home = cache.mkdir(name) if cache is not None else tmp_path_factory.mktemp(name)
     venv = home / "venv"
     ready = home / _READY
     if ready.exists() and ready.read_text() == pins and (venv / "bin" / "python").exists():

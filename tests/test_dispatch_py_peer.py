@@ -90,8 +90,7 @@ def ended_ok(info: CallInfo) -> object:
 
 @pytest.fixture(scope="module")
 def peer(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peer]:
-    assert pytestconfig.cache is not None
-    python = peer_python(pytestconfig.cache)
+    python = peer_python(pytestconfig, tmp_path_factory)
     folder = tmp_path_factory.mktemp("peer")
     (folder / "app.py").write_text(APP)
     (folder / "client.py").write_text(CLIENT)
@@ -187,6 +186,22 @@ def test_gather_runs_every_call_to_completion(peer: Peer) -> None:
         f"Hello, {name}!" for name in names
     )
     assert {(c.function, c.parent_dispatch_id) for c in children} == {("greet", root)}
+
+
+def test_an_error_of_an_awaited_function_is_raised_in_the_coroutine(peer: Peer) -> None:
+    root = peer.dispatch("ask", "no reason")
+    assert ended_ok(peer.finished(root)) == "refused: no reason"
+    (child,) = peer.children(root)
+    assert (child.function, child.status) == ("refuse", Status.INVALID_ARGUMENT)
+    assert child.error is not None
+    assert (child.error.type, child.error.message) == ("ValueError", "no reason")
+
+
+def test_a_reset_hands_the_call_over_to_another_function(peer: Peer) -> None:
+    dispatch_id = peer.dispatch("hand_over", "Tail")
+    info = peer.finished(dispatch_id)
+    assert ended_ok(info) == "Hello, Tail!"
+    assert info.function == "greet"  # a tail call keeps the dispatch id
 
 
 def test_dispatch_py_reaches_an_api_url_that_ends_in_a_slash(peer: Peer) -> None:
