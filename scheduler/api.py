@@ -75,10 +75,10 @@ class Api:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get(_lenient("/healthz"), self.healthz)
+        app.router.add_get(_lenient("/metrics"), self.metrics)
         app.router.add_route(
-            "*", DISPATCH_PATH, self.rpc(self.dispatch, dispatch_pb2.DispatchRequest)
+            "*", _lenient(DISPATCH_PATH), self.rpc(self.dispatch, dispatch_pb2.DispatchRequest)
         )
         for name, handler, kind in (
             ("Get", self.get, calls_pb2.GetRequest),
@@ -86,7 +86,7 @@ class Api:
             ("List", self.list, calls_pb2.ListRequest),
             ("Cancel", self.cancel, calls_pb2.CancelRequest),
         ):
-            app.router.add_route("*", CALLS_PATH + name, self.rpc(handler, kind))
+            app.router.add_route("*", _lenient(CALLS_PATH + name), self.rpc(handler, kind))
         return app
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -300,6 +300,13 @@ def call_info(call: Call) -> calls_pb2.CallInfo:
         if poll.HasField("typed_coroutine_state"):
             info.coroutine_state.CopyFrom(poll.typed_coroutine_state)
     return info
+
+
+def _lenient(path: str) -> str:
+    """A route for ``path`` that also matches it with repeated slashes before it, as a
+    client configured with a base URL ending in ``/`` sends it (dispatch-py does):
+    answered there, not redirected, which would lose a POST's body."""
+    return "/{_slashes:/*}" + path[1:]  # the rest is matched literally
 
 
 def _decode(kind: type[M], body: bytes, wire: str) -> M:

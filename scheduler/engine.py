@@ -11,11 +11,12 @@ what came of it.
 - A tail call hands the call over to another function (``Store.tail_call``).
 - A Poll suspends the call: its calls are dispatched as its children, and it is resumed
   with a PollResult (its state, and its children's results with their correlation ids)
-  once ``min_results`` are ready or ``max_wait`` has passed, at most ``max_results`` at a
-  time. INCOMPATIBLE_STATE in answer to a resume runs the call again from its input, at
-  most ``max_restarts`` times, unless the error is a ``StepMismatch`` (a workflow whose
-  steps changed order, which starting over would repeat): that is final. When a call
-  ends, its unfinished children are cancelled.
+  once ``min_results`` are ready or ``max_wait`` has passed (no ``max_wait``: no deadline
+  but the call's expiration), at most ``max_results`` at a time. INCOMPATIBLE_STATE in
+  answer to a resume runs the call again from its input, at most ``max_restarts``
+  times, unless the error is a ``StepMismatch`` (a workflow whose steps changed order,
+  which starting over would repeat): that is final. When a call ends, its unfinished
+  children are cancelled.
 - Calls are run at least once: a lease that lapses (this process died) makes the call
   claimable again, and an outcome is recorded only under the current lease.
 """
@@ -315,9 +316,14 @@ class Engine:
         self, call: Call, lease: Lease, poll: poll_pb2.Poll, now: float
     ) -> str | None:
         """Suspend ``call`` on ``poll``; what is wrong with the Poll, if anything."""
-        max_wait = poll.max_wait.seconds + poll.max_wait.nanos / 1e9
-        if not poll.HasField("max_wait") or max_wait < 1:
-            return "max_wait must be at least 1 second"
+        until = call.expires_at
+        if poll.HasField("max_wait"):
+            max_wait = poll.max_wait.seconds + poll.max_wait.nanos / 1e9
+            if max_wait < 1:
+                return "max_wait must be at least 1 second"
+            until = min(now + max_wait, until)
+        # Without max_wait (as dispatch-py sends it) there is no deadline: the call is
+        # resumed once min_results are ready, or ends when it expires.
         if not 1 <= poll.max_results <= MAX_POLL_RESULTS:
             return f"max_results must be 1 to {MAX_POLL_RESULTS}, not {poll.max_results}"
         if not 1 <= poll.min_results <= poll.max_results:
@@ -352,7 +358,7 @@ class Engine:
             children,
             min_results=poll.min_results,
             max_results=poll.max_results,
-            until=min(now + max_wait, call.expires_at),
+            until=until,
             now=now,
         )
         if children:
