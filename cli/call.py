@@ -27,6 +27,7 @@ from ..core.status import Status
 from ..core.values import DecodeError, EncodeError, from_any, to_any, type_name
 from ..proto.dispatch.sdk.python.v1.pickled_pb2 import Pickled
 from ..proto.dispatch.sdk.v1 import function_pb2, status_pb2
+from . import call_lambda
 from .errors import EXIT_ERROR, EXIT_FAILED, EXIT_OK, CommandError
 from .local_server import DEFAULT_ENDPOINT_URL, load_app, serving
 
@@ -47,8 +48,10 @@ INPUT that starts with {{, [ or " but is not valid JSON is an error. Without INP
 the function gets no input.
 
 The request is signed with the Ed25519 key in {SIGNING_KEY_ENV}, --key or
---key-file (PEM, or base64 of the 32-byte seed). Outputs that JSON cannot show
-are printed as Python values: bytes as b'...', a datetime in ISO 8601.
+--key-file (PEM, or base64 of the 32-byte seed). --lambda HANDLER sends no HTTP
+request: it invokes an AWS Lambda handler in this process with a direct-invocation
+event, e.g. `dispatchlet call --lambda examples/lambda_app.py:handler greet World`.
+Outputs that JSON cannot show are printed as Python values: bytes as b'...', a datetime in ISO 8601.
 """
 
 
@@ -79,6 +82,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="serve APP (as `dispatchlet serve` takes it) on a free loopback port with a "
         "one-off key for this call: a check of the whole path with no setup",
     )
+    keys.add_argument(
+        "--lambda",
+        dest="lambda_handler",
+        metavar="HANDLER",
+        help="invoke the Lambda handler HANDLER (MODULE:ATTR, path/to/file.py[:ATTR] or "
+        "Lambda's MODULE.ATTR) in this process with the event the scheduler sends to an "
+        "arn:aws:lambda: endpoint: a JSON string holding the base64 of the RunRequest",
+    )
     parser.add_argument(
         "--json",
         dest="use_json",
@@ -100,6 +111,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     """Build, sign and send the RunRequest; print its outcome."""
+    if args.lambda_handler is not None:
+        return call_lambda_handler(args)
     if args.app is None:
         url = args.endpoint or os.environ.get(ENDPOINT_URL_ENV) or DEFAULT_ENDPOINT_URL
         key = None if args.unsigned else signing_key(args.key, args.key_file)
@@ -113,8 +126,23 @@ def run(args: argparse.Namespace) -> int:
         return call(args, run_target(url), key)
 
 
-def call(args: argparse.Namespace, target: EndpointURL, key: Ed25519PrivateKey | None) -> int:
-    """Send the RunRequest of ``args`` to ``target``, signed with ``key``."""
+def call_lambda_handler(args: argparse.Namespace) -> int:
+    """Invoke the Lambda handler of ``args`` directly, as the scheduler invokes an ARN."""
+    for option, given in (("--endpoint", args.endpoint), ("--json", args.use_json)):
+        if given:
+            raise CommandError(
+                f"--lambda invokes the handler in this process with a base64 RunRequest: "
+                f"leave out {option}"
+            )
+    handler = call_lambda.load_handler(args.lambda_handler)
+    response = call_lambda.invoke(
+        handler, run_request(args), timeout=args.timeout, show_traceback=args.traceback
+    )
+    return show(response, show_traceback=args.traceback)
+
+
+def run_request(args: argparse.Namespace) -> function_pb2.RunRequest:
+    """The RunRequest of FUNCTION and INPUT."""
     request = function_pb2.RunRequest(function=args.function)
     if args.input is not None:
         value = args.input if args.string else parse_input(args.input)
@@ -122,6 +150,12 @@ def call(args: argparse.Namespace, target: EndpointURL, key: Ed25519PrivateKey |
             request.input.CopyFrom(to_any(value))
         except EncodeError as exc:
             raise CommandError(f"cannot send INPUT: {exc}") from None
+    return request
+
+
+def call(args: argparse.Namespace, target: EndpointURL, key: Ed25519PrivateKey | None) -> int:
+    """Send the RunRequest of ``args`` to ``target``, signed with ``key``."""
+    request = run_request(args)
     codec = JSON if args.use_json else PROTO
     http_request = Request(
         method="POST",

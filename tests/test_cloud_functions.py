@@ -689,7 +689,9 @@ def test_deploy_reads_the_url_and_deploys_again(
     wheel.write_bytes(b"stands in for the built wheel")
     args = ["hello", "--region=us-central1", "--key-secret=k", f"--wheel={wheel}"]
     result = deploy_script(fake_gcloud, *args)
-    assert result.stdout.strip().endswith(FUNCTION_URL)
+    assert f"Endpoint URL: {FUNCTION_URL}\n" in result.stdout
+    # How to run calls on it: through the user's own scheduler.
+    assert f"dispatchlet dispatch --endpoint {FUNCTION_URL} FUNCTION" in result.stdout
     calls = gcloud_calls(fake_gcloud)
     describe, deploy = ["functions", "describe"], ["functions", "deploy"]
     assert [call["argv"][:2] for call in calls] == [describe, deploy, describe, deploy]

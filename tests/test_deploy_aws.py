@@ -79,6 +79,9 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
 
         # Called with the operation's arguments, as the code passed them.
         lambda_client.meta.events.register("provide-client-params.lambda.*", record)
+        emulate_logging_config(lambda_client)
+        # The command line's calls go through these clients too, emulation included.
+        monkeypatch.setattr(aws_deploy, "_clients", lambda region: (lambda_client, ssm))
         yield {
             "role": role["Role"]["Arn"],
             "ssm": ssm,
@@ -86,6 +89,31 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
             "calls": calls,
             "requests": requests,
         }
+
+
+def emulate_logging_config(client: Any) -> None:
+    """Keep each function's LoggingConfig as Lambda does, and show it in GetFunction:
+    moto accepts the setting but neither stores nor returns it."""
+    kept: dict[str, dict[str, str]] = {}
+
+    def remember(params: dict[str, Any], **_: Any) -> None:
+        if "LoggingConfig" in params:
+            name = params["FunctionName"]
+            kept[name] = {**kept.get(name, {}), **params["LoggingConfig"]}
+
+    def show(parsed: dict[str, Any], **_: Any) -> None:
+        config = parsed.get("Configuration")
+        if not config:
+            return
+        name = config["FunctionName"]
+        logging = {"LogFormat": "Text", **kept.get(name, {})}
+        if logging["LogFormat"] == "JSON":  # Lambda's levels for JSON when none is given
+            logging = {"ApplicationLogLevel": "INFO", "SystemLogLevel": "INFO", **logging}
+        config["LoggingConfig"] = {**logging, "LogGroup": f"/aws/lambda/{name}"}
+
+    for operation in ("CreateFunction", "UpdateFunctionConfiguration"):
+        client.meta.events.register(f"provide-client-params.lambda.{operation}", remember)
+    client.meta.events.register("after-call.lambda.GetFunction", show)
 
 
 def settings(aws: dict[str, Any], **changes: Any) -> Any:
@@ -141,6 +169,41 @@ def test_first_deploy_creates_the_function_url_and_environment(aws: dict[str, An
     granted = {(s["Action"], s["Principal"]) for s in statements(aws)}
     assert granted == {("lambda:InvokeFunctionUrl", "*"), ("lambda:InvokeFunction", "*")}
     assert "created function" in result.changes
+
+
+def test_logs_are_json_at_info_level_so_the_invocation_summary_shows(
+    aws: dict[str, Any],
+) -> None:
+    """The adapter logs its line per invocation at INFO: Lambda's default text format
+    leaves the root logger at WARNING and drops it."""
+    deploy(aws, package("handler = None\n"))
+    created = dict(aws["requests"])["CreateFunction"]
+    assert created["LoggingConfig"] == {"LogFormat": "JSON", "ApplicationLogLevel": "INFO"}
+    logging = configuration(aws)["LoggingConfig"]
+    assert logging["LogFormat"] == "JSON"
+    assert logging["ApplicationLogLevel"] == "INFO"
+
+
+def test_a_function_with_text_logs_is_switched_to_json_at_info(aws: dict[str, Any]) -> None:
+    """A function deployed before (text logs, the default) gets the logging settings."""
+    code = package("handler = None\n")
+    aws["lambda"].create_function(
+        FunctionName=FUNCTION,
+        Runtime="python3.12",
+        Role=aws["role"],
+        Handler="lambda_app.handler",
+        Code={"ZipFile": code},
+        Architectures=["arm64"],
+    )
+    assert configuration(aws)["LoggingConfig"]["LogFormat"] == "Text"
+
+    result = deploy(aws, code)
+
+    updated = dict(aws["requests"])["UpdateFunctionConfiguration"]
+    assert updated["LoggingConfig"] == {"LogFormat": "JSON", "ApplicationLogLevel": "INFO"}
+    assert any("LoggingConfig" in change for change in result.changes), result.changes
+    assert configuration(aws)["LoggingConfig"]["LogFormat"] == "JSON"
+    assert deploy(aws, code).changes == []
 
 
 def test_second_deploy_changes_nothing(aws: dict[str, Any]) -> None:
@@ -375,7 +438,8 @@ def test_the_users_app_and_handler_are_packaged_and_configured(
         *("--app-dir", str(app), "--handler", "main:handler"),
     ]
     assert aws_deploy.main(arguments) == 0
-    assert built == [{"architecture": "arm64", "app_dir": app.resolve(), "handler": "main:handler"}]
+    expected = {"architecture": "arm64", "app_dir": app.resolve(), "handler": "main:handler"}
+    assert built == [{**expected, "exclude": []}]
     assert configuration(aws)["Handler"] == "main.handler"
 
 

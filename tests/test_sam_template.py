@@ -37,6 +37,7 @@ lambda_package = load_script("lambda_package", AWS_DIR / "lambda_package.py")
 validate_template = load_script(
     "dispatchlet_aws_validate_template", AWS_DIR / "validate_template.py"
 )
+aws_deploy = load_script("dispatchlet_aws_deploy", AWS_DIR / "deploy.py")
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +126,10 @@ BROKEN = {
         "DispatchFunctionURL",
     ),
     "invalid Function URL AuthType": (replace("AuthType: NONE", "AuthType: OPEN"), "AuthType"),
+    "invalid log level": (
+        replace("ApplicationLogLevel: INFO", "ApplicationLogLevel: LOUD"),
+        "LOUD",
+    ),
     "memory over the limit": (replace("MemorySize: 512", "MemorySize: 65536"), "65536"),
     "CodeUri that does not exist": (
         replace("CodeUri: examples/", "CodeUri: exmaples/"),
@@ -225,6 +230,17 @@ def test_function_runs_the_packaged_example_app(cloudformation: dict[str, Any]) 
     assert re.search(rf"(?m)^{attribute} = ", (ROOT / "examples" / f"{module}.py").read_text())
     assert 128 <= properties["MemorySize"] <= 3008
     assert properties["Timeout"] <= 30  # the HTTP API's integration limit
+
+
+def test_logs_are_json_at_info_level_as_deploy_py_sets_them(
+    cloudformation: dict[str, Any],
+) -> None:
+    """The adapter's line per invocation is at INFO: Lambda's text format drops it."""
+    logging = function(cloudformation)["LoggingConfig"]
+    assert logging["LogFormat"] == aws_deploy.LOGGING_CONFIG["LogFormat"] == "JSON"
+    assert logging["ApplicationLogLevel"] == aws_deploy.LOGGING_CONFIG["ApplicationLogLevel"]
+    assert logging["ApplicationLogLevel"] == "INFO"
+    assert logging["LogGroup"] == {"Ref": "DispatchFunctionLogs"}
 
 
 def test_sam_build_runs_the_makefile_target() -> None:
@@ -534,6 +550,10 @@ handler = lambda_handler(endpoint)
     ),
     "requirements.txt": "six==1.16.0\n",
     ".venv/lib/junk.py": "raise SystemExit('a virtual environment was packaged')\n",
+    # What the dev loop leaves in the app's folder: calls' inputs and outputs, its state.
+    "dispatchlet.db": "SQLite format 3\0",
+    "dispatchlet.db-wal": "",
+    ".dispatchlet/signing-key.pem": "-----BEGIN PRIVATE KEY-----\n",
 }
 
 
@@ -556,8 +576,8 @@ def test_users_app_outside_the_repository_is_packaged_and_runs(tmp_path: Path) -
             "--zip",
             f"--app-dir={app}",
             "--handler=main:handler",
+            # For the Python running the build, wheels and bytecode alike.
             "--architecture=host",
-            f"--python-version={HOST_VERSION}",
         ],
         cwd=tmp_path,
         capture_output=True,
@@ -573,6 +593,9 @@ def test_users_app_outside_the_repository_is_packaged_and_runs(tmp_path: Path) -
         archive.extractall(task)
     check_layout(task, app, HOST_VERSION)
     assert not (task / ".venv").exists()
+    assert not list(task.glob("dispatchlet.db*"))
+    assert not (task / ".dispatchlet").exists()
+    assert "left out: .dispatchlet/, .venv/, dispatchlet.db, dispatchlet.db-wal" in build.stdout
     assert (task / "six.py").is_file()
     for path in [task, *task.rglob("*")]:
         path.chmod(0o555 if path.is_dir() else 0o444)
@@ -646,6 +669,45 @@ def test_a_handler_not_in_the_app_is_named_before_anything_is_built(
     assert result.returncode == 1
     assert message in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_host_packages_take_wheels_and_bytecode_for_the_same_python() -> None:
+    """A host package built for another Python than pip's must not mix the two: pip is
+    told the version the bytecode is compiled for."""
+    args = lambda_package.pip_platform_args("host", "3.12")
+    assert args[args.index("--python-version") + 1] == "3.12"
+    assert "--only-binary=:all:" in args
+    assert "--platform" not in args  # this machine's own platform
+    # Without --python-version, host means the Python running the build.
+    assert lambda_package.default_python_version("host") == HOST_VERSION
+    assert lambda_package.default_python_version("arm64") == lambda_package.PYTHON_VERSION
+
+
+def test_zip_into_a_missing_folder_fails_before_anything_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_build(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the package was built before its output was checked")
+
+    monkeypatch.setattr(lambda_package, "build", no_build)
+    missing = tmp_path / "missing" / "function.zip"
+    status = lambda_package.main([str(missing), "--zip", f"--app-dir={ROOT / 'examples'}"])
+    assert status == 1
+    error = capsys.readouterr().err
+    assert f"the folder {missing.parent} does not exist" in error
+    assert not missing.parent.exists()
+
+
+def test_zip_onto_a_folder_fails_before_anything_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_build(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the package was built before its output was checked")
+
+    monkeypatch.setattr(lambda_package, "build", no_build)
+    status = lambda_package.main([str(tmp_path), "--zip", f"--app-dir={ROOT / 'examples'}"])
+    assert status == 1
+    assert "is a folder: --zip writes a file" in capsys.readouterr().err
 
 
 def test_zip_is_reproducible(tmp_path: Path) -> None:

@@ -12,10 +12,12 @@ lambda_app:handler). ``--dry-run`` prints what would be done, with no AWS call a
 build.
 
 Creates or updates the function, its public Function URL (AuthType NONE: each request is
-authenticated by its Dispatch signature) and its environment: DISPATCH_VERIFICATION_KEY
+authenticated by the scheduler's signature) and its environment: DISPATCH_VERIFICATION_KEY
 read from SSM, DISPATCH_ENDPOINT_URL set to the Function URL. Running it again changes
 nothing unless something differs; the code is uploaded only when its hash changed.
-Prints the Function URL and the function ARN, both valid Dispatch endpoints.
+Its logs are JSON at INFO level (LoggingConfig), so that the adapter's line per
+invocation shows, with its fields. Prints the Function URL and the function ARN, both
+valid endpoints for the scheduler (``dispatchlet scheduler``).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import lambda_package
 if TYPE_CHECKING:
     from mypy_boto3_lambda import LambdaClient
     from mypy_boto3_lambda.literals import ArchitectureType, RuntimeType
-    from mypy_boto3_lambda.type_defs import FunctionConfigurationTypeDef
+    from mypy_boto3_lambda.type_defs import FunctionConfigurationTypeDef, LoggingConfigTypeDef
     from mypy_boto3_ssm import SSMClient
 
 VERIFICATION_KEY_ENV = "DISPATCH_VERIFICATION_KEY"
@@ -50,6 +52,11 @@ URL_INVOKE_PERMISSION_SID = "FunctionURLAllowInvokeAction"
 INVOKER_PERMISSION_SID = "DispatchInvoke"
 # ZipFile uploads are limited to 50 MB; larger packages must go through S3.
 MAX_ZIP_BYTES = 50 * 1024 * 1024
+# The adapter logs one summary line per invocation at INFO, with its fields as `extra`.
+# Under Lambda's default text format the runtime leaves the root logger at WARNING, so
+# those lines are dropped, and a text line would not show the fields anyway: JSON at
+# INFO shows each line with its fields as JSON keys.
+LOGGING_CONFIG: LoggingConfigTypeDef = {"LogFormat": "JSON", "ApplicationLogLevel": "INFO"}
 
 
 class DeployError(Exception):
@@ -96,8 +103,9 @@ def read_verification_key(ssm: SSMClient, name: str) -> str:
     except ssm.exceptions.ParameterNotFound:
         raise DeployError(
             f"SSM parameter {name!r} not found in this account and region; store the "
-            f"Dispatch verification key first: aws ssm put-parameter --name {name} "
-            '--type String --value "<public key, PEM or base64>"'
+            "scheduler's public key (verification-key.pem of `dispatchlet keygen`) first: "
+            f"aws ssm put-parameter --name {name} --type String "
+            '--value "$(cat keys/verification-key.pem)"'
         ) from None
     if not value.strip():
         raise DeployError(f"SSM parameter {name!r} is empty: it must hold the verification key")
@@ -143,9 +151,15 @@ def deploy(
     differing = sorted(k for k, v in desired.items() if current.get(k) != v)
     if _variables(current) != variables:
         differing.append("Environment")
+    logging = dict(current.get("LoggingConfig", {}))
+    if any(logging.get(k) != v for k, v in dict(LOGGING_CONFIG).items()):
+        differing.append("LoggingConfig")
     if differing:
         lambda_client.update_function_configuration(
-            FunctionName=name, Environment={"Variables": variables}, **desired
+            FunctionName=name,
+            Environment={"Variables": variables},
+            LoggingConfig=LOGGING_CONFIG,
+            **desired,
         )
         _wait(lambda_client, "function_updated_v2", name)
         if "created function" not in changes:
@@ -184,6 +198,7 @@ def _create_function(
         MemorySize=settings.memory_size,
         Timeout=settings.timeout,
         Environment={"Variables": {VERIFICATION_KEY_ENV: key}},
+        LoggingConfig=LOGGING_CONFIG,
         Description="Dispatch function endpoint (dispatchlet)",
     )
     # A new function accepts no other change until it is active.
@@ -311,7 +326,13 @@ def _clients(region: str | None) -> tuple[LambdaClient, SSMClient]:
     return session.client("lambda"), session.client("ssm")
 
 
-def _package(zip_path: Path | None, architecture: str, app_dir: Path, handler: str) -> bytes:
+def _package(
+    zip_path: Path | None,
+    architecture: str,
+    app_dir: Path,
+    handler: str,
+    exclude: Sequence[str] = (),
+) -> bytes:
     if zip_path is not None:
         try:
             return zip_path.read_bytes()
@@ -321,7 +342,7 @@ def _package(zip_path: Path | None, architecture: str, app_dir: Path, handler: s
         built = Path(folder, "function.zip")
         try:
             lambda_package.build_zip(
-                built, architecture=architecture, app_dir=app_dir, handler=handler
+                built, architecture=architecture, app_dir=app_dir, handler=handler, exclude=exclude
             )
         except lambda_package.PackageError as exc:
             raise DeployError(f"packaging failed: {exc}") from None
@@ -342,6 +363,7 @@ def plan(settings: Settings, args: argparse.Namespace) -> list[str]:
             f"--app-dir={args.app_dir}",
             f"--handler={args.handler}",
             f"--architecture={settings.architecture}",
+            *(f"--exclude={pattern}" for pattern in args.exclude),
         ]
         package = f"1. Package the app: {shlex.join(build)}"
     steps = [
@@ -350,7 +372,8 @@ def plan(settings: Settings, args: argparse.Namespace) -> list[str]:
         f"{settings.verification_key_parameter!r} in {region}",
         f"3. Create or update the function {settings.function_name!r}: "
         f"runtime {settings.runtime}, {settings.architecture}, handler {settings.handler}, "
-        f"{settings.memory_size} MB, {settings.timeout} s, role {settings.role_arn}",
+        f"{settings.memory_size} MB, {settings.timeout} s, role {settings.role_arn}, "
+        f"logs in JSON at INFO",
         "4. Create its Function URL if it has none (AuthType NONE) and allow public "
         "invocation through it",
     ]
@@ -375,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--verification-key-parameter",
         required=True,
-        help="SSM parameter holding the Dispatch verification key (String or SecureString)",
+        help="SSM parameter holding the scheduler's public key (String or SecureString)",
     )
     parser.add_argument("--region", help="AWS region (default: the AWS configuration's)")
     parser.add_argument(
@@ -390,6 +413,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"the app's Lambda handler, MODULE:ATTR (default: {lambda_package.HANDLER})",
     )
     parser.add_argument("--zip", type=Path, help="deploy this prebuilt package zip")
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="leave out the app's files matching PATTERN (see lambda_package.py); repeatable",
+    )
     parser.add_argument(
         "--architecture", choices=("arm64", "x86_64"), default=lambda_package.ARCHITECTURE
     )
@@ -438,7 +468,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         lambda_client, ssm_client = _clients(args.region)
         # Before the slow packaging: a missing key parameter is the likeliest mistake.
         read_verification_key(ssm_client, settings.verification_key_parameter)
-        code = _package(args.zip, settings.architecture, args.app_dir.resolve(), args.handler)
+        code = _package(
+            args.zip, settings.architecture, args.app_dir.resolve(), args.handler, args.exclude
+        )
         result = deploy(settings, code, lambda_client=lambda_client, ssm_client=ssm_client)
     except DeployError as exc:
         print(f"deploy: {exc}", file=sys.stderr)

@@ -3,9 +3,12 @@ requirements built for the Lambda platform, and the app's code, side by side at 
 package's root, with bytecode compiled for the runtime's Python.
 
     python deploy/aws/lambda_package.py TARGET --app-dir DIR [--handler MODULE:ATTR] [--zip]
+        [--exclude PATTERN ...]
 
 DIR is the app's folder (default: this repository's examples/): everything in it is
-copied except VCS data, virtual environments, caches and build folders, and its
+copied except what deploy/shared/app_files.py leaves out (databases such as the dev
+loop's dispatchlet.db, dotfiles and dot-folders, virtual environments, caches, build
+folders) and what ``--exclude`` names; the build prints what went in. Its
 requirements.txt, if any, is installed with dispatchlet (less waitress and aiohttp,
 which a function never uses). MODULE:ATTR (or Lambda's
 MODULE.ATTR), when given, names the handler, ``handler = lambda_handler(endpoint)``: the
@@ -18,6 +21,10 @@ without it compiles every module it imports on every cold start. The package car
 (``--python``, else ``pythonX.Y`` on PATH), with unchecked-hash invalidation since the
 code never changes after deployment. Without such an interpreter it is built without
 bytecode, and says so.
+
+``--architecture host`` builds for this machine instead of Lambda, for the Python of
+``--python-version`` (default: the one running this script): wheels and bytecode for the
+same Python, so that the package imports here (tests, local runs).
 """
 
 from __future__ import annotations
@@ -33,6 +40,10 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+# The rule for which of the app's files ship, shared with the Cloud Functions stage.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared"))
+import app_files
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_DIR = ROOT / "examples"
@@ -51,24 +62,11 @@ ARCHITECTURE = "arm64"
 HOST = "host"
 ARCHITECTURES = ("arm64", "x86_64", HOST)
 _MACHINES = {"arm64": "aarch64", "x86_64": "x86_64"}
-# What a source tree copy leaves out: VCS data, virtual environments, caches, and
-# setuptools' own build folders, whose stale files would otherwise end up in the wheel.
-_SOURCE_IGNORE = shutil.ignore_patterns(".*", "build", "dist", "*.egg-info", "__pycache__", "*.pyc")
-# What an app folder copy leaves out, besides the above: virtual environments named
-# without a dot, and the deploy files that sit beside an app.
-_APP_IGNORE = shutil.ignore_patterns(
-    ".*",
-    "build",
-    "dist",
-    "*.egg-info",
-    "__pycache__",
-    "*.pyc",
-    "venv",
-    "node_modules",
-    "samconfig.toml",
-    "template.yaml",
-    "requirements.txt",
-)
+# What an app folder copy leaves out besides the shared rule (deploy/shared/app_files.py):
+# the deploy files that sit beside an app; its requirements are installed, not copied.
+LAMBDA_EXCLUDES = ("samconfig.toml", "template.yaml", "requirements.txt")
+# Lambda's limit on a function's unzipped code.
+MAX_UNZIPPED_BYTES = 250 * 1000 * 1000
 # A fixed timestamp makes the zip of identical files identical, byte for byte, so that
 # deploy.py can tell from the code hash whether the code changed.
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -78,16 +76,30 @@ class PackageError(Exception):
     """The package could not be built (pip failed, a module is missing)."""
 
 
-def pip_platform_args(architecture: str, python_version: str = PYTHON_VERSION) -> list[str]:
-    """pip options selecting wheels for Lambda's Linux on ``architecture``.
+def host_python_version() -> str:
+    """The version of the Python running this script, as ``X.Y``."""
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
 
-    ``host`` selects the running interpreter's own wheels (for tests on this machine).
-    Lambda's Python 3.12 runtime is Amazon Linux 2023 (glibc 2.34): manylinux_2_28 and
-    manylinux2014 wheels both run there. Binary wheels only: nothing may be compiled
-    for the build machine by mistake.
+
+def default_python_version(architecture: str) -> str:
+    """The Python a package is built for: Lambda's runtime, or this one for ``host``."""
+    return host_python_version() if architecture == HOST else PYTHON_VERSION
+
+
+def pip_platform_args(architecture: str, python_version: str = PYTHON_VERSION) -> list[str]:
+    """pip options selecting wheels for Lambda's Linux on ``architecture``, for
+    ``python_version``.
+
+    ``host`` selects this machine's own platform (for tests and local runs), still for
+    ``python_version``: the wheels must match the bytecode and the interpreter that
+    will import them, not the Python that happens to run pip. Lambda's Python 3.12
+    runtime is Amazon Linux 2023 (glibc 2.34): manylinux_2_28 and manylinux2014 wheels
+    both run there. Binary wheels only: nothing may be compiled for the build machine
+    by mistake.
     """
+    version = ["--implementation", "cp", "--python-version", python_version]
     if architecture == HOST:
-        return ["--only-binary=:all:"]
+        return [*version, "--only-binary=:all:"]
     machine = _MACHINES.get(architecture)
     if machine is None:
         raise PackageError(
@@ -98,10 +110,7 @@ def pip_platform_args(architecture: str, python_version: str = PYTHON_VERSION) -
         f"manylinux_2_28_{machine}",
         "--platform",
         f"manylinux2014_{machine}",
-        "--implementation",
-        "cp",
-        "--python-version",
-        python_version,
+        *version,
         "--only-binary=:all:",
     ]
 
@@ -131,29 +140,54 @@ def check_handler(app_dir: Path, handler: str) -> str:
     return name
 
 
+def check_output(target: Path, *, zip_file: bool) -> None:
+    """Refuse, before anything is built, an output the build could not write."""
+    if zip_file:
+        if target.is_dir():
+            raise PackageError(f"{target} is a folder: --zip writes a file")
+        folder = target.parent
+        if not folder.is_dir():
+            raise PackageError(
+                f"cannot write {target}: the folder {folder} does not exist (create it first)"
+            )
+        if not os.access(folder, os.W_OK):
+            raise PackageError(f"cannot write {target}: the folder {folder} is not writable")
+    elif target.exists() and not target.is_dir():
+        raise PackageError(f"{target} is a file: the package is a folder (or pass --zip)")
+
+
 def build(
     target: Path,
     *,
     architecture: str = ARCHITECTURE,
-    python_version: str = PYTHON_VERSION,
+    python_version: str | None = None,
     app_dir: Path = APP_DIR,
     handler: str | None = None,
     source: Path = ROOT,
     python: str | None = None,
+    exclude: Sequence[str] = (),
 ) -> Path:
     """Fill ``target`` with the package: dispatchlet from ``source``, its dependencies and
-    the app's requirements for ``architecture``, the app from ``app_dir``, and bytecode
-    for ``python_version``. Returns ``target``."""
-    platform_args = pip_platform_args(architecture, python_version)
+    the app's requirements for ``architecture``, the app's files from ``app_dir`` (less
+    what the shared rule and ``exclude`` leave out), and bytecode for ``python_version``
+    (default: Lambda's, or this Python's for ``host``). Returns ``target``."""
+    version = python_version or default_python_version(architecture)
+    platform_args = pip_platform_args(architecture, version)
     if not app_dir.is_dir():
         raise PackageError(f"app folder {app_dir} does not exist")
+    check_output(target, zip_file=False)
     if handler is not None:
         check_handler(app_dir, handler)
-    compiler = bytecode_compiler(python_version, python)
+    compiler = bytecode_compiler(version, python)
+    app = app_files.select(
+        app_dir, exclude, defaults=(*app_files.DEFAULT_EXCLUDES, *LAMBDA_EXCLUDES), skip=[target]
+    )
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="dispatchlet-package-") as scratch:
         tree = Path(scratch, "source")
-        shutil.copytree(source, tree, ignore=_SOURCE_IGNORE, symlinks=True)
+        # A clean copy of the checkout, by the same rule as an app: setuptools would
+        # otherwise reuse a stale build/ folder there.
+        app_files.copy(app_files.select(source), tree)
         wheels = Path(scratch, "wheels")
         # dispatchlet is pure Python: its wheel builds anywhere. As a wheel it is a
         # binary requirement, which lets pip resolve the rest with --only-binary.
@@ -172,16 +206,31 @@ def build(
             requirements += ["--requirement", str(app_requirements)]
         _pip(*install, "--no-compile", *requirements)
     _tidy(target)
-    shutil.copytree(app_dir, target, ignore=_APP_IGNORE, dirs_exist_ok=True)
+    app_files.copy(app, target)
     if compiler is None:
         print(
-            f"lambda_package: warning: no Python {python_version} found to compile "
+            f"lambda_package: warning: no Python {version} found to compile "
             f"bytecode with (pass --python): every cold start will compile what it imports",
             file=sys.stderr,
         )
     else:
         compile_bytecode(target, compiler)
+    print("\n".join(app_files.describe(app)))
+    print(package_summary(target, architecture, version))
     return target
+
+
+def package_summary(target: Path, architecture: str, python_version: str) -> str:
+    """One line on the whole package: its files, its size against Lambda's limit."""
+    sizes = [path.stat().st_size for path in target.rglob("*") if path.is_file()]
+    platform = "this machine (not for Lambda)" if architecture == HOST else architecture
+    line = (
+        f"package: {len(sizes)} files, {app_files.size_text(sum(sizes))} unzipped, "
+        f"for Python {python_version} on {platform}"
+    )
+    if sum(sizes) > MAX_UNZIPPED_BYTES:
+        line += "; over Lambda's 250 MB limit on unzipped code"
+    return line
 
 
 def wheel_requirements(wheel: Path) -> list[str]:
@@ -290,6 +339,7 @@ def write_zip(folder: Path, zip_path: Path) -> Path:
 
 def build_zip(zip_path: Path, **options: Any) -> Path:
     """Build the package (as ``build`` does, with its keyword ``options``) and zip it."""
+    check_output(zip_path, zip_file=True)
     with tempfile.TemporaryDirectory(prefix="dispatchlet-lambda-") as folder:
         build(Path(folder), **options)
         return write_zip(Path(folder), zip_path)
@@ -309,8 +359,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the Lambda handler, MODULE:ATTR or MODULE.ATTR: checked to be in the app, "
         "and printed as Lambda's Handler setting",
     )
-    parser.add_argument("--architecture", choices=ARCHITECTURES, default=ARCHITECTURE)
-    parser.add_argument("--python-version", default=PYTHON_VERSION)
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="leave out the app's files or folders matching PATTERN (a name, or a path "
+        "from the app's folder if it holds a /); repeatable. Databases, dotfiles, "
+        "virtual environments, caches and build folders are left out already",
+    )
+    parser.add_argument(
+        "--architecture",
+        choices=ARCHITECTURES,
+        default=ARCHITECTURE,
+        help="Lambda's arm64 or x86_64, or host: this machine, to run the package here",
+    )
+    parser.add_argument(
+        "--python-version",
+        help=f"the Python the package is for (default: the runtime's, {PYTHON_VERSION}; "
+        "for host, the Python running this script)",
+    )
     parser.add_argument("--python", help="interpreter of --python-version to compile bytecode with")
     args = parser.parse_args(argv)
     make = build_zip if args.zip else build
@@ -322,6 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             app_dir=args.app_dir.resolve(),
             handler=args.handler,
             python=args.python,
+            exclude=args.exclude,
         )
     except (PackageError, OSError) as exc:
         print(f"lambda_package: {exc}", file=sys.stderr)

@@ -12,12 +12,14 @@ The app is the folder ``--app-dir`` (default: this repository's examples/) and
 
 Steps:
 
-1. Stage the folder to upload: the app's files; main.py, the entry module Cloud
+1. Stage the folder to upload: the app's files, less what deploy/shared/app_files.py
+   leaves out (databases, dotfiles, virtual environments, caches) and ``--exclude``
+   PATTERN (repeatable), with a summary printed; main.py, the entry module Cloud
    Functions loads, made to serve MODULE:ATTR as target ``run`` (unless the handler is in
    main.py itself: its attribute is then the target); requirements.txt, the app's own
    lines followed by a wheel of dispatchlet built from this checkout into vendor/.
 2. ``gcloud functions deploy`` it: HTTP trigger, no IAM check on callers (every request
-   must carry a Dispatch signature instead), the verification key from a Secret Manager
+   must carry the scheduler's signature instead), the verification key from a Secret Manager
    secret or an environment variable.
 3. Read the function's URL (``gcloud functions describe``) and deploy again with
    ``DISPATCH_ENDPOINT_URL`` set to it: signatures cover the URL the scheduler calls,
@@ -43,6 +45,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+# The rule for which of the app's files ship, shared with the Lambda package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared"))
+import app_files
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 APP_DIR = ROOT / "examples"
@@ -53,8 +59,6 @@ VENDOR = "vendor"
 ENTRY_POINT = "run"
 STAGE_PLACEHOLDER = "<staging folder>"
 URL_PLACEHOLDER = "<URL read in step 3>"
-# What staging leaves out of the app's folder: VCS data, virtual environments, caches.
-_APP_IGNORE = shutil.ignore_patterns(".*", "__pycache__", "*.pyc", "venv", "node_modules")
 # gcloud's words for a function that does not exist, as opposed to any other failure.
 _NOT_FOUND = re.compile(r"NOT_FOUND|not found|does not exist", re.IGNORECASE)
 
@@ -148,7 +152,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(
         prog="deploy.py",
-        description="Deploy the example Dispatch endpoint to Cloud Functions (2nd gen).",
+        description="Deploy an app's Dispatch endpoint to Cloud Functions (2nd gen).",
         epilog="Flags after `--` are passed to `gcloud functions deploy` "
         "(e.g. -- --memory=512Mi --min-instances=1).",
     )
@@ -179,6 +183,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=HANDLER,
         help="MODULE:ATTR of the app's Endpoint or functions-framework target "
         f"(default: {HANDLER})",
+    )
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="leave out the app's files or folders matching PATTERN (a name, or a path "
+        "from the app's folder if it holds a /); repeatable. Databases, dotfiles, "
+        "virtual environments, caches and build folders are left out already",
     )
     parser.add_argument("--runtime", default="python312")
     parser.add_argument(
@@ -226,7 +239,7 @@ def deploy_command(args: argparse.Namespace, source: str, endpoint_url: str | No
         f"--entry-point={args.handler.entry_point}",
         "--trigger-http",
         # Cloud IAM lets every caller in; the endpoint refuses any request that does not
-        # carry a valid Dispatch signature.
+        # carry a valid signature by the scheduler's key.
         "--allow-unauthenticated",
     ]
     env: dict[str, str] = {}
@@ -272,16 +285,17 @@ def wheel_command(vendor: str, project: str) -> list[str]:
 def build_wheel(vendor: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="dispatchlet-src-") as folder:
         # setuptools builds inside the project folder and reuses a stale build/ there,
-        # so the wheel is built from a clean copy of the checkout.
+        # so the wheel is built from a clean copy of the checkout, by the apps' rule.
         project = Path(folder) / "dispatchlet"
-        ignore = shutil.ignore_patterns(".*", "build", "dist", "*.egg-info", "__pycache__")
-        shutil.copytree(ROOT, project, ignore=ignore)
+        app_files.copy(app_files.select(ROOT), project)
         run(wheel_command(str(vendor), str(project)))
 
 
 def stage(folder: Path, args: argparse.Namespace) -> None:
     """Fill ``folder`` with what Cloud Functions builds the function from."""
-    shutil.copytree(args.app_dir, folder, ignore=_APP_IGNORE, dirs_exist_ok=True)
+    app = app_files.select(args.app_dir, args.exclude, skip=[folder])
+    app_files.copy(app, folder)
+    print("\n".join(app_files.describe(app)))
     handler: Handler = args.handler
     if handler.module != "main":
         (folder / ENTRY_MODULE).write_text(
@@ -378,7 +392,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except subprocess.CalledProcessError as exc:
         print(f"deploy.py: `{shlex.join(exc.cmd)}` failed", file=sys.stderr)
         return exc.returncode or 1
-    print(f"Deployed. Register this endpoint URL with Dispatch: {url}")
+    print(
+        f"Deployed. Endpoint URL: {url}\n"
+        f"Calls to it go through your scheduler: dispatchlet dispatch --endpoint {url} "
+        "FUNCTION [INPUT]"
+    )
     return 0
 
 
