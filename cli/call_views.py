@@ -252,9 +252,10 @@ def journal_lines(journal: dict[str, Any]) -> list[str]:
         f"journal      {journal['function']}: {len(journal['steps'])} step(s), "
         f"{journal['outcomes']} outcome(s) arrived"
     ]
-    for step in journal["steps"]:
-        what = step.get("function") or step.get("name") or ""
-        line = f"  slot {step['slot']:<3} {step['kind']:<5} {what}  {step['state']}"
+    names = [step.get("function") or step.get("name") or "" for step in journal["steps"]]
+    width = max(map(len, names), default=0)
+    for step, name in zip(journal["steps"], names, strict=True):
+        line = f"  slot {step['slot']:<3} {step['kind']:<5} {name:<{width}}  {step['state']}"
         if "output" in step:
             line += f": {text(step['output'])}"
         elif "error" in step:
