@@ -8,7 +8,7 @@
     info = client.wait(dispatch_id)        # CallInfo: status, output, error, attempts...
 
     def failed(attempt: CallInfo) -> None:  # each failed attempt, as it happens
-        print(f"attempt {attempt.attempts}: {attempt.last_status.name} {attempt.error}")
+        print(f"attempt {attempt.attempts} failed: {attempt.error}")
 
     info = client.wait(dispatch_id, on_attempt=failed)
 
