@@ -216,24 +216,26 @@ class Api:
         return found
 
     async def get(self, request: calls_pb2.GetRequest) -> calls_pb2.GetResponse:
-        return calls_pb2.GetResponse(call=call_info(await self._found(request.dispatch_id)))
+        found = await self._found(request.dispatch_id)
+        return calls_pb2.GetResponse(call=call_info(found, with_input=True))
 
     async def wait(self, request: calls_pb2.WaitRequest) -> calls_pb2.WaitResponse:
         limit = MAX_WAIT
         if request.HasField("timeout"):
             limit = min(limit, max(0.0, request.timeout.seconds + request.timeout.nanos / 1e9))
+        seen = request.attempts_seen if request.HasField("attempts_seen") else None
         deadline = time.monotonic() + limit
         with self.engine.watching(request.dispatch_id) as until:
             found = await self._found(request.dispatch_id)
-            while not found.done:
+            while not _answers_wait(found, seen):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                # Woken when this process ends the call; checked again at least every
-                # second (another process may end it).
+                # Woken when this process ends the call or records a retry of it;
+                # checked again at least every second (another process may).
                 await until(min(remaining, 1.0))
                 found = await self._found(request.dispatch_id)
-        return calls_pb2.WaitResponse(call=call_info(found))
+        return calls_pb2.WaitResponse(call=call_info(found, with_input=True))
 
     async def list(self, request: calls_pb2.ListRequest) -> calls_pb2.ListResponse:
         state = None
@@ -244,6 +246,14 @@ class Api:
                 raise InvalidArgument(
                     f"invalid state {request.state[:20]!r}: ready, running, waiting or done"
                 ) from None
+        status = None
+        if request.status and request.status != FAILED:
+            status = _FINAL_STATUSES.get(request.status)
+            if status is None:
+                raise InvalidArgument(
+                    f"invalid status {request.status[:40]!r}: {', '.join(_FINAL_STATUSES)} "
+                    f"or {FAILED} (any but OK)"
+                )
         size = request.page_size or 100
         if not 0 < size <= MAX_PAGE:
             raise InvalidArgument(f"page_size must be 1 to {MAX_PAGE}")
@@ -251,6 +261,9 @@ class Api:
             state=state,
             function=request.function or None,
             root_id=request.root_dispatch_id or None,
+            status=None if status is None else status.value,
+            failed=request.status == FAILED,
+            newest_first=request.newest_first,
             after=request.page_token or None,
             limit=size + 1,
         )
@@ -269,10 +282,28 @@ class Api:
 
 
 _STORE_FAILED = "the scheduler cannot reach its database now; try again"
+# What List takes as a status: a final status's name, or any final status but OK.
+FAILED = "failed"
+_FINAL_STATUSES = {s.name: s for s in Status if s is not Status.UNSPECIFIED}
 
 
-def call_info(call: Call) -> calls_pb2.CallInfo:
-    """What the CallService tells of ``call``."""
+def _answers_wait(call: Call, attempts_seen: int | None) -> bool:
+    """Whether a Wait is answered with ``call`` as it is: once it is done, or, when the
+    waiter has seen ``attempts_seen`` attempts, once a later one ended in an error and
+    the call waits for its retry."""
+    if call.done:
+        return True
+    return (
+        attempts_seen is not None
+        and call.state is State.READY
+        and call.attempts > attempts_seen
+        and call.status is not None
+        and bool(call.result)
+    )
+
+
+def call_info(call: Call, *, with_input: bool = False) -> calls_pb2.CallInfo:
+    """What the CallService tells of ``call`` (its input too ``with_input``)."""
     info = calls_pb2.CallInfo(
         dispatch_id=call.dispatch_id,
         function=call.function,
@@ -284,7 +315,14 @@ def call_info(call: Call) -> calls_pb2.CallInfo:
         state=call.state.value,
     )
     if call.status is not None:
-        info.status = call.status  # type: ignore[assignment]
+        # Final once done; before, the latest attempt's, which is not the call's.
+        info.last_status = call.status  # type: ignore[assignment]
+        if call.done:
+            info.status = call.status  # type: ignore[assignment]
+    if with_input and call.input:
+        info.input.ParseFromString(call.input)
+    if call.state is State.READY:
+        info.ready_at.CopyFrom(timestamp(call.ready_at))
     if call.result:
         result = call_pb2.CallResult.FromString(call.result)
         if result.HasField("output"):

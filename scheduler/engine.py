@@ -69,7 +69,7 @@ class Engine:
         self._due = float("inf")  # the earliest retry this process scheduled
         self._stopping = False
         self._running: set[asyncio.Task[None]] = set()
-        self._finished: dict[str, list[asyncio.Future[None]]] = {}
+        self._watchers: dict[str, list[asyncio.Event]] = {}
         self.attempts: dict[str, int] = {}
         """Attempts made by this process, by outcome status name (for /metrics)."""
 
@@ -88,23 +88,30 @@ class Engine:
     @contextlib.contextmanager
     def watching(self, dispatch_id: str) -> Iterator[Callable[[float], Awaitable[None]]]:
         """Within the block, ``await until(timeout)`` returns once this process has ended
-        the call (since the block began) or after ``timeout`` seconds. Watching starts
-        before the caller reads the store, so that an end in between is not missed."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._finished.setdefault(dispatch_id, []).append(future)
+        the call or recorded a retry of it (since the block began, or since the last
+        ``until`` returned) or after ``timeout`` seconds. Watching starts before the
+        caller reads the store, so that a change in between is not missed."""
+        changed = asyncio.Event()
+        self._watchers.setdefault(dispatch_id, []).append(changed)
 
         async def until(timeout: float) -> None:
             with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(future), timeout)
+                await asyncio.wait_for(changed.wait(), timeout)
+            changed.clear()
 
         try:
             yield until
         finally:
-            waiters = self._finished.get(dispatch_id, [])
-            if future in waiters:
-                waiters.remove(future)
-            if not waiters:
-                self._finished.pop(dispatch_id, None)
+            watchers = self._watchers.get(dispatch_id, [])
+            if changed in watchers:
+                watchers.remove(changed)
+            if not watchers:
+                self._watchers.pop(dispatch_id, None)
+
+    def _changed(self, dispatch_id: str) -> None:
+        """Wake whoever watches the call: it ended, or will be retried."""
+        for changed in self._watchers.get(dispatch_id, ()):
+            changed.set()
 
     async def run(self) -> None:
         """Claim and run calls until ``stop()``; attempts in flight are finished first."""
@@ -309,6 +316,7 @@ class Engine:
                 return
             if await self.store.retry(lease, status.value, result, ready_at=ready_at, now=now):
                 self._due = min(self._due, ready_at)
+                self._changed(lease.dispatch_id)
             return
         await self._end(lease, status, result, now)
 
@@ -367,9 +375,7 @@ class Engine:
 
     async def _end(self, lease: Lease, status: Status, result: bytes, now: float) -> None:
         if await self.store.finish(lease, status.value, result, now=now, orphans=ORPHANS):
-            for future in self._finished.pop(lease.dispatch_id, []):
-                if not future.done():
-                    future.set_result(None)
+            self._changed(lease.dispatch_id)
 
 
 MAX_POLL_CALLS = 1000
