@@ -31,7 +31,8 @@ from ..core.http import Response
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2, error_pb2, poll_pb2
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2
-from .engine import Engine, call_problem, timestamp
+from .engine import Engine, call_problem, oversized_input, timestamp
+from .settings import DEFAULT_MAX_INPUT_SIZE
 from .store import Call, NewCall, State, Store
 
 M = TypeVar("M", bound=message.Message)
@@ -39,6 +40,7 @@ logger = logging.getLogger("dispatchlet.scheduler")
 
 MAX_CALLS = 1000
 MAX_BODY_BYTES = 32 * 1024 * 1024
+"""The largest request body, unless the largest input needs more (``body_limit``)."""
 DEFAULT_EXPIRATION = 24 * 3600.0
 MAX_EXPIRATION = 366 * 24 * 3600.0
 MAX_WAIT = 60.0
@@ -64,6 +66,7 @@ class Api:
         api_keys: Sequence[str] = (),
         insecure: bool = False,
         default_expiration: float = DEFAULT_EXPIRATION,
+        max_input_size: int = DEFAULT_MAX_INPUT_SIZE,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -71,10 +74,12 @@ class Api:
         self.api_keys = [key.encode() for key in api_keys if key]
         self.insecure = insecure
         self.default_expiration = default_expiration
+        self.max_input_size = max_input_size
+        self.max_body_size = body_limit(max_input_size)
         self.clock = clock
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app = web.Application(client_max_size=self.max_body_size)
         app.router.add_get(_lenient("/healthz"), self.healthz)
         app.router.add_get(_lenient("/metrics"), self.metrics)
         app.router.add_route(
@@ -130,13 +135,15 @@ class Api:
                     raise MethodNotAllowed(f"method {request.method[:20]!r} not allowed: use POST")
                 self._authenticate(request.headers.get("Authorization"))
                 wire = codec(request.headers.get("Content-Type"))
+                if (request.content_length or 0) > self.max_body_size:
+                    raise web.HTTPRequestEntityTooLarge(self.max_body_size, request.content_length)
                 body = await request.read()
                 decoded = _decode(kind, body, wire)
                 answer = await handler(decoded)
             except DispatchletError as exc:
                 return _web(http_error_response(exc))
             except web.HTTPRequestEntityTooLarge:
-                return _web(http_error_response(InvalidArgument("request body too large")))
+                return _web(http_error_response(self._too_large(request.content_length)))
             except Exception:
                 # The store failed (its database restarting, unreachable): nothing was
                 # acknowledged, and the request may be sent again.
@@ -150,6 +157,14 @@ class Api:
             return web.Response(body=payload, content_type=wire)
 
         return serve
+
+    def _too_large(self, size: int | None) -> InvalidArgument:
+        told = f" of {size} bytes" if size else ""
+        return RequestTooLarge(
+            f"request body{told} larger than the scheduler's limit of {self.max_body_size} "
+            "bytes: send fewer calls per request (each input at most "
+            f"{self.max_input_size} bytes)"
+        )
 
     def _authenticate(self, header: str | None) -> None:
         if self.insecure:
@@ -187,6 +202,10 @@ class Api:
         problem = call_problem(call)
         if problem is not None:
             raise invalid(problem)
+        data = call.input.SerializeToString() if call.HasField("input") else b""
+        problem = oversized_input(len(data), self.max_input_size)
+        if problem is not None:
+            raise invalid(f"{problem} (--max-input-size)")
         expiration = self.default_expiration
         if call.HasField("expiration"):
             seconds = call.expiration.seconds + call.expiration.nanos / 1e9
@@ -199,7 +218,7 @@ class Api:
         return NewCall(
             function=call.function,
             endpoint=call.endpoint.rstrip("/"),
-            input=call.input.SerializeToString() if call.HasField("input") else b"",
+            input=data,
             expires_at=now + expiration,
             version=call.version,
             correlation_id=call.correlation_id,
@@ -282,6 +301,20 @@ class Api:
 
 
 _STORE_FAILED = "the scheduler cannot reach its database now; try again"
+
+
+class RequestTooLarge(InvalidArgument):
+    """A request body over the scheduler's limit."""
+
+    http_status = 413
+
+
+def body_limit(max_input_size: int) -> int:
+    """The largest request body the API reads: ``MAX_BODY_BYTES``, or room for one call
+    whose input is at ``max_input_size`` in JSON (base64: 4 bytes for 3) if more."""
+    return max(MAX_BODY_BYTES, 2 * max_input_size + 1024 * 1024)
+
+
 # What List takes as a status: a final status's name, or any final status but OK.
 FAILED = "failed"
 _FINAL_STATUSES = {s.name: s for s in Status if s is not Status.UNSPECIFIED}

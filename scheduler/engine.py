@@ -42,6 +42,7 @@ from .callers import Caller
 from .concurrency import Limiter, destination
 from .http_caller import Outcome
 from .retry import RetryPolicy
+from .settings import DEFAULT_MAX_INPUT_SIZE
 from .store import Call, ChildResult, Claimed, Lease, NewCall, Store
 
 logger = logging.getLogger("dispatchlet.scheduler")
@@ -59,6 +60,8 @@ class Engine:
     lease_margin: float = 30.0
     idle_interval: float = 0.25
     max_restarts: int = 3
+    max_input_size: int = DEFAULT_MAX_INPUT_SIZE
+    """The largest input a Poll's call or a tail call may have, in bytes."""
     limiter: Limiter = field(default_factory=Limiter)
     clock: Callable[[], float] = time.time
     owner: str = field(default_factory=lambda: f"scheduler-{uuid.uuid4().hex[:12]}")
@@ -264,7 +267,10 @@ class Engine:
             directive = response.WhichOneof("directive")
             if directive == "exit" and response.exit.HasField("tail_call"):
                 tail = response.exit.tail_call
-                problem = call_problem(tail, endpoint_required=False)
+                tail_input = tail.input.SerializeToString() if tail.HasField("input") else b""
+                problem = call_problem(tail, endpoint_required=False) or oversized_input(
+                    len(tail_input), self.max_input_size
+                )
                 if problem is not None:
                     outcome = Outcome(
                         Status.INVALID_RESPONSE, error_type="InvalidTailCall", message=problem
@@ -272,11 +278,7 @@ class Engine:
                     await self._end(lease, outcome.status, _error_result(outcome), now)
                     return
                 await self.store.tail_call(
-                    lease,
-                    tail.function,
-                    tail.endpoint or call.endpoint,
-                    tail.input.SerializeToString() if tail.HasField("input") else b"",
-                    now=now,
+                    lease, tail.function, tail.endpoint or call.endpoint, tail_input, now=now
                 )
                 return
             if directive == "poll":
@@ -340,7 +342,10 @@ class Engine:
             return f"{len(poll.calls)} calls in one Poll: at most {MAX_POLL_CALLS}"
         children = []
         for index, child in enumerate(poll.calls):
-            problem = call_problem(child, endpoint_required=False)
+            child_input = child.input.SerializeToString() if child.HasField("input") else b""
+            problem = call_problem(child, endpoint_required=False) or oversized_input(
+                len(child_input), self.max_input_size
+            )
             if problem is not None:
                 return f"call {index}: {problem}"
             expires_at = call.expires_at
@@ -351,7 +356,7 @@ class Engine:
                 NewCall(
                     function=child.function,
                     endpoint=child.endpoint.rstrip("/") or call.endpoint,
-                    input=child.input.SerializeToString() if child.HasField("input") else b"",
+                    input=child_input,
                     expires_at=expires_at,
                     version=child.version,
                     correlation_id=child.correlation_id,
@@ -405,6 +410,13 @@ def call_problem(call: call_pb2.Call, *, endpoint_required: bool = True) -> str 
             "arn:aws:lambda: endpoint"
         )
     return None
+
+
+def oversized_input(size: int, limit: int) -> str | None:
+    """Why an input of ``size`` bytes cannot be stored under ``limit``, or None."""
+    if size <= limit:
+        return None
+    return f"input of {size} bytes, larger than the scheduler's limit of {limit} bytes"
 
 
 def _status(value: int) -> Status:
