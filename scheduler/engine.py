@@ -197,7 +197,9 @@ class Engine:
                 verdict = _status(outcome.response.status)
         except Exception as exc:  # a bug of ours: the call is retried, not lost
             logger.exception("attempt of %s failed unexpectedly", call.dispatch_id)
-            outcome = Outcome(Status.TEMPORARY_ERROR, error_type=type(exc).__name__)
+            outcome = Outcome(
+                Status.TEMPORARY_ERROR, error_type=type(exc).__name__, message=str(exc)
+            )
         finally:
             self.limiter.release(key, verdict)
             name = (verdict or Status.TEMPORARY_ERROR).name
@@ -208,35 +210,52 @@ class Engine:
             and outcome.status is Status.TIMEOUT
             and timeout < self.attempt_timeout
         )
+        replaced = None
         try:
-            await self._recorded(call, lease, outcome, expired)
+            replaced = await self._recorded(call, lease, outcome, expired)
         finally:
             milliseconds = round((time.perf_counter() - started) * 1000, 1)
-            logger.info(
-                "attempt %d of %s (%s) on %s: %s in %.1f ms",
-                call.attempts,
-                call.function,
-                call.dispatch_id,
-                call.endpoint,
-                outcome.status.name,
-                milliseconds,
-                # The same as fields, for a JSON log handler.
-                extra={
-                    "dispatch_id": call.dispatch_id,
-                    "root_dispatch_id": call.root_id,
-                    "function": call.function,
-                    "endpoint": call.endpoint,
-                    "attempt": call.attempts,
-                    "status": outcome.status.name,
-                    "duration_ms": milliseconds,
-                },
-            )
+            self._log_attempt(call, replaced or outcome, milliseconds)
             self._wake.set()
 
-    async def _recorded(self, call: Call, lease: Lease, outcome: Outcome, expired: bool) -> None:
+    def _log_attempt(self, call: Call, outcome: Outcome, milliseconds: float) -> None:
+        """One line per attempt, with the run's status (a function that raised is not
+        OK, though its endpoint answered) and, when it failed, the error's type and the
+        start of its message."""
+        status, error_type, message = attempt_summary(outcome)
+        fields: dict[str, object] = {
+            "dispatch_id": call.dispatch_id,
+            "root_dispatch_id": call.root_id,
+            "function": call.function,
+            "endpoint": call.endpoint,
+            "attempt": call.attempts,
+            "status": status.name,
+            "duration_ms": milliseconds,
+        }
+        failure = ""
+        if status is not Status.OK:
+            fields |= {"error_type": error_type, "error_message": message}
+            detail = ": ".join(part for part in (error_type, message) if part)
+            failure = f" ({detail})" if detail else ""
+        logger.info(
+            "attempt %d of %s (%s) on %s: %s in %.1f ms%s",
+            call.attempts,
+            call.function,
+            call.dispatch_id,
+            call.endpoint,
+            status.name,
+            milliseconds,
+            failure,
+            extra=fields,  # the same as fields, for a JSON log formatter
+        )
+
+    async def _recorded(
+        self, call: Call, lease: Lease, outcome: Outcome, expired: bool
+    ) -> Outcome | None:
         """Record ``outcome``, trying again while the store fails (a database restart)
         and the lease holds; past that, the lease lapses and another attempt runs the
-        call again: at least once."""
+        call again: at least once. What was recorded instead of the endpoint's answer
+        (an invalid Poll or tail call), if anything."""
         delay = 0.1
         while True:
             try:
@@ -245,13 +264,12 @@ class Engine:
                     await self._end(
                         lease, Status.TIMEOUT, call.result or _error_result(outcome), self.clock()
                     )
-                else:
-                    await self._record(call, lease, outcome)
-                return
+                    return None
+                return await self._record(call, lease, outcome)
             except Exception as exc:
                 if self.clock() + delay >= lease.expires_at or self._stopping:
                     logger.exception("recording the outcome of %s failed", call.dispatch_id)
-                    return
+                    return None
                 logger.warning(
                     "recording the outcome of %s failed (%s); trying again",
                     call.dispatch_id,
@@ -260,7 +278,7 @@ class Engine:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-    async def _record(self, call: Call, lease: Lease, outcome: Outcome) -> None:
+    async def _record(self, call: Call, lease: Lease, outcome: Outcome) -> Outcome | None:
         now = self.clock()
         response = outcome.response
         if response is not None:
@@ -272,42 +290,42 @@ class Engine:
                     len(tail_input), self.max_input_size
                 )
                 if problem is not None:
-                    outcome = Outcome(
+                    invalid = Outcome(
                         Status.INVALID_RESPONSE, error_type="InvalidTailCall", message=problem
                     )
-                    await self._end(lease, outcome.status, _error_result(outcome), now)
-                    return
+                    await self._end(lease, invalid.status, _error_result(invalid), now)
+                    return invalid
                 await self.store.tail_call(
                     lease, tail.function, tail.endpoint or call.endpoint, tail_input, now=now
                 )
-                return
+                return None
             if directive == "poll":
                 problem = await self._suspend(call, lease, response.poll, now)
                 if problem is None:
-                    return
-                outcome = Outcome(
+                    return None
+                invalid = Outcome(
                     Status.INVALID_RESPONSE, error_type="InvalidPoll", message=problem
                 )
-                result = _error_result(outcome)
-            else:
-                result = response.exit.result.SerializeToString()
-                outcome = Outcome(_status(response.status))
-                if outcome.status is Status.INCOMPATIBLE_STATE and call.poll:
-                    if response.exit.result.error.type == STEP_MISMATCH:
-                        # Starting over would repeat the steps the workflow took: final.
-                        await self._end(lease, outcome.status, result, now)
-                        return
-                    if call.restarts < self.max_restarts:
-                        # The code that answers cannot read this state: start it over.
-                        await self.store.restart(lease, now=now, orphans=ORPHANS)
-                        return
+                await self._end(lease, invalid.status, _error_result(invalid), now)
+                return invalid
+            result = response.exit.result.SerializeToString()
+            outcome = Outcome(_status(response.status))
+            if outcome.status is Status.INCOMPATIBLE_STATE and call.poll:
+                if response.exit.result.error.type == STEP_MISMATCH:
+                    # Starting over would repeat the steps the workflow took: final.
+                    await self._end(lease, outcome.status, result, now)
+                    return None
+                if call.restarts < self.max_restarts:
+                    # The code that answers cannot read this state: start it over.
+                    await self.store.restart(lease, now=now, orphans=ORPHANS)
+                    return None
         else:
             result = _error_result(outcome)
         status = outcome.status
         if status.retryable:
             if call.attempts >= self.policy.max_attempts:
                 await self._end(lease, status, result, now)
-                return
+                return None
             delay = self.policy.delay(call.attempts, self.rng)
             if outcome.retry_after is not None:
                 delay = max(delay, outcome.retry_after)
@@ -315,12 +333,13 @@ class Engine:
             if ready_at >= call.expires_at:
                 # No attempt could start before the call expires.
                 await self._end(lease, Status.TIMEOUT, result, now)
-                return
+                return None
             if await self.store.retry(lease, status.value, result, ready_at=ready_at, now=now):
                 self._due = min(self._due, ready_at)
                 self._changed(lease.dispatch_id)
-            return
+            return None
         await self._end(lease, status, result, now)
+        return None
 
     async def _suspend(
         self, call: Call, lease: Lease, poll: poll_pb2.Poll, now: float
@@ -417,6 +436,27 @@ def oversized_input(size: int, limit: int) -> str | None:
     if size <= limit:
         return None
     return f"input of {size} bytes, larger than the scheduler's limit of {limit} bytes"
+
+
+LOGGED_MESSAGE = 200
+"""How much of an attempt's error message its log line carries."""
+
+
+def attempt_summary(outcome: Outcome) -> tuple[Status, str, str]:
+    """What an attempt came to: the run's status (its RunResponse's, when the endpoint
+    answered one), and the type and first line of its error, shortened (empty when it
+    has none)."""
+    response = outcome.response
+    if response is None:
+        status, error_type, message = outcome.status, outcome.error_type, outcome.message
+    else:
+        status = _status(response.status)
+        error = response.exit.result.error
+        error_type, message = error.type, error.message
+    first = message.strip().split("\n", 1)[0]
+    if len(first) > LOGGED_MESSAGE:
+        first = first[: LOGGED_MESSAGE - 3] + "..."
+    return status, error_type, first
 
 
 def _status(value: int) -> Status:
