@@ -31,7 +31,8 @@ from ..core.http import Response
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2, error_pb2, poll_pb2
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2
-from .engine import Engine, call_problem, timestamp
+from .engine import Engine, call_problem, oversized_input, timestamp
+from .settings import DEFAULT_MAX_INPUT_SIZE
 from .store import Call, NewCall, State, Store
 
 M = TypeVar("M", bound=message.Message)
@@ -39,6 +40,7 @@ logger = logging.getLogger("dispatchlet.scheduler")
 
 MAX_CALLS = 1000
 MAX_BODY_BYTES = 32 * 1024 * 1024
+"""The largest request body, unless the largest input needs more (``body_limit``)."""
 DEFAULT_EXPIRATION = 24 * 3600.0
 MAX_EXPIRATION = 366 * 24 * 3600.0
 MAX_WAIT = 60.0
@@ -64,6 +66,7 @@ class Api:
         api_keys: Sequence[str] = (),
         insecure: bool = False,
         default_expiration: float = DEFAULT_EXPIRATION,
+        max_input_size: int = DEFAULT_MAX_INPUT_SIZE,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -71,14 +74,16 @@ class Api:
         self.api_keys = [key.encode() for key in api_keys if key]
         self.insecure = insecure
         self.default_expiration = default_expiration
+        self.max_input_size = max_input_size
+        self.max_body_size = body_limit(max_input_size)
         self.clock = clock
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/metrics", self.metrics)
+        app = web.Application(client_max_size=self.max_body_size)
+        app.router.add_get(_lenient("/healthz"), self.healthz)
+        app.router.add_get(_lenient("/metrics"), self.metrics)
         app.router.add_route(
-            "*", DISPATCH_PATH, self.rpc(self.dispatch, dispatch_pb2.DispatchRequest)
+            "*", _lenient(DISPATCH_PATH), self.rpc(self.dispatch, dispatch_pb2.DispatchRequest)
         )
         for name, handler, kind in (
             ("Get", self.get, calls_pb2.GetRequest),
@@ -86,7 +91,7 @@ class Api:
             ("List", self.list, calls_pb2.ListRequest),
             ("Cancel", self.cancel, calls_pb2.CancelRequest),
         ):
-            app.router.add_route("*", CALLS_PATH + name, self.rpc(handler, kind))
+            app.router.add_route("*", _lenient(CALLS_PATH + name), self.rpc(handler, kind))
         return app
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -130,13 +135,15 @@ class Api:
                     raise MethodNotAllowed(f"method {request.method[:20]!r} not allowed: use POST")
                 self._authenticate(request.headers.get("Authorization"))
                 wire = codec(request.headers.get("Content-Type"))
+                if (request.content_length or 0) > self.max_body_size:
+                    raise web.HTTPRequestEntityTooLarge(self.max_body_size, request.content_length)
                 body = await request.read()
                 decoded = _decode(kind, body, wire)
                 answer = await handler(decoded)
             except DispatchletError as exc:
                 return _web(http_error_response(exc))
             except web.HTTPRequestEntityTooLarge:
-                return _web(http_error_response(InvalidArgument("request body too large")))
+                return _web(http_error_response(self._too_large(request.content_length)))
             except Exception:
                 # The store failed (its database restarting, unreachable): nothing was
                 # acknowledged, and the request may be sent again.
@@ -150,6 +157,14 @@ class Api:
             return web.Response(body=payload, content_type=wire)
 
         return serve
+
+    def _too_large(self, size: int | None) -> InvalidArgument:
+        told = f" of {size} bytes" if size else ""
+        return RequestTooLarge(
+            f"request body{told} larger than the scheduler's limit of {self.max_body_size} "
+            "bytes: send fewer calls per request (each input at most "
+            f"{self.max_input_size} bytes)"
+        )
 
     def _authenticate(self, header: str | None) -> None:
         if self.insecure:
@@ -187,6 +202,10 @@ class Api:
         problem = call_problem(call)
         if problem is not None:
             raise invalid(problem)
+        data = call.input.SerializeToString() if call.HasField("input") else b""
+        problem = oversized_input(len(data), self.max_input_size)
+        if problem is not None:
+            raise invalid(f"{problem} (--max-input-size)")
         expiration = self.default_expiration
         if call.HasField("expiration"):
             seconds = call.expiration.seconds + call.expiration.nanos / 1e9
@@ -199,7 +218,7 @@ class Api:
         return NewCall(
             function=call.function,
             endpoint=call.endpoint.rstrip("/"),
-            input=call.input.SerializeToString() if call.HasField("input") else b"",
+            input=data,
             expires_at=now + expiration,
             version=call.version,
             correlation_id=call.correlation_id,
@@ -216,24 +235,26 @@ class Api:
         return found
 
     async def get(self, request: calls_pb2.GetRequest) -> calls_pb2.GetResponse:
-        return calls_pb2.GetResponse(call=call_info(await self._found(request.dispatch_id)))
+        found = await self._found(request.dispatch_id)
+        return calls_pb2.GetResponse(call=call_info(found, with_input=True))
 
     async def wait(self, request: calls_pb2.WaitRequest) -> calls_pb2.WaitResponse:
         limit = MAX_WAIT
         if request.HasField("timeout"):
             limit = min(limit, max(0.0, request.timeout.seconds + request.timeout.nanos / 1e9))
+        seen = request.attempts_seen if request.HasField("attempts_seen") else None
         deadline = time.monotonic() + limit
         with self.engine.watching(request.dispatch_id) as until:
             found = await self._found(request.dispatch_id)
-            while not found.done:
+            while not _answers_wait(found, seen):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                # Woken when this process ends the call; checked again at least every
-                # second (another process may end it).
+                # Woken when this process ends the call or records a retry of it;
+                # checked again at least every second (another process may).
                 await until(min(remaining, 1.0))
                 found = await self._found(request.dispatch_id)
-        return calls_pb2.WaitResponse(call=call_info(found))
+        return calls_pb2.WaitResponse(call=call_info(found, with_input=True))
 
     async def list(self, request: calls_pb2.ListRequest) -> calls_pb2.ListResponse:
         state = None
@@ -244,6 +265,14 @@ class Api:
                 raise InvalidArgument(
                     f"invalid state {request.state[:20]!r}: ready, running, waiting or done"
                 ) from None
+        status = None
+        if request.status and request.status != FAILED:
+            status = _FINAL_STATUSES.get(request.status)
+            if status is None:
+                raise InvalidArgument(
+                    f"invalid status {request.status[:40]!r}: {', '.join(_FINAL_STATUSES)} "
+                    f"or {FAILED} (any but OK)"
+                )
         size = request.page_size or 100
         if not 0 < size <= MAX_PAGE:
             raise InvalidArgument(f"page_size must be 1 to {MAX_PAGE}")
@@ -251,6 +280,9 @@ class Api:
             state=state,
             function=request.function or None,
             root_id=request.root_dispatch_id or None,
+            status=None if status is None else status.value,
+            failed=request.status == FAILED,
+            newest_first=request.newest_first,
             after=request.page_token or None,
             limit=size + 1,
         )
@@ -271,8 +303,40 @@ class Api:
 _STORE_FAILED = "the scheduler cannot reach its database now; try again"
 
 
-def call_info(call: Call) -> calls_pb2.CallInfo:
-    """What the CallService tells of ``call``."""
+class RequestTooLarge(InvalidArgument):
+    """A request body over the scheduler's limit."""
+
+    http_status = 413
+
+
+def body_limit(max_input_size: int) -> int:
+    """The largest request body the API reads: ``MAX_BODY_BYTES``, or room for one call
+    whose input is at ``max_input_size`` in JSON (base64: 4 bytes for 3) if more."""
+    return max(MAX_BODY_BYTES, 2 * max_input_size + 1024 * 1024)
+
+
+# What List takes as a status: a final status's name, or any final status but OK.
+FAILED = "failed"
+_FINAL_STATUSES = {s.name: s for s in Status if s is not Status.UNSPECIFIED}
+
+
+def _answers_wait(call: Call, attempts_seen: int | None) -> bool:
+    """Whether a Wait is answered with ``call`` as it is: once it is done, or, when the
+    waiter has seen ``attempts_seen`` attempts, once a later one ended in an error and
+    the call waits for its retry."""
+    if call.done:
+        return True
+    return (
+        attempts_seen is not None
+        and call.state is State.READY
+        and call.attempts > attempts_seen
+        and call.status is not None
+        and bool(call.result)
+    )
+
+
+def call_info(call: Call, *, with_input: bool = False) -> calls_pb2.CallInfo:
+    """What the CallService tells of ``call`` (its input too ``with_input``)."""
     info = calls_pb2.CallInfo(
         dispatch_id=call.dispatch_id,
         function=call.function,
@@ -284,7 +348,14 @@ def call_info(call: Call) -> calls_pb2.CallInfo:
         state=call.state.value,
     )
     if call.status is not None:
-        info.status = call.status  # type: ignore[assignment]
+        # Final once done; before, the latest attempt's, which is not the call's.
+        info.last_status = call.status  # type: ignore[assignment]
+        if call.done:
+            info.status = call.status  # type: ignore[assignment]
+    if with_input and call.input:
+        info.input.ParseFromString(call.input)
+    if call.state is State.READY:
+        info.ready_at.CopyFrom(timestamp(call.ready_at))
     if call.result:
         result = call_pb2.CallResult.FromString(call.result)
         if result.HasField("output"):
@@ -300,6 +371,13 @@ def call_info(call: Call) -> calls_pb2.CallInfo:
         if poll.HasField("typed_coroutine_state"):
             info.coroutine_state.CopyFrom(poll.typed_coroutine_state)
     return info
+
+
+def _lenient(path: str) -> str:
+    """A route for ``path`` that also matches it with repeated slashes before it, as a
+    client configured with a base URL ending in ``/`` sends it (dispatch-py does):
+    answered there, not redirected, which would lose a POST's body."""
+    return "/{_slashes:/*}" + path[1:]  # the rest is matched literally
 
 
 def _decode(kind: type[M], body: bytes, wire: str) -> M:

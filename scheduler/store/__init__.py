@@ -67,7 +67,10 @@ class Call:
     root_id: str
     state: State
     status: int | None
-    """The final run status (``Status`` value) once done, else None."""
+    """The final run status (``Status`` value) once done. Before that, the status of the
+    latest attempt that ended while the call waits for its retry (or runs it); None
+    before any attempt of its current run ended (a suspension, a restart and a tail call
+    start a new run). Only a done call's status is final."""
     result: bytes
     """A serialized ``CallResult``: the output once OK, else the last error (empty: none)."""
     attempts: int
@@ -185,8 +188,8 @@ class Store(Protocol):
     async def retry(
         self, lease: Lease, status: int, result: bytes, *, ready_at: float, now: float
     ) -> bool:
-        """Make the call ready again at ``ready_at``, keeping its last error; False for a
-        stale lease."""
+        """Make the call ready again at ``ready_at``, keeping the attempt's ``status`` and
+        its error (``result``); False for a stale lease."""
 
     async def tail_call(
         self, lease: Lease, function: str, endpoint: str, input: bytes, *, now: float
@@ -204,11 +207,16 @@ class Store(Protocol):
         state: State | None = None,
         function: str | None = None,
         root_id: str | None = None,
+        status: int | None = None,
+        failed: bool = False,
+        newest_first: bool = False,
         after: str | None = None,
         limit: int = 100,
     ) -> list[Call]:
-        """Calls matching every filter given, in creation order, after the dispatch id
-        ``after`` (a page's last)."""
+        """Calls matching every filter given (``status``: done with that final status;
+        ``failed``: done with any other than OK), in creation order or, with
+        ``newest_first``, the reverse; after the dispatch id ``after`` (a page's last) in
+        that order."""
 
     async def cancel(self, dispatch_id: str, status: int, result: bytes, *, now: float) -> int:
         """End the call and its unfinished descendants with ``status`` and ``result``;
