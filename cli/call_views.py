@@ -231,7 +231,7 @@ def _step(slot: int, step: journal_pb2.Step) -> dict[str, Any]:
             shown["state"] = "pending" if step.started else "not started"
     elif step.kind == journal_pb2.Step.KIND_SLEEP:
         shown["state"] = "done" if step.arrival else "sleeping"
-        shown["wake_at"] = moment(step.wake_at.ToDatetime(datetime.timezone.utc))
+        shown["wake_at"] = step.wake_at.ToDatetime(datetime.timezone.utc).isoformat()
     else:
         shown["name"] = step.name
         shown["state"] = "applied"
@@ -261,7 +261,8 @@ def journal_lines(journal: dict[str, Any]) -> list[str]:
         elif "error" in step:
             line += f": {_one_line(step['error']['type'] + ': ' + step['error']['message'])}"
         elif step["kind"] == "sleep":
-            line += f" until {step['wake_at']}" if step["state"] == "sleeping" else ""
+            wake_at = datetime.datetime.fromisoformat(step["wake_at"])
+            line += f" until {moment(wake_at)}" if step["state"] == "sleeping" else ""
         lines.append(line)
     return lines
 

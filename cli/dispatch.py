@@ -213,7 +213,8 @@ def run_list(args: argparse.Namespace) -> int:
     elif page.calls:
         print("\n".join(table(page.calls)))
     if page.cursor is not None:
-        # On stderr, so that what a pipe reads is the calls alone.
+        # On stderr, so that what a pipe reads is the calls alone; after them.
+        sys.stdout.flush()
         _note(f"more: --cursor {page.cursor}")
     return EXIT_OK
 
