@@ -199,7 +199,7 @@ class Api:
         def invalid(reason: str) -> InvalidArgument:
             return InvalidArgument(f"call {index}: {reason}")
 
-        problem = call_problem(call)
+        problem = call_problem(call) or self.engine.unsupported(call.endpoint)
         if problem is not None:
             raise invalid(problem)
         data = call.input.SerializeToString() if call.HasField("input") else b""
