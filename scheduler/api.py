@@ -145,7 +145,8 @@ class Api:
                 self._authenticate(request.headers.get("Authorization"))
                 wire = codec(request.headers.get("Content-Type"))
                 if (request.content_length or 0) > self.max_body_size:
-                    raise web.HTTPRequestEntityTooLarge(self.max_body_size, request.content_length)
+                    # Announced: refused unread.
+                    raise self._too_large(request.content_length)
                 body = await request.read()
                 decoded = _decode(kind, body, wire)
                 answer = await handler(decoded)
