@@ -19,6 +19,7 @@ from aiohttp import web
 from google.protobuf import json_format, message
 
 from ..core.connect import JSON, PROTO, codec, http_error_response
+from ..core.dispatching import API_KEY_ENV
 from ..core.errors import (
     DispatchletError,
     InvalidArgument,
@@ -33,7 +34,7 @@ from ..proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2, error_pb2, poll_pb2
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2
 from .engine import Engine, call_problem, oversized_input, timestamp
 from .settings import DEFAULT_MAX_INPUT_SIZE
-from .store import Call, NewCall, State, Store
+from .store import Call, NewCall, State, Store, unavailable
 
 M = TypeVar("M", bound=message.Message)
 logger = logging.getLogger("dispatchlet.scheduler")
@@ -50,8 +51,16 @@ DISPATCH_PATH = "/dispatch.sdk.v1.DispatchService/Dispatch"
 CALLS_PATH = "/dispatchlet.scheduler.v1.CallService/"
 
 _NO_KEYS = (
-    "no API key configured: set DISPATCH_API_KEY (comma-separated for rotation) for the "
+    f"no API key configured: set {API_KEY_ENV} (comma-separated for rotation) for the "
     "scheduler and its clients, or run it with --insecure for local development"
+)
+_MISSING_KEY = (
+    f"missing API key: set {API_KEY_ENV} to the scheduler's key where the client runs, so "
+    "that it sends Authorization: Bearer <key>"
+)
+_INVALID_KEY = (
+    f"invalid API key: the client's {API_KEY_ENV} is none of the scheduler's keys (its "
+    f"{API_KEY_ENV}); check that both are the same"
 )
 
 
@@ -136,7 +145,8 @@ class Api:
                 self._authenticate(request.headers.get("Authorization"))
                 wire = codec(request.headers.get("Content-Type"))
                 if (request.content_length or 0) > self.max_body_size:
-                    raise web.HTTPRequestEntityTooLarge(self.max_body_size, request.content_length)
+                    # Announced: refused unread.
+                    raise self._too_large(request.content_length)
                 body = await request.read()
                 decoded = _decode(kind, body, wire)
                 answer = await handler(decoded)
@@ -144,11 +154,16 @@ class Api:
                 return _web(http_error_response(exc))
             except web.HTTPRequestEntityTooLarge:
                 return _web(http_error_response(self._too_large(request.content_length)))
-            except Exception:
-                # The store failed (its database restarting, unreachable): nothing was
-                # acknowledged, and the request may be sent again.
-                logger.exception("a %s request failed", kind.DESCRIPTOR.name)
-                return _web(http_error_response(TemporaryError(_STORE_FAILED)))
+            except Exception as exc:
+                if unavailable(exc):
+                    # The database is restarting or unreachable: nothing was
+                    # acknowledged, and the request may be sent again.
+                    logger.exception("a %s request failed", kind.DESCRIPTOR.name)
+                    return _web(http_error_response(TemporaryError(_STORE_FAILED)))
+                # An error of the scheduler's own: logged here, and the client told no
+                # more than that (retrying would meet it again).
+                logger.exception("a %s request failed unexpectedly", kind.DESCRIPTOR.name)
+                return _web(http_error_response(InternalError(_INTERNAL)))
             payload = (
                 answer.SerializeToString()
                 if wire == PROTO
@@ -173,12 +188,12 @@ class Api:
             raise Unauthenticated(_NO_KEYS)
         scheme, _, token = (header or "").partition(" ")
         if scheme.lower() != "bearer" or not token:
-            raise Unauthenticated("missing API key: send Authorization: Bearer <api key>")
+            raise Unauthenticated(_MISSING_KEY)
         given = token.strip().encode()
         # Every key is compared, in constant time: nothing tells which came close.
         matches = [hmac.compare_digest(given, key) for key in self.api_keys]
         if not any(matches):
-            raise Unauthenticated("invalid API key")
+            raise Unauthenticated(_INVALID_KEY)
 
     # --- DispatchService -------------------------------------------------------------
 
@@ -199,7 +214,7 @@ class Api:
         def invalid(reason: str) -> InvalidArgument:
             return InvalidArgument(f"call {index}: {reason}")
 
-        problem = call_problem(call)
+        problem = call_problem(call) or self.engine.unsupported(call.endpoint)
         if problem is not None:
             raise invalid(problem)
         data = call.input.SerializeToString() if call.HasField("input") else b""
@@ -301,6 +316,14 @@ class Api:
 
 
 _STORE_FAILED = "the scheduler cannot reach its database now; try again"
+_INTERNAL = "the scheduler failed to handle the request (an internal error, in its log)"
+
+
+class InternalError(DispatchletError):
+    """An error of the scheduler's own (Connect ``internal``, HTTP 500)."""
+
+    http_status = 500
+    code = "internal"
 
 
 class RequestTooLarge(InvalidArgument):

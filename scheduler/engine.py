@@ -41,6 +41,7 @@ from ..proto.dispatch.sdk.v1 import call_pb2, error_pb2, function_pb2, poll_pb2
 from .callers import Caller
 from .concurrency import Limiter, destination
 from .http_caller import Outcome
+from .lambda_caller import missing_support
 from .retry import RetryPolicy
 from .settings import DEFAULT_MAX_INPUT_SIZE
 from .store import Call, ChildResult, Claimed, Lease, NewCall, Store
@@ -62,6 +63,8 @@ class Engine:
     max_restarts: int = 3
     max_input_size: int = DEFAULT_MAX_INPUT_SIZE
     """The largest input a Poll's call or a tail call may have, in bytes."""
+    unsupported: Callable[[str], str | None] = missing_support
+    """Why this process cannot call an endpoint (an ARN without boto3), or None."""
     limiter: Limiter = field(default_factory=Limiter)
     clock: Callable[[], float] = time.time
     owner: str = field(default_factory=lambda: f"scheduler-{uuid.uuid4().hex[:12]}")
@@ -286,8 +289,11 @@ class Engine:
             if directive == "exit" and response.exit.HasField("tail_call"):
                 tail = response.exit.tail_call
                 tail_input = tail.input.SerializeToString() if tail.HasField("input") else b""
-                problem = call_problem(tail, endpoint_required=False) or oversized_input(
-                    len(tail_input), self.max_input_size
+                tail_endpoint = tail.endpoint or call.endpoint
+                problem = (
+                    call_problem(tail, endpoint_required=False)
+                    or oversized_input(len(tail_input), self.max_input_size)
+                    or self.unsupported(tail_endpoint)
                 )
                 if problem is not None:
                     invalid = Outcome(
@@ -295,9 +301,7 @@ class Engine:
                     )
                     await self._end(lease, invalid.status, _error_result(invalid), now)
                     return invalid
-                await self.store.tail_call(
-                    lease, tail.function, tail.endpoint or call.endpoint, tail_input, now=now
-                )
+                await self.store.tail_call(lease, tail.function, tail_endpoint, tail_input, now=now)
                 return None
             if directive == "poll":
                 problem = await self._suspend(call, lease, response.poll, now)
@@ -362,8 +366,11 @@ class Engine:
         children = []
         for index, child in enumerate(poll.calls):
             child_input = child.input.SerializeToString() if child.HasField("input") else b""
-            problem = call_problem(child, endpoint_required=False) or oversized_input(
-                len(child_input), self.max_input_size
+            child_endpoint = child.endpoint.rstrip("/") or call.endpoint
+            problem = (
+                call_problem(child, endpoint_required=False)
+                or oversized_input(len(child_input), self.max_input_size)
+                or self.unsupported(child_endpoint)
             )
             if problem is not None:
                 return f"call {index}: {problem}"
@@ -374,7 +381,7 @@ class Engine:
             children.append(
                 NewCall(
                     function=child.function,
-                    endpoint=child.endpoint.rstrip("/") or call.endpoint,
+                    endpoint=child_endpoint,
                     input=child_input,
                     expires_at=expires_at,
                     version=child.version,

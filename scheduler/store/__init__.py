@@ -24,6 +24,8 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import secrets
+import sqlite3
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -233,6 +235,18 @@ class StoreError(Exception):
     """The database cannot be used (written by a newer version, not a store)."""
 
 
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means that the database cannot be used now (unreachable,
+    restarting, its connection lost, its file locked or full, the store closed): worth
+    trying again later, unlike an error of the scheduler's own."""
+    if isinstance(exc, (StoreError, sqlite3.OperationalError)):
+        return True
+    # psycopg's, if it is loaded at all (only the PostgreSQL store loads it): connection
+    # failures, server shutdowns and pool timeouts are its OperationalErrors.
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(exc, psycopg.OperationalError)
+
+
 def new_dispatch_id(now: float) -> str:
     """A dispatch id: 48 bits of milliseconds, then 80 random bits, as 32 hex digits:
     unguessable, never repeated, and roughly in creation order."""
@@ -351,4 +365,5 @@ __all__ = [
     "children_of",
     "fitting",
     "new_dispatch_id",
+    "unavailable",
 ]
