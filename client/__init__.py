@@ -142,6 +142,14 @@ def _attempts_ended(info: CallInfo) -> int:
     return 0
 
 
+def _missing_key_hint(message: str) -> str:
+    """What to add to a refusal of a request sent without a key: where the key goes,
+    unless the scheduler said it already."""
+    if API_KEY_ENV in message:
+        return f" (`dispatchlet dev` prints the {API_KEY_ENV} to export)"
+    return f" (set {API_KEY_ENV}; `dispatchlet dev` prints it)"
+
+
 def _status(number: int) -> Status | None:
     """The Status of a number from the wire; None when unset or unknown here."""
     try:
@@ -327,7 +335,7 @@ class Client:
             error = parse_error(status, content_type, data)
             text = error.message
             if error.code == "unauthenticated" and not self.api_key:
-                text += f" (set {API_KEY_ENV}; `dispatchlet dev` prints it)"
+                text += _missing_key_hint(text)
             raise ClientError(error.code or "unknown", text, status)
         try:
             return kind.FromString(data)

@@ -317,7 +317,8 @@ def test_a_missing_api_key_is_named(setup: Setup) -> None:
     result = setup.run("calls", "list", env=env)
     assert result.returncode == 2
     assert "unauthenticated: " in result.stderr
-    assert "(set DISPATCH_API_KEY; `dispatchlet dev` prints it)" in result.stderr
+    assert "set DISPATCH_API_KEY" in result.stderr
+    assert "`dispatchlet dev` prints" in result.stderr
     wrong = setup.run("calls", "list", env={**env, "DISPATCH_API_KEY": "wrong"})
     assert "invalid API key" in wrong.stderr
-    assert "set DISPATCH_API_KEY" not in wrong.stderr
+    assert "`dispatchlet dev` prints" not in wrong.stderr

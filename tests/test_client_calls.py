@@ -215,7 +215,21 @@ def test_a_refusal_without_a_key_names_the_variable(scheduler: Scheduler) -> Non
     )
     assert "Authorization" not in scheduler.received[-1][2]
 
+    # A scheduler that names the variable itself: it is not named twice.
+    def named(path: str, body: bytes) -> Answer:
+        error = {"code": "unauthenticated", "message": "missing API key: set DISPATCH_API_KEY"}
+        return 401, "application/json", json.dumps(error).encode()
+
+    scheduler.respond = named
+    with Client(scheduler.url, "") as client, pytest.raises(ClientError) as named_refusal:
+        client.get("d1")
+    assert named_refusal.value.message == (
+        "missing API key: set DISPATCH_API_KEY (`dispatchlet dev` prints the DISPATCH_API_KEY "
+        "to export)"
+    )
+
     # A key was sent: it is the wrong one, and the hint would mislead.
+    scheduler.respond = unauthenticated
     with Client(scheduler.url, "wrong") as client, pytest.raises(ClientError) as wrong:
         client.get("d1")
     assert "DISPATCH_API_KEY" not in str(wrong.value)
