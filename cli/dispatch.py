@@ -7,7 +7,8 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import TypeVar
 
 from ..client import CallInfo, Client, ClientError
 from ..core.endpoint import ENDPOINT_URL_ENV
@@ -15,8 +16,12 @@ from ..core.status import Status
 from ..core.values import EncodeError, to_any
 from ..proto.dispatch.sdk.v1 import call_pb2
 from .call import parse_input, render, seconds
-from .errors import EXIT_ERROR, EXIT_FAILED, EXIT_OK, CommandError
+from .call_views import as_dict, attempt_line, describe, table
+from .errors import EXIT_ERROR, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, CommandError
 from .local_server import DEFAULT_ENDPOINT_URL
+
+T = TypeVar("T")
+MAX_PAGE = 1000  # the scheduler's largest page
 
 _DISPATCH = f"""\
 Start a call of FUNCTION through the scheduler and print its dispatch id; with
@@ -26,6 +31,25 @@ failed). INPUT is read as by `dispatchlet call`: JSON when it parses, else a str
 The scheduler is DISPATCH_API_URL (default the local one, http://127.0.0.1:4450),
 its API key DISPATCH_API_KEY; the endpoint is --endpoint, else {ENDPOINT_URL_ENV},
 else {DEFAULT_ENDPOINT_URL}. `dispatchlet dev` prints the exports.
+
+With --wait (and `calls wait`), stderr tells the dispatch id at once, then each
+failed attempt as it happens; Ctrl+C stops waiting, not the call (exit 130), and
+`dispatchlet calls wait ID` follows it again.
+"""
+
+_CALLS = """\
+What became of the calls the scheduler holds.
+
+  list    the newest calls first, one per line: dispatch id, created (UTC), state,
+          final status, attempts, duration, function, error (the last one while the
+          call is retried). When there are more, stderr's last line says
+          "more: --cursor TOKEN": pass it for the next page. --json prints one JSON
+          object per call and line. --status takes a final status, or failed.
+  show    one call, field by field, with its input and output decoded and, for a
+          suspended workflow, its journal step by step; --json for programs.
+  wait    wait for a call and print its output (exit 0 OK, 1 failed), each failed
+          attempt on stderr as it happens.
+  cancel  end a call and its unfinished descendants.
 """
 
 
@@ -51,16 +75,35 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     parser.set_defaults(handler=run_dispatch)
 
-    calls = commands.add_parser("calls", help="list, show, wait for or cancel calls")
+    calls = commands.add_parser(
+        "calls",
+        help="list, show, wait for or cancel calls",
+        description=_CALLS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     actions = calls.add_subparsers(dest="action", metavar="ACTION", required=True)
-    listing = actions.add_parser("list", help="calls, newest last")
+    listing = actions.add_parser("list", help="calls, newest first, a page at a time")
     listing.add_argument("--state", choices=("ready", "running", "waiting", "done"))
+    listing.add_argument(
+        "--status",
+        type=status_filter,
+        metavar="STATUS",
+        help="final status: OK, PERMANENT_ERROR, TIMEOUT, ..., or failed (any but OK)",
+    )
     listing.add_argument("--function")
     listing.add_argument("--root", metavar="DISPATCH_ID", help="the calls of one call tree")
-    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument(
+        "--limit", type=page_size, default=100, help="calls per page, up to 1000 (default 100)"
+    )
+    listing.add_argument(
+        "--cursor", metavar="TOKEN", help="the next page, as the previous one's last line said"
+    )
+    listing.add_argument(
+        "--json", dest="use_json", action="store_true", help="one JSON object per call and line"
+    )
     listing.set_defaults(handler=run_list)
     for name, help_text, handler in (
-        ("show", "one call, as JSON", run_show),
+        ("show", "one call: its fields, input, output, a workflow's journal", run_show),
         ("wait", "wait for a call and print its output", run_wait),
         ("cancel", "end a call and its unfinished descendants", run_cancel),
     ):
@@ -68,8 +111,30 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         action.add_argument("dispatch_id", metavar="ID")
         if name == "wait":
             action.add_argument("--timeout", type=seconds, metavar="SECONDS")
+        if name != "cancel":
             action.add_argument("--json", dest="use_json", action="store_true")
         action.set_defaults(handler=handler)
+
+
+def status_filter(text: str) -> str:
+    """A final status name (any case), or ``failed``."""
+    if text.lower() == "failed":
+        return "failed"
+    name = text.upper()
+    if name not in Status.__members__ or name == "UNSPECIFIED":
+        names = ", ".join(s.name for s in Status if s is not Status.UNSPECIFIED)
+        raise argparse.ArgumentTypeError(f"{text!r} is not a status: {names}, or failed")
+    return name
+
+
+def page_size(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= MAX_PAGE:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of calls from 1 to {MAX_PAGE}")
+    return number
 
 
 def client() -> Client:
@@ -95,45 +160,73 @@ def run_dispatch(args: argparse.Namespace) -> int:
         if not args.wait:
             print(dispatch_id)
             return EXIT_OK
-        info = _checked(lambda: scheduler.wait(dispatch_id))
-    return show(info, as_json=args.use_json)
+        return _wait(scheduler, dispatch_id, None, as_json=args.use_json)
+
+
+def run_wait(args: argparse.Namespace) -> int:
+    with client() as scheduler:
+        return _wait(scheduler, args.dispatch_id, args.timeout, as_json=args.use_json)
+
+
+def _wait(scheduler: Client, dispatch_id: str, timeout: float | None, *, as_json: bool) -> int:
+    """Wait for a call, telling on stderr its id at once and each failed attempt as it
+    happens; Ctrl+C stops waiting (not the call) with exit status 130."""
+    _note(f"waiting for {dispatch_id} (Ctrl+C stops waiting, not the call)")
+    try:
+        info = _checked(
+            lambda: scheduler.wait(
+                dispatch_id, timeout=timeout, on_attempt=lambda a: _note(attempt_line(a))
+            )
+        )
+    except KeyboardInterrupt:
+        _note(
+            f"stopped waiting; the call goes on. Follow it with: dispatchlet calls wait "
+            f"{dispatch_id}"
+        )
+        return EXIT_INTERRUPTED
+    if not info.done:
+        _note(f"{dispatch_id} is not done yet ({info.state})")
+        return EXIT_ERROR
+    return show(info, as_json=as_json)
+
+
+def _note(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def run_list(args: argparse.Namespace) -> int:
     with client() as scheduler:
-        found = _checked(
-            lambda: list(
-                _take(
-                    scheduler.list(
-                        state=args.state, function=args.function, root_dispatch_id=args.root
-                    ),
-                    args.limit,
-                )
+        page = _checked(
+            lambda: scheduler.list_page(
+                state=args.state,
+                function=args.function,
+                root_dispatch_id=args.root,
+                status=args.status,
+                newest_first=True,
+                page_size=args.limit,
+                cursor=args.cursor,
             )
         )
-    for info in found:
-        status = info.status.name if info.status is not None else "-"
-        print(
-            f"{info.dispatch_id}  {info.state:<7}  {status:<17}  {info.attempts:>3}  "
-            f"{info.function}"
-        )
+    if args.use_json:
+        for info in page.calls:
+            print(json.dumps(as_dict(info), ensure_ascii=False))
+    elif page.calls:
+        print("\n".join(table(page.calls)))
+    if page.cursor is not None:
+        # On stderr, so that what a pipe reads is the calls alone; after them.
+        sys.stdout.flush()
+        _note(f"more: --cursor {page.cursor}")
     return EXIT_OK
 
 
 def run_show(args: argparse.Namespace) -> int:
     with client() as scheduler:
         info = _checked(lambda: scheduler.get(args.dispatch_id))
-    print(json.dumps(as_dict(info), indent=2, default=str))
+    if args.use_json:
+        print(json.dumps(as_dict(info), indent=2, ensure_ascii=False))
+    else:
+        print("\n".join(describe(info)))
     return EXIT_OK
-
-
-def run_wait(args: argparse.Namespace) -> int:
-    with client() as scheduler:
-        info = _checked(lambda: scheduler.wait(args.dispatch_id, timeout=args.timeout))
-    if not info.done:
-        print(f"{args.dispatch_id} is not done yet ({info.state})", file=sys.stderr)
-        return EXIT_ERROR
-    return show(info, as_json=args.use_json)
 
 
 def run_cancel(args: argparse.Namespace) -> int:
@@ -146,7 +239,7 @@ def run_cancel(args: argparse.Namespace) -> int:
 def show(info: CallInfo, *, as_json: bool = False) -> int:
     """Print a final call: its output (stdout) or its error (stderr)."""
     if as_json:
-        print(json.dumps(as_dict(info), indent=2, default=str))
+        print(json.dumps(as_dict(info), indent=2, ensure_ascii=False))
     elif info.status is Status.OK:
         print(render(info.output))
     else:
@@ -156,25 +249,7 @@ def show(info: CallInfo, *, as_json: bool = False) -> int:
     return EXIT_OK if info.status is Status.OK else EXIT_FAILED
 
 
-def as_dict(info: CallInfo) -> dict[str, Any]:
-    shown = dict(vars(info))
-    shown["status"] = info.status.name if info.status is not None else None
-    shown["error"] = vars(info.error) if info.error is not None else None
-    try:
-        json.dumps(info.output)
-    except (TypeError, ValueError):
-        shown["output"] = render(info.output)
-    return shown
-
-
-def _take(items: Any, limit: int) -> Any:
-    for count, item in enumerate(items):
-        if count >= limit:
-            return
-        yield item
-
-
-def _checked(action: Any) -> Any:
+def _checked(action: Callable[[], T]) -> T:
     try:
         return action()
     except ClientError as exc:

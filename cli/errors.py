@@ -5,6 +5,8 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_FAILED = 1  # the function ran and did not succeed
 EXIT_ERROR = 2  # the command could not do its job: usage, configuration, network, HTTP
+EXIT_INTERRUPTED = 130  # Ctrl+C (128 + SIGINT), as shells report it
+EXIT_BROKEN_PIPE = 141  # the reader of stdout went away (128 + SIGPIPE), as shells report it
 
 
 class CommandError(Exception):

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from importlib import metadata
 
 from . import call, check_replay, dev, dispatch, keygen, scheduler, serve
-from .errors import CommandError
+from .errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, CommandError
 
 _EPILOG = """\
 exit status:
@@ -17,6 +18,8 @@ exit status:
   1  call, dispatch --wait, calls wait: the function ran and failed (not OK)
   2  the command could not do its job: bad arguments, configuration, key,
      connection or HTTP error
+  130  interrupted (Ctrl+C)
+  141  the reader of the output went away (`dispatchlet calls list | head`)
 
 quick start:
   dispatchlet dev examples/hello.py greet_flaky World   # the whole loop, one call
@@ -54,6 +57,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe fails here, not at the interpreter's exit
+    except BrokenPipeError:
+        # The reader went away (`... | head`): stop quietly, as a program killed by
+        # SIGPIPE would. Python's docs ("Note on SIGPIPE"): point stdout at devnull so
+        # that the interpreter's last flush has nowhere to fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         status: int = args.handler(args)
@@ -61,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dispatchlet {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     return status
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..core.dispatching import API_KEY_ENV
 from ..core.keys import SIGNING_KEY_ENV, load_private_key, public_key_base64
 from ..scheduler.retry import RetryPolicy
-from ..scheduler.settings import DEFAULT_PORT
+from ..scheduler.settings import DEFAULT_MAX_INPUT_SIZE, DEFAULT_PORT
 from .errors import EXIT_OK, CommandError
 from .serve import port, positive_int
 
@@ -101,6 +101,15 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "limit adapts alone (more while calls succeed, half on THROTTLED, TIMEOUT, "
         "TEMPORARY_ERROR)",
     )
+    parser.add_argument(
+        "--max-input-size",
+        type=positive_int,
+        default=DEFAULT_MAX_INPUT_SIZE,
+        metavar="BYTES",
+        help="the largest input of a call: a larger one is refused at Dispatch, and a Poll or "
+        "tail call that makes one ends its call (default: %(default)s, an endpoint's own "
+        "default limit)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -150,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
         attempt_timeout=args.attempt_timeout,
         max_per_destination=args.max_per_destination,
         reuse_port=args.reuse_port,
+        max_input_size=args.max_input_size,
     )
 
     def ready(addresses: list[tuple[str, int]]) -> None:

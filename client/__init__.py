@@ -7,6 +7,11 @@
     (dispatch_id,) = client.dispatch([greet.build_call("World")])
     info = client.wait(dispatch_id)        # CallInfo: status, output, error, attempts...
 
+    def failed(attempt: CallInfo) -> None:  # each failed attempt, as it happens
+        print(f"attempt {attempt.attempts} failed: {attempt.error}")
+
+    info = client.wait(dispatch_id, on_attempt=failed)
+
 Plain blocking calls over one kept-alive HTTP connection (``http.client``), so it works
 from any code, sync or not. A Connect error from the scheduler raises ``ClientError``
 with its code and message; a scheduler that cannot be reached raises ``ClientError``
@@ -20,8 +25,8 @@ import http.client
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -38,6 +43,7 @@ from ..proto.dispatchlet.scheduler.v1 import calls_pb2
 M = TypeVar("M", bound=message.Message)
 
 _WAIT_STEP = 50  # seconds per Wait RPC, under the scheduler's limit
+_POLL_PAUSE = 0.5  # seconds between Wait RPCs that brought nothing new
 
 
 class ClientError(Exception):
@@ -80,24 +86,33 @@ class CallInfo:
     coroutine_state: any_pb2.Any | None = None
     """While the call is suspended by a Poll: the state its endpoint returned (for a
     dispatchlet workflow, its journal; see ``dispatchlet check-replay``)."""
+    input: object = None
+    """The decoded input, as dispatched (``get`` and ``wait``; ``list`` leaves it out).
+    A value that cannot be decoded here (a pickle, an unknown message) stays an ``Any``."""
+    ready_at: datetime.datetime | None = None
+    """While the call is ready: when its next attempt (a first one or a retry) may start."""
+    last_status: Status | None = None
+    """The status of the latest attempt that ended, also while the call is retried."""
 
     @classmethod
     def from_proto(cls, info: calls_pb2.CallInfo, *, allow_pickle: bool = False) -> CallInfo:
-        done = info.done
-        output = None
-        if info.HasField("output"):
+        def decoded(value: any_pb2.Any, present: bool) -> object:
+            if not present:
+                return None
             try:
-                output = values.from_any(info.output, allow_pickle=allow_pickle)
+                return values.from_any(value, allow_pickle=allow_pickle)
             except values.DecodeError:
-                output = info.output
+                return value
+
+        done = info.done
         error = CallError(info.error.type, info.error.message) if info.HasField("error") else None
         return cls(
             dispatch_id=info.dispatch_id,
             function=info.function,
             endpoint=info.endpoint,
-            status=Status(info.status) if done and info.status else None,
+            status=_status(info.status) if done else None,
             done=done,
-            output=output,
+            output=decoded(info.output, info.HasField("output")),
             error=error,
             attempts=info.attempts,
             parent_dispatch_id=info.parent_dispatch_id,
@@ -109,7 +124,47 @@ class CallInfo:
             expires_at=info.expires_at.ToDatetime(datetime.timezone.utc),
             state=info.state,
             coroutine_state=info.coroutine_state if info.HasField("coroutine_state") else None,
+            input=decoded(info.input, info.HasField("input")),
+            ready_at=info.ready_at.ToDatetime(datetime.timezone.utc)
+            if info.HasField("ready_at")
+            else None,
+            last_status=_status(info.last_status),
         )
+
+
+def _attempts_ended(info: CallInfo) -> int:
+    """How many attempts of the call's current run have ended (a suspended workflow
+    counts afresh once resumed)."""
+    if info.state == "ready":
+        return info.attempts
+    if info.state == "running":
+        return max(info.attempts - 1, 0)
+    return 0
+
+
+def _missing_key_hint(message: str) -> str:
+    """What to add to a refusal of a request sent without a key: where the key goes,
+    unless the scheduler said it already."""
+    if API_KEY_ENV in message:
+        return f" (`dispatchlet dev` prints the {API_KEY_ENV} to export)"
+    return f" (set {API_KEY_ENV}; `dispatchlet dev` prints it)"
+
+
+def _status(number: int) -> Status | None:
+    """The Status of a number from the wire; None when unset or unknown here."""
+    try:
+        return Status(number) if number else None
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class CallPage:
+    """One page of ``Client.list_page``: its calls and the cursor of the next page."""
+
+    calls: list[CallInfo]
+    cursor: str | None
+    """Pass it back as ``cursor=`` for the next page; None on the last page."""
 
 
 class Client:
@@ -152,23 +207,52 @@ class Client:
         )
         return CallInfo.from_proto(answer.call)
 
-    def wait(self, dispatch_id: str, timeout: float | None = None) -> CallInfo:
+    def wait(
+        self,
+        dispatch_id: str,
+        timeout: float | None = None,
+        *,
+        on_attempt: Callable[[CallInfo], object] | None = None,
+    ) -> CallInfo:
         """The call once it is done, or as it is when ``timeout`` seconds have passed
-        (None: as long as it takes)."""
+        (None: as long as it takes).
+
+        ``on_attempt``, when given, is called in this thread with the ``CallInfo`` of
+        each attempt that failed and left the call to be retried, as it happens and once
+        per attempt: its ``attempts`` is that attempt's number, ``last_status`` and
+        ``error`` tell how it failed, ``ready_at`` when the next attempt may start. An
+        exception it raises (KeyboardInterrupt included) ends the wait. A scheduler
+        that cannot answer each attempt (an older one) still has the call waited for;
+        the callback then hears only of the latest failure, about once a minute."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        seen = 0  # attempts ended so far, as reported to on_attempt
         while True:
             step = _WAIT_STEP if deadline is None else max(0.0, deadline - time.monotonic())
+            step = min(step, _WAIT_STEP)
             request = calls_pb2.WaitRequest(dispatch_id=dispatch_id)
-            request.timeout.FromMilliseconds(int(min(step, _WAIT_STEP) * 1000))
+            request.timeout.FromMilliseconds(int(step * 1000))
+            if on_attempt is not None:
+                request.attempts_seen = seen
             answer = self._rpc(
                 "/dispatchlet.scheduler.v1.CallService/Wait",
                 request,
                 calls_pb2.WaitResponse,
-                timeout=min(step, _WAIT_STEP) + self.timeout,
+                timeout=step + self.timeout,
             )
             info = CallInfo.from_proto(answer.call)
             if info.done or (deadline is not None and time.monotonic() >= deadline):
                 return info
+            if on_attempt is None:
+                continue
+            ended = _attempts_ended(info)
+            failed = info.error is not None or info.last_status is not None
+            if failed and ended > seen:
+                # The error (and last status) are those of the latest attempt that ended.
+                on_attempt(replace(info, attempts=ended))
+            elif ended <= seen:
+                # Nothing new: never ask again at once (a scheduler may answer early).
+                time.sleep(_POLL_PAUSE)
+            seen = ended
 
     def cancel(self, dispatch_id: str) -> int:
         """End the call and its unfinished descendants; how many were ended."""
@@ -185,27 +269,55 @@ class Client:
         state: str | None = None,
         function: str | None = None,
         root_dispatch_id: str | None = None,
+        status: str | None = None,
+        newest_first: bool = False,
         page_size: int = 100,
     ) -> Iterator[CallInfo]:
-        """The calls matching every filter given, in creation order, fetched a page at a
-        time as they are iterated."""
-        token = ""
-        while True:
-            request = calls_pb2.ListRequest(
-                state=state or "",
-                function=function or "",
-                root_dispatch_id=root_dispatch_id or "",
+        """The calls matching every filter given, in creation order (``newest_first``:
+        the newest first), fetched a page at a time as they are iterated. ``status`` is a
+        final status name (``"OK"``, ``"PERMANENT_ERROR"``...) or ``"failed"``, any final
+        status but OK."""
+        cursor: str | None = ""
+        while cursor is not None:
+            page = self.list_page(
+                state=state,
+                function=function,
+                root_dispatch_id=root_dispatch_id,
+                status=status,
+                newest_first=newest_first,
                 page_size=page_size,
-                page_token=token,
+                cursor=cursor,
             )
-            answer = self._rpc(
-                "/dispatchlet.scheduler.v1.CallService/List", request, calls_pb2.ListResponse
-            )
-            for info in answer.calls:
-                yield CallInfo.from_proto(info)
-            token = answer.next_page_token
-            if not token:
-                return
+            yield from page.calls
+            cursor = page.cursor
+
+    def list_page(
+        self,
+        *,
+        state: str | None = None,
+        function: str | None = None,
+        root_dispatch_id: str | None = None,
+        status: str | None = None,
+        newest_first: bool = False,
+        page_size: int = 100,
+        cursor: str | None = None,
+    ) -> CallPage:
+        """One page of ``list``: up to ``page_size`` calls from ``cursor`` (None: the
+        first page), and the cursor of the next page (None after the last)."""
+        request = calls_pb2.ListRequest(
+            state=state or "",
+            function=function or "",
+            root_dispatch_id=root_dispatch_id or "",
+            status=status or "",
+            newest_first=newest_first,
+            page_size=page_size,
+            page_token=cursor or "",
+        )
+        answer = self._rpc(
+            "/dispatchlet.scheduler.v1.CallService/List", request, calls_pb2.ListResponse
+        )
+        calls = [CallInfo.from_proto(info) for info in answer.calls]
+        return CallPage(calls, answer.next_page_token or None)
 
     # --- transport -------------------------------------------------------------------
 
@@ -221,7 +333,10 @@ class Client:
             status, content_type, data = self._exchange(prefix + path, body, headers, timeout)
         if status != 200:
             error = parse_error(status, content_type, data)
-            raise ClientError(error.code or "unknown", error.message, status)
+            text = error.message
+            if error.code == "unauthenticated" and not self.api_key:
+                text += _missing_key_hint(text)
+            raise ClientError(error.code or "unknown", text, status)
         try:
             return kind.FromString(data)
         except message.DecodeError as exc:
@@ -283,4 +398,12 @@ class Client:
         self.close()
 
 
-__all__ = ["API_KEY_ENV", "API_URL_ENV", "CallError", "CallInfo", "Client", "ClientError"]
+__all__ = [
+    "API_KEY_ENV",
+    "API_URL_ENV",
+    "CallError",
+    "CallInfo",
+    "CallPage",
+    "Client",
+    "ClientError",
+]

@@ -19,6 +19,7 @@ from aiohttp import web
 from google.protobuf import json_format, message
 
 from ..core.connect import JSON, PROTO, codec, http_error_response
+from ..core.dispatching import API_KEY_ENV
 from ..core.errors import (
     DispatchletError,
     InvalidArgument,
@@ -31,14 +32,16 @@ from ..core.http import Response
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2, error_pb2, poll_pb2
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2
-from .engine import Engine, call_problem, timestamp
-from .store import Call, NewCall, State, Store
+from .engine import Engine, call_problem, oversized_input, timestamp
+from .settings import DEFAULT_MAX_INPUT_SIZE
+from .store import Call, NewCall, State, Store, unavailable
 
 M = TypeVar("M", bound=message.Message)
 logger = logging.getLogger("dispatchlet.scheduler")
 
 MAX_CALLS = 1000
 MAX_BODY_BYTES = 32 * 1024 * 1024
+"""The largest request body, unless the largest input needs more (``body_limit``)."""
 DEFAULT_EXPIRATION = 24 * 3600.0
 MAX_EXPIRATION = 366 * 24 * 3600.0
 MAX_WAIT = 60.0
@@ -48,8 +51,16 @@ DISPATCH_PATH = "/dispatch.sdk.v1.DispatchService/Dispatch"
 CALLS_PATH = "/dispatchlet.scheduler.v1.CallService/"
 
 _NO_KEYS = (
-    "no API key configured: set DISPATCH_API_KEY (comma-separated for rotation) for the "
+    f"no API key configured: set {API_KEY_ENV} (comma-separated for rotation) for the "
     "scheduler and its clients, or run it with --insecure for local development"
+)
+_MISSING_KEY = (
+    f"missing API key: set {API_KEY_ENV} to the scheduler's key where the client runs, so "
+    "that it sends Authorization: Bearer <key>"
+)
+_INVALID_KEY = (
+    f"invalid API key: the client's {API_KEY_ENV} is none of the scheduler's keys (its "
+    f"{API_KEY_ENV}); check that both are the same"
 )
 
 
@@ -64,6 +75,7 @@ class Api:
         api_keys: Sequence[str] = (),
         insecure: bool = False,
         default_expiration: float = DEFAULT_EXPIRATION,
+        max_input_size: int = DEFAULT_MAX_INPUT_SIZE,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -71,10 +83,12 @@ class Api:
         self.api_keys = [key.encode() for key in api_keys if key]
         self.insecure = insecure
         self.default_expiration = default_expiration
+        self.max_input_size = max_input_size
+        self.max_body_size = body_limit(max_input_size)
         self.clock = clock
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app = web.Application(client_max_size=self.max_body_size)
         app.router.add_get(_lenient("/healthz"), self.healthz)
         app.router.add_get(_lenient("/metrics"), self.metrics)
         app.router.add_route(
@@ -130,18 +144,26 @@ class Api:
                     raise MethodNotAllowed(f"method {request.method[:20]!r} not allowed: use POST")
                 self._authenticate(request.headers.get("Authorization"))
                 wire = codec(request.headers.get("Content-Type"))
+                if (request.content_length or 0) > self.max_body_size:
+                    # Announced: refused unread.
+                    raise self._too_large(request.content_length)
                 body = await request.read()
                 decoded = _decode(kind, body, wire)
                 answer = await handler(decoded)
             except DispatchletError as exc:
                 return _web(http_error_response(exc))
             except web.HTTPRequestEntityTooLarge:
-                return _web(http_error_response(InvalidArgument("request body too large")))
-            except Exception:
-                # The store failed (its database restarting, unreachable): nothing was
-                # acknowledged, and the request may be sent again.
-                logger.exception("a %s request failed", kind.DESCRIPTOR.name)
-                return _web(http_error_response(TemporaryError(_STORE_FAILED)))
+                return _web(http_error_response(self._too_large(request.content_length)))
+            except Exception as exc:
+                if unavailable(exc):
+                    # The database is restarting or unreachable: nothing was
+                    # acknowledged, and the request may be sent again.
+                    logger.exception("a %s request failed", kind.DESCRIPTOR.name)
+                    return _web(http_error_response(TemporaryError(_STORE_FAILED)))
+                # An error of the scheduler's own: logged here, and the client told no
+                # more than that (retrying would meet it again).
+                logger.exception("a %s request failed unexpectedly", kind.DESCRIPTOR.name)
+                return _web(http_error_response(InternalError(_INTERNAL)))
             payload = (
                 answer.SerializeToString()
                 if wire == PROTO
@@ -151,6 +173,14 @@ class Api:
 
         return serve
 
+    def _too_large(self, size: int | None) -> InvalidArgument:
+        told = f" of {size} bytes" if size else ""
+        return RequestTooLarge(
+            f"request body{told} larger than the scheduler's limit of {self.max_body_size} "
+            "bytes: send fewer calls per request (each input at most "
+            f"{self.max_input_size} bytes)"
+        )
+
     def _authenticate(self, header: str | None) -> None:
         if self.insecure:
             return
@@ -158,12 +188,12 @@ class Api:
             raise Unauthenticated(_NO_KEYS)
         scheme, _, token = (header or "").partition(" ")
         if scheme.lower() != "bearer" or not token:
-            raise Unauthenticated("missing API key: send Authorization: Bearer <api key>")
+            raise Unauthenticated(_MISSING_KEY)
         given = token.strip().encode()
         # Every key is compared, in constant time: nothing tells which came close.
         matches = [hmac.compare_digest(given, key) for key in self.api_keys]
         if not any(matches):
-            raise Unauthenticated("invalid API key")
+            raise Unauthenticated(_INVALID_KEY)
 
     # --- DispatchService -------------------------------------------------------------
 
@@ -184,9 +214,13 @@ class Api:
         def invalid(reason: str) -> InvalidArgument:
             return InvalidArgument(f"call {index}: {reason}")
 
-        problem = call_problem(call)
+        problem = call_problem(call) or self.engine.unsupported(call.endpoint)
         if problem is not None:
             raise invalid(problem)
+        data = call.input.SerializeToString() if call.HasField("input") else b""
+        problem = oversized_input(len(data), self.max_input_size)
+        if problem is not None:
+            raise invalid(f"{problem} (--max-input-size)")
         expiration = self.default_expiration
         if call.HasField("expiration"):
             seconds = call.expiration.seconds + call.expiration.nanos / 1e9
@@ -199,7 +233,7 @@ class Api:
         return NewCall(
             function=call.function,
             endpoint=call.endpoint.rstrip("/"),
-            input=call.input.SerializeToString() if call.HasField("input") else b"",
+            input=data,
             expires_at=now + expiration,
             version=call.version,
             correlation_id=call.correlation_id,
@@ -216,24 +250,26 @@ class Api:
         return found
 
     async def get(self, request: calls_pb2.GetRequest) -> calls_pb2.GetResponse:
-        return calls_pb2.GetResponse(call=call_info(await self._found(request.dispatch_id)))
+        found = await self._found(request.dispatch_id)
+        return calls_pb2.GetResponse(call=call_info(found, with_input=True))
 
     async def wait(self, request: calls_pb2.WaitRequest) -> calls_pb2.WaitResponse:
         limit = MAX_WAIT
         if request.HasField("timeout"):
             limit = min(limit, max(0.0, request.timeout.seconds + request.timeout.nanos / 1e9))
+        seen = request.attempts_seen if request.HasField("attempts_seen") else None
         deadline = time.monotonic() + limit
         with self.engine.watching(request.dispatch_id) as until:
             found = await self._found(request.dispatch_id)
-            while not found.done:
+            while not _answers_wait(found, seen):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                # Woken when this process ends the call; checked again at least every
-                # second (another process may end it).
+                # Woken when this process ends the call or records a retry of it;
+                # checked again at least every second (another process may).
                 await until(min(remaining, 1.0))
                 found = await self._found(request.dispatch_id)
-        return calls_pb2.WaitResponse(call=call_info(found))
+        return calls_pb2.WaitResponse(call=call_info(found, with_input=True))
 
     async def list(self, request: calls_pb2.ListRequest) -> calls_pb2.ListResponse:
         state = None
@@ -244,6 +280,14 @@ class Api:
                 raise InvalidArgument(
                     f"invalid state {request.state[:20]!r}: ready, running, waiting or done"
                 ) from None
+        status = None
+        if request.status and request.status != FAILED:
+            status = _FINAL_STATUSES.get(request.status)
+            if status is None:
+                raise InvalidArgument(
+                    f"invalid status {request.status[:40]!r}: {', '.join(_FINAL_STATUSES)} "
+                    f"or {FAILED} (any but OK)"
+                )
         size = request.page_size or 100
         if not 0 < size <= MAX_PAGE:
             raise InvalidArgument(f"page_size must be 1 to {MAX_PAGE}")
@@ -251,6 +295,9 @@ class Api:
             state=state,
             function=request.function or None,
             root_id=request.root_dispatch_id or None,
+            status=None if status is None else status.value,
+            failed=request.status == FAILED,
+            newest_first=request.newest_first,
             after=request.page_token or None,
             limit=size + 1,
         )
@@ -269,10 +316,50 @@ class Api:
 
 
 _STORE_FAILED = "the scheduler cannot reach its database now; try again"
+_INTERNAL = "the scheduler failed to handle the request (an internal error, in its log)"
 
 
-def call_info(call: Call) -> calls_pb2.CallInfo:
-    """What the CallService tells of ``call``."""
+class InternalError(DispatchletError):
+    """An error of the scheduler's own (Connect ``internal``, HTTP 500)."""
+
+    http_status = 500
+    code = "internal"
+
+
+class RequestTooLarge(InvalidArgument):
+    """A request body over the scheduler's limit."""
+
+    http_status = 413
+
+
+def body_limit(max_input_size: int) -> int:
+    """The largest request body the API reads: ``MAX_BODY_BYTES``, or room for one call
+    whose input is at ``max_input_size`` in JSON (base64: 4 bytes for 3) if more."""
+    return max(MAX_BODY_BYTES, 2 * max_input_size + 1024 * 1024)
+
+
+# What List takes as a status: a final status's name, or any final status but OK.
+FAILED = "failed"
+_FINAL_STATUSES = {s.name: s for s in Status if s is not Status.UNSPECIFIED}
+
+
+def _answers_wait(call: Call, attempts_seen: int | None) -> bool:
+    """Whether a Wait is answered with ``call`` as it is: once it is done, or, when the
+    waiter has seen ``attempts_seen`` attempts, once a later one ended in an error and
+    the call waits for its retry."""
+    if call.done:
+        return True
+    return (
+        attempts_seen is not None
+        and call.state is State.READY
+        and call.attempts > attempts_seen
+        and call.status is not None
+        and bool(call.result)
+    )
+
+
+def call_info(call: Call, *, with_input: bool = False) -> calls_pb2.CallInfo:
+    """What the CallService tells of ``call`` (its input too ``with_input``)."""
     info = calls_pb2.CallInfo(
         dispatch_id=call.dispatch_id,
         function=call.function,
@@ -284,7 +371,14 @@ def call_info(call: Call) -> calls_pb2.CallInfo:
         state=call.state.value,
     )
     if call.status is not None:
-        info.status = call.status  # type: ignore[assignment]
+        # Final once done; before, the latest attempt's, which is not the call's.
+        info.last_status = call.status  # type: ignore[assignment]
+        if call.done:
+            info.status = call.status  # type: ignore[assignment]
+    if with_input and call.input:
+        info.input.ParseFromString(call.input)
+    if call.state is State.READY:
+        info.ready_at.CopyFrom(timestamp(call.ready_at))
     if call.result:
         result = call_pb2.CallResult.FromString(call.result)
         if result.HasField("output"):

@@ -41,7 +41,9 @@ from ..proto.dispatch.sdk.v1 import call_pb2, error_pb2, function_pb2, poll_pb2
 from .callers import Caller
 from .concurrency import Limiter, destination
 from .http_caller import Outcome
+from .lambda_caller import missing_support
 from .retry import RetryPolicy
+from .settings import DEFAULT_MAX_INPUT_SIZE
 from .store import Call, ChildResult, Claimed, Lease, NewCall, Store
 
 logger = logging.getLogger("dispatchlet.scheduler")
@@ -59,6 +61,10 @@ class Engine:
     lease_margin: float = 30.0
     idle_interval: float = 0.25
     max_restarts: int = 3
+    max_input_size: int = DEFAULT_MAX_INPUT_SIZE
+    """The largest input a Poll's call or a tail call may have, in bytes."""
+    unsupported: Callable[[str], str | None] = missing_support
+    """Why this process cannot call an endpoint (an ARN without boto3), or None."""
     limiter: Limiter = field(default_factory=Limiter)
     clock: Callable[[], float] = time.time
     owner: str = field(default_factory=lambda: f"scheduler-{uuid.uuid4().hex[:12]}")
@@ -69,7 +75,7 @@ class Engine:
         self._due = float("inf")  # the earliest retry this process scheduled
         self._stopping = False
         self._running: set[asyncio.Task[None]] = set()
-        self._finished: dict[str, list[asyncio.Future[None]]] = {}
+        self._watchers: dict[str, list[asyncio.Event]] = {}
         self.attempts: dict[str, int] = {}
         """Attempts made by this process, by outcome status name (for /metrics)."""
 
@@ -88,23 +94,30 @@ class Engine:
     @contextlib.contextmanager
     def watching(self, dispatch_id: str) -> Iterator[Callable[[float], Awaitable[None]]]:
         """Within the block, ``await until(timeout)`` returns once this process has ended
-        the call (since the block began) or after ``timeout`` seconds. Watching starts
-        before the caller reads the store, so that an end in between is not missed."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._finished.setdefault(dispatch_id, []).append(future)
+        the call or recorded a retry of it (since the block began, or since the last
+        ``until`` returned) or after ``timeout`` seconds. Watching starts before the
+        caller reads the store, so that a change in between is not missed."""
+        changed = asyncio.Event()
+        self._watchers.setdefault(dispatch_id, []).append(changed)
 
         async def until(timeout: float) -> None:
             with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(future), timeout)
+                await asyncio.wait_for(changed.wait(), timeout)
+            changed.clear()
 
         try:
             yield until
         finally:
-            waiters = self._finished.get(dispatch_id, [])
-            if future in waiters:
-                waiters.remove(future)
-            if not waiters:
-                self._finished.pop(dispatch_id, None)
+            watchers = self._watchers.get(dispatch_id, [])
+            if changed in watchers:
+                watchers.remove(changed)
+            if not watchers:
+                self._watchers.pop(dispatch_id, None)
+
+    def _changed(self, dispatch_id: str) -> None:
+        """Wake whoever watches the call: it ended, or will be retried."""
+        for changed in self._watchers.get(dispatch_id, ()):
+            changed.set()
 
     async def run(self) -> None:
         """Claim and run calls until ``stop()``; attempts in flight are finished first."""
@@ -187,7 +200,9 @@ class Engine:
                 verdict = _status(outcome.response.status)
         except Exception as exc:  # a bug of ours: the call is retried, not lost
             logger.exception("attempt of %s failed unexpectedly", call.dispatch_id)
-            outcome = Outcome(Status.TEMPORARY_ERROR, error_type=type(exc).__name__)
+            outcome = Outcome(
+                Status.TEMPORARY_ERROR, error_type=type(exc).__name__, message=str(exc)
+            )
         finally:
             self.limiter.release(key, verdict)
             name = (verdict or Status.TEMPORARY_ERROR).name
@@ -198,35 +213,52 @@ class Engine:
             and outcome.status is Status.TIMEOUT
             and timeout < self.attempt_timeout
         )
+        replaced = None
         try:
-            await self._recorded(call, lease, outcome, expired)
+            replaced = await self._recorded(call, lease, outcome, expired)
         finally:
             milliseconds = round((time.perf_counter() - started) * 1000, 1)
-            logger.info(
-                "attempt %d of %s (%s) on %s: %s in %.1f ms",
-                call.attempts,
-                call.function,
-                call.dispatch_id,
-                call.endpoint,
-                outcome.status.name,
-                milliseconds,
-                # The same as fields, for a JSON log handler.
-                extra={
-                    "dispatch_id": call.dispatch_id,
-                    "root_dispatch_id": call.root_id,
-                    "function": call.function,
-                    "endpoint": call.endpoint,
-                    "attempt": call.attempts,
-                    "status": outcome.status.name,
-                    "duration_ms": milliseconds,
-                },
-            )
+            self._log_attempt(call, replaced or outcome, milliseconds)
             self._wake.set()
 
-    async def _recorded(self, call: Call, lease: Lease, outcome: Outcome, expired: bool) -> None:
+    def _log_attempt(self, call: Call, outcome: Outcome, milliseconds: float) -> None:
+        """One line per attempt, with the run's status (a function that raised is not
+        OK, though its endpoint answered) and, when it failed, the error's type and the
+        start of its message."""
+        status, error_type, message = attempt_summary(outcome)
+        fields: dict[str, object] = {
+            "dispatch_id": call.dispatch_id,
+            "root_dispatch_id": call.root_id,
+            "function": call.function,
+            "endpoint": call.endpoint,
+            "attempt": call.attempts,
+            "status": status.name,
+            "duration_ms": milliseconds,
+        }
+        failure = ""
+        if status is not Status.OK:
+            fields |= {"error_type": error_type, "error_message": message}
+            detail = ": ".join(part for part in (error_type, message) if part)
+            failure = f" ({detail})" if detail else ""
+        logger.info(
+            "attempt %d of %s (%s) on %s: %s in %.1f ms%s",
+            call.attempts,
+            call.function,
+            call.dispatch_id,
+            call.endpoint,
+            status.name,
+            milliseconds,
+            failure,
+            extra=fields,  # the same as fields, for a JSON log formatter
+        )
+
+    async def _recorded(
+        self, call: Call, lease: Lease, outcome: Outcome, expired: bool
+    ) -> Outcome | None:
         """Record ``outcome``, trying again while the store fails (a database restart)
         and the lease holds; past that, the lease lapses and another attempt runs the
-        call again: at least once."""
+        call again: at least once. What was recorded instead of the endpoint's answer
+        (an invalid Poll or tail call), if anything."""
         delay = 0.1
         while True:
             try:
@@ -235,13 +267,12 @@ class Engine:
                     await self._end(
                         lease, Status.TIMEOUT, call.result or _error_result(outcome), self.clock()
                     )
-                else:
-                    await self._record(call, lease, outcome)
-                return
+                    return None
+                return await self._record(call, lease, outcome)
             except Exception as exc:
                 if self.clock() + delay >= lease.expires_at or self._stopping:
                     logger.exception("recording the outcome of %s failed", call.dispatch_id)
-                    return
+                    return None
                 logger.warning(
                     "recording the outcome of %s failed (%s); trying again",
                     call.dispatch_id,
@@ -250,55 +281,55 @@ class Engine:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-    async def _record(self, call: Call, lease: Lease, outcome: Outcome) -> None:
+    async def _record(self, call: Call, lease: Lease, outcome: Outcome) -> Outcome | None:
         now = self.clock()
         response = outcome.response
         if response is not None:
             directive = response.WhichOneof("directive")
             if directive == "exit" and response.exit.HasField("tail_call"):
                 tail = response.exit.tail_call
-                problem = call_problem(tail, endpoint_required=False)
+                tail_input = tail.input.SerializeToString() if tail.HasField("input") else b""
+                tail_endpoint = tail.endpoint or call.endpoint
+                problem = (
+                    call_problem(tail, endpoint_required=False)
+                    or oversized_input(len(tail_input), self.max_input_size)
+                    or self.unsupported(tail_endpoint)
+                )
                 if problem is not None:
-                    outcome = Outcome(
+                    invalid = Outcome(
                         Status.INVALID_RESPONSE, error_type="InvalidTailCall", message=problem
                     )
-                    await self._end(lease, outcome.status, _error_result(outcome), now)
-                    return
-                await self.store.tail_call(
-                    lease,
-                    tail.function,
-                    tail.endpoint or call.endpoint,
-                    tail.input.SerializeToString() if tail.HasField("input") else b"",
-                    now=now,
-                )
-                return
+                    await self._end(lease, invalid.status, _error_result(invalid), now)
+                    return invalid
+                await self.store.tail_call(lease, tail.function, tail_endpoint, tail_input, now=now)
+                return None
             if directive == "poll":
                 problem = await self._suspend(call, lease, response.poll, now)
                 if problem is None:
-                    return
-                outcome = Outcome(
+                    return None
+                invalid = Outcome(
                     Status.INVALID_RESPONSE, error_type="InvalidPoll", message=problem
                 )
-                result = _error_result(outcome)
-            else:
-                result = response.exit.result.SerializeToString()
-                outcome = Outcome(_status(response.status))
-                if outcome.status is Status.INCOMPATIBLE_STATE and call.poll:
-                    if response.exit.result.error.type == STEP_MISMATCH:
-                        # Starting over would repeat the steps the workflow took: final.
-                        await self._end(lease, outcome.status, result, now)
-                        return
-                    if call.restarts < self.max_restarts:
-                        # The code that answers cannot read this state: start it over.
-                        await self.store.restart(lease, now=now, orphans=ORPHANS)
-                        return
+                await self._end(lease, invalid.status, _error_result(invalid), now)
+                return invalid
+            result = response.exit.result.SerializeToString()
+            outcome = Outcome(_status(response.status))
+            if outcome.status is Status.INCOMPATIBLE_STATE and call.poll:
+                if response.exit.result.error.type == STEP_MISMATCH:
+                    # Starting over would repeat the steps the workflow took: final.
+                    await self._end(lease, outcome.status, result, now)
+                    return None
+                if call.restarts < self.max_restarts:
+                    # The code that answers cannot read this state: start it over.
+                    await self.store.restart(lease, now=now, orphans=ORPHANS)
+                    return None
         else:
             result = _error_result(outcome)
         status = outcome.status
         if status.retryable:
             if call.attempts >= self.policy.max_attempts:
                 await self._end(lease, status, result, now)
-                return
+                return None
             delay = self.policy.delay(call.attempts, self.rng)
             if outcome.retry_after is not None:
                 delay = max(delay, outcome.retry_after)
@@ -306,11 +337,13 @@ class Engine:
             if ready_at >= call.expires_at:
                 # No attempt could start before the call expires.
                 await self._end(lease, Status.TIMEOUT, result, now)
-                return
+                return None
             if await self.store.retry(lease, status.value, result, ready_at=ready_at, now=now):
                 self._due = min(self._due, ready_at)
-            return
+                self._changed(lease.dispatch_id)
+            return None
         await self._end(lease, status, result, now)
+        return None
 
     async def _suspend(
         self, call: Call, lease: Lease, poll: poll_pb2.Poll, now: float
@@ -332,7 +365,13 @@ class Engine:
             return f"{len(poll.calls)} calls in one Poll: at most {MAX_POLL_CALLS}"
         children = []
         for index, child in enumerate(poll.calls):
-            problem = call_problem(child, endpoint_required=False)
+            child_input = child.input.SerializeToString() if child.HasField("input") else b""
+            child_endpoint = child.endpoint.rstrip("/") or call.endpoint
+            problem = (
+                call_problem(child, endpoint_required=False)
+                or oversized_input(len(child_input), self.max_input_size)
+                or self.unsupported(child_endpoint)
+            )
             if problem is not None:
                 return f"call {index}: {problem}"
             expires_at = call.expires_at
@@ -342,8 +381,8 @@ class Engine:
             children.append(
                 NewCall(
                     function=child.function,
-                    endpoint=child.endpoint.rstrip("/") or call.endpoint,
-                    input=child.input.SerializeToString() if child.HasField("input") else b"",
+                    endpoint=child_endpoint,
+                    input=child_input,
                     expires_at=expires_at,
                     version=child.version,
                     correlation_id=child.correlation_id,
@@ -367,9 +406,7 @@ class Engine:
 
     async def _end(self, lease: Lease, status: Status, result: bytes, now: float) -> None:
         if await self.store.finish(lease, status.value, result, now=now, orphans=ORPHANS):
-            for future in self._finished.pop(lease.dispatch_id, []):
-                if not future.done():
-                    future.set_result(None)
+            self._changed(lease.dispatch_id)
 
 
 MAX_POLL_CALLS = 1000
@@ -399,6 +436,34 @@ def call_problem(call: call_pb2.Call, *, endpoint_required: bool = True) -> str 
             "arn:aws:lambda: endpoint"
         )
     return None
+
+
+def oversized_input(size: int, limit: int) -> str | None:
+    """Why an input of ``size`` bytes cannot be stored under ``limit``, or None."""
+    if size <= limit:
+        return None
+    return f"input of {size} bytes, larger than the scheduler's limit of {limit} bytes"
+
+
+LOGGED_MESSAGE = 200
+"""How much of an attempt's error message its log line carries."""
+
+
+def attempt_summary(outcome: Outcome) -> tuple[Status, str, str]:
+    """What an attempt came to: the run's status (its RunResponse's, when the endpoint
+    answered one), and the type and first line of its error, shortened (empty when it
+    has none)."""
+    response = outcome.response
+    if response is None:
+        status, error_type, message = outcome.status, outcome.error_type, outcome.message
+    else:
+        status = _status(response.status)
+        error = response.exit.result.error
+        error_type, message = error.type, error.message
+    first = message.strip().split("\n", 1)[0]
+    if len(first) > LOGGED_MESSAGE:
+        first = first[: LOGGED_MESSAGE - 3] + "..."
+    return status, error_type, first
 
 
 def _status(value: int) -> Status:

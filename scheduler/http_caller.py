@@ -8,7 +8,9 @@ path as signed (no re-encoding). Every answer or failure becomes an ``Outcome``:
 
 - a 200 whose body is a RunResponse: that response, taken as is;
 - 400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND:
-  final, with the endpoint's Connect error as the message;
+  final, with the endpoint's Connect error as the message; 413 (the request is larger
+  than the endpoint takes) INVALID_ARGUMENT, final, naming the request's size and the
+  endpoint's limit when its error tells it;
 - 408 TIMEOUT, 429 THROTTLED, 5xx TEMPORARY_ERROR, any other status HTTP_ERROR: retried,
   ``Retry-After`` honoured;
 - refused or reset connections TCP_ERROR, DNS failures DNS_ERROR, TLS failures
@@ -20,6 +22,7 @@ path as signed (no re-encoding). Every answer or failure becomes an ``Outcome``:
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import time
 from dataclasses import dataclass
@@ -31,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from yarl import URL
 
 from ..core.connect import PROTO
-from ..core.connect_client import InvalidAnswer, decode_response, parse_error
+from ..core.connect_client import ConnectError, InvalidAnswer, decode_response, parse_error
 from ..core.endpoint_url import parse_endpoint_url
 from ..core.http import Request
 from ..core.signatures import sign_request
@@ -124,7 +127,7 @@ class HttpCaller:
                 allow_redirects=False,
             ) as answer:
                 body = await _read_bounded(answer, MAX_ANSWER_BYTES)
-                return _outcome(answer.status, answer.headers, body)
+                return _outcome(answer.status, answer.headers, body, sent=len(request.body))
         except aiohttp.ClientConnectorDNSError as exc:
             return _failure(Status.DNS_ERROR, exc)
         except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
@@ -152,7 +155,7 @@ async def _read_bounded(answer: aiohttp.ClientResponse, limit: int) -> bytes | N
     return b"".join(chunks)
 
 
-def _outcome(status: int, headers: Any, body: bytes | None) -> Outcome:
+def _outcome(status: int, headers: Any, body: bytes | None, *, sent: int = 0) -> Outcome:
     content_type = headers.get("Content-Type")
     if body is None:
         return Outcome(
@@ -166,6 +169,10 @@ def _outcome(status: int, headers: Any, body: bytes | None) -> Outcome:
         except InvalidAnswer as exc:
             return Outcome(Status.INVALID_RESPONSE, error_type="InvalidResponse", message=str(exc))
     error = parse_error(status, content_type, body)
+    if status == 413:
+        return Outcome(
+            Status.INVALID_ARGUMENT, error_type="HTTPError", message=_too_large(error, sent)
+        )
     final = _FINAL_HTTP.get(status)
     if final is not None:
         return Outcome(final, error_type="HTTPError", message=f"HTTP {status} {error}")
@@ -183,6 +190,22 @@ def _outcome(status: int, headers: Any, body: bytes | None) -> Outcome:
         message=f"HTTP {status} {error}",
         retry_after=retry_after(headers.get("Retry-After")),
     )
+
+
+def _too_large(error: ConnectError, sent: int) -> str:
+    """What a 413 answer means: the request, its size, and the endpoint's limit when its
+    error names one (its first number of four digits or more, as in "request body
+    exceeds 16777216 bytes" or waitress's "exceeds max_body of 1048576")."""
+    found = _LIMIT.search(error.message)
+    limit = f", over the endpoint's limit of {found.group(0)} bytes" if found else ""
+    return (
+        f"HTTP 413 {error}: the endpoint refused the Run request of {sent} bytes as too "
+        f"large{limit}; retrying cannot help (a smaller input, or a larger limit on the "
+        "endpoint, can)"
+    )
+
+
+_LIMIT = re.compile(r"\d{4,}")
 
 
 def retry_after(value: str | None) -> float | None:

@@ -2,9 +2,10 @@
 base64 of the RunRequest as a JSON string, the base64 of the RunResponse back. No HTTP
 and no signature: IAM decides who may invoke.
 
-boto3 is imported when the first ARN is called, never for HTTP endpoints; credentials
-and configuration come from the usual AWS sources. What comes back becomes an
-``Outcome``:
+boto3 is imported when the first ARN is called (or dispatched), never for HTTP
+endpoints; credentials and configuration come from the usual AWS sources. A scheduler
+without it refuses ARN endpoints (``missing_support``) and ends a call to one at once,
+never retrying a module that will not appear. What comes back becomes an ``Outcome``:
 
 - a payload holding a RunResponse: that response;
 - a function error: ``UnsupportedEvent`` (the function is no Dispatch endpoint)
@@ -47,6 +48,24 @@ _ERROR_STATUSES = {
 }
 
 ClientFactory = Callable[[str, float], Any]
+
+NO_BOTO3 = (
+    "arn:aws:lambda: endpoints need boto3, which this scheduler does not have: "
+    "pip install 'dispatchlet[aws]' where it runs"
+)
+
+
+def missing_support(endpoint: str) -> str | None:
+    """Why this scheduler cannot call ``endpoint``, or None: a Lambda ARN needs boto3
+    (imported here, once: the first ARN will need it anyway)."""
+    if not endpoint.startswith("arn:"):
+        return None
+    try:
+        import boto3  # noqa: F401
+        import botocore  # noqa: F401
+    except ImportError:
+        return NO_BOTO3
+    return None
 
 
 def boto3_client(region: str, timeout: float) -> Any:
@@ -98,6 +117,9 @@ class LambdaCaller:
             return await asyncio.wait_for(
                 asyncio.to_thread(self._invoke, parts[3], endpoint, payload), timeout
             )
+        except ImportError as exc:
+            # Installing a package takes a person, not a retry: final.
+            return Outcome(Status.PERMANENT_ERROR, error_type=type(exc).__name__, message=NO_BOTO3)
         except (TimeoutError, asyncio.TimeoutError):
             return Outcome(
                 Status.TIMEOUT, error_type="TimeoutError", message=f"no answer in {timeout:g} s"

@@ -20,7 +20,7 @@ from .concurrency import Limiter
 from .engine import Engine
 from .http_caller import HttpCaller
 from .retry import RetryPolicy
-from .settings import DEFAULT_PORT
+from .settings import DEFAULT_MAX_INPUT_SIZE, DEFAULT_PORT
 from .store import Store
 from .store.sqlite import SQLiteStore
 
@@ -44,6 +44,9 @@ class Settings:
     max_per_destination: int | None = None
     """A hard cap on attempts in flight to one destination; None: adaptive only."""
     policy: RetryPolicy = field(default_factory=RetryPolicy)
+    max_input_size: int = DEFAULT_MAX_INPUT_SIZE
+    """The largest input of a call, in bytes: a larger one is refused at Dispatch, and a
+    Poll or tail call that makes one ends its call (INVALID_RESPONSE)."""
 
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -87,8 +90,15 @@ async def serve(
         # A lease outlasts its attempt; it lapses soon after one that died with its process.
         lease_margin=min(30.0, settings.attempt_timeout),
         limiter=Limiter(cap=settings.max_per_destination),
+        max_input_size=settings.max_input_size,
     )
-    api = Api(store, engine, api_keys=settings.api_keys, insecure=settings.insecure)
+    api = Api(
+        store,
+        engine,
+        api_keys=settings.api_keys,
+        insecure=settings.insecure,
+        max_input_size=settings.max_input_size,
+    )
     runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
     await runner.setup()
     stopped = stop or asyncio.Event()

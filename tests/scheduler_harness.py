@@ -20,6 +20,7 @@ from dispatchlet.scheduler.api import Api
 from dispatchlet.scheduler.engine import Engine
 from dispatchlet.scheduler.http_caller import Outcome
 from dispatchlet.scheduler.retry import RetryPolicy
+from dispatchlet.scheduler.settings import DEFAULT_MAX_INPUT_SIZE
 from dispatchlet.scheduler.store import Call, Store
 from dispatchlet.scheduler.store.sqlite import SQLiteStore
 from google.protobuf import message
@@ -130,6 +131,7 @@ async def harness(
     store: Store | None = None,
     running: bool = True,
     policy: RetryPolicy | None = None,
+    max_input_size: int = DEFAULT_MAX_INPUT_SIZE,
     **api_options: Any,
 ) -> AsyncIterator[Harness]:
     """The API on a free loopback port over a SQLite store in ``folder`` (or ``store``),
@@ -141,9 +143,10 @@ async def harness(
         caller,
         policy=policy or RetryPolicy(base=0.01, cap=0.05),
         idle_interval=0.05,
+        max_input_size=max_input_size,
     )
     api_options.setdefault("api_keys", [API_KEY])
-    api = Api(opened, engine, **api_options)
+    api = Api(opened, engine, max_input_size=max_input_size, **api_options)
     runner = web.AppRunner(api.app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

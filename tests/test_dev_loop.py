@@ -109,7 +109,9 @@ def test_dev_prints_the_exports_dispatch_and_calls_use(
     dispatch_id = started.stdout.strip()
     assert re.fullmatch(r"[0-9a-f]{32}", dispatch_id)
     assert dispatchlet("calls", "wait", dispatch_id, env=env, cwd=tmp_path).stdout.strip() == "3"
-    shown = json.loads(dispatchlet("calls", "show", dispatch_id, env=env, cwd=tmp_path).stdout)
+    shown = json.loads(
+        dispatchlet("calls", "show", dispatch_id, "--json", env=env, cwd=tmp_path).stdout
+    )
     assert (shown["status"], shown["output"], shown["attempts"], shown["done"]) == (
         "OK",
         3,

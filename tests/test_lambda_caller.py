@@ -1,5 +1,6 @@
-"""Lambda ARN endpoints: Invoke through a real boto3 client (with botocore's Stubber), and
-the scheduler's engine running calls on the Lambda adapter's own handler."""
+"""Lambda ARN endpoints: Invoke through a real boto3 client (with botocore's Stubber), the
+scheduler's engine running calls on the Lambda adapter's own handler, and a scheduler
+without boto3 refusing ARN endpoints rather than retrying a missing module."""
 
 from __future__ import annotations
 
@@ -19,14 +20,16 @@ from botocore.stub import Stubber
 from dispatchlet import Endpoint, RunContext, Status
 from dispatchlet.adapters.aws_lambda import lambda_handler
 from dispatchlet.core import values
-from dispatchlet.proto.dispatch.sdk.v1 import call_pb2, function_pb2
+from dispatchlet.proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2, function_pb2
 from dispatchlet.scheduler.callers import Callers
 from dispatchlet.scheduler.engine import Engine
-from dispatchlet.scheduler.http_caller import HttpCaller
+from dispatchlet.scheduler.http_caller import HttpCaller, Outcome
 from dispatchlet.scheduler.lambda_caller import LambdaCaller
 from dispatchlet.scheduler.retry import RetryPolicy
 from dispatchlet.scheduler.store import NewCall
 from dispatchlet.scheduler.store.sqlite import SQLiteStore
+from scheduler_harness import call as harness_call
+from scheduler_harness import harness
 
 ARN = "arn:aws:lambda:eu-west-1:123456789012:function:hello"
 
@@ -181,3 +184,96 @@ def test_the_scheduler_never_imports_boto3_for_http_endpoints() -> None:
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# --- a scheduler without boto3 ----------------------------------------------------------
+
+
+@pytest.fixture
+def without_boto3(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process as if boto3 were not installed: importing it fails."""
+    monkeypatch.setitem(sys.modules, "boto3", None)
+
+
+def test_without_boto3_arn_endpoints_are_refused_at_dispatch(
+    tmp_path: Path, without_boto3: None
+) -> None:
+    async def scenario() -> tuple[int, dict[str, str]]:
+        async with harness(tmp_path, running=False) as h:
+            request = dispatch_pb2.DispatchRequest(
+                calls=[harness_call("f"), harness_call("f", endpoint=ARN)]
+            )
+            status, answer = await h.post(
+                "/dispatch.sdk.v1.DispatchService/Dispatch", request.SerializeToString()
+            )
+            stored = await h.store.list()
+            assert stored == []  # nothing of the request is kept
+            return status, json.loads(answer)
+
+    status, error = asyncio.run(scenario())
+    assert (status, error["code"]) == (400, "invalid_argument")
+    assert error["message"].startswith("call 1: arn:aws:lambda: endpoints need boto3")
+    assert "pip install 'dispatchlet[aws]'" in error["message"]
+
+
+def test_without_boto3_a_poll_or_tail_call_to_an_arn_ends_its_call(
+    tmp_path: Path, without_boto3: None
+) -> None:
+    def answer(endpoint: str, request: function_pb2.RunRequest) -> Outcome:
+        response = function_pb2.RunResponse(status=Status.OK.value)
+        if request.function == "poll":
+            response.poll.calls.add(function="child", endpoint=ARN)
+            response.poll.min_results = response.poll.max_results = 1
+        elif request.function == "tail":
+            response.exit.tail_call.function = "next"
+            response.exit.tail_call.endpoint = ARN
+        return Outcome(Status.OK, response)
+
+    async def scenario() -> list[Any]:
+        async with harness(tmp_path, answer) as h:
+            ids = await h.dispatch(harness_call("poll"), harness_call("tail"))
+            done = [await h.done(i) for i in ids]
+            assert {r.function for r in h.caller.requests} == {"poll", "tail"}
+            return done
+
+    for done in asyncio.run(scenario()):
+        assert done.status == Status.INVALID_RESPONSE.value
+        error = call_pb2.CallResult.FromString(done.result).error
+        assert "pip install 'dispatchlet[aws]'" in error.message, error
+
+
+def test_without_boto3_a_stored_arn_call_ends_at_its_first_attempt(
+    tmp_path: Path, without_boto3: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A call stored before (or by a process with boto3) is not retried for a day with a
+    traceback per attempt: a missing module does not appear by retrying."""
+
+    async def scenario() -> Any:
+        store = await SQLiteStore.open(tmp_path / "s.db")
+        callers = Callers(HttpCaller(None, insecure=True))
+        engine = Engine(store, callers, policy=RetryPolicy(base=0.01, cap=0.05))
+        task = asyncio.create_task(engine.run())
+        try:
+            now = engine.clock()
+            (dispatch_id,) = await store.dispatch([NewCall("f", ARN, b"", now + 3600)], now=now)
+            engine.wake()
+            with engine.watching(dispatch_id) as until:
+                for _ in range(300):
+                    found = await store.get(dispatch_id)
+                    assert found is not None
+                    if found.done:
+                        return found
+                    await until(0.1)
+            raise AssertionError(f"the call did not end: {found}")
+        finally:
+            engine.stop()
+            await task
+            await callers.close()
+            await store.close()
+
+    done = asyncio.run(scenario())
+    assert (done.status, done.attempts) == (Status.PERMANENT_ERROR.value, 1)
+    error = call_pb2.CallResult.FromString(done.result).error
+    assert error.type == "ModuleNotFoundError"
+    assert "pip install 'dispatchlet[aws]'" in error.message
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"

@@ -160,7 +160,8 @@ def test_retry_makes_the_call_ready_later_with_its_last_error(open_store: Any) -
         assert await store.retry(claimed.lease, TIMEOUT, b"err", ready_at=NOW + 5, now=NOW + 1)
         waiting = await store.get(dispatch_id)
         assert waiting is not None
-        assert (waiting.state, waiting.status, waiting.result) == (State.READY, None, b"err")
+        # The attempt's status is kept with its error, to be shown; the call is not done.
+        assert (waiting.state, waiting.status, waiting.result) == (State.READY, TIMEOUT, b"err")
         assert await store.claim(owner="s1", now=NOW + 4, limit=1, lease_seconds=LEASE) == []
         (again,) = await store.claim(owner="s1", now=NOW + 5, limit=1, lease_seconds=LEASE)
         assert again.call.attempts == 2
@@ -271,6 +272,75 @@ def test_list_filters_and_pages_in_creation_order(open_store: Any) -> None:
         running = await store.list(state=State.RUNNING)
         assert [c.dispatch_id for c in running] == [claimed.call.dispatch_id]
         assert await store.list(root_id=ids[3]) == [await store.get(ids[3])]
+
+    with_store(open_store, body)
+
+
+def test_list_filters_by_final_status_and_pages_newest_first(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        ok, failed, retried, ready = await store.dispatch(
+            [call("ok"), call("failed"), call("retried"), call("ready")], now=NOW
+        )
+        leases = {
+            c.call.dispatch_id: c.lease
+            for c in await store.claim(owner="s", now=NOW, limit=3, lease_seconds=LEASE)
+        }
+        assert await store.finish(leases[ok], OK, b"", now=NOW + 1)
+        assert await store.finish(leases[failed], PERMANENT_ERROR, b"e", now=NOW + 1)
+        assert await store.retry(leases[retried], TIMEOUT, b"e", ready_at=NOW + 9, now=NOW + 1)
+
+        async def ids(**filters: Any) -> list[str]:
+            return [c.dispatch_id for c in await store.list(**filters)]
+
+        assert await ids(status=OK) == [ok]
+        assert await ids(status=PERMANENT_ERROR) == [failed]
+        # A call waiting for its retry keeps its latest attempt's status, which is not final.
+        assert await ids(status=TIMEOUT) == []
+        assert await ids(failed=True) == [failed]
+        assert await ids(failed=True, function="ok") == []
+        assert await ids(newest_first=True) == [ready, retried, failed, ok]
+        assert await ids(newest_first=True, status=OK) == [ok]
+        # Pages follow the order asked for.
+        first = await ids(newest_first=True, limit=3)
+        rest = await ids(newest_first=True, after=first[-1], limit=3)
+        assert first + rest == [ready, retried, failed, ok]
+        assert await ids(after=failed) == [retried, ready]
+
+    with_store(open_store, body)
+
+
+def test_a_calls_latest_attempt_status_lasts_until_a_new_run_starts(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        (dispatch_id,) = await store.dispatch([call()], now=NOW)
+        (first,) = await store.claim(owner="s", now=NOW, limit=1, lease_seconds=LEASE)
+        assert await store.retry(first.lease, TIMEOUT, b"e1", ready_at=NOW, now=NOW)
+        (second,) = await store.claim(owner="s", now=NOW + 1, limit=1, lease_seconds=LEASE)
+        # Running again: still the status of the latest attempt that ended.
+        assert (second.call.status, second.call.result) == (TIMEOUT, b"e1")
+        # Its run succeeds with a Poll: a new run starts, with no attempt ended yet.
+        assert (
+            await store.suspend(
+                second.lease, POLL, [], min_results=1, max_results=1, until=NOW + 2, now=NOW + 1
+            )
+            == []
+        )
+        suspended = await store.get(dispatch_id)
+        assert suspended is not None
+        assert (suspended.state, suspended.status, suspended.attempts) == (State.WAITING, None, 0)
+        (resume,) = await store.claim(owner="s", now=NOW + 2, limit=1, lease_seconds=LEASE)
+        assert await store.retry(resume.lease, TIMEOUT, b"e2", ready_at=NOW, now=NOW + 2)
+        (again,) = await store.claim(owner="s", now=NOW + 3, limit=1, lease_seconds=LEASE)
+        assert await store.restart(again.lease, now=NOW + 3, orphans=ORPHANS)
+        restarted = await store.get(dispatch_id)
+        assert restarted is not None
+        assert (restarted.state, restarted.status) == (State.READY, None)
+        (run,) = await store.claim(owner="s", now=NOW + 4, limit=1, lease_seconds=LEASE)
+        assert await store.retry(run.lease, TIMEOUT, b"e3", ready_at=NOW, now=NOW + 4)
+        (tail,) = await store.claim(owner="s", now=NOW + 5, limit=1, lease_seconds=LEASE)
+        assert await store.tail_call(tail.lease, "g", "http://127.0.0.1:8000", b"", now=NOW + 5)
+        handed_over = await store.get(dispatch_id)
+        assert handed_over is not None
+        assert (handed_over.function, handed_over.status, handed_over.result) == ("g", None, b"")
 
     with_store(open_store, body)
 

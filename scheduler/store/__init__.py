@@ -24,6 +24,8 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import secrets
+import sqlite3
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -67,7 +69,10 @@ class Call:
     root_id: str
     state: State
     status: int | None
-    """The final run status (``Status`` value) once done, else None."""
+    """The final run status (``Status`` value) once done. Before that, the status of the
+    latest attempt that ended while the call waits for its retry (or runs it); None
+    before any attempt of its current run ended (a suspension, a restart and a tail call
+    start a new run). Only a done call's status is final."""
     result: bytes
     """A serialized ``CallResult``: the output once OK, else the last error (empty: none)."""
     attempts: int
@@ -185,8 +190,8 @@ class Store(Protocol):
     async def retry(
         self, lease: Lease, status: int, result: bytes, *, ready_at: float, now: float
     ) -> bool:
-        """Make the call ready again at ``ready_at``, keeping its last error; False for a
-        stale lease."""
+        """Make the call ready again at ``ready_at``, keeping the attempt's ``status`` and
+        its error (``result``); False for a stale lease."""
 
     async def tail_call(
         self, lease: Lease, function: str, endpoint: str, input: bytes, *, now: float
@@ -204,11 +209,16 @@ class Store(Protocol):
         state: State | None = None,
         function: str | None = None,
         root_id: str | None = None,
+        status: int | None = None,
+        failed: bool = False,
+        newest_first: bool = False,
         after: str | None = None,
         limit: int = 100,
     ) -> list[Call]:
-        """Calls matching every filter given, in creation order, after the dispatch id
-        ``after`` (a page's last)."""
+        """Calls matching every filter given (``status``: done with that final status;
+        ``failed``: done with any other than OK), in creation order or, with
+        ``newest_first``, the reverse; after the dispatch id ``after`` (a page's last) in
+        that order."""
 
     async def cancel(self, dispatch_id: str, status: int, result: bytes, *, now: float) -> int:
         """End the call and its unfinished descendants with ``status`` and ``result``;
@@ -223,6 +233,18 @@ class Store(Protocol):
 
 class StoreError(Exception):
     """The database cannot be used (written by a newer version, not a store)."""
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means that the database cannot be used now (unreachable,
+    restarting, its connection lost, its file locked or full, the store closed): worth
+    trying again later, unlike an error of the scheduler's own."""
+    if isinstance(exc, (StoreError, sqlite3.OperationalError)):
+        return True
+    # psycopg's, if it is loaded at all (only the PostgreSQL store loads it): connection
+    # failures, server shutdowns and pool timeouts are its OperationalErrors.
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(exc, psycopg.OperationalError)
 
 
 def new_dispatch_id(now: float) -> str:
@@ -343,4 +365,5 @@ __all__ = [
     "children_of",
     "fitting",
     "new_dispatch_id",
+    "unavailable",
 ]

@@ -30,6 +30,7 @@ import psycopg_pool
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
+from ...core.status import Status
 from ..concurrency import destination
 from . import (
     Call,
@@ -460,7 +461,7 @@ class PostgresStore:
                 await db.execute(
                     "UPDATE dispatchlet_calls SET state = 'waiting', poll = %s, poll_min = %s, "
                     "poll_max = %s, poll_until = %s, lease_owner = NULL, lease_expires = NULL, "
-                    "attempts = 0 "
+                    "attempts = 0, status = NULL "
                     "WHERE dispatch_id = %s AND lease_token = %s AND state = 'running' "
                     "RETURNING root_id",
                     (poll, min_results, max_results, until, lease.dispatch_id, lease.token),
@@ -482,7 +483,7 @@ class PostgresStore:
         async def update(db: Connection) -> bool:
             cursor = await db.execute(
                 "UPDATE dispatchlet_calls SET state = 'ready', ready_at = %s, poll = '', "
-                "restarts = restarts + 1, lease_owner = NULL, lease_expires = NULL "
+                "status = NULL, restarts = restarts + 1, lease_owner = NULL, lease_expires = NULL "
                 "WHERE dispatch_id = %s AND lease_token = %s AND state = 'running'",
                 (now, lease.dispatch_id, lease.token),
             )
@@ -498,12 +499,12 @@ class PostgresStore:
     async def retry(
         self, lease: Lease, status: int, result: bytes, *, ready_at: float, now: float
     ) -> bool:
-        del status, now  # the error is kept in ``result``; a ready call has no final status
+        del now
         return await self._update(
-            "UPDATE dispatchlet_calls SET state = 'ready', status = NULL, result = %s, "
+            "UPDATE dispatchlet_calls SET state = 'ready', status = %s, result = %s, "
             "ready_at = %s, lease_owner = NULL, lease_expires = NULL "
             "WHERE dispatch_id = %s AND lease_token = %s AND state = 'running'",
-            (result, ready_at, lease.dispatch_id, lease.token),
+            (status, result, ready_at, lease.dispatch_id, lease.token),
         )
 
     async def tail_call(
@@ -512,7 +513,8 @@ class PostgresStore:
         async def update(db: Connection) -> bool:
             cursor = await db.execute(
                 "UPDATE dispatchlet_calls SET function = %s, endpoint = %s, destination = %s, "
-                "input = %s, state = 'ready', ready_at = %s, attempts = 0, result = '', "
+                "input = %s, state = 'ready', ready_at = %s, attempts = 0, status = NULL, "
+                "result = '', "
                 "lease_owner = NULL, lease_expires = NULL, poll = '' "
                 "WHERE dispatch_id = %s AND lease_token = %s AND state = 'running'",
                 (
@@ -543,6 +545,9 @@ class PostgresStore:
         state: State | None = None,
         function: str | None = None,
         root_id: str | None = None,
+        status: int | None = None,
+        failed: bool = False,
+        newest_first: bool = False,
         after: str | None = None,
         limit: int = 100,
     ) -> list[Call]:
@@ -552,17 +557,25 @@ class PostgresStore:
             ("state", None if state is None else state.value),
             ("function", function),
             ("root_id", root_id),
+            ("status", status),
         ):
             if value is not None:
                 clauses.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
                 params.append(value)
+        if status is not None or failed:
+            # Only a done call's status is final (a retried one keeps its last attempt's).
+            clauses.append(sql.SQL("state = 'done'"))
+        if failed:
+            clauses.append(sql.SQL("status <> %s"))
+            params.append(Status.OK.value)
+        order, beyond = ("DESC", "<") if newest_first else ("ASC", ">")
         if after is not None:
             clauses.append(
-                sql.SQL("seq > (SELECT seq FROM dispatchlet_calls WHERE dispatch_id = %s)")
+                sql.SQL(f"seq {beyond} (SELECT seq FROM dispatchlet_calls WHERE dispatch_id = %s)")
             )
             params.append(after)
         where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(clauses) if clauses else sql.SQL("")
-        query = sql.SQL(_SELECT) + where + sql.SQL(" ORDER BY seq LIMIT %s")
+        query = sql.SQL(_SELECT) + where + sql.SQL(f" ORDER BY seq {order} LIMIT %s")
 
         return [_call(row) for row in await self._select(query, (*params, limit))]
 

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ...core.status import Status
 from ..concurrency import destination
 from . import (
     Call,
@@ -326,7 +327,8 @@ class SQLiteStore:
         def update(db: sqlite3.Connection) -> list[str] | None:
             row = db.execute(
                 "UPDATE calls SET state = 'waiting', poll = ?, poll_min = ?, poll_max = ?, "
-                "poll_until = ?, lease_owner = NULL, lease_expires = NULL, attempts = 0 "
+                "poll_until = ?, lease_owner = NULL, lease_expires = NULL, attempts = 0, "
+                "status = NULL "
                 "WHERE dispatch_id = ? AND lease_token = ? AND state = 'running' "
                 "RETURNING root_id",
                 (poll, min_results, max_results, until, lease.dispatch_id, lease.token),
@@ -344,7 +346,7 @@ class SQLiteStore:
     async def restart(self, lease: Lease, *, now: float, orphans: tuple[int, bytes]) -> bool:
         def update(db: sqlite3.Connection) -> bool:
             cursor = db.execute(
-                "UPDATE calls SET state = 'ready', ready_at = ?, poll = x'', "
+                "UPDATE calls SET state = 'ready', ready_at = ?, poll = x'', status = NULL, "
                 "restarts = restarts + 1, lease_owner = NULL, lease_expires = NULL "
                 "WHERE dispatch_id = ? AND lease_token = ? AND state = 'running'",
                 (now, lease.dispatch_id, lease.token),
@@ -363,14 +365,13 @@ class SQLiteStore:
     ) -> bool:
         def update(db: sqlite3.Connection) -> bool:
             cursor = db.execute(
-                "UPDATE calls SET state = 'ready', status = NULL, result = ?, ready_at = ?, "
+                "UPDATE calls SET state = 'ready', status = ?, result = ?, ready_at = ?, "
                 "lease_owner = NULL, lease_expires = NULL "
                 "WHERE dispatch_id = ? AND lease_token = ? AND state = 'running'",
-                (result, ready_at, lease.dispatch_id, lease.token),
+                (status, result, ready_at, lease.dispatch_id, lease.token),
             )
             return cursor.rowcount == 1
 
-        del status  # kept with the error in ``result``; a ready call has no final status
         return await self._run(self._transaction, update)
 
     async def tail_call(
@@ -379,7 +380,7 @@ class SQLiteStore:
         def update(db: sqlite3.Connection) -> bool:
             cursor = db.execute(
                 "UPDATE calls SET function = ?, endpoint = ?, destination = ?, input = ?, "
-                "state = 'ready', ready_at = ?, attempts = 0, result = x'', "
+                "state = 'ready', ready_at = ?, attempts = 0, status = NULL, result = x'', "
                 "lease_owner = NULL, lease_expires = NULL, poll = x'' "
                 "WHERE dispatch_id = ? AND lease_token = ? AND state = 'running'",
                 (
@@ -413,6 +414,9 @@ class SQLiteStore:
         state: State | None = None,
         function: str | None = None,
         root_id: str | None = None,
+        status: int | None = None,
+        failed: bool = False,
+        newest_first: bool = False,
         after: str | None = None,
         limit: int = 100,
     ) -> list[Call]:
@@ -421,17 +425,26 @@ class SQLiteStore:
             ("state", None if state is None else state.value),
             ("function", function),
             ("root_id", root_id),
+            ("status", status),
         ):
             if value is not None:
                 clauses.append(f"{column} = ?")
                 values.append(value)
+        if status is not None or failed:
+            # Only a done call's status is final (a retried one keeps its last attempt's).
+            clauses.append("state = 'done'")
+        if failed:
+            clauses.append("status <> ?")
+            values.append(Status.OK.value)
+        # Creation order is the row order; a page starts after the last one's row.
+        order, beyond = ("DESC", "<") if newest_first else ("ASC", ">")
         if after is not None:
-            # Creation order is the row order; a page starts after the last one's row.
-            clauses.append("rowid > (SELECT rowid FROM calls WHERE dispatch_id = ?)")
+            clauses.append(f"rowid {beyond} (SELECT rowid FROM calls WHERE dispatch_id = ?)")
             values.append(after)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        # Only this module's own column names go into the text; values are parameters.
-        query = f"{_SELECT} {where} ORDER BY rowid LIMIT ?"
+        # Only this module's own column names and keywords go into the text; values are
+        # parameters.
+        query = f"{_SELECT} {where} ORDER BY rowid {order} LIMIT ?"
 
         def select(db: sqlite3.Connection) -> list[Call]:
             return [call_from_row(row) for row in db.execute(query, (*values, limit))]

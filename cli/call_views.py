@@ -1,0 +1,310 @@
+"""How ``dispatchlet dispatch`` and ``dispatchlet calls`` show calls: table rows, the
+lines of ``calls show``, JSON objects, a failed attempt, a workflow's journal decoded.
+
+Values (inputs, outputs, a journal's results) are decoded with ``core.values``; a
+pickle is described, never unpickled."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from google.protobuf import any_pb2, message
+
+from ..client import CallInfo
+from ..core.values import DecodeError, from_any, is_pickled, type_name
+from ..proto.dispatch.sdk.v1 import call_pb2
+from ..proto.dispatchlet.workflow.v1 import journal_pb2
+
+_JOURNAL_NAME = journal_pb2.Journal.DESCRIPTOR.full_name
+_ERROR_WIDTH = 100  # characters of an error message in a table row
+_KINDS = {
+    journal_pb2.Step.KIND_CALL: "call",
+    journal_pb2.Step.KIND_SLEEP: "sleep",
+    journal_pb2.Step.KIND_PATCH: "patch",
+}
+
+
+# --- values ----------------------------------------------------------------------------
+
+
+def plain(value: object) -> object:
+    """``value`` as JSON can carry it: itself when it can, else a description."""
+    if isinstance(value, any_pb2.Any):
+        return _describe_any(value)
+    if isinstance(value, datetime.datetime):
+        return value.isoformat()
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+    return value
+
+
+def text(value: object) -> str:
+    """``value`` on one line: compact JSON, or a description."""
+    if isinstance(value, any_pb2.Any):
+        return _describe_any(value)
+    if isinstance(value, datetime.datetime):
+        return value.isoformat()
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _decoded(value: any_pb2.Any) -> object:
+    """The value ``value`` holds; itself (described when shown) when it is a pickle,
+    which is never unpickled, or cannot be decoded."""
+    try:
+        return from_any(value)
+    except DecodeError:
+        return value
+
+
+def _describe_any(value: any_pb2.Any) -> str:
+    if is_pickled(value):
+        return f"<a pickled Python value of {len(value.value)} bytes, not unpickled>"
+    return f"<{value.type_url or 'no type'}: {len(value.value)} bytes>"
+
+
+def moment(when: datetime.datetime | None) -> str:
+    """A time in UTC, to the second: 2026-12-05T14:50:20Z."""
+    if when is None:
+        return "-"
+    return when.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def duration(seconds: float) -> str:
+    """A span as people read it: 850ms, 4.2s, 3m05s, 2h03m, 1d02h."""
+    seconds = max(seconds, 0.0)
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, rest = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{rest:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+def _one_line(words: str, limit: int | None = None) -> str:
+    words = " ".join(words.split())
+    if limit is not None and len(words) > limit:
+        return words[: limit - 3] + "..."
+    return words
+
+
+def error_text(info: CallInfo, limit: int | None = None) -> str:
+    if info.error is None:
+        return ""
+    return _one_line(f"{info.error.type}: {info.error.message}", limit)
+
+
+def status_name(info: CallInfo) -> str:
+    return info.status.name if info.status is not None else "-"
+
+
+# --- a failed attempt, as `--wait` reports it ----------------------------------------
+
+
+def attempt_line(info: CallInfo, now: datetime.datetime | None = None) -> str:
+    """attempt 2 failed: TCP_ERROR ConnectionRefusedError: ...; next try in 0.4s"""
+    status = info.last_status.name if info.last_status is not None else "error"
+    line = f"attempt {info.attempts} failed: {status}"
+    if info.error is not None:
+        line += f" {error_text(info)}"
+    if info.ready_at is not None:
+        now = now or datetime.datetime.now(datetime.timezone.utc)
+        line += f"; next try in {duration((info.ready_at - now).total_seconds())}"
+    return line
+
+
+# --- calls list ------------------------------------------------------------------------
+
+_HEADER = ("DISPATCH ID", "CREATED", "STATE", "STATUS", "ATTEMPTS", "DURATION", "FUNCTION")
+
+
+def table(calls: Iterable[CallInfo]) -> list[str]:
+    """A header and one row per call; the error last, cut to one short line."""
+    rows = [
+        (
+            info.dispatch_id,
+            moment(info.created_at),
+            info.state,
+            status_name(info),
+            str(info.attempts),
+            duration((info.finished_at - info.created_at).total_seconds())
+            if info.finished_at is not None
+            else "-",
+            info.function,
+            error_text(info, _ERROR_WIDTH),
+        )
+        for info in calls
+    ]
+    widths = [max(len(row[i]) for row in [(*_HEADER, ""), *rows]) for i in range(len(_HEADER))]
+    lines = []
+    for row in [(*_HEADER, "ERROR"), *rows]:
+        cells = [
+            row[i].rjust(width) if i == 4 else row[i].ljust(width) for i, width in enumerate(widths)
+        ]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    return lines
+
+
+# --- JSON ----------------------------------------------------------------------------
+
+
+def as_dict(info: CallInfo) -> dict[str, Any]:
+    """A call as JSON can carry it: names for statuses, ISO 8601 times, decoded values,
+    a workflow's journal decoded."""
+    state = info.coroutine_state
+    return {
+        "dispatch_id": info.dispatch_id,
+        "function": info.function,
+        "endpoint": info.endpoint,
+        "state": info.state,
+        "done": info.done,
+        "status": info.status.name if info.status is not None else None,
+        "attempts": info.attempts,
+        "last_status": info.last_status.name if info.last_status is not None else None,
+        "input": plain(info.input),
+        "output": plain(info.output),
+        "error": {"type": info.error.type, "message": info.error.message}
+        if info.error is not None
+        else None,
+        "parent_dispatch_id": info.parent_dispatch_id or None,
+        "root_dispatch_id": info.root_dispatch_id,
+        "created_at": info.created_at.isoformat(),
+        "finished_at": info.finished_at.isoformat() if info.finished_at is not None else None,
+        "expires_at": info.expires_at.isoformat(),
+        "ready_at": info.ready_at.isoformat() if info.ready_at is not None else None,
+        "coroutine_state": None if state is None else _state_dict(state),
+    }
+
+
+def _state_dict(state: any_pb2.Any) -> dict[str, Any]:
+    shown: dict[str, Any] = {"type_url": state.type_url, "size": len(state.value)}
+    journal = read_journal(state)
+    if journal is not None:
+        shown["journal"] = journal
+    return shown
+
+
+# --- a workflow's journal ------------------------------------------------------------
+
+
+def read_journal(state: any_pb2.Any) -> dict[str, Any] | None:
+    """The journal in a suspended call's state, decoded; None when the state is not a
+    dispatchlet journal (another SDK's) or cannot be read."""
+    try:
+        if type_name(state) != _JOURNAL_NAME:
+            return None
+        journal = journal_pb2.Journal.FromString(state.value)
+    except (DecodeError, message.DecodeError):
+        return None
+    return {
+        "function": journal.function,
+        "version": journal.version,
+        "input": plain(_decoded(journal.input)) if journal.HasField("input") else None,
+        "outcomes": journal.arrivals,
+        "steps": [_step(slot, step) for slot, step in enumerate(journal.steps)],
+    }
+
+
+def _step(slot: int, step: journal_pb2.Step) -> dict[str, Any]:
+    kind = _KINDS.get(step.kind, "unknown")
+    shown: dict[str, Any] = {"slot": slot, "kind": kind}
+    if step.kind == journal_pb2.Step.KIND_CALL:
+        shown["function"] = step.name
+        if step.endpoint:
+            shown["endpoint"] = step.endpoint
+        if step.arrival:
+            shown.update(_result(step.result))
+        else:
+            shown["state"] = "pending" if step.started else "not started"
+    elif step.kind == journal_pb2.Step.KIND_SLEEP:
+        shown["state"] = "done" if step.arrival else "sleeping"
+        shown["wake_at"] = step.wake_at.ToDatetime(datetime.timezone.utc).isoformat()
+    else:
+        shown["name"] = step.name
+        shown["state"] = "applied"
+    return shown
+
+
+def _result(result: call_pb2.CallResult) -> dict[str, Any]:
+    if result.HasField("error"):
+        error = {"type": result.error.type, "message": result.error.message}
+        return {"state": "failed", "error": error}
+    output = _decoded(result.output) if result.HasField("output") else None
+    return {"state": "done", "output": plain(output)}
+
+
+def journal_lines(journal: dict[str, Any]) -> list[str]:
+    """The journal's steps, one line each: slot, kind and function, state, outcome."""
+    lines = [
+        f"journal      {journal['function']}: {len(journal['steps'])} step(s), "
+        f"{journal['outcomes']} outcome(s) arrived"
+    ]
+    names = [step.get("function") or step.get("name") or "" for step in journal["steps"]]
+    width = max(map(len, names), default=0)
+    for step, name in zip(journal["steps"], names, strict=True):
+        line = f"  slot {step['slot']:<3} {step['kind']:<5} {name:<{width}}  {step['state']}"
+        if "output" in step:
+            line += f": {text(step['output'])}"
+        elif "error" in step:
+            line += f": {_one_line(step['error']['type'] + ': ' + step['error']['message'])}"
+        elif step["kind"] == "sleep":
+            wake_at = datetime.datetime.fromisoformat(step["wake_at"])
+            line += f" until {moment(wake_at)}" if step["state"] == "sleeping" else ""
+        lines.append(line)
+    return lines
+
+
+# --- calls show --------------------------------------------------------------------------
+
+
+def describe(info: CallInfo) -> list[str]:
+    """``calls show``: the call's fields, one per line, then its journal when it is a
+    suspended dispatchlet workflow."""
+    fields = [
+        ("dispatch id", info.dispatch_id),
+        ("function", info.function),
+        ("endpoint", info.endpoint),
+        ("state", info.state),
+        ("status", status_name(info)),
+        ("attempts", str(info.attempts)),
+    ]
+    if info.last_status is not None and not info.done:
+        fields.append(("last status", info.last_status.name))
+    fields.append(("created", moment(info.created_at)))
+    if info.finished_at is not None:
+        took = duration((info.finished_at - info.created_at).total_seconds())
+        fields.append(("finished", f"{moment(info.finished_at)} (after {took})"))
+    if info.ready_at is not None and not info.done:
+        fields.append(("next try", moment(info.ready_at)))
+    fields.append(("expires", moment(info.expires_at)))
+    if info.parent_dispatch_id:
+        fields.append(("parent", info.parent_dispatch_id))
+    if info.root_dispatch_id and info.root_dispatch_id != info.dispatch_id:
+        fields.append(("root", info.root_dispatch_id))
+    fields.append(("input", text(info.input)))
+    if info.done and info.error is None:
+        fields.append(("output", text(info.output)))
+    if info.error is not None:
+        fields.append(("error", error_text(info)))
+    lines = [f"{name:<12} {value}" for name, value in fields]
+    state = info.coroutine_state
+    if state is not None:
+        journal = read_journal(state)
+        if journal is None:
+            lines.append(f"{'state':<12} {_describe_any(state)}")
+        else:
+            lines.extend(journal_lines(journal))
+    return lines
