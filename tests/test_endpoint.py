@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import itertools
 import json
+import logging
 import socket
 import ssl
 import time
@@ -185,6 +186,56 @@ def test_no_key_refuses_every_request(monkeypatch: pytest.MonkeyPatch) -> None:
         status, code, message = connect_error(ep.handle(request))
         assert (status, code) == (401, "unauthenticated")
         assert "DISPATCH_VERIFICATION_KEY" in message
+
+
+def start_warnings(records: list[logging.LogRecord]) -> list[str]:
+    return [
+        r.getMessage()
+        for r in records
+        if r.name == "dispatchlet" and "DISPATCH_VERIFICATION_KEY" in r.getMessage()
+    ]
+
+
+def test_an_adapter_built_without_a_key_warns_once_at_start(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dispatchlet.adapters.aws_lambda import lambda_handler
+    from dispatchlet.adapters.cloud_functions import cloud_function
+    from dispatchlet.adapters.wsgi import wsgi_app
+
+    monkeypatch.delenv("DISPATCH_VERIFICATION_KEY", raising=False)
+    for build, refused in (
+        (wsgi_app, "every request will be refused with 401"),
+        (cloud_function, "every request will be refused with 401"),
+        (lambda_handler, "every HTTP event (Function URL, API Gateway, ALB, VPC Lattice)"),
+    ):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="dispatchlet"):
+            ep = Endpoint()
+            assert start_warnings(caplog.records) == []  # a key may still be set
+            build(ep)  # type: ignore[operator]
+            build(ep)  # type: ignore[operator]
+        (warning,) = start_warnings(caplog.records)
+        assert refused in warning
+        assert "scheduler's public key" in warning
+        assert "dispatchlet scheduler" in warning
+
+
+def test_no_start_warning_with_a_key_or_insecure_or_turned_off(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dispatchlet.adapters.wsgi import wsgi_app
+
+    monkeypatch.delenv("DISPATCH_VERIFICATION_KEY", raising=False)
+    with caplog.at_level(logging.WARNING, logger="dispatchlet"):
+        wsgi_app(Endpoint(verification_key=PUBLIC_KEY))
+        wsgi_app(Endpoint(insecure=True))
+        later = Endpoint()
+        later.set_verification_key(PUBLIC_KEY)  # as the command line does
+        wsgi_app(later)
+        monkeypatch.setattr(Endpoint, "warn_without_key", False)
+        wsgi_app(Endpoint())
+    assert start_warnings(caplog.records) == []
 
 
 def test_key_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
