@@ -283,7 +283,7 @@ class Function(Generic[P, R]):
         if not args:
             return dict(kwargs)
         if shape.positions is not None:
-            named = dict(zip(shape.positions, args))
+            named = dict(zip(shape.positions, args, strict=False))  # args may be fewer
             named.update(kwargs)
             return named
         if any(p.kind in _VARIADIC or p.kind is _POSITIONAL[0] for p in shape.inputs):

@@ -341,7 +341,9 @@ def test_signature_binds_the_path_as_sent_not_as_decoded(server: Server) -> None
     request = server.sign("x", "/a/b" + RUN_PATH)
     answer = server.exchange(encode(replace(request, path="/a%2Fb" + RUN_PATH)))
     assert answer is not None
-    assert answer.error() == (403, "permission_denied", "invalid signature")
+    status, code, message = answer.error()
+    assert (status, code) == (403, "permission_denied")
+    assert message.startswith("invalid signature")
 
 
 def test_independently_signed_request(server: Server) -> None:
