@@ -138,9 +138,20 @@ class Endpoint:
             self._authority = normalize_authority(public.authority, public.scheme)
             self._signed_path = public.run_path
         self._functions: dict[str, Function[..., Any]] = {}
-        self.client: Dispatcher | None = None
-        """Where ``function.dispatch(...)`` sends calls (a ``dispatchlet.Client``); None:
-        the default client, from ``DISPATCH_API_URL`` and ``DISPATCH_API_KEY``."""
+        self._client: Dispatcher | None = None
+
+    @property
+    def client(self) -> Dispatcher:
+        """Where ``function.dispatch(...)`` and ``batch()`` send calls: the client set
+        here (``endpoint.client = Client(...)``), else a ``dispatchlet.Client()`` made
+        from the environment (``DISPATCH_API_URL``, ``DISPATCH_API_KEY``) when first
+        needed, shared by the endpoints that have none of their own. Setting None goes
+        back to that one."""
+        return self._client if self._client is not None else default_dispatcher()
+
+    @client.setter
+    def client(self, client: Dispatcher | None) -> None:
+        self._client = client
 
     def warn_if_no_key(self, refused: str = "every request") -> None:
         """Log once, as a server starts, that this endpoint has no verification key and
@@ -189,9 +200,8 @@ class Endpoint:
         return register if fn is None else register(fn)
 
     def dispatcher(self) -> Dispatcher:
-        """What this endpoint's functions' ``dispatch`` calls go to: ``self.client`` when
-        set, else the default client (from the environment)."""
-        return self.client if self.client is not None else default_dispatcher()
+        """What this endpoint's functions' ``dispatch`` calls go to: ``self.client``."""
+        return self.client
 
     def batch(self) -> Batch:
         """A batch of calls dispatched together, atomically, when its block ends."""

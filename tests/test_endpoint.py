@@ -563,6 +563,27 @@ def test_dispatch_refuses_arguments_that_do_not_bind() -> None:
     assert [values.from_any(c.input) for c in sent.calls] == [[1], [1, 2], {"a": 1, "b": 2}, "Ada"]
 
 
+def test_the_client_is_a_client_from_the_environment_unless_one_is_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dispatchlet import Client
+    from dispatchlet.core import dispatching
+
+    monkeypatch.setattr(dispatching, "_default", None)  # made afresh, from this environment
+    monkeypatch.setenv("DISPATCH_API_URL", "http://scheduler.example.com:4450")
+    monkeypatch.setenv("DISPATCH_API_KEY", "current,previous")
+    ep, other = Endpoint(insecure=True), Endpoint(insecure=True)
+    default = ep.client
+    assert isinstance(default, Client)
+    assert (default.api_url, default.api_key) == ("http://scheduler.example.com:4450", "current")
+    assert other.client is default  # one, shared
+    mine = Client("http://127.0.0.1:4451")
+    ep.client = mine
+    assert (ep.client, other.client) == (mine, default)
+    ep.client = None
+    assert ep.client is default
+
+
 def positional_only(a: int, /, b: int = 0) -> None: ...
 def keyword_only(a: int, *, b: int, c: int = 0) -> None: ...
 def variadic(a: int, *rest: int, **named: int) -> None: ...
