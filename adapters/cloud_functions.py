@@ -37,6 +37,8 @@ def cloud_function(
     """
     from flask import Response as FlaskResponse
 
+    endpoint.warn_if_no_key()
+
     # functions-framework accepts only plain functions as targets, hence a closure.
     def run(request: flask.Request) -> flask.Response:
         environ = request.environ

@@ -54,6 +54,7 @@ def wsgi_app(
     Servers that read the whole body before calling the application (waitress) bound
     this themselves (waitress: ``channel_timeout``). None leaves the socket alone.
     """
+    endpoint.warn_if_no_key()
 
     def application(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         try:

@@ -9,6 +9,13 @@ order finished calls are delivered (``"reverse"``, or a ``random.Random``), to s
 the workflow's outcome does not depend on it. Timers do not make the test wait: the
 harness moves the workflow's clock forward instead.
 
+Failures are retried by the scheduler's rules: a run that ends with a retryable status
+(``Status.retryable``) runs again, up to ``max_attempts`` attempts counted since the
+call's last suspension, after the scheduler's capped exponential backoff (by which the
+clock moves forward, never slept); a resume answered INCOMPATIBLE_STATE starts the call
+over from its input, at most 3 times, unless the workflow's steps changed order
+(``StepMismatch``). So a flaky step that the scheduler would retry passes here too.
+
     from dispatchlet.testing import run_workflow
 
     def test_onboarding():
@@ -22,7 +29,7 @@ import itertools
 import os
 import random
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +37,17 @@ from typing import Any, Literal
 
 from .core import values, workflow
 from .core.endpoint import Endpoint
+from .core.errors import StepMismatch, type_name
 from .core.functions import Function
 from .core.status import Status
 from .core.workflow import ReplayCheck, check_replay
 from .proto.dispatch.sdk.v1 import call_pb2, error_pb2, function_pb2
+from .scheduler.retry import RetryPolicy
+
+# As the scheduler's engine has them: how often a resume answered INCOMPATIBLE_STATE
+# starts over, and what a workflow whose steps changed order says.
+MAX_RESTARTS = 3
+_STEP_MISMATCH = type_name(StepMismatch)
 
 
 @dataclass
@@ -52,6 +66,11 @@ class WorkflowRun:
     children: dict[int, Status] = field(default_factory=dict)
     """The status each started call ended with, by correlation id."""
     function: str = ""
+    attempts: int = 0
+    """Attempts of the workflow's last run, as the scheduler counts them (since its last
+    suspension): more than 1 when it failed with a retryable status and was retried."""
+    child_attempts: dict[int, int] = field(default_factory=dict)
+    """The attempts each started call took, by correlation id (1: no retry)."""
 
     def save_journals(self, folder: str | os.PathLike[str]) -> list[Path]:
         """Write each journal to ``folder`` as ``FUNCTION-N.journal``, for
@@ -94,10 +113,14 @@ def run_workflow(
     order: Literal["arrival", "reverse"] | random.Random = "arrival",
     endpoints: Mapping[str, Endpoint] | None = None,
     max_runs: int = 100_000,
+    max_attempts: int = RetryPolicy.max_attempts,
     **kwargs: Any,
 ) -> WorkflowRun:
     """Run ``function`` of ``endpoint`` with these arguments to its end, its calls run
-    in this process (calls of other endpoints on ``endpoints``, by URL)."""
+    in this process (calls of other endpoints on ``endpoints``, by URL).
+
+    Failures are retried by the scheduler's rules, with its defaults: at most
+    ``max_attempts`` attempts per call (as ``dispatchlet scheduler --max-attempts``)."""
     if isinstance(function, str):
         function = endpoint.functions[function]
     value = function.input_for(*args, **kwargs)
@@ -108,10 +131,11 @@ def run_workflow(
         root_dispatch_id="root",
     )
     simulator = _Simulator(endpoint, dict(endpoints or {}), results_per_resume, order, max_runs)
+    simulator.policy = RetryPolicy(max_attempts=max_attempts)
     with _moved_clock() as clock:
         simulator.clock = clock
         run = WorkflowRun(Status.UNSPECIFIED, function=function.name)
-        response = simulator.complete(endpoint, request, run)
+        response, run.attempts = simulator.complete(endpoint, request, run)
     result = response.exit.result
     run.status = Status(response.status)
     if result.HasField("error"):
@@ -138,35 +162,60 @@ class _Simulator:
         self.max_runs = max_runs
         self.ids = itertools.count(1)
         self.clock = _Clock()
+        self.policy = RetryPolicy()
+        # The backoff's jitter (not a secret), seeded: every run moves the clock alike.
+        self.rng = random.Random(0)  # noqa: S311
 
     def complete(
         self, endpoint: Endpoint, request: function_pb2.RunRequest, run: WorkflowRun | None
-    ) -> function_pb2.RunResponse:
-        """Run a call until it exits, resuming it after each Poll."""
+    ) -> tuple[function_pb2.RunResponse, int]:
+        """Run a call until it ends, as the scheduler would: resumed after each Poll,
+        retried after a retryable failure, started over when a resume is answered
+        INCOMPATIBLE_STATE. Its last response and the attempts since its last Poll."""
         finished: list[call_pb2.CallResult] = []
+        start = request  # what a restart runs again: the input of the current function
+        attempts = restarts = 0
         while True:
             self.runs += 1
             if self.runs > self.max_runs:
                 raise RuntimeError(f"more than {self.max_runs} runs: does the workflow end?")
+            attempts += 1
             response = endpoint.run(request)
             if response.WhichOneof("directive") != "poll":
                 tail = response.exit.tail_call
                 if response.exit.HasField("tail_call"):
-                    request = function_pb2.RunRequest(
+                    request = start = function_pb2.RunRequest(
                         function=tail.function,
                         input=tail.input,
                         dispatch_id=request.dispatch_id,
                         root_dispatch_id=request.root_dispatch_id,
                     )
                     endpoint = self._endpoint(tail.endpoint) or endpoint
+                    # The function handed over to starts afresh, as in the scheduler.
+                    finished, attempts = [], 0
                     continue
-                return response
+                status = _status(response.status)
+                if status is Status.INCOMPATIBLE_STATE and request.HasField("poll_result"):
+                    if response.exit.result.error.type == _STEP_MISMATCH:
+                        return response, attempts  # starting over would repeat its steps
+                    if restarts < MAX_RESTARTS:
+                        # The code cannot read this state: the scheduler starts it over.
+                        request, finished = start, []
+                        restarts += 1
+                        continue
+                if status.retryable and attempts < self.policy.max_attempts:
+                    # Waited for by moving the clock forward, as timers are.
+                    delay = self.policy.delay(attempts, self.rng)
+                    self.clock.offset += int(delay * 1e9)
+                    continue
+                return response, attempts
+            attempts = 0  # a suspension counts as a success
             poll = response.poll
             if run is not None:
                 run.resumes += 1
                 run.journals.append(poll.typed_coroutine_state.value)
                 run.calls.extend(poll.calls)
-            batch = [self._child(endpoint, request, child, run) for child in poll.calls]
+            batch = self._children(endpoint, request, poll.calls, run)
             finished.extend(self._ordered(batch))
             take = min(poll.max_results, self.per_resume)
             if len(finished) < poll.min_results:
@@ -182,6 +231,24 @@ class _Simulator:
             finished = finished[take:]
             request = resume
 
+    def _children(
+        self,
+        endpoint: Endpoint,
+        parent: function_pb2.RunRequest,
+        calls: Iterable[call_pb2.Call],
+        run: WorkflowRun | None,
+    ) -> list[call_pb2.CallResult]:
+        # The scheduler runs a Poll's calls side by side: each starts at the same time,
+        # and the clock moves on to when the slowest of them (retries included) ended.
+        start = latest = self.clock.offset
+        results = []
+        for child in calls:
+            self.clock.offset = start
+            results.append(self._child(endpoint, parent, child, run))
+            latest = max(latest, self.clock.offset)
+        self.clock.offset = latest
+        return results
+
     def _child(
         self,
         endpoint: Endpoint,
@@ -191,6 +258,7 @@ class _Simulator:
     ) -> call_pb2.CallResult:
         target = self._endpoint(child.endpoint) if child.endpoint else endpoint
         dispatch_id = f"child-{next(self.ids)}"
+        attempts = 1
         if target is None:
             response = function_pb2.RunResponse(status=Status.NOT_FOUND.value)  # type: ignore[arg-type]
             response.exit.result.error.CopyFrom(
@@ -204,9 +272,10 @@ class _Simulator:
                 parent_dispatch_id=parent.dispatch_id,
                 root_dispatch_id=parent.root_dispatch_id,
             )
-            response = self.complete(target, request, None)
+            response, attempts = self.complete(target, request, None)
         if run is not None:
             run.children[child.correlation_id] = Status(response.status)
+            run.child_attempts[child.correlation_id] = attempts
         result = call_pb2.CallResult()
         result.CopyFrom(response.exit.result)
         result.correlation_id = child.correlation_id
@@ -226,6 +295,13 @@ class _Simulator:
             self.order.shuffle(shuffled)
             return shuffled
         return results
+
+
+def _status(value: int) -> Status:
+    try:
+        return Status(value)
+    except ValueError:
+        return Status.INVALID_RESPONSE
 
 
 __all__ = ["ReplayCheck", "WorkflowRun", "check_replay", "run_workflow"]

@@ -45,6 +45,12 @@ _NO_KEY = (
     "public key (PEM or base64), or pass Endpoint(verification_key=...); "
     "Endpoint(insecure=True) serves without verification, for local development only"
 )
+_NO_KEY_AT_START = (
+    "DISPATCH_VERIFICATION_KEY is not set (nor Endpoint(verification_key=...)): %s "
+    "will be refused with 401 until it is. Set it to the scheduler's public key, the "
+    "public half of its DISPATCH_SIGNING_KEY (`dispatchlet scheduler` prints it at start); "
+    "Endpoint(insecure=True) serves without verification, for local development only"
+)
 
 
 class Endpoint:
@@ -69,6 +75,12 @@ class Endpoint:
     ``allow_unsigned_pickle=True`` says so too: whoever may invoke the function could
     otherwise run code in it.
     """
+
+    warn_without_key = True
+    """Whether an adapter built for an endpoint with no key and no ``insecure=True``
+    logs, once, that every request will be refused (see ``warn_if_no_key``). A program
+    that gives the endpoints it loads a key of its own after loading them (the command
+    line's ``dev``, ``serve``, ``call --app``) may turn it off."""
 
     def __init__(
         self,
@@ -107,6 +119,7 @@ class Endpoint:
         self.max_signature_age = max_signature_age
         self.clock_skew = clock_skew
         self.verifier: Verifier | None = None
+        self._warned_no_key = False
         self.set_verification_key(keys)
         if insecure:
             logger.warning("request signatures are NOT verified (insecure=True)")
@@ -125,9 +138,30 @@ class Endpoint:
             self._authority = normalize_authority(public.authority, public.scheme)
             self._signed_path = public.run_path
         self._functions: dict[str, Function[..., Any]] = {}
-        self.client: Dispatcher | None = None
-        """Where ``function.dispatch(...)`` sends calls (a ``dispatchlet.Client``); None:
-        the default client, from ``DISPATCH_API_URL`` and ``DISPATCH_API_KEY``."""
+        self._client: Dispatcher | None = None
+
+    @property
+    def client(self) -> Dispatcher:
+        """Where ``function.dispatch(...)`` and ``batch()`` send calls: the client set
+        here (``endpoint.client = Client(...)``), else a ``dispatchlet.Client()`` made
+        from the environment (``DISPATCH_API_URL``, ``DISPATCH_API_KEY``) when first
+        needed, shared by the endpoints that have none of their own. Setting None goes
+        back to that one."""
+        return self._client if self._client is not None else default_dispatcher()
+
+    @client.setter
+    def client(self, client: Dispatcher | None) -> None:
+        self._client = client
+
+    def warn_if_no_key(self, refused: str = "every request") -> None:
+        """Log once, as a server starts, that this endpoint has no verification key and
+        that ``refused`` (what it will answer 401) will be: adapters call it when they are
+        built, so that a missing key shows in the start-up log, not request by request."""
+        if self.verifier is not None or self.insecure or not self.warn_without_key:
+            return
+        if not self._warned_no_key:
+            self._warned_no_key = True
+            logger.warning(_NO_KEY_AT_START, refused)
 
     def set_verification_key(
         self, verification_key: PublicKeyLike | Iterable[PublicKeyLike] | None
@@ -166,9 +200,8 @@ class Endpoint:
         return register if fn is None else register(fn)
 
     def dispatcher(self) -> Dispatcher:
-        """What this endpoint's functions' ``dispatch`` calls go to: ``self.client`` when
-        set, else the default client (from the environment)."""
-        return self.client if self.client is not None else default_dispatcher()
+        """What this endpoint's functions' ``dispatch`` calls go to: ``self.client``."""
+        return self.client
 
     def batch(self) -> Batch:
         """A batch of calls dispatched together, atomically, when its block ends."""

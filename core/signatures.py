@@ -31,6 +31,7 @@ from . import structured_fields as sf
 from .digest import content_digest, match_content_digest, parse_content_digest
 from .errors import DispatchletError, PermissionDenied, Unauthenticated
 from .http import Request
+from .keys import SIGNING_KEY_ENV, VERIFICATION_KEY_ENV
 
 REQUIRED_COMPONENTS: tuple[str, ...] = (
     "@method",
@@ -47,6 +48,17 @@ MAX_SIGNATURES = 4
 unauthenticated request with hundreds of labels would otherwise cost hundreds."""
 
 _DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+
+# Why a well-formed, fresh signature most often fails: the endpoint was given another
+# key than the scheduler's, or a proxy changed what the scheduler signed. It names
+# settings only, never a key.
+_KEY_MISMATCH = (
+    "the key probably does not match the scheduler's "
+    f"({VERIFICATION_KEY_ENV} must be the public half of its {SIGNING_KEY_ENV}, which "
+    "`dispatchlet scheduler` prints at start), or a proxy changed the signed host or path "
+    "(set DISPATCH_ENDPOINT_URL)"
+)
+_MAX_SHOWN_KEYID = 64
 
 # Header fields replaced when a request is signed.
 _SIGNATURE_FIELDS = frozenset({"signature", "signature-input", "content-digest"})
@@ -430,7 +442,7 @@ class Verifier:
             raise Unauthenticated(f"unsupported signature algorithm {alg!r}")
         keyid = params.get("keyid")
         if self.keyids is not None and keyid is not None and keyid not in self.keyids:
-            raise Unauthenticated(f"unknown key id {keyid!r}")
+            raise Unauthenticated(f"unknown key id {shown_keyid(keyid)}")
         created = params.get("created")
         if type(created) is not int:
             raise Unauthenticated("signature has no integer 'created' parameter")
@@ -449,7 +461,17 @@ class Verifier:
         for check in self._checks:
             if check(signature.value, base):
                 return
-        raise PermissionDenied("invalid signature")
+        raise PermissionDenied(f"invalid signature (keyid {shown_keyid(keyid)}): {_KEY_MISMATCH}")
+
+
+def shown_keyid(keyid: object) -> str:
+    """A signature's ``keyid`` parameter as a message may show it: it comes from the
+    request, so it is cut short and anything but printable ASCII is replaced."""
+    if keyid is None:
+        return "none"
+    text = str(keyid)
+    shown = "".join(c if " " <= c <= "~" else "?" for c in text[:_MAX_SHOWN_KEYID])
+    return repr(shown) + ("..." if len(text) > _MAX_SHOWN_KEYID else "")
 
 
 def sign_request(

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
+import itertools
 import json
+import logging
 import socket
 import ssl
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 
@@ -14,6 +18,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dispatchlet import (
     Endpoint,
+    Function,
     InvalidArgument,
     RunContext,
     Status,
@@ -181,6 +186,56 @@ def test_no_key_refuses_every_request(monkeypatch: pytest.MonkeyPatch) -> None:
         status, code, message = connect_error(ep.handle(request))
         assert (status, code) == (401, "unauthenticated")
         assert "DISPATCH_VERIFICATION_KEY" in message
+
+
+def start_warnings(records: list[logging.LogRecord]) -> list[str]:
+    return [
+        r.getMessage()
+        for r in records
+        if r.name == "dispatchlet" and "DISPATCH_VERIFICATION_KEY" in r.getMessage()
+    ]
+
+
+def test_an_adapter_built_without_a_key_warns_once_at_start(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dispatchlet.adapters.aws_lambda import lambda_handler
+    from dispatchlet.adapters.cloud_functions import cloud_function
+    from dispatchlet.adapters.wsgi import wsgi_app
+
+    monkeypatch.delenv("DISPATCH_VERIFICATION_KEY", raising=False)
+    for build, refused in (
+        (wsgi_app, "every request will be refused with 401"),
+        (cloud_function, "every request will be refused with 401"),
+        (lambda_handler, "every HTTP event (Function URL, API Gateway, ALB, VPC Lattice)"),
+    ):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="dispatchlet"):
+            ep = Endpoint()
+            assert start_warnings(caplog.records) == []  # a key may still be set
+            build(ep)  # type: ignore[operator]
+            build(ep)  # type: ignore[operator]
+        (warning,) = start_warnings(caplog.records)
+        assert refused in warning
+        assert "scheduler's public key" in warning
+        assert "dispatchlet scheduler" in warning
+
+
+def test_no_start_warning_with_a_key_or_insecure_or_turned_off(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dispatchlet.adapters.wsgi import wsgi_app
+
+    monkeypatch.delenv("DISPATCH_VERIFICATION_KEY", raising=False)
+    with caplog.at_level(logging.WARNING, logger="dispatchlet"):
+        wsgi_app(Endpoint(verification_key=PUBLIC_KEY))
+        wsgi_app(Endpoint(insecure=True))
+        later = Endpoint()
+        later.set_verification_key(PUBLIC_KEY)  # as the command line does
+        wsgi_app(later)
+        monkeypatch.setattr(Endpoint, "warn_without_key", False)
+        wsgi_app(Endpoint())
+    assert start_warnings(caplog.records) == []
 
 
 def test_key_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -455,6 +510,110 @@ def test_tail_call_input_follows_the_input_rule(endpoint: Endpoint) -> None:
     assert add.tail_call(a=1).input == {"a": 1}
     assert add.tail_call(1, 2).input == [1, 2]
     assert endpoint.functions["greet"].tail_call("x").input == "x"
+
+
+class Recorder:
+    """A dispatcher that keeps the calls it is given."""
+
+    def __init__(self) -> None:
+        self.calls: list[call_pb2.Call] = []
+
+    def dispatch(self, calls: Sequence[call_pb2.Call]) -> list[str]:
+        self.calls.extend(calls)
+        return [f"id-{n}" for n in range(len(calls))]
+
+
+def test_dispatch_refuses_arguments_that_do_not_bind() -> None:
+    ep = Endpoint(verification_key=PUBLIC_KEY, endpoint_url="https://functions.example.com")
+    sent = ep.client = Recorder()
+
+    @ep.function
+    def greet(name: str) -> str:
+        return name
+
+    @ep.function
+    def add(a: int, b: int = 0) -> int:
+        return a + b
+
+    def batch_with_a_bad_call() -> None:
+        with ep.batch() as batch:
+            batch.add(greet, "Ada")
+            batch.add(add, 1, c=2)
+
+    refused: list[tuple[Callable[[], object], str]] = [
+        (lambda: add.dispatch(1, 2, 3), "add(): too many positional arguments"),
+        (lambda: add.dispatch(1, c=2), "add(): got an unexpected keyword argument 'c'"),
+        (lambda: add.dispatch(1, a=2), "add(): multiple values for argument 'a'"),
+        (lambda: add.dispatch(b=2), "add(): missing a required argument: 'a'"),
+        (lambda: add.build_call(1, 2, 3), "add(): too many positional arguments"),
+        (lambda: greet.dispatch("A", nam="A"), "greet(): got an unexpected keyword argument 'nam'"),
+        (lambda: greet.dispatch(nam="A"), "greet(): missing a required argument: 'name'"),
+        (batch_with_a_bad_call, "add(): got an unexpected keyword argument 'c'"),
+    ]
+    for attempt, message in refused:
+        with pytest.raises(TypeError) as raised:
+            attempt()
+        assert str(raised.value) == message
+    assert sent.calls == []  # nothing was dispatched, not even the batch's good call
+
+    add.dispatch(1)
+    add.dispatch(1, 2)
+    add.dispatch(1, b=2)
+    greet.dispatch(name="Ada")
+    assert [values.from_any(c.input) for c in sent.calls] == [[1], [1, 2], {"a": 1, "b": 2}, "Ada"]
+
+
+def test_the_client_is_a_client_from_the_environment_unless_one_is_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dispatchlet import Client
+    from dispatchlet.core import dispatching
+
+    monkeypatch.setattr(dispatching, "_default", None)  # made afresh, from this environment
+    monkeypatch.setenv("DISPATCH_API_URL", "http://scheduler.example.com:4450")
+    monkeypatch.setenv("DISPATCH_API_KEY", "current,previous")
+    ep, other = Endpoint(insecure=True), Endpoint(insecure=True)
+    default = ep.client
+    assert isinstance(default, Client)
+    assert (default.api_url, default.api_key) == ("http://scheduler.example.com:4450", "current")
+    assert other.client is default  # one, shared
+    mine = Client("http://127.0.0.1:4451")
+    ep.client = mine
+    assert (ep.client, other.client) == (mine, default)
+    ep.client = None
+    assert ep.client is default
+
+
+def positional_only(a: int, /, b: int = 0) -> None: ...
+def keyword_only(a: int, *, b: int, c: int = 0) -> None: ...
+def variadic(a: int, *rest: int, **named: int) -> None: ...
+def plain(a: int, b: int, c: int = 0) -> None: ...
+def with_context(context: RunContext, a: int, b: int = 0) -> None: ...
+
+
+def type_error(attempt: Callable[[], object]) -> str | None:
+    try:
+        attempt()
+    except TypeError as exc:
+        return str(exc)
+    return None
+
+
+@pytest.mark.parametrize("fn", [positional_only, keyword_only, variadic, plain, with_context])
+def test_arguments_are_checked_as_signature_bind_checks_them(fn: Callable[..., None]) -> None:
+    function = Function(fn, fn.__name__)
+    signature = inspect.signature(fn)
+    inputs = [p for p in signature.parameters.values() if p.name != "context"]
+    bindable = signature.replace(parameters=inputs)
+    keywords = itertools.chain.from_iterable(itertools.combinations("abcd", n) for n in range(4))
+    for count, names in itertools.product(range(4), list(keywords)):
+        args, kwargs = tuple(range(count)), dict.fromkeys(names, 9)
+        expected = type_error(lambda: bindable.bind(*args, **kwargs))  # noqa: B023
+        refusal = type_error(lambda: function.input_for(*args, **kwargs))  # noqa: B023
+        if expected is not None:
+            assert refusal == f"{fn.__name__}(): {expected}", (args, kwargs)
+        elif refusal is not None:  # bound, but the input rule cannot carry it: said so
+            assert "mix positional and keyword" in refusal, (args, kwargs)
 
 
 def test_run_context() -> None:

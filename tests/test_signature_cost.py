@@ -85,7 +85,7 @@ def test_bogus_signatures_never_hash_the_body(hashes: list[int]) -> None:
     hashes.clear()
     status, _, message = connect_error(ep.handle(request))
     assert status == 403
-    assert message == "invalid signature"
+    assert message.startswith("invalid signature")
     assert sum(k.calls for k in keys) == MAX_SIGNATURES * len(keys)
     assert hashes == []
 

@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_private_key,
+)
 from dispatchlet import Endpoint, Request
 from dispatchlet.core.digest import check_content_digest, content_digest
 from dispatchlet.core.ed25519 import BACKEND_ENV, BACKENDS
 from dispatchlet.core.errors import PermissionDenied, Unauthenticated
-from dispatchlet.core.keys import load_public_key
+from dispatchlet.core.keys import load_public_key, public_key_base64, public_key_pem
 from dispatchlet.core.signatures import (
     SignatureInput,
     Verifier,
     header_fields,
     normalize_authority,
     parse_signature_input,
+    shown_keyid,
     signature_base,
 )
 from support import (
@@ -247,9 +253,42 @@ def test_configurable_age_and_skew() -> None:
     assert ep.handle(good_request(created=now - 4000)).status == 403
 
 
-def test_unknown_key_is_rejected(endpoint: Endpoint) -> None:
-    response = endpoint.handle(signed(http_request(run_request("echo", "hi")), OTHER_KEY))
-    assert connect_error(response)[:2] == (403, "permission_denied")
+def test_unknown_key_is_rejected_saying_the_keys_probably_differ(
+    endpoint: Endpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="dispatchlet"):
+        response = endpoint.handle(signed(http_request(run_request("echo", "hi")), OTHER_KEY))
+    status, code, message = connect_error(response)
+    assert (status, code) == (403, "permission_denied")
+    assert message.startswith("invalid signature (keyid 'default'): ")
+    assert (
+        "DISPATCH_VERIFICATION_KEY must be the public half of its DISPATCH_SIGNING_KEY" in message
+    )
+    assert "`dispatchlet scheduler` prints at start" in message
+    # The endpoint's log line says the same.
+    (logged,) = [r.getMessage() for r in caplog.records if r.name == "dispatchlet"]
+    assert logged == f"rejected request: {message}"
+    # Neither shows the configured key, in any form.
+    raw = PUBLIC_KEY.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    pem_body = public_key_pem(PUBLIC_KEY).splitlines()[1]
+    for secret in (public_key_base64(PUBLIC_KEY), pem_body, raw.hex()):
+        assert secret not in message
+
+
+def test_the_key_id_tried_is_named_and_shown_bounded() -> None:
+    verifier = Verifier((PUBLIC_KEY,), keyids=None)
+    with pytest.raises(PermissionDenied, match=r"^invalid signature \(keyid 'ops-2026'\): "):
+        verifier.verify(signed(http_request(run_request("echo", 1)), OTHER_KEY, keyid="ops-2026"))
+    # A key id is the request's to choose: long or odd ones are cut short and made plain.
+    assert shown_keyid("k" * 500) == repr("k" * 64) + "..."
+    assert shown_keyid("caf\u00e9\n\x1b[2J") == "'caf???[2J'"
+    assert shown_keyid(None) == "none"
+    ep = Endpoint(verification_key=PUBLIC_KEY)
+    ep.function(lambda value: value, name="echo")
+    long_keyid = signed(http_request(run_request("echo", 1)), keyid="k" * 5000)
+    status, _, message = connect_error(ep.handle(long_keyid))
+    assert status == 401
+    assert message == f"unknown key id {shown_keyid('k' * 5000)}"
 
 
 def test_key_rotation_accepts_every_configured_key() -> None:

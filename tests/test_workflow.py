@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 from datetime import timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ from dispatchlet import (
     AllFailed,
     CallFailed,
     Endpoint,
+    IncompatibleState,
     PermanentError,
     Status,
     any,
@@ -266,6 +268,110 @@ def test_a_childs_error_is_caught_as_its_type_or_ends_the_workflow(endpoint: End
     assert timed_out.status is Status.PERMANENT_ERROR
     assert timed_out.error is not None
     assert "TIMEOUT" in timed_out.error.message
+
+
+def test_retryable_failures_are_retried_as_the_scheduler_retries_them() -> None:
+    endpoint = make_endpoint()
+    fail = endpoint.functions["fail"]
+    attempts: list[int] = []  # the workflow clock at each attempt of the flaky step
+
+    @endpoint.function
+    def flaky(times: int) -> str:
+        attempts.append(workflow.clock())
+        if len(attempts) <= times:
+            raise TimeoutError("not yet")
+        return f"after {len(attempts)}"
+
+    @endpoint.function
+    async def flow(times: int) -> str:
+        return str(await flaky(times))
+
+    @endpoint.function
+    async def careless(kind: str) -> None:
+        await fail(kind)
+
+    run = run_workflow(endpoint, flow, 9)
+    assert (run.status, run.output) == (Status.OK, "after 10")
+    assert (run.child_attempts, run.attempts) == ({1: 10}, 1)
+    # Between attempts, the clock moved on by the scheduler's backoff (half to all of
+    # 0.5 s doubled each time, up to 60 s) rather than the test waiting for it.
+    for number, (before, after) in enumerate(itertools.pairwise(attempts), 1):
+        ceiling = min(60.0, 0.5 * 2 ** (number - 1))
+        assert after - before >= ceiling / 2 * 1e9, (number, after - before)
+
+    # Out of attempts: the step ends with its last error, after max_attempts (50 as in
+    # the scheduler, by default); the workflow cannot go on without it.
+    attempts.clear()
+    exhausted = run_workflow(endpoint, flow, 100)
+    assert (exhausted.status, exhausted.child_attempts) == (Status.PERMANENT_ERROR, {1: 50})
+    attempts.clear()
+    assert run_workflow(endpoint, flow, 100, max_attempts=3).child_attempts == {1: 3}
+    # Statuses that are not retryable are final at once.
+    for kind, status in (("permanent", Status.PERMANENT_ERROR), ("value", Status.INVALID_ARGUMENT)):
+        final = run_workflow(endpoint, careless, kind)
+        assert (final.children, final.child_attempts) == ({1: status}, {1: 1})
+
+
+def test_the_workflow_itself_is_retried_and_restarted_as_the_scheduler_would() -> None:
+    endpoint = make_endpoint()
+    double = endpoint.functions["double"]
+    runs: list[str] = []
+
+    @endpoint.function
+    async def shaky() -> int:
+        value = await double(1)
+        runs.append("after the step")
+        if len(runs) == 1:
+            raise ConnectionError("reset")  # TCP_ERROR: retryable
+        if len(runs) == 2:
+            raise IncompatibleState("cannot read this state")  # on a resume: start over
+        return int(value)
+
+    run = run_workflow(endpoint, shaky)
+    assert (run.status, run.output) == (Status.OK, 2)
+    # The restart ran it from its input again: a second Poll for the step.
+    assert [c.function for c in run.calls] == ["double", "double"]
+    assert run.resumes == 2
+
+    # Steps that changed order are final: starting over would repeat them.
+    @endpoint.function
+    def triple(x: int) -> int:
+        return 3 * x
+
+    seen: list[int] = []
+
+    @endpoint.function
+    async def reordered() -> int:
+        seen.append(len(seen))
+        step = double if len(seen) == 1 else triple  # as if redeployed between runs
+        return int(await step(1))
+
+    mismatch = run_workflow(endpoint, reordered)
+    assert mismatch.status is Status.INCOMPATIBLE_STATE
+    assert mismatch.error is not None
+    assert mismatch.error.type.endswith("StepMismatch")
+    assert mismatch.attempts == 1
+
+
+def test_a_workflow_step_with_arguments_that_do_not_bind_is_never_started() -> None:
+    endpoint = make_endpoint()
+
+    @endpoint.function
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @endpoint.function
+    async def typo() -> int:
+        return int(await add(1, 2, 3))  # type: ignore[call-arg]
+
+    run = run_workflow(endpoint, typo)
+    assert run.status is Status.INVALID_ARGUMENT
+    assert run.calls == []
+    assert run.error is not None
+    assert (run.error.type, run.error.message) == (
+        "TypeError",
+        "add(): too many positional arguments",
+    )
 
 
 def test_any_returns_the_first_success_and_raises_when_all_fail(endpoint: Endpoint) -> None:

@@ -341,7 +341,9 @@ def test_signature_binds_the_path_as_sent_not_as_decoded(server: Server) -> None
     request = server.sign("x", "/a/b" + RUN_PATH)
     answer = server.exchange(encode(replace(request, path="/a%2Fb" + RUN_PATH)))
     assert answer is not None
-    assert answer.error() == (403, "permission_denied", "invalid signature")
+    status, code, message = answer.error()
+    assert (status, code) == (403, "permission_denied")
+    assert message.startswith("invalid signature")
 
 
 def test_independently_signed_request(server: Server) -> None:
@@ -528,6 +530,27 @@ def test_deployed_gunicorn_config_behind_a_rewriting_proxy(start: Any, tmp_path:
         assert time.monotonic() < deadline, server.log.read_text()
         time.sleep(0.05)
     assert re.search(r'" 200 \d+ \d+ms "', server.log.read_text())
+
+
+def test_gunicorn_without_a_key_says_so_when_it_starts(
+    start: Any, app_dir: Path, tmp_path: Path
+) -> None:
+    env = server_env(tmp_path)
+    del env["DISPATCH_VERIFICATION_KEY"]
+    command = [*GUNICORN, "--worker-class", "sync", "--workers", "1", "server_app:app"]
+    # Started: listening, and a worker answered a probe, so it has imported the app.
+    server = start("gunicorn-no-key", command, app_dir, env)
+    started = server.log.read_text()
+    warning = "DISPATCH_VERIFICATION_KEY is not set"
+    assert started.count(warning) == 1, started
+    line = next(line for line in started.splitlines() if warning in line)
+    assert "every request will be refused with 401" in line
+    assert "`dispatchlet scheduler` prints it at start" in line
+    # What it warned of: a signed request is refused, and the start warning is not repeated.
+    answer = server.exchange(encode(server.sign("hello")))
+    assert answer is not None
+    assert answer.error()[:2] == (401, "unauthenticated")
+    assert server.log.read_text().count(warning) == 1
 
 
 @pytest.mark.parametrize(

@@ -77,6 +77,8 @@ def lambda_handler(
     default on when ``DISPATCHLET_METRICS`` is 1/true/yes/on. ``logger``: where the
     one-line summary of each invocation goes (e.g. a powertools ``Logger``).
     """
+    # Direct invocations carry no signature: only HTTP events need the key.
+    endpoint.warn_if_no_key("every HTTP event (Function URL, API Gateway, ALB, VPC Lattice)")
     telemetry = Telemetry(
         logger if logger is not None else logging.getLogger("dispatchlet.aws_lambda"),
         powertools_metrics() if metrics_enabled(metrics) else None,
