@@ -173,7 +173,7 @@ class Api:
 
         return serve
 
-    def _too_large(self, size: int | None) -> InvalidArgument:
+    def _too_large(self, size: int | None) -> RequestTooLarge:
         told = f" of {size} bytes" if size else ""
         return RequestTooLarge(
             f"request body{told} larger than the scheduler's limit of {self.max_body_size} "
@@ -280,7 +280,6 @@ class Api:
                 raise InvalidArgument(
                     f"invalid state {request.state[:20]!r}: ready, running, waiting or done"
                 ) from None
-        status = None
         # A status name, in any case ("OK", "ok"), or "failed".
         wanted = request.status.strip()
         failed = wanted.lower() == FAILED
