@@ -173,7 +173,7 @@ class Api:
 
         return serve
 
-    def _too_large(self, size: int | None) -> InvalidArgument:
+    def _too_large(self, size: int | None) -> RequestTooLarge:
         told = f" of {size} bytes" if size else ""
         return RequestTooLarge(
             f"request body{told} larger than the scheduler's limit of {self.max_body_size} "
@@ -280,12 +280,15 @@ class Api:
                 raise InvalidArgument(
                     f"invalid state {request.state[:20]!r}: ready, running, waiting or done"
                 ) from None
+        # A status name, in any case ("OK", "ok"), or "failed".
+        wanted = request.status.strip()
+        failed = wanted.lower() == FAILED
         status = None
-        if request.status and request.status != FAILED:
-            status = _FINAL_STATUSES.get(request.status)
+        if wanted and not failed:
+            status = _FINAL_STATUSES.get(wanted.upper())
             if status is None:
                 raise InvalidArgument(
-                    f"invalid status {request.status[:40]!r}: {', '.join(_FINAL_STATUSES)} "
+                    f"invalid status {wanted[:40]!r}: {', '.join(_FINAL_STATUSES)} "
                     f"or {FAILED} (any but OK)"
                 )
         size = request.page_size or 100
@@ -296,7 +299,7 @@ class Api:
             function=request.function or None,
             root_id=request.root_dispatch_id or None,
             status=None if status is None else status.value,
-            failed=request.status == FAILED,
+            failed=failed,
             newest_first=request.newest_first,
             after=request.page_token or None,
             limit=size + 1,

@@ -120,6 +120,8 @@ def test_list_by_final_status_newest_first_a_page_at_a_time(tmp_path: Path) -> N
             assert await listed(status="OK", newest_first=True) == [ids[3], ids[0]]
             assert await listed(status="failed") == [ids[1], ids[2]]
             assert await listed(status="INVALID_ARGUMENT") == [ids[1]]
+            assert await listed(status="invalid_argument") == [ids[1]]  # any case
+            assert await listed(status="Failed") == [ids[1], ids[2]]
             # Its latest attempt timed out, but the call is not done: no final status.
             assert await listed(status="TIMEOUT") == []
             assert await listed(newest_first=True) == [ids[n] for n in (4, 3, 2, 1, 0)]

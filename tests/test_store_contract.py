@@ -632,6 +632,34 @@ def test_a_poll_without_calls_is_a_timer(open_store: Any) -> None:
     with_store(open_store, body)
 
 
+def test_a_poll_with_no_deadline_waits_for_its_results_until_the_call_expires(
+    open_store: Any,
+) -> None:
+    """A Poll without max_wait is suspended until the call's expiration, a year away."""
+    year = 366 * 86400.0
+
+    async def body(store: Store) -> None:
+        (parent,) = await store.dispatch([call("parent", expires_at=NOW + year)], now=NOW)
+        (claimed,) = await store.claim(owner="s", now=NOW, limit=1, lease_seconds=LEASE)
+        (kid,) = await store.suspend(
+            claimed.lease,
+            POLL,
+            [call("child", expires_at=NOW + year)],
+            min_results=1,
+            max_results=1,
+            until=NOW + year,
+            now=NOW,
+        ) or [""]
+        later = NOW + year / 2
+        (child,) = await store.claim(owner="s", now=later, limit=10, lease_seconds=LEASE)
+        assert child.call.dispatch_id == kid  # the parent still waits
+        assert await store.finish(child.lease, OK, b"r", now=later)
+        (resumed,) = await store.claim(owner="s", now=later, limit=10, lease_seconds=LEASE)
+        assert (resumed.call.dispatch_id, [r.result for r in resumed.results]) == (parent, [b"r"])
+
+    with_store(open_store, body)
+
+
 def test_a_finished_call_ends_its_unfinished_children(open_store: Any) -> None:
     async def body(store: Store) -> None:
         _parent, kids = await suspended(store, 2, min_results=1, max_results=1)
