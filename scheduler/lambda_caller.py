@@ -51,7 +51,7 @@ ClientFactory = Callable[[str, float], Any]
 
 NO_BOTO3 = (
     "arn:aws:lambda: endpoints need boto3, which this scheduler does not have: "
-    "pip install 'dispatchlet[aws]' where it runs"
+    "pip install 'dispatchlet[aws]' (or boto3 itself) where it runs"
 )
 
 
