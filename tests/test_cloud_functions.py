@@ -396,7 +396,8 @@ def test_stalled_body_is_given_up(server: Server) -> None:
     status, code, message = connect_error(send_raw(server, head + request.body[:-3]))
     assert (status, code) == (400, "invalid_argument")
     assert "timed out" in message
-    assert BODY_TIMEOUT <= time.monotonic() - started < BODY_TIMEOUT + 5
+    # Given up after the body timeout, well before the client's own 10 s.
+    assert BODY_TIMEOUT <= time.monotonic() - started < BODY_TIMEOUT + 8
 
 
 @pytest.mark.slow

@@ -326,14 +326,14 @@ def test_async_function(endpoint: Endpoint) -> None:
 def test_async_function_times_out_at_expiration(endpoint: Endpoint) -> None:
     @endpoint.function
     async def sleepy() -> None:
-        await asyncio.sleep(5)
+        await asyncio.sleep(60)
 
     deadline = timestamp_pb2.Timestamp()
     deadline.FromNanoseconds(time.time_ns() + 200_000_000)
     started = time.monotonic()
     result = run_response(call(endpoint, "sleepy", expiration_time=deadline))
     assert result.status == Status.TIMEOUT
-    assert time.monotonic() - started < 4
+    assert time.monotonic() - started < 30  # at its expiration, not when it would return
 
 
 def test_several_parameters_by_name_or_position(endpoint: Endpoint) -> None:

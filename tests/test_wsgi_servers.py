@@ -402,7 +402,9 @@ def test_announced_oversized_body_is_refused_at_once(server: Server) -> None:
     request = server.sign("x")
     started = time.monotonic()
     answer = server.exchange(encode(request, body=b"x" * 16384, content_length=1 << 30))
-    assert time.monotonic() - started < 3
+    # Well under the 10 s the client waits for an answer: refused, not read (a loaded
+    # machine may take a few seconds to get there).
+    assert time.monotonic() - started < 8
     assert answer is not None
     if server.name == "waitress":
         # waitress reads a body before calling the app; past max_request_body_size (the
@@ -438,7 +440,7 @@ def test_endless_chunked_body_is_cut_off_at_the_limit(server: Server) -> None:
         with contextlib.suppress(OSError):  # unblocks the sender, if the server has not
             sock.shutdown(socket.SHUT_RDWR)
         sender.join(timeout=10)
-    assert elapsed < 5
+    assert elapsed < 8  # the client gives up at 10 s
     assert answer is not None
     if server.name == "waitress":
         assert answer.status == 413
@@ -455,7 +457,7 @@ def test_body_shorter_than_announced_then_half_close(server: Server) -> None:
     answer = server.exchange(
         encode(server.sign("x"), body=b"x" * 100, content_length=1000), half_close=True
     )
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 8  # the client gives up at 10 s
     if server.name == "waitress":
         # waitress waits for the whole body before calling the app: it just closes.
         assert answer is None
@@ -479,7 +481,7 @@ def test_stalled_body_is_given_up_while_others_are_served(server: Server) -> Non
     if server.name == "waitress":
         # channel_timeout, checked every cleanup_interval, drops the connection.
         assert answer is None
-        assert elapsed < WAITRESS_CHANNEL_TIMEOUT + 3
+        assert elapsed < WAITRESS_CHANNEL_TIMEOUT + 10  # the client gives up at 15 s
     else:
         # The adapter's body_timeout on gunicorn's socket.
         assert answer is not None
@@ -488,7 +490,7 @@ def test_stalled_body_is_given_up_while_others_are_served(server: Server) -> Non
             "invalid_argument",
             "incomplete request body: it stopped arriving (timed out)",
         )
-        assert BODY_TIMEOUT / 2 < elapsed < BODY_TIMEOUT + 3
+        assert BODY_TIMEOUT / 2 < elapsed < BODY_TIMEOUT + 10  # the client gives up at 15 s
     server.assert_serves()
 
 
