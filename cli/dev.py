@@ -239,15 +239,15 @@ class ReloadingApp:
         try:
             endpoint = load_endpoint(self.app)
         except AppLoadError as exc:
-            trace = user_traceback(exc)
-            if trace:
-                print(trace, end="", file=sys.stderr)
-            print(
+            trace = user_traceback(exc) or ""
+            message = (
                 f"dispatchlet dev: reloading {self.app} failed: {exc}; still serving the "
-                "last version that loaded",
-                file=sys.stderr,
-                flush=True,
+                "last version that loaded"
             )
+            if logging_setup.json_format():
+                logging_setup.notice(message, traceback=trace)
+            else:
+                logging_setup.notice(trace + message)
             # Watch what the failed load touched too: fixing any of it loads again.
             self._files = self._snapshot(before | app_files(self.app))
             return False
@@ -278,14 +278,18 @@ async def _serve(
     def ready(addresses: list[tuple[str, int]]) -> None:
         host, number = addresses[0]
         scheduler_url = f"http://{host}:{number}"
-        print(banner(args.app, app.endpoint, app.endpoint_url, scheduler_url, api_keys[0]))
-        print(flush=True)
+        print(
+            banner(args.app, app.endpoint, app.endpoint_url, scheduler_url, api_keys[0]),
+            flush=True,
+        )
 
     watcher = asyncio.create_task(app.watch())
     try:
-        return await serve_until_stopped("dev", settings, ready)
+        status = await serve_until_stopped("dev", settings, ready)
     finally:
         watcher.cancel()
+    logging_setup.notice("dispatchlet dev: stopped")
+    return status
 
 
 async def _once(
@@ -316,18 +320,17 @@ async def _once(
 
     def at_once(stop: Stop) -> NoReturn:
         # Waiting on the scheduler or the function would keep Ctrl+C waiting.
-        shown = f" (dispatch id {dispatch_id[0]})" if dispatch_id else ""
-        print(f"dispatchlet dev: interrupted{shown}", file=sys.stderr)
+        text = "dispatchlet dev: interrupted"
         if dispatch_id:
+            text += f" (dispatch id {dispatch_id[0]})"
             if temporary is None:
-                print(
-                    f"the call stays in {args.db}: `dispatchlet dev {shlex.quote(args.app)} "
-                    f"--db {shlex.quote(str(args.db))}` runs it on, and `dispatchlet calls "
-                    f"show {dispatch_id[0]}` shows it",
-                    file=sys.stderr,
+                text += (
+                    f"; the call stays in {args.db}: `dispatchlet dev "
+                    f"{shlex.quote(args.app)} --db {shlex.quote(str(args.db))}` runs it on"
                 )
             else:
-                print("its database was a temporary one (--db keeps calls)", file=sys.stderr)
+                text += "; its database was a temporary one (--db keeps calls)"
+        logging_setup.notice(text)
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
         exit_now(stop.exit_status)

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, default_level: str) -> Non
         choices=LEVELS,
         default=default_level,
         help="dispatchlet's own messages at this level and above; other libraries' from "
-        "warning up (default: %(default)s)",
+        "warning up, unless debug (default: %(default)s)",
     )
     parser.add_argument(
         "--log-format",
@@ -41,25 +41,48 @@ def add_arguments(parser: argparse.ArgumentParser, *, default_level: str) -> Non
     )
 
 
+_json_handler: logging.Handler | None = None
+
+
 def configure(args: argparse.Namespace) -> None:
     """Log to stderr as ``args.log_level`` and ``args.log_format`` say."""
     configure_logging(args.log_level, args.log_format)
 
 
 def configure_logging(level: str, log_format: str) -> None:
+    global _json_handler
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
+        _json_handler = handler
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT, TEXT_DATE_FORMAT))
+        _json_handler = None
     number = logging.getLevelName(level.upper())
-    # Other libraries (waitress, aiohttp) speak from warning up unless asked for less.
+    # Other libraries (waitress, aiohttp) speak from warning up unless asked for debug.
     logging.basicConfig(
-        level=max(number, logging.WARNING) if number > logging.DEBUG else number,
+        level=number if number == logging.DEBUG else max(number, logging.WARNING),
         handlers=[handler],
         force=True,
     )
     logging.getLogger("dispatchlet").setLevel(number)
+
+
+def json_format() -> bool:
+    return _json_handler is not None
+
+
+def notice(text: str, **fields: object) -> None:
+    """A message of the command itself on stderr (stopping, stopped, a failed reload),
+    whatever the log level: as is, or as a JSON object when the log format is json, so
+    that stderr stays one object per line."""
+    handler = _json_handler
+    if handler is None:
+        print(text, file=sys.stderr, flush=True)
+        return
+    record = logging.LogRecord("dispatchlet.cli", logging.INFO, "", 0, text, None, None)
+    record.__dict__.update(fields)
+    handler.handle(record)
 
 
 class JsonFormatter(logging.Formatter):

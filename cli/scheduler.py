@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import logging
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -195,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(
             f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
         ) from None
-    print("dispatchlet scheduler: stopped", file=sys.stderr)
+    logging_setup.notice("dispatchlet scheduler: stopped")
     return status
 
 
@@ -223,13 +222,12 @@ async def serve_until_stopped(
             )
         else:
             waits = "no attempt in flight"
-        print(f"dispatchlet {command}: stopping: {waits}", file=sys.stderr, flush=True)
+        logging_setup.notice(f"dispatchlet {command}: stopping: {waits}", in_flight=in_flight)
 
     def at_once(stop: Stop) -> None:
-        print(
+        logging_setup.notice(
             f"dispatchlet {command}: stopped at once; attempts still in flight run again "
-            "once their leases lapse",
-            file=sys.stderr,
+            "once their leases lapse"
         )
         exit_now(stop.exit_status)
 

@@ -6,7 +6,6 @@ import argparse
 import inspect
 import json
 import shlex
-import sys
 import typing
 from typing import Any
 
@@ -106,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
             pass  # the signal came before waitress ran
         finally:
             server.close()
-    print("dispatchlet serve: stopped", file=sys.stderr)
+    logging_setup.notice("dispatchlet serve: stopped")
     return stop.exit_status
 
 
