@@ -3,6 +3,8 @@ loading the APP, the settings that bound clients, serving in a background thread
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import sys
 import threading
 import time
@@ -94,10 +96,11 @@ def serving(
     (``port``, or a free one) in a background thread; yield its URL.
 
     Leaving the block stops the server before it returns: its loop thread has ended and
-    every socket is closed, except those of functions still running (a call that timed
-    out, Ctrl+C): they are not waited for, and their worker threads keep what they write
-    to (their connection, the loop's wake-up pipe) open, so that nothing is closed under
-    a thread still using it."""
+    every socket is closed, except while functions still run (a call that timed out,
+    Ctrl+C). Those are not waited for: their connections are shut down (the client sees
+    the end) and their answers dropped, but the descriptors a worker thread may still
+    touch (its connection, the loop's wake-up pipe) stay open until the process ends, so
+    that nothing is closed under a thread still using it."""
     from waitress import create_server
 
     gate = _Gate(application or wsgi_app(endpoint))
@@ -107,6 +110,8 @@ def serving(
         port=port,
         threads=2,
         asyncore_loop_timeout=0.05,
+        # A client gone before its answer (a call that timed out) is no error here.
+        log_socket_errors=False,
         **waitress_options(endpoint),
     )
     gate.lock = server.task_dispatcher.lock
@@ -141,7 +146,16 @@ def _stop(server: Any, gate: _Gate, thread: threading.Thread) -> None:
     def close() -> None:
         # In the loop thread, the only one that reads the map: empty, it ends the loop.
         if workers_left:
-            wasyncore.dispatcher.close(server)  # the listening socket only
+            wasyncore.dispatcher.close(server)  # the listening socket
+            for channel in list(server.active_channels.values()):
+                # A worker finishing a function drops its answer and wakes no loop.
+                channel.connected = False
+                if channel.requests:
+                    # Its client sees the end; the descriptor stays valid for the worker.
+                    with contextlib.suppress(OSError):
+                        channel.socket.shutdown(socket.SHUT_RDWR)
+                else:
+                    channel.handle_close()
         else:
             wasyncore.close_all(server._map, ignore_all=True)
         server._map.clear()
