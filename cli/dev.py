@@ -34,7 +34,7 @@ from .errors import CommandError
 from .local_server import load_app, serving
 from .scheduler import DEFAULT_DATABASE, check_database_folder, serve_until_stopped
 from .serve import example_input, port
-from .signals import Stop, exit_now, stopping_loop
+from .signals import EPILOG, Stop, exit_now, stopping_loop
 
 STATE_FOLDER = ".dispatchlet"
 """Beside the database: the session's API key and signing key, kept across restarts."""
@@ -55,7 +55,7 @@ flight keep verifying, across restarts. The endpoint is reloaded when APP's file
 and keeps serving the last version that loaded.
 
 Ctrl+C stops it: attempts in flight finish first (up to 10 s), a second Ctrl+C stops it
-at once. Exit status 130 after Ctrl+C (SIGINT), 0 after SIGTERM.
+at once.
 
 With FUNCTION, dispatch one call of it (INPUT as for `dispatchlet call`), wait for it,
 print its output and how many attempts it took, and stop: the whole loop in one command.
@@ -68,6 +68,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "dev",
         help="the scheduler and an app's endpoint on this machine, wired together",
         description=_DESCRIPTION,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("app", metavar="APP", help="module[:attr] or path/to/file.py[:attr]")

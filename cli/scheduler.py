@@ -18,7 +18,7 @@ from ..scheduler.settings import DEFAULT_PORT
 from . import logging_setup
 from .errors import CommandError
 from .serve import port, positive_int
-from .signals import Stop, exit_now, stopping_loop
+from .signals import EPILOG, Stop, exit_now, stopping_loop
 
 if TYPE_CHECKING:
     from ..scheduler.server import Settings
@@ -42,7 +42,7 @@ API key, unsigned calls).
 
 Ctrl+C (SIGINT) or SIGTERM stops it gracefully: new requests are refused and attempts
 in flight finish, for up to 10 s; a second one stops it at once (attempts in flight run
-again once their leases lapse). Exit status 130 after SIGINT, 0 after SIGTERM.
+again once their leases lapse).
 """
 
 
@@ -51,6 +51,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "scheduler",
         help="run the scheduler (SQLite, or PostgreSQL for several processes)",
         description=_DESCRIPTION,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(

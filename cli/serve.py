@@ -28,7 +28,7 @@ from .local_server import (
     local_url,
     waitress_options,
 )
-from .signals import interrupting_main_thread
+from .signals import EPILOG, interrupting_main_thread
 
 _DESCRIPTION = """\
 Serve the Endpoint of APP over HTTP on this machine.
@@ -39,8 +39,6 @@ APP is module, module:attr, path/to/file.py or path/to/file.py:attr; without
 Signatures are checked with the endpoint's verification key (DISPATCH_VERIFICATION_KEY).
 When it has none, a key pair is made for this session and its signing key printed,
 ready for `dispatchlet call` in another terminal.
-
-Ctrl+C (SIGINT) stops it, exit status 130; SIGTERM stops it, exit status 0.
 """
 
 
@@ -49,6 +47,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "serve",
         help="serve an app's Endpoint on a local HTTP server",
         description=_DESCRIPTION,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("app", metavar="APP", help="module[:attr] or path/to/file.py[:attr]")

@@ -26,6 +26,17 @@ EXIT_TERMINATED = 0
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
+EPILOG = """\
+exit status:
+  0    stopped by SIGTERM (systemd, docker stop: a normal end)
+  130  stopped by Ctrl+C (SIGINT)
+  2    could not start: bad arguments, configuration, port in use
+
+The first SIGINT or SIGTERM stops it gracefully, a second one at once. It handles both
+itself, so it stops also when its parent ignores SIGINT (a shell's background job) and
+as PID 1 of a container.
+"""
+
 
 def exit_status(signum: int) -> int:
     return EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_TERMINATED
