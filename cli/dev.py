@@ -178,6 +178,10 @@ class DevState:
         path = self.folder / name
         try:
             self.folder.mkdir(mode=0o700, exist_ok=True)
+            ignore = self.folder / ".gitignore"
+            if not ignore.exists():
+                # Secrets: never committed with the project by accident.
+                ignore.write_text("# made by dispatchlet dev: keys, never commit them\n*\n")
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:

@@ -472,6 +472,32 @@ def test_an_error_in_the_app_is_the_cause(apps: Path) -> None:
     assert "cli_app_broken" not in sys.modules
 
 
+def test_a_forgotten_app_loads_its_current_code_and_its_neighbours(
+    apps: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dispatchlet.cli.app_loader import app_files, forget_app
+
+    package = apps / "cli_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "helper.py").write_text("GREETING = 'hi'\n")
+    (package / "app.py").write_text(APP + "from .helper import GREETING\n")
+    monkeypatch.chdir(apps)
+    first = load_endpoint("cli_pkg.app")
+    assert app_files("cli_pkg.app") == {
+        (package / name).resolve() for name in ("__init__.py", "helper.py", "app.py")
+    }
+    # The same module until forgotten; then the current code, the neighbour's too.
+    (package / "helper.py").write_text("GREETING = 'hello'\n")
+    assert load_endpoint("cli_pkg.app") is first
+    forget_app("cli_pkg.app")
+    assert "cli_pkg.helper" not in sys.modules
+    assert "dispatchlet.core.endpoint" in sys.modules  # dispatchlet itself stays
+    second = load_endpoint("cli_pkg.app")
+    assert second is not first
+    assert sys.modules["cli_pkg.app"].GREETING == "hello"
+
+
 @pytest.mark.parametrize(
     ("app", "message"),
     [

@@ -242,10 +242,11 @@ def test_dev_keeps_its_keys_across_restarts(tmp_path: Path) -> None:
         assert first.stop() == 0  # SIGTERM: a normal end
     state = tmp_path / ".dispatchlet"
     secrets = {path.name: path.read_text() for path in state.iterdir()}
-    assert set(secrets) == {"api-key", "signing-key"}
+    assert set(secrets) == {"api-key", "signing-key", ".gitignore"}
+    assert secrets[".gitignore"].splitlines()[-1] == "*"  # never committed by accident
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
-    for path in state.iterdir():
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    for name in ("api-key", "signing-key"):
+        assert stat.S_IMODE((state / name).stat().st_mode) == 0o600, name
 
     second = start_dev(tmp_path)
     try:
