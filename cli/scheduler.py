@@ -244,8 +244,8 @@ def check_database_folder(path: Path) -> Path:
     folder = path.expanduser().absolute().parent
     if not folder.is_dir():
         raise CommandError(
-            f"--db {path}: the folder {folder} does not exist (create it first: the "
-            "database is never put in a folder made up on the spot)"
+            f"--db {path}: the folder {folder} does not exist (create it first: no "
+            "folder is made for a database, so that a typo does not start an empty one)"
         )
     return path
 
