@@ -145,25 +145,28 @@ def _stop(server: Any, gate: _Gate, thread: threading.Thread) -> None:
 
     def close() -> None:
         # In the loop thread, the only one that reads the map: empty, it ends the loop.
-        if workers_left:
-            wasyncore.dispatcher.close(server)  # the listening socket
-            for channel in list(server.active_channels.values()):
-                # A worker finishing a function drops its answer and wakes no loop.
-                channel.connected = False
-                if channel.requests:
-                    # Its client sees the end; the descriptor stays valid for the worker.
-                    with contextlib.suppress(OSError):
-                        channel.socket.shutdown(socket.SHUT_RDWR)
-                else:
-                    channel.handle_close()
-        else:
-            wasyncore.close_all(server._map, ignore_all=True)
+        # Not the wake-up pipe: this may run before pull_trigger() below has written to it.
+        wasyncore.dispatcher.close(server)  # the listening socket
+        for channel in list(server.active_channels.values()):
+            if not workers_left:
+                channel.handle_close()
+                continue
+            # A worker finishing a function drops its answer and wakes no loop.
+            channel.connected = False
+            if channel.requests:
+                # Its client sees the end; the descriptor stays valid for the worker.
+                with contextlib.suppress(OSError):
+                    channel.socket.shutdown(socket.SHUT_RDWR)
+            else:
+                channel.handle_close()
         server._map.clear()
 
     server.trigger.pull_trigger(close)
     thread.join(timeout=WORKER_GRACE)
     if thread.is_alive():
         raise RuntimeError("the local server's loop did not stop")
+    if not workers_left:
+        server.trigger.close()  # no thread is left that could write to it
 
 
 WILDCARDS = ("0.0.0.0", "::", "")  # noqa: S104 - recognised, not bound to
