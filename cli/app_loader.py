@@ -141,6 +141,56 @@ def find_endpoint(module: ModuleType, attr: str | None, *, label: str) -> Endpoi
     return next(iter(endpoints.values()))
 
 
+def app_root(app: str) -> Path:
+    """The folder that holds APP's own code: a file's folder, a package's folder (its
+    top-level package), or a single module's folder. Call it once APP is loaded."""
+    target, _ = split_app(app)
+    if _is_path(target):
+        return Path(target).expanduser().resolve().parent
+    top = sys.modules.get(target.split(".")[0])
+    file = _module_file(top) if top is not None else None
+    if file is None:
+        return Path.cwd()
+    return file.parent
+
+
+def app_files(app: str) -> set[Path]:
+    """The source files of APP's own code loaded now: the modules under ``app_root``
+    (the app and what it imported from beside it), not those of installed packages."""
+    target, _ = split_app(app)
+    files = set(_own_modules(app_root(app)).values())
+    if _is_path(target):
+        files.add(Path(target).expanduser().resolve())
+    return files
+
+
+def forget_app(app: str) -> None:
+    """Drop APP's own modules from ``sys.modules``, so that loading APP again runs its
+    current code (and that of the modules beside it that it imports)."""
+    for name in _own_modules(app_root(app)):
+        del sys.modules[name]
+    importlib.invalidate_caches()  # new files beside the app are found
+
+
+def _own_modules(root: Path) -> dict[str, Path]:
+    """The loaded modules whose source is under ``root``, by name."""
+    # A virtualenv inside the project holds installed packages, not the app's code, and
+    # dispatchlet itself is never reloaded (its classes must stay the ones in use).
+    prefixes = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    own = {}
+    for name, module in list(sys.modules.items()):
+        if name == "dispatchlet" or name.startswith("dispatchlet."):
+            continue
+        file = _module_file(module)
+        if (
+            file is not None
+            and file.is_relative_to(root)
+            and not any(file.is_relative_to(prefix) for prefix in prefixes)
+        ):
+            own[name] = file
+    return own
+
+
 def _failed(target: str, exc: Exception) -> AppLoadError:
     """The error for an app whose code raised ``exc`` while it was imported.
 

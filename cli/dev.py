@@ -1,38 +1,65 @@
 """``dispatchlet dev``: the whole loop on this machine, the scheduler (SQLite) and the
-app's endpoint (waitress), both on loopback, wired with a fresh key pair and API key."""
+app's endpoint (waitress), both on loopback, wired with a key pair and an API key that
+last across restarts, the endpoint reloaded when the app's code changes."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import secrets
+import difflib
+import os
 import shlex
+import shutil
+import sys
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any, NoReturn
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ..adapters.wsgi import StartResponse, WSGIApplication, wsgi_app
 from ..client import Client, ClientError
 from ..core.dispatching import API_KEY_ENV, API_URL_ENV
 from ..core.endpoint import ENDPOINT_URL_ENV, Endpoint
+from ..core.keys import load_private_key, private_key_base64
 from ..core.values import EncodeError, to_any
 from ..proto.dispatch.sdk.v1 import call_pb2
 from ..scheduler.settings import DEFAULT_PORT
+from . import logging_setup
+from .app_loader import AppLoadError, app_files, forget_app, load_endpoint, user_traceback
 from .call import parse_input
 from .dispatch import show
-from .errors import EXIT_OK, CommandError
+from .errors import CommandError
 from .local_server import load_app, serving
-from .scheduler import DEFAULT_DATABASE
-from .serve import port
+from .scheduler import DEFAULT_DATABASE, check_database_folder, serve_until_stopped
+from .serve import example_input, port
+from .signals import EPILOG, Stop, exit_now, stopping_loop
 
-_DESCRIPTION = """\
-Run the scheduler and serve APP, both on this machine, with a key pair and an API key
-made for the session, and print the exports another terminal needs for
-`dispatchlet dispatch` and `dispatchlet calls`. Ctrl+C stops both.
+STATE_FOLDER = ".dispatchlet"
+"""Beside the database: the session's API key and signing key, kept across restarts."""
+API_KEY_FILE = "api-key"
+SIGNING_KEY_FILE = "signing-key"
+POLL_INTERVAL = 0.5
+"""Seconds between two looks at the app's files."""
+
+_DESCRIPTION = f"""\
+Run the scheduler and serve APP, both on this machine, and print the exports another
+terminal needs for `dispatchlet dispatch` and `dispatchlet calls`.
+
+The API key is {API_KEY_ENV} when it is set; otherwise one is made on the first start
+and kept, with the key pair that signs the scheduler's calls, in a {STATE_FOLDER}/
+folder beside the database (files of mode 0600): the exports stay valid, and calls in
+flight keep verifying, across restarts. The endpoint is reloaded when APP's files change
+(the scheduler and its database keep running); a reload that fails shows the app's error
+and keeps serving the last version that loaded.
+
+Ctrl+C stops it: attempts in flight finish first (up to 10 s), a second Ctrl+C stops it
+at once.
 
 With FUNCTION, dispatch one call of it (INPUT as for `dispatchlet call`), wait for it,
 print its output and how many attempts it took, and stop: the whole loop in one command.
+Ctrl+C stops it at once and prints the call's dispatch id.
 """
 
 
@@ -41,6 +68,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "dev",
         help="the scheduler and an app's endpoint on this machine, wired together",
         description=_DESCRIPTION,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("app", metavar="APP", help="module[:attr] or path/to/file.py[:attr]")
@@ -58,23 +86,24 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--db",
         type=Path,
         metavar="PATH",
-        help=f"the database (default {DEFAULT_DATABASE}; with FUNCTION a temporary one)",
+        help=f"the database, in a folder that exists (default {DEFAULT_DATABASE}; with "
+        "FUNCTION a temporary one)",
     )
+    logging_setup.add_arguments(parser, default_level="warning")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    logging_setup.configure(args)
+    if args.db is not None:
+        check_database_folder(args.db)
+    # Bytecode caches are keyed by a source's size and mtime in whole seconds: an edit
+    # within the second that keeps the size would reload stale code.
+    sys.dont_write_bytecode = True
     endpoint = load_app(args.app)
-    key = Ed25519PrivateKey.generate()
-    api_key = secrets.token_urlsafe(24)
-    endpoint.set_verification_key(key.public_key())
     call = None
     if args.function is not None:
+        check_function(endpoint, args.app, args.function)
         call = call_pb2.Call(function=args.function)
         if args.input is not None:
             try:
@@ -87,80 +116,287 @@ def run(args: argparse.Namespace) -> int:
     if args.scheduler_port is None:
         args.scheduler_port = 0 if once else DEFAULT_PORT
     with tempfile.TemporaryDirectory(prefix="dispatchlet-dev-") as scratch:
+        temporary = args.db is None and once
         if args.db is None:
             args.db = Path(scratch, DEFAULT_DATABASE) if once else Path(DEFAULT_DATABASE)
-        return _serve(args, endpoint, key, api_key, call)
+        state = DevState(args.db.parent / STATE_FOLDER)
+        key = state.signing_key()
+        api_keys = [k.strip() for k in os.environ.get(API_KEY_ENV, "").split(",") if k.strip()]
+        if not api_keys:
+            api_keys = [state.api_key()]
+        app = ReloadingApp(args.app, endpoint, key)
+        try:
+            with serving(endpoint, port=args.port, application=app) as endpoint_url:
+                app.served_at(endpoint_url)
+                if call is None:
+                    return asyncio.run(_serve(args, app, key, api_keys))
+                call.endpoint = endpoint_url
+                leftover = Path(scratch) if temporary else None
+                return asyncio.run(_once(args, key, api_keys[0], call, leftover))
+        except OSError as exc:
+            raise CommandError(f"cannot listen: {exc.strerror or exc}") from None
 
 
-def _serve(
-    args: argparse.Namespace,
-    endpoint: Endpoint,
-    key: Ed25519PrivateKey,
-    api_key: str,
-    call: call_pb2.Call | None,
+def check_function(endpoint: Endpoint, app: str, name: str) -> None:
+    """Refuse a FUNCTION the app does not register, before anything is dispatched."""
+    if name in endpoint.functions:
+        return
+    names = list(endpoint.functions)
+    close = difflib.get_close_matches(name, names, n=3)
+    if close:
+        hint = f"did you mean {' or '.join(close)}?"
+    elif names:
+        hint = f"its functions: {', '.join(names)}"
+    else:
+        hint = "it registers none (decorate them with @endpoint.function)"
+    raise CommandError(f"{app} has no function {name!r}: {hint}")
+
+
+class DevState:
+    """The ``.dispatchlet`` folder: secrets that must outlive one ``dev`` process."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def api_key(self) -> str:
+        import secrets
+
+        return self._kept(API_KEY_FILE, lambda: secrets.token_urlsafe(24))
+
+    def signing_key(self) -> Ed25519PrivateKey:
+        path = self.folder / SIGNING_KEY_FILE
+        text = self._kept(
+            SIGNING_KEY_FILE, lambda: private_key_base64(Ed25519PrivateKey.generate())
+        )
+        try:
+            return load_private_key(text)
+        except ValueError as exc:
+            raise CommandError(f"{path}: {exc} (delete it to make a new key pair)") from None
+
+    def _kept(self, name: str, make: Callable[[], str]) -> str:
+        """The file's text, made by ``make()`` the first time (mode 0600)."""
+        path = self.folder / name
+        try:
+            self.folder.mkdir(mode=0o700, exist_ok=True)
+            ignore = self.folder / ".gitignore"
+            if not ignore.exists():
+                # Secrets: never committed with the project by accident.
+                ignore.write_text("# made by dispatchlet dev: keys, never commit them\n*\n")
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                text = path.read_text(encoding="ascii", errors="replace").strip()
+            else:
+                text = make()
+                with os.fdopen(fd, "w", encoding="ascii") as file:
+                    file.write(text + "\n")
+        except OSError as exc:
+            raise CommandError(f"cannot keep the session's keys in {self.folder}: {exc}") from None
+        if not text:
+            raise CommandError(f"{path} is empty (delete it to make a new one)")
+        return text
+
+
+class ReloadingApp:
+    """The WSGI application served by ``dev``: the app's current Endpoint, loaded again
+    when its files change. A reload that fails keeps the last Endpoint that loaded."""
+
+    def __init__(self, app: str, endpoint: Endpoint, key: Ed25519PrivateKey) -> None:
+        self.app = app
+        self.key = key
+        self.endpoint_url = ""
+        self.endpoint = endpoint
+        self._wsgi = self._prepare(endpoint)
+        self._files = self._snapshot(app_files(app))
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        return self._wsgi(environ, start_response)
+
+    def served_at(self, url: str) -> None:
+        self.endpoint_url = url
+        self._wsgi = self._prepare(self.endpoint)
+
+    def _prepare(self, endpoint: Endpoint) -> WSGIApplication:
+        endpoint.set_verification_key(self.key.public_key())
+        if endpoint.endpoint_url is None and self.endpoint_url:
+            # The app's own dispatches (greet.dispatch(...)) reach it here.
+            endpoint.endpoint_url = self.endpoint_url
+        return wsgi_app(endpoint)
+
+    @staticmethod
+    def _snapshot(files: Iterable[Path]) -> dict[Path, tuple[int, int] | None]:
+        stamps: dict[Path, tuple[int, int] | None] = {}
+        for file in files:
+            try:
+                stat = file.stat()
+                stamps[file] = (stat.st_mtime_ns, stat.st_size)
+            except OSError:
+                stamps[file] = None
+        return stamps
+
+    def changed(self) -> bool:
+        return self._snapshot(self._files) != self._files
+
+    def reload(self) -> bool:
+        """Load the app again; True when it loaded (and is now served)."""
+        before = set(self._files)
+        forget_app(self.app)
+        try:
+            endpoint = load_endpoint(self.app)
+        except AppLoadError as exc:
+            trace = user_traceback(exc) or ""
+            message = (
+                f"dispatchlet dev: reloading {self.app} failed: {exc}; still serving the "
+                "last version that loaded"
+            )
+            if logging_setup.json_format():
+                logging_setup.notice(message, traceback=trace)
+            else:
+                logging_setup.notice(trace + message)
+            # Watch what the failed load touched too: fixing any of it loads again.
+            self._files = self._snapshot(before | app_files(self.app))
+            return False
+        self._wsgi = self._prepare(endpoint)
+        self.endpoint = endpoint
+        self._files = self._snapshot(before | app_files(self.app))
+        names = ", ".join(endpoint.functions) or "none"
+        print(f"dispatchlet dev: reloaded {self.app} (functions: {names})", flush=True)
+        return True
+
+    async def watch(self) -> None:
+        """Reload whenever the app's files change, until cancelled."""
+        while True:
+            await asyncio.sleep(POLL_INTERVAL)
+            if self.changed():
+                self.reload()
+
+
+async def _serve(
+    args: argparse.Namespace, app: ReloadingApp, key: Ed25519PrivateKey, api_keys: list[str]
 ) -> int:
+    from ..scheduler.server import Settings
+
+    settings = Settings(
+        database=str(args.db), port=args.scheduler_port, signing_key=key, api_keys=api_keys
+    )
+
+    def ready(addresses: list[tuple[str, int]]) -> None:
+        host, number = addresses[0]
+        scheduler_url = f"http://{host}:{number}"
+        print(
+            banner(args.app, app.endpoint, app.endpoint_url, scheduler_url, api_keys[0]),
+            flush=True,
+        )
+
+    watcher = asyncio.create_task(app.watch())
     try:
-        with serving(endpoint, port=args.port) as endpoint_url:
-            if endpoint.endpoint_url is None:
-                # The app's own dispatches (greet.dispatch(...)) reach it here.
-                endpoint.endpoint_url = endpoint_url
-            return asyncio.run(_loop(args, key, api_key, endpoint_url, call))
-    except OSError as exc:
-        raise CommandError(f"cannot listen: {exc.strerror or exc}") from None
+        status = await serve_until_stopped("dev", settings, ready)
+    finally:
+        watcher.cancel()
+    logging_setup.notice("dispatchlet dev: stopped")
+    return status
 
 
-async def _loop(
+async def _once(
     args: argparse.Namespace,
     key: Ed25519PrivateKey,
     api_key: str,
-    endpoint_url: str,
-    call: call_pb2.Call | None,
+    call: call_pb2.Call,
+    temporary: Path | None,
 ) -> int:
+    """Dispatch ``call``, wait for it, print what came of it. A signal stops all at once."""
     from ..scheduler.server import Settings, serve
 
     settings = Settings(
         database=str(args.db), port=args.scheduler_port, signing_key=key, api_keys=[api_key]
     )
-    started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+    started: asyncio.Future[str] = loop.create_future()
+    interrupted: asyncio.Future[int] = loop.create_future()
+    dispatch_id: list[str] = []
 
     def ready(addresses: list[tuple[str, int]]) -> None:
         host, number = addresses[0]
         started.set_result(f"http://{host}:{number}")
 
+    def interrupt(signum: int) -> None:
+        if not interrupted.done():
+            interrupted.set_result(signum)
+
+    def at_once(stop: Stop) -> NoReturn:
+        # Waiting on the scheduler or the function would keep Ctrl+C waiting.
+        text = "dispatchlet dev: interrupted"
+        if dispatch_id:
+            text += f" (dispatch id {dispatch_id[0]})"
+            if temporary is None:
+                text += (
+                    f"; the call stays in {args.db}: `dispatchlet dev "
+                    f"{shlex.quote(args.app)} --db {shlex.quote(str(args.db))}` runs it on"
+                )
+            else:
+                text += "; its database was a temporary one (--db keeps calls)"
+        logging_setup.notice(text)
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
+        exit_now(stop.exit_status)
+
     stop = asyncio.Event()
-    server = asyncio.create_task(serve(settings, ready=ready, stop=stop))
-    try:
-        waited: set[asyncio.Future[object]] = {server, started}  # type: ignore[arg-type]
-        done, _ = await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
-        if server in done:
-            server.result()  # raises what stopped it (a port in use)
-            return EXIT_OK
-        scheduler_url = started.result()
-        if call is None:
-            print(banner(args.app, endpoint_url, scheduler_url, api_key), flush=True)
-            await server
-            return EXIT_OK
-        call.endpoint = endpoint_url
-        return await asyncio.to_thread(_dispatch_and_wait, scheduler_url, api_key, call)
-    finally:
-        stop.set()
-        await server
-
-
-def _dispatch_and_wait(scheduler_url: str, api_key: str, call: call_pb2.Call) -> int:
-    with Client(scheduler_url, api_key) as client:
+    with stopping_loop(loop, interrupt) as signals:
+        server = asyncio.create_task(serve(settings, ready=ready, stop=stop, handle_signals=False))
         try:
-            (dispatch_id,) = client.dispatch([call])
-            info = client.wait(dispatch_id)
-        except ClientError as exc:
-            raise CommandError(f"{exc.code}: {exc.message}") from None
+            scheduler_url = await _until(started, server, interrupted)
+            if scheduler_url is None:
+                at_once(signals)
+            with Client(scheduler_url, api_key) as client:
+                try:
+                    ids = await _until(asyncio.to_thread(client.dispatch, [call]), interrupted)
+                    if ids is None:
+                        at_once(signals)
+                    dispatch_id.append(ids[0])
+                    info = await _until(asyncio.to_thread(client.wait, ids[0]), interrupted)
+                    if info is None:
+                        at_once(signals)
+                except ClientError as exc:
+                    raise CommandError(f"{exc.code}: {exc.message}") from None
+        finally:
+            stop.set()
+            if not interrupted.done():
+                await server
     status = show(info)
     outcome = info.status.name if info.status is not None else info.state
     print(f"({outcome} after {info.attempts} attempt(s), dispatch id {info.dispatch_id})")
     return status
 
 
-def banner(app: str, endpoint_url: str, scheduler_url: str, api_key: str) -> str:
+async def _until(work: Any, *others: asyncio.Future[Any]) -> Any:
+    """``work``'s result, or None when one of ``others`` (an interruption) is done first;
+    the scheduler's task ending first raises what stopped it."""
+    task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({task, *others}, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        return task.result()
+    for other in others:
+        if other in done and isinstance(other, asyncio.Task):
+            other.result()  # the scheduler stopped: a port in use raises here
+            raise CommandError("the scheduler stopped")
+    return None
+
+
+def hint(endpoint: Endpoint) -> str:
+    """A `dispatchlet dispatch` command line for one of the app's own functions."""
+    functions = list(endpoint.functions.values())
+    if not functions:
+        return "(no functions registered yet: decorate them with @endpoint.function)"
+    example = example_input(functions[0])
+    command = ["dispatchlet", "dispatch", functions[0].name]
+    if example is not None:
+        command.append(example)
+    return shlex.join([*command, "--wait"])
+
+
+def banner(
+    app: str, endpoint: Endpoint, endpoint_url: str, scheduler_url: str, api_key: str
+) -> str:
     exports = [
         f"export {API_URL_ENV}={scheduler_url}",
         f"export {API_KEY_ENV}={shlex.quote(api_key)}",
@@ -168,13 +404,13 @@ def banner(app: str, endpoint_url: str, scheduler_url: str, api_key: str) -> str
     ]
     return "\n".join(
         [
-            f"dispatchlet dev: serving {app} at {endpoint_url}",
+            f"dispatchlet dev: serving {app} at {endpoint_url} (reloaded when its files change)",
             f"                 scheduler at {scheduler_url}",
             "",
             "in another terminal:",
             "",
             *(f"    {line}" for line in exports),
-            "    dispatchlet dispatch greet World --wait",
+            f"    {hint(endpoint)}",
             "",
             "Press Ctrl+C to stop.",
         ]

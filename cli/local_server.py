@@ -3,13 +3,16 @@ loading the APP, the settings that bound clients, serving in a background thread
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..adapters.wsgi import wsgi_app
+from ..adapters.wsgi import WSGIApplication, wsgi_app
 from ..core.endpoint import Endpoint
 from .app_loader import AppLoadError, load_endpoint, user_traceback
 from .errors import CommandError
@@ -53,39 +56,117 @@ def waitress_options(endpoint: Endpoint) -> dict[str, int]:
     }
 
 
+WORKER_GRACE = 10.0
+"""Seconds a worker thread not running a function may take to finish the answer it writes
+when the server stops (it normally takes microseconds)."""
+
+
+class _Gate:
+    """The WSGI application as served: it counts the worker threads running it (under the
+    task dispatcher's lock, so that one snapshot tells the threads alive from those
+    inside), and once the server stops it answers 503 instead of starting a function."""
+
+    def __init__(self, application: WSGIApplication) -> None:
+        self.application = application
+        self.lock = threading.Lock()  # replaced by the dispatcher's before serving
+        self.inside = 0
+        self.closed = False
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        with self.lock:
+            if not self.closed:
+                self.inside += 1
+            refused = self.closed
+        if refused:
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [b"the server is stopping\n"]
+        try:
+            # The adapter answers a list: the function has run when this returns.
+            return self.application(environ, start_response)
+        finally:
+            with self.lock:
+                self.inside -= 1
+
+
 @contextmanager
-def serving(endpoint: Endpoint, *, port: int = 0) -> Iterator[str]:
-    """Serve ``endpoint`` on loopback (``port``, or a free one) in a background thread;
-    yield its URL."""
+def serving(
+    endpoint: Endpoint, *, port: int = 0, application: WSGIApplication | None = None
+) -> Iterator[str]:
+    """Serve ``endpoint`` (through ``application``, by default its WSGI app) on loopback
+    (``port``, or a free one) in a background thread; yield its URL.
+
+    Leaving the block stops the server before it returns: its loop thread has ended and
+    every socket is closed, except while functions still run (a call that timed out,
+    Ctrl+C). Those are not waited for: their connections are shut down (the client sees
+    the end) and their answers dropped, but the descriptors a worker thread may still
+    touch (its connection, the loop's wake-up pipe) stay open until the process ends, so
+    that nothing is closed under a thread still using it."""
     from waitress import create_server
 
+    gate = _Gate(application or wsgi_app(endpoint))
     server = create_server(
-        wsgi_app(endpoint),
+        gate,
         host="127.0.0.1",
         port=port,
         threads=2,
         asyncore_loop_timeout=0.05,
+        # A client gone before its answer (a call that timed out) is no error here.
+        log_socket_errors=False,
         **waitress_options(endpoint),
     )
+    gate.lock = server.task_dispatcher.lock
     host, port_number = listening(server)[0]
     thread = threading.Thread(target=server.run, name="dispatchlet-server", daemon=True)
     thread.start()
     try:
         yield local_url(host, port_number)
     finally:
-        # Functions still running (the call timed out) are not waited for: their
-        # connections are cancelled, so what they answer later is dropped quietly, and
-        # their threads, daemons, end when they return or when the process exits. The
-        # sockets are closed by the server's own loop thread: closed from here, they
-        # could vanish under its select().
-        def stop() -> None:
-            for channel in list(server.active_channels.values()):
-                channel.cancel()
-            server.close()
+        _stop(server, gate, thread)
 
-        server.trigger.pull_trigger(stop)
-        server.task_dispatcher.set_thread_count(0)
-        thread.join(timeout=5)
+
+def _stop(server: Any, gate: _Gate, thread: threading.Thread) -> None:
+    from waitress import wasyncore
+
+    dispatcher = server.task_dispatcher
+    with dispatcher.lock:
+        gate.closed = True
+    # Idle workers end now, busy ones after their request. Those not running a function
+    # are finishing an answer (writing it, waking the loop): they are waited for. Once the
+    # gate is closed no thread enters it, so the count inside only falls.
+    dispatcher.set_thread_count(0)
+    deadline = time.monotonic() + WORKER_GRACE
+    with dispatcher.lock:
+        while len(dispatcher.threads) > gate.inside:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            dispatcher.thread_exit_cv.wait(min(remaining, 0.5))
+        workers_left = bool(dispatcher.threads)
+
+    def close() -> None:
+        # In the loop thread, the only one that reads the map: empty, it ends the loop.
+        # Not the wake-up pipe: this may run before pull_trigger() below has written to it.
+        wasyncore.dispatcher.close(server)  # the listening socket
+        for channel in list(server.active_channels.values()):
+            if not workers_left:
+                channel.handle_close()
+                continue
+            # A worker finishing a function drops its answer and wakes no loop.
+            channel.connected = False
+            if channel.requests:
+                # Its client sees the end; the descriptor stays valid for the worker.
+                with contextlib.suppress(OSError):
+                    channel.socket.shutdown(socket.SHUT_RDWR)
+            else:
+                channel.handle_close()
+        server._map.clear()
+
+    server.trigger.pull_trigger(close)
+    thread.join(timeout=WORKER_GRACE)
+    if thread.is_alive():
+        raise RuntimeError("the local server's loop did not stop")
+    if not workers_left:
+        server.trigger.close()  # no thread is left that could write to it
 
 
 WILDCARDS = ("0.0.0.0", "::", "")  # noqa: S104 - recognised, not bound to

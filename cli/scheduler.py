@@ -7,15 +7,23 @@ import argparse
 import asyncio
 import logging
 import os
-import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..core.dispatching import API_KEY_ENV
 from ..core.keys import SIGNING_KEY_ENV, load_private_key, public_key_base64
 from ..scheduler.retry import RetryPolicy
 from ..scheduler.settings import DEFAULT_MAX_INPUT_SIZE, DEFAULT_PORT
-from .errors import EXIT_OK, CommandError
+from . import logging_setup
+from .errors import CommandError
 from .serve import port, positive_int
+from .signals import EPILOG, Stop, exit_now, stopping_loop
+
+if TYPE_CHECKING:
+    from ..scheduler.server import Settings
+
+logger = logging.getLogger("dispatchlet.scheduler")
 
 DEFAULT_DATABASE = "dispatchlet.db"
 DATABASE_URL_ENV = "DISPATCHLET_DATABASE_URL"
@@ -29,7 +37,12 @@ answers CallService Get, Wait, List and Cancel.
 
 Clients authenticate with Authorization: Bearer <api key>; the keys come from
 {API_KEY_ENV} (comma-separated, for rotation). Without keys every request is
-refused, unless --insecure (local development only: no API key, unsigned calls).
+refused (a warning at start says so), unless --insecure (local development only: no
+API key, unsigned calls).
+
+Ctrl+C (SIGINT) or SIGTERM stops it gracefully: new requests are refused and attempts
+in flight finish, for up to 10 s; a second one stops it at once (attempts in flight run
+again once their leases lapse).
 """
 
 
@@ -38,13 +51,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "scheduler",
         help="run the scheduler (SQLite, or PostgreSQL for several processes)",
         description=_DESCRIPTION,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--db",
         metavar="PATH",
         type=Path,
-        help=f"the SQLite database file (default: {DEFAULT_DATABASE})",
+        help=f"the SQLite database file, in a folder that exists (default: {DEFAULT_DATABASE})",
     )
     parser.add_argument(
         "--database-url",
@@ -60,7 +74,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--reuse-port",
         action="store_true",
         help="share the port with other scheduler processes on this machine, the kernel "
-        "spreading connections over them: several processes, one address",
+        "spreading connections over them: several processes, one address, one PostgreSQL "
+        "database (refused on SQLite)",
     )
     parser.add_argument("--signing-key-file", metavar="PATH", type=Path)
     parser.add_argument(
@@ -110,19 +125,16 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "tail call that makes one ends its call (default: %(default)s, an endpoint's own "
         "default limit)",
     )
+    logging_setup.add_arguments(parser, default_level="info")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     # Here: aiohttp and the store load only for this command, not for every one.
-    from ..scheduler.server import POSTGRES_SCHEMES, Settings, serve
+    from ..scheduler.server import POSTGRES_SCHEMES, Settings
     from ..scheduler.store import StoreError
 
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    logging_setup.configure(args)
     key = None
     if args.signing_key_file is not None:
         try:
@@ -147,7 +159,20 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"give --db or a database URL ({DATABASE_URL_ENV}), not both")
     if url and not url.startswith(POSTGRES_SCHEMES):
         raise CommandError(f"not a PostgreSQL URL: {url[:40]!r} (postgresql://...)")
-    database = url or str(args.db or DEFAULT_DATABASE)
+    if args.reuse_port and not url:
+        raise CommandError(
+            "--reuse-port shares the port with other scheduler processes, which must share "
+            f"one PostgreSQL database: give --database-url or {DATABASE_URL_ENV} (on SQLite "
+            "each process would keep calls of its own that the others never see)"
+        )
+    database = url or str(check_database_folder(args.db or Path(DEFAULT_DATABASE)))
+    if not api_keys and not args.insecure:
+        logger.warning(
+            "%s is not set: every request to the API will be refused (401 unauthenticated); "
+            "set it to the clients' keys (comma-separated), or pass --insecure for local "
+            "development",
+            API_KEY_ENV,
+        )
     settings = Settings(
         database=database,
         host=args.host,
@@ -173,15 +198,66 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(lines), flush=True)
 
     try:
-        asyncio.run(serve(settings, ready=ready))
+        status = asyncio.run(serve_until_stopped("scheduler", settings, ready))
     except StoreError as exc:
         raise CommandError(str(exc)) from None
     except OSError as exc:
         raise CommandError(
             f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
         ) from None
-    print("dispatchlet scheduler: stopped", file=sys.stderr)
-    return EXIT_OK
+    logging_setup.notice("dispatchlet scheduler: stopped")
+    return status
+
+
+async def serve_until_stopped(
+    command: str,
+    settings: Settings,
+    ready: Callable[[list[tuple[str, int]]], None],
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Run the scheduler until SIGINT, SIGTERM or ``stop``: the first signal stops it
+    gracefully (attempts in flight finish, for up to the grace period), a second one at
+    once. The exit status the signal means."""
+    from ..scheduler.server import serve
+
+    stopped = stop or asyncio.Event()
+
+    def stopping(in_flight: int) -> None:
+        if not signals.requested:
+            return
+        if in_flight:
+            waits = (
+                f"waiting up to {settings.grace_period:g} s for {in_flight} attempt(s) in "
+                "flight; Ctrl+C again stops at once (they then run again once their "
+                "leases lapse)"
+            )
+        else:
+            waits = "no attempt in flight"
+        logging_setup.notice(f"dispatchlet {command}: stopping: {waits}", in_flight=in_flight)
+
+    def at_once(stop: Stop) -> None:
+        logging_setup.notice(
+            f"dispatchlet {command}: stopped at once; attempts still in flight run again "
+            "once their leases lapse"
+        )
+        exit_now(stop.exit_status)
+
+    loop = asyncio.get_running_loop()
+    with stopping_loop(loop, lambda signum: stopped.set(), at_once) as signals:
+        await serve(settings, ready=ready, stop=stopped, stopping=stopping, handle_signals=False)
+    return signals.exit_status
+
+
+def check_database_folder(path: Path) -> Path:
+    """``path``, a SQLite file whose folder must exist: a typo in it must not make a new
+    tree of folders with an empty database in it."""
+    folder = path.expanduser().absolute().parent
+    if not folder.is_dir():
+        raise CommandError(
+            f"--db {path}: the folder {folder} does not exist (create it first: no "
+            "folder is made for a database, so that a typo does not start an empty one)"
+        )
+    return path
 
 
 def _shown(database: str) -> str:

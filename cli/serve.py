@@ -5,14 +5,8 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import logging
 import shlex
-import signal
-import sys
 import typing
-from collections.abc import Iterator
-from contextlib import contextmanager
-from types import FrameType
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -24,7 +18,8 @@ from ..core.context import RunContext
 from ..core.endpoint import Endpoint
 from ..core.functions import Function
 from ..core.keys import SIGNING_KEY_ENV, private_key_base64, public_key_base64
-from .errors import EXIT_OK, CommandError
+from . import logging_setup
+from .errors import CommandError
 from .local_server import (
     DEFAULT_ENDPOINT_URL,
     WILDCARDS,
@@ -33,6 +28,7 @@ from .local_server import (
     local_url,
     waitress_options,
 )
+from .signals import EPILOG, interrupting_main_thread
 
 _DESCRIPTION = """\
 Serve the Endpoint of APP over HTTP on this machine.
@@ -51,6 +47,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "serve",
         help="serve an app's Endpoint on a local HTTP server",
         description=_DESCRIPTION,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("app", metavar="APP", help="module[:attr] or path/to/file.py[:attr]")
@@ -69,12 +66,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=4,
         help="requests handled at once (default: %(default)s)",
     )
+    logging_setup.add_arguments(parser, default_level="info")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Load the app, start waitress, serve until SIGINT or SIGTERM."""
-    configure_logging()
+    logging_setup.configure(args)
     endpoint = load_app(args.app)
     session_key = None
     if endpoint.verifier is None and not endpoint.insecure:
@@ -96,26 +94,18 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"cannot listen on {args.host}:{args.port}: {reason}") from None
 
     addresses = listening(server)
-    print(banner(args.app, endpoint, addresses, session_key), flush=True)
-    with _sigterm_stops():
+    with interrupting_main_thread() as stop:
         try:
-            # Returns on KeyboardInterrupt or SystemExit, once its threads have stopped.
+            print(banner(args.app, endpoint, addresses, session_key), flush=True)
+            # Returns on KeyboardInterrupt (SIGINT or SIGTERM, see interrupting_main_thread)
+            # once its worker threads have stopped.
             server.run()
+        except KeyboardInterrupt:
+            pass  # the signal came before waitress ran
         finally:
             server.close()
-    print("dispatchlet serve: stopped", file=sys.stderr)
-    return EXIT_OK
-
-
-def configure_logging() -> None:
-    """Warnings of every library, and dispatchlet's own messages (rejected requests), on
-    stderr."""
-    logging.basicConfig(
-        level=logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    logging.getLogger("dispatchlet").setLevel(logging.INFO)
+    logging_setup.notice("dispatchlet serve: stopped")
+    return stop.exit_status
 
 
 def banner(
@@ -166,7 +156,7 @@ def banner(
 
     sections = [head, listing, keys]
     if functions:
-        example = _example_input(functions[0])
+        example = example_input(functions[0])
         command = [*call, functions[0].name, *([] if example is None else [example])]
         sections.append(
             [
@@ -216,7 +206,7 @@ def _shown(annotation: object) -> object:
 _SAMPLES: dict[object, object] = {str: "World", float: 1.5, bool: True}
 
 
-def _example_input(function: Function[..., Any]) -> str | None:
+def example_input(function: Function[..., Any]) -> str | None:
     """A plausible INPUT for ``function`` from its annotations, or None for no input."""
     try:
         hints = typing.get_type_hints(function.fn)
@@ -240,20 +230,6 @@ def _example_input(function: Function[..., Any]) -> str | None:
 
 def _sample(annotation: object, number: int) -> object:
     return number if annotation is int else _SAMPLES.get(annotation)
-
-
-@contextmanager
-def _sigterm_stops() -> Iterator[None]:
-    """Within the block, SIGTERM stops the server as Ctrl+C (SIGINT) does."""
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(0)
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def port(text: str) -> int:

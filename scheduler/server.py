@@ -77,9 +77,12 @@ async def serve(
     *,
     ready: Callable[[list[tuple[str, int]]], None] | None = None,
     stop: asyncio.Event | None = None,
+    stopping: Callable[[int], None] | None = None,
+    handle_signals: bool = True,
 ) -> None:
     """Serve until SIGINT, SIGTERM or ``stop`` is set; ``ready`` is told the addresses
-    listened on."""
+    listened on, ``stopping`` how many attempts are in flight when the stop begins. With
+    ``handle_signals=False`` the caller handles SIGINT and SIGTERM (and sets ``stop``)."""
     store = await open_store(settings.database)
     caller = Callers(HttpCaller(settings.signing_key, insecure=settings.insecure))
     engine = Engine(
@@ -103,7 +106,8 @@ async def serve(
     await runner.setup()
     stopped = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
+    for signum in signals:
         loop.add_signal_handler(signum, stopped.set)
     try:
         site = web.TCPSite(runner, settings.host, settings.port, reuse_port=settings.reuse_port)
@@ -115,6 +119,8 @@ async def serve(
         await asyncio.wait({engine_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         await site.stop()
         engine.stop()
+        if stopping is not None:
+            stopping(engine.in_flight)
         try:
             await asyncio.wait_for(asyncio.shield(engine_task), settings.grace_period)
         except (TimeoutError, asyncio.TimeoutError):
@@ -126,7 +132,7 @@ async def serve(
                 await engine_task
         stop_task.cancel()
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in signals:
             loop.remove_signal_handler(signum)
         await runner.cleanup()
         await caller.close()

@@ -131,3 +131,44 @@ def load_script(name: str, path: Path) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+# --- starting commands as a shell's background job or a container's PID 1 ------------
+
+_IGNORE_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execvp(sys.argv[1], sys.argv[1:])"
+)
+
+
+def ignoring_sigint(command: Sequence[str]) -> list[str]:
+    """``command`` started with SIGINT ignored, as a non-interactive shell starts a
+    background job (``command &``): the disposition survives exec."""
+    return [sys.executable, "-c", _IGNORE_SIGINT, *command]
+
+
+def as_pid_one(command: Sequence[str]) -> list[str]:
+    """``command`` run as PID 1 of a new PID namespace, as in a container (needs root or
+    user namespaces; fails, never skips, where unshare is not permitted). The process
+    started is unshare's, which exits with the command's status; signal the command
+    itself with ``namespace_init``."""
+    return ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", *command]
+
+
+def namespace_init(unshare_pid: int) -> int:
+    """The host PID of the process that ``unshare --fork`` (pid ``unshare_pid``) started:
+    PID 1 of its namespace."""
+    children = Path(f"/proc/{unshare_pid}/task/{unshare_pid}/children")
+    if children.exists():
+        pids = children.read_text().split()
+    else:  # a kernel without CONFIG_PROC_CHILDREN: look for its parent in every stat
+        pids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == unshare_pid:
+                pids.append(stat.parent.name)
+    assert len(pids) == 1, f"unshare {unshare_pid} has children {pids}"
+    return int(pids[0])

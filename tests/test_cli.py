@@ -353,7 +353,7 @@ def test_serve_with_a_verification_key_from_the_environment(tmp_path: Path) -> N
         assert (signed.returncode, signed.stdout.strip()) == (0, "3"), signed.stderr
         other = private_key_base64(Ed25519PrivateKey.generate())
         assert call(server, "add", "[1, 2]", key=other).returncode == 2
-        assert server.stop(signal.SIGINT) == 0
+        assert server.stop(signal.SIGINT) == 130  # as a shell reports Ctrl+C
         assert "dispatchlet serve: stopped" in server.wait_for("stopped", timeout=5)
     finally:
         server.kill()
@@ -470,6 +470,32 @@ def test_an_error_in_the_app_is_the_cause(apps: Path) -> None:
         load_endpoint(str(apps / "cli_app_broken.py"))
     assert isinstance(info.value.__cause__, ZeroDivisionError)
     assert "cli_app_broken" not in sys.modules
+
+
+def test_a_forgotten_app_loads_its_current_code_and_its_neighbours(
+    apps: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dispatchlet.cli.app_loader import app_files, forget_app
+
+    package = apps / "cli_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "helper.py").write_text("GREETING = 'hi'\n")
+    (package / "app.py").write_text(APP + "from .helper import GREETING\n")
+    monkeypatch.chdir(apps)
+    first = load_endpoint("cli_pkg.app")
+    assert app_files("cli_pkg.app") == {
+        (package / name).resolve() for name in ("__init__.py", "helper.py", "app.py")
+    }
+    # The same module until forgotten; then the current code, the neighbour's too.
+    (package / "helper.py").write_text("GREETING = 'hello'\n")
+    assert load_endpoint("cli_pkg.app") is first
+    forget_app("cli_pkg.app")
+    assert "cli_pkg.helper" not in sys.modules
+    assert "dispatchlet.core.endpoint" in sys.modules  # dispatchlet itself stays
+    second = load_endpoint("cli_pkg.app")
+    assert second is not first
+    assert sys.modules["cli_pkg.app"].GREETING == "hello"
 
 
 @pytest.mark.parametrize(
@@ -592,3 +618,139 @@ def test_python_dash_m_dispatchlet_runs_the_cli() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"dispatchlet {package.__version__}"
     assert package.__version__ == version("dispatchlet")
+
+
+# --- the scheduler's start: keys, ports, database, logs ----------------------------
+
+
+def start_scheduler(
+    folder: Path, *args: str, env: dict[str, str]
+) -> tuple[subprocess.Popen[str], Path, Path, str]:
+    """``dispatchlet scheduler`` with stdout and stderr in files; its URL once it listens."""
+    stdout, stderr = folder / "stdout.txt", folder / "stderr.txt"
+    with stdout.open("w") as out, stderr.open("w") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dispatchlet.cli", "scheduler", "--port", "0", *args],
+            stdout=out,
+            stderr=err,
+            text=True,
+            env=env,
+            cwd=folder,
+        )
+    deadline = time.monotonic() + START_TIMEOUT
+    while not (match := re.search(r"listening at (http://\S+)", stdout.read_text())):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            process.wait(timeout=10)
+            raise AssertionError(f"no listening line:\n{stdout.read_text()}{stderr.read_text()}")
+        time.sleep(0.05)
+    return process, stdout, stderr, match.group(1)
+
+
+def stop_scheduler(process: subprocess.Popen[str]) -> int:
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=RUN_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("insecure", [False, True])
+def test_the_scheduler_warns_at_start_without_an_api_key(tmp_path: Path, insecure: bool) -> None:
+    key = private_key_base64(Ed25519PrivateKey.generate())
+    options = ["--db", str(tmp_path / "s.db"), *(["--insecure"] if insecure else [])]
+    process, _, stderr, _ = start_scheduler(
+        tmp_path, *options, env=cli_env(DISPATCH_SIGNING_KEY=key)
+    )
+    assert stop_scheduler(process) == 0
+    warnings = [line for line in stderr.read_text().splitlines() if "DISPATCH_API_KEY" in line]
+    if insecure:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1, stderr.read_text()
+        assert "WARNING" in warnings[0]
+        assert "every request to the API will be refused" in warnings[0]
+
+
+@pytest.mark.slow
+def test_the_scheduler_logs_json_lines_with_each_attempts_fields(tmp_path: Path) -> None:
+    from dispatchlet import Client
+    from dispatchlet.proto.dispatch.sdk.v1 import call_pb2
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        nowhere = f"http://127.0.0.1:{sock.getsockname()[1]}"  # closed once this block ends
+    env = cli_env(
+        DISPATCH_SIGNING_KEY=private_key_base64(Ed25519PrivateKey.generate()),
+        DISPATCH_API_KEY="json-test",
+    )
+    options = ["--db", str(tmp_path / "s.db"), "--max-attempts", "1", "--log-format", "json"]
+    process, _, stderr, url = start_scheduler(tmp_path, *options, env=env)
+    try:
+        with Client(url, "json-test") as client:
+            (dispatch_id,) = client.dispatch([call_pb2.Call(function="f", endpoint=nowhere)])
+            assert client.wait(dispatch_id, timeout=RUN_TIMEOUT).done
+    finally:
+        assert stop_scheduler(process) == 0
+    # Every line of stderr is one JSON object.
+    records = [json.loads(line) for line in stderr.read_text().splitlines()]
+    for record in records:
+        assert {"time", "level", "logger", "message"} <= set(record), record
+    (attempt,) = [r for r in records if r.get("dispatch_id") == dispatch_id]
+    assert attempt["level"] == "info"
+    assert attempt["logger"] == "dispatchlet.scheduler"
+    assert (attempt["function"], attempt["endpoint"], attempt["attempt"]) == ("f", nowhere, 1)
+    assert attempt["status"] == "TCP_ERROR"
+    assert dispatch_id in attempt["message"]
+    assert records[-1]["message"] == "dispatchlet scheduler: stopped"
+
+
+def test_json_log_lines_carry_the_records_extra_fields() -> None:
+    import logging
+
+    from dispatchlet.cli.logging_setup import JsonFormatter
+
+    record = logging.LogRecord(
+        "dispatchlet.x", logging.WARNING, __file__, 1, "%s failed", ("a",), None
+    )
+    record.__dict__.update({"dispatch_id": "d1", "duration_ms": 1.5, "odd": Path("/p")})
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry.pop("time").endswith("Z")
+    assert entry == {
+        "level": "warning",
+        "logger": "dispatchlet.x",
+        "message": "a failed",
+        "dispatch_id": "d1",
+        "duration_ms": 1.5,
+        "odd": "/p",
+    }
+
+
+def test_the_scheduler_refuses_reuse_port_on_sqlite(tmp_path: Path) -> None:
+    result = dispatchlet(
+        "scheduler", "--insecure", "--reuse-port", "--port", "0", "--db", "s.db", cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert "--reuse-port" in result.stderr
+    assert "DISPATCHLET_DATABASE_URL" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # no database of its own was made
+
+
+def test_the_scheduler_refuses_a_database_in_a_missing_folder(tmp_path: Path) -> None:
+    db = tmp_path / "typo" / "calls.db"
+    result = dispatchlet("scheduler", "--insecure", "--port", "0", "--db", str(db))
+    assert result.returncode == 2
+    assert f"the folder {db.parent} does not exist" in result.stderr
+    assert not db.parent.exists()
+
+
+def test_the_help_tells_the_exit_status_after_a_signal() -> None:
+    for command in ("serve", "scheduler", "dev"):
+        shown = dispatchlet(command, "--help").stdout
+        assert "130  stopped by Ctrl+C (SIGINT)" in shown, command
+        assert "0    stopped by SIGTERM" in shown, command
+        assert "--log-level {debug,info,warning,error}" in shown, command
+        assert "--log-format {text,json}" in shown, command

@@ -7,6 +7,7 @@ import json
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -131,9 +132,9 @@ def test_dev_prints_the_exports_dispatch_and_calls_use(
     cancelled = dispatchlet("calls", "cancel", pending, env=env, cwd=tmp_path)
     assert cancelled.stdout.strip() == "cancelled 1 call(s)"
 
-    # Ctrl+C stops both, cleanly.
+    # Ctrl+C stops both, cleanly (exit status 130, as a shell reports an interrupt).
     process.process.send_signal(signal.SIGINT)
-    assert process.process.wait(timeout=20) == 0
+    assert process.process.wait(timeout=20) == 130
     scheduler = env["DISPATCH_API_URL"].rsplit(":", 1)[1]
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", int(scheduler)), timeout=2).close()
@@ -151,3 +152,146 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+APP = """
+from dispatchlet import Endpoint
+
+endpoint = Endpoint()
+
+
+@endpoint.function
+def ping(word: str) -> str:
+    return f"ping {word}"
+"""
+
+PONG = """
+
+@endpoint.function
+def pong(word: str) -> str:
+    return f"pong {word}"
+"""
+
+
+def start_dev(folder: Path, *args: str, env: dict[str, str] | None = None) -> Process:
+    return Process(
+        [
+            sys.executable,
+            "-m",
+            "dispatchlet",
+            "dev",
+            "app.py",
+            "--port",
+            "0",
+            "--scheduler-port",
+            "0",
+            "--db",
+            str(folder / "dev.db"),
+            *args,
+        ],
+        env or environment(),
+        folder,
+    )
+
+
+def read_exports(process: Process) -> dict[str, str]:
+    exports: dict[str, str] = {}
+    for _ in range(3):
+        match = process.wait_for(r"export (DISPATCH_\w+)=(\S+)")
+        exports[match.group(1)] = match.group(2).strip("'")
+    return exports
+
+
+def test_dev_reloads_the_app_when_its_file_changes(tmp_path: Path) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    process = start_dev(tmp_path)
+    try:
+        env = environment(**read_exports(process))
+        # The hint calls one of the app's own functions.
+        assert process.wait_for(r"    dispatchlet dispatch (.*)").group(1) == "ping World --wait"
+        process.wait_for(r"Press Ctrl\+C to stop")
+
+        app.write_text(APP + PONG)
+        process.wait_for(r"dispatchlet dev: reloaded app\.py \(functions: ping, pong\)")
+        added = dispatchlet("dispatch", "pong", "x", "--wait", env=env, cwd=tmp_path)
+        assert (added.returncode, added.stdout.strip()) == (0, '"pong x"'), added.stderr
+
+        # A reload that fails shows the app's error and keeps serving the last good one.
+        app.write_text(APP + PONG + "\nraise RuntimeError('half-written')\n")
+        process.wait_for(r"dispatchlet dev: reloading app\.py failed: .*RuntimeError: half-written")
+        assert any('File "' + str(app.resolve()) in line for line in process.output)
+        kept = dispatchlet("dispatch", "pong", "y", "--wait", env=env, cwd=tmp_path)
+        assert (kept.returncode, kept.stdout.strip()) == (0, '"pong y"'), kept.stderr
+
+        # Fixed, it loads again.
+        app.write_text(APP)
+        process.wait_for(r"dispatchlet dev: reloaded app\.py \(functions: ping\)")
+        gone = dispatchlet("dispatch", "pong", "z", "--wait", env=env, cwd=tmp_path)
+        assert gone.returncode == 1
+        assert "NOT_FOUND" in gone.stderr
+    finally:
+        process.stop()
+
+
+def test_dev_keeps_its_keys_across_restarts(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(APP)
+    first = start_dev(tmp_path)
+    try:
+        exports = read_exports(first)
+        first.wait_for(r"Press Ctrl\+C to stop")
+    finally:
+        assert first.stop() == 0  # SIGTERM: a normal end
+    state = tmp_path / ".dispatchlet"
+    secrets = {path.name: path.read_text() for path in state.iterdir()}
+    assert set(secrets) == {"api-key", "signing-key", ".gitignore"}
+    assert secrets[".gitignore"].splitlines()[-1] == "*"  # never committed by accident
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    for name in ("api-key", "signing-key"):
+        assert stat.S_IMODE((state / name).stat().st_mode) == 0o600, name
+
+    second = start_dev(tmp_path)
+    try:
+        again = read_exports(second)
+        second.wait_for(r"Press Ctrl\+C to stop")
+        # The other terminal's exports still work: the same API key.
+        assert again["DISPATCH_API_KEY"] == exports["DISPATCH_API_KEY"]
+        env = environment(**again)
+        result = dispatchlet("dispatch", "ping", "again", "--wait", env=env, cwd=tmp_path)
+        assert (result.returncode, result.stdout.strip()) == (0, '"ping again"'), result.stderr
+    finally:
+        second.stop()
+    # The same signing key: calls signed before a restart verify after it.
+    assert {path.name: path.read_text() for path in state.iterdir()} == secrets
+
+
+def test_dev_uses_the_api_key_from_the_environment(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(APP)
+    process = start_dev(tmp_path, env=environment(DISPATCH_API_KEY="mine,older"))
+    try:
+        exports = read_exports(process)
+        assert exports["DISPATCH_API_KEY"] == "mine"
+        process.wait_for(r"Press Ctrl\+C to stop")
+        for key in ("mine", "older"):
+            env = environment(**{**exports, "DISPATCH_API_KEY": key})
+            result = dispatchlet("dispatch", "ping", key, "--wait", env=env, cwd=tmp_path)
+            assert (result.returncode, result.stdout.strip()) == (0, f'"ping {key}"')
+    finally:
+        process.stop()
+    assert not (tmp_path / ".dispatchlet" / "api-key").exists()
+
+
+def test_dev_refuses_an_unknown_function_naming_close_ones(tmp_path: Path) -> None:
+    result = dispatchlet("dev", HELLO, "gret", "World", env=environment(), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "has no function 'gret': did you mean greet" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing was started, nothing kept
+
+
+def test_dev_refuses_a_database_in_a_missing_folder(tmp_path: Path) -> None:
+    db = tmp_path / "no" / "such" / "dev.db"
+    result = dispatchlet("dev", HELLO, "--db", str(db), env=environment(), cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"the folder {db.parent} does not exist" in result.stderr
+    assert not (tmp_path / "no").exists()
