@@ -28,6 +28,9 @@ class AppLoadError(Exception):
 
 def load_endpoint(app: str) -> Endpoint:
     """Import what ``app`` names and return its ``Endpoint``."""
+    # The command line gives the endpoints it loads a key itself (or refuses to serve):
+    # an app that builds its adapter at import must not warn that it has none.
+    Endpoint.warn_without_key = False
     target, attr = split_app(app)
     module = import_file(target) if _is_path(target) else import_module(target)
     return find_endpoint(module, attr, label=target)

@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..adapters.wsgi import StartResponse, WSGIApplication, wsgi_app
-from ..client import Client, ClientError
+from ..client import CallInfo, Client, ClientError
 from ..core.dispatching import API_KEY_ENV, API_URL_ENV
 from ..core.endpoint import ENDPOINT_URL_ENV, Endpoint
 from ..core.keys import load_private_key, private_key_base64
@@ -29,6 +29,7 @@ from ..scheduler.settings import DEFAULT_PORT
 from . import logging_setup
 from .app_loader import AppLoadError, app_files, forget_app, load_endpoint, user_traceback
 from .call import parse_input
+from .call_views import attempt_line
 from .dispatch import show
 from .errors import CommandError
 from .local_server import load_app, serving
@@ -353,7 +354,9 @@ async def _once(
                     if ids is None:
                         at_once(signals)
                     dispatch_id.append(ids[0])
-                    info = await _until(asyncio.to_thread(client.wait, ids[0]), interrupted)
+                    # Each failed attempt is shown as it happens, as `dispatch --wait` does.
+                    waiting = asyncio.to_thread(client.wait, ids[0], on_attempt=_show_attempt)
+                    info = await _until(waiting, interrupted)
                     if info is None:
                         at_once(signals)
                 except ClientError as exc:
@@ -366,6 +369,10 @@ async def _once(
     outcome = info.status.name if info.status is not None else info.state
     print(f"({outcome} after {info.attempts} attempt(s), dispatch id {info.dispatch_id})")
     return status
+
+
+def _show_attempt(info: CallInfo) -> None:
+    print(attempt_line(info), file=sys.stderr, flush=True)
 
 
 async def _until(work: Any, *others: asyncio.Future[Any]) -> Any:

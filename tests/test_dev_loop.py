@@ -41,8 +41,38 @@ def test_dev_with_a_function_runs_the_whole_loop_once(tmp_path: Path) -> None:
     assert output == '"Hello, World!"'
     # It failed once with a TimeoutError and was retried.
     assert summary.startswith("(OK after 2 attempt(s), dispatch id ")
-    assert "TimeoutError" in result.stderr
+    # The failed attempt was shown as it happened.
+    assert "attempt 1 failed: TIMEOUT TimeoutError: the greeting service is slow" in (
+        result.stderr
+    )
     assert list(tmp_path.iterdir()) == []  # its database was a temporary one
+
+
+WSGI_AT_IMPORT = """
+from dispatchlet import Endpoint
+from dispatchlet.adapters.wsgi import wsgi_app
+
+endpoint = Endpoint()
+
+
+@endpoint.function
+def greet(name: str) -> str:
+    return f"Hello, {name}!"
+
+
+app = wsgi_app(endpoint)
+"""
+
+
+def test_dev_does_not_warn_of_a_missing_key_it_provides(tmp_path: Path) -> None:
+    # The README's app.py builds its WSGI app at import, before `dev` gives it its key.
+    (tmp_path / "app.py").write_text(WSGI_AT_IMPORT)
+    env = environment()
+    env.pop("DISPATCH_VERIFICATION_KEY", None)
+    result = dispatchlet("dev", "app.py", "greet", "World", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == '"Hello, World!"'
+    assert "DISPATCH_VERIFICATION_KEY" not in result.stderr
 
 
 def test_dev_runs_the_example_workflow_to_its_end(tmp_path: Path) -> None:
