@@ -42,9 +42,8 @@ def test_dev_with_a_function_runs_the_whole_loop_once(tmp_path: Path) -> None:
     # It failed once with a TimeoutError and was retried.
     assert summary.startswith("(OK after 2 attempt(s), dispatch id ")
     # The failed attempt was shown as it happened.
-    assert "attempt 1 failed: TIMEOUT TimeoutError: the greeting service is slow" in (
-        result.stderr
-    )
+    shown = "attempt 1 failed: TIMEOUT TimeoutError: the greeting service is slow"
+    assert shown in result.stderr
     assert list(tmp_path.iterdir()) == []  # its database was a temporary one
 
 
