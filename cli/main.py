@@ -14,11 +14,12 @@ from .errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, CommandError
 
 _EPILOG = """\
 exit status:
-  0  success
-  1  call, dispatch --wait, calls wait: the function ran and failed (not OK)
-  2  the command could not do its job: bad arguments, configuration, key,
-     connection or HTTP error
-  130  interrupted (Ctrl+C)
+  0    success
+  1    call, dispatch --wait, calls wait: the function ran and failed (not OK)
+  2    the command could not do its job: bad arguments, configuration, key,
+       connection or HTTP error
+  0    serve, scheduler, dev: stopped by SIGTERM
+  130  interrupted (Ctrl+C, SIGINT)
   141  the reader of the output went away (`dispatchlet calls list | head`)
 
 quick start:
