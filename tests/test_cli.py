@@ -549,7 +549,7 @@ endpoint = Endpoint()
 
 @endpoint.function
 def nap() -> str:
-    time.sleep(4)
+    time.sleep(60)
     return "rested"
 """
 
@@ -565,8 +565,9 @@ def test_call_app_timeout_returns_at_the_timeout_with_one_message(tmp_path: Path
         f"dispatchlet call: error: no answer from {_url_in(result.stderr)} within 1 s "
         "(see --timeout)"
     ]
-    # The function sleeps 4 s: the command did not wait for it (interpreter start included).
-    assert elapsed < 3.5, elapsed
+    # The function sleeps a minute: the command did not wait for it (a loaded machine may
+    # take seconds to start the interpreter and the server).
+    assert elapsed < 30, elapsed
 
 
 def _url_in(text: str) -> str:
