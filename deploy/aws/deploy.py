@@ -413,13 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"the app's Lambda handler, MODULE:ATTR (default: {lambda_package.HANDLER})",
     )
     parser.add_argument("--zip", type=Path, help="deploy this prebuilt package zip")
-    parser.add_argument(
-        "--exclude",
-        action="append",
-        default=[],
-        metavar="PATTERN",
-        help="leave out the app's files matching PATTERN (see lambda_package.py); repeatable",
-    )
+    lambda_package.app_files.add_exclude_argument(parser)
     parser.add_argument(
         "--architecture", choices=("arm64", "x86_64"), default=lambda_package.ARCHITECTURE
     )

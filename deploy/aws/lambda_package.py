@@ -359,15 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the Lambda handler, MODULE:ATTR or MODULE.ATTR: checked to be in the app, "
         "and printed as Lambda's Handler setting",
     )
-    parser.add_argument(
-        "--exclude",
-        action="append",
-        default=[],
-        metavar="PATTERN",
-        help="leave out the app's files or folders matching PATTERN (a name, or a path "
-        "from the app's folder if it holds a /); repeatable. Databases, dotfiles, "
-        "virtual environments, caches and build folders are left out already",
-    )
+    app_files.add_exclude_argument(parser)
     parser.add_argument(
         "--architecture",
         choices=ARCHITECTURES,

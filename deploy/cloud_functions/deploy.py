@@ -184,15 +184,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="MODULE:ATTR of the app's Endpoint or functions-framework target "
         f"(default: {HANDLER})",
     )
-    parser.add_argument(
-        "--exclude",
-        action="append",
-        default=[],
-        metavar="PATTERN",
-        help="leave out the app's files or folders matching PATTERN (a name, or a path "
-        "from the app's folder if it holds a /); repeatable. Databases, dotfiles, "
-        "virtual environments, caches and build folders are left out already",
-    )
+    app_files.add_exclude_argument(parser)
     parser.add_argument("--runtime", default="python312")
     parser.add_argument(
         "--wheel", type=Path, help="a dispatchlet wheel to upload instead of building one"

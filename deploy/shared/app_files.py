@@ -21,6 +21,7 @@ database too).
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 from collections.abc import Iterable, Sequence
@@ -160,3 +161,16 @@ def describe(app: AppFiles, label: str = "app") -> list[str]:
         more = len(app.left_out) - SHOWN_LEFT_OUT
         lines.append(f"  left out: {shown}" + (f" and {more} more" if more > 0 else ""))
     return lines
+
+
+def add_exclude_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--exclude PATTERN`` option every packager takes, to ``args.exclude``."""
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="leave out the app's files or folders matching PATTERN (a name, or a path "
+        "from the app's folder if it holds a /); repeatable. Databases, dotfiles, "
+        "virtual environments, caches and build folders are left out already",
+    )
