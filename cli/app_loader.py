@@ -28,11 +28,14 @@ class AppLoadError(Exception):
 
 def load_endpoint(app: str) -> Endpoint:
     """Import what ``app`` names and return its ``Endpoint``."""
+    target, attr = split_app(app)
     # The command line gives the endpoints it loads a key itself (or refuses to serve):
     # an app that builds its adapter at import must not warn that it has none.
-    Endpoint.warn_without_key = False
-    target, attr = split_app(app)
-    module = import_file(target) if _is_path(target) else import_module(target)
+    warn, Endpoint.warn_without_key = Endpoint.warn_without_key, False
+    try:
+        module = import_file(target) if _is_path(target) else import_module(target)
+    finally:
+        Endpoint.warn_without_key = warn
     return find_endpoint(module, attr, label=target)
 
 

@@ -36,6 +36,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 import lambda_package
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared"))
+import app_files  # deploy/shared: the packagers' one rule
+
 if TYPE_CHECKING:
     from mypy_boto3_lambda import LambdaClient
     from mypy_boto3_lambda.literals import ArchitectureType, RuntimeType
@@ -413,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"the app's Lambda handler, MODULE:ATTR (default: {lambda_package.HANDLER})",
     )
     parser.add_argument("--zip", type=Path, help="deploy this prebuilt package zip")
-    lambda_package.app_files.add_exclude_argument(parser)
+    app_files.add_exclude_argument(parser)
     parser.add_argument(
         "--architecture", choices=("arm64", "x86_64"), default=lambda_package.ARCHITECTURE
     )
