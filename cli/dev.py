@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import difflib
 import os
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterable
@@ -60,7 +62,9 @@ at once.
 
 With FUNCTION, dispatch one call of it (INPUT as for `dispatchlet call`), wait for it,
 print its output and how many attempts it took, and stop: the whole loop in one command.
-Ctrl+C stops it at once and prints the call's dispatch id.
+Each failed attempt is shown as it happens. Exit status 0 when the call ended OK, 1 when
+it failed; Ctrl+C (or SIGTERM) stops it at once, prints the call's dispatch id and exits
+130 (143): the call did not end.
 """
 
 
@@ -339,7 +343,9 @@ async def _once(
         logging_setup.notice(text)
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
-        exit_now(stop.exit_status)
+        # The call did not end: a failure whichever signal stopped the wait (128 + it, as
+        # a shell reports it), not the normal end SIGTERM is for the servers.
+        exit_now(128 + (stop.signum or signal.SIGINT))
 
     stop = asyncio.Event()
     with stopping_loop(loop, interrupt) as signals:
@@ -350,8 +356,14 @@ async def _once(
                 at_once(signals)
             with Client(scheduler_url, api_key) as client:
                 try:
-                    ids = await _until(asyncio.to_thread(client.dispatch, [call]), interrupted)
+                    dispatching = asyncio.ensure_future(asyncio.to_thread(client.dispatch, [call]))
+                    ids = await _until(dispatching, interrupted)
                     if ids is None:
+                        # The call may be stored already: its id, if its answer comes
+                        # soon, tells the user which call to follow.
+                        with contextlib.suppress(Exception):
+                            ids = await asyncio.wait_for(asyncio.shield(dispatching), 5)
+                            dispatch_id.append(ids[0])
                         at_once(signals)
                     dispatch_id.append(ids[0])
                     # Each failed attempt is shown as it happens, as `dispatch --wait` does.

@@ -19,8 +19,8 @@ from contextlib import contextmanager, suppress
 from types import FrameType
 from typing import NoReturn
 
-EXIT_INTERRUPTED = 130
-"""After SIGINT (Ctrl+C): 128 + 2, as a shell reports a command it interrupted."""
+from .errors import EXIT_INTERRUPTED
+
 EXIT_TERMINATED = 0
 """After SIGTERM: the stop a service manager (systemd, docker stop) asks for, a normal end."""
 

@@ -208,7 +208,10 @@ def test_dev_stops_in_two_stages(blocking_app: Path) -> None:
         process.stop()
 
 
-def test_ctrl_c_stops_dev_with_a_function_at_once(blocking_app: Path) -> None:
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_dev_with_a_function_at_once(
+    blocking_app: Path, signum: signal.Signals, status: int
+) -> None:
     folder = blocking_app
     process = Process(
         ignoring_sigint(dispatchlet("dev", "app.py", "block")),
@@ -217,9 +220,10 @@ def test_ctrl_c_stops_dev_with_a_function_at_once(blocking_app: Path) -> None:
     )
     try:
         wait_for_file(folder / "started", process)
-        process.process.send_signal(signal.SIGINT)
-        # The function still runs (until the test ends): dev does not wait for it.
-        assert wait_exit(process) == 130
+        process.process.send_signal(signum)
+        # The function still runs (until the test ends): dev does not wait for it, and
+        # says with its exit status that the call did not end.
+        assert wait_exit(process) == status
         output = "".join(process.drained())
         assert re.search(r"dispatchlet dev: interrupted \(dispatch id [0-9a-f]{32}\)", output)
         assert "Traceback" not in output
