@@ -145,6 +145,8 @@ def _attempts_ended(info: CallInfo) -> int:
 def _missing_key_hint(message: str) -> str:
     """What to add to a refusal of a request sent without a key: where the key goes,
     unless the scheduler said it already."""
+    if message.startswith("no API key configured"):
+        return ""  # the scheduler has none: nothing the client sends would do
     if API_KEY_ENV in message:
         return f" (`dispatchlet dev` prints the {API_KEY_ENV} to export)"
     return f" (set {API_KEY_ENV}; `dispatchlet dev` prints it)"
@@ -245,7 +247,14 @@ class Client:
             if on_attempt is None:
                 continue
             ended = _attempts_ended(info)
-            failed = info.error is not None or info.last_status is not None
+            # A scheduler that tells attempts apart sets ready_at and the latest attempt's
+            # status (cleared when a restart or a resume starts a new run, whose stored
+            # error is an older run's); an older one tells only the last error.
+            failed = (
+                info.last_status is not None
+                if info.ready_at is not None
+                else info.error is not None
+            )
             if failed and ended > seen:
                 # The error (and last status) are those of the latest attempt that ended.
                 on_attempt(replace(info, attempts=ended))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import json
 import threading
 from collections.abc import Callable
@@ -56,16 +57,23 @@ NO_BOTO3 = (
 
 
 def missing_support(endpoint: str) -> str | None:
-    """Why this scheduler cannot call ``endpoint``, or None: a Lambda ARN needs boto3
-    (imported here, once: the first ARN will need it anyway)."""
+    """Why this scheduler cannot call ``endpoint``, or None: a Lambda ARN needs boto3."""
     if not endpoint.startswith("arn:"):
         return None
+    return None if _has_boto3() else NO_BOTO3
+
+
+@functools.cache
+def _has_boto3() -> bool:
+    # Found out once per process (the first ARN will need boto3 anyway): a Dispatch of a
+    # thousand ARN calls to a scheduler without it does not search sys.path a thousand
+    # times.
     try:
         import boto3  # noqa: F401
         import botocore  # noqa: F401
     except ImportError:
-        return NO_BOTO3
-    return None
+        return False
+    return True
 
 
 def boto3_client(region: str, timeout: float) -> Any:

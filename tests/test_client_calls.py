@@ -233,3 +233,19 @@ def test_a_refusal_without_a_key_names_the_variable(scheduler: Scheduler) -> Non
     with Client(scheduler.url, "wrong") as client, pytest.raises(ClientError) as wrong:
         client.get("d1")
     assert "DISPATCH_API_KEY" not in str(wrong.value)
+
+    # The scheduler itself has no key: exporting one on this side would not help.
+    def keyless(path: str, body: bytes) -> Answer:
+        message = "no API key configured: set DISPATCH_API_KEY for the scheduler"
+        return (
+            401,
+            "application/json",
+            json.dumps({"code": "unauthenticated", "message": message}).encode(),
+        )
+
+    scheduler.respond = keyless
+    with Client(scheduler.url, "") as client, pytest.raises(ClientError) as unconfigured:
+        client.get("d1")
+    assert unconfigured.value.message == (
+        "no API key configured: set DISPATCH_API_KEY for the scheduler"
+    )

@@ -10,6 +10,7 @@ import io
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from dispatchlet import Endpoint, RunContext, Status
 from dispatchlet.adapters.aws_lambda import lambda_handler
 from dispatchlet.core import values
 from dispatchlet.proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2, function_pb2
+from dispatchlet.scheduler import lambda_caller
 from dispatchlet.scheduler.callers import Callers
 from dispatchlet.scheduler.engine import Engine
 from dispatchlet.scheduler.http_caller import HttpCaller, Outcome
@@ -190,9 +192,13 @@ def test_the_scheduler_never_imports_boto3_for_http_endpoints() -> None:
 
 
 @pytest.fixture
-def without_boto3(monkeypatch: pytest.MonkeyPatch) -> None:
-    """This process as if boto3 were not installed: importing it fails."""
+def without_boto3(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process as if boto3 were not installed: importing it fails (and what the
+    scheduler found out about it before is forgotten, before and after)."""
     monkeypatch.setitem(sys.modules, "boto3", None)
+    lambda_caller._has_boto3.cache_clear()
+    yield
+    lambda_caller._has_boto3.cache_clear()
 
 
 def test_without_boto3_arn_endpoints_are_refused_at_dispatch(
