@@ -84,7 +84,7 @@ def import_file(target: str) -> ModuleType:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # an app that exits as it loads did not load
         del sys.modules[name]
         raise _failed(target, exc)  # noqa: B904 - its cause is set
     return module
@@ -109,7 +109,7 @@ def import_module(name: str) -> ModuleType:
                 f"no module named {name!r} (looked in the current directory and sys.path)"
             ) from None
         raise _failed(name, exc)  # noqa: B904 - its cause is set
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # an app that exits as it loads did not load
         raise _failed(name, exc)  # noqa: B904 - its cause is set
 
 
@@ -197,7 +197,7 @@ def _own_modules(root: Path) -> dict[str, Path]:
     return own
 
 
-def _failed(target: str, exc: Exception) -> AppLoadError:
+def _failed(target: str, exc: BaseException) -> AppLoadError:
     """The error for an app whose code raised ``exc`` while it was imported.
 
     Its cause is ``exc`` with a traceback of the app's own frames only (none of the

@@ -273,7 +273,9 @@ class ReloadingApp:
         while True:
             await asyncio.sleep(POLL_INTERVAL)
             if self.changed():
-                self.reload()
+                # In a thread: the app's code runs as it loads, and the scheduler's
+                # attempts and API share this loop.
+                await asyncio.to_thread(self.reload)
 
 
 async def _serve(

@@ -604,6 +604,14 @@ def test_a_syntax_error_in_the_app_shows_the_apps_line(tmp_path: Path) -> None:
         assert "app_loader" not in result.stderr
 
 
+def test_an_app_that_exits_as_it_loads_is_an_error_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "quits.py").write_text("import sys\nsys.exit('no config here')\n")
+    result = dispatchlet("call", "--app", "quits.py", "f", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "quits.py" in result.stderr
+    assert "SystemExit: no config here" in result.stderr
+
+
 def test_python_dash_m_dispatchlet_runs_the_cli() -> None:
     from importlib.metadata import version
 
