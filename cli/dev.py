@@ -138,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
                 call.endpoint = endpoint_url
                 leftover = Path(scratch) if temporary else None
                 return asyncio.run(_once(args, key, api_keys[0], call, leftover))
+        except BrokenPipeError:
+            raise  # its output's reader went away (`| head`): the command line's own exit
         except OSError as exc:
             raise CommandError(f"cannot listen: {exc.strerror or exc}") from None
 

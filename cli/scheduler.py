@@ -201,6 +201,8 @@ def run(args: argparse.Namespace) -> int:
         status = asyncio.run(serve_until_stopped("scheduler", settings, ready))
     except StoreError as exc:
         raise CommandError(str(exc)) from None
+    except BrokenPipeError:
+        raise  # its output's reader went away (`| head`): the command line's own exit
     except OSError as exc:
         raise CommandError(
             f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
