@@ -29,14 +29,18 @@ class AppLoadError(Exception):
 def load_endpoint(app: str) -> Endpoint:
     """Import what ``app`` names and return its ``Endpoint``."""
     target, attr = split_app(app)
-    # The command line gives the endpoints it loads a key itself (or refuses to serve):
-    # an app that builds its adapter at import must not warn that it has none.
+    return find_endpoint(load_module(target), attr, label=target)
+
+
+def load_module(target: str) -> ModuleType:
+    """Import the module or the ``.py`` file ``target`` names, as the command line loads
+    apps: it gives the endpoints it loads a key itself (or serves none), so an app that
+    builds its adapter as it loads does not warn that it has none."""
     warn, Endpoint.warn_without_key = Endpoint.warn_without_key, False
     try:
-        module = import_file(target) if _is_path(target) else import_module(target)
+        return import_file(target) if _is_path(target) else import_module(target)
     finally:
         Endpoint.warn_without_key = warn
-    return find_endpoint(module, attr, label=target)
 
 
 def split_app(app: str) -> tuple[str, str | None]:

@@ -15,6 +15,7 @@ import binascii
 import json
 import os
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -24,8 +25,9 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from ..proto.dispatch.sdk.v1 import function_pb2
-from .app_loader import AppLoadError, import_file, import_module, user_traceback
+from .app_loader import AppLoadError, load_module
 from .errors import CommandError
+from .local_server import load_failed
 
 LambdaHandler = Callable[[Any, Any], Any]
 # The attribute of a file given without one: the name the deploy guides use.
@@ -71,14 +73,10 @@ def split_handler(spec: str) -> tuple[str, str]:
 def load_handler(spec: str) -> LambdaHandler:
     """The handler HANDLER names; a failure shows the app's own traceback, then one line."""
     target, attribute = split_handler(spec)
-    is_path = target.endswith(".py") or "/" in target or os.sep in target
     try:
-        module = import_file(target) if is_path else import_module(target)
+        module = load_module(target)
     except AppLoadError as exc:
-        trace = user_traceback(exc)
-        if trace:
-            print(trace, end="", file=sys.stderr)
-        raise CommandError(str(exc)) from None
+        raise load_failed(exc) from None
     handler = getattr(module, attribute, None)
     if not callable(handler):
         found = "is missing" if handler is None else f"is of type {type(handler).__name__}"
@@ -102,9 +100,14 @@ def invoke(
     timeout: float,
     show_traceback: bool = False,
 ) -> function_pb2.RunResponse:
-    """Invoke ``handler`` with ``request`` as a direct invocation; its RunResponse."""
+    """Invoke ``handler`` with ``request`` as a direct invocation; its RunResponse. As on
+    Lambda, an invocation that runs past ``timeout`` seconds gets no answer."""
     try:
-        answer = handler(direct_event(request), LocalContext(timeout))
+        answer = _within(timeout, lambda: handler(direct_event(request), LocalContext(timeout)))
+    except TimeoutError:
+        raise CommandError(
+            f"no answer within {timeout:g} s (see --timeout; on Lambda: Task timed out)"
+        ) from None
     except Exception as exc:
         # On Lambda, a function error: the scheduler sees no RunResponse.
         if show_traceback:
@@ -125,3 +128,25 @@ def invoke(
         return function_pb2.RunResponse.FromString(base64.b64decode(returned, validate=True))
     except (binascii.Error, ValueError, DecodeError) as exc:
         raise CommandError(f"the handler's answer is not a base64 RunResponse: {exc}") from None
+
+
+def _within(timeout: float, work: Callable[[], Any]) -> Any:
+    """What ``work`` returns or raises, run in a thread; TimeoutError once ``timeout``
+    seconds pass first (the thread, a daemon, is left to end with the process)."""
+    outcome: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, work()))
+        except BaseException as exc:  # handed to the caller
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=run, name="dispatchlet-lambda", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not outcome:
+        raise TimeoutError
+    returned, value = outcome[0]
+    if not returned:
+        raise value
+    return value

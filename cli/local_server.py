@@ -33,10 +33,16 @@ def load_app(app: str) -> Endpoint:
     try:
         return load_endpoint(app)
     except AppLoadError as exc:
-        trace = user_traceback(exc)
-        if trace:
-            print(trace, end="", file=sys.stderr)
-        raise CommandError(str(exc)) from None
+        raise load_failed(exc) from None
+
+
+def load_failed(exc: AppLoadError) -> CommandError:
+    """The command's error for an app that did not load, once the app's own traceback
+    (if it raised) is shown."""
+    trace = user_traceback(exc)
+    if trace:
+        print(trace, end="", file=sys.stderr)
+    return CommandError(str(exc))
 
 
 def waitress_options(endpoint: Endpoint) -> dict[str, int]:

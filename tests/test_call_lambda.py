@@ -7,6 +7,7 @@ import base64
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +105,13 @@ def test_an_answer_that_is_no_run_response_is_named() -> None:
         call_lambda.invoke(lambda event, context: {"statusCode": 200}, request, timeout=30)
     with pytest.raises(CommandError, match="the handler raised KeyError"):
         call_lambda.invoke(lambda event, context: {}["x"], request, timeout=30)
+
+
+def test_an_invocation_past_its_timeout_gets_no_answer() -> None:
+    request = function_pb2.RunRequest(function="echo")
+    release = threading.Event()
+    try:
+        with pytest.raises(CommandError, match=r"no answer within 0\.2 s"):
+            call_lambda.invoke(lambda event, context: release.wait(60), request, timeout=0.2)
+    finally:
+        release.set()
