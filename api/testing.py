@@ -37,17 +37,12 @@ from typing import Any, Literal
 
 from .core import values, workflow
 from .core.endpoint import Endpoint
-from .core.errors import StepMismatch, type_name
+from .core.errors import STEP_MISMATCH
 from .core.functions import Function
 from .core.status import Status
 from .core.workflow import ReplayCheck, check_replay
 from .proto.dispatch.sdk.v1 import call_pb2, error_pb2, function_pb2
-from .scheduler.retry import RetryPolicy
-
-# As the scheduler's engine has them: how often a resume answered INCOMPATIBLE_STATE
-# starts over, and what a workflow whose steps changed order says.
-MAX_RESTARTS = 3
-_STEP_MISMATCH = type_name(StepMismatch)
+from .scheduler.retry import MAX_RESTARTS, RetryPolicy
 
 
 @dataclass
@@ -194,9 +189,9 @@ class _Simulator:
                     # The function handed over to starts afresh, as in the scheduler.
                     finished, attempts = [], 0
                     continue
-                status = _status(response.status)
+                status = Status.answered(response.status)
                 if status is Status.INCOMPATIBLE_STATE and request.HasField("poll_result"):
-                    if response.exit.result.error.type == _STEP_MISMATCH:
+                    if response.exit.result.error.type == STEP_MISMATCH:
                         return response, attempts  # starting over would repeat its steps
                     if restarts < MAX_RESTARTS:
                         # The code cannot read this state: the scheduler starts it over.
@@ -295,13 +290,6 @@ class _Simulator:
             self.order.shuffle(shuffled)
             return shuffled
         return results
-
-
-def _status(value: int) -> Status:
-    try:
-        return Status(value)
-    except ValueError:
-        return Status.INVALID_RESPONSE
 
 
 __all__ = ["ReplayCheck", "WorkflowRun", "check_replay", "run_workflow"]

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..adapters.wsgi import StartResponse, WSGIApplication, wsgi_app
 from ..client import CallInfo, Client, ClientError
-from ..core.dispatching import API_KEY_ENV, API_URL_ENV
+from ..core.dispatching import API_KEY_ENV, API_URL_ENV, split_api_keys
 from ..core.endpoint import ENDPOINT_URL_ENV, Endpoint
 from ..core.keys import load_private_key, private_key_base64
 from ..core.values import EncodeError, to_any
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
             args.db = Path(scratch, DEFAULT_DATABASE) if once else Path(DEFAULT_DATABASE)
         state = DevState(args.db.parent / STATE_FOLDER)
         key = state.signing_key()
-        api_keys = [k.strip() for k in os.environ.get(API_KEY_ENV, "").split(",") if k.strip()]
+        api_keys = split_api_keys(os.environ.get(API_KEY_ENV, ""))
         if not api_keys:
             api_keys = [state.api_key()]
         app = ReloadingApp(args.app, endpoint, key)

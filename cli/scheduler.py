@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..core.dispatching import API_KEY_ENV
+from ..core.dispatching import API_KEY_ENV, split_api_keys
 from ..core.keys import SIGNING_KEY_ENV, load_private_key, public_key_base64
 from ..scheduler.retry import RetryPolicy
 from ..scheduler.settings import DEFAULT_MAX_INPUT_SIZE, DEFAULT_PORT
@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
             f"no signing key: set {SIGNING_KEY_ENV} or pass --signing-key-file (`dispatchlet "
             "keygen` makes a pair; endpoints verify with its public half), or --insecure"
         )
-    api_keys = [k.strip() for k in os.environ.get(API_KEY_ENV, "").split(",") if k.strip()]
+    api_keys = split_api_keys(os.environ.get(API_KEY_ENV, ""))
     url = args.database_url or os.environ.get(DATABASE_URL_ENV, "")
     if url and args.db is not None:
         raise CommandError(f"give --db or a database URL ({DATABASE_URL_ENV}), not both")

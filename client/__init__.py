@@ -35,7 +35,7 @@ from google.protobuf import any_pb2, message
 from ..core import values
 from ..core.connect import PROTO
 from ..core.connect_client import parse_error
-from ..core.dispatching import API_KEY_ENV, API_URL_ENV, DEFAULT_API_URL
+from ..core.dispatching import API_KEY_ENV, API_URL_ENV, DEFAULT_API_URL, split_api_keys
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2
@@ -184,7 +184,7 @@ class Client:
         self._parts = parts
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
         # DISPATCH_API_KEY may list several keys (the scheduler's rotation): send the first.
-        self.api_key = key.split(",")[0].strip()
+        self.api_key = next(iter(split_api_keys(key)), "")
         self.timeout = timeout
         self._connection: http.client.HTTPConnection | None = None
         self._lock = threading.Lock()

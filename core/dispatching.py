@@ -21,6 +21,12 @@ DEFAULT_API_URL = "http://127.0.0.1:4450"
 """The local scheduler (``dispatchlet scheduler``, ``dispatchlet dev``)."""
 
 
+def split_api_keys(text: str) -> list[str]:
+    """The keys of ``text``, as ``DISPATCH_API_KEY`` lists them: comma-separated, the
+    first the one a client sends."""
+    return [key.strip() for key in text.split(",") if key.strip()]
+
+
 class Dispatcher(Protocol):
     """What starts calls: one atomic request, dispatch ids in order."""
 

@@ -291,3 +291,8 @@ def status_for_type(name: str) -> Status:
         return Status.PERMANENT_ERROR
     qualified = name if "." in name else f"builtins.{name}"
     return BUILTIN_STATUSES.get(qualified) or _SCHEDULER_ERRORS.get(name, Status.PERMANENT_ERROR)
+
+
+STEP_MISMATCH = type_name(StepMismatch)
+"""The error type of a workflow whose code changed the order of its steps: a resume that
+answers it is final, since starting over would repeat the steps taken."""

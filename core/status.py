@@ -30,6 +30,15 @@ class Status(enum.IntEnum):
         """Whether a scheduler retries a run that ended with this status."""
         return self in _RETRYABLE
 
+    @classmethod
+    def answered(cls, value: int) -> Status:
+        """What a RunResponse's status number means to its caller: a number this
+        protocol does not know is an invalid response."""
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.INVALID_RESPONSE
+
 
 _RETRYABLE = frozenset(
     {

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf import any_pb2, timestamp_pb2
 
-from ..core.errors import StepMismatch, type_name
+from ..core.errors import STEP_MISMATCH
 from ..core.functions import FUNCTION_NAME
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, error_pb2, function_pb2, poll_pb2
@@ -42,7 +42,7 @@ from .callers import Caller
 from .concurrency import Limiter, destination
 from .http_caller import Outcome
 from .lambda_caller import missing_support
-from .retry import RetryPolicy
+from .retry import MAX_RESTARTS, RetryPolicy
 from .settings import DEFAULT_MAX_INPUT_SIZE
 from .store import Call, ChildResult, Claimed, Lease, NewCall, Store
 
@@ -60,7 +60,7 @@ class Engine:
     attempt_timeout: float = 300.0
     lease_margin: float = 30.0
     idle_interval: float = 0.25
-    max_restarts: int = 3
+    max_restarts: int = MAX_RESTARTS
     max_input_size: int = DEFAULT_MAX_INPUT_SIZE
     """The largest input a Poll's call or a tail call may have, in bytes."""
     unsupported: Callable[[str], str | None] = missing_support
@@ -197,7 +197,7 @@ class Engine:
             outcome = await self.caller.run(call.endpoint, request, timeout=timeout)
             verdict = outcome.status
             if outcome.response is not None:
-                verdict = _status(outcome.response.status)
+                verdict = Status.answered(outcome.response.status)
         except Exception as exc:  # a bug of ours: the call is retried, not lost
             logger.exception("attempt of %s failed unexpectedly", call.dispatch_id)
             outcome = Outcome(
@@ -313,7 +313,7 @@ class Engine:
                 await self._end(lease, invalid.status, _error_result(invalid), now)
                 return invalid
             result = response.exit.result.SerializeToString()
-            outcome = Outcome(_status(response.status))
+            outcome = Outcome(Status.answered(response.status))
             if outcome.status is Status.INCOMPATIBLE_STATE and call.poll:
                 if response.exit.result.error.type == STEP_MISMATCH:
                     # Starting over would repeat the steps the workflow took: final.
@@ -418,8 +418,6 @@ ORPHANS = (
         error=error_pb2.Error(type="Cancelled", message="its parent call ended")
     ).SerializeToString(),
 )
-# A workflow whose code changed the order of its steps (see core.workflow).
-STEP_MISMATCH = type_name(StepMismatch)
 ENDPOINT_SCHEMES = ("http://", "https://", "arn:aws:lambda:")
 
 
@@ -457,20 +455,13 @@ def attempt_summary(outcome: Outcome) -> tuple[Status, str, str]:
     if response is None:
         status, error_type, message = outcome.status, outcome.error_type, outcome.message
     else:
-        status = _status(response.status)
+        status = Status.answered(response.status)
         error = response.exit.result.error
         error_type, message = error.type, error.message
     first = message.strip().split("\n", 1)[0]
     if len(first) > LOGGED_MESSAGE:
         first = first[: LOGGED_MESSAGE - 3] + "..."
     return status, error_type, first
-
-
-def _status(value: int) -> Status:
-    try:
-        return Status(value)
-    except ValueError:
-        return Status.INVALID_RESPONSE
 
 
 def _error_result(outcome: Outcome) -> bytes:

@@ -1,4 +1,5 @@
-"""How long to wait before the next attempt of a call."""
+"""How long to wait before the next attempt of a call, and how often a workflow whose
+state its code cannot read is started over."""
 
 from __future__ import annotations
 
@@ -18,3 +19,8 @@ class RetryPolicy:
     def delay(self, attempts: int, rng: random.Random) -> float:
         ceiling: float = min(self.cap, self.base * 2.0 ** max(attempts - 1, 0))
         return ceiling * (0.5 + rng.random() / 2)
+
+
+MAX_RESTARTS = 3
+"""How many times a call whose resume answered INCOMPATIBLE_STATE is run again from its
+input (a ``StepMismatch`` excepted: starting over would repeat its steps)."""
