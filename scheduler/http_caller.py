@@ -194,10 +194,12 @@ def _outcome(status: int, headers: Any, body: bytes | None, *, sent: int = 0) ->
 
 def _too_large(error: ConnectError, sent: int) -> str:
     """What a 413 answer means: the request, its size, and the endpoint's limit when its
-    error names one (its first number of four digits or more, as in "request body
-    exceeds 16777216 bytes" or waitress's "exceeds max_body of 1048576")."""
-    found = _LIMIT.search(error.message)
-    limit = f", over the endpoint's limit of {found.group(0)} bytes" if found else ""
+    error names one: the largest number of four digits or more in it that is under the
+    size sent (as in "request body exceeds 16777216 bytes", waitress's "exceeds max_body
+    of 1048576", or "a body of 20000000 bytes is over 16777216")."""
+    numbers = [int(number) for number in _LIMIT.findall(error.message)]
+    below = [number for number in numbers if number < sent]
+    limit = f", over the endpoint's limit of {max(below)} bytes" if below else ""
     return (
         f"HTTP 413 {error}: the endpoint refused the Run request of {sent} bytes as too "
         f"large{limit}; retrying cannot help (a smaller input, or a larger limit on the "

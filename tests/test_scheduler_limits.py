@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from dispatchlet.core import values
+from dispatchlet.core.connect_client import ConnectError
 from dispatchlet.core.endpoint import DEFAULT_MAX_BODY_SIZE
 from dispatchlet.core.status import Status
 from dispatchlet.proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2, function_pb2
 from dispatchlet.proto.dispatchlet.scheduler.v1 import calls_pb2
+from dispatchlet.scheduler import http_caller
 from dispatchlet.scheduler.http_caller import HttpCaller, Outcome
 from dispatchlet.scheduler.server import Settings
 from google.protobuf import json_format
@@ -152,6 +154,24 @@ def test_an_endpoints_413_is_final_with_both_sizes() -> None:
     assert outcome.message.startswith("HTTP 413 ")
     assert f"the Run request of {size} bytes" in outcome.message
     assert "over the endpoint's limit of 4096 bytes" in outcome.message
+
+
+@pytest.mark.parametrize(
+    ("message", "limit"),
+    [
+        ("request body exceeds 16777216 bytes", "16777216"),
+        ("a body of 20000000 bytes is over 16777216", "16777216"),
+        ("too large", None),
+        ("request 99999999 is too large", None),  # no number under what was sent
+    ],
+)
+def test_a_413_names_the_limit_its_error_gives(message: str, limit: str | None) -> None:
+    text = http_caller._too_large(ConnectError(413, "invalid_argument", message), 20_000_000)
+    assert "the Run request of 20000000 bytes" in text
+    if limit is None:
+        assert "limit of" not in text
+    else:
+        assert f"over the endpoint's limit of {limit} bytes" in text
 
 
 def test_max_input_size_reaches_the_scheduler(
