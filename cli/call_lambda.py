@@ -25,7 +25,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from ..proto.dispatch.sdk.v1 import function_pb2
-from .app_loader import AppLoadError, load_module
+from ..serving.app_loading import AppLoadError, load_module
 from .errors import CommandError
 from .local_server import load_failed
 

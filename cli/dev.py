@@ -28,13 +28,20 @@ from ..core.keys import load_private_key, private_key_base64
 from ..core.values import EncodeError, to_any
 from ..proto.dispatch.sdk.v1 import call_pb2
 from ..scheduler.settings import DEFAULT_PORT
+from ..serving.app_loading import (
+    AppLoadError,
+    app_files,
+    forget_app,
+    load_endpoint,
+    user_traceback,
+)
+from ..serving.waitress_server import serving
 from . import logging_setup
-from .app_loader import AppLoadError, app_files, forget_app, load_endpoint, user_traceback
 from .call import parse_input
 from .call_views import attempt_line
 from .dispatch import show
 from .errors import CommandError
-from .local_server import load_app, serving
+from .local_server import load_app
 from .scheduler import DEFAULT_DATABASE, check_database_folder, serve_until_stopped
 from .serve import example_input, port
 from .signals import EPILOG, Stop, exit_now, stopping_loop

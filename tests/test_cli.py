@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dispatchlet import Endpoint
-from dispatchlet.cli.app_loader import AppLoadError, load_endpoint, split_app
 from dispatchlet.core.keys import (
     load_private_key,
     load_public_key,
     private_key_base64,
     public_key_base64,
 )
+from dispatchlet.serving.app_loading import AppLoadError, load_endpoint, split_app
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = ROOT / "examples" / "hello.py"
@@ -286,7 +286,7 @@ def test_call_reports_http_errors(hello: Server) -> None:
 
 @pytest.mark.slow
 def test_stalled_connections_neither_starve_serve_nor_stay_open(hello: Server) -> None:
-    from dispatchlet.cli.local_server import CHANNEL_TIMEOUT, CLEANUP_INTERVAL
+    from dispatchlet.serving.waitress_server import CHANNEL_TIMEOUT, CLEANUP_INTERVAL
 
     host, port = hello.url.removeprefix("http://").rsplit(":", 1)
     stalled = []
@@ -475,7 +475,7 @@ def test_an_error_in_the_app_is_the_cause(apps: Path) -> None:
 def test_a_forgotten_app_loads_its_current_code_and_its_neighbours(
     apps: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dispatchlet.cli.app_loader import app_files, forget_app
+    from dispatchlet.serving.app_loading import app_files, forget_app
 
     package = apps / "cli_pkg"
     package.mkdir()
@@ -601,7 +601,7 @@ def test_a_syntax_error_in_the_app_shows_the_apps_line(tmp_path: Path) -> None:
         assert f'File "{(tmp_path / "typo.py").resolve()}", line 2' in result.stderr
         assert "SyntaxError" in result.stderr
         assert "importlib" not in result.stderr
-        assert "app_loader" not in result.stderr
+        assert "app_loading" not in result.stderr
 
 
 def test_an_app_that_exits_as_it_loads_is_an_error_naming_it(tmp_path: Path) -> None:

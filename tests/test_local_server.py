@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 from dispatchlet import Endpoint, Response
-from dispatchlet.cli.local_server import serving
 from dispatchlet.core.connect import PROTO, RUN_PATH
 from dispatchlet.proto.dispatch.sdk.v1 import function_pb2
+from dispatchlet.serving.waitress_server import serving
 from support import output, run_request
 
 pytestmark = pytest.mark.slow

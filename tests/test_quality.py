@@ -18,11 +18,19 @@ PACKAGE_DIRS = {
     "adapters": "adapters",
     "proto": "proto",
     "cli": "cli",
+    "serving": "serving",
     "scheduler": "scheduler",
     "client": "client",
 }
 # Checked one folder at a time: deploy recipes each have a module named like the others'.
-SCRIPTS = ["examples", "bench", "scripts", "deploy/wsgi", "deploy/cloud_functions", "deploy/aws"]
+MYPY_SCRIPTS = [
+    "examples",
+    "bench",
+    "scripts",
+    "deploy/wsgi",
+    "deploy/cloud_functions",
+    "deploy/aws",
+]
 
 
 def tool(name: str) -> str:
@@ -66,7 +74,7 @@ def package_tree(root: Path) -> Path:
 def test_mypy_strict(tmp_path: Path) -> None:
     tree = package_tree(tmp_path)
     env = {**os.environ, "MYPYPATH": str(tree)}
-    folders = [[d] for d in SCRIPTS if (ROOT / d).exists()]
+    folders = [[d] for d in MYPY_SCRIPTS if (ROOT / d).exists()]
     for target in (["-p", "dispatchlet"], *folders):
         result = subprocess.run(
             [sys.executable, "-m", "mypy", *target],
@@ -87,11 +95,16 @@ ALLOWED_IMPORTS = {
     "adapters": {"adapters", "core", "proto"},
     "client": {"client", "core", "proto"},
     "scheduler": {"scheduler", "core", "proto"},
-    "cli": {"cli", "core", "proto", "adapters", "client", "scheduler"},
+    "serving": {"serving", "core", "proto", "adapters"},
+    "cli": {"cli", "core", "proto", "adapters", "client", "scheduler", "serving"},
     "": {"", "core", "proto", "adapters", "client", "scheduler"},
 }
 # `python -m dispatchlet` is the command line itself.
 ENTRY_POINTS = {"api/__main__.py"}
+# Code outside the package (deploy recipes and tools, examples, benchmarks, helper
+# scripts) uses it as users do: any part but the command line, whose modules are internal.
+SCRIPTS = ["deploy", "examples", "bench", "scripts"]
+SCRIPTS_MAY_NOT_IMPORT = {"cli"}
 
 
 def imported_parts(path: Path, package: list[str]) -> set[str]:
@@ -110,13 +123,29 @@ def imported_parts(path: Path, package: list[str]) -> set[str]:
                 names = [f"{base}.{node.module}"]
             else:
                 names = [f"{base}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module == "dispatchlet":
+            # `from dispatchlet import cli` imports that part; `import Endpoint`, the root.
+            names = ["dispatchlet", *(f"dispatchlet.{alias.name}" for alias in node.names)]
         elif isinstance(node, ast.ImportFrom) and node.module:
             names = [node.module]
         for name in names:
             pieces = name.split(".")
             if pieces[0] == "dispatchlet":
-                found.add(pieces[1] if len(pieces) > 1 else "")
+                part = pieces[1] if len(pieces) > 1 else ""
+                found.add(part if part in ALLOWED_IMPORTS else "")
     return found
+
+
+def script_problems(root: Path) -> list[str]:
+    """The scripts under ``root``'s SCRIPTS folders that import a part they may not."""
+    problems = []
+    for folder in SCRIPTS:
+        for path in sorted((root / folder).rglob("*.py")):
+            for imported in sorted(imported_parts(path, []) & SCRIPTS_MAY_NOT_IMPORT):
+                problems.append(
+                    f"{path.relative_to(root).as_posix()} imports dispatchlet.{imported}"
+                )
+    return problems
 
 
 def test_dependencies_point_down() -> None:
@@ -127,10 +156,10 @@ def test_dependencies_point_down() -> None:
             if "/dispatch/" in relative or relative in ENTRY_POINTS:
                 continue  # generated protobuf modules; the command-line entry point
             inner = path.parent.relative_to(ROOT / folder).parts
-            package = ["dispatchlet", *([part] if part else []), *inner]
+            package = ["dispatchlet", *part.split("."), *inner] if part else ["dispatchlet", *inner]
             for imported in imported_parts(path, package) - ALLOWED_IMPORTS[part]:
                 problems.append(f"{relative} imports dispatchlet.{imported or '(root)'}")
-    assert problems == []
+    assert problems + script_problems(ROOT) == []
 
 
 def test_the_dependency_check_sees_a_violation(tmp_path: Path) -> None:
@@ -141,3 +170,22 @@ def test_the_dependency_check_sees_a_violation(tmp_path: Path) -> None:
     )
     found = imported_parts(offender, ["dispatchlet", "core"])
     assert found == {"cli", "core", "adapters", "scheduler"}
+
+
+def test_the_dependency_check_sees_a_script_importing_the_command_line(tmp_path: Path) -> None:
+    launcher = tmp_path / "deploy" / "wsgi" / "launcher.py"
+    launcher.parent.mkdir(parents=True)
+    launcher.write_text(
+        "from dispatchlet.cli.local_server import load_app\n"
+        "from dispatchlet.serving.waitress_server import waitress_options\n"
+    )
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "app.py").write_text(
+        "from dispatchlet import Endpoint, cli\nfrom dispatchlet.adapters.wsgi import wsgi_app\n"
+    )
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "fine.py").write_text("import dispatchlet.serving.app_loading\n")
+    assert script_problems(tmp_path) == [
+        "deploy/wsgi/launcher.py imports dispatchlet.cli",
+        "examples/app.py imports dispatchlet.cli",
+    ]

@@ -27,8 +27,8 @@ import os
 import sys
 
 from dispatchlet.adapters.wsgi import wsgi_app
-from dispatchlet.cli.app_loader import AppLoadError, load_endpoint
-from dispatchlet.cli.local_server import waitress_options
+from dispatchlet.serving.app_loading import AppLoadError, load_endpoint
+from dispatchlet.serving.waitress_server import waitress_options
 from waitress import serve
 
 

@@ -1,4 +1,6 @@
-"""Finding the ``Endpoint`` an APP argument names.
+"""Finding the ``Endpoint`` an APP argument names, as ``dispatchlet serve`` and the
+waitress launcher take it, and forgetting the app's modules so that a reload runs its
+current code.
 
 APP is ``module``, ``module:attr``, ``path/to/file.py`` or ``path/to/file.py:attr``.
 Without ``attr`` the module must hold exactly one ``Endpoint`` among its globals.
