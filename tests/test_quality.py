@@ -2,35 +2,24 @@
 
 from __future__ import annotations
 
-import os
+import importlib
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from support import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
-# Folders mapped into the import package (pyproject's package-dir), by import name.
+# The one helper that lays the package out for mypy (README: Development).
+typecheck = load_script("typecheck", ROOT / "scripts" / "typecheck.py")
+# Folders mapped into the import package (pyproject's package-dir), by part: the name
+# under dispatchlet ("" for the package itself).
 PACKAGE_DIRS = {
-    "": "api",
-    "core": "core",
-    "adapters": "adapters",
-    "proto": "proto",
-    "cli": "cli",
-    "serving": "serving",
-    "scheduler": "scheduler",
-    "client": "client",
+    name.removeprefix(typecheck.PACKAGE).lstrip("."): folder
+    for name, folder in typecheck.package_dirs().items()
 }
-# Checked one folder at a time: deploy recipes each have a module named like the others'.
-MYPY_SCRIPTS = [
-    "examples",
-    "bench",
-    "scripts",
-    "deploy/wsgi",
-    "deploy/cloud_functions",
-    "deploy/aws",
-]
 
 
 def tool(name: str) -> str:
@@ -55,36 +44,42 @@ def test_ruff_format() -> None:
     run(tool("ruff"), "format", "--check", ".")
 
 
-def package_tree(root: Path) -> Path:
-    """The import package laid out as installed, made of links to the source folders.
+def test_the_type_checking_tree_lays_out_the_package_as_installed(tmp_path: Path) -> None:
+    """mypy checks the tree scripts/typecheck.py makes: each package in it is the folder
+    Python imports it from, once installed."""
+    tree = typecheck.link_tree(tmp_path)
+    for part, folder in PACKAGE_DIRS.items():
+        name = f"dispatchlet.{part}" if part else "dispatchlet"
+        module = importlib.import_module(name)
+        assert module.__file__ is not None
+        installed = Path(module.__file__).resolve()
+        assert installed == (folder / "__init__.py").resolve(), name
+        laid_out = tree.joinpath(*name.split("."), "__init__.py")
+        assert laid_out.resolve() == installed, name
+    # Made again in the same place, as an editor's tree is after a pull.
+    assert typecheck.link_tree(tmp_path) == tmp_path
+    assert (tmp_path / "dispatchlet" / "core" / "endpoint.py").is_file()
 
-    mypy cannot follow setuptools' package-dir mapping, so it checks this tree instead.
-    """
-    package = root / "dispatchlet"
-    package.mkdir()
-    for entry in (ROOT / PACKAGE_DIRS[""]).iterdir():
-        (package / entry.name).symlink_to(entry)
-    for name, folder in PACKAGE_DIRS.items():
-        if name:
-            (package / name).symlink_to(ROOT / folder)
-    return root
+
+def test_the_type_checking_tree_is_never_made_over_other_files(tmp_path: Path) -> None:
+    (tmp_path / "dispatchlet").mkdir()
+    (tmp_path / "dispatchlet" / "mine.py").write_text("")
+    with pytest.raises(SystemExit, match="not a link"):
+        typecheck.link_tree(tmp_path)
+    assert (tmp_path / "dispatchlet" / "mine.py").is_file()
 
 
 @pytest.mark.slow
-def test_mypy_strict(tmp_path: Path) -> None:
-    tree = package_tree(tmp_path)
-    env = {**os.environ, "MYPYPATH": str(tree)}
-    folders = [[d] for d in MYPY_SCRIPTS if (ROOT / d).exists()]
-    for target in (["-p", "dispatchlet"], *folders):
-        result = subprocess.run(
-            [sys.executable, "-m", "mypy", *target],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
+def test_mypy_strict() -> None:
+    """The command contributors run (README: Development)."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "typecheck.py")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 # What each part may import (DESIGN.md, "Layout as it grows"): dependencies point down.
@@ -149,13 +144,14 @@ def script_problems(root: Path) -> list[str]:
 
 
 def test_dependencies_point_down() -> None:
+    assert set(PACKAGE_DIRS) == set(ALLOWED_IMPORTS), "each mapped folder needs its rule"
     problems = []
     for part, folder in PACKAGE_DIRS.items():
-        for path in sorted((ROOT / folder).rglob("*.py")):
+        for path in sorted(folder.rglob("*.py")):
             relative = path.relative_to(ROOT).as_posix()
             if "/dispatch/" in relative or relative in ENTRY_POINTS:
                 continue  # generated protobuf modules; the command-line entry point
-            inner = path.parent.relative_to(ROOT / folder).parts
+            inner = path.parent.relative_to(folder).parts
             package = ["dispatchlet", *part.split("."), *inner] if part else ["dispatchlet", *inner]
             for imported in imported_parts(path, package) - ALLOWED_IMPORTS[part]:
                 problems.append(f"{relative} imports dispatchlet.{imported or '(root)'}")
