@@ -236,7 +236,7 @@ class Engine:
         expired = cut_short(outcome, timeout, limits)
         replaced = None
         try:
-            replaced = await self._recorded(call, lease, outcome, expired)
+            replaced = await self._recorded(call, lease, outcome, expired, limits)
         finally:
             milliseconds = round((time.perf_counter() - started) * 1000, 1)
             self._log_attempt(call, replaced or outcome, milliseconds)
@@ -274,7 +274,7 @@ class Engine:
         )
 
     async def _recorded(
-        self, call: Call, lease: Lease, outcome: Outcome, expired: bool
+        self, call: Call, lease: Lease, outcome: Outcome, expired: bool, limits: Limits
     ) -> Outcome | None:
         """Record ``outcome``, trying again while the store fails (a database restart)
         and the lease holds; past that, the lease lapses and another attempt runs the
@@ -283,7 +283,7 @@ class Engine:
         delay = 0.1
         while True:
             try:
-                return await self._record(call, lease, outcome, expired=expired)
+                return await self._record(call, lease, outcome, expired=expired, limits=limits)
             except Exception as exc:
                 if self.clock() + delay >= lease.expires_at or self._stopping:
                     logger.exception("recording the outcome of %s failed", call.dispatch_id)
@@ -297,13 +297,19 @@ class Engine:
             delay = min(delay * 2, 5.0)
 
     async def _record(
-        self, call: Call, lease: Lease, outcome: Outcome, *, expired: bool = False
+        self,
+        call: Call,
+        lease: Lease,
+        outcome: Outcome,
+        *,
+        expired: bool = False,
+        limits: Limits | None = None,
     ) -> Outcome | None:
         """Decide what ``outcome`` means for ``call`` and record it; what was recorded
         instead of the endpoint's answer, if anything."""
         now = self.clock()
         decision = after_attempt(
-            call, outcome, self.limits, now, jitter=self.rng.random(), expired=expired
+            call, outcome, limits or self.limits, now, jitter=self.rng.random(), expired=expired
         )
         await self._apply(lease, decision, now)
         return decision.instead if isinstance(decision, Finish) else None
