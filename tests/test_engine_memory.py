@@ -16,7 +16,7 @@ from dispatchlet.core.errors import STEP_MISMATCH
 from dispatchlet.core.status import Status
 from dispatchlet.proto.dispatch.sdk.v1 import call_pb2, function_pb2, poll_pb2
 from dispatchlet.scheduler.concurrency import Limiter
-from dispatchlet.scheduler.engine import Engine
+from dispatchlet.scheduler.engine import Engine, timestamp
 from dispatchlet.scheduler.http_caller import Outcome
 from dispatchlet.scheduler.retry import RetryPolicy
 from dispatchlet.scheduler.store import Call, NewCall, State
@@ -361,26 +361,42 @@ def test_a_step_mismatch_on_a_resume_is_final() -> None:
 # --- expiry ------------------------------------------------------------------------------
 
 
+NO_ANSWER = Outcome(Status.TIMEOUT, error_type="Timeout", message="no answer in time")
+
+
 def test_an_attempt_cut_short_by_the_expiration_ends_the_call_timeout() -> None:
     async def body() -> None:
-        async with running({"f": hanging()}) as run:
-            dispatch_id = await run.dispatch("f", expires_in=0.3)
+        async with running({"f": in_turn(NO_ANSWER)}, attempt_timeout=300.0) as run:
+            dispatch_id = await run.dispatch("f", expires_in=60.0)
             done = await run.done(dispatch_id)
             assert done.status == Status.TIMEOUT
             (attempt,) = run.caller.of(dispatch_id)
             # Sent with the call's expiration, not a whole attempt's timeout.
-            assert attempt.timeout < 1
-            assert attempt.request.expiration_time.ToNanoseconds() / 1e9 == done.expires_at
+            assert attempt.timeout <= 60.0
+            assert attempt.request.expiration_time == timestamp(done.expires_at)
+
+    scenario(body)
+
+
+def test_an_attempt_that_timed_out_with_time_left_is_retried() -> None:
+    async def body() -> None:
+        async with running({"f": in_turn(NO_ANSWER)}, attempt_timeout=10.0) as run:
+            dispatch_id = await run.dispatch("f", expires_in=3600.0)
+            done = await run.done(dispatch_id)
+            assert (done.status, error(done)) == (Status.TIMEOUT, ("Timeout", "no answer in time"))
+            attempts = run.caller.of(dispatch_id)
+            assert len(attempts) == POLICY.max_attempts
+            assert {a.timeout for a in attempts} == {10.0}
 
     scenario(body)
 
 
 def test_a_call_that_expires_between_retries_ends_timeout_with_its_last_error() -> None:
-    failed = Outcome(Status.TEMPORARY_ERROR, error_type="HTTPError", message="503", retry_after=5)
+    failed = Outcome(Status.TEMPORARY_ERROR, error_type="HTTPError", message="503", retry_after=120)
 
     async def body() -> None:
         async with running({"f": in_turn(failed)}) as run:
-            dispatch_id = await run.dispatch("f", expires_in=1.0)
+            dispatch_id = await run.dispatch("f", expires_in=60.0)
             done = await run.done(dispatch_id)
             assert (done.status, error(done)) == (Status.TIMEOUT, ("HTTPError", "503"))
             assert len(run.caller.of(dispatch_id)) == 1
