@@ -1,7 +1,6 @@
 """The ``Store`` contract in memory: nothing survives the process, everything else holds
 (leases with fencing tokens, round-robin claims, Poll children and their results,
-cancelled trees). For tests of the engine that run in-process in milliseconds, and for
-trying the scheduler without a database file.
+cancelled trees). For tests of the engine that run in-process in milliseconds.
 
 Every method runs to its end without awaiting, so that each is one transaction for the
 event loop that calls it.
