@@ -1,5 +1,6 @@
 """The engine: claims ready calls from the store, runs each on its endpoint, and records
-what came of it.
+what came of it. What to record is decided by ``rules`` (pure functions); the engine
+claims, calls, applies each decision with one store call, and logs.
 
 - An attempt sends a RunRequest carrying the call's dispatch id, parent, root, creation
   and expiration time; a retry and a tail call keep all of them, so the dispatch id is
@@ -34,17 +35,32 @@ from dataclasses import dataclass, field
 
 from google.protobuf import any_pb2, timestamp_pb2
 
-from ..core.errors import STEP_MISMATCH
-from ..core.functions import FUNCTION_NAME
 from ..core.status import Status
-from ..proto.dispatch.sdk.v1 import call_pb2, error_pb2, function_pb2, poll_pb2
+from ..proto.dispatch.sdk.v1 import function_pb2, poll_pb2
 from .callers import Caller
 from .concurrency import Limiter, destination
 from .http_caller import Outcome
 from .lambda_caller import missing_support
 from .retry import MAX_RESTARTS, RetryPolicy
+from .rules import (
+    ENDPOINT_SCHEMES,
+    MAX_POLL_CALLS,
+    MAX_POLL_RESULTS,
+    ORPHANS,
+    Decision,
+    Finish,
+    Limits,
+    Retry,
+    Suspend,
+    TailCall,
+    after_attempt,
+    before_attempt,
+    call_problem,
+    cut_short,
+    oversized_input,
+)
 from .settings import DEFAULT_MAX_INPUT_SIZE
-from .store import Call, ChildResult, Claimed, Lease, NewCall, Store
+from .store import Call, ChildResult, Claimed, Lease, Store
 
 logger = logging.getLogger("dispatchlet.scheduler")
 
@@ -158,17 +174,27 @@ class Engine:
         if self._running:
             await asyncio.wait(self._running)
 
+    @property
+    def limits(self) -> Limits:
+        """The settings the rules decide by."""
+        return Limits(
+            policy=self.policy,
+            attempt_timeout=self.attempt_timeout,
+            max_restarts=self.max_restarts,
+            max_input_size=self.max_input_size,
+            unsupported=self.unsupported,
+        )
+
     async def _attempt(self, item: Claimed) -> None:
         call, lease = item.call, item.lease
         now = self.clock()
         started = time.perf_counter()
-        if now >= call.expires_at:
-            # Expired while it waited: it ends TIMEOUT with its last error, if it had one.
-            outcome = Outcome(
-                Status.TIMEOUT, error_type="DeadlineExceeded", message="the call expired"
-            )
+        limits = self.limits
+        plan = before_attempt(call, limits, now)
+        if isinstance(plan, Finish):
+            # Expired while it waited.
             try:
-                await self._end(lease, Status.TIMEOUT, call.result or _error_result(outcome), now)
+                await self._apply(lease, plan, now)
             except Exception:
                 logger.exception("recording the expiration of %s failed", call.dispatch_id)
             return
@@ -182,7 +208,7 @@ class Engine:
             except Exception:
                 logger.exception("handing back %s failed", call.dispatch_id)
             return
-        timeout = min(self.attempt_timeout, call.expires_at - now)
+        timeout = plan.timeout
         if self.clock() + timeout > lease.expires_at:
             # This process was held up (paused, starved) since it claimed the call: the
             # lease may lapse mid-attempt, and another process run the call meanwhile.
@@ -207,15 +233,10 @@ class Engine:
             self.limiter.release(key, verdict)
             name = (verdict or Status.TEMPORARY_ERROR).name
             self.attempts[name] = self.attempts.get(name, 0) + 1
-        # Cut short by the call's expiration rather than slow: the call has expired.
-        expired = (
-            outcome.response is None
-            and outcome.status is Status.TIMEOUT
-            and timeout < self.attempt_timeout
-        )
+        expired = cut_short(outcome, timeout, limits)
         replaced = None
         try:
-            replaced = await self._recorded(call, lease, outcome, expired)
+            replaced = await self._recorded(call, lease, outcome, expired, limits)
         finally:
             milliseconds = round((time.perf_counter() - started) * 1000, 1)
             self._log_attempt(call, replaced or outcome, milliseconds)
@@ -253,7 +274,7 @@ class Engine:
         )
 
     async def _recorded(
-        self, call: Call, lease: Lease, outcome: Outcome, expired: bool
+        self, call: Call, lease: Lease, outcome: Outcome, expired: bool, limits: Limits
     ) -> Outcome | None:
         """Record ``outcome``, trying again while the store fails (a database restart)
         and the lease holds; past that, the lease lapses and another attempt runs the
@@ -262,13 +283,7 @@ class Engine:
         delay = 0.1
         while True:
             try:
-                if expired:
-                    # It ends TIMEOUT with the error its earlier attempts had, if any.
-                    await self._end(
-                        lease, Status.TIMEOUT, call.result or _error_result(outcome), self.clock()
-                    )
-                    return None
-                return await self._record(call, lease, outcome)
+                return await self._record(call, lease, outcome, expired=expired, limits=limits)
             except Exception as exc:
                 if self.clock() + delay >= lease.expires_at or self._stopping:
                     logger.exception("recording the outcome of %s failed", call.dispatch_id)
@@ -281,166 +296,57 @@ class Engine:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-    async def _record(self, call: Call, lease: Lease, outcome: Outcome) -> Outcome | None:
+    async def _record(
+        self,
+        call: Call,
+        lease: Lease,
+        outcome: Outcome,
+        *,
+        expired: bool = False,
+        limits: Limits | None = None,
+    ) -> Outcome | None:
+        """Decide what ``outcome`` means for ``call`` and record it; what was recorded
+        instead of the endpoint's answer, if anything."""
         now = self.clock()
-        response = outcome.response
-        if response is not None:
-            directive = response.WhichOneof("directive")
-            if directive == "exit" and response.exit.HasField("tail_call"):
-                tail = response.exit.tail_call
-                tail_input = tail.input.SerializeToString() if tail.HasField("input") else b""
-                tail_endpoint = tail.endpoint or call.endpoint
-                problem = (
-                    call_problem(tail, endpoint_required=False)
-                    or oversized_input(len(tail_input), self.max_input_size)
-                    or self.unsupported(tail_endpoint)
-                )
-                if problem is not None:
-                    invalid = Outcome(
-                        Status.INVALID_RESPONSE, error_type="InvalidTailCall", message=problem
-                    )
-                    await self._end(lease, invalid.status, _error_result(invalid), now)
-                    return invalid
-                await self.store.tail_call(lease, tail.function, tail_endpoint, tail_input, now=now)
-                return None
-            if directive == "poll":
-                problem = await self._suspend(call, lease, response.poll, now)
-                if problem is None:
-                    return None
-                invalid = Outcome(
-                    Status.INVALID_RESPONSE, error_type="InvalidPoll", message=problem
-                )
-                await self._end(lease, invalid.status, _error_result(invalid), now)
-                return invalid
-            result = response.exit.result.SerializeToString()
-            outcome = Outcome(Status.answered(response.status))
-            if outcome.status is Status.INCOMPATIBLE_STATE and call.poll:
-                if response.exit.result.error.type == STEP_MISMATCH:
-                    # Starting over would repeat the steps the workflow took: final.
-                    await self._end(lease, outcome.status, result, now)
-                    return None
-                if call.restarts < self.max_restarts:
-                    # The code that answers cannot read this state: start it over.
-                    await self.store.restart(lease, now=now, orphans=ORPHANS)
-                    return None
-        else:
-            result = _error_result(outcome)
-        status = outcome.status
-        if status.retryable:
-            if call.attempts >= self.policy.max_attempts:
-                await self._end(lease, status, result, now)
-                return None
-            delay = self.policy.delay(call.attempts, self.rng)
-            if outcome.retry_after is not None:
-                delay = max(delay, outcome.retry_after)
-            ready_at = now + delay
-            if ready_at >= call.expires_at:
-                # No attempt could start before the call expires.
-                await self._end(lease, Status.TIMEOUT, result, now)
-                return None
-            if await self.store.retry(lease, status.value, result, ready_at=ready_at, now=now):
-                self._due = min(self._due, ready_at)
-                self._changed(lease.dispatch_id)
-            return None
-        await self._end(lease, status, result, now)
-        return None
-
-    async def _suspend(
-        self, call: Call, lease: Lease, poll: poll_pb2.Poll, now: float
-    ) -> str | None:
-        """Suspend ``call`` on ``poll``; what is wrong with the Poll, if anything."""
-        until = call.expires_at
-        if poll.HasField("max_wait"):
-            max_wait = poll.max_wait.seconds + poll.max_wait.nanos / 1e9
-            if max_wait < 1:
-                return "max_wait must be at least 1 second"
-            until = min(now + max_wait, until)
-        # Without max_wait (as dispatch-py sends it) there is no deadline: the call is
-        # resumed once min_results are ready, or ends when it expires.
-        if not 1 <= poll.max_results <= MAX_POLL_RESULTS:
-            return f"max_results must be 1 to {MAX_POLL_RESULTS}, not {poll.max_results}"
-        if not 1 <= poll.min_results <= poll.max_results:
-            return f"min_results must be 1 to max_results, not {poll.min_results}"
-        if len(poll.calls) > MAX_POLL_CALLS:
-            return f"{len(poll.calls)} calls in one Poll: at most {MAX_POLL_CALLS}"
-        children = []
-        for index, child in enumerate(poll.calls):
-            child_input = child.input.SerializeToString() if child.HasField("input") else b""
-            child_endpoint = child.endpoint.rstrip("/") or call.endpoint
-            problem = (
-                call_problem(child, endpoint_required=False)
-                or oversized_input(len(child_input), self.max_input_size)
-                or self.unsupported(child_endpoint)
-            )
-            if problem is not None:
-                return f"call {index}: {problem}"
-            expires_at = call.expires_at
-            if child.HasField("expiration"):
-                seconds = child.expiration.seconds + child.expiration.nanos / 1e9
-                expires_at = min(expires_at, now + seconds) if seconds > 0 else expires_at
-            children.append(
-                NewCall(
-                    function=child.function,
-                    endpoint=child_endpoint,
-                    input=child_input,
-                    expires_at=expires_at,
-                    version=child.version,
-                    correlation_id=child.correlation_id,
-                )
-            )
-        state = poll_pb2.Poll()
-        state.CopyFrom(poll)
-        state.ClearField("calls")
-        await self.store.suspend(
-            lease,
-            state.SerializeToString(),
-            children,
-            min_results=poll.min_results,
-            max_results=poll.max_results,
-            until=until,
-            now=now,
+        decision = after_attempt(
+            call, outcome, limits or self.limits, now, jitter=self.rng.random(), expired=expired
         )
-        if children:
-            self._wake.set()
-        return None
+        await self._apply(lease, decision, now)
+        return decision.instead if isinstance(decision, Finish) else None
+
+    async def _apply(self, lease: Lease, decision: Decision, now: float) -> None:
+        """Record ``decision`` under ``lease``: one store call."""
+        if isinstance(decision, Finish):
+            await self._end(lease, decision.status, decision.result, now)
+        elif isinstance(decision, Retry):
+            recorded = await self.store.retry(
+                lease, decision.status.value, decision.result, ready_at=decision.ready_at, now=now
+            )
+            if recorded:
+                self._due = min(self._due, decision.ready_at)
+                self._changed(lease.dispatch_id)
+        elif isinstance(decision, Suspend):
+            await self.store.suspend(
+                lease,
+                decision.poll,
+                decision.children,
+                min_results=decision.min_results,
+                max_results=decision.max_results,
+                until=decision.until,
+                now=now,
+            )
+            if decision.children:
+                self._wake.set()
+        elif isinstance(decision, TailCall):
+            await self.store.tail_call(
+                lease, decision.function, decision.endpoint, decision.input, now=now
+            )
+        else:
+            await self.store.restart(lease, now=now, orphans=ORPHANS)
 
     async def _end(self, lease: Lease, status: Status, result: bytes, now: float) -> None:
         if await self.store.finish(lease, status.value, result, now=now, orphans=ORPHANS):
             self._changed(lease.dispatch_id)
-
-
-MAX_POLL_CALLS = 1000
-MAX_POLL_RESULTS = 1000
-# What a call's unfinished children end with when it ends (or restarts).
-ORPHANS = (
-    Status.PERMANENT_ERROR.value,
-    call_pb2.CallResult(
-        error=error_pb2.Error(type="Cancelled", message="its parent call ended")
-    ).SerializeToString(),
-)
-ENDPOINT_SCHEMES = ("http://", "https://", "arn:aws:lambda:")
-
-
-def call_problem(call: call_pb2.Call, *, endpoint_required: bool = True) -> str | None:
-    """Why ``call`` (dispatched, or made by a Poll or a tail call, whose endpoint may be
-    left empty for the caller's own) cannot be run, or None."""
-    if not FUNCTION_NAME.fullmatch(call.function):
-        return (
-            f"invalid function name {call.function[:100]!r}: expected ^[a-zA-Z_][a-zA-Z0-9_<>.]*$"
-        )
-    if (call.endpoint or endpoint_required) and not call.endpoint.startswith(ENDPOINT_SCHEMES):
-        return (
-            f"invalid endpoint {call.endpoint[:200]!r}: expected an http://, https:// or "
-            "arn:aws:lambda: endpoint"
-        )
-    return None
-
-
-def oversized_input(size: int, limit: int) -> str | None:
-    """Why an input of ``size`` bytes cannot be stored under ``limit``, or None."""
-    if size <= limit:
-        return None
-    return f"input of {size} bytes, larger than the scheduler's limit of {limit} bytes"
 
 
 LOGGED_MESSAGE = 200
@@ -462,11 +368,6 @@ def attempt_summary(outcome: Outcome) -> tuple[Status, str, str]:
     if len(first) > LOGGED_MESSAGE:
         first = first[: LOGGED_MESSAGE - 3] + "..."
     return status, error_type, first
-
-
-def _error_result(outcome: Outcome) -> bytes:
-    error = error_pb2.Error(type=outcome.error_type, message=outcome.message)
-    return call_pb2.CallResult(error=error).SerializeToString()
 
 
 def run_request(
@@ -516,3 +417,17 @@ def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     whole = int(seconds)
     stamp.seconds, stamp.nanos = whole, int((seconds - whole) * 1e9)
     return stamp
+
+
+__all__ = [
+    "ENDPOINT_SCHEMES",
+    "MAX_POLL_CALLS",
+    "MAX_POLL_RESULTS",
+    "ORPHANS",
+    "Engine",
+    "attempt_summary",
+    "call_problem",
+    "oversized_input",
+    "run_request",
+    "timestamp",
+]

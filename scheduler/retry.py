@@ -17,8 +17,13 @@ class RetryPolicy:
     max_attempts: int = 50
 
     def delay(self, attempts: int, rng: random.Random) -> float:
+        return self.backoff(attempts, rng.random())
+
+    def backoff(self, attempts: int, jitter: float) -> float:
+        """The wait after attempt ``attempts``, placed by ``jitter`` (in [0, 1)) between
+        half and all of its ceiling."""
         ceiling: float = min(self.cap, self.base * 2.0 ** max(attempts - 1, 0))
-        return ceiling * (0.5 + rng.random() / 2)
+        return ceiling * (0.5 + jitter / 2)
 
 
 MAX_RESTARTS = 3

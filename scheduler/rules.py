@@ -1,0 +1,328 @@
+"""What the engine does with an attempt, decided without I/O: pure functions from a call,
+what its attempt came to, the scheduler's limits and the time, to a ``Decision``.
+
+- ``before_attempt``: a claimed call that expired while it waited ends TIMEOUT (with its
+  last error, if it had one); otherwise it is run, for at most ``attempt_timeout`` and
+  never past its expiration.
+- ``after_attempt``: an attempt cut short by the call's expiration ends the call TIMEOUT;
+  a tail call hands the call over (``TailCall``) unless it is invalid; a Poll suspends it
+  (``Suspend``) unless it is invalid; INCOMPATIBLE_STATE in answer to a resume starts
+  the call over (``Restart``) up to ``max_restarts`` times, a ``StepMismatch`` excepted;
+  a retryable status is retried after a backoff (or the endpoint's ``Retry-After``, if
+  longer) until ``max_attempts`` or the expiration; anything else is final (``Finish``).
+
+The engine applies a decision with one store call and logs; these rules are where a
+change of policy goes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from google.protobuf import duration_pb2
+
+from ..core.errors import STEP_MISMATCH
+from ..core.functions import FUNCTION_NAME
+from ..core.status import Status
+from ..proto.dispatch.sdk.v1 import call_pb2, error_pb2, poll_pb2
+from .http_caller import Outcome
+from .retry import MAX_RESTARTS, RetryPolicy
+from .settings import DEFAULT_MAX_INPUT_SIZE
+from .store import Call, NewCall
+
+MAX_POLL_CALLS = 1000
+MAX_POLL_RESULTS = 1000
+ENDPOINT_SCHEMES = ("http://", "https://", "arn:aws:lambda:")
+
+
+def supported(endpoint: str) -> str | None:
+    """Every endpoint can be called (the default of ``Limits.unsupported``)."""
+    del endpoint
+    return None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the rules need of the scheduler's settings."""
+
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    attempt_timeout: float = 300.0
+    max_restarts: int = MAX_RESTARTS
+    max_input_size: int = DEFAULT_MAX_INPUT_SIZE
+    """The largest input a Poll's call or a tail call may have, in bytes."""
+    unsupported: Callable[[str], str | None] = supported
+    """Why this process cannot call an endpoint (an ARN without boto3), or None."""
+
+
+# --- decisions ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finish:
+    """End the call with ``status`` and ``result`` (its unfinished children cancelled)."""
+
+    status: Status
+    result: bytes
+    instead: Outcome | None = None
+    """What is recorded instead of the endpoint's answer (an invalid Poll or tail
+    call), for the attempt's log line; None when the answer itself is recorded."""
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Run the call again at ``ready_at``, keeping this attempt's status and error."""
+
+    status: Status
+    result: bytes
+    ready_at: float
+
+
+@dataclass(frozen=True)
+class Suspend:
+    """Make the call wait for ``children`` (its Poll's calls), then resume it."""
+
+    poll: bytes
+    """The serialized Poll, without its calls: the state to resume from, and limits."""
+    children: tuple[NewCall, ...]
+    min_results: int
+    max_results: int
+    until: float
+
+
+@dataclass(frozen=True)
+class TailCall:
+    """Hand the call over to ``function`` at ``endpoint`` with ``input``."""
+
+    function: str
+    endpoint: str
+    input: bytes
+
+
+@dataclass(frozen=True)
+class Restart:
+    """Run the call again from its input (its code cannot read its state)."""
+
+
+Decision = Finish | Retry | Suspend | TailCall | Restart
+
+
+@dataclass(frozen=True)
+class Run:
+    """Run the attempt for at most ``timeout`` seconds."""
+
+    timeout: float
+
+
+# --- the rules ------------------------------------------------------------------------
+
+
+def before_attempt(call: Call, limits: Limits, now: float) -> Run | Finish:
+    """Whether a claimed call is run, and for how long: an expired one ends TIMEOUT."""
+    if now >= call.expires_at:
+        expired = Outcome(Status.TIMEOUT, error_type="DeadlineExceeded", message="the call expired")
+        return Finish(Status.TIMEOUT, call.result or error_result(expired))
+    return Run(min(limits.attempt_timeout, call.expires_at - now))
+
+
+def cut_short(outcome: Outcome, timeout: float, limits: Limits) -> bool:
+    """Whether the attempt timed out because the call's expiration came first (its
+    timeout was shorter than an attempt's), rather than because it was slow."""
+    return (
+        outcome.response is None
+        and outcome.status is Status.TIMEOUT
+        and timeout < limits.attempt_timeout
+    )
+
+
+def after_attempt(
+    call: Call,
+    outcome: Outcome,
+    limits: Limits,
+    now: float,
+    *,
+    jitter: float,
+    expired: bool = False,
+) -> Decision:
+    """What to record of ``outcome``, an attempt of ``call`` that ended at ``now``.
+    ``jitter`` (in [0, 1)) places a retry within its backoff; ``expired``: the attempt
+    was cut short by the call's expiration (``cut_short``)."""
+    if expired:
+        # It ends TIMEOUT with the error its earlier attempts had, if any.
+        return Finish(Status.TIMEOUT, call.result or error_result(outcome))
+    response = outcome.response
+    if response is None:
+        return retried_or_final(call, outcome, error_result(outcome), limits, now, jitter)
+    directive = response.WhichOneof("directive")
+    if directive == "exit" and response.exit.HasField("tail_call"):
+        return tail_call(call, response.exit.tail_call, limits)
+    if directive == "poll":
+        return suspension(call, response.poll, limits, now)
+    result = response.exit.result.SerializeToString()
+    answered = Outcome(Status.answered(response.status))
+    if answered.status is Status.INCOMPATIBLE_STATE and call.poll:
+        if response.exit.result.error.type == STEP_MISMATCH:
+            # Starting over would repeat the steps the workflow took: final.
+            return Finish(answered.status, result)
+        if call.restarts < limits.max_restarts:
+            # The code that answers cannot read this state: start it over.
+            return Restart()
+    return retried_or_final(call, answered, result, limits, now, jitter)
+
+
+def retried_or_final(
+    call: Call, outcome: Outcome, result: bytes, limits: Limits, now: float, jitter: float
+) -> Retry | Finish:
+    """A retry after the backoff (or ``Retry-After``, if longer) for a retryable status,
+    unless the attempts are used up or no attempt could start before the expiration."""
+    status = outcome.status
+    if not status.retryable or call.attempts >= limits.policy.max_attempts:
+        return Finish(status, result)
+    delay = limits.policy.backoff(call.attempts, jitter)
+    if outcome.retry_after is not None:
+        delay = max(delay, outcome.retry_after)
+    ready_at = now + delay
+    if ready_at >= call.expires_at:
+        return Finish(Status.TIMEOUT, result)
+    return Retry(status, result, ready_at)
+
+
+def tail_call(call: Call, tail: call_pb2.Call, limits: Limits) -> TailCall | Finish:
+    """Hand-over to ``tail``, or the end of an invalid one."""
+    tail_input = tail.input.SerializeToString() if tail.HasField("input") else b""
+    tail_endpoint = tail.endpoint or call.endpoint
+    problem = (
+        call_problem(tail, endpoint_required=False)
+        or oversized_input(len(tail_input), limits.max_input_size)
+        or limits.unsupported(tail_endpoint)
+    )
+    if problem is not None:
+        return invalid("InvalidTailCall", problem)
+    return TailCall(tail.function, tail_endpoint, tail_input)
+
+
+def suspension(call: Call, poll: poll_pb2.Poll, limits: Limits, now: float) -> Suspend | Finish:
+    """The suspension of ``call`` on ``poll``, or the end of an invalid Poll."""
+    problem = poll_problem(poll)
+    if problem is not None:
+        return invalid("InvalidPoll", problem)
+    until = call.expires_at
+    if poll.HasField("max_wait"):
+        until = min(now + seconds(poll.max_wait), until)
+    # Without max_wait (as dispatch-py sends it) there is no deadline: the call is
+    # resumed once min_results are ready, or ends when it expires.
+    children = []
+    for index, child in enumerate(poll.calls):
+        child_input = child.input.SerializeToString() if child.HasField("input") else b""
+        child_endpoint = child.endpoint.rstrip("/") or call.endpoint
+        problem = (
+            call_problem(child, endpoint_required=False)
+            or oversized_input(len(child_input), limits.max_input_size)
+            or limits.unsupported(child_endpoint)
+        )
+        if problem is not None:
+            return invalid("InvalidPoll", f"call {index}: {problem}")
+        expires_at = call.expires_at
+        if child.HasField("expiration"):
+            lifetime = seconds(child.expiration)
+            expires_at = min(expires_at, now + lifetime) if lifetime > 0 else expires_at
+        children.append(
+            NewCall(
+                function=child.function,
+                endpoint=child_endpoint,
+                input=child_input,
+                expires_at=expires_at,
+                version=child.version,
+                correlation_id=child.correlation_id,
+            )
+        )
+    state = poll_pb2.Poll()
+    state.CopyFrom(poll)
+    state.ClearField("calls")
+    return Suspend(
+        poll=state.SerializeToString(),
+        children=tuple(children),
+        min_results=poll.min_results,
+        max_results=poll.max_results,
+        until=until,
+    )
+
+
+def poll_problem(poll: poll_pb2.Poll) -> str | None:
+    """What is wrong with a Poll's limits, if anything (its calls are checked apart)."""
+    if poll.HasField("max_wait") and seconds(poll.max_wait) < 1:
+        return "max_wait must be at least 1 second"
+    if not 1 <= poll.max_results <= MAX_POLL_RESULTS:
+        return f"max_results must be 1 to {MAX_POLL_RESULTS}, not {poll.max_results}"
+    if not 1 <= poll.min_results <= poll.max_results:
+        return f"min_results must be 1 to max_results, not {poll.min_results}"
+    if len(poll.calls) > MAX_POLL_CALLS:
+        return f"{len(poll.calls)} calls in one Poll: at most {MAX_POLL_CALLS}"
+    return None
+
+
+def call_problem(call: call_pb2.Call, *, endpoint_required: bool = True) -> str | None:
+    """Why ``call`` (dispatched, or made by a Poll or a tail call, whose endpoint may be
+    left empty for the caller's own) cannot be run, or None."""
+    if not FUNCTION_NAME.fullmatch(call.function):
+        return (
+            f"invalid function name {call.function[:100]!r}: expected ^[a-zA-Z_][a-zA-Z0-9_<>.]*$"
+        )
+    if (call.endpoint or endpoint_required) and not call.endpoint.startswith(ENDPOINT_SCHEMES):
+        return (
+            f"invalid endpoint {call.endpoint[:200]!r}: expected an http://, https:// or "
+            "arn:aws:lambda: endpoint"
+        )
+    return None
+
+
+def oversized_input(size: int, limit: int) -> str | None:
+    """Why an input of ``size`` bytes cannot be stored under ``limit``, or None."""
+    if size <= limit:
+        return None
+    return f"input of {size} bytes, larger than the scheduler's limit of {limit} bytes"
+
+
+def invalid(error_type: str, problem: str) -> Finish:
+    """The end of a call whose answer asked for something invalid."""
+    outcome = Outcome(Status.INVALID_RESPONSE, error_type=error_type, message=problem)
+    return Finish(outcome.status, error_result(outcome), instead=outcome)
+
+
+def error_result(outcome: Outcome) -> bytes:
+    """A serialized CallResult carrying ``outcome``'s error."""
+    error = error_pb2.Error(type=outcome.error_type, message=outcome.message)
+    return call_pb2.CallResult(error=error).SerializeToString()
+
+
+def seconds(duration: duration_pb2.Duration) -> float:
+    """A protobuf ``Duration`` as seconds."""
+    return duration.seconds + duration.nanos / 1e9
+
+
+# What a call's unfinished children end with when it ends (or restarts).
+ORPHANS = (
+    Status.PERMANENT_ERROR.value,
+    call_pb2.CallResult(
+        error=error_pb2.Error(type="Cancelled", message="its parent call ended")
+    ).SerializeToString(),
+)
+
+__all__ = [
+    "MAX_POLL_CALLS",
+    "MAX_POLL_RESULTS",
+    "ORPHANS",
+    "Decision",
+    "Finish",
+    "Limits",
+    "Restart",
+    "Retry",
+    "Run",
+    "Suspend",
+    "TailCall",
+    "after_attempt",
+    "before_attempt",
+    "call_problem",
+    "cut_short",
+    "oversized_input",
+]

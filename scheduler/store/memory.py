@@ -1,0 +1,445 @@
+"""The ``Store`` contract in memory: nothing survives the process, everything else holds
+(leases with fencing tokens, round-robin claims, Poll children and their results,
+cancelled trees). For tests of the engine that run in-process in milliseconds.
+
+Every method runs to its end without awaiting, so that each is one transaction for the
+event loop that calls it.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from ...core.status import Status
+from ..concurrency import destination
+from . import (
+    Call,
+    ChildResult,
+    Claimed,
+    Lease,
+    NewCall,
+    State,
+    StoreError,
+    children_of,
+    fitting,
+    in_turns,
+    new_dispatch_id,
+)
+
+
+class IntegrityError(StoreError, ValueError):
+    """A call that the store refuses (as a database's constraints would)."""
+
+
+@dataclass
+class _Row:
+    """A stored call and what the store keeps beside it."""
+
+    seq: int
+    dispatch_id: str
+    function: str
+    endpoint: str
+    input: bytes
+    version: str
+    correlation_id: int
+    parent_id: str | None
+    root_id: str
+    created_at: float
+    expires_at: float
+    ready_at: float
+    state: State = State.READY
+    status: int | None = None
+    result: bytes = b""
+    attempts: int = 0
+    finished_at: float | None = None
+    poll: bytes = b""
+    restarts: int = 0
+    destination: str = ""
+    lease_owner: str | None = None
+    lease_token: int = 0
+    lease_expires: float | None = None
+    poll_min: int = 0
+    poll_max: int = 0
+    poll_until: float | None = None
+    delivered: bool = False
+    children: builtins.list[str] = field(default_factory=builtins.list)
+
+    def call(self) -> Call:
+        return Call(
+            dispatch_id=self.dispatch_id,
+            function=self.function,
+            endpoint=self.endpoint,
+            input=self.input,
+            version=self.version,
+            correlation_id=self.correlation_id,
+            parent_id=self.parent_id,
+            root_id=self.root_id,
+            state=self.state,
+            status=self.status,
+            result=self.result,
+            attempts=self.attempts,
+            created_at=self.created_at,
+            expires_at=self.expires_at,
+            ready_at=self.ready_at,
+            finished_at=self.finished_at,
+            poll=self.poll,
+            restarts=self.restarts,
+        )
+
+    def claimable(self, now: float) -> bool:
+        if self.state is State.READY:
+            return self.ready_at <= now
+        if self.state is State.RUNNING:
+            return self.lease_expires is not None and self.lease_expires <= now
+        if self.state is State.WAITING:
+            return self.poll_until is not None and self.poll_until <= now
+        return False
+
+    def unlease(self) -> None:
+        self.lease_owner = None
+        self.lease_expires = None
+
+
+class MemoryStore:
+    """The ``Store`` contract in this process's memory."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, _Row] = {}
+        self._unfinished: set[str] = set()
+        """The calls not done: what a claim looks through."""
+        self._seq = 0
+        self._closed = False
+
+    @classmethod
+    async def open(cls) -> MemoryStore:
+        return cls()
+
+    # --- the contract ------------------------------------------------------------------
+
+    async def dispatch(self, calls: Sequence[NewCall], *, now: float) -> list[str]:
+        self._check_open()
+        return self._insert(calls, now)
+
+    def subscribe(self, wake: Callable[[], None]) -> None:
+        """One process has the store: its API wakes its engine itself."""
+        del wake
+
+    async def claim(
+        self,
+        *,
+        owner: str,
+        now: float,
+        limit: int,
+        lease_seconds: float,
+        cap: int | None = None,
+        room: Callable[[str], int] | None = None,
+    ) -> list[Claimed]:
+        self._check_open()
+        found = [
+            (row.dispatch_id, row.root_id, row.destination, row.ready_at, row.seq)
+            for row in (self._rows[i] for i in self._unfinished)
+            if row.claimable(now)
+        ]
+        # Round-robin across roots, oldest first within each; more candidates than the
+        # batch, since some destinations may be full.
+        candidates = in_turns(found, 4 * limit)
+        running = {} if cap is None else self._running(now)
+        claimed = []
+        expires = now + lease_seconds
+        for dispatch_id in fitting(candidates, cap=cap, running=running, room=room)[:limit]:
+            row = self._rows[dispatch_id]
+            row.state = State.RUNNING
+            row.lease_owner = owner
+            row.lease_token += 1
+            row.lease_expires = expires
+            row.attempts += 1
+            results = self._undelivered(row) if row.poll else ()
+            lease = Lease(
+                dispatch_id, row.lease_token, expires, tuple(r.dispatch_id for r in results)
+            )
+            claimed.append(Claimed(row.call(), lease, results))
+        return claimed
+
+    async def release(self, lease: Lease, *, ready_at: float) -> bool:
+        row = self._leased(lease)
+        if row is None:
+            return False
+        # Back as it was before the claim: a resume keeps its poll to resume from.
+        row.state = State.READY
+        row.ready_at = ready_at
+        row.attempts -= 1
+        row.unlease()
+        return True
+
+    async def extend(self, lease: Lease, *, until: float) -> bool:
+        row = self._leased(lease)
+        if row is None:
+            return False
+        row.lease_expires = until
+        return True
+
+    async def finish(
+        self,
+        lease: Lease,
+        status: int,
+        result: bytes,
+        *,
+        now: float,
+        orphans: tuple[int, bytes] = (0, b""),
+    ) -> bool:
+        row = self._leased(lease)
+        if row is None:
+            return False
+        self._end(row, status, result, now)
+        self._deliver(lease.delivered)
+        self._end_descendants(row, orphans, now)
+        if row.parent_id is not None:
+            self._wake(row.parent_id, now)
+        return True
+
+    async def suspend(
+        self,
+        lease: Lease,
+        poll: bytes,
+        children: Sequence[NewCall],
+        *,
+        min_results: int,
+        max_results: int,
+        until: float,
+        now: float,
+    ) -> list[str] | None:
+        row = self._leased(lease)
+        if row is None:
+            return None
+        ids = self._insert(children_of(row.dispatch_id, row.root_id, children), now)
+        row.state = State.WAITING
+        row.poll = poll
+        row.poll_min, row.poll_max, row.poll_until = min_results, max_results, until
+        row.attempts = 0
+        row.status = None
+        row.unlease()
+        self._deliver(lease.delivered)
+        # Results of earlier polls may be enough already.
+        self._wake(row.dispatch_id, now)
+        return ids
+
+    async def restart(self, lease: Lease, *, now: float, orphans: tuple[int, bytes]) -> bool:
+        row = self._leased(lease)
+        if row is None:
+            return False
+        row.state = State.READY
+        row.ready_at = now
+        row.poll = b""
+        row.status = None
+        row.restarts += 1
+        row.unlease()
+        self._end_descendants(row, orphans, now)
+        # The old children's results belong to the run that was dropped.
+        self._deliver(row.children)
+        return True
+
+    async def retry(
+        self, lease: Lease, status: int, result: bytes, *, ready_at: float, now: float
+    ) -> bool:
+        row = self._leased(lease)
+        if row is None:
+            return False
+        row.state = State.READY
+        row.status, row.result, row.ready_at = status, result, ready_at
+        row.unlease()
+        return True
+
+    async def tail_call(
+        self, lease: Lease, function: str, endpoint: str, input: bytes, *, now: float
+    ) -> bool:
+        row = self._leased(lease)
+        if row is None:
+            return False
+        row.function, row.endpoint, row.input = function, endpoint, input
+        row.destination = destination(endpoint)
+        row.state = State.READY
+        row.ready_at = now
+        row.attempts = 0
+        row.status = None
+        row.result = b""
+        row.poll = b""
+        row.unlease()
+        # The function handed over to starts afresh: earlier children are not its.
+        self._deliver(row.children)
+        return True
+
+    async def get(self, dispatch_id: str) -> Call | None:
+        self._check_open()
+        row = self._rows.get(dispatch_id)
+        return None if row is None else row.call()
+
+    async def list(
+        self,
+        *,
+        state: State | None = None,
+        function: str | None = None,
+        root_id: str | None = None,
+        status: int | None = None,
+        failed: bool = False,
+        newest_first: bool = False,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> builtins.list[Call]:
+        self._check_open()
+        beyond = None
+        if after is not None:
+            start = self._rows.get(after)
+            if start is None:
+                return []
+            beyond = start.seq
+
+        def matches(row: _Row) -> bool:
+            if beyond is not None and (row.seq >= beyond if newest_first else row.seq <= beyond):
+                return False
+            if (status is not None or failed) and row.state is not State.DONE:
+                # Only a done call's status is final (a retried one keeps its last attempt's).
+                return False
+            return (
+                (state is None or row.state is state)
+                and (function is None or row.function == function)
+                and (root_id is None or row.root_id == root_id)
+                and (status is None or row.status == status)
+                and (not failed or row.status != Status.OK.value)
+            )
+
+        # Rows are kept in creation order (a dict keeps insertion order).
+        rows = reversed(self._rows.values()) if newest_first else iter(self._rows.values())
+        found: builtins.list[Call] = []
+        for row in rows:
+            if len(found) >= limit:
+                break
+            if matches(row):
+                found.append(row.call())
+        return found
+
+    async def cancel(self, dispatch_id: str, status: int, result: bytes, *, now: float) -> int:
+        self._check_open()
+        row = self._rows.get(dispatch_id)
+        if row is None:
+            return 0
+        ended = [member for member in self._tree(row) if member.state is not State.DONE]
+        for member in ended:
+            self._end(member, status, result, now)
+            # A lease still out is fenced off: its late answer is not recorded.
+            member.lease_token += 1
+        if ended and ended[0] is row and row.parent_id is not None:
+            self._wake(row.parent_id, now)
+        return len(ended)
+
+    async def close(self) -> None:
+        self._closed = True
+
+    # --- helpers -----------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("the store is closed")
+
+    def _insert(self, calls: Sequence[NewCall], now: float) -> builtins.list[str]:
+        # Checked first: all or none, as a database's constraints would have it.
+        for call in calls:
+            if not call.function or not call.endpoint:
+                raise IntegrityError("a call needs a function and an endpoint")
+            if call.parent_id is not None and call.parent_id not in self._rows:
+                raise IntegrityError(f"no parent call {call.parent_id}")
+        ids = []
+        for call in calls:
+            dispatch_id = new_dispatch_id(now)
+            self._seq += 1
+            self._rows[dispatch_id] = _Row(
+                seq=self._seq,
+                dispatch_id=dispatch_id,
+                function=call.function,
+                endpoint=call.endpoint,
+                input=call.input,
+                version=call.version,
+                correlation_id=call.correlation_id,
+                parent_id=call.parent_id,
+                root_id=call.root_id or dispatch_id,
+                created_at=now,
+                expires_at=call.expires_at,
+                ready_at=now,
+                destination=destination(call.endpoint),
+            )
+            self._unfinished.add(dispatch_id)
+            if call.parent_id is not None:
+                self._rows[call.parent_id].children.append(dispatch_id)
+            ids.append(dispatch_id)
+        return ids
+
+    def _leased(self, lease: Lease) -> _Row | None:
+        """The call under ``lease``, if that is its current lease."""
+        self._check_open()
+        row = self._rows.get(lease.dispatch_id)
+        if row is None or row.state is not State.RUNNING or row.lease_token != lease.token:
+            return None
+        return row
+
+    def _end(self, row: _Row, status: int, result: bytes, now: float) -> None:
+        row.state = State.DONE
+        row.status, row.result, row.finished_at = status, result, now
+        row.poll = b""
+        row.unlease()
+        self._unfinished.discard(row.dispatch_id)
+
+    def _tree(self, row: _Row) -> builtins.list[_Row]:
+        """``row`` and its descendants."""
+        tree, index = [row], 0
+        while index < len(tree):
+            tree.extend(self._rows[i] for i in tree[index].children)
+            index += 1
+        return tree
+
+    def _end_descendants(self, row: _Row, orphans: tuple[int, bytes], now: float) -> None:
+        status, result = orphans
+        for member in self._tree(row)[1:]:
+            if member.state is not State.DONE:
+                self._end(member, status, result, now)
+                member.lease_token += 1
+
+    def _deliver(self, ids: Sequence[str]) -> None:
+        for dispatch_id in ids:
+            self._rows[dispatch_id].delivered = True
+
+    def _undelivered(self, row: _Row) -> tuple[ChildResult, ...]:
+        done = sorted(
+            (child for child in (self._rows[i] for i in row.children) if _unread(child)),
+            key=lambda child: (child.finished_at or 0.0, child.seq),
+        )
+        return tuple(
+            ChildResult(c.dispatch_id, c.correlation_id, c.status or 0, c.result)
+            for c in done[: max(row.poll_max, 1)]
+        )
+
+    def _wake(self, parent_id: str, now: float) -> None:
+        """Make a waiting parent ready once it has the results it waits for."""
+        parent = self._rows[parent_id]
+        if parent.state is not State.WAITING:
+            return
+        ready = sum(1 for i in parent.children if _unread(self._rows[i]))
+        if parent.poll_min <= ready:
+            parent.state = State.READY
+            parent.ready_at = now
+
+    def _running(self, now: float) -> dict[str, int]:
+        """Leases in force per destination."""
+        running: dict[str, int] = {}
+        for row in (self._rows[i] for i in self._unfinished):
+            if row.state is State.RUNNING and (row.lease_expires or 0.0) > now:
+                running[row.destination] = running.get(row.destination, 0) + 1
+        return running
+
+
+def _unread(child: _Row) -> bool:
+    """A child's result that its parent has not been given yet."""
+    return child.state is State.DONE and not child.delivered
+
+
+__all__ = ["IntegrityError", "MemoryStore"]

@@ -1,0 +1,486 @@
+"""The engine end to end, in-process: the real ``Engine`` over the in-memory store, its
+endpoints a scripted caller. Retries and their backoff, Retry-After, attempt limits, a
+tail call, a Poll's children and the resume, INCOMPATIBLE_STATE restarts, expiry, the
+destination limit and the children a finished or cancelled call leaves behind."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dispatchlet.core.errors import STEP_MISMATCH
+from dispatchlet.core.status import Status
+from dispatchlet.proto.dispatch.sdk.v1 import call_pb2, function_pb2, poll_pb2
+from dispatchlet.scheduler.concurrency import Limiter
+from dispatchlet.scheduler.engine import Engine, timestamp
+from dispatchlet.scheduler.http_caller import Outcome
+from dispatchlet.scheduler.retry import RetryPolicy
+from dispatchlet.scheduler.store import Call, NewCall, State
+from dispatchlet.scheduler.store.memory import MemoryStore
+from google.protobuf import any_pb2
+
+ENDPOINT = "http://endpoint.test"
+OTHER = "https://other.test"
+BOUND = 30.0  # how long any wait may take before the test fails, whatever the load
+# Short backoffs, so that retries come within milliseconds.
+POLICY = RetryPolicy(base=0.02, cap=0.05, max_attempts=5)
+
+Answer = Callable[[function_pb2.RunRequest], Awaitable[Outcome]]
+
+
+@dataclass
+class Attempt:
+    endpoint: str
+    request: function_pb2.RunRequest
+    timeout: float
+    at: float
+    """The engine's clock when the attempt was sent."""
+
+
+@dataclass
+class Scripted:
+    """A caller whose answers come from an async function per function name."""
+
+    clock: Callable[[], float] = time.time
+    answers: dict[str, Answer] = field(default_factory=dict)
+    attempts: list[Attempt] = field(default_factory=list)
+    in_flight: int = 0
+    most_in_flight: int = 0
+
+    async def run(
+        self, endpoint: str, request: function_pb2.RunRequest, *, timeout: float
+    ) -> Outcome:
+        self.attempts.append(Attempt(endpoint, request, timeout, self.clock()))
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            return await self.answers[request.function](request)
+        finally:
+            self.in_flight -= 1
+
+    async def close(self) -> None:
+        pass
+
+    def of(self, dispatch_id: str) -> list[Attempt]:
+        return [a for a in self.attempts if a.request.dispatch_id == dispatch_id]
+
+
+def output(value: bytes) -> call_pb2.CallResult:
+    return call_pb2.CallResult(output=any_pb2.Any(type_url="test/bytes", value=value))
+
+
+def returning(value: bytes, status: Status = Status.OK) -> Answer:
+    async def answer(request: function_pb2.RunRequest) -> Outcome:
+        response = function_pb2.RunResponse(status=status.value)
+        response.exit.result.CopyFrom(output(value))
+        return Outcome(Status.OK, response)
+
+    return answer
+
+
+def raised(error_type: str, status: Status) -> function_pb2.RunResponse:
+    response = function_pb2.RunResponse(status=status.value)
+    response.exit.result.error.type = error_type
+    response.exit.result.error.message = "it failed"
+    return response
+
+
+def answered(response: function_pb2.RunResponse) -> Outcome:
+    return Outcome(Status.OK, response)
+
+
+def in_turn(*outcomes: Outcome) -> Answer:
+    """Each attempt gets the next outcome; the last one is repeated."""
+    remaining = list(outcomes)
+
+    async def answer(request: function_pb2.RunRequest) -> Outcome:
+        return remaining.pop(0) if len(remaining) > 1 else remaining[0]
+
+    return answer
+
+
+def hanging(released: asyncio.Event | None = None) -> Answer:
+    """No answer until ``released`` is set (never, without it), or the attempt's
+    timeout: as the HTTP caller, a TIMEOUT then."""
+    gate = released or asyncio.Event()
+
+    async def answer(request: function_pb2.RunRequest) -> Outcome:
+        deadline = request.expiration_time.ToNanoseconds() / 1e9
+        try:
+            await asyncio.wait_for(gate.wait(), max(0.0, deadline - time.time()))
+        except (TimeoutError, asyncio.TimeoutError):
+            return Outcome(Status.TIMEOUT, error_type="Timeout", message="no answer")
+        return await returning(b"late")(request)
+
+    return answer
+
+
+@dataclass
+class Running:
+    store: MemoryStore
+    engine: Engine
+    caller: Scripted
+
+    async def dispatch(
+        self, function: str, *, endpoint: str = ENDPOINT, expires_in: float = 3600.0
+    ) -> str:
+        now = self.engine.clock()
+        (dispatch_id,) = await self.store.dispatch(
+            [NewCall(function, endpoint, b"", now + expires_in)], now=now
+        )
+        self.engine.wake()
+        return dispatch_id
+
+    async def until(self, dispatch_id: str, ready: Callable[[Call], bool]) -> Call:
+        """The call once ``ready(call)`` holds, failing after ``BOUND`` seconds."""
+        deadline = time.monotonic() + BOUND
+        with self.engine.watching(dispatch_id) as changed:
+            while True:
+                found = await self.store.get(dispatch_id)
+                assert found is not None, dispatch_id
+                if ready(found):
+                    return found
+                remaining = deadline - time.monotonic()
+                assert remaining > 0, f"{dispatch_id} did not get there in {BOUND} s: {found}"
+                await changed(min(remaining, 0.01))
+
+    async def done(self, dispatch_id: str) -> Call:
+        return await self.until(dispatch_id, lambda call: call.done)
+
+
+@contextlib.asynccontextmanager
+async def running(answers: dict[str, Answer], **options: Any) -> AsyncIterator[Running]:
+    store = await MemoryStore.open()
+    caller = Scripted(answers=answers)
+    options.setdefault("policy", POLICY)
+    engine = Engine(store, caller, idle_interval=0.01, **options)
+    task = asyncio.create_task(engine.run())
+    try:
+        yield Running(store, engine, caller)
+    finally:
+        engine.stop()
+        await asyncio.wait_for(task, BOUND)
+        await store.close()
+
+
+def scenario(body: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(body(), 2 * BOUND))
+
+
+def error(call: Call) -> tuple[str, str]:
+    failure = call_pb2.CallResult.FromString(call.result).error
+    return failure.type, failure.message
+
+
+# --- retries --------------------------------------------------------------------------
+
+
+def test_a_failing_call_is_retried_after_its_backoff_until_it_succeeds() -> None:
+    failed = Outcome(Status.TEMPORARY_ERROR, error_type="HTTPError", message="503")
+
+    async def body() -> None:
+        answers = {"f": in_turn(failed, failed, answered(returning_response(b"ok")))}
+        async with running(answers) as run:
+            dispatch_id = await run.dispatch("f")
+            done = await run.done(dispatch_id)
+            assert (done.status, done.result, done.attempts) == (
+                Status.OK,
+                output(b"ok").SerializeToString(),
+                3,
+            )
+            at = [a.at for a in run.caller.of(dispatch_id)]
+            # At least half of each backoff's ceiling (0.02 s, then 0.04 s) in between.
+            assert at[1] - at[0] >= 0.01
+            assert at[2] - at[1] >= 0.02
+
+    scenario(body)
+
+
+def returning_response(value: bytes) -> function_pb2.RunResponse:
+    response = function_pb2.RunResponse(status=Status.OK.value)
+    response.exit.result.CopyFrom(output(value))
+    return response
+
+
+def test_retry_after_longer_than_the_backoff_is_honoured() -> None:
+    throttled = Outcome(Status.THROTTLED, error_type="HTTPError", message="429", retry_after=0.3)
+
+    async def body() -> None:
+        answers = {"f": in_turn(throttled, answered(returning_response(b"ok")))}
+        async with running(answers) as run:
+            dispatch_id = await run.dispatch("f")
+            assert (await run.done(dispatch_id)).status == Status.OK
+            first, second = (a.at for a in run.caller.of(dispatch_id))
+            assert second - first >= 0.3
+
+    scenario(body)
+
+
+def test_the_last_attempt_ends_the_call_with_its_error() -> None:
+    failed = Outcome(Status.TCP_ERROR, error_type="ConnectionRefused", message="refused")
+
+    async def body() -> None:
+        async with running({"f": in_turn(failed)}) as run:
+            dispatch_id = await run.dispatch("f")
+            done = await run.done(dispatch_id)
+            assert (done.status, done.attempts) == (Status.TCP_ERROR, POLICY.max_attempts)
+            assert error(done) == ("ConnectionRefused", "refused")
+            assert len(run.caller.of(dispatch_id)) == POLICY.max_attempts
+
+    scenario(body)
+
+
+def test_a_final_status_is_not_retried() -> None:
+    async def body() -> None:
+        answer = answered(raised("ValueError", Status.PERMANENT_ERROR))
+        async with running({"f": in_turn(answer)}) as run:
+            dispatch_id = await run.dispatch("f")
+            done = await run.done(dispatch_id)
+            assert (done.status, done.attempts) == (Status.PERMANENT_ERROR, 1)
+            assert error(done) == ("ValueError", "it failed")
+
+    scenario(body)
+
+
+# --- tail calls and Polls ------------------------------------------------------------
+
+
+def test_a_tail_call_hands_the_call_over_to_another_function() -> None:
+    tail = function_pb2.RunResponse(status=Status.OK.value)
+    tail.exit.tail_call.function = "g"
+    tail.exit.tail_call.endpoint = OTHER
+    tail.exit.tail_call.input.CopyFrom(any_pb2.Any(type_url="test/bytes", value=b"in"))
+
+    async def body() -> None:
+        answers = {"f": in_turn(answered(tail)), "g": returning(b"from g")}
+        async with running(answers) as run:
+            dispatch_id = await run.dispatch("f")
+            done = await run.done(dispatch_id)
+            assert (done.function, done.endpoint, done.status) == ("g", OTHER, Status.OK)
+            assert done.result == output(b"from g").SerializeToString()
+            first, second = run.caller.of(dispatch_id)
+            assert (first.request.function, second.request.function) == ("f", "g")
+            assert second.endpoint == OTHER
+            assert second.request.input.value == b"in"
+
+    scenario(body)
+
+
+def poll_on(*functions: str, min_results: int, state: bytes = b"state") -> Outcome:
+    poll = poll_pb2.Poll(
+        coroutine_state=state, min_results=min_results, max_results=len(functions) or 1
+    )
+    for index, function in enumerate(functions):
+        poll.calls.add(function=function, correlation_id=index + 10)
+    return answered(function_pb2.RunResponse(status=Status.OK.value, poll=poll))
+
+
+def test_a_poll_runs_its_children_and_resumes_the_caller_with_their_results() -> None:
+    async def parent(request: function_pb2.RunRequest) -> Outcome:
+        if not request.HasField("poll_result"):
+            return poll_on("a", "b", min_results=2)
+        results = sorted((r.correlation_id, r.output.value) for r in request.poll_result.results)
+        assert request.poll_result.coroutine_state == b"state"
+        return answered(returning_response(b"+".join(value for _, value in results)))
+
+    async def body() -> None:
+        answers = {"parent": parent, "a": returning(b"A"), "b": returning(b"B")}
+        async with running(answers) as run:
+            dispatch_id = await run.dispatch("parent")
+            done = await run.done(dispatch_id)
+            assert (done.status, done.result) == (Status.OK, output(b"A+B").SerializeToString())
+            children = await run.store.list(root_id=dispatch_id)
+            assert sorted((c.function, c.parent_id, c.status) for c in children[1:]) == [
+                ("a", dispatch_id, Status.OK),
+                ("b", dispatch_id, Status.OK),
+            ]
+            resume = run.caller.of(dispatch_id)[-1].request
+            assert sorted(r.correlation_id for r in resume.poll_result.results) == [10, 11]
+            assert {r.dispatch_id for r in resume.poll_result.results} == {
+                c.dispatch_id for c in children[1:]
+            }
+
+    scenario(body)
+
+
+def test_an_invalid_poll_ends_the_call_invalid_response() -> None:
+    async def body() -> None:
+        async with running({"f": in_turn(poll_on("not a name", min_results=1))}) as run:
+            dispatch_id = await run.dispatch("f")
+            done = await run.done(dispatch_id)
+            assert done.status == Status.INVALID_RESPONSE
+            assert error(done)[0] == "InvalidPoll"
+            assert await run.store.list(root_id=dispatch_id) == [done]
+
+    scenario(body)
+
+
+def test_incompatible_state_on_a_resume_runs_the_call_again_from_its_input() -> None:
+    runs = 0
+
+    async def parent(request: function_pb2.RunRequest) -> Outcome:
+        nonlocal runs
+        if request.HasField("poll_result"):
+            return answered(raised("IncompatibleStateError", Status.INCOMPATIBLE_STATE))
+        runs += 1
+        return poll_on("a", min_results=1) if runs == 1 else answered(returning_response(b"new"))
+
+    async def body() -> None:
+        async with running({"parent": parent, "a": returning(b"A")}) as run:
+            dispatch_id = await run.dispatch("parent")
+            done = await run.done(dispatch_id)
+            assert (done.status, done.restarts) == (Status.OK, 1)
+            requests = [a.request for a in run.caller.of(dispatch_id)]
+            # Its first run, the resume its code refused, then a run from its input again.
+            assert [r.HasField("poll_result") for r in requests] == [False, True, False]
+
+    scenario(body)
+
+
+def test_a_step_mismatch_on_a_resume_is_final() -> None:
+    async def parent(request: function_pb2.RunRequest) -> Outcome:
+        if request.HasField("poll_result"):
+            return answered(raised(STEP_MISMATCH, Status.INCOMPATIBLE_STATE))
+        return poll_on("a", min_results=1)
+
+    async def body() -> None:
+        async with running({"parent": parent, "a": returning(b"A")}) as run:
+            dispatch_id = await run.dispatch("parent")
+            done = await run.done(dispatch_id)
+            assert (done.status, done.restarts) == (Status.INCOMPATIBLE_STATE, 0)
+            assert error(done)[0] == STEP_MISMATCH
+            assert len(run.caller.of(dispatch_id)) == 2
+
+    scenario(body)
+
+
+# --- expiry ------------------------------------------------------------------------------
+
+
+NO_ANSWER = Outcome(Status.TIMEOUT, error_type="Timeout", message="no answer in time")
+
+
+def test_an_attempt_cut_short_by_the_expiration_ends_the_call_timeout() -> None:
+    async def body() -> None:
+        async with running({"f": in_turn(NO_ANSWER)}, attempt_timeout=300.0) as run:
+            dispatch_id = await run.dispatch("f", expires_in=60.0)
+            done = await run.done(dispatch_id)
+            assert done.status == Status.TIMEOUT
+            (attempt,) = run.caller.of(dispatch_id)
+            # Sent with the call's expiration, not a whole attempt's timeout.
+            assert attempt.timeout <= 60.0
+            assert attempt.request.expiration_time == timestamp(done.expires_at)
+
+    scenario(body)
+
+
+def test_an_attempt_that_timed_out_with_time_left_is_retried() -> None:
+    async def body() -> None:
+        async with running({"f": in_turn(NO_ANSWER)}, attempt_timeout=10.0) as run:
+            dispatch_id = await run.dispatch("f", expires_in=3600.0)
+            done = await run.done(dispatch_id)
+            assert (done.status, error(done)) == (Status.TIMEOUT, ("Timeout", "no answer in time"))
+            attempts = run.caller.of(dispatch_id)
+            assert len(attempts) == POLICY.max_attempts
+            assert {a.timeout for a in attempts} == {10.0}
+
+    scenario(body)
+
+
+def test_a_call_that_expires_between_retries_ends_timeout_with_its_last_error() -> None:
+    failed = Outcome(Status.TEMPORARY_ERROR, error_type="HTTPError", message="503", retry_after=120)
+
+    async def body() -> None:
+        async with running({"f": in_turn(failed)}) as run:
+            dispatch_id = await run.dispatch("f", expires_in=60.0)
+            done = await run.done(dispatch_id)
+            assert (done.status, error(done)) == (Status.TIMEOUT, ("HTTPError", "503"))
+            assert len(run.caller.of(dispatch_id)) == 1
+
+    scenario(body)
+
+
+def test_a_call_that_expired_before_its_attempt_is_not_run() -> None:
+    async def body() -> None:
+        async with running({"f": returning(b"never")}) as run:
+            dispatch_id = await run.dispatch("f", expires_in=-1.0)
+            done = await run.done(dispatch_id)
+            assert (done.status, error(done)) == (
+                Status.TIMEOUT,
+                ("DeadlineExceeded", "the call expired"),
+            )
+            assert run.caller.of(dispatch_id) == []
+
+    scenario(body)
+
+
+# --- the destination limit ------------------------------------------------------------------
+
+
+def test_no_more_attempts_than_the_destinations_limit_are_in_flight() -> None:
+    async def slow(request: function_pb2.RunRequest) -> Outcome:
+        await asyncio.sleep(0.02)
+        return answered(returning_response(b"ok"))
+
+    async def body() -> None:
+        limiter = Limiter(initial=2.0, cap=2.0)
+        async with running({"f": slow}, limiter=limiter) as run:
+            ids = [await run.dispatch("f") for _ in range(8)]
+            for dispatch_id in ids:
+                assert (await run.done(dispatch_id)).status == Status.OK
+            assert run.caller.most_in_flight == 2
+
+    scenario(body)
+
+
+# --- children left behind ---------------------------------------------------------------------
+
+
+def test_a_call_that_ends_cancels_its_unfinished_children() -> None:
+    released = asyncio.Event()
+
+    async def parent(request: function_pb2.RunRequest) -> Outcome:
+        if request.HasField("poll_result"):
+            return answered(returning_response(b"enough"))
+        return poll_on("quick", "stuck", min_results=1)
+
+    async def body() -> None:
+        answers = {"parent": parent, "quick": returning(b"Q"), "stuck": hanging(released)}
+        async with running(answers) as run:
+            dispatch_id = await run.dispatch("parent")
+            assert (await run.done(dispatch_id)).status == Status.OK
+            (stuck,) = await run.store.list(root_id=dispatch_id, function="stuck")
+            assert (stuck.state, stuck.status) == (State.DONE, Status.PERMANENT_ERROR)
+            assert error(stuck) == ("Cancelled", "its parent call ended")
+            # Its attempt answers after all: too late, it is not recorded.
+            released.set()
+            await run.until(stuck.dispatch_id, lambda _: run.engine.in_flight == 0)
+            assert await run.store.get(stuck.dispatch_id) == stuck
+
+    scenario(body)
+
+
+def test_cancelling_a_waiting_call_ends_its_children() -> None:
+    released = asyncio.Event()
+
+    async def body() -> None:
+        answers = {"parent": in_turn(poll_on("stuck", min_results=1)), "stuck": hanging(released)}
+        async with running(answers) as run:
+            dispatch_id = await run.dispatch("parent")
+            await run.until(dispatch_id, lambda call: call.state is State.WAITING)
+            ended = await run.store.cancel(dispatch_id, Status.PERMANENT_ERROR.value, b"", now=0)
+            assert ended == 2
+            tree = await run.store.list(root_id=dispatch_id)
+            assert [(c.function, c.state) for c in tree] == [
+                ("parent", State.DONE),
+                ("stuck", State.DONE),
+            ]
+            released.set()  # a late answer, if the child was running: not recorded
+            await run.until(dispatch_id, lambda _: run.engine.in_flight == 0)
+            assert await run.store.list(root_id=dispatch_id) == tree
+
+    scenario(body)
