@@ -25,6 +25,13 @@ from .errors import (
 from .functions import FUNCTION_NAME, Function
 from .http import Request, Response
 from .keys import VERIFICATION_KEY_ENV, PublicKeyLike, load_public_keys, public_keys_from_env
+from .limits import (
+    DEFAULT_MAX_BODY_SIZE,
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_HEADER_COUNT,
+    DEFAULT_MAX_JOURNAL_SIZE,
+    DEFAULT_MAX_WORKFLOW_STEPS,
+)
 from .runner import error_run_response, execute
 from .signatures import Verifier, header_fields, normalize_authority
 
@@ -32,11 +39,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 ENDPOINT_URL_ENV = "DISPATCH_ENDPOINT_URL"
-DEFAULT_MAX_BODY_SIZE = 16 * 1024 * 1024
-DEFAULT_MAX_HEADER_COUNT = 128
-DEFAULT_MAX_HEADER_BYTES = 64 * 1024
-DEFAULT_MAX_WORKFLOW_STEPS = 10_000
-DEFAULT_MAX_JOURNAL_SIZE = 4 * 1024 * 1024
 
 logger = logging.getLogger("dispatchlet")
 
@@ -306,4 +308,14 @@ class Endpoint:
         )
 
 
-__all__ = ["ENDPOINT_URL_ENV", "VERIFICATION_KEY_ENV", "Endpoint"]
+__all__ = [
+    # The defaults of Endpoint's limits, re-exported: they were defined here.
+    "DEFAULT_MAX_BODY_SIZE",
+    "DEFAULT_MAX_HEADER_BYTES",
+    "DEFAULT_MAX_HEADER_COUNT",
+    "DEFAULT_MAX_JOURNAL_SIZE",
+    "DEFAULT_MAX_WORKFLOW_STEPS",
+    "ENDPOINT_URL_ENV",
+    "VERIFICATION_KEY_ENV",
+    "Endpoint",
+]

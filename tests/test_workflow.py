@@ -739,6 +739,29 @@ def test_the_wire_names_of_the_journal_are_stable() -> None:
     assert workflow.MAX_POLL_CALLS == 1000
 
 
+def test_the_error_types_a_workflow_ends_with_keep_their_names(endpoint: Endpoint) -> None:
+    # An Error's type is its class's module and name: the scheduler, the logs and the
+    # filters users write on it see these, whichever module now makes the exception.
+    double, fail = endpoint.functions["double"], endpoint.functions["fail"]
+
+    @endpoint.function
+    async def careless() -> None:
+        await fail("value")
+
+    @endpoint.function
+    async def impatient() -> None:
+        await double(1)
+        await asyncio.sleep(0)
+
+    failed = run_workflow(endpoint, careless)
+    assert failed.error is not None
+    assert failed.error.type == "dispatchlet.core.workflow.CallFailed[ValueError]"
+    refused = run_workflow(endpoint, impatient)
+    assert refused.error is not None
+    assert refused.error.type == "dispatchlet.core.workflow.NotDurable"
+    assert workflow.NotDurable.__module__ == "dispatchlet.core.workflow"
+
+
 CLI_APP = """
 from dispatchlet import Endpoint
 
