@@ -67,8 +67,8 @@ CURRENT = variable()
 
 
 def clock() -> int:
-    """Nanoseconds since the epoch by the timers' clock (``replay.clock``, which a test
-    harness may move)."""
+    """Nanoseconds since the epoch by the timers' clock. The clock itself is
+    ``replay.clock``: a test harness moves time by replacing that one."""
     return _replay_module.clock()
 
 
