@@ -25,13 +25,13 @@ from .errors import (
 from .functions import FUNCTION_NAME, Function
 from .http import Request, Response
 from .keys import VERIFICATION_KEY_ENV, PublicKeyLike, load_public_keys, public_keys_from_env
-from .limits import (
-    DEFAULT_MAX_BODY_SIZE,
-    DEFAULT_MAX_HEADER_BYTES,
-    DEFAULT_MAX_HEADER_COUNT,
-    DEFAULT_MAX_JOURNAL_SIZE,
-    DEFAULT_MAX_WORKFLOW_STEPS,
-)
+
+# The limits' defaults were defined here; re-exported (``as``) for their users.
+from .limits import DEFAULT_MAX_BODY_SIZE as DEFAULT_MAX_BODY_SIZE
+from .limits import DEFAULT_MAX_HEADER_BYTES as DEFAULT_MAX_HEADER_BYTES
+from .limits import DEFAULT_MAX_HEADER_COUNT as DEFAULT_MAX_HEADER_COUNT
+from .limits import DEFAULT_MAX_JOURNAL_SIZE as DEFAULT_MAX_JOURNAL_SIZE
+from .limits import DEFAULT_MAX_WORKFLOW_STEPS as DEFAULT_MAX_WORKFLOW_STEPS
 from .runner import error_run_response, execute
 from .signatures import Verifier, header_fields, normalize_authority
 
@@ -308,14 +308,4 @@ class Endpoint:
         )
 
 
-__all__ = [
-    # The defaults of Endpoint's limits, re-exported: they were defined here.
-    "DEFAULT_MAX_BODY_SIZE",
-    "DEFAULT_MAX_HEADER_BYTES",
-    "DEFAULT_MAX_HEADER_COUNT",
-    "DEFAULT_MAX_JOURNAL_SIZE",
-    "DEFAULT_MAX_WORKFLOW_STEPS",
-    "ENDPOINT_URL_ENV",
-    "VERIFICATION_KEY_ENV",
-    "Endpoint",
-]
+__all__ = ["ENDPOINT_URL_ENV", "VERIFICATION_KEY_ENV", "Endpoint"]
