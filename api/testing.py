@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .core import values, workflow
+from .core import replay, values, workflow
 from .core.endpoint import Endpoint
 from .core.errors import STEP_MISMATCH
 from .core.functions import Function
@@ -93,11 +93,11 @@ class _Clock:
 @contextmanager
 def _moved_clock() -> Iterator[_Clock]:
     clock = _Clock()
-    saved, workflow.clock = workflow.clock, clock
+    saved, replay.clock = replay.clock, clock
     try:
         yield clock
     finally:
-        workflow.clock = saved
+        replay.clock = saved
 
 
 def run_workflow(

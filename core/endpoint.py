@@ -25,6 +25,13 @@ from .errors import (
 from .functions import FUNCTION_NAME, Function
 from .http import Request, Response
 from .keys import VERIFICATION_KEY_ENV, PublicKeyLike, load_public_keys, public_keys_from_env
+
+# The limits' defaults were defined here; re-exported (``as``) for their users.
+from .limits import DEFAULT_MAX_BODY_SIZE as DEFAULT_MAX_BODY_SIZE
+from .limits import DEFAULT_MAX_HEADER_BYTES as DEFAULT_MAX_HEADER_BYTES
+from .limits import DEFAULT_MAX_HEADER_COUNT as DEFAULT_MAX_HEADER_COUNT
+from .limits import DEFAULT_MAX_JOURNAL_SIZE as DEFAULT_MAX_JOURNAL_SIZE
+from .limits import DEFAULT_MAX_WORKFLOW_STEPS as DEFAULT_MAX_WORKFLOW_STEPS
 from .runner import error_run_response, execute
 from .signatures import Verifier, header_fields, normalize_authority
 
@@ -32,11 +39,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 ENDPOINT_URL_ENV = "DISPATCH_ENDPOINT_URL"
-DEFAULT_MAX_BODY_SIZE = 16 * 1024 * 1024
-DEFAULT_MAX_HEADER_COUNT = 128
-DEFAULT_MAX_HEADER_BYTES = 64 * 1024
-DEFAULT_MAX_WORKFLOW_STEPS = 10_000
-DEFAULT_MAX_JOURNAL_SIZE = 4 * 1024 * 1024
 
 logger = logging.getLogger("dispatchlet")
 

@@ -25,13 +25,12 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar, 
 
 from ..proto.dispatch.sdk.v1 import call_pb2
 from .context import RunContext
+from .current_workflow import current_replay
 from .dispatching import default_dispatcher
 from .errors import InvalidArgument
 from .typecheck import Check, checker, describe
 
 if TYPE_CHECKING:
-    import contextvars
-
     from .endpoint import Endpoint
 
 P = ParamSpec("P")
@@ -40,12 +39,6 @@ Q = ParamSpec("Q")
 T = TypeVar("T")
 
 FUNCTION_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_<>.]*")
-
-WORKFLOW: contextvars.ContextVar[object] | None = None
-"""Once ``workflow`` is imported, the variable holding the workflow run (``Replay``) the
-running code is part of, if any: there, calling a registered function makes a durable
-call of it. None until then, so that an endpoint without workflows never imports
-contextvars (cold starts)."""
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 _VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
@@ -102,10 +95,10 @@ class Function(Generic[P, R]):
         update_wrapper(self, fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        replay = None if WORKFLOW is None else WORKFLOW.get()
+        replay = current_replay()
         if replay is not None:
             # In a workflow: a durable call, run by the scheduler once awaited.
-            return typing.cast(R, replay.call(self, args, kwargs))  # type: ignore[attr-defined]
+            return typing.cast(R, replay.call(self, args, kwargs))
         return self.fn(*args, **kwargs)
 
     @overload
@@ -120,13 +113,13 @@ class Function(Generic[P, R]):
         """In a workflow, the durable call of this function with these arguments: what
         calling it there makes, typed for ``await`` (the awaited value is the function's
         result, for a plain function as for a coroutine)."""
-        replay = None if WORKFLOW is None else WORKFLOW.get()
+        replay = current_replay()
         if replay is None:
             raise RuntimeError(
                 f"{self.name}.step() is a durable call: make it in an async function "
                 "registered on an Endpoint, run by the scheduler"
             )
-        return replay.call(self, args, kwargs)  # type: ignore[attr-defined]
+        return replay.call(self, args, kwargs)
 
     def __repr__(self) -> str:
         return f"<dispatchlet function {self.name}>"

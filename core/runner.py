@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
-from collections.abc import Awaitable, Coroutine
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from google.protobuf import timestamp_pb2
 
@@ -25,9 +23,6 @@ from .errors import (
 )
 from .functions import Function, TailCall
 from .status import Status
-
-if TYPE_CHECKING:
-    import asyncio
 
 MAX_TRACEBACK_BYTES = 64 * 1024
 
@@ -116,10 +111,10 @@ def execute(
                     f"{function.name} is not a coroutine: there is no state to resume"
                 )
             )
-        from . import workflow
+        from .journal import read_journal  # workflows only: cold starts
 
         try:
-            journal = workflow.read_journal(request.poll_result, function.name)
+            journal = read_journal(request.poll_result, function.name)
         except IncompatibleState as exc:
             return error_run_response(exc)
     try:
@@ -138,19 +133,22 @@ def execute(
 
     try:
         if function.is_async:
-            from . import workflow
+            # Imported here: an endpoint without workflows never loads them (cold starts).
+            from .journal import new_journal
+            from .replay import Replay
+            from .workflow_driver import Suspended, run_workflow
 
             timeout = None if deadline is None else max(deadline - time.time(), 0.0)
-            replay = workflow.Replay(
-                journal or workflow.new_journal(function.name, input_any),
+            replay = Replay(
+                journal or new_journal(function.name, input_any),
                 function.endpoint,
                 allow_pickle=allow_pickle,
                 unpickle=unpickle,
             )
             if journal is not None:
                 replay.merge(request.poll_result.results)
-            result = workflow.run_workflow(function, args, kwargs, replay, timeout)
-            if isinstance(result, workflow.Suspended):
+            result = run_workflow(function, args, kwargs, replay, timeout)
+            if isinstance(result, Suspended):
                 return result.response
         else:
             result = function.fn(*args, **kwargs)
@@ -204,55 +202,3 @@ def _datetime(request: function_pb2.RunRequest, name: str) -> datetime | None:
         # Out of the datetime range: the caller's mistake, reported as such.
         raise InvalidArgument(f"{name} is out of range") from None
     return value
-
-
-_loops = threading.local()
-
-
-def run_coroutine(awaitable: Awaitable[object], timeout: float | None) -> object:
-    """Run a coroutine to completion on this thread's event loop, within ``timeout``.
-
-    asyncio is imported here, not at module level: it costs cold-start time and only
-    async functions need it. A thread that already runs a loop (a notebook, an async
-    server) hands the coroutine to a fresh thread instead.
-    """
-    import asyncio
-
-    async def bounded() -> object:
-        return await asyncio.wait_for(awaitable, timeout)
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return _thread_loop().run_until_complete(bounded())
-    return _in_fresh_thread(bounded())
-
-
-def _thread_loop() -> asyncio.AbstractEventLoop:
-    import asyncio
-
-    loop: asyncio.AbstractEventLoop | None = getattr(_loops, "loop", None)
-    if loop is None or loop.is_closed():
-        loop = asyncio.new_event_loop()
-        _loops.loop = loop
-    return loop
-
-
-def _in_fresh_thread(coro: Coroutine[Any, Any, object]) -> object:
-    import asyncio
-
-    outcome: list[object] = []
-    failure: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            outcome.append(asyncio.run(coro))
-        except BaseException as exc:
-            failure.append(exc)
-
-    thread = threading.Thread(target=target, name="dispatchlet-coroutine")
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-    return outcome[0]

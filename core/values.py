@@ -60,7 +60,6 @@ A ``Pickled`` value is unpickled only when pickling is allowed. A malformed
 from __future__ import annotations
 
 import datetime
-import struct
 import typing
 from collections.abc import Callable
 
@@ -79,6 +78,18 @@ from google.protobuf import (
 # mypy given the file path alone cannot map core/ to dispatchlet.core (package-dir in
 # pyproject), so this relative import is unresolvable to it; checked as a package it is.
 from ..proto.dispatch.sdk.python.v1.pickled_pb2 import Pickled  # type: ignore[import-not-found, unused-ignore]
+from .value_wire import (
+    MAX_DEPTH,
+    UNUSUAL,
+    TooDeep,
+    Unrepresentable,
+    json_number,
+    read_list,
+    read_struct,
+    read_value,
+    type_label,
+    value_bytes,
+)
 
 __all__ = [
     "LEGACY_TYPE_URL_PREFIX",
@@ -94,11 +105,6 @@ __all__ = [
 TYPE_URL_PREFIX = "type.googleapis.com/"
 LEGACY_TYPE_URL_PREFIX = "buf.build/stealthrocket/dispatch-proto/"
 
-# How many containers may nest inside one another. upb refuses to parse messages
-# nested more than 100 deep, and each dict level costs three (Value, Struct, map
-# entry): 32 levels is what is sure to decode on the other side.
-MAX_DEPTH = 32
-
 _ALLOW_PICKLE_HINT = "pickling can be enabled with Endpoint(allow_pickle=True)"
 
 # Pinned rather than HIGHEST_PROTOCOL so that every supported Python reads it.
@@ -106,10 +112,6 @@ _PICKLE_PROTOCOL = 5
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
-# Largest magnitude up to which every integer is exactly a double.
-_EXACT_INT = 2**53
-_EXACT_INT_F = float(_EXACT_INT)
-
 _TIMESTAMP_MIN = -62_135_596_800  # 0001-01-01T00:00:00Z
 _TIMESTAMP_MAX = 253_402_300_799  # 9999-12-31T23:59:59Z
 _DURATION_MAX = 315_576_000_000
@@ -130,25 +132,8 @@ class DecodeError(ValueError):
     """An ``Any`` that cannot be decoded into a Python value."""
 
 
-class _Unrepresentable(Exception):
-    """Internal: no well-known type carries the value; pickling may still."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        # Where in a container the offending item is, outermost first.
-        self.path: list[object] = []
-
-
 def _url(cls: type[message.Message]) -> str:
     return TYPE_URL_PREFIX + cls.DESCRIPTOR.full_name
-
-
-def _type_label(value: object) -> str:
-    cls = type(value)
-    if cls.__module__ == "builtins":
-        return cls.__qualname__
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _short(text: str, limit: int = 100) -> str:
@@ -181,7 +166,7 @@ def _encode_bool(value: bool) -> any_pb2.Any:
 
 def _encode_int(value: int) -> any_pb2.Any:
     if not _INT64_MIN <= value <= _INT64_MAX:
-        raise _Unrepresentable("it is outside the int64 range of google.protobuf.Int64Value")
+        raise Unrepresentable("it is outside the int64 range of google.protobuf.Int64Value")
     data = wrappers_pb2.Int64Value(value=value).SerializeToString()
     return any_pb2.Any(type_url=_URL_INT64, value=data)
 
@@ -195,7 +180,7 @@ def _encode_str(value: str) -> any_pb2.Any:
     try:
         data = wrappers_pb2.StringValue(value=value).SerializeToString()
     except UnicodeEncodeError:
-        raise _Unrepresentable("it is not valid Unicode (it holds surrogates)") from None
+        raise Unrepresentable("it is not valid Unicode (it holds surrogates)") from None
     return any_pb2.Any(type_url=_URL_STRING, value=data)
 
 
@@ -237,141 +222,8 @@ def _encode_timedelta(value: datetime.timedelta) -> any_pb2.Any:
 
 
 def _encode_container(value: list[object] | tuple[object, ...] | dict[str, object]) -> any_pb2.Any:
-    return any_pb2.Any(type_url=_URL_VALUE, value=_value_bytes(value, 0))
-
-
-# google.protobuf.Value is written straight to the wire: about three times faster
-# than filling message objects. Tags are (field number << 3) | wire type:
-# Value: null_value 1 varint, number_value 2 fixed64, string_value 3, bool_value 4
-# varint, struct_value 5, list_value 6; Struct: fields 1 (map entries: key 1,
-# value 2); ListValue: values 1. Everything else is length-delimited.
-_TAG_NULL = 0x08
-_TAG_NUMBER = 0x11
-_TAG_STRING = 0x1A
-_TAG_BOOL = 0x20
-_TAG_STRUCT = 0x2A
-_TAG_LIST = 0x32
-_TAG_ITEM = 0x0A  # Struct.fields, ListValue.values, and a map entry's key
-_TAG_ENTRY_VALUE = 0x12
-
-_NULL_BYTES = bytes((_TAG_NULL, 0))
-_TRUE_BYTES = bytes((_TAG_BOOL, 1))
-_FALSE_BYTES = bytes((_TAG_BOOL, 0))
-_STRING_PREFIX = bytes((_TAG_STRING,))
-_STRUCT_PREFIX = bytes((_TAG_STRUCT,))
-_LIST_PREFIX = bytes((_TAG_LIST,))
-_ITEM_PREFIX = bytes((_TAG_ITEM,))
-_ENTRY_VALUE_PREFIX = bytes((_TAG_ENTRY_VALUE,))
-
-_SMALL_VARINTS = [bytes((n,)) for n in range(0x80)]
-_pack_number = struct.Struct("<Bd").pack  # a tag byte, then a little-endian double
-_unpack_double = struct.Struct("<d").unpack_from
-
-
-def _varint(number: int) -> bytes:
-    """The varint of a length (never negative)."""
-    if number < 0x80:
-        return _SMALL_VARINTS[number]
-    out = bytearray()
-    while number >= 0x80:
-        out.append((number & 0x7F) | 0x80)
-        number >>= 7
-    out.append(number)
-    return bytes(out)
-
-
-def _value_bytes(item: typing.Any, depth: int) -> bytes:
-    """The serialized ``Value`` of the JSON-like ``item``, ``depth`` containers deep."""
-    cls = type(item)
-    # Most frequent kinds first; identity tests on the exact type are the cheapest.
-    if cls is str:
-        try:
-            data: bytes = item.encode()
-        except UnicodeEncodeError:
-            raise _Unrepresentable("a str that is not valid Unicode") from None
-        return _STRING_PREFIX + _varint(len(data)) + data
-    if cls is int:
-        if not -_EXACT_INT <= item <= _EXACT_INT:
-            raise _Unrepresentable(
-                "an int beyond +-2**53, which a double in google.protobuf.Value "
-                "cannot carry exactly"
-            )
-        return _pack_number(_TAG_NUMBER, item)
-    if cls is float:
-        return _pack_number(_TAG_NUMBER, item)
-    if cls is bool:
-        return _TRUE_BYTES if item else _FALSE_BYTES
-    if item is None:
-        return _NULL_BYTES
-    if cls is dict:
-        body = _struct_bytes(item, depth)
-        return _STRUCT_PREFIX + _varint(len(body)) + body
-    if cls is list or cls is tuple:
-        body = _list_bytes(item, depth)
-        return _LIST_PREFIX + _varint(len(body)) + body
-    # Subclasses, rare: encoded as their base type.
-    if isinstance(item, int):
-        return _value_bytes(int.__int__(item), depth)
-    if isinstance(item, float):
-        return _value_bytes(float.__float__(item), depth)
-    if isinstance(item, str):
-        return _value_bytes(str.__str__(item), depth)
-    if isinstance(item, dict):
-        body = _struct_bytes(item, depth)
-        return _STRUCT_PREFIX + _varint(len(body)) + body
-    if isinstance(item, (list, tuple)):
-        body = _list_bytes(item, depth)
-        return _LIST_PREFIX + _varint(len(body)) + body
-    raise _Unrepresentable(f"an item of type {_type_label(item)}, which is not JSON-like")
-
-
-def _struct_bytes(items: dict[typing.Any, typing.Any], depth: int) -> bytes:
-    """The body of a ``Struct`` (its map entries) holding ``items``."""
-    if depth >= MAX_DEPTH:
-        raise _Unrepresentable(f"containers nested more than {MAX_DEPTH} deep")
-    parts = []
-    for key, item in items.items():
-        if type(key) is not str:
-            if not isinstance(key, str):
-                raise _Unrepresentable(
-                    f"a dict key of type {_type_label(key)} (google.protobuf.Struct keys "
-                    "are strings)"
-                )
-            key = str.__str__(key)
-        try:
-            key_bytes = key.encode()
-        except UnicodeEncodeError:
-            raise _Unrepresentable("a dict key that is not valid Unicode") from None
-        try:
-            value = _value_bytes(item, depth + 1)
-        except _Unrepresentable as exc:
-            exc.path.insert(0, key)
-            raise
-        entry = (
-            _ITEM_PREFIX
-            + _varint(len(key_bytes))
-            + key_bytes
-            + _ENTRY_VALUE_PREFIX
-            + _varint(len(value))
-            + value
-        )
-        parts.append(_ITEM_PREFIX + _varint(len(entry)) + entry)
-    return b"".join(parts)
-
-
-def _list_bytes(items: list[typing.Any] | tuple[typing.Any, ...], depth: int) -> bytes:
-    """The body of a ``ListValue`` holding ``items``."""
-    if depth >= MAX_DEPTH:
-        raise _Unrepresentable(f"containers nested more than {MAX_DEPTH} deep")
-    parts = []
-    for index, item in enumerate(items):
-        try:
-            value = _value_bytes(item, depth + 1)
-        except _Unrepresentable as exc:
-            exc.path.insert(0, index)
-            raise
-        parts.append(_ITEM_PREFIX + _varint(len(value)) + value)
-    return b"".join(parts)
+    # Written straight to the wire (``value_wire``), not through message objects.
+    return any_pb2.Any(type_url=_URL_VALUE, value=value_bytes(value, 0))
 
 
 def _encode_message(value: message.Message) -> any_pb2.Any:
@@ -434,7 +286,7 @@ def _encode_pickle(value: object) -> any_pb2.Any:
         data = pickle.dumps(value, protocol=_PICKLE_PROTOCOL)
     except Exception as exc:  # __reduce__ may raise anything
         raise EncodeError(
-            f"cannot encode a value of type {_type_label(value)}: pickling it failed: {exc!r}"
+            f"cannot encode a value of type {type_label(value)}: pickling it failed: {exc!r}"
         ) from exc
     pickled = Pickled(pickled_value=data)
     return any_pb2.Any(type_url=_URL_PICKLED, value=pickled.SerializeToString())
@@ -451,15 +303,15 @@ def to_any(value: object, *, allow_pickle: bool = False) -> any_pb2.Any:
         encoder = _encoder_for(value)
     try:
         if encoder is None:
-            raise _Unrepresentable("no protobuf well-known type represents it")
+            raise Unrepresentable("no protobuf well-known type represents it")
         return encoder(value)
-    except _Unrepresentable as exc:
+    except Unrepresentable as exc:
         if allow_pickle:
             return _encode_pickle(value)
         where = "".join(f"[{step!r}]" for step in exc.path)
         reason = f"at {where}, {exc.reason}" if where else exc.reason
         raise EncodeError(
-            f"cannot encode a value of type {_type_label(value)}: {reason}; {_ALLOW_PICKLE_HINT}"
+            f"cannot encode a value of type {type_label(value)}: {reason}; {_ALLOW_PICKLE_HINT}"
         ) from None
 
 
@@ -515,120 +367,12 @@ def _decode_duration(data: bytes) -> datetime.timedelta:
     return datetime.timedelta(seconds=seconds, microseconds=micros)
 
 
-def _number(number: float) -> int | float:
-    """JSON semantics: integral numbers that a double holds exactly are ints."""
-    # NaN fails the comparisons, infinities the bounds; int == float is exact.
-    if -_EXACT_INT_F <= number <= _EXACT_INT_F:
-        integer = int(number)
-        if integer == number:
-            return integer
-    return number
+_TOO_DEEP = f"google.protobuf.Value containers nested more than {MAX_DEPTH} deep"
 
 
 def _check_depth(depth: int) -> None:
     if depth >= MAX_DEPTH:
-        raise DecodeError(f"google.protobuf.Value containers nested more than {MAX_DEPTH} deep")
-
-
-# Reading google.protobuf.Value from protobuf objects is slow (every field access
-# makes an object), so the canonical encoding - what to_any and the usual protobuf
-# encoders write - is read straight from the bytes. Anything else (unknown fields,
-# a oneof set twice, invalid UTF-8, truncation...) raises _Unusual, and then the
-# message is parsed by protobuf and read from objects, which decides what it means.
-
-
-class _Unusual(Exception):
-    """Internal: wire data that the direct reader leaves to protobuf."""
-
-
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    """The varint at ``pos`` and the position after it; IndexError when truncated."""
-    byte = data[pos]
-    if byte < 0x80:
-        return byte, pos + 1
-    number = byte & 0x7F
-    shift = 7
-    while True:
-        pos += 1
-        byte = data[pos]
-        number |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            if number >> 64:
-                raise _Unusual
-            return number, pos + 1
-        shift += 7
-        if shift > 63:
-            raise _Unusual
-
-
-def _read_value(data: bytes, pos: int, end: int, depth: int) -> object:
-    """The Python value of the ``Value`` in ``data[pos:end]``, ``depth`` containers deep."""
-    if pos == end:
-        return None  # an unset Value
-    tag = data[pos]
-    if tag == _TAG_STRING:
-        size, pos = _read_varint(data, pos + 1)
-        if pos + size != end:
-            raise _Unusual
-        return data[pos:end].decode()
-    if tag == _TAG_NUMBER:
-        if pos + 9 != end:
-            raise _Unusual
-        number: float = _unpack_double(data, pos + 1)[0]
-        return _number(number)
-    if tag in (_TAG_STRUCT, _TAG_LIST):
-        size, pos = _read_varint(data, pos + 1)
-        if pos + size != end:
-            raise _Unusual
-        _check_depth(depth)
-        if tag == _TAG_STRUCT:
-            return _read_struct(data, pos, end, depth + 1)
-        return _read_list(data, pos, end, depth + 1)
-    if tag in (_TAG_BOOL, _TAG_NULL):
-        flag, pos = _read_varint(data, pos + 1)
-        if pos != end:
-            raise _Unusual
-        return None if tag == _TAG_NULL else flag != 0
-    raise _Unusual
-
-
-def _read_struct(data: bytes, pos: int, end: int, depth: int) -> dict[str, object]:
-    """The dict of the ``Struct`` body in ``data[pos:end]``, its items ``depth`` deep."""
-    result: dict[str, object] = {}
-    while pos < end:
-        # A map entry: exactly a key, then a value.
-        if data[pos] != _TAG_ITEM:
-            raise _Unusual
-        size, pos = _read_varint(data, pos + 1)
-        stop = pos + size
-        if stop > end or data[pos] != _TAG_ITEM:
-            raise _Unusual
-        key_size, pos = _read_varint(data, pos + 1)
-        key_end = pos + key_size
-        if key_end >= stop or data[key_end] != _TAG_ENTRY_VALUE:
-            raise _Unusual
-        key = data[pos:key_end].decode()
-        value_size, pos = _read_varint(data, key_end + 1)
-        if pos + value_size != stop:
-            raise _Unusual
-        result[key] = _read_value(data, pos, stop, depth)  # a repeated key: the last wins
-        pos = stop
-    return result
-
-
-def _read_list(data: bytes, pos: int, end: int, depth: int) -> list[object]:
-    """The list of the ``ListValue`` body in ``data[pos:end]``, its items ``depth`` deep."""
-    result: list[object] = []
-    while pos < end:
-        if data[pos] != _TAG_ITEM:
-            raise _Unusual
-        size, pos = _read_varint(data, pos + 1)
-        stop = pos + size
-        if stop > end:
-            raise _Unusual
-        result.append(_read_value(data, pos, stop, depth))
-        pos = stop
-    return result
+        raise DecodeError(_TOO_DEEP)
 
 
 def _from_value(value: struct_pb2.Value, depth: int) -> object:
@@ -637,7 +381,7 @@ def _from_value(value: struct_pb2.Value, depth: int) -> object:
     if kind == "string_value":
         return value.string_value
     if kind == "number_value":
-        return _number(value.number_value)
+        return json_number(value.number_value)
     if kind == "struct_value":
         return _from_struct(value.struct_value, depth)
     if kind == "list_value":
@@ -659,28 +403,35 @@ def _from_list(values: struct_pb2.ListValue, depth: int) -> list[object]:
     return [_from_value(item, depth) for item in values.values]
 
 
-_UNUSUAL = (_Unusual, IndexError, UnicodeDecodeError)
+# The canonical encoding is read straight from the bytes (``value_wire``); what that
+# reader leaves to protobuf is parsed, and read from protobuf's objects.
 
 
 def _decode_value(data: bytes) -> object:
     try:
-        return _read_value(data, 0, len(data), 0)
-    except _UNUSUAL:
+        return read_value(data, 0, len(data), 0)
+    except UNUSUAL:
         return _from_value(_parse(struct_pb2.Value, data), 0)
+    except TooDeep:
+        raise DecodeError(_TOO_DEEP) from None
 
 
 def _decode_struct(data: bytes) -> dict[str, object]:
     try:
-        return _read_struct(data, 0, len(data), 1)
-    except _UNUSUAL:
+        return read_struct(data, 0, len(data), 1)
+    except UNUSUAL:
         return _from_struct(_parse(struct_pb2.Struct, data), 0)
+    except TooDeep:
+        raise DecodeError(_TOO_DEEP) from None
 
 
 def _decode_list(data: bytes) -> list[object]:
     try:
-        return _read_list(data, 0, len(data), 1)
-    except _UNUSUAL:
+        return read_list(data, 0, len(data), 1)
+    except UNUSUAL:
         return _from_list(_parse(struct_pb2.ListValue, data), 0)
+    except TooDeep:
+        raise DecodeError(_TOO_DEEP) from None
 
 
 _Decoder = Callable[[bytes], object]

@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import itertools
 import random
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -737,6 +739,84 @@ def test_a_step_mismatch_caught_by_the_code_still_ends_the_run() -> None:
 def test_the_wire_names_of_the_journal_are_stable() -> None:
     assert workflow.JOURNAL_TYPE_URL == "type.googleapis.com/dispatchlet.workflow.v1.Journal"
     assert workflow.MAX_POLL_CALLS == 1000
+
+
+def test_the_error_types_a_workflow_ends_with_keep_their_names(endpoint: Endpoint) -> None:
+    # An Error's type is its class's module and name: the scheduler, the logs and the
+    # filters users write on it see these, whichever module now makes the exception.
+    double, fail = endpoint.functions["double"], endpoint.functions["fail"]
+
+    @endpoint.function
+    async def careless() -> None:
+        await fail("value")
+
+    @endpoint.function
+    async def impatient() -> None:
+        await double(1)
+        await asyncio.sleep(0)
+
+    failed = run_workflow(endpoint, careless)
+    assert failed.error is not None
+    assert failed.error.type == "dispatchlet.core.workflow.CallFailed[ValueError]"
+    refused = run_workflow(endpoint, impatient)
+    assert refused.error is not None
+    assert refused.error.type == "dispatchlet.core.workflow.NotDurable"
+    assert workflow.NotDurable.__module__ == "dispatchlet.core.workflow"
+
+
+WORKFLOW_MACHINERY = [
+    "asyncio",
+    "contextvars",
+    "dispatchlet.core.event_loop",
+    "dispatchlet.core.journal",
+    "dispatchlet.core.replay",
+    "dispatchlet.core.replay_check",
+    "dispatchlet.core.workflow",
+    "dispatchlet.core.workflow_driver",
+    "dispatchlet.core.workflow_steps",
+]
+
+LOADED_BY_A_RUN = """
+import sys
+from dispatchlet import Endpoint
+from dispatchlet.core import values
+from dispatchlet.proto.dispatch.sdk.v1 import function_pb2
+
+endpoint = Endpoint(insecure=True)
+
+@endpoint.function
+def plain(name: str) -> str:
+    return "Hello, " + name
+
+@endpoint.function
+async def flow(name: str) -> str:
+    return await plain(name)
+
+answer = endpoint.run(function_pb2.RunRequest(function=sys.argv[1], input=values.to_any("x")))
+assert answer.status == 1, answer
+print("\\n".join(sorted(set(sys.argv[2:]) & set(sys.modules))))
+"""
+
+
+def loaded_by_a_run(function: str) -> set[str]:
+    """The modules of ``WORKFLOW_MACHINERY`` that a fresh process imports to serve one
+    run of ``function``."""
+    result = subprocess.run(
+        [sys.executable, "-c", LOADED_BY_A_RUN, function, *WORKFLOW_MACHINERY],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return set(result.stdout.split())
+
+
+def test_an_endpoint_loads_the_workflow_machinery_only_to_run_a_workflow() -> None:
+    # Cold starts (Lambda) pay for every module imported: serving plain functions
+    # never imports asyncio, contextvars or the workflow modules.
+    assert loaded_by_a_run("plain") == set()
+    assert {"asyncio", "contextvars", "dispatchlet.core.replay"} <= loaded_by_a_run("flow")
 
 
 CLI_APP = """

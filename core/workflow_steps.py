@@ -1,0 +1,93 @@
+"""What a workflow awaits: its steps (a call, a timer) and groups of them.
+
+Making one reserves its slot in the journal (see ``replay``); awaiting one yields it to
+the workflow's driver, which answers it from the journal or suspends the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from google.protobuf import any_pb2
+
+from ..proto.dispatch.sdk.v1 import call_pb2
+from ..proto.dispatchlet.workflow.v1 import journal_pb2
+
+if TYPE_CHECKING:
+    from .replay import Replay
+
+
+class Mode(Enum):
+    """When a group of steps is done."""
+
+    ALL = "gather"
+    ANY = "any"
+    RACE = "race"
+
+
+class DurableAwaitable:
+    """What a workflow awaits: steps, and the rule that decides when they are done.
+
+    Its outcome comes from the journal, so it is the same on every replay; anything
+    else a workflow awaits is not remembered (see ``NotDurable``).
+    """
+
+    steps: tuple[Step, ...]
+    mode: Mode = Mode.ALL
+    single = True
+
+    def __await__(self) -> Generator[DurableAwaitable, Any, Any]:
+        return (yield self)
+
+
+class Step(DurableAwaitable):
+    """One step of a workflow, in its slot: a call or a timer."""
+
+    def __init__(self, replay: Replay, slot: int, record: journal_pb2.Step) -> None:
+        self.replay = replay
+        self.slot = slot
+        self.record = record
+        self.steps = (self,)
+
+
+class Call(Step):
+    """A call of a function, run by the scheduler when the workflow first awaits it."""
+
+    def __init__(
+        self,
+        replay: Replay,
+        slot: int,
+        record: journal_pb2.Step,
+        encode: Callable[[], any_pb2.Any],
+    ) -> None:
+        super().__init__(replay, slot, record)
+        self._encode = encode
+
+    def call(self) -> call_pb2.Call:
+        record = self.record
+        return call_pb2.Call(
+            correlation_id=self.slot + 1,
+            function=record.name,
+            endpoint=record.endpoint,
+            input=self._encode(),
+        )
+
+    def __repr__(self) -> str:
+        return f"<dispatchlet call of {self.record.name} in slot {self.slot}>"
+
+
+class Sleep(Step):
+    def __repr__(self) -> str:
+        return f"<dispatchlet sleep in slot {self.slot}>"
+
+
+class Group(DurableAwaitable):
+    """Steps awaited together (``gather``, ``any``, ``race``), done by ``mode``."""
+
+    single = False
+
+    def __init__(self, steps: tuple[Step, ...], mode: Mode) -> None:
+        self.steps = steps
+        self.mode = mode
