@@ -9,24 +9,41 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-from ..core.dispatching import API_KEY_ENV, split_api_keys
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ..core.dispatching import API_KEY_ENV
+from ..core.errors import ConfigurationError
 from ..core.keys import SIGNING_KEY_ENV, load_private_key, public_key_base64
 from ..scheduler.retry import RetryPolicy
-from ..scheduler.settings import DEFAULT_MAX_INPUT_SIZE, DEFAULT_PORT
+from ..scheduler.settings import (
+    DATABASE_URL_ENV,
+    DEFAULT_ATTEMPT_TIMEOUT,
+    DEFAULT_DATABASE,
+    DEFAULT_GRACE_PERIOD,
+    DEFAULT_HOST,
+    DEFAULT_MAX_INPUT_SIZE,
+    DEFAULT_PORT,
+    POSTGRES_SCHEMES,
+    Settings,
+)
 from . import logging_setup
 from .errors import CommandError
 from .serve import port, positive_int
 from .signals import EPILOG, Stop, exit_now, stopping_loop
 
-if TYPE_CHECKING:
-    from ..scheduler.server import Settings
+logger = logging.getLogger(__name__)
 
-logger = logging.getLogger("dispatchlet.scheduler")
-
-DEFAULT_DATABASE = "dispatchlet.db"
-DATABASE_URL_ENV = "DISPATCHLET_DATABASE_URL"
+# The database's defaults, where `dispatchlet dev` imports them too.
+__all__ = [
+    "DATABASE_URL_ENV",
+    "DEFAULT_DATABASE",
+    "add_parser",
+    "check_database_folder",
+    "run",
+    "serve_until_stopped",
+]
 
 _DESCRIPTION = f"""\
 Run the scheduler: it accepts calls (DispatchService/Dispatch), stores them in a
@@ -41,8 +58,8 @@ refused (a warning at start says so), unless --insecure (local development only:
 API key, unsigned calls).
 
 Ctrl+C (SIGINT) or SIGTERM stops it gracefully: new requests are refused and attempts
-in flight finish, for up to 10 s; a second one stops it at once (attempts in flight run
-again once their leases lapse).
+in flight finish, for up to {DEFAULT_GRACE_PERIOD:g} s; a second one stops it at once
+(attempts in flight run again once their leases lapse).
 """
 
 
@@ -66,7 +83,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="a PostgreSQL database (postgresql://user:password@host/db; default "
         f"{DATABASE_URL_ENV}) that several scheduler processes may share, instead of --db",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address (default: %(default)s)")
+    parser.add_argument("--host", default=DEFAULT_HOST, help="address (default: %(default)s)")
     parser.add_argument(
         "--port", type=port, default=DEFAULT_PORT, help="port; 0 picks one (default: %(default)s)"
     )
@@ -103,7 +120,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--attempt-timeout",
         type=float,
-        default=300.0,
+        default=DEFAULT_ATTEMPT_TIMEOUT,
         metavar="SECONDS",
         help="the longest an attempt may take; a call in flight when the scheduler dies "
         "runs again after about this much (default: %(default)s)",
@@ -131,29 +148,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     # Here: aiohttp and the store load only for this command, not for every one.
-    from ..scheduler.server import POSTGRES_SCHEMES, Settings
     from ..scheduler.store import StoreError
 
     logging_setup.configure(args)
-    key = None
+    given: dict[str, Any] = {}
     if args.signing_key_file is not None:
-        try:
-            text, source = args.signing_key_file.read_text(), str(args.signing_key_file)
-        except OSError as exc:
-            raise CommandError(f"cannot read the signing key: {exc}") from None
-    else:
-        text, source = os.environ.get(SIGNING_KEY_ENV, ""), SIGNING_KEY_ENV
-    if text.strip():
-        try:
-            key = load_private_key(text)
-        except ValueError as exc:
-            raise CommandError(f"invalid signing key in {source}: {exc}") from None
-    elif not args.insecure:
-        raise CommandError(
-            f"no signing key: set {SIGNING_KEY_ENV} or pass --signing-key-file (`dispatchlet "
-            "keygen` makes a pair; endpoints verify with its public half), or --insecure"
-        )
-    api_keys = split_api_keys(os.environ.get(API_KEY_ENV, ""))
+        given["signing_key"] = _key_from_file(args.signing_key_file)
     url = args.database_url or os.environ.get(DATABASE_URL_ENV, "")
     if url and args.db is not None:
         raise CommandError(f"give --db or a database URL ({DATABASE_URL_ENV}), not both")
@@ -166,26 +166,37 @@ def run(args: argparse.Namespace) -> int:
             "each process would keep calls of its own that the others never see)"
         )
     database = url or str(check_database_folder(args.db or Path(DEFAULT_DATABASE)))
-    if not api_keys and not args.insecure:
+    try:
+        # The signing key (unless from a file) and the API keys from the environment.
+        settings = Settings.from_env(
+            database=database,
+            host=args.host,
+            port=args.port,
+            insecure=args.insecure,
+            policy=RetryPolicy(
+                base=args.backoff, cap=args.backoff_cap, max_attempts=args.max_attempts
+            ),
+            attempt_timeout=args.attempt_timeout,
+            max_per_destination=args.max_per_destination,
+            reuse_port=args.reuse_port,
+            max_input_size=args.max_input_size,
+            **given,
+        )
+    except ConfigurationError as exc:
+        raise CommandError(str(exc)) from None
+    key = settings.signing_key
+    if key is None and not args.insecure:
+        raise CommandError(
+            f"no signing key: set {SIGNING_KEY_ENV} or pass --signing-key-file (`dispatchlet "
+            "keygen` makes a pair; endpoints verify with its public half), or --insecure"
+        )
+    if not settings.api_keys and not args.insecure:
         logger.warning(
             "%s is not set: every request to the API will be refused (401 unauthenticated); "
             "set it to the clients' keys (comma-separated), or pass --insecure for local "
             "development",
             API_KEY_ENV,
         )
-    settings = Settings(
-        database=database,
-        host=args.host,
-        port=args.port,
-        signing_key=key,
-        api_keys=api_keys,
-        insecure=args.insecure,
-        policy=RetryPolicy(base=args.backoff, cap=args.backoff_cap, max_attempts=args.max_attempts),
-        attempt_timeout=args.attempt_timeout,
-        max_per_destination=args.max_per_destination,
-        reuse_port=args.reuse_port,
-        max_input_size=args.max_input_size,
-    )
 
     def ready(addresses: list[tuple[str, int]]) -> None:
         host, port_number = addresses[0]
@@ -248,6 +259,20 @@ async def serve_until_stopped(
     with stopping_loop(loop, lambda signum: stopped.set(), at_once) as signals:
         await serve(settings, ready=ready, stop=stopped, stopping=stopping, handle_signals=False)
     return signals.exit_status
+
+
+def _key_from_file(path: Path) -> Ed25519PrivateKey | None:
+    """The key in --signing-key-file; None if it is empty (as an unset variable)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise CommandError(f"cannot read the signing key: {exc}") from None
+    if not text.strip():
+        return None
+    try:
+        return load_private_key(text)
+    except ValueError as exc:
+        raise CommandError(f"invalid signing key in {path}: {exc}") from None
 
 
 def check_database_folder(path: Path) -> Path:

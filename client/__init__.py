@@ -36,6 +36,7 @@ from ..core import values
 from ..core.connect import PROTO
 from ..core.connect_client import parse_error
 from ..core.dispatching import API_KEY_ENV, API_URL_ENV, DEFAULT_API_URL, split_api_keys
+from ..core.errors import DispatchletError
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2
@@ -46,8 +47,14 @@ _WAIT_STEP = 50  # seconds per Wait RPC, under the scheduler's limit
 _POLL_PAUSE = 0.5  # seconds between Wait RPCs that brought nothing new
 
 
-class ClientError(Exception):
-    """The scheduler refused a request (a Connect error), or could not be reached."""
+class ClientError(DispatchletError):
+    """The scheduler refused a request (a Connect error), or could not be reached.
+
+    ``code`` is the Connect code the scheduler answered; ``http_status`` its HTTP status,
+    None when no answer came (the scheduler could not be reached: code ``unavailable``).
+    """
+
+    http_status: int | None  # type: ignore[assignment]  # None: no answer to tell of
 
     def __init__(self, code: str, message: str, http_status: int | None = None) -> None:
         super().__init__(f"{code}: {message}")

@@ -14,23 +14,32 @@ from __future__ import annotations
 import builtins
 import typing
 from collections.abc import Callable
-from typing import ClassVar
 
 from .status import Status
 
 
-class ConfigurationError(ValueError):
+class DispatchletError(Exception):
+    """The root of every exception dispatchlet raises, so that ``except DispatchletError``
+    catches them all.
+
+    Raised before a function runs, a subclass answers with its ``http_status`` and
+    Connect ``code`` (these defaults: 500, ``internal``). Raised by a function, a
+    subclass that sets ``status`` reports that status; the root itself fixes none, so
+    that an error that also derives from a built-in one (``ConfigurationError`` is a
+    ``ValueError``) reports the built-in's, as it did before it joined the family.
+    """
+
+    # Not ClassVars: errors that describe an answer received (``CallFailed``,
+    # ``ClientError``) set them on the instance.
+    status: Status = Status.PERMANENT_ERROR
+    http_status: int = 500
+    code: str = "internal"
+
+
+class ConfigurationError(ValueError, DispatchletError):
     """A setting that cannot be used, from an argument or an environment variable; the
     message names the setting. Raised when an Endpoint (or another part) is made, never
-    while serving."""
-
-
-class DispatchletError(Exception):
-    """Base class of dispatchlet's errors; each subclass fixes its status."""
-
-    status: ClassVar[Status] = Status.PERMANENT_ERROR
-    http_status: ClassVar[int] = 500
-    code: ClassVar[str] = "internal"
+    while serving. A ``ValueError`` first: its status is INVALID_ARGUMENT, as it was."""
 
 
 class InvalidArgument(DispatchletError):
@@ -90,6 +99,8 @@ class TemporaryError(DispatchletError):
 class PermanentError(DispatchletError):
     """A failure that retrying will not fix."""
 
+    status = Status.PERMANENT_ERROR
+
 
 class Throttled(DispatchletError):
     """Rate limited: retry later."""
@@ -122,7 +133,7 @@ class StepMismatch(IncompatibleState):
     already; it ends INCOMPATIBLE_STATE (``patched`` keeps runs on their old branch)."""
 
 
-class CallFailed(Exception):
+class CallFailed(DispatchletError):
     """A call awaited in a workflow ended with an error: the error's type and message,
     the call's status (as the error's type tells it) and its dispatch id.
 
@@ -153,7 +164,7 @@ class CallFailed(Exception):
         return Status.PERMANENT_ERROR if self.status.retryable else self.status
 
 
-class AllFailed(Exception):
+class AllFailed(DispatchletError):
     """Every call given to ``any`` failed; their errors, in the order given."""
 
     def __init__(self, errors: list[CallFailed]) -> None:
@@ -231,7 +242,7 @@ def _class_status(cls: type[BaseException], exc: BaseException | None) -> Status
         return Status(rule(exc))
     if cls is CallFailed and exc is not None:
         return typing.cast(CallFailed, exc).run_status
-    if issubclass(cls, DispatchletError) and "status" in cls.__dict__:
+    if issubclass(cls, DispatchletError) and cls is not DispatchletError and "status" in vars(cls):
         return cls.status
     return BUILTIN_STATUSES.get(f"{cls.__module__}.{cls.__qualname__}")
 

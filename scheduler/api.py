@@ -32,12 +32,14 @@ from ..core.http import Response
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2, error_pb2, poll_pb2
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2
-from .engine import Engine, call_problem, oversized_input, timestamp
+from .calls import call_problem, duration_seconds, oversized_input, timestamp
+from .engine import Engine
+from .metrics import prometheus_text, stats
 from .settings import DEFAULT_MAX_INPUT_SIZE
 from .store import Call, NewCall, State, Store, unavailable
 
 M = TypeVar("M", bound=message.Message)
-logger = logging.getLogger("dispatchlet.scheduler")
+logger = logging.getLogger(__name__)
 
 MAX_CALLS = 1000
 MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -107,31 +109,9 @@ class Api:
         return web.json_response({"status": "ok"})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        """Prometheus text exposition: attempts by outcome, attempts in flight, and each
-        destination's current concurrency limit."""
-        lines = [
-            "# HELP dispatchlet_attempts_total Attempts made, by outcome status.",
-            "# TYPE dispatchlet_attempts_total counter",
-        ]
-        lines += [
-            f'dispatchlet_attempts_total{{status="{name}"}} {count}'
-            for name, count in sorted(self.engine.attempts.items())
-        ]
-        lines += [
-            "# HELP dispatchlet_attempts_in_flight Attempts running now.",
-            "# TYPE dispatchlet_attempts_in_flight gauge",
-            f"dispatchlet_attempts_in_flight {self.engine.in_flight}",
-            "# HELP dispatchlet_destination_limit Attempts allowed at once, by destination.",
-            "# TYPE dispatchlet_destination_limit gauge",
-        ]
-        for key, window in sorted(self.engine.limiter.windows.items()):
-            label = key.replace("\\", "\\\\").replace('"', '\\"')
-            lines.append(
-                f'dispatchlet_destination_limit{{destination="{label}"}} {int(window.limit)}'
-            )
-        return web.Response(
-            text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8"
-        )
+        """Prometheus text exposition of this process's engine (``metrics.stats``)."""
+        text = prometheus_text(stats(self.engine))
+        return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
     def rpc(
         self, handler: Callable[[Any], Awaitable[message.Message]], kind: type[M]
@@ -150,16 +130,17 @@ class Api:
                 body = await request.read()
                 decoded = _decode(kind, body, wire)
                 answer = await handler(decoded)
-            except DispatchletError as exc:
-                return _web(http_error_response(exc))
             except web.HTTPRequestEntityTooLarge:
                 return _web(http_error_response(self._too_large(request.content_length)))
             except Exception as exc:
+                # First: a StoreError is a DispatchletError too, but not the request's fault.
                 if unavailable(exc):
                     # The database is restarting or unreachable: nothing was
                     # acknowledged, and the request may be sent again.
                     logger.exception("a %s request failed", kind.DESCRIPTOR.name)
                     return _web(http_error_response(TemporaryError(_STORE_FAILED)))
+                if isinstance(exc, DispatchletError):  # the request refused, and why
+                    return _web(http_error_response(exc))
                 # An error of the scheduler's own: logged here, and the client told no
                 # more than that (retrying would meet it again).
                 logger.exception("a %s request failed unexpectedly", kind.DESCRIPTOR.name)
@@ -223,7 +204,7 @@ class Api:
             raise invalid(f"{problem} (--max-input-size)")
         expiration = self.default_expiration
         if call.HasField("expiration"):
-            seconds = call.expiration.seconds + call.expiration.nanos / 1e9
+            seconds = duration_seconds(call.expiration)
             if seconds < 0:
                 raise invalid("negative expiration")
             if seconds > MAX_EXPIRATION:
@@ -256,7 +237,7 @@ class Api:
     async def wait(self, request: calls_pb2.WaitRequest) -> calls_pb2.WaitResponse:
         limit = MAX_WAIT
         if request.HasField("timeout"):
-            limit = min(limit, max(0.0, request.timeout.seconds + request.timeout.nanos / 1e9))
+            limit = min(limit, max(0.0, duration_seconds(request.timeout)))
         seen = request.attempts_seen if request.HasField("attempts_seen") else None
         deadline = time.monotonic() + limit
         with self.engine.watching(request.dispatch_id) as until:

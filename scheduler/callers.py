@@ -3,19 +3,12 @@ for ``arn:aws:lambda:`` ones (made, and boto3 imported, on the first ARN)."""
 
 from __future__ import annotations
 
-from typing import Protocol
-
 from ..proto.dispatch.sdk.v1 import function_pb2
-from .http_caller import HttpCaller, Outcome
+from .http_caller import HttpCaller
 from .lambda_caller import ClientFactory, LambdaCaller, boto3_client
+from .outcome import Caller, Outcome
 
-
-class Caller(Protocol):
-    async def run(
-        self, endpoint: str, request: function_pb2.RunRequest, *, timeout: float
-    ) -> Outcome: ...
-
-    async def close(self) -> None: ...
+__all__ = ["Caller", "Callers", "Outcome"]
 
 
 class Callers:

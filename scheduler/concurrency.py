@@ -10,20 +10,15 @@ optional hard cap bounds it whatever the destination answers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from ..core.status import Status
+from .calls import destination
+
+# ``destination`` keeps its old import path here (the stores and tests use it).
+__all__ = ["BACKOFF", "Limiter", "Window", "destination"]
 
 # Outcomes that say the destination is overloaded.
 BACKOFF = frozenset({Status.THROTTLED, Status.TIMEOUT, Status.TEMPORARY_ERROR})
-
-
-def destination(endpoint: str) -> str:
-    """What a limit applies to: an endpoint's scheme and authority, or a function ARN."""
-    if endpoint.startswith("arn:"):
-        return endpoint
-    parts = urlsplit(endpoint)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2].lower()}"
 
 
 @dataclass

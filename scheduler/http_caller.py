@@ -25,7 +25,6 @@ import asyncio
 import re
 import ssl
 import time
-from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -40,9 +39,12 @@ from ..core.http import Request
 from ..core.signatures import sign_request
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import function_pb2
+from .outcome import MAX_ANSWER_BYTES, Outcome
 
-MAX_ANSWER_BYTES = 16 * 1024 * 1024
 USER_AGENT = "dispatchlet-scheduler"
+
+# Where they were first defined; their home is the callers' contract (outcome.py).
+__all__ = ["MAX_ANSWER_BYTES", "USER_AGENT", "HttpCaller", "Outcome", "retry_after"]
 
 _FINAL_HTTP = {
     400: Status.INVALID_ARGUMENT,
@@ -50,18 +52,6 @@ _FINAL_HTTP = {
     403: Status.PERMISSION_DENIED,
     404: Status.NOT_FOUND,
 }
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one attempt came to: the endpoint's RunResponse, or a status and a reason."""
-
-    status: Status
-    response: function_pb2.RunResponse | None = None
-    error_type: str = ""
-    message: str = ""
-    retry_after: float | None = None
-    """Seconds the endpoint asked to wait before the next attempt."""
 
 
 class HttpCaller:

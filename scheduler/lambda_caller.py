@@ -30,7 +30,8 @@ from google.protobuf.message import DecodeError
 
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import function_pb2
-from .http_caller import MAX_ANSWER_BYTES, Outcome
+from .outcome import MAX_ANSWER_BYTES, Outcome
+from .settings import DEFAULT_ATTEMPT_TIMEOUT
 
 _ERROR_STATUSES = {
     "TooManyRequestsException": Status.THROTTLED,
@@ -94,7 +95,9 @@ def boto3_client(region: str, timeout: float) -> Any:
 class LambdaCaller:
     """Invokes Lambda functions by ARN; one client per region."""
 
-    def __init__(self, client_factory: ClientFactory = boto3_client, timeout: float = 300.0):
+    def __init__(
+        self, client_factory: ClientFactory = boto3_client, timeout: float = DEFAULT_ATTEMPT_TIMEOUT
+    ):
         self._factory = client_factory
         self._timeout = timeout
         self._clients: dict[str, Any] = {}

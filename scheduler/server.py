@@ -8,52 +8,23 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 from aiohttp import web
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .api import Api
 from .callers import Callers
 from .concurrency import Limiter
 from .engine import Engine
 from .http_caller import HttpCaller
-from .retry import RetryPolicy
-from .settings import DEFAULT_MAX_INPUT_SIZE, DEFAULT_PORT
+from .settings import POSTGRES_SCHEMES, Settings, is_database_url
 from .store import Store
 from .store.sqlite import SQLiteStore
 
-logger = logging.getLogger("dispatchlet.scheduler")
+logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Settings:
-    database: str
-    """A SQLite file's path, or a PostgreSQL URL (``postgresql://...``)."""
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT
-    signing_key: Ed25519PrivateKey | None = None
-    api_keys: Sequence[str] = ()
-    insecure: bool = False
-    grace_period: float = 10.0
-    attempt_timeout: float = 300.0
-    reuse_port: bool = False
-    """Share the port with other scheduler processes on this machine (SO_REUSEPORT: the
-    kernel spreads connections over them), for several processes behind one address."""
-    max_per_destination: int | None = None
-    """A hard cap on attempts in flight to one destination; None: adaptive only."""
-    policy: RetryPolicy = field(default_factory=RetryPolicy)
-    max_input_size: int = DEFAULT_MAX_INPUT_SIZE
-    """The largest input of a call, in bytes: a larger one is refused at Dispatch, and a
-    Poll or tail call that makes one ends its call (INVALID_RESPONSE)."""
-
-
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-
-
-def is_database_url(database: str) -> bool:
-    return database.startswith(POSTGRES_SCHEMES)
+# Settings and the database URL test lived here first; their home is settings.py.
+__all__ = ["POSTGRES_SCHEMES", "Settings", "is_database_url", "open_store", "serve"]
 
 
 async def open_store(database: str) -> Store:

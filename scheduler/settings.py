@@ -1,11 +1,94 @@
-"""The scheduler's settings that the command line shares, importable without the
-scheduler's own dependencies (aiohttp)."""
+"""The scheduler's settings, each default in one place, and where they come from in the
+environment (``Settings.from_env``). Importable without the scheduler's own dependencies
+(aiohttp): the command line reads them before it starts anything."""
 
 from __future__ import annotations
 
-from ..core.endpoint import DEFAULT_MAX_BODY_SIZE
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-DEFAULT_PORT = 4450
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ..core.dispatching import API_KEY_ENV, DEFAULT_API_URL, split_api_keys
+from ..core.endpoint import DEFAULT_MAX_BODY_SIZE
+from ..core.errors import ConfigurationError
+from ..core.keys import SIGNING_KEY_ENV, load_private_key
+from .retry import RetryPolicy
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = int(DEFAULT_API_URL.rpartition(":")[2])
+"""The port of the clients' default URL (``DEFAULT_API_URL``, in core, where the client
+finds it), so that the number is written once."""
+DEFAULT_ATTEMPT_TIMEOUT = 300.0
+"""The longest an attempt may take, in seconds."""
+DEFAULT_GRACE_PERIOD = 10.0
+"""How long a graceful stop waits for attempts in flight, in seconds."""
 DEFAULT_MAX_INPUT_SIZE = DEFAULT_MAX_BODY_SIZE
 """The largest input a call may have, in bytes (its serialized ``Any``): an endpoint's
 own default limit on a request's body, which would refuse a larger one anyway."""
+DEFAULT_DATABASE = "dispatchlet.db"
+"""The SQLite file used when no database is named."""
+DATABASE_URL_ENV = "DISPATCHLET_DATABASE_URL"
+"""A PostgreSQL database that several scheduler processes share."""
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_database_url(database: str) -> bool:
+    return database.startswith(POSTGRES_SCHEMES)
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: str
+    """A SQLite file's path, or a PostgreSQL URL (``postgresql://...``)."""
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    signing_key: Ed25519PrivateKey | None = None
+    api_keys: Sequence[str] = ()
+    insecure: bool = False
+    grace_period: float = DEFAULT_GRACE_PERIOD
+    attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT
+    reuse_port: bool = False
+    """Share the port with other scheduler processes on this machine (SO_REUSEPORT: the
+    kernel spreads connections over them), for several processes behind one address."""
+    max_per_destination: int | None = None
+    """A hard cap on attempts in flight to one destination; None: adaptive only."""
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    max_input_size: int = DEFAULT_MAX_INPUT_SIZE
+    """The largest input of a call, in bytes: a larger one is refused at Dispatch, and a
+    Poll or tail call that makes one ends its call (INVALID_RESPONSE)."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **given: Any) -> Settings:
+        """Settings from the environment (``os.environ`` unless ``environ``), the fields
+        in ``given`` taking precedence (the environment is then not read for them):
+
+        - ``database``: ``DISPATCHLET_DATABASE_URL``, else the file ``dispatchlet.db``;
+        - ``signing_key``: ``DISPATCH_SIGNING_KEY`` (PEM or base64), else None;
+        - ``api_keys``: ``DISPATCH_API_KEY``, comma-separated.
+
+        A value that cannot be used raises ``ConfigurationError`` naming its variable.
+        """
+        env = os.environ if environ is None else environ
+        found: dict[str, Any] = {}
+        if "database" not in given:
+            found["database"] = env.get(DATABASE_URL_ENV, "").strip() or DEFAULT_DATABASE
+        if "signing_key" not in given:
+            text = env.get(SIGNING_KEY_ENV, "")
+            if text.strip():
+                try:
+                    found["signing_key"] = load_private_key(text)
+                except ValueError as exc:
+                    raise ConfigurationError(
+                        f"invalid signing key in {SIGNING_KEY_ENV}: {exc}"
+                    ) from None
+        if "api_keys" not in given:
+            found["api_keys"] = split_api_keys(env.get(API_KEY_ENV, ""))
+        unknown = set(given) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
+        return cls(**found, **given)

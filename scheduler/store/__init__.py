@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
 
+from ...core.errors import DispatchletError
+
 
 class State(str, Enum):
     READY = "ready"
@@ -231,7 +233,7 @@ class Store(Protocol):
 # --- what both stores share --------------------------------------------------------
 
 
-class StoreError(Exception):
+class StoreError(DispatchletError):
     """The database cannot be used (written by a newer version, not a store)."""
 
 

@@ -1,0 +1,35 @@
+"""The callers' contract: what running one attempt on an endpoint comes to (``Outcome``),
+the one method every caller has (``Caller``), and the largest answer a caller reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..core.status import Status
+from ..proto.dispatch.sdk.v1 import function_pb2
+
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
+"""The largest answer a caller reads from an endpoint; a larger one is INVALID_RESPONSE."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt came to: the endpoint's RunResponse, or a status and a reason."""
+
+    status: Status
+    response: function_pb2.RunResponse | None = None
+    error_type: str = ""
+    message: str = ""
+    retry_after: float | None = None
+    """Seconds the endpoint asked to wait before the next attempt."""
+
+
+class Caller(Protocol):
+    """Runs attempts: signed HTTP, Lambda ``Invoke``, or a fake in tests."""
+
+    async def run(
+        self, endpoint: str, request: function_pb2.RunRequest, *, timeout: float
+    ) -> Outcome: ...
+
+    async def close(self) -> None: ...
