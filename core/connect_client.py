@@ -10,10 +10,11 @@ from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from ..proto.dispatch.sdk.v1 import function_pb2
 from .connect import JSON, PROTO
+from .errors import DispatchletError
 from .http import media_type
 
 
-class InvalidAnswer(ValueError):
+class InvalidAnswer(ValueError, DispatchletError):
     """An answer that is not what the protocol allows (a 200 that holds no RunResponse)."""
 
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeAlias, cast
 from urllib.parse import unquote_to_bytes
 
+from .errors import DispatchletError
+
 __all__ = [
     "BareItem",
     "Date",
@@ -47,7 +49,7 @@ __all__ = [
 ]
 
 
-class StructuredFieldError(ValueError):
+class StructuredFieldError(ValueError, DispatchletError):
     """A field value that does not parse, or a value that cannot be serialized.
 
     ``position`` is the offset in the field value at which parsing failed, or

@@ -12,6 +12,8 @@ from __future__ import annotations
 import struct
 import typing
 
+from .errors import DispatchletError
+
 MAX_DEPTH = 32
 """How many containers may nest inside one another. upb refuses to parse messages
 nested more than 100 deep, and each dict level costs three (Value, Struct, map
@@ -22,7 +24,7 @@ EXACT_INT = 2**53
 _EXACT_INT_F = float(EXACT_INT)
 
 
-class Unrepresentable(Exception):
+class Unrepresentable(DispatchletError):
     """A value that no protobuf well-known type carries (pickling may still)."""
 
     def __init__(self, reason: str) -> None:
@@ -32,7 +34,7 @@ class Unrepresentable(Exception):
         self.path: list[object] = []
 
 
-class TooDeep(Exception):
+class TooDeep(DispatchletError):
     """Wire data with containers nested more than ``MAX_DEPTH`` deep: refused."""
 
 
@@ -193,7 +195,7 @@ def _list_bytes(items: list[typing.Any] | tuple[typing.Any, ...], depth: int) ->
 # message with protobuf and reads its objects, which decides what it means.
 
 
-class Unusual(Exception):
+class Unusual(DispatchletError):
     """Wire data that the direct reader leaves to protobuf."""
 
 

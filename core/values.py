@@ -78,6 +78,7 @@ from google.protobuf import (
 # mypy given the file path alone cannot map core/ to dispatchlet.core (package-dir in
 # pyproject), so this relative import is unresolvable to it; checked as a package it is.
 from ..proto.dispatch.sdk.python.v1.pickled_pb2 import Pickled  # type: ignore[import-not-found, unused-ignore]
+from .errors import DispatchletError
 from .value_wire import (
     MAX_DEPTH,
     UNUSUAL,
@@ -124,11 +125,11 @@ _EPOCH_NAIVE = datetime.datetime(1970, 1, 1)
 _M = typing.TypeVar("_M", bound=message.Message)
 
 
-class EncodeError(TypeError):
+class EncodeError(TypeError, DispatchletError):
     """A Python value that cannot be encoded into an ``Any``."""
 
 
-class DecodeError(ValueError):
+class DecodeError(ValueError, DispatchletError):
     """An ``Any`` that cannot be decoded into a Python value."""
 
 

@@ -18,12 +18,12 @@ from pathlib import Path
 from types import ModuleType
 
 from ..core.endpoint import Endpoint
-from ..core.errors import ConfigurationError
+from ..core.errors import ConfigurationError, DispatchletError
 
 _ATTR = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 
 
-class AppLoadError(Exception):
+class AppLoadError(DispatchletError):
     """APP does not name a loadable Endpoint. An exception raised by the app's own
     code while it was imported is the ``__cause__``."""
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 from ...core import connect
-from ...core.errors import InvalidArgument
+from ...core.errors import DispatchletError, InvalidArgument
 from ...core.http import Request, Response, header_value, media_type
 
 Event = Mapping[str, Any]
@@ -21,7 +21,7 @@ EXPECTED = (
 )
 
 
-class UnsupportedEvent(ValueError):
+class UnsupportedEvent(ValueError, DispatchletError):
     """An invocation payload the adapter cannot serve; Lambda reports it as a function error."""
 
 
