@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from ..core.functions import FUNCTION_NAME
-from ..core.workflow import MAX_POLL_CALLS, MAX_POLL_RESULTS
+from ..core.limits import MAX_POLL_CALLS, MAX_POLL_RESULTS
 from ..proto.dispatch.sdk.v1 import call_pb2
 
 ENDPOINT_SCHEMES = ("http://", "https://", "arn:aws:lambda:")

@@ -33,19 +33,24 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from google.protobuf import any_pb2, timestamp_pb2
+from google.protobuf import any_pb2
 
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import function_pb2, poll_pb2
 from .callers import Caller
-from .concurrency import Limiter, destination
-from .http_caller import Outcome
-from .lambda_caller import missing_support
-from .retry import MAX_RESTARTS, RetryPolicy
-from .rules import (
+from .calls import (
     ENDPOINT_SCHEMES,
     MAX_POLL_CALLS,
     MAX_POLL_RESULTS,
+    call_problem,
+    oversized_input,
+    timestamp,
+)
+from .concurrency import Limiter, destination
+from .lambda_caller import missing_support
+from .outcome import Outcome
+from .retry import MAX_RESTARTS, RetryPolicy
+from .rules import (
     ORPHANS,
     Decision,
     Finish,
@@ -55,11 +60,9 @@ from .rules import (
     TailCall,
     after_attempt,
     before_attempt,
-    call_problem,
     cut_short,
-    oversized_input,
 )
-from .settings import DEFAULT_MAX_INPUT_SIZE
+from .settings import DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_MAX_INPUT_SIZE
 from .store import Call, ChildResult, Claimed, Lease, Store
 
 logger = logging.getLogger("dispatchlet.scheduler")
@@ -73,7 +76,7 @@ class Engine:
     caller: Caller
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     concurrency: int = 128
-    attempt_timeout: float = 300.0
+    attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT
     lease_margin: float = 30.0
     idle_interval: float = 0.25
     max_restarts: int = MAX_RESTARTS
@@ -408,15 +411,6 @@ def run_request(
     expires = call.expires_at if deadline is None else min(call.expires_at, deadline)
     request.expiration_time.CopyFrom(timestamp(expires))
     return request
-
-
-def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
-    """A stored time as a Timestamp; the one conversion, so that what an endpoint is
-    told and what the CallService shows are the same to the nanosecond."""
-    stamp = timestamp_pb2.Timestamp()
-    whole = int(seconds)
-    stamp.seconds, stamp.nanos = whole, int((seconds - whole) * 1e9)
-    return stamp
 
 
 __all__ = [

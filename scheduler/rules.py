@@ -20,20 +20,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from google.protobuf import duration_pb2
-
 from ..core.errors import STEP_MISMATCH
-from ..core.functions import FUNCTION_NAME
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, error_pb2, poll_pb2
-from .http_caller import Outcome
+from .calls import (
+    MAX_POLL_CALLS,
+    MAX_POLL_RESULTS,
+    call_problem,
+    duration_seconds,
+    oversized_input,
+)
+from .outcome import Outcome
 from .retry import MAX_RESTARTS, RetryPolicy
 from .settings import DEFAULT_MAX_INPUT_SIZE
 from .store import Call, NewCall
-
-MAX_POLL_CALLS = 1000
-MAX_POLL_RESULTS = 1000
-ENDPOINT_SCHEMES = ("http://", "https://", "arn:aws:lambda:")
 
 
 def supported(endpoint: str) -> str | None:
@@ -208,7 +208,7 @@ def suspension(call: Call, poll: poll_pb2.Poll, limits: Limits, now: float) -> S
         return invalid("InvalidPoll", problem)
     until = call.expires_at
     if poll.HasField("max_wait"):
-        until = min(now + seconds(poll.max_wait), until)
+        until = min(now + duration_seconds(poll.max_wait), until)
     # Without max_wait (as dispatch-py sends it) there is no deadline: the call is
     # resumed once min_results are ready, or ends when it expires.
     children = []
@@ -224,7 +224,7 @@ def suspension(call: Call, poll: poll_pb2.Poll, limits: Limits, now: float) -> S
             return invalid("InvalidPoll", f"call {index}: {problem}")
         expires_at = call.expires_at
         if child.HasField("expiration"):
-            lifetime = seconds(child.expiration)
+            lifetime = duration_seconds(child.expiration)
             expires_at = min(expires_at, now + lifetime) if lifetime > 0 else expires_at
         children.append(
             NewCall(
@@ -250,7 +250,7 @@ def suspension(call: Call, poll: poll_pb2.Poll, limits: Limits, now: float) -> S
 
 def poll_problem(poll: poll_pb2.Poll) -> str | None:
     """What is wrong with a Poll's limits, if anything (its calls are checked apart)."""
-    if poll.HasField("max_wait") and seconds(poll.max_wait) < 1:
+    if poll.HasField("max_wait") and duration_seconds(poll.max_wait) < 1:
         return "max_wait must be at least 1 second"
     if not 1 <= poll.max_results <= MAX_POLL_RESULTS:
         return f"max_results must be 1 to {MAX_POLL_RESULTS}, not {poll.max_results}"
@@ -259,28 +259,6 @@ def poll_problem(poll: poll_pb2.Poll) -> str | None:
     if len(poll.calls) > MAX_POLL_CALLS:
         return f"{len(poll.calls)} calls in one Poll: at most {MAX_POLL_CALLS}"
     return None
-
-
-def call_problem(call: call_pb2.Call, *, endpoint_required: bool = True) -> str | None:
-    """Why ``call`` (dispatched, or made by a Poll or a tail call, whose endpoint may be
-    left empty for the caller's own) cannot be run, or None."""
-    if not FUNCTION_NAME.fullmatch(call.function):
-        return (
-            f"invalid function name {call.function[:100]!r}: expected ^[a-zA-Z_][a-zA-Z0-9_<>.]*$"
-        )
-    if (call.endpoint or endpoint_required) and not call.endpoint.startswith(ENDPOINT_SCHEMES):
-        return (
-            f"invalid endpoint {call.endpoint[:200]!r}: expected an http://, https:// or "
-            "arn:aws:lambda: endpoint"
-        )
-    return None
-
-
-def oversized_input(size: int, limit: int) -> str | None:
-    """Why an input of ``size`` bytes cannot be stored under ``limit``, or None."""
-    if size <= limit:
-        return None
-    return f"input of {size} bytes, larger than the scheduler's limit of {limit} bytes"
 
 
 def invalid(error_type: str, problem: str) -> Finish:
@@ -293,11 +271,6 @@ def error_result(outcome: Outcome) -> bytes:
     """A serialized CallResult carrying ``outcome``'s error."""
     error = error_pb2.Error(type=outcome.error_type, message=outcome.message)
     return call_pb2.CallResult(error=error).SerializeToString()
-
-
-def seconds(duration: duration_pb2.Duration) -> float:
-    """A protobuf ``Duration`` as seconds."""
-    return duration.seconds + duration.nanos / 1e9
 
 
 # What a call's unfinished children end with when it ends (or restarts).
