@@ -29,11 +29,8 @@ from . import (
     StoreError,
     call_from_row,
     children_of,
-    claim_window,
-    fitting,
-    in_turns,
-    needs_root_heads,
 )
+from .claims import claim_window, fitting, in_turns, needs_root_heads
 from .statements import SQLITE, Statements, rows_to_insert
 
 T = TypeVar("T")
