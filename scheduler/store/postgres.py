@@ -43,7 +43,7 @@ from . import (
     children_of,
 )
 from .claims import claim_window, fitting, in_turns, needs_root_heads
-from .statements import CHANNEL, PostgresStatements, rows_to_insert
+from .statements import CHANNEL, PostgresStatements, fenced, rows_to_insert
 
 T = TypeVar("T")
 logger = logging.getLogger("dispatchlet.scheduler")
@@ -309,10 +309,10 @@ class PostgresStore:
         return await self._transaction(lease)
 
     async def release(self, lease: Lease, *, ready_at: float) -> bool:
-        return await self._update(SQL.release, {**_fence(lease), "ready_at": ready_at})
+        return await self._update(SQL.release, fenced(lease, ready_at=ready_at))
 
     async def extend(self, lease: Lease, *, until: float) -> bool:
-        return await self._update(SQL.extend, {**_fence(lease), "until": until})
+        return await self._update(SQL.extend, fenced(lease, until=until))
 
     async def _update(self, query: str, params: dict[str, Any]) -> bool:
         # One statement: atomic by itself, one round trip with no BEGIN and COMMIT.
@@ -384,13 +384,9 @@ class PostgresStore:
         now: float,
     ) -> list[str] | None:
         async def update(db: Connection) -> list[str] | None:
-            waiting = {
-                **_fence(lease),
-                "poll": poll,
-                "min_results": min_results,
-                "max_results": max_results,
-                "until": until,
-            }
+            waiting = fenced(
+                lease, poll=poll, min_results=min_results, max_results=max_results, until=until
+            )
             row = await (await db.execute(SQL.suspend, waiting)).fetchone()
             if row is None:
                 return None
@@ -406,7 +402,7 @@ class PostgresStore:
 
     async def restart(self, lease: Lease, *, now: float, orphans: tuple[int, bytes]) -> bool:
         async def update(db: Connection) -> bool:
-            cursor = await db.execute(SQL.restart, {**_fence(lease), "now": now})
+            cursor = await db.execute(SQL.restart, fenced(lease, now=now))
             if cursor.rowcount != 1:
                 return False
             await _end_descendants(db, lease.dispatch_id, orphans, now)
@@ -420,21 +416,21 @@ class PostgresStore:
         self, lease: Lease, status: int, result: bytes, *, ready_at: float, now: float
     ) -> bool:
         del now
-        retried = {**_fence(lease), "status": status, "result": result, "ready_at": ready_at}
+        retried = fenced(lease, status=status, result=result, ready_at=ready_at)
         return await self._update(SQL.retry, retried)
 
     async def tail_call(
         self, lease: Lease, function: str, endpoint: str, input: bytes, *, now: float
     ) -> bool:
         async def update(db: Connection) -> bool:
-            handed = {
-                **_fence(lease),
-                "function": function,
-                "endpoint": endpoint,
-                "destination": destination(endpoint),
-                "input": input,
-                "now": now,
-            }
+            handed = fenced(
+                lease,
+                function=function,
+                endpoint=endpoint,
+                destination=destination(endpoint),
+                input=input,
+                now=now,
+            )
             cursor = await db.execute(SQL.tail_call, handed)
             if cursor.rowcount != 1:
                 return False
@@ -535,11 +531,6 @@ async def _running(db: Connection, destinations: list[str], now: float) -> dict[
     params = {"now": now, "destinations": destinations}
     rows = await (await db.execute(SQL.running, params)).fetchall()
     return {row[0]: int(row[1]) for row in rows}
-
-
-def _fence(lease: Lease) -> dict[str, Any]:
-    """The parameters that fence a statement by ``lease``."""
-    return {"id": lease.dispatch_id, "token": lease.token}
 
 
 async def _insert(db: Connection, calls: Sequence[NewCall], now: float) -> list[str]:

@@ -31,7 +31,7 @@ from . import (
     children_of,
 )
 from .claims import claim_window, fitting, in_turns, needs_root_heads
-from .statements import SQLITE, Statements, rows_to_insert
+from .statements import SQLITE, Statements, fenced, rows_to_insert
 
 T = TypeVar("T")
 SQL = Statements(SQLITE)
@@ -216,14 +216,14 @@ class SQLiteStore:
 
     async def release(self, lease: Lease, *, ready_at: float) -> bool:
         def update(db: sqlite3.Connection) -> bool:
-            cursor = db.execute(SQL.release, {**_fence(lease), "ready_at": ready_at})
+            cursor = db.execute(SQL.release, fenced(lease, ready_at=ready_at))
             return cursor.rowcount == 1
 
         return await self._run(self._transaction, update)
 
     async def extend(self, lease: Lease, *, until: float) -> bool:
         def update(db: sqlite3.Connection) -> bool:
-            cursor = db.execute(SQL.extend, {**_fence(lease), "until": until})
+            cursor = db.execute(SQL.extend, fenced(lease, until=until))
             return cursor.rowcount == 1
 
         return await self._run(self._transaction, update)
@@ -238,7 +238,7 @@ class SQLiteStore:
         orphans: tuple[int, bytes] = (0, b""),
     ) -> bool:
         def update(db: sqlite3.Connection) -> bool:
-            ended = {**_fence(lease), "status": status, "result": result, "now": now}
+            ended = fenced(lease, status=status, result=result, now=now)
             row = db.execute(SQL.finish, ended).fetchone()
             if row is None:
                 return False
@@ -262,13 +262,9 @@ class SQLiteStore:
         now: float,
     ) -> list[str] | None:
         def update(db: sqlite3.Connection) -> list[str] | None:
-            waiting = {
-                **_fence(lease),
-                "poll": poll,
-                "min_results": min_results,
-                "max_results": max_results,
-                "until": until,
-            }
+            waiting = fenced(
+                lease, poll=poll, min_results=min_results, max_results=max_results, until=until
+            )
             row = db.execute(SQL.suspend, waiting).fetchone()
             if row is None:
                 return None
@@ -282,7 +278,7 @@ class SQLiteStore:
 
     async def restart(self, lease: Lease, *, now: float, orphans: tuple[int, bytes]) -> bool:
         def update(db: sqlite3.Connection) -> bool:
-            cursor = db.execute(SQL.restart, {**_fence(lease), "now": now})
+            cursor = db.execute(SQL.restart, fenced(lease, now=now))
             if cursor.rowcount != 1:
                 return False
             _end_descendants(db, lease.dispatch_id, orphans, now)
@@ -296,7 +292,7 @@ class SQLiteStore:
         self, lease: Lease, status: int, result: bytes, *, ready_at: float, now: float
     ) -> bool:
         def update(db: sqlite3.Connection) -> bool:
-            retried = {**_fence(lease), "status": status, "result": result, "ready_at": ready_at}
+            retried = fenced(lease, status=status, result=result, ready_at=ready_at)
             cursor = db.execute(SQL.retry, retried)
             return cursor.rowcount == 1
 
@@ -306,14 +302,14 @@ class SQLiteStore:
         self, lease: Lease, function: str, endpoint: str, input: bytes, *, now: float
     ) -> bool:
         def update(db: sqlite3.Connection) -> bool:
-            handed = {
-                **_fence(lease),
-                "function": function,
-                "endpoint": endpoint,
-                "destination": destination(endpoint),
-                "input": input,
-                "now": now,
-            }
+            handed = fenced(
+                lease,
+                function=function,
+                endpoint=endpoint,
+                destination=destination(endpoint),
+                input=input,
+                now=now,
+            )
             cursor = db.execute(SQL.tail_call, handed)
             if cursor.rowcount != 1:
                 return False
@@ -380,11 +376,6 @@ class SQLiteStore:
             await self._run(shut)
         finally:
             self._executor.shutdown(wait=True)
-
-
-def _fence(lease: Lease) -> dict[str, Any]:
-    """The parameters that fence a statement by ``lease``."""
-    return {"id": lease.dispatch_id, "token": lease.token}
 
 
 def _insert(db: sqlite3.Connection, calls: Sequence[NewCall], now: float) -> list[str]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..concurrency import destination
-from . import NewCall, new_dispatch_id
+from . import Lease, NewCall, new_dispatch_id
 
 CHANNEL = "dispatchlet_ready"
 """The PostgreSQL channel that is notified when a call becomes claimable now."""
@@ -415,6 +415,12 @@ class PostgresStatements(Statements):
             "  RETURNING parent.dispatch_id)"
             f" SELECT pg_notify('{CHANNEL}', '') WHERE EXISTS (SELECT 1 FROM woken)"
         )
+
+
+def fenced(lease: Lease, **values: Any) -> dict[str, Any]:
+    """The parameters of a statement fenced by ``lease`` (``:id``, ``:token``), and
+    ``values``."""
+    return {"id": lease.dispatch_id, "token": lease.token, **values}
 
 
 def rows_to_insert(
