@@ -170,13 +170,13 @@ _RANKED_WINDOW = (
 _ROOT_HEADS = {
     "sqlite": (
         "WITH RECURSIVE roots (root_id, n) AS ("
-        "  SELECT (SELECT min(root_id) FROM calls WHERE state = 'ready'), 1"
-        "  UNION ALL SELECT (SELECT min(root_id) FROM calls"
+        "  SELECT (SELECT min(root_id) FROM {calls} WHERE state = 'ready'), 1"
+        "  UNION ALL SELECT (SELECT min(root_id) FROM {calls}"
         "    WHERE state = 'ready' AND root_id > roots.root_id), n + 1"
         "  FROM roots WHERE roots.root_id IS NOT NULL AND n < :roots"
         ") SELECT c.dispatch_id, c.root_id, c.destination, c.ready_at, c.rowid AS seq, c.state"
-        " FROM roots JOIN calls AS c ON c.rowid = ("
-        "  SELECT rowid FROM calls WHERE state = 'ready' AND root_id = roots.root_id"
+        " FROM roots JOIN {calls} AS c ON c.rowid = ("
+        "  SELECT rowid FROM {calls} WHERE state = 'ready' AND root_id = roots.root_id"
         "  AND ready_at <= :now ORDER BY ready_at, rowid LIMIT 1)"
     ),
     "postgres": (
