@@ -22,16 +22,16 @@ its calls or none.
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import secrets
 import sqlite3
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
 
 from ...core.errors import DispatchletError
+from .claims import claim_window, fitting, in_turns, needs_root_heads
 
 
 class State(str, Enum):
@@ -260,76 +260,6 @@ def children_of(parent_id: str, root_id: str, children: Sequence[NewCall]) -> li
     return [dataclasses.replace(c, parent_id=parent_id, root_id=root_id) for c in children]
 
 
-def claim_window(limit: int) -> int:
-    """How many of the oldest claimable calls of each state a claim of ``limit`` reads:
-    a bounded window, so that a claim costs the same whatever the backlog."""
-    return max(1024, 16 * limit)
-
-
-def ranked_window(oldest: str, count: str) -> str:
-    """The query that ranks the calls ``oldest`` finds (``(dispatch_id, root_id,
-    destination, ready_at, seq, state)`` rows) in round-robin order (each root's
-    oldest, then each root's second, ...) and keeps the first ``count`` (the dialect's
-    placeholder), each with how many ready calls and how many roots were found."""
-    return (
-        f"WITH found AS ({oldest}), ranked AS ("
-        "  SELECT *, ROW_NUMBER() OVER (PARTITION BY root_id ORDER BY ready_at, seq) AS turn"
-        "  FROM found"
-        ") SELECT dispatch_id, root_id, destination, ready_at, seq, state,"
-        "  (SELECT count(*) FROM found WHERE state = 'ready'),"
-        "  (SELECT count(DISTINCT root_id) FROM found)"
-        f" FROM ranked ORDER BY turn, ready_at, seq LIMIT {count}"
-    )
-
-
-def needs_root_heads(ready: int, roots: int, window: int, limit: int) -> bool:
-    """Whether a claim must also read the oldest ready call of each root, given how many
-    ``ready`` calls and how many ``roots`` its window held: when ready calls fill the
-    window (more wait beyond it) and it holds too few roots to deal every turn of the
-    claim. Otherwise every root outside the window has its oldest call after the
-    window's, so the window alone gives the round-robin order."""
-    return ready >= window and roots < 4 * limit
-
-
-def in_turns(rows: Iterable[Sequence[Any]], count: int) -> list[tuple[str, str]]:
-    """Of claimable ``(dispatch_id, root_id, destination, ready_at, seq)`` rows, the first
-    ``count`` as ``(dispatch_id, destination)`` in round-robin order: each root's oldest
-    call, then each root's second, and so on; oldest first within a turn."""
-    unique = {row[0]: row for row in rows}.values()
-    turns: dict[str, int] = {}
-    ranked = []
-    for row in sorted(unique, key=lambda r: (r[3], r[4])):
-        turn = turns.get(row[1], 0)
-        turns[row[1]] = turn + 1
-        ranked.append((turn, row[3], row[4], row[0], row[2]))
-    return [(r[3], r[4]) for r in heapq.nsmallest(count, ranked)]
-
-
-def fitting(
-    candidates: Sequence[Sequence[Any]],
-    *,
-    cap: int | None,
-    running: dict[str, int],
-    room: Callable[[str], int] | None,
-) -> list[str]:
-    """Of ``(dispatch_id, destination)`` candidates in order, those this process may
-    start now: within ``cap`` leases in force per destination (``running`` counts them,
-    every process's), and within the ``room`` its own limiter has per destination."""
-    chosen = []
-    taken: dict[str, int] = {}
-    allowance: dict[str, int] = {}
-    for dispatch_id, where in candidates:
-        if where not in allowance:
-            allowed = room(where) if room is not None else len(candidates)
-            if cap is not None:
-                allowed = min(allowed, cap - running.get(where, 0))
-            allowance[where] = allowed
-        if taken.get(where, 0) < allowance[where]:
-            taken[where] = taken.get(where, 0) + 1
-            chosen.append(dispatch_id)
-    return chosen
-
-
 def call_from_row(row: Sequence[Any]) -> Call:
     """A stored call from its columns, in the order of ``Call``'s fields."""
     return Call(
@@ -365,7 +295,10 @@ __all__ = [
     "StoreError",
     "call_from_row",
     "children_of",
+    "claim_window",
     "fitting",
+    "in_turns",
+    "needs_root_heads",
     "new_dispatch_id",
     "unavailable",
 ]

@@ -27,7 +27,6 @@ from typing import Any, TypeVar
 
 import psycopg
 import psycopg_pool
-from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from ...core.status import Status
@@ -42,18 +41,14 @@ from . import (
     StoreError,
     call_from_row,
     children_of,
-    claim_window,
-    fitting,
-    in_turns,
-    needs_root_heads,
-    new_dispatch_id,
-    ranked_window,
 )
+from .claims import claim_window, fitting, in_turns, needs_root_heads
+from .statements import CHANNEL, PostgresStatements, fenced, rows_to_insert
 
 T = TypeVar("T")
 logger = logging.getLogger("dispatchlet.scheduler")
 
-CHANNEL = "dispatchlet_ready"
+SQL = PostgresStatements()
 # Advisory lock keys (one 64-bit number each): the migration, and capped claims.
 MIGRATION_LOCK = 0x64697370_61746368
 CLAIM_LOCK = 0x64697370_636C6169
@@ -119,46 +114,9 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE state = 'ready'
     """,
 )
+# Then the schema changes written once for both stores.
+MIGRATIONS += SQL.migrations()
 SCHEMA_VERSION = len(MIGRATIONS)
-
-_COLUMNS = (
-    "dispatch_id, function, endpoint, input, version, correlation_id, parent_id, "
-    "root_id, state, status, result, attempts, created_at, expires_at, ready_at, "
-    "finished_at, poll, restarts"
-)
-_SELECT = "SELECT " + _COLUMNS + " FROM dispatchlet_calls"
-# The claimable calls a claim considers, as (dispatch_id, root_id, destination, ready_at,
-# seq, state): the oldest of each claimable state, each read through its own partial
-# index, so that neither finished calls nor a long backlog are scanned.
-_COLUMNS_CLAIMABLE = "dispatch_id, root_id, destination, ready_at, seq, state"
-_OLDEST_CLAIMABLE = (
-    f"(SELECT {_COLUMNS_CLAIMABLE} FROM dispatchlet_calls"
-    "  WHERE state = 'ready' AND ready_at <= %(now)s ORDER BY ready_at, seq LIMIT %(window)s)"
-    f" UNION ALL (SELECT {_COLUMNS_CLAIMABLE} FROM dispatchlet_calls"
-    "  WHERE state = 'running' AND lease_expires <= %(now)s"
-    "  ORDER BY lease_expires LIMIT %(window)s)"
-    f" UNION ALL (SELECT {_COLUMNS_CLAIMABLE} FROM dispatchlet_calls"
-    "  WHERE state = 'waiting' AND poll_until <= %(now)s ORDER BY poll_until LIMIT %(window)s)"
-)
-# The first of the window in round-robin order, with the window's counts.
-_RANKED_WINDOW = ranked_window(_OLDEST_CLAIMABLE, "%(count)s")
-# The oldest ready call of each of the first %(roots)s roots that have ready calls: a
-# skip scan of dispatchlet_calls_ready_root, one index seek per root.
-_ROOT_HEADS = (
-    "WITH RECURSIVE roots (root_id, n) AS ("
-    "  (SELECT root_id, 1 FROM dispatchlet_calls WHERE state = 'ready'"
-    "   ORDER BY root_id LIMIT 1)"
-    "  UNION ALL SELECT (SELECT c.root_id FROM dispatchlet_calls AS c"
-    "    WHERE c.state = 'ready' AND c.root_id > r.root_id ORDER BY c.root_id LIMIT 1),"
-    "   r.n + 1"
-    "  FROM roots AS r WHERE r.root_id IS NOT NULL AND r.n < %(roots)s"
-    ") SELECT head.* FROM roots CROSS JOIN LATERAL ("
-    f"  SELECT {_COLUMNS_CLAIMABLE} FROM dispatchlet_calls"
-    "  WHERE state = 'ready' AND root_id = roots.root_id AND ready_at <= %(now)s"
-    # In the index's order, which the planner then reads rather than another.
-    "  ORDER BY root_id, ready_at, seq LIMIT 1) AS head"
-    " WHERE roots.root_id IS NOT NULL"
-)
 
 
 def _claimable(row: Sequence[Any], now: float) -> bool:
@@ -171,15 +129,6 @@ def _claimable(row: Sequence[Any], now: float) -> bool:
         return bool(lease_expires <= now)
     return state == "waiting" and bool(poll_until <= now)
 
-
-# A call's subtree: the call and its descendants, by parent links.
-_TREE = (
-    "WITH RECURSIVE tree (id) AS ("
-    "  SELECT dispatch_id FROM dispatchlet_calls WHERE dispatch_id = %(id)s"
-    "  UNION SELECT c.dispatch_id FROM dispatchlet_calls c JOIN tree ON c.parent_id = tree.id"
-    ") "
-)
-_NOTIFY = f"SELECT pg_notify('{CHANNEL}', '')"
 
 Connection = psycopg.AsyncConnection[Any]
 
@@ -298,7 +247,7 @@ class PostgresStore:
     async def dispatch(self, calls: Sequence[NewCall], *, now: float) -> list[str]:
         async def insert(db: Connection) -> list[str]:
             ids = await _insert(db, calls, now)
-            await db.execute(_NOTIFY)
+            await db.execute(SQL.notify)
             return ids
 
         return await self._transaction(insert)
@@ -323,11 +272,11 @@ class PostgresStore:
             window = claim_window(limit)
             count = 4 * limit
             params = {"now": now, "window": window, "roots": count, "count": count}
-            found = await (await db.execute(_RANKED_WINDOW, params)).fetchall()
+            found = await (await db.execute(SQL.ranked_window, params)).fetchall()
             ready, roots = found[0][6:8] if found else (0, 0)
             candidates = [(row[0], row[2]) for row in found]
             if needs_root_heads(ready, roots, window, limit):
-                heads = await (await db.execute(_ROOT_HEADS, params)).fetchall()
+                heads = await (await db.execute(SQL.root_heads, params)).fetchall()
                 candidates = in_turns([row[:6] for row in found] + heads, count)
             running = {}
             if cap is not None:
@@ -335,27 +284,14 @@ class PostgresStore:
             ids = fitting(candidates, cap=cap, running=running, room=room)
             if not ids:
                 return []
-            # Locked by primary key alone (the plan cannot stray into a scan), then
-            # checked: a locked row is read as it is now, after any claim that won.
-            locked = await (
-                await db.execute(
-                    "SELECT dispatch_id, state, ready_at, lease_expires, poll_until "
-                    "FROM dispatchlet_calls WHERE dispatch_id = ANY(%s) FOR UPDATE SKIP LOCKED",
-                    (ids,),
-                )
-            ).fetchall()
+            # Locked, then checked: a locked row is read as it is now, after any claim
+            # that won.
+            locked = await (await db.execute(SQL.lock, {"ids": ids})).fetchall()
             taken = {row[0] for row in locked if _claimable(row[1:], now)}
             order = [i for i in ids if i in taken][:limit]
             expires = now + lease_seconds
-            rows = await (
-                await db.execute(
-                    "UPDATE dispatchlet_calls SET state = 'running', lease_owner = %s, "
-                    "lease_token = lease_token + 1, lease_expires = %s, "
-                    "attempts = attempts + 1 WHERE dispatch_id = ANY(%s) "
-                    "RETURNING lease_token, poll_max, " + _COLUMNS,
-                    (owner, expires, order),
-                )
-            ).fetchall()
+            claim = {"owner": owner, "expires": expires, "ids": order}
+            rows = await (await db.execute(SQL.claim, claim)).fetchall()
             updated = {row[2]: row for row in rows}
             claimed = []
             for dispatch_id in order:  # in the order of turns
@@ -373,29 +309,20 @@ class PostgresStore:
         return await self._transaction(lease)
 
     async def release(self, lease: Lease, *, ready_at: float) -> bool:
-        return await self._update(
-            "UPDATE dispatchlet_calls SET state = 'ready', ready_at = %s, "
-            "attempts = attempts - 1, lease_owner = NULL, lease_expires = NULL "
-            "WHERE dispatch_id = %s AND lease_token = %s AND state = 'running'",
-            (ready_at, lease.dispatch_id, lease.token),
-        )
+        return await self._update(SQL.release, fenced(lease, ready_at=ready_at))
 
     async def extend(self, lease: Lease, *, until: float) -> bool:
-        return await self._update(
-            "UPDATE dispatchlet_calls SET lease_expires = %s "
-            "WHERE dispatch_id = %s AND lease_token = %s AND state = 'running'",
-            (until, lease.dispatch_id, lease.token),
-        )
+        return await self._update(SQL.extend, fenced(lease, until=until))
 
-    async def _update(self, query: str, params: tuple[Any, ...]) -> bool:
+    async def _update(self, query: str, params: dict[str, Any]) -> bool:
         # One statement: atomic by itself, one round trip with no BEGIN and COMMIT.
         async with self._pool.connection() as db:
             cursor = await db.execute(query.encode(), params)
             return cursor.rowcount == 1
 
-    async def _select(self, query: Any, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    async def _select(self, query: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         async with self._pool.connection() as db:
-            return await (await db.execute(query, params)).fetchall()
+            return await (await db.execute(query.encode(), params)).fetchall()
 
     async def finish(
         self,
@@ -457,16 +384,10 @@ class PostgresStore:
         now: float,
     ) -> list[str] | None:
         async def update(db: Connection) -> list[str] | None:
-            row = await (
-                await db.execute(
-                    "UPDATE dispatchlet_calls SET state = 'waiting', poll = %s, poll_min = %s, "
-                    "poll_max = %s, poll_until = %s, lease_owner = NULL, lease_expires = NULL, "
-                    "attempts = 0, status = NULL "
-                    "WHERE dispatch_id = %s AND lease_token = %s AND state = 'running' "
-                    "RETURNING root_id",
-                    (poll, min_results, max_results, until, lease.dispatch_id, lease.token),
-                )
-            ).fetchone()
+            waiting = fenced(
+                lease, poll=poll, min_results=min_results, max_results=max_results, until=until
+            )
+            row = await (await db.execute(SQL.suspend, waiting)).fetchone()
             if row is None:
                 return None
             await _deliver(db, lease.delivered)
@@ -474,19 +395,14 @@ class PostgresStore:
             # Results of earlier polls may be enough already.
             await _wake(db, lease.dispatch_id, now)
             if ids:
-                await db.execute(_NOTIFY)
+                await db.execute(SQL.notify)
             return ids
 
         return await self._transaction(update)
 
     async def restart(self, lease: Lease, *, now: float, orphans: tuple[int, bytes]) -> bool:
         async def update(db: Connection) -> bool:
-            cursor = await db.execute(
-                "UPDATE dispatchlet_calls SET state = 'ready', ready_at = %s, poll = '', "
-                "status = NULL, restarts = restarts + 1, lease_owner = NULL, lease_expires = NULL "
-                "WHERE dispatch_id = %s AND lease_token = %s AND state = 'running'",
-                (now, lease.dispatch_id, lease.token),
-            )
+            cursor = await db.execute(SQL.restart, fenced(lease, now=now))
             if cursor.rowcount != 1:
                 return False
             await _end_descendants(db, lease.dispatch_id, orphans, now)
@@ -500,33 +416,22 @@ class PostgresStore:
         self, lease: Lease, status: int, result: bytes, *, ready_at: float, now: float
     ) -> bool:
         del now
-        return await self._update(
-            "UPDATE dispatchlet_calls SET state = 'ready', status = %s, result = %s, "
-            "ready_at = %s, lease_owner = NULL, lease_expires = NULL "
-            "WHERE dispatch_id = %s AND lease_token = %s AND state = 'running'",
-            (status, result, ready_at, lease.dispatch_id, lease.token),
-        )
+        retried = fenced(lease, status=status, result=result, ready_at=ready_at)
+        return await self._update(SQL.retry, retried)
 
     async def tail_call(
         self, lease: Lease, function: str, endpoint: str, input: bytes, *, now: float
     ) -> bool:
         async def update(db: Connection) -> bool:
-            cursor = await db.execute(
-                "UPDATE dispatchlet_calls SET function = %s, endpoint = %s, destination = %s, "
-                "input = %s, state = 'ready', ready_at = %s, attempts = 0, status = NULL, "
-                "result = '', "
-                "lease_owner = NULL, lease_expires = NULL, poll = '' "
-                "WHERE dispatch_id = %s AND lease_token = %s AND state = 'running'",
-                (
-                    function,
-                    endpoint,
-                    destination(endpoint),
-                    input,
-                    now,
-                    lease.dispatch_id,
-                    lease.token,
-                ),
+            handed = fenced(
+                lease,
+                function=function,
+                endpoint=endpoint,
+                destination=destination(endpoint),
+                input=input,
+                now=now,
             )
+            cursor = await db.execute(SQL.tail_call, handed)
             if cursor.rowcount != 1:
                 return False
             # The function handed over to starts afresh: earlier children are not its.
@@ -536,7 +441,7 @@ class PostgresStore:
         return await self._transaction(update)
 
     async def get(self, dispatch_id: str) -> Call | None:
-        rows = await self._select(f"{_SELECT} WHERE dispatch_id = %s".encode(), (dispatch_id,))
+        rows = await self._select(SQL.get, {"id": dispatch_id})
         return _call(rows[0]) if rows else None
 
     async def list(
@@ -551,48 +456,23 @@ class PostgresStore:
         after: str | None = None,
         limit: int = 100,
     ) -> list[Call]:
-        clauses: list[sql.Composable] = []
-        params: list[Any] = []
-        for column, value in (
-            ("state", None if state is None else state.value),
-            ("function", function),
-            ("root_id", root_id),
-            ("status", status),
-        ):
-            if value is not None:
-                clauses.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
-                params.append(value)
-        if status is not None or failed:
-            # Only a done call's status is final (a retried one keeps its last attempt's).
-            clauses.append(sql.SQL("state = 'done'"))
-        if failed:
-            clauses.append(sql.SQL("status <> %s"))
-            params.append(Status.OK.value)
-        order, beyond = ("DESC", "<") if newest_first else ("ASC", ">")
-        if after is not None:
-            clauses.append(
-                sql.SQL(f"seq {beyond} (SELECT seq FROM dispatchlet_calls WHERE dispatch_id = %s)")
-            )
-            params.append(after)
-        where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(clauses) if clauses else sql.SQL("")
-        query = sql.SQL(_SELECT) + where + sql.SQL(f" ORDER BY seq {order} LIMIT %s")
-
-        return [_call(row) for row in await self._select(query, (*params, limit))]
+        query, params = SQL.list(
+            state=None if state is None else state.value,
+            function=function,
+            root_id=root_id,
+            status=status,
+            failed=failed,
+            ok=Status.OK.value,
+            newest_first=newest_first,
+            after=after,
+            limit=limit,
+        )
+        return [_call(row) for row in await self._select(query, params)]
 
     async def cancel(self, dispatch_id: str, status: int, result: bytes, *, now: float) -> int:
         async def end(db: Connection) -> int:
-            ended = await (
-                await db.execute(
-                    _TREE + "UPDATE dispatchlet_calls SET state = 'done', status = %(status)s, "
-                    "result = %(result)s, finished_at = %(now)s, lease_owner = NULL, "
-                    "lease_expires = NULL, poll = '', "
-                    # A lease still out is fenced off: its late answer is not recorded.
-                    "lease_token = lease_token + 1 "
-                    "WHERE dispatch_id IN (SELECT id FROM tree) AND state <> 'done' "
-                    "RETURNING dispatch_id, parent_id",
-                    {"id": dispatch_id, "status": status, "result": result, "now": now},
-                )
-            ).fetchall()
+            params = {"id": dispatch_id, "status": status, "result": result, "now": now}
+            ended = await (await db.execute(SQL.cancel, params)).fetchall()
             for ended_id, parent_id in ended:
                 if ended_id == dispatch_id and parent_id is not None:
                     await _wake(db, parent_id, now)
@@ -618,62 +498,6 @@ class PostgresStore:
 
 
 _Finish = tuple[Lease, int, bytes, float, tuple[int, bytes]]
-# The batch's finishes that took effect: the call done under the finishing lease's token.
-_FINISHES = (
-    "finishes AS (SELECT * FROM unnest(%(ids)s::text[], %(tokens)s::bigint[],"
-    "  %(nows)s::double precision[], %(orphan_statuses)s::integer[], %(orphan_results)s::bytea[])"
-    "  AS f (id, token, now, orphan_status, orphan_result)),"
-    " finished AS (SELECT f.* FROM finishes AS f JOIN dispatchlet_calls AS c"
-    "  ON c.dispatch_id = f.id AND c.lease_token = f.token AND c.state = 'done')"
-)
-_FINISH_ALL = (
-    "UPDATE dispatchlet_calls AS c SET state = 'done', status = f.status, result = f.result,"
-    " finished_at = f.now, lease_owner = NULL, lease_expires = NULL, poll = ''"
-    " FROM unnest(%(ids)s::text[], %(tokens)s::bigint[], %(statuses)s::integer[],"
-    "  %(results)s::bytea[], %(nows)s::double precision[]) AS f (id, token, status, result, now)"
-    " WHERE c.dispatch_id = f.id AND c.lease_token = f.token AND c.state = 'running'"
-    " RETURNING c.dispatch_id, c.lease_token"
-)
-# The results a finished resume was given are delivered.
-_DELIVER_ALL = (
-    "UPDATE dispatchlet_calls AS child SET delivered = TRUE"
-    " FROM unnest(%(given)s::text[], %(given_to)s::text[], %(given_token)s::bigint[])"
-    "  AS d (id, parent, token)"
-    " JOIN dispatchlet_calls AS p"
-    "  ON p.dispatch_id = d.parent AND p.lease_token = d.token AND p.state = 'done'"
-    " WHERE child.dispatch_id = d.id"
-)
-# The unfinished descendants of each finished call end with that finish's orphans.
-_END_DESCENDANTS_ALL = (
-    f"WITH RECURSIVE {_FINISHES},"
-    " tree (id, seed) AS ("
-    "  SELECT c.dispatch_id, f.id FROM finished AS f"
-    "   JOIN dispatchlet_calls AS c ON c.parent_id = f.id"
-    "  UNION SELECT c.dispatch_id, tree.seed FROM dispatchlet_calls AS c"
-    "   JOIN tree ON c.parent_id = tree.id)"
-    " UPDATE dispatchlet_calls AS c SET state = 'done', status = f.orphan_status,"
-    " result = f.orphan_result, finished_at = f.now, lease_owner = NULL,"
-    " lease_expires = NULL, poll = '', lease_token = c.lease_token + 1"
-    " FROM tree JOIN finished AS f ON f.id = tree.seed"
-    " WHERE c.dispatch_id = tree.id AND c.state <> 'done'"
-)
-# The waiting parents of finished calls made ready, if they now have the results they
-# wait for; the other processes are told.
-_WAKE_PARENTS_ALL = (
-    f"WITH {_FINISHES},"
-    " woken AS ("
-    "  UPDATE dispatchlet_calls AS parent SET state = 'ready', ready_at = w.now"
-    "  FROM (SELECT c.parent_id, max(f.now) AS now FROM finished AS f"
-    "   JOIN dispatchlet_calls AS c ON c.dispatch_id = f.id"
-    "   WHERE c.parent_id IS NOT NULL GROUP BY c.parent_id) AS w"
-    "  WHERE parent.dispatch_id = w.parent_id AND parent.state = 'waiting'"
-    "  AND parent.poll_min <= ("
-    "   SELECT count(*) FROM dispatchlet_calls AS child"
-    "   WHERE child.parent_id = parent.dispatch_id AND child.state = 'done'"
-    "   AND NOT child.delivered)"
-    "  RETURNING parent.dispatch_id)"
-    f" SELECT pg_notify('{CHANNEL}', '') WHERE EXISTS (SELECT 1 FROM woken)"
-)
 
 
 async def _finish_all(db: Connection, finishes: Sequence[_Finish]) -> set[tuple[str, int]]:
@@ -693,80 +517,39 @@ async def _finish_all(db: Connection, finishes: Sequence[_Finish]) -> set[tuple[
         "given_to": [lease.dispatch_id for lease in leases for _ in lease.delivered],
         "given_token": [lease.token for lease in leases for _ in lease.delivered],
     }
-    finished = await db.execute(_FINISH_ALL, params)
+    finished = await db.execute(SQL.finish_all, params)
     if params["given"]:
-        await db.execute(_DELIVER_ALL, params)
-    await db.execute(_END_DESCENDANTS_ALL, params)
-    await db.execute(_WAKE_PARENTS_ALL, params)
+        await db.execute(SQL.deliver_all, params)
+    await db.execute(SQL.end_descendants_all, params)
+    await db.execute(SQL.wake_parents_all, params)
     return {(row[0], int(row[1])) for row in await finished.fetchall()}
 
 
 async def _running(db: Connection, destinations: list[str], now: float) -> dict[str, int]:
     """Leases in force per destination, every process's (the caller holds the claim
     lock, so that none is taken meanwhile)."""
-    rows = await (
-        await db.execute(
-            "SELECT destination, count(*) FROM dispatchlet_calls "
-            "WHERE state = 'running' AND lease_expires > %s AND destination = ANY(%s) "
-            "GROUP BY destination",
-            (now, destinations),
-        )
-    ).fetchall()
+    params = {"now": now, "destinations": destinations}
+    rows = await (await db.execute(SQL.running, params)).fetchall()
     return {row[0]: int(row[1]) for row in rows}
 
 
 async def _insert(db: Connection, calls: Sequence[NewCall], now: float) -> list[str]:
-    ids = []
-    rows = []
-    for call in calls:
-        dispatch_id = new_dispatch_id(now)
-        rows.append(
-            (
-                dispatch_id,
-                call.root_id or dispatch_id,
-                call.parent_id,
-                _signed(call.correlation_id),
-                call.function,
-                call.endpoint,
-                destination(call.endpoint) if call.endpoint else "",
-                call.version,
-                call.input,
-                now,
-                call.expires_at,
-                now,
-            )
-        )
-        ids.append(dispatch_id)
+    ids, rows = rows_to_insert(calls, now, _signed)
     if rows:
         async with db.cursor() as cursor:
-            await cursor.executemany(
-                "INSERT INTO dispatchlet_calls (dispatch_id, root_id, parent_id, "
-                "correlation_id, function, endpoint, destination, version, input, state, "
-                "created_at, expires_at, ready_at) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'ready', %s, %s, %s)",
-                rows,
-            )
+            await cursor.executemany(SQL.insert, rows)
     return ids
 
 
 async def _undelivered(db: Connection, parent_id: str, limit: int) -> tuple[ChildResult, ...]:
-    rows = await (
-        await db.execute(
-            "SELECT dispatch_id, correlation_id, status, result FROM dispatchlet_calls "
-            "WHERE parent_id = %s AND state = 'done' AND NOT delivered "
-            "ORDER BY finished_at, seq LIMIT %s",
-            (parent_id, max(limit, 1)),
-        )
-    ).fetchall()
+    params = {"id": parent_id, "limit": max(limit, 1)}
+    rows = await (await db.execute(SQL.undelivered, params)).fetchall()
     return tuple(ChildResult(r[0], _unsigned(r[1]), r[2], bytes(r[3])) for r in rows)
 
 
 async def _deliver(db: Connection, ids: Sequence[str]) -> None:
     if ids:
-        await db.execute(
-            "UPDATE dispatchlet_calls SET delivered = TRUE WHERE dispatch_id = ANY(%s)",
-            (list(ids),),
-        )
+        await db.execute(SQL.deliver, {"ids": list(ids)})
 
 
 async def _end_descendants(
@@ -774,36 +557,22 @@ async def _end_descendants(
 ) -> None:
     """End the call's unfinished descendants with ``orphans``."""
     status, result = orphans
-    await db.execute(
-        _TREE + "UPDATE dispatchlet_calls SET state = 'done', status = %(status)s, "
-        "result = %(result)s, finished_at = %(now)s, lease_owner = NULL, lease_expires = NULL, "
-        "poll = '', lease_token = lease_token + 1 "
-        "WHERE dispatch_id IN (SELECT id FROM tree) AND dispatch_id <> %(id)s "
-        "AND state <> 'done'",
-        {"id": dispatch_id, "status": status, "result": result, "now": now},
-    )
+    params = {"id": dispatch_id, "status": status, "result": result, "now": now}
+    await db.execute(SQL.end_descendants, params)
 
 
 async def _set_aside_children(db: Connection, dispatch_id: str) -> None:
     """The call is ready again with no Poll: its children's results are no longer for
     it; the others are told it is ready."""
-    await db.execute(
-        "UPDATE dispatchlet_calls SET delivered = TRUE WHERE parent_id = %s", (dispatch_id,)
-    )
-    await db.execute(_NOTIFY)
+    await db.execute(SQL.set_aside_children, {"id": dispatch_id})
+    await db.execute(SQL.notify)
 
 
 async def _wake(db: Connection, parent_id: str, now: float) -> None:
     """Make a waiting parent ready once it has the results it waits for."""
-    cursor = await db.execute(
-        "UPDATE dispatchlet_calls SET state = 'ready', ready_at = %(now)s "
-        "WHERE dispatch_id = %(id)s AND state = 'waiting' AND poll_min <= ("
-        "  SELECT count(*) FROM dispatchlet_calls AS child"
-        "  WHERE child.parent_id = %(id)s AND child.state = 'done' AND NOT child.delivered)",
-        {"id": parent_id, "now": now},
-    )
+    cursor = await db.execute(SQL.wake, {"id": parent_id, "now": now})
     if cursor.rowcount:
-        await db.execute(_NOTIFY)
+        await db.execute(SQL.notify)
 
 
 def _call(row: Sequence[Any]) -> Call:

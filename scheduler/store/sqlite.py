@@ -29,15 +29,12 @@ from . import (
     StoreError,
     call_from_row,
     children_of,
-    claim_window,
-    fitting,
-    in_turns,
-    needs_root_heads,
-    new_dispatch_id,
-    ranked_window,
 )
+from .claims import claim_window, fitting, in_turns, needs_root_heads
+from .statements import SQLITE, Statements, fenced, rows_to_insert
 
 T = TypeVar("T")
+SQL = Statements(SQLITE)
 
 # Each entry moves the schema one version up; never edit one that has shipped.
 MIGRATIONS: tuple[str, ...] = (
@@ -87,54 +84,9 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX calls_ready_root ON calls (root_id, ready_at) WHERE state = 'ready';
     """,
 )
+# Then the schema changes written once for both stores.
+MIGRATIONS += SQL.migrations()
 SCHEMA_VERSION = len(MIGRATIONS)
-
-# The columns of a Call, in its fields' order (``call_from_row`` reads them).
-_COLUMNS = (
-    "dispatch_id, function, endpoint, input, version, correlation_id, parent_id, "
-    "root_id, state, status, result, attempts, created_at, expires_at, ready_at, "
-    "finished_at, poll, restarts"
-)
-_SELECT = "SELECT " + _COLUMNS + " FROM calls"
-# The claimable calls a claim considers, as (dispatch_id, root_id, destination, ready_at,
-# seq, state): the oldest of each claimable state, each read through its own partial
-# index, so that neither finished calls nor a long backlog are scanned.
-_COLUMNS_CLAIMABLE = "dispatch_id, root_id, destination, ready_at, rowid AS seq, state"
-_OLDEST_CLAIMABLE = (
-    f"SELECT * FROM (SELECT {_COLUMNS_CLAIMABLE} FROM calls"
-    "  WHERE state = 'ready' AND ready_at <= :now ORDER BY ready_at, rowid LIMIT :window)"
-    f" UNION ALL SELECT * FROM (SELECT {_COLUMNS_CLAIMABLE} FROM calls"
-    "  WHERE state = 'running' AND lease_expires <= :now ORDER BY lease_expires LIMIT :window)"
-    f" UNION ALL SELECT * FROM (SELECT {_COLUMNS_CLAIMABLE} FROM calls"
-    "  WHERE state = 'waiting' AND poll_until <= :now ORDER BY poll_until LIMIT :window)"
-)
-# The first of the window in round-robin order, with the window's counts.
-_RANKED_WINDOW = ranked_window(_OLDEST_CLAIMABLE, ":count")
-# The oldest ready call of each of the first :roots roots that have ready calls: a
-# skip scan of calls_ready_root, one seek per root.
-_ROOT_HEADS = (
-    "WITH RECURSIVE roots (root_id, n) AS ("
-    "  SELECT (SELECT min(root_id) FROM calls WHERE state = 'ready'), 1"
-    "  UNION ALL SELECT (SELECT min(root_id) FROM calls"
-    "    WHERE state = 'ready' AND root_id > roots.root_id), n + 1"
-    "  FROM roots WHERE roots.root_id IS NOT NULL AND n < :roots"
-    f") SELECT {', '.join('c.' + c for c in _COLUMNS_CLAIMABLE.split(', '))}"
-    " FROM roots JOIN calls AS c ON c.rowid = ("
-    "  SELECT rowid FROM calls WHERE state = 'ready' AND root_id = roots.root_id"
-    "  AND ready_at <= :now ORDER BY ready_at, rowid LIMIT 1)"
-)
-_CLAIM = (
-    "UPDATE calls SET state = 'running', lease_owner = ?, lease_token = lease_token + 1, "
-    "lease_expires = ?, attempts = attempts + 1 WHERE dispatch_id = ? "
-    "RETURNING lease_token, poll_max, " + _COLUMNS
-)
-# A call's subtree: the call and its descendants, by parent links.
-_TREE = (
-    "WITH RECURSIVE tree (id) AS ("
-    "  SELECT dispatch_id FROM calls WHERE dispatch_id = :id"
-    "  UNION SELECT calls.dispatch_id FROM calls JOIN tree ON calls.parent_id = tree.id"
-    ") "
-)
 
 
 class SQLiteStore:
@@ -239,18 +191,19 @@ class SQLiteStore:
             window = claim_window(limit)
             count = 4 * limit  # more than the batch: some destinations may be full
             params = {"now": now, "window": window, "roots": count, "count": count}
-            found = db.execute(_RANKED_WINDOW, params).fetchall()
+            found = db.execute(SQL.ranked_window, params).fetchall()
             ready, roots = found[0][6:8] if found else (0, 0)
             rows = [(row[0], row[2]) for row in found]
             if needs_root_heads(ready, roots, window, limit):
-                heads = db.execute(_ROOT_HEADS, params).fetchall()
+                heads = db.execute(SQL.root_heads, params).fetchall()
                 rows = in_turns([row[:6] for row in found] + heads, count)
             running = {} if cap is None else _running(db, {where for _, where in rows}, now)
             ids = fitting(rows, cap=cap, running=running, room=room)
             claimed = []
             expires = now + lease_seconds
             for dispatch_id in ids[:limit]:
-                row = db.execute(_CLAIM, (owner, expires, dispatch_id)).fetchone()
+                claim = {"owner": owner, "expires": expires, "ids": dispatch_id}
+                row = db.execute(SQL.claim, claim).fetchone()
                 call = call_from_row(row[2:])
                 results: tuple[ChildResult, ...] = ()
                 if call.poll:
@@ -263,24 +216,14 @@ class SQLiteStore:
 
     async def release(self, lease: Lease, *, ready_at: float) -> bool:
         def update(db: sqlite3.Connection) -> bool:
-            # Back as it was before the claim: a resume keeps its poll to resume from.
-            cursor = db.execute(
-                "UPDATE calls SET state = 'ready', ready_at = ?, attempts = attempts - 1, "
-                "lease_owner = NULL, lease_expires = NULL "
-                "WHERE dispatch_id = ? AND lease_token = ? AND state = 'running'",
-                (ready_at, lease.dispatch_id, lease.token),
-            )
+            cursor = db.execute(SQL.release, fenced(lease, ready_at=ready_at))
             return cursor.rowcount == 1
 
         return await self._run(self._transaction, update)
 
     async def extend(self, lease: Lease, *, until: float) -> bool:
         def update(db: sqlite3.Connection) -> bool:
-            cursor = db.execute(
-                "UPDATE calls SET lease_expires = ? "
-                "WHERE dispatch_id = ? AND lease_token = ? AND state = 'running'",
-                (until, lease.dispatch_id, lease.token),
-            )
+            cursor = db.execute(SQL.extend, fenced(lease, until=until))
             return cursor.rowcount == 1
 
         return await self._run(self._transaction, update)
@@ -295,14 +238,8 @@ class SQLiteStore:
         orphans: tuple[int, bytes] = (0, b""),
     ) -> bool:
         def update(db: sqlite3.Connection) -> bool:
-            cursor = db.execute(
-                "UPDATE calls SET state = 'done', status = ?, result = ?, finished_at = ?, "
-                "lease_owner = NULL, lease_expires = NULL, poll = x'' "
-                "WHERE dispatch_id = ? AND lease_token = ? AND state = 'running' "
-                "RETURNING parent_id",
-                (status, result, now, lease.dispatch_id, lease.token),
-            )
-            row = cursor.fetchone()
+            ended = fenced(lease, status=status, result=result, now=now)
+            row = db.execute(SQL.finish, ended).fetchone()
             if row is None:
                 return False
             _deliver(db, lease.delivered)
@@ -325,14 +262,10 @@ class SQLiteStore:
         now: float,
     ) -> list[str] | None:
         def update(db: sqlite3.Connection) -> list[str] | None:
-            row = db.execute(
-                "UPDATE calls SET state = 'waiting', poll = ?, poll_min = ?, poll_max = ?, "
-                "poll_until = ?, lease_owner = NULL, lease_expires = NULL, attempts = 0, "
-                "status = NULL "
-                "WHERE dispatch_id = ? AND lease_token = ? AND state = 'running' "
-                "RETURNING root_id",
-                (poll, min_results, max_results, until, lease.dispatch_id, lease.token),
-            ).fetchone()
+            waiting = fenced(
+                lease, poll=poll, min_results=min_results, max_results=max_results, until=until
+            )
+            row = db.execute(SQL.suspend, waiting).fetchone()
             if row is None:
                 return None
             _deliver(db, lease.delivered)
@@ -345,17 +278,12 @@ class SQLiteStore:
 
     async def restart(self, lease: Lease, *, now: float, orphans: tuple[int, bytes]) -> bool:
         def update(db: sqlite3.Connection) -> bool:
-            cursor = db.execute(
-                "UPDATE calls SET state = 'ready', ready_at = ?, poll = x'', status = NULL, "
-                "restarts = restarts + 1, lease_owner = NULL, lease_expires = NULL "
-                "WHERE dispatch_id = ? AND lease_token = ? AND state = 'running'",
-                (now, lease.dispatch_id, lease.token),
-            )
+            cursor = db.execute(SQL.restart, fenced(lease, now=now))
             if cursor.rowcount != 1:
                 return False
             _end_descendants(db, lease.dispatch_id, orphans, now)
             # The old children's results belong to the run that was dropped.
-            db.execute("UPDATE calls SET delivered = 1 WHERE parent_id = ?", (lease.dispatch_id,))
+            db.execute(SQL.set_aside_children, {"id": lease.dispatch_id})
             return True
 
         return await self._run(self._transaction, update)
@@ -364,12 +292,8 @@ class SQLiteStore:
         self, lease: Lease, status: int, result: bytes, *, ready_at: float, now: float
     ) -> bool:
         def update(db: sqlite3.Connection) -> bool:
-            cursor = db.execute(
-                "UPDATE calls SET state = 'ready', status = ?, result = ?, ready_at = ?, "
-                "lease_owner = NULL, lease_expires = NULL "
-                "WHERE dispatch_id = ? AND lease_token = ? AND state = 'running'",
-                (status, result, ready_at, lease.dispatch_id, lease.token),
-            )
+            retried = fenced(lease, status=status, result=result, ready_at=ready_at)
+            cursor = db.execute(SQL.retry, retried)
             return cursor.rowcount == 1
 
         return await self._run(self._transaction, update)
@@ -378,32 +302,26 @@ class SQLiteStore:
         self, lease: Lease, function: str, endpoint: str, input: bytes, *, now: float
     ) -> bool:
         def update(db: sqlite3.Connection) -> bool:
-            cursor = db.execute(
-                "UPDATE calls SET function = ?, endpoint = ?, destination = ?, input = ?, "
-                "state = 'ready', ready_at = ?, attempts = 0, status = NULL, result = x'', "
-                "lease_owner = NULL, lease_expires = NULL, poll = x'' "
-                "WHERE dispatch_id = ? AND lease_token = ? AND state = 'running'",
-                (
-                    function,
-                    endpoint,
-                    destination(endpoint),
-                    input,
-                    now,
-                    lease.dispatch_id,
-                    lease.token,
-                ),
+            handed = fenced(
+                lease,
+                function=function,
+                endpoint=endpoint,
+                destination=destination(endpoint),
+                input=input,
+                now=now,
             )
+            cursor = db.execute(SQL.tail_call, handed)
             if cursor.rowcount != 1:
                 return False
             # The function handed over to starts afresh: earlier children are not its.
-            db.execute("UPDATE calls SET delivered = 1 WHERE parent_id = ?", (lease.dispatch_id,))
+            db.execute(SQL.set_aside_children, {"id": lease.dispatch_id})
             return True
 
         return await self._run(self._transaction, update)
 
     async def get(self, dispatch_id: str) -> Call | None:
         def select(db: sqlite3.Connection) -> Call | None:
-            row = db.execute(f"{_SELECT} WHERE dispatch_id = ?", (dispatch_id,)).fetchone()
+            row = db.execute(SQL.get, {"id": dispatch_id}).fetchone()
             return None if row is None else call_from_row(row)
 
         return await self._run(self._transaction, select)
@@ -420,48 +338,27 @@ class SQLiteStore:
         after: str | None = None,
         limit: int = 100,
     ) -> list[Call]:
-        clauses, values = [], []
-        for column, value in (
-            ("state", None if state is None else state.value),
-            ("function", function),
-            ("root_id", root_id),
-            ("status", status),
-        ):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                values.append(value)
-        if status is not None or failed:
-            # Only a done call's status is final (a retried one keeps its last attempt's).
-            clauses.append("state = 'done'")
-        if failed:
-            clauses.append("status <> ?")
-            values.append(Status.OK.value)
-        # Creation order is the row order; a page starts after the last one's row.
-        order, beyond = ("DESC", "<") if newest_first else ("ASC", ">")
-        if after is not None:
-            clauses.append(f"rowid {beyond} (SELECT rowid FROM calls WHERE dispatch_id = ?)")
-            values.append(after)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        # Only this module's own column names and keywords go into the text; values are
-        # parameters.
-        query = f"{_SELECT} {where} ORDER BY rowid {order} LIMIT ?"
+        query, params = SQL.list(
+            state=None if state is None else state.value,
+            function=function,
+            root_id=root_id,
+            status=status,
+            failed=failed,
+            ok=Status.OK.value,
+            newest_first=newest_first,
+            after=after,
+            limit=limit,
+        )
 
         def select(db: sqlite3.Connection) -> list[Call]:
-            return [call_from_row(row) for row in db.execute(query, (*values, limit))]
+            return [call_from_row(row) for row in db.execute(query, params)]
 
         return await self._run(self._transaction, select)
 
     async def cancel(self, dispatch_id: str, status: int, result: bytes, *, now: float) -> int:
         def end(db: sqlite3.Connection) -> int:
-            ended = db.execute(
-                _TREE + "UPDATE calls SET state = 'done', status = :status, result = :result, "
-                "finished_at = :now, lease_owner = NULL, lease_expires = NULL, poll = x'', "
-                # A lease still out is fenced off: its late answer is not recorded.
-                "lease_token = lease_token + 1 "
-                "WHERE dispatch_id IN (SELECT id FROM tree) AND state <> 'done' "
-                "RETURNING dispatch_id, parent_id",
-                {"id": dispatch_id, "status": status, "result": result, "now": now},
-            ).fetchall()
+            params = {"id": dispatch_id, "status": status, "result": result, "now": now}
+            ended = db.execute(SQL.cancel, params).fetchall()
             for ended_id, parent_id in ended:
                 if ended_id == dispatch_id and parent_id is not None:
                     _wake(db, parent_id, now)
@@ -482,29 +379,8 @@ class SQLiteStore:
 
 
 def _insert(db: sqlite3.Connection, calls: Sequence[NewCall], now: float) -> list[str]:
-    ids = []
-    for call in calls:
-        dispatch_id = new_dispatch_id(now)
-        db.execute(
-            "INSERT INTO calls (dispatch_id, root_id, parent_id, correlation_id, function, "
-            "endpoint, destination, version, input, state, created_at, expires_at, ready_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'ready', ?, ?, ?)",
-            (
-                dispatch_id,
-                call.root_id or dispatch_id,
-                call.parent_id,
-                call.correlation_id,
-                call.function,
-                call.endpoint,
-                destination(call.endpoint) if call.endpoint else "",
-                call.version,
-                call.input,
-                now,
-                call.expires_at,
-                now,
-            ),
-        )
-        ids.append(dispatch_id)
+    ids, rows = rows_to_insert(calls, now)
+    db.executemany(SQL.insert, rows)
     return ids
 
 
@@ -517,52 +393,31 @@ def _backfill_destinations(db: sqlite3.Connection) -> None:
 
 
 def _running(db: sqlite3.Connection, destinations: set[str], now: float) -> dict[str, int]:
-    """Leases in force per destination."""
+    """Leases in force per destination (none: not listed)."""
     running: dict[str, int] = {}
     for where in destinations:
-        (count,) = db.execute(
-            "SELECT count(*) FROM calls "
-            "WHERE state = 'running' AND destination = ? AND lease_expires > ?",
-            (where, now),
-        ).fetchone()
-        running[where] = count
+        for row in db.execute(SQL.running, {"now": now, "destinations": where}):
+            running[row[0]] = row[1]
     return running
 
 
 def _undelivered(db: sqlite3.Connection, parent_id: str, limit: int) -> tuple[ChildResult, ...]:
-    rows = db.execute(
-        "SELECT dispatch_id, correlation_id, status, result FROM calls "
-        "WHERE parent_id = ? AND state = 'done' AND delivered = 0 "
-        "ORDER BY finished_at, rowid LIMIT ?",
-        (parent_id, max(limit, 1)),
-    ).fetchall()
+    rows = db.execute(SQL.undelivered, {"id": parent_id, "limit": max(limit, 1)}).fetchall()
     return tuple(ChildResult(r[0], r[1], r[2], bytes(r[3])) for r in rows)
 
 
 def _deliver(db: sqlite3.Connection, ids: Sequence[str]) -> None:
-    db.executemany("UPDATE calls SET delivered = 1 WHERE dispatch_id = ?", [(i,) for i in ids])
+    db.executemany(SQL.deliver, [{"ids": i} for i in ids])
 
 
 def _end_descendants(
     db: sqlite3.Connection, dispatch_id: str, orphans: tuple[int, bytes], now: float
 ) -> None:
     status, result = orphans
-    db.execute(
-        _TREE + "UPDATE calls SET state = 'done', status = :status, result = :result, "
-        "finished_at = :now, lease_owner = NULL, lease_expires = NULL, poll = x'', "
-        "lease_token = lease_token + 1 "
-        "WHERE dispatch_id IN (SELECT id FROM tree) AND dispatch_id <> :id "
-        "AND state <> 'done'",
-        {"id": dispatch_id, "status": status, "result": result, "now": now},
-    )
+    params = {"id": dispatch_id, "status": status, "result": result, "now": now}
+    db.execute(SQL.end_descendants, params)
 
 
 def _wake(db: sqlite3.Connection, parent_id: str, now: float) -> None:
     """Make a waiting parent ready once it has the results it waits for."""
-    db.execute(
-        "UPDATE calls SET state = 'ready', ready_at = :now "
-        "WHERE dispatch_id = :id AND state = 'waiting' AND poll_min <= ("
-        "  SELECT count(*) FROM calls AS child"
-        "  WHERE child.parent_id = :id AND child.state = 'done' AND child.delivered = 0)",
-        {"id": parent_id, "now": now},
-    )
+    db.execute(SQL.wake, {"id": parent_id, "now": now})

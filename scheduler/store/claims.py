@@ -1,0 +1,63 @@
+"""How a claim chooses among claimable calls, the same for every store: a bounded window
+of the oldest, dealt in turns across root dispatches (round-robin), within each
+destination's cap and this process's room."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+
+def claim_window(limit: int) -> int:
+    """How many of the oldest claimable calls of each state a claim of ``limit`` reads:
+    a bounded window, so that a claim costs the same whatever the backlog."""
+    return max(1024, 16 * limit)
+
+
+def needs_root_heads(ready: int, roots: int, window: int, limit: int) -> bool:
+    """Whether a claim must also read the oldest ready call of each root, given how many
+    ``ready`` calls and how many ``roots`` its window held: when ready calls fill the
+    window (more wait beyond it) and it holds too few roots to deal every turn of the
+    claim. Otherwise every root outside the window has its oldest call after the
+    window's, so the window alone gives the round-robin order."""
+    return ready >= window and roots < 4 * limit
+
+
+def in_turns(rows: Iterable[Sequence[Any]], count: int) -> list[tuple[str, str]]:
+    """Of claimable ``(dispatch_id, root_id, destination, ready_at, seq)`` rows, the first
+    ``count`` as ``(dispatch_id, destination)`` in round-robin order: each root's oldest
+    call, then each root's second, and so on; oldest first within a turn."""
+    unique = {row[0]: row for row in rows}.values()
+    turns: dict[str, int] = {}
+    ranked = []
+    for row in sorted(unique, key=lambda r: (r[3], r[4])):
+        turn = turns.get(row[1], 0)
+        turns[row[1]] = turn + 1
+        ranked.append((turn, row[3], row[4], row[0], row[2]))
+    return [(r[3], r[4]) for r in heapq.nsmallest(count, ranked)]
+
+
+def fitting(
+    candidates: Sequence[Sequence[Any]],
+    *,
+    cap: int | None,
+    running: dict[str, int],
+    room: Callable[[str], int] | None,
+) -> list[str]:
+    """Of ``(dispatch_id, destination)`` candidates in order, those this process may
+    start now: within ``cap`` leases in force per destination (``running`` counts them,
+    every process's), and within the ``room`` its own limiter has per destination."""
+    chosen = []
+    taken: dict[str, int] = {}
+    allowance: dict[str, int] = {}
+    for dispatch_id, where in candidates:
+        if where not in allowance:
+            allowed = room(where) if room is not None else len(candidates)
+            if cap is not None:
+                allowed = min(allowed, cap - running.get(where, 0))
+            allowance[where] = allowed
+        if taken.get(where, 0) < allowance[where]:
+            taken[where] = taken.get(where, 0) + 1
+            chosen.append(dispatch_id)
+    return chosen

@@ -1,0 +1,451 @@
+"""The SQL of both stores, written once.
+
+Each statement is a template in which a few words differ by database, and
+``Statements(dialect)`` renders all of them for one database when its store module is
+imported. The words a template may use:
+
+- ``:name``, a parameter (rendered ``:name`` for SQLite, ``%(name)s`` for psycopg);
+  every statement takes its parameters by name;
+- ``{calls}``, the table; ``{seq}``, the column in creation order (SQLite's ``rowid``,
+  PostgreSQL's ``seq``); ``{empty}``, an empty BLOB; ``{true}`` and ``{false}``;
+- ``{double}`` and ``{blob}``, column types, for migrations.
+
+``one_of(column, name)`` is a membership test: PostgreSQL's store passes the whole list
+once (``= ANY``), SQLite's runs the statement once per value (``=``), which SQLite does
+as fast without a round trip. The few statements only one database has (PostgreSQL's
+row locks, notifications and batches of finishes; each database's own skip scan) are
+here too, so that a new column is added to every statement in this one file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..concurrency import destination
+from . import Lease, NewCall, new_dispatch_id
+
+CHANNEL = "dispatchlet_ready"
+"""The PostgreSQL channel that is notified when a call becomes claimable now."""
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """The words in which one database's SQL differs from the other's."""
+
+    name: str
+    calls: str
+    seq: str
+    empty: str
+    true: str
+    false: str
+    double: str
+    blob: str
+    parameter: str
+    """A named parameter, ``{}`` standing for its name."""
+    many: bool
+    """Whether ``one_of`` takes a whole list (else one value a run)."""
+
+    def render(self, template: str) -> str:
+        """``template`` in this dialect."""
+        words = {
+            "calls": self.calls,
+            "seq": self.seq,
+            "empty": self.empty,
+            "true": self.true,
+            "false": self.false,
+            "double": self.double,
+            "blob": self.blob,
+        }
+        text = template.format_map(words)
+        # A parameter is ``:name``; ``::type`` (a PostgreSQL cast) is not one.
+        return _PARAMETER.sub(lambda m: self.parameter.format(m.group(1)), text)
+
+    def one_of(self, column: str, name: str) -> str:
+        """``column`` is one of the values of the parameter ``name``."""
+        return f"{column} = ANY(:{name})" if self.many else f"{column} = :{name}"
+
+
+_PARAMETER = re.compile(r"(?<![:\w]):([a-z_]+)")
+
+SQLITE = Dialect(
+    name="sqlite",
+    calls="calls",
+    seq="rowid",
+    empty="x''",
+    true="1",
+    false="0",
+    double="REAL",
+    blob="BLOB",
+    parameter=":{}",
+    many=False,
+)
+POSTGRES = Dialect(
+    name="postgres",
+    calls="dispatchlet_calls",
+    seq="seq",
+    empty="''",
+    true="TRUE",
+    false="FALSE",
+    double="DOUBLE PRECISION",
+    blob="BYTEA",
+    parameter="%({})s",
+    many=True,
+)
+
+MIGRATIONS: tuple[str, ...] = ()
+"""Schema changes written once for both stores, after each store's own history (its
+module's ``MIGRATIONS``, which ship as they are): each entry moves both schemas one
+version up, e.g. ``"ALTER TABLE {calls} ADD COLUMN started_at {double}"``."""
+
+# The columns of a Call, in its fields' order (``call_from_row`` reads them).
+COLUMNS = (
+    "dispatch_id, function, endpoint, input, version, correlation_id, parent_id, "
+    "root_id, state, status, result, attempts, created_at, expires_at, ready_at, "
+    "finished_at, poll, restarts"
+)
+# The columns a new call is given (its state is 'ready').
+INSERTED = (
+    "dispatch_id",
+    "root_id",
+    "parent_id",
+    "correlation_id",
+    "function",
+    "endpoint",
+    "destination",
+    "version",
+    "input",
+    "created_at",
+    "expires_at",
+    "ready_at",
+)
+# What a call's lease is, once it has none.
+_UNLEASED = "lease_owner = NULL, lease_expires = NULL"
+# Only the current lease of a running call may change it.
+_FENCED = "WHERE dispatch_id = :id AND lease_token = :token AND state = 'running'"
+
+
+def _ended(status: str, result: str, now: str) -> str:
+    """What ending a call sets, given the SQL of its status, result and time."""
+    return (
+        f"state = 'done', status = {status}, result = {result}, finished_at = {now}, "
+        f"{_UNLEASED}, poll = {{empty}}"
+    )
+
+
+# A lease still out is fenced off: its late answer is not recorded.
+_FENCE_OFF = "lease_token = lease_token + 1"
+
+# The claimable calls a claim considers, as (dispatch_id, root_id, destination, ready_at,
+# seq, state): the oldest of each claimable state, each read through its own partial
+# index, so that neither finished calls nor a long backlog are scanned.
+_CLAIMABLE = "dispatch_id, root_id, destination, ready_at, {seq} AS seq, state"
+_OLDEST_CLAIMABLE = (
+    f"SELECT * FROM (SELECT {_CLAIMABLE} FROM {{calls}}"
+    "  WHERE state = 'ready' AND ready_at <= :now ORDER BY ready_at, {seq} LIMIT :window)"
+    " AS ready"
+    f" UNION ALL SELECT * FROM (SELECT {_CLAIMABLE} FROM {{calls}}"
+    "  WHERE state = 'running' AND lease_expires <= :now ORDER BY lease_expires LIMIT :window)"
+    " AS lapsed"
+    f" UNION ALL SELECT * FROM (SELECT {_CLAIMABLE} FROM {{calls}}"
+    "  WHERE state = 'waiting' AND poll_until <= :now ORDER BY poll_until LIMIT :window)"
+    " AS due"
+)
+# The window's calls in round-robin order (each root's oldest, then each root's second,
+# ...), the first :count of them, each with how many ready calls and how many roots the
+# window holds.
+_RANKED_WINDOW = (
+    f"WITH found AS ({_OLDEST_CLAIMABLE}), ranked AS ("
+    "  SELECT *, ROW_NUMBER() OVER (PARTITION BY root_id ORDER BY ready_at, seq) AS turn"
+    "  FROM found"
+    ") SELECT dispatch_id, root_id, destination, ready_at, seq, state,"
+    "  (SELECT count(*) FROM found WHERE state = 'ready'),"
+    "  (SELECT count(DISTINCT root_id) FROM found)"
+    " FROM ranked ORDER BY turn, ready_at, seq LIMIT :count"
+)
+# The oldest ready call of each of the first :roots roots that have ready calls: a skip
+# scan of the (root_id, ready_at) index, one seek per root, in each database's form.
+_ROOT_HEADS = {
+    "sqlite": (
+        "WITH RECURSIVE roots (root_id, n) AS ("
+        "  SELECT (SELECT min(root_id) FROM {calls} WHERE state = 'ready'), 1"
+        "  UNION ALL SELECT (SELECT min(root_id) FROM {calls}"
+        "    WHERE state = 'ready' AND root_id > roots.root_id), n + 1"
+        "  FROM roots WHERE roots.root_id IS NOT NULL AND n < :roots"
+        ") SELECT c.dispatch_id, c.root_id, c.destination, c.ready_at, c.rowid AS seq, c.state"
+        " FROM roots JOIN {calls} AS c ON c.rowid = ("
+        "  SELECT rowid FROM {calls} WHERE state = 'ready' AND root_id = roots.root_id"
+        "  AND ready_at <= :now ORDER BY ready_at, rowid LIMIT 1)"
+    ),
+    "postgres": (
+        "WITH RECURSIVE roots (root_id, n) AS ("
+        "  (SELECT root_id, 1 FROM {calls} WHERE state = 'ready'"
+        "   ORDER BY root_id LIMIT 1)"
+        "  UNION ALL SELECT (SELECT c.root_id FROM {calls} AS c"
+        "    WHERE c.state = 'ready' AND c.root_id > r.root_id ORDER BY c.root_id LIMIT 1),"
+        "   r.n + 1"
+        "  FROM roots AS r WHERE r.root_id IS NOT NULL AND r.n < :roots"
+        ") SELECT head.* FROM roots CROSS JOIN LATERAL ("
+        f"  SELECT {_CLAIMABLE} FROM {{calls}}"
+        "  WHERE state = 'ready' AND root_id = roots.root_id AND ready_at <= :now"
+        # In the index's order, which the planner then reads rather than another.
+        "  ORDER BY root_id, ready_at, seq LIMIT 1) AS head"
+        " WHERE roots.root_id IS NOT NULL"
+    ),
+}
+# A call's subtree: the call and its descendants, by parent links.
+_TREE = (
+    "WITH RECURSIVE tree (id) AS ("
+    "  SELECT dispatch_id FROM {calls} WHERE dispatch_id = :id"
+    "  UNION SELECT c.dispatch_id FROM {calls} AS c JOIN tree ON c.parent_id = tree.id"
+    ") "
+)
+# A waiting call's undelivered results, the SQL of its id given.
+_UNDELIVERED_COUNT = (
+    "SELECT count(*) FROM {calls} AS child"
+    "  WHERE child.parent_id = %s AND child.state = 'done' AND child.delivered = {false}"
+)
+
+# --- PostgreSQL only ---------------------------------------------------------------
+
+# The batch's finishes that took effect: the call done under the finishing lease's token.
+_FINISHES = (
+    "finishes AS (SELECT * FROM unnest(:ids::text[], :tokens::bigint[],"
+    "  :nows::double precision[], :orphan_statuses::integer[], :orphan_results::bytea[])"
+    "  AS f (id, token, now, orphan_status, orphan_result)),"
+    " finished AS (SELECT f.* FROM finishes AS f JOIN {calls} AS c"
+    "  ON c.dispatch_id = f.id AND c.lease_token = f.token AND c.state = 'done')"
+)
+
+
+class Statements:
+    """Every statement of the stores, in one dialect."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        r = dialect.render
+        self.dialect = dialect
+        self.select = r(f"SELECT {COLUMNS} FROM {{calls}}")
+        self.get = self.select + r(" WHERE dispatch_id = :id")
+        self.insert = r(
+            f"INSERT INTO {{calls}} ({', '.join(INSERTED)}, state) "
+            f"VALUES ({', '.join(':' + column for column in INSERTED)}, 'ready')"
+        )
+
+        # Claims.
+        self.ranked_window = r(_RANKED_WINDOW)
+        self.root_heads = r(_ROOT_HEADS[dialect.name])
+        self.running = r(
+            "SELECT destination, count(*) FROM {calls} WHERE state = 'running' "
+            f"AND lease_expires > :now AND {dialect.one_of('destination', 'destinations')} "
+            "GROUP BY destination"
+        )
+        self.claim = r(
+            "UPDATE {calls} SET state = 'running', lease_owner = :owner, "
+            "lease_token = lease_token + 1, lease_expires = :expires, attempts = attempts + 1 "
+            f"WHERE {dialect.one_of('dispatch_id', 'ids')} "
+            f"RETURNING lease_token, poll_max, {COLUMNS}"
+        )
+        self.undelivered = r(
+            "SELECT dispatch_id, correlation_id, status, result FROM {calls} "
+            "WHERE parent_id = :id AND state = 'done' AND delivered = {false} "
+            "ORDER BY finished_at, {seq} LIMIT :limit"
+        )
+
+        # What an attempt's lease does.
+        # Back as it was before the claim: a resume keeps its poll to resume from.
+        self.release = r(
+            "UPDATE {calls} SET state = 'ready', ready_at = :ready_at, "
+            f"attempts = attempts - 1, {_UNLEASED} {_FENCED}"
+        )
+        self.extend = r(f"UPDATE {{calls}} SET lease_expires = :until {_FENCED}")
+        self.finish = r(
+            f"UPDATE {{calls}} SET {_ended(':status', ':result', ':now')} "
+            f"{_FENCED} RETURNING parent_id"
+        )
+        self.suspend = r(
+            "UPDATE {calls} SET state = 'waiting', poll = :poll, poll_min = :min_results, "
+            "poll_max = :max_results, poll_until = :until, attempts = 0, status = NULL, "
+            f"{_UNLEASED} {_FENCED} RETURNING root_id"
+        )
+        self.restart = r(
+            "UPDATE {calls} SET state = 'ready', ready_at = :now, poll = {empty}, "
+            f"status = NULL, restarts = restarts + 1, {_UNLEASED} {_FENCED}"
+        )
+        # The latest attempt's status and error are kept while the call waits.
+        self.retry = r(
+            "UPDATE {calls} SET state = 'ready', status = :status, result = :result, "
+            f"ready_at = :ready_at, {_UNLEASED} {_FENCED}"
+        )
+        self.tail_call = r(
+            "UPDATE {calls} SET function = :function, endpoint = :endpoint, "
+            "destination = :destination, input = :input, state = 'ready', ready_at = :now, "
+            "attempts = 0, status = NULL, result = {empty}, poll = {empty}, "
+            f"{_UNLEASED} {_FENCED}"
+        )
+
+        # A call tree's parents and children.
+        self.deliver = r(
+            "UPDATE {calls} SET delivered = {true} "
+            f"WHERE {dialect.one_of('dispatch_id', 'ids')}"
+        )
+        # The call runs again with no Poll: its children's results are no longer for it.
+        self.set_aside_children = r("UPDATE {calls} SET delivered = {true} WHERE parent_id = :id")
+        self.end_descendants = r(
+            f"{_TREE}UPDATE {{calls}} SET {_ended(':status', ':result', ':now')}, {_FENCE_OFF} "
+            "WHERE dispatch_id IN (SELECT id FROM tree) AND dispatch_id <> :id "
+            "AND state <> 'done'"
+        )
+        self.cancel = r(
+            f"{_TREE}UPDATE {{calls}} SET {_ended(':status', ':result', ':now')}, {_FENCE_OFF} "
+            "WHERE dispatch_id IN (SELECT id FROM tree) AND state <> 'done' "
+            "RETURNING dispatch_id, parent_id"
+        )
+        # A waiting parent made ready once it has the results it waits for.
+        self.wake = r(
+            "UPDATE {calls} SET state = 'ready', ready_at = :now "
+            "WHERE dispatch_id = :id AND state = 'waiting' "
+            f"AND poll_min <= ({_UNDELIVERED_COUNT % ':id'})"
+        )
+
+    def migrations(self) -> tuple[str, ...]:
+        """The shared schema changes, in this dialect."""
+        return tuple(self.dialect.render(migration) for migration in MIGRATIONS)
+
+    def list(
+        self,
+        *,
+        state: str | None,
+        function: str | None,
+        root_id: str | None,
+        status: int | None,
+        failed: bool,
+        ok: int,
+        newest_first: bool,
+        after: str | None,
+        limit: int,
+    ) -> tuple[str, dict[str, Any]]:
+        """The query of ``Store.list`` and its parameters (``ok``: the OK status)."""
+        clauses = []
+        params: dict[str, Any] = {"limit": limit}
+        for column, value in (
+            ("state", state),
+            ("function", function),
+            ("root_id", root_id),
+            ("status", status),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = :{column}")
+                params[column] = value
+        if status is not None or failed:
+            # Only a done call's status is final (a retried one keeps its last attempt's).
+            clauses.append("state = 'done'")
+        if failed:
+            clauses.append("status <> :ok")
+            params["ok"] = ok
+        # Creation order is the row order; a page starts after the last one's row.
+        order, beyond = ("DESC", "<") if newest_first else ("ASC", ">")
+        if after is not None:
+            clauses.append(
+                f"{{seq}} {beyond} (SELECT {{seq}} FROM {{calls}} WHERE dispatch_id = :after)"
+            )
+            params["after"] = after
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        # Only this module's own column names and keywords go into the text; values are
+        # parameters.
+        query = self.select + self.dialect.render(f"{where} ORDER BY {{seq}} {order} LIMIT :limit")
+        return query, params
+
+
+class PostgresStatements(Statements):
+    """The statements of the PostgreSQL store: the shared ones, and its row locks,
+    notifications and batches of finishes."""
+
+    def __init__(self) -> None:
+        super().__init__(POSTGRES)
+        r = POSTGRES.render
+        # The rows of a claim's candidates locked, by primary key alone (the plan cannot
+        # stray into a scan), with what shows whether each is still claimable.
+        self.lock = r(
+            "SELECT dispatch_id, state, ready_at, lease_expires, poll_until FROM {calls} "
+            f"WHERE {POSTGRES.one_of('dispatch_id', 'ids')} FOR UPDATE SKIP LOCKED"
+        )
+        self.notify = f"SELECT pg_notify('{CHANNEL}', '')"
+        self.finish_all = r(
+            f"UPDATE {{calls}} AS c SET {_ended('f.status', 'f.result', 'f.now')}"
+            " FROM unnest(:ids::text[], :tokens::bigint[], :statuses::integer[],"
+            "  :results::bytea[], :nows::double precision[]) AS f (id, token, status, result, now)"
+            " WHERE c.dispatch_id = f.id AND c.lease_token = f.token AND c.state = 'running'"
+            " RETURNING c.dispatch_id, c.lease_token"
+        )
+        # The results a finished resume was given are delivered.
+        self.deliver_all = r(
+            "UPDATE {calls} AS child SET delivered = {true}"
+            " FROM unnest(:given::text[], :given_to::text[], :given_token::bigint[])"
+            "  AS d (id, parent, token)"
+            " JOIN {calls} AS p"
+            "  ON p.dispatch_id = d.parent AND p.lease_token = d.token AND p.state = 'done'"
+            " WHERE child.dispatch_id = d.id"
+        )
+        # The unfinished descendants of each finished call end with that finish's orphans.
+        self.end_descendants_all = r(
+            f"WITH RECURSIVE {_FINISHES},"
+            " tree (id, seed) AS ("
+            "  SELECT c.dispatch_id, f.id FROM finished AS f"
+            "   JOIN {calls} AS c ON c.parent_id = f.id"
+            "  UNION SELECT c.dispatch_id, tree.seed FROM {calls} AS c"
+            "   JOIN tree ON c.parent_id = tree.id)"
+            f" UPDATE {{calls}} AS c SET {_ended('f.orphan_status', 'f.orphan_result', 'f.now')},"
+            " lease_token = c.lease_token + 1"
+            " FROM tree JOIN finished AS f ON f.id = tree.seed"
+            " WHERE c.dispatch_id = tree.id AND c.state <> 'done'"
+        )
+        # The waiting parents of finished calls made ready, if they now have the results
+        # they wait for; the other processes are told.
+        self.wake_parents_all = r(
+            f"WITH {_FINISHES},"
+            " woken AS ("
+            "  UPDATE {calls} AS parent SET state = 'ready', ready_at = w.now"
+            "  FROM (SELECT c.parent_id, max(f.now) AS now FROM finished AS f"
+            "   JOIN {calls} AS c ON c.dispatch_id = f.id"
+            "   WHERE c.parent_id IS NOT NULL GROUP BY c.parent_id) AS w"
+            "  WHERE parent.dispatch_id = w.parent_id AND parent.state = 'waiting'"
+            f"  AND parent.poll_min <= ({_UNDELIVERED_COUNT % 'parent.dispatch_id'})"
+            "  RETURNING parent.dispatch_id)"
+            f" SELECT pg_notify('{CHANNEL}', '') WHERE EXISTS (SELECT 1 FROM woken)"
+        )
+
+
+def fenced(lease: Lease, **values: Any) -> dict[str, Any]:
+    """The parameters of a statement fenced by ``lease`` (``:id``, ``:token``), and
+    ``values``."""
+    return {"id": lease.dispatch_id, "token": lease.token, **values}
+
+
+def rows_to_insert(
+    calls: Sequence[NewCall], now: float, stored: Callable[[int], int] = int
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """The dispatch ids of new ``calls`` and their rows for ``Statements.insert``
+    (``stored``: the correlation id as the database holds it)."""
+    ids, rows = [], []
+    for call in calls:
+        dispatch_id = new_dispatch_id(now)
+        rows.append(
+            {
+                "dispatch_id": dispatch_id,
+                "root_id": call.root_id or dispatch_id,
+                "parent_id": call.parent_id,
+                "correlation_id": stored(call.correlation_id),
+                "function": call.function,
+                "endpoint": call.endpoint,
+                "destination": destination(call.endpoint) if call.endpoint else "",
+                "version": call.version,
+                "input": call.input,
+                "created_at": now,
+                "expires_at": call.expires_at,
+                "ready_at": now,
+            }
+        )
+        ids.append(dispatch_id)
+    return ids, rows
