@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ...core.status import Status
-from ..concurrency import destination
+from ..calls import destination
 from . import (
     Call,
     ChildResult,

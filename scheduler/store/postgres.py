@@ -30,7 +30,7 @@ import psycopg_pool
 from psycopg_pool import AsyncConnectionPool
 
 from ...core.status import Status
-from ..concurrency import destination
+from ..calls import destination
 from . import (
     Call,
     ChildResult,
@@ -46,7 +46,7 @@ from .claims import claim_window, fitting, in_turns, needs_root_heads
 from .statements import CHANNEL, PostgresStatements, fenced, rows_to_insert
 
 T = TypeVar("T")
-logger = logging.getLogger("dispatchlet.scheduler")
+logger = logging.getLogger(__name__)
 
 SQL = PostgresStatements()
 # Advisory lock keys (one 64-bit number each): the migration, and capped claims.

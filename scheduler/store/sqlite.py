@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ...core.status import Status
-from ..concurrency import destination
+from ..calls import destination
 from . import (
     Call,
     ChildResult,
