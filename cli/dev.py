@@ -28,6 +28,7 @@ from ..core.keys import load_private_key, private_key_base64
 from ..core.values import EncodeError, to_any
 from ..proto.dispatch.sdk.v1 import call_pb2
 from ..scheduler.settings import DEFAULT_PORT
+from ..serving import logging_setup
 from ..serving.app_loading import (
     AppLoadError,
     app_files,
@@ -36,7 +37,6 @@ from ..serving.app_loading import (
     user_traceback,
 )
 from ..serving.waitress_server import serving
-from . import logging_setup
 from .call import parse_input
 from .call_views import attempt_line
 from .dispatch import show

@@ -28,7 +28,7 @@ from ..scheduler.settings import (
     POSTGRES_SCHEMES,
     Settings,
 )
-from . import logging_setup
+from ..serving import logging_setup
 from .errors import CommandError
 from .serve import port, positive_int
 from .signals import EPILOG, Stop, exit_now, stopping_loop

@@ -18,8 +18,8 @@ from ..core.context import RunContext
 from ..core.endpoint import Endpoint
 from ..core.functions import Function
 from ..core.keys import SIGNING_KEY_ENV, private_key_base64, public_key_base64
+from ..serving import logging_setup
 from ..serving.waitress_server import WILDCARDS, listening, local_url, waitress_options
-from . import logging_setup
 from .errors import CommandError
 from .local_server import DEFAULT_ENDPOINT_URL, load_app
 from .signals import EPILOG, interrupting_main_thread

@@ -720,7 +720,7 @@ def test_the_scheduler_logs_json_lines_with_each_attempts_fields(tmp_path: Path)
 def test_json_log_lines_carry_the_records_extra_fields() -> None:
     import logging
 
-    from dispatchlet.cli.logging_setup import JsonFormatter
+    from dispatchlet.serving.logging_setup import JsonFormatter
 
     record = logging.LogRecord(
         "dispatchlet.x", logging.WARNING, __file__, 1, "%s failed", ("a",), None

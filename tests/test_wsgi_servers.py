@@ -627,3 +627,30 @@ def test_waitress_launcher_names_a_missing_app(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "no module named 'nosuchapp'" in result.stderr
+
+
+def test_waitress_launcher_logs_as_json_and_warns_of_a_missing_key(tmp_path: Path) -> None:
+    (tmp_path / "myapp.py").write_text(USER_APP)
+    env = server_env(tmp_path, HOST="127.0.0.1", PORT="0")
+    del env["DISPATCH_VERIFICATION_KEY"]
+    launcher = str(DEPLOY / "serve_waitress.py")
+    process = subprocess.Popen(
+        [sys.executable, launcher, "myapp", "--log-format", "json"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        reader = ThreadPoolExecutor(max_workers=1)
+        # The first line it logs, bounded: the warning comes as the app is wrapped.
+        line = reader.submit(process.stderr.readline).result(timeout=60)
+        reader.shutdown(wait=False)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    record = json.loads(line)
+    assert record["level"] == "warning"
+    assert "DISPATCH_VERIFICATION_KEY" in record["message"]

@@ -22,11 +22,11 @@ follows the endpoint's, and a connection that stops sending is closed within sec
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
 from dispatchlet.adapters.wsgi import wsgi_app
+from dispatchlet.serving import logging_setup
 from dispatchlet.serving.app_loading import AppLoadError, load_endpoint
 from dispatchlet.serving.waitress_server import waitress_options
 from waitress import serve
@@ -38,10 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))  # noqa: S104
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     parser.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", "8")))
+    logging_setup.add_arguments(parser, default_level="info")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    # waitress says where it listens at info.
+    logging_setup.configure(args, also=("waitress",))
     try:
         endpoint = load_endpoint(args.app)
     except AppLoadError as exc:

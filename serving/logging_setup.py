@@ -1,4 +1,5 @@
-"""Logging of the long-running commands: ``--log-level`` and ``--log-format``, one
+"""Logging of the long-running processes (the command line's ``serve``, ``scheduler``
+and ``dev``, and the deploy recipes' servers): ``--log-level`` and ``--log-format``, one
 handler on stderr, as text for a terminal or as one JSON object per line for a log
 collector."""
 
@@ -9,6 +10,7 @@ import datetime
 import json
 import logging
 import sys
+from collections.abc import Sequence
 
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("text", "json")
@@ -44,12 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser, *, default_level: str) -> Non
 _json_handler: logging.Handler | None = None
 
 
-def configure(args: argparse.Namespace) -> None:
-    """Log to stderr as ``args.log_level`` and ``args.log_format`` say."""
-    configure_logging(args.log_level, args.log_format)
+def configure(args: argparse.Namespace, *, also: Sequence[str] = ()) -> None:
+    """Log to stderr as ``args.log_level`` and ``args.log_format`` say; the loggers named
+    in ``also`` (a server the process runs: waitress) speak at dispatchlet's level."""
+    configure_logging(args.log_level, args.log_format, also=also)
 
 
-def configure_logging(level: str, log_format: str) -> None:
+def configure_logging(level: str, log_format: str, *, also: Sequence[str] = ()) -> None:
     global _json_handler
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
@@ -65,7 +68,8 @@ def configure_logging(level: str, log_format: str) -> None:
         handlers=[handler],
         force=True,
     )
-    logging.getLogger("dispatchlet").setLevel(number)
+    for name in ("dispatchlet", *also):
+        logging.getLogger(name).setLevel(number)
 
 
 def json_format() -> bool:
