@@ -21,6 +21,7 @@ from .errors import (
     NotFound,
     Unauthenticated,
     UnsupportedMediaType,
+    refuses,
 )
 from .functions import FUNCTION_NAME, Function
 from .http import Request, Response
@@ -221,7 +222,12 @@ class Endpoint:
 
     def reject(self, error: DispatchletError) -> Response:
         """The answer to a request refused with ``error`` before it could be handled:
-        for adapters, whose reading of a request (its body, its platform event) failed."""
+        for adapters, whose reading of a request (its body, its platform event) failed.
+        An error that is no refusal (a failure of ours) is logged and answered as an
+        internal error, telling the client nothing more."""
+        if not refuses(error):
+            logger.error("internal error while handling a request", exc_info=error)
+            return connect.http_error_response(DispatchletError("internal error"))
         if error.http_status in (401, 403):
             logger.warning("rejected request: %s", error)
         return connect.http_error_response(error)

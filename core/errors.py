@@ -222,6 +222,15 @@ def register_error_status(exc_type: type[BaseException], status: StatusRule) -> 
     _registered[exc_type] = status
 
 
+def refuses(exc: BaseException) -> typing.TypeGuard[DispatchletError]:
+    """Whether ``exc`` refuses a request with an answer of its own (its class sets an
+    HTTP status: a bad request, a bad signature, a database away), rather than being a
+    failure of the code that raised it, which is answered as an internal error."""
+    return isinstance(exc, DispatchletError) and any(
+        "http_status" in vars(cls) for cls in type(exc).__mro__ if cls is not DispatchletError
+    )
+
+
 def status_for(exc: BaseException) -> Status:
     """The run status reported for a function that raised ``exc``."""
     for cls in type(exc).__mro__:
@@ -286,7 +295,9 @@ def _own_errors() -> list[type[DispatchletError]]:
         cls = todo.pop()
         found.append(cls)
         todo.extend(cls.__subclasses__())
-    return [c for c in found if c.__module__ == __name__]
+    # CallFailed and AllFailed describe failures of other calls: a child that ended with
+    # one is read as a plain CallFailed, as before they joined the family.
+    return [c for c in found if c.__module__ == __name__ and not issubclass(c, _RELAYED)]
 
 
 def status_for_type(name: str) -> Status:
@@ -307,3 +318,5 @@ def status_for_type(name: str) -> Status:
 STEP_MISMATCH = type_name(StepMismatch)
 """The error type of a workflow whose code changed the order of its steps: a resume that
 answers it is final, since starting over would repeat the steps taken."""
+
+_RELAYED = (CallFailed, AllFailed)

@@ -127,7 +127,7 @@ def execute(
         args, kwargs = function.arguments(value, present, lambda: _context(function, request))
     except (values.DecodeError, DispatchletError) as exc:
         # Bad input is the caller's fault: no traceback of ours to show.
-        status = Status.INVALID_ARGUMENT if isinstance(exc, values.DecodeError) else exc.status
+        status = Status.INVALID_ARGUMENT if isinstance(exc, values.DecodeError) else status_for(exc)
         error = error_pb2.Error(type=type(exc).__name__, message=str(exc))
         return response(status, call_pb2.CallResult(error=error))
 

@@ -27,6 +27,7 @@ from ..core.errors import (
     NotFound,
     TemporaryError,
     Unauthenticated,
+    refuses,
 )
 from ..core.http import Response
 from ..core.status import Status
@@ -139,7 +140,7 @@ class Api:
                     # acknowledged, and the request may be sent again.
                     logger.exception("a %s request failed", kind.DESCRIPTOR.name)
                     return _web(http_error_response(TemporaryError(_STORE_FAILED)))
-                if isinstance(exc, DispatchletError):  # the request refused, and why
+                if refuses(exc):  # the request refused, and why
                     return _web(http_error_response(exc))
                 # An error of the scheduler's own: logged here, and the client told no
                 # more than that (retrying would meet it again).

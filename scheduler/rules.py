@@ -32,7 +32,7 @@ from .calls import (
 )
 from .outcome import Outcome
 from .retry import MAX_RESTARTS, RetryPolicy
-from .settings import DEFAULT_MAX_INPUT_SIZE
+from .settings import DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_MAX_INPUT_SIZE
 from .store import Call, NewCall
 
 
@@ -47,7 +47,7 @@ class Limits:
     """What the rules need of the scheduler's settings."""
 
     policy: RetryPolicy = field(default_factory=RetryPolicy)
-    attempt_timeout: float = 300.0
+    attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT
     max_restarts: int = MAX_RESTARTS
     max_input_size: int = DEFAULT_MAX_INPUT_SIZE
     """The largest input a Poll's call or a tail call may have, in bytes."""
@@ -282,8 +282,6 @@ ORPHANS = (
 )
 
 __all__ = [
-    "MAX_POLL_CALLS",
-    "MAX_POLL_RESULTS",
     "ORPHANS",
     "Decision",
     "Finish",
@@ -295,7 +293,5 @@ __all__ = [
     "TailCall",
     "after_attempt",
     "before_attempt",
-    "call_problem",
     "cut_short",
-    "oversized_input",
 ]

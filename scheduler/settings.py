@@ -13,9 +13,9 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..core.dispatching import API_KEY_ENV, DEFAULT_API_URL, split_api_keys
-from ..core.endpoint import DEFAULT_MAX_BODY_SIZE
 from ..core.errors import ConfigurationError
 from ..core.keys import SIGNING_KEY_ENV, load_private_key
+from ..core.limits import DEFAULT_MAX_BODY_SIZE
 from .retry import RetryPolicy
 
 DEFAULT_HOST = "127.0.0.1"

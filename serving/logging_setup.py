@@ -16,7 +16,7 @@ LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("text", "json")
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-TEXT_DATE_FORMAT = "%H:%M:%S"
+TEXT_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 # The attributes every LogRecord has: anything else on a record came from ``extra``.
 _STANDARD = frozenset(vars(logging.LogRecord("", logging.INFO, "", 0, "", None, None)).keys()) | {

@@ -448,8 +448,21 @@ def test_a_call_that_ends_cancels_its_unfinished_children() -> None:
             return answered(returning_response(b"enough"))
         return poll_on("quick", "stuck", min_results=1)
 
+    stuck_started = asyncio.Event()
+    hang = hanging(released)
+
+    async def stuck_attempt(request: function_pb2.RunRequest) -> Outcome:
+        stuck_started.set()
+        return await hang(request)
+
+    async def quick(request: function_pb2.RunRequest) -> Outcome:
+        # Answers once its sibling is running, so that the sibling's attempt is in flight
+        # when the parent ends: its late answer is what this test is about.
+        await stuck_started.wait()
+        return await returning(b"Q")(request)
+
     async def body() -> None:
-        answers = {"parent": parent, "quick": returning(b"Q"), "stuck": hanging(released)}
+        answers = {"parent": parent, "quick": quick, "stuck": stuck_attempt}
         async with running(answers) as run:
             dispatch_id = await run.dispatch("parent")
             assert (await run.done(dispatch_id)).status == Status.OK

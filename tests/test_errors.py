@@ -12,16 +12,14 @@ import pytest
 from dispatchlet import AllFailed, CallFailed, ConfigurationError, DispatchletError, Status
 from dispatchlet.client import ClientError
 from dispatchlet.core.errors import (
+    InvalidArgument,
     PermanentError,
     error_class,
+    refuses,
     status_for,
     status_for_type,
     type_name,
 )
-
-# Exceptions in modules whose owners have yet to add DispatchletError to their bases
-# (one line each). The test below fails once one of them joins the family, or a new
-# class outside it appears: this list only ever shrinks.
 
 
 def public_exceptions() -> dict[str, type[BaseException]]:
@@ -29,7 +27,7 @@ def public_exceptions() -> dict[str, type[BaseException]]:
     found: dict[str, type[BaseException]] = {}
     # Each part is a folder of its own (pyproject's package-dir): walked one by one.
     names = ["dispatchlet"]
-    for part in ("adapters", "cli", "client", "core", "scheduler"):
+    for part in ("adapters", "cli", "client", "core", "scheduler", "serving"):
         package = importlib.import_module(f"dispatchlet.{part}")
         names.append(package.__name__)
     for package_name in list(names):
@@ -122,3 +120,39 @@ def test_store_and_command_errors_report_permanent_errors() -> None:
     assert status_for(StoreError("closed")) == Status.PERMANENT_ERROR
     assert status_for(CommandError("usage")) == Status.PERMANENT_ERROR
     assert CommandError("usage", 3).exit_code == 3
+
+
+def test_a_child_that_ended_with_a_relayed_failure_is_read_as_a_plain_call_failure() -> None:
+    # CallFailed and AllFailed describe other calls' failures: a workflow awaiting a child
+    # that ended with one gets a plain CallFailed, not one rebuilt from their names.
+    for cls in (CallFailed, AllFailed):
+        assert error_class(type_name(cls)) is None
+
+
+class BrokenInside(DispatchletError):
+    """An error of the family that sets no HTTP status: a failure, not a refusal."""
+
+
+def test_a_family_error_that_is_no_refusal_is_an_internal_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from dispatchlet import Endpoint
+    from dispatchlet.core.connect import RUN_PATH
+    from dispatchlet.core.http import Request
+
+    endpoint = Endpoint(insecure=True)
+
+    def broken(request: Request) -> None:
+        raise BrokenInside("a secret detail")
+
+    endpoint._handle = broken  # type: ignore[method-assign, assignment]
+    with caplog.at_level("ERROR", logger="dispatchlet"):
+        answer = endpoint.handle(Request("POST", RUN_PATH, "example.com", [], b""))
+    assert answer.status == 500
+    assert b"a secret detail" not in answer.body
+    assert b"internal error" in answer.body
+    assert any(r.exc_info and r.exc_info[0] is BrokenInside for r in caplog.records)
+    # A refusal keeps its own answer.
+    assert refuses(InvalidArgument("bad"))
+    assert not refuses(BrokenInside("x"))
+    assert not refuses(ValueError("x"))

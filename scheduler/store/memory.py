@@ -12,6 +12,7 @@ import builtins
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from ...core.errors import DispatchletError
 from ...core.status import Status
 from ..calls import destination
 from . import (
@@ -29,8 +30,9 @@ from . import (
 )
 
 
-class IntegrityError(StoreError, ValueError):
-    """A call that the store refuses (as a database's constraints would)."""
+class IntegrityError(ValueError, DispatchletError):
+    """A call that the store refuses (as a database's constraints would): a fault of
+    the caller's, not a database away (no ``StoreError``, which means try again)."""
 
 
 @dataclass

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..concurrency import destination
+from ..calls import destination
 from . import Lease, NewCall, new_dispatch_id
 
 CHANNEL = "dispatchlet_ready"
