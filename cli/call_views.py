@@ -45,14 +45,9 @@ def plain(value: object) -> object:
 
 def text(value: object) -> str:
     """``value`` on one line: compact JSON, or a description."""
-    if isinstance(value, any_pb2.Any):
-        return _describe_any(value)
-    if isinstance(value, datetime.datetime):
-        return value.isoformat()
-    try:
-        return json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):
-        return repr(value)
+    shown = plain(value)
+    # ``plain`` hands back what JSON can carry as it is, else a description to show as is.
+    return json.dumps(shown, ensure_ascii=False) if shown is value else str(shown)
 
 
 def _decoded(value: any_pb2.Any) -> object:
