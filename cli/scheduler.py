@@ -20,16 +20,21 @@ from ..scheduler.retry import RetryPolicy
 from ..scheduler.settings import (
     DATABASE_URL_ENV,
     DEFAULT_ATTEMPT_TIMEOUT,
+    DEFAULT_BODY_TIMEOUT,
     DEFAULT_DATABASE,
     DEFAULT_GRACE_PERIOD,
     DEFAULT_HOST,
+    DEFAULT_KEEPALIVE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_INPUT_SIZE,
     DEFAULT_PORT,
+    METRICS_KEY_ENV,
     POSTGRES_SCHEMES,
     Settings,
 )
 from ..serving import logging_setup
 from .errors import CommandError
+from .call import seconds
 from .serve import port, positive_int
 from .signals import EPILOG, Stop, exit_now, stopping_loop
 
@@ -99,6 +104,38 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--insecure",
         action="store_true",
         help="no API key and unsigned calls: for local development only",
+    )
+    parser.add_argument(
+        "--metrics-public",
+        action="store_true",
+        help="serve /metrics without a key (it names every destination); by default it "
+        f"needs an API key or a key of {METRICS_KEY_ENV} (comma-separated)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=positive_int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help="connections kept open at once, lowered to fit the open files limit; past "
+        "it the oldest connection that has sent nothing is closed, or else the new one is "
+        "answered 503 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--keepalive-timeout",
+        type=seconds,
+        default=DEFAULT_KEEPALIVE_TIMEOUT,
+        metavar="SECONDS",
+        help="close a connection that has not sent a whole request head this long after it "
+        "opened or after its last answer: idle and slow clients alike (default: "
+        "%(default)s)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=seconds,
+        default=DEFAULT_BODY_TIMEOUT,
+        metavar="SECONDS",
+        help="answer 408 and close the connection when a request's body takes longer to "
+        "arrive (default: %(default)s)",
     )
     parser.add_argument(
         "--max-attempts", type=positive_int, default=RetryPolicy.max_attempts, metavar="N"
@@ -180,6 +217,10 @@ def run(args: argparse.Namespace) -> int:
             max_per_destination=args.max_per_destination,
             reuse_port=args.reuse_port,
             max_input_size=args.max_input_size,
+            max_connections=args.max_connections,
+            keepalive_timeout=args.keepalive_timeout,
+            body_timeout=args.body_timeout,
+            metrics_public=args.metrics_public,
             **given,
         )
     except ConfigurationError as exc:

@@ -9,6 +9,7 @@ index and the reason, and then no call of the request is kept.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -21,6 +22,7 @@ from google.protobuf import json_format, message
 from ..core.connect import JSON, PROTO, codec, http_error_response
 from ..core.dispatching import API_KEY_ENV
 from ..core.errors import (
+    DeadlineExceeded,
     DispatchletError,
     InvalidArgument,
     MethodNotAllowed,
@@ -36,7 +38,7 @@ from ..proto.dispatchlet.scheduler.v1 import calls_pb2
 from .calls import call_problem, duration_seconds, oversized_input, timestamp
 from .engine import Engine
 from .metrics import prometheus_text, stats
-from .settings import DEFAULT_MAX_INPUT_SIZE
+from .settings import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_INPUT_SIZE, METRICS_KEY_ENV
 from .store import Call, NewCall, State, Store, unavailable
 
 M = TypeVar("M", bound=message.Message)
@@ -80,6 +82,9 @@ class Api:
         default_expiration: float = DEFAULT_EXPIRATION,
         max_input_size: int = DEFAULT_MAX_INPUT_SIZE,
         clock: Callable[[], float] = time.time,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
+        metrics_keys: Sequence[str] = (),
+        metrics_public: bool = False,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -89,6 +94,9 @@ class Api:
         self.max_input_size = max_input_size
         self.max_body_size = body_limit(max_input_size)
         self.clock = clock
+        self.body_timeout = body_timeout
+        self.metrics_keys = [key.encode() for key in metrics_keys if key]
+        self.metrics_public = metrics_public
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body_size)
@@ -110,7 +118,16 @@ class Api:
         return web.json_response({"status": "ok"})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        """Prometheus text exposition of this process's engine (``metrics.stats``)."""
+        """Prometheus text exposition of this process's engine (``metrics.stats``), to
+        holders of an API key or a metrics key: it names every destination."""
+        if not (self.metrics_public or self.insecure):
+            try:
+                self._authenticate(
+                    request.headers.get("Authorization"), self.api_keys + self.metrics_keys
+                )
+            except Unauthenticated as exc:
+                hint = f" (or one of {METRICS_KEY_ENV}; --metrics-public: no key for /metrics)"
+                return _web(http_error_response(Unauthenticated(f"{exc}{hint}")))
         text = prometheus_text(stats(self.engine))
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
@@ -128,7 +145,7 @@ class Api:
                 if (request.content_length or 0) > self.max_body_size:
                     # Announced: refused unread.
                     raise self._too_large(request.content_length)
-                body = await request.read()
+                body = await self._read(request)
                 decoded = _decode(kind, body, wire)
                 answer = await handler(decoded)
             except web.HTTPRequestEntityTooLarge:
@@ -155,6 +172,19 @@ class Api:
 
         return serve
 
+    async def _read(self, request: web.Request) -> bytes:
+        """The request's body, if it arrives within the body timeout (a client that
+        trickles it must not hold its connection and buffer for long)."""
+        try:
+            return await asyncio.wait_for(request.read(), self.body_timeout)
+        except asyncio.TimeoutError:
+            # The rest of the body may still come: the connection cannot serve another.
+            request.protocol.close()
+            raise BodyTimeout(
+                f"the request body did not arrive within {self.body_timeout:g} s "
+                "(--body-timeout)"
+            ) from None
+
     def _too_large(self, size: int | None) -> RequestTooLarge:
         told = f" of {size} bytes" if size else ""
         return RequestTooLarge(
@@ -163,17 +193,18 @@ class Api:
             f"{self.max_input_size} bytes)"
         )
 
-    def _authenticate(self, header: str | None) -> None:
+    def _authenticate(self, header: str | None, keys: Sequence[bytes] | None = None) -> None:
         if self.insecure:
             return
-        if not self.api_keys:
+        keys = self.api_keys if keys is None else keys
+        if not keys:
             raise Unauthenticated(_NO_KEYS)
         scheme, _, token = (header or "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise Unauthenticated(_MISSING_KEY)
         given = token.strip().encode()
         # Every key is compared, in constant time: nothing tells which came close.
-        matches = [hmac.compare_digest(given, key) for key in self.api_keys]
+        matches = [hmac.compare_digest(given, key) for key in keys]
         if not any(matches):
             raise Unauthenticated(_INVALID_KEY)
 
@@ -309,6 +340,12 @@ class InternalError(DispatchletError):
 
     http_status = 500
     code = "internal"
+
+
+class BodyTimeout(DeadlineExceeded):
+    """A request body that did not arrive in time (HTTP 408, the connection closed)."""
+
+    http_status = 408
 
 
 class RequestTooLarge(InvalidArgument):

@@ -15,6 +15,7 @@ from aiohttp import web
 from .api import Api
 from .callers import Callers
 from .concurrency import Limiter
+from .connections import BoundedSite, connection_cap, quiet_accept_errors, raise_fd_limit
 from .engine import Engine
 from .http_caller import HttpCaller
 from .settings import POSTGRES_SCHEMES, Settings, is_database_url
@@ -72,16 +73,43 @@ async def serve(
         api_keys=settings.api_keys,
         insecure=settings.insecure,
         max_input_size=settings.max_input_size,
+        body_timeout=settings.body_timeout,
+        metrics_keys=settings.metrics_keys,
+        metrics_public=settings.metrics_public,
     )
-    runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
+    # aiohttp's keep-alive timer runs from a connection's start and from each answer
+    # until a whole request head has arrived: it bounds idle connections and slow heads.
+    runner = web.AppRunner(
+        api.app(),
+        access_log=None,
+        handle_signals=False,
+        keepalive_timeout=settings.keepalive_timeout,
+    )
     await runner.setup()
     stopped = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    exception_handler = quiet_accept_errors(loop)
+    fd_limit = raise_fd_limit()
+    max_connections = connection_cap(settings.max_connections, fd_limit)
+    if max_connections < settings.max_connections:
+        logger.warning(
+            "at most %d connections (not %d): the open files limit is %d (raise it, e.g. "
+            "LimitNOFILE= in a systemd unit, or ulimit -n)",
+            max_connections,
+            settings.max_connections,
+            fd_limit,
+        )
     signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
     for signum in signals:
         loop.add_signal_handler(signum, stopped.set)
     try:
-        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=settings.reuse_port)
+        site = BoundedSite(
+            runner,
+            settings.host,
+            settings.port,
+            reuse_port=settings.reuse_port,
+            max_connections=max_connections,
+        )
         await site.start()
         if ready is not None:
             ready([(str(a[0]), int(a[1])) for a in runner.addresses])
@@ -105,6 +133,7 @@ async def serve(
     finally:
         for signum in signals:
             loop.remove_signal_handler(signum)
+        loop.set_exception_handler(exception_handler)
         await runner.cleanup()
         await caller.close()
         await store.close()

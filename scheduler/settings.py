@@ -29,6 +29,16 @@ DEFAULT_GRACE_PERIOD = 10.0
 DEFAULT_MAX_INPUT_SIZE = DEFAULT_MAX_BODY_SIZE
 """The largest input a call may have, in bytes (its serialized ``Any``): an endpoint's
 own default limit on a request's body, which would refuse a larger one anyway."""
+DEFAULT_MAX_CONNECTIONS = 1000
+"""Connections the API keeps open at once, unless the open files limit allows fewer."""
+DEFAULT_KEEPALIVE_TIMEOUT = 60.0
+"""Seconds a connection may stay open without a whole request head, from its start or
+from its last answer: it bounds idle connections and slow heads alike (nginx: 60 s for
+a head, 75 s idle)."""
+DEFAULT_BODY_TIMEOUT = 60.0
+"""Seconds a request's body may take to arrive (nginx's client_body_timeout: 60 s)."""
+METRICS_KEY_ENV = "DISPATCHLET_METRICS_KEY"
+"""Keys that may read /metrics and nothing else (comma-separated), beside the API keys."""
 DEFAULT_DATABASE = "dispatchlet.db"
 """The SQLite file used when no database is named."""
 DATABASE_URL_ENV = "DISPATCHLET_DATABASE_URL"
@@ -61,6 +71,16 @@ class Settings:
     max_input_size: int = DEFAULT_MAX_INPUT_SIZE
     """The largest input of a call, in bytes: a larger one is refused at Dispatch, and a
     Poll or tail call that makes one ends its call (INVALID_RESPONSE)."""
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    """Connections the API keeps open at once (lowered to fit the open files limit):
+    past it, the oldest that has sent nothing is closed, or else the new one is
+    answered 503."""
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    metrics_keys: Sequence[str] = ()
+    """Keys that may read /metrics, beside the API keys."""
+    metrics_public: bool = False
+    """/metrics without a key (for a scraper on a private network)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **given: Any) -> Settings:
@@ -69,7 +89,8 @@ class Settings:
 
         - ``database``: ``DISPATCHLET_DATABASE_URL``, else the file ``dispatchlet.db``;
         - ``signing_key``: ``DISPATCH_SIGNING_KEY`` (PEM or base64), else None;
-        - ``api_keys``: ``DISPATCH_API_KEY``, comma-separated.
+        - ``api_keys``: ``DISPATCH_API_KEY``, comma-separated;
+        - ``metrics_keys``: ``DISPATCHLET_METRICS_KEY``, comma-separated.
 
         A value that cannot be used raises ``ConfigurationError`` naming its variable.
         """
@@ -88,6 +109,8 @@ class Settings:
                     ) from None
         if "api_keys" not in given:
             found["api_keys"] = split_api_keys(env.get(API_KEY_ENV, ""))
+        if "metrics_keys" not in given:
+            found["metrics_keys"] = split_api_keys(env.get(METRICS_KEY_ENV, ""))
         unknown = set(given) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
