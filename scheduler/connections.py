@@ -25,9 +25,11 @@ from aiohttp import web
 
 logger = logging.getLogger(__name__)
 
-FD_RESERVE = 256
-"""File descriptors kept for everything but the API's connections (the database, attempts
-to endpoints, logs), out of the process's limit: at most a quarter of it."""
+FD_RESERVE = 512
+"""File descriptors kept for everything but the API's open connections, out of the
+process's limit (at most half of it): the database, attempts to endpoints, and sockets
+accepted but not yet counted or closed but not yet released (asyncio accepts up to a
+backlog's worth at once and closes a transport on its next turn)."""
 LINGER = 2.0
 """Seconds a refused connection stays open to read what its client still sends, so that
 the client reads the 503 rather than a reset."""
@@ -63,10 +65,10 @@ def raise_fd_limit() -> int:
 
 def connection_cap(wanted: int, fd_limit: int) -> int:
     """``wanted``, lowered so that the API's connections leave room under ``fd_limit``
-    for the rest of the process (``FD_RESERVE``, or a quarter of a small limit)."""
+    for the rest of the process (``FD_RESERVE``, or half of a small limit)."""
     if fd_limit == resource.RLIM_INFINITY or fd_limit <= 0:
         return wanted
-    room = fd_limit - min(FD_RESERVE, fd_limit // 4)
+    room = fd_limit - min(FD_RESERVE, fd_limit // 2)
     return max(1, min(wanted, room))
 
 

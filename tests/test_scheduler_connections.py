@@ -264,5 +264,6 @@ def test_failed_accepts_are_logged_once_in_a_while(caplog: pytest.LogCaptureFixt
 
 def test_the_connection_cap_leaves_room_under_the_open_files_limit() -> None:
     assert connection_cap(1000, 65536) == 1000
-    assert connection_cap(1000, 1024) == 1024 - FD_RESERVE
-    assert connection_cap(1000, 256) == 192
+    assert connection_cap(1000, 1024) == 512
+    assert connection_cap(1000, 256) == 128
+    assert connection_cap(1000, 4096) == 4096 - FD_RESERVE
