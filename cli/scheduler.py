@@ -33,8 +33,8 @@ from ..scheduler.settings import (
     Settings,
 )
 from ..serving import logging_setup
-from .errors import CommandError
 from .call import seconds
+from .errors import CommandError
 from .serve import port, positive_int
 from .signals import EPILOG, Stop, exit_now, stopping_loop
 

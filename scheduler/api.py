@@ -181,8 +181,7 @@ class Api:
             # The rest of the body may still come: the connection cannot serve another.
             request.protocol.close()
             raise BodyTimeout(
-                f"the request body did not arrive within {self.body_timeout:g} s "
-                "(--body-timeout)"
+                f"the request body did not arrive within {self.body_timeout:g} s (--body-timeout)"
             ) from None
 
     def _too_large(self, size: int | None) -> RequestTooLarge:

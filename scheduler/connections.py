@@ -39,8 +39,7 @@ MAX_LINGERING = 64
 _UNAVAILABLE = json.dumps(
     {
         "code": "unavailable",
-        "message": "the scheduler has too many connections open (--max-connections); "
-        "try again",
+        "message": "the scheduler has too many connections open (--max-connections); try again",
     }
 ).encode()
 REFUSAL = (

@@ -9,7 +9,6 @@ import contextlib
 import json
 import logging
 import resource
-import select
 import socket
 import sys
 import time
@@ -70,26 +69,36 @@ def read_answer(sock: socket.socket) -> bytes:
     sock.settimeout(WAIT)
     data = b""
     while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
+        data += received(sock)
     head, _, body = data.partition(b"\r\n\r\n")
     (length,) = [
-        int(line.split(b":")[1]) for line in head.split(b"\r\n")
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
         if line.lower().startswith(b"content-length:")
     ]
     while len(body) < length:
-        body += sock.recv(65536)
+        body += received(sock)
     return head + b"\r\n\r\n" + body
+
+
+def received(sock: socket.socket) -> bytes:
+    chunk = sock.recv(65536)
+    assert chunk, "the connection was closed before the whole answer"
+    return chunk
 
 
 def closed_by_server(sock: socket.socket) -> bool:
     """Whether the server has closed ``sock`` (without waiting)."""
-    readable, _, _ = select.select([sock], [], [], 0)
-    if not readable:
-        return False
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
     try:
         return sock.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
     except ConnectionResetError:
         return True
+    finally:
+        sock.settimeout(timeout)
 
 
 @contextlib.contextmanager
@@ -230,9 +239,11 @@ async def metrics_need_a_key(tmp_path: Path) -> None:
 
 def test_metrics_public_serves_them_without_a_key(tmp_path: Path) -> None:
     async def scenario() -> tuple[int, str]:
-        async with harness(tmp_path, metrics_public=True) as h:
-            async with h.session.get(h.url + "/metrics") as answer:
-                return answer.status, await answer.text()
+        async with (
+            harness(tmp_path, metrics_public=True) as h,
+            h.session.get(h.url + "/metrics") as answer,
+        ):
+            return answer.status, await answer.text()
 
     status, text = asyncio.run(scenario())
     assert status == 200

@@ -107,9 +107,7 @@ def app_dir(tmp_path: Path) -> Path:
     return directory
 
 
-def test_waitress_as_the_recipe_runs_it_answers_every_probe(
-    app_dir: Path, tmp_path: Path
-) -> None:
+def test_waitress_as_the_recipe_runs_it_answers_every_probe(app_dir: Path, tmp_path: Path) -> None:
     env = server_env(tmp_path, HOST="127.0.0.1", PORT="0")
     command = [sys.executable, str(DEPLOY / "serve_waitress.py"), "server_app.py"]
     server: Server = launch("waitress", command, app_dir, tmp_path, env)
@@ -128,7 +126,8 @@ def nginx_config(folder: Path, port: int, upstream: int) -> Path:
     whose files all live in ``folder``."""
     site = NGINX_SITE.replace("listen 80;", f"listen 127.0.0.1:{port};")
     site = site.replace("127.0.0.1:8000", f"127.0.0.1:{upstream}")
-    assert f"127.0.0.1:{upstream}" in site and f"127.0.0.1:{port}" in site, site
+    assert f"127.0.0.1:{upstream}" in site, site
+    assert f"127.0.0.1:{port}" in site, site
     user = "user root;\n" if os.geteuid() == 0 else ""
     temp = "\n".join(
         f"    {kind}_temp_path {folder / kind};"
