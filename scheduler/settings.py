@@ -110,7 +110,7 @@ class Settings:
         if "api_keys" not in given:
             found["api_keys"] = split_api_keys(env.get(API_KEY_ENV, ""))
         if "metrics_keys" not in given:
-            found["metrics_keys"] = split_api_keys(env.get(METRICS_KEY_ENV, ""))
+            found["metrics_keys"] = tuple(split_api_keys(env.get(METRICS_KEY_ENV, "")))
         unknown = set(given) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")

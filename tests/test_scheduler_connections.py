@@ -22,6 +22,7 @@ from dispatchlet.scheduler.connections import (
     connection_cap,
     quiet_accept_errors,
 )
+from dispatchlet.scheduler.settings import Settings
 from scheduler_harness import API_KEY, harness
 from test_scheduler_processes import Process, environment
 
@@ -277,4 +278,9 @@ def test_the_connection_cap_leaves_room_under_the_open_files_limit() -> None:
     assert connection_cap(1000, 65536) == 1000
     assert connection_cap(1000, 1024) == 512
     assert connection_cap(1000, 256) == 128
-    assert connection_cap(1000, 4096) == 4096 - FD_RESERVE
+    assert connection_cap(5000, 4096) == 4096 - FD_RESERVE
+
+
+def test_metrics_keys_come_from_the_environment() -> None:
+    found = Settings.from_env({"DISPATCHLET_METRICS_KEY": "scrape, old"}, database="x.db")
+    assert found.metrics_keys == ("scrape", "old")
