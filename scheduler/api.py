@@ -79,7 +79,7 @@ class Api:
         insecure: bool = False,
         default_expiration: float = DEFAULT_EXPIRATION,
         max_input_size: int = DEFAULT_MAX_INPUT_SIZE,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -88,7 +88,8 @@ class Api:
         self.default_expiration = default_expiration
         self.max_input_size = max_input_size
         self.max_body_size = body_limit(max_input_size)
-        self.clock = clock
+        # The engine's unless told: calls are stored by the time they are run by.
+        self.clock = clock or engine.clock
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body_size)

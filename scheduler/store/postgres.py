@@ -211,6 +211,17 @@ class PostgresStore:
         else:
             await db.execute("UPDATE dispatchlet_schema SET version = %s", (SCHEMA_VERSION,))
 
+    async def database_time(self) -> float:
+        """The database server's clock, in seconds since the epoch: every scheduler process
+        on the database keeps its time by it (``clock.DatabaseClock``), whatever its own
+        wall clock says."""
+        async with self._pool.connection() as connection:
+            cursor = await connection.execute("SELECT extract(epoch FROM clock_timestamp())")
+            row = await cursor.fetchone()
+        if row is None:
+            raise StoreError("the database did not tell its time")
+        return float(row[0])
+
     # --- wake-ups ----------------------------------------------------------------------
 
     def subscribe(self, wake: Callable[[], None]) -> None:
