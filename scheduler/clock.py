@@ -5,29 +5,33 @@ epoch, compared with the ``now`` each store method is given. Read from the wall 
 they would follow its jumps: forward, a lease in force looks lapsed (its call runs
 beside itself) and calls expire unrun; backward, the ready backlog waits out the jump;
 and processes whose wall clocks disagree take each other's calls. So ``now`` comes from
-a clock that does not jump: a reference time, taken once, advanced by
-``time.monotonic()``.
+a clock that does not jump: a reference time, taken once, advanced by the monotonic
+clock (``steady``).
 
 - One process (SQLite, memory): the reference is the wall clock at start
   (``SteadyClock``). The wall clock is compared with it at most once a second, and a
   jump of a second or more is logged once, as a warning: the scheduler keeps its own
   time. It slews toward the wall clock by at most 0.5 ms per second (NTP's rate), never
   stepping: NTP's small corrections are absorbed within minutes, so that the times users
-  see stay those of the wall clock, while a large jump is not felt (15 minutes would take
-  three weeks; a restart takes the wall clock's time again, and a jump is felt then).
+  see stay the wall clock's, while a large jump is not felt (15 minutes would take three
+  weeks to catch up; a restart takes the wall clock's time again, and the jump is felt
+  then, once).
 - Several processes (PostgreSQL): the reference is the database's clock
   (``DatabaseClock``), read at open and every 30 s. Of three readings, the one with the
   shortest round trip is taken, as of the midpoint of its round trip (as NTP does). Every
   process sharing the database then agrees with the database's clock within half a round
-  trip (milliseconds), whatever its own wall clock says: as good, against leases of tens
-  of seconds, as comparing with the database's ``now()`` in SQL (graphile-worker does),
-  without writing every statement twice (both stores share them, and are given ``now``).
-  A jump of the database's clock is followed at the next reading (logged), so that the
-  processes keep agreeing with one another.
+  trip (milliseconds) plus the drift of its monotonic clock over 30 s (microseconds),
+  whatever its own wall clock says. Against leases of tens of seconds that is as good as
+  comparing with the database's ``now()`` in SQL, as graphile-worker does, and it keeps
+  one set of statements for both stores (they are given ``now``; ``now()`` in SQL would
+  take a second set, and a second code path for every decision ``rules`` takes by
+  ``now``). A jump of the database's clock is followed at the next reading (logged), so
+  that the processes keep agreeing with one another.
 
-Times sent to an endpoint (a Run request's expiration) are compared with its own wall
-clock: ``wall_skew`` is what to add to the scheduler's times to put them on this
-machine's wall clock (on which an endpoint on the same machine runs).
+Times sent to an endpoint (a Run request's expiration) are compared with its wall clock:
+``wall_skew`` is what to add to the scheduler's times to put them on this machine's wall
+clock, the one an endpoint on this machine reads, and, since a jump is most often a
+correction, the one other machines agree with.
 """
 
 from __future__ import annotations
@@ -54,6 +58,16 @@ SAMPLES = 3
 """Readings of the database's clock per sync; the one with the shortest round trip wins."""
 
 Wall = Callable[[], float]
+
+
+BOOTTIME: int | None = getattr(time, "CLOCK_BOOTTIME", None)
+
+
+def steady() -> float:
+    """Seconds of a clock that never jumps: the monotonic clock, counting the time the
+    machine was suspended where the system tells it (Linux's ``CLOCK_BOOTTIME``), so
+    that a laptop's sleep is not taken for a jump of the wall clock."""
+    return time.clock_gettime(BOOTTIME) if BOOTTIME is not None else time.monotonic()
 
 
 class Clock(Protocol):
@@ -96,7 +110,7 @@ class SteadyClock:
         self,
         *,
         wall: Wall = time.time,
-        monotonic: Wall = time.monotonic,
+        monotonic: Wall = steady,
         slew: float = SLEW,
     ) -> None:
         self._wall = wall
@@ -156,7 +170,7 @@ class DatabaseClock:
         read: Callable[[], Awaitable[float]],
         *,
         wall: Wall = time.time,
-        monotonic: Wall = time.monotonic,
+        monotonic: Wall = steady,
         every: float = SYNC_EVERY,
     ) -> None:
         self._read = read
@@ -175,7 +189,7 @@ class DatabaseClock:
         read: Callable[[], Awaitable[float]],
         *,
         wall: Wall = time.time,
-        monotonic: Wall = time.monotonic,
+        monotonic: Wall = steady,
         every: float = SYNC_EVERY,
     ) -> DatabaseClock:
         clock = cls(read, wall=wall, monotonic=monotonic, every=every)

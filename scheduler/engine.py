@@ -38,7 +38,6 @@ from google.protobuf import any_pb2
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import function_pb2, poll_pb2
 from .callers import Caller
-from .clock import Clock, SteadyClock
 from .calls import (
     ENDPOINT_SCHEMES,
     MAX_POLL_CALLS,
@@ -47,6 +46,7 @@ from .calls import (
     oversized_input,
     timestamp,
 )
+from .clock import Clock, SteadyClock
 from .concurrency import Limiter, destination
 from .lambda_caller import missing_support
 from .outcome import Outcome

@@ -79,6 +79,14 @@ def faked(**settings: str) -> dict[str, str]:
     return {"LD_PRELOAD": libfaketime(), "DONT_FAKE_MONOTONIC": "1", **settings}
 
 
+# Room for calls held and their duplicates, and calls beside them.
+SERVE_OPTIONS = ["--port", "0", "--threads", "8"]
+# An attempt's lease lasts its timeout and 30 s more: 90 s here, under the jumps below.
+ATTEMPT = ["--attempt-timeout", "60"]
+# One attempt at a time: what is dispatched behind the held call waits ready.
+ONE_AT_A_TIME = ["--max-per-destination", "1"]
+
+
 class Machine:
     """An endpoint and scheduler processes on loopback, sharing one key and one log."""
 
@@ -104,17 +112,12 @@ class Machine:
 
     def start(self, command: list[str], env: dict[str, str]) -> Process:
         process = Process(command, env, self.folder)
-
-        def stop() -> None:
-            process.stop()
-
-        self.stack.callback(stop)
+        self.stack.callback(process.stop)
         return process
 
     def serve(self, clock: dict[str, str]) -> None:
         endpoint = self.start(
-            [sys.executable, "-m", "dispatchlet", "serve", "app.py", "--port", "0"]
-            + ["--threads", "8"],
+            [sys.executable, "-m", "dispatchlet", "serve", "app.py", *SERVE_OPTIONS],
             environment(
                 DISPATCH_VERIFICATION_KEY=public_key_base64(self.key.public_key()),
                 APP_LOG=str(self.log),
@@ -164,12 +167,6 @@ def finished(loop: Loop, dispatch_id: str) -> tuple[bool, Status]:
     """Whether the call ended within ``BOUND`` seconds, and its status."""
     info = loop.wait(dispatch_id, timeout=BOUND)
     return info.done, Status(info.status)
-
-
-# An attempt's lease lasts its timeout and 30 s more: 90 s here, under the jumps below.
-ATTEMPT = ["--attempt-timeout", "60"]
-# One attempt at a time: what is dispatched behind the held call waits ready.
-ONE_AT_A_TIME = ["--max-per-destination", "1"]
 
 
 def test_a_forward_jump_during_an_attempt_does_not_run_the_call_again(tmp_path: Path) -> None:
