@@ -20,6 +20,8 @@ claims, calls, applies each decision with one store call, and logs.
   children are cancelled.
 - Calls are run at least once: a lease that lapses (this process died) makes the call
   claimable again, and an outcome is recorded only under the current lease.
+- Every time the engine gives the store comes from its ``clock`` (``clock.py``): the
+  wall clock's jumps do not move it, and on PostgreSQL it is the database's.
 """
 
 from __future__ import annotations
