@@ -89,8 +89,8 @@ class Engine:
     """Why this process cannot call an endpoint (an ARN without boto3), or None."""
     limiter: Limiter = field(default_factory=Limiter)
     clock: Clock = field(default_factory=SteadyClock)
-    """The time leases, readiness and expiry are decided by (``clock``: it does not
-    follow the wall clock's jumps)."""
+    """The time leases, readiness and expiry are decided by (``clock.py``): the wall
+    clock's jumps do not move it."""
     owner: str = field(default_factory=lambda: f"scheduler-{uuid.uuid4().hex[:12]}")
     rng: random.Random = field(default_factory=random.Random)
 
