@@ -444,7 +444,9 @@ def test_sqlite_upgrades_a_database_of_the_previous_version(tmp_path: Path) -> N
     path = tmp_path / "scheduler.db"
     ids = with_store(lambda: SQLiteStore.open(path), two_dispatched)
     db = sqlite3.connect(path)
-    db.execute("DROP INDEX calls_ready_root")  # as the previous version left it
+    # As the previous version left it: without the tables of idempotent Dispatch.
+    db.execute("DROP TABLE calls_by_key")
+    db.execute("DROP TABLE calls_by_request")
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
     db.commit()
     db.close()
@@ -454,7 +456,7 @@ def test_sqlite_upgrades_a_database_of_the_previous_version(tmp_path: Path) -> N
     try:
         assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         names = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-        assert "calls_ready_root" in names
+        assert {"calls_ready_root", "calls_by_key", "calls_by_request"} <= names
     finally:
         db.close()
 
@@ -817,6 +819,8 @@ def test_postgres_upgrades_a_database_of_the_previous_version(postgres_server: s
 
     ids = with_store(lambda: PostgresStore.open(url), two_dispatched)
     with psycopg.connect(url) as db:  # as version 1 left it
+        db.execute("DROP TABLE dispatchlet_calls_by_key")
+        db.execute("DROP TABLE dispatchlet_calls_by_request")
         db.execute("DROP INDEX dispatchlet_calls_ready_root")
         db.execute("DROP INDEX dispatchlet_calls_ready")
         db.execute(
