@@ -8,7 +8,7 @@ from __future__ import annotations
 from ..proto.dispatch.sdk.v1 import call_pb2
 from ..proto.dispatchlet.scheduler.v1 import options_pb2
 
-OPTIONS_FIELD = options_pb2.OptionedCall.DESCRIPTOR.fields_by_name["dispatchlet_options"].number
+OPTIONS_FIELD = options_pb2.Call.DESCRIPTOR.fields_by_name["dispatchlet_options"].number
 """The Call's field that holds its options (1000)."""
 
 MAX_KEY_LENGTH = 256
@@ -18,12 +18,12 @@ MAX_KEY_LENGTH = 256
 def set_call_options(call: call_pb2.Call, options: options_pb2.CallOptions) -> None:
     """Give ``call`` these options (merged over any it had), as its unknown field
     ``OPTIONS_FIELD``: serialized with it and kept by its copies."""
-    call.MergeFromString(options_pb2.OptionedCall(dispatchlet_options=options).SerializeToString())
+    call.MergeFromString(options_pb2.Call(dispatchlet_options=options).SerializeToString())
 
 
 def call_options(call: call_pb2.Call) -> options_pb2.CallOptions:
     """The options ``call`` carries (empty when none)."""
-    optioned = options_pb2.OptionedCall.FromString(call.SerializeToString())
+    optioned = options_pb2.Call.FromString(call.SerializeToString())
     return optioned.dispatchlet_options
 
 

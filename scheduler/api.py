@@ -99,7 +99,7 @@ class Api:
         app.router.add_get(_lenient("/healthz"), self.healthz)
         app.router.add_get(_lenient("/metrics"), self.metrics)
         # Read as dispatch.sdk.v1.DispatchRequest with each call's options (field 1000).
-        dispatch = self.rpc(self.dispatch, options_pb2.OptionedDispatchRequest, headers=True)
+        dispatch = self.rpc(self.dispatch, options_pb2.DispatchRequest, headers=True)
         app.router.add_route("*", _lenient(DISPATCH_PATH), dispatch)
         for name, handler, kind in (
             ("Get", self.get, calls_pb2.GetRequest),
@@ -190,7 +190,7 @@ class Api:
 
     async def dispatch(
         self,
-        request: options_pb2.OptionedDispatchRequest,
+        request: options_pb2.DispatchRequest,
         headers: Mapping[str, str],
     ) -> dispatch_pb2.DispatchResponse:
         if len(request.calls) > MAX_CALLS:
@@ -204,7 +204,7 @@ class Api:
         self.engine.wake()
         return dispatch_pb2.DispatchResponse(dispatch_ids=ids)
 
-    def _new_call(self, index: int, call: options_pb2.OptionedCall, now: float) -> NewCall:
+    def _new_call(self, index: int, call: options_pb2.Call, now: float) -> NewCall:
         def invalid(reason: str) -> InvalidArgument:
             return InvalidArgument(f"call {index}: {reason}")
 
@@ -405,7 +405,7 @@ def _lenient(path: str) -> str:
 
 
 def _request_id(
-    headers: Mapping[str, str], request: options_pb2.OptionedDispatchRequest
+    headers: Mapping[str, str], request: options_pb2.DispatchRequest
 ) -> RequestId | None:
     """The Dispatch's request id (``Idempotency-Key``) with the digest of what it asks,
     whichever the codec; None without one."""

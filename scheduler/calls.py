@@ -29,7 +29,7 @@ __all__ = [
 
 
 def call_problem(
-    call: call_pb2.Call | options_pb2.OptionedCall, *, endpoint_required: bool = True
+    call: call_pb2.Call | options_pb2.Call, *, endpoint_required: bool = True
 ) -> str | None:
     """Why ``call`` (dispatched, or made by a Poll or a tail call, whose endpoint may be
     left empty for the caller's own) cannot be run, or None."""

@@ -152,7 +152,7 @@ def test_request_ids_and_keys_too_long_are_refused(
 
 
 def test_the_options_mirror_is_the_dispatch_call_with_one_field_more() -> None:
-    """The scheduler reads calls with ``OptionedCall``: every field of
+    """The scheduler reads calls with ``options_pb2.Call``: every field of
     dispatch.sdk.v1.Call, same number, name and type, and the options in a field the
     Call does not have."""
 
@@ -162,11 +162,11 @@ def test_the_options_mirror_is_the_dispatch_call_with_one_field_more() -> None:
             for f in descriptor.fields
         }
 
-    mirror = fields(options_pb2.OptionedCall.DESCRIPTOR)
+    mirror = fields(options_pb2.Call.DESCRIPTOR)
     options = mirror.pop(OPTIONS_FIELD)
     assert options[0] == "dispatchlet_options"
     assert mirror == fields(call_pb2.Call.DESCRIPTOR)
-    request = fields(options_pb2.OptionedDispatchRequest.DESCRIPTOR)
+    request = fields(options_pb2.DispatchRequest.DESCRIPTOR)
     assert request.keys() == fields(dispatch_pb2.DispatchRequest.DESCRIPTOR).keys()
 
 
@@ -178,7 +178,7 @@ def test_options_survive_copies_and_are_skipped_by_plain_parsers() -> None:
     plain = dispatch_pb2.DispatchRequest.FromString(wire)
     assert (plain.calls[0].function, plain.calls[0].endpoint) == ("a", ENDPOINT)
     assert call_options(plain.calls[0]).key == "order-17"  # and passes it on
-    read = options_pb2.OptionedDispatchRequest.FromString(wire)
+    read = options_pb2.DispatchRequest.FromString(wire)
     assert read.calls[0].dispatchlet_options.key == "order-17"
 
 

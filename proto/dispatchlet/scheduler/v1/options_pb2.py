@@ -26,7 +26,7 @@ from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&dispatchlet/scheduler/v1/options.proto\x12\x18\x64ispatchlet.scheduler.v1\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/duration.proto\"\x1a\n\x0b\x43\x61llOptions\x12\x0b\n\x03key\x18\x01 \x01(\t\"\xf4\x01\n\x0cOptionedCall\x12\x16\n\x0e\x63orrelation_id\x18\x01 \x01(\x04\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x10\n\x08\x66unction\x18\x03 \x01(\t\x12#\n\x05input\x18\x04 \x01(\x0b\x32\x14.google.protobuf.Any\x12-\n\nexpiration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x43\n\x13\x64ispatchlet_options\x18\xe8\x07 \x01(\x0b\x32%.dispatchlet.scheduler.v1.CallOptions\"P\n\x17OptionedDispatchRequest\x12\x35\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32&.dispatchlet.scheduler.v1.OptionedCallb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&dispatchlet/scheduler/v1/options.proto\x12\x18\x64ispatchlet.scheduler.v1\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/duration.proto\"\x1a\n\x0b\x43\x61llOptions\x12\x0b\n\x03key\x18\x01 \x01(\t\"\xec\x01\n\x04\x43\x61ll\x12\x16\n\x0e\x63orrelation_id\x18\x01 \x01(\x04\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x10\n\x08\x66unction\x18\x03 \x01(\t\x12#\n\x05input\x18\x04 \x01(\x0b\x32\x14.google.protobuf.Any\x12-\n\nexpiration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x43\n\x13\x64ispatchlet_options\x18\xe8\x07 \x01(\x0b\x32%.dispatchlet.scheduler.v1.CallOptions\"@\n\x0f\x44ispatchRequest\x12-\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x1e.dispatchlet.scheduler.v1.Callb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CALLOPTIONS']._serialized_start=127
   _globals['_CALLOPTIONS']._serialized_end=153
-  _globals['_OPTIONEDCALL']._serialized_start=156
-  _globals['_OPTIONEDCALL']._serialized_end=400
-  _globals['_OPTIONEDDISPATCHREQUEST']._serialized_start=402
-  _globals['_OPTIONEDDISPATCHREQUEST']._serialized_end=482
+  _globals['_CALL']._serialized_start=156
+  _globals['_CALL']._serialized_end=392
+  _globals['_DISPATCHREQUEST']._serialized_start=394
+  _globals['_DISPATCHREQUEST']._serialized_end=458
 # @@protoc_insertion_point(module_scope)

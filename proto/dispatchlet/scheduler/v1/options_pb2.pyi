@@ -51,7 +51,7 @@ class CallOptions(_message.Message):
 Global___CallOptions: _TypeAlias = CallOptions  # noqa: Y015
 
 @_typing.final
-class OptionedCall(_message.Message):
+class Call(_message.Message):
     """dispatch.sdk.v1.Call as dispatchlet's scheduler reads it: the same fields with the
     same numbers, and the options in field 1000.
     """
@@ -92,21 +92,21 @@ class OptionedCall(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___OptionedCall: _TypeAlias = OptionedCall  # noqa: Y015
+Global___Call: _TypeAlias = Call  # noqa: Y015
 
 @_typing.final
-class OptionedDispatchRequest(_message.Message):
+class DispatchRequest(_message.Message):
     """dispatch.sdk.v1.DispatchRequest as dispatchlet's scheduler reads it."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     CALLS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___OptionedCall]: ...
+    def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___Call]: ...
     def __init__(
         self,
         *,
-        calls: _abc.Iterable[Global___OptionedCall] | None = ...,
+        calls: _abc.Iterable[Global___Call] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -114,4 +114,4 @@ class OptionedDispatchRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___OptionedDispatchRequest: _TypeAlias = OptionedDispatchRequest  # noqa: Y015
+Global___DispatchRequest: _TypeAlias = DispatchRequest  # noqa: Y015
