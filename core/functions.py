@@ -422,5 +422,11 @@ class CallWithOptions(Generic[P, R]):
             )
         return self.function.step(*args, **kwargs)
 
+    def __call__(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError(
+            f"{self.function.name}.options(...) is not called: its options are for the "
+            "scheduler, use .dispatch(...) or .build_call(...)"
+        )
+
     def __repr__(self) -> str:
         return f"<dispatchlet function {self.function.name} with options>"

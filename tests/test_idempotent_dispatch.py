@@ -313,3 +313,5 @@ def test_a_workflow_step_with_options_is_refused_not_run_without_them(
 
     with pytest.raises(TypeError, match=r"options\(key\)\.step\(\): options of workflow steps"):
         child.options(key="k").step(1)
+    with pytest.raises(TypeError, match=r"child\.options\(\.\.\.\) is not called"):
+        child.options(key="k")(1)
