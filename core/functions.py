@@ -417,8 +417,7 @@ class CallWithOptions(Generic[P, R]):
             given = [n for n, v in (("key", self.key), ("expiration", self._expiration)) if v]
             raise TypeError(
                 f"{self.function.name}.options({', '.join(given)}).step(): options of "
-                "workflow steps are not supported yet; a step is already made once per "
-                "workflow run (its journal): await the function without options"
+                "workflow steps are not supported yet: await the function without options"
             )
         return self.function.step(*args, **kwargs)
 

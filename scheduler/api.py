@@ -4,7 +4,10 @@
 
 Errors are Connect errors (``{"code", "message"}`` with the HTTP status of the code).
 A Dispatch is validated whole before anything is stored: a bad call is a 400 naming its
-index and the reason, and then no call of the request is kept.
+index and the reason, and then no call of the request is kept. It is idempotent: a
+request id (``Idempotency-Key``) seen before is answered with the first request's ids
+(409 when it was used for other calls), and a call whose key (its ``CallOptions``, in
+field 1000 of the Call) a kept call has gets that call's id; neither stores anything.
 """
 
 from __future__ import annotations
