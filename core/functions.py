@@ -25,8 +25,6 @@ from functools import cached_property, update_wrapper
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, NoReturn, ParamSpec, TypeVar, overload
 
 from ..proto.dispatch.sdk.v1 import call_pb2
-from ..proto.dispatchlet.scheduler.v1 import options_pb2
-from .call_options import key_problem, set_call_options
 from .context import RunContext
 from .current_workflow import current_replay
 from .dispatching import default_dispatcher
@@ -34,6 +32,7 @@ from .errors import InvalidArgument
 from .typecheck import Check, checker, describe
 
 if TYPE_CHECKING:
+    from ..proto.dispatchlet.scheduler.v1 import options_pb2
     from .endpoint import Endpoint
 
 P = ParamSpec("P")
@@ -286,6 +285,10 @@ class Function(Generic[P, R]):
         implement yet is refused (a ``TypeError`` naming it), never ignored."""
         if others:
             raise TypeError(_refused_options(self.name, others))
+        # Here: only code that starts calls needs the options (not an endpoint's cold start).
+        from ..proto.dispatchlet.scheduler.v1 import options_pb2
+        from .call_options import key_problem
+
         options = options_pb2.CallOptions()
         if key is not None:
             if not isinstance(key, str):
@@ -397,6 +400,8 @@ class CallWithOptions(Generic[P, R]):
         if self._expiration is not None:
             call.expiration.FromNanoseconds(int(self._expiration * 1e9))
         if self._options.ByteSize():
+            from .call_options import set_call_options
+
             set_call_options(call, self._options)
         return call
 
