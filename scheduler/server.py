@@ -14,6 +14,7 @@ from aiohttp import web
 
 from .api import Api
 from .callers import Callers
+from .clock import clock_for
 from .concurrency import Limiter
 from .connections import BoundedSite, connection_cap, quiet_accept_errors, raise_fd_limit
 from .engine import Engine
@@ -56,6 +57,8 @@ async def serve(
     listened on, ``stopping`` how many attempts are in flight when the stop begins. With
     ``handle_signals=False`` the caller handles SIGINT and SIGTERM (and sets ``stop``)."""
     store = await open_store(settings.database)
+    # One time for leases, readiness and expiry: the database's when processes share it.
+    clock = await clock_for(store)
     caller = Callers(HttpCaller(settings.signing_key, insecure=settings.insecure))
     engine = Engine(
         store,
@@ -66,6 +69,7 @@ async def serve(
         lease_margin=min(30.0, settings.attempt_timeout),
         limiter=Limiter(cap=settings.max_per_destination),
         max_input_size=settings.max_input_size,
+        clock=clock,
     )
     api = Api(
         store,
@@ -136,4 +140,5 @@ async def serve(
         loop.set_exception_handler(exception_handler)
         await runner.cleanup()
         await caller.close()
+        await clock.close()
         await store.close()

@@ -95,7 +95,21 @@ POSTGRES = Dialect(
     many=True,
 )
 
-MIGRATIONS: tuple[str, ...] = ()
+MIGRATIONS: tuple[str, ...] = (
+    # Idempotent Dispatch: request ids and call keys (see ``idempotency``); a key is
+    # deleted with its call.
+    "CREATE TABLE {calls}_by_request ("
+    "  request_id TEXT PRIMARY KEY,"
+    "  digest {blob} NOT NULL,"
+    "  dispatch_ids TEXT NOT NULL,"
+    "  created_at {double} NOT NULL"
+    ");"
+    "CREATE TABLE {calls}_by_key ("
+    "  call_key TEXT PRIMARY KEY,"
+    "  dispatch_id TEXT NOT NULL REFERENCES {calls} (dispatch_id) ON DELETE CASCADE"
+    ");"
+    "CREATE INDEX {calls}_by_key_call ON {calls}_by_key (dispatch_id)",
+)
 """Schema changes written once for both stores, after each store's own history (its
 module's ``MIGRATIONS``, which ship as they are): each entry moves both schemas one
 version up, e.g. ``"ALTER TABLE {calls} ADD COLUMN started_at {double}"``."""
