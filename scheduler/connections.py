@@ -16,10 +16,17 @@ import asyncio
 import contextlib
 import json
 import logging
-import resource
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
+
+try:  # POSIX only
+    import fcntl
+    import resource
+    import termios
+except ImportError:  # pragma: no cover - Windows: no open files limit to raise
+    fcntl = resource = termios = None  # type: ignore[assignment]
 
 from aiohttp import web
 
@@ -54,6 +61,8 @@ REFUSAL = (
 def raise_fd_limit() -> int:
     """Raise this process's soft limit on open files to its hard limit where allowed;
     the soft limit now in force."""
+    if resource is None:  # pragma: no cover
+        return -1
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and soft != hard:
         with contextlib.suppress(ValueError, OSError):
@@ -65,7 +74,7 @@ def raise_fd_limit() -> int:
 def connection_cap(wanted: int, fd_limit: int) -> int:
     """``wanted``, lowered so that the API's connections leave room under ``fd_limit``
     for the rest of the process (``FD_RESERVE``, or half of a small limit)."""
-    if fd_limit == resource.RLIM_INFINITY or fd_limit <= 0:
+    if fd_limit <= 0 or (resource is not None and fd_limit == resource.RLIM_INFINITY):
         return wanted
     room = fd_limit - min(FD_RESERVE, fd_limit // 2)
     return max(1, min(wanted, room))
@@ -73,10 +82,14 @@ def connection_cap(wanted: int, fd_limit: int) -> int:
 
 class _Tracked(asyncio.Protocol):
     """aiohttp's protocol for one connection, seen by the site: whether the client has
-    sent anything yet, and when the connection ends."""
+    sent anything yet, and when the connection ends. Admitted or refused once connected
+    (asyncio makes the protocols of a batch of accepted sockets before connecting any):
+    then the count is exact, and the older connections' sockets can be looked at."""
 
-    def __init__(self, inner: asyncio.Protocol, site: BoundedSite) -> None:
-        self.inner = inner
+    inner: asyncio.Protocol
+
+    def __init__(self, make_inner: Callable[[], asyncio.Protocol], site: BoundedSite) -> None:
+        self.make_inner = make_inner
         self.site = site
         self.transport: asyncio.Transport | None = None
         self.silent = True
@@ -84,7 +97,12 @@ class _Tracked(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        self.site.silent[self] = None
+        if not self.site.admit(self):
+            refused = _Refused(self.site)
+            transport.set_protocol(refused)
+            refused.connection_made(transport)
+            return
+        self.inner = self.make_inner()
         self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
@@ -155,8 +173,8 @@ class BoundedSite(web.TCPSite):
         self.silent: dict[_Tracked, None] = {}
         self.busy: set[_Tracked] = set()
         self.lingering: set[_Refused] = set()
-        self.refused = 0
-        self.evicted = 0
+        self.refusals = 0
+        self.evictions = 0
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with its runner
@@ -173,28 +191,47 @@ class BoundedSite(web.TCPSite):
         )
 
     def _protocol(self, server: web.Server) -> Callable[[], asyncio.Protocol]:
-        def accepted() -> asyncio.Protocol:
-            if self.connections >= self.max_connections and not self._evict():
-                self.refused += 1
-                return _Refused(self)
-            return _Tracked(server(), self)
-
-        return accepted
+        return lambda: _Tracked(server, self)
 
     @property
     def connections(self) -> int:
         return len(self.silent) + len(self.busy)
 
+    def admit(self, connection: _Tracked) -> bool:
+        """Count ``connection`` in, making room if needed; False: it is refused."""
+        if self.connections >= self.max_connections and not self._evict():
+            self.refusals += 1
+            return False
+        self.silent[connection] = None
+        return True
+
     def _evict(self) -> bool:
         """Close the oldest connection that has sent nothing, if any."""
-        oldest = next(iter(self.silent), None)
-        if oldest is None:
-            return False
-        del self.silent[oldest]
-        self.evicted += 1
-        if oldest.transport is not None:
-            oldest.transport.close()
-        return True
+        while self.silent:
+            oldest = next(iter(self.silent))
+            del self.silent[oldest]
+            if unread(oldest.transport):
+                # Its first bytes are there, not yet read: it is no idle one.
+                oldest.silent = False
+                self.busy.add(oldest)
+                continue
+            self.evictions += 1
+            if oldest.transport is not None:
+                oldest.transport.close()
+            return True
+        return False
+
+
+def unread(transport: asyncio.Transport | None) -> bool:
+    """Whether bytes have arrived on ``transport``'s socket that were not read yet."""
+    sock = None if transport is None else transport.get_extra_info("socket")
+    if sock is None or fcntl is None:
+        return False
+    try:
+        count = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4)
+    except OSError:
+        return False
+    return bool(struct.unpack("i", count)[0])
 
 
 ACCEPT_FAILED = "socket.accept() out of system resource"
