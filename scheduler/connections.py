@@ -7,7 +7,8 @@ listener stops answering anyone, and asyncio logs a traceback per failed accept.
 connection past the cap first takes the place of the oldest one that has sent nothing
 yet (a client about to send its request does so at once, so one that has sent nothing
 is idle or an attacker's), and when every connection is busy it is answered 503 and
-closed, as PostgreSQL answers "too many clients" with a healthy listener.
+closed, as PostgreSQL answers "too many clients" with a healthy listener. (nginx also
+reuses the connections that wait for their first request when it runs out.)
 """
 
 from __future__ import annotations
