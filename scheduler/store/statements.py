@@ -96,6 +96,19 @@ POSTGRES = Dialect(
 )
 
 MIGRATIONS: tuple[str, ...] = (
+    # Idempotent Dispatch: request ids and call keys (see ``idempotency``); a key is
+    # deleted with its call.
+    "CREATE TABLE {calls}_by_request ("
+    "  request_id TEXT PRIMARY KEY,"
+    "  digest {blob} NOT NULL,"
+    "  dispatch_ids TEXT NOT NULL,"
+    "  created_at {double} NOT NULL"
+    ");"
+    "CREATE TABLE {calls}_by_key ("
+    "  call_key TEXT PRIMARY KEY,"
+    "  dispatch_id TEXT NOT NULL REFERENCES {calls} (dispatch_id) ON DELETE CASCADE"
+    ");"
+    "CREATE INDEX {calls}_by_key_call ON {calls}_by_key (dispatch_id)",
     # How often a call's outcome could not be stored (a poison call ends after a few);
     # each root's count of calls below it, kept by the Poll that adds them, for a bound
     # on a tree's size that costs one row's update; and the ended calls whose
