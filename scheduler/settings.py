@@ -35,7 +35,7 @@ DEFAULT_MAX_CHILDREN = 10_000
 child workflows."""
 DEFAULT_MAX_DESCENDANTS = 100_000
 """The most calls below one root, over its life: ten workflows at their bound on steps;
-a tree that forks without end stops there, in seconds, at some 100 MB of SQLite."""
+a tree that forks without end stops there within seconds."""
 DEFAULT_DATABASE = "dispatchlet.db"
 """The SQLite file used when no database is named."""
 DATABASE_URL_ENV = "DISPATCHLET_DATABASE_URL"
