@@ -69,6 +69,8 @@ async def serve(
         lease_margin=min(30.0, settings.attempt_timeout),
         limiter=Limiter(cap=settings.max_per_destination),
         max_input_size=settings.max_input_size,
+        max_children=settings.max_children,
+        max_descendants=settings.max_descendants,
         clock=clock,
     )
     api = Api(
