@@ -58,7 +58,11 @@ async def serve(
     ``handle_signals=False`` the caller handles SIGINT and SIGTERM (and sets ``stop``)."""
     store = await open_store(settings.database)
     # One time for leases, readiness and expiry: the database's when processes share it.
-    clock = await clock_for(store)
+    try:
+        clock = await clock_for(store)
+    except BaseException:
+        await store.close()
+        raise
     caller = Callers(HttpCaller(settings.signing_key, insecure=settings.insecure))
     engine = Engine(
         store,
