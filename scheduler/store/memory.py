@@ -27,6 +27,7 @@ from . import (
     fitting,
     in_turns,
     new_dispatch_id,
+    summary,
 )
 
 
@@ -318,7 +319,7 @@ class MemoryStore:
             if len(found) >= limit:
                 break
             if matches(row):
-                found.append(row.call())
+                found.append(summary(row.call()))
         return found
 
     async def cancel(self, dispatch_id: str, status: int, result: bytes, *, now: float) -> int:

@@ -24,8 +24,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ...core.status import Status
 from ..calls import destination
-from . import Lease, NewCall, new_dispatch_id
+from . import LISTED_ERROR_BYTES, Lease, NewCall, new_dispatch_id
 
 CHANNEL = "dispatchlet_ready"
 """The PostgreSQL channel that is notified when a call becomes claimable now."""
@@ -47,6 +48,9 @@ class Dialect:
     """A named parameter, ``{}`` standing for its name."""
     many: bool
     """Whether ``one_of`` takes a whole list (else one value a run)."""
+    in_order: str = ""
+    """What ends an index's columns so that its entries of one key are in creation order
+    (SQLite's indexes end with the rowid already; PostgreSQL's name ``seq``)."""
 
     def render(self, template: str) -> str:
         """``template`` in this dialect."""
@@ -58,6 +62,7 @@ class Dialect:
             "false": self.false,
             "double": self.double,
             "blob": self.blob,
+            "in_order": self.in_order,
         }
         text = template.format_map(words)
         # A parameter is ``:name``; ``::type`` (a PostgreSQL cast) is not one.
@@ -93,9 +98,22 @@ POSTGRES = Dialect(
     blob="BYTEA",
     parameter="%({})s",
     many=True,
+    in_order=", seq",
 )
 
-MIGRATIONS: tuple[str, ...] = ()
+MIGRATIONS: tuple[str, ...] = (
+    # What List filters on, each in creation order, so that a filtered page is a range
+    # of one index read from its end (newest first) or its start, never a scan of the
+    # table: a state, a function, a root (the existing (root_id, dispatch_id) index is in
+    # dispatch id order, not creation order), a final status, and the failed calls (the
+    # OK status written out: a partial index serves only a query that says the same).
+    "CREATE INDEX {calls}_list_state ON {calls} (state{in_order});"
+    "CREATE INDEX {calls}_list_function ON {calls} (function{in_order});"
+    "CREATE INDEX {calls}_list_root ON {calls} (root_id{in_order});"
+    "CREATE INDEX {calls}_list_status ON {calls} (status{in_order}) WHERE state = 'done';"
+    "CREATE INDEX {calls}_list_failed ON {calls} (state{in_order}) "
+    f"WHERE state = 'done' AND status <> {Status.OK.value:d}",
+)
 """Schema changes written once for both stores, after each store's own history (its
 module's ``MIGRATIONS``, which ship as they are): each entry moves both schemas one
 version up, e.g. ``"ALTER TABLE {calls} ADD COLUMN started_at {double}"``."""
@@ -105,6 +123,17 @@ COLUMNS = (
     "dispatch_id, function, endpoint, input, version, correlation_id, parent_id, "
     "root_id, state, status, result, attempts, created_at, expires_at, ready_at, "
     "finished_at, poll, restarts"
+)
+# The columns of a Call as List shows it (``Store.list``): its input and poll state
+# left out, its result only when it is an error of at most LISTED_ERROR_BYTES. Nothing
+# else of those BLOBs is read (a length is known without reading the value).
+SUMMARY = (
+    "dispatch_id, function, endpoint, CAST({empty} AS {blob}), version, correlation_id, "
+    "parent_id, root_id, state, status, "
+    f"CASE WHEN status <> {Status.OK.value:d} AND length(result) <= {LISTED_ERROR_BYTES:d} "
+    "THEN result ELSE CAST({empty} AS {blob}) END, "
+    "attempts, created_at, expires_at, ready_at, finished_at, CAST({empty} AS {blob}), "
+    "restarts"
 )
 # The columns a new call is given (its state is 'ready').
 INSERTED = (
@@ -321,12 +350,11 @@ class Statements:
         root_id: str | None,
         status: int | None,
         failed: bool,
-        ok: int,
         newest_first: bool,
         after: str | None,
         limit: int,
     ) -> tuple[str, dict[str, Any]]:
-        """The query of ``Store.list`` and its parameters (``ok``: the OK status)."""
+        """The query of ``Store.list`` and its parameters: summaries (``SUMMARY``)."""
         clauses = []
         params: dict[str, Any] = {"limit": limit}
         for column, value in (
@@ -342,8 +370,8 @@ class Statements:
             # Only a done call's status is final (a retried one keeps its last attempt's).
             clauses.append("state = 'done'")
         if failed:
-            clauses.append("status <> :ok")
-            params["ok"] = ok
+            # Written out, as the partial index that serves it says it.
+            clauses.append(f"status <> {Status.OK.value:d}")
         # Creation order is the row order; a page starts after the last one's row.
         order, beyond = ("DESC", "<") if newest_first else ("ASC", ">")
         if after is not None:
@@ -354,7 +382,9 @@ class Statements:
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         # Only this module's own column names and keywords go into the text; values are
         # parameters.
-        query = self.select + self.dialect.render(f"{where} ORDER BY {{seq}} {order} LIMIT :limit")
+        query = self.dialect.render(
+            f"SELECT {SUMMARY} FROM {{calls}}{where} ORDER BY {{seq}} {order} LIMIT :limit"
+        )
         return query, params
 
 
