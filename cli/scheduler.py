@@ -24,7 +24,9 @@ from ..scheduler.settings import (
     DEFAULT_GRACE_PERIOD,
     DEFAULT_HOST,
     DEFAULT_MAX_INPUT_SIZE,
+    DEFAULT_MAX_OUTPUT_SIZE,
     DEFAULT_PORT,
+    MAX_OUTPUT_SIZE_ENV,
     POSTGRES_SCHEMES,
     Settings,
 )
@@ -142,6 +144,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "tail call that makes one ends its call (default: %(default)s, an endpoint's own "
         "default limit)",
     )
+    parser.add_argument(
+        "--max-output-size",
+        type=positive_int,
+        metavar="BYTES",
+        help="the largest output (or error, or workflow state) of a call: an endpoint answer "
+        "with a larger one ends its call INVALID_RESPONSE, and no more of an answer is read "
+        f"(default: {MAX_OUTPUT_SIZE_ENV}, else {DEFAULT_MAX_OUTPUT_SIZE})",
+    )
     logging_setup.add_arguments(parser, default_level="info")
     parser.set_defaults(handler=run)
 
@@ -154,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
     given: dict[str, Any] = {}
     if args.signing_key_file is not None:
         given["signing_key"] = _key_from_file(args.signing_key_file)
+    if args.max_output_size is not None:
+        given["max_output_size"] = args.max_output_size
     url = args.database_url or os.environ.get(DATABASE_URL_ENV, "")
     if url and args.db is not None:
         raise CommandError(f"give --db or a database URL ({DATABASE_URL_ENV}), not both")

@@ -55,7 +55,13 @@ async def serve(
     listened on, ``stopping`` how many attempts are in flight when the stop begins. With
     ``handle_signals=False`` the caller handles SIGINT and SIGTERM (and sets ``stop``)."""
     store = await open_store(settings.database)
-    caller = Callers(HttpCaller(settings.signing_key, insecure=settings.insecure))
+    caller = Callers(
+        HttpCaller(
+            settings.signing_key,
+            insecure=settings.insecure,
+            max_output_size=settings.max_output_size,
+        )
+    )
     engine = Engine(
         store,
         caller,
@@ -65,6 +71,7 @@ async def serve(
         lease_margin=min(30.0, settings.attempt_timeout),
         limiter=Limiter(cap=settings.max_per_destination),
         max_input_size=settings.max_input_size,
+        max_output_size=settings.max_output_size,
     )
     api = Api(
         store,

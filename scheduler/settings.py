@@ -29,6 +29,11 @@ DEFAULT_GRACE_PERIOD = 10.0
 DEFAULT_MAX_INPUT_SIZE = DEFAULT_MAX_BODY_SIZE
 """The largest input a call may have, in bytes (its serialized ``Any``): an endpoint's
 own default limit on a request's body, which would refuse a larger one anyway."""
+DEFAULT_MAX_OUTPUT_SIZE = 16 * 1024 * 1024
+"""The largest output a call may store, in bytes (its serialized ``CallResult``: the
+output, or the error), and the largest state a Poll may leave: as large as an input."""
+MAX_OUTPUT_SIZE_ENV = "DISPATCHLET_MAX_OUTPUT_SIZE"
+"""Where ``max_output_size`` comes from when ``--max-output-size`` is not given."""
 DEFAULT_DATABASE = "dispatchlet.db"
 """The SQLite file used when no database is named."""
 DATABASE_URL_ENV = "DISPATCHLET_DATABASE_URL"
@@ -61,6 +66,10 @@ class Settings:
     max_input_size: int = DEFAULT_MAX_INPUT_SIZE
     """The largest input of a call, in bytes: a larger one is refused at Dispatch, and a
     Poll or tail call that makes one ends its call (INVALID_RESPONSE)."""
+    max_output_size: int = DEFAULT_MAX_OUTPUT_SIZE
+    """The largest output (or error, or Poll state) of a call, in bytes: an endpoint
+    answer with a larger one ends its call (INVALID_RESPONSE), and no more of an answer
+    than this (and a little for what surrounds it) is read."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **given: Any) -> Settings:
@@ -69,7 +78,8 @@ class Settings:
 
         - ``database``: ``DISPATCHLET_DATABASE_URL``, else the file ``dispatchlet.db``;
         - ``signing_key``: ``DISPATCH_SIGNING_KEY`` (PEM or base64), else None;
-        - ``api_keys``: ``DISPATCH_API_KEY``, comma-separated.
+        - ``api_keys``: ``DISPATCH_API_KEY``, comma-separated;
+        - ``max_output_size``: ``DISPATCHLET_MAX_OUTPUT_SIZE`` (bytes), else 16 MiB.
 
         A value that cannot be used raises ``ConfigurationError`` naming its variable.
         """
@@ -88,7 +98,17 @@ class Settings:
                     ) from None
         if "api_keys" not in given:
             found["api_keys"] = split_api_keys(env.get(API_KEY_ENV, ""))
+        if "max_output_size" not in given and env.get(MAX_OUTPUT_SIZE_ENV, "").strip():
+            found["max_output_size"] = _size(env, MAX_OUTPUT_SIZE_ENV)
         unknown = set(given) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
         return cls(**found, **given)
+
+
+def _size(env: Mapping[str, str], name: str) -> int:
+    """A positive number of bytes from the variable ``name``."""
+    text = env[name].strip()
+    if not text.isdigit() or int(text) <= 0:
+        raise ConfigurationError(f"invalid {name} {text[:40]!r}: expected a number of bytes")
+    return int(text)
