@@ -465,7 +465,10 @@ def test_sqlite_upgrades_a_database_of_the_previous_version(tmp_path: Path) -> N
 
 
 # What the latest version added: the indexes of List's filters.
-LIST_INDEXES = [f"calls_list_{name}" for name in ("state", "function", "root", "status", "failed")]
+LIST_INDEXES = [
+    f"calls_list_{name}"
+    for name in ("unfinished", "finished", "function", "root", "status", "failed")
+]
 
 
 async def two_dispatched(store: Store) -> list[str]:

@@ -104,10 +104,15 @@ POSTGRES = Dialect(
 MIGRATIONS: tuple[str, ...] = (
     # What List filters on, each in creation order, so that a filtered page is a range
     # of one index read from its end (newest first) or its start, never a scan of the
-    # table: a state, a function, a root (the existing (root_id, dispatch_id) index is in
-    # dispatch id order, not creation order), a final status, and the failed calls (the
-    # OK status written out: a partial index serves only a query that says the same).
-    "CREATE INDEX {calls}_list_state ON {calls} (state{in_order});"
+    # table: a state, a function, a root (the (root_id, dispatch_id) index is in
+    # dispatch id order, not creation order), a final status, the failed calls (the OK
+    # status written out: a partial index serves only a query that says the same).
+    # The states' indexes are split by ``finished_at``, which only List's queries name,
+    # so that a claim, which filters on a state too, keeps to its own indexes.
+    "CREATE INDEX {calls}_list_unfinished ON {calls} (state{in_order}) "
+    "WHERE finished_at IS NULL;"
+    "CREATE INDEX {calls}_list_finished ON {calls} (state{in_order}) "
+    "WHERE finished_at IS NOT NULL;"
     "CREATE INDEX {calls}_list_function ON {calls} (function{in_order});"
     "CREATE INDEX {calls}_list_root ON {calls} (root_id{in_order});"
     "CREATE INDEX {calls}_list_status ON {calls} (status{in_order}) WHERE state = 'done';"
@@ -366,6 +371,10 @@ class Statements:
             if value is not None:
                 clauses.append(f"{column} = :{column}")
                 params[column] = value
+        if state is not None:
+            # What a call's state implies (it is done once it finished), said so that
+            # the query may read the index of its states (see MIGRATIONS).
+            clauses.append(f"finished_at IS {'NOT ' if state == 'done' else ''}NULL")
         if status is not None or failed:
             # Only a done call's status is final (a retried one keeps its last attempt's).
             clauses.append("state = 'done'")
