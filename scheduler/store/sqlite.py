@@ -203,20 +203,21 @@ class SQLiteStore:
             now = os.stat(self.path)
         except FileNotFoundError:
             now = None
-        if opened.st_nlink == 0 or now is None:
-            copy = f"/proc/{os.getpid()}/fd/{self._file}"
-            problem = (
-                f"was deleted: while this process runs, what it held can still be "
-                f"copied from {copy}"
-            )
+        if now is None:
+            problem = "was deleted"
         elif (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino):
             problem = "was replaced by another file"
+        elif opened.st_nlink == 0:
+            problem = "was deleted"
         else:
             return
+        # The file opened lives on while this process holds it.
+        copy = f"/proc/{os.getpid()}/fd/{self._file}"
         raise self._break(
-            f"the database file {self.path} {problem}. The scheduler accepts no calls and "
-            "claims none from the file it opened; stop it, put the database back at "
-            f"{self.path} (or restore it from a backup), and start it again"
+            f"the database file {self.path} {problem} while the scheduler ran. The "
+            "scheduler accepts no calls and claims none from the file it opened; while it "
+            f"runs, that file can still be copied from {copy}. Stop it, put the database "
+            f"back at {self.path} (or restore it from a backup), and start it again"
         )
 
     def _break(self, reason: str) -> DatabaseBroken:
