@@ -198,14 +198,14 @@ async def _read_start(answer: aiohttp.ClientResponse, limit: int) -> bytes:
 
 
 def _too_long(length: int | None, limit: int, max_output_size: int) -> Outcome:
-    size = f"of {length} bytes" if length is not None else f"of more than {limit} bytes"
+    size = f"{length} bytes" if length is not None else f"more than {limit} bytes"
     return Outcome(
         Status.INVALID_RESPONSE,
         error_type="InvalidResponse",
         message=(
-            f"the endpoint answered {size}, larger than the scheduler reads: outputs of at "
+            f"the endpoint answered {size}, more than the scheduler reads: an output of at "
             f"most {max_output_size} bytes (--max-output-size) and {limit - max_output_size} "
-            "bytes around them"
+            "bytes around it"
         ),
     )
 
