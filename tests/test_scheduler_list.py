@@ -5,12 +5,15 @@ connections of their own beside the SQLite store's writer."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
+from dispatchlet.cli.call_views import table, unlisted_result
+from dispatchlet.client import CallError, CallInfo
 from dispatchlet.core import values
 from dispatchlet.core.status import Status
 from dispatchlet.proto.dispatch.sdk.v1 import function_pb2
@@ -215,3 +218,44 @@ def test_a_list_page_in_json_carries_no_value(tmp_path: Path) -> None:
     assert "input" not in info
     assert "output" not in info
     assert info["status"] == "STATUS_OK"
+
+
+def summary(**fields: Any) -> CallInfo:
+    """A call as List gives it."""
+    moment = datetime.datetime(2026, 12, 5, tzinfo=datetime.timezone.utc)
+    given: dict[str, Any] = {
+        "dispatch_id": "d1",
+        "function": "f",
+        "endpoint": "http://e",
+        "status": None,
+        "done": False,
+        "output": None,
+        "error": None,
+        "attempts": 1,
+        "parent_dispatch_id": "",
+        "root_dispatch_id": "d1",
+        "created_at": moment,
+        "finished_at": None,
+        "expires_at": moment,
+        "state": "ready",
+        **fields,
+    }
+    return CallInfo(**given)
+
+
+def test_the_calls_table_points_at_an_error_too_large_to_list() -> None:
+    shown = summary(done=True, state="done", status=Status.PERMANENT_ERROR, error=None)
+    small = summary(
+        dispatch_id="d2",
+        done=True,
+        state="done",
+        status=Status.PERMANENT_ERROR,
+        error=CallError("ValueError", "bad"),
+    )
+    ok = summary(dispatch_id="d3", done=True, state="done", status=Status.OK)
+    _, large_row, small_row, ok_row = table([shown, small, ok])
+    assert large_row.endswith("(see: dispatchlet calls show d1)")
+    assert small_row.endswith("ValueError: bad")
+    assert ok_row.endswith("f")
+    # What `calls list --json` fetches whole: an output, or an error left out.
+    assert [unlisted_result(c) for c in (shown, small, ok)] == [True, False, True]
