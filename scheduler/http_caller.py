@@ -30,6 +30,7 @@ import asyncio
 import re
 import ssl
 import time
+import typing
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -139,7 +140,10 @@ class HttpCaller:
                 body = await _read_bounded(answer, limit)
                 if body is None:
                     return _too_long(answer.content_length, limit, self.max_output_size)
-                return _outcome(answer.status, answer.headers, body, sent=len(request.body))
+                # Decoded from the buffer as it is (protobuf and json read a bytearray as
+                # they read bytes): no copy of it.
+                read = typing.cast(bytes, body)
+                return _outcome(answer.status, answer.headers, read, sent=len(request.body))
         except aiohttp.ClientConnectorDNSError as exc:
             return _failure(Status.DNS_ERROR, exc)
         except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
