@@ -12,6 +12,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from ..core.functions import FUNCTION_NAME
 from ..core.limits import MAX_POLL_CALLS, MAX_POLL_RESULTS
 from ..proto.dispatch.sdk.v1 import call_pb2
+from ..proto.dispatchlet.scheduler.v1 import options_pb2
 
 ENDPOINT_SCHEMES = ("http://", "https://", "arn:aws:lambda:")
 
@@ -27,7 +28,9 @@ __all__ = [
 ]
 
 
-def call_problem(call: call_pb2.Call, *, endpoint_required: bool = True) -> str | None:
+def call_problem(
+    call: call_pb2.Call | options_pb2.Call, *, endpoint_required: bool = True
+) -> str | None:
     """Why ``call`` (dispatched, or made by a Poll or a tail call, whose endpoint may be
     left empty for the caller's own) cannot be run, or None."""
     if not FUNCTION_NAME.fullmatch(call.function):

@@ -20,6 +20,8 @@ claims, calls, applies each decision with one store call, and logs.
   children are cancelled.
 - Calls are run at least once: a lease that lapses (this process died) makes the call
   claimable again, and an outcome is recorded only under the current lease.
+- Every time the engine gives the store comes from its ``clock`` (``clock.py``): the
+  wall clock's jumps do not move it, and on PostgreSQL it is the database's.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from .calls import (
     oversized_input,
     timestamp,
 )
+from .clock import Clock, SteadyClock
 from .concurrency import Limiter, destination
 from .lambda_caller import missing_support
 from .outcome import Outcome
@@ -87,7 +90,9 @@ class Engine:
     unsupported: Callable[[str], str | None] = missing_support
     """Why this process cannot call an endpoint (an ARN without boto3), or None."""
     limiter: Limiter = field(default_factory=Limiter)
-    clock: Callable[[], float] = time.time
+    clock: Clock = field(default_factory=SteadyClock)
+    """The time leases, readiness and expiry are decided by (``clock.py``): the wall
+    clock's jumps do not move it."""
     owner: str = field(default_factory=lambda: f"scheduler-{uuid.uuid4().hex[:12]}")
     rng: random.Random = field(default_factory=random.Random)
 
@@ -225,7 +230,9 @@ class Engine:
             return
         verdict: Status | None = None
         try:
-            request = run_request(call, item.results, deadline=self.clock() + timeout)
+            request = run_request(
+                call, item.results, deadline=self.clock() + timeout, skew=self.clock.wall_skew()
+            )
             outcome = await self.caller.run(call.endpoint, request, timeout=timeout)
             verdict = outcome.status
             if outcome.response is not None:
@@ -377,7 +384,10 @@ def attempt_summary(outcome: Outcome) -> tuple[Status, str, str]:
 
 
 def run_request(
-    call: Call, results: Sequence[ChildResult] = (), deadline: float | None = None
+    call: Call,
+    results: Sequence[ChildResult] = (),
+    deadline: float | None = None,
+    skew: float = 0.0,
 ) -> function_pb2.RunRequest:
     """The RunRequest of an attempt of ``call``: its input, or, resuming it after a Poll,
     a PollResult with its state and ``results``.
@@ -385,7 +395,8 @@ def run_request(
     Its expiration is the attempt's ``deadline`` when that comes before the call's: an
     endpoint refuses to start a run that expired, so a request that waited in a busy
     server's queue (or was sent by a process since killed) past the moment this process
-    gave up on it is not run beside the retry.
+    gave up on it is not run beside the retry. The endpoint compares it with its wall
+    clock: ``skew`` is what to add to the scheduler's times to put them on it.
     """
     request = function_pb2.RunRequest(
         function=call.function,
@@ -412,7 +423,7 @@ def run_request(
         request.input.CopyFrom(any_pb2.Any.FromString(call.input))
     request.creation_time.CopyFrom(timestamp(call.created_at))
     expires = call.expires_at if deadline is None else min(call.expires_at, deadline)
-    request.expiration_time.CopyFrom(timestamp(expires))
+    request.expiration_time.CopyFrom(timestamp(expires + skew))
     return request
 
 

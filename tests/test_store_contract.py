@@ -448,9 +448,13 @@ def test_sqlite_upgrades_a_database_of_the_previous_version(tmp_path: Path) -> N
     path = tmp_path / "scheduler.db"
     ids = with_store(lambda: SQLiteStore.open(path), two_dispatched)
     db = sqlite3.connect(path)
-    for index in LIST_INDEXES:  # as the previous version left it
+    # As the version before the last two left it: without the tables of idempotent
+    # Dispatch, nor List's indexes.
+    db.execute("DROP TABLE calls_by_key")
+    db.execute("DROP TABLE calls_by_request")
+    for index in LIST_INDEXES:
         db.execute(f"DROP INDEX {index}")
-    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 2}")
     db.commit()
     db.close()
     # Kept, and claimable under the new schema.
@@ -459,12 +463,12 @@ def test_sqlite_upgrades_a_database_of_the_previous_version(tmp_path: Path) -> N
     try:
         assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         names = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-        assert {"calls_ready_root", *LIST_INDEXES} <= names
+        assert {"calls_ready_root", "calls_by_key", "calls_by_request", *LIST_INDEXES} <= names
     finally:
         db.close()
 
 
-# What the latest version added: the indexes of List's filters.
+# What a later version added: the indexes of List's filters.
 LIST_INDEXES = [
     f"calls_list_{name}"
     for name in ("unfinished", "finished", "function", "root", "status", "failed")
@@ -829,6 +833,8 @@ def test_postgres_upgrades_a_database_of_the_previous_version(postgres_server: s
 
     ids = with_store(lambda: PostgresStore.open(url), two_dispatched)
     with psycopg.connect(url) as db:  # as version 1 left it
+        db.execute("DROP TABLE dispatchlet_calls_by_key")
+        db.execute("DROP TABLE dispatchlet_calls_by_request")
         db.execute("DROP INDEX dispatchlet_calls_ready_root")
         db.execute("DROP INDEX dispatchlet_calls_ready")
         db.execute(
@@ -894,6 +900,131 @@ def test_postgres_says_which_server_it_cannot_reach() -> None:
     with pytest.raises(StoreError, match="cannot connect to") as caught:
         run(PostgresStore.open(url, timeout=2))
     assert "secret" not in str(caught.value)
+
+
+# --- idempotent dispatch: request ids and call keys -------------------------------------
+
+from dispatchlet.scheduler.store import RequestConflict, RequestId  # noqa: E402
+
+
+def request(name: str, digest: bytes = b"d1") -> RequestId:
+    return RequestId(name, digest)
+
+
+async def stored(store: Store) -> list[Call]:
+    return await store.list(limit=1000)
+
+
+def test_a_repeated_request_id_gets_the_first_ids_and_stores_nothing(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        calls = [call("a"), call("b")]
+        first = await store.dispatch(calls, now=NOW, request=request("r1"))
+        again = await store.dispatch(calls, now=NOW + 1, request=request("r1"))
+        assert again == first
+        assert [c.dispatch_id for c in await stored(store)] == first
+        # Another request id is another request.
+        other = await store.dispatch(calls, now=NOW + 2, request=request("r2"))
+        assert set(other).isdisjoint(first)
+        assert len(await stored(store)) == 4
+
+    with_store(open_store, body)
+
+
+def test_a_request_id_used_for_another_request_is_refused(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        (first,) = await store.dispatch([call("a")], now=NOW, request=request("r1", b"one"))
+        with pytest.raises(RequestConflict, match="'r1' was used for another Dispatch"):
+            await store.dispatch([call("b")], now=NOW + 1, request=request("r1", b"two"))
+        assert [c.dispatch_id for c in await stored(store)] == [first]
+
+    with_store(open_store, body)
+
+
+def test_a_known_key_gets_its_calls_id_and_stores_nothing(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        (first,) = await store.dispatch([call("a", key="order-17")], now=NOW)
+        # Keys are the scheduler's, whatever the request, the function or the input.
+        again = await store.dispatch(
+            [call("b"), call("a", key="order-17", input=b"other")], now=NOW + 1
+        )
+        assert again[1] == first
+        assert again[0] != first
+        assert len(await stored(store)) == 2
+        # Within one request: the second call with a key gets the first's id.
+        ids = await store.dispatch(
+            [call("c", key="k2"), call("d"), call("c", key="k2"), call("e", key="order-17")],
+            now=NOW + 2,
+        )
+        assert ids[2] == ids[0]
+        assert ids[3] == first
+        assert len(set(ids)) == 3
+        assert len(await stored(store)) == 4
+
+    with_store(open_store, body)
+
+
+def test_a_dispatch_that_fails_keeps_no_request_id_and_no_key(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        refused = [call("a", key="k1"), call("b", parent_id="no-such-call")]
+        with pytest.raises(INTEGRITY_ERRORS[open_store.kind]()):
+            await store.dispatch(refused, now=NOW, request=request("r1"))
+        assert await stored(store) == []
+        (first,) = await store.dispatch([call("a", key="k1")], now=NOW, request=request("r1"))
+        assert [c.dispatch_id for c in await stored(store)] == [first]
+
+    with_store(open_store, body)
+
+
+def test_request_ids_and_keys_survive_a_restart(open_store: Any) -> None:
+    async def first(store: Store) -> list[str]:
+        ids = await store.dispatch([call("a", key="k1")], now=NOW, request=request("r1"))
+        return ids + await store.dispatch([call("b", key="k2")], now=NOW)
+
+    async def again(store: Store) -> list[str]:
+        ids = await store.dispatch([call("a", key="k1")], now=NOW, request=request("r1"))
+        return ids + await store.dispatch([call("b", key="k2")], now=NOW)
+
+    assert with_store(open_store, first) == with_store(open_store, again)
+
+
+DURABLE_ONLY["memory"].add("test_request_ids_and_keys_survive_a_restart")
+
+
+def test_postgres_concurrent_duplicates_make_one_set_of_calls(postgres_server: str) -> None:
+    """Processes that receive the same request (a client's retry racing its first try)
+    or calls with the same key at once: one set of calls, every answer the same ids."""
+    from dispatchlet.scheduler.store.postgres import PostgresStore
+
+    url = fresh_database(postgres_server)
+    rounds = 20
+
+    async def race() -> tuple[list[list[list[str]]], int]:
+        stores = await asyncio.gather(*(PostgresStore.open(url) for _ in range(2)))
+        try:
+            answers = []
+            for n in range(rounds):
+                same_request = [call("a"), call("b", key=f"shared-{n}")]
+                answers.append(
+                    await asyncio.gather(
+                        *(
+                            s.dispatch(same_request, now=NOW, request=request(f"r{n}"))
+                            for s in stores * 2
+                        ),
+                        # Other requests that share the key.
+                        *(s.dispatch([call("c", key=f"shared-{n}")], now=NOW) for s in stores),
+                    )
+                )
+            return answers, len(await stores[0].list(limit=1000))
+        finally:
+            for store in stores:
+                await store.close()
+
+    answers, count = run(race())
+    for n, answer in enumerate(answers):
+        same, keyed = answer[:4], answer[4:]
+        assert all(ids == same[0] for ids in same), (n, answer)
+        assert all(ids == [same[0][1]] for ids in keyed), (n, answer)
+    assert count == 2 * rounds
 
 
 # --- List's summaries and indexes, read beside the writer ----------------------------

@@ -17,6 +17,14 @@ A call moves through these states:
 A lease that expires (its scheduler died) makes the call claimable again: calls run at
 least once, never zero times. Every method is one transaction; ``dispatch`` commits all
 its calls or none.
+
+Dispatch is idempotent (``idempotency.py``): each store keeps, beside its calls, the
+request ids of the Dispatches that carried one (with their dispatch ids) and the
+idempotency keys of the calls that have one. They are kept as long as the calls they
+name: a retention that deletes calls must delete, in the same transaction, their keys
+(the PostgreSQL and SQLite tables cascade them with the call) and every request row
+that names one of them, so that no request id or key outlives its calls and none is
+dropped while they are kept.
 """
 
 from __future__ import annotations
@@ -56,6 +64,27 @@ class NewCall:
     parent_id: str | None = None
     root_id: str | None = None
     """The root of the tree; None for a root call (its own id)."""
+    key: str = ""
+    """The call's idempotency key (empty: none): while a call dispatched with it is
+    kept, another with the same key is not stored and gets that call's dispatch id."""
+
+
+@dataclass(frozen=True)
+class RequestId:
+    """A Dispatch request's idempotency key (``Idempotency-Key``) and a digest of what
+    it asked: a repeated request gets the first one's dispatch ids."""
+
+    id: str
+    digest: bytes
+
+
+class RequestConflict(DispatchletError):
+    """A request id used again for a request that asks something else: refused, since
+    the ids of the first one would answer a question the client did not ask (Connect
+    ``already_exists``: the id is bound to another request; Connect has no 422)."""
+
+    http_status = 409
+    code = "already_exists"
 
 
 @dataclass(frozen=True)
@@ -125,8 +154,17 @@ class Claimed:
 class Store(Protocol):
     """What the scheduler needs of its storage; each method is one transaction."""
 
-    async def dispatch(self, calls: Sequence[NewCall], *, now: float) -> list[str]:
-        """Store ``calls``, ready now; their dispatch ids in order. All or none."""
+    async def dispatch(
+        self, calls: Sequence[NewCall], *, now: float, request: RequestId | None = None
+    ) -> list[str]:
+        """Store ``calls``, ready now; their dispatch ids in order. All or none.
+
+        Idempotent: with ``request``, a request id seen before is answered with the ids
+        the first request got, storing nothing (``RequestConflict`` when its digest
+        differs); a call whose ``key`` a stored call has, or an earlier call of the same
+        request, is not stored and gets that call's id. Request ids and keys are stored
+        in the same transaction as the calls, and a concurrent duplicate (another
+        process) still ends with one set of calls (unique constraints)."""
 
     async def claim(
         self,
@@ -338,6 +376,8 @@ __all__ = [
     "DatabaseBroken",
     "Lease",
     "NewCall",
+    "RequestConflict",
+    "RequestId",
     "State",
     "Store",
     "StoreError",

@@ -21,6 +21,7 @@ from . import (
     Claimed,
     Lease,
     NewCall,
+    RequestId,
     State,
     StoreError,
     children_of,
@@ -29,6 +30,7 @@ from . import (
     new_dispatch_id,
     summary,
 )
+from .idempotency import KeyedCalls, repeated
 
 
 class IntegrityError(ValueError, DispatchletError):
@@ -114,6 +116,10 @@ class MemoryStore:
         """The calls not done: what a claim looks through."""
         self._seq = 0
         self._closed = False
+        self._requests: dict[str, tuple[bytes, str]] = {}
+        """Request ids: the digest of what each request asked, its dispatch ids."""
+        self._keys: dict[str, str] = {}
+        """Idempotency keys: the dispatch id of the call that has each."""
 
     @classmethod
     async def open(cls) -> MemoryStore:
@@ -121,9 +127,20 @@ class MemoryStore:
 
     # --- the contract ------------------------------------------------------------------
 
-    async def dispatch(self, calls: Sequence[NewCall], *, now: float) -> list[str]:
+    async def dispatch(
+        self, calls: Sequence[NewCall], *, now: float, request: RequestId | None = None
+    ) -> list[str]:
         self._check_open()
-        return self._insert(calls, now)
+        if request is not None and request.id in self._requests:
+            return repeated(request, *self._requests[request.id])
+        keyed = KeyedCalls(calls, self._keys)
+        stored = self._insert(keyed.fresh, now)
+        for row in keyed.new_keys(stored):
+            self._keys[row["key"]] = row["dispatch_id"]
+        ids = keyed.ids(stored)
+        if request is not None:
+            self._requests[request.id] = (request.digest, ",".join(ids))
+        return ids
 
     def subscribe(self, wake: Callable[[], None]) -> None:
         """One process has the store: its API wakes its engine itself."""

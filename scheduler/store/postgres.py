@@ -36,18 +36,28 @@ from . import (
     Claimed,
     Lease,
     NewCall,
+    RequestId,
     State,
     StoreError,
     call_from_row,
     children_of,
 )
 from .claims import claim_window, fitting, in_turns, needs_root_heads
-from .statements import CHANNEL, PostgresStatements, fenced, rows_to_insert
+from .idempotency import (
+    CONFLICT_RETRIES,
+    IdempotencyStatements,
+    KeyedCalls,
+    keys_of,
+    repeated,
+    request_row,
+)
+from .statements import CHANNEL, POSTGRES, PostgresStatements, fenced, rows_to_insert
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 SQL = PostgresStatements()
+IDEMPOTENCY = IdempotencyStatements(POSTGRES)
 # Advisory lock keys (one 64-bit number each): the migration, and capped claims.
 MIGRATION_LOCK = 0x64697370_61746368
 CLAIM_LOCK = 0x64697370_636C6169
@@ -210,6 +220,17 @@ class PostgresStore:
         else:
             await db.execute("UPDATE dispatchlet_schema SET version = %s", (SCHEMA_VERSION,))
 
+    async def database_time(self) -> float:
+        """The database server's clock, in seconds since the epoch: every scheduler process
+        on the database keeps its time by it (``clock.DatabaseClock``), whatever its own
+        wall clock says."""
+        async with self._pool.connection() as connection:
+            cursor = await connection.execute("SELECT extract(epoch FROM clock_timestamp())")
+            row = await cursor.fetchone()
+        if row is None:
+            raise StoreError("the database did not tell its time")
+        return float(row[0])
+
     # --- wake-ups ----------------------------------------------------------------------
 
     def subscribe(self, wake: Callable[[], None]) -> None:
@@ -243,13 +264,24 @@ class PostgresStore:
 
     # --- the contract ------------------------------------------------------------------
 
-    async def dispatch(self, calls: Sequence[NewCall], *, now: float) -> list[str]:
+    async def dispatch(
+        self, calls: Sequence[NewCall], *, now: float, request: RequestId | None = None
+    ) -> list[str]:
         async def insert(db: Connection) -> list[str]:
-            ids = await _insert(db, calls, now)
-            await db.execute(SQL.notify)
+            ids, fresh = await _dispatch(db, calls, now, request)
+            if fresh:
+                await db.execute(SQL.notify)
             return ids
 
-        return await self._transaction(insert)
+        for attempt in range(1, CONFLICT_RETRIES + 1):
+            try:
+                return await self._transaction(insert)
+            except psycopg.errors.UniqueViolation:
+                # Another process stored the same request id or key meanwhile (and
+                # committed): run again, to answer with what it stored.
+                if attempt == CONFLICT_RETRIES:
+                    raise
+        raise AssertionError("unreachable")
 
     async def claim(
         self,
@@ -537,6 +569,34 @@ async def _insert(db: Connection, calls: Sequence[NewCall], now: float) -> list[
         async with db.cursor() as cursor:
             await cursor.executemany(SQL.insert, rows)
     return ids
+
+
+async def _dispatch(
+    db: Connection, calls: Sequence[NewCall], now: float, request: RequestId | None
+) -> tuple[list[str], int]:
+    """``Store.dispatch`` in one transaction: a known request id answered with its ids,
+    calls with known keys answered with their calls' ids, the others stored; the ids,
+    and how many calls were stored. A concurrent duplicate fails on a primary key."""
+    if request is not None:
+        params = {"request_id": request.id}
+        row = await (await db.execute(IDEMPOTENCY.find_request, params)).fetchone()
+        if row is not None:
+            return repeated(request, row[0], row[1]), 0
+    keys = keys_of(calls)
+    known: dict[str, str] = {}
+    if keys:
+        rows = await (await db.execute(IDEMPOTENCY.find_keys, {"keys": keys})).fetchall()
+        known = {found: dispatch_id for found, dispatch_id in rows}
+    keyed = KeyedCalls(calls, known)
+    stored = await _insert(db, keyed.fresh, now)
+    new_keys = keyed.new_keys(stored)
+    if new_keys:
+        async with db.cursor() as cursor:
+            await cursor.executemany(IDEMPOTENCY.insert_key, new_keys)
+    ids = keyed.ids(stored)
+    if request is not None:
+        await db.execute(IDEMPOTENCY.insert_request, request_row(request, ids, now))
+    return ids, len(stored)
 
 
 async def _undelivered(db: Connection, parent_id: str, limit: int) -> tuple[ChildResult, ...]:

@@ -36,6 +36,7 @@ from . import (
     DatabaseBroken,
     Lease,
     NewCall,
+    RequestId,
     State,
     StoreError,
     call_from_row,
@@ -43,10 +44,12 @@ from . import (
     corrupt,
 )
 from .claims import claim_window, fitting, in_turns, needs_root_heads
+from .idempotency import IdempotencyStatements, KeyedCalls, keys_of, repeated, request_row
 from .statements import SQLITE, Statements, fenced, rows_to_insert
 
 T = TypeVar("T")
 SQL = Statements(SQLITE)
+IDEMPOTENCY = IdempotencyStatements(SQLITE)
 logger = logging.getLogger(__name__)
 
 READERS = 2
@@ -296,10 +299,13 @@ class SQLiteStore:
 
     # --- the contract ------------------------------------------------------------------
 
-    async def dispatch(self, calls: Sequence[NewCall], *, now: float) -> list[str]:
+    async def dispatch(
+        self, calls: Sequence[NewCall], *, now: float, request: RequestId | None = None
+    ) -> list[str]:
         def insert(db: sqlite3.Connection) -> list[str]:
-            return _insert(db, calls, now)
+            return _dispatch(db, calls, now, request)
 
+        # One writer at a time: a duplicate finds the first one's rows, never races them.
         return await self._run(self._transaction, insert)
 
     def subscribe(self, wake: Callable[[], None]) -> None:
@@ -531,6 +537,28 @@ _REPAIR = (
 def _insert(db: sqlite3.Connection, calls: Sequence[NewCall], now: float) -> list[str]:
     ids, rows = rows_to_insert(calls, now)
     db.executemany(SQL.insert, rows)
+    return ids
+
+
+def _dispatch(
+    db: sqlite3.Connection, calls: Sequence[NewCall], now: float, request: RequestId | None
+) -> list[str]:
+    """``Store.dispatch`` in one transaction: a known request id answered with its ids,
+    calls with known keys answered with their calls' ids, the others stored."""
+    if request is not None:
+        row = db.execute(IDEMPOTENCY.find_request, {"request_id": request.id}).fetchone()
+        if row is not None:
+            return repeated(request, row[0], row[1])
+    known: dict[str, str] = {}
+    for key in keys_of(calls):
+        for found, dispatch_id in db.execute(IDEMPOTENCY.find_keys, {"keys": key}):
+            known[found] = dispatch_id
+    keyed = KeyedCalls(calls, known)
+    stored = _insert(db, keyed.fresh, now)
+    db.executemany(IDEMPOTENCY.insert_key, keyed.new_keys(stored))
+    ids = keyed.ids(stored)
+    if request is not None:
+        db.execute(IDEMPOTENCY.insert_request, request_row(request, ids, now))
     return ids
 
 

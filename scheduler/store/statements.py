@@ -102,6 +102,19 @@ POSTGRES = Dialect(
 )
 
 MIGRATIONS: tuple[str, ...] = (
+    # Idempotent Dispatch: request ids and call keys (see ``idempotency``); a key is
+    # deleted with its call.
+    "CREATE TABLE {calls}_by_request ("
+    "  request_id TEXT PRIMARY KEY,"
+    "  digest {blob} NOT NULL,"
+    "  dispatch_ids TEXT NOT NULL,"
+    "  created_at {double} NOT NULL"
+    ");"
+    "CREATE TABLE {calls}_by_key ("
+    "  call_key TEXT PRIMARY KEY,"
+    "  dispatch_id TEXT NOT NULL REFERENCES {calls} (dispatch_id) ON DELETE CASCADE"
+    ");"
+    "CREATE INDEX {calls}_by_key_call ON {calls}_by_key (dispatch_id)",
     # What List filters on, each in creation order, so that a filtered page is a range
     # of one index read from its end (newest first) or its start, never a scan of the
     # table: a state, a function, a root (the (root_id, dispatch_id) index is in
