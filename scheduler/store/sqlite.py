@@ -179,8 +179,9 @@ class SQLiteStore:
 
     def _check_integrity(self, connection: sqlite3.Connection) -> None:
         """Refuse a damaged database before anything is written to it. ``quick_check``
-        reads every page once (about 0.1 s for 100 MB on a laptop's disk) but skips
-        the costlier cross-check of indexes against their tables."""
+        reads every page once, but skips the cross-check of indexes against their
+        tables that makes ``integrity_check`` five times slower: 0.25 to 0.35 s for
+        200,000 calls (120 MB) on a loaded 2-core machine, once per start."""
         problems = [str(row[0]) for row in connection.execute("PRAGMA quick_check(3)")]
         if problems != ["ok"]:
             lines = [line for problem in problems for line in problem.splitlines()]
