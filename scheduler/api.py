@@ -311,12 +311,16 @@ class Api:
         return calls_pb2.ListResponse(calls=[call_info(c) for c in page], next_page_token=token)
 
     async def cancel(self, request: calls_pb2.CancelRequest) -> calls_pb2.CancelResponse:
+        """End the call at once, with the first batch of its unfinished descendants
+        (``cancelled`` counts those); the others end in batches after the answer."""
         await self._found(request.dispatch_id)
         error = error_pb2.Error(type="Cancelled", message="the call was cancelled")
         result = call_pb2.CallResult(error=error).SerializeToString()
         count = await self.store.cancel(
             request.dispatch_id, Status.PERMANENT_ERROR.value, result, now=self.clock()
         )
+        if count:
+            self.engine.end_descendants_soon()
         return calls_pb2.CancelResponse(cancelled=count)
 
 

@@ -19,7 +19,14 @@ claims, calls, applies each decision with one store call, and logs.
   which starting over would repeat): that is final. When a call ends, its unfinished
   children are cancelled.
 - Calls are run at least once: a lease that lapses (this process died) makes the call
-  claimable again, and an outcome is recorded only under the current lease.
+  claimable again, and an outcome is recorded only under the current lease; but not
+  forever: claims beyond ``max_attempts`` end the call, and so does an outcome that the
+  store fails to record ``MAX_UNSTORED`` times (an error that is not an outage).
+- Call trees are bounded: a Poll that would leave a call more than ``max_children``
+  unfinished children, or put more than ``max_descendants`` calls below its root, ends
+  the call with an error naming the bound. The unfinished descendants of a call that
+  ended are ended by the store in batches (the first with it, the others by a task of
+  this engine's), so that a large tree never holds the store for long.
 - Every time the engine gives the store comes from its ``clock`` (``clock.py``): the
   wall clock's jumps do not move it, and on PostgreSQL it is the database's.
 """
@@ -63,12 +70,33 @@ from .rules import (
     TailCall,
     after_attempt,
     before_attempt,
+    beyond_bounds,
     cut_short,
+    not_stored,
 )
-from .settings import DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_MAX_INPUT_SIZE, DEFAULT_MAX_OUTPUT_SIZE
-from .store import Call, ChildResult, Claimed, Lease, Store
+from .settings import (
+    DEFAULT_ATTEMPT_TIMEOUT,
+    DEFAULT_MAX_CHILDREN,
+    DEFAULT_MAX_DESCENDANTS,
+    DEFAULT_MAX_INPUT_SIZE,
+    DEFAULT_MAX_OUTPUT_SIZE,
+)
+from .store import (
+    Call,
+    ChildResult,
+    Claimed,
+    Lease,
+    Store,
+    TreeBounds,
+    TreeLimitExceeded,
+    unavailable,
+)
 
 logger = logging.getLogger("dispatchlet.scheduler")
+
+ENDING_INTERVAL = 1.0
+"""How often, in seconds, the engine looks for descendants left to end that it was not
+told of (left by another process, or by one that stopped)."""
 
 
 @dataclass
@@ -89,6 +117,10 @@ class Engine:
     """The largest output (or error, or Poll state) a call may store, in bytes."""
     unsupported: Callable[[str], str | None] = missing_support
     """Why this process cannot call an endpoint (an ARN without boto3), or None."""
+    max_children: int | None = DEFAULT_MAX_CHILDREN
+    """The most unfinished children a call may have (None: no bound)."""
+    max_descendants: int | None = DEFAULT_MAX_DESCENDANTS
+    """The most calls below a root (None: no bound)."""
     limiter: Limiter = field(default_factory=Limiter)
     clock: Clock = field(default_factory=SteadyClock)
     """The time leases, readiness and expiry are decided by (``clock.py``): the wall
@@ -102,6 +134,7 @@ class Engine:
         self._stopping = False
         self._running: set[asyncio.Task[None]] = set()
         self._watchers: dict[str, list[asyncio.Event]] = {}
+        self._ending = asyncio.Event()  # descendants were left to end
         self.attempts: dict[str, int] = {}
         """Attempts made by this process, by outcome status name (for /metrics)."""
 
@@ -116,6 +149,27 @@ class Engine:
     def stop(self) -> None:
         self._stopping = True
         self._wake.set()
+        self._ending.set()
+
+    def end_descendants_soon(self) -> None:
+        """End the descendants that an ended call left (a cancel) now, in batches."""
+        self._ending.set()
+
+    async def _end_descendants(self) -> None:
+        """End, one batch a transaction, the unfinished descendants that ended calls
+        left, until none is left; then look again when told to, or now and then."""
+        while not self._stopping:
+            try:
+                done = await self.store.end_descendants(now=self.clock())
+            except Exception:
+                logger.exception("ending the descendants of ended calls failed; trying again")
+                done = 0
+            if done:
+                await asyncio.sleep(0)  # what waits for the store goes between batches
+                continue
+            self._ending.clear()
+            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+                await asyncio.wait_for(self._ending.wait(), ENDING_INTERVAL)
 
     @contextlib.contextmanager
     def watching(self, dispatch_id: str) -> Iterator[Callable[[float], Awaitable[None]]]:
@@ -149,6 +203,7 @@ class Engine:
         """Claim and run calls until ``stop()``; attempts in flight are finished first."""
         lease_seconds = self.attempt_timeout + self.lease_margin
         self.store.subscribe(self.wake)
+        ender = asyncio.create_task(self._end_descendants())
         while not self._stopping:
             free = self.concurrency - len(self._running)
             claimed: list[Claimed] = []
@@ -183,6 +238,7 @@ class Engine:
                 await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
         if self._running:
             await asyncio.wait(self._running)
+        await ender
 
     @property
     def limits(self) -> Limits:
@@ -289,15 +345,18 @@ class Engine:
     async def _recorded(
         self, call: Call, lease: Lease, outcome: Outcome, expired: bool, limits: Limits
     ) -> Outcome | None:
-        """Record ``outcome``, trying again while the store fails (a database restart)
-        and the lease holds; past that, the lease lapses and another attempt runs the
-        call again: at least once. What was recorded instead of the endpoint's answer
-        (an invalid Poll or tail call), if anything."""
+        """Record ``outcome``, trying again while the store is unavailable (a database
+        restart) and the lease holds; past that, the lease lapses and another attempt
+        runs the call again: at least once. Any other error of the store's is counted
+        (``_not_stored``). What was recorded instead of the endpoint's answer (an invalid
+        Poll or tail call), if anything."""
         delay = 0.1
         while True:
             try:
                 return await self._record(call, lease, outcome, expired=expired, limits=limits)
             except Exception as exc:
+                if not unavailable(exc):
+                    return await self._not_stored(call, lease, exc, limits)
                 if self.clock() + delay >= lease.expires_at or self._stopping:
                     logger.exception("recording the outcome of %s failed", call.dispatch_id)
                     return None
@@ -324,7 +383,37 @@ class Engine:
         decision = after_attempt(
             call, outcome, limits or self.limits, now, jitter=self.rng.random(), expired=expired
         )
-        await self._apply(lease, decision, now)
+        try:
+            await self._apply(lease, decision, now)
+        except TreeLimitExceeded as exc:
+            decision = beyond_bounds(exc)
+            await self._apply(lease, decision, now)
+        return decision.instead if isinstance(decision, Finish) else None
+
+    async def _not_stored(
+        self, call: Call, lease: Lease, error: Exception, limits: Limits
+    ) -> Outcome | None:
+        """The attempt's outcome could not be stored, by an error that trying again will
+        not mend (a value the database refuses, a fault of ours): counted in the store,
+        and the call runs again later, or ends after ``MAX_UNSTORED`` such failures. If
+        even that fails, the lease lapses, and the claims beyond ``max_attempts`` end the
+        call (``before_attempt``). What was recorded instead, if the call ended."""
+        logger.error(
+            "the outcome of %s could not be stored",
+            call.dispatch_id,
+            exc_info=(type(error), error, error.__traceback__),
+        )
+        reason = f"{type(error).__name__}: {error}"[:500]
+        try:
+            failures = await self.store.count_unstored(lease)
+            if failures is None:
+                return None  # its lease is no longer current
+            now = self.clock()
+            decision = not_stored(call, failures, reason, limits, now, jitter=self.rng.random())
+            await self._apply(lease, decision, now)
+        except Exception:
+            logger.exception("recording that %s could not be stored failed", call.dispatch_id)
+            return None
         return decision.instead if isinstance(decision, Finish) else None
 
     async def _apply(self, lease: Lease, decision: Decision, now: float) -> None:
@@ -347,6 +436,7 @@ class Engine:
                 max_results=decision.max_results,
                 until=decision.until,
                 now=now,
+                bounds=TreeBounds(self.max_children, self.max_descendants),
             )
             if decision.children:
                 self._wake.set()

@@ -74,6 +74,8 @@ async def serve(
         lease_margin=min(30.0, settings.attempt_timeout),
         limiter=Limiter(cap=settings.max_per_destination),
         max_input_size=settings.max_input_size,
+        max_children=settings.max_children,
+        max_descendants=settings.max_descendants,
         max_output_size=settings.max_output_size,
         clock=clock,
     )

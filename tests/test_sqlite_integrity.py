@@ -112,8 +112,9 @@ def test_a_database_file_replaced_or_deleted_stops_dispatches(
                 assert "/proc/" in error["message"]  # where the file opened lives on
             status, body = await h.post(LIST, b"")
             assert status == 500, body
-            # The engine takes no call from the file it opened any more.
+            # The engine takes no call from the file it opened any more, nor ends any.
             assert await h.store.claim(owner="t", now=5e9, limit=10, lease_seconds=30) == []
+            assert await h.store.end_descendants(now=5e9) == 0
 
     with caplog.at_level(logging.CRITICAL):
         asyncio.run(scenario())

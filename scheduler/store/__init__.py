@@ -12,7 +12,10 @@ A call moves through these states:
   results not delivered yet (at most ``max_results``), which count as delivered once
   that attempt's outcome is recorded;
 - ``done``: final, with its status and result. When a call ends, its unfinished
-  descendants end too.
+  descendants end too: the first ``END_BATCH`` with it, the rest in batches of that
+  size (``end_descendants``), so that no transaction holds the store for long; which
+  calls still have descendants to end is kept in the database, so that the next
+  process ends them if this one stops.
 
 A lease that expires (its scheduler died) makes the call claimable again: calls run at
 least once, never zero times. Every method is one transaction; ``dispatch`` commits all
@@ -151,6 +154,40 @@ class Claimed:
     """For a resume: the children's results to deliver, in the order they finished."""
 
 
+END_BATCH = 500
+"""How many descendants of an ended call one transaction ends: each costs an update of
+their row and its indexes, so that a batch holds the store for tens of milliseconds,
+however large the tree."""
+
+
+@dataclass(frozen=True)
+class TreeBounds:
+    """How large a call tree may grow (None: unbounded)."""
+
+    max_children: int | None = None
+    """Unfinished children of one call."""
+    max_descendants: int | None = None
+    """Calls below one root, finished or not."""
+
+
+NO_BOUNDS = TreeBounds()
+
+
+class TreeLimitExceeded(DispatchletError):
+    """A Poll's calls would take the call's tree beyond one of its ``TreeBounds``."""
+
+    def __init__(self, bound: str, limit: int, count: int, adding: int) -> None:
+        super().__init__(f"{count} {bound} and {adding} more: at most {limit}")
+        self.bound = bound
+        """``"children"`` (unfinished children of the call) or ``"descendants"`` (calls
+        below its root)."""
+        self.limit = limit
+        self.count = count
+        """How many there are."""
+        self.adding = adding
+        """How many the Poll would add."""
+
+
 class Store(Protocol):
     """What the scheduler needs of its storage; each method is one transaction."""
 
@@ -218,11 +255,13 @@ class Store(Protocol):
         max_results: int,
         until: float,
         now: float,
+        bounds: TreeBounds = NO_BOUNDS,
     ) -> list[str] | None:
         """Store ``children`` under the call and make it wait for them (``poll``: the
         serialized Poll without its calls); their ids, or None for a stale lease. The
         run succeeded: the call's ``attempts`` count starts again, so that the retries
-        of each resume have the whole ``max_attempts`` (a workflow may have many steps)."""
+        of each resume have the whole ``max_attempts`` (a workflow may have many steps).
+        Children beyond ``bounds`` raise ``TreeLimitExceeded`` and change nothing."""
 
     async def restart(self, lease: Lease, *, now: float, orphans: tuple[int, bytes]) -> bool:
         """Run the call again from its input, its poll state dropped and its unfinished
@@ -269,7 +308,19 @@ class Store(Protocol):
 
     async def cancel(self, dispatch_id: str, status: int, result: bytes, *, now: float) -> int:
         """End the call and its unfinished descendants with ``status`` and ``result``;
-        how many were ended (0: unknown or already done)."""
+        how many were ended now (0: unknown or already done): the call and at most
+        ``END_BATCH`` descendants, the others left to ``end_descendants``."""
+
+    async def end_descendants(self, *, now: float, limit: int = END_BATCH) -> int:
+        """End about ``limit`` more of the unfinished descendants that calls which ended
+        (or restarted) left, each with what its ancestor ended them with; how much was
+        done (calls ended, and ended calls found to have none left), 0 once nothing is
+        left to end."""
+
+    async def count_unstored(self, lease: Lease) -> int | None:
+        """Count one more outcome of the call that could not be stored (an error of the
+        store that is not ``unavailable``); how many, in the call's whole life, or None
+        for a stale lease."""
 
     async def close(self) -> None:
         """Release the store's resources."""
@@ -285,6 +336,17 @@ holds at most 16 MiB of them); a larger one is left to ``get``."""
 
 class StoreError(DispatchletError):
     """The database cannot be used (written by a newer version, not a store)."""
+
+
+def stored_correlation_id(correlation_id: int) -> int:
+    """A uint64 correlation id as the signed 64-bit integer that holds the same bits
+    (what SQLite's INTEGER and PostgreSQL's BIGINT keep)."""
+    return correlation_id - (1 << 64) if correlation_id >= 1 << 63 else correlation_id
+
+
+def loaded_correlation_id(stored: int) -> int:
+    """A correlation id read back from the database: ``stored_correlation_id`` undone."""
+    return stored + (1 << 64) if stored < 0 else stored
 
 
 class DatabaseBroken(StoreError):
@@ -352,7 +414,7 @@ def call_from_row(row: Sequence[Any]) -> Call:
         endpoint=row[2],
         input=bytes(row[3]),
         version=row[4],
-        correlation_id=row[5],
+        correlation_id=loaded_correlation_id(row[5]),
         parent_id=row[6],
         root_id=row[7],
         state=State(row[8]),
@@ -368,8 +430,16 @@ def call_from_row(row: Sequence[Any]) -> Call:
     )
 
 
+def child_result_from_row(row: Sequence[Any]) -> ChildResult:
+    """A finished child's result from its ``(dispatch_id, correlation_id, status,
+    result)`` columns."""
+    return ChildResult(row[0], loaded_correlation_id(row[1]), row[2], bytes(row[3]))
+
+
 __all__ = [
+    "END_BATCH",
     "LISTED_ERROR_BYTES",
+    "NO_BOUNDS",
     "Call",
     "ChildResult",
     "Claimed",
@@ -381,14 +451,19 @@ __all__ = [
     "State",
     "Store",
     "StoreError",
+    "TreeBounds",
+    "TreeLimitExceeded",
     "call_from_row",
+    "child_result_from_row",
     "children_of",
     "claim_window",
     "corrupt",
     "fitting",
     "in_turns",
+    "loaded_correlation_id",
     "needs_root_heads",
     "new_dispatch_id",
+    "stored_correlation_id",
     "summary",
     "unavailable",
 ]
