@@ -221,13 +221,18 @@ class SQLiteStore:
             problem = "was deleted"
         else:
             return
-        # The file opened lives on while this process holds it.
-        copy = f"/proc/{os.getpid()}/fd/{self._file}"
+        # The file opened lives on while this process holds it (Linux shows it).
+        copy = ""
+        if os.path.isdir("/proc/self/fd"):
+            copy = (
+                f"; while it runs, that file can still be copied from "
+                f"/proc/{os.getpid()}/fd/{self._file}"
+            )
         raise self._break(
             f"the database file {self.path} {problem} while the scheduler ran. The "
-            "scheduler accepts no calls and claims none from the file it opened; while it "
-            f"runs, that file can still be copied from {copy}. Stop it, put the database "
-            f"back at {self.path} (or restore it from a backup), and start it again"
+            f"scheduler accepts no calls and claims none from the file it opened{copy}. "
+            f"Stop it, put the database back at {self.path} (or restore it from a backup), "
+            "and start it again"
         )
 
     def _break(self, reason: str) -> DatabaseBroken:
