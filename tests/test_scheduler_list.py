@@ -170,7 +170,8 @@ def test_reads_answer_while_the_writer_waits(tmp_path: Path) -> None:
             (committed,) = await store.dispatch([new_call("before")], now=1.0)
             blocker.execute("BEGIN IMMEDIATE")  # holds the write lock
             writing = asyncio.create_task(store.dispatch([new_call("blocked")], now=2.0))
-            await asyncio.sleep(0)  # the write is handed to the writer's thread first
+            for _ in range(10):  # the write is handed to the writer's thread first
+                await asyncio.sleep(0)
             reading = asyncio.ensure_future(
                 asyncio.gather(store.list(function="before"), store.get(committed))
             )
