@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 import weakref
 from collections import deque
@@ -71,6 +72,8 @@ CLAIM_LOCK = 0x64697370_636C6169
 # the server dropped meanwhile (a restart) is replaced, not handed to a transaction. One
 # in steady use is not: if it fails, the store's caller retries.
 CHECK_AFTER_IDLE = 1.0
+# How many times a transaction PostgreSQL aborted to break a deadlock is run.
+ABORTED_RETRIES = 5
 # Batches of finishes written at once; the finishes that arrive meanwhile wait for the
 # next batch.
 FINISH_FLUSHES = 1
@@ -197,8 +200,20 @@ class PostgresStore:
         return store
 
     async def _transaction(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
-        async with self._pool.connection() as connection, connection.transaction():
-            return await fn(connection)
+        """``fn`` in one transaction, run again when PostgreSQL broke a deadlock by
+        aborting it (two transactions locking rows of one call tree in opposite orders: a
+        root ending while one of its children polls) or found it could not serialize it:
+        such a transaction changed nothing, and running it again is what PostgreSQL asks."""
+        for attempt in range(1, ABORTED_RETRIES + 1):
+            try:
+                async with self._pool.connection() as connection, connection.transaction():
+                    return await fn(connection)
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                if attempt == ABORTED_RETRIES:
+                    raise
+                # Jitter, so that the two do not meet again in step.
+                await asyncio.sleep(random.uniform(0.001, 0.01) * attempt)  # noqa: S311
+        raise AssertionError("unreachable")
 
     async def _migrate(self, db: Connection) -> None:
         await db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
