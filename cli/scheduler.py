@@ -29,7 +29,9 @@ from ..scheduler.settings import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_DESCENDANTS,
     DEFAULT_MAX_INPUT_SIZE,
+    DEFAULT_MAX_OUTPUT_SIZE,
     DEFAULT_PORT,
+    MAX_OUTPUT_SIZE_ENV,
     METRICS_KEY_ENV,
     POSTGRES_SCHEMES,
     Settings,
@@ -197,6 +199,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the most calls below one root dispatch, over its life: a Poll that would put "
         "more ends its call, with an error naming this limit (default: %(default)s)",
     )
+    parser.add_argument(
+        "--max-output-size",
+        type=positive_int,
+        metavar="BYTES",
+        help="the largest output (or error, or workflow state) of a call: an endpoint answer "
+        "with a larger one ends its call INVALID_RESPONSE, and no more of an answer is read "
+        f"(default: {MAX_OUTPUT_SIZE_ENV}, else {DEFAULT_MAX_OUTPUT_SIZE})",
+    )
     logging_setup.add_arguments(parser, default_level="info")
     parser.set_defaults(handler=run)
 
@@ -209,6 +219,8 @@ def run(args: argparse.Namespace) -> int:
     given: dict[str, Any] = {}
     if args.signing_key_file is not None:
         given["signing_key"] = _key_from_file(args.signing_key_file)
+    if args.max_output_size is not None:
+        given["max_output_size"] = args.max_output_size
     url = args.database_url or os.environ.get(DATABASE_URL_ENV, "")
     if url and args.db is not None:
         raise CommandError(f"give --db or a database URL ({DATABASE_URL_ENV}), not both")

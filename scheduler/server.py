@@ -63,7 +63,13 @@ async def serve(
     except BaseException:
         await store.close()
         raise
-    caller = Callers(HttpCaller(settings.signing_key, insecure=settings.insecure))
+    caller = Callers(
+        HttpCaller(
+            settings.signing_key,
+            insecure=settings.insecure,
+            max_output_size=settings.max_output_size,
+        )
+    )
     engine = Engine(
         store,
         caller,
@@ -75,6 +81,7 @@ async def serve(
         max_input_size=settings.max_input_size,
         max_children=settings.max_children,
         max_descendants=settings.max_descendants,
+        max_output_size=settings.max_output_size,
         clock=clock,
     )
     api = Api(

@@ -46,6 +46,11 @@ DEFAULT_BODY_TIMEOUT = 60.0
 """Seconds a request's body may take to arrive (nginx's client_body_timeout: 60 s)."""
 METRICS_KEY_ENV = "DISPATCHLET_METRICS_KEY"
 """Keys that may read /metrics and nothing else (comma-separated), beside the API keys."""
+DEFAULT_MAX_OUTPUT_SIZE = 16 * 1024 * 1024
+"""The largest output a call may store, in bytes (its serialized ``CallResult``: the
+output, or the error), and the largest state a Poll may leave: as large as an input."""
+MAX_OUTPUT_SIZE_ENV = "DISPATCHLET_MAX_OUTPUT_SIZE"
+"""Where ``max_output_size`` comes from when ``--max-output-size`` is not given."""
 DEFAULT_DATABASE = "dispatchlet.db"
 """The SQLite file used when no database is named."""
 DATABASE_URL_ENV = "DISPATCHLET_DATABASE_URL"
@@ -92,6 +97,10 @@ class Settings:
     """Keys that may read /metrics, beside the API keys."""
     metrics_public: bool = False
     """/metrics without a key (for a scraper on a private network)."""
+    max_output_size: int = DEFAULT_MAX_OUTPUT_SIZE
+    """The largest output (or error, or Poll state) of a call, in bytes: an endpoint
+    answer with a larger one ends its call (INVALID_RESPONSE), and no more of an answer
+    than this (and a little for what surrounds it) is read."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **given: Any) -> Settings:
@@ -101,7 +110,8 @@ class Settings:
         - ``database``: ``DISPATCHLET_DATABASE_URL``, else the file ``dispatchlet.db``;
         - ``signing_key``: ``DISPATCH_SIGNING_KEY`` (PEM or base64), else None;
         - ``api_keys``: ``DISPATCH_API_KEY``, comma-separated;
-        - ``metrics_keys``: ``DISPATCHLET_METRICS_KEY``, comma-separated.
+        - ``metrics_keys``: ``DISPATCHLET_METRICS_KEY``, comma-separated;
+        - ``max_output_size``: ``DISPATCHLET_MAX_OUTPUT_SIZE`` (bytes), else 16 MiB.
 
         A value that cannot be used raises ``ConfigurationError`` naming its variable.
         """
@@ -122,7 +132,17 @@ class Settings:
             found["api_keys"] = split_api_keys(env.get(API_KEY_ENV, ""))
         if "metrics_keys" not in given:
             found["metrics_keys"] = tuple(split_api_keys(env.get(METRICS_KEY_ENV, "")))
+        if "max_output_size" not in given and env.get(MAX_OUTPUT_SIZE_ENV, "").strip():
+            found["max_output_size"] = _size(env, MAX_OUTPUT_SIZE_ENV)
         unknown = set(given) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
         return cls(**found, **given)
+
+
+def _size(env: Mapping[str, str], name: str) -> int:
+    """A positive number of bytes from the variable ``name``."""
+    text = env[name].strip()
+    if not text.isdigit() or int(text) <= 0:
+        raise ConfigurationError(f"invalid {name} {text[:40]!r}: expected a number of bytes")
+    return int(text)

@@ -625,7 +625,7 @@ def misbehaving() -> Iterator[str]:
     [
         ("garbage", Status.INVALID_RESPONSE, 1, "unexpected Content-Type 'text/plain'"),
         ("garbage-proto", Status.INVALID_RESPONSE, 1, "cannot decode the RunResponse"),
-        ("huge", Status.INVALID_RESPONSE, 1, "more than 16777216 bytes"),
+        ("huge", Status.INVALID_RESPONSE, 1, "an output of at most 16777216 bytes"),
         ("401", Status.UNAUTHENTICATED, 1, "HTTP 401 permission_denied: nope"),
         ("403", Status.PERMISSION_DENIED, 1, "HTTP 403 permission_denied: nope"),
         ("busy", Status.OK, 2, ""),

@@ -33,6 +33,7 @@ from . import (
     fitting,
     in_turns,
     new_dispatch_id,
+    summary,
 )
 from .idempotency import KeyedCalls, repeated
 
@@ -348,7 +349,7 @@ class MemoryStore:
             if len(found) >= limit:
                 break
             if matches(row):
-                found.append(row.call())
+                found.append(summary(row.call()))
         return found
 
     async def cancel(self, dispatch_id: str, status: int, result: bytes, *, now: float) -> int:
