@@ -1314,7 +1314,9 @@ def _tree_rows() -> list[tuple[str, str, str | None]]:
 
 def _before_tree_counts(migrations: tuple[str, ...]) -> int:
     """The schema version before the one that counts each root's descendants."""
-    return next(n for n, m in enumerate(migrations) if "dispatchlet_endings" in m)
+    return next(
+        n for n, m in enumerate(migrations) if isinstance(m, str) and "ADD COLUMN descendants" in m
+    )
 
 
 async def _counted_on_upgrade(store: Store) -> None:

@@ -58,7 +58,17 @@ from .idempotency import (
     repeated,
     request_row,
 )
-from .statements import CHANNEL, POSTGRES, UNBOUNDED, PostgresStatements, fenced, rows_to_insert
+from .statements import (
+    CHANNEL,
+    POSTGRES,
+    UNBOUNDED,
+    Backfill,
+    Index,
+    Migration,
+    PostgresStatements,
+    fenced,
+    rows_to_insert,
+)
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -74,12 +84,20 @@ CLAIM_LOCK = 0x64697370_636C6169
 CHECK_AFTER_IDLE = 1.0
 # How many times a transaction PostgreSQL aborted to break a deadlock is run.
 ABORTED_RETRIES = 5
+# How often a process that finds another migrating the schema checks whether it is done.
+MIGRATION_WAIT = 0.1
+# A schema change waits this long for the table's lock (behind transactions in flight),
+# holding up meanwhile the reads queued behind it; then it lets them pass, and tries again.
+DDL_LOCK_TIMEOUT = "1s"
+DDL_ATTEMPTS = 60
+# Calls filled per transaction of a backfill.
+BACKFILL_BATCH = 5000
 # Batches of finishes written at once; the finishes that arrive meanwhile wait for the
 # next batch.
 FINISH_FLUSHES = 1
 
 # Each entry moves the schema one version up; never edit one that has shipped.
-MIGRATIONS: tuple[str, ...] = (
+MIGRATIONS: tuple[Migration, ...] = (
     """
     CREATE TABLE dispatchlet_calls (
         seq            BIGSERIAL UNIQUE,
@@ -135,6 +153,103 @@ MIGRATIONS: tuple[str, ...] = (
 # Then the schema changes written once for both stores.
 MIGRATIONS += SQL.migrations()
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+async def _migrate(url: str) -> None:
+    """Bring the schema to ``SCHEMA_VERSION`` while the other processes on the database
+    (earlier versions, in a rolling upgrade) work on: each step its own transaction with
+    the version's update, so that a process that stops midway leaves a schema that works
+    and the next one goes on from there; indexes built concurrently, backfills in short
+    batches. One process migrates, under a session-level advisory lock on a connection of
+    its own (a concurrent index build cannot run in a transaction)."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as db:
+        # Tried, not waited for: a process waiting for the lock in a statement would hold
+        # a snapshot, which a concurrent index build waits for, as that process waits for
+        # the builder's lock: a deadlock.
+        while not (await _fetch(db, "SELECT pg_try_advisory_lock(%s)", (MIGRATION_LOCK,)))[0]:
+            await asyncio.sleep(MIGRATION_WAIT)
+        version = await _schema_version(db)
+        for number in range(version, SCHEMA_VERSION):
+            await _migrate_step(db, MIGRATIONS[number], number + 1)
+    # Closing the connection released the lock.
+
+
+async def _fetch(db: Connection, query: str, params: Any) -> tuple[Any, ...]:
+    """The first row of ``query``'s answer (a row of NULL: none)."""
+    row = await (await db.execute(query, params)).fetchone()
+    return (None,) if row is None else tuple(row)
+
+
+async def _schema_version(db: Connection) -> int:
+    await db.execute("CREATE TABLE IF NOT EXISTS dispatchlet_schema (version INTEGER NOT NULL)")
+    row = await (await db.execute("SELECT version FROM dispatchlet_schema")).fetchone()
+    if row is None:
+        await db.execute("INSERT INTO dispatchlet_schema VALUES (0)")
+        return 0
+    version = int(row[0])
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"the database has schema version {version}, newer than this "
+            f"dispatchlet's {SCHEMA_VERSION}: upgrade dispatchlet to use it"
+        )
+    return version
+
+
+async def _migrate_step(db: Connection, migration: Migration, version: int) -> None:
+    """Run one migration and record ``version`` (after an index or a backfill, which
+    give the same result run again, in a transaction of its own)."""
+    bump = "UPDATE dispatchlet_schema SET version = %s"
+    if isinstance(migration, Index):
+        await _build_index(db, migration)
+    elif isinstance(migration, Backfill):
+        await _backfill(db, migration)
+    else:
+        for attempt in range(1, DDL_ATTEMPTS + 1):
+            try:
+                async with db.transaction():
+                    await db.execute(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'")
+                    await db.execute(migration.encode())
+                    await db.execute(bump, (version,))
+                return
+            except psycopg.errors.LockNotAvailable:
+                if attempt == DDL_ATTEMPTS:
+                    raise
+                logger.info("a schema change waits for transactions on its table; again")
+                await asyncio.sleep(random.uniform(0.1, 0.5))  # noqa: S311
+    await db.execute(bump, (version,))
+
+
+async def _build_index(db: Connection, index: Index) -> None:
+    """Build ``index`` concurrently; one left invalid by a build that failed (a process
+    that stopped, a cancelled statement) is dropped and built again."""
+    query = "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)"
+    (valid,) = await _fetch(db, query, (index.name,))
+    if valid is False:
+        logger.warning(
+            "the index %s was left invalid by a build that failed: built again", index.name
+        )
+        await db.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index.name}".encode())
+    await db.execute(index.create(concurrently=True).encode())
+
+
+async def _backfill(db: Connection, backfill: Backfill) -> None:
+    """Run ``backfill`` over the calls in dispatch id order, ``BACKFILL_BATCH`` at a time,
+    each batch a transaction."""
+    calls = POSTGRES.calls
+    bounds = (
+        f"SELECT max(dispatch_id) FROM (SELECT dispatch_id FROM {calls}"
+        " WHERE dispatch_id > %(after)s ORDER BY dispatch_id LIMIT %(batch)s) AS batch"
+    )
+    update = backfill.update(calls, within="dispatch_id > %(after)s AND dispatch_id <= %(upto)s")
+    after = ""
+    while True:
+        async with db.transaction():
+            params = {"after": after, "batch": BACKFILL_BATCH}
+            (upto,) = await _fetch(db, bounds, params)
+            if upto is None:
+                return
+            await db.execute(update, {**params, "upto": upto})
+        after = upto
 
 
 def _claimable(row: Sequence[Any], now: float) -> bool:
@@ -193,7 +308,7 @@ class PostgresStore:
             raise StoreError(f"cannot connect to {_redacted(url)}: {exc}") from None
         store = cls(url, pool)
         try:
-            await store._transaction(store._migrate)
+            await _migrate(url)
         except BaseException:
             await pool.close()
             raise
@@ -214,23 +329,6 @@ class PostgresStore:
                 # Jitter, so that the two do not meet again in step.
                 await asyncio.sleep(random.uniform(0.001, 0.01) * attempt)  # noqa: S311
         raise AssertionError("unreachable")
-
-    async def _migrate(self, db: Connection) -> None:
-        await db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-        await db.execute("CREATE TABLE IF NOT EXISTS dispatchlet_schema (version INTEGER NOT NULL)")
-        row = await (await db.execute("SELECT version FROM dispatchlet_schema")).fetchone()
-        version = 0 if row is None else int(row[0])
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"the database has schema version {version}, newer than this "
-                f"dispatchlet's {SCHEMA_VERSION}: upgrade dispatchlet to use it"
-            )
-        for number in range(version, SCHEMA_VERSION):
-            await db.execute(MIGRATIONS[number].encode())
-        if row is None:
-            await db.execute("INSERT INTO dispatchlet_schema VALUES (%s)", (SCHEMA_VERSION,))
-        else:
-            await db.execute("UPDATE dispatchlet_schema SET version = %s", (SCHEMA_VERSION,))
 
     async def database_time(self) -> float:
         """The database server's clock, in seconds since the epoch: every scheduler process

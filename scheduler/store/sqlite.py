@@ -51,7 +51,16 @@ from . import (
 )
 from .claims import claim_window, fitting, in_turns, needs_root_heads
 from .idempotency import IdempotencyStatements, KeyedCalls, keys_of, repeated, request_row
-from .statements import SQLITE, UNBOUNDED, Statements, fenced, rows_to_insert
+from .statements import (
+    SQLITE,
+    UNBOUNDED,
+    Backfill,
+    Index,
+    Migration,
+    Statements,
+    fenced,
+    rows_to_insert,
+)
 
 T = TypeVar("T")
 SQL = Statements(SQLITE)
@@ -62,7 +71,7 @@ READERS = 2
 """Threads (each with its read-only connection) that serve ``get`` and ``list``."""
 
 # Each entry moves the schema one version up; never edit one that has shipped.
-MIGRATIONS: tuple[str, ...] = (
+MIGRATIONS: tuple[Migration, ...] = (
     """
     CREATE TABLE calls (
         dispatch_id    TEXT PRIMARY KEY,
@@ -283,9 +292,8 @@ class SQLiteStore:
                     f"dispatchlet's {SCHEMA_VERSION}: upgrade dispatchlet to use it"
                 )
             for number in range(version, SCHEMA_VERSION):
-                for statement in MIGRATIONS[number].split(";"):
-                    if statement.strip():
-                        connection.execute(statement)
+                for statement in _statements(MIGRATIONS[number]):
+                    connection.execute(statement)
             if version < 2 <= SCHEMA_VERSION:
                 _backfill_destinations(connection)
             # PRAGMA takes no parameters; the value is this module's own integer.
@@ -593,6 +601,16 @@ def _dispatch(
     if request is not None:
         db.execute(IDEMPOTENCY.insert_request, request_row(request, ids, now))
     return ids
+
+
+def _statements(migration: Migration) -> list[str]:
+    """A migration's statements: one process has the database, so an index is built and
+    a column filled plainly, in the migration's one transaction."""
+    if isinstance(migration, Index):
+        return [migration.create()]
+    if isinstance(migration, Backfill):
+        return [migration.update(SQLITE.calls)]
+    return [statement for statement in migration.split(";") if statement.strip()]
 
 
 def _backfill_destinations(db: sqlite3.Connection) -> None:

@@ -101,7 +101,50 @@ POSTGRES = Dialect(
     in_order=", seq",
 )
 
-MIGRATIONS: tuple[str, ...] = (
+
+@dataclass(frozen=True)
+class Index:
+    """A migration that builds an index on a table that may be large and in use:
+    PostgreSQL's store builds it ``CONCURRENTLY`` (reads and writes go on meanwhile),
+    outside any transaction, again if an earlier build failed and left it invalid;
+    SQLite's (one process) plainly, with the rest of its migration."""
+
+    name: str
+    on: str
+    """What follows the name: ``ON table (columns) [WHERE ...]``."""
+
+    def render(self, dialect: Dialect) -> Index:
+        return Index(dialect.render(self.name), dialect.render(self.on))
+
+    def create(self, *, concurrently: bool = False) -> str:
+        how = "CONCURRENTLY " if concurrently else ""
+        return f"CREATE INDEX {how}IF NOT EXISTS {self.name} {self.on}"
+
+
+@dataclass(frozen=True)
+class Backfill:
+    """A migration that fills a column in every call ``where`` selects: PostgreSQL's
+    store runs it in batches of calls by dispatch id, one short transaction each (it
+    must give the same result run again: a process that stops midway runs it whole
+    again), so that no row stays locked for long; SQLite's in one statement."""
+
+    set: str
+    where: str
+
+    def render(self, dialect: Dialect) -> Backfill:
+        return Backfill(dialect.render(self.set), dialect.render(self.where))
+
+    def update(self, calls: str, *, within: str = "") -> str:
+        """The update of ``calls`` (also ``within``: a batch's bounds)."""
+        where = f"({self.where}) AND {within}" if within else self.where
+        return f"UPDATE {calls} SET {self.set} WHERE {where}"
+
+
+Migration = str | Index | Backfill
+"""One schema change: plain DDL, run in one transaction with the version's update;
+else an index or a backfill of a table that may be large."""
+
+MIGRATIONS: tuple[Migration, ...] = (
     # Idempotent Dispatch: request ids and call keys (see ``idempotency``); a key is
     # deleted with its call.
     "CREATE TABLE {calls}_by_request ("
@@ -117,16 +160,21 @@ MIGRATIONS: tuple[str, ...] = (
     "CREATE INDEX {calls}_by_key_call ON {calls}_by_key (dispatch_id)",
     # How often a call's outcome could not be stored (a poison call ends after a few);
     # each root's count of calls below it, kept by the Poll that adds them, for a bound
-    # on a tree's size that costs one row's update; and the ended calls whose
-    # unfinished descendants are still to end (``ENDINGS``), in batches.
+    # on a tree's size that costs one row's update (counted for the trees there are by
+    # the backfill after); and the ended calls whose unfinished descendants are still
+    # to end (``ENDINGS``), in batches. A column with a constant default is added
+    # without rewriting the table: the lock it takes is held for an instant.
     """
     ALTER TABLE {calls} ADD COLUMN unstored INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE {calls} ADD COLUMN descendants INTEGER NOT NULL DEFAULT 0;
-    UPDATE {calls} SET descendants = (
-        SELECT count(*) FROM {calls} AS member WHERE member.root_id = {calls}.dispatch_id
-    ) - 1 WHERE dispatch_id = root_id AND EXISTS (
-        SELECT 1 FROM {calls} AS child WHERE child.parent_id = {calls}.dispatch_id
-    );
+    ALTER TABLE {calls} ADD COLUMN descendants INTEGER NOT NULL DEFAULT 0
+    """,
+    Backfill(
+        set="descendants = (SELECT count(*) FROM {calls} AS member"
+        " WHERE member.root_id = {calls}.dispatch_id) - 1",
+        where="dispatch_id = root_id AND EXISTS ("
+        "SELECT 1 FROM {calls} AS child WHERE child.parent_id = {calls}.dispatch_id)",
+    ),
+    """
     CREATE TABLE dispatchlet_endings (
         dispatch_id    TEXT PRIMARY KEY,
         status         INTEGER NOT NULL,
@@ -141,19 +189,21 @@ MIGRATIONS: tuple[str, ...] = (
     # status written out: a partial index serves only a query that says the same).
     # The states' indexes are split by ``finished_at``, which only List's queries name,
     # so that a claim, which filters on a state too, keeps to its own indexes.
-    "CREATE INDEX {calls}_list_unfinished ON {calls} (state{in_order}) "
-    "WHERE finished_at IS NULL;"
-    "CREATE INDEX {calls}_list_finished ON {calls} (state{in_order}) "
-    "WHERE finished_at IS NOT NULL;"
-    "CREATE INDEX {calls}_list_function ON {calls} (function{in_order});"
-    "CREATE INDEX {calls}_list_root ON {calls} (root_id{in_order});"
-    "CREATE INDEX {calls}_list_status ON {calls} (status{in_order}) WHERE state = 'done';"
-    "CREATE INDEX {calls}_list_failed ON {calls} (state{in_order}) "
-    f"WHERE state = 'done' AND status <> {Status.OK.value:d}",
+    Index("{calls}_list_unfinished", "ON {calls} (state{in_order}) WHERE finished_at IS NULL"),
+    Index("{calls}_list_finished", "ON {calls} (state{in_order}) WHERE finished_at IS NOT NULL"),
+    Index("{calls}_list_function", "ON {calls} (function{in_order})"),
+    Index("{calls}_list_root", "ON {calls} (root_id{in_order})"),
+    Index("{calls}_list_status", "ON {calls} (status{in_order}) WHERE state = 'done'"),
+    Index(
+        "{calls}_list_failed",
+        f"ON {{calls}} (state{{in_order}}) WHERE state = 'done' AND status <> {Status.OK.value:d}",
+    ),
 )
 """Schema changes written once for both stores, after each store's own history (its
 module's ``MIGRATIONS``, which ship as they are): each entry moves both schemas one
-version up, e.g. ``"ALTER TABLE {calls} ADD COLUMN started_at {double}"``."""
+version up, e.g. ``"ALTER TABLE {calls} ADD COLUMN started_at {double}"``; an index of
+``{calls}`` is an ``Index``, the filling of a new column a ``Backfill``, each an entry
+of its own (on PostgreSQL each runs while the scheduler's other processes work on)."""
 
 # The columns of a Call, in its fields' order (``call_from_row`` reads them).
 COLUMNS = (
@@ -417,9 +467,14 @@ class Statements:
         )
         self.ended_all = r(f"DELETE FROM {ENDINGS} WHERE dispatch_id = :id")
 
-    def migrations(self) -> tuple[str, ...]:
+    def migrations(self) -> tuple[Migration, ...]:
         """The shared schema changes, in this dialect."""
-        return tuple(self.dialect.render(migration) for migration in MIGRATIONS)
+        return tuple(
+            self.dialect.render(migration)
+            if isinstance(migration, str)
+            else migration.render(self.dialect)
+            for migration in MIGRATIONS
+        )
 
     def list(
         self,
