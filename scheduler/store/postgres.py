@@ -314,15 +314,20 @@ class PostgresStore:
             raise
         return store
 
-    async def _transaction(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
-        """``fn`` in one transaction, run again when PostgreSQL broke a deadlock by
-        aborting it (two transactions locking rows of one call tree in opposite orders: a
-        root ending while one of its children polls) or found it could not serialize it:
-        such a transaction changed nothing, and running it again is what PostgreSQL asks."""
+    async def _transaction(
+        self, fn: Callable[[Connection], Awaitable[T]], *, pipeline: bool = False
+    ) -> T:
+        """``fn`` in one transaction (its statements pipelined with ``pipeline``), run
+        again when PostgreSQL broke a deadlock by aborting it (two transactions locking
+        rows of one call tree in opposite orders: a root ending while one of its children
+        polls) or found it could not serialize it: such a transaction changed nothing, and
+        running it again is what PostgreSQL asks."""
         for attempt in range(1, ABORTED_RETRIES + 1):
             try:
-                async with self._pool.connection() as connection, connection.transaction():
-                    return await fn(connection)
+                async with self._pool.connection() as connection:
+                    pipelined = connection.pipeline() if pipeline else contextlib.nullcontext()
+                    async with pipelined, connection.transaction():
+                        return await fn(connection)
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 if attempt == ABORTED_RETRIES:
                     raise
@@ -497,11 +502,13 @@ class PostgresStore:
         self._flush_finishes()
 
     async def _finish_batch(self, batch: list[tuple[_Finish, asyncio.Future[bool]]]) -> None:
+        finishes = [finish for finish, _ in batch]
         try:
-            async with self._pool.connection() as db:
-                async with db.pipeline(), db.transaction():
-                    finished = await _finish_all(db, [finish for finish, _ in batch])
-                done = [(f[0].dispatch_id, f[0].token) in finished for f, _ in batch]
+            # A root's finish locks its row, then its descendants': a deadlock with one of
+            # them polling (which locks its row, then its root's) aborts the whole batch,
+            # run again like any transaction of the store.
+            finished = await self._transaction(lambda db: _finish_all(db, finishes), pipeline=True)
+            done = [(f[0].dispatch_id, f[0].token) in finished for f, _ in batch]
         except BaseException as exc:
             for _, future in batch:
                 if not future.done():
