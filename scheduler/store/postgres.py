@@ -64,8 +64,8 @@ from .statements import (
     UNBOUNDED,
     Backfill,
     Index,
-    Migration,
     PostgresStatements,
+    Step,
     fenced,
     rows_to_insert,
 )
@@ -97,7 +97,7 @@ BACKFILL_BATCH = 5000
 FINISH_FLUSHES = 1
 
 # Each entry moves the schema one version up; never edit one that has shipped.
-MIGRATIONS: tuple[Migration, ...] = (
+MIGRATIONS: tuple[Step, ...] = (
     """
     CREATE TABLE dispatchlet_calls (
         seq            BIGSERIAL UNIQUE,
@@ -195,7 +195,7 @@ async def _schema_version(db: Connection) -> int:
     return version
 
 
-async def _migrate_step(db: Connection, migration: Migration, version: int) -> None:
+async def _migrate_step(db: Connection, migration: Step, version: int) -> None:
     """Run one migration and record ``version`` (after an index or a backfill, which
     give the same result run again, in a transaction of its own)."""
     bump = "UPDATE dispatchlet_schema SET version = %s"
@@ -208,7 +208,8 @@ async def _migrate_step(db: Connection, migration: Migration, version: int) -> N
             try:
                 async with db.transaction():
                     await db.execute(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'")
-                    await db.execute(migration.encode())
+                    if migration.strip():
+                        await db.execute(migration.encode())
                     await db.execute(bump, (version,))
                 return
             except psycopg.errors.LockNotAvailable:

@@ -56,8 +56,8 @@ from .statements import (
     UNBOUNDED,
     Backfill,
     Index,
-    Migration,
     Statements,
+    Step,
     fenced,
     rows_to_insert,
 )
@@ -69,9 +69,12 @@ logger = logging.getLogger(__name__)
 
 READERS = 2
 """Threads (each with its read-only connection) that serve ``get`` and ``list``."""
+MARK_EVERY = 1.0
+"""How often, at most, the latest time written is recorded (``clock``), in seconds: every
+time the store writes is earlier than the mark and this."""
 
 # Each entry moves the schema one version up; never edit one that has shipped.
-MIGRATIONS: tuple[Migration, ...] = (
+MIGRATIONS: tuple[Step, ...] = (
     """
     CREATE TABLE calls (
         dispatch_id    TEXT PRIMARY KEY,
@@ -142,6 +145,9 @@ class SQLiteStore:
         """A descriptor of the database file opened, to tell it from the path's file."""
         self._broken: str | None = None
         """Why the database may no longer be used, once it may not."""
+        self._marked = float("-inf")
+        """The latest time recorded in ``clock`` by this process."""
+        self._written_until: float | None = None
 
     @classmethod
     async def open(cls, path: str | os.PathLike[str]) -> SQLiteStore:
@@ -191,6 +197,15 @@ class SQLiteStore:
         if not memory:
             self._file = os.open(self.path, os.O_RDONLY)
         self._migrate(connection)
+        (mark,) = connection.execute("SELECT max(mark) FROM clock").fetchone()
+        if mark:
+            self._written_until = mark + MARK_EVERY
+
+    def written_until(self) -> float | None:
+        """A time later than every time an earlier process wrote in this database (ready
+        and lease times, ...), if one wrote: a clock that starts from it finds the calls
+        ready then ready now, whatever the wall clock did between the two processes."""
+        return self._written_until
 
     def _check_integrity(self, connection: sqlite3.Connection) -> None:
         """Refuse a damaged database before anything is written to it. ``quick_check``
@@ -303,18 +318,25 @@ class SQLiteStore:
             connection.execute("ROLLBACK")
             raise
 
-    def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _transaction(self, fn: Callable[[sqlite3.Connection], T], now: float | None = None) -> T:
+        """``fn`` in one transaction; ``now``, the time it writes by, recorded as the
+        latest written if it is ``MARK_EVERY`` past the last one (see ``written_until``)."""
         connection = self._connection
         if connection is None:
             raise StoreError("the store is closed")
         self._check_file()
+        marking = now is not None and now >= self._marked + MARK_EVERY
         connection.execute("BEGIN IMMEDIATE")
         try:
             result = fn(connection)
+            if marking:
+                connection.execute("UPDATE clock SET mark = max(mark, ?)", (now,))
             connection.execute("COMMIT")
         except BaseException:
             connection.execute("ROLLBACK")
             raise
+        if marking and now is not None:
+            self._marked = now
         return result
 
     # --- the contract ------------------------------------------------------------------
@@ -326,7 +348,7 @@ class SQLiteStore:
             return _dispatch(db, calls, now, request)
 
         # One writer at a time: a duplicate finds the first one's rows, never races them.
-        return await self._run(self._transaction, insert)
+        return await self._run(self._transaction, insert, now)
 
     def subscribe(self, wake: Callable[[], None]) -> None:
         """One process has the database: its API wakes its engine itself."""
@@ -373,7 +395,7 @@ class SQLiteStore:
                 claimed.append(Claimed(call, lease, results))
             return claimed
 
-        return await self._run(self._transaction, lease)
+        return await self._run(self._transaction, lease, now)
 
     async def release(self, lease: Lease, *, ready_at: float) -> bool:
         def update(db: sqlite3.Connection) -> bool:
@@ -409,7 +431,7 @@ class SQLiteStore:
                 _wake(db, row[0], now)
             return True
 
-        return await self._run(self._transaction, update)
+        return await self._run(self._transaction, update, now)
 
     async def suspend(
         self,
@@ -437,7 +459,7 @@ class SQLiteStore:
             _wake(db, lease.dispatch_id, now)
             return ids
 
-        return await self._run(self._transaction, update)
+        return await self._run(self._transaction, update, now)
 
     async def restart(self, lease: Lease, *, now: float, orphans: tuple[int, bytes]) -> bool:
         def update(db: sqlite3.Connection) -> bool:
@@ -603,7 +625,7 @@ def _dispatch(
     return ids
 
 
-def _statements(migration: Migration) -> list[str]:
+def _statements(migration: Step) -> list[str]:
     """A migration's statements: one process has the database, so an index is built and
     a column filled plainly, in the migration's one transaction."""
     if isinstance(migration, Index):

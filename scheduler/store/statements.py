@@ -140,9 +140,22 @@ class Backfill:
         return f"UPDATE {calls} SET {self.set} WHERE {where}"
 
 
-Migration = str | Index | Backfill
-"""One schema change: plain DDL, run in one transaction with the version's update;
-else an index or a backfill of a table that may be large."""
+@dataclass(frozen=True)
+class Only:
+    """A migration of one database's schema (``Dialect.name``): nothing but the
+    version's update for the other."""
+
+    dialect: str
+    sql: str
+
+    def render(self, dialect: Dialect) -> str:
+        return dialect.render(self.sql) if dialect.name == self.dialect else ""
+
+
+Step = str | Index | Backfill
+"""A schema change in one database's SQL: plain DDL, run in one transaction with the
+version's update; else an index or a backfill of a table that may be large."""
+Migration = Step | Only
 
 MIGRATIONS: tuple[Migration, ...] = (
     # Idempotent Dispatch: request ids and call keys (see ``idempotency``); a key is
@@ -198,6 +211,10 @@ MIGRATIONS: tuple[Migration, ...] = (
         "{calls}_list_failed",
         f"ON {{calls}} (state{{in_order}}) WHERE state = 'done' AND status <> {Status.OK.value:d}",
     ),
+    # The latest time one SQLite process wrote (within a second), from which the next
+    # one's clock starts when the wall clock is behind it (``SQLiteStore``). PostgreSQL's
+    # processes keep the database's time.
+    Only("sqlite", "CREATE TABLE clock (mark REAL NOT NULL); INSERT INTO clock VALUES (0)"),
 )
 """Schema changes written once for both stores, after each store's own history (its
 module's ``MIGRATIONS``, which ship as they are): each entry moves both schemas one
@@ -467,7 +484,7 @@ class Statements:
         )
         self.ended_all = r(f"DELETE FROM {ENDINGS} WHERE dispatch_id = :id")
 
-    def migrations(self) -> tuple[Migration, ...]:
+    def migrations(self) -> tuple[Step, ...]:
         """The shared schema changes, in this dialect."""
         return tuple(
             self.dialect.render(migration)
