@@ -176,6 +176,20 @@ def _status(number: int) -> Status | None:
         return None
 
 
+class Cancelled(int):
+    """What ``Client.cancel`` ended at once: the call and the first batch of its
+    unfinished descendants (an ``int``, their count). ``more_ending``: the tree was
+    larger than that batch, and the scheduler ends the rest right after, in batches
+    (uncounted: counting them would mean walking the whole tree)."""
+
+    more_ending: bool
+
+    def __new__(cls, count: int, *, more_ending: bool = False) -> Cancelled:
+        cancelled = super().__new__(cls, count)
+        cancelled.more_ending = more_ending
+        return cancelled
+
+
 @dataclass(frozen=True)
 class CallPage:
     """One page of ``Client.list_page``: its calls and the cursor of the next page."""
@@ -289,14 +303,16 @@ class Client:
                 time.sleep(_POLL_PAUSE)
             seen = ended
 
-    def cancel(self, dispatch_id: str) -> int:
-        """End the call and its unfinished descendants; how many were ended."""
+    def cancel(self, dispatch_id: str) -> Cancelled:
+        """End the call and its unfinished descendants; how many were ended at once (0:
+        unknown or already done), with ``more_ending`` true when the rest of a large
+        tree is still being ended by the scheduler."""
         answer = self._rpc(
             "/dispatchlet.scheduler.v1.CallService/Cancel",
             calls_pb2.CancelRequest(dispatch_id=dispatch_id),
             calls_pb2.CancelResponse,
         )
-        return int(answer.cancelled)
+        return Cancelled(answer.cancelled, more_ending=answer.more_ending)
 
     def list(
         self,
@@ -447,6 +463,7 @@ __all__ = [
     "CallError",
     "CallInfo",
     "CallPage",
+    "Cancelled",
     "Client",
     "ClientError",
 ]
