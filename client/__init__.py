@@ -226,9 +226,10 @@ class _NoAnswer(Exception):
     (nothing was sent) or closed before an answer (``reset``: what was sent may have
     been handled, harmlessly twice for the requests this client makes)."""
 
-    def __init__(self, message: str, *, reset: bool) -> None:
+    def __init__(self, message: str, *, brief: str, reset: bool) -> None:
         super().__init__(message)
         self.message = message
+        self.brief = brief  # for a log line
         self.reset = reset
 
 
@@ -485,7 +486,7 @@ class Client:
                     tries -= 1
                     continue
                 failure: _NoAnswer | None = exc
-                what, wait_asked = exc.message, None
+                what, wait_asked = exc.brief, None
             else:
                 if answer.status != 503:
                     return answer
@@ -499,7 +500,8 @@ class Client:
                 if failure is None:
                     return answer._replace(tried=tried)
                 raise ClientError("unavailable", failure.message + tried) from None
-            logger.info(
+            # A warning, as urllib3's: a command line without logging set up shows it.
+            logger.warning(
                 "%s; trying again in %.1f s (retry %d of %d)", what, pause, tries, self.retries
             )
             time.sleep(pause)
@@ -520,7 +522,8 @@ class Client:
             # this client sends may be handled twice harmlessly (a read, or a Dispatch
             # with its request id).
             self._close()
-            raise _NoAnswer(f"{self.api_url} closed the connection", reset=True) from None
+            closed = f"{self.api_url} closed the connection"
+            raise _NoAnswer(closed, brief=closed, reset=True) from None
         except OSError as exc:
             self._close()
             reason = exc.strerror or str(exc) or type(exc).__name__
@@ -529,7 +532,8 @@ class Client:
                 "`dispatchlet scheduler` or `dispatchlet dev` starts one)"
             )
             if isinstance(exc, ConnectionRefusedError):  # nothing was sent: a restart?
-                raise _NoAnswer(problem, reset=False) from None
+                brief = f"cannot reach the scheduler at {self.api_url}: {reason}"
+                raise _NoAnswer(problem, brief=brief, reset=False) from None
             raise ClientError("unavailable", problem) from None
 
     def _connect(self, timeout: float | None) -> http.client.HTTPConnection:

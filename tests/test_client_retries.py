@@ -141,7 +141,8 @@ def test_a_dispatch_answered_503_is_sent_again_with_its_request_id() -> None:
         assert client.dispatch([call("a")]) == ["d1"]
     ids = [request_id for _, request_id, _ in script.seen]
     assert len(ids) == 3
-    assert ids[0] is not None and ids == [ids[0]] * 3
+    assert ids[0] is not None
+    assert ids == [ids[0]] * 3
 
 
 def test_a_dispatch_whose_answer_is_lost_twice_is_sent_again_with_its_request_id() -> None:
@@ -150,7 +151,8 @@ def test_a_dispatch_whose_answer_is_lost_twice_is_sent_again_with_its_request_id
         assert client.dispatch([call("a")]) == ["d1"]
     ids = [request_id for _, request_id, _ in script.seen]
     assert len(ids) == 3
-    assert ids[0] is not None and ids == [ids[0]] * 3
+    assert ids[0] is not None
+    assert ids == [ids[0]] * 3
 
 
 def test_the_pause_asked_by_retry_after_is_kept() -> None:
