@@ -30,6 +30,7 @@ from ..core.errors import (
     refuses,
 )
 from ..core.http import Response
+from ..core.proto_json import message_to_json
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2, error_pb2, poll_pb2
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2
@@ -149,7 +150,9 @@ class Api:
             payload = (
                 answer.SerializeToString()
                 if wire == PROTO
-                else json_format.MessageToJson(answer, indent=None).encode()
+                # A stored value of a type this process does not know is shown as
+                # {"@type", "value": base64}, not a failed answer.
+                else message_to_json(answer)
             )
             return web.Response(body=payload, content_type=wire)
 
