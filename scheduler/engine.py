@@ -154,8 +154,9 @@ class Engine:
                         lease_seconds=lease_seconds,
                         # The hard cap holds across every process on the store.
                         cap=None if self.limiter.cap is None else int(self.limiter.cap),
-                        # Only what this process's limits let it start now.
-                        room=self.limiter.room,
+                        # Only what this process's limits let it start now: each
+                        # destination within its window and its share of the pool.
+                        room=self.limiter.rooms(self.concurrency),
                     )
                 except Exception:
                     logger.exception("claiming calls failed; trying again")
@@ -202,7 +203,8 @@ class Engine:
                 logger.exception("recording the expiration of %s failed", call.dispatch_id)
             return
         key = destination(call.endpoint)
-        if not self.limiter.try_acquire(key):
+        slot = self.limiter.acquire(key)
+        if slot is None:
             # The destination is at its limit: back to the store, not holding a slot of
             # this process that calls to other destinations could use.
             ready_at = now + 0.05 + self.rng.random() * 0.2
@@ -216,7 +218,7 @@ class Engine:
             # This process was held up (paused, starved) since it claimed the call: the
             # lease may lapse mid-attempt, and another process run the call meanwhile.
             logger.warning("the lease on %s is about to lapse: handed back", call.dispatch_id)
-            self.limiter.release(key, None)
+            self.limiter.release(key, None, slot)
             with contextlib.suppress(Exception):
                 await self.store.release(lease, ready_at=self.clock())
             return
@@ -233,7 +235,7 @@ class Engine:
                 Status.TEMPORARY_ERROR, error_type=type(exc).__name__, message=str(exc)
             )
         finally:
-            self.limiter.release(key, verdict)
+            self.limiter.release(key, verdict, slot)
             name = (verdict or Status.TEMPORARY_ERROR).name
             self.attempts[name] = self.attempts.get(name, 0) + 1
         expired = cut_short(outcome, timeout, limits)

@@ -31,7 +31,7 @@ from enum import Enum
 from typing import Any, Protocol
 
 from ...core.errors import DispatchletError
-from .claims import claim_window, fitting, in_turns, needs_root_heads
+from .claims import claim_candidates, claim_window, fitting, in_turns, needs_root_heads
 
 
 class State(str, Enum):
@@ -295,6 +295,7 @@ __all__ = [
     "StoreError",
     "call_from_row",
     "children_of",
+    "claim_candidates",
     "claim_window",
     "fitting",
     "in_turns",

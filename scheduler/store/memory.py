@@ -24,6 +24,7 @@ from . import (
     State,
     StoreError,
     children_of,
+    claim_candidates,
     fitting,
     in_turns,
     new_dispatch_id,
@@ -146,7 +147,7 @@ class MemoryStore:
         ]
         # Round-robin across roots, oldest first within each; more candidates than the
         # batch, since some destinations may be full.
-        candidates = in_turns(found, 4 * limit)
+        candidates = in_turns(found, claim_candidates(limit))
         running = {} if cap is None else self._running(now)
         claimed = []
         expires = now + lease_seconds

@@ -42,7 +42,7 @@ from . import (
     call_from_row,
     children_of,
 )
-from .claims import claim_window, fitting, in_turns, needs_root_heads
+from .claims import claim_candidates, claim_window, fitting, in_turns, needs_root_heads
 from .statements import CHANNEL, PostgresStatements, fenced, rows_to_insert
 
 T = TypeVar("T")
@@ -271,13 +271,14 @@ class PostgresStore:
             # destinations may be full.
             window = claim_window(limit)
             count = 4 * limit
-            params = {"now": now, "window": window, "roots": count, "count": count}
+            dealt = claim_candidates(limit)
+            params = {"now": now, "window": window, "roots": count, "count": dealt}
             found = await (await db.execute(SQL.ranked_window, params)).fetchall()
             ready, roots = found[0][6:8] if found else (0, 0)
             candidates = [(row[0], row[2]) for row in found]
             if needs_root_heads(ready, roots, window, limit):
                 heads = await (await db.execute(SQL.root_heads, params)).fetchall()
-                candidates = in_turns([row[:6] for row in found] + heads, count)
+                candidates = in_turns([row[:6] for row in found] + heads, dealt)
             running = {}
             if cap is not None:
                 running = await _running(db, sorted({row[1] for row in candidates}), now)

@@ -30,7 +30,7 @@ from . import (
     call_from_row,
     children_of,
 )
-from .claims import claim_window, fitting, in_turns, needs_root_heads
+from .claims import claim_candidates, claim_window, fitting, in_turns, needs_root_heads
 from .statements import SQLITE, Statements, fenced, rows_to_insert
 
 T = TypeVar("T")
@@ -189,14 +189,15 @@ class SQLiteStore:
             # each root's second) so that one large fan-out does not starve the others,
             # among the oldest claimable calls and the oldest of each root's.
             window = claim_window(limit)
-            count = 4 * limit  # more than the batch: some destinations may be full
-            params = {"now": now, "window": window, "roots": count, "count": count}
+            count = 4 * limit
+            dealt = claim_candidates(limit)  # more than the batch: some destinations may be full
+            params = {"now": now, "window": window, "roots": count, "count": dealt}
             found = db.execute(SQL.ranked_window, params).fetchall()
             ready, roots = found[0][6:8] if found else (0, 0)
             rows = [(row[0], row[2]) for row in found]
             if needs_root_heads(ready, roots, window, limit):
                 heads = db.execute(SQL.root_heads, params).fetchall()
-                rows = in_turns([row[:6] for row in found] + heads, count)
+                rows = in_turns([row[:6] for row in found] + heads, dealt)
             running = {} if cap is None else _running(db, {where for _, where in rows}, now)
             ids = fitting(rows, cap=cap, running=running, room=room)
             claimed = []
