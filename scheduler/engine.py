@@ -95,6 +95,12 @@ class Engine:
         self._stopping = False
         self._running: set[asyncio.Task[None]] = set()
         self._watchers: dict[str, list[asyncio.Event]] = {}
+        # Watchers of calls that are not their tree's root, by root: a call that ends
+        # may end its unfinished descendants too.
+        self._tree_watchers: dict[str, list[asyncio.Event]] = {}
+        self._roots: dict[str, str] = {}  # the root of each call this process runs
+        self.reread: float | None = None
+        """How often a waiter reads its call again anyway (``Store.watch``)."""
         self.attempts: dict[str, int] = {}
         """Attempts made by this process, by outcome status name (for /metrics)."""
 
@@ -111,37 +117,46 @@ class Engine:
         self._wake.set()
 
     @contextlib.contextmanager
-    def watching(self, dispatch_id: str) -> Iterator[Callable[[float], Awaitable[None]]]:
-        """Within the block, ``await until(timeout)`` returns once this process has ended
-        the call or recorded a retry of it (since the block began, or since the last
-        ``until`` returned) or after ``timeout`` seconds. Watching starts before the
-        caller reads the store, so that a change in between is not missed."""
-        changed = asyncio.Event()
-        self._watchers.setdefault(dispatch_id, []).append(changed)
-
-        async def until(timeout: float) -> None:
-            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-                await asyncio.wait_for(changed.wait(), timeout)
-            changed.clear()
-
+    def watching(self, dispatch_id: str) -> Iterator[Watch]:
+        """Within the block, ``await until(timeout)`` returns once the call ended or a
+        retry of it was recorded (by this process, or by another one on a store shared
+        by several: ``Store.watch``) since the block began or since the last ``until``
+        returned, or after ``timeout`` seconds. Watching starts before the caller reads
+        the store, so that a change in between is not missed; ``until.within(root_id)``
+        once the caller knows the call's root, so that the end of an ancestor, which
+        ends the call too, wakes it."""
+        until = Watch(dispatch_id, self._tree_watchers)
+        _add(self._watchers, dispatch_id, until.changed)
         try:
             yield until
         finally:
-            watchers = self._watchers.get(dispatch_id, [])
-            if changed in watchers:
-                watchers.remove(changed)
-            if not watchers:
-                self._watchers.pop(dispatch_id, None)
+            _remove(self._watchers, dispatch_id, until.changed)
+            if until.root is not None:
+                _remove(self._tree_watchers, until.root, until.changed)
+
+    def changed(self, dispatch_id: str | None, root_id: str | None = None) -> None:
+        """Wake whoever watches the call: it ended (``root_id`` given: its descendants
+        may have ended with it), or will be retried. None: any call may have changed."""
+        if dispatch_id is None:
+            for watchers in list(self._watchers.values()):
+                for event in watchers:
+                    event.set()
+            return
+        for event in self._watchers.get(dispatch_id, ()):
+            event.set()
+        if root_id is not None:
+            for event in self._tree_watchers.get(root_id, ()):
+                event.set()
 
     def _changed(self, dispatch_id: str) -> None:
-        """Wake whoever watches the call: it ended, or will be retried."""
-        for changed in self._watchers.get(dispatch_id, ()):
-            changed.set()
+        """This process ended the call or recorded a retry of it."""
+        self.changed(dispatch_id, self._roots.get(dispatch_id))
 
     async def run(self) -> None:
         """Claim and run calls until ``stop()``; attempts in flight are finished first."""
         lease_seconds = self.attempt_timeout + self.lease_margin
         self.store.subscribe(self.wake)
+        self.reread = self.store.watch(self.changed)
         while not self._stopping:
             free = self.concurrency - len(self._running)
             claimed: list[Claimed] = []
@@ -190,6 +205,14 @@ class Engine:
         )
 
     async def _attempt(self, item: Claimed) -> None:
+        call, lease = item.call, item.lease
+        self._roots[call.dispatch_id] = call.root_id
+        try:
+            await self._attempt_call(item)
+        finally:
+            self._roots.pop(call.dispatch_id, None)
+
+    async def _attempt_call(self, item: Claimed) -> None:
         call, lease = item.call, item.lease
         now = self.clock()
         started = time.perf_counter()
@@ -329,7 +352,7 @@ class Engine:
             )
             if recorded:
                 self._due = min(self._due, decision.ready_at)
-                self._changed(lease.dispatch_id)
+                self.changed(lease.dispatch_id)
         elif isinstance(decision, Suspend):
             await self.store.suspend(
                 lease,
@@ -352,6 +375,43 @@ class Engine:
     async def _end(self, lease: Lease, status: Status, result: bytes, now: float) -> None:
         if await self.store.finish(lease, status.value, result, now=now, orphans=ORPHANS):
             self._changed(lease.dispatch_id)
+
+
+class Watch:
+    """A waiter's view of its call's changes (``Engine.watching``)."""
+
+    def __init__(self, dispatch_id: str, trees: dict[str, list[asyncio.Event]]) -> None:
+        self.dispatch_id = dispatch_id
+        self.changed = asyncio.Event()
+        self.root: str | None = None
+        self._trees = trees
+
+    def within(self, root_id: str) -> None:
+        """The call belongs to the tree of ``root_id``: the end of any call of that tree
+        wakes it too (it may have ended the call as one of its descendants)."""
+        if root_id != self.dispatch_id and self.root is None:
+            self.root = root_id
+            _add(self._trees, root_id, self.changed)
+
+    async def __call__(self, timeout: float) -> bool:
+        """Whether the call changed within ``timeout`` seconds."""
+        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+            await asyncio.wait_for(self.changed.wait(), timeout)
+        changed = self.changed.is_set()
+        self.changed.clear()
+        return changed
+
+
+def _add(watchers: dict[str, list[asyncio.Event]], key: str, event: asyncio.Event) -> None:
+    watchers.setdefault(key, []).append(event)
+
+
+def _remove(watchers: dict[str, list[asyncio.Event]], key: str, event: asyncio.Event) -> None:
+    found = watchers.get(key, [])
+    if event in found:
+        found.remove(event)
+    if not found:
+        watchers.pop(key, None)
 
 
 LOGGED_MESSAGE = 200

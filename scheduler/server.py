@@ -73,7 +73,10 @@ async def serve(
         insecure=settings.insecure,
         max_input_size=settings.max_input_size,
     )
-    runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
+    # handler_cancellation: a Wait whose client went away stops waiting.
+    runner = web.AppRunner(
+        api.app(), access_log=None, handle_signals=False, handler_cancellation=True
+    )
     await runner.setup()
     stopped = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -150,6 +150,14 @@ class Store(Protocol):
         """Call ``wake`` when another process makes a call claimable now (a store that
         only one process uses may never call it)."""
 
+    def watch(self, changed: Callable[[str | None, str | None], None]) -> float | None:
+        """Call ``changed(dispatch_id, root_id)`` when another process ends a call (root
+        given: its unfinished descendants may have ended too) or records a retry of it
+        (no root), and ``changed(None, None)`` when any call may have changed unseen (a
+        lost connection). How often a waiter should read its call again all the same, in
+        seconds, or None when it is told every change (a store only one process uses
+        tells none: that process wakes its own waiters)."""
+
     async def release(self, lease: Lease, *, ready_at: float) -> bool:
         """Hand the call back unrun, ready at ``ready_at``: the attempt is not counted.
         False for a stale lease."""

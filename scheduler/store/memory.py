@@ -129,6 +129,11 @@ class MemoryStore:
         """One process has the store: its API wakes its engine itself."""
         del wake
 
+    def watch(self, changed: Callable[[str | None, str | None], None]) -> float | None:
+        """One process has the store: its engine wakes the waiters of what it changes."""
+        del changed
+        return None
+
     async def claim(
         self,
         *,

@@ -8,7 +8,9 @@
   serialized by a transaction-scoped advisory lock and count the leases in force of
   every process, so that no two processes spend the same budget.
 - Writes that make a call claimable now ``NOTIFY`` a channel every scheduler listens
-  on; the engine's polling is the fallback when a notification is lost.
+  on; the engine's polling is the fallback when a notification is lost. Writes that end
+  a call or record a retry notify another channel with its dispatch id, which wakes the
+  Waits of every process on it.
 - The schema is versioned in ``dispatchlet_schema`` and migrated on open under an
   advisory lock, so several processes starting at once migrate it once.
 
@@ -43,7 +45,7 @@ from . import (
     children_of,
 )
 from .claims import claim_candidates, claim_window, fitting, in_turns, needs_root_heads
-from .statements import CHANNEL, PostgresStatements, fenced, rows_to_insert
+from .statements import CHANGED, CHANNEL, PostgresStatements, fenced, rows_to_insert
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -56,6 +58,10 @@ CLAIM_LOCK = 0x64697370_636C6169
 # the server dropped meanwhile (a restart) is replaced, not handed to a transaction. One
 # in steady use is not: if it fails, the store's caller retries.
 CHECK_AFTER_IDLE = 1.0
+WAIT_REREAD = 30.0
+"""How often a Wait reads its call again without a notification: a listening connection
+that dies silently (no error until TCP gives up) misses notifications, and the waiter
+must not sleep through the end of its call for all that."""
 # Batches of finishes written at once; the finishes that arrive meanwhile wait for the
 # next batch.
 FINISH_FLUSHES = 1
@@ -150,6 +156,7 @@ class PostgresStore:
         self._pool = pool
         self._listener: asyncio.Task[None] | None = None
         self._wake: list[Callable[[], None]] = []
+        self._changed: list[Callable[[str | None, str | None], None]] = []
         self._finishing: list[tuple[_Finish, asyncio.Future[bool]]] = []
         self._flushes: set[asyncio.Task[None]] = set()
 
@@ -216,6 +223,15 @@ class PostgresStore:
     def subscribe(self, wake: Callable[[], None]) -> None:
         """Call ``wake`` whenever any process makes a call claimable now."""
         self._wake.append(wake)
+        self._start_listening()
+
+    def watch(self, changed: Callable[[str | None, str | None], None]) -> float | None:
+        """Call ``changed`` whenever any process ends a call or records a retry of it."""
+        self._changed.append(changed)
+        self._start_listening()
+        return WAIT_REREAD
+
+    def _start_listening(self) -> None:
         if self._listener is None:
             self._listener = asyncio.create_task(self._listen())
 
@@ -226,11 +242,18 @@ class PostgresStore:
                 connection = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
                 async with connection:
                     await connection.execute(f"LISTEN {CHANNEL}")
+                    await connection.execute(f"LISTEN {CHANGED}")
                     delay = 0.1
-                    # What was notified while no one listened is found by polling.
+                    # What was notified while no one listened is found by polling, and
+                    # by the waiters reading their calls again.
                     self._notify_local()
-                    async for _ in connection.notifies():
-                        self._notify_local()
+                    self._tell_changed(None, None)
+                    async for notice in connection.notifies():
+                        if notice.channel == CHANGED:
+                            dispatch_id, _, root_id = notice.payload.partition(" ")
+                            self._tell_changed(dispatch_id, root_id or None)
+                        else:
+                            self._notify_local()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -241,6 +264,10 @@ class PostgresStore:
     def _notify_local(self) -> None:
         for wake in self._wake:
             wake()
+
+    def _tell_changed(self, dispatch_id: str | None, root_id: str | None) -> None:
+        for changed in self._changed:
+            changed(dispatch_id, root_id)
 
     # --- the contract ------------------------------------------------------------------
 
@@ -361,6 +388,9 @@ class PostgresStore:
             async with self._pool.connection() as db:
                 async with db.pipeline(), db.transaction():
                     finished = await _finish_all(db, [finish for finish, _ in batch])
+                    if finished:
+                        ended = [dispatch_id for dispatch_id, _ in finished]
+                        await db.execute(SQL.notify_ended, {"ids": ended})
                 done = [(f[0].dispatch_id, f[0].token) in finished for f, _ in batch]
         except BaseException as exc:
             for _, future in batch:
@@ -418,7 +448,8 @@ class PostgresStore:
     ) -> bool:
         del now
         retried = fenced(lease, status=status, result=result, ready_at=ready_at)
-        return await self._update(SQL.retry, retried)
+        # One statement (atomic by itself): the retry, and its waiters told.
+        return len(await self._select(SQL.retry_notified, retried)) == 1
 
     async def tail_call(
         self, lease: Lease, function: str, endpoint: str, input: bytes, *, now: float
@@ -474,6 +505,8 @@ class PostgresStore:
         async def end(db: Connection) -> int:
             params = {"id": dispatch_id, "status": status, "result": result, "now": now}
             ended = await (await db.execute(SQL.cancel, params)).fetchall()
+            if ended:
+                await db.execute(SQL.notify_ended, {"ids": [dispatch_id]})
             for ended_id, parent_id in ended:
                 if ended_id == dispatch_id and parent_id is not None:
                     await _wake(db, parent_id, now)

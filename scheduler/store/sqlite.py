@@ -174,6 +174,11 @@ class SQLiteStore:
         """One process has the database: its API wakes its engine itself."""
         del wake
 
+    def watch(self, changed: Callable[[str | None, str | None], None]) -> float | None:
+        """One process has the database: its engine wakes the waiters of what it changes."""
+        del changed
+        return None
+
     async def claim(
         self,
         *,
