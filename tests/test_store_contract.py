@@ -879,3 +879,78 @@ def test_postgres_says_which_server_it_cannot_reach() -> None:
     with pytest.raises(StoreError, match="cannot connect to") as caught:
         run(PostgresStore.open(url, timeout=2))
     assert "secret" not in str(caught.value)
+
+
+# --- waiters told of calls that change ---------------------------------------------------
+
+
+def test_how_often_a_waiter_reads_its_call_again(open_store: Opener) -> None:
+    """Never, on a store one process uses (its engine wakes its waiters, and the store
+    tells them nothing); now and then on PostgreSQL, where a notification may be lost."""
+    kind = open_store.kind  # type: ignore[attr-defined]
+
+    async def scenario() -> float | None:
+        store = await open_store()
+        try:
+            told: list[tuple[str | None, str | None]] = []
+            reread = store.watch(lambda *change: told.append(change))
+            await store.dispatch([call()], now=NOW)
+            (claimed,) = await store.claim(owner="a", now=NOW, limit=1, lease_seconds=30)
+            await store.finish(claimed.lease, 1, b"", now=NOW)
+            if kind != "postgres":
+                assert told == []
+            return reread
+        finally:
+            await store.close()
+
+    reread = run(scenario())
+    if kind == "postgres":
+        assert reread is not None and 0 < reread <= 60
+    else:
+        assert reread is None
+
+
+def test_postgres_tells_every_process_of_ends_retries_and_cancels(postgres_server: str) -> None:
+    from dispatchlet.scheduler.store.postgres import PostgresStore
+
+    url = fresh_database(postgres_server)
+
+    async def scenario() -> list[tuple[str | None, str | None]]:
+        writer, watcher = await PostgresStore.open(url), await PostgresStore.open(url)
+        told: list[tuple[str | None, str | None]] = []
+        news = asyncio.Event()
+
+        def changed(dispatch_id: str | None, root_id: str | None) -> None:
+            told.append((dispatch_id, root_id))
+            news.set()
+
+        async def next_change() -> tuple[str | None, str | None]:
+            await asyncio.wait_for(news.wait(), 30)
+            news.clear()
+            return told.pop(0)
+
+        try:
+            watcher.watch(changed)
+            # Listening: any call may have changed while it did not listen.
+            assert await next_change() == (None, None)
+            retried, ended, cancelled = await writer.dispatch([call(), call(), call()], now=NOW)
+            claims = await writer.claim(owner="w", now=NOW, limit=3, lease_seconds=30)
+            leases = {c.call.dispatch_id: c.lease for c in claims}
+            assert await writer.retry(leases[retried], 7, b"e", ready_at=NOW + 1, now=NOW)
+            assert await next_change() == (retried, None)
+            assert await writer.finish(leases[ended], 1, b"", now=NOW)
+            assert await next_change() == (ended, ended)
+            assert await writer.cancel(cancelled, 4, b"", now=NOW) == 1
+            assert await next_change() == (cancelled, cancelled)
+            # A stale lease changes nothing and tells no one.
+            assert not await writer.retry(leases[ended], 7, b"e", ready_at=NOW + 1, now=NOW)
+            assert not await writer.finish(leases[cancelled], 1, b"", now=NOW)
+            (marker,) = await writer.dispatch([call()], now=NOW)
+            await writer.cancel(marker, 4, b"", now=NOW)
+            assert await next_change() == (marker, marker)
+            return told
+        finally:
+            await writer.close()
+            await watcher.close()
+
+    assert run(scenario()) == []
