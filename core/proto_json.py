@@ -39,8 +39,10 @@ def message_to_dict(value: message.Message) -> object:
     assert isinstance(shown, dict)
     for field in nested:
         held = getattr(value, field.name)
-        if field.message_type.GetOptions().map_entry:
-            entries = field.message_type.fields_by_name["value"]
+        kind = field.message_type
+        assert kind is not None  # a message field's
+        if kind.GetOptions().map_entry:
+            entries = kind.fields_by_name["value"]
             if entries.type == FieldDescriptor.TYPE_MESSAGE:
                 shown[field.json_name] = {str(k): message_to_dict(v) for k, v in held.items()}
             else:

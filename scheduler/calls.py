@@ -24,8 +24,8 @@ __all__ = [
     "MAX_POLL_RESULTS",
     "call_problem",
     "destination",
-    "endpoint_problem",
     "duration_seconds",
+    "endpoint_problem",
     "oversized_input",
     "timestamp",
 ]

@@ -30,7 +30,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf import any_pb2
@@ -205,7 +205,7 @@ class Engine:
         )
 
     async def _attempt(self, item: Claimed) -> None:
-        call, lease = item.call, item.lease
+        call = item.call
         self._roots[call.dispatch_id] = call.root_id
         try:
             await self._attempt_call(item)

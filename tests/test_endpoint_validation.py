@@ -59,7 +59,8 @@ USABLE = [
 @pytest.mark.parametrize(("endpoint", "reason"), UNUSABLE)
 def test_an_unusable_endpoint_is_refused_with_its_reason(endpoint: str, reason: str) -> None:
     problem = endpoint_problem(endpoint)
-    assert problem is not None and reason in problem, problem
+    assert problem is not None
+    assert reason in problem, problem
 
 
 @pytest.mark.parametrize("endpoint", USABLE)
@@ -166,7 +167,9 @@ def _usable_by_the_caller(endpoint: str) -> None:
     )
     signed = sign_request(request, KEY)
     url = URL(target.run_url, encoded=True)
-    assert url.host and url.port and 0 < url.port < 65536
+    assert url.host
+    assert url.port
+    assert 0 < url.port < 65536
     assert url.raw_path == target.run_path
 
     async def build() -> None:

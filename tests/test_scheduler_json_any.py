@@ -55,7 +55,8 @@ def test_get_wait_and_list_in_json_show_values_of_unknown_types(tmp_path: Path) 
         assert status == 200, (name, body)
     for name in ("Get", "Wait"):
         shown = answers[name][1]["call"]
-        assert shown["done"] is True and shown["status"] == "STATUS_OK"
+        assert shown["done"] is True
+        assert shown["status"] == "STATUS_OK"
         assert shown["input"] == opaque(UNKNOWN_INPUT)
         assert shown["output"] == opaque(UNKNOWN_OUTPUT)
     (listed,) = answers["List"][1]["calls"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.server
-import subprocess
 import sys
 import threading
 import time
@@ -19,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 from dispatchlet.core.status import Status
-from dispatchlet.proto.dispatch.sdk.v1 import function_pb2, poll_pb2
+from dispatchlet.proto.dispatch.sdk.v1 import function_pb2
 from dispatchlet.proto.dispatchlet.scheduler.v1 import calls_pb2
 from dispatchlet.scheduler import server
 from dispatchlet.scheduler.api import Api
@@ -133,7 +132,7 @@ def test_many_waiters_do_not_read_the_store_until_their_calls_end() -> None:
 def test_a_cancel_through_the_api_wakes_the_waiters_of_the_call_and_its_children() -> None:
     async def scenario() -> None:
         store = await CountingStore.open()
-        async with scheduler(store) as (engine, caller, api):
+        async with scheduler(store) as (engine, _, api):
             now = time.time()
             (root,) = await store.dispatch(
                 [NewCall("gated", "http://endpoint.test", b"", now + 3600)], now=now
@@ -141,7 +140,11 @@ def test_a_cancel_through_the_api_wakes_the_waiters_of_the_call_and_its_children
             (child,) = await store.dispatch(
                 [
                     NewCall(
-                        "gated", "http://endpoint.test", b"", now + 3600, parent_id=root,
+                        "gated",
+                        "http://endpoint.test",
+                        b"",
+                        now + 3600,
+                        parent_id=root,
                         root_id=root,
                     )
                 ],
@@ -161,7 +164,7 @@ def test_a_cancel_through_the_api_wakes_the_waiters_of_the_call_and_its_children
 def test_the_end_of_a_parent_wakes_the_waiter_of_the_child_it_ends() -> None:
     async def scenario() -> None:
         store = await CountingStore.open()
-        async with scheduler(store) as (engine, caller, api):
+        async with scheduler(store) as (_, caller, api):
             now = time.time()
             (parent,) = await store.dispatch(
                 [NewCall("parent", "http://endpoint.test", b"", now + 3600)], now=now
@@ -327,7 +330,8 @@ def test_a_wait_is_woken_when_another_process_ends_the_call(
         info = calls_pb2.WaitResponse.FromString(body).call
         # Its timeout (25 s) is shorter than the safety re-read (30 s): only the
         # notification of the other process's outcome can have answered it done.
-        assert info.done and info.status == Status.OK.value, info
+        assert info.done, info
+        assert info.status == Status.OK.value, info
     finally:
         HeldEndpoint.release.set()
         endpoint.shutdown()
