@@ -881,6 +881,31 @@ def test_postgres_says_which_server_it_cannot_reach() -> None:
     assert "secret" not in str(caught.value)
 
 
+# --- claims among destinations that are full ---------------------------------------------
+
+
+def test_a_full_destination_does_not_hide_the_calls_of_others(open_store: Opener) -> None:
+    """The oldest calls all go to a destination with no room (it hangs): a claim still
+    finds the younger call of another destination."""
+
+    async def scenario() -> list[str]:
+        store = await open_store()
+        try:
+            hung = [call(endpoint="http://hung.test") for _ in range(40)]
+            await store.dispatch(hung, now=NOW)
+            (healthy,) = await store.dispatch([call(endpoint="http://ok.test")], now=NOW + 1)
+            room = {"http://hung.test": 0, "http://ok.test": 4}
+            claimed = await store.claim(
+                owner="a", now=NOW + 2, limit=1, lease_seconds=30, room=room.__getitem__
+            )
+            assert [c.call.dispatch_id for c in claimed] == [healthy]
+            return [c.call.endpoint for c in claimed]
+        finally:
+            await store.close()
+
+    assert run(scenario()) == ["http://ok.test"]
+
+
 # --- waiters told of calls that change ---------------------------------------------------
 
 

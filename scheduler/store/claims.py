@@ -15,11 +15,12 @@ def claim_window(limit: int) -> int:
     return max(1024, 16 * limit)
 
 
-def claim_candidates(limit: int) -> int:
-    """How many of the window's calls a claim of ``limit`` deals among: all of them, not a
-    few times ``limit``, so that calls of destinations at their limit or share (hung ones,
-    whose calls stay the oldest) do not hide every other destination's calls behind them."""
-    return claim_window(limit)
+def claim_candidates(limit: int) -> tuple[int, int]:
+    """How many candidates a claim of ``limit`` deals among: a few times ``limit`` first;
+    then, if destinations at their limit or share left it short (hung ones, whose calls
+    stay the oldest), the whole window, so that they do not hide every other
+    destination's calls behind theirs."""
+    return 4 * limit, claim_window(limit)
 
 
 def needs_root_heads(ready: int, roots: int, window: int, limit: int) -> bool:

@@ -152,11 +152,15 @@ class MemoryStore:
         ]
         # Round-robin across roots, oldest first within each; more candidates than the
         # batch, since some destinations may be full.
-        candidates = in_turns(found, claim_candidates(limit))
         running = {} if cap is None else self._running(now)
+        for count in claim_candidates(limit):
+            candidates = in_turns(found, count)
+            chosen = fitting(candidates, cap=cap, running=running, room=room)
+            if len(chosen) >= limit or len(candidates) < count:
+                break
         claimed = []
         expires = now + lease_seconds
-        for dispatch_id in fitting(candidates, cap=cap, running=running, room=room)[:limit]:
+        for dispatch_id in chosen[:limit]:
             row = self._rows[dispatch_id]
             row.state = State.RUNNING
             row.lease_owner = owner

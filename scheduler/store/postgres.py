@@ -298,18 +298,22 @@ class PostgresStore:
             # destinations may be full.
             window = claim_window(limit)
             count = 4 * limit
-            dealt = claim_candidates(limit)
-            params = {"now": now, "window": window, "roots": count, "count": dealt}
-            found = await (await db.execute(SQL.ranked_window, params)).fetchall()
-            ready, roots = found[0][6:8] if found else (0, 0)
-            candidates = [(row[0], row[2]) for row in found]
-            if needs_root_heads(ready, roots, window, limit):
-                heads = await (await db.execute(SQL.root_heads, params)).fetchall()
-                candidates = in_turns([row[:6] for row in found] + heads, dealt)
-            running = {}
-            if cap is not None:
-                running = await _running(db, sorted({row[1] for row in candidates}), now)
-            ids = fitting(candidates, cap=cap, running=running, room=room)
+            for dealt in claim_candidates(limit):
+                params = {"now": now, "window": window, "roots": count, "count": dealt}
+                found = await (await db.execute(SQL.ranked_window, params)).fetchall()
+                ready, roots = found[0][6:8] if found else (0, 0)
+                candidates = [(row[0], row[2]) for row in found]
+                if needs_root_heads(ready, roots, window, limit):
+                    heads = await (await db.execute(SQL.root_heads, params)).fetchall()
+                    candidates = in_turns([row[:6] for row in found] + heads, dealt)
+                running = {}
+                if cap is not None:
+                    running = await _running(db, sorted({row[1] for row in candidates}), now)
+                ids = fitting(candidates, cap=cap, running=running, room=room)
+                # Enough, or every candidate was dealt: else the destinations at their
+                # limit left the claim short, and it deals among the whole window.
+                if len(ids) >= limit or len(candidates) < dealt:
+                    break
             if not ids:
                 return []
             # Locked, then checked: a locked row is read as it is now, after any claim

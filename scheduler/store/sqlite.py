@@ -195,16 +195,19 @@ class SQLiteStore:
             # among the oldest claimable calls and the oldest of each root's.
             window = claim_window(limit)
             count = 4 * limit
-            dealt = claim_candidates(limit)  # more than the batch: some destinations may be full
-            params = {"now": now, "window": window, "roots": count, "count": dealt}
-            found = db.execute(SQL.ranked_window, params).fetchall()
-            ready, roots = found[0][6:8] if found else (0, 0)
-            rows = [(row[0], row[2]) for row in found]
-            if needs_root_heads(ready, roots, window, limit):
-                heads = db.execute(SQL.root_heads, params).fetchall()
-                rows = in_turns([row[:6] for row in found] + heads, dealt)
-            running = {} if cap is None else _running(db, {where for _, where in rows}, now)
-            ids = fitting(rows, cap=cap, running=running, room=room)
+            # More candidates than the batch: some destinations may be full.
+            for dealt in claim_candidates(limit):
+                params = {"now": now, "window": window, "roots": count, "count": dealt}
+                found = db.execute(SQL.ranked_window, params).fetchall()
+                ready, roots = found[0][6:8] if found else (0, 0)
+                rows = [(row[0], row[2]) for row in found]
+                if needs_root_heads(ready, roots, window, limit):
+                    heads = db.execute(SQL.root_heads, params).fetchall()
+                    rows = in_turns([row[:6] for row in found] + heads, dealt)
+                running = {} if cap is None else _running(db, {w for _, w in rows}, now)
+                ids = fitting(rows, cap=cap, running=running, room=room)
+                if len(ids) >= limit or len(rows) < dealt:
+                    break
             claimed = []
             expires = now + lease_seconds
             for dispatch_id in ids[:limit]:
