@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -179,6 +180,9 @@ class Engine:
                 task = asyncio.create_task(self._attempt(item))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
+                # Its root, while it runs: its end wakes the waiters of its descendants.
+                self._roots[item.call.dispatch_id] = item.call.root_id
+                task.add_done_callback(functools.partial(self._ran, item.call.dispatch_id))
             if len(claimed) < free:
                 # Nothing more ready: wait for a dispatch, a finished attempt or a timer.
                 self._wake.clear()
@@ -193,6 +197,9 @@ class Engine:
         if self._running:
             await asyncio.wait(self._running)
 
+    def _ran(self, dispatch_id: str, task: asyncio.Task[None]) -> None:
+        self._roots.pop(dispatch_id, None)
+
     @property
     def limits(self) -> Limits:
         """The settings the rules decide by."""
@@ -205,14 +212,6 @@ class Engine:
         )
 
     async def _attempt(self, item: Claimed) -> None:
-        call = item.call
-        self._roots[call.dispatch_id] = call.root_id
-        try:
-            await self._attempt_call(item)
-        finally:
-            self._roots.pop(call.dispatch_id, None)
-
-    async def _attempt_call(self, item: Claimed) -> None:
         call, lease = item.call, item.lease
         now = self.clock()
         started = time.perf_counter()
