@@ -11,10 +11,12 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from ..client import CallInfo, Client, ClientError
+from ..core.call_options import key_problem, set_call_options
 from ..core.endpoint import ENDPOINT_URL_ENV
 from ..core.status import Status
 from ..core.values import EncodeError, to_any
 from ..proto.dispatch.sdk.v1 import call_pb2
+from ..proto.dispatchlet.scheduler.v1 import options_pb2
 from .call import parse_input, render, seconds
 from .call_views import as_dict, attempt_line, describe, table
 from .errors import EXIT_ERROR, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, CommandError
@@ -31,6 +33,10 @@ failed). INPUT is read as by `dispatchlet call`: JSON when it parses, else a str
 The scheduler is DISPATCH_API_URL (default the local one, http://127.0.0.1:4450),
 its API key DISPATCH_API_KEY; the endpoint is --endpoint, else {ENDPOINT_URL_ENV},
 else {DEFAULT_ENDPOINT_URL}. `dispatchlet dev` prints the exports.
+
+With --key KEY, the call has an idempotency key: while the scheduler keeps the first
+call dispatched with KEY, dispatching again with it starts nothing and prints the
+first call's dispatch id (so a script may retry a dispatch safely).
 
 With --wait (and `calls wait`), stderr tells the dispatch id at once, then each
 failed attempt as it happens; Ctrl+C stops waiting, not the call (exit 130), and
@@ -69,6 +75,12 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     parser.add_argument(
         "--expiration", type=seconds, metavar="SECONDS", help="give up on the call after this"
+    )
+    parser.add_argument(
+        "--key",
+        type=idempotency_key,
+        metavar="KEY",
+        help="idempotency key: the same key again starts nothing and gives the same id",
     )
     parser.add_argument(
         "--json", dest="use_json", action="store_true", help="print the call as JSON"
@@ -127,6 +139,13 @@ def status_filter(text: str) -> str:
     return name
 
 
+def idempotency_key(text: str) -> str:
+    problem = key_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{problem}")
+    return text
+
+
 def page_size(text: str) -> int:
     try:
         number = int(text)
@@ -155,6 +174,8 @@ def run_dispatch(args: argparse.Namespace) -> int:
             raise CommandError(f"cannot send INPUT: {exc}") from None
     if args.expiration is not None:
         call.expiration.FromMilliseconds(int(args.expiration * 1000))
+    if args.key is not None:
+        set_call_options(call, options_pb2.CallOptions(key=args.key))
     with client() as scheduler:
         (dispatch_id,) = _checked(lambda: scheduler.dispatch([call]))
         if not args.wait:

@@ -23,6 +23,8 @@ from ..scheduler.settings import (
     DEFAULT_DATABASE,
     DEFAULT_GRACE_PERIOD,
     DEFAULT_HOST,
+    DEFAULT_MAX_CHILDREN,
+    DEFAULT_MAX_DESCENDANTS,
     DEFAULT_MAX_INPUT_SIZE,
     DEFAULT_PORT,
     POSTGRES_SCHEMES,
@@ -142,6 +144,22 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "tail call that makes one ends its call (default: %(default)s, an endpoint's own "
         "default limit)",
     )
+    parser.add_argument(
+        "--max-children",
+        type=positive_int,
+        default=DEFAULT_MAX_CHILDREN,
+        metavar="N",
+        help="the most unfinished children one call may have: a Poll that would leave it "
+        "more ends the call, with an error naming this limit (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-descendants",
+        type=positive_int,
+        default=DEFAULT_MAX_DESCENDANTS,
+        metavar="N",
+        help="the most calls below one root dispatch, over its life: a Poll that would put "
+        "more ends its call, with an error naming this limit (default: %(default)s)",
+    )
     logging_setup.add_arguments(parser, default_level="info")
     parser.set_defaults(handler=run)
 
@@ -180,6 +198,8 @@ def run(args: argparse.Namespace) -> int:
             max_per_destination=args.max_per_destination,
             reuse_port=args.reuse_port,
             max_input_size=args.max_input_size,
+            max_children=args.max_children,
+            max_descendants=args.max_descendants,
             **given,
         )
     except ConfigurationError as exc:

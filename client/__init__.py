@@ -13,7 +13,9 @@
     info = client.wait(dispatch_id, on_attempt=failed)
 
 Plain blocking calls over one kept-alive HTTP connection (``http.client``), so it works
-from any code, sync or not. A Connect error from the scheduler raises ``ClientError``
+from any code, sync or not. Each Dispatch carries a request id (``Idempotency-Key``),
+the same when the client sends it again after a connection was lost, so that the
+scheduler stores its calls once. A Connect error from the scheduler raises ``ClientError``
 with its code and message; a scheduler that cannot be reached raises ``ClientError``
 with code ``unavailable``.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 import datetime
 import http.client
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -35,7 +38,13 @@ from google.protobuf import any_pb2, message
 from ..core import values
 from ..core.connect import PROTO
 from ..core.connect_client import parse_error
-from ..core.dispatching import API_KEY_ENV, API_URL_ENV, DEFAULT_API_URL, split_api_keys
+from ..core.dispatching import (
+    API_KEY_ENV,
+    API_URL_ENV,
+    DEFAULT_API_URL,
+    REQUEST_ID_HEADER,
+    split_api_keys,
+)
 from ..core.errors import DispatchletError
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2
@@ -198,11 +207,21 @@ class Client:
 
     # --- DispatchService -------------------------------------------------------------
 
-    def dispatch(self, calls: Iterable[call_pb2.Call]) -> list[str]:
-        """Start ``calls`` in one atomic request; their dispatch ids, in order."""
+    def dispatch(
+        self, calls: Iterable[call_pb2.Call], *, request_id: str | None = None
+    ) -> list[str]:
+        """Start ``calls`` in one atomic request; their dispatch ids, in order.
+
+        The request carries ``request_id`` (default a random one) as its
+        ``Idempotency-Key``: sent again (by this client after a lost answer, or by the
+        caller with the same id and calls), it gets the same ids and starts nothing
+        new."""
         request = dispatch_pb2.DispatchRequest(calls=list(calls))
         answer = self._rpc(
-            "/dispatch.sdk.v1.DispatchService/Dispatch", request, dispatch_pb2.DispatchResponse
+            "/dispatch.sdk.v1.DispatchService/Dispatch",
+            request,
+            dispatch_pb2.DispatchResponse,
+            headers={REQUEST_ID_HEADER: request_id or secrets.token_hex(16)},
         )
         return list(answer.dispatch_ids)
 
@@ -338,9 +357,15 @@ class Client:
     # --- transport -------------------------------------------------------------------
 
     def _rpc(
-        self, path: str, request: message.Message, kind: type[M], *, timeout: float | None = None
+        self,
+        path: str,
+        request: message.Message,
+        kind: type[M],
+        *,
+        timeout: float | None = None,
+        headers: dict[str, str] | None = None,
     ) -> M:
-        headers = {"Content-Type": PROTO, "User-Agent": "dispatchlet-client"}
+        headers = {**(headers or {}), "Content-Type": PROTO, "User-Agent": "dispatchlet-client"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         body = request.SerializeToString()
@@ -362,7 +387,9 @@ class Client:
         self, path: str, body: bytes, headers: dict[str, str], timeout: float | None
     ) -> tuple[int, str | None, bytes]:
         # One retry on a fresh connection: a kept-alive one may have been closed by the
-        # server meanwhile. The request is resent only if nothing came back.
+        # server meanwhile. The request is resent only if nothing came back; the server
+        # may have handled it all the same, so what is resent is what may be run twice
+        # harmlessly: a read, or a Dispatch with its request id.
         for attempt in (1, 2):
             connection = self._connect(timeout)
             try:

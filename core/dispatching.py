@@ -19,6 +19,9 @@ API_KEY_ENV = "DISPATCH_API_KEY"
 """API keys, comma-separated for rotation: the scheduler accepts them, clients send one."""
 DEFAULT_API_URL = "http://127.0.0.1:4450"
 """The local scheduler (``dispatchlet scheduler``, ``dispatchlet dev``)."""
+REQUEST_ID_HEADER = "Idempotency-Key"
+"""The header of a Dispatch's request id (as the IETF httpapi draft and Stripe name it):
+the scheduler answers a repeated one with the dispatch ids the first request got."""
 
 
 def split_api_keys(text: str) -> list[str]:

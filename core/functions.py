@@ -15,13 +15,14 @@ an ``InvalidArgument`` naming the parameter, reported as INVALID_ARGUMENT.
 
 from __future__ import annotations
 
+import datetime
 import inspect
 import re
 import typing
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from functools import cached_property, update_wrapper
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, NoReturn, ParamSpec, TypeVar, overload
 
 from ..proto.dispatch.sdk.v1 import call_pb2
 from .context import RunContext
@@ -31,6 +32,7 @@ from .errors import InvalidArgument
 from .typecheck import Check, checker, describe
 
 if TYPE_CHECKING:
+    from ..proto.dispatchlet.scheduler.v1 import options_pb2
     from .endpoint import Endpoint
 
 P = ParamSpec("P")
@@ -59,6 +61,21 @@ class TailCall:
     def __post_init__(self) -> None:
         if not FUNCTION_NAME.fullmatch(self.function):
             raise ValueError(f"invalid function name {self.function!r}")
+
+
+LATER_OPTIONS = ("delay", "at", "max_attempts", "timeout", "backoff", "concurrency_key")
+"""Options of ``Function.options`` that this version does not implement yet."""
+
+
+def _refused_options(function: str, names: typing.Iterable[str]) -> str:
+    later = [name for name in names if name in LATER_OPTIONS]
+    unknown = [name for name in names if name not in LATER_OPTIONS]
+    parts = []
+    if later:
+        parts.append(f"not supported yet: {', '.join(later)}")
+    if unknown:
+        parts.append(f"unknown: {', '.join(unknown)}")
+    return f"{function}.options(): {'; '.join(parts)} (supported: key, expiration)"
 
 
 class _Shape(NamedTuple):
@@ -253,6 +270,48 @@ class Function(Generic[P, R]):
         (dispatch_id,) = (dispatcher or default_dispatcher()).dispatch([call])
         return dispatch_id
 
+    def options(
+        self,
+        *,
+        key: str | None = None,
+        expiration: float | datetime.timedelta | None = None,
+        **others: NoReturn,
+    ) -> CallWithOptions[P, R]:
+        """This function's calls with options: ``key``, an idempotency key (while the
+        first call dispatched with it is kept, dispatching it again creates nothing and
+        gives the first call's dispatch id), ``expiration`` (a ``timedelta`` or seconds:
+        how long the scheduler may take to run the call). The object has the function's
+        ``dispatch``, ``build_call`` and ``step``. An option this version does not
+        implement yet is refused (a ``TypeError`` naming it), never ignored."""
+        if others:
+            raise TypeError(_refused_options(self.name, others))
+        # Here: only code that starts calls needs the options (not an endpoint's cold start).
+        from ..proto.dispatchlet.scheduler.v1 import options_pb2
+        from .call_options import key_problem
+
+        options = options_pb2.CallOptions()
+        if key is not None:
+            if not isinstance(key, str):
+                raise TypeError(f"{self.name}.options(): key must be a str, got {describe(key)}")
+            problem = key_problem(key)
+            if problem is not None:
+                raise ValueError(f"{self.name}.options(): {problem}")
+            options.key = key
+        seconds = None
+        if expiration is not None:
+            if isinstance(expiration, datetime.timedelta):
+                seconds = expiration.total_seconds()
+            elif isinstance(expiration, (int, float)) and not isinstance(expiration, bool):
+                seconds = float(expiration)
+            else:
+                raise TypeError(
+                    f"{self.name}.options(): expiration must be a timedelta or seconds, got "
+                    f"{describe(expiration)}"
+                )
+            if not seconds > 0:
+                raise ValueError(f"{self.name}.options(): expiration must be positive")
+        return CallWithOptions(self, options, seconds)
+
     def input_for(self, *args: Any, **kwargs: Any) -> object:
         """The input value that makes this function receive these arguments; a
         ``TypeError`` naming the parameter when they do not bind to its signature, as
@@ -313,3 +372,65 @@ class Function(Generic[P, R]):
         for key in kwargs:
             if key not in positions:
                 raise TypeError(f"{self.name}(): got an unexpected keyword argument {key!r}")
+
+
+class CallWithOptions(Generic[P, R]):
+    """A registered function's calls with options (``Function.options``): the same
+    ``dispatch``, ``build_call`` and ``step``."""
+
+    def __init__(
+        self, function: Function[P, R], options: options_pb2.CallOptions, expiration: float | None
+    ) -> None:
+        self.function = function
+        self._options = options
+        self._expiration = expiration
+
+    @property
+    def key(self) -> str | None:
+        return self._options.key or None
+
+    @property
+    def expiration(self) -> float | None:
+        """Seconds, or None for the scheduler's default."""
+        return self._expiration
+
+    def build_call(self, *args: P.args, **kwargs: P.kwargs) -> call_pb2.Call:
+        """The function's ``build_call``, with these options."""
+        call = self.function.build_call(*args, **kwargs)
+        if self._expiration is not None:
+            call.expiration.FromNanoseconds(int(self._expiration * 1e9))
+        if self._options.ByteSize():
+            from .call_options import set_call_options
+
+            set_call_options(call, self._options)
+        return call
+
+    def dispatch(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """The function's ``dispatch``, with these options: with a ``key``, dispatching
+        again gives the first call's dispatch id and starts nothing new."""
+        call = self.build_call(*args, **kwargs)
+        function = self.function
+        dispatcher = function.endpoint.dispatcher() if function.endpoint is not None else None
+        (dispatch_id,) = (dispatcher or default_dispatcher()).dispatch([call])
+        return dispatch_id
+
+    def step(self, *args: Any, **kwargs: Any) -> Any:
+        """In a workflow, the durable call of the function (``Function.step``). Options
+        are not carried by workflow steps yet: a step with any is refused rather than
+        run without them."""
+        if self._options.ByteSize() or self._expiration is not None:
+            given = [n for n, v in (("key", self.key), ("expiration", self._expiration)) if v]
+            raise TypeError(
+                f"{self.function.name}.options({', '.join(given)}).step(): options of "
+                "workflow steps are not supported yet: await the function without options"
+            )
+        return self.function.step(*args, **kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError(
+            f"{self.function.name}.options(...) is not called: its options are for the "
+            "scheduler, use .dispatch(...) or .build_call(...)"
+        )
+
+    def __repr__(self) -> str:
+        return f"<dispatchlet function {self.function.name} with options>"

@@ -4,22 +4,27 @@
 
 Errors are Connect errors (``{"code", "message"}`` with the HTTP status of the code).
 A Dispatch is validated whole before anything is stored: a bad call is a 400 naming its
-index and the reason, and then no call of the request is kept.
+index and the reason, and then no call of the request is kept. It is idempotent: a
+request id (``Idempotency-Key``) seen before is answered with the first request's ids
+(409 when it was used for other calls), and a call whose key (its ``CallOptions``, in
+field 1000 of the Call) a kept call has gets that call's id; neither stores anything.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TypeVar
 
 from aiohttp import web
 from google.protobuf import json_format, message
 
+from ..core.call_options import key_problem
 from ..core.connect import JSON, PROTO, codec, http_error_response
-from ..core.dispatching import API_KEY_ENV
+from ..core.dispatching import API_KEY_ENV, REQUEST_ID_HEADER
 from ..core.errors import (
     DispatchletError,
     InvalidArgument,
@@ -33,12 +38,12 @@ from ..core.http import Response
 from ..core.proto_json import message_to_json
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2, error_pb2, poll_pb2
-from ..proto.dispatchlet.scheduler.v1 import calls_pb2
+from ..proto.dispatchlet.scheduler.v1 import calls_pb2, options_pb2
 from .calls import call_problem, duration_seconds, oversized_input, timestamp
 from .engine import Engine
 from .metrics import prometheus_text, stats
 from .settings import DEFAULT_MAX_INPUT_SIZE
-from .store import Call, NewCall, State, Store, unavailable
+from .store import Call, NewCall, RequestId, State, Store, unavailable
 
 M = TypeVar("M", bound=message.Message)
 logger = logging.getLogger(__name__)
@@ -52,6 +57,8 @@ MAX_WAIT = 60.0
 MAX_PAGE = 1000
 
 DISPATCH_PATH = "/dispatch.sdk.v1.DispatchService/Dispatch"
+MAX_REQUEST_ID = 255
+"""The longest request id (``REQUEST_ID_HEADER``), in characters."""
 CALLS_PATH = "/dispatchlet.scheduler.v1.CallService/"
 
 _NO_KEYS = (
@@ -80,7 +87,7 @@ class Api:
         insecure: bool = False,
         default_expiration: float = DEFAULT_EXPIRATION,
         max_input_size: int = DEFAULT_MAX_INPUT_SIZE,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -89,15 +96,16 @@ class Api:
         self.default_expiration = default_expiration
         self.max_input_size = max_input_size
         self.max_body_size = body_limit(max_input_size)
-        self.clock = clock
+        # The engine's unless told: calls are stored by the time they are run by.
+        self.clock = clock or engine.clock
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body_size)
         app.router.add_get(_lenient("/healthz"), self.healthz)
         app.router.add_get(_lenient("/metrics"), self.metrics)
-        app.router.add_route(
-            "*", _lenient(DISPATCH_PATH), self.rpc(self.dispatch, dispatch_pb2.DispatchRequest)
-        )
+        # Read as dispatch.sdk.v1.DispatchRequest with each call's options (field 1000).
+        dispatch = self.rpc(self.dispatch, options_pb2.DispatchRequest, headers=True)
+        app.router.add_route("*", _lenient(DISPATCH_PATH), dispatch)
         for name, handler, kind in (
             ("Get", self.get, calls_pb2.GetRequest),
             ("Wait", self.wait, calls_pb2.WaitRequest),
@@ -116,9 +124,14 @@ class Api:
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
     def rpc(
-        self, handler: Callable[[Any], Awaitable[message.Message]], kind: type[M]
+        self,
+        handler: Callable[..., Awaitable[message.Message]],
+        kind: type[M],
+        *,
+        headers: bool = False,
     ) -> Callable[[web.Request], Awaitable[web.Response]]:
-        """A Connect unary handler: authenticated, decoded, answered in the same codec."""
+        """A Connect unary handler: authenticated, decoded, answered in the same codec
+        (``headers``: the handler is given the request's headers too)."""
 
         async def serve(request: web.Request) -> web.Response:
             try:
@@ -131,7 +144,7 @@ class Api:
                     raise self._too_large(request.content_length)
                 body = await request.read()
                 decoded = _decode(kind, body, wire)
-                answer = await handler(decoded)
+                answer = await (handler(decoded, request.headers) if headers else handler(decoded))
             except web.HTTPRequestEntityTooLarge:
                 return _web(http_error_response(self._too_large(request.content_length)))
             except Exception as exc:
@@ -183,19 +196,22 @@ class Api:
     # --- DispatchService -------------------------------------------------------------
 
     async def dispatch(
-        self, request: dispatch_pb2.DispatchRequest
+        self,
+        request: options_pb2.DispatchRequest,
+        headers: Mapping[str, str],
     ) -> dispatch_pb2.DispatchResponse:
         if len(request.calls) > MAX_CALLS:
             raise InvalidArgument(
                 f"{len(request.calls)} calls in one Dispatch: at most {MAX_CALLS}"
             )
+        request_id = _request_id(headers, request)
         now = self.clock()
         calls = [self._new_call(index, call, now) for index, call in enumerate(request.calls)]
-        ids = await self.store.dispatch(calls, now=now) if calls else []
+        ids = await self.store.dispatch(calls, now=now, request=request_id) if calls else []
         self.engine.wake()
         return dispatch_pb2.DispatchResponse(dispatch_ids=ids)
 
-    def _new_call(self, index: int, call: call_pb2.Call, now: float) -> NewCall:
+    def _new_call(self, index: int, call: options_pb2.Call, now: float) -> NewCall:
         def invalid(reason: str) -> InvalidArgument:
             return InvalidArgument(f"call {index}: {reason}")
 
@@ -215,6 +231,9 @@ class Api:
                 raise invalid(f"expiration beyond {MAX_EXPIRATION:.0f} seconds (a year)")
             if seconds > 0:
                 expiration = seconds
+        key = call.dispatchlet_options.key
+        if key and (problem := key_problem(key)):
+            raise invalid(problem)
         return NewCall(
             function=call.function,
             endpoint=call.endpoint.rstrip("/"),
@@ -222,6 +241,7 @@ class Api:
             expires_at=now + expiration,
             version=call.version,
             correlation_id=call.correlation_id,
+            key=key,
         )
 
     # --- CallService -------------------------------------------------------------------
@@ -301,6 +321,8 @@ class Api:
         return calls_pb2.ListResponse(calls=[call_info(c) for c in page], next_page_token=token)
 
     async def cancel(self, request: calls_pb2.CancelRequest) -> calls_pb2.CancelResponse:
+        """End the call at once, with the first batch of its unfinished descendants
+        (``cancelled`` counts those); the others end in batches after the answer."""
         found = await self._found(request.dispatch_id)
         error = error_pb2.Error(type="Cancelled", message="the call was cancelled")
         result = call_pb2.CallResult(error=error).SerializeToString()
@@ -309,6 +331,7 @@ class Api:
         )
         if count:
             self.engine.changed(request.dispatch_id, found.root_id)
+            self.engine.end_descendants_soon()
         return calls_pb2.CancelResponse(cancelled=count)
 
 
@@ -398,6 +421,23 @@ def _lenient(path: str) -> str:
     client configured with a base URL ending in ``/`` sends it (dispatch-py does):
     answered there, not redirected, which would lose a POST's body."""
     return "/{_slashes:/*}" + path[1:]  # the rest is matched literally
+
+
+def _request_id(
+    headers: Mapping[str, str], request: options_pb2.DispatchRequest
+) -> RequestId | None:
+    """The Dispatch's request id (``Idempotency-Key``) with the digest of what it asks,
+    whichever the codec; None without one."""
+    given = headers.get(REQUEST_ID_HEADER)
+    if given is None:
+        return None
+    if not 0 < len(given) <= MAX_REQUEST_ID or not given.isascii() or not given.isprintable():
+        raise InvalidArgument(
+            f"invalid {REQUEST_ID_HEADER} header: expected 1 to {MAX_REQUEST_ID} printable "
+            "ASCII characters"
+        )
+    digest = hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
+    return RequestId(given, digest)
 
 
 def _decode(kind: type[M], body: bytes, wire: str) -> M:

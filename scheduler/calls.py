@@ -15,6 +15,7 @@ from ..core.endpoint_url import parse_endpoint_url
 from ..core.functions import FUNCTION_NAME
 from ..core.limits import MAX_POLL_CALLS, MAX_POLL_RESULTS
 from ..proto.dispatch.sdk.v1 import call_pb2
+from ..proto.dispatchlet.scheduler.v1 import options_pb2
 
 ENDPOINT_SCHEMES = ("http://", "https://", "arn:aws:lambda:")
 
@@ -31,7 +32,9 @@ __all__ = [
 ]
 
 
-def call_problem(call: call_pb2.Call, *, endpoint_required: bool = True) -> str | None:
+def call_problem(
+    call: call_pb2.Call | options_pb2.Call, *, endpoint_required: bool = True
+) -> str | None:
     """Why ``call`` (dispatched, or made by a Poll or a tail call, whose endpoint may be
     left empty for the caller's own) cannot be run, or None."""
     if not FUNCTION_NAME.fullmatch(call.function):

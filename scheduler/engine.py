@@ -19,7 +19,16 @@ claims, calls, applies each decision with one store call, and logs.
   which starting over would repeat): that is final. When a call ends, its unfinished
   children are cancelled.
 - Calls are run at least once: a lease that lapses (this process died) makes the call
-  claimable again, and an outcome is recorded only under the current lease.
+  claimable again, and an outcome is recorded only under the current lease; but not
+  forever: claims beyond ``max_attempts`` end the call, and so does an outcome that the
+  store fails to record ``MAX_UNSTORED`` times (an error that is not an outage).
+- Call trees are bounded: a Poll that would leave a call more than ``max_children``
+  unfinished children, or put more than ``max_descendants`` calls below its root, ends
+  the call with an error naming the bound. The unfinished descendants of a call that
+  ended are ended by the store in batches (the first with it, the others by a task of
+  this engine's), so that a large tree never holds the store for long.
+- Every time the engine gives the store comes from its ``clock`` (``clock.py``): the
+  wall clock's jumps do not move it, and on PostgreSQL it is the database's.
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ from .calls import (
     oversized_input,
     timestamp,
 )
+from .clock import Clock, SteadyClock
 from .concurrency import Limiter, destination
 from .lambda_caller import missing_support
 from .outcome import Outcome
@@ -61,12 +71,32 @@ from .rules import (
     TailCall,
     after_attempt,
     before_attempt,
+    beyond_bounds,
     cut_short,
+    not_stored,
 )
-from .settings import DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_MAX_INPUT_SIZE
-from .store import Call, ChildResult, Claimed, Lease, Store
+from .settings import (
+    DEFAULT_ATTEMPT_TIMEOUT,
+    DEFAULT_MAX_CHILDREN,
+    DEFAULT_MAX_DESCENDANTS,
+    DEFAULT_MAX_INPUT_SIZE,
+)
+from .store import (
+    Call,
+    ChildResult,
+    Claimed,
+    Lease,
+    Store,
+    TreeBounds,
+    TreeLimitExceeded,
+    unavailable,
+)
 
 logger = logging.getLogger("dispatchlet.scheduler")
+
+ENDING_INTERVAL = 1.0
+"""How often, in seconds, the engine looks for descendants left to end that it was not
+told of (left by another process, or by one that stopped)."""
 
 
 @dataclass
@@ -85,8 +115,14 @@ class Engine:
     """The largest input a Poll's call or a tail call may have, in bytes."""
     unsupported: Callable[[str], str | None] = missing_support
     """Why this process cannot call an endpoint (an ARN without boto3), or None."""
+    max_children: int | None = DEFAULT_MAX_CHILDREN
+    """The most unfinished children a call may have (None: no bound)."""
+    max_descendants: int | None = DEFAULT_MAX_DESCENDANTS
+    """The most calls below a root (None: no bound)."""
     limiter: Limiter = field(default_factory=Limiter)
-    clock: Callable[[], float] = time.time
+    clock: Clock = field(default_factory=SteadyClock)
+    """The time leases, readiness and expiry are decided by (``clock.py``): the wall
+    clock's jumps do not move it."""
     owner: str = field(default_factory=lambda: f"scheduler-{uuid.uuid4().hex[:12]}")
     rng: random.Random = field(default_factory=random.Random)
 
@@ -102,6 +138,7 @@ class Engine:
         self._roots: dict[str, str] = {}  # the root of each call this process runs
         self.reread: float | None = None
         """How often a waiter reads its call again anyway (``Store.watch``)."""
+        self._ending = asyncio.Event()  # descendants were left to end
         self.attempts: dict[str, int] = {}
         """Attempts made by this process, by outcome status name (for /metrics)."""
 
@@ -116,6 +153,30 @@ class Engine:
     def stop(self) -> None:
         self._stopping = True
         self._wake.set()
+        self._ending.set()
+
+    def end_descendants_soon(self) -> None:
+        """End the descendants that an ended call left (a cancel) now, in batches."""
+        self._ending.set()
+
+    async def _end_descendants(self) -> None:
+        """End, one batch a transaction, the unfinished descendants that ended calls
+        left, until none is left; then look again when told to, or now and then."""
+        while not self._stopping:
+            try:
+                done = await self.store.end_descendants(now=self.clock())
+            except Exception:
+                logger.exception("ending the descendants of ended calls failed; trying again")
+                done = 0
+            if done:
+                # Which trees they were in is not told: every waiter of a call that is
+                # not a root looks again.
+                self.changed(None, ALL_TREES)
+                await asyncio.sleep(0)  # what waits for the store goes between batches
+                continue
+            self._ending.clear()
+            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+                await asyncio.wait_for(self._ending.wait(), ENDING_INTERVAL)
 
     @contextlib.contextmanager
     def watching(self, dispatch_id: str) -> Iterator[Watch]:
@@ -136,17 +197,20 @@ class Engine:
                 _remove(self._tree_watchers, until.root, until.changed)
 
     def changed(self, dispatch_id: str | None, root_id: str | None = None) -> None:
-        """Wake whoever watches the call: it ended (``root_id`` given: its descendants
-        may have ended with it), or will be retried. None: any call may have changed."""
-        if dispatch_id is None:
-            for watchers in list(self._watchers.values()):
-                for event in watchers:
-                    event.set()
-            return
-        for event in self._watchers.get(dispatch_id, ()):
-            event.set()
-        if root_id is not None:
-            for event in self._tree_watchers.get(root_id, ()):
+        """Wake whoever watches the call: it ended, or will be retried; and with
+        ``root_id``, whoever watches a call of that tree (descendants of it may have
+        ended; ``ALL_TREES``: of any tree). Both None: any call may have changed."""
+        woken: list[list[asyncio.Event]] = []
+        if dispatch_id is None and root_id is None:
+            woken = list(self._watchers.values())
+        if dispatch_id is not None:
+            woken.append(self._watchers.get(dispatch_id, []))
+        if root_id == ALL_TREES:
+            woken.extend(self._tree_watchers.values())
+        elif root_id is not None:
+            woken.append(self._tree_watchers.get(root_id, []))
+        for events in woken:
+            for event in events:
                 event.set()
 
     def _changed(self, dispatch_id: str) -> None:
@@ -158,6 +222,7 @@ class Engine:
         lease_seconds = self.attempt_timeout + self.lease_margin
         self.store.subscribe(self.wake)
         self.reread = self.store.watch(self.changed)
+        ender = asyncio.create_task(self._end_descendants())
         while not self._stopping:
             free = self.concurrency - len(self._running)
             claimed: list[Claimed] = []
@@ -196,6 +261,7 @@ class Engine:
                 await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
         if self._running:
             await asyncio.wait(self._running)
+        await ender
 
     def _ran(self, dispatch_id: str, task: asyncio.Task[None]) -> None:
         self._roots.pop(dispatch_id, None)
@@ -246,7 +312,9 @@ class Engine:
             return
         verdict: Status | None = None
         try:
-            request = run_request(call, item.results, deadline=self.clock() + timeout)
+            request = run_request(
+                call, item.results, deadline=self.clock() + timeout, skew=self.clock.wall_skew()
+            )
             outcome = await self.caller.run(call.endpoint, request, timeout=timeout)
             verdict = outcome.status
             if outcome.response is not None:
@@ -303,15 +371,18 @@ class Engine:
     async def _recorded(
         self, call: Call, lease: Lease, outcome: Outcome, expired: bool, limits: Limits
     ) -> Outcome | None:
-        """Record ``outcome``, trying again while the store fails (a database restart)
-        and the lease holds; past that, the lease lapses and another attempt runs the
-        call again: at least once. What was recorded instead of the endpoint's answer
-        (an invalid Poll or tail call), if anything."""
+        """Record ``outcome``, trying again while the store is unavailable (a database
+        restart) and the lease holds; past that, the lease lapses and another attempt
+        runs the call again: at least once. Any other error of the store's is counted
+        (``_not_stored``). What was recorded instead of the endpoint's answer (an invalid
+        Poll or tail call), if anything."""
         delay = 0.1
         while True:
             try:
                 return await self._record(call, lease, outcome, expired=expired, limits=limits)
             except Exception as exc:
+                if not unavailable(exc):
+                    return await self._not_stored(call, lease, exc, limits)
                 if self.clock() + delay >= lease.expires_at or self._stopping:
                     logger.exception("recording the outcome of %s failed", call.dispatch_id)
                     return None
@@ -338,7 +409,37 @@ class Engine:
         decision = after_attempt(
             call, outcome, limits or self.limits, now, jitter=self.rng.random(), expired=expired
         )
-        await self._apply(lease, decision, now)
+        try:
+            await self._apply(lease, decision, now)
+        except TreeLimitExceeded as exc:
+            decision = beyond_bounds(exc)
+            await self._apply(lease, decision, now)
+        return decision.instead if isinstance(decision, Finish) else None
+
+    async def _not_stored(
+        self, call: Call, lease: Lease, error: Exception, limits: Limits
+    ) -> Outcome | None:
+        """The attempt's outcome could not be stored, by an error that trying again will
+        not mend (a value the database refuses, a fault of ours): counted in the store,
+        and the call runs again later, or ends after ``MAX_UNSTORED`` such failures. If
+        even that fails, the lease lapses, and the claims beyond ``max_attempts`` end the
+        call (``before_attempt``). What was recorded instead, if the call ended."""
+        logger.error(
+            "the outcome of %s could not be stored",
+            call.dispatch_id,
+            exc_info=(type(error), error, error.__traceback__),
+        )
+        reason = f"{type(error).__name__}: {error}"[:500]
+        try:
+            failures = await self.store.count_unstored(lease)
+            if failures is None:
+                return None  # its lease is no longer current
+            now = self.clock()
+            decision = not_stored(call, failures, reason, limits, now, jitter=self.rng.random())
+            await self._apply(lease, decision, now)
+        except Exception:
+            logger.exception("recording that %s could not be stored failed", call.dispatch_id)
+            return None
         return decision.instead if isinstance(decision, Finish) else None
 
     async def _apply(self, lease: Lease, decision: Decision, now: float) -> None:
@@ -361,6 +462,7 @@ class Engine:
                 max_results=decision.max_results,
                 until=decision.until,
                 now=now,
+                bounds=TreeBounds(self.max_children, self.max_descendants),
             )
             if decision.children:
                 self._wake.set()
@@ -374,6 +476,10 @@ class Engine:
     async def _end(self, lease: Lease, status: Status, result: bytes, now: float) -> None:
         if await self.store.finish(lease, status.value, result, now=now, orphans=ORPHANS):
             self._changed(lease.dispatch_id)
+
+
+ALL_TREES = "*"
+"""``Engine.changed``'s root for descendants ended in trees not named."""
 
 
 class Watch:
@@ -435,7 +541,10 @@ def attempt_summary(outcome: Outcome) -> tuple[Status, str, str]:
 
 
 def run_request(
-    call: Call, results: Sequence[ChildResult] = (), deadline: float | None = None
+    call: Call,
+    results: Sequence[ChildResult] = (),
+    deadline: float | None = None,
+    skew: float = 0.0,
 ) -> function_pb2.RunRequest:
     """The RunRequest of an attempt of ``call``: its input, or, resuming it after a Poll,
     a PollResult with its state and ``results``.
@@ -443,7 +552,8 @@ def run_request(
     Its expiration is the attempt's ``deadline`` when that comes before the call's: an
     endpoint refuses to start a run that expired, so a request that waited in a busy
     server's queue (or was sent by a process since killed) past the moment this process
-    gave up on it is not run beside the retry.
+    gave up on it is not run beside the retry. The endpoint compares it with its wall
+    clock: ``skew`` is what to add to the scheduler's times to put them on it.
     """
     request = function_pb2.RunRequest(
         function=call.function,
@@ -470,7 +580,7 @@ def run_request(
         request.input.CopyFrom(any_pb2.Any.FromString(call.input))
     request.creation_time.CopyFrom(timestamp(call.created_at))
     expires = call.expires_at if deadline is None else min(call.expires_at, deadline)
-    request.expiration_time.CopyFrom(timestamp(expires))
+    request.expiration_time.CopyFrom(timestamp(expires + skew))
     return request
 
 

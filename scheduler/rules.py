@@ -2,14 +2,19 @@
 what its attempt came to, the scheduler's limits and the time, to a ``Decision``.
 
 - ``before_attempt``: a claimed call that expired while it waited ends TIMEOUT (with its
-  last error, if it had one); otherwise it is run, for at most ``attempt_timeout`` and
-  never past its expiration.
+  last error, if it had one); one claimed more than ``max_attempts`` times in its run
+  (its attempts' leases lapsed with no outcome recorded: their process died, or failed
+  to record it) ends PERMANENT_ERROR; otherwise it is run, for at most
+  ``attempt_timeout`` and never past its expiration.
 - ``after_attempt``: an attempt cut short by the call's expiration ends the call TIMEOUT;
   a tail call hands the call over (``TailCall``) unless it is invalid; a Poll suspends it
   (``Suspend``) unless it is invalid; INCOMPATIBLE_STATE in answer to a resume starts
   the call over (``Restart``) up to ``max_restarts`` times, a ``StepMismatch`` excepted;
   a retryable status is retried after a backoff (or the endpoint's ``Retry-After``, if
   longer) until ``max_attempts`` or the expiration; anything else is final (``Finish``).
+- ``not_stored``: an outcome the store failed to record (not an outage) runs the call
+  again, up to ``MAX_UNSTORED`` times in its life, then ends it: a poison call never
+  loops. ``beyond_bounds``: a Poll that the tree's bounds refuse ends its call.
 
 The engine applies a decision with one store call and logs; these rules are where a
 change of policy goes.
@@ -33,7 +38,7 @@ from .calls import (
 from .outcome import Outcome
 from .retry import MAX_RESTARTS, RetryPolicy
 from .settings import DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_MAX_INPUT_SIZE
-from .store import Call, NewCall
+from .store import Call, NewCall, TreeLimitExceeded
 
 
 def supported(endpoint: str) -> str | None:
@@ -118,10 +123,24 @@ class Run:
 
 
 def before_attempt(call: Call, limits: Limits, now: float) -> Run | Finish:
-    """Whether a claimed call is run, and for how long: an expired one ends TIMEOUT."""
+    """Whether a claimed call is run, and for how long: an expired one ends TIMEOUT, one
+    whose earlier attempts used up ``max_attempts`` without recording an outcome ends."""
     if now >= call.expires_at:
         expired = Outcome(Status.TIMEOUT, error_type="DeadlineExceeded", message="the call expired")
         return Finish(Status.TIMEOUT, call.result or error_result(expired))
+    most = limits.policy.max_attempts
+    if call.attempts > most:
+        # An attempt that records its outcome never goes past max_attempts (the last is
+        # final): each one beyond lapsed, its process dead or unable to record it. At
+        # least once, yet not forever: as SQS's maxReceiveCount counts receives.
+        lapsed = Outcome(
+            Status.PERMANENT_ERROR,
+            error_type="AttemptsLapsed",
+            message=f"{call.attempts - 1} attempts started, at most {most} (--max-attempts): "
+            "the last ended with no outcome recorded (its scheduler stopped, or could not "
+            "store it)",
+        )
+        return Finish(lapsed.status, error_result(lapsed), instead=lapsed)
     return Run(min(limits.attempt_timeout, call.expires_at - now))
 
 
@@ -267,6 +286,55 @@ def invalid(error_type: str, problem: str) -> Finish:
     return Finish(outcome.status, error_result(outcome), instead=outcome)
 
 
+MAX_UNSTORED = 3
+"""How many times in its life a call's outcome may fail to be stored (an error of the
+store that is not the database being away, which retrying will not mend) before the
+call ends with that error: each time its attempt runs again."""
+
+
+def not_stored(
+    call: Call, failures: int, error: str, limits: Limits, now: float, *, jitter: float
+) -> Retry | Finish:
+    """What becomes of a call whose attempt's outcome could not be stored, for the
+    ``failures``-th time (``error`` says why): it runs again after a backoff, unless
+    that was the last time allowed (``MAX_UNSTORED``), its last attempt or past its
+    expiration: then it ends PERMANENT_ERROR with that error."""
+    times = "1 time" if failures == 1 else f"{failures} times"
+    if failures < MAX_UNSTORED and call.attempts < limits.policy.max_attempts:
+        ready_at = now + limits.policy.backoff(call.attempts, jitter)
+        if ready_at < call.expires_at:
+            again = Outcome(
+                Status.TEMPORARY_ERROR,
+                error_type="OutcomeNotStored",
+                message=f"its outcome could not be stored ({times} of at most "
+                f"{MAX_UNSTORED}): {error}",
+            )
+            return Retry(again.status, error_result(again), ready_at)
+    final = Outcome(
+        Status.PERMANENT_ERROR,
+        error_type="OutcomeNotStored",
+        message=f"its outcome could not be stored {times}: {error}",
+    )
+    return Finish(final.status, error_result(final), instead=final)
+
+
+def beyond_bounds(exceeded: TreeLimitExceeded) -> Finish:
+    """The end of a call whose Poll would take its tree beyond a bound, naming it."""
+    total = exceeded.count + exceeded.adding
+    if exceeded.bound == "children":
+        problem = (
+            f"a Poll of {exceeded.adding} calls would leave the call {total} unfinished "
+            f"children ({exceeded.count} already): at most {exceeded.limit} (--max-children)"
+        )
+    else:
+        problem = (
+            f"a Poll of {exceeded.adding} calls would make its call tree {total} calls below "
+            f"its root ({exceeded.count} already): at most {exceeded.limit} "
+            "(--max-descendants)"
+        )
+    return invalid("TreeLimitExceeded", problem)
+
+
 def error_result(outcome: Outcome) -> bytes:
     """A serialized CallResult carrying ``outcome``'s error."""
     error = error_pb2.Error(type=outcome.error_type, message=outcome.message)
@@ -282,6 +350,7 @@ ORPHANS = (
 )
 
 __all__ = [
+    "MAX_UNSTORED",
     "ORPHANS",
     "Decision",
     "Finish",
@@ -293,5 +362,7 @@ __all__ = [
     "TailCall",
     "after_attempt",
     "before_attempt",
+    "beyond_bounds",
     "cut_short",
+    "not_stored",
 ]

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from .api import Api
 from .callers import Callers
+from .clock import clock_for
 from .concurrency import Limiter
 from .engine import Engine
 from .http_caller import HttpCaller
@@ -55,6 +56,8 @@ async def serve(
     listened on, ``stopping`` how many attempts are in flight when the stop begins. With
     ``handle_signals=False`` the caller handles SIGINT and SIGTERM (and sets ``stop``)."""
     store = await open_store(settings.database)
+    # One time for leases, readiness and expiry: the database's when processes share it.
+    clock = await clock_for(store)
     caller = Callers(HttpCaller(settings.signing_key, insecure=settings.insecure))
     engine = Engine(
         store,
@@ -65,6 +68,9 @@ async def serve(
         lease_margin=min(30.0, settings.attempt_timeout),
         limiter=Limiter(cap=settings.max_per_destination),
         max_input_size=settings.max_input_size,
+        max_children=settings.max_children,
+        max_descendants=settings.max_descendants,
+        clock=clock,
     )
     api = Api(
         store,
@@ -110,4 +116,5 @@ async def serve(
             loop.remove_signal_handler(signum)
         await runner.cleanup()
         await caller.close()
+        await clock.close()
         await store.close()

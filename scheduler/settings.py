@@ -29,6 +29,13 @@ DEFAULT_GRACE_PERIOD = 10.0
 DEFAULT_MAX_INPUT_SIZE = DEFAULT_MAX_BODY_SIZE
 """The largest input a call may have, in bytes (its serialized ``Any``): an endpoint's
 own default limit on a request's body, which would refuse a larger one anyway."""
+DEFAULT_MAX_CHILDREN = 10_000
+"""The most unfinished children one call may have: a workflow's bound on its steps
+(``DEFAULT_MAX_WORKFLOW_STEPS``), ten full Polls, five times Temporal's 2,000 pending
+child workflows."""
+DEFAULT_MAX_DESCENDANTS = 100_000
+"""The most calls below one root, over its life: ten workflows at their bound on steps;
+a tree that forks without end stops there within seconds."""
 DEFAULT_DATABASE = "dispatchlet.db"
 """The SQLite file used when no database is named."""
 DATABASE_URL_ENV = "DISPATCHLET_DATABASE_URL"
@@ -61,6 +68,10 @@ class Settings:
     max_input_size: int = DEFAULT_MAX_INPUT_SIZE
     """The largest input of a call, in bytes: a larger one is refused at Dispatch, and a
     Poll or tail call that makes one ends its call (INVALID_RESPONSE)."""
+    max_children: int = DEFAULT_MAX_CHILDREN
+    """The most unfinished children of one call: a Poll beyond ends its call."""
+    max_descendants: int = DEFAULT_MAX_DESCENDANTS
+    """The most calls below one root: a Poll beyond ends its call."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **given: Any) -> Settings:

@@ -419,3 +419,78 @@ def test_incompatible_state_restarts_a_resumed_call(
     if isinstance(decision, (Finish, Retry)):
         assert decision.status is Status.INCOMPATIBLE_STATE
         assert error_of(decision.result)[0] == error_type
+
+
+# --- poison calls and tree bounds ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("attempts", "expected"),
+    [(1, Run), (5, Run), (6, Finish), (9, Finish)],
+    ids=["first", "last", "one-beyond", "far-beyond"],
+)
+def test_a_call_claimed_beyond_max_attempts_ends(attempts: int, expected: type) -> None:
+    """An attempt that records its outcome never goes beyond max_attempts (5): a claim
+    beyond follows attempts that lapsed with no outcome recorded."""
+    plan = before_attempt(stored(attempts=attempts, result=b"kept"), LIMITS, NOW)
+    assert isinstance(plan, expected)
+    if isinstance(plan, Finish):
+        assert plan.status is Status.PERMANENT_ERROR
+        assert error_of(plan.result) == (
+            "AttemptsLapsed",
+            f"{attempts - 1} attempts started, at most 5 (--max-attempts): the last ended "
+            "with no outcome recorded (its scheduler stopped, or could not store it)",
+        )
+
+
+@pytest.mark.parametrize(
+    ("failures", "attempts", "expires_in", "expected"),
+    [
+        (1, 1, 3600.0, Retry),
+        (rules.MAX_UNSTORED - 1, 2, 3600.0, Retry),
+        (rules.MAX_UNSTORED, 3, 3600.0, Finish),  # the last time allowed
+        (1, 5, 3600.0, Finish),  # its last attempt
+        (1, 1, 0.1, Finish),  # no time left for another
+    ],
+    ids=["first", "one-left", "used-up", "last-attempt", "expiring"],
+)
+def test_an_outcome_that_cannot_be_stored_runs_the_call_again_a_few_times(
+    failures: int, attempts: int, expires_in: float, expected: type
+) -> None:
+    call = stored(attempts=attempts, expires_at=NOW + expires_in)
+    decision = rules.not_stored(call, failures, "ValueError: out of range", LIMITS, NOW, jitter=0)
+    assert isinstance(decision, expected)
+    times = "1 time" if failures == 1 else f"{failures} times"
+    if isinstance(decision, Retry):
+        assert decision.status is Status.TEMPORARY_ERROR
+        assert decision.ready_at > NOW
+        assert error_of(decision.result) == (
+            "OutcomeNotStored",
+            f"its outcome could not be stored ({times} of at most {rules.MAX_UNSTORED}): "
+            "ValueError: out of range",
+        )
+    else:
+        assert isinstance(decision, Finish)
+        assert decision.status is Status.PERMANENT_ERROR
+        assert error_of(decision.result) == (
+            "OutcomeNotStored",
+            f"its outcome could not be stored {times}: ValueError: out of range",
+        )
+
+
+def test_a_poll_beyond_a_bound_of_its_tree_ends_the_call_naming_the_bound() -> None:
+    from dispatchlet.scheduler.store import TreeLimitExceeded
+
+    children = rules.beyond_bounds(TreeLimitExceeded("children", 10_000, 9_500, 1_000))
+    assert children.status is Status.INVALID_RESPONSE
+    assert error_of(children.result) == (
+        "TreeLimitExceeded",
+        "a Poll of 1000 calls would leave the call 10500 unfinished children (9500 "
+        "already): at most 10000 (--max-children)",
+    )
+    below = rules.beyond_bounds(TreeLimitExceeded("descendants", 100_000, 99_999, 2))
+    assert error_of(below.result) == (
+        "TreeLimitExceeded",
+        "a Poll of 2 calls would make its call tree 100001 calls below its root (99999 "
+        "already): at most 100000 (--max-descendants)",
+    )

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from dispatchlet.scheduler.store import Call, Lease, NewCall, State, Store, StoreError
+from dispatchlet.scheduler.store import END_BATCH, Call, Lease, NewCall, State, Store, StoreError
 from dispatchlet.scheduler.store.memory import IntegrityError, MemoryStore
 from dispatchlet.scheduler.store.sqlite import SCHEMA_VERSION, SQLiteStore
 from postgres_server import fresh_database
@@ -442,25 +442,58 @@ def test_sqlite_refuses_a_database_of_a_newer_version(tmp_path: Path) -> None:
 
 def test_sqlite_upgrades_a_database_of_the_previous_version(tmp_path: Path) -> None:
     path = tmp_path / "scheduler.db"
-    ids = with_store(lambda: SQLiteStore.open(path), two_dispatched)
-    db = sqlite3.connect(path)
-    db.execute("DROP INDEX calls_ready_root")  # as the previous version left it
-    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
-    db.commit()
-    db.close()
+    ids = ["old", "older"]
+    old_sqlite_database(path, 2, [(i, i, None) for i in ids])  # before calls_ready_root
     # Kept, and claimable under the new schema.
     assert with_store(lambda: SQLiteStore.open(path), claimed_ids) == ids
     db = sqlite3.connect(path)
     try:
         assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         names = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-        assert "calls_ready_root" in names
+        assert {"calls_ready_root", "calls_by_key", "calls_by_request"} <= names
     finally:
         db.close()
 
 
-async def two_dispatched(store: Store) -> list[str]:
-    return await store.dispatch([call("old"), call("older")], now=NOW)
+def old_sqlite_database(path: Path, version: int, calls: list[tuple[str, str, str | None]]) -> None:
+    """A SQLite database as ``version`` of its schema left it, holding ``calls`` (their
+    dispatch id, root id and parent id), ready."""
+    from dispatchlet.scheduler.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
+
+    db = sqlite3.connect(path)
+    try:
+        for migration in SQLITE_MIGRATIONS[:version]:
+            db.executescript(migration)
+        db.executemany(
+            "INSERT INTO calls (dispatch_id, root_id, parent_id, function, endpoint, input,"
+            " state, created_at, expires_at, ready_at)"
+            " VALUES (?, ?, ?, 'f', 'http://127.0.0.1:8000', x'', 'ready', ?, ?, ?)",
+            [(*ids, NOW, NOW + 3600, NOW) for ids in calls],
+        )
+        db.execute(f"PRAGMA user_version = {version:d}")
+        db.commit()
+    finally:
+        db.close()
+
+
+def old_postgres_database(url: str, version: int, calls: list[tuple[str, str, str | None]]) -> None:
+    """A PostgreSQL database as ``version`` of its schema left it, holding ``calls``."""
+    import psycopg
+    from dispatchlet.scheduler.store.postgres import MIGRATIONS as PG_MIGRATIONS
+
+    with psycopg.connect(url) as db:
+        for migration in PG_MIGRATIONS[:version]:
+            db.execute(migration.encode())
+        db.execute("CREATE TABLE dispatchlet_schema (version INTEGER NOT NULL)")
+        db.execute("INSERT INTO dispatchlet_schema VALUES (%s)", (version,))
+        with db.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO dispatchlet_calls (dispatch_id, root_id, parent_id, function,"
+                " endpoint, destination, input, state, created_at, expires_at, ready_at)"
+                " VALUES (%s, %s, %s, 'f', 'http://127.0.0.1:8000', 'http://127.0.0.1:8000',"
+                " '', 'ready', %s, %s, %s)",
+                [(*ids, NOW, NOW + 3600, NOW) for ids in calls],
+            )
 
 
 async def claimed_ids(store: Store) -> list[str]:
@@ -814,16 +847,8 @@ def test_postgres_upgrades_a_database_of_the_previous_version(postgres_server: s
     from dispatchlet.scheduler.store.postgres import PostgresStore
 
     url = fresh_database(postgres_server)
-
-    ids = with_store(lambda: PostgresStore.open(url), two_dispatched)
-    with psycopg.connect(url) as db:  # as version 1 left it
-        db.execute("DROP INDEX dispatchlet_calls_ready_root")
-        db.execute("DROP INDEX dispatchlet_calls_ready")
-        db.execute(
-            "CREATE INDEX dispatchlet_calls_ready ON dispatchlet_calls (ready_at) "
-            "WHERE state = 'ready'"
-        )
-        db.execute("UPDATE dispatchlet_schema SET version = 1")
+    ids = ["old", "older"]
+    old_postgres_database(url, 1, [(i, i, None) for i in ids])
 
     # Kept, and claimable under the new schema.
     assert with_store(lambda: PostgresStore.open(url), claimed_ids) == ids
@@ -879,6 +904,443 @@ def test_postgres_says_which_server_it_cannot_reach() -> None:
     with pytest.raises(StoreError, match="cannot connect to") as caught:
         run(PostgresStore.open(url, timeout=2))
     assert "secret" not in str(caught.value)
+
+
+# --- idempotent dispatch: request ids and call keys -------------------------------------
+
+from dispatchlet.scheduler.store import RequestConflict, RequestId  # noqa: E402
+
+
+def request(name: str, digest: bytes = b"d1") -> RequestId:
+    return RequestId(name, digest)
+
+
+async def stored(store: Store) -> list[Call]:
+    return await store.list(limit=1000)
+
+
+def test_a_repeated_request_id_gets_the_first_ids_and_stores_nothing(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        calls = [call("a"), call("b")]
+        first = await store.dispatch(calls, now=NOW, request=request("r1"))
+        again = await store.dispatch(calls, now=NOW + 1, request=request("r1"))
+        assert again == first
+        assert [c.dispatch_id for c in await stored(store)] == first
+        # Another request id is another request.
+        other = await store.dispatch(calls, now=NOW + 2, request=request("r2"))
+        assert set(other).isdisjoint(first)
+        assert len(await stored(store)) == 4
+
+    with_store(open_store, body)
+
+
+def test_a_request_id_used_for_another_request_is_refused(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        (first,) = await store.dispatch([call("a")], now=NOW, request=request("r1", b"one"))
+        with pytest.raises(RequestConflict, match="'r1' was used for another Dispatch"):
+            await store.dispatch([call("b")], now=NOW + 1, request=request("r1", b"two"))
+        assert [c.dispatch_id for c in await stored(store)] == [first]
+
+    with_store(open_store, body)
+
+
+def test_a_known_key_gets_its_calls_id_and_stores_nothing(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        (first,) = await store.dispatch([call("a", key="order-17")], now=NOW)
+        # Keys are the scheduler's, whatever the request, the function or the input.
+        again = await store.dispatch(
+            [call("b"), call("a", key="order-17", input=b"other")], now=NOW + 1
+        )
+        assert again[1] == first
+        assert again[0] != first
+        assert len(await stored(store)) == 2
+        # Within one request: the second call with a key gets the first's id.
+        ids = await store.dispatch(
+            [call("c", key="k2"), call("d"), call("c", key="k2"), call("e", key="order-17")],
+            now=NOW + 2,
+        )
+        assert ids[2] == ids[0]
+        assert ids[3] == first
+        assert len(set(ids)) == 3
+        assert len(await stored(store)) == 4
+
+    with_store(open_store, body)
+
+
+def test_a_dispatch_that_fails_keeps_no_request_id_and_no_key(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        refused = [call("a", key="k1"), call("b", parent_id="no-such-call")]
+        with pytest.raises(INTEGRITY_ERRORS[open_store.kind]()):
+            await store.dispatch(refused, now=NOW, request=request("r1"))
+        assert await stored(store) == []
+        (first,) = await store.dispatch([call("a", key="k1")], now=NOW, request=request("r1"))
+        assert [c.dispatch_id for c in await stored(store)] == [first]
+
+    with_store(open_store, body)
+
+
+def test_request_ids_and_keys_survive_a_restart(open_store: Any) -> None:
+    async def first(store: Store) -> list[str]:
+        ids = await store.dispatch([call("a", key="k1")], now=NOW, request=request("r1"))
+        return ids + await store.dispatch([call("b", key="k2")], now=NOW)
+
+    async def again(store: Store) -> list[str]:
+        ids = await store.dispatch([call("a", key="k1")], now=NOW, request=request("r1"))
+        return ids + await store.dispatch([call("b", key="k2")], now=NOW)
+
+    assert with_store(open_store, first) == with_store(open_store, again)
+
+
+DURABLE_ONLY["memory"].add("test_request_ids_and_keys_survive_a_restart")
+
+
+def test_postgres_concurrent_duplicates_make_one_set_of_calls(postgres_server: str) -> None:
+    """Processes that receive the same request (a client's retry racing its first try)
+    or calls with the same key at once: one set of calls, every answer the same ids."""
+    from dispatchlet.scheduler.store.postgres import PostgresStore
+
+    url = fresh_database(postgres_server)
+    rounds = 20
+
+    async def race() -> tuple[list[list[list[str]]], int]:
+        stores = await asyncio.gather(*(PostgresStore.open(url) for _ in range(2)))
+        try:
+            answers = []
+            for n in range(rounds):
+                same_request = [call("a"), call("b", key=f"shared-{n}")]
+                answers.append(
+                    await asyncio.gather(
+                        *(
+                            s.dispatch(same_request, now=NOW, request=request(f"r{n}"))
+                            for s in stores * 2
+                        ),
+                        # Other requests that share the key.
+                        *(s.dispatch([call("c", key=f"shared-{n}")], now=NOW) for s in stores),
+                    )
+                )
+            return answers, len(await stores[0].list(limit=1000))
+        finally:
+            for store in stores:
+                await store.close()
+
+    answers, count = run(race())
+    for n, answer in enumerate(answers):
+        same, keyed = answer[:4], answer[4:]
+        assert all(ids == same[0] for ids in same), (n, answer)
+        assert all(ids == [same[0][1]] for ids in keyed), (n, answer)
+    assert count == 2 * rounds
+
+
+# --- call trees: correlation ids, bounds, descendants ended in batches, poison calls ---
+
+UINT64_EDGES = [0, 2**63 - 1, 2**63, 2**64 - 1]
+
+
+def test_correlation_ids_keep_all_64_bits(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        ids = await store.dispatch(
+            [call(f"f{n}", correlation_id=c) for n, c in enumerate(UINT64_EDGES)], now=NOW
+        )
+        got = [await store.get(i) for i in ids]
+        assert [c.correlation_id if c else None for c in got] == UINT64_EDGES
+        listed = await store.list(limit=10)
+        assert [c.correlation_id for c in listed] == UINT64_EDGES
+        # A Poll's children, and the results their parent is resumed with.
+        claimed = await store.claim(owner="s", now=NOW, limit=10, lease_seconds=LEASE)
+        assert [c.call.correlation_id for c in claimed] == UINT64_EDGES
+        kids = await store.suspend(
+            claimed[0].lease,
+            POLL,
+            [call("child", correlation_id=c) for c in UINT64_EDGES],
+            min_results=4,
+            max_results=4,
+            until=NOW + 1000,
+            now=NOW,
+        )
+        assert kids is not None
+        children = await store.claim(owner="s", now=NOW + 1, limit=10, lease_seconds=LEASE)
+        assert [c.call.correlation_id for c in children] == UINT64_EDGES
+        for child in children:
+            assert await store.finish(child.lease, OK, b"r", now=NOW + 2)
+        (woken,) = await store.claim(owner="s", now=NOW + 3, limit=10, lease_seconds=LEASE)
+        assert woken.call.dispatch_id == ids[0]
+        assert sorted(r.correlation_id for r in woken.results) == UINT64_EDGES
+
+    with_store(open_store, body)
+
+
+def test_a_poll_beyond_the_bounds_of_its_tree_is_refused_whole(open_store: Any) -> None:
+    from dispatchlet.scheduler.store import TreeBounds, TreeLimitExceeded
+
+    bounds = TreeBounds(max_children=4, max_descendants=6)
+
+    async def body(store: Store) -> None:
+        (root,) = await store.dispatch([call("root")], now=NOW)
+        (claimed,) = await store.claim(owner="s", now=NOW, limit=1, lease_seconds=LEASE)
+
+        async def poll(lease: Lease, width: int) -> list[str] | None:
+            kids = [call("kid")] * width
+            return await store.suspend(
+                lease,
+                POLL,
+                kids,
+                min_results=1,
+                max_results=1,
+                until=NOW + 9,
+                now=NOW,
+                bounds=bounds,
+            )
+
+        with pytest.raises(TreeLimitExceeded) as refused:
+            await poll(claimed.lease, 5)
+        assert (refused.value.bound, refused.value.limit) == ("children", 4)
+        assert (refused.value.count, refused.value.adding) == (0, 5)
+        # Nothing changed: the call still runs under its lease, with no children.
+        assert [c.dispatch_id for c in await store.list(root_id=root)] == [root]
+        kids = await poll(claimed.lease, 4)
+        assert kids is not None
+        # Below the root: 4 of 6. A child polling 3 would make 7.
+        leases = {
+            c.call.dispatch_id: c.lease
+            for c in await store.claim(owner="s", now=NOW, limit=10, lease_seconds=LEASE)
+        }
+        with pytest.raises(TreeLimitExceeded) as refused:
+            await poll(leases[kids[0]], 3)
+        assert (refused.value.bound, refused.value.limit) == ("descendants", 6)
+        assert (refused.value.count, refused.value.adding) == (4, 3)
+        assert await poll(leases[kids[0]], 2) is not None
+        # The count is of every call below the root, finished or not.
+        assert await store.finish(leases[kids[1]], OK, b"", now=NOW)
+        with pytest.raises(TreeLimitExceeded):
+            await poll(leases[kids[2]], 1)
+        # Without bounds, a Poll is not counted against any.
+        assert (
+            await store.suspend(
+                leases[kids[2]],
+                POLL,
+                [call("kid")] * 7,
+                min_results=1,
+                max_results=1,
+                until=NOW + 9,
+                now=NOW,
+            )
+            is not None
+        )
+
+    with_store(open_store, body)
+
+
+async def a_tree(store: Store, widths: list[int]) -> tuple[str, list[str]]:
+    """A root call, its ``widths[0]`` children, each with ``widths[1]`` children, ...:
+    the root and its descendants, all ready."""
+    (root,) = await store.dispatch([call("root")], now=NOW)
+    level, below = [root], []
+    for width in widths:
+        made = []
+        for parent in level:
+            kids = [call("node", parent_id=parent, root_id=root)] * width
+            made += await store.dispatch(kids, now=NOW)
+        below += made
+        level = made
+    return root, below
+
+
+async def unfinished(store: Store, root: str) -> int:
+    calls = await store.list(root_id=root, limit=100_000)
+    return sum(1 for c in calls if not c.done)
+
+
+async def end_all_left(store: Store, now: float) -> int:
+    """``end_descendants`` until it has nothing left to do; how many batches it took."""
+    batches = 0
+    while await store.end_descendants(now=now, limit=END_BATCH):
+        batches += 1
+        assert batches < 100, "the descendants never all ended"
+    return batches
+
+
+def test_a_cancelled_tree_ends_in_batches(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        root, below = await a_tree(store, [30, 40])  # 1,230 descendants
+        (other,) = await store.dispatch([call("other")], now=NOW)
+        leased = await store.claim(owner="s", now=NOW, limit=1000, lease_seconds=LEASE)
+        # The call and the first batch of its descendants, in one short transaction.
+        ended = await store.cancel(root, PERMANENT_ERROR, b"cancelled", now=NOW + 1)
+        assert ended == 1 + END_BATCH
+        found = await store.get(root)
+        assert found is not None
+        assert (found.state, found.result) == (State.DONE, b"cancelled")
+        assert await unfinished(store, root) == len(below) - END_BATCH
+        # The rest, a batch at a time; other calls are untouched.
+        left = len(below) - END_BATCH
+        while left:
+            assert await store.end_descendants(now=NOW + 2, limit=END_BATCH)
+            now_left = await unfinished(store, root)
+            assert left - END_BATCH <= now_left < left
+            left = now_left
+        assert await end_all_left(store, NOW + 2) == 0
+        for dispatch_id in below:
+            done = await store.get(dispatch_id)
+            assert done is not None
+            assert (done.state, done.status, done.result) == (
+                State.DONE,
+                PERMANENT_ERROR,
+                b"cancelled",
+            )
+        untouched = await store.get(other)
+        assert untouched is not None
+        assert not untouched.done
+        # A lease taken before the cancel is fenced off, even one ended by a later batch.
+        for claimed in leased:
+            if claimed.call.root_id == root:
+                assert not await store.finish(claimed.lease, OK, b"late", now=NOW + 3)
+
+    with_store(open_store, body)
+
+
+def test_a_finished_call_ends_a_large_tree_in_batches(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        (root,) = await store.dispatch([call("root")], now=NOW)
+        (claimed,) = await store.claim(owner="s", now=NOW, limit=1, lease_seconds=LEASE)
+        kids = await store.dispatch(
+            [call("kid", parent_id=root, root_id=root)] * (END_BATCH + 100), now=NOW
+        )
+        grandkids = await store.dispatch(
+            [call("grandkid", parent_id=kids[-1], root_id=root)] * 3, now=NOW
+        )
+        assert await store.finish(claimed.lease, OK, b"done", now=NOW + 1, orphans=ORPHANS)
+        assert await unfinished(store, root) == len(kids) + len(grandkids) - END_BATCH
+        assert await end_all_left(store, NOW + 2) >= 1
+        for dispatch_id in kids + grandkids:
+            orphan = await store.get(dispatch_id)
+            assert orphan is not None
+            assert (orphan.state, orphan.status, orphan.result) == (
+                State.DONE,
+                PERMANENT_ERROR,
+                b"orphaned",
+            )
+
+    with_store(open_store, body)
+
+
+def test_a_restart_ends_the_children_it_set_aside_not_those_of_the_next_run(
+    open_store: Any,
+) -> None:
+    async def body(store: Store) -> None:
+        parent, kids = await suspended(store, END_BATCH + 50, min_results=1, max_results=1)
+        leased = await store.claim(owner="s", now=NOW + 1, limit=1000, lease_seconds=LEASE)
+        leases = {c.call.dispatch_id: c.lease for c in leased}
+        assert await store.finish(leases[kids[0]], OK, b"r", now=NOW + 2)
+        (resumed,) = await store.claim(owner="s", now=NOW + 3, limit=10, lease_seconds=LEASE)
+        assert resumed.call.dispatch_id == parent
+        assert await store.restart(resumed.lease, now=NOW + 4, orphans=ORPHANS)
+        assert await unfinished(store, parent) == 1 + len(kids) - 1 - END_BATCH
+        # The run from its input polls again before the rest of the old children end.
+        (again,) = await store.claim(owner="s", now=NOW + 5, limit=10, lease_seconds=LEASE)
+        assert again.call.dispatch_id == parent
+        new = await store.suspend(
+            again.lease,
+            POLL,
+            [call("new")] * 2,
+            min_results=1,
+            max_results=1,
+            until=NOW + 100,
+            now=NOW + 6,
+        )
+        assert new is not None
+        assert await end_all_left(store, NOW + 7) >= 1
+        for dispatch_id in kids[1:]:
+            old = await store.get(dispatch_id)
+            assert old is not None
+            assert (old.state, old.result) == (State.DONE, b"orphaned")
+        for dispatch_id in new:
+            kept = await store.get(dispatch_id)
+            assert kept is not None
+            assert kept.state is State.READY
+
+    with_store(open_store, body)
+
+
+def test_descendants_left_to_end_are_ended_after_the_store_reopens(open_store: Any) -> None:
+    if open_store.kind == "memory":
+        pytest.skip("the memory store keeps nothing across a restart")
+
+    async def cancel(store: Store) -> tuple[str, list[str]]:
+        root, below = await a_tree(store, [2, END_BATCH])
+        assert await store.cancel(root, PERMANENT_ERROR, b"cancelled", now=NOW) == 1 + END_BATCH
+        return root, below
+
+    root, below = with_store(open_store, cancel)  # and the process stops
+
+    async def resume(store: Store) -> None:
+        assert await unfinished(store, root) == len(below) - END_BATCH
+        assert await end_all_left(store, NOW + 1) >= 1
+        assert await unfinished(store, root) == 0
+
+    with_store(open_store, resume)
+
+
+def test_an_outcome_that_cannot_be_stored_is_counted_under_the_current_lease(
+    open_store: Any,
+) -> None:
+    async def body(store: Store) -> None:
+        await store.dispatch([call()], now=NOW)
+        (first,) = await store.claim(owner="s", now=NOW, limit=1, lease_seconds=LEASE)
+        assert await store.count_unstored(first.lease) == 1
+        assert await store.count_unstored(first.lease) == 2
+        assert await store.retry(first.lease, TIMEOUT, b"", ready_at=NOW + 1, now=NOW)
+        assert await store.count_unstored(first.lease) is None  # stale
+        (second,) = await store.claim(owner="s", now=NOW + 1, limit=1, lease_seconds=LEASE)
+        assert await store.count_unstored(second.lease) == 3  # over the call's life
+
+    with_store(open_store, body)
+
+
+def _tree_rows() -> list[tuple[str, str, str | None]]:
+    return [("root", "root", None), ("a", "root", "root"), ("b", "root", "a"), ("c", "root", "a")]
+
+
+def _before_tree_counts(migrations: tuple[str, ...]) -> int:
+    """The schema version before the one that counts each root's descendants."""
+    return next(n for n, m in enumerate(migrations) if "dispatchlet_endings" in m)
+
+
+async def _counted_on_upgrade(store: Store) -> None:
+    """The tree ``_tree_rows`` made before the count existed (3 calls below its root)
+    counts against the bound: 3 + 2 > 4."""
+    from dispatchlet.scheduler.store import TreeBounds, TreeLimitExceeded
+
+    leased = await store.claim(owner="s", now=NOW, limit=10, lease_seconds=LEASE)
+    lease = next(c.lease for c in leased if c.call.dispatch_id == "b")
+    with pytest.raises(TreeLimitExceeded) as refused:
+        await store.suspend(
+            lease,
+            POLL,
+            [call("kid")] * 2,
+            min_results=1,
+            max_results=1,
+            until=NOW + 9,
+            now=NOW,
+            bounds=TreeBounds(max_descendants=4),
+        )
+    assert refused.value.count == 3
+
+
+def test_sqlite_counts_the_trees_it_upgrades(tmp_path: Path) -> None:
+    from dispatchlet.scheduler.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
+
+    path = tmp_path / "scheduler.db"
+    old_sqlite_database(path, _before_tree_counts(SQLITE_MIGRATIONS), _tree_rows())
+    with_store(lambda: SQLiteStore.open(path), _counted_on_upgrade)
+
+
+def test_postgres_counts_the_trees_it_upgrades(postgres_server: str) -> None:
+    from dispatchlet.scheduler.store.postgres import MIGRATIONS as PG_MIGRATIONS
+    from dispatchlet.scheduler.store.postgres import PostgresStore
+
+    url = fresh_database(postgres_server)
+    old_postgres_database(url, _before_tree_counts(PG_MIGRATIONS), _tree_rows())
+    with_store(lambda: PostgresStore.open(url), _counted_on_upgrade)
 
 
 # --- claims among destinations that are full ---------------------------------------------
@@ -951,8 +1413,9 @@ def test_postgres_tells_every_process_of_ends_retries_and_cancels(postgres_serve
             news.set()
 
         async def next_change() -> tuple[str | None, str | None]:
-            await asyncio.wait_for(news.wait(), 30)
-            news.clear()
+            while not told:
+                await asyncio.wait_for(news.wait(), 30)
+                news.clear()
             return told.pop(0)
 
         try:
@@ -971,9 +1434,12 @@ def test_postgres_tells_every_process_of_ends_retries_and_cancels(postgres_serve
             # A stale lease changes nothing and tells no one.
             assert not await writer.retry(leases[ended], 7, b"e", ready_at=NOW + 1, now=NOW)
             assert not await writer.finish(leases[cancelled], 1, b"", now=NOW)
-            (marker,) = await writer.dispatch([call()], now=NOW)
-            await writer.cancel(marker, 4, b"", now=NOW)
-            assert await next_change() == (marker, marker)
+            # A cancel that ends descendants tells their tree too.
+            (parent,) = await writer.dispatch([call()], now=NOW)
+            await writer.dispatch([call(parent_id=parent, root_id=parent)], now=NOW)
+            assert await writer.cancel(parent, 4, b"", now=NOW) == 2
+            assert await next_change() == (parent, parent)
+            assert await next_change() == (None, parent)
             return told
         finally:
             await writer.close()

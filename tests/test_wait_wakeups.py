@@ -25,7 +25,7 @@ from dispatchlet.scheduler.api import Api
 from dispatchlet.scheduler.engine import Engine
 from dispatchlet.scheduler.http_caller import Outcome
 from dispatchlet.scheduler.settings import Settings
-from dispatchlet.scheduler.store import Call, NewCall
+from dispatchlet.scheduler.store import END_BATCH, Call, NewCall
 from dispatchlet.scheduler.store.memory import MemoryStore
 
 BOUND = 60.0  # how long anything may take before the test fails, whatever the load
@@ -157,6 +157,31 @@ def test_a_cancel_through_the_api_wakes_the_waiters_of_the_call_and_its_children
             for answer in answers:
                 assert answer.call.done, answer
                 assert answer.call.error.type == "Cancelled"
+
+    asyncio.run(scenario())
+
+
+def test_descendants_ended_in_later_batches_wake_their_waiters() -> None:
+    children = END_BATCH + 100  # more than a cancel ends at once
+
+    async def scenario() -> None:
+        store = await CountingStore.open()
+        async with scheduler(store) as (engine, _, api):
+            now = time.time()
+            (root,) = await store.dispatch(
+                [NewCall("gated", "http://endpoint.test", b"", now + 3600)], now=now
+            )
+            below = NewCall(
+                "gated", "http://endpoint.test", b"", now + 3600, parent_id=root, root_id=root
+            )
+            ids = await store.dispatch([below] * children, now=now)
+            waits = [asyncio.create_task(api.wait(wait_request(i))) for i in ids]
+            await until(lambda: waiting(engine) == children, "every Wait watching")
+            cancelled = await api.cancel(calls_pb2.CancelRequest(dispatch_id=root))
+            assert cancelled.cancelled < children + 1  # the rest end after the answer
+            answers = await asyncio.wait_for(asyncio.gather(*waits), BOUND)
+            assert all(answer.call.done for answer in answers)
+            assert {answer.call.error.type for answer in answers} == {"Cancelled"}
 
     asyncio.run(scenario())
 

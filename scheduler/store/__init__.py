@@ -12,11 +12,22 @@ A call moves through these states:
   results not delivered yet (at most ``max_results``), which count as delivered once
   that attempt's outcome is recorded;
 - ``done``: final, with its status and result. When a call ends, its unfinished
-  descendants end too.
+  descendants end too: the first ``END_BATCH`` with it, the rest in batches of that
+  size (``end_descendants``), so that no transaction holds the store for long; which
+  calls still have descendants to end is kept in the database, so that the next
+  process ends them if this one stops.
 
 A lease that expires (its scheduler died) makes the call claimable again: calls run at
 least once, never zero times. Every method is one transaction; ``dispatch`` commits all
 its calls or none.
+
+Dispatch is idempotent (``idempotency.py``): each store keeps, beside its calls, the
+request ids of the Dispatches that carried one (with their dispatch ids) and the
+idempotency keys of the calls that have one. They are kept as long as the calls they
+name: a retention that deletes calls must delete, in the same transaction, their keys
+(the PostgreSQL and SQLite tables cascade them with the call) and every request row
+that names one of them, so that no request id or key outlives its calls and none is
+dropped while they are kept.
 """
 
 from __future__ import annotations
@@ -55,6 +66,27 @@ class NewCall:
     parent_id: str | None = None
     root_id: str | None = None
     """The root of the tree; None for a root call (its own id)."""
+    key: str = ""
+    """The call's idempotency key (empty: none): while a call dispatched with it is
+    kept, another with the same key is not stored and gets that call's dispatch id."""
+
+
+@dataclass(frozen=True)
+class RequestId:
+    """A Dispatch request's idempotency key (``Idempotency-Key``) and a digest of what
+    it asked: a repeated request gets the first one's dispatch ids."""
+
+    id: str
+    digest: bytes
+
+
+class RequestConflict(DispatchletError):
+    """A request id used again for a request that asks something else: refused, since
+    the ids of the first one would answer a question the client did not ask (Connect
+    ``already_exists``: the id is bound to another request; Connect has no 422)."""
+
+    http_status = 409
+    code = "already_exists"
 
 
 @dataclass(frozen=True)
@@ -121,11 +153,54 @@ class Claimed:
     """For a resume: the children's results to deliver, in the order they finished."""
 
 
+END_BATCH = 500
+"""How many descendants of an ended call one transaction ends: each costs an update of
+their row and its indexes, so that a batch holds the store for tens of milliseconds,
+however large the tree."""
+
+
+@dataclass(frozen=True)
+class TreeBounds:
+    """How large a call tree may grow (None: unbounded)."""
+
+    max_children: int | None = None
+    """Unfinished children of one call."""
+    max_descendants: int | None = None
+    """Calls below one root, finished or not."""
+
+
+NO_BOUNDS = TreeBounds()
+
+
+class TreeLimitExceeded(DispatchletError):
+    """A Poll's calls would take the call's tree beyond one of its ``TreeBounds``."""
+
+    def __init__(self, bound: str, limit: int, count: int, adding: int) -> None:
+        super().__init__(f"{count} {bound} and {adding} more: at most {limit}")
+        self.bound = bound
+        """``"children"`` (unfinished children of the call) or ``"descendants"`` (calls
+        below its root)."""
+        self.limit = limit
+        self.count = count
+        """How many there are."""
+        self.adding = adding
+        """How many the Poll would add."""
+
+
 class Store(Protocol):
     """What the scheduler needs of its storage; each method is one transaction."""
 
-    async def dispatch(self, calls: Sequence[NewCall], *, now: float) -> list[str]:
-        """Store ``calls``, ready now; their dispatch ids in order. All or none."""
+    async def dispatch(
+        self, calls: Sequence[NewCall], *, now: float, request: RequestId | None = None
+    ) -> list[str]:
+        """Store ``calls``, ready now; their dispatch ids in order. All or none.
+
+        Idempotent: with ``request``, a request id seen before is answered with the ids
+        the first request got, storing nothing (``RequestConflict`` when its digest
+        differs); a call whose ``key`` a stored call has, or an earlier call of the same
+        request, is not stored and gets that call's id. Request ids and keys are stored
+        in the same transaction as the calls, and a concurrent duplicate (another
+        process) still ends with one set of calls (unique constraints)."""
 
     async def claim(
         self,
@@ -153,7 +228,8 @@ class Store(Protocol):
     def watch(self, changed: Callable[[str | None, str | None], None]) -> float | None:
         """Call ``changed(dispatch_id, root_id)`` when another process ends a call (root
         given: its unfinished descendants may have ended too) or records a retry of it
-        (no root), and ``changed(None, None)`` when any call may have changed unseen (a
+        (no root), ``changed(None, root_id)`` when it ends descendants in the tree of
+        ``root_id``, and ``changed(None, None)`` when any call may have changed unseen (a
         lost connection). How often a waiter should read its call again all the same, in
         seconds, or None when it is told every change (a store only one process uses
         tells none: that process wakes its own waiters)."""
@@ -187,11 +263,13 @@ class Store(Protocol):
         max_results: int,
         until: float,
         now: float,
+        bounds: TreeBounds = NO_BOUNDS,
     ) -> list[str] | None:
         """Store ``children`` under the call and make it wait for them (``poll``: the
         serialized Poll without its calls); their ids, or None for a stale lease. The
         run succeeded: the call's ``attempts`` count starts again, so that the retries
-        of each resume have the whole ``max_attempts`` (a workflow may have many steps)."""
+        of each resume have the whole ``max_attempts`` (a workflow may have many steps).
+        Children beyond ``bounds`` raise ``TreeLimitExceeded`` and change nothing."""
 
     async def restart(self, lease: Lease, *, now: float, orphans: tuple[int, bytes]) -> bool:
         """Run the call again from its input, its poll state dropped and its unfinished
@@ -232,7 +310,19 @@ class Store(Protocol):
 
     async def cancel(self, dispatch_id: str, status: int, result: bytes, *, now: float) -> int:
         """End the call and its unfinished descendants with ``status`` and ``result``;
-        how many were ended (0: unknown or already done)."""
+        how many were ended now (0: unknown or already done): the call and at most
+        ``END_BATCH`` descendants, the others left to ``end_descendants``."""
+
+    async def end_descendants(self, *, now: float, limit: int = END_BATCH) -> int:
+        """End about ``limit`` more of the unfinished descendants that calls which ended
+        (or restarted) left, each with what its ancestor ended them with; how much was
+        done (calls ended, and ended calls found to have none left), 0 once nothing is
+        left to end."""
+
+    async def count_unstored(self, lease: Lease) -> int | None:
+        """Count one more outcome of the call that could not be stored (an error of the
+        store that is not ``unavailable``); how many, in the call's whole life, or None
+        for a stale lease."""
 
     async def close(self) -> None:
         """Release the store's resources."""
@@ -243,6 +333,17 @@ class Store(Protocol):
 
 class StoreError(DispatchletError):
     """The database cannot be used (written by a newer version, not a store)."""
+
+
+def stored_correlation_id(correlation_id: int) -> int:
+    """A uint64 correlation id as the signed 64-bit integer that holds the same bits
+    (what SQLite's INTEGER and PostgreSQL's BIGINT keep)."""
+    return correlation_id - (1 << 64) if correlation_id >= 1 << 63 else correlation_id
+
+
+def loaded_correlation_id(stored: int) -> int:
+    """A correlation id read back from the database: ``stored_correlation_id`` undone."""
+    return stored + (1 << 64) if stored < 0 else stored
 
 
 def unavailable(exc: BaseException) -> bool:
@@ -276,7 +377,7 @@ def call_from_row(row: Sequence[Any]) -> Call:
         endpoint=row[2],
         input=bytes(row[3]),
         version=row[4],
-        correlation_id=row[5],
+        correlation_id=loaded_correlation_id(row[5]),
         parent_id=row[6],
         root_id=row[7],
         state=State(row[8]),
@@ -292,22 +393,37 @@ def call_from_row(row: Sequence[Any]) -> Call:
     )
 
 
+def child_result_from_row(row: Sequence[Any]) -> ChildResult:
+    """A finished child's result from its ``(dispatch_id, correlation_id, status,
+    result)`` columns."""
+    return ChildResult(row[0], loaded_correlation_id(row[1]), row[2], bytes(row[3]))
+
+
 __all__ = [
+    "END_BATCH",
+    "NO_BOUNDS",
     "Call",
     "ChildResult",
     "Claimed",
     "Lease",
     "NewCall",
+    "RequestConflict",
+    "RequestId",
     "State",
     "Store",
     "StoreError",
+    "TreeBounds",
+    "TreeLimitExceeded",
     "call_from_row",
+    "child_result_from_row",
     "children_of",
     "claim_candidates",
     "claim_window",
     "fitting",
     "in_turns",
+    "loaded_correlation_id",
     "needs_root_heads",
     "new_dispatch_id",
+    "stored_correlation_id",
     "unavailable",
 ]

@@ -9,6 +9,7 @@ event loop that calls it.
 from __future__ import annotations
 
 import builtins
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -16,19 +17,25 @@ from ...core.errors import DispatchletError
 from ...core.status import Status
 from ..calls import destination
 from . import (
+    END_BATCH,
+    NO_BOUNDS,
     Call,
     ChildResult,
     Claimed,
     Lease,
     NewCall,
+    RequestId,
     State,
     StoreError,
+    TreeBounds,
+    TreeLimitExceeded,
     children_of,
     claim_candidates,
     fitting,
     in_turns,
     new_dispatch_id,
 )
+from .idempotency import KeyedCalls, repeated
 
 
 class IntegrityError(ValueError, DispatchletError):
@@ -67,6 +74,8 @@ class _Row:
     poll_max: int = 0
     poll_until: float | None = None
     delivered: bool = False
+    unstored: int = 0
+    descendants: int = 0
     children: builtins.list[str] = field(default_factory=builtins.list)
 
     def call(self) -> Call:
@@ -114,6 +123,13 @@ class MemoryStore:
         """The calls not done: what a claim looks through."""
         self._seq = 0
         self._closed = False
+        self._requests: dict[str, tuple[bytes, str]] = {}
+        """Request ids: the digest of what each request asked, its dispatch ids."""
+        self._keys: dict[str, str] = {}
+        """Idempotency keys: the dispatch id of the call that has each."""
+        self._endings: dict[str, tuple[int, bytes, bool]] = {}
+        """The calls whose unfinished descendants are still to end: with what, and
+        whether only their children set aside (by a restart)."""
 
     @classmethod
     async def open(cls) -> MemoryStore:
@@ -121,9 +137,20 @@ class MemoryStore:
 
     # --- the contract ------------------------------------------------------------------
 
-    async def dispatch(self, calls: Sequence[NewCall], *, now: float) -> list[str]:
+    async def dispatch(
+        self, calls: Sequence[NewCall], *, now: float, request: RequestId | None = None
+    ) -> list[str]:
         self._check_open()
-        return self._insert(calls, now)
+        if request is not None and request.id in self._requests:
+            return repeated(request, *self._requests[request.id])
+        keyed = KeyedCalls(calls, self._keys)
+        stored = self._insert(keyed.fresh, now)
+        for row in keyed.new_keys(stored):
+            self._keys[row["key"]] = row["dispatch_id"]
+        ids = keyed.ids(stored)
+        if request is not None:
+            self._requests[request.id] = (request.digest, ",".join(ids))
+        return ids
 
     def subscribe(self, wake: Callable[[], None]) -> None:
         """One process has the store: its API wakes its engine itself."""
@@ -206,7 +233,7 @@ class MemoryStore:
             return False
         self._end(row, status, result, now)
         self._deliver(lease.delivered)
-        self._end_descendants(row, orphans, now)
+        self._end_descendants(row.dispatch_id, orphans, now)
         if row.parent_id is not None:
             self._wake(row.parent_id, now)
         return True
@@ -221,10 +248,12 @@ class MemoryStore:
         max_results: int,
         until: float,
         now: float,
+        bounds: TreeBounds = NO_BOUNDS,
     ) -> list[str] | None:
         row = self._leased(lease)
         if row is None:
             return None
+        self._check_bounds(row, len(children), bounds)
         ids = self._insert(children_of(row.dispatch_id, row.root_id, children), now)
         row.state = State.WAITING
         row.poll = poll
@@ -247,9 +276,10 @@ class MemoryStore:
         row.status = None
         row.restarts += 1
         row.unlease()
-        self._end_descendants(row, orphans, now)
-        # The old children's results belong to the run that was dropped.
+        # The old children's results belong to the run that was dropped; those
+        # unfinished end (not the children the run to come will make).
         self._deliver(row.children)
+        self._end_descendants(row.dispatch_id, orphans, now, set_aside_only=True)
         return True
 
     async def retry(
@@ -334,16 +364,25 @@ class MemoryStore:
     async def cancel(self, dispatch_id: str, status: int, result: bytes, *, now: float) -> int:
         self._check_open()
         row = self._rows.get(dispatch_id)
-        if row is None:
+        if row is None or row.state is State.DONE:
             return 0
-        ended = [member for member in self._tree(row) if member.state is not State.DONE]
-        for member in ended:
-            self._end(member, status, result, now)
-            # A lease still out is fenced off: its late answer is not recorded.
-            member.lease_token += 1
-        if ended and ended[0] is row and row.parent_id is not None:
+        self._end(row, status, result, now)
+        # A lease still out is fenced off: its late answer is not recorded.
+        row.lease_token += 1
+        if row.parent_id is not None:
             self._wake(row.parent_id, now)
-        return len(ended)
+        return 1 + self._end_descendants(dispatch_id, (status, result), now)
+
+    async def end_descendants(self, *, now: float, limit: int = END_BATCH) -> int:
+        self._check_open()
+        return self._end_batch(builtins.list(self._endings)[:limit], now, limit, settled=True)
+
+    async def count_unstored(self, lease: Lease) -> int | None:
+        row = self._leased(lease)
+        if row is None:
+            return None
+        row.unstored += 1
+        return row.unstored
 
     async def close(self) -> None:
         self._closed = True
@@ -401,20 +440,74 @@ class MemoryStore:
         row.unlease()
         self._unfinished.discard(row.dispatch_id)
 
-    def _tree(self, row: _Row) -> builtins.list[_Row]:
-        """``row`` and its descendants."""
-        tree, index = [row], 0
-        while index < len(tree):
-            tree.extend(self._rows[i] for i in tree[index].children)
-            index += 1
-        return tree
+    def _endable(self, dispatch_id: str, set_aside_only: bool) -> builtins.list[_Row]:
+        """The call's unfinished children (only those set aside, with
+        ``set_aside_only``)."""
+        return [
+            child
+            for child in (self._rows[i] for i in self._rows[dispatch_id].children)
+            if child.state is not State.DONE and (child.delivered or not set_aside_only)
+        ]
 
-    def _end_descendants(self, row: _Row, orphans: tuple[int, bytes], now: float) -> None:
-        status, result = orphans
-        for member in self._tree(row)[1:]:
-            if member.state is not State.DONE:
-                self._end(member, status, result, now)
-                member.lease_token += 1
+    def _queue_ending(
+        self, dispatch_id: str, orphans: tuple[int, bytes], set_aside_only: bool
+    ) -> bool:
+        """Queue the call's ending, if it has children to end; whether it did."""
+        if not self._endable(dispatch_id, set_aside_only):
+            return False
+        queued = self._endings.get(dispatch_id)
+        only = set_aside_only and (queued is None or queued[2])
+        self._endings[dispatch_id] = (*orphans, only)
+        return True
+
+    def _end_descendants(
+        self,
+        dispatch_id: str,
+        orphans: tuple[int, bytes],
+        now: float,
+        *,
+        set_aside_only: bool = False,
+    ) -> int:
+        """As the SQLite store does: the first ``END_BATCH`` now, the rest queued."""
+        if not self._queue_ending(dispatch_id, orphans, set_aside_only):
+            return 0
+        return self._end_batch([dispatch_id], now, END_BATCH, settled=False)
+
+    def _end_batch(
+        self, queued: builtins.list[str], now: float, limit: int, *, settled: bool
+    ) -> int:
+        done = 0
+        work = deque(queued)
+        while work and done < limit:
+            source = work.popleft()
+            status, result, set_aside_only = self._endings[source]
+            endable = self._endable(source, set_aside_only)
+            ended = endable[: limit - done]
+            for child in ended:
+                self._end(child, status, result, now)
+                child.lease_token += 1
+                if self._queue_ending(child.dispatch_id, (status, result), False):
+                    work.append(child.dispatch_id)
+            done += len(ended)
+            if len(ended) == len(endable):
+                del self._endings[source]
+                if settled:
+                    done += 1
+        return done
+
+    def _check_bounds(self, row: _Row, adding: int, bounds: TreeBounds) -> None:
+        """As the SQLite store does: children beyond ``bounds`` are refused."""
+        if not adding:
+            return
+        if bounds.max_children is not None:
+            pending = sum(1 for i in row.children if self._rows[i].state is not State.DONE)
+            if pending + adding > bounds.max_children:
+                raise TreeLimitExceeded("children", bounds.max_children, pending, adding)
+        root = self._rows[row.root_id]
+        most = bounds.max_descendants
+        if most is not None and root.descendants + adding > most:
+            raise TreeLimitExceeded("descendants", most, root.descendants, adding)
+        root.descendants += adding
 
     def _deliver(self, ids: Sequence[str]) -> None:
         for dispatch_id in ids:

@@ -22,8 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -34,23 +36,46 @@ from psycopg_pool import AsyncConnectionPool
 from ...core.status import Status
 from ..calls import destination
 from . import (
+    END_BATCH,
+    NO_BOUNDS,
     Call,
     ChildResult,
     Claimed,
     Lease,
     NewCall,
+    RequestId,
     State,
     StoreError,
+    TreeBounds,
+    TreeLimitExceeded,
     call_from_row,
+    child_result_from_row,
     children_of,
 )
 from .claims import claim_candidates, claim_window, fitting, in_turns, needs_root_heads
-from .statements import CHANGED, CHANNEL, PostgresStatements, fenced, rows_to_insert
+from .idempotency import (
+    CONFLICT_RETRIES,
+    IdempotencyStatements,
+    KeyedCalls,
+    keys_of,
+    repeated,
+    request_row,
+)
+from .statements import (
+    CHANGED,
+    CHANNEL,
+    POSTGRES,
+    UNBOUNDED,
+    PostgresStatements,
+    fenced,
+    rows_to_insert,
+)
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 SQL = PostgresStatements()
+IDEMPOTENCY = IdempotencyStatements(POSTGRES)
 # Advisory lock keys (one 64-bit number each): the migration, and capped claims.
 MIGRATION_LOCK = 0x64697370_61746368
 CLAIM_LOCK = 0x64697370_636C6169
@@ -62,6 +87,8 @@ WAIT_REREAD = 30.0
 """How often a Wait reads its call again without a notification: a listening connection
 that dies silently (no error until TCP gives up) misses notifications, and the waiter
 must not sleep through the end of its call for all that."""
+# How many times a transaction PostgreSQL aborted to break a deadlock is run.
+ABORTED_RETRIES = 5
 # Batches of finishes written at once; the finishes that arrive meanwhile wait for the
 # next batch.
 FINISH_FLUSHES = 1
@@ -139,15 +166,6 @@ def _claimable(row: Sequence[Any], now: float) -> bool:
 Connection = psycopg.AsyncConnection[Any]
 
 
-def _signed(correlation_id: int) -> int:
-    """A uint64 correlation id as the BIGINT that holds its bits."""
-    return correlation_id - (1 << 64) if correlation_id >= 1 << 63 else correlation_id
-
-
-def _unsigned(stored: int) -> int:
-    return stored + (1 << 64) if stored < 0 else stored
-
-
 class PostgresStore:
     """The ``Store`` contract on a PostgreSQL database, for several processes at once."""
 
@@ -198,8 +216,20 @@ class PostgresStore:
         return store
 
     async def _transaction(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
-        async with self._pool.connection() as connection, connection.transaction():
-            return await fn(connection)
+        """``fn`` in one transaction, run again when PostgreSQL broke a deadlock by
+        aborting it (two transactions locking rows of one call tree in opposite orders: a
+        root ending while one of its children polls) or found it could not serialize it:
+        such a transaction changed nothing, and running it again is what PostgreSQL asks."""
+        for attempt in range(1, ABORTED_RETRIES + 1):
+            try:
+                async with self._pool.connection() as connection, connection.transaction():
+                    return await fn(connection)
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                if attempt == ABORTED_RETRIES:
+                    raise
+                # Jitter, so that the two do not meet again in step.
+                await asyncio.sleep(random.uniform(0.001, 0.01) * attempt)  # noqa: S311
+        raise AssertionError("unreachable")
 
     async def _migrate(self, db: Connection) -> None:
         await db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
@@ -217,6 +247,17 @@ class PostgresStore:
             await db.execute("INSERT INTO dispatchlet_schema VALUES (%s)", (SCHEMA_VERSION,))
         else:
             await db.execute("UPDATE dispatchlet_schema SET version = %s", (SCHEMA_VERSION,))
+
+    async def database_time(self) -> float:
+        """The database server's clock, in seconds since the epoch: every scheduler process
+        on the database keeps its time by it (``clock.DatabaseClock``), whatever its own
+        wall clock says."""
+        async with self._pool.connection() as connection:
+            cursor = await connection.execute("SELECT extract(epoch FROM clock_timestamp())")
+            row = await cursor.fetchone()
+        if row is None:
+            raise StoreError("the database did not tell its time")
+        return float(row[0])
 
     # --- wake-ups ----------------------------------------------------------------------
 
@@ -251,7 +292,7 @@ class PostgresStore:
                     async for notice in connection.notifies():
                         if notice.channel == CHANGED:
                             dispatch_id, _, root_id = notice.payload.partition(" ")
-                            self._tell_changed(dispatch_id, root_id or None)
+                            self._tell_changed(dispatch_id or None, root_id or None)
                         else:
                             self._notify_local()
             except asyncio.CancelledError:
@@ -271,13 +312,24 @@ class PostgresStore:
 
     # --- the contract ------------------------------------------------------------------
 
-    async def dispatch(self, calls: Sequence[NewCall], *, now: float) -> list[str]:
+    async def dispatch(
+        self, calls: Sequence[NewCall], *, now: float, request: RequestId | None = None
+    ) -> list[str]:
         async def insert(db: Connection) -> list[str]:
-            ids = await _insert(db, calls, now)
-            await db.execute(SQL.notify)
+            ids, fresh = await _dispatch(db, calls, now, request)
+            if fresh:
+                await db.execute(SQL.notify)
             return ids
 
-        return await self._transaction(insert)
+        for attempt in range(1, CONFLICT_RETRIES + 1):
+            try:
+                return await self._transaction(insert)
+            except psycopg.errors.UniqueViolation:
+                # Another process stored the same request id or key meanwhile (and
+                # committed): run again, to answer with what it stored.
+                if attempt == CONFLICT_RETRIES:
+                    raise
+        raise AssertionError("unreachable")
 
     async def claim(
         self,
@@ -328,7 +380,7 @@ class PostgresStore:
             claimed = []
             for dispatch_id in order:  # in the order of turns
                 row = updated[dispatch_id]
-                call = _call(row[2:])
+                call = call_from_row(row[2:])
                 results: tuple[ChildResult, ...] = ()
                 if call.poll:
                     results = await _undelivered(db, dispatch_id, row[1])
@@ -417,6 +469,7 @@ class PostgresStore:
         max_results: int,
         until: float,
         now: float,
+        bounds: TreeBounds = NO_BOUNDS,
     ) -> list[str] | None:
         async def update(db: Connection) -> list[str] | None:
             waiting = fenced(
@@ -425,6 +478,7 @@ class PostgresStore:
             row = await (await db.execute(SQL.suspend, waiting)).fetchone()
             if row is None:
                 return None
+            await _check_bounds(db, lease.dispatch_id, row[0], len(children), bounds)
             await _deliver(db, lease.delivered)
             ids = await _insert(db, children_of(lease.dispatch_id, row[0], children), now)
             # Results of earlier polls may be enough already.
@@ -440,9 +494,10 @@ class PostgresStore:
             cursor = await db.execute(SQL.restart, fenced(lease, now=now))
             if cursor.rowcount != 1:
                 return False
-            await _end_descendants(db, lease.dispatch_id, orphans, now)
-            # The old children's results belong to the run that was dropped.
+            # The old children's results belong to the run that was dropped; those
+            # unfinished end (not the children the run to come will make).
             await _set_aside_children(db, lease.dispatch_id)
+            await _end_descendants(db, lease.dispatch_id, orphans, now, set_aside_only=True)
             return True
 
         return await self._transaction(update)
@@ -478,7 +533,7 @@ class PostgresStore:
 
     async def get(self, dispatch_id: str) -> Call | None:
         rows = await self._select(SQL.get, {"id": dispatch_id})
-        return _call(rows[0]) if rows else None
+        return call_from_row(rows[0]) if rows else None
 
     async def list(
         self,
@@ -503,20 +558,32 @@ class PostgresStore:
             after=after,
             limit=limit,
         )
-        return [_call(row) for row in await self._select(query, params)]
+        return [call_from_row(row) for row in await self._select(query, params)]
 
     async def cancel(self, dispatch_id: str, status: int, result: bytes, *, now: float) -> int:
         async def end(db: Connection) -> int:
             params = {"id": dispatch_id, "status": status, "result": result, "now": now}
-            ended = await (await db.execute(SQL.cancel, params)).fetchall()
-            if ended:
-                await db.execute(SQL.notify_ended, {"ids": [dispatch_id]})
-            for ended_id, parent_id in ended:
-                if ended_id == dispatch_id and parent_id is not None:
-                    await _wake(db, parent_id, now)
-            return len(ended)
+            row = await (await db.execute(SQL.cancel, params)).fetchone()
+            if row is None:
+                return 0
+            await db.execute(SQL.notify_ended, {"ids": [dispatch_id]})
+            if row[0] is not None:
+                await _wake(db, row[0], now)
+            return 1 + await _end_descendants(db, dispatch_id, (status, result), now)
 
         return await self._transaction(end)
+
+    async def end_descendants(self, *, now: float, limit: int = END_BATCH) -> int:
+        async def end(db: Connection) -> int:
+            # Locked, skipping those another process is ending.
+            queued = await (await db.execute(SQL.endings, {"limit": limit})).fetchall()
+            return await _end_batch(db, queued, now, limit, settled=True)
+
+        return await self._transaction(end)
+
+    async def count_unstored(self, lease: Lease) -> int | None:
+        rows = await self._select(SQL.count_unstored, fenced(lease))
+        return int(rows[0][0]) if rows else None
 
     async def close(self) -> None:
         # Every finish waiting or being written is written first. Done batches are
@@ -541,7 +608,8 @@ _Finish = tuple[Lease, int, bytes, float, tuple[int, bytes]]
 async def _finish_all(db: Connection, finishes: Sequence[_Finish]) -> set[tuple[str, int]]:
     """Record a batch of finishes, each fenced by its own lease, in four statements for
     the whole batch (pipelined: the later ones act only on the finishes that took
-    effect); the (dispatch id, lease token) of each finish that took effect."""
+    effect), then end the first ``END_BATCH`` of their unfinished descendants; the
+    (dispatch id, lease token) of each finish that took effect."""
     leases = [lease for lease, *_ in finishes]
     params = {
         "ids": [lease.dispatch_id for lease in leases],
@@ -558,9 +626,12 @@ async def _finish_all(db: Connection, finishes: Sequence[_Finish]) -> set[tuple[
     finished = await db.execute(SQL.finish_all, params)
     if params["given"]:
         await db.execute(SQL.deliver_all, params)
-    await db.execute(SQL.end_descendants_all, params)
+    queued = await db.execute(SQL.queue_endings_all, params)
     await db.execute(SQL.wake_parents_all, params)
-    return {(row[0], int(row[1])) for row in await finished.fetchall()}
+    took = {(row[0], int(row[1])) for row in await finished.fetchall()}
+    latest = max(now for *_, now, _ in finishes)
+    await _end_batch(db, await queued.fetchall(), latest, END_BATCH, settled=False)
+    return took
 
 
 async def _running(db: Connection, destinations: list[str], now: float) -> dict[str, int]:
@@ -572,17 +643,45 @@ async def _running(db: Connection, destinations: list[str], now: float) -> dict[
 
 
 async def _insert(db: Connection, calls: Sequence[NewCall], now: float) -> list[str]:
-    ids, rows = rows_to_insert(calls, now, _signed)
+    ids, rows = rows_to_insert(calls, now)
     if rows:
         async with db.cursor() as cursor:
             await cursor.executemany(SQL.insert, rows)
     return ids
 
 
+async def _dispatch(
+    db: Connection, calls: Sequence[NewCall], now: float, request: RequestId | None
+) -> tuple[list[str], int]:
+    """``Store.dispatch`` in one transaction: a known request id answered with its ids,
+    calls with known keys answered with their calls' ids, the others stored; the ids,
+    and how many calls were stored. A concurrent duplicate fails on a primary key."""
+    if request is not None:
+        params = {"request_id": request.id}
+        row = await (await db.execute(IDEMPOTENCY.find_request, params)).fetchone()
+        if row is not None:
+            return repeated(request, row[0], row[1]), 0
+    keys = keys_of(calls)
+    known: dict[str, str] = {}
+    if keys:
+        rows = await (await db.execute(IDEMPOTENCY.find_keys, {"keys": keys})).fetchall()
+        known = {found: dispatch_id for found, dispatch_id in rows}
+    keyed = KeyedCalls(calls, known)
+    stored = await _insert(db, keyed.fresh, now)
+    new_keys = keyed.new_keys(stored)
+    if new_keys:
+        async with db.cursor() as cursor:
+            await cursor.executemany(IDEMPOTENCY.insert_key, new_keys)
+    ids = keyed.ids(stored)
+    if request is not None:
+        await db.execute(IDEMPOTENCY.insert_request, request_row(request, ids, now))
+    return ids, len(stored)
+
+
 async def _undelivered(db: Connection, parent_id: str, limit: int) -> tuple[ChildResult, ...]:
     params = {"id": parent_id, "limit": max(limit, 1)}
     rows = await (await db.execute(SQL.undelivered, params)).fetchall()
-    return tuple(ChildResult(r[0], _unsigned(r[1]), r[2], bytes(r[3])) for r in rows)
+    return tuple(child_result_from_row(row) for row in rows)
 
 
 async def _deliver(db: Connection, ids: Sequence[str]) -> None:
@@ -591,12 +690,72 @@ async def _deliver(db: Connection, ids: Sequence[str]) -> None:
 
 
 async def _end_descendants(
-    db: Connection, dispatch_id: str, orphans: tuple[int, bytes], now: float
-) -> None:
-    """End the call's unfinished descendants with ``orphans``."""
+    db: Connection,
+    dispatch_id: str,
+    orphans: tuple[int, bytes],
+    now: float,
+    *,
+    set_aside_only: bool = False,
+) -> int:
+    """End the call's unfinished descendants with ``orphans`` (only its children set
+    aside, and theirs, with ``set_aside_only``): the first ``END_BATCH`` now, the rest
+    queued for ``end_descendants``; how many were ended now."""
     status, result = orphans
-    params = {"id": dispatch_id, "status": status, "result": result, "now": now}
-    await db.execute(SQL.end_descendants, params)
+    params = {"ids": [dispatch_id], "status": status, "result": result}
+    queued = await db.execute(SQL.queue_endings, {**params, "set_aside_only": int(set_aside_only)})
+    return await _end_batch(db, await queued.fetchall(), now, END_BATCH, settled=False)
+
+
+async def _end_batch(
+    db: Connection, queued: list[Any], now: float, limit: int, *, settled: bool
+) -> int:
+    """End about ``limit`` unfinished children of the ``queued`` endings' calls, then
+    of the children ended that have some, breadth first; an ending whose call has none
+    left is removed, the others stay queued. How many calls were ended (and, when
+    ``settled``, endings removed: what was done)."""
+    done = 0
+    work = deque(queued)
+    while work and done < limit:
+        source, status, result, set_aside_only = work.popleft()
+        params = {"status": status, "result": result, "now": now, "id": source}
+        asked = limit - done
+        cursor = await db.execute(
+            SQL.end_children, {**params, "set_aside_only": set_aside_only, "limit": asked}
+        )
+        ended = [row[0] for row in await cursor.fetchall()]
+        done += len(ended)
+        if ended:
+            # Their waiters are told, by their tree (they share one).
+            await db.execute(SQL.notify_tree, {"ids": ended[:1]})
+        if len(ended) < asked:
+            await db.execute(SQL.ended_all, {"id": source})
+            if settled:
+                done += 1
+        if ended:
+            queue = {"ids": ended, "status": status, "result": result, "set_aside_only": 0}
+            work.extend(await (await db.execute(SQL.queue_endings, queue)).fetchall())
+    return done
+
+
+async def _check_bounds(
+    db: Connection, dispatch_id: str, root_id: str, adding: int, bounds: TreeBounds
+) -> None:
+    """Raise ``TreeLimitExceeded`` if ``adding`` children of the call would take its tree
+    beyond ``bounds``; else count them in its root (whose row this locks until the
+    transaction ends: the Polls of one tree are counted one at a time)."""
+    if not adding:
+        return
+    if bounds.max_children is not None:
+        cursor = await db.execute(SQL.pending_children, {"id": dispatch_id})
+        pending = int((await cursor.fetchone() or (0,))[0])
+        if pending + adding > bounds.max_children:
+            raise TreeLimitExceeded("children", bounds.max_children, pending, adding)
+    most = UNBOUNDED if bounds.max_descendants is None else bounds.max_descendants
+    params = {"root": root_id, "adding": adding, "most": most}
+    if (await db.execute(SQL.add_descendants, params)).rowcount != 1:
+        cursor = await db.execute(SQL.descendants, params)
+        count = int((await cursor.fetchone() or (0,))[0])
+        raise TreeLimitExceeded("descendants", most, count, adding)
 
 
 async def _set_aside_children(db: Connection, dispatch_id: str) -> None:
@@ -611,11 +770,6 @@ async def _wake(db: Connection, parent_id: str, now: float) -> None:
     cursor = await db.execute(SQL.wake, {"id": parent_id, "now": now})
     if cursor.rowcount:
         await db.execute(SQL.notify)
-
-
-def _call(row: Sequence[Any]) -> Call:
-    # As the SQLite store reads its rows, the correlation id's bits made unsigned again.
-    return call_from_row((*row[:5], _unsigned(row[5]), *row[6:]))
 
 
 def _redacted(url: str) -> str:

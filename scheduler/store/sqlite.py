@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,21 +21,29 @@ from typing import Any, TypeVar
 from ...core.status import Status
 from ..calls import destination
 from . import (
+    END_BATCH,
+    NO_BOUNDS,
     Call,
     ChildResult,
     Claimed,
     Lease,
     NewCall,
+    RequestId,
     State,
     StoreError,
+    TreeBounds,
+    TreeLimitExceeded,
     call_from_row,
+    child_result_from_row,
     children_of,
 )
 from .claims import claim_candidates, claim_window, fitting, in_turns, needs_root_heads
-from .statements import SQLITE, Statements, fenced, rows_to_insert
+from .idempotency import IdempotencyStatements, KeyedCalls, keys_of, repeated, request_row
+from .statements import SQLITE, UNBOUNDED, Statements, fenced, rows_to_insert
 
 T = TypeVar("T")
 SQL = Statements(SQLITE)
+IDEMPOTENCY = IdempotencyStatements(SQLITE)
 
 # Each entry moves the schema one version up; never edit one that has shipped.
 MIGRATIONS: tuple[str, ...] = (
@@ -164,10 +173,13 @@ class SQLiteStore:
 
     # --- the contract ------------------------------------------------------------------
 
-    async def dispatch(self, calls: Sequence[NewCall], *, now: float) -> list[str]:
+    async def dispatch(
+        self, calls: Sequence[NewCall], *, now: float, request: RequestId | None = None
+    ) -> list[str]:
         def insert(db: sqlite3.Connection) -> list[str]:
-            return _insert(db, calls, now)
+            return _dispatch(db, calls, now, request)
 
+        # One writer at a time: a duplicate finds the first one's rows, never races them.
         return await self._run(self._transaction, insert)
 
     def subscribe(self, wake: Callable[[], None]) -> None:
@@ -269,6 +281,7 @@ class SQLiteStore:
         max_results: int,
         until: float,
         now: float,
+        bounds: TreeBounds = NO_BOUNDS,
     ) -> list[str] | None:
         def update(db: sqlite3.Connection) -> list[str] | None:
             waiting = fenced(
@@ -277,6 +290,7 @@ class SQLiteStore:
             row = db.execute(SQL.suspend, waiting).fetchone()
             if row is None:
                 return None
+            _check_bounds(db, lease.dispatch_id, row[0], len(children), bounds)
             _deliver(db, lease.delivered)
             ids = _insert(db, children_of(lease.dispatch_id, row[0], children), now)
             # Results of earlier polls may be enough already.
@@ -290,9 +304,10 @@ class SQLiteStore:
             cursor = db.execute(SQL.restart, fenced(lease, now=now))
             if cursor.rowcount != 1:
                 return False
-            _end_descendants(db, lease.dispatch_id, orphans, now)
-            # The old children's results belong to the run that was dropped.
+            # The old children's results belong to the run that was dropped; those
+            # unfinished end (not the children the run to come will make).
             db.execute(SQL.set_aside_children, {"id": lease.dispatch_id})
+            _end_descendants(db, lease.dispatch_id, orphans, now, set_aside_only=True)
             return True
 
         return await self._run(self._transaction, update)
@@ -367,13 +382,28 @@ class SQLiteStore:
     async def cancel(self, dispatch_id: str, status: int, result: bytes, *, now: float) -> int:
         def end(db: sqlite3.Connection) -> int:
             params = {"id": dispatch_id, "status": status, "result": result, "now": now}
-            ended = db.execute(SQL.cancel, params).fetchall()
-            for ended_id, parent_id in ended:
-                if ended_id == dispatch_id and parent_id is not None:
-                    _wake(db, parent_id, now)
-            return len(ended)
+            row = db.execute(SQL.cancel, params).fetchone()
+            if row is None:
+                return 0
+            if row[0] is not None:
+                _wake(db, row[0], now)
+            return 1 + _end_descendants(db, dispatch_id, (status, result), now)
 
         return await self._run(self._transaction, end)
+
+    async def end_descendants(self, *, now: float, limit: int = END_BATCH) -> int:
+        def end(db: sqlite3.Connection) -> int:
+            queued = db.execute(SQL.endings, {"limit": limit}).fetchall()
+            return _end_batch(db, queued, now, limit, settled=True)
+
+        return await self._run(self._transaction, end)
+
+    async def count_unstored(self, lease: Lease) -> int | None:
+        def update(db: sqlite3.Connection) -> int | None:
+            row = db.execute(SQL.count_unstored, fenced(lease)).fetchone()
+            return None if row is None else int(row[0])
+
+        return await self._run(self._transaction, update)
 
     async def close(self) -> None:
         def shut() -> None:
@@ -390,6 +420,28 @@ class SQLiteStore:
 def _insert(db: sqlite3.Connection, calls: Sequence[NewCall], now: float) -> list[str]:
     ids, rows = rows_to_insert(calls, now)
     db.executemany(SQL.insert, rows)
+    return ids
+
+
+def _dispatch(
+    db: sqlite3.Connection, calls: Sequence[NewCall], now: float, request: RequestId | None
+) -> list[str]:
+    """``Store.dispatch`` in one transaction: a known request id answered with its ids,
+    calls with known keys answered with their calls' ids, the others stored."""
+    if request is not None:
+        row = db.execute(IDEMPOTENCY.find_request, {"request_id": request.id}).fetchone()
+        if row is not None:
+            return repeated(request, row[0], row[1])
+    known: dict[str, str] = {}
+    for key in keys_of(calls):
+        for found, dispatch_id in db.execute(IDEMPOTENCY.find_keys, {"keys": key}):
+            known[found] = dispatch_id
+    keyed = KeyedCalls(calls, known)
+    stored = _insert(db, keyed.fresh, now)
+    db.executemany(IDEMPOTENCY.insert_key, keyed.new_keys(stored))
+    ids = keyed.ids(stored)
+    if request is not None:
+        db.execute(IDEMPOTENCY.insert_request, request_row(request, ids, now))
     return ids
 
 
@@ -412,7 +464,7 @@ def _running(db: sqlite3.Connection, destinations: set[str], now: float) -> dict
 
 def _undelivered(db: sqlite3.Connection, parent_id: str, limit: int) -> tuple[ChildResult, ...]:
     rows = db.execute(SQL.undelivered, {"id": parent_id, "limit": max(limit, 1)}).fetchall()
-    return tuple(ChildResult(r[0], r[1], r[2], bytes(r[3])) for r in rows)
+    return tuple(child_result_from_row(row) for row in rows)
 
 
 def _deliver(db: sqlite3.Connection, ids: Sequence[str]) -> None:
@@ -420,11 +472,65 @@ def _deliver(db: sqlite3.Connection, ids: Sequence[str]) -> None:
 
 
 def _end_descendants(
-    db: sqlite3.Connection, dispatch_id: str, orphans: tuple[int, bytes], now: float
-) -> None:
+    db: sqlite3.Connection,
+    dispatch_id: str,
+    orphans: tuple[int, bytes],
+    now: float,
+    *,
+    set_aside_only: bool = False,
+) -> int:
+    """End the call's unfinished descendants with ``orphans`` (only its children set
+    aside, and theirs, with ``set_aside_only``): the first ``END_BATCH`` now, the rest
+    queued for ``end_descendants``; how many were ended now."""
     status, result = orphans
-    params = {"id": dispatch_id, "status": status, "result": result, "now": now}
-    db.execute(SQL.end_descendants, params)
+    queue = {"ids": dispatch_id, "status": status, "result": result}
+    queued = db.execute(SQL.queue_endings, {**queue, "set_aside_only": int(set_aside_only)})
+    return _end_batch(db, queued.fetchall(), now, END_BATCH, settled=False)
+
+
+def _end_batch(
+    db: sqlite3.Connection, queued: list[Any], now: float, limit: int, *, settled: bool
+) -> int:
+    """End about ``limit`` unfinished children of the ``queued`` endings' calls, then
+    of the children ended that have some, breadth first; an ending whose call has none
+    left is removed, the others stay queued. How many calls were ended (and, when
+    ``settled``, endings removed: what was done)."""
+    done = 0
+    work = deque(queued)
+    while work and done < limit:
+        source, status, result, set_aside_only = work.popleft()
+        params = {"status": status, "result": result, "now": now, "id": source}
+        asked = limit - done
+        ended = db.execute(
+            SQL.end_children, {**params, "set_aside_only": set_aside_only, "limit": asked}
+        ).fetchall()
+        done += len(ended)
+        if len(ended) < asked:
+            db.execute(SQL.ended_all, {"id": source})
+            if settled:
+                done += 1
+        for (child,) in ended:
+            queue = {"ids": child, "status": status, "result": result, "set_aside_only": 0}
+            work.extend(db.execute(SQL.queue_endings, queue).fetchall())
+    return done
+
+
+def _check_bounds(
+    db: sqlite3.Connection, dispatch_id: str, root_id: str, adding: int, bounds: TreeBounds
+) -> None:
+    """Raise ``TreeLimitExceeded`` if ``adding`` children of the call would take its tree
+    beyond ``bounds``; else count them in its root."""
+    if not adding:
+        return
+    if bounds.max_children is not None:
+        pending = db.execute(SQL.pending_children, {"id": dispatch_id}).fetchone()[0]
+        if pending + adding > bounds.max_children:
+            raise TreeLimitExceeded("children", bounds.max_children, pending, adding)
+    most = UNBOUNDED if bounds.max_descendants is None else bounds.max_descendants
+    params = {"root": root_id, "adding": adding, "most": most}
+    if db.execute(SQL.add_descendants, params).rowcount != 1:
+        count = db.execute(SQL.descendants, params).fetchone()[0]
+        raise TreeLimitExceeded("descendants", most, count, adding)
 
 
 def _wake(db: sqlite3.Connection, parent_id: str, now: float) -> None:

@@ -20,12 +20,12 @@ here too, so that a new column is added to every statement in this one file.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..calls import destination
-from . import Lease, NewCall, new_dispatch_id
+from . import Lease, NewCall, new_dispatch_id, stored_correlation_id
 
 CHANNEL = "dispatchlet_ready"
 """The PostgreSQL channel that is notified when a call becomes claimable now."""
@@ -98,7 +98,40 @@ POSTGRES = Dialect(
     many=True,
 )
 
-MIGRATIONS: tuple[str, ...] = ()
+MIGRATIONS: tuple[str, ...] = (
+    # Idempotent Dispatch: request ids and call keys (see ``idempotency``); a key is
+    # deleted with its call.
+    "CREATE TABLE {calls}_by_request ("
+    "  request_id TEXT PRIMARY KEY,"
+    "  digest {blob} NOT NULL,"
+    "  dispatch_ids TEXT NOT NULL,"
+    "  created_at {double} NOT NULL"
+    ");"
+    "CREATE TABLE {calls}_by_key ("
+    "  call_key TEXT PRIMARY KEY,"
+    "  dispatch_id TEXT NOT NULL REFERENCES {calls} (dispatch_id) ON DELETE CASCADE"
+    ");"
+    "CREATE INDEX {calls}_by_key_call ON {calls}_by_key (dispatch_id)",
+    # How often a call's outcome could not be stored (a poison call ends after a few);
+    # each root's count of calls below it, kept by the Poll that adds them, for a bound
+    # on a tree's size that costs one row's update; and the ended calls whose
+    # unfinished descendants are still to end (``ENDINGS``), in batches.
+    """
+    ALTER TABLE {calls} ADD COLUMN unstored INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE {calls} ADD COLUMN descendants INTEGER NOT NULL DEFAULT 0;
+    UPDATE {calls} SET descendants = (
+        SELECT count(*) FROM {calls} AS member WHERE member.root_id = {calls}.dispatch_id
+    ) - 1 WHERE dispatch_id = root_id AND EXISTS (
+        SELECT 1 FROM {calls} AS child WHERE child.parent_id = {calls}.dispatch_id
+    );
+    CREATE TABLE dispatchlet_endings (
+        dispatch_id    TEXT PRIMARY KEY,
+        status         INTEGER NOT NULL,
+        result         {blob} NOT NULL,
+        set_aside_only INTEGER NOT NULL
+    )
+    """,
+)
 """Schema changes written once for both stores, after each store's own history (its
 module's ``MIGRATIONS``, which ship as they are): each entry moves both schemas one
 version up, e.g. ``"ALTER TABLE {calls} ADD COLUMN started_at {double}"``."""
@@ -198,18 +231,24 @@ _ROOT_HEADS = {
         " WHERE roots.root_id IS NOT NULL"
     ),
 }
-# A call's subtree: the call and its descendants, by parent links.
-_TREE = (
-    "WITH RECURSIVE tree (id) AS ("
-    "  SELECT dispatch_id FROM {calls} WHERE dispatch_id = :id"
-    "  UNION SELECT c.dispatch_id FROM {calls} AS c JOIN tree ON c.parent_id = tree.id"
-    ") "
-)
 # A waiting call's undelivered results, the SQL of its id given.
 _UNDELIVERED_COUNT = (
     "SELECT count(*) FROM {calls} AS child"
     "  WHERE child.parent_id = %s AND child.state = 'done' AND child.delivered = {false}"
 )
+
+# The calls not done, by the states the parent index holds.
+_UNFINISHED = "state IN ('ready', 'running', 'waiting')"
+# A child to end (the SQL of its table's prefix given): unfinished, and set aside by a
+# restart if only those are to end.
+_ENDABLE = (
+    "%(p)sstate IN ('ready', 'running', 'waiting')"
+    " AND (:set_aside_only = 0 OR %(p)sdelivered = {true})"
+)
+ENDINGS = "dispatchlet_endings"
+"""The calls (done, or restarted) whose unfinished descendants are still to end."""
+UNBOUNDED = 1 << 62
+"""A bound on a count that no count reaches (a bound that is None)."""
 
 # --- PostgreSQL only ---------------------------------------------------------------
 
@@ -295,15 +334,10 @@ class Statements:
         )
         # The call runs again with no Poll: its children's results are no longer for it.
         self.set_aside_children = r("UPDATE {calls} SET delivered = {true} WHERE parent_id = :id")
-        self.end_descendants = r(
-            f"{_TREE}UPDATE {{calls}} SET {_ended(':status', ':result', ':now')}, {_FENCE_OFF} "
-            "WHERE dispatch_id IN (SELECT id FROM tree) AND dispatch_id <> :id "
-            "AND state <> 'done'"
-        )
+        # The call itself; its descendants end in batches (``end_children``).
         self.cancel = r(
-            f"{_TREE}UPDATE {{calls}} SET {_ended(':status', ':result', ':now')}, {_FENCE_OFF} "
-            "WHERE dispatch_id IN (SELECT id FROM tree) AND state <> 'done' "
-            "RETURNING dispatch_id, parent_id"
+            f"UPDATE {{calls}} SET {_ended(':status', ':result', ':now')}, {_FENCE_OFF} "
+            "WHERE dispatch_id = :id AND state <> 'done' RETURNING parent_id"
         )
         # A waiting parent made ready once it has the results it waits for.
         self.wake = r(
@@ -311,6 +345,47 @@ class Statements:
             "WHERE dispatch_id = :id AND state = 'waiting' "
             f"AND poll_min <= ({_UNDELIVERED_COUNT % ':id'})"
         )
+
+        # --- call trees: their bounds, and descendants ended in batches; outcomes
+        # that cannot be stored.
+        self.count_unstored = r(
+            f"UPDATE {{calls}} SET unstored = unstored + 1 {_FENCED} RETURNING unstored"
+        )
+        self.pending_children = r(
+            f"SELECT count(*) FROM {{calls}} WHERE parent_id = :id AND {_UNFINISHED}"
+        )
+        # The root's count grows only within the bound (:most); no row: it would not.
+        self.add_descendants = r(
+            "UPDATE {calls} SET descendants = descendants + :adding "
+            "WHERE dispatch_id = :root AND descendants + :adding <= :most"
+        )
+        self.descendants = r("SELECT descendants FROM {calls} WHERE dispatch_id = :root")
+        # Queued: the calls among :ids that have unfinished children to end (only those
+        # set aside by a restart, with :set_aside_only), and what to end them with.
+        self.queue_endings = r(
+            f"INSERT INTO {ENDINGS} (dispatch_id, status, result, set_aside_only)"
+            " SELECT parent.dispatch_id, :status, :result, :set_aside_only"
+            f" FROM {{calls}} AS parent WHERE {dialect.one_of('parent.dispatch_id', 'ids')}"
+            f" AND EXISTS (SELECT 1 FROM {{calls}} AS child"
+            f"  WHERE child.parent_id = parent.dispatch_id AND {_ENDABLE % {'p': 'child.'}})"
+            " ON CONFLICT (dispatch_id) DO UPDATE SET status = excluded.status,"
+            "  result = excluded.result,"
+            f"  set_aside_only = {ENDINGS}.set_aside_only * excluded.set_aside_only"
+            " RETURNING dispatch_id, status, result, set_aside_only"
+        )
+        self.endings = r(
+            f"SELECT dispatch_id, status, result, set_aside_only FROM {ENDINGS} LIMIT :limit"
+            + (" FOR UPDATE SKIP LOCKED" if dialect.name == "postgres" else "")
+        )
+        # Up to :limit unfinished children of :id ended (the outer test of the state is
+        # checked again on a row another transaction changed meanwhile).
+        self.end_children = r(
+            f"UPDATE {{calls}} SET {_ended(':status', ':result', ':now')}, {_FENCE_OFF} "
+            f"WHERE state <> 'done' AND dispatch_id IN (SELECT dispatch_id FROM {{calls}}"
+            f"  WHERE parent_id = :id AND {_ENDABLE % {'p': ''}} LIMIT :limit)"
+            " RETURNING dispatch_id"
+        )
+        self.ended_all = r(f"DELETE FROM {ENDINGS} WHERE dispatch_id = :id")
 
     def migrations(self) -> tuple[str, ...]:
         """The shared schema changes, in this dialect."""
@@ -391,18 +466,17 @@ class PostgresStatements(Statements):
             "  ON p.dispatch_id = d.parent AND p.lease_token = d.token AND p.state = 'done'"
             " WHERE child.dispatch_id = d.id"
         )
-        # The unfinished descendants of each finished call end with that finish's orphans.
-        self.end_descendants_all = r(
-            f"WITH RECURSIVE {_FINISHES},"
-            " tree (id, seed) AS ("
-            "  SELECT c.dispatch_id, f.id FROM finished AS f"
-            "   JOIN {calls} AS c ON c.parent_id = f.id"
-            "  UNION SELECT c.dispatch_id, tree.seed FROM {calls} AS c"
-            "   JOIN tree ON c.parent_id = tree.id)"
-            f" UPDATE {{calls}} AS c SET {_ended('f.orphan_status', 'f.orphan_result', 'f.now')},"
-            " lease_token = c.lease_token + 1"
-            " FROM tree JOIN finished AS f ON f.id = tree.seed"
-            " WHERE c.dispatch_id = tree.id AND c.state <> 'done'"
+        # The finished calls with unfinished children queued, to end their descendants
+        # with that finish's orphans (``end_children``).
+        self.queue_endings_all = r(
+            f"WITH {_FINISHES}"
+            f" INSERT INTO {ENDINGS} (dispatch_id, status, result, set_aside_only)"
+            " SELECT f.id, f.orphan_status, f.orphan_result, 0 FROM finished AS f"
+            " WHERE EXISTS (SELECT 1 FROM {calls} AS child"
+            f"  WHERE child.parent_id = f.id AND child.{_UNFINISHED})"
+            " ON CONFLICT (dispatch_id) DO UPDATE SET status = excluded.status,"
+            "  result = excluded.result, set_aside_only = 0"
+            " RETURNING dispatch_id, status, result, set_aside_only"
         )
         # The waiting parents of finished calls made ready, if they now have the results
         # they wait for; the other processes are told.
@@ -425,6 +499,11 @@ class PostgresStatements(Statements):
             f"SELECT pg_notify('{CHANGED}', dispatch_id || ' ' || root_id) FROM {{calls}}"
             f" WHERE {POSTGRES.one_of('dispatch_id', 'ids')} AND state = 'done'"
         )
+        # The tree of ended descendants (their root, after a space: no call named).
+        self.notify_tree = r(
+            f"SELECT pg_notify('{CHANGED}', ' ' || root_id) FROM {{calls}}"
+            f" WHERE {POSTGRES.one_of('dispatch_id', 'ids')}"
+        )
         self.retry_notified = (
             f"WITH retried AS ({self.retry} RETURNING dispatch_id)"
             f" SELECT pg_notify('{CHANGED}', dispatch_id) FROM retried"
@@ -437,11 +516,8 @@ def fenced(lease: Lease, **values: Any) -> dict[str, Any]:
     return {"id": lease.dispatch_id, "token": lease.token, **values}
 
 
-def rows_to_insert(
-    calls: Sequence[NewCall], now: float, stored: Callable[[int], int] = int
-) -> tuple[list[str], list[dict[str, Any]]]:
-    """The dispatch ids of new ``calls`` and their rows for ``Statements.insert``
-    (``stored``: the correlation id as the database holds it)."""
+def rows_to_insert(calls: Sequence[NewCall], now: float) -> tuple[list[str], list[dict[str, Any]]]:
+    """The dispatch ids of new ``calls`` and their rows for ``Statements.insert``."""
     ids, rows = [], []
     for call in calls:
         dispatch_id = new_dispatch_id(now)
@@ -450,7 +526,7 @@ def rows_to_insert(
                 "dispatch_id": dispatch_id,
                 "root_id": call.root_id or dispatch_id,
                 "parent_id": call.parent_id,
-                "correlation_id": stored(call.correlation_id),
+                "correlation_id": stored_correlation_id(call.correlation_id),
                 "function": call.function,
                 "endpoint": call.endpoint,
                 "destination": destination(call.endpoint) if call.endpoint else "",
