@@ -14,6 +14,7 @@ from typing import Any
 from google.protobuf import any_pb2, message
 
 from ..client import CallInfo
+from ..core.status import Status
 from ..core.values import DecodeError, from_any, is_pickled, type_name
 from ..proto.dispatch.sdk.v1 import call_pb2
 from ..proto.dispatchlet.workflow.v1 import journal_pb2
@@ -126,6 +127,20 @@ def attempt_line(info: CallInfo, now: datetime.datetime | None = None) -> str:
 _HEADER = ("DISPATCH ID", "CREATED", "STATE", "STATUS", "ATTEMPTS", "DURATION", "FUNCTION")
 
 
+def unlisted_result(info: CallInfo) -> bool:
+    """Whether a call's summary (what List gives) leaves out a result it has: the
+    output of a call done OK, or an error too large to list."""
+    return (info.done and info.status is Status.OK) or _unlisted_error(info) != ""
+
+
+def _unlisted_error(info: CallInfo) -> str:
+    """Where to read the error of a failed call that List left out (too large)."""
+    status = info.status if info.done else info.last_status
+    if status is None or status is Status.OK or info.error is not None:
+        return ""
+    return f"(see: dispatchlet calls show {info.dispatch_id})"
+
+
 def table(calls: Iterable[CallInfo]) -> list[str]:
     """A header and one row per call; the error last, cut to one short line."""
     rows = [
@@ -139,7 +154,7 @@ def table(calls: Iterable[CallInfo]) -> list[str]:
             if info.finished_at is not None
             else "-",
             info.function,
-            error_text(info, _ERROR_WIDTH),
+            error_text(info, _ERROR_WIDTH) or _unlisted_error(info),
         )
         for info in calls
     ]

@@ -92,12 +92,13 @@ def _from_scheduler(endpoint: str | None) -> Iterator[tuple[str, bytes]]:
     try:
         with Client() as client:
             for state in ("waiting", "ready", "running"):
-                for info in client.list(state=state, page_size=500):
-                    journal = info.coroutine_state
+                for listed in client.list(state=state, page_size=500):
+                    if wanted and listed.endpoint.rstrip("/") != wanted:
+                        continue
+                    # List gives summaries; the state is in the whole call.
+                    journal = client.get(listed.dispatch_id).coroutine_state
                     if journal is None or journal.type_url != JOURNAL_TYPE_URL:
                         continue
-                    if wanted and info.endpoint.rstrip("/") != wanted:
-                        continue
-                    yield info.dispatch_id, journal.value
+                    yield listed.dispatch_id, journal.value
     except ClientError as exc:
         raise CommandError(f"the scheduler: {exc}") from None

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -18,7 +19,7 @@ from ..core.values import EncodeError, to_any
 from ..proto.dispatch.sdk.v1 import call_pb2
 from ..proto.dispatchlet.scheduler.v1 import options_pb2
 from .call import parse_input, render, seconds
-from .call_views import as_dict, attempt_line, describe, table
+from .call_views import as_dict, attempt_line, describe, table, unlisted_result
 from .errors import EXIT_ERROR, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, CommandError
 from .local_server import DEFAULT_ENDPOINT_URL
 
@@ -228,16 +229,25 @@ def run_list(args: argparse.Namespace) -> int:
                 cursor=args.cursor,
             )
         )
-    if args.use_json:
-        for info in page.calls:
-            print(json.dumps(as_dict(info), ensure_ascii=False))
-    elif page.calls:
-        print("\n".join(table(page.calls)))
+        if args.use_json:
+            for listed in page.calls:
+                print(json.dumps(as_dict(_whole_result(scheduler, listed)), ensure_ascii=False))
+        elif page.calls:
+            print("\n".join(table(page.calls)))
     if page.cursor is not None:
         # On stderr, so that what a pipe reads is the calls alone; after them.
         sys.stdout.flush()
         _note(f"more: --cursor {page.cursor}")
     return EXIT_OK
+
+
+def _whole_result(scheduler: Client, listed: CallInfo) -> CallInfo:
+    """``listed`` with its output (or an error too large to list): List gives
+    summaries, so those come from the whole call, one at a time, where there are some."""
+    if not unlisted_result(listed):
+        return listed
+    whole = _checked(lambda: scheduler.get(listed.dispatch_id))
+    return dataclasses.replace(listed, output=whole.output, error=whole.error)
 
 
 def run_show(args: argparse.Namespace) -> int:

@@ -20,17 +20,24 @@ from ..scheduler.retry import RetryPolicy
 from ..scheduler.settings import (
     DATABASE_URL_ENV,
     DEFAULT_ATTEMPT_TIMEOUT,
+    DEFAULT_BODY_TIMEOUT,
     DEFAULT_DATABASE,
     DEFAULT_GRACE_PERIOD,
     DEFAULT_HOST,
+    DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_CHILDREN,
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_DESCENDANTS,
     DEFAULT_MAX_INPUT_SIZE,
+    DEFAULT_MAX_OUTPUT_SIZE,
     DEFAULT_PORT,
+    MAX_OUTPUT_SIZE_ENV,
+    METRICS_KEY_ENV,
     POSTGRES_SCHEMES,
     Settings,
 )
 from ..serving import logging_setup
+from .call import seconds
 from .errors import CommandError
 from .serve import port, positive_int
 from .signals import EPILOG, Stop, exit_now, stopping_loop
@@ -103,6 +110,38 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="no API key and unsigned calls: for local development only",
     )
     parser.add_argument(
+        "--metrics-public",
+        action="store_true",
+        help="serve /metrics without a key (it names every destination); by default it "
+        f"needs an API key or a key of {METRICS_KEY_ENV} (comma-separated)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=positive_int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help="connections kept open at once, lowered to fit the open files limit; past "
+        "it the oldest connection that has sent nothing is closed, or else the new one is "
+        "answered 503 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--keepalive-timeout",
+        type=seconds,
+        default=DEFAULT_KEEPALIVE_TIMEOUT,
+        metavar="SECONDS",
+        help="close a connection that has not sent a whole request head this long after it "
+        "opened or after its last answer: idle and slow clients alike (default: "
+        "%(default)s)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=seconds,
+        default=DEFAULT_BODY_TIMEOUT,
+        metavar="SECONDS",
+        help="answer 408 and close the connection when a request's body takes longer to "
+        "arrive (default: %(default)s)",
+    )
+    parser.add_argument(
         "--max-attempts", type=positive_int, default=RetryPolicy.max_attempts, metavar="N"
     )
     parser.add_argument(
@@ -160,6 +199,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the most calls below one root dispatch, over its life: a Poll that would put "
         "more ends its call, with an error naming this limit (default: %(default)s)",
     )
+    parser.add_argument(
+        "--max-output-size",
+        type=positive_int,
+        metavar="BYTES",
+        help="the largest output (or error, or workflow state) of a call: an endpoint answer "
+        "with a larger one ends its call INVALID_RESPONSE, and no more of an answer is read "
+        f"(default: {MAX_OUTPUT_SIZE_ENV}, else {DEFAULT_MAX_OUTPUT_SIZE})",
+    )
     logging_setup.add_arguments(parser, default_level="info")
     parser.set_defaults(handler=run)
 
@@ -172,6 +219,8 @@ def run(args: argparse.Namespace) -> int:
     given: dict[str, Any] = {}
     if args.signing_key_file is not None:
         given["signing_key"] = _key_from_file(args.signing_key_file)
+    if args.max_output_size is not None:
+        given["max_output_size"] = args.max_output_size
     url = args.database_url or os.environ.get(DATABASE_URL_ENV, "")
     if url and args.db is not None:
         raise CommandError(f"give --db or a database URL ({DATABASE_URL_ENV}), not both")
@@ -200,6 +249,10 @@ def run(args: argparse.Namespace) -> int:
             max_input_size=args.max_input_size,
             max_children=args.max_children,
             max_descendants=args.max_descendants,
+            max_connections=args.max_connections,
+            keepalive_timeout=args.keepalive_timeout,
+            body_timeout=args.body_timeout,
+            metrics_public=args.metrics_public,
             **given,
         )
     except ConfigurationError as exc:

@@ -12,6 +12,7 @@ field 1000 of the Call) a kept call has gets that call's id; neither stores anyt
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -26,6 +27,7 @@ from ..core.call_options import key_problem
 from ..core.connect import JSON, PROTO, codec, http_error_response
 from ..core.dispatching import API_KEY_ENV, REQUEST_ID_HEADER
 from ..core.errors import (
+    DeadlineExceeded,
     DispatchletError,
     InvalidArgument,
     MethodNotAllowed,
@@ -42,7 +44,7 @@ from ..proto.dispatchlet.scheduler.v1 import calls_pb2, options_pb2
 from .calls import call_problem, duration_seconds, oversized_input, timestamp
 from .engine import Engine
 from .metrics import prometheus_text, stats
-from .settings import DEFAULT_MAX_INPUT_SIZE
+from .settings import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_INPUT_SIZE, METRICS_KEY_ENV
 from .store import Call, NewCall, RequestId, State, Store, unavailable
 
 M = TypeVar("M", bound=message.Message)
@@ -88,6 +90,9 @@ class Api:
         default_expiration: float = DEFAULT_EXPIRATION,
         max_input_size: int = DEFAULT_MAX_INPUT_SIZE,
         clock: Callable[[], float] | None = None,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
+        metrics_keys: Sequence[str] = (),
+        metrics_public: bool = False,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -98,6 +103,9 @@ class Api:
         self.max_body_size = body_limit(max_input_size)
         # The engine's unless told: calls are stored by the time they are run by.
         self.clock = clock or engine.clock
+        self.body_timeout = body_timeout
+        self.metrics_keys = [key.encode() for key in metrics_keys if key]
+        self.metrics_public = metrics_public
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body_size)
@@ -119,7 +127,16 @@ class Api:
         return web.json_response({"status": "ok"})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        """Prometheus text exposition of this process's engine (``metrics.stats``)."""
+        """Prometheus text exposition of this process's engine (``metrics.stats``), to
+        holders of an API key or a metrics key: it names every destination."""
+        if not (self.metrics_public or self.insecure):
+            try:
+                self._authenticate(
+                    request.headers.get("Authorization"), self.api_keys + self.metrics_keys
+                )
+            except Unauthenticated as exc:
+                hint = f" (or one of {METRICS_KEY_ENV}; --metrics-public: no key for /metrics)"
+                return _web(http_error_response(Unauthenticated(f"{exc}{hint}")))
         text = prometheus_text(stats(self.engine))
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
@@ -142,7 +159,7 @@ class Api:
                 if (request.content_length or 0) > self.max_body_size:
                     # Announced: refused unread.
                     raise self._too_large(request.content_length)
-                body = await request.read()
+                body = await self._read(request)
                 decoded = _decode(kind, body, wire)
                 answer = await (handler(decoded, request.headers) if headers else handler(decoded))
             except web.HTTPRequestEntityTooLarge:
@@ -171,6 +188,18 @@ class Api:
 
         return serve
 
+    async def _read(self, request: web.Request) -> bytes:
+        """The request's body, if it arrives within the body timeout (a client that
+        trickles it must not hold its connection and buffer for long)."""
+        try:
+            return await asyncio.wait_for(request.read(), self.body_timeout)
+        except asyncio.TimeoutError:
+            # The rest of the body may still come: the connection cannot serve another.
+            request.protocol.close()
+            raise BodyTimeout(
+                f"the request body did not arrive within {self.body_timeout:g} s (--body-timeout)"
+            ) from None
+
     def _too_large(self, size: int | None) -> RequestTooLarge:
         told = f" of {size} bytes" if size else ""
         return RequestTooLarge(
@@ -179,17 +208,18 @@ class Api:
             f"{self.max_input_size} bytes)"
         )
 
-    def _authenticate(self, header: str | None) -> None:
+    def _authenticate(self, header: str | None, keys: Sequence[bytes] | None = None) -> None:
         if self.insecure:
             return
-        if not self.api_keys:
+        keys = self.api_keys if keys is None else keys
+        if not keys:
             raise Unauthenticated(_NO_KEYS)
         scheme, _, token = (header or "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise Unauthenticated(_MISSING_KEY)
         given = token.strip().encode()
         # Every key is compared, in constant time: nothing tells which came close.
-        matches = [hmac.compare_digest(given, key) for key in self.api_keys]
+        matches = [hmac.compare_digest(given, key) for key in keys]
         if not any(matches):
             raise Unauthenticated(_INVALID_KEY)
 
@@ -344,6 +374,12 @@ class InternalError(DispatchletError):
 
     http_status = 500
     code = "internal"
+
+
+class BodyTimeout(DeadlineExceeded):
+    """A request body that did not arrive in time (HTTP 408, the connection closed)."""
+
+    http_status = 408
 
 
 class RequestTooLarge(InvalidArgument):

@@ -80,6 +80,7 @@ from .settings import (
     DEFAULT_MAX_CHILDREN,
     DEFAULT_MAX_DESCENDANTS,
     DEFAULT_MAX_INPUT_SIZE,
+    DEFAULT_MAX_OUTPUT_SIZE,
 )
 from .store import (
     Call,
@@ -113,6 +114,8 @@ class Engine:
     max_restarts: int = MAX_RESTARTS
     max_input_size: int = DEFAULT_MAX_INPUT_SIZE
     """The largest input a Poll's call or a tail call may have, in bytes."""
+    max_output_size: int = DEFAULT_MAX_OUTPUT_SIZE
+    """The largest output (or error, or Poll state) a call may store, in bytes."""
     unsupported: Callable[[str], str | None] = missing_support
     """Why this process cannot call an endpoint (an ARN without boto3), or None."""
     max_children: int | None = DEFAULT_MAX_CHILDREN
@@ -274,6 +277,7 @@ class Engine:
             attempt_timeout=self.attempt_timeout,
             max_restarts=self.max_restarts,
             max_input_size=self.max_input_size,
+            max_output_size=self.max_output_size,
             unsupported=self.unsupported,
         )
 

@@ -15,8 +15,13 @@ path as signed (no re-encoding). Every answer or failure becomes an ``Outcome``:
   ``Retry-After`` honoured;
 - refused or reset connections TCP_ERROR, DNS failures DNS_ERROR, TLS failures
   TLS_ERROR, no answer in time TIMEOUT: retried;
-- a 200 that is no RunResponse, or an answer larger than the limit: INVALID_RESPONSE,
-  final.
+- a 200 that is no RunResponse, or an answer larger than the limit (the output limit,
+  ``--max-output-size``, and ``ANSWER_MARGIN``; twice the output limit in JSON, whose
+  base64 is larger): INVALID_RESPONSE, final.
+
+An answer is read into one buffer, of its announced length when it has one, and no
+further than the limit; an error answer's body no further than ``ERROR_BODY_BYTES``,
+all its message needs. So a large answer costs its size once, then its decoded form.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import asyncio
 import re
 import ssl
 import time
+import typing
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -32,19 +38,23 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from yarl import URL
 
-from ..core.connect import PROTO
+from ..core.connect import JSON, PROTO
 from ..core.connect_client import ConnectError, InvalidAnswer, decode_response, parse_error
 from ..core.endpoint_url import parse_endpoint_url
-from ..core.http import Request
+from ..core.http import Request, media_type
 from ..core.signatures import sign_request
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import function_pb2
-from .outcome import MAX_ANSWER_BYTES, Outcome
+from .outcome import ANSWER_MARGIN, MAX_ANSWER_BYTES, Outcome
+from .settings import DEFAULT_MAX_OUTPUT_SIZE
 
 USER_AGENT = "dispatchlet-scheduler"
 
 # Where they were first defined; their home is the callers' contract (outcome.py).
 __all__ = ["MAX_ANSWER_BYTES", "USER_AGENT", "HttpCaller", "Outcome", "retry_after"]
+
+ERROR_BODY_BYTES = 64 * 1024
+"""How much of an error answer's body is read: its Connect error, or the start of a page."""
 
 _FINAL_HTTP = {
     400: Status.INVALID_ARGUMENT,
@@ -57,10 +67,17 @@ _FINAL_HTTP = {
 class HttpCaller:
     """Sends signed Run requests; one connection pool for the scheduler's lifetime."""
 
-    def __init__(self, signing_key: Ed25519PrivateKey | None, *, insecure: bool = False) -> None:
+    def __init__(
+        self,
+        signing_key: Ed25519PrivateKey | None,
+        *,
+        insecure: bool = False,
+        max_output_size: int = DEFAULT_MAX_OUTPUT_SIZE,
+    ) -> None:
         if signing_key is None and not insecure:
             raise ValueError("a signing key is needed (or insecure=True, for development)")
         self.signing_key = signing_key
+        self.max_output_size = max_output_size
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> HttpCaller:
@@ -116,8 +133,17 @@ class HttpCaller:
                 headers=request.headers,
                 allow_redirects=False,
             ) as answer:
-                body = await _read_bounded(answer, MAX_ANSWER_BYTES)
-                return _outcome(answer.status, answer.headers, body, sent=len(request.body))
+                if answer.status != 200:
+                    error = await _read_start(answer, ERROR_BODY_BYTES)
+                    return _outcome(answer.status, answer.headers, error, sent=len(request.body))
+                limit = answer_limit(self.max_output_size, answer.headers.get("Content-Type"))
+                body = await _read_bounded(answer, limit)
+                if body is None:
+                    return _too_long(answer.content_length, limit, self.max_output_size)
+                # Decoded from the buffer as it is (protobuf and json read a bytearray as
+                # they read bytes): no copy of it.
+                read = typing.cast(bytes, body)
+                return _outcome(answer.status, answer.headers, read, sent=len(request.body))
         except aiohttp.ClientConnectorDNSError as exc:
             return _failure(Status.DNS_ERROR, exc)
         except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
@@ -130,29 +156,66 @@ class HttpCaller:
             return _failure(Status.INVALID_RESPONSE, exc)
 
 
-async def _read_bounded(answer: aiohttp.ClientResponse, limit: int) -> bytes | None:
-    """The whole body, or None when it is longer than ``limit`` (found out from its
-    announced length, or by reading no more than ``limit`` and one chunk)."""
+def answer_limit(max_output_size: int, content_type: str | None) -> int:
+    """The most of a 200 answer that is read: room for an output of ``max_output_size``
+    and what surrounds it, in the answer's codec (JSON carries bytes in base64)."""
+    if media_type(content_type) == JSON:
+        return 2 * max_output_size + ANSWER_MARGIN
+    return max_output_size + ANSWER_MARGIN
+
+
+async def _read_bounded(answer: aiohttp.ClientResponse, limit: int) -> bytearray | None:
+    """The whole body, in one buffer, or None when it is longer than ``limit`` (found
+    out from its announced length, or by reading no more than ``limit`` and one chunk).
+    The chunks are copied into the buffer as they come, and not kept: one copy."""
     length = answer.content_length
     if length is not None and length > limit:
         return None
-    chunks, size = [], 0
-    async for chunk in answer.content.iter_chunked(64 * 1024):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
+    if length is not None:
+        # As long as announced: aiohttp stops there, and fails a body cut short.
+        body = bytearray(length)
+        view, size = memoryview(body), 0
+        async for chunk in answer.content.iter_any():
+            if size + len(chunk) > length:
+                return None
+            view[size : size + len(chunk)] = chunk
+            size += len(chunk)
+        view.release()
+        return body if size == length else body[:size]
+    grown = bytearray()
+    async for chunk in answer.content.iter_any():
+        if len(grown) + len(chunk) > limit:
             return None
-    return b"".join(chunks)
+        grown += chunk
+    return grown
 
 
-def _outcome(status: int, headers: Any, body: bytes | None, *, sent: int = 0) -> Outcome:
+async def _read_start(answer: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The first ``limit`` bytes of the body at most; the rest is left unread (the
+    connection is then closed, not reused)."""
+    start = bytearray()
+    async for chunk in answer.content.iter_any():
+        start += chunk[: limit - len(start)]
+        if len(start) >= limit:
+            break
+    return bytes(start)
+
+
+def _too_long(length: int | None, limit: int, max_output_size: int) -> Outcome:
+    size = f"{length} bytes" if length is not None else f"more than {limit} bytes"
+    return Outcome(
+        Status.INVALID_RESPONSE,
+        error_type="InvalidResponse",
+        message=(
+            f"the endpoint answered {size}, more than the scheduler reads: an output of at "
+            f"most {max_output_size} bytes (--max-output-size) and {limit - max_output_size} "
+            "bytes around it"
+        ),
+    )
+
+
+def _outcome(status: int, headers: Any, body: bytes, *, sent: int = 0) -> Outcome:
     content_type = headers.get("Content-Type")
-    if body is None:
-        return Outcome(
-            Status.INVALID_RESPONSE,
-            error_type="InvalidResponse",
-            message=f"the endpoint answered more than {MAX_ANSWER_BYTES} bytes",
-        )
     if status == 200:
         try:
             return Outcome(Status.OK, decode_response(content_type, body))

@@ -10,7 +10,22 @@ from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import function_pb2
 
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
-"""The largest answer a caller reads from an endpoint; a larger one is INVALID_RESPONSE."""
+"""The largest answer the Lambda caller reads from a function (AWS allows 6 MB); a
+larger one is INVALID_RESPONSE. The HTTP caller's follows ``--max-output-size``."""
+ANSWER_MARGIN = 64 * 1024
+"""What an answer may hold beside its output (or Poll state): the RunResponse around
+it, a Poll's calls; an answer read is at most the output limit and this."""
+
+
+def oversized_output(size: int, limit: int, what: str = "an output") -> str | None:
+    """Why an answer's output (its ``CallResult``: the output or the error), or ``what``
+    else it stores, of ``size`` bytes is not stored under ``limit``, or None."""
+    if size <= limit:
+        return None
+    return (
+        f"the endpoint answered {what} of {size} bytes, larger than the scheduler's limit "
+        f"of {limit} bytes (--max-output-size)"
+    )
 
 
 @dataclass(frozen=True)

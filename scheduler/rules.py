@@ -35,9 +35,9 @@ from .calls import (
     duration_seconds,
     oversized_input,
 )
-from .outcome import Outcome
+from .outcome import Outcome, oversized_output
 from .retry import MAX_RESTARTS, RetryPolicy
-from .settings import DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_MAX_INPUT_SIZE
+from .settings import DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_MAX_INPUT_SIZE, DEFAULT_MAX_OUTPUT_SIZE
 from .store import Call, NewCall, TreeLimitExceeded
 
 
@@ -56,6 +56,9 @@ class Limits:
     max_restarts: int = MAX_RESTARTS
     max_input_size: int = DEFAULT_MAX_INPUT_SIZE
     """The largest input a Poll's call or a tail call may have, in bytes."""
+    max_output_size: int = DEFAULT_MAX_OUTPUT_SIZE
+    """The largest output (or error) an answer may carry, and the largest state a Poll
+    may leave, in bytes: what the call stores."""
     unsupported: Callable[[str], str | None] = supported
     """Why this process cannot call an endpoint (an ARN without boto3), or None."""
 
@@ -178,6 +181,10 @@ def after_attempt(
     if directive == "poll":
         return suspension(call, response.poll, limits, now)
     result = response.exit.result.SerializeToString()
+    # (Its length is known once serialized: ``ByteSize`` would serialize it as well.)
+    problem = oversized_output(len(result), limits.max_output_size)
+    if problem is not None:
+        return invalid("InvalidResponse", problem)
     answered = Outcome(Status.answered(response.status))
     if answered.status is Status.INCOMPATIBLE_STATE and call.poll:
         if response.exit.result.error.type == STEP_MISMATCH:
@@ -258,8 +265,12 @@ def suspension(call: Call, poll: poll_pb2.Poll, limits: Limits, now: float) -> S
     state = poll_pb2.Poll()
     state.CopyFrom(poll)
     state.ClearField("calls")
+    saved = state.SerializeToString()
+    problem = oversized_output(len(saved), limits.max_output_size, "a Poll state")
+    if problem is not None:
+        return invalid("InvalidPoll", problem)
     return Suspend(
-        poll=state.SerializeToString(),
+        poll=saved,
         children=tuple(children),
         min_results=poll.min_results,
         max_results=poll.max_results,

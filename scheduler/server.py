@@ -16,6 +16,7 @@ from .api import Api
 from .callers import Callers
 from .clock import clock_for
 from .concurrency import Limiter
+from .connections import BoundedSite, connection_cap, quiet_accept_errors, raise_fd_limit
 from .engine import Engine
 from .http_caller import HttpCaller
 from .settings import POSTGRES_SCHEMES, Settings, is_database_url
@@ -57,8 +58,18 @@ async def serve(
     ``handle_signals=False`` the caller handles SIGINT and SIGTERM (and sets ``stop``)."""
     store = await open_store(settings.database)
     # One time for leases, readiness and expiry: the database's when processes share it.
-    clock = await clock_for(store)
-    caller = Callers(HttpCaller(settings.signing_key, insecure=settings.insecure))
+    try:
+        clock = await clock_for(store)
+    except BaseException:
+        await store.close()
+        raise
+    caller = Callers(
+        HttpCaller(
+            settings.signing_key,
+            insecure=settings.insecure,
+            max_output_size=settings.max_output_size,
+        )
+    )
     engine = Engine(
         store,
         caller,
@@ -70,6 +81,7 @@ async def serve(
         max_input_size=settings.max_input_size,
         max_children=settings.max_children,
         max_descendants=settings.max_descendants,
+        max_output_size=settings.max_output_size,
         clock=clock,
     )
     api = Api(
@@ -78,19 +90,45 @@ async def serve(
         api_keys=settings.api_keys,
         insecure=settings.insecure,
         max_input_size=settings.max_input_size,
+        body_timeout=settings.body_timeout,
+        metrics_keys=settings.metrics_keys,
+        metrics_public=settings.metrics_public,
     )
-    # handler_cancellation: a Wait whose client went away stops waiting.
+    # aiohttp's keep-alive timer runs from a connection's start and from each answer
+    # until a whole request head has arrived: it bounds idle connections and slow heads.
     runner = web.AppRunner(
-        api.app(), access_log=None, handle_signals=False, handler_cancellation=True
+        api.app(),
+        access_log=None,
+        handle_signals=False,
+        keepalive_timeout=settings.keepalive_timeout,
+        # A Wait whose client went away stops waiting.
+        handler_cancellation=True,
     )
     await runner.setup()
     stopped = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    exception_handler = quiet_accept_errors(loop)
+    fd_limit = raise_fd_limit()
+    max_connections = connection_cap(settings.max_connections, fd_limit)
+    if max_connections < settings.max_connections:
+        logger.warning(
+            "at most %d connections (not %d): the open files limit is %d (raise it, e.g. "
+            "LimitNOFILE= in a systemd unit, or ulimit -n)",
+            max_connections,
+            settings.max_connections,
+            fd_limit,
+        )
     signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
     for signum in signals:
         loop.add_signal_handler(signum, stopped.set)
     try:
-        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=settings.reuse_port)
+        site = BoundedSite(
+            runner,
+            settings.host,
+            settings.port,
+            reuse_port=settings.reuse_port,
+            max_connections=max_connections,
+        )
         await site.start()
         if ready is not None:
             ready([(str(a[0]), int(a[1])) for a in runner.addresses])
@@ -114,6 +152,7 @@ async def serve(
     finally:
         for signum in signals:
             loop.remove_signal_handler(signum)
+        loop.set_exception_handler(exception_handler)
         await runner.cleanup()
         await caller.close()
         await clock.close()

@@ -36,6 +36,21 @@ child workflows."""
 DEFAULT_MAX_DESCENDANTS = 100_000
 """The most calls below one root, over its life: ten workflows at their bound on steps;
 a tree that forks without end stops there within seconds."""
+DEFAULT_MAX_CONNECTIONS = 1000
+"""Connections the API keeps open at once, unless the open files limit allows fewer."""
+DEFAULT_KEEPALIVE_TIMEOUT = 60.0
+"""Seconds a connection may stay open without a whole request head, from its start or
+from its last answer: it bounds idle connections and slow heads alike (nginx: 60 s for
+a head, 75 s idle)."""
+DEFAULT_BODY_TIMEOUT = 60.0
+"""Seconds a request's body may take to arrive (nginx's client_body_timeout: 60 s)."""
+METRICS_KEY_ENV = "DISPATCHLET_METRICS_KEY"
+"""Keys that may read /metrics and nothing else (comma-separated), beside the API keys."""
+DEFAULT_MAX_OUTPUT_SIZE = 16 * 1024 * 1024
+"""The largest output a call may store, in bytes (its serialized ``CallResult``: the
+output, or the error), and the largest state a Poll may leave: as large as an input."""
+MAX_OUTPUT_SIZE_ENV = "DISPATCHLET_MAX_OUTPUT_SIZE"
+"""Where ``max_output_size`` comes from when ``--max-output-size`` is not given."""
 DEFAULT_DATABASE = "dispatchlet.db"
 """The SQLite file used when no database is named."""
 DATABASE_URL_ENV = "DISPATCHLET_DATABASE_URL"
@@ -72,6 +87,20 @@ class Settings:
     """The most unfinished children of one call: a Poll beyond ends its call."""
     max_descendants: int = DEFAULT_MAX_DESCENDANTS
     """The most calls below one root: a Poll beyond ends its call."""
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    """Connections the API keeps open at once (lowered to fit the open files limit):
+    past it, the oldest that has sent nothing is closed, or else the new one is
+    answered 503."""
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    metrics_keys: Sequence[str] = ()
+    """Keys that may read /metrics, beside the API keys."""
+    metrics_public: bool = False
+    """/metrics without a key (for a scraper on a private network)."""
+    max_output_size: int = DEFAULT_MAX_OUTPUT_SIZE
+    """The largest output (or error, or Poll state) of a call, in bytes: an endpoint
+    answer with a larger one ends its call (INVALID_RESPONSE), and no more of an answer
+    than this (and a little for what surrounds it) is read."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **given: Any) -> Settings:
@@ -80,7 +109,9 @@ class Settings:
 
         - ``database``: ``DISPATCHLET_DATABASE_URL``, else the file ``dispatchlet.db``;
         - ``signing_key``: ``DISPATCH_SIGNING_KEY`` (PEM or base64), else None;
-        - ``api_keys``: ``DISPATCH_API_KEY``, comma-separated.
+        - ``api_keys``: ``DISPATCH_API_KEY``, comma-separated;
+        - ``metrics_keys``: ``DISPATCHLET_METRICS_KEY``, comma-separated;
+        - ``max_output_size``: ``DISPATCHLET_MAX_OUTPUT_SIZE`` (bytes), else 16 MiB.
 
         A value that cannot be used raises ``ConfigurationError`` naming its variable.
         """
@@ -99,7 +130,19 @@ class Settings:
                     ) from None
         if "api_keys" not in given:
             found["api_keys"] = split_api_keys(env.get(API_KEY_ENV, ""))
+        if "metrics_keys" not in given:
+            found["metrics_keys"] = tuple(split_api_keys(env.get(METRICS_KEY_ENV, "")))
+        if "max_output_size" not in given and env.get(MAX_OUTPUT_SIZE_ENV, "").strip():
+            found["max_output_size"] = _size(env, MAX_OUTPUT_SIZE_ENV)
         unknown = set(given) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
         return cls(**found, **given)
+
+
+def _size(env: Mapping[str, str], name: str) -> int:
+    """A positive number of bytes from the variable ``name``."""
+    text = env[name].strip()
+    if not text.isdigit() or int(text) <= 0:
+        raise ConfigurationError(f"invalid {name} {text[:40]!r}: expected a number of bytes")
+    return int(text)

@@ -64,6 +64,13 @@ def test_the_example_settings_name_what_the_scheduler_reads() -> None:
     assert unit_setting("KillSignal") == "SIGTERM"
 
 
+def test_the_unit_listens_on_loopback_with_room_for_its_connections() -> None:
+    command = shlex.split(unit_setting("ExecStart"))
+    assert command[command.index("--host") + 1] == "127.0.0.1"
+    # Above the default connection cap plus the reserve the scheduler keeps for the rest.
+    assert int(unit_setting("LimitNOFILE")) >= 65536
+
+
 class Quick(http.server.BaseHTTPRequestHandler):
     """Answers at once, but holds the first calls until more run at once than one
     process starts to one destination (its limit starts at 4): so more than one process

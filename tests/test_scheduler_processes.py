@@ -381,7 +381,14 @@ def test_health_and_metrics(loop: Loop) -> None:
     loop.wait(dispatch_id)
     with urllib.request.urlopen(loop.scheduler + "/healthz", timeout=10) as answer:
         assert json.loads(answer.read()) == {"status": "ok"}
-    with urllib.request.urlopen(loop.scheduler + "/metrics", timeout=10) as answer:
+    # /metrics names destinations: it needs the key.
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(loop.scheduler + "/metrics", timeout=10)
+    assert refused.value.code == 401
+    scrape = urllib.request.Request(
+        loop.scheduler + "/metrics", headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    with urllib.request.urlopen(scrape, timeout=10) as answer:
         text = answer.read().decode()
     ok = re.search(r'^dispatchlet_attempts_total\{status="OK"\} (\d+)$', text, re.MULTILINE)
     assert ok is not None
@@ -618,7 +625,7 @@ def misbehaving() -> Iterator[str]:
     [
         ("garbage", Status.INVALID_RESPONSE, 1, "unexpected Content-Type 'text/plain'"),
         ("garbage-proto", Status.INVALID_RESPONSE, 1, "cannot decode the RunResponse"),
-        ("huge", Status.INVALID_RESPONSE, 1, "more than 16777216 bytes"),
+        ("huge", Status.INVALID_RESPONSE, 1, "an output of at most 16777216 bytes"),
         ("401", Status.UNAUTHENTICATED, 1, "HTTP 401 permission_denied: nope"),
         ("403", Status.PERMISSION_DENIED, 1, "HTTP 403 permission_denied: nope"),
         ("busy", Status.OK, 2, ""),

@@ -6,6 +6,7 @@ schema versioning."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import sqlite3
 import subprocess
@@ -282,7 +283,10 @@ def test_list_filters_and_pages_in_creation_order(open_store: Any) -> None:
         (claimed, *_) = await store.claim(owner="s", now=NOW, limit=1, lease_seconds=LEASE)
         running = await store.list(state=State.RUNNING)
         assert [c.dispatch_id for c in running] == [claimed.call.dispatch_id]
-        assert await store.list(root_id=ids[3]) == [await store.get(ids[3])]
+        # A summary: the call without its input (``get`` has it).
+        whole = await store.get(ids[3])
+        assert whole is not None
+        assert await store.list(root_id=ids[3]) == [dataclasses.replace(whole, input=b"")]
 
     with_store(open_store, body)
 
@@ -450,9 +454,16 @@ def test_sqlite_upgrades_a_database_of_the_previous_version(tmp_path: Path) -> N
     try:
         assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         names = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-        assert {"calls_ready_root", "calls_by_key", "calls_by_request"} <= names
+        assert {"calls_ready_root", "calls_by_key", "calls_by_request", *LIST_INDEXES} <= names
     finally:
         db.close()
+
+
+# What a later version added: the indexes of List's filters.
+LIST_INDEXES = [
+    f"calls_list_{name}"
+    for name in ("unfinished", "finished", "function", "root", "status", "failed")
+]
 
 
 def old_sqlite_database(path: Path, version: int, calls: list[tuple[str, str, str | None]]) -> None:
@@ -858,6 +869,7 @@ def test_postgres_upgrades_a_database_of_the_previous_version(postgres_server: s
             "SELECT indexname FROM pg_indexes WHERE tablename = 'dispatchlet_calls'"
         ).fetchall()
     assert ("dispatchlet_calls_ready_root",) in indexes
+    assert {(f"dispatchlet_{index}",) for index in LIST_INDEXES} <= set(indexes)
 
 
 async def _open_and_close_postgres(url: str) -> None:
@@ -1341,6 +1353,147 @@ def test_postgres_counts_the_trees_it_upgrades(postgres_server: str) -> None:
     url = fresh_database(postgres_server)
     old_postgres_database(url, _before_tree_counts(PG_MIGRATIONS), _tree_rows())
     with_store(lambda: PostgresStore.open(url), _counted_on_upgrade)
+
+
+# --- List's summaries and indexes, read beside the writer ----------------------------
+
+
+def test_list_gives_summaries_and_get_the_whole_call(open_store: Any) -> None:
+    """A summary has no input, no workflow state and no output; an error is kept when it
+    is small (a table of calls shows it), else left to ``get``."""
+    from dispatchlet.scheduler.store import LISTED_ERROR_BYTES
+
+    large_error = b"E" * (LISTED_ERROR_BYTES + 1)
+
+    async def body(store: Store) -> None:
+        parent, _ = await suspended(store, 1, min_results=1, max_results=1)
+        ok, small, large, retried = await store.dispatch(
+            [call(f"f{n}", input=b"I" * 1000) for n in range(4)], now=NOW
+        )
+        leases = {
+            c.call.dispatch_id: c.lease
+            for c in await store.claim(owner="s", now=NOW, limit=10, lease_seconds=LEASE)
+        }
+        assert await store.finish(leases[ok], OK, b"O" * 1000, now=NOW + 1)
+        assert await store.finish(leases[small], PERMANENT_ERROR, b"e", now=NOW + 1)
+        assert await store.finish(leases[large], PERMANENT_ERROR, large_error, now=NOW + 1)
+        assert await store.retry(leases[retried], TIMEOUT, b"t", ready_at=NOW + 9, now=NOW + 1)
+        listed = {c.dispatch_id: c for c in await store.list(limit=100)}
+        for dispatch_id in (parent, ok, small, large, retried):
+            summary, whole = listed[dispatch_id], await store.get(dispatch_id)
+            assert whole is not None
+            assert (summary.input, summary.poll) == (b"", b"")
+            shown = whole.result if dispatch_id in (small, retried) else b""
+            assert summary == dataclasses.replace(whole, input=b"", poll=b"", result=shown)
+        whole_ok, whole_parent = await store.get(ok), await store.get(parent)
+        assert whole_ok is not None
+        assert whole_parent is not None
+        assert (whole_ok.input, whole_ok.result) == (b"I" * 1000, b"O" * 1000)
+        assert whole_parent.poll == POLL
+        assert (await store.get(large) or whole_ok).result == large_error
+
+    with_store(open_store, body)
+
+
+def test_list_filters_match_after_every_change_of_state(open_store: Any) -> None:
+    """The state filters follow a call through its runs (List's indexes of states are
+    told apart by ``finished_at``, which only a final call has)."""
+
+    async def body(store: Store) -> None:
+        a, b = await store.dispatch([call("a"), call("b")], now=NOW)
+
+        async def states() -> dict[State, list[str]]:
+            found = {s: [c.dispatch_id for c in await store.list(state=s)] for s in State}
+            for state, ids in found.items():
+                newest = [c.dispatch_id for c in await store.list(state=state, newest_first=True)]
+                assert newest == ids[::-1]
+            return found
+
+        assert await states() == {
+            State.READY: [a, b],
+            State.RUNNING: [],
+            State.WAITING: [],
+            State.DONE: [],
+        }
+        leases = {
+            c.call.dispatch_id: c.lease
+            for c in await store.claim(owner="s", now=NOW, limit=10, lease_seconds=LEASE)
+        }
+        assert (await states())[State.RUNNING] == [a, b]
+        assert await store.finish(leases[a], OK, b"", now=NOW + 1)
+        assert await store.retry(leases[b], TIMEOUT, b"e", ready_at=NOW + 2, now=NOW + 1)
+        assert await states() == {
+            State.READY: [b],
+            State.RUNNING: [],
+            State.WAITING: [],
+            State.DONE: [a],
+        }
+        assert await store.cancel(b, PERMANENT_ERROR, b"c", now=NOW + 3) == 1
+        assert (await states())[State.DONE] == [a, b]
+        assert [c.dispatch_id for c in await store.list(failed=True)] == [b]
+
+    with_store(open_store, body)
+
+
+def test_postgres_list_reads_an_index_in_creation_order(postgres_server: str) -> None:
+    """Each filter's page is an index scan in ``seq`` order, with no sort, in a table
+    of mostly finished calls as a scheduler's is (the planner weighs what it matches)."""
+    import psycopg
+    from dispatchlet.scheduler.store.postgres import SQL as PG
+    from dispatchlet.scheduler.store.postgres import PostgresStore
+
+    url = fresh_database(postgres_server)
+
+    async def filled() -> None:
+        store = await PostgresStore.open(url)
+        try:
+            for _ in range(10):
+                await store.dispatch([call(f"f{n % 20}") for n in range(1000)], now=NOW)
+        finally:
+            await store.close()
+
+    run(filled())
+    filters: list[dict[str, Any]] = [
+        {"state": "done"},
+        {"state": "ready"},
+        {"function": "f1"},
+        {"function": "f1", "state": "ready"},
+        {"root_id": "r"},
+        {"status": 7},
+        {"failed": True},
+    ]
+    # What 1 call in 50 (ready) or in 1000 (failed) matches.
+    selective = [f for f in filters if f.get("state") == "ready" or "status" in f or "failed" in f]
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute(
+            "UPDATE dispatchlet_calls SET state = 'done', status = 1, finished_at = created_at "
+            "WHERE seq % 50 <> 0"
+        )
+        db.execute("UPDATE dispatchlet_calls SET status = 7 WHERE seq % 997 = 0")
+        db.execute("ANALYZE dispatchlet_calls")
+        for chosen in filters:
+            for newest_first in (True, False):
+                arguments: dict[str, Any] = {
+                    "state": None,
+                    "function": None,
+                    "root_id": None,
+                    "status": None,
+                    "failed": False,
+                    "newest_first": newest_first,
+                    "after": None,
+                    "limit": 100,
+                    **chosen,
+                }
+                query, params = PG.list(**arguments)
+                plan = "\n".join(
+                    str(row[0]) for row in db.execute(f"EXPLAIN {query}".encode(), params)
+                )
+                assert "Sort" not in plan, (chosen, plan)
+                assert "Seq Scan" not in plan, (chosen, plan)
+                if chosen in selective:  # else reading in seq order finds a page soon too
+                    assert "Index Scan Backward using dispatchlet_calls_list_" in plan or (
+                        "Index Scan using dispatchlet_calls_list_" in plan
+                    ), (chosen, plan)
 
 
 # --- claims among destinations that are full ---------------------------------------------

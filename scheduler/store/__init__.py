@@ -42,6 +42,7 @@ from enum import Enum
 from typing import Any, Protocol
 
 from ...core.errors import DispatchletError
+from ...core.status import Status
 from .claims import claim_candidates, claim_window, fitting, in_turns, needs_root_heads
 
 
@@ -303,10 +304,16 @@ class Store(Protocol):
         after: str | None = None,
         limit: int = 100,
     ) -> list[Call]:
-        """Calls matching every filter given (``status``: done with that final status;
-        ``failed``: done with any other than OK), in creation order or, with
-        ``newest_first``, the reverse; after the dispatch id ``after`` (a page's last) in
-        that order."""
+        """Summaries of the calls matching every filter given (``status``: done with
+        that final status; ``failed``: done with any other than OK), in creation order
+        or, with ``newest_first``, the reverse; after the dispatch id ``after`` (a page's
+        last) in that order.
+
+        A summary is a ``Call`` without what may be large: its ``input`` and ``poll``
+        are empty, and its ``result`` is kept only when it is an error (the status is
+        not OK) of at most ``LISTED_ERROR_BYTES``, else empty; ``get`` has the whole
+        call. Each filter, and the order, is served by an index: a page costs the same
+        whatever the number of calls."""
 
     async def cancel(self, dispatch_id: str, status: int, result: bytes, *, now: float) -> int:
         """End the call and its unfinished descendants with ``status`` and ``result``;
@@ -331,6 +338,11 @@ class Store(Protocol):
 # --- what both stores share --------------------------------------------------------
 
 
+LISTED_ERROR_BYTES = 16 * 1024
+"""The largest stored error that ``Store.list`` returns with a summary (a page of 1,000
+holds at most 16 MiB of them); a larger one is left to ``get``."""
+
+
 class StoreError(DispatchletError):
     """The database cannot be used (written by a newer version, not a store)."""
 
@@ -346,10 +358,38 @@ def loaded_correlation_id(stored: int) -> int:
     return stored + (1 << 64) if stored < 0 else stored
 
 
+class DatabaseBroken(StoreError):
+    """The database is corrupt, or its file was deleted or replaced under the running
+    scheduler: trying again cannot help, an operator must act (the message says how).
+    Answered as an internal error with that message; the store claims nothing more."""
+
+    http_status = 500
+    code = "internal"
+
+
+# SQLite's primary result codes that mean a damaged database file (``sqlite3.h``).
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+
+
+def corrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite finding its database file damaged ("database disk
+    image is malformed", "file is not a database")."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return (
+        isinstance(exc, sqlite3.DatabaseError)
+        and isinstance(code, int)
+        and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    )
+
+
 def unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` means that the database cannot be used now (unreachable,
     restarting, its connection lost, its file locked or full, the store closed): worth
-    trying again later, unlike an error of the scheduler's own."""
+    trying again later, unlike an error of the scheduler's own. A damaged or replaced
+    database (``DatabaseBroken``, SQLite's corruption codes) is not: no retry mends it."""
+    if isinstance(exc, DatabaseBroken) or corrupt(exc):
+        return False
     if isinstance(exc, (StoreError, sqlite3.OperationalError)):
         return True
     # psycopg's, if it is loaded at all (only the PostgreSQL store loads it): connection
@@ -367,6 +407,12 @@ def new_dispatch_id(now: float) -> str:
 def children_of(parent_id: str, root_id: str, children: Sequence[NewCall]) -> list[NewCall]:
     """A Poll's calls, placed under the call that made them."""
     return [dataclasses.replace(c, parent_id=parent_id, root_id=root_id) for c in children]
+
+
+def summary(call: Call) -> Call:
+    """``call`` as ``Store.list`` returns it (what the stores' SQL selects)."""
+    error = call.status not in (None, Status.OK.value) and len(call.result) <= LISTED_ERROR_BYTES
+    return dataclasses.replace(call, input=b"", poll=b"", result=call.result if error else b"")
 
 
 def call_from_row(row: Sequence[Any]) -> Call:
@@ -401,10 +447,12 @@ def child_result_from_row(row: Sequence[Any]) -> ChildResult:
 
 __all__ = [
     "END_BATCH",
+    "LISTED_ERROR_BYTES",
     "NO_BOUNDS",
     "Call",
     "ChildResult",
     "Claimed",
+    "DatabaseBroken",
     "Lease",
     "NewCall",
     "RequestConflict",
@@ -419,11 +467,13 @@ __all__ = [
     "children_of",
     "claim_candidates",
     "claim_window",
+    "corrupt",
     "fitting",
     "in_turns",
     "loaded_correlation_id",
     "needs_root_heads",
     "new_dispatch_id",
     "stored_correlation_id",
+    "summary",
     "unavailable",
 ]

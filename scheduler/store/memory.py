@@ -34,6 +34,7 @@ from . import (
     fitting,
     in_turns,
     new_dispatch_id,
+    summary,
 )
 from .idempotency import KeyedCalls, repeated
 
@@ -358,7 +359,7 @@ class MemoryStore:
             if len(found) >= limit:
                 break
             if matches(row):
-                found.append(row.call())
+                found.append(summary(row.call()))
         return found
 
     async def cancel(self, dispatch_id: str, status: int, result: bytes, *, now: float) -> int:

@@ -33,7 +33,6 @@ import psycopg
 import psycopg_pool
 from psycopg_pool import AsyncConnectionPool
 
-from ...core.status import Status
 from ..calls import destination
 from . import (
     END_BATCH,
@@ -553,7 +552,6 @@ class PostgresStore:
             root_id=root_id,
             status=status,
             failed=failed,
-            ok=Status.OK.value,
             newest_first=newest_first,
             after=after,
             limit=limit,

@@ -24,8 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ...core.status import Status
 from ..calls import destination
-from . import Lease, NewCall, new_dispatch_id, stored_correlation_id
+from . import LISTED_ERROR_BYTES, Lease, NewCall, new_dispatch_id, stored_correlation_id
 
 CHANNEL = "dispatchlet_ready"
 """The PostgreSQL channel that is notified when a call becomes claimable now."""
@@ -50,6 +51,9 @@ class Dialect:
     """A named parameter, ``{}`` standing for its name."""
     many: bool
     """Whether ``one_of`` takes a whole list (else one value a run)."""
+    in_order: str = ""
+    """What ends an index's columns so that its entries of one key are in creation order
+    (SQLite's indexes end with the rowid already; PostgreSQL's name ``seq``)."""
 
     def render(self, template: str) -> str:
         """``template`` in this dialect."""
@@ -61,6 +65,7 @@ class Dialect:
             "false": self.false,
             "double": self.double,
             "blob": self.blob,
+            "in_order": self.in_order,
         }
         text = template.format_map(words)
         # A parameter is ``:name``; ``::type`` (a PostgreSQL cast) is not one.
@@ -96,6 +101,7 @@ POSTGRES = Dialect(
     blob="BYTEA",
     parameter="%({})s",
     many=True,
+    in_order=", seq",
 )
 
 MIGRATIONS: tuple[str, ...] = (
@@ -131,6 +137,22 @@ MIGRATIONS: tuple[str, ...] = (
         set_aside_only INTEGER NOT NULL
     )
     """,
+    # What List filters on, each in creation order, so that a filtered page is a range
+    # of one index read from its end (newest first) or its start, never a scan of the
+    # table: a state, a function, a root (the (root_id, dispatch_id) index is in
+    # dispatch id order, not creation order), a final status, the failed calls (the OK
+    # status written out: a partial index serves only a query that says the same).
+    # The states' indexes are split by ``finished_at``, which only List's queries name,
+    # so that a claim, which filters on a state too, keeps to its own indexes.
+    "CREATE INDEX {calls}_list_unfinished ON {calls} (state{in_order}) "
+    "WHERE finished_at IS NULL;"
+    "CREATE INDEX {calls}_list_finished ON {calls} (state{in_order}) "
+    "WHERE finished_at IS NOT NULL;"
+    "CREATE INDEX {calls}_list_function ON {calls} (function{in_order});"
+    "CREATE INDEX {calls}_list_root ON {calls} (root_id{in_order});"
+    "CREATE INDEX {calls}_list_status ON {calls} (status{in_order}) WHERE state = 'done';"
+    "CREATE INDEX {calls}_list_failed ON {calls} (state{in_order}) "
+    f"WHERE state = 'done' AND status <> {Status.OK.value:d}",
 )
 """Schema changes written once for both stores, after each store's own history (its
 module's ``MIGRATIONS``, which ship as they are): each entry moves both schemas one
@@ -141,6 +163,17 @@ COLUMNS = (
     "dispatch_id, function, endpoint, input, version, correlation_id, parent_id, "
     "root_id, state, status, result, attempts, created_at, expires_at, ready_at, "
     "finished_at, poll, restarts"
+)
+# The columns of a Call as List shows it (``Store.list``): its input and poll state
+# left out, its result only when it is an error of at most LISTED_ERROR_BYTES. Nothing
+# else of those BLOBs is read (a length is known without reading the value).
+SUMMARY = (
+    "dispatch_id, function, endpoint, CAST({empty} AS {blob}), version, correlation_id, "
+    "parent_id, root_id, state, status, "
+    f"CASE WHEN status <> {Status.OK.value:d} AND length(result) <= {LISTED_ERROR_BYTES:d} "
+    "THEN result ELSE CAST({empty} AS {blob}) END, "
+    "attempts, created_at, expires_at, ready_at, finished_at, CAST({empty} AS {blob}), "
+    "restarts"
 )
 # The columns a new call is given (its state is 'ready').
 INSERTED = (
@@ -399,12 +432,11 @@ class Statements:
         root_id: str | None,
         status: int | None,
         failed: bool,
-        ok: int,
         newest_first: bool,
         after: str | None,
         limit: int,
     ) -> tuple[str, dict[str, Any]]:
-        """The query of ``Store.list`` and its parameters (``ok``: the OK status)."""
+        """The query of ``Store.list`` and its parameters: summaries (``SUMMARY``)."""
         clauses = []
         params: dict[str, Any] = {"limit": limit}
         for column, value in (
@@ -416,12 +448,16 @@ class Statements:
             if value is not None:
                 clauses.append(f"{column} = :{column}")
                 params[column] = value
+        if state is not None:
+            # What a call's state implies (it is done once it finished), said so that
+            # the query may read the index of its states (see MIGRATIONS).
+            clauses.append(f"finished_at IS {'NOT ' if state == 'done' else ''}NULL")
         if status is not None or failed:
             # Only a done call's status is final (a retried one keeps its last attempt's).
             clauses.append("state = 'done'")
         if failed:
-            clauses.append("status <> :ok")
-            params["ok"] = ok
+            # Written out, as the partial index that serves it says it.
+            clauses.append(f"status <> {Status.OK.value:d}")
         # Creation order is the row order; a page starts after the last one's row.
         order, beyond = ("DESC", "<") if newest_first else ("ASC", ">")
         if after is not None:
@@ -432,7 +468,9 @@ class Statements:
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         # Only this module's own column names and keywords go into the text; values are
         # parameters.
-        query = self.select + self.dialect.render(f"{where} ORDER BY {{seq}} {order} LIMIT :limit")
+        query = self.dialect.render(
+            f"SELECT {SUMMARY} FROM {{calls}}{where} ORDER BY {{seq}} {order} LIMIT :limit"
+        )
         return query, params
 
 

@@ -62,7 +62,9 @@ class CallInfo(_message.Message):
     """
     @_builtins.property
     def output(self) -> _any_pb2.Any:
-        """The output once OK; the last error otherwise (also while retrying)."""
+        """The output once OK; the last error otherwise (also while retrying). List leaves the
+        output out, and an error larger than 16 KiB (Get has them).
+        """
 
     @_builtins.property
     def error(self) -> _error_pb2.Error: ...
@@ -75,7 +77,7 @@ class CallInfo(_message.Message):
     @_builtins.property
     def coroutine_state(self) -> _any_pb2.Any:
         """While the call is suspended by a Poll (or being resumed): the state its endpoint
-        returned with the Poll (for a dispatchlet workflow, its journal).
+        returned with the Poll (for a dispatchlet workflow, its journal). Get and Wait only.
         """
 
     @_builtins.property
@@ -263,7 +265,9 @@ class ListResponse(_message.Message):
     next_page_token: _builtins.str
     """Empty on the last page."""
     @_builtins.property
-    def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___CallInfo]: ...
+    def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___CallInfo]:
+        """Summaries (see List)."""
+
     def __init__(
         self,
         *,
