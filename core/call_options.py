@@ -33,4 +33,7 @@ def key_problem(key: str) -> str | None:
         return "an empty idempotency key"
     if len(key) > MAX_KEY_LENGTH:
         return f"an idempotency key longer than {MAX_KEY_LENGTH} characters"
+    if not key.isprintable():
+        # NUL above all: PostgreSQL's text cannot hold it.
+        return f"an idempotency key with a control character: {key!r}"
     return None

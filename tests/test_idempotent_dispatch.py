@@ -137,9 +137,11 @@ def test_calls_with_a_known_key_get_its_calls_id(tmp_path: Path, codec: str) -> 
         ("x" * 256, "k", "invalid Idempotency-Key header: expected 1 to 255 printable ASCII"),
         ("", "k", "invalid Idempotency-Key header"),
         (None, "k" * 257, "call 1: an idempotency key longer than 256 characters"),
+        (None, "a\x00b", "call 1: an idempotency key with a control character: 'a\\x00b'"),
+        (None, "line\nbreak", "call 1: an idempotency key with a control character"),
     ],
 )
-def test_request_ids_and_keys_too_long_are_refused(
+def test_request_ids_and_keys_that_cannot_be_used_are_refused(
     tmp_path: Path, request_id: str | None, key: str, message: str
 ) -> None:
     async def body(h: Harness) -> None:
@@ -298,6 +300,7 @@ def test_options_refuse_what_they_do_not_implement(endpoint: Endpoint) -> None:
     for given, message in [
         ({"key": ""}, "an empty idempotency key"),
         ({"key": "k" * 257}, "longer than 256 characters"),
+        ({"key": "a\x00b"}, "with a control character"),
         ({"expiration": 0}, "expiration must be positive"),
     ]:
         with pytest.raises(ValueError, match=message):

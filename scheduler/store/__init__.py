@@ -43,7 +43,7 @@ from typing import Any, Protocol
 
 from ...core.errors import DispatchletError
 from ...core.status import Status
-from .claims import claim_window, fitting, in_turns, needs_root_heads
+from .claims import claim_candidates, claim_window, fitting, in_turns, needs_root_heads
 
 
 class State(str, Enum):
@@ -225,6 +225,15 @@ class Store(Protocol):
     def subscribe(self, wake: Callable[[], None]) -> None:
         """Call ``wake`` when another process makes a call claimable now (a store that
         only one process uses may never call it)."""
+
+    def watch(self, changed: Callable[[str | None, str | None], None]) -> float | None:
+        """Call ``changed(dispatch_id, root_id)`` when another process ends a call (root
+        given: its unfinished descendants may have ended too) or records a retry of it
+        (no root), ``changed(None, root_id)`` when it ends descendants in the tree of
+        ``root_id``, and ``changed(None, None)`` when any call may have changed unseen (a
+        lost connection). How often a waiter should read its call again all the same, in
+        seconds, or None when it is told every change (a store only one process uses
+        tells none: that process wakes its own waiters)."""
 
     async def release(self, lease: Lease, *, ready_at: float) -> bool:
         """Hand the call back unrun, ready at ``ready_at``: the attempt is not counted.
@@ -457,6 +466,7 @@ __all__ = [
     "call_from_row",
     "child_result_from_row",
     "children_of",
+    "claim_candidates",
     "claim_window",
     "corrupt",
     "fitting",
