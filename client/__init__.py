@@ -524,6 +524,12 @@ class Client:
             self._close()
             closed = f"{self.api_url} closed the connection"
             raise _NoAnswer(closed, brief=closed, reset=True) from None
+        except http.client.HTTPException as exc:
+            # An answer cut short or garbled (a proxy or the server died mid-answer): no
+            # answer, as after a reset.
+            self._close()
+            broken = f"{self.api_url} sent a broken answer ({type(exc).__name__})"
+            raise _NoAnswer(broken, brief=broken, reset=True) from None
         except OSError as exc:
             self._close()
             reason = exc.strerror or str(exc) or type(exc).__name__

@@ -33,7 +33,8 @@ UNAVAILABLE = b'{"code": "unavailable", "message": "busy; try again"}'
 
 @dataclass
 class Reply:
-    """What the stub answers one request with (``status`` 0: the connection reset)."""
+    """What the stub answers one request with (``status`` 0: the connection reset; -1:
+    an answer cut short, the connection closed before the body it announced)."""
 
     status: int
     retry_after: str | None = None
@@ -78,6 +79,10 @@ def handler(script: Script) -> type[http.server.BaseHTTPRequestHandler]:
             if reply.status == 0:  # read whole, then reset: the answer is lost
                 linger = struct.pack("ii", 1, 0)
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                self.close_connection = True
+                return
+            if reply.status == -1:
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\ncut")
                 self.close_connection = True
                 return
             self.send_response(reply.status)
@@ -153,6 +158,28 @@ def test_a_dispatch_whose_answer_is_lost_twice_is_sent_again_with_its_request_id
     assert len(ids) == 3
     assert ids[0] is not None
     assert ids == [ids[0]] * 3
+
+
+def test_an_answer_cut_short_is_no_answer_and_the_request_is_sent_again() -> None:
+    script = Script([Reply(-1)])
+    with stub(script) as url, Client(url, "k") as client:
+        assert client.dispatch([call("a")]) == ["d1"]
+    ids = [request_id for _, request_id, _ in script.seen]
+    assert len(ids) == 2
+    assert ids[0] is not None
+    assert ids[0] == ids[1]
+
+
+def test_an_answer_cut_short_every_time_is_a_client_error() -> None:
+    script = Script([], then=Reply(-1))
+    with (
+        stub(script) as url,
+        Client(url, "k", retries=1) as client,
+        pytest.raises(ClientError) as refused,
+    ):
+        client.dispatch([call("a")])
+    assert refused.value.code == "unavailable"
+    assert "broken answer" in refused.value.message
 
 
 def test_the_pause_asked_by_retry_after_is_kept() -> None:
