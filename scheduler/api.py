@@ -37,6 +37,7 @@ from ..core.errors import (
     refuses,
 )
 from ..core.http import Response
+from ..core.proto_json import message_to_json
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2, error_pb2, poll_pb2
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2, options_pb2
@@ -44,7 +45,7 @@ from .calls import call_problem, duration_seconds, oversized_input, timestamp
 from .engine import Engine
 from .metrics import prometheus_text, stats
 from .settings import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_INPUT_SIZE, METRICS_KEY_ENV
-from .store import Call, NewCall, RequestId, State, Store, unavailable
+from .store import END_BATCH, Call, NewCall, RequestId, State, Store, unavailable
 
 M = TypeVar("M", bound=message.Message)
 logger = logging.getLogger(__name__)
@@ -179,7 +180,9 @@ class Api:
             payload = (
                 answer.SerializeToString()
                 if wire == PROTO
-                else json_format.MessageToJson(answer, indent=None).encode()
+                # A stored value of a type this process does not know is shown as
+                # {"@type", "value": base64}, not a failed answer.
+                else message_to_json(answer)
             )
             return web.Response(body=payload, content_type=wire)
 
@@ -291,16 +294,23 @@ class Api:
             limit = min(limit, max(0.0, duration_seconds(request.timeout)))
         seen = request.attempts_seen if request.HasField("attempts_seen") else None
         deadline = time.monotonic() + limit
+        # Woken when the call ends or a retry of it is recorded, by this process or
+        # (told by the store) another; read again only then, or every ``reread``
+        # seconds on a store whose notifications may be lost. A client that goes away
+        # cancels the request (the server cancels handlers on disconnection), and with
+        # it the watch.
         with self.engine.watching(request.dispatch_id) as until:
             found = await self._found(request.dispatch_id)
+            until.within(found.root_id)
             while not _answers_wait(found, seen):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                # Woken when this process ends the call or records a retry of it;
-                # checked again at least every second (another process may).
-                await until(min(remaining, 1.0))
-                found = await self._found(request.dispatch_id)
+                reread = self.engine.reread
+                if await until(remaining if reread is None else min(remaining, reread)):
+                    found = await self._found(request.dispatch_id)
+                elif time.monotonic() < deadline:
+                    found = await self._found(request.dispatch_id)  # the safety re-read
         return calls_pb2.WaitResponse(call=call_info(found, with_input=True))
 
     async def list(self, request: calls_pb2.ListRequest) -> calls_pb2.ListResponse:
@@ -342,16 +352,18 @@ class Api:
 
     async def cancel(self, request: calls_pb2.CancelRequest) -> calls_pb2.CancelResponse:
         """End the call at once, with the first batch of its unfinished descendants
-        (``cancelled`` counts those); the others end in batches after the answer."""
-        await self._found(request.dispatch_id)
+        (``cancelled`` counts those); the others end in batches after the answer
+        (``more_ending`` says so: the store stopped at a full batch)."""
+        found = await self._found(request.dispatch_id)
         error = error_pb2.Error(type="Cancelled", message="the call was cancelled")
         result = call_pb2.CallResult(error=error).SerializeToString()
         count = await self.store.cancel(
             request.dispatch_id, Status.PERMANENT_ERROR.value, result, now=self.clock()
         )
         if count:
+            self.engine.changed(request.dispatch_id, found.root_id)
             self.engine.end_descendants_soon()
-        return calls_pb2.CancelResponse(cancelled=count)
+        return calls_pb2.CancelResponse(cancelled=count, more_ending=count > END_BATCH)
 
 
 _STORE_FAILED = "the scheduler cannot reach its database now; try again"

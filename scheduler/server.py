@@ -101,6 +101,8 @@ async def serve(
         access_log=None,
         handle_signals=False,
         keepalive_timeout=settings.keepalive_timeout,
+        # A Wait whose client went away stops waiting.
+        handler_cancellation=True,
     )
     await runner.setup()
     stopped = stop or asyncio.Event()

@@ -8,7 +8,9 @@
   serialized by a transaction-scoped advisory lock and count the leases in force of
   every process, so that no two processes spend the same budget.
 - Writes that make a call claimable now ``NOTIFY`` a channel every scheduler listens
-  on; the engine's polling is the fallback when a notification is lost.
+  on; the engine's polling is the fallback when a notification is lost. Writes that end
+  a call or record a retry notify another channel with its dispatch id, which wakes the
+  Waits of every process on it.
 - The schema is versioned in ``dispatchlet_schema`` and migrated on open under an
   advisory lock, so several processes starting at once migrate it once.
 
@@ -49,7 +51,7 @@ from . import (
     child_result_from_row,
     children_of,
 )
-from .claims import claim_window, fitting, in_turns, needs_root_heads
+from .claims import claim_candidates, claim_window, fitting, in_turns, needs_root_heads
 from .idempotency import (
     CONFLICT_RETRIES,
     IdempotencyStatements,
@@ -59,6 +61,7 @@ from .idempotency import (
     request_row,
 )
 from .statements import (
+    CHANGED,
     CHANNEL,
     POSTGRES,
     UNBOUNDED,
@@ -82,6 +85,10 @@ CLAIM_LOCK = 0x64697370_636C6169
 # the server dropped meanwhile (a restart) is replaced, not handed to a transaction. One
 # in steady use is not: if it fails, the store's caller retries.
 CHECK_AFTER_IDLE = 1.0
+WAIT_REREAD = 30.0
+"""How often a Wait reads its call again without a notification: a listening connection
+that dies silently (no error until TCP gives up) misses notifications, and the waiter
+must not sleep through the end of its call for all that."""
 # How many times a transaction PostgreSQL aborted to break a deadlock is run.
 ABORTED_RETRIES = 5
 # How often a process that finds another migrating the schema checks whether it is done.
@@ -275,6 +282,7 @@ class PostgresStore:
         self._pool = pool
         self._listener: asyncio.Task[None] | None = None
         self._wake: list[Callable[[], None]] = []
+        self._changed: list[Callable[[str | None, str | None], None]] = []
         self._finishing: list[tuple[_Finish, asyncio.Future[bool]]] = []
         self._flushes: set[asyncio.Task[None]] = set()
 
@@ -352,6 +360,15 @@ class PostgresStore:
     def subscribe(self, wake: Callable[[], None]) -> None:
         """Call ``wake`` whenever any process makes a call claimable now."""
         self._wake.append(wake)
+        self._start_listening()
+
+    def watch(self, changed: Callable[[str | None, str | None], None]) -> float | None:
+        """Call ``changed`` whenever any process ends a call or records a retry of it."""
+        self._changed.append(changed)
+        self._start_listening()
+        return WAIT_REREAD
+
+    def _start_listening(self) -> None:
         if self._listener is None:
             self._listener = asyncio.create_task(self._listen())
 
@@ -362,11 +379,18 @@ class PostgresStore:
                 connection = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
                 async with connection:
                     await connection.execute(f"LISTEN {CHANNEL}")
+                    await connection.execute(f"LISTEN {CHANGED}")
                     delay = 0.1
-                    # What was notified while no one listened is found by polling.
+                    # What was notified while no one listened is found by polling, and
+                    # by the waiters reading their calls again.
                     self._notify_local()
-                    async for _ in connection.notifies():
-                        self._notify_local()
+                    self._tell_changed(None, None)
+                    async for notice in connection.notifies():
+                        if notice.channel == CHANGED:
+                            dispatch_id, _, root_id = notice.payload.partition(" ")
+                            self._tell_changed(dispatch_id or None, root_id or None)
+                        else:
+                            self._notify_local()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -377,6 +401,10 @@ class PostgresStore:
     def _notify_local(self) -> None:
         for wake in self._wake:
             wake()
+
+    def _tell_changed(self, dispatch_id: str | None, root_id: str | None) -> None:
+        for changed in self._changed:
+            changed(dispatch_id, root_id)
 
     # --- the contract ------------------------------------------------------------------
 
@@ -418,17 +446,22 @@ class PostgresStore:
             # destinations may be full.
             window = claim_window(limit)
             count = 4 * limit
-            params = {"now": now, "window": window, "roots": count, "count": count}
-            found = await (await db.execute(SQL.ranked_window, params)).fetchall()
-            ready, roots = found[0][6:8] if found else (0, 0)
-            candidates = [(row[0], row[2]) for row in found]
-            if needs_root_heads(ready, roots, window, limit):
-                heads = await (await db.execute(SQL.root_heads, params)).fetchall()
-                candidates = in_turns([row[:6] for row in found] + heads, count)
-            running = {}
-            if cap is not None:
-                running = await _running(db, sorted({row[1] for row in candidates}), now)
-            ids = fitting(candidates, cap=cap, running=running, room=room)
+            for dealt in claim_candidates(limit):
+                params = {"now": now, "window": window, "roots": count, "count": dealt}
+                found = await (await db.execute(SQL.ranked_window, params)).fetchall()
+                ready, roots = found[0][6:8] if found else (0, 0)
+                candidates = [(row[0], row[2]) for row in found]
+                if needs_root_heads(ready, roots, window, limit):
+                    heads = await (await db.execute(SQL.root_heads, params)).fetchall()
+                    candidates = in_turns([row[:6] for row in found] + heads, dealt)
+                running = {}
+                if cap is not None:
+                    running = await _running(db, sorted({row[1] for row in candidates}), now)
+                ids = fitting(candidates, cap=cap, running=running, room=room)
+                # Enough, or every candidate was dealt: else the destinations at their
+                # limit left the claim short, and it deals among the whole window.
+                if len(ids) >= limit or len(candidates) < dealt:
+                    break
             if not ids:
                 return []
             # Locked, then checked: a locked row is read as it is now, after any claim
@@ -508,7 +541,9 @@ class PostgresStore:
             # A root's finish locks its row, then its descendants': a deadlock with one of
             # them polling (which locks its row, then its root's) aborts the whole batch,
             # run again like any transaction of the store.
-            finished = await self._transaction(lambda db: _finish_all(db, finishes), pipeline=True)
+            finished = await self._transaction(
+                lambda db: _finish_and_tell(db, finishes), pipeline=True
+            )
             done = [(f[0].dispatch_id, f[0].token) in finished for f, _ in batch]
         except BaseException as exc:
             for _, future in batch:
@@ -569,7 +604,8 @@ class PostgresStore:
     ) -> bool:
         del now
         retried = fenced(lease, status=status, result=result, ready_at=ready_at)
-        return await self._update(SQL.retry, retried)
+        # One statement (atomic by itself): the retry, and its waiters told.
+        return len(await self._select(SQL.retry_notified, retried)) == 1
 
     async def tail_call(
         self, lease: Lease, function: str, endpoint: str, input: bytes, *, now: float
@@ -626,6 +662,7 @@ class PostgresStore:
             row = await (await db.execute(SQL.cancel, params)).fetchone()
             if row is None:
                 return 0
+            await db.execute(SQL.notify_ended, {"ids": [dispatch_id]})
             if row[0] is not None:
                 await _wake(db, row[0], now)
             return 1 + await _end_descendants(db, dispatch_id, (status, result), now)
@@ -662,6 +699,15 @@ class PostgresStore:
 
 
 _Finish = tuple[Lease, int, bytes, float, tuple[int, bytes]]
+
+
+async def _finish_and_tell(db: Connection, finishes: Sequence[_Finish]) -> set[tuple[str, int]]:
+    """``_finish_all``, and the waiters of the calls that ended told."""
+    finished = await _finish_all(db, finishes)
+    if finished:
+        ended = [dispatch_id for dispatch_id, _ in finished]
+        await db.execute(SQL.notify_ended, {"ids": ended})
+    return finished
 
 
 async def _finish_all(db: Connection, finishes: Sequence[_Finish]) -> set[tuple[str, int]]:
@@ -783,6 +829,9 @@ async def _end_batch(
         )
         ended = [row[0] for row in await cursor.fetchall()]
         done += len(ended)
+        if ended:
+            # Their waiters are told, by their tree (they share one).
+            await db.execute(SQL.notify_tree, {"ids": ended[:1]})
         if len(ended) < asked:
             await db.execute(SQL.ended_all, {"id": source})
             if settled:

@@ -49,7 +49,7 @@ from . import (
     children_of,
     corrupt,
 )
-from .claims import claim_window, fitting, in_turns, needs_root_heads
+from .claims import claim_candidates, claim_window, fitting, in_turns, needs_root_heads
 from .idempotency import IdempotencyStatements, KeyedCalls, keys_of, repeated, request_row
 from .statements import (
     SQLITE,
@@ -354,6 +354,11 @@ class SQLiteStore:
         """One process has the database: its API wakes its engine itself."""
         del wake
 
+    def watch(self, changed: Callable[[str | None, str | None], None]) -> float | None:
+        """One process has the database: its engine wakes the waiters of what it changes."""
+        del changed
+        return None
+
     async def claim(
         self,
         *,
@@ -372,16 +377,20 @@ class SQLiteStore:
             # each root's second) so that one large fan-out does not starve the others,
             # among the oldest claimable calls and the oldest of each root's.
             window = claim_window(limit)
-            count = 4 * limit  # more than the batch: some destinations may be full
-            params = {"now": now, "window": window, "roots": count, "count": count}
-            found = db.execute(SQL.ranked_window, params).fetchall()
-            ready, roots = found[0][6:8] if found else (0, 0)
-            rows = [(row[0], row[2]) for row in found]
-            if needs_root_heads(ready, roots, window, limit):
-                heads = db.execute(SQL.root_heads, params).fetchall()
-                rows = in_turns([row[:6] for row in found] + heads, count)
-            running = {} if cap is None else _running(db, {where for _, where in rows}, now)
-            ids = fitting(rows, cap=cap, running=running, room=room)
+            count = 4 * limit
+            # More candidates than the batch: some destinations may be full.
+            for dealt in claim_candidates(limit):
+                params = {"now": now, "window": window, "roots": count, "count": dealt}
+                found = db.execute(SQL.ranked_window, params).fetchall()
+                ready, roots = found[0][6:8] if found else (0, 0)
+                rows = [(row[0], row[2]) for row in found]
+                if needs_root_heads(ready, roots, window, limit):
+                    heads = db.execute(SQL.root_heads, params).fetchall()
+                    rows = in_turns([row[:6] for row in found] + heads, dealt)
+                running = {} if cap is None else _running(db, {w for _, w in rows}, now)
+                ids = fitting(rows, cap=cap, running=running, room=room)
+                if len(ids) >= limit or len(rows) < dealt:
+                    break
             claimed = []
             expires = now + lease_seconds
             for dispatch_id in ids[:limit]:

@@ -30,6 +30,9 @@ from . import LISTED_ERROR_BYTES, Lease, NewCall, new_dispatch_id, stored_correl
 
 CHANNEL = "dispatchlet_ready"
 """The PostgreSQL channel that is notified when a call becomes claimable now."""
+CHANGED = "dispatchlet_changed"
+"""The PostgreSQL channel that is notified when a call ends (payload: its dispatch id
+and root id) or a retry of it is recorded (its dispatch id), for its waiters."""
 
 
 @dataclass(frozen=True)
@@ -598,6 +601,22 @@ class PostgresStatements(Statements):
             f"  AND parent.poll_min <= ({_UNDELIVERED_COUNT % 'parent.dispatch_id'})"
             "  RETURNING parent.dispatch_id)"
             f" SELECT pg_notify('{CHANNEL}', '') WHERE EXISTS (SELECT 1 FROM woken)"
+        )
+
+        # Waiters are told of the calls that ended and the retries recorded, in the same
+        # transaction (a notification is sent at commit, and only then).
+        self.notify_ended = r(
+            f"SELECT pg_notify('{CHANGED}', dispatch_id || ' ' || root_id) FROM {{calls}}"
+            f" WHERE {POSTGRES.one_of('dispatch_id', 'ids')} AND state = 'done'"
+        )
+        # The tree of ended descendants (their root, after a space: no call named).
+        self.notify_tree = r(
+            f"SELECT pg_notify('{CHANGED}', ' ' || root_id) FROM {{calls}}"
+            f" WHERE {POSTGRES.one_of('dispatch_id', 'ids')}"
+        )
+        self.retry_notified = (
+            f"WITH retried AS ({self.retry} RETURNING dispatch_id)"
+            f" SELECT pg_notify('{CHANGED}', dispatch_id) FROM retried"
         )
 
 
