@@ -190,8 +190,10 @@ MIGRATIONS: tuple[Migration, ...] = (
         where="dispatch_id = root_id AND EXISTS ("
         "SELECT 1 FROM {calls} AS child WHERE child.parent_id = {calls}.dispatch_id)",
     ),
+    # (If not there already: the shared entries were numbered otherwise before they
+    # shipped, so a database of a build between may hold it at a lower version.)
     """
-    CREATE TABLE dispatchlet_endings (
+    CREATE TABLE IF NOT EXISTS dispatchlet_endings (
         dispatch_id    TEXT PRIMARY KEY,
         status         INTEGER NOT NULL,
         result         {blob} NOT NULL,
