@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 MiB = 1024 * 1024
@@ -51,7 +52,8 @@ async def run(request):
 
 app = web.Application(client_max_size=1024 * 1024)
 app.router.add_post("/dispatch.sdk.v1.FunctionService/Run", run)
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[2]), print=lambda *a: print("ready", flush=True))
+ready = lambda *_: print("ready", flush=True)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[2]), print=ready)
 """
 
 FLOOR = r"""
@@ -108,8 +110,10 @@ class Scheduler:
             raise RuntimeError("the endpoint did not start")
         command = Path(sys.executable).parent / "dispatchlet"
         self.process = subprocess.Popen(
-            [str(command), "scheduler", "--insecure", "--db", str(folder / "m.db")]
-            + ["--port", str(port), "--log-level", "warning"],
+            [
+                *(str(command), "scheduler", "--insecure", "--db", str(folder / "m.db")),
+                *("--port", str(port), "--log-level", "warning"),
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
@@ -155,10 +159,10 @@ class Scheduler:
         )
         return post(self.api, "/dispatchlet.scheduler.v1.CallService/Get", body, wire)
 
-    def growth(self, action: object) -> int:
+    def growth(self, action: Callable[[Scheduler], object]) -> int:
+        """How much ``action`` (given this scheduler) grew its process's peak RSS."""
         before = reset_peak(self.process.pid)
-        assert callable(action)
-        action()
+        action(self)
         return peak(self.process.pid) - before
 
 
@@ -168,7 +172,7 @@ def measure(size: int) -> dict[str, int]:
     warmed by a small call and its Gets."""
     figures: dict[str, int] = {}
     found: dict[str, str] = {}
-    actions = {
+    actions: dict[str, Callable[[Scheduler], object]] = {
         "attempt": lambda scheduler: found.update(id=scheduler.run("large")),
         "get_proto": lambda scheduler: scheduler.get(found["id"], "proto"),
         "get_json": lambda scheduler: scheduler.get(found["id"], "json"),
@@ -180,7 +184,7 @@ def measure(size: int) -> dict[str, int]:
                 small = scheduler.run("small")  # imports, connections, statement caches
                 scheduler.get(small, "proto")
                 scheduler.get(small, "json")
-                figures[name] = scheduler.growth(lambda: action(scheduler))
+                figures[name] = scheduler.growth(action)
             finally:
                 scheduler.close()
     return figures

@@ -3,7 +3,7 @@ the one method every caller has (``Caller``), and the largest answer a caller re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from ..core.status import Status
@@ -38,6 +38,26 @@ class Outcome:
     message: str = ""
     retry_after: float | None = None
     """Seconds the endpoint asked to wait before the next attempt."""
+    result: bytes | None = None
+    """The response's ``exit.result`` serialized, when ``settled`` took it out (the
+    response then holds its status, tail call and error's type and message only)."""
+
+
+def settled(outcome: Outcome) -> Outcome:
+    """``outcome`` with its answer's result serialized once, and the parsed answer, which
+    holds the output a second time, let go: what is recorded and logged of an attempt
+    needs the result's bytes, and of the response only its small fields."""
+    response = outcome.response
+    if response is None or outcome.result is not None or response.WhichOneof("directive") != "exit":
+        return outcome
+    if response.exit.HasField("tail_call"):
+        return outcome
+    result = response.exit.result.SerializeToString()
+    light = function_pb2.RunResponse(status=response.status)
+    light.exit.result.SetInParent()  # an exit still, whatever its error
+    light.exit.result.error.type = response.exit.result.error.type
+    light.exit.result.error.message = response.exit.result.error.message
+    return replace(outcome, response=light, result=result)
 
 
 class Caller(Protocol):
