@@ -50,7 +50,7 @@ def json_chunks(value: object) -> Iterator[bytes]:
         yield b"]"
     elif isinstance(value, Base64):
         yield b'"'
-        step = JSON_CHUNK // 4 * 3  # whole groups of 3 bytes: the pieces join up
+        step = max(3, JSON_CHUNK // 4 * 3)  # whole groups of 3 bytes: the pieces join up
         for start in range(0, len(value.data), step):
             yield base64.b64encode(value.data[start : start + step])
         yield b'"'
@@ -63,6 +63,20 @@ def json_chunks(value: object) -> Iterator[bytes]:
         yield b'"'
     else:
         yield _dumps(value)
+
+
+def json_size(value: object) -> int:
+    """How many bytes ``json_chunks(value)`` writes (a ``Base64``'s counted, not encoded)."""
+    if isinstance(value, Base64):
+        return 2 + (len(value.data) + 2) // 3 * 4
+    if isinstance(value, dict):
+        return 2 + sum(
+            (1 if index else 0) + len(_dumps(str(key))) + 1 + json_size(item)
+            for index, (key, item) in enumerate(value.items())
+        )
+    if isinstance(value, list):
+        return 2 + max(0, len(value) - 1) + sum(json_size(item) for item in value)
+    return sum(len(piece) for piece in json_chunks(value))
 
 
 def _dumps(value: object) -> bytes:

@@ -20,7 +20,7 @@ from aiohttp import web
 from google.protobuf import any_pb2, message
 
 from ..core.connect import PROTO
-from ..core.proto_json import Base64, json_chunks, shown_dict
+from ..core.proto_json import Base64, json_chunks, json_size, shown_dict
 from ..core.proto_wire import LENGTH_DELIMITED, fields, frame
 from ..proto.dispatch.sdk.v1 import call_pb2, error_pb2
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2
@@ -45,23 +45,27 @@ class CallAnswer:
         self.kind = kind
         self.info = info
         self.result = result
-        self._parts = result_parts(result)
+        # Where its output and error are: looked for in a large one only (a small one is
+        # answered as any other message).
+        self._parts = result_parts(result) if len(result) >= LARGE_RESULT else None
 
     @property
     def framed(self) -> bool:
         """Whether the answer is written in pieces (large, and its CallResult plain)."""
-        return self._parts is not None and len(self.result) >= LARGE_RESULT
+        return self._parts is not None
 
     def message(self) -> CallResponse:
-        """The whole answer, built as a message."""
-        info = calls_pb2.CallInfo()
-        info.CopyFrom(self.info)
-        add_result(info, self.result)
-        return self.kind(call=info)
+        """The whole answer, built as a message (``info`` is completed: the answer is
+        written once)."""
+        if self.result:
+            add_result(self.info, self.result)
+        return self.kind(call=self.info)
 
     def proto(self) -> Iterator[bytes | memoryview]:
         """The answer in protobuf, in pieces: the same bytes as ``message()``'s."""
-        assert self._parts is not None
+        if self._parts is None:
+            self._parts = result_parts(self.result)
+        assert self._parts is not None, "a CallResult that is not plain"
         head = self.info.SerializeToString()
         split = next((f.start for f in fields(head) if f.number > _ERROR), len(head))
         view = memoryview(self.result)
@@ -77,7 +81,12 @@ class CallAnswer:
     def json(self) -> Iterator[bytes]:
         """The answer in JSON, in pieces: the same text as ``message_to_json``'s of
         ``message()``."""
-        assert self._parts is not None
+        return json_chunks(self._json_value())
+
+    def _json_value(self) -> dict[str, object]:
+        if self._parts is None:
+            self._parts = result_parts(self.result)
+        assert self._parts is not None, "a CallResult that is not plain"
         shown, resolved = shown_dict(self.info)
         assert isinstance(shown, dict)
         view = memoryview(self.result)
@@ -104,7 +113,7 @@ class CallAnswer:
         }
         ordered = dict(sorted(shown.items(), key=lambda item: order[item[0]]))
         del shown
-        return json_chunks({"call": ordered})
+        return {"call": ordered}
 
     async def write(self, request: web.Request, wire: str) -> web.StreamResponse:
         """Send the answer in ``wire``, a piece at a time (each written when the client
@@ -116,7 +125,9 @@ class CallAnswer:
             pieces = self.proto()
             answer.content_length = sum(len(piece) for piece in self.proto())
         else:
-            pieces = iter(self.json())
+            value = self._json_value()
+            pieces = json_chunks(value)
+            answer.content_length = json_size(value)
         await answer.prepare(request)
         for piece in pieces:
             await answer.write(piece)

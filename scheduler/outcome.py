@@ -3,7 +3,7 @@ the one method every caller has (``Caller``), and the largest answer a caller re
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 from ..core.status import Status
@@ -44,20 +44,31 @@ class Outcome:
 
 
 def settled(outcome: Outcome) -> Outcome:
-    """``outcome`` with its answer's result serialized once, and the parsed answer, which
-    holds the output a second time, let go: what is recorded and logged of an attempt
-    needs the result's bytes, and of the response only its small fields."""
+    """``outcome`` with its answer's result serialized once and, when that is large, the
+    parsed answer, which holds the output a second time, let go: what is recorded and
+    logged of an attempt needs the result's bytes, and of the response only its small
+    fields."""
     response = outcome.response
     if response is None or outcome.result is not None or response.WhichOneof("directive") != "exit":
         return outcome
     if response.exit.HasField("tail_call"):
         return outcome
     result = response.exit.result.SerializeToString()
-    light = function_pb2.RunResponse(status=response.status)
-    light.exit.result.SetInParent()  # an exit still, whatever its error
-    light.exit.result.error.type = response.exit.result.error.type
-    light.exit.result.error.message = response.exit.result.error.message
-    return replace(outcome, response=light, result=result)
+    if len(result) > SETTLED_SIZE:
+        light = function_pb2.RunResponse(status=response.status)
+        light.exit.result.SetInParent()  # an exit still, whatever its error
+        error = response.exit.result.error
+        light.exit.result.error.type = error.type
+        light.exit.result.error.message = error.message
+        response = light
+    return Outcome(
+        outcome.status, response, outcome.error_type, outcome.message, outcome.retry_after, result
+    )
+
+
+SETTLED_SIZE = 64 * 1024
+"""From what size of an answer's result on ``settled`` lets the parsed answer go (a
+smaller one is kept: building its lighter copy costs more than it saves)."""
 
 
 class Caller(Protocol):

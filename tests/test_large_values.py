@@ -11,13 +11,16 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
+from dispatchlet.core import proto_json
 from dispatchlet.core.errors import STEP_MISMATCH
-from dispatchlet.core.proto_json import message_to_json
+from dispatchlet.core.proto_json import Base64, json_chunks, json_size, message_to_json
 from dispatchlet.core.status import Status
 from dispatchlet.proto.dispatch.sdk.v1 import call_pb2, error_pb2, function_pb2
 from dispatchlet.proto.dispatchlet.scheduler.v1 import calls_pb2
+from dispatchlet.scheduler import outcome as outcome_module
 from dispatchlet.scheduler.call_answer import CallAnswer
 from dispatchlet.scheduler.engine import attempt_summary
 from dispatchlet.scheduler.outcome import Outcome, settled
@@ -98,9 +101,13 @@ def test_an_answer_framed_from_the_stored_bytes_is_the_built_one(
     info: calls_pb2.CallInfo, result: bytes, kind: Any
 ) -> None:
     answer = CallAnswer(kind, info, result)
-    built = answer.message()
+    kept = calls_pb2.CallInfo()
+    kept.CopyFrom(info)
+    built = CallAnswer(kind, kept, result).message()  # the answer as it is built whole
     assert b"".join(answer.proto()) == built.SerializeToString()
-    assert b"".join(answer.json()) == message_to_json(built)
+    text = message_to_json(built)
+    assert b"".join(answer.json()) == text
+    assert json_size(answer._json_value()) == len(text)  # its Content-Length
 
 
 def test_a_call_result_that_is_not_plain_is_answered_the_usual_way() -> None:
@@ -149,14 +156,17 @@ def test_a_settled_outcome_is_decided_and_logged_as_the_answer_itself(
     if response.exit.result.HasField("error"):
         response.exit.result.error.type = error_type
     outcome = Outcome(Status.OK, response)
-    light = settled(outcome)
-    assert light.result == response.exit.result.SerializeToString()
     call = stored(poll=b"\x08\x01" if resumed else b"")
-    for limits in (Limits(), Limits(max_output_size=len(result) // 2)):
-        assert after_attempt(call, light, limits, NOW, jitter=0.5) == after_attempt(
-            call, outcome, limits, NOW, jitter=0.5
-        )
-    assert attempt_summary(light) == attempt_summary(outcome)
+    for lighter_from in (0, outcome_module.SETTLED_SIZE):  # the parsed answer let go, or kept
+        with mock.patch.object(outcome_module, "SETTLED_SIZE", lighter_from):
+            light = settled(outcome)
+        assert light.result == response.exit.result.SerializeToString()
+        assert (light.response is response) == (len(light.result) <= lighter_from)
+        for limits in (Limits(), Limits(max_output_size=len(result) // 2)):
+            assert after_attempt(call, light, limits, NOW, jitter=0.5) == after_attempt(
+                call, outcome, limits, NOW, jitter=0.5
+            )
+        assert attempt_summary(light) == attempt_summary(outcome)
 
 
 LARGE = 6 * 1024 * 1024
@@ -220,3 +230,15 @@ def test_a_large_output_costs_the_scheduler_a_few_times_its_size() -> None:
     figures = memory.measure(size)
     for name in ("attempt", "get_proto", "get_json"):
         assert figures[name] < 4 * size, (name, figures[name] / size, figures)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.text(max_size=200), st.integers(1, 12))
+def test_json_written_in_pieces_is_json_dumps(data: bytes, text: str, chunk: int) -> None:
+    written = {"value": Base64(data), "text": text, "list": [text, 1, None, 2.5]}
+    plain = {"value": base64.b64encode(data).decode(), "text": text, "list": [text, 1, None, 2.5]}
+    with mock.patch.object(proto_json, "JSON_CHUNK", chunk):  # many pieces
+        pieces = b"".join(json_chunks(written))
+        size = json_size(written)
+    assert pieces == json.dumps(plain, separators=(",", ":")).encode()
+    assert size == len(pieces)
