@@ -39,8 +39,8 @@ class Outcome:
     retry_after: float | None = None
     """Seconds the endpoint asked to wait before the next attempt."""
     result: bytes | None = None
-    """The response's ``exit.result`` serialized, when ``settled`` took it out (the
-    response then holds its status, tail call and error's type and message only)."""
+    """The response's ``exit.result`` serialized, once ``settled`` did (for a large one,
+    the response then holds only its status and its error's type and message)."""
 
 
 def settled(outcome: Outcome) -> Outcome:
