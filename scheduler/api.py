@@ -46,7 +46,7 @@ from .calls import call_problem, duration_seconds, oversized_input, timestamp
 from .engine import Engine
 from .metrics import prometheus_text, stats
 from .settings import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_INPUT_SIZE, METRICS_KEY_ENV
-from .store import Call, NewCall, RequestId, State, Store, unavailable
+from .store import END_BATCH, Call, NewCall, RequestId, State, Store, unavailable
 
 M = TypeVar("M", bound=message.Message)
 logger = logging.getLogger(__name__)
@@ -358,7 +358,8 @@ class Api:
 
     async def cancel(self, request: calls_pb2.CancelRequest) -> calls_pb2.CancelResponse:
         """End the call at once, with the first batch of its unfinished descendants
-        (``cancelled`` counts those); the others end in batches after the answer."""
+        (``cancelled`` counts those); the others end in batches after the answer
+        (``more_ending`` says so: the store stopped at a full batch)."""
         found = await self._found(request.dispatch_id)
         error = error_pb2.Error(type="Cancelled", message="the call was cancelled")
         result = call_pb2.CallResult(error=error).SerializeToString()
@@ -368,7 +369,7 @@ class Api:
         if count:
             self.engine.changed(request.dispatch_id, found.root_id)
             self.engine.end_descendants_soon()
-        return calls_pb2.CancelResponse(cancelled=count)
+        return calls_pb2.CancelResponse(cancelled=count, more_ending=count > END_BATCH)
 
 
 _STORE_FAILED = "the scheduler cannot reach its database now; try again"

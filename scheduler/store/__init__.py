@@ -318,7 +318,8 @@ class Store(Protocol):
     async def cancel(self, dispatch_id: str, status: int, result: bytes, *, now: float) -> int:
         """End the call and its unfinished descendants with ``status`` and ``result``;
         how many were ended now (0: unknown or already done): the call and at most
-        ``END_BATCH`` descendants, the others left to ``end_descendants``."""
+        ``END_BATCH`` descendants, the others left to ``end_descendants`` (a full batch,
+        1 + ``END_BATCH``, is all that tells that some may be left)."""
 
     async def end_descendants(self, *, now: float, limit: int = END_BATCH) -> int:
         """End about ``limit`` more of the unfinished descendants that calls which ended
