@@ -2,14 +2,15 @@
 `dispatchlet scheduler` (SQLite) process over one attempt whose endpoint answers an
 output of 1, 4 and 15 MiB, then over one Get of that call in proto and one in JSON.
 
-    python bench/memory.py [--sizes 1,4,15] [--small]
+    python bench/memory.py [--sizes 1,4,15] [--value bytes|string] [--small]
 
 Each size runs in a fresh scheduler process (``/proc/<pid>/clear_refs`` resets its
 peak, ``VmHWM`` reads it), after a small call has warmed its imports and connections;
 the endpoint is an aiohttp process of its own, which answers a ``BytesValue`` of the
-size. The floor is the body itself: its size, and the peak growth of a process that
-does nothing but hold a ``bytes`` of that size, measured in the same run. Each figure
-is given in MiB and as a ratio to the output's size ("x"): 1x is a single copy.
+size (``--value string``: a ``StringValue``). The floor is the body itself: its size,
+and the peak growth of a process that does nothing but hold a ``bytes`` of that size,
+measured in the same run. Each figure is given in MiB and as a ratio to the output's
+size ("x"): 1x is a single copy.
 With ``--small``, a 10-byte output's attempt and Gets are timed as well (the common
 case must not get slower): the median of 200, in milliseconds.
 """
@@ -39,7 +40,10 @@ from dispatchlet.proto.dispatch.sdk.v1 import function_pb2
 
 def answer(size):
     output = any_pb2.Any()
-    output.Pack(wrappers_pb2.BytesValue(value=b"x" * size))
+    if sys.argv[3] == "string":
+        output.Pack(wrappers_pb2.StringValue(value="x" * size))
+    else:
+        output.Pack(wrappers_pb2.BytesValue(value=b"x" * size))
     response = function_pb2.RunResponse(status=1)
     response.exit.result.output.CopyFrom(output)
     return response.SerializeToString()
@@ -98,11 +102,11 @@ def post(api: str, name: str, body: bytes, wire: str) -> bytes:
 class Scheduler:
     """A scheduler process and an endpoint process, with a call run to its end."""
 
-    def __init__(self, size: int, folder: Path) -> None:
+    def __init__(self, size: int, folder: Path, value: str = "bytes") -> None:
         self.folder = folder
         self.endpoint_port, port = free_port(), free_port()
         self.endpoint = subprocess.Popen(
-            [sys.executable, "-c", ENDPOINT, str(size), str(self.endpoint_port)],
+            [sys.executable, "-c", ENDPOINT, str(size), str(self.endpoint_port), value],
             stdout=subprocess.PIPE,
         )
         assert self.endpoint.stdout is not None
@@ -166,7 +170,7 @@ class Scheduler:
         return peak(self.process.pid) - before
 
 
-def measure(size: int) -> dict[str, int]:
+def measure(size: int, value: str = "bytes") -> dict[str, int]:
     """The peak growths of one attempt and of each Get, each in a scheduler process of
     its own on the same database (what one freed is not there for the next to reuse),
     warmed by a small call and its Gets."""
@@ -179,7 +183,7 @@ def measure(size: int) -> dict[str, int]:
     }
     with tempfile.TemporaryDirectory() as folder:
         for name, action in actions.items():
-            scheduler = Scheduler(size, Path(folder))
+            scheduler = Scheduler(size, Path(folder), value)
             try:
                 small = scheduler.run("small")  # imports, connections, statement caches
                 scheduler.get(small, "proto")
@@ -220,13 +224,16 @@ def small_timings(count: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1,4,15", help="output sizes in MiB")
+    parser.add_argument(
+        "--value", choices=("bytes", "string"), default="bytes", help="the output's type"
+    )
     parser.add_argument("--small", action="store_true", help="time a small call too")
     parser.add_argument("--count", type=int, default=200, help="small calls timed")
     args = parser.parse_args()
     print(f"{'output':>8} {'floor':>14} {'attempt':>14} {'Get proto':>14} {'Get JSON':>14}")
     for mib in (float(text) for text in args.sizes.split(",")):
         size = int(mib * MiB)
-        figures = measure(size)
+        figures = measure(size, args.value)
         cells = [floor(size), figures["attempt"], figures["get_proto"], figures["get_json"]]
         shown = " ".join(f"{cell / MiB:6.1f} ({cell / size:4.1f}x)" for cell in cells)
         print(f"{mib:6.0f} M {shown}", flush=True)

@@ -6,6 +6,7 @@ answer."""
 from __future__ import annotations
 
 import base64
+import codecs
 import json
 from collections.abc import Iterator
 
@@ -26,6 +27,14 @@ JSON_CHUNK = 256 * 1024
 
 class Base64:
     """Bytes that ``json_chunks`` writes as a base64 string, a piece at a time."""
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self.data = memoryview(data)
+
+
+class Utf8Text:
+    """UTF-8 bytes that ``json_chunks`` writes as a JSON string, a piece at a time
+    (``UnicodeDecodeError`` if they are not UTF-8: ``json_size`` finds it out first)."""
 
     def __init__(self, data: bytes | memoryview) -> None:
         self.data = memoryview(data)
@@ -53,6 +62,16 @@ def json_chunks(value: object) -> Iterator[bytes]:
         step = max(3, JSON_CHUNK // 4 * 3)  # whole groups of 3 bytes: the pieces join up
         for start in range(0, len(value.data), step):
             yield base64.b64encode(value.data[start : start + step])
+        yield b'"'
+    elif isinstance(value, Utf8Text):
+        yield b'"'
+        # A character cut between two pieces is decoded with the next one.
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        for start in range(0, len(value.data), JSON_CHUNK):
+            text = decoder.decode(value.data[start : start + JSON_CHUNK])
+            if text:
+                yield _dumps(text)[1:-1]
+        decoder.decode(b"", final=True)  # nothing cut off at the end
         yield b'"'
     elif isinstance(value, str) and len(value) > JSON_CHUNK:
         # Escaping is character by character (a code point never splits): the pieces

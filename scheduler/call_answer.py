@@ -20,7 +20,7 @@ from aiohttp import web
 from google.protobuf import any_pb2, message
 
 from ..core.connect import PROTO
-from ..core.proto_json import Base64, json_chunks, json_size, shown_dict
+from ..core.proto_json import Base64, Utf8Text, json_chunks, json_size, shown_dict
 from ..core.proto_wire import LENGTH_DELIMITED, fields, frame
 from ..proto.dispatch.sdk.v1 import call_pb2, error_pb2
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2
@@ -93,7 +93,7 @@ class CallAnswer:
         kinds: tuple[type[message.Message], ...] = (any_pb2.Any, error_pb2.Error)
         for name, (start, end), kind in zip(("output", "error"), self._parts, kinds, strict=True):
             if start >= 0 and name == "output":
-                known = bytes_output(view[start:end])
+                known = wrapper_output(view[start:end])
                 if known is not None:
                     shown[name] = known
                     continue
@@ -161,12 +161,18 @@ def result_parts(result: bytes) -> tuple[tuple[int, int], tuple[int, int]] | Non
     return found.get(_RESULT_OUTPUT, absent), found.get(_RESULT_ERROR, absent)
 
 
-BYTES_VALUE = "google.protobuf.BytesValue"
+WRAPPERS: dict[str, type[Base64] | type[Utf8Text]] = {
+    "google.protobuf.BytesValue": Base64,
+    "google.protobuf.StringValue": Utf8Text,
+}
+"""The outputs whose JSON is written from their bytes: what protobuf's JSON mapping makes
+of them is their value, in base64 or as a string."""
 
 
-def bytes_output(output: memoryview) -> dict[str, object] | None:
-    """The JSON of a serialized ``Any`` holding a ``BytesValue`` (its value in base64,
-    written from its bytes), or None if it holds another type or is not plain."""
+def wrapper_output(output: memoryview) -> dict[str, object] | None:
+    """The JSON of a serialized ``Any`` holding a ``BytesValue`` or a ``StringValue``
+    (its value written from its bytes), or None if it holds another type or is not
+    plain."""
     found: dict[int, tuple[int, int]] = {}
     try:
         for field in fields(output):
@@ -177,7 +183,8 @@ def bytes_output(output: memoryview) -> dict[str, object] | None:
             return None
         start, end = found.get(1, (0, 0))
         type_url = bytes(output[start:end]).decode("utf-8")
-        if type_url.rsplit("/", 1)[-1] != BYTES_VALUE:
+        shown = WRAPPERS.get(type_url.rsplit("/", 1)[-1])
+        if shown is None:
             return None
         start, end = found.get(2, (0, 0))
         wrapper = output[start:end]
@@ -187,7 +194,7 @@ def bytes_output(output: memoryview) -> dict[str, object] | None:
     if len(inner) > 1 or any(f.number != 1 or f.wire_type != LENGTH_DELIMITED for f in inner):
         return None
     data = wrapper[inner[0].value : inner[0].end] if inner else wrapper[:0]
-    return {"@type": type_url, "value": Base64(data)}
+    return {"@type": type_url, "value": shown(data)}
 
 
 def add_result(info: calls_pb2.CallInfo, result: bytes) -> None:

@@ -16,7 +16,7 @@ from unittest import mock
 import pytest
 from dispatchlet.core import proto_json
 from dispatchlet.core.errors import STEP_MISMATCH
-from dispatchlet.core.proto_json import Base64, json_chunks, json_size, message_to_json
+from dispatchlet.core.proto_json import Base64, Utf8Text, json_chunks, json_size, message_to_json
 from dispatchlet.core.status import Status
 from dispatchlet.proto.dispatch.sdk.v1 import call_pb2, error_pb2, function_pb2
 from dispatchlet.proto.dispatchlet.scheduler.v1 import calls_pb2
@@ -235,7 +235,8 @@ def test_a_large_output_costs_the_scheduler_a_few_times_its_size() -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200), st.text(max_size=200), st.integers(1, 12))
 def test_json_written_in_pieces_is_json_dumps(data: bytes, text: str, chunk: int) -> None:
-    written = {"value": Base64(data), "text": text, "list": [text, 1, None, 2.5]}
+    utf8 = Utf8Text(text.encode())
+    written = {"value": Base64(data), "text": text, "list": [utf8, 1, None, 2.5]}
     plain = {"value": base64.b64encode(data).decode(), "text": text, "list": [text, 1, None, 2.5]}
     with mock.patch.object(proto_json, "JSON_CHUNK", chunk):  # many pieces
         pieces = b"".join(json_chunks(written))
