@@ -59,7 +59,7 @@ from .calls import (
 from .clock import Clock, SteadyClock
 from .concurrency import Limiter, destination
 from .lambda_caller import missing_support
-from .outcome import Outcome
+from .outcome import Outcome, settled
 from .retry import MAX_RESTARTS, RetryPolicy
 from .rules import (
     ORPHANS,
@@ -319,7 +319,9 @@ class Engine:
             request = run_request(
                 call, item.results, deadline=self.clock() + timeout, skew=self.clock.wall_skew()
             )
-            outcome = await self.caller.run(call.endpoint, request, timeout=timeout)
+            # The answer's result taken out once, and the parsed answer (as large again)
+            # not kept while it is recorded.
+            outcome = settled(await self.caller.run(call.endpoint, request, timeout=timeout))
             verdict = outcome.status
             if outcome.response is not None:
                 verdict = Status.answered(outcome.response.status)
