@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,7 +57,29 @@ DEFAULT_DATABASE = "dispatchlet.db"
 DATABASE_URL_ENV = "DISPATCHLET_DATABASE_URL"
 """A PostgreSQL database that several scheduler processes share."""
 
+DEFAULT_RETENTION = 7 * 24 * 3600.0
+"""How long a finished call tree is kept after its root finished, in seconds (0: for
+ever)."""
+RETENTION_ENV = "DISPATCHLET_RETENTION"
+"""Where ``retention`` comes from when ``--retention`` is not given (a duration)."""
+
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smhd]?)")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from a duration: a number of seconds (``90``, ``2.5``) or a number and a
+    unit (``90s``, ``30m``, ``12h``, ``7d``); ``ValueError`` saying what is expected for
+    anything else."""
+    found = _DURATION.fullmatch(text.strip().lower())
+    if found is None:
+        raise ValueError(
+            f"invalid duration {text[:40]!r}: expected seconds, or a number with s, m, h or d "
+            "(e.g. 90, 30m, 12h, 7d)"
+        )
+    return float(found[1]) * _UNITS[found[2]]
 
 
 def is_database_url(database: str) -> bool:
@@ -101,6 +124,9 @@ class Settings:
     """The largest output (or error, or Poll state) of a call, in bytes: an endpoint
     answer with a larger one ends its call (INVALID_RESPONSE), and no more of an answer
     than this (and a little for what surrounds it) is read."""
+    retention: float = DEFAULT_RETENTION
+    """Seconds a finished call tree is kept after its root finished, then deleted in
+    the background (``retention.py``); 0: kept for ever."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **given: Any) -> Settings:
@@ -111,7 +137,9 @@ class Settings:
         - ``signing_key``: ``DISPATCH_SIGNING_KEY`` (PEM or base64), else None;
         - ``api_keys``: ``DISPATCH_API_KEY``, comma-separated;
         - ``metrics_keys``: ``DISPATCHLET_METRICS_KEY``, comma-separated;
-        - ``max_output_size``: ``DISPATCHLET_MAX_OUTPUT_SIZE`` (bytes), else 16 MiB.
+        - ``max_output_size``: ``DISPATCHLET_MAX_OUTPUT_SIZE`` (bytes), else 16 MiB;
+        - ``retention``: ``DISPATCHLET_RETENTION`` (a duration: ``7d``, ``12h``, ``30m``,
+          ``90s``, seconds; 0 keeps for ever), else 7 days.
 
         A value that cannot be used raises ``ConfigurationError`` naming its variable.
         """
@@ -134,6 +162,11 @@ class Settings:
             found["metrics_keys"] = tuple(split_api_keys(env.get(METRICS_KEY_ENV, "")))
         if "max_output_size" not in given and env.get(MAX_OUTPUT_SIZE_ENV, "").strip():
             found["max_output_size"] = _size(env, MAX_OUTPUT_SIZE_ENV)
+        if "retention" not in given and env.get(RETENTION_ENV, "").strip():
+            try:
+                found["retention"] = parse_duration(env[RETENTION_ENV])
+            except ValueError as exc:
+                raise ConfigurationError(f"{RETENTION_ENV}: {exc}") from None
         unknown = set(given) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")

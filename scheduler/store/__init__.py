@@ -160,6 +160,13 @@ their row and its indexes, so that a batch holds the store for tens of milliseco
 however large the tree."""
 
 
+PURGE_BATCH = 200
+"""Calls one transaction of a purge (``Store.purge``) deletes, at most (a tree larger
+than that goes in several, its root last): each costs the deletion of its row, its
+index entries and its dependent rows, so that a batch holds the store for a few
+milliseconds."""
+
+
 @dataclass(frozen=True)
 class TreeBounds:
     """How large a call tree may grow (None: unbounded)."""
@@ -327,6 +334,24 @@ class Store(Protocol):
         done (calls ended, and ended calls found to have none left), 0 once nothing is
         left to end."""
 
+    async def purge(
+        self,
+        *,
+        before: float,
+        status: int | None = None,
+        failed: bool = False,
+        limit: int = PURGE_BATCH,
+    ) -> int:
+        """Delete about ``limit`` calls of the finished call trees whose root finished
+        before ``before`` (the oldest first; with ``status``, only the trees whose root
+        ended with it; with ``failed``, with any other than OK), with every row that
+        names them (``statements.DEPENDENT_TABLES``, and the request ids of which no
+        call is left); how many calls were deleted, 0 once none is left. A tree with a
+        call not done, or one whose descendants are still to end, is kept whole. A
+        tree of more than ``limit`` calls goes in several batches, its newest calls
+        first and its root last, so that what is left of it is still a tree and still
+        found."""
+
     async def count_unstored(self, lease: Lease) -> int | None:
         """Count one more outcome of the call that could not be stored (an error of the
         store that is not ``unavailable``); how many, in the call's whole life, or None
@@ -450,6 +475,7 @@ __all__ = [
     "END_BATCH",
     "LISTED_ERROR_BYTES",
     "NO_BOUNDS",
+    "PURGE_BATCH",
     "Call",
     "ChildResult",
     "Claimed",

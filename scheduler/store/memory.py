@@ -19,6 +19,7 @@ from ..calls import destination
 from . import (
     END_BATCH,
     NO_BOUNDS,
+    PURGE_BATCH,
     Call,
     ChildResult,
     Claimed,
@@ -378,6 +379,54 @@ class MemoryStore:
         self._check_open()
         return self._end_batch(builtins.list(self._endings)[:limit], now, limit, settled=True)
 
+    async def purge(
+        self,
+        *,
+        before: float,
+        status: int | None = None,
+        failed: bool = False,
+        limit: int = PURGE_BATCH,
+    ) -> int:
+        self._check_open()
+        roots = sorted(
+            (
+                row
+                for row in self._rows.values()
+                if row.dispatch_id == row.root_id
+                and row.finished_at is not None
+                and row.finished_at < before
+                and (status is None or row.status == status)
+                and not (failed and row.status == Status.OK.value)
+            ),
+            key=lambda row: row.finished_at or 0.0,
+        )
+        doomed: builtins.list[_Row] = []
+        for root in roots:
+            tree = self._tree(root)
+            if any(r.state is not State.DONE or r.dispatch_id in self._endings for r in tree):
+                continue
+            room = limit - len(doomed)
+            # As the SQLite store does: the newest first, the root last.
+            members = sorted(tree[1:], key=lambda row: row.seq, reverse=True)[:room]
+            if len(members) >= room and doomed:
+                break
+            doomed += members
+            if len(members) >= room:
+                break
+            doomed.append(root)
+        for row in doomed:
+            del self._rows[row.dispatch_id]
+            if row.parent_id is not None and row.parent_id in self._rows:
+                self._rows[row.parent_id].children.remove(row.dispatch_id)
+        gone = {row.dispatch_id for row in doomed}
+        self._keys = {key: i for key, i in self._keys.items() if i not in gone}
+        # A request id goes once none of the calls it names is kept.
+        for request_id, (_, ids) in builtins.list(self._requests.items()):
+            named = ids.split(",") if ids else []
+            if any(i in gone for i in named) and not any(i in self._rows for i in named):
+                del self._requests[request_id]
+        return len(doomed)
+
     async def count_unstored(self, lease: Lease) -> int | None:
         row = self._leased(lease)
         if row is None:
@@ -495,6 +544,15 @@ class MemoryStore:
                 if settled:
                     done += 1
         return done
+
+    def _tree(self, root: _Row) -> builtins.list[_Row]:
+        """The root and all its descendants, the root first."""
+        tree, work = [root], deque([root])
+        while work:
+            for child in (self._rows[i] for i in work.popleft().children):
+                tree.append(child)
+                work.append(child)
+        return tree
 
     def _check_bounds(self, row: _Row, adding: int, bounds: TreeBounds) -> None:
         """As the SQLite store does: children beyond ``bounds`` are refused."""

@@ -37,6 +37,7 @@ from ..calls import destination
 from . import (
     END_BATCH,
     NO_BOUNDS,
+    PURGE_BATCH,
     Call,
     ChildResult,
     Claimed,
@@ -68,6 +69,7 @@ from .statements import (
     Backfill,
     Index,
     PostgresStatements,
+    PurgeStatements,
     Step,
     fenced,
     rows_to_insert,
@@ -78,6 +80,7 @@ logger = logging.getLogger(__name__)
 
 SQL = PostgresStatements()
 IDEMPOTENCY = IdempotencyStatements(POSTGRES)
+PURGE = PurgeStatements(POSTGRES)
 # Advisory lock keys (one 64-bit number each): the migration, and capped claims.
 MIGRATION_LOCK = 0x64697370_61746368
 CLAIM_LOCK = 0x64697370_636C6169
@@ -676,6 +679,42 @@ class PostgresStore:
             return await _end_batch(db, queued, now, limit, settled=True)
 
         return await self._transaction(end)
+
+    async def purge(
+        self,
+        *,
+        before: float,
+        status: int | None = None,
+        failed: bool = False,
+        limit: int = PURGE_BATCH,
+    ) -> int:
+        query, params = PURGE.roots_query(status=status, failed=failed)
+
+        async def delete(db: Connection) -> int:
+            # Locked, skipping the roots another process is purging.
+            found = await db.execute(query, {**params, "before": before, "limit": limit})
+            doomed: list[str] = []
+            created: set[float] = set()
+            for root, root_created in await found.fetchall():
+                room = limit - len(doomed)
+                cursor = await db.execute(PURGE.members, {"root": root, "limit": room})
+                members = await cursor.fetchall()
+                if len(members) >= room and doomed:
+                    break  # for the next batch, whole
+                doomed += [member[0] for member in members]
+                created.update(member[1] for member in members)
+                if len(members) >= room:
+                    break  # its root in a later batch, once the rest is gone
+                doomed.append(root)
+                created.add(root_created)
+            if not doomed:
+                return 0
+            for statement in (*PURGE.delete_dependents, PURGE.delete):
+                await db.execute(statement, {"ids": doomed})
+            await db.execute(PURGE.delete_requests, {"created": sorted(created)})
+            return len(doomed)
+
+        return await self._transaction(delete)
 
     async def count_unstored(self, lease: Lease) -> int | None:
         rows = await self._select(SQL.count_unstored, fenced(lease))

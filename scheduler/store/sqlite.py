@@ -33,6 +33,7 @@ from ..calls import destination
 from . import (
     END_BATCH,
     NO_BOUNDS,
+    PURGE_BATCH,
     Call,
     ChildResult,
     Claimed,
@@ -56,6 +57,7 @@ from .statements import (
     UNBOUNDED,
     Backfill,
     Index,
+    PurgeStatements,
     Statements,
     Step,
     fenced,
@@ -65,6 +67,7 @@ from .statements import (
 T = TypeVar("T")
 SQL = Statements(SQLITE)
 IDEMPOTENCY = IdempotencyStatements(SQLITE)
+PURGE = PurgeStatements(SQLITE)
 logger = logging.getLogger(__name__)
 
 READERS = 2
@@ -570,6 +573,40 @@ class SQLiteStore:
             return _end_batch(db, queued, now, limit, settled=True)
 
         return await self._run(self._transaction, end)
+
+    async def purge(
+        self,
+        *,
+        before: float,
+        status: int | None = None,
+        failed: bool = False,
+        limit: int = PURGE_BATCH,
+    ) -> int:
+        if self._broken is not None:
+            return 0
+        query, params = PURGE.roots_query(status=status, failed=failed)
+
+        def delete(db: sqlite3.Connection) -> int:
+            roots = db.execute(query, {**params, "before": before, "limit": limit}).fetchall()
+            doomed: list[str] = []
+            created: set[float] = set()
+            for root, root_created in roots:
+                room = limit - len(doomed)
+                members = db.execute(PURGE.members, {"root": root, "limit": room}).fetchall()
+                if len(members) >= room and doomed:
+                    break  # for the next batch, whole
+                doomed += [member[0] for member in members]
+                created.update(member[1] for member in members)
+                if len(members) >= room:
+                    break  # its root in a later batch, once the rest is gone
+                doomed.append(root)
+                created.add(root_created)
+            for statement in (*PURGE.delete_dependents, PURGE.delete):
+                db.executemany(statement, [{"ids": dispatch_id} for dispatch_id in doomed])
+            db.executemany(PURGE.delete_requests, [{"created": c} for c in created])
+            return len(doomed)
+
+        return await self._run(self._transaction, delete)
 
     async def count_unstored(self, lease: Lease) -> int | None:
         def update(db: sqlite3.Connection) -> int | None:

@@ -220,6 +220,14 @@ MIGRATIONS: tuple[Migration, ...] = (
     # one's clock starts when the wall clock is behind it (``SQLiteStore``). PostgreSQL's
     # processes keep the database's time.
     Only("sqlite", "CREATE TABLE clock (mark REAL NOT NULL); INSERT INTO clock VALUES (0)"),
+    # Retention (``PurgeStatements``): the finished roots in the order they finished,
+    # and the request ids by the time of their Dispatch, so that a batch of deletions
+    # reads a range of an index, never the whole table.
+    Index(
+        "{calls}_finished_roots",
+        "ON {calls} (finished_at) WHERE state = 'done' AND dispatch_id = root_id",
+    ),
+    Index("{calls}_by_request_created", "ON {calls}_by_request (created_at)"),
 )
 """Schema changes written once for both stores, after each store's own history (its
 module's ``MIGRATIONS``, which ship as they are): each entry moves both schemas one
@@ -620,6 +628,78 @@ class PostgresStatements(Statements):
             f"WITH retried AS ({self.retry} RETURNING dispatch_id)"
             f" SELECT pg_notify('{CHANGED}', dispatch_id) FROM retried"
         )
+
+
+# --- retention ---------------------------------------------------------------------
+
+DEPENDENT_TABLES: tuple[str, ...] = (
+    "{calls}_by_key",
+    ENDINGS,
+)
+"""The tables whose rows name a call by its ``dispatch_id`` and go with it: a purge
+deletes them first, in the same transaction as the calls (a table added beside the
+calls, e.g. their attempts, is added here and nowhere else)."""
+
+
+class PurgeStatements:
+    """The statements of retention (``Store.purge``), in one dialect."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        r = dialect.render
+        # The roots that finished first, before :before (a status filter appended),
+        # whose trees hold no unfinished call and no call whose descendants are still to
+        # end. Said as the partial index that serves it says it. PostgreSQL locks the
+        # roots, skipping those another process is purging.
+        self.roots = (
+            "SELECT dispatch_id, created_at FROM {calls} AS root"
+            " WHERE state = 'done' AND dispatch_id = root_id AND finished_at < :before"
+            "%s"
+            " AND NOT EXISTS (SELECT 1 FROM {calls} AS member"
+            "  WHERE member.root_id = root.dispatch_id AND member.state <> 'done')"
+            f" AND NOT EXISTS (SELECT 1 FROM {ENDINGS} AS ending"
+            "  JOIN {calls} AS member ON member.dispatch_id = ending.dispatch_id"
+            "  WHERE member.root_id = root.dispatch_id)"
+            " ORDER BY finished_at LIMIT :limit"
+            + (" FOR UPDATE OF root SKIP LOCKED" if dialect.name == "postgres" else "")
+        )
+        self.dialect = dialect
+        # The newest :limit calls below :root (not the root itself: it goes last),
+        # newest first: a child is newer than its parent, so that these hold the
+        # children of each call they hold, and deleted in this order no call outlives
+        # its parent (the parent's reference is checked at each deletion).
+        self.members = r(
+            "SELECT dispatch_id, created_at FROM {calls}"
+            " WHERE root_id = :root AND dispatch_id <> :root ORDER BY {seq} DESC LIMIT :limit"
+        )
+        self.delete_dependents = tuple(
+            r(f"DELETE FROM {table} WHERE {dialect.one_of('dispatch_id', 'ids')}")
+            for table in DEPENDENT_TABLES
+        )
+        self.delete = r(f"DELETE FROM {{calls}} WHERE {dialect.one_of('dispatch_id', 'ids')}")
+        # The request ids of Dispatches made when the deleted calls were (a Dispatch
+        # writes its request id with the time of its calls), once none of the calls they
+        # name is kept.
+        named = {
+            "sqlite": "json_each('[\"' || replace(request.dispatch_ids, ',', '\",\"') || '\"]')"
+            " AS named",
+            "postgres": "unnest(string_to_array(request.dispatch_ids, ',')) AS named (value)",
+        }[dialect.name]
+        self.delete_requests = r(
+            "DELETE FROM {calls}_by_request AS request"
+            f" WHERE {dialect.one_of('created_at', 'created')}"
+            f" AND NOT EXISTS (SELECT 1 FROM {named}"
+            "  JOIN {calls} AS kept ON kept.dispatch_id = named.value)"
+        )
+
+    def roots_query(self, *, status: int | None, failed: bool) -> tuple[str, dict[str, Any]]:
+        """The query of the roots to purge, filtered by their final ``status`` (or any
+        other than OK: ``failed``), and its parameters besides ``before`` and ``limit``."""
+        where, params = "", {}
+        if status is not None:
+            where, params = " AND status = :status", {"status": status}
+        elif failed:
+            where = f" AND status <> {Status.OK.value:d}"
+        return self.dialect.render(self.roots % where), params
 
 
 def fenced(lease: Lease, **values: Any) -> dict[str, Any]:
