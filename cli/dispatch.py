@@ -22,6 +22,7 @@ from .call import parse_input, render, seconds
 from .call_views import as_dict, attempt_line, describe, table, unlisted_result
 from .errors import EXIT_ERROR, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, CommandError
 from .local_server import DEFAULT_ENDPOINT_URL
+from .scheduler import duration
 
 T = TypeVar("T")
 MAX_PAGE = 1000  # the scheduler's largest page
@@ -57,6 +58,9 @@ What became of the calls the scheduler holds.
   wait    wait for a call and print its output (exit 0 OK, 1 failed), each failed
           attempt on stderr as it happens.
   cancel  end a call and its unfinished descendants.
+  purge   delete the finished call trees whose root finished longer ago than
+          --older-than (30d, 12h, ...), only those whose root ended with --status
+          if given; prints how many calls were deleted.
 """
 
 
@@ -90,7 +94,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
     calls = commands.add_parser(
         "calls",
-        help="list, show, wait for or cancel calls",
+        help="list, show, wait for, cancel or purge calls",
         description=_CALLS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -115,6 +119,24 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--json", dest="use_json", action="store_true", help="one JSON object per call and line"
     )
     listing.set_defaults(handler=run_list)
+    purging = actions.add_parser(
+        "purge",
+        help="delete the finished call trees whose root finished longer ago than a duration",
+    )
+    purging.add_argument(
+        "--older-than",
+        type=duration,
+        required=True,
+        metavar="DURATION",
+        help="how long ago the root finished: 30d, 12h, 30m, 90s or seconds (0: all)",
+    )
+    purging.add_argument(
+        "--status",
+        type=status_filter,
+        metavar="STATUS",
+        help="only trees whose root ended so: OK, PERMANENT_ERROR, ..., or failed (any but OK)",
+    )
+    purging.set_defaults(handler=run_purge)
     for name, help_text, handler in (
         ("show", "one call: its fields, input, output, a workflow's journal", run_show),
         ("wait", "wait for a call and print its output", run_wait),
@@ -265,6 +287,13 @@ def run_cancel(args: argparse.Namespace) -> int:
         cancelled = _checked(lambda: scheduler.cancel(args.dispatch_id))
     rest = "; the rest of its tree is ending in the background" if cancelled.more_ending else ""
     print(f"cancelled {cancelled} call(s){rest}")
+    return EXIT_OK
+
+
+def run_purge(args: argparse.Namespace) -> int:
+    with client() as scheduler:
+        deleted = _checked(lambda: scheduler.purge(args.older_than, status=args.status))
+    print(f"deleted {deleted} call(s)")
     return EXIT_OK
 
 

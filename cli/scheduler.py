@@ -34,7 +34,9 @@ from ..scheduler.settings import (
     MAX_OUTPUT_SIZE_ENV,
     METRICS_KEY_ENV,
     POSTGRES_SCHEMES,
+    RETENTION_ENV,
     Settings,
+    parse_duration,
 )
 from ..serving import logging_setup
 from .call import seconds
@@ -207,8 +209,25 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "with a larger one ends its call INVALID_RESPONSE, and no more of an answer is read "
         f"(default: {MAX_OUTPUT_SIZE_ENV}, else {DEFAULT_MAX_OUTPUT_SIZE})",
     )
+    parser.add_argument(
+        "--retention",
+        type=duration,
+        metavar="DURATION",
+        help="delete the finished call trees whose root finished longer ago than this, in "
+        "the background: 7d, 12h, 30m, 90s or seconds; 0 keeps them for ever "
+        f"(default: {RETENTION_ENV}, else 7d)",
+    )
     logging_setup.add_arguments(parser, default_level="info")
     parser.set_defaults(handler=run)
+
+
+def duration(text: str) -> float:
+    """Seconds from a duration (``parse_duration``: ``--retention``, ``calls purge
+    --older-than``), or argparse's error."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -221,6 +240,8 @@ def run(args: argparse.Namespace) -> int:
         given["signing_key"] = _key_from_file(args.signing_key_file)
     if args.max_output_size is not None:
         given["max_output_size"] = args.max_output_size
+    if args.retention is not None:
+        given["retention"] = args.retention
     url = args.database_url or os.environ.get(DATABASE_URL_ENV, "")
     if url and args.db is not None:
         raise CommandError(f"give --db or a database URL ({DATABASE_URL_ENV}), not both")

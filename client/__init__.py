@@ -370,6 +370,30 @@ class Client:
         )
         return Cancelled(answer.cancelled, more_ending=answer.more_ending)
 
+    def purge(self, older_than: float | datetime.timedelta, status: str | None = None) -> int:
+        """Delete the finished call trees (a root and all its descendants, all final)
+        whose root finished more than ``older_than`` (seconds, or a timedelta) ago, only
+        those whose root ended with ``status`` when given (a final status name, or
+        ``"failed"``: any but OK); how many calls were deleted. A request deletes for a
+        few seconds at most: sent again until all is done."""
+        seconds = (
+            older_than.total_seconds()
+            if isinstance(older_than, datetime.timedelta)
+            else float(older_than)
+        )
+        if not 0 <= seconds < float("inf"):
+            raise ValueError(f"older_than must be a number of seconds, 0 or more: {older_than}")
+        request = calls_pb2.PurgeRequest(status=status or "")
+        request.older_than.FromNanoseconds(round(seconds * 1e9))
+        deleted = 0
+        while True:
+            answer = self._rpc(
+                "/dispatchlet.scheduler.v1.CallService/Purge", request, calls_pb2.PurgeResponse
+            )
+            deleted += answer.deleted
+            if not answer.more:
+                return deleted
+
     def list(
         self,
         *,

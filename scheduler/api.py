@@ -45,6 +45,7 @@ from .call_answer import CallAnswer, CallResponse, add_result
 from .calls import call_problem, duration_seconds, oversized_input, timestamp
 from .engine import Engine
 from .metrics import prometheus_text, stats
+from .retention import Retention, purge
 from .settings import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_INPUT_SIZE, METRICS_KEY_ENV
 from .store import END_BATCH, Call, NewCall, RequestId, State, Store, unavailable
 
@@ -58,6 +59,9 @@ DEFAULT_EXPIRATION = 24 * 3600.0
 MAX_EXPIRATION = 366 * 24 * 3600.0
 MAX_WAIT = 60.0
 MAX_PAGE = 1000
+PURGE_SECONDS = 10.0
+"""How long one Purge request deletes, at most (then it answers ``more``), so that no
+client's timeout ends it midway."""
 
 DISPATCH_PATH = "/dispatch.sdk.v1.DispatchService/Dispatch"
 MAX_REQUEST_ID = 255
@@ -94,6 +98,7 @@ class Api:
         body_timeout: float = DEFAULT_BODY_TIMEOUT,
         metrics_keys: Sequence[str] = (),
         metrics_public: bool = False,
+        retention: Retention | None = None,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -107,6 +112,8 @@ class Api:
         self.body_timeout = body_timeout
         self.metrics_keys = [key.encode() for key in metrics_keys if key]
         self.metrics_public = metrics_public
+        self.retention = retention
+        """The background deletion, if any: a Purge's deletions are counted with its."""
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body_size)
@@ -120,6 +127,7 @@ class Api:
             ("Wait", self.wait, calls_pb2.WaitRequest),
             ("List", self.list, calls_pb2.ListRequest),
             ("Cancel", self.cancel, calls_pb2.CancelRequest),
+            ("Purge", self.purge, calls_pb2.PurgeRequest),
         ):
             app.router.add_route("*", _lenient(CALLS_PATH + name), self.rpc(handler, kind))
         return app
@@ -370,6 +378,33 @@ class Api:
             self.engine.changed(request.dispatch_id, found.root_id)
             self.engine.end_descendants_soon()
         return calls_pb2.CancelResponse(cancelled=count, more_ending=count > END_BATCH)
+
+    async def purge(self, request: calls_pb2.PurgeRequest) -> calls_pb2.PurgeResponse:
+        """Delete the finished trees older than ``older_than``, in batches (``retention``),
+        for at most ``PURGE_SECONDS`` (``more`` then says that some may be left)."""
+        older_than = duration_seconds(request.older_than) if request.HasField("older_than") else 0
+        if older_than < 0:
+            raise InvalidArgument("negative older_than")
+        wanted = request.status.strip()
+        failed = wanted.lower() == FAILED
+        status = None
+        if wanted and not failed:
+            status = _FINAL_STATUSES.get(wanted.upper())
+            if status is None:
+                raise InvalidArgument(
+                    f"invalid status {wanted[:40]!r}: {', '.join(_FINAL_STATUSES)} "
+                    f"or {FAILED} (any but OK)"
+                )
+        deleted, more = await purge(
+            self.store,
+            before=self.clock() - older_than,
+            status=None if status is None else status.value,
+            failed=failed,
+            seconds=PURGE_SECONDS,
+        )
+        if self.retention is not None:
+            self.retention.deleted += deleted
+        return calls_pb2.PurgeResponse(deleted=deleted, more=more)
 
 
 _STORE_FAILED = "the scheduler cannot reach its database now; try again"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from .clock import Clock
 from .store import PURGE_BATCH, Store
@@ -35,20 +36,26 @@ async def purge(
     status: int | None = None,
     failed: bool = False,
     limit: int = PURGE_BATCH,
-    pause: float = 0.0,
-) -> int:
-    """Delete every finished call tree whose root finished before ``before`` (filtered
-    as ``Store.purge`` is), one batch a transaction; how many calls were deleted."""
+    seconds: float | None = None,
+) -> tuple[int, bool]:
+    """Delete the finished call trees whose root finished before ``before`` (filtered
+    as ``Store.purge`` is), one batch a transaction, for at most about ``seconds``; how
+    many calls were deleted, and whether some may be left (time ran out)."""
+    until = None if seconds is None else time.monotonic() + seconds
     deleted = 0
-    while batch := await store.purge(before=before, status=status, failed=failed, limit=limit):
+    while until is None or time.monotonic() < until:
+        batch = await store.purge(before=before, status=status, failed=failed, limit=limit)
+        if not batch:
+            return deleted, False
         deleted += batch
         # What waits for the store goes between two batches.
-        await asyncio.sleep(pause)
-    return deleted
+        await asyncio.sleep(0)
+    return deleted, True
 
 
 class Retention:
-    """The background deletion of the call trees older than ``window`` seconds."""
+    """The background deletion of the call trees older than ``window`` seconds (0:
+    none), and the count of the calls deleted, on demand too (``deleted``)."""
 
     def __init__(
         self,
@@ -60,8 +67,8 @@ class Retention:
         pause: float = PAUSE,
         interval: float = INTERVAL,
     ) -> None:
-        if window <= 0:
-            raise ValueError("a retention window is a positive number of seconds")
+        if window < 0:
+            raise ValueError("a retention window is a number of seconds, 0 for ever")
         self.store = store
         self.clock = clock
         self.window = window
@@ -70,17 +77,16 @@ class Retention:
         # A window of seconds (a test, a soak) is looked at within its own length.
         self.interval = min(interval, max(window / 2, pause))
         self.deleted = 0
-        """Calls deleted by this process's loop since it started (for /metrics)."""
+        """Calls this process deleted since it started, in the background or on demand
+        (a Purge): for /metrics."""
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
         """Delete in batches until ``stop``; an error of the store is logged and tried
-        again after ``interval``."""
-        while not self._stopping.is_set():
+        again after ``interval``. With no window, nothing is ever deleted: returns."""
+        while self.window and not self._stopping.is_set():
             try:
-                batch = await self.store.purge(
-                    before=self.clock() - self.window, limit=self.limit
-                )
+                batch = await self.store.purge(before=self.clock() - self.window, limit=self.limit)
             except Exception:
                 logger.exception("deleting finished calls past the retention failed")
                 batch = 0

@@ -19,6 +19,7 @@ from .concurrency import Limiter
 from .connections import BoundedSite, connection_cap, quiet_accept_errors, raise_fd_limit
 from .engine import Engine
 from .http_caller import HttpCaller
+from .retention import Retention
 from .settings import POSTGRES_SCHEMES, Settings, is_database_url
 from .store import Store
 from .store.sqlite import SQLiteStore
@@ -84,9 +85,12 @@ async def serve(
         max_output_size=settings.max_output_size,
         clock=clock,
     )
+    # Deletes the finished trees past the window in the background (none: 0).
+    retention = Retention(store, clock, settings.retention)
     api = Api(
         store,
         engine,
+        retention=retention,
         api_keys=settings.api_keys,
         insecure=settings.insecure,
         max_input_size=settings.max_input_size,
@@ -119,6 +123,7 @@ async def serve(
             fd_limit,
         )
     signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
+    retention_task: asyncio.Task[None] | None = None
     for signum in signals:
         loop.add_signal_handler(signum, stopped.set)
     try:
@@ -133,6 +138,7 @@ async def serve(
         if ready is not None:
             ready([(str(a[0]), int(a[1])) for a in runner.addresses])
         engine_task = asyncio.create_task(engine.run())
+        retention_task = asyncio.create_task(retention.run())
         stop_task = asyncio.create_task(stopped.wait())
         await asyncio.wait({engine_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         await site.stop()
@@ -150,6 +156,9 @@ async def serve(
                 await engine_task
         stop_task.cancel()
     finally:
+        retention.stop()
+        if retention_task is not None:
+            await retention_task  # a batch in flight commits, then it stops
         for signum in signals:
             loop.remove_signal_handler(signum)
         loop.set_exception_handler(exception_handler)
