@@ -1648,7 +1648,8 @@ def test_purge_deletes_the_finished_trees_older_than_the_window_and_no_other(
         # Then the other finished trees older than the window, two calls at a time: A's
         # root goes after its descendants.
         batches = await purge_all(store, before=NOW + 50, limit=2)
-        assert sum(batches) == 5 and max(batches) <= 2, batches
+        assert sum(batches) == 5, batches
+        assert max(batches) <= 2, batches
         for gone in (a, a1, a2, b, g1):
             assert await store.get(gone) is None, gone
         for kept in (c, e, g2, d, *below):
@@ -1663,13 +1664,14 @@ def test_purge_deletes_the_finished_trees_older_than_the_window_and_no_other(
         # Once D's descendants have all ended, its tree goes, in batches.
         await end_all_left(store, NOW + 2)
         batches = await purge_all(store, before=NOW + 50, limit=200)
-        assert sum(batches) == END_BATCH + 3 and max(batches) <= 200, batches
+        assert sum(batches) == END_BATCH + 3, batches
+        assert max(batches) <= 200, batches
         assert await store.get(d) is None
         assert all([await store.get(i) is None for i in below])
         # A later window takes C; E and G2 run on.
         assert await purge_all(store, before=NOW + 200, limit=200) == [1]
         assert await store.get(c) is None
-        assert await store.get(e) is not None and await store.get(g2) is not None
+        assert await store.get(e) is not None
+        assert await store.get(g2) is not None
 
     with_store(open_store, body)
-
