@@ -1675,3 +1675,34 @@ def test_purge_deletes_the_finished_trees_older_than_the_window_and_no_other(
         assert await store.get(g2) is not None
 
     with_store(open_store, body)
+
+
+def test_postgres_processes_purging_together_delete_each_tree_once(postgres_server: str) -> None:
+    from dispatchlet.scheduler.store.postgres import PostgresStore
+
+    url = fresh_database(postgres_server)
+
+    async def together() -> tuple[list[list[int]], int]:
+        stores = await asyncio.gather(*(PostgresStore.open(url) for _ in range(4)))
+        try:
+            first = stores[0]
+            roots = await first.dispatch([call() for _ in range(300)], now=NOW)
+            await first.dispatch([call(parent_id=r, root_id=r) for r in roots], now=NOW)
+            while claimed := await first.claim(owner="o", now=NOW, limit=1000, lease_seconds=99):
+                # The children first (claims take each root's oldest call first).
+                for claim in sorted(claimed, key=lambda c: c.call.parent_id is None):
+                    assert await first.finish(claim.lease, OK, b"", now=NOW + 1)
+            # Each batch locks its roots: another process skips them, never waits on
+            # them or deletes them twice.
+            batches = await asyncio.gather(
+                *(purge_all(store, before=NOW + 2, limit=20) for store in stores)
+            )
+            left = len(await first.list(limit=1000))
+            return list(batches), left
+        finally:
+            for store in stores:
+                await store.close()
+
+    batches, left = run(together())
+    assert sum(sum(each) for each in batches) == 600
+    assert left == 0
