@@ -150,8 +150,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=seconds,
         default=DEFAULT_BODY_TIMEOUT,
         metavar="SECONDS",
-        help="answer 408 and close the connection when a request's body takes longer to "
-        "arrive (default: %(default)s)",
+        help="answer 504 (deadline_exceeded) and close the connection when a request's "
+        "body takes longer to arrive (default: %(default)s)",
     )
     parser.add_argument(
         "--max-attempts", type=positive_int, default=RetryPolicy.max_attempts, metavar="N"
