@@ -262,8 +262,9 @@ def run_show(args: argparse.Namespace) -> int:
 
 def run_cancel(args: argparse.Namespace) -> int:
     with client() as scheduler:
-        count = _checked(lambda: scheduler.cancel(args.dispatch_id))
-    print(f"cancelled {count} call(s)")
+        cancelled = _checked(lambda: scheduler.cancel(args.dispatch_id))
+    rest = "; the rest of its tree is ending in the background" if cancelled.more_ending else ""
+    print(f"cancelled {cancelled} call(s){rest}")
     return EXIT_OK
 
 

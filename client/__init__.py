@@ -14,23 +14,26 @@
 
 Plain blocking calls over one kept-alive HTTP connection (``http.client``), so it works
 from any code, sync or not. Each Dispatch carries a request id (``Idempotency-Key``),
-the same when the client sends it again after a connection was lost, so that the
-scheduler stores its calls once. A Connect error from the scheduler raises ``ClientError``
-with its code and message; a scheduler that cannot be reached raises ``ClientError``
-with code ``unavailable``.
+the same when the client sends it again, so that the scheduler stores its calls once.
+A request the scheduler answers 503 (busy, or its database briefly away), or leaves
+unanswered (connection refused or reset), is sent again a few times with growing
+pauses (``retries``, ``retry_timeout``; see ``retries.py``); no other answer is retried.
+A Connect error from the scheduler raises ``ClientError`` with its code and message; a
+scheduler that cannot be reached raises ``ClientError`` with code ``unavailable``.
 """
 
 from __future__ import annotations
 
 import datetime
 import http.client
+import logging
 import os
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
 from google.protobuf import any_pb2, message
@@ -46,11 +49,14 @@ from ..core.dispatching import (
     split_api_keys,
 )
 from ..core.errors import DispatchletError
+from ..core.http import retry_after
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2
+from .retries import DEFAULT_RETRIES, DEFAULT_RETRY_TIMEOUT, Backoff
 
 M = TypeVar("M", bound=message.Message)
+logger = logging.getLogger(__name__)
 
 _WAIT_STEP = 50  # seconds per Wait RPC, under the scheduler's limit
 _POLL_PAUSE = 0.5  # seconds between Wait RPCs that brought nothing new
@@ -168,12 +174,31 @@ def _missing_key_hint(message: str) -> str:
     return f" (set {API_KEY_ENV}; `dispatchlet dev` prints it)"
 
 
+def _brief(answer: _Answer) -> str:
+    """The message of an error answer, for a log line."""
+    return parse_error(answer.status, answer.content_type, answer.body).message
+
+
 def _status(number: int) -> Status | None:
     """The Status of a number from the wire; None when unset or unknown here."""
     try:
         return Status(number) if number else None
     except ValueError:
         return None
+
+
+class Cancelled(int):
+    """What ``Client.cancel`` ended at once: the call and the first batch of its
+    unfinished descendants (an ``int``, their count). ``more_ending``: the tree was
+    larger than that batch, and the scheduler ends the rest right after, in batches
+    (uncounted: counting them would mean walking the whole tree)."""
+
+    more_ending: bool
+
+    def __new__(cls, count: int, *, more_ending: bool = False) -> Cancelled:
+        cancelled = super().__new__(cls, count)
+        cancelled.more_ending = more_ending
+        return cancelled
 
 
 @dataclass(frozen=True)
@@ -185,14 +210,55 @@ class CallPage:
     """Pass it back as ``cursor=`` for the next page; None on the last page."""
 
 
+class _Answer(NamedTuple):
+    """One HTTP answer of the scheduler."""
+
+    status: int
+    content_type: str | None
+    body: bytes
+    retry_after: float | None
+    tried: str = ""
+    """How it was tried, when more than once (for an error's message)."""
+
+
+class _NoAnswer(Exception):
+    """No answer came, and the request may be sent again: the connection was refused
+    (nothing was sent) or closed before an answer (``reset``: what was sent may have
+    been handled, harmlessly twice for the requests this client makes)."""
+
+    def __init__(self, message: str, *, brief: str, reset: bool) -> None:
+        super().__init__(message)
+        self.message = message
+        self.brief = brief  # for a log line
+        self.reset = reset
+
+
 class Client:
     """The scheduler at ``api_url`` (default ``DISPATCH_API_URL``, then the local
     scheduler at http://127.0.0.1:4450), authenticated with ``api_key`` (default
-    ``DISPATCH_API_KEY``)."""
+    ``DISPATCH_API_KEY``).
+
+    ``timeout``: seconds to wait for each answer. A request answered 503 or left
+    unanswered (connection refused or reset) is sent again up to ``retries`` times
+    (default 4: five tries in all), after pauses of 0.5 s doubling up to 5 s with jitter,
+    or the ``Retry-After`` the scheduler asks for (up to 10 s), while no more than
+    ``retry_timeout`` seconds (default 15) have passed since the first try; ``retries=0``
+    sends each request once."""
 
     def __init__(
-        self, api_url: str | None = None, api_key: str | None = None, *, timeout: float = 60.0
+        self,
+        api_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 60.0,
+        retries: int = DEFAULT_RETRIES,
+        retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
     ) -> None:
+        if retries < 0 or not retry_timeout >= 0:
+            raise ValueError(
+                f"invalid retries={retries!r} or retry_timeout={retry_timeout!r}: "
+                "expected numbers of 0 or more"
+            )
         self.api_url = (api_url or os.environ.get(API_URL_ENV) or DEFAULT_API_URL).rstrip("/")
         parts = urlsplit(self.api_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -202,6 +268,9 @@ class Client:
         # DISPATCH_API_KEY may list several keys (the scheduler's rotation): send the first.
         self.api_key = next(iter(split_api_keys(key)), "")
         self.timeout = timeout
+        self.retries = retries
+        self.retry_timeout = retry_timeout
+        self._backoff = Backoff()
         self._connection: http.client.HTTPConnection | None = None
         self._lock = threading.Lock()
 
@@ -266,6 +335,7 @@ class Client:
                 request,
                 calls_pb2.WaitResponse,
                 timeout=step + self.timeout,
+                deadline=deadline,  # no resend after the wait's own end
             )
             info = CallInfo.from_proto(answer.call)
             if info.done or (deadline is not None and time.monotonic() >= deadline):
@@ -289,14 +359,16 @@ class Client:
                 time.sleep(_POLL_PAUSE)
             seen = ended
 
-    def cancel(self, dispatch_id: str) -> int:
-        """End the call and its unfinished descendants; how many were ended."""
+    def cancel(self, dispatch_id: str) -> Cancelled:
+        """End the call and its unfinished descendants; how many were ended at once (0:
+        unknown or already done), with ``more_ending`` true when the rest of a large
+        tree is still being ended by the scheduler."""
         answer = self._rpc(
             "/dispatchlet.scheduler.v1.CallService/Cancel",
             calls_pb2.CancelRequest(dispatch_id=dispatch_id),
             calls_pb2.CancelResponse,
         )
-        return int(answer.cancelled)
+        return Cancelled(answer.cancelled, more_ending=answer.more_ending)
 
     def list(
         self,
@@ -364,53 +436,111 @@ class Client:
         *,
         timeout: float | None = None,
         headers: dict[str, str] | None = None,
+        deadline: float | None = None,
     ) -> M:
+        """The answer to ``request``, sent again as ``retries`` allows (never past the
+        ``time.monotonic()`` ``deadline``, when given)."""
         headers = {**(headers or {}), "Content-Type": PROTO, "User-Agent": "dispatchlet-client"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         body = request.SerializeToString()
         prefix = self._parts.path.rstrip("/")
         with self._lock:
-            status, content_type, data = self._exchange(prefix + path, body, headers, timeout)
-        if status != 200:
-            error = parse_error(status, content_type, data)
-            text = error.message
+            answer = self._retrying(prefix + path, body, headers, timeout, deadline)
+        if answer.status != 200:
+            error = parse_error(answer.status, answer.content_type, answer.body)
+            text = error.message + answer.tried
             if error.code == "unauthenticated" and not self.api_key:
                 text += _missing_key_hint(text)
-            raise ClientError(error.code or "unknown", text, status)
+            raise ClientError(error.code or "unknown", text, answer.status)
         try:
-            return kind.FromString(data)
+            return kind.FromString(answer.body)
         except message.DecodeError as exc:
             raise ClientError("internal", f"cannot decode the scheduler's answer: {exc}") from None
 
+    def _retrying(
+        self,
+        path: str,
+        body: bytes,
+        headers: dict[str, str],
+        timeout: float | None,
+        deadline: float | None,
+    ) -> _Answer:
+        """The first answer that is not a 503, or the last one once no resend is left."""
+        started = time.monotonic()
+        bound = started + self.retry_timeout
+        if deadline is not None:
+            bound = min(bound, deadline)
+        tries = 0
+        stale_resent = False
+        while True:
+            # A kept-alive connection may have been closed by the server meanwhile.
+            reused = self._connection is not None and self._connection.sock is not None
+            tries += 1
+            try:
+                answer = self._exchange(path, body, headers, timeout)
+            except _NoAnswer as exc:
+                if exc.reset and reused and not stale_resent:
+                    # Resent at once on a new connection, and not counted as a retry.
+                    stale_resent = True
+                    tries -= 1
+                    continue
+                failure: _NoAnswer | None = exc
+                what, wait_asked = exc.brief, None
+            else:
+                if answer.status != 503:
+                    return answer
+                failure = None
+                what = f"{self.api_url} answered 503 ({_brief(answer)})"
+                wait_asked = answer.retry_after
+            pause = self._backoff.pause(tries, wait_asked)
+            if tries > self.retries or time.monotonic() + pause > bound:
+                elapsed = time.monotonic() - started
+                tried = f" ({tries} tries in {elapsed:.1f} s)" if tries > 1 else ""
+                if failure is None:
+                    return answer._replace(tried=tried)
+                raise ClientError("unavailable", failure.message + tried) from None
+            # A warning, as urllib3's: a command line without logging set up shows it.
+            logger.warning(
+                "%s; trying again in %.1f s (retry %d of %d)", what, pause, tries, self.retries
+            )
+            time.sleep(pause)
+
     def _exchange(
         self, path: str, body: bytes, headers: dict[str, str], timeout: float | None
-    ) -> tuple[int, str | None, bytes]:
-        # One retry on a fresh connection: a kept-alive one may have been closed by the
-        # server meanwhile. The request is resent only if nothing came back; the server
-        # may have handled it all the same, so what is resent is what may be run twice
-        # harmlessly: a read, or a Dispatch with its request id.
-        for attempt in (1, 2):
-            connection = self._connect(timeout)
-            try:
-                connection.request("POST", path, body=body, headers=headers)
-                answer = connection.getresponse()
-                return answer.status, answer.getheader("Content-Type"), answer.read()
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                self._close()
-                if attempt == 2:
-                    raise ClientError(
-                        "unavailable", f"{self.api_url} closed the connection"
-                    ) from None
-            except OSError as exc:
-                self._close()
-                reason = exc.strerror or str(exc) or type(exc).__name__
-                raise ClientError(
-                    "unavailable",
-                    f"cannot reach the scheduler at {self.api_url}: {reason} (is it running? "
-                    "`dispatchlet scheduler` or `dispatchlet dev` starts one)",
-                ) from None
-        raise AssertionError("unreachable")
+    ) -> _Answer:
+        """One try: the answer, or ``_NoAnswer`` when the request may be sent again."""
+        connection = self._connect(timeout)
+        try:
+            connection.request("POST", path, body=body, headers=headers)
+            answer = connection.getresponse()
+            data = answer.read()
+            waited = retry_after(answer.getheader("Retry-After"))
+            return _Answer(answer.status, answer.getheader("Content-Type"), data, waited)
+        except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError):
+            # RemoteDisconnected included: the request may have been handled, and what
+            # this client sends may be handled twice harmlessly (a read, or a Dispatch
+            # with its request id).
+            self._close()
+            closed = f"{self.api_url} closed the connection"
+            raise _NoAnswer(closed, brief=closed, reset=True) from None
+        except http.client.HTTPException as exc:
+            # An answer cut short or garbled (a proxy or the server died mid-answer): no
+            # answer, as after a reset.
+            self._close()
+            broken = f"{self.api_url} sent a broken answer ({type(exc).__name__})"
+            raise _NoAnswer(broken, brief=broken, reset=True) from None
+        except OSError as exc:
+            self._close()
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            problem = (
+                f"cannot reach the scheduler at {self.api_url}: {reason} (is it running? "
+                "`dispatchlet scheduler` or `dispatchlet dev` starts one)"
+            )
+            if isinstance(exc, ConnectionRefusedError):  # nothing was sent: a restart?
+                brief = f"cannot reach the scheduler at {self.api_url}: {reason}"
+                raise _NoAnswer(problem, brief=brief, reset=False) from None
+            raise ClientError("unavailable", problem) from None
 
     def _connect(self, timeout: float | None) -> http.client.HTTPConnection:
         if self._connection is None:
@@ -447,6 +577,7 @@ __all__ = [
     "CallError",
     "CallInfo",
     "CallPage",
+    "Cancelled",
     "Client",
     "ClientError",
 ]

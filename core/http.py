@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 
 
 def header_value(headers: Iterable[tuple[str, str]], name: str) -> str | None:
@@ -20,6 +22,21 @@ def media_type(content_type: str | None) -> str:
     if content_type is None:
         return ""
     return content_type.partition(";")[0].strip().lower()
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date; None if absent
+    or unreadable."""
+    if not value:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,14 +37,16 @@ from ..core.errors import (
     refuses,
 )
 from ..core.http import Response
+from ..core.proto_json import message_to_json
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2, error_pb2, poll_pb2
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2, options_pb2
+from .call_answer import CallAnswer, CallResponse, add_result
 from .calls import call_problem, duration_seconds, oversized_input, timestamp
 from .engine import Engine
 from .metrics import prometheus_text, stats
 from .settings import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_INPUT_SIZE, METRICS_KEY_ENV
-from .store import Call, NewCall, RequestId, State, Store, unavailable
+from .store import END_BATCH, Call, NewCall, RequestId, State, Store, unavailable
 
 M = TypeVar("M", bound=message.Message)
 logger = logging.getLogger(__name__)
@@ -141,15 +143,15 @@ class Api:
 
     def rpc(
         self,
-        handler: Callable[..., Awaitable[message.Message]],
+        handler: Callable[..., Awaitable[message.Message | CallAnswer]],
         kind: type[M],
         *,
         headers: bool = False,
-    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         """A Connect unary handler: authenticated, decoded, answered in the same codec
         (``headers``: the handler is given the request's headers too)."""
 
-        async def serve(request: web.Request) -> web.Response:
+        async def serve(request: web.Request) -> web.StreamResponse:
             try:
                 if request.method != "POST":
                     raise MethodNotAllowed(f"method {request.method[:20]!r} not allowed: use POST")
@@ -179,10 +181,17 @@ class Api:
                 # more than that (retrying would meet it again).
                 logger.exception("a %s request failed unexpectedly", kind.DESCRIPTOR.name)
                 return _web(http_error_response(InternalError(_INTERNAL)))
+            if isinstance(answer, CallAnswer):
+                if answer.framed:
+                    # A large output: framed from its stored bytes, sent in pieces.
+                    return await answer.write(request, wire)
+                answer = answer.message()
             payload = (
                 answer.SerializeToString()
                 if wire == PROTO
-                else json_format.MessageToJson(answer, indent=None).encode()
+                # A stored value of a type this process does not know is shown as
+                # {"@type", "value": base64}, not a failed answer.
+                else message_to_json(answer)
             )
             return web.Response(body=payload, content_type=wire)
 
@@ -284,27 +293,34 @@ class Api:
             raise NotFound(f"no call {dispatch_id[:100]!r}")
         return found
 
-    async def get(self, request: calls_pb2.GetRequest) -> calls_pb2.GetResponse:
+    async def get(self, request: calls_pb2.GetRequest) -> CallAnswer:
         found = await self._found(request.dispatch_id)
-        return calls_pb2.GetResponse(call=call_info(found, with_input=True))
+        return whole_call(calls_pb2.GetResponse, found)
 
-    async def wait(self, request: calls_pb2.WaitRequest) -> calls_pb2.WaitResponse:
+    async def wait(self, request: calls_pb2.WaitRequest) -> CallAnswer:
         limit = MAX_WAIT
         if request.HasField("timeout"):
             limit = min(limit, max(0.0, duration_seconds(request.timeout)))
         seen = request.attempts_seen if request.HasField("attempts_seen") else None
         deadline = time.monotonic() + limit
+        # Woken when the call ends or a retry of it is recorded, by this process or
+        # (told by the store) another; read again only then, or every ``reread``
+        # seconds on a store whose notifications may be lost. A client that goes away
+        # cancels the request (the server cancels handlers on disconnection), and with
+        # it the watch.
         with self.engine.watching(request.dispatch_id) as until:
             found = await self._found(request.dispatch_id)
+            until.within(found.root_id)
             while not _answers_wait(found, seen):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                # Woken when this process ends the call or records a retry of it;
-                # checked again at least every second (another process may).
-                await until(min(remaining, 1.0))
-                found = await self._found(request.dispatch_id)
-        return calls_pb2.WaitResponse(call=call_info(found, with_input=True))
+                reread = self.engine.reread
+                if await until(remaining if reread is None else min(remaining, reread)):
+                    found = await self._found(request.dispatch_id)
+                elif time.monotonic() < deadline:
+                    found = await self._found(request.dispatch_id)  # the safety re-read
+        return whole_call(calls_pb2.WaitResponse, found)
 
     async def list(self, request: calls_pb2.ListRequest) -> calls_pb2.ListResponse:
         state = None
@@ -345,16 +361,18 @@ class Api:
 
     async def cancel(self, request: calls_pb2.CancelRequest) -> calls_pb2.CancelResponse:
         """End the call at once, with the first batch of its unfinished descendants
-        (``cancelled`` counts those); the others end in batches after the answer."""
-        await self._found(request.dispatch_id)
+        (``cancelled`` counts those); the others end in batches after the answer
+        (``more_ending`` says so: the store stopped at a full batch)."""
+        found = await self._found(request.dispatch_id)
         error = error_pb2.Error(type="Cancelled", message="the call was cancelled")
         result = call_pb2.CallResult(error=error).SerializeToString()
         count = await self.store.cancel(
             request.dispatch_id, Status.PERMANENT_ERROR.value, result, now=self.clock()
         )
         if count:
+            self.engine.changed(request.dispatch_id, found.root_id)
             self.engine.end_descendants_soon()
-        return calls_pb2.CancelResponse(cancelled=count)
+        return calls_pb2.CancelResponse(cancelled=count, more_ending=count > END_BATCH)
 
 
 _STORE_FAILED = "the scheduler cannot reach its database now; try again"
@@ -405,8 +423,17 @@ def _answers_wait(call: Call, attempts_seen: int | None) -> bool:
     )
 
 
-def call_info(call: Call, *, with_input: bool = False) -> calls_pb2.CallInfo:
-    """What the CallService tells of ``call`` (its input too ``with_input``)."""
+def whole_call(kind: type[CallResponse], call: Call) -> CallAnswer:
+    """A Get or Wait answer: all of ``call``, its input, output and error too (these two
+    written from their stored bytes: ``CallAnswer``)."""
+    return CallAnswer(kind, call_info(call, with_input=True, with_result=False), call.result)
+
+
+def call_info(
+    call: Call, *, with_input: bool = False, with_result: bool = True
+) -> calls_pb2.CallInfo:
+    """What the CallService tells of ``call`` (its input too ``with_input``; its output
+    and error unless not ``with_result``)."""
     info = calls_pb2.CallInfo(
         dispatch_id=call.dispatch_id,
         function=call.function,
@@ -426,12 +453,8 @@ def call_info(call: Call, *, with_input: bool = False) -> calls_pb2.CallInfo:
         info.input.ParseFromString(call.input)
     if call.state is State.READY:
         info.ready_at.CopyFrom(timestamp(call.ready_at))
-    if call.result:
-        result = call_pb2.CallResult.FromString(call.result)
-        if result.HasField("output"):
-            info.output.CopyFrom(result.output)
-        if result.HasField("error"):
-            info.error.CopyFrom(result.error)
+    if call.result and with_result:
+        add_result(info, call.result)
     info.created_at.CopyFrom(timestamp(call.created_at))
     info.expires_at.CopyFrom(timestamp(call.expires_at))
     if call.finished_at is not None:

@@ -5,10 +5,13 @@ applies to, and the one conversion of stored times to and from protobuf."""
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from urllib.parse import urlsplit
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from ..core.endpoint_url import parse_endpoint_url
 from ..core.functions import FUNCTION_NAME
 from ..core.limits import MAX_POLL_CALLS, MAX_POLL_RESULTS
 from ..proto.dispatch.sdk.v1 import call_pb2
@@ -23,6 +26,7 @@ __all__ = [
     "call_problem",
     "destination",
     "duration_seconds",
+    "endpoint_problem",
     "oversized_input",
     "timestamp",
 ]
@@ -37,12 +41,79 @@ def call_problem(
         return (
             f"invalid function name {call.function[:100]!r}: expected ^[a-zA-Z_][a-zA-Z0-9_<>.]*$"
         )
-    if (call.endpoint or endpoint_required) and not call.endpoint.startswith(ENDPOINT_SCHEMES):
+    if call.endpoint or endpoint_required:
+        return endpoint_problem(call.endpoint)
+    return None
+
+
+# What the HTTP caller sends as it is (yarl, ``encoded=True``): a host name in ASCII
+# (an internationalized one in its punycode form), and a path of RFC 3986 characters
+# with well-formed percent escapes.
+_HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9_-]+)*\.?")
+_PATH = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*")
+_ARN = re.compile(r"arn:aws[a-z-]*:lambda:[a-z0-9-]+:[0-9]+:function:[A-Za-z0-9_.$:-]+")
+
+
+def endpoint_problem(endpoint: str) -> str | None:
+    """Why no attempt could call ``endpoint``, or None: an ``http(s)://host[:port][/path]``
+    URL the HTTP caller can send a request to (a host, a port from 1 to 65535, an ASCII
+    path with valid percent escapes, no user information, query or fragment), or a
+    Lambda function's ARN."""
+    shown = endpoint[:200]
+    expected = (
+        f"invalid endpoint {shown!r}: expected an http://, https:// or arn:aws:lambda: endpoint"
+    )
+    if not endpoint.startswith(ENDPOINT_SCHEMES):
+        return expected
+    if endpoint.startswith("arn:"):
+        if not _ARN.fullmatch(endpoint):
+            return (
+                f"invalid endpoint {shown!r}: expected a Lambda function's ARN, "
+                "arn:aws:lambda:REGION:ACCOUNT:function:NAME[:QUALIFIER]"
+            )
+        return None
+    if not endpoint.isascii() or not endpoint.isprintable() or " " in endpoint:
         return (
-            f"invalid endpoint {call.endpoint[:200]!r}: expected an http://, https:// or "
-            "arn:aws:lambda: endpoint"
+            f"invalid endpoint {shown!r}: it must be ASCII without spaces or control "
+            "characters (percent-encode the path, write an international host name in "
+            "its xn-- form)"
+        )
+    try:
+        parts = urlsplit(endpoint)
+    except ValueError as exc:  # a bracketed host that is no IP address
+        return f"invalid endpoint {shown!r}: {exc}"
+    if "@" in parts.netloc:
+        return f"invalid endpoint {shown!r}: user information (user@host) is not sent, leave it out"
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    written = parts.netloc.rpartition("]")[2].rpartition(":")
+    if port == 0 or (written[1] and not written[2].isdigit()):
+        return f"invalid endpoint {shown!r}: the port must be a number from 1 to 65535"
+    try:
+        parse_endpoint_url(endpoint)
+    except ValueError as exc:
+        return f"invalid endpoint {shown!r}: {str(exc).rpartition(': ')[2]}"
+    host = parts.netloc.rpartition(":")[0] if port is not None else parts.netloc
+    if not _valid_host(host):
+        return f"invalid endpoint {shown!r}: {host[:100]!r} is no valid host name or address"
+    if not _PATH.fullmatch(parts.path):
+        return (
+            f"invalid endpoint {shown!r}: its path must be made of URL characters, any "
+            "other percent-encoded (%XX)"
         )
     return None
+
+
+def _valid_host(host: str) -> bool:
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return False
+        return True
+    return _HOST_NAME.fullmatch(host) is not None
 
 
 def oversized_input(size: int, limit: int) -> str | None:

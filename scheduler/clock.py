@@ -14,8 +14,9 @@ clock (``steady``).
   time. It slews toward the wall clock by at most 0.5 ms per second (NTP's rate), never
   stepping: NTP's small corrections are absorbed within minutes, so that the times users
   see stay the wall clock's, while a large jump is not felt (15 minutes would take three
-  weeks to catch up; a restart takes the wall clock's time again, and the jump is felt
-  then, once).
+  weeks to catch up). A restart takes the wall clock's time again, unless it is behind
+  the latest time the store recorded (``WrittenTime``): then the clock starts from that
+  time (logged), so that what was ready before the restart is ready after it.
 - Several processes (PostgreSQL): the reference is the database's clock
   (``DatabaseClock``), read at open and every 30 s. Of three readings, the one with the
   shortest round trip is taken, as of the midpoint of its round trip (as NTP does). Every
@@ -92,6 +93,15 @@ class DatabaseTime(Protocol):
         ...
 
 
+@runtime_checkable
+class WrittenTime(Protocol):
+    """A store that keeps, across restarts, a bound on the times it was given."""
+
+    def written_until(self) -> float | None:
+        """A time later than every time written in the store, if any was."""
+        ...
+
+
 def _skew(wall: Wall, now: float) -> float:
     skew = wall() - now
     return skew if abs(skew) >= JUMP else 0.0
@@ -102,9 +112,9 @@ def _ahead(seconds: float) -> str:
 
 
 class SteadyClock:
-    """The wall clock's time at start, advanced by the monotonic clock, slewing toward
-    the wall clock by at most ``slew`` seconds per second; a jump of the wall clock is
-    logged, not followed."""
+    """The wall clock's time at start (``not_before`` if the wall clock is behind it),
+    advanced by the monotonic clock, slewing toward the wall clock by at most ``slew``
+    seconds per second; a jump of the wall clock is logged, not followed."""
 
     def __init__(
         self,
@@ -112,6 +122,7 @@ class SteadyClock:
         wall: Wall = time.time,
         monotonic: Wall = steady,
         slew: float = SLEW,
+        not_before: float | None = None,
     ) -> None:
         self._wall = wall
         self._monotonic = monotonic
@@ -120,6 +131,19 @@ class SteadyClock:
         self._base = wall()
         self._correction = 0.0
         """The wall clock minus this clock at the last check: what the slew works off."""
+        if not_before is not None and self._base < not_before:
+            behind = not_before - self._base
+            if behind >= JUMP:
+                logger.warning(
+                    "the wall clock is %.1f s behind the latest time the scheduler stored "
+                    "(it was set back since): the scheduler starts "
+                    "from that time, so that calls ready before are ready now, and catches "
+                    "up with the wall clock by at most %.1f ms per second",
+                    behind,
+                    slew * 1000,
+                    extra={"behind_wall_seconds": round(-behind, 3)},
+                )
+            self._base, self._correction = not_before, -behind
 
     def __call__(self) -> float:
         now = self._monotonic()
@@ -255,11 +279,13 @@ class DatabaseClock:
             self._task = None
 
 
-async def clock_for(store: object) -> Clock:
+async def clock_for(store: object, *, wall: Wall = time.time) -> Clock:
     """The clock of a scheduler process on ``store``: the database's, kept in sync, when
-    the store has one (several processes share it), else the steady one."""
+    the store has one (several processes share it), else the steady one, from the
+    latest time the store recorded if the wall clock is behind it."""
     if isinstance(store, DatabaseTime):
-        clock = await DatabaseClock.opened(store.database_time)
+        clock = await DatabaseClock.opened(store.database_time, wall=wall)
         clock.start()
         return clock
-    return SteadyClock()
+    written = store.written_until() if isinstance(store, WrittenTime) else None
+    return SteadyClock(wall=wall, not_before=written)

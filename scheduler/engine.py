@@ -35,11 +35,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf import any_pb2
@@ -58,7 +59,7 @@ from .calls import (
 from .clock import Clock, SteadyClock
 from .concurrency import Limiter, destination
 from .lambda_caller import missing_support
-from .outcome import Outcome
+from .outcome import Outcome, settled
 from .retry import MAX_RESTARTS, RetryPolicy
 from .rules import (
     ORPHANS,
@@ -134,6 +135,12 @@ class Engine:
         self._stopping = False
         self._running: set[asyncio.Task[None]] = set()
         self._watchers: dict[str, list[asyncio.Event]] = {}
+        # Watchers of calls that are not their tree's root, by root: a call that ends
+        # may end its unfinished descendants too.
+        self._tree_watchers: dict[str, list[asyncio.Event]] = {}
+        self._roots: dict[str, str] = {}  # the root of each call this process runs
+        self.reread: float | None = None
+        """How often a waiter reads its call again anyway (``Store.watch``)."""
         self._ending = asyncio.Event()  # descendants were left to end
         self.attempts: dict[str, int] = {}
         """Attempts made by this process, by outcome status name (for /metrics)."""
@@ -165,6 +172,9 @@ class Engine:
                 logger.exception("ending the descendants of ended calls failed; trying again")
                 done = 0
             if done:
+                # Which trees they were in is not told: every waiter of a call that is
+                # not a root looks again.
+                self.changed(None, ALL_TREES)
                 await asyncio.sleep(0)  # what waits for the store goes between batches
                 continue
             self._ending.clear()
@@ -172,37 +182,49 @@ class Engine:
                 await asyncio.wait_for(self._ending.wait(), ENDING_INTERVAL)
 
     @contextlib.contextmanager
-    def watching(self, dispatch_id: str) -> Iterator[Callable[[float], Awaitable[None]]]:
-        """Within the block, ``await until(timeout)`` returns once this process has ended
-        the call or recorded a retry of it (since the block began, or since the last
-        ``until`` returned) or after ``timeout`` seconds. Watching starts before the
-        caller reads the store, so that a change in between is not missed."""
-        changed = asyncio.Event()
-        self._watchers.setdefault(dispatch_id, []).append(changed)
-
-        async def until(timeout: float) -> None:
-            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-                await asyncio.wait_for(changed.wait(), timeout)
-            changed.clear()
-
+    def watching(self, dispatch_id: str) -> Iterator[Watch]:
+        """Within the block, ``await until(timeout)`` returns once the call ended or a
+        retry of it was recorded (by this process, or by another one on a store shared
+        by several: ``Store.watch``) since the block began or since the last ``until``
+        returned, or after ``timeout`` seconds. Watching starts before the caller reads
+        the store, so that a change in between is not missed; ``until.within(root_id)``
+        once the caller knows the call's root, so that the end of an ancestor, which
+        ends the call too, wakes it."""
+        until = Watch(dispatch_id, self._tree_watchers)
+        _add(self._watchers, dispatch_id, until.changed)
         try:
             yield until
         finally:
-            watchers = self._watchers.get(dispatch_id, [])
-            if changed in watchers:
-                watchers.remove(changed)
-            if not watchers:
-                self._watchers.pop(dispatch_id, None)
+            _remove(self._watchers, dispatch_id, until.changed)
+            if until.root is not None:
+                _remove(self._tree_watchers, until.root, until.changed)
+
+    def changed(self, dispatch_id: str | None, root_id: str | None = None) -> None:
+        """Wake whoever watches the call: it ended, or will be retried; and with
+        ``root_id``, whoever watches a call of that tree (descendants of it may have
+        ended; ``ALL_TREES``: of any tree). Both None: any call may have changed."""
+        woken: list[list[asyncio.Event]] = []
+        if dispatch_id is None and root_id is None:
+            woken = list(self._watchers.values())
+        if dispatch_id is not None:
+            woken.append(self._watchers.get(dispatch_id, []))
+        if root_id == ALL_TREES:
+            woken.extend(self._tree_watchers.values())
+        elif root_id is not None:
+            woken.append(self._tree_watchers.get(root_id, []))
+        for events in woken:
+            for event in events:
+                event.set()
 
     def _changed(self, dispatch_id: str) -> None:
-        """Wake whoever watches the call: it ended, or will be retried."""
-        for changed in self._watchers.get(dispatch_id, ()):
-            changed.set()
+        """This process ended the call or recorded a retry of it."""
+        self.changed(dispatch_id, self._roots.get(dispatch_id))
 
     async def run(self) -> None:
         """Claim and run calls until ``stop()``; attempts in flight are finished first."""
         lease_seconds = self.attempt_timeout + self.lease_margin
         self.store.subscribe(self.wake)
+        self.reread = self.store.watch(self.changed)
         ender = asyncio.create_task(self._end_descendants())
         while not self._stopping:
             free = self.concurrency - len(self._running)
@@ -216,8 +238,9 @@ class Engine:
                         lease_seconds=lease_seconds,
                         # The hard cap holds across every process on the store.
                         cap=None if self.limiter.cap is None else int(self.limiter.cap),
-                        # Only what this process's limits let it start now.
-                        room=self.limiter.room,
+                        # Only what this process's limits let it start now: each
+                        # destination within its window and its share of the pool.
+                        room=self.limiter.rooms(self.concurrency),
                     )
                 except Exception:
                     logger.exception("claiming calls failed; trying again")
@@ -225,6 +248,9 @@ class Engine:
                 task = asyncio.create_task(self._attempt(item))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
+                # Its root, while it runs: its end wakes the waiters of its descendants.
+                self._roots[item.call.dispatch_id] = item.call.root_id
+                task.add_done_callback(functools.partial(self._ran, item.call.dispatch_id))
             if len(claimed) < free:
                 # Nothing more ready: wait for a dispatch, a finished attempt or a timer.
                 self._wake.clear()
@@ -239,6 +265,9 @@ class Engine:
         if self._running:
             await asyncio.wait(self._running)
         await ender
+
+    def _ran(self, dispatch_id: str, task: asyncio.Task[None]) -> None:
+        self._roots.pop(dispatch_id, None)
 
     @property
     def limits(self) -> Limits:
@@ -266,7 +295,8 @@ class Engine:
                 logger.exception("recording the expiration of %s failed", call.dispatch_id)
             return
         key = destination(call.endpoint)
-        if not self.limiter.try_acquire(key):
+        slot = self.limiter.acquire(key)
+        if slot is None:
             # The destination is at its limit: back to the store, not holding a slot of
             # this process that calls to other destinations could use.
             ready_at = now + 0.05 + self.rng.random() * 0.2
@@ -280,7 +310,7 @@ class Engine:
             # This process was held up (paused, starved) since it claimed the call: the
             # lease may lapse mid-attempt, and another process run the call meanwhile.
             logger.warning("the lease on %s is about to lapse: handed back", call.dispatch_id)
-            self.limiter.release(key, None)
+            self.limiter.release(key, None, slot)
             with contextlib.suppress(Exception):
                 await self.store.release(lease, ready_at=self.clock())
             return
@@ -289,7 +319,9 @@ class Engine:
             request = run_request(
                 call, item.results, deadline=self.clock() + timeout, skew=self.clock.wall_skew()
             )
-            outcome = await self.caller.run(call.endpoint, request, timeout=timeout)
+            # The answer's result taken out once, and the parsed answer (as large again)
+            # not kept while it is recorded.
+            outcome = settled(await self.caller.run(call.endpoint, request, timeout=timeout))
             verdict = outcome.status
             if outcome.response is not None:
                 verdict = Status.answered(outcome.response.status)
@@ -299,7 +331,7 @@ class Engine:
                 Status.TEMPORARY_ERROR, error_type=type(exc).__name__, message=str(exc)
             )
         finally:
-            self.limiter.release(key, verdict)
+            self.limiter.release(key, verdict, slot)
             name = (verdict or Status.TEMPORARY_ERROR).name
             self.attempts[name] = self.attempts.get(name, 0) + 1
         expired = cut_short(outcome, timeout, limits)
@@ -426,7 +458,7 @@ class Engine:
             )
             if recorded:
                 self._due = min(self._due, decision.ready_at)
-                self._changed(lease.dispatch_id)
+                self.changed(lease.dispatch_id)
         elif isinstance(decision, Suspend):
             await self.store.suspend(
                 lease,
@@ -450,6 +482,47 @@ class Engine:
     async def _end(self, lease: Lease, status: Status, result: bytes, now: float) -> None:
         if await self.store.finish(lease, status.value, result, now=now, orphans=ORPHANS):
             self._changed(lease.dispatch_id)
+
+
+ALL_TREES = "*"
+"""``Engine.changed``'s root for descendants ended in trees not named."""
+
+
+class Watch:
+    """A waiter's view of its call's changes (``Engine.watching``)."""
+
+    def __init__(self, dispatch_id: str, trees: dict[str, list[asyncio.Event]]) -> None:
+        self.dispatch_id = dispatch_id
+        self.changed = asyncio.Event()
+        self.root: str | None = None
+        self._trees = trees
+
+    def within(self, root_id: str) -> None:
+        """The call belongs to the tree of ``root_id``: the end of any call of that tree
+        wakes it too (it may have ended the call as one of its descendants)."""
+        if root_id != self.dispatch_id and self.root is None:
+            self.root = root_id
+            _add(self._trees, root_id, self.changed)
+
+    async def __call__(self, timeout: float) -> bool:
+        """Whether the call changed within ``timeout`` seconds."""
+        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+            await asyncio.wait_for(self.changed.wait(), timeout)
+        changed = self.changed.is_set()
+        self.changed.clear()
+        return changed
+
+
+def _add(watchers: dict[str, list[asyncio.Event]], key: str, event: asyncio.Event) -> None:
+    watchers.setdefault(key, []).append(event)
+
+
+def _remove(watchers: dict[str, list[asyncio.Event]], key: str, event: asyncio.Event) -> None:
+    found = watchers.get(key, [])
+    if event in found:
+        found.remove(event)
+    if not found:
+        watchers.pop(key, None)
 
 
 LOGGED_MESSAGE = 200

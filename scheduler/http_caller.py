@@ -29,9 +29,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
-import time
 import typing
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
@@ -41,7 +39,7 @@ from yarl import URL
 from ..core.connect import JSON, PROTO
 from ..core.connect_client import ConnectError, InvalidAnswer, decode_response, parse_error
 from ..core.endpoint_url import parse_endpoint_url
-from ..core.http import Request, media_type
+from ..core.http import Request, media_type, retry_after
 from ..core.signatures import sign_request
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import function_pb2
@@ -261,21 +259,6 @@ def _too_large(error: ConnectError, sent: int) -> str:
 
 
 _LIMIT = re.compile(r"\d{4,}")
-
-
-def retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header: delta-seconds or an HTTP date; None if absent
-    or unreadable."""
-    if not value:
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return float(text)
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _failure(status: Status, exc: BaseException) -> Outcome:

@@ -38,6 +38,37 @@ class Outcome:
     message: str = ""
     retry_after: float | None = None
     """Seconds the endpoint asked to wait before the next attempt."""
+    result: bytes | None = None
+    """The response's ``exit.result`` serialized, once ``settled`` did (for a large one,
+    the response then holds only its status and its error's type and message)."""
+
+
+def settled(outcome: Outcome) -> Outcome:
+    """``outcome`` with its answer's result serialized once and, when that is large, the
+    parsed answer, which holds the output a second time, let go: what is recorded and
+    logged of an attempt needs the result's bytes, and of the response only its small
+    fields."""
+    response = outcome.response
+    if response is None or outcome.result is not None or response.WhichOneof("directive") != "exit":
+        return outcome
+    if response.exit.HasField("tail_call"):
+        return outcome
+    result = response.exit.result.SerializeToString()
+    if len(result) > SETTLED_SIZE:
+        light = function_pb2.RunResponse(status=response.status)
+        light.exit.result.SetInParent()  # an exit still, whatever its error
+        error = response.exit.result.error
+        light.exit.result.error.type = error.type
+        light.exit.result.error.message = error.message
+        response = light
+    return Outcome(
+        outcome.status, response, outcome.error_type, outcome.message, outcome.retry_after, result
+    )
+
+
+SETTLED_SIZE = 64 * 1024
+"""From what size of an answer's result on ``settled`` lets the parsed answer go (a
+smaller one is kept: building its lighter copy costs more than it saves)."""
 
 
 class Caller(Protocol):

@@ -180,7 +180,9 @@ def after_attempt(
         return tail_call(call, response.exit.tail_call, limits)
     if directive == "poll":
         return suspension(call, response.poll, limits, now)
-    result = response.exit.result.SerializeToString()
+    result = outcome.result
+    if result is None:
+        result = response.exit.result.SerializeToString()
     # (Its length is known once serialized: ``ByteSize`` would serialize it as well.)
     problem = oversized_output(len(result), limits.max_output_size)
     if problem is not None:

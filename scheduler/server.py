@@ -109,6 +109,8 @@ async def serve(
         access_log_class=AnswersSeen,
         handle_signals=False,
         keepalive_timeout=settings.keepalive_timeout,
+        # A Wait whose client went away stops waiting.
+        handler_cancellation=True,
     )
     await runner.setup()
     stopped = stop or asyncio.Event()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from dispatchlet.scheduler.clock import (
     JUMP,
     SLEW,
+    Clock,
     DatabaseClock,
     SteadyClock,
     clock_for,
@@ -207,3 +209,47 @@ def test_postgres_processes_keep_the_databases_time(
             await store.close()
 
     asyncio.run(body())
+
+
+def test_a_restart_with_the_wall_clock_set_back_starts_from_the_times_stored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The wall clock set back 600 s between two processes on one SQLite database: the
+    second one's clock starts from the first one's latest time, so that the calls ready
+    then are claimed at once, and the lease the first one took is still in force."""
+    from test_store_contract import call
+
+    path = tmp_path / "s.db"
+
+    async def process(wall: float, work: Callable[[SQLiteStore, Clock], Awaitable[None]]) -> None:
+        store = await SQLiteStore.open(path)
+        clock = await clock_for(store, wall=lambda: wall)
+        try:
+            await work(store, clock)
+        finally:
+            await clock.close()
+            await store.close()
+
+    ids: list[str] = []
+    claimed: list[str] = []
+
+    async def first(store: SQLiteStore, clock: Clock) -> None:
+        ids.extend(await store.dispatch([call("held"), call("a"), call("b")], now=clock()))
+        (held,) = await store.claim(owner="first", now=clock(), limit=1, lease_seconds=30)
+        assert held.call.dispatch_id == ids[0]
+        ids.extend(await store.dispatch([call("c")], now=clock()))
+
+    async def second(store: SQLiteStore, clock: Clock) -> None:
+        assert clock() > START
+        got = await store.claim(owner="second", now=clock(), limit=10, lease_seconds=30)
+        claimed.extend(c.call.dispatch_id for c in got)
+
+    asyncio.run(process(START, first))
+    with caplog.at_level(logging.WARNING, logger="dispatchlet.scheduler"):
+        asyncio.run(process(START - 600, second))
+    assert claimed == ids[1:], "the ready calls at once, not the one leased"
+    (logged,) = [
+        r.getMessage() for r in caplog.records if "behind the latest time" in r.getMessage()
+    ]
+    # 600 s, and up to the second within which the latest time is recorded.
+    assert re.match(r"the wall clock is 60[01]\.\d s behind the latest time", logged), logged

@@ -249,3 +249,29 @@ def test_a_postgres_process_ahead_takes_no_call_in_flight_of_another(
         assert [box.runs(f"held-{n}") for n in range(2)] == [1, 1], box.log.read_text()
         told = re.compile(r"wall clock is 9\d\.\d s ahead of the database's")
         assert any(told.search(line) for line in ahead.drained()), "".join(ahead.output)
+
+
+def test_a_restart_after_a_backward_jump_does_not_stall_the_ready_backlog(
+    tmp_path: Path,
+) -> None:
+    """The scheduler dies with calls ready, the wall clock is set back ten minutes, and a
+    scheduler starts again on the database: it runs them now, not in ten minutes."""
+    with machine(tmp_path) as box:
+        box.serve(box.jumping)
+        database = ["--db", str(tmp_path / "s.db"), *ATTEMPT]
+        first, loop = box.scheduler([*database, *ONE_AT_A_TIME], box.jumping)
+        loop.dispatch(call(loop, "hold", "held"))
+        box.until(lambda: box.runs("held") == 1, "the held call started")
+        backlog = loop.dispatch(*(call(loop, "quick", f"backlog-{n}") for n in range(3)))
+        first.process.kill()
+        first.process.wait(timeout=10)
+        box.jump("-600")
+        # Without the cap, which the held call's lease, still in force, would fill.
+        second, loop = box.scheduler(database, box.jumping)
+        for dispatch_id in backlog:
+            assert finished(loop, dispatch_id) == (True, Status.OK), dispatch_id
+        assert [box.runs(f"backlog-{n}") for n in range(3)] == [1] * 3
+        # Ten minutes, less the time between the last write and the restart.
+        told = re.compile(r"the wall clock is (59|60)\d\.\d s behind the latest time")
+        assert any(told.search(line) for line in second.drained()), "".join(second.output)
+        box.release.touch()

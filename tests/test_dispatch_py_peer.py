@@ -79,7 +79,9 @@ class Peer:
         return info
 
     def children(self, root: str) -> list[CallInfo]:
-        return [c for c in self.client.list(root_dispatch_id=root) if c.dispatch_id != root]
+        """The root's descendants, whole: List gives summaries, Get each call."""
+        listed = self.client.list(root_dispatch_id=root)
+        return [self.client.get(c.dispatch_id) for c in listed if c.dispatch_id != root]
 
 
 def ended_ok(info: CallInfo) -> object:

@@ -1314,7 +1314,9 @@ def _tree_rows() -> list[tuple[str, str, str | None]]:
 
 def _before_tree_counts(migrations: tuple[str, ...]) -> int:
     """The schema version before the one that counts each root's descendants."""
-    return next(n for n, m in enumerate(migrations) if "dispatchlet_endings" in m)
+    return next(
+        n for n, m in enumerate(migrations) if isinstance(m, str) and "ADD COLUMN descendants" in m
+    )
 
 
 async def _counted_on_upgrade(store: Store) -> None:
@@ -1494,3 +1496,108 @@ def test_postgres_list_reads_an_index_in_creation_order(postgres_server: str) ->
                     assert "Index Scan Backward using dispatchlet_calls_list_" in plan or (
                         "Index Scan using dispatchlet_calls_list_" in plan
                     ), (chosen, plan)
+
+
+# --- claims among destinations that are full ---------------------------------------------
+
+
+def test_a_full_destination_does_not_hide_the_calls_of_others(open_store: Opener) -> None:
+    """The oldest calls all go to a destination with no room (it hangs): a claim still
+    finds the younger call of another destination."""
+
+    async def scenario() -> list[str]:
+        store = await open_store()
+        try:
+            hung = [call(endpoint="http://hung.test") for _ in range(40)]
+            await store.dispatch(hung, now=NOW)
+            (healthy,) = await store.dispatch([call(endpoint="http://ok.test")], now=NOW + 1)
+            room = {"http://hung.test": 0, "http://ok.test": 4}
+            claimed = await store.claim(
+                owner="a", now=NOW + 2, limit=1, lease_seconds=30, room=room.__getitem__
+            )
+            assert [c.call.dispatch_id for c in claimed] == [healthy]
+            return [c.call.endpoint for c in claimed]
+        finally:
+            await store.close()
+
+    assert run(scenario()) == ["http://ok.test"]
+
+
+# --- waiters told of calls that change ---------------------------------------------------
+
+
+def test_how_often_a_waiter_reads_its_call_again(open_store: Opener) -> None:
+    """Never, on a store one process uses (its engine wakes its waiters, and the store
+    tells them nothing); now and then on PostgreSQL, where a notification may be lost."""
+    kind = open_store.kind  # type: ignore[attr-defined]
+
+    async def scenario() -> float | None:
+        store = await open_store()
+        try:
+            told: list[tuple[str | None, str | None]] = []
+            reread = store.watch(lambda *change: told.append(change))
+            await store.dispatch([call()], now=NOW)
+            (claimed,) = await store.claim(owner="a", now=NOW, limit=1, lease_seconds=30)
+            await store.finish(claimed.lease, 1, b"", now=NOW)
+            if kind != "postgres":
+                assert told == []
+            return reread
+        finally:
+            await store.close()
+
+    reread = run(scenario())
+    if kind == "postgres":
+        assert reread is not None
+        assert 0 < reread <= 60
+    else:
+        assert reread is None
+
+
+def test_postgres_tells_every_process_of_ends_retries_and_cancels(postgres_server: str) -> None:
+    from dispatchlet.scheduler.store.postgres import PostgresStore
+
+    url = fresh_database(postgres_server)
+
+    async def scenario() -> list[tuple[str | None, str | None]]:
+        writer, watcher = await PostgresStore.open(url), await PostgresStore.open(url)
+        told: list[tuple[str | None, str | None]] = []
+        news = asyncio.Event()
+
+        def changed(dispatch_id: str | None, root_id: str | None) -> None:
+            told.append((dispatch_id, root_id))
+            news.set()
+
+        async def next_change() -> tuple[str | None, str | None]:
+            while not told:
+                await asyncio.wait_for(news.wait(), 30)
+                news.clear()
+            return told.pop(0)
+
+        try:
+            watcher.watch(changed)
+            # Listening: any call may have changed while it did not listen.
+            assert await next_change() == (None, None)
+            retried, ended, cancelled = await writer.dispatch([call(), call(), call()], now=NOW)
+            claims = await writer.claim(owner="w", now=NOW, limit=3, lease_seconds=30)
+            leases = {c.call.dispatch_id: c.lease for c in claims}
+            assert await writer.retry(leases[retried], 7, b"e", ready_at=NOW + 1, now=NOW)
+            assert await next_change() == (retried, None)
+            assert await writer.finish(leases[ended], 1, b"", now=NOW)
+            assert await next_change() == (ended, ended)
+            assert await writer.cancel(cancelled, 4, b"", now=NOW) == 1
+            assert await next_change() == (cancelled, cancelled)
+            # A stale lease changes nothing and tells no one.
+            assert not await writer.retry(leases[ended], 7, b"e", ready_at=NOW + 1, now=NOW)
+            assert not await writer.finish(leases[cancelled], 1, b"", now=NOW)
+            # A cancel that ends descendants tells their tree too.
+            (parent,) = await writer.dispatch([call()], now=NOW)
+            await writer.dispatch([call(parent_id=parent, root_id=parent)], now=NOW)
+            assert await writer.cancel(parent, 4, b"", now=NOW) == 2
+            assert await next_change() == (parent, parent)
+            assert await next_change() == (None, parent)
+            return told
+        finally:
+            await writer.close()
+            await watcher.close()
+
+    assert run(scenario()) == []

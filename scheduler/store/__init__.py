@@ -43,7 +43,7 @@ from typing import Any, Protocol
 
 from ...core.errors import DispatchletError
 from ...core.status import Status
-from .claims import claim_window, fitting, in_turns, needs_root_heads
+from .claims import claim_candidates, claim_window, fitting, in_turns, needs_root_heads
 
 
 class State(str, Enum):
@@ -226,6 +226,15 @@ class Store(Protocol):
         """Call ``wake`` when another process makes a call claimable now (a store that
         only one process uses may never call it)."""
 
+    def watch(self, changed: Callable[[str | None, str | None], None]) -> float | None:
+        """Call ``changed(dispatch_id, root_id)`` when another process ends a call (root
+        given: its unfinished descendants may have ended too) or records a retry of it
+        (no root), ``changed(None, root_id)`` when it ends descendants in the tree of
+        ``root_id``, and ``changed(None, None)`` when any call may have changed unseen (a
+        lost connection). How often a waiter should read its call again all the same, in
+        seconds, or None when it is told every change (a store only one process uses
+        tells none: that process wakes its own waiters)."""
+
     async def release(self, lease: Lease, *, ready_at: float) -> bool:
         """Hand the call back unrun, ready at ``ready_at``: the attempt is not counted.
         False for a stale lease."""
@@ -309,7 +318,8 @@ class Store(Protocol):
     async def cancel(self, dispatch_id: str, status: int, result: bytes, *, now: float) -> int:
         """End the call and its unfinished descendants with ``status`` and ``result``;
         how many were ended now (0: unknown or already done): the call and at most
-        ``END_BATCH`` descendants, the others left to ``end_descendants``."""
+        ``END_BATCH`` descendants, the others left to ``end_descendants`` (a full batch,
+        1 + ``END_BATCH``, is all that tells that some may be left)."""
 
     async def end_descendants(self, *, now: float, limit: int = END_BATCH) -> int:
         """End about ``limit`` more of the unfinished descendants that calls which ended
@@ -456,6 +466,7 @@ __all__ = [
     "call_from_row",
     "child_result_from_row",
     "children_of",
+    "claim_candidates",
     "claim_window",
     "corrupt",
     "fitting",

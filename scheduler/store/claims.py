@@ -15,6 +15,14 @@ def claim_window(limit: int) -> int:
     return max(1024, 16 * limit)
 
 
+def claim_candidates(limit: int) -> tuple[int, int]:
+    """How many candidates a claim of ``limit`` deals among: a few times ``limit`` first;
+    then, if destinations at their limit or share left it short (hung ones, whose calls
+    stay the oldest), the whole window, so that they do not hide every other
+    destination's calls behind theirs."""
+    return 4 * limit, claim_window(limit)
+
+
 def needs_root_heads(ready: int, roots: int, window: int, limit: int) -> bool:
     """Whether a claim must also read the oldest ready call of each root, given how many
     ``ready`` calls and how many ``roots`` its window held: when ready calls fill the
@@ -47,8 +55,11 @@ def fitting(
 ) -> list[str]:
     """Of ``(dispatch_id, destination)`` candidates in order, those this process may
     start now: within ``cap`` leases in force per destination (``running`` counts them,
-    every process's), and within the ``room`` its own limiter has per destination."""
-    chosen = []
+    every process's), and within the ``room`` its own limiter has per destination. Dealt
+    in turns across destinations (each one's first, then each one's second, ...; in
+    order within a destination), so that a claim cut short shares its batch among them
+    rather than filling it with the destinations that come first."""
+    chosen: list[tuple[int, int, str]] = []
     taken: dict[str, int] = {}
     allowance: dict[str, int] = {}
     for dispatch_id, where in candidates:
@@ -57,7 +68,8 @@ def fitting(
             if cap is not None:
                 allowed = min(allowed, cap - running.get(where, 0))
             allowance[where] = allowed
-        if taken.get(where, 0) < allowance[where]:
-            taken[where] = taken.get(where, 0) + 1
-            chosen.append(dispatch_id)
-    return chosen
+        turn = taken.get(where, 0)
+        if turn < allowance[where]:
+            taken[where] = turn + 1
+            chosen.append((turn, len(chosen), dispatch_id))
+    return [dispatch_id for *_, dispatch_id in sorted(chosen)]

@@ -30,6 +30,7 @@ from . import (
     TreeBounds,
     TreeLimitExceeded,
     children_of,
+    claim_candidates,
     fitting,
     in_turns,
     new_dispatch_id,
@@ -156,6 +157,11 @@ class MemoryStore:
         """One process has the store: its API wakes its engine itself."""
         del wake
 
+    def watch(self, changed: Callable[[str | None, str | None], None]) -> float | None:
+        """One process has the store: its engine wakes the waiters of what it changes."""
+        del changed
+        return None
+
     async def claim(
         self,
         *,
@@ -174,11 +180,15 @@ class MemoryStore:
         ]
         # Round-robin across roots, oldest first within each; more candidates than the
         # batch, since some destinations may be full.
-        candidates = in_turns(found, 4 * limit)
         running = {} if cap is None else self._running(now)
+        for count in claim_candidates(limit):
+            candidates = in_turns(found, count)
+            chosen = fitting(candidates, cap=cap, running=running, room=room)
+            if len(chosen) >= limit or len(candidates) < count:
+                break
         claimed = []
         expires = now + lease_seconds
-        for dispatch_id in fitting(candidates, cap=cap, running=running, room=room)[:limit]:
+        for dispatch_id in chosen[:limit]:
             row = self._rows[dispatch_id]
             row.state = State.RUNNING
             row.lease_owner = owner

@@ -8,7 +8,9 @@
   serialized by a transaction-scoped advisory lock and count the leases in force of
   every process, so that no two processes spend the same budget.
 - Writes that make a call claimable now ``NOTIFY`` a channel every scheduler listens
-  on; the engine's polling is the fallback when a notification is lost.
+  on; the engine's polling is the fallback when a notification is lost. Writes that end
+  a call or record a retry notify another channel with its dispatch id, which wakes the
+  Waits of every process on it.
 - The schema is versioned in ``dispatchlet_schema`` and migrated on open under an
   advisory lock, so several processes starting at once migrate it once.
 
@@ -49,7 +51,7 @@ from . import (
     child_result_from_row,
     children_of,
 )
-from .claims import claim_window, fitting, in_turns, needs_root_heads
+from .claims import claim_candidates, claim_window, fitting, in_turns, needs_root_heads
 from .idempotency import (
     CONFLICT_RETRIES,
     IdempotencyStatements,
@@ -58,7 +60,18 @@ from .idempotency import (
     repeated,
     request_row,
 )
-from .statements import CHANNEL, POSTGRES, UNBOUNDED, PostgresStatements, fenced, rows_to_insert
+from .statements import (
+    CHANGED,
+    CHANNEL,
+    POSTGRES,
+    UNBOUNDED,
+    Backfill,
+    Index,
+    PostgresStatements,
+    Step,
+    fenced,
+    rows_to_insert,
+)
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -72,14 +85,26 @@ CLAIM_LOCK = 0x64697370_636C6169
 # the server dropped meanwhile (a restart) is replaced, not handed to a transaction. One
 # in steady use is not: if it fails, the store's caller retries.
 CHECK_AFTER_IDLE = 1.0
+WAIT_REREAD = 30.0
+"""How often a Wait reads its call again without a notification: a listening connection
+that dies silently (no error until TCP gives up) misses notifications, and the waiter
+must not sleep through the end of its call for all that."""
 # How many times a transaction PostgreSQL aborted to break a deadlock is run.
 ABORTED_RETRIES = 5
+# How often a process that finds another migrating the schema checks whether it is done.
+MIGRATION_WAIT = 0.1
+# A schema change waits this long for the table's lock (behind transactions in flight),
+# holding up meanwhile the reads queued behind it; then it lets them pass, and tries again.
+DDL_LOCK_TIMEOUT = "1s"
+DDL_ATTEMPTS = 60
+# Calls filled per transaction of a backfill.
+BACKFILL_BATCH = 5000
 # Batches of finishes written at once; the finishes that arrive meanwhile wait for the
 # next batch.
 FINISH_FLUSHES = 1
 
 # Each entry moves the schema one version up; never edit one that has shipped.
-MIGRATIONS: tuple[str, ...] = (
+MIGRATIONS: tuple[Step, ...] = (
     """
     CREATE TABLE dispatchlet_calls (
         seq            BIGSERIAL UNIQUE,
@@ -137,6 +162,104 @@ MIGRATIONS += SQL.migrations()
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+async def _migrate(url: str) -> None:
+    """Bring the schema to ``SCHEMA_VERSION`` while the other processes on the database
+    (earlier versions, in a rolling upgrade) work on: each step its own transaction with
+    the version's update, so that a process that stops midway leaves a schema that works
+    and the next one goes on from there; indexes built concurrently, backfills in short
+    batches. One process migrates, under a session-level advisory lock on a connection of
+    its own (a concurrent index build cannot run in a transaction)."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as db:
+        # Tried, not waited for: a process waiting for the lock in a statement would hold
+        # a snapshot, which a concurrent index build waits for, as that process waits for
+        # the builder's lock: a deadlock.
+        while not (await _fetch(db, "SELECT pg_try_advisory_lock(%s)", (MIGRATION_LOCK,)))[0]:
+            await asyncio.sleep(MIGRATION_WAIT)
+        version = await _schema_version(db)
+        for number in range(version, SCHEMA_VERSION):
+            await _migrate_step(db, MIGRATIONS[number], number + 1)
+    # Closing the connection released the lock.
+
+
+async def _fetch(db: Connection, query: str, params: Any) -> tuple[Any, ...]:
+    """The first row of ``query``'s answer (a row of NULL: none)."""
+    row = await (await db.execute(query, params)).fetchone()
+    return (None,) if row is None else tuple(row)
+
+
+async def _schema_version(db: Connection) -> int:
+    await db.execute("CREATE TABLE IF NOT EXISTS dispatchlet_schema (version INTEGER NOT NULL)")
+    row = await (await db.execute("SELECT version FROM dispatchlet_schema")).fetchone()
+    if row is None:
+        await db.execute("INSERT INTO dispatchlet_schema VALUES (0)")
+        return 0
+    version = int(row[0])
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"the database has schema version {version}, newer than this "
+            f"dispatchlet's {SCHEMA_VERSION}: upgrade dispatchlet to use it"
+        )
+    return version
+
+
+async def _migrate_step(db: Connection, migration: Step, version: int) -> None:
+    """Run one migration and record ``version`` (after an index or a backfill, which
+    give the same result run again, in a transaction of its own)."""
+    bump = "UPDATE dispatchlet_schema SET version = %s"
+    if isinstance(migration, Index):
+        await _build_index(db, migration)
+    elif isinstance(migration, Backfill):
+        await _backfill(db, migration)
+    else:
+        for attempt in range(1, DDL_ATTEMPTS + 1):
+            try:
+                async with db.transaction():
+                    await db.execute(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'")
+                    if migration.strip():
+                        await db.execute(migration.encode())
+                    await db.execute(bump, (version,))
+                return
+            except psycopg.errors.LockNotAvailable:
+                if attempt == DDL_ATTEMPTS:
+                    raise
+                logger.info("a schema change waits for transactions on its table; again")
+                await asyncio.sleep(random.uniform(0.1, 0.5))  # noqa: S311
+    await db.execute(bump, (version,))
+
+
+async def _build_index(db: Connection, index: Index) -> None:
+    """Build ``index`` concurrently; one left invalid by a build that failed (a process
+    that stopped, a cancelled statement) is dropped and built again."""
+    query = "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)"
+    (valid,) = await _fetch(db, query, (index.name,))
+    if valid is False:
+        logger.warning(
+            "the index %s was left invalid by a build that failed: built again", index.name
+        )
+        await db.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index.name}".encode())
+    await db.execute(index.create(concurrently=True).encode())
+
+
+async def _backfill(db: Connection, backfill: Backfill) -> None:
+    """Run ``backfill`` over the calls in dispatch id order, ``BACKFILL_BATCH`` at a time,
+    each batch a transaction."""
+    calls = POSTGRES.calls
+    bounds = (
+        f"SELECT max(dispatch_id) FROM (SELECT dispatch_id FROM {calls}"
+        " WHERE dispatch_id > %(after)s ORDER BY dispatch_id LIMIT %(batch)s) AS batch"
+    )
+    update = backfill.update(calls, within="dispatch_id > %(after)s AND dispatch_id <= %(upto)s")
+    after = ""
+    while True:
+        async with db.transaction():
+            params = {"after": after, "batch": BACKFILL_BATCH}
+            (upto,) = await _fetch(db, bounds, params)
+            if upto is None:
+                return
+            await db.execute(update, {**params, "upto": upto})
+        after = upto
+
+
 def _claimable(row: Sequence[Any], now: float) -> bool:
     """Whether a call with ``(state, ready_at, lease_expires, poll_until)`` may be
     claimed at ``now``."""
@@ -159,6 +282,7 @@ class PostgresStore:
         self._pool = pool
         self._listener: asyncio.Task[None] | None = None
         self._wake: list[Callable[[], None]] = []
+        self._changed: list[Callable[[str | None, str | None], None]] = []
         self._finishing: list[tuple[_Finish, asyncio.Future[bool]]] = []
         self._flushes: set[asyncio.Task[None]] = set()
 
@@ -193,44 +317,32 @@ class PostgresStore:
             raise StoreError(f"cannot connect to {_redacted(url)}: {exc}") from None
         store = cls(url, pool)
         try:
-            await store._transaction(store._migrate)
+            await _migrate(url)
         except BaseException:
             await pool.close()
             raise
         return store
 
-    async def _transaction(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
-        """``fn`` in one transaction, run again when PostgreSQL broke a deadlock by
-        aborting it (two transactions locking rows of one call tree in opposite orders: a
-        root ending while one of its children polls) or found it could not serialize it:
-        such a transaction changed nothing, and running it again is what PostgreSQL asks."""
+    async def _transaction(
+        self, fn: Callable[[Connection], Awaitable[T]], *, pipeline: bool = False
+    ) -> T:
+        """``fn`` in one transaction (its statements pipelined with ``pipeline``), run
+        again when PostgreSQL broke a deadlock by aborting it (two transactions locking
+        rows of one call tree in opposite orders: a root ending while one of its children
+        polls) or found it could not serialize it: such a transaction changed nothing, and
+        running it again is what PostgreSQL asks."""
         for attempt in range(1, ABORTED_RETRIES + 1):
             try:
-                async with self._pool.connection() as connection, connection.transaction():
-                    return await fn(connection)
+                async with self._pool.connection() as connection:
+                    pipelined = connection.pipeline() if pipeline else contextlib.nullcontext()
+                    async with pipelined, connection.transaction():
+                        return await fn(connection)
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 if attempt == ABORTED_RETRIES:
                     raise
                 # Jitter, so that the two do not meet again in step.
                 await asyncio.sleep(random.uniform(0.001, 0.01) * attempt)  # noqa: S311
         raise AssertionError("unreachable")
-
-    async def _migrate(self, db: Connection) -> None:
-        await db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-        await db.execute("CREATE TABLE IF NOT EXISTS dispatchlet_schema (version INTEGER NOT NULL)")
-        row = await (await db.execute("SELECT version FROM dispatchlet_schema")).fetchone()
-        version = 0 if row is None else int(row[0])
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"the database has schema version {version}, newer than this "
-                f"dispatchlet's {SCHEMA_VERSION}: upgrade dispatchlet to use it"
-            )
-        for number in range(version, SCHEMA_VERSION):
-            await db.execute(MIGRATIONS[number].encode())
-        if row is None:
-            await db.execute("INSERT INTO dispatchlet_schema VALUES (%s)", (SCHEMA_VERSION,))
-        else:
-            await db.execute("UPDATE dispatchlet_schema SET version = %s", (SCHEMA_VERSION,))
 
     async def database_time(self) -> float:
         """The database server's clock, in seconds since the epoch: every scheduler process
@@ -248,6 +360,15 @@ class PostgresStore:
     def subscribe(self, wake: Callable[[], None]) -> None:
         """Call ``wake`` whenever any process makes a call claimable now."""
         self._wake.append(wake)
+        self._start_listening()
+
+    def watch(self, changed: Callable[[str | None, str | None], None]) -> float | None:
+        """Call ``changed`` whenever any process ends a call or records a retry of it."""
+        self._changed.append(changed)
+        self._start_listening()
+        return WAIT_REREAD
+
+    def _start_listening(self) -> None:
         if self._listener is None:
             self._listener = asyncio.create_task(self._listen())
 
@@ -258,11 +379,18 @@ class PostgresStore:
                 connection = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
                 async with connection:
                     await connection.execute(f"LISTEN {CHANNEL}")
+                    await connection.execute(f"LISTEN {CHANGED}")
                     delay = 0.1
-                    # What was notified while no one listened is found by polling.
+                    # What was notified while no one listened is found by polling, and
+                    # by the waiters reading their calls again.
                     self._notify_local()
-                    async for _ in connection.notifies():
-                        self._notify_local()
+                    self._tell_changed(None, None)
+                    async for notice in connection.notifies():
+                        if notice.channel == CHANGED:
+                            dispatch_id, _, root_id = notice.payload.partition(" ")
+                            self._tell_changed(dispatch_id or None, root_id or None)
+                        else:
+                            self._notify_local()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -273,6 +401,10 @@ class PostgresStore:
     def _notify_local(self) -> None:
         for wake in self._wake:
             wake()
+
+    def _tell_changed(self, dispatch_id: str | None, root_id: str | None) -> None:
+        for changed in self._changed:
+            changed(dispatch_id, root_id)
 
     # --- the contract ------------------------------------------------------------------
 
@@ -314,17 +446,22 @@ class PostgresStore:
             # destinations may be full.
             window = claim_window(limit)
             count = 4 * limit
-            params = {"now": now, "window": window, "roots": count, "count": count}
-            found = await (await db.execute(SQL.ranked_window, params)).fetchall()
-            ready, roots = found[0][6:8] if found else (0, 0)
-            candidates = [(row[0], row[2]) for row in found]
-            if needs_root_heads(ready, roots, window, limit):
-                heads = await (await db.execute(SQL.root_heads, params)).fetchall()
-                candidates = in_turns([row[:6] for row in found] + heads, count)
-            running = {}
-            if cap is not None:
-                running = await _running(db, sorted({row[1] for row in candidates}), now)
-            ids = fitting(candidates, cap=cap, running=running, room=room)
+            for dealt in claim_candidates(limit):
+                params = {"now": now, "window": window, "roots": count, "count": dealt}
+                found = await (await db.execute(SQL.ranked_window, params)).fetchall()
+                ready, roots = found[0][6:8] if found else (0, 0)
+                candidates = [(row[0], row[2]) for row in found]
+                if needs_root_heads(ready, roots, window, limit):
+                    heads = await (await db.execute(SQL.root_heads, params)).fetchall()
+                    candidates = in_turns([row[:6] for row in found] + heads, dealt)
+                running = {}
+                if cap is not None:
+                    running = await _running(db, sorted({row[1] for row in candidates}), now)
+                ids = fitting(candidates, cap=cap, running=running, room=room)
+                # Enough, or every candidate was dealt: else the destinations at their
+                # limit left the claim short, and it deals among the whole window.
+                if len(ids) >= limit or len(candidates) < dealt:
+                    break
             if not ids:
                 return []
             # Locked, then checked: a locked row is read as it is now, after any claim
@@ -399,11 +536,15 @@ class PostgresStore:
         self._flush_finishes()
 
     async def _finish_batch(self, batch: list[tuple[_Finish, asyncio.Future[bool]]]) -> None:
+        finishes = [finish for finish, _ in batch]
         try:
-            async with self._pool.connection() as db:
-                async with db.pipeline(), db.transaction():
-                    finished = await _finish_all(db, [finish for finish, _ in batch])
-                done = [(f[0].dispatch_id, f[0].token) in finished for f, _ in batch]
+            # A root's finish locks its row, then its descendants': a deadlock with one of
+            # them polling (which locks its row, then its root's) aborts the whole batch,
+            # run again like any transaction of the store.
+            finished = await self._transaction(
+                lambda db: _finish_and_tell(db, finishes), pipeline=True
+            )
+            done = [(f[0].dispatch_id, f[0].token) in finished for f, _ in batch]
         except BaseException as exc:
             for _, future in batch:
                 if not future.done():
@@ -463,7 +604,8 @@ class PostgresStore:
     ) -> bool:
         del now
         retried = fenced(lease, status=status, result=result, ready_at=ready_at)
-        return await self._update(SQL.retry, retried)
+        # One statement (atomic by itself): the retry, and its waiters told.
+        return len(await self._select(SQL.retry_notified, retried)) == 1
 
     async def tail_call(
         self, lease: Lease, function: str, endpoint: str, input: bytes, *, now: float
@@ -520,6 +662,7 @@ class PostgresStore:
             row = await (await db.execute(SQL.cancel, params)).fetchone()
             if row is None:
                 return 0
+            await db.execute(SQL.notify_ended, {"ids": [dispatch_id]})
             if row[0] is not None:
                 await _wake(db, row[0], now)
             return 1 + await _end_descendants(db, dispatch_id, (status, result), now)
@@ -556,6 +699,15 @@ class PostgresStore:
 
 
 _Finish = tuple[Lease, int, bytes, float, tuple[int, bytes]]
+
+
+async def _finish_and_tell(db: Connection, finishes: Sequence[_Finish]) -> set[tuple[str, int]]:
+    """``_finish_all``, and the waiters of the calls that ended told."""
+    finished = await _finish_all(db, finishes)
+    if finished:
+        ended = [dispatch_id for dispatch_id, _ in finished]
+        await db.execute(SQL.notify_ended, {"ids": ended})
+    return finished
 
 
 async def _finish_all(db: Connection, finishes: Sequence[_Finish]) -> set[tuple[str, int]]:
@@ -677,6 +829,9 @@ async def _end_batch(
         )
         ended = [row[0] for row in await cursor.fetchall()]
         done += len(ended)
+        if ended:
+            # Their waiters are told, by their tree (they share one).
+            await db.execute(SQL.notify_tree, {"ids": ended[:1]})
         if len(ended) < asked:
             await db.execute(SQL.ended_all, {"id": source})
             if settled:

@@ -49,9 +49,18 @@ from . import (
     children_of,
     corrupt,
 )
-from .claims import claim_window, fitting, in_turns, needs_root_heads
+from .claims import claim_candidates, claim_window, fitting, in_turns, needs_root_heads
 from .idempotency import IdempotencyStatements, KeyedCalls, keys_of, repeated, request_row
-from .statements import SQLITE, UNBOUNDED, Statements, fenced, rows_to_insert
+from .statements import (
+    SQLITE,
+    UNBOUNDED,
+    Backfill,
+    Index,
+    Statements,
+    Step,
+    fenced,
+    rows_to_insert,
+)
 
 T = TypeVar("T")
 SQL = Statements(SQLITE)
@@ -60,9 +69,12 @@ logger = logging.getLogger(__name__)
 
 READERS = 2
 """Threads (each with its read-only connection) that serve ``get`` and ``list``."""
+MARK_EVERY = 1.0
+"""How often, at most, the latest time written is recorded (``clock``), in seconds: every
+time the store writes is earlier than the mark and this."""
 
 # Each entry moves the schema one version up; never edit one that has shipped.
-MIGRATIONS: tuple[str, ...] = (
+MIGRATIONS: tuple[Step, ...] = (
     """
     CREATE TABLE calls (
         dispatch_id    TEXT PRIMARY KEY,
@@ -133,6 +145,9 @@ class SQLiteStore:
         """A descriptor of the database file opened, to tell it from the path's file."""
         self._broken: str | None = None
         """Why the database may no longer be used, once it may not."""
+        self._marked = float("-inf")
+        """The latest time recorded in ``clock`` by this process."""
+        self._written_until: float | None = None
 
     @classmethod
     async def open(cls, path: str | os.PathLike[str]) -> SQLiteStore:
@@ -182,6 +197,15 @@ class SQLiteStore:
         if not memory:
             self._file = os.open(self.path, os.O_RDONLY)
         self._migrate(connection)
+        (mark,) = connection.execute("SELECT max(mark) FROM clock").fetchone()
+        if mark:
+            self._written_until = mark + MARK_EVERY
+
+    def written_until(self) -> float | None:
+        """A time later than every time an earlier process wrote in this database (ready
+        and lease times, ...), if one wrote: a clock that starts from it finds the calls
+        ready then ready now, whatever the wall clock did between the two processes."""
+        return self._written_until
 
     def _check_integrity(self, connection: sqlite3.Connection) -> None:
         """Refuse a damaged database before anything is written to it. ``quick_check``
@@ -283,9 +307,8 @@ class SQLiteStore:
                     f"dispatchlet's {SCHEMA_VERSION}: upgrade dispatchlet to use it"
                 )
             for number in range(version, SCHEMA_VERSION):
-                for statement in MIGRATIONS[number].split(";"):
-                    if statement.strip():
-                        connection.execute(statement)
+                for statement in _statements(MIGRATIONS[number]):
+                    connection.execute(statement)
             if version < 2 <= SCHEMA_VERSION:
                 _backfill_destinations(connection)
             # PRAGMA takes no parameters; the value is this module's own integer.
@@ -295,18 +318,25 @@ class SQLiteStore:
             connection.execute("ROLLBACK")
             raise
 
-    def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _transaction(self, fn: Callable[[sqlite3.Connection], T], now: float | None = None) -> T:
+        """``fn`` in one transaction; ``now``, the time it writes by, recorded as the
+        latest written if it is ``MARK_EVERY`` past the last one (see ``written_until``)."""
         connection = self._connection
         if connection is None:
             raise StoreError("the store is closed")
         self._check_file()
+        marking = now is not None and now >= self._marked + MARK_EVERY
         connection.execute("BEGIN IMMEDIATE")
         try:
             result = fn(connection)
+            if marking:
+                connection.execute("UPDATE clock SET mark = max(mark, ?)", (now,))
             connection.execute("COMMIT")
         except BaseException:
             connection.execute("ROLLBACK")
             raise
+        if marking and now is not None:
+            self._marked = now
         return result
 
     # --- the contract ------------------------------------------------------------------
@@ -318,11 +348,16 @@ class SQLiteStore:
             return _dispatch(db, calls, now, request)
 
         # One writer at a time: a duplicate finds the first one's rows, never races them.
-        return await self._run(self._transaction, insert)
+        return await self._run(self._transaction, insert, now)
 
     def subscribe(self, wake: Callable[[], None]) -> None:
         """One process has the database: its API wakes its engine itself."""
         del wake
+
+    def watch(self, changed: Callable[[str | None, str | None], None]) -> float | None:
+        """One process has the database: its engine wakes the waiters of what it changes."""
+        del changed
+        return None
 
     async def claim(
         self,
@@ -342,16 +377,20 @@ class SQLiteStore:
             # each root's second) so that one large fan-out does not starve the others,
             # among the oldest claimable calls and the oldest of each root's.
             window = claim_window(limit)
-            count = 4 * limit  # more than the batch: some destinations may be full
-            params = {"now": now, "window": window, "roots": count, "count": count}
-            found = db.execute(SQL.ranked_window, params).fetchall()
-            ready, roots = found[0][6:8] if found else (0, 0)
-            rows = [(row[0], row[2]) for row in found]
-            if needs_root_heads(ready, roots, window, limit):
-                heads = db.execute(SQL.root_heads, params).fetchall()
-                rows = in_turns([row[:6] for row in found] + heads, count)
-            running = {} if cap is None else _running(db, {where for _, where in rows}, now)
-            ids = fitting(rows, cap=cap, running=running, room=room)
+            count = 4 * limit
+            # More candidates than the batch: some destinations may be full.
+            for dealt in claim_candidates(limit):
+                params = {"now": now, "window": window, "roots": count, "count": dealt}
+                found = db.execute(SQL.ranked_window, params).fetchall()
+                ready, roots = found[0][6:8] if found else (0, 0)
+                rows = [(row[0], row[2]) for row in found]
+                if needs_root_heads(ready, roots, window, limit):
+                    heads = db.execute(SQL.root_heads, params).fetchall()
+                    rows = in_turns([row[:6] for row in found] + heads, dealt)
+                running = {} if cap is None else _running(db, {w for _, w in rows}, now)
+                ids = fitting(rows, cap=cap, running=running, room=room)
+                if len(ids) >= limit or len(rows) < dealt:
+                    break
             claimed = []
             expires = now + lease_seconds
             for dispatch_id in ids[:limit]:
@@ -365,7 +404,7 @@ class SQLiteStore:
                 claimed.append(Claimed(call, lease, results))
             return claimed
 
-        return await self._run(self._transaction, lease)
+        return await self._run(self._transaction, lease, now)
 
     async def release(self, lease: Lease, *, ready_at: float) -> bool:
         def update(db: sqlite3.Connection) -> bool:
@@ -401,7 +440,7 @@ class SQLiteStore:
                 _wake(db, row[0], now)
             return True
 
-        return await self._run(self._transaction, update)
+        return await self._run(self._transaction, update, now)
 
     async def suspend(
         self,
@@ -429,7 +468,7 @@ class SQLiteStore:
             _wake(db, lease.dispatch_id, now)
             return ids
 
-        return await self._run(self._transaction, update)
+        return await self._run(self._transaction, update, now)
 
     async def restart(self, lease: Lease, *, now: float, orphans: tuple[int, bytes]) -> bool:
         def update(db: sqlite3.Connection) -> bool:
@@ -593,6 +632,16 @@ def _dispatch(
     if request is not None:
         db.execute(IDEMPOTENCY.insert_request, request_row(request, ids, now))
     return ids
+
+
+def _statements(migration: Step) -> list[str]:
+    """A migration's statements: one process has the database, so an index is built and
+    a column filled plainly, in the migration's one transaction."""
+    if isinstance(migration, Index):
+        return [migration.create()]
+    if isinstance(migration, Backfill):
+        return [migration.update(SQLITE.calls)]
+    return [statement for statement in migration.split(";") if statement.strip()]
 
 
 def _backfill_destinations(db: sqlite3.Connection) -> None:

@@ -30,6 +30,9 @@ from . import LISTED_ERROR_BYTES, Lease, NewCall, new_dispatch_id, stored_correl
 
 CHANNEL = "dispatchlet_ready"
 """The PostgreSQL channel that is notified when a call becomes claimable now."""
+CHANGED = "dispatchlet_changed"
+"""The PostgreSQL channel that is notified when a call ends (payload: its dispatch id
+and root id) or a retry of it is recorded (its dispatch id), for its waiters."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,63 @@ POSTGRES = Dialect(
     in_order=", seq",
 )
 
-MIGRATIONS: tuple[str, ...] = (
+
+@dataclass(frozen=True)
+class Index:
+    """A migration that builds an index on a table that may be large and in use:
+    PostgreSQL's store builds it ``CONCURRENTLY`` (reads and writes go on meanwhile),
+    outside any transaction, again if an earlier build failed and left it invalid;
+    SQLite's (one process) plainly, with the rest of its migration."""
+
+    name: str
+    on: str
+    """What follows the name: ``ON table (columns) [WHERE ...]``."""
+
+    def render(self, dialect: Dialect) -> Index:
+        return Index(dialect.render(self.name), dialect.render(self.on))
+
+    def create(self, *, concurrently: bool = False) -> str:
+        how = "CONCURRENTLY " if concurrently else ""
+        return f"CREATE INDEX {how}IF NOT EXISTS {self.name} {self.on}"
+
+
+@dataclass(frozen=True)
+class Backfill:
+    """A migration that fills a column in every call ``where`` selects: PostgreSQL's
+    store runs it in batches of calls by dispatch id, one short transaction each (it
+    must give the same result run again: a process that stops midway runs it whole
+    again), so that no row stays locked for long; SQLite's in one statement."""
+
+    set: str
+    where: str
+
+    def render(self, dialect: Dialect) -> Backfill:
+        return Backfill(dialect.render(self.set), dialect.render(self.where))
+
+    def update(self, calls: str, *, within: str = "") -> str:
+        """The update of ``calls`` (also ``within``: a batch's bounds)."""
+        where = f"({self.where}) AND {within}" if within else self.where
+        return f"UPDATE {calls} SET {self.set} WHERE {where}"
+
+
+@dataclass(frozen=True)
+class Only:
+    """A migration of one database's schema (``Dialect.name``): nothing but the
+    version's update for the other."""
+
+    dialect: str
+    sql: str
+
+    def render(self, dialect: Dialect) -> str:
+        return dialect.render(self.sql) if dialect.name == self.dialect else ""
+
+
+Step = str | Index | Backfill
+"""A schema change in one database's SQL: plain DDL, run in one transaction with the
+version's update; else an index or a backfill of a table that may be large."""
+Migration = Step | Only
+
+MIGRATIONS: tuple[Migration, ...] = (
     # Idempotent Dispatch: request ids and call keys (see ``idempotency``); a key is
     # deleted with its call.
     "CREATE TABLE {calls}_by_request ("
@@ -117,17 +176,24 @@ MIGRATIONS: tuple[str, ...] = (
     "CREATE INDEX {calls}_by_key_call ON {calls}_by_key (dispatch_id)",
     # How often a call's outcome could not be stored (a poison call ends after a few);
     # each root's count of calls below it, kept by the Poll that adds them, for a bound
-    # on a tree's size that costs one row's update; and the ended calls whose
-    # unfinished descendants are still to end (``ENDINGS``), in batches.
+    # on a tree's size that costs one row's update (counted for the trees there are by
+    # the backfill after); and the ended calls whose unfinished descendants are still
+    # to end (``ENDINGS``), in batches. A column with a constant default is added
+    # without rewriting the table: the lock it takes is held for an instant.
     """
     ALTER TABLE {calls} ADD COLUMN unstored INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE {calls} ADD COLUMN descendants INTEGER NOT NULL DEFAULT 0;
-    UPDATE {calls} SET descendants = (
-        SELECT count(*) FROM {calls} AS member WHERE member.root_id = {calls}.dispatch_id
-    ) - 1 WHERE dispatch_id = root_id AND EXISTS (
-        SELECT 1 FROM {calls} AS child WHERE child.parent_id = {calls}.dispatch_id
-    );
-    CREATE TABLE dispatchlet_endings (
+    ALTER TABLE {calls} ADD COLUMN descendants INTEGER NOT NULL DEFAULT 0
+    """,
+    Backfill(
+        set="descendants = (SELECT count(*) FROM {calls} AS member"
+        " WHERE member.root_id = {calls}.dispatch_id) - 1",
+        where="dispatch_id = root_id AND EXISTS ("
+        "SELECT 1 FROM {calls} AS child WHERE child.parent_id = {calls}.dispatch_id)",
+    ),
+    # (If not there already: the shared entries were numbered otherwise before they
+    # shipped, so a database of a build between may hold it at a lower version.)
+    """
+    CREATE TABLE IF NOT EXISTS dispatchlet_endings (
         dispatch_id    TEXT PRIMARY KEY,
         status         INTEGER NOT NULL,
         result         {blob} NOT NULL,
@@ -141,19 +207,25 @@ MIGRATIONS: tuple[str, ...] = (
     # status written out: a partial index serves only a query that says the same).
     # The states' indexes are split by ``finished_at``, which only List's queries name,
     # so that a claim, which filters on a state too, keeps to its own indexes.
-    "CREATE INDEX {calls}_list_unfinished ON {calls} (state{in_order}) "
-    "WHERE finished_at IS NULL;"
-    "CREATE INDEX {calls}_list_finished ON {calls} (state{in_order}) "
-    "WHERE finished_at IS NOT NULL;"
-    "CREATE INDEX {calls}_list_function ON {calls} (function{in_order});"
-    "CREATE INDEX {calls}_list_root ON {calls} (root_id{in_order});"
-    "CREATE INDEX {calls}_list_status ON {calls} (status{in_order}) WHERE state = 'done';"
-    "CREATE INDEX {calls}_list_failed ON {calls} (state{in_order}) "
-    f"WHERE state = 'done' AND status <> {Status.OK.value:d}",
+    Index("{calls}_list_unfinished", "ON {calls} (state{in_order}) WHERE finished_at IS NULL"),
+    Index("{calls}_list_finished", "ON {calls} (state{in_order}) WHERE finished_at IS NOT NULL"),
+    Index("{calls}_list_function", "ON {calls} (function{in_order})"),
+    Index("{calls}_list_root", "ON {calls} (root_id{in_order})"),
+    Index("{calls}_list_status", "ON {calls} (status{in_order}) WHERE state = 'done'"),
+    Index(
+        "{calls}_list_failed",
+        f"ON {{calls}} (state{{in_order}}) WHERE state = 'done' AND status <> {Status.OK.value:d}",
+    ),
+    # The latest time one SQLite process wrote (within a second), from which the next
+    # one's clock starts when the wall clock is behind it (``SQLiteStore``). PostgreSQL's
+    # processes keep the database's time.
+    Only("sqlite", "CREATE TABLE clock (mark REAL NOT NULL); INSERT INTO clock VALUES (0)"),
 )
 """Schema changes written once for both stores, after each store's own history (its
 module's ``MIGRATIONS``, which ship as they are): each entry moves both schemas one
-version up, e.g. ``"ALTER TABLE {calls} ADD COLUMN started_at {double}"``."""
+version up, e.g. ``"ALTER TABLE {calls} ADD COLUMN started_at {double}"``; an index of
+``{calls}`` is an ``Index``, the filling of a new column a ``Backfill``, each an entry
+of its own (on PostgreSQL each runs while the scheduler's other processes work on)."""
 
 # The columns of a Call, in its fields' order (``call_from_row`` reads them).
 COLUMNS = (
@@ -417,9 +489,14 @@ class Statements:
         )
         self.ended_all = r(f"DELETE FROM {ENDINGS} WHERE dispatch_id = :id")
 
-    def migrations(self) -> tuple[str, ...]:
+    def migrations(self) -> tuple[Step, ...]:
         """The shared schema changes, in this dialect."""
-        return tuple(self.dialect.render(migration) for migration in MIGRATIONS)
+        return tuple(
+            self.dialect.render(migration)
+            if isinstance(migration, str)
+            else migration.render(self.dialect)
+            for migration in MIGRATIONS
+        )
 
     def list(
         self,
@@ -526,6 +603,22 @@ class PostgresStatements(Statements):
             f"  AND parent.poll_min <= ({_UNDELIVERED_COUNT % 'parent.dispatch_id'})"
             "  RETURNING parent.dispatch_id)"
             f" SELECT pg_notify('{CHANNEL}', '') WHERE EXISTS (SELECT 1 FROM woken)"
+        )
+
+        # Waiters are told of the calls that ended and the retries recorded, in the same
+        # transaction (a notification is sent at commit, and only then).
+        self.notify_ended = r(
+            f"SELECT pg_notify('{CHANGED}', dispatch_id || ' ' || root_id) FROM {{calls}}"
+            f" WHERE {POSTGRES.one_of('dispatch_id', 'ids')} AND state = 'done'"
+        )
+        # The tree of ended descendants (their root, after a space: no call named).
+        self.notify_tree = r(
+            f"SELECT pg_notify('{CHANGED}', ' ' || root_id) FROM {{calls}}"
+            f" WHERE {POSTGRES.one_of('dispatch_id', 'ids')}"
+        )
+        self.retry_notified = (
+            f"WITH retried AS ({self.retry} RETURNING dispatch_id)"
+            f" SELECT pg_notify('{CHANGED}', dispatch_id) FROM retried"
         )
 
 

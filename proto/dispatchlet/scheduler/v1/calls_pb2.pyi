@@ -306,16 +306,25 @@ class CancelResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CANCELLED_FIELD_NUMBER: _builtins.int
+    MORE_ENDING_FIELD_NUMBER: _builtins.int
     cancelled: _builtins.int
-    """How many calls were ended: the call and its unfinished descendants."""
+    """How many calls were ended by the answer: the call and the first batch of its
+    unfinished descendants (at most 500), not the whole tree when it is larger.
+    """
+    more_ending: _builtins.bool
+    """True when that first batch was full: the rest of the call's unfinished descendants,
+    if it had more, are ended right after the answer, in batches, and are not counted
+    in `cancelled` (counting them would mean walking the whole tree).
+    """
     def __init__(
         self,
         *,
         cancelled: _builtins.int = ...,
+        more_ending: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "more_ending", b"more_ending"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
