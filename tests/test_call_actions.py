@@ -307,7 +307,7 @@ def test_the_client_and_the_command_line_retry_and_rerun(
             assert [row.split()[0] for row in rows] == [rerun]
 
             # Refused: a clear message and a failing exit code, no traceback.
-            assert await asyncio.to_thread(main, ["calls", "retry", by_command]) != 0
+            assert await asyncio.to_thread(main, ["calls", "retry", by_command]) == 2
             err = capsys.readouterr().err
             assert "failed_precondition: the call is done" in err
             assert "Traceback" not in err
@@ -456,7 +456,7 @@ def test_calls_retry_runs_a_failed_call_again_long_before_its_backoff(
     assert (long_backoff.cwd / "retried.tries").read_text() == "xx"
 
     again = long_backoff.run("calls", "retry", dispatch_id)
-    assert again.returncode != 0
+    assert again.returncode == 2
     assert "failed_precondition: the call is done" in again.stderr
 
 
