@@ -79,6 +79,7 @@ class _Row:
     unstored: int = 0
     descendants: int = 0
     children: builtins.list[str] = field(default_factory=builtins.list)
+    rerun_of: str | None = None
 
     def call(self) -> Call:
         return Call(
@@ -100,6 +101,7 @@ class _Row:
             finished_at=self.finished_at,
             poll=self.poll,
             restarts=self.restarts,
+            rerun_of=self.rerun_of,
         )
 
     def claimable(self, now: float) -> bool:
@@ -330,6 +332,8 @@ class MemoryStore:
         newest_first: bool = False,
         after: str | None = None,
         limit: int = 100,
+        parent_id: str | None = None,
+        rerun_of: str | None = None,
     ) -> builtins.list[Call]:
         self._check_open()
         beyond = None
@@ -351,6 +355,8 @@ class MemoryStore:
                 and (root_id is None or row.root_id == root_id)
                 and (status is None or row.status == status)
                 and (not failed or row.status != Status.OK.value)
+                and (parent_id is None or row.parent_id == parent_id)
+                and (rerun_of is None or row.rerun_of == rerun_of)
             )
 
         # Rows are kept in creation order (a dict keeps insertion order).
@@ -434,6 +440,18 @@ class MemoryStore:
         row.unstored += 1
         return row.unstored
 
+    # --- actions on a call ---------------------------------------------------------------
+
+    async def retry_now(self, dispatch_id: str, *, now: float) -> tuple[State, bool] | None:
+        self._check_open()
+        row = self._rows.get(dispatch_id)
+        if row is None:
+            return None
+        brought = row.state is State.READY and row.ready_at > now
+        if brought:
+            row.ready_at = now
+        return row.state, brought
+
     async def close(self) -> None:
         self._closed = True
 
@@ -468,6 +486,7 @@ class MemoryStore:
                 expires_at=call.expires_at,
                 ready_at=now,
                 destination=destination(call.endpoint),
+                rerun_of=call.rerun_of,
             )
             self._unfinished.add(dispatch_id)
             if call.parent_id is not None:

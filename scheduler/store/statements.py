@@ -220,6 +220,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     # one's clock starts when the wall clock is behind it (``SQLiteStore``). PostgreSQL's
     # processes keep the database's time.
     Only("sqlite", "CREATE TABLE clock (mark REAL NOT NULL); INSERT INTO clock VALUES (0)"),
+    # Re-runs (``CallService.Rerun``): the call each is a re-run of. The children of a call and
+    # the re-runs of one are listed in creation order, each through its own index, which
+    # holds only the calls that have one.
+    "ALTER TABLE {calls} ADD COLUMN rerun_of TEXT",
+    Index("{calls}_list_parent", "ON {calls} (parent_id{in_order}) WHERE parent_id IS NOT NULL"),
+    Index("{calls}_list_rerun", "ON {calls} (rerun_of{in_order}) WHERE rerun_of IS NOT NULL"),
     # Retention (``PurgeStatements``): the finished roots in the order they finished,
     # and the request ids by the time of their Dispatch, so that a batch of deletions
     # reads a range of an index, never the whole table.
@@ -239,7 +245,7 @@ of its own (on PostgreSQL each runs while the scheduler's other processes work o
 COLUMNS = (
     "dispatch_id, function, endpoint, input, version, correlation_id, parent_id, "
     "root_id, state, status, result, attempts, created_at, expires_at, ready_at, "
-    "finished_at, poll, restarts"
+    "finished_at, poll, restarts, rerun_of"
 )
 # The columns of a Call as List shows it (``Store.list``): its input and poll state
 # left out, its result only when it is an error of at most LISTED_ERROR_BYTES. Nothing
@@ -250,7 +256,7 @@ SUMMARY = (
     f"CASE WHEN status <> {Status.OK.value:d} AND length(result) <= {LISTED_ERROR_BYTES:d} "
     "THEN result ELSE CAST({empty} AS {blob}) END, "
     "attempts, created_at, expires_at, ready_at, finished_at, CAST({empty} AS {blob}), "
-    "restarts"
+    "restarts, rerun_of"
 )
 # The columns a new call is given (its state is 'ready').
 INSERTED = (
@@ -266,6 +272,7 @@ INSERTED = (
     "created_at",
     "expires_at",
     "ready_at",
+    "rerun_of",
 )
 # What a call's lease is, once it has none.
 _UNLEASED = "lease_owner = NULL, lease_expires = NULL"
@@ -497,6 +504,14 @@ class Statements:
         )
         self.ended_all = r(f"DELETE FROM {ENDINGS} WHERE dispatch_id = :id")
 
+        # --- actions on a call: retry now.
+        # A ready call's next attempt brought forward to now (not a due one: idempotent).
+        self.retry_now = r(
+            "UPDATE {calls} SET ready_at = :now "
+            "WHERE dispatch_id = :id AND state = 'ready' AND ready_at > :now"
+        )
+        self.state_of = r("SELECT state FROM {calls} WHERE dispatch_id = :id")
+
     def migrations(self) -> tuple[Step, ...]:
         """The shared schema changes, in this dialect."""
         return tuple(
@@ -517,6 +532,8 @@ class Statements:
         newest_first: bool,
         after: str | None,
         limit: int,
+        parent_id: str | None = None,
+        rerun_of: str | None = None,
     ) -> tuple[str, dict[str, Any]]:
         """The query of ``Store.list`` and its parameters: summaries (``SUMMARY``)."""
         clauses = []
@@ -526,6 +543,8 @@ class Statements:
             ("function", function),
             ("root_id", root_id),
             ("status", status),
+            ("parent_id", parent_id),
+            ("rerun_of", rerun_of),
         ):
             if value is not None:
                 clauses.append(f"{column} = :{column}")
@@ -730,6 +749,7 @@ def rows_to_insert(calls: Sequence[NewCall], now: float) -> tuple[list[str], lis
                 "created_at": now,
                 "expires_at": call.expires_at,
                 "ready_at": now,
+                "rerun_of": call.rerun_of,
             }
         )
         ids.append(dispatch_id)
