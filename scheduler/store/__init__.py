@@ -70,6 +70,9 @@ class NewCall:
     key: str = ""
     """The call's idempotency key (empty: none): while a call dispatched with it is
     kept, another with the same key is not stored and gets that call's dispatch id."""
+    trace_context: str = ""
+    """The trace context its attempts' spans are children of (``core.tracing.carried``:
+    the Dispatch's span, or the attempt that made a Poll's child); empty: none."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,8 @@ class Call:
     """A serialized ``Poll`` (its state and limits, without its calls) while the call is
     suspended or being resumed; empty otherwise."""
     restarts: int = 0
+    trace_context: str = ""
+    """``NewCall.trace_context``: kept for the call's whole life (a tail call too)."""
 
     @property
     def done(self) -> bool:
@@ -437,6 +442,7 @@ def call_from_row(row: Sequence[Any]) -> Call:
         finished_at=row[15],
         poll=bytes(row[16]),
         restarts=row[17],
+        trace_context=row[18],
     )
 
 

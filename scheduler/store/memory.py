@@ -77,6 +77,7 @@ class _Row:
     delivered: bool = False
     unstored: int = 0
     descendants: int = 0
+    trace_context: str = ""
     children: builtins.list[str] = field(default_factory=builtins.list)
 
     def call(self) -> Call:
@@ -99,6 +100,7 @@ class _Row:
             finished_at=self.finished_at,
             poll=self.poll,
             restarts=self.restarts,
+            trace_context=self.trace_context,
         )
 
     def claimable(self, now: float) -> bool:
@@ -419,6 +421,7 @@ class MemoryStore:
                 expires_at=call.expires_at,
                 ready_at=now,
                 destination=destination(call.endpoint),
+                trace_context=call.trace_context,
             )
             self._unfinished.add(dispatch_id)
             if call.parent_id is not None:

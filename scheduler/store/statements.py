@@ -220,6 +220,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     # one's clock starts when the wall clock is behind it (``SQLiteStore``). PostgreSQL's
     # processes keep the database's time.
     Only("sqlite", "CREATE TABLE clock (mark REAL NOT NULL); INSERT INTO clock VALUES (0)"),
+    # The trace context of the span a call's attempts are children of (``Call``'s
+    # ``trace_context``); empty without tracing. A constant default: no rewrite.
+    "ALTER TABLE {calls} ADD COLUMN trace_context TEXT NOT NULL DEFAULT ''",
 )
 """Schema changes written once for both stores, after each store's own history (its
 module's ``MIGRATIONS``, which ship as they are): each entry moves both schemas one
@@ -231,7 +234,7 @@ of its own (on PostgreSQL each runs while the scheduler's other processes work o
 COLUMNS = (
     "dispatch_id, function, endpoint, input, version, correlation_id, parent_id, "
     "root_id, state, status, result, attempts, created_at, expires_at, ready_at, "
-    "finished_at, poll, restarts"
+    "finished_at, poll, restarts, trace_context"
 )
 # The columns of a Call as List shows it (``Store.list``): its input and poll state
 # left out, its result only when it is an error of at most LISTED_ERROR_BYTES. Nothing
@@ -242,7 +245,7 @@ SUMMARY = (
     f"CASE WHEN status <> {Status.OK.value:d} AND length(result) <= {LISTED_ERROR_BYTES:d} "
     "THEN result ELSE CAST({empty} AS {blob}) END, "
     "attempts, created_at, expires_at, ready_at, finished_at, CAST({empty} AS {blob}), "
-    "restarts"
+    "restarts, trace_context"
 )
 # The columns a new call is given (its state is 'ready').
 INSERTED = (
@@ -258,6 +261,7 @@ INSERTED = (
     "created_at",
     "expires_at",
     "ready_at",
+    "trace_context",
 )
 # What a call's lease is, once it has none.
 _UNLEASED = "lease_owner = NULL, lease_expires = NULL"
@@ -647,6 +651,7 @@ def rows_to_insert(calls: Sequence[NewCall], now: float) -> tuple[list[str], lis
                 "created_at": now,
                 "expires_at": call.expires_at,
                 "ready_at": now,
+                "trace_context": call.trace_context,
             }
         )
         ids.append(dispatch_id)
