@@ -265,7 +265,7 @@ class Endpoint:
         run = partial(
             execute, function, request, allow_pickle=self.allow_pickle, unpickle_input=unpickle
         )
-        # One cached test when opentelemetry is not installed.
+        # One lookup while the program does not use opentelemetry (``tracing.otel``).
         return tracing.traced_run(request, headers, run) if tracing.enabled() else run()
 
     def _lookup(self, name: str) -> Function[..., Any]:

@@ -1,10 +1,10 @@
 """OpenTelemetry spans of a call's life, when ``opentelemetry-api`` is installed (the
 ``otel`` extra); nothing at all when it is not.
 
-The only module of dispatchlet that imports opentelemetry, the first time a span could
-be made, once: without it, each span site costs one test of a cached value, and neither
-the endpoint nor the scheduler imports anything more. With it and no SDK configured,
-the API's spans are non-recording and cheap. Spans, in one trace:
+The only module of dispatchlet that imports opentelemetry, and only once the program
+has (``otel``): until then each span site costs one lookup, and neither the endpoint
+nor the scheduler imports anything more. With the API and no SDK configured, its spans
+are non-recording and cheap. Spans, in one trace:
 
 - ``dispatch`` (the scheduler's Dispatch RPC): a child of the client's ``traceparent``
   if it sent one; its context is stored with each call it dispatched (``carried``);
@@ -21,8 +21,9 @@ only, and after the request's signature is verified.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..proto.dispatch.sdk.v1 import function_pb2
 from .status import Status
@@ -73,23 +74,28 @@ class _Otel:
         return self.trace.get_tracer(TRACER_NAME)
 
 
-_UNKNOWN: Any = object()
-_otel: _Otel | None = _UNKNOWN
+_otel: _Otel | None = None
+_unusable = False  # opentelemetry was imported, but its parts in use could not be
 
 
 def otel() -> _Otel | None:
-    """opentelemetry-api's parts, or None when it is not installed (looked for once)."""
-    global _otel
-    if _otel is _UNKNOWN:
+    """opentelemetry-api's parts, once the program has imported it, else None.
+
+    dispatchlet never imports it first: a program that traces configures an SDK, which
+    imports it (or ``opentelemetry-instrument`` does), before spans could be recorded;
+    one that does not pays nothing for it, installed or not (cold starts). Until then,
+    each call costs one lookup in ``sys.modules``."""
+    global _otel, _unusable
+    if _otel is None and not _unusable and sys.modules.get("opentelemetry.trace") is not None:
         try:
             _otel = _Otel()
         except ImportError:
-            _otel = None
+            _unusable = True
     return _otel
 
 
 def enabled() -> bool:
-    """Whether spans are made: opentelemetry-api is installed."""
+    """Whether spans are made: the program has imported opentelemetry."""
     return otel() is not None
 
 

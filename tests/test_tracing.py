@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from dispatchlet import Client
 from dispatchlet.core import tracing, values
 from dispatchlet.core.connect import PROTO, RUN_PATH
 from dispatchlet.core.http import Request
 from dispatchlet.core.signatures import sign_request
 from dispatchlet.core.status import Status
-from dispatchlet.proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2, function_pb2
+from dispatchlet.proto.dispatch.sdk.v1 import call_pb2, function_pb2
 from dispatchlet.scheduler.concurrency import destination
 from dispatchlet.scheduler.store.memory import MemoryStore
 from opentelemetry import trace
@@ -84,28 +85,20 @@ def named(spans: Sequence[ReadableSpan], name: str) -> list[ReadableSpan]:
 
 
 def test_dispatch_attempts_and_runs_are_one_trace(tmp_path: Path) -> None:
-    """A client's span, the Dispatch's, each attempt's (the first timed out, the second
-    OK) and the endpoint's runs, with the right parents and attributes."""
+    """A client's span (``Client.dispatch`` sends its context), the Dispatch's, each
+    attempt's (the first timed out, the second OK) and the endpoint's runs, with the
+    right parents and attributes."""
 
     async def scenario() -> tuple[str, Sequence[ReadableSpan], int, str]:
         async with scheduler_and_endpoint(tmp_path) as s:
             tracer = trace.get_tracer("test")
-            request = dispatch_pb2.DispatchRequest(
-                calls=[
-                    call_pb2.Call(
-                        function="flaky", endpoint=s.endpoint_url, input=values.to_any("Ann")
-                    )
-                ]
+            flaky = call_pb2.Call(
+                function="flaky", endpoint=s.endpoint_url, input=values.to_any("Ann")
             )
-            with tracer.start_as_current_span("client") as client:
-                headers = {"Content-Type": PROTO, "Authorization": f"Bearer {API_KEY}"}
-                tracing.inject(headers)
-                async with s.harness.session.post(
-                    s.harness.url + DISPATCH, data=request.SerializeToString(), headers=headers
-                ) as answer:
-                    assert answer.status == 200, await answer.text()
-                    body = await answer.read()
-            (dispatch_id,) = dispatch_pb2.DispatchResponse.FromString(body).dispatch_ids
+            client = Client(api_url=s.harness.url, api_key=API_KEY)
+            # The client's span is current in the thread (its context goes with it).
+            with tracer.start_as_current_span("client") as client_span:
+                (dispatch_id,) = await asyncio.to_thread(client.dispatch, [flaky])
             done = await s.done(dispatch_id)
             assert done.status == Status.OK.value
 
@@ -113,7 +106,7 @@ def test_dispatch_attempts_and_runs_are_one_trace(tmp_path: Path) -> None:
                 return len(named(spans, "attempt flaky")) == 2
 
             spans = await spans_until(all_there)
-            return dispatch_id, spans, client.get_span_context().trace_id, s.endpoint_url
+            return dispatch_id, spans, client_span.get_span_context().trace_id, s.endpoint_url
 
     dispatch_id, spans, trace_id, endpoint_url = asyncio.run(scenario())
     (client,) = named(spans, "client")
@@ -156,6 +149,45 @@ def test_dispatch_attempts_and_runs_are_one_trace(tmp_path: Path) -> None:
         assert run.attributes["dispatchlet.dispatch_id"] == dispatch_id
         assert run.attributes["dispatchlet.function"] == "flaky"
         assert run.attributes["dispatchlet.status"] == attempt.attributes["dispatchlet.status"]
+
+
+def test_a_workflows_children_are_in_its_trace(tmp_path: Path) -> None:
+    """A workflow's child is dispatched by its Poll: the child's attempt is a child of
+    the attempt that made it, its run a child of that attempt; the workflow's resume is
+    another attempt under the Dispatch."""
+
+    async def scenario() -> tuple[str, Sequence[ReadableSpan]]:
+        async with scheduler_and_endpoint(tmp_path) as s:
+            welcome = call_pb2.Call(
+                function="welcome", endpoint=s.endpoint_url, input=values.to_any("Ann")
+            )
+            (dispatch_id,) = await s.harness.dispatch(welcome)
+            done = await s.done(dispatch_id)
+            assert done.status == Status.OK.value
+
+            def all_there(spans: Sequence[ReadableSpan]) -> bool:
+                return len(named(spans, "attempt welcome")) == 2 and bool(
+                    named(spans, "attempt greet")
+                )
+
+            return dispatch_id, await spans_until(all_there)
+
+    dispatch_id, spans = asyncio.run(scenario())
+    (dispatch,) = named(spans, "dispatch")
+    suspended, resumed = sorted(named(spans, "attempt welcome"), key=lambda s: s.start_time)
+    (child,) = named(spans, "attempt greet")
+    (child_run,) = named(spans, "run greet")
+    assert {s.context.trace_id for s in spans} == {dispatch.context.trace_id}
+    for attempt in (suspended, resumed):
+        assert attempt.parent is not None
+        assert attempt.parent.span_id == dispatch.context.span_id
+    assert child.parent is not None
+    assert child.parent.span_id == suspended.context.span_id
+    assert child.attributes["dispatchlet.root_dispatch_id"] == dispatch_id
+    assert child.attributes["dispatchlet.dispatch_id"] != dispatch_id
+    assert child_run.parent is not None
+    assert child_run.parent.span_id == child.context.span_id
+    assert child_run.attributes["dispatchlet.parent_dispatch_id"] == dispatch_id
 
 
 def test_the_dispatch_context_is_stored_with_each_call() -> None:
@@ -218,18 +250,28 @@ def test_a_forged_traceparent_is_refused_with_its_request() -> None:
     assert not named(EXPORTER.get_finished_spans(), "run greet")
 
 
+WITHOUT_OPENTELEMETRY = {
+    # Not installed: any import of it fails.
+    "absent": 'sys.modules["opentelemetry"] = None',
+    # Installed (in this environment) but not used by the program: not loaded either.
+    "unused": "",
+}
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("otel", sorted(WITHOUT_OPENTELEMETRY))
 def test_without_opentelemetry_everything_works_and_nothing_is_imported(
-    tmp_path: Path,
+    tmp_path: Path, otel: str
 ) -> None:
-    """With opentelemetry not importable, a call dispatched to the scheduler runs on a
-    real endpoint over signed HTTP, and no module of opentelemetry is loaded."""
+    """With opentelemetry not importable, or not imported by the program, calls
+    dispatched to the scheduler run on a real endpoint over signed HTTP (one retried),
+    and no module of opentelemetry is loaded."""
     tests = Path(__file__).parent
     script = textwrap.dedent(
         f"""
         import asyncio, json, sys
         from pathlib import Path
-        sys.modules["opentelemetry"] = None  # any import of it fails
+        {WITHOUT_OPENTELEMETRY[otel]}
         sys.path.insert(0, {str(tests)!r})
         from dispatchlet.core import tracing, values
         from dispatchlet.proto.dispatch.sdk.v1 import call_pb2

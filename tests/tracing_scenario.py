@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,25 +31,33 @@ class _Threaded(WSGIServer):
 
 
 @contextlib.contextmanager
-def served(endpoint: Endpoint) -> Iterator[str]:
-    """``endpoint`` served on a free loopback port; its base URL."""
+def served(make: Callable[[str], Endpoint]) -> Iterator[str]:
+    """The endpoint ``make(url)`` served at ``url``, a free loopback port; that URL."""
+    app: list[Any] = []
     server = make_server(
-        "127.0.0.1", 0, wsgi_app(endpoint), server_class=_Threaded, handler_class=_Quiet
+        "127.0.0.1",
+        0,
+        lambda environ, start_response: app[0](environ, start_response),
+        server_class=_Threaded,
+        handler_class=_Quiet,
     )
+    url = f"http://127.0.0.1:{server.server_port}"
+    app.append(wsgi_app(make(url)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}"
+        yield url
     finally:
         server.shutdown()
         server.server_close()
         thread.join(30)
 
 
-def endpoint_with_functions(key: Ed25519PrivateKey) -> Endpoint:
-    """An endpoint verifying ``key``'s signatures, with ``greet`` and ``flaky`` (which
-    times out on its first attempt)."""
-    endpoint = Endpoint(verification_key=key.public_key())
+def endpoint_with_functions(key: Ed25519PrivateKey, url: str | None = None) -> Endpoint:
+    """An endpoint at ``url`` verifying ``key``'s signatures, with ``greet``, ``flaky``
+    (which times out on its first attempt) and the workflow ``welcome`` (which awaits
+    ``greet``)."""
+    endpoint = Endpoint(verification_key=key.public_key(), endpoint_url=url)
     tries: list[str] = []
 
     @endpoint.function
@@ -62,6 +70,10 @@ def endpoint_with_functions(key: Ed25519PrivateKey) -> Endpoint:
         if len(tries) == 1:
             raise TimeoutError("the first try times out")
         return f"Hello again, {name}!"
+
+    @endpoint.function
+    async def welcome(name: str) -> str:
+        return "Welcome! " + await greet(name)
 
     return endpoint
 
@@ -79,7 +91,7 @@ class Scheduled:
 async def scheduler_and_endpoint(folder: Path) -> AsyncIterator[Scheduled]:
     """The harness's scheduler whose engine calls a real endpoint over signed HTTP."""
     key = Ed25519PrivateKey.generate()
-    with served(endpoint_with_functions(key)) as url:
+    with served(lambda url: endpoint_with_functions(key, url)) as url:
         async with harness(folder, running=False) as h:
             caller = HttpCaller(key)
             h.engine.caller = caller
