@@ -217,7 +217,7 @@ def start_attempt(
     api = otel()
     if api is None:
         return None
-    attributes = {
+    attributes: dict[str, str | int] = {
         DISPATCH_ID: dispatch_id,
         ROOT_DISPATCH_ID: root_id,
         FUNCTION: function,

@@ -88,6 +88,7 @@ from .store import (
     ChildResult,
     Claimed,
     Lease,
+    NewCall,
     Store,
     TreeBounds,
     TreeLimitExceeded,
@@ -475,7 +476,7 @@ class Engine:
                 self._due = min(self._due, decision.ready_at)
                 self.changed(lease.dispatch_id)
         elif isinstance(decision, Suspend):
-            children = decision.children
+            children: Sequence[NewCall] = decision.children
             trace_context = tracing.carried()  # the attempt's: the children's parent
             if trace_context:
                 children = [replace(c, trace_context=trace_context) for c in children]
