@@ -317,7 +317,8 @@ class Engine:
                 await self.store.release(lease, ready_at=self.clock())
             return
         # The attempt's span, current while the endpoint is called and the outcome
-        # recorded (a Poll's children are its children).
+        # recorded (a Poll's children are its children); ended with the log line, and
+        # like it, not at all for an attempt cancelled midway (a hard stop).
         span = tracing.start_attempt(
             call.trace_context,
             dispatch_id=call.dispatch_id,
