@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 
 from google.protobuf import any_pb2, message
 
-from ..core import values
+from ..core import tracing, values
 from ..core.connect import PROTO
 from ..core.connect_client import parse_error
 from ..core.dispatching import (
@@ -289,11 +289,13 @@ class Client:
         caller with the same id and calls), it gets the same ids and starts nothing
         new."""
         request = dispatch_pb2.DispatchRequest(calls=list(calls))
+        headers = {REQUEST_ID_HEADER: request_id or secrets.token_hex(16)}
+        tracing.inject(headers)  # the current span, if any: the Dispatch span's parent
         answer = self._rpc(
             "/dispatch.sdk.v1.DispatchService/Dispatch",
             request,
             dispatch_pb2.DispatchResponse,
-            headers={REQUEST_ID_HEADER: request_id or secrets.token_hex(16)},
+            headers=headers,
         )
         return list(answer.dispatch_ids)
 

@@ -23,6 +23,7 @@ from typing import TypeVar
 from aiohttp import web
 from google.protobuf import json_format, message
 
+from ..core import tracing
 from ..core.call_options import key_problem
 from ..core.connect import JSON, PROTO, codec, http_error_response
 from ..core.dispatching import API_KEY_ENV, REQUEST_ID_HEADER
@@ -256,13 +257,21 @@ class Api:
                 f"{len(request.calls)} calls in one Dispatch: at most {MAX_CALLS}"
             )
         request_id = _request_id(headers, request)
-        now = self.clock()
-        calls = [self._new_call(index, call, now) for index, call in enumerate(request.calls)]
-        ids = await self.store.dispatch(calls, now=now, request=request_id) if calls else []
+        with tracing.dispatch_span(headers, len(request.calls)) as span:
+            now = self.clock()
+            # Each call's attempts are children of this span.
+            trace = tracing.carried()
+            calls = [
+                self._new_call(index, call, now, trace) for index, call in enumerate(request.calls)
+            ]
+            ids = await self.store.dispatch(calls, now=now, request=request_id) if calls else []
+            tracing.dispatched(span, ids)
         self.engine.wake()
         return dispatch_pb2.DispatchResponse(dispatch_ids=ids)
 
-    def _new_call(self, index: int, call: options_pb2.Call, now: float) -> NewCall:
+    def _new_call(
+        self, index: int, call: options_pb2.Call, now: float, trace_context: str = ""
+    ) -> NewCall:
         def invalid(reason: str) -> InvalidArgument:
             return InvalidArgument(f"call {index}: {reason}")
 
@@ -293,6 +302,7 @@ class Api:
             version=call.version,
             correlation_id=call.correlation_id,
             key=key,
+            trace_context=trace_context,
         )
 
     # --- CallService -------------------------------------------------------------------

@@ -1789,6 +1789,51 @@ def test_postgres_lists_children_and_reruns_through_their_indexes(postgres_serve
                 assert f"dispatchlet_calls_list_{column}" in plan, (chosen, plan)
 
 
+# --- trace context -------------------------------------------------------------------
+
+
+def test_a_calls_trace_context_is_kept_for_its_whole_life(open_store: Opener) -> None:
+    """The context its attempts' spans are children of: stored with the call, with a
+    Poll's children (their own), kept by a claim, a retry, a tail call and a restart."""
+    traced = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\nvendor=value"
+    child_trace = "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"
+
+    async def body(store: Store) -> list[str]:
+        parent, plain = await store.dispatch([call(trace_context=traced), call()], now=NOW)
+        seen = []
+        (claimed,) = [
+            c
+            for c in await store.claim(owner="o", now=NOW, limit=2, lease_seconds=LEASE)
+            if c.call.dispatch_id == parent
+        ]
+        seen.append(claimed.call.trace_context)
+        assert await store.retry(claimed.lease, TIMEOUT, b"", ready_at=NOW, now=NOW)
+        (again,) = await store.claim(owner="o", now=NOW, limit=1, lease_seconds=LEASE)
+        assert await store.tail_call(again.lease, "g", "http://127.0.0.1:8000", b"", now=NOW)
+        (tailed,) = await store.claim(owner="o", now=NOW, limit=1, lease_seconds=LEASE)
+        seen.append(tailed.call.trace_context)
+        (child,) = await store.suspend(
+            tailed.lease,
+            b"",
+            [call("c", trace_context=child_trace)],
+            min_results=1,
+            max_results=1,
+            until=NOW + 60,
+            now=NOW,
+        ) or [""]
+        found = await store.get(child)
+        assert found is not None
+        seen.append(found.trace_context)
+        (listed,) = await store.list(root_id=parent, state=State.WAITING)
+        seen.append(listed.trace_context)
+        unset = await store.get(plain)
+        assert unset is not None
+        seen.append(unset.trace_context)
+        return seen
+
+    assert with_store(open_store, body) == [traced, traced, child_trace, traced, ""]
+
+
 # --- retention: finished trees deleted, in batches ------------------------------------
 
 

@@ -72,6 +72,9 @@ class NewCall:
     kept, another with the same key is not stored and gets that call's dispatch id."""
     rerun_of: str | None = None
     """The call this one is a re-run of (``CallService.Rerun``), if it is one."""
+    trace_context: str = ""
+    """The trace context its attempts' spans are children of (``core.tracing.carried``:
+    the Dispatch's span, or the attempt that made a Poll's child); empty: none."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,8 @@ class Call:
     restarts: int = 0
     rerun_of: str | None = None
     """The call this one is a re-run of (``NewCall.rerun_of``); None for any other."""
+    trace_context: str = ""
+    """``NewCall.trace_context``: kept for the call's whole life (a tail call too)."""
 
     @property
     def done(self) -> bool:
@@ -478,6 +483,7 @@ def call_from_row(row: Sequence[Any]) -> Call:
         poll=bytes(row[16]),
         restarts=row[17],
         rerun_of=row[18],
+        trace_context=row[19],
     )
 
 

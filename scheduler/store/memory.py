@@ -78,6 +78,7 @@ class _Row:
     delivered: bool = False
     unstored: int = 0
     descendants: int = 0
+    trace_context: str = ""
     children: builtins.list[str] = field(default_factory=builtins.list)
     rerun_of: str | None = None
 
@@ -102,6 +103,7 @@ class _Row:
             poll=self.poll,
             restarts=self.restarts,
             rerun_of=self.rerun_of,
+            trace_context=self.trace_context,
         )
 
     def claimable(self, now: float) -> bool:
@@ -487,6 +489,7 @@ class MemoryStore:
                 ready_at=now,
                 destination=destination(call.endpoint),
                 rerun_of=call.rerun_of,
+                trace_context=call.trace_context,
             )
             self._unfinished.add(dispatch_id)
             if call.parent_id is not None:

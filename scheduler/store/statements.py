@@ -226,6 +226,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     "ALTER TABLE {calls} ADD COLUMN rerun_of TEXT",
     Index("{calls}_list_parent", "ON {calls} (parent_id{in_order}) WHERE parent_id IS NOT NULL"),
     Index("{calls}_list_rerun", "ON {calls} (rerun_of{in_order}) WHERE rerun_of IS NOT NULL"),
+    # The trace context of the span a call's attempts are children of (``Call``'s
+    # ``trace_context``); empty without tracing. A constant default: no rewrite.
+    "ALTER TABLE {calls} ADD COLUMN trace_context TEXT NOT NULL DEFAULT ''",
     # Retention (``PurgeStatements``): the finished roots in the order they finished,
     # and the request ids by the time of their Dispatch, so that a batch of deletions
     # reads a range of an index, never the whole table.
@@ -245,7 +248,7 @@ of its own (on PostgreSQL each runs while the scheduler's other processes work o
 COLUMNS = (
     "dispatch_id, function, endpoint, input, version, correlation_id, parent_id, "
     "root_id, state, status, result, attempts, created_at, expires_at, ready_at, "
-    "finished_at, poll, restarts, rerun_of"
+    "finished_at, poll, restarts, rerun_of, trace_context"
 )
 # The columns of a Call as List shows it (``Store.list``): its input and poll state
 # left out, its result only when it is an error of at most LISTED_ERROR_BYTES. Nothing
@@ -256,7 +259,7 @@ SUMMARY = (
     f"CASE WHEN status <> {Status.OK.value:d} AND length(result) <= {LISTED_ERROR_BYTES:d} "
     "THEN result ELSE CAST({empty} AS {blob}) END, "
     "attempts, created_at, expires_at, ready_at, finished_at, CAST({empty} AS {blob}), "
-    "restarts, rerun_of"
+    "restarts, rerun_of, trace_context"
 )
 # The columns a new call is given (its state is 'ready').
 INSERTED = (
@@ -273,6 +276,7 @@ INSERTED = (
     "expires_at",
     "ready_at",
     "rerun_of",
+    "trace_context",
 )
 # What a call's lease is, once it has none.
 _UNLEASED = "lease_owner = NULL, lease_expires = NULL"
@@ -750,6 +754,7 @@ def rows_to_insert(calls: Sequence[NewCall], now: float) -> tuple[list[str], lis
                 "expires_at": call.expires_at,
                 "ready_at": now,
                 "rerun_of": call.rerun_of,
+                "trace_context": call.trace_context,
             }
         )
         ids.append(dispatch_id)
