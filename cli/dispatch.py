@@ -22,6 +22,7 @@ from .call import parse_input, render, seconds
 from .call_views import as_dict, attempt_line, describe, table, unlisted_result
 from .errors import EXIT_ERROR, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, CommandError
 from .local_server import DEFAULT_ENDPOINT_URL
+from .overview_views import overview_dict, overview_lines
 
 T = TypeVar("T")
 MAX_PAGE = 1000  # the scheduler's largest page
@@ -57,6 +58,11 @@ What became of the calls the scheduler holds.
   wait    wait for a call and print its output (exit 0 OK, 1 failed), each failed
           attempt on stderr as it happens.
   cancel  end a call and its unfinished descendants.
+  stats   the last hour's calls by minute and final status, each function's count,
+          failures, p50 and p99 (from creation to finish), the slowest and most
+          failing functions, the queue now (ready, scheduled, running, waiting,
+          the oldest ready call's wait) and the answering process's destinations
+          (concurrency limit, in flight); --json for programs.
 """
 
 
@@ -127,6 +133,9 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         if name != "cancel":
             action.add_argument("--json", dest="use_json", action="store_true")
         action.set_defaults(handler=handler)
+    stats = actions.add_parser("stats", help="the last hour's calls and the queue now")
+    stats.add_argument("--json", dest="use_json", action="store_true")
+    stats.set_defaults(handler=run_stats)
 
 
 def status_filter(text: str) -> str:
@@ -265,6 +274,16 @@ def run_cancel(args: argparse.Namespace) -> int:
         cancelled = _checked(lambda: scheduler.cancel(args.dispatch_id))
     rest = "; the rest of its tree is ending in the background" if cancelled.more_ending else ""
     print(f"cancelled {cancelled} call(s){rest}")
+    return EXIT_OK
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    with client() as scheduler:
+        overview = _checked(scheduler.overview)
+    if args.use_json:
+        print(json.dumps(overview_dict(overview), indent=2, ensure_ascii=False))
+    else:
+        print("\n".join(overview_lines(overview)))
     return EXIT_OK
 
 

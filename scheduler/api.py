@@ -1,5 +1,5 @@
 """The scheduler's HTTP API (aiohttp): ``DispatchService/Dispatch`` and the project's
-``CallService`` (Get, Wait, List, Cancel), Connect unary in ``application/proto`` and
+``CallService`` (Get, Wait, List, Cancel, Overview), Connect unary in ``application/proto`` and
 ``application/json``, with ``Authorization: Bearer <api key>``; ``/healthz``.
 
 Errors are Connect errors (``{"code", "message"}`` with the HTTP status of the code).
@@ -44,7 +44,8 @@ from ..proto.dispatchlet.scheduler.v1 import calls_pb2, options_pb2
 from .call_answer import CallAnswer, CallResponse, add_result
 from .calls import call_problem, duration_seconds, oversized_input, timestamp
 from .engine import Engine
-from .metrics import prometheus_text, stats
+from .metrics import CONTENT_TYPE
+from .overview import OVERVIEW_WINDOW, overview_message
 from .settings import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_INPUT_SIZE, METRICS_KEY_ENV
 from .store import END_BATCH, Call, NewCall, RequestId, State, Store, unavailable
 
@@ -95,7 +96,8 @@ class Api:
         metrics_keys: Sequence[str] = (),
         metrics_public: bool = False,
     ) -> None:
-        self.store = store
+        # Its operations timed into the engine's metrics.
+        self.store = engine.metrics.timed(store)
         self.engine = engine
         self.api_keys = [key.encode() for key in api_keys if key]
         self.insecure = insecure
@@ -120,6 +122,7 @@ class Api:
             ("Wait", self.wait, calls_pb2.WaitRequest),
             ("List", self.list, calls_pb2.ListRequest),
             ("Cancel", self.cancel, calls_pb2.CancelRequest),
+            ("Overview", self.overview, calls_pb2.OverviewRequest),
         ):
             app.router.add_route("*", _lenient(CALLS_PATH + name), self.rpc(handler, kind))
         return app
@@ -128,8 +131,9 @@ class Api:
         return web.json_response({"status": "ok"})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        """Prometheus text exposition of this process's engine (``metrics.stats``), to
-        holders of an API key or a metrics key: it names every destination."""
+        """Prometheus text exposition of this process's engine and of the store's queue
+        (``metrics.py``), to holders of an API key or a metrics key: it names every
+        destination."""
         if not (self.metrics_public or self.insecure):
             try:
                 self._authenticate(
@@ -138,8 +142,14 @@ class Api:
             except Unauthenticated as exc:
                 hint = f" (or one of {METRICS_KEY_ENV}; --metrics-public: no key for /metrics)"
                 return _web(http_error_response(Unauthenticated(f"{exc}{hint}")))
-        text = prometheus_text(stats(self.engine))
-        return web.Response(text=text, content_type="text/plain", charset="utf-8")
+        try:
+            text = await self.engine.metrics.exposition(self.store, self.clock())
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
+            logger.warning("reading the queue for /metrics failed: %s", exc)
+            return _web(http_error_response(TemporaryError(_STORE_FAILED)))
+        return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE})
 
     def rpc(
         self,
@@ -244,6 +254,7 @@ class Api:
         now = self.clock()
         calls = [self._new_call(index, call, now) for index, call in enumerate(request.calls)]
         ids = await self.store.dispatch(calls, now=now, request=request_id) if calls else []
+        self.engine.metrics.dispatched.inc(len(ids))
         self.engine.wake()
         return dispatch_pb2.DispatchResponse(dispatch_ids=ids)
 
@@ -367,9 +378,18 @@ class Api:
             request.dispatch_id, Status.PERMANENT_ERROR.value, result, now=self.clock()
         )
         if count:
+            self.engine.metrics.ended(Status.PERMANENT_ERROR, count)
             self.engine.changed(request.dispatch_id, found.root_id)
             self.engine.end_descendants_soon()
         return calls_pb2.CancelResponse(cancelled=count, more_ending=count > END_BATCH)
+
+    async def overview(self, request: calls_pb2.OverviewRequest) -> calls_pb2.OverviewResponse:
+        """The calls finished in the last hour and the queue now, read from the store;
+        this process's destinations."""
+        now = self.clock()
+        queue = await self.store.queue_stats(now=now)
+        finished = await self.store.finished_stats(since=now - OVERVIEW_WINDOW, now=now)
+        return overview_message(now, finished, queue, self.engine.limiter)
 
 
 _STORE_FAILED = "the scheduler cannot reach its database now; try again"

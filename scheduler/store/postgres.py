@@ -72,6 +72,7 @@ from .statements import (
     fenced,
     rows_to_insert,
 )
+from .stats import OVERVIEW_FUNCTIONS, Finished, QueueStats, finished_from_rows
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -680,6 +681,18 @@ class PostgresStore:
     async def count_unstored(self, lease: Lease) -> int | None:
         rows = await self._select(SQL.count_unstored, fenced(lease))
         return int(rows[0][0]) if rows else None
+
+    async def queue_stats(self, *, now: float) -> QueueStats:
+        (row,) = await self._select(SQL.queue_stats, {"now": now})
+        return QueueStats(*row)
+
+    async def finished_stats(
+        self, *, since: float, now: float, limit: int = OVERVIEW_FUNCTIONS
+    ) -> Finished:
+        window = {"since": since, "now": now}
+        minutes = await self._select(SQL.finished_per_minute, window)
+        functions = await self._select(SQL.finished_by_function, window | {"limit": limit})
+        return finished_from_rows(minutes, functions)
 
     async def close(self) -> None:
         # Every finish waiting or being written is written first. Done batches are

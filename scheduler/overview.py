@@ -1,0 +1,64 @@
+"""The overview (``CallService/Overview``): what the calls came to in the last hour, by
+minute and final status and by function, its slowest and most failing functions, and
+the work now: the queue's depth (the whole store's) and the destinations of this
+process's limiter."""
+
+from __future__ import annotations
+
+from google.protobuf import duration_pb2
+
+from ..proto.dispatchlet.scheduler.v1 import calls_pb2
+from .calls import timestamp
+from .concurrency import Limiter
+from .store import Finished, QueueStats
+
+OVERVIEW_WINDOW = 3600.0
+"""How far back, in seconds, the overview counts finished calls."""
+TOP = 5
+"""How many functions the slowest and the most failing each name."""
+
+
+def seconds_duration(seconds: float) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(round(max(0.0, seconds) * 1e9))
+    return duration
+
+
+def overview_message(
+    now: float, finished: Finished, queue: QueueStats, limiter: Limiter
+) -> calls_pb2.OverviewResponse:
+    """The Overview answer at ``now``."""
+    answer = calls_pb2.OverviewResponse(window=seconds_duration(OVERVIEW_WINDOW))
+    answer.now.CopyFrom(timestamp(now))
+    for counted in finished.per_minute:
+        minute = answer.finished.add(status=counted.status, count=counted.count)
+        minute.minute.CopyFrom(timestamp(counted.minute * 60.0))
+    for function in finished.functions:
+        answer.functions.add(
+            function=function.function,
+            calls=function.calls,
+            failed=function.failed,
+            p50=seconds_duration(function.p50),
+            p99=seconds_duration(function.p99),
+        )
+    slowest = sorted(finished.functions, key=lambda f: (-f.p99, f.function))
+    answer.slowest.extend(f.function for f in slowest[:TOP])
+    failing = sorted(
+        (f for f in finished.functions if f.failed),
+        key=lambda f: (-f.failed, -f.failed / f.calls, f.function),
+    )
+    answer.most_failing.extend(f.function for f in failing[:TOP])
+    for key, window in sorted(limiter.windows.items()):
+        answer.destinations.add(
+            destination=key, limit=int(window.limit), in_flight=window.in_flight
+        )
+    answer.queue.CopyFrom(
+        calls_pb2.OverviewQueue(
+            ready=queue.ready,
+            scheduled=queue.scheduled,
+            running=queue.running,
+            waiting=queue.waiting,
+            oldest_ready_age=seconds_duration(queue.oldest_ready_age(now)),
+        )
+    )
+    return answer
