@@ -75,7 +75,9 @@ class Running(Protocol):
 class Metrics:
     """One engine's metrics and their registry."""
 
-    def __init__(self, *, max_labels: int = MAX_LABELS) -> None:
+    def __init__(self, *, max_labels: int = MAX_LABELS, queue_ttl: float = QUEUE_TTL) -> None:
+        self.queue_ttl = queue_ttl
+        """How long, in seconds, a reading of the queue's depth serves scrapes."""
         self.registry = CollectorRegistry(auto_describe=True)
         self.functions = Labels(max_labels)
         self.destinations = Labels(max_labels)
@@ -154,12 +156,12 @@ class Metrics:
 
     async def read_queue(self, store: Store, now: float) -> QueueStats:
         """The queue's depth: read from ``store`` when the last reading is older than
-        ``QUEUE_TTL`` seconds, else that one."""
+        ``queue_ttl`` seconds, else that one."""
         stamp = time.monotonic()
         if (
             self.queue_stats is None
             or self._queue_read is None
-            or stamp - self._queue_read >= QUEUE_TTL
+            or stamp - self._queue_read >= self.queue_ttl
         ):
             self.queue_stats = await store.queue_stats(now=now)
             self._queue_read = stamp
@@ -191,12 +193,19 @@ class _EngineCollector:
         self.engine = engine
         self.destinations = destinations
 
+    def describe(self) -> Iterator[Metric]:
+        """The families, without samples (what a registry checks names by)."""
+        return self._families({}, None)
+
     def collect(self) -> Iterator[Metric]:
-        windows: Mapping[str, Any] = self.engine.limiter.windows
+        return self._families(self.engine.limiter.windows, self.engine.in_flight)
+
+    def _families(self, windows: Mapping[str, Any], in_flight: int | None) -> Iterator[Metric]:
         total = GaugeMetricFamily(
             "dispatchlet_attempts_in_flight", "Attempts running now in this process."
         )
-        total.add_metric([], self.engine.in_flight)
+        if in_flight is not None:
+            total.add_metric([], in_flight)
         limits = GaugeMetricFamily(
             "dispatchlet_destination_limit",
             "Attempts this process allows at once, by destination (adaptive).",
@@ -212,9 +221,9 @@ class _EngineCollector:
             label = self.destinations(key)
             limit, in_flight = summed.get(label, (0, 0))
             summed[label] = (limit + int(window.limit), in_flight + window.in_flight)
-        for label, (limit, in_flight) in summed.items():
+        for label, (limit, count) in summed.items():
             limits.add_metric([label], limit)
-            running.add_metric([label], in_flight)
+            running.add_metric([label], count)
         yield total
         yield limits
         yield running
