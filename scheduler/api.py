@@ -45,7 +45,7 @@ from .call_answer import CallAnswer, CallResponse, add_result
 from .calls import call_problem, duration_seconds, oversized_input, timestamp
 from .engine import Engine
 from .metrics import CONTENT_TYPE
-from .overview import OVERVIEW_WINDOW, overview_message
+from .overview import Recent, overview_message
 from .settings import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_INPUT_SIZE, METRICS_KEY_ENV
 from .store import END_BATCH, Call, NewCall, RequestId, State, Store, unavailable
 
@@ -109,6 +109,8 @@ class Api:
         self.body_timeout = body_timeout
         self.metrics_keys = [key.encode() for key in metrics_keys if key]
         self.metrics_public = metrics_public
+        self.recent = Recent()
+        """The last hour's finished calls, for overviews (read once in a while)."""
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body_size)
@@ -384,11 +386,11 @@ class Api:
         return calls_pb2.CancelResponse(cancelled=count, more_ending=count > END_BATCH)
 
     async def overview(self, request: calls_pb2.OverviewRequest) -> calls_pb2.OverviewResponse:
-        """The calls finished in the last hour and the queue now, read from the store;
-        this process's destinations."""
+        """The calls finished in the last hour (read at most every few seconds) and the
+        queue now, from the store; this process's destinations."""
         now = self.clock()
         queue = await self.store.queue_stats(now=now)
-        finished = await self.store.finished_stats(since=now - OVERVIEW_WINDOW, now=now)
+        finished = await self.recent.read(self.store, now)
         return overview_message(now, finished, queue, self.engine.limiter)
 
 

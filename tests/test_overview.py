@@ -98,6 +98,27 @@ def test_the_overview_shows_the_calls_waiting_for_a_claim(tmp_path: Path) -> Non
     assert list(answer.destinations) == []
 
 
+def test_the_last_hour_is_read_once_in_a_while(tmp_path: Path) -> None:
+    """However often overviews are asked (a dashboard's refreshes), the calls finished in
+    the hour are read from the store at most once every few seconds."""
+
+    async def scenario() -> list[int]:
+        async with harness(tmp_path) as h:
+            counts = []
+            for ttl in (3600.0, 3600.0, 0.0):
+                h.api.recent.ttl = ttl
+                (dispatch_id,) = await h.dispatch(call("f"))
+                await h.done(dispatch_id)
+                answer = await h.rpc(
+                    OVERVIEW, calls_pb2.OverviewRequest(), calls_pb2.OverviewResponse
+                )
+                counts.append(sum(f.calls for f in answer.functions))
+            return counts
+
+    # The second overview is given the first one's reading; the third reads again.
+    assert asyncio.run(scenario()) == [1, 1, 3]
+
+
 def test_the_overview_needs_the_api_key(tmp_path: Path) -> None:
     async def scenario() -> int:
         async with harness(tmp_path, running=False) as h:
