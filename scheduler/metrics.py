@@ -73,7 +73,9 @@ class Running(Protocol):
 
 
 class Metrics:
-    """One engine's metrics and their registry."""
+    """One engine's metrics and their registry (``Engine.metrics``). What other parts of
+    the scheduler count goes through it: ``retention_deleted.inc(n)`` for the calls a
+    retention pass deleted, ``ended(status, n)`` for calls ended outside an attempt."""
 
     def __init__(self, *, max_labels: int = MAX_LABELS, queue_ttl: float = QUEUE_TTL) -> None:
         self.queue_ttl = queue_ttl

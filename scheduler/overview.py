@@ -19,6 +19,8 @@ OVERVIEW_WINDOW = 3600.0
 """How far back, in seconds, the overview counts finished calls."""
 TOP = 5
 """How many functions the slowest and the most failing each name."""
+DESTINATIONS = 100
+"""How many destinations the overview tells of (the most attempts in flight first)."""
 RECENT_TTL = 5.0
 """How long, in seconds, a reading of the last hour's finished calls serves overviews:
 it reads every call finished in the hour (about 1 s for 200,000 on SQLite), so that a
@@ -74,7 +76,8 @@ def overview_message(
         key=lambda f: (-f.failed, -f.failed / f.calls, f.function),
     )
     answer.most_failing.extend(f.function for f in failing[:TOP])
-    for key, window in sorted(limiter.windows.items()):
+    busiest = sorted(limiter.windows.items(), key=lambda kv: (-kv[1].in_flight, kv[0]))
+    for key, window in busiest[:DESTINATIONS]:
         answer.destinations.add(
             destination=key, limit=int(window.limit), in_flight=window.in_flight
         )

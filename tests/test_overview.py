@@ -16,7 +16,10 @@ from dispatchlet.client.overview import Overview
 from dispatchlet.core.status import Status
 from dispatchlet.proto.dispatch.sdk.v1 import function_pb2
 from dispatchlet.proto.dispatchlet.scheduler.v1 import calls_pb2
+from dispatchlet.scheduler.concurrency import Limiter
 from dispatchlet.scheduler.http_caller import Outcome
+from dispatchlet.scheduler.overview import DESTINATIONS, overview_message
+from dispatchlet.scheduler.store import Finished, QueueStats
 from scheduler_harness import API_KEY, ENDPOINT, Answer, Harness, call, harness, raised, returned
 
 OVERVIEW = "/dispatchlet.scheduler.v1.CallService/Overview"
@@ -178,3 +181,19 @@ def test_calls_stats_prints_the_overview(tmp_path: Path) -> None:
     assert found["queue"]["ready"] == 0
     assert refused == 2
     assert "unauthenticated" in error
+
+
+def test_the_overview_tells_of_the_busiest_destinations_first_and_at_most_a_hundred() -> None:
+    limiter = Limiter()
+    for n in range(DESTINATIONS + 5):
+        limiter.release(f"http://host{n:03d}", Status.OK)  # seen, nothing in flight
+    assert limiter.acquire("http://host104") is not None
+    none = Finished(per_minute=(), functions=())
+    queue = QueueStats(ready=0, scheduled=0, running=0, waiting=0, oldest_ready=None)
+    answer = overview_message(0.0, none, queue, limiter)
+    assert len(answer.destinations) == DESTINATIONS
+    assert (answer.destinations[0].destination, answer.destinations[0].in_flight) == (
+        "http://host104",
+        1,
+    )
+    assert answer.destinations[1].destination == "http://host000"

@@ -387,7 +387,9 @@ class OverviewResponse(_message.Message):
 
     @_builtins.property
     def destinations(self) -> _containers.RepeatedCompositeFieldContainer[Global___OverviewDestination]:
-        """This scheduler process's destinations (endpoint hosts, function ARNs) it called."""
+        """The destinations (endpoint hosts, function ARNs) this scheduler process called, with
+        its limit of each (at most 100, the most attempts in flight first).
+        """
 
     @_builtins.property
     def queue(self) -> Global___OverviewQueue:
