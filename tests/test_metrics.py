@@ -130,6 +130,22 @@ def test_the_queue_depth_is_the_stores_read_once_in_a_while(tmp_path: Path) -> N
     assert value(fresh, store, operation="queue_stats") == 2
 
 
+def test_a_store_out_of_reach_makes_a_scrape_unavailable_not_an_internal_error(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> tuple[int, dict[str, str]]:
+        async with harness(tmp_path, store=MemoryStore(), running=False) as h:
+            await h.store.close()  # as a database that went away
+            headers = {"Authorization": f"Bearer {API_KEY}"}
+            async with h.session.get(h.url + "/metrics", headers=headers) as answer:
+                return answer.status, await answer.json()
+
+    status, error = asyncio.run(scenario())
+    assert status == 503
+    assert error["code"] == "unavailable"
+    assert "database" in error["message"]
+
+
 def test_functions_beyond_the_label_cap_are_counted_as_other(tmp_path: Path) -> None:
     extra = 5
 
