@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 from ..calls import destination
 from . import (
+    COUNT_CAP,
     END_BATCH,
     NO_BOUNDS,
     Call,
@@ -577,6 +578,12 @@ class SQLiteStore:
             return None if row is None else int(row[0])
 
         return await self._run(self._transaction, update)
+
+    async def count_by_state(self, *, cap: int = COUNT_CAP) -> dict[State, int]:
+        def select(db: sqlite3.Connection) -> dict[State, int]:
+            return {State(s): int(n) for s, n in db.execute(SQL.count_by_state, {"cap": cap})}
+
+        return await self._select(select)
 
     async def close(self) -> None:
         def shut() -> None:

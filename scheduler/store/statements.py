@@ -489,6 +489,17 @@ class Statements:
         )
         self.ended_all = r(f"DELETE FROM {ENDINGS} WHERE dispatch_id = :id")
 
+        # The calls in each state, each count stopped at :cap (the index of the states
+        # is read no further, however many calls are kept).
+        self.count_by_state = r(
+            " UNION ALL ".join(
+                f"SELECT '{state}', count(*) FROM (SELECT 1 FROM {{calls}} WHERE state = "
+                f"'{state}' AND finished_at IS {'NOT ' if state == 'done' else ''}NULL "
+                f"LIMIT :cap) AS {state}_calls"
+                for state in ("ready", "running", "waiting", "done")
+            )
+        )
+
     def migrations(self) -> tuple[Step, ...]:
         """The shared schema changes, in this dialect."""
         return tuple(
