@@ -94,6 +94,7 @@ class Api:
         body_timeout: float = DEFAULT_BODY_TIMEOUT,
         metrics_keys: Sequence[str] = (),
         metrics_public: bool = False,
+        dashboard: bool = True,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -107,6 +108,7 @@ class Api:
         self.body_timeout = body_timeout
         self.metrics_keys = [key.encode() for key in metrics_keys if key]
         self.metrics_public = metrics_public
+        self.dashboard = dashboard
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body_size)
@@ -122,6 +124,11 @@ class Api:
             ("Cancel", self.cancel, calls_pb2.CancelRequest),
         ):
             app.router.add_route("*", _lenient(CALLS_PATH + name), self.rpc(handler, kind))
+        if self.dashboard:
+            # Imported only then: --no-dashboard loads no template engine.
+            from .dashboard import Dashboard
+
+            Dashboard(self).mount(app)
         return app
 
     async def healthz(self, request: web.Request) -> web.Response:
