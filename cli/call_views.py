@@ -7,7 +7,6 @@ pickle is described, never unpickled."""
 from __future__ import annotations
 
 import datetime
-import json
 from collections.abc import Iterable
 from typing import Any
 

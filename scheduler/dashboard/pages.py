@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 from aiohttp import web
 
-from ...core.errors import DispatchletError, InvalidArgument, refuses
+from ...core.errors import InvalidArgument, refuses
 from ..store import COUNT_CAP, State, unavailable
 from . import session, views
 from .actions import ACTIONS, Action, offered
@@ -48,6 +48,7 @@ _HEADERS = {
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Page = Callable[[web.Request, "Viewer"], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class Dashboard:
                 return Viewer("session", found.csrf)
         return None
 
-    def page(self, handler: Handler, *, fragment: bool = False, form: bool = False) -> Handler:
+    def page(self, handler: Page, *, fragment: bool = False, form: bool = False) -> Handler:
         """``handler`` for viewers only (others are sent to the login form, or refused
         with 401), a POST checked against cross-site forgery (``form``), its errors
         answered with a page that says what went wrong."""
@@ -124,24 +125,23 @@ class Dashboard:
             viewer = self.viewer(request)
             if viewer is None:
                 if fragment or form:
-                    return self.error(request, 401, "Log in again: no valid session or key.")
+                    return self.error(None, 401, "Log in again: no valid session or key.")
                 target = urllib.parse.urlencode({"next": request.path_qs})
                 raise web.HTTPSeeOther(f"/login?{target}")
-            request["viewer"] = viewer
             try:
                 if form:
                     await self.check_form(request, viewer)
-                return await handler(request)
+                return await handler(request, viewer)
             except web.HTTPException:
                 raise
             except Exception as exc:
                 if unavailable(exc):
                     logger.exception("a dashboard page failed")
-                    return self.error(request, 503, "The database cannot be reached now.")
-                if refuses(exc) and isinstance(exc, DispatchletError):
-                    return self.error(request, exc.http_status, str(exc))
+                    return self.error(viewer, 503, "The database cannot be reached now.")
+                if refuses(exc):
+                    return self.error(viewer, exc.http_status, str(exc))
                 logger.exception("a dashboard page failed unexpectedly")
-                return self.error(request, 500, "The page failed: see the scheduler's log.")
+                return self.error(viewer, 500, "The page failed: see the scheduler's log.")
 
         return serve
 
@@ -158,22 +158,21 @@ class Dashboard:
                 raise Forbidden("The form's token is missing or stale: reload the page.")
 
     def render(
-        self, request: web.Request, template: str, status: int = 200, **context: Any
+        self, viewer: Viewer | None, template: str, answer: int = 200, **context: Any
     ) -> web.Response:
-        viewer = request.get("viewer")
         body = self.templates.get_template(template).render(
-            viewer=viewer, path=request.path, count_cap=COUNT_CAP, **context
+            viewer=viewer, count_cap=COUNT_CAP, **context
         )
-        response = web.Response(text=body, status=status, content_type="text/html")
+        response = web.Response(text=body, status=answer, content_type="text/html")
         response.headers.update(_HEADERS)
         return response
 
-    def error(self, request: web.Request, status: int, message: str) -> web.Response:
-        return self.render(request, "error.html", status, status=status, message=message)
+    def error(self, viewer: Viewer | None, status: int, message: str) -> web.Response:
+        return self.render(viewer, "error.html", status, status=status, message=message)
 
     # --- the calls page ----------------------------------------------------------------
 
-    async def calls(self, request: web.Request) -> web.StreamResponse:
+    async def calls(self, request: web.Request, viewer: Viewer) -> web.StreamResponse:
         filters = views.read_filters(request.query)
         notice = ""
         if filters.search:
@@ -182,8 +181,9 @@ class Dashboard:
                 raise web.HTTPSeeOther(call_url(found.dispatch_id))
             notice = f"No call has the dispatch id {filters.search!r}."
         return self.render(
-            request,
+            viewer,
             "calls.html",
+            path="/",
             filters=filters,
             notice=notice,
             statuses=views.FINAL_STATUSES,
@@ -191,10 +191,10 @@ class Dashboard:
             **await self.listing(filters),
         )
 
-    async def calls_fragment(self, request: web.Request) -> web.StreamResponse:
+    async def calls_fragment(self, request: web.Request, viewer: Viewer) -> web.StreamResponse:
         filters = views.read_filters(request.query)
         listing = await self.listing(filters)
-        return self.render(request, "calls_live.html", filters=filters, **listing)
+        return self.render(viewer, "calls_live.html", filters=filters, **listing)
 
     async def listing(self, filters: views.Filters) -> dict[str, Any]:
         store = self.api.store
@@ -211,7 +211,7 @@ class Dashboard:
 
     # --- one call ------------------------------------------------------------------------
 
-    async def call(self, request: web.Request) -> web.StreamResponse:
+    async def call(self, request: web.Request, viewer: Viewer) -> web.StreamResponse:
         from ..api import call_info  # the API imports this module when it mounts it
 
         call = await self.found(request)
@@ -232,8 +232,9 @@ class Dashboard:
         )
         done = request.query.get("done", "")
         return self.render(
-            request,
+            viewer,
             "call.html",
+            path=request.path,
             page=shown,
             actions=[a for a in offered(self.actions, self.api) if a.when(call)],
             done=done if done in {a.name for a in self.actions} else "",
@@ -246,7 +247,7 @@ class Dashboard:
             raise NotFoundPage(f"No call has the dispatch id {dispatch_id[:200]!r}.")
         return call
 
-    async def act(self, request: web.Request) -> web.StreamResponse:
+    async def act(self, request: web.Request, viewer: Viewer) -> web.StreamResponse:
         name = request.match_info["action"]
         action = next((a for a in offered(self.actions, self.api) if a.name == name), None)
         if action is None:
@@ -258,9 +259,9 @@ class Dashboard:
 
     # --- the overview ------------------------------------------------------------------
 
-    async def show_overview(self, request: web.Request) -> web.StreamResponse:
+    async def show_overview(self, request: web.Request, viewer: Viewer) -> web.StreamResponse:
         sections = await self.overview(self.api)
-        return self.render(request, "overview.html", sections=sections)
+        return self.render(viewer, "overview.html", path="/overview", sections=sections)
 
     # --- login and logout ------------------------------------------------------------
 
@@ -268,7 +269,7 @@ class Dashboard:
         if self.viewer(request) is not None:
             raise web.HTTPSeeOther(local(request.query.get("next", "/")))
         return self.render(
-            request, "login.html", next=local(request.query.get("next", "/")), problem=""
+            None, "login.html", next=local(request.query.get("next", "/")), problem=""
         )
 
     async def login(self, request: web.Request) -> web.StreamResponse:
@@ -277,14 +278,14 @@ class Dashboard:
         if self.api.insecure:
             raise web.HTTPSeeOther(target)
         if not same_origin(request):
-            return self.error(request, 403, "Log in from the dashboard's own login page.")
+            return self.error(None, 403, "Log in from the dashboard's own login page.")
         if not self.api.api_keys:
             problem = "The scheduler has no API key configured (DISPATCH_API_KEY)."
-            return self.render(request, "login.html", 401, next=target, problem=problem)
+            return self.render(None, "login.html", 401, next=target, problem=problem)
         key = session.key_matches(str(form.get("key", "")), self.api.api_keys)
         if key is None:
             problem = "That is none of the scheduler's API keys."
-            return self.render(request, "login.html", 401, next=target, problem=problem)
+            return self.render(None, "login.html", 401, next=target, problem=problem)
         token, _ = session.issue(key, self.api.clock())
         response = web.HTTPSeeOther(target)
         response.set_cookie(
@@ -298,7 +299,7 @@ class Dashboard:
         )
         raise response
 
-    async def logout(self, request: web.Request) -> web.StreamResponse:
+    async def logout(self, request: web.Request, viewer: Viewer) -> web.StreamResponse:
         response = web.HTTPSeeOther("/login")
         response.del_cookie(session.COOKIE, path="/")
         raise response
