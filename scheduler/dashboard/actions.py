@@ -28,6 +28,8 @@ class Action:
     """The name of the handler's request message in ``calls_pb2``."""
     when: Callable[[Call], bool]
     """Whether the action applies to the call as it is."""
+    done: str
+    """What the page says once the action is done."""
     danger: bool = False
     """Shown as a destructive action."""
 
@@ -44,16 +46,24 @@ class Action:
 
 
 ACTIONS = (
-    Action("cancel", "Cancel", "CancelRequest", lambda call: not call.done, danger=True),
+    Action(
+        "cancel",
+        "Cancel",
+        "CancelRequest",
+        lambda call: not call.done,
+        "Cancelled, with its unfinished descendants.",
+        danger=True,
+    ),
     # A call waiting for its next attempt after a failed one: that attempt now.
     Action(
         "retry",
         "Retry now",
         "RetryRequest",
         lambda call: call.state is State.READY and call.status not in (None, Status.OK.value),
+        "Its next attempt starts now.",
     ),
     # A new call with the same function, endpoint and input.
-    Action("rerun", "Re-run", "RerunRequest", lambda call: call.done),
+    Action("rerun", "Re-run", "RerunRequest", lambda call: call.done, "Dispatched again."),
 )
 
 

@@ -237,7 +237,7 @@ class Dashboard:
             path=request.path,
             page=shown,
             actions=[a for a in offered(self.actions, self.api) if a.when(call)],
-            done=done if done in {a.name for a in self.actions} else "",
+            done=next((a.done for a in self.actions if a.name == done), ""),
         )
 
     async def found(self, request: web.Request) -> Any:

@@ -322,6 +322,13 @@ class Step:
     wake_at: str = ""
     child: Row | None = None
 
+    @property
+    def wakes(self) -> str:
+        """When a timer step fires, as the page shows times."""
+        if not self.wake_at:
+            return ""
+        return moment(datetime.datetime.fromisoformat(self.wake_at).timestamp())
+
 
 def journal_steps(
     state: any_pb2.Any | None, children: Sequence[Call]
