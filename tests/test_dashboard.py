@@ -334,3 +334,37 @@ def test_the_scheduler_command_prints_the_dashboard_unless_no_dashboard(tmp_path
         assert not any("dashboard:" in line for line in hidden.drained())
     finally:
         hidden.stop()
+
+
+def test_with_no_key_configured_no_login_succeeds(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        status, page, cookies = await post(h, "/login", {"key": API_KEY})
+        assert (status, cookies) == (401, [])
+        assert "no API key configured" in page
+        assert (await get(h, "/", key=API_KEY))[0] == 303
+
+    scenario(tmp_path, body, running=False, api_keys=[])
+
+
+def test_the_call_page_shows_attempts_when_the_data_has_them() -> None:
+    from dispatchlet.scheduler.dashboard import Dashboard, views
+    from dispatchlet.scheduler.store import Call, State
+
+    stored = Call(
+        dispatch_id="d1", function="f", endpoint="http://e", input=b"", version="",
+        correlation_id=0, parent_id=None, root_id="d1", state=State.READY, status=None,
+        result=b"", attempts=2, created_at=1.0, expires_at=2.0, ready_at=1.5,
+        finished_at=None,
+    )  # fmt: skip
+    template = Dashboard(None).templates.get_template("call.html")  # type: ignore[arg-type]
+
+    def shown(history: list[dict[str, str]]) -> str:
+        page = views.CallPage(stored, None, views.Result(), [], False, None, [])
+        page.attempts_history = history
+        return template.render(viewer=None, count_cap=1, page=page, actions=[], done="")
+
+    assert 'id="attempts"' not in shown([])
+    rows = [{"Attempt": "1", "Status": "<TIMEOUT>"}, {"Attempt": "2", "Status": "OK"}]
+    page = shown(rows)
+    assert '<th scope="col">Attempt</th><th scope="col">Status</th>' in page
+    assert "&lt;TIMEOUT&gt;" in page
