@@ -180,7 +180,10 @@ class Api:
                     logger.exception("a %s request failed", kind.DESCRIPTOR.name)
                     return _web(http_error_response(TemporaryError(_STORE_FAILED)))
                 if refuses(exc):  # the request refused, and why
-                    return _web(http_error_response(exc))
+                    refusal = _web(http_error_response(exc))
+                    if isinstance(exc, BodyTimeout):
+                        refusal.force_close()  # the rest of its body may still come
+                    return refusal
                 # An error of the scheduler's own: logged here, and the client told no
                 # more than that (retrying would meet it again).
                 logger.exception("a %s request failed unexpectedly", kind.DESCRIPTOR.name)
@@ -391,9 +394,8 @@ class InternalError(DispatchletError):
 
 
 class BodyTimeout(DeadlineExceeded):
-    """A request body that did not arrive in time (HTTP 408, the connection closed)."""
-
-    http_status = 408
+    """A request body that did not arrive in time: Connect's ``deadline_exceeded``, so
+    HTTP 504 (status follows code, as PROTOCOL.md has it), and the connection closed."""
 
 
 class RequestTooLarge(InvalidArgument):
