@@ -1,6 +1,7 @@
 """The scheduler's HTTP API (aiohttp): ``DispatchService/Dispatch`` and the project's
-``CallService`` (Get, Wait, List, Cancel, Retry, Rerun), Connect unary in ``application/proto`` and
-``application/json``, with ``Authorization: Bearer <api key>``; ``/healthz``.
+``CallService`` (Get, Wait, List, Cancel, Retry, Rerun, Overview), Connect unary in
+``application/proto`` and ``application/json``, with ``Authorization: Bearer <api
+key>``; ``/healthz``.
 
 Errors are Connect errors (``{"code", "message"}`` with the HTTP status of the code).
 A Dispatch is validated whole before anything is stored: a bad call is a 400 naming its
@@ -45,7 +46,8 @@ from ..proto.dispatchlet.scheduler.v1 import calls_pb2, options_pb2
 from .call_answer import CallAnswer, CallResponse, add_result
 from .calls import call_problem, duration_seconds, oversized_input, timestamp
 from .engine import Engine
-from .metrics import prometheus_text, stats
+from .metrics import CONTENT_TYPE
+from .overview import Recent, overview_message
 from .retention import Retention, purge
 from .settings import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_INPUT_SIZE, METRICS_KEY_ENV
 from .store import END_BATCH, Call, NewCall, RequestId, State, Store, unavailable
@@ -99,9 +101,11 @@ class Api:
         body_timeout: float = DEFAULT_BODY_TIMEOUT,
         metrics_keys: Sequence[str] = (),
         metrics_public: bool = False,
+        dashboard: bool = True,
         retention: Retention | None = None,
     ) -> None:
-        self.store = store
+        # Its operations timed into the engine's metrics.
+        self.store = engine.metrics.timed(store)
         self.engine = engine
         self.api_keys = [key.encode() for key in api_keys if key]
         self.insecure = insecure
@@ -113,6 +117,9 @@ class Api:
         self.body_timeout = body_timeout
         self.metrics_keys = [key.encode() for key in metrics_keys if key]
         self.metrics_public = metrics_public
+        self.recent = Recent()
+        """The last hour's finished calls, for overviews (read once in a while)."""
+        self.dashboard = dashboard
         self.retention = retention
         """The background deletion, if any: a Purge's deletions are counted with its."""
 
@@ -129,20 +136,27 @@ class Api:
             ("List", self.list, calls_pb2.ListRequest),
             ("Cancel", self.cancel, calls_pb2.CancelRequest),
             ("Retry", self.retry, calls_pb2.RetryRequest),
+            ("Overview", self.overview, calls_pb2.OverviewRequest),
             ("Purge", self.purge, calls_pb2.PurgeRequest),
         ):
             app.router.add_route("*", _lenient(CALLS_PATH + name), self.rpc(handler, kind))
         # Given its headers: its request id (``Idempotency-Key``), as Dispatch.
         rerun = self.rpc(self.rerun, calls_pb2.RerunRequest, headers=True)
         app.router.add_route("*", _lenient(CALLS_PATH + "Rerun"), rerun)
+        if self.dashboard:
+            # Imported only then: --no-dashboard loads no template engine.
+            from .dashboard import Dashboard
+
+            Dashboard(self).mount(app)
         return app
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        """Prometheus text exposition of this process's engine (``metrics.stats``), to
-        holders of an API key or a metrics key: it names every destination."""
+        """Prometheus text exposition of this process's engine and of the store's queue
+        (``metrics.py``), to holders of an API key or a metrics key: it names every
+        destination."""
         if not (self.metrics_public or self.insecure):
             try:
                 self._authenticate(
@@ -151,8 +165,14 @@ class Api:
             except Unauthenticated as exc:
                 hint = f" (or one of {METRICS_KEY_ENV}; --metrics-public: no key for /metrics)"
                 return _web(http_error_response(Unauthenticated(f"{exc}{hint}")))
-        text = prometheus_text(stats(self.engine))
-        return web.Response(text=text, content_type="text/plain", charset="utf-8")
+        try:
+            text = await self.engine.metrics.exposition(self.store, self.clock())
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
+            logger.warning("reading the queue for /metrics failed: %s", exc)
+            return _web(http_error_response(TemporaryError(_STORE_FAILED)))
+        return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE})
 
     def rpc(
         self,
@@ -266,6 +286,7 @@ class Api:
             ]
             ids = await self.store.dispatch(calls, now=now, request=request_id) if calls else []
             tracing.dispatched(span, ids)
+            self.engine.metrics.dispatched.inc(len(ids))
         self.engine.wake()
         return dispatch_pb2.DispatchResponse(dispatch_ids=ids)
 
@@ -394,6 +415,7 @@ class Api:
             request.dispatch_id, Status.PERMANENT_ERROR.value, result, now=self.clock()
         )
         if count:
+            self.engine.metrics.ended(Status.PERMANENT_ERROR, count)
             self.engine.changed(request.dispatch_id, found.root_id)
             self.engine.end_descendants_soon()
         return calls_pb2.CancelResponse(cancelled=count, more_ending=count > END_BATCH)
@@ -443,6 +465,14 @@ class Api:
         )
         self.engine.wake()
         return calls_pb2.RerunResponse(dispatch_id=new_id)
+
+    async def overview(self, request: calls_pb2.OverviewRequest) -> calls_pb2.OverviewResponse:
+        """The calls finished in the last hour (read at most every few seconds) and the
+        queue now, from the store; this process's destinations."""
+        now = self.clock()
+        queue = await self.store.queue_stats(now=now)
+        finished = await self.recent.read(self.store, now)
+        return overview_message(now, finished, queue, self.engine.limiter)
 
     async def purge(self, request: calls_pb2.PurgeRequest) -> calls_pb2.PurgeResponse:
         """Delete the finished trees older than ``older_than``, in batches (``retention``),

@@ -60,6 +60,7 @@ from .calls import (
 from .clock import Clock, SteadyClock
 from .concurrency import Limiter, destination
 from .lambda_caller import missing_support
+from .metrics import Metrics
 from .outcome import Outcome, settled
 from .retry import MAX_RESTARTS, RetryPolicy
 from .rules import (
@@ -130,8 +131,12 @@ class Engine:
     clock's jumps do not move it."""
     owner: str = field(default_factory=lambda: f"scheduler-{uuid.uuid4().hex[:12]}")
     rng: random.Random = field(default_factory=random.Random)
+    metrics: Metrics = field(default_factory=Metrics)
+    """This engine's metrics (``/metrics``); its store's operations are timed into them."""
 
     def __post_init__(self) -> None:
+        self.metrics.watch(self)
+        self.store = self.metrics.timed(self.store)
         self._wake = asyncio.Event()
         self._due = float("inf")  # the earliest retry this process scheduled
         self._stopping = False
@@ -144,8 +149,6 @@ class Engine:
         self.reread: float | None = None
         """How often a waiter reads its call again anyway (``Store.watch``)."""
         self._ending = asyncio.Event()  # descendants were left to end
-        self.attempts: dict[str, int] = {}
-        """Attempts made by this process, by outcome status name (for /metrics)."""
 
     @property
     def in_flight(self) -> int:
@@ -329,6 +332,7 @@ class Engine:
             destination=key,
         )
         verdict: Status | None = None
+        ran = time.perf_counter()
         try:
             request = run_request(
                 call, item.results, deadline=self.clock() + timeout, skew=self.clock.wall_skew()
@@ -346,8 +350,8 @@ class Engine:
             )
         finally:
             self.limiter.release(key, verdict, slot)
-            name = (verdict or Status.TEMPORARY_ERROR).name
-            self.attempts[name] = self.attempts.get(name, 0) + 1
+            seconds = time.perf_counter() - ran
+            self.metrics.attempted(call.function, verdict or Status.TEMPORARY_ERROR, seconds)
         expired = cut_short(outcome, timeout, limits)
         replaced = None
         try:
@@ -503,6 +507,7 @@ class Engine:
     async def _end(self, lease: Lease, status: Status, result: bytes, now: float) -> None:
         if await self.store.finish(lease, status.value, result, now=now, orphans=ORPHANS):
             self._changed(lease.dispatch_id)
+            self.metrics.ended(status)
 
 
 ALL_TREES = "*"

@@ -20,6 +20,7 @@ import pytest
 from dispatchlet.scheduler.store import END_BATCH, Call, Lease, NewCall, State, Store, StoreError
 from dispatchlet.scheduler.store.memory import IntegrityError, MemoryStore
 from dispatchlet.scheduler.store.sqlite import SCHEMA_VERSION, SQLiteStore
+from dispatchlet.scheduler.store.stats import Finished, FinishedCount, FunctionStats, QueueStats
 from postgres_server import fresh_database
 
 T = TypeVar("T")
@@ -1834,106 +1835,175 @@ def test_a_calls_trace_context_is_kept_for_its_whole_life(open_store: Opener) ->
     assert with_store(open_store, body) == [traced, traced, child_trace, traced, ""]
 
 
-# --- retention: finished trees deleted, in batches ------------------------------------
+# --- the queue's depth and the calls finished lately (metrics, the overview) -------------
 
 
-async def purge_all(store: Store, *, before: float, limit: int, **filters: Any) -> list[int]:
-    """``purge`` until it deletes nothing more; how many each batch deleted."""
-    batches = []
-    while deleted := await store.purge(before=before, limit=limit, **filters):
-        batches.append(deleted)
-        assert len(batches) < 10_000, "the purge never ends"
-    return batches
-
-
-def test_purge_deletes_the_finished_trees_older_than_the_window_and_no_other(
-    open_store: Any,
-) -> None:
-    async def body(store: Store) -> None:
-        # A: a root, its child and grandchild; B: a root with a request id and a key;
-        # G: a request's two roots, one kept running; C: finished later; E: running;
-        # F: failed.
-        (a,) = await store.dispatch([call()], now=NOW)
-        (a1,) = await store.dispatch([call(parent_id=a, root_id=a)], now=NOW)
-        (a2,) = await store.dispatch([call(parent_id=a1, root_id=a)], now=NOW)
-        (b,) = await store.dispatch([call(key="k1")], now=NOW, request=request("req-1"))
-        g1, g2 = await store.dispatch([call(), call()], now=NOW, request=request("req-2"))
-        c, e, f = await store.dispatch([call(), call(), call()], now=NOW)
-        claimed = await store.claim(owner="o", now=NOW, limit=50, lease_seconds=1000)
-        leases = {claim.call.dispatch_id: claim.lease for claim in claimed}
-        assert set(leases) == {a, a1, a2, b, g1, g2, c, e, f}
-        for dispatch_id in (a2, a1, a, b, g1):
-            assert await store.finish(leases[dispatch_id], OK, b"", now=NOW + 1)
-        assert await store.finish(leases[f], PERMANENT_ERROR, b"e", now=NOW + 1)
-        assert await store.finish(leases[c], OK, b"", now=NOW + 100)
-        # D: cancelled with more descendants than one batch ends: some still to end.
-        (d,) = await store.dispatch([call()], now=NOW)
-        below = await store.dispatch(
-            [call(parent_id=d, root_id=d) for _ in range(END_BATCH + 2)], now=NOW
+def test_queue_stats_count_the_calls_not_done_by_state(open_store: Opener) -> None:
+    async def scenario(store: Store) -> tuple[QueueStats, QueueStats]:
+        empty = await store.queue_stats(now=NOW)
+        ids = await store.dispatch([call("a"), call("b"), call("c"), call("d")], now=NOW)
+        claims = await store.claim(owner="o", now=NOW + 1, limit=4, lease_seconds=LEASE)
+        leases = {c.call.dispatch_id: c.lease for c in claims}
+        running, retried, suspended, released = ids
+        assert await store.retry(leases[retried], 7, b"e", ready_at=NOW + 100, now=NOW + 1)
+        await store.suspend(
+            leases[suspended],
+            b"",
+            [call("child")],
+            min_results=1,
+            max_results=1,
+            until=NOW + 1000,
+            now=NOW + 1,
         )
-        assert await store.cancel(d, PERMANENT_ERROR, b"c", now=NOW + 1) == 1 + END_BATCH
+        assert await store.release(leases[released], ready_at=NOW + 2)
+        (done,) = await store.dispatch([call("e")], now=NOW + 3)
+        assert await store.cancel(done, PERMANENT_ERROR, b"", now=NOW + 3) == 1
+        assert running in leases
+        return empty, await store.queue_stats(now=NOW + 10)
 
-        # Only the failed tree, with that filter.
-        assert await purge_all(store, before=NOW + 50, limit=2, failed=True) == [1]
-        assert await store.get(f) is None
-        # Then the other finished trees older than the window, two calls at a time: A's
-        # root goes after its descendants.
-        batches = await purge_all(store, before=NOW + 50, limit=2)
-        assert sum(batches) == 5, batches
-        assert max(batches) <= 2, batches
-        for gone in (a, a1, a2, b, g1):
-            assert await store.get(gone) is None, gone
-        for kept in (c, e, g2, d, *below):
-            assert await store.get(kept) is not None, kept
-        # The request id and the key of B went with it; req-2 still names G2.
-        (again,) = await store.dispatch([call(key="k1")], now=NOW + 60, request=request("req-1"))
-        assert again != b
-        assert await store.dispatch([call(), call()], now=NOW + 60, request=request("req-2")) == [
-            g1,
-            g2,
-        ]
-        # Once D's descendants have all ended, its tree goes, in batches.
-        await end_all_left(store, NOW + 2)
-        batches = await purge_all(store, before=NOW + 50, limit=200)
-        assert sum(batches) == END_BATCH + 3, batches
-        assert max(batches) <= 200, batches
-        assert await store.get(d) is None
-        assert all([await store.get(i) is None for i in below])
-        # A later window takes C; E and G2 run on.
-        assert await purge_all(store, before=NOW + 200, limit=200) == [1]
-        assert await store.get(c) is None
-        assert await store.get(e) is not None
-        assert await store.get(g2) is not None
-
-    with_store(open_store, body)
+    empty, stats = with_store(open_store, scenario)
+    assert empty == QueueStats(ready=0, scheduled=0, running=0, waiting=0, oldest_ready=None)
+    assert empty.oldest_ready_age(NOW) == 0
+    # Ready: the child (since NOW + 1) and the released call (since NOW + 2); the retry
+    # is due later; the cancelled call is done.
+    assert (stats.ready, stats.scheduled, stats.running, stats.waiting) == (2, 1, 1, 1)
+    assert stats.oldest_ready == NOW + 1
+    assert stats.oldest_ready_age(NOW + 10) == 9
 
 
-def test_postgres_processes_purging_together_delete_each_tree_once(postgres_server: str) -> None:
+async def finish_at(
+    store: Store, function: str, created: float, finished: float, status: int
+) -> str:
+    """A call of ``function`` created at ``created`` and finished with ``status`` at
+    ``finished`` (no other call is ready meanwhile)."""
+    (dispatch_id,) = await store.dispatch([call(function)], now=created)
+    (claimed,) = await store.claim(owner="o", now=created, limit=1, lease_seconds=1e6)
+    assert claimed.call.dispatch_id == dispatch_id
+    assert await store.finish(claimed.lease, status, b"", now=finished)
+    return dispatch_id
+
+
+def test_finished_stats_count_a_window_by_minute_status_and_function(open_store: Opener) -> None:
+    minute = int(NOW // 60)
+
+    async def scenario(store: Store) -> tuple[Finished, Finished, Finished]:
+        await finish_at(store, "fast", NOW - 500, NOW - 10, OK)  # before the window
+        for i in range(1, 11):  # 1 to 10 seconds, each in a minute of its own
+            await finish_at(store, "fast", NOW + 60 * i, NOW + 61 * i, OK)
+        await finish_at(store, "slow", NOW + 1000, NOW + 1100, OK)
+        await finish_at(store, "slow", NOW + 1200, NOW + 1400, PERMANENT_ERROR)
+        await finish_at(store, "slow", NOW + 2000, NOW + 2300, OK)
+        await finish_at(store, "slow", NOW + 3000, NOW + 3700, OK)  # after ``now``
+        await store.dispatch([call("slow")], now=NOW + 3000)  # not finished
+        window = {"since": NOW, "now": NOW + 3600}
+        whole = await store.finished_stats(**window)
+        first = await store.finished_stats(**window, limit=1)
+        nothing = await store.finished_stats(since=NOW - 7200, now=NOW - 3600)
+        return whole, first, nothing
+
+    whole, first, nothing = with_store(open_store, scenario)
+    assert whole.functions == (
+        FunctionStats("fast", calls=10, failed=0, p50=5.0, p99=10.0),
+        FunctionStats("slow", calls=3, failed=1, p50=200.0, p99=300.0),
+    )
+    assert whole.per_minute == (
+        *(FinishedCount(minute + i, OK, 1) for i in range(1, 11)),
+        FinishedCount(minute + 18, OK, 1),
+        FinishedCount(minute + 23, PERMANENT_ERROR, 1),
+        FinishedCount(minute + 38, OK, 1),
+    )
+    assert first.functions == whole.functions[:1]
+    assert nothing == Finished(per_minute=(), functions=())
+
+
+def test_finished_stats_count_calls_that_finished_in_the_same_minute_together(
+    open_store: Opener,
+) -> None:
+    async def scenario(store: Store) -> Finished:
+        for status in (OK, OK, TIMEOUT):
+            await finish_at(store, "f", NOW, NOW + 5, status)
+        return await store.finished_stats(since=NOW, now=NOW + 60)
+
+    found = with_store(open_store, scenario)
+    minute = int(NOW // 60)
+    assert found.per_minute == (FinishedCount(minute, OK, 2), FinishedCount(minute, TIMEOUT, 1))
+    assert found.functions == (FunctionStats("f", calls=3, failed=1, p50=5.0, p99=5.0),)
+
+
+def test_sqlite_reads_the_queue_and_recent_finishes_through_indexes(tmp_path: Path) -> None:
+    from dispatchlet.scheduler.store.sqlite import SQL as LITE
+
+    async def opened() -> None:
+        await (await SQLiteStore.open(tmp_path / "scheduler.db")).close()
+
+    run(opened())
+    window = {"since": NOW, "now": NOW + 3600, "limit": 100}
+    with sqlite3.connect(tmp_path / "scheduler.db") as db:
+        for query in (LITE.queue_stats, LITE.finished_per_minute, LITE.finished_by_function):
+            plan = [str(row[3]) for row in db.execute(f"EXPLAIN QUERY PLAN {query}", window)]
+            # Every read of the calls is a search of an index, none a scan of the table.
+            reads = [step for step in plan if " calls" in step]
+            assert reads, plan
+            assert all("USING" in step and "INDEX" in step for step in reads), plan
+            if query is not LITE.queue_stats:
+                assert all("calls_finished_at" in step for step in reads), plan
+
+
+def test_postgres_reads_the_queue_and_recent_finishes_through_indexes(
+    postgres_server: str,
+) -> None:
+    """In a table of mostly finished calls, finished over days, as a scheduler's is."""
+    import psycopg
+    from dispatchlet.scheduler.store.postgres import SQL as PG
     from dispatchlet.scheduler.store.postgres import PostgresStore
 
     url = fresh_database(postgres_server)
 
-    async def together() -> tuple[list[list[int]], int]:
-        stores = await asyncio.gather(*(PostgresStore.open(url) for _ in range(4)))
+    async def filled() -> None:
+        store = await PostgresStore.open(url)
         try:
-            first = stores[0]
-            roots = await first.dispatch([call() for _ in range(300)], now=NOW)
-            await first.dispatch([call(parent_id=r, root_id=r) for r in roots], now=NOW)
-            while claimed := await first.claim(owner="o", now=NOW, limit=1000, lease_seconds=99):
-                # The children first (claims take each root's oldest call first).
-                for claim in sorted(claimed, key=lambda c: c.call.parent_id is None):
-                    assert await first.finish(claim.lease, OK, b"", now=NOW + 1)
-            # Each batch locks its roots: another process skips them, never waits on
-            # them or deletes them twice.
-            batches = await asyncio.gather(
-                *(purge_all(store, before=NOW + 2, limit=20) for store in stores)
-            )
-            left = len(await first.list(limit=1000))
-            return list(batches), left
+            for _ in range(10):
+                await store.dispatch([call(f"f{n % 20}") for n in range(1000)], now=NOW)
         finally:
-            for store in stores:
-                await store.close()
+            await store.close()
 
-    batches, left = run(together())
-    assert sum(sum(each) for each in batches) == 600
-    assert left == 0
+    run(filled())
+    with psycopg.connect(url, autocommit=True) as db:
+        # Finished over 10 days, one call in 50 not finished.
+        db.execute(
+            "UPDATE dispatchlet_calls SET state = 'done', status = 1,"
+            " finished_at = created_at + (seq % 1000) * 864 WHERE seq % 50 <> 0"
+        )
+        db.execute("ANALYZE dispatchlet_calls")
+        window = {"since": NOW + 9 * 86400, "now": NOW + 10 * 86400, "limit": 100}
+        for query in (PG.queue_stats, PG.finished_per_minute, PG.finished_by_function):
+            plan = "\n".join(str(row[0]) for row in db.execute(f"EXPLAIN {query}".encode(), window))
+            assert "Seq Scan" not in plan, plan
+            if query is not PG.queue_stats:
+                assert "dispatchlet_calls_finished_at" in plan, plan
+
+
+# --- counts by state (the dashboard's header) -----------------------------------------
+
+
+def test_count_by_state_counts_each_state_up_to_the_cap(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        assert await store.count_by_state() == dict.fromkeys(State, 0)
+        ended, running, waiting, *_ = await store.dispatch([call() for _ in range(6)], now=NOW)
+        claims = await store.claim(owner="s", now=NOW, limit=3, lease_seconds=LEASE)
+        leases = {c.call.dispatch_id: c.lease for c in claims}
+        assert set(leases) == {ended, running, waiting}
+        assert await store.finish(leases[ended], OK, b"", now=NOW + 1)
+        poll = b""
+        child = [call(parent_id=waiting, root_id=waiting)]
+        assert await store.suspend(
+            leases[waiting], poll, child, min_results=1, max_results=1, until=NOW + 60, now=NOW
+        )
+        # Three never claimed and the child: ready; one running; one waiting; one done.
+        counts = await store.count_by_state()
+        assert counts == {State.READY: 4, State.RUNNING: 1, State.WAITING: 1, State.DONE: 1}
+        # A count stops at the cap: a state with more calls says "at least that many".
+        capped = await store.count_by_state(cap=2)
+        assert capped == {State.READY: 2, State.RUNNING: 1, State.WAITING: 1, State.DONE: 1}
+
+    with_store(open_store, body)

@@ -44,6 +44,7 @@ from typing import Any, Protocol
 from ...core.errors import DispatchletError
 from ...core.status import Status
 from .claims import claim_candidates, claim_window, fitting, in_turns, needs_root_heads
+from .stats import OVERVIEW_FUNCTIONS, Finished, QueueStats
 
 
 class State(str, Enum):
@@ -167,6 +168,10 @@ END_BATCH = 500
 """How many descendants of an ended call one transaction ends: each costs an update of
 their row and its indexes, so that a batch holds the store for tens of milliseconds,
 however large the tree."""
+
+
+COUNT_CAP = 10_000
+"""Where ``Store.count_by_state`` stops counting the calls of one state."""
 
 
 PURGE_BATCH = 200
@@ -369,6 +374,23 @@ class Store(Protocol):
         store that is not ``unavailable``); how many, in the call's whole life, or None
         for a stale lease."""
 
+    async def queue_stats(self, *, now: float) -> QueueStats:
+        """The calls not done, by state, at ``now``, and when the oldest due ready call
+        became due: counts of index ranges, no read of the calls themselves."""
+
+    async def finished_stats(
+        self, *, since: float, now: float, limit: int = OVERVIEW_FUNCTIONS
+    ) -> Finished:
+        """The calls that finished from ``since`` to ``now``: counts by minute and final
+        status, and by function (at most ``limit``, most calls first) their count,
+        failures and nearest-rank p50 and p99 of seconds from creation to finish. Reads
+        only those calls (an index on ``finished_at``)."""
+
+    async def count_by_state(self, *, cap: int = COUNT_CAP) -> dict[State, int]:
+        """How many calls are in each state, each counted up to ``cap`` (a count of
+        ``cap`` means that many or more): served by the index of the states, a count
+        costs at most ``cap`` index entries however many calls are kept."""
+
     async def close(self) -> None:
         """Release the store's resources."""
 
@@ -494,16 +516,20 @@ def child_result_from_row(row: Sequence[Any]) -> ChildResult:
 
 
 __all__ = [
+    "COUNT_CAP",
     "END_BATCH",
     "LISTED_ERROR_BYTES",
     "NO_BOUNDS",
+    "OVERVIEW_FUNCTIONS",
     "PURGE_BATCH",
     "Call",
     "ChildResult",
     "Claimed",
     "DatabaseBroken",
+    "Finished",
     "Lease",
     "NewCall",
+    "QueueStats",
     "RequestConflict",
     "RequestId",
     "State",

@@ -9,7 +9,7 @@ event loop that calls it.
 from __future__ import annotations
 
 import builtins
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -17,6 +17,7 @@ from ...core.errors import DispatchletError
 from ...core.status import Status
 from ..calls import destination
 from . import (
+    COUNT_CAP,
     END_BATCH,
     NO_BOUNDS,
     PURGE_BATCH,
@@ -38,6 +39,7 @@ from . import (
     summary,
 )
 from .idempotency import KeyedCalls, repeated
+from .stats import OVERVIEW_FUNCTIONS, Finished, QueueStats, finished_of
 
 
 class IntegrityError(ValueError, DispatchletError):
@@ -453,6 +455,36 @@ class MemoryStore:
         if brought:
             row.ready_at = now
         return row.state, brought
+
+    async def queue_stats(self, *, now: float) -> QueueStats:
+        self._check_open()
+        states = [self._rows[i] for i in self._unfinished]
+        ready = [row.ready_at for row in states if row.state is State.READY]
+        return QueueStats(
+            ready=sum(1 for at in ready if at <= now),
+            scheduled=sum(1 for at in ready if at > now),
+            running=sum(1 for row in states if row.state is State.RUNNING),
+            waiting=sum(1 for row in states if row.state is State.WAITING),
+            oldest_ready=min(ready, default=None),
+        )
+
+    async def finished_stats(
+        self, *, since: float, now: float, limit: int = OVERVIEW_FUNCTIONS
+    ) -> Finished:
+        self._check_open()
+        return finished_of(
+            (
+                (row.function, row.status or 0, row.created_at, row.finished_at)
+                for row in self._rows.values()
+                if row.finished_at is not None and since <= row.finished_at <= now
+            ),
+            limit,
+        )
+
+    async def count_by_state(self, *, cap: int = COUNT_CAP) -> dict[State, int]:
+        self._check_open()
+        counts = Counter(row.state for row in self._rows.values())
+        return {state: min(counts[state], cap) for state in State}
 
     async def close(self) -> None:
         self._closed = True

@@ -35,6 +35,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ..calls import destination
 from . import (
+    COUNT_CAP,
     END_BATCH,
     NO_BOUNDS,
     PURGE_BATCH,
@@ -74,6 +75,7 @@ from .statements import (
     fenced,
     rows_to_insert,
 )
+from .stats import OVERVIEW_FUNCTIONS, Finished, QueueStats, finished_from_rows
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -684,6 +686,10 @@ class PostgresStore:
 
         return await self._transaction(end)
 
+    async def count_by_state(self, *, cap: int = COUNT_CAP) -> dict[State, int]:
+        rows = await self._select(SQL.count_by_state, {"cap": cap})
+        return {State(state): int(count) for state, count in rows}
+
     async def purge(
         self,
         *,
@@ -737,6 +743,18 @@ class PostgresStore:
             return None if row is None else (State(row[0]), brought)
 
         return await self._transaction(update)
+
+    async def queue_stats(self, *, now: float) -> QueueStats:
+        (row,) = await self._select(SQL.queue_stats, {"now": now})
+        return QueueStats(*row)
+
+    async def finished_stats(
+        self, *, since: float, now: float, limit: int = OVERVIEW_FUNCTIONS
+    ) -> Finished:
+        window = {"since": since, "now": now}
+        minutes = await self._select(SQL.finished_per_minute, window)
+        functions = await self._select(SQL.finished_by_function, window | {"limit": limit})
+        return finished_from_rows(minutes, functions)
 
     async def close(self) -> None:
         # Every finish waiting or being written is written first. Done batches are
