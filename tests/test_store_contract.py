@@ -2007,3 +2007,108 @@ def test_count_by_state_counts_each_state_up_to_the_cap(open_store: Any) -> None
         assert capped == {State.READY: 2, State.RUNNING: 1, State.WAITING: 1, State.DONE: 1}
 
     with_store(open_store, body)
+
+
+# --- retention: finished trees deleted, in batches ------------------------------------
+
+
+async def purge_all(store: Store, *, before: float, limit: int, **filters: Any) -> list[int]:
+    """``purge`` until it deletes nothing more; how many each batch deleted."""
+    batches = []
+    while deleted := await store.purge(before=before, limit=limit, **filters):
+        batches.append(deleted)
+        assert len(batches) < 10_000, "the purge never ends"
+    return batches
+
+
+def test_purge_deletes_the_finished_trees_older_than_the_window_and_no_other(
+    open_store: Any,
+) -> None:
+    async def body(store: Store) -> None:
+        # A: a root, its child and grandchild; B: a root with a request id and a key;
+        # G: a request's two roots, one kept running; C: finished later; E: running;
+        # F: failed.
+        (a,) = await store.dispatch([call()], now=NOW)
+        (a1,) = await store.dispatch([call(parent_id=a, root_id=a)], now=NOW)
+        (a2,) = await store.dispatch([call(parent_id=a1, root_id=a)], now=NOW)
+        (b,) = await store.dispatch([call(key="k1")], now=NOW, request=request("req-1"))
+        g1, g2 = await store.dispatch([call(), call()], now=NOW, request=request("req-2"))
+        c, e, f = await store.dispatch([call(), call(), call()], now=NOW)
+        claimed = await store.claim(owner="o", now=NOW, limit=50, lease_seconds=1000)
+        leases = {claim.call.dispatch_id: claim.lease for claim in claimed}
+        assert set(leases) == {a, a1, a2, b, g1, g2, c, e, f}
+        for dispatch_id in (a2, a1, a, b, g1):
+            assert await store.finish(leases[dispatch_id], OK, b"", now=NOW + 1)
+        assert await store.finish(leases[f], PERMANENT_ERROR, b"e", now=NOW + 1)
+        assert await store.finish(leases[c], OK, b"", now=NOW + 100)
+        # D: cancelled with more descendants than one batch ends: some still to end.
+        (d,) = await store.dispatch([call()], now=NOW)
+        below = await store.dispatch(
+            [call(parent_id=d, root_id=d) for _ in range(END_BATCH + 2)], now=NOW
+        )
+        assert await store.cancel(d, PERMANENT_ERROR, b"c", now=NOW + 1) == 1 + END_BATCH
+
+        # Only the failed tree, with that filter.
+        assert await purge_all(store, before=NOW + 50, limit=2, failed=True) == [1]
+        assert await store.get(f) is None
+        # Then the other finished trees older than the window, two calls at a time: A's
+        # root goes after its descendants.
+        batches = await purge_all(store, before=NOW + 50, limit=2)
+        assert sum(batches) == 5, batches
+        assert max(batches) <= 2, batches
+        for gone in (a, a1, a2, b, g1):
+            assert await store.get(gone) is None, gone
+        for kept in (c, e, g2, d, *below):
+            assert await store.get(kept) is not None, kept
+        # The request id and the key of B went with it; req-2 still names G2.
+        (again,) = await store.dispatch([call(key="k1")], now=NOW + 60, request=request("req-1"))
+        assert again != b
+        assert await store.dispatch([call(), call()], now=NOW + 60, request=request("req-2")) == [
+            g1,
+            g2,
+        ]
+        # Once D's descendants have all ended, its tree goes, in batches.
+        await end_all_left(store, NOW + 2)
+        batches = await purge_all(store, before=NOW + 50, limit=200)
+        assert sum(batches) == END_BATCH + 3, batches
+        assert max(batches) <= 200, batches
+        assert await store.get(d) is None
+        assert all([await store.get(i) is None for i in below])
+        # A later window takes C; E and G2 run on.
+        assert await purge_all(store, before=NOW + 200, limit=200) == [1]
+        assert await store.get(c) is None
+        assert await store.get(e) is not None
+        assert await store.get(g2) is not None
+
+    with_store(open_store, body)
+
+
+def test_postgres_processes_purging_together_delete_each_tree_once(postgres_server: str) -> None:
+    from dispatchlet.scheduler.store.postgres import PostgresStore
+
+    url = fresh_database(postgres_server)
+
+    async def together() -> tuple[list[list[int]], int]:
+        stores = await asyncio.gather(*(PostgresStore.open(url) for _ in range(4)))
+        try:
+            first = stores[0]
+            roots = await first.dispatch([call() for _ in range(300)], now=NOW)
+            await first.dispatch([call(parent_id=r, root_id=r) for r in roots], now=NOW)
+            while claimed := await first.claim(owner="o", now=NOW, limit=1000, lease_seconds=99):
+                # The children first (claims take each root's oldest call first).
+                for claim in sorted(claimed, key=lambda c: c.call.parent_id is None):
+                    assert await first.finish(claim.lease, OK, b"", now=NOW + 1)
+            # Each batch locks its roots: another process skips them, never waits on
+            # them or deletes them twice.
+            batches = await asyncio.gather(
+                *(purge_all(store, before=NOW + 2, limit=20) for store in stores)
+            )
+            left = len(await first.list(limit=1000))
+            return list(batches), left
+        finally:
+            for store in stores:
+                await store.close()
+
+    batches, left = run(together())
+    assert sum(sum(each) for each in batches) == 600
+    assert left == 0
