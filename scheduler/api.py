@@ -498,7 +498,7 @@ class Api:
             seconds=PURGE_SECONDS,
         )
         if self.retention is not None:
-            self.retention.deleted += deleted
+            self.retention.count(deleted)
         return calls_pb2.PurgeResponse(deleted=deleted, more=more)
 
 

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from .clock import Clock
 from .store import PURGE_BATCH, Store
@@ -66,6 +67,7 @@ class Retention:
         limit: int = PURGE_BATCH,
         pause: float = PAUSE,
         interval: float = INTERVAL,
+        counted: Callable[[int], None] | None = None,
     ) -> None:
         if window < 0:
             raise ValueError("a retention window is a number of seconds, 0 for ever")
@@ -78,7 +80,9 @@ class Retention:
         self.interval = min(interval, max(window / 2, pause))
         self.deleted = 0
         """Calls this process deleted since it started, in the background or on demand
-        (a Purge): for /metrics."""
+        (a Purge)."""
+        self.counted = counted
+        """Told of each count (the engine's ``metrics.retention_deleted.inc``)."""
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
@@ -90,11 +94,17 @@ class Retention:
             except Exception:
                 logger.exception("deleting finished calls past the retention failed")
                 batch = 0
-            self.deleted += batch
+            self.count(batch)
             with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
                 await asyncio.wait_for(
                     self._stopping.wait(), self.pause if batch else self.interval
                 )
+
+    def count(self, deleted: int) -> None:
+        """Count ``deleted`` calls deleted (by the loop, or by a Purge)."""
+        self.deleted += deleted
+        if self.counted is not None and deleted:
+            self.counted(deleted)
 
     def stop(self) -> None:
         self._stopping.set()

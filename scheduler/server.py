@@ -92,7 +92,9 @@ async def serve(
         clock=clock,
     )
     # Deletes the finished trees past the window in the background (none: 0).
-    retention = Retention(store, clock, settings.retention)
+    retention = Retention(
+        store, clock, settings.retention, counted=engine.metrics.retention_deleted.inc
+    )
     api = Api(
         store,
         engine,

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -23,11 +24,13 @@ from dispatchlet.client import ClientError
 from dispatchlet.core.errors import ConfigurationError
 from dispatchlet.core.keys import private_key_base64
 from dispatchlet.proto.dispatch.sdk.v1 import call_pb2
+from dispatchlet.scheduler.metrics import Metrics
 from dispatchlet.scheduler.retention import Retention
 from dispatchlet.scheduler.settings import DEFAULT_RETENTION, Settings, parse_duration
 from dispatchlet.scheduler.store import NewCall, Store
 from dispatchlet.scheduler.store.memory import MemoryStore
 from dispatchlet.scheduler.store.sqlite import SQLiteStore
+from prometheus_client.parser import text_string_to_metric_families
 from test_scheduler_processes import Process, environment
 from test_scheduler_soak import endpoint
 
@@ -110,7 +113,16 @@ def test_the_background_deletion_takes_the_trees_past_the_window_as_time_moves(
             else await SQLiteStore.open(tmp_path / "calls.db")
         )
         clock = MovedClock(T0)
-        retention = Retention(store, clock, 24 * HOUR, limit=3, pause=0.0, interval=0.01)
+        metrics = Metrics()
+        retention = Retention(
+            store,
+            clock,
+            24 * HOUR,
+            limit=3,
+            pause=0.0,
+            interval=0.01,
+            counted=metrics.retention_deleted.inc,
+        )
         task = asyncio.create_task(retention.run())
         try:
             old = await finished_roots(store, 4, at=T0, children=2)
@@ -137,6 +149,9 @@ def test_the_background_deletion_takes_the_trees_past_the_window_as_time_moves(
 
             await eventually(all_gone, "the young trees deleted")
             assert await store.list() == []
+            # Counted for /metrics.
+            deleted = metrics.registry.get_sample_value("dispatchlet_retention_deleted_calls_total")
+            assert deleted == 14
         finally:
             retention.stop()
             await task
@@ -213,6 +228,19 @@ def test_purge_deletes_the_finished_trees_on_demand(
         assert client.purge(0, status="OK") == 3
         assert list(client.list()) == []
         assert client.purge(0) == 0
+        # Counted for /metrics.
+        scrape = urllib.request.Request(
+            f"{url}/metrics", headers={"Authorization": f"Bearer {API_KEY}"}
+        )
+        with urllib.request.urlopen(scrape, timeout=WAIT) as answer:
+            families = text_string_to_metric_families(answer.read().decode())
+        deleted = {
+            sample.name: sample.value
+            for family in families
+            for sample in family.samples
+            if sample.name == "dispatchlet_retention_deleted_calls_total"
+        }
+        assert deleted == {"dispatchlet_retention_deleted_calls_total": 4}
 
         # Bad input: argparse's error, no request.
         for wrong in (["--older-than", "5w"], ["--older-than", "1d", "--status", "nope"], []):
