@@ -169,6 +169,8 @@ def test_logging_in_with_the_api_key(browser: Any, stack: Stack) -> None:
     # Back where the viewer was going, with the session's cookie (not readable by script).
     until("the overview", lambda: browser.current_url.endswith("/overview"))
     assert "Calls by state" in text(browser)
+    assert "Queue now" in text(browser)
+    shot(browser, "overview")
     assert browser.execute_script("return document.cookie") == ""
 
 
