@@ -35,6 +35,16 @@ def echo(value):
 
 
 @endpoint.function
+def flaky(name: str) -> str:
+    # Fails its first attempt with a retryable error, then works.
+    marker = LOG.parent / f"flaky-{name}"
+    if not marker.exists():
+        marker.touch()
+        raise TimeoutError("the first attempt times out")
+    return f"worked: {name}"
+
+
+@endpoint.function
 async def pipeline(order: str) -> list:
     charged = await double(21)
     shipped = await ship(order)
@@ -47,7 +57,8 @@ async def pipeline(order: str) -> list:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     running = Stack(tmp_path_factory.mktemp("dashboard"))
     try:
-        running.start_scheduler()
+        # Retries wait ten minutes: only "Retry now" makes one start sooner.
+        running.start_scheduler("--backoff", "600", "--backoff-cap", "600")
         running.start_endpoint(app(FUNCTIONS))
         yield running
     finally:
@@ -158,6 +169,8 @@ def test_logging_in_with_the_api_key(browser: Any, stack: Stack) -> None:
     # Back where the viewer was going, with the session's cookie (not readable by script).
     until("the overview", lambda: browser.current_url.endswith("/overview"))
     assert "Calls by state" in text(browser)
+    assert "Queue now" in text(browser)
+    shot(browser, "overview")
     assert browser.execute_script("return document.cookie") == ""
 
 
@@ -218,8 +231,50 @@ def test_a_workflows_steps_and_cancelling_it_from_its_page(browser: Any, stack: 
     until("the cancelled call", lambda: "Cancelled, with its" in text(browser))
     assert "PERMANENT_ERROR" in browser.find_element(By.TAG_NAME, "h1").text
     assert "the call was cancelled" in text(browser)
-    assert not browser.find_elements(By.CSS_SELECTOR, ".call-actions button")
+    labels = [b.text for b in browser.find_elements(By.CSS_SELECTOR, ".call-actions button")]
+    assert labels == ["Re-run"], labels
     assert stack.get(workflow).done
+
+    # Re-run: a new call of the same function and input, on its own page, linked back.
+    browser.find_element(By.CSS_SELECTOR, ".call-actions button").click()
+    until(
+        "the re-run's page",
+        lambda: "/calls/" in browser.current_url and workflow not in browser.current_url,
+    )
+    rerun = browser.current_url.rsplit("/", 1)[1].split("?")[0]
+    assert stack.get(rerun).function == "pipeline"
+    assert workflow in text(browser)
+
+
+def test_retry_now_from_a_calls_page_runs_its_next_attempt(browser: Any, stack: Stack) -> None:
+    from selenium.webdriver.common.by import By
+
+    log_in(browser, stack)
+    flaky = dispatch(stack, "flaky", "once")
+
+    def backing_off() -> bool:
+        browser.get(f"{stack.api}/calls/{flaky}")
+        labels = [b.text for b in browser.find_elements(By.CSS_SELECTOR, ".call-actions button")]
+        return "Retry now" in labels
+
+    until("the call waiting ten minutes for its retry", backing_off)
+    assert "TIMEOUT" in text(browser)
+    retry = [
+        b
+        for b in browser.find_elements(By.CSS_SELECTOR, ".call-actions button")
+        if b.text == "Retry now"
+    ]
+    retry[0].click()
+    until("the retry's word", lambda: "Its next attempt starts now." in text(browser))
+    info = stack.wait(flaky)
+    assert values.from_any(info.output) == "worked: once"
+
+    def shows_ok() -> bool:
+        browser.get(f"{stack.api}/calls/{flaky}")
+        return "OK" in browser.find_element(By.TAG_NAME, "h1").text
+
+    until("the call done OK on its page", shows_ok)
+    assert "worked: once" in text(browser)
 
 
 def _alert(browser: Any) -> Any:
