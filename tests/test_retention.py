@@ -252,7 +252,7 @@ def test_purge_deletes_the_finished_trees_on_demand(
         assert invalid.value.code == "invalid_argument"
 
 
-SOAK_CALLS = int(os.environ.get("RETENTION_SOAK_CALLS", "100000"))
+SOAK_CALLS = int(os.environ.get("RETENTION_SOAK_CALLS", "10000"))
 BATCH = 1000
 SOAK_BOUND = 16 * 1024 * 1024
 """The largest the database (its file and its WAL) may grow while ``SOAK_CALLS`` calls run
