@@ -19,6 +19,7 @@ from ..core.keys import SIGNING_KEY_ENV, load_private_key, public_key_base64
 from ..scheduler.retry import RetryPolicy
 from ..scheduler.settings import (
     DATABASE_URL_ENV,
+    DEFAULT_ATTEMPT_HISTORY,
     DEFAULT_ATTEMPT_TIMEOUT,
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_DATABASE,
@@ -207,8 +208,32 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "with a larger one ends its call INVALID_RESPONSE, and no more of an answer is read "
         f"(default: {MAX_OUTPUT_SIZE_ENV}, else {DEFAULT_MAX_OUTPUT_SIZE})",
     )
+    parser.add_argument(
+        "--attempt-history",
+        type=_history_size,
+        default=DEFAULT_ATTEMPT_HISTORY,
+        metavar="N",
+        help="how many of each call's latest attempts to keep, with their start, duration, "
+        "status and error (calls show, Get); 0 keeps none (default: %(default)s)",
+    )
     logging_setup.add_arguments(parser, default_level="info")
     parser.set_defaults(handler=run)
+
+
+def _history_size(text: str) -> int:
+    """``--attempt-history``: a count of attempts, 0 (none kept) or more."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a whole number") from None
+    if not 0 <= number <= MAX_ATTEMPT_HISTORY:
+        raise argparse.ArgumentTypeError(f"{number} is not in 0..{MAX_ATTEMPT_HISTORY}")
+    return number
+
+
+MAX_ATTEMPT_HISTORY = 10_000
+"""The most attempts of one call ``--attempt-history`` may keep (each is a row to read
+with every Get of the call)."""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -253,6 +278,7 @@ def run(args: argparse.Namespace) -> int:
             keepalive_timeout=args.keepalive_timeout,
             body_timeout=args.body_timeout,
             metrics_public=args.metrics_public,
+            attempt_history=args.attempt_history,
             **given,
         )
     except ConfigurationError as exc:

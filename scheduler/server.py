@@ -83,6 +83,7 @@ async def serve(
         max_descendants=settings.max_descendants,
         max_output_size=settings.max_output_size,
         clock=clock,
+        attempt_history=settings.attempt_history,
     )
     api = Api(
         store,

@@ -24,6 +24,8 @@ DEFAULT_PORT = int(DEFAULT_API_URL.rpartition(":")[2])
 finds it), so that the number is written once."""
 DEFAULT_ATTEMPT_TIMEOUT = 300.0
 """The longest an attempt may take, in seconds."""
+DEFAULT_ATTEMPT_HISTORY = 50
+"""How many of each call's latest attempts its history keeps."""
 DEFAULT_GRACE_PERIOD = 10.0
 """How long a graceful stop waits for attempts in flight, in seconds."""
 DEFAULT_MAX_INPUT_SIZE = DEFAULT_MAX_BODY_SIZE
@@ -101,6 +103,8 @@ class Settings:
     """The largest output (or error, or Poll state) of a call, in bytes: an endpoint
     answer with a larger one ends its call (INVALID_RESPONSE), and no more of an answer
     than this (and a little for what surrounds it) is read."""
+    attempt_history: int = DEFAULT_ATTEMPT_HISTORY
+    """How many of each call's latest attempts its history keeps (0: none recorded)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **given: Any) -> Settings:

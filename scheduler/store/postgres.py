@@ -37,10 +37,12 @@ from ..calls import destination
 from . import (
     END_BATCH,
     NO_BOUNDS,
+    AttemptHistory,
     Call,
     ChildResult,
     Claimed,
     Lease,
+    NewAttempt,
     NewCall,
     RequestId,
     State,
@@ -50,6 +52,7 @@ from . import (
     call_from_row,
     child_result_from_row,
     children_of,
+    history_of,
 )
 from .claims import claim_candidates, claim_window, fitting, in_turns, needs_root_heads
 from .idempotency import (
@@ -69,6 +72,7 @@ from .statements import (
     Index,
     PostgresStatements,
     Step,
+    attempt_params,
     fenced,
     rows_to_insert,
 )
@@ -512,13 +516,14 @@ class PostgresStore:
         *,
         now: float,
         orphans: tuple[int, bytes] = (0, b""),
+        attempt: NewAttempt | None = None,
     ) -> bool:
         # Group commit: finishes that arrive while FINISH_FLUSHES batches are being
         # written wait for the next batch, so that under load many share one
         # transaction, one commit and one WAL flush; each is still fenced by its own
         # lease.
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._finishing.append(((lease, status, result, now, orphans), future))
+        self._finishing.append(((lease, status, result, now, orphans, attempt), future))
         if len(self._finishing) == 1:
             asyncio.get_running_loop().call_soon(self._flush_finishes)
         return await future
@@ -567,6 +572,7 @@ class PostgresStore:
         until: float,
         now: float,
         bounds: TreeBounds = NO_BOUNDS,
+        attempt: NewAttempt | None = None,
     ) -> list[str] | None:
         async def update(db: Connection) -> list[str] | None:
             waiting = fenced(
@@ -576,6 +582,7 @@ class PostgresStore:
             if row is None:
                 return None
             await _check_bounds(db, lease.dispatch_id, row[0], len(children), bounds)
+            await _add_attempt(db, lease, attempt)
             await _deliver(db, lease.delivered)
             ids = await _insert(db, children_of(lease.dispatch_id, row[0], children), now)
             # Results of earlier polls may be enough already.
@@ -586,11 +593,19 @@ class PostgresStore:
 
         return await self._transaction(update)
 
-    async def restart(self, lease: Lease, *, now: float, orphans: tuple[int, bytes]) -> bool:
+    async def restart(
+        self,
+        lease: Lease,
+        *,
+        now: float,
+        orphans: tuple[int, bytes],
+        attempt: NewAttempt | None = None,
+    ) -> bool:
         async def update(db: Connection) -> bool:
             cursor = await db.execute(SQL.restart, fenced(lease, now=now))
             if cursor.rowcount != 1:
                 return False
+            await _add_attempt(db, lease, attempt)
             # The old children's results belong to the run that was dropped; those
             # unfinished end (not the children the run to come will make).
             await _set_aside_children(db, lease.dispatch_id)
@@ -600,15 +615,39 @@ class PostgresStore:
         return await self._transaction(update)
 
     async def retry(
-        self, lease: Lease, status: int, result: bytes, *, ready_at: float, now: float
+        self,
+        lease: Lease,
+        status: int,
+        result: bytes,
+        *,
+        ready_at: float,
+        now: float,
+        attempt: NewAttempt | None = None,
     ) -> bool:
         del now
         retried = fenced(lease, status=status, result=result, ready_at=ready_at)
-        # One statement (atomic by itself): the retry, and its waiters told.
-        return len(await self._select(SQL.retry_notified, retried)) == 1
+        if not _recorded(attempt):
+            # One statement (atomic by itself): the retry, and its waiters told.
+            return len(await self._select(SQL.retry_notified, retried)) == 1
+
+        async def update(db: Connection) -> bool:
+            rows = await (await db.execute(SQL.retry_notified, retried)).fetchall()
+            if len(rows) != 1:
+                return False
+            await _add_attempt(db, lease, attempt)
+            return True
+
+        return await self._transaction(update, pipeline=True)
 
     async def tail_call(
-        self, lease: Lease, function: str, endpoint: str, input: bytes, *, now: float
+        self,
+        lease: Lease,
+        function: str,
+        endpoint: str,
+        input: bytes,
+        *,
+        now: float,
+        attempt: NewAttempt | None = None,
     ) -> bool:
         async def update(db: Connection) -> bool:
             handed = fenced(
@@ -622,6 +661,7 @@ class PostgresStore:
             cursor = await db.execute(SQL.tail_call, handed)
             if cursor.rowcount != 1:
                 return False
+            await _add_attempt(db, lease, attempt)
             # The function handed over to starts afresh: earlier children are not its.
             await _set_aside_children(db, lease.dispatch_id)
             return True
@@ -631,6 +671,9 @@ class PostgresStore:
     async def get(self, dispatch_id: str) -> Call | None:
         rows = await self._select(SQL.get, {"id": dispatch_id})
         return call_from_row(rows[0]) if rows else None
+
+    async def history(self, dispatch_id: str) -> AttemptHistory:
+        return history_of(await self._select(SQL.history, {"id": dispatch_id}))
 
     async def list(
         self,
@@ -698,7 +741,22 @@ class PostgresStore:
         await self._pool.close()
 
 
-_Finish = tuple[Lease, int, bytes, float, tuple[int, bytes]]
+_Finish = tuple[Lease, int, bytes, float, tuple[int, bytes], NewAttempt | None]
+
+
+def _recorded(attempt: NewAttempt | None) -> bool:
+    """Whether ``attempt`` goes into its call's history (not with history off)."""
+    return attempt is not None and attempt.keep > 0
+
+
+async def _add_attempt(db: Connection, lease: Lease, attempt: NewAttempt | None) -> None:
+    """Add ``attempt`` to the history of the call under ``lease`` (just updated under
+    it, in this transaction), keeping its latest ``attempt.keep``."""
+    if attempt is None or not _recorded(attempt):
+        return
+    params = fenced(lease, **attempt_params(attempt))
+    await db.execute(SQL.add_attempt, params)
+    await db.execute(SQL.trim_attempts, params)
 
 
 async def _finish_and_tell(db: Connection, finishes: Sequence[_Finish]) -> set[tuple[str, int]]:
@@ -721,9 +779,9 @@ async def _finish_all(db: Connection, finishes: Sequence[_Finish]) -> set[tuple[
         "tokens": [lease.token for lease in leases],
         "statuses": [status for _, status, *_ in finishes],
         "results": [result for _, _, result, *_ in finishes],
-        "nows": [now for *_, now, _ in finishes],
-        "orphan_statuses": [orphans[0] for *_, orphans in finishes],
-        "orphan_results": [orphans[1] for *_, orphans in finishes],
+        "nows": [finish[3] for finish in finishes],
+        "orphan_statuses": [finish[4][0] for finish in finishes],
+        "orphan_results": [finish[4][1] for finish in finishes],
         "given": [child for lease in leases for child in lease.delivered],
         "given_to": [lease.dispatch_id for lease in leases for _ in lease.delivered],
         "given_token": [lease.token for lease in leases for _ in lease.delivered],
@@ -734,9 +792,33 @@ async def _finish_all(db: Connection, finishes: Sequence[_Finish]) -> set[tuple[
     queued = await db.execute(SQL.queue_endings_all, params)
     await db.execute(SQL.wake_parents_all, params)
     took = {(row[0], int(row[1])) for row in await finished.fetchall()}
-    latest = max(now for *_, now, _ in finishes)
+    attempts = _attempts_of(finishes)
+    if attempts["attempt_ids"]:
+        # In the same transaction as the finishes they record.
+        await db.execute(SQL.add_attempts_all, attempts)
+    latest = max(finish[3] for finish in finishes)
     await _end_batch(db, await queued.fetchall(), latest, END_BATCH, settled=False)
     return took
+
+
+def _attempts_of(finishes: Sequence[_Finish]) -> dict[str, list[Any]]:
+    """The parameters of ``add_attempts_all`` for the attempts of ``finishes``."""
+    given = [
+        (finish[0], attempt_params(attempt))
+        for finish in finishes
+        if (attempt := finish[5]) is not None and _recorded(attempt)
+    ]
+    return {
+        "attempt_ids": [lease.dispatch_id for lease, _ in given],
+        "attempt_tokens": [lease.token for lease, _ in given],
+        "attempt_functions": [p["attempt_function"] for _, p in given],
+        "attempt_starts": [p["attempt_started_at"] for _, p in given],
+        "attempt_durations": [p["attempt_duration"] for _, p in given],
+        "attempt_statuses": [p["attempt_status"] for _, p in given],
+        "attempt_types": [p["attempt_error_type"] for _, p in given],
+        "attempt_messages": [p["attempt_error_message"] for _, p in given],
+        "attempt_keeps": [p["attempt_keep"] for _, p in given],
+    }
 
 
 async def _running(db: Connection, destinations: list[str], now: float) -> dict[str, int]:
