@@ -33,6 +33,13 @@ dispatchlet: `dispatchlet scheduler` (SQLite) calling a no-op function served by
   function's first line) and dispatch-to-final (the caller has the result);
 - the scheduler's throughput again with ``--history`` finished calls already in its
   database.
+
+    python bench/scheduler.py --attempt-history-cost [--rounds 3] [--database-url URL]
+
+What keeping each call's attempt history costs: the throughput of ``--calls`` calls with
+``--attempt-history 0`` (none kept) and with the default (50), the two runs alternated
+``--rounds`` times in the same invocation on the same machine (SQLite; with
+``--database-url``, one scheduler process on PostgreSQL), the best of each reported.
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -130,7 +137,9 @@ def starts(path: Path) -> dict[int, float]:
     return {int(n): float(t) for n, t in (line.split() for line in path.read_text().splitlines())}
 
 
-def dispatchlet_run(folder: Path, calls: int, singles: int, history: int) -> dict[str, float]:
+def dispatchlet_run(
+    folder: Path, calls: int, singles: int, history: int, options: Sequence[str] = ()
+) -> dict[str, float]:
     key = Ed25519PrivateKey.generate()
     starts_log = folder / "starts-dispatchlet.log"
     (folder / "app.py").write_text(ENDPOINT_APP)
@@ -170,6 +179,7 @@ def dispatchlet_run(folder: Path, calls: int, singles: int, history: int) -> dic
         str(database),
         "--port",
         "0",
+        *options,
     ]
     results: dict[str, float] = {}
     with (
@@ -373,7 +383,9 @@ def endpoint_floor(folder: Path, calls: int, cap: int) -> float:
         return asyncio.run(send_all(endpoint))
 
 
-def dispatchlet_postgres_run(folder: Path, url: str, processes: int, calls: int, cap: int) -> float:
+def dispatchlet_postgres_run(
+    folder: Path, url: str, processes: int, calls: int, cap: int, options: Sequence[str] = ()
+) -> float:
     """Calls per second with ``processes`` schedulers on the database at ``url``, at most
     ``cap`` calls in flight to the endpoint among them."""
     key = Ed25519PrivateKey.generate()
@@ -393,7 +405,7 @@ def dispatchlet_postgres_run(folder: Path, url: str, processes: int, calls: int,
     serve = [sys.executable, "-m", "dispatchlet", "serve", "app.py", "--port", "0"]
     serve += ["--threads", "8"]
     scheduler = [sys.executable, "-m", "dispatchlet", "scheduler", "--port", "0"]
-    scheduler += ["--max-per-destination", str(cap)]
+    scheduler += ["--max-per-destination", str(cap), *options]
     with ExitStack() as stack:
         endpoint = stack.enter_context(
             process(serve, endpoint_env, folder, r"serving \S+ at (http://\S+)")
@@ -509,6 +521,38 @@ def postgres_main(server: str, calls: int, cap: int) -> None:
     )
 
 
+HISTORY_OFF, HISTORY_ON = ["--attempt-history", "0"], ["--attempt-history", "50"]
+
+
+def attempt_history_cost(
+    calls: int, rounds: int, database_url: str | None, cap: int
+) -> dict[str, list[float]]:
+    """Calls per second without and with the attempt history, alternated ``rounds``
+    times (so that a machine's slower minute weighs on both alike)."""
+    figures: dict[str, list[float]] = {"off": [], "on": []}
+    with tempfile.TemporaryDirectory() as scratch:
+        for number in range(rounds):
+            for name, options in (("off", HISTORY_OFF), ("on", HISTORY_ON)):
+                here = Path(scratch) / f"{name}-{number}"
+                here.mkdir()
+                if database_url is None:
+                    result = dispatchlet_run(here, calls, 0, 0, options)["throughput"]
+                else:
+                    with database(database_url, f"bench_history_{name}_{number}") as url:
+                        result = dispatchlet_postgres_run(here, url, 1, calls, cap, options)
+                figures[name].append(result)
+                print(f"round {number + 1}, history {name}: {result:.1f} calls/s", flush=True)
+    return figures
+
+
+def print_attempt_history_cost(figures: dict[str, list[float]], store: str, calls: int) -> None:
+    off, on = max(figures["off"]), max(figures["on"])
+    print(f"{calls} no-op calls on {store}, calls/s (best of {len(figures['off'])})")
+    print(f"{'attempt history off':>26} {off:>12.1f}")
+    print(f"{'attempt history on (50)':>26} {on:>12.1f} {on / off:>7.2f} of off")
+    print(json.dumps({"store": store, **figures, "ratio_of_best": on / off}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=5000)
@@ -518,7 +562,18 @@ def main() -> None:
     parser.add_argument(
         "--cap", type=int, default=32, help="with --database-url: --max-per-destination"
     )
+    parser.add_argument(
+        "--attempt-history-cost",
+        action="store_true",
+        help="compare the throughput without and with the attempt history instead",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="with --attempt-history-cost")
     args = parser.parse_args()
+    if args.attempt_history_cost:
+        figures = attempt_history_cost(args.calls, args.rounds, args.database_url, args.cap)
+        store = "PostgreSQL, 1 process" if args.database_url else "SQLite"
+        print_attempt_history_cost(figures, store, args.calls)
+        return
     if args.database_url:
         postgres_main(args.database_url, args.calls, args.cap)
         return

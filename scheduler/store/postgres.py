@@ -626,18 +626,12 @@ class PostgresStore:
     ) -> bool:
         del now
         retried = fenced(lease, status=status, result=result, ready_at=ready_at)
-        if not _recorded(attempt):
+        if attempt is None or not _recorded(attempt):
             # One statement (atomic by itself): the retry, and its waiters told.
             return len(await self._select(SQL.retry_notified, retried)) == 1
-
-        async def update(db: Connection) -> bool:
-            rows = await (await db.execute(SQL.retry_notified, retried)).fetchall()
-            if len(rows) != 1:
-                return False
-            await _add_attempt(db, lease, attempt)
-            return True
-
-        return await self._transaction(update, pipeline=True)
+        # The same, with its attempt in the history.
+        recorded = await self._select(SQL.retry_recorded, retried | attempt_params(attempt))
+        return len(recorded) == 1
 
     async def tail_call(
         self,
@@ -755,8 +749,10 @@ async def _add_attempt(db: Connection, lease: Lease, attempt: NewAttempt | None)
     if attempt is None or not _recorded(attempt):
         return
     params = fenced(lease, **attempt_params(attempt))
-    await db.execute(SQL.add_attempt, params)
-    await db.execute(SQL.trim_attempts, params)
+    row = await (await db.execute(SQL.add_attempt, params)).fetchone()
+    assert row is not None
+    if row[0] > attempt.keep:
+        await db.execute(SQL.trim_attempts, {**params, "number": row[0]})
 
 
 async def _finish_and_tell(db: Connection, finishes: Sequence[_Finish]) -> set[tuple[str, int]]:

@@ -680,8 +680,9 @@ def _add_attempt(db: sqlite3.Connection, lease: Lease, attempt: NewAttempt | Non
     if attempt is None or attempt.keep <= 0:
         return
     params = fenced(lease, **attempt_params(attempt))
-    db.execute(SQL.add_attempt, params)
-    db.execute(SQL.trim_attempts, params)
+    (number,) = db.execute(SQL.add_attempt, params).fetchone()
+    if number > attempt.keep:
+        db.execute(SQL.trim_attempts, {**params, "number": number})
 
 
 def _statements(migration: Step) -> list[str]:

@@ -385,12 +385,12 @@ _ADD_ATTEMPT = (
     f"INSERT INTO {ATTEMPTS} (dispatch_id, {_ATTEMPT_COLUMNS})"
     f" SELECT :id, coalesce(max(number), 0) + 1, :attempt_function, :attempt_started_at,"
     "  :attempt_duration, :attempt_status, :attempt_error_type, :attempt_error_message"
-    f" FROM {ATTEMPTS} WHERE dispatch_id = :id"
+    f" FROM {ATTEMPTS} WHERE dispatch_id = :id RETURNING number"
 )
-# Only the latest :keep of them kept.
+# Only the latest :attempt_keep kept, the one numbered :number added (run only once
+# there are more: most calls have one attempt, and no row to delete).
 _TRIM_ATTEMPTS = (
-    f"DELETE FROM {ATTEMPTS} WHERE dispatch_id = :id AND number <= ("
-    f"  SELECT max(number) FROM {ATTEMPTS} WHERE dispatch_id = :id) - :attempt_keep"
+    f"DELETE FROM {ATTEMPTS} WHERE dispatch_id = :id AND number <= :number - :attempt_keep"
 )
 
 
@@ -680,6 +680,19 @@ class PostgresStatements(Statements):
         )
         self.retry_notified = (
             f"WITH retried AS ({self.retry} RETURNING dispatch_id)"
+            f" SELECT pg_notify('{CHANGED}', dispatch_id) FROM retried"
+        )
+        # The same, and its attempt added to the history (one statement still: each
+        # part of a WITH runs, read or not, on the snapshot the statement began with).
+        self.retry_recorded = r(
+            f"WITH retried AS ({self.retry} RETURNING dispatch_id),"
+            f" added AS (INSERT INTO {ATTEMPTS} (dispatch_id, {_ATTEMPT_COLUMNS})"
+            "  SELECT dispatch_id, coalesce((SELECT max(number)"
+            f"   FROM {ATTEMPTS} WHERE dispatch_id = :id), 0) + 1, :attempt_function,"
+            "   :attempt_started_at, :attempt_duration, :attempt_status, :attempt_error_type,"
+            "   :attempt_error_message FROM retried RETURNING number),"
+            f" trimmed AS (DELETE FROM {ATTEMPTS} WHERE dispatch_id = :id"
+            "  AND number <= (SELECT number FROM added) - :attempt_keep)"
             f" SELECT pg_notify('{CHANGED}', dispatch_id) FROM retried"
         )
 
