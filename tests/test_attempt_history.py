@@ -37,6 +37,9 @@ from test_engine_memory import (
     running,
     scenario,
 )
+from test_poison_calls import RefusingStore, dispatched
+from test_poison_calls import done as poison_done
+from test_poison_calls import running as poison_engine
 
 FAILED = Outcome(Status.TEMPORARY_ERROR, error_type="HTTPError", message="503 Service Unavailable")
 
@@ -63,9 +66,11 @@ def test_a_call_retried_twice_then_ok_has_its_three_attempts() -> None:
                 (3, "f", Status.OK, ""),
             ]
             assert history.total == 3
-            first, second, third = history.attempts
-            assert first.error_message == "503 Service Unavailable"
-            assert third.error_message == ""
+            assert [a.error_message for a in history.attempts] == [
+                "503 Service Unavailable",
+                "503 Service Unavailable",
+                "",
+            ]
             # In the order they ran, each after its backoff, none before the dispatch.
             starts = [a.started_at for a in history.attempts]
             assert before <= starts[0] < starts[1] < starts[2] <= done.finished_at  # type: ignore[operator]
@@ -179,8 +184,31 @@ def test_the_late_answer_of_a_stale_lease_adds_no_attempt() -> None:
                 assert time.monotonic() < deadline, "the attempt never ended"
                 await asyncio.sleep(0.01)
             cancelled = await run.store.get(dispatch_id)
-            assert cancelled is not None and cancelled.status == Status.PERMANENT_ERROR
+            assert cancelled is not None
+            assert cancelled.status == Status.PERMANENT_ERROR
             assert await run.store.history(dispatch_id) == AttemptHistory((), 0)
+
+    scenario(body)
+
+
+def test_attempts_whose_outcome_could_not_be_stored_are_in_the_history() -> None:
+    """A poison call: each run's outcome is refused by the store, recorded as a failure
+    of its own (with the retry, then the end, that it led to)."""
+
+    async def body() -> None:
+        store = RefusingStore()
+        async with poison_engine(store) as engine:
+            dispatch_id = await dispatched(store, engine, "poison")
+            await poison_done(store, engine, dispatch_id)
+            history = await store.history(dispatch_id)
+            assert summary(history) == [
+                (1, "poison", Status.TEMPORARY_ERROR, "OutcomeNotStored"),
+                (2, "poison", Status.TEMPORARY_ERROR, "OutcomeNotStored"),
+                (3, "poison", Status.PERMANENT_ERROR, "OutcomeNotStored"),
+            ]
+            assert history.attempts[0].error_message == (
+                "its outcome could not be stored: ValueError: value out of range for this column"
+            )
 
     scenario(body)
 
@@ -213,12 +241,13 @@ def test_get_and_wait_carry_the_history_and_the_client_reads_it(tmp_path: Path) 
                     (2, "f", Status.OK.value, ""),
                 ], name
                 assert info.history[0].error_message == "refused"
-                status, body = await h.post(
+                status, answer = await h.post(
                     CALLS + name,
                     json.dumps({"dispatchId": dispatch_id}).encode(),
                     content_type="application/json",
                 )
-                shown = json.loads(body)["call"]
+                assert status == 200, answer
+                shown = json.loads(answer)["call"]
                 assert shown["attemptsTotal"] == "2", shown
                 assert [a["status"] for a in shown["history"]] == ["STATUS_TCP_ERROR", "STATUS_OK"]
             # List gives summaries: no history.
