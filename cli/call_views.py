@@ -191,6 +191,7 @@ def as_dict(info: CallInfo, *, history: bool = False) -> dict[str, Any]:
         else None,
         "parent_dispatch_id": info.parent_dispatch_id or None,
         "root_dispatch_id": info.root_dispatch_id,
+        "rerun_of": info.rerun_of or None,
         "created_at": info.created_at.isoformat(),
         "finished_at": info.finished_at.isoformat() if info.finished_at is not None else None,
         "expires_at": info.expires_at.isoformat(),
@@ -321,6 +322,8 @@ def describe(info: CallInfo) -> list[str]:
         fields.append(("parent", info.parent_dispatch_id))
     if info.root_dispatch_id and info.root_dispatch_id != info.dispatch_id:
         fields.append(("root", info.root_dispatch_id))
+    if info.rerun_of:
+        fields.append(("re-run of", info.rerun_of))
     fields.append(("input", text(info.input)))
     if info.done and info.error is None:
         fields.append(("output", text(info.output)))

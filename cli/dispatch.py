@@ -1,5 +1,5 @@
 """``dispatchlet dispatch`` (start a call through the scheduler) and ``dispatchlet calls``
-(list, show, wait for and cancel the calls it holds)."""
+(list, show, wait for, cancel, retry and re-run the calls it holds)."""
 
 from __future__ import annotations
 
@@ -59,6 +59,13 @@ What became of the calls the scheduler holds.
   wait    wait for a call and print its output (exit 0 OK, 1 failed), each failed
           attempt on stderr as it happens.
   cancel  end a call and its unfinished descendants.
+  retry   start the next attempt of a call that waits for its retry now, not when
+          its backoff ends (an error for a call running, waiting or done).
+  rerun   run a done call again: a new call with the same function, endpoint and
+          input, whose "re-run of" names the old one; prints its dispatch id. A call
+          not done is refused: cancel it first.
+
+`list --parent ID` lists a call's children, `list --rerun-of ID` its re-runs.
 """
 
 
@@ -92,7 +99,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
     calls = commands.add_parser(
         "calls",
-        help="list, show, wait for or cancel calls",
+        help="list, show, wait for, cancel, retry or re-run calls",
         description=_CALLS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -107,6 +114,8 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     listing.add_argument("--function")
     listing.add_argument("--root", metavar="DISPATCH_ID", help="the calls of one call tree")
+    listing.add_argument("--parent", metavar="DISPATCH_ID", help="the children of one call")
+    listing.add_argument("--rerun-of", metavar="DISPATCH_ID", help="the re-runs of one call")
     listing.add_argument(
         "--limit", type=page_size, default=100, help="calls per page, up to 1000 (default 100)"
     )
@@ -125,12 +134,14 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         ),
         ("wait", "wait for a call and print its output", run_wait),
         ("cancel", "end a call and its unfinished descendants", run_cancel),
+        ("retry", "start a call's next attempt now, not after its backoff", run_retry),
+        ("rerun", "run a done call again, as a new call linked to it", run_rerun),
     ):
         action = actions.add_parser(name, help=help_text)
         action.add_argument("dispatch_id", metavar="ID")
         if name == "wait":
             action.add_argument("--timeout", type=seconds, metavar="SECONDS")
-        if name != "cancel":
+        if name in ("show", "wait"):
             action.add_argument("--json", dest="use_json", action="store_true")
         action.set_defaults(handler=handler)
 
@@ -233,6 +244,8 @@ def run_list(args: argparse.Namespace) -> int:
                 newest_first=True,
                 page_size=args.limit,
                 cursor=args.cursor,
+                parent_dispatch_id=args.parent,
+                rerun_of=args.rerun_of,
             )
         )
         if args.use_json:
@@ -271,6 +284,19 @@ def run_cancel(args: argparse.Namespace) -> int:
         cancelled = _checked(lambda: scheduler.cancel(args.dispatch_id))
     rest = "; the rest of its tree is ending in the background" if cancelled.more_ending else ""
     print(f"cancelled {cancelled} call(s){rest}")
+    return EXIT_OK
+
+
+def run_retry(args: argparse.Namespace) -> int:
+    with client() as scheduler:
+        brought = _checked(lambda: scheduler.retry(args.dispatch_id))
+    print("retrying now" if brought else "due already: its next attempt starts as soon as it can")
+    return EXIT_OK
+
+
+def run_rerun(args: argparse.Namespace) -> int:
+    with client() as scheduler:
+        print(_checked(lambda: scheduler.rerun(args.dispatch_id)))
     return EXIT_OK
 
 

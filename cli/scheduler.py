@@ -122,8 +122,20 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=DEFAULT_MAX_CONNECTIONS,
         metavar="N",
         help="connections kept open at once, lowered to fit the open files limit; past "
-        "it the oldest connection that has sent nothing is closed, or else the new one is "
-        "answered 503 (default: %(default)s)",
+        "it the one idle for longest (nothing sent since it opened or since its last "
+        "answer) is closed, or else, when every one has a request in progress, the new "
+        "one is answered 503 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-connections-per-client",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="connections one client address may hold, loopback aside (a local proxy or "
+        "development setup is one address for all its clients); past it its idle one is "
+        "closed, or else the new one is answered 503 (default: a quarter of "
+        "--max-connections; behind a proxy on another machine, raise it to "
+        "--max-connections)",
     )
     parser.add_argument(
         "--keepalive-timeout",
@@ -139,8 +151,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=seconds,
         default=DEFAULT_BODY_TIMEOUT,
         metavar="SECONDS",
-        help="answer 408 and close the connection when a request's body takes longer to "
-        "arrive (default: %(default)s)",
+        help="answer 504 (deadline_exceeded) and close the connection when a request's "
+        "body takes longer to arrive (default: %(default)s)",
     )
     parser.add_argument(
         "--max-attempts", type=positive_int, default=RetryPolicy.max_attempts, metavar="N"
@@ -275,6 +287,7 @@ def run(args: argparse.Namespace) -> int:
             max_children=args.max_children,
             max_descendants=args.max_descendants,
             max_connections=args.max_connections,
+            max_connections_per_client=args.max_connections_per_client,
             keepalive_timeout=args.keepalive_timeout,
             body_timeout=args.body_timeout,
             metrics_public=args.metrics_public,

@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 
 from google.protobuf import any_pb2, message
 
-from ..core import values
+from ..core import tracing, values
 from ..core.connect import PROTO
 from ..core.connect_client import parse_error
 from ..core.dispatching import (
@@ -145,6 +145,8 @@ class CallInfo:
     """While the call is ready: when its next attempt (a first one or a retry) may start."""
     last_status: Status | None = None
     """The status of the latest attempt that ended, also while the call is retried."""
+    rerun_of: str = ""
+    """The call this one is a re-run of (``Client.rerun``); empty for any other."""
     attempts_history: tuple[AttemptInfo, ...] = ()
     """The call's latest attempts, oldest first (``get`` and ``wait``; ``list`` leaves
     them out): at most the scheduler's ``--attempt-history`` of them."""
@@ -187,6 +189,7 @@ class CallInfo:
             if info.HasField("ready_at")
             else None,
             last_status=_status(info.last_status),
+            rerun_of=info.rerun_of,
             attempts_history=tuple(AttemptInfo.from_proto(a) for a in info.history),
             attempts_total=info.attempts_total,
         )
@@ -324,11 +327,13 @@ class Client:
         caller with the same id and calls), it gets the same ids and starts nothing
         new."""
         request = dispatch_pb2.DispatchRequest(calls=list(calls))
+        headers = {REQUEST_ID_HEADER: request_id or secrets.token_hex(16)}
+        tracing.inject(headers)  # the current span, if any: the Dispatch span's parent
         answer = self._rpc(
             "/dispatch.sdk.v1.DispatchService/Dispatch",
             request,
             dispatch_pb2.DispatchResponse,
-            headers={REQUEST_ID_HEADER: request_id or secrets.token_hex(16)},
+            headers=headers,
         )
         return list(answer.dispatch_ids)
 
@@ -408,6 +413,32 @@ class Client:
         )
         return Cancelled(answer.cancelled, more_ending=answer.more_ending)
 
+    def retry(self, dispatch_id: str) -> bool:
+        """Start the next attempt of a call that waits for it (a retry's backoff) now;
+        whether its start was brought forward (False: it was due already). A
+        ``ClientError`` ``failed_precondition`` for a call that is running, waiting for
+        its children or done; ``not_found`` for an unknown one."""
+        answer = self._rpc(
+            "/dispatchlet.scheduler.v1.CallService/Retry",
+            calls_pb2.RetryRequest(dispatch_id=dispatch_id),
+            calls_pb2.RetryResponse,
+        )
+        return answer.brought_forward
+
+    def rerun(self, dispatch_id: str, *, request_id: str | None = None) -> str:
+        """Run a done call again: a new root call with its function, endpoint, version
+        and input, whose ``rerun_of`` names it; the new call's dispatch id. A
+        ``ClientError`` ``failed_precondition`` for a call not done (cancel it first).
+        Sent again with the same ``request_id`` (default a random one, as ``dispatch``),
+        it answers with the same new call."""
+        answer = self._rpc(
+            "/dispatchlet.scheduler.v1.CallService/Rerun",
+            calls_pb2.RerunRequest(dispatch_id=dispatch_id),
+            calls_pb2.RerunResponse,
+            headers={REQUEST_ID_HEADER: request_id or secrets.token_hex(16)},
+        )
+        return answer.dispatch_id
+
     def list(
         self,
         *,
@@ -417,11 +448,14 @@ class Client:
         status: str | None = None,
         newest_first: bool = False,
         page_size: int = 100,
+        parent_dispatch_id: str | None = None,
+        rerun_of: str | None = None,
     ) -> Iterator[CallInfo]:
         """The calls matching every filter given, in creation order (``newest_first``:
         the newest first), fetched a page at a time as they are iterated. ``status`` is a
         final status name (``"OK"``, ``"PERMANENT_ERROR"``...) or ``"failed"``, any final
-        status but OK."""
+        status but OK; ``parent_dispatch_id``: the children of that call; ``rerun_of``:
+        the re-runs of that call."""
         cursor: str | None = ""
         while cursor is not None:
             page = self.list_page(
@@ -432,6 +466,8 @@ class Client:
                 newest_first=newest_first,
                 page_size=page_size,
                 cursor=cursor,
+                parent_dispatch_id=parent_dispatch_id,
+                rerun_of=rerun_of,
             )
             yield from page.calls
             cursor = page.cursor
@@ -446,6 +482,8 @@ class Client:
         newest_first: bool = False,
         page_size: int = 100,
         cursor: str | None = None,
+        parent_dispatch_id: str | None = None,
+        rerun_of: str | None = None,
     ) -> CallPage:
         """One page of ``list``: up to ``page_size`` calls from ``cursor`` (None: the
         first page), and the cursor of the next page (None after the last)."""
@@ -457,6 +495,8 @@ class Client:
             newest_first=newest_first,
             page_size=page_size,
             page_token=cursor or "",
+            parent_dispatch_id=parent_dispatch_id or "",
+            rerun_of=rerun_of or "",
         )
         answer = self._rpc(
             "/dispatchlet.scheduler.v1.CallService/List", request, calls_pb2.ListResponse

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from itertools import chain
 from types import MappingProxyType
 from typing import Any, ParamSpec, TypeVar, overload
 
 from ..proto.dispatch.sdk.v1 import function_pb2
-from . import connect
+from . import connect, tracing
 from .body import BodyReader, oversized
 from .dispatching import Batch, Dispatcher, default_dispatcher
 from .errors import (
@@ -250,12 +251,22 @@ class Endpoint:
             function = self._lookup(request.function)
         except DispatchletError as exc:
             return error_run_response(exc)
-        return execute(
-            function,
-            request,
-            allow_pickle=self.allow_pickle,
-            unpickle_input=self.allow_pickle and self.allow_unsigned_pickle,
+        return self._execute(
+            function, request, self.allow_pickle and self.allow_unsigned_pickle, None
         )
+
+    def _execute(
+        self,
+        function: Function[..., Any],
+        request: function_pb2.RunRequest,
+        unpickle: bool,
+        headers: Mapping[str, list[str]] | None,
+    ) -> function_pb2.RunResponse:
+        run = partial(
+            execute, function, request, allow_pickle=self.allow_pickle, unpickle_input=unpickle
+        )
+        # One lookup while the program does not use opentelemetry (``tracing.otel``).
+        return tracing.traced_run(request, headers, run) if tracing.enabled() else run()
 
     def _lookup(self, name: str) -> Function[..., Any]:
         if not name:
@@ -287,12 +298,9 @@ class Endpoint:
         run_request = connect.decode_request(request.body, codec)
         function = self._lookup(run_request.function)
         signed = not self.insecure
-        result = execute(
-            function,
-            run_request,
-            allow_pickle=self.allow_pickle,
-            unpickle_input=self.allow_pickle and (signed or self.allow_unsigned_pickle),
-        )
+        unpickle = self.allow_pickle and (signed or self.allow_unsigned_pickle)
+        # Its trace context headers, unsigned, only ever name the run span's parent.
+        result = self._execute(function, run_request, unpickle, fields)
         return connect.encode_response(result, codec)
 
     def _check_limits(self, request: Request) -> None:

@@ -1,5 +1,5 @@
 """The scheduler's HTTP API (aiohttp): ``DispatchService/Dispatch`` and the project's
-``CallService`` (Get, Wait, List, Cancel), Connect unary in ``application/proto`` and
+``CallService`` (Get, Wait, List, Cancel, Retry, Rerun), Connect unary in ``application/proto`` and
 ``application/json``, with ``Authorization: Bearer <api key>``; ``/healthz``.
 
 Errors are Connect errors (``{"code", "message"}`` with the HTTP status of the code).
@@ -23,6 +23,7 @@ from typing import TypeVar
 from aiohttp import web
 from google.protobuf import json_format, message
 
+from ..core import tracing
 from ..core.call_options import key_problem
 from ..core.connect import JSON, PROTO, codec, http_error_response
 from ..core.dispatching import API_KEY_ENV, REQUEST_ID_HEADER
@@ -129,8 +130,12 @@ class Api:
             ("Wait", self.wait, calls_pb2.WaitRequest),
             ("List", self.list, calls_pb2.ListRequest),
             ("Cancel", self.cancel, calls_pb2.CancelRequest),
+            ("Retry", self.retry, calls_pb2.RetryRequest),
         ):
             app.router.add_route("*", _lenient(CALLS_PATH + name), self.rpc(handler, kind))
+        # Given its headers: its request id (``Idempotency-Key``), as Dispatch.
+        rerun = self.rpc(self.rerun, calls_pb2.RerunRequest, headers=True)
+        app.router.add_route("*", _lenient(CALLS_PATH + "Rerun"), rerun)
         return app
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -182,7 +187,10 @@ class Api:
                     logger.exception("a %s request failed", kind.DESCRIPTOR.name)
                     return _web(http_error_response(TemporaryError(_STORE_FAILED)))
                 if refuses(exc):  # the request refused, and why
-                    return _web(http_error_response(exc))
+                    refusal = _web(http_error_response(exc))
+                    if isinstance(exc, BodyTimeout):
+                        refusal.force_close()  # the rest of its body may still come
+                    return refusal
                 # An error of the scheduler's own: logged here, and the client told no
                 # more than that (retrying would meet it again).
                 logger.exception("a %s request failed unexpectedly", kind.DESCRIPTOR.name)
@@ -250,13 +258,21 @@ class Api:
                 f"{len(request.calls)} calls in one Dispatch: at most {MAX_CALLS}"
             )
         request_id = _request_id(headers, request)
-        now = self.clock()
-        calls = [self._new_call(index, call, now) for index, call in enumerate(request.calls)]
-        ids = await self.store.dispatch(calls, now=now, request=request_id) if calls else []
+        with tracing.dispatch_span(headers, len(request.calls)) as span:
+            now = self.clock()
+            # Each call's attempts are children of this span.
+            trace = tracing.carried()
+            calls = [
+                self._new_call(index, call, now, trace) for index, call in enumerate(request.calls)
+            ]
+            ids = await self.store.dispatch(calls, now=now, request=request_id) if calls else []
+            tracing.dispatched(span, ids)
         self.engine.wake()
         return dispatch_pb2.DispatchResponse(dispatch_ids=ids)
 
-    def _new_call(self, index: int, call: options_pb2.Call, now: float) -> NewCall:
+    def _new_call(
+        self, index: int, call: options_pb2.Call, now: float, trace_context: str = ""
+    ) -> NewCall:
         def invalid(reason: str) -> InvalidArgument:
             return InvalidArgument(f"call {index}: {reason}")
 
@@ -287,6 +303,7 @@ class Api:
             version=call.version,
             correlation_id=call.correlation_id,
             key=key,
+            trace_context=trace_context,
         )
 
     # --- CallService -------------------------------------------------------------------
@@ -363,6 +380,8 @@ class Api:
             newest_first=request.newest_first,
             after=request.page_token or None,
             limit=size + 1,
+            parent_id=request.parent_dispatch_id or None,
+            rerun_of=request.rerun_of or None,
         )
         page = calls[:size]
         token = page[-1].dispatch_id if len(calls) > size else ""
@@ -383,6 +402,52 @@ class Api:
             self.engine.end_descendants_soon()
         return calls_pb2.CancelResponse(cancelled=count, more_ending=count > END_BATCH)
 
+    async def retry(self, request: calls_pb2.RetryRequest) -> calls_pb2.RetryResponse:
+        """Start the next attempt of a ready call now rather than at its ready time (a
+        retry's backoff); a call due already is left as it is (idempotent). A call in any
+        other state has no attempt to bring forward: refused, its state named."""
+        if not request.dispatch_id:
+            raise InvalidArgument("missing dispatch_id")
+        found = await self.store.retry_now(request.dispatch_id, now=self.clock())
+        if found is None:
+            raise NotFound(f"no call {request.dispatch_id[:100]!r}")
+        state, brought = found
+        if state is not State.READY:
+            raise FailedPrecondition(f"the call is {state.value}: {_NO_RETRY[state]}")
+        if brought:
+            self.engine.wake()
+        return calls_pb2.RetryResponse(brought_forward=brought)
+
+    async def rerun(
+        self, request: calls_pb2.RerunRequest, headers: Mapping[str, str]
+    ) -> calls_pb2.RerunResponse:
+        """A new root call doing the done call's work again: its function, endpoint,
+        version and input, for as long as it was given (its expiration less its creation
+        time). A call not done is refused: two runs of the same work at once would
+        surprise; it is cancelled first if it is to run again now. Idempotent with a
+        request id, as Dispatch: sent again, it gets the first re-run's id."""
+        found = await self._found(request.dispatch_id)
+        if not found.done:
+            raise FailedPrecondition(
+                f"the call is {found.state.value}: only a done call can be re-run; "
+                "cancel it first to run it again now"
+            )
+        now = self.clock()
+        again = NewCall(
+            function=found.function,
+            endpoint=found.endpoint,
+            input=found.input,
+            expires_at=now + (found.expires_at - found.created_at),
+            version=found.version,
+            correlation_id=found.correlation_id,
+            rerun_of=found.dispatch_id,
+        )
+        (new_id,) = await self.store.dispatch(
+            [again], now=now, request=_request_id(headers, request)
+        )
+        self.engine.wake()
+        return calls_pb2.RerunResponse(dispatch_id=new_id)
+
 
 _STORE_FAILED = "the scheduler cannot reach its database now; try again"
 _INTERNAL = "the scheduler failed to handle the request (an internal error, in its log)"
@@ -395,10 +460,24 @@ class InternalError(DispatchletError):
     code = "internal"
 
 
-class BodyTimeout(DeadlineExceeded):
-    """A request body that did not arrive in time (HTTP 408, the connection closed)."""
+class FailedPrecondition(DispatchletError):
+    """An action the call is not in a state for (Connect ``failed_precondition``)."""
 
-    http_status = 408
+    http_status = 400
+    code = "failed_precondition"
+
+
+# Why a call in each state other than ready has no next attempt to start now.
+_NO_RETRY = {
+    State.RUNNING: "an attempt is running now",
+    State.WAITING: "it waits for its children (its Poll), not for a retry",
+    State.DONE: "it has ended; re-run it to run it again",
+}
+
+
+class BodyTimeout(DeadlineExceeded):
+    """A request body that did not arrive in time: Connect's ``deadline_exceeded``, so
+    HTTP 504 (status follows code, as PROTOCOL.md has it), and the connection closed."""
 
 
 class RequestTooLarge(InvalidArgument):
@@ -473,6 +552,7 @@ def call_info(
         parent_dispatch_id=call.parent_id or "",
         root_dispatch_id=call.root_id,
         state=call.state.value,
+        rerun_of=call.rerun_of or "",
     )
     if call.status is not None:
         # Final once done; before, the latest attempt's, which is not the call's.
@@ -503,10 +583,8 @@ def _lenient(path: str) -> str:
     return "/{_slashes:/*}" + path[1:]  # the rest is matched literally
 
 
-def _request_id(
-    headers: Mapping[str, str], request: options_pb2.DispatchRequest
-) -> RequestId | None:
-    """The Dispatch's request id (``Idempotency-Key``) with the digest of what it asks,
+def _request_id(headers: Mapping[str, str], request: message.Message) -> RequestId | None:
+    """The Dispatch's (or Rerun's) request id (``Idempotency-Key``) with the digest of what it asks,
     whichever the codec; None without one."""
     given = headers.get(REQUEST_ID_HEADER)
     if given is None:

@@ -4,17 +4,22 @@ and the log when accept() still runs out of them (``quiet_accept_errors``).
 
 aiohttp has no cap on connections: past the file descriptor limit accept() fails, the
 listener stops answering anyone, and asyncio logs a traceback per failed accept. Here a
-connection past the cap first takes the place of the oldest one that has sent nothing
-yet (a client about to send its request does so at once, so one that has sent nothing
-is idle or an attacker's), and when every connection is busy it is answered 503 and
-closed, as PostgreSQL answers "too many clients" with a healthy listener. (nginx also
-reuses the connections that wait for their first request when it runs out.)
+connection past the cap first takes the place of the oldest idle one: one that has sent
+nothing since it opened or since its last answer was written (a client about to send a
+request does so at once, so an idle one waits in keep-alive or is an attacker's). A
+connection with a request in progress is never closed for another; when every one has
+one, the newcomer is answered 503 and closed, as PostgreSQL answers "too many clients"
+with a healthy listener. (nginx likewise reuses its connections waiting for a first
+request or in keep-alive when it runs out.) One address (loopback aside) may hold at
+most ``max_per_client`` of them, so that it cannot take every slot with requests it
+trickles in.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import struct
@@ -30,6 +35,7 @@ except ImportError:  # pragma: no cover - Windows: no open files limit to raise
     fcntl = resource = termios = None  # type: ignore[assignment]
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +63,20 @@ REFUSAL = (
     b"Retry-After: 1\r\n"
     b"Connection: close\r\n\r\n" + _UNAVAILABLE
 )
+_CLIENT_UNAVAILABLE = json.dumps(
+    {
+        "code": "unavailable",
+        "message": "this address has too many connections open to the scheduler "
+        "(--max-connections-per-client); try again",
+    }
+).encode()
+CLIENT_REFUSAL = (
+    b"HTTP/1.1 503 Service Unavailable\r\n"
+    b"Content-Type: application/json\r\n"
+    b"Content-Length: " + str(len(_CLIENT_UNAVAILABLE)).encode() + b"\r\n"
+    b"Retry-After: 1\r\n"
+    b"Connection: close\r\n\r\n" + _CLIENT_UNAVAILABLE
+)
 
 
 def raise_fd_limit() -> int:
@@ -82,10 +102,11 @@ def connection_cap(wanted: int, fd_limit: int) -> int:
 
 
 class _Tracked(asyncio.Protocol):
-    """aiohttp's protocol for one connection, seen by the site: whether the client has
-    sent anything yet, and when the connection ends. Admitted or refused once connected
-    (asyncio makes the protocols of a batch of accepted sockets before connecting any):
-    then the count is exact, and the older connections' sockets can be looked at."""
+    """aiohttp's protocol for one connection, seen by the site: whether it is idle (has
+    sent nothing since it opened or since its last answer), and when it ends. Admitted
+    or refused once connected (asyncio makes the protocols of a batch of accepted
+    sockets before connecting any): then the count is exact, and the older connections'
+    sockets can be looked at."""
 
     inner: asyncio.Protocol
 
@@ -93,13 +114,17 @@ class _Tracked(asyncio.Protocol):
         self.make_inner = make_inner
         self.site = site
         self.transport: asyncio.Transport | None = None
-        self.silent = True
+        self.idle = True
+        self.client: str | None = None
+        """The address counted against the cap per client; None: not counted."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        if not self.site.admit(self):
-            refused = _Refused(self.site)
+        self.client = capped_client(transport.get_extra_info("peername"))
+        refusal = self.site.admit(self)
+        if refusal is not None:
+            refused = _Refused(self.site, refusal)
             transport.set_protocol(refused)
             refused.connection_made(transport)
             return
@@ -107,18 +132,27 @@ class _Tracked(asyncio.Protocol):
         self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if self.silent:
-            self.silent = False
-            if self.site.silent.pop(self, False) is None:
-                self.site.busy.add(self)
+        if self.idle:
+            self.site.became_busy(self)
         self.inner.data_received(data)
+
+    def answered(self) -> None:
+        """An answer was written: the connection is idle again unless more of a request
+        is waiting, in the socket or queued by aiohttp (a pipelined one)."""
+        if self.idle or self.transport is None or self.transport.is_closing():
+            return
+        # aiohttp keeps the requests it has read but not handled yet in ``_messages``
+        # (no public way to ask); were it renamed, a pipelined request's connection
+        # could be closed as idle, as if the client had not sent it yet.
+        if unread(self.transport) or getattr(self.inner, "_messages", None):
+            return
+        self.site.became_idle(self)
 
     def eof_received(self) -> bool | None:
         return self.inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.site.silent.pop(self, None)
-        self.site.busy.discard(self)
+        self.site.forget(self)
         self.inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -128,18 +162,49 @@ class _Tracked(asyncio.Protocol):
         self.inner.resume_writing()
 
 
-class _Refused(asyncio.Protocol):
-    """A connection past the cap: answered 503 at once, whatever it sends, and closed."""
+class AnswersSeen(AbstractAccessLogger):
+    """Not a log: aiohttp tells its access logger of each answer once it is written,
+    which is when a connection's request has ended (``AppRunner(access_log_class=...)``)."""
 
-    def __init__(self, site: BoundedSite) -> None:
+    @property
+    def enabled(self) -> bool:
+        return True
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        transport = request.transport
+        protocol = None if transport is None else transport.get_protocol()
+        if isinstance(protocol, _Tracked):
+            protocol.answered()
+
+
+def capped_client(peer: object) -> str | None:
+    """The address of a connection's client, to count against the cap per client; None
+    for loopback (a proxy on the same machine or a local development setup is one
+    address for all its clients) and for what is no IP address."""
+    if not isinstance(peer, tuple) or not peer or not isinstance(peer[0], str):
+        return None
+    try:
+        address = ipaddress.ip_address(peer[0].partition("%")[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return None if address.is_loopback else str(address)
+
+
+class _Refused(asyncio.Protocol):
+    """A connection past a cap: answered 503 at once, whatever it sends, and closed."""
+
+    def __init__(self, site: BoundedSite, refusal: bytes) -> None:
         self.site = site
+        self.refusal = refusal
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        transport.write(REFUSAL)
+        transport.write(self.refusal)
         if len(self.site.lingering) >= MAX_LINGERING or not transport.can_write_eof():
             transport.close()
             return
@@ -163,16 +228,34 @@ class _Refused(asyncio.Protocol):
             self.timer.cancel()
 
 
-class BoundedSite(web.TCPSite):
-    """A TCP site that keeps at most ``max_connections`` connections open."""
+def per_client_cap(max_connections: int) -> int:
+    """The default cap per client address: a quarter of ``max_connections``, so that
+    one address cannot hold every connection while three quarters stay for the rest."""
+    return max(1, max_connections // 4)
 
-    def __init__(self, runner: web.BaseRunner, *args: Any, max_connections: int, **kw: Any):
+
+class BoundedSite(web.TCPSite):
+    """A TCP site that keeps at most ``max_connections`` connections open, at most
+    ``max_per_client`` of them from one address other than loopback."""
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        *args: Any,
+        max_connections: int,
+        max_per_client: int | None = None,
+        **kw: Any,
+    ):
         super().__init__(runner, *args, **kw)
         self.max_connections = max_connections
-        # Open connections: those that have sent nothing yet in order of arrival (the
-        # first is the oldest), and the others.
-        self.silent: dict[_Tracked, None] = {}
+        self.max_per_client = (
+            per_client_cap(max_connections) if max_per_client is None else max_per_client
+        )
+        # Open connections: the idle ones in the order they became idle (the first has
+        # been idle longest), and those with a request in progress.
+        self.idle: dict[_Tracked, None] = {}
         self.busy: set[_Tracked] = set()
+        self.per_client: dict[str, int] = {}
         self.lingering: set[_Refused] = set()
         self.refusals = 0
         self.evictions = 0
@@ -196,31 +279,73 @@ class BoundedSite(web.TCPSite):
 
     @property
     def connections(self) -> int:
-        return len(self.silent) + len(self.busy)
+        return len(self.idle) + len(self.busy)
 
-    def admit(self, connection: _Tracked) -> bool:
-        """Count ``connection`` in, making room if needed; False: it is refused."""
+    def admit(self, connection: _Tracked) -> bytes | None:
+        """Count ``connection`` in, making room if needed; else the answer that refuses
+        it."""
+        client = connection.client
+        if (
+            client is not None
+            and self.per_client.get(client, 0) >= self.max_per_client
+            and not self._evict(client)
+        ):
+            self.refusals += 1
+            return CLIENT_REFUSAL
         if self.connections >= self.max_connections and not self._evict():
             self.refusals += 1
-            return False
-        self.silent[connection] = None
-        return True
+            return REFUSAL
+        self.idle[connection] = None
+        if client is not None:
+            self.per_client[client] = self.per_client.get(client, 0) + 1
+        return None
 
-    def _evict(self) -> bool:
-        """Close the oldest connection that has sent nothing, if any."""
-        while self.silent:
-            oldest = next(iter(self.silent))
-            del self.silent[oldest]
+    def became_busy(self, connection: _Tracked) -> None:
+        connection.idle = False
+        if self.idle.pop(connection, False) is None:
+            self.busy.add(connection)
+
+    def became_idle(self, connection: _Tracked) -> None:
+        if connection in self.busy:
+            self.busy.discard(connection)
+            connection.idle = True
+            self.idle[connection] = None  # at the end of the line
+
+    def forget(self, connection: _Tracked) -> None:
+        """``connection`` has ended (or is being closed): no longer counted."""
+        counted = self.idle.pop(connection, False) is None
+        if connection in self.busy:
+            self.busy.discard(connection)
+            counted = True
+        client = connection.client
+        if counted and client is not None:
+            left = self.per_client[client] - 1
+            if left:
+                self.per_client[client] = left
+            else:
+                del self.per_client[client]
+
+    def _evict(self, client: str | None = None) -> bool:
+        """Close the connection idle for longest (of ``client``, if given), if any."""
+        while True:
+            # The first in line, or the client's first (rarer: a scan).
+            oldest = next((c for c in self.idle if client is None or c.client == client), None)
+            if oldest is None:
+                return False
             if unread(oldest.transport):
-                # Its first bytes are there, not yet read: it is no idle one.
-                oldest.silent = False
-                self.busy.add(oldest)
+                # Bytes of a request are there, not yet read: it is no idle one.
+                self.became_busy(oldest)
                 continue
+            self.forget(oldest)
             self.evictions += 1
-            if oldest.transport is not None:
-                oldest.transport.close()
+            transport = oldest.transport
+            if transport is not None:
+                # An answer still unsent is one its client does not read: dropped.
+                if transport.get_write_buffer_size():
+                    transport.abort()
+                else:
+                    transport.close()
             return True
-        return False
 
 
 def unread(transport: asyncio.Transport | None) -> bool:

@@ -41,10 +41,11 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from google.protobuf import any_pb2
 
+from ..core import tracing
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import function_pb2, poll_pb2
 from .callers import Caller
@@ -89,6 +90,7 @@ from .store import (
     Claimed,
     Lease,
     NewAttempt,
+    NewCall,
     Store,
     TreeBounds,
     TreeLimitExceeded,
@@ -318,6 +320,18 @@ class Engine:
             with contextlib.suppress(Exception):
                 await self.store.release(lease, ready_at=self.clock())
             return
+        # The attempt's span, current while the endpoint is called and the outcome
+        # recorded (a Poll's children are its children); ended with the log line, and
+        # like it, not at all for an attempt cancelled midway (a hard stop).
+        span = tracing.start_attempt(
+            call.trace_context,
+            dispatch_id=call.dispatch_id,
+            root_id=call.root_id,
+            function=call.function,
+            attempt=call.attempts,
+            endpoint=call.endpoint,
+            destination=key,
+        )
         verdict: Status | None = None
         ran = Ran(call.function, self.clock(), time.perf_counter())
         try:
@@ -348,6 +362,9 @@ class Engine:
             milliseconds = round((time.perf_counter() - started) * 1000, 1)
             self._log_attempt(call, replaced or outcome, milliseconds)
             self._wake.set()
+            if span is not None:
+                status, error_type, _ = attempt_summary(replaced or outcome)
+                span.end(status, error_type)
 
     def _log_attempt(self, call: Call, outcome: Outcome, milliseconds: float) -> None:
         """One line per attempt, with the run's status (a function that raised is not
@@ -512,10 +529,14 @@ class Engine:
                 self._due = min(self._due, decision.ready_at)
                 self.changed(lease.dispatch_id)
         elif isinstance(decision, Suspend):
+            children: Sequence[NewCall] = decision.children
+            trace_context = tracing.carried()  # the attempt's: the children's parent
+            if trace_context:
+                children = [replace(c, trace_context=trace_context) for c in children]
             await self.store.suspend(
                 lease,
                 decision.poll,
-                decision.children,
+                children,
                 min_results=decision.min_results,
                 max_results=decision.max_results,
                 until=decision.until,

@@ -36,6 +36,7 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from yarl import URL
 
+from ..core import tracing
 from ..core.connect import JSON, PROTO
 from ..core.connect_client import ConnectError, InvalidAnswer, decode_response, parse_error
 from ..core.endpoint_url import parse_endpoint_url
@@ -108,11 +109,14 @@ class HttpCaller:
             target = parse_endpoint_url(endpoint)
         except ValueError as exc:
             return Outcome(Status.INVALID_ARGUMENT, error_type="ValueError", message=str(exc))
+        headers = [("Content-Type", PROTO)]
+        # The attempt's span context (traceparent): not signed, for tracing only.
+        tracing.inject(headers)
         http_request = Request(
             "POST",
             target.run_path,
             target.authority,
-            [("Content-Type", PROTO)],
+            headers,
             request.SerializeToString(),
             scheme=target.scheme,
         )

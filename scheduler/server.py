@@ -16,7 +16,13 @@ from .api import Api
 from .callers import Callers
 from .clock import clock_for
 from .concurrency import Limiter
-from .connections import BoundedSite, connection_cap, quiet_accept_errors, raise_fd_limit
+from .connections import (
+    AnswersSeen,
+    BoundedSite,
+    connection_cap,
+    quiet_accept_errors,
+    raise_fd_limit,
+)
 from .engine import Engine
 from .http_caller import HttpCaller
 from .settings import POSTGRES_SCHEMES, Settings, is_database_url
@@ -97,9 +103,11 @@ async def serve(
     )
     # aiohttp's keep-alive timer runs from a connection's start and from each answer
     # until a whole request head has arrived: it bounds idle connections and slow heads.
+    # No access log: its hook tells the site when a connection is idle again.
     runner = web.AppRunner(
         api.app(),
-        access_log=None,
+        access_log=logger,
+        access_log_class=AnswersSeen,
         handle_signals=False,
         keepalive_timeout=settings.keepalive_timeout,
         # A Wait whose client went away stops waiting.
@@ -129,6 +137,7 @@ async def serve(
             settings.port,
             reuse_port=settings.reuse_port,
             max_connections=max_connections,
+            max_per_client=settings.max_connections_per_client,
         )
         await site.start()
         if ready is not None:

@@ -91,8 +91,12 @@ class Settings:
     """The most calls below one root: a Poll beyond ends its call."""
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     """Connections the API keeps open at once (lowered to fit the open files limit):
-    past it, the oldest that has sent nothing is closed, or else the new one is
-    answered 503."""
+    past it, the one idle for longest (nothing sent since it opened or since its last
+    answer) is closed, or else the new one is answered 503."""
+    max_connections_per_client: int | None = None
+    """Connections one address other than loopback may hold; None: a quarter of
+    ``max_connections``. Past it, its oldest idle one is closed, or else the new one
+    is answered 503."""
     keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
     body_timeout: float = DEFAULT_BODY_TIMEOUT
     metrics_keys: Sequence[str] = ()

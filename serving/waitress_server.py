@@ -76,6 +76,10 @@ class _Gate:
                 self.inside -= 1
 
 
+_QUIET_QUEUE = logging.getLogger(__name__ + ".queue")
+_QUIET_QUEUE.setLevel(logging.ERROR)
+
+
 @contextmanager
 def serving(
     endpoint: Endpoint, *, port: int = 0, application: WSGIApplication | None = None
@@ -103,6 +107,9 @@ def serving(
         **waitress_options(endpoint),
     )
     gate.lock = server.task_dispatcher.lock
+    # waitress warns "Task queue depth is 1" when a request comes before its worker
+    # threads have started (a loaded machine): no news for the one local user.
+    server.task_dispatcher.queue_logger = _QUIET_QUEUE
     host, port_number = listening(server)[0]
     thread = threading.Thread(target=server.run, name="dispatchlet-server", daemon=True)
     thread.start()

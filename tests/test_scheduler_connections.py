@@ -16,9 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from dispatchlet.scheduler.connections import (
     ACCEPT_FAILED,
     FD_RESERVE,
+    BoundedSite,
+    _Tracked,
     connection_cap,
     quiet_accept_errors,
 )
@@ -195,7 +198,104 @@ def test_past_the_cap_with_every_connection_busy_a_client_gets_503(tmp_path: Pat
         process.stop()
 
 
-def test_a_body_sent_slowly_is_answered_408_and_its_connection_closed(
+@pytest.mark.slow
+def test_idle_keepalive_connections_are_closed_to_admit_new_clients(tmp_path: Path) -> None:
+    # Connections that got their answer and wait in keep-alive hold no request: past
+    # the cap they make room, as those that never sent anything do.
+    process = start_scheduler(tmp_path, "--max-connections", "20", "--keepalive-timeout", "600")
+    try:
+        where = address(process)
+        with sockets() as kept, sockets() as newcomers:
+            for held, count in ((kept, 20), (newcomers, 5)):
+                for _ in range(count):
+                    sock = connect(where)
+                    held.append(sock)
+                    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                    answer = read_answer(sock)
+                    assert answer.startswith(b"HTTP/1.1 200"), answer
+            # Each newcomer took the place of the connection idle for longest.
+            deadline = time.monotonic() + WAIT
+            while not all(map(closed_by_server, kept[:5])):
+                assert time.monotonic() < deadline, "the idle connections were not closed"
+                time.sleep(0.1)
+            assert not any(map(closed_by_server, kept[5:] + newcomers))
+    finally:
+        process.stop()
+
+
+class FakeTransport(asyncio.Transport):
+    """A connection's transport as the site sees it, from ``peer``."""
+
+    def __init__(self, peer: tuple[str, int]) -> None:
+        super().__init__()
+        self.peer = peer
+        self.written = b""
+        self.closed = False
+        self.protocol: asyncio.BaseProtocol | None = None
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self.peer if name == "peername" else default
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += bytes(data)
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_one_address_holds_at_most_its_share_of_connections() -> None:
+    asyncio.run(one_address_holds_at_most_its_share())
+
+
+async def one_address_holds_at_most_its_share() -> None:
+    runner = web.AppRunner(web.Application())
+    await runner.setup()
+    try:
+        site = BoundedSite(runner, "127.0.0.1", 0, max_connections=100, max_per_client=3)
+
+        def connection(host: str) -> tuple[_Tracked, FakeTransport]:
+            tracked = _Tracked(asyncio.Protocol, site)
+            transport = FakeTransport((host, 40000))
+            tracked.connection_made(transport)
+            return tracked, transport
+
+        attacker = [connection("203.0.113.7") for _ in range(3)]
+        for tracked, _ in attacker:
+            tracked.data_received(b"POST / HTTP/1.1\r\n")  # a request in progress
+        _, refused = connection("203.0.113.7")
+        assert refused.written.startswith(b"HTTP/1.1 503"), refused.written
+        assert b"--max-connections-per-client" in refused.written
+        assert not any(transport.closed for _, transport in attacker)
+        # Other addresses are let in, and loopback (a local proxy, a development
+        # setup) is not counted per client.
+        _, other = connection("198.51.100.1")
+        local = [connection(host)[1] for host in ["127.0.0.1"] * 10 + ["::1"] * 10]
+        assert not other.written
+        assert not other.closed
+        assert not any(transport.written for transport in local)
+        # Once one of its requests is answered, that connection makes room for its next.
+        attacker[1][0].answered()
+        _, admitted = connection("203.0.113.7")
+        assert not admitted.written
+        assert [transport.closed for _, transport in attacker] == [False, True, False]
+        assert site.connections == 3 + 1 + 20
+    finally:
+        await runner.cleanup()
+
+
+def test_a_body_sent_slowly_is_answered_504_and_its_connection_closed(
     tmp_path: Path,
 ) -> None:
     async def scenario() -> bytes:
@@ -213,7 +313,9 @@ def test_a_body_sent_slowly_is_answered_408_and_its_connection_closed(
 
     answer = asyncio.run(scenario())
     head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 408"), answer
+    # Connect's deadline_exceeded is HTTP 504; the rest of the body may still come.
+    assert head.startswith(b"HTTP/1.1 504"), answer
+    assert b"Connection: close" in head, answer
     assert json.loads(body)["code"] == "deadline_exceeded"
 
 

@@ -26,6 +26,7 @@ from dispatchlet import Client, Status
 from dispatchlet.core.keys import private_key_base64
 from dispatchlet.proto.dispatch.sdk.v1 import call_pb2
 from dispatchlet.scheduler.connections import FD_RESERVE
+from slow_clients import Trickle
 from test_scheduler_connections import closed_by_server, read_answer
 from test_scheduler_processes import Process, environment
 
@@ -80,37 +81,6 @@ def endpoint(folder: Path) -> Iterator[str]:
         yield process.wait_for(r"endpoint at (http://\S+)").group(1)
     finally:
         process.stop()
-
-
-class Trickle:
-    """Connections that send a header line each second, never the end of their head."""
-
-    def __init__(self) -> None:
-        self.sockets: list[socket.socket] = []
-        self.lock = threading.Lock()
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def add(self, sock: socket.socket) -> None:
-        with self.lock:
-            self.sockets.append(sock)
-
-    def run(self) -> None:
-        number = 0
-        while not self.stopped.wait(1.0):
-            number += 1
-            with self.lock:
-                held = list(self.sockets)
-            for sock in held:
-                with contextlib.suppress(OSError):
-                    sock.sendall(f"X-Slow-{number}: 1\r\n".encode())
-
-    def close(self) -> None:
-        self.stopped.set()
-        self.thread.join(timeout=10)
-        for sock in self.sockets:
-            sock.close()
 
 
 class Prober:
@@ -180,9 +150,9 @@ def test_the_api_answers_and_every_call_runs_under_a_connection_attack(
         found = process.wait_for(r"listening at (http://127\.0\.0\.1:(\d+))")
         url, where = found.group(1), ("127.0.0.1", int(found.group(2)))
         for _ in range(trickling):
-            sock = socket.create_connection(where, timeout=WAIT)
-            sock.sendall(b"POST /dispatch.sdk.v1.DispatchService/Dispatch HTTP/1.1\r\n")
-            trickle.add(sock)
+            trickle.open(
+                where, b"POST /dispatch.sdk.v1.DispatchService/Dispatch HTTP/1.1\r\n", WAIT
+            )
         for _ in range(idle):
             held.append(socket.create_connection(where, timeout=WAIT))
 

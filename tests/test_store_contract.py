@@ -1603,6 +1603,237 @@ def test_postgres_tells_every_process_of_ends_retries_and_cancels(postgres_serve
     assert run(scenario()) == []
 
 
+# --- actions on a call: retry now, re-runs; a call's children listed -------------------
+
+
+def test_retry_now_brings_a_backed_off_retry_forward_once(open_store: Opener) -> None:
+    async def body(store: Store) -> None:
+        (dispatch_id,) = await store.dispatch([call()], now=NOW)
+        # Due already (a first attempt): nothing to bring forward.
+        assert await store.retry_now(dispatch_id, now=NOW) == (State.READY, False)
+        (claimed,) = await store.claim(owner="a", now=NOW, limit=1, lease_seconds=LEASE)
+        assert await store.retry_now(dispatch_id, now=NOW) == (State.RUNNING, False)
+        assert await store.retry(claimed.lease, TIMEOUT, b"e", ready_at=NOW + 600, now=NOW)
+        assert await store.claim(owner="a", now=NOW + 1, limit=1, lease_seconds=LEASE) == []
+        assert await store.retry_now(dispatch_id, now=NOW + 1) == (State.READY, True)
+        # Idempotent: once due, it stays as it is.
+        assert await store.retry_now(dispatch_id, now=NOW + 2) == (State.READY, False)
+        found = await store.get(dispatch_id)
+        assert found is not None
+        assert (found.ready_at, found.status, found.result) == (NOW + 1, TIMEOUT, b"e")
+        (again,) = await store.claim(owner="a", now=NOW + 2, limit=1, lease_seconds=LEASE)
+        assert again.call.dispatch_id == dispatch_id
+        assert again.call.attempts == 2
+        assert await store.retry_now("0" * 32, now=NOW) is None
+
+    with_store(open_store, body)
+
+
+def test_retry_now_changes_no_waiting_or_done_call(open_store: Opener) -> None:
+    async def body(store: Store) -> None:
+        waiting, done = await store.dispatch([call("w"), call("d")], now=NOW)
+        claims = await store.claim(owner="a", now=NOW, limit=2, lease_seconds=LEASE)
+        leases = {c.call.dispatch_id: c.lease for c in claims}
+        assert await store.suspend(
+            leases[waiting],
+            b"",
+            [call("child")],
+            min_results=1,
+            max_results=1,
+            until=NOW + 600,
+            now=NOW,
+        )
+        assert await store.finish(leases[done], PERMANENT_ERROR, b"e", now=NOW)
+        assert await store.retry_now(waiting, now=NOW + 1) == (State.WAITING, False)
+        assert await store.retry_now(done, now=NOW + 1) == (State.DONE, False)
+        found = await store.get(done)
+        assert found is not None
+        assert (found.state, found.status, found.finished_at) == (State.DONE, PERMANENT_ERROR, NOW)
+
+    with_store(open_store, body)
+
+
+def test_a_rerun_is_a_root_call_that_names_the_old_one(open_store: Opener) -> None:
+    async def body(store: Store) -> None:
+        (old,) = await store.dispatch([call("f")], now=NOW)
+        (other,) = await store.dispatch([call("f")], now=NOW)
+        first, second = await store.dispatch(
+            [call("f", rerun_of=old), call("f", rerun_of=old)], now=NOW + 1
+        )
+        (unrelated,) = await store.dispatch([call("f", rerun_of=other)], now=NOW + 1)
+        found = await store.get(first)
+        assert found is not None
+        assert (found.rerun_of, found.root_id, found.parent_id) == (old, first, None)
+        assert (await store.get(old)).rerun_of is None  # type: ignore[union-attr]
+        listed = await store.list(rerun_of=old)
+        assert [c.dispatch_id for c in listed] == [first, second]
+        assert [c.rerun_of for c in listed] == [old, old]  # the summaries carry the link
+        newest = await store.list(rerun_of=old, newest_first=True, limit=1)
+        assert [c.dispatch_id for c in newest] == [second]
+        assert await store.list(rerun_of=old, newest_first=True, after=second) == [listed[0]]
+        assert [c.dispatch_id for c in await store.list(rerun_of=other)] == [unrelated]
+
+    with_store(open_store, body)
+
+
+def test_list_gives_the_children_of_one_call(open_store: Opener) -> None:
+    async def body(store: Store) -> None:
+        parent, other = await store.dispatch([call("p"), call("o")], now=NOW)
+        claims = await store.claim(owner="a", now=NOW, limit=2, lease_seconds=LEASE)
+        leases = {c.call.dispatch_id: c.lease for c in claims}
+        children = await store.suspend(
+            leases[parent],
+            b"",
+            [call("c1"), call("c2"), call("c3")],
+            min_results=3,
+            max_results=3,
+            until=NOW + 600,
+            now=NOW,
+        )
+        assert children is not None
+        await store.suspend(
+            leases[other],
+            b"",
+            [call("x")],
+            min_results=1,
+            max_results=1,
+            until=NOW + 600,
+            now=NOW,
+        )
+        # A grandchild is not a child.
+        await store.dispatch([call("g", parent_id=children[0], root_id=parent)], now=NOW)
+        listed = await store.list(parent_id=parent)
+        assert [c.dispatch_id for c in listed] == children
+        assert {(c.parent_id, c.root_id) for c in listed} == {(parent, parent)}
+        page = await store.list(parent_id=parent, newest_first=True, limit=2)
+        assert [c.dispatch_id for c in page] == children[:0:-1]
+        rest = await store.list(parent_id=parent, newest_first=True, after=page[-1].dispatch_id)
+        assert [c.dispatch_id for c in rest] == children[:1]
+        done = await store.list(parent_id=parent, state=State.READY, function="c2")
+        assert [c.dispatch_id for c in done] == children[1:2]
+
+    with_store(open_store, body)
+
+
+def test_postgres_retry_now_tells_other_processes_a_call_is_claimable(
+    postgres_server: str,
+) -> None:
+    from dispatchlet.scheduler.store.postgres import PostgresStore
+
+    url = fresh_database(postgres_server)
+
+    async def scenario() -> None:
+        writer, other = await PostgresStore.open(url), await PostgresStore.open(url)
+        woken = asyncio.Event()
+        try:
+            (dispatch_id,) = await writer.dispatch([call()], now=NOW)
+            (claimed,) = await writer.claim(owner="w", now=NOW, limit=1, lease_seconds=LEASE)
+            assert await writer.retry(claimed.lease, TIMEOUT, b"e", ready_at=NOW + 600, now=NOW)
+            other.subscribe(woken.set)
+            # Woken first once it listens (what it may have missed); from then on, only
+            # a call made claimable wakes it.
+            await asyncio.wait_for(woken.wait(), 30)
+            woken.clear()
+            assert await writer.retry_now(dispatch_id, now=NOW + 1) == (State.READY, True)
+            await asyncio.wait_for(woken.wait(), 30)
+            (again,) = await other.claim(owner="o", now=NOW + 1, limit=1, lease_seconds=LEASE)
+            assert again.call.dispatch_id == dispatch_id
+        finally:
+            await writer.close()
+            await other.close()
+
+    run(scenario())
+
+
+def test_postgres_lists_children_and_reruns_through_their_indexes(postgres_server: str) -> None:
+    import psycopg
+    from dispatchlet.scheduler.store.postgres import SQL as PG
+    from dispatchlet.scheduler.store.postgres import PostgresStore
+
+    url = fresh_database(postgres_server)
+
+    async def filled() -> None:
+        store = await PostgresStore.open(url)
+        try:
+            for _ in range(5):
+                roots = await store.dispatch([call() for _ in range(500)], now=NOW)
+                await store.dispatch(
+                    [call(parent_id=r, root_id=r) for r in roots[:250]]
+                    + [call(rerun_of=r) for r in roots[250:]],
+                    now=NOW,
+                )
+        finally:
+            await store.close()
+
+    run(filled())
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute("ANALYZE dispatchlet_calls")
+        for chosen in ({"parent_id": "p"}, {"rerun_of": "r"}):
+            for newest_first in (True, False):
+                query, params = PG.list(
+                    state=None,
+                    function=None,
+                    root_id=None,
+                    status=None,
+                    failed=False,
+                    newest_first=newest_first,
+                    after=None,
+                    limit=100,
+                    **chosen,
+                )
+                plan = "\n".join(
+                    str(row[0]) for row in db.execute(f"EXPLAIN {query}".encode(), params)
+                )
+                assert "Sort" not in plan, (chosen, plan)
+                column = next(iter(chosen)).split("_")[0]
+                assert f"dispatchlet_calls_list_{column}" in plan, (chosen, plan)
+
+
+# --- trace context -------------------------------------------------------------------
+
+
+def test_a_calls_trace_context_is_kept_for_its_whole_life(open_store: Opener) -> None:
+    """The context its attempts' spans are children of: stored with the call, with a
+    Poll's children (their own), kept by a claim, a retry, a tail call and a restart."""
+    traced = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\nvendor=value"
+    child_trace = "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"
+
+    async def body(store: Store) -> list[str]:
+        parent, plain = await store.dispatch([call(trace_context=traced), call()], now=NOW)
+        seen = []
+        (claimed,) = [
+            c
+            for c in await store.claim(owner="o", now=NOW, limit=2, lease_seconds=LEASE)
+            if c.call.dispatch_id == parent
+        ]
+        seen.append(claimed.call.trace_context)
+        assert await store.retry(claimed.lease, TIMEOUT, b"", ready_at=NOW, now=NOW)
+        (again,) = await store.claim(owner="o", now=NOW, limit=1, lease_seconds=LEASE)
+        assert await store.tail_call(again.lease, "g", "http://127.0.0.1:8000", b"", now=NOW)
+        (tailed,) = await store.claim(owner="o", now=NOW, limit=1, lease_seconds=LEASE)
+        seen.append(tailed.call.trace_context)
+        (child,) = await store.suspend(
+            tailed.lease,
+            b"",
+            [call("c", trace_context=child_trace)],
+            min_results=1,
+            max_results=1,
+            until=NOW + 60,
+            now=NOW,
+        ) or [""]
+        found = await store.get(child)
+        assert found is not None
+        seen.append(found.trace_context)
+        (listed,) = await store.list(root_id=parent, state=State.WAITING)
+        seen.append(listed.trace_context)
+        unset = await store.get(plain)
+        assert unset is not None
+        seen.append(unset.trace_context)
+        return seen
+
+    assert with_store(open_store, body) == [traced, traced, child_trace, traced, ""]
+
+
 # --- attempt history ------------------------------------------------------------------
 
 

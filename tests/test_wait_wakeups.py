@@ -121,8 +121,8 @@ def test_many_waiters_do_not_read_the_store_until_their_calls_end() -> None:
             assert store.reads == 0, f"{store.reads} reads of the store by idle waiters"
             caller.opened.set()
             answers = await asyncio.wait_for(asyncio.gather(*waits), BOUND)
-            assert all(answer.call.done for answer in answers)
-            assert all(answer.call.status == Status.OK.value for answer in answers)
+            assert all(answer.message().call.done for answer in answers)
+            assert all(answer.message().call.status == Status.OK.value for answer in answers)
             # One read at the start, one when woken (a retry would add one).
             assert store.reads <= 2 * waiters
 
@@ -155,8 +155,8 @@ def test_a_cancel_through_the_api_wakes_the_waiters_of_the_call_and_its_children
             await api.cancel(calls_pb2.CancelRequest(dispatch_id=root))
             answers = await asyncio.wait_for(asyncio.gather(*waits), BOUND)
             for answer in answers:
-                assert answer.call.done, answer
-                assert answer.call.error.type == "Cancelled"
+                assert answer.message().call.done, answer
+                assert answer.message().call.error.type == "Cancelled"
 
     asyncio.run(scenario())
 
@@ -180,8 +180,8 @@ def test_descendants_ended_in_later_batches_wake_their_waiters() -> None:
             cancelled = await api.cancel(calls_pb2.CancelRequest(dispatch_id=root))
             assert cancelled.cancelled < children + 1  # the rest end after the answer
             answers = await asyncio.wait_for(asyncio.gather(*waits), BOUND)
-            assert all(answer.call.done for answer in answers)
-            assert {answer.call.error.type for answer in answers} == {"Cancelled"}
+            assert all(answer.message().call.done for answer in answers)
+            assert {answer.message().call.error.type for answer in answers} == {"Cancelled"}
 
     asyncio.run(scenario())
 
@@ -207,8 +207,8 @@ def test_the_end_of_a_parent_wakes_the_waiter_of_the_child_it_ends() -> None:
             child = children[0].dispatch_id
             answer = await asyncio.wait_for(api.wait(wait_request(child)), BOUND)
             # The parent resumed after its max_wait and returned: its child was ended.
-            assert answer.call.done, answer
-            assert answer.call.status != Status.OK.value
+            assert answer.message().call.done, answer
+            assert answer.message().call.status != Status.OK.value
 
     asyncio.run(scenario())
 

@@ -2,8 +2,9 @@
 their request heads (slowloris) must not keep the scheduler's signed requests from being
 answered. gunicorn alone (sync or gthread workers, and functions-framework, which runs
 gunicorn gthread) reads heads in its worker threads without a time limit and answers
-none; the guides' configurations are waitress through serve_waitress.py, and gunicorn
-as gunicorn.conf.py runs it behind nginx buffering whole requests."""
+fewer (the control here: gthread); the guides' configurations are waitress through
+serve_waitress.py, and gunicorn as gunicorn.conf.py runs it behind nginx buffering
+whole requests."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,10 +21,12 @@ from pathlib import Path
 
 import pytest
 from postgres_server import free_port
+from slow_clients import Trickle, wait_until_accepted
 from support import http_request, run_request, signed
 from test_wsgi_servers import (
     APP,
     DEPLOY,
+    SERVERS,
     Server,
     encode,
     launch,
@@ -40,39 +42,15 @@ PROBES = 8
 PROBE_TIMEOUT = 20.0
 
 
-class Slowloris:
-    """Connections that send a request head a header line at a time, never its end."""
-
-    def __init__(self, port: int, count: int = SLOW_CLIENTS) -> None:
-        self.sockets = [
-            socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(count)
-        ]
-        for sock in self.sockets:
-            sock.sendall(f"POST /run HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode())
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self.trickle, daemon=True)
-        self.thread.start()
-
-    def trickle(self) -> None:
-        number = 0
-        while not self.stopped.wait(0.5):
-            number += 1
-            for sock in self.sockets:
-                with contextlib.suppress(OSError):
-                    sock.sendall(f"X-Slow-{number}: 1\r\n".encode())
-
-    def close(self) -> None:
-        self.stopped.set()
-        self.thread.join(timeout=10)
-        for sock in self.sockets:
-            sock.close()
-
-
 @contextlib.contextmanager
-def slowloris(port: int) -> Iterator[Slowloris]:
-    attack = Slowloris(port)
+def slowloris(port: int) -> Iterator[Trickle]:
+    """30 connections trickling their heads, once the server has accepted them all."""
+    attack = Trickle(interval=0.5)
     try:
-        time.sleep(1.0)  # a few header lines each, so that the servers have read some
+        start = f"POST /run HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode()
+        for _ in range(SLOW_CLIENTS):
+            attack.open(("127.0.0.1", port), start)
+        wait_until_accepted(port, attack.sockets)
         yield attack
     finally:
         attack.close()
@@ -105,6 +83,20 @@ def app_dir(tmp_path: Path) -> Path:
     directory.mkdir()
     (directory / "server_app.py").write_text(APP)
     return directory
+
+
+def test_plain_gunicorn_gthread_answers_fewer_probes_under_the_same_attack(
+    app_dir: Path, tmp_path: Path
+) -> None:
+    # The control: functions-framework's default worker, without the guides' proxy.
+    # Fewer than every probe answered shows that the attack takes hold, and so that the
+    # configurations below answering every one is their doing.
+    env = server_env(tmp_path)
+    server: Server = launch("gunicorn-gthread", SERVERS["gunicorn-gthread"], app_dir, tmp_path, env)
+    try:
+        assert answered_under_attack(server.port) < PROBES
+    finally:
+        stop(server.process)
 
 
 def test_waitress_as_the_recipe_runs_it_answers_every_probe(app_dir: Path, tmp_path: Path) -> None:

@@ -70,6 +70,11 @@ class NewCall:
     key: str = ""
     """The call's idempotency key (empty: none): while a call dispatched with it is
     kept, another with the same key is not stored and gets that call's dispatch id."""
+    rerun_of: str | None = None
+    """The call this one is a re-run of (``CallService.Rerun``), if it is one."""
+    trace_context: str = ""
+    """The trace context its attempts' spans are children of (``core.tracing.carried``:
+    the Dispatch's span, or the attempt that made a Poll's child); empty: none."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,10 @@ class Call:
     """A serialized ``Poll`` (its state and limits, without its calls) while the call is
     suspended or being resumed; empty otherwise."""
     restarts: int = 0
+    rerun_of: str | None = None
+    """The call this one is a re-run of (``NewCall.rerun_of``); None for any other."""
+    trace_context: str = ""
+    """``NewCall.trace_context``: kept for the call's whole life (a tail call too)."""
 
     @property
     def done(self) -> bool:
@@ -400,9 +409,12 @@ class Store(Protocol):
         newest_first: bool = False,
         after: str | None = None,
         limit: int = 100,
+        parent_id: str | None = None,
+        rerun_of: str | None = None,
     ) -> list[Call]:
         """Summaries of the calls matching every filter given (``status``: done with
-        that final status; ``failed``: done with any other than OK), in creation order
+        that final status; ``failed``: done with any other than OK; ``parent_id``: the
+        children of that call; ``rerun_of``: its re-runs), in creation order
         or, with ``newest_first``, the reverse; after the dispatch id ``after`` (a page's
         last) in that order.
 
@@ -431,6 +443,14 @@ class Store(Protocol):
 
     async def close(self) -> None:
         """Release the store's resources."""
+
+    # --- actions on a call (``CallService.Retry``) -----------------------------------
+
+    async def retry_now(self, dispatch_id: str, *, now: float) -> tuple[State, bool] | None:
+        """Make the call claimable now if it is ready for a later time (a retry's
+        backoff, or a call handed back unrun); its state, and whether its ready time was
+        brought forward (False: not ready, or due already); None for an unknown call.
+        Another process is told that a call is claimable, as by ``dispatch``."""
 
 
 # --- what both stores share --------------------------------------------------------
@@ -534,6 +554,8 @@ def call_from_row(row: Sequence[Any]) -> Call:
         finished_at=row[15],
         poll=bytes(row[16]),
         restarts=row[17],
+        rerun_of=row[18],
+        trace_context=row[19],
     )
 
 

@@ -82,7 +82,9 @@ class _Row:
     delivered: bool = False
     unstored: int = 0
     descendants: int = 0
+    trace_context: str = ""
     children: builtins.list[str] = field(default_factory=builtins.list)
+    rerun_of: str | None = None
     attempts_kept: deque[Attempt] = field(default_factory=deque)
     """Its history of attempts (the SQL stores' ``{calls}_attempts``)."""
 
@@ -106,6 +108,8 @@ class _Row:
             finished_at=self.finished_at,
             poll=self.poll,
             restarts=self.restarts,
+            rerun_of=self.rerun_of,
+            trace_context=self.trace_context,
         )
 
     def claimable(self, now: float) -> bool:
@@ -371,6 +375,8 @@ class MemoryStore:
         newest_first: bool = False,
         after: str | None = None,
         limit: int = 100,
+        parent_id: str | None = None,
+        rerun_of: str | None = None,
     ) -> builtins.list[Call]:
         self._check_open()
         beyond = None
@@ -392,6 +398,8 @@ class MemoryStore:
                 and (root_id is None or row.root_id == root_id)
                 and (status is None or row.status == status)
                 and (not failed or row.status != Status.OK.value)
+                and (parent_id is None or row.parent_id == parent_id)
+                and (rerun_of is None or row.rerun_of == rerun_of)
             )
 
         # Rows are kept in creation order (a dict keeps insertion order).
@@ -427,6 +435,18 @@ class MemoryStore:
         row.unstored += 1
         return row.unstored
 
+    # --- actions on a call ---------------------------------------------------------------
+
+    async def retry_now(self, dispatch_id: str, *, now: float) -> tuple[State, bool] | None:
+        self._check_open()
+        row = self._rows.get(dispatch_id)
+        if row is None:
+            return None
+        brought = row.state is State.READY and row.ready_at > now
+        if brought:
+            row.ready_at = now
+        return row.state, brought
+
     async def close(self) -> None:
         self._closed = True
 
@@ -461,6 +481,8 @@ class MemoryStore:
                 expires_at=call.expires_at,
                 ready_at=now,
                 destination=destination(call.endpoint),
+                rerun_of=call.rerun_of,
+                trace_context=call.trace_context,
             )
             self._unfinished.add(dispatch_id)
             if call.parent_id is not None:

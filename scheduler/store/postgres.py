@@ -680,6 +680,8 @@ class PostgresStore:
         newest_first: bool = False,
         after: str | None = None,
         limit: int = 100,
+        parent_id: str | None = None,
+        rerun_of: str | None = None,
     ) -> list[Call]:
         query, params = SQL.list(
             state=None if state is None else state.value,
@@ -690,6 +692,8 @@ class PostgresStore:
             newest_first=newest_first,
             after=after,
             limit=limit,
+            parent_id=parent_id,
+            rerun_of=rerun_of,
         )
         return [call_from_row(row) for row in await self._select(query, params)]
 
@@ -717,6 +721,20 @@ class PostgresStore:
     async def count_unstored(self, lease: Lease) -> int | None:
         rows = await self._select(SQL.count_unstored, fenced(lease))
         return int(rows[0][0]) if rows else None
+
+    # --- actions on a call ---------------------------------------------------------------
+
+    async def retry_now(self, dispatch_id: str, *, now: float) -> tuple[State, bool] | None:
+        async def update(db: Connection) -> tuple[State, bool] | None:
+            params = {"id": dispatch_id, "now": now}
+            brought = (await db.execute(SQL.retry_now, params)).rowcount > 0
+            if brought:
+                # Another process may claim it: told at commit.
+                await db.execute(SQL.notify)
+            row = await (await db.execute(SQL.state_of, {"id": dispatch_id})).fetchone()
+            return None if row is None else (State(row[0]), brought)
+
+        return await self._transaction(update)
 
     async def close(self) -> None:
         # Every finish waiting or being written is written first. Done batches are

@@ -572,6 +572,8 @@ class SQLiteStore:
         newest_first: bool = False,
         after: str | None = None,
         limit: int = 100,
+        parent_id: str | None = None,
+        rerun_of: str | None = None,
     ) -> list[Call]:
         query, params = SQL.list(
             state=None if state is None else state.value,
@@ -582,6 +584,8 @@ class SQLiteStore:
             newest_first=newest_first,
             after=after,
             limit=limit,
+            parent_id=parent_id,
+            rerun_of=rerun_of,
         )
 
         def select(db: sqlite3.Connection) -> list[Call]:
@@ -617,6 +621,16 @@ class SQLiteStore:
             return None if row is None else int(row[0])
 
         return await self._run(self._transaction, update)
+
+    # --- actions on a call ---------------------------------------------------------------
+
+    async def retry_now(self, dispatch_id: str, *, now: float) -> tuple[State, bool] | None:
+        def update(db: sqlite3.Connection) -> tuple[State, bool] | None:
+            brought = db.execute(SQL.retry_now, {"id": dispatch_id, "now": now}).rowcount > 0
+            row = db.execute(SQL.state_of, {"id": dispatch_id}).fetchone()
+            return None if row is None else (State(row[0]), brought)
+
+        return await self._run(self._transaction, update, now)
 
     async def close(self) -> None:
         def shut() -> None:

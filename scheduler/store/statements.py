@@ -229,6 +229,15 @@ MIGRATIONS: tuple[Migration, ...] = (
     # one's clock starts when the wall clock is behind it (``SQLiteStore``). PostgreSQL's
     # processes keep the database's time.
     Only("sqlite", "CREATE TABLE clock (mark REAL NOT NULL); INSERT INTO clock VALUES (0)"),
+    # Re-runs (``CallService.Rerun``): the call each is a re-run of. The children of a call and
+    # the re-runs of one are listed in creation order, each through its own index, which
+    # holds only the calls that have one.
+    "ALTER TABLE {calls} ADD COLUMN rerun_of TEXT",
+    Index("{calls}_list_parent", "ON {calls} (parent_id{in_order}) WHERE parent_id IS NOT NULL"),
+    Index("{calls}_list_rerun", "ON {calls} (rerun_of{in_order}) WHERE rerun_of IS NOT NULL"),
+    # The trace context of the span a call's attempts are children of (``Call``'s
+    # ``trace_context``); empty without tracing. A constant default: no rewrite.
+    "ALTER TABLE {calls} ADD COLUMN trace_context TEXT NOT NULL DEFAULT ''",
     # Each call's history of attempts (``ATTEMPTS``): its latest few, numbered in the
     # call's life (the last number is how many were recorded), deleted with the call.
     "CREATE TABLE {calls}_attempts ("
@@ -253,7 +262,7 @@ of its own (on PostgreSQL each runs while the scheduler's other processes work o
 COLUMNS = (
     "dispatch_id, function, endpoint, input, version, correlation_id, parent_id, "
     "root_id, state, status, result, attempts, created_at, expires_at, ready_at, "
-    "finished_at, poll, restarts"
+    "finished_at, poll, restarts, rerun_of, trace_context"
 )
 # The columns of a Call as List shows it (``Store.list``): its input and poll state
 # left out, its result only when it is an error of at most LISTED_ERROR_BYTES. Nothing
@@ -264,7 +273,7 @@ SUMMARY = (
     f"CASE WHEN status <> {Status.OK.value:d} AND length(result) <= {LISTED_ERROR_BYTES:d} "
     "THEN result ELSE CAST({empty} AS {blob}) END, "
     "attempts, created_at, expires_at, ready_at, finished_at, CAST({empty} AS {blob}), "
-    "restarts"
+    "restarts, rerun_of, trace_context"
 )
 # The columns a new call is given (its state is 'ready').
 INSERTED = (
@@ -280,6 +289,8 @@ INSERTED = (
     "created_at",
     "expires_at",
     "ready_at",
+    "rerun_of",
+    "trace_context",
 )
 # What a call's lease is, once it has none.
 _UNLEASED = "lease_owner = NULL, lease_expires = NULL"
@@ -544,6 +555,13 @@ class Statements:
         )
         self.ended_all = r(f"DELETE FROM {ENDINGS} WHERE dispatch_id = :id")
 
+        # --- actions on a call: retry now.
+        # A ready call's next attempt brought forward to now (not a due one: idempotent).
+        self.retry_now = r(
+            "UPDATE {calls} SET ready_at = :now "
+            "WHERE dispatch_id = :id AND state = 'ready' AND ready_at > :now"
+        )
+        self.state_of = r("SELECT state FROM {calls} WHERE dispatch_id = :id")
         # --- attempt history.
         self.add_attempt = r(_ADD_ATTEMPT)
         self.trim_attempts = r(_TRIM_ATTEMPTS)
@@ -571,6 +589,8 @@ class Statements:
         newest_first: bool,
         after: str | None,
         limit: int,
+        parent_id: str | None = None,
+        rerun_of: str | None = None,
     ) -> tuple[str, dict[str, Any]]:
         """The query of ``Store.list`` and its parameters: summaries (``SUMMARY``)."""
         clauses = []
@@ -580,6 +600,8 @@ class Statements:
             ("function", function),
             ("root_id", root_id),
             ("status", status),
+            ("parent_id", parent_id),
+            ("rerun_of", rerun_of),
         ):
             if value is not None:
                 clauses.append(f"{column} = :{column}")
@@ -744,6 +766,8 @@ def rows_to_insert(calls: Sequence[NewCall], now: float) -> tuple[list[str], lis
                 "created_at": now,
                 "expires_at": call.expires_at,
                 "ready_at": now,
+                "rerun_of": call.rerun_of,
+                "trace_context": call.trace_context,
             }
         )
         ids.append(dispatch_id)

@@ -29,7 +29,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$dispatchlet/scheduler/v1/calls.proto\x12\x18\x64ispatchlet.scheduler.v1\x1a\x1b\x64ispatch/sdk/v1/error.proto\x1a\x1c\x64ispatch/sdk/v1/status.proto\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xab\x05\n\x08\x43\x61llInfo\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\'\n\x06status\x18\x04 \x01(\x0e\x32\x17.dispatch.sdk.v1.Status\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\x12$\n\x06output\x18\x06 \x01(\x0b\x32\x14.google.protobuf.Any\x12%\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x16.dispatch.sdk.v1.Error\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\x05\x12\x1a\n\x12parent_dispatch_id\x18\t \x01(\t\x12\x18\n\x10root_dispatch_id\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05state\x18\x0e \x01(\t\x12-\n\x0f\x63oroutine_state\x18\x0f \x01(\x0b\x32\x14.google.protobuf.Any\x12#\n\x05input\x18\x10 \x01(\x0b\x32\x14.google.protobuf.Any\x12,\n\x08ready_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x0blast_status\x18\x12 \x01(\x0e\x32\x17.dispatch.sdk.v1.Status\x12\x32\n\x07history\x18\x13 \x03(\x0b\x32!.dispatchlet.scheduler.v1.Attempt\x12\x16\n\x0e\x61ttempts_total\x18\x14 \x01(\x04\"\xdc\x01\n\x07\x41ttempt\x12\x0e\n\x06number\x18\x01 \x01(\x04\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x06status\x18\x05 \x01(\x0e\x32\x17.dispatch.sdk.v1.Status\x12\x12\n\nerror_type\x18\x06 \x01(\t\x12\x15\n\rerror_message\x18\x07 \x01(\t\"!\n\nGetRequest\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\"?\n\x0bGetResponse\x12\x30\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\".dispatchlet.scheduler.v1.CallInfo\"|\n\x0bWaitRequest\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\rattempts_seen\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x10\n\x0e_attempts_seen\"@\n\x0cWaitResponse\x12\x30\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\".dispatchlet.scheduler.v1.CallInfo\"\x95\x01\n\x0bListRequest\x12\r\n\x05state\x18\x01 \x01(\t\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12\x18\n\x10root_dispatch_id\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\x0e\n\x06status\x18\x06 \x01(\t\x12\x14\n\x0cnewest_first\x18\x07 \x01(\x08\"Z\n\x0cListResponse\x12\x31\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\".dispatchlet.scheduler.v1.CallInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\rCancelRequest\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\"8\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x05\x12\x13\n\x0bmore_ending\x18\x02 \x01(\x08\x32\xec\x02\n\x0b\x43\x61llService\x12R\n\x03Get\x12$.dispatchlet.scheduler.v1.GetRequest\x1a%.dispatchlet.scheduler.v1.GetResponse\x12U\n\x04Wait\x12%.dispatchlet.scheduler.v1.WaitRequest\x1a&.dispatchlet.scheduler.v1.WaitResponse\x12U\n\x04List\x12%.dispatchlet.scheduler.v1.ListRequest\x1a&.dispatchlet.scheduler.v1.ListResponse\x12[\n\x06\x43\x61ncel\x12\'.dispatchlet.scheduler.v1.CancelRequest\x1a(.dispatchlet.scheduler.v1.CancelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$dispatchlet/scheduler/v1/calls.proto\x12\x18\x64ispatchlet.scheduler.v1\x1a\x1b\x64ispatch/sdk/v1/error.proto\x1a\x1c\x64ispatch/sdk/v1/status.proto\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbd\x05\n\x08\x43\x61llInfo\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\'\n\x06status\x18\x04 \x01(\x0e\x32\x17.dispatch.sdk.v1.Status\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\x12$\n\x06output\x18\x06 \x01(\x0b\x32\x14.google.protobuf.Any\x12%\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x16.dispatch.sdk.v1.Error\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\x05\x12\x1a\n\x12parent_dispatch_id\x18\t \x01(\t\x12\x18\n\x10root_dispatch_id\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05state\x18\x0e \x01(\t\x12-\n\x0f\x63oroutine_state\x18\x0f \x01(\x0b\x32\x14.google.protobuf.Any\x12#\n\x05input\x18\x10 \x01(\x0b\x32\x14.google.protobuf.Any\x12,\n\x08ready_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x0blast_status\x18\x12 \x01(\x0e\x32\x17.dispatch.sdk.v1.Status\x12\x10\n\x08rerun_of\x18\x64 \x01(\t\x12\x32\n\x07history\x18\x13 \x03(\x0b\x32!.dispatchlet.scheduler.v1.Attempt\x12\x16\n\x0e\x61ttempts_total\x18\x14 \x01(\x04\"\xdc\x01\n\x07\x41ttempt\x12\x0e\n\x06number\x18\x01 \x01(\x04\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x06status\x18\x05 \x01(\x0e\x32\x17.dispatch.sdk.v1.Status\x12\x12\n\nerror_type\x18\x06 \x01(\t\x12\x15\n\rerror_message\x18\x07 \x01(\t\"!\n\nGetRequest\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\"?\n\x0bGetResponse\x12\x30\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\".dispatchlet.scheduler.v1.CallInfo\"|\n\x0bWaitRequest\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\rattempts_seen\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x10\n\x0e_attempts_seen\"@\n\x0cWaitResponse\x12\x30\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\".dispatchlet.scheduler.v1.CallInfo\"\xc3\x01\n\x0bListRequest\x12\r\n\x05state\x18\x01 \x01(\t\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12\x18\n\x10root_dispatch_id\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\x0e\n\x06status\x18\x06 \x01(\t\x12\x14\n\x0cnewest_first\x18\x07 \x01(\x08\x12\x1a\n\x12parent_dispatch_id\x18\x64 \x01(\t\x12\x10\n\x08rerun_of\x18\x65 \x01(\t\"Z\n\x0cListResponse\x12\x31\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\".dispatchlet.scheduler.v1.CallInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\rCancelRequest\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\"8\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x05\x12\x13\n\x0bmore_ending\x18\x02 \x01(\x08\"#\n\x0cRetryRequest\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\"(\n\rRetryResponse\x12\x17\n\x0f\x62rought_forward\x18\x01 \x01(\x08\"#\n\x0cRerunRequest\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\"$\n\rRerunResponse\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t2\xa0\x04\n\x0b\x43\x61llService\x12R\n\x03Get\x12$.dispatchlet.scheduler.v1.GetRequest\x1a%.dispatchlet.scheduler.v1.GetResponse\x12U\n\x04Wait\x12%.dispatchlet.scheduler.v1.WaitRequest\x1a&.dispatchlet.scheduler.v1.WaitResponse\x12U\n\x04List\x12%.dispatchlet.scheduler.v1.ListRequest\x1a&.dispatchlet.scheduler.v1.ListResponse\x12[\n\x06\x43\x61ncel\x12\'.dispatchlet.scheduler.v1.CancelRequest\x1a(.dispatchlet.scheduler.v1.CancelResponse\x12X\n\x05Retry\x12&.dispatchlet.scheduler.v1.RetryRequest\x1a\'.dispatchlet.scheduler.v1.RetryResponse\x12X\n\x05Rerun\x12&.dispatchlet.scheduler.v1.RerunRequest\x1a\'.dispatchlet.scheduler.v1.RerunResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,25 +37,33 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dispatchlet.scheduler.v1.ca
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CALLINFO']._serialized_start=218
-  _globals['_CALLINFO']._serialized_end=901
-  _globals['_ATTEMPT']._serialized_start=904
-  _globals['_ATTEMPT']._serialized_end=1124
-  _globals['_GETREQUEST']._serialized_start=1126
-  _globals['_GETREQUEST']._serialized_end=1159
-  _globals['_GETRESPONSE']._serialized_start=1161
-  _globals['_GETRESPONSE']._serialized_end=1224
-  _globals['_WAITREQUEST']._serialized_start=1226
-  _globals['_WAITREQUEST']._serialized_end=1350
-  _globals['_WAITRESPONSE']._serialized_start=1352
-  _globals['_WAITRESPONSE']._serialized_end=1416
-  _globals['_LISTREQUEST']._serialized_start=1419
-  _globals['_LISTREQUEST']._serialized_end=1568
-  _globals['_LISTRESPONSE']._serialized_start=1570
-  _globals['_LISTRESPONSE']._serialized_end=1660
-  _globals['_CANCELREQUEST']._serialized_start=1662
-  _globals['_CANCELREQUEST']._serialized_end=1698
-  _globals['_CANCELRESPONSE']._serialized_start=1700
-  _globals['_CANCELRESPONSE']._serialized_end=1756
-  _globals['_CALLSERVICE']._serialized_start=1759
-  _globals['_CALLSERVICE']._serialized_end=2123
+  _globals['_CALLINFO']._serialized_end=919
+  _globals['_ATTEMPT']._serialized_start=922
+  _globals['_ATTEMPT']._serialized_end=1142
+  _globals['_GETREQUEST']._serialized_start=1144
+  _globals['_GETREQUEST']._serialized_end=1177
+  _globals['_GETRESPONSE']._serialized_start=1179
+  _globals['_GETRESPONSE']._serialized_end=1242
+  _globals['_WAITREQUEST']._serialized_start=1244
+  _globals['_WAITREQUEST']._serialized_end=1368
+  _globals['_WAITRESPONSE']._serialized_start=1370
+  _globals['_WAITRESPONSE']._serialized_end=1434
+  _globals['_LISTREQUEST']._serialized_start=1437
+  _globals['_LISTREQUEST']._serialized_end=1632
+  _globals['_LISTRESPONSE']._serialized_start=1634
+  _globals['_LISTRESPONSE']._serialized_end=1724
+  _globals['_CANCELREQUEST']._serialized_start=1726
+  _globals['_CANCELREQUEST']._serialized_end=1762
+  _globals['_CANCELRESPONSE']._serialized_start=1764
+  _globals['_CANCELRESPONSE']._serialized_end=1820
+  _globals['_RETRYREQUEST']._serialized_start=1822
+  _globals['_RETRYREQUEST']._serialized_end=1857
+  _globals['_RETRYRESPONSE']._serialized_start=1859
+  _globals['_RETRYRESPONSE']._serialized_end=1899
+  _globals['_RERUNREQUEST']._serialized_start=1901
+  _globals['_RERUNREQUEST']._serialized_end=1936
+  _globals['_RERUNRESPONSE']._serialized_start=1938
+  _globals['_RERUNRESPONSE']._serialized_end=1974
+  _globals['_CALLSERVICE']._serialized_start=1977
+  _globals['_CALLSERVICE']._serialized_end=2521
 # @@protoc_insertion_point(module_scope)

@@ -45,6 +45,7 @@ class CallInfo(_message.Message):
     INPUT_FIELD_NUMBER: _builtins.int
     READY_AT_FIELD_NUMBER: _builtins.int
     LAST_STATUS_FIELD_NUMBER: _builtins.int
+    RERUN_OF_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
     ATTEMPTS_TOTAL_FIELD_NUMBER: _builtins.int
     dispatch_id: _builtins.str
@@ -62,6 +63,8 @@ class CallInfo(_message.Message):
     """The status of the latest attempt that ended, also while the call is retried
     (STATUS_UNSPECIFIED before any did).
     """
+    rerun_of: _builtins.str
+    """The call this one is a re-run of (Rerun); empty for a call dispatched otherwise."""
     attempts_total: _builtins.int
     """How many attempts of the call were recorded in its life (0 with the history off)."""
     @_builtins.property
@@ -119,12 +122,13 @@ class CallInfo(_message.Message):
         input: _any_pb2.Any | None = ...,
         ready_at: _timestamp_pb2.Timestamp | None = ...,
         last_status: _status_pb2.Status.ValueType = ...,
+        rerun_of: _builtins.str = ...,
         history: _abc.Iterable[Global___Attempt] | None = ...,
         attempts_total: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["coroutine_state", b"coroutine_state", "created_at", b"created_at", "error", b"error", "expires_at", b"expires_at", "finished_at", b"finished_at", "input", b"input", "output", b"output", "ready_at", b"ready_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "attempts_total", b"attempts_total", "coroutine_state", b"coroutine_state", "created_at", b"created_at", "dispatch_id", b"dispatch_id", "done", b"done", "endpoint", b"endpoint", "error", b"error", "expires_at", b"expires_at", "finished_at", b"finished_at", "function", b"function", "history", b"history", "input", b"input", "last_status", b"last_status", "output", b"output", "parent_dispatch_id", b"parent_dispatch_id", "ready_at", b"ready_at", "root_dispatch_id", b"root_dispatch_id", "state", b"state", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "attempts_total", b"attempts_total", "coroutine_state", b"coroutine_state", "created_at", b"created_at", "dispatch_id", b"dispatch_id", "done", b"done", "endpoint", b"endpoint", "error", b"error", "expires_at", b"expires_at", "finished_at", b"finished_at", "function", b"function", "history", b"history", "input", b"input", "last_status", b"last_status", "output", b"output", "parent_dispatch_id", b"parent_dispatch_id", "ready_at", b"ready_at", "rerun_of", b"rerun_of", "root_dispatch_id", b"root_dispatch_id", "state", b"state", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -280,6 +284,8 @@ class ListRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     NEWEST_FIRST_FIELD_NUMBER: _builtins.int
+    PARENT_DISPATCH_ID_FIELD_NUMBER: _builtins.int
+    RERUN_OF_FIELD_NUMBER: _builtins.int
     state: _builtins.str
     """Each filter applies when set: a state ("ready", "running", "waiting", "done"), a function
     name, the root of a call tree.
@@ -294,6 +300,10 @@ class ListRequest(_message.Message):
     """
     newest_first: _builtins.bool
     """Newest first instead of creation order."""
+    parent_dispatch_id: _builtins.str
+    """The children of one call (the calls its Polls made)."""
+    rerun_of: _builtins.str
+    """The re-runs of one call (Rerun)."""
     def __init__(
         self,
         *,
@@ -304,10 +314,12 @@ class ListRequest(_message.Message):
         page_token: _builtins.str = ...,
         status: _builtins.str = ...,
         newest_first: _builtins.bool = ...,
+        parent_dispatch_id: _builtins.str = ...,
+        rerun_of: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["function", b"function", "newest_first", b"newest_first", "page_size", b"page_size", "page_token", b"page_token", "root_dispatch_id", b"root_dispatch_id", "state", b"state", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["function", b"function", "newest_first", b"newest_first", "page_size", b"page_size", "page_token", b"page_token", "parent_dispatch_id", b"parent_dispatch_id", "rerun_of", b"rerun_of", "root_dispatch_id", b"root_dispatch_id", "state", b"state", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -386,3 +398,81 @@ class CancelResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelResponse: _TypeAlias = CancelResponse  # noqa: Y015
+
+@_typing.final
+class RetryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPATCH_ID_FIELD_NUMBER: _builtins.int
+    dispatch_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        dispatch_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch_id", b"dispatch_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryRequest: _TypeAlias = RetryRequest  # noqa: Y015
+
+@_typing.final
+class RetryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BROUGHT_FORWARD_FIELD_NUMBER: _builtins.int
+    brought_forward: _builtins.bool
+    """False when the call was due already (nothing to bring forward): Retry is idempotent."""
+    def __init__(
+        self,
+        *,
+        brought_forward: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["brought_forward", b"brought_forward"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryResponse: _TypeAlias = RetryResponse  # noqa: Y015
+
+@_typing.final
+class RerunRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPATCH_ID_FIELD_NUMBER: _builtins.int
+    dispatch_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        dispatch_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch_id", b"dispatch_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RerunRequest: _TypeAlias = RerunRequest  # noqa: Y015
+
+@_typing.final
+class RerunResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPATCH_ID_FIELD_NUMBER: _builtins.int
+    dispatch_id: _builtins.str
+    """The new call's."""
+    def __init__(
+        self,
+        *,
+        dispatch_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch_id", b"dispatch_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RerunResponse: _TypeAlias = RerunResponse  # noqa: Y015
