@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dispatchlet import Client
 from dispatchlet.cli.call_views import as_dict, describe
 from dispatchlet.client import AttemptInfo, CallError, CallInfo
@@ -20,10 +22,13 @@ from dispatchlet.proto.dispatch.sdk.v1 import function_pb2
 from dispatchlet.proto.dispatchlet.scheduler.v1 import calls_pb2
 from dispatchlet.scheduler.http_caller import Outcome
 from dispatchlet.scheduler.retry import RetryPolicy
+from dispatchlet.scheduler.server import serve
+from dispatchlet.scheduler.settings import Settings
 from dispatchlet.scheduler.store import AttemptHistory
 from google.protobuf import any_pb2
 from scheduler_harness import API_KEY, harness, raised, returned
 from scheduler_harness import call as harness_call
+from test_dev_loop import closed_port
 from test_engine_memory import (
     BOUND,
     OTHER,
@@ -371,3 +376,66 @@ def test_calls_show_reads_the_history_from_the_scheduler(tmp_path: Path) -> None
             assert (attempt["status"], attempt["error"]["type"]) == ("PERMANENT_ERROR", "KeyError")
 
     asyncio.run(asyncio.wait_for(body(), 2 * BOUND))
+
+
+# --- the setting ------------------------------------------------------------------------
+
+
+def test_the_attempt_history_flag_takes_a_count_and_refuses_anything_else(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import argparse
+
+    from dispatchlet.cli import scheduler as command
+
+    parser = argparse.ArgumentParser()
+    command.add_parser(parser.add_subparsers())
+    assert (
+        parser.parse_args(["scheduler"]).attempt_history == Settings(database="x").attempt_history
+    )
+    assert parser.parse_args(["scheduler", "--attempt-history", "0"]).attempt_history == 0
+    for wrong, said in (("-1", "-1 is not in 0..10000"), ("many", "'many' is not a whole number")):
+        with pytest.raises(SystemExit) as exited:
+            parser.parse_args(["scheduler", "--attempt-history", wrong])
+        assert exited.value.code == 2
+        assert said in capsys.readouterr().err
+
+
+def test_the_scheduler_keeps_as_many_attempts_as_its_setting(tmp_path: Path) -> None:
+    """The setting reaches the engine that ``serve`` runs: one attempt kept of three."""
+    endpoint = f"http://127.0.0.1:{closed_port()}"  # each attempt: TCP_ERROR
+    settings = Settings(
+        database=str(tmp_path / "scheduler.db"),
+        port=0,
+        insecure=True,
+        signing_key=Ed25519PrivateKey.generate(),
+        policy=RetryPolicy(base=0.01, cap=0.02, max_attempts=3),
+        attempt_history=1,
+    )
+
+    async def body() -> CallInfo:
+        listening: asyncio.Future[list[tuple[str, int]]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        stop = asyncio.Event()
+        server = asyncio.create_task(
+            serve(settings, ready=listening.set_result, stop=stop, handle_signals=False)
+        )
+        try:
+            host, port = (await asyncio.wait_for(listening, BOUND))[0]
+
+            def wait_for_call() -> CallInfo:
+                with Client(f"http://{host}:{port}", "") as client:
+                    (dispatch_id,) = client.dispatch([harness_call("f", 1, endpoint=endpoint)])
+                    return client.wait(dispatch_id, timeout=BOUND)
+
+            return await asyncio.to_thread(wait_for_call)
+        finally:
+            stop.set()
+            await asyncio.wait_for(server, BOUND)
+
+    info = asyncio.run(asyncio.wait_for(body(), 2 * BOUND))
+    assert (info.done, info.status, info.attempts) == (True, Status.TCP_ERROR, 3)
+    assert info.attempts_total == 3
+    (kept,) = info.attempts_history
+    assert (kept.number, kept.status) == (3, Status.TCP_ERROR)
