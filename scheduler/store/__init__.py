@@ -28,6 +28,11 @@ name: a retention that deletes calls must delete, in the same transaction, their
 (the PostgreSQL and SQLite tables cascade them with the call) and every request row
 that names one of them, so that no request id or key outlives its calls and none is
 dropped while they are kept.
+
+Each call's attempt history (``history``) is written by the method that records the
+attempt's outcome, in its transaction (``NewAttempt``): the latest few attempts, numbered
+in the call's life. Its rows are deleted with their call (the tables cascade them). An
+attempt whose lease lapsed before its outcome was recorded is not in it.
 """
 
 from __future__ import annotations
