@@ -22,6 +22,7 @@ from .call import parse_input, render, seconds
 from .call_views import as_dict, attempt_line, describe, table, unlisted_result
 from .errors import EXIT_ERROR, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, CommandError
 from .local_server import DEFAULT_ENDPOINT_URL
+from .overview_views import overview_dict, overview_lines
 
 T = TypeVar("T")
 MAX_PAGE = 1000  # the scheduler's largest page
@@ -66,6 +67,11 @@ What became of the calls the scheduler holds.
           not done is refused: cancel it first.
 
 `list --parent ID` lists a call's children, `list --rerun-of ID` its re-runs.
+  stats   the last hour's calls by minute and final status, each function's count,
+          failures, p50 and p99 (from creation to finish), the slowest and most
+          failing functions, the queue now (ready, scheduled, running, waiting,
+          the oldest ready call's wait) and the answering process's destinations
+          (concurrency limit, in flight); --json for programs.
 """
 
 
@@ -144,6 +150,9 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         if name in ("show", "wait"):
             action.add_argument("--json", dest="use_json", action="store_true")
         action.set_defaults(handler=handler)
+    stats = actions.add_parser("stats", help="the last hour's calls and the queue now")
+    stats.add_argument("--json", dest="use_json", action="store_true")
+    stats.set_defaults(handler=run_stats)
 
 
 def status_filter(text: str) -> str:
@@ -297,6 +306,16 @@ def run_retry(args: argparse.Namespace) -> int:
 def run_rerun(args: argparse.Namespace) -> int:
     with client() as scheduler:
         print(_checked(lambda: scheduler.rerun(args.dispatch_id)))
+    return EXIT_OK
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    with client() as scheduler:
+        overview = _checked(scheduler.overview)
+    if args.use_json:
+        print(json.dumps(overview_dict(overview), indent=2, ensure_ascii=False))
+    else:
+        print("\n".join(overview_lines(overview)))
     return EXIT_OK
 
 

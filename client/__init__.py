@@ -53,6 +53,7 @@ from ..core.http import retry_after
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2
+from .overview import Overview
 from .retries import DEFAULT_RETRIES, DEFAULT_RETRY_TIMEOUT, Backoff
 
 M = TypeVar("M", bound=message.Message)
@@ -504,6 +505,17 @@ class Client:
         calls = [CallInfo.from_proto(info) for info in answer.calls]
         return CallPage(calls, answer.next_page_token or None)
 
+    def overview(self) -> Overview:
+        """What the calls came to in the last hour (by minute and final status; each
+        function's count, failures, p50 and p99), the queue's depth now, and the
+        destinations of the scheduler process that answers."""
+        answer = self._rpc(
+            "/dispatchlet.scheduler.v1.CallService/Overview",
+            calls_pb2.OverviewRequest(),
+            calls_pb2.OverviewResponse,
+        )
+        return Overview.from_proto(answer)
+
     # --- transport -------------------------------------------------------------------
 
     def _rpc(
@@ -659,4 +671,5 @@ __all__ = [
     "Cancelled",
     "Client",
     "ClientError",
+    "Overview",
 ]

@@ -1,6 +1,7 @@
 """The scheduler's HTTP API (aiohttp): ``DispatchService/Dispatch`` and the project's
-``CallService`` (Get, Wait, List, Cancel, Retry, Rerun), Connect unary in ``application/proto`` and
-``application/json``, with ``Authorization: Bearer <api key>``; ``/healthz``.
+``CallService`` (Get, Wait, List, Cancel, Retry, Rerun, Overview), Connect unary in
+``application/proto`` and ``application/json``, with ``Authorization: Bearer <api
+key>``; ``/healthz``.
 
 Errors are Connect errors (``{"code", "message"}`` with the HTTP status of the code).
 A Dispatch is validated whole before anything is stored: a bad call is a 400 naming its
@@ -45,7 +46,8 @@ from ..proto.dispatchlet.scheduler.v1 import calls_pb2, options_pb2
 from .call_answer import CallAnswer, CallResponse, add_result
 from .calls import call_problem, duration_seconds, oversized_input, timestamp
 from .engine import Engine
-from .metrics import prometheus_text, stats
+from .metrics import CONTENT_TYPE
+from .overview import Recent, overview_message
 from .settings import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_INPUT_SIZE, METRICS_KEY_ENV
 from .store import (
     END_BATCH,
@@ -105,7 +107,8 @@ class Api:
         metrics_keys: Sequence[str] = (),
         metrics_public: bool = False,
     ) -> None:
-        self.store = store
+        # Its operations timed into the engine's metrics.
+        self.store = engine.metrics.timed(store)
         self.engine = engine
         self.api_keys = [key.encode() for key in api_keys if key]
         self.insecure = insecure
@@ -117,6 +120,8 @@ class Api:
         self.body_timeout = body_timeout
         self.metrics_keys = [key.encode() for key in metrics_keys if key]
         self.metrics_public = metrics_public
+        self.recent = Recent()
+        """The last hour's finished calls, for overviews (read once in a while)."""
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body_size)
@@ -131,6 +136,7 @@ class Api:
             ("List", self.list, calls_pb2.ListRequest),
             ("Cancel", self.cancel, calls_pb2.CancelRequest),
             ("Retry", self.retry, calls_pb2.RetryRequest),
+            ("Overview", self.overview, calls_pb2.OverviewRequest),
         ):
             app.router.add_route("*", _lenient(CALLS_PATH + name), self.rpc(handler, kind))
         # Given its headers: its request id (``Idempotency-Key``), as Dispatch.
@@ -142,8 +148,9 @@ class Api:
         return web.json_response({"status": "ok"})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        """Prometheus text exposition of this process's engine (``metrics.stats``), to
-        holders of an API key or a metrics key: it names every destination."""
+        """Prometheus text exposition of this process's engine and of the store's queue
+        (``metrics.py``), to holders of an API key or a metrics key: it names every
+        destination."""
         if not (self.metrics_public or self.insecure):
             try:
                 self._authenticate(
@@ -152,8 +159,14 @@ class Api:
             except Unauthenticated as exc:
                 hint = f" (or one of {METRICS_KEY_ENV}; --metrics-public: no key for /metrics)"
                 return _web(http_error_response(Unauthenticated(f"{exc}{hint}")))
-        text = prometheus_text(stats(self.engine))
-        return web.Response(text=text, content_type="text/plain", charset="utf-8")
+        try:
+            text = await self.engine.metrics.exposition(self.store, self.clock())
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
+            logger.warning("reading the queue for /metrics failed: %s", exc)
+            return _web(http_error_response(TemporaryError(_STORE_FAILED)))
+        return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE})
 
     def rpc(
         self,
@@ -267,6 +280,7 @@ class Api:
             ]
             ids = await self.store.dispatch(calls, now=now, request=request_id) if calls else []
             tracing.dispatched(span, ids)
+            self.engine.metrics.dispatched.inc(len(ids))
         self.engine.wake()
         return dispatch_pb2.DispatchResponse(dispatch_ids=ids)
 
@@ -398,6 +412,7 @@ class Api:
             request.dispatch_id, Status.PERMANENT_ERROR.value, result, now=self.clock()
         )
         if count:
+            self.engine.metrics.ended(Status.PERMANENT_ERROR, count)
             self.engine.changed(request.dispatch_id, found.root_id)
             self.engine.end_descendants_soon()
         return calls_pb2.CancelResponse(cancelled=count, more_ending=count > END_BATCH)
@@ -447,6 +462,14 @@ class Api:
         )
         self.engine.wake()
         return calls_pb2.RerunResponse(dispatch_id=new_id)
+
+    async def overview(self, request: calls_pb2.OverviewRequest) -> calls_pb2.OverviewResponse:
+        """The calls finished in the last hour (read at most every few seconds) and the
+        queue now, from the store; this process's destinations."""
+        now = self.clock()
+        queue = await self.store.queue_stats(now=now)
+        finished = await self.recent.read(self.store, now)
+        return overview_message(now, finished, queue, self.engine.limiter)
 
 
 _STORE_FAILED = "the scheduler cannot reach its database now; try again"

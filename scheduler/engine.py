@@ -60,6 +60,7 @@ from .calls import (
 from .clock import Clock, SteadyClock
 from .concurrency import Limiter, destination
 from .lambda_caller import missing_support
+from .metrics import Metrics
 from .outcome import Outcome, settled
 from .retry import MAX_RESTARTS, RetryPolicy
 from .rules import (
@@ -134,8 +135,12 @@ class Engine:
     attempt_history: int = DEFAULT_ATTEMPT_HISTORY
     """How many of each call's latest attempts its history keeps (0: none recorded)."""
     rng: random.Random = field(default_factory=random.Random)
+    metrics: Metrics = field(default_factory=Metrics)
+    """This engine's metrics (``/metrics``); its store's operations are timed into them."""
 
     def __post_init__(self) -> None:
+        self.metrics.watch(self)
+        self.store = self.metrics.timed(self.store)
         self._wake = asyncio.Event()
         self._due = float("inf")  # the earliest retry this process scheduled
         self._stopping = False
@@ -148,8 +153,6 @@ class Engine:
         self.reread: float | None = None
         """How often a waiter reads its call again anyway (``Store.watch``)."""
         self._ending = asyncio.Event()  # descendants were left to end
-        self.attempts: dict[str, int] = {}
-        """Attempts made by this process, by outcome status name (for /metrics)."""
 
     @property
     def in_flight(self) -> int:
@@ -351,9 +354,9 @@ class Engine:
             )
         finally:
             self.limiter.release(key, verdict, slot)
-            name = (verdict or Status.TEMPORARY_ERROR).name
-            self.attempts[name] = self.attempts.get(name, 0) + 1
             ran.ended = time.perf_counter()
+            seconds = ran.ended - ran.counter
+            self.metrics.attempted(call.function, verdict or Status.TEMPORARY_ERROR, seconds)
         expired = cut_short(outcome, timeout, limits)
         replaced = None
         try:
@@ -571,6 +574,7 @@ class Engine:
         )
         if finished:
             self._changed(lease.dispatch_id)
+            self.metrics.ended(status)
 
 
 @dataclass

@@ -31,6 +31,7 @@ from dispatchlet.proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2, function_p
 from dispatchlet.proto.dispatchlet.scheduler.v1 import calls_pb2
 from google.protobuf import message
 from postgres_server import fresh_database
+from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.slow
 
@@ -390,11 +391,17 @@ def test_health_and_metrics(loop: Loop) -> None:
     )
     with urllib.request.urlopen(scrape, timeout=10) as answer:
         text = answer.read().decode()
-    ok = re.search(r'^dispatchlet_attempts_total\{status="OK"\} (\d+)$', text, re.MULTILINE)
-    assert ok is not None
-    assert int(ok.group(1)) >= 1
-    assert "dispatchlet_attempts_in_flight " in text
-    assert f'dispatchlet_destination_limit{{destination="{loop.endpoint}"}}' in text
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    ok = (("function", "greet"), ("status", "OK"))
+    assert samples[("dispatchlet_attempts_total", ok)] >= 1
+    assert ("dispatchlet_attempts_in_flight", ()) in samples
+    assert ("dispatchlet_queue_calls", (("state", "ready"),)) in samples
+    destination = (("destination", loop.endpoint),)
+    assert samples[("dispatchlet_destination_limit", destination)] >= 1
 
 
 def test_dispatch_is_refused_without_the_api_key(loop: Loop) -> None:

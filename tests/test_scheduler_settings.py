@@ -10,8 +10,6 @@ from dispatchlet.core.errors import ConfigurationError
 from dispatchlet.core.keys import private_key_base64
 from dispatchlet.proto.dispatch.sdk.v1 import call_pb2
 from dispatchlet.scheduler import settings
-from dispatchlet.scheduler.concurrency import Limiter
-from dispatchlet.scheduler.metrics import prometheus_text, stats
 from dispatchlet.scheduler.settings import Settings
 
 
@@ -82,25 +80,3 @@ def test_names_that_moved_are_importable_where_they_were() -> None:
     bad = call_pb2.Call(function="1x", endpoint="ftp://h")
     assert engine.call_problem(bad) == calls.call_problem(bad) is not None
     assert engine.timestamp(1.25) == calls.timestamp(1.25)
-
-
-class Engine:
-    """What ``stats`` reads of an engine."""
-
-    def __init__(self) -> None:
-        self.attempts = {"OK": 3, "THROTTLED": 1}
-        self.limiter = Limiter()
-        self.limiter.try_acquire('http://a"b')
-        self.in_flight = 1
-
-
-def test_metrics_are_a_snapshot_of_the_engine() -> None:
-    engine = Engine()
-    snapshot = stats(engine)
-    engine.attempts["OK"] += 1  # later attempts do not change a snapshot taken
-    assert dict(snapshot.attempts) == {"OK": 3, "THROTTLED": 1}
-    assert (snapshot.in_flight, dict(snapshot.limits)) == (1, {'http://a"b': 4})
-    text = prometheus_text(snapshot)
-    assert 'dispatchlet_attempts_total{status="OK"} 3\n' in text
-    assert "dispatchlet_attempts_in_flight 1\n" in text
-    assert 'dispatchlet_destination_limit{destination="http://a\\"b"} 4\n' in text

@@ -20,6 +20,7 @@ import pytest
 from dispatchlet.scheduler.store import END_BATCH, Call, Lease, NewCall, State, Store, StoreError
 from dispatchlet.scheduler.store.memory import IntegrityError, MemoryStore
 from dispatchlet.scheduler.store.sqlite import SCHEMA_VERSION, SQLiteStore
+from dispatchlet.scheduler.store.stats import Finished, FinishedCount, FunctionStats, QueueStats
 from postgres_server import fresh_database
 
 T = TypeVar("T")
@@ -1832,6 +1833,154 @@ def test_a_calls_trace_context_is_kept_for_its_whole_life(open_store: Opener) ->
         return seen
 
     assert with_store(open_store, body) == [traced, traced, child_trace, traced, ""]
+
+
+# --- the queue's depth and the calls finished lately (metrics, the overview) -------------
+
+
+def test_queue_stats_count_the_calls_not_done_by_state(open_store: Opener) -> None:
+    async def scenario(store: Store) -> tuple[QueueStats, QueueStats]:
+        empty = await store.queue_stats(now=NOW)
+        ids = await store.dispatch([call("a"), call("b"), call("c"), call("d")], now=NOW)
+        claims = await store.claim(owner="o", now=NOW + 1, limit=4, lease_seconds=LEASE)
+        leases = {c.call.dispatch_id: c.lease for c in claims}
+        running, retried, suspended, released = ids
+        assert await store.retry(leases[retried], 7, b"e", ready_at=NOW + 100, now=NOW + 1)
+        await store.suspend(
+            leases[suspended],
+            b"",
+            [call("child")],
+            min_results=1,
+            max_results=1,
+            until=NOW + 1000,
+            now=NOW + 1,
+        )
+        assert await store.release(leases[released], ready_at=NOW + 2)
+        (done,) = await store.dispatch([call("e")], now=NOW + 3)
+        assert await store.cancel(done, PERMANENT_ERROR, b"", now=NOW + 3) == 1
+        assert running in leases
+        return empty, await store.queue_stats(now=NOW + 10)
+
+    empty, stats = with_store(open_store, scenario)
+    assert empty == QueueStats(ready=0, scheduled=0, running=0, waiting=0, oldest_ready=None)
+    assert empty.oldest_ready_age(NOW) == 0
+    # Ready: the child (since NOW + 1) and the released call (since NOW + 2); the retry
+    # is due later; the cancelled call is done.
+    assert (stats.ready, stats.scheduled, stats.running, stats.waiting) == (2, 1, 1, 1)
+    assert stats.oldest_ready == NOW + 1
+    assert stats.oldest_ready_age(NOW + 10) == 9
+
+
+async def finish_at(
+    store: Store, function: str, created: float, finished: float, status: int
+) -> str:
+    """A call of ``function`` created at ``created`` and finished with ``status`` at
+    ``finished`` (no other call is ready meanwhile)."""
+    (dispatch_id,) = await store.dispatch([call(function)], now=created)
+    (claimed,) = await store.claim(owner="o", now=created, limit=1, lease_seconds=1e6)
+    assert claimed.call.dispatch_id == dispatch_id
+    assert await store.finish(claimed.lease, status, b"", now=finished)
+    return dispatch_id
+
+
+def test_finished_stats_count_a_window_by_minute_status_and_function(open_store: Opener) -> None:
+    minute = int(NOW // 60)
+
+    async def scenario(store: Store) -> tuple[Finished, Finished, Finished]:
+        await finish_at(store, "fast", NOW - 500, NOW - 10, OK)  # before the window
+        for i in range(1, 11):  # 1 to 10 seconds, each in a minute of its own
+            await finish_at(store, "fast", NOW + 60 * i, NOW + 61 * i, OK)
+        await finish_at(store, "slow", NOW + 1000, NOW + 1100, OK)
+        await finish_at(store, "slow", NOW + 1200, NOW + 1400, PERMANENT_ERROR)
+        await finish_at(store, "slow", NOW + 2000, NOW + 2300, OK)
+        await finish_at(store, "slow", NOW + 3000, NOW + 3700, OK)  # after ``now``
+        await store.dispatch([call("slow")], now=NOW + 3000)  # not finished
+        window = {"since": NOW, "now": NOW + 3600}
+        whole = await store.finished_stats(**window)
+        first = await store.finished_stats(**window, limit=1)
+        nothing = await store.finished_stats(since=NOW - 7200, now=NOW - 3600)
+        return whole, first, nothing
+
+    whole, first, nothing = with_store(open_store, scenario)
+    assert whole.functions == (
+        FunctionStats("fast", calls=10, failed=0, p50=5.0, p99=10.0),
+        FunctionStats("slow", calls=3, failed=1, p50=200.0, p99=300.0),
+    )
+    assert whole.per_minute == (
+        *(FinishedCount(minute + i, OK, 1) for i in range(1, 11)),
+        FinishedCount(minute + 18, OK, 1),
+        FinishedCount(minute + 23, PERMANENT_ERROR, 1),
+        FinishedCount(minute + 38, OK, 1),
+    )
+    assert first.functions == whole.functions[:1]
+    assert nothing == Finished(per_minute=(), functions=())
+
+
+def test_finished_stats_count_calls_that_finished_in_the_same_minute_together(
+    open_store: Opener,
+) -> None:
+    async def scenario(store: Store) -> Finished:
+        for status in (OK, OK, TIMEOUT):
+            await finish_at(store, "f", NOW, NOW + 5, status)
+        return await store.finished_stats(since=NOW, now=NOW + 60)
+
+    found = with_store(open_store, scenario)
+    minute = int(NOW // 60)
+    assert found.per_minute == (FinishedCount(minute, OK, 2), FinishedCount(minute, TIMEOUT, 1))
+    assert found.functions == (FunctionStats("f", calls=3, failed=1, p50=5.0, p99=5.0),)
+
+
+def test_sqlite_reads_the_queue_and_recent_finishes_through_indexes(tmp_path: Path) -> None:
+    from dispatchlet.scheduler.store.sqlite import SQL as LITE
+
+    async def opened() -> None:
+        await (await SQLiteStore.open(tmp_path / "scheduler.db")).close()
+
+    run(opened())
+    window = {"since": NOW, "now": NOW + 3600, "limit": 100}
+    with sqlite3.connect(tmp_path / "scheduler.db") as db:
+        for query in (LITE.queue_stats, LITE.finished_per_minute, LITE.finished_by_function):
+            plan = [str(row[3]) for row in db.execute(f"EXPLAIN QUERY PLAN {query}", window)]
+            # Every read of the calls is a search of an index, none a scan of the table.
+            reads = [step for step in plan if " calls" in step]
+            assert reads, plan
+            assert all("USING" in step and "INDEX" in step for step in reads), plan
+            if query is not LITE.queue_stats:
+                assert all("calls_finished_at" in step for step in reads), plan
+
+
+def test_postgres_reads_the_queue_and_recent_finishes_through_indexes(
+    postgres_server: str,
+) -> None:
+    """In a table of mostly finished calls, finished over days, as a scheduler's is."""
+    import psycopg
+    from dispatchlet.scheduler.store.postgres import SQL as PG
+    from dispatchlet.scheduler.store.postgres import PostgresStore
+
+    url = fresh_database(postgres_server)
+
+    async def filled() -> None:
+        store = await PostgresStore.open(url)
+        try:
+            for _ in range(10):
+                await store.dispatch([call(f"f{n % 20}") for n in range(1000)], now=NOW)
+        finally:
+            await store.close()
+
+    run(filled())
+    with psycopg.connect(url, autocommit=True) as db:
+        # Finished over 10 days, one call in 50 not finished.
+        db.execute(
+            "UPDATE dispatchlet_calls SET state = 'done', status = 1,"
+            " finished_at = created_at + (seq % 1000) * 864 WHERE seq % 50 <> 0"
+        )
+        db.execute("ANALYZE dispatchlet_calls")
+        window = {"since": NOW + 9 * 86400, "now": NOW + 10 * 86400, "limit": 100}
+        for query in (PG.queue_stats, PG.finished_per_minute, PG.finished_by_function):
+            plan = "\n".join(str(row[0]) for row in db.execute(f"EXPLAIN {query}".encode(), window))
+            assert "Seq Scan" not in plan, plan
+            if query is not PG.queue_stats:
+                assert "dispatchlet_calls_finished_at" in plan, plan
 
 
 # --- attempt history ------------------------------------------------------------------

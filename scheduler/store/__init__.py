@@ -49,6 +49,7 @@ from typing import Any, Protocol
 from ...core.errors import DispatchletError
 from ...core.status import Status
 from .claims import claim_candidates, claim_window, fitting, in_turns, needs_root_heads
+from .stats import OVERVIEW_FUNCTIONS, Finished, QueueStats
 
 
 class State(str, Enum):
@@ -446,6 +447,18 @@ class Store(Protocol):
         store that is not ``unavailable``); how many, in the call's whole life, or None
         for a stale lease."""
 
+    async def queue_stats(self, *, now: float) -> QueueStats:
+        """The calls not done, by state, at ``now``, and when the oldest due ready call
+        became due: counts of index ranges, no read of the calls themselves."""
+
+    async def finished_stats(
+        self, *, since: float, now: float, limit: int = OVERVIEW_FUNCTIONS
+    ) -> Finished:
+        """The calls that finished from ``since`` to ``now``: counts by minute and final
+        status, and by function (at most ``limit``, most calls first) their count,
+        failures and nearest-rank p50 and p99 of seconds from creation to finish. Reads
+        only those calls (an index on ``finished_at``)."""
+
     async def close(self) -> None:
         """Release the store's resources."""
 
@@ -575,15 +588,18 @@ __all__ = [
     "ERROR_MESSAGE_BYTES",
     "LISTED_ERROR_BYTES",
     "NO_BOUNDS",
+    "OVERVIEW_FUNCTIONS",
     "Attempt",
     "AttemptHistory",
     "Call",
     "ChildResult",
     "Claimed",
     "DatabaseBroken",
+    "Finished",
     "Lease",
     "NewAttempt",
     "NewCall",
+    "QueueStats",
     "RequestConflict",
     "RequestId",
     "State",

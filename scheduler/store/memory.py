@@ -42,6 +42,7 @@ from . import (
     summary,
 )
 from .idempotency import KeyedCalls, repeated
+from .stats import OVERVIEW_FUNCTIONS, Finished, QueueStats, finished_of
 
 
 class IntegrityError(ValueError, DispatchletError):
@@ -446,6 +447,31 @@ class MemoryStore:
         if brought:
             row.ready_at = now
         return row.state, brought
+
+    async def queue_stats(self, *, now: float) -> QueueStats:
+        self._check_open()
+        states = [self._rows[i] for i in self._unfinished]
+        ready = [row.ready_at for row in states if row.state is State.READY]
+        return QueueStats(
+            ready=sum(1 for at in ready if at <= now),
+            scheduled=sum(1 for at in ready if at > now),
+            running=sum(1 for row in states if row.state is State.RUNNING),
+            waiting=sum(1 for row in states if row.state is State.WAITING),
+            oldest_ready=min(ready, default=None),
+        )
+
+    async def finished_stats(
+        self, *, since: float, now: float, limit: int = OVERVIEW_FUNCTIONS
+    ) -> Finished:
+        self._check_open()
+        return finished_of(
+            (
+                (row.function, row.status or 0, row.created_at, row.finished_at)
+                for row in self._rows.values()
+                if row.finished_at is not None and since <= row.finished_at <= now
+            ),
+            limit,
+        )
 
     async def close(self) -> None:
         self._closed = True

@@ -76,6 +76,7 @@ from .statements import (
     fenced,
     rows_to_insert,
 )
+from .stats import OVERVIEW_FUNCTIONS, Finished, QueueStats, finished_from_rows
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -735,6 +736,18 @@ class PostgresStore:
             return None if row is None else (State(row[0]), brought)
 
         return await self._transaction(update)
+
+    async def queue_stats(self, *, now: float) -> QueueStats:
+        (row,) = await self._select(SQL.queue_stats, {"now": now})
+        return QueueStats(*row)
+
+    async def finished_stats(
+        self, *, since: float, now: float, limit: int = OVERVIEW_FUNCTIONS
+    ) -> Finished:
+        window = {"since": since, "now": now}
+        minutes = await self._select(SQL.finished_per_minute, window)
+        functions = await self._select(SQL.finished_by_function, window | {"limit": limit})
+        return finished_from_rows(minutes, functions)
 
     async def close(self) -> None:
         # Every finish waiting or being written is written first. Done batches are

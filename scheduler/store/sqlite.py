@@ -65,6 +65,7 @@ from .statements import (
     fenced,
     rows_to_insert,
 )
+from .stats import OVERVIEW_FUNCTIONS, Finished, QueueStats, finished_from_rows
 
 T = TypeVar("T")
 SQL = Statements(SQLITE)
@@ -631,6 +632,24 @@ class SQLiteStore:
             return None if row is None else (State(row[0]), brought)
 
         return await self._run(self._transaction, update, now)
+
+    async def queue_stats(self, *, now: float) -> QueueStats:
+        def select(db: sqlite3.Connection) -> QueueStats:
+            return QueueStats(*db.execute(SQL.queue_stats, {"now": now}).fetchone())
+
+        return await self._select(select)
+
+    async def finished_stats(
+        self, *, since: float, now: float, limit: int = OVERVIEW_FUNCTIONS
+    ) -> Finished:
+        window = {"since": since, "now": now}
+
+        def select(db: sqlite3.Connection) -> Finished:
+            minutes = db.execute(SQL.finished_per_minute, window).fetchall()
+            functions = db.execute(SQL.finished_by_function, window | {"limit": limit})
+            return finished_from_rows(minutes, functions.fetchall())
+
+        return await self._select(select)
 
     async def close(self) -> None:
         def shut() -> None:

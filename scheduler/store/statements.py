@@ -238,6 +238,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     # The trace context of the span a call's attempts are children of (``Call``'s
     # ``trace_context``); empty without tracing. A constant default: no rewrite.
     "ALTER TABLE {calls} ADD COLUMN trace_context TEXT NOT NULL DEFAULT ''",
+    # The calls finished within a window (the overview's last hour), read as a range
+    # of this index rather than a scan of every call kept.
+    Index("{calls}_finished_at", "ON {calls} (finished_at) WHERE finished_at IS NOT NULL"),
     # Each call's history of attempts (``ATTEMPTS``): its latest few, numbered in the
     # call's life (the last number is how many were recorded), deleted with the call.
     "CREATE TABLE {calls}_attempts ("
@@ -430,6 +433,46 @@ _FINISHES = (
 )
 
 
+# --- the queue's depth and the calls finished lately (metrics, the overview) ---------
+
+# Each count a range of a partial index of its state (ready_at, lease_expires,
+# poll_until), never a read of the calls themselves.
+_QUEUE_STATS = (
+    "SELECT"
+    " (SELECT count(*) FROM {calls} WHERE state = 'ready' AND ready_at <= :now),"
+    " (SELECT count(*) FROM {calls} WHERE state = 'ready' AND ready_at > :now),"
+    " (SELECT count(*) FROM {calls} WHERE state = 'running'),"
+    " (SELECT count(*) FROM {calls} WHERE state = 'waiting'),"
+    " (SELECT min(ready_at) FROM {calls} WHERE state = 'ready')"
+)
+# The calls finished in [:since, :now], a range of the finished_at index.
+_RECENT = "finished_at >= :since AND finished_at <= :now"
+# Each minute's finished calls by status (the minute in minutes since the epoch; SQLite's
+# CAST truncates, PostgreSQL's rounds).
+_FINISHED_PER_MINUTE = {
+    name: f"SELECT {minute} AS minute, status, count(*) FROM {{calls}}"
+    f" WHERE {_RECENT} GROUP BY minute, status ORDER BY minute, status"
+    for name, minute in (
+        ("sqlite", "CAST(finished_at / 60 AS INTEGER)"),
+        ("postgres", "CAST(floor(finished_at / 60) AS BIGINT)"),
+    )
+}
+# Each function's count, failures and nearest-rank p50 and p99 of seconds from creation
+# to finish: the least duration whose rank (1, 2, ... in ascending order) reaches
+# percent * count / 100, in integers. Window functions, which both databases have.
+_FINISHED_BY_FUNCTION = (
+    "WITH ranked AS (SELECT function, status, finished_at - created_at AS seconds,"
+    "  ROW_NUMBER() OVER (PARTITION BY function ORDER BY finished_at - created_at) AS rank,"
+    "  count(*) OVER (PARTITION BY function) AS n"
+    f"  FROM {{calls}} WHERE {_RECENT})"
+    " SELECT function, max(n) AS calls,"
+    f"  sum(CASE WHEN status <> {Status.OK.value:d} THEN 1 ELSE 0 END),"
+    "  min(CASE WHEN rank * 100 >= n * 50 THEN seconds END),"
+    "  min(CASE WHEN rank * 100 >= n * 99 THEN seconds END)"
+    " FROM ranked GROUP BY function ORDER BY calls DESC, function LIMIT :limit"
+)
+
+
 class Statements:
     """Every statement of the stores, in one dialect."""
 
@@ -562,6 +605,10 @@ class Statements:
             "WHERE dispatch_id = :id AND state = 'ready' AND ready_at > :now"
         )
         self.state_of = r("SELECT state FROM {calls} WHERE dispatch_id = :id")
+        # The queue's depth and the calls finished lately (``stats.py``).
+        self.queue_stats = r(_QUEUE_STATS)
+        self.finished_per_minute = r(_FINISHED_PER_MINUTE[dialect.name])
+        self.finished_by_function = r(_FINISHED_BY_FUNCTION)
         # --- attempt history.
         self.add_attempt = r(_ADD_ATTEMPT)
         self.trim_attempts = r(_TRIM_ATTEMPTS)

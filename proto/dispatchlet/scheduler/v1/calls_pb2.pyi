@@ -476,3 +476,218 @@ class RerunResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RerunResponse: _TypeAlias = RerunResponse  # noqa: Y015
+
+@_typing.final
+class OverviewRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OverviewRequest: _TypeAlias = OverviewRequest  # noqa: Y015
+
+@_typing.final
+class OverviewResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOW_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    FINISHED_FIELD_NUMBER: _builtins.int
+    FUNCTIONS_FIELD_NUMBER: _builtins.int
+    SLOWEST_FIELD_NUMBER: _builtins.int
+    MOST_FAILING_FIELD_NUMBER: _builtins.int
+    DESTINATIONS_FIELD_NUMBER: _builtins.int
+    QUEUE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def now(self) -> _timestamp_pb2.Timestamp:
+        """The scheduler's time of the answer."""
+
+    @_builtins.property
+    def window(self) -> _duration_pb2.Duration:
+        """The calls finished in this window before `now` (the last hour) are counted."""
+
+    @_builtins.property
+    def finished(self) -> _containers.RepeatedCompositeFieldContainer[Global___OverviewMinute]:
+        """How many calls finished in each minute of the window with each final status, oldest
+        minute first (minutes and statuses with none left out).
+        """
+
+    @_builtins.property
+    def functions(self) -> _containers.RepeatedCompositeFieldContainer[Global___OverviewFunction]:
+        """Each function's calls finished in the window (those with the most calls first, at
+        most 100).
+        """
+
+    @_builtins.property
+    def slowest(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Up to 5 of those functions, the slowest first (by p99)."""
+
+    @_builtins.property
+    def most_failing(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Up to 5 of those functions with failures, the most failures first."""
+
+    @_builtins.property
+    def destinations(self) -> _containers.RepeatedCompositeFieldContainer[Global___OverviewDestination]:
+        """The destinations (endpoint hosts, function ARNs) this scheduler process called, with
+        its limit of each (at most 100, the most attempts in flight first).
+        """
+
+    @_builtins.property
+    def queue(self) -> Global___OverviewQueue:
+        """The calls not done, in the whole store."""
+
+    def __init__(
+        self,
+        *,
+        now: _timestamp_pb2.Timestamp | None = ...,
+        window: _duration_pb2.Duration | None = ...,
+        finished: _abc.Iterable[Global___OverviewMinute] | None = ...,
+        functions: _abc.Iterable[Global___OverviewFunction] | None = ...,
+        slowest: _abc.Iterable[_builtins.str] | None = ...,
+        most_failing: _abc.Iterable[_builtins.str] | None = ...,
+        destinations: _abc.Iterable[Global___OverviewDestination] | None = ...,
+        queue: Global___OverviewQueue | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["now", b"now", "queue", b"queue", "window", b"window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destinations", b"destinations", "finished", b"finished", "functions", b"functions", "most_failing", b"most_failing", "now", b"now", "queue", b"queue", "slowest", b"slowest", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OverviewResponse: _TypeAlias = OverviewResponse  # noqa: Y015
+
+@_typing.final
+class OverviewMinute(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MINUTE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    status: _status_pb2.Status.ValueType
+    count: _builtins.int
+    @_builtins.property
+    def minute(self) -> _timestamp_pb2.Timestamp:
+        """The minute's start."""
+
+    def __init__(
+        self,
+        *,
+        minute: _timestamp_pb2.Timestamp | None = ...,
+        status: _status_pb2.Status.ValueType = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["minute", b"minute"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "minute", b"minute", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OverviewMinute: _TypeAlias = OverviewMinute  # noqa: Y015
+
+@_typing.final
+class OverviewFunction(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FUNCTION_FIELD_NUMBER: _builtins.int
+    CALLS_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    P50_FIELD_NUMBER: _builtins.int
+    P99_FIELD_NUMBER: _builtins.int
+    function: _builtins.str
+    calls: _builtins.int
+    failed: _builtins.int
+    """Calls finished with a status other than OK."""
+    @_builtins.property
+    def p50(self) -> _duration_pb2.Duration:
+        """The median and 99th percentile (nearest rank) of the calls' durations: from the
+        call's creation to its finish, retries and waits included.
+        """
+
+    @_builtins.property
+    def p99(self) -> _duration_pb2.Duration: ...
+    def __init__(
+        self,
+        *,
+        function: _builtins.str = ...,
+        calls: _builtins.int = ...,
+        failed: _builtins.int = ...,
+        p50: _duration_pb2.Duration | None = ...,
+        p99: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["p50", b"p50", "p99", b"p99"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "failed", b"failed", "function", b"function", "p50", b"p50", "p99", b"p99"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OverviewFunction: _TypeAlias = OverviewFunction  # noqa: Y015
+
+@_typing.final
+class OverviewDestination(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DESTINATION_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    destination: _builtins.str
+    limit: _builtins.int
+    """Attempts this process allows at once now (adaptive)."""
+    in_flight: _builtins.int
+    """Attempts running now."""
+    def __init__(
+        self,
+        *,
+        destination: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        in_flight: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination", b"destination", "in_flight", b"in_flight", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OverviewDestination: _TypeAlias = OverviewDestination  # noqa: Y015
+
+@_typing.final
+class OverviewQueue(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    READY_FIELD_NUMBER: _builtins.int
+    SCHEDULED_FIELD_NUMBER: _builtins.int
+    RUNNING_FIELD_NUMBER: _builtins.int
+    WAITING_FIELD_NUMBER: _builtins.int
+    OLDEST_READY_AGE_FIELD_NUMBER: _builtins.int
+    ready: _builtins.int
+    """Ready and due: waiting for a claim."""
+    scheduled: _builtins.int
+    """Ready later (a retry's backoff, a delayed call)."""
+    running: _builtins.int
+    waiting: _builtins.int
+    """Suspended by a Poll, waiting for their children."""
+    @_builtins.property
+    def oldest_ready_age(self) -> _duration_pb2.Duration:
+        """How long the oldest due call has waited for a claim."""
+
+    def __init__(
+        self,
+        *,
+        ready: _builtins.int = ...,
+        scheduled: _builtins.int = ...,
+        running: _builtins.int = ...,
+        waiting: _builtins.int = ...,
+        oldest_ready_age: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["oldest_ready_age", b"oldest_ready_age"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["oldest_ready_age", b"oldest_ready_age", "ready", b"ready", "running", b"running", "scheduled", b"scheduled", "waiting", b"waiting"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OverviewQueue: _TypeAlias = OverviewQueue  # noqa: Y015
