@@ -1,69 +1,22 @@
 """How ``dispatchlet dispatch`` and ``dispatchlet calls`` show calls: table rows, the
 lines of ``calls show``, JSON objects, a failed attempt, a workflow's journal decoded.
 
-Values (inputs, outputs, a journal's results) are decoded with ``core.values``; a
+Values (inputs, outputs, a journal's results) are decoded with ``core.value_views``; a
 pickle is described, never unpickled."""
 
 from __future__ import annotations
 
 import datetime
-import json
 from collections.abc import Iterable
 from typing import Any
 
-from google.protobuf import any_pb2, message
+from google.protobuf import any_pb2
 
 from ..client import AttemptInfo, CallInfo
 from ..core.status import Status
-from ..core.values import DecodeError, from_any, is_pickled, type_name
-from ..proto.dispatch.sdk.v1 import call_pb2
-from ..proto.dispatchlet.workflow.v1 import journal_pb2
+from ..core.value_views import describe_any, plain, read_journal, text
 
-_JOURNAL_NAME = journal_pb2.Journal.DESCRIPTOR.full_name
 _ERROR_WIDTH = 100  # characters of an error message in a table row
-_KINDS = {
-    journal_pb2.Step.KIND_CALL: "call",
-    journal_pb2.Step.KIND_SLEEP: "sleep",
-    journal_pb2.Step.KIND_PATCH: "patch",
-}
-
-
-# --- values ----------------------------------------------------------------------------
-
-
-def plain(value: object) -> object:
-    """``value`` as JSON can carry it: itself when it can, else a description."""
-    if isinstance(value, any_pb2.Any):
-        return _describe_any(value)
-    if isinstance(value, datetime.datetime):
-        return value.isoformat()
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return repr(value)
-    return value
-
-
-def text(value: object) -> str:
-    """``value`` on one line: compact JSON, or a description."""
-    shown = plain(value)
-    # ``plain`` hands back what JSON can carry as it is, else a description to show as is.
-    return json.dumps(shown, ensure_ascii=False) if shown is value else str(shown)
-
-
-def _decoded(value: any_pb2.Any) -> object:
-    """The value ``value`` holds; itself (described when shown) when it is a pickle,
-    which is never unpickled, or cannot be decoded."""
-    try:
-        return from_any(value)
-    except DecodeError:
-        return value
-
-
-def _describe_any(value: any_pb2.Any) -> str:
-    if is_pickled(value):
-        return f"<a pickled Python value of {len(value.value)} bytes, not unpickled>"
-    return f"<{value.type_url or 'no type'}: {len(value.value)} bytes>"
 
 
 def moment(when: datetime.datetime | None) -> str:
@@ -228,52 +181,6 @@ def _state_dict(state: any_pb2.Any) -> dict[str, Any]:
 # --- a workflow's journal ------------------------------------------------------------
 
 
-def read_journal(state: any_pb2.Any) -> dict[str, Any] | None:
-    """The journal in a suspended call's state, decoded; None when the state is not a
-    dispatchlet journal (another SDK's) or cannot be read."""
-    try:
-        if type_name(state) != _JOURNAL_NAME:
-            return None
-        journal = journal_pb2.Journal.FromString(state.value)
-    except (DecodeError, message.DecodeError):
-        return None
-    return {
-        "function": journal.function,
-        "version": journal.version,
-        "input": plain(_decoded(journal.input)) if journal.HasField("input") else None,
-        "outcomes": journal.arrivals,
-        "steps": [_step(slot, step) for slot, step in enumerate(journal.steps)],
-    }
-
-
-def _step(slot: int, step: journal_pb2.Step) -> dict[str, Any]:
-    kind = _KINDS.get(step.kind, "unknown")
-    shown: dict[str, Any] = {"slot": slot, "kind": kind}
-    if step.kind == journal_pb2.Step.KIND_CALL:
-        shown["function"] = step.name
-        if step.endpoint:
-            shown["endpoint"] = step.endpoint
-        if step.arrival:
-            shown.update(_result(step.result))
-        else:
-            shown["state"] = "pending" if step.started else "not started"
-    elif step.kind == journal_pb2.Step.KIND_SLEEP:
-        shown["state"] = "done" if step.arrival else "sleeping"
-        shown["wake_at"] = step.wake_at.ToDatetime(datetime.timezone.utc).isoformat()
-    else:
-        shown["name"] = step.name
-        shown["state"] = "applied"
-    return shown
-
-
-def _result(result: call_pb2.CallResult) -> dict[str, Any]:
-    if result.HasField("error"):
-        error = {"type": result.error.type, "message": result.error.message}
-        return {"state": "failed", "error": error}
-    output = _decoded(result.output) if result.HasField("output") else None
-    return {"state": "done", "output": plain(output)}
-
-
 def journal_lines(journal: dict[str, Any]) -> list[str]:
     """The journal's steps, one line each: slot, kind and function, state, outcome."""
     lines = [
@@ -335,7 +242,7 @@ def describe(info: CallInfo) -> list[str]:
     if state is not None:
         journal = read_journal(state)
         if journal is None:
-            lines.append(f"{'state':<12} {_describe_any(state)}")
+            lines.append(f"{'state':<12} {describe_any(state)}")
         else:
             lines.extend(journal_lines(journal))
     return lines

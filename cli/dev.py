@@ -436,6 +436,7 @@ def banner(
         [
             f"dispatchlet dev: serving {app} at {endpoint_url} (reloaded when its files change)",
             f"                 scheduler at {scheduler_url}",
+            f"                 dashboard at {scheduler_url}/ (log in with the API key below)",
             "",
             "in another terminal:",
             "",

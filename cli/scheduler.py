@@ -117,6 +117,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         f"needs an API key or a key of {METRICS_KEY_ENV} (comma-separated)",
     )
     parser.add_argument(
+        "--no-dashboard",
+        dest="dashboard",
+        action="store_false",
+        help="serve no web dashboard at / (by default it is served, asking for an API key "
+        "unless --insecure)",
+    )
+    parser.add_argument(
         "--max-connections",
         type=positive_int,
         default=DEFAULT_MAX_CONNECTIONS,
@@ -291,6 +298,7 @@ def run(args: argparse.Namespace) -> int:
             keepalive_timeout=args.keepalive_timeout,
             body_timeout=args.body_timeout,
             metrics_public=args.metrics_public,
+            dashboard=args.dashboard,
             attempt_history=args.attempt_history,
             **given,
         )
@@ -314,6 +322,8 @@ def run(args: argparse.Namespace) -> int:
         host, port_number = addresses[0]
         lines = [f"dispatchlet scheduler: listening at http://{host}:{port_number}"]
         lines.append(f"database: {_shown(database)}")
+        if settings.dashboard:
+            lines.append(f"dashboard: http://{host}:{port_number}/")
         if key is not None:
             lines.append(f"endpoints verify with: {public_key_base64(key.public_key())}")
         if args.insecure:

@@ -106,6 +106,7 @@ class Api:
         body_timeout: float = DEFAULT_BODY_TIMEOUT,
         metrics_keys: Sequence[str] = (),
         metrics_public: bool = False,
+        dashboard: bool = True,
     ) -> None:
         # Its operations timed into the engine's metrics.
         self.store = engine.metrics.timed(store)
@@ -122,6 +123,7 @@ class Api:
         self.metrics_public = metrics_public
         self.recent = Recent()
         """The last hour's finished calls, for overviews (read once in a while)."""
+        self.dashboard = dashboard
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body_size)
@@ -142,6 +144,11 @@ class Api:
         # Given its headers: its request id (``Idempotency-Key``), as Dispatch.
         rerun = self.rpc(self.rerun, calls_pb2.RerunRequest, headers=True)
         app.router.add_route("*", _lenient(CALLS_PATH + "Rerun"), rerun)
+        if self.dashboard:
+            # Imported only then: --no-dashboard loads no template engine.
+            from .dashboard import Dashboard
+
+            Dashboard(self).mount(app)
         return app
 
     async def healthz(self, request: web.Request) -> web.Response:

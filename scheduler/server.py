@@ -100,6 +100,7 @@ async def serve(
         body_timeout=settings.body_timeout,
         metrics_keys=settings.metrics_keys,
         metrics_public=settings.metrics_public,
+        dashboard=settings.dashboard,
     )
     # aiohttp's keep-alive timer runs from a connection's start and from each answer
     # until a whole request head has arrived: it bounds idle connections and slow heads.

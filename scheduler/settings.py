@@ -103,6 +103,8 @@ class Settings:
     """Keys that may read /metrics, beside the API keys."""
     metrics_public: bool = False
     """/metrics without a key (for a scraper on a private network)."""
+    dashboard: bool = True
+    """Serve the web dashboard at ``/`` (its pages ask for an API key, unless insecure)."""
     max_output_size: int = DEFAULT_MAX_OUTPUT_SIZE
     """The largest output (or error, or Poll state) of a call, in bytes: an endpoint
     answer with a larger one ends its call (INVALID_RESPONSE), and no more of an answer

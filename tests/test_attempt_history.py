@@ -8,6 +8,7 @@ import asyncio
 import datetime
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -439,3 +440,29 @@ def test_the_scheduler_keeps_as_many_attempts_as_its_setting(tmp_path: Path) -> 
     assert info.attempts_total == 3
     (kept,) = info.attempts_history
     assert (kept.number, kept.status) == (3, Status.TCP_ERROR)
+
+
+def test_the_dashboards_call_page_shows_the_attempts(tmp_path: Path) -> None:
+    answers = iter([raised("ConnectionError", "<refused>", Status.TCP_ERROR), returned("done")])
+
+    async def body() -> None:
+        async with harness(tmp_path, lambda endpoint, request: next(answers)) as h:
+            (dispatch_id,) = await h.dispatch(harness_call("f", 1))
+            await h.done(dispatch_id)
+            headers = {"Authorization": f"Bearer {API_KEY}"}
+            async with h.session.get(f"{h.url}/calls/{dispatch_id}", headers=headers) as page:
+                assert page.status == 200
+                shown = await page.text()
+            table = shown[shown.index('id="attempts"') :]
+            table = table[: table.index("</table>")]
+            cells = re.findall(r'<td data-label="([^"]+)">([^<]*)</td>', table)
+            assert [(name, text) for name, text in cells if name in ("#", "Status", "Error")] == [
+                ("#", "1"),
+                ("Status", "TCP_ERROR"),
+                ("Error", "ConnectionError: &lt;refused&gt;"),
+                ("#", "2"),
+                ("Status", "OK"),
+                ("Error", ""),
+            ]
+
+    asyncio.run(asyncio.wait_for(body(), 2 * BOUND))

@@ -29,6 +29,9 @@ NEEDED = [
     "proto/dispatch/sdk/v1/function_pb2.pyi",
     "proto/dispatchlet/workflow/v1/journal.proto",
     "proto/dispatchlet/scheduler/v1/calls.proto",
+    "scheduler/dashboard/templates/call.html",
+    "scheduler/dashboard/static/dashboard.css",
+    "scheduler/dashboard/static/dashboard.js",
 ]
 INSTALLED = [
     "dispatchlet/py.typed",
@@ -37,6 +40,11 @@ INSTALLED = [
     "dispatchlet/proto/dispatchlet/workflow/v1/journal.proto",
     "dispatchlet/cli/main.py",
     "dispatchlet/scheduler/server.py",
+    # The dashboard's templates and assets, read from the installed package.
+    "dispatchlet/scheduler/dashboard/templates/base.html",
+    "dispatchlet/scheduler/dashboard/templates/calls_live.html",
+    "dispatchlet/scheduler/dashboard/static/dashboard.css",
+    "dispatchlet/scheduler/dashboard/static/dashboard.js",
 ]
 
 
@@ -110,3 +118,15 @@ def test_the_wheel_in_a_fresh_environment_runs_the_quick_start(
 
     output = run(venv / "bin" / "dispatchlet", "dev", "hello.py", "greet_flaky", "World", cwd=app)
     assert '"Hello, World!"' in output.splitlines(), output
+
+    # The dashboard's templates and assets are read from the installed package.
+    dashboard = (
+        "from dispatchlet.scheduler.dashboard import Dashboard\n"
+        "pages = Dashboard(None)\n"
+        "print(sorted(pages.assets))\n"
+        "print(pages.templates.get_template('login.html').render("
+        "viewer=None, count_cap=1, next='/', problem=''))\n"
+    )
+    output = run(python, "-c", dashboard)
+    assert "['dashboard.css', 'dashboard.js']" in output, output
+    assert 'type="password"' in output, output

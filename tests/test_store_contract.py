@@ -1983,6 +1983,32 @@ def test_postgres_reads_the_queue_and_recent_finishes_through_indexes(
                 assert "dispatchlet_calls_finished_at" in plan, plan
 
 
+# --- counts by state (the dashboard's header) -----------------------------------------
+
+
+def test_count_by_state_counts_each_state_up_to_the_cap(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        assert await store.count_by_state() == dict.fromkeys(State, 0)
+        ended, running, waiting, *_ = await store.dispatch([call() for _ in range(6)], now=NOW)
+        claims = await store.claim(owner="s", now=NOW, limit=3, lease_seconds=LEASE)
+        leases = {c.call.dispatch_id: c.lease for c in claims}
+        assert set(leases) == {ended, running, waiting}
+        assert await store.finish(leases[ended], OK, b"", now=NOW + 1)
+        poll = b""
+        child = [call(parent_id=waiting, root_id=waiting)]
+        assert await store.suspend(
+            leases[waiting], poll, child, min_results=1, max_results=1, until=NOW + 60, now=NOW
+        )
+        # Three never claimed and the child: ready; one running; one waiting; one done.
+        counts = await store.count_by_state()
+        assert counts == {State.READY: 4, State.RUNNING: 1, State.WAITING: 1, State.DONE: 1}
+        # A count stops at the cap: a state with more calls says "at least that many".
+        capped = await store.count_by_state(cap=2)
+        assert capped == {State.READY: 2, State.RUNNING: 1, State.WAITING: 1, State.DONE: 1}
+
+    with_store(open_store, body)
+
+
 # --- attempt history ------------------------------------------------------------------
 
 

@@ -204,7 +204,8 @@ class Stack:
     def log(self) -> Path:
         return self.folder / "app.jsonl"
 
-    def start_scheduler(self) -> None:
+    def start_scheduler(self, *flags: str) -> None:
+        """Start the scheduler, with ``flags`` after (and over) the usual ones."""
         self.scheduler = Process(
             [
                 sys.executable,
@@ -221,6 +222,7 @@ class Stack:
                 "0.3",
                 "--max-attempts",
                 "5",
+                *flags,
             ],
             environment(
                 DISPATCH_SIGNING_KEY=private_key_base64(self.key), DISPATCH_API_KEY=API_KEY

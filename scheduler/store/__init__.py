@@ -243,6 +243,10 @@ their row and its indexes, so that a batch holds the store for tens of milliseco
 however large the tree."""
 
 
+COUNT_CAP = 10_000
+"""Where ``Store.count_by_state`` stops counting the calls of one state."""
+
+
 @dataclass(frozen=True)
 class TreeBounds:
     """How large a call tree may grow (None: unbounded)."""
@@ -459,6 +463,11 @@ class Store(Protocol):
         failures and nearest-rank p50 and p99 of seconds from creation to finish. Reads
         only those calls (an index on ``finished_at``)."""
 
+    async def count_by_state(self, *, cap: int = COUNT_CAP) -> dict[State, int]:
+        """How many calls are in each state, each counted up to ``cap`` (a count of
+        ``cap`` means that many or more): served by the index of the states, a count
+        costs at most ``cap`` index entries however many calls are kept."""
+
     async def close(self) -> None:
         """Release the store's resources."""
 
@@ -584,6 +593,7 @@ def child_result_from_row(row: Sequence[Any]) -> ChildResult:
 
 
 __all__ = [
+    "COUNT_CAP",
     "END_BATCH",
     "ERROR_MESSAGE_BYTES",
     "LISTED_ERROR_BYTES",

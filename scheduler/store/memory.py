@@ -9,7 +9,7 @@ event loop that calls it.
 from __future__ import annotations
 
 import builtins
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -17,6 +17,7 @@ from ...core.errors import DispatchletError
 from ...core.status import Status
 from ..calls import destination
 from . import (
+    COUNT_CAP,
     END_BATCH,
     ERROR_MESSAGE_BYTES,
     NO_BOUNDS,
@@ -472,6 +473,11 @@ class MemoryStore:
             ),
             limit,
         )
+
+    async def count_by_state(self, *, cap: int = COUNT_CAP) -> dict[State, int]:
+        self._check_open()
+        counts = Counter(row.state for row in self._rows.values())
+        return {state: min(counts[state], cap) for state in State}
 
     async def close(self) -> None:
         self._closed = True

@@ -35,6 +35,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ..calls import destination
 from . import (
+    COUNT_CAP,
     END_BATCH,
     NO_BOUNDS,
     AttemptHistory,
@@ -718,6 +719,10 @@ class PostgresStore:
             return await _end_batch(db, queued, now, limit, settled=True)
 
         return await self._transaction(end)
+
+    async def count_by_state(self, *, cap: int = COUNT_CAP) -> dict[State, int]:
+        rows = await self._select(SQL.count_by_state, {"cap": cap})
+        return {State(state): int(count) for state, count in rows}
 
     async def count_unstored(self, lease: Lease) -> int | None:
         rows = await self._select(SQL.count_unstored, fenced(lease))

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 from ..calls import destination
 from . import (
+    COUNT_CAP,
     END_BATCH,
     NO_BOUNDS,
     AttemptHistory,
@@ -648,6 +649,12 @@ class SQLiteStore:
             minutes = db.execute(SQL.finished_per_minute, window).fetchall()
             functions = db.execute(SQL.finished_by_function, window | {"limit": limit})
             return finished_from_rows(minutes, functions.fetchall())
+
+        return await self._select(select)
+
+    async def count_by_state(self, *, cap: int = COUNT_CAP) -> dict[State, int]:
+        def select(db: sqlite3.Connection) -> dict[State, int]:
+            return {State(s): int(n) for s, n in db.execute(SQL.count_by_state, {"cap": cap})}
 
         return await self._select(select)
 

@@ -609,6 +609,16 @@ class Statements:
         self.queue_stats = r(_QUEUE_STATS)
         self.finished_per_minute = r(_FINISHED_PER_MINUTE[dialect.name])
         self.finished_by_function = r(_FINISHED_BY_FUNCTION)
+        # The calls in each state, each count stopped at :cap (the index of the states
+        # is read no further, however many calls are kept).
+        self.count_by_state = r(
+            " UNION ALL ".join(
+                f"SELECT '{state}', count(*) FROM (SELECT 1 FROM {{calls}} WHERE state = "
+                f"'{state}' AND finished_at IS {'NOT ' if state == 'done' else ''}NULL "
+                f"LIMIT :cap) AS {state}_calls"
+                for state in ("ready", "running", "waiting", "done")
+            )
+        )
         # --- attempt history.
         self.add_attempt = r(_ADD_ATTEMPT)
         self.trim_attempts = r(_TRIM_ATTEMPTS)

@@ -1,0 +1,370 @@
+"""The scheduler's web dashboard over HTTP: who may see its pages and act, what its
+pages show (filters, paging, values escaped), its session tokens; in-process, on a
+loopback port (the browser's view is in test_dashboard_browser.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+from http.cookies import SimpleCookie
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dispatchlet.core.status import Status
+from dispatchlet.proto.dispatchlet.scheduler.v1 import calls_pb2
+from dispatchlet.scheduler.dashboard import session
+from dispatchlet.scheduler.dashboard.actions import ACTIONS, offered
+from dispatchlet.scheduler.dashboard.pages import local
+from scheduler_harness import API_KEY, Harness, call, harness, raised, returned
+from test_scheduler_processes import Process, environment
+
+XSS = '<script>document.title = "pwned"</script><img src=x onerror="document.title=1">'
+
+
+def answer(endpoint: str, request: Any) -> Any:
+    if request.function == "fails":
+        return raised("ValueError", "the <b>amount</b> is wrong", Status.PERMANENT_ERROR)
+    return returned({"echo": XSS})
+
+
+def scenario(tmp_path: Path, body: Callable[[Harness], Awaitable[None]], **options: Any) -> None:
+    async def run() -> None:
+        async with harness(tmp_path, answer, **options) as h:
+            await body(h)
+
+    asyncio.run(run())
+
+
+async def get(
+    h: Harness, path: str, *, key: str | None = None, cookie: str | None = None
+) -> tuple[int, str, dict[str, str]]:
+    headers = {}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    if cookie is not None:
+        headers["Cookie"] = f"{session.COOKIE}={cookie}"
+    async with h.session.get(h.url + path, headers=headers, allow_redirects=False) as answer:
+        return answer.status, await answer.text(), dict(answer.headers)
+
+
+async def post(
+    h: Harness,
+    path: str,
+    form: dict[str, str],
+    *,
+    origin: str | None = "same",
+    cookie: str | None = None,
+    key: str | None = None,
+) -> tuple[int, str, list[str]]:
+    headers = {}
+    if origin is not None:
+        headers["Origin"] = h.url if origin == "same" else origin
+    if cookie is not None:
+        headers["Cookie"] = f"{session.COOKIE}={cookie}"
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    h.session.cookie_jar.clear()
+    async with h.session.post(
+        h.url + path, data=form, headers=headers, allow_redirects=False
+    ) as answer:
+        return answer.status, await answer.text(), answer.headers.getall("Set-Cookie", [])
+
+
+async def log_in(h: Harness) -> tuple[str, str]:
+    """A session cookie for the API key, and the CSRF token its pages carry."""
+    status, _, cookies = await post(h, "/login", {"key": API_KEY, "next": "/"})
+    assert status == 303
+    token = SimpleCookie(cookies[0])[session.COOKIE].value
+    _, page, _ = await get(h, "/", cookie=token)
+    csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page)
+    assert csrf is not None, page
+    return token, csrf.group(1)
+
+
+def test_without_a_key_the_pages_and_actions_are_refused(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        (running,) = await h.dispatch(call("f"))
+        for path in ("/", f"/calls/{running}", "/overview", "/?status=failed"):
+            status, page, headers = await get(h, path)
+            assert status == 303, path
+            assert headers["Location"].startswith("/login?next="), headers
+            assert running not in page
+            # A wrong key is no key.
+            assert (await get(h, path, key="wrong"))[0] == 303
+            assert (await get(h, path, cookie="1.2.3"))[0] == 303
+        assert (await get(h, "/fragments/calls"))[0] == 401
+        status, _, _ = await post(h, f"/calls/{running}/cancel", {})
+        assert status == 401
+        found = await h.store.get(running)
+        assert found is not None
+        assert not found.done
+        # The login form is there for anyone, and the key opens the pages.
+        status, page, _ = await get(h, "/login")
+        assert status == 200
+        assert 'type="password"' in page
+        assert (await get(h, "/", key=API_KEY))[0] == 200
+
+    scenario(tmp_path, body, running=False)
+
+
+def test_logging_in_sets_a_strict_http_only_session_cookie(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        status, page, cookies = await post(h, "/login", {"key": "wrong", "next": "/"})
+        assert (status, cookies) == (401, [])
+        assert "none of the scheduler&#39;s API keys" in page
+        # A login form posted from another site (login CSRF) is refused.
+        status, _, cookies = await post(h, "/login", {"key": API_KEY}, origin="http://evil.example")
+        assert (status, cookies) == (403, [])
+        status, _, cookies = await post(h, "/login", {"key": API_KEY, "next": "/overview"})
+        assert status == 303
+        (cookie,) = cookies
+        attributes = cookie.lower()
+        assert "httponly" in attributes
+        assert "samesite=strict" in attributes
+        assert "path=/" in attributes
+        assert "secure" not in attributes
+        token = SimpleCookie(cookie)[session.COOKIE].value
+        assert API_KEY not in token
+        assert (await get(h, "/overview", cookie=token))[0] == 200
+        # Behind a proxy that terminates https, the cookie is sent over https only.
+        h.session.cookie_jar.clear()
+        async with h.session.post(
+            h.url + "/login",
+            data={"key": API_KEY},
+            headers={"Origin": h.url, "X-Forwarded-Proto": "https"},
+            allow_redirects=False,
+        ) as answer:
+            assert "secure" in answer.headers["Set-Cookie"].lower()
+
+    scenario(tmp_path, body, running=False)
+
+
+def test_an_action_needs_the_sessions_csrf_token_and_a_page_of_this_address(
+    tmp_path: Path,
+) -> None:
+    async def body(h: Harness) -> None:
+        token, csrf = await log_in(h)
+        (running,) = await h.dispatch(call("f"))
+        path = f"/calls/{running}/cancel"
+        assert (await post(h, path, {}, cookie=token))[0] == 403
+        assert (await post(h, path, {"csrf": "0" * 64}, cookie=token))[0] == 403
+        assert (await post(h, path, {"csrf": csrf}, cookie=token, origin=None))[0] == 403
+        other = "http://evil.example"
+        assert (await post(h, path, {"csrf": csrf}, cookie=token, origin=other))[0] == 403
+        found = await h.store.get(running)
+        assert found is not None
+        assert not found.done
+        status, _, _ = await post(h, path, {"csrf": csrf}, cookie=token)
+        assert status == 303
+        found = await h.store.get(running)
+        assert found is not None
+        assert found.done
+        assert found.status == Status.PERMANENT_ERROR.value
+        _, page, _ = await get(h, f"/calls/{running}", cookie=token)
+        assert "Cancelled" in page
+        assert "the call was cancelled" in page
+        # A script with the key needs no form token: a browser never sends the header.
+        (other_call,) = await h.dispatch(call("f"))
+        status, _, _ = await post(h, f"/calls/{other_call}/cancel", {}, key=API_KEY, origin=None)
+        assert status == 303
+        # Logging out ends the session's pages for this browser.
+        status, _, cookies = await post(h, "/logout", {"csrf": csrf}, cookie=token)
+        assert status == 303
+        assert 'dispatchlet_session=""' in cookies[0]
+
+    scenario(tmp_path, body, running=False)
+
+
+def test_session_tokens_are_signed_with_a_secret_derived_from_the_keys() -> None:
+    now = 1_800_000_000.0
+    token, issued = session.issue(b"key-a", now)
+    # Another process with the same keys (rotation: more than one) accepts it.
+    assert session.verify(token, [b"key-b", b"key-a"], now + 60) == issued
+    assert session.verify(token, [b"key-b"], now) is None  # its key was removed
+    assert session.verify(token, [b"key-a"], now + session.LIFETIME) is None  # expired
+    expiry, nonce, mac = token.split(".")
+    later = f"{int(expiry) + 3600}.{nonce}.{mac}"
+    assert session.verify(later, [b"key-a"], now) is None  # its expiry changed
+    assert session.verify("", [b"key-a"], now) is None
+    assert session.verify("x.y", [b"key-a"], now) is None
+    # Each session has its own CSRF token.
+    assert session.issue(b"key-a", now)[1].csrf != issued.csrf
+
+
+def test_the_calls_page_filters_pages_and_finds_an_id(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        (failed,) = await h.dispatch(call("fails", 1))
+        ok = await h.dispatch(*[call("works", i) for i in range(27)])
+        for dispatch_id in [failed, *ok]:
+            await h.done(dispatch_id)
+
+        async def page(query: str) -> str:
+            status, text, _ = await get(h, "/" + query, key=API_KEY)
+            assert status == 200, text
+            return text
+
+        shown = await page("?status=failed")
+        assert f'href="/calls/{failed}"' in shown
+        assert ok[0] not in shown
+        assert "ValueError: the &lt;b&gt;amount&lt;/b&gt; is wrong" in shown
+        assert failed not in await page("?status=OK")
+        assert failed not in await page("?function=works")
+        assert failed in await page("?function=fails")
+        assert failed in await page(f"?root={failed}")
+        assert ok[0] not in await page(f"?root={failed}")
+        # Counts by state at the top.
+        assert re.search(r'<span class="n">28</span> done', await page(""))
+        # Newest first, 25 a page, the next page after the last one shown.
+        first = await page("")
+        assert first.index(ok[-1]) < first.index(ok[-2])
+        following = re.search(r'href="/\?after=([0-9a-f]+)" rel="next"', first)
+        assert following is not None
+        assert following.group(1) == ok[2]
+        rest = await page(f"?after={ok[2]}")
+        assert ok[1] in rest
+        assert ok[0] in rest
+        assert failed in rest
+        assert ok[3] not in rest
+        # The live fragment is the same listing.
+        status, fragment, _ = await get(h, "/fragments/calls?status=failed", key=API_KEY)
+        assert status == 200
+        assert failed in fragment
+        assert "<html" not in fragment
+        # A whole dispatch id opens its call; another says none has it.
+        status, _, headers = await get(h, f"/?id={failed}", key=API_KEY)
+        assert (status, headers["Location"]) == (303, f"/calls/{failed}")
+        assert "No call has the dispatch id" in await page("?id=0123")
+        # A bad filter is a clear 400, not a failed page.
+        status, text, _ = await get(h, "/?status=sideways", key=API_KEY)
+        assert status == 400
+        assert "unknown status" in text
+        assert (await get(h, "/calls/nope", key=API_KEY))[0] == 404
+
+    scenario(tmp_path, body)
+
+
+def test_values_are_shown_decoded_and_escaped(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        (echoed,) = await h.dispatch(call("echo", XSS))
+        await h.done(echoed)
+        status, page, headers = await get(h, f"/calls/{echoed}", key=API_KEY)
+        assert status == 200
+        assert "<script>document" not in page
+        assert "<img src=x" not in page
+        # Shown as the JSON string it is, its quotes escaped by JSON, its markup by HTML.
+        assert "&lt;script&gt;document.title = \\&#34;pwned\\&#34;&lt;/script&gt;" in page
+        assert "&lt;img src=x onerror=" in page
+        assert "&#34;echo&#34;:" in page  # the output, decoded as JSON
+        assert "script-src 'self'" in headers["Content-Security-Policy"]
+        assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+
+    scenario(tmp_path, body)
+
+
+def test_insecure_is_open_and_no_dashboard_serves_none(tmp_path: Path) -> None:
+    async def open_body(h: Harness) -> None:
+        assert (await get(h, "/"))[0] == 200
+        (running,) = await h.dispatch(call("f"))
+        # Even open, an action must come from a page of this address.
+        status, _, _ = await post(h, f"/calls/{running}/cancel", {}, origin="http://evil.example")
+        assert status == 403
+        assert (await post(h, f"/calls/{running}/cancel", {}))[0] == 303
+
+    async def none_body(h: Harness) -> None:
+        assert (await get(h, "/", key=API_KEY))[0] == 404
+        assert (await get(h, "/login"))[0] == 404
+
+    scenario(tmp_path / "open", open_body, insecure=True, running=False)
+    scenario(tmp_path / "none", none_body, dashboard=False, running=False)
+
+
+def test_a_redirect_after_login_stays_on_this_address() -> None:
+    assert local("/calls/abc?x=1") == "/calls/abc?x=1"
+    for elsewhere in ("//evil.example/", "/\\evil.example", "https://evil.example", ""):
+        assert local(elsewhere) == "/"
+
+
+def test_retry_and_rerun_are_offered_once_the_api_has_their_handlers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Plain:
+        async def cancel(self, request: Any) -> Any:
+            return calls_pb2.CancelResponse()
+
+    class WithRetry(Plain):
+        async def retry(self, request: Any) -> Any:
+            return calls_pb2.CancelResponse()
+
+    names = [a.name for a in offered(ACTIONS, Plain())]  # type: ignore[arg-type]
+    assert "cancel" in names
+    assert "retry" not in names
+    assert "rerun" not in names
+    monkeypatch.setattr(calls_pb2, "RetryRequest", calls_pb2.CancelRequest, raising=False)
+    names = [a.name for a in offered(ACTIONS, WithRetry())]  # type: ignore[arg-type]
+    assert "retry" in names
+    assert "rerun" not in names
+
+
+@pytest.mark.slow
+def test_the_scheduler_command_prints_the_dashboard_unless_no_dashboard(tmp_path: Path) -> None:
+    def started(*flags: str) -> Process:
+        command = [sys.executable, "-m", "dispatchlet", "scheduler", "--insecure"]
+        database = str(tmp_path / f"{len(flags)}.db")
+        return Process([*command, "--port", "0", "--db", database, *flags], environment(), tmp_path)
+
+    shown = started()
+    try:
+        url = shown.wait_for(r"dashboard: (http://\S+/)").group(1)
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            assert answer.status == 200
+            assert b"<h1>Calls</h1>" in answer.read()
+    finally:
+        shown.stop()
+    hidden = started("--no-dashboard")
+    try:
+        api = hidden.wait_for(r"listening at (http://\S+)").group(1)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(api + "/", timeout=30)
+        assert refused.value.code == 404
+        assert not any("dashboard:" in line for line in hidden.drained())
+    finally:
+        hidden.stop()
+
+
+def test_with_no_key_configured_no_login_succeeds(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        status, page, cookies = await post(h, "/login", {"key": API_KEY})
+        assert (status, cookies) == (401, [])
+        assert "no API key configured" in page
+        assert (await get(h, "/", key=API_KEY))[0] == 303
+
+    scenario(tmp_path, body, running=False, api_keys=[])
+
+
+def test_the_call_page_shows_attempts_when_the_data_has_them() -> None:
+    from dispatchlet.scheduler.dashboard import Dashboard, views
+    from dispatchlet.scheduler.store import Call, State
+
+    stored = Call(
+        dispatch_id="d1", function="f", endpoint="http://e", input=b"", version="",
+        correlation_id=0, parent_id=None, root_id="d1", state=State.READY, status=None,
+        result=b"", attempts=2, created_at=1.0, expires_at=2.0, ready_at=1.5,
+        finished_at=None,
+    )  # fmt: skip
+    template = Dashboard(None).templates.get_template("call.html")  # type: ignore[arg-type]
+
+    def shown(history: list[dict[str, str]]) -> str:
+        page = views.CallPage(stored, None, views.Result(), [], False, None, [])
+        page.attempts_history = history
+        return template.render(viewer=None, count_cap=1, page=page, actions=[], done="")
+
+    assert 'id="attempts"' not in shown([])
+    rows = [{"Attempt": "1", "Status": "<TIMEOUT>"}, {"Attempt": "2", "Status": "OK"}]
+    page = shown(rows)
+    assert '<th scope="col">Attempt</th><th scope="col">Status</th>' in page
+    assert "&lt;TIMEOUT&gt;" in page
