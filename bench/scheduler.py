@@ -33,6 +33,13 @@ dispatchlet: `dispatchlet scheduler` (SQLite) calling a no-op function served by
   function's first line) and dispatch-to-final (the caller has the result);
 - the scheduler's throughput again with ``--history`` finished calls already in its
   database.
+
+    python bench/scheduler.py --attempt-history-cost [--rounds 3] [--database-url URL]
+
+What keeping each call's attempt history costs: the throughput of ``--calls`` calls with
+``--attempt-history 0`` (none kept) and with the default (50), the two runs alternated
+``--rounds`` times in the same invocation on the same machine (SQLite; with
+``--database-url``, one scheduler process on PostgreSQL), the best of each reported.
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -94,11 +101,16 @@ def noop(n):
 
 
 @contextmanager
-def process(command: list[str], env: dict[str, str], cwd: Path, ready: str) -> Iterator[str]:
-    """A process started and stopped around the block; the first match of ``ready``."""
+def process(
+    command: list[str], env: dict[str, str], cwd: Path, ready: str, pids: list[int] | None = None
+) -> Iterator[str]:
+    """A process started and stopped around the block; the first match of ``ready``.
+    Its process id is added to ``pids``."""
     log = cwd / f"{Path(command[2] if len(command) > 2 else command[0]).name}.log"
     with log.open("w") as out:
         child = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+    if pids is not None:
+        pids.append(child.pid)
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -119,6 +131,19 @@ def process(command: list[str], env: dict[str, str], cwd: Path, ready: str) -> I
             child.kill()
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """The CPU time (user and system) the processes ``pids`` used so far (Linux's
+    /proc; 0 elsewhere): what a run costs the scheduler, which the other work of a
+    shared machine slows but does not add to."""
+    total = 0.0
+    for pid in pids:
+        stat = Path(f"/proc/{pid}/stat")
+        if stat.exists():
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -130,7 +155,9 @@ def starts(path: Path) -> dict[int, float]:
     return {int(n): float(t) for n, t in (line.split() for line in path.read_text().splitlines())}
 
 
-def dispatchlet_run(folder: Path, calls: int, singles: int, history: int) -> dict[str, float]:
+def dispatchlet_run(
+    folder: Path, calls: int, singles: int, history: int, options: Sequence[str] = ()
+) -> dict[str, float]:
     key = Ed25519PrivateKey.generate()
     starts_log = folder / "starts-dispatchlet.log"
     (folder / "app.py").write_text(ENDPOINT_APP)
@@ -170,11 +197,13 @@ def dispatchlet_run(folder: Path, calls: int, singles: int, history: int) -> dic
         str(database),
         "--port",
         "0",
+        *options,
     ]
     results: dict[str, float] = {}
+    pids: list[int] = []
     with (
         process(serve, endpoint_env, folder, r"serving \S+ at (http://\S+)") as endpoint,
-        process(scheduler, scheduler_env, folder, r"listening at (http://\S+)") as url,
+        process(scheduler, scheduler_env, folder, r"listening at (http://\S+)", pids) as url,
         Client(url, API_KEY) as client,
     ):
 
@@ -184,6 +213,7 @@ def dispatchlet_run(folder: Path, calls: int, singles: int, history: int) -> dic
             return built
 
         client.wait(client.dispatch([call(0)])[0])  # warm both up
+        used = cpu_seconds(pids)
         began = time.perf_counter()
         ids: list[str] = []
         for first in range(0, calls, BATCH):
@@ -191,6 +221,7 @@ def dispatchlet_run(folder: Path, calls: int, singles: int, history: int) -> dic
         for dispatch_id in ids:
             client.wait(dispatch_id)
         results["throughput"] = calls / (time.perf_counter() - began)
+        results["scheduler cpu us"] = (cpu_seconds(pids) - used) / calls * 1e6
         if singles:
             to_start, to_final = [], []
             for n in range(1, singles + 1):
@@ -373,9 +404,18 @@ def endpoint_floor(folder: Path, calls: int, cap: int) -> float:
         return asyncio.run(send_all(endpoint))
 
 
-def dispatchlet_postgres_run(folder: Path, url: str, processes: int, calls: int, cap: int) -> float:
+def dispatchlet_postgres_run(
+    folder: Path,
+    url: str,
+    processes: int,
+    calls: int,
+    cap: int,
+    options: Sequence[str] = (),
+    cpu: dict[str, float] | None = None,
+) -> float:
     """Calls per second with ``processes`` schedulers on the database at ``url``, at most
-    ``cap`` calls in flight to the endpoint among them."""
+    ``cap`` calls in flight to the endpoint among them (in ``cpu``: the schedulers' CPU
+    time per call, in microseconds)."""
     key = Ed25519PrivateKey.generate()
     (folder / "app.py").write_text(ENDPOINT_APP)
     base = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH")}
@@ -393,18 +433,21 @@ def dispatchlet_postgres_run(folder: Path, url: str, processes: int, calls: int,
     serve = [sys.executable, "-m", "dispatchlet", "serve", "app.py", "--port", "0"]
     serve += ["--threads", "8"]
     scheduler = [sys.executable, "-m", "dispatchlet", "scheduler", "--port", "0"]
-    scheduler += ["--max-per-destination", str(cap)]
+    scheduler += ["--max-per-destination", str(cap), *options]
     with ExitStack() as stack:
         endpoint = stack.enter_context(
             process(serve, endpoint_env, folder, r"serving \S+ at (http://\S+)")
         )
         urls = []
+        pids: list[int] = []
         for number in range(processes):
             log_folder = folder / f"s{number}"
             log_folder.mkdir()
             urls.append(
                 stack.enter_context(
-                    process(scheduler, scheduler_env, log_folder, r"listening at (http://\S+)")
+                    process(
+                        scheduler, scheduler_env, log_folder, r"listening at (http://\S+)", pids
+                    )
                 )
             )
         client = stack.enter_context(Client(urls[0], API_KEY))
@@ -415,12 +458,16 @@ def dispatchlet_postgres_run(folder: Path, url: str, processes: int, calls: int,
             return built
 
         client.wait(client.dispatch([call(0)])[0])  # warm up
+        used = cpu_seconds(pids)
         began = time.perf_counter()
         for first in range(0, calls, BATCH):
             client.dispatch([call(n) for n in range(first, min(calls, first + BATCH))])
         query = "SELECT count(*) FROM dispatchlet_calls WHERE state <> 'done'"
         wait_until_empty(url, query, folder)
-        return calls / (time.perf_counter() - began)
+        took = time.perf_counter() - began
+        if cpu is not None:
+            cpu["scheduler cpu us"] = (cpu_seconds(pids) - used) / calls * 1e6
+        return calls / took
 
 
 def pgqueuer_run(folder: Path, url: str, processes: int, calls: int, cap: int) -> float:
@@ -509,6 +556,63 @@ def postgres_main(server: str, calls: int, cap: int) -> None:
     )
 
 
+HISTORY_OFF, HISTORY_ON = ["--attempt-history", "0"], ["--attempt-history", "50"]
+
+
+def attempt_history_cost(
+    calls: int, rounds: int, database_url: str | None, cap: int
+) -> dict[str, dict[str, list[float]]]:
+    """Calls per second, and the scheduler's CPU time per call, without and with the
+    attempt history, alternated ``rounds`` times, in turn first and second (so that a
+    shared machine's slower minute weighs on both alike)."""
+    figures: dict[str, dict[str, list[float]]] = {
+        name: {"throughput": [], "scheduler cpu us": []} for name in ("off", "on")
+    }
+    order = [("off", HISTORY_OFF), ("on", HISTORY_ON)]
+    with tempfile.TemporaryDirectory() as scratch:
+        for number in range(rounds):
+            for name, options in order if number % 2 == 0 else order[::-1]:
+                here = Path(scratch) / f"{name}-{number}"
+                here.mkdir()
+                if database_url is None:
+                    result = dispatchlet_run(here, calls, 0, 0, options)
+                else:
+                    result = {}
+                    with database(database_url, f"bench_history_{name}_{number}") as url:
+                        result["throughput"] = dispatchlet_postgres_run(
+                            here, url, 1, calls, cap, options, result
+                        )
+                for key, values_ in figures[name].items():
+                    values_.append(result[key])
+                print(
+                    f"round {number + 1}, history {name}: {result['throughput']:.1f} calls/s,"
+                    f" scheduler CPU {result['scheduler cpu us']:.0f} us a call",
+                    flush=True,
+                )
+    return figures
+
+
+def print_attempt_history_cost(
+    figures: dict[str, dict[str, list[float]]], store: str, calls: int
+) -> None:
+    off, on = figures["off"], figures["on"]
+    rounds = len(off["throughput"])
+    print(f"{calls} no-op calls on {store}, {rounds} rounds")
+    print(f"{'':>26} {'calls/s best':>12} {'median':>8} {'CPU us/call median':>19}")
+    for name, shown in (("attempt history off", off), ("attempt history on (50)", on)):
+        print(
+            f"{name:>26} {max(shown['throughput']):>12.1f}"
+            f" {percentile(shown['throughput'], 0.5):>8.1f}"
+            f" {percentile(shown['scheduler cpu us'], 0.5):>19.0f}"
+        )
+    best = max(on["throughput"]) / max(off["throughput"])
+    median = percentile(on["throughput"], 0.5) / percentile(off["throughput"], 0.5)
+    cpu = percentile(on["scheduler cpu us"], 0.5) / percentile(off["scheduler cpu us"], 0.5)
+    print(f"{'on / off':>26} {best:>12.2f} {median:>8.2f} {cpu:>19.2f}")
+    ratios = {"throughput_best": best, "throughput_median": median, "scheduler_cpu": cpu}
+    print(json.dumps({"store": store, **figures, "on_over_off": ratios}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=5000)
@@ -518,7 +622,18 @@ def main() -> None:
     parser.add_argument(
         "--cap", type=int, default=32, help="with --database-url: --max-per-destination"
     )
+    parser.add_argument(
+        "--attempt-history-cost",
+        action="store_true",
+        help="compare the throughput without and with the attempt history instead",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="with --attempt-history-cost")
     args = parser.parse_args()
+    if args.attempt_history_cost:
+        figures = attempt_history_cost(args.calls, args.rounds, args.database_url, args.cap)
+        store = "PostgreSQL, 1 process" if args.database_url else "SQLite"
+        print_attempt_history_cost(figures, store, args.calls)
+        return
     if args.database_url:
         postgres_main(args.database_url, args.calls, args.cap)
         return

@@ -12,7 +12,7 @@ from typing import Any
 
 from google.protobuf import any_pb2
 
-from ..client import CallInfo
+from ..client import AttemptInfo, CallInfo
 from ..core.status import Status
 from ..core.value_views import describe_any, plain, read_journal, text
 
@@ -124,11 +124,11 @@ def table(calls: Iterable[CallInfo]) -> list[str]:
 # --- JSON ----------------------------------------------------------------------------
 
 
-def as_dict(info: CallInfo) -> dict[str, Any]:
+def as_dict(info: CallInfo, *, history: bool = False) -> dict[str, Any]:
     """A call as JSON can carry it: names for statuses, ISO 8601 times, decoded values,
-    a workflow's journal decoded."""
+    a workflow's journal decoded; ``history``: its attempts too (a whole call's)."""
     state = info.coroutine_state
-    return {
+    shown = {
         "dispatch_id": info.dispatch_id,
         "function": info.function,
         "endpoint": info.endpoint,
@@ -150,6 +150,23 @@ def as_dict(info: CallInfo) -> dict[str, Any]:
         "expires_at": info.expires_at.isoformat(),
         "ready_at": info.ready_at.isoformat() if info.ready_at is not None else None,
         "coroutine_state": None if state is None else _state_dict(state),
+    }
+    if history:
+        shown["attempts_total"] = info.attempts_total
+        shown["attempts_history"] = [_attempt_dict(a) for a in info.attempts_history]
+    return shown
+
+
+def _attempt_dict(attempt: AttemptInfo) -> dict[str, Any]:
+    return {
+        "number": attempt.number,
+        "function": attempt.function,
+        "started_at": attempt.started_at.isoformat(),
+        "duration_seconds": attempt.duration.total_seconds(),
+        "status": attempt.status.name if attempt.status is not None else None,
+        "error": {"type": attempt.error.type, "message": attempt.error.message}
+        if attempt.error is not None
+        else None,
     }
 
 
@@ -220,6 +237,7 @@ def describe(info: CallInfo) -> list[str]:
     if info.error is not None:
         fields.append(("error", error_text(info)))
     lines = [f"{name:<12} {value}" for name, value in fields]
+    lines.extend(history_lines(info))
     state = info.coroutine_state
     if state is not None:
         journal = read_journal(state)
@@ -227,4 +245,39 @@ def describe(info: CallInfo) -> list[str]:
             lines.append(f"{'state':<12} {describe_any(state)}")
         else:
             lines.extend(journal_lines(journal))
+    return lines
+
+
+_HISTORY_HEADER = ("#", "STARTED", "DURATION", "STATUS", "FUNCTION")
+
+
+def history_lines(info: CallInfo) -> list[str]:
+    """The call's attempts as a table, oldest first, under how many there were in all
+    (the history keeps the latest): nothing when none was recorded."""
+    if not info.attempts_history:
+        return []
+    kept = len(info.attempts_history)
+    total = info.attempts_total
+    more = f", the latest {kept} kept" if total > kept else ""
+    rows = [
+        (
+            str(attempt.number),
+            moment(attempt.started_at),
+            duration(attempt.duration.total_seconds()),
+            attempt.status.name if attempt.status is not None else "-",
+            attempt.function,
+            _one_line(f"{attempt.error.type}: {attempt.error.message}", _ERROR_WIDTH)
+            if attempt.error is not None
+            else "",
+        )
+        for attempt in info.attempts_history
+    ]
+    header = (*_HISTORY_HEADER, "ERROR")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(_HISTORY_HEADER))]
+    lines = [f"{'history':<12} {total} attempt(s){more}"]
+    for row in [header, *rows]:
+        cells = [
+            row[i].rjust(width) if i == 0 else row[i].ljust(width) for i, width in enumerate(widths)
+        ]
+        lines.append(("  " + "  ".join([*cells, row[-1]])).rstrip())
     return lines

@@ -54,8 +54,10 @@ What became of the calls the scheduler holds.
           call is retried). When there are more, stderr's last line says
           "more: --cursor TOKEN": pass it for the next page. --json prints one JSON
           object per call and line. --status takes a final status, or failed.
-  show    one call, field by field, with its input and output decoded and, for a
-          suspended workflow, its journal step by step; --json for programs.
+  show    one call, field by field, with its input and output decoded, its latest
+          attempts as a table (number, start, duration, status, function, error)
+          and, for a suspended workflow, its journal step by step; --json for
+          programs.
   wait    wait for a call and print its output (exit 0 OK, 1 failed), each failed
           attempt on stderr as it happens.
   cancel  end a call and its unfinished descendants.
@@ -153,7 +155,11 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     purging.set_defaults(handler=run_purge)
     for name, help_text, handler in (
-        ("show", "one call: its fields, input, output, a workflow's journal", run_show),
+        (
+            "show",
+            "one call: its fields, input, output, attempts, a workflow's journal",
+            run_show,
+        ),
         ("wait", "wait for a call and print its output", run_wait),
         ("cancel", "end a call and its unfinished descendants", run_cancel),
         ("retry", "start a call's next attempt now, not after its backoff", run_retry),
@@ -298,7 +304,7 @@ def run_show(args: argparse.Namespace) -> int:
     with client() as scheduler:
         info = _checked(lambda: scheduler.get(args.dispatch_id))
     if args.use_json:
-        print(json.dumps(as_dict(info), indent=2, ensure_ascii=False))
+        print(json.dumps(as_dict(info, history=True), indent=2, ensure_ascii=False))
     else:
         print("\n".join(describe(info)))
     return EXIT_OK

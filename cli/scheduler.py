@@ -19,6 +19,7 @@ from ..core.keys import SIGNING_KEY_ENV, load_private_key, public_key_base64
 from ..scheduler.retry import RetryPolicy
 from ..scheduler.settings import (
     DATABASE_URL_ENV,
+    DEFAULT_ATTEMPT_HISTORY,
     DEFAULT_ATTEMPT_TIMEOUT,
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_DATABASE,
@@ -236,6 +237,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "the background: 7d, 12h, 30m, 90s or seconds; 0 keeps them for ever "
         f"(default: {RETENTION_ENV}, else 7d)",
     )
+    parser.add_argument(
+        "--attempt-history",
+        type=_history_size,
+        default=DEFAULT_ATTEMPT_HISTORY,
+        metavar="N",
+        help="how many of each call's latest attempts to keep, with their start, duration, "
+        "status and error (calls show, Get); 0 keeps none (default: %(default)s)",
+    )
     logging_setup.add_arguments(parser, default_level="info")
     parser.set_defaults(handler=run)
 
@@ -247,6 +256,22 @@ def duration(text: str) -> float:
         return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _history_size(text: str) -> int:
+    """``--attempt-history``: a count of attempts, 0 (none kept) or more."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a whole number") from None
+    if not 0 <= number <= MAX_ATTEMPT_HISTORY:
+        raise argparse.ArgumentTypeError(f"{number} is not in 0..{MAX_ATTEMPT_HISTORY}")
+    return number
+
+
+MAX_ATTEMPT_HISTORY = 10_000
+"""The most attempts of one call ``--attempt-history`` may keep (each is a row to read
+with every Get of the call)."""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -295,6 +320,7 @@ def run(args: argparse.Namespace) -> int:
             body_timeout=args.body_timeout,
             metrics_public=args.metrics_public,
             dashboard=args.dashboard,
+            attempt_history=args.attempt_history,
             **given,
         )
     except ConfigurationError as exc:

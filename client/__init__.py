@@ -86,6 +86,36 @@ class CallError:
 
 
 @dataclass(frozen=True)
+class AttemptInfo:
+    """One attempt of a call, as its history keeps it (``CallInfo.attempts_history``)."""
+
+    number: int
+    """1 for the call's first attempt, counting every attempt in its life."""
+    function: str
+    """The function it ran (a tail call hands the call over to another)."""
+    started_at: datetime.datetime
+    duration: datetime.timedelta
+    status: Status | None
+    """What it came to (None: a status this client does not know)."""
+    error: CallError | None
+    """Its error (the message cut to 1 KiB), None when it had none."""
+
+    @classmethod
+    def from_proto(cls, attempt: calls_pb2.Attempt) -> AttemptInfo:
+        error = None
+        if attempt.error_type or attempt.error_message:
+            error = CallError(attempt.error_type, attempt.error_message)
+        return cls(
+            number=attempt.number,
+            function=attempt.function,
+            started_at=attempt.started_at.ToDatetime(datetime.timezone.utc),
+            duration=attempt.duration.ToTimedelta(),
+            status=_status(attempt.status),
+            error=error,
+        )
+
+
+@dataclass(frozen=True)
 class CallInfo:
     """A call as the scheduler holds it."""
 
@@ -118,6 +148,12 @@ class CallInfo:
     """The status of the latest attempt that ended, also while the call is retried."""
     rerun_of: str = ""
     """The call this one is a re-run of (``Client.rerun``); empty for any other."""
+    attempts_history: tuple[AttemptInfo, ...] = ()
+    """The call's latest attempts, oldest first (``get`` and ``wait``; ``list`` leaves
+    them out): at most the scheduler's ``--attempt-history`` of them."""
+    attempts_total: int = 0
+    """How many attempts of the call the scheduler recorded in its life (the history
+    keeps the latest; 0 with the history off)."""
 
     @classmethod
     def from_proto(cls, info: calls_pb2.CallInfo, *, allow_pickle: bool = False) -> CallInfo:
@@ -155,6 +191,8 @@ class CallInfo:
             else None,
             last_status=_status(info.last_status),
             rerun_of=info.rerun_of,
+            attempts_history=tuple(AttemptInfo.from_proto(a) for a in info.history),
+            attempts_total=info.attempts_total,
         )
 
 
@@ -650,6 +688,7 @@ class Client:
 __all__ = [
     "API_KEY_ENV",
     "API_URL_ENV",
+    "AttemptInfo",
     "CallError",
     "CallInfo",
     "CallPage",

@@ -50,7 +50,16 @@ from .metrics import CONTENT_TYPE
 from .overview import Recent, overview_message
 from .retention import Retention, purge
 from .settings import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_INPUT_SIZE, METRICS_KEY_ENV
-from .store import END_BATCH, Call, NewCall, RequestId, State, Store, unavailable
+from .store import (
+    END_BATCH,
+    AttemptHistory,
+    Call,
+    NewCall,
+    RequestId,
+    State,
+    Store,
+    unavailable,
+)
 
 M = TypeVar("M", bound=message.Message)
 logger = logging.getLogger(__name__)
@@ -338,7 +347,9 @@ class Api:
 
     async def get(self, request: calls_pb2.GetRequest) -> CallAnswer:
         found = await self._found(request.dispatch_id)
-        return whole_call(calls_pb2.GetResponse, found)
+        # Read after the call: it holds at least the attempts of the outcome read.
+        history = await self.store.history(found.dispatch_id)
+        return whole_call(calls_pb2.GetResponse, found, history)
 
     async def wait(self, request: calls_pb2.WaitRequest) -> CallAnswer:
         limit = MAX_WAIT
@@ -363,7 +374,8 @@ class Api:
                     found = await self._found(request.dispatch_id)
                 elif time.monotonic() < deadline:
                     found = await self._found(request.dispatch_id)  # the safety re-read
-        return whole_call(calls_pb2.WaitResponse, found)
+        history = await self.store.history(found.dispatch_id)
+        return whole_call(calls_pb2.WaitResponse, found, history)
 
     async def list(self, request: calls_pb2.ListRequest) -> calls_pb2.ListResponse:
         state = None
@@ -565,10 +577,30 @@ def _answers_wait(call: Call, attempts_seen: int | None) -> bool:
     )
 
 
-def whole_call(kind: type[CallResponse], call: Call) -> CallAnswer:
+def whole_call(
+    kind: type[CallResponse], call: Call, history: AttemptHistory | None = None
+) -> CallAnswer:
     """A Get or Wait answer: all of ``call``, its input, output and error too (these two
-    written from their stored bytes: ``CallAnswer``)."""
-    return CallAnswer(kind, call_info(call, with_input=True, with_result=False), call.result)
+    written from their stored bytes: ``CallAnswer``), and its attempts' ``history``."""
+    info = call_info(call, with_input=True, with_result=False)
+    if history is not None:
+        add_history(info, history)
+    return CallAnswer(kind, info, call.result)
+
+
+def add_history(info: calls_pb2.CallInfo, history: AttemptHistory) -> None:
+    """Put a call's attempt history in ``info``."""
+    info.attempts_total = history.total
+    for attempt in history.attempts:
+        shown = info.history.add(
+            number=attempt.number,
+            function=attempt.function,
+            status=attempt.status,
+            error_type=attempt.error_type,
+            error_message=attempt.error_message,
+        )
+        shown.started_at.CopyFrom(timestamp(attempt.started_at))
+        shown.duration.FromNanoseconds(round(attempt.duration * 1e9))
 
 
 def call_info(

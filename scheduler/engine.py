@@ -78,6 +78,7 @@ from .rules import (
     not_stored,
 )
 from .settings import (
+    DEFAULT_ATTEMPT_HISTORY,
     DEFAULT_ATTEMPT_TIMEOUT,
     DEFAULT_MAX_CHILDREN,
     DEFAULT_MAX_DESCENDANTS,
@@ -89,6 +90,7 @@ from .store import (
     ChildResult,
     Claimed,
     Lease,
+    NewAttempt,
     NewCall,
     Store,
     TreeBounds,
@@ -130,6 +132,8 @@ class Engine:
     """The time leases, readiness and expiry are decided by (``clock.py``): the wall
     clock's jumps do not move it."""
     owner: str = field(default_factory=lambda: f"scheduler-{uuid.uuid4().hex[:12]}")
+    attempt_history: int = DEFAULT_ATTEMPT_HISTORY
+    """How many of each call's latest attempts its history keeps (0: none recorded)."""
     rng: random.Random = field(default_factory=random.Random)
     metrics: Metrics = field(default_factory=Metrics)
     """This engine's metrics (``/metrics``); its store's operations are timed into them."""
@@ -332,7 +336,7 @@ class Engine:
             destination=key,
         )
         verdict: Status | None = None
-        ran = time.perf_counter()
+        ran = Ran(call.function, self.clock(), time.perf_counter())
         try:
             request = run_request(
                 call, item.results, deadline=self.clock() + timeout, skew=self.clock.wall_skew()
@@ -350,12 +354,13 @@ class Engine:
             )
         finally:
             self.limiter.release(key, verdict, slot)
-            seconds = time.perf_counter() - ran
+            ran.ended = time.perf_counter()
+            seconds = ran.ended - ran.counter
             self.metrics.attempted(call.function, verdict or Status.TEMPORARY_ERROR, seconds)
         expired = cut_short(outcome, timeout, limits)
         replaced = None
         try:
-            replaced = await self._recorded(call, lease, outcome, expired, limits)
+            replaced = await self._recorded(call, lease, outcome, expired, limits, ran)
         finally:
             milliseconds = round((time.perf_counter() - started) * 1000, 1)
             self._log_attempt(call, replaced or outcome, milliseconds)
@@ -396,7 +401,13 @@ class Engine:
         )
 
     async def _recorded(
-        self, call: Call, lease: Lease, outcome: Outcome, expired: bool, limits: Limits
+        self,
+        call: Call,
+        lease: Lease,
+        outcome: Outcome,
+        expired: bool,
+        limits: Limits,
+        ran: Ran | None = None,
     ) -> Outcome | None:
         """Record ``outcome``, trying again while the store is unavailable (a database
         restart) and the lease holds; past that, the lease lapses and another attempt
@@ -406,10 +417,12 @@ class Engine:
         delay = 0.1
         while True:
             try:
-                return await self._record(call, lease, outcome, expired=expired, limits=limits)
+                return await self._record(
+                    call, lease, outcome, expired=expired, limits=limits, ran=ran
+                )
             except Exception as exc:
                 if not unavailable(exc):
-                    return await self._not_stored(call, lease, exc, limits)
+                    return await self._not_stored(call, lease, exc, limits, ran)
                 if self.clock() + delay >= lease.expires_at or self._stopping:
                     logger.exception("recording the outcome of %s failed", call.dispatch_id)
                     return None
@@ -429,22 +442,47 @@ class Engine:
         *,
         expired: bool = False,
         limits: Limits | None = None,
+        ran: Ran | None = None,
     ) -> Outcome | None:
-        """Decide what ``outcome`` means for ``call`` and record it; what was recorded
-        instead of the endpoint's answer, if anything."""
+        """Decide what ``outcome`` means for ``call`` and record it (with the attempt,
+        ``ran``, in its history); what was recorded instead of the endpoint's answer, if
+        anything."""
         now = self.clock()
         decision = after_attempt(
             call, outcome, limits or self.limits, now, jitter=self.rng.random(), expired=expired
         )
         try:
-            await self._apply(lease, decision, now)
+            await self._apply(lease, decision, now, self._attempt_of(ran, decision, outcome))
         except TreeLimitExceeded as exc:
             decision = beyond_bounds(exc)
-            await self._apply(lease, decision, now)
+            await self._apply(lease, decision, now, self._attempt_of(ran, decision, outcome))
         return decision.instead if isinstance(decision, Finish) else None
 
+    def _attempt_of(
+        self, ran: Ran | None, decision: Decision, outcome: Outcome
+    ) -> NewAttempt | None:
+        """The history's record of the attempt ``ran`` that came to ``outcome``, recorded
+        as ``decision`` (what replaced an invalid answer, if anything); None with
+        history off."""
+        if ran is None or self.attempt_history <= 0:
+            return None
+        if isinstance(decision, Finish) and decision.instead is not None:
+            outcome = decision.instead
+        status, error_type, message = attempt_outcome(outcome)
+        if status is Status.OK:
+            error_type = message = ""
+        return NewAttempt(
+            function=ran.function,
+            started_at=ran.started_at,
+            duration=max(0.0, (ran.ended or time.perf_counter()) - ran.counter),
+            status=status.value,
+            error_type=error_type,
+            error_message=message,
+            keep=self.attempt_history,
+        )
+
     async def _not_stored(
-        self, call: Call, lease: Lease, error: Exception, limits: Limits
+        self, call: Call, lease: Lease, error: Exception, limits: Limits, ran: Ran | None = None
     ) -> Outcome | None:
         """The attempt's outcome could not be stored, by an error that trying again will
         not mend (a value the database refuses, a fault of ours): counted in the store,
@@ -463,19 +501,32 @@ class Engine:
                 return None  # its lease is no longer current
             now = self.clock()
             decision = not_stored(call, failures, reason, limits, now, jitter=self.rng.random())
-            await self._apply(lease, decision, now)
+            unstored = Outcome(
+                decision.status,
+                error_type="OutcomeNotStored",
+                message=f"its outcome could not be stored: {reason}",
+            )
+            await self._apply(lease, decision, now, self._attempt_of(ran, decision, unstored))
         except Exception:
             logger.exception("recording that %s could not be stored failed", call.dispatch_id)
             return None
         return decision.instead if isinstance(decision, Finish) else None
 
-    async def _apply(self, lease: Lease, decision: Decision, now: float) -> None:
-        """Record ``decision`` under ``lease``: one store call."""
+    async def _apply(
+        self, lease: Lease, decision: Decision, now: float, attempt: NewAttempt | None = None
+    ) -> None:
+        """Record ``decision`` under ``lease``, and ``attempt`` in the call's history:
+        one store call."""
         if isinstance(decision, Finish):
-            await self._end(lease, decision.status, decision.result, now)
+            await self._end(lease, decision.status, decision.result, now, attempt)
         elif isinstance(decision, Retry):
             recorded = await self.store.retry(
-                lease, decision.status.value, decision.result, ready_at=decision.ready_at, now=now
+                lease,
+                decision.status.value,
+                decision.result,
+                ready_at=decision.ready_at,
+                now=now,
+                attempt=attempt,
             )
             if recorded:
                 self._due = min(self._due, decision.ready_at)
@@ -494,20 +545,48 @@ class Engine:
                 until=decision.until,
                 now=now,
                 bounds=TreeBounds(self.max_children, self.max_descendants),
+                attempt=attempt,
             )
             if decision.children:
                 self._wake.set()
         elif isinstance(decision, TailCall):
             await self.store.tail_call(
-                lease, decision.function, decision.endpoint, decision.input, now=now
+                lease,
+                decision.function,
+                decision.endpoint,
+                decision.input,
+                now=now,
+                attempt=attempt,
             )
         else:
-            await self.store.restart(lease, now=now, orphans=ORPHANS)
+            await self.store.restart(lease, now=now, orphans=ORPHANS, attempt=attempt)
 
-    async def _end(self, lease: Lease, status: Status, result: bytes, now: float) -> None:
-        if await self.store.finish(lease, status.value, result, now=now, orphans=ORPHANS):
+    async def _end(
+        self,
+        lease: Lease,
+        status: Status,
+        result: bytes,
+        now: float,
+        attempt: NewAttempt | None = None,
+    ) -> None:
+        finished = await self.store.finish(
+            lease, status.value, result, now=now, orphans=ORPHANS, attempt=attempt
+        )
+        if finished:
             self._changed(lease.dispatch_id)
             self.metrics.ended(status)
+
+
+@dataclass
+class Ran:
+    """When an attempt of ``function`` ran: for its record in the call's history."""
+
+    function: str
+    started_at: float
+    """The store's clock."""
+    counter: float
+    """``time.perf_counter()`` then, for its duration."""
+    ended: float | None = None
 
 
 ALL_TREES = "*"
@@ -555,17 +634,19 @@ LOGGED_MESSAGE = 200
 """How much of an attempt's error message its log line carries."""
 
 
-def attempt_summary(outcome: Outcome) -> tuple[Status, str, str]:
+def attempt_outcome(outcome: Outcome) -> tuple[Status, str, str]:
     """What an attempt came to: the run's status (its RunResponse's, when the endpoint
-    answered one), and the type and first line of its error, shortened (empty when it
-    has none)."""
+    answered one), and the type and message of its error (empty when it has none)."""
     response = outcome.response
     if response is None:
-        status, error_type, message = outcome.status, outcome.error_type, outcome.message
-    else:
-        status = Status.answered(response.status)
-        error = response.exit.result.error
-        error_type, message = error.type, error.message
+        return outcome.status, outcome.error_type, outcome.message
+    error = response.exit.result.error
+    return Status.answered(response.status), error.type, error.message
+
+
+def attempt_summary(outcome: Outcome) -> tuple[Status, str, str]:
+    """``attempt_outcome``, with the first line of its error's message, shortened."""
+    status, error_type, message = attempt_outcome(outcome)
     first = message.strip().split("\n", 1)[0]
     if len(first) > LOGGED_MESSAGE:
         first = first[: LOGGED_MESSAGE - 3] + "..."

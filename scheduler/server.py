@@ -90,6 +90,7 @@ async def serve(
         max_descendants=settings.max_descendants,
         max_output_size=settings.max_output_size,
         clock=clock,
+        attempt_history=settings.attempt_history,
     )
     # Deletes the finished trees past the window in the background (none: 0).
     retention = Retention(

@@ -25,6 +25,8 @@ DEFAULT_PORT = int(DEFAULT_API_URL.rpartition(":")[2])
 finds it), so that the number is written once."""
 DEFAULT_ATTEMPT_TIMEOUT = 300.0
 """The longest an attempt may take, in seconds."""
+DEFAULT_ATTEMPT_HISTORY = 50
+"""How many of each call's latest attempts its history keeps."""
 DEFAULT_GRACE_PERIOD = 10.0
 """How long a graceful stop waits for attempts in flight, in seconds."""
 DEFAULT_MAX_INPUT_SIZE = DEFAULT_MAX_BODY_SIZE
@@ -133,6 +135,8 @@ class Settings:
     retention: float = DEFAULT_RETENTION
     """Seconds a finished call tree is kept after its root finished, then deleted in
     the background (``retention.py``); 0: kept for ever."""
+    attempt_history: int = DEFAULT_ATTEMPT_HISTORY
+    """How many of each call's latest attempts its history keeps (0: none recorded)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **given: Any) -> Settings:

@@ -92,6 +92,18 @@ def infos(draw: st.DrawFn) -> calls_pb2.CallInfo:
     for name in ("created_at", "expires_at", "finished_at", "ready_at"):
         if draw(st.booleans()):
             getattr(info, name).FromSeconds(draw(st.integers(0, 2**33)))
+    # The attempt history, which Get and Wait carry after the fields of the result.
+    for number in range(draw(st.integers(0, 3))):
+        attempt = info.history.add(
+            number=number + 1,
+            function=draw(texts),
+            status=draw(st.sampled_from([Status.OK.value, Status.TIMEOUT.value])),  # type: ignore[arg-type]
+            error_type=draw(texts),
+            error_message=draw(texts),
+        )
+        attempt.started_at.FromSeconds(draw(st.integers(0, 2**33)))
+        attempt.duration.FromNanoseconds(draw(st.integers(0, 10**12)))
+        info.attempts_total = number + 1 + draw(st.integers(0, 100))
     return info
 
 
@@ -206,9 +218,13 @@ def test_a_large_output_is_answered_whole_by_get_and_wait(tmp_path: Path) -> Non
             assert info.output.Unpack(output)
             assert output.value == value, name
             assert info.status == Status.OK.value
+            assert [a.status for a in info.history] == [Status.OK.value], name
+            assert info.attempts_total == 1
         else:
             shown = json.loads(body)["call"]
             assert shown["status"] == "STATUS_OK"
+            assert [a["status"] for a in shown["history"]] == ["STATUS_OK"], name
+            assert shown["attemptsTotal"] == "1"
             assert shown["output"] == {
                 "@type": "type.googleapis.com/google.protobuf.BytesValue",
                 "value": base64.b64encode(value).decode(),

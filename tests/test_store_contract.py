@@ -2112,3 +2112,196 @@ def test_postgres_processes_purging_together_delete_each_tree_once(postgres_serv
     batches, left = run(together())
     assert sum(sum(each) for each in batches) == 600
     assert left == 0
+
+
+# --- attempt history ------------------------------------------------------------------
+
+
+def attempt(status: int = OK, keep: int = 50, **fields: Any) -> Any:
+    from dispatchlet.scheduler.store import NewAttempt
+
+    fields.setdefault("function", "f")
+    fields.setdefault("started_at", NOW)
+    fields.setdefault("duration", 0.25)
+    return NewAttempt(status=status, keep=keep, **fields)
+
+
+def test_each_outcome_adds_its_attempt_to_the_history(open_store: Opener) -> None:
+    """Retry, restart, suspension, tail call and finish each add the attempt they are
+    given, numbered in the call's life, with the outcome."""
+
+    async def body(store: Store) -> None:
+        (dispatch_id,) = await store.dispatch([call()], now=NOW)
+
+        async def claimed(now: float) -> Lease:
+            (item,) = await store.claim(owner="s", now=now, limit=1, lease_seconds=LEASE)
+            return item.lease
+
+        lease = await claimed(NOW)
+        assert await store.retry(
+            lease,
+            TIMEOUT,
+            b"e",
+            ready_at=NOW,
+            now=NOW + 1,
+            attempt=attempt(TIMEOUT, error_type="Timeout", error_message="no answer"),
+        )
+        lease = await claimed(NOW + 2)
+        assert await store.restart(
+            lease,
+            now=NOW + 2,
+            orphans=(PERMANENT_ERROR, b""),
+            attempt=attempt(6, started_at=NOW + 2),
+        )
+        lease = await claimed(NOW + 3)
+        assert (
+            await store.suspend(
+                lease,
+                b"",
+                [call("child")],
+                min_results=1,
+                max_results=1,
+                until=NOW + 60,
+                now=NOW + 3,
+                attempt=attempt(OK, started_at=NOW + 3),
+            )
+            is not None
+        )
+        history = await store.history(dispatch_id)
+        assert [(a.number, a.status) for a in history.attempts] == [(1, TIMEOUT), (2, 6), (3, OK)]
+        (child,) = [c for c in await store.list() if c.function == "child"]
+        child_lease = (await store.claim(owner="s", now=NOW + 4, limit=1, lease_seconds=LEASE))[0]
+        assert child_lease.call.dispatch_id == child.dispatch_id
+        assert await store.finish(
+            child_lease.lease, OK, b"", now=NOW + 4, attempt=attempt(function="child")
+        )
+        lease = await claimed(NOW + 5)
+        assert await store.tail_call(
+            lease,
+            "g",
+            "http://127.0.0.1:8001",
+            b"",
+            now=NOW + 5,
+            attempt=attempt(started_at=NOW + 5),
+        )
+        lease = await claimed(NOW + 6)
+        assert await store.finish(
+            lease,
+            PERMANENT_ERROR,
+            b"e",
+            now=NOW + 7,
+            attempt=attempt(
+                PERMANENT_ERROR,
+                function="g",
+                started_at=NOW + 6,
+                duration=1.5,
+                error_type="ValueError",
+                error_message="bad",
+            ),
+        )
+        history = await store.history(dispatch_id)
+        assert history.total == 5
+        first, *_, last = history.attempts
+        assert (first.function, first.started_at, first.duration) == ("f", NOW, 0.25)
+        assert (first.error_type, first.error_message) == ("Timeout", "no answer")
+        assert [a.function for a in history.attempts] == ["f", "f", "f", "f", "g"]
+        assert (last.number, last.status, last.started_at, last.duration) == (
+            5,
+            PERMANENT_ERROR,
+            NOW + 6,
+            1.5,
+        )
+        assert (last.error_type, last.error_message) == ("ValueError", "bad")
+        # Each call its own history.
+        child_history = await store.history(child.dispatch_id)
+        assert [(a.number, a.function) for a in child_history.attempts] == [(1, "child")]
+        unknown = await store.history("0" * 32)
+        assert (unknown.attempts, unknown.total) == ((), 0)
+
+    with_store(open_store, body)
+
+
+def test_the_history_keeps_the_latest_attempts_with_their_count(open_store: Opener) -> None:
+    async def body(store: Store) -> None:
+        (dispatch_id,) = await store.dispatch([call()], now=NOW)
+        for number in range(1, 6):
+            (item,) = await store.claim(owner="s", now=NOW + number, limit=1, lease_seconds=LEASE)
+            given = attempt(TIMEOUT, keep=3, started_at=NOW + number)
+            assert await store.retry(
+                item.lease, TIMEOUT, b"", ready_at=NOW, now=NOW + number, attempt=given
+            )
+        history = await store.history(dispatch_id)
+        assert [a.number for a in history.attempts] == [3, 4, 5]
+        assert [a.started_at for a in history.attempts] == [NOW + 3, NOW + 4, NOW + 5]
+        assert history.total == 5
+        # Kept: none (history off) adds nothing, and drops nothing.
+        (item,) = await store.claim(owner="s", now=NOW + 9, limit=1, lease_seconds=LEASE)
+        assert await store.finish(item.lease, OK, b"", now=NOW + 9, attempt=attempt(keep=0))
+        assert await store.history(dispatch_id) == history
+
+    with_store(open_store, body)
+
+
+def test_a_stale_lease_adds_no_attempt(open_store: Opener) -> None:
+    async def body(store: Store) -> None:
+        ids = await store.dispatch([call(), call()], now=NOW)
+        stale = await store.claim(owner="old", now=NOW, limit=2, lease_seconds=LEASE)
+        # The leases lapse; another process claims the calls again.
+        later = NOW + LEASE + 1
+        current = await store.claim(owner="new", now=later, limit=2, lease_seconds=LEASE)
+        assert len(current) == 2
+        first, second = (
+            c.lease for c in sorted(stale, key=lambda c: ids.index(c.call.dispatch_id))
+        )
+        assert not await store.retry(
+            first, TIMEOUT, b"", ready_at=later, now=later, attempt=attempt()
+        )
+        assert not await store.tail_call(
+            first, "g", "http://127.0.0.1:8001", b"", now=later, attempt=attempt()
+        )
+        assert not await store.restart(
+            first, now=later, orphans=(PERMANENT_ERROR, b""), attempt=attempt()
+        )
+        assert (
+            await store.suspend(
+                first,
+                b"",
+                [],
+                min_results=1,
+                max_results=1,
+                until=later,
+                now=later,
+                attempt=attempt(),
+            )
+            is None
+        )
+        # Finishes at once (PostgreSQL writes them in one batch): only the current one counts.
+        done = await asyncio.gather(
+            *(
+                store.finish(lease, OK, b"", now=later, attempt=attempt(function=lease.dispatch_id))
+                for lease in (first, second, *(c.lease for c in current))
+            )
+        )
+        assert done == [False, False, True, True]
+        for dispatch_id in ids:
+            history = await store.history(dispatch_id)
+            assert [(a.number, a.function) for a in history.attempts] == [(1, dispatch_id)]
+
+    with_store(open_store, body)
+
+
+def test_an_attempts_error_is_kept_as_text_cut_to_a_kibibyte(open_store: Opener) -> None:
+    """What a database's text cannot hold (NUL, a lone surrogate) is replaced rather than
+    failing the outcome it is recorded with."""
+
+    async def body(store: Store) -> None:
+        (dispatch_id,) = await store.dispatch([call()], now=NOW)
+        (item,) = await store.claim(owner="s", now=NOW, limit=1, lease_seconds=LEASE)
+        given = attempt(PERMANENT_ERROR, error_type="Bad\x00Type\ud800", error_message="é" * 2000)
+        assert await store.finish(item.lease, PERMANENT_ERROR, b"", now=NOW, attempt=given)
+        (kept,) = (await store.history(dispatch_id)).attempts
+        assert kept.error_type == "Bad\ufffdType?"
+        assert kept.error_message == "é" * 512  # 1024 bytes of UTF-8
+        assert (await store.get(dispatch_id)).done  # type: ignore[union-attr]
+
+    with_store(open_store, body)

@@ -229,6 +229,7 @@ class Dashboard:
             journal=journal,
             steps=steps,
             state_description="" if state is None or journal is not None else state.type_url,
+            attempts_history=views.attempt_rows(await self.api.store.history(call.dispatch_id)),
         )
         done = request.query.get("done", "")
         return self.render(

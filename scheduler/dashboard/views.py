@@ -20,7 +20,7 @@ from ...core.errors import InvalidArgument
 from ...core.status import Status
 from ...core.value_views import decoded, plain, read_journal
 from ...proto.dispatch.sdk.v1 import call_pb2
-from ..store import Call, State
+from ..store import AttemptHistory, Call, State
 
 FAILED = "failed"
 MAX_SHOWN_CHARS = 64 * 1024
@@ -359,6 +359,23 @@ def journal_steps(
             )
         )
     return journal, steps
+
+
+def attempt_rows(history: AttemptHistory) -> list[dict[str, Any]]:
+    """The attempts table's rows: a call's history, oldest first."""
+    return [
+        {
+            "#": str(attempt.number),
+            "Started": moment(attempt.started_at),
+            "Duration": duration(attempt.duration),
+            "Status": status_name(attempt.status),
+            "Function": attempt.function,
+            "Error": one_line(f"{attempt.error_type}: {attempt.error_message}")
+            if attempt.error_type or attempt.error_message
+            else "",
+        }
+        for attempt in history.attempts
+    ]
 
 
 @dataclass

@@ -28,6 +28,11 @@ name: a retention that deletes calls must delete, in the same transaction, their
 (the PostgreSQL and SQLite tables cascade them with the call) and every request row
 that names one of them, so that no request id or key outlives its calls and none is
 dropped while they are kept.
+
+Each call's attempt history (``history``) is written by the method that records the
+attempt's outcome, in its transaction (``NewAttempt``): the latest few attempts, numbered
+in the call's life. Its rows are deleted with their call (the tables cascade them). An
+attempt whose lease lapsed before its outcome was recorded is not in it.
 """
 
 from __future__ import annotations
@@ -164,6 +169,74 @@ class Claimed:
     """For a resume: the children's results to deliver, in the order they finished."""
 
 
+ERROR_MESSAGE_BYTES = 1024
+"""The most of an attempt's error message its history keeps, in UTF-8 bytes."""
+
+
+@dataclass(frozen=True)
+class NewAttempt:
+    """An attempt whose outcome is being recorded: given to the method that records it
+    (``finish``, ``retry``, ``suspend``, ``restart``, ``tail_call``), which adds it to
+    the call's history in the same transaction, numbered after the attempts before it,
+    keeping the latest ``keep`` (a stale lease adds nothing)."""
+
+    function: str
+    """The function the attempt ran (a tail call hands the call to another)."""
+    started_at: float
+    duration: float
+    """Seconds."""
+    status: int
+    """What the attempt came to (a ``Status`` value)."""
+    keep: int
+    """How many of the call's latest attempts to keep (``--attempt-history``)."""
+    error_type: str = ""
+    error_message: str = ""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt of a call, as its history keeps it."""
+
+    number: int
+    """1 for the call's first attempt, counting every attempt recorded in its life."""
+    function: str
+    started_at: float
+    duration: float
+    status: int
+    error_type: str
+    error_message: str
+
+
+@dataclass(frozen=True)
+class AttemptHistory:
+    """The latest attempts of a call, oldest first, and how many were recorded in all."""
+
+    attempts: tuple[Attempt, ...] = ()
+    total: int = 0
+
+
+def stored_text(text: str, limit: int | None = None) -> str:
+    """``text`` as a database keeps it: what UTF-8 cannot encode (a lone surrogate)
+    and NUL (which PostgreSQL's text refuses) replaced, cut to ``limit`` bytes at a
+    character's boundary."""
+    data = text.replace("\x00", "\ufffd").encode("utf-8", "replace")
+    if limit is not None and len(data) > limit:
+        data = data[:limit]
+    return data.decode("utf-8", "ignore")
+
+
+def attempt_from_row(row: Sequence[Any]) -> Attempt:
+    """An attempt from its ``(number, function, started_at, duration, status,
+    error_type, error_message)`` columns."""
+    return Attempt(int(row[0]), row[1], row[2], row[3], int(row[4]), row[5], row[6])
+
+
+def history_of(rows: Sequence[Sequence[Any]]) -> AttemptHistory:
+    """A call's history from its rows, oldest first."""
+    attempts = tuple(attempt_from_row(row) for row in rows)
+    return AttemptHistory(attempts, attempts[-1].number if attempts else 0)
+
+
 END_BATCH = 500
 """How many descendants of an ended call one transaction ends: each costs an update of
 their row and its indexes, so that a batch holds the store for tens of milliseconds,
@@ -271,9 +344,12 @@ class Store(Protocol):
         *,
         now: float,
         orphans: tuple[int, bytes] = (0, b""),
+        attempt: NewAttempt | None = None,
     ) -> bool:
         """Record the final outcome; False (nothing changed) for a stale lease. The
-        call's unfinished descendants end with ``orphans`` (a status and a result)."""
+        call's unfinished descendants end with ``orphans`` (a status and a result).
+        ``attempt``, in each method that records an outcome, is added to the call's
+        history with it (``NewAttempt``)."""
 
     async def suspend(
         self,
@@ -286,6 +362,7 @@ class Store(Protocol):
         until: float,
         now: float,
         bounds: TreeBounds = NO_BOUNDS,
+        attempt: NewAttempt | None = None,
     ) -> list[str] | None:
         """Store ``children`` under the call and make it wait for them (``poll``: the
         serialized Poll without its calls); their ids, or None for a stale lease. The
@@ -293,18 +370,39 @@ class Store(Protocol):
         of each resume have the whole ``max_attempts`` (a workflow may have many steps).
         Children beyond ``bounds`` raise ``TreeLimitExceeded`` and change nothing."""
 
-    async def restart(self, lease: Lease, *, now: float, orphans: tuple[int, bytes]) -> bool:
+    async def restart(
+        self,
+        lease: Lease,
+        *,
+        now: float,
+        orphans: tuple[int, bytes],
+        attempt: NewAttempt | None = None,
+    ) -> bool:
         """Run the call again from its input, its poll state dropped and its unfinished
         descendants ended with ``orphans``; False for a stale lease."""
 
     async def retry(
-        self, lease: Lease, status: int, result: bytes, *, ready_at: float, now: float
+        self,
+        lease: Lease,
+        status: int,
+        result: bytes,
+        *,
+        ready_at: float,
+        now: float,
+        attempt: NewAttempt | None = None,
     ) -> bool:
         """Make the call ready again at ``ready_at``, keeping the attempt's ``status`` and
         its error (``result``); False for a stale lease."""
 
     async def tail_call(
-        self, lease: Lease, function: str, endpoint: str, input: bytes, *, now: float
+        self,
+        lease: Lease,
+        function: str,
+        endpoint: str,
+        input: bytes,
+        *,
+        now: float,
+        attempt: NewAttempt | None = None,
     ) -> bool:
         """Hand the call over to ``function`` at ``endpoint`` with ``input``, ready now:
         the same dispatch id, parent, root, creation time and expiration, a fresh count
@@ -312,6 +410,10 @@ class Store(Protocol):
 
     async def get(self, dispatch_id: str) -> Call | None:
         """The call, or None."""
+
+    async def history(self, dispatch_id: str) -> AttemptHistory:
+        """The attempts the call's history keeps, oldest first, and how many were
+        recorded in its life (none: an unknown call, or history off)."""
 
     async def list(
         self,
@@ -518,16 +620,20 @@ def child_result_from_row(row: Sequence[Any]) -> ChildResult:
 __all__ = [
     "COUNT_CAP",
     "END_BATCH",
+    "ERROR_MESSAGE_BYTES",
     "LISTED_ERROR_BYTES",
     "NO_BOUNDS",
     "OVERVIEW_FUNCTIONS",
     "PURGE_BATCH",
+    "Attempt",
+    "AttemptHistory",
     "Call",
     "ChildResult",
     "Claimed",
     "DatabaseBroken",
     "Finished",
     "Lease",
+    "NewAttempt",
     "NewCall",
     "QueueStats",
     "RequestConflict",
@@ -537,6 +643,7 @@ __all__ = [
     "StoreError",
     "TreeBounds",
     "TreeLimitExceeded",
+    "attempt_from_row",
     "call_from_row",
     "child_result_from_row",
     "children_of",
@@ -544,11 +651,13 @@ __all__ = [
     "claim_window",
     "corrupt",
     "fitting",
+    "history_of",
     "in_turns",
     "loaded_correlation_id",
     "needs_root_heads",
     "new_dispatch_id",
     "stored_correlation_id",
+    "stored_text",
     "summary",
     "unavailable",
 ]

@@ -19,12 +19,16 @@ from ..calls import destination
 from . import (
     COUNT_CAP,
     END_BATCH,
+    ERROR_MESSAGE_BYTES,
     NO_BOUNDS,
     PURGE_BATCH,
+    Attempt,
+    AttemptHistory,
     Call,
     ChildResult,
     Claimed,
     Lease,
+    NewAttempt,
     NewCall,
     RequestId,
     State,
@@ -36,6 +40,7 @@ from . import (
     fitting,
     in_turns,
     new_dispatch_id,
+    stored_text,
     summary,
 )
 from .idempotency import KeyedCalls, repeated
@@ -83,6 +88,8 @@ class _Row:
     trace_context: str = ""
     children: builtins.list[str] = field(default_factory=builtins.list)
     rerun_of: str | None = None
+    attempts_kept: deque[Attempt] = field(default_factory=deque)
+    """Its history of attempts (the SQL stores' ``{calls}_attempts``)."""
 
     def call(self) -> Call:
         return Call(
@@ -235,10 +242,12 @@ class MemoryStore:
         *,
         now: float,
         orphans: tuple[int, bytes] = (0, b""),
+        attempt: NewAttempt | None = None,
     ) -> bool:
         row = self._leased(lease)
         if row is None:
             return False
+        _add_attempt(row, attempt)
         self._end(row, status, result, now)
         self._deliver(lease.delivered)
         self._end_descendants(row.dispatch_id, orphans, now)
@@ -257,11 +266,13 @@ class MemoryStore:
         until: float,
         now: float,
         bounds: TreeBounds = NO_BOUNDS,
+        attempt: NewAttempt | None = None,
     ) -> list[str] | None:
         row = self._leased(lease)
         if row is None:
             return None
         self._check_bounds(row, len(children), bounds)
+        _add_attempt(row, attempt)
         ids = self._insert(children_of(row.dispatch_id, row.root_id, children), now)
         row.state = State.WAITING
         row.poll = poll
@@ -274,10 +285,18 @@ class MemoryStore:
         self._wake(row.dispatch_id, now)
         return ids
 
-    async def restart(self, lease: Lease, *, now: float, orphans: tuple[int, bytes]) -> bool:
+    async def restart(
+        self,
+        lease: Lease,
+        *,
+        now: float,
+        orphans: tuple[int, bytes],
+        attempt: NewAttempt | None = None,
+    ) -> bool:
         row = self._leased(lease)
         if row is None:
             return False
+        _add_attempt(row, attempt)
         row.state = State.READY
         row.ready_at = now
         row.poll = b""
@@ -291,22 +310,38 @@ class MemoryStore:
         return True
 
     async def retry(
-        self, lease: Lease, status: int, result: bytes, *, ready_at: float, now: float
+        self,
+        lease: Lease,
+        status: int,
+        result: bytes,
+        *,
+        ready_at: float,
+        now: float,
+        attempt: NewAttempt | None = None,
     ) -> bool:
         row = self._leased(lease)
         if row is None:
             return False
+        _add_attempt(row, attempt)
         row.state = State.READY
         row.status, row.result, row.ready_at = status, result, ready_at
         row.unlease()
         return True
 
     async def tail_call(
-        self, lease: Lease, function: str, endpoint: str, input: bytes, *, now: float
+        self,
+        lease: Lease,
+        function: str,
+        endpoint: str,
+        input: bytes,
+        *,
+        now: float,
+        attempt: NewAttempt | None = None,
     ) -> bool:
         row = self._leased(lease)
         if row is None:
             return False
+        _add_attempt(row, attempt)
         row.function, row.endpoint, row.input = function, endpoint, input
         row.destination = destination(endpoint)
         row.state = State.READY
@@ -324,6 +359,13 @@ class MemoryStore:
         self._check_open()
         row = self._rows.get(dispatch_id)
         return None if row is None else row.call()
+
+    async def history(self, dispatch_id: str) -> AttemptHistory:
+        self._check_open()
+        row = self._rows.get(dispatch_id)
+        if row is None or not row.attempts_kept:
+            return AttemptHistory()
+        return AttemptHistory(tuple(row.attempts_kept), row.attempts_kept[-1].number)
 
     async def list(
         self,
@@ -653,6 +695,26 @@ class MemoryStore:
             if row.state is State.RUNNING and (row.lease_expires or 0.0) > now:
                 running[row.destination] = running.get(row.destination, 0) + 1
         return running
+
+
+def _add_attempt(row: _Row, attempt: NewAttempt | None) -> None:
+    """Add ``attempt`` to the call's history, keeping its latest ``attempt.keep``."""
+    if attempt is None or attempt.keep <= 0:
+        return
+    kept = row.attempts_kept
+    kept.append(
+        Attempt(
+            number=kept[-1].number + 1 if kept else 1,
+            function=attempt.function,
+            started_at=attempt.started_at,
+            duration=attempt.duration,
+            status=attempt.status,
+            error_type=stored_text(attempt.error_type, ERROR_MESSAGE_BYTES),
+            error_message=stored_text(attempt.error_message, ERROR_MESSAGE_BYTES),
+        )
+    )
+    while len(kept) > attempt.keep:
+        kept.popleft()
 
 
 def _unread(child: _Row) -> bool:

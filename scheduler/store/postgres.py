@@ -39,10 +39,12 @@ from . import (
     END_BATCH,
     NO_BOUNDS,
     PURGE_BATCH,
+    AttemptHistory,
     Call,
     ChildResult,
     Claimed,
     Lease,
+    NewAttempt,
     NewCall,
     RequestId,
     State,
@@ -52,6 +54,7 @@ from . import (
     call_from_row,
     child_result_from_row,
     children_of,
+    history_of,
 )
 from .claims import claim_candidates, claim_window, fitting, in_turns, needs_root_heads
 from .idempotency import (
@@ -72,6 +75,7 @@ from .statements import (
     PostgresStatements,
     PurgeStatements,
     Step,
+    attempt_params,
     fenced,
     rows_to_insert,
 )
@@ -517,13 +521,14 @@ class PostgresStore:
         *,
         now: float,
         orphans: tuple[int, bytes] = (0, b""),
+        attempt: NewAttempt | None = None,
     ) -> bool:
         # Group commit: finishes that arrive while FINISH_FLUSHES batches are being
         # written wait for the next batch, so that under load many share one
         # transaction, one commit and one WAL flush; each is still fenced by its own
         # lease.
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._finishing.append(((lease, status, result, now, orphans), future))
+        self._finishing.append(((lease, status, result, now, orphans, attempt), future))
         if len(self._finishing) == 1:
             asyncio.get_running_loop().call_soon(self._flush_finishes)
         return await future
@@ -572,6 +577,7 @@ class PostgresStore:
         until: float,
         now: float,
         bounds: TreeBounds = NO_BOUNDS,
+        attempt: NewAttempt | None = None,
     ) -> list[str] | None:
         async def update(db: Connection) -> list[str] | None:
             waiting = fenced(
@@ -581,6 +587,7 @@ class PostgresStore:
             if row is None:
                 return None
             await _check_bounds(db, lease.dispatch_id, row[0], len(children), bounds)
+            await _add_attempt(db, lease, attempt)
             await _deliver(db, lease.delivered)
             ids = await _insert(db, children_of(lease.dispatch_id, row[0], children), now)
             # Results of earlier polls may be enough already.
@@ -591,11 +598,19 @@ class PostgresStore:
 
         return await self._transaction(update)
 
-    async def restart(self, lease: Lease, *, now: float, orphans: tuple[int, bytes]) -> bool:
+    async def restart(
+        self,
+        lease: Lease,
+        *,
+        now: float,
+        orphans: tuple[int, bytes],
+        attempt: NewAttempt | None = None,
+    ) -> bool:
         async def update(db: Connection) -> bool:
             cursor = await db.execute(SQL.restart, fenced(lease, now=now))
             if cursor.rowcount != 1:
                 return False
+            await _add_attempt(db, lease, attempt)
             # The old children's results belong to the run that was dropped; those
             # unfinished end (not the children the run to come will make).
             await _set_aside_children(db, lease.dispatch_id)
@@ -605,15 +620,33 @@ class PostgresStore:
         return await self._transaction(update)
 
     async def retry(
-        self, lease: Lease, status: int, result: bytes, *, ready_at: float, now: float
+        self,
+        lease: Lease,
+        status: int,
+        result: bytes,
+        *,
+        ready_at: float,
+        now: float,
+        attempt: NewAttempt | None = None,
     ) -> bool:
         del now
         retried = fenced(lease, status=status, result=result, ready_at=ready_at)
-        # One statement (atomic by itself): the retry, and its waiters told.
-        return len(await self._select(SQL.retry_notified, retried)) == 1
+        if attempt is None or not _recorded(attempt):
+            # One statement (atomic by itself): the retry, and its waiters told.
+            return len(await self._select(SQL.retry_notified, retried)) == 1
+        # The same, with its attempt in the history.
+        recorded = await self._select(SQL.retry_recorded, retried | attempt_params(attempt))
+        return len(recorded) == 1
 
     async def tail_call(
-        self, lease: Lease, function: str, endpoint: str, input: bytes, *, now: float
+        self,
+        lease: Lease,
+        function: str,
+        endpoint: str,
+        input: bytes,
+        *,
+        now: float,
+        attempt: NewAttempt | None = None,
     ) -> bool:
         async def update(db: Connection) -> bool:
             handed = fenced(
@@ -627,6 +660,7 @@ class PostgresStore:
             cursor = await db.execute(SQL.tail_call, handed)
             if cursor.rowcount != 1:
                 return False
+            await _add_attempt(db, lease, attempt)
             # The function handed over to starts afresh: earlier children are not its.
             await _set_aside_children(db, lease.dispatch_id)
             return True
@@ -636,6 +670,9 @@ class PostgresStore:
     async def get(self, dispatch_id: str) -> Call | None:
         rows = await self._select(SQL.get, {"id": dispatch_id})
         return call_from_row(rows[0]) if rows else None
+
+    async def history(self, dispatch_id: str) -> AttemptHistory:
+        return history_of(await self._select(SQL.history, {"id": dispatch_id}))
 
     async def list(
         self,
@@ -773,7 +810,24 @@ class PostgresStore:
         await self._pool.close()
 
 
-_Finish = tuple[Lease, int, bytes, float, tuple[int, bytes]]
+_Finish = tuple[Lease, int, bytes, float, tuple[int, bytes], NewAttempt | None]
+
+
+def _recorded(attempt: NewAttempt | None) -> bool:
+    """Whether ``attempt`` goes into its call's history (not with history off)."""
+    return attempt is not None and attempt.keep > 0
+
+
+async def _add_attempt(db: Connection, lease: Lease, attempt: NewAttempt | None) -> None:
+    """Add ``attempt`` to the history of the call under ``lease`` (just updated under
+    it, in this transaction), keeping its latest ``attempt.keep``."""
+    if attempt is None or not _recorded(attempt):
+        return
+    params = fenced(lease, **attempt_params(attempt))
+    row = await (await db.execute(SQL.add_attempt, params)).fetchone()
+    assert row is not None
+    if row[0] > attempt.keep:
+        await db.execute(SQL.trim_attempts, {**params, "number": row[0]})
 
 
 async def _finish_and_tell(db: Connection, finishes: Sequence[_Finish]) -> set[tuple[str, int]]:
@@ -796,9 +850,9 @@ async def _finish_all(db: Connection, finishes: Sequence[_Finish]) -> set[tuple[
         "tokens": [lease.token for lease in leases],
         "statuses": [status for _, status, *_ in finishes],
         "results": [result for _, _, result, *_ in finishes],
-        "nows": [now for *_, now, _ in finishes],
-        "orphan_statuses": [orphans[0] for *_, orphans in finishes],
-        "orphan_results": [orphans[1] for *_, orphans in finishes],
+        "nows": [finish[3] for finish in finishes],
+        "orphan_statuses": [finish[4][0] for finish in finishes],
+        "orphan_results": [finish[4][1] for finish in finishes],
         "given": [child for lease in leases for child in lease.delivered],
         "given_to": [lease.dispatch_id for lease in leases for _ in lease.delivered],
         "given_token": [lease.token for lease in leases for _ in lease.delivered],
@@ -809,9 +863,33 @@ async def _finish_all(db: Connection, finishes: Sequence[_Finish]) -> set[tuple[
     queued = await db.execute(SQL.queue_endings_all, params)
     await db.execute(SQL.wake_parents_all, params)
     took = {(row[0], int(row[1])) for row in await finished.fetchall()}
-    latest = max(now for *_, now, _ in finishes)
+    attempts = _attempts_of(finishes)
+    if attempts["attempt_ids"]:
+        # In the same transaction as the finishes they record.
+        await db.execute(SQL.add_attempts_all, attempts)
+    latest = max(finish[3] for finish in finishes)
     await _end_batch(db, await queued.fetchall(), latest, END_BATCH, settled=False)
     return took
+
+
+def _attempts_of(finishes: Sequence[_Finish]) -> dict[str, list[Any]]:
+    """The parameters of ``add_attempts_all`` for the attempts of ``finishes``."""
+    given = [
+        (finish[0], attempt_params(attempt))
+        for finish in finishes
+        if (attempt := finish[5]) is not None and _recorded(attempt)
+    ]
+    return {
+        "attempt_ids": [lease.dispatch_id for lease, _ in given],
+        "attempt_tokens": [lease.token for lease, _ in given],
+        "attempt_functions": [p["attempt_function"] for _, p in given],
+        "attempt_starts": [p["attempt_started_at"] for _, p in given],
+        "attempt_durations": [p["attempt_duration"] for _, p in given],
+        "attempt_statuses": [p["attempt_status"] for _, p in given],
+        "attempt_types": [p["attempt_error_type"] for _, p in given],
+        "attempt_messages": [p["attempt_error_message"] for _, p in given],
+        "attempt_keeps": [p["attempt_keep"] for _, p in given],
+    }
 
 
 async def _running(db: Connection, destinations: list[str], now: float) -> dict[str, int]:

@@ -35,11 +35,13 @@ from . import (
     END_BATCH,
     NO_BOUNDS,
     PURGE_BATCH,
+    AttemptHistory,
     Call,
     ChildResult,
     Claimed,
     DatabaseBroken,
     Lease,
+    NewAttempt,
     NewCall,
     RequestId,
     State,
@@ -50,6 +52,7 @@ from . import (
     child_result_from_row,
     children_of,
     corrupt,
+    history_of,
 )
 from .claims import claim_candidates, claim_window, fitting, in_turns, needs_root_heads
 from .idempotency import IdempotencyStatements, KeyedCalls, keys_of, repeated, request_row
@@ -61,6 +64,7 @@ from .statements import (
     PurgeStatements,
     Statements,
     Step,
+    attempt_params,
     fenced,
     rows_to_insert,
 )
@@ -433,12 +437,14 @@ class SQLiteStore:
         *,
         now: float,
         orphans: tuple[int, bytes] = (0, b""),
+        attempt: NewAttempt | None = None,
     ) -> bool:
         def update(db: sqlite3.Connection) -> bool:
             ended = fenced(lease, status=status, result=result, now=now)
             row = db.execute(SQL.finish, ended).fetchone()
             if row is None:
                 return False
+            _add_attempt(db, lease, attempt)
             _deliver(db, lease.delivered)
             _end_descendants(db, lease.dispatch_id, orphans, now)
             if row[0] is not None:
@@ -458,6 +464,7 @@ class SQLiteStore:
         until: float,
         now: float,
         bounds: TreeBounds = NO_BOUNDS,
+        attempt: NewAttempt | None = None,
     ) -> list[str] | None:
         def update(db: sqlite3.Connection) -> list[str] | None:
             waiting = fenced(
@@ -467,6 +474,7 @@ class SQLiteStore:
             if row is None:
                 return None
             _check_bounds(db, lease.dispatch_id, row[0], len(children), bounds)
+            _add_attempt(db, lease, attempt)
             _deliver(db, lease.delivered)
             ids = _insert(db, children_of(lease.dispatch_id, row[0], children), now)
             # Results of earlier polls may be enough already.
@@ -475,11 +483,19 @@ class SQLiteStore:
 
         return await self._run(self._transaction, update, now)
 
-    async def restart(self, lease: Lease, *, now: float, orphans: tuple[int, bytes]) -> bool:
+    async def restart(
+        self,
+        lease: Lease,
+        *,
+        now: float,
+        orphans: tuple[int, bytes],
+        attempt: NewAttempt | None = None,
+    ) -> bool:
         def update(db: sqlite3.Connection) -> bool:
             cursor = db.execute(SQL.restart, fenced(lease, now=now))
             if cursor.rowcount != 1:
                 return False
+            _add_attempt(db, lease, attempt)
             # The old children's results belong to the run that was dropped; those
             # unfinished end (not the children the run to come will make).
             db.execute(SQL.set_aside_children, {"id": lease.dispatch_id})
@@ -489,17 +505,34 @@ class SQLiteStore:
         return await self._run(self._transaction, update)
 
     async def retry(
-        self, lease: Lease, status: int, result: bytes, *, ready_at: float, now: float
+        self,
+        lease: Lease,
+        status: int,
+        result: bytes,
+        *,
+        ready_at: float,
+        now: float,
+        attempt: NewAttempt | None = None,
     ) -> bool:
         def update(db: sqlite3.Connection) -> bool:
             retried = fenced(lease, status=status, result=result, ready_at=ready_at)
             cursor = db.execute(SQL.retry, retried)
-            return cursor.rowcount == 1
+            if cursor.rowcount != 1:
+                return False
+            _add_attempt(db, lease, attempt)
+            return True
 
         return await self._run(self._transaction, update)
 
     async def tail_call(
-        self, lease: Lease, function: str, endpoint: str, input: bytes, *, now: float
+        self,
+        lease: Lease,
+        function: str,
+        endpoint: str,
+        input: bytes,
+        *,
+        now: float,
+        attempt: NewAttempt | None = None,
     ) -> bool:
         def update(db: sqlite3.Connection) -> bool:
             handed = fenced(
@@ -513,6 +546,7 @@ class SQLiteStore:
             cursor = db.execute(SQL.tail_call, handed)
             if cursor.rowcount != 1:
                 return False
+            _add_attempt(db, lease, attempt)
             # The function handed over to starts afresh: earlier children are not its.
             db.execute(SQL.set_aside_children, {"id": lease.dispatch_id})
             return True
@@ -523,6 +557,12 @@ class SQLiteStore:
         def select(db: sqlite3.Connection) -> Call | None:
             row = db.execute(SQL.get, {"id": dispatch_id}).fetchone()
             return None if row is None else call_from_row(row)
+
+        return await self._select(select)
+
+    async def history(self, dispatch_id: str) -> AttemptHistory:
+        def select(db: sqlite3.Connection) -> AttemptHistory:
+            return history_of(db.execute(SQL.history, {"id": dispatch_id}).fetchall())
 
         return await self._select(select)
 
@@ -709,6 +749,17 @@ def _dispatch(
     if request is not None:
         db.execute(IDEMPOTENCY.insert_request, request_row(request, ids, now))
     return ids
+
+
+def _add_attempt(db: sqlite3.Connection, lease: Lease, attempt: NewAttempt | None) -> None:
+    """Add ``attempt`` to the history of the call under ``lease`` (just updated under
+    it, in this transaction), keeping its latest ``attempt.keep``."""
+    if attempt is None or attempt.keep <= 0:
+        return
+    params = fenced(lease, **attempt_params(attempt))
+    (number,) = db.execute(SQL.add_attempt, params).fetchone()
+    if number > attempt.keep:
+        db.execute(SQL.trim_attempts, {**params, "number": number})
 
 
 def _statements(migration: Step) -> list[str]:

@@ -26,7 +26,16 @@ from typing import Any
 
 from ...core.status import Status
 from ..calls import destination
-from . import LISTED_ERROR_BYTES, Lease, NewCall, new_dispatch_id, stored_correlation_id
+from . import (
+    ERROR_MESSAGE_BYTES,
+    LISTED_ERROR_BYTES,
+    Lease,
+    NewAttempt,
+    NewCall,
+    new_dispatch_id,
+    stored_correlation_id,
+    stored_text,
+)
 
 CHANNEL = "dispatchlet_ready"
 """The PostgreSQL channel that is notified when a call becomes claimable now."""
@@ -240,6 +249,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         "ON {calls} (finished_at) WHERE state = 'done' AND dispatch_id = root_id",
     ),
     Index("{calls}_by_request_created", "ON {calls}_by_request (created_at)"),
+    # Each call's history of attempts (``ATTEMPTS``): its latest few, numbered in the
+    # call's life (the last number is how many were recorded), deleted with the call.
+    "CREATE TABLE {calls}_attempts ("
+    "  dispatch_id TEXT NOT NULL REFERENCES {calls} (dispatch_id) ON DELETE CASCADE,"
+    "  number INTEGER NOT NULL,"
+    "  function TEXT NOT NULL,"
+    "  started_at {double} NOT NULL,"
+    "  duration {double} NOT NULL,"
+    "  status INTEGER NOT NULL,"
+    "  error_type TEXT NOT NULL,"
+    "  error_message TEXT NOT NULL,"
+    "  PRIMARY KEY (dispatch_id, number)"
+    ")",
 )
 """Schema changes written once for both stores, after each store's own history (its
 module's ``MIGRATIONS``, which ship as they are): each entry moves both schemas one
@@ -373,6 +395,39 @@ ENDINGS = "dispatchlet_endings"
 """The calls (done, or restarted) whose unfinished descendants are still to end."""
 UNBOUNDED = 1 << 62
 """A bound on a count that no count reaches (a bound that is None)."""
+
+# --- attempt history ----------------------------------------------------------------
+
+ATTEMPTS = "{calls}_attempts"
+"""The table of the calls' attempt histories (``Store.history``)."""
+_ATTEMPT_COLUMNS = "number, function, started_at, duration, status, error_type, error_message"
+# An attempt of :id added, numbered after the last one kept (its row is locked by the
+# fenced update of the same transaction, so no other adds one meanwhile).
+_ADD_ATTEMPT = (
+    f"INSERT INTO {ATTEMPTS} (dispatch_id, {_ATTEMPT_COLUMNS})"
+    f" SELECT :id, coalesce(max(number), 0) + 1, :attempt_function, :attempt_started_at,"
+    "  :attempt_duration, :attempt_status, :attempt_error_type, :attempt_error_message"
+    f" FROM {ATTEMPTS} WHERE dispatch_id = :id RETURNING number"
+)
+# Only the latest :attempt_keep kept, the one numbered :number added (run only once
+# there are more: most calls have one attempt, and no row to delete).
+_TRIM_ATTEMPTS = (
+    f"DELETE FROM {ATTEMPTS} WHERE dispatch_id = :id AND number <= :number - :attempt_keep"
+)
+
+
+def attempt_params(attempt: NewAttempt) -> dict[str, Any]:
+    """The parameters of ``attempt`` for the statements that add it (beside ``:id``)."""
+    return {
+        "attempt_function": attempt.function,
+        "attempt_started_at": attempt.started_at,
+        "attempt_duration": attempt.duration,
+        "attempt_status": attempt.status,
+        "attempt_error_type": stored_text(attempt.error_type, ERROR_MESSAGE_BYTES),
+        "attempt_error_message": stored_text(attempt.error_message, ERROR_MESSAGE_BYTES),
+        "attempt_keep": attempt.keep,
+    }
+
 
 # --- PostgreSQL only ---------------------------------------------------------------
 
@@ -572,6 +627,12 @@ class Statements:
                 for state in ("ready", "running", "waiting", "done")
             )
         )
+        # --- attempt history.
+        self.add_attempt = r(_ADD_ATTEMPT)
+        self.trim_attempts = r(_TRIM_ATTEMPTS)
+        self.history = r(
+            f"SELECT {_ATTEMPT_COLUMNS} FROM {ATTEMPTS} WHERE dispatch_id = :id ORDER BY number"
+        )
 
     def migrations(self) -> tuple[Step, ...]:
         """The shared schema changes, in this dialect."""
@@ -707,6 +768,41 @@ class PostgresStatements(Statements):
         self.retry_notified = (
             f"WITH retried AS ({self.retry} RETURNING dispatch_id)"
             f" SELECT pg_notify('{CHANGED}', dispatch_id) FROM retried"
+        )
+        # The same, and its attempt added to the history (one statement still: each
+        # part of a WITH runs, read or not, on the snapshot the statement began with).
+        self.retry_recorded = r(
+            f"WITH retried AS ({self.retry} RETURNING dispatch_id),"
+            f" added AS (INSERT INTO {ATTEMPTS} (dispatch_id, {_ATTEMPT_COLUMNS})"
+            "  SELECT dispatch_id, coalesce((SELECT max(number)"
+            f"   FROM {ATTEMPTS} WHERE dispatch_id = :id), 0) + 1, :attempt_function,"
+            "   :attempt_started_at, :attempt_duration, :attempt_status, :attempt_error_type,"
+            "   :attempt_error_message FROM retried RETURNING number),"
+            f" trimmed AS (DELETE FROM {ATTEMPTS} WHERE dispatch_id = :id"
+            "  AND number <= (SELECT number FROM added) - :attempt_keep)"
+            f" SELECT pg_notify('{CHANGED}', dispatch_id) FROM retried"
+        )
+
+        # --- attempt history: the attempts of a batch of finishes added, those of the
+        # finishes that took effect (the call done under their lease), each call's
+        # latest kept.
+        self.add_attempts_all = r(
+            "WITH given AS (SELECT * FROM unnest(:attempt_ids::text[],"
+            "  :attempt_tokens::bigint[], :attempt_functions::text[],"
+            "  :attempt_starts::double precision[], :attempt_durations::double precision[],"
+            "  :attempt_statuses::integer[], :attempt_types::text[],"
+            "  :attempt_messages::text[], :attempt_keeps::integer[])"
+            "  AS a (id, token, function, started_at, duration, status, error_type,"
+            "   error_message, keep)),"
+            " took AS (SELECT a.*, coalesce((SELECT max(h.number)"
+            f"   FROM {ATTEMPTS} AS h WHERE h.dispatch_id = a.id), 0) + 1 AS number"
+            "  FROM given AS a JOIN {calls} AS c"
+            "  ON c.dispatch_id = a.id AND c.lease_token = a.token AND c.state = 'done'),"
+            f" added AS (INSERT INTO {ATTEMPTS} (dispatch_id, {_ATTEMPT_COLUMNS})"
+            "  SELECT id, number, function, started_at, duration, status, error_type,"
+            "   error_message FROM took)"
+            f" DELETE FROM {ATTEMPTS} AS h USING took AS t"
+            " WHERE h.dispatch_id = t.id AND h.number <= t.number - t.keep"
         )
 
 

@@ -29,7 +29,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$dispatchlet/scheduler/v1/calls.proto\x12\x18\x64ispatchlet.scheduler.v1\x1a\x1b\x64ispatch/sdk/v1/error.proto\x1a\x1c\x64ispatch/sdk/v1/status.proto\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf1\x04\n\x08\x43\x61llInfo\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\'\n\x06status\x18\x04 \x01(\x0e\x32\x17.dispatch.sdk.v1.Status\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\x12$\n\x06output\x18\x06 \x01(\x0b\x32\x14.google.protobuf.Any\x12%\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x16.dispatch.sdk.v1.Error\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\x05\x12\x1a\n\x12parent_dispatch_id\x18\t \x01(\t\x12\x18\n\x10root_dispatch_id\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05state\x18\x0e \x01(\t\x12-\n\x0f\x63oroutine_state\x18\x0f \x01(\x0b\x32\x14.google.protobuf.Any\x12#\n\x05input\x18\x10 \x01(\x0b\x32\x14.google.protobuf.Any\x12,\n\x08ready_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x0blast_status\x18\x12 \x01(\x0e\x32\x17.dispatch.sdk.v1.Status\x12\x10\n\x08rerun_of\x18\x64 \x01(\t\"!\n\nGetRequest\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\"?\n\x0bGetResponse\x12\x30\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\".dispatchlet.scheduler.v1.CallInfo\"|\n\x0bWaitRequest\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\rattempts_seen\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x10\n\x0e_attempts_seen\"@\n\x0cWaitResponse\x12\x30\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\".dispatchlet.scheduler.v1.CallInfo\"\xc3\x01\n\x0bListRequest\x12\r\n\x05state\x18\x01 \x01(\t\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12\x18\n\x10root_dispatch_id\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\x0e\n\x06status\x18\x06 \x01(\t\x12\x14\n\x0cnewest_first\x18\x07 \x01(\x08\x12\x1a\n\x12parent_dispatch_id\x18\x64 \x01(\t\x12\x10\n\x08rerun_of\x18\x65 \x01(\t\"Z\n\x0cListResponse\x12\x31\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\".dispatchlet.scheduler.v1.CallInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\rCancelRequest\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\"8\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x05\x12\x13\n\x0bmore_ending\x18\x02 \x01(\x08\"#\n\x0cRetryRequest\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\"(\n\rRetryResponse\x12\x17\n\x0f\x62rought_forward\x18\x01 \x01(\x08\"#\n\x0cRerunRequest\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\"$\n\rRerunResponse\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\"\x11\n\x0fOverviewRequest\"\x85\x03\n\x10OverviewResponse\x12\'\n\x03now\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12:\n\x08\x66inished\x18\x03 \x03(\x0b\x32(.dispatchlet.scheduler.v1.OverviewMinute\x12=\n\tfunctions\x18\x04 \x03(\x0b\x32*.dispatchlet.scheduler.v1.OverviewFunction\x12\x0f\n\x07slowest\x18\x05 \x03(\t\x12\x14\n\x0cmost_failing\x18\x06 \x03(\t\x12\x43\n\x0c\x64\x65stinations\x18\x07 \x03(\x0b\x32-.dispatchlet.scheduler.v1.OverviewDestination\x12\x36\n\x05queue\x18\x08 \x01(\x0b\x32\'.dispatchlet.scheduler.v1.OverviewQueue\"t\n\x0eOverviewMinute\x12*\n\x06minute\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.dispatch.sdk.v1.Status\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\"\x93\x01\n\x10OverviewFunction\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x02 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x03\x12&\n\x03p50\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03p99\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"L\n\x13OverviewDestination\x12\x13\n\x0b\x64\x65stination\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x11\n\tin_flight\x18\x03 \x01(\x05\"\x88\x01\n\rOverviewQueue\x12\r\n\x05ready\x18\x01 \x01(\x03\x12\x11\n\tscheduled\x18\x02 \x01(\x03\x12\x0f\n\x07running\x18\x03 \x01(\x03\x12\x0f\n\x07waiting\x18\x04 \x01(\x03\x12\x33\n\x10oldest_ready_age\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"M\n\x0cPurgeRequest\x12-\n\nolder_than\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06status\x18\x02 \x01(\t\".\n\rPurgeResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03\x12\x0c\n\x04more\x18\x02 \x01(\x08\x32\xdd\x05\n\x0b\x43\x61llService\x12R\n\x03Get\x12$.dispatchlet.scheduler.v1.GetRequest\x1a%.dispatchlet.scheduler.v1.GetResponse\x12U\n\x04Wait\x12%.dispatchlet.scheduler.v1.WaitRequest\x1a&.dispatchlet.scheduler.v1.WaitResponse\x12U\n\x04List\x12%.dispatchlet.scheduler.v1.ListRequest\x1a&.dispatchlet.scheduler.v1.ListResponse\x12[\n\x06\x43\x61ncel\x12\'.dispatchlet.scheduler.v1.CancelRequest\x1a(.dispatchlet.scheduler.v1.CancelResponse\x12X\n\x05Retry\x12&.dispatchlet.scheduler.v1.RetryRequest\x1a\'.dispatchlet.scheduler.v1.RetryResponse\x12X\n\x05Rerun\x12&.dispatchlet.scheduler.v1.RerunRequest\x1a\'.dispatchlet.scheduler.v1.RerunResponse\x12\x61\n\x08Overview\x12).dispatchlet.scheduler.v1.OverviewRequest\x1a*.dispatchlet.scheduler.v1.OverviewResponse\x12X\n\x05Purge\x12&.dispatchlet.scheduler.v1.PurgeRequest\x1a\'.dispatchlet.scheduler.v1.PurgeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$dispatchlet/scheduler/v1/calls.proto\x12\x18\x64ispatchlet.scheduler.v1\x1a\x1b\x64ispatch/sdk/v1/error.proto\x1a\x1c\x64ispatch/sdk/v1/status.proto\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbd\x05\n\x08\x43\x61llInfo\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\'\n\x06status\x18\x04 \x01(\x0e\x32\x17.dispatch.sdk.v1.Status\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\x12$\n\x06output\x18\x06 \x01(\x0b\x32\x14.google.protobuf.Any\x12%\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x16.dispatch.sdk.v1.Error\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\x05\x12\x1a\n\x12parent_dispatch_id\x18\t \x01(\t\x12\x18\n\x10root_dispatch_id\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05state\x18\x0e \x01(\t\x12-\n\x0f\x63oroutine_state\x18\x0f \x01(\x0b\x32\x14.google.protobuf.Any\x12#\n\x05input\x18\x10 \x01(\x0b\x32\x14.google.protobuf.Any\x12,\n\x08ready_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x0blast_status\x18\x12 \x01(\x0e\x32\x17.dispatch.sdk.v1.Status\x12\x10\n\x08rerun_of\x18\x64 \x01(\t\x12\x32\n\x07history\x18\x13 \x03(\x0b\x32!.dispatchlet.scheduler.v1.Attempt\x12\x16\n\x0e\x61ttempts_total\x18\x14 \x01(\x04\"\xdc\x01\n\x07\x41ttempt\x12\x0e\n\x06number\x18\x01 \x01(\x04\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x06status\x18\x05 \x01(\x0e\x32\x17.dispatch.sdk.v1.Status\x12\x12\n\nerror_type\x18\x06 \x01(\t\x12\x15\n\rerror_message\x18\x07 \x01(\t\"!\n\nGetRequest\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\"?\n\x0bGetResponse\x12\x30\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\".dispatchlet.scheduler.v1.CallInfo\"|\n\x0bWaitRequest\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\rattempts_seen\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x10\n\x0e_attempts_seen\"@\n\x0cWaitResponse\x12\x30\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\".dispatchlet.scheduler.v1.CallInfo\"\xc3\x01\n\x0bListRequest\x12\r\n\x05state\x18\x01 \x01(\t\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12\x18\n\x10root_dispatch_id\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\x0e\n\x06status\x18\x06 \x01(\t\x12\x14\n\x0cnewest_first\x18\x07 \x01(\x08\x12\x1a\n\x12parent_dispatch_id\x18\x64 \x01(\t\x12\x10\n\x08rerun_of\x18\x65 \x01(\t\"Z\n\x0cListResponse\x12\x31\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\".dispatchlet.scheduler.v1.CallInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\rCancelRequest\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\"8\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x05\x12\x13\n\x0bmore_ending\x18\x02 \x01(\x08\"#\n\x0cRetryRequest\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\"(\n\rRetryResponse\x12\x17\n\x0f\x62rought_forward\x18\x01 \x01(\x08\"#\n\x0cRerunRequest\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\"$\n\rRerunResponse\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\"\x11\n\x0fOverviewRequest\"\x85\x03\n\x10OverviewResponse\x12\'\n\x03now\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12:\n\x08\x66inished\x18\x03 \x03(\x0b\x32(.dispatchlet.scheduler.v1.OverviewMinute\x12=\n\tfunctions\x18\x04 \x03(\x0b\x32*.dispatchlet.scheduler.v1.OverviewFunction\x12\x0f\n\x07slowest\x18\x05 \x03(\t\x12\x14\n\x0cmost_failing\x18\x06 \x03(\t\x12\x43\n\x0c\x64\x65stinations\x18\x07 \x03(\x0b\x32-.dispatchlet.scheduler.v1.OverviewDestination\x12\x36\n\x05queue\x18\x08 \x01(\x0b\x32\'.dispatchlet.scheduler.v1.OverviewQueue\"t\n\x0eOverviewMinute\x12*\n\x06minute\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.dispatch.sdk.v1.Status\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\"\x93\x01\n\x10OverviewFunction\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x02 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x03\x12&\n\x03p50\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03p99\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"L\n\x13OverviewDestination\x12\x13\n\x0b\x64\x65stination\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x11\n\tin_flight\x18\x03 \x01(\x05\"\x88\x01\n\rOverviewQueue\x12\r\n\x05ready\x18\x01 \x01(\x03\x12\x11\n\tscheduled\x18\x02 \x01(\x03\x12\x0f\n\x07running\x18\x03 \x01(\x03\x12\x0f\n\x07waiting\x18\x04 \x01(\x03\x12\x33\n\x10oldest_ready_age\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"M\n\x0cPurgeRequest\x12-\n\nolder_than\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06status\x18\x02 \x01(\t\".\n\rPurgeResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03\x12\x0c\n\x04more\x18\x02 \x01(\x08\x32\xdd\x05\n\x0b\x43\x61llService\x12R\n\x03Get\x12$.dispatchlet.scheduler.v1.GetRequest\x1a%.dispatchlet.scheduler.v1.GetResponse\x12U\n\x04Wait\x12%.dispatchlet.scheduler.v1.WaitRequest\x1a&.dispatchlet.scheduler.v1.WaitResponse\x12U\n\x04List\x12%.dispatchlet.scheduler.v1.ListRequest\x1a&.dispatchlet.scheduler.v1.ListResponse\x12[\n\x06\x43\x61ncel\x12\'.dispatchlet.scheduler.v1.CancelRequest\x1a(.dispatchlet.scheduler.v1.CancelResponse\x12X\n\x05Retry\x12&.dispatchlet.scheduler.v1.RetryRequest\x1a\'.dispatchlet.scheduler.v1.RetryResponse\x12X\n\x05Rerun\x12&.dispatchlet.scheduler.v1.RerunRequest\x1a\'.dispatchlet.scheduler.v1.RerunResponse\x12\x61\n\x08Overview\x12).dispatchlet.scheduler.v1.OverviewRequest\x1a*.dispatchlet.scheduler.v1.OverviewResponse\x12X\n\x05Purge\x12&.dispatchlet.scheduler.v1.PurgeRequest\x1a\'.dispatchlet.scheduler.v1.PurgeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,47 +37,49 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dispatchlet.scheduler.v1.ca
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CALLINFO']._serialized_start=218
-  _globals['_CALLINFO']._serialized_end=843
-  _globals['_GETREQUEST']._serialized_start=845
-  _globals['_GETREQUEST']._serialized_end=878
-  _globals['_GETRESPONSE']._serialized_start=880
-  _globals['_GETRESPONSE']._serialized_end=943
-  _globals['_WAITREQUEST']._serialized_start=945
-  _globals['_WAITREQUEST']._serialized_end=1069
-  _globals['_WAITRESPONSE']._serialized_start=1071
-  _globals['_WAITRESPONSE']._serialized_end=1135
-  _globals['_LISTREQUEST']._serialized_start=1138
-  _globals['_LISTREQUEST']._serialized_end=1333
-  _globals['_LISTRESPONSE']._serialized_start=1335
-  _globals['_LISTRESPONSE']._serialized_end=1425
-  _globals['_CANCELREQUEST']._serialized_start=1427
-  _globals['_CANCELREQUEST']._serialized_end=1463
-  _globals['_CANCELRESPONSE']._serialized_start=1465
-  _globals['_CANCELRESPONSE']._serialized_end=1521
-  _globals['_RETRYREQUEST']._serialized_start=1523
-  _globals['_RETRYREQUEST']._serialized_end=1558
-  _globals['_RETRYRESPONSE']._serialized_start=1560
-  _globals['_RETRYRESPONSE']._serialized_end=1600
-  _globals['_RERUNREQUEST']._serialized_start=1602
-  _globals['_RERUNREQUEST']._serialized_end=1637
-  _globals['_RERUNRESPONSE']._serialized_start=1639
-  _globals['_RERUNRESPONSE']._serialized_end=1675
-  _globals['_OVERVIEWREQUEST']._serialized_start=1677
-  _globals['_OVERVIEWREQUEST']._serialized_end=1694
-  _globals['_OVERVIEWRESPONSE']._serialized_start=1697
-  _globals['_OVERVIEWRESPONSE']._serialized_end=2086
-  _globals['_OVERVIEWMINUTE']._serialized_start=2088
-  _globals['_OVERVIEWMINUTE']._serialized_end=2204
-  _globals['_OVERVIEWFUNCTION']._serialized_start=2207
-  _globals['_OVERVIEWFUNCTION']._serialized_end=2354
-  _globals['_OVERVIEWDESTINATION']._serialized_start=2356
-  _globals['_OVERVIEWDESTINATION']._serialized_end=2432
-  _globals['_OVERVIEWQUEUE']._serialized_start=2435
-  _globals['_OVERVIEWQUEUE']._serialized_end=2571
-  _globals['_PURGEREQUEST']._serialized_start=2573
-  _globals['_PURGEREQUEST']._serialized_end=2650
-  _globals['_PURGERESPONSE']._serialized_start=2652
-  _globals['_PURGERESPONSE']._serialized_end=2698
-  _globals['_CALLSERVICE']._serialized_start=2701
-  _globals['_CALLSERVICE']._serialized_end=3434
+  _globals['_CALLINFO']._serialized_end=919
+  _globals['_ATTEMPT']._serialized_start=922
+  _globals['_ATTEMPT']._serialized_end=1142
+  _globals['_GETREQUEST']._serialized_start=1144
+  _globals['_GETREQUEST']._serialized_end=1177
+  _globals['_GETRESPONSE']._serialized_start=1179
+  _globals['_GETRESPONSE']._serialized_end=1242
+  _globals['_WAITREQUEST']._serialized_start=1244
+  _globals['_WAITREQUEST']._serialized_end=1368
+  _globals['_WAITRESPONSE']._serialized_start=1370
+  _globals['_WAITRESPONSE']._serialized_end=1434
+  _globals['_LISTREQUEST']._serialized_start=1437
+  _globals['_LISTREQUEST']._serialized_end=1632
+  _globals['_LISTRESPONSE']._serialized_start=1634
+  _globals['_LISTRESPONSE']._serialized_end=1724
+  _globals['_CANCELREQUEST']._serialized_start=1726
+  _globals['_CANCELREQUEST']._serialized_end=1762
+  _globals['_CANCELRESPONSE']._serialized_start=1764
+  _globals['_CANCELRESPONSE']._serialized_end=1820
+  _globals['_RETRYREQUEST']._serialized_start=1822
+  _globals['_RETRYREQUEST']._serialized_end=1857
+  _globals['_RETRYRESPONSE']._serialized_start=1859
+  _globals['_RETRYRESPONSE']._serialized_end=1899
+  _globals['_RERUNREQUEST']._serialized_start=1901
+  _globals['_RERUNREQUEST']._serialized_end=1936
+  _globals['_RERUNRESPONSE']._serialized_start=1938
+  _globals['_RERUNRESPONSE']._serialized_end=1974
+  _globals['_OVERVIEWREQUEST']._serialized_start=1976
+  _globals['_OVERVIEWREQUEST']._serialized_end=1993
+  _globals['_OVERVIEWRESPONSE']._serialized_start=1996
+  _globals['_OVERVIEWRESPONSE']._serialized_end=2385
+  _globals['_OVERVIEWMINUTE']._serialized_start=2387
+  _globals['_OVERVIEWMINUTE']._serialized_end=2503
+  _globals['_OVERVIEWFUNCTION']._serialized_start=2506
+  _globals['_OVERVIEWFUNCTION']._serialized_end=2653
+  _globals['_OVERVIEWDESTINATION']._serialized_start=2655
+  _globals['_OVERVIEWDESTINATION']._serialized_end=2731
+  _globals['_OVERVIEWQUEUE']._serialized_start=2734
+  _globals['_OVERVIEWQUEUE']._serialized_end=2870
+  _globals['_PURGEREQUEST']._serialized_start=2872
+  _globals['_PURGEREQUEST']._serialized_end=2949
+  _globals['_PURGERESPONSE']._serialized_start=2951
+  _globals['_PURGERESPONSE']._serialized_end=2997
+  _globals['_CALLSERVICE']._serialized_start=3000
+  _globals['_CALLSERVICE']._serialized_end=3733
 # @@protoc_insertion_point(module_scope)

@@ -46,6 +46,8 @@ class CallInfo(_message.Message):
     READY_AT_FIELD_NUMBER: _builtins.int
     LAST_STATUS_FIELD_NUMBER: _builtins.int
     RERUN_OF_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_TOTAL_FIELD_NUMBER: _builtins.int
     dispatch_id: _builtins.str
     function: _builtins.str
     endpoint: _builtins.str
@@ -63,6 +65,8 @@ class CallInfo(_message.Message):
     """
     rerun_of: _builtins.str
     """The call this one is a re-run of (Rerun); empty for a call dispatched otherwise."""
+    attempts_total: _builtins.int
+    """How many attempts of the call were recorded in its life (0 with the history off)."""
     @_builtins.property
     def output(self) -> _any_pb2.Any:
         """The output once OK; the last error otherwise (also while retrying). List leaves the
@@ -91,6 +95,12 @@ class CallInfo(_message.Message):
     def ready_at(self) -> _timestamp_pb2.Timestamp:
         """When the next attempt may start, while the call is ready (a first attempt or a retry)."""
 
+    @_builtins.property
+    def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]:
+        """The latest attempts of the call, oldest first (at most --attempt-history of them):
+        Get and Wait only (List leaves them out).
+        """
+
     def __init__(
         self,
         *,
@@ -113,14 +123,61 @@ class CallInfo(_message.Message):
         ready_at: _timestamp_pb2.Timestamp | None = ...,
         last_status: _status_pb2.Status.ValueType = ...,
         rerun_of: _builtins.str = ...,
+        history: _abc.Iterable[Global___Attempt] | None = ...,
+        attempts_total: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["coroutine_state", b"coroutine_state", "created_at", b"created_at", "error", b"error", "expires_at", b"expires_at", "finished_at", b"finished_at", "input", b"input", "output", b"output", "ready_at", b"ready_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "coroutine_state", b"coroutine_state", "created_at", b"created_at", "dispatch_id", b"dispatch_id", "done", b"done", "endpoint", b"endpoint", "error", b"error", "expires_at", b"expires_at", "finished_at", b"finished_at", "function", b"function", "input", b"input", "last_status", b"last_status", "output", b"output", "parent_dispatch_id", b"parent_dispatch_id", "ready_at", b"ready_at", "rerun_of", b"rerun_of", "root_dispatch_id", b"root_dispatch_id", "state", b"state", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "attempts_total", b"attempts_total", "coroutine_state", b"coroutine_state", "created_at", b"created_at", "dispatch_id", b"dispatch_id", "done", b"done", "endpoint", b"endpoint", "error", b"error", "expires_at", b"expires_at", "finished_at", b"finished_at", "function", b"function", "history", b"history", "input", b"input", "last_status", b"last_status", "output", b"output", "parent_dispatch_id", b"parent_dispatch_id", "ready_at", b"ready_at", "rerun_of", b"rerun_of", "root_dispatch_id", b"root_dispatch_id", "state", b"state", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CallInfo: _TypeAlias = CallInfo  # noqa: Y015
+
+@_typing.final
+class Attempt(_message.Message):
+    """One attempt of a call, as its history keeps it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUMBER_FIELD_NUMBER: _builtins.int
+    FUNCTION_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ERROR_TYPE_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    number: _builtins.int
+    """1 for the call's first attempt, counting every attempt in its life."""
+    function: _builtins.str
+    """The function it ran (a tail call hands the call over to another)."""
+    status: _status_pb2.Status.ValueType
+    """What it came to (a run that returned a Poll or a tail call: OK)."""
+    error_type: _builtins.str
+    """Its error, if it had one (the message cut to 1 KiB)."""
+    error_message: _builtins.str
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration: ...
+    def __init__(
+        self,
+        *,
+        number: _builtins.int = ...,
+        function: _builtins.str = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        duration: _duration_pb2.Duration | None = ...,
+        status: _status_pb2.Status.ValueType = ...,
+        error_type: _builtins.str = ...,
+        error_message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "error_message", b"error_message", "error_type", b"error_type", "function", b"function", "number", b"number", "started_at", b"started_at", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Attempt: _TypeAlias = Attempt  # noqa: Y015
 
 @_typing.final
 class GetRequest(_message.Message):
