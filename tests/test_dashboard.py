@@ -23,6 +23,7 @@ from dispatchlet.scheduler.dashboard import session
 from dispatchlet.scheduler.dashboard.actions import ACTIONS, offered
 from dispatchlet.scheduler.dashboard.chart import minute_chart
 from dispatchlet.scheduler.dashboard.pages import local
+from dispatchlet.scheduler.store import NewCall
 from scheduler_harness import API_KEY, Harness, call, harness, raised, returned
 from test_scheduler_processes import Process, environment
 
@@ -503,3 +504,46 @@ def test_the_chart_keeps_every_minute_of_the_window_and_names_unknown_statuses()
     assert empty.total == 0
     assert empty.top == 1
     assert len(empty.bars) == 61
+
+
+def test_the_calls_page_filters_by_creation_time_in_utc(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        def at(hour: int, minute: int = 0) -> float:
+            moment = datetime.datetime(2026, 1, 2, hour, minute, tzinfo=datetime.timezone.utc)
+            return moment.timestamp()
+
+        made = {}
+        for hour in (10, 11, 12):
+            new = NewCall("f", "http://127.0.0.1:1", b"", expires_at=at(23))
+            (made[hour],) = await h.store.dispatch([new], now=at(hour))
+
+        async def shown(query: str) -> str:
+            status, text, _ = await get(h, "/" + query, key=API_KEY)
+            assert status == 200, text
+            return text
+
+        page = await shown("?created_from=2026-01-02T10:30&created_before=2026-01-02T12:00")
+        assert made[11] in page
+        assert made[10] not in page
+        assert made[12] not in page
+        # The form shows the range, and the live table and the pages keep it.
+        assert 'type="datetime-local" value="2026-01-02T10:30"' in page
+        assert "created_from=2026-01-02T10%3A30" in page
+        assert "created_before=2026-01-02T12%3A00" in page
+        later = await shown("?created_from=2026-01-02T11:00:00")
+        assert made[11] in later
+        assert made[12] in later
+        assert made[10] not in later
+        assert 'value="2026-01-02T11:00"' in later
+        # A time with an offset is read in UTC.
+        offset = await shown("?created_before=2026-01-02T11:30%2B01:00")
+        assert made[10] in offset
+        assert made[11] not in offset
+        # Newest first, as without a range.
+        first = await shown("?created_from=2026-01-02T09:00")
+        assert first.index(made[12]) < first.index(made[11]) < first.index(made[10])
+        status, text, _ = await get(h, "/?created_from=tomorrow", key=API_KEY)
+        assert status == 400
+        assert "created_from &#39;tomorrow&#39; is not a time" in text
+
+    scenario(tmp_path, body, running=False)
