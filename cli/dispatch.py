@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import os
 import sys
@@ -70,7 +71,9 @@ What became of the calls the scheduler holds.
           --older-than (30d, 12h, ...), only those whose root ended with --status
           if given; prints how many calls were deleted.
 
-`list --parent ID` lists a call's children, `list --rerun-of ID` its re-runs.
+`list --parent ID` lists a call's children, `list --rerun-of ID` its re-runs;
+`list --since TIME --until TIME` the calls created from TIME (UTC unless it says)
+until TIME.
   stats   the last hour's calls by minute and final status, each function's count,
           failures, p50 and p99 (from creation to finish), the slowest and most
           failing functions, the queue now (ready, scheduled, running, waiting,
@@ -126,6 +129,15 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     listing.add_argument("--root", metavar="DISPATCH_ID", help="the calls of one call tree")
     listing.add_argument("--parent", metavar="DISPATCH_ID", help="the children of one call")
     listing.add_argument("--rerun-of", metavar="DISPATCH_ID", help="the re-runs of one call")
+    listing.add_argument(
+        "--since",
+        type=moment,
+        metavar="TIME",
+        help="the calls created at or after this time (UTC unless it says: 2026-12-05T18:00)",
+    )
+    listing.add_argument(
+        "--until", type=moment, metavar="TIME", help="the calls created before this time"
+    )
     listing.add_argument(
         "--limit", type=page_size, default=100, help="calls per page, up to 1000 (default 100)"
     )
@@ -193,6 +205,17 @@ def idempotency_key(text: str) -> str:
     if problem is not None:
         raise argparse.ArgumentTypeError(f"{problem}")
     return text
+
+
+def moment(text: str) -> datetime.datetime:
+    """An ISO 8601 time, in UTC unless it names its offset."""
+    try:
+        found = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a time: write it as 2026-12-05T18:00:00 (UTC) or with an offset"
+        ) from None
+    return found if found.tzinfo is not None else found.replace(tzinfo=datetime.timezone.utc)
 
 
 def page_size(text: str) -> int:
@@ -277,6 +300,8 @@ def run_list(args: argparse.Namespace) -> int:
                 cursor=args.cursor,
                 parent_dispatch_id=args.parent,
                 rerun_of=args.rerun_of,
+                created_after=args.since,
+                created_before=args.until,
             )
         )
         if args.use_json:

@@ -475,12 +475,15 @@ class Client:
         page_size: int = 100,
         parent_dispatch_id: str | None = None,
         rerun_of: str | None = None,
+        created_after: datetime.datetime | None = None,
+        created_before: datetime.datetime | None = None,
     ) -> Iterator[CallInfo]:
         """The calls matching every filter given, in creation order (``newest_first``:
         the newest first), fetched a page at a time as they are iterated. ``status`` is a
         final status name (``"OK"``, ``"PERMANENT_ERROR"``...) or ``"failed"``, any final
         status but OK; ``parent_dispatch_id``: the children of that call; ``rerun_of``:
-        the re-runs of that call."""
+        the re-runs of that call; ``created_after`` and ``created_before``: created at or
+        after, and before, those times (naive ones are UTC)."""
         cursor: str | None = ""
         while cursor is not None:
             page = self.list_page(
@@ -493,6 +496,8 @@ class Client:
                 cursor=cursor,
                 parent_dispatch_id=parent_dispatch_id,
                 rerun_of=rerun_of,
+                created_after=created_after,
+                created_before=created_before,
             )
             yield from page.calls
             cursor = page.cursor
@@ -509,6 +514,8 @@ class Client:
         cursor: str | None = None,
         parent_dispatch_id: str | None = None,
         rerun_of: str | None = None,
+        created_after: datetime.datetime | None = None,
+        created_before: datetime.datetime | None = None,
     ) -> CallPage:
         """One page of ``list``: up to ``page_size`` calls from ``cursor`` (None: the
         first page), and the cursor of the next page (None after the last)."""
@@ -523,6 +530,11 @@ class Client:
             parent_dispatch_id=parent_dispatch_id or "",
             rerun_of=rerun_of or "",
         )
+        for field, moment in (("created_after", created_after), ("created_before", created_before)):
+            if moment is not None:
+                if moment.tzinfo is None:
+                    moment = moment.replace(tzinfo=datetime.timezone.utc)
+                getattr(request, field).FromDatetime(moment)
         answer = self._rpc(
             "/dispatchlet.scheduler.v1.CallService/List", request, calls_pb2.ListResponse
         )

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 
 from aiohttp import web
-from google.protobuf import json_format, message
+from google.protobuf import json_format, message, timestamp_pb2
 
 from ..core import tracing
 from ..core.call_options import key_problem
@@ -400,6 +400,8 @@ class Api:
         size = request.page_size or 100
         if not 0 < size <= MAX_PAGE:
             raise InvalidArgument(f"page_size must be 1 to {MAX_PAGE}")
+        created_after = _seconds(request.created_after, request.HasField("created_after"))
+        created_before = _seconds(request.created_before, request.HasField("created_before"))
         calls = await self.store.list(
             state=state,
             function=request.function or None,
@@ -411,6 +413,8 @@ class Api:
             limit=size + 1,
             parent_id=request.parent_dispatch_id or None,
             rerun_of=request.rerun_of or None,
+            created_after=created_after,
+            created_before=created_before,
         )
         page = calls[:size]
         token = page[-1].dispatch_id if len(calls) > size else ""
@@ -684,3 +688,8 @@ def _web(response: Response) -> web.Response:
         headers=headers,
         content_type=JSON,
     )
+
+
+def _seconds(stamp: timestamp_pb2.Timestamp, given: bool) -> float | None:
+    """A List bound in seconds, None when not given."""
+    return stamp.seconds + stamp.nanos / 1e9 if given else None

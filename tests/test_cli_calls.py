@@ -3,6 +3,7 @@ them: a real scheduler and endpoint on loopback, the command as a process."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import queue
 import re
@@ -328,3 +329,27 @@ def test_a_missing_api_key_is_named(setup: Setup) -> None:
     wrong = setup.run("calls", "list", env={**env, "DISPATCH_API_KEY": "wrong"})
     assert "invalid API key" in wrong.stderr
     assert "`dispatchlet dev` prints" not in wrong.stderr
+
+
+def test_list_since_and_until_a_time(setup: Setup) -> None:
+    ids = [setup.run("dispatch", "greet", f"timed-{n}").stdout.strip() for n in range(3)]
+    with setup.client() as client:
+        created = [client.get(dispatch_id).created_at for dispatch_id in ids]
+
+    def listed(*args: str) -> list[str]:
+        result = setup.run("calls", "list", "--function", "greet", *args)
+        assert result.returncode == 0, result.stderr
+        return [row.split()[0] for row in result.stdout.splitlines()[1:]]
+
+    # In UTC unless the time names its offset; at or after --since, before --until.
+    assert listed("--since", created[1].replace(tzinfo=None).isoformat()) == [ids[2], ids[1]]
+    assert listed("--since", created[1].isoformat(), "--until", created[2].isoformat()) == [ids[1]]
+    before = listed(
+        "--until",
+        created[1].astimezone(datetime.timezone(datetime.timedelta(hours=-5))).isoformat(),
+    )
+    assert before[0] == ids[0]
+    assert ids[1] not in before
+    refused = setup.run("calls", "list", "--since", "yesterday")
+    assert refused.returncode == 2
+    assert "'yesterday' is not a time" in refused.stderr

@@ -249,3 +249,19 @@ def test_a_refusal_without_a_key_names_the_variable(scheduler: Scheduler) -> Non
     assert unconfigured.value.message == (
         "no API key configured: set DISPATCH_API_KEY for the scheduler"
     )
+
+
+def test_list_sends_its_time_range_in_utc(scheduler: Scheduler) -> None:
+    scheduler.respond = lambda path, body: proto(calls_pb2.ListResponse())
+    since = datetime.datetime(
+        2026, 12, 5, 19, 0, tzinfo=datetime.timezone(datetime.timedelta(hours=1))
+    )
+    until = datetime.datetime(2026, 12, 5, 18, 30, 0, 500_000)  # naive: UTC
+    with Client(scheduler.url, "k") as client:
+        assert client.list_page(created_after=since, created_before=until).calls == []
+        assert list(client.list(function="f")) == []
+    timed, plain = scheduler.requests(LIST, calls_pb2.ListRequest)
+    assert timed.created_after.ToDatetime(datetime.timezone.utc) == since  # type: ignore[attr-defined]
+    assert timed.created_before.ToDatetime() == until  # type: ignore[attr-defined]
+    assert not plain.HasField("created_after")
+    assert not plain.HasField("created_before")

@@ -5,11 +5,13 @@ loopback port (the browser's view is in test_dashboard_browser.py)."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import re
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
+from html.parser import HTMLParser
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,9 @@ from dispatchlet.core.status import Status
 from dispatchlet.proto.dispatchlet.scheduler.v1 import calls_pb2
 from dispatchlet.scheduler.dashboard import session
 from dispatchlet.scheduler.dashboard.actions import ACTIONS, offered
+from dispatchlet.scheduler.dashboard.chart import minute_chart
 from dispatchlet.scheduler.dashboard.pages import local
+from dispatchlet.scheduler.store import NewCall
 from scheduler_harness import API_KEY, Harness, call, harness, raised, returned
 from test_scheduler_processes import Process, environment
 
@@ -368,3 +372,178 @@ def test_the_call_page_shows_attempts_when_the_data_has_them() -> None:
     page = shown(rows)
     assert '<th scope="col">Attempt</th><th scope="col">Status</th>' in page
     assert "&lt;TIMEOUT&gt;" in page
+
+
+class ChartReader(HTMLParser):
+    """The overview's chart as the page draws it: each bar's minute and total, its
+    segments' status, count and geometry, and the rows of the table of figures."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bars: list[dict[str, Any]] = []
+        self.rows: list[list[str]] = []
+        self.header: list[str] = []
+        self._cell: list[str] | None = None
+        self._row: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "g" and found.get("class") == "bar":
+            self.bars.append(
+                {
+                    "minute": found["data-minute"],
+                    "total": int(found["data-total"] or 0),
+                    "parts": [],
+                }
+            )
+        elif tag == "rect" and "data-status" in found:
+            self.bars[-1]["parts"].append(
+                {
+                    "status": found["data-status"],
+                    "count": int(found["data-count"] or 0),
+                    "y": float(found["y"] or 0),
+                    "height": float(found["height"] or 0),
+                }
+            )
+        elif tag == "tr":
+            self._row = []
+        elif tag in ("td", "th") and self._row is not None:
+            self._cell = []
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None and self._row is not None:
+            self._row.append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            if self._row and self._row[0] == "Minute (UTC)":
+                self.header = self._row
+            elif self.header:
+                self.rows.append(self._row)
+            self._row = None
+
+
+def test_the_overview_charts_the_calls_finished_per_minute_by_status(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        ids = await h.dispatch(*[call("works", i) for i in range(3)], call("fails"), call("fails"))
+        finished = [await h.done(dispatch_id) for dispatch_id in ids]
+        expected: dict[str, dict[str, int]] = {}
+        for found in finished:
+            assert found.finished_at is not None
+            minute = datetime.datetime.fromtimestamp(found.finished_at, datetime.timezone.utc)
+            by_status = expected.setdefault(minute.strftime("%H:%M"), {})
+            name = Status(found.status or 0).name
+            by_status[name] = by_status.get(name, 0) + 1
+        status, page, headers = await get(h, "/overview", key=API_KEY)
+        assert status == 200, page
+        assert "script-src 'self'" in headers["Content-Security-Policy"]
+        reader = ChartReader()
+        reader.feed(page)
+        # A bar for every minute of the hour, the empty ones too, oldest first.
+        assert 60 <= len(reader.bars) <= 61
+        assert reader.bars[-1]["minute"] == max(expected)
+        shown = {
+            bar["minute"]: {part["status"]: part["count"] for part in bar["parts"]}
+            for bar in reader.bars
+            if bar["total"]
+        }
+        assert shown == expected
+        # Stacked from the baseline up (OK at the bottom), heights in proportion to counts.
+        scales = set()
+        for bar in reader.bars:
+            assert bar["total"] == sum(part["count"] for part in bar["parts"])
+            base = 100.0
+            for part in bar["parts"]:
+                assert part["y"] + part["height"] == pytest.approx(base, abs=0.01)
+                base = part["y"]
+                scales.add(round(part["height"] / part["count"], 2))
+            if bar["parts"]:
+                assert bar["parts"][0]["status"] == "OK" or "OK" not in expected[bar["minute"]]
+        assert len(scales) == 1
+        # The same figures as a table, for those who cannot see the chart.
+        assert reader.header == ["Minute (UTC)", "OK", "PERMANENT_ERROR", "All"]
+        table = {
+            row[0]: {
+                name: int(cell)
+                for name, cell in zip(reader.header[1:-1], row[1:-1], strict=True)
+                if cell != "0"
+            }
+            for row in reader.rows
+        }
+        assert table == expected
+        assert 'role="img"' in page
+        assert "5 calls finished" in page
+
+    scenario(tmp_path, body)
+
+
+def test_the_chart_keeps_every_minute_of_the_window_and_names_unknown_statuses() -> None:
+    answer = calls_pb2.OverviewResponse()
+    answer.now.seconds = 1_800_000_030  # half a minute into a minute
+    answer.window.seconds = 3600
+    answer.finished.add(status=Status.PERMANENT_ERROR, count=7).minute.seconds = 1_800_000_000
+    answer.finished.add(status=99, count=1).minute.seconds = 1_800_000_000
+    answer.finished.add(status=Status.OK, count=12).minute.seconds = 1_800_000_000
+    drawn = minute_chart(answer)
+    assert len(drawn.bars) == 61  # the partial minutes at both ends of the hour
+    assert drawn.top == 20
+    assert [item.status for item in drawn.legend] == ["OK", "PERMANENT_ERROR", "99"]
+    last = drawn.bars[-1]
+    assert [(s.status, s.count, s.height) for s in last.segments] == [
+        ("OK", 12, 60.0),
+        ("PERMANENT_ERROR", 7, 35.0),
+        ("99", 1, 5.0),
+    ]
+    assert last.segments[-1].y == 0.0
+    assert drawn.busy == (last,)
+    assert drawn.total == 20
+    empty = minute_chart(calls_pb2.OverviewResponse(now=answer.now, window=answer.window))
+    assert empty.total == 0
+    assert empty.top == 1
+    assert len(empty.bars) == 61
+
+
+def test_the_calls_page_filters_by_creation_time_in_utc(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        def at(hour: int, minute: int = 0) -> float:
+            moment = datetime.datetime(2026, 1, 2, hour, minute, tzinfo=datetime.timezone.utc)
+            return moment.timestamp()
+
+        made = {}
+        for hour in (10, 11, 12):
+            new = NewCall("f", "http://127.0.0.1:1", b"", expires_at=at(23))
+            (made[hour],) = await h.store.dispatch([new], now=at(hour))
+
+        async def shown(query: str) -> str:
+            status, text, _ = await get(h, "/" + query, key=API_KEY)
+            assert status == 200, text
+            return text
+
+        page = await shown("?created_from=2026-01-02T10:30&created_before=2026-01-02T12:00")
+        assert made[11] in page
+        assert made[10] not in page
+        assert made[12] not in page
+        # The form shows the range, and the live table and the pages keep it.
+        assert 'type="datetime-local" value="2026-01-02T10:30"' in page
+        assert "created_from=2026-01-02T10%3A30" in page
+        assert "created_before=2026-01-02T12%3A00" in page
+        later = await shown("?created_from=2026-01-02T11:00:00")
+        assert made[11] in later
+        assert made[12] in later
+        assert made[10] not in later
+        assert 'value="2026-01-02T11:00"' in later
+        # A time with an offset is read in UTC.
+        offset = await shown("?created_before=2026-01-02T11:30%2B01:00")
+        assert made[10] in offset
+        assert made[11] not in offset
+        # Newest first, as without a range.
+        first = await shown("?created_from=2026-01-02T09:00")
+        assert first.index(made[12]) < first.index(made[11]) < first.index(made[10])
+        status, text, _ = await get(h, "/?created_from=tomorrow", key=API_KEY)
+        assert status == 400
+        assert "created_from &#39;tomorrow&#39; is not a time" in text
+
+    scenario(tmp_path, body, running=False)

@@ -359,3 +359,61 @@ def test_logging_out_ends_the_session(browser: Any, stack: Stack) -> None:
     browser.get(stack.api + "/")
     until("the login form again", lambda: "/login" in browser.current_url)
     assert browser.find_elements(By.ID, "key")
+
+
+_CHART_COUNTS = """
+const counts = {};
+for (const part of document.querySelectorAll('svg.bars rect[data-status]')) {
+  counts[part.dataset.status] = (counts[part.dataset.status] || 0) + Number(part.dataset.count);
+}
+return counts;
+"""
+
+
+def test_the_overview_charts_calls_per_minute(browser: Any, stack: Stack) -> None:
+    from selenium.webdriver.common.by import By
+
+    log_in(browser, stack)
+    browser.set_window_size(1280, 1000)
+    browser.get(stack.api + "/overview")
+    before = browser.execute_script(_CHART_COUNTS)
+    calls = [dispatch(stack, "double", n) for n in range(4)]
+    calls += [dispatch(stack, "fail", "permanent") for _ in range(2)]
+    for dispatch_id in calls:
+        stack.wait(dispatch_id)
+
+    def counted() -> Any:
+        # The overview reads the last hour again every few seconds: reload until it has.
+        browser.get(stack.api + "/overview")
+        counts = browser.execute_script(_CHART_COUNTS)
+        ok = counts.get("OK", 0) >= before.get("OK", 0) + 4
+        failed = counts.get("PERMANENT_ERROR", 0) >= before.get("PERMANENT_ERROR", 0) + 2
+        return counts if ok and failed else None
+
+    until("the chart counting the new calls", counted)
+    chart = browser.find_element(By.CSS_SELECTOR, "svg.bars")
+    assert chart.size["width"] > 600
+    assert chart.size["height"] > 100
+    bars = browser.find_elements(By.CSS_SELECTOR, "svg.bars g.bar")
+    assert 60 <= len(bars) <= 61
+    drawn = browser.find_elements(By.CSS_SELECTOR, "svg.bars rect[data-status]")
+    assert all(part.size["height"] > 0 for part in drawn)
+    legend = [
+        " ".join(item.text.split()) for item in browser.find_elements(By.CSS_SELECTOR, ".legend li")
+    ]
+    assert any(item.startswith("OK ") for item in legend), legend
+    assert any(item.startswith("PERMANENT_ERROR ") for item in legend), legend
+    # The figures as a table, for those who cannot see the chart.
+    browser.find_element(By.CSS_SELECTOR, ".chart details summary").click()
+    table = browser.find_element(By.CSS_SELECTOR, "table.chart-figures")
+    until("the table of figures", table.is_displayed)
+    shot(browser, "overview-chart")
+    # A phone: the chart fits the screen.
+    browser.set_window_size(390, 844)
+    browser.get(stack.api + "/overview")
+    assert browser.execute_script(
+        "return document.documentElement.scrollWidth <= document.documentElement.clientWidth"
+    )
+    assert browser.find_element(By.CSS_SELECTOR, "svg.bars").size["width"] > 250
+    shot(browser, "overview-chart-phone", 2400)
+    browser.set_window_size(1280, 1000)

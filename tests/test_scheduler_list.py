@@ -260,3 +260,40 @@ def test_the_calls_table_points_at_an_error_too_large_to_list() -> None:
     assert ok_row.endswith("f")
     # What `calls list --json` fetches whole: an output, or an error left out.
     assert [unlisted_result(c) for c in (shown, small, ok)] == [True, False, True]
+
+
+def test_list_answers_the_calls_created_within_a_time_range(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with harness(tmp_path, running=False) as h:
+            ids = []
+            for n in range(4):
+                ids += await h.dispatch(call("f", n))
+            created = {}
+            for dispatch_id in ids:
+                found = await h.store.get(dispatch_id)
+                assert found is not None
+                created[dispatch_id] = found.created_at
+            since, until = calls_pb2.ListRequest(), calls_pb2.ListRequest()
+            since.created_after.FromNanoseconds(round(created[ids[1]] * 1e9))
+            until.created_before.FromNanoseconds(round(created[ids[1]] * 1e9))
+            bound = since.created_after.seconds + since.created_after.nanos / 1e9
+
+            async def listed(request: calls_pb2.ListRequest) -> list[str]:
+                answer = await h.rpc(LIST, request, calls_pb2.ListResponse)
+                return [c.dispatch_id for c in answer.calls]
+
+            after = await listed(since)
+            assert after == [i for i in ids if created[i] >= bound]
+            assert ids[1] in after
+            before = await listed(until)
+            assert before == [i for i in ids if created[i] < bound]
+            assert ids[1] not in before
+            # As JSON, a time in RFC 3339.
+            status, body = await h.post(
+                LIST, b'{"createdAfter": "2000-01-01T00:00:00Z"}', content_type=JSON
+            )
+            assert status == 200, body
+            answer = parsed(body, JSON, calls_pb2.ListResponse())
+            assert [c.dispatch_id for c in answer.calls] == ids
+
+    asyncio.run(scenario())

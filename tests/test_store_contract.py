@@ -2305,3 +2305,159 @@ def test_an_attempts_error_is_kept_as_text_cut_to_a_kibibyte(open_store: Opener)
         assert (await store.get(dispatch_id)).done  # type: ignore[union-attr]
 
     with_store(open_store, body)
+
+
+# --- List by creation time -----------------------------------------------------------
+
+
+def test_list_filters_by_creation_time_and_pages_in_its_order(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        early = await store.dispatch([call("a"), call("b")], now=NOW)
+        middle = await store.dispatch([call("a"), call("b")], now=NOW + 10)
+        late = await store.dispatch([call("a"), call("b")], now=NOW + 20)
+
+        async def ids(**filters: Any) -> list[str]:
+            return [c.dispatch_id for c in await store.list(**filters)]
+
+        # At or after the first time, before the second.
+        assert await ids(created_after=NOW + 10) == middle + late
+        assert await ids(created_before=NOW + 10) == early
+        assert await ids(created_after=NOW + 5, created_before=NOW + 20) == middle
+        assert await ids(created_after=NOW + 21) == []
+        assert await ids(created_after=NOW + 10, newest_first=True) == (middle + late)[::-1]
+        # With another filter, both apply.
+        assert await ids(created_after=NOW + 10, function="a") == [middle[0], late[0]]
+        assert await ids(created_before=NOW + 20, function="b", newest_first=True) == [
+            middle[1],
+            early[1],
+        ]
+        # Pages, each after the last one shown, in both orders.
+        for newest_first in (False, True):
+            expected = middle + late
+            if newest_first:
+                expected.reverse()
+            shown: list[str] = []
+            while True:
+                after = shown[-1] if shown else None
+                page = await ids(
+                    created_after=NOW + 10, newest_first=newest_first, after=after, limit=1
+                )
+                if not page:
+                    break
+                shown += page
+            assert shown == expected
+
+    with_store(open_store, body)
+
+
+def test_a_time_range_alone_lists_calls_in_the_order_of_their_creation_times(
+    open_store: Any,
+) -> None:
+    """Another process may create a call a moment earlier by the clock, after another
+    one: a time range reads the calls by their times, and its pages follow that order."""
+
+    async def body(store: Store) -> None:
+        (later,) = await store.dispatch([call()], now=NOW + 30)
+        (earlier,) = await store.dispatch([call()], now=NOW + 25)
+        (last,) = await store.dispatch([call()], now=NOW + 40)
+
+        async def ids(**filters: Any) -> list[str]:
+            return [c.dispatch_id for c in await store.list(**filters)]
+
+        # No time range: creation order.
+        assert await ids() == [later, earlier, last]
+        assert await ids(created_after=NOW) == [earlier, later, last]
+        assert await ids(created_before=NOW + 35, newest_first=True) == [later, earlier]
+        assert await ids(created_after=NOW, after=earlier) == [later, last]
+        assert await ids(created_after=NOW, after=later, newest_first=True) == [earlier]
+
+    with_store(open_store, body)
+
+
+def _list_arguments(**chosen: Any) -> dict[str, Any]:
+    return {
+        "state": None,
+        "function": None,
+        "root_id": None,
+        "status": None,
+        "failed": False,
+        "newest_first": False,
+        "after": None,
+        "limit": 100,
+        **chosen,
+    }
+
+
+# A time range alone, and with another filter, in both orders, with a cursor or not.
+TIMED_LISTS: list[dict[str, Any]] = [
+    {**bounds, **other, "newest_first": newest_first, "after": after}
+    for bounds in (
+        {"created_after": NOW + 5},
+        {"created_before": NOW + 5},
+        {"created_after": NOW + 2, "created_before": NOW + 8},
+    )
+    for other in ({}, {"function": "f1"}, {"state": "done"})
+    for newest_first in (False, True)
+    for after in (None, "x")
+]
+
+
+def _range_alone(chosen: dict[str, Any]) -> bool:
+    return not {"function", "state"} & chosen.keys()
+
+
+def test_sqlite_reads_a_time_range_from_the_index_of_creation_times(tmp_path: Path) -> None:
+    from dispatchlet.scheduler.store.sqlite import SQL as LITE
+    from dispatchlet.scheduler.store.sqlite import SQLiteStore
+
+    path = tmp_path / "plans.db"
+
+    async def filled() -> None:
+        store = await SQLiteStore.open(path)
+        try:
+            for second in range(10):
+                await store.dispatch([call(f"f{n % 20}") for n in range(100)], now=NOW + second)
+        finally:
+            await store.close()
+
+    run(filled())
+    db = sqlite3.connect(path)
+    try:
+        db.execute("ANALYZE")
+        for chosen in TIMED_LISTS:
+            query, params = LITE.list(**_list_arguments(**chosen))
+            plan = [str(row[3]) for row in db.execute(f"EXPLAIN QUERY PLAN {query}", params)]
+            assert not [step for step in plan if "TEMP B-TREE" in step], (chosen, plan)
+            index = "calls_list_created" if _range_alone(chosen) else "calls_list_"
+            assert plan[0].startswith(f"SEARCH calls USING INDEX {index}"), (chosen, plan)
+    finally:
+        db.close()
+
+
+def test_postgres_reads_a_time_range_from_the_index_of_creation_times(
+    postgres_server: str,
+) -> None:
+    import psycopg
+    from dispatchlet.scheduler.store.postgres import SQL as PG
+    from dispatchlet.scheduler.store.postgres import PostgresStore
+
+    url = fresh_database(postgres_server)
+
+    async def filled() -> None:
+        store = await PostgresStore.open(url)
+        try:
+            for second in range(10):
+                await store.dispatch([call(f"f{n % 20}") for n in range(1000)], now=NOW + second)
+        finally:
+            await store.close()
+
+    run(filled())
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute("ANALYZE dispatchlet_calls")
+        for chosen in TIMED_LISTS:
+            query, params = PG.list(**_list_arguments(**chosen))
+            plan = "\n".join(str(row[0]) for row in db.execute(f"EXPLAIN {query}".encode(), params))
+            assert "Sort" not in plan, (chosen, plan)
+            assert "Seq Scan" not in plan, (chosen, plan)
+            if _range_alone(chosen):
+                assert "using dispatchlet_calls_list_created" in plan, (chosen, plan)

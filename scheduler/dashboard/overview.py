@@ -1,17 +1,18 @@
-"""The overview page's content: sections of named figures, made by a function of the
-API (``Overview``), so that richer figures plug in as another such function. The default
-is the ``CallService/Overview`` answer (the last hour, the queue, this process's
-destinations) with the counts of calls by state."""
+"""The overview page's content: a chart and sections of named figures, made by a
+function of the API (``Overview``), so that richer figures plug in as another such
+function. The default is the ``CallService/Overview`` answer (the last hour by minute and
+status, the queue, this process's destinations) with the counts of calls by state."""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ...core.status import Status
 from ...proto.dispatchlet.scheduler.v1 import calls_pb2
 from ..store import COUNT_CAP, State
+from .chart import Chart, minute_chart, status_name
 
 if TYPE_CHECKING:
     from google.protobuf import duration_pb2
@@ -20,7 +21,16 @@ if TYPE_CHECKING:
 
 Sections = dict[str, dict[str, str]]
 """Section title -> figure name -> figure, in order."""
-Overview = Callable[["Api"], Awaitable[Sections]]
+
+
+@dataclass(frozen=True)
+class OverviewPage:
+    sections: Sections
+    chart: Chart | None = None
+    """The calls finished per minute by status, drawn above the sections."""
+
+
+Overview = Callable[["Api"], Awaitable[OverviewPage]]
 
 
 def _count(count: int) -> str:
@@ -32,23 +42,17 @@ def _seconds(duration: duration_pb2.Duration) -> str:
     return f"{seconds * 1000:,.0f} ms" if seconds < 1 else f"{seconds:,.1f} s"
 
 
-def _status_name(status: int) -> str:
-    try:
-        return Status(status).name
-    except ValueError:
-        return str(status)
-
-
-async def queue_overview(api: Api) -> Sections:
-    """The calls by state (every process of the store), the queue and the last hour's
-    finished calls as ``CallService/Overview`` tells them, and this process's
-    concurrency limit per destination."""
+async def queue_overview(api: Api) -> OverviewPage:
+    """The last hour's finished calls per minute and status (the chart), then the calls
+    by state (every process of the store), the queue and the last hour's finished calls
+    as ``CallService/Overview`` tells them, and this process's concurrency limit per
+    destination."""
     counts = await api.store.count_by_state()
     answer = await api.overview(calls_pb2.OverviewRequest())
     queue = answer.queue
     finished = Counter[str]()
     for minute in answer.finished:
-        finished[_status_name(minute.status)] += minute.count
+        finished[status_name(minute.status)] += minute.count
     sections: Sections = {
         "Calls by state": {state.value: _count(counts.get(state, 0)) for state in State},
         "Queue now": {
@@ -79,4 +83,4 @@ async def queue_overview(api: Api) -> Sections:
             for d in answer.destinations
         },
     }
-    return sections
+    return OverviewPage(sections, minute_chart(answer))

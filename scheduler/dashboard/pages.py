@@ -261,8 +261,10 @@ class Dashboard:
     # --- the overview ------------------------------------------------------------------
 
     async def show_overview(self, request: web.Request, viewer: Viewer) -> web.StreamResponse:
-        sections = await self.overview(self.api)
-        return self.render(viewer, "overview.html", path="/overview", sections=sections)
+        shown = await self.overview(self.api)
+        return self.render(
+            viewer, "overview.html", path="/overview", sections=shown.sections, chart=shown.chart
+        )
 
     # --- login and logout ------------------------------------------------------------
 

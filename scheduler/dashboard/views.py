@@ -207,6 +207,9 @@ class Filters:
     size: int = PAGE_SIZES[0]
     search: str = ""
     """A dispatch id looked for (exact)."""
+    created_from: str = ""
+    """The calls created at or after this time, in UTC (a ``datetime-local`` value)."""
+    created_before: str = ""
 
     def store_filters(self) -> dict[str, Any]:
         """The keyword arguments of ``Store.list`` for these filters."""
@@ -215,6 +218,8 @@ class Filters:
             "root_id": self.root or None,
             "newest_first": True,
             "after": self.after or None,
+            "created_after": utc_seconds(self.created_from),
+            "created_before": utc_seconds(self.created_before),
         }
         if self.status == FAILED:
             found["failed"] = True
@@ -231,6 +236,8 @@ class Filters:
             "status": self.status,
             "function": self.function,
             "root": self.root,
+            "created_from": self.created_from,
+            "created_before": self.created_before,
             "after": self.after,
             "size": "" if self.size == PAGE_SIZES[0] else str(self.size),
         }
@@ -278,7 +285,33 @@ def read_filters(query: Mapping[str, str]) -> Filters:
         after=field_of("after"),
         size=size,
         search=field_of("id"),
+        created_from=local_time(field_of("created_from"), "created_from"),
+        created_before=local_time(field_of("created_before"), "created_before"),
     )
+
+
+def local_time(text: str, name: str) -> str:
+    """A time of the page's query as a ``datetime-local`` input shows it (UTC, to the
+    minute or the second), or ``InvalidArgument``; empty stays empty."""
+    if not text:
+        return ""
+    try:
+        found = datetime.datetime.fromisoformat(text)
+        if found.tzinfo is not None:
+            found = found.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(
+            f"{name} {text[:40]!r} is not a time: write it as 2026-12-05T18:30 (UTC)"
+        ) from None
+    return found.isoformat(timespec="seconds" if found.second else "minutes")
+
+
+def utc_seconds(shown: str) -> float | None:
+    """A ``local_time`` as seconds since the epoch (None when empty)."""
+    if not shown:
+        return None
+    found = datetime.datetime.fromisoformat(shown).replace(tzinfo=datetime.timezone.utc)
+    return found.timestamp()
 
 
 # --- a call's tree and a workflow's steps ---------------------------------------------

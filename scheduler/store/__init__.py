@@ -428,12 +428,17 @@ class Store(Protocol):
         limit: int = 100,
         parent_id: str | None = None,
         rerun_of: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
     ) -> list[Call]:
         """Summaries of the calls matching every filter given (``status``: done with
         that final status; ``failed``: done with any other than OK; ``parent_id``: the
-        children of that call; ``rerun_of``: its re-runs), in creation order
-        or, with ``newest_first``, the reverse; after the dispatch id ``after`` (a page's
-        last) in that order.
+        children of that call; ``rerun_of``: its re-runs; ``created_after`` and
+        ``created_before``: created at or after, and before, those times), in creation
+        order or, with ``newest_first``, the reverse; after the dispatch id ``after`` (a
+        page's last) in that order. With a time bound, the order is that of the calls'
+        creation times (then of their creation: calls created by several processes at
+        about the same moment may be ordered otherwise than without one).
 
         A summary is a ``Call`` without what may be large: its ``input`` and ``poll``
         are empty, and its ``result`` is kept only when it is an error (the status is

@@ -44,6 +44,7 @@ from . import (
     summary,
 )
 from .idempotency import KeyedCalls, repeated
+from .statements import by_creation_time
 from .stats import OVERVIEW_FUNCTIONS, Finished, QueueStats, finished_of
 
 
@@ -380,17 +381,33 @@ class MemoryStore:
         limit: int = 100,
         parent_id: str | None = None,
         rerun_of: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
     ) -> builtins.list[Call]:
         self._check_open()
+        timed = by_creation_time(
+            created_after,
+            created_before,
+            (state, function, root_id, status, failed, parent_id, rerun_of),
+        )
+
+        def key(row: _Row) -> tuple[float, int]:
+            # A time range alone: the order of creation times (as the SQL stores' index).
+            return (row.created_at if timed else 0.0, row.seq)
+
         beyond = None
         if after is not None:
             start = self._rows.get(after)
             if start is None:
                 return []
-            beyond = start.seq
+            beyond = key(start)
 
         def matches(row: _Row) -> bool:
-            if beyond is not None and (row.seq >= beyond if newest_first else row.seq <= beyond):
+            if beyond is not None and (key(row) >= beyond if newest_first else key(row) <= beyond):
+                return False
+            if created_after is not None and row.created_at < created_after:
+                return False
+            if created_before is not None and row.created_at >= created_before:
                 return False
             if (status is not None or failed) and row.state is not State.DONE:
                 # Only a done call's status is final (a retried one keeps its last attempt's).
@@ -406,7 +423,11 @@ class MemoryStore:
             )
 
         # Rows are kept in creation order (a dict keeps insertion order).
-        rows = reversed(self._rows.values()) if newest_first else iter(self._rows.values())
+        kept: Sequence[_Row] | None = sorted(self._rows.values(), key=key) if timed else None
+        if kept is not None:
+            rows = reversed(kept) if newest_first else iter(kept)
+        else:
+            rows = reversed(self._rows.values()) if newest_first else iter(self._rows.values())
         found: builtins.list[Call] = []
         for row in rows:
             if len(found) >= limit:

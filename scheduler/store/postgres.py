@@ -687,6 +687,8 @@ class PostgresStore:
         limit: int = 100,
         parent_id: str | None = None,
         rerun_of: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
     ) -> list[Call]:
         query, params = SQL.list(
             state=None if state is None else state.value,
@@ -699,6 +701,8 @@ class PostgresStore:
             limit=limit,
             parent_id=parent_id,
             rerun_of=rerun_of,
+            created_after=created_after,
+            created_before=created_before,
         )
         return [call_from_row(row) for row in await self._select(query, params)]
 

@@ -579,6 +579,8 @@ class SQLiteStore:
         limit: int = 100,
         parent_id: str | None = None,
         rerun_of: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
     ) -> list[Call]:
         query, params = SQL.list(
             state=None if state is None else state.value,
@@ -591,6 +593,8 @@ class SQLiteStore:
             limit=limit,
             parent_id=parent_id,
             rerun_of=rerun_of,
+            created_after=created_after,
+            created_before=created_before,
         )
 
         def select(db: sqlite3.Connection) -> list[Call]:

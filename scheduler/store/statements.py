@@ -262,6 +262,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     "  error_message TEXT NOT NULL,"
     "  PRIMARY KEY (dispatch_id, number)"
     ")",
+    # List's calls created within a time range: a range of this index, read in its order
+    # (creation time, then creation order) from its end (newest first) or its start.
+    Index("{calls}_list_created", "ON {calls} (created_at{in_order})"),
 )
 """Schema changes written once for both stores, after each store's own history (its
 module's ``MIGRATIONS``, which ship as they are): each entry moves both schemas one
@@ -656,6 +659,8 @@ class Statements:
         limit: int,
         parent_id: str | None = None,
         rerun_of: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
     ) -> tuple[str, dict[str, Any]]:
         """The query of ``Store.list`` and its parameters: summaries (``SUMMARY``)."""
         clauses = []
@@ -681,20 +686,46 @@ class Statements:
         if failed:
             # Written out, as the partial index that serves it says it.
             clauses.append(f"status <> {Status.OK.value:d}")
-        # Creation order is the row order; a page starts after the last one's row.
+        if created_after is not None:
+            clauses.append("created_at >= :created_after")
+            params["created_after"] = created_after
+        if created_before is not None:
+            clauses.append("created_at < :created_before")
+            params["created_before"] = created_before
+        # Creation order is the row order; a page starts after the last one's row. A time
+        # range alone reads the index of creation times in its order (the same order,
+        # but for calls that processes created at the same moment); with another filter,
+        # that filter's index, the range checked on its rows.
+        key = "{seq}"
+        if by_creation_time(
+            created_after,
+            created_before,
+            (state, function, root_id, status, failed, parent_id, rerun_of),
+        ):
+            key = "created_at, {seq}"
         order, beyond = ("DESC", "<") if newest_first else ("ASC", ">")
         if after is not None:
             clauses.append(
-                f"{{seq}} {beyond} (SELECT {{seq}} FROM {{calls}} WHERE dispatch_id = :after)"
+                f"({key}) {beyond} (SELECT {key} FROM {{calls}} WHERE dispatch_id = :after)"
             )
             params["after"] = after
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        ordered = ", ".join(f"{column.strip()} {order}" for column in key.split(","))
         # Only this module's own column names and keywords go into the text; values are
         # parameters.
         query = self.dialect.render(
-            f"SELECT {SUMMARY} FROM {{calls}}{where} ORDER BY {{seq}} {order} LIMIT :limit"
+            f"SELECT {SUMMARY} FROM {{calls}}{where} ORDER BY {ordered} LIMIT :limit"
         )
         return query, params
+
+
+def by_creation_time(
+    created_after: float | None, created_before: float | None, others: Sequence[object]
+) -> bool:
+    """Whether ``Store.list`` orders its calls by creation time (then creation order):
+    when a time bound is its only filter (each of ``others`` None or False)."""
+    timed = created_after is not None or created_before is not None
+    return timed and not any(f is not None and f is not False for f in others)
 
 
 class PostgresStatements(Statements):

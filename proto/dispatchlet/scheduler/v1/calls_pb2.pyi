@@ -286,6 +286,8 @@ class ListRequest(_message.Message):
     NEWEST_FIRST_FIELD_NUMBER: _builtins.int
     PARENT_DISPATCH_ID_FIELD_NUMBER: _builtins.int
     RERUN_OF_FIELD_NUMBER: _builtins.int
+    CREATED_AFTER_FIELD_NUMBER: _builtins.int
+    CREATED_BEFORE_FIELD_NUMBER: _builtins.int
     state: _builtins.str
     """Each filter applies when set: a state ("ready", "running", "waiting", "done"), a function
     name, the root of a call tree.
@@ -304,6 +306,14 @@ class ListRequest(_message.Message):
     """The children of one call (the calls its Polls made)."""
     rerun_of: _builtins.str
     """The re-runs of one call (Rerun)."""
+    @_builtins.property
+    def created_after(self) -> _timestamp_pb2.Timestamp:
+        """The calls created at or after this time, and before this one (each when set). A
+        time range as the only filter lists the calls in the order of their creation times.
+        """
+
+    @_builtins.property
+    def created_before(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -316,10 +326,12 @@ class ListRequest(_message.Message):
         newest_first: _builtins.bool = ...,
         parent_dispatch_id: _builtins.str = ...,
         rerun_of: _builtins.str = ...,
+        created_after: _timestamp_pb2.Timestamp | None = ...,
+        created_before: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["function", b"function", "newest_first", b"newest_first", "page_size", b"page_size", "page_token", b"page_token", "parent_dispatch_id", b"parent_dispatch_id", "rerun_of", b"rerun_of", "root_dispatch_id", b"root_dispatch_id", "state", b"state", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before", "function", b"function", "newest_first", b"newest_first", "page_size", b"page_size", "page_token", b"page_token", "parent_dispatch_id", b"parent_dispatch_id", "rerun_of", b"rerun_of", "root_dispatch_id", b"root_dispatch_id", "state", b"state", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
