@@ -70,9 +70,9 @@ def test_a_list_query_pages_by_each_databases_creation_order() -> None:
     sqlite_query, sqlite_params = listed(Statements(SQLITE))
     postgres_query, postgres_params = listed(PostgresStatements())
     assert "ORDER BY rowid DESC" in sqlite_query
-    assert "rowid < (SELECT rowid" in sqlite_query
+    assert "(rowid) < (SELECT rowid" in sqlite_query
     assert "ORDER BY seq DESC" in postgres_query
-    assert "seq < (SELECT seq" in postgres_query
+    assert "(seq) < (SELECT seq" in postgres_query
     # The OK status is written out, as the partial index of failed calls says it.
     assert "status <> 1" in sqlite_query
     assert "status <> 1" in postgres_query
