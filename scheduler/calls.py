@@ -97,7 +97,8 @@ def endpoint_problem(endpoint: str) -> str | None:
         return f"invalid endpoint {shown!r}: {str(exc).rpartition(': ')[2]}"
     host = parts.netloc.rpartition(":")[0] if port is not None else parts.netloc
     if not _valid_host(host):
-        return f"invalid endpoint {shown!r}: {host[:100]!r} is no valid host name or address"
+        kind = "IPv6 address" if host.startswith("[") else "host name or address"
+        return f"invalid endpoint {shown!r}: {host[:100]!r} is no valid {kind}"
     if not _PATH.fullmatch(parts.path):
         return (
             f"invalid endpoint {shown!r}: its path must be made of URL characters, any "

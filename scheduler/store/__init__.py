@@ -547,15 +547,20 @@ _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
 
 
+# SQLite's messages for those codes (``sqlite3_errstr``): Python 3.10's exceptions carry
+# no code, only the message.
+_CORRUPT_MESSAGES = ("database disk image is malformed", "file is not a database")
+
+
 def corrupt(exc: BaseException) -> bool:
     """Whether ``exc`` is SQLite finding its database file damaged ("database disk
     image is malformed", "file is not a database")."""
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
     code = getattr(exc, "sqlite_errorcode", None)
-    return (
-        isinstance(exc, sqlite3.DatabaseError)
-        and isinstance(code, int)
-        and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
-    )
+    if isinstance(code, int):
+        return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    return any(message in str(exc) for message in _CORRUPT_MESSAGES)
 
 
 def unavailable(exc: BaseException) -> bool:
