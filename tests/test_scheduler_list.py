@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import math
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -274,8 +275,11 @@ def test_list_answers_the_calls_created_within_a_time_range(tmp_path: Path) -> N
                 assert found is not None
                 created[dispatch_id] = found.created_at
             since, until = calls_pb2.ListRequest(), calls_pb2.ListRequest()
-            since.created_after.FromNanoseconds(round(created[ids[1]] * 1e9))
-            until.created_before.FromNanoseconds(round(created[ids[1]] * 1e9))
+            # At or just below the second call's time (a float's last bits would round
+            # it either way), and after the first's: whole microseconds, rounded down.
+            at = math.floor(created[ids[1]] * 1e6) * 1000
+            since.created_after.FromNanoseconds(at)
+            until.created_before.FromNanoseconds(at)
             bound = since.created_after.seconds + since.created_after.nanos / 1e9
 
             async def listed(request: calls_pb2.ListRequest) -> list[str]:
