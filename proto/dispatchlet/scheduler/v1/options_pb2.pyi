@@ -8,6 +8,7 @@ from google.protobuf import any_pb2 as _any_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
@@ -32,23 +33,135 @@ class CallOptions(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     KEY_FIELD_NUMBER: _builtins.int
+    DELAY_FIELD_NUMBER: _builtins.int
+    START_AT_FIELD_NUMBER: _builtins.int
+    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    ATTEMPT_TIMEOUT_FIELD_NUMBER: _builtins.int
+    BACKOFF_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_KEY_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_PER_KEY_FIELD_NUMBER: _builtins.int
+    RATE_LIMIT_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """The call's idempotency key, unique per scheduler: while the first call dispatched
     with a key is kept, another call with the same key creates nothing and is answered
     with the first call's dispatch id.
     """
+    max_attempts: _builtins.int
+    """Policies: unset (zero) means the scheduler's defaults.
+    The most attempts the call gets, the first included.
+    """
+    concurrency: _builtins.int
+    """Limits. The limit a call carries applies when one of its attempts is to start; calls
+    over a limit wait (they do not fail) and do not hold up other functions' calls.
+    At most this many attempts of the call's function in flight across all scheduler
+    processes of one store (0: no limit).
+    """
+    concurrency_key: _builtins.str
+    """The call's key for concurrency_per_key (empty: none)."""
+    concurrency_per_key: _builtins.int
+    """At most this many attempts in flight of the call's function with the same
+    concurrency_key (0: no limit).
+    """
+    @_builtins.property
+    def delay(self) -> _duration_pb2.Duration:
+        """The call first runs no earlier than this long after the scheduler stored it
+        (Function.options(delay=...)); its expiration counts from then.
+        """
+
+    @_builtins.property
+    def start_at(self) -> _timestamp_pb2.Timestamp:
+        """The call first runs no earlier than this time (Function.options(at=...)); its
+        expiration counts from then. With both, the later of the two.
+        """
+
+    @_builtins.property
+    def attempt_timeout(self) -> _duration_pb2.Duration:
+        """How long one attempt may run before it counts as a TIMEOUT."""
+
+    @_builtins.property
+    def backoff(self) -> Global___Backoff:
+        """The wait before retries."""
+
+    @_builtins.property
+    def rate_limit(self) -> Global___RateLimit:
+        """At most this many attempts of the call's function start per period."""
+
     def __init__(
         self,
         *,
         key: _builtins.str = ...,
+        delay: _duration_pb2.Duration | None = ...,
+        start_at: _timestamp_pb2.Timestamp | None = ...,
+        max_attempts: _builtins.int = ...,
+        attempt_timeout: _duration_pb2.Duration | None = ...,
+        backoff: Global___Backoff | None = ...,
+        concurrency: _builtins.int = ...,
+        concurrency_key: _builtins.str = ...,
+        concurrency_per_key: _builtins.int = ...,
+        rate_limit: Global___RateLimit | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt_timeout", b"attempt_timeout", "backoff", b"backoff", "delay", b"delay", "rate_limit", b"rate_limit", "start_at", b"start_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_timeout", b"attempt_timeout", "backoff", b"backoff", "concurrency", b"concurrency", "concurrency_key", b"concurrency_key", "concurrency_per_key", b"concurrency_per_key", "delay", b"delay", "key", b"key", "max_attempts", b"max_attempts", "rate_limit", b"rate_limit", "start_at", b"start_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CallOptions: _TypeAlias = CallOptions  # noqa: Y015
+
+@_typing.final
+class Backoff(_message.Message):
+    """Capped exponential backoff: the n-th retry waits initial * multiplier^(n-1), at most
+    maximum, with jitter.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INITIAL_FIELD_NUMBER: _builtins.int
+    MAXIMUM_FIELD_NUMBER: _builtins.int
+    MULTIPLIER_FIELD_NUMBER: _builtins.int
+    multiplier: _builtins.float
+    @_builtins.property
+    def initial(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def maximum(self) -> _duration_pb2.Duration: ...
+    def __init__(
+        self,
+        *,
+        initial: _duration_pb2.Duration | None = ...,
+        maximum: _duration_pb2.Duration | None = ...,
+        multiplier: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["initial", b"initial", "maximum", b"maximum"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["initial", b"initial", "maximum", b"maximum", "multiplier", b"multiplier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Backoff: _TypeAlias = Backoff  # noqa: Y015
+
+@_typing.final
+class RateLimit(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    @_builtins.property
+    def period(self) -> _duration_pb2.Duration: ...
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+        period: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["period", b"period"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "period", b"period"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RateLimit: _TypeAlias = RateLimit  # noqa: Y015
 
 @_typing.final
 class Call(_message.Message):
