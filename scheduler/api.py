@@ -44,6 +44,7 @@ from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2, error_pb2, poll_pb2
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2, options_pb2
 from .call_answer import CallAnswer, CallResponse, add_result
+from .call_limits import LimitsInvalid, limits_of
 from .calls import call_problem, duration_seconds, oversized_input, timestamp
 from .engine import Engine
 from .metrics import CONTENT_TYPE
@@ -324,6 +325,10 @@ class Api:
         key = call.dispatchlet_options.key
         if key and (problem := key_problem(key)):
             raise invalid(problem)
+        try:
+            limits = limits_of(call.dispatchlet_options)
+        except LimitsInvalid as exc:
+            raise invalid(str(exc)) from None
         return NewCall(
             function=call.function,
             endpoint=call.endpoint.rstrip("/"),
@@ -333,6 +338,7 @@ class Api:
             correlation_id=call.correlation_id,
             key=key,
             trace_context=trace_context,
+            limits=limits,
         )
 
     # --- CallService -------------------------------------------------------------------

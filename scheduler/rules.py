@@ -25,9 +25,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..core.call_options import call_options
 from ..core.errors import STEP_MISMATCH
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, error_pb2, poll_pb2
+from .call_limits import LimitsInvalid, limits_of
 from .calls import (
     MAX_POLL_CALLS,
     MAX_POLL_RESULTS,
@@ -250,6 +252,10 @@ def suspension(call: Call, poll: poll_pb2.Poll, limits: Limits, now: float) -> S
         )
         if problem is not None:
             return invalid("InvalidPoll", f"call {index}: {problem}")
+        try:
+            child_limits = limits_of(call_options(child))
+        except LimitsInvalid as exc:
+            return invalid("InvalidPoll", f"call {index}: {exc}")
         expires_at = call.expires_at
         if child.HasField("expiration"):
             lifetime = duration_seconds(child.expiration)
@@ -262,6 +268,7 @@ def suspension(call: Call, poll: poll_pb2.Poll, limits: Limits, now: float) -> S
                 expires_at=expires_at,
                 version=child.version,
                 correlation_id=child.correlation_id,
+                limits=child_limits,
             )
         )
     state = poll_pb2.Poll()

@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 import pytest
 from dispatchlet.scheduler.store import END_BATCH, Call, Lease, NewCall, State, Store, StoreError
+from dispatchlet.scheduler.store.claims import claim_window
+from dispatchlet.scheduler.store.limits import Limits
 from dispatchlet.scheduler.store.memory import IntegrityError, MemoryStore
 from dispatchlet.scheduler.store.sqlite import SCHEMA_VERSION, SQLiteStore
 from dispatchlet.scheduler.store.stats import Finished, FinishedCount, FunctionStats, QueueStats
@@ -2461,3 +2463,140 @@ def test_postgres_reads_a_time_range_from_the_index_of_creation_times(
             assert "Seq Scan" not in plan, (chosen, plan)
             if _range_alone(chosen):
                 assert "using dispatchlet_calls_list_created" in plan, (chosen, plan)
+
+
+# --- concurrency and rate limits ------------------------------------------------------
+
+
+def limited(function: str = "lim", **limits: Any) -> NewCall:
+    return call(function, limits=Limits(**limits))
+
+
+async def claim_ids(store: Store, now: float = NOW, limit: int = 10) -> list[str]:
+    claimed = await store.claim(owner="p", now=now, limit=limit, lease_seconds=LEASE)
+    return [c.call.dispatch_id for c in claimed]
+
+
+def test_a_concurrency_limit_holds_the_calls_beyond_it_until_one_finishes(
+    open_store: Opener,
+) -> None:
+    async def body(store: Store) -> None:
+        ids = await store.dispatch([limited(concurrency=3) for _ in range(5)], now=NOW)
+        first = await store.claim(owner="p", now=NOW, limit=10, lease_seconds=LEASE)
+        assert [c.call.dispatch_id for c in first] == ids[:3]
+        # The 4th and 5th wait, still ready, their attempts not counted.
+        assert await claim_ids(store, NOW + 1) == []
+        fourth = await store.get(ids[3])
+        assert fourth is not None
+        assert (fourth.state, fourth.attempts) == (State.READY, 0)
+        assert await store.finish(first[0].lease, OK, b"", now=NOW + 2)
+        assert await claim_ids(store, NOW + 2) == [ids[3]]
+        assert await claim_ids(store, NOW + 3) == []
+
+    with_store(open_store, body)
+
+
+def test_a_lapsed_lease_frees_its_slot(open_store: Opener) -> None:
+    async def body(store: Store) -> None:
+        ids = await store.dispatch([limited(concurrency=3) for _ in range(4)], now=NOW)
+        assert await claim_ids(store) == ids[:3]
+        assert await claim_ids(store, NOW + LEASE - 1) == []
+        # The three leases lapsed: their calls and the 4th share the three slots again.
+        again = await claim_ids(store, NOW + LEASE + 1)
+        assert len(again) == 3
+        assert set(again) < set(ids)
+
+    with_store(open_store, body)
+
+
+def test_a_limit_per_key_holds_each_key_apart(open_store: Opener) -> None:
+    async def body(store: Store) -> None:
+        calls = [limited(key=k, per_key=2) for k in ("c1", "c1", "c1", "c2", "c2", "c2")]
+        ids = await store.dispatch(calls, now=NOW)
+        first = await store.claim(owner="p", now=NOW, limit=10, lease_seconds=LEASE)
+        assert [c.call.dispatch_id for c in first] == [ids[0], ids[1], ids[3], ids[4]]
+        assert await claim_ids(store, NOW + 1) == []
+        # A slot of c2 freed: only c2's waiting call takes it.
+        assert await store.finish(first[2].lease, OK, b"", now=NOW + 2)
+        assert await claim_ids(store, NOW + 2) == [ids[5]]
+        assert await claim_ids(store, NOW + 3) == []
+
+    with_store(open_store, body)
+
+
+def test_a_function_limit_and_a_key_limit_both_hold(open_store: Opener) -> None:
+    async def body(store: Store) -> None:
+        calls = [limited(concurrency=3, key=k, per_key=2) for k in ("a", "a", "a", "b", "b")]
+        ids = await store.dispatch(calls, now=NOW)
+        assert await claim_ids(store) == [ids[0], ids[1], ids[3]]
+
+    with_store(open_store, body)
+
+
+def test_a_rate_limit_lets_count_calls_start_per_period(open_store: Opener) -> None:
+    async def body(store: Store) -> None:
+        ids = await store.dispatch(
+            [limited(rate_count=2, rate_period=10.0) for _ in range(5)], now=NOW
+        )
+        first = await store.claim(owner="p", now=NOW, limit=10, lease_seconds=LEASE)
+        assert [c.call.dispatch_id for c in first] == ids[:2]
+        # Finished, but still within the period: their starts count.
+        for claimed in first:
+            assert await store.finish(claimed.lease, OK, b"", now=NOW + 1)
+        assert await claim_ids(store, NOW + 9) == []
+        # The clock moved past the period: two more.
+        assert await claim_ids(store, NOW + 10.5) == ids[2:4]
+        assert await claim_ids(store, NOW + 15) == []
+        assert await claim_ids(store, NOW + 21) == ids[4:]
+
+    with_store(open_store, body)
+
+
+def test_a_retry_is_a_start_the_rate_limit_counts(open_store: Opener) -> None:
+    async def body(store: Store) -> None:
+        (dispatch_id,) = await store.dispatch([limited(rate_count=1, rate_period=60.0)], now=NOW)
+        (first,) = await store.claim(owner="p", now=NOW, limit=1, lease_seconds=LEASE)
+        assert await store.retry(first.lease, TIMEOUT, b"", ready_at=NOW + 1, now=NOW + 1)
+        assert await claim_ids(store, NOW + 30) == []
+        assert await claim_ids(store, NOW + 61) == [dispatch_id]
+
+    with_store(open_store, body)
+
+
+def test_other_functions_are_claimed_while_a_limit_holds_its_calls(open_store: Opener) -> None:
+    async def body(store: Store) -> None:
+        held = await store.dispatch([limited(concurrency=1) for _ in range(6)], now=NOW)
+        free = await store.dispatch([call("free") for _ in range(3)], now=NOW + 1)
+        keyed = await store.dispatch([limited("k", key="x", per_key=1)] * 2, now=NOW + 2)
+        # One call of the limited function, then every other function's.
+        assert await claim_ids(store, NOW + 3, limit=4) == [held[0], *free]
+        assert await claim_ids(store, NOW + 3, limit=4) == [keyed[0]]
+        assert await claim_ids(store, NOW + 3, limit=4) == []
+
+    with_store(open_store, body)
+
+
+def test_calls_without_limits_neither_wait_nor_count(open_store: Opener) -> None:
+    async def body(store: Store) -> None:
+        plain = await store.dispatch([call("lim") for _ in range(3)], now=NOW)
+        capped = await store.dispatch([limited(concurrency=1)] * 2, now=NOW + 1)
+        assert await claim_ids(store, NOW + 2) == [*plain, capped[0]]
+
+    with_store(open_store, body)
+
+
+def test_a_backlog_of_limited_calls_beyond_the_window_does_not_hide_others(
+    open_store: Opener,
+) -> None:
+    async def body(store: Store) -> None:
+        backlog = claim_window(4) + 100
+        await store.dispatch([limited(concurrency=2) for _ in range(backlog)], now=NOW)
+        await store.dispatch([limited("k", key="c", per_key=1)] * backlog, now=NOW + 1)
+        later = await store.dispatch([call("free")], now=NOW + 2)
+        first = await claim_ids(store, NOW + 3, limit=4)
+        # Two of the first function, one of the key, and the call behind them.
+        assert len(first) == 4
+        assert first[-1:] == later
+        assert await claim_ids(store, NOW + 3, limit=4) == []
+
+    with_store(open_store, body)

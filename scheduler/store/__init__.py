@@ -49,6 +49,7 @@ from typing import Any, Protocol
 from ...core.errors import DispatchletError
 from ...core.status import Status
 from .claims import claim_candidates, claim_window, fitting, in_turns, needs_root_heads
+from .limits import NO_LIMITS, Limits
 from .stats import OVERVIEW_FUNCTIONS, Finished, QueueStats
 
 
@@ -81,6 +82,9 @@ class NewCall:
     trace_context: str = ""
     """The trace context its attempts' spans are children of (``core.tracing.carried``:
     the Dispatch's span, or the attempt that made a Poll's child); empty: none."""
+    limits: Limits = NO_LIMITS
+    """The call's concurrency and rate limits (``limits``), applied when an attempt of it
+    is to start."""
 
 
 @dataclass(frozen=True)
@@ -633,6 +637,7 @@ __all__ = [
     "ERROR_MESSAGE_BYTES",
     "LISTED_ERROR_BYTES",
     "NO_BOUNDS",
+    "NO_LIMITS",
     "OVERVIEW_FUNCTIONS",
     "PURGE_BATCH",
     "Attempt",
@@ -643,6 +648,7 @@ __all__ = [
     "DatabaseBroken",
     "Finished",
     "Lease",
+    "Limits",
     "NewAttempt",
     "NewCall",
     "QueueStats",

@@ -44,6 +44,17 @@ from . import (
     summary,
 )
 from .idempotency import KeyedCalls, repeated
+from .limits import (
+    HELD_ROUNDS,
+    NO_LIMITS,
+    Admitted,
+    Held,
+    Limits,
+    Usage,
+    rate_periods,
+    room_left,
+    within_limits,
+)
 from .statements import by_creation_time
 from .stats import OVERVIEW_FUNCTIONS, Finished, QueueStats, finished_of
 
@@ -89,6 +100,7 @@ class _Row:
     trace_context: str = ""
     children: builtins.list[str] = field(default_factory=builtins.list)
     rerun_of: str | None = None
+    limits: Limits = NO_LIMITS
     attempts_kept: deque[Attempt] = field(default_factory=deque)
     """Its history of attempts (the SQL stores' ``{calls}_attempts``)."""
 
@@ -143,6 +155,8 @@ class MemoryStore:
         """Request ids: the digest of what each request asked, its dispatch ids."""
         self._keys: dict[str, str] = {}
         """Idempotency keys: the dispatch id of the call that has each."""
+        self._starts: dict[str, builtins.list[float]] = {}
+        """The starts of rate-limited calls per function (the SQL stores' ``{calls}_starts``)."""
         self._endings: dict[str, tuple[int, bytes, bool]] = {}
         """The calls whose unfinished descendants are still to end: with what, and
         whether only their children set aside (by a restart)."""
@@ -193,17 +207,77 @@ class MemoryStore:
             for row in (self._rows[i] for i in self._unfinished)
             if row.claimable(now)
         ]
+        limited = {
+            f[0]: (row.function, row.limits)
+            for f in found
+            if (row := self._rows[f[0]]).limits.limited
+        }
+        claimed: builtins.list[Claimed] = []
+        held = Held()
+        taken: Counter[str] = Counter()
+        # As the SQL stores' rounds: again without the functions and keys held back by
+        # a limit, while that leaves the claim short.
+        for _ in range(HELD_ROUNDS):
+            wanted = limit - len(claimed)
+            chosen, admitted = self._choose(
+                [
+                    f
+                    for f in found
+                    if not held.holds(self._rows[f[0]].function, self._rows[f[0]].limits.key)
+                ],
+                wanted,
+                limited,
+                now,
+                cap=cap,
+                room=room_left(room, taken),
+            )
+            more = self._take(chosen[:wanted], limited, owner, now, now + lease_seconds)
+            taken.update(self._rows[c.call.dispatch_id].destination for c in more)
+            claimed += more
+            found = [f for f in found if self._rows[f[0]].claimable(now)]
+            if len(claimed) >= limit or not held.add(admitted):
+                break
+        return claimed
+
+    def _choose(
+        self,
+        found: builtins.list[tuple[str, str, str, float, int]],
+        wanted: int,
+        limited: dict[str, tuple[str, Limits]],
+        now: float,
+        *,
+        cap: int | None,
+        room: Callable[[str], int] | None,
+    ) -> tuple[builtins.list[str], Admitted]:
         # Round-robin across roots, oldest first within each; more candidates than the
         # batch, since some destinations may be full.
         running = {} if cap is None else self._running(now)
-        for count in claim_candidates(limit):
+        admitted = Admitted([])
+        for count in claim_candidates(wanted):
             candidates = in_turns(found, count)
+            dealt_all = len(candidates) < count
+            if limited:
+                admitted = within_limits(candidates, limited, self._usage(limited, now))
+                candidates = admitted.candidates
             chosen = fitting(candidates, cap=cap, running=running, room=room)
-            if len(chosen) >= limit or len(candidates) < count:
+            if len(chosen) >= wanted or dealt_all:
                 break
+        return chosen, admitted
+
+    def _take(
+        self,
+        ids: Sequence[str],
+        limited: dict[str, tuple[str, Limits]],
+        owner: str,
+        now: float,
+        expires: float,
+    ) -> builtins.list[Claimed]:
         claimed = []
-        expires = now + lease_seconds
-        for dispatch_id in chosen[:limit]:
+        for dispatch_id in ids:
+            function, lim = limited.get(dispatch_id, ("", NO_LIMITS))
+            if lim.rate_count > 0:
+                starts = self._starts.setdefault(function, [])
+                starts[:] = [t for t in starts if t > now - lim.rate_period] + [now]
             row = self._rows[dispatch_id]
             row.state = State.RUNNING
             row.lease_owner = owner
@@ -585,6 +659,7 @@ class MemoryStore:
                 destination=destination(call.endpoint),
                 rerun_of=call.rerun_of,
                 trace_context=call.trace_context,
+                limits=call.limits,
             )
             self._unfinished.add(dispatch_id)
             if call.parent_id is not None:
@@ -708,6 +783,19 @@ class MemoryStore:
         if parent.poll_min <= ready:
             parent.state = State.READY
             parent.ready_at = now
+
+    def _usage(self, limited: dict[str, tuple[str, Limits]], now: float) -> Usage:
+        """What the functions of ``limited`` calls use now (``limits``)."""
+        usage = Usage()
+        functions = {f for f, _ in limited.values()}
+        for row in (self._rows[i] for i in self._unfinished):
+            in_flight = row.state is State.RUNNING and (row.lease_expires or 0.0) > now
+            if in_flight and row.function in functions and row.limits.limited:
+                usage.add_running(row.function, row.limits.key, 1)
+        for function, period in rate_periods(limited):
+            starts = self._starts.get(function, [])
+            usage.started[function, period] = sum(1 for t in starts if t > now - period)
+        return usage
 
     def _running(self, now: float) -> dict[str, int]:
         """Leases in force per destination."""

@@ -25,7 +25,7 @@ import logging
 import random
 import time
 import weakref
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -65,6 +65,18 @@ from .idempotency import (
     repeated,
     request_row,
 )
+from .limits import (
+    HELD_ROUNDS,
+    NO_LIMITS,
+    Admitted,
+    Held,
+    Limits,
+    Usage,
+    rate_periods,
+    room_left,
+    window_limits,
+    within_limits,
+)
 from .statements import (
     CHANGED,
     CHANNEL,
@@ -90,6 +102,9 @@ PURGE = PurgeStatements(POSTGRES)
 # Advisory lock keys (one 64-bit number each): the migration, and capped claims.
 MIGRATION_LOCK = 0x64697370_61746368
 CLAIM_LOCK = 0x64697370_636C6169
+# The first of the two keys of a limited function's claim lock (the second: a hash of
+# its name); a space apart from the single 64-bit keys above.
+LIMITS_LOCK = 0x6C696D69
 # A pooled connection idle for longer is checked before use (a round trip), so that one
 # the server dropped meanwhile (a restart) is replaced, not handed to a transaction. One
 # in steady use is not: if it fails, the store's caller retries.
@@ -449,35 +464,83 @@ class PostgresStore:
         async def lease(db: Connection) -> list[Claimed]:
             if cap is not None:
                 await db.execute("SELECT pg_advisory_xact_lock(%s)", (CLAIM_LOCK,))
+            claimed: list[Claimed] = []
+            held = Held()
+            taken: Counter[str] = Counter()
+            locked: set[str] = set()
+            for _ in range(HELD_ROUNDS):
+                wanted = limit - len(claimed)
+                room_now = room_left(room, taken)
+                ids, limited, full, admitted = await choose(db, wanted, held, room_now, locked)
+                more = await take(db, ids, wanted, limited)
+                taken.update(destination(c.call.endpoint) for c in more)
+                claimed += more
+                # Short, with more ready calls than the window held, and some held back
+                # by a limit: read the window again without them (``limits``).
+                if len(claimed) >= limit or not full or not held.add(admitted):
+                    break
+            return claimed
+
+        async def choose(
+            db: Connection,
+            wanted: int,
+            held: Held,
+            room: Callable[[str], int] | None,
+            locked: set[str],
+        ) -> tuple[list[str], dict[str, tuple[str, Limits]], bool, Admitted]:
+            """The calls to take now, their limits, whether ready calls filled the
+            window, and what the limits held back."""
             # Round-robin across roots, as in the SQLite store, among the oldest
             # claimable calls and the oldest of each root's; more than the batch, since
             # rows other processes hold are skipped below, and with a cap some
             # destinations may be full.
-            window = claim_window(limit)
-            count = 4 * limit
-            for dealt in claim_candidates(limit):
+            window = claim_window(wanted)
+            count = 4 * wanted
+            admitted = Admitted([])
+            for dealt in claim_candidates(wanted):
                 params = {"now": now, "window": window, "roots": count, "count": dealt}
-                found = await (await db.execute(SQL.ranked_window, params)).fetchall()
+                if held:
+                    params.update(held.params(as_json=False))
+                query = SQL.ranked_window_unheld if held else SQL.ranked_window
+                found = await (await db.execute(query, params)).fetchall()
                 ready, roots = found[0][6:8] if found else (0, 0)
                 candidates = [(row[0], row[2]) for row in found]
-                if needs_root_heads(ready, roots, window, limit):
+                limited = window_limits(found, 8)
+                if not held and needs_root_heads(ready, roots, window, wanted):
                     heads = await (await db.execute(SQL.root_heads, params)).fetchall()
                     candidates = in_turns([row[:6] for row in found] + heads, dealt)
+                    limited.update(window_limits(heads, 6))
+                dealt_all = len(candidates) < dealt
+                if limited:
+                    # Counted under each limited function's lock, held to the commit of
+                    # these leases: no other claim of them counts meanwhile.
+                    functions = {f for f, _ in limited.values()}
+                    await _lock_functions(db, functions - locked)
+                    locked |= functions
+                    admitted = within_limits(candidates, limited, await _usage(db, limited, now))
+                    candidates = admitted.candidates
                 running = {}
                 if cap is not None:
                     running = await _running(db, sorted({row[1] for row in candidates}), now)
                 ids = fitting(candidates, cap=cap, running=running, room=room)
                 # Enough, or every candidate was dealt: else the destinations at their
                 # limit left the claim short, and it deals among the whole window.
-                if len(ids) >= limit or len(candidates) < dealt:
+                if len(ids) >= wanted or dealt_all:
                     break
+            return ids, limited, ready >= window, admitted
+
+        async def take(
+            db: Connection, ids: list[str], wanted: int, limited: dict[str, tuple[str, Limits]]
+        ) -> list[Claimed]:
             if not ids:
                 return []
             # Locked, then checked: a locked row is read as it is now, after any claim
             # that won.
             locked = await (await db.execute(SQL.lock, {"ids": ids})).fetchall()
             taken = {row[0] for row in locked if _claimable(row[1:], now)}
-            order = [i for i in ids if i in taken][:limit]
+            order = [i for i in ids if i in taken][:wanted]
+            if limited:
+                await _record_starts(db, order, limited, now)
             expires = now + lease_seconds
             claim = {"owner": owner, "expires": expires, "ids": order}
             rows = await (await db.execute(SQL.claim, claim)).fetchall()
@@ -902,6 +965,41 @@ async def _running(db: Connection, destinations: list[str], now: float) -> dict[
     params = {"now": now, "destinations": destinations}
     rows = await (await db.execute(SQL.running, params)).fetchall()
     return {row[0]: int(row[1]) for row in rows}
+
+
+async def _lock_functions(db: Connection, functions: set[str]) -> None:
+    """Take the claim lock of each of ``functions`` (``limits``), in the order of their
+    keys, so that two claims never wait on each other crosswise."""
+    if functions:
+        params = {"limits": LIMITS_LOCK, "functions": sorted(functions)}
+        await db.execute(SQL.lock_functions, params)
+
+
+async def _usage(db: Connection, limited: dict[str, tuple[str, Limits]], now: float) -> Usage:
+    """What the functions of ``limited`` calls use now, every process's (the caller
+    holds their locks)."""
+    usage = Usage()
+    params = {"now": now, "functions": sorted({f for f, _ in limited.values()})}
+    for function, key, count in await (await db.execute(SQL.limited_running, params)).fetchall():
+        usage.add_running(function, key, int(count))
+    for function, period in rate_periods(limited):
+        params = {"function": function, "since": now - period}
+        row = await (await db.execute(SQL.count_starts, params)).fetchone()
+        usage.started[function, period] = int(row[0]) if row else 0
+    return usage
+
+
+async def _record_starts(
+    db: Connection, ids: Sequence[str], limited: dict[str, tuple[str, Limits]], now: float
+) -> None:
+    """Record the starts of the rate-limited calls among ``ids``, those no period still
+    counts dropped."""
+    for dispatch_id in ids:
+        function, lim = limited.get(dispatch_id, ("", NO_LIMITS))
+        if lim.rate_count > 0:
+            since = now - lim.rate_period
+            await db.execute(SQL.prune_starts, {"function": function, "since": since})
+            await db.execute(SQL.add_start, {"function": function, "now": now})
 
 
 async def _insert(db: Connection, calls: Sequence[NewCall], now: float) -> list[str]:

@@ -23,7 +23,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
@@ -56,6 +56,18 @@ from . import (
 )
 from .claims import claim_candidates, claim_window, fitting, in_turns, needs_root_heads
 from .idempotency import IdempotencyStatements, KeyedCalls, keys_of, repeated, request_row
+from .limits import (
+    HELD_ROUNDS,
+    NO_LIMITS,
+    Admitted,
+    Held,
+    Limits,
+    Usage,
+    rate_periods,
+    room_left,
+    window_limits,
+    within_limits,
+)
 from .statements import (
     SQLITE,
     UNBOUNDED,
@@ -385,24 +397,61 @@ class SQLiteStore:
             # Round-robin across roots (each root's oldest claimable call first, then
             # each root's second) so that one large fan-out does not starve the others,
             # among the oldest claimable calls and the oldest of each root's.
+            claimed: list[Claimed] = []
+            held = Held()
+            taken: Counter[str] = Counter()
+            for _ in range(HELD_ROUNDS):
+                wanted = limit - len(claimed)
+                ids, limited, full, admitted = choose(db, wanted, held, room_left(room, taken))
+                more = take(db, ids[:wanted], limited)
+                taken.update(destination(c.call.endpoint) for c in more)
+                claimed += more
+                # Short, with more ready calls than the window held, and some held back
+                # by a limit: read the window again without them.
+                if len(claimed) >= limit or not full or not held.add(admitted):
+                    break
+            return claimed
+
+        def choose(
+            db: sqlite3.Connection, wanted: int, held: Held, room: Callable[[str], int] | None
+        ) -> tuple[list[str], dict[str, tuple[str, Limits]], bool, Admitted]:
+            """The calls to take now, their limits, whether ready calls filled the
+            window, and what the limits held back."""
             window = claim_window(limit)
-            count = 4 * limit
+            count = 4 * wanted
+            admitted = Admitted([])
             # More candidates than the batch: some destinations may be full.
-            for dealt in claim_candidates(limit):
+            for dealt in claim_candidates(wanted):
                 params = {"now": now, "window": window, "roots": count, "count": dealt}
-                found = db.execute(SQL.ranked_window, params).fetchall()
+                if held:
+                    params.update(held.params(as_json=True))
+                query = SQL.ranked_window_unheld if held else SQL.ranked_window
+                found = db.execute(query, params).fetchall()
                 ready, roots = found[0][6:8] if found else (0, 0)
                 rows = [(row[0], row[2]) for row in found]
-                if needs_root_heads(ready, roots, window, limit):
+                limited = window_limits(found, 8)
+                if not held and needs_root_heads(ready, roots, window, wanted):
                     heads = db.execute(SQL.root_heads, params).fetchall()
                     rows = in_turns([row[:6] for row in found] + heads, dealt)
+                    limited.update(window_limits(heads, 6))
+                dealt_all = len(rows) < dealt
+                if limited:
+                    admitted = within_limits(rows, limited, _usage(db, limited, now))
+                    rows = admitted.candidates
                 running = {} if cap is None else _running(db, {w for _, w in rows}, now)
                 ids = fitting(rows, cap=cap, running=running, room=room)
-                if len(ids) >= limit or len(rows) < dealt:
+                if len(ids) >= wanted or dealt_all:
                     break
+            return ids, limited, ready >= window, admitted
+
+        def take(
+            db: sqlite3.Connection, ids: list[str], limited: dict[str, tuple[str, Limits]]
+        ) -> list[Claimed]:
             claimed = []
             expires = now + lease_seconds
-            for dispatch_id in ids[:limit]:
+            if limited:
+                _record_starts(db, ids, limited, now)
+            for dispatch_id in ids:
                 claim = {"owner": owner, "expires": expires, "ids": dispatch_id}
                 row = db.execute(SQL.claim, claim).fetchone()
                 call = call_from_row(row[2:])
@@ -791,6 +840,31 @@ def _running(db: sqlite3.Connection, destinations: set[str], now: float) -> dict
         for row in db.execute(SQL.running, {"now": now, "destinations": where}):
             running[row[0]] = row[1]
     return running
+
+
+def _usage(db: sqlite3.Connection, limited: dict[str, tuple[str, Limits]], now: float) -> Usage:
+    """What the functions of ``limited`` calls use now (``limits``)."""
+    usage = Usage()
+    for function in sorted({f for f, _ in limited.values()}):
+        params = {"now": now, "functions": function}
+        for _, key, count in db.execute(SQL.limited_running, params):
+            usage.add_running(function, key, count)
+    for function, period in rate_periods(limited):
+        params = {"function": function, "since": now - period}
+        usage.started[function, period] = db.execute(SQL.count_starts, params).fetchone()[0]
+    return usage
+
+
+def _record_starts(
+    db: sqlite3.Connection, ids: Sequence[str], limited: dict[str, tuple[str, Limits]], now: float
+) -> None:
+    """Record the starts of the rate-limited calls among ``ids``, those no period still
+    counts dropped."""
+    for dispatch_id in ids:
+        function, lim = limited.get(dispatch_id, ("", NO_LIMITS))
+        if lim.rate_count > 0:
+            db.execute(SQL.prune_starts, {"function": function, "since": now - lim.rate_period})
+            db.execute(SQL.add_start, {"function": function, "now": now})
 
 
 def _undelivered(db: sqlite3.Connection, parent_id: str, limit: int) -> tuple[ChildResult, ...]:

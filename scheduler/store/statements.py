@@ -36,6 +36,7 @@ from . import (
     stored_correlation_id,
     stored_text,
 )
+from .limits import LIMIT_COLUMNS, LIMITED
 
 CHANNEL = "dispatchlet_ready"
 """The PostgreSQL channel that is notified when a call becomes claimable now."""
@@ -169,6 +170,9 @@ Step = str | Index | Backfill
 version's update; else an index or a backfill of a table that may be large."""
 Migration = Step | Only
 
+STARTS = "{calls}_starts"
+"""The starts of rate-limited calls (``limits``): function and time."""
+
 MIGRATIONS: tuple[Migration, ...] = (
     # Idempotent Dispatch: request ids and call keys (see ``idempotency``); a key is
     # deleted with its call.
@@ -265,6 +269,21 @@ MIGRATIONS: tuple[Migration, ...] = (
     # List's calls created within a time range: a range of this index, read in its order
     # (creation time, then creation order) from its end (newest first) or its start.
     Index("{calls}_list_created", "ON {calls} (created_at{in_order})"),
+    # Concurrency and rate limits (``limits``): each call's, constant defaults (no
+    # rewrite); the starts of rate-limited calls, counted per function within a period;
+    # and the running limited calls per function and key, the only rows a claim of a
+    # limited call counts (an unlimited call is not in that index).
+    "ALTER TABLE {calls} ADD COLUMN concurrency INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE {calls} ADD COLUMN concurrency_key TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE {calls} ADD COLUMN concurrency_per_key INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE {calls} ADD COLUMN rate_count INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE {calls} ADD COLUMN rate_period {double} NOT NULL DEFAULT 0;"
+    f"CREATE TABLE {STARTS} (function TEXT NOT NULL, started_at {{double}} NOT NULL);"
+    f"CREATE INDEX {STARTS}_function ON {STARTS} (function, started_at)",
+    Index(
+        "{calls}_limited_running",
+        f"ON {{calls}} (function, concurrency_key) WHERE state = 'running' AND {LIMITED}",
+    ),
 )
 """Schema changes written once for both stores, after each store's own history (its
 module's ``MIGRATIONS``, which ship as they are): each entry moves both schemas one
@@ -305,6 +324,11 @@ INSERTED = (
     "ready_at",
     "rerun_of",
     "trace_context",
+    "concurrency",
+    "concurrency_key",
+    "concurrency_per_key",
+    "rate_count",
+    "rate_period",
 )
 # What a call's lease is, once it has none.
 _UNLEASED = "lease_owner = NULL, lease_expires = NULL"
@@ -324,32 +348,60 @@ def _ended(status: str, result: str, now: str) -> str:
 _FENCE_OFF = "lease_token = lease_token + 1"
 
 # The claimable calls a claim considers, as (dispatch_id, root_id, destination, ready_at,
-# seq, state): the oldest of each claimable state, each read through its own partial
-# index, so that neither finished calls nor a long backlog are scanned.
-_CLAIMABLE = "dispatch_id, root_id, destination, ready_at, {seq} AS seq, state"
-_OLDEST_CLAIMABLE = (
-    f"SELECT * FROM (SELECT {_CLAIMABLE} FROM {{calls}}"
-    "  WHERE state = 'ready' AND ready_at <= :now ORDER BY ready_at, {seq} LIMIT :window)"
-    " AS ready"
-    f" UNION ALL SELECT * FROM (SELECT {_CLAIMABLE} FROM {{calls}}"
-    "  WHERE state = 'running' AND lease_expires <= :now ORDER BY lease_expires LIMIT :window)"
-    " AS lapsed"
-    f" UNION ALL SELECT * FROM (SELECT {_CLAIMABLE} FROM {{calls}}"
-    "  WHERE state = 'waiting' AND poll_until <= :now ORDER BY poll_until LIMIT :window)"
-    " AS due"
-)
-# The window's calls in round-robin order (each root's oldest, then each root's second,
-# ...), the first :count of them, each with how many ready calls and how many roots the
-# window holds.
-_RANKED_WINDOW = (
-    f"WITH found AS ({_OLDEST_CLAIMABLE}), ranked AS ("
-    "  SELECT *, ROW_NUMBER() OVER (PARTITION BY root_id ORDER BY ready_at, seq) AS turn"
-    "  FROM found"
-    ") SELECT dispatch_id, root_id, destination, ready_at, seq, state,"
-    "  (SELECT count(*) FROM found WHERE state = 'ready'),"
-    "  (SELECT count(DISTINCT root_id) FROM found)"
-    " FROM ranked ORDER BY turn, ready_at, seq LIMIT :count"
-)
+# seq, state, then the call's limits as ``LIMIT_COLUMNS``): the oldest of each claimable
+# state, each read through its own partial index, so that neither finished calls nor a
+# long backlog are scanned.
+_CLAIMABLE = f"dispatch_id, root_id, destination, ready_at, {{seq}} AS seq, state, {LIMIT_COLUMNS}"
+
+
+def _oldest_claimable(held: str = "") -> str:
+    """The oldest claimable calls of each state (``_CLAIMABLE``), those ``held`` (a
+    condition) says are held back by a limit left out."""
+    return (
+        f"SELECT * FROM (SELECT {_CLAIMABLE} FROM {{calls}}"
+        f"  WHERE state = 'ready' AND ready_at <= :now{held} ORDER BY ready_at, {{seq}}"
+        "  LIMIT :window) AS ready"
+        f" UNION ALL SELECT * FROM (SELECT {_CLAIMABLE} FROM {{calls}}"
+        f"  WHERE state = 'running' AND lease_expires <= :now{held} ORDER BY lease_expires"
+        "  LIMIT :window) AS lapsed"
+        f" UNION ALL SELECT * FROM (SELECT {_CLAIMABLE} FROM {{calls}}"
+        f"  WHERE state = 'waiting' AND poll_until <= :now{held} ORDER BY poll_until"
+        "  LIMIT :window) AS due"
+    )
+
+
+def _ranked_window(held: str = "") -> str:
+    """The window's calls in round-robin order (each root's oldest, then each root's
+    second, ...), the first :count of them, each with how many ready calls and how many
+    roots the window holds, then its limits."""
+    return (
+        f"WITH found AS ({_oldest_claimable(held)}), ranked AS ("
+        "  SELECT *, ROW_NUMBER() OVER (PARTITION BY root_id ORDER BY ready_at, seq) AS turn"
+        "  FROM found"
+        ") SELECT dispatch_id, root_id, destination, ready_at, seq, state,"
+        "  (SELECT count(*) FROM found WHERE state = 'ready'),"
+        "  (SELECT count(DISTINCT root_id) FROM found),"
+        f"  {LIMIT_COLUMNS}"
+        " FROM ranked ORDER BY turn, ready_at, seq LIMIT :count"
+    )
+
+
+_RANKED_WINDOW = _ranked_window()
+# The same without the calls of the functions (:held_functions) and the keys
+# (:held_keys, each ``function key``: a function name has no space) that a limit holds
+# back, so that a backlog of them does not hide the calls behind it (``limits``). It
+# reads past those calls in the index: only a claim that they left short runs it.
+_HELD = {
+    "sqlite": (
+        " AND function NOT IN (SELECT value FROM json_each(:held_functions))"
+        " AND function || ' ' || concurrency_key NOT IN"
+        "  (SELECT value FROM json_each(:held_keys))"
+    ),
+    "postgres": (
+        " AND function <> ALL(:held_functions::text[])"
+        " AND function || ' ' || concurrency_key <> ALL(:held_keys::text[])"
+    ),
+}
 # The oldest ready call of each of the first :roots roots that have ready calls: a skip
 # scan of the (root_id, ready_at) index, one seek per root, in each database's form.
 _ROOT_HEADS = {
@@ -359,8 +411,9 @@ _ROOT_HEADS = {
         "  UNION ALL SELECT (SELECT min(root_id) FROM {calls}"
         "    WHERE state = 'ready' AND root_id > roots.root_id), n + 1"
         "  FROM roots WHERE roots.root_id IS NOT NULL AND n < :roots"
-        ") SELECT c.dispatch_id, c.root_id, c.destination, c.ready_at, c.rowid AS seq, c.state"
-        " FROM roots JOIN {calls} AS c ON c.rowid = ("
+        ") SELECT c.dispatch_id, c.root_id, c.destination, c.ready_at, c.rowid AS seq, c.state, "
+        + ", ".join(f"c.{column}" for column in LIMIT_COLUMNS.split(", "))
+        + " FROM roots JOIN {calls} AS c ON c.rowid = ("
         "  SELECT rowid FROM {calls} WHERE state = 'ready' AND root_id = roots.root_id"
         "  AND ready_at <= :now ORDER BY ready_at, rowid LIMIT 1)"
     ),
@@ -499,11 +552,26 @@ class Statements:
 
         # Claims.
         self.ranked_window = r(_RANKED_WINDOW)
+        self.ranked_window_unheld = r(_ranked_window(_HELD[dialect.name]))
         self.root_heads = r(_ROOT_HEADS[dialect.name])
         self.running = r(
             "SELECT destination, count(*) FROM {calls} WHERE state = 'running' "
             f"AND lease_expires > :now AND {dialect.one_of('destination', 'destinations')} "
             "GROUP BY destination"
+        )
+        # The limited calls in flight of :functions, by function and key, and the
+        # starts of a rate-limited function (``limits``).
+        self.limited_running = r(
+            "SELECT function, concurrency_key, count(*) FROM {calls} "
+            f"WHERE state = 'running' AND {LIMITED} AND lease_expires > :now "
+            f"AND {dialect.one_of('function', 'functions')} GROUP BY function, concurrency_key"
+        )
+        self.count_starts = r(
+            f"SELECT count(*) FROM {STARTS} WHERE function = :function AND started_at > :since"
+        )
+        self.add_start = r(f"INSERT INTO {STARTS} (function, started_at) VALUES (:function, :now)")
+        self.prune_starts = r(
+            f"DELETE FROM {STARTS} WHERE function = :function AND started_at <= :since"
         )
         self.claim = r(
             "UPDATE {calls} SET state = 'running', lease_owner = :owner, "
@@ -742,6 +810,11 @@ class PostgresStatements(Statements):
             f"WHERE {POSTGRES.one_of('dispatch_id', 'ids')} FOR UPDATE SKIP LOCKED"
         )
         self.notify = f"SELECT pg_notify('{CHANNEL}', '')"
+        # A limited function's claim lock, each in the order of its key (``limits``).
+        self.lock_functions = (
+            "SELECT pg_advisory_xact_lock(%(limits)s, k) FROM (SELECT DISTINCT"
+            " hashtext(f) AS k FROM unnest(%(functions)s::text[]) AS f ORDER BY k) AS keys"
+        )
         self.finish_all = r(
             f"UPDATE {{calls}} AS c SET {_ended('f.status', 'f.result', 'f.now')}"
             " FROM unnest(:ids::text[], :tokens::bigint[], :statuses::integer[],"
@@ -939,6 +1012,11 @@ def rows_to_insert(calls: Sequence[NewCall], now: float) -> tuple[list[str], lis
                 "ready_at": now,
                 "rerun_of": call.rerun_of,
                 "trace_context": call.trace_context,
+                "concurrency": call.limits.concurrency,
+                "concurrency_key": call.limits.key,
+                "concurrency_per_key": call.limits.per_key,
+                "rate_count": call.limits.rate_count,
+                "rate_period": call.limits.rate_period,
             }
         )
         ids.append(dispatch_id)
