@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 MAX_KEY_LENGTH = 256
 """The longest idempotency key (or concurrency key), in characters."""
 
-MAX_COUNT = 2**32 - 1
+MAX_COUNT = 2**31 - 1
 """The largest count an option holds (attempts, a concurrency, a rate)."""
 
 Seconds = float | datetime.timedelta
