@@ -25,7 +25,6 @@ from aiohttp import web
 from google.protobuf import json_format, message, timestamp_pb2
 
 from ..core import tracing
-from ..core.call_options import key_problem
 from ..core.connect import JSON, PROTO, codec, http_error_response
 from ..core.dispatching import API_KEY_ENV, REQUEST_ID_HEADER
 from ..core.errors import (
@@ -45,7 +44,7 @@ from ..proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2, error_pb2, poll_pb2
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2, options_pb2
 from .call_answer import CallAnswer, CallResponse, add_result
 from .call_limits import LimitsInvalid, limits_of
-from .calls import call_problem, duration_seconds, oversized_input, timestamp
+from .calls import AT_ONCE, call_problem, duration_seconds, oversized_input, planned, timestamp
 from .engine import Engine
 from .metrics import CONTENT_TYPE
 from .overview import Recent, overview_message
@@ -53,6 +52,7 @@ from .retention import Retention, purge
 from .settings import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_INPUT_SIZE, METRICS_KEY_ENV
 from .store import (
     END_BATCH,
+    NO_LIMITS,
     AttemptHistory,
     Call,
     NewCall,
@@ -322,22 +322,32 @@ class Api:
                 raise invalid(f"expiration beyond {MAX_EXPIRATION:.0f} seconds (a year)")
             if seconds > 0:
                 expiration = seconds
-        key = call.dispatchlet_options.key
-        if key and (problem := key_problem(key)):
-            raise invalid(problem)
-        try:
-            limits = limits_of(call.dispatchlet_options)
-        except LimitsInvalid as exc:
-            raise invalid(str(exc)) from None
+        plan = (
+            planned(call.dispatchlet_options, now)
+            if call.HasField("dispatchlet_options")
+            else AT_ONCE
+        )
+        if isinstance(plan, str):
+            raise invalid(plan)
+        start = now if plan.ready_at is None else plan.ready_at
+        limits = NO_LIMITS
+        if call.HasField("dispatchlet_options"):
+            try:
+                limits = limits_of(call.dispatchlet_options)
+            except LimitsInvalid as exc:
+                raise invalid(str(exc)) from None
         return NewCall(
             function=call.function,
             endpoint=call.endpoint.rstrip("/"),
             input=data,
-            expires_at=now + expiration,
+            # Counted from when it may start: a delayed call has its whole time to run.
+            expires_at=start + expiration,
             version=call.version,
             correlation_id=call.correlation_id,
-            key=key,
+            key=plan.key,
             trace_context=trace_context,
+            ready_at=plan.ready_at,
+            policy=plan.policy,
             limits=limits,
         )
 
@@ -481,6 +491,7 @@ class Api:
             version=found.version,
             correlation_id=found.correlation_id,
             rerun_of=found.dispatch_id,
+            policy=found.policy,
         )
         (new_id,) = await self.store.dispatch(
             [again], now=now, request=_request_id(headers, request)
