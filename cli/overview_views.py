@@ -6,7 +6,7 @@ import dataclasses
 import datetime
 from typing import Any
 
-from ..client.overview import Overview
+from ..client.overview import LimitOverview, Overview
 from .call_views import duration
 
 
@@ -56,6 +56,11 @@ def overview_lines(overview: Overview) -> list[str]:
             )
         )
     lines.append("")
+    if overview.limits:
+        lines.append("limited functions (every process): limits, now")
+        for limit in overview.limits:
+            lines.append(f"  {limit.function}  {limit_text(limit)}")
+        lines.append("")
     if overview.destinations:
         lines.append("destinations (this scheduler process): limit, in flight")
         for d in overview.destinations:
@@ -63,6 +68,24 @@ def overview_lines(overview: Overview) -> list[str]:
     else:
         lines.append("destinations (this scheduler process): none called yet")
     return lines
+
+
+def limit_text(limit: LimitOverview) -> str:
+    """A limited function's limits and what it uses of them, in a few words."""
+    parts = []
+    if limit.concurrency:
+        parts.append(f"{limit.in_flight} of {limit.concurrency} in flight")
+    elif limit.in_flight:
+        parts.append(f"{limit.in_flight} in flight")
+    if limit.concurrency_per_key:
+        parts.append(
+            f"at most {limit.concurrency_per_key} per key, {limit.keys_in_flight} keys in flight"
+        )
+    if limit.rate_count:
+        parts.append(
+            f"{limit.started} of {limit.rate_count} starts per {duration(limit.rate_period)}"
+        )
+    return "; ".join(parts)
 
 
 def overview_dict(overview: Overview) -> dict[str, Any]:

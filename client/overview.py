@@ -45,6 +45,24 @@ class DestinationOverview:
 
 
 @dataclass(frozen=True)
+class LimitOverview:
+    """A function whose calls carry concurrency or rate limits (every process's), with
+    attempts in flight or recent starts: its limits (0: none) and what it uses now."""
+
+    function: str
+    concurrency: int
+    concurrency_per_key: int
+    in_flight: int
+    keys_in_flight: int
+    """Concurrency keys with attempts in flight."""
+    rate_count: int
+    rate_period: float
+    """Seconds."""
+    started: int
+    """Starts within the last ``rate_period``."""
+
+
+@dataclass(frozen=True)
 class QueueDepth:
     """The calls not done, in the whole store."""
 
@@ -76,6 +94,8 @@ class Overview:
     """Up to 5 functions with failures, most first."""
     destinations: tuple[DestinationOverview, ...]
     queue: QueueDepth
+    limits: tuple[LimitOverview, ...] = ()
+    """The limited functions, by name."""
 
     @classmethod
     def from_proto(cls, answer: calls_pb2.OverviewResponse) -> Overview:
@@ -109,6 +129,19 @@ class Overview:
                 answer.queue.running,
                 answer.queue.waiting,
                 answer.queue.oldest_ready_age.ToNanoseconds() / 1e9,
+            ),
+            limits=tuple(
+                LimitOverview(
+                    limit.function,
+                    limit.concurrency,
+                    limit.concurrency_per_key,
+                    limit.in_flight,
+                    limit.keys_in_flight,
+                    limit.rate_count,
+                    limit.rate_period.ToNanoseconds() / 1e9,
+                    limit.started,
+                )
+                for limit in answer.limits
             ),
         )
 

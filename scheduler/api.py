@@ -504,8 +504,9 @@ class Api:
         queue now, from the store; this process's destinations."""
         now = self.clock()
         queue = await self.store.queue_stats(now=now)
+        limits = await self.store.limit_stats(now=now)
         finished = await self.recent.read(self.store, now)
-        return overview_message(now, finished, queue, self.engine.limiter)
+        return overview_message(now, finished, queue, self.engine.limiter, limits)
 
     async def purge(self, request: calls_pb2.PurgeRequest) -> calls_pb2.PurgeResponse:
         """Delete the finished trees older than ``older_than``, in batches (``retention``),

@@ -136,6 +136,21 @@ class Metrics:
             "How long the oldest due call has waited for a claim.",
             registry=r,
         )
+        self.limit = Gauge(
+            "dispatchlet_function_limit",
+            "The limits of the functions whose calls carry them (every process's, those "
+            "with attempts in flight or recent starts), by function and kind: "
+            "concurrency, concurrency_per_key, rate_count (starts per rate period).",
+            ["function", "kind"],
+            registry=r,
+        )
+        self.limit_used = Gauge(
+            "dispatchlet_function_limit_used",
+            "What those functions use of their limits now, by function and kind: "
+            "in_flight (attempts), keys_in_flight, started (within the rate period).",
+            ["function", "kind"],
+            registry=r,
+        )
         # Each (function, status)'s series, found once (a third of an attempt's cost
         # of counting), for as many as ATTEMPT_SERIES.
         self._attempt_series: dict[tuple[str, Status], tuple[Counter, Histogram]] = {}
@@ -185,9 +200,29 @@ class Metrics:
         self.oldest_ready.set(stats.oldest_ready_age(now))
         return stats
 
+    async def read_limits(self, store: Store, now: float) -> None:
+        """The limited functions' limits and use, as the store tells them now (the
+        series of a function no longer limited are dropped)."""
+        self.limit.clear()
+        self.limit_used.clear()
+        for found in await store.limit_stats(now=now):
+            label = self.functions(found.function)
+            for kind, value in (
+                ("concurrency", found.concurrency),
+                ("concurrency_per_key", found.per_key),
+                ("rate_count", found.rate_count),
+            ):
+                if value:
+                    self.limit.labels(label, kind).set(value)
+            self.limit_used.labels(label, "in_flight").set(found.in_flight)
+            self.limit_used.labels(label, "keys_in_flight").set(found.keys_in_flight)
+            if found.rate_count:
+                self.limit_used.labels(label, "started").set(found.started)
+
     async def exposition(self, store: Store, now: float) -> bytes:
         """The text exposition of every metric, the queue read first (``read_queue``)."""
         await self.read_queue(store, now)
+        await self.read_limits(store, now)
         return generate_latest(self.registry)
 
     def timed(self, store: Store) -> Store:

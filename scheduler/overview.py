@@ -1,19 +1,20 @@
 """The overview (``CallService/Overview``): what the calls came to in the last hour, by
 minute and final status and by function, its slowest and most failing functions, and
-the work now: the queue's depth (the whole store's) and the destinations of this
-process's limiter."""
+the work now: the queue's depth and the limited functions (the whole store's), and the
+destinations of this process's limiter."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 
 from google.protobuf import duration_pb2
 
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2
 from .calls import timestamp
 from .concurrency import Limiter
-from .store import Finished, QueueStats, Store
+from .store import Finished, LimitStats, QueueStats, Store
 
 OVERVIEW_WINDOW = 3600.0
 """How far back, in seconds, the overview counts finished calls."""
@@ -53,7 +54,11 @@ def seconds_duration(seconds: float) -> duration_pb2.Duration:
 
 
 def overview_message(
-    now: float, finished: Finished, queue: QueueStats, limiter: Limiter
+    now: float,
+    finished: Finished,
+    queue: QueueStats,
+    limiter: Limiter,
+    limits: Sequence[LimitStats] = (),
 ) -> calls_pb2.OverviewResponse:
     """The Overview answer at ``now``."""
     answer = calls_pb2.OverviewResponse(window=seconds_duration(OVERVIEW_WINDOW))
@@ -80,6 +85,17 @@ def overview_message(
     for key, window in busiest[:DESTINATIONS]:
         answer.destinations.add(
             destination=key, limit=int(window.limit), in_flight=window.in_flight
+        )
+    for limited in limits:
+        answer.limits.add(
+            function=limited.function,
+            concurrency=limited.concurrency,
+            concurrency_per_key=limited.per_key,
+            in_flight=limited.in_flight,
+            keys_in_flight=limited.keys_in_flight,
+            rate_count=limited.rate_count,
+            rate_period=seconds_duration(limited.rate_period),
+            started=limited.started,
         )
     answer.queue.CopyFrom(
         calls_pb2.OverviewQueue(

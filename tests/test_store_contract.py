@@ -28,7 +28,7 @@ from dispatchlet.scheduler.store import (
     StoreError,
 )
 from dispatchlet.scheduler.store.claims import claim_window
-from dispatchlet.scheduler.store.limits import Limits
+from dispatchlet.scheduler.store.limits import Limits, LimitStats
 from dispatchlet.scheduler.store.memory import IntegrityError, MemoryStore
 from dispatchlet.scheduler.store.sqlite import SCHEMA_VERSION, SQLiteStore
 from dispatchlet.scheduler.store.stats import Finished, FinishedCount, FunctionStats, QueueStats
@@ -2700,3 +2700,23 @@ def test_a_poll_child_with_a_known_key_follows_its_call_and_runs_nothing(
         assert await store.finish(leases[first], OK, b"charged", now=NOW)
 
     with_store(open_store, body)
+
+
+def test_limit_stats_tell_each_limited_functions_limits_and_use(open_store: Opener) -> None:
+    async def body(store: Store) -> list[LimitStats]:
+        await store.dispatch([limited("a", concurrency=2) for _ in range(3)], now=NOW)
+        await store.dispatch([limited("b", key=k, per_key=1) for k in "xxy"], now=NOW)
+        await store.dispatch([limited("c", rate_count=5, rate_period=60.0)] * 2, now=NOW)
+        await store.dispatch([call("plain")], now=NOW)
+        assert len(await claim_ids(store, NOW, limit=20)) == 7
+        # Seen from later: c's starts are still within their period.
+        seen = await store.limit_stats(now=NOW + 10)
+        # Once every lease lapsed and the period passed, none is left.
+        assert await store.limit_stats(now=NOW + 100) == []
+        return list(seen)
+
+    assert with_store(open_store, body) == [
+        LimitStats("a", concurrency=2, in_flight=2),
+        LimitStats("b", per_key=1, in_flight=2, keys_in_flight=2),
+        LimitStats("c", in_flight=2, rate_count=5, rate_period=60.0, started=2),
+    ]

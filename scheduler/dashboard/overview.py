@@ -42,6 +42,25 @@ def _seconds(duration: duration_pb2.Duration) -> str:
     return f"{seconds * 1000:,.0f} ms" if seconds < 1 else f"{seconds:,.1f} s"
 
 
+def _limit(limit: calls_pb2.OverviewLimit) -> str:
+    """A limited function's limits and what it uses of them, in a few words."""
+    parts = []
+    if limit.concurrency:
+        parts.append(f"{limit.in_flight:,} of {limit.concurrency:,} in flight")
+    elif limit.in_flight:
+        parts.append(f"{limit.in_flight:,} in flight")
+    if limit.concurrency_per_key:
+        parts.append(
+            f"at most {limit.concurrency_per_key:,} per key, "
+            f"{limit.keys_in_flight:,} keys in flight"
+        )
+    if limit.rate_count:
+        parts.append(
+            f"{limit.started:,} of {limit.rate_count:,} starts per {_seconds(limit.rate_period)}"
+        )
+    return "; ".join(parts)
+
+
 async def queue_overview(api: Api) -> OverviewPage:
     """The last hour's finished calls per minute and status (the chart), then the calls
     by state (every process of the store), the queue and the last hour's finished calls
@@ -77,6 +96,9 @@ async def queue_overview(api: Api) -> OverviewPage:
         },
         "Most failing functions": {
             f"{rank}.": name for rank, name in enumerate(answer.most_failing, start=1)
+        },
+        "Limited functions (every process)": {
+            limit.function: _limit(limit) for limit in answer.limits
         },
         "Concurrency limit by destination (this process)": {
             d.destination: f"limit {d.limit:,}, {d.in_flight:,} in flight"

@@ -49,7 +49,7 @@ from typing import Any, Protocol
 from ...core.errors import DispatchletError
 from ...core.status import Status
 from .claims import claim_candidates, claim_window, fitting, in_turns, needs_root_heads
-from .limits import NO_LIMITS, Limits
+from .limits import NO_LIMITS, Limits, LimitStats
 from .stats import OVERVIEW_FUNCTIONS, Finished, QueueStats
 
 
@@ -513,6 +513,11 @@ class Store(Protocol):
         """The calls not done, by state, at ``now``, and when the oldest due ready call
         became due: counts of index ranges, no read of the calls themselves."""
 
+    async def limit_stats(self, *, now: float) -> Sequence[LimitStats]:
+        """The limited functions (``limits``) with attempts in flight at ``now`` or
+        starts within their rate limit's period, by name: reads only the running
+        limited calls (their partial index) and the recorded starts."""
+
     async def finished_stats(
         self, *, since: float, now: float, limit: int = OVERVIEW_FUNCTIONS
     ) -> Finished:
@@ -700,6 +705,7 @@ __all__ = [
     "DatabaseBroken",
     "Finished",
     "Lease",
+    "LimitStats",
     "Limits",
     "NewAttempt",
     "NewCall",

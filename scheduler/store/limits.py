@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -83,9 +83,12 @@ def window_limits(rows: Sequence[Sequence[Any]], at: int) -> dict[str, tuple[str
     (dispatch id first, ``LIMIT_COLUMNS`` from column ``at``)."""
     found = {}
     for row in rows:
-        function, lim = limits_from_row(row[at : at + 6])
-        if lim.limited:
-            found[row[0]] = (function, lim)
+        # concurrency, concurrency_per_key, rate_count: most calls have none, and are
+        # passed over without building their limits.
+        if row[at + 1] or row[at + 3] or row[at + 4]:
+            function, lim = limits_from_row(row[at : at + 6])
+            if lim.limited:
+                found[row[0]] = (function, lim)
     return found
 
 
@@ -202,6 +205,44 @@ def room_left(
     if room is None or not taken:
         return room
     return lambda where: room(where) - taken[where]
+
+
+@dataclass(frozen=True)
+class LimitStats:
+    """A limited function now (``Store.limit_stats``): the limits its running or lately
+    started calls carry (the largest, where they differ; 0: none) and what it uses."""
+
+    function: str
+    concurrency: int = 0
+    per_key: int = 0
+    in_flight: int = 0
+    keys_in_flight: int = 0
+    rate_count: int = 0
+    rate_period: float = 0.0
+    started: int = 0
+    """Starts within the last ``rate_period``."""
+
+
+def limit_stats_of(
+    running: Sequence[Sequence[Any]], rates: Sequence[Sequence[Any]]
+) -> list[LimitStats]:
+    """The limited functions from their ``(function, concurrency, per_key, keys in
+    flight, in flight)`` rows and their ``(function, rate_count, rate_period, started)``
+    rows (the latest start's limit), by name; a function with nothing in flight and no
+    start within its period left out."""
+    found: dict[str, LimitStats] = {}
+    for function, concurrency, per_key, keys, in_flight in running:
+        found[function] = LimitStats(
+            function, int(concurrency), int(per_key), int(in_flight), int(keys)
+        )
+    for function, count, period, started in rates:
+        if not started:
+            continue
+        base = found.get(function, LimitStats(function))
+        found[function] = replace(
+            base, rate_count=int(count), rate_period=float(period), started=int(started)
+        )
+    return [found[f] for f in sorted(found)]
 
 
 def limit_problem(limits: Limits) -> str | None:

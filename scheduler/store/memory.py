@@ -51,7 +51,9 @@ from .limits import (
     Admitted,
     Held,
     Limits,
+    LimitStats,
     Usage,
+    limit_stats_of,
     rate_periods,
     room_left,
     within_limits,
@@ -160,7 +162,7 @@ class MemoryStore:
         """Request ids: the digest of what each request asked, its dispatch ids."""
         self._keys: dict[str, str] = {}
         """Idempotency keys: the dispatch id of the call that has each."""
-        self._starts: dict[str, builtins.list[float]] = {}
+        self._starts: dict[str, builtins.list[tuple[float, int, float]]] = {}
         """The starts of rate-limited calls per function (the SQL stores' ``{calls}_starts``)."""
         self._endings: dict[str, tuple[int, bytes, bool]] = {}
         """The calls whose unfinished descendants are still to end: with what, and
@@ -282,7 +284,8 @@ class MemoryStore:
             function, lim = limited.get(dispatch_id, ("", NO_LIMITS))
             if lim.rate_count > 0:
                 starts = self._starts.setdefault(function, [])
-                starts[:] = [t for t in starts if t > now - lim.rate_period] + [now]
+                kept = [s for s in starts if s[0] > now - lim.rate_period]
+                starts[:] = [*kept, (now, lim.rate_count, lim.rate_period)]
             row = self._rows[dispatch_id]
             row.state = State.RUNNING
             row.lease_owner = owner
@@ -602,6 +605,32 @@ class MemoryStore:
             row.ready_at = now
         return row.state, brought
 
+    async def limit_stats(self, *, now: float) -> builtins.list[LimitStats]:
+        self._check_open()
+        running: dict[str, builtins.list[_Row]] = {}
+        for row in (self._rows[i] for i in self._unfinished):
+            in_flight = row.state is State.RUNNING and (row.lease_expires or 0.0) > now
+            if in_flight and row.limits.limited:
+                running.setdefault(row.function, []).append(row)
+        rows_in_flight = [
+            (
+                function,
+                max(r.limits.concurrency for r in rows),
+                max(r.limits.per_key for r in rows),
+                len({r.limits.key for r in rows if r.limits.key}),
+                len(rows),
+            )
+            for function, rows in running.items()
+        ]
+        rates = []
+        for function, starts in self._starts.items():
+            if starts:
+                _, count, period = starts[-1]
+                rates.append(
+                    (function, count, period, sum(1 for s in starts if s[0] > now - period))
+                )
+        return limit_stats_of(rows_in_flight, rates)
+
     async def queue_stats(self, *, now: float) -> QueueStats:
         self._check_open()
         states = [self._rows[i] for i in self._unfinished]
@@ -814,7 +843,7 @@ class MemoryStore:
                 usage.add_running(row.function, row.limits.key, 1)
         for function, period in rate_periods(limited):
             starts = self._starts.get(function, [])
-            usage.started[function, period] = sum(1 for t in starts if t > now - period)
+            usage.started[function, period] = sum(1 for s in starts if s[0] > now - period)
         return usage
 
     def _running(self, now: float) -> dict[str, int]:

@@ -72,7 +72,9 @@ from .limits import (
     Admitted,
     Held,
     Limits,
+    LimitStats,
     Usage,
+    limit_stats_of,
     rate_periods,
     room_left,
     window_limits,
@@ -863,6 +865,11 @@ class PostgresStore:
 
         return await self._transaction(update)
 
+    async def limit_stats(self, *, now: float) -> Sequence[LimitStats]:
+        running = await self._select(SQL.limited_in_flight, {"now": now})
+        rates = await self._select(SQL.rate_stats, {"now": now})
+        return limit_stats_of(running, rates)
+
     async def queue_stats(self, *, now: float) -> QueueStats:
         (row,) = await self._select(SQL.queue_stats, {"now": now})
         return QueueStats(*row)
@@ -1014,7 +1021,8 @@ async def _record_starts(
         if lim.rate_count > 0:
             since = now - lim.rate_period
             await db.execute(SQL.prune_starts, {"function": function, "since": since})
-            await db.execute(SQL.add_start, {"function": function, "now": now})
+            started = {"function": function, "now": now, "rate_count": lim.rate_count}
+            await db.execute(SQL.add_start, {**started, "rate_period": lim.rate_period})
 
 
 async def _insert(db: Connection, calls: Sequence[NewCall], now: float) -> list[str]:

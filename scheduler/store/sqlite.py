@@ -69,7 +69,9 @@ from .limits import (
     Admitted,
     Held,
     Limits,
+    LimitStats,
     Usage,
+    limit_stats_of,
     rate_periods,
     room_left,
     window_limits,
@@ -735,6 +737,14 @@ class SQLiteStore:
 
         return await self._run(self._transaction, update, now)
 
+    async def limit_stats(self, *, now: float) -> Sequence[LimitStats]:
+        def select(db: sqlite3.Connection) -> Sequence[LimitStats]:
+            running = db.execute(SQL.limited_in_flight, {"now": now}).fetchall()
+            rates = db.execute(SQL.rate_stats, {"now": now}).fetchall()
+            return limit_stats_of(running, rates)
+
+        return await self._select(select)
+
     async def queue_stats(self, *, now: float) -> QueueStats:
         def select(db: sqlite3.Connection) -> QueueStats:
             return QueueStats(*db.execute(SQL.queue_stats, {"now": now}).fetchone())
@@ -888,7 +898,8 @@ def _record_starts(
         function, lim = limited.get(dispatch_id, ("", NO_LIMITS))
         if lim.rate_count > 0:
             db.execute(SQL.prune_starts, {"function": function, "since": now - lim.rate_period})
-            db.execute(SQL.add_start, {"function": function, "now": now})
+            started = {"function": function, "now": now, "rate_count": lim.rate_count}
+            db.execute(SQL.add_start, {**started, "rate_period": lim.rate_period})
 
 
 def _undelivered(db: sqlite3.Connection, parent_id: str, limit: int) -> tuple[ChildResult, ...]:

@@ -290,7 +290,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     "ALTER TABLE {calls} ADD COLUMN concurrency_per_key INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE {calls} ADD COLUMN rate_count INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE {calls} ADD COLUMN rate_period {double} NOT NULL DEFAULT 0;"
-    f"CREATE TABLE {STARTS} (function TEXT NOT NULL, started_at {{double}} NOT NULL);"
+    f"CREATE TABLE {STARTS} (function TEXT NOT NULL, started_at {{double}} NOT NULL,"
+    "  rate_count INTEGER NOT NULL, rate_period {double} NOT NULL);"
     f"CREATE INDEX {STARTS}_function ON {STARTS} (function, started_at)",
     Index(
         "{calls}_limited_running",
@@ -585,7 +586,26 @@ class Statements:
         self.count_starts = r(
             f"SELECT count(*) FROM {STARTS} WHERE function = :function AND started_at > :since"
         )
-        self.add_start = r(f"INSERT INTO {STARTS} (function, started_at) VALUES (:function, :now)")
+        self.add_start = r(
+            f"INSERT INTO {STARTS} (function, started_at, rate_count, rate_period)"
+            " VALUES (:function, :now, :rate_count, :rate_period)"
+        )
+        # The limited functions now (``limit_stats``): their running limited calls (a
+        # read of that partial index), and each rate-limited one's latest start, with
+        # the starts within its period.
+        self.limited_in_flight = r(
+            "SELECT function, max(concurrency), max(concurrency_per_key),"
+            " count(DISTINCT CASE WHEN concurrency_key <> '' THEN concurrency_key END),"
+            f" count(*) FROM {{calls}} WHERE state = 'running' AND {LIMITED}"
+            " AND lease_expires > :now GROUP BY function"
+        )
+        self.rate_stats = r(
+            "SELECT latest.function, latest.rate_count, latest.rate_period,"
+            f" (SELECT count(*) FROM {STARTS} AS s WHERE s.function = latest.function"
+            "   AND s.started_at > :now - latest.rate_period)"
+            f" FROM {STARTS} AS latest WHERE latest.started_at = (SELECT max(started_at)"
+            f"  FROM {STARTS} AS m WHERE m.function = latest.function)"
+        )
         self.prune_starts = r(
             f"DELETE FROM {STARTS} WHERE function = :function AND started_at <= :since"
         )

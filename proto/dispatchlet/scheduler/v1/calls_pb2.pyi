@@ -516,6 +516,7 @@ class OverviewResponse(_message.Message):
     MOST_FAILING_FIELD_NUMBER: _builtins.int
     DESTINATIONS_FIELD_NUMBER: _builtins.int
     QUEUE_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def now(self) -> _timestamp_pb2.Timestamp:
         """The scheduler's time of the answer."""
@@ -554,6 +555,12 @@ class OverviewResponse(_message.Message):
     def queue(self) -> Global___OverviewQueue:
         """The calls not done, in the whole store."""
 
+    @_builtins.property
+    def limits(self) -> _containers.RepeatedCompositeFieldContainer[Global___OverviewLimit]:
+        """The functions whose calls carry concurrency or rate limits and have attempts in
+        flight or recent starts, in the whole store (by name).
+        """
+
     def __init__(
         self,
         *,
@@ -565,10 +572,11 @@ class OverviewResponse(_message.Message):
         most_failing: _abc.Iterable[_builtins.str] | None = ...,
         destinations: _abc.Iterable[Global___OverviewDestination] | None = ...,
         queue: Global___OverviewQueue | None = ...,
+        limits: _abc.Iterable[Global___OverviewLimit] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["now", b"now", "queue", b"queue", "window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["destinations", b"destinations", "finished", b"finished", "functions", b"functions", "most_failing", b"most_failing", "now", b"now", "queue", b"queue", "slowest", b"slowest", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destinations", b"destinations", "finished", b"finished", "functions", b"functions", "limits", b"limits", "most_failing", b"most_failing", "now", b"now", "queue", b"queue", "slowest", b"slowest", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -666,6 +674,57 @@ class OverviewDestination(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OverviewDestination: _TypeAlias = OverviewDestination  # noqa: Y015
+
+@_typing.final
+class OverviewLimit(_message.Message):
+    """A limited function: its limits (those its running or lately started calls carry; 0:
+    none) and what it uses of them now.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FUNCTION_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_PER_KEY_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    KEYS_IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    RATE_COUNT_FIELD_NUMBER: _builtins.int
+    RATE_PERIOD_FIELD_NUMBER: _builtins.int
+    STARTED_FIELD_NUMBER: _builtins.int
+    function: _builtins.str
+    concurrency: _builtins.int
+    """At most this many attempts in flight."""
+    concurrency_per_key: _builtins.int
+    """At most this many attempts in flight per concurrency key."""
+    in_flight: _builtins.int
+    """Attempts in flight now (their leases in force)."""
+    keys_in_flight: _builtins.int
+    """Concurrency keys with attempts in flight now."""
+    rate_count: _builtins.int
+    """At most rate_count starts per rate_period."""
+    started: _builtins.int
+    """Starts within the last rate_period."""
+    @_builtins.property
+    def rate_period(self) -> _duration_pb2.Duration: ...
+    def __init__(
+        self,
+        *,
+        function: _builtins.str = ...,
+        concurrency: _builtins.int = ...,
+        concurrency_per_key: _builtins.int = ...,
+        in_flight: _builtins.int = ...,
+        keys_in_flight: _builtins.int = ...,
+        rate_count: _builtins.int = ...,
+        rate_period: _duration_pb2.Duration | None = ...,
+        started: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rate_period", b"rate_period"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "concurrency_per_key", b"concurrency_per_key", "function", b"function", "in_flight", b"in_flight", "keys_in_flight", b"keys_in_flight", "rate_count", b"rate_count", "rate_period", b"rate_period", "started", b"started"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OverviewLimit: _TypeAlias = OverviewLimit  # noqa: Y015
 
 @_typing.final
 class OverviewQueue(_message.Message):
