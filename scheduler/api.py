@@ -492,6 +492,7 @@ class Api:
             correlation_id=found.correlation_id,
             rerun_of=found.dispatch_id,
             policy=found.policy,
+            limits=found.limits,
         )
         (new_id,) = await self.store.dispatch(
             [again], now=now, request=_request_id(headers, request)

@@ -15,6 +15,7 @@ from dispatchlet.cli.overview_views import overview_lines
 from dispatchlet.core.call_options import set_call_options
 from dispatchlet.proto.dispatch.sdk.v1 import call_pb2
 from dispatchlet.proto.dispatchlet.scheduler.v1 import calls_pb2, options_pb2
+from dispatchlet.scheduler.store.limits import Limits
 from google.protobuf import duration_pb2
 from scheduler_harness import API_KEY, Harness, call, harness
 
@@ -92,3 +93,27 @@ def test_the_dashboard_and_metrics_show_the_limited_functions(tmp_path: Path) ->
     assert 'dispatchlet_function_limit{function="rated",kind="rate_count"} 3.0' in lines
     assert 'dispatchlet_function_limit_used{function="rated",kind="started"} 2.0' in lines
     assert not any('function="plain"' in line and "limit" in line for line in lines)
+
+
+def test_a_held_calls_page_says_which_limit_it_waits_for(tmp_path: Path) -> None:
+    async def scenario() -> tuple[str, str]:
+        async with harness(tmp_path, running=False) as h:
+            await started(h)
+            held = [c for c in await h.store.list(function="charge") if c.state.value == "ready"]
+            assert len(held) == 1
+            assert held[0].limits == Limits(concurrency=2)
+            running = await h.store.list(function="charge", state=held[0].state.RUNNING)
+            headers = {"Authorization": f"Bearer {API_KEY}"}
+            pages = []
+            for found in (held[0], running[0]):
+                url = f"{h.url}/calls/{found.dispatch_id}"
+                async with h.session.get(url, headers=headers) as page:
+                    assert page.status == 200
+                    pages.append(html.unescape(await page.text()))
+            return pages[0], pages[1]
+
+    waiting, running = asyncio.run(scenario())
+    assert "at most 2 of its function in flight" in waiting
+    assert "Waits for its concurrency limit: 2 of 2 in flight" in waiting
+    assert "at most 2 of its function in flight" in running
+    assert "Waits for" not in running

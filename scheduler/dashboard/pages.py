@@ -23,7 +23,8 @@ import jinja2
 from aiohttp import web
 
 from ...core.errors import InvalidArgument, refuses
-from ..store import COUNT_CAP, State, unavailable
+from ..store import COUNT_CAP, Call, State, unavailable
+from ..store.limits import holding, limits_text
 from . import session, views
 from .actions import ACTIONS, Action, offered
 from .overview import Overview, queue_overview
@@ -230,6 +231,8 @@ class Dashboard:
             steps=steps,
             state_description="" if state is None or journal is not None else state.type_url,
             attempts_history=views.attempt_rows(await self.api.store.history(call.dispatch_id)),
+            limits=limits_text(call.limits),
+            held_by=await self.held_by(call),
         )
         done = request.query.get("done", "")
         return self.render(
@@ -240,6 +243,15 @@ class Dashboard:
             actions=[a for a in offered(self.actions, self.api) if a.when(call)],
             done=next((a.done for a in self.actions if a.name == done), ""),
         )
+
+    async def held_by(self, call: Call) -> str:
+        """The limit that holds ``call`` back, if it is due and limited: a read of the
+        limited functions' use (``Store.limit_stats``), only for such a call."""
+        now = self.api.clock()
+        if not call.limits.limited or call.state is not State.READY or call.ready_at > now:
+            return ""
+        stats = {s.function: s for s in await self.api.store.limit_stats(now=now)}
+        return holding(call.limits, stats.get(call.function))
 
     async def found(self, request: web.Request) -> Any:
         dispatch_id = request.match_info["dispatch_id"]

@@ -425,6 +425,10 @@ class CallPage:
     state_description: str = ""
     attempts_history: list[dict[str, Any]] = field(default_factory=list)
     """Rows of the attempts table, when the scheduler keeps them."""
+    limits: str = ""
+    """The call's concurrency and rate limits, in words (empty: none)."""
+    held_by: str = ""
+    """The limit that holds the call back now, when it is due and one does."""
 
     @property
     def row(self) -> Row:

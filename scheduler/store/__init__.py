@@ -163,6 +163,8 @@ class Call:
     """Its own retry policy, if it has one (``NewCall.policy``)."""
     follows: str | None = None
     """``NewCall.follows``: the call whose outcome it ends with, run by nothing else."""
+    limits: Limits = NO_LIMITS
+    """Its concurrency and rate limits (``NewCall.limits``)."""
 
     @property
     def done(self) -> bool:
@@ -653,6 +655,7 @@ def call_from_row(row: Sequence[Any]) -> Call:
         trace_context=row[19],
         policy=stored_policy(row[20:25]),
         follows=row[25],
+        limits=Limits(int(row[26]), row[27], int(row[28]), int(row[29]), float(row[30])),
     )
 
 

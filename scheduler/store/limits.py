@@ -245,6 +245,33 @@ def limit_stats_of(
     return [found[f] for f in sorted(found)]
 
 
+def limits_text(limits: Limits) -> str:
+    """A call's limits in a few words (empty: none)."""
+    parts = []
+    if limits.concurrency:
+        parts.append(f"at most {limits.concurrency} of its function in flight")
+    if limits.keyed:
+        parts.append(f"at most {limits.per_key} in flight with the key {limits.key!r}")
+    if limits.rate_count:
+        parts.append(f"at most {limits.rate_count} starts per {limits.rate_period:g} s")
+    return "; ".join(parts)
+
+
+def holding(limits: Limits, stats: LimitStats | None) -> str:
+    """Which of a due call's ``limits`` holds it back, given its function's ``stats``
+    now (empty: none that they tell; a key's use they do not)."""
+    if stats is None:
+        return ""
+    if limits.concurrency and stats.in_flight >= limits.concurrency:
+        return f"its concurrency limit: {stats.in_flight} of {limits.concurrency} in flight"
+    if limits.rate_count and stats.started >= limits.rate_count:
+        return (
+            f"its rate limit: {stats.started} of {limits.rate_count} starts in the last "
+            f"{limits.rate_period:g} s"
+        )
+    return ""
+
+
 def limit_problem(limits: Limits) -> str | None:
     """Why no call can have ``limits``, or None."""
     period, count, key = limits.rate_period, limits.rate_count, limits.key

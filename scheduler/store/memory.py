@@ -133,6 +133,7 @@ class _Row:
             trace_context=self.trace_context,
             policy=self.policy,
             follows=self.follows,
+            limits=self.limits,
         )
 
     def claimable(self, now: float) -> bool:

@@ -306,11 +306,16 @@ of its own (on PostgreSQL each runs while the scheduler's other processes work o
 
 # A call's own retry policy (``stored_policy``).
 _POLICY = "max_attempts, attempt_timeout, backoff_initial, backoff_maximum, backoff_multiplier"
+# A call's limits (``Limits``).
+_CALL_LIMITS = "concurrency, concurrency_key, concurrency_per_key, rate_count, rate_period"
 # The columns of a Call, in its fields' order (``call_from_row`` reads them).
 COLUMNS = (
     "dispatch_id, function, endpoint, input, version, correlation_id, parent_id, "
     "root_id, state, status, result, attempts, created_at, expires_at, ready_at, "
-    "finished_at, poll, restarts, rerun_of, trace_context, " + _POLICY + ", follows"
+    "finished_at, poll, restarts, rerun_of, trace_context, "
+    + _POLICY
+    + ", follows, "
+    + _CALL_LIMITS
 )
 # The columns of a Call as List shows it (``Store.list``): its input and poll state
 # left out, its result only when it is an error of at most LISTED_ERROR_BYTES. Nothing
@@ -321,7 +326,7 @@ SUMMARY = (
     f"CASE WHEN status <> {Status.OK.value:d} AND length(result) <= {LISTED_ERROR_BYTES:d} "
     "THEN result ELSE CAST({empty} AS {blob}) END, "
     "attempts, created_at, expires_at, ready_at, finished_at, CAST({empty} AS {blob}), "
-    "restarts, rerun_of, trace_context, " + _POLICY + ", follows"
+    "restarts, rerun_of, trace_context, " + _POLICY + ", follows, " + _CALL_LIMITS
 )
 # The columns a new call is given (its state is 'ready').
 INSERTED = (
