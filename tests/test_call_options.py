@@ -281,3 +281,29 @@ def test_registering_functions_with_defaults_imports_no_options_proto() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--delay=-5m"], "a delay cannot be negative"),
+        (["--delay", "soon"], "invalid duration 'soon'"),
+        (["--at", "tomorrow"], "'tomorrow' is not a time"),
+        (["--at", "2030-01-01T09:00:00"], "has no timezone: add Z (UTC) or its offset"),
+        (["--max-attempts", "0"], "0 is not in 1.."),
+        (["--timeout", "0"], "an attempt's timeout must be positive"),
+        (["--key", "k" * 300], "longer than 256 characters"),
+    ],
+)
+def test_the_cli_refuses_bad_options_before_dispatching(args: list[str], message: str) -> None:
+    refused = subprocess.run(
+        [sys.executable, "-m", "dispatchlet", "dispatch", "f", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PATH": "", "DISPATCH_API_URL": "http://127.0.0.1:9"},
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert message in refused.stderr
+    assert "Traceback" not in refused.stderr

@@ -12,6 +12,7 @@ import datetime
 import json
 import runpy
 import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -227,3 +228,40 @@ def test_the_same_key_twice_in_a_workflow_gives_one_child(stack: Stack) -> None:
     keyed = charge.options(key="charge-o-17").dispatch("o-17")
     assert keyed in {child.dispatch_id for child in children}
     assert len(stack.runs("charge")) == 1
+
+
+def dispatchlet(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    env = environment(
+        DISPATCH_API_URL=stack.scheduler_url,
+        DISPATCH_API_KEY=API_KEY,
+        DISPATCH_ENDPOINT_URL=stack.endpoint_url,
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "dispatchlet", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=WAIT,
+        check=False,
+    )
+
+
+def test_the_cli_dispatches_with_a_delay_and_a_policy(stack: Stack) -> None:
+    delayed = dispatchlet(stack, "dispatch", "note", "4", "--delay", "10m")
+    assert delayed.returncode == 0, delayed.stderr
+    info = stack.client().get(delayed.stdout.strip())
+    assert info.state == "ready"
+    assert info.ready_at is not None
+    waited = info.ready_at - info.created_at
+    assert abs(waited - datetime.timedelta(minutes=10)) < datetime.timedelta(milliseconds=1)
+    # Its expiration counts from when it may start.
+    assert info.expires_at - info.ready_at >= datetime.timedelta(minutes=10)
+    flaky = dispatchlet(stack, "dispatch", "flaky", "9", "--max-attempts", "3", "--wait")
+    assert flaky.returncode == 1, flaky.stderr
+    assert [entry["n"] for entry in stack.runs("flaky")] == [9, 9, 9]
+    slow = dispatchlet(
+        stack, "dispatch", "slow", "2", "--timeout", "2s", "--max-attempts", "1", "--wait"
+    )
+    assert slow.returncode == 1, slow.stderr
+    assert "TIMEOUT" in slow.stdout + slow.stderr
+    assert len(stack.runs("slow")) == 1
