@@ -44,7 +44,7 @@ from .calls import (
 from .outcome import Outcome, oversized_output
 from .retry import MAX_RESTARTS, RetryPolicy
 from .settings import DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_MAX_INPUT_SIZE, DEFAULT_MAX_OUTPUT_SIZE
-from .store import NO_LIMITS, Call, NewCall, TreeLimitExceeded
+from .store import NO_LIMITS, Call, CallPolicy, NewCall, TreeLimitExceeded
 
 
 def supported(endpoint: str) -> str | None:
@@ -75,18 +75,22 @@ def limits_for(call: Call, limits: Limits) -> Limits:
     own = call.policy
     if own is None:
         return limits
-    retry = limits.policy
-    base = own.backoff_initial or retry.base
-    cap = own.backoff_maximum or max(retry.cap, base)
     return replace(
         limits,
-        policy=RetryPolicy(
-            base=base,
-            cap=cap,
-            max_attempts=own.max_attempts or retry.max_attempts,
-            multiplier=own.backoff_multiplier or retry.multiplier,
-        ),
+        policy=retry_policy(own, limits.policy),
         attempt_timeout=own.attempt_timeout or limits.attempt_timeout,
+    )
+
+
+def retry_policy(own: CallPolicy, default: RetryPolicy) -> RetryPolicy:
+    """``default`` with a call's own attempts and backoff where it sets them; an initial
+    wait beyond the default cap raises the cap to it."""
+    base = own.backoff_initial or default.base
+    return RetryPolicy(
+        base=base,
+        cap=own.backoff_maximum or max(default.cap, base),
+        max_attempts=own.max_attempts or default.max_attempts,
+        multiplier=own.backoff_multiplier or default.multiplier,
     )
 
 
@@ -422,4 +426,5 @@ __all__ = [
     "error_result",
     "limits_for",
     "not_stored",
+    "retry_policy",
 ]
