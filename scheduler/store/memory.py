@@ -240,11 +240,11 @@ class MemoryStore:
                 room=room_left(room, taken),
             )
             more = self._take(chosen[:wanted], limited, owner, now, now + lease_seconds)
-            taken.update(self._rows[c.call.dispatch_id].destination for c in more)
             claimed += more
-            found = [f for f in found if self._rows[f[0]].claimable(now)]
             if len(claimed) >= limit or not held.add(admitted):
                 break
+            taken.update(self._rows[c.call.dispatch_id].destination for c in more)
+            found = [f for f in found if self._rows[f[0]].claimable(now)]
         return claimed
 
     def _choose(

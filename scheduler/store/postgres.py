@@ -476,12 +476,12 @@ class PostgresStore:
                 room_now = room_left(room, taken)
                 ids, limited, full, admitted = await choose(db, wanted, held, room_now, locked)
                 more = await take(db, ids, wanted, limited)
-                taken.update(destination(c.call.endpoint) for c in more)
                 claimed += more
                 # Short, with more ready calls than the window held, and some held back
                 # by a limit: read the window again without them (``limits``).
                 if len(claimed) >= limit or not full or not held.add(admitted):
                     break
+                taken.update(destination(c.call.endpoint) for c in more)
             return claimed
 
         async def choose(

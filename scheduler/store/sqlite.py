@@ -413,12 +413,12 @@ class SQLiteStore:
                 wanted = limit - len(claimed)
                 ids, limited, full, admitted = choose(db, wanted, held, room_left(room, taken))
                 more = take(db, ids[:wanted], limited)
-                taken.update(destination(c.call.endpoint) for c in more)
                 claimed += more
                 # Short, with more ready calls than the window held, and some held back
                 # by a limit: read the window again without them.
                 if len(claimed) >= limit or not full or not held.add(admitted):
                     break
+                taken.update(destination(c.call.endpoint) for c in more)
             return claimed
 
         def choose(
