@@ -26,8 +26,18 @@ lapse (it would need a sweeper, and a dead process's slots would stay taken unti
 ran) and would add a write to every finish; over a limits row locked ``FOR UPDATE``
 because that row has to exist before the first claim (an upsert in every dispatch).
 Counting costs one read of a partial index that holds only the running limited calls
-(``{calls}_limited_running``): a claim without limited candidates takes no lock and
-reads nothing more, and an unlimited call is in no index of its own."""
+(``{calls}_limited_running``). The window a claim reads tells of each candidate only
+whether it has limits (one column); their limits are read for those that do. A claim
+without limited candidates takes no lock and reads nothing more, and an unlimited call
+is in no index of its own.
+
+A claim reads a bounded window of the oldest claimable calls (``claims``). When held
+calls fill it (a backlog of one rate-limited function, of one busy key), the claim reads
+it again without the functions and keys it found held (``Held``, up to ``HELD_ROUNDS``
+times), so that the calls behind them start: that read passes over the held calls in
+the index of ready calls, a cost paid only while such a backlog exists. A held call
+starts at the next claim after a slot frees: at once in the process whose attempt
+ended, within the engine's idle interval (0.25 s) in the others."""
 
 from __future__ import annotations
 
@@ -78,17 +88,19 @@ def limits_from_row(row: Sequence[Any]) -> tuple[str, Limits]:
     return row[0], Limits(int(row[1]), row[2], int(row[3]), int(row[4]), float(row[5]))
 
 
-def window_limits(rows: Sequence[Sequence[Any]], at: int) -> dict[str, tuple[str, Limits]]:
-    """The function and limits of each limited call among a claim's candidate rows
-    (dispatch id first, ``LIMIT_COLUMNS`` from column ``at``)."""
+def limited_ids(rows: Sequence[Sequence[Any]], at: int) -> list[str]:
+    """The limited calls among a claim's candidate rows (dispatch id first, whether the
+    call has limits at column ``at``): the only ones whose limits the claim reads."""
+    return [row[0] for row in rows if row[at]]
+
+
+def limits_by_id(rows: Sequence[Sequence[Any]]) -> dict[str, tuple[str, Limits]]:
+    """The function and limits of each call from its ``(dispatch_id, LIMIT_COLUMNS)``."""
     found = {}
     for row in rows:
-        # concurrency, concurrency_per_key, rate_count: most calls have none, and are
-        # passed over without building their limits.
-        if row[at + 1] or row[at + 3] or row[at + 4]:
-            function, lim = limits_from_row(row[at : at + 6])
-            if lim.limited:
-                found[row[0]] = (function, lim)
+        function, lim = limits_from_row(row[1:])
+        if lim.limited:
+            found[row[0]] = (function, lim)
     return found
 
 

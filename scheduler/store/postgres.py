@@ -75,9 +75,10 @@ from .limits import (
     LimitStats,
     Usage,
     limit_stats_of,
+    limited_ids,
+    limits_by_id,
     rate_periods,
     room_left,
-    window_limits,
     within_limits,
 )
 from .statements import (
@@ -508,11 +509,15 @@ class PostgresStore:
                 found = await (await db.execute(query, params)).fetchall()
                 ready, roots = found[0][6:8] if found else (0, 0)
                 candidates = [(row[0], row[2]) for row in found]
-                limited = window_limits(found, 8)
+                ids = limited_ids(found, 8)
                 if not held and needs_root_heads(ready, roots, window, wanted):
                     heads = await (await db.execute(SQL.root_heads, params)).fetchall()
                     candidates = in_turns([row[:6] for row in found] + heads, dealt)
-                    limited.update(window_limits(heads, 6))
+                    ids += limited_ids(heads, 6)
+                limited = {}
+                if ids:
+                    rows = await (await db.execute(SQL.limits_of, {"ids": ids})).fetchall()
+                    limited = limits_by_id(rows)
                 dealt_all = len(candidates) < dealt
                 if limited:
                     # Counted under each limited function's lock, held to the commit of

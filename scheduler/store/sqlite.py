@@ -72,9 +72,10 @@ from .limits import (
     LimitStats,
     Usage,
     limit_stats_of,
+    limited_ids,
+    limits_by_id,
     rate_periods,
     room_left,
-    window_limits,
     within_limits,
 )
 from .statements import (
@@ -438,11 +439,12 @@ class SQLiteStore:
                 found = db.execute(query, params).fetchall()
                 ready, roots = found[0][6:8] if found else (0, 0)
                 rows = [(row[0], row[2]) for row in found]
-                limited = window_limits(found, 8)
+                ids = limited_ids(found, 8)
                 if not held and needs_root_heads(ready, roots, window, wanted):
                     heads = db.execute(SQL.root_heads, params).fetchall()
                     rows = in_turns([row[:6] for row in found] + heads, dealt)
-                    limited.update(window_limits(heads, 6))
+                    ids += limited_ids(heads, 6)
+                limited = _limits_of(db, ids)
                 dealt_all = len(rows) < dealt
                 if limited:
                     admitted = within_limits(rows, limited, _usage(db, limited, now))
@@ -874,6 +876,12 @@ def _running(db: sqlite3.Connection, destinations: set[str], now: float) -> dict
         for row in db.execute(SQL.running, {"now": now, "destinations": where}):
             running[row[0]] = row[1]
     return running
+
+
+def _limits_of(db: sqlite3.Connection, ids: list[str]) -> dict[str, tuple[str, Limits]]:
+    """The function and limits of each of the calls ``ids``."""
+    rows = [db.execute(SQL.limits_of, {"ids": i}).fetchone() for i in dict.fromkeys(ids)]
+    return limits_by_id([row for row in rows if row is not None])
 
 
 def _usage(db: sqlite3.Connection, limited: dict[str, tuple[str, Limits]], now: float) -> Usage:

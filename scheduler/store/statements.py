@@ -370,10 +370,12 @@ def _ended(status: str, result: str, now: str) -> str:
 _FENCE_OFF = "lease_token = lease_token + 1"
 
 # The claimable calls a claim considers, as (dispatch_id, root_id, destination, ready_at,
-# seq, state, then the call's limits as ``LIMIT_COLUMNS``): the oldest of each claimable
+# seq, state, and whether the call has limits): the oldest of each claimable
 # state, each read through its own partial index, so that neither finished calls nor a
 # long backlog are scanned.
-_CLAIMABLE = f"dispatch_id, root_id, destination, ready_at, {{seq}} AS seq, state, {LIMIT_COLUMNS}"
+_CLAIMABLE = (
+    f"dispatch_id, root_id, destination, ready_at, {{seq}} AS seq, state, {LIMITED} AS limited"
+)
 
 
 def _oldest_claimable(held: str = "") -> str:
@@ -395,15 +397,15 @@ def _oldest_claimable(held: str = "") -> str:
 def _ranked_window(held: str = "") -> str:
     """The window's calls in round-robin order (each root's oldest, then each root's
     second, ...), the first :count of them, each with how many ready calls and how many
-    roots the window holds, then its limits."""
+    roots the window holds, and whether it has limits (read only for those that do:
+    ``limits_of``)."""
     return (
         f"WITH found AS ({_oldest_claimable(held)}), ranked AS ("
         "  SELECT *, ROW_NUMBER() OVER (PARTITION BY root_id ORDER BY ready_at, seq) AS turn"
         "  FROM found"
         ") SELECT dispatch_id, root_id, destination, ready_at, seq, state,"
         "  (SELECT count(*) FROM found WHERE state = 'ready'),"
-        "  (SELECT count(DISTINCT root_id) FROM found),"
-        f"  {LIMIT_COLUMNS}"
+        "  (SELECT count(DISTINCT root_id) FROM found), limited"
         " FROM ranked ORDER BY turn, ready_at, seq LIMIT :count"
     )
 
@@ -434,8 +436,8 @@ _ROOT_HEADS = {
         "    WHERE state = 'ready' AND root_id > roots.root_id), n + 1"
         "  FROM roots WHERE roots.root_id IS NOT NULL AND n < :roots"
         ") SELECT c.dispatch_id, c.root_id, c.destination, c.ready_at, c.rowid AS seq, c.state, "
-        + ", ".join(f"c.{column}" for column in LIMIT_COLUMNS.split(", "))
-        + " FROM roots JOIN {calls} AS c ON c.rowid = ("
+        + LIMITED.replace("(", "(c.").replace(" OR ", " OR c.")
+        + " AS limited FROM roots JOIN {calls} AS c ON c.rowid = ("
         "  SELECT rowid FROM {calls} WHERE state = 'ready' AND root_id = roots.root_id"
         "  AND ready_at <= :now ORDER BY ready_at, rowid LIMIT 1)"
     ),
@@ -583,6 +585,10 @@ class Statements:
         )
         # The limited calls in flight of :functions, by function and key, and the
         # starts of a rate-limited function (``limits``).
+        self.limits_of = r(
+            f"SELECT dispatch_id, {LIMIT_COLUMNS} FROM {{calls}} "
+            f"WHERE {dialect.one_of('dispatch_id', 'ids')}"
+        )
         self.limited_running = r(
             "SELECT function, concurrency_key, count(*) FROM {calls} "
             f"WHERE state = 'running' AND {LIMITED} AND lease_expires > :now "
