@@ -178,7 +178,7 @@ def test_a_state_that_is_no_journal_is_refused(poll: bytes, said: str) -> None:
 def test_a_journal_of_another_type_or_version_is_refused() -> None:
     other = poll_pb2.Poll()
     other.typed_coroutine_state.type_url = "type.googleapis.com/x.Y"
-    with pytest.raises(NotResumable, match="'x.Y'"):
+    with pytest.raises(NotResumable, match=r"'x\.Y'"):
         resumed_poll(other.SerializeToString(), [])
     newer = journal_of(step("a"))
     newer.version = 2
