@@ -34,7 +34,8 @@ class NotResumable(DispatchletError):
 
 NO_JOURNAL = (
     "the call kept no workflow journal to resume from: it is not a workflow, or it failed "
-    "before its first step, or it was cancelled; re-run it to run it again from its input"
+    "before it made its first step, or it was cancelled; re-run it to run it again from "
+    "its input"
 )
 
 
