@@ -252,3 +252,27 @@ def test_the_client_and_the_command_line_resume(
             assert "not_found: no call" in capsys.readouterr().err
 
     asyncio.run(scenario())
+
+
+def test_a_resume_that_fails_again_can_be_resumed_in_turn(tmp_path: Path) -> None:
+    app = Workflows()
+
+    async def scenario() -> None:
+        async with harness(tmp_path, app.answer) as h:
+            (first,) = await h.dispatch(call("four_steps", 1))
+            await h.done(first, WAIT)
+            status, answer = await post_json(h, "Resume", {"dispatchId": first})
+            assert status == 200, answer
+            second = answer["dispatchId"]
+            # Not fixed yet: the resume fails at the same step, having kept the others.
+            assert (await h.done(second, WAIT)).status == Status.PERMANENT_ERROR.value
+            assert dict(app.runs) == {1: 1, 2: 1, 3: 2}
+            app.broken = False
+            status, answer = await post_json(h, "Resume", {"dispatchId": second})
+            assert (status, answer["stepsKept"], answer["stepsRetried"]) == (200, 2, 1)
+            third = await h.done(answer["dispatchId"], WAIT)
+            assert (third.status, third.rerun_of) == (Status.OK.value, second)
+            assert output(third) == [10, 20, 30, 40]
+            assert dict(app.runs) == {1: 1, 2: 1, 3: 3, 4: 1}
+
+    asyncio.run(scenario())
