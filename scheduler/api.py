@@ -1,5 +1,5 @@
 """The scheduler's HTTP API (aiohttp): ``DispatchService/Dispatch`` and the project's
-``CallService`` (Get, Wait, List, Cancel, Retry, Rerun, Overview), Connect unary in
+``CallService`` (Get, Wait, List, Cancel, Retry, Rerun, Overview, Purge, Send), Connect unary in
 ``application/proto`` and ``application/json``, with ``Authorization: Bearer <api
 key>``; ``/healthz``.
 
@@ -39,6 +39,7 @@ from ..core.errors import (
     refuses,
 )
 from ..core.http import Response
+from ..core.messages import topic_problem
 from ..core.proto_json import message_to_json
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2, error_pb2, poll_pb2
@@ -56,6 +57,7 @@ from .store import (
     Call,
     NewCall,
     RequestId,
+    Sent,
     State,
     Store,
     unavailable,
@@ -147,6 +149,7 @@ class Api:
             ("Retry", self.retry, calls_pb2.RetryRequest),
             ("Overview", self.overview, calls_pb2.OverviewRequest),
             ("Purge", self.purge, calls_pb2.PurgeRequest),
+            ("Send", self.send, calls_pb2.SendRequest),
         ):
             app.router.add_route("*", _lenient(CALLS_PATH + name), self.rpc(handler, kind))
         # Given its headers: its request id (``Idempotency-Key``), as Dispatch.
@@ -451,6 +454,36 @@ class Api:
         if brought:
             self.engine.wake()
         return calls_pb2.RetryResponse(brought_forward=brought)
+
+    async def send(self, request: calls_pb2.SendRequest) -> calls_pb2.SendResponse:
+        """Deliver a message to a call's receive on a topic, or keep it for the next one
+        (``core.messages``). An unknown call is not found, a done one a failed
+        precondition: the sender learns that no workflow will receive it."""
+        if not request.dispatch_id:
+            raise InvalidArgument("missing dispatch_id")
+        problem = topic_problem(request.topic)
+        if problem is not None:
+            raise InvalidArgument(f"invalid topic: {problem}")
+        result = call_pb2.CallResult()
+        if request.HasField("value"):
+            result.output.CopyFrom(request.value)
+        data = result.SerializeToString()
+        size = len(data)
+        if size > self.max_input_size:
+            raise InvalidArgument(
+                f"message of {size} bytes, larger than the scheduler's limit of "
+                f"{self.max_input_size} bytes"
+            )
+        sent = await self.store.send(request.dispatch_id, request.topic, data, now=self.clock())
+        if sent is Sent.UNKNOWN:
+            raise NotFound(f"no call {request.dispatch_id[:100]!r}")
+        if sent is Sent.DONE:
+            raise FailedPrecondition(
+                f"the call {request.dispatch_id[:100]!r} is done: no receive will take the message"
+            )
+        if sent is Sent.DELIVERED:
+            self.engine.wake()  # its workflow may be ready to resume
+        return calls_pb2.SendResponse(delivered=sent is Sent.DELIVERED)
 
     async def rerun(
         self, request: calls_pb2.RerunRequest, headers: Mapping[str, str]
