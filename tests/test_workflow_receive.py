@@ -16,6 +16,7 @@ from dispatchlet.core.messages import RECEIVE_FUNCTION, RECEIVE_TIMEOUT
 from dispatchlet.core.value_views import read_journal
 from dispatchlet.proto.dispatch.sdk.v1 import call_pb2, error_pb2, function_pb2, poll_pb2
 from dispatchlet.proto.dispatchlet.workflow.v1 import journal_pb2
+from dispatchlet.testing import NO_MESSAGE, run_workflow
 from test_workflow import ok, output, resume, start
 
 
@@ -190,3 +191,65 @@ def test_a_journal_shows_each_receive_waiting_received_or_timed_out(endpoint: En
         (None, "pending", None),
         ("b", "timed out", None),
     ]
+
+
+# --- dispatchlet.testing.run_workflow plays the sender --------------------------------
+
+
+def test_run_workflow_gives_receives_the_messages_by_topic_in_order(endpoint: Endpoint) -> None:
+    @endpoint.function
+    async def collect() -> list[object]:
+        first = await receive("item")
+        return [first, *await gather(receive("item"), receive("other")), await receive("item")]
+
+    given = {"item": ["a", "b", "c"], "other": [{"x": 1}]}
+    run = run_workflow(endpoint, "collect", messages=given, results_per_resume=1)
+    assert (run.status, run.output) == (Status.OK, ["a", "b", {"x": 1}, "c"])
+    # The lists given are not consumed: each run takes its messages afresh.
+    assert given == {"item": ["a", "b", "c"], "other": [{"x": 1}]}
+
+
+def test_run_workflow_asks_a_function_for_each_message(endpoint: Endpoint) -> None:
+    asked: list[str] = []
+
+    def sender(topic: str) -> object:
+        asked.append(topic)
+        return {"ok": True} if len(asked) == 1 else NO_MESSAGE
+
+    run = run_workflow(endpoint, "approve", "o-17", messages=sender)
+    assert (run.status, run.output) == (Status.OK, {"order": "o-17", "decision": {"ok": True}})
+    assert asked == ["approval"]
+    patient = run_workflow(endpoint, "patient", messages=sender)
+    assert (patient.status, patient.children) == (Status.OK, {1: Status.TIMEOUT})
+    assert (
+        patient.output == "caught: no message on the topic 'approval' before the receive's timeout"
+    )
+
+
+def test_run_workflow_moves_time_to_a_receives_timeout_or_a_sleep_it_races(
+    endpoint: Endpoint,
+) -> None:
+    @endpoint.function
+    async def reminders() -> list[object]:
+        outcomes: list[object] = []
+        for _ in range(3):
+            try:
+                outcomes.append(await receive("approval", timeout=timedelta(days=2)))
+            except TimeoutError:
+                outcomes.append("reminded")
+        return outcomes
+
+    run = run_workflow(endpoint, "reminders", messages={"approval": []})
+    assert (run.status, run.output) == (Status.OK, ["reminded"] * 3)
+    # A receive without a timeout, raced with a sleep of an hour: the sleep wins.
+    raced = run_workflow(endpoint, "first_of", 3600.0)
+    assert (raced.status, raced.output) == (Status.OK, None)
+
+
+def test_run_workflow_says_which_message_a_stuck_workflow_waits_for(endpoint: Endpoint) -> None:
+    @endpoint.function
+    async def forever() -> object:
+        return await receive("never-sent")
+
+    with pytest.raises(RuntimeError, match="waits for a message on 'never-sent'"):
+        run_workflow(endpoint, "forever", messages={"other": [1]})
