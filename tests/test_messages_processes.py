@@ -177,7 +177,7 @@ def test_a_workflow_waits_for_a_message_sent_later_and_finishes_with_it(stack: S
     assert values.from_any(info.output) == {"order": "o-17", "decision": {"ok": True, "by": "ada"}}
     # The workflow is done: a message to it is refused, the sender told why.
     late = stack.cli("calls", "send", dispatch_id, "approval", "true")
-    assert late.returncode != 0
+    assert late.returncode == 2
     assert "failed_precondition" in late.stderr, late.stderr
     assert "is done" in late.stderr
 
@@ -218,7 +218,7 @@ def test_a_receive_times_out_with_a_timeout_error_the_workflow_catches(stack: St
 def test_a_message_to_an_unknown_call_fails_clearly(stack: Stack) -> None:
     unknown = "0" * 32
     sent = stack.cli("calls", "send", unknown, "approval", '{"ok": true}')
-    assert sent.returncode != 0
+    assert sent.returncode == 2
     assert f"not_found: no call '{unknown}'" in sent.stderr, sent.stderr
     assert "Traceback" not in sent.stderr
     with stack.client() as client, pytest.raises(ClientError) as raised:
