@@ -34,6 +34,7 @@ from ..core.errors import (
     InvalidArgument,
     MethodNotAllowed,
     NotFound,
+    PermissionDenied,
     TemporaryError,
     Unauthenticated,
     refuses,
@@ -47,6 +48,7 @@ from ..proto.dispatchlet.scheduler.v1 import calls_pb2, options_pb2
 from .call_answer import CallAnswer, CallResponse, add_result
 from .calls import call_problem, duration_seconds, oversized_input, timestamp
 from .engine import Engine
+from .host_check import host_allowed, refusal
 from .metrics import CONTENT_TYPE
 from .overview import Recent, overview_message
 from .retention import Retention, purge
@@ -114,6 +116,7 @@ class Api:
         metrics_public: bool = False,
         dashboard: bool = True,
         retention: Retention | None = None,
+        allowed_hosts: Sequence[str] = (),
     ) -> None:
         # Its operations timed into the engine's metrics.
         self.store = engine.metrics.timed(store)
@@ -133,9 +136,13 @@ class Api:
         self.dashboard = dashboard
         self.retention = retention
         """The background deletion, if any: a Purge's deletions are counted with its."""
+        self.allowed_hosts = tuple(allowed_hosts)
+        """Names an insecure scheduler answers beside IP addresses and localhost."""
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.max_body_size)
+        # Open to anyone who reaches it, so not to pages of other sites rebound to it.
+        guards = [self.host_guard] if self.insecure else []
+        app = web.Application(client_max_size=self.max_body_size, middlewares=guards)
         app.router.add_get(_lenient("/healthz"), self.healthz)
         app.router.add_get(_lenient("/metrics"), self.metrics)
         # Read as dispatch.sdk.v1.DispatchRequest with each call's options (field 1000).
@@ -161,6 +168,17 @@ class Api:
 
             Dashboard(self).mount(app)
         return app
+
+    @web.middleware
+    async def host_guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Requests whose ``Host`` an insecure scheduler does not answer: 403
+        (``host_check.py``)."""
+        header = request.headers.get("Host")
+        if host_allowed(header, self.allowed_hosts):
+            return await handler(request)
+        return _web(http_error_response(PermissionDenied(refusal(header))))
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
