@@ -517,6 +517,11 @@ class Api:
                 f"the call is {found.state.value}: only a done call can be re-run; "
                 "cancel it first to run it again now"
             )
+        if found.topic is not None:
+            raise FailedPrecondition(
+                "the call is a workflow's receive, which no function runs: re-run the "
+                "workflow instead"
+            )
         now = self.clock()
         again = NewCall(
             function=found.function,

@@ -213,6 +213,11 @@ def test_a_receive_times_out_with_a_timeout_error_the_workflow_catches(stack: St
     )
     assert [(c.function, c.state) for c in listed.calls] == [("dispatchlet.receive", "done")] * 2
     assert listed.calls[0].status == Status.TIMEOUT
+    # A receive runs no function: it is not re-run on its own.
+    with stack.client() as client, pytest.raises(ClientError) as raised:
+        client.rerun(listed.calls[0].dispatch_id)
+    assert raised.value.code == "failed_precondition"
+    assert "a workflow's receive" in raised.value.message
 
 
 def test_a_message_to_an_unknown_call_fails_clearly(stack: Stack) -> None:
