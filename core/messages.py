@@ -16,6 +16,11 @@ arrival, and the cancellation of what a finished workflow left; a receive is one
 outcome among them, so that ``gather``, ``any``, ``race`` and ``sleep`` compose with
 it and a replay decides as the first run did. A message is the child's result, stored
 in the scheduler's transaction, so that it is received exactly once.
+
+A message to a call that is not done is accepted even if the call never receives (the
+scheduler cannot know whether a function will Poll, nor for which topics): it is kept
+while the call is, and deleted with its call tree by the retention. A message to a done
+or unknown call is refused, so that its sender learns no workflow will read it.
 """
 
 from __future__ import annotations
