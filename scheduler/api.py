@@ -1,7 +1,7 @@
 """The scheduler's HTTP API (aiohttp): ``DispatchService/Dispatch`` and the project's
-``CallService`` (Get, Wait, List, Cancel, Retry, Rerun, Overview, Purge, Send), Connect unary in
-``application/proto`` and ``application/json``, with ``Authorization: Bearer <api
-key>``; ``/healthz``.
+``CallService`` (Get, Wait, List, Cancel, Retry, Rerun, Resume, Overview, Purge, Send),
+Connect unary in ``application/proto`` and ``application/json``, with
+``Authorization: Bearer <api key>``; ``/healthz``.
 
 Errors are Connect errors (``{"code", "message"}`` with the HTTP status of the code).
 A Dispatch is validated whole before anything is stored: a bad call is a 400 naming its
@@ -51,6 +51,7 @@ from .engine import Engine
 from .host_check import host_allowed, refusal
 from .metrics import CONTENT_TYPE
 from .overview import Recent, overview_message
+from .resume import resumed_poll
 from .retention import Retention, purge
 from .settings import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_INPUT_SIZE, METRICS_KEY_ENV
 from .store import (
@@ -162,6 +163,8 @@ class Api:
         # Given its headers: its request id (``Idempotency-Key``), as Dispatch.
         rerun = self.rpc(self.rerun, calls_pb2.RerunRequest, headers=True)
         app.router.add_route("*", _lenient(CALLS_PATH + "Rerun"), rerun)
+        resume = self.rpc(self.resume, calls_pb2.ResumeRequest, headers=True)
+        app.router.add_route("*", _lenient(CALLS_PATH + "Resume"), resume)
         if self.dashboard:
             # Imported only then: --no-dashboard loads no template engine.
             from .dashboard import Dashboard
@@ -537,6 +540,44 @@ class Api:
         )
         self.engine.wake()
         return calls_pb2.RerunResponse(dispatch_id=new_id)
+
+    async def resume(
+        self, request: calls_pb2.ResumeRequest, headers: Mapping[str, str]
+    ) -> calls_pb2.ResumeResponse:
+        """A new root call that resumes the failed workflow from its journal
+        (``resume.py``): the steps that finished OK are kept, the failed one (and any
+        unfinished) is made anew. Its ``rerun_of`` names the old call, which is left as
+        it is; it is given as long as the old one was. A call not done, done OK, or with
+        no journal kept is refused. Idempotent with a request id, as Rerun."""
+        found = await self._found(request.dispatch_id)
+        if not found.done:
+            raise FailedPrecondition(
+                f"the call is {found.state.value}: only a failed workflow can be resumed"
+            )
+        if found.status == Status.OK.value:
+            raise FailedPrecondition(
+                "the call ended OK: only a failed workflow can be resumed; re-run it to run "
+                "it again"
+            )
+        resumed = resumed_poll(found.poll, await self.store.children(found.dispatch_id))
+        now = self.clock()
+        again = NewCall(
+            function=found.function,
+            endpoint=found.endpoint,
+            input=found.input,
+            expires_at=now + (found.expires_at - found.created_at),
+            version=found.version,
+            correlation_id=found.correlation_id,
+            rerun_of=found.dispatch_id,
+            poll=resumed.poll,
+        )
+        (new_id,) = await self.store.dispatch(
+            [again], now=now, request=_request_id(headers, request)
+        )
+        self.engine.wake()
+        return calls_pb2.ResumeResponse(
+            dispatch_id=new_id, steps_kept=resumed.kept, steps_retried=resumed.retried
+        )
 
     async def overview(self, request: calls_pb2.OverviewRequest) -> calls_pb2.OverviewResponse:
         """The calls finished in the last hour (read at most every few seconds) and the
