@@ -253,3 +253,28 @@ def test_run_workflow_says_which_message_a_stuck_workflow_waits_for(endpoint: En
 
     with pytest.raises(RuntimeError, match="waits for a message on 'never-sent'"):
         run_workflow(endpoint, "forever", messages={"other": [1]})
+
+
+def test_journals_with_receives_are_checked_against_the_code(endpoint: Endpoint) -> None:
+    from dispatchlet.testing import check_replay
+
+    run = run_workflow(endpoint, "both", messages={"a": ["A"], "b": ["B"]}, results_per_resume=1)
+    assert (run.status, run.output) == (Status.OK, ["A", 42, "B"])
+    assert run.journals
+    for journal in run.journals:
+        checked = check_replay(endpoint, journal)
+        assert checked.ok, checked
+
+    changed = Endpoint(insecure=True)
+
+    @changed.function
+    def double(x: int) -> int:
+        return 2 * x
+
+    @changed.function
+    async def both() -> list[object]:  # its receives in another order
+        return list(await gather(receive("b"), double(21), receive("a")))
+
+    checked = check_replay(changed, run.journals[-1])
+    assert not checked.ok
+    assert "receive('b')" in checked.outcome, checked
