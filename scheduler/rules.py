@@ -29,6 +29,7 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 
 from ..core.call_options import call_options
 from ..core.errors import STEP_MISMATCH
+from ..core.messages import RECEIVE_TIMEOUT, topic_problem
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, error_pb2, poll_pb2
 from .calls import (
@@ -157,7 +158,15 @@ class Run:
 
 def before_attempt(call: Call, limits: Limits, now: float) -> Run | Finish:
     """Whether a claimed call is run, and for how long: an expired one ends TIMEOUT, one
-    whose earlier attempts used up ``max_attempts`` without recording an outcome ends."""
+    whose earlier attempts used up ``max_attempts`` without recording an outcome ends.
+    A receive is never run: claimed, its time passed with no message, it ends TIMEOUT."""
+    if call.topic is not None:
+        timeout = Outcome(
+            Status.TIMEOUT,
+            error_type=RECEIVE_TIMEOUT,
+            message=f"no message on the topic {call.topic!r} before the receive's timeout",
+        )
+        return Finish(Status.TIMEOUT, error_result(timeout))
     if now >= call.expires_at:
         expired = Outcome(Status.TIMEOUT, error_type="DeadlineExceeded", message="the call expired")
         return Finish(Status.TIMEOUT, call.result or error_result(expired))
@@ -282,10 +291,14 @@ def suspension(call: Call, poll: poll_pb2.Poll, limits: Limits, now: float) -> S
             return invalid("InvalidPoll", f"call {index}: {problem}")
         # Options travel as an unknown field of the Call (``core.call_options``): read
         # only from a child that has one.
-        plan = planned(call_options(child), now) if UnknownFieldSet(child) else AT_ONCE
+        options = call_options(child) if UnknownFieldSet(child) else None
+        plan = AT_ONCE if options is None else planned(options, now)
         if isinstance(plan, str):
             return invalid("InvalidPoll", f"call {index}: {plan}")
         start = now if plan.ready_at is None else plan.ready_at
+        topic = (options.receive_topic or None) if options is not None else None
+        if topic is not None and (problem := topic_problem(topic)) is not None:
+            return invalid("InvalidPoll", f"call {index}: {problem}")
         expires_at = call.expires_at
         if child.HasField("expiration"):
             lifetime = duration_seconds(child.expiration)
@@ -301,6 +314,7 @@ def suspension(call: Call, poll: poll_pb2.Poll, limits: Limits, now: float) -> S
                 key=plan.key,
                 ready_at=plan.ready_at,
                 policy=plan.policy,
+                topic=topic,
             )
         )
     state = poll_pb2.Poll()
