@@ -29,6 +29,7 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 
 from ..core.call_options import call_options
 from ..core.errors import STEP_MISMATCH
+from ..core.messages import RECEIVE_TIMEOUT, topic_problem
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, error_pb2, poll_pb2
 from .call_limits import LimitsInvalid, limits_of
@@ -158,7 +159,15 @@ class Run:
 
 def before_attempt(call: Call, limits: Limits, now: float) -> Run | Finish:
     """Whether a claimed call is run, and for how long: an expired one ends TIMEOUT, one
-    whose earlier attempts used up ``max_attempts`` without recording an outcome ends."""
+    whose earlier attempts used up ``max_attempts`` without recording an outcome ends.
+    A receive is never run: claimed, its time passed with no message, it ends TIMEOUT."""
+    if call.topic is not None:
+        timeout = Outcome(
+            Status.TIMEOUT,
+            error_type=RECEIVE_TIMEOUT,
+            message=f"no message on the topic {call.topic!r} before the receive's timeout",
+        )
+        return Finish(Status.TIMEOUT, error_result(timeout))
     if now >= call.expires_at:
         expired = Outcome(Status.TIMEOUT, error_type="DeadlineExceeded", message="the call expired")
         return Finish(Status.TIMEOUT, call.result or error_result(expired))
@@ -292,6 +301,9 @@ def suspension(call: Call, poll: poll_pb2.Poll, limits: Limits, now: float) -> S
             child_limits = NO_LIMITS if options is None else limits_of(options)
         except LimitsInvalid as exc:
             return invalid("InvalidPoll", f"call {index}: {exc}")
+        topic = (options.receive_topic or None) if options is not None else None
+        if topic is not None and (problem := topic_problem(topic)) is not None:
+            return invalid("InvalidPoll", f"call {index}: {problem}")
         expires_at = call.expires_at
         if child.HasField("expiration"):
             lifetime = duration_seconds(child.expiration)
@@ -308,6 +320,7 @@ def suspension(call: Call, poll: poll_pb2.Poll, limits: Limits, now: float) -> S
                 ready_at=plan.ready_at,
                 policy=plan.policy,
                 limits=child_limits,
+                topic=topic,
             )
         )
     state = poll_pb2.Poll()

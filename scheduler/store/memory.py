@@ -26,12 +26,14 @@ from . import (
     AttemptHistory,
     Call,
     CallPolicy,
+    Child,
     ChildResult,
     Claimed,
     Lease,
     NewAttempt,
     NewCall,
     RequestId,
+    Sent,
     State,
     StoreError,
     TreeBounds,
@@ -108,6 +110,10 @@ class _Row:
     follows: str | None = None
     attempts_kept: deque[Attempt] = field(default_factory=deque)
     """Its history of attempts (the SQL stores' ``{calls}_attempts``)."""
+    topic: str | None = None
+    mailbox: deque[tuple[str, bytes]] = field(default_factory=deque)
+    """Messages kept for its receives, in order, as (topic, result) (the SQL stores'
+    ``{calls}_messages``)."""
 
     def call(self) -> Call:
         return Call(
@@ -134,6 +140,7 @@ class _Row:
             policy=self.policy,
             follows=self.follows,
             limits=self.limits,
+            topic=self.topic,
         )
 
     def claimable(self, now: float) -> bool:
@@ -332,7 +339,7 @@ class MemoryStore:
         if row is None:
             return False
         _add_attempt(row, attempt)
-        self._end(row, status, result, now)
+        self._end(row, status, result, now, keep_failed_poll=True)
         self._deliver(lease.delivered)
         self._end_descendants(row.dispatch_id, orphans, now)
         if row.parent_id is not None:
@@ -362,6 +369,9 @@ class MemoryStore:
             ids = self._insert_keyed(placed, now)
         else:
             ids = self._insert(placed, now)
+        for child, child_id in zip(children, ids, strict=True):
+            if child.topic is not None:
+                self._receive(row, self._rows[child_id], child.topic, now)
         row.state = State.WAITING
         row.poll = poll
         row.poll_min, row.poll_max, row.poll_until = min_results, max_results, until
@@ -372,6 +382,37 @@ class MemoryStore:
         # Results of earlier polls may be enough already.
         self._wake(row.dispatch_id, now)
         return ids
+
+    async def send(self, dispatch_id: str, topic: str, result: bytes, *, now: float) -> Sent:
+        self._check_open()
+        row = self._rows.get(dispatch_id)
+        if row is None:
+            return Sent.UNKNOWN
+        if row.state is State.DONE:
+            return Sent.DONE
+        for child in (self._rows[i] for i in row.children):
+            if (
+                child.topic == topic
+                and child.state is State.WAITING
+                and (child.poll_until or 0.0) > now
+            ):
+                self._end(child, Status.OK.value, result, now)
+                self._wake(dispatch_id, now)
+                return Sent.DELIVERED
+        row.mailbox.append((topic, result))
+        return Sent.KEPT
+
+    def _receive(self, parent: _Row, child: _Row, topic: str, now: float) -> None:
+        """As the SQL stores do: a receive just stored takes the oldest message kept on
+        its topic, or waits for one until its expiration."""
+        child.topic = topic
+        for index, (kept, result) in enumerate(parent.mailbox):
+            if kept == topic:
+                del parent.mailbox[index]
+                self._end(child, Status.OK.value, result, now)
+                return
+        child.state = State.WAITING
+        child.poll_min, child.poll_until = 1, child.expires_at
 
     async def restart(
         self,
@@ -447,6 +488,24 @@ class MemoryStore:
         self._check_open()
         row = self._rows.get(dispatch_id)
         return None if row is None else row.call()
+
+    async def children(self, parent_id: str) -> builtins.list[Child]:
+        self._check_open()
+        row = self._rows.get(parent_id)
+        if row is None:
+            return []
+        return [
+            Child(
+                child.dispatch_id,
+                child.correlation_id,
+                child.state is State.DONE,
+                child.delivered,
+                child.status,
+                child.result,
+                child.finished_at,
+            )
+            for child in (self._rows[i] for i in row.children)
+        ]
 
     async def history(self, dispatch_id: str) -> AttemptHistory:
         self._check_open()
@@ -710,6 +769,7 @@ class MemoryStore:
                 limits=call.limits,
                 policy=call.policy,
                 follows=call.follows,
+                poll=call.poll,
             )
             self._unfinished.add(dispatch_id)
             if call.parent_id is not None:
@@ -725,10 +785,13 @@ class MemoryStore:
             return None
         return row
 
-    def _end(self, row: _Row, status: int, result: bytes, now: float) -> None:
+    def _end(
+        self, row: _Row, status: int, result: bytes, now: float, *, keep_failed_poll: bool = False
+    ) -> None:
         row.state = State.DONE
         row.status, row.result, row.finished_at = status, result, now
-        row.poll = b""
+        if not keep_failed_poll or status == Status.OK.value:
+            row.poll = b""
         row.unlease()
         self._unfinished.discard(row.dispatch_id)
 
