@@ -26,10 +26,14 @@ lapse (it would need a sweeper, and a dead process's slots would stay taken unti
 ran) and would add a write to every finish; over a limits row locked ``FOR UPDATE``
 because that row has to exist before the first claim (an upsert in every dispatch).
 Counting costs one read of a partial index that holds only the running limited calls
-(``{calls}_limited_running``). The window a claim reads tells of each candidate only
-whether it has limits (one column); their limits are read for those that do. A claim
-without limited candidates takes no lock and reads nothing more, and an unlimited call
-is in no index of its own.
+(``{calls}_limited_running``). Measured with ``bench/scheduler.py``'s no-op calls on
+this 2-core machine (shared, so within about 10%): calls carrying ``concurrency=64``
+(never reached) ran at 406 to 449 calls/s against 507 to 511 without (SQLite), and 435
+against 499 to 576 with 3 PostgreSQL processes: the lock, the count and the limits read
+per claim; with ``concurrency=8`` (always reached) 160 and 176 to 196 calls/s. The
+window a claim reads tells of each candidate only whether it has limits (one column);
+their limits are read for those that do. A claim without limited candidates takes no
+lock and reads nothing more, and an unlimited call is in no index of its own.
 
 A claim reads a bounded window of the oldest claimable calls (``claims``). When held
 calls fill it (a backlog of one rate-limited function, of one busy key), the claim reads
