@@ -2833,3 +2833,58 @@ def test_a_poll_child_with_a_known_key_follows_its_call_and_runs_nothing(
         assert await store.finish(leases[first], OK, b"charged", now=NOW)
 
     with_store(open_store, body)
+
+
+def test_postgres_workflows_racing_with_one_childs_key_make_one_call_to_run(
+    postgres_server: str,
+) -> None:
+    """Two processes suspend two workflows at once, each with a child of the same new
+    key: one child runs, the other follows it (the loser's transaction runs again and
+    finds the key), round after round."""
+    from dispatchlet.scheduler.store.postgres import PostgresStore
+
+    url = fresh_database(postgres_server)
+    rounds = 10
+
+    async def race() -> list[list[Call]]:
+        stores = await asyncio.gather(*(PostgresStore.open(url) for _ in range(2)))
+        try:
+            raced = []
+            for n in range(rounds):
+                await stores[0].dispatch([call("parent"), call("parent")], now=NOW + n)
+                claimed = await stores[0].claim(
+                    owner="s", now=NOW + n, limit=2, lease_seconds=LEASE
+                )
+                assert len(claimed) == 2
+                ids = await asyncio.gather(
+                    *(
+                        store.suspend(
+                            item.lease,
+                            POLL,
+                            [call("charge", correlation_id=1, key=f"charge-{n}")],
+                            min_results=1,
+                            max_results=1,
+                            until=NOW + 1000,
+                            now=NOW + n,
+                        )
+                        for store, item in zip(stores, claimed, strict=True)
+                    )
+                )
+                children = []
+                for made in ids:
+                    assert made is not None
+                    (child_id,) = made
+                    child = await stores[0].get(child_id)
+                    assert child is not None
+                    children.append(child)
+                raced.append(children)
+            return raced
+        finally:
+            for store in stores:
+                await store.close()
+
+    for n, children in enumerate(run(race())):
+        runs = [c for c in children if c.follows is None]
+        assert len(runs) == 1, (n, children)
+        (follower,) = [c for c in children if c.follows is not None]
+        assert follower.follows == runs[0].dispatch_id
