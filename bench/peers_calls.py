@@ -220,8 +220,8 @@ def postgres_rows(
             here = folder / f"pg{number}-counted"
             here.mkdir()
             with shared.database(server, f"bench_peers_{number}_counted") as url:
-                counter = FsyncCounter(here / "strace", peers.server_pids(url))
-                if counter.extra:
+                if peers.server_pids(url):  # a server on this machine
+                    counter = FsyncCounter(here / "strace", url)
                     run(here, url, processes, fsync_calls, cap, measured=counter)
                     figures[name]["fsyncs per call"] = counter.last / fsync_calls
     print("PostgreSQL: the endpoint floor", flush=True)

@@ -80,7 +80,7 @@ def server_pids(url: str) -> list[int]:
     if not stat.exists():
         return []
     postmaster = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-    return [postmaster, *children(postmaster)]
+    return [postmaster, *(pid for pid in children(postmaster) if pid != backend)]
 
 
 def children(pid: int) -> list[int]:
@@ -134,7 +134,12 @@ def fsyncs_of(pids: Sequence[int], folder: Path) -> Iterator[Fsyncs]:
         tracer = subprocess.Popen([*command, "-o", str(out)], stderr=errors)
     try:
         deadline = time.monotonic() + 30
-        while not all(f"Process {pid} attached" in log.read_text() for pid in pids):
+        # A process that ended meanwhile (a database connection's) is no matter.
+        while not all(
+            f"Process {pid} attached" in log.read_text()
+            or f"({pid}): No such process" in log.read_text()
+            for pid in pids
+        ):
             if tracer.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"strace did not attach to {list(pids)}:\n{log.read_text()}")
             time.sleep(0.02)
@@ -153,17 +158,19 @@ def fsyncs_of(pids: Sequence[int], folder: Path) -> Iterator[Fsyncs]:
 
 class FsyncCounter:
     """A ``Measured`` of bench/scheduler.py that counts the fsyncs of each run it wraps,
-    plus those of ``extra`` processes (a database server's)."""
+    plus those of the PostgreSQL server at ``server`` (all its processes as the run
+    begins, and those it starts meanwhile) when given."""
 
-    def __init__(self, folder: Path, extra: Sequence[int] = ()) -> None:
-        self.folder, self.extra = folder, list(extra)
+    def __init__(self, folder: Path, server: str | None = None) -> None:
+        self.folder, self.server = folder, server
         self.seen: list[Fsyncs] = []
 
     @contextmanager
     def __call__(self, pids: list[int]) -> Iterator[None]:
         folder = self.folder / f"strace-{len(self.seen)}"
         folder.mkdir(parents=True)
-        with fsyncs_of([*pids, *self.extra], folder) as found:
+        extra = server_pids(self.server) if self.server else []
+        with fsyncs_of([*pids, *extra], folder) as found:
             yield
         self.seen.append(found)
 
