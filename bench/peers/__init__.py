@@ -169,8 +169,10 @@ class FsyncCounter:
     def __call__(self, pids: list[int]) -> Iterator[None]:
         folder = self.folder / f"strace-{len(self.seen)}"
         folder.mkdir(parents=True)
-        extra = server_pids(self.server) if self.server else []
-        with fsyncs_of([*pids, *extra], folder) as found:
+        traced = [*pids, *(server_pids(self.server) if self.server else [])]
+        # With the processes they started: a command may be a wrapper of the real one.
+        traced += [child for pid in traced for child in children(pid) if child not in traced]
+        with fsyncs_of(traced, folder) as found:
             yield
         self.seen.append(found)
 
@@ -199,7 +201,8 @@ def table(title: str, columns: Sequence[tuple[str, str]], rows: Sequence[Row]) -
     latency or a count)."""
     by_label = {row.label: row for row in rows}
     width = max(len(row.label) for row in rows) + 2
-    lines = [title, f"{'':<{width}}" + "".join(f"{head:>20}" for _, head in columns)]
+    cell = max(20, *(len(head) + 2 for _, head in columns))
+    lines = [title, f"{'':<{width}}" + "".join(f"{head:>{cell}}" for _, head in columns)]
     for row in rows:
         cells = []
         for key, _ in columns:
@@ -208,7 +211,7 @@ def table(title: str, columns: Sequence[tuple[str, str]], rows: Sequence[Row]) -
             ours = by_label[row.versus].figures.get(key) if row.versus else None
             if value and ours is not None:
                 text += f" ({ours / value:.2f}x)"
-            cells.append(f"{text:>20}")
+            cells.append(f"{text:>{cell}}")
         lines.append(f"{row.label:<{width}}" + "".join(cells))
     lines.append("(Nx): dispatchlet's figure over this one's, against the row " + (
         ", ".join(sorted({f"'{row.versus}'" for row in rows if row.versus})) or "-"

@@ -5,8 +5,8 @@
 #     sh bench/peers/install_restate.sh [FOLDER]
 #
 # FOLDER defaults to $RESTATE_CACHE, else ~/.cache/dispatchlet-bench/restate. Prints the
-# path of the restate-server command; the bench finds it there on its own (or pass it
-# with --restate-server).
+# path of the platform's restate-server binary; the bench finds it there on its own (or
+# pass it with --restate-server).
 set -eu
 VERSION="${RESTATE_VERSION:-1.7}"
 FOLDER="${1:-${RESTATE_CACHE:-$HOME/.cache/dispatchlet-bench/restate}}"
@@ -14,4 +14,4 @@ command -v npm >/dev/null || { echo "npm is needed (Debian: apt-get install npm)
 mkdir -p "$FOLDER"
 npm install --prefix "$FOLDER" --no-save --no-audit --no-fund \
     "@restatedev/restate-server@$VERSION" >&2
-echo "$FOLDER/node_modules/.bin/restate-server"
+ls "$FOLDER"/node_modules/@restatedev/restate-server-*/bin/restate-server
