@@ -73,13 +73,13 @@ def server_pids(url: str) -> list[int]:
     on this machine; none when it cannot be told."""
     import psycopg
 
-    with psycopg.connect(url) as db:
+    with psycopg.connect(url) as db:  # read while this connection's backend lives
         row = db.execute("SELECT pg_backend_pid()").fetchone()
-    backend = int(row[0]) if row else 0
-    stat = Path(f"/proc/{backend}/stat")
-    if not stat.exists():
-        return []
-    postmaster = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        backend = int(row[0]) if row else 0
+        try:
+            postmaster = int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return []
     return [postmaster, *(pid for pid in children(postmaster) if pid != backend)]
 
 
