@@ -100,7 +100,8 @@ def dbos_run(
     folder: Path, url: str, calls: int, singles: int, measured: Any = shared.unmeasured
 ) -> dict[str, float]:
     """DBOS Transact's throughput and latency on the system database at ``url``."""
-    from dbos import DBOSClient
+    # Installed by the bench extra only.
+    from dbos import DBOSClient  # type: ignore[import-not-found, unused-ignore]
 
     (folder / "bench_dbos.py").write_text(DBOS_APP)
     starts_log = folder / "starts-dbos.log"
@@ -146,7 +147,10 @@ def procrastinate_run(
 ) -> float:
     """Jobs per second with ``processes`` procrastinate workers on the database at ``url``."""
     del cap  # its jobs run in its own processes: no endpoint to protect
-    from procrastinate import App, PsycopgConnector
+    from procrastinate import (  # type: ignore[import-not-found, unused-ignore]
+        App,
+        PsycopgConnector,
+    )
 
     (folder / "bench_proc.py").write_text(PROCRASTINATE_APP)
     env = {**os.environ, "BENCH_DSN": url}
@@ -161,11 +165,13 @@ def procrastinate_run(
             stack.enter_context(shared.process(worker, env, log_folder, r"consuming", pids))
         stack.enter_context(app.open())
         time.sleep(1.0)  # the workers start listening
-        noop = app.configure_task("noop")
+        noop: Any = app.configure_task("noop")
         with measured(pids):
             began = time.perf_counter()
             for first in range(0, calls, shared.BATCH):
-                noop.batch_defer(*({"n": n} for n in range(first, min(calls, first + shared.BATCH))))
+                noop.batch_defer(
+                    *({"n": n} for n in range(first, min(calls, first + shared.BATCH)))
+                )
             query = "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"
             shared.wait_until_empty(url, query, folder)
             return calls / (time.perf_counter() - began)
@@ -193,14 +199,11 @@ def sqlite_rows(folder: Path, calls: int, singles: int, fsync_calls: int) -> lis
             run(here, fsync_calls, 0, counter)
             figures[name]["fsyncs per call"] = counter.last / fsync_calls
     return [
-        Row(name, figures[name], None if name == "dispatchlet" else "dispatchlet")
-        for name in runs
+        Row(name, figures[name], None if name == "dispatchlet" else "dispatchlet") for name in runs
     ]
 
 
-def postgres_rows(
-    folder: Path, server: str, calls: int, cap: int, fsync_calls: int
-) -> list[Row]:
+def postgres_rows(folder: Path, server: str, calls: int, cap: int, fsync_calls: int) -> list[Row]:
     one, three = "dispatchlet, 1 process", "dispatchlet, 3 processes"
     # Each: (run, processes); a run is called (folder, url, processes, calls, cap).
     runs = {
@@ -263,9 +266,7 @@ def main() -> None:
         if args.only in (None, "postgres"):
             (folder / "postgres").mkdir()
             with peers.postgres(args.database_url) as server:
-                rows = postgres_rows(
-                    folder / "postgres", server, args.calls, args.cap, fsync_calls
-                )
+                rows = postgres_rows(folder / "postgres", server, args.calls, args.cap, fsync_calls)
             report(
                 f"Background calls, PostgreSQL, no-op work, at most {args.cap} in flight",
                 [columns[0], columns[2]],

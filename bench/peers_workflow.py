@@ -240,7 +240,9 @@ def dispatchlet_system(folder: Path, database_url: str | None) -> Iterator[tuple
                 info = self.client.wait(self.client.dispatch([call])[0])
                 if info.status is None or info.status.name != "OK":
                     raise RuntimeError(f"three({x}) did not end OK: {info}")
-                return int(info.output)
+                if not isinstance(info.output, int):
+                    raise RuntimeError(f"three({x}) returned {info.output!r}")
+                return info.output
 
             def close(self) -> None:
                 self.client.close()

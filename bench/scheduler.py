@@ -75,6 +75,7 @@ Measured = Callable[[list[int]], AbstractContextManager[object]]
 def unmeasured(pids: list[int]) -> AbstractContextManager[object]:
     return nullcontext()
 
+
 ENDPOINT_APP = """
 import os, time
 from dispatchlet import Endpoint
@@ -234,9 +235,7 @@ def dispatchlet_run(
             began = time.perf_counter()
             ids: list[str] = []
             for first in range(0, calls, BATCH):
-                ids += client.dispatch(
-                    [call(n) for n in range(first, min(calls, first + BATCH))]
-                )
+                ids += client.dispatch([call(n) for n in range(first, min(calls, first + BATCH))])
             for dispatch_id in ids:
                 client.wait(dispatch_id)
             results["throughput"] = calls / (time.perf_counter() - began)

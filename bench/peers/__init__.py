@@ -213,9 +213,10 @@ def table(title: str, columns: Sequence[tuple[str, str]], rows: Sequence[Row]) -
                 text += f" ({ours / value:.2f}x)"
             cells.append(f"{text:>{cell}}")
         lines.append(f"{row.label:<{width}}" + "".join(cells))
-    lines.append("(Nx): dispatchlet's figure over this one's, against the row " + (
-        ", ".join(sorted({f"'{row.versus}'" for row in rows if row.versus})) or "-"
-    ))
+    lines.append(
+        "(Nx): dispatchlet's figure over this one's, against the row "
+        + (", ".join(sorted({f"'{row.versus}'" for row in rows if row.versus})) or "-")
+    )
     return "\n".join(lines)
 
 
