@@ -150,10 +150,18 @@ def fsyncs_of(pids: Sequence[int], folder: Path) -> Iterator[Fsyncs]:
             tracer.wait(timeout=30)
         except subprocess.TimeoutExpired:
             tracer.kill()
-    for line in out.read_text().splitlines() if out.exists() else []:
+    found.by_call.update(summary_calls(out.read_text() if out.exists() else ""))
+
+
+def summary_calls(summary: str) -> dict[str, int]:
+    """The calls of each fsync-like syscall in ``strace -c``'s summary (its columns: %
+    time, seconds, usecs/call, calls, errors when any, syscall)."""
+    found = {}
+    for line in summary.splitlines():
         fields = line.split()
-        if fields and fields[-1] in SYNCS and re.fullmatch(r"\d+", fields[3]):
-            found.by_call[fields[-1]] = int(fields[3])
+        if len(fields) >= 5 and fields[-1] in SYNCS and re.fullmatch(r"\d+", fields[3]):
+            found[fields[-1]] = int(fields[3])
+    return found
 
 
 class FsyncCounter:
@@ -213,10 +221,15 @@ def table(title: str, columns: Sequence[tuple[str, str]], rows: Sequence[Row]) -
                 text += f" ({ours / value:.2f}x)"
             cells.append(f"{text:>{cell}}")
         lines.append(f"{row.label:<{width}}" + "".join(cells))
-    lines.append(
-        "(Nx): dispatchlet's figure over this one's, against the row "
-        + (", ".join(sorted({f"'{row.versus}'" for row in rows if row.versus})) or "-")
-    )
+    against: dict[str, list[str]] = {}
+    for row in rows:
+        if row.versus:
+            against.setdefault(row.versus, []).append(row.label)
+    if against:
+        lines.append(
+            "(Nx): dispatchlet's figure over the row's; "
+            + "; ".join(f"{', '.join(labels)}: against {ours}" for ours, labels in against.items())
+        )
     return "\n".join(lines)
 
 
