@@ -83,8 +83,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        answer = json.dumps(three(json.loads(body))).encode()
-        self.send_response(200)
+        try:
+            answer, status = json.dumps(three(json.loads(body))).encode(), 200
+        except Exception as exc:  # told to the bench, which stops on it
+            answer, status = repr(exc).encode(), 500
+        self.send_response(status)
         self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
         self.wfile.write(answer)
@@ -95,6 +98,7 @@ class Handler(BaseHTTPRequestHandler):
 
 if __name__ == "__main__":
     DBOS.launch()
+    ThreadingHTTPServer.request_queue_size = 128  # 50 clients connect at once
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
