@@ -1,5 +1,5 @@
 """``dispatchlet dispatch`` (start a call through the scheduler) and ``dispatchlet calls``
-(list, show, wait for, cancel, retry and re-run the calls it holds)."""
+(list, show, wait for, cancel, retry, re-run the calls it holds, send messages to them)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import TypeVar
 from ..client import CallInfo, Client, ClientError
 from ..core.call_options import key_problem, set_call_options
 from ..core.endpoint import ENDPOINT_URL_ENV
+from ..core.messages import topic_problem
 from ..core.status import Status
 from ..core.values import EncodeError, to_any
 from ..proto.dispatch.sdk.v1 import call_pb2
@@ -67,6 +68,15 @@ What became of the calls the scheduler holds.
   rerun   run a done call again: a new call with the same function, endpoint and
           input, whose "re-run of" names the old one; prints its dispatch id. A call
           not done is refused: cancel it first.
+  send    send a message to a running workflow: `calls send ID TOPIC VALUE`, VALUE
+          read as INPUT is (JSON when it parses, else a string; --string: always a
+          string), for its receive(TOPIC); kept in order until received. An
+          unknown or done call is an error.
+  resume  resume a failed workflow from where it failed: a new call, whose "re-run
+          of" names the old one, that starts from its journal, so that the steps
+          that finished are not run again and the failed one is tried anew; prints
+          its dispatch id (and, on stderr, how many steps it kept and runs again).
+          A call not done, done OK, or that is not a workflow is refused.
   purge   delete the finished call trees whose root finished longer ago than
           --older-than (30d, 12h, ...), only those whose root ended with --status
           if given; prints how many calls were deleted.
@@ -112,7 +122,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
     calls = commands.add_parser(
         "calls",
-        help="list, show, wait for, cancel, retry, re-run or purge calls",
+        help="list, show, wait for, cancel, retry, re-run, send a message to or purge calls",
         description=_CALLS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -166,6 +176,12 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="only trees whose root ended so: OK, PERMANENT_ERROR, ..., or failed (any but OK)",
     )
     purging.set_defaults(handler=run_purge)
+    sending = actions.add_parser("send", help="send a message to a workflow's receive(TOPIC)")
+    sending.add_argument("dispatch_id", metavar="ID")
+    sending.add_argument("topic", metavar="TOPIC", type=message_topic)
+    sending.add_argument("value", metavar="VALUE", nargs="?")
+    sending.add_argument("--string", action="store_true", help="send VALUE as a string")
+    sending.set_defaults(handler=run_send)
     for name, help_text, handler in (
         (
             "show",
@@ -176,6 +192,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         ("cancel", "end a call and its unfinished descendants", run_cancel),
         ("retry", "start a call's next attempt now, not after its backoff", run_retry),
         ("rerun", "run a done call again, as a new call linked to it", run_rerun),
+        ("resume", "resume a failed workflow from its failed step", run_resume),
     ):
         action = actions.add_parser(name, help=help_text)
         action.add_argument("dispatch_id", metavar="ID")
@@ -202,6 +219,13 @@ def status_filter(text: str) -> str:
 
 def idempotency_key(text: str) -> str:
     problem = key_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{problem}")
+    return text
+
+
+def message_topic(text: str) -> str:
+    problem = topic_problem(text)
     if problem is not None:
         raise argparse.ArgumentTypeError(f"{problem}")
     return text
@@ -353,6 +377,30 @@ def run_retry(args: argparse.Namespace) -> int:
 def run_rerun(args: argparse.Namespace) -> int:
     with client() as scheduler:
         print(_checked(lambda: scheduler.rerun(args.dispatch_id)))
+    return EXIT_OK
+
+
+def run_send(args: argparse.Namespace) -> int:
+    value = None
+    if args.value is not None:
+        value = args.value if args.string else parse_input(args.value)
+    with client() as scheduler:
+        try:
+            delivered = _checked(lambda: scheduler.send(args.dispatch_id, args.topic, value))
+        except EncodeError as exc:
+            raise CommandError(f"cannot send VALUE: {exc}") from None
+    print("received" if delivered else "kept until the workflow receives it")
+    return EXIT_OK
+
+
+def run_resume(args: argparse.Namespace) -> int:
+    with client() as scheduler:
+        resumed = _checked(lambda: scheduler.resume(args.dispatch_id))
+    print(resumed)
+    print(
+        f"resumed with {resumed.steps_kept} step(s) kept, {resumed.steps_retried} to run again",
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 

@@ -1,7 +1,7 @@
 """The scheduler's HTTP API (aiohttp): ``DispatchService/Dispatch`` and the project's
-``CallService`` (Get, Wait, List, Cancel, Retry, Rerun, Overview), Connect unary in
-``application/proto`` and ``application/json``, with ``Authorization: Bearer <api
-key>``; ``/healthz``.
+``CallService`` (Get, Wait, List, Cancel, Retry, Rerun, Resume, Overview, Purge, Send),
+Connect unary in ``application/proto`` and ``application/json``, with
+``Authorization: Bearer <api key>``; ``/healthz``.
 
 Errors are Connect errors (``{"code", "message"}`` with the HTTP status of the code).
 A Dispatch is validated whole before anything is stored: a bad call is a 400 naming its
@@ -34,11 +34,13 @@ from ..core.errors import (
     InvalidArgument,
     MethodNotAllowed,
     NotFound,
+    PermissionDenied,
     TemporaryError,
     Unauthenticated,
     refuses,
 )
 from ..core.http import Response
+from ..core.messages import topic_problem
 from ..core.proto_json import message_to_json
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2, error_pb2, poll_pb2
@@ -46,8 +48,10 @@ from ..proto.dispatchlet.scheduler.v1 import calls_pb2, options_pb2
 from .call_answer import CallAnswer, CallResponse, add_result
 from .calls import call_problem, duration_seconds, oversized_input, timestamp
 from .engine import Engine
+from .host_check import host_allowed, refusal
 from .metrics import CONTENT_TYPE
 from .overview import Recent, overview_message
+from .resume import resumed_poll
 from .retention import Retention, purge
 from .settings import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_INPUT_SIZE, METRICS_KEY_ENV
 from .store import (
@@ -56,6 +60,7 @@ from .store import (
     Call,
     NewCall,
     RequestId,
+    Sent,
     State,
     Store,
     unavailable,
@@ -112,6 +117,7 @@ class Api:
         metrics_public: bool = False,
         dashboard: bool = True,
         retention: Retention | None = None,
+        allowed_hosts: Sequence[str] = (),
     ) -> None:
         # Its operations timed into the engine's metrics.
         self.store = engine.metrics.timed(store)
@@ -131,9 +137,13 @@ class Api:
         self.dashboard = dashboard
         self.retention = retention
         """The background deletion, if any: a Purge's deletions are counted with its."""
+        self.allowed_hosts = tuple(allowed_hosts)
+        """Names an insecure scheduler answers beside IP addresses and localhost."""
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.max_body_size)
+        # Open to anyone who reaches it, so not to pages of other sites rebound to it.
+        guards = [self.host_guard] if self.insecure else []
+        app = web.Application(client_max_size=self.max_body_size, middlewares=guards)
         app.router.add_get(_lenient("/healthz"), self.healthz)
         app.router.add_get(_lenient("/metrics"), self.metrics)
         # Read as dispatch.sdk.v1.DispatchRequest with each call's options (field 1000).
@@ -147,17 +157,32 @@ class Api:
             ("Retry", self.retry, calls_pb2.RetryRequest),
             ("Overview", self.overview, calls_pb2.OverviewRequest),
             ("Purge", self.purge, calls_pb2.PurgeRequest),
+            ("Send", self.send, calls_pb2.SendRequest),
         ):
             app.router.add_route("*", _lenient(CALLS_PATH + name), self.rpc(handler, kind))
         # Given its headers: its request id (``Idempotency-Key``), as Dispatch.
         rerun = self.rpc(self.rerun, calls_pb2.RerunRequest, headers=True)
         app.router.add_route("*", _lenient(CALLS_PATH + "Rerun"), rerun)
+        resume = self.rpc(self.resume, calls_pb2.ResumeRequest, headers=True)
+        app.router.add_route("*", _lenient(CALLS_PATH + "Resume"), resume)
         if self.dashboard:
             # Imported only then: --no-dashboard loads no template engine.
             from .dashboard import Dashboard
 
             Dashboard(self).mount(app)
         return app
+
+    @web.middleware
+    async def host_guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Requests whose ``Host`` an insecure scheduler does not answer: 403
+        (``host_check.py``)."""
+        header = request.headers.get("Host")
+        # A health check (a load balancer's, by any name) learns nothing a page could use.
+        if request.path == "/healthz" or host_allowed(header, self.allowed_hosts):
+            return await handler(request)
+        return _web(http_error_response(PermissionDenied(refusal(header))))
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -452,6 +477,36 @@ class Api:
             self.engine.wake()
         return calls_pb2.RetryResponse(brought_forward=brought)
 
+    async def send(self, request: calls_pb2.SendRequest) -> calls_pb2.SendResponse:
+        """Deliver a message to a call's receive on a topic, or keep it for the next one
+        (``core.messages``). An unknown call is not found, a done one a failed
+        precondition: the sender learns that no workflow will receive it."""
+        if not request.dispatch_id:
+            raise InvalidArgument("missing dispatch_id")
+        problem = topic_problem(request.topic)
+        if problem is not None:
+            raise InvalidArgument(f"invalid topic: {problem}")
+        result = call_pb2.CallResult()
+        if request.HasField("value"):
+            result.output.CopyFrom(request.value)
+        data = result.SerializeToString()
+        size = len(data)
+        if size > self.max_input_size:
+            raise InvalidArgument(
+                f"message of {size} bytes, larger than the scheduler's limit of "
+                f"{self.max_input_size} bytes"
+            )
+        sent = await self.store.send(request.dispatch_id, request.topic, data, now=self.clock())
+        if sent is Sent.UNKNOWN:
+            raise NotFound(f"no call {request.dispatch_id[:100]!r}")
+        if sent is Sent.DONE:
+            raise FailedPrecondition(
+                f"the call {request.dispatch_id[:100]!r} is done: no receive will take the message"
+            )
+        if sent is Sent.DELIVERED:
+            self.engine.wake()  # its workflow may be ready to resume
+        return calls_pb2.SendResponse(delivered=sent is Sent.DELIVERED)
+
     async def rerun(
         self, request: calls_pb2.RerunRequest, headers: Mapping[str, str]
     ) -> calls_pb2.RerunResponse:
@@ -465,6 +520,11 @@ class Api:
             raise FailedPrecondition(
                 f"the call is {found.state.value}: only a done call can be re-run; "
                 "cancel it first to run it again now"
+            )
+        if found.topic is not None:
+            raise FailedPrecondition(
+                "the call is a workflow's receive, which no function runs: re-run the "
+                "workflow instead"
             )
         now = self.clock()
         again = NewCall(
@@ -481,6 +541,44 @@ class Api:
         )
         self.engine.wake()
         return calls_pb2.RerunResponse(dispatch_id=new_id)
+
+    async def resume(
+        self, request: calls_pb2.ResumeRequest, headers: Mapping[str, str]
+    ) -> calls_pb2.ResumeResponse:
+        """A new root call that resumes the failed workflow from its journal
+        (``resume.py``): the steps that finished OK are kept, the failed one (and any
+        unfinished) is made anew. Its ``rerun_of`` names the old call, which is left as
+        it is; it is given as long as the old one was. A call not done, done OK, or with
+        no journal kept is refused. Idempotent with a request id, as Rerun."""
+        found = await self._found(request.dispatch_id)
+        if not found.done:
+            raise FailedPrecondition(
+                f"the call is {found.state.value}: only a failed workflow can be resumed"
+            )
+        if found.status == Status.OK.value:
+            raise FailedPrecondition(
+                "the call ended OK: only a failed workflow can be resumed; re-run it to run "
+                "it again"
+            )
+        resumed = resumed_poll(found.poll, await self.store.children(found.dispatch_id))
+        now = self.clock()
+        again = NewCall(
+            function=found.function,
+            endpoint=found.endpoint,
+            input=found.input,
+            expires_at=now + (found.expires_at - found.created_at),
+            version=found.version,
+            correlation_id=found.correlation_id,
+            rerun_of=found.dispatch_id,
+            poll=resumed.poll,
+        )
+        (new_id,) = await self.store.dispatch(
+            [again], now=now, request=_request_id(headers, request)
+        )
+        self.engine.wake()
+        return calls_pb2.ResumeResponse(
+            dispatch_id=new_id, steps_kept=resumed.kept, steps_retried=resumed.retried
+        )
 
     async def overview(self, request: calls_pb2.OverviewRequest) -> calls_pb2.OverviewResponse:
         """The calls finished in the last hour (read at most every few seconds) and the

@@ -25,7 +25,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..core.call_options import call_options
 from ..core.errors import STEP_MISMATCH
+from ..core.messages import RECEIVE_TIMEOUT, topic_problem
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, error_pb2, poll_pb2
 from .calls import (
@@ -127,7 +129,15 @@ class Run:
 
 def before_attempt(call: Call, limits: Limits, now: float) -> Run | Finish:
     """Whether a claimed call is run, and for how long: an expired one ends TIMEOUT, one
-    whose earlier attempts used up ``max_attempts`` without recording an outcome ends."""
+    whose earlier attempts used up ``max_attempts`` without recording an outcome ends.
+    A receive is never run: claimed, its time passed with no message, it ends TIMEOUT."""
+    if call.topic is not None:
+        timeout = Outcome(
+            Status.TIMEOUT,
+            error_type=RECEIVE_TIMEOUT,
+            message=f"no message on the topic {call.topic!r} before the receive's timeout",
+        )
+        return Finish(Status.TIMEOUT, error_result(timeout))
     if now >= call.expires_at:
         expired = Outcome(Status.TIMEOUT, error_type="DeadlineExceeded", message="the call expired")
         return Finish(Status.TIMEOUT, call.result or error_result(expired))
@@ -250,6 +260,9 @@ def suspension(call: Call, poll: poll_pb2.Poll, limits: Limits, now: float) -> S
         )
         if problem is not None:
             return invalid("InvalidPoll", f"call {index}: {problem}")
+        topic = call_options(child).receive_topic or None
+        if topic is not None and (problem := topic_problem(topic)) is not None:
+            return invalid("InvalidPoll", f"call {index}: {problem}")
         expires_at = call.expires_at
         if child.HasField("expiration"):
             lifetime = duration_seconds(child.expiration)
@@ -262,6 +275,7 @@ def suspension(call: Call, poll: poll_pb2.Poll, limits: Limits, now: float) -> S
                 expires_at=expires_at,
                 version=child.version,
                 correlation_id=child.correlation_id,
+                topic=topic,
             )
         )
     state = poll_pb2.Poll()

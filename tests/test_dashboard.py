@@ -547,3 +547,130 @@ def test_the_calls_page_filters_by_creation_time_in_utc(tmp_path: Path) -> None:
         assert "created_from &#39;tomorrow&#39; is not a time" in text
 
     scenario(tmp_path, body, running=False)
+
+
+def test_the_call_page_shows_receives_and_sends_a_message_with_its_form(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from dispatchlet import Endpoint, receive
+    from dispatchlet.core import values
+    from dispatchlet.proto.dispatch.sdk.v1 import call_pb2
+    from dispatchlet.scheduler.http_caller import Outcome
+
+    workflows = Endpoint(insecure=True)
+
+    @workflows.function
+    async def review(order: str) -> list[object]:
+        try:
+            first = await receive("first", timeout=timedelta(seconds=1))
+        except TimeoutError:
+            first = "timed out"
+        decision = await receive("approval")
+        await receive("close")
+        return [order, first, decision]
+
+    def run(endpoint: str, request: Any) -> Outcome:
+        return Outcome(Status.OK, workflows.run(request))
+
+    async def waiting_on(h: Harness, parent: str, topic: str) -> None:
+        deadline = asyncio.get_running_loop().time() + 30
+        while asyncio.get_running_loop().time() < deadline:
+            for child in await h.store.list(parent_id=parent):
+                if child.topic == topic and not child.done:
+                    return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"{parent} never waited on {topic!r}")
+
+    async def body(h: Harness) -> None:
+        token, csrf = await log_in(h)
+        (workflow,) = await h.dispatch(call("review", "o-17"))
+        await waiting_on(h, workflow, "approval")
+        _, page, _ = await get(h, f"/calls/{workflow}", cookie=token)
+        steps = re.findall(r'<span class="kind">(\w+)</span> <span class="fn">(\w+)</span> '
+                           r'<span class="badge step-[\w-]+">([\w ]+)</span>', page)  # fmt: skip
+        assert steps == [("receive", "first", "timed out"), ("receive", "approval", "waiting")]
+        assert f'action="/calls/{workflow}/send"' in page
+        path = f"/calls/{workflow}/send"
+        message = {"topic": "approval", "value": '{"ok": true}'}
+        # A form of another site, or without the session's token, sends nothing.
+        assert (await post(h, path, message, cookie=token))[0] == 403
+        other = "http://evil.example"
+        assert (await post(h, path, {**message, "csrf": csrf}, cookie=token, origin=other))[
+            0
+        ] == 403
+        status, _, _ = await post(h, path, {**message, "csrf": csrf}, cookie=token)
+        assert status == 303
+        await waiting_on(h, workflow, "close")
+        _, page, _ = await get(h, f"/calls/{workflow}?done=sent", cookie=token)
+        assert "Message sent: a waiting receive got it." in page
+        assert '<span class="fn">approval</span> <span class="badge step-received">' in page
+        received = page.split('<span class="fn">approval</span>', 1)[1].split("</li>", 1)[0]
+        assert "&#34;ok&#34;: true" in received, received
+        # A bad topic is refused with the reason.
+        status, page, _ = await post(h, path, {"topic": "", "csrf": csrf}, cookie=token)
+        assert status == 400
+        assert "invalid topic: an empty topic" in page
+        status, _, _ = await post(h, path, {"topic": "close", "csrf": csrf}, cookie=token)
+        assert status == 303
+        done = await h.done(workflow)
+        output = call_pb2.CallResult.FromString(done.result).output
+        assert values.from_any(output) == ["o-17", "timed out", {"ok": True}]
+        # A done call offers no form.
+        _, page, _ = await get(h, f"/calls/{workflow}", cookie=token)
+        assert "/send" not in page
+
+    async def scenario_run() -> None:
+        async with harness(tmp_path, run) as h:
+            await body(h)
+
+    asyncio.run(scenario_run())
+
+
+def test_a_failed_workflow_offers_resume_which_runs_it_on_from_its_failed_step(
+    tmp_path: Path,
+) -> None:
+    from test_resume import Workflows
+
+    app = Workflows()
+
+    async def body() -> None:
+        async with harness(tmp_path, app.answer) as h:
+            token, csrf = await log_in(h)
+            failed, plain = await h.dispatch(call("four_steps", 1), call("plain", 1))
+            for dispatch_id in (failed, plain):
+                await h.done(dispatch_id)
+            # Offered for the failed workflow, not for a call with no journal.
+            _, page, _ = await get(h, f"/calls/{failed}", cookie=token)
+            assert f'action="/calls/{failed}/resume"' in page
+            assert ">Resume</button>" in page
+            _, page, _ = await get(h, f"/calls/{plain}", cookie=token)
+            assert "/resume" not in page
+            # A form post needs the session's token, as every action.
+            path = f"/calls/{failed}/resume"
+            assert (await post(h, path, {}, cookie=token))[0] == 403
+            assert await h.store.list(rerun_of=failed) == []
+
+            app.broken = False
+            h.session.cookie_jar.clear()
+            async with h.session.post(
+                h.url + path,
+                data={"csrf": csrf},
+                headers={"Origin": h.url, "Cookie": f"{session.COOKIE}={token}"},
+                allow_redirects=False,
+            ) as answer:
+                assert answer.status == 303
+                location = answer.headers["Location"]
+            (resumed,) = await h.store.list(rerun_of=failed)
+            assert location == f"/calls/{resumed.dispatch_id}?done=resume"
+            done = await h.done(resumed.dispatch_id)
+            assert done.status == Status.OK.value
+            assert dict(app.runs) == {1: 1, 2: 1, 3: 2, 4: 1}
+            _, page, _ = await get(h, location, cookie=token)
+            assert "Resumed from where it failed." in page
+            assert "/resume" not in page  # it ended OK: nothing to resume
+            # A call that cannot be resumed is refused with a clear page.
+            status, text, _ = await post(h, f"/calls/{plain}/resume", {"csrf": csrf}, cookie=token)
+            assert status == 400
+            assert "kept no workflow journal" in text
+
+    asyncio.run(body())

@@ -494,3 +494,52 @@ def test_a_poll_beyond_a_bound_of_its_tree_ends_the_call_naming_the_bound() -> N
         "a Poll of 2 calls would make its call tree 100001 calls below its root (99999 "
         "already): at most 100000 (--max-descendants)",
     )
+
+
+# --- receives (``core.messages``) ------------------------------------------------------
+
+
+def receiving(topic: str, correlation_id: int, **fields: Any) -> call_pb2.Call:
+    from dispatchlet.core.call_options import set_call_options
+    from dispatchlet.proto.dispatchlet.scheduler.v1 import options_pb2
+
+    made = child("dispatchlet.receive", correlation_id=correlation_id, **fields)
+    set_call_options(made, options_pb2.CallOptions(receive_topic=topic))
+    return made
+
+
+def test_a_polls_receive_is_a_child_marked_with_its_topic_and_timeout() -> None:
+    poll = poll_pb2.Poll(
+        min_results=1,
+        max_results=2,
+        calls=[receiving("approval", 1, expiration={"seconds": 30}), child("a", correlation_id=2)],
+    )
+    decision = decide(poll_answer(poll))
+    assert isinstance(decision, Suspend)
+    assert decision.children == (
+        NewCall("dispatchlet.receive", ENDPOINT, b"", NOW + 30, "", 1, topic="approval"),
+        NewCall("a", ENDPOINT, b"", NOW + 3600, "", 2),
+    )
+
+
+def test_a_receive_with_a_bad_topic_is_an_invalid_poll() -> None:
+    poll = poll_pb2.Poll(min_results=1, max_results=1, calls=[receiving("bad\ttopic", 1)])
+    decision = decide(poll_answer(poll))
+    assert isinstance(decision, Finish)
+    assert decision.status is Status.INVALID_RESPONSE
+    assert decision.instead is not None
+    assert "call 0: a topic with a control character" in decision.instead.message
+
+
+def test_a_receive_is_never_run_claimed_it_ends_timed_out() -> None:
+    # Claimed once its timeout passed, or early (a clock behind the database's): either
+    # way no endpoint is called.
+    for expires_at in (NOW - 1, NOW + 60):
+        plan = before_attempt(stored(topic="approval", expires_at=expires_at), LIMITS, NOW)
+        assert isinstance(plan, Finish)
+        assert plan.status is Status.TIMEOUT
+        error = call_pb2.CallResult.FromString(plan.result).error
+        assert (error.type, error.message) == (
+            "TimeoutError",
+            "no message on the topic 'approval' before the receive's timeout",
+        )

@@ -72,8 +72,17 @@ ACTIONS = (
         "rerun",
         "Re-run",
         "RerunRequest",
-        lambda call: call.done,
+        lambda call: call.done and call.topic is None,  # a receive runs no function
         "Dispatched again.",
+        headers=True,
+    ),
+    # A failed workflow that kept its journal: a new call from its failed step on.
+    Action(
+        "resume",
+        "Resume",
+        "ResumeRequest",
+        lambda call: call.done and call.status != Status.OK.value and bool(call.poll),
+        "Resumed from where it failed.",
         headers=True,
     ),
 )

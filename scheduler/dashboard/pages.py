@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from ...core.errors import InvalidArgument, refuses
 from ..store import COUNT_CAP, State, unavailable
 from . import session, views
 from .actions import ACTIONS, Action, offered
+from .login_limits import FailedLogins
 from .overview import Overview, queue_overview
 
 if TYPE_CHECKING:
@@ -72,6 +74,7 @@ class Dashboard:
     ) -> None:
         self.api = api
         self.actions = actions
+        self.failed_logins = FailedLogins()
         self.overview = overview or queue_overview
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader(__package__ or __name__, "templates"),
@@ -92,6 +95,9 @@ class Dashboard:
         app.router.add_get("/", self.page(self.calls))
         app.router.add_get("/fragments/calls", self.page(self.calls_fragment, fragment=True))
         app.router.add_get("/calls/{dispatch_id}", self.page(self.call))
+        # Before the actions' route, which would take "send" for an action's name.
+        send = self.page(self.send_message, form=True)
+        app.router.add_post("/calls/{dispatch_id}/send", send)
         app.router.add_post("/calls/{dispatch_id}/{action}", self.page(self.act, form=True))
         app.router.add_get("/overview", self.page(self.show_overview))
         app.router.add_get("/login", self.login_form)
@@ -238,7 +244,8 @@ class Dashboard:
             path=request.path,
             page=shown,
             actions=[a for a in offered(self.actions, self.api) if a.when(call)],
-            done=next((a.done for a in self.actions if a.name == done), ""),
+            done=next((a.done for a in self.actions if a.name == done), SENT.get(done, "")),
+            can_send=not call.done and hasattr(self.api, "send"),
         )
 
     async def found(self, request: web.Request) -> Any:
@@ -257,6 +264,20 @@ class Dashboard:
         target = await action.run(self.api, call.dispatch_id) or call.dispatch_id
         query = urllib.parse.urlencode({"done": action.name})
         raise web.HTTPSeeOther(f"{call_url(target)}?{query}")
+
+    async def send_message(self, request: web.Request, viewer: Viewer) -> web.StreamResponse:
+        """Send the form's message (``CallService.Send``) to the call, for a receive of
+        its workflow: the value as JSON when it parses, else as a string."""
+        from ...proto.dispatchlet.scheduler.v1 import calls_pb2
+
+        call = await self.found(request)
+        form = await request.post()
+        topic = str(form.get("topic", ""))
+        value = views.message_value(str(form.get("value", "")))
+        message = calls_pb2.SendRequest(dispatch_id=call.dispatch_id, topic=topic, value=value)
+        sent = await self.api.send(message)
+        query = urllib.parse.urlencode({"done": "sent" if sent.delivered else "kept"})
+        raise web.HTTPSeeOther(f"{call_url(call.dispatch_id)}?{query}")
 
     # --- the overview ------------------------------------------------------------------
 
@@ -285,10 +306,21 @@ class Dashboard:
         if not self.api.api_keys:
             problem = "The scheduler has no API key configured (DISPATCH_API_KEY)."
             return self.render(None, "login.html", 401, next=target, problem=problem)
+        address = request.remote or ""
+        now = self.api.clock()
+        wait = self.failed_logins.wait(address, now)
+        if wait > 0:
+            problem = f"Too many wrong keys from this address: try again in {views.duration(wait)}."
+            response = self.render(None, "login.html", 429, next=target, problem=problem)
+            response.headers["Retry-After"] = str(math.ceil(wait))
+            return response
         key = session.key_matches(str(form.get("key", "")), self.api.api_keys)
         if key is None:
+            self.failed_logins.failed(address, now)
+            logger.warning("dashboard login with a wrong key from %s", address or "?")
             problem = "That is none of the scheduler's API keys."
             return self.render(None, "login.html", 401, next=target, problem=problem)
+        self.failed_logins.succeeded(address)
         token, _ = session.issue(key, self.api.clock())
         response = web.HTTPSeeOther(target)
         response.set_cookie(
@@ -317,6 +349,13 @@ class Dashboard:
         response.headers["Cache-Control"] = "public, max-age=86400"
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
+
+
+SENT = {
+    "sent": "Message sent: a waiting receive got it.",
+    "kept": "Message sent: kept until the workflow receives on its topic.",
+}
+"""What the call page says once a message was sent (``send_message``)."""
 
 
 class Forbidden(InvalidArgument):

@@ -19,6 +19,7 @@ from google.protobuf import any_pb2
 from ...core.errors import InvalidArgument
 from ...core.status import Status
 from ...core.value_views import decoded, plain, read_journal
+from ...core.values import to_any
 from ...proto.dispatch.sdk.v1 import call_pb2
 from ..store import AttemptHistory, Call, State
 
@@ -377,13 +378,14 @@ def journal_steps(
     by_correlation = {child.correlation_id: child for child in children}
     steps = []
     for step in journal["steps"]:
-        child = by_correlation.get(step["slot"] + 1) if step["kind"] == "call" else None
+        ran = step["kind"] in ("call", "receive")
+        child = by_correlation.get(step["slot"] + 1) if ran else None
         error = step.get("error")
         steps.append(
             Step(
                 slot=step["slot"],
                 kind=step["kind"],
-                name=step.get("function") or step.get("name") or "",
+                name=step.get("function") or step.get("name") or step.get("topic") or "",
                 state=step["state"],
                 output=shown_value(step["output"]) if "output" in step else None,
                 error=f"{error['type']}: {error['message']}" if error else "",
@@ -392,6 +394,18 @@ def journal_steps(
             )
         )
     return journal, steps
+
+
+def message_value(text: str) -> any_pb2.Any:
+    """A message typed in the send form, encoded as the CLI's ``calls send`` does: JSON
+    when it parses, else the text itself; an empty field sends no value (None)."""
+    if not text.strip():
+        return to_any(None)
+    try:
+        value: object = json.loads(text)
+    except ValueError:
+        value = text
+    return to_any(value)
 
 
 def attempt_rows(history: AttemptHistory) -> list[dict[str, Any]]:

@@ -52,6 +52,19 @@ from .claims import claim_candidates, claim_window, fitting, in_turns, needs_roo
 from .stats import OVERVIEW_FUNCTIONS, Finished, QueueStats
 
 
+class Sent(str, Enum):
+    """What ``Store.send`` did with a message."""
+
+    DELIVERED = "delivered"
+    """A receive of the call waited on the topic: it ended with the message."""
+    KEPT = "kept"
+    """Kept in the call's mailbox, in order, for its next receive on the topic."""
+    UNKNOWN = "unknown"
+    """No such call: nothing stored."""
+    DONE = "done"
+    """The call is done: nothing stored."""
+
+
 class State(str, Enum):
     READY = "ready"
     RUNNING = "running"
@@ -81,6 +94,13 @@ class NewCall:
     trace_context: str = ""
     """The trace context its attempts' spans are children of (``core.tracing.carried``:
     the Dispatch's span, or the attempt that made a Poll's child); empty: none."""
+    topic: str | None = None
+    """For a workflow's ``receive(topic)`` (a Poll's child only): no endpoint runs it;
+    it takes the oldest message its parent's mailbox keeps on the topic, or waits for
+    one (``Store.send``) until its expiration."""
+    poll: bytes = b""
+    """A serialized ``Poll`` to resume the call from at its first attempt (a resumed
+    workflow, ``CallService.Resume``); empty: the call starts from its input."""
 
 
 @dataclass(frozen=True)
@@ -129,12 +149,16 @@ class Call:
     finished_at: float | None
     poll: bytes = b""
     """A serialized ``Poll`` (its state and limits, without its calls) while the call is
-    suspended or being resumed; empty otherwise."""
+    suspended or being resumed, and once it ended with any status but OK (``finish``);
+    empty otherwise."""
     restarts: int = 0
     rerun_of: str | None = None
     """The call this one is a re-run of (``NewCall.rerun_of``); None for any other."""
     trace_context: str = ""
     """``NewCall.trace_context``: kept for the call's whole life (a tail call too)."""
+    topic: str | None = None
+    """``NewCall.topic``: the call is a receive, which the engine never runs (claimed,
+    its expiration passed: it ends TIMEOUT)."""
 
     @property
     def done(self) -> bool:
@@ -159,6 +183,21 @@ class ChildResult:
     status: int
     result: bytes
     """A serialized ``CallResult``."""
+
+
+@dataclass(frozen=True)
+class Child:
+    """A call's child as ``Store.children`` reads it."""
+
+    dispatch_id: str
+    correlation_id: int
+    done: bool
+    delivered: bool
+    """Its result was given to its parent (or set aside by the parent's restart)."""
+    status: int | None
+    result: bytes
+    """A serialized ``CallResult`` once done."""
+    finished_at: float | None
 
 
 @dataclass(frozen=True)
@@ -347,7 +386,9 @@ class Store(Protocol):
         attempt: NewAttempt | None = None,
     ) -> bool:
         """Record the final outcome; False (nothing changed) for a stale lease. The
-        call's unfinished descendants end with ``orphans`` (a status and a result).
+        call's unfinished descendants end with ``orphans`` (a status and a result). A
+        call that ends with any status but OK keeps its ``poll`` (a failed workflow's
+        journal, which ``CallService.Resume`` starts from); one that ends OK drops it.
         ``attempt``, in each method that records an outcome, is added to the call's
         history with it (``NewAttempt``)."""
 
@@ -368,7 +409,10 @@ class Store(Protocol):
         serialized Poll without its calls); their ids, or None for a stale lease. The
         run succeeded: the call's ``attempts`` count starts again, so that the retries
         of each resume have the whole ``max_attempts`` (a workflow may have many steps).
-        Children beyond ``bounds`` raise ``TreeLimitExceeded`` and change nothing."""
+        Children beyond ``bounds`` raise ``TreeLimitExceeded`` and change nothing. A
+        child with a ``topic`` (a receive) is done at once with the oldest message the
+        call's mailbox keeps on it, which is taken, or waits for one (``send``) until
+        its expiration, when a claim finds it."""
 
     async def restart(
         self,
@@ -410,6 +454,10 @@ class Store(Protocol):
 
     async def get(self, dispatch_id: str) -> Call | None:
         """The call, or None."""
+
+    async def children(self, parent_id: str) -> list[Child]:
+        """Every child of the call, with its result, in creation order (a failed
+        workflow's steps, for ``CallService.Resume``)."""
 
     async def history(self, dispatch_id: str) -> AttemptHistory:
         """The attempts the call's history keeps, oldest first, and how many were
@@ -500,6 +548,18 @@ class Store(Protocol):
 
     async def close(self) -> None:
         """Release the store's resources."""
+
+    # --- messages (``CallService.Send``, ``core.messages``) ----------------------------
+
+    async def send(self, dispatch_id: str, topic: str, result: bytes, *, now: float) -> Sent:
+        """Send a message (``result``: a serialized ``CallResult`` with its value as
+        output) to the call on ``topic``, in one transaction that holds off other sends
+        and the call's suspension: the oldest receive child of the call waiting on the
+        topic (not past its expiration) ends with it, its parent woken if that is
+        enough; else the message is kept in the call's mailbox after the others, for
+        the next receive on the topic, which takes it when ``suspend`` stores it. An
+        unknown or done call gets nothing. The mailbox of a call that never receives
+        (not a workflow) is kept while the call is, and deleted with it."""
 
     # --- actions on a call (``CallService.Retry``) -----------------------------------
 
@@ -618,6 +678,21 @@ def call_from_row(row: Sequence[Any]) -> Call:
         restarts=row[17],
         rerun_of=row[18],
         trace_context=row[19],
+        topic=row[20],
+    )
+
+
+def child_from_row(row: Sequence[Any]) -> Child:
+    """A child from its ``(dispatch_id, correlation_id, state, delivered, status, result,
+    finished_at)`` columns."""
+    return Child(
+        row[0],
+        loaded_correlation_id(row[1]),
+        row[2] == State.DONE.value,
+        bool(row[3]),
+        row[4],
+        bytes(row[5]),
+        row[6],
     )
 
 
@@ -638,6 +713,7 @@ __all__ = [
     "Attempt",
     "AttemptHistory",
     "Call",
+    "Child",
     "ChildResult",
     "Claimed",
     "DatabaseBroken",
@@ -648,6 +724,7 @@ __all__ = [
     "QueueStats",
     "RequestConflict",
     "RequestId",
+    "Sent",
     "State",
     "Store",
     "StoreError",
@@ -655,6 +732,7 @@ __all__ = [
     "TreeLimitExceeded",
     "attempt_from_row",
     "call_from_row",
+    "child_from_row",
     "child_result_from_row",
     "children_of",
     "claim_candidates",

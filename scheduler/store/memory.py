@@ -25,12 +25,14 @@ from . import (
     Attempt,
     AttemptHistory,
     Call,
+    Child,
     ChildResult,
     Claimed,
     Lease,
     NewAttempt,
     NewCall,
     RequestId,
+    Sent,
     State,
     StoreError,
     TreeBounds,
@@ -91,6 +93,10 @@ class _Row:
     rerun_of: str | None = None
     attempts_kept: deque[Attempt] = field(default_factory=deque)
     """Its history of attempts (the SQL stores' ``{calls}_attempts``)."""
+    topic: str | None = None
+    mailbox: deque[tuple[str, bytes]] = field(default_factory=deque)
+    """Messages kept for its receives, in order, as (topic, result) (the SQL stores'
+    ``{calls}_messages``)."""
 
     def call(self) -> Call:
         return Call(
@@ -114,6 +120,7 @@ class _Row:
             restarts=self.restarts,
             rerun_of=self.rerun_of,
             trace_context=self.trace_context,
+            topic=self.topic,
         )
 
     def claimable(self, now: float) -> bool:
@@ -249,7 +256,7 @@ class MemoryStore:
         if row is None:
             return False
         _add_attempt(row, attempt)
-        self._end(row, status, result, now)
+        self._end(row, status, result, now, keep_failed_poll=True)
         self._deliver(lease.delivered)
         self._end_descendants(row.dispatch_id, orphans, now)
         if row.parent_id is not None:
@@ -275,6 +282,9 @@ class MemoryStore:
         self._check_bounds(row, len(children), bounds)
         _add_attempt(row, attempt)
         ids = self._insert(children_of(row.dispatch_id, row.root_id, children), now)
+        for child, child_id in zip(children, ids, strict=True):
+            if child.topic is not None:
+                self._receive(row, self._rows[child_id], child.topic, now)
         row.state = State.WAITING
         row.poll = poll
         row.poll_min, row.poll_max, row.poll_until = min_results, max_results, until
@@ -285,6 +295,37 @@ class MemoryStore:
         # Results of earlier polls may be enough already.
         self._wake(row.dispatch_id, now)
         return ids
+
+    async def send(self, dispatch_id: str, topic: str, result: bytes, *, now: float) -> Sent:
+        self._check_open()
+        row = self._rows.get(dispatch_id)
+        if row is None:
+            return Sent.UNKNOWN
+        if row.state is State.DONE:
+            return Sent.DONE
+        for child in (self._rows[i] for i in row.children):
+            if (
+                child.topic == topic
+                and child.state is State.WAITING
+                and (child.poll_until or 0.0) > now
+            ):
+                self._end(child, Status.OK.value, result, now)
+                self._wake(dispatch_id, now)
+                return Sent.DELIVERED
+        row.mailbox.append((topic, result))
+        return Sent.KEPT
+
+    def _receive(self, parent: _Row, child: _Row, topic: str, now: float) -> None:
+        """As the SQL stores do: a receive just stored takes the oldest message kept on
+        its topic, or waits for one until its expiration."""
+        child.topic = topic
+        for index, (kept, result) in enumerate(parent.mailbox):
+            if kept == topic:
+                del parent.mailbox[index]
+                self._end(child, Status.OK.value, result, now)
+                return
+        child.state = State.WAITING
+        child.poll_min, child.poll_until = 1, child.expires_at
 
     async def restart(
         self,
@@ -360,6 +401,24 @@ class MemoryStore:
         self._check_open()
         row = self._rows.get(dispatch_id)
         return None if row is None else row.call()
+
+    async def children(self, parent_id: str) -> builtins.list[Child]:
+        self._check_open()
+        row = self._rows.get(parent_id)
+        if row is None:
+            return []
+        return [
+            Child(
+                child.dispatch_id,
+                child.correlation_id,
+                child.state is State.DONE,
+                child.delivered,
+                child.status,
+                child.result,
+                child.finished_at,
+            )
+            for child in (self._rows[i] for i in row.children)
+        ]
 
     async def history(self, dispatch_id: str) -> AttemptHistory:
         self._check_open()
@@ -585,6 +644,7 @@ class MemoryStore:
                 destination=destination(call.endpoint),
                 rerun_of=call.rerun_of,
                 trace_context=call.trace_context,
+                poll=call.poll,
             )
             self._unfinished.add(dispatch_id)
             if call.parent_id is not None:
@@ -600,10 +660,13 @@ class MemoryStore:
             return None
         return row
 
-    def _end(self, row: _Row, status: int, result: bytes, now: float) -> None:
+    def _end(
+        self, row: _Row, status: int, result: bytes, now: float, *, keep_failed_poll: bool = False
+    ) -> None:
         row.state = State.DONE
         row.status, row.result, row.finished_at = status, result, now
-        row.poll = b""
+        if not keep_failed_poll or status == Status.OK.value:
+            row.poll = b""
         row.unlease()
         self._unfinished.discard(row.dispatch_id)
 

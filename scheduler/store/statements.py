@@ -169,6 +169,9 @@ Step = str | Index | Backfill
 version's update; else an index or a backfill of a table that may be large."""
 Migration = Step | Only
 
+MESSAGES = "{calls}_messages"
+"""The mailboxes: messages sent to calls that no receive has taken yet (``send``)."""
+
 MIGRATIONS: tuple[Migration, ...] = (
     # Idempotent Dispatch: request ids and call keys (see ``idempotency``); a key is
     # deleted with its call.
@@ -265,6 +268,19 @@ MIGRATIONS: tuple[Migration, ...] = (
     # List's calls created within a time range: a range of this index, read in its order
     # (creation time, then creation order) from its end (newest first) or its start.
     Index("{calls}_list_created", "ON {calls} (created_at{in_order})"),
+    # Messages to workflows (``core.messages``): a receive is a child call marked with
+    # its topic (NULL for every other call: no rewrite), and the messages sent to a call
+    # before a receive of it took them wait in its mailbox, in the order they were sent
+    # (numbered per call), deleted with the call.
+    "ALTER TABLE {calls} ADD COLUMN topic TEXT;"
+    f"CREATE TABLE {MESSAGES} ("
+    "  dispatch_id TEXT NOT NULL REFERENCES {calls} (dispatch_id) ON DELETE CASCADE,"
+    "  number INTEGER NOT NULL,"
+    "  topic TEXT NOT NULL,"
+    "  result {blob} NOT NULL,"
+    "  sent_at {double} NOT NULL,"
+    "  PRIMARY KEY (dispatch_id, number)"
+    ")",
 )
 """Schema changes written once for both stores, after each store's own history (its
 module's ``MIGRATIONS``, which ship as they are): each entry moves both schemas one
@@ -276,7 +292,7 @@ of its own (on PostgreSQL each runs while the scheduler's other processes work o
 COLUMNS = (
     "dispatch_id, function, endpoint, input, version, correlation_id, parent_id, "
     "root_id, state, status, result, attempts, created_at, expires_at, ready_at, "
-    "finished_at, poll, restarts, rerun_of, trace_context"
+    "finished_at, poll, restarts, rerun_of, trace_context, topic"
 )
 # The columns of a Call as List shows it (``Store.list``): its input and poll state
 # left out, its result only when it is an error of at most LISTED_ERROR_BYTES. Nothing
@@ -287,7 +303,7 @@ SUMMARY = (
     f"CASE WHEN status <> {Status.OK.value:d} AND length(result) <= {LISTED_ERROR_BYTES:d} "
     "THEN result ELSE CAST({empty} AS {blob}) END, "
     "attempts, created_at, expires_at, ready_at, finished_at, CAST({empty} AS {blob}), "
-    "restarts, rerun_of, trace_context"
+    "restarts, rerun_of, trace_context, topic"
 )
 # The columns a new call is given (its state is 'ready').
 INSERTED = (
@@ -305,6 +321,7 @@ INSERTED = (
     "ready_at",
     "rerun_of",
     "trace_context",
+    "poll",
 )
 # What a call's lease is, once it has none.
 _UNLEASED = "lease_owner = NULL, lease_expires = NULL"
@@ -312,11 +329,16 @@ _UNLEASED = "lease_owner = NULL, lease_expires = NULL"
 _FENCED = "WHERE dispatch_id = :id AND lease_token = :token AND state = 'running'"
 
 
-def _ended(status: str, result: str, now: str) -> str:
-    """What ending a call sets, given the SQL of its status, result and time."""
+def _ended(status: str, result: str, now: str, *, keep_failed_poll: bool = False) -> str:
+    """What ending a call sets, given the SQL of its status, result and time. Its poll
+    is dropped, or, with ``keep_failed_poll``, kept when the status is not OK: a failed
+    workflow's journal, which a resume starts from (``CallService.Resume``)."""
+    poll = "{empty}"
+    if keep_failed_poll:
+        poll = f"CASE WHEN {status} = {Status.OK.value:d} THEN {{empty}} ELSE poll END"
     return (
         f"state = 'done', status = {status}, result = {result}, finished_at = {now}, "
-        f"{_UNLEASED}, poll = {{empty}}"
+        f"{_UNLEASED}, poll = {poll}"
     )
 
 
@@ -525,8 +547,9 @@ class Statements:
         )
         self.extend = r(f"UPDATE {{calls}} SET lease_expires = :until {_FENCED}")
         self.finish = r(
-            f"UPDATE {{calls}} SET {_ended(':status', ':result', ':now')} "
-            f"{_FENCED} RETURNING parent_id"
+            "UPDATE {calls} SET "
+            + _ended(":status", ":result", ":now", keep_failed_poll=True)
+            + f" {_FENCED} RETURNING parent_id"
         )
         self.suspend = r(
             "UPDATE {calls} SET state = 'waiting', poll = :poll, poll_min = :min_results, "
@@ -609,6 +632,42 @@ class Statements:
         )
         self.ended_all = r(f"DELETE FROM {ENDINGS} WHERE dispatch_id = :id")
 
+        # --- messages (``Store.send``): the call, locked against a concurrent send or
+        # suspension; the oldest receive of it waiting on the topic, not past its
+        # timeout, ended with the message; else the message kept in its mailbox.
+        self.lock_call = r(
+            "SELECT state FROM {calls} WHERE dispatch_id = :id"
+            + (" FOR UPDATE" if dialect.name == "postgres" else "")
+        )
+        self.deliver_message = r(
+            f"UPDATE {{calls}} SET {_ended(':status', ':result', ':now')} "
+            "WHERE state = 'waiting' AND dispatch_id = (SELECT dispatch_id FROM {calls}"
+            "  WHERE parent_id = :id AND state = 'waiting' AND topic = :topic"
+            "  AND poll_until > :now ORDER BY {seq} LIMIT 1)"
+            " RETURNING dispatch_id"
+        )
+        self.keep_message = r(
+            f"INSERT INTO {MESSAGES} (dispatch_id, number, topic, result, sent_at)"
+            " SELECT :id, coalesce(max(number), 0) + 1, :topic, :result, :now"
+            f" FROM {MESSAGES} WHERE dispatch_id = :id"
+        )
+        # A receive just stored under :id (its parent): the oldest message kept on its
+        # topic taken, if any, and the receive ended with it; else it waits until its
+        # expiration, when a claim finds it (and the engine ends it TIMEOUT).
+        self.take_message = r(
+            f"DELETE FROM {MESSAGES} WHERE dispatch_id = :id AND number = ("
+            f"  SELECT min(number) FROM {MESSAGES} WHERE dispatch_id = :id AND topic = :topic)"
+            " RETURNING result"
+        )
+        self.received = r(
+            f"UPDATE {{calls}} SET topic = :topic, {_ended(':status', ':result', ':now')} "
+            "WHERE dispatch_id = :id"
+        )
+        self.await_message = r(
+            "UPDATE {calls} SET topic = :topic, state = 'waiting', poll_min = 1,"
+            " poll_until = expires_at WHERE dispatch_id = :id"
+        )
+
         # --- actions on a call: retry now.
         # A ready call's next attempt brought forward to now (not a due one: idempotent).
         self.retry_now = r(
@@ -616,6 +675,11 @@ class Statements:
             "WHERE dispatch_id = :id AND state = 'ready' AND ready_at > :now"
         )
         self.state_of = r("SELECT state FROM {calls} WHERE dispatch_id = :id")
+        # A failed workflow's steps, for a resume (``Store.children``).
+        self.children = r(
+            "SELECT dispatch_id, correlation_id, state, delivered, status, result, "
+            "finished_at FROM {calls} WHERE parent_id = :id ORDER BY {seq}"
+        )
         # The queue's depth and the calls finished lately (``stats.py``).
         self.queue_stats = r(_QUEUE_STATS)
         self.finished_per_minute = r(_FINISHED_PER_MINUTE[dialect.name])
@@ -743,8 +807,9 @@ class PostgresStatements(Statements):
         )
         self.notify = f"SELECT pg_notify('{CHANNEL}', '')"
         self.finish_all = r(
-            f"UPDATE {{calls}} AS c SET {_ended('f.status', 'f.result', 'f.now')}"
-            " FROM unnest(:ids::text[], :tokens::bigint[], :statuses::integer[],"
+            "UPDATE {calls} AS c SET "
+            + _ended("f.status", "f.result", "f.now", keep_failed_poll=True)
+            + " FROM unnest(:ids::text[], :tokens::bigint[], :statuses::integer[],"
             "  :results::bytea[], :nows::double precision[]) AS f (id, token, status, result, now)"
             " WHERE c.dispatch_id = f.id AND c.lease_token = f.token AND c.state = 'running'"
             " RETURNING c.dispatch_id, c.lease_token"
@@ -939,6 +1004,7 @@ def rows_to_insert(calls: Sequence[NewCall], now: float) -> tuple[list[str], lis
                 "ready_at": now,
                 "rerun_of": call.rerun_of,
                 "trace_context": call.trace_context,
+                "poll": call.poll,
             }
         )
         ids.append(dispatch_id)
