@@ -25,7 +25,6 @@ from aiohttp import web
 from google.protobuf import json_format, message, timestamp_pb2
 
 from ..core import tracing
-from ..core.call_options import key_problem
 from ..core.connect import JSON, PROTO, codec, http_error_response
 from ..core.dispatching import API_KEY_ENV, REQUEST_ID_HEADER
 from ..core.errors import (
@@ -44,7 +43,7 @@ from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2, error_pb2, poll_pb2
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2, options_pb2
 from .call_answer import CallAnswer, CallResponse, add_result
-from .calls import call_problem, duration_seconds, oversized_input, timestamp
+from .calls import AT_ONCE, call_problem, duration_seconds, oversized_input, planned, timestamp
 from .engine import Engine
 from .metrics import CONTENT_TYPE
 from .overview import Recent, overview_message
@@ -329,18 +328,26 @@ class Api:
                 raise invalid(f"expiration beyond {MAX_EXPIRATION:.0f} seconds (a year)")
             if seconds > 0:
                 expiration = seconds
-        key = call.dispatchlet_options.key
-        if key and (problem := key_problem(key)):
-            raise invalid(problem)
+        plan = (
+            planned(call.dispatchlet_options, now)
+            if call.HasField("dispatchlet_options")
+            else AT_ONCE
+        )
+        if isinstance(plan, str):
+            raise invalid(plan)
+        start = now if plan.ready_at is None else plan.ready_at
         return NewCall(
             function=call.function,
             endpoint=call.endpoint.rstrip("/"),
             input=data,
-            expires_at=now + expiration,
+            # Counted from when it may start: a delayed call has its whole time to run.
+            expires_at=start + expiration,
             version=call.version,
             correlation_id=call.correlation_id,
-            key=key,
+            key=plan.key,
             trace_context=trace_context,
+            ready_at=plan.ready_at,
+            policy=plan.policy,
         )
 
     # --- CallService -------------------------------------------------------------------
@@ -483,6 +490,7 @@ class Api:
             version=found.version,
             correlation_id=found.correlation_id,
             rerun_of=found.dispatch_id,
+            policy=found.policy,
         )
         (new_id,) = await self.store.dispatch(
             [again], now=now, request=_request_id(headers, request)

@@ -23,17 +23,22 @@ change of policy goes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from google.protobuf.unknown_fields import UnknownFieldSet
+
+from ..core.call_options import call_options
 from ..core.errors import STEP_MISMATCH
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, error_pb2, poll_pb2
 from .calls import (
+    AT_ONCE,
     MAX_POLL_CALLS,
     MAX_POLL_RESULTS,
     call_problem,
     duration_seconds,
     oversized_input,
+    planned,
 )
 from .outcome import Outcome, oversized_output
 from .retry import MAX_RESTARTS, RetryPolicy
@@ -61,6 +66,27 @@ class Limits:
     may leave, in bytes: what the call stores."""
     unsupported: Callable[[str], str | None] = supported
     """Why this process cannot call an endpoint (an ARN without boto3), or None."""
+
+
+def limits_for(call: Call, limits: Limits) -> Limits:
+    """The limits ``call``'s attempts are decided by: the scheduler's, with the call's
+    own policy (``CallOptions``, the function's defaults) where it sets one."""
+    own = call.policy
+    if own is None:
+        return limits
+    retry = limits.policy
+    base = own.backoff_initial or retry.base
+    cap = own.backoff_maximum or max(retry.cap, base)
+    return replace(
+        limits,
+        policy=RetryPolicy(
+            base=base,
+            cap=cap,
+            max_attempts=own.max_attempts or retry.max_attempts,
+            multiplier=own.backoff_multiplier or retry.multiplier,
+        ),
+        attempt_timeout=own.attempt_timeout or limits.attempt_timeout,
+    )
 
 
 # --- decisions ----------------------------------------------------------------------
@@ -250,10 +276,16 @@ def suspension(call: Call, poll: poll_pb2.Poll, limits: Limits, now: float) -> S
         )
         if problem is not None:
             return invalid("InvalidPoll", f"call {index}: {problem}")
+        # Options travel as an unknown field of the Call (``core.call_options``): read
+        # only from a child that has one.
+        plan = planned(call_options(child), now) if UnknownFieldSet(child) else AT_ONCE
+        if isinstance(plan, str):
+            return invalid("InvalidPoll", f"call {index}: {plan}")
+        start = now if plan.ready_at is None else plan.ready_at
         expires_at = call.expires_at
         if child.HasField("expiration"):
             lifetime = duration_seconds(child.expiration)
-            expires_at = min(expires_at, now + lifetime) if lifetime > 0 else expires_at
+            expires_at = min(expires_at, start + lifetime) if lifetime > 0 else expires_at
         children.append(
             NewCall(
                 function=child.function,
@@ -262,6 +294,9 @@ def suspension(call: Call, poll: poll_pb2.Poll, limits: Limits, now: float) -> S
                 expires_at=expires_at,
                 version=child.version,
                 correlation_id=child.correlation_id,
+                key=plan.key,
+                ready_at=plan.ready_at,
+                policy=plan.policy,
             )
         )
     state = poll_pb2.Poll()
@@ -377,5 +412,7 @@ __all__ = [
     "before_attempt",
     "beyond_bounds",
     "cut_short",
+    "error_result",
+    "limits_for",
     "not_stored",
 ]

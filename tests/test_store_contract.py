@@ -17,7 +17,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from dispatchlet.scheduler.store import END_BATCH, Call, Lease, NewCall, State, Store, StoreError
+from dispatchlet.scheduler.store import (
+    END_BATCH,
+    Call,
+    CallPolicy,
+    Lease,
+    NewCall,
+    State,
+    Store,
+    StoreError,
+)
 from dispatchlet.scheduler.store.memory import IntegrityError, MemoryStore
 from dispatchlet.scheduler.store.sqlite import SCHEMA_VERSION, SQLiteStore
 from dispatchlet.scheduler.store.stats import Finished, FinishedCount, FunctionStats, QueueStats
@@ -2461,6 +2470,103 @@ def test_postgres_reads_a_time_range_from_the_index_of_creation_times(
             assert "Seq Scan" not in plan, (chosen, plan)
             if _range_alone(chosen):
                 assert "using dispatchlet_calls_list_created" in plan, (chosen, plan)
+
+
+# --- Delays, policies and keys of a Poll's children ----------------------------------
+
+POLICY = CallPolicy(
+    max_attempts=2,
+    attempt_timeout=5.0,
+    backoff_initial=1.5,
+    backoff_maximum=20.0,
+    backoff_multiplier=3.0,
+)
+
+
+def test_a_delayed_call_is_stored_at_once_and_claimed_no_earlier_than_its_time(
+    open_store: Any,
+) -> None:
+    async def body(store: Store) -> None:
+        (later, now_) = await store.dispatch(
+            [call("later", ready_at=NOW + 600), call("now")], now=NOW
+        )
+        stored = await store.get(later)
+        assert stored is not None
+        assert (stored.state, stored.created_at, stored.ready_at) == (State.READY, NOW, NOW + 600)
+        claimed = await store.claim(owner="s", now=NOW + 599, limit=10, lease_seconds=LEASE)
+        assert [c.call.dispatch_id for c in claimed] == [now_]
+        (due,) = await store.claim(owner="s", now=NOW + 600, limit=10, lease_seconds=LEASE)
+        assert due.call.dispatch_id == later
+
+    with_store(open_store, body)
+
+
+def test_a_calls_policy_is_stored_with_it_and_kept_by_its_retries(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        (own, plain) = await store.dispatch([call("own", policy=POLICY), call("plain")], now=NOW)
+        listed = {c.dispatch_id: c for c in await store.list()}
+        assert listed[own].policy == POLICY
+        assert listed[plain].policy is None
+        claimed = await store.claim(owner="s", now=NOW, limit=10, lease_seconds=LEASE)
+        by_id = {c.call.dispatch_id: c for c in claimed}
+        assert by_id[own].call.policy == POLICY
+        assert by_id[plain].call.policy is None
+        assert await store.retry(by_id[own].lease, TIMEOUT, b"", ready_at=NOW + 1, now=NOW)
+        (again,) = await store.claim(owner="s", now=NOW + 1, limit=10, lease_seconds=LEASE)
+        assert (again.call.dispatch_id, again.call.policy) == (own, POLICY)
+
+    with_store(open_store, body)
+
+
+def test_a_delayed_call_and_its_policy_survive_a_restart(open_store: Any) -> None:
+    async def first(store: Store) -> str:
+        (dispatch_id,) = await store.dispatch(
+            [call("later", ready_at=NOW + 60, policy=POLICY)], now=NOW
+        )
+        return dispatch_id
+
+    dispatch_id = with_store(open_store, first)
+
+    async def second(store: Store) -> None:
+        assert await store.claim(owner="s", now=NOW + 59, limit=1, lease_seconds=LEASE) == []
+        (claimed,) = await store.claim(owner="s", now=NOW + 60, limit=1, lease_seconds=LEASE)
+        assert claimed.call.dispatch_id == dispatch_id
+        assert claimed.call.policy == POLICY
+
+    with_store(open_store, second)
+
+
+DURABLE_ONLY["memory"].add("test_a_delayed_call_and_its_policy_survive_a_restart")
+
+
+def test_a_poll_child_with_a_known_key_follows_its_call_and_runs_nothing(
+    open_store: Any,
+) -> None:
+    async def body(store: Store) -> None:
+        (first,) = await store.dispatch([call("charge", key="order-17")], now=NOW)
+        (parent,) = await store.dispatch([call("parent")], now=NOW)
+        claimed = await store.claim(owner="s", now=NOW, limit=10, lease_seconds=LEASE)
+        leases = {c.call.dispatch_id: c.lease for c in claimed}
+        kids = [
+            call("charge", correlation_id=1, key="order-17"),
+            call("charge", correlation_id=2, key="order-18", ready_at=NOW + 5, policy=POLICY),
+            call("charge", correlation_id=3, key="order-18"),
+            call("charge", correlation_id=4),
+        ]
+        ids = await store.suspend(
+            leases[parent], POLL, kids, min_results=4, max_results=4, until=NOW + 100, now=NOW
+        )
+        assert ids is not None
+        stored = [await store.get(i) for i in ids]
+        assert [c.follows if c else "gone" for c in stored] == [first, None, ids[1], None]
+        assert stored[1] is not None
+        assert (stored[1].ready_at, stored[1].policy) == (NOW + 5, POLICY)
+        # The new key is known from now on, to a Dispatch as to other Polls.
+        assert await store.dispatch([call("charge", key="order-18")], now=NOW) == [ids[1]]
+        assert await store.dispatch([call("charge", key="order-17")], now=NOW) == [first]
+        assert await store.finish(leases[first], OK, b"charged", now=NOW)
+
+    with_store(open_store, body)
 
 
 # --- schedules ----------------------------------------------------------------------------

@@ -64,6 +64,20 @@ class State(str, Enum):
 
 
 @dataclass(frozen=True)
+class CallPolicy:
+    """A call's own retry policy (``CallOptions``, the function's defaults); each 0 is
+    the scheduler's setting. A call without one has None: nothing is read or decided
+    differently for it."""
+
+    max_attempts: int = 0
+    attempt_timeout: float = 0.0
+    """Seconds."""
+    backoff_initial: float = 0.0
+    backoff_maximum: float = 0.0
+    backoff_multiplier: float = 0.0
+
+
+@dataclass(frozen=True)
 class NewCall:
     """A call to store: what to run, and where it sits in its call tree."""
 
@@ -85,6 +99,12 @@ class NewCall:
     trace_context: str = ""
     """The trace context its attempts' spans are children of (``core.tracing.carried``:
     the Dispatch's span, or the attempt that made a Poll's child); empty: none."""
+    ready_at: float | None = None
+    """When its first attempt may start (a delayed call); None: as it is stored."""
+    policy: CallPolicy | None = None
+    follows: str | None = None
+    """The call this one takes its outcome from instead of running (a Poll's child
+    whose idempotency key another call has: ``idempotency.KeyedChildren``)."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +159,10 @@ class Call:
     """The call this one is a re-run of (``NewCall.rerun_of``); None for any other."""
     trace_context: str = ""
     """``NewCall.trace_context``: kept for the call's whole life (a tail call too)."""
+    policy: CallPolicy | None = None
+    """Its own retry policy, if it has one (``NewCall.policy``)."""
+    follows: str | None = None
+    """``NewCall.follows``: the call whose outcome it ends with, run by nothing else."""
 
     @property
     def done(self) -> bool:
@@ -661,7 +685,33 @@ def call_from_row(row: Sequence[Any]) -> Call:
         restarts=row[17],
         rerun_of=row[18],
         trace_context=row[19],
+        policy=stored_policy(row[20:25]),
+        follows=row[25],
     )
+
+
+def stored_policy(columns: Sequence[Any]) -> CallPolicy | None:
+    """A call's policy from its ``(max_attempts, attempt_timeout, backoff_initial,
+    backoff_maximum, backoff_multiplier)`` columns; None when all are 0 (most calls)."""
+    if not any(columns):
+        return None
+    return CallPolicy(int(columns[0]), *(float(c) for c in columns[1:]))
+
+
+def policy_columns(policy: CallPolicy | None) -> dict[str, Any]:
+    """The columns of ``policy`` by name (all 0 for None)."""
+    if policy is None:
+        policy = NO_POLICY
+    return {
+        "max_attempts": policy.max_attempts,
+        "attempt_timeout": policy.attempt_timeout,
+        "backoff_initial": policy.backoff_initial,
+        "backoff_maximum": policy.backoff_maximum,
+        "backoff_multiplier": policy.backoff_multiplier,
+    }
+
+
+NO_POLICY = CallPolicy()
 
 
 def child_result_from_row(row: Sequence[Any]) -> ChildResult:
@@ -676,11 +726,13 @@ __all__ = [
     "ERROR_MESSAGE_BYTES",
     "LISTED_ERROR_BYTES",
     "NO_BOUNDS",
+    "NO_POLICY",
     "OVERVIEW_FUNCTIONS",
     "PURGE_BATCH",
     "Attempt",
     "AttemptHistory",
     "Call",
+    "CallPolicy",
     "ChildResult",
     "Claimed",
     "DatabaseBroken",
@@ -709,7 +761,9 @@ __all__ = [
     "loaded_correlation_id",
     "needs_root_heads",
     "new_dispatch_id",
+    "policy_columns",
     "stored_correlation_id",
+    "stored_policy",
     "stored_text",
     "summary",
     "unavailable",

@@ -26,6 +26,7 @@ from . import (
     Attempt,
     AttemptHistory,
     Call,
+    CallPolicy,
     ChildResult,
     Claimed,
     Lease,
@@ -44,7 +45,7 @@ from . import (
     stored_text,
     summary,
 )
-from .idempotency import KeyedCalls, repeated
+from .idempotency import KeyedCalls, KeyedChildren, repeated
 from .schedules import (
     NewSchedule,
     Planner,
@@ -99,6 +100,8 @@ class _Row:
     trace_context: str = ""
     children: builtins.list[str] = field(default_factory=builtins.list)
     rerun_of: str | None = None
+    policy: CallPolicy | None = None
+    follows: str | None = None
     attempts_kept: deque[Attempt] = field(default_factory=deque)
     """Its history of attempts (the SQL stores' ``{calls}_attempts``)."""
 
@@ -124,6 +127,8 @@ class _Row:
             restarts=self.restarts,
             rerun_of=self.rerun_of,
             trace_context=self.trace_context,
+            policy=self.policy,
+            follows=self.follows,
         )
 
     def claimable(self, now: float) -> bool:
@@ -285,7 +290,11 @@ class MemoryStore:
             return None
         self._check_bounds(row, len(children), bounds)
         _add_attempt(row, attempt)
-        ids = self._insert(children_of(row.dispatch_id, row.root_id, children), now)
+        placed = children_of(row.dispatch_id, row.root_id, children)
+        if any(child.key for child in placed):
+            ids = self._insert_keyed(placed, now)
+        else:
+            ids = self._insert(placed, now)
         row.state = State.WAITING
         row.poll = poll
         row.poll_min, row.poll_max, row.poll_until = min_results, max_results, until
@@ -664,6 +673,15 @@ class MemoryStore:
         if self._closed:
             raise StoreError("the store is closed")
 
+    def _insert_keyed(self, children: Sequence[NewCall], now: float) -> builtins.list[str]:
+        keyed = KeyedChildren(children, self._keys)
+        stored = self._insert(keyed.calls, now)
+        for index, earlier in keyed.earlier.items():
+            self._rows[stored[index]].follows = stored[earlier]
+        for new in keyed.new_keys(stored):
+            self._keys[new["key"]] = new["dispatch_id"]
+        return stored
+
     def _insert(self, calls: Sequence[NewCall], now: float) -> builtins.list[str]:
         # Checked first: all or none, as a database's constraints would have it.
         for call in calls:
@@ -687,10 +705,12 @@ class MemoryStore:
                 root_id=call.root_id or dispatch_id,
                 created_at=now,
                 expires_at=call.expires_at,
-                ready_at=now,
+                ready_at=now if call.ready_at is None else call.ready_at,
                 destination=destination(call.endpoint),
                 rerun_of=call.rerun_of,
                 trace_context=call.trace_context,
+                policy=call.policy,
+                follows=call.follows,
             )
             self._unfinished.add(dispatch_id)
             if call.parent_id is not None:

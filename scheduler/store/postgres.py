@@ -62,6 +62,7 @@ from .idempotency import (
     CONFLICT_RETRIES,
     IdempotencyStatements,
     KeyedCalls,
+    KeyedChildren,
     keys_of,
     repeated,
     request_row,
@@ -604,14 +605,28 @@ class PostgresStore:
             await _check_bounds(db, lease.dispatch_id, row[0], len(children), bounds)
             await _add_attempt(db, lease, attempt)
             await _deliver(db, lease.delivered)
-            ids = await _insert(db, children_of(lease.dispatch_id, row[0], children), now)
+            placed = children_of(lease.dispatch_id, row[0], children)
+            if any(child.key for child in placed):
+                ids = await _insert_keyed(db, placed, now)
+            else:
+                ids = await _insert(db, placed, now)
             # Results of earlier polls may be enough already.
             await _wake(db, lease.dispatch_id, now)
             if ids:
                 await db.execute(SQL.notify)
             return ids
 
-        return await self._transaction(update)
+        if not any(child.key for child in children):
+            return await self._transaction(update)
+        for retry in range(1, CONFLICT_RETRIES + 1):
+            try:
+                return await self._transaction(update)
+            except psycopg.errors.UniqueViolation:
+                # Another process stored a child with the same key meanwhile: run
+                # again, to follow it.
+                if retry == CONFLICT_RETRIES:
+                    raise
+        raise AssertionError("unreachable")
 
     async def restart(
         self,
@@ -1019,6 +1034,20 @@ async def _insert(db: Connection, calls: Sequence[NewCall], now: float) -> list[
     if rows:
         async with db.cursor() as cursor:
             await cursor.executemany(SQL.insert, rows)
+    return ids
+
+
+async def _insert_keyed(db: Connection, children: Sequence[NewCall], now: float) -> list[str]:
+    """A Poll's children, some with keys: those whose key is known follow its call."""
+    params = {"keys": keys_of(children)}
+    found = await (await db.execute(IDEMPOTENCY.find_keys, params)).fetchall()
+    keyed = KeyedChildren(children, {key: dispatch_id for key, dispatch_id in found})
+    ids, rows = keyed.rows(now)
+    async with db.cursor() as cursor:
+        await cursor.executemany(SQL.insert, rows)
+        new_keys = keyed.new_keys(ids)
+        if new_keys:
+            await cursor.executemany(IDEMPOTENCY.insert_key, new_keys)
     return ids
 
 

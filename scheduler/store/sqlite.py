@@ -56,7 +56,14 @@ from . import (
     history_of,
 )
 from .claims import claim_candidates, claim_window, fitting, in_turns, needs_root_heads
-from .idempotency import IdempotencyStatements, KeyedCalls, keys_of, repeated, request_row
+from .idempotency import (
+    IdempotencyStatements,
+    KeyedCalls,
+    KeyedChildren,
+    keys_of,
+    repeated,
+    request_row,
+)
 from .schedules import (
     NewSchedule,
     Planner,
@@ -491,7 +498,11 @@ class SQLiteStore:
             _check_bounds(db, lease.dispatch_id, row[0], len(children), bounds)
             _add_attempt(db, lease, attempt)
             _deliver(db, lease.delivered)
-            ids = _insert(db, children_of(lease.dispatch_id, row[0], children), now)
+            placed = children_of(lease.dispatch_id, row[0], children)
+            if any(child.key for child in placed):
+                ids = _insert_keyed(db, placed, now)
+            else:
+                ids = _insert(db, placed, now)
             # Results of earlier polls may be enough already.
             _wake(db, lease.dispatch_id, now)
             return ids
@@ -825,6 +836,19 @@ _REPAIR = (
 def _insert(db: sqlite3.Connection, calls: Sequence[NewCall], now: float) -> list[str]:
     ids, rows = rows_to_insert(calls, now)
     db.executemany(SQL.insert, rows)
+    return ids
+
+
+def _insert_keyed(db: sqlite3.Connection, children: Sequence[NewCall], now: float) -> list[str]:
+    """A Poll's children, some with keys: those whose key is known follow its call."""
+    known: dict[str, str] = {}
+    for key in keys_of(children):
+        for found, dispatch_id in db.execute(IDEMPOTENCY.find_keys, {"keys": key}):
+            known[found] = dispatch_id
+    keyed = KeyedChildren(children, known)
+    ids, rows = keyed.rows(now)
+    db.executemany(SQL.insert, rows)
+    db.executemany(IDEMPOTENCY.insert_key, keyed.new_keys(ids))
     return ids
 
 
