@@ -95,7 +95,7 @@ def declared_schedules(endpoint: Endpoint) -> list[calls_pb2.ScheduleSpec]:
     without arguments."""
     declared = []
     for name, function in sorted(endpoint.functions.items()):
-        cron = getattr(function, "schedule", None)
+        cron = function.schedule
         if not cron:
             continue
         spec = calls_pb2.ScheduleSpec(name=name, cron=str(cron), function=name)

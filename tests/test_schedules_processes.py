@@ -6,6 +6,7 @@ ones with one line."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -220,3 +221,106 @@ def test_the_cli_refuses_a_bad_schedule_in_one_line(
     assert refused.stderr.count("\n") == 1, refused.stderr
     listed = cluster.cli("list", "--json").stdout
     assert arguments[0] not in listed
+
+
+DECLARED = """
+from dispatchlet import Endpoint
+
+endpoint = Endpoint()
+
+
+@endpoint.function(schedule="{nightly}")
+def nightly_report() -> str:
+    return "done"
+
+
+@endpoint.function{hourly}
+def hourly_cleanup() -> None:
+    pass
+
+
+@endpoint.function
+def not_scheduled() -> None:
+    pass
+"""
+
+
+def declared(folder: Path, *, nightly: str = "0 9 * * *", hourly: bool = True) -> None:
+    text = DECLARED.replace("{nightly}", nightly)
+    text = text.replace("{hourly}", '(schedule="0 * * * *")' if hourly else "")
+    (folder / "declared.py").write_text(text)
+
+
+def test_sync_pushes_the_declared_schedules_and_deletes_only_its_own(cluster: Cluster) -> None:
+    url = "http://127.0.0.1:18000"
+    with cluster.client() as client:
+        client.create_schedule("by-hand", "0 1 * * *", "tick", endpoint=cluster.endpoint)
+        declared(cluster.folder)
+        first = cluster.cli("sync", "declared.py", "--endpoint", url)
+        assert first.returncode == 0, first.stderr
+        assert first.stdout == (f"schedules for {url}: created hourly_cleanup, nightly_report\n")
+        synced = {s.name: s for s in client.list_schedules() if s.synced_for == url}
+        assert sorted(synced) == ["hourly_cleanup", "nightly_report"]
+        assert synced["nightly_report"].cron == "0 9 * * *"
+        assert synced["nightly_report"].endpoint == url
+        assert synced["nightly_report"].timezone == "UTC"
+        nightly_tick = synced["nightly_report"].next_tick
+
+        # Changed code: one schedule gone, one moved; the one created by hand stays.
+        declared(cluster.folder, nightly="30 9 * * *", hourly=False)
+        second = cluster.cli("sync", "declared.py", "--endpoint", url)
+        assert second.returncode == 0, second.stderr
+        assert second.stdout == (
+            f"schedules for {url}: updated nightly_report; deleted hourly_cleanup\n"
+        )
+        after = {s.name: s for s in client.list_schedules()}
+        assert "hourly_cleanup" not in after
+        assert after["nightly_report"].cron == "30 9 * * *"
+        assert after["nightly_report"].next_tick != nightly_tick
+        assert after["by-hand"].synced_for == ""
+        again = cluster.cli("sync", "declared.py", "--endpoint", url)
+        assert again.stdout == f"schedules for {url}: unchanged nightly_report\n"
+
+        # Another endpoint declaring the same name: refused, nothing changed.
+        refused = cluster.cli("sync", "declared.py", "--endpoint", "http://127.0.0.1:18001")
+        assert refused.returncode == 2
+        assert refused.stderr.startswith("dispatchlet schedules: error: already_exists: ")
+        assert "nightly_report" in refused.stderr
+        assert refused.stderr.count("\n") == 1
+        assert {s.name for s in client.list_schedules()} == set(after)
+        for name in ("by-hand", "nightly_report"):
+            client.delete_schedule(name)
+
+
+def test_dev_syncs_the_declared_schedules_on_start(tmp_path: Path) -> None:
+    declared(tmp_path)
+    process = Process(
+        [
+            sys.executable,
+            "-m",
+            "dispatchlet",
+            "dev",
+            "declared.py",
+            "--port",
+            "0",
+            "--scheduler-port",
+            "0",
+            "--db",
+            str(tmp_path / "dev.db"),
+        ],
+        environment(),
+        tmp_path,
+    )
+    try:
+        synced = process.wait_for(
+            r"dispatchlet dev: schedules for (\S+): created hourly_cleanup, nightly_report"
+        )
+        exports = dict(re.findall(r"export (DISPATCH_\w+)=(\S+)", "".join(process.drained())))
+        with Client(exports["DISPATCH_API_URL"], exports["DISPATCH_API_KEY"].strip("'")) as client:
+            listed = {s.name: s.synced_for for s in client.list_schedules()}
+        assert listed == {
+            "hourly_cleanup": synced.group(1),
+            "nightly_report": synced.group(1),
+        }
+    finally:
+        assert process.stop() == 0, "".join(process.output)
