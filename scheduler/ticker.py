@@ -75,25 +75,31 @@ class Ticker:
 
     async def _tick_once(self) -> float:
         """Dispatch what is due; how long to sleep before the next look."""
+        ticked = 0
         try:
             now = self.clock()
-            ticked = await self.store.tick_schedules(
-                now=now, plan=lambda schedule: self.plan(schedule, now), limit=BATCH
-            )
-            if ticked:
-                self.ticks += len(ticked)
-                if self.dispatched is not None:
-                    self.dispatched(len(ticked))
-                if len(ticked) == BATCH:
-                    return 0.0
             earliest = await self.store.next_schedule_tick()
+            # A read first: no write transaction while nothing is due.
+            if earliest is not None and earliest <= now:
+                done = await self.store.tick_schedules(
+                    now=now, plan=lambda schedule: self.plan(schedule, now), limit=BATCH
+                )
+                ticked = len(done)
+                if ticked:
+                    self.ticks += ticked
+                    if self.dispatched is not None:
+                        self.dispatched(ticked)
+                    if ticked == BATCH:
+                        return 0.0
+                earliest = await self.store.next_schedule_tick()
         except Exception:
             logger.exception("dispatching the schedules' ticks failed; trying again")
             return RETRY
         if earliest is None:
             return MAX_SLEEP
         wait = earliest - self.clock() + EARLY
-        # Due still: one this process cannot plan (logged), or another process's.
+        # Due still: one this process cannot plan (logged), or one another process is
+        # ticking now (its transaction holds the row).
         return min(MAX_SLEEP, wait if wait > 0 else RETRY if not ticked else 0.0)
 
     def plan(self, schedule: Schedule, now: float) -> TickPlan | None:
