@@ -67,6 +67,11 @@ What became of the calls the scheduler holds.
   rerun   run a done call again: a new call with the same function, endpoint and
           input, whose "re-run of" names the old one; prints its dispatch id. A call
           not done is refused: cancel it first.
+  resume  resume a failed workflow from where it failed: a new call, whose "re-run
+          of" names the old one, that starts from its journal, so that the steps
+          that finished are not run again and the failed one is tried anew; prints
+          its dispatch id (and, on stderr, how many steps it kept and runs again).
+          A call not done, done OK, or that is not a workflow is refused.
   purge   delete the finished call trees whose root finished longer ago than
           --older-than (30d, 12h, ...), only those whose root ended with --status
           if given; prints how many calls were deleted.
@@ -176,6 +181,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         ("cancel", "end a call and its unfinished descendants", run_cancel),
         ("retry", "start a call's next attempt now, not after its backoff", run_retry),
         ("rerun", "run a done call again, as a new call linked to it", run_rerun),
+        ("resume", "resume a failed workflow from its failed step", run_resume),
     ):
         action = actions.add_parser(name, help=help_text)
         action.add_argument("dispatch_id", metavar="ID")
@@ -353,6 +359,17 @@ def run_retry(args: argparse.Namespace) -> int:
 def run_rerun(args: argparse.Namespace) -> int:
     with client() as scheduler:
         print(_checked(lambda: scheduler.rerun(args.dispatch_id)))
+    return EXIT_OK
+
+
+def run_resume(args: argparse.Namespace) -> int:
+    with client() as scheduler:
+        resumed = _checked(lambda: scheduler.resume(args.dispatch_id))
+    print(resumed)
+    print(
+        f"resumed with {resumed.steps_kept} step(s) kept, {resumed.steps_retried} to run again",
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 

@@ -113,6 +113,16 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="no API key and unsigned calls: for local development only",
     )
     parser.add_argument(
+        "--allowed-host",
+        dest="allowed_hosts",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="with --insecure, answer requests for this host name too (repeatable; "
+        "'.example.com' allows every name under it): by default only IP addresses and "
+        "localhost are answered, a guard against DNS rebinding",
+    )
+    parser.add_argument(
         "--metrics-public",
         action="store_true",
         help="serve /metrics without a key (it names every destination); by default it "
@@ -305,6 +315,7 @@ def run(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             insecure=args.insecure,
+            allowed_hosts=tuple(args.allowed_hosts),
             policy=RetryPolicy(
                 base=args.backoff, cap=args.backoff_cap, max_attempts=args.max_attempts
             ),

@@ -247,6 +247,21 @@ class Cancelled(int):
         return cancelled
 
 
+class Resumed(str):
+    """What ``Client.resume`` made: the new call's dispatch id (a ``str``), with how many
+    of the failed run's steps it starts with, finished (``steps_kept``), and how many it
+    runs again (``steps_retried``: the failed one, and any left unfinished)."""
+
+    steps_kept: int
+    steps_retried: int
+
+    def __new__(cls, dispatch_id: str, *, steps_kept: int = 0, steps_retried: int = 0) -> Resumed:
+        resumed = super().__new__(cls, dispatch_id)
+        resumed.steps_kept = steps_kept
+        resumed.steps_retried = steps_retried
+        return resumed
+
+
 @dataclass(frozen=True)
 class CallPage:
     """One page of ``Client.list_page``: its calls and the cursor of the next page."""
@@ -443,6 +458,26 @@ class Client:
             headers={REQUEST_ID_HEADER: request_id or secrets.token_hex(16)},
         )
         return answer.dispatch_id
+
+    def resume(self, dispatch_id: str, *, request_id: str | None = None) -> Resumed:
+        """Resume a failed workflow from where it failed: a new root call, whose
+        ``rerun_of`` names it, that starts from its journal, so that the steps that
+        finished are not run again and the failed one is tried anew; the new call's
+        dispatch id (``Resumed``). A ``ClientError`` ``failed_precondition`` for a call
+        not done, done OK, or that kept no journal (not a workflow); ``not_found`` for an
+        unknown one. Sent again with the same ``request_id`` (default a random one), it
+        answers with the same new call."""
+        answer = self._rpc(
+            "/dispatchlet.scheduler.v1.CallService/Resume",
+            calls_pb2.ResumeRequest(dispatch_id=dispatch_id),
+            calls_pb2.ResumeResponse,
+            headers={REQUEST_ID_HEADER: request_id or secrets.token_hex(16)},
+        )
+        return Resumed(
+            answer.dispatch_id,
+            steps_kept=answer.steps_kept,
+            steps_retried=answer.steps_retried,
+        )
 
     def purge(self, older_than: float | datetime.timedelta, status: str | None = None) -> int:
         """Delete the finished call trees (a root and all its descendants, all final)
@@ -793,6 +828,7 @@ __all__ = [
     "Client",
     "ClientError",
     "Overview",
+    "Resumed",
     "ScheduleInfo",
     "SyncResult",
 ]

@@ -1,5 +1,5 @@
 """The scheduler's HTTP API (aiohttp): ``DispatchService/Dispatch`` and the project's
-``CallService`` (Get, Wait, List, Cancel, Retry, Rerun, Overview), Connect unary in
+``CallService`` (Get, Wait, List, Cancel, Retry, Rerun, Resume, Overview), Connect unary in
 ``application/proto`` and ``application/json``, with ``Authorization: Bearer <api
 key>``; ``/healthz``.
 
@@ -33,6 +33,7 @@ from ..core.errors import (
     InvalidArgument,
     MethodNotAllowed,
     NotFound,
+    PermissionDenied,
     TemporaryError,
     Unauthenticated,
     refuses,
@@ -45,8 +46,10 @@ from ..proto.dispatchlet.scheduler.v1 import calls_pb2, options_pb2
 from .call_answer import CallAnswer, CallResponse, add_result
 from .calls import AT_ONCE, call_problem, duration_seconds, oversized_input, planned, timestamp
 from .engine import Engine
+from .host_check import host_allowed, refusal
 from .metrics import CONTENT_TYPE
 from .overview import Recent, overview_message
+from .resume import resumed_poll
 from .retention import Retention, purge
 from .schedule_api import ScheduleApi
 from .settings import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_INPUT_SIZE, METRICS_KEY_ENV
@@ -114,6 +117,7 @@ class Api:
         dashboard: bool = True,
         retention: Retention | None = None,
         ticker: Ticker | None = None,
+        allowed_hosts: Sequence[str] = (),
     ) -> None:
         # Its operations timed into the engine's metrics.
         self.store = engine.metrics.timed(store)
@@ -135,9 +139,13 @@ class Api:
         """The background deletion, if any: a Purge's deletions are counted with its."""
         self.ticker = ticker
         """The schedules' ticker, if any: told when a schedule is created or resumed."""
+        self.allowed_hosts = tuple(allowed_hosts)
+        """Names an insecure scheduler answers beside IP addresses and localhost."""
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.max_body_size)
+        # Open to anyone who reaches it, so not to pages of other sites rebound to it.
+        guards = [self.host_guard] if self.insecure else []
+        app = web.Application(client_max_size=self.max_body_size, middlewares=guards)
         app.router.add_get(_lenient("/healthz"), self.healthz)
         app.router.add_get(_lenient("/metrics"), self.metrics)
         # Read as dispatch.sdk.v1.DispatchRequest with each call's options (field 1000).
@@ -159,12 +167,25 @@ class Api:
         # Given its headers: its request id (``Idempotency-Key``), as Dispatch.
         rerun = self.rpc(self.rerun, calls_pb2.RerunRequest, headers=True)
         app.router.add_route("*", _lenient(CALLS_PATH + "Rerun"), rerun)
+        resume = self.rpc(self.resume, calls_pb2.ResumeRequest, headers=True)
+        app.router.add_route("*", _lenient(CALLS_PATH + "Resume"), resume)
         if self.dashboard:
             # Imported only then: --no-dashboard loads no template engine.
             from .dashboard import Dashboard
 
             Dashboard(self).mount(app)
         return app
+
+    @web.middleware
+    async def host_guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Requests whose ``Host`` an insecure scheduler does not answer: 403
+        (``host_check.py``)."""
+        header = request.headers.get("Host")
+        if host_allowed(header, self.allowed_hosts):
+            return await handler(request)
+        return _web(http_error_response(PermissionDenied(refusal(header))))
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -497,6 +518,44 @@ class Api:
         )
         self.engine.wake()
         return calls_pb2.RerunResponse(dispatch_id=new_id)
+
+    async def resume(
+        self, request: calls_pb2.ResumeRequest, headers: Mapping[str, str]
+    ) -> calls_pb2.ResumeResponse:
+        """A new root call that resumes the failed workflow from its journal
+        (``resume.py``): the steps that finished OK are kept, the failed one (and any
+        unfinished) is made anew. Its ``rerun_of`` names the old call, which is left as
+        it is; it is given as long as the old one was. A call not done, done OK, or with
+        no journal kept is refused. Idempotent with a request id, as Rerun."""
+        found = await self._found(request.dispatch_id)
+        if not found.done:
+            raise FailedPrecondition(
+                f"the call is {found.state.value}: only a failed workflow can be resumed"
+            )
+        if found.status == Status.OK.value:
+            raise FailedPrecondition(
+                "the call ended OK: only a failed workflow can be resumed; re-run it to run "
+                "it again"
+            )
+        resumed = resumed_poll(found.poll, await self.store.children(found.dispatch_id))
+        now = self.clock()
+        again = NewCall(
+            function=found.function,
+            endpoint=found.endpoint,
+            input=found.input,
+            expires_at=now + (found.expires_at - found.created_at),
+            version=found.version,
+            correlation_id=found.correlation_id,
+            rerun_of=found.dispatch_id,
+            poll=resumed.poll,
+        )
+        (new_id,) = await self.store.dispatch(
+            [again], now=now, request=_request_id(headers, request)
+        )
+        self.engine.wake()
+        return calls_pb2.ResumeResponse(
+            dispatch_id=new_id, steps_kept=resumed.kept, steps_retried=resumed.retried
+        )
 
     async def overview(self, request: calls_pb2.OverviewRequest) -> calls_pb2.OverviewResponse:
         """The calls finished in the last hour (read at most every few seconds) and the

@@ -111,6 +111,7 @@ async def serve(
         ticker=ticker,
         api_keys=settings.api_keys,
         insecure=settings.insecure,
+        allowed_hosts=settings.allowed_hosts,
         max_input_size=settings.max_input_size,
         body_timeout=settings.body_timeout,
         metrics_keys=settings.metrics_keys,

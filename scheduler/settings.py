@@ -97,6 +97,9 @@ class Settings:
     signing_key: Ed25519PrivateKey | None = None
     api_keys: Sequence[str] = ()
     insecure: bool = False
+    allowed_hosts: Sequence[str] = ()
+    """With ``insecure``, the names (``.example.com``: every name under it) whose
+    requests are answered beside IP addresses and localhost (``host_check.py``)."""
     grace_period: float = DEFAULT_GRACE_PERIOD
     attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT
     reuse_port: bool = False

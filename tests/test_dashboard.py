@@ -547,3 +547,53 @@ def test_the_calls_page_filters_by_creation_time_in_utc(tmp_path: Path) -> None:
         assert "created_from &#39;tomorrow&#39; is not a time" in text
 
     scenario(tmp_path, body, running=False)
+
+
+def test_a_failed_workflow_offers_resume_which_runs_it_on_from_its_failed_step(
+    tmp_path: Path,
+) -> None:
+    from test_resume import Workflows
+
+    app = Workflows()
+
+    async def body() -> None:
+        async with harness(tmp_path, app.answer) as h:
+            token, csrf = await log_in(h)
+            failed, plain = await h.dispatch(call("four_steps", 1), call("plain", 1))
+            for dispatch_id in (failed, plain):
+                await h.done(dispatch_id)
+            # Offered for the failed workflow, not for a call with no journal.
+            _, page, _ = await get(h, f"/calls/{failed}", cookie=token)
+            assert f'action="/calls/{failed}/resume"' in page
+            assert ">Resume</button>" in page
+            _, page, _ = await get(h, f"/calls/{plain}", cookie=token)
+            assert "/resume" not in page
+            # A form post needs the session's token, as every action.
+            path = f"/calls/{failed}/resume"
+            assert (await post(h, path, {}, cookie=token))[0] == 403
+            assert await h.store.list(rerun_of=failed) == []
+
+            app.broken = False
+            h.session.cookie_jar.clear()
+            async with h.session.post(
+                h.url + path,
+                data={"csrf": csrf},
+                headers={"Origin": h.url, "Cookie": f"{session.COOKIE}={token}"},
+                allow_redirects=False,
+            ) as answer:
+                assert answer.status == 303
+                location = answer.headers["Location"]
+            (resumed,) = await h.store.list(rerun_of=failed)
+            assert location == f"/calls/{resumed.dispatch_id}?done=resume"
+            done = await h.done(resumed.dispatch_id)
+            assert done.status == Status.OK.value
+            assert dict(app.runs) == {1: 1, 2: 1, 3: 2, 4: 1}
+            _, page, _ = await get(h, location, cookie=token)
+            assert "Resumed from where it failed." in page
+            assert "/resume" not in page  # it ended OK: nothing to resume
+            # A call that cannot be resumed is refused with a clear page.
+            status, text, _ = await post(h, f"/calls/{plain}/resume", {"csrf": csrf}, cookie=token)
+            assert status == 400
+            assert "kept no workflow journal" in text
+
+    asyncio.run(body())

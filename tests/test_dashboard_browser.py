@@ -1,7 +1,9 @@
-"""The dashboard in a real browser: Debian's headless Chromium driven through its
-WebDriver (Selenium), against a `dispatchlet scheduler` process with an API key and a
-real endpoint served by `dispatchlet serve`. Each test leaves a screenshot of what it
-saw in test-artifacts/dashboard/ at the repository's root."""
+"""The dashboard in real browsers: Debian's headless Chromium driven through its
+WebDriver (Selenium), and Debian's headless Firefox ESR through Marionette
+(``firefox_browser.py``), each against a `dispatchlet scheduler` process with an API key
+and a real endpoint served by `dispatchlet serve`. Each test leaves a screenshot of what
+it saw in test-artifacts/dashboard/ at the repository's root (Firefox's in its folder
+``firefox``)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import json
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ from typing import Any
 import pytest
 from dispatchlet.core import values
 from dispatchlet.proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2
+from firefox_browser import FIREFOX, Firefox
 from test_workflow_processes import API_KEY, Stack, app
 
 pytestmark = pytest.mark.slow
@@ -65,8 +69,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         running.stop()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+@pytest.fixture(scope="module", params=["chromium", "firefox"])
+def browser(request: pytest.FixtureRequest) -> Iterator[Any]:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    if request.param == "firefox":
+        if not Path(FIREFOX).exists():
+            pytest.fail(f"{FIREFOX} is missing: apt-get install firefox-esr")
+        firefox = Firefox(1280, 1000)
+        firefox.set_page_load_timeout(WAIT)
+        (ARTIFACTS / "firefox").mkdir(exist_ok=True)
+        try:
+            yield firefox
+        finally:
+            firefox.quit()
+        return
     for path in (CHROMIUM, CHROMEDRIVER):
         if not Path(path).exists():
             pytest.fail(f"{path} is missing: apt-get install chromium chromium-driver")
@@ -91,7 +107,6 @@ def browser() -> Iterator[Any]:
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(WAIT)
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     try:
         yield driver
     finally:
@@ -99,16 +114,33 @@ def browser() -> Iterator[Any]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
+def _between_pages() -> tuple[type[Exception], ...]:
+    """What a browser raises when a page is asked about while another replaces it."""
+    from marionette_driver import errors as firefox
+    from selenium.common import exceptions as chromium
+
+    return (
+        chromium.StaleElementReferenceException,
+        chromium.NoSuchElementException,
+        firefox.StaleElementException,
+        firefox.NoSuchElementException,
+    )
+
+
 def until(what: str, condition: Callable[[], Any], timeout: float = WAIT) -> Any:
     """``condition()``'s first true value, checked until ``timeout``; fails naming
-    ``what``."""
+    ``what``. A page that is being replaced (a click's navigation) is asked again."""
     deadline = time.monotonic() + timeout
+    last: Exception | None = None
     while time.monotonic() < deadline:
-        found = condition()
+        try:
+            found = condition()
+        except _between_pages() as exc:
+            last, found = exc, None
         if found:
             return found
         time.sleep(0.1)
-    raise AssertionError(f"not seen within {timeout:g} s: {what}")
+    raise AssertionError(f"not seen within {timeout:g} s: {what} (last: {last!r})")
 
 
 def dispatch(stack: Stack, function: str, value: Any) -> str:
@@ -129,7 +161,8 @@ def shot(browser: Any, name: str, height: int | None = None) -> None:
         inner = browser.execute_script("return window.innerHeight")
         outer = browser.get_window_size()["height"]
         browser.set_window_size(width, min(max(tall + outer - inner, 700), height or 2400))
-    browser.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+    folder = ARTIFACTS / "firefox" if isinstance(browser, Firefox) else ARTIFACTS
+    browser.save_screenshot(str(folder / f"{name}.png"))
 
 
 def text(browser: Any) -> str:
@@ -176,7 +209,6 @@ def test_logging_in_with_the_api_key(browser: Any, stack: Stack) -> None:
 
 def test_a_failed_call_in_the_failed_filter_and_its_error(browser: Any, stack: Stack) -> None:
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
 
     log_in(browser, stack)
     failed = dispatch(stack, "fail", "permanent")
@@ -184,7 +216,7 @@ def test_a_failed_call_in_the_failed_filter_and_its_error(browser: Any, stack: S
     stack.wait(failed)
     stack.wait(worked)
     browser.get(stack.api + "/")
-    Select(browser.find_element(By.ID, "status")).select_by_value("failed")
+    browser.find_element(By.CSS_SELECTOR, "#status option[value=failed]").click()
     browser.find_element(By.CSS_SELECTOR, ".filters button[type=submit]").click()
     until("the failed filter", lambda: "status=failed" in browser.current_url)
     links = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "table.calls a.id")]
@@ -250,7 +282,9 @@ def test_retry_now_from_a_calls_page_runs_its_next_attempt(browser: Any, stack: 
     from selenium.webdriver.common.by import By
 
     log_in(browser, stack)
-    flaky = dispatch(stack, "flaky", "once")
+    # A name of its own: its first attempt fails once per name, in each browser's run.
+    name = f"once-{uuid.uuid4().hex[:8]}"
+    flaky = dispatch(stack, "flaky", name)
 
     def backing_off() -> bool:
         browser.get(f"{stack.api}/calls/{flaky}")
@@ -267,22 +301,23 @@ def test_retry_now_from_a_calls_page_runs_its_next_attempt(browser: Any, stack: 
     retry[0].click()
     until("the retry's word", lambda: "Its next attempt starts now." in text(browser))
     info = stack.wait(flaky)
-    assert values.from_any(info.output) == "worked: once"
+    assert values.from_any(info.output) == f"worked: {name}"
 
     def shows_ok() -> bool:
         browser.get(f"{stack.api}/calls/{flaky}")
         return "OK" in browser.find_element(By.TAG_NAME, "h1").text
 
     until("the call done OK on its page", shows_ok)
-    assert "worked: once" in text(browser)
+    assert f"worked: {name}" in text(browser)
 
 
 def _alert(browser: Any) -> Any:
+    from marionette_driver.errors import NoAlertPresentException as NoAlertInFirefox
     from selenium.common.exceptions import NoAlertPresentException
 
     try:
         return browser.switch_to.alert
-    except NoAlertPresentException:
+    except (NoAlertPresentException, NoAlertInFirefox):
         return None
 
 
@@ -330,7 +365,8 @@ def test_live_refresh_keyboard_and_phone_width(browser: Any, stack: Stack) -> No
     focused.send_keys(Keys.ENTER)
     until("the call opened by keyboard", lambda: browser.current_url.endswith(f"/calls/{opened}"))
 
-    # A phone: nothing wider than the screen, each call a card.
+    # A phone: nothing wider than the screen, each call a card (Firefox: 500 px, its
+    # narrowest window).
     browser.set_window_size(390, 844)
     browser.get(stack.api + "/")
     wide = browser.execute_script(

@@ -2472,6 +2472,115 @@ def test_postgres_reads_a_time_range_from_the_index_of_creation_times(
                 assert "using dispatchlet_calls_list_created" in plan, (chosen, plan)
 
 
+# --- resuming a failed workflow (``CallService.Resume``) ----------------------------------
+
+
+def test_a_call_that_fails_keeps_its_poll_and_one_that_ends_ok_drops_it(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        failing, fine, cancelled = await store.dispatch([call("wf")] * 3, now=NOW)
+        claims = await store.claim(owner="s", now=NOW, limit=10, lease_seconds=LEASE)
+        leases = {c.call.dispatch_id: c.lease for c in claims}
+        kids = []
+        for parent in (failing, fine, cancelled):
+            made = await store.suspend(
+                leases[parent],
+                POLL,
+                [call("step", correlation_id=1)],
+                min_results=1,
+                max_results=1,
+                until=NOW + 100,
+                now=NOW,
+            )
+            assert made is not None
+            kids += made
+        await run_children(store, NOW + 1, *kids)
+        claims = await store.claim(owner="s", now=NOW + 2, limit=10, lease_seconds=LEASE)
+        leases = {c.call.dispatch_id: c.lease for c in claims}
+        assert await store.finish(leases[failing], PERMANENT_ERROR, b"err", now=NOW + 3)
+        assert await store.finish(leases[fine], OK, b"out", now=NOW + 3)
+        await store.cancel(cancelled, PERMANENT_ERROR, b"cancelled", now=NOW + 3)
+        found = {c: await store.get(c) for c in (failing, fine, cancelled)}
+        # The failed workflow's journal is kept for a resume; an OK or cancelled one's not.
+        assert [(c.state, c.poll) for c in found.values() if c is not None] == [
+            (State.DONE, POLL),
+            (State.DONE, b""),
+            (State.DONE, b""),
+        ]
+        # A summary still leaves it out.
+        (listed,) = await store.list(root_id=failing, function="wf")
+        assert listed.poll == b""
+
+    with_store(open_store, body)
+
+
+def test_children_are_read_with_their_results_in_creation_order(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        parent, kids = await suspended(store, 3, min_results=1, max_results=3)
+        claims = await store.claim(owner="s", now=NOW + 1, limit=10, lease_seconds=LEASE)
+        leases = {c.call.dispatch_id: c.lease for c in claims}
+        assert await store.finish(leases[kids[1]], OK, b"r1", now=NOW + 2)
+        assert await store.finish(leases[kids[0]], PERMANENT_ERROR, b"e0", now=NOW + 3)
+        # The parent is given both, and fails with the first.
+        (resumed,) = await store.claim(owner="s", now=NOW + 4, limit=10, lease_seconds=LEASE)
+        assert resumed.call.dispatch_id == parent
+        assert await store.finish(
+            resumed.lease, PERMANENT_ERROR, b"failed", now=NOW + 5, orphans=ORPHANS
+        )
+        # A grandchild is not a child.
+        await store.dispatch([call("g", parent_id=kids[1], root_id=parent)], now=NOW + 6)
+        children = await store.children(parent)
+        assert [c.dispatch_id for c in children] == kids
+        assert [c.correlation_id for c in children] == [0, 1, 2]
+        first, second, third = children
+        assert (first.done, first.delivered, first.status, first.result) == (
+            True,
+            True,
+            PERMANENT_ERROR,
+            b"e0",
+        )
+        assert first.finished_at == NOW + 3
+        assert (second.done, second.delivered, second.status, second.result) == (
+            True,
+            True,
+            OK,
+            b"r1",
+        )
+        # The third was ended with the parent, never given to it.
+        assert (third.done, third.delivered, third.status) == (True, False, PERMANENT_ERROR)
+        assert await store.children("0" * 32) == []
+
+    with_store(open_store, body)
+
+
+def test_a_call_dispatched_with_a_poll_is_resumed_from_it_at_its_first_attempt(
+    open_store: Any,
+) -> None:
+    async def body(store: Store) -> None:
+        (old,) = await store.dispatch([call("wf")], now=NOW)
+        (new,) = await store.dispatch([call("wf", poll=POLL, rerun_of=old)], now=NOW + 1)
+        stored = await store.get(new)
+        assert stored is not None
+        assert (stored.poll, stored.rerun_of, stored.state) == (POLL, old, State.READY)
+        claims = await store.claim(owner="s", now=NOW + 2, limit=10, lease_seconds=LEASE)
+        (resumed,) = [c for c in claims if c.call.dispatch_id == new]
+        assert (resumed.call.poll, resumed.results, resumed.lease.delivered) == (POLL, (), ())
+        # Its Poll makes children as any workflow's does, and it resumes with them.
+        (kid,) = await store.suspend(  # type: ignore[misc]
+            resumed.lease,
+            POLL,
+            [call("step", correlation_id=3)],
+            min_results=1,
+            max_results=1,
+            until=NOW + 100,
+            now=NOW + 3,
+        )
+        await run_children(store, NOW + 4, kid)
+        (again,) = await store.claim(owner="s", now=NOW + 5, limit=10, lease_seconds=LEASE)
+        assert [(r.dispatch_id, r.correlation_id) for r in again.results] == [(kid, 3)]
+
+    with_store(open_store, body)
+
+
 # --- Delays, policies and keys of a Poll's children ----------------------------------
 
 POLICY = CallPolicy(

@@ -76,6 +76,15 @@ ACTIONS = (
         "Dispatched again.",
         headers=True,
     ),
+    # A failed workflow that kept its journal: a new call from its failed step on.
+    Action(
+        "resume",
+        "Resume",
+        "ResumeRequest",
+        lambda call: call.done and call.status != Status.OK.value and bool(call.poll),
+        "Resumed from where it failed.",
+        headers=True,
+    ),
 )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from ...core.errors import InvalidArgument, refuses
 from ..store import COUNT_CAP, State, unavailable
 from . import session, views
 from .actions import ACTIONS, Action, offered
+from .login_limits import FailedLogins
 from .overview import Overview, queue_overview
 from .schedules import SchedulesPage
 
@@ -74,6 +76,7 @@ class Dashboard:
     ) -> None:
         self.api = api
         self.actions = actions
+        self.failed_logins = FailedLogins()
         self.overview = overview or queue_overview
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader(__package__ or __name__, "templates"),
@@ -288,10 +291,21 @@ class Dashboard:
         if not self.api.api_keys:
             problem = "The scheduler has no API key configured (DISPATCH_API_KEY)."
             return self.render(None, "login.html", 401, next=target, problem=problem)
+        address = request.remote or ""
+        now = self.api.clock()
+        wait = self.failed_logins.wait(address, now)
+        if wait > 0:
+            problem = f"Too many wrong keys from this address: try again in {views.duration(wait)}."
+            response = self.render(None, "login.html", 429, next=target, problem=problem)
+            response.headers["Retry-After"] = str(math.ceil(wait))
+            return response
         key = session.key_matches(str(form.get("key", "")), self.api.api_keys)
         if key is None:
+            self.failed_logins.failed(address, now)
+            logger.warning("dashboard login with a wrong key from %s", address or "?")
             problem = "That is none of the scheduler's API keys."
             return self.render(None, "login.html", 401, next=target, problem=problem)
+        self.failed_logins.succeeded(address)
         token, _ = session.issue(key, self.api.clock())
         response = web.HTTPSeeOther(target)
         response.set_cookie(

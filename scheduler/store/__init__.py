@@ -105,6 +105,9 @@ class NewCall:
     follows: str | None = None
     """The call this one takes its outcome from instead of running (a Poll's child
     whose idempotency key another call has: ``idempotency.KeyedChildren``)."""
+    poll: bytes = b""
+    """A serialized ``Poll`` to resume the call from at its first attempt (a resumed
+    workflow, ``CallService.Resume``); empty: the call starts from its input."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +156,8 @@ class Call:
     finished_at: float | None
     poll: bytes = b""
     """A serialized ``Poll`` (its state and limits, without its calls) while the call is
-    suspended or being resumed; empty otherwise."""
+    suspended or being resumed, and once it ended with any status but OK (``finish``);
+    empty otherwise."""
     restarts: int = 0
     rerun_of: str | None = None
     """The call this one is a re-run of (``NewCall.rerun_of``); None for any other."""
@@ -187,6 +191,21 @@ class ChildResult:
     status: int
     result: bytes
     """A serialized ``CallResult``."""
+
+
+@dataclass(frozen=True)
+class Child:
+    """A call's child as ``Store.children`` reads it."""
+
+    dispatch_id: str
+    correlation_id: int
+    done: bool
+    delivered: bool
+    """Its result was given to its parent (or set aside by the parent's restart)."""
+    status: int | None
+    result: bytes
+    """A serialized ``CallResult`` once done."""
+    finished_at: float | None
 
 
 @dataclass(frozen=True)
@@ -375,7 +394,9 @@ class Store(Protocol):
         attempt: NewAttempt | None = None,
     ) -> bool:
         """Record the final outcome; False (nothing changed) for a stale lease. The
-        call's unfinished descendants end with ``orphans`` (a status and a result).
+        call's unfinished descendants end with ``orphans`` (a status and a result). A
+        call that ends with any status but OK keeps its ``poll`` (a failed workflow's
+        journal, which ``CallService.Resume`` starts from); one that ends OK drops it.
         ``attempt``, in each method that records an outcome, is added to the call's
         history with it (``NewAttempt``)."""
 
@@ -438,6 +459,10 @@ class Store(Protocol):
 
     async def get(self, dispatch_id: str) -> Call | None:
         """The call, or None."""
+
+    async def children(self, parent_id: str) -> list[Child]:
+        """Every child of the call, with its result, in creation order (a failed
+        workflow's steps, for ``CallService.Resume``)."""
 
     async def history(self, dispatch_id: str) -> AttemptHistory:
         """The attempts the call's history keeps, oldest first, and how many were
@@ -714,6 +739,20 @@ def policy_columns(policy: CallPolicy | None) -> dict[str, Any]:
 NO_POLICY = CallPolicy()
 
 
+def child_from_row(row: Sequence[Any]) -> Child:
+    """A child from its ``(dispatch_id, correlation_id, state, delivered, status, result,
+    finished_at)`` columns."""
+    return Child(
+        row[0],
+        loaded_correlation_id(row[1]),
+        row[2] == State.DONE.value,
+        bool(row[3]),
+        row[4],
+        bytes(row[5]),
+        row[6],
+    )
+
+
 def child_result_from_row(row: Sequence[Any]) -> ChildResult:
     """A finished child's result from its ``(dispatch_id, correlation_id, status,
     result)`` columns."""
@@ -733,6 +772,7 @@ __all__ = [
     "AttemptHistory",
     "Call",
     "CallPolicy",
+    "Child",
     "ChildResult",
     "Claimed",
     "DatabaseBroken",
@@ -750,6 +790,7 @@ __all__ = [
     "TreeLimitExceeded",
     "attempt_from_row",
     "call_from_row",
+    "child_from_row",
     "child_result_from_row",
     "children_of",
     "claim_candidates",

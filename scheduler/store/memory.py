@@ -27,6 +27,7 @@ from . import (
     AttemptHistory,
     Call,
     CallPolicy,
+    Child,
     ChildResult,
     Claimed,
     Lease,
@@ -265,7 +266,7 @@ class MemoryStore:
         if row is None:
             return False
         _add_attempt(row, attempt)
-        self._end(row, status, result, now)
+        self._end(row, status, result, now, keep_failed_poll=True)
         self._deliver(lease.delivered)
         self._end_descendants(row.dispatch_id, orphans, now)
         if row.parent_id is not None:
@@ -380,6 +381,24 @@ class MemoryStore:
         self._check_open()
         row = self._rows.get(dispatch_id)
         return None if row is None else row.call()
+
+    async def children(self, parent_id: str) -> builtins.list[Child]:
+        self._check_open()
+        row = self._rows.get(parent_id)
+        if row is None:
+            return []
+        return [
+            Child(
+                child.dispatch_id,
+                child.correlation_id,
+                child.state is State.DONE,
+                child.delivered,
+                child.status,
+                child.result,
+                child.finished_at,
+            )
+            for child in (self._rows[i] for i in row.children)
+        ]
 
     async def history(self, dispatch_id: str) -> AttemptHistory:
         self._check_open()
@@ -711,6 +730,7 @@ class MemoryStore:
                 trace_context=call.trace_context,
                 policy=call.policy,
                 follows=call.follows,
+                poll=call.poll,
             )
             self._unfinished.add(dispatch_id)
             if call.parent_id is not None:
@@ -726,10 +746,13 @@ class MemoryStore:
             return None
         return row
 
-    def _end(self, row: _Row, status: int, result: bytes, now: float) -> None:
+    def _end(
+        self, row: _Row, status: int, result: bytes, now: float, *, keep_failed_poll: bool = False
+    ) -> None:
         row.state = State.DONE
         row.status, row.result, row.finished_at = status, result, now
-        row.poll = b""
+        if not keep_failed_poll or status == Status.OK.value:
+            row.poll = b""
         row.unlease()
         self._unfinished.discard(row.dispatch_id)
 

@@ -42,6 +42,7 @@ from . import (
     PURGE_BATCH,
     AttemptHistory,
     Call,
+    Child,
     ChildResult,
     Claimed,
     Lease,
@@ -53,6 +54,7 @@ from . import (
     TreeBounds,
     TreeLimitExceeded,
     call_from_row,
+    child_from_row,
     child_result_from_row,
     children_of,
     history_of,
@@ -700,6 +702,10 @@ class PostgresStore:
     async def get(self, dispatch_id: str) -> Call | None:
         rows = await self._select(SQL.get, {"id": dispatch_id})
         return call_from_row(rows[0]) if rows else None
+
+    async def children(self, parent_id: str) -> list[Child]:
+        rows = await self._select(SQL.children, {"id": parent_id})
+        return [child_from_row(row) for row in rows]
 
     async def history(self, dispatch_id: str) -> AttemptHistory:
         return history_of(await self._select(SQL.history, {"id": dispatch_id}))

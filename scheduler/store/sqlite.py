@@ -38,6 +38,7 @@ from . import (
     PURGE_BATCH,
     AttemptHistory,
     Call,
+    Child,
     ChildResult,
     Claimed,
     DatabaseBroken,
@@ -50,6 +51,7 @@ from . import (
     TreeBounds,
     TreeLimitExceeded,
     call_from_row,
+    child_from_row,
     child_result_from_row,
     children_of,
     corrupt,
@@ -583,6 +585,13 @@ class SQLiteStore:
         def select(db: sqlite3.Connection) -> Call | None:
             row = db.execute(SQL.get, {"id": dispatch_id}).fetchone()
             return None if row is None else call_from_row(row)
+
+        return await self._select(select)
+
+    async def children(self, parent_id: str) -> list[Child]:
+        def select(db: sqlite3.Connection) -> list[Child]:
+            rows = db.execute(SQL.children, {"id": parent_id}).fetchall()
+            return [child_from_row(row) for row in rows]
 
         return await self._select(select)
 

@@ -340,6 +340,7 @@ INSERTED = (
     "trace_context",
     *_POLICY.split(", "),
     "follows",
+    "poll",
 )
 # What a call's lease is, once it has none.
 _UNLEASED = "lease_owner = NULL, lease_expires = NULL"
@@ -347,11 +348,16 @@ _UNLEASED = "lease_owner = NULL, lease_expires = NULL"
 _FENCED = "WHERE dispatch_id = :id AND lease_token = :token AND state = 'running'"
 
 
-def _ended(status: str, result: str, now: str) -> str:
-    """What ending a call sets, given the SQL of its status, result and time."""
+def _ended(status: str, result: str, now: str, *, keep_failed_poll: bool = False) -> str:
+    """What ending a call sets, given the SQL of its status, result and time. Its poll
+    is dropped, or, with ``keep_failed_poll``, kept when the status is not OK: a failed
+    workflow's journal, which a resume starts from (``CallService.Resume``)."""
+    poll = "{empty}"
+    if keep_failed_poll:
+        poll = f"CASE WHEN {status} = {Status.OK.value:d} THEN {{empty}} ELSE poll END"
     return (
         f"state = 'done', status = {status}, result = {result}, finished_at = {now}, "
-        f"{_UNLEASED}, poll = {{empty}}"
+        f"{_UNLEASED}, poll = {poll}"
     )
 
 
@@ -560,8 +566,9 @@ class Statements:
         )
         self.extend = r(f"UPDATE {{calls}} SET lease_expires = :until {_FENCED}")
         self.finish = r(
-            f"UPDATE {{calls}} SET {_ended(':status', ':result', ':now')} "
-            f"{_FENCED} RETURNING parent_id"
+            "UPDATE {calls} SET "
+            + _ended(":status", ":result", ":now", keep_failed_poll=True)
+            + f" {_FENCED} RETURNING parent_id"
         )
         self.suspend = r(
             "UPDATE {calls} SET state = 'waiting', poll = :poll, poll_min = :min_results, "
@@ -651,6 +658,11 @@ class Statements:
             "WHERE dispatch_id = :id AND state = 'ready' AND ready_at > :now"
         )
         self.state_of = r("SELECT state FROM {calls} WHERE dispatch_id = :id")
+        # A failed workflow's steps, for a resume (``Store.children``).
+        self.children = r(
+            "SELECT dispatch_id, correlation_id, state, delivered, status, result, "
+            "finished_at FROM {calls} WHERE parent_id = :id ORDER BY {seq}"
+        )
         # The queue's depth and the calls finished lately (``stats.py``).
         self.queue_stats = r(_QUEUE_STATS)
         self.finished_per_minute = r(_FINISHED_PER_MINUTE[dialect.name])
@@ -778,8 +790,9 @@ class PostgresStatements(Statements):
         )
         self.notify = f"SELECT pg_notify('{CHANNEL}', '')"
         self.finish_all = r(
-            f"UPDATE {{calls}} AS c SET {_ended('f.status', 'f.result', 'f.now')}"
-            " FROM unnest(:ids::text[], :tokens::bigint[], :statuses::integer[],"
+            "UPDATE {calls} AS c SET "
+            + _ended("f.status", "f.result", "f.now", keep_failed_poll=True)
+            + " FROM unnest(:ids::text[], :tokens::bigint[], :statuses::integer[],"
             "  :results::bytea[], :nows::double precision[]) AS f (id, token, status, result, now)"
             " WHERE c.dispatch_id = f.id AND c.lease_token = f.token AND c.state = 'running'"
             " RETURNING c.dispatch_id, c.lease_token"
@@ -976,6 +989,7 @@ def rows_to_insert(calls: Sequence[NewCall], now: float) -> tuple[list[str], lis
                 "trace_context": call.trace_context,
                 **policy_columns(call.policy),
                 "follows": call.follows,
+                "poll": call.poll,
             }
         )
         ids.append(dispatch_id)

@@ -490,6 +490,53 @@ class RerunResponse(_message.Message):
 Global___RerunResponse: _TypeAlias = RerunResponse  # noqa: Y015
 
 @_typing.final
+class ResumeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPATCH_ID_FIELD_NUMBER: _builtins.int
+    dispatch_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        dispatch_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch_id", b"dispatch_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeRequest: _TypeAlias = ResumeRequest  # noqa: Y015
+
+@_typing.final
+class ResumeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPATCH_ID_FIELD_NUMBER: _builtins.int
+    STEPS_KEPT_FIELD_NUMBER: _builtins.int
+    STEPS_RETRIED_FIELD_NUMBER: _builtins.int
+    dispatch_id: _builtins.str
+    """The new call's, which resumes the old one."""
+    steps_kept: _builtins.int
+    """How many of the old run's steps the new one starts with, finished."""
+    steps_retried: _builtins.int
+    """How many steps it runs again: the failed one, and any that had not finished."""
+    def __init__(
+        self,
+        *,
+        dispatch_id: _builtins.str = ...,
+        steps_kept: _builtins.int = ...,
+        steps_retried: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch_id", b"dispatch_id", "steps_kept", b"steps_kept", "steps_retried", b"steps_retried"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeResponse: _TypeAlias = ResumeResponse  # noqa: Y015
+
+@_typing.final
 class OverviewRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
