@@ -329,12 +329,20 @@ async def _serve(
     return status
 
 
+def dev_owner(app: str) -> str:
+    """Who owns the schedules `dispatchlet dev` syncs for APP: the app, by its path."""
+    return f"dispatchlet dev {Path(app.partition(':')[0]).resolve()}"
+
+
 def sync_declared(app: ReloadingApp, scheduler_url: str, api_key: str) -> None:
     """Push the schedules ``app`` declares for its loopback URL, saying what changed; a
     refusal (a name taken by a schedule created by hand) is said, and dev goes on."""
     try:
         with Client(scheduler_url, api_key) as client:
-            synced = client.sync_schedules(app.endpoint, endpoint_url=app.endpoint_url)
+            # Owned by the app, not its URL: a restart on another port takes them over.
+            synced = client.sync_schedules(
+                app.endpoint, endpoint_url=app.endpoint_url, owner=dev_owner(app.app)
+            )
     except (ClientError, EncodeError) as exc:
         text = f"{exc.code}: {exc.message}" if isinstance(exc, ClientError) else str(exc)
         logging_setup.notice(f"dispatchlet dev: syncing the schedules failed: {text}")

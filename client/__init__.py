@@ -653,23 +653,25 @@ class Client:
             calls_pb2.DeleteScheduleResponse,
         )
 
-    def sync_schedules(self, endpoint: Endpoint, *, endpoint_url: str | None = None) -> SyncResult:
+    def sync_schedules(
+        self, endpoint: Endpoint, *, endpoint_url: str | None = None, owner: str | None = None
+    ) -> SyncResult:
         """Push the schedules ``endpoint``'s functions declare (``schedule=``), for its
         ``endpoint_url`` (or the one given): those missing are created, those changed
-        updated, and those an earlier sync created for that URL and no longer declared
-        deleted. A schedule created by hand, or synced for another endpoint, is never
-        touched: a declared name it holds is ``already_exists``, and nothing changes."""
+        updated, and those an earlier sync of the same ``owner`` (default: that URL)
+        created and no longer declared deleted. A schedule created by hand, or synced by
+        another owner, is never touched: a declared name it holds is ``already_exists``,
+        and nothing changes."""
         url = endpoint_url or endpoint.endpoint_url
         if not url:
             raise ValueError(
                 "the endpoint has no public URL to sync its schedules for: set "
                 "DISPATCH_ENDPOINT_URL, Endpoint(endpoint_url=...) or endpoint_url="
             )
-        answer = self._rpc(
-            _SCHEDULES + "SyncSchedules",
-            calls_pb2.SyncSchedulesRequest(endpoint=url, schedules=declared_schedules(endpoint)),
-            calls_pb2.SyncSchedulesResponse,
+        request = calls_pb2.SyncSchedulesRequest(
+            endpoint=url, schedules=declared_schedules(endpoint), owner=owner or ""
         )
+        answer = self._rpc(_SCHEDULES + "SyncSchedules", request, calls_pb2.SyncSchedulesResponse)
         return SyncResult.from_proto(answer)
 
     # --- transport -------------------------------------------------------------------

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 MAX_SYNCED = 1000
 """The most schedules one sync may declare."""
+MAX_OWNER = 500
+"""The longest owner of synced schedules, in characters."""
 DEFAULT_TIMEZONE = "UTC"
 
 
@@ -43,7 +45,7 @@ class ScheduleApi:
             self.api.ticker.changed()
 
     def new_schedule(
-        self, spec: calls_pb2.ScheduleSpec, now: float, *, owner: str = ""
+        self, spec: calls_pb2.ScheduleSpec, now: float, *, owner: str = "", endpoint: str = ""
     ) -> NewSchedule:
         """The schedule ``spec`` asks for, first ticking after ``now``; ``InvalidArgument``
         naming it and the reason when it cannot be."""
@@ -54,7 +56,7 @@ class ScheduleApi:
         def invalid(reason: str) -> InvalidSchedule:
             return InvalidSchedule(f"schedule {spec.name!r}: {reason}")
 
-        endpoint = (spec.endpoint or owner).rstrip("/")
+        endpoint = (spec.endpoint or endpoint).rstrip("/")
         call = call_pb2.Call(function=spec.function, endpoint=endpoint)
         problem = call_problem(call) or self.api.engine.unsupported(endpoint)
         if problem is not None:
@@ -139,10 +141,13 @@ class ScheduleApi:
     async def sync(
         self, request: calls_pb2.SyncSchedulesRequest
     ) -> calls_pb2.SyncSchedulesResponse:
-        owner = request.endpoint.rstrip("/")
-        problem = endpoint_problem(owner) if owner else "missing endpoint"
+        endpoint = request.endpoint.rstrip("/")
+        problem = endpoint_problem(endpoint) if endpoint else "missing endpoint"
         if problem is not None:
             raise InvalidArgument(problem)
+        owner = request.owner or endpoint
+        if len(owner) > MAX_OWNER or not owner.isprintable():
+            raise InvalidArgument(f"invalid owner {owner[:100]!r}: at most {MAX_OWNER} characters")
         if len(request.schedules) > MAX_SYNCED:
             raise InvalidArgument(
                 f"{len(request.schedules)} schedules in one sync: at most {MAX_SYNCED}"
@@ -152,7 +157,10 @@ class ScheduleApi:
         if repeated:
             raise InvalidArgument(f"schedule names given twice: {', '.join(repeated)}")
         now = self.api.clock()
-        wanted = [self.new_schedule(spec, now, owner=owner) for spec in request.schedules]
+        wanted = [
+            self.new_schedule(spec, now, owner=owner, endpoint=endpoint)
+            for spec in request.schedules
+        ]
         synced = await self.api.store.sync_schedules(owner, wanted, now=now)
         self._changed()
         return calls_pb2.SyncSchedulesResponse(

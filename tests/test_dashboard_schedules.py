@@ -90,7 +90,7 @@ def test_a_taken_name_is_already_exists_and_an_unknown_one_not_found(tmp_path: P
     scenario(tmp_path, body)
 
 
-def test_a_sync_refuses_a_name_given_twice_and_a_bad_endpoint(tmp_path: Path) -> None:
+def test_a_sync_refuses_a_name_given_twice_a_bad_endpoint_and_a_long_owner(tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
         twice = calls_pb2.SyncSchedulesRequest(endpoint=ENDPOINT, schedules=[spec(), spec()])
         status, answer = await h.post(SCHEDULES + "SyncSchedules", twice.SerializeToString())
@@ -100,6 +100,10 @@ def test_a_sync_refuses_a_name_given_twice_and_a_bad_endpoint(tmp_path: Path) ->
         status, answer = await h.post(SCHEDULES + "SyncSchedules", bad.SerializeToString())
         assert status == 400
         assert "invalid endpoint 'nowhere'" in json.loads(answer)["message"]
+        long = calls_pb2.SyncSchedulesRequest(endpoint=ENDPOINT, owner="x" * 501)
+        status, answer = await h.post(SCHEDULES + "SyncSchedules", long.SerializeToString())
+        assert status == 400
+        assert "invalid owner" in json.loads(answer)["message"]
 
     scenario(tmp_path, body)
 

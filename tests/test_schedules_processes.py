@@ -19,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dispatchlet import Client
 from dispatchlet.core.keys import private_key_base64, public_key_base64
-from postgres_server import fresh_database
+from postgres_server import free_port, fresh_database
 from test_scheduler_processes import API_KEY, Process, environment
 
 pytestmark = pytest.mark.slow
@@ -292,9 +292,8 @@ def test_sync_pushes_the_declared_schedules_and_deletes_only_its_own(cluster: Cl
             client.delete_schedule(name)
 
 
-def test_dev_syncs_the_declared_schedules_on_start(tmp_path: Path) -> None:
-    declared(tmp_path)
-    process = Process(
+def start_dev(folder: Path, port: int = 0) -> Process:
+    return Process(
         [
             sys.executable,
             "-m",
@@ -302,25 +301,55 @@ def test_dev_syncs_the_declared_schedules_on_start(tmp_path: Path) -> None:
             "dev",
             "declared.py",
             "--port",
-            "0",
+            str(port),
             "--scheduler-port",
             "0",
             "--db",
-            str(tmp_path / "dev.db"),
+            str(folder / "dev.db"),
         ],
         environment(),
-        tmp_path,
+        folder,
     )
+
+
+def dev_schedules(process: Process) -> dict[str, tuple[str, str]]:
+    """The schedules of the dev loop's scheduler: each one's endpoint and owner."""
+    exports = dict(re.findall(r"export (DISPATCH_\w+)=(\S+)", "".join(process.drained())))
+    with Client(exports["DISPATCH_API_URL"], exports["DISPATCH_API_KEY"].strip("'")) as client:
+        return {s.name: (s.endpoint, s.synced_for) for s in client.list_schedules()}
+
+
+def test_dev_syncs_the_declared_schedules_on_start_and_a_restart_takes_them_over(
+    tmp_path: Path,
+) -> None:
+    declared(tmp_path)
+    owner = f"dispatchlet dev {(tmp_path / 'declared.py').resolve()}"
+    process = start_dev(tmp_path)
     try:
         synced = process.wait_for(
             r"dispatchlet dev: schedules for (\S+): created hourly_cleanup, nightly_report"
         )
-        exports = dict(re.findall(r"export (DISPATCH_\w+)=(\S+)", "".join(process.drained())))
-        with Client(exports["DISPATCH_API_URL"], exports["DISPATCH_API_KEY"].strip("'")) as client:
-            listed = {s.name: s.synced_for for s in client.list_schedules()}
-        assert listed == {
-            "hourly_cleanup": synced.group(1),
-            "nightly_report": synced.group(1),
+        first_url = synced.group(1)
+        assert dev_schedules(process) == {
+            "hourly_cleanup": (first_url, owner),
+            "nightly_report": (first_url, owner),
         }
+    finally:
+        assert process.stop() == 0, "".join(process.output)
+    # Started again (on another free port), one schedule gone from the code: the dev
+    # loop's schedules follow the app, not its old address.
+    declared(tmp_path, hourly=False)
+    port = free_port()
+    while f":{port}" in first_url:
+        port = free_port()
+    process = start_dev(tmp_path, port)
+    try:
+        synced = process.wait_for(
+            r"dispatchlet dev: schedules for (\S+): updated nightly_report; "
+            r"deleted hourly_cleanup"
+        )
+        second_url = synced.group(1)
+        assert second_url.endswith(f":{port}")
+        assert dev_schedules(process) == {"nightly_report": (second_url, owner)}
     finally:
         assert process.stop() == 0, "".join(process.output)

@@ -864,7 +864,9 @@ class ScheduleInfo(_message.Message):
     paused: _builtins.bool
     last_dispatch_id: _builtins.str
     synced_for: _builtins.str
-    """The endpoint URL whose sync manages it; empty for a schedule created by hand."""
+    """The owner of the sync that manages it (its endpoint URL, unless the sync named
+    another); empty for a schedule created by hand.
+    """
     @_builtins.property
     def spec(self) -> Global___ScheduleSpec: ...
     @_builtins.property
@@ -1092,9 +1094,13 @@ class SyncSchedulesRequest(_message.Message):
 
     ENDPOINT_FIELD_NUMBER: _builtins.int
     SCHEDULES_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     endpoint: _builtins.str
-    """The endpoint the schedules are synced for (their owner); each schedule's endpoint
-    defaults to it.
+    """The endpoint the schedules are synced for; each schedule's endpoint defaults to it."""
+    owner: _builtins.str
+    """Who owns the schedules synced (the schedules an earlier sync with this owner created
+    are updated or deleted); empty: the endpoint. `dispatchlet dev` names its app, so
+    that a restart on another port takes its schedules over.
     """
     @_builtins.property
     def schedules(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScheduleSpec]: ...
@@ -1103,10 +1109,11 @@ class SyncSchedulesRequest(_message.Message):
         *,
         endpoint: _builtins.str = ...,
         schedules: _abc.Iterable[Global___ScheduleSpec] | None = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "schedules", b"schedules"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "owner", b"owner", "schedules", b"schedules"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
