@@ -92,7 +92,8 @@ class SyncResult:
 def declared_schedules(endpoint: Endpoint) -> list[calls_pb2.ScheduleSpec]:
     """The schedules ``endpoint``'s functions declare (``schedule=`` of
     ``@endpoint.function``), each named after its function, ticking in UTC, its call
-    without arguments."""
+    without arguments and with the function's defaults (retry policy, expiration,
+    limits)."""
     declared = []
     for name, function in sorted(endpoint.functions.items()):
         cron = function.schedule
@@ -100,5 +101,16 @@ def declared_schedules(endpoint: Endpoint) -> list[calls_pb2.ScheduleSpec]:
             continue
         spec = calls_pb2.ScheduleSpec(name=name, cron=str(cron), function=name)
         spec.input.CopyFrom(values.to_any(None))
+        # Each tick's call carries the function's defaults, as a call from Python does.
+        defaults = function.defaults
+        options = defaults.to_proto()
+        # Each tick's own: its key, and its time.
+        options.ClearField("key")
+        options.ClearField("delay")
+        options.ClearField("start_at")
+        if options.ByteSize():
+            spec.options.CopyFrom(options)
+        if defaults.expiration is not None:
+            spec.expiration.FromNanoseconds(round(defaults.expiration * 1e9))
         declared.append(spec)
     return declared

@@ -9,12 +9,22 @@ from typing import TYPE_CHECKING
 from ..core.errors import InvalidArgument
 from ..proto.dispatch.sdk.v1 import call_pb2
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2
-from .calls import call_problem, endpoint_problem, oversized_input, timestamp
+from .calls import (
+    call_problem,
+    duration_seconds,
+    endpoint_problem,
+    oversized_input,
+    planned,
+    timestamp,
+)
 from .cron import Cron, InvalidSchedule, name_problem
 from .store.schedules import NewSchedule, Schedule, ScheduleNotFound
 
 if TYPE_CHECKING:
     from .api import Api
+
+MAX_EXPIRATION = 366 * 24 * 3600.0
+"""The longest expiration of a tick's call, as of any call (a year)."""
 
 MAX_SYNCED = 1000
 """The most schedules one sync may declare."""
@@ -65,6 +75,23 @@ class ScheduleApi:
         problem = oversized_input(len(data), self.api.max_input_size)
         if problem is not None:
             raise invalid(f"{problem} (--max-input-size)")
+        options = b""
+        if spec.HasField("options"):
+            chosen = spec.options
+            if chosen.key or chosen.HasField("delay") or chosen.HasField("start_at"):
+                raise invalid(
+                    "a schedule's calls take no key, delay or start time in their options "
+                    "(each tick's call has its own key)"
+                )
+            plan = planned(chosen, now)
+            if isinstance(plan, str):
+                raise invalid(plan)
+            options = chosen.SerializeToString(deterministic=True)
+        expiration = 0.0
+        if spec.HasField("expiration"):
+            expiration = duration_seconds(spec.expiration)
+            if not 0 <= expiration <= MAX_EXPIRATION:
+                raise invalid(f"an expiration must be 0 to {MAX_EXPIRATION:.0f} seconds (a year)")
         timezone = spec.timezone or DEFAULT_TIMEZONE
         try:
             cron = Cron(spec.cron, timezone)
@@ -80,6 +107,8 @@ class ScheduleApi:
             input=data,
             next_tick=next_tick,
             owner=owner,
+            options=options,
+            expiration=expiration,
         )
 
     async def create(
@@ -182,6 +211,10 @@ def schedule_info(schedule: Schedule) -> calls_pb2.ScheduleInfo:
     )
     if schedule.input:
         spec.input.ParseFromString(schedule.input)
+    if schedule.options:
+        spec.options.ParseFromString(schedule.options)
+    if schedule.expiration:
+        spec.expiration.FromNanoseconds(round(schedule.expiration * 1e9))
     info = calls_pb2.ScheduleInfo(
         spec=spec,
         paused=schedule.paused,

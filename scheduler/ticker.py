@@ -15,6 +15,8 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from ..proto.dispatchlet.scheduler.v1 import options_pb2
+from .calls import planned
 from .clock import Clock
 from .cron import Cron, InvalidSchedule, tick_key
 from .store import NewCall, Store
@@ -108,21 +110,33 @@ class Ticker:
         try:
             due = Cron(schedule.cron, schedule.timezone).due(schedule.next_tick, now)
         except InvalidSchedule as exc:
-            if schedule.name not in self._refused:
-                self._refused.add(schedule.name)
-                logger.error("the schedule %r cannot tick here: %s", schedule.name, exc)
+            self._refuse(schedule, str(exc))
             return None
         if due is None:
             return None
         tick, next_tick = due
+        policy = None
+        if schedule.options:
+            plan = planned(options_pb2.CallOptions.FromString(schedule.options), now)
+            if isinstance(plan, str):  # checked when stored: a change of the limits since
+                self._refuse(schedule, plan)
+                return None
+            policy = plan.policy
         call = NewCall(
             function=schedule.function,
             endpoint=schedule.endpoint,
             input=schedule.input,
-            expires_at=now + self.expiration,
+            expires_at=now + (schedule.expiration or self.expiration),
             key=tick_key(schedule.name, tick),
+            policy=policy,
         )
         return TickPlan(tick=tick, next_tick=next_tick, call=call)
+
+    def _refuse(self, schedule: Schedule, reason: str) -> None:
+        """Log, once per schedule, why it cannot tick in this process."""
+        if schedule.name not in self._refused:
+            self._refused.add(schedule.name)
+            logger.error("the schedule %r cannot tick here: %s", schedule.name, reason)
 
     def changed(self) -> None:
         """A schedule was created, resumed or synced by this process: look again now."""

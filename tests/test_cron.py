@@ -169,3 +169,37 @@ def test_the_ticker_dispatches_a_missed_schedule_once_and_moves_it_past_now() ->
     assert functions == ["report"]
     assert next_tick == at("2026-01-01T06:00:00+00:00")
     assert expires == now + 3600
+
+
+def test_a_tick_carries_its_schedules_retry_policy_and_expiration() -> None:
+    from dispatchlet.proto.dispatchlet.scheduler.v1 import options_pb2
+
+    options = options_pb2.CallOptions(max_attempts=3)
+    options.attempt_timeout.FromSeconds(20)
+    now = at("2026-01-01T00:00:00.5+00:00")
+
+    async def run() -> list[object]:
+        store = MemoryStore()
+        for name, chosen, expiration in (("own", options, 90.0), ("plain", None, 0.0)):
+            new = NewSchedule(
+                name,
+                "* * * * * *",
+                "UTC",
+                "report",
+                "http://e.test",
+                b"",
+                now - 0.5,
+                options=b"" if chosen is None else chosen.SerializeToString(),
+                expiration=expiration,
+            )
+            await store.create_schedule(new, now=now - 1)
+        await Ticker(store, FixedClock(now), expiration=3600)._tick_once()
+        return [await store.get(s.last_dispatch_id) for s in await store.schedules()]
+
+    own, plain = asyncio.run(run())
+    assert own.policy is not None  # type: ignore[attr-defined]
+    assert plain.policy is None  # type: ignore[attr-defined]
+    assert own.policy.max_attempts == 3  # type: ignore[attr-defined]
+    assert own.policy.attempt_timeout == 20  # type: ignore[attr-defined]
+    assert own.expires_at == now + 90  # type: ignore[attr-defined]
+    assert plain.expires_at == now + 3600  # type: ignore[attr-defined]

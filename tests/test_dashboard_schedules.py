@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from dispatchlet.core import values
-from dispatchlet.proto.dispatchlet.scheduler.v1 import calls_pb2
+from dispatchlet.proto.dispatchlet.scheduler.v1 import calls_pb2, options_pb2
 from scheduler_harness import ENDPOINT, Harness, harness
 from test_dashboard import get, log_in, post
 
@@ -36,6 +36,12 @@ def spec(name: str = "nightly", **fields: Any) -> calls_pb2.ScheduleSpec:
     return made
 
 
+def negative_timeout() -> options_pb2.CallOptions:
+    options = options_pb2.CallOptions()
+    options.attempt_timeout.FromSeconds(-1)
+    return options
+
+
 async def create(h: Harness, made: calls_pb2.ScheduleSpec) -> tuple[int, bytes]:
     request = calls_pb2.CreateScheduleRequest(schedule=made)
     return await h.post(SCHEDULES + "CreateSchedule", request.SerializeToString())
@@ -53,6 +59,8 @@ async def create(h: Harness, made: calls_pb2.ScheduleSpec) -> tuple[int, bytes]:
         ({"name": ""}, "invalid schedule name ''"),
         ({"function": "2fast"}, "invalid function name '2fast'"),
         ({"endpoint": "ftp://host"}, "invalid endpoint 'ftp://host'"),
+        ({"options": options_pb2.CallOptions(key="k")}, "take no key, delay or start time"),
+        ({"options": negative_timeout()}, "attempt_timeout must be 0 to"),
     ],
 )
 def test_a_bad_schedule_is_a_400_saying_why(
@@ -72,6 +80,30 @@ def test_a_bad_schedule_is_a_400_saying_why(
         assert list(listed.schedules) == []
 
     scenario(tmp_path, body)
+
+
+def test_a_declared_schedule_carries_its_functions_defaults() -> None:
+    from dispatchlet import Endpoint
+    from dispatchlet.client.schedules import declared_schedules
+
+    endpoint = Endpoint(endpoint_url="http://app.test")
+
+    @endpoint.function(schedule="0 3 * * *", max_attempts=4, timeout=30, expiration=600)
+    def nightly() -> None: ...
+
+    @endpoint.function(schedule="0 * * * *")
+    def hourly() -> None: ...
+
+    @endpoint.function
+    def unscheduled() -> None: ...
+
+    specs = {spec.name: spec for spec in declared_schedules(endpoint)}
+    assert sorted(specs) == ["hourly", "nightly"]
+    assert specs["nightly"].options.max_attempts == 4
+    assert specs["nightly"].options.attempt_timeout.seconds == 30
+    assert specs["nightly"].expiration.seconds == 600
+    assert not specs["hourly"].HasField("options")
+    assert not specs["hourly"].HasField("expiration")
 
 
 def test_a_taken_name_is_already_exists_and_an_unknown_one_not_found(tmp_path: Path) -> None:

@@ -2711,7 +2711,9 @@ def test_schedules_are_created_listed_paused_resumed_and_deleted(open_store: Ope
         assert (created.next_tick, created.last_tick, created.owner) == (NOW + 10, None, "")
         assert created.created_at == created.updated_at == NOW
         assert created.input == b"\x0a\x01x"
-        await store.create_schedule(schedule("a-hourly", cron="0 * * * *"), now=NOW)
+        hourly = schedule("a-hourly", cron="0 * * * *", options=b"\x10\x03", expiration=60.0)
+        stored = await store.create_schedule(hourly, now=NOW)
+        assert (stored.options, stored.expiration) == (b"\x10\x03", 60.0)
         with pytest.raises(ScheduleExists):
             await store.create_schedule(schedule("b-nightly", cron="* * * * *"), now=NOW)
         assert [s.name for s in await store.schedules()] == ["a-hourly", "b-nightly"]

@@ -612,6 +612,8 @@ class MemoryStore:
             owner=new.owner,
             created_at=old.created_at if old else now,
             updated_at=now,
+            options=new.options,
+            expiration=new.expiration,
         )
         self._schedules[new.name] = stored
         return stored

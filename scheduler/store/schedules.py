@@ -21,6 +21,7 @@ another endpoint is a conflict, and the sync changes nothing.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +45,12 @@ class NewSchedule:
     next_tick: float
     """Its first tick after its creation."""
     owner: str = ""
-    """The endpoint URL of the sync that manages it; empty: created by hand."""
+    """The owner of the sync that manages it (its endpoint URL, unless the sync named
+    another); empty: created by hand."""
+    options: bytes = b""
+    """A serialized ``CallOptions`` each tick's call carries (its policy); empty: none."""
+    expiration: float = 0.0
+    """Seconds each tick's call is given; 0: the scheduler's default."""
 
 
 @dataclass(frozen=True)
@@ -66,15 +72,13 @@ class Schedule:
     owner: str
     created_at: float
     updated_at: float
+    options: bytes = b""
+    expiration: float = 0.0
 
     def same_as(self, new: NewSchedule) -> bool:
-        return (self.cron, self.timezone, self.function, self.endpoint, self.input) == (
-            new.cron,
-            new.timezone,
-            new.function,
-            new.endpoint,
-            new.input,
-        )
+        mine = (self.cron, self.timezone, self.function, self.endpoint, self.input)
+        theirs = (new.cron, new.timezone, new.function, new.endpoint, new.input)
+        return (*mine, self.options, self.expiration) == (*theirs, new.options, new.expiration)
 
 
 @dataclass(frozen=True)
@@ -169,21 +173,12 @@ def sync_plan(owner: str, existing: Sequence[Schedule], wanted: Sequence[NewSche
 
 
 def _with_next_tick(new: NewSchedule, next_tick: float) -> NewSchedule:
-    return NewSchedule(
-        new.name,
-        new.cron,
-        new.timezone,
-        new.function,
-        new.endpoint,
-        new.input,
-        next_tick,
-        new.owner,
-    )
+    return dataclasses.replace(new, next_tick=next_tick)
 
 
 COLUMNS = (
     "name, cron, timezone, function, endpoint, input, paused, next_tick, last_tick, "
-    "last_dispatch_id, owner, created_at, updated_at"
+    "last_dispatch_id, owner, created_at, updated_at, options, expiration"
 )
 
 
@@ -203,6 +198,8 @@ def schedule_from_row(row: Sequence[Any]) -> Schedule:
         owner=row[10],
         created_at=row[11],
         updated_at=row[12],
+        options=bytes(row[13]),
+        expiration=row[14],
     )
 
 
@@ -217,6 +214,8 @@ def new_row(new: NewSchedule, now: float) -> dict[str, Any]:
         "input": new.input,
         "next_tick": new.next_tick,
         "owner": new.owner,
+        "options": new.options,
+        "expiration": new.expiration,
         "now": now,
     }
 
@@ -229,13 +228,15 @@ class ScheduleStatements:
         table = "{calls}_schedules"
         self.insert = r(
             f"INSERT INTO {table} (name, cron, timezone, function, endpoint, input, "
-            "next_tick, owner, created_at, updated_at) VALUES (:name, :cron, :timezone, "
-            ":function, :endpoint, :input, :next_tick, :owner, :now, :now)"
+            "next_tick, owner, created_at, updated_at, options, expiration) VALUES (:name, "
+            ":cron, :timezone, :function, :endpoint, :input, :next_tick, :owner, :now, :now, "
+            ":options, :expiration)"
         )
         self.update = r(
             f"UPDATE {table} SET cron = :cron, timezone = :timezone, function = :function, "
             "endpoint = :endpoint, input = :input, next_tick = :next_tick, owner = :owner, "
-            "updated_at = :now WHERE name = :name"
+            "options = :options, expiration = :expiration, updated_at = :now "
+            "WHERE name = :name"
         )
         self.all = r(f"SELECT {COLUMNS} FROM {table} ORDER BY name")
         self.one = r(f"SELECT {COLUMNS} FROM {table} WHERE name = :name")

@@ -293,7 +293,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     "  last_dispatch_id TEXT NOT NULL DEFAULT '',"
     "  owner TEXT NOT NULL DEFAULT '',"
     "  created_at {double} NOT NULL,"
-    "  updated_at {double} NOT NULL"
+    "  updated_at {double} NOT NULL,"
+    "  options {blob} NOT NULL,"
+    "  expiration {double} NOT NULL"
     ");"
     "CREATE INDEX {calls}_schedules_due ON {calls}_schedules (next_tick) WHERE paused = 0",
 )

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from dispatchlet.proto.dispatch.sdk.v1 import error_pb2 as _error_pb2
 from dispatchlet.proto.dispatch.sdk.v1 import status_pb2 as _status_pb2
+from dispatchlet.proto.dispatchlet.scheduler.v1 import options_pb2 as _options_pb2
 from google.protobuf import any_pb2 as _any_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
@@ -819,6 +820,8 @@ class ScheduleSpec(_message.Message):
     FUNCTION_FIELD_NUMBER: _builtins.int
     ENDPOINT_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
+    EXPIRATION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """1 to 100 letters, digits, '_', '.' or '-', starting with a letter or digit."""
     cron: _builtins.str
@@ -831,6 +834,17 @@ class ScheduleSpec(_message.Message):
     endpoint: _builtins.str
     @_builtins.property
     def input(self) -> _any_pb2.Any: ...
+    @_builtins.property
+    def options(self) -> _options_pb2.CallOptions:
+        """What each tick's call carries: its retry policy (max_attempts, attempt_timeout,
+        backoff) and limits; no key, delay or start time (each tick's call has its key).
+        A sync gives a declared schedule its function's defaults.
+        """
+
+    @_builtins.property
+    def expiration(self) -> _duration_pb2.Duration:
+        """How long the scheduler may take to run each tick's call (unset: its default)."""
+
     def __init__(
         self,
         *,
@@ -840,10 +854,12 @@ class ScheduleSpec(_message.Message):
         function: _builtins.str = ...,
         endpoint: _builtins.str = ...,
         input: _any_pb2.Any | None = ...,
+        options: _options_pb2.CallOptions | None = ...,
+        expiration: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expiration", b"expiration", "input", b"input", "options", b"options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cron", b"cron", "endpoint", b"endpoint", "function", b"function", "input", b"input", "name", b"name", "timezone", b"timezone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cron", b"cron", "endpoint", b"endpoint", "expiration", b"expiration", "function", b"function", "input", b"input", "name", b"name", "options", b"options", "timezone", b"timezone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
