@@ -192,3 +192,38 @@ def _iso(seconds: float) -> str:
     from dispatchlet.scheduler.dashboard import views
 
     return views.iso(seconds)
+
+
+def test_schedules_are_managed_in_connect_json_too(tmp_path: Path) -> None:
+    """As curl sends them: JSON bodies, JSON answers."""
+
+    async def body(h: Harness) -> None:
+        created = {
+            "schedule": {
+                "name": "nightly",
+                "cron": "0 3 * * *",
+                "timezone": "Europe/Paris",
+                "function": "report",
+                "endpoint": ENDPOINT,
+            }
+        }
+        status, answer = await h.post(
+            SCHEDULES + "CreateSchedule",
+            json.dumps(created).encode(),
+            content_type="application/json",
+        )
+        assert status == 200, answer
+        shown = json.loads(answer)["schedule"]
+        assert shown["spec"]["timezone"] == "Europe/Paris"
+        assert shown["nextTick"].endswith(("T01:00:00Z", "T02:00:00Z"))
+        status, answer = await h.post(
+            SCHEDULES + "PauseSchedule", b'{"name": "nightly"}', content_type="application/json"
+        )
+        assert status == 200, answer
+        assert json.loads(answer)["schedule"]["paused"] is True
+        status, answer = await h.post(
+            SCHEDULES + "ListSchedules", b"{}", content_type="application/json"
+        )
+        assert [s["spec"]["name"] for s in json.loads(answer)["schedules"]] == ["nightly"]
+
+    scenario(tmp_path, body)
