@@ -292,14 +292,24 @@ class Endpoint:
             chunked=chunked,
         )
 
-    def run(self, request: function_pb2.RunRequest) -> function_pb2.RunResponse:
-        """Run the function a RunRequest names; every outcome is a RunResponse."""
+    def run(
+        self,
+        request: function_pb2.RunRequest,
+        *,
+        trace_context: Mapping[str, str] | None = None,
+    ) -> function_pb2.RunResponse:
+        """Run the function a RunRequest names; every outcome is a RunResponse.
+        ``trace_context``: the caller's span context (``traceparent``, ``tracestate``),
+        the parent of the run's span when tracing."""
         try:
             function = self._lookup(request.function)
         except DispatchletError as exc:
             return error_run_response(exc)
+        headers = None
+        if trace_context:
+            headers = {name.lower(): [value] for name, value in trace_context.items()}
         return self._execute(
-            function, request, self.allow_pickle and self.allow_unsigned_pickle, None
+            function, request, self.allow_pickle and self.allow_unsigned_pickle, headers
         )
 
     def _execute(

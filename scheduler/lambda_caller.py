@@ -28,10 +28,14 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
+from ..core import tracing
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import function_pb2
 from .outcome import MAX_ANSWER_BYTES, Outcome
 from .settings import DEFAULT_ATTEMPT_TIMEOUT
+
+MAX_CLIENT_CONTEXT = 3583
+"""The longest ``ClientContext`` Lambda's Invoke takes, in bytes of base64."""
 
 _ERROR_STATUSES = {
     "TooManyRequestsException": Status.THROTTLED,
@@ -126,7 +130,8 @@ class LambdaCaller:
         payload = json.dumps(base64.b64encode(request.SerializeToString()).decode("ascii"))
         try:
             return await asyncio.wait_for(
-                asyncio.to_thread(self._invoke, parts[3], endpoint, payload), timeout
+                asyncio.to_thread(self._invoke, parts[3], endpoint, payload, client_context()),
+                timeout,
             )
         except ImportError as exc:
             # Installing a package takes a person, not a retry: final.
@@ -136,7 +141,7 @@ class LambdaCaller:
                 Status.TIMEOUT, error_type="TimeoutError", message=f"no answer in {timeout:g} s"
             )
 
-    def _invoke(self, region: str, arn: str, payload: str) -> Outcome:
+    def _invoke(self, region: str, arn: str, payload: str, context: str | None) -> Outcome:
         from botocore.exceptions import (
             ClientError,
             ConnectionError,
@@ -145,8 +150,12 @@ class LambdaCaller:
         )
 
         try:
+            extra = {"ClientContext": context} if context else {}
             answer = self._client(region).invoke(
-                FunctionName=arn, InvocationType="RequestResponse", Payload=payload.encode()
+                FunctionName=arn,
+                InvocationType="RequestResponse",
+                Payload=payload.encode(),
+                **extra,
             )
             body = answer["Payload"].read(MAX_ANSWER_BYTES + 1)
         except ClientError as exc:
@@ -167,6 +176,19 @@ class LambdaCaller:
         if answer.get("FunctionError"):
             return _function_error(body)
         return _decode(body)
+
+
+def client_context() -> str | None:
+    """The attempt's span context (``traceparent``) for the function, as Lambda carries
+    a caller's context to it: the base64 of a JSON object whose ``custom`` member the
+    function reads as ``context.client_context.custom``. None without tracing or a span,
+    or when it would not fit Lambda's limit."""
+    carrier: dict[str, str] = {}
+    tracing.inject(carrier)
+    if not carrier:
+        return None
+    encoded = base64.b64encode(json.dumps({"custom": carrier}).encode()).decode("ascii")
+    return encoded if len(encoded) <= MAX_CLIENT_CONTEXT else None
 
 
 def _function_error(body: bytes) -> Outcome:

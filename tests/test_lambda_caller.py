@@ -121,7 +121,13 @@ class AdapterClient:
         self.handler = lambda_handler(endpoint)
         self.invocations: list[str] = []
 
-    def invoke(self, FunctionName: str, InvocationType: str, Payload: bytes) -> dict[str, Any]:
+    def invoke(
+        self,
+        FunctionName: str,
+        InvocationType: str,
+        Payload: bytes,
+        ClientContext: str | None = None,  # an attempt's span context, when tracing
+    ) -> dict[str, Any]:
         self.invocations.append(FunctionName)
         answer = self.handler(json.loads(Payload), None)
         return {"StatusCode": 200, "Payload": body(json.dumps(answer).encode())}

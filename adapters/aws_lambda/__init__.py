@@ -29,7 +29,7 @@ from ...core.endpoint import Endpoint
 from ...core.errors import DispatchletError
 from ...core.status import Status
 from .api_gateway import FunctionUrl, HttpApi, RestApi
-from .direct import invoke
+from .direct import invoke, trace_context
 from .load_balancer import Alb
 from .source import EXPECTED, Event, EventSource, UnsupportedEvent
 from .telemetry import LoggerLike, Telemetry, metrics_enabled, powertools_metrics
@@ -90,7 +90,7 @@ def lambda_handler(
         status: int | Status
         if isinstance(event, str):
             source = "direct"
-            answer, status = invoke(endpoint, event)
+            answer, status = invoke(endpoint, event, trace_context(context))
         elif isinstance(event, dict):
             http = event_source(event)
             source = http.name
