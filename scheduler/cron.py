@@ -5,9 +5,9 @@ week), or six with a sixth for seconds (``* * * * * */10``: every ten seconds), 
 its aliases (``@daily``, ``@hourly``, ...). Ticks are computed in the schedule's time
 zone (an IANA name, ``zoneinfo``) and stored as seconds since the epoch, so that
 "09:00 in Europe/Paris" stays 09:00 there across changes of daylight saving time. A
-wall time that a change skips (02:30 on the night clocks go forward) is not a tick
-that night; one that a change repeats (02:30 on the night they go back) is a tick
-once, at its first occurrence.
+wall time that a change skips (02:30 on the night clocks go forward) ticks at the
+change (03:00, as croniter has it); one that a change repeats (02:30 on the night they
+go back) ticks once, at its first occurrence.
 
 Catch-up: when a schedule's next tick is found past (no scheduler ran then, or it
 was paused), the ticks missed are not each dispatched; the latest of them is, once
@@ -29,10 +29,10 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 """A schedule's name: it is part of its calls' idempotency keys (``tick_key``)."""
 NAME_RULE = "1 to 100 letters, digits, '_', '.' or '-', starting with a letter or digit"
 MAX_CRON_LENGTH = 200
-SEARCH = 16
-"""Ticks of croniter's looked through for one that exists in the time zone (a change
-of offset skips or repeats an hour's ticks: up to 3,600 of a schedule in seconds, which
-croniter then steps over itself)."""
+SEARCH = 4000
+"""Ticks of croniter's looked through for one that exists in the time zone: in the hour
+a change of offset repeats, the wall times already passed (up to 3,600 of a schedule in
+seconds) are stepped over."""
 
 
 class InvalidSchedule(InvalidArgument):
@@ -96,24 +96,29 @@ class Cron:
 
     def next_after(self, after: float) -> float:
         """The first tick strictly after ``after`` (seconds since the epoch)."""
-        tz = zone(self.timezone)
-        cursor = datetime.datetime.fromtimestamp(after, tz)
-        for _ in range(SEARCH):
-            found = self._step(cursor, forward=True)
-            if found.timestamp() > after and _real(found, tz):
-                return found.timestamp()
-            cursor = found  # a wall time skipped or repeated that night: further on
-        raise InvalidSchedule(f"the cron expression {self.expression!r} never ticks")
+        return self._search(after, forward=True)
 
-    def _step(self, start: datetime.datetime, *, forward: bool) -> datetime.datetime:
+    def _search(self, moment: float, *, forward: bool) -> float:
+        """The first tick after ``moment`` (before it, unless ``forward``) that is a
+        wall time of the time zone at its first occurrence."""
+        tz = zone(self.timezone)
+        never = InvalidSchedule(f"the cron expression {self.expression!r} never ticks")
         try:
-            it = croniter(self.expression, start)
-            found: datetime.datetime = (
-                it.get_next(datetime.datetime) if forward else it.get_prev(datetime.datetime)
-            )
+            ticks = croniter(self.expression, datetime.datetime.fromtimestamp(moment, tz))
+            for _ in range(SEARCH):
+                found: datetime.datetime = (
+                    ticks.get_next(datetime.datetime)
+                    if forward
+                    else ticks.get_prev(datetime.datetime)
+                )
+                beyond = found.timestamp() > moment if forward else found.timestamp() < moment
+                if beyond and _real(found, tz):
+                    return found.timestamp()
+                # A wall time skipped or repeated that night (or one already passed, in
+                # the hour a change repeats): the next one.
         except Exception:  # a date that never comes (February 30th): croniter gives up
-            raise InvalidSchedule(f"the cron expression {self.expression!r} never ticks") from None
-        return found
+            raise never from None
+        raise never
 
     def due(self, next_tick: float, now: float) -> tuple[float, float] | None:
         """When a schedule whose next tick is ``next_tick`` is due at ``now``: the tick
@@ -134,14 +139,7 @@ class Cron:
 
     def _latest_before(self, before: float) -> float:
         """The latest tick strictly before ``before``."""
-        tz = zone(self.timezone)
-        cursor = datetime.datetime.fromtimestamp(before, tz)
-        for _ in range(SEARCH):
-            found = self._step(cursor, forward=False)
-            if found.timestamp() < before and _real(found, tz):
-                return found.timestamp()
-            cursor = found
-        raise InvalidSchedule(f"the cron expression {self.expression!r} never ticks")
+        return self._search(before, forward=False)
 
 
 def _real(found: datetime.datetime, tz: zoneinfo.ZoneInfo) -> bool:

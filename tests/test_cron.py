@@ -203,3 +203,19 @@ def test_a_tick_carries_its_schedules_retry_policy_and_expiration() -> None:
     assert own.policy.attempt_timeout == 20  # type: ignore[attr-defined]
     assert own.expires_at == now + 90  # type: ignore[attr-defined]
     assert plain.expires_at == now + 3600  # type: ignore[attr-defined]
+
+
+def test_in_the_hour_a_change_repeats_the_passed_wall_times_do_not_tick_again() -> None:
+    every_minute = Cron("* * * * *", "Europe/Paris")
+    every_second = Cron("* * * * * *", "Europe/Paris")
+    # 2026-10-25 02:10 CET (01:10 UTC): the second 02:10 in Paris that night. The wall
+    # times up to 03:00 ticked in the first pass (CEST): the next tick is 03:00 CET.
+    second_pass = at("2026-10-25T02:10:00+01:00")
+    assert iso_tick(every_minute.next_after(second_pass)) == "2026-10-25T02:00:00Z"
+    assert iso_tick(every_second.next_after(second_pass)) == "2026-10-25T02:00:00Z"
+    # A schedule due then is caught up once, then ticks from 03:00 CET.
+    stored = at("2026-10-25T02:09:00+01:00")
+    assert every_minute.due(stored, second_pass) == (stored, at("2026-10-25T03:00:00+01:00"))
+    # In the first pass, every minute ticks.
+    first_pass = at("2026-10-25T02:10:00+02:00")
+    assert iso_tick(every_minute.next_after(first_pass)) == "2026-10-25T00:11:00Z"
