@@ -97,12 +97,17 @@ async def serve(
     retention = Retention(
         store, clock, settings.retention, counted=engine.metrics.retention_deleted.inc
     )
+
+    def ticked(count: int) -> None:
+        engine.metrics.schedule_ticks.inc(count)
+        engine.wake()  # the ticks' calls are ready now
+
     # Dispatches the schedules' ticks in the background.
     ticker = Ticker(
         engine.metrics.timed(store),
         clock,
         expiration=DEFAULT_EXPIRATION,
-        dispatched=lambda count: engine.wake(),
+        dispatched=ticked,
     )
     api = Api(
         store,

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dispatchlet import Client
 from dispatchlet.core.keys import private_key_base64, public_key_base64
 from postgres_server import free_port, fresh_database
+from prometheus_client.parser import text_string_to_metric_families
 from test_scheduler_processes import API_KEY, Process, environment
 
 pytestmark = pytest.mark.slow
@@ -129,6 +131,20 @@ def keys_of(database: str, name: str) -> dict[str, str]:
     return dict(rows)
 
 
+def ticks_counted(scheduler: str) -> float:
+    """``dispatchlet_schedule_ticks_total`` of one scheduler process."""
+    request = urllib.request.Request(
+        scheduler + "/metrics", headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        text = answer.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "dispatchlet_schedule_ticks_total":
+                return sample.value
+    raise AssertionError(f"no dispatchlet_schedule_ticks_total in {text[:2000]}")
+
+
 def test_a_schedule_ticking_every_second_on_three_schedulers_dispatches_each_tick_once(
     cluster: Cluster,
 ) -> None:
@@ -156,6 +172,14 @@ def test_a_schedule_ticking_every_second_on_three_schedulers_dispatches_each_tic
     ticks = sorted(key.removeprefix("schedule:every-second:") for key in keys)
     assert len(set(ticks)) == len(ticks)
     assert all(tick.endswith("Z") and len(tick) == 20 for tick in ticks), ticks
+
+    # The schedulers' counters tell the same: the ticks were dispatched once in all
+    # (each counted just after its transaction: read until all are).
+    def counted() -> float:
+        return sum(ticks_counted(url) for url in cluster.schedulers)
+
+    wait_until(lambda: counted() >= len(keys), "the ticks counted")
+    assert counted() == len(keys)
     schedule = listed["every-second"]
     assert schedule.paused
     assert schedule.last_dispatch_id in keys.values()
