@@ -40,7 +40,7 @@ from .core.status import Status
 
 if TYPE_CHECKING:
     from .client import CallError, CallInfo, Client, ClientError
-    from .core.workflow import any, call, gather, patched, race, sleep
+    from .core.workflow import any, call, gather, patched, race, receive, sleep
 
 
 def _default_client() -> _dispatching.Dispatcher:
@@ -52,7 +52,7 @@ def _default_client() -> _dispatching.Dispatcher:
 
 _dispatching.set_default_factory(_default_client)
 _CLIENT_NAMES = ("CallError", "CallInfo", "Client", "ClientError")
-_WORKFLOW_NAMES = ("any", "call", "gather", "patched", "race", "sleep")
+_WORKFLOW_NAMES = ("any", "call", "gather", "patched", "race", "receive", "sleep")
 
 
 def __getattr__(name: str) -> object:
@@ -101,6 +101,7 @@ __all__ = [
     "gather",
     "patched",
     "race",
+    "receive",
     "register_error_status",
     "sleep",
 ]

@@ -187,7 +187,10 @@ def journal_lines(journal: dict[str, Any]) -> list[str]:
         f"journal      {journal['function']}: {len(journal['steps'])} step(s), "
         f"{journal['outcomes']} outcome(s) arrived"
     ]
-    names = [step.get("function") or step.get("name") or "" for step in journal["steps"]]
+    names = [
+        step.get("function") or step.get("name") or step.get("topic") or ""
+        for step in journal["steps"]
+    ]
     width = max(map(len, names), default=0)
     for step, name in zip(journal["steps"], names, strict=True):
         line = f"  slot {step['slot']:<3} {step['kind']:<5} {name:<{width}}  {step['state']}"

@@ -445,6 +445,25 @@ class Client:
         )
         return answer.brought_forward
 
+    def send(self, dispatch_id: str, topic: str, value: object = None) -> bool:
+        """Send ``value`` (encoded as a call's input is) to the workflow of call
+        ``dispatch_id`` on ``topic``, for its ``receive(topic)``: whether a receive was
+        waiting and got it now (False: it is kept, in order, for the next receive on the
+        topic). A ``ClientError`` ``not_found`` for an unknown call,
+        ``failed_precondition`` for a done one, ``invalid_argument`` for a bad topic or
+        a value over the scheduler's input limit. Sent at most once: a connection lost
+        after sending is an ``unavailable`` error, not a second message."""
+        request = calls_pb2.SendRequest(
+            dispatch_id=dispatch_id, topic=topic, value=values.to_any(value)
+        )
+        answer = self._rpc(
+            "/dispatchlet.scheduler.v1.CallService/Send",
+            request,
+            calls_pb2.SendResponse,
+            at_most_once=True,
+        )
+        return answer.delivered
+
     def rerun(self, dispatch_id: str, *, request_id: str | None = None) -> str:
         """Run a done call again: a new root call with its function, endpoint, version
         and input, whose ``rerun_of`` names it; the new call's dispatch id. A
@@ -685,16 +704,22 @@ class Client:
         timeout: float | None = None,
         headers: dict[str, str] | None = None,
         deadline: float | None = None,
+        at_most_once: bool = False,
     ) -> M:
         """The answer to ``request``, sent again as ``retries`` allows (never past the
-        ``time.monotonic()`` ``deadline``, when given)."""
+        ``time.monotonic()`` ``deadline``, when given); ``at_most_once``: not sent again
+        once the scheduler may have handled it (a connection reset after sending)."""
         headers = {**(headers or {}), "Content-Type": PROTO, "User-Agent": "dispatchlet-client"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         body = request.SerializeToString()
         prefix = self._parts.path.rstrip("/")
         with self._lock:
-            answer = self._retrying(prefix + path, body, headers, timeout, deadline)
+            if at_most_once:
+                # A fresh connection: a kept-alive one the server closed meanwhile would
+                # leave it unknown whether the request was handled.
+                self._close()
+            answer = self._retrying(prefix + path, body, headers, timeout, deadline, at_most_once)
         if answer.status != 200:
             error = parse_error(answer.status, answer.content_type, answer.body)
             text = error.message + answer.tried
@@ -713,6 +738,7 @@ class Client:
         headers: dict[str, str],
         timeout: float | None,
         deadline: float | None,
+        at_most_once: bool = False,
     ) -> _Answer:
         """The first answer that is not a 503, or the last one once no resend is left."""
         started = time.monotonic()
@@ -728,6 +754,12 @@ class Client:
             try:
                 answer = self._exchange(path, body, headers, timeout)
             except _NoAnswer as exc:
+                if exc.reset and at_most_once:
+                    raise ClientError(
+                        "unavailable",
+                        f"{exc.message}: the request may have been handled, and is not sent "
+                        "again (it is not idempotent)",
+                    ) from None
                 if exc.reset and reused and not stale_resent:
                     # Resent at once on a new connection, and not counted as a retry.
                     stale_resent = True

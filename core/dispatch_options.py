@@ -120,8 +120,13 @@ class CallSettings:
         given = {f.name: getattr(self, f.name) for f in fields(self)}
         return replace(defaults, **{k: v for k, v in given.items() if v is not None})
 
+    def __post_init__(self) -> None:
+        # Told once: a call's build asks it, every Poll of a workflow for each child.
+        given = any(getattr(self, f.name) is not None for f in fields(self))
+        object.__setattr__(self, "_given", given)
+
     def __bool__(self) -> bool:
-        return any(getattr(self, f.name) is not None for f in fields(self))
+        return bool(self.__dict__["_given"])
 
     def to_proto(self) -> options_pb2.CallOptions:
         """The ``CallOptions`` these settings make (all but the expiration, a field of the

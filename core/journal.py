@@ -1,7 +1,8 @@
 """A workflow's journal: its format, and reading it back from a resume.
 
 The journal (``dispatchlet.workflow.v1.Journal``) is a workflow's whole state, plain
-data: its input and, slot by slot, the steps its code made (calls, timers, patches)
+data: its input and, slot by slot, the steps its code made (calls, timers, patches,
+receives)
 with their outcomes as they arrived. It travels as a Poll's ``typed_coroutine_state``.
 """
 
@@ -18,12 +19,13 @@ JOURNAL_VERSION = 1
 JOURNAL_TYPE_URL = TYPE_URL_PREFIX + journal_pb2.Journal.DESCRIPTOR.full_name
 
 Kind = journal_pb2.Step.Kind
-CALL, SLEEP, PATCH = (
+CALL, SLEEP, PATCH, RECEIVE = (
     journal_pb2.Step.KIND_CALL,
     journal_pb2.Step.KIND_SLEEP,
     journal_pb2.Step.KIND_PATCH,
+    journal_pb2.Step.KIND_RECEIVE,
 )
-_KIND_NAMES = {CALL: "a call of", SLEEP: "a sleep", PATCH: "patched"}
+_KIND_NAMES = {CALL: "a call of", SLEEP: "a sleep", PATCH: "patched", RECEIVE: "receive"}
 
 
 def describe(kind: Kind.ValueType, name: str) -> str:
@@ -31,6 +33,8 @@ def describe(kind: Kind.ValueType, name: str) -> str:
     label = _KIND_NAMES.get(kind, "an unknown step")
     if kind == PATCH:
         return f"patched({name!r})"
+    if kind == RECEIVE:
+        return f"receive({name!r})"
     return f"{label} {name!r}" if name else label
 
 

@@ -28,15 +28,16 @@ from .errors import (
     status_for_type,
 )
 from .functions import FUNCTION_NAME
-from .journal import CALL, JOURNAL_TYPE_URL, PATCH, SLEEP, Kind, describe
+from .journal import CALL, JOURNAL_TYPE_URL, PATCH, RECEIVE, SLEEP, Kind, describe
 from .limits import (
     DEFAULT_MAX_JOURNAL_SIZE,
     DEFAULT_MAX_WORKFLOW_STEPS,
     MAX_POLL_CALLS,
     MAX_POLL_RESULTS,
 )
+from .messages import RECEIVE_TIMEOUT, topic_problem
 from .status import Status
-from .workflow_steps import Call, DurableAwaitable, Mode, Sleep, Step
+from .workflow_steps import Call, DurableAwaitable, Mode, Receive, Sleep, Step
 
 if typing.TYPE_CHECKING:
     from .endpoint import Endpoint
@@ -159,6 +160,15 @@ class Replay:
             self, slot, record, lambda: values.to_any(value, allow_pickle=self.allow_pickle)
         )
 
+    def receive(self, topic: str, timeout: float | None) -> Receive:
+        problem = topic_problem(topic)
+        if problem is not None:
+            raise ValueError(
+                f"receive() needs a topic of 1 to 256 printable characters, not {problem}"
+            )
+        slot, record = self._reserve(RECEIVE, topic)
+        return Receive(self, slot, record, timeout)
+
     def sleep(self, seconds: float) -> Sleep:
         slot, record = self._reserve(SLEEP, "")
         if not record.started:
@@ -195,7 +205,7 @@ class Replay:
             if not 0 <= slot < len(steps):
                 continue
             record = steps[slot]
-            if record.kind != CALL or not record.started or record.arrival:
+            if record.kind not in (CALL, RECEIVE) or not record.started or record.arrival:
                 continue  # not a call we started, or a result delivered twice
             record.result.CopyFrom(result)
             self._arrive(record)
@@ -214,6 +224,8 @@ class Replay:
             return True, None
         result = record.result
         if result.HasField("error"):
+            if record.kind == RECEIVE and result.error.type == RECEIVE_TIMEOUT:
+                return False, TimeoutError(result.error.message)
             return False, _failure(record.name, result)
         if not result.HasField("output"):
             return True, None

@@ -14,6 +14,7 @@ from google.protobuf import any_pb2, message
 
 from ..proto.dispatch.sdk.v1 import call_pb2
 from ..proto.dispatchlet.workflow.v1 import journal_pb2
+from .messages import RECEIVE_TIMEOUT
 from .values import DecodeError, from_any, is_pickled, type_name
 
 _JOURNAL_NAME = journal_pb2.Journal.DESCRIPTOR.full_name
@@ -21,6 +22,7 @@ _KINDS = {
     journal_pb2.Step.KIND_CALL: "call",
     journal_pb2.Step.KIND_SLEEP: "sleep",
     journal_pb2.Step.KIND_PATCH: "patch",
+    journal_pb2.Step.KIND_RECEIVE: "receive",
 }
 
 
@@ -89,6 +91,16 @@ def _step(slot: int, step: journal_pb2.Step) -> dict[str, Any]:
             shown.update(_result(step.result))
         else:
             shown["state"] = "pending" if step.started else "not started"
+    elif step.kind == journal_pb2.Step.KIND_RECEIVE:
+        shown["topic"] = step.name
+        if not step.arrival:
+            shown["state"] = "waiting" if step.started else "not started"
+        elif step.result.HasField("error") and step.result.error.type == RECEIVE_TIMEOUT:
+            shown["state"] = "timed out"
+        else:
+            shown.update(_result(step.result))
+            if shown["state"] == "done":
+                shown["state"] = "received"
     elif step.kind == journal_pb2.Step.KIND_SLEEP:
         shown["state"] = "done" if step.arrival else "sleeping"
         shown["wake_at"] = step.wake_at.ToDatetime(datetime.timezone.utc).isoformat()

@@ -43,6 +43,7 @@ from .journal import CALL as CALL
 from .journal import JOURNAL_TYPE_URL as JOURNAL_TYPE_URL
 from .journal import JOURNAL_VERSION as JOURNAL_VERSION
 from .journal import PATCH as PATCH
+from .journal import RECEIVE as RECEIVE
 from .journal import SLEEP as SLEEP
 from .journal import Kind as Kind
 from .journal import new_journal as new_journal
@@ -60,6 +61,7 @@ from .workflow_driver import run_workflow as run_workflow
 from .workflow_steps import Call as Call
 from .workflow_steps import DurableAwaitable as DurableAwaitable
 from .workflow_steps import Group, Mode, Step
+from .workflow_steps import Receive as Receive
 from .workflow_steps import Sleep as Sleep
 
 CURRENT = variable()
@@ -87,7 +89,7 @@ def _steps(awaitables: tuple[object, ...], what: str) -> tuple[Step, ...]:
     for item in awaitables:
         if not isinstance(item, Step):
             raise TypeError(
-                f"{what}() takes calls of registered functions and sleeps, not "
+                f"{what}() takes calls of registered functions, receives and sleeps, not "
                 f"{short_repr(item)}: to run a helper coroutine beside others, register it "
                 "as a function (a child workflow) and pass a call of it"
             )
@@ -127,6 +129,21 @@ def sleep(duration: float | timedelta) -> Any:
     return _replay("sleep").sleep(seconds)
 
 
+def receive(topic: str, timeout: float | timedelta | None = None) -> Any:
+    """Wait durably for a message sent to this workflow's call on ``topic``
+    (``Client.send``, ``dispatchlet calls send``) and return its value. Messages sent
+    before the workflow waits are kept in order, each received once. With ``timeout``
+    (seconds or a timedelta, counted from when the scheduler first stores the wait),
+    ``TimeoutError`` is raised once it passes with no message; without, the wait lasts
+    as long as the call may. Composes with ``gather``, ``any``, ``race`` and ``sleep``."""
+    seconds: float | None = None
+    if timeout is not None:
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
+        if not seconds > 0:  # NaN too
+            raise ValueError(f"receive() needs a positive timeout, not {timeout!r}")
+    return _replay("receive").receive(topic, seconds)
+
+
 def patched(name: str) -> bool:
     """True where a run of the workflow reaches this point after the code took the
     patch ``name``, False in runs recorded by the code before it: ``if patched("x"):
@@ -150,5 +167,6 @@ __all__ = [
     "gather",
     "patched",
     "race",
+    "receive",
     "sleep",
 ]

@@ -1,4 +1,4 @@
-"""What a workflow awaits: its steps (a call, a timer) and groups of them.
+"""What a workflow awaits: its steps (a call, a receive, a timer) and groups of them.
 
 Making one reserves its slot in the journal (see ``replay``); awaiting one yields it to
 the workflow's driver, which answers it from the journal or suspends the run.
@@ -13,8 +13,11 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf import any_pb2
 
 from ..proto.dispatch.sdk.v1 import call_pb2
+from ..proto.dispatchlet.scheduler.v1 import options_pb2
 from ..proto.dispatchlet.workflow.v1 import journal_pb2
+from .call_options import set_call_options
 from .dispatch_options import NO_SETTINGS, CallSettings
+from .messages import RECEIVE_FUNCTION
 
 if TYPE_CHECKING:
     from .replay import Replay
@@ -81,6 +84,27 @@ class Call(Step):
 
     def __repr__(self) -> str:
         return f"<dispatchlet call of {self.record.name} in slot {self.slot}>"
+
+
+class Receive(Call):
+    """A ``receive(topic)``: a call that no endpoint runs, which the scheduler ends with
+    a message sent to the workflow on the topic, or with a timeout error (``messages``)."""
+
+    def __init__(
+        self, replay: Replay, slot: int, record: journal_pb2.Step, timeout: float | None
+    ) -> None:
+        super().__init__(replay, slot, record, any_pb2.Any)
+        self.timeout = timeout
+
+    def call(self) -> call_pb2.Call:
+        call = call_pb2.Call(correlation_id=self.slot + 1, function=RECEIVE_FUNCTION)
+        if self.timeout is not None:
+            call.expiration.FromNanoseconds(max(1, int(self.timeout * 1e9)))
+        set_call_options(call, options_pb2.CallOptions(receive_topic=self.record.name))
+        return call
+
+    def __repr__(self) -> str:
+        return f"<dispatchlet receive({self.record.name!r}) in slot {self.slot}>"
 
 
 class Sleep(Step):

@@ -1,7 +1,7 @@
 """The scheduler's HTTP API (aiohttp): ``DispatchService/Dispatch`` and the project's
-``CallService`` (Get, Wait, List, Cancel, Retry, Rerun, Resume, Overview), Connect unary in
-``application/proto`` and ``application/json``, with ``Authorization: Bearer <api
-key>``; ``/healthz``.
+``CallService`` (Get, Wait, List, Cancel, Retry, Rerun, Resume, Overview, Purge, Send),
+Connect unary in ``application/proto`` and ``application/json``, with
+``Authorization: Bearer <api key>``; ``/healthz``.
 
 Errors are Connect errors (``{"code", "message"}`` with the HTTP status of the code).
 A Dispatch is validated whole before anything is stored: a bad call is a 400 naming its
@@ -39,6 +39,7 @@ from ..core.errors import (
     refuses,
 )
 from ..core.http import Response
+from ..core.messages import topic_problem
 from ..core.proto_json import message_to_json
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2, error_pb2, poll_pb2
@@ -59,6 +60,7 @@ from .store import (
     Call,
     NewCall,
     RequestId,
+    Sent,
     State,
     Store,
     unavailable,
@@ -159,6 +161,7 @@ class Api:
             ("Retry", self.retry, calls_pb2.RetryRequest),
             ("Overview", self.overview, calls_pb2.OverviewRequest),
             ("Purge", self.purge, calls_pb2.PurgeRequest),
+            ("Send", self.send, calls_pb2.SendRequest),
         ):
             app.router.add_route("*", _lenient(CALLS_PATH + name), self.rpc(handler, kind))
         for name, schedule_handler, schedule_kind in ScheduleApi(self).routes():
@@ -183,7 +186,8 @@ class Api:
         """Requests whose ``Host`` an insecure scheduler does not answer: 403
         (``host_check.py``)."""
         header = request.headers.get("Host")
-        if host_allowed(header, self.allowed_hosts):
+        # A health check (a load balancer's, by any name) learns nothing a page could use.
+        if request.path == "/healthz" or host_allowed(header, self.allowed_hosts):
             return await handler(request)
         return _web(http_error_response(PermissionDenied(refusal(header))))
 
@@ -488,6 +492,36 @@ class Api:
             self.engine.wake()
         return calls_pb2.RetryResponse(brought_forward=brought)
 
+    async def send(self, request: calls_pb2.SendRequest) -> calls_pb2.SendResponse:
+        """Deliver a message to a call's receive on a topic, or keep it for the next one
+        (``core.messages``). An unknown call is not found, a done one a failed
+        precondition: the sender learns that no workflow will receive it."""
+        if not request.dispatch_id:
+            raise InvalidArgument("missing dispatch_id")
+        problem = topic_problem(request.topic)
+        if problem is not None:
+            raise InvalidArgument(f"invalid topic: {problem}")
+        result = call_pb2.CallResult()
+        if request.HasField("value"):
+            result.output.CopyFrom(request.value)
+        data = result.SerializeToString()
+        size = len(data)
+        if size > self.max_input_size:
+            raise InvalidArgument(
+                f"message of {size} bytes, larger than the scheduler's limit of "
+                f"{self.max_input_size} bytes"
+            )
+        sent = await self.store.send(request.dispatch_id, request.topic, data, now=self.clock())
+        if sent is Sent.UNKNOWN:
+            raise NotFound(f"no call {request.dispatch_id[:100]!r}")
+        if sent is Sent.DONE:
+            raise FailedPrecondition(
+                f"the call {request.dispatch_id[:100]!r} is done: no receive will take the message"
+            )
+        if sent is Sent.DELIVERED:
+            self.engine.wake()  # its workflow may be ready to resume
+        return calls_pb2.SendResponse(delivered=sent is Sent.DELIVERED)
+
     async def rerun(
         self, request: calls_pb2.RerunRequest, headers: Mapping[str, str]
     ) -> calls_pb2.RerunResponse:
@@ -501,6 +535,11 @@ class Api:
             raise FailedPrecondition(
                 f"the call is {found.state.value}: only a done call can be re-run; "
                 "cancel it first to run it again now"
+            )
+        if found.topic is not None:
+            raise FailedPrecondition(
+                "the call is a workflow's receive, which no function runs: re-run the "
+                "workflow instead"
             )
         now = self.clock()
         again = NewCall(

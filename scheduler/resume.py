@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from google.protobuf import message
 
 from ..core.errors import DispatchletError
-from ..core.journal import CALL, JOURNAL_TYPE_URL, JOURNAL_VERSION
+from ..core.journal import CALL, JOURNAL_TYPE_URL, JOURNAL_VERSION, RECEIVE
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, poll_pb2
 from ..proto.dispatchlet.workflow.v1 import journal_pb2
@@ -62,7 +62,9 @@ def resumed_poll(poll: bytes, children: Sequence[Child]) -> Resumed:
     arrived: list[tuple[float, int, call_pb2.CallResult]] = []
     retried = 0
     for slot, step in enumerate(journal.steps):
-        if step.kind != CALL or not step.started or step.arrival:
+        # A receive is a child too: a message it took is kept; one that timed out or
+        # still waited is made anew (a new wait, on the new call).
+        if step.kind not in (CALL, RECEIVE) or not step.started or step.arrival:
             continue
         child = by_slot.get(slot)
         result = _ok_result(child)

@@ -29,6 +29,7 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 
 from ..core.call_options import call_options
 from ..core.errors import STEP_MISMATCH
+from ..core.messages import RECEIVE_TIMEOUT, topic_problem
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, error_pb2, poll_pb2
 from .calls import (
@@ -43,7 +44,7 @@ from .calls import (
 from .outcome import Outcome, oversized_output
 from .retry import MAX_RESTARTS, RetryPolicy
 from .settings import DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_MAX_INPUT_SIZE, DEFAULT_MAX_OUTPUT_SIZE
-from .store import Call, NewCall, TreeLimitExceeded
+from .store import Call, CallPolicy, NewCall, TreeLimitExceeded
 
 
 def supported(endpoint: str) -> str | None:
@@ -74,18 +75,22 @@ def limits_for(call: Call, limits: Limits) -> Limits:
     own = call.policy
     if own is None:
         return limits
-    retry = limits.policy
-    base = own.backoff_initial or retry.base
-    cap = own.backoff_maximum or max(retry.cap, base)
     return replace(
         limits,
-        policy=RetryPolicy(
-            base=base,
-            cap=cap,
-            max_attempts=own.max_attempts or retry.max_attempts,
-            multiplier=own.backoff_multiplier or retry.multiplier,
-        ),
+        policy=retry_policy(own, limits.policy),
         attempt_timeout=own.attempt_timeout or limits.attempt_timeout,
+    )
+
+
+def retry_policy(own: CallPolicy, default: RetryPolicy) -> RetryPolicy:
+    """``default`` with a call's own attempts and backoff where it sets them; an initial
+    wait beyond the default cap raises the cap to it."""
+    base = own.backoff_initial or default.base
+    return RetryPolicy(
+        base=base,
+        cap=own.backoff_maximum or max(default.cap, base),
+        max_attempts=own.max_attempts or default.max_attempts,
+        multiplier=own.backoff_multiplier or default.multiplier,
     )
 
 
@@ -153,7 +158,15 @@ class Run:
 
 def before_attempt(call: Call, limits: Limits, now: float) -> Run | Finish:
     """Whether a claimed call is run, and for how long: an expired one ends TIMEOUT, one
-    whose earlier attempts used up ``max_attempts`` without recording an outcome ends."""
+    whose earlier attempts used up ``max_attempts`` without recording an outcome ends.
+    A receive is never run: claimed, its time passed with no message, it ends TIMEOUT."""
+    if call.topic is not None:
+        timeout = Outcome(
+            Status.TIMEOUT,
+            error_type=RECEIVE_TIMEOUT,
+            message=f"no message on the topic {call.topic!r} before the receive's timeout",
+        )
+        return Finish(Status.TIMEOUT, error_result(timeout))
     if now >= call.expires_at:
         expired = Outcome(Status.TIMEOUT, error_type="DeadlineExceeded", message="the call expired")
         return Finish(Status.TIMEOUT, call.result or error_result(expired))
@@ -278,10 +291,14 @@ def suspension(call: Call, poll: poll_pb2.Poll, limits: Limits, now: float) -> S
             return invalid("InvalidPoll", f"call {index}: {problem}")
         # Options travel as an unknown field of the Call (``core.call_options``): read
         # only from a child that has one.
-        plan = planned(call_options(child), now) if UnknownFieldSet(child) else AT_ONCE
+        options = call_options(child) if UnknownFieldSet(child) else None
+        plan = AT_ONCE if options is None else planned(options, now)
         if isinstance(plan, str):
             return invalid("InvalidPoll", f"call {index}: {plan}")
         start = now if plan.ready_at is None else plan.ready_at
+        topic = (options.receive_topic or None) if options is not None else None
+        if topic is not None and (problem := topic_problem(topic)) is not None:
+            return invalid("InvalidPoll", f"call {index}: {problem}")
         expires_at = call.expires_at
         if child.HasField("expiration"):
             lifetime = duration_seconds(child.expiration)
@@ -297,6 +314,7 @@ def suspension(call: Call, poll: poll_pb2.Poll, limits: Limits, now: float) -> S
                 key=plan.key,
                 ready_at=plan.ready_at,
                 policy=plan.policy,
+                topic=topic,
             )
         )
     state = poll_pb2.Poll()
@@ -415,4 +433,5 @@ __all__ = [
     "error_result",
     "limits_for",
     "not_stored",
+    "retry_policy",
 ]

@@ -86,10 +86,13 @@ class _SwitchTo:
 class Firefox:
     """A headless Firefox, as Selenium's ``WebDriver`` is used by the tests."""
 
-    def __init__(self, width: int, height: int) -> None:
+    def __init__(self, width: int, height: int, log: str) -> None:
+        """``log``: the file Firefox's own output goes to."""
         from marionette_driver.marionette import Marionette
 
-        self.client = Marionette(bin=FIREFOX, headless=True, port=_free_port(), startup_timeout=120)
+        self.client = Marionette(
+            bin=FIREFOX, headless=True, port=_free_port(), startup_timeout=120, gecko_log=log
+        )
         self.client.start_session()
         self.switch_to = _SwitchTo(self)
         self.set_window_size(width, height)

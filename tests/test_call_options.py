@@ -281,3 +281,83 @@ def test_registering_functions_with_defaults_imports_no_options_proto() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--delay=-5m"], "a delay cannot be negative"),
+        (["--delay", "soon"], "invalid duration 'soon'"),
+        (["--at", "tomorrow"], "'tomorrow' is not a time"),
+        (["--at", "2030-01-01T09:00:00"], "has no timezone: add Z (UTC) or its offset"),
+        (["--max-attempts", "0"], "0 is not in 1.."),
+        (["--timeout", "0"], "an attempt's timeout must be positive"),
+        (["--key", "k" * 300], "longer than 256 characters"),
+    ],
+)
+def test_the_cli_refuses_bad_options_before_dispatching(args: list[str], message: str) -> None:
+    refused = subprocess.run(
+        [sys.executable, "-m", "dispatchlet", "dispatch", "f", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PATH": "", "DISPATCH_API_URL": "http://127.0.0.1:9"},
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert message in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_run_workflow_honours_delays_policies_and_keys_without_waiting() -> None:
+    from dispatchlet import TemporaryError, sleep
+    from dispatchlet.proto.dispatchlet.workflow.v1 import journal_pb2
+
+    endpoint = Endpoint(insecure=True)
+    charged: list[str] = []
+
+    @endpoint.function
+    def charge(order: str) -> str:
+        charged.append(order)
+        return f"charged {order}"
+
+    @endpoint.function(max_attempts=2, backoff=Backoff(60))
+    def flaky() -> None:
+        raise TemporaryError("not yet")
+
+    @endpoint.function
+    async def checkout(order: str) -> list[Any]:
+        first = await charge.options(key=f"charge-{order}", delay=datetime.timedelta(hours=2))(
+            order
+        )
+        again = await charge.options(key=f"charge-{order}")(order)
+        await sleep(1)  # its timer, in the journal, tells where the clock stood
+        try:
+            await flaky()
+        except TemporaryError:
+            gave_up = True
+        return [first, again, gave_up]
+
+    started = datetime.datetime.now(datetime.timezone.utc)
+    run = run_workflow(endpoint, checkout, "o-1")
+    assert run.status is Status.OK, run.error
+    assert run.output == ["charged o-1", "charged o-1", True]
+    assert charged == ["o-1"]
+    assert run.child_attempts == {1: 1, 2: 0, 4: 2}
+    journal = journal_pb2.Journal.FromString(run.journals[2])
+    wake = journal.steps[2].wake_at.ToDatetime(tzinfo=datetime.timezone.utc)
+    assert wake >= started + datetime.timedelta(hours=2)
+
+
+def test_run_workflow_retries_the_workflow_itself_by_its_own_max_attempts() -> None:
+    from dispatchlet import TemporaryError
+
+    endpoint = Endpoint(insecure=True)
+
+    @endpoint.function(max_attempts=3)
+    async def stubborn() -> None:
+        raise TemporaryError("no")
+
+    run = run_workflow(endpoint, stubborn)
+    assert run.status is Status.TEMPORARY_ERROR
+    assert run.attempts == 3

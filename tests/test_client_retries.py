@@ -318,3 +318,28 @@ def test_a_dispatch_shed_by_a_full_scheduler_is_stored_once_when_room_comes(
             assert [info.dispatch_id for info in client.list()] == [dispatch_id]
     finally:
         process.stop()
+
+
+SEND = "/dispatchlet.scheduler.v1.CallService/Send"
+
+
+def test_a_message_whose_answer_is_lost_is_not_sent_twice() -> None:
+    """A Send may have been handled when its connection resets: sent again, the workflow
+    could receive the message twice. A 503 (nothing was done) is sent again."""
+    delivered = calls_pb2.SendResponse(delivered=True).SerializeToString()
+    answered = Reply(200, body=delivered, content_type="application/proto")
+    script = Script([Reply(0)], then=answered)
+    with stub(script) as url, Client(url, "k") as client:
+        with pytest.raises(ClientError) as raised:
+            client.send("d1", "approval", {"ok": True})
+        assert raised.value.code == "unavailable"
+        assert "is not sent again" in raised.value.message
+        assert [path for path, _, _ in script.seen] == [SEND]
+        # A kept-alive connection the server closed meanwhile is no reason to doubt:
+        # the client opens a fresh one for each message.
+        assert client.send("d1", "approval", True) is True
+        assert client.send("d1", "approval", False) is True
+    busy = Script([Reply(503, "0")], then=answered)
+    with stub(busy) as url, Client(url, "k") as client:
+        assert client.send("d1", "approval", True) is True
+    assert [path for path, _, _ in busy.seen] == [SEND, SEND]

@@ -549,6 +549,83 @@ def test_the_calls_page_filters_by_creation_time_in_utc(tmp_path: Path) -> None:
     scenario(tmp_path, body, running=False)
 
 
+def test_the_call_page_shows_receives_and_sends_a_message_with_its_form(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from dispatchlet import Endpoint, receive
+    from dispatchlet.core import values
+    from dispatchlet.proto.dispatch.sdk.v1 import call_pb2
+    from dispatchlet.scheduler.http_caller import Outcome
+
+    workflows = Endpoint(insecure=True)
+
+    @workflows.function
+    async def review(order: str) -> list[object]:
+        try:
+            first = await receive("first", timeout=timedelta(seconds=1))
+        except TimeoutError:
+            first = "timed out"
+        decision = await receive("approval")
+        await receive("close")
+        return [order, first, decision]
+
+    def run(endpoint: str, request: Any) -> Outcome:
+        return Outcome(Status.OK, workflows.run(request))
+
+    async def waiting_on(h: Harness, parent: str, topic: str) -> None:
+        deadline = asyncio.get_running_loop().time() + 30
+        while asyncio.get_running_loop().time() < deadline:
+            for child in await h.store.list(parent_id=parent):
+                if child.topic == topic and not child.done:
+                    return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"{parent} never waited on {topic!r}")
+
+    async def body(h: Harness) -> None:
+        token, csrf = await log_in(h)
+        (workflow,) = await h.dispatch(call("review", "o-17"))
+        await waiting_on(h, workflow, "approval")
+        _, page, _ = await get(h, f"/calls/{workflow}", cookie=token)
+        steps = re.findall(r'<span class="kind">(\w+)</span> <span class="fn">(\w+)</span> '
+                           r'<span class="badge step-[\w-]+">([\w ]+)</span>', page)  # fmt: skip
+        assert steps == [("receive", "first", "timed out"), ("receive", "approval", "waiting")]
+        assert f'action="/calls/{workflow}/send"' in page
+        path = f"/calls/{workflow}/send"
+        message = {"topic": "approval", "value": '{"ok": true}'}
+        # A form of another site, or without the session's token, sends nothing.
+        assert (await post(h, path, message, cookie=token))[0] == 403
+        other = "http://evil.example"
+        assert (await post(h, path, {**message, "csrf": csrf}, cookie=token, origin=other))[
+            0
+        ] == 403
+        status, _, _ = await post(h, path, {**message, "csrf": csrf}, cookie=token)
+        assert status == 303
+        await waiting_on(h, workflow, "close")
+        _, page, _ = await get(h, f"/calls/{workflow}?done=sent", cookie=token)
+        assert "Message sent: a waiting receive got it." in page
+        assert '<span class="fn">approval</span> <span class="badge step-received">' in page
+        received = page.split('<span class="fn">approval</span>', 1)[1].split("</li>", 1)[0]
+        assert "&#34;ok&#34;: true" in received, received
+        # A bad topic is refused with the reason.
+        status, page, _ = await post(h, path, {"topic": "", "csrf": csrf}, cookie=token)
+        assert status == 400
+        assert "invalid topic: an empty topic" in page
+        status, _, _ = await post(h, path, {"topic": "close", "csrf": csrf}, cookie=token)
+        assert status == 303
+        done = await h.done(workflow)
+        output = call_pb2.CallResult.FromString(done.result).output
+        assert values.from_any(output) == ["o-17", "timed out", {"ok": True}]
+        # A done call offers no form.
+        _, page, _ = await get(h, f"/calls/{workflow}", cookie=token)
+        assert "/send" not in page
+
+    async def scenario_run() -> None:
+        async with harness(tmp_path, run) as h:
+            await body(h)
+
+    asyncio.run(scenario_run())
+
+
 def test_a_failed_workflow_offers_resume_which_runs_it_on_from_its_failed_step(
     tmp_path: Path,
 ) -> None:
@@ -597,3 +674,36 @@ def test_a_failed_workflow_offers_resume_which_runs_it_on_from_its_failed_step(
             assert "kept no workflow journal" in text
 
     asyncio.run(body())
+
+
+def test_the_call_page_shows_when_a_delayed_call_starts_and_its_policy(tmp_path: Path) -> None:
+    from dispatchlet.core.call_options import set_call_options
+    from dispatchlet.proto.dispatchlet.scheduler.v1 import options_pb2
+
+    async def body(h: Harness) -> None:
+        delayed = call("f")
+        options = options_pb2.CallOptions(max_attempts=3)
+        options.delay.FromSeconds(600)
+        options.attempt_timeout.FromSeconds(45)
+        options.backoff.initial.FromSeconds(2)
+        options.backoff.multiplier = 3
+        set_call_options(delayed, options)
+        (later, plain) = await h.dispatch(delayed, call("f"))
+        stored = await h.store.get(later)
+        assert stored is not None
+        status, page, _ = await get(h, f"/calls/{later}", key=API_KEY)
+        assert status == 200
+        assert "<dt>Starts at</dt>" in page
+        starts = datetime.datetime.fromtimestamp(stored.ready_at, datetime.timezone.utc)
+        assert starts.strftime("%Y-%m-%d %H:%M:%SZ") in page
+        assert (
+            "<dt>Policy</dt><dd>at most 3 attempts; 45.0s per attempt; backoff from 2.0s, "
+            "times 3 each retry (the scheduler&#39;s settings for the rest)</dd>"
+        ) in page
+        status, page, _ = await get(h, f"/calls/{plain}", key=API_KEY)
+        assert status == 200
+        assert "Starts at" not in page
+        assert "<dt>Policy</dt>" not in page
+        assert "<dt>Ready at</dt>" in page
+
+    scenario(tmp_path, body, running=False)

@@ -75,9 +75,9 @@ def browser(request: pytest.FixtureRequest) -> Iterator[Any]:
     if request.param == "firefox":
         if not Path(FIREFOX).exists():
             pytest.fail(f"{FIREFOX} is missing: apt-get install firefox-esr")
-        firefox = Firefox(1280, 1000)
-        firefox.set_page_load_timeout(WAIT)
         (ARTIFACTS / "firefox").mkdir(exist_ok=True)
+        firefox = Firefox(1280, 1000, log=str(ARTIFACTS / "firefox" / "gecko.log"))
+        firefox.set_page_load_timeout(WAIT)
         try:
             yield firefox
         finally:

@@ -84,6 +84,9 @@ def test_an_insecure_scheduler_refuses_a_rebound_name_on_the_api_and_the_dashboa
             assert "--allowed-host rebound.example" in text
             status, _ = await _status(h.url, "/", "rebound.example")
             assert status == 403
+            # A health check by any name is answered: it tells nothing.
+            status, _ = await _status(h.url, "/healthz", "rebound.example")
+            assert status == 200
             assert sum((await h.store.count_by_state()).values()) == 0
             # The same requests by address or by localhost are answered.
             status, _ = await _status(h.url, DISPATCH, h.url.split("//")[1], post=True)

@@ -184,3 +184,23 @@ def test_a_journal_of_another_type_or_version_is_refused() -> None:
     newer.version = 2
     with pytest.raises(NotResumable, match="version 2"):
         resumed_poll(stored(newer), [])
+
+
+def test_a_message_received_is_kept_and_a_receive_that_timed_out_or_waited_is_made_anew() -> None:
+    from dispatchlet.core.journal import RECEIVE
+
+    def receiving(topic: str) -> journal_pb2.Step:
+        return journal_pb2.Step(kind=RECEIVE, name=topic, started=True)
+
+    # gather(receive("a"), receive("b"), receive("c")): a's message came, b timed out
+    # (the workflow did not catch it), c still waited.
+    before = journal_of(receiving("a"), receiving("b"), receiving("c"))
+    children = [child(0, ok("yes")), child(1, failed("TimeoutError")), child(2, None)]
+    journal, kept, retried = cut(stored(before), children)
+    assert (kept, retried) == (1, 2)
+    a, b, c = journal.steps
+    assert values.from_any(a.result.output) == "yes"
+    assert [(s.kind, s.name, s.started, s.arrival) for s in (b, c)] == [
+        (RECEIVE, "b", False, 0),
+        (RECEIVE, "c", False, 0),
+    ]

@@ -157,10 +157,11 @@ def refused_over_http(setup: Setup, dispatch_id: str) -> tuple[int, dict[str, st
 
 @pytest.mark.slow
 def test_what_is_not_a_failed_workflow_is_refused_clearly(resumable: Setup) -> None:
+    # Fixed before it runs: its step 3 works the first time.
+    (resumable.cwd / "ok.fixed").write_text("")
     fine = dispatched(resumable, "fine", "f")
     plain = dispatched(resumable, "plain", "p")
     ok_workflow = dispatched(resumable, "four_steps", "ok")
-    (resumable.cwd / "ok.fixed").write_text("")
     assert waited(resumable, fine)["status"] == "OK"
     assert waited(resumable, plain)["status"] == "PERMANENT_ERROR"
     assert waited(resumable, ok_workflow)["status"] == "OK"

@@ -494,3 +494,82 @@ def test_a_poll_beyond_a_bound_of_its_tree_ends_the_call_naming_the_bound() -> N
         "a Poll of 2 calls would make its call tree 100001 calls below its root (99999 "
         "already): at most 100000 (--max-descendants)",
     )
+
+
+# --- receives (``core.messages``) ------------------------------------------------------
+
+
+def receiving(topic: str, correlation_id: int, **fields: Any) -> call_pb2.Call:
+    from dispatchlet.core.call_options import set_call_options
+    from dispatchlet.proto.dispatchlet.scheduler.v1 import options_pb2
+
+    made = child("dispatchlet.receive", correlation_id=correlation_id, **fields)
+    set_call_options(made, options_pb2.CallOptions(receive_topic=topic))
+    return made
+
+
+def test_a_polls_receive_is_a_child_marked_with_its_topic_and_timeout() -> None:
+    poll = poll_pb2.Poll(
+        min_results=1,
+        max_results=2,
+        calls=[receiving("approval", 1, expiration={"seconds": 30}), child("a", correlation_id=2)],
+    )
+    decision = decide(poll_answer(poll))
+    assert isinstance(decision, Suspend)
+    assert decision.children == (
+        NewCall("dispatchlet.receive", ENDPOINT, b"", NOW + 30, "", 1, topic="approval"),
+        NewCall("a", ENDPOINT, b"", NOW + 3600, "", 2),
+    )
+
+
+def test_a_receive_with_a_bad_topic_is_an_invalid_poll() -> None:
+    poll = poll_pb2.Poll(min_results=1, max_results=1, calls=[receiving("bad\ttopic", 1)])
+    decision = decide(poll_answer(poll))
+    assert isinstance(decision, Finish)
+    assert decision.status is Status.INVALID_RESPONSE
+    assert decision.instead is not None
+    assert "call 0: a topic with a control character" in decision.instead.message
+
+
+def test_a_receive_is_never_run_claimed_it_ends_timed_out() -> None:
+    # Claimed once its timeout passed, or early (a clock behind the database's): either
+    # way no endpoint is called.
+    for expires_at in (NOW - 1, NOW + 60):
+        plan = before_attempt(stored(topic="approval", expires_at=expires_at), LIMITS, NOW)
+        assert isinstance(plan, Finish)
+        assert plan.status is Status.TIMEOUT
+        error = call_pb2.CallResult.FromString(plan.result).error
+        assert (error.type, error.message) == (
+            "TimeoutError",
+            "no message on the topic 'approval' before the receive's timeout",
+        )
+
+
+# --- a call's own policy -------------------------------------------------------------
+
+
+def test_a_call_without_a_policy_is_decided_by_the_schedulers_limits() -> None:
+    assert rules.limits_for(stored(), LIMITS) is LIMITS
+
+
+def test_a_calls_policy_replaces_the_schedulers_where_it_sets_one() -> None:
+    from dispatchlet.scheduler.store import CallPolicy
+
+    own = stored(attempts=2, policy=CallPolicy(max_attempts=2, attempt_timeout=5.0))
+    limits = rules.limits_for(own, LIMITS)
+    assert (limits.policy.max_attempts, limits.attempt_timeout) == (2, 5.0)
+    assert (limits.policy.base, limits.policy.cap) == (1.0, 8.0)  # the scheduler's backoff
+    # Its second attempt was its last: a retryable failure is final.
+    timed_out = Outcome(Status.TIMEOUT, error_type="TimeoutError", message="slow")
+    assert isinstance(decide(timed_out, own, limits=limits), Finish)
+    assert isinstance(decide(timed_out, own), rules.Retry)  # under the scheduler's 5
+    assert before_attempt(own, limits, NOW) == rules.Run(5.0)
+    # A backoff of its own: its initial wait, growth and cap; an initial wait beyond the
+    # scheduler's cap raises the cap to it rather than cutting it.
+    slow = stored(attempts=1, policy=CallPolicy(backoff_initial=30.0, backoff_multiplier=3.0))
+    policy = rules.limits_for(slow, LIMITS).policy
+    assert (policy.base, policy.cap, policy.multiplier) == (30.0, 30.0, 3.0)
+    capped = rules.limits_for(
+        stored(policy=CallPolicy(backoff_initial=1.0, backoff_maximum=100.0)), LIMITS
+    ).policy
+    assert [capped.backoff(n, 0.999999) for n in (1, 3, 8)] == pytest.approx([1.0, 4.0, 100.0])

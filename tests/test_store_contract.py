@@ -23,6 +23,7 @@ from dispatchlet.scheduler.store import (
     CallPolicy,
     Lease,
     NewCall,
+    Sent,
     State,
     Store,
     StoreError,
@@ -2472,6 +2473,63 @@ def test_postgres_reads_a_time_range_from_the_index_of_creation_times(
                 assert "using dispatchlet_calls_list_created" in plan, (chosen, plan)
 
 
+# --- messages to workflows (``Store.send``, ``core.messages``) -----------------------
+
+
+def message(value: bytes) -> bytes:
+    """A message as the API stores it: a serialized CallResult with the value as output."""
+    from dispatchlet.proto.dispatch.sdk.v1 import call_pb2
+    from google.protobuf import any_pb2
+
+    output = any_pb2.Any(type_url="test/bytes", value=value)
+    return call_pb2.CallResult(output=output).SerializeToString()
+
+
+def receive(topic: str, correlation_id: int, timeout: float = 60.0) -> NewCall:
+    return call(
+        "dispatchlet.receive", correlation_id=correlation_id, topic=topic, expires_at=NOW + timeout
+    )
+
+
+async def a_workflow(store: Store) -> tuple[str, Lease]:
+    """A root call that runs (its lease given), not suspended yet."""
+    (parent,) = await store.dispatch([call("workflow")], now=NOW)
+    (claimed,) = await store.claim(owner="s", now=NOW, limit=1, lease_seconds=LEASE)
+    return parent, claimed.lease
+
+
+async def waits_for(store: Store, lease: Lease, *receives: NewCall, now: float = NOW) -> list[str]:
+    """The workflow under ``lease`` suspended on ``receives`` (back after one result)."""
+    ids = await store.suspend(
+        lease, POLL, receives, min_results=1, max_results=10, until=NOW + 1000, now=now
+    )
+    assert ids is not None
+    return ids
+
+
+async def resumed(store: Store, now: float) -> Any:
+    (claimed,) = await store.claim(owner="s", now=now, limit=10, lease_seconds=LEASE)
+    return claimed
+
+
+def test_a_message_sent_while_the_workflow_waits_ends_its_receive(open_store: Opener) -> None:
+    async def body(store: Store) -> None:
+        parent, lease = await a_workflow(store)
+        (waiting,) = await waits_for(store, lease, receive("approval", 7))
+        child = await store.get(waiting)
+        assert child is not None
+        assert (child.state, child.topic, child.parent_id) == (State.WAITING, "approval", parent)
+        # Nothing to claim: no endpoint runs a receive, and the parent waits for it.
+        assert await store.claim(owner="s", now=NOW + 1, limit=10, lease_seconds=LEASE) == []
+        assert await store.send(parent, "other", message(b"no"), now=NOW + 2) is Sent.KEPT
+        assert await store.send(parent, "approval", message(b"yes"), now=NOW + 2) is Sent.DELIVERED
+        woken = await resumed(store, NOW + 3)
+        assert woken.call.dispatch_id == parent
+        assert [(r.correlation_id, r.status, r.result) for r in woken.results] == [
+            (7, OK, message(b"yes"))
+        ]
+
+
 # --- resuming a failed workflow (``CallService.Resume``) ----------------------------------
 
 
@@ -2511,6 +2569,107 @@ def test_a_call_that_fails_keeps_its_poll_and_one_that_ends_ok_drops_it(open_sto
         assert listed.poll == b""
 
     with_store(open_store, body)
+
+
+def test_messages_sent_before_the_wait_are_kept_in_order_and_taken_once(
+    open_store: Opener,
+) -> None:
+    async def body(store: Store) -> None:
+        parent, lease = await a_workflow(store)
+        for value in (b"1", b"2", b"3"):
+            assert await store.send(parent, "item", message(value), now=NOW) is Sent.KEPT
+        # Two receives in one Poll take the two oldest, in order, at once.
+        first, second = await waits_for(store, lease, receive("item", 1), receive("item", 2))
+        woken = await resumed(store, NOW + 1)
+        assert [(r.correlation_id, r.result) for r in woken.results] == [
+            (1, message(b"1")),
+            (2, message(b"2")),
+        ]
+        for taken in (first, second):
+            child = await store.get(taken)
+            assert child is not None
+            assert child.state is State.DONE
+        # The next receive takes the third, and a fourth finds none: it waits.
+        await waits_for(store, woken.lease, receive("item", 3), now=NOW + 2)
+        again = await resumed(store, NOW + 3)
+        assert [r.result for r in again.results] == [message(b"3")]
+        (fourth,) = await waits_for(store, again.lease, receive("item", 4), now=NOW + 4)
+        left = await store.get(fourth)
+        assert left is not None
+        assert left.state is State.WAITING
+        assert await store.claim(owner="s", now=NOW + 5, limit=10, lease_seconds=LEASE) == []
+
+    with_store(open_store, body)
+
+
+def test_a_message_goes_to_the_oldest_waiting_receive_of_its_topic(open_store: Opener) -> None:
+    async def body(store: Store) -> None:
+        parent, lease = await a_workflow(store)
+        older, newer = await waits_for(store, lease, receive("t", 1), receive("t", 2))
+        assert await store.send(parent, "t", message(b"a"), now=NOW + 1) is Sent.DELIVERED
+        ended = await store.get(older)
+        waiting = await store.get(newer)
+        assert ended is not None
+        assert waiting is not None
+        assert (ended.state, ended.result) == (State.DONE, message(b"a"))
+        assert waiting.state is State.WAITING
+
+    with_store(open_store, body)
+
+
+def test_a_receive_whose_timeout_passes_is_claimed_to_end_it(open_store: Opener) -> None:
+    async def body(store: Store) -> None:
+        parent, lease = await a_workflow(store)
+        (waiting,) = await waits_for(store, lease, receive("approval", 1, timeout=30))
+        assert await store.claim(owner="s", now=NOW + 29, limit=10, lease_seconds=LEASE) == []
+        (due,) = await store.claim(owner="s", now=NOW + 30, limit=10, lease_seconds=LEASE)
+        assert (due.call.dispatch_id, due.call.topic) == (waiting, "approval")
+        # Past its timeout, a message is kept for a later receive rather than given to it.
+        assert await store.send(parent, "approval", message(b"late"), now=NOW + 31) is Sent.KEPT
+        assert await store.finish(due.lease, TIMEOUT, b"timed out", now=NOW + 31)
+        woken = await resumed(store, NOW + 32)
+        assert [(r.status, r.result) for r in woken.results] == [(TIMEOUT, b"timed out")]
+        (later,) = await waits_for(store, woken.lease, receive("approval", 2), now=NOW + 33)
+        taken = await store.get(later)
+        assert taken is not None
+        assert (taken.state, taken.result) == (State.DONE, message(b"late"))
+
+    with_store(open_store, body)
+
+
+def test_a_message_to_a_done_or_unknown_call_is_refused(open_store: Opener) -> None:
+    async def body(store: Store) -> None:
+        parent, lease = await a_workflow(store)
+        assert await store.finish(lease, OK, b"", now=NOW + 1)
+        assert await store.send(parent, "t", message(b"x"), now=NOW + 2) is Sent.DONE
+        assert await store.send("0" * 32, "t", message(b"x"), now=NOW + 2) is Sent.UNKNOWN
+
+    with_store(open_store, body)
+
+
+def test_a_call_that_never_receives_keeps_its_messages_until_purged(open_store: Opener) -> None:
+    async def body(store: Store) -> None:
+        (plain,) = await store.dispatch([call("not_a_workflow")], now=NOW)
+        assert await store.send(plain, "t", message(b"x"), now=NOW) is Sent.KEPT
+        (claimed,) = await store.claim(owner="s", now=NOW, limit=1, lease_seconds=LEASE)
+        assert await store.finish(claimed.lease, OK, b"", now=NOW + 1)
+        # Its tree is deleted whole, the mailbox with it.
+        assert await store.purge(before=NOW + 2) == 1
+        assert await store.get(plain) is None
+        assert await store.send(plain, "t", message(b"x"), now=NOW + 3) is Sent.UNKNOWN
+
+    with_store(open_store, body)
+
+
+def test_a_workflow_that_ends_ends_its_waiting_receives(open_store: Opener) -> None:
+    async def body(store: Store) -> None:
+        parent, lease = await a_workflow(store)
+        (waiting,) = await waits_for(store, lease, receive("t", 1))
+        assert await store.cancel(parent, PERMANENT_ERROR, b"cancelled", now=NOW + 1) == 2
+        ended = await store.get(waiting)
+        assert ended is not None
+        assert (ended.state, ended.result) == (State.DONE, b"cancelled")
+        assert await store.send(parent, "t", message(b"x"), now=NOW + 2) is Sent.DONE
 
 
 def test_children_are_read_with_their_results_in_creation_order(open_store: Any) -> None:
@@ -2577,8 +2736,6 @@ def test_a_call_dispatched_with_a_poll_is_resumed_from_it_at_its_first_attempt(
         await run_children(store, NOW + 4, kid)
         (again,) = await store.claim(owner="s", now=NOW + 5, limit=10, lease_seconds=LEASE)
         assert [(r.dispatch_id, r.correlation_id) for r in again.results] == [(kid, 3)]
-
-    with_store(open_store, body)
 
 
 # --- Delays, policies and keys of a Poll's children ----------------------------------

@@ -72,7 +72,7 @@ ACTIONS = (
         "rerun",
         "Re-run",
         "RerunRequest",
-        lambda call: call.done,
+        lambda call: call.done and call.topic is None,  # a receive runs no function
         "Dispatched again.",
         headers=True,
     ),

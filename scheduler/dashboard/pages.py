@@ -97,6 +97,9 @@ class Dashboard:
         app.router.add_get("/", self.page(self.calls))
         app.router.add_get("/fragments/calls", self.page(self.calls_fragment, fragment=True))
         app.router.add_get("/calls/{dispatch_id}", self.page(self.call))
+        # Before the actions' route, which would take "send" for an action's name.
+        send = self.page(self.send_message, form=True)
+        app.router.add_post("/calls/{dispatch_id}/send", send)
         app.router.add_post("/calls/{dispatch_id}/{action}", self.page(self.act, form=True))
         app.router.add_get("/overview", self.page(self.show_overview))
         app.router.add_get("/login", self.login_form)
@@ -244,7 +247,8 @@ class Dashboard:
             path=request.path,
             page=shown,
             actions=[a for a in offered(self.actions, self.api) if a.when(call)],
-            done=next((a.done for a in self.actions if a.name == done), ""),
+            done=next((a.done for a in self.actions if a.name == done), SENT.get(done, "")),
+            can_send=not call.done and hasattr(self.api, "send"),
         )
 
     async def found(self, request: web.Request) -> Any:
@@ -263,6 +267,20 @@ class Dashboard:
         target = await action.run(self.api, call.dispatch_id) or call.dispatch_id
         query = urllib.parse.urlencode({"done": action.name})
         raise web.HTTPSeeOther(f"{call_url(target)}?{query}")
+
+    async def send_message(self, request: web.Request, viewer: Viewer) -> web.StreamResponse:
+        """Send the form's message (``CallService.Send``) to the call, for a receive of
+        its workflow: the value as JSON when it parses, else as a string."""
+        from ...proto.dispatchlet.scheduler.v1 import calls_pb2
+
+        call = await self.found(request)
+        form = await request.post()
+        topic = str(form.get("topic", ""))
+        value = views.message_value(str(form.get("value", "")))
+        message = calls_pb2.SendRequest(dispatch_id=call.dispatch_id, topic=topic, value=value)
+        sent = await self.api.send(message)
+        query = urllib.parse.urlencode({"done": "sent" if sent.delivered else "kept"})
+        raise web.HTTPSeeOther(f"{call_url(call.dispatch_id)}?{query}")
 
     # --- the overview ------------------------------------------------------------------
 
@@ -334,6 +352,13 @@ class Dashboard:
         response.headers["Cache-Control"] = "public, max-age=86400"
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
+
+
+SENT = {
+    "sent": "Message sent: a waiting receive got it.",
+    "kept": "Message sent: kept until the workflow receives on its topic.",
+}
+"""What the call page says once a message was sent (``send_message``)."""
 
 
 class Forbidden(InvalidArgument):

@@ -19,6 +19,7 @@ from google.protobuf import any_pb2
 from ...core.errors import InvalidArgument
 from ...core.status import Status
 from ...core.value_views import decoded, plain, read_journal
+from ...core.values import to_any
 from ...proto.dispatch.sdk.v1 import call_pb2
 from ..store import AttemptHistory, Call, State
 
@@ -377,13 +378,14 @@ def journal_steps(
     by_correlation = {child.correlation_id: child for child in children}
     steps = []
     for step in journal["steps"]:
-        child = by_correlation.get(step["slot"] + 1) if step["kind"] == "call" else None
+        ran = step["kind"] in ("call", "receive")
+        child = by_correlation.get(step["slot"] + 1) if ran else None
         error = step.get("error")
         steps.append(
             Step(
                 slot=step["slot"],
                 kind=step["kind"],
-                name=step.get("function") or step.get("name") or "",
+                name=step.get("function") or step.get("name") or step.get("topic") or "",
                 state=step["state"],
                 output=shown_value(step["output"]) if "output" in step else None,
                 error=f"{error['type']}: {error['message']}" if error else "",
@@ -392,6 +394,18 @@ def journal_steps(
             )
         )
     return journal, steps
+
+
+def message_value(text: str) -> any_pb2.Any:
+    """A message typed in the send form, encoded as the CLI's ``calls send`` does: JSON
+    when it parses, else the text itself; an empty field sends no value (None)."""
+    if not text.strip():
+        return to_any(None)
+    try:
+        value: object = json.loads(text)
+    except ValueError:
+        value = text
+    return to_any(value)
 
 
 def attempt_rows(history: AttemptHistory) -> list[dict[str, Any]]:
@@ -436,12 +450,41 @@ class CallPage:
         return status_name(self.call.status)
 
     @property
+    def policy(self) -> str:
+        """The call's own retry policy (empty: the scheduler's settings)."""
+        own = self.call.policy
+        if own is None:
+            return ""
+        parts = []
+        if own.max_attempts:
+            parts.append(
+                f"at most {own.max_attempts} attempt{'s' if own.max_attempts != 1 else ''}"
+            )
+        if own.attempt_timeout:
+            parts.append(f"{duration(own.attempt_timeout)} per attempt")
+        if own.backoff_initial or own.backoff_maximum or own.backoff_multiplier:
+            backoff = (
+                f"backoff from {duration(own.backoff_initial)}"
+                if own.backoff_initial
+                else "backoff"
+            )
+            if own.backoff_multiplier:
+                backoff += f", times {own.backoff_multiplier:g} each retry"
+            if own.backoff_maximum:
+                backoff += f", at most {duration(own.backoff_maximum)}"
+            parts.append(backoff)
+        return "; ".join(parts) + " (the scheduler's settings for the rest)"
+
+    @property
     def times(self) -> list[tuple[str, str, str]]:
         """(name, shown, iso) of each of the call's times that applies."""
         call = self.call
         times = [("Created", call.created_at)]
         if call.state is State.READY:
-            times.append(("Next attempt" if call.attempts else "Ready at", call.ready_at))
+            if not call.attempts and not call.poll and call.ready_at > call.created_at:
+                times.append(("Starts at", call.ready_at))  # a delayed call
+            else:
+                times.append(("Next attempt" if call.attempts else "Ready at", call.ready_at))
         if call.finished_at is not None:
             times.append(("Finished", call.finished_at))
         times.append(("Expires", call.expires_at))

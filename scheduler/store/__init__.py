@@ -56,6 +56,19 @@ if TYPE_CHECKING:
     from .schedules import NewSchedule, Planner, Schedule, Synced, Ticked
 
 
+class Sent(str, Enum):
+    """What ``Store.send`` did with a message."""
+
+    DELIVERED = "delivered"
+    """A receive of the call waited on the topic: it ended with the message."""
+    KEPT = "kept"
+    """Kept in the call's mailbox, in order, for its next receive on the topic."""
+    UNKNOWN = "unknown"
+    """No such call: nothing stored."""
+    DONE = "done"
+    """The call is done: nothing stored."""
+
+
 class State(str, Enum):
     READY = "ready"
     RUNNING = "running"
@@ -99,15 +112,19 @@ class NewCall:
     trace_context: str = ""
     """The trace context its attempts' spans are children of (``core.tracing.carried``:
     the Dispatch's span, or the attempt that made a Poll's child); empty: none."""
+    topic: str | None = None
+    """For a workflow's ``receive(topic)`` (a Poll's child only): no endpoint runs it;
+    it takes the oldest message its parent's mailbox keeps on the topic, or waits for
+    one (``Store.send``) until its expiration."""
+    poll: bytes = b""
+    """A serialized ``Poll`` to resume the call from at its first attempt (a resumed
+    workflow, ``CallService.Resume``); empty: the call starts from its input."""
     ready_at: float | None = None
     """When its first attempt may start (a delayed call); None: as it is stored."""
     policy: CallPolicy | None = None
     follows: str | None = None
     """The call this one takes its outcome from instead of running (a Poll's child
     whose idempotency key another call has: ``idempotency.KeyedChildren``)."""
-    poll: bytes = b""
-    """A serialized ``Poll`` to resume the call from at its first attempt (a resumed
-    workflow, ``CallService.Resume``); empty: the call starts from its input."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +180,9 @@ class Call:
     """The call this one is a re-run of (``NewCall.rerun_of``); None for any other."""
     trace_context: str = ""
     """``NewCall.trace_context``: kept for the call's whole life (a tail call too)."""
+    topic: str | None = None
+    """``NewCall.topic``: the call is a receive, which the engine never runs (claimed,
+    its expiration passed: it ends TIMEOUT)."""
     policy: CallPolicy | None = None
     """Its own retry policy, if it has one (``NewCall.policy``)."""
     follows: str | None = None
@@ -417,7 +437,10 @@ class Store(Protocol):
         serialized Poll without its calls); their ids, or None for a stale lease. The
         run succeeded: the call's ``attempts`` count starts again, so that the retries
         of each resume have the whole ``max_attempts`` (a workflow may have many steps).
-        Children beyond ``bounds`` raise ``TreeLimitExceeded`` and change nothing."""
+        Children beyond ``bounds`` raise ``TreeLimitExceeded`` and change nothing. A
+        child with a ``topic`` (a receive) is done at once with the oldest message the
+        call's mailbox keeps on it, which is taken, or waits for one (``send``) until
+        its expiration, when a claim finds it."""
 
     async def restart(
         self,
@@ -553,6 +576,18 @@ class Store(Protocol):
 
     async def close(self) -> None:
         """Release the store's resources."""
+
+    # --- messages (``CallService.Send``, ``core.messages``) ----------------------------
+
+    async def send(self, dispatch_id: str, topic: str, result: bytes, *, now: float) -> Sent:
+        """Send a message (``result``: a serialized ``CallResult`` with its value as
+        output) to the call on ``topic``, in one transaction that holds off other sends
+        and the call's suspension: the oldest receive child of the call waiting on the
+        topic (not past its expiration) ends with it, its parent woken if that is
+        enough; else the message is kept in the call's mailbox after the others, for
+        the next receive on the topic, which takes it when ``suspend`` stores it. An
+        unknown or done call gets nothing. The mailbox of a call that never receives
+        (not a workflow) is kept while the call is, and deleted with it."""
 
     # --- actions on a call (``CallService.Retry``) -----------------------------------
 
@@ -710,8 +745,23 @@ def call_from_row(row: Sequence[Any]) -> Call:
         restarts=row[17],
         rerun_of=row[18],
         trace_context=row[19],
-        policy=stored_policy(row[20:25]),
-        follows=row[25],
+        topic=row[20],
+        policy=stored_policy(row[21:26]),
+        follows=row[26],
+    )
+
+
+def child_from_row(row: Sequence[Any]) -> Child:
+    """A child from its ``(dispatch_id, correlation_id, state, delivered, status, result,
+    finished_at)`` columns."""
+    return Child(
+        row[0],
+        loaded_correlation_id(row[1]),
+        row[2] == State.DONE.value,
+        bool(row[3]),
+        row[4],
+        bytes(row[5]),
+        row[6],
     )
 
 
@@ -737,20 +787,6 @@ def policy_columns(policy: CallPolicy | None) -> dict[str, Any]:
 
 
 NO_POLICY = CallPolicy()
-
-
-def child_from_row(row: Sequence[Any]) -> Child:
-    """A child from its ``(dispatch_id, correlation_id, state, delivered, status, result,
-    finished_at)`` columns."""
-    return Child(
-        row[0],
-        loaded_correlation_id(row[1]),
-        row[2] == State.DONE.value,
-        bool(row[3]),
-        row[4],
-        bytes(row[5]),
-        row[6],
-    )
 
 
 def child_result_from_row(row: Sequence[Any]) -> ChildResult:
@@ -783,6 +819,7 @@ __all__ = [
     "QueueStats",
     "RequestConflict",
     "RequestId",
+    "Sent",
     "State",
     "Store",
     "StoreError",

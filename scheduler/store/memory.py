@@ -34,6 +34,7 @@ from . import (
     NewAttempt,
     NewCall,
     RequestId,
+    Sent,
     State,
     StoreError,
     TreeBounds,
@@ -105,6 +106,10 @@ class _Row:
     follows: str | None = None
     attempts_kept: deque[Attempt] = field(default_factory=deque)
     """Its history of attempts (the SQL stores' ``{calls}_attempts``)."""
+    topic: str | None = None
+    mailbox: deque[tuple[str, bytes]] = field(default_factory=deque)
+    """Messages kept for its receives, in order, as (topic, result) (the SQL stores'
+    ``{calls}_messages``)."""
 
     def call(self) -> Call:
         return Call(
@@ -130,6 +135,7 @@ class _Row:
             trace_context=self.trace_context,
             policy=self.policy,
             follows=self.follows,
+            topic=self.topic,
         )
 
     def claimable(self, now: float) -> bool:
@@ -296,6 +302,9 @@ class MemoryStore:
             ids = self._insert_keyed(placed, now)
         else:
             ids = self._insert(placed, now)
+        for child, child_id in zip(children, ids, strict=True):
+            if child.topic is not None:
+                self._receive(row, self._rows[child_id], child.topic, now)
         row.state = State.WAITING
         row.poll = poll
         row.poll_min, row.poll_max, row.poll_until = min_results, max_results, until
@@ -306,6 +315,37 @@ class MemoryStore:
         # Results of earlier polls may be enough already.
         self._wake(row.dispatch_id, now)
         return ids
+
+    async def send(self, dispatch_id: str, topic: str, result: bytes, *, now: float) -> Sent:
+        self._check_open()
+        row = self._rows.get(dispatch_id)
+        if row is None:
+            return Sent.UNKNOWN
+        if row.state is State.DONE:
+            return Sent.DONE
+        for child in (self._rows[i] for i in row.children):
+            if (
+                child.topic == topic
+                and child.state is State.WAITING
+                and (child.poll_until or 0.0) > now
+            ):
+                self._end(child, Status.OK.value, result, now)
+                self._wake(dispatch_id, now)
+                return Sent.DELIVERED
+        row.mailbox.append((topic, result))
+        return Sent.KEPT
+
+    def _receive(self, parent: _Row, child: _Row, topic: str, now: float) -> None:
+        """As the SQL stores do: a receive just stored takes the oldest message kept on
+        its topic, or waits for one until its expiration."""
+        child.topic = topic
+        for index, (kept, result) in enumerate(parent.mailbox):
+            if kept == topic:
+                del parent.mailbox[index]
+                self._end(child, Status.OK.value, result, now)
+                return
+        child.state = State.WAITING
+        child.poll_min, child.poll_until = 1, child.expires_at
 
     async def restart(
         self,

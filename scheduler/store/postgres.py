@@ -34,6 +34,7 @@ import psycopg
 import psycopg_pool
 from psycopg_pool import AsyncConnectionPool
 
+from ...core.status import Status
 from ..calls import destination
 from . import (
     COUNT_CAP,
@@ -49,6 +50,7 @@ from . import (
     NewAttempt,
     NewCall,
     RequestId,
+    Sent,
     State,
     StoreError,
     TreeBounds,
@@ -612,7 +614,8 @@ class PostgresStore:
                 ids = await _insert_keyed(db, placed, now)
             else:
                 ids = await _insert(db, placed, now)
-            # Results of earlier polls may be enough already.
+            await _receive(db, lease.dispatch_id, children, ids, now)
+            # Results of earlier polls (or messages kept) may be enough already.
             await _wake(db, lease.dispatch_id, now)
             if ids:
                 await db.execute(SQL.notify)
@@ -629,6 +632,26 @@ class PostgresStore:
                 if retry == CONFLICT_RETRIES:
                     raise
         raise AssertionError("unreachable")
+
+    async def send(self, dispatch_id: str, topic: str, result: bytes, *, now: float) -> Sent:
+        async def update(db: Connection) -> Sent:
+            # Locked: a concurrent send, or the call's suspension, waits for this one.
+            row = await (await db.execute(SQL.lock_call, {"id": dispatch_id})).fetchone()
+            if row is None:
+                return Sent.UNKNOWN
+            if row[0] == State.DONE.value:
+                return Sent.DONE
+            message = {"id": dispatch_id, "topic": topic, "result": result, "now": now}
+            params = {**message, "status": Status.OK.value}
+            ended = await (await db.execute(SQL.deliver_message, params)).fetchone()
+            if ended is not None:
+                await db.execute(SQL.notify_ended, {"ids": [ended[0]]})
+                await _wake(db, dispatch_id, now)
+                return Sent.DELIVERED
+            await db.execute(SQL.keep_message, message)
+            return Sent.KEPT
+
+        return await self._transaction(update)
 
     async def restart(
         self,
@@ -1170,6 +1193,24 @@ async def _set_aside_children(db: Connection, dispatch_id: str) -> None:
     it; the others are told it is ready."""
     await db.execute(SQL.set_aside_children, {"id": dispatch_id})
     await db.execute(SQL.notify)
+
+
+async def _receive(
+    db: Connection, parent_id: str, children: Sequence[NewCall], ids: Sequence[str], now: float
+) -> None:
+    """The receives among a Poll's children just stored: each takes the oldest message
+    kept on its topic, or waits for one."""
+    for child, child_id in zip(children, ids, strict=True):
+        if child.topic is None:
+            continue
+        receive = {"id": child_id, "topic": child.topic}
+        params = {"id": parent_id, "topic": child.topic}
+        taken = await (await db.execute(SQL.take_message, params)).fetchone()
+        if taken is None:
+            await db.execute(SQL.await_message, receive)
+        else:
+            ended = {"status": Status.OK.value, "result": taken[0], "now": now}
+            await db.execute(SQL.received, {**receive, **ended})
 
 
 async def _wake(db: Connection, parent_id: str, now: float) -> None:

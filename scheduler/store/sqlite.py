@@ -30,6 +30,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ...core.status import Status
 from ..calls import destination
 from . import (
     COUNT_CAP,
@@ -46,6 +47,7 @@ from . import (
     NewAttempt,
     NewCall,
     RequestId,
+    Sent,
     State,
     StoreError,
     TreeBounds,
@@ -505,7 +507,8 @@ class SQLiteStore:
                 ids = _insert_keyed(db, placed, now)
             else:
                 ids = _insert(db, placed, now)
-            # Results of earlier polls may be enough already.
+            _receive(db, lease.dispatch_id, children, ids, now)
+            # Results of earlier polls (or messages kept) may be enough already.
             _wake(db, lease.dispatch_id, now)
             return ids
 
@@ -531,6 +534,23 @@ class SQLiteStore:
             return True
 
         return await self._run(self._transaction, update)
+
+    async def send(self, dispatch_id: str, topic: str, result: bytes, *, now: float) -> Sent:
+        def update(db: sqlite3.Connection) -> Sent:
+            row = db.execute(SQL.lock_call, {"id": dispatch_id}).fetchone()
+            if row is None:
+                return Sent.UNKNOWN
+            if row[0] == State.DONE.value:
+                return Sent.DONE
+            message = {"id": dispatch_id, "topic": topic, "result": result, "now": now}
+            ended = db.execute(SQL.deliver_message, {**message, "status": Status.OK.value})
+            if ended.fetchone() is not None:
+                _wake(db, dispatch_id, now)
+                return Sent.DELIVERED
+            db.execute(SQL.keep_message, message)
+            return Sent.KEPT
+
+        return await self._run(self._transaction, update, now)
 
     async def retry(
         self,
@@ -990,6 +1010,27 @@ def _check_bounds(
     if db.execute(SQL.add_descendants, params).rowcount != 1:
         count = db.execute(SQL.descendants, params).fetchone()[0]
         raise TreeLimitExceeded("descendants", most, count, adding)
+
+
+def _receive(
+    db: sqlite3.Connection,
+    parent_id: str,
+    children: Sequence[NewCall],
+    ids: Sequence[str],
+    now: float,
+) -> None:
+    """The receives among a Poll's children just stored: each takes the oldest message
+    kept on its topic, or waits for one."""
+    for child, child_id in zip(children, ids, strict=True):
+        if child.topic is None:
+            continue
+        receive = {"id": child_id, "topic": child.topic}
+        taken = db.execute(SQL.take_message, {"id": parent_id, "topic": child.topic}).fetchone()
+        if taken is None:
+            db.execute(SQL.await_message, receive)
+        else:
+            ended = {"status": Status.OK.value, "result": taken[0], "now": now}
+            db.execute(SQL.received, {**receive, **ended})
 
 
 def _wake(db: sqlite3.Connection, parent_id: str, now: float) -> None:

@@ -170,6 +170,9 @@ Step = str | Index | Backfill
 version's update; else an index or a backfill of a table that may be large."""
 Migration = Step | Only
 
+MESSAGES = "{calls}_messages"
+"""The mailboxes: messages sent to calls that no receive has taken yet (``send``)."""
+
 MIGRATIONS: tuple[Migration, ...] = (
     # Idempotent Dispatch: request ids and call keys (see ``idempotency``); a key is
     # deleted with its call.
@@ -266,6 +269,19 @@ MIGRATIONS: tuple[Migration, ...] = (
     # List's calls created within a time range: a range of this index, read in its order
     # (creation time, then creation order) from its end (newest first) or its start.
     Index("{calls}_list_created", "ON {calls} (created_at{in_order})"),
+    # Messages to workflows (``core.messages``): a receive is a child call marked with
+    # its topic (NULL for every other call: no rewrite), and the messages sent to a call
+    # before a receive of it took them wait in its mailbox, in the order they were sent
+    # (numbered per call), deleted with the call.
+    "ALTER TABLE {calls} ADD COLUMN topic TEXT;"
+    f"CREATE TABLE {MESSAGES} ("
+    "  dispatch_id TEXT NOT NULL REFERENCES {calls} (dispatch_id) ON DELETE CASCADE,"
+    "  number INTEGER NOT NULL,"
+    "  topic TEXT NOT NULL,"
+    "  result {blob} NOT NULL,"
+    "  sent_at {double} NOT NULL,"
+    "  PRIMARY KEY (dispatch_id, number)"
+    ")",
     # A call's own retry policy (``CallPolicy``), 0 for the scheduler's settings; the
     # call a Poll's child with a known key takes its outcome from (``follows``).
     # Constant defaults: no rewrite of the table.
@@ -311,7 +327,7 @@ _POLICY = "max_attempts, attempt_timeout, backoff_initial, backoff_maximum, back
 COLUMNS = (
     "dispatch_id, function, endpoint, input, version, correlation_id, parent_id, "
     "root_id, state, status, result, attempts, created_at, expires_at, ready_at, "
-    "finished_at, poll, restarts, rerun_of, trace_context, " + _POLICY + ", follows"
+    "finished_at, poll, restarts, rerun_of, trace_context, topic, " + _POLICY + ", follows"
 )
 # The columns of a Call as List shows it (``Store.list``): its input and poll state
 # left out, its result only when it is an error of at most LISTED_ERROR_BYTES. Nothing
@@ -322,7 +338,7 @@ SUMMARY = (
     f"CASE WHEN status <> {Status.OK.value:d} AND length(result) <= {LISTED_ERROR_BYTES:d} "
     "THEN result ELSE CAST({empty} AS {blob}) END, "
     "attempts, created_at, expires_at, ready_at, finished_at, CAST({empty} AS {blob}), "
-    "restarts, rerun_of, trace_context, " + _POLICY + ", follows"
+    "restarts, rerun_of, trace_context, topic, " + _POLICY + ", follows"
 )
 # The columns a new call is given (its state is 'ready').
 INSERTED = (
@@ -340,9 +356,9 @@ INSERTED = (
     "ready_at",
     "rerun_of",
     "trace_context",
+    "poll",
     *_POLICY.split(", "),
     "follows",
-    "poll",
 )
 # What a call's lease is, once it has none.
 _UNLEASED = "lease_owner = NULL, lease_expires = NULL"
@@ -652,6 +668,42 @@ class Statements:
             " RETURNING dispatch_id"
         )
         self.ended_all = r(f"DELETE FROM {ENDINGS} WHERE dispatch_id = :id")
+
+        # --- messages (``Store.send``): the call, locked against a concurrent send or
+        # suspension; the oldest receive of it waiting on the topic, not past its
+        # timeout, ended with the message; else the message kept in its mailbox.
+        self.lock_call = r(
+            "SELECT state FROM {calls} WHERE dispatch_id = :id"
+            + (" FOR UPDATE" if dialect.name == "postgres" else "")
+        )
+        self.deliver_message = r(
+            f"UPDATE {{calls}} SET {_ended(':status', ':result', ':now')} "
+            "WHERE state = 'waiting' AND dispatch_id = (SELECT dispatch_id FROM {calls}"
+            "  WHERE parent_id = :id AND state = 'waiting' AND topic = :topic"
+            "  AND poll_until > :now ORDER BY {seq} LIMIT 1)"
+            " RETURNING dispatch_id"
+        )
+        self.keep_message = r(
+            f"INSERT INTO {MESSAGES} (dispatch_id, number, topic, result, sent_at)"
+            " SELECT :id, coalesce(max(number), 0) + 1, :topic, :result, :now"
+            f" FROM {MESSAGES} WHERE dispatch_id = :id"
+        )
+        # A receive just stored under :id (its parent): the oldest message kept on its
+        # topic taken, if any, and the receive ended with it; else it waits until its
+        # expiration, when a claim finds it (and the engine ends it TIMEOUT).
+        self.take_message = r(
+            f"DELETE FROM {MESSAGES} WHERE dispatch_id = :id AND number = ("
+            f"  SELECT min(number) FROM {MESSAGES} WHERE dispatch_id = :id AND topic = :topic)"
+            " RETURNING result"
+        )
+        self.received = r(
+            f"UPDATE {{calls}} SET topic = :topic, {_ended(':status', ':result', ':now')} "
+            "WHERE dispatch_id = :id"
+        )
+        self.await_message = r(
+            "UPDATE {calls} SET topic = :topic, state = 'waiting', poll_min = 1,"
+            " poll_until = expires_at WHERE dispatch_id = :id"
+        )
 
         # --- actions on a call: retry now.
         # A ready call's next attempt brought forward to now (not a due one: idempotent).
@@ -989,9 +1041,9 @@ def rows_to_insert(calls: Sequence[NewCall], now: float) -> tuple[list[str], lis
                 "ready_at": now if call.ready_at is None else call.ready_at,
                 "rerun_of": call.rerun_of,
                 "trace_context": call.trace_context,
+                "poll": call.poll,
                 **policy_columns(call.policy),
                 "follows": call.follows,
-                "poll": call.poll,
             }
         )
         ids.append(dispatch_id)

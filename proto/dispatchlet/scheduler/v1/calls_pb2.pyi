@@ -809,6 +809,57 @@ class PurgeResponse(_message.Message):
 Global___PurgeResponse: _TypeAlias = PurgeResponse  # noqa: Y015
 
 @_typing.final
+class SendRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPATCH_ID_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    dispatch_id: _builtins.str
+    topic: _builtins.str
+    """1 to 256 printable characters."""
+    @_builtins.property
+    def value(self) -> _any_pb2.Any:
+        """The message, encoded as a call's input is."""
+
+    def __init__(
+        self,
+        *,
+        dispatch_id: _builtins.str = ...,
+        topic: _builtins.str = ...,
+        value: _any_pb2.Any | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch_id", b"dispatch_id", "topic", b"topic", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendRequest: _TypeAlias = SendRequest  # noqa: Y015
+
+@_typing.final
+class SendResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERED_FIELD_NUMBER: _builtins.int
+    delivered: _builtins.bool
+    """True when a receive was waiting and got the message now; false when the message
+    is kept for the call's next receive on the topic.
+    """
+    def __init__(
+        self,
+        *,
+        delivered: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivered", b"delivered"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendResponse: _TypeAlias = SendResponse  # noqa: Y015
+
+@_typing.final
 class ScheduleSpec(_message.Message):
     """A schedule as CreateSchedule and SyncSchedules take it."""
 

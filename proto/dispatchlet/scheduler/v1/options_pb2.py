@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&dispatchlet/scheduler/v1/options.proto\x12\x18\x64ispatchlet.scheduler.v1\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf4\x02\n\x0b\x43\x61llOptions\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05\x64\x65lay\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\x08start_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cmax_attempts\x18\x04 \x01(\r\x12\x32\n\x0f\x61ttempt_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x07\x62\x61\x63koff\x18\x06 \x01(\x0b\x32!.dispatchlet.scheduler.v1.Backoff\x12\x13\n\x0b\x63oncurrency\x18\x07 \x01(\r\x12\x17\n\x0f\x63oncurrency_key\x18\x08 \x01(\t\x12\x1b\n\x13\x63oncurrency_per_key\x18\t \x01(\r\x12\x37\n\nrate_limit\x18\n \x01(\x0b\x32#.dispatchlet.scheduler.v1.RateLimit\"u\n\x07\x42\x61\x63koff\x12*\n\x07initial\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x07maximum\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nmultiplier\x18\x03 \x01(\x01\"E\n\tRateLimit\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12)\n\x06period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xec\x01\n\x04\x43\x61ll\x12\x16\n\x0e\x63orrelation_id\x18\x01 \x01(\x04\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x10\n\x08\x66unction\x18\x03 \x01(\t\x12#\n\x05input\x18\x04 \x01(\x0b\x32\x14.google.protobuf.Any\x12-\n\nexpiration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x43\n\x13\x64ispatchlet_options\x18\xe8\x07 \x01(\x0b\x32%.dispatchlet.scheduler.v1.CallOptions\"@\n\x0f\x44ispatchRequest\x12-\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x1e.dispatchlet.scheduler.v1.Callb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&dispatchlet/scheduler/v1/options.proto\x12\x18\x64ispatchlet.scheduler.v1\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8b\x03\n\x0b\x43\x61llOptions\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05\x64\x65lay\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\x08start_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cmax_attempts\x18\x04 \x01(\r\x12\x32\n\x0f\x61ttempt_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x07\x62\x61\x63koff\x18\x06 \x01(\x0b\x32!.dispatchlet.scheduler.v1.Backoff\x12\x13\n\x0b\x63oncurrency\x18\x07 \x01(\r\x12\x17\n\x0f\x63oncurrency_key\x18\x08 \x01(\t\x12\x1b\n\x13\x63oncurrency_per_key\x18\t \x01(\r\x12\x37\n\nrate_limit\x18\n \x01(\x0b\x32#.dispatchlet.scheduler.v1.RateLimit\x12\x15\n\rreceive_topic\x18\x0b \x01(\t\"u\n\x07\x42\x61\x63koff\x12*\n\x07initial\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x07maximum\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nmultiplier\x18\x03 \x01(\x01\"E\n\tRateLimit\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12)\n\x06period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xec\x01\n\x04\x43\x61ll\x12\x16\n\x0e\x63orrelation_id\x18\x01 \x01(\x04\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x10\n\x08\x66unction\x18\x03 \x01(\t\x12#\n\x05input\x18\x04 \x01(\x0b\x32\x14.google.protobuf.Any\x12-\n\nexpiration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x43\n\x13\x64ispatchlet_options\x18\xe8\x07 \x01(\x0b\x32%.dispatchlet.scheduler.v1.CallOptions\"@\n\x0f\x44ispatchRequest\x12-\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x1e.dispatchlet.scheduler.v1.Callb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,13 +35,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dispatchlet.scheduler.v1.op
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CALLOPTIONS']._serialized_start=161
-  _globals['_CALLOPTIONS']._serialized_end=533
-  _globals['_BACKOFF']._serialized_start=535
-  _globals['_BACKOFF']._serialized_end=652
-  _globals['_RATELIMIT']._serialized_start=654
-  _globals['_RATELIMIT']._serialized_end=723
-  _globals['_CALL']._serialized_start=726
-  _globals['_CALL']._serialized_end=962
-  _globals['_DISPATCHREQUEST']._serialized_start=964
-  _globals['_DISPATCHREQUEST']._serialized_end=1028
+  _globals['_CALLOPTIONS']._serialized_end=556
+  _globals['_BACKOFF']._serialized_start=558
+  _globals['_BACKOFF']._serialized_end=675
+  _globals['_RATELIMIT']._serialized_start=677
+  _globals['_RATELIMIT']._serialized_end=746
+  _globals['_CALL']._serialized_start=749
+  _globals['_CALL']._serialized_end=985
+  _globals['_DISPATCHREQUEST']._serialized_start=987
+  _globals['_DISPATCHREQUEST']._serialized_end=1051
 # @@protoc_insertion_point(module_scope)

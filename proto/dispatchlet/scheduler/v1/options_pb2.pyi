@@ -42,6 +42,7 @@ class CallOptions(_message.Message):
     CONCURRENCY_KEY_FIELD_NUMBER: _builtins.int
     CONCURRENCY_PER_KEY_FIELD_NUMBER: _builtins.int
     RATE_LIMIT_FIELD_NUMBER: _builtins.int
+    RECEIVE_TOPIC_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """The call's idempotency key, unique per scheduler: while the first call dispatched
     with a key is kept, another call with the same key creates nothing and is answered
@@ -62,6 +63,11 @@ class CallOptions(_message.Message):
     concurrency_per_key: _builtins.int
     """At most this many attempts in flight of the call's function with the same
     concurrency_key (0: no limit).
+    """
+    receive_topic: _builtins.str
+    """Not a call of a function but a workflow's receive(topic): a child of its Poll that
+    no endpoint runs. It ends with the oldest message sent to the parent call on this
+    topic (CallService.Send) as its output, or TIMEOUT once its expiration passes.
     """
     @_builtins.property
     def delay(self) -> _duration_pb2.Duration:
@@ -100,10 +106,11 @@ class CallOptions(_message.Message):
         concurrency_key: _builtins.str = ...,
         concurrency_per_key: _builtins.int = ...,
         rate_limit: Global___RateLimit | None = ...,
+        receive_topic: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["attempt_timeout", b"attempt_timeout", "backoff", b"backoff", "delay", b"delay", "rate_limit", b"rate_limit", "start_at", b"start_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_timeout", b"attempt_timeout", "backoff", b"backoff", "concurrency", b"concurrency", "concurrency_key", b"concurrency_key", "concurrency_per_key", b"concurrency_per_key", "delay", b"delay", "key", b"key", "max_attempts", b"max_attempts", "rate_limit", b"rate_limit", "start_at", b"start_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_timeout", b"attempt_timeout", "backoff", b"backoff", "concurrency", b"concurrency", "concurrency_key", b"concurrency_key", "concurrency_per_key", b"concurrency_per_key", "delay", b"delay", "key", b"key", "max_attempts", b"max_attempts", "rate_limit", b"rate_limit", "receive_topic", b"receive_topic", "start_at", b"start_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

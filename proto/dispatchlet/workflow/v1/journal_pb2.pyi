@@ -83,6 +83,11 @@ class Step(_message.Message):
         """A durable timer."""
         KIND_PATCH: Step._Kind.ValueType  # 3
         """A patched(name) that took the new branch."""
+        KIND_RECEIVE: Step._Kind.ValueType  # 4
+        """A receive(topic): a message sent to the workflow's call on the topic (name),
+        delivered by the scheduler as a call's result (its correlation id is the slot plus
+        one), or an error once its timeout passed.
+        """
 
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
     KIND_UNSPECIFIED: Step.Kind.ValueType  # 0
@@ -92,6 +97,11 @@ class Step(_message.Message):
     """A durable timer."""
     KIND_PATCH: Step.Kind.ValueType  # 3
     """A patched(name) that took the new branch."""
+    KIND_RECEIVE: Step.Kind.ValueType  # 4
+    """A receive(topic): a message sent to the workflow's call on the topic (name),
+    delivered by the scheduler as a call's result (its correlation id is the slot plus
+    one), or an error once its timeout passed.
+    """
 
     KIND_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
@@ -102,7 +112,9 @@ class Step(_message.Message):
     ARRIVAL_FIELD_NUMBER: _builtins.int
     kind: Global___Step.Kind.ValueType
     name: _builtins.str
-    """The function called (KIND_CALL) or the patch's name (KIND_PATCH)."""
+    """The function called (KIND_CALL), the patch's name (KIND_PATCH) or the topic
+    (KIND_RECEIVE).
+    """
     endpoint: _builtins.str
     """The endpoint called; empty for the workflow's own."""
     started: _builtins.bool
