@@ -79,6 +79,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_create(args: argparse.Namespace) -> int:
+    check_schedule(args.name, args.cron, args.timezone)
     endpoint = args.endpoint or os.environ.get(ENDPOINT_URL_ENV) or DEFAULT_ENDPOINT_URL
     value = None
     if args.input is not None:
@@ -99,6 +100,21 @@ def run_create(args: argparse.Namespace) -> int:
             raise CommandError(f"cannot send INPUT: {exc}") from None
     print(f"created {created.name}: next tick {_when(created)}")
     return EXIT_OK
+
+
+def check_schedule(name: str, cron: str, timezone: str) -> None:
+    """Refuse a bad name, cron expression or time zone before the scheduler is asked
+    (which checks them too): in the words of its answer."""
+    from ..scheduler.cron import Cron, InvalidSchedule, name_problem
+
+    problem = name_problem(name)
+    if problem is None:
+        try:
+            Cron(cron, timezone).next_after(0.0)
+        except InvalidSchedule as exc:
+            problem = f"schedule {name!r}: {exc}"
+    if problem is not None:
+        raise CommandError(f"invalid_argument: {problem}")
 
 
 def run_list(args: argparse.Namespace) -> int:

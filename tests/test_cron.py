@@ -219,3 +219,30 @@ def test_in_the_hour_a_change_repeats_the_passed_wall_times_do_not_tick_again() 
     # In the first pass, every minute ticks.
     first_pass = at("2026-10-25T02:10:00+02:00")
     assert iso_tick(every_minute.next_after(first_pass)) == "2026-10-25T00:11:00Z"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "reason"),
+    [
+        (["nightly", "0 3 * *", "report"], "schedule 'nightly': invalid cron expression"),
+        (["nightly", "0 3 * * *", "report", "--timezone", "Paris"], "unknown time zone 'Paris'"),
+        (["night:ly", "0 3 * * *", "report"], "invalid schedule name 'night:ly'"),
+    ],
+)
+def test_the_cli_refuses_a_bad_schedule_before_asking_the_scheduler(
+    arguments: list[str],
+    reason: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dispatchlet.cli.main import main
+    from postgres_server import free_port
+
+    # Nothing listens there: a request would be retried, then fail otherwise.
+    monkeypatch.setenv("DISPATCH_API_URL", f"http://127.0.0.1:{free_port()}")
+    assert main(["schedules", "create", *arguments]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("dispatchlet schedules: error: invalid_argument: ")
+    assert reason in captured.err
+    assert captured.err.count("\n") == 1, captured.err
