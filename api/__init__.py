@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from .core import dispatching as _dispatching
 from .core.context import RunContext
+from .core.dispatch_options import Backoff
 from .core.endpoint import Endpoint
 from .core.errors import (
     AllFailed,
@@ -70,6 +71,7 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "AllFailed",
+    "Backoff",
     "CallError",
     "CallFailed",
     "CallInfo",

@@ -9,6 +9,13 @@ order finished calls are delivered (``"reverse"``, or a ``random.Random``), to s
 the workflow's outcome does not depend on it. Timers do not make the test wait: the
 harness moves the workflow's clock forward instead.
 
+Calls made with options (``Function.options``, a function's ``@endpoint.function(...)``
+defaults) are run as the scheduler runs them: a delayed call starts once the clock has
+moved forward to its time, its own ``max_attempts`` and ``backoff`` replace the
+defaults, and a call whose idempotency key an earlier call had runs nothing and gets
+that call's result. (An attempt's ``timeout`` is not enforced: the functions run in
+this process.)
+
 Failures are retried by the scheduler's rules: a run that ends with a retryable status
 (``Status.retryable``) runs again, up to ``max_attempts`` attempts counted since the
 call's last suspension, after the scheduler's capped exponential backoff (by which the
@@ -43,6 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from google.protobuf.unknown_fields import UnknownFieldSet
+
 from .core import replay, values, workflow
 from .core.call_options import call_options
 from .core.endpoint import Endpoint
@@ -53,7 +62,10 @@ from .core.status import Status
 from .core.workflow import ReplayCheck, check_replay
 from .proto.dispatch.sdk.v1 import call_pb2, error_pb2, function_pb2, poll_pb2
 from .proto.dispatchlet.workflow.v1 import journal_pb2
+from .scheduler.calls import AT_ONCE, Plan, planned
 from .scheduler.retry import MAX_RESTARTS, RetryPolicy
+from .scheduler.rules import retry_policy
+from .scheduler.store import CallPolicy
 
 
 @dataclass
@@ -76,7 +88,8 @@ class WorkflowRun:
     """Attempts of the workflow's last run, as the scheduler counts them (since its last
     suspension): more than 1 when it failed with a retryable status and was retried."""
     child_attempts: dict[int, int] = field(default_factory=dict)
-    """The attempts each started call took, by correlation id (1: no retry)."""
+    """The attempts each started call took, by correlation id (1: no retry; 0: its
+    idempotency key's call had run already, it ran nothing)."""
 
     def save_journals(self, folder: str | os.PathLike[str]) -> list[Path]:
         """Write each journal to ``folder`` as ``FUNCTION-N.journal``, for
@@ -144,7 +157,10 @@ def run_workflow(
     with _moved_clock() as clock:
         simulator.clock = clock
         run = WorkflowRun(Status.UNSPECIFIED, function=function.name)
-        response, run.attempts = simulator.complete(endpoint, request, run)
+        policy = None
+        if function.defaults:
+            policy = simulator.options(function.defaults.apply(call_pb2.Call())).policy
+        response, run.attempts = simulator.complete(endpoint, request, run, policy)
     result = response.exit.result
     run.status = Status(response.status)
     if result.HasField("error"):
@@ -174,14 +190,21 @@ class _Simulator:
         self.policy = RetryPolicy()
         # The backoff's jitter (not a secret), seeded: every run moves the clock alike.
         self.rng = random.Random(0)  # noqa: S311
+        self.keyed: dict[str, tuple[call_pb2.CallResult, Status]] = {}
+        """The result and status of each idempotency key's call, once it ended."""
         self.mailbox = _Mailbox(None, False)
 
     def complete(
-        self, endpoint: Endpoint, request: function_pb2.RunRequest, run: WorkflowRun | None
+        self,
+        endpoint: Endpoint,
+        request: function_pb2.RunRequest,
+        run: WorkflowRun | None,
+        own: CallPolicy | None = None,
     ) -> tuple[function_pb2.RunResponse, int]:
         """Run a call until it ends, as the scheduler would: resumed after each Poll,
         retried after a retryable failure, started over when a resume is answered
         INCOMPATIBLE_STATE. Its last response and the attempts since its last Poll."""
+        policy = self.policy if own is None else retry_policy(own, self.policy)
         finished: list[call_pb2.CallResult] = []
         waiting = _Receives()  # this call's receives that have no message yet
         start = request  # what a restart runs again: the input of the current function
@@ -214,9 +237,9 @@ class _Simulator:
                         request, finished = start, []
                         restarts += 1
                         continue
-                if status.retryable and attempts < self.policy.max_attempts:
+                if status.retryable and attempts < policy.max_attempts:
                     # Waited for by moving the clock forward, as timers are.
-                    delay = self.policy.delay(attempts, self.rng)
+                    delay = policy.delay(attempts, self.rng)
                     self.clock.offset += int(delay * 1e9)
                     continue
                 return response, attempts
@@ -277,6 +300,21 @@ class _Simulator:
         target = self._endpoint(child.endpoint) if child.endpoint else endpoint
         dispatch_id = f"child-{next(self.ids)}"
         attempts = 1
+        plan = self.options(child)
+        if plan.key in self.keyed:
+            # Its key's call ran already: its result, nothing run again.
+            earlier, status = self.keyed[plan.key]
+            result = call_pb2.CallResult()
+            result.CopyFrom(earlier)
+            result.correlation_id = child.correlation_id
+            if run is not None:
+                run.children[child.correlation_id] = status
+                run.child_attempts[child.correlation_id] = 0
+            return result
+        if plan.ready_at is not None:
+            # A delayed call: the clock moves forward to its time.
+            wait = int(plan.ready_at * 1e9) - self.clock()
+            self.clock.offset += max(0, wait)
         if target is None:
             response = function_pb2.RunResponse(status=Status.NOT_FOUND.value)  # type: ignore[arg-type]
             response.exit.result.error.CopyFrom(
@@ -290,7 +328,7 @@ class _Simulator:
                 parent_dispatch_id=parent.dispatch_id,
                 root_dispatch_id=parent.root_dispatch_id,
             )
-            response, attempts = self.complete(target, request, None)
+            response, attempts = self.complete(target, request, None, plan.policy)
         if run is not None:
             run.children[child.correlation_id] = Status(response.status)
             run.child_attempts[child.correlation_id] = attempts
@@ -298,7 +336,18 @@ class _Simulator:
         result.CopyFrom(response.exit.result)
         result.correlation_id = child.correlation_id
         result.dispatch_id = dispatch_id
+        if plan.key:
+            self.keyed[plan.key] = (result, Status(response.status))
         return result
+
+    def options(self, call: call_pb2.Call) -> Plan:
+        """What ``call``'s options ask, as the scheduler reads them (now: this clock)."""
+        if not UnknownFieldSet(call):
+            return AT_ONCE
+        plan = planned(call_options(call), self.clock() / 1e9)
+        if isinstance(plan, str):
+            raise ValueError(f"a call of {call.function} with invalid options: {plan}")
+        return plan
 
     def _endpoint(self, url: str) -> Endpoint | None:
         if not url:

@@ -13,13 +13,13 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from ..client import CallInfo, Client, ClientError
-from ..core.call_options import key_problem, set_call_options
+from ..core.call_options import key_problem
+from ..core.dispatch_options import MAX_COUNT, settings
 from ..core.endpoint import ENDPOINT_URL_ENV
 from ..core.messages import topic_problem
 from ..core.status import Status
 from ..core.values import EncodeError, to_any
 from ..proto.dispatch.sdk.v1 import call_pb2
-from ..proto.dispatchlet.scheduler.v1 import options_pb2
 from .call import parse_input, render, seconds
 from .call_views import as_dict, attempt_line, describe, table, unlisted_result
 from .errors import EXIT_ERROR, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, CommandError
@@ -42,6 +42,11 @@ else {DEFAULT_ENDPOINT_URL}. `dispatchlet dev` prints the exports.
 With --key KEY, the call has an idempotency key: while the scheduler keeps the first
 call dispatched with KEY, dispatching again with it starts nothing and prints the
 first call's dispatch id (so a script may retry a dispatch safely).
+
+With --delay DURATION (90, 30s, 10m, 2h, 1d) or --at TIME (ISO 8601 with its offset,
+e.g. 2026-12-05T18:00:00Z), the call is stored at once and first runs no earlier than
+then; its expiration counts from then. --max-attempts N and --timeout DURATION (per
+attempt) replace the scheduler's retry policy for this call.
 
 With --wait (and `calls wait`), stderr tells the dispatch id at once, then each
 failed attempt as it happens; Ctrl+C stops waiting, not the call (exit 130), and
@@ -114,6 +119,27 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         type=idempotency_key,
         metavar="KEY",
         help="idempotency key: the same key again starts nothing and gives the same id",
+    )
+    parser.add_argument(
+        "--delay",
+        type=delay,
+        metavar="DURATION",
+        help="first run no earlier than this long from now (90, 30s, 10m, 2h, 1d)",
+    )
+    parser.add_argument(
+        "--at",
+        type=start_time,
+        metavar="TIME",
+        help="first run no earlier than this time (ISO 8601 with its offset)",
+    )
+    parser.add_argument(
+        "--max-attempts", type=attempts, metavar="N", help="at most N attempts, the first included"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=attempt_timeout,
+        metavar="DURATION",
+        help="how long one attempt may run (10, 30s, 5m)",
     )
     parser.add_argument(
         "--json", dest="use_json", action="store_true", help="print the call as JSON"
@@ -224,6 +250,52 @@ def idempotency_key(text: str) -> str:
     return text
 
 
+def delay(text: str) -> float:
+    """``--delay``: a duration of 0 or more."""
+    if text.strip().startswith("-"):
+        raise argparse.ArgumentTypeError(f"{text[:40]!r}: a delay cannot be negative")
+    return duration(text)
+
+
+def attempt_timeout(text: str) -> float:
+    """``--timeout``: a positive duration."""
+    found = delay(text)
+    if found <= 0:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r}: an attempt's timeout must be positive")
+    return found
+
+
+def attempts(text: str) -> int:
+    """``--max-attempts``: a count of 1 or more."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a whole number") from None
+    if not 1 <= number <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"{number} is not in 1..{MAX_COUNT}")
+    return number
+
+
+def start_time(text: str) -> datetime.datetime:
+    """``--at``: an ISO 8601 time that names its offset (``Z`` for UTC): a time without
+    one would be read in some zone the user did not say."""
+    written = text.strip()
+    try:
+        found = datetime.datetime.fromisoformat(
+            written[:-1] + "+00:00" if written.endswith(("Z", "z")) else written
+        )
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text[:40]!r} is not a time: write it as 2026-12-05T18:00:00Z or with an "
+            "offset, 2026-12-05T19:00:00+01:00"
+        ) from None
+    if found.tzinfo is None:
+        raise argparse.ArgumentTypeError(
+            f"{text[:40]!r} has no timezone: add Z (UTC) or its offset, e.g. {written}Z"
+        )
+    return found
+
+
 def message_topic(text: str) -> str:
     problem = topic_problem(text)
     if problem is not None:
@@ -270,8 +342,18 @@ def run_dispatch(args: argparse.Namespace) -> int:
             raise CommandError(f"cannot send INPUT: {exc}") from None
     if args.expiration is not None:
         call.expiration.FromMilliseconds(int(args.expiration * 1000))
-    if args.key is not None:
-        set_call_options(call, options_pb2.CallOptions(key=args.key))
+    try:
+        given = settings(
+            "dispatch",
+            key=args.key,
+            delay=args.delay,
+            at=args.at,
+            max_attempts=args.max_attempts,
+            timeout=args.timeout,
+        )
+    except (TypeError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+    given.apply(call)
     with client() as scheduler:
         (dispatch_id,) = _checked(lambda: scheduler.dispatch([call]))
         if not args.wait:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from ..proto.dispatch.sdk.v1 import call_pb2
 from ..proto.dispatchlet.scheduler.v1 import options_pb2
+from .dispatch_options import MAX_KEY_LENGTH, key_problem
+
+__all__ = ["MAX_KEY_LENGTH", "OPTIONS_FIELD", "call_options", "key_problem", "set_call_options"]
 
 OPTIONS_FIELD = options_pb2.Call.DESCRIPTOR.fields_by_name["dispatchlet_options"].number
 """The Call's field that holds its options (1000)."""
-
-MAX_KEY_LENGTH = 256
-"""The longest idempotency key, in characters."""
 
 
 def set_call_options(call: call_pb2.Call, options: options_pb2.CallOptions) -> None:
@@ -25,15 +25,3 @@ def call_options(call: call_pb2.Call) -> options_pb2.CallOptions:
     """The options ``call`` carries (empty when none)."""
     optioned = options_pb2.Call.FromString(call.SerializeToString())
     return optioned.dispatchlet_options
-
-
-def key_problem(key: str) -> str | None:
-    """Why ``key`` cannot be an idempotency key, or None."""
-    if not key:
-        return "an empty idempotency key"
-    if len(key) > MAX_KEY_LENGTH:
-        return f"an idempotency key longer than {MAX_KEY_LENGTH} characters"
-    if not key.isprintable():
-        # NUL above all: PostgreSQL's text cannot hold it.
-        return f"an idempotency key with a control character: {key!r}"
-    return None

@@ -13,6 +13,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 from ..proto.dispatch.sdk.v1 import function_pb2
 from . import connect, tracing
 from .body import BodyReader, oversized
+from .dispatch_options import Backoff, Seconds, settings
 from .dispatching import Batch, Dispatcher, default_dispatcher
 from .errors import (
     ConfigurationError,
@@ -188,14 +189,60 @@ class Endpoint:
 
     @overload
     def function(
-        self, /, *, name: str | None = None
+        self,
+        /,
+        *,
+        name: str | None = None,
+        max_attempts: int | None = None,
+        timeout: Seconds | None = None,
+        backoff: Backoff | Seconds | None = None,
+        expiration: Seconds | None = None,
+        concurrency: int | None = None,
+        concurrency_per_key: int | None = None,
+        rate_limit: tuple[int, Seconds] | None = None,
+        schedule: str | None = None,
     ) -> Callable[[Callable[P, R]], Function[P, R]]: ...
 
-    def function(self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None) -> Any:
-        """Register a function (plain or ``async def``) under its name or ``name``."""
+    def function(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        max_attempts: int | None = None,
+        timeout: Seconds | None = None,
+        backoff: Backoff | Seconds | None = None,
+        expiration: Seconds | None = None,
+        concurrency: int | None = None,
+        concurrency_per_key: int | None = None,
+        rate_limit: tuple[int, Seconds] | None = None,
+        schedule: str | None = None,
+    ) -> Any:
+        """Register a function (plain or ``async def``) under its name or ``name``.
+
+        The other arguments are the defaults of the function's calls, dispatched from
+        Python or made by workflows (``options`` overrides them per call): the policy
+        (``max_attempts``, ``timeout`` per attempt, ``backoff``, ``expiration``), the
+        limits the scheduler holds its attempts to (``concurrency`` in flight,
+        ``concurrency_per_key`` per ``options(concurrency_key=...)``, ``rate_limit=(n,
+        period)`` starts per period), and ``schedule``, a cron expression it is run on
+        once pushed by ``dispatchlet schedules sync``."""
+        if schedule is not None and not (isinstance(schedule, str) and schedule.strip()):
+            raise TypeError(f"schedule must be a cron expression (a str), got {schedule!r}")
 
         def register(f: Callable[..., Any]) -> Function[..., Any]:
-            registered = Function(f, name or str(getattr(f, "__name__", "")), self)
+            function_name = name or str(getattr(f, "__name__", ""))
+            defaults = settings(
+                f"@function {function_name}",
+                max_attempts=max_attempts,
+                timeout=timeout,
+                backoff=backoff,
+                expiration=expiration,
+                concurrency=concurrency,
+                concurrency_per_key=concurrency_per_key,
+                rate_limit=rate_limit,
+            )
+            registered = Function(f, function_name, self, defaults=defaults, schedule=schedule)
             if registered.name in self._functions:
                 raise ValueError(f"a function named {registered.name!r} is already registered")
             self._functions[registered.name] = registered

@@ -22,17 +22,17 @@ import typing
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from functools import cached_property, update_wrapper
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, NoReturn, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar, overload
 
 from ..proto.dispatch.sdk.v1 import call_pb2
 from .context import RunContext
 from .current_workflow import current_replay
+from .dispatch_options import NO_SETTINGS, Backoff, CallSettings, Seconds, settings
 from .dispatching import default_dispatcher
 from .errors import InvalidArgument
 from .typecheck import Check, checker, describe
 
 if TYPE_CHECKING:
-    from ..proto.dispatchlet.scheduler.v1 import options_pb2
     from .endpoint import Endpoint
 
 P = ParamSpec("P")
@@ -63,21 +63,6 @@ class TailCall:
             raise ValueError(f"invalid function name {self.function!r}")
 
 
-LATER_OPTIONS = ("delay", "at", "max_attempts", "timeout", "backoff", "concurrency_key")
-"""Options of ``Function.options`` that this version does not implement yet."""
-
-
-def _refused_options(function: str, names: typing.Iterable[str]) -> str:
-    later = [name for name in names if name in LATER_OPTIONS]
-    unknown = [name for name in names if name not in LATER_OPTIONS]
-    parts = []
-    if later:
-        parts.append(f"not supported yet: {', '.join(later)}")
-    if unknown:
-        parts.append(f"unknown: {', '.join(unknown)}")
-    return f"{function}.options(): {'; '.join(parts)} (supported: key, expiration)"
-
-
 class _Shape(NamedTuple):
     """What a function's parameters mean for its input, resolved once."""
 
@@ -99,7 +84,15 @@ class _Shape(NamedTuple):
 class Function(Generic[P, R]):
     """A function registered on an endpoint; calling it calls the original."""
 
-    def __init__(self, fn: Callable[P, R], name: str, endpoint: Endpoint | None = None) -> None:
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        name: str,
+        endpoint: Endpoint | None = None,
+        *,
+        defaults: CallSettings = NO_SETTINGS,
+        schedule: str | None = None,
+    ) -> None:
         if not FUNCTION_NAME.fullmatch(name):
             raise ValueError(
                 f"invalid function name {name!r}: must match ^[a-zA-Z_][a-zA-Z0-9_<>.]*$"
@@ -109,6 +102,12 @@ class Function(Generic[P, R]):
         self.endpoint = endpoint
         self.is_async = inspect.iscoroutinefunction(fn)
         self.signature = inspect.signature(fn)
+        self.defaults = defaults
+        """The settings of this function's calls (``@endpoint.function(...)``), made from
+        Python and by workflows, under those of ``options``."""
+        self.schedule = schedule
+        """The cron expression this function is declared to run on, or None (pushed by
+        ``dispatchlet schedules sync``, which checks it)."""
         update_wrapper(self, fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -246,7 +245,12 @@ class Function(Generic[P, R]):
 
     def build_call(self, *args: P.args, **kwargs: P.kwargs) -> call_pb2.Call:
         """The ``Call`` of this function with these arguments, on its endpoint's public URL
-        (``endpoint_url``, ``DISPATCH_ENDPOINT_URL``)."""
+        (``endpoint_url``, ``DISPATCH_ENDPOINT_URL``), with the function's defaults."""
+        return self._build(self.defaults, args, kwargs)
+
+    def _build(
+        self, settings: CallSettings, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> call_pb2.Call:
         endpoint = self.endpoint
         url = endpoint.endpoint_url if endpoint is not None else None
         if not url:
@@ -260,7 +264,7 @@ class Function(Generic[P, R]):
         value = self.input_for(*args, **kwargs)
         allow_pickle = endpoint is not None and endpoint.allow_pickle
         call.input.CopyFrom(values.to_any(value, allow_pickle=allow_pickle))
-        return call
+        return settings.apply(call) if settings else call
 
     def dispatch(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """Start a call of this function with these arguments, run by the scheduler in
@@ -274,43 +278,41 @@ class Function(Generic[P, R]):
         self,
         *,
         key: str | None = None,
-        expiration: float | datetime.timedelta | None = None,
-        **others: NoReturn,
+        delay: Seconds | None = None,
+        at: datetime.datetime | None = None,
+        max_attempts: int | None = None,
+        timeout: Seconds | None = None,
+        backoff: Backoff | Seconds | None = None,
+        expiration: Seconds | None = None,
+        concurrency_key: str | None = None,
     ) -> CallWithOptions[P, R]:
-        """This function's calls with options: ``key``, an idempotency key (while the
-        first call dispatched with it is kept, dispatching it again creates nothing and
-        gives the first call's dispatch id), ``expiration`` (a ``timedelta`` or seconds:
-        how long the scheduler may take to run the call). The object has the function's
-        ``dispatch``, ``build_call`` and ``step``. An option this version does not
-        implement yet is refused (a ``TypeError`` naming it), never ignored."""
-        if others:
-            raise TypeError(_refused_options(self.name, others))
-        # Here: only code that starts calls needs the options (not an endpoint's cold start).
-        from ..proto.dispatchlet.scheduler.v1 import options_pb2
-        from .call_options import key_problem
+        """This function's calls with options, over the function's defaults:
 
-        options = options_pb2.CallOptions()
-        if key is not None:
-            if not isinstance(key, str):
-                raise TypeError(f"{self.name}.options(): key must be a str, got {describe(key)}")
-            problem = key_problem(key)
-            if problem is not None:
-                raise ValueError(f"{self.name}.options(): {problem}")
-            options.key = key
-        seconds = None
-        if expiration is not None:
-            if isinstance(expiration, datetime.timedelta):
-                seconds = expiration.total_seconds()
-            elif isinstance(expiration, (int, float)) and not isinstance(expiration, bool):
-                seconds = float(expiration)
-            else:
-                raise TypeError(
-                    f"{self.name}.options(): expiration must be a timedelta or seconds, got "
-                    f"{describe(expiration)}"
-                )
-            if not seconds > 0:
-                raise ValueError(f"{self.name}.options(): expiration must be positive")
-        return CallWithOptions(self, options, seconds)
+        - ``key``: an idempotency key: while the first call dispatched with it is kept,
+          dispatching it again creates nothing and gives the first call's dispatch id;
+        - ``delay`` (a ``timedelta`` or seconds) or ``at`` (an aware ``datetime``): the
+          first attempt starts no earlier (with both, the later);
+        - ``max_attempts``, ``timeout`` (per attempt), ``backoff`` (a ``Backoff`` or its
+          initial wait): the retry policy;
+        - ``expiration``: how long the scheduler may take to run the call, counted from
+          when it may start;
+        - ``concurrency_key``: the key the function's ``concurrency_per_key`` counts by.
+
+        The object has the function's ``dispatch``, ``build_call`` and ``step``, and in a
+        workflow is called like the function. A value that is no option raises a
+        ``TypeError`` or ``ValueError`` naming it."""
+        given = settings(
+            f"{self.name}.options()",
+            key=key,
+            delay=delay,
+            at=at,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            backoff=backoff,
+            expiration=expiration,
+            concurrency_key=concurrency_key,
+        )
+        return CallWithOptions(self, given)
 
     def input_for(self, *args: Any, **kwargs: Any) -> object:
         """The input value that makes this function receive these arguments; a
@@ -376,34 +378,27 @@ class Function(Generic[P, R]):
 
 class CallWithOptions(Generic[P, R]):
     """A registered function's calls with options (``Function.options``): the same
-    ``dispatch``, ``build_call`` and ``step``."""
+    ``dispatch``, ``build_call`` and ``step``, and in a workflow the same call."""
 
-    def __init__(
-        self, function: Function[P, R], options: options_pb2.CallOptions, expiration: float | None
-    ) -> None:
+    def __init__(self, function: Function[P, R], given: CallSettings) -> None:
         self.function = function
-        self._options = options
-        self._expiration = expiration
+        self.given = given
+        """The options given, without the function's defaults."""
+        self.settings = given.over(function.defaults)
+        """What the calls get: the options given, over the function's defaults."""
 
     @property
     def key(self) -> str | None:
-        return self._options.key or None
+        return self.given.key
 
     @property
     def expiration(self) -> float | None:
-        """Seconds, or None for the scheduler's default."""
-        return self._expiration
+        """Seconds, or None for the function's or the scheduler's default."""
+        return self.settings.expiration
 
     def build_call(self, *args: P.args, **kwargs: P.kwargs) -> call_pb2.Call:
         """The function's ``build_call``, with these options."""
-        call = self.function.build_call(*args, **kwargs)
-        if self._expiration is not None:
-            call.expiration.FromNanoseconds(int(self._expiration * 1e9))
-        if self._options.ByteSize():
-            from .call_options import set_call_options
-
-            set_call_options(call, self._options)
-        return call
+        return self.function._build(self.settings, args, kwargs)
 
     def dispatch(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """The function's ``dispatch``, with these options: with a ``key``, dispatching
@@ -414,23 +409,34 @@ class CallWithOptions(Generic[P, R]):
         (dispatch_id,) = (dispatcher or default_dispatcher()).dispatch([call])
         return dispatch_id
 
-    def step(self, *args: Any, **kwargs: Any) -> Any:
-        """In a workflow, the durable call of the function (``Function.step``). Options
-        are not carried by workflow steps yet: a step with any is refused rather than
-        run without them."""
-        if self._options.ByteSize() or self._expiration is not None:
-            given = [n for n, v in (("key", self.key), ("expiration", self._expiration)) if v]
-            raise TypeError(
-                f"{self.function.name}.options({', '.join(given)}).step(): options of "
-                "workflow steps are not supported yet: await the function without options"
-            )
-        return self.function.step(*args, **kwargs)
+    @overload
+    def step(
+        self: CallWithOptions[Q, Coroutine[Any, Any, T]], *args: Q.args, **kwargs: Q.kwargs
+    ) -> Awaitable[T]: ...
 
-    def __call__(self, *args: Any, **kwargs: Any) -> NoReturn:
-        raise TypeError(
-            f"{self.function.name}.options(...) is not called: its options are for the "
-            "scheduler, use .dispatch(...) or .build_call(...)"
-        )
+    @overload
+    def step(self: CallWithOptions[Q, T], *args: Q.args, **kwargs: Q.kwargs) -> Awaitable[T]: ...
+
+    def step(self, *args: Any, **kwargs: Any) -> Any:
+        """In a workflow, the durable call of the function with these options
+        (``Function.step``); its child call carries them."""
+        replay = current_replay()
+        if replay is None:
+            raise RuntimeError(
+                f"{self.function.name}.options(...).step() is a durable call: make it in an "
+                "async function registered on an Endpoint, run by the scheduler"
+            )
+        return replay.call(self.function, args, kwargs, self.settings)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        replay = current_replay()
+        if replay is None:
+            raise TypeError(
+                f"{self.function.name}.options(...) is called only in a workflow (a durable "
+                "call); elsewhere its options are for the scheduler: use .dispatch(...) or "
+                ".build_call(...)"
+            )
+        return typing.cast(R, replay.call(self.function, args, kwargs, self.settings))
 
     def __repr__(self) -> str:
         return f"<dispatchlet function {self.function.name} with options>"

@@ -17,6 +17,7 @@ from typing import Any
 from ..proto.dispatch.sdk.v1 import call_pb2, function_pb2, poll_pb2
 from ..proto.dispatchlet.workflow.v1 import journal_pb2
 from . import values
+from .dispatch_options import CallSettings
 from .errors import (
     AllFailed,
     CallFailed,
@@ -121,7 +122,11 @@ class Replay:
         return slot, record
 
     def call(
-        self, function: Function[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        function: Function[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        settings: CallSettings | None = None,
     ) -> Call:
         owner = function.endpoint
         endpoint = ""
@@ -138,7 +143,11 @@ class Replay:
         value = function.input_for(*args, **kwargs)
         slot, record = self._reserve(CALL, function.name, endpoint)
         return Call(
-            self, slot, record, lambda: values.to_any(value, allow_pickle=self.allow_pickle)
+            self,
+            slot,
+            record,
+            lambda: values.to_any(value, allow_pickle=self.allow_pickle),
+            function.defaults if settings is None else settings,
         )
 
     def call_by_name(self, name: str, value: object, endpoint: str) -> Call:

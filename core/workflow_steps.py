@@ -16,6 +16,7 @@ from ..proto.dispatch.sdk.v1 import call_pb2
 from ..proto.dispatchlet.scheduler.v1 import options_pb2
 from ..proto.dispatchlet.workflow.v1 import journal_pb2
 from .call_options import set_call_options
+from .dispatch_options import NO_SETTINGS, CallSettings
 from .messages import RECEIVE_FUNCTION
 
 if TYPE_CHECKING:
@@ -64,18 +65,22 @@ class Call(Step):
         slot: int,
         record: journal_pb2.Step,
         encode: Callable[[], any_pb2.Any],
+        settings: CallSettings = NO_SETTINGS,
     ) -> None:
         super().__init__(replay, slot, record)
         self._encode = encode
+        self.settings = settings
+        """The child call's options (``Function.options``, the function's defaults)."""
 
     def call(self) -> call_pb2.Call:
         record = self.record
-        return call_pb2.Call(
+        call = call_pb2.Call(
             correlation_id=self.slot + 1,
             function=record.name,
             endpoint=record.endpoint,
             input=self._encode(),
         )
+        return self.settings.apply(call) if self.settings else call
 
     def __repr__(self) -> str:
         return f"<dispatchlet call of {self.record.name} in slot {self.slot}>"

@@ -25,7 +25,6 @@ from aiohttp import web
 from google.protobuf import json_format, message, timestamp_pb2
 
 from ..core import tracing
-from ..core.call_options import key_problem
 from ..core.connect import JSON, PROTO, codec, http_error_response
 from ..core.dispatching import API_KEY_ENV, REQUEST_ID_HEADER
 from ..core.errors import (
@@ -46,13 +45,14 @@ from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2, error_pb2, poll_pb2
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2, options_pb2
 from .call_answer import CallAnswer, CallResponse, add_result
-from .calls import call_problem, duration_seconds, oversized_input, timestamp
+from .calls import AT_ONCE, call_problem, duration_seconds, oversized_input, planned, timestamp
 from .engine import Engine
 from .host_check import host_allowed, refusal
 from .metrics import CONTENT_TYPE
 from .overview import Recent, overview_message
 from .resume import resumed_poll
 from .retention import Retention, purge
+from .schedule_api import ScheduleApi
 from .settings import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_INPUT_SIZE, METRICS_KEY_ENV
 from .store import (
     END_BATCH,
@@ -65,6 +65,7 @@ from .store import (
     Store,
     unavailable,
 )
+from .ticker import Ticker
 
 M = TypeVar("M", bound=message.Message)
 logger = logging.getLogger(__name__)
@@ -117,6 +118,7 @@ class Api:
         metrics_public: bool = False,
         dashboard: bool = True,
         retention: Retention | None = None,
+        ticker: Ticker | None = None,
         allowed_hosts: Sequence[str] = (),
     ) -> None:
         # Its operations timed into the engine's metrics.
@@ -137,6 +139,8 @@ class Api:
         self.dashboard = dashboard
         self.retention = retention
         """The background deletion, if any: a Purge's deletions are counted with its."""
+        self.ticker = ticker
+        """The schedules' ticker, if any: told when a schedule is created or resumed."""
         self.allowed_hosts = tuple(allowed_hosts)
         """Names an insecure scheduler answers beside IP addresses and localhost."""
 
@@ -160,6 +164,9 @@ class Api:
             ("Send", self.send, calls_pb2.SendRequest),
         ):
             app.router.add_route("*", _lenient(CALLS_PATH + name), self.rpc(handler, kind))
+        for name, schedule_handler, schedule_kind in ScheduleApi(self).routes():
+            route = self.rpc(schedule_handler, schedule_kind)  # type: ignore[arg-type]
+            app.router.add_route("*", _lenient(CALLS_PATH + name), route)
         # Given its headers: its request id (``Idempotency-Key``), as Dispatch.
         rerun = self.rpc(self.rerun, calls_pb2.RerunRequest, headers=True)
         app.router.add_route("*", _lenient(CALLS_PATH + "Rerun"), rerun)
@@ -346,18 +353,26 @@ class Api:
                 raise invalid(f"expiration beyond {MAX_EXPIRATION:.0f} seconds (a year)")
             if seconds > 0:
                 expiration = seconds
-        key = call.dispatchlet_options.key
-        if key and (problem := key_problem(key)):
-            raise invalid(problem)
+        plan = (
+            planned(call.dispatchlet_options, now)
+            if call.HasField("dispatchlet_options")
+            else AT_ONCE
+        )
+        if isinstance(plan, str):
+            raise invalid(plan)
+        start = now if plan.ready_at is None else plan.ready_at
         return NewCall(
             function=call.function,
             endpoint=call.endpoint.rstrip("/"),
             input=data,
-            expires_at=now + expiration,
+            # Counted from when it may start: a delayed call has its whole time to run.
+            expires_at=start + expiration,
             version=call.version,
             correlation_id=call.correlation_id,
-            key=key,
+            key=plan.key,
             trace_context=trace_context,
+            ready_at=plan.ready_at,
+            policy=plan.policy,
         )
 
     # --- CallService -------------------------------------------------------------------
@@ -535,6 +550,7 @@ class Api:
             version=found.version,
             correlation_id=found.correlation_id,
             rerun_of=found.dispatch_id,
+            policy=found.policy,
         )
         (new_id,) = await self.store.dispatch(
             [again], now=now, request=_request_id(headers, request)

@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from ..core.call_options import key_problem
+from ..core.dispatch_options import MAX_COUNT
 from ..core.endpoint_url import parse_endpoint_url
 from ..core.functions import FUNCTION_NAME
 from ..core.limits import MAX_POLL_CALLS, MAX_POLL_RESULTS
 from ..proto.dispatch.sdk.v1 import call_pb2
 from ..proto.dispatchlet.scheduler.v1 import options_pb2
+from .store import CallPolicy
 
 ENDPOINT_SCHEMES = ("http://", "https://", "arn:aws:lambda:")
 
@@ -28,8 +32,78 @@ __all__ = [
     "duration_seconds",
     "endpoint_problem",
     "oversized_input",
+    "planned",
     "timestamp",
 ]
+
+MAX_DELAY = 366 * 24 * 3600.0
+"""The furthest a call's first attempt may be put off (a year), and the longest of its
+expiration, attempt timeout and backoff."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a call's options (``CallOptions``) ask of the scheduler, checked."""
+
+    key: str = ""
+    ready_at: float | None = None
+    """When its first attempt may start; None: at once."""
+    policy: CallPolicy | None = None
+
+
+AT_ONCE = Plan()
+
+
+def planned(options: options_pb2.CallOptions, now: float) -> Plan | str:
+    """The plan of a call with ``options`` stored at ``now``, or why they are invalid."""
+    key = options.key
+    if key and (problem := key_problem(key)):
+        return problem
+    ready_at = None
+    if options.HasField("delay"):
+        delay = duration_seconds(options.delay)
+        if not 0 <= delay <= MAX_DELAY:
+            return f"a delay must be 0 to {MAX_DELAY:.0f} seconds (a year), not {delay:g}"
+        ready_at = now + delay
+    if options.HasField("start_at"):
+        start = options.start_at.seconds + options.start_at.nanos / 1e9
+        if start > now + MAX_DELAY:
+            return "start_at is more than a year ahead"
+        ready_at = max(start, now if ready_at is None else ready_at)
+    policy = None
+    if options.max_attempts or options.HasField("attempt_timeout") or options.HasField("backoff"):
+        policy_or_problem = _policy(options)
+        if isinstance(policy_or_problem, str):
+            return policy_or_problem
+        policy = policy_or_problem
+    if not key and ready_at is None and policy is None:
+        return AT_ONCE
+    return Plan(key, ready_at, policy)
+
+
+def _policy(options: options_pb2.CallOptions) -> CallPolicy | str:
+    if options.max_attempts > MAX_COUNT:
+        return f"max_attempts must be at most {MAX_COUNT}"
+    durations = {}
+    for name, duration in (
+        ("attempt_timeout", options.attempt_timeout),
+        ("backoff initial", options.backoff.initial),
+        ("backoff maximum", options.backoff.maximum),
+    ):
+        seconds = duration_seconds(duration)
+        if not 0 <= seconds <= MAX_DELAY:
+            return f"{name} must be 0 to {MAX_DELAY:.0f} seconds (a year), not {seconds:g}"
+        durations[name] = seconds
+    multiplier = options.backoff.multiplier
+    if multiplier and not 1 <= multiplier <= 1000:
+        return f"backoff multiplier must be 1 to 1000, not {multiplier:g}"
+    return CallPolicy(
+        max_attempts=options.max_attempts,
+        attempt_timeout=durations["attempt_timeout"],
+        backoff_initial=durations["backoff initial"],
+        backoff_maximum=durations["backoff maximum"],
+        backoff_multiplier=multiplier,
+    )
 
 
 def call_problem(

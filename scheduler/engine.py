@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import random
@@ -75,6 +76,8 @@ from .rules import (
     before_attempt,
     beyond_bounds,
     cut_short,
+    error_result,
+    limits_for,
     not_stored,
 )
 from .settings import (
@@ -99,6 +102,11 @@ from .store import (
 )
 
 logger = logging.getLogger("dispatchlet.scheduler")
+
+FOLLOW_INTERVAL = 0.5
+FOLLOW_INTERVAL_MAX = 30.0
+"""How often, in seconds, a call that follows another (``Call.follows``) looks whether
+that one is done: at first, and at most, as it waits longer."""
 
 ENDING_INTERVAL = 1.0
 """How often, in seconds, the engine looks for descendants left to end that it was not
@@ -294,8 +302,11 @@ class Engine:
         call, lease = item.call, item.lease
         now = self.clock()
         started = time.perf_counter()
-        limits = self.limits
+        limits = limits_for(call, self.limits)
         plan = before_attempt(call, limits, now)
+        if call.follows is not None and not isinstance(plan, Finish):
+            await self._follow(call, lease, now)
+            return
         if isinstance(plan, Finish):
             # Expired while it waited.
             try:
@@ -315,6 +326,13 @@ class Engine:
                 logger.exception("handing back %s failed", call.dispatch_id)
             return
         timeout = plan.timeout
+        if call.policy is not None and self.clock() + timeout > lease.expires_at:
+            # The call's own attempt timeout is longer than the scheduler's: so is its
+            # lease.
+            until = self.clock() + timeout + self.lease_margin
+            with contextlib.suppress(Exception):
+                if await self.store.extend(lease, until=until):
+                    lease = dataclasses.replace(lease, expires_at=until)
         if self.clock() + timeout > lease.expires_at:
             # This process was held up (paused, starved) since it claimed the call: the
             # lease may lapse mid-attempt, and another process run the call meanwhile.
@@ -368,6 +386,30 @@ class Engine:
             if span is not None:
                 status, error_type, _ = attempt_summary(replaced or outcome)
                 span.end(status, error_type)
+
+    async def _follow(self, call: Call, lease: Lease, now: float) -> None:
+        """A Poll's child whose key another call has runs nothing: it ends with that
+        call's outcome once that call is done, and is looked at again until then, less
+        often the longer it has waited."""
+        try:
+            followed = await self.store.get(call.follows or "")
+            if followed is None:
+                gone = Outcome(
+                    Status.NOT_FOUND,
+                    error_type="NotFound",
+                    message=f"the call {call.follows} that has this call's key is no longer kept",
+                )
+                await self._apply(lease, Finish(gone.status, error_result(gone)), now)
+            elif followed.done:
+                status = Status(followed.status or Status.OK.value)
+                await self._apply(lease, Finish(status, followed.result), now)
+            else:
+                wait = min(FOLLOW_INTERVAL_MAX, max(FOLLOW_INTERVAL, (now - call.created_at) / 10))
+                ready_at = now + wait
+                if await self.store.release(lease, ready_at=ready_at):
+                    self._due = min(self._due, ready_at)
+        except Exception:
+            logger.exception("following %s for %s failed", call.follows, call.dispatch_id)
 
     def _log_attempt(self, call: Call, outcome: Outcome, milliseconds: float) -> None:
         """One line per attempt, with the run's status (a function that raised is not

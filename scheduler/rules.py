@@ -23,7 +23,9 @@ change of policy goes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from ..core.call_options import call_options
 from ..core.errors import STEP_MISMATCH
@@ -31,16 +33,18 @@ from ..core.messages import RECEIVE_TIMEOUT, topic_problem
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, error_pb2, poll_pb2
 from .calls import (
+    AT_ONCE,
     MAX_POLL_CALLS,
     MAX_POLL_RESULTS,
     call_problem,
     duration_seconds,
     oversized_input,
+    planned,
 )
 from .outcome import Outcome, oversized_output
 from .retry import MAX_RESTARTS, RetryPolicy
 from .settings import DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_MAX_INPUT_SIZE, DEFAULT_MAX_OUTPUT_SIZE
-from .store import Call, NewCall, TreeLimitExceeded
+from .store import Call, CallPolicy, NewCall, TreeLimitExceeded
 
 
 def supported(endpoint: str) -> str | None:
@@ -63,6 +67,31 @@ class Limits:
     may leave, in bytes: what the call stores."""
     unsupported: Callable[[str], str | None] = supported
     """Why this process cannot call an endpoint (an ARN without boto3), or None."""
+
+
+def limits_for(call: Call, limits: Limits) -> Limits:
+    """The limits ``call``'s attempts are decided by: the scheduler's, with the call's
+    own policy (``CallOptions``, the function's defaults) where it sets one."""
+    own = call.policy
+    if own is None:
+        return limits
+    return replace(
+        limits,
+        policy=retry_policy(own, limits.policy),
+        attempt_timeout=own.attempt_timeout or limits.attempt_timeout,
+    )
+
+
+def retry_policy(own: CallPolicy, default: RetryPolicy) -> RetryPolicy:
+    """``default`` with a call's own attempts and backoff where it sets them; an initial
+    wait beyond the default cap raises the cap to it."""
+    base = own.backoff_initial or default.base
+    return RetryPolicy(
+        base=base,
+        cap=own.backoff_maximum or max(default.cap, base),
+        max_attempts=own.max_attempts or default.max_attempts,
+        multiplier=own.backoff_multiplier or default.multiplier,
+    )
 
 
 # --- decisions ----------------------------------------------------------------------
@@ -260,13 +289,20 @@ def suspension(call: Call, poll: poll_pb2.Poll, limits: Limits, now: float) -> S
         )
         if problem is not None:
             return invalid("InvalidPoll", f"call {index}: {problem}")
-        topic = call_options(child).receive_topic or None
+        # Options travel as an unknown field of the Call (``core.call_options``): read
+        # only from a child that has one.
+        options = call_options(child) if UnknownFieldSet(child) else None
+        plan = AT_ONCE if options is None else planned(options, now)
+        if isinstance(plan, str):
+            return invalid("InvalidPoll", f"call {index}: {plan}")
+        start = now if plan.ready_at is None else plan.ready_at
+        topic = (options.receive_topic or None) if options is not None else None
         if topic is not None and (problem := topic_problem(topic)) is not None:
             return invalid("InvalidPoll", f"call {index}: {problem}")
         expires_at = call.expires_at
         if child.HasField("expiration"):
             lifetime = duration_seconds(child.expiration)
-            expires_at = min(expires_at, now + lifetime) if lifetime > 0 else expires_at
+            expires_at = min(expires_at, start + lifetime) if lifetime > 0 else expires_at
         children.append(
             NewCall(
                 function=child.function,
@@ -275,6 +311,9 @@ def suspension(call: Call, poll: poll_pb2.Poll, limits: Limits, now: float) -> S
                 expires_at=expires_at,
                 version=child.version,
                 correlation_id=child.correlation_id,
+                key=plan.key,
+                ready_at=plan.ready_at,
+                policy=plan.policy,
                 topic=topic,
             )
         )
@@ -391,5 +430,8 @@ __all__ = [
     "before_attempt",
     "beyond_bounds",
     "cut_short",
+    "error_result",
+    "limits_for",
     "not_stored",
+    "retry_policy",
 ]

@@ -674,3 +674,36 @@ def test_a_failed_workflow_offers_resume_which_runs_it_on_from_its_failed_step(
             assert "kept no workflow journal" in text
 
     asyncio.run(body())
+
+
+def test_the_call_page_shows_when_a_delayed_call_starts_and_its_policy(tmp_path: Path) -> None:
+    from dispatchlet.core.call_options import set_call_options
+    from dispatchlet.proto.dispatchlet.scheduler.v1 import options_pb2
+
+    async def body(h: Harness) -> None:
+        delayed = call("f")
+        options = options_pb2.CallOptions(max_attempts=3)
+        options.delay.FromSeconds(600)
+        options.attempt_timeout.FromSeconds(45)
+        options.backoff.initial.FromSeconds(2)
+        options.backoff.multiplier = 3
+        set_call_options(delayed, options)
+        (later, plain) = await h.dispatch(delayed, call("f"))
+        stored = await h.store.get(later)
+        assert stored is not None
+        status, page, _ = await get(h, f"/calls/{later}", key=API_KEY)
+        assert status == 200
+        assert "<dt>Starts at</dt>" in page
+        starts = datetime.datetime.fromtimestamp(stored.ready_at, datetime.timezone.utc)
+        assert starts.strftime("%Y-%m-%d %H:%M:%SZ") in page
+        assert (
+            "<dt>Policy</dt><dd>at most 3 attempts; 45.0s per attempt; backoff from 2.0s, "
+            "times 3 each retry (the scheduler&#39;s settings for the rest)</dd>"
+        ) in page
+        status, page, _ = await get(h, f"/calls/{plain}", key=API_KEY)
+        assert status == 200
+        assert "Starts at" not in page
+        assert "<dt>Policy</dt>" not in page
+        assert "<dt>Ready at</dt>" in page
+
+    scenario(tmp_path, body, running=False)

@@ -543,3 +543,33 @@ def test_a_receive_is_never_run_claimed_it_ends_timed_out() -> None:
             "TimeoutError",
             "no message on the topic 'approval' before the receive's timeout",
         )
+
+
+# --- a call's own policy -------------------------------------------------------------
+
+
+def test_a_call_without_a_policy_is_decided_by_the_schedulers_limits() -> None:
+    assert rules.limits_for(stored(), LIMITS) is LIMITS
+
+
+def test_a_calls_policy_replaces_the_schedulers_where_it_sets_one() -> None:
+    from dispatchlet.scheduler.store import CallPolicy
+
+    own = stored(attempts=2, policy=CallPolicy(max_attempts=2, attempt_timeout=5.0))
+    limits = rules.limits_for(own, LIMITS)
+    assert (limits.policy.max_attempts, limits.attempt_timeout) == (2, 5.0)
+    assert (limits.policy.base, limits.policy.cap) == (1.0, 8.0)  # the scheduler's backoff
+    # Its second attempt was its last: a retryable failure is final.
+    timed_out = Outcome(Status.TIMEOUT, error_type="TimeoutError", message="slow")
+    assert isinstance(decide(timed_out, own, limits=limits), Finish)
+    assert isinstance(decide(timed_out, own), rules.Retry)  # under the scheduler's 5
+    assert before_attempt(own, limits, NOW) == rules.Run(5.0)
+    # A backoff of its own: its initial wait, growth and cap; an initial wait beyond the
+    # scheduler's cap raises the cap to it rather than cutting it.
+    slow = stored(attempts=1, policy=CallPolicy(backoff_initial=30.0, backoff_multiplier=3.0))
+    policy = rules.limits_for(slow, LIMITS).policy
+    assert (policy.base, policy.cap, policy.multiplier) == (30.0, 30.0, 3.0)
+    capped = rules.limits_for(
+        stored(policy=CallPolicy(backoff_initial=1.0, backoff_maximum=100.0)), LIMITS
+    ).policy
+    assert [capped.backoff(n, 0.999999) for n in (1, 3, 8)] == pytest.approx([1.0, 4.0, 100.0])

@@ -20,6 +20,7 @@ import pytest
 from dispatchlet.scheduler.store import (
     END_BATCH,
     Call,
+    CallPolicy,
     Lease,
     NewCall,
     Sent,
@@ -2736,4 +2737,291 @@ def test_a_call_dispatched_with_a_poll_is_resumed_from_it_at_its_first_attempt(
         (again,) = await store.claim(owner="s", now=NOW + 5, limit=10, lease_seconds=LEASE)
         assert [(r.dispatch_id, r.correlation_id) for r in again.results] == [(kid, 3)]
 
+
+# --- Delays, policies and keys of a Poll's children ----------------------------------
+
+POLICY = CallPolicy(
+    max_attempts=2,
+    attempt_timeout=5.0,
+    backoff_initial=1.5,
+    backoff_maximum=20.0,
+    backoff_multiplier=3.0,
+)
+
+
+def test_a_delayed_call_is_stored_at_once_and_claimed_no_earlier_than_its_time(
+    open_store: Any,
+) -> None:
+    async def body(store: Store) -> None:
+        (later, now_) = await store.dispatch(
+            [call("later", ready_at=NOW + 600), call("now")], now=NOW
+        )
+        stored = await store.get(later)
+        assert stored is not None
+        assert (stored.state, stored.created_at, stored.ready_at) == (State.READY, NOW, NOW + 600)
+        claimed = await store.claim(owner="s", now=NOW + 599, limit=10, lease_seconds=LEASE)
+        assert [c.call.dispatch_id for c in claimed] == [now_]
+        (due,) = await store.claim(owner="s", now=NOW + 600, limit=10, lease_seconds=LEASE)
+        assert due.call.dispatch_id == later
+
     with_store(open_store, body)
+
+
+def test_a_calls_policy_is_stored_with_it_and_kept_by_its_retries(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        (own, plain) = await store.dispatch([call("own", policy=POLICY), call("plain")], now=NOW)
+        listed = {c.dispatch_id: c for c in await store.list()}
+        assert listed[own].policy == POLICY
+        assert listed[plain].policy is None
+        claimed = await store.claim(owner="s", now=NOW, limit=10, lease_seconds=LEASE)
+        by_id = {c.call.dispatch_id: c for c in claimed}
+        assert by_id[own].call.policy == POLICY
+        assert by_id[plain].call.policy is None
+        assert await store.retry(by_id[own].lease, TIMEOUT, b"", ready_at=NOW + 1, now=NOW)
+        (again,) = await store.claim(owner="s", now=NOW + 1, limit=10, lease_seconds=LEASE)
+        assert (again.call.dispatch_id, again.call.policy) == (own, POLICY)
+
+    with_store(open_store, body)
+
+
+def test_a_delayed_call_and_its_policy_survive_a_restart(open_store: Any) -> None:
+    async def first(store: Store) -> str:
+        (dispatch_id,) = await store.dispatch(
+            [call("later", ready_at=NOW + 60, policy=POLICY)], now=NOW
+        )
+        return dispatch_id
+
+    dispatch_id = with_store(open_store, first)
+
+    async def second(store: Store) -> None:
+        assert await store.claim(owner="s", now=NOW + 59, limit=1, lease_seconds=LEASE) == []
+        (claimed,) = await store.claim(owner="s", now=NOW + 60, limit=1, lease_seconds=LEASE)
+        assert claimed.call.dispatch_id == dispatch_id
+        assert claimed.call.policy == POLICY
+
+    with_store(open_store, second)
+
+
+DURABLE_ONLY["memory"].add("test_a_delayed_call_and_its_policy_survive_a_restart")
+
+
+def test_a_poll_child_with_a_known_key_follows_its_call_and_runs_nothing(
+    open_store: Any,
+) -> None:
+    async def body(store: Store) -> None:
+        (first,) = await store.dispatch([call("charge", key="order-17")], now=NOW)
+        (parent,) = await store.dispatch([call("parent")], now=NOW)
+        claimed = await store.claim(owner="s", now=NOW, limit=10, lease_seconds=LEASE)
+        leases = {c.call.dispatch_id: c.lease for c in claimed}
+        kids = [
+            call("charge", correlation_id=1, key="order-17"),
+            call("charge", correlation_id=2, key="order-18", ready_at=NOW + 5, policy=POLICY),
+            call("charge", correlation_id=3, key="order-18"),
+            call("charge", correlation_id=4),
+        ]
+        ids = await store.suspend(
+            leases[parent], POLL, kids, min_results=4, max_results=4, until=NOW + 100, now=NOW
+        )
+        assert ids is not None
+        stored = [await store.get(i) for i in ids]
+        assert [c.follows if c else "gone" for c in stored] == [first, None, ids[1], None]
+        assert stored[1] is not None
+        assert (stored[1].ready_at, stored[1].policy) == (NOW + 5, POLICY)
+        # The new key is known from now on, to a Dispatch as to other Polls.
+        assert await store.dispatch([call("charge", key="order-18")], now=NOW) == [ids[1]]
+        assert await store.dispatch([call("charge", key="order-17")], now=NOW) == [first]
+        assert await store.finish(leases[first], OK, b"charged", now=NOW)
+
+    with_store(open_store, body)
+
+
+# --- schedules ----------------------------------------------------------------------------
+
+
+def schedule(name: str = "nightly", **fields: Any) -> Any:
+    from dispatchlet.scheduler.store.schedules import NewSchedule
+
+    fields.setdefault("cron", "0 3 * * *")
+    fields.setdefault("timezone", "UTC")
+    fields.setdefault("function", "report")
+    fields.setdefault("endpoint", "http://127.0.0.1:8000")
+    fields.setdefault("input", b"\x0a\x01x")
+    fields.setdefault("next_tick", NOW + 10)
+    return NewSchedule(name=name, **fields)
+
+
+def every_second(found: Any) -> Any:
+    """A planner: each due schedule's tick is its next tick, the next one a second on."""
+    from dispatchlet.scheduler.cron import tick_key
+    from dispatchlet.scheduler.store.schedules import TickPlan
+
+    key = tick_key(found.name, found.next_tick)
+    return TickPlan(found.next_tick, found.next_tick + 1, call(found.function, key=key))
+
+
+def test_schedules_are_created_listed_paused_resumed_and_deleted(open_store: Opener) -> None:
+    from dispatchlet.scheduler.store.schedules import ScheduleExists
+
+    async def body(store: Store) -> None:
+        created = await store.create_schedule(schedule("b-nightly"), now=NOW)
+        assert (created.name, created.cron, created.paused) == ("b-nightly", "0 3 * * *", False)
+        assert (created.next_tick, created.last_tick, created.owner) == (NOW + 10, None, "")
+        assert created.created_at == created.updated_at == NOW
+        assert created.input == b"\x0a\x01x"
+        hourly = schedule("a-hourly", cron="0 * * * *", options=b"\x10\x03", expiration=60.0)
+        stored = await store.create_schedule(hourly, now=NOW)
+        assert (stored.options, stored.expiration) == (b"\x10\x03", 60.0)
+        with pytest.raises(ScheduleExists):
+            await store.create_schedule(schedule("b-nightly", cron="* * * * *"), now=NOW)
+        assert [s.name for s in await store.schedules()] == ["a-hourly", "b-nightly"]
+        kept = await store.get_schedule("b-nightly")
+        assert kept is not None
+        assert kept.cron == "0 3 * * *"  # the refused one changed nothing
+
+        paused = await store.pause_schedule("b-nightly", paused=True, next_tick=None, now=NOW + 1)
+        assert paused is not None
+        assert paused.paused
+        assert paused.next_tick == NOW + 10
+        assert paused.updated_at == NOW + 1
+        resumed = await store.pause_schedule(
+            "b-nightly", paused=False, next_tick=NOW + 99, now=NOW + 2
+        )
+        assert resumed is not None
+        assert (resumed.paused, resumed.next_tick) == (False, NOW + 99)
+        assert await store.pause_schedule("nope", paused=True, next_tick=None, now=NOW) is None
+        assert await store.get_schedule("nope") is None
+
+        assert await store.delete_schedule("b-nightly")
+        assert not await store.delete_schedule("b-nightly")
+        assert [s.name for s in await store.schedules()] == ["a-hourly"]
+
+    with_store(open_store, body)
+
+
+def test_a_due_schedule_ticks_once_with_its_key_and_moves_to_its_next_tick(
+    open_store: Opener,
+) -> None:
+    async def body(store: Store) -> None:
+        await store.create_schedule(schedule("every", next_tick=NOW), now=NOW - 5)
+        await store.create_schedule(schedule("later", next_tick=NOW + 60), now=NOW - 5)
+        await store.create_schedule(schedule("held", next_tick=NOW - 1), now=NOW - 5)
+        await store.pause_schedule("held", paused=True, next_tick=None, now=NOW - 5)
+        assert await store.next_schedule_tick() == NOW
+
+        ticked = await store.tick_schedules(now=NOW + 0.5, plan=every_second, limit=10)
+        assert [(t.name, t.tick) for t in ticked] == [("every", NOW)]
+        found = await store.get(ticked[0].dispatch_id)
+        assert found is not None
+        assert found.function == "report"
+        assert found.state is State.READY
+        after = await store.get_schedule("every")
+        assert after is not None
+        assert (after.next_tick, after.last_tick) == (NOW + 1, NOW)
+        assert after.last_dispatch_id == ticked[0].dispatch_id
+        # Not due again until its next tick; then once more.
+        assert await store.tick_schedules(now=NOW + 0.9, plan=every_second, limit=10) == []
+        again = await store.tick_schedules(now=NOW + 1, plan=every_second, limit=10)
+        assert [(t.name, t.tick) for t in again] == [("every", NOW + 1)]
+        assert len(await store.list(limit=100)) == 2
+        # A tick whose key is kept already (the schedule made again) stores nothing new.
+        await store.delete_schedule("every")
+        await store.create_schedule(schedule("every", next_tick=NOW), now=NOW + 2)
+        repeat = await store.tick_schedules(now=NOW + 0.5, plan=every_second, limit=10)
+        assert [t.dispatch_id for t in repeat] == [ticked[0].dispatch_id]
+        assert len(await store.list(limit=100)) == 2
+
+    with_store(open_store, body)
+
+
+def test_due_ticks_are_claimed_once_by_competing_callers(open_store: Opener) -> None:
+    """Two tickers (two processes on PostgreSQL, two connections to one SQLite file)
+    racing over many due schedules dispatch each tick once."""
+
+    async def body(store: Store) -> list[tuple[str, float]]:
+        other = store if open_store.kind == "memory" else await open_store()  # type: ignore[attr-defined]
+        try:
+            for n in range(20):
+                await store.create_schedule(schedule(f"s{n:02d}", next_tick=NOW), now=NOW - 1)
+            ticked: list[tuple[str, float]] = []
+            for second in range(5):
+                rounds = await asyncio.gather(
+                    *(
+                        each.tick_schedules(now=NOW + second, plan=every_second, limit=7)
+                        for each in (store, other, store, other)
+                    )
+                )
+                ticked += [(t.name, t.tick) for batch in rounds for t in batch]
+            return ticked
+        finally:
+            if other is not store:
+                await other.close()
+
+    ticked = with_store(open_store, body)
+    expected = sorted((f"s{n:02d}", NOW + second) for n in range(20) for second in range(5))
+    assert sorted(ticked) == expected
+
+
+def test_sync_creates_updates_and_deletes_only_the_schedules_it_owns(open_store: Opener) -> None:
+    from dispatchlet.scheduler.store.schedules import ScheduleExists
+
+    mine = "http://127.0.0.1:8000"
+
+    async def body(store: Store) -> None:
+        await store.create_schedule(schedule("by-hand"), now=NOW)
+        await store.sync_schedules(
+            "http://other:9000", [schedule("theirs", owner="http://other:9000")], now=NOW
+        )
+        first = await store.sync_schedules(
+            mine, [schedule("a", owner=mine), schedule("b", owner=mine)], now=NOW
+        )
+        assert (first.created, first.updated, first.deleted) == (("a", "b"), (), ())
+        await store.pause_schedule("a", paused=True, next_tick=None, now=NOW)
+        second = await store.sync_schedules(
+            mine,
+            [
+                schedule("a", owner=mine, input=b"", next_tick=NOW + 500),  # input changed
+                schedule("c", owner=mine, cron="*/5 * * * *", next_tick=NOW + 300),
+            ],
+            now=NOW + 1,
+        )
+        assert (second.created, second.updated, second.deleted) == (("c",), ("a",), ("b",))
+        a = await store.get_schedule("a")
+        assert a is not None
+        # Same cron: its next tick and its pause are kept.
+        assert (a.input, a.next_tick, a.paused, a.owner) == (b"", NOW + 10, True, mine)
+        third = await store.sync_schedules(
+            mine,
+            [schedule("a", owner=mine, input=b"", cron="0 4 * * *", next_tick=NOW + 700)],
+            now=NOW + 2,
+        )
+        assert (third.updated, third.deleted, third.unchanged) == (("a",), ("c",), ())
+        a = await store.get_schedule("a")
+        assert a is not None
+        assert a.next_tick == NOW + 700  # a new cron expression: its own next tick
+        same = await store.sync_schedules(
+            mine,
+            [schedule("a", owner=mine, input=b"", cron="0 4 * * *", next_tick=NOW + 900)],
+            now=NOW + 3,
+        )
+        assert same.unchanged == ("a",)
+        # A name held by hand or by another endpoint: refused, nothing changed.
+        for taken in ("by-hand", "theirs"):
+            with pytest.raises(ScheduleExists):
+                await store.sync_schedules(mine, [schedule(taken, owner=mine)], now=NOW + 4)
+        names = {s.name: s.owner for s in await store.schedules()}
+        assert names == {"a": mine, "by-hand": "", "theirs": "http://other:9000"}
+
+    with_store(open_store, body)
+
+
+def test_retention_never_deletes_a_schedule(open_store: Opener) -> None:
+    async def body(store: Store) -> int:
+        await store.create_schedule(schedule("every", next_tick=NOW), now=NOW)
+        (ticked,) = await store.tick_schedules(now=NOW, plan=every_second, limit=10)
+        (claimed,) = await store.claim(owner="o", now=NOW, limit=1, lease_seconds=LEASE)
+        assert await store.finish(claimed.lease, OK, b"", now=NOW + 1)
+        assert sum(await purge_all(store, before=NOW + 100, limit=10)) == 1
+        assert await store.get(ticked.dispatch_id) is None
+        return len(await store.schedules())
+
+    assert with_store(open_store, body) == 1

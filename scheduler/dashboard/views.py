@@ -450,12 +450,41 @@ class CallPage:
         return status_name(self.call.status)
 
     @property
+    def policy(self) -> str:
+        """The call's own retry policy (empty: the scheduler's settings)."""
+        own = self.call.policy
+        if own is None:
+            return ""
+        parts = []
+        if own.max_attempts:
+            parts.append(
+                f"at most {own.max_attempts} attempt{'s' if own.max_attempts != 1 else ''}"
+            )
+        if own.attempt_timeout:
+            parts.append(f"{duration(own.attempt_timeout)} per attempt")
+        if own.backoff_initial or own.backoff_maximum or own.backoff_multiplier:
+            backoff = (
+                f"backoff from {duration(own.backoff_initial)}"
+                if own.backoff_initial
+                else "backoff"
+            )
+            if own.backoff_multiplier:
+                backoff += f", times {own.backoff_multiplier:g} each retry"
+            if own.backoff_maximum:
+                backoff += f", at most {duration(own.backoff_maximum)}"
+            parts.append(backoff)
+        return "; ".join(parts) + " (the scheduler's settings for the rest)"
+
+    @property
     def times(self) -> list[tuple[str, str, str]]:
         """(name, shown, iso) of each of the call's times that applies."""
         call = self.call
         times = [("Created", call.created_at)]
         if call.state is State.READY:
-            times.append(("Next attempt" if call.attempts else "Ready at", call.ready_at))
+            if not call.attempts and not call.poll and call.ready_at > call.created_at:
+                times.append(("Starts at", call.ready_at))  # a delayed call
+            else:
+                times.append(("Next attempt" if call.attempts else "Ready at", call.ready_at))
         if call.finished_at is not None:
             times.append(("Finished", call.finished_at))
         times.append(("Expires", call.expires_at))

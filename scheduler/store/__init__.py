@@ -37,6 +37,7 @@ attempt whose lease lapsed before its outcome was recorded is not in it.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import secrets
 import sqlite3
@@ -44,12 +45,15 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ...core.errors import DispatchletError
 from ...core.status import Status
 from .claims import claim_candidates, claim_window, fitting, in_turns, needs_root_heads
 from .stats import OVERVIEW_FUNCTIONS, Finished, QueueStats
+
+if TYPE_CHECKING:
+    from .schedules import NewSchedule, Planner, Schedule, Synced, Ticked
 
 
 class Sent(str, Enum):
@@ -70,6 +74,20 @@ class State(str, Enum):
     RUNNING = "running"
     WAITING = "waiting"
     DONE = "done"
+
+
+@dataclass(frozen=True)
+class CallPolicy:
+    """A call's own retry policy (``CallOptions``, the function's defaults); each 0 is
+    the scheduler's setting. A call without one has None: nothing is read or decided
+    differently for it."""
+
+    max_attempts: int = 0
+    attempt_timeout: float = 0.0
+    """Seconds."""
+    backoff_initial: float = 0.0
+    backoff_maximum: float = 0.0
+    backoff_multiplier: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -101,6 +119,12 @@ class NewCall:
     poll: bytes = b""
     """A serialized ``Poll`` to resume the call from at its first attempt (a resumed
     workflow, ``CallService.Resume``); empty: the call starts from its input."""
+    ready_at: float | None = None
+    """When its first attempt may start (a delayed call); None: as it is stored."""
+    policy: CallPolicy | None = None
+    follows: str | None = None
+    """The call this one takes its outcome from instead of running (a Poll's child
+    whose idempotency key another call has: ``idempotency.KeyedChildren``)."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +183,10 @@ class Call:
     topic: str | None = None
     """``NewCall.topic``: the call is a receive, which the engine never runs (claimed,
     its expiration passed: it ends TIMEOUT)."""
+    policy: CallPolicy | None = None
+    """Its own retry policy, if it has one (``NewCall.policy``)."""
+    follows: str | None = None
+    """``NewCall.follows``: the call whose outcome it ends with, run by nothing else."""
 
     @property
     def done(self) -> bool:
@@ -569,6 +597,45 @@ class Store(Protocol):
         brought forward (False: not ready, or due already); None for an unknown call.
         Another process is told that a call is claimable, as by ``dispatch``."""
 
+    # --- schedules (``schedules.py``) --------------------------------------------------
+
+    async def create_schedule(self, schedule: NewSchedule, *, now: float) -> Schedule:
+        """Store ``schedule``, not paused; ``ScheduleExists`` when its name is taken."""
+
+    async def schedules(self) -> builtins.list[Schedule]:
+        """Every schedule, by name."""
+
+    async def get_schedule(self, name: str) -> Schedule | None:
+        """The schedule, or None."""
+
+    async def pause_schedule(
+        self, name: str, *, paused: bool, next_tick: float | None, now: float
+    ) -> Schedule | None:
+        """Pause the schedule, or resume it; its next tick set to ``next_tick`` when
+        given (a resume: the first tick after now, so that the ticks of the pause are
+        not caught up). The schedule as it is then, or None for an unknown name."""
+
+    async def delete_schedule(self, name: str) -> bool:
+        """Delete the schedule (its calls are kept); False for an unknown name."""
+
+    async def sync_schedules(
+        self, owner: str, wanted: Sequence[NewSchedule], *, now: float
+    ) -> Synced:
+        """Make the schedules owned by ``owner`` (an endpoint URL) the ``wanted`` ones,
+        in one transaction (``schedules.sync_plan``: ``ScheduleExists``, and nothing
+        changed, when a wanted name belongs to another owner or to none)."""
+
+    async def tick_schedules(
+        self, *, now: float, plan: Planner, limit: int
+    ) -> builtins.list[Ticked]:
+        """Dispatch the tick of up to ``limit`` schedules due at ``now`` (not paused,
+        next tick at or before now), as ``plan`` says, each with its call's key, and
+        advance their next ticks, in one transaction; schedules another process is
+        ticking are skipped (PostgreSQL), so that each tick is dispatched once."""
+
+    async def next_schedule_tick(self) -> float | None:
+        """The earliest next tick of the schedules not paused (None: none)."""
+
 
 # --- what both stores share --------------------------------------------------------
 
@@ -679,6 +746,8 @@ def call_from_row(row: Sequence[Any]) -> Call:
         rerun_of=row[18],
         trace_context=row[19],
         topic=row[20],
+        policy=stored_policy(row[21:26]),
+        follows=row[26],
     )
 
 
@@ -696,6 +765,30 @@ def child_from_row(row: Sequence[Any]) -> Child:
     )
 
 
+def stored_policy(columns: Sequence[Any]) -> CallPolicy | None:
+    """A call's policy from its ``(max_attempts, attempt_timeout, backoff_initial,
+    backoff_maximum, backoff_multiplier)`` columns; None when all are 0 (most calls)."""
+    if not any(columns):
+        return None
+    return CallPolicy(int(columns[0]), *(float(c) for c in columns[1:]))
+
+
+def policy_columns(policy: CallPolicy | None) -> dict[str, Any]:
+    """The columns of ``policy`` by name (all 0 for None)."""
+    if policy is None:
+        policy = NO_POLICY
+    return {
+        "max_attempts": policy.max_attempts,
+        "attempt_timeout": policy.attempt_timeout,
+        "backoff_initial": policy.backoff_initial,
+        "backoff_maximum": policy.backoff_maximum,
+        "backoff_multiplier": policy.backoff_multiplier,
+    }
+
+
+NO_POLICY = CallPolicy()
+
+
 def child_result_from_row(row: Sequence[Any]) -> ChildResult:
     """A finished child's result from its ``(dispatch_id, correlation_id, status,
     result)`` columns."""
@@ -708,11 +801,13 @@ __all__ = [
     "ERROR_MESSAGE_BYTES",
     "LISTED_ERROR_BYTES",
     "NO_BOUNDS",
+    "NO_POLICY",
     "OVERVIEW_FUNCTIONS",
     "PURGE_BATCH",
     "Attempt",
     "AttemptHistory",
     "Call",
+    "CallPolicy",
     "Child",
     "ChildResult",
     "Claimed",
@@ -744,7 +839,9 @@ __all__ = [
     "loaded_correlation_id",
     "needs_root_heads",
     "new_dispatch_id",
+    "policy_columns",
     "stored_correlation_id",
+    "stored_policy",
     "stored_text",
     "summary",
     "unavailable",

@@ -12,11 +12,12 @@ answers by running the transaction again: it then finds what the other one store
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import NewCall, RequestConflict, RequestId
-from .statements import Dialect
+from .statements import Dialect, rows_to_insert
 
 CONFLICT_RETRIES = 3
 """How many times a store runs a Dispatch again after a unique violation: each retry
@@ -101,3 +102,46 @@ class KeyedCalls:
             for call, dispatch_id in zip(self.fresh, stored, strict=True)
             if call.key
         ]
+
+
+class KeyedChildren:
+    """A Poll's children once their keys are looked up. Each is stored (so that its
+    parent gets a result for its correlation id), but one whose key a stored call has,
+    or an earlier child of the same Poll, runs nothing: it follows that call, and ends
+    with its outcome (``NewCall.follows``). The others' keys are stored with them."""
+
+    def __init__(self, children: Sequence[NewCall], known: Mapping[str, str]) -> None:
+        self.calls: list[NewCall] = []
+        self.earlier: dict[int, int] = {}
+        """By the index of a child that follows an earlier one, that one's index."""
+        first: dict[str, int] = {}
+        for index, child in enumerate(children):
+            key = child.key
+            if key in known:
+                child = _follower(child, known[key])
+            elif key in first:
+                self.earlier[index] = first[key]
+                child = _follower(child, None)
+            elif key:
+                first[key] = index
+            self.calls.append(child)
+
+    def rows(self, now: float) -> tuple[list[str], list[dict[str, Any]]]:
+        """The children's dispatch ids and their rows for ``Statements.insert``."""
+        ids, rows = rows_to_insert(self.calls, now)
+        for index, earlier in self.earlier.items():
+            rows[index]["follows"] = ids[earlier]
+        return ids, rows
+
+    def new_keys(self, stored: Sequence[str]) -> list[dict[str, str]]:
+        """The rows of ``insert_key`` for the keys of the children that run."""
+        return [
+            {"key": call.key, "dispatch_id": dispatch_id}
+            for call, dispatch_id in zip(self.calls, stored, strict=True)
+            if call.key
+        ]
+
+
+def _follower(child: NewCall, follows: str | None) -> NewCall:
+    # It runs nothing: no delay, no policy, no key of its own.
+    return dataclasses.replace(child, key="", follows=follows, ready_at=None, policy=None)

@@ -33,6 +33,7 @@ from . import (
     NewAttempt,
     NewCall,
     new_dispatch_id,
+    policy_columns,
     stored_correlation_id,
     stored_text,
 )
@@ -281,6 +282,38 @@ MIGRATIONS: tuple[Migration, ...] = (
     "  sent_at {double} NOT NULL,"
     "  PRIMARY KEY (dispatch_id, number)"
     ")",
+    # A call's own retry policy (``CallPolicy``), 0 for the scheduler's settings; the
+    # call a Poll's child with a known key takes its outcome from (``follows``).
+    # Constant defaults: no rewrite of the table.
+    """
+    ALTER TABLE {calls} ADD COLUMN max_attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE {calls} ADD COLUMN attempt_timeout {double} NOT NULL DEFAULT 0;
+    ALTER TABLE {calls} ADD COLUMN backoff_initial {double} NOT NULL DEFAULT 0;
+    ALTER TABLE {calls} ADD COLUMN backoff_maximum {double} NOT NULL DEFAULT 0;
+    ALTER TABLE {calls} ADD COLUMN backoff_multiplier {double} NOT NULL DEFAULT 0;
+    ALTER TABLE {calls} ADD COLUMN follows TEXT
+    """,
+    # Schedules (cron, ``schedules``): a table of their own, not tied to the calls, so
+    # that retention never deletes one; small (a row a schedule), its index serving the
+    # ticker's look for the due ones.
+    "CREATE TABLE {calls}_schedules ("
+    "  name TEXT PRIMARY KEY,"
+    "  cron TEXT NOT NULL,"
+    "  timezone TEXT NOT NULL,"
+    "  function TEXT NOT NULL,"
+    "  endpoint TEXT NOT NULL,"
+    "  input {blob} NOT NULL,"
+    "  paused INTEGER NOT NULL DEFAULT 0,"
+    "  next_tick {double} NOT NULL,"
+    "  last_tick {double},"
+    "  last_dispatch_id TEXT NOT NULL DEFAULT '',"
+    "  owner TEXT NOT NULL DEFAULT '',"
+    "  created_at {double} NOT NULL,"
+    "  updated_at {double} NOT NULL,"
+    "  options {blob} NOT NULL,"
+    "  expiration {double} NOT NULL"
+    ");"
+    "CREATE INDEX {calls}_schedules_due ON {calls}_schedules (next_tick) WHERE paused = 0",
 )
 """Schema changes written once for both stores, after each store's own history (its
 module's ``MIGRATIONS``, which ship as they are): each entry moves both schemas one
@@ -288,11 +321,13 @@ version up, e.g. ``"ALTER TABLE {calls} ADD COLUMN started_at {double}"``; an in
 ``{calls}`` is an ``Index``, the filling of a new column a ``Backfill``, each an entry
 of its own (on PostgreSQL each runs while the scheduler's other processes work on)."""
 
+# A call's own retry policy (``stored_policy``).
+_POLICY = "max_attempts, attempt_timeout, backoff_initial, backoff_maximum, backoff_multiplier"
 # The columns of a Call, in its fields' order (``call_from_row`` reads them).
 COLUMNS = (
     "dispatch_id, function, endpoint, input, version, correlation_id, parent_id, "
     "root_id, state, status, result, attempts, created_at, expires_at, ready_at, "
-    "finished_at, poll, restarts, rerun_of, trace_context, topic"
+    "finished_at, poll, restarts, rerun_of, trace_context, topic, " + _POLICY + ", follows"
 )
 # The columns of a Call as List shows it (``Store.list``): its input and poll state
 # left out, its result only when it is an error of at most LISTED_ERROR_BYTES. Nothing
@@ -303,7 +338,7 @@ SUMMARY = (
     f"CASE WHEN status <> {Status.OK.value:d} AND length(result) <= {LISTED_ERROR_BYTES:d} "
     "THEN result ELSE CAST({empty} AS {blob}) END, "
     "attempts, created_at, expires_at, ready_at, finished_at, CAST({empty} AS {blob}), "
-    "restarts, rerun_of, trace_context, topic"
+    "restarts, rerun_of, trace_context, topic, " + _POLICY + ", follows"
 )
 # The columns a new call is given (its state is 'ready').
 INSERTED = (
@@ -322,6 +357,8 @@ INSERTED = (
     "rerun_of",
     "trace_context",
     "poll",
+    *_POLICY.split(", "),
+    "follows",
 )
 # What a call's lease is, once it has none.
 _UNLEASED = "lease_owner = NULL, lease_expires = NULL"
@@ -1001,10 +1038,12 @@ def rows_to_insert(calls: Sequence[NewCall], now: float) -> tuple[list[str], lis
                 "input": call.input,
                 "created_at": now,
                 "expires_at": call.expires_at,
-                "ready_at": now,
+                "ready_at": now if call.ready_at is None else call.ready_at,
                 "rerun_of": call.rerun_of,
                 "trace_context": call.trace_context,
                 "poll": call.poll,
+                **policy_columns(call.policy),
+                "follows": call.follows,
             }
         )
         ids.append(dispatch_id)
