@@ -55,7 +55,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -66,6 +66,15 @@ from dispatchlet.proto.dispatch.sdk.v1 import call_pb2
 
 API_KEY = "bench"
 BATCH = 100
+
+# A context entered around a run's timed part, given the ids of the processes the run
+# started (bench/peers counts their fsyncs with it); by default, nothing.
+Measured = Callable[[list[int]], AbstractContextManager[object]]
+
+
+def unmeasured(pids: list[int]) -> AbstractContextManager[object]:
+    return nullcontext()
+
 
 ENDPOINT_APP = """
 import os, time
@@ -156,7 +165,12 @@ def starts(path: Path) -> dict[int, float]:
 
 
 def dispatchlet_run(
-    folder: Path, calls: int, singles: int, history: int, options: Sequence[str] = ()
+    folder: Path,
+    calls: int,
+    singles: int,
+    history: int,
+    options: Sequence[str] = (),
+    measured: Measured = unmeasured,
 ) -> dict[str, float]:
     key = Ed25519PrivateKey.generate()
     starts_log = folder / "starts-dispatchlet.log"
@@ -201,8 +215,11 @@ def dispatchlet_run(
     ]
     results: dict[str, float] = {}
     pids: list[int] = []
+    endpoint_pids: list[int] = []
     with (
-        process(serve, endpoint_env, folder, r"serving \S+ at (http://\S+)") as endpoint,
+        process(
+            serve, endpoint_env, folder, r"serving \S+ at (http://\S+)", endpoint_pids
+        ) as endpoint,
         process(scheduler, scheduler_env, folder, r"listening at (http://\S+)", pids) as url,
         Client(url, API_KEY) as client,
     ):
@@ -214,13 +231,14 @@ def dispatchlet_run(
 
         client.wait(client.dispatch([call(0)])[0])  # warm both up
         used = cpu_seconds(pids)
-        began = time.perf_counter()
-        ids: list[str] = []
-        for first in range(0, calls, BATCH):
-            ids += client.dispatch([call(n) for n in range(first, min(calls, first + BATCH))])
-        for dispatch_id in ids:
-            client.wait(dispatch_id)
-        results["throughput"] = calls / (time.perf_counter() - began)
+        with measured([*endpoint_pids, *pids]):
+            began = time.perf_counter()
+            ids: list[str] = []
+            for first in range(0, calls, BATCH):
+                ids += client.dispatch([call(n) for n in range(first, min(calls, first + BATCH))])
+            for dispatch_id in ids:
+                client.wait(dispatch_id)
+            results["throughput"] = calls / (time.perf_counter() - began)
         results["scheduler cpu us"] = (cpu_seconds(pids) - used) / calls * 1e6
         if singles:
             to_start, to_final = [], []
@@ -257,7 +275,9 @@ def prefill(database: Path, count: int) -> None:
     db.close()
 
 
-def huey_run(folder: Path, calls: int, singles: int) -> dict[str, float]:
+def huey_run(
+    folder: Path, calls: int, singles: int, measured: Measured = unmeasured
+) -> dict[str, float]:
     (folder / "bench_huey.py").write_text(HUEY_APP)
     starts_log = folder / "starts-huey.log"
     env = {
@@ -268,6 +288,7 @@ def huey_run(folder: Path, calls: int, singles: int) -> dict[str, float]:
     }
     os.environ.update({k: env[k] for k in ("BENCH_HUEY_DB", "BENCH_STARTS")})
     sys.path.insert(0, str(folder))
+    sys.modules.pop("bench_huey", None)  # a run before this one's, on its own file
     import bench_huey  # type: ignore[import-not-found]
 
     consumer = [
@@ -283,20 +304,24 @@ def huey_run(folder: Path, calls: int, singles: int) -> dict[str, float]:
         "0.001",
     ]
     results: dict[str, float] = {}
-    with process(consumer, env, folder, r"(\d+) worker|Huey consumer started"):
+    pids: list[int] = []
+    with process(consumer, env, folder, r"(\d+) worker|Huey consumer started", pids):
         bench_huey.noop(0).get(blocking=True, timeout=30)
-        began = time.perf_counter()
-        pending = [bench_huey.noop(n) for n in range(calls)]
-        for result in pending:
-            result.get(blocking=True, timeout=300, backoff=1.0, max_delay=0.01)
-        results["throughput"] = calls / (time.perf_counter() - began)
+        # This process enqueues, so it writes to Huey's database too.
+        with measured([*pids, os.getpid()]):
+            began = time.perf_counter()
+            pending = [bench_huey.noop(n) for n in range(calls)]
+            for result in pending:
+                result.get(blocking=True, timeout=300, backoff=1.0, max_delay=0.01)
+            results["throughput"] = calls / (time.perf_counter() - began)
         to_start, to_final = [], []
         for n in range(1, singles + 1):
             sent = time.time()
             bench_huey.noop(-n).get(blocking=True, timeout=30, backoff=1.0, max_delay=0.001)
             to_final.append(time.time() - sent)
             to_start.append(starts(starts_log)[n] - sent)
-        results |= latency(to_start, to_final)
+        if singles:
+            results |= latency(to_start, to_final)
     return results
 
 
@@ -412,6 +437,7 @@ def dispatchlet_postgres_run(
     cap: int,
     options: Sequence[str] = (),
     cpu: dict[str, float] | None = None,
+    measured: Measured = unmeasured,
 ) -> float:
     """Calls per second with ``processes`` schedulers on the database at ``url``, at most
     ``cap`` calls in flight to the endpoint among them (in ``cpu``: the schedulers' CPU
@@ -459,18 +485,26 @@ def dispatchlet_postgres_run(
 
         client.wait(client.dispatch([call(0)])[0])  # warm up
         used = cpu_seconds(pids)
-        began = time.perf_counter()
-        for first in range(0, calls, BATCH):
-            client.dispatch([call(n) for n in range(first, min(calls, first + BATCH))])
-        query = "SELECT count(*) FROM dispatchlet_calls WHERE state <> 'done'"
-        wait_until_empty(url, query, folder)
-        took = time.perf_counter() - began
+        with measured(pids):
+            began = time.perf_counter()
+            for first in range(0, calls, BATCH):
+                client.dispatch([call(n) for n in range(first, min(calls, first + BATCH))])
+            query = "SELECT count(*) FROM dispatchlet_calls WHERE state <> 'done'"
+            wait_until_empty(url, query, folder)
+            took = time.perf_counter() - began
         if cpu is not None:
             cpu["scheduler cpu us"] = (cpu_seconds(pids) - used) / calls * 1e6
         return calls / took
 
 
-def pgqueuer_run(folder: Path, url: str, processes: int, calls: int, cap: int) -> float:
+def pgqueuer_run(
+    folder: Path,
+    url: str,
+    processes: int,
+    calls: int,
+    cap: int,
+    measured: Measured = unmeasured,
+) -> float:
     """Jobs per second with ``processes`` pgqueuer consumers on the database at ``url``."""
     del cap  # its jobs run in its own processes: no endpoint to protect
     import asyncio
@@ -497,15 +531,17 @@ def pgqueuer_run(folder: Path, url: str, processes: int, calls: int, cap: int) -
             await connection.close()
 
     with ExitStack() as stack:
+        pids: list[int] = []
         for number in range(processes):
             log_folder = folder / f"c{number}"
             log_folder.mkdir()
-            stack.enter_context(process(consumer, env, log_folder, r"consuming"))
+            stack.enter_context(process(consumer, env, log_folder, r"consuming", pids))
         time.sleep(1.0)  # the consumers start listening
-        began = time.perf_counter()
-        asyncio.run(enqueue())
-        wait_until_empty(url, "SELECT count(*) FROM pgqueuer", folder)
-        return calls / (time.perf_counter() - began)
+        with measured(pids):
+            began = time.perf_counter()
+            asyncio.run(enqueue())
+            wait_until_empty(url, "SELECT count(*) FROM pgqueuer", folder)
+            return calls / (time.perf_counter() - began)
 
 
 def wait_until_empty(url: str, query: str, folder: Path) -> None:

@@ -43,6 +43,7 @@ from .dispatch import show
 from .errors import CommandError
 from .local_server import load_app
 from .scheduler import DEFAULT_DATABASE, check_database_folder, serve_until_stopped
+from .schedules import sync_line
 from .serve import example_input, port
 from .signals import EPILOG, Stop, exit_now, stopping_loop
 
@@ -63,6 +64,10 @@ folder beside the database (files of mode 0600): the exports stay valid, and cal
 flight keep verifying, across restarts. The endpoint is reloaded when APP's files change
 (the scheduler and its database keep running); a reload that fails shows the app's error
 and keeps serving the last version that loaded.
+
+The schedules APP declares (@endpoint.function(schedule="0 9 * * *")) are synced for
+its loopback URL at start and after each reload that loads, as `dispatchlet schedules
+sync` does.
 
 Ctrl+C stops it: attempts in flight finish first (up to 10 s), a second Ctrl+C stops it
 at once.
@@ -222,6 +227,8 @@ class ReloadingApp:
         self.endpoint = endpoint
         self._wsgi = self._prepare(endpoint)
         self._files = self._snapshot(app_files(app))
+        self.synced: Callable[[], None] | None = None
+        """Pushes the app's declared schedules (set once the scheduler listens)."""
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         return self._wsgi(environ, start_response)
@@ -275,6 +282,8 @@ class ReloadingApp:
         self._files = self._snapshot(before | app_files(self.app))
         names = ", ".join(endpoint.functions) or "none"
         print(f"dispatchlet dev: reloaded {self.app} (functions: {names})", flush=True)
+        if self.synced is not None:
+            self.synced()
         return True
 
     async def watch(self) -> None:
@@ -296,6 +305,8 @@ async def _serve(
         database=str(args.db), port=args.scheduler_port, signing_key=key, api_keys=api_keys
     )
 
+    syncing: set[asyncio.Task[None]] = set()
+
     def ready(addresses: list[tuple[str, int]]) -> None:
         host, number = addresses[0]
         scheduler_url = f"http://{host}:{number}"
@@ -303,6 +314,11 @@ async def _serve(
             banner(args.app, app.endpoint, app.endpoint_url, scheduler_url, api_keys[0]),
             flush=True,
         )
+        # The schedules the app declares, pushed now and after each reload that loads.
+        app.synced = lambda: sync_declared(app, scheduler_url, api_keys[0])
+        task = asyncio.create_task(asyncio.to_thread(app.synced))
+        syncing.add(task)
+        task.add_done_callback(syncing.discard)
 
     watcher = asyncio.create_task(app.watch())
     try:
@@ -311,6 +327,28 @@ async def _serve(
         watcher.cancel()
     logging_setup.notice("dispatchlet dev: stopped")
     return status
+
+
+def dev_owner(app: str) -> str:
+    """Who owns the schedules `dispatchlet dev` syncs for APP: the app, by its path."""
+    return f"dispatchlet dev {Path(app.partition(':')[0]).resolve()}"
+
+
+def sync_declared(app: ReloadingApp, scheduler_url: str, api_key: str) -> None:
+    """Push the schedules ``app`` declares for its loopback URL, saying what changed; a
+    refusal (a name taken by a schedule created by hand) is said, and dev goes on."""
+    try:
+        with Client(scheduler_url, api_key) as client:
+            # Owned by the app, not its URL: a restart on another port takes them over.
+            synced = client.sync_schedules(
+                app.endpoint, endpoint_url=app.endpoint_url, owner=dev_owner(app.app)
+            )
+    except (ClientError, EncodeError) as exc:
+        text = f"{exc.code}: {exc.message}" if isinstance(exc, ClientError) else str(exc)
+        logging_setup.notice(f"dispatchlet dev: syncing the schedules failed: {text}")
+        return
+    if synced.created or synced.updated or synced.deleted:
+        print(f"dispatchlet dev: {sync_line(synced, app.endpoint_url)}", flush=True)
 
 
 async def _once(

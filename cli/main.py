@@ -1,5 +1,5 @@
 """The ``dispatchlet`` command: ``keygen``, ``serve``, ``call``, ``scheduler``, ``dev``,
-``dispatch``, ``calls`` and ``check-replay``."""
+``dispatch``, ``calls``, ``schedules`` and ``check-replay``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 
-from . import call, check_replay, dev, dispatch, keygen, scheduler, serve
+from . import call, check_replay, dev, dispatch, keygen, scheduler, schedules, serve
 from .errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, CommandError
 
 _EPILOG = """\
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     scheduler.add_parser(commands)
     dev.add_parser(commands)
     dispatch.add_parsers(commands)
+    schedules.add_parser(commands)
     check_replay.add_parser(commands)
     return parser
 

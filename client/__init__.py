@@ -24,6 +24,7 @@ scheduler that cannot be reached raises ``ClientError`` with code ``unavailable`
 
 from __future__ import annotations
 
+import builtins
 import datetime
 import http.client
 import logging
@@ -48,6 +49,7 @@ from ..core.dispatching import (
     REQUEST_ID_HEADER,
     split_api_keys,
 )
+from ..core.endpoint import Endpoint
 from ..core.errors import DispatchletError
 from ..core.http import retry_after
 from ..core.status import Status
@@ -55,12 +57,14 @@ from ..proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2
 from .overview import Overview
 from .retries import DEFAULT_RETRIES, DEFAULT_RETRY_TIMEOUT, Backoff
+from .schedules import ScheduleInfo, SyncResult, declared_schedules
 
 M = TypeVar("M", bound=message.Message)
 logger = logging.getLogger(__name__)
 
 _WAIT_STEP = 50  # seconds per Wait RPC, under the scheduler's limit
 _POLL_PAUSE = 0.5  # seconds between Wait RPCs that brought nothing new
+_SCHEDULES = "/dispatchlet.scheduler.v1.CallService/"
 
 
 class ClientError(DispatchletError):
@@ -606,6 +610,89 @@ class Client:
         )
         return Overview.from_proto(answer)
 
+    # --- schedules -------------------------------------------------------------------
+
+    def create_schedule(
+        self,
+        name: str,
+        cron: str,
+        function: str,
+        input: object = None,
+        *,
+        endpoint: str,
+        timezone: str = "UTC",
+    ) -> ScheduleInfo:
+        """Create a schedule: a call of ``function`` at ``endpoint`` with ``input`` at
+        each tick of ``cron`` (5 fields, or 6 with seconds last) in ``timezone`` (an
+        IANA name). ``ClientError`` ``invalid_argument`` for a bad name, expression,
+        time zone, function name or endpoint; ``already_exists`` for a name taken."""
+        spec = calls_pb2.ScheduleSpec(
+            name=name, cron=cron, timezone=timezone, function=function, endpoint=endpoint
+        )
+        spec.input.CopyFrom(values.to_any(input))
+        answer = self._rpc(
+            _SCHEDULES + "CreateSchedule",
+            calls_pb2.CreateScheduleRequest(schedule=spec),
+            calls_pb2.CreateScheduleResponse,
+        )
+        return ScheduleInfo.from_proto(answer.schedule)
+
+    def list_schedules(self) -> builtins.list[ScheduleInfo]:
+        """Every schedule, by name."""
+        answer = self._rpc(
+            _SCHEDULES + "ListSchedules",
+            calls_pb2.ListSchedulesRequest(),
+            calls_pb2.ListSchedulesResponse,
+        )
+        return [ScheduleInfo.from_proto(info) for info in answer.schedules]
+
+    def pause_schedule(self, name: str) -> ScheduleInfo:
+        """Stop the schedule's ticks until it is resumed (``not_found``: no such name)."""
+        answer = self._rpc(
+            _SCHEDULES + "PauseSchedule",
+            calls_pb2.PauseScheduleRequest(name=name),
+            calls_pb2.PauseScheduleResponse,
+        )
+        return ScheduleInfo.from_proto(answer.schedule)
+
+    def resume_schedule(self, name: str) -> ScheduleInfo:
+        """Tick again from the first tick after now (those of the pause are skipped)."""
+        answer = self._rpc(
+            _SCHEDULES + "ResumeSchedule",
+            calls_pb2.ResumeScheduleRequest(name=name),
+            calls_pb2.ResumeScheduleResponse,
+        )
+        return ScheduleInfo.from_proto(answer.schedule)
+
+    def delete_schedule(self, name: str) -> None:
+        """Delete the schedule; the calls it dispatched are kept."""
+        self._rpc(
+            _SCHEDULES + "DeleteSchedule",
+            calls_pb2.DeleteScheduleRequest(name=name),
+            calls_pb2.DeleteScheduleResponse,
+        )
+
+    def sync_schedules(
+        self, endpoint: Endpoint, *, endpoint_url: str | None = None, owner: str | None = None
+    ) -> SyncResult:
+        """Push the schedules ``endpoint``'s functions declare (``schedule=``), for its
+        ``endpoint_url`` (or the one given): those missing are created, those changed
+        updated, and those an earlier sync of the same ``owner`` (default: that URL)
+        created and no longer declared deleted. A schedule created by hand, or synced by
+        another owner, is never touched: a declared name it holds is ``already_exists``,
+        and nothing changes."""
+        url = endpoint_url or endpoint.endpoint_url
+        if not url:
+            raise ValueError(
+                "the endpoint has no public URL to sync its schedules for: set "
+                "DISPATCH_ENDPOINT_URL, Endpoint(endpoint_url=...) or endpoint_url="
+            )
+        request = calls_pb2.SyncSchedulesRequest(
+            endpoint=url, schedules=declared_schedules(endpoint), owner=owner or ""
+        )
+        answer = self._rpc(_SCHEDULES + "SyncSchedules", request, calls_pb2.SyncSchedulesResponse)
+        return SyncResult.from_proto(answer)
+
     # --- transport -------------------------------------------------------------------
 
     def _rpc(
@@ -776,4 +863,6 @@ __all__ = [
     "ClientError",
     "Overview",
     "Resumed",
+    "ScheduleInfo",
+    "SyncResult",
 ]

@@ -53,6 +53,7 @@ from .metrics import CONTENT_TYPE
 from .overview import Recent, overview_message
 from .resume import resumed_poll
 from .retention import Retention, purge
+from .schedule_api import ScheduleApi
 from .settings import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_INPUT_SIZE, METRICS_KEY_ENV
 from .store import (
     END_BATCH,
@@ -66,6 +67,7 @@ from .store import (
     Store,
     unavailable,
 )
+from .ticker import Ticker
 
 M = TypeVar("M", bound=message.Message)
 logger = logging.getLogger(__name__)
@@ -118,6 +120,7 @@ class Api:
         metrics_public: bool = False,
         dashboard: bool = True,
         retention: Retention | None = None,
+        ticker: Ticker | None = None,
         allowed_hosts: Sequence[str] = (),
     ) -> None:
         # Its operations timed into the engine's metrics.
@@ -138,6 +141,8 @@ class Api:
         self.dashboard = dashboard
         self.retention = retention
         """The background deletion, if any: a Purge's deletions are counted with its."""
+        self.ticker = ticker
+        """The schedules' ticker, if any: told when a schedule is created or resumed."""
         self.allowed_hosts = tuple(allowed_hosts)
         """Names an insecure scheduler answers beside IP addresses and localhost."""
 
@@ -161,6 +166,9 @@ class Api:
             ("Send", self.send, calls_pb2.SendRequest),
         ):
             app.router.add_route("*", _lenient(CALLS_PATH + name), self.rpc(handler, kind))
+        for name, schedule_handler, schedule_kind in ScheduleApi(self).routes():
+            route = self.rpc(schedule_handler, schedule_kind)  # type: ignore[arg-type]
+            app.router.add_route("*", _lenient(CALLS_PATH + name), route)
         # Given its headers: its request id (``Idempotency-Key``), as Dispatch.
         rerun = self.rpc(self.rerun, calls_pb2.RerunRequest, headers=True)
         app.router.add_route("*", _lenient(CALLS_PATH + "Rerun"), rerun)

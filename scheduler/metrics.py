@@ -124,6 +124,11 @@ class Metrics:
             "Calls deleted by retention (finished call trees past the retention window).",
             registry=r,
         )
+        self.schedule_ticks = Counter(
+            "dispatchlet_schedule_ticks",
+            "Ticks of schedules this process dispatched (each tick by one process).",
+            registry=r,
+        )
         self.queue = Gauge(
             "dispatchlet_queue_calls",
             "Calls not done in the store (every process's), by state: ready (due now), "

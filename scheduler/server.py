@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from .api import Api
+from .api import DEFAULT_EXPIRATION, Api
 from .callers import Callers
 from .clock import clock_for
 from .concurrency import Limiter
@@ -29,6 +29,7 @@ from .retention import Retention
 from .settings import POSTGRES_SCHEMES, Settings, is_database_url
 from .store import Store
 from .store.sqlite import SQLiteStore
+from .ticker import Ticker
 
 logger = logging.getLogger(__name__)
 
@@ -96,10 +97,23 @@ async def serve(
     retention = Retention(
         store, clock, settings.retention, counted=engine.metrics.retention_deleted.inc
     )
+
+    def ticked(count: int) -> None:
+        engine.metrics.schedule_ticks.inc(count)
+        engine.wake()  # the ticks' calls are ready now
+
+    # Dispatches the schedules' ticks in the background.
+    ticker = Ticker(
+        engine.metrics.timed(store),
+        clock,
+        expiration=DEFAULT_EXPIRATION,
+        dispatched=ticked,
+    )
     api = Api(
         store,
         engine,
         retention=retention,
+        ticker=ticker,
         api_keys=settings.api_keys,
         insecure=settings.insecure,
         allowed_hosts=settings.allowed_hosts,
@@ -137,6 +151,7 @@ async def serve(
         )
     signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
     retention_task: asyncio.Task[None] | None = None
+    ticker_task: asyncio.Task[None] | None = None
     for signum in signals:
         loop.add_signal_handler(signum, stopped.set)
     try:
@@ -153,6 +168,7 @@ async def serve(
             ready([(str(a[0]), int(a[1])) for a in runner.addresses])
         engine_task = asyncio.create_task(engine.run())
         retention_task = asyncio.create_task(retention.run())
+        ticker_task = asyncio.create_task(ticker.run())
         stop_task = asyncio.create_task(stopped.wait())
         await asyncio.wait({engine_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         await site.stop()
@@ -171,6 +187,9 @@ async def serve(
         stop_task.cancel()
     finally:
         retention.stop()
+        ticker.stop()
+        if ticker_task is not None:
+            await ticker_task  # a transaction in flight commits, then it stops
         if retention_task is not None:
             await retention_task  # a batch in flight commits, then it stops
         for signum in signals:

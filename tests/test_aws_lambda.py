@@ -931,14 +931,18 @@ def test_adapter_never_imports_boto3_botocore_or_flask(tmp_path: Path) -> None:
         from dispatchlet.adapters.aws_lambda import lambda_handler
         endpoint = Endpoint()
         endpoint.function(lambda value: value, name="echo")
+        endpoint.function(lambda: None, name="nightly", schedule="0 9 * * *")
         handler = lambda_handler(endpoint, metrics={powertools_installed()})
         with open(sys.argv[1]) as file:
             answer = handler(json.load(file), None)
         assert answer["statusCode"] == 200, answer
         loaded = sorted({{"boto3", "botocore", "flask"}} & set(sys.modules))
         assert not loaded, loaded
-        # Nor the client or the scheduler, and their HTTP libraries: serving needs none.
-        unused = {{"dispatchlet.client", "dispatchlet.scheduler", "aiohttp", "http.client"}}
+        # Nor the client or the scheduler, their HTTP libraries, and the cron parser
+        # (a schedule= of @endpoint.function is only kept, for a sync): serving needs none.
+        unused = {{
+            "dispatchlet.client", "dispatchlet.scheduler", "aiohttp", "http.client", "croniter"
+        }}
         loaded = sorted(unused & set(sys.modules))
         assert not loaded, loaded
         import botocore  # still there for the application

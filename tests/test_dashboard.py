@@ -707,3 +707,30 @@ def test_the_call_page_shows_when_a_delayed_call_starts_and_its_policy(tmp_path:
         assert "<dt>Ready at</dt>" in page
 
     scenario(tmp_path, body, running=False)
+
+
+def test_the_call_page_of_a_keyed_child_links_the_call_whose_outcome_it_takes(
+    tmp_path: Path,
+) -> None:
+    async def body(h: Harness) -> None:
+        first, parent = (
+            NewCall("charge", "http://127.0.0.1:1", b"", 2e9, key="order-17"),
+            NewCall("checkout", "http://127.0.0.1:1", b"", 2e9),
+        )
+        (first_id,) = await h.store.dispatch([first], now=1e9)
+        (parent_id,) = await h.store.dispatch([parent], now=1e9)
+        claimed = await h.store.claim(owner="t", now=1e9, limit=2, lease_seconds=60)
+        (lease,) = [c.lease for c in claimed if c.call.dispatch_id == parent_id]
+        keyed = NewCall("charge", "http://127.0.0.1:1", b"", 2e9, correlation_id=1, key="order-17")
+        ids = await h.store.suspend(
+            lease, b"", [keyed], min_results=1, max_results=1, until=1.5e9, now=1e9
+        )
+        assert ids is not None
+        status, page, _ = await get(h, f"/calls/{ids[0]}", key=API_KEY)
+        assert status == 200
+        assert "<dt>Outcome of</dt>" in page
+        assert f'href="/calls/{first_id}"' in page
+        status, page, _ = await get(h, f"/calls/{first_id}", key=API_KEY)
+        assert "Outcome of" not in page
+
+    scenario(tmp_path, body, running=False)

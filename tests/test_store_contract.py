@@ -2978,3 +2978,250 @@ def test_limit_stats_tell_each_limited_functions_limits_and_use(open_store: Open
         LimitStats("b", per_key=1, in_flight=2, keys_in_flight=2),
         LimitStats("c", in_flight=2, rate_count=5, rate_period=60.0, started=2),
     ]
+
+
+# --- schedules ----------------------------------------------------------------------------
+
+
+def schedule(name: str = "nightly", **fields: Any) -> Any:
+    from dispatchlet.scheduler.store.schedules import NewSchedule
+
+    fields.setdefault("cron", "0 3 * * *")
+    fields.setdefault("timezone", "UTC")
+    fields.setdefault("function", "report")
+    fields.setdefault("endpoint", "http://127.0.0.1:8000")
+    fields.setdefault("input", b"\x0a\x01x")
+    fields.setdefault("next_tick", NOW + 10)
+    return NewSchedule(name=name, **fields)
+
+
+def every_second(found: Any) -> Any:
+    """A planner: each due schedule's tick is its next tick, the next one a second on."""
+    from dispatchlet.scheduler.cron import tick_key
+    from dispatchlet.scheduler.store.schedules import TickPlan
+
+    key = tick_key(found.name, found.next_tick)
+    return TickPlan(found.next_tick, found.next_tick + 1, call(found.function, key=key))
+
+
+def test_schedules_are_created_listed_paused_resumed_and_deleted(open_store: Opener) -> None:
+    from dispatchlet.scheduler.store.schedules import ScheduleExists
+
+    async def body(store: Store) -> None:
+        created = await store.create_schedule(schedule("b-nightly"), now=NOW)
+        assert (created.name, created.cron, created.paused) == ("b-nightly", "0 3 * * *", False)
+        assert (created.next_tick, created.last_tick, created.owner) == (NOW + 10, None, "")
+        assert created.created_at == created.updated_at == NOW
+        assert created.input == b"\x0a\x01x"
+        hourly = schedule("a-hourly", cron="0 * * * *", options=b"\x10\x03", expiration=60.0)
+        stored = await store.create_schedule(hourly, now=NOW)
+        assert (stored.options, stored.expiration) == (b"\x10\x03", 60.0)
+        with pytest.raises(ScheduleExists):
+            await store.create_schedule(schedule("b-nightly", cron="* * * * *"), now=NOW)
+        assert [s.name for s in await store.schedules()] == ["a-hourly", "b-nightly"]
+        kept = await store.get_schedule("b-nightly")
+        assert kept is not None
+        assert kept.cron == "0 3 * * *"  # the refused one changed nothing
+
+        paused = await store.pause_schedule("b-nightly", paused=True, next_tick=None, now=NOW + 1)
+        assert paused is not None
+        assert paused.paused
+        assert paused.next_tick == NOW + 10
+        assert paused.updated_at == NOW + 1
+        resumed = await store.pause_schedule(
+            "b-nightly", paused=False, next_tick=NOW + 99, now=NOW + 2
+        )
+        assert resumed is not None
+        assert (resumed.paused, resumed.next_tick) == (False, NOW + 99)
+        assert await store.pause_schedule("nope", paused=True, next_tick=None, now=NOW) is None
+        assert await store.get_schedule("nope") is None
+
+        assert await store.delete_schedule("b-nightly")
+        assert not await store.delete_schedule("b-nightly")
+        assert [s.name for s in await store.schedules()] == ["a-hourly"]
+
+    with_store(open_store, body)
+
+
+def test_a_due_schedule_ticks_once_with_its_key_and_moves_to_its_next_tick(
+    open_store: Opener,
+) -> None:
+    async def body(store: Store) -> None:
+        await store.create_schedule(schedule("every", next_tick=NOW), now=NOW - 5)
+        await store.create_schedule(schedule("later", next_tick=NOW + 60), now=NOW - 5)
+        await store.create_schedule(schedule("held", next_tick=NOW - 1), now=NOW - 5)
+        await store.pause_schedule("held", paused=True, next_tick=None, now=NOW - 5)
+        assert await store.next_schedule_tick() == NOW
+
+        ticked = await store.tick_schedules(now=NOW + 0.5, plan=every_second, limit=10)
+        assert [(t.name, t.tick) for t in ticked] == [("every", NOW)]
+        found = await store.get(ticked[0].dispatch_id)
+        assert found is not None
+        assert found.function == "report"
+        assert found.state is State.READY
+        after = await store.get_schedule("every")
+        assert after is not None
+        assert (after.next_tick, after.last_tick) == (NOW + 1, NOW)
+        assert after.last_dispatch_id == ticked[0].dispatch_id
+        # Not due again until its next tick; then once more.
+        assert await store.tick_schedules(now=NOW + 0.9, plan=every_second, limit=10) == []
+        again = await store.tick_schedules(now=NOW + 1, plan=every_second, limit=10)
+        assert [(t.name, t.tick) for t in again] == [("every", NOW + 1)]
+        assert len(await store.list(limit=100)) == 2
+        # A tick whose key is kept already (the schedule made again) stores nothing new.
+        await store.delete_schedule("every")
+        await store.create_schedule(schedule("every", next_tick=NOW), now=NOW + 2)
+        repeat = await store.tick_schedules(now=NOW + 0.5, plan=every_second, limit=10)
+        assert [t.dispatch_id for t in repeat] == [ticked[0].dispatch_id]
+        assert len(await store.list(limit=100)) == 2
+
+    with_store(open_store, body)
+
+
+def test_due_ticks_are_claimed_once_by_competing_callers(open_store: Opener) -> None:
+    """Two tickers (two processes on PostgreSQL, two connections to one SQLite file)
+    racing over many due schedules dispatch each tick once."""
+
+    async def body(store: Store) -> list[tuple[str, float]]:
+        other = store if open_store.kind == "memory" else await open_store()  # type: ignore[attr-defined]
+        try:
+            for n in range(20):
+                await store.create_schedule(schedule(f"s{n:02d}", next_tick=NOW), now=NOW - 1)
+            ticked: list[tuple[str, float]] = []
+            for second in range(5):
+                rounds = await asyncio.gather(
+                    *(
+                        each.tick_schedules(now=NOW + second, plan=every_second, limit=7)
+                        for each in (store, other, store, other)
+                    )
+                )
+                ticked += [(t.name, t.tick) for batch in rounds for t in batch]
+            return ticked
+        finally:
+            if other is not store:
+                await other.close()
+
+    ticked = with_store(open_store, body)
+    expected = sorted((f"s{n:02d}", NOW + second) for n in range(20) for second in range(5))
+    assert sorted(ticked) == expected
+
+
+def test_sync_creates_updates_and_deletes_only_the_schedules_it_owns(open_store: Opener) -> None:
+    from dispatchlet.scheduler.store.schedules import ScheduleExists
+
+    mine = "http://127.0.0.1:8000"
+
+    async def body(store: Store) -> None:
+        await store.create_schedule(schedule("by-hand"), now=NOW)
+        await store.sync_schedules(
+            "http://other:9000", [schedule("theirs", owner="http://other:9000")], now=NOW
+        )
+        first = await store.sync_schedules(
+            mine, [schedule("a", owner=mine), schedule("b", owner=mine)], now=NOW
+        )
+        assert (first.created, first.updated, first.deleted) == (("a", "b"), (), ())
+        await store.pause_schedule("a", paused=True, next_tick=None, now=NOW)
+        second = await store.sync_schedules(
+            mine,
+            [
+                schedule("a", owner=mine, input=b"", next_tick=NOW + 500),  # input changed
+                schedule("c", owner=mine, cron="*/5 * * * *", next_tick=NOW + 300),
+            ],
+            now=NOW + 1,
+        )
+        assert (second.created, second.updated, second.deleted) == (("c",), ("a",), ("b",))
+        a = await store.get_schedule("a")
+        assert a is not None
+        # Same cron: its next tick and its pause are kept.
+        assert (a.input, a.next_tick, a.paused, a.owner) == (b"", NOW + 10, True, mine)
+        third = await store.sync_schedules(
+            mine,
+            [schedule("a", owner=mine, input=b"", cron="0 4 * * *", next_tick=NOW + 700)],
+            now=NOW + 2,
+        )
+        assert (third.updated, third.deleted, third.unchanged) == (("a",), ("c",), ())
+        a = await store.get_schedule("a")
+        assert a is not None
+        assert a.next_tick == NOW + 700  # a new cron expression: its own next tick
+        same = await store.sync_schedules(
+            mine,
+            [schedule("a", owner=mine, input=b"", cron="0 4 * * *", next_tick=NOW + 900)],
+            now=NOW + 3,
+        )
+        assert same.unchanged == ("a",)
+        # A name held by hand or by another endpoint: refused, nothing changed.
+        for taken in ("by-hand", "theirs"):
+            with pytest.raises(ScheduleExists):
+                await store.sync_schedules(mine, [schedule(taken, owner=mine)], now=NOW + 4)
+        names = {s.name: s.owner for s in await store.schedules()}
+        assert names == {"a": mine, "by-hand": "", "theirs": "http://other:9000"}
+
+    with_store(open_store, body)
+
+
+def test_retention_never_deletes_a_schedule(open_store: Opener) -> None:
+    async def body(store: Store) -> int:
+        await store.create_schedule(schedule("every", next_tick=NOW), now=NOW)
+        (ticked,) = await store.tick_schedules(now=NOW, plan=every_second, limit=10)
+        (claimed,) = await store.claim(owner="o", now=NOW, limit=1, lease_seconds=LEASE)
+        assert await store.finish(claimed.lease, OK, b"", now=NOW + 1)
+        assert sum(await purge_all(store, before=NOW + 100, limit=10)) == 1
+        assert await store.get(ticked.dispatch_id) is None
+        return len(await store.schedules())
+
+    assert with_store(open_store, body) == 1
+
+
+def test_postgres_workflows_racing_with_one_childs_key_make_one_call_to_run(
+    postgres_server: str,
+) -> None:
+    """Two processes suspend two workflows at once, each with a child of the same new
+    key: one child runs, the other follows it (the loser's transaction runs again and
+    finds the key), round after round."""
+    from dispatchlet.scheduler.store.postgres import PostgresStore
+
+    url = fresh_database(postgres_server)
+    rounds = 10
+
+    async def race() -> list[list[Call]]:
+        stores = await asyncio.gather(*(PostgresStore.open(url) for _ in range(2)))
+        try:
+            raced = []
+            for n in range(rounds):
+                await stores[0].dispatch([call("parent"), call("parent")], now=NOW + n)
+                claimed = await stores[0].claim(
+                    owner="s", now=NOW + n, limit=2, lease_seconds=LEASE
+                )
+                assert len(claimed) == 2
+                ids = await asyncio.gather(
+                    *(
+                        store.suspend(
+                            item.lease,
+                            POLL,
+                            [call("charge", correlation_id=1, key=f"charge-{n}")],
+                            min_results=1,
+                            max_results=1,
+                            until=NOW + 1000,
+                            now=NOW + n,
+                        )
+                        for store, item in zip(stores, claimed, strict=True)
+                    )
+                )
+                children = []
+                for made in ids:
+                    assert made is not None
+                    (child_id,) = made
+                    child = await stores[0].get(child_id)
+                    assert child is not None
+                    children.append(child)
+                raced.append(children)
+            return raced
+        finally:
+            for store in stores:
+                await store.close()
+
+    for n, children in enumerate(run(race())):
+        runs = [c for c in children if c.follows is None]
+        assert len(runs) == 1, (n, children)
+        (follower,) = [c for c in children if c.follows is not None]
+        assert follower.follows == runs[0].dispatch_id

@@ -1,6 +1,7 @@
 """The dashboard's routes on the scheduler's aiohttp application: the calls page (``/``)
 and its live fragment, one call's page (``/calls/{id}``), the actions on a call (POST),
-the overview, login and logout, the stylesheet and script.
+the overview, the schedules (``schedules.py``), login and logout, the stylesheet and
+script.
 
 Who may look: with ``--insecure``, anyone who reaches the address; else a viewer who
 sends ``Authorization: Bearer <api key>``, or who logged in with a key (a session cookie,
@@ -30,6 +31,7 @@ from . import session, views
 from .actions import ACTIONS, Action, offered
 from .login_limits import FailedLogins
 from .overview import Overview, queue_overview
+from .schedules import SchedulesPage
 
 if TYPE_CHECKING:
     from ..api import Api
@@ -105,6 +107,7 @@ class Dashboard:
         app.router.add_post("/login", self.login)
         app.router.add_post("/logout", self.page(self.logout, form=True))
         app.router.add_get("/assets/{name}", self.asset)
+        SchedulesPage(self).mount(app)
 
     # --- who may look, and what a page answers ---------------------------------------
 

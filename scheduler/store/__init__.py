@@ -37,6 +37,7 @@ attempt whose lease lapsed before its outcome was recorded is not in it.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import secrets
 import sqlite3
@@ -44,13 +45,16 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ...core.errors import DispatchletError
 from ...core.status import Status
 from .claims import claim_candidates, claim_window, fitting, in_turns, needs_root_heads
 from .limits import NO_LIMITS, Limits, LimitStats
 from .stats import OVERVIEW_FUNCTIONS, Finished, QueueStats
+
+if TYPE_CHECKING:
+    from .schedules import NewSchedule, Planner, Schedule, Synced, Ticked
 
 
 class Sent(str, Enum):
@@ -603,6 +607,45 @@ class Store(Protocol):
         backoff, or a call handed back unrun); its state, and whether its ready time was
         brought forward (False: not ready, or due already); None for an unknown call.
         Another process is told that a call is claimable, as by ``dispatch``."""
+
+    # --- schedules (``schedules.py``) --------------------------------------------------
+
+    async def create_schedule(self, schedule: NewSchedule, *, now: float) -> Schedule:
+        """Store ``schedule``, not paused; ``ScheduleExists`` when its name is taken."""
+
+    async def schedules(self) -> builtins.list[Schedule]:
+        """Every schedule, by name."""
+
+    async def get_schedule(self, name: str) -> Schedule | None:
+        """The schedule, or None."""
+
+    async def pause_schedule(
+        self, name: str, *, paused: bool, next_tick: float | None, now: float
+    ) -> Schedule | None:
+        """Pause the schedule, or resume it; its next tick set to ``next_tick`` when
+        given (a resume: the first tick after now, so that the ticks of the pause are
+        not caught up). The schedule as it is then, or None for an unknown name."""
+
+    async def delete_schedule(self, name: str) -> bool:
+        """Delete the schedule (its calls are kept); False for an unknown name."""
+
+    async def sync_schedules(
+        self, owner: str, wanted: Sequence[NewSchedule], *, now: float
+    ) -> Synced:
+        """Make the schedules owned by ``owner`` (an endpoint URL) the ``wanted`` ones,
+        in one transaction (``schedules.sync_plan``: ``ScheduleExists``, and nothing
+        changed, when a wanted name belongs to another owner or to none)."""
+
+    async def tick_schedules(
+        self, *, now: float, plan: Planner, limit: int
+    ) -> builtins.list[Ticked]:
+        """Dispatch the tick of up to ``limit`` schedules due at ``now`` (not paused,
+        next tick at or before now), as ``plan`` says, each with its call's key, and
+        advance their next ticks, in one transaction; schedules another process is
+        ticking are skipped (PostgreSQL), so that each tick is dispatched once."""
+
+    async def next_schedule_tick(self) -> float | None:
+        """The earliest next tick of the schedules not paused (None: none)."""
 
 
 # --- what both stores share --------------------------------------------------------

@@ -9,6 +9,7 @@ event loop that calls it.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -59,6 +60,15 @@ from .limits import (
     rate_periods,
     room_left,
     within_limits,
+)
+from .schedules import (
+    NewSchedule,
+    Planner,
+    Schedule,
+    ScheduleExists,
+    Synced,
+    Ticked,
+    sync_plan,
 )
 from .statements import by_creation_time
 from .stats import OVERVIEW_FUNCTIONS, Finished, QueueStats, finished_of
@@ -173,6 +183,7 @@ class MemoryStore:
         self._starts: dict[str, builtins.list[tuple[float, int, float]]] = {}
         """The starts of rate-limited calls per function (the SQL stores' ``{calls}_starts``)."""
         self._endings: dict[str, tuple[int, bytes, bool]] = {}
+        self._schedules: dict[str, Schedule] = {}
         """The calls whose unfinished descendants are still to end: with what, and
         whether only their children set aside (by a restart)."""
 
@@ -720,6 +731,103 @@ class MemoryStore:
         self._check_open()
         counts = Counter(row.state for row in self._rows.values())
         return {state: min(counts[state], cap) for state in State}
+
+    # --- schedules -----------------------------------------------------------------------
+
+    async def create_schedule(self, schedule: NewSchedule, *, now: float) -> Schedule:
+        self._check_open()
+        if schedule.name in self._schedules:
+            raise ScheduleExists(f"a schedule named {schedule.name!r} exists already")
+        return self._put_schedule(schedule, now)
+
+    def _put_schedule(self, new: NewSchedule, now: float) -> Schedule:
+        old = self._schedules.get(new.name)
+        stored = Schedule(
+            name=new.name,
+            cron=new.cron,
+            timezone=new.timezone,
+            function=new.function,
+            endpoint=new.endpoint,
+            input=new.input,
+            paused=old.paused if old else False,
+            next_tick=new.next_tick,
+            last_tick=old.last_tick if old else None,
+            last_dispatch_id=old.last_dispatch_id if old else "",
+            owner=new.owner,
+            created_at=old.created_at if old else now,
+            updated_at=now,
+            options=new.options,
+            expiration=new.expiration,
+        )
+        self._schedules[new.name] = stored
+        return stored
+
+    async def schedules(self) -> builtins.list[Schedule]:
+        self._check_open()
+        return [self._schedules[name] for name in sorted(self._schedules)]
+
+    async def get_schedule(self, name: str) -> Schedule | None:
+        self._check_open()
+        return self._schedules.get(name)
+
+    async def pause_schedule(
+        self, name: str, *, paused: bool, next_tick: float | None, now: float
+    ) -> Schedule | None:
+        self._check_open()
+        old = self._schedules.get(name)
+        if old is None:
+            return None
+        changed = dataclasses.replace(
+            old,
+            paused=paused,
+            next_tick=old.next_tick if next_tick is None else next_tick,
+            updated_at=now,
+        )
+        self._schedules[name] = changed
+        return changed
+
+    async def delete_schedule(self, name: str) -> bool:
+        self._check_open()
+        return self._schedules.pop(name, None) is not None
+
+    async def sync_schedules(
+        self, owner: str, wanted: Sequence[NewSchedule], *, now: float
+    ) -> Synced:
+        self._check_open()
+        plan = sync_plan(owner, builtins.list(self._schedules.values()), wanted)
+        for new in (*plan.insert, *plan.update):
+            self._put_schedule(new, now)
+        for name in plan.delete:
+            del self._schedules[name]
+        return plan.synced
+
+    async def tick_schedules(
+        self, *, now: float, plan: Planner, limit: int
+    ) -> builtins.list[Ticked]:
+        self._check_open()
+        due = sorted(
+            (s for s in self._schedules.values() if not s.paused and s.next_tick <= now),
+            key=lambda s: s.next_tick,
+        )[:limit]
+        ticked = []
+        for schedule in due:
+            planned = plan(schedule)
+            if planned is None:
+                continue
+            (dispatch_id,) = await self.dispatch([planned.call], now=now)
+            self._schedules[schedule.name] = dataclasses.replace(
+                schedule,
+                next_tick=planned.next_tick,
+                last_tick=planned.tick,
+                last_dispatch_id=dispatch_id,
+            )
+            ticked.append(Ticked(schedule.name, planned.tick, dispatch_id))
+        return ticked
+
+    async def next_schedule_tick(self) -> float | None:
+        self._check_open()
+        ticks = [s.next_tick for s in self._schedules.values() if not s.paused]
+        return min(ticks, default=None)
 
     async def close(self) -> None:
         self._closed = True

@@ -20,6 +20,7 @@ psycopg 3 (``pip install 'dispatchlet[postgres]'``) is imported by this module o
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 import random
@@ -85,6 +86,19 @@ from .limits import (
     room_left,
     within_limits,
 )
+from .schedules import (
+    NewSchedule,
+    Planner,
+    Schedule,
+    ScheduleExists,
+    ScheduleStatements,
+    Synced,
+    Ticked,
+    advance_row,
+    new_row,
+    schedule_from_row,
+    sync_plan,
+)
 from .statements import (
     CHANGED,
     CHANNEL,
@@ -107,6 +121,7 @@ logger = logging.getLogger(__name__)
 SQL = PostgresStatements()
 IDEMPOTENCY = IdempotencyStatements(POSTGRES)
 PURGE = PurgeStatements(POSTGRES)
+SCHEDULES = ScheduleStatements(POSTGRES)
 # Advisory lock keys (one 64-bit number each): the migration, and capped claims.
 MIGRATION_LOCK = 0x64697370_61746368
 CLAIM_LOCK = 0x64697370_636C6169
@@ -916,6 +931,90 @@ class PostgresStore:
         functions = await self._select(SQL.finished_by_function, window | {"limit": limit})
         return finished_from_rows(minutes, functions)
 
+    # --- schedules -----------------------------------------------------------------------
+
+    async def create_schedule(self, schedule: NewSchedule, *, now: float) -> Schedule:
+        async def insert(db: Connection) -> Schedule:
+            await db.execute(SCHEDULES.insert, new_row(schedule, now))
+            cursor = await db.execute(SCHEDULES.one, {"name": schedule.name})
+            return schedule_from_row(await _one(cursor))
+
+        try:
+            return await self._transaction(insert)
+        except psycopg.errors.UniqueViolation:
+            raise ScheduleExists(f"a schedule named {schedule.name!r} exists already") from None
+
+    async def schedules(self) -> builtins.list[Schedule]:
+        return builtins.list(
+            schedule_from_row(row) for row in await self._select(SCHEDULES.all, {})
+        )
+
+    async def get_schedule(self, name: str) -> Schedule | None:
+        rows = await self._select(SCHEDULES.one, {"name": name})
+        return schedule_from_row(rows[0]) if rows else None
+
+    async def pause_schedule(
+        self, name: str, *, paused: bool, next_tick: float | None, now: float
+    ) -> Schedule | None:
+        params = {"name": name, "paused": int(paused), "next_tick": next_tick, "now": now}
+
+        async def update(db: Connection) -> Schedule | None:
+            await db.execute(SCHEDULES.set_paused, params)
+            row = await (await db.execute(SCHEDULES.one, {"name": name})).fetchone()
+            return None if row is None else schedule_from_row(row)
+
+        return await self._transaction(update)
+
+    async def delete_schedule(self, name: str) -> bool:
+        return await self._update(SCHEDULES.delete, {"name": name})
+
+    async def sync_schedules(
+        self, owner: str, wanted: Sequence[NewSchedule], *, now: float
+    ) -> Synced:
+        async def sync(db: Connection) -> Synced:
+            # Two syncs at once (two processes starting) take turns on the table.
+            await db.execute(SCHEDULES_LOCK)
+            rows = await (await db.execute(SCHEDULES.all)).fetchall()
+            plan = sync_plan(owner, builtins.list(schedule_from_row(row) for row in rows), wanted)
+            async with db.cursor() as cursor:
+                for query, changes in (
+                    (SCHEDULES.insert, [new_row(new, now) for new in plan.insert]),
+                    (SCHEDULES.update, [new_row(new, now) for new in plan.update]),
+                    (SCHEDULES.delete, [{"name": name} for name in plan.delete]),
+                ):
+                    if changes:
+                        await cursor.executemany(query, changes)
+            return plan.synced
+
+        try:
+            return await self._transaction(sync)
+        except psycopg.errors.UniqueViolation:
+            # A schedule of a declared name created by hand meanwhile.
+            raise ScheduleExists("a schedule of a declared name was created meanwhile") from None
+
+    async def tick_schedules(
+        self, *, now: float, plan: Planner, limit: int
+    ) -> builtins.list[Ticked]:
+        async def tick(db: Connection) -> builtins.list[Ticked]:
+            cursor = await db.execute(SCHEDULES.due, {"now": now, "limit": limit})
+            ticked: builtins.list[Ticked] = []
+            for schedule in map(schedule_from_row, await cursor.fetchall()):
+                planned = plan(schedule)
+                if planned is None:
+                    continue
+                (dispatch_id,), fresh = await _dispatch(db, [planned.call], now, None)
+                if fresh:
+                    await db.execute(SQL.notify)
+                await db.execute(SCHEDULES.advance, advance_row(schedule, planned, dispatch_id))
+                ticked.append(Ticked(schedule.name, planned.tick, dispatch_id))
+            return ticked
+
+        return await self._transaction(tick)
+
+    async def next_schedule_tick(self) -> float | None:
+        (row,) = await self._select(SCHEDULES.earliest, {})
+        return None if row[0] is None else float(row[0])
+
     async def close(self) -> None:
         # Every finish waiting or being written is written first. Done batches are
         # dropped here rather than left to their callbacks, which may not have run yet.
@@ -934,6 +1033,17 @@ class PostgresStore:
 
 
 _Finish = tuple[Lease, int, bytes, float, tuple[int, bytes], NewAttempt | None]
+
+
+SCHEDULES_LOCK = "LOCK TABLE dispatchlet_calls_schedules IN SHARE ROW EXCLUSIVE MODE"
+"""Taken by a sync: its reads and writes of the schedules in turn with another's."""
+
+
+async def _one(cursor: Any) -> tuple[Any, ...]:
+    row: tuple[Any, ...] | None = await cursor.fetchone()
+    if row is None:
+        raise StoreError("a row just written was not found")
+    return row
 
 
 def _recorded(attempt: NewAttempt | None) -> bool:

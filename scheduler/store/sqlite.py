@@ -19,6 +19,7 @@ operation then raises ``DatabaseBroken`` with a message that says what to do, an
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import os
 import sqlite3
@@ -82,6 +83,19 @@ from .limits import (
     room_left,
     within_limits,
 )
+from .schedules import (
+    NewSchedule,
+    Planner,
+    Schedule,
+    ScheduleExists,
+    ScheduleStatements,
+    Synced,
+    Ticked,
+    advance_row,
+    new_row,
+    schedule_from_row,
+    sync_plan,
+)
 from .statements import (
     SQLITE,
     UNBOUNDED,
@@ -100,6 +114,7 @@ T = TypeVar("T")
 SQL = Statements(SQLITE)
 IDEMPOTENCY = IdempotencyStatements(SQLITE)
 PURGE = PurgeStatements(SQLITE)
+SCHEDULES = ScheduleStatements(SQLITE)
 logger = logging.getLogger(__name__)
 
 READERS = 2
@@ -797,6 +812,86 @@ class SQLiteStore:
     async def count_by_state(self, *, cap: int = COUNT_CAP) -> dict[State, int]:
         def select(db: sqlite3.Connection) -> dict[State, int]:
             return {State(s): int(n) for s, n in db.execute(SQL.count_by_state, {"cap": cap})}
+
+        return await self._select(select)
+
+    # --- schedules -----------------------------------------------------------------------
+
+    async def create_schedule(self, schedule: NewSchedule, *, now: float) -> Schedule:
+        def insert(db: sqlite3.Connection) -> Schedule:
+            try:
+                db.execute(SCHEDULES.insert, new_row(schedule, now))
+            except sqlite3.IntegrityError:
+                raise ScheduleExists(f"a schedule named {schedule.name!r} exists already") from None
+            return schedule_from_row(db.execute(SCHEDULES.one, {"name": schedule.name}).fetchone())
+
+        return await self._run(self._transaction, insert, now)
+
+    async def schedules(self) -> builtins.list[Schedule]:
+        def select(db: sqlite3.Connection) -> builtins.list[Schedule]:
+            return builtins.list(schedule_from_row(row) for row in db.execute(SCHEDULES.all))
+
+        return await self._select(select)
+
+    async def get_schedule(self, name: str) -> Schedule | None:
+        def select(db: sqlite3.Connection) -> Schedule | None:
+            row = db.execute(SCHEDULES.one, {"name": name}).fetchone()
+            return None if row is None else schedule_from_row(row)
+
+        return await self._select(select)
+
+    async def pause_schedule(
+        self, name: str, *, paused: bool, next_tick: float | None, now: float
+    ) -> Schedule | None:
+        params = {"name": name, "paused": int(paused), "next_tick": next_tick, "now": now}
+
+        def update(db: sqlite3.Connection) -> Schedule | None:
+            db.execute(SCHEDULES.set_paused, params)
+            row = db.execute(SCHEDULES.one, {"name": name}).fetchone()
+            return None if row is None else schedule_from_row(row)
+
+        return await self._run(self._transaction, update, now)
+
+    async def delete_schedule(self, name: str) -> bool:
+        def delete(db: sqlite3.Connection) -> bool:
+            return db.execute(SCHEDULES.delete, {"name": name}).rowcount > 0
+
+        return await self._run(self._transaction, delete)
+
+    async def sync_schedules(
+        self, owner: str, wanted: Sequence[NewSchedule], *, now: float
+    ) -> Synced:
+        def sync(db: sqlite3.Connection) -> Synced:
+            existing = builtins.list(schedule_from_row(row) for row in db.execute(SCHEDULES.all))
+            plan = sync_plan(owner, existing, wanted)
+            db.executemany(SCHEDULES.insert, [new_row(new, now) for new in plan.insert])
+            db.executemany(SCHEDULES.update, [new_row(new, now) for new in plan.update])
+            db.executemany(SCHEDULES.delete, [{"name": name} for name in plan.delete])
+            return plan.synced
+
+        return await self._run(self._transaction, sync, now)
+
+    async def tick_schedules(
+        self, *, now: float, plan: Planner, limit: int
+    ) -> builtins.list[Ticked]:
+        def tick(db: sqlite3.Connection) -> builtins.list[Ticked]:
+            due = db.execute(SCHEDULES.due, {"now": now, "limit": limit}).fetchall()
+            ticked: builtins.list[Ticked] = []
+            for schedule in map(schedule_from_row, due):
+                planned = plan(schedule)
+                if planned is None:
+                    continue
+                (dispatch_id,) = _dispatch(db, [planned.call], now, None)
+                db.execute(SCHEDULES.advance, advance_row(schedule, planned, dispatch_id))
+                ticked.append(Ticked(schedule.name, planned.tick, dispatch_id))
+            return ticked
+
+        return await self._run(self._transaction, tick, now)
+
+    async def next_schedule_tick(self) -> float | None:
+        def select(db: sqlite3.Connection) -> float | None:
+            value: float | None = db.execute(SCHEDULES.earliest).fetchone()[0]
+            return value
 
         return await self._select(select)
 

@@ -296,6 +296,27 @@ MIGRATIONS: tuple[Migration, ...] = (
     ALTER TABLE {calls} ADD COLUMN backoff_multiplier {double} NOT NULL DEFAULT 0;
     ALTER TABLE {calls} ADD COLUMN follows TEXT
     """,
+    # Schedules (cron, ``schedules``): a table of their own, not tied to the calls, so
+    # that retention never deletes one; small (a row a schedule), its index serving the
+    # ticker's look for the due ones.
+    "CREATE TABLE {calls}_schedules ("
+    "  name TEXT PRIMARY KEY,"
+    "  cron TEXT NOT NULL,"
+    "  timezone TEXT NOT NULL,"
+    "  function TEXT NOT NULL,"
+    "  endpoint TEXT NOT NULL,"
+    "  input {blob} NOT NULL,"
+    "  paused INTEGER NOT NULL DEFAULT 0,"
+    "  next_tick {double} NOT NULL,"
+    "  last_tick {double},"
+    "  last_dispatch_id TEXT NOT NULL DEFAULT '',"
+    "  owner TEXT NOT NULL DEFAULT '',"
+    "  created_at {double} NOT NULL,"
+    "  updated_at {double} NOT NULL,"
+    "  options {blob} NOT NULL,"
+    "  expiration {double} NOT NULL"
+    ");"
+    "CREATE INDEX {calls}_schedules_due ON {calls}_schedules (next_tick) WHERE paused = 0",
     # Concurrency and rate limits (``limits``): each call's, constant defaults (no
     # rewrite); the starts of rate-limited calls, counted per function within a period;
     # and the running limited calls per function and key, the only rows a claim of a

@@ -24,72 +24,101 @@ _sym_db = _symbol_database.Default()
 
 from dispatchlet.proto.dispatch.sdk.v1 import error_pb2 as dispatch_dot_sdk_dot_v1_dot_error__pb2
 from dispatchlet.proto.dispatch.sdk.v1 import status_pb2 as dispatch_dot_sdk_dot_v1_dot_status__pb2
+from dispatchlet.proto.dispatchlet.scheduler.v1 import options_pb2 as dispatchlet_dot_scheduler_dot_v1_dot_options__pb2
 from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$dispatchlet/scheduler/v1/calls.proto\x12\x18\x64ispatchlet.scheduler.v1\x1a\x1b\x64ispatch/sdk/v1/error.proto\x1a\x1c\x64ispatch/sdk/v1/status.proto\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbd\x05\n\x08\x43\x61llInfo\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\'\n\x06status\x18\x04 \x01(\x0e\x32\x17.dispatch.sdk.v1.Status\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\x12$\n\x06output\x18\x06 \x01(\x0b\x32\x14.google.protobuf.Any\x12%\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x16.dispatch.sdk.v1.Error\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\x05\x12\x1a\n\x12parent_dispatch_id\x18\t \x01(\t\x12\x18\n\x10root_dispatch_id\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05state\x18\x0e \x01(\t\x12-\n\x0f\x63oroutine_state\x18\x0f \x01(\x0b\x32\x14.google.protobuf.Any\x12#\n\x05input\x18\x10 \x01(\x0b\x32\x14.google.protobuf.Any\x12,\n\x08ready_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x0blast_status\x18\x12 \x01(\x0e\x32\x17.dispatch.sdk.v1.Status\x12\x10\n\x08rerun_of\x18\x64 \x01(\t\x12\x32\n\x07history\x18\x13 \x03(\x0b\x32!.dispatchlet.scheduler.v1.Attempt\x12\x16\n\x0e\x61ttempts_total\x18\x14 \x01(\x04\"\xdc\x01\n\x07\x41ttempt\x12\x0e\n\x06number\x18\x01 \x01(\x04\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x06status\x18\x05 \x01(\x0e\x32\x17.dispatch.sdk.v1.Status\x12\x12\n\nerror_type\x18\x06 \x01(\t\x12\x15\n\rerror_message\x18\x07 \x01(\t\"!\n\nGetRequest\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\"?\n\x0bGetResponse\x12\x30\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\".dispatchlet.scheduler.v1.CallInfo\"|\n\x0bWaitRequest\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\rattempts_seen\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x10\n\x0e_attempts_seen\"@\n\x0cWaitResponse\x12\x30\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\".dispatchlet.scheduler.v1.CallInfo\"\xaa\x02\n\x0bListRequest\x12\r\n\x05state\x18\x01 \x01(\t\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12\x18\n\x10root_dispatch_id\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\x0e\n\x06status\x18\x06 \x01(\t\x12\x14\n\x0cnewest_first\x18\x07 \x01(\x08\x12\x1a\n\x12parent_dispatch_id\x18\x64 \x01(\t\x12\x10\n\x08rerun_of\x18\x65 \x01(\t\x12\x31\n\rcreated_after\x18n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18o \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\x0cListResponse\x12\x31\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\".dispatchlet.scheduler.v1.CallInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\rCancelRequest\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\"8\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x05\x12\x13\n\x0bmore_ending\x18\x02 \x01(\x08\"#\n\x0cRetryRequest\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\"(\n\rRetryResponse\x12\x17\n\x0f\x62rought_forward\x18\x01 \x01(\x08\"#\n\x0cRerunRequest\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\"$\n\rRerunResponse\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\"$\n\rResumeRequest\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\"P\n\x0eResumeResponse\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\x12\x12\n\nsteps_kept\x18\x02 \x01(\r\x12\x15\n\rsteps_retried\x18\x03 \x01(\r\"\x11\n\x0fOverviewRequest\"\xbe\x03\n\x10OverviewResponse\x12\'\n\x03now\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12:\n\x08\x66inished\x18\x03 \x03(\x0b\x32(.dispatchlet.scheduler.v1.OverviewMinute\x12=\n\tfunctions\x18\x04 \x03(\x0b\x32*.dispatchlet.scheduler.v1.OverviewFunction\x12\x0f\n\x07slowest\x18\x05 \x03(\t\x12\x14\n\x0cmost_failing\x18\x06 \x03(\t\x12\x43\n\x0c\x64\x65stinations\x18\x07 \x03(\x0b\x32-.dispatchlet.scheduler.v1.OverviewDestination\x12\x36\n\x05queue\x18\x08 \x01(\x0b\x32\'.dispatchlet.scheduler.v1.OverviewQueue\x12\x37\n\x06limits\x18\t \x03(\x0b\x32\'.dispatchlet.scheduler.v1.OverviewLimit\"t\n\x0eOverviewMinute\x12*\n\x06minute\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.dispatch.sdk.v1.Status\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\"\x93\x01\n\x10OverviewFunction\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x02 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x03\x12&\n\x03p50\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03p99\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"L\n\x13OverviewDestination\x12\x13\n\x0b\x64\x65stination\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x11\n\tin_flight\x18\x03 \x01(\x05\"\xd3\x01\n\rOverviewLimit\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x02 \x01(\x05\x12\x1b\n\x13\x63oncurrency_per_key\x18\x03 \x01(\x05\x12\x11\n\tin_flight\x18\x04 \x01(\x05\x12\x16\n\x0ekeys_in_flight\x18\x05 \x01(\x05\x12\x12\n\nrate_count\x18\x06 \x01(\x05\x12.\n\x0brate_period\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07started\x18\x08 \x01(\x05\"\x88\x01\n\rOverviewQueue\x12\r\n\x05ready\x18\x01 \x01(\x03\x12\x11\n\tscheduled\x18\x02 \x01(\x03\x12\x0f\n\x07running\x18\x03 \x01(\x03\x12\x0f\n\x07waiting\x18\x04 \x01(\x03\x12\x33\n\x10oldest_ready_age\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"M\n\x0cPurgeRequest\x12-\n\nolder_than\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06status\x18\x02 \x01(\t\".\n\rPurgeResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03\x12\x0c\n\x04more\x18\x02 \x01(\x08\"V\n\x0bSendRequest\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12#\n\x05value\x18\x03 \x01(\x0b\x32\x14.google.protobuf.Any\"!\n\x0cSendResponse\x12\x11\n\tdelivered\x18\x01 \x01(\x08\x32\x91\x07\n\x0b\x43\x61llService\x12R\n\x03Get\x12$.dispatchlet.scheduler.v1.GetRequest\x1a%.dispatchlet.scheduler.v1.GetResponse\x12U\n\x04Wait\x12%.dispatchlet.scheduler.v1.WaitRequest\x1a&.dispatchlet.scheduler.v1.WaitResponse\x12U\n\x04List\x12%.dispatchlet.scheduler.v1.ListRequest\x1a&.dispatchlet.scheduler.v1.ListResponse\x12[\n\x06\x43\x61ncel\x12\'.dispatchlet.scheduler.v1.CancelRequest\x1a(.dispatchlet.scheduler.v1.CancelResponse\x12X\n\x05Retry\x12&.dispatchlet.scheduler.v1.RetryRequest\x1a\'.dispatchlet.scheduler.v1.RetryResponse\x12X\n\x05Rerun\x12&.dispatchlet.scheduler.v1.RerunRequest\x1a\'.dispatchlet.scheduler.v1.RerunResponse\x12[\n\x06Resume\x12\'.dispatchlet.scheduler.v1.ResumeRequest\x1a(.dispatchlet.scheduler.v1.ResumeResponse\x12\x61\n\x08Overview\x12).dispatchlet.scheduler.v1.OverviewRequest\x1a*.dispatchlet.scheduler.v1.OverviewResponse\x12X\n\x05Purge\x12&.dispatchlet.scheduler.v1.PurgeRequest\x1a\'.dispatchlet.scheduler.v1.PurgeResponse\x12U\n\x04Send\x12%.dispatchlet.scheduler.v1.SendRequest\x1a&.dispatchlet.scheduler.v1.SendResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$dispatchlet/scheduler/v1/calls.proto\x12\x18\x64ispatchlet.scheduler.v1\x1a\x1b\x64ispatch/sdk/v1/error.proto\x1a\x1c\x64ispatch/sdk/v1/status.proto\x1a&dispatchlet/scheduler/v1/options.proto\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbd\x05\n\x08\x43\x61llInfo\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\'\n\x06status\x18\x04 \x01(\x0e\x32\x17.dispatch.sdk.v1.Status\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\x12$\n\x06output\x18\x06 \x01(\x0b\x32\x14.google.protobuf.Any\x12%\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x16.dispatch.sdk.v1.Error\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\x05\x12\x1a\n\x12parent_dispatch_id\x18\t \x01(\t\x12\x18\n\x10root_dispatch_id\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05state\x18\x0e \x01(\t\x12-\n\x0f\x63oroutine_state\x18\x0f \x01(\x0b\x32\x14.google.protobuf.Any\x12#\n\x05input\x18\x10 \x01(\x0b\x32\x14.google.protobuf.Any\x12,\n\x08ready_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x0blast_status\x18\x12 \x01(\x0e\x32\x17.dispatch.sdk.v1.Status\x12\x10\n\x08rerun_of\x18\x64 \x01(\t\x12\x32\n\x07history\x18\x13 \x03(\x0b\x32!.dispatchlet.scheduler.v1.Attempt\x12\x16\n\x0e\x61ttempts_total\x18\x14 \x01(\x04\"\xdc\x01\n\x07\x41ttempt\x12\x0e\n\x06number\x18\x01 \x01(\x04\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x06status\x18\x05 \x01(\x0e\x32\x17.dispatch.sdk.v1.Status\x12\x12\n\nerror_type\x18\x06 \x01(\t\x12\x15\n\rerror_message\x18\x07 \x01(\t\"!\n\nGetRequest\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\"?\n\x0bGetResponse\x12\x30\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\".dispatchlet.scheduler.v1.CallInfo\"|\n\x0bWaitRequest\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\rattempts_seen\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x10\n\x0e_attempts_seen\"@\n\x0cWaitResponse\x12\x30\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\".dispatchlet.scheduler.v1.CallInfo\"\xaa\x02\n\x0bListRequest\x12\r\n\x05state\x18\x01 \x01(\t\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12\x18\n\x10root_dispatch_id\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\x0e\n\x06status\x18\x06 \x01(\t\x12\x14\n\x0cnewest_first\x18\x07 \x01(\x08\x12\x1a\n\x12parent_dispatch_id\x18\x64 \x01(\t\x12\x10\n\x08rerun_of\x18\x65 \x01(\t\x12\x31\n\rcreated_after\x18n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18o \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\x0cListResponse\x12\x31\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\".dispatchlet.scheduler.v1.CallInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\rCancelRequest\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\"8\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x05\x12\x13\n\x0bmore_ending\x18\x02 \x01(\x08\"#\n\x0cRetryRequest\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\"(\n\rRetryResponse\x12\x17\n\x0f\x62rought_forward\x18\x01 \x01(\x08\"#\n\x0cRerunRequest\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\"$\n\rRerunResponse\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\"$\n\rResumeRequest\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\"P\n\x0eResumeResponse\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\x12\x12\n\nsteps_kept\x18\x02 \x01(\r\x12\x15\n\rsteps_retried\x18\x03 \x01(\r\"\x11\n\x0fOverviewRequest\"\xbe\x03\n\x10OverviewResponse\x12\'\n\x03now\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12:\n\x08\x66inished\x18\x03 \x03(\x0b\x32(.dispatchlet.scheduler.v1.OverviewMinute\x12=\n\tfunctions\x18\x04 \x03(\x0b\x32*.dispatchlet.scheduler.v1.OverviewFunction\x12\x0f\n\x07slowest\x18\x05 \x03(\t\x12\x14\n\x0cmost_failing\x18\x06 \x03(\t\x12\x43\n\x0c\x64\x65stinations\x18\x07 \x03(\x0b\x32-.dispatchlet.scheduler.v1.OverviewDestination\x12\x36\n\x05queue\x18\x08 \x01(\x0b\x32\'.dispatchlet.scheduler.v1.OverviewQueue\x12\x37\n\x06limits\x18\t \x03(\x0b\x32\'.dispatchlet.scheduler.v1.OverviewLimit\"t\n\x0eOverviewMinute\x12*\n\x06minute\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.dispatch.sdk.v1.Status\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\"\x93\x01\n\x10OverviewFunction\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x02 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x03\x12&\n\x03p50\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03p99\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"L\n\x13OverviewDestination\x12\x13\n\x0b\x64\x65stination\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x11\n\tin_flight\x18\x03 \x01(\x05\"\xd3\x01\n\rOverviewLimit\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x02 \x01(\x05\x12\x1b\n\x13\x63oncurrency_per_key\x18\x03 \x01(\x05\x12\x11\n\tin_flight\x18\x04 \x01(\x05\x12\x16\n\x0ekeys_in_flight\x18\x05 \x01(\x05\x12\x12\n\nrate_count\x18\x06 \x01(\x05\x12.\n\x0brate_period\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07started\x18\x08 \x01(\x05\"\x88\x01\n\rOverviewQueue\x12\r\n\x05ready\x18\x01 \x01(\x03\x12\x11\n\tscheduled\x18\x02 \x01(\x03\x12\x0f\n\x07running\x18\x03 \x01(\x03\x12\x0f\n\x07waiting\x18\x04 \x01(\x03\x12\x33\n\x10oldest_ready_age\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"M\n\x0cPurgeRequest\x12-\n\nolder_than\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06status\x18\x02 \x01(\t\".\n\rPurgeResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03\x12\x0c\n\x04more\x18\x02 \x01(\x08\"V\n\x0bSendRequest\x12\x13\n\x0b\x64ispatch_id\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12#\n\x05value\x18\x03 \x01(\x0b\x32\x14.google.protobuf.Any\"!\n\x0cSendResponse\x12\x11\n\tdelivered\x18\x01 \x01(\x08\"\xec\x01\n\x0cScheduleSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x63ron\x18\x02 \x01(\t\x12\x10\n\x08timezone\x18\x03 \x01(\t\x12\x10\n\x08\x66unction\x18\x04 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x05 \x01(\t\x12#\n\x05input\x18\x06 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x36\n\x07options\x18\x07 \x01(\x0b\x32%.dispatchlet.scheduler.v1.CallOptions\x12-\n\nexpiration\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xc0\x02\n\x0cScheduleInfo\x12\x34\n\x04spec\x18\x01 \x01(\x0b\x32&.dispatchlet.scheduler.v1.ScheduleSpec\x12\x0e\n\x06paused\x18\x02 \x01(\x08\x12-\n\tnext_tick\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_tick\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10last_dispatch_id\x18\x05 \x01(\t\x12\x12\n\nsynced_for\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x15\x43reateScheduleRequest\x12\x38\n\x08schedule\x18\x01 \x01(\x0b\x32&.dispatchlet.scheduler.v1.ScheduleSpec\"R\n\x16\x43reateScheduleResponse\x12\x38\n\x08schedule\x18\x01 \x01(\x0b\x32&.dispatchlet.scheduler.v1.ScheduleInfo\"\x16\n\x14ListSchedulesRequest\"R\n\x15ListSchedulesResponse\x12\x39\n\tschedules\x18\x01 \x03(\x0b\x32&.dispatchlet.scheduler.v1.ScheduleInfo\"$\n\x14PauseScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"Q\n\x15PauseScheduleResponse\x12\x38\n\x08schedule\x18\x01 \x01(\x0b\x32&.dispatchlet.scheduler.v1.ScheduleInfo\"%\n\x15ResumeScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"R\n\x16ResumeScheduleResponse\x12\x38\n\x08schedule\x18\x01 \x01(\x0b\x32&.dispatchlet.scheduler.v1.ScheduleInfo\"%\n\x15\x44\x65leteScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteScheduleResponse\"r\n\x14SyncSchedulesRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x39\n\tschedules\x18\x02 \x03(\x0b\x32&.dispatchlet.scheduler.v1.ScheduleSpec\x12\r\n\x05owner\x18\x03 \x01(\t\"]\n\x15SyncSchedulesResponse\x12\x0f\n\x07\x63reated\x18\x01 \x03(\t\x12\x0f\n\x07updated\x18\x02 \x03(\t\x12\x0f\n\x07\x64\x65leted\x18\x03 \x03(\t\x12\x11\n\tunchanged\x18\x04 \x03(\t2\xc6\x0c\n\x0b\x43\x61llService\x12R\n\x03Get\x12$.dispatchlet.scheduler.v1.GetRequest\x1a%.dispatchlet.scheduler.v1.GetResponse\x12U\n\x04Wait\x12%.dispatchlet.scheduler.v1.WaitRequest\x1a&.dispatchlet.scheduler.v1.WaitResponse\x12U\n\x04List\x12%.dispatchlet.scheduler.v1.ListRequest\x1a&.dispatchlet.scheduler.v1.ListResponse\x12[\n\x06\x43\x61ncel\x12\'.dispatchlet.scheduler.v1.CancelRequest\x1a(.dispatchlet.scheduler.v1.CancelResponse\x12X\n\x05Retry\x12&.dispatchlet.scheduler.v1.RetryRequest\x1a\'.dispatchlet.scheduler.v1.RetryResponse\x12X\n\x05Rerun\x12&.dispatchlet.scheduler.v1.RerunRequest\x1a\'.dispatchlet.scheduler.v1.RerunResponse\x12[\n\x06Resume\x12\'.dispatchlet.scheduler.v1.ResumeRequest\x1a(.dispatchlet.scheduler.v1.ResumeResponse\x12\x61\n\x08Overview\x12).dispatchlet.scheduler.v1.OverviewRequest\x1a*.dispatchlet.scheduler.v1.OverviewResponse\x12X\n\x05Purge\x12&.dispatchlet.scheduler.v1.PurgeRequest\x1a\'.dispatchlet.scheduler.v1.PurgeResponse\x12U\n\x04Send\x12%.dispatchlet.scheduler.v1.SendRequest\x1a&.dispatchlet.scheduler.v1.SendResponse\x12s\n\x0e\x43reateSchedule\x12/.dispatchlet.scheduler.v1.CreateScheduleRequest\x1a\x30.dispatchlet.scheduler.v1.CreateScheduleResponse\x12p\n\rListSchedules\x12..dispatchlet.scheduler.v1.ListSchedulesRequest\x1a/.dispatchlet.scheduler.v1.ListSchedulesResponse\x12p\n\rPauseSchedule\x12..dispatchlet.scheduler.v1.PauseScheduleRequest\x1a/.dispatchlet.scheduler.v1.PauseScheduleResponse\x12s\n\x0eResumeSchedule\x12/.dispatchlet.scheduler.v1.ResumeScheduleRequest\x1a\x30.dispatchlet.scheduler.v1.ResumeScheduleResponse\x12s\n\x0e\x44\x65leteSchedule\x12/.dispatchlet.scheduler.v1.DeleteScheduleRequest\x1a\x30.dispatchlet.scheduler.v1.DeleteScheduleResponse\x12p\n\rSyncSchedules\x12..dispatchlet.scheduler.v1.SyncSchedulesRequest\x1a/.dispatchlet.scheduler.v1.SyncSchedulesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dispatchlet.scheduler.v1.calls_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CALLINFO']._serialized_start=218
-  _globals['_CALLINFO']._serialized_end=919
-  _globals['_ATTEMPT']._serialized_start=922
-  _globals['_ATTEMPT']._serialized_end=1142
-  _globals['_GETREQUEST']._serialized_start=1144
-  _globals['_GETREQUEST']._serialized_end=1177
-  _globals['_GETRESPONSE']._serialized_start=1179
-  _globals['_GETRESPONSE']._serialized_end=1242
-  _globals['_WAITREQUEST']._serialized_start=1244
-  _globals['_WAITREQUEST']._serialized_end=1368
-  _globals['_WAITRESPONSE']._serialized_start=1370
-  _globals['_WAITRESPONSE']._serialized_end=1434
-  _globals['_LISTREQUEST']._serialized_start=1437
-  _globals['_LISTREQUEST']._serialized_end=1735
-  _globals['_LISTRESPONSE']._serialized_start=1737
-  _globals['_LISTRESPONSE']._serialized_end=1827
-  _globals['_CANCELREQUEST']._serialized_start=1829
-  _globals['_CANCELREQUEST']._serialized_end=1865
-  _globals['_CANCELRESPONSE']._serialized_start=1867
-  _globals['_CANCELRESPONSE']._serialized_end=1923
-  _globals['_RETRYREQUEST']._serialized_start=1925
-  _globals['_RETRYREQUEST']._serialized_end=1960
-  _globals['_RETRYRESPONSE']._serialized_start=1962
-  _globals['_RETRYRESPONSE']._serialized_end=2002
-  _globals['_RERUNREQUEST']._serialized_start=2004
-  _globals['_RERUNREQUEST']._serialized_end=2039
-  _globals['_RERUNRESPONSE']._serialized_start=2041
-  _globals['_RERUNRESPONSE']._serialized_end=2077
-  _globals['_RESUMEREQUEST']._serialized_start=2079
-  _globals['_RESUMEREQUEST']._serialized_end=2115
-  _globals['_RESUMERESPONSE']._serialized_start=2117
-  _globals['_RESUMERESPONSE']._serialized_end=2197
-  _globals['_OVERVIEWREQUEST']._serialized_start=2199
-  _globals['_OVERVIEWREQUEST']._serialized_end=2216
-  _globals['_OVERVIEWRESPONSE']._serialized_start=2219
-  _globals['_OVERVIEWRESPONSE']._serialized_end=2665
-  _globals['_OVERVIEWMINUTE']._serialized_start=2667
-  _globals['_OVERVIEWMINUTE']._serialized_end=2783
-  _globals['_OVERVIEWFUNCTION']._serialized_start=2786
-  _globals['_OVERVIEWFUNCTION']._serialized_end=2933
-  _globals['_OVERVIEWDESTINATION']._serialized_start=2935
-  _globals['_OVERVIEWDESTINATION']._serialized_end=3011
-  _globals['_OVERVIEWLIMIT']._serialized_start=3014
-  _globals['_OVERVIEWLIMIT']._serialized_end=3225
-  _globals['_OVERVIEWQUEUE']._serialized_start=3228
-  _globals['_OVERVIEWQUEUE']._serialized_end=3364
-  _globals['_PURGEREQUEST']._serialized_start=3366
-  _globals['_PURGEREQUEST']._serialized_end=3443
-  _globals['_PURGERESPONSE']._serialized_start=3445
-  _globals['_PURGERESPONSE']._serialized_end=3491
-  _globals['_SENDREQUEST']._serialized_start=3493
-  _globals['_SENDREQUEST']._serialized_end=3579
-  _globals['_SENDRESPONSE']._serialized_start=3581
-  _globals['_SENDRESPONSE']._serialized_end=3614
-  _globals['_CALLSERVICE']._serialized_start=3617
-  _globals['_CALLSERVICE']._serialized_end=4530
+  _globals['_CALLINFO']._serialized_start=258
+  _globals['_CALLINFO']._serialized_end=959
+  _globals['_ATTEMPT']._serialized_start=962
+  _globals['_ATTEMPT']._serialized_end=1182
+  _globals['_GETREQUEST']._serialized_start=1184
+  _globals['_GETREQUEST']._serialized_end=1217
+  _globals['_GETRESPONSE']._serialized_start=1219
+  _globals['_GETRESPONSE']._serialized_end=1282
+  _globals['_WAITREQUEST']._serialized_start=1284
+  _globals['_WAITREQUEST']._serialized_end=1408
+  _globals['_WAITRESPONSE']._serialized_start=1410
+  _globals['_WAITRESPONSE']._serialized_end=1474
+  _globals['_LISTREQUEST']._serialized_start=1477
+  _globals['_LISTREQUEST']._serialized_end=1775
+  _globals['_LISTRESPONSE']._serialized_start=1777
+  _globals['_LISTRESPONSE']._serialized_end=1867
+  _globals['_CANCELREQUEST']._serialized_start=1869
+  _globals['_CANCELREQUEST']._serialized_end=1905
+  _globals['_CANCELRESPONSE']._serialized_start=1907
+  _globals['_CANCELRESPONSE']._serialized_end=1963
+  _globals['_RETRYREQUEST']._serialized_start=1965
+  _globals['_RETRYREQUEST']._serialized_end=2000
+  _globals['_RETRYRESPONSE']._serialized_start=2002
+  _globals['_RETRYRESPONSE']._serialized_end=2042
+  _globals['_RERUNREQUEST']._serialized_start=2044
+  _globals['_RERUNREQUEST']._serialized_end=2079
+  _globals['_RERUNRESPONSE']._serialized_start=2081
+  _globals['_RERUNRESPONSE']._serialized_end=2117
+  _globals['_RESUMEREQUEST']._serialized_start=2119
+  _globals['_RESUMEREQUEST']._serialized_end=2155
+  _globals['_RESUMERESPONSE']._serialized_start=2157
+  _globals['_RESUMERESPONSE']._serialized_end=2237
+  _globals['_OVERVIEWREQUEST']._serialized_start=2239
+  _globals['_OVERVIEWREQUEST']._serialized_end=2256
+  _globals['_OVERVIEWRESPONSE']._serialized_start=2259
+  _globals['_OVERVIEWRESPONSE']._serialized_end=2705
+  _globals['_OVERVIEWMINUTE']._serialized_start=2707
+  _globals['_OVERVIEWMINUTE']._serialized_end=2823
+  _globals['_OVERVIEWFUNCTION']._serialized_start=2826
+  _globals['_OVERVIEWFUNCTION']._serialized_end=2973
+  _globals['_OVERVIEWDESTINATION']._serialized_start=2975
+  _globals['_OVERVIEWDESTINATION']._serialized_end=3051
+  _globals['_OVERVIEWLIMIT']._serialized_start=3054
+  _globals['_OVERVIEWLIMIT']._serialized_end=3265
+  _globals['_OVERVIEWQUEUE']._serialized_start=3268
+  _globals['_OVERVIEWQUEUE']._serialized_end=3404
+  _globals['_PURGEREQUEST']._serialized_start=3406
+  _globals['_PURGEREQUEST']._serialized_end=3483
+  _globals['_PURGERESPONSE']._serialized_start=3485
+  _globals['_PURGERESPONSE']._serialized_end=3531
+  _globals['_SENDREQUEST']._serialized_start=3533
+  _globals['_SENDREQUEST']._serialized_end=3619
+  _globals['_SENDRESPONSE']._serialized_start=3621
+  _globals['_SENDRESPONSE']._serialized_end=3654
+  _globals['_SCHEDULESPEC']._serialized_start=3657
+  _globals['_SCHEDULESPEC']._serialized_end=3893
+  _globals['_SCHEDULEINFO']._serialized_start=3896
+  _globals['_SCHEDULEINFO']._serialized_end=4216
+  _globals['_CREATESCHEDULEREQUEST']._serialized_start=4218
+  _globals['_CREATESCHEDULEREQUEST']._serialized_end=4299
+  _globals['_CREATESCHEDULERESPONSE']._serialized_start=4301
+  _globals['_CREATESCHEDULERESPONSE']._serialized_end=4383
+  _globals['_LISTSCHEDULESREQUEST']._serialized_start=4385
+  _globals['_LISTSCHEDULESREQUEST']._serialized_end=4407
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_start=4409
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_end=4491
+  _globals['_PAUSESCHEDULEREQUEST']._serialized_start=4493
+  _globals['_PAUSESCHEDULEREQUEST']._serialized_end=4529
+  _globals['_PAUSESCHEDULERESPONSE']._serialized_start=4531
+  _globals['_PAUSESCHEDULERESPONSE']._serialized_end=4612
+  _globals['_RESUMESCHEDULEREQUEST']._serialized_start=4614
+  _globals['_RESUMESCHEDULEREQUEST']._serialized_end=4651
+  _globals['_RESUMESCHEDULERESPONSE']._serialized_start=4653
+  _globals['_RESUMESCHEDULERESPONSE']._serialized_end=4735
+  _globals['_DELETESCHEDULEREQUEST']._serialized_start=4737
+  _globals['_DELETESCHEDULEREQUEST']._serialized_end=4774
+  _globals['_DELETESCHEDULERESPONSE']._serialized_start=4776
+  _globals['_DELETESCHEDULERESPONSE']._serialized_end=4800
+  _globals['_SYNCSCHEDULESREQUEST']._serialized_start=4802
+  _globals['_SYNCSCHEDULESREQUEST']._serialized_end=4916
+  _globals['_SYNCSCHEDULESRESPONSE']._serialized_start=4918
+  _globals['_SYNCSCHEDULESRESPONSE']._serialized_end=5011
+  _globals['_CALLSERVICE']._serialized_start=5014
+  _globals['_CALLSERVICE']._serialized_end=6620
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,116 @@
+"""Schedules as the client shows them (``Client.list_schedules`` and its neighbours),
+and the schedules an app declares in code (``@endpoint.function(schedule="0 9 * * *")``),
+which ``Client.sync_schedules`` pushes."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+from google.protobuf import timestamp_pb2
+
+from ..core import values
+from ..core.endpoint import Endpoint
+from ..proto.dispatchlet.scheduler.v1 import calls_pb2
+
+
+@dataclass(frozen=True)
+class ScheduleInfo:
+    """A schedule the scheduler holds."""
+
+    name: str
+    cron: str
+    timezone: str
+    function: str
+    endpoint: str
+    input: object
+    """The input of each tick's call, decoded (None: none)."""
+    paused: bool
+    next_tick: datetime.datetime | None
+    """When its next call is due (while not paused), in UTC."""
+    last_tick: datetime.datetime | None
+    """The latest tick dispatched (None: none yet)."""
+    last_dispatch_id: str
+    """That tick's call."""
+    synced_for: str
+    """The endpoint URL whose sync manages it; empty for one created by hand."""
+    created_at: datetime.datetime | None
+    updated_at: datetime.datetime | None
+
+    @classmethod
+    def from_proto(cls, info: calls_pb2.ScheduleInfo) -> ScheduleInfo:
+        spec = info.spec
+        data: object = None
+        if spec.HasField("input"):
+            try:
+                data = values.from_any(spec.input)
+            except values.DecodeError:
+                data = spec.input
+        return cls(
+            name=spec.name,
+            cron=spec.cron,
+            timezone=spec.timezone,
+            function=spec.function,
+            endpoint=spec.endpoint,
+            input=data,
+            paused=info.paused,
+            next_tick=_time(info, "next_tick"),
+            last_tick=_time(info, "last_tick"),
+            last_dispatch_id=info.last_dispatch_id,
+            synced_for=info.synced_for,
+            created_at=_time(info, "created_at"),
+            updated_at=_time(info, "updated_at"),
+        )
+
+
+def _time(info: calls_pb2.ScheduleInfo, field: str) -> datetime.datetime | None:
+    if not info.HasField(field):  # type: ignore[arg-type]
+        return None
+    stamp: timestamp_pb2.Timestamp = getattr(info, field)
+    return stamp.ToDatetime(datetime.timezone.utc)
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What a sync did, by schedule name."""
+
+    created: tuple[str, ...]
+    updated: tuple[str, ...]
+    deleted: tuple[str, ...]
+    unchanged: tuple[str, ...]
+
+    @classmethod
+    def from_proto(cls, answer: calls_pb2.SyncSchedulesResponse) -> SyncResult:
+        return cls(
+            tuple(answer.created),
+            tuple(answer.updated),
+            tuple(answer.deleted),
+            tuple(answer.unchanged),
+        )
+
+
+def declared_schedules(endpoint: Endpoint) -> list[calls_pb2.ScheduleSpec]:
+    """The schedules ``endpoint``'s functions declare (``schedule=`` of
+    ``@endpoint.function``), each named after its function, ticking in UTC, its call
+    without arguments and with the function's defaults (retry policy, expiration,
+    limits)."""
+    declared = []
+    for name, function in sorted(endpoint.functions.items()):
+        cron = function.schedule
+        if not cron:
+            continue
+        spec = calls_pb2.ScheduleSpec(name=name, cron=str(cron), function=name)
+        spec.input.CopyFrom(values.to_any(None))
+        # Each tick's call carries the function's defaults, as a call from Python does.
+        defaults = function.defaults
+        options = defaults.to_proto()
+        # Each tick's own: its key, and its time.
+        options.ClearField("key")
+        options.ClearField("delay")
+        options.ClearField("start_at")
+        if options.ByteSize():
+            spec.options.CopyFrom(options)
+        if defaults.expiration is not None:
+            spec.expiration.FromNanoseconds(round(defaults.expiration * 1e9))
+        declared.append(spec)
+    return declared
