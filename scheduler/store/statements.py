@@ -172,7 +172,8 @@ version's update; else an index or a backfill of a table that may be large."""
 Migration = Step | Only
 
 STARTS = "{calls}_starts"
-"""The starts of rate-limited calls (``limits``): function and time."""
+"""The starts of rate-limited calls (``limits``): function, time, and the limit (count
+and period) it started under."""
 MESSAGES = "{calls}_messages"
 """The mailboxes: messages sent to calls that no receive has taken yet (``send``)."""
 
