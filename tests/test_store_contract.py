@@ -3225,3 +3225,36 @@ def test_postgres_workflows_racing_with_one_childs_key_make_one_call_to_run(
         assert len(runs) == 1, (n, children)
         (follower,) = [c for c in children if c.follows is not None]
         assert follower.follows == runs[0].dispatch_id
+
+
+# --- followers, tail calls and mailboxes: what they carry and refuse --------------------
+
+
+def test_a_followers_checks_do_not_hold_back_the_call_it_follows(open_store: Opener) -> None:
+    """A keyed child that follows a call under a rate limit of 1 per 60 s is looked at
+    again and again; none of its looks is a start that holds the real call back."""
+
+    async def body(store: Store) -> None:
+        rate = Limits(rate_count=1, rate_period=60.0)
+        (first,) = await store.dispatch(
+            [call("charge", key="order-17", limits=rate, ready_at=NOW + 10)], now=NOW
+        )
+        (parent,) = await store.dispatch([call("parent")], now=NOW)
+        (claimed,) = await store.claim(owner="s", now=NOW, limit=10, lease_seconds=LEASE)
+        assert claimed.call.dispatch_id == parent
+        kid = call("charge", correlation_id=1, key="order-17", limits=rate)
+        ids = await store.suspend(
+            claimed.lease, POLL, [kid], min_results=1, max_results=1, until=NOW + 100, now=NOW
+        )
+        assert ids is not None
+        (follower,) = ids
+        # The follower looks at the call it follows (the engine's check) and is handed
+        # back, twice, before the real call is due.
+        for at in (NOW + 1, NOW + 5):
+            (check,) = await store.claim(owner="s", now=at, limit=10, lease_seconds=LEASE)
+            assert check.call.dispatch_id == follower
+            assert await store.release(check.lease, ready_at=at + 1)
+        due = await claim_ids(store, NOW + 10)
+        assert first in due, "the follower's checks held back the call it follows"
+
+    with_store(open_store, body)

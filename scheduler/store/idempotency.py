@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import NewCall, RequestConflict, RequestId
+from .limits import NO_LIMITS
 from .statements import Dialect, rows_to_insert
 
 CONFLICT_RETRIES = 3
@@ -143,5 +144,9 @@ class KeyedChildren:
 
 
 def _follower(child: NewCall, follows: str | None) -> NewCall:
-    # It runs nothing: no delay, no policy, no key of its own.
-    return dataclasses.replace(child, key="", follows=follows, ready_at=None, policy=None)
+    # It runs nothing: no delay, no policy, no key of its own, and no limits, since
+    # each of its checks of the call it follows would otherwise count as an attempt in
+    # flight and a start of its function, holding that call back.
+    return dataclasses.replace(
+        child, key="", follows=follows, ready_at=None, policy=None, limits=NO_LIMITS
+    )
