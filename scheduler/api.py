@@ -575,7 +575,8 @@ class Api:
         (``resume.py``): the steps that finished OK are kept, the failed one (and any
         unfinished) is made anew. Its ``rerun_of`` names the old call, which is left as
         it is; it is given as long as the old one was. A call not done, done OK, or with
-        no journal kept is refused. Idempotent with a request id, as Rerun."""
+        no journal kept is refused. Idempotent with a request id, as Rerun. It keeps the
+        old call's policy, limits and trace context."""
         found = await self._found(request.dispatch_id)
         if not found.done:
             raise FailedPrecondition(
@@ -587,16 +588,20 @@ class Api:
                 "it again"
             )
         resumed = resumed_poll(found.poll, await self.store.children(found.dispatch_id))
+        started = await self._first_start(found)
         now = self.clock()
         again = NewCall(
             function=found.function,
             endpoint=found.endpoint,
             input=found.input,
-            expires_at=now + (found.expires_at - found.created_at),
+            expires_at=now + (found.expires_at - started),
             version=found.version,
             correlation_id=found.correlation_id,
             rerun_of=found.dispatch_id,
+            trace_context=found.trace_context,
             poll=resumed.poll,
+            policy=found.policy,
+            limits=found.limits,
         )
         (new_id,) = await self.store.dispatch(
             [again], now=now, request=_request_id(headers, request)
@@ -605,6 +610,15 @@ class Api:
         return calls_pb2.ResumeResponse(
             dispatch_id=new_id, steps_kept=resumed.kept, steps_retried=resumed.retried
         )
+
+    async def _first_start(self, found: Call) -> float:
+        """When ``found`` could start, as far as is known: its first attempt's start if
+        its history still keeps it (a delayed call's expiration counts from its start,
+        not from its creation), else its creation."""
+        history = await self.store.history(found.dispatch_id)
+        if history.attempts and history.attempts[0].number == 1:
+            return max(found.created_at, history.attempts[0].started_at)
+        return found.created_at
 
     async def overview(self, request: calls_pb2.OverviewRequest) -> calls_pb2.OverviewResponse:
         """The calls finished in the last hour (read at most every few seconds) and the

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from dispatchlet.core.status import Status
 from dispatchlet.proto.dispatch.sdk.v1 import call_pb2, function_pb2
 from dispatchlet.proto.dispatchlet.scheduler.v1 import calls_pb2
 from dispatchlet.scheduler.http_caller import Outcome
+from dispatchlet.scheduler.store import CallPolicy, NewCall
+from dispatchlet.scheduler.store.limits import Limits
 from scheduler_harness import API_KEY, Harness, call, harness, raised, returned
 
 CALLS = "/dispatchlet.scheduler.v1.CallService/"
@@ -98,7 +101,12 @@ def test_a_resumed_workflow_runs_its_failed_step_again_and_not_the_ones_before(
             # A new root call linked to the old one, given as long, which is as it was.
             assert (resumed.function, resumed.input) == (failed.function, failed.input)
             assert (resumed.parent_id, resumed.root_id, resumed.rerun_of) == (None, new, old)
-            assert resumed.expires_at - resumed.created_at == pytest.approx(7200)
+            # Given as long as the old call had from its first attempt's start.
+            first = (await h.store.history(old)).attempts[0]
+            assert first.number == 1
+            span = resumed.expires_at - resumed.created_at
+            assert span == pytest.approx(failed.expires_at - first.started_at)
+            assert 7100 < span <= 7200, span
             assert await h.store.get(old) == failed
             # Its children are the steps it ran: 3 and 4.
             steps = await h.store.list(parent_id=new)
@@ -274,5 +282,50 @@ def test_a_resume_that_fails_again_can_be_resumed_in_turn(tmp_path: Path) -> Non
             assert (third.status, third.rerun_of) == (Status.OK.value, second)
             assert output(third) == [10, 20, 30, 40]
             assert dict(app.runs) == {1: 1, 2: 1, 3: 3, 4: 1}
+
+    asyncio.run(scenario())
+
+
+def test_a_resumed_workflow_keeps_its_policy_limits_trace_and_time_to_run(
+    tmp_path: Path,
+) -> None:
+    """A delayed workflow with its own policy, limits and trace context fails; the call
+    that resumes it has them all, and as long to run as the old one had from its start
+    (not its delay too)."""
+    app = Workflows()
+    policy = CallPolicy(max_attempts=2, attempt_timeout=30.0)
+    limits = Limits(concurrency=4, key="customer-17", per_key=1, rate_count=100, rate_period=60.0)
+    trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+    async def scenario() -> None:
+        async with harness(tmp_path, app.answer) as h:
+            now = time.time()
+            delayed = NewCall(
+                function="four_steps",
+                endpoint=call("four_steps").endpoint,
+                input=call("four_steps", 1).input.SerializeToString(),
+                ready_at=now + 1,
+                expires_at=now + 1 + 7200,
+                trace_context=trace,
+                policy=policy,
+                limits=limits,
+            )
+            (old,) = await h.store.dispatch([delayed], now=now)
+            failed = await h.done(old, WAIT)
+            assert failed.status == Status.PERMANENT_ERROR.value
+            app.broken = False
+            status, answer = await post_json(h, "Resume", {"dispatchId": old})
+            assert status == 200, answer
+            resumed = await h.done(answer["dispatchId"], WAIT)
+            assert resumed.status == Status.OK.value, resumed.result
+            assert (resumed.policy, resumed.limits, resumed.trace_context) == (
+                policy,
+                limits,
+                trace,
+            )
+            # Its time to run counts from the old call's start, a second after its
+            # creation: at most the 7200 s it was given, not its delay more.
+            span = resumed.expires_at - resumed.created_at
+            assert 7100 < span <= 7200, span
 
     asyncio.run(scenario())
