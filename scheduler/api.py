@@ -527,6 +527,19 @@ class Api:
             raise FailedPrecondition(
                 f"the call {request.dispatch_id[:100]!r} is done: no receive will take the message"
             )
+        if sent is Sent.FOLLOWS:
+            follower = await self.store.get(request.dispatch_id)
+            followed = follower.follows if follower is not None else None
+            raise FailedPrecondition(
+                f"the call {request.dispatch_id[:100]!r} follows the call {followed!r}, which "
+                "has its key, and runs nothing: no receive will take the message; send it to "
+                f"{followed!r}"
+            )
+        if sent is Sent.RECEIVE:
+            raise FailedPrecondition(
+                f"the call {request.dispatch_id[:100]!r} is a workflow's receive, which takes "
+                "messages for its workflow: send the message to the workflow (its parent)"
+            )
         if sent is Sent.DELIVERED:
             self.engine.wake()  # its workflow may be ready to resume
         return calls_pb2.SendResponse(delivered=sent is Sent.DELIVERED)

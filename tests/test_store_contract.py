@@ -3258,3 +3258,21 @@ def test_a_followers_checks_do_not_hold_back_the_call_it_follows(open_store: Ope
         assert first in due, "the follower's checks held back the call it follows"
 
     with_store(open_store, body)
+
+
+def test_a_message_to_a_follower_or_a_receive_is_refused(open_store: Opener) -> None:
+    """Neither a call that follows another nor a workflow's receive makes receives: a
+    message to either would be kept and never read."""
+
+    async def body(store: Store) -> None:
+        (first,) = await store.dispatch([call("charge", key="order-17")], now=NOW)
+        parent, lease = await a_workflow(store)
+        kids = [call("charge", correlation_id=1, key="order-17"), receive("approval", 2)]
+        follower, waiting = await waits_for(store, lease, *kids)
+        assert await store.send(follower, "t", message(b"x"), now=NOW + 1) is Sent.FOLLOWS
+        assert await store.send(waiting, "t", message(b"x"), now=NOW + 1) is Sent.RECEIVE
+        # The workflow itself takes messages, and the real call too.
+        assert await store.send(parent, "other", message(b"x"), now=NOW + 1) is Sent.KEPT
+        assert await store.send(first, "t", message(b"x"), now=NOW + 1) is Sent.KEPT
+
+    with_store(open_store, body)

@@ -68,6 +68,23 @@ class Sent(str, Enum):
     """No such call: nothing stored."""
     DONE = "done"
     """The call is done: nothing stored."""
+    FOLLOWS = "follows"
+    """The call follows another (``Call.follows``): it runs nothing and so receives
+    nothing; nothing stored (send to the call it follows)."""
+    RECEIVE = "receive"
+    """The call is a workflow's receive, which receives nothing itself: nothing stored."""
+
+
+def unsendable(state: str, follows: str | None, topic: str | None) -> Sent | None:
+    """Why a call in ``state`` (that ``follows`` a call, or is a receive of ``topic``)
+    takes no message, if it takes none."""
+    if state == State.DONE.value:
+        return Sent.DONE
+    if follows is not None:
+        return Sent.FOLLOWS
+    if topic is not None:
+        return Sent.RECEIVE
+    return None
 
 
 class State(str, Enum):
@@ -597,7 +614,8 @@ class Store(Protocol):
         topic (not past its expiration) ends with it, its parent woken if that is
         enough; else the message is kept in the call's mailbox after the others, for
         the next receive on the topic, which takes it when ``suspend`` stores it. An
-        unknown or done call gets nothing. The mailbox of a call that never receives
+        unknown or done call gets nothing, nor does a call that no receive can be made
+        by: one that follows another, or a receive. The mailbox of a call that never receives
         (not a workflow) is kept while the call is, and deleted with it."""
 
     # --- actions on a call (``CallService.Retry``) -----------------------------------

@@ -46,6 +46,7 @@ from . import (
     new_dispatch_id,
     stored_text,
     summary,
+    unsendable,
 )
 from .idempotency import KeyedCalls, KeyedChildren, repeated
 from .limits import (
@@ -399,8 +400,9 @@ class MemoryStore:
         row = self._rows.get(dispatch_id)
         if row is None:
             return Sent.UNKNOWN
-        if row.state is State.DONE:
-            return Sent.DONE
+        refused = unsendable(row.state.value, row.follows, row.topic)
+        if refused is not None:
+            return refused
         for child in (self._rows[i] for i in row.children):
             if (
                 child.topic == topic

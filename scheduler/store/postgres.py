@@ -60,6 +60,7 @@ from . import (
     child_result_from_row,
     children_of,
     history_of,
+    unsendable,
 )
 from .claims import claim_candidates, claim_window, fitting, in_turns, needs_root_heads
 from .idempotency import (
@@ -709,8 +710,9 @@ class PostgresStore:
             row = await (await db.execute(SQL.lock_call, {"id": dispatch_id})).fetchone()
             if row is None:
                 return Sent.UNKNOWN
-            if row[0] == State.DONE.value:
-                return Sent.DONE
+            refused = unsendable(row[0], row[1], row[2])
+            if refused is not None:
+                return refused
             message = {"id": dispatch_id, "topic": topic, "result": result, "now": now}
             params = {**message, "status": Status.OK.value}
             ended = await (await db.execute(SQL.deliver_message, params)).fetchone()

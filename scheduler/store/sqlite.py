@@ -58,6 +58,7 @@ from . import (
     children_of,
     corrupt,
     history_of,
+    unsendable,
 )
 from .claims import claim_candidates, claim_window, fitting, in_turns, needs_root_heads
 from .idempotency import (
@@ -593,8 +594,9 @@ class SQLiteStore:
             row = db.execute(SQL.lock_call, {"id": dispatch_id}).fetchone()
             if row is None:
                 return Sent.UNKNOWN
-            if row[0] == State.DONE.value:
-                return Sent.DONE
+            refused = unsendable(row[0], row[1], row[2])
+            if refused is not None:
+                return refused
             message = {"id": dispatch_id, "topic": topic, "result": result, "now": now}
             ended = db.execute(SQL.deliver_message, {**message, "status": Status.OK.value})
             if ended.fetchone() is not None:

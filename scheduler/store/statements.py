@@ -772,7 +772,7 @@ class Statements:
         # suspension; the oldest receive of it waiting on the topic, not past its
         # timeout, ended with the message; else the message kept in its mailbox.
         self.lock_call = r(
-            "SELECT state FROM {calls} WHERE dispatch_id = :id"
+            "SELECT state, follows, topic FROM {calls} WHERE dispatch_id = :id"
             + (" FOR UPDATE" if dialect.name == "postgres" else "")
         )
         self.deliver_message = r(
