@@ -57,6 +57,7 @@ from .schedule_api import ScheduleApi
 from .settings import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_INPUT_SIZE, METRICS_KEY_ENV
 from .store import (
     END_BATCH,
+    MAILBOX_MESSAGES,
     NO_LIMITS,
     AttemptHistory,
     Call,
@@ -540,6 +541,12 @@ class Api:
                 f"the call {request.dispatch_id[:100]!r} is a workflow's receive, which takes "
                 "messages for its workflow: send the message to the workflow (its parent)"
             )
+        if sent is Sent.FULL:
+            raise MailboxFull(
+                f"the call {request.dispatch_id[:100]!r} keeps {MAILBOX_MESSAGES} messages "
+                "no receive has taken, the most a call keeps: send more once its workflow "
+                "has received some"
+            )
         if sent is Sent.DELIVERED:
             self.engine.wake()  # its workflow may be ready to resume
         return calls_pb2.SendResponse(delivered=sent is Sent.DELIVERED)
@@ -686,6 +693,13 @@ class FailedPrecondition(DispatchletError):
 
     http_status = 400
     code = "failed_precondition"
+
+
+class MailboxFull(DispatchletError):
+    """A message to a call whose mailbox is full (Connect ``resource_exhausted``)."""
+
+    http_status = 429
+    code = "resource_exhausted"
 
 
 # Why a call in each state other than ready has no next attempt to start now.

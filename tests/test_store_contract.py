@@ -3276,3 +3276,25 @@ def test_a_message_to_a_follower_or_a_receive_is_refused(open_store: Opener) -> 
         assert await store.send(first, "t", message(b"x"), now=NOW + 1) is Sent.KEPT
 
     with_store(open_store, body)
+
+
+def test_a_full_mailbox_refuses_more_messages_until_a_receive_takes_one(
+    open_store: Opener,
+) -> None:
+    async def body(store: Store) -> None:
+        from dispatchlet.scheduler.store import MAILBOX_MESSAGES
+
+        parent, lease = await a_workflow(store)
+        for n in range(MAILBOX_MESSAGES):
+            sent = await store.send(parent, "t", message(b"%d" % n), now=NOW)
+            assert sent is Sent.KEPT, n
+        assert await store.send(parent, "t", message(b"over"), now=NOW) is Sent.FULL
+        # A receive takes the oldest; one more is kept then, in order after the others.
+        (taken,) = await waits_for(store, lease, receive("t", 1))
+        took = await store.get(taken)
+        assert took is not None
+        assert took.result == message(b"0")
+        assert await store.send(parent, "t", message(b"last"), now=NOW + 1) is Sent.KEPT
+        assert await store.send(parent, "t", message(b"over"), now=NOW + 1) is Sent.FULL
+
+    with_store(open_store, body)

@@ -73,6 +73,15 @@ class Sent(str, Enum):
     nothing; nothing stored (send to the call it follows)."""
     RECEIVE = "receive"
     """The call is a workflow's receive, which receives nothing itself: nothing stored."""
+    FULL = "full"
+    """The call's mailbox holds ``MAILBOX_MESSAGES`` messages no receive took: nothing
+    stored."""
+
+
+MAILBOX_MESSAGES = 1_000
+"""The most messages a call's mailbox keeps for receives to come: past it a send is
+refused (``Sent.FULL``), so that a sender cannot grow the store without bound for a
+workflow that does not receive."""
 
 
 def unsendable(state: str, follows: str | None, topic: str | None) -> Sent | None:
@@ -615,7 +624,8 @@ class Store(Protocol):
         enough; else the message is kept in the call's mailbox after the others, for
         the next receive on the topic, which takes it when ``suspend`` stores it. An
         unknown or done call gets nothing, nor does a call that no receive can be made
-        by: one that follows another, or a receive. The mailbox of a call that never receives
+        by: one that follows another, or a receive, nor one whose mailbox is full
+        (``MAILBOX_MESSAGES``). The mailbox of a call that never receives
         (not a workflow) is kept while the call is, and deleted with it."""
 
     # --- actions on a call (``CallService.Retry``) -----------------------------------

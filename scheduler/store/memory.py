@@ -21,6 +21,7 @@ from . import (
     COUNT_CAP,
     END_BATCH,
     ERROR_MESSAGE_BYTES,
+    MAILBOX_MESSAGES,
     NO_BOUNDS,
     PURGE_BATCH,
     Attempt,
@@ -412,6 +413,8 @@ class MemoryStore:
                 self._end(child, Status.OK.value, result, now)
                 self._wake(dispatch_id, now)
                 return Sent.DELIVERED
+        if len(row.mailbox) >= MAILBOX_MESSAGES:
+            return Sent.FULL
         row.mailbox.append((topic, result))
         return Sent.KEPT
 

@@ -39,6 +39,7 @@ from ..calls import destination
 from . import (
     COUNT_CAP,
     END_BATCH,
+    MAILBOX_MESSAGES,
     NO_BOUNDS,
     PURGE_BATCH,
     AttemptHistory,
@@ -720,8 +721,8 @@ class PostgresStore:
                 await db.execute(SQL.notify_ended, {"ids": [ended[0]]})
                 await _wake(db, dispatch_id, now)
                 return Sent.DELIVERED
-            await db.execute(SQL.keep_message, message)
-            return Sent.KEPT
+            kept = await db.execute(SQL.keep_message, {**message, "most": MAILBOX_MESSAGES})
+            return Sent.KEPT if kept.rowcount == 1 else Sent.FULL
 
         return await self._transaction(update)
 

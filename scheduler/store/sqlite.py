@@ -35,6 +35,7 @@ from ..calls import destination
 from . import (
     COUNT_CAP,
     END_BATCH,
+    MAILBOX_MESSAGES,
     NO_BOUNDS,
     PURGE_BATCH,
     AttemptHistory,
@@ -602,8 +603,8 @@ class SQLiteStore:
             if ended.fetchone() is not None:
                 _wake(db, dispatch_id, now)
                 return Sent.DELIVERED
-            db.execute(SQL.keep_message, message)
-            return Sent.KEPT
+            kept = db.execute(SQL.keep_message, {**message, "most": MAILBOX_MESSAGES})
+            return Sent.KEPT if kept.rowcount == 1 else Sent.FULL
 
         return await self._run(self._transaction, update, now)
 

@@ -770,7 +770,8 @@ class Statements:
 
         # --- messages (``Store.send``): the call, locked against a concurrent send or
         # suspension; the oldest receive of it waiting on the topic, not past its
-        # timeout, ended with the message; else the message kept in its mailbox.
+        # timeout, ended with the message; else the message kept in its mailbox, unless
+        # it holds :most already (nothing inserted).
         self.lock_call = r(
             "SELECT state, follows, topic FROM {calls} WHERE dispatch_id = :id"
             + (" FOR UPDATE" if dialect.name == "postgres" else "")
@@ -785,7 +786,7 @@ class Statements:
         self.keep_message = r(
             f"INSERT INTO {MESSAGES} (dispatch_id, number, topic, result, sent_at)"
             " SELECT :id, coalesce(max(number), 0) + 1, :topic, :result, :now"
-            f" FROM {MESSAGES} WHERE dispatch_id = :id"
+            f" FROM {MESSAGES} WHERE dispatch_id = :id HAVING count(*) < :most"
         )
         # A receive just stored under :id (its parent): the oldest message kept on its
         # topic taken, if any, and the receive ended with it; else it waits until its
