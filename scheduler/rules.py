@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 
 from google.protobuf.unknown_fields import UnknownFieldSet
 
@@ -297,6 +298,14 @@ def suspension(call: Call, poll: poll_pb2.Poll, limits: Limits, now: float) -> S
         if isinstance(plan, str):
             return invalid("InvalidPoll", f"call {index}: {plan}")
         start = now if plan.ready_at is None else plan.ready_at
+        if start >= call.expires_at:
+            # Its expiration is at most its workflow's: it would end TIMEOUT unrun.
+            return invalid(
+                "InvalidPoll",
+                f"call {index} (correlation id {child.correlation_id}, {child.function}): "
+                f"delayed to start at {utc(start)}, at or after its workflow's "
+                f"expiration at {utc(call.expires_at)}: it could never run",
+            )
         try:
             child_limits = NO_LIMITS if options is None else limits_of(options)
         except LimitsInvalid as exc:
@@ -337,6 +346,11 @@ def suspension(call: Call, poll: poll_pb2.Poll, limits: Limits, now: float) -> S
         max_results=poll.max_results,
         until=until,
     )
+
+
+def utc(moment: float) -> str:
+    """A time as an error message names it: ISO 8601 in UTC, to the second."""
+    return datetime.fromtimestamp(moment, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def poll_problem(poll: poll_pb2.Poll) -> str | None:

@@ -573,3 +573,43 @@ def test_a_calls_policy_replaces_the_schedulers_where_it_sets_one() -> None:
         stored(policy=CallPolicy(backoff_initial=1.0, backoff_maximum=100.0)), LIMITS
     ).policy
     assert [capped.backoff(n, 0.999999) for n in (1, 3, 8)] == pytest.approx([1.0, 4.0, 100.0])
+
+
+# --- delayed children ----------------------------------------------------------------
+
+
+def delayed(function: str, correlation_id: int, seconds: float) -> call_pb2.Call:
+    from dispatchlet.core.call_options import set_call_options
+    from dispatchlet.proto.dispatchlet.scheduler.v1 import options_pb2
+
+    made = child(function, correlation_id=correlation_id)
+    options = options_pb2.CallOptions()
+    options.delay.FromNanoseconds(int(seconds * 10**9))
+    set_call_options(made, options)
+    return made
+
+
+def test_a_child_delayed_to_its_workflows_expiration_or_later_is_an_invalid_poll() -> None:
+    """The workflow expires an hour from now: a child that would start then or later
+    could never run (its expiration is at most its workflow's)."""
+    for seconds in (3600, 7200):
+        poll = poll_pb2.Poll(
+            min_results=1,
+            max_results=2,
+            calls=[delayed("soon", 1, 60), delayed("remind", 2, seconds)],
+        )
+        decision = decide(poll_answer(poll))
+        assert isinstance(decision, Finish), seconds
+        assert decision.status is Status.INVALID_RESPONSE
+        error_type, message = error_of(decision.result)
+        assert error_type == "InvalidPoll"
+        assert message == (
+            f"call 1 (correlation id 2, remind): delayed to start at "
+            f"{rules.utc(NOW + seconds)}, at or after its workflow's expiration at "
+            f"{rules.utc(NOW + 3600)}: it could never run"
+        )
+    # Starting before the expiration, it is stored as asked.
+    poll = poll_pb2.Poll(min_results=1, max_results=1, calls=[delayed("remind", 2, 3599)])
+    decision = decide(poll_answer(poll))
+    assert isinstance(decision, Suspend)
+    assert decision.children[0].ready_at == pytest.approx(NOW + 3599)
