@@ -52,11 +52,14 @@ class TailCall:
 
     The run ends and the scheduler calls ``function`` (on ``endpoint``, or on this
     endpoint when empty) with ``input``; its result becomes the result of this call.
+    ``settings`` are the policy and limits the call is held to from then on
+    (``Function.tail_call`` gives the function's defaults, with its options if any).
     """
 
     function: str
     input: object = None
     endpoint: str = ""
+    settings: CallSettings = NO_SETTINGS
 
     def __post_init__(self) -> None:
         if not FUNCTION_NAME.fullmatch(self.function):
@@ -240,8 +243,10 @@ class Function(Generic[P, R]):
                 self._check(param.name, value)
 
     def tail_call(self, *args: P.args, **kwargs: P.kwargs) -> TailCall:
-        """A ``TailCall`` of this function with these arguments, encoded by the input rule."""
-        return TailCall(self.name, self.input_for(*args, **kwargs))
+        """A ``TailCall`` of this function with these arguments, encoded by the input
+        rule, with the function's defaults (its policy and limits), as a dispatch of it
+        would have."""
+        return TailCall(self.name, self.input_for(*args, **kwargs), settings=self.defaults)
 
     def build_call(self, *args: P.args, **kwargs: P.kwargs) -> call_pb2.Call:
         """The ``Call`` of this function with these arguments, on its endpoint's public URL
@@ -399,6 +404,24 @@ class CallWithOptions(Generic[P, R]):
     def build_call(self, *args: P.args, **kwargs: P.kwargs) -> call_pb2.Call:
         """The function's ``build_call``, with these options."""
         return self.function._build(self.settings, args, kwargs)
+
+    def tail_call(self, *args: P.args, **kwargs: P.kwargs) -> TailCall:
+        """The function's ``tail_call``, held to these options' policy and limits. The
+        call handed over keeps its dispatch id and expiration and runs at once: a
+        ``key``, ``delay``, ``at`` or ``expiration`` raises a ``ValueError``."""
+        ignored = [
+            name
+            for name in ("key", "delay", "at", "expiration")
+            if getattr(self.given, name) is not None
+        ]
+        if ignored:
+            raise ValueError(
+                f"{self.function.name}.options({', '.join(ignored)}=...).tail_call(): a tail "
+                "call keeps the call's dispatch id and expiration and runs at once; only a "
+                "policy and a concurrency_key apply"
+            )
+        value = self.function.input_for(*args, **kwargs)
+        return TailCall(self.function.name, value, settings=self.settings)
 
     def dispatch(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """The function's ``dispatch``, with these options: with a ``key``, dispatching

@@ -163,6 +163,8 @@ def execute(
                 endpoint=result.endpoint,
                 input=values.to_any(result.input, allow_pickle=allow_pickle),
             )
+            if result.settings:
+                result.settings.apply(call)
             resp = response(Status.OK)
             resp.exit.tail_call.CopyFrom(call)
             return resp

@@ -599,6 +599,8 @@ class Engine:
                 decision.input,
                 now=now,
                 attempt=attempt,
+                policy=decision.policy,
+                limits=decision.limits,
             )
         else:
             await self.store.restart(lease, now=now, orphans=ORPHANS, attempt=attempt)

@@ -47,6 +47,7 @@ from .outcome import Outcome, oversized_output
 from .retry import MAX_RESTARTS, RetryPolicy
 from .settings import DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_MAX_INPUT_SIZE, DEFAULT_MAX_OUTPUT_SIZE
 from .store import NO_LIMITS, Call, CallPolicy, NewCall, TreeLimitExceeded
+from .store.limits import Limits as CallLimits
 
 
 def supported(endpoint: str) -> str | None:
@@ -133,11 +134,14 @@ class Suspend:
 
 @dataclass(frozen=True)
 class TailCall:
-    """Hand the call over to ``function`` at ``endpoint`` with ``input``."""
+    """Hand the call over to ``function`` at ``endpoint`` with ``input``, held to the
+    tail call's own ``policy`` and ``limits`` (its options), not the old function's."""
 
     function: str
     endpoint: str
     input: bytes
+    policy: CallPolicy | None = None
+    limits: CallLimits = NO_LIMITS
 
 
 @dataclass(frozen=True)
@@ -218,7 +222,7 @@ def after_attempt(
         return retried_or_final(call, outcome, error_result(outcome), limits, now, jitter)
     directive = response.WhichOneof("directive")
     if directive == "exit" and response.exit.HasField("tail_call"):
-        return tail_call(call, response.exit.tail_call, limits)
+        return tail_call(call, response.exit.tail_call, limits, now)
     if directive == "poll":
         return suspension(call, response.poll, limits, now)
     result = outcome.result
@@ -256,8 +260,10 @@ def retried_or_final(
     return Retry(status, result, ready_at)
 
 
-def tail_call(call: Call, tail: call_pb2.Call, limits: Limits) -> TailCall | Finish:
-    """Hand-over to ``tail``, or the end of an invalid one."""
+def tail_call(call: Call, tail: call_pb2.Call, limits: Limits, now: float) -> TailCall | Finish:
+    """Hand-over to ``tail``, or the end of an invalid one. Of its options, its policy
+    and limits are the call's from then on; the call keeps its dispatch id and its
+    expiration, and runs at once (a key or a delay asks nothing of a hand-over)."""
     tail_input = tail.input.SerializeToString() if tail.HasField("input") else b""
     tail_endpoint = tail.endpoint or call.endpoint
     problem = (
@@ -267,7 +273,17 @@ def tail_call(call: Call, tail: call_pb2.Call, limits: Limits) -> TailCall | Fin
     )
     if problem is not None:
         return invalid("InvalidTailCall", problem)
-    return TailCall(tail.function, tail_endpoint, tail_input)
+    options = call_options(tail) if UnknownFieldSet(tail) else None
+    if options is None:
+        return TailCall(tail.function, tail_endpoint, tail_input)
+    plan = planned(options, now)
+    if isinstance(plan, str):
+        return invalid("InvalidTailCall", plan)
+    try:
+        tail_limits = limits_of(options)
+    except LimitsInvalid as exc:
+        return invalid("InvalidTailCall", str(exc))
+    return TailCall(tail.function, tail_endpoint, tail_input, plan.policy, tail_limits)
 
 
 def suspension(call: Call, poll: poll_pb2.Poll, limits: Limits, now: float) -> Suspend | Finish:

@@ -504,6 +504,37 @@ def test_tail_call(endpoint: Endpoint) -> None:
     assert values.from_any(remote.input) == {"x": 1}
 
 
+def test_a_tail_call_carries_its_functions_defaults_and_its_options(endpoint: Endpoint) -> None:
+    """As a dispatch of the function would: its declared policy and limits, and those
+    of ``options``, over them; a key, delay or expiration asks nothing of a hand-over."""
+    from dispatchlet.core.call_options import call_options
+
+    @endpoint.function(max_attempts=3, timeout=20, concurrency=2, concurrency_per_key=1)
+    def capped(name: str) -> str:
+        return name
+
+    @endpoint.function
+    def relay(name: str) -> TailCall:
+        return capped.tail_call(name)
+
+    @endpoint.function
+    def relay_keyed(name: str) -> TailCall:
+        return capped.options(max_attempts=5, concurrency_key=name).tail_call(name)
+
+    plain = run_response(call(endpoint, "relay", "bob")).exit.tail_call
+    options = call_options(plain)
+    assert (plain.function, options.max_attempts, options.concurrency) == ("capped", 3, 2)
+    assert options.attempt_timeout.ToSeconds() == 20
+    assert (options.concurrency_per_key, options.concurrency_key) == (1, "")
+    keyed = call_options(run_response(call(endpoint, "relay_keyed", "ada")).exit.tail_call)
+    assert (keyed.max_attempts, keyed.concurrency, keyed.concurrency_key) == (5, 2, "ada")
+    # A function without defaults hands over a call without options, as before.
+    bare = endpoint.functions["greet"].tail_call("x")
+    assert not bare.settings
+    with pytest.raises(ValueError, match=r"options\(key, delay=...\)\.tail_call\(\)"):
+        capped.options(key="k", delay=5).tail_call("x")
+
+
 def test_tail_call_input_follows_the_input_rule(endpoint: Endpoint) -> None:
     add = endpoint.functions["add"]
     assert add.tail_call(1, b=2).input == {"a": 1, "b": 2}

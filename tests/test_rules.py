@@ -613,3 +613,34 @@ def test_a_child_delayed_to_its_workflows_expiration_or_later_is_an_invalid_poll
     decision = decide(poll_answer(poll))
     assert isinstance(decision, Suspend)
     assert decision.children[0].ready_at == pytest.approx(NOW + 3599)
+
+
+def test_a_tail_call_is_held_to_its_own_policy_and_limits() -> None:
+    """The options of the tail call (the target function's defaults, as the SDK makes
+    them) are what the call is held to from then on; none: none."""
+    from dispatchlet.core.call_options import set_call_options
+    from dispatchlet.proto.dispatchlet.scheduler.v1 import options_pb2
+    from dispatchlet.scheduler.store import CallPolicy
+    from dispatchlet.scheduler.store.limits import Limits
+
+    tail = child("g")
+    options = options_pb2.CallOptions(
+        max_attempts=4, concurrency=2, concurrency_key="c-17", concurrency_per_key=1
+    )
+    options.rate_limit.count = 10
+    options.rate_limit.period.FromSeconds(60)
+    set_call_options(tail, options)
+    decision = decide(tail_answer(tail))
+    assert decision == TailCall(
+        "g",
+        ENDPOINT,
+        b"",
+        CallPolicy(max_attempts=4),
+        Limits(concurrency=2, key="c-17", per_key=1, rate_count=10, rate_period=60.0),
+    )
+    # Bad options are an invalid tail call, as they would be an invalid Dispatch.
+    bad = child("g")
+    set_call_options(bad, options_pb2.CallOptions(rate_limit=options_pb2.RateLimit()))
+    decision = decide(tail_answer(bad))
+    assert isinstance(decision, Finish)
+    assert error_of(decision.result)[0] == "InvalidTailCall"

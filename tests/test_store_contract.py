@@ -3298,3 +3298,37 @@ def test_a_full_mailbox_refuses_more_messages_until_a_receive_takes_one(
         assert await store.send(parent, "t", message(b"over"), now=NOW + 1) is Sent.FULL
 
     with_store(open_store, body)
+
+
+def test_a_tail_call_replaces_the_calls_policy_and_limits_with_its_own(
+    open_store: Opener,
+) -> None:
+    """The function handed over to is held to the tail call's policy and limits, not to
+    the old function's; a tail call without them leaves the call with none."""
+
+    async def body(store: Store) -> None:
+        capped = Limits(concurrency=1)
+        (dispatch_id,) = await store.dispatch(
+            [call("small", policy=POLICY, limits=capped)], now=NOW
+        )
+        (first,) = await store.claim(owner="s", now=NOW, limit=1, lease_seconds=LEASE)
+        wide = Limits(concurrency=5, key="c-17", per_key=2, rate_count=100, rate_period=60.0)
+        own = CallPolicy(max_attempts=7)
+        handed = await store.tail_call(
+            first.lease, "big", "http://127.0.0.1:8000", b"", now=NOW, policy=own, limits=wide
+        )
+        assert handed
+        moved = await store.get(dispatch_id)
+        assert moved is not None
+        assert (moved.function, moved.policy, moved.limits) == ("big", own, wide)
+        (second,) = await store.claim(owner="s", now=NOW + 1, limit=1, lease_seconds=LEASE)
+        assert second.call.dispatch_id == dispatch_id
+        assert second.call.limits == wide
+        assert await store.tail_call(
+            second.lease, "free", "http://127.0.0.1:8000", b"", now=NOW + 2
+        )
+        reset = await store.get(dispatch_id)
+        assert reset is not None
+        assert (reset.function, reset.policy, reset.limits) == ("free", None, Limits())
+
+    with_store(open_store, body)

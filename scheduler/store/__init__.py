@@ -507,10 +507,13 @@ class Store(Protocol):
         *,
         now: float,
         attempt: NewAttempt | None = None,
+        policy: CallPolicy | None = None,
+        limits: Limits = NO_LIMITS,
     ) -> bool:
         """Hand the call over to ``function`` at ``endpoint`` with ``input``, ready now:
         the same dispatch id, parent, root, creation time and expiration, a fresh count
-        of attempts. False for a stale lease."""
+        of attempts, and the tail call's ``policy`` and ``limits`` in place of the old
+        function's (none: none). False for a stale lease."""
 
     async def get(self, dispatch_id: str) -> Call | None:
         """The call, or None."""
@@ -827,6 +830,17 @@ def policy_columns(policy: CallPolicy | None) -> dict[str, Any]:
 
 
 NO_POLICY = CallPolicy()
+
+
+def limit_columns(limits: Limits) -> dict[str, Any]:
+    """The columns of ``limits`` by name."""
+    return {
+        "concurrency": limits.concurrency,
+        "concurrency_key": limits.key,
+        "concurrency_per_key": limits.per_key,
+        "rate_count": limits.rate_count,
+        "rate_period": limits.rate_period,
+    }
 
 
 def child_result_from_row(row: Sequence[Any]) -> ChildResult:

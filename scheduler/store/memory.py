@@ -482,12 +482,15 @@ class MemoryStore:
         *,
         now: float,
         attempt: NewAttempt | None = None,
+        policy: CallPolicy | None = None,
+        limits: Limits = NO_LIMITS,
     ) -> bool:
         row = self._leased(lease)
         if row is None:
             return False
         _add_attempt(row, attempt)
         row.function, row.endpoint, row.input = function, endpoint, input
+        row.policy, row.limits = policy, limits
         row.destination = destination(endpoint)
         row.state = State.READY
         row.ready_at = now

@@ -44,6 +44,7 @@ from . import (
     PURGE_BATCH,
     AttemptHistory,
     Call,
+    CallPolicy,
     Child,
     ChildResult,
     Claimed,
@@ -61,6 +62,8 @@ from . import (
     child_result_from_row,
     children_of,
     history_of,
+    limit_columns,
+    policy_columns,
     unsendable,
 )
 from .claims import claim_candidates, claim_window, fitting, in_turns, needs_root_heads
@@ -775,6 +778,8 @@ class PostgresStore:
         *,
         now: float,
         attempt: NewAttempt | None = None,
+        policy: CallPolicy | None = None,
+        limits: Limits = NO_LIMITS,
     ) -> bool:
         async def update(db: Connection) -> bool:
             handed = fenced(
@@ -784,6 +789,8 @@ class PostgresStore:
                 destination=destination(endpoint),
                 input=input,
                 now=now,
+                **policy_columns(policy),
+                **limit_columns(limits),
             )
             cursor = await db.execute(SQL.tail_call, handed)
             if cursor.rowcount != 1:

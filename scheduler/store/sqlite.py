@@ -40,6 +40,7 @@ from . import (
     PURGE_BATCH,
     AttemptHistory,
     Call,
+    CallPolicy,
     Child,
     ChildResult,
     Claimed,
@@ -59,6 +60,8 @@ from . import (
     children_of,
     corrupt,
     history_of,
+    limit_columns,
+    policy_columns,
     unsendable,
 )
 from .claims import claim_candidates, claim_window, fitting, in_turns, needs_root_heads
@@ -637,6 +640,8 @@ class SQLiteStore:
         *,
         now: float,
         attempt: NewAttempt | None = None,
+        policy: CallPolicy | None = None,
+        limits: Limits = NO_LIMITS,
     ) -> bool:
         def update(db: sqlite3.Connection) -> bool:
             handed = fenced(
@@ -646,6 +651,8 @@ class SQLiteStore:
                 destination=destination(endpoint),
                 input=input,
                 now=now,
+                **policy_columns(policy),
+                **limit_columns(limits),
             )
             cursor = db.execute(SQL.tail_call, handed)
             if cursor.rowcount != 1:

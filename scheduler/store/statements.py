@@ -32,6 +32,7 @@ from . import (
     Lease,
     NewAttempt,
     NewCall,
+    limit_columns,
     new_dispatch_id,
     policy_columns,
     stored_correlation_id,
@@ -705,7 +706,9 @@ class Statements:
             "UPDATE {calls} SET function = :function, endpoint = :endpoint, "
             "destination = :destination, input = :input, state = 'ready', ready_at = :now, "
             "attempts = 0, status = NULL, result = {empty}, poll = {empty}, "
-            f"{_UNLEASED} {_FENCED}"
+            # The function handed over to is held to its own policy and limits.
+            + ", ".join(f"{c} = :{c}" for c in (*_POLICY.split(", "), *_CALL_LIMITS.split(", ")))
+            + f", {_UNLEASED} {_FENCED}"
         )
 
         # A call tree's parents and children.
@@ -1146,11 +1149,7 @@ def rows_to_insert(calls: Sequence[NewCall], now: float) -> tuple[list[str], lis
                 "ready_at": now if call.ready_at is None else call.ready_at,
                 "rerun_of": call.rerun_of,
                 "trace_context": call.trace_context,
-                "concurrency": call.limits.concurrency,
-                "concurrency_key": call.limits.key,
-                "concurrency_per_key": call.limits.per_key,
-                "rate_count": call.limits.rate_count,
-                "rate_period": call.limits.rate_period,
+                **limit_columns(call.limits),
                 "poll": call.poll,
                 **policy_columns(call.policy),
                 "follows": call.follows,
