@@ -60,7 +60,9 @@ def form_spec(form: dict[str, str]) -> calls_pb2.ScheduleSpec:
         value: object = json.loads(text) if text.strip() else None
         spec.input.CopyFrom(to_any(value))
     except (ValueError, EncodeError) as exc:
-        raise InvalidArgument(f"schedule {spec.name[:100]!r}: the input is not JSON: {exc}") from None
+        raise InvalidArgument(
+            f"schedule {spec.name[:100]!r}: the input is not JSON: {exc}"
+        ) from None
     return spec
 
 
@@ -147,9 +149,7 @@ class SchedulesPage:
         except Exception as exc:
             if not (refuses(exc) and exc.http_status < 500):
                 raise
-            return await self.listing(
-                viewer, problem=str(exc), typed=typed, answer=exc.http_status
-            )
+            return await self.listing(viewer, problem=str(exc), typed=typed, answer=exc.http_status)
         raise web.HTTPSeeOther("/schedules?done=create")
 
     async def act(self, request: web.Request, viewer: Viewer) -> web.StreamResponse:
