@@ -643,6 +643,10 @@ def test_a_failed_workflow_offers_resume_which_runs_it_on_from_its_failed_step(
             _, page, _ = await get(h, f"/calls/{failed}", cookie=token)
             assert f'action="/calls/{failed}/resume"' in page
             assert ">Resume</button>" in page
+            # Its kept journal is shown: the steps it had made when it failed.
+            assert "Workflow steps" in page
+            assert "As of its last suspension" in page
+            assert page.count('class="step ') >= 2
             _, page, _ = await get(h, f"/calls/{plain}", cookie=token)
             assert "/resume" not in page
             # A form post needs the session's token, as every action.

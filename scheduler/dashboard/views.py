@@ -20,7 +20,7 @@ from ...core.errors import InvalidArgument
 from ...core.status import Status
 from ...core.value_views import decoded, plain, read_journal
 from ...core.values import to_any
-from ...proto.dispatch.sdk.v1 import call_pb2
+from ...proto.dispatch.sdk.v1 import call_pb2, poll_pb2
 from ..store import AttemptHistory, Call, State
 
 FAILED = "failed"
@@ -362,6 +362,15 @@ class Step:
         if not self.wake_at:
             return ""
         return moment(datetime.datetime.fromisoformat(self.wake_at).timestamp())
+
+
+def kept_state(call: Call) -> any_pb2.Any | None:
+    """The coroutine state a call that ended kept from its last suspension (a failed
+    workflow keeps its journal, to be resumed from), if any."""
+    if not (call.done and call.poll):
+        return None
+    poll = poll_pb2.Poll.FromString(call.poll)
+    return poll.typed_coroutine_state if poll.HasField("typed_coroutine_state") else None
 
 
 def journal_steps(
