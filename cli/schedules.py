@@ -12,9 +12,9 @@ from typing import Any
 from ..client import Client, ScheduleInfo, SyncResult
 from ..core.endpoint import ENDPOINT_URL_ENV
 from ..core.values import EncodeError
-from .call import parse_input
+from .call import parse_input, seconds
 from .call_views import moment
-from .dispatch import _checked, client
+from .dispatch import _checked, attempt_timeout, attempts, client
 from .errors import EXIT_OK, CommandError
 from .local_server import DEFAULT_ENDPOINT_URL, load_app
 
@@ -28,13 +28,16 @@ processes share its database. Ticks missed while no scheduler ran are caught up 
           day-of-month month day-of-week), or 6 with seconds last ("*/10 * * * * *"),
           read in --timezone (an IANA name, default UTC). INPUT as for `dispatchlet
           call`. The endpoint is --endpoint, else {ENDPOINT_URL_ENV}, else
-          {DEFAULT_ENDPOINT_URL}.
+          {DEFAULT_ENDPOINT_URL}. Each tick's call takes --max-attempts N,
+          --timeout DURATION (per attempt) and --expiration SECONDS, as
+          `dispatchlet dispatch` does.
   list    one line per schedule: name, cron, time zone, function, paused, next tick,
           last tick, and the endpoint it was synced for (- when created by hand);
           --json for programs.
   pause NAME / resume NAME / delete NAME
   sync APP  push the schedules APP declares (@endpoint.function(schedule="0 9 * * *"),
-          each named after its function, in UTC) for its endpoint URL (--endpoint,
+          each named after its function, in UTC unless the expression starts with its
+          zone, "CRON_TZ=Europe/Paris 0 9 * * *") for its endpoint URL (--endpoint,
           else its endpoint_url, else {DEFAULT_ENDPOINT_URL}): creates those missing,
           updates those changed, deletes those an earlier sync for that URL created
           and APP no longer declares. Schedules created by hand or synced for another
@@ -59,6 +62,24 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     create.add_argument("--endpoint", metavar="URL", help="the endpoint's base URL")
     create.add_argument(
         "--timezone", default="UTC", metavar="ZONE", help="IANA time zone (default UTC)"
+    )
+    create.add_argument(
+        "--max-attempts",
+        type=attempts,
+        metavar="N",
+        help="each tick's call: at most N attempts, the first included",
+    )
+    create.add_argument(
+        "--timeout",
+        type=attempt_timeout,
+        metavar="DURATION",
+        help="each tick's call: how long one attempt may run (10, 30s, 5m)",
+    )
+    create.add_argument(
+        "--expiration",
+        type=seconds,
+        metavar="SECONDS",
+        help="each tick's call: give up on it after this",
     )
     create.set_defaults(handler=run_create)
     listing = actions.add_parser("list", help="every schedule, with its next and last tick")
@@ -94,6 +115,9 @@ def run_create(args: argparse.Namespace) -> int:
                     value,
                     endpoint=endpoint,
                     timezone=args.timezone,
+                    max_attempts=args.max_attempts,
+                    timeout=args.timeout,
+                    expiration=args.expiration,
                 )
             )
         except EncodeError as exc:

@@ -42,6 +42,8 @@ from google.protobuf import any_pb2, message
 from ..core import tracing, values
 from ..core.connect import PROTO
 from ..core.connect_client import parse_error
+from ..core.dispatch_options import Backoff as CallBackoff
+from ..core.dispatch_options import Seconds
 from ..core.dispatching import (
     API_KEY_ENV,
     API_URL_ENV,
@@ -57,7 +59,7 @@ from ..proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2
 from .overview import Overview
 from .retries import DEFAULT_RETRIES, DEFAULT_RETRY_TIMEOUT, Backoff
-from .schedules import ScheduleInfo, SyncResult, declared_schedules
+from .schedules import ScheduleInfo, SyncResult, declared_schedules, schedule_spec
 
 M = TypeVar("M", bound=message.Message)
 logger = logging.getLogger(__name__)
@@ -622,15 +624,33 @@ class Client:
         *,
         endpoint: str,
         timezone: str = "UTC",
+        max_attempts: int | None = None,
+        timeout: Seconds | None = None,
+        backoff: CallBackoff | Seconds | None = None,
+        expiration: Seconds | None = None,
+        concurrency: int | None = None,
+        rate_limit: tuple[int, Seconds] | None = None,
     ) -> ScheduleInfo:
         """Create a schedule: a call of ``function`` at ``endpoint`` with ``input`` at
         each tick of ``cron`` (5 fields, or 6 with seconds last) in ``timezone`` (an
-        IANA name). ``ClientError`` ``invalid_argument`` for a bad name, expression,
-        time zone, function name or endpoint; ``already_exists`` for a name taken."""
-        spec = calls_pb2.ScheduleSpec(
-            name=name, cron=cron, timezone=timezone, function=function, endpoint=endpoint
+        IANA name). Each tick's call has the policy and limits given, as
+        ``options(...)`` and ``@endpoint.function(...)`` give them. ``ClientError``
+        ``invalid_argument`` for a bad name, expression, time zone, function name or
+        endpoint; ``already_exists`` for a name taken."""
+        spec = schedule_spec(
+            name,
+            cron,
+            function,
+            input,
+            endpoint=endpoint,
+            timezone=timezone,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            backoff=backoff,
+            expiration=expiration,
+            concurrency=concurrency,
+            rate_limit=rate_limit,
         )
-        spec.input.CopyFrom(values.to_any(input))
         answer = self._rpc(
             _SCHEDULES + "CreateSchedule",
             calls_pb2.CreateScheduleRequest(schedule=spec),

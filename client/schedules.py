@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from google.protobuf import timestamp_pb2
 
 from ..core import values
+from ..core.declared_schedule import read_schedule
+from ..core.dispatch_options import Backoff, Seconds, settings
 from ..core.endpoint import Endpoint
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2
 
@@ -91,15 +93,18 @@ class SyncResult:
 
 def declared_schedules(endpoint: Endpoint) -> list[calls_pb2.ScheduleSpec]:
     """The schedules ``endpoint``'s functions declare (``schedule=`` of
-    ``@endpoint.function``), each named after its function, ticking in UTC, its call
-    without arguments and with the function's defaults (retry policy, expiration,
+    ``@endpoint.function``), each named after its function, ticking in the time zone
+    its expression starts with (``CRON_TZ=Europe/Paris 0 9 * * *``), else in UTC, its
+    call without arguments and with the function's defaults (retry policy, expiration,
     limits)."""
     declared = []
     for name, function in sorted(endpoint.functions.items()):
-        cron = function.schedule
-        if not cron:
+        if not function.schedule:
             continue
-        spec = calls_pb2.ScheduleSpec(name=name, cron=str(cron), function=name)
+        schedule = read_schedule(function.schedule)
+        spec = calls_pb2.ScheduleSpec(
+            name=name, cron=schedule.cron, timezone=schedule.timezone, function=name
+        )
         spec.input.CopyFrom(values.to_any(None))
         # Each tick's call carries the function's defaults, as a call from Python does.
         defaults = function.defaults
@@ -114,3 +119,42 @@ def declared_schedules(endpoint: Endpoint) -> list[calls_pb2.ScheduleSpec]:
             spec.expiration.FromNanoseconds(round(defaults.expiration * 1e9))
         declared.append(spec)
     return declared
+
+
+def schedule_spec(
+    name: str,
+    cron: str,
+    function: str,
+    input: object,
+    *,
+    endpoint: str,
+    timezone: str,
+    max_attempts: int | None = None,
+    timeout: Seconds | None = None,
+    backoff: Backoff | Seconds | None = None,
+    expiration: Seconds | None = None,
+    concurrency: int | None = None,
+    rate_limit: tuple[int, Seconds] | None = None,
+) -> calls_pb2.ScheduleSpec:
+    """The schedule ``Client.create_schedule`` asks for: its ticks' calls with these
+    options (checked here as ``options(...)`` checks them: ``TypeError`` or
+    ``ValueError``)."""
+    given = settings(
+        f"schedule {name}",
+        max_attempts=max_attempts,
+        timeout=timeout,
+        backoff=backoff,
+        expiration=expiration,
+        concurrency=concurrency,
+        rate_limit=rate_limit,
+    )
+    spec = calls_pb2.ScheduleSpec(
+        name=name, cron=cron, timezone=timezone, function=function, endpoint=endpoint
+    )
+    spec.input.CopyFrom(values.to_any(input))
+    options = given.to_proto()
+    if options.ByteSize():
+        spec.options.CopyFrom(options)
+    if given.expiration is not None:
+        spec.expiration.FromNanoseconds(round(given.expiration * 1e9))
+    return spec

@@ -13,6 +13,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 from ..proto.dispatch.sdk.v1 import function_pb2
 from . import connect, tracing
 from .body import BodyReader, oversized
+from .declared_schedule import read_schedule
 from .dispatch_options import Backoff, Seconds, settings
 from .dispatching import Batch, Dispatcher, default_dispatcher
 from .errors import (
@@ -226,9 +227,10 @@ class Endpoint:
         limits the scheduler holds its attempts to (``concurrency`` in flight,
         ``concurrency_per_key`` per ``options(concurrency_key=...)``, ``rate_limit=(n,
         period)`` starts per period), and ``schedule``, a cron expression it is run on
-        once pushed by ``dispatchlet schedules sync``."""
-        if schedule is not None and not (isinstance(schedule, str) and schedule.strip()):
-            raise TypeError(f"schedule must be a cron expression (a str), got {schedule!r}")
+        once pushed by ``dispatchlet schedules sync``, read in UTC unless it starts
+        with its time zone (``"CRON_TZ=Europe/Paris 0 9 * * *"``)."""
+        if schedule is not None:
+            read_schedule(schedule)  # its form only: the scheduler checks it when synced
 
         def register(f: Callable[..., Any]) -> Function[..., Any]:
             function_name = name or str(getattr(f, "__name__", ""))

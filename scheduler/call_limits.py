@@ -3,13 +3,14 @@ the same way for a Dispatch and for a Poll's calls."""
 
 from __future__ import annotations
 
+from ..core.errors import InvalidArgument
 from ..proto.dispatchlet.scheduler.v1 import options_pb2
 from .calls import duration_seconds
 from .store.limits import Limits, limit_problem
 
 
-class LimitsInvalid(ValueError):
-    """Limits no call can have; the message says why."""
+class LimitsInvalid(InvalidArgument, ValueError):
+    """Limits no call can have; the message says why (a 400 wherever it surfaces)."""
 
 
 def limits_of(options: options_pb2.CallOptions) -> Limits:

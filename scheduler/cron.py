@@ -60,6 +60,9 @@ def zone(name: str) -> zoneinfo.ZoneInfo:
         ) from None
 
 
+_RANDOM = re.compile(r"(?:^|[\s,])[RrHh](?:$|[\s,/(])")
+
+
 def check_cron(expression: str) -> str:
     """``expression`` stripped, or ``InvalidSchedule`` saying why croniter refuses it."""
     text = " ".join(expression.split())
@@ -70,6 +73,13 @@ def check_cron(expression: str) -> str:
         raise InvalidSchedule(
             f"invalid cron expression {text!r}: expected 5 fields (minute hour day month "
             "weekday), or 6 with seconds last"
+        )
+    if _RANDOM.search(text):
+        # croniter's R (random) and H (hashed) pick a value anew each time the expression
+        # is read: the next tick would move between processes and restarts.
+        raise InvalidSchedule(
+            f"invalid cron expression {text!r}: R and H (random and hashed values) are not "
+            "supported; give the minute, hour, ... explicitly"
         )
     try:
         valid = croniter.is_valid(text)

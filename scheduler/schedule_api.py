@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from ..core.errors import InvalidArgument
 from ..proto.dispatch.sdk.v1 import call_pb2
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2
+from .call_limits import LimitsInvalid, limits_of
 from .calls import (
     call_problem,
     duration_seconds,
@@ -86,6 +87,10 @@ class ScheduleApi:
             plan = planned(chosen, now)
             if isinstance(plan, str):
                 raise invalid(plan)
+            try:
+                limits_of(chosen)
+            except LimitsInvalid as exc:
+                raise invalid(str(exc)) from None
             options = chosen.SerializeToString(deterministic=True)
         expiration = 0.0
         if spec.HasField("expiration"):

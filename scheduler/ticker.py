@@ -16,10 +16,12 @@ import logging
 from collections.abc import Callable
 
 from ..proto.dispatchlet.scheduler.v1 import options_pb2
+from .call_limits import LimitsInvalid, limits_of
 from .calls import planned
 from .clock import Clock
 from .cron import Cron, InvalidSchedule, tick_key
 from .store import NewCall, Store
+from .store.limits import NO_LIMITS
 from .store.schedules import Schedule, TickPlan
 
 logger = logging.getLogger(__name__)
@@ -116,8 +118,14 @@ class Ticker:
             return None
         tick, next_tick = due
         policy = None
+        limits = NO_LIMITS
         if schedule.options:
-            plan = planned(options_pb2.CallOptions.FromString(schedule.options), now)
+            options = options_pb2.CallOptions.FromString(schedule.options)
+            plan = planned(options, now)
+            try:
+                limits = limits_of(options)
+            except LimitsInvalid as exc:
+                plan = str(exc)
             if isinstance(plan, str):  # checked when stored: a change of the limits since
                 self._refuse(schedule, plan)
                 return None
@@ -129,6 +137,7 @@ class Ticker:
             expires_at=now + (schedule.expiration or self.expiration),
             key=tick_key(schedule.name, tick),
             policy=policy,
+            limits=limits,
         )
         return TickPlan(tick=tick, next_tick=next_tick, call=call)
 

@@ -274,7 +274,9 @@ def test_registering_functions_with_defaults_imports_no_options_proto() -> None:
         "endpoint = Endpoint(insecure=True)\n"
         "@endpoint.function(max_attempts=3, timeout=5, concurrency=2, schedule='* * * * *')\n"
         "def f() -> None: ...\n"
-        "loaded = [m for m in sys.modules if 'options_pb2' in m or m == 'croniter']\n"
+        "@endpoint.function(schedule='CRON_TZ=Europe/Paris 0 9 * * *')\n"
+        "def g() -> None: ...\n"
+        "loaded = [m for m in sys.modules if 'options_pb2' in m or m in ('croniter', 'zoneinfo')]\n"
         "print(loaded)\n"
     )
     out = subprocess.run(

@@ -101,6 +101,10 @@ def test_missed_ticks_are_caught_up_once_with_the_latest() -> None:
         ("* * * *", "UTC", "expected 5 fields"),
         ("* * * * * * * *", "UTC", "expected 5 fields"),
         ("60 * * * *", "UTC", "invalid cron expression"),
+        # Random and hashed values would tick at another moment after each restart.
+        ("R * * * *", "UTC", "R and H (random and hashed values) are not supported"),
+        ("H/5 * * * *", "UTC", "R and H (random and hashed values) are not supported"),
+        ("0 H(0-5) * * *", "UTC", "R and H (random and hashed values) are not supported"),
         ("0 9 * * *", "Mars/Olympus", "unknown time zone 'Mars/Olympus'"),
         ("0 9 * * *", "/etc/localtime", "unknown time zone"),
         ("0 9 * * *", "", "unknown time zone"),
@@ -111,6 +115,10 @@ def test_bad_expressions_and_time_zones_are_refused(
 ) -> None:
     with pytest.raises(InvalidSchedule, match=re.escape(reason)):
         Cron(expression, timezone)
+
+
+def test_month_and_weekday_names_are_no_random_values() -> None:
+    assert Cron("0 9 * MAR THU").expression == "0 9 * MAR THU"
 
 
 def test_an_expression_that_never_ticks_is_refused() -> None:

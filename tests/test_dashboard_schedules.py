@@ -227,3 +227,92 @@ def test_schedules_are_managed_in_connect_json_too(tmp_path: Path) -> None:
         assert [s["spec"]["name"] for s in json.loads(answer)["schedules"]] == ["nightly"]
 
     scenario(tmp_path, body)
+
+
+def _create_form(**fields: str) -> dict[str, str]:
+    form = {
+        "name": "digest",
+        "cron": "0 9 * * 1-5",
+        "timezone": "Europe/Paris",
+        "function": "send_digest",
+        "endpoint": ENDPOINT,
+        "input": '{"team": "ops"}',
+    }
+    form.update(fields)
+    return form
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "reason"),
+    [
+        ({"cron": "0 25 * * *"}, 400, "invalid cron expression &#39;0 25 * * *&#39;"),
+        ({"timezone": "Europe/Nowhere"}, 400, "unknown time zone &#39;Europe/Nowhere&#39;"),
+        ({"function": "2fast"}, 400, "invalid function name &#39;2fast&#39;"),
+        ({"input": "{team: ops}"}, 400, "the input is not JSON"),
+        ({"name": "taken"}, 409, "a schedule named &#39;taken&#39; exists already"),
+    ],
+)
+def test_the_create_form_shows_the_apis_refusal_next_to_it(
+    tmp_path: Path, fields: dict[str, str], status: int, reason: str
+) -> None:
+    async def body(h: Harness) -> None:
+        token, csrf = await log_in(h)
+        assert (await create(h, spec("taken")))[0] == 200
+        form = _create_form(**fields)
+        answer, page, _ = await post(h, "/schedules", {"csrf": csrf, **form}, cookie=token)
+        assert answer == status, page
+        problem = page.index('class="problem" role="alert"')
+        # Next to the form, which keeps what was typed.
+        assert reason in page[problem : page.index('action="/schedules"')]
+        assert f'value="{form["cron"]}"' in page
+        assert f'value="{form["timezone"]}"' in page
+        assert [s.name for s in await h.store.schedules()] == ["taken"]
+
+    scenario(tmp_path, body)
+
+
+def test_the_create_form_creates_a_schedule_as_the_rpc_does(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        token, csrf = await log_in(h)
+        status, page, _ = await get(h, "/schedules", cookie=token)
+        assert status == 200
+        assert 'action="/schedules"' in page
+        assert f'name="csrf" value="{csrf}"' in page
+        # Only from the dashboard's own pages, with the session's token.
+        form = _create_form()
+        assert (await post(h, "/schedules", form, cookie=token))[0] == 403
+        evil = await post(h, "/schedules", {"csrf": csrf, **form}, cookie=token, origin="http://x")
+        assert evil[0] == 403
+        assert await h.store.schedules() == []
+
+        status, _, _ = await post(h, "/schedules", {"csrf": csrf, **form}, cookie=token)
+        assert status == 303
+        made = await h.store.get_schedule("digest")
+        assert made is not None
+        assert (made.cron, made.timezone, made.function, made.endpoint) == (
+            "0 9 * * 1-5",
+            "Europe/Paris",
+            "send_digest",
+            ENDPOINT,
+        )
+        from dispatchlet.scheduler.cron import Cron
+
+        # Its first tick is 09:00 in Paris on a weekday, as the RPC computes it.
+        assert made.next_tick == Cron("0 9 * * 1-5", "Europe/Paris").next_after(made.created_at)
+        shown = calls_pb2.ScheduleSpec()
+        shown.input.ParseFromString(made.input)
+        assert values.from_any(shown.input) == {"team": "ops"}
+        _, page, _ = await get(h, "/schedules?done=create", cookie=token)
+        assert "Created: it ticks from its next tick." in page
+        assert 'action="/schedules/digest/pause"' in page
+
+        # No input and no zone: none, and UTC.
+        bare = _create_form(name="bare", timezone="", input="")
+        assert (await post(h, "/schedules", {"csrf": csrf, **bare}, cookie=token))[0] == 303
+        plain = await h.store.get_schedule("bare")
+        assert plain is not None
+        assert plain.timezone == "UTC"
+        shown.input.ParseFromString(plain.input)
+        assert values.from_any(shown.input) is None
+
+    scenario(tmp_path, body)
