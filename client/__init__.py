@@ -454,8 +454,9 @@ class Client:
         topic). A ``ClientError`` ``not_found`` for an unknown call,
         ``failed_precondition`` for a done one (or one that follows another, or a
         receive), ``resource_exhausted`` for one whose mailbox is full,
-        ``invalid_argument`` for a bad topic or a value over the scheduler's input limit. Sent at most once: a connection lost
-        after sending is an ``unavailable`` error, not a second message."""
+        ``invalid_argument`` for a bad topic or a value over the scheduler's input
+        limit. Sent at most once: a connection lost after sending is an ``unavailable``
+        error, not a second message."""
         request = calls_pb2.SendRequest(
             dispatch_id=dispatch_id, topic=topic, value=values.to_any(value)
         )
