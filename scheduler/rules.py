@@ -314,7 +314,7 @@ def suspension(call: Call, poll: poll_pb2.Poll, limits: Limits, now: float) -> S
         if isinstance(plan, str):
             return invalid("InvalidPoll", f"call {index}: {plan}")
         start = now if plan.ready_at is None else plan.ready_at
-        if start >= call.expires_at:
+        if plan.ready_at is not None and start >= call.expires_at:
             # Its expiration is at most its workflow's: it would end TIMEOUT unrun.
             return invalid(
                 "InvalidPoll",
