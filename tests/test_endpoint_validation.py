@@ -127,7 +127,7 @@ def test_a_poll_child_with_an_unusable_endpoint_ends_its_call() -> None:
 
 def test_a_tail_call_to_an_unusable_endpoint_ends_its_call() -> None:
     tail = call_pb2.Call(function="next", endpoint="http://[zz]/")
-    kind, message = error_of(rules.tail_call(running_call(), tail, Limits()))
+    kind, message = error_of(rules.tail_call(running_call(), tail, Limits(), now=0.0))
     assert kind == "InvalidTailCall"
     assert "invalid endpoint" in message
 
