@@ -2,7 +2,9 @@
 endpoint served by `dispatchlet serve`, on loopback. A client whose connection is reset
 after the whole request was sent (the answer lost) sends it again, and the calls are
 stored and run once; `dispatchlet dispatch --key` twice starts one call; on PostgreSQL,
-two scheduler processes that receive the same request at once store one set of calls."""
+two scheduler processes that receive the same request, or the same key, at once store one
+set of calls; a key dispatched again after its scheduler was killed and started again
+gets the first call."""
 
 from __future__ import annotations
 
@@ -24,8 +26,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dispatchlet import Client, Status
 from dispatchlet.core import values
+from dispatchlet.core.call_options import set_call_options
 from dispatchlet.core.keys import private_key_base64, public_key_base64
 from dispatchlet.proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2
+from dispatchlet.proto.dispatchlet.scheduler.v1 import options_pb2
 from postgres_server import fresh_database
 from test_scheduler_processes import API_KEY, Process, environment
 
@@ -57,13 +61,16 @@ class Stack:
     log: Path
     env: dict[str, str]
     folder: Path
+    processes: list[Process]
 
     def client(self, api_url: str | None = None) -> Client:
         return Client(api_url or self.schedulers[0], API_KEY, timeout=WAIT)
 
-    def note(self, n: int) -> call_pb2.Call:
+    def note(self, n: int, key: str = "") -> call_pb2.Call:
         call = call_pb2.Call(function="note", endpoint=self.endpoint)
         call.input.CopyFrom(values.to_any(n))
+        if key:
+            set_call_options(call, options_pb2.CallOptions(key=key))
         return call
 
     def runs(self) -> list[int]:
@@ -73,13 +80,16 @@ class Stack:
 
 
 @contextlib.contextmanager
-def started(kind: str, request: pytest.FixtureRequest, folder: Path) -> Iterator[Stack]:
-    """An endpoint and the scheduler: one process on SQLite, or two sharing PostgreSQL."""
+def started(
+    kind: str, request: pytest.FixtureRequest, folder: Path, database_url: str | None = None
+) -> Iterator[Stack]:
+    """An endpoint and the scheduler: one process on SQLite (the file in ``folder``), or
+    two sharing PostgreSQL (``database_url``, else a fresh database)."""
     (folder / "app.py").write_text(APP)
     log = folder / "runs.jsonl"
     key = Ed25519PrivateKey.generate()
     if kind == "postgres":
-        url = fresh_database(request.getfixturevalue("postgres_server"))
+        url = database_url or fresh_database(request.getfixturevalue("postgres_server"))
         databases: list[tuple[list[str], dict[str, str]]] = [
             ([], {"DISPATCHLET_DATABASE_URL": url})
         ] * 2
@@ -108,7 +118,7 @@ def started(kind: str, request: pytest.FixtureRequest, folder: Path) -> Iterator
         env = environment(
             DISPATCH_API_URL=urls[0], DISPATCH_API_KEY=API_KEY, DISPATCH_ENDPOINT_URL=endpoint_url
         )
-        yield Stack(urls, endpoint_url, log, env, folder)
+        yield Stack(urls, endpoint_url, log, env, folder, processes)
     finally:
         endpoint.stop()
         for process in processes:
@@ -292,3 +302,54 @@ def test_a_function_dispatched_with_a_key_again_gets_the_same_id(stack: Stack) -
             assert client.wait(dispatch_id, timeout=WAIT).status is Status.OK
         assert len(list(client.list(function="note", page_size=1000))) == 2
     assert sorted(stack.runs()) == [17, 18]
+
+
+def _dispatch(url: str, calls: list[call_pb2.Call]) -> list[str]:
+    """The ids a Dispatch of ``calls`` to the scheduler at ``url`` is answered with (no
+    request id: only the calls' keys make it idempotent)."""
+    request = dispatch_pb2.DispatchRequest(calls=calls)
+    sent = urllib.request.Request(
+        url + "/dispatch.sdk.v1.DispatchService/Dispatch",
+        data=request.SerializeToString(),
+        headers={"Content-Type": "application/proto", "Authorization": f"Bearer {API_KEY}"},
+    )
+    with urllib.request.urlopen(sent, timeout=WAIT) as answer:
+        return list(dispatch_pb2.DispatchResponse.FromString(answer.read()).dispatch_ids)
+
+
+def test_the_same_key_at_two_processes_at_once_is_one_call(two_processes: Stack) -> None:
+    stack = two_processes
+    with ThreadPoolExecutor(4) as pool:
+        for n in range(DISPATCHES):
+            calls = [[stack.note(n, key=f"order-{n}")]] * 4
+            answers = list(pool.map(_dispatch, stack.schedulers * 2, calls))
+            assert all(ids == answers[0] for ids in answers), answers
+    with stack.client() as client:
+        stored = list(client.list(function="note", page_size=1000))
+        for info in stored:
+            assert client.wait(info.dispatch_id, timeout=WAIT).status is Status.OK
+    assert len(stored) == DISPATCHES
+    assert sorted(stack.runs()) == list(range(DISPATCHES)), "each keyed call runs once"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_key_outlives_a_scheduler_killed_and_started_again(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    url = fresh_database(request.getfixturevalue("postgres_server")) if kind == "postgres" else None
+    with started(kind, request, tmp_path, url) as stack:
+        (first,) = _dispatch(stack.schedulers[0], [stack.note(1, key="order-1")])
+        # Acknowledged, then the scheduler dies at once.
+        for process in stack.processes:
+            process.process.kill()
+            process.process.wait(timeout=WAIT)
+    with started(kind, request, tmp_path, url) as stack:
+        (again,) = _dispatch(stack.schedulers[0], [stack.note(2, key="order-1")])
+        (other,) = _dispatch(stack.schedulers[0], [stack.note(3, key="order-3")])
+        with stack.client() as client:
+            # (The first call's endpoint stopped with the first stack: it is not waited for.)
+            assert client.wait(other, timeout=WAIT).status is Status.OK
+            stored = sorted(c.dispatch_id for c in client.list(function="note", page_size=1000))
+    assert again == first
+    assert stored == sorted([first, other])
+    assert 2 not in stack.runs(), "the second dispatch with the key ran nothing"
