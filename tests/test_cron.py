@@ -184,7 +184,7 @@ def test_a_tick_carries_its_schedules_retry_policy_and_expiration() -> None:
 
     options = options_pb2.CallOptions(max_attempts=3)
     options.attempt_timeout.FromSeconds(20)
-    now = at("2026-01-01T00:00:00.5+00:00")
+    now = at("2026-01-01T00:00:00.500+00:00")  # Python 3.10 reads 3 or 6 digits
 
     async def run() -> list[object]:
         store = MemoryStore()
