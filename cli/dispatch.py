@@ -355,7 +355,7 @@ def run_dispatch(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     given.apply(call)
     with client() as scheduler:
-        (dispatch_id,) = _checked(lambda: scheduler.dispatch([call]))
+        (dispatch_id,) = checked(lambda: scheduler.dispatch([call]))
         if not args.wait:
             print(dispatch_id)
             return EXIT_OK
@@ -372,7 +372,7 @@ def _wait(scheduler: Client, dispatch_id: str, timeout: float | None, *, as_json
     happens; Ctrl+C stops waiting (not the call) with exit status 130."""
     _note(f"waiting for {dispatch_id} (Ctrl+C stops waiting, not the call)")
     try:
-        info = _checked(
+        info = checked(
             lambda: scheduler.wait(
                 dispatch_id, timeout=timeout, on_attempt=lambda a: _note(attempt_line(a))
             )
@@ -395,7 +395,7 @@ def _note(line: str) -> None:
 
 def run_list(args: argparse.Namespace) -> int:
     with client() as scheduler:
-        page = _checked(
+        page = checked(
             lambda: scheduler.list_page(
                 state=args.state,
                 function=args.function,
@@ -427,13 +427,13 @@ def _whole_result(scheduler: Client, listed: CallInfo) -> CallInfo:
     summaries, so those come from the whole call, one at a time, where there are some."""
     if not unlisted_result(listed):
         return listed
-    whole = _checked(lambda: scheduler.get(listed.dispatch_id))
+    whole = checked(lambda: scheduler.get(listed.dispatch_id))
     return dataclasses.replace(listed, output=whole.output, error=whole.error)
 
 
 def run_show(args: argparse.Namespace) -> int:
     with client() as scheduler:
-        info = _checked(lambda: scheduler.get(args.dispatch_id))
+        info = checked(lambda: scheduler.get(args.dispatch_id))
     if args.use_json:
         print(json.dumps(as_dict(info, history=True), indent=2, ensure_ascii=False))
     else:
@@ -443,7 +443,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 def run_cancel(args: argparse.Namespace) -> int:
     with client() as scheduler:
-        cancelled = _checked(lambda: scheduler.cancel(args.dispatch_id))
+        cancelled = checked(lambda: scheduler.cancel(args.dispatch_id))
     rest = "; the rest of its tree is ending in the background" if cancelled.more_ending else ""
     print(f"cancelled {cancelled} call(s){rest}")
     return EXIT_OK
@@ -451,14 +451,14 @@ def run_cancel(args: argparse.Namespace) -> int:
 
 def run_retry(args: argparse.Namespace) -> int:
     with client() as scheduler:
-        brought = _checked(lambda: scheduler.retry(args.dispatch_id))
+        brought = checked(lambda: scheduler.retry(args.dispatch_id))
     print("retrying now" if brought else "due already: its next attempt starts as soon as it can")
     return EXIT_OK
 
 
 def run_rerun(args: argparse.Namespace) -> int:
     with client() as scheduler:
-        print(_checked(lambda: scheduler.rerun(args.dispatch_id)))
+        print(checked(lambda: scheduler.rerun(args.dispatch_id)))
     return EXIT_OK
 
 
@@ -468,7 +468,7 @@ def run_send(args: argparse.Namespace) -> int:
         value = args.value if args.string else parse_input(args.value)
     with client() as scheduler:
         try:
-            delivered = _checked(lambda: scheduler.send(args.dispatch_id, args.topic, value))
+            delivered = checked(lambda: scheduler.send(args.dispatch_id, args.topic, value))
         except EncodeError as exc:
             raise CommandError(f"cannot send VALUE: {exc}") from None
     print("received" if delivered else "kept until the workflow receives it")
@@ -477,7 +477,7 @@ def run_send(args: argparse.Namespace) -> int:
 
 def run_resume(args: argparse.Namespace) -> int:
     with client() as scheduler:
-        resumed = _checked(lambda: scheduler.resume(args.dispatch_id))
+        resumed = checked(lambda: scheduler.resume(args.dispatch_id))
     print(resumed)
     print(
         f"resumed with {resumed.steps_kept} step(s) kept, {resumed.steps_retried} to run again",
@@ -488,7 +488,7 @@ def run_resume(args: argparse.Namespace) -> int:
 
 def run_stats(args: argparse.Namespace) -> int:
     with client() as scheduler:
-        overview = _checked(scheduler.overview)
+        overview = checked(scheduler.overview)
     if args.use_json:
         print(json.dumps(overview_dict(overview), indent=2, ensure_ascii=False))
     else:
@@ -498,7 +498,7 @@ def run_stats(args: argparse.Namespace) -> int:
 
 def run_purge(args: argparse.Namespace) -> int:
     with client() as scheduler:
-        deleted = _checked(lambda: scheduler.purge(args.older_than, status=args.status))
+        deleted = checked(lambda: scheduler.purge(args.older_than, status=args.status))
     print(f"deleted {deleted} call(s)")
     return EXIT_OK
 
@@ -516,7 +516,7 @@ def show(info: CallInfo, *, as_json: bool = False) -> int:
     return EXIT_OK if info.status is Status.OK else EXIT_FAILED
 
 
-def _checked(action: Callable[[], T]) -> T:
+def checked(action: Callable[[], T]) -> T:
     try:
         return action()
     except ClientError as exc:

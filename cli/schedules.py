@@ -14,7 +14,7 @@ from ..core.endpoint import ENDPOINT_URL_ENV
 from ..core.values import EncodeError
 from .call import parse_input, seconds
 from .call_views import moment
-from .dispatch import _checked, attempt_timeout, attempts, client
+from .dispatch import attempt_timeout, attempts, checked, client
 from .errors import EXIT_OK, CommandError
 from .local_server import DEFAULT_ENDPOINT_URL, load_app
 
@@ -107,7 +107,7 @@ def run_create(args: argparse.Namespace) -> int:
         value = args.input if args.string else parse_input(args.input)
     with client() as scheduler:
         try:
-            created = _checked(
+            created = checked(
                 lambda: scheduler.create_schedule(
                     args.name,
                     args.cron,
@@ -143,7 +143,7 @@ def check_schedule(name: str, cron: str, timezone: str) -> None:
 
 def run_list(args: argparse.Namespace) -> int:
     with client() as scheduler:
-        found = _checked(scheduler.list_schedules)
+        found = checked(scheduler.list_schedules)
     if args.use_json:
         for each in found:
             print(json.dumps(schedule_dict(each), ensure_ascii=False))
@@ -155,13 +155,13 @@ def run_list(args: argparse.Namespace) -> int:
 def run_action(args: argparse.Namespace) -> int:
     with client() as scheduler:
         if args.action == "pause":
-            paused = _checked(lambda: scheduler.pause_schedule(args.name))
+            paused = checked(lambda: scheduler.pause_schedule(args.name))
             print(f"paused {paused.name}")
         elif args.action == "resume":
-            resumed = _checked(lambda: scheduler.resume_schedule(args.name))
+            resumed = checked(lambda: scheduler.resume_schedule(args.name))
             print(f"resumed {resumed.name}: next tick {_when(resumed)}")
         else:
-            _checked(lambda: scheduler.delete_schedule(args.name))
+            checked(lambda: scheduler.delete_schedule(args.name))
             print(f"deleted {args.name}")
     return EXIT_OK
 
@@ -179,7 +179,7 @@ def sync(scheduler: Client, endpoint: Any, url: str) -> SyncResult:
     """Push ``endpoint``'s declared schedules for ``url``; a refusal is the command's
     error."""
     try:
-        return _checked(lambda: scheduler.sync_schedules(endpoint, endpoint_url=url))
+        return checked(lambda: scheduler.sync_schedules(endpoint, endpoint_url=url))
     except EncodeError as exc:
         raise CommandError(f"cannot sync the schedules: {exc}") from None
 

@@ -46,7 +46,15 @@ from ..proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2, error_pb2, poll_pb2
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2, options_pb2
 from .call_answer import CallAnswer, CallResponse, add_result
 from .call_limits import LimitsInvalid, limits_of
-from .calls import AT_ONCE, call_problem, duration_seconds, oversized_input, planned, timestamp
+from .calls import (
+    AT_ONCE,
+    MAX_EXPIRATION,
+    call_problem,
+    duration_seconds,
+    oversized_input,
+    planned,
+    timestamp,
+)
 from .engine import Engine
 from .host_check import host_allowed, refusal
 from .metrics import CONTENT_TYPE
@@ -77,7 +85,6 @@ MAX_CALLS = 1000
 MAX_BODY_BYTES = 32 * 1024 * 1024
 """The largest request body, unless the largest input needs more (``body_limit``)."""
 DEFAULT_EXPIRATION = 24 * 3600.0
-MAX_EXPIRATION = 366 * 24 * 3600.0
 MAX_WAIT = 60.0
 MAX_PAGE = 1000
 PURGE_SECONDS = 10.0

@@ -25,6 +25,8 @@ ENDPOINT_SCHEMES = ("http://", "https://", "arn:aws:lambda:")
 
 __all__ = [
     "ENDPOINT_SCHEMES",
+    "MAX_DELAY",
+    "MAX_EXPIRATION",
     "MAX_POLL_CALLS",
     "MAX_POLL_RESULTS",
     "call_problem",
@@ -39,6 +41,8 @@ __all__ = [
 MAX_DELAY = 366 * 24 * 3600.0
 """The furthest a call's first attempt may be put off (a year), and the longest of its
 expiration, attempt timeout and backoff."""
+MAX_EXPIRATION = MAX_DELAY
+"""The longest expiration a call may be given, at Dispatch or by a schedule."""
 
 
 @dataclass(frozen=True)

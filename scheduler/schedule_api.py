@@ -11,6 +11,7 @@ from ..proto.dispatch.sdk.v1 import call_pb2
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2
 from .call_limits import LimitsInvalid, limits_of
 from .calls import (
+    MAX_EXPIRATION,
     call_problem,
     duration_seconds,
     endpoint_problem,
@@ -23,9 +24,6 @@ from .store.schedules import NewSchedule, Schedule, ScheduleNotFound
 
 if TYPE_CHECKING:
     from .api import Api
-
-MAX_EXPIRATION = 366 * 24 * 3600.0
-"""The longest expiration of a tick's call, as of any call (a year)."""
 
 MAX_SYNCED = 1000
 """The most schedules one sync may declare."""

@@ -222,11 +222,8 @@ class Dashboard:
     # --- one call ------------------------------------------------------------------------
 
     async def call(self, request: web.Request, viewer: Viewer) -> web.StreamResponse:
-        from ..api import call_info  # the API imports this module when it mounts it
-
         call = await self.found(request)
-        info = call_info(call)
-        state = info.coroutine_state if info.HasField("coroutine_state") else views.kept_state(call)
+        state = views.coroutine_state(call)
         tree = await self.api.store.list(root_id=call.root_id, limit=views.TREE_LIMIT + 1)
         children = [c for c in tree if c.parent_id == call.dispatch_id]
         journal, steps = views.journal_steps(state, children)

@@ -364,10 +364,10 @@ class Step:
         return moment(datetime.datetime.fromisoformat(self.wake_at).timestamp())
 
 
-def kept_state(call: Call) -> any_pb2.Any | None:
-    """The coroutine state a call that ended kept from its last suspension (a failed
-    workflow keeps its journal, to be resumed from), if any."""
-    if not (call.done and call.poll):
+def coroutine_state(call: Call) -> any_pb2.Any | None:
+    """The coroutine state of the call's last suspension, if it keeps one: a suspended
+    workflow's, or the journal a failed one kept to be resumed from."""
+    if not call.poll:
         return None
     poll = poll_pb2.Poll.FromString(call.poll)
     return poll.typed_coroutine_state if poll.HasField("typed_coroutine_state") else None
