@@ -55,6 +55,7 @@ from .status import Status
 from .workflow_steps import Call, DurableAwaitable, Mode
 
 if typing.TYPE_CHECKING:
+    from .functions import Function
     from .replay import Replay
 
 logger = logging.getLogger("dispatchlet")
@@ -117,7 +118,7 @@ class InlineSteps:
                 self.handed.update(step.slot for step in waiting)
                 return None
             began = clock()
-            concurrent = [s for s in waiting if typing.cast(Any, s.inline).is_async]
+            concurrent = [s for s in waiting if _function(s).is_async]
             if awaited.mode is Mode.ALL and len(concurrent) > 1:
                 yield from self._concurrently(replay, concurrent)
             else:
@@ -132,8 +133,7 @@ class InlineSteps:
         current = variable()
         token = current.set(None)
         try:
-            function = typing.cast(Any, step.inline)
-            if not function.is_async:
+            if not _function(step).is_async:
                 return self._sync(step)
             return (yield from self._async(step).__await__())
         finally:
@@ -151,7 +151,7 @@ class InlineSteps:
     def _arguments(
         self, step: Call
     ) -> tuple[tuple[object, ...], dict[str, object]] | function_pb2.RunResponse:
-        function = typing.cast(Any, step.inline)
+        function = _function(step)
         return arguments(
             function,
             step.input(),
@@ -161,7 +161,7 @@ class InlineSteps:
         )
 
     def _sync(self, step: Call) -> function_pb2.RunResponse:
-        function = typing.cast(Any, step.inline)
+        function = _function(step)
         bound = self._arguments(step)
         if isinstance(bound, function_pb2.RunResponse):
             return bound
@@ -172,7 +172,7 @@ class InlineSteps:
         return exit_response(function, result, allow_pickle=self.allow_pickle)
 
     async def _async(self, step: Call) -> function_pb2.RunResponse:
-        function = typing.cast(Any, step.inline)
+        function = _function(step)
         bound = self._arguments(step)
         if isinstance(bound, function_pb2.RunResponse):
             return bound
@@ -229,3 +229,11 @@ class InlineSteps:
         record.result.correlation_id = step.slot + 1
         record.result.dispatch_id = self.dispatch_id(step)
         replay.arrive(record)
+
+
+def _function(step: Call) -> Function[..., Any]:
+    """The function an inline step runs."""
+    function = step.inline
+    if function is None:
+        raise RuntimeError(f"{step!r} is not an inline step")
+    return function
