@@ -459,14 +459,14 @@ INLINE = """
 def inline_step(name: str, ctx: RunContext) -> str:
     note({"inline": name, "id": ctx.dispatch_id})
     if name == "b":
-        time.sleep(1.2)  # longer than the workflow's checkpoint_after
+        time.sleep(2.2)  # longer than the workflow's checkpoint_after
     if name == "e":
         while not GATE.exists():
             time.sleep(0.02)
     return name
 
 
-@endpoint.function(checkpoint_after=1.0)
+@endpoint.function(checkpoint_after=2.0)
 async def inline_chain() -> list:
     return [await inline_step(name) for name in "abcde"]
 """
