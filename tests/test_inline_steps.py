@@ -531,3 +531,33 @@ def test_the_journal_shows_inline_steps_without_a_child() -> None:
         ("add", True, "done", None),
         ("child", False, "pending", None),
     ]
+
+
+def test_an_inline_function_runs_as_a_plain_function_outside_the_journal() -> None:
+    app = App()
+    add, child = app.endpoint.functions["add"], app.endpoint.functions["child"]
+
+    @app.endpoint.function(inline=True)
+    def helper(x: int) -> int:
+        # A registered function called from an inline step is a plain call, not a step
+        # of the workflow: the step's own work, as in a child call's run.
+        return int(child(x)) + 1
+
+    @app.endpoint.function(inline=True)
+    async def waits(x: int) -> int:
+        await asyncio.sleep(0)  # a plain coroutine may await anything
+        return x
+
+    @app.endpoint.function
+    async def flow(x: int) -> list[int]:
+        return [await helper(x), await waits(x), await child(x), await add(x)]
+
+    response = app.run("flow", 2)
+    journal = journal_of(response)
+    assert [(s.name, s.inline) for s in journal.steps] == [
+        ("helper", True),
+        ("waits", True),
+        ("child", False),
+    ]
+    assert app.ran == Counter({"child 2": 1})
+    assert run_workflow(app.endpoint, flow, 2).output == [21, 2, 20, 3]
