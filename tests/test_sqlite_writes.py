@@ -166,7 +166,7 @@ def test_a_claim_that_failed_leaves_the_connection_committing_with_an_fsync(
 def test_a_claim_that_records_rate_limited_starts_commits_with_an_fsync(tmp_path: Path) -> None:
     async def body(store: SQLiteStore, watched: Watched) -> None:
         rate = Limits(rate_count=1, rate_period=60.0)
-        first, second = await store.dispatch([call("r", limits=rate)] * 2, now=NOW)
+        first, _ = await store.dispatch([call("r", limits=rate)] * 2, now=NOW)
         levels, claimed = await committed_under(
             watched, store.claim(owner="p", now=NOW + 0.1, limit=2, lease_seconds=LEASE)
         )
@@ -225,7 +225,8 @@ def test_writes_queued_together_commit_once_and_one_that_fails_is_undone_alone(
         assert [c.function for c in await store.list(state=State.READY)] == ["a", "b"]
         assert [c.dispatch_id for c in await store.list(state=State.READY)] == [*a, *b]
         parent = await store.get(lease.dispatch_id)
-        assert parent is not None and parent.state is State.RUNNING
+        assert parent is not None
+        assert parent.state is State.RUNNING
         assert await store.children(lease.dispatch_id) == []
         assert await store.finish(lease, OK, b"", now=NOW + 2)
 
@@ -241,7 +242,8 @@ def test_one_request_id_twice_in_one_batch_stores_its_calls_once(tmp_path: Path)
             store.dispatch(calls, now=NOW, request=request),
             store.dispatch(calls, now=NOW, request=request),
         )
-        assert first == again and len(first) == 2
+        assert first == again
+        assert len(first) == 2
         assert watched.begun() == 1
         assert sorted(c.dispatch_id for c in await store.list()) == sorted(first)
 
