@@ -18,8 +18,9 @@ A call moves through these states:
   process ends them if this one stops.
 
 A lease that expires (its scheduler died) makes the call claimable again: calls run at
-least once, never zero times. Every method is one transaction; ``dispatch`` commits all
-its calls or none.
+least once, never zero times. Every method is atomic (one transaction, or a savepoint
+of one that several share: SQLite's group commit); ``dispatch`` commits all its calls or
+none.
 
 Dispatch is idempotent (``idempotency.py``): each store keeps, beside its calls, the
 request ids of the Dispatches that carried one (with their dispatch ids) and the
@@ -382,7 +383,7 @@ class TreeLimitExceeded(DispatchletError):
 
 
 class Store(Protocol):
-    """What the scheduler needs of its storage; each method is one transaction."""
+    """What the scheduler needs of its storage; each method is atomic."""
 
     async def dispatch(
         self, calls: Sequence[NewCall], *, now: float, request: RequestId | None = None
