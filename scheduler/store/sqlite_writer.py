@@ -86,14 +86,15 @@ class Writer:
     ) -> T:
         """``fn``'s result once the transaction that ran it committed."""
         loop = asyncio.get_running_loop()
-        write = Write(fn, now, durable, loop.create_future(), loop)
+        future: asyncio.Future[T] = loop.create_future()
+        write = Write(fn, now, durable, future, loop)
         with self._lock:
             self._queue.append(write)
             start = not self._draining
             self._draining = True
         if start:
             self._schedule()
-        return await write.future
+        return await future
 
     def queued(self) -> int:
         """How many writes wait for the thread."""
@@ -157,8 +158,9 @@ class Writer:
         try:
             connection.execute("BEGIN IMMEDIATE")
             try:
+                again: list[Write[Any]] = []
                 if len(batch) == 1:  # alone, as before group commit: no savepoint
-                    outcomes, again = [(batch[0], True, batch[0].fn(connection))], []
+                    outcomes = [(batch[0], True, batch[0].fn(connection))]
                 else:
                     outcomes, again = _each(connection, batch)
                 if marking:
