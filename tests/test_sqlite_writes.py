@@ -317,3 +317,23 @@ def test_a_file_replaced_under_a_batch_fails_every_write_of_it(tmp_path: Path) -
         assert "was replaced by another file" in str(outcomes[0])
 
     with_store(path, body)
+
+
+def test_claims_queued_together_that_record_starts_are_committed_with_an_fsync(
+    tmp_path: Path,
+) -> None:
+    async def body(store: SQLiteStore, watched: Watched) -> None:
+        rate = Limits(rate_count=2, rate_period=60.0)
+        ids = await store.dispatch([call("r", limits=rate)] * 3, now=NOW)
+        before = len(watched.commits)
+        claims = [
+            store.claim(owner="p", now=NOW + 0.1, limit=1, lease_seconds=LEASE) for _ in range(2)
+        ]
+        first, second = await queued_together(store, *claims)
+        assert [c.call.dispatch_id for c in [*first, *second]] == ids[:2]
+        # Whatever the batch that tried them committed, those that took calls (and
+        # counted their starts) committed with an fsync.
+        assert watched.commits[before:][-1] == FULL
+        assert await store.claim(owner="p", now=NOW + 0.2, limit=2, lease_seconds=LEASE) == []
+
+    with_store(tmp_path / "scheduler.db", body)

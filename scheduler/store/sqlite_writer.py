@@ -162,7 +162,7 @@ class Writer:
                 if len(batch) == 1:  # alone, as before group commit: no savepoint
                     outcomes = [(batch[0], True, batch[0].fn(connection))]
                 else:
-                    outcomes, again = _each(connection, batch)
+                    outcomes, again = _each(connection, batch, durable=self.durable)
                 if marking:
                     connection.execute(MARK, (now,))
                 connection.execute("COMMIT")
@@ -182,10 +182,11 @@ class Writer:
 
 
 def _each(
-    connection: sqlite3.Connection, batch: list[Write[Any]]
+    connection: sqlite3.Connection, batch: list[Write[Any]], *, durable: bool
 ) -> tuple[list[Outcome], list[Write[Any]]]:
     """Each write of ``batch`` in a savepoint: the outcome of each, and those that need
-    a durable transaction. An error that ends the transaction is raised."""
+    a durable transaction (if this one is not). An error that ends the transaction is
+    raised."""
     outcomes: list[Outcome] = []
     again: list[Write[Any]] = []
     for write in batch:
@@ -197,7 +198,7 @@ def _each(
                 raise
             connection.execute("ROLLBACK TO write")
             connection.execute("RELEASE write")
-            if isinstance(exc, NeedsDurability):
+            if isinstance(exc, NeedsDurability) and not durable:
                 again.append(write)
             else:
                 outcomes.append((write, False, exc))
