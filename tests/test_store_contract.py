@@ -246,7 +246,7 @@ def test_extend_keeps_a_long_attempt_leased(open_store: Any) -> None:
         assert await store.extend(claimed.lease, until=NOW + 3 * LEASE)
         later = NOW + 2 * LEASE
         assert await store.claim(owner="s2", now=later, limit=1, lease_seconds=LEASE) == []
-        lease = Lease(claimed.lease.dispatch_id, claimed.lease.token, NOW + 3 * LEASE)
+        lease = dataclasses.replace(claimed.lease, expires_at=NOW + 3 * LEASE)
         assert await store.finish(lease, OK, b"", now=later)
 
     with_store(open_store, body)
