@@ -97,9 +97,7 @@ def may_find_more(
     picked = set(chosen)
     taken = Counter(where for dispatch_id, where in candidates if dispatch_id in picked)
     for where in seen:
-        if room is None:
-            return True
-        allowed = room(where)
+        allowed = room(where) if room is not None else len(candidates) + 1
         if cap is not None:
             allowed = min(allowed, cap - running.get(where, 0))
         if taken[where] < allowed:
