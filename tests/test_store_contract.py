@@ -1802,9 +1802,13 @@ def test_postgres_an_attempt_whose_claim_was_lost_stores_no_outcome(
                     is None
                 )
                 assert await store.finish(same.lease, OK, b"kept", now=NOW + 1)
+                # Its token is the done call's: nor does it add its attempt to the history.
+                ran = attempt(OK)
+                assert not await store.finish(other.lease, OK, b"", now=NOW + 1, attempt=ran)
             done = await store.get(dispatch_id)
             assert done is not None
             assert (done.state, done.status, done.result) == (State.DONE, OK, b"kept")
+            assert (await store.history(dispatch_id)).total == 0
         finally:
             await store.close()
 

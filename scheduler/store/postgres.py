@@ -680,7 +680,7 @@ class PostgresStore:
             finished = await self._transaction(
                 lambda db: _finish_and_tell(db, finishes), pipeline=True
             )
-            done = [(f[0].dispatch_id, f[0].token) in finished for f, _ in batch]
+            done = [(f[0].dispatch_id, f[0].token, f[0].owner) in finished for f, _ in batch]
         except BaseException as exc:
             for _, future in batch:
                 if not future.done():
@@ -1138,20 +1138,22 @@ async def _add_attempt(db: Connection, lease: Lease, attempt: NewAttempt | None)
         await db.execute(SQL.trim_attempts, {**params, "number": row[0]})
 
 
-async def _finish_and_tell(db: Connection, finishes: Sequence[_Finish]) -> set[tuple[str, int]]:
+async def _finish_and_tell(
+    db: Connection, finishes: Sequence[_Finish]
+) -> set[tuple[str, int, str]]:
     """``_finish_all``, and the waiters of the calls that ended told."""
     finished = await _finish_all(db, finishes)
     if finished:
-        ended = [dispatch_id for dispatch_id, _ in finished]
+        ended = [dispatch_id for dispatch_id, *_ in finished]
         await db.execute(SQL.notify_ended, {"ids": ended})
     return finished
 
 
-async def _finish_all(db: Connection, finishes: Sequence[_Finish]) -> set[tuple[str, int]]:
-    """Record a batch of finishes, each fenced by its own lease, in four statements for
+async def _finish_all(db: Connection, finishes: Sequence[_Finish]) -> set[tuple[str, int, str]]:
+    """Record a batch of finishes, each fenced by its own lease, in a few statements for
     the whole batch (pipelined: the later ones act only on the finishes that took
     effect), then end the first ``END_BATCH`` of their unfinished descendants; the
-    (dispatch id, lease token) of each finish that took effect."""
+    (dispatch id, lease token, lease owner) of each finish that took effect."""
     leases = [lease for lease, *_ in finishes]
     params = {
         "ids": [lease.dispatch_id for lease in leases],
@@ -1162,19 +1164,24 @@ async def _finish_all(db: Connection, finishes: Sequence[_Finish]) -> set[tuple[
         "nows": [finish[3] for finish in finishes],
         "orphan_statuses": [finish[4][0] for finish in finishes],
         "orphan_results": [finish[4][1] for finish in finishes],
-        "given": [child for lease in leases for child in lease.delivered],
-        "given_to": [lease.dispatch_id for lease in leases for _ in lease.delivered],
-        "given_token": [lease.token for lease in leases for _ in lease.delivered],
     }
     finished = await db.execute(SQL.finish_all, params)
-    if params["given"]:
-        await db.execute(SQL.deliver_all, params)
     queued = await db.execute(SQL.queue_endings_all, params)
     await db.execute(SQL.wake_parents_all, params)
-    took = {(row[0], int(row[1])) for row in await finished.fetchall()}
-    attempts = _attempts_of(finishes)
+    took = {(row[0], int(row[1]), row[2]) for row in await finished.fetchall()}
+    # What only the finishes that took effect record, sent with the commit: the
+    # results their attempts were given delivered, and the attempts in the history (in
+    # the same transaction as the finishes they record).
+    kept = [f for f in finishes if (f[0].dispatch_id, f[0].token, f[0].owner) in took]
+    given = {
+        "given": [child for lease, *_ in kept for child in lease.delivered],
+        "given_to": [lease.dispatch_id for lease, *_ in kept for _ in lease.delivered],
+        "given_token": [lease.token for lease, *_ in kept for _ in lease.delivered],
+    }
+    if given["given"]:
+        await db.execute(SQL.deliver_all, given)
+    attempts = _attempts_of(kept)
     if attempts["attempt_ids"]:
-        # In the same transaction as the finishes they record.
         await db.execute(SQL.add_attempts_all, attempts)
     latest = max(finish[3] for finish in finishes)
     await _end_batch(db, await queued.fetchall(), latest, END_BATCH, settled=False)

@@ -1003,7 +1003,7 @@ class PostgresStatements(Statements):
             "  :results::bytea[], :nows::double precision[],"
             "  :owners::text[]) AS f (id, token, status, result, now, owner)"
             " WHERE c.dispatch_id = f.id AND c.lease_token = f.token AND c.state = 'running'"
-            " AND c.lease_owner = f.owner RETURNING c.dispatch_id, c.lease_token"
+            " AND c.lease_owner = f.owner RETURNING c.dispatch_id, c.lease_token, f.owner"
         )
         # The results a finished resume was given are delivered.
         self.deliver_all = r(
