@@ -624,10 +624,10 @@ class PostgresStore:
         return await self._transaction(lease, pipeline=True)
 
     async def release(self, lease: Lease, *, ready_at: float) -> bool:
-        return await self._update(SQL.release, _fenced(lease, ready_at=ready_at))
+        return await self._update(SQL.release_owned, _fenced(lease, ready_at=ready_at))
 
     async def extend(self, lease: Lease, *, until: float) -> bool:
-        return await self._update(SQL.extend, _fenced(lease, until=until))
+        return await self._update(SQL.extend_owned, _fenced(lease, until=until))
 
     async def _update(self, query: str, params: dict[str, Any]) -> bool:
         # One statement: atomic by itself, one round trip with no BEGIN and COMMIT.
@@ -710,7 +710,7 @@ class PostgresStore:
             waiting = _fenced(
                 lease, poll=poll, min_results=min_results, max_results=max_results, until=until
             )
-            suspended = await db.execute(SQL.suspend, waiting)
+            suspended = await db.execute(SQL.suspend_owned, waiting)
             pending = None
             if children and bounds.max_children is not None:
                 pending = await db.execute(SQL.pending_children, {"id": lease.dispatch_id})
@@ -798,7 +798,7 @@ class PostgresStore:
         attempt: NewAttempt | None = None,
     ) -> bool:
         async def update(db: Connection) -> bool:
-            cursor = await db.execute(SQL.restart, _fenced(lease, now=now))
+            cursor = await db.execute(SQL.restart_owned, _fenced(lease, now=now))
             if cursor.rowcount != 1:
                 return False
             await _add_attempt(db, lease, attempt)
@@ -852,7 +852,7 @@ class PostgresStore:
                 **policy_columns(policy),
                 **limit_columns(limits),
             )
-            cursor = await db.execute(SQL.tail_call, handed)
+            cursor = await db.execute(SQL.tail_call_owned, handed)
             if cursor.rowcount != 1:
                 return False
             await _add_attempt(db, lease, attempt)
@@ -967,7 +967,7 @@ class PostgresStore:
         return await self._transaction(delete)
 
     async def count_unstored(self, lease: Lease) -> int | None:
-        rows = await self._select(SQL.count_unstored, _fenced(lease))
+        rows = await self._select(SQL.count_unstored_owned, _fenced(lease))
         return int(rows[0][0]) if rows else None
 
     # --- actions on a call ---------------------------------------------------------------

@@ -944,8 +944,17 @@ class PostgresStatements(Statements):
     notifications and batches of finishes."""
 
     def __init__(self) -> None:
-        super().__init__(POSTGRES, fence=_OWNED)
+        super().__init__(POSTGRES)
         r = POSTGRES.render
+        # What a lease does, fenced by its owner too (``_OWNED``), under names of their
+        # own: the shared ones take the same parameters in both databases.
+        owned = Statements(POSTGRES, fence=_OWNED)
+        self.release_owned = owned.release
+        self.extend_owned = owned.extend
+        self.suspend_owned = owned.suspend
+        self.restart_owned = owned.restart
+        self.tail_call_owned = owned.tail_call
+        self.count_unstored_owned = owned.count_unstored
         # With how many destinations the window holds (``claims.may_find_more``).
         self.ranked_window = r(_ranked_window(destinations=True))
         self.ranked_window_unheld = r(_ranked_window(_HELD["postgres"], destinations=True))
@@ -1053,13 +1062,13 @@ class PostgresStatements(Statements):
             f" WHERE {POSTGRES.one_of('dispatch_id', 'ids')}"
         )
         self.retry_notified = (
-            f"WITH retried AS ({self.retry} RETURNING dispatch_id)"
+            f"WITH retried AS ({owned.retry} RETURNING dispatch_id)"
             f" SELECT pg_notify('{CHANGED}', dispatch_id) FROM retried"
         )
         # The same, and its attempt added to the history (one statement still: each
         # part of a WITH runs, read or not, on the snapshot the statement began with).
         self.retry_recorded = r(
-            f"WITH retried AS ({self.retry} RETURNING dispatch_id),"
+            f"WITH retried AS ({owned.retry} RETURNING dispatch_id),"
             f" added AS (INSERT INTO {ATTEMPTS} (dispatch_id, {_ATTEMPT_COLUMNS})"
             "  SELECT dispatch_id, coalesce((SELECT max(number)"
             f"   FROM {ATTEMPTS} WHERE dispatch_id = :id), 0) + 1, :attempt_function,"
