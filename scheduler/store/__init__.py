@@ -235,6 +235,10 @@ class Lease:
     expires_at: float
     delivered: tuple[str, ...] = ()
     """The children whose results this attempt carries (a resume)."""
+    owner: str = ""
+    """Whom the store leased the call to, where its fence checks it too (PostgreSQL:
+    each claim's own, so that an attempt whose claim a server crash lost fails its fence
+    though another claim got the same token)."""
 
 
 @dataclass(frozen=True)
