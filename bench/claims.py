@@ -69,7 +69,9 @@ def analyze(url: str, *, empty: bool = False) -> None:
     with psycopg.connect(url, autocommit=True) as db:
         exists = db.execute("SELECT to_regclass('dispatchlet_calls')").fetchone()
         if exists is not None and exists[0] is not None:
-            db.execute("TRUNCATE dispatchlet_calls" if empty else "ANALYZE dispatchlet_calls")
+            db.execute(
+                "TRUNCATE dispatchlet_calls CASCADE" if empty else "ANALYZE dispatchlet_calls"
+            )
 
 
 def target_for(database_url: str | None, folder: Path, name: str) -> str:

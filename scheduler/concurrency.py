@@ -187,5 +187,14 @@ class Limiter:
 
         return room
 
+    def startable(self, pool: int) -> int:
+        """How many attempts may start now in a pool of ``pool``, by these limits
+        alone: the room of every destination seen (``rooms``), and a new one's. A claim
+        asks the store for no more, rather than reading calls it would leave."""
+        room = self.rooms(pool)
+        seen = sum(room(key) for key in list(self.windows))
+        start = self.initial if self.cap is None else min(self.initial, self.cap)
+        return seen + max(1, min(int(start), pool))
+
     def limit(self, key: str) -> int:
         return int(self._window(key).limit)

@@ -161,6 +161,7 @@ class Engine:
         self.reread: float | None = None
         """How often a waiter reads its call again anyway (``Store.watch``)."""
         self._ending = asyncio.Event()  # descendants were left to end
+        self._held_back = False  # the last claim left calls that a limit held back
 
     @property
     def in_flight(self) -> int:
@@ -245,22 +246,30 @@ class Engine:
         ender = asyncio.create_task(self._end_descendants())
         while not self._stopping:
             free = self.concurrency - len(self._running)
+            asked = 0
             claimed: list[Claimed] = []
             if free > 0:
+                # No more than this process's limits let it start now: the store reads
+                # and deals no calls that would only be left.
+                asked = min(free, self.limiter.startable(self.concurrency))
+                room = _Rooms(self.limiter.rooms(self.concurrency))
                 try:
                     claimed = await self.store.claim(
                         owner=self.owner,
                         now=self.clock(),
-                        limit=free,
+                        limit=asked,
                         lease_seconds=lease_seconds,
                         # The hard cap holds across every process on the store.
                         cap=None if self.limiter.cap is None else int(self.limiter.cap),
                         # Only what this process's limits let it start now: each
                         # destination within its window and its share of the pool.
-                        room=self.limiter.rooms(self.concurrency),
+                        room=room,
                     )
                 except Exception:
                     logger.exception("claiming calls failed; trying again")
+                # Whether a limit left calls waiting: then an attempt that ends frees
+                # room for them, and wakes this loop.
+                self._held_back = self.limiter.cap is not None or room.filled(claimed)
             for item in claimed:
                 task = asyncio.create_task(self._attempt(item))
                 self._running.add(task)
@@ -268,7 +277,9 @@ class Engine:
                 # Its root, while it runs: its end wakes the waiters of its descendants.
                 self._roots[item.call.dispatch_id] = item.call.root_id
                 task.add_done_callback(functools.partial(self._ran, item.call.dispatch_id))
-            if len(claimed) < free:
+            if free <= 0:
+                await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
+            elif len(claimed) < asked:
                 # Nothing more ready: wait for a dispatch, a finished attempt or a timer.
                 self._wake.clear()
                 # Until a dispatch or a finished attempt, a retry of ours falls due, or
@@ -277,8 +288,11 @@ class Engine:
                 self._due = float("inf")
                 with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), pause)
-            elif free <= 0:
-                await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
+            else:
+                # As many as asked for: more may be ready. The attempts just started
+                # take their slots of the limiter first, so that the next claim asks
+                # for what is left.
+                await asyncio.sleep(0)
         if self._running:
             await asyncio.wait(self._running)
         await ender
@@ -382,7 +396,10 @@ class Engine:
         finally:
             milliseconds = round((time.perf_counter() - started) * 1000, 1)
             self._log_attempt(call, replaced or outcome, milliseconds)
-            self._wake.set()
+            if self._held_back or call.limits.limited:
+                # Room for calls a limit held back (what the outcome made ready woke
+                # the loop in ``_apply``).
+                self._wake.set()
             if span is not None:
                 status, error_type, _ = attempt_summary(replaced or outcome)
                 span.end(status, error_type)
@@ -558,9 +575,12 @@ class Engine:
         self, lease: Lease, decision: Decision, now: float, attempt: NewAttempt | None = None
     ) -> None:
         """Record ``decision`` under ``lease``, and ``attempt`` in the call's history:
-        one store call."""
+        one store call; then the claim loop woken if the decision may have made a call
+        ready (a parent, a resume, a retry's time) rather than only ended one."""
         if isinstance(decision, Finish):
             await self._end(lease, decision.status, decision.result, now, attempt)
+            if self._roots.get(lease.dispatch_id) != lease.dispatch_id:
+                self._wake.set()  # its parent may be ready now
         elif isinstance(decision, Retry):
             recorded = await self.store.retry(
                 lease,
@@ -573,6 +593,7 @@ class Engine:
             if recorded:
                 self._due = min(self._due, decision.ready_at)
                 self.changed(lease.dispatch_id)
+                self._wake.set()  # the loop's pause ends by its time
         elif isinstance(decision, Suspend):
             children: Sequence[NewCall] = decision.children
             trace_context = tracing.carried()  # the attempt's: the children's parent
@@ -589,8 +610,8 @@ class Engine:
                 bounds=TreeBounds(self.max_children, self.max_descendants),
                 attempt=attempt,
             )
-            if decision.children:
-                self._wake.set()
+            # Its children are ready, or itself, if earlier results were enough.
+            self._wake.set()
         elif isinstance(decision, TailCall):
             await self.store.tail_call(
                 lease,
@@ -602,8 +623,10 @@ class Engine:
                 policy=decision.policy,
                 limits=decision.limits,
             )
+            self._wake.set()  # ready again, as the function handed over to
         else:
             await self.store.restart(lease, now=now, orphans=ORPHANS, attempt=attempt)
+            self._wake.set()  # ready again, from its input
 
     async def _end(
         self,
@@ -619,6 +642,28 @@ class Engine:
         if finished:
             self._changed(lease.dispatch_id)
             self.metrics.ended(status)
+
+
+class _Rooms:
+    """A claim's room per destination (``Limiter.rooms``), noting what the store asked,
+    so that the engine can tell whether a destination's room ran out."""
+
+    def __init__(self, room: Callable[[str], int]) -> None:
+        self._room = room
+        self.asked: dict[str, int] = {}
+
+    def __call__(self, key: str) -> int:
+        room = self.asked[key] = self._room(key)
+        return room
+
+    def filled(self, claimed: Sequence[Claimed]) -> bool:
+        """Whether ``claimed`` took all the room of a destination the store had calls
+        of (others of its calls may be left, waiting for room)."""
+        taken: dict[str, int] = {}
+        for item in claimed:
+            key = destination(item.call.endpoint)
+            taken[key] = taken.get(key, 0) + 1
+        return any(taken.get(key, 0) >= room for key, room in self.asked.items())
 
 
 @dataclass

@@ -21,7 +21,7 @@ from dispatchlet.scheduler.concurrency import (
 from dispatchlet.scheduler.engine import Engine
 from dispatchlet.scheduler.http_caller import Outcome
 from dispatchlet.scheduler.store import NewCall
-from dispatchlet.scheduler.store.claims import fitting
+from dispatchlet.scheduler.store.claims import fitting, may_find_more
 from dispatchlet.scheduler.store.memory import MemoryStore
 
 BOUND = 60.0  # how long the healthy calls may take before the test fails, whatever the load
@@ -110,6 +110,23 @@ def test_a_claim_deals_its_batch_across_destinations() -> None:
     assert [c.split("-")[0] for c in chosen[:4]] == ["h0", "h1", "h2", "ok"]
     assert Counter(c.split("-")[0] for c in chosen[:8])["ok"] == 2
     assert sorted(chosen) == sorted(c for c, _ in candidates)
+
+
+def test_a_short_claim_reads_its_whole_window_only_if_a_destination_may_be_hidden() -> None:
+    hung = [(f"hung-{n}", "hung") for n in range(8)]
+    room = {"hung": 0, "ok": 4}.__getitem__
+    # Every destination of the window is among the candidates, and full: nothing to find.
+    assert not may_find_more(hung, [], 1, cap=None, running={}, room=room)
+    # The window holds another destination, whose calls the full one's hide.
+    assert may_find_more(hung, [], 2, cap=None, running={}, room=room)
+    # A destination among them has room left: more of its calls may follow.
+    some = [*hung, ("ok-0", "ok")]
+    assert may_find_more(some, ["ok-0"], 2, cap=None, running={}, room=room)
+    full = {"hung": 0, "ok": 1}.__getitem__
+    assert not may_find_more(some, ["ok-0"], 2, cap=None, running={}, room=full)
+    # The hard cap, every process's leases counted, fills a destination too.
+    assert not may_find_more(some, [], 2, cap=3, running={"hung": 3, "ok": 3}, room=None)
+    assert may_find_more(some, [], 2, cap=3, running={"hung": 3, "ok": 2}, room=None)
 
 
 # --- the engine -----------------------------------------------------------------------

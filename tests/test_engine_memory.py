@@ -153,11 +153,14 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def running(answers: dict[str, Answer], **options: Any) -> AsyncIterator[Running]:
-    store = await MemoryStore.open()
+async def running(
+    answers: dict[str, Answer], store: MemoryStore | None = None, **options: Any
+) -> AsyncIterator[Running]:
+    store = store or await MemoryStore.open()
     caller = Scripted(answers=answers)
     options.setdefault("policy", POLICY)
-    engine = Engine(store, caller, idle_interval=0.01, **options)
+    options.setdefault("idle_interval", 0.01)
+    engine = Engine(store, caller, **options)
     task = asyncio.create_task(engine.run())
     try:
         yield Running(store, engine, caller)
@@ -433,6 +436,102 @@ def test_no_more_attempts_than_the_destinations_limit_are_in_flight() -> None:
             for dispatch_id in ids:
                 assert (await run.done(dispatch_id)).status == Status.OK
             assert run.caller.most_in_flight == 2
+
+    scenario(body)
+
+
+# --- the claim loop's wake-ups ---------------------------------------------------------
+
+# Longer than any test waits: what these tests wait for comes from a wake-up, never from
+# the claim loop's idle polling.
+NO_POLLING = 1000.0
+
+
+class CountingClaims(MemoryStore):
+    """The in-memory store, noting how many calls each claim took."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claims: list[int] = []
+
+    async def claim(self, **options: Any) -> list[Any]:
+        claimed = await super().claim(**options)
+        self.claims.append(len(claimed))
+        return claimed
+
+
+async def settled(engine: Engine) -> None:
+    """Once no attempt is in flight, the engine's loop given its turns (a wake-up it got
+    claims in one of them)."""
+    deadline = time.monotonic() + BOUND
+    while engine.in_flight:
+        assert time.monotonic() < deadline, f"attempts still in flight after {BOUND} s"
+        await asyncio.sleep(0.001)
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+def test_a_call_that_ends_with_nothing_waiting_wakes_no_empty_claim() -> None:
+    """A call's end frees a slot that no ready call waits for: the loop is not woken to
+    find nothing (a claim, and on a database a transaction, for nothing)."""
+
+    async def body() -> None:
+        store = CountingClaims()
+        async with running({"f": returning(b"ok")}, store, idle_interval=NO_POLLING) as run:
+            await settled(run.engine)
+            before = len(store.claims)
+            for _ in range(3):
+                assert (await run.done(await run.dispatch("f"))).status == Status.OK
+                await settled(run.engine)
+            assert store.claims[before:] == [1, 1, 1]
+
+    scenario(body)
+
+
+def test_an_attempt_that_ends_starts_a_call_its_destinations_limit_held() -> None:
+    """The destination's limit holds the second call back; the first one's end frees its
+    room and starts it at once, without waiting for the loop's idle polling."""
+    released = asyncio.Event()
+
+    async def body() -> None:
+        answers = {"first": hanging(released), "second": returning(b"ok")}
+        options = {"limiter": Limiter(initial=1.0), "idle_interval": NO_POLLING}
+        async with running(answers, **options) as run:
+            first = await run.dispatch("first")
+            await run.until(first, lambda call: call.state is State.RUNNING)
+            second = await run.dispatch("second")
+            await settled_claims(run)
+            assert (await run.store.get(second)).state is State.READY  # type: ignore[union-attr]
+            released.set()
+            assert (await run.done(first)).status == Status.OK
+            assert (await run.done(second)).status == Status.OK
+
+    scenario(body)
+
+
+async def settled_claims(run: Running) -> None:
+    """The engine's loop given its turns (the claim a dispatch woke done)."""
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+def test_a_childs_end_resumes_its_waiting_parent_at_once() -> None:
+    """The end of a Poll's last child makes its parent ready: the loop claims it then,
+    not at its next idle polling."""
+
+    async def parent(request: function_pb2.RunRequest) -> Outcome:
+        if not request.HasField("poll_result"):
+            return poll_on("a", min_results=1)
+        return answered(returning_response(b"resumed"))
+
+    async def body() -> None:
+        answers = {"parent": parent, "a": returning(b"A")}
+        async with running(answers, idle_interval=NO_POLLING) as run:
+            done = await run.done(await run.dispatch("parent"))
+            assert (done.status, done.result) == (
+                Status.OK,
+                output(b"resumed").SerializeToString(),
+            )
 
     scenario(body)
 

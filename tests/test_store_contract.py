@@ -246,7 +246,7 @@ def test_extend_keeps_a_long_attempt_leased(open_store: Any) -> None:
         assert await store.extend(claimed.lease, until=NOW + 3 * LEASE)
         later = NOW + 2 * LEASE
         assert await store.claim(owner="s2", now=later, limit=1, lease_seconds=LEASE) == []
-        lease = Lease(claimed.lease.dispatch_id, claimed.lease.token, NOW + 3 * LEASE)
+        lease = dataclasses.replace(claimed.lease, expires_at=NOW + 3 * LEASE)
         assert await store.finish(lease, OK, b"", now=later)
 
     with_store(open_store, body)
@@ -1754,6 +1754,63 @@ def test_postgres_retry_now_tells_other_processes_a_call_is_claimable(
         finally:
             await writer.close()
             await other.close()
+
+    run(scenario())
+
+
+def test_postgres_an_attempt_whose_claim_was_lost_stores_no_outcome(
+    postgres_server: str,
+) -> None:
+    """A claim's commit is not waited for on disk: a server crash may lose it while the
+    scheduler that made it runs the call on. The call is ready again, and the next claim
+    takes it with the same token, by another process or by the same one: the lost
+    claim's attempt can then record nothing, the new one can."""
+    import psycopg
+    from dispatchlet.scheduler.store.postgres import PostgresStore
+
+    url = fresh_database(postgres_server)
+    # What a crash that lost the claim's commit leaves: the call as it was before.
+    lost_claim = (
+        "UPDATE dispatchlet_calls SET state = 'ready', lease_token = lease_token - 1,"
+        " lease_owner = NULL, lease_expires = NULL, attempts = attempts - 1"
+        " WHERE dispatch_id = %s"
+    )
+
+    async def scenario() -> None:
+        store = await PostgresStore.open(url)
+        try:
+            (dispatch_id,) = await store.dispatch([call()], now=NOW)
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as db:
+                (lost,) = await store.claim(owner="a", now=NOW, limit=1, lease_seconds=LEASE)
+                await db.execute(lost_claim, (dispatch_id,))
+                (other,) = await store.claim(owner="b", now=NOW, limit=1, lease_seconds=LEASE)
+                assert other.lease.token == lost.lease.token
+                assert not await store.finish(lost.lease, OK, b"lost", now=NOW + 1)
+                assert not await store.retry(
+                    lost.lease, TIMEOUT, b"lost", ready_at=NOW + 2, now=NOW + 1
+                )
+                assert not await store.extend(lost.lease, until=NOW + 2 * LEASE)
+                assert not await store.release(lost.lease, ready_at=NOW + 1)
+                # Lost again, and claimed again by the same process.
+                await db.execute(lost_claim, (dispatch_id,))
+                (same,) = await store.claim(owner="b", now=NOW, limit=1, lease_seconds=LEASE)
+                assert same.lease.token == other.lease.token
+                assert (
+                    await store.suspend(
+                        other.lease, b"", [], min_results=0, max_results=1, until=NOW, now=NOW
+                    )
+                    is None
+                )
+                assert await store.finish(same.lease, OK, b"kept", now=NOW + 1)
+                # Its token is the done call's: nor does it add its attempt to the history.
+                ran = attempt(OK)
+                assert not await store.finish(other.lease, OK, b"", now=NOW + 1, attempt=ran)
+            done = await store.get(dispatch_id)
+            assert done is not None
+            assert (done.state, done.status, done.result) == (State.DONE, OK, b"kept")
+            assert (await store.history(dispatch_id)).total == 0
+        finally:
+            await store.close()
 
     run(scenario())
 

@@ -18,8 +18,9 @@ A call moves through these states:
   process ends them if this one stops.
 
 A lease that expires (its scheduler died) makes the call claimable again: calls run at
-least once, never zero times. Every method is one transaction; ``dispatch`` commits all
-its calls or none.
+least once, never zero times. Every method is atomic (one transaction, or a savepoint
+of one that several share: SQLite's group commit); ``dispatch`` commits all its calls or
+none.
 
 Dispatch is idempotent (``idempotency.py``): each store keeps, beside its calls, the
 request ids of the Dispatches that carried one (with their dispatch ids) and the
@@ -234,6 +235,10 @@ class Lease:
     expires_at: float
     delivered: tuple[str, ...] = ()
     """The children whose results this attempt carries (a resume)."""
+    owner: str = ""
+    """Whom the store leased the call to, where its fence checks it too (PostgreSQL:
+    each claim's own, so that an attempt whose claim a server crash lost fails its fence
+    though another claim got the same token)."""
 
 
 @dataclass(frozen=True)
@@ -382,7 +387,7 @@ class TreeLimitExceeded(DispatchletError):
 
 
 class Store(Protocol):
-    """What the scheduler needs of its storage; each method is one transaction."""
+    """What the scheduler needs of its storage; each method is atomic."""
 
     async def dispatch(
         self, calls: Sequence[NewCall], *, now: float, request: RequestId | None = None

@@ -5,6 +5,7 @@ destination's cap and this process's room."""
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -73,3 +74,32 @@ def fitting(
             taken[where] = turn + 1
             chosen.append((turn, len(chosen), dispatch_id))
     return [dispatch_id for *_, dispatch_id in sorted(chosen)]
+
+
+def may_find_more(
+    candidates: Sequence[Sequence[Any]],
+    chosen: Sequence[str],
+    destinations: int,
+    *,
+    cap: int | None,
+    running: dict[str, int],
+    room: Callable[[str], int] | None,
+) -> bool:
+    """Whether a claim that ``fitting`` left short with ``chosen`` of its ``(dispatch_id,
+    destination)`` candidates may find more among its whole window, which holds calls of
+    ``destinations`` destinations: when some of them are not among the candidates (their
+    calls hidden behind those of full ones), or one among them has room left (more of
+    its calls may follow). Else every destination the window holds is full, and reading
+    it again would only deal calls that are left."""
+    seen = {where for _, where in candidates}
+    if len(seen) < destinations:
+        return True
+    picked = set(chosen)
+    taken = Counter(where for dispatch_id, where in candidates if dispatch_id in picked)
+    for where in seen:
+        allowed = room(where) if room is not None else len(candidates) + 1
+        if cap is not None:
+            allowed = min(allowed, cap - running.get(where, 0))
+        if taken[where] < allowed:
+            return True
+    return False

@@ -24,6 +24,7 @@ import builtins
 import contextlib
 import logging
 import random
+import secrets
 import time
 import weakref
 from collections import Counter, deque
@@ -66,7 +67,14 @@ from . import (
     policy_columns,
     unsendable,
 )
-from .claims import claim_candidates, claim_window, fitting, in_turns, needs_root_heads
+from .claims import (
+    claim_candidates,
+    claim_window,
+    fitting,
+    in_turns,
+    may_find_more,
+    needs_root_heads,
+)
 from .idempotency import (
     CONFLICT_RETRIES,
     IdempotencyStatements,
@@ -151,6 +159,8 @@ DDL_LOCK_TIMEOUT = "1s"
 DDL_ATTEMPTS = 60
 # Calls filled per transaction of a backfill.
 BACKFILL_BATCH = 5000
+# A claim's commit is not waited for on disk (``claim``).
+ASYNC_COMMIT = "SET LOCAL synchronous_commit = off"
 # Batches of finishes written at once; the finishes that arrive meanwhile wait for the
 # next batch.
 FINISH_FLUSHES = 1
@@ -489,6 +499,10 @@ class PostgresStore:
         cap: int | None = None,
         room: Callable[[str], int] | None = None,
     ) -> list[Claimed]:
+        # Each claim's leases have an owner of their own: the fence of an attempt whose
+        # claim a server crash lost refuses it though another claim got the same token.
+        owner = f"{owner} {secrets.token_hex(8)}"
+
         async def lease(db: Connection) -> list[Claimed]:
             if cap is not None:
                 await db.execute("SELECT pg_advisory_xact_lock(%s)", (CLAIM_LOCK,))
@@ -496,17 +510,24 @@ class PostgresStore:
             held = Held()
             taken: Counter[str] = Counter()
             locked: set[str] = set()
+            recorded = False
             for _ in range(HELD_ROUNDS):
                 wanted = limit - len(claimed)
                 room_now = room_left(room, taken)
                 ids, limited, full, admitted = await choose(db, wanted, held, room_now, locked)
                 more = await take(db, ids, wanted, limited)
+                recorded = recorded or bool(limited)
                 claimed += more
                 # Short, with more ready calls than the window held, and some held back
                 # by a limit: read the window again without them (``limits``).
                 if len(claimed) >= limit or not full or not held.add(admitted):
                     break
                 taken.update(destination(c.call.endpoint) for c in more)
+            if claimed and not recorded:
+                # A lease is not waited for on disk (a lost one runs its call again;
+                # its attempt's outcome fails the fence: the claim's owner is its own),
+                # but the starts a rate limit counts are.
+                await db.execute(ASYNC_COMMIT)
             return claimed
 
         async def choose(
@@ -532,12 +553,14 @@ class PostgresStore:
                 query = SQL.ranked_window_unheld if held else SQL.ranked_window
                 found = await (await db.execute(query, params)).fetchall()
                 ready, roots = found[0][6:8] if found else (0, 0)
+                destinations = int(found[0][9]) if found else 0
                 candidates = [(row[0], row[2]) for row in found]
                 ids = limited_ids(found, 8)
                 if not held and needs_root_heads(ready, roots, window, wanted):
                     heads = await (await db.execute(SQL.root_heads, params)).fetchall()
                     candidates = in_turns([row[:6] for row in found] + heads, dealt)
                     ids += limited_ids(heads, 6)
+                    destinations = len({where for _, where in candidates}) + 1
                 limited = {}
                 if ids:
                     rows = await (await db.execute(SQL.limits_of, {"ids": ids})).fetchall()
@@ -556,8 +579,13 @@ class PostgresStore:
                     running = await _running(db, sorted({row[1] for row in candidates}), now)
                 ids = fitting(candidates, cap=cap, running=running, room=room)
                 # Enough, or every candidate was dealt: else the destinations at their
-                # limit left the claim short, and it deals among the whole window.
+                # limit left the claim short, and it deals among the whole window, if
+                # a destination with room may be found there.
                 if len(ids) >= wanted or dealt_all:
+                    break
+                if not limited and not may_find_more(
+                    candidates, ids, destinations, cap=cap, running=running, room=room
+                ):
                     break
             return ids, limited, ready >= window, admitted
 
@@ -566,37 +594,40 @@ class PostgresStore:
         ) -> list[Claimed]:
             if not ids:
                 return []
-            # Locked, then checked: a locked row is read as it is now, after any claim
-            # that won.
-            locked = await (await db.execute(SQL.lock, {"ids": ids})).fetchall()
-            taken = {row[0] for row in locked if _claimable(row[1:], now)}
-            order = [i for i in ids if i in taken][:wanted]
+            expires = now + lease_seconds
+            claim = {"owner": owner, "expires": expires, "ids": ids, "wanted": wanted, "now": now}
+            # Pipelined: the leases and the results of the resumes among them, one
+            # round trip.
+            leased = await db.execute(SQL.claim_ids, claim)
+            given = await db.execute(SQL.undelivered_claimed, {"ids": ids, "owner": owner})
+            rows = sorted(await leased.fetchall(), key=lambda row: int(row[0]))
+            results: dict[str, list[ChildResult]] = {}
+            for row in await given.fetchall():
+                results.setdefault(row[0], []).append(child_result_from_row(row[1:]))
+            order = [row[3] for row in rows]  # in the order of turns
             if limited:
                 await _record_starts(db, order, limited, now)
-            expires = now + lease_seconds
-            claim = {"owner": owner, "expires": expires, "ids": order}
-            rows = await (await db.execute(SQL.claim, claim)).fetchall()
-            updated = {row[2]: row for row in rows}
             claimed = []
-            for dispatch_id in order:  # in the order of turns
-                row = updated[dispatch_id]
-                call = call_from_row(row[2:])
-                results: tuple[ChildResult, ...] = ()
-                if call.poll:
-                    results = await _undelivered(db, dispatch_id, row[1])
+            for row in rows:
+                call = call_from_row(row[3:])
+                carried = tuple(results.get(call.dispatch_id, ())) if call.poll else ()
                 lease = Lease(
-                    dispatch_id, int(row[0]), expires, tuple(r.dispatch_id for r in results)
+                    call.dispatch_id,
+                    int(row[1]),
+                    expires,
+                    tuple(r.dispatch_id for r in carried),
+                    owner,
                 )
-                claimed.append(Claimed(call, lease, results))
+                claimed.append(Claimed(call, lease, carried))
             return claimed
 
-        return await self._transaction(lease)
+        return await self._transaction(lease, pipeline=True)
 
     async def release(self, lease: Lease, *, ready_at: float) -> bool:
-        return await self._update(SQL.release, fenced(lease, ready_at=ready_at))
+        return await self._update(SQL.release_owned, _fenced(lease, ready_at=ready_at))
 
     async def extend(self, lease: Lease, *, until: float) -> bool:
-        return await self._update(SQL.extend, fenced(lease, until=until))
+        return await self._update(SQL.extend_owned, _fenced(lease, until=until))
 
     async def _update(self, query: str, params: dict[str, Any]) -> bool:
         # One statement: atomic by itself, one round trip with no BEGIN and COMMIT.
@@ -649,7 +680,7 @@ class PostgresStore:
             finished = await self._transaction(
                 lambda db: _finish_and_tell(db, finishes), pipeline=True
             )
-            done = [(f[0].dispatch_id, f[0].token) in finished for f, _ in batch]
+            done = [(f[0].dispatch_id, f[0].token, f[0].owner) in finished for f, _ in batch]
         except BaseException as exc:
             for _, future in batch:
                 if not future.done():
@@ -675,32 +706,61 @@ class PostgresStore:
         attempt: NewAttempt | None = None,
     ) -> list[str] | None:
         async def update(db: Connection) -> list[str] | None:
-            waiting = fenced(
+            # Pipelined: the statements that need no answer go with the next that does.
+            waiting = _fenced(
                 lease, poll=poll, min_results=min_results, max_results=max_results, until=until
             )
-            row = await (await db.execute(SQL.suspend, waiting)).fetchone()
+            suspended = await db.execute(SQL.suspend_owned, waiting)
+            pending = None
+            if children and bounds.max_children is not None:
+                pending = await db.execute(SQL.pending_children, {"id": lease.dispatch_id})
+            row = await suspended.fetchone()
             if row is None:
                 return None
-            await _check_bounds(db, lease.dispatch_id, row[0], len(children), bounds)
-            await _add_attempt(db, lease, attempt)
+            root_id = row[0]
+            if pending is not None:
+                count = int((await pending.fetchone() or (0,))[0])
+                if count + len(children) > (bounds.max_children or 0):
+                    raise TreeLimitExceeded(
+                        "children", bounds.max_children or 0, count, len(children)
+                    )
+            most = UNBOUNDED if bounds.max_descendants is None else bounds.max_descendants
+            counted = {"root": root_id, "adding": len(children), "most": most}
+            added = None
+            if children:
+                added = await db.execute(SQL.add_descendants_returning, counted)
+            numbered = None
+            if _recorded(attempt) and attempt is not None:
+                numbered = await db.execute(
+                    SQL.add_attempt, _fenced(lease, **attempt_params(attempt))
+                )
             await _deliver(db, lease.delivered)
-            placed = children_of(lease.dispatch_id, row[0], children)
+            placed = children_of(lease.dispatch_id, root_id, children)
             if any(child.key for child in placed):
                 ids = await _insert_keyed(db, placed, now)
             else:
                 ids = await _insert(db, placed, now)
             await _receive(db, lease.dispatch_id, children, ids, now)
             # Results of earlier polls (or messages kept) may be enough already.
-            await _wake(db, lease.dispatch_id, now)
+            await db.execute(SQL.wake_notified, {"id": lease.dispatch_id, "now": now})
             if ids:
                 await db.execute(SQL.notify)
+            if added is not None and await added.fetchone() is None:
+                found = await db.execute(SQL.descendants, counted)
+                total = int((await found.fetchone() or (0,))[0])
+                raise TreeLimitExceeded("descendants", most, total, len(children))
+            if numbered is not None and attempt is not None:
+                number = (await _one(numbered))[0]
+                if number > attempt.keep:
+                    params = _fenced(lease, **attempt_params(attempt), number=number)
+                    await db.execute(SQL.trim_attempts, params)
             return ids
 
         if not any(child.key for child in children):
-            return await self._transaction(update)
+            return await self._transaction(update, pipeline=True)
         for retry in range(1, CONFLICT_RETRIES + 1):
             try:
-                return await self._transaction(update)
+                return await self._transaction(update, pipeline=True)
             except psycopg.errors.UniqueViolation:
                 # Another process stored a child with the same key meanwhile: run
                 # again, to follow it.
@@ -738,7 +798,7 @@ class PostgresStore:
         attempt: NewAttempt | None = None,
     ) -> bool:
         async def update(db: Connection) -> bool:
-            cursor = await db.execute(SQL.restart, fenced(lease, now=now))
+            cursor = await db.execute(SQL.restart_owned, _fenced(lease, now=now))
             if cursor.rowcount != 1:
                 return False
             await _add_attempt(db, lease, attempt)
@@ -761,7 +821,7 @@ class PostgresStore:
         attempt: NewAttempt | None = None,
     ) -> bool:
         del now
-        retried = fenced(lease, status=status, result=result, ready_at=ready_at)
+        retried = _fenced(lease, status=status, result=result, ready_at=ready_at)
         if attempt is None or not _recorded(attempt):
             # One statement (atomic by itself): the retry, and its waiters told.
             return len(await self._select(SQL.retry_notified, retried)) == 1
@@ -782,7 +842,7 @@ class PostgresStore:
         limits: Limits = NO_LIMITS,
     ) -> bool:
         async def update(db: Connection) -> bool:
-            handed = fenced(
+            handed = _fenced(
                 lease,
                 function=function,
                 endpoint=endpoint,
@@ -792,7 +852,7 @@ class PostgresStore:
                 **policy_columns(policy),
                 **limit_columns(limits),
             )
-            cursor = await db.execute(SQL.tail_call, handed)
+            cursor = await db.execute(SQL.tail_call_owned, handed)
             if cursor.rowcount != 1:
                 return False
             await _add_attempt(db, lease, attempt)
@@ -907,7 +967,7 @@ class PostgresStore:
         return await self._transaction(delete)
 
     async def count_unstored(self, lease: Lease) -> int | None:
-        rows = await self._select(SQL.count_unstored, fenced(lease))
+        rows = await self._select(SQL.count_unstored_owned, _fenced(lease))
         return int(rows[0][0]) if rows else None
 
     # --- actions on a call ---------------------------------------------------------------
@@ -1056,6 +1116,11 @@ async def _one(cursor: Any) -> tuple[Any, ...]:
     return row
 
 
+def _fenced(lease: Lease, **values: Any) -> dict[str, Any]:
+    """The parameters of a statement fenced by ``lease``: its token and its owner."""
+    return fenced(lease, owner=lease.owner, **values)
+
+
 def _recorded(attempt: NewAttempt | None) -> bool:
     """Whether ``attempt`` goes into its call's history (not with history off)."""
     return attempt is not None and attempt.keep > 0
@@ -1066,49 +1131,57 @@ async def _add_attempt(db: Connection, lease: Lease, attempt: NewAttempt | None)
     it, in this transaction), keeping its latest ``attempt.keep``."""
     if attempt is None or not _recorded(attempt):
         return
-    params = fenced(lease, **attempt_params(attempt))
+    params = _fenced(lease, **attempt_params(attempt))
     row = await (await db.execute(SQL.add_attempt, params)).fetchone()
     assert row is not None
     if row[0] > attempt.keep:
         await db.execute(SQL.trim_attempts, {**params, "number": row[0]})
 
 
-async def _finish_and_tell(db: Connection, finishes: Sequence[_Finish]) -> set[tuple[str, int]]:
+async def _finish_and_tell(
+    db: Connection, finishes: Sequence[_Finish]
+) -> set[tuple[str, int, str]]:
     """``_finish_all``, and the waiters of the calls that ended told."""
     finished = await _finish_all(db, finishes)
     if finished:
-        ended = [dispatch_id for dispatch_id, _ in finished]
+        ended = [dispatch_id for dispatch_id, *_ in finished]
         await db.execute(SQL.notify_ended, {"ids": ended})
     return finished
 
 
-async def _finish_all(db: Connection, finishes: Sequence[_Finish]) -> set[tuple[str, int]]:
-    """Record a batch of finishes, each fenced by its own lease, in four statements for
+async def _finish_all(db: Connection, finishes: Sequence[_Finish]) -> set[tuple[str, int, str]]:
+    """Record a batch of finishes, each fenced by its own lease, in a few statements for
     the whole batch (pipelined: the later ones act only on the finishes that took
     effect), then end the first ``END_BATCH`` of their unfinished descendants; the
-    (dispatch id, lease token) of each finish that took effect."""
+    (dispatch id, lease token, lease owner) of each finish that took effect."""
     leases = [lease for lease, *_ in finishes]
     params = {
         "ids": [lease.dispatch_id for lease in leases],
         "tokens": [lease.token for lease in leases],
+        "owners": [lease.owner for lease in leases],
         "statuses": [status for _, status, *_ in finishes],
         "results": [result for _, _, result, *_ in finishes],
         "nows": [finish[3] for finish in finishes],
         "orphan_statuses": [finish[4][0] for finish in finishes],
         "orphan_results": [finish[4][1] for finish in finishes],
-        "given": [child for lease in leases for child in lease.delivered],
-        "given_to": [lease.dispatch_id for lease in leases for _ in lease.delivered],
-        "given_token": [lease.token for lease in leases for _ in lease.delivered],
     }
     finished = await db.execute(SQL.finish_all, params)
-    if params["given"]:
-        await db.execute(SQL.deliver_all, params)
     queued = await db.execute(SQL.queue_endings_all, params)
     await db.execute(SQL.wake_parents_all, params)
-    took = {(row[0], int(row[1])) for row in await finished.fetchall()}
-    attempts = _attempts_of(finishes)
+    took = {(row[0], int(row[1]), row[2]) for row in await finished.fetchall()}
+    # What only the finishes that took effect record, sent with the commit: the
+    # results their attempts were given delivered, and the attempts in the history (in
+    # the same transaction as the finishes they record).
+    kept = [f for f in finishes if (f[0].dispatch_id, f[0].token, f[0].owner) in took]
+    given = {
+        "given": [child for lease, *_ in kept for child in lease.delivered],
+        "given_to": [lease.dispatch_id for lease, *_ in kept for _ in lease.delivered],
+        "given_token": [lease.token for lease, *_ in kept for _ in lease.delivered],
+    }
+    if given["given"]:
+        await db.execute(SQL.deliver_all, given)
+    attempts = _attempts_of(kept)
     if attempts["attempt_ids"]:
-        # In the same transaction as the finishes they record.
         await db.execute(SQL.add_attempts_all, attempts)
     latest = max(finish[3] for finish in finishes)
     await _end_batch(db, await queued.fetchall(), latest, END_BATCH, settled=False)
@@ -1286,27 +1359,6 @@ async def _end_batch(
             queue = {"ids": ended, "status": status, "result": result, "set_aside_only": 0}
             work.extend(await (await db.execute(SQL.queue_endings, queue)).fetchall())
     return done
-
-
-async def _check_bounds(
-    db: Connection, dispatch_id: str, root_id: str, adding: int, bounds: TreeBounds
-) -> None:
-    """Raise ``TreeLimitExceeded`` if ``adding`` children of the call would take its tree
-    beyond ``bounds``; else count them in its root (whose row this locks until the
-    transaction ends: the Polls of one tree are counted one at a time)."""
-    if not adding:
-        return
-    if bounds.max_children is not None:
-        cursor = await db.execute(SQL.pending_children, {"id": dispatch_id})
-        pending = int((await cursor.fetchone() or (0,))[0])
-        if pending + adding > bounds.max_children:
-            raise TreeLimitExceeded("children", bounds.max_children, pending, adding)
-    most = UNBOUNDED if bounds.max_descendants is None else bounds.max_descendants
-    params = {"root": root_id, "adding": adding, "most": most}
-    if (await db.execute(SQL.add_descendants, params)).rowcount != 1:
-        cursor = await db.execute(SQL.descendants, params)
-        count = int((await cursor.fetchone() or (0,))[0])
-        raise TreeLimitExceeded("descendants", most, count, adding)
 
 
 async def _set_aside_children(db: Connection, dispatch_id: str) -> None:

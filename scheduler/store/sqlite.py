@@ -1,8 +1,11 @@
 """The embedded store: one SQLite database file, for one scheduler process.
 
 Durability: WAL journal with ``synchronous=FULL``, so a transaction that returned is on
-disk (fsync) before the scheduler acknowledges anything it holds. Every write runs on
-one thread of its own, in order, each in one transaction; the asyncio side awaits it.
+disk (fsync) before the scheduler acknowledges anything it holds; but for leases (claim,
+release, extend), which need not outlive a power loss and commit without an fsync of
+their own (``sqlite_writer``). Every write runs on one thread of its own, in order, each
+atomic; writes that queue up are committed together (group commit); the asyncio side
+awaits its write's commit.
 Reads (``get``, ``list``) run beside the writes on threads of their own, each with a
 read-only connection: WAL lets readers see the last commit while the writer goes on,
 so that a slow List never holds up a Dispatch. The schema is versioned
@@ -101,6 +104,7 @@ from .schedules import (
     schedule_from_row,
     sync_plan,
 )
+from .sqlite_writer import NeedsDurability, Writer
 from .statements import (
     SQLITE,
     UNBOUNDED,
@@ -200,8 +204,11 @@ class SQLiteStore:
         """A descriptor of the database file opened, to tell it from the path's file."""
         self._broken: str | None = None
         """Why the database may no longer be used, once it may not."""
-        self._marked = float("-inf")
-        """The latest time recorded in ``clock`` by this process."""
+        self._writer = Writer(
+            self._executor, lambda: self._connection, self._check_file, MARK_EVERY
+        )
+        self._starts_recorded = False
+        """Whether the last claim recorded rate-limited starts (the next one likely will)."""
         self._written_until: float | None = None
 
     @classmethod
@@ -224,10 +231,14 @@ class SQLiteStore:
         except sqlite3.DatabaseError as exc:
             if not corrupt(exc):
                 raise
-            raise self._break(
-                f"the database {self.path} is corrupt ({exc}): the scheduler accepts no "
-                f"calls and claims none. Stop it, then {_REPAIR.format(path=self.path)}"
-            ) from exc
+            raise self._damaged(exc) from exc
+
+    def _damaged(self, exc: sqlite3.DatabaseError) -> DatabaseBroken:
+        """The error for SQLite finding the file damaged: the store stops using it."""
+        return self._break(
+            f"the database {self.path} is corrupt ({exc}): the scheduler accepts no "
+            f"calls and claims none. Stop it, then {_REPAIR.format(path=self.path)}"
+        )
 
     def _open(self) -> None:
         memory = self.path == ":memory:"
@@ -373,26 +384,22 @@ class SQLiteStore:
             connection.execute("ROLLBACK")
             raise
 
-    def _transaction(self, fn: Callable[[sqlite3.Connection], T], now: float | None = None) -> T:
-        """``fn`` in one transaction; ``now``, the time it writes by, recorded as the
-        latest written if it is ``MARK_EVERY`` past the last one (see ``written_until``)."""
-        connection = self._connection
-        if connection is None:
-            raise StoreError("the store is closed")
-        self._check_file()
-        marking = now is not None and now >= self._marked + MARK_EVERY
-        connection.execute("BEGIN IMMEDIATE")
+    async def _write(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        now: float | None = None,
+        *,
+        durable: bool = True,
+    ) -> T:
+        """``fn`` in a transaction of the writer's, once committed (with an fsync if
+        ``durable``); ``now``, the time it writes by, recorded as the latest written if it
+        is ``MARK_EVERY`` past the last one (see ``written_until``)."""
         try:
-            result = fn(connection)
-            if marking:
-                connection.execute("UPDATE clock SET mark = max(mark, ?)", (now,))
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        if marking and now is not None:
-            self._marked = now
-        return result
+            return await self._writer.write(fn, now, durable=durable)
+        except sqlite3.DatabaseError as exc:
+            if not corrupt(exc):
+                raise
+            raise self._damaged(exc) from exc
 
     # --- the contract ------------------------------------------------------------------
 
@@ -403,7 +410,7 @@ class SQLiteStore:
             return _dispatch(db, calls, now, request)
 
         # One writer at a time: a duplicate finds the first one's rows, never races them.
-        return await self._run(self._transaction, insert, now)
+        return await self._write(insert, now)
 
     def subscribe(self, wake: Callable[[], None]) -> None:
         """One process has the database: its API wakes its engine itself."""
@@ -484,7 +491,11 @@ class SQLiteStore:
         ) -> list[Claimed]:
             claimed = []
             expires = now + lease_seconds
-            if limited:
+            if limited and _rate_limited(ids, limited):
+                # A start that counts towards a rate is kept through a power loss too.
+                self._starts_recorded = True
+                if not self._writer.durable:
+                    raise NeedsDurability("a claim that records rate-limited starts")
                 _record_starts(db, ids, limited, now)
             for dispatch_id in ids:
                 claim = {"owner": owner, "expires": expires, "ids": dispatch_id}
@@ -497,21 +508,24 @@ class SQLiteStore:
                 claimed.append(Claimed(call, lease, results))
             return claimed
 
-        return await self._run(self._transaction, lease, now)
+        # A lease need not survive a power loss: lost, its call is ready again (a SIGKILL
+        # loses nothing, the operating system has the pages).
+        durable, self._starts_recorded = self._starts_recorded, False
+        return await self._write(lease, now, durable=durable)
 
     async def release(self, lease: Lease, *, ready_at: float) -> bool:
         def update(db: sqlite3.Connection) -> bool:
             cursor = db.execute(SQL.release, fenced(lease, ready_at=ready_at))
             return cursor.rowcount == 1
 
-        return await self._run(self._transaction, update)
+        return await self._write(update, durable=False)
 
     async def extend(self, lease: Lease, *, until: float) -> bool:
         def update(db: sqlite3.Connection) -> bool:
             cursor = db.execute(SQL.extend, fenced(lease, until=until))
             return cursor.rowcount == 1
 
-        return await self._run(self._transaction, update)
+        return await self._write(update, durable=False)
 
     async def finish(
         self,
@@ -535,7 +549,7 @@ class SQLiteStore:
                 _wake(db, row[0], now)
             return True
 
-        return await self._run(self._transaction, update, now)
+        return await self._write(update, now)
 
     async def suspend(
         self,
@@ -570,7 +584,7 @@ class SQLiteStore:
             _wake(db, lease.dispatch_id, now)
             return ids
 
-        return await self._run(self._transaction, update, now)
+        return await self._write(update, now)
 
     async def restart(
         self,
@@ -591,7 +605,7 @@ class SQLiteStore:
             _end_descendants(db, lease.dispatch_id, orphans, now, set_aside_only=True)
             return True
 
-        return await self._run(self._transaction, update)
+        return await self._write(update)
 
     async def send(self, dispatch_id: str, topic: str, result: bytes, *, now: float) -> Sent:
         def update(db: sqlite3.Connection) -> Sent:
@@ -609,7 +623,7 @@ class SQLiteStore:
             kept = db.execute(SQL.keep_message, {**message, "most": MAILBOX_MESSAGES})
             return Sent.KEPT if kept.rowcount == 1 else Sent.FULL
 
-        return await self._run(self._transaction, update, now)
+        return await self._write(update, now)
 
     async def retry(
         self,
@@ -629,7 +643,7 @@ class SQLiteStore:
             _add_attempt(db, lease, attempt)
             return True
 
-        return await self._run(self._transaction, update)
+        return await self._write(update)
 
     async def tail_call(
         self,
@@ -662,7 +676,7 @@ class SQLiteStore:
             db.execute(SQL.set_aside_children, {"id": lease.dispatch_id})
             return True
 
-        return await self._run(self._transaction, update)
+        return await self._write(update)
 
     async def get(self, dispatch_id: str) -> Call | None:
         def select(db: sqlite3.Connection) -> Call | None:
@@ -730,7 +744,7 @@ class SQLiteStore:
                 _wake(db, row[0], now)
             return 1 + _end_descendants(db, dispatch_id, (status, result), now)
 
-        return await self._run(self._transaction, end)
+        return await self._write(end)
 
     async def end_descendants(self, *, now: float, limit: int = END_BATCH) -> int:
         if self._broken is not None:
@@ -740,7 +754,7 @@ class SQLiteStore:
             queued = db.execute(SQL.endings, {"limit": limit}).fetchall()
             return _end_batch(db, queued, now, limit, settled=True)
 
-        return await self._run(self._transaction, end)
+        return await self._write(end)
 
     async def purge(
         self,
@@ -774,14 +788,14 @@ class SQLiteStore:
             db.executemany(PURGE.delete_requests, [{"created": c} for c in created])
             return len(doomed)
 
-        return await self._run(self._transaction, delete)
+        return await self._write(delete)
 
     async def count_unstored(self, lease: Lease) -> int | None:
         def update(db: sqlite3.Connection) -> int | None:
             row = db.execute(SQL.count_unstored, fenced(lease)).fetchone()
             return None if row is None else int(row[0])
 
-        return await self._run(self._transaction, update)
+        return await self._write(update)
 
     # --- actions on a call ---------------------------------------------------------------
 
@@ -791,7 +805,7 @@ class SQLiteStore:
             row = db.execute(SQL.state_of, {"id": dispatch_id}).fetchone()
             return None if row is None else (State(row[0]), brought)
 
-        return await self._run(self._transaction, update, now)
+        return await self._write(update, now)
 
     async def limit_stats(self, *, now: float) -> Sequence[LimitStats]:
         def select(db: sqlite3.Connection) -> Sequence[LimitStats]:
@@ -835,7 +849,7 @@ class SQLiteStore:
                 raise ScheduleExists(f"a schedule named {schedule.name!r} exists already") from None
             return schedule_from_row(db.execute(SCHEDULES.one, {"name": schedule.name}).fetchone())
 
-        return await self._run(self._transaction, insert, now)
+        return await self._write(insert, now)
 
     async def schedules(self) -> builtins.list[Schedule]:
         def select(db: sqlite3.Connection) -> builtins.list[Schedule]:
@@ -860,13 +874,13 @@ class SQLiteStore:
             row = db.execute(SCHEDULES.one, {"name": name}).fetchone()
             return None if row is None else schedule_from_row(row)
 
-        return await self._run(self._transaction, update, now)
+        return await self._write(update, now)
 
     async def delete_schedule(self, name: str) -> bool:
         def delete(db: sqlite3.Connection) -> bool:
             return db.execute(SCHEDULES.delete, {"name": name}).rowcount > 0
 
-        return await self._run(self._transaction, delete)
+        return await self._write(delete)
 
     async def sync_schedules(
         self, owner: str, wanted: Sequence[NewSchedule], *, now: float
@@ -879,7 +893,7 @@ class SQLiteStore:
             db.executemany(SCHEDULES.delete, [{"name": name} for name in plan.delete])
             return plan.synced
 
-        return await self._run(self._transaction, sync, now)
+        return await self._write(sync, now)
 
     async def tick_schedules(
         self, *, now: float, plan: Planner, limit: int
@@ -896,7 +910,7 @@ class SQLiteStore:
                 ticked.append(Ticked(schedule.name, planned.tick, dispatch_id))
             return ticked
 
-        return await self._run(self._transaction, tick, now)
+        return await self._write(tick, now)
 
     async def next_schedule_tick(self) -> float | None:
         def select(db: sqlite3.Connection) -> float | None:
@@ -1029,6 +1043,11 @@ def _usage(db: sqlite3.Connection, limited: dict[str, tuple[str, Limits]], now: 
         params = {"function": function, "since": now - period}
         usage.started[function, period] = db.execute(SQL.count_starts, params).fetchone()[0]
     return usage
+
+
+def _rate_limited(ids: Sequence[str], limited: dict[str, tuple[str, Limits]]) -> bool:
+    """Whether a call of ``ids`` has a rate limit (its start is to be recorded)."""
+    return any(limited.get(i, ("", NO_LIMITS))[1].rate_count > 0 for i in ids)
 
 
 def _record_starts(

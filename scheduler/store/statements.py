@@ -395,6 +395,10 @@ INSERTED = (
 _UNLEASED = "lease_owner = NULL, lease_expires = NULL"
 # Only the current lease of a running call may change it.
 _FENCED = "WHERE dispatch_id = :id AND lease_token = :token AND state = 'running'"
+# The same, with the lease's owner too, where a claim may be lost and its token given
+# again to another claim (PostgreSQL: a claim's commit is not waited for, and a server
+# crash may lose it while the schedulers live on). Each claim's owner is its own.
+_OWNED = f"{_FENCED} AND lease_owner = :owner"
 
 
 def _ended(status: str, result: str, now: str, *, keep_failed_poll: bool = False) -> str:
@@ -438,18 +442,20 @@ def _oldest_claimable(held: str = "") -> str:
     )
 
 
-def _ranked_window(held: str = "") -> str:
+def _ranked_window(held: str = "", *, destinations: bool = False) -> str:
     """The window's calls in round-robin order (each root's oldest, then each root's
     second, ...), the first :count of them, each with how many ready calls and how many
     roots the window holds, and whether it has limits (read only for those that do:
-    ``limits_of``)."""
+    ``limits_of``); with ``destinations``, then how many destinations the window holds
+    (``claims.may_find_more``)."""
+    counted = ", (SELECT count(DISTINCT destination) FROM found)" if destinations else ""
     return (
         f"WITH found AS ({_oldest_claimable(held)}), ranked AS ("
         "  SELECT *, ROW_NUMBER() OVER (PARTITION BY root_id ORDER BY ready_at, seq) AS turn"
         "  FROM found"
         ") SELECT dispatch_id, root_id, destination, ready_at, seq, state,"
         "  (SELECT count(*) FROM found WHERE state = 'ready'),"
-        "  (SELECT count(DISTINCT root_id) FROM found), limited"
+        f"  (SELECT count(DISTINCT root_id) FROM found), limited{counted}"
         " FROM ranked ORDER BY turn, ready_at, seq LIMIT :count"
     )
 
@@ -606,9 +612,10 @@ _FINISHED_BY_FUNCTION = (
 
 
 class Statements:
-    """Every statement of the stores, in one dialect."""
+    """Every statement of the stores, in one dialect; those of a lease fenced by
+    ``fence``."""
 
-    def __init__(self, dialect: Dialect) -> None:
+    def __init__(self, dialect: Dialect, *, fence: str = _FENCED) -> None:
         r = dialect.render
         self.dialect = dialect
         self.select = r(f"SELECT {COLUMNS} FROM {{calls}}")
@@ -680,27 +687,27 @@ class Statements:
         # Back as it was before the claim: a resume keeps its poll to resume from.
         self.release = r(
             "UPDATE {calls} SET state = 'ready', ready_at = :ready_at, "
-            f"attempts = attempts - 1, {_UNLEASED} {_FENCED}"
+            f"attempts = attempts - 1, {_UNLEASED} {fence}"
         )
-        self.extend = r(f"UPDATE {{calls}} SET lease_expires = :until {_FENCED}")
+        self.extend = r(f"UPDATE {{calls}} SET lease_expires = :until {fence}")
         self.finish = r(
             "UPDATE {calls} SET "
             + _ended(":status", ":result", ":now", keep_failed_poll=True)
-            + f" {_FENCED} RETURNING parent_id"
+            + f" {fence} RETURNING parent_id"
         )
         self.suspend = r(
             "UPDATE {calls} SET state = 'waiting', poll = :poll, poll_min = :min_results, "
             "poll_max = :max_results, poll_until = :until, attempts = 0, status = NULL, "
-            f"{_UNLEASED} {_FENCED} RETURNING root_id"
+            f"{_UNLEASED} {fence} RETURNING root_id"
         )
         self.restart = r(
             "UPDATE {calls} SET state = 'ready', ready_at = :now, poll = {empty}, "
-            f"status = NULL, restarts = restarts + 1, {_UNLEASED} {_FENCED}"
+            f"status = NULL, restarts = restarts + 1, {_UNLEASED} {fence}"
         )
         # The latest attempt's status and error are kept while the call waits.
         self.retry = r(
             "UPDATE {calls} SET state = 'ready', status = :status, result = :result, "
-            f"ready_at = :ready_at, {_UNLEASED} {_FENCED}"
+            f"ready_at = :ready_at, {_UNLEASED} {fence}"
         )
         self.tail_call = r(
             "UPDATE {calls} SET function = :function, endpoint = :endpoint, "
@@ -708,7 +715,7 @@ class Statements:
             "attempts = 0, status = NULL, result = {empty}, poll = {empty}, "
             # The function handed over to is held to its own policy and limits.
             + ", ".join(f"{c} = :{c}" for c in (*_POLICY.split(", "), *_CALL_LIMITS.split(", ")))
-            + f", {_UNLEASED} {_FENCED}"
+            + f", {_UNLEASED} {fence}"
         )
 
         # A call tree's parents and children.
@@ -733,7 +740,7 @@ class Statements:
         # --- call trees: their bounds, and descendants ended in batches; outcomes
         # that cannot be stored.
         self.count_unstored = r(
-            f"UPDATE {{calls}} SET unstored = unstored + 1 {_FENCED} RETURNING unstored"
+            f"UPDATE {{calls}} SET unstored = unstored + 1 {fence} RETURNING unstored"
         )
         self.pending_children = r(
             f"SELECT count(*) FROM {{calls}} WHERE parent_id = :id AND {_UNFINISHED}"
@@ -939,6 +946,53 @@ class PostgresStatements(Statements):
     def __init__(self) -> None:
         super().__init__(POSTGRES)
         r = POSTGRES.render
+        # What a lease does, fenced by its owner too (``_OWNED``), under names of their
+        # own: the shared ones take the same parameters in both databases.
+        owned = Statements(POSTGRES, fence=_OWNED)
+        self.release_owned = owned.release
+        self.extend_owned = owned.extend
+        self.suspend_owned = owned.suspend
+        self.restart_owned = owned.restart
+        self.tail_call_owned = owned.tail_call
+        self.count_unstored_owned = owned.count_unstored
+        # With how many destinations the window holds (``claims.may_find_more``).
+        self.ranked_window = r(_ranked_window(destinations=True))
+        self.ranked_window_unheld = r(_ranked_window(_HELD["postgres"], destinations=True))
+        # The first :wanted of :ids (in that order) still claimable, locked (those
+        # another claim holds skipped) and leased at once: a locked row is checked as
+        # it is now, after any claim that won (PostgreSQL evaluates the condition again
+        # on the row it locks). Each with its place among :ids.
+        self.claim_ids = r(
+            "WITH wanted AS (SELECT * FROM unnest(:ids::text[]) WITH ORDINALITY AS w (id, n)),"
+            " taken AS (SELECT c.dispatch_id AS taken_id, w.n FROM {calls} AS c"
+            "  JOIN wanted AS w ON c.dispatch_id = w.id"
+            "  WHERE (c.state = 'ready' AND c.ready_at <= :now)"
+            "  OR (c.state = 'running' AND c.lease_expires <= :now)"
+            "  OR (c.state = 'waiting' AND c.poll_until <= :now)"
+            "  ORDER BY w.n LIMIT :wanted FOR UPDATE OF c SKIP LOCKED)"
+            " UPDATE {calls} SET state = 'running', lease_owner = :owner,"
+            "  lease_token = lease_token + 1, lease_expires = :expires, attempts = attempts + 1"
+            " FROM taken WHERE dispatch_id = taken.taken_id"
+            f" RETURNING taken.n, lease_token, poll_max, {COLUMNS}"
+        )
+        # The root's count grown, RETURNING a row if it was (pipelined: no rowcount).
+        self.add_descendants_returning = self.add_descendants + " RETURNING descendants"
+        # A waiting parent made ready once it has the results it waits for, and the
+        # other processes told if it was.
+        self.wake_notified = (
+            f"WITH woken AS ({self.wake} RETURNING dispatch_id)"
+            f" SELECT pg_notify('{CHANNEL}', '') WHERE EXISTS (SELECT 1 FROM woken)"
+        )
+        # The undelivered results of the resumes a claim (its owner, :owner) just took,
+        # each its poll's most, in the order ``undelivered`` gives them.
+        self.undelivered_claimed = r(
+            "SELECT parent.dispatch_id, child.* FROM {calls} AS parent CROSS JOIN LATERAL ("
+            "  SELECT dispatch_id, correlation_id, status, result FROM {calls}"
+            "  WHERE parent_id = parent.dispatch_id AND state = 'done' AND delivered = {false}"
+            "  ORDER BY finished_at, seq LIMIT greatest(parent.poll_max, 1)) AS child"
+            " WHERE parent.dispatch_id = ANY(:ids::text[]) AND parent.lease_owner = :owner"
+            " AND parent.state = 'running' AND parent.poll <> {empty}"
+        )
         # The rows of a claim's candidates locked, by primary key alone (the plan cannot
         # stray into a scan), with what shows whether each is still claimable.
         self.lock = r(
@@ -955,9 +1009,10 @@ class PostgresStatements(Statements):
             "UPDATE {calls} AS c SET "
             + _ended("f.status", "f.result", "f.now", keep_failed_poll=True)
             + " FROM unnest(:ids::text[], :tokens::bigint[], :statuses::integer[],"
-            "  :results::bytea[], :nows::double precision[]) AS f (id, token, status, result, now)"
+            "  :results::bytea[], :nows::double precision[],"
+            "  :owners::text[]) AS f (id, token, status, result, now, owner)"
             " WHERE c.dispatch_id = f.id AND c.lease_token = f.token AND c.state = 'running'"
-            " RETURNING c.dispatch_id, c.lease_token"
+            " AND c.lease_owner = f.owner RETURNING c.dispatch_id, c.lease_token, f.owner"
         )
         # The results a finished resume was given are delivered.
         self.deliver_all = r(
@@ -1007,13 +1062,13 @@ class PostgresStatements(Statements):
             f" WHERE {POSTGRES.one_of('dispatch_id', 'ids')}"
         )
         self.retry_notified = (
-            f"WITH retried AS ({self.retry} RETURNING dispatch_id)"
+            f"WITH retried AS ({owned.retry} RETURNING dispatch_id)"
             f" SELECT pg_notify('{CHANGED}', dispatch_id) FROM retried"
         )
         # The same, and its attempt added to the history (one statement still: each
         # part of a WITH runs, read or not, on the snapshot the statement began with).
         self.retry_recorded = r(
-            f"WITH retried AS ({self.retry} RETURNING dispatch_id),"
+            f"WITH retried AS ({owned.retry} RETURNING dispatch_id),"
             f" added AS (INSERT INTO {ATTEMPTS} (dispatch_id, {_ATTEMPT_COLUMNS})"
             "  SELECT dispatch_id, coalesce((SELECT max(number)"
             f"   FROM {ATTEMPTS} WHERE dispatch_id = :id), 0) + 1, :attempt_function,"

@@ -1,0 +1,339 @@
+"""How the SQLite store commits its writes: leases without an fsync of their own, every
+other write with one; writes that queue up behind a commit taken into one transaction,
+each atomic on its own, none answered before the commit, all failed by an error that
+ends the transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Coroutine, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from dispatchlet.scheduler.store import (
+    DatabaseBroken,
+    Lease,
+    NewCall,
+    RequestId,
+    State,
+    TreeBounds,
+    TreeLimitExceeded,
+)
+from dispatchlet.scheduler.store.limits import Limits
+from dispatchlet.scheduler.store.sqlite import SQL, SQLiteStore
+
+T = TypeVar("T")
+NOW = 1_800_000_000.0
+LEASE = 30.0
+OK = 1
+WAIT = 60.0
+FULL, NORMAL = 2, 1  # PRAGMA synchronous
+
+
+def call(function: str = "f", **fields: Any) -> NewCall:
+    fields.setdefault("endpoint", "http://127.0.0.1:8000")
+    fields.setdefault("input", b"\x0a\x01x")
+    fields.setdefault("expires_at", NOW + 3600)
+    return NewCall(function=function, **fields)
+
+
+class Watched:
+    """The store's connection seen from its writer thread: each statement, the
+    ``synchronous`` level in force at each COMMIT (read inside the transaction), and
+    errors raised in place of chosen statements."""
+
+    def __init__(self, real: sqlite3.Connection) -> None:
+        self.real = real
+        self.statements: list[str] = []
+        self.commits: list[int] = []
+        self.faults: dict[str, Exception] = {}
+        """A statement, and the error raised once in its place."""
+        self.at_commit: Callable[[], None] = lambda: None
+
+    def _fault(self, sql: str) -> None:
+        self.statements.append(sql)
+        fault = self.faults.pop(sql, None)
+        if fault is not None:
+            raise fault
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        self._fault(sql)
+        if sql == "COMMIT":
+            self.commits.append(self.real.execute("PRAGMA synchronous").fetchone()[0])
+            self.at_commit()
+        return self.real.execute(sql, *args)
+
+    def executemany(self, sql: str, rows: Iterable[Any]) -> sqlite3.Cursor:
+        self._fault(sql)
+        return self.real.executemany(sql, rows)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def begun(self) -> int:
+        return self.statements.count("BEGIN IMMEDIATE")
+
+
+async def opened(path: Path) -> tuple[SQLiteStore, Watched]:
+    store = await SQLiteStore.open(path)
+    assert store._connection is not None
+    watched = Watched(store._connection)
+    store._connection = watched  # type: ignore[assignment]
+    return store, watched
+
+
+def with_store(path: Path, body: Callable[[SQLiteStore, Watched], Coroutine[Any, Any, T]]) -> T:
+    async def scenario() -> T:
+        store, watched = await opened(path)
+        try:
+            return await asyncio.wait_for(body(store, watched), WAIT)
+        finally:
+            await store.close()
+
+    return asyncio.run(scenario())
+
+
+async def committed_under(watched: Watched, write: Coroutine[Any, Any, T]) -> tuple[list[int], T]:
+    """The ``synchronous`` level of each COMMIT ``write`` made, and its result."""
+    before = len(watched.commits)
+    result = await write
+    return watched.commits[before:], result
+
+
+async def a_lease(store: SQLiteStore, now: float = NOW) -> Lease:
+    await store.dispatch([call("parent")], now=now)
+    (claimed,) = await store.claim(owner="p", now=now, limit=1, lease_seconds=LEASE)
+    return claimed.lease
+
+
+def test_leases_commit_without_an_fsync_and_every_other_write_with_one(tmp_path: Path) -> None:
+    async def body(store: SQLiteStore, watched: Watched) -> None:
+        levels, ids = await committed_under(watched, store.dispatch([call()], now=NOW))
+        assert levels == [FULL]  # and the clock marked at NOW
+        levels, claimed = await committed_under(
+            watched, store.claim(owner="p", now=NOW + 0.1, limit=1, lease_seconds=LEASE)
+        )
+        assert levels == [NORMAL]
+        (lease,) = [c.lease for c in claimed]
+        levels, extended = await committed_under(watched, store.extend(lease, until=NOW + 60))
+        assert (levels, extended) == ([NORMAL], True)
+        levels, released = await committed_under(watched, store.release(lease, ready_at=NOW))
+        assert (levels, released) == ([NORMAL], True)
+        levels, claimed = await committed_under(
+            watched, store.claim(owner="p", now=NOW + 0.2, limit=1, lease_seconds=LEASE)
+        )
+        assert levels == [NORMAL]
+        (lease,) = [c.lease for c in claimed]
+        levels, finished = await committed_under(
+            watched, store.finish(lease, OK, b"", now=NOW + 0.3)
+        )
+        assert (levels, finished) == ([FULL], True)
+        assert (await store.get(ids[0])) is not None
+        # A claim that records the clock mark (a second on) keeps its promise to disk.
+        await store.dispatch([call()], now=NOW + 0.4)
+        levels, claimed = await committed_under(
+            watched, store.claim(owner="p", now=NOW + 5, limit=1, lease_seconds=LEASE)
+        )
+        assert (levels, len(claimed)) == ([FULL], 1)
+
+    with_store(tmp_path / "scheduler.db", body)
+
+
+def test_a_claim_that_failed_leaves_the_connection_committing_with_an_fsync(
+    tmp_path: Path,
+) -> None:
+    async def body(store: SQLiteStore, watched: Watched) -> None:
+        await store.dispatch([call()], now=NOW)
+        watched.faults[SQL.claim] = sqlite3.OperationalError("disk I/O error")
+        with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+            await store.claim(owner="p", now=NOW + 0.1, limit=1, lease_seconds=LEASE)
+        level = await store._run(lambda: watched.real.execute("PRAGMA synchronous").fetchone())
+        assert level == (FULL,)
+        levels, _ = await committed_under(watched, store.dispatch([call()], now=NOW + 0.2))
+        assert levels == [FULL]
+        levels, claimed = await committed_under(
+            watched, store.claim(owner="p", now=NOW + 0.3, limit=2, lease_seconds=LEASE)
+        )
+        assert (levels, len(claimed)) == ([NORMAL], 2)
+
+    with_store(tmp_path / "scheduler.db", body)
+
+
+def test_a_claim_that_records_rate_limited_starts_commits_with_an_fsync(tmp_path: Path) -> None:
+    async def body(store: SQLiteStore, watched: Watched) -> None:
+        rate = Limits(rate_count=1, rate_period=60.0)
+        first, _ = await store.dispatch([call("r", limits=rate)] * 2, now=NOW)
+        levels, claimed = await committed_under(
+            watched, store.claim(owner="p", now=NOW + 0.1, limit=2, lease_seconds=LEASE)
+        )
+        assert [c.call.dispatch_id for c in claimed] == [first]
+        assert levels == [FULL]
+        # The start counts: the second call waits for the next period.
+        assert await store.claim(owner="p", now=NOW + 0.2, limit=2, lease_seconds=LEASE) == []
+
+    with_store(tmp_path / "scheduler.db", body)
+
+
+async def queued_together(store: SQLiteStore, *writes: Coroutine[Any, Any, Any]) -> list[Any]:
+    """Run ``writes`` queued behind a busy writer thread: taken together once it is
+    free. Each one's result, or the exception it raised."""
+    gate = threading.Event()
+    holding = store._executor.submit(gate.wait, WAIT)
+    tasks = [asyncio.create_task(write) for write in writes]
+    try:
+        for _ in range(100_000):
+            if store._writer.queued() == len(writes):
+                break
+            await asyncio.sleep(0)
+        else:
+            pytest.fail(f"{store._writer.queued()} of {len(writes)} writes queued")
+    finally:
+        gate.set()
+    assert await asyncio.wrap_future(holding), "the writer thread was not held"
+    return await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def test_writes_queued_together_commit_once_and_one_that_fails_is_undone_alone(
+    tmp_path: Path,
+) -> None:
+    async def body(store: SQLiteStore, watched: Watched) -> None:
+        lease = await a_lease(store)
+        begun = watched.begun()
+        children = [call("c1"), call("c2")]
+        a, suspended, b = await queued_together(
+            store,
+            store.dispatch([call("a")], now=NOW + 1),
+            # Refused after its first UPDATE made the call wait: that alone is undone.
+            store.suspend(
+                lease,
+                b"poll",
+                children,
+                min_results=1,
+                max_results=2,
+                until=NOW + 60,
+                now=NOW + 1,
+                bounds=TreeBounds(max_children=1),
+            ),
+            store.dispatch([call("b")], now=NOW + 1),
+        )
+        assert isinstance(suspended, TreeLimitExceeded), suspended
+        assert watched.begun() - begun == 1
+        assert [c.function for c in await store.list(state=State.READY)] == ["a", "b"]
+        assert [c.dispatch_id for c in await store.list(state=State.READY)] == [*a, *b]
+        parent = await store.get(lease.dispatch_id)
+        assert parent is not None
+        assert parent.state is State.RUNNING
+        assert await store.children(lease.dispatch_id) == []
+        assert await store.finish(lease, OK, b"", now=NOW + 2)
+
+    with_store(tmp_path / "scheduler.db", body)
+
+
+def test_one_request_id_twice_in_one_batch_stores_its_calls_once(tmp_path: Path) -> None:
+    async def body(store: SQLiteStore, watched: Watched) -> None:
+        request = RequestId("req-1", b"digest")
+        calls = [call("x"), call("y")]
+        first, again = await queued_together(
+            store,
+            store.dispatch(calls, now=NOW, request=request),
+            store.dispatch(calls, now=NOW, request=request),
+        )
+        assert first == again
+        assert len(first) == 2
+        assert watched.begun() == 1
+        assert sorted(c.dispatch_id for c in await store.list()) == sorted(first)
+
+    with_store(tmp_path / "scheduler.db", body)
+
+
+def test_a_batch_is_answered_only_once_committed(tmp_path: Path) -> None:
+    async def body(store: SQLiteStore, watched: Watched) -> None:
+        committing, go = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            committing.set()
+            go.wait(WAIT)
+
+        watched.at_commit = hold
+        gate = threading.Event()
+        store._executor.submit(gate.wait, WAIT)
+        tasks = [asyncio.create_task(store.dispatch([call(name)], now=NOW)) for name in ("a", "b")]
+        for _ in range(100_000):
+            if store._writer.queued() == 2:
+                break
+            await asyncio.sleep(0)
+        gate.set()
+        try:
+            assert await asyncio.to_thread(committing.wait, WAIT), "no COMMIT began"
+            # Anything set before the COMMIT would have run ahead of to_thread's answer.
+            assert not any(task.done() for task in tasks)
+        finally:
+            go.set()
+        a, b = await asyncio.gather(*tasks)
+        assert watched.commits == [FULL]
+        assert {c.dispatch_id for c in await store.list()} == {*a, *b}
+
+    with_store(tmp_path / "scheduler.db", body)
+
+
+@pytest.mark.parametrize("where", ["COMMIT", "insert"])
+def test_an_error_that_ends_the_transaction_fails_every_write_of_the_batch(
+    tmp_path: Path, where: str
+) -> None:
+    async def body(store: SQLiteStore, watched: Watched) -> None:
+        statement = "COMMIT" if where == "COMMIT" else SQL.insert
+        watched.faults[statement] = sqlite3.OperationalError("disk I/O error")
+        outcomes = await queued_together(
+            store,
+            store.dispatch([call("a")], now=NOW),
+            store.dispatch([call("b")], now=NOW),
+        )
+        assert [type(outcome) for outcome in outcomes] == [sqlite3.OperationalError] * 2
+        assert await store.list() == []
+        # The next write goes on as usual.
+        (dispatch_id,) = await store.dispatch([call("c")], now=NOW)
+        assert [c.dispatch_id for c in await store.list()] == [dispatch_id]
+
+    with_store(tmp_path / "scheduler.db", body)
+
+
+def test_a_file_replaced_under_a_batch_fails_every_write_of_it(tmp_path: Path) -> None:
+    path = tmp_path / "scheduler.db"
+
+    async def body(store: SQLiteStore, watched: Watched) -> None:
+        other = tmp_path / "other.db"
+        sqlite3.connect(other).close()
+        os.replace(other, path)
+        outcomes = await queued_together(
+            store,
+            store.dispatch([call("a")], now=NOW),
+            store.dispatch([call("b")], now=NOW),
+        )
+        assert [type(outcome) for outcome in outcomes] == [DatabaseBroken] * 2
+        assert "was replaced by another file" in str(outcomes[0])
+
+    with_store(path, body)
+
+
+def test_claims_queued_together_that_record_starts_are_committed_with_an_fsync(
+    tmp_path: Path,
+) -> None:
+    async def body(store: SQLiteStore, watched: Watched) -> None:
+        rate = Limits(rate_count=2, rate_period=60.0)
+        ids = await store.dispatch([call("r", limits=rate)] * 3, now=NOW)
+        before = len(watched.commits)
+        claims = [
+            store.claim(owner="p", now=NOW + 0.1, limit=1, lease_seconds=LEASE) for _ in range(2)
+        ]
+        first, second = await queued_together(store, *claims)
+        assert [c.call.dispatch_id for c in [*first, *second]] == ids[:2]
+        # Whatever the batch that tried them committed, those that took calls (and
+        # counted their starts) committed with an fsync.
+        assert watched.commits[before:][-1] == FULL
+        assert await store.claim(owner="p", now=NOW + 0.2, limit=2, lease_seconds=LEASE) == []
+
+    with_store(tmp_path / "scheduler.db", body)
