@@ -1863,6 +1863,42 @@ def test_postgres_a_lost_claims_finish_beside_the_valid_one_in_a_batch_harms_nei
     run(scenario())
 
 
+def test_postgres_claims_under_a_cap_are_waited_for_on_disk(
+    postgres_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim's commit is not waited for on disk, but under ``--max-per-destination``
+    it is: the cap counts the leases of every process, and a lost one would let others
+    start past it while its attempt runs."""
+    import psycopg
+    from dispatchlet.scheduler.store import postgres
+    from dispatchlet.scheduler.store.postgres import PostgresStore
+
+    url = fresh_database(postgres_server)
+    # Each claim committed without waiting leaves a row: the statement that says so.
+    monkeypatch.setattr(postgres, "ASYNC_COMMIT", "INSERT INTO async_claims VALUES (1)")
+
+    async def scenario() -> int:
+        store = await PostgresStore.open(url)
+        try:
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as db:
+                await db.execute("CREATE TABLE async_claims (n integer)")
+                await store.dispatch([call(), call()], now=NOW)
+                (capped,) = await store.claim(
+                    owner="a", now=NOW, limit=1, lease_seconds=LEASE, cap=8
+                )
+                count = await db.execute("SELECT count(*) FROM async_claims")
+                assert (await count.fetchone()) == (0,)
+                (free,) = await store.claim(owner="a", now=NOW, limit=1, lease_seconds=LEASE)
+                count = await db.execute("SELECT count(*) FROM async_claims")
+                row = await count.fetchone()
+                assert row is not None
+                return int(row[0])
+        finally:
+            await store.close()
+
+    assert run(scenario()) == 1
+
+
 def test_postgres_lists_children_and_reruns_through_their_indexes(postgres_server: str) -> None:
     import psycopg
     from dispatchlet.scheduler.store.postgres import SQL as PG
