@@ -1883,12 +1883,12 @@ def test_postgres_claims_under_a_cap_are_waited_for_on_disk(
             async with await psycopg.AsyncConnection.connect(url, autocommit=True) as db:
                 await db.execute("CREATE TABLE async_claims (n integer)")
                 await store.dispatch([call(), call()], now=NOW)
-                (capped,) = await store.claim(
+                (_capped,) = await store.claim(
                     owner="a", now=NOW, limit=1, lease_seconds=LEASE, cap=8
                 )
                 count = await db.execute("SELECT count(*) FROM async_claims")
                 assert (await count.fetchone()) == (0,)
-                (free,) = await store.claim(owner="a", now=NOW, limit=1, lease_seconds=LEASE)
+                (_free,) = await store.claim(owner="a", now=NOW, limit=1, lease_seconds=LEASE)
                 count = await db.execute("SELECT count(*) FROM async_claims")
                 row = await count.fetchone()
                 assert row is not None

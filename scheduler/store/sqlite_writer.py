@@ -189,7 +189,6 @@ class Writer:
             write.durable = True
         return outcomes, again
 
-
     def _restore(self, connection: sqlite3.Connection) -> None:
         """Every transaction but those that choose otherwise commits with an fsync."""
         connection.execute("PRAGMA synchronous = FULL")
