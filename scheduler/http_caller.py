@@ -46,6 +46,7 @@ from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import function_pb2
 from .outcome import ANSWER_MARGIN, MAX_ANSWER_BYTES, Outcome
 from .settings import DEFAULT_MAX_OUTPUT_SIZE
+from .within import within
 
 USER_AGENT = "dispatchlet-scheduler"
 
@@ -123,7 +124,7 @@ class HttpCaller:
         if self.signing_key is not None:
             http_request = sign_request(http_request, self.signing_key)
         try:
-            return await asyncio.wait_for(self._send(target.run_url, http_request), timeout)
+            return await within(self._send(target.run_url, http_request), timeout)
         except (TimeoutError, asyncio.TimeoutError):
             return Outcome(Status.TIMEOUT, error_type="TimeoutError", message=_no_answer(timeout))
 
