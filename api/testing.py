@@ -9,6 +9,10 @@ order finished calls are delivered (``"reverse"``, or a ``random.Random``), to s
 the workflow's outcome does not depend on it. Timers do not make the test wait: the
 harness moves the workflow's clock forward instead.
 
+Inline steps (functions registered with ``inline=True``) run inside the workflow's run,
+as under the scheduler: they are not among the calls it starts, unless a checkpoint or a
+retryable failure hands one over as a child call.
+
 Calls made with options (``Function.options``, a function's ``@endpoint.function(...)``
 defaults) are run as the scheduler runs them: a delayed call starts once the clock has
 moved forward to its time, its own ``max_attempts`` and ``backoff`` replace the

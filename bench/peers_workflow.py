@@ -20,7 +20,10 @@ Each system is started by the bench on loopback (free ports) and stopped at the 
 
 dispatchlet: `dispatchlet scheduler` (``--db`` a file, or one process on PostgreSQL) and
 `dispatchlet serve` (8 threads) of bench/workflow.py's app, whose `three` awaits `step`
-three times; a client dispatches `three` and waits for it. DBOS: a process of its own
+three times, each a child call the scheduler runs; a client dispatches `three` and waits
+for it. "dispatchlet inline" runs `three_inline`, the same with `step_inline`, registered
+with `inline=True`: its steps run in the workflow's own request, journaled (one Run). The
+peers' ratios are against the inline rows. DBOS: a process of its own
 serving HTTP (the standard library's threading server) whose handler runs a workflow of
 three `@DBOS.step` calls, as an application would. Restate: `restate-server` (the npm
 package; found in the cache of bench/peers/install_restate.sh, on the PATH, or given)
@@ -209,9 +212,11 @@ def measure(
 
 
 @contextmanager
-def dispatchlet_system(folder: Path, database_url: str | None) -> Iterator[tuple[Any, list[int]]]:
-    """A scheduler and an endpoint of bench/workflow.py's app: a new caller's maker, and
-    the ids of the processes."""
+def dispatchlet_system(
+    folder: Path, database_url: str | None, workflow: str = "three"
+) -> Iterator[tuple[Any, list[int]]]:
+    """A scheduler and an endpoint of bench/workflow.py's app: a new caller's maker (of
+    callers that run ``workflow``), and the ids of the processes."""
     key = Ed25519PrivateKey.generate()
     (folder / "app.py").write_text(WORKFLOW_APP)
     base = peers.environment_without_dispatch()
@@ -239,13 +244,13 @@ def dispatchlet_system(folder: Path, database_url: str | None) -> Iterator[tuple
                 self.client = Client(url, shared.API_KEY)
 
             def __call__(self, x: int) -> int:
-                call = call_pb2.Call(function="three", endpoint=at)
+                call = call_pb2.Call(function=workflow, endpoint=at)
                 call.input.CopyFrom(values.to_any(x))
                 info = self.client.wait(self.client.dispatch([call])[0])
                 if info.status is None or info.status.name != "OK":
-                    raise RuntimeError(f"three({x}) did not end OK: {info}")
+                    raise RuntimeError(f"{workflow}({x}) did not end OK: {info}")
                 if not isinstance(info.output, int):
-                    raise RuntimeError(f"three({x}) returned {info.output!r}")
+                    raise RuntimeError(f"{workflow}({x}) returned {info.output!r}")
                 return info.output
 
             def close(self) -> None:
@@ -382,6 +387,9 @@ def main() -> None:
     # SIGTERM ends the run as Ctrl-C does: every process started is stopped on the way out.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     ours_sqlite, ours_pg = "dispatchlet, SQLite", "dispatchlet, PostgreSQL"
+    # The peers' ratios are against dispatchlet's inline steps, the same kind of step as
+    # DBOS's and Restate's ctx.run: run in the workflow's own process, journaled.
+    inline_sqlite, inline_pg = "dispatchlet inline, SQLite", "dispatchlet inline, PostgreSQL"
     rows: list[Row] = []
 
     def add(label: str, versus: str | None, system: Any, server: str | None = None) -> None:
@@ -393,10 +401,11 @@ def main() -> None:
         folder = Path(scratch)
         if "dispatchlet" in only:
             add(ours_sqlite, None, lambda here: dispatchlet_system(here, None))
+            add(inline_sqlite, None, lambda here: dispatchlet_system(here, None, "three_inline"))
         if "dbos" in only:
             add(
                 "DBOS, SQLite",
-                ours_sqlite if "dispatchlet" in only else None,
+                inline_sqlite if "dispatchlet" in only else None,
                 lambda here: dbos_system(here, f"sqlite:///{here / 'dbos.db'}"),
             )
         if only & {"dispatchlet", "dbos"}:
@@ -410,10 +419,15 @@ def main() -> None:
 
             if "dispatchlet" in only:
                 add(ours_pg, None, lambda here: on_postgres(dispatchlet_system, here), server)
+
+                def inline_system(here: Path, url: str) -> Any:
+                    return dispatchlet_system(here, url, "three_inline")
+
+                add(inline_pg, None, lambda here: on_postgres(inline_system, here), server)
             if "dbos" in only:
                 add(
                     "DBOS, PostgreSQL",
-                    ours_pg if "dispatchlet" in only else None,
+                    inline_pg if "dispatchlet" in only else None,
                     lambda here: on_postgres(dbos_system, here),
                     server,
                 )
@@ -425,7 +439,7 @@ def main() -> None:
                     " --restate-server; Restate left out"
                 )
             else:
-                versus = ours_sqlite if "dispatchlet" in only else None
+                versus = inline_sqlite if "dispatchlet" in only else None
                 for label, handler in (("ctx.run", "three"), ("service calls", "three_calls")):
                     add(
                         f"Restate, {label}",

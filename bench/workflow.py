@@ -6,10 +6,11 @@
 processes of their own, on loopback:
 
 - latency of a three-step workflow, dispatch to final result, p50 and p99 over
-  ``--runs``; the baseline: the same three calls made one after another by the client
-  (dispatch, wait, dispatch the next);
-- a ``--steps``-step sequential workflow: time per step, against the baseline's time
-  per call;
+  ``--runs``, with its steps as child calls and as inline steps (``inline=True``: run
+  in the workflow's own request); the baseline: the same three calls made one after
+  another by the client (dispatch, wait, dispatch the next);
+- a ``--steps``-step sequential workflow, steps as calls and inline: time per step,
+  against the baseline's time per call;
 - replay, in this process: the time of one resume as the journal grows (1 to 1,000
   recorded steps), per resume and per replayed step, against one plain call of the
   same function through ``Endpoint.run``.
@@ -68,6 +69,27 @@ async def chain(n: int) -> int:
     for _ in range(n):
         x = await step(x)
     return x
+
+
+# The same steps run inline: inside the workflow's own run, journaled.
+@endpoint.function(inline=True)
+def step_inline(x: int) -> int:
+    return x + 1
+
+
+@endpoint.function
+async def three_inline(x: int) -> int:
+    a = await step_inline(x)
+    b = await step_inline(a)
+    return await step_inline(b)
+
+
+@endpoint.function
+async def chain_inline(n: int) -> int:
+    x = 0
+    for _ in range(n):
+        x = await step_inline(x)
+    return x
 """
 
 
@@ -104,14 +126,18 @@ def served(folder: Path, runs: int, steps: int) -> dict[str, Any]:
                 raise SystemExit(f"{function} did not end OK: {info}")
             return info.output
 
-        run("three", 0)  # warm both up
+        run("three", 0)  # warm them up
+        run("three_inline", 0)
         run("step", 0)
-        workflow, plain = [], []
+        workflow, inline, plain = [], [], []
         for n in range(runs):
-            # Interleaved, so that both see the same machine.
+            # Interleaved, so that all see the same machine.
             began = time.perf_counter()
             assert run("three", n) == n + 3
             workflow.append(time.perf_counter() - began)
+            began = time.perf_counter()
+            assert run("three_inline", n) == n + 3
+            inline.append(time.perf_counter() - began)
             began = time.perf_counter()
             x = n
             for _ in range(3):
@@ -121,14 +147,19 @@ def served(folder: Path, runs: int, steps: int) -> dict[str, Any]:
         assert run("chain", steps) == steps
         chained = (time.perf_counter() - began) / steps
         began = time.perf_counter()
+        assert run("chain_inline", steps) == steps
+        chained_inline = (time.perf_counter() - began) / steps
+        began = time.perf_counter()
         x = 0
         for _ in range(steps):
             x = run("step", x)
         sequential = (time.perf_counter() - began) / steps
     return {
         "workflow": workflow,
+        "inline": inline,
         "plain": plain,
         "chain_per_step": chained,
+        "inline_chain_per_step": chained_inline,
         "plain_per_call": sequential,
     }
 
@@ -182,19 +213,24 @@ def main() -> None:
     ms = 1000.0
     with tempfile.TemporaryDirectory() as tmp:
         found = served(Path(tmp), args.runs, args.steps)
-    workflow, plain = found["workflow"], found["plain"]
+    workflow, inline, plain = found["workflow"], found["inline"], found["plain"]
     print(f"three steps, dispatch to final, {args.runs} runs (ms):")
     print(f"{'':24}{'p50':>9}{'p99':>9}")
-    for label, samples in (("workflow", workflow), ("three plain calls", plain)):
+    rows = (("workflow", workflow), ("inline steps", inline), ("three plain calls", plain))
+    for label, samples in rows:
         print(
             f"{label:24}{percentile(samples, 0.5) * ms:9.1f}{percentile(samples, 0.99) * ms:9.1f}"
         )
     ratio = percentile(workflow, 0.5) / percentile(plain, 0.5)
     print(f"ratio p50 workflow / plain calls: {ratio:.2f}")
+    ratio = percentile(inline, 0.5) / percentile(plain, 0.5)
+    print(f"ratio p50 workflow of inline steps / plain calls: {ratio:.2f}")
     print()
     chain, single = found["chain_per_step"], found["plain_per_call"]
     print(f"{args.steps} sequential steps: {chain * ms:.2f} ms per step in a workflow, ")
     print(f"  {single * ms:.2f} ms per plain call one after another; ratio {chain / single:.2f}")
+    chain = found["inline_chain_per_step"]
+    print(f"  {chain * ms:.2f} ms per inline step; ratio {chain / single:.2f}")
     print()
     print("replay of one resume, in process (us):")
     print(f"{'steps':>7}{'resume':>11}{'per step':>10}{'plain run':>11}{'ratio':>8}")

@@ -14,7 +14,7 @@ from ..proto.dispatch.sdk.v1 import function_pb2
 from . import connect, tracing
 from .body import BodyReader, oversized
 from .declared_schedule import read_schedule
-from .dispatch_options import Backoff, Seconds, settings
+from .dispatch_options import Backoff, Seconds, seconds_of, settings
 from .dispatching import Batch, Dispatcher, default_dispatcher
 from .errors import (
     ConfigurationError,
@@ -31,6 +31,7 @@ from .http import Request, Response
 from .keys import VERIFICATION_KEY_ENV, PublicKeyLike, load_public_keys, public_keys_from_env
 
 # The limits' defaults were defined here; re-exported (``as``) for their users.
+from .limits import DEFAULT_CHECKPOINT_AFTER
 from .limits import DEFAULT_MAX_BODY_SIZE as DEFAULT_MAX_BODY_SIZE
 from .limits import DEFAULT_MAX_HEADER_BYTES as DEFAULT_MAX_HEADER_BYTES
 from .limits import DEFAULT_MAX_HEADER_COUNT as DEFAULT_MAX_HEADER_COUNT
@@ -74,6 +75,11 @@ class Endpoint:
     ``max_workflow_steps``, ``max_journal_size``: bounds of a workflow's journal (see
     ``dispatchlet.core.workflow``), with clear errors past them.
 
+    ``checkpoint_after`` (seconds or a ``timedelta``, default 1 s): how long the inline
+    steps of one run of a workflow (functions registered with ``inline=True``) may take
+    before the run checkpoints through the scheduler (see ``dispatchlet.core.inline_steps``);
+    what a killed endpoint runs again is at most the inline steps since the last one.
+
     ``allow_pickle``: accept and produce pickled Python values (Python callers only);
     unpickling happens only after a request's signature is verified. Input that no
     signature vouches for (``run()``: Lambda direct invocation, in-process callers; and
@@ -103,6 +109,7 @@ class Endpoint:
         max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
         max_workflow_steps: int = DEFAULT_MAX_WORKFLOW_STEPS,
         max_journal_size: int = DEFAULT_MAX_JOURNAL_SIZE,
+        checkpoint_after: Seconds = DEFAULT_CHECKPOINT_AFTER,
     ) -> None:
         keys = (
             public_keys_from_env()
@@ -122,6 +129,9 @@ class Endpoint:
         them all."""
         self.max_journal_size = max_journal_size
         """Bytes a workflow's journal may hold; it travels in every resume."""
+        self.checkpoint_after = _checkpoint_after(checkpoint_after, "Endpoint(checkpoint_after)")
+        """Seconds of inline steps after which a workflow's run checkpoints (its next
+        inline step runs as a child call instead, its journal stored with it)."""
         self.max_signature_age = max_signature_age
         self.clock_skew = clock_skew
         self.verifier: Verifier | None = None
@@ -202,6 +212,8 @@ class Endpoint:
         concurrency_per_key: int | None = None,
         rate_limit: tuple[int, Seconds] | None = None,
         schedule: str | None = None,
+        inline: bool = False,
+        checkpoint_after: Seconds | None = None,
     ) -> Callable[[Callable[P, R]], Function[P, R]]: ...
 
     def function(
@@ -218,6 +230,8 @@ class Endpoint:
         concurrency_per_key: int | None = None,
         rate_limit: tuple[int, Seconds] | None = None,
         schedule: str | None = None,
+        inline: bool = False,
+        checkpoint_after: Seconds | None = None,
     ) -> Any:
         """Register a function (plain or ``async def``) under its name or ``name``.
 
@@ -228,9 +242,23 @@ class Endpoint:
         ``concurrency_per_key`` per ``options(concurrency_key=...)``, ``rate_limit=(n,
         period)`` starts per period), and ``schedule``, a cron expression it is run on
         once pushed by ``dispatchlet schedules sync``, read in UTC unless it starts
-        with its time zone (``"CRON_TZ=Europe/Paris 0 9 * * *"``)."""
+        with its time zone (``"CRON_TZ=Europe/Paris 0 9 * * *"``).
+
+        ``inline=True``: in a workflow of this endpoint, an await of a call of this
+        function (made without ``options``) runs it inside the workflow's own run and
+        records its outcome in the journal, as DBOS's steps and Restate's ``ctx.run``
+        do, instead of a child call the scheduler runs (see
+        ``dispatchlet.core.inline_steps``). Limits the scheduler enforces per call
+        cannot hold there: with ``concurrency``, ``concurrency_per_key``, ``rate_limit``
+        or ``schedule`` it is a ``ConfigurationError``. ``checkpoint_after`` (on a
+        workflow): the endpoint's ``checkpoint_after`` for this workflow's runs."""
         if schedule is not None:
             read_schedule(schedule)  # its form only: the scheduler checks it when synced
+        if inline:
+            _check_inline(concurrency, concurrency_per_key, rate_limit, schedule)
+        after = None
+        if checkpoint_after is not None:
+            after = _checkpoint_after(checkpoint_after, "@function(checkpoint_after)")
 
         def register(f: Callable[..., Any]) -> Function[..., Any]:
             function_name = name or str(getattr(f, "__name__", ""))
@@ -244,7 +272,20 @@ class Endpoint:
                 concurrency_per_key=concurrency_per_key,
                 rate_limit=rate_limit,
             )
-            registered = Function(f, function_name, self, defaults=defaults, schedule=schedule)
+            registered = Function(
+                f,
+                function_name,
+                self,
+                defaults=defaults,
+                schedule=schedule,
+                inline=inline,
+                checkpoint_after=after,
+            )
+            if after is not None and (inline or not registered.is_async):
+                raise ConfigurationError(
+                    f"@function {function_name}: checkpoint_after is a workflow's policy "
+                    "(an async def that is not inline)"
+                )
             if registered.name in self._functions:
                 raise ValueError(f"a function named {registered.name!r} is already registered")
             self._functions[registered.name] = registered
@@ -379,6 +420,36 @@ class Endpoint:
         self.verifier.verify(
             request, fields=fields, authority=self._authority, path=self._signed_path
         )
+
+
+def _check_inline(
+    concurrency: int | None,
+    concurrency_per_key: int | None,
+    rate_limit: object,
+    schedule: str | None,
+) -> None:
+    """Refuse an inline function with a limit the scheduler would have to enforce on
+    each of its calls: an inline step is no call of the scheduler's."""
+    given = {
+        "concurrency": concurrency,
+        "concurrency_per_key": concurrency_per_key,
+        "rate_limit": rate_limit,
+        "schedule": schedule,
+    }
+    refused = [name for name, value in given.items() if value is not None]
+    if refused:
+        raise ConfigurationError(
+            f"@function(inline=True) with {', '.join(refused)}: an inline step runs inside "
+            "its workflow's run, where the scheduler cannot hold it to limits or run it on a "
+            "schedule; drop inline=True (its calls are then child calls) or the limits"
+        )
+
+
+def _checkpoint_after(value: object, name: str) -> float:
+    try:
+        return seconds_of(value, name, zero=True)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 __all__ = ["ENDPOINT_URL_ENV", "VERIFICATION_KEY_ENV", "Endpoint"]

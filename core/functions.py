@@ -95,6 +95,8 @@ class Function(Generic[P, R]):
         *,
         defaults: CallSettings = NO_SETTINGS,
         schedule: str | None = None,
+        inline: bool = False,
+        checkpoint_after: float | None = None,
     ) -> None:
         if not FUNCTION_NAME.fullmatch(name):
             raise ValueError(
@@ -111,6 +113,12 @@ class Function(Generic[P, R]):
         self.schedule = schedule
         """The cron expression this function is declared to run on, or None (pushed by
         ``dispatchlet schedules sync``, which checks it)."""
+        self.inline = inline
+        """Whether a workflow of its endpoint runs its calls inside its own run, the
+        outcome recorded in its journal (``inline_steps``), rather than as child calls."""
+        self.checkpoint_after = checkpoint_after
+        """For a workflow: seconds of inline steps after which its run checkpoints; None:
+        the endpoint's ``checkpoint_after``."""
         update_wrapper(self, fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:

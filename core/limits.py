@@ -18,3 +18,6 @@ MAX_POLL_CALLS = 1000
 """Calls one Poll may start (the protocol's bound); larger fan-outs take several."""
 MAX_POLL_RESULTS = 1000
 """Results one resume may bring (the protocol's bound)."""
+
+DEFAULT_CHECKPOINT_AFTER = 1.0
+"""Seconds of inline steps after which a workflow's run checkpoints through the scheduler."""

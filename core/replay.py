@@ -42,6 +42,7 @@ from .workflow_steps import Call, DurableAwaitable, Mode, Receive, Sleep, Step
 if typing.TYPE_CHECKING:
     from .endpoint import Endpoint
     from .functions import Function
+    from .inline_steps import InlineSteps
 
 WAIT_FOR_RESULTS = 24 * 3600.0
 """How long a Poll waits for results before the workflow looks again."""
@@ -89,6 +90,9 @@ class Replay:
         self.failure: BaseException | None = None
         """An error that ends the run whatever the code does with it (a mismatch, a
         limit): raised into the coroutine, and reported even if it is caught there."""
+        self.inline: InlineSteps | None = None
+        """What runs the inline steps of this run; None: every call is a child call
+        (replay checks, which call nothing)."""
 
     # -- steps
 
@@ -142,12 +146,16 @@ class Replay:
         # Checked now, so that a call with wrong arguments fails where it is made.
         value = function.input_for(*args, **kwargs)
         slot, record = self._reserve(CALL, function.name, endpoint)
+        # Inline only as the function's own plain call on this endpoint: per-call options
+        # ask the scheduler for something (a delay, a key, limits) only a child call gets.
+        inline = function.inline and settings is None and owner is self.endpoint is not None
         return Call(
             self,
             slot,
             record,
             lambda: values.to_any(value, allow_pickle=self.allow_pickle),
             function.defaults if settings is None else settings,
+            function if inline else None,
         )
 
     def call_by_name(self, name: str, value: object, endpoint: str) -> Call:
@@ -175,7 +183,7 @@ class Replay:
             record.started = True
             record.wake_at.FromNanoseconds(clock() + int(seconds * 1e9))
             if seconds <= 0:
-                self._arrive(record)
+                self.arrive(record)
         return Sleep(self, slot, record)
 
     def patched(self, name: str) -> bool:
@@ -192,7 +200,8 @@ class Replay:
 
     # -- outcomes
 
-    def _arrive(self, record: journal_pb2.Step) -> None:
+    def arrive(self, record: journal_pb2.Step) -> None:
+        """Give the step's outcome, now recorded, its place in the order of arrival."""
         self.journal.arrivals += 1
         record.arrival = self.journal.arrivals
 
@@ -208,14 +217,14 @@ class Replay:
             if record.kind not in (CALL, RECEIVE) or not record.started or record.arrival:
                 continue  # not a call we started, or a result delivered twice
             record.result.CopyFrom(result)
-            self._arrive(record)
+            self.arrive(record)
         for record in steps:
             if (
                 record.kind == SLEEP
                 and not record.arrival
                 and record.wake_at.ToNanoseconds() <= now_ns
             ):
-                self._arrive(record)
+                self.arrive(record)
 
     def outcome(self, step: Step) -> tuple[bool, object]:
         """(True, value) or (False, exception) for a step that has arrived."""

@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from google.protobuf import timestamp_pb2
+from google.protobuf import any_pb2, timestamp_pb2
 
 from ..proto.dispatch.sdk.v1 import call_pb2, error_pb2, function_pb2, status_pb2
 from . import values
@@ -117,19 +118,18 @@ def execute(
             journal = read_journal(request.poll_result, function.name)
         except IncompatibleState as exc:
             return error_run_response(exc)
-    try:
-        # An unset input reads as an empty Any: no type URL.
-        input_any = request.input if journal is None else journal.input
-        present = bool(input_any.type_url)
-        if allow_pickle and not unpickle and values.is_pickled(input_any):
-            raise values.DecodeError(_UNSIGNED_PICKLE)
-        value = values.from_any(input_any, allow_pickle=unpickle) if present else None
-        args, kwargs = function.arguments(value, present, lambda: _context(function, request))
-    except (values.DecodeError, DispatchletError) as exc:
-        # Bad input is the caller's fault: no traceback of ours to show.
-        status = Status.INVALID_ARGUMENT if isinstance(exc, values.DecodeError) else status_for(exc)
-        error = error_pb2.Error(type=type(exc).__name__, message=str(exc))
-        return response(status, call_pb2.CallResult(error=error))
+    # An unset input reads as an empty Any: no type URL.
+    input_any = request.input if journal is None else journal.input
+    bound = arguments(
+        function,
+        input_any,
+        lambda: run_context(function, request),
+        allow_pickle=allow_pickle,
+        unpickle=unpickle,
+    )
+    if isinstance(bound, function_pb2.RunResponse):
+        return bound
+    args, kwargs = bound
 
     try:
         if function.is_async:
@@ -147,6 +147,18 @@ def execute(
             )
             if journal is not None:
                 replay.merge(request.poll_result.results)
+            endpoint = function.endpoint
+            if endpoint is not None:
+                from .inline_steps import InlineSteps
+
+                after = function.checkpoint_after
+                replay.inline = InlineSteps(
+                    request,
+                    endpoint.checkpoint_after if after is None else after,
+                    deadline,
+                    allow_pickle=allow_pickle,
+                    unpickle=unpickle,
+                )
             result = run_workflow(function, args, kwargs, replay, timeout)
             if isinstance(result, Suspended):
                 return result.response
@@ -156,6 +168,37 @@ def execute(
         logger.warning("%s failed: %s: %s", function.name, type(exc).__name__, exc)
         return error_run_response(exc, allow_pickle=allow_pickle)
 
+    return exit_response(function, result, allow_pickle=allow_pickle)
+
+
+def arguments(
+    function: Function[..., Any],
+    input_any: any_pb2.Any,
+    context: Callable[[], RunContext],
+    *,
+    allow_pickle: bool,
+    unpickle: bool,
+) -> tuple[tuple[object, ...], dict[str, object]] | function_pb2.RunResponse:
+    """The arguments of a run of ``function`` with ``input_any``, or the RunResponse
+    that refuses that input (INVALID_ARGUMENT, or the status of the error raised)."""
+    try:
+        present = bool(input_any.type_url)
+        if allow_pickle and not unpickle and values.is_pickled(input_any):
+            raise values.DecodeError(_UNSIGNED_PICKLE)
+        value = values.from_any(input_any, allow_pickle=unpickle) if present else None
+        return function.arguments(value, present, context)
+    except (values.DecodeError, DispatchletError) as exc:
+        # Bad input is the caller's fault: no traceback of ours to show.
+        status = Status.INVALID_ARGUMENT if isinstance(exc, values.DecodeError) else status_for(exc)
+        error = error_pb2.Error(type=type(exc).__name__, message=str(exc))
+        return response(status, call_pb2.CallResult(error=error))
+
+
+def exit_response(
+    function: Function[..., Any], result: object, *, allow_pickle: bool
+) -> function_pb2.RunResponse:
+    """The RunResponse of a run of ``function`` that returned ``result``: its output, or
+    the tail call it handed over to."""
     try:
         if isinstance(result, TailCall):
             call = call_pb2.Call(
@@ -184,7 +227,8 @@ def execute(
     return message
 
 
-def _context(function: Function[..., Any], request: function_pb2.RunRequest) -> RunContext:
+def run_context(function: Function[..., Any], request: function_pb2.RunRequest) -> RunContext:
+    """The ``RunContext`` of a run of ``function`` for ``request``."""
     return RunContext(
         function=function.name,
         dispatch_id=request.dispatch_id,

@@ -87,6 +87,8 @@ def _step(slot: int, step: journal_pb2.Step) -> dict[str, Any]:
         shown["function"] = step.name
         if step.endpoint:
             shown["endpoint"] = step.endpoint
+        if step.inline:
+            shown["inline"] = True  # ran in the workflow's run: no child call
         if step.arrival:
             shown.update(_result(step.result))
         else:

@@ -16,6 +16,9 @@ on the bytecode, so in-flight workflows survive redeploys and upgrades.
   ``race`` decide by that order, so every replay decides as the first run did.
 - A call's correlation id is its slot plus one. A result for an unknown id, or for a
   slot that has one already, is ignored.
+- A call of a function registered with ``inline=True`` on the same endpoint runs inside
+  the run and its outcome is journaled as a delivered result (``inline_steps``); the
+  run checkpoints through the scheduler as a policy says.
 - A workflow awaits only these awaitables. An async function that awaits nothing of
   them is a plain coroutine run on an event loop; one that mixes both is refused,
   since what it awaited otherwise would run again on every resume.
@@ -25,6 +28,7 @@ Everything here is sans-IO: the scheduler does the calling and the waiting.
 This module holds the primitives a workflow uses; the machinery has modules of its own:
 ``workflow_steps`` (what a workflow awaits), ``journal`` (the state and its format),
 ``replay`` (one run over the journal), ``workflow_driver`` (running the coroutine once),
+``inline_steps`` (calls of ``inline=True`` functions run in the workflow's own run),
 ``replay_check`` (replaying recorded journals before a deploy) and ``current_workflow``
 (the run the running code is part of).
 """

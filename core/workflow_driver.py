@@ -1,7 +1,8 @@
 """Running a workflow's coroutine once, over its replay.
 
 The driver sits between the coroutine and the event loop: the durable steps the
-coroutine awaits are answered from the journal (or end the run with a Poll); anything
+coroutine awaits are answered from the journal, or run here when they are inline steps
+(``inline_steps``), or end the run with a Poll; anything
 else passes through to the event loop, which is how a plain coroutine, one that makes
 no steps, runs. A coroutine that mixes both is refused (``NotDurable``), since what it
 awaited otherwise would run again on every resume.
@@ -73,6 +74,9 @@ class Driver:
                     error = replay.failure = replay.not_durable(replay.foreign)
                     continue
                 resolved = replay.resolve(yielded)
+                if resolved is None and replay.inline is not None:
+                    # Its inline steps run here, awaiting what they await on the loop.
+                    resolved = yield from replay.inline.run(replay, yielded)
                 if resolved is None:
                     response = replay.suspend(yielded)
                     coroutine.close()

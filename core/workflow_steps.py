@@ -20,6 +20,7 @@ from .dispatch_options import NO_SETTINGS, CallSettings
 from .messages import RECEIVE_FUNCTION
 
 if TYPE_CHECKING:
+    from .functions import Function
     from .replay import Replay
 
 
@@ -57,7 +58,8 @@ class Step(DurableAwaitable):
 
 
 class Call(Step):
-    """A call of a function, run by the scheduler when the workflow first awaits it."""
+    """A call of a function, run by the scheduler when the workflow first awaits it (or
+    inside the workflow's run, when ``inline`` says so: see ``inline_steps``)."""
 
     def __init__(
         self,
@@ -66,13 +68,28 @@ class Call(Step):
         record: journal_pb2.Step,
         encode: Callable[[], any_pb2.Any],
         settings: CallSettings = NO_SETTINGS,
+        inline: Function[..., Any] | None = None,
     ) -> None:
         super().__init__(replay, slot, record)
         self._encode = encode
         self.settings = settings
         """The child call's options (``Function.options``, the function's defaults)."""
+        self.inline = inline
+        """The function, when this call may run inline: registered with ``inline=True``
+        on the workflow's own endpoint, called without per-call options."""
+        self.handover: call_pb2.Call | None = None
+        """The call to start in its place: the tail call its inline run returned."""
+
+    def input(self) -> any_pb2.Any:
+        """The call's input, encoded."""
+        return self._encode()
 
     def call(self) -> call_pb2.Call:
+        if self.handover is not None:
+            handed = call_pb2.Call()
+            handed.CopyFrom(self.handover)
+            handed.correlation_id = self.slot + 1
+            return handed
         record = self.record
         call = call_pb2.Call(
             correlation_id=self.slot + 1,

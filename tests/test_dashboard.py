@@ -738,3 +738,53 @@ def test_the_call_page_of_a_keyed_child_links_the_call_whose_outcome_it_takes(
         assert "Outcome of" not in page
 
     scenario(tmp_path, body, running=False)
+
+
+def test_the_call_page_marks_inline_steps_and_links_no_child_for_them(tmp_path: Path) -> None:
+    from dispatchlet import Endpoint, receive
+    from dispatchlet.scheduler.http_caller import Outcome
+
+    workflows = Endpoint(insecure=True)
+
+    @workflows.function(inline=True)
+    def reserve(sku: str) -> str:
+        return f"reserved {sku}"
+
+    @workflows.function
+    def notify(sku: str) -> str:
+        return f"notified {sku}"
+
+    @workflows.function
+    async def checkout(sku: str) -> list[str]:
+        reserved = await reserve(sku)
+        notified = await notify(sku)
+        return [reserved, notified, await receive("paid")]
+
+    def run(endpoint: str, request: Any) -> Outcome:
+        return Outcome(Status.OK, workflows.run(request))
+
+    async def body(h: Harness) -> None:
+        token, _ = await log_in(h)
+        (workflow,) = await h.dispatch(call("checkout", "sku-9"))
+        deadline = asyncio.get_running_loop().time() + 30
+        while not any(c.topic == "paid" for c in await h.store.list(parent_id=workflow)):
+            assert asyncio.get_running_loop().time() < deadline, "it never waited for paid"
+            await asyncio.sleep(0.02)
+        _, page, _ = await get(h, f"/calls/{workflow}", cookie=token)
+        items = page.split('<li class="step ')[1:]
+        assert len(items) == 3, page
+        # The inline step: marked, done, with its output, and no child call to link.
+        assert '<span class="fn">reserve</span> <span class="kind inline"' in items[0]
+        assert "reserved sku-9" in items[0]
+        assert "Child:" not in items[0]
+        # The call made as a child: no mark, and its child linked.
+        assert "inline" not in items[1]
+        assert "Child:" in items[1]
+        (child,) = [c for c in await h.store.list(parent_id=workflow) if c.function == "notify"]
+        assert f"/calls/{child.dispatch_id}" in items[1]
+
+    async def scenario_run() -> None:
+        async with harness(tmp_path, run) as h:
+            await body(h)
+
+    asyncio.run(scenario_run())

@@ -446,3 +446,72 @@ def test_workflows_in_flight_across_a_deploy_of_edited_code(stack: Stack) -> Non
     assert result(stack.wait(fresh)) == ["fresh", "fresh", "fresh-fee"]
     steps = [n["step"] for n in stack.notes() if n.get("order") == "fresh"]
     assert steps == ["ship", "charge"]
+
+
+INLINE_ABOVE = """
+from dispatchlet import RunContext
+
+GATE = LOG.with_name("gate")
+"""
+
+INLINE = """
+@endpoint.function(inline=True)
+def inline_step(name: str, ctx: RunContext) -> str:
+    note({"inline": name, "id": ctx.dispatch_id})
+    if name == "b":
+        time.sleep(2.2)  # longer than the workflow's checkpoint_after
+    if name == "e":
+        while not GATE.exists():
+            time.sleep(0.02)
+    return name
+
+
+@endpoint.function(checkpoint_after=2.0)
+async def inline_chain() -> list:
+    return [await inline_step(name) for name in "abcde"]
+"""
+
+
+def test_an_endpoint_killed_in_an_inline_chain_runs_again_only_the_steps_since_the_checkpoint(
+    tmp_path: Path,
+) -> None:
+    stack = Stack(tmp_path)
+    try:
+        # Attempts enough to outlast the endpoint's restart.
+        stack.start_scheduler("--max-attempts", "1000")
+        code = app(ORIGINAL + INLINE, above=INLINE_ABOVE)
+        stack.start_endpoint(code)
+        dispatch_id = stack.dispatch("inline_chain")
+        # b took longer than checkpoint_after: c ran as a child call, in the Poll that
+        # stored the journal of a and b; the resume ran d inline and waits in e.
+        stack.wait_for_notes(lambda notes: any(n.get("inline") == "e" for n in notes), 60)
+        assert stack.endpoint is not None
+        stack.endpoint.process.send_signal(signal.SIGKILL)
+        stack.endpoint.process.wait(timeout=10)
+        (stack.folder / "gate").touch()
+        stack.start_endpoint(code)
+        info = stack.wait(dispatch_id, timeout=120)
+        assert result(info) == list("abcde")
+        children = [c for c in stack.tree(dispatch_id) if c.dispatch_id != dispatch_id]
+    finally:
+        stack.stop()
+    runs: dict[str, list[str]] = {}
+    for note in stack.notes():
+        if "inline" in note:
+            runs.setdefault(note["inline"], []).append(note["id"])
+    # A step run inline has the workflow's id and its slot as dispatch id, on every run;
+    # a step the checkpoint handed to the scheduler ran as a child call, with its own.
+    inline_ids = {name: f"{dispatch_id}:{slot}" for slot, name in enumerate("abcde")}
+    handed = [name for name, ids in runs.items() if ids[0] != inline_ids[name]]
+    assert sorted(c.dispatch_id for c in children) == sorted(runs[name][0] for name in handed)
+    assert handed, f"no checkpoint: {runs}"
+    last = max("abcde".index(name) for name in handed)
+    for slot, name in enumerate("abcde"):
+        assert len(set(runs[name])) == 1, runs  # the same id on every run
+        if slot <= last:
+            # Up to the last checkpoint, in its journal: never run again.
+            assert len(runs[name]) == 1, runs
+        else:
+            # Inline since: run by the killed attempt, and again by its retry.
+            assert len(runs[name]) == 2, runs
+    assert "e" not in handed

@@ -355,6 +355,8 @@ class Step:
     error: str = ""
     wake_at: str = ""
     child: Row | None = None
+    inline: bool = False
+    """Run inside the workflow's own run (an inline function): it has no child call."""
 
     @property
     def wakes(self) -> str:
@@ -387,7 +389,8 @@ def journal_steps(
     by_correlation = {child.correlation_id: child for child in children}
     steps = []
     for step in journal["steps"]:
-        ran = step["kind"] in ("call", "receive")
+        inline = bool(step.get("inline"))
+        ran = step["kind"] in ("call", "receive") and not inline
         child = by_correlation.get(step["slot"] + 1) if ran else None
         error = step.get("error")
         steps.append(
@@ -400,6 +403,7 @@ def journal_steps(
                 error=f"{error['type']}: {error['message']}" if error else "",
                 wake_at=step.get("wake_at", ""),
                 child=None if child is None else Row(child),
+                inline=inline,
             )
         )
     return journal, steps

@@ -37,7 +37,7 @@ BATCH = 256
 MARK = "UPDATE clock SET mark = max(mark, ?)"
 
 
-class NeedsDurability(Exception):
+class NeedsDurability(StoreError):
     """Raised by a write that finds, in a transaction to be committed without an fsync,
     that it must be durable after all: it is rolled back and run again in one that is."""
 

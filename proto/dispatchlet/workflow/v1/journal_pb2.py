@@ -27,7 +27,7 @@ from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%dispatchlet/workflow/v1/journal.proto\x12\x17\x64ispatchlet.workflow.v1\x1a\x1a\x64ispatch/sdk/v1/call.proto\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x01\n\x07Journal\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12#\n\x05input\x18\x03 \x01(\x0b\x32\x14.google.protobuf.Any\x12,\n\x05steps\x18\x04 \x03(\x0b\x32\x1d.dispatchlet.workflow.v1.Step\x12\x10\n\x08\x61rrivals\x18\x05 \x01(\r\"\xb3\x02\n\x04Step\x12\x30\n\x04kind\x18\x01 \x01(\x0e\x32\".dispatchlet.workflow.v1.Step.Kind\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x0f\n\x07started\x18\x04 \x01(\x08\x12+\n\x07wake_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x06result\x18\x06 \x01(\x0b\x32\x1b.dispatch.sdk.v1.CallResult\x12\x0f\n\x07\x61rrival\x18\x07 \x01(\r\"]\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\r\n\tKIND_CALL\x10\x01\x12\x0e\n\nKIND_SLEEP\x10\x02\x12\x0e\n\nKIND_PATCH\x10\x03\x12\x10\n\x0cKIND_RECEIVE\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%dispatchlet/workflow/v1/journal.proto\x12\x17\x64ispatchlet.workflow.v1\x1a\x1a\x64ispatch/sdk/v1/call.proto\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x01\n\x07Journal\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12#\n\x05input\x18\x03 \x01(\x0b\x32\x14.google.protobuf.Any\x12,\n\x05steps\x18\x04 \x03(\x0b\x32\x1d.dispatchlet.workflow.v1.Step\x12\x10\n\x08\x61rrivals\x18\x05 \x01(\r\"\xc3\x02\n\x04Step\x12\x30\n\x04kind\x18\x01 \x01(\x0e\x32\".dispatchlet.workflow.v1.Step.Kind\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x0f\n\x07started\x18\x04 \x01(\x08\x12+\n\x07wake_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x06result\x18\x06 \x01(\x0b\x32\x1b.dispatch.sdk.v1.CallResult\x12\x0f\n\x07\x61rrival\x18\x07 \x01(\r\x12\x0e\n\x06inline\x18\x08 \x01(\x08\"]\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\r\n\tKIND_CALL\x10\x01\x12\x0e\n\nKIND_SLEEP\x10\x02\x12\x0e\n\nKIND_PATCH\x10\x03\x12\x10\n\x0cKIND_RECEIVE\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,7 +37,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOURNAL']._serialized_start=155
   _globals['_JOURNAL']._serialized_end=300
   _globals['_STEP']._serialized_start=303
-  _globals['_STEP']._serialized_end=610
-  _globals['_STEP_KIND']._serialized_start=517
-  _globals['_STEP_KIND']._serialized_end=610
+  _globals['_STEP']._serialized_end=626
+  _globals['_STEP_KIND']._serialized_start=533
+  _globals['_STEP_KIND']._serialized_end=626
 # @@protoc_insertion_point(module_scope)

@@ -78,7 +78,7 @@ class Step(_message.Message):
         DESCRIPTOR: _descriptor.EnumDescriptor
         KIND_UNSPECIFIED: Step._Kind.ValueType  # 0
         KIND_CALL: Step._Kind.ValueType  # 1
-        """A call of another function, run by the scheduler."""
+        """A call of another function, run by the scheduler (or inline, see Step.inline)."""
         KIND_SLEEP: Step._Kind.ValueType  # 2
         """A durable timer."""
         KIND_PATCH: Step._Kind.ValueType  # 3
@@ -92,7 +92,7 @@ class Step(_message.Message):
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
     KIND_UNSPECIFIED: Step.Kind.ValueType  # 0
     KIND_CALL: Step.Kind.ValueType  # 1
-    """A call of another function, run by the scheduler."""
+    """A call of another function, run by the scheduler (or inline, see Step.inline)."""
     KIND_SLEEP: Step.Kind.ValueType  # 2
     """A durable timer."""
     KIND_PATCH: Step.Kind.ValueType  # 3
@@ -110,6 +110,7 @@ class Step(_message.Message):
     WAKE_AT_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     ARRIVAL_FIELD_NUMBER: _builtins.int
+    INLINE_FIELD_NUMBER: _builtins.int
     kind: Global___Step.Kind.ValueType
     name: _builtins.str
     """The function called (KIND_CALL), the patch's name (KIND_PATCH) or the topic
@@ -122,6 +123,11 @@ class Step(_message.Message):
     arrival: _builtins.int
     """0 while the outcome is pending; else its place in the order outcomes arrived
     (1, 2, ...), which decides gather, any and race the same way on every replay.
+    """
+    inline: _builtins.bool
+    """The call ran inside the workflow's own run (a function registered with
+    inline=True), not as a child call: its outcome was recorded here as a delivered
+    result would be, with the dispatch id "<workflow's dispatch id>:<slot>".
     """
     @_builtins.property
     def wake_at(self) -> _timestamp_pb2.Timestamp:
@@ -141,10 +147,11 @@ class Step(_message.Message):
         wake_at: _timestamp_pb2.Timestamp | None = ...,
         result: _call_pb2.CallResult | None = ...,
         arrival: _builtins.int = ...,
+        inline: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result", "wake_at", b"wake_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrival", b"arrival", "endpoint", b"endpoint", "kind", b"kind", "name", b"name", "result", b"result", "started", b"started", "wake_at", b"wake_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrival", b"arrival", "endpoint", b"endpoint", "inline", b"inline", "kind", b"kind", "name", b"name", "result", b"result", "started", b"started", "wake_at", b"wake_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
