@@ -302,8 +302,8 @@ class Engine:
                 # for what is left.
                 await asyncio.sleep(0)
         self._claiming = False
-        if self._running:
-            await asyncio.wait(self._running)
+        while self._running:  # with those a Dispatch in flight hands over meanwhile
+            await asyncio.wait(set(self._running))
         await ender
 
     def _start(self, item: Claimed) -> None:
