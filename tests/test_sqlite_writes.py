@@ -121,8 +121,10 @@ def test_leases_commit_without_an_fsync_and_every_other_write_with_one(tmp_path:
         (lease,) = [c.lease for c in claimed]
         levels, extended = await committed_under(watched, store.extend(lease, until=NOW + 60))
         assert (levels, extended) == ([NORMAL], True)
+        # A release gives the attempt back (``attempts`` undone): lost on a power loss,
+        # it would count as a lapsed attempt that never ran.
         levels, released = await committed_under(watched, store.release(lease, ready_at=NOW))
-        assert (levels, released) == ([NORMAL], True)
+        assert (levels, released) == ([FULL], True)
         levels, claimed = await committed_under(
             watched, store.claim(owner="p", now=NOW + 0.2, limit=1, lease_seconds=LEASE)
         )
@@ -159,6 +161,22 @@ def test_a_claim_that_failed_leaves_the_connection_committing_with_an_fsync(
             watched, store.claim(owner="p", now=NOW + 0.3, limit=2, lease_seconds=LEASE)
         )
         assert (levels, len(claimed)) == ([NORMAL], 2)
+
+    with_store(tmp_path / "scheduler.db", body)
+
+
+def test_a_claim_whose_rollback_failed_leaves_no_durable_write_without_an_fsync(
+    tmp_path: Path,
+) -> None:
+    async def body(store: SQLiteStore, watched: Watched) -> None:
+        await store.dispatch([call()], now=NOW)
+        watched.faults[SQL.claim] = sqlite3.OperationalError("disk I/O error")
+        watched.faults["ROLLBACK"] = sqlite3.OperationalError("cannot roll back")
+        with pytest.raises(sqlite3.OperationalError):
+            await store.claim(owner="p", now=NOW + 0.1, limit=1, lease_seconds=LEASE)
+        for moment in (NOW + 0.2, NOW + 0.3):
+            levels, _ = await committed_under(watched, store.dispatch([call()], now=moment))
+            assert levels == [FULL]
 
     with_store(tmp_path / "scheduler.db", body)
 

@@ -1815,6 +1815,90 @@ def test_postgres_an_attempt_whose_claim_was_lost_stores_no_outcome(
     run(scenario())
 
 
+def test_postgres_a_lost_claims_finish_beside_the_valid_one_in_a_batch_harms_neither(
+    postgres_server: str,
+) -> None:
+    """Finishes are recorded in batches: the finish of an attempt whose claim a server
+    crash lost, in the same batch as the finish of the attempt that claimed the call
+    again (the same token), leaves the valid one recorded, with the call's unfinished
+    children queued to end once."""
+    import psycopg
+    from dispatchlet.scheduler.store.postgres import PostgresStore
+
+    url = fresh_database(postgres_server)
+
+    async def scenario() -> None:
+        store = await PostgresStore.open(url)
+        try:
+            (parent,) = await store.dispatch([call()], now=NOW)
+            (first,) = await store.claim(owner="a", now=NOW, limit=1, lease_seconds=LEASE)
+            # A child left unfinished: the parent's finish queues its ending.
+            await store.suspend(
+                first.lease, b"x", [call()], min_results=1, max_results=1, until=NOW + 1, now=NOW
+            )
+            later = NOW + 2
+            claimed = await store.claim(owner="a", now=later, limit=10, lease_seconds=LEASE)
+            lost = next(c for c in claimed if c.call.dispatch_id == parent)
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as db:
+                await db.execute(
+                    "UPDATE dispatchlet_calls SET state = 'waiting', lease_token ="
+                    " lease_token - 1, lease_owner = NULL, lease_expires = NULL,"
+                    " attempts = attempts - 1 WHERE dispatch_id = %s",
+                    (parent,),
+                )
+            again = await store.claim(owner="a", now=later, limit=10, lease_seconds=LEASE)
+            valid = next(c for c in again if c.call.dispatch_id == parent)
+            assert valid.lease.token == lost.lease.token
+            stale, kept = await asyncio.gather(
+                store.finish(lost.lease, OK, b"stale", now=later + 1),
+                store.finish(valid.lease, OK, b"valid", now=later + 1),
+            )
+            assert (stale, kept) == (False, True)
+            done = await store.get(parent)
+            assert done is not None
+            assert (done.state, done.result) == (State.DONE, b"valid")
+        finally:
+            await store.close()
+
+    run(scenario())
+
+
+def test_postgres_claims_under_a_cap_are_waited_for_on_disk(
+    postgres_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim's commit is not waited for on disk, but under ``--max-per-destination``
+    it is: the cap counts the leases of every process, and a lost one would let others
+    start past it while its attempt runs."""
+    import psycopg
+    from dispatchlet.scheduler.store import postgres
+    from dispatchlet.scheduler.store.postgres import PostgresStore
+
+    url = fresh_database(postgres_server)
+    # Each claim committed without waiting leaves a row: the statement that says so.
+    monkeypatch.setattr(postgres, "ASYNC_COMMIT", "INSERT INTO async_claims VALUES (1)")
+
+    async def scenario() -> int:
+        store = await PostgresStore.open(url)
+        try:
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as db:
+                await db.execute("CREATE TABLE async_claims (n integer)")
+                await store.dispatch([call(), call()], now=NOW)
+                (_capped,) = await store.claim(
+                    owner="a", now=NOW, limit=1, lease_seconds=LEASE, cap=8
+                )
+                count = await db.execute("SELECT count(*) FROM async_claims")
+                assert (await count.fetchone()) == (0,)
+                (_free,) = await store.claim(owner="a", now=NOW, limit=1, lease_seconds=LEASE)
+                count = await db.execute("SELECT count(*) FROM async_claims")
+                row = await count.fetchone()
+                assert row is not None
+                return int(row[0])
+        finally:
+            await store.close()
+
+    assert run(scenario()) == 1
+
+
 def test_postgres_lists_children_and_reruns_through_their_indexes(postgres_server: str) -> None:
     import psycopg
     from dispatchlet.scheduler.store.postgres import SQL as PG

@@ -534,10 +534,11 @@ class PostgresStore:
                 if len(claimed) >= limit or not full or not held.add(admitted):
                     break
                 taken.update(destination(c.call.endpoint) for c in more)
-            if claimed and not recorded:
+            if claimed and not recorded and cap is None:
                 # A lease is not waited for on disk (a lost one runs its call again;
                 # its attempt's outcome fails the fence: the claim's owner is its own),
-                # but the starts a rate limit counts are.
+                # but the starts a rate limit counts are, and so are the leases a cap
+                # counts (lost, the attempts still running would be uncounted).
                 await db.execute(ASYNC_COMMIT)
             return claimed
 

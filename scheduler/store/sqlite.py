@@ -1,9 +1,9 @@
 """The embedded store: one SQLite database file, for one scheduler process.
 
 Durability: WAL journal with ``synchronous=FULL``, so a transaction that returned is on
-disk (fsync) before the scheduler acknowledges anything it holds; but for leases (claim,
-release, extend), which need not outlive a power loss and commit without an fsync of
-their own (``sqlite_writer``). Every write runs on one thread of its own, in order, each
+disk (fsync) before the scheduler acknowledges anything it holds; but for leases (a
+claim, an extension), which need not outlive a power loss and commit without an fsync
+of their own (``sqlite_writer``). Every write runs on one thread of its own, in order, each
 atomic; writes that queue up are committed together (group commit); the asyncio side
 awaits its write's commit.
 Reads (``get``, ``list``) run beside the writes on threads of their own, each with a
@@ -517,7 +517,9 @@ class SQLiteStore:
             cursor = db.execute(SQL.release, fenced(lease, ready_at=ready_at))
             return cursor.rowcount == 1
 
-        return await self._write(update, durable=False)
+        # Durable, unlike a claim: it gives the attempt back, which, lost on a power loss
+        # after the claim was made durable, would count as a lapsed attempt never run.
+        return await self._write(update)
 
     async def extend(self, lease: Lease, *, until: float) -> bool:
         def update(db: sqlite3.Connection) -> bool:

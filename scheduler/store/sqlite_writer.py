@@ -10,7 +10,7 @@ every write of it, as it would have failed each alone.
 
 Durability: a transaction is committed with ``synchronous = FULL`` (one fsync of the
 WAL) if any of its writes must be durable, or if it records the clock mark; a batch of
-writes that need not be (claims, a lease's release or extension: losing one on a power
+writes that need not be (claims, a lease's extension: losing one on a power
 loss only makes a call ready again) commits with ``NORMAL``, no fsync of its own. The
 next durable commit's fsync makes them durable too, as WAL recovery keeps a checksummed
 prefix; a SIGKILL loses nothing either way, the operating system has the pages.
@@ -80,6 +80,9 @@ class Writer:
         self._draining = False
         self.durable = True
         """Whether the transaction under way commits with an fsync (the thread's own)."""
+        self._normal = False
+        """Whether the connection may still be at ``synchronous = NORMAL``: set back to
+        ``FULL`` before the next durable transaction (a failed ROLLBACK can leave it)."""
 
     async def write(
         self, fn: Callable[[sqlite3.Connection], T], now: float | None, *, durable: bool = True
@@ -153,7 +156,10 @@ class Writer:
         now = max((write.now for write in batch if write.now is not None), default=None)
         marking = now is not None and now >= self._marked + self._mark_every
         self.durable = marking or any(write.durable for write in batch)
-        if not self.durable:
+        if self.durable and self._normal:
+            self._restore(connection)  # raises, failing the batch, if it cannot
+        elif not self.durable:
+            self._normal = True
             connection.execute("PRAGMA synchronous = NORMAL")
         try:
             connection.execute("BEGIN IMMEDIATE")
@@ -172,13 +178,21 @@ class Writer:
                 raise
         finally:
             if not self.durable:
-                _restore(connection)
+                with contextlib.suppress(sqlite3.Error):
+                    # Still in a transaction its ROLLBACK could not end: the error that
+                    # did it is the one raised; the next transaction restores it.
+                    self._restore(connection)
             self.durable = True
         if marking and now is not None:
             self._marked = now
         for write in again:
             write.durable = True
         return outcomes, again
+
+    def _restore(self, connection: sqlite3.Connection) -> None:
+        """Every transaction but those that choose otherwise commits with an fsync."""
+        connection.execute("PRAGMA synchronous = FULL")
+        self._normal = False
 
 
 def _each(
@@ -215,17 +229,6 @@ def _aborts(exc: Exception) -> bool:
     return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
         exc, sqlite3.IntegrityError | sqlite3.ProgrammingError | sqlite3.InterfaceError
     )
-
-
-def _restore(connection: sqlite3.Connection) -> None:
-    """Every transaction but those that choose otherwise commits with an fsync."""
-    try:
-        connection.execute("PRAGMA synchronous = FULL")
-    except sqlite3.Error:
-        # Still in a transaction its ROLLBACK could not end: the error that did it is
-        # the one raised; the next transaction fails too, and restores it then.
-        if not connection.in_transaction:
-            raise
 
 
 def _settle(outcomes: list[Outcome]) -> None:

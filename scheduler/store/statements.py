@@ -562,11 +562,13 @@ def attempt_params(attempt: NewAttempt) -> dict[str, Any]:
 # --- PostgreSQL only ---------------------------------------------------------------
 
 # The batch's finishes that took effect: the call done under the finishing lease's token.
+# Once per call: a finish under a claim a server crash lost has the token of the finish
+# that took effect beside it (only ``finish_all`` tells them apart, by owner).
 _FINISHES = (
     "finishes AS (SELECT * FROM unnest(:ids::text[], :tokens::bigint[],"
     "  :nows::double precision[], :orphan_statuses::integer[], :orphan_results::bytea[])"
     "  AS f (id, token, now, orphan_status, orphan_result)),"
-    " finished AS (SELECT f.* FROM finishes AS f JOIN {calls} AS c"
+    " finished AS (SELECT DISTINCT ON (f.id) f.* FROM finishes AS f JOIN {calls} AS c"
     "  ON c.dispatch_id = f.id AND c.lease_token = f.token AND c.state = 'done')"
 )
 
