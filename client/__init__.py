@@ -57,6 +57,7 @@ from ..core.http import retry_after
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2
+from .connection import Connection, SecureConnection
 from .overview import Overview
 from .retries import DEFAULT_RETRIES, DEFAULT_RETRY_TIMEOUT, Backoff
 from .schedules import ScheduleInfo, SyncResult, declared_schedules, schedule_spec
@@ -846,11 +847,7 @@ class Client:
 
     def _connect(self, timeout: float | None) -> http.client.HTTPConnection:
         if self._connection is None:
-            cls = (
-                http.client.HTTPSConnection
-                if self._parts.scheme == "https"
-                else http.client.HTTPConnection
-            )
+            cls = SecureConnection if self._parts.scheme == "https" else Connection
             self._connection = cls(self._parts.netloc.rpartition("@")[2], timeout=self.timeout)
         self._connection.timeout = timeout if timeout is not None else self.timeout
         if self._connection.sock is not None:

@@ -17,8 +17,10 @@ and a resume per step. The contract:
 - A permanent failure (a status the scheduler does not retry) is recorded as a child's
   failure would be: the workflow's ``except`` sees the same ``CallFailed`` and error
   type. A retryable one is not retried here: the run suspends with that step as a
-  child call, so the scheduler's retries, backoff and the function's policy apply; what
-  ran before it is in the journal the Poll stores. A returned ``TailCall`` is started
+  child call, so the scheduler's retries, backoff and the function's policy apply, the
+  inline run counted as its first attempt (``max_attempts=1``: its failure is the
+  step's outcome; else the child has the attempts left, and waits the first backoff);
+  what ran before it is in the journal the Poll stores. A returned ``TailCall`` is started
   as that step's child call.
 - ``gather`` of inline steps runs the async ones concurrently and the others in order;
   a group mixing inline steps and other calls runs the inline ones, then suspends for
@@ -36,7 +38,9 @@ and a resume per step. The contract:
   durable steps of its own (a workflow is not inline); the limits the scheduler holds
   calls to (``concurrency``, ``rate_limit``, ...) and ``schedule`` are refused at
   registration. Its ``timeout`` and retry policy apply when it runs as a child call;
-  inline, the workflow's attempt bounds it.
+  inline, the workflow's attempt bounds it: a step whose ``timeout`` is longer than
+  what is left of the run runs as a child call (a step with no ``timeout`` that outlasts
+  the workflow's attempts never ends: give long steps a ``timeout``).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ import math
 import time
 import typing
 from collections.abc import Callable, Generator
+from dataclasses import replace
 from typing import Any
 
 from ..proto.dispatch.sdk.v1 import function_pb2
@@ -84,6 +89,8 @@ class InlineSteps:
         self.allow_pickle = allow_pickle
         self.unpickle = unpickle
         self.started = clock()
+        self.deadline = deadline
+        """When the run's time is up (seconds since the epoch), if it is bounded."""
         self.half_time = math.inf if deadline is None else max(0.0, deadline - time.time()) / 2
         """Half of the run's time: past it, the run checkpoints."""
         self.spent = 0.0
@@ -117,6 +124,12 @@ class InlineSteps:
                 # The checkpoint: these go as child calls, in the Poll that stores the journal.
                 self.handed.update(step.slot for step in waiting)
                 return None
+            # A step whose own timeout outlasts the run: as a child, it has its timeout
+            # (inline, an attempt that ran out of time would run it again, and again).
+            outlasting = [step for step in waiting if self._outlasts(step)]
+            if outlasting:
+                self.handed.update(step.slot for step in outlasting)
+                continue
             began = clock()
             concurrent = [s for s in waiting if _function(s).is_async]
             if awaited.mode is Mode.ALL and len(concurrent) > 1:
@@ -219,9 +232,7 @@ class InlineSteps:
             step.handover = ending.tail_call
             self.handed.add(step.slot)
             return
-        if Status.answered(response.status).retryable:
-            # Retried by the scheduler, by the function's policy: a child call.
-            self.handed.add(step.slot)
+        if Status.answered(response.status).retryable and self._retry(step):
             return
         record = step.record
         record.started = record.inline = True
@@ -229,6 +240,37 @@ class InlineSteps:
         record.result.correlation_id = step.slot + 1
         record.result.dispatch_id = self.dispatch_id(step)
         replay.arrive(record)
+
+    def _outlasts(self, step: Call) -> bool:
+        """Whether the step's function may take longer (its ``timeout``) than the run has
+        left."""
+        timeout = step.settings.timeout
+        return (
+            timeout is not None
+            and self.deadline is not None
+            and time.time() + timeout > self.deadline
+        )
+
+    def _retry(self, step: Call) -> bool:
+        """Hand a step whose inline run failed and may be retried to the scheduler, as
+        a child call with the attempts its policy has left after that run (its first)
+        and the policy's first backoff as its delay; False if it has none left (the
+        failure is its outcome)."""
+        settings = step.settings
+        most = settings.max_attempts
+        if most == 1:
+            return False
+        given: dict[str, Any] = {}
+        if most is not None:
+            given["max_attempts"] = most - 1
+        backoff = settings.backoff
+        if backoff is not None and (
+            self.deadline is None or time.time() + backoff.initial < self.deadline
+        ):
+            given["delay"] = backoff.initial
+        step.settings = replace(settings, **given) if given else settings
+        self.handed.add(step.slot)
+        return True
 
 
 def _function(step: Call) -> Function[..., Any]:

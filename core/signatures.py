@@ -501,15 +501,18 @@ def sign_request(
     params["keyid"] = keyid
     params["alg"] = ALGORITHM
     covered = SignatureInput.build(components, params)
-    unsigned = replace(request, headers=headers)
+    # The base reads header values from the fields given (the request's own headers,
+    # without any signature of before, are not read): no copy of the request for it.
     base = signature_base(
         covered,
-        unsigned,
+        request,
         header_fields(headers),
         authority=normalize_authority(request.authority, request.scheme),
         path=request.path,
     )
-    signature = sf.Item(key.sign(base), {})
     headers.append(("Signature-Input", f"{label}={covered.serialized}"))
-    headers.append(("Signature", sf.serialize_dictionary({label: signature})))
+    # The serialization of {label: Item(signature)}: the label is a valid key (above),
+    # and a byte sequence without parameters is ":" base64 ":".
+    signature = base64.b64encode(key.sign(base)).decode("ascii")
+    headers.append(("Signature", f"{label}=:{signature}:"))
     return replace(request, headers=headers)

@@ -77,6 +77,7 @@ from .store import (
     unavailable,
 )
 from .ticker import Ticker
+from .within import within
 
 M = TypeVar("M", bound=message.Message)
 logger = logging.getLogger(__name__)
@@ -285,7 +286,7 @@ class Api:
         """The request's body, if it arrives within the body timeout (a client that
         trickles it must not hold its connection and buffer for long)."""
         try:
-            return await asyncio.wait_for(request.read(), self.body_timeout)
+            return await within(request.read(), self.body_timeout)
         except asyncio.TimeoutError:
             # The rest of the body may still come: the connection cannot serve another.
             request.protocol.close()

@@ -394,7 +394,8 @@ class Engine:
             # this process that calls to other destinations could use.
             ready_at = now + 0.05 + self.rng.random() * 0.2
             try:
-                await self.store.release(lease, ready_at=ready_at)
+                if await self.store.release(lease, ready_at=ready_at):
+                    self._ready_at(ready_at)
             except Exception:
                 logger.exception("handing back %s failed", call.dispatch_id)
             return
@@ -412,7 +413,8 @@ class Engine:
             logger.warning("the lease on %s is about to lapse: handed back", call.dispatch_id)
             self.limiter.release(key, None, slot)
             with contextlib.suppress(Exception):
-                await self.store.release(lease, ready_at=self.clock())
+                if await self.store.release(lease, ready_at=self.clock()):
+                    self._wake.set()
             return
         # The attempt's span, current while the endpoint is called and the outcome
         # recorded (a Poll's children are its children); ended with the log line, and
@@ -483,9 +485,16 @@ class Engine:
                 wait = min(FOLLOW_INTERVAL_MAX, max(FOLLOW_INTERVAL, (now - call.created_at) / 10))
                 ready_at = now + wait
                 if await self.store.release(lease, ready_at=ready_at):
-                    self._due = min(self._due, ready_at)
+                    self._ready_at(ready_at)
         except Exception:
             logger.exception("following %s for %s failed", call.follows, call.dispatch_id)
+
+    def _ready_at(self, ready_at: float) -> None:
+        """A call handed back to the store is ready again at ``ready_at``: the claim
+        loop, which may be pausing past it, looks again by then."""
+        if ready_at < self._due:
+            self._due = ready_at
+            self._wake.set()
 
     def _log_attempt(self, call: Call, outcome: Outcome, milliseconds: float) -> None:
         """One line per attempt, with the run's status (a function that raised is not

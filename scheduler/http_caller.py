@@ -39,18 +39,22 @@ from yarl import URL
 from ..core import tracing
 from ..core.connect import JSON, PROTO
 from ..core.connect_client import ConnectError, InvalidAnswer, decode_response, parse_error
-from ..core.endpoint_url import parse_endpoint_url
+from ..core.endpoint_url import EndpointURL, parse_endpoint_url
 from ..core.http import Request, media_type, retry_after
 from ..core.signatures import sign_request
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import function_pb2
 from .outcome import ANSWER_MARGIN, MAX_ANSWER_BYTES, Outcome
 from .settings import DEFAULT_MAX_OUTPUT_SIZE
+from .within import within
 
 USER_AGENT = "dispatchlet-scheduler"
 
 # Where they were first defined; their home is the callers' contract (outcome.py).
 __all__ = ["MAX_ANSWER_BYTES", "USER_AGENT", "HttpCaller", "Outcome", "retry_after"]
+
+MAX_TARGETS = 1024
+"""The most endpoints whose parsed URL is kept (all are forgotten when more come)."""
 
 ERROR_BODY_BYTES = 64 * 1024
 """How much of an error answer's body is read: its Connect error, or the start of a page."""
@@ -78,6 +82,8 @@ class HttpCaller:
         self.signing_key = signing_key
         self.max_output_size = max_output_size
         self._session: aiohttp.ClientSession | None = None
+        # Each endpoint's parts and Run URL, parsed once (a bounded number of them).
+        self._targets: dict[str, tuple[EndpointURL, URL]] = {}
 
     async def __aenter__(self) -> HttpCaller:
         return self
@@ -105,10 +111,16 @@ class HttpCaller:
         self, endpoint: str, request: function_pb2.RunRequest, *, timeout: float
     ) -> Outcome:
         """Send ``request`` to the endpoint whose base URL is ``endpoint``."""
-        try:
-            target = parse_endpoint_url(endpoint)
-        except ValueError as exc:
-            return Outcome(Status.INVALID_ARGUMENT, error_type="ValueError", message=str(exc))
+        known = self._targets.get(endpoint)
+        if known is None:
+            try:
+                target = parse_endpoint_url(endpoint)
+            except ValueError as exc:
+                return Outcome(Status.INVALID_ARGUMENT, error_type="ValueError", message=str(exc))
+            if len(self._targets) >= MAX_TARGETS:
+                self._targets.clear()
+            known = self._targets[endpoint] = target, URL(target.run_url, encoded=True)
+        target, url = known
         headers = [("Content-Type", PROTO)]
         # The attempt's span context (traceparent): not signed, for tracing only.
         tracing.inject(headers)
@@ -123,14 +135,14 @@ class HttpCaller:
         if self.signing_key is not None:
             http_request = sign_request(http_request, self.signing_key)
         try:
-            return await asyncio.wait_for(self._send(target.run_url, http_request), timeout)
+            return await within(self._send(url, http_request), timeout)
         except (TimeoutError, asyncio.TimeoutError):
             return Outcome(Status.TIMEOUT, error_type="TimeoutError", message=_no_answer(timeout))
 
-    async def _send(self, url: str, request: Request) -> Outcome:
+    async def _send(self, url: URL, request: Request) -> Outcome:
         try:
             async with self._client().post(
-                URL(url, encoded=True),
+                url,
                 data=request.body,
                 headers=request.headers,
                 allow_redirects=False,

@@ -596,3 +596,27 @@ def test_cancelling_a_waiting_call_ends_its_children() -> None:
             assert await run.store.list(root_id=dispatch_id) == tree
 
     scenario(body)
+
+
+def test_a_follower_checks_its_call_again_by_its_own_time_not_the_idle_polling() -> None:
+    """A follower (a call that takes the outcome of the call with its key) handed back
+    to the store to look again later is claimed again by then, though nothing else
+    wakes the loop."""
+    released = asyncio.Event()
+
+    async def body() -> None:
+        async with running({"first": hanging(released)}, idle_interval=NO_POLLING) as run:
+            first = await run.dispatch("first")
+            await run.until(first, lambda call: call.state is State.RUNNING)
+            now = run.engine.clock()
+            (follower,) = await run.store.dispatch(
+                [NewCall("first", ENDPOINT, b"", now + 3600, follows=first)], now=now
+            )
+            run.engine.wake()
+            await run.until(follower, lambda call: call.attempts >= 1)
+            await settled_claims(run)
+            released.set()
+            assert (await run.done(first)).status == Status.OK
+            assert (await run.done(follower)).status == Status.OK
+
+    scenario(body)

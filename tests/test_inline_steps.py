@@ -85,7 +85,7 @@ class App:
                 raise PermanentError("card declined")
             raise ValueError("bad amount")
 
-        @endpoint.function(inline=True, max_attempts=5)
+        @endpoint.function(inline=True, max_attempts=5, backoff=2.0)
         def flaky(x: int) -> int:
             self.ran[f"flaky {x}"] += 1
             if self.ran[f"flaky {x}"] <= self.flaky_failures:
@@ -299,7 +299,9 @@ def test_a_retryable_failure_suspends_with_the_step_as_a_child_call() -> None:
     assert journal.steps[1].started
     (made,) = poll.calls
     assert (made.function, made.correlation_id) == ("flaky", 2)
-    assert made == flaky.defaults.apply(
+    # Its policy, the inline run counted as its first attempt: 4 left, after the
+    # policy's first backoff.
+    assert made == flaky.options(max_attempts=4, delay=2.0).settings.apply(
         call_pb2.Call(correlation_id=2, function="flaky", input=values.to_any(2))
     )
     # The scheduler (the harness) retries it as a child: the workflow gets its result.
@@ -309,6 +311,58 @@ def test_a_retryable_failure_suspends_with_the_step_as_a_child_call() -> None:
     assert (run.status, run.output) == (Status.OK, 102)
     assert app.ran == Counter({"add 1": 1, "flaky 2": 4})
     assert run.child_attempts == {2: 3}  # the first failure was the inline run
+
+
+def test_an_inline_step_allowed_one_attempt_runs_once_and_its_failure_is_its_outcome() -> None:
+    endpoint = Endpoint(insecure=True)
+    ran: Counter[str] = Counter()
+
+    @endpoint.function(inline=True, max_attempts=1)
+    def charge(amount: int) -> int:
+        ran["charge"] += 1
+        raise TemporaryError("gateway timeout")
+
+    @endpoint.function
+    async def flow(amount: int) -> str:
+        try:
+            await charge(amount)
+        except CallFailed as exc:
+            return f"{exc.error_type}: {exc}"
+        return "charged"
+
+    run = run_workflow(endpoint, flow, 5)
+    assert run.status == Status.OK
+    assert "TemporaryError" in str(run.output)
+    assert "gateway timeout" in str(run.output)
+    assert ran == Counter({"charge": 1})  # as a child call with max_attempts=1 would
+
+
+def test_a_step_whose_timeout_outlasts_the_run_runs_as_a_child_call() -> None:
+    endpoint = Endpoint(insecure=True)
+    ran: Counter[str] = Counter()
+
+    @endpoint.function(inline=True, timeout=60)
+    def export(x: int) -> int:
+        ran["export"] += 1
+        return x
+
+    @endpoint.function(inline=True, timeout=1)
+    def quick(x: int) -> int:
+        ran["quick"] += 1
+        return x + 1
+
+    @endpoint.function
+    async def flow(x: int) -> int:
+        return int(await export(await quick(x)))
+
+    request = function_pb2.RunRequest(function="flow", input=values.to_any(1), dispatch_id="wf")
+    # Ten seconds left of the run: quick (1 s) fits, export (60 s) does not.
+    request.expiration_time.FromNanoseconds(int((time.time() + 10) * 1e9))
+    response = endpoint.run(request)
+    assert response.WhichOneof("directive") == "poll"
+    (made,) = response.poll.calls
+    assert (made.function, made.correlation_id) == ("export", 2)
+    assert ran == Counter({"quick": 1})
 
 
 def test_a_tail_call_returned_inline_is_started_as_the_steps_child() -> None:

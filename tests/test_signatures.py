@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 from dispatchlet import Endpoint, Request
+from dispatchlet.core import structured_fields as sf
 from dispatchlet.core.digest import check_content_digest, content_digest
 from dispatchlet.core.ed25519 import BACKEND_ENV, BACKENDS
 from dispatchlet.core.errors import PermissionDenied, Unauthenticated
@@ -27,6 +28,7 @@ from dispatchlet.core.signatures import (
     normalize_authority,
     parse_signature_input,
     shown_keyid,
+    sign_request,
     signature_base,
 )
 from support import (
@@ -107,6 +109,30 @@ def test_rfc9421_b26_signing_is_deterministic() -> None:
     signature = private.sign(VECTOR["signature_base"].encode())  # type: ignore[union-attr,call-arg]
     expected = dict(VECTOR["request"]["headers"])["Signature"]
     assert expected == f"sig-b26=:{base64.b64encode(signature).decode()}:"
+
+
+def test_a_signed_requests_signature_field_is_its_dictionarys_serialization() -> None:
+    """The Signature field the signer writes is the RFC 9651 serialization of
+    {label: signature bytes}, and those bytes are the key's signature of the base."""
+    request = sign_request(http_request(b"body"), KEY, created=1_700_000_000)
+    fields = header_fields(request.headers)
+    (value,) = fields["signature"]
+    parsed = sf.parse_dictionary(value)
+    assert list(parsed) == ["dispatch"]
+    assert sf.serialize_dictionary(parsed) == value
+    signature = parsed["dispatch"]
+    assert isinstance(signature, sf.Item)
+    assert isinstance(signature.value, bytes)
+    covered = parse_signature_input(fields["signature-input"][0])["dispatch"]
+    assert isinstance(covered, SignatureInput)
+    base = signature_base(
+        covered,
+        request,
+        fields,
+        authority=normalize_authority(request.authority, request.scheme),
+        path=request.path,
+    )
+    PUBLIC_KEY.verify(signature.value, base)  # raises if it is not the key's signature
 
 
 def test_rfc9421_b26_rejected_by_strict_dispatch_profile() -> None:
