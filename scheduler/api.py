@@ -336,10 +336,21 @@ class Api:
             calls = [
                 self._new_call(index, call, now, trace) for index, call in enumerate(request.calls)
             ]
-            ids = await self.store.dispatch(calls, now=now, request=request_id) if calls else []
+            # The calls the engine has room for are leased in the Dispatch's own
+            # transaction and started at once, with no claim.
+            handoff = self.engine.handoff(calls, now) if calls else None
+            try:
+                ids = (
+                    await self.store.dispatch(calls, now=now, request=request_id, handoff=handoff)
+                    if calls
+                    else []
+                )
+            finally:
+                self.engine.handed(handoff)
             tracing.dispatched(span, ids)
             self.engine.metrics.dispatched.inc(len(ids))
-        self.engine.wake()
+        if handoff is None or len(handoff.claimed) < len(calls):
+            self.engine.wake()  # calls left to claim
         return dispatch_pb2.DispatchResponse(dispatch_ids=ids)
 
     def _new_call(

@@ -35,12 +35,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import logging
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -92,12 +94,14 @@ from .store import (
     Call,
     ChildResult,
     Claimed,
+    Handoff,
     Lease,
     NewAttempt,
     NewCall,
     Store,
     TreeBounds,
     TreeLimitExceeded,
+    handable,
     unavailable,
 )
 
@@ -162,6 +166,12 @@ class Engine:
         """How often a waiter reads its call again anyway (``Store.watch``)."""
         self._ending = asyncio.Event()  # descendants were left to end
         self._held_back = False  # the last claim left calls that a limit held back
+        self._claiming = False  # ``run()`` is on: a Dispatch may hand it calls
+        self._context = contextvars.copy_context()  # run()'s: its attempts run in it
+        # Slots, per destination, that Dispatches in flight hold for the calls they
+        # may hand over (``handoff``): the claim loop leaves them.
+        self._reserved: Counter[str] = Counter()
+        self._holds: dict[int, Counter[str]] = {}  # each handoff's, by its id()
 
     @property
     def in_flight(self) -> int:
@@ -244,15 +254,17 @@ class Engine:
         self.store.subscribe(self.wake)
         self.reread = self.store.watch(self.changed)
         ender = asyncio.create_task(self._end_descendants())
+        self._claiming = True
+        self._context = contextvars.copy_context()
         while not self._stopping:
-            free = self.concurrency - len(self._running)
+            free = self.concurrency - len(self._running) - self._reserved.total()
             asked = 0
             claimed: list[Claimed] = []
             if free > 0:
                 # No more than this process's limits let it start now: the store reads
                 # and deals no calls that would only be left.
                 asked = min(free, self.limiter.startable(self.concurrency))
-                room = _Rooms(self.limiter.rooms(self.concurrency))
+                room = _Rooms(self._unreserved(self.limiter.rooms(self.concurrency)))
                 try:
                     claimed = await self.store.claim(
                         owner=self.owner,
@@ -271,16 +283,12 @@ class Engine:
                 # room for them, and wakes this loop.
                 self._held_back = self.limiter.cap is not None or room.filled(claimed)
             for item in claimed:
-                task = asyncio.create_task(self._attempt(item))
-                self._running.add(task)
-                task.add_done_callback(self._running.discard)
-                # Its root, while it runs: its end wakes the waiters of its descendants.
-                self._roots[item.call.dispatch_id] = item.call.root_id
-                task.add_done_callback(functools.partial(self._ran, item.call.dispatch_id))
-            if free <= 0:
+                self._start(item)
+            if free <= 0 and self._running:
                 await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
-            elif len(claimed) < asked:
-                # Nothing more ready: wait for a dispatch, a finished attempt or a timer.
+            elif len(claimed) < asked or free <= 0:
+                # Nothing more ready (or every slot held for Dispatches in flight): wait
+                # for a dispatch, a finished attempt or a timer.
                 self._wake.clear()
                 # Until a dispatch or a finished attempt, a retry of ours falls due, or
                 # the idle interval (what other processes' timers wait on) passes.
@@ -293,9 +301,60 @@ class Engine:
                 # take their slots of the limiter first, so that the next claim asks
                 # for what is left.
                 await asyncio.sleep(0)
-        if self._running:
-            await asyncio.wait(self._running)
+        self._claiming = False
+        while self._running:  # with those a Dispatch in flight hands over meanwhile
+            await asyncio.wait(set(self._running))
         await ender
+
+    def _start(self, item: Claimed) -> None:
+        """Run an attempt of the leased call ``item`` in a task of its own."""
+        # In the claim loop's context, not that of the request that handed it over.
+        task = self._context.run(asyncio.create_task, self._attempt(item))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        # Its root, while it runs: its end wakes the waiters of its descendants.
+        self._roots[item.call.dispatch_id] = item.call.root_id
+        task.add_done_callback(functools.partial(self._ran, item.call.dispatch_id))
+
+    def _unreserved(self, room: Callable[[str], int]) -> Callable[[str], int]:
+        """``room`` less the slots that Dispatches in flight hold."""
+        return lambda key: max(0, room(key) - self._reserved[key])
+
+    def handoff(self, calls: Sequence[NewCall], now: float) -> Handoff | None:
+        """What a Dispatch of ``calls`` may lease to this engine in its own transaction
+        (``Store.dispatch``), to be started at once by ``handed``, with no claim: as
+        many ``handable`` calls as the free slots and each destination's room allow,
+        held for it until ``handed``. None when nothing may be: the claim loop is not
+        running, no slot is free (at saturation the claims' round-robin decides), or a
+        per-destination cap is set (it holds across processes: only a claim counts it)."""
+        if not self._claiming or self._stopping or self.limiter.cap is not None:
+            return None
+        free = self.concurrency - len(self._running) - self._reserved.total()
+        room = self._unreserved(self.limiter.rooms(self.concurrency))
+        held: Counter[str] = Counter()
+        for call in calls:
+            if held.total() >= free:
+                break
+            if handable(call, now):
+                key = destination(call.endpoint)
+                if held[key] < room(key):
+                    held[key] += 1
+        if not held:
+            return None
+        self._reserved.update(held)
+        lease_seconds = self.attempt_timeout + self.lease_margin
+        handoff = Handoff(self.owner, lease_seconds, held.total(), held.__getitem__)
+        self._holds[id(handoff)] = held
+        return handoff
+
+    def handed(self, handoff: Handoff | None) -> None:
+        """Start the attempts of the calls ``handoff`` leased (none if the Dispatch
+        failed), and give back the slots it held."""
+        if handoff is None:
+            return
+        self._reserved -= self._holds.pop(id(handoff), Counter())
+        for item in handoff.claimed:
+            self._start(item)
 
     def _ran(self, dispatch_id: str, task: asyncio.Task[None]) -> None:
         self._roots.pop(dispatch_id, None)

@@ -44,7 +44,7 @@ import secrets
 import sqlite3
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -273,6 +273,55 @@ class Claimed:
     """For a resume: the children's results to deliver, in the order they finished."""
 
 
+def handable(call: NewCall, now: float) -> bool:
+    """Whether a new call may be leased in the Dispatch that stores it (``Handoff``):
+    ready now, with no limits (concurrency, rate: the claim counts them), not following
+    another call, and run by an endpoint."""
+    return (
+        (call.ready_at is None or call.ready_at <= now)
+        and not call.limits.limited
+        and call.follows is None
+        and call.topic is None
+        and bool(call.endpoint)
+    )
+
+
+@dataclass
+class Handoff:
+    """The local engine's request to lease, in the Dispatch's own transaction, the new
+    calls it has room to start at once, with no claim after it (``Store.dispatch``).
+
+    The lease is a claim's: the same columns, its attempt counted, a fencing token and
+    an expiry, lapsing as any other. Only ``handable`` calls stored by this Dispatch
+    (not the duplicates of an earlier request or key), at most ``limit`` in all and
+    ``room(destination)`` per destination, in the order given; the others stay ready
+    for the claim loop. The store fills ``claimed`` once the transaction committed."""
+
+    owner: str
+    lease_seconds: float
+    limit: int
+    room: Callable[[str], int]
+    claimed: builtins.list[Claimed] = field(default_factory=builtins.list)
+
+    def chosen(self, calls: Sequence[NewCall], now: float) -> builtins.list[int]:
+        """The indexes of ``calls`` (the ones the Dispatch stores, in order) to lease."""
+        from ..calls import destination  # calls.py imports this module
+
+        taken: dict[str, int] = {}
+        chosen: builtins.list[int] = []
+        for index, call in enumerate(calls):
+            if len(chosen) >= self.limit:
+                break
+            if not handable(call, now):
+                continue
+            where = destination(call.endpoint)
+            count = taken.get(where, 0)
+            if count < self.room(where):
+                taken[where] = count + 1
+                chosen.append(index)
+        return chosen
+
+
 ERROR_MESSAGE_BYTES = 1024
 """The most of an attempt's error message its history keeps, in UTF-8 bytes."""
 
@@ -390,9 +439,18 @@ class Store(Protocol):
     """What the scheduler needs of its storage; each method is atomic."""
 
     async def dispatch(
-        self, calls: Sequence[NewCall], *, now: float, request: RequestId | None = None
+        self,
+        calls: Sequence[NewCall],
+        *,
+        now: float,
+        request: RequestId | None = None,
+        handoff: Handoff | None = None,
     ) -> list[str]:
         """Store ``calls``, ready now; their dispatch ids in order. All or none.
+
+        With ``handoff``, the calls it chooses among those stored are leased to its
+        owner in the same transaction, as a claim would (``Handoff``); a store shared by
+        several processes may lease none and leave them to the claims.
 
         Idempotent: with ``request``, a request id seen before is answered with the ids
         the first request got, storing nothing (``RequestConflict`` when its digest
@@ -873,6 +931,7 @@ __all__ = [
     "Claimed",
     "DatabaseBroken",
     "Finished",
+    "Handoff",
     "Lease",
     "LimitStats",
     "Limits",
@@ -896,6 +955,7 @@ __all__ = [
     "claim_window",
     "corrupt",
     "fitting",
+    "handable",
     "history_of",
     "in_turns",
     "loaded_correlation_id",

@@ -31,6 +31,7 @@ from . import (
     Child,
     ChildResult,
     Claimed,
+    Handoff,
     Lease,
     NewAttempt,
     NewCall,
@@ -196,7 +197,12 @@ class MemoryStore:
     # --- the contract ------------------------------------------------------------------
 
     async def dispatch(
-        self, calls: Sequence[NewCall], *, now: float, request: RequestId | None = None
+        self,
+        calls: Sequence[NewCall],
+        *,
+        now: float,
+        request: RequestId | None = None,
+        handoff: Handoff | None = None,
     ) -> list[str]:
         self._check_open()
         if request is not None and request.id in self._requests:
@@ -208,6 +214,11 @@ class MemoryStore:
         ids = keyed.ids(stored)
         if request is not None:
             self._requests[request.id] = (request.digest, ",".join(ids))
+        if handoff is not None:
+            chosen = [stored[index] for index in handoff.chosen(keyed.fresh, now)]
+            handoff.claimed = self._take(
+                chosen, {}, handoff.owner, now, now + handoff.lease_seconds
+            )
         return ids
 
     def subscribe(self, wake: Callable[[], None]) -> None:

@@ -49,6 +49,7 @@ from . import (
     Child,
     ChildResult,
     Claimed,
+    Handoff,
     Lease,
     NewAttempt,
     NewCall,
@@ -471,8 +472,18 @@ class PostgresStore:
     # --- the contract ------------------------------------------------------------------
 
     async def dispatch(
-        self, calls: Sequence[NewCall], *, now: float, request: RequestId | None = None
+        self,
+        calls: Sequence[NewCall],
+        *,
+        now: float,
+        request: RequestId | None = None,
+        handoff: Handoff | None = None,
     ) -> list[str]:
+        """``Store.dispatch``; ``handoff`` is ignored (nothing is leased with the calls):
+        with several processes on the database, the claims keep deciding who runs what,
+        across them, within the cap and each one's limits."""
+        del handoff
+
         async def insert(db: Connection) -> list[str]:
             ids, fresh = await _dispatch(db, calls, now, request)
             if fresh:

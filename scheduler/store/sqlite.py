@@ -48,6 +48,7 @@ from . import (
     ChildResult,
     Claimed,
     DatabaseBroken,
+    Handoff,
     Lease,
     NewAttempt,
     NewCall,
@@ -404,13 +405,22 @@ class SQLiteStore:
     # --- the contract ------------------------------------------------------------------
 
     async def dispatch(
-        self, calls: Sequence[NewCall], *, now: float, request: RequestId | None = None
+        self,
+        calls: Sequence[NewCall],
+        *,
+        now: float,
+        request: RequestId | None = None,
+        handoff: Handoff | None = None,
     ) -> list[str]:
-        def insert(db: sqlite3.Connection) -> list[str]:
-            return _dispatch(db, calls, now, request)
+        def insert(db: sqlite3.Connection) -> tuple[list[str], list[Claimed]]:
+            return _dispatch(db, calls, now, request, handoff)
 
         # One writer at a time: a duplicate finds the first one's rows, never races them.
-        return await self._write(insert, now)
+        # The leases of a handoff ride in the Dispatch's durable commit.
+        ids, handed = await self._write(insert, now)
+        if handoff is not None:
+            handoff.claimed = handed  # only once committed
+        return ids
 
     def subscribe(self, wake: Callable[[], None]) -> None:
         """One process has the database: its API wakes its engine itself."""
@@ -489,24 +499,13 @@ class SQLiteStore:
         def take(
             db: sqlite3.Connection, ids: list[str], limited: dict[str, tuple[str, Limits]]
         ) -> list[Claimed]:
-            claimed = []
-            expires = now + lease_seconds
             if limited and _rate_limited(ids, limited):
                 # A start that counts towards a rate is kept through a power loss too.
                 self._starts_recorded = True
                 if not self._writer.durable:
                     raise NeedsDurability("a claim that records rate-limited starts")
                 _record_starts(db, ids, limited, now)
-            for dispatch_id in ids:
-                claim = {"owner": owner, "expires": expires, "ids": dispatch_id}
-                row = db.execute(SQL.claim, claim).fetchone()
-                call = call_from_row(row[2:])
-                results: tuple[ChildResult, ...] = ()
-                if call.poll:
-                    results = _undelivered(db, dispatch_id, row[1])
-                lease = Lease(dispatch_id, row[0], expires, tuple(r.dispatch_id for r in results))
-                claimed.append(Claimed(call, lease, results))
-            return claimed
+            return _lease(db, ids, owner, now + lease_seconds)
 
         # A lease need not survive a power loss: lost, its call is ready again (a SIGKILL
         # loses nothing, the operating system has the pages).
@@ -907,7 +906,7 @@ class SQLiteStore:
                 planned = plan(schedule)
                 if planned is None:
                     continue
-                (dispatch_id,) = _dispatch(db, [planned.call], now, None)
+                (dispatch_id,), _ = _dispatch(db, [planned.call], now, None)
                 db.execute(SCHEDULES.advance, advance_row(schedule, planned, dispatch_id))
                 ticked.append(Ticked(schedule.name, planned.tick, dispatch_id))
             return ticked
@@ -969,14 +968,19 @@ def _insert_keyed(db: sqlite3.Connection, children: Sequence[NewCall], now: floa
 
 
 def _dispatch(
-    db: sqlite3.Connection, calls: Sequence[NewCall], now: float, request: RequestId | None
-) -> list[str]:
+    db: sqlite3.Connection,
+    calls: Sequence[NewCall],
+    now: float,
+    request: RequestId | None,
+    handoff: Handoff | None = None,
+) -> tuple[list[str], list[Claimed]]:
     """``Store.dispatch`` in one transaction: a known request id answered with its ids,
-    calls with known keys answered with their calls' ids, the others stored."""
+    calls with known keys answered with their calls' ids, the others stored, and those
+    of them that ``handoff`` chooses leased to it."""
     if request is not None:
         row = db.execute(IDEMPOTENCY.find_request, {"request_id": request.id}).fetchone()
         if row is not None:
-            return repeated(request, row[0], row[1])
+            return repeated(request, row[0], row[1]), []
     known: dict[str, str] = {}
     for key in keys_of(calls):
         for found, dispatch_id in db.execute(IDEMPOTENCY.find_keys, {"keys": key}):
@@ -987,7 +991,27 @@ def _dispatch(
     ids = keyed.ids(stored)
     if request is not None:
         db.execute(IDEMPOTENCY.insert_request, request_row(request, ids, now))
-    return ids
+    handed: list[Claimed] = []
+    if handoff is not None:
+        chosen = [stored[index] for index in handoff.chosen(keyed.fresh, now)]
+        handed = _lease(db, chosen, handoff.owner, now + handoff.lease_seconds)
+    return ids, handed
+
+
+def _lease(db: sqlite3.Connection, ids: Sequence[str], owner: str, expires: float) -> list[Claimed]:
+    """Lease the calls ``ids`` to ``owner`` until ``expires``, as a claim does: each its
+    attempt counted and a new fencing token; a resume with its undelivered results."""
+    claimed = []
+    for dispatch_id in ids:
+        claim = {"owner": owner, "expires": expires, "ids": dispatch_id}
+        row = db.execute(SQL.claim, claim).fetchone()
+        call = call_from_row(row[2:])
+        results: tuple[ChildResult, ...] = ()
+        if call.poll:
+            results = _undelivered(db, dispatch_id, row[1])
+        lease = Lease(dispatch_id, row[0], expires, tuple(r.dispatch_id for r in results))
+        claimed.append(Claimed(call, lease, results))
+    return claimed
 
 
 def _add_attempt(db: sqlite3.Connection, lease: Lease, attempt: NewAttempt | None) -> None:
