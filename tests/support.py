@@ -147,6 +147,19 @@ def ignoring_sigint(command: Sequence[str]) -> list[str]:
     return [sys.executable, "-c", _IGNORE_SIGINT, *command]
 
 
+_DEFAULT_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execvp(sys.argv[1], sys.argv[1:])"
+)
+
+
+def at_a_terminal(command: Sequence[str]) -> list[str]:
+    """``command`` started as a terminal's foreground job is, Ctrl+C reaching it:
+    SIGINT at its default, whatever the test run's own (run as a background job, it
+    ignores SIGINT, and so would the commands it starts)."""
+    return [sys.executable, "-c", _DEFAULT_SIGINT, *command]
+
+
 def as_pid_one(command: Sequence[str]) -> list[str]:
     """``command`` run as PID 1 of a new PID namespace, as in a container (needs root or
     user namespaces; fails, never skips, where unshare is not permitted). The process

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dispatchlet import Client
 from dispatchlet.core.keys import private_key_base64, public_key_base64
 from dispatchlet.proto.dispatchlet.workflow.v1 import journal_pb2
+from support import at_a_terminal
 from test_dev_loop import closed_port
 from test_scheduler_processes import Process, environment
 
@@ -81,7 +82,8 @@ class Setup:
 
     def start(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [sys.executable, "-m", "dispatchlet", *args],
+            # Ctrl+C is what a user at a terminal sends: SIGINT reaches the command.
+            at_a_terminal([sys.executable, "-m", "dispatchlet", *args]),
             env=self.env,
             cwd=self.cwd,
             stdout=subprocess.PIPE,
