@@ -41,7 +41,9 @@ def test_an_endpoint_that_does_not_answer_in_time_is_a_timeout() -> None:
                 assert outcome.message == "no answer within 0.5 s"
                 task = asyncio.current_task()
                 assert task is not None
-                assert task.cancelling() == 0
+                cancelling = getattr(task, "cancelling", None)  # Python 3.11 and later
+                if cancelling is not None:
+                    assert cancelling() == 0
                 await asyncio.sleep(0)  # not cancelled by the time limit that passed
         finally:
             server.close()
