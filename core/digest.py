@@ -34,7 +34,9 @@ def parse_content_digest(header: str | None) -> list[tuple[str, bytes]]:
         raise Unauthenticated("missing Content-Digest header")
     # What a signer sends: one algorithm, canonical base64, read with string methods.
     algorithm, _, rest = header.partition("=")
-    if algorithm in ALGORITHMS and len(rest) > 2 and rest[0] == ":" and rest[-1] == ":":
+    # Padding first is never canonical (Python 3.10's strict decode would read "=" as b"").
+    canonical = len(rest) > 2 and rest[0] == ":" and rest[-1] == ":" and rest[1] != "="
+    if algorithm in ALGORITHMS and canonical:
         try:
             return [(algorithm, base64.b64decode(rest[1:-1], validate=True))]
         except ValueError:

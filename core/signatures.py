@@ -293,7 +293,8 @@ def parse_signature(value: str) -> dict[str, sf.Member]:
     else goes through the general parser.
     """
     label, equals, rest = value.partition("=")
-    canonical = equals and len(rest) > 2 and rest[0] == ":" and rest[-1] == ":"
+    # Padding first is never canonical (Python 3.10's strict decode would read "=" as b"").
+    canonical = equals and len(rest) > 2 and rest[0] == ":" and rest[-1] == ":" and rest[1] != "="
     if canonical and _KEY.fullmatch(label) is not None:
         try:
             return {label: sf.Item(base64.b64decode(rest[1:-1], validate=True), {})}

@@ -8,7 +8,7 @@ import pytest
 from dispatchlet.core import structured_fields as sf
 from dispatchlet.core.errors import Unauthenticated
 from dispatchlet.core.signatures import SignatureInput, parse_signature, parse_signature_input
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 
@@ -117,6 +117,7 @@ base64_text = st.binary(max_size=70).map(lambda b: base64.b64encode(b).decode())
 
 
 @settings(max_examples=500)
+@example(label="a", content="=", suffix="")  # padding alone: b"" to Python 3.10's decoder
 @given(
     label=keys | st.text(max_size=4),
     content=base64_text | st.text(st.sampled_from("AZaz09+/=: \\"), max_size=12),
