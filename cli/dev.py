@@ -14,6 +14,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -305,7 +306,16 @@ async def _serve(
         database=str(args.db), port=args.scheduler_port, signing_key=key, api_keys=api_keys
     )
 
-    syncing: set[asyncio.Task[None]] = set()
+    one_at_a_time = threading.Lock()
+
+    def sync_in_background(scheduler_url: str) -> None:
+        def sync() -> None:
+            with one_at_a_time:
+                sync_declared(app, scheduler_url, api_keys[0])
+
+        # A daemon thread, not the loop's executor: a sync still retrying when the
+        # scheduler stops (Ctrl+C right after the banner) must not hold the exit.
+        threading.Thread(target=sync, name="dispatchlet-dev-sync", daemon=True).start()
 
     def ready(addresses: list[tuple[str, int]]) -> None:
         host, number = addresses[0]
@@ -315,10 +325,8 @@ async def _serve(
             flush=True,
         )
         # The schedules the app declares, pushed now and after each reload that loads.
-        app.synced = lambda: sync_declared(app, scheduler_url, api_keys[0])
-        task = asyncio.create_task(asyncio.to_thread(app.synced))
-        syncing.add(task)
-        task.add_done_callback(syncing.discard)
+        app.synced = lambda: sync_in_background(scheduler_url)
+        app.synced()
 
     watcher = asyncio.create_task(app.watch())
     try:
