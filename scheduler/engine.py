@@ -194,6 +194,9 @@ class Engine:
         """End, one batch a transaction, the unfinished descendants that ended calls
         left, until none is left; then look again when told to, or now and then."""
         while not self._stopping:
+            # Cleared before the store is read, not after: a stop or a cancel told
+            # meanwhile is not lost (it would wait out the interval).
+            self._ending.clear()
             try:
                 done = await self.store.end_descendants(now=self.clock())
             except Exception:
@@ -205,7 +208,6 @@ class Engine:
                 self.changed(None, ALL_TREES)
                 await asyncio.sleep(0)  # what waits for the store goes between batches
                 continue
-            self._ending.clear()
             with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
                 await asyncio.wait_for(self._ending.wait(), ENDING_INTERVAL)
 
@@ -260,6 +262,9 @@ class Engine:
             free = self.concurrency - len(self._running) - self._reserved.total()
             asked = 0
             claimed: list[Claimed] = []
+            # Cleared before the claim, not after: a Dispatch that commits while the
+            # claim is in flight (and that it may not see) wakes the next wait.
+            self._wake.clear()
             if free > 0:
                 # No more than this process's limits let it start now: the store reads
                 # and deals no calls that would only be left.
@@ -289,7 +294,6 @@ class Engine:
             elif len(claimed) < asked or free <= 0:
                 # Nothing more ready (or every slot held for Dispatches in flight): wait
                 # for a dispatch, a finished attempt or a timer.
-                self._wake.clear()
                 # Until a dispatch or a finished attempt, a retry of ours falls due, or
                 # the idle interval (what other processes' timers wait on) passes.
                 pause = max(0.0, min(self.idle_interval, self._due - self.clock()))

@@ -12,9 +12,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from dispatchlet.core.errors import STEP_MISMATCH
 from dispatchlet.core.status import Status
 from dispatchlet.proto.dispatch.sdk.v1 import call_pb2, function_pb2, poll_pb2
+from dispatchlet.scheduler import engine as engine_module
 from dispatchlet.scheduler.concurrency import Limiter
 from dispatchlet.scheduler.engine import Engine, timestamp
 from dispatchlet.scheduler.http_caller import Outcome
@@ -505,6 +507,110 @@ def test_an_attempt_that_ends_starts_a_call_its_destinations_limit_held() -> Non
             released.set()
             assert (await run.done(first)).status == Status.OK
             assert (await run.done(second)).status == Status.OK
+
+    scenario(body)
+
+
+class HeldClaims(MemoryStore):
+    """The in-memory store whose claims, once ``hold`` is cleared, read the calls and
+    then wait for ``hold`` before answering: what commits meanwhile is not in them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = asyncio.Event()
+        self.hold.set()
+        self.held = asyncio.Event()
+
+    async def claim(self, **options: Any) -> list[Any]:
+        claimed = await super().claim(**options)
+        if not self.hold.is_set():
+            self.held.set()
+            await self.hold.wait()
+        return claimed
+
+
+def test_a_dispatch_made_while_a_claim_is_in_flight_starts_without_the_idle_polling() -> None:
+    """A Dispatch that commits after a claim read the store, but before the claim
+    answered, wakes the loop: it is claimed then, not at the next idle polling."""
+
+    async def body() -> None:
+        store = HeldClaims()
+        async with running({"f": returning(b"ok")}, store, idle_interval=NO_POLLING) as run:
+            await settled(run.engine)
+            store.hold.clear()
+            run.engine.wake()
+            await asyncio.wait_for(store.held.wait(), BOUND)
+            dispatch_id = await run.dispatch("f")  # its wake-up comes during the claim
+            store.hold.set()
+            assert (await run.done(dispatch_id)).status == Status.OK
+
+    scenario(body)
+
+
+class HeldEndings(MemoryStore):
+    """The in-memory store whose passes over ended calls' descendants wait for
+    ``hold`` once it is cleared."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = asyncio.Event()
+        self.hold.set()
+        self.held = asyncio.Event()
+        self.passes = 0
+
+    async def end_descendants(self, *, now: float, limit: int = 100) -> int:
+        self.passes += 1
+        if not self.hold.is_set():
+            self.held.set()
+            await self.hold.wait()
+        return await super().end_descendants(now=now, limit=limit)
+
+
+def test_a_stop_told_while_descendants_are_being_ended_is_not_waited_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``stop()`` while the pass that ends descendants is in the store: the engine stops
+    once that pass is done, not after the interval between two passes."""
+    monkeypatch.setattr(engine_module, "ENDING_INTERVAL", NO_POLLING)
+
+    async def body() -> None:
+        store = HeldEndings()
+        store.hold.clear()
+        engine = Engine(store, Scripted(), policy=POLICY, idle_interval=NO_POLLING)
+        task = asyncio.create_task(engine.run())
+        try:
+            await asyncio.wait_for(store.held.wait(), BOUND)
+            engine.stop()
+            store.hold.set()
+            await asyncio.wait_for(asyncio.shield(task), BOUND)
+        finally:
+            task.cancel()
+            await store.close()
+
+    scenario(body)
+
+
+def test_a_cancel_told_while_descendants_are_being_ended_gets_its_own_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cancel whose descendants are to be ended (``end_descendants_soon``), told while
+    a pass is in the store, gets a pass of its own at once, not after the interval
+    between two passes: the pass in flight may have read the tree before the cancel."""
+    monkeypatch.setattr(engine_module, "ENDING_INTERVAL", NO_POLLING)
+
+    async def body() -> None:
+        store = HeldEndings()
+        async with running({}, store, idle_interval=NO_POLLING) as run:
+            store.hold.clear()
+            run.engine.end_descendants_soon()
+            await asyncio.wait_for(store.held.wait(), BOUND)
+            passes = store.passes  # the held one counted
+            run.engine.end_descendants_soon()  # told while the pass is held
+            store.hold.set()
+            deadline = time.monotonic() + BOUND
+            while store.passes < passes + 1:
+                assert time.monotonic() < deadline, f"no pass of its own in {BOUND} s"
+                await asyncio.sleep(0.001)
 
     scenario(body)
 
