@@ -15,12 +15,14 @@ from pathlib import Path
 
 import pytest
 from dispatchlet.proto.dispatch.sdk.v1 import dispatch_pb2
+from dispatchlet.proto.dispatchlet.scheduler.v1 import calls_pb2
 from dispatchlet.scheduler.store import DatabaseBroken, NewCall, corrupt, unavailable
 from dispatchlet.scheduler.store.sqlite import SQLiteStore
 from scheduler_harness import call, harness
 
 DISPATCH = "/dispatch.sdk.v1.DispatchService/Dispatch"
 LIST = "/dispatchlet.scheduler.v1.CallService/List"
+GET = "/dispatchlet.scheduler.v1.CallService/Get"
 PAGE = 4096
 SCHEDULER = [sys.executable, "-m", "dispatchlet.cli", "scheduler"]
 
@@ -141,6 +143,36 @@ def test_damage_found_later_is_an_internal_error_and_stops_claims(
             request = dispatch_pb2.DispatchRequest(calls=[call("after")])
             status, body = await h.post(DISPATCH, request.SerializeToString())
             assert status == 500, body
+            assert await h.store.claim(owner="t", now=5e9, limit=10, lease_seconds=30) == []
+
+    with caplog.at_level(logging.CRITICAL):
+        asyncio.run(scenario())
+    said = [r for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert len(said) == 1, said
+
+
+def test_damage_found_by_a_lookup_is_an_internal_error_and_stops_claims(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A Get reads its call by key on the event loop's own connection, not a reading
+    # thread's: damage found there is reported and stops the store all the same.
+    path = tmp_path / "scheduler.db"
+    ids = asyncio.run(filled(path))
+
+    async def scenario() -> None:
+        async with harness(tmp_path) as h:
+            damage(path, "pages")  # under the open store
+            answers = []
+            for dispatch_id in ids[::50]:  # some of them on damaged pages
+                request = calls_pb2.GetRequest(dispatch_id=dispatch_id)
+                answers.append(await h.post(GET, request.SerializeToString()))
+            failed = [(status, body) for status, body in answers if status != 200]
+            assert failed, "no Get read a damaged page"
+            for status, body in failed:
+                assert status == 500, body  # not 503 "try again"
+                error = json.loads(body)
+                assert error["code"] == "internal"
+                assert f"the database {path} is corrupt" in error["message"]
             assert await h.store.claim(owner="t", now=5e9, limit=10, lease_seconds=30) == []
 
     with caplog.at_level(logging.CRITICAL):

@@ -128,7 +128,8 @@ SCHEDULES = ScheduleStatements(SQLITE)
 logger = logging.getLogger(__name__)
 
 READERS = 2
-"""Threads (each with its read-only connection) that serve ``get`` and ``list``."""
+"""Threads (each with its read-only connection) that serve ``list`` and the other reads
+that are not lookups by key (``_lookup``)."""
 MARK_EVERY = 1.0
 """How often, at most, the latest time written is recorded (``clock``), in seconds: every
 time the store writes is earlier than the mark and this."""
@@ -337,7 +338,8 @@ class SQLiteStore:
         return DatabaseBroken(self._broken or reason)
 
     def _reader(self) -> sqlite3.Connection:
-        """This reading thread's connection, read-only."""
+        """This thread's read-only connection (a reading thread's, or the caller's for a
+        ``_lookup``)."""
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
             uri = f"{Path(self.path).absolute().as_uri()}?mode=ro"
@@ -363,6 +365,20 @@ class SQLiteStore:
 
     async def _select(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self._run(self._read, fn, executor=self._readers)
+
+    async def _lookup(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn``, a lookup by key (one short indexed statement), on a read-only
+        connection of the calling thread's own: the hop to a reading thread and back
+        costs several times the lookup (a Wait reads twice). On a database in memory,
+        as ``_select`` (its one connection is the writer's)."""
+        if self._readers is self._executor:
+            return await self._select(fn)
+        try:
+            return self._read(fn)
+        except sqlite3.DatabaseError as exc:
+            if not corrupt(exc):
+                raise
+            raise self._damaged(exc) from exc
 
     def _migrate(self, connection: sqlite3.Connection) -> None:
         connection.execute("BEGIN IMMEDIATE")
@@ -684,7 +700,7 @@ class SQLiteStore:
             row = db.execute(SQL.get, {"id": dispatch_id}).fetchone()
             return None if row is None else call_from_row(row)
 
-        return await self._select(select)
+        return await self._lookup(select)
 
     async def children(self, parent_id: str) -> list[Child]:
         def select(db: sqlite3.Connection) -> list[Child]:
@@ -697,7 +713,7 @@ class SQLiteStore:
         def select(db: sqlite3.Connection) -> AttemptHistory:
             return history_of(db.execute(SQL.history, {"id": dispatch_id}).fetchall())
 
-        return await self._select(select)
+        return await self._lookup(select)
 
     async def list(
         self,
