@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from dispatchlet.scheduler.calls import destination
 from dispatchlet.scheduler.store import (
     DatabaseBroken,
     Lease,
@@ -355,3 +356,43 @@ def test_claims_queued_together_that_record_starts_are_committed_with_an_fsync(
         assert await store.claim(owner="p", now=NOW + 0.2, limit=2, lease_seconds=LEASE) == []
 
     with_store(tmp_path / "scheduler.db", body)
+
+
+def window_reads(watched: Watched, since: int) -> int:
+    return sum(s.startswith("WITH found AS") for s in watched.statements[since:])
+
+
+def test_a_claim_its_full_destination_left_short_reads_its_window_once(tmp_path: Path) -> None:
+    # Only calls of one destination, with room for 2 of the 10 asked: reading the whole
+    # window again could deal nothing but more of its calls.
+    async def body(store: SQLiteStore, watched: Watched) -> tuple[int, int]:
+        await store.dispatch([call() for _ in range(100)], now=NOW)
+        before = len(watched.statements)
+        claimed = await store.claim(
+            owner="p", now=NOW, limit=10, lease_seconds=LEASE, room=lambda key: 2
+        )
+        return len(claimed), window_reads(watched, before)
+
+    assert with_store(tmp_path / "scheduler.db", body) == (2, 1)
+
+
+def test_a_claim_left_short_deals_the_whole_window_to_find_a_destination_behind(
+    tmp_path: Path,
+) -> None:
+    # The oldest calls are of a full destination; one with room has calls behind them.
+    full, free = "http://127.0.0.1:8000", "http://127.0.0.1:9000"
+
+    async def body(store: SQLiteStore, watched: Watched) -> tuple[set[str], int]:
+        await store.dispatch([call(endpoint=full) for _ in range(100)], now=NOW)
+        await store.dispatch([call(endpoint=free) for _ in range(5)], now=NOW)
+        before = len(watched.statements)
+        claimed = await store.claim(
+            owner="p",
+            now=NOW,
+            limit=4,
+            lease_seconds=LEASE,
+            room=lambda key: 10 if key == destination(free) else 0,
+        )
+        return {c.call.endpoint for c in claimed}, window_reads(watched, before)
+
+    assert with_store(tmp_path / "scheduler.db", body) == ({free}, 2)

@@ -68,7 +68,14 @@ from . import (
     policy_columns,
     unsendable,
 )
-from .claims import claim_candidates, claim_window, fitting, in_turns, needs_root_heads
+from .claims import (
+    claim_candidates,
+    claim_window,
+    fitting,
+    in_turns,
+    may_find_more,
+    needs_root_heads,
+)
 from .idempotency import (
     IdempotencyStatements,
     KeyedCalls,
@@ -107,6 +114,7 @@ from .schedules import (
 )
 from .sqlite_writer import NeedsDurability, Writer
 from .statements import (
+    _HELD,
     SQLITE,
     UNBOUNDED,
     Backfill,
@@ -114,6 +122,7 @@ from .statements import (
     PurgeStatements,
     Statements,
     Step,
+    _ranked_window,
     attempt_params,
     fenced,
     rows_to_insert,
@@ -125,6 +134,11 @@ SQL = Statements(SQLITE)
 IDEMPOTENCY = IdempotencyStatements(SQLITE)
 PURGE = PurgeStatements(SQLITE)
 SCHEDULES = ScheduleStatements(SQLITE)
+# A claim's window with how many destinations it holds, as PostgreSQL's: a claim that
+# its destinations' room left short reads the whole window again only if that may find
+# more (``claims.may_find_more``).
+RANKED_WINDOW = SQLITE.render(_ranked_window(destinations=True))
+RANKED_WINDOW_UNHELD = SQLITE.render(_ranked_window(_HELD["sqlite"], destinations=True))
 logger = logging.getLogger(__name__)
 
 READERS = 2
@@ -492,15 +506,18 @@ class SQLiteStore:
                 params = {"now": now, "window": window, "roots": count, "count": dealt}
                 if held:
                     params.update(held.params(as_json=True))
-                query = SQL.ranked_window_unheld if held else SQL.ranked_window
+                query = RANKED_WINDOW_UNHELD if held else RANKED_WINDOW
                 found = db.execute(query, params).fetchall()
                 ready, roots = found[0][6:8] if found else (0, 0)
+                destinations = int(found[0][9]) if found else 0
                 rows = [(row[0], row[2]) for row in found]
                 ids = limited_ids(found, 8)
                 if not held and needs_root_heads(ready, roots, window, wanted):
                     heads = db.execute(SQL.root_heads, params).fetchall()
                     rows = in_turns([row[:6] for row in found] + heads, dealt)
                     ids += limited_ids(heads, 6)
+                    # The heads may be of destinations the window does not hold.
+                    destinations = len({where for _, where in rows}) + 1
                 limited = _limits_of(db, ids)
                 dealt_all = len(rows) < dealt
                 if limited:
@@ -509,6 +526,12 @@ class SQLiteStore:
                 running = {} if cap is None else _running(db, {w for _, w in rows}, now)
                 ids = fitting(rows, cap=cap, running=running, room=room)
                 if len(ids) >= wanted or dealt_all:
+                    break
+                # Left short by full destinations: the whole window is dealt only if a
+                # destination with room may be found there.
+                if not limited and not may_find_more(
+                    rows, ids, destinations, cap=cap, running=running, room=room
+                ):
                     break
             return ids, limited, ready >= window, admitted
 
