@@ -449,8 +449,7 @@ class Store(Protocol):
         """Store ``calls``, ready now; their dispatch ids in order. All or none.
 
         With ``handoff``, the calls it chooses among those stored are leased to its
-        owner in the same transaction, as a claim would (``Handoff``); a store shared by
-        several processes may lease none and leave them to the claims.
+        owner in the same transaction, as a claim would (``Handoff``).
 
         Idempotent: with ``request``, a request id seen before is answered with the ids
         the first request got, storing nothing (``RequestConflict`` when its digest
