@@ -338,20 +338,33 @@ class Api:
             ]
             # The calls the engine has room for are leased in the Dispatch's own
             # transaction and started at once, with no claim.
-            handoff = self.engine.handoff(calls, now) if calls else None
-            try:
-                ids = (
-                    await self.store.dispatch(calls, now=now, request=request_id, handoff=handoff)
-                    if calls
-                    else []
-                )
-            finally:
-                self.engine.handed(handoff)
+            ids = await self._store_calls(calls, now, request_id) if calls else []
             tracing.dispatched(span, ids)
             self.engine.metrics.dispatched.inc(len(ids))
-        if handoff is None or len(handoff.claimed) < len(calls):
-            self.engine.wake()  # calls left to claim
         return dispatch_pb2.DispatchResponse(dispatch_ids=ids)
+
+    async def _store_calls(
+        self, calls: list[NewCall], now: float, request_id: RequestId | None
+    ) -> list[str]:
+        """Store ``calls``; those the engine has room for are leased in the same
+        transaction and started at once, with no claim (``Engine.handoff``)."""
+        handoff = self.engine.handoff(calls, now)
+
+        def stored(storing: asyncio.Future[list[str]]) -> None:
+            if not storing.cancelled():
+                storing.exception()  # raised to the request, if it still waits
+            self.engine.handed(handoff)
+            if handoff is None or len(handoff.claimed) < len(calls):
+                self.engine.wake()  # calls left to claim
+
+        # Shielded: a client that goes away while the transaction commits cancels this
+        # request, not the handoff, whose leased calls would else wait for their leases
+        # to lapse before they run.
+        storing = asyncio.ensure_future(
+            self.store.dispatch(calls, now=now, request=request_id, handoff=handoff)
+        )
+        storing.add_done_callback(stored)
+        return await asyncio.shield(storing)
 
     def _new_call(
         self, index: int, call: options_pb2.Call, now: float, trace_context: str = ""

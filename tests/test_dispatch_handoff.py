@@ -302,6 +302,35 @@ def test_a_dispatched_call_starts_with_no_claim() -> None:
     asyncio.run(scenario())
 
 
+def test_a_dispatch_whose_client_went_away_while_it_committed_still_starts_its_calls() -> None:
+    """The request is cancelled (the client closed the connection) while the store
+    commits the calls it leased: they start once committed, not when their leases lapse."""
+
+    async def scenario() -> None:
+        async with scheduler() as (store, engine, caller, api):
+            committing = asyncio.Event()
+            release = asyncio.Event()
+            dispatch = store.dispatch
+
+            async def slow_dispatch(*args: Any, **options: Any) -> list[str]:
+                committing.set()
+                await release.wait()
+                return await dispatch(*args, **options)
+
+            store.dispatch = slow_dispatch  # type: ignore[method-assign]
+            request = asyncio.create_task(api.dispatch(dispatch_request("f"), {}))
+            await asyncio.wait_for(committing.wait(), BOUND)
+            request.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await request
+            release.set()
+            await until(lambda: bool(caller.attempts), "attempt of the handed call")
+            (attempt,) = caller.attempts
+            await finished(store, engine, attempt.request.dispatch_id)
+
+    asyncio.run(scenario())
+
+
 def test_with_no_free_slot_the_claim_starts_the_call() -> None:
     async def scenario() -> None:
         opened = asyncio.Event()
