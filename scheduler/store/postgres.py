@@ -496,7 +496,7 @@ class PostgresStore:
 
         for attempt in range(1, CONFLICT_RETRIES + 1):
             try:
-                ids = await self._transaction(insert)
+                ids = await self._transaction(insert, pipeline=True)
                 if handoff is not None:
                     handoff.claimed = handed  # only once committed
                 return ids
