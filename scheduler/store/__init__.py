@@ -588,6 +588,11 @@ class Store(Protocol):
         """The attempts the call's history keeps, oldest first, and how many were
         recorded in its life (none: an unknown call, or history off)."""
 
+    async def get_with_history(self, dispatch_id: str) -> tuple[Call, AttemptHistory] | None:
+        """``get`` and then ``history``, in one read where the store can (the history,
+        read after the call, holds at least the attempts of the outcome read); None
+        for an unknown call."""
+
     async def list(
         self,
         *,

@@ -892,6 +892,15 @@ class PostgresStore:
     async def history(self, dispatch_id: str) -> AttemptHistory:
         return history_of(await self._select(SQL.history, {"id": dispatch_id}))
 
+    async def get_with_history(self, dispatch_id: str) -> tuple[Call, AttemptHistory] | None:
+        params = {"id": dispatch_id}
+        # Pipelined: both in one round trip, the history read after the call.
+        async with self._pool.connection() as db, db.pipeline():
+            call = await db.execute(SQL.get.encode(), params)
+            history = await db.execute(SQL.history.encode(), params)
+            row, rows = await call.fetchone(), await history.fetchall()
+        return None if row is None else (call_from_row(row), history_of(rows))
+
     async def list(
         self,
         *,
