@@ -80,6 +80,7 @@ from .ticker import Ticker
 from .within import within
 
 M = TypeVar("M", bound=message.Message)
+T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 MAX_CALLS = 1000
@@ -338,20 +339,33 @@ class Api:
             ]
             # The calls the engine has room for are leased in the Dispatch's own
             # transaction and started at once, with no claim.
-            handoff = self.engine.handoff(calls, now) if calls else None
-            try:
-                ids = (
-                    await self.store.dispatch(calls, now=now, request=request_id, handoff=handoff)
-                    if calls
-                    else []
-                )
-            finally:
-                self.engine.handed(handoff)
+            ids = await self._store_calls(calls, now, request_id) if calls else []
             tracing.dispatched(span, ids)
             self.engine.metrics.dispatched.inc(len(ids))
-        if handoff is None or len(handoff.claimed) < len(calls):
-            self.engine.wake()  # calls left to claim
         return dispatch_pb2.DispatchResponse(dispatch_ids=ids)
+
+    async def _store_calls(
+        self, calls: list[NewCall], now: float, request_id: RequestId | None
+    ) -> list[str]:
+        """Store ``calls``; those the engine has room for are leased in the same
+        transaction and started at once, with no claim (``Engine.handoff``)."""
+        handoff = self.engine.handoff(calls, now)
+
+        def stored(storing: asyncio.Future[list[str]]) -> None:
+            if not storing.cancelled():
+                storing.exception()  # raised to the request, if it still waits
+            self.engine.handed(handoff)
+            if handoff is None or len(handoff.claimed) < len(calls):
+                self.engine.wake()  # calls left to claim
+
+        # Shielded: a client that goes away while the transaction commits cancels this
+        # request, not the handoff, whose leased calls would else wait for their leases
+        # to lapse before they run.
+        storing = asyncio.ensure_future(
+            self.store.dispatch(calls, now=now, request=request_id, handoff=handoff)
+        )
+        storing.add_done_callback(stored)
+        return await asyncio.shield(storing)
 
     def _new_call(
         self, index: int, call: options_pb2.Call, now: float, trace_context: str = ""
@@ -407,17 +421,13 @@ class Api:
     # --- CallService -------------------------------------------------------------------
 
     async def _found(self, dispatch_id: str) -> Call:
-        if not dispatch_id:
-            raise InvalidArgument("missing dispatch_id")
-        found = await self.store.get(dispatch_id)
-        if found is None:
-            raise NotFound(f"no call {dispatch_id[:100]!r}")
-        return found
+        return _known(dispatch_id, await self.store.get(_asked(dispatch_id)))
+
+    async def _found_with_history(self, dispatch_id: str) -> tuple[Call, AttemptHistory]:
+        return _known(dispatch_id, await self.store.get_with_history(_asked(dispatch_id)))
 
     async def get(self, request: calls_pb2.GetRequest) -> CallAnswer:
-        found = await self._found(request.dispatch_id)
-        # Read after the call: it holds at least the attempts of the outcome read.
-        history = await self.store.history(found.dispatch_id)
+        found, history = await self._found_with_history(request.dispatch_id)
         return whole_call(calls_pb2.GetResponse, found, history)
 
     async def wait(self, request: calls_pb2.WaitRequest) -> CallAnswer:
@@ -431,8 +441,9 @@ class Api:
         # seconds on a store whose notifications may be lost. A client that goes away
         # cancels the request (the server cancels handlers on disconnection), and with
         # it the watch.
+        # Each read takes the history with the call: the one that answers needs it.
         with self.engine.watching(request.dispatch_id) as until:
-            found = await self._found(request.dispatch_id)
+            found, history = await self._found_with_history(request.dispatch_id)
             until.within(found.root_id)
             while not _answers_wait(found, seen):
                 remaining = deadline - time.monotonic()
@@ -440,10 +451,10 @@ class Api:
                     break
                 reread = self.engine.reread
                 if await until(remaining if reread is None else min(remaining, reread)):
-                    found = await self._found(request.dispatch_id)
+                    found, history = await self._found_with_history(request.dispatch_id)
                 elif time.monotonic() < deadline:
-                    found = await self._found(request.dispatch_id)  # the safety re-read
-        history = await self.store.history(found.dispatch_id)
+                    # The safety re-read.
+                    found, history = await self._found_with_history(request.dispatch_id)
         return whole_call(calls_pb2.WaitResponse, found, history)
 
     async def list(self, request: calls_pb2.ListRequest) -> calls_pb2.ListResponse:
@@ -764,6 +775,18 @@ def _answers_wait(call: Call, attempts_seen: int | None) -> bool:
         and call.status is not None
         and bool(call.result)
     )
+
+
+def _asked(dispatch_id: str) -> str:
+    if not dispatch_id:
+        raise InvalidArgument("missing dispatch_id")
+    return dispatch_id
+
+
+def _known(dispatch_id: str, found: T | None) -> T:
+    if found is None:
+        raise NotFound(f"no call {dispatch_id[:100]!r}")
+    return found
 
 
 def whole_call(

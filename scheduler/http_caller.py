@@ -56,6 +56,9 @@ __all__ = ["MAX_ANSWER_BYTES", "USER_AGENT", "HttpCaller", "Outcome", "retry_aft
 MAX_TARGETS = 1024
 """The most endpoints whose parsed URL is kept (all are forgotten when more come)."""
 
+CONNECT_TIMEOUT = 30.0
+"""Seconds to open a connection to an endpoint (aiohttp's default), within the attempt's."""
+
 ERROR_BODY_BYTES = 64 * 1024
 """How much of an error answer's body is read: its Connect error, or the start of a page."""
 
@@ -95,6 +98,9 @@ class HttpCaller:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
+                # The attempt's own timeout bounds each request (``run``), not
+                # aiohttp's default total of 5 minutes: a Lambda may run for 15.
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT),
                 # Redirects are not followed: a signature covers the authority and path.
                 headers={"User-Agent": USER_AGENT},
                 auto_decompress=False,

@@ -1,12 +1,12 @@
 """A Dispatch hands the calls the local engine has room for over to it: the store leases
 them in the Dispatch's transaction, as a claim would, and the engine starts them with no
-claim. Held against every store (PostgreSQL leaves them to the claims), then the engine
-and its API in process."""
+claim. Held against every store, then the engine and its API in process."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from dispatchlet.scheduler.engine import Engine
 from dispatchlet.scheduler.store import Claimed, Handoff, NewCall, RequestId, State, Store
 from dispatchlet.scheduler.store.limits import Limits
 from dispatchlet.scheduler.store.memory import MemoryStore
+from postgres_server import fresh_database
 from test_engine_memory import BOUND, ENDPOINT, Answer, Scripted, returning
 from test_store_contract import LEASE, NOW, OK, STORES, call, with_store
 
@@ -37,20 +38,10 @@ def handoff(limit: int = 10, room: int = 10, owner: str = "s1") -> Handoff:
     return Handoff(owner, LEASE, limit, lambda _: room)
 
 
-def hands_over(open_store: Any) -> bool:
-    return bool(open_store.kind != "postgres")
-
-
 def test_a_handed_call_is_leased_as_a_claim_would_lease_it(open_store: Any) -> None:
     async def body(store: Store) -> None:
         given = handoff()
         (dispatch_id,) = await store.dispatch([call("a")], now=NOW, handoff=given)
-        if not hands_over(open_store):
-            # Several processes: the claims decide who runs it.
-            assert given.claimed == []
-            (claimed,) = await store.claim(owner="s1", now=NOW, limit=10, lease_seconds=LEASE)
-            assert claimed.call.dispatch_id == dispatch_id
-            return
         (handed,) = given.claimed
         assert handed.call.dispatch_id == dispatch_id
         assert (handed.call.state, handed.call.attempts) == (State.RUNNING, 1)
@@ -89,10 +80,10 @@ def test_only_ready_unlimited_calls_are_handed_over(open_store: Any) -> None:
             handoff=given,
         )
         handed = [item.call.dispatch_id for item in given.claimed]
-        assert handed == (ids[:1] if hands_over(open_store) else [])
+        assert handed == ids[:1]
         # What was not handed over is left ready, for the claims.
         claimed = await store.claim(owner="s1", now=NOW, limit=10, lease_seconds=LEASE)
-        expected = set(ids[2:]) if hands_over(open_store) else {ids[0], *ids[2:]}
+        expected = set(ids[2:])
         assert {c.call.dispatch_id for c in claimed} == expected
         delayed = await store.get(ids[1])
         assert delayed is not None
@@ -134,7 +125,7 @@ def test_no_more_are_handed_over_than_the_limit_and_each_destinations_room(
             handoff=given,
         )
         handed = [item.call.dispatch_id for item in given.claimed]
-        assert handed == ([ids[0], ids[2]] if hands_over(open_store) else [])
+        assert handed == [ids[0], ids[2]]
         left = await store.claim(owner="s1", now=NOW, limit=10, lease_seconds=LEASE)
         assert {c.call.dispatch_id for c in left} == set(ids) - set(handed)
 
@@ -147,6 +138,75 @@ def test_a_follower_is_never_chosen() -> None:
 
 
 # --- the engine and its API -----------------------------------------------------------
+
+
+def test_postgres_tells_the_other_processes_only_of_calls_left_to_the_claims(
+    postgres_server: str,
+) -> None:
+    """A Dispatch whose calls are all leased to the process that received it wakes no
+    other process (their claims would find nothing); one that leaves some ready does."""
+    from dispatchlet.scheduler.store.postgres import PostgresStore
+
+    url = fresh_database(postgres_server)
+
+    async def scenario() -> None:
+        dispatcher, listener = await PostgresStore.open(url), await PostgresStore.open(url)
+        woken = asyncio.Event()
+        wakes = 0
+
+        def wake() -> None:
+            nonlocal wakes
+            wakes += 1
+            woken.set()
+
+        try:
+            listener.subscribe(wake)
+            await asyncio.wait_for(woken.wait(), BOUND)  # listening: it looks once
+            woken.clear()
+            all_handed = handoff()
+            await dispatcher.dispatch([call("a"), call("b")], now=NOW, handoff=all_handed)
+            assert len(all_handed.claimed) == 2
+            one_handed = handoff(limit=1)
+            ids = await dispatcher.dispatch([call("c"), call("d")], now=NOW, handoff=one_handed)
+            assert [c.call.dispatch_id for c in one_handed.claimed] == ids[:1]
+            # Told in the order of the commits: the first Dispatch's notice, had it sent
+            # one, would have come before the second's.
+            await asyncio.wait_for(woken.wait(), BOUND)
+            assert wakes == 2
+            (left,) = await listener.claim(owner="s2", now=NOW, limit=10, lease_seconds=LEASE)
+            assert left.call.dispatch_id == ids[1]
+        finally:
+            await dispatcher.close()
+            await listener.close()
+
+    asyncio.run(scenario())
+
+
+def test_postgres_a_handed_lease_has_an_owner_of_its_own(postgres_server: str) -> None:
+    """As a claim's: the fence of an attempt checks the lease's own owner, so that an
+    attempt under a lease the database lost cannot record over another one's."""
+    from dispatchlet.scheduler.store.postgres import PostgresStore
+
+    url = fresh_database(postgres_server)
+
+    async def scenario() -> None:
+        store = await PostgresStore.open(url)
+        try:
+            first, second = handoff(owner="s1"), handoff(owner="s1")
+            await store.dispatch([call("a")], now=NOW, handoff=first)
+            await store.dispatch([call("b")], now=NOW, handoff=second)
+            owners = {first.claimed[0].lease.owner, second.claimed[0].lease.owner}
+            assert len(owners) == 2
+            assert all(owner.startswith("s1 ") for owner in owners)
+            # Another lease's owner with this lease's token is refused.
+            (handed,) = first.claimed
+            forged = dataclasses.replace(handed.lease, owner=second.claimed[0].lease.owner)
+            assert not await store.finish(forged, OK, b"forged", now=NOW + 1)
+            assert await store.finish(handed.lease, OK, b"ok", now=NOW + 1)
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
 
 
 class CountingStore(MemoryStore):
@@ -238,6 +298,35 @@ def test_a_dispatched_call_starts_with_no_claim() -> None:
             assert done is not None
             assert done.attempts == 1
             assert store.claims == claims  # no claim leased it, none looked for more
+
+    asyncio.run(scenario())
+
+
+def test_a_dispatch_whose_client_went_away_while_it_committed_still_starts_its_calls() -> None:
+    """The request is cancelled (the client closed the connection) while the store
+    commits the calls it leased: they start once committed, not when their leases lapse."""
+
+    async def scenario() -> None:
+        async with scheduler() as (store, engine, caller, api):
+            committing = asyncio.Event()
+            release = asyncio.Event()
+            dispatch = store.dispatch
+
+            async def slow_dispatch(*args: Any, **options: Any) -> list[str]:
+                committing.set()
+                await release.wait()
+                return await dispatch(*args, **options)
+
+            store.dispatch = slow_dispatch  # type: ignore[method-assign]
+            request = asyncio.create_task(api.dispatch(dispatch_request("f"), {}))
+            await asyncio.wait_for(committing.wait(), BOUND)
+            request.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await request
+            release.set()
+            await until(lambda: bool(caller.attempts), "attempt of the handed call")
+            (attempt,) = caller.attempts
+            await finished(store, engine, attempt.request.dispatch_id)
 
     asyncio.run(scenario())
 

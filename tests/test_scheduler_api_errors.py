@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 from dispatchlet.proto.dispatchlet.scheduler.v1 import calls_pb2
-from dispatchlet.scheduler.store import Call, StoreError
+from dispatchlet.scheduler.store import AttemptHistory, Call, StoreError
 from dispatchlet.scheduler.store.sqlite import SQLiteStore
 from scheduler_harness import harness
 
@@ -29,6 +29,9 @@ class Failing(SQLiteStore):
     error: BaseException = RuntimeError()
 
     async def get(self, dispatch_id: str) -> Call | None:
+        raise self.error
+
+    async def get_with_history(self, dispatch_id: str) -> tuple[Call, AttemptHistory] | None:
         raise self.error
 
 

@@ -2370,6 +2370,12 @@ def test_each_outcome_adds_its_attempt_to_the_history(open_store: Opener) -> Non
         assert [(a.number, a.function) for a in child_history.attempts] == [(1, "child")]
         unknown = await store.history("0" * 32)
         assert (unknown.attempts, unknown.total) == ((), 0)
+        # Both in one read: the call as ``get`` has it, its history as ``history`` has it.
+        assert await store.get_with_history(dispatch_id) == (
+            await store.get(dispatch_id),
+            history,
+        )
+        assert await store.get_with_history("0" * 32) is None
 
     with_store(open_store, body)
 

@@ -449,8 +449,7 @@ class Store(Protocol):
         """Store ``calls``, ready now; their dispatch ids in order. All or none.
 
         With ``handoff``, the calls it chooses among those stored are leased to its
-        owner in the same transaction, as a claim would (``Handoff``); a store shared by
-        several processes may lease none and leave them to the claims.
+        owner in the same transaction, as a claim would (``Handoff``).
 
         Idempotent: with ``request``, a request id seen before is answered with the ids
         the first request got, storing nothing (``RequestConflict`` when its digest
@@ -588,6 +587,11 @@ class Store(Protocol):
     async def history(self, dispatch_id: str) -> AttemptHistory:
         """The attempts the call's history keeps, oldest first, and how many were
         recorded in its life (none: an unknown call, or history off)."""
+
+    async def get_with_history(self, dispatch_id: str) -> tuple[Call, AttemptHistory] | None:
+        """``get`` and then ``history``, in one read where the store can (the history,
+        read after the call, holds at least the attempts of the outcome read); None
+        for an unknown call."""
 
     async def list(
         self,

@@ -544,6 +544,10 @@ class MemoryStore:
             return AttemptHistory()
         return AttemptHistory(tuple(row.attempts_kept), row.attempts_kept[-1].number)
 
+    async def get_with_history(self, dispatch_id: str) -> tuple[Call, AttemptHistory] | None:
+        call = await self.get(dispatch_id)
+        return None if call is None else (call, await self.history(dispatch_id))
+
     async def list(
         self,
         *,

@@ -479,20 +479,27 @@ class PostgresStore:
         request: RequestId | None = None,
         handoff: Handoff | None = None,
     ) -> list[str]:
-        """``Store.dispatch``; ``handoff`` is ignored (nothing is leased with the calls):
-        with several processes on the database, the claims keep deciding who runs what,
-        across them, within the cap and each one's limits."""
-        del handoff
+        """``Store.dispatch``. The calls ``handoff`` chooses are leased to the receiving
+        process in the Dispatch's transaction (durable, as the Dispatch is), each claim's
+        fence with an owner of its own; the other processes are told of the rest only."""
+        handed: list[Claimed] = []
 
         async def insert(db: Connection) -> list[str]:
-            ids, fresh = await _dispatch(db, calls, now, request)
-            if fresh:
+            nonlocal handed
+            ids, stored, chosen = await _dispatch(db, calls, now, request, handoff)
+            handed = []
+            if handoff is not None and chosen:
+                handed = await _lease_new(db, chosen, handoff, now)
+            if len(stored) > len(handed):
                 await db.execute(SQL.notify)
             return ids
 
         for attempt in range(1, CONFLICT_RETRIES + 1):
             try:
-                return await self._transaction(insert)
+                ids = await self._transaction(insert, pipeline=True)
+                if handoff is not None:
+                    handoff.claimed = handed  # only once committed
+                return ids
             except psycopg.errors.UniqueViolation:
                 # Another process stored the same request id or key meanwhile (and
                 # committed): run again, to answer with what it stored.
@@ -885,6 +892,15 @@ class PostgresStore:
     async def history(self, dispatch_id: str) -> AttemptHistory:
         return history_of(await self._select(SQL.history, {"id": dispatch_id}))
 
+    async def get_with_history(self, dispatch_id: str) -> tuple[Call, AttemptHistory] | None:
+        params = {"id": dispatch_id}
+        # Pipelined: both in one round trip, the history read after the call.
+        async with self._pool.connection() as db, db.pipeline():
+            call = await db.execute(SQL.get.encode(), params)
+            history = await db.execute(SQL.history.encode(), params)
+            row, rows = await call.fetchone(), await history.fetchall()
+        return None if row is None else (call_from_row(row), history_of(rows))
+
     async def list(
         self,
         *,
@@ -1084,7 +1100,7 @@ class PostgresStore:
                 planned = plan(schedule)
                 if planned is None:
                     continue
-                (dispatch_id,), fresh = await _dispatch(db, [planned.call], now, None)
+                (dispatch_id,), fresh, _ = await _dispatch(db, [planned.call], now, None)
                 if fresh:
                     await db.execute(SQL.notify)
                 await db.execute(SCHEDULES.advance, advance_row(schedule, planned, dispatch_id))
@@ -1287,16 +1303,21 @@ async def _insert_keyed(db: Connection, children: Sequence[NewCall], now: float)
 
 
 async def _dispatch(
-    db: Connection, calls: Sequence[NewCall], now: float, request: RequestId | None
-) -> tuple[list[str], int]:
+    db: Connection,
+    calls: Sequence[NewCall],
+    now: float,
+    request: RequestId | None,
+    handoff: Handoff | None = None,
+) -> tuple[list[str], list[str], list[str]]:
     """``Store.dispatch`` in one transaction: a known request id answered with its ids,
     calls with known keys answered with their calls' ids, the others stored; the ids,
-    and how many calls were stored. A concurrent duplicate fails on a primary key."""
+    the ids of the calls stored, and those of them ``handoff`` chooses to lease. A
+    concurrent duplicate fails on a primary key."""
     if request is not None:
         params = {"request_id": request.id}
         row = await (await db.execute(IDEMPOTENCY.find_request, params)).fetchone()
         if row is not None:
-            return repeated(request, row[0], row[1]), 0
+            return repeated(request, row[0], row[1]), [], []
     keys = keys_of(calls)
     known: dict[str, str] = {}
     if keys:
@@ -1311,7 +1332,25 @@ async def _dispatch(
     ids = keyed.ids(stored)
     if request is not None:
         await db.execute(IDEMPOTENCY.insert_request, request_row(request, ids, now))
-    return ids, len(stored)
+    chosen = [] if handoff is None else [stored[i] for i in handoff.chosen(keyed.fresh, now)]
+    return ids, stored, chosen
+
+
+async def _lease_new(
+    db: Connection, ids: Sequence[str], handoff: Handoff, now: float
+) -> list[Claimed]:
+    """Lease the calls ``ids`` just stored to ``handoff``'s owner, as a claim does (new
+    calls: no results to carry), in the order of ``ids``."""
+    owner = f"{handoff.owner} {secrets.token_hex(8)}"  # a claim's own, as in ``claim``
+    expires = now + handoff.lease_seconds
+    params = {"owner": owner, "expires": expires, "ids": list(ids)}
+    rows = await (await db.execute(SQL.claim, params)).fetchall()
+    leased = {}
+    for row in rows:
+        call = call_from_row(row[2:])
+        lease = Lease(call.dispatch_id, int(row[0]), expires, (), owner)
+        leased[call.dispatch_id] = Claimed(call, lease)
+    return [leased[dispatch_id] for dispatch_id in ids]
 
 
 async def _undelivered(db: Connection, parent_id: str, limit: int) -> tuple[ChildResult, ...]:

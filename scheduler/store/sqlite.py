@@ -738,6 +738,16 @@ class SQLiteStore:
 
         return await self._lookup(select)
 
+    async def get_with_history(self, dispatch_id: str) -> tuple[Call, AttemptHistory] | None:
+        def select(db: sqlite3.Connection) -> tuple[Call, AttemptHistory] | None:
+            row = db.execute(SQL.get, {"id": dispatch_id}).fetchone()
+            if row is None:
+                return None
+            history = history_of(db.execute(SQL.history, {"id": dispatch_id}).fetchall())
+            return call_from_row(row), history
+
+        return await self._select(select)  # one hop to a reading thread for both
+
     async def list(
         self,
         *,
