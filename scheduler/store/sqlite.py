@@ -381,10 +381,10 @@ class SQLiteStore:
         return await self._run(self._read, fn, executor=self._readers)
 
     async def _lookup(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """``fn``, a lookup by key (one short indexed statement), on a read-only
-        connection of the calling thread's own: the hop to a reading thread and back
-        costs several times the lookup (a Wait reads twice). On a database in memory,
-        as ``_select`` (its one connection is the writer's)."""
+        """``fn``, a lookup by key (short indexed statements), on a read-only connection
+        of the calling thread's own: the hop to a reading thread and back costs several
+        times the lookup (every Wait reads a call and its history). On a database in
+        memory, as ``_select`` (its one connection is the writer's)."""
         if self._readers is self._executor:
             return await self._select(fn)
         try:
@@ -746,7 +746,7 @@ class SQLiteStore:
             history = history_of(db.execute(SQL.history, {"id": dispatch_id}).fetchall())
             return call_from_row(row), history
 
-        return await self._select(select)  # one hop to a reading thread for both
+        return await self._lookup(select)  # both, with no hop to a reading thread
 
     async def list(
         self,
