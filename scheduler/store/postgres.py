@@ -1100,8 +1100,8 @@ class PostgresStore:
                 planned = plan(schedule)
                 if planned is None:
                     continue
-                (dispatch_id,), fresh, _ = await _dispatch(db, [planned.call], now, None)
-                if fresh:
+                (dispatch_id,), stored, _ = await _dispatch(db, [planned.call], now, None)
+                if stored:
                     await db.execute(SQL.notify)
                 await db.execute(SCHEDULES.advance, advance_row(schedule, planned, dispatch_id))
                 ticked.append(Ticked(schedule.name, planned.tick, dispatch_id))
