@@ -365,7 +365,13 @@ class Api:
             self.store.dispatch(calls, now=now, request=request_id, handoff=handoff)
         )
         storing.add_done_callback(stored)
-        return await asyncio.shield(storing)
+        ids = await asyncio.shield(storing)
+        if handoff is not None and handoff.claimed:
+            # A turn of the loop for the attempts just started to send their Run
+            # requests (aiohttp writes a body from a task of its own) before this
+            # answer is written: the calls start sooner, the answer is as durable.
+            await asyncio.sleep(0)
+        return ids
 
     def _new_call(
         self, index: int, call: options_pb2.Call, now: float, trace_context: str = ""
