@@ -114,7 +114,6 @@ from .schedules import (
 )
 from .sqlite_writer import NeedsDurability, Writer
 from .statements import (
-    _HELD,
     SQLITE,
     UNBOUNDED,
     Backfill,
@@ -122,7 +121,6 @@ from .statements import (
     PurgeStatements,
     Statements,
     Step,
-    _ranked_window,
     attempt_params,
     fenced,
     rows_to_insert,
@@ -134,11 +132,6 @@ SQL = Statements(SQLITE)
 IDEMPOTENCY = IdempotencyStatements(SQLITE)
 PURGE = PurgeStatements(SQLITE)
 SCHEDULES = ScheduleStatements(SQLITE)
-# A claim's window with how many destinations it holds, as PostgreSQL's: a claim that
-# its destinations' room left short reads the whole window again only if that may find
-# more (``claims.may_find_more``).
-RANKED_WINDOW = SQLITE.render(_ranked_window(destinations=True))
-RANKED_WINDOW_UNHELD = SQLITE.render(_ranked_window(_HELD["sqlite"], destinations=True))
 logger = logging.getLogger(__name__)
 
 READERS = 2
@@ -506,7 +499,7 @@ class SQLiteStore:
                 params = {"now": now, "window": window, "roots": count, "count": dealt}
                 if held:
                     params.update(held.params(as_json=True))
-                query = RANKED_WINDOW_UNHELD if held else RANKED_WINDOW
+                query = SQL.ranked_window_unheld if held else SQL.ranked_window
                 found = db.execute(query, params).fetchall()
                 ready, roots = found[0][6:8] if found else (0, 0)
                 destinations = int(found[0][9]) if found else 0

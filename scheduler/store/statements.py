@@ -442,26 +442,26 @@ def _oldest_claimable(held: str = "") -> str:
     )
 
 
-def _ranked_window(held: str = "", *, destinations: bool = False) -> str:
+def _ranked_window(held: str = "") -> str:
     """The window's calls in round-robin order (each root's oldest, then each root's
     second, ...), the first :count of them, each with how many ready calls and how many
-    roots the window holds, and whether it has limits (read only for those that do:
-    ``limits_of``); with ``destinations``, then how many destinations the window holds
-    (``claims.may_find_more``)."""
-    counted = ", (SELECT count(DISTINCT destination) FROM found)" if destinations else ""
+    roots the window holds, whether it has limits (read only for those that do:
+    ``limits_of``), and how many destinations the window holds (a claim its full
+    destinations left short deals the whole window only if one with room may be found
+    there: ``claims.may_find_more``)."""
     return (
         f"WITH found AS ({_oldest_claimable(held)}), ranked AS ("
         "  SELECT *, ROW_NUMBER() OVER (PARTITION BY root_id ORDER BY ready_at, seq) AS turn"
         "  FROM found"
         ") SELECT dispatch_id, root_id, destination, ready_at, seq, state,"
         "  (SELECT count(*) FROM found WHERE state = 'ready'),"
-        f"  (SELECT count(DISTINCT root_id) FROM found), limited{counted}"
+        "  (SELECT count(DISTINCT root_id) FROM found), limited,"
+        "  (SELECT count(DISTINCT destination) FROM found)"
         " FROM ranked ORDER BY turn, ready_at, seq LIMIT :count"
     )
 
 
-_RANKED_WINDOW = _ranked_window()
-# The same without the calls of the functions (:held_functions) and the keys
+# The window without the calls of the functions (:held_functions) and the keys
 # (:held_keys, each ``function key``: a function name has no space) that a limit holds
 # back, so that a backlog of them does not hide the calls behind it (``limits``). It
 # reads past those calls in the index: only a claim that they left short runs it.
@@ -628,7 +628,7 @@ class Statements:
         )
 
         # Claims.
-        self.ranked_window = r(_RANKED_WINDOW)
+        self.ranked_window = r(_ranked_window())
         self.ranked_window_unheld = r(_ranked_window(_HELD[dialect.name]))
         self.root_heads = r(_ROOT_HEADS[dialect.name])
         self.running = r(
@@ -957,9 +957,6 @@ class PostgresStatements(Statements):
         self.restart_owned = owned.restart
         self.tail_call_owned = owned.tail_call
         self.count_unstored_owned = owned.count_unstored
-        # With how many destinations the window holds (``claims.may_find_more``).
-        self.ranked_window = r(_ranked_window(destinations=True))
-        self.ranked_window_unheld = r(_ranked_window(_HELD["postgres"], destinations=True))
         # The first :wanted of :ids (in that order) still claimable, locked (those
         # another claim holds skipped) and leased at once: a locked row is checked as
         # it is now, after any claim that won (PostgreSQL evaluates the condition again
