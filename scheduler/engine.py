@@ -262,6 +262,7 @@ class Engine:
             free = self.concurrency - len(self._running) - self._reserved.total()
             asked = 0
             claimed: list[Claimed] = []
+            looked: float | None = None  # the time of the claim, once it answered
             # Cleared before the claim, not after: a Dispatch that commits while the
             # claim is in flight (and that it may not see) wakes the next wait.
             self._wake.clear()
@@ -270,10 +271,11 @@ class Engine:
                 # and deals no calls that would only be left.
                 asked = min(free, self.limiter.startable(self.concurrency))
                 room = _Rooms(self._unreserved(self.limiter.rooms(self.concurrency)))
+                now = self.clock()
                 try:
                     claimed = await self.store.claim(
                         owner=self.owner,
-                        now=self.clock(),
+                        now=now,
                         limit=asked,
                         lease_seconds=lease_seconds,
                         # The hard cap holds across every process on the store.
@@ -282,6 +284,7 @@ class Engine:
                         # destination within its window and its share of the pool.
                         room=room,
                     )
+                    looked = now
                 except Exception:
                     logger.exception("claiming calls failed; trying again")
                 # Whether a limit left calls waiting: then an attempt that ends frees
@@ -296,8 +299,9 @@ class Engine:
                 # for a dispatch, a finished attempt or a timer.
                 # Until a dispatch or a finished attempt, a retry of ours falls due, or
                 # the idle interval (what other processes' timers wait on) passes.
+                if looked is not None and self._due <= looked:
+                    self._due = float("inf")  # the calls due by then, that claim saw
                 pause = max(0.0, min(self.idle_interval, self._due - self.clock()))
-                self._due = float("inf")
                 with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), pause)
             else:
