@@ -337,8 +337,6 @@ class Api:
             calls = [
                 self._new_call(index, call, now, trace) for index, call in enumerate(request.calls)
             ]
-            # The calls the engine has room for are leased in the Dispatch's own
-            # transaction and started at once, with no claim.
             ids = await self._store_calls(calls, now, request_id) if calls else []
             tracing.dispatched(span, ids)
             self.engine.metrics.dispatched.inc(len(ids))

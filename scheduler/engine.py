@@ -259,7 +259,7 @@ class Engine:
         self._claiming = True
         self._context = contextvars.copy_context()
         while not self._stopping:
-            free = self.concurrency - len(self._running) - self._reserved.total()
+            free = self._free()
             asked = 0
             claimed: list[Claimed] = []
             looked: float | None = None  # the time of the claim, once it answered
@@ -295,10 +295,9 @@ class Engine:
             if free <= 0 and self._running:
                 await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
             elif len(claimed) < asked or free <= 0:
-                # Nothing more ready (or every slot held for Dispatches in flight): wait
-                # for a dispatch, a finished attempt or a timer.
-                # Until a dispatch or a finished attempt, a retry of ours falls due, or
-                # the idle interval (what other processes' timers wait on) passes.
+                # Nothing more ready (or every slot held for Dispatches in flight): until
+                # a dispatch or a finished attempt, a call of ours falls due, or the idle
+                # interval (what other processes' timers wait on) passes.
                 if looked is not None and self._due <= looked:
                     self._due = float("inf")  # the calls due by then, that claim saw
                 pause = max(0.0, min(self.idle_interval, self._due - self.clock()))
@@ -324,6 +323,10 @@ class Engine:
         self._roots[item.call.dispatch_id] = item.call.root_id
         task.add_done_callback(functools.partial(self._ran, item.call.dispatch_id))
 
+    def _free(self) -> int:
+        """Slots neither running an attempt nor held for a Dispatch in flight."""
+        return self.concurrency - len(self._running) - self._reserved.total()
+
     def _unreserved(self, room: Callable[[str], int]) -> Callable[[str], int]:
         """``room`` less the slots that Dispatches in flight hold."""
         return lambda key: max(0, room(key) - self._reserved[key])
@@ -337,7 +340,7 @@ class Engine:
         per-destination cap is set (it holds across processes: only a claim counts it)."""
         if not self._claiming or self._stopping or self.limiter.cap is not None:
             return None
-        free = self.concurrency - len(self._running) - self._reserved.total()
+        free = self._free()
         room = self._unreserved(self.limiter.rooms(self.concurrency))
         held: Counter[str] = Counter()
         for call in calls:

@@ -21,7 +21,7 @@ from dispatchlet.scheduler.store.limits import Limits
 from dispatchlet.scheduler.store.memory import MemoryStore
 from postgres_server import fresh_database
 from test_engine_memory import BOUND, ENDPOINT, Answer, Scripted, returning
-from test_store_contract import LEASE, NOW, OK, STORES, call, with_store
+from test_store_contract import LEASE, NOW, OK, STORES, Wakes, call, with_store
 
 Opener = Callable[[], Coroutine[Any, Any, Store]]
 OTHER = "http://127.0.0.2:8000"
@@ -137,9 +137,6 @@ def test_a_follower_is_never_chosen() -> None:
     assert handoff().chosen([follower, NewCall("g", ENDPOINT, b"", NOW + 60)], NOW) == [1]
 
 
-# --- the engine and its API -----------------------------------------------------------
-
-
 def test_postgres_tells_the_other_processes_only_of_calls_left_to_the_claims(
     postgres_server: str,
 ) -> None:
@@ -151,18 +148,10 @@ def test_postgres_tells_the_other_processes_only_of_calls_left_to_the_claims(
 
     async def scenario() -> None:
         dispatcher, listener = await PostgresStore.open(url), await PostgresStore.open(url)
-        woken = asyncio.Event()
-        wakes = 0
-
-        def wake() -> None:
-            nonlocal wakes
-            wakes += 1
-            woken.set()
-
+        wakes = Wakes()
         try:
-            listener.subscribe(wake)
-            await asyncio.wait_for(woken.wait(), BOUND)  # listening: it looks once
-            woken.clear()
+            listener.subscribe(wakes)
+            await wakes.next(BOUND)  # listening: it looks once
             all_handed = handoff()
             await dispatcher.dispatch([call("a"), call("b")], now=NOW, handoff=all_handed)
             assert len(all_handed.claimed) == 2
@@ -171,8 +160,8 @@ def test_postgres_tells_the_other_processes_only_of_calls_left_to_the_claims(
             assert [c.call.dispatch_id for c in one_handed.claimed] == ids[:1]
             # Told in the order of the commits: the first Dispatch's notice, had it sent
             # one, would have come before the second's.
-            await asyncio.wait_for(woken.wait(), BOUND)
-            assert wakes == 2
+            await wakes.next(BOUND)
+            assert wakes.count == 2
             (left,) = await listener.claim(owner="s2", now=NOW, limit=10, lease_seconds=LEASE)
             assert left.call.dispatch_id == ids[1]
         finally:
@@ -207,6 +196,9 @@ def test_postgres_a_handed_lease_has_an_owner_of_its_own(postgres_server: str) -
             await store.close()
 
     asyncio.run(scenario())
+
+
+# --- the engine and its API -----------------------------------------------------------
 
 
 class CountingStore(MemoryStore):

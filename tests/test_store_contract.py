@@ -892,6 +892,23 @@ async def _open_and_close_postgres(url: str) -> None:
     await store.close()
 
 
+class Wakes:
+    """The wake-ups a store's subscriber got (``Store.subscribe``): how many, and
+    ``next`` to wait for the next one."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._woken = asyncio.Event()
+
+    def __call__(self) -> None:
+        self.count += 1
+        self._woken.set()
+
+    async def next(self, timeout: float) -> None:
+        await asyncio.wait_for(self._woken.wait(), timeout)
+        self._woken.clear()
+
+
 def test_postgres_wakes_the_other_processes_when_calls_are_ready(postgres_server: str) -> None:
     from dispatchlet.scheduler.store.postgres import PostgresStore
 
@@ -899,22 +916,14 @@ def test_postgres_wakes_the_other_processes_when_calls_are_ready(postgres_server
 
     async def scenario() -> int:
         dispatcher, listener = await PostgresStore.open(url), await PostgresStore.open(url)
-        woken = asyncio.Event()
-        wakes = 0
-
-        def wake() -> None:
-            nonlocal wakes
-            wakes += 1
-            woken.set()
-
+        wakes = Wakes()
         try:
-            listener.subscribe(wake)
-            await asyncio.wait_for(woken.wait(), 10)  # listening: it looks once
-            woken.clear()
+            listener.subscribe(wakes)
+            await wakes.next(10)  # listening: it looks once
             await dispatcher.dispatch([call()], now=NOW)
             # Told by the database, long before any polling interval would.
-            await asyncio.wait_for(woken.wait(), 10)
-            return wakes
+            await wakes.next(10)
+            return wakes.count
         finally:
             await dispatcher.close()
             await listener.close()

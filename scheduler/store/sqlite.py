@@ -712,11 +712,7 @@ class SQLiteStore:
         return await self._write(update)
 
     async def get(self, dispatch_id: str) -> Call | None:
-        def select(db: sqlite3.Connection) -> Call | None:
-            row = db.execute(SQL.get, {"id": dispatch_id}).fetchone()
-            return None if row is None else call_from_row(row)
-
-        return await self._lookup(select)
+        return await self._lookup(lambda db: _call_of(db, dispatch_id))
 
     async def children(self, parent_id: str) -> list[Child]:
         def select(db: sqlite3.Connection) -> list[Child]:
@@ -726,20 +722,14 @@ class SQLiteStore:
         return await self._select(select)
 
     async def history(self, dispatch_id: str) -> AttemptHistory:
-        def select(db: sqlite3.Connection) -> AttemptHistory:
-            return history_of(db.execute(SQL.history, {"id": dispatch_id}).fetchall())
-
-        return await self._lookup(select)
+        return await self._lookup(lambda db: _history_of(db, dispatch_id))
 
     async def get_with_history(self, dispatch_id: str) -> tuple[Call, AttemptHistory] | None:
         def select(db: sqlite3.Connection) -> tuple[Call, AttemptHistory] | None:
-            row = db.execute(SQL.get, {"id": dispatch_id}).fetchone()
-            if row is None:
-                return None
-            history = history_of(db.execute(SQL.history, {"id": dispatch_id}).fetchall())
-            return call_from_row(row), history
+            call = _call_of(db, dispatch_id)
+            return None if call is None else (call, _history_of(db, dispatch_id))
 
-        return await self._lookup(select)  # both, with no hop to a reading thread
+        return await self._lookup(select)
 
     async def list(
         self,
@@ -1038,6 +1028,15 @@ def _dispatch(
         chosen = [stored[index] for index in handoff.chosen(keyed.fresh, now)]
         handed = _lease(db, chosen, handoff.owner, now + handoff.lease_seconds)
     return ids, handed
+
+
+def _call_of(db: sqlite3.Connection, dispatch_id: str) -> Call | None:
+    row = db.execute(SQL.get, {"id": dispatch_id}).fetchone()
+    return None if row is None else call_from_row(row)
+
+
+def _history_of(db: sqlite3.Connection, dispatch_id: str) -> AttemptHistory:
+    return history_of(db.execute(SQL.history, {"id": dispatch_id}).fetchall())
 
 
 def _lease(db: sqlite3.Connection, ids: Sequence[str], owner: str, expires: float) -> list[Claimed]:
