@@ -354,16 +354,22 @@ class Engine:
             return None
         self._reserved.update(held)
         lease_seconds = self.attempt_timeout + self.lease_margin
-        handoff = Handoff(self.owner, lease_seconds, held.total(), held.__getitem__)
+        handoff = Handoff(
+            self.owner, lease_seconds, held.total(), held.__getitem__, committed=self.handed
+        )
         self._holds[id(handoff)] = held
         return handoff
 
     def handed(self, handoff: Handoff | None) -> None:
         """Start the attempts of the calls ``handoff`` leased (none if the Dispatch
-        failed), and give back the slots it held."""
+        failed), and give back the slots it held: once, when the store says the leases
+        committed or, at the latest, when the Dispatch returns."""
         if handoff is None:
             return
-        self._reserved -= self._holds.pop(id(handoff), Counter())
+        held = self._holds.pop(id(handoff), None)
+        if held is None:
+            return  # started already
+        self._reserved -= held
         for item in handoff.claimed:
             self._start(item)
 

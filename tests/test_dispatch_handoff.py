@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from dispatchlet.scheduler.engine import Engine
 from dispatchlet.scheduler.store import Claimed, Handoff, NewCall, RequestId, State, Store
 from dispatchlet.scheduler.store.limits import Limits
 from dispatchlet.scheduler.store.memory import MemoryStore
+from dispatchlet.scheduler.store.sqlite import SQLiteStore
 from postgres_server import fresh_database
 from test_engine_memory import BOUND, ENDPOINT, Answer, Scripted, returning
 from test_store_contract import LEASE, NOW, OK, STORES, Wakes, call, with_store
@@ -360,5 +362,46 @@ def test_nothing_is_handed_to_an_engine_that_is_not_running() -> None:
         engine = Engine(store, Scripted())
         assert engine.handoff([NewCall("f", ENDPOINT, b"", NOW + 60)], NOW) is None
         await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_on_sqlite_a_handed_call_starts_while_its_dispatch_is_synced_to_disk(
+    tmp_path: Path,
+) -> None:
+    """The attempt is under way before the fsync that makes the Dispatch durable ends;
+    the Dispatch is answered after it, and the attempt started once."""
+
+    async def scenario() -> None:
+        store = await SQLiteStore.open(tmp_path / "scheduler.db")
+        caller = Scripted(answers={"f": returning(b"ok")})
+        engine = Engine(store, caller, idle_interval=3600.0)
+        task = asyncio.create_task(engine.run())
+        syncing, go = threading.Event(), threading.Event()
+        sync = store._writer._sync
+        try:
+            api = Api(store, engine, insecure=True)
+            await api.dispatch(dispatch_request("f"), {})  # the claim loop runs
+            await until(lambda: len(caller.attempts) == 1, "the first attempt")
+
+            def held() -> None:
+                syncing.set()
+                go.wait(BOUND)
+                sync()
+
+            store._writer._sync = held
+            request = asyncio.create_task(api.dispatch(dispatch_request("f"), {}))
+            assert await asyncio.to_thread(syncing.wait, BOUND), "no fsync began"
+            await until(lambda: len(caller.attempts) == 2, "an attempt during the fsync")
+            assert not request.done()
+            go.set()
+            (dispatch_id,) = (await request).dispatch_ids
+            await finished(store, engine, dispatch_id)
+            assert [a.request.dispatch_id for a in caller.of(dispatch_id)] == [dispatch_id]
+        finally:
+            go.set()
+            engine.stop()
+            await asyncio.wait_for(task, BOUND)
+            await store.close()
 
     asyncio.run(scenario())

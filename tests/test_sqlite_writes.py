@@ -1,7 +1,7 @@
 """How the SQLite store commits its writes: leases without an fsync of their own, every
-other write with one; writes that queue up behind a commit taken into one transaction,
-each atomic on its own, none answered before the commit, all failed by an error that
-ends the transaction."""
+other write with one (of the WAL file, after its COMMIT); writes that queue up behind a
+commit taken into one transaction, each atomic on its own, none answered before the
+commit, all failed by an error that ends the transaction."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import pytest
 from dispatchlet.scheduler.calls import destination
 from dispatchlet.scheduler.store import (
     DatabaseBroken,
+    Handoff,
     Lease,
     NewCall,
     RequestId,
@@ -24,6 +25,7 @@ from dispatchlet.scheduler.store import (
     TreeBounds,
     TreeLimitExceeded,
 )
+from dispatchlet.scheduler.store import sqlite as sqlite_store
 from dispatchlet.scheduler.store.limits import Limits
 from dispatchlet.scheduler.store.sqlite import SQL, SQLiteStore
 
@@ -32,7 +34,7 @@ NOW = 1_800_000_000.0
 LEASE = 30.0
 OK = 1
 WAIT = 60.0
-FULL, NORMAL = 2, 1  # PRAGMA synchronous
+FULL, NORMAL = "synced", "not synced"  # a COMMIT, then an fsync of the WAL or none
 
 
 def call(function: str = "f", **fields: Any) -> NewCall:
@@ -43,14 +45,14 @@ def call(function: str = "f", **fields: Any) -> NewCall:
 
 
 class Watched:
-    """The store's connection seen from its writer thread: each statement, the
-    ``synchronous`` level in force at each COMMIT (read inside the transaction), and
-    errors raised in place of chosen statements."""
+    """The store's connection seen from its writer thread: each statement, whether each
+    COMMIT was followed by the writer's fsync of the WAL (``FULL``) or not, and errors
+    raised in place of chosen statements."""
 
     def __init__(self, real: sqlite3.Connection) -> None:
         self.real = real
         self.statements: list[str] = []
-        self.commits: list[int] = []
+        self.commits: list[str] = []
         self.faults: dict[str, Exception] = {}
         """A statement, and the error raised once in its place."""
         self.at_commit: Callable[[], None] = lambda: None
@@ -64,9 +66,19 @@ class Watched:
     def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
         self._fault(sql)
         if sql == "COMMIT":
-            self.commits.append(self.real.execute("PRAGMA synchronous").fetchone()[0])
+            self.commits.append(NORMAL)
             self.at_commit()
         return self.real.execute(sql, *args)
+
+    def synced(self, sync: Callable[[], None]) -> Callable[[], None]:
+        """``sync``, marking the last COMMIT as followed by it."""
+
+        def marked() -> None:
+            sync()
+            self.statements.append("fsync WAL")
+            self.commits[-1] = FULL
+
+        return marked
 
     def executemany(self, sql: str, rows: Iterable[Any]) -> sqlite3.Cursor:
         self._fault(sql)
@@ -84,6 +96,7 @@ async def opened(path: Path) -> tuple[SQLiteStore, Watched]:
     assert store._connection is not None
     watched = Watched(store._connection)
     store._connection = watched  # type: ignore[assignment]
+    store._writer._sync = watched.synced(store._writer._sync)
     return store, watched
 
 
@@ -98,8 +111,8 @@ def with_store(path: Path, body: Callable[[SQLiteStore, Watched], Coroutine[Any,
     return asyncio.run(scenario())
 
 
-async def committed_under(watched: Watched, write: Coroutine[Any, Any, T]) -> tuple[list[int], T]:
-    """The ``synchronous`` level of each COMMIT ``write`` made, and its result."""
+async def committed_under(watched: Watched, write: Coroutine[Any, Any, T]) -> tuple[list[str], T]:
+    """Whether each COMMIT ``write`` made was synced to disk, and its result."""
     before = len(watched.commits)
     result = await write
     return watched.commits[before:], result
@@ -154,8 +167,6 @@ def test_a_claim_that_failed_leaves_the_connection_committing_with_an_fsync(
         watched.faults[SQL.claim] = sqlite3.OperationalError("disk I/O error")
         with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
             await store.claim(owner="p", now=NOW + 0.1, limit=1, lease_seconds=LEASE)
-        level = await store._run(lambda: watched.real.execute("PRAGMA synchronous").fetchone())
-        assert level == (FULL,)
         levels, _ = await committed_under(watched, store.dispatch([call()], now=NOW + 0.2))
         assert levels == [FULL]
         levels, claimed = await committed_under(
@@ -396,3 +407,111 @@ def test_a_claim_left_short_deals_the_whole_window_to_find_a_destination_behind(
         return {c.call.endpoint for c in claimed}, window_reads(watched, before)
 
     assert with_store(tmp_path / "scheduler.db", body) == ({free}, 2)
+
+
+def test_a_durable_commit_is_made_durable_by_an_fsync_of_the_wal_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection commits with ``synchronous = NORMAL`` (no fsync in the COMMIT):
+    the writer's own fsync is what puts a durable write on disk, so it must be of the
+    file SQLite appends the commits to, and of that file alone."""
+    path = tmp_path / "scheduler.db"
+    synced: list[tuple[int, int]] = []
+    real = sqlite_store._fdatasync
+
+    def recorded(descriptor: int) -> None:
+        opened = os.fstat(descriptor)
+        synced.append((opened.st_dev, opened.st_ino))
+        real(descriptor)
+
+    monkeypatch.setattr(sqlite_store, "_fdatasync", recorded)
+
+    async def body(store: SQLiteStore, watched: Watched) -> None:
+        level = await store._run(lambda: watched.real.execute("PRAGMA synchronous").fetchone())
+        assert level == (1,)  # NORMAL
+        await store.dispatch([call()], now=NOW)
+        wal = os.stat(f"{path}-wal")
+        assert synced == [(wal.st_dev, wal.st_ino)]
+        await store.claim(owner="p", now=NOW + 0.1, limit=1, lease_seconds=LEASE)
+        assert len(synced) == 1  # a lease has no fsync of its own
+
+    with_store(path, body)
+
+
+def test_a_wal_file_made_anew_is_the_one_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "scheduler.db"
+    synced: list[int] = []
+    real = sqlite_store._fdatasync
+
+    def recorded(descriptor: int) -> None:
+        synced.append(os.fstat(descriptor).st_ino)
+        real(descriptor)
+
+    monkeypatch.setattr(sqlite_store, "_fdatasync", recorded)
+
+    async def body(store: SQLiteStore, watched: Watched) -> None:
+        await store.dispatch([call()], now=NOW)
+        # Another WAL file at the path (as when every connection closed and a new one
+        # began): syncing the old one would leave the new commits off the disk.
+        await store._run(lambda: watched.real.execute("PRAGMA journal_mode = DELETE"))
+        await store._run(lambda: watched.real.execute("PRAGMA journal_mode = WAL"))
+        await store.dispatch([call()], now=NOW + 0.1)
+        assert synced[-1] == os.stat(f"{path}-wal").st_ino
+
+    with_store(path, body)
+
+
+def test_a_wal_file_that_cannot_be_synced_breaks_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(descriptor: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    async def body(store: SQLiteStore, watched: Watched) -> None:
+        await store.dispatch([call()], now=NOW)
+        monkeypatch.setattr(sqlite_store, "_fdatasync", failing)
+        with pytest.raises(DatabaseBroken, match="could not be synced to disk"):
+            await store.dispatch([call()], now=NOW + 0.1)
+        monkeypatch.undo()
+        # Not acknowledged, and none after it: what it committed may not be on disk.
+        with pytest.raises(DatabaseBroken, match="could not be synced to disk"):
+            await store.dispatch([call()], now=NOW + 0.2)
+        assert await store.claim(owner="p", now=NOW + 0.3, limit=5, lease_seconds=LEASE) == []
+
+    with_store(tmp_path / "scheduler.db", body)
+
+
+def test_a_handoff_is_told_its_leases_committed_before_the_fsync_and_answered_after(
+    tmp_path: Path,
+) -> None:
+    """The calls a Dispatch hands over may start while its commit is synced to disk;
+    the Dispatch itself returns (and is acknowledged) only once it is."""
+
+    async def body(store: SQLiteStore, watched: Watched) -> None:
+        syncing, go = threading.Event(), threading.Event()
+        sync = store._writer._sync
+
+        def held() -> None:
+            syncing.set()
+            go.wait(WAIT)
+            sync()
+
+        store._writer._sync = held
+        told = asyncio.Event()
+        handoff = Handoff("s1", LEASE, 5, lambda _: 5, committed=lambda _: told.set())
+        dispatching = asyncio.create_task(store.dispatch([call("a")], now=NOW, handoff=handoff))
+        try:
+            assert await asyncio.to_thread(syncing.wait, WAIT), "no fsync began"
+            await asyncio.wait_for(told.wait(), WAIT)
+            assert [c.call.function for c in handoff.claimed] == ["a"]
+            await asyncio.sleep(0.05)  # a chance to return early, which it must not take
+            assert not dispatching.done()
+        finally:
+            go.set()
+        (dispatch_id,) = await dispatching
+        assert [c.call.dispatch_id for c in handoff.claimed] == [dispatch_id]
+        assert watched.commits == [FULL]
+
+    with_store(tmp_path / "scheduler.db", body)

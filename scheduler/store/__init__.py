@@ -295,13 +295,17 @@ class Handoff:
     an expiry, lapsing as any other. Only ``handable`` calls stored by this Dispatch
     (not the duplicates of an earlier request or key), at most ``limit`` in all and
     ``room(destination)`` per destination, in the order given; the others stay ready
-    for the claim loop. The store fills ``claimed`` once the transaction committed."""
+    for the claim loop. The store fills ``claimed`` once the transaction committed, and
+    may then call ``committed`` (on the event loop) before the Dispatch returns: the
+    SQLite store does while its commit is synced to disk, so that the calls start
+    meanwhile (their Dispatch is still answered only once it is durable)."""
 
     owner: str
     lease_seconds: float
     limit: int
     room: Callable[[str], int]
     claimed: builtins.list[Claimed] = field(default_factory=builtins.list)
+    committed: Callable[[Handoff], None] | None = None
 
     def chosen(self, calls: Sequence[NewCall], now: float) -> builtins.list[int]:
         """The indexes of ``calls`` (the ones the Dispatch stores, in order) to lease."""

@@ -1,8 +1,10 @@
 """The embedded store: one SQLite database file, for one scheduler process.
 
-Durability: WAL journal with ``synchronous=FULL``, so a transaction that returned is on
-disk (fsync) before the scheduler acknowledges anything it holds; but for leases (a
-claim, an extension), which need not outlive a power loss and commit without an fsync
+Durability: WAL journal, each durable transaction's COMMIT followed by an fsync of the
+WAL file (what ``synchronous=FULL`` does inside the COMMIT, done by the writer itself so
+that a Dispatch's handed-over calls start while it runs), so a transaction that
+returned is on disk before the scheduler acknowledges anything it holds; but for leases
+(a claim, an extension), which need not outlive a power loss and commit without an fsync
 of their own (``sqlite_writer``). Every write runs on one thread of its own, in order, each
 atomic; writes that queue up are committed together (group commit); the asyncio side
 awaits its write's commit.
@@ -211,10 +213,12 @@ class SQLiteStore:
         self._lock = threading.Lock()
         self._file: int | None = None
         """A descriptor of the database file opened, to tell it from the path's file."""
+        self._wal: int | None = None
+        """A descriptor of the WAL file, for its fsync (``_sync_wal``)."""
         self._broken: str | None = None
         """Why the database may no longer be used, once it may not."""
         self._writer = Writer(
-            self._executor, lambda: self._connection, self._check_file, MARK_EVERY
+            self._executor, lambda: self._connection, self._check_file, self._sync_wal, MARK_EVERY
         )
         self._starts_recorded = False
         """Whether the last claim recorded rate-limited starts (the next one likely will)."""
@@ -275,6 +279,31 @@ class SQLiteStore:
         (mark,) = connection.execute("SELECT max(mark) FROM clock").fetchone()
         if mark:
             self._written_until = mark + MARK_EVERY
+        if not memory and MANUAL_SYNC:
+            # From here the writer syncs the WAL itself after each durable COMMIT.
+            connection.execute("PRAGMA synchronous = NORMAL")
+
+    def _sync_wal(self) -> None:
+        """Put every commit so far on disk: an fsync of the WAL file, as
+        ``synchronous = FULL`` does at each COMMIT (the writer thread's). A failed one
+        breaks the store: what it committed may not be on disk, and later commits
+        cannot say otherwise (an fsync error is reported once)."""
+        if self._file is None or not MANUAL_SYNC:
+            return  # in memory, or the COMMIT synced (``synchronous = FULL``)
+        wal = self.path + "-wal"
+        try:
+            if self._wal is not None and not _same_file(self._wal, wal):
+                os.close(self._wal)  # a WAL file made anew: sync that one
+                self._wal = None
+            if self._wal is None:
+                self._wal = os.open(wal, os.O_RDONLY)
+            _fdatasync(self._wal)
+        except OSError as exc:
+            raise self._break(
+                f"the database's WAL file {wal} could not be synced to disk ({exc}): what "
+                "the scheduler committed last may not be on disk, so it accepts no calls "
+                "and claims none. Check the disk, then restart it"
+            ) from exc
 
     def written_until(self) -> float | None:
         """A time later than every time an earlier process wrote in this database (ready
@@ -414,12 +443,14 @@ class SQLiteStore:
         now: float | None = None,
         *,
         durable: bool = True,
+        committed: Callable[[T], None] | None = None,
     ) -> T:
         """``fn`` in a transaction of the writer's, once committed (with an fsync if
-        ``durable``); ``now``, the time it writes by, recorded as the latest written if it
-        is ``MARK_EVERY`` past the last one (see ``written_until``)."""
+        ``durable``; ``committed`` told before it); ``now``, the time it writes by,
+        recorded as the latest written if it is ``MARK_EVERY`` past the last one (see
+        ``written_until``)."""
         try:
-            return await self._writer.write(fn, now, durable=durable)
+            return await self._writer.write(fn, now, durable=durable, committed=committed)
         except sqlite3.DatabaseError as exc:
             if not corrupt(exc):
                 raise
@@ -438,9 +469,15 @@ class SQLiteStore:
         def insert(db: sqlite3.Connection) -> tuple[list[str], list[Claimed]]:
             return _dispatch(db, calls, now, request, handoff)
 
+        def committed(result: tuple[list[str], list[Claimed]]) -> None:
+            if handoff is not None:
+                handoff.claimed = result[1]
+                if handoff.committed is not None:
+                    handoff.committed(handoff)  # while the commit is synced to disk
+
         # One writer at a time: a duplicate finds the first one's rows, never races them.
         # The leases of a handoff ride in the Dispatch's durable commit.
-        ids, handed = await self._write(insert, now)
+        ids, handed = await self._write(insert, now, committed=committed)
         if handoff is not None:
             handoff.claimed = handed  # only once committed
         return ids
@@ -968,9 +1005,27 @@ class SQLiteStore:
             await self._run(shut)
         finally:
             self._executor.shutdown(wait=True)
-            if self._file is not None:
-                os.close(self._file)
-                self._file = None
+            for descriptor in (self._file, self._wal):
+                if descriptor is not None:
+                    os.close(descriptor)
+            self._file = self._wal = None
+
+
+MANUAL_SYNC = os.name == "posix"
+"""Whether the writer syncs the WAL itself after a durable COMMIT; elsewhere (Windows)
+the COMMIT does, with ``synchronous = FULL``, and a Dispatch's handed-over calls start
+after it."""
+_fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync; SQLite uses fsync
+
+
+def _same_file(descriptor: int, path: str) -> bool:
+    """Whether ``path`` is still the file ``descriptor`` was opened on."""
+    opened = os.fstat(descriptor)
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 _REPAIR = (

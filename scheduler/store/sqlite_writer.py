@@ -8,11 +8,16 @@ raises is rolled back to it, alone, and the others go on), one clock mark, one
 error that aborts the transaction (I/O, disk full, damage, the file replaced) fails
 every write of it, as it would have failed each alone.
 
-Durability: a transaction is committed with ``synchronous = FULL`` (one fsync of the
-WAL) if any of its writes must be durable, or if it records the clock mark; a batch of
-writes that need not be (claims, a lease's extension: losing one on a power
-loss only makes a call ready again) commits with ``NORMAL``, no fsync of its own. The
-next durable commit's fsync makes them durable too, as WAL recovery keeps a checksummed
+Durability: the connection commits with ``synchronous = NORMAL`` (no fsync in the
+COMMIT), and a transaction any of whose writes must be durable, or that records the
+clock mark, is made so by the thread itself right after its COMMIT: one ``fdatasync`` of
+the WAL file (``sync``), what ``synchronous = FULL`` does at each COMMIT; only then are
+its writes answered. In between, a write may be told it committed (``committed``): a
+Dispatch's handed-over calls start while the fsync runs, and their Dispatch is answered
+once it is on disk (lost to a power loss, the Dispatch was never acknowledged, and its
+client sends it again). A batch of writes that need not be durable (claims, a lease's
+extension: losing one on a power loss only makes a call ready again) has no fsync of
+its own. The next fsync makes them durable too, as WAL recovery keeps a checksummed
 prefix; a SIGKILL loses nothing either way, the operating system has the pages.
 """
 
@@ -51,6 +56,8 @@ class Write(Generic[T]):
     durable: bool
     future: asyncio.Future[T]
     loop: asyncio.AbstractEventLoop = field(repr=False)
+    committed: Callable[[T], None] | None = None
+    """Called on the loop with the result once committed, before the fsync."""
 
 
 Outcome = tuple[Write[Any], bool, Any]
@@ -59,19 +66,22 @@ Outcome = tuple[Write[Any], bool, Any]
 
 class Writer:
     """Runs writes on ``executor`` (one thread) against ``connection()``, checking the
-    file with ``check()`` before each transaction; ``now``, the time a write writes by,
-    recorded in ``clock`` when it is ``mark_every`` past the last mark."""
+    file with ``check()`` before each transaction and making a durable one's COMMIT
+    durable with ``sync()``; ``now``, the time a write writes by, recorded in ``clock``
+    when it is ``mark_every`` past the last mark."""
 
     def __init__(
         self,
         executor: Executor,
         connection: Callable[[], sqlite3.Connection | None],
         check: Callable[[], None],
+        sync: Callable[[], None],
         mark_every: float,
     ) -> None:
         self._executor = executor
         self._connection = connection
         self._check = check
+        self._sync = sync
         self._mark_every = mark_every
         self._marked = float("-inf")
         """The latest time recorded in ``clock`` by this process."""
@@ -79,18 +89,22 @@ class Writer:
         self._lock = threading.Lock()
         self._draining = False
         self.durable = True
-        """Whether the transaction under way commits with an fsync (the thread's own)."""
-        self._normal = False
-        """Whether the connection may still be at ``synchronous = NORMAL``: set back to
-        ``FULL`` before the next durable transaction (a failed ROLLBACK can leave it)."""
+        """Whether the transaction under way is made durable (the thread's own)."""
 
     async def write(
-        self, fn: Callable[[sqlite3.Connection], T], now: float | None, *, durable: bool = True
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        now: float | None,
+        *,
+        durable: bool = True,
+        committed: Callable[[T], None] | None = None,
     ) -> T:
-        """``fn``'s result once the transaction that ran it committed."""
+        """``fn``'s result once the transaction that ran it committed (and, if
+        ``durable``, is on disk); ``committed(result)`` called on this loop as soon as
+        it committed, before its fsync."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        write = Write(fn, now, durable, future, loop)
+        write = Write(fn, now, durable, future, loop, committed)
         with self._lock:
             self._queue.append(write)
             start = not self._draining
@@ -156,11 +170,6 @@ class Writer:
         now = max((write.now for write in batch if write.now is not None), default=None)
         marking = now is not None and now >= self._marked + self._mark_every
         self.durable = marking or any(write.durable for write in batch)
-        if self.durable and self._normal:
-            self._restore(connection)  # raises, failing the batch, if it cannot
-        elif not self.durable:
-            self._normal = True
-            connection.execute("PRAGMA synchronous = NORMAL")
         try:
             connection.execute("BEGIN IMMEDIATE")
             try:
@@ -176,23 +185,16 @@ class Writer:
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
                 raise
+            _tell_committed(outcomes)
+            if self.durable:
+                self._sync()
         finally:
-            if not self.durable:
-                with contextlib.suppress(sqlite3.Error):
-                    # Still in a transaction its ROLLBACK could not end: the error that
-                    # did it is the one raised; the next transaction restores it.
-                    self._restore(connection)
             self.durable = True
         if marking and now is not None:
             self._marked = now
         for write in again:
             write.durable = True
         return outcomes, again
-
-    def _restore(self, connection: sqlite3.Connection) -> None:
-        """Every transaction but those that choose otherwise commits with an fsync."""
-        connection.execute("PRAGMA synchronous = FULL")
-        self._normal = False
 
 
 def _each(
@@ -229,6 +231,15 @@ def _aborts(exc: Exception) -> bool:
     return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
         exc, sqlite3.IntegrityError | sqlite3.ProgrammingError | sqlite3.InterfaceError
     )
+
+
+def _tell_committed(outcomes: list[Outcome]) -> None:
+    """Tell the writes that asked, on their loops, that they committed."""
+    for write, ok, value in outcomes:
+        if ok and write.committed is not None:
+            # A loop closed has nobody waiting any more.
+            with contextlib.suppress(RuntimeError):
+                write.loop.call_soon_threadsafe(write.committed, value)
 
 
 def _settle(outcomes: list[Outcome]) -> None:
