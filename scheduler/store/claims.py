@@ -33,6 +33,21 @@ def needs_root_heads(ready: int, roots: int, window: int, limit: int) -> bool:
     return ready >= window and roots < 4 * limit
 
 
+def oldest_apart(rows: Sequence[Sequence[Any]]) -> list[tuple[str, str]] | None:
+    """The round-robin order of a claim's window, from the oldest :count claimable
+    ``(dispatch_id, root_id, destination, ready_at, seq, state, limited)`` rows of each
+    state, as ``(dispatch_id, destination)``; when these alone decide its first :count:
+    all ready (none lapsed or due, whose own order is not ``ready_at``), none with
+    limits, each of another root. Then each is its root's oldest, so first in its turn,
+    and every other root's oldest comes after them. None when they do not (the whole
+    window is read)."""
+    if any(row[5] != "ready" or row[6] for row in rows):
+        return None
+    if len({row[1] for row in rows}) < len(rows):
+        return None
+    return [(row[0], row[2]) for row in sorted(rows, key=lambda row: (row[3], row[4]))]
+
+
 def in_turns(rows: Iterable[Sequence[Any]], count: int) -> list[tuple[str, str]]:
     """Of claimable ``(dispatch_id, root_id, destination, ready_at, seq)`` rows, the first
     ``count`` as ``(dispatch_id, destination)`` in round-robin order: each root's oldest

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import json
 import logging
 import os
 import sqlite3
@@ -77,6 +78,7 @@ from .claims import (
     in_turns,
     may_find_more,
     needs_root_heads,
+    oldest_apart,
 )
 from .idempotency import (
     IdempotencyStatements,
@@ -222,6 +224,8 @@ class SQLiteStore:
         )
         self._starts_recorded = False
         """Whether the last claim recorded rate-limited starts (the next one likely will)."""
+        self._apart_skips = 0
+        """How many more claims read their window at once (``_apart`` found it needed)."""
         self._written_until: float | None = None
 
     @classmethod
@@ -531,6 +535,10 @@ class SQLiteStore:
             window = claim_window(limit)
             count = 4 * wanted
             admitted = Admitted([])
+            if not held:
+                apart = self._apart(db, now, (count, window), wanted, cap, room)
+                if apart is not None:
+                    return apart, {}, False, admitted
             # More candidates than the batch: some destinations may be full.
             for dealt in claim_candidates(wanted):
                 params = {"now": now, "window": window, "roots": count, "count": dealt}
@@ -580,6 +588,45 @@ class SQLiteStore:
         # loses nothing, the operating system has the pages).
         durable, self._starts_recorded = self._starts_recorded, False
         return await self._write(lease, now, durable=durable)
+
+    def _apart(
+        self,
+        db: sqlite3.Connection,
+        now: float,
+        sizes: tuple[int, int],
+        wanted: int,
+        cap: int | None,
+        room: Callable[[str], int] | None,
+    ) -> list[str] | None:
+        """A claim's calls from the oldest ``count`` claimable ones alone, when they are
+        all ready calls of roots apart (``oldest_apart``) and enough of them fit, or no
+        more could come from the ``window`` (a thousand calls and more), which then is
+        not read. None when it must be; then the next few claims read it at once."""
+        count, window = sizes
+        if self._apart_skips:
+            self._apart_skips -= 1
+            return None
+        found = db.execute(SQL.oldest_claimable, {"now": now, "window": count}).fetchall()
+        rows = oldest_apart(found)
+        if rows is not None:
+            running = {} if cap is None else _running(db, {w for _, w in rows}, now)
+            ids = fitting(rows, cap=cap, running=running, room=room)
+            if len(ids) >= wanted or len(found) < count:
+                return ids
+            # Left short by full destinations: the window could only deal calls of
+            # another one (the claim reads it then), as ``choose`` would find.
+            seen = {where for _, where in rows}
+            params = {
+                "now": now,
+                "window": window,
+                "destinations": json.dumps(sorted(seen)),
+            }
+            other = bool(db.execute(SQL.other_destination, params).fetchall())
+            destinations = len(seen) + other
+            if not may_find_more(rows, ids, destinations, cap=cap, running=running, room=room):
+                return ids
+        self._apart_skips = APART_SKIPS
+        return None
 
     async def release(self, lease: Lease, *, ready_at: float) -> bool:
         def update(db: sqlite3.Connection) -> bool:
@@ -1011,6 +1058,9 @@ class SQLiteStore:
             self._file = self._wal = None
 
 
+APART_SKIPS = 8
+"""How many claims after one whose oldest calls did not decide it read their window at
+once, rather than try the oldest first again (a fan-out of one root, limits)."""
 MANUAL_SYNC = os.name == "posix"
 """Whether the writer syncs the WAL itself after a durable COMMIT; elsewhere (Windows)
 the COMMIT does, with ``synchronous = FULL``, and a Dispatch's handed-over calls start

@@ -476,6 +476,18 @@ _HELD = {
         " AND function || ' ' || concurrency_key <> ALL(:held_keys::text[])"
     ),
 }
+# Whether the window's ready calls hold one of another destination than :destinations
+# (``claims.may_find_more``, for a claim that its oldest calls decided): it reads no
+# further than the first one, at most the window.
+_OTHER_DESTINATION = (
+    "SELECT 1 FROM (SELECT destination FROM {calls} WHERE state = 'ready'"
+    "  AND ready_at <= :now ORDER BY ready_at, {seq} LIMIT :window) AS ready"
+    " WHERE destination NOT IN ({destinations}) LIMIT 1"
+)
+_DESTINATIONS = {
+    "sqlite": "SELECT value FROM json_each(:destinations)",
+    "postgres": "SELECT unnest(:destinations::text[])",
+}
 # The oldest ready call of each of the first :roots roots that have ready calls: a skip
 # scan of the (root_id, ready_at) index, one seek per root, in each database's form.
 _ROOT_HEADS = {
@@ -628,6 +640,10 @@ class Statements:
         )
 
         # Claims.
+        self.oldest_claimable = r(_oldest_claimable())
+        self.other_destination = r(
+            _OTHER_DESTINATION.replace("{destinations}", _DESTINATIONS[dialect.name])
+        )
         self.ranked_window = r(_ranked_window())
         self.ranked_window_unheld = r(_ranked_window(_HELD[dialect.name]))
         self.root_heads = r(_ROOT_HEADS[dialect.name])
