@@ -123,6 +123,7 @@ from .statements import (
     PostgresStatements,
     PurgeStatements,
     Step,
+    as_columns,
     attempt_params,
     fenced,
     rows_to_insert,
@@ -1282,10 +1283,16 @@ async def _record_starts(
 
 async def _insert(db: Connection, calls: Sequence[NewCall], now: float) -> list[str]:
     ids, rows = rows_to_insert(calls, now)
-    if rows:
-        async with db.cursor() as cursor:
-            await cursor.executemany(SQL.insert, rows)
+    await _insert_rows(db, rows)
     return ids
+
+
+async def _insert_rows(db: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """``rows`` inserted in one statement (a row alone, in the plain one)."""
+    if len(rows) == 1:
+        await db.execute(SQL.insert, rows[0])
+    elif rows:
+        await db.execute(SQL.insert_rows, as_columns(rows))
 
 
 async def _insert_keyed(db: Connection, children: Sequence[NewCall], now: float) -> list[str]:
@@ -1294,10 +1301,10 @@ async def _insert_keyed(db: Connection, children: Sequence[NewCall], now: float)
     found = await (await db.execute(IDEMPOTENCY.find_keys, params)).fetchall()
     keyed = KeyedChildren(children, {key: dispatch_id for key, dispatch_id in found})
     ids, rows = keyed.rows(now)
-    async with db.cursor() as cursor:
-        await cursor.executemany(SQL.insert, rows)
-        new_keys = keyed.new_keys(ids)
-        if new_keys:
+    await _insert_rows(db, rows)
+    new_keys = keyed.new_keys(ids)
+    if new_keys:
+        async with db.cursor() as cursor:
             await cursor.executemany(IDEMPOTENCY.insert_key, new_keys)
     return ids
 
