@@ -4,13 +4,16 @@ same order, as the round-robin over the whole window would give."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
 from dispatchlet.scheduler.store.claims import in_turns, oldest_apart
 from dispatchlet.scheduler.store.sqlite import SQL, SQLiteStore
 from hypothesis import given
 from hypothesis import strategies as st
+from postgres_server import fresh_database
 from test_sqlite_writes import LEASE, NOW, Watched, call, window_reads, with_store
 
 Row = tuple[str, str, str, float, int, str, int]
@@ -88,3 +91,38 @@ def test_a_fan_out_is_dealt_in_turns_and_the_next_claims_read_the_window_at_once
     first, expected, reads = with_store(tmp_path / "scheduler.db", body)
     assert first == expected
     assert reads == [(1, 1), (0, 1), (0, 1)]
+
+
+def test_on_postgres_the_oldest_calls_decide_a_claim_too(
+    postgres_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With and without a cap (which the oldest calls' destinations are counted
+    against), and a fan-out after them sends the next claims to the window."""
+    from dispatchlet.scheduler.store.postgres import PostgresStore
+
+    decided: list[bool] = []
+    apart = PostgresStore._apart
+
+    async def recorded(self: PostgresStore, *args: Any) -> list[str] | None:
+        ids = await apart(self, *args)
+        decided.append(ids is not None)
+        return ids
+
+    monkeypatch.setattr(PostgresStore, "_apart", recorded)
+    url = fresh_database(postgres_server)
+
+    async def scenario() -> None:
+        store = await PostgresStore.open(url)
+        try:
+            ids = await store.dispatch([call(f"f{n}") for n in range(30)], now=NOW)
+            first = await store.claim(owner="p", now=NOW, limit=5, lease_seconds=LEASE)
+            capped = await store.claim(owner="p", now=NOW, limit=5, lease_seconds=LEASE, cap=8)
+            assert [c.call.dispatch_id for c in [*first, *capped]] == ids[:8]
+            assert decided == [True, True]
+            await store.dispatch([call("fan", root_id="root-1") for _ in range(30)], now=NOW)
+            await store.claim(owner="p", now=NOW + 1, limit=30, lease_seconds=LEASE)
+            assert decided == [True, True, False]
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())

@@ -33,6 +33,11 @@ def needs_root_heads(ready: int, roots: int, window: int, limit: int) -> bool:
     return ready >= window and roots < 4 * limit
 
 
+APART_SKIPS = 8
+"""How many claims after one whose oldest calls did not decide it read their window at
+once, rather than try the oldest first again (a fan-out of one root, limits)."""
+
+
 def oldest_apart(rows: Sequence[Sequence[Any]]) -> list[tuple[str, str]] | None:
     """The round-robin order of a claim's window, from the oldest :count claimable
     ``(dispatch_id, root_id, destination, ready_at, seq, state, limited)`` rows of each

@@ -69,12 +69,14 @@ from . import (
     unsendable,
 )
 from .claims import (
+    APART_SKIPS,
     claim_candidates,
     claim_window,
     fitting,
     in_turns,
     may_find_more,
     needs_root_heads,
+    oldest_apart,
 )
 from .idempotency import (
     CONFLICT_RETRIES,
@@ -349,6 +351,8 @@ class PostgresStore:
         self._changed: list[Callable[[str | None, str | None], None]] = []
         self._finishing: list[tuple[_Finish, asyncio.Future[bool]]] = []
         self._flushes: set[asyncio.Task[None]] = set()
+        self._apart_skips = 0
+        """How many more claims read their window at once (``_apart`` found it needed)."""
 
     @classmethod
     async def open(
@@ -566,6 +570,10 @@ class PostgresStore:
             window = claim_window(wanted)
             count = 4 * wanted
             admitted = Admitted([])
+            if not held:
+                apart = await self._apart(db, now, (count, window), wanted, cap, room)
+                if apart is not None:
+                    return apart, {}, False, admitted
             for dealt in claim_candidates(wanted):
                 params = {"now": now, "window": window, "roots": count, "count": dealt}
                 if held:
@@ -642,6 +650,42 @@ class PostgresStore:
             return claimed
 
         return await self._transaction(lease, pipeline=True)
+
+    async def _apart(
+        self,
+        db: Connection,
+        now: float,
+        sizes: tuple[int, int],
+        wanted: int,
+        cap: int | None,
+        room: Callable[[str], int] | None,
+    ) -> list[str] | None:
+        """A claim's calls from the oldest ``count`` claimable ones alone, as in the
+        SQLite store (``SQLiteStore._apart``): the ``window`` is not read when they are
+        ready calls of roots apart and enough of them fit, or no more could come from
+        it. None when it must be; then the next few claims read it at once."""
+        count, window = sizes
+        if self._apart_skips:
+            self._apart_skips -= 1
+            return None
+        params = {"now": now, "window": count}
+        found = await (await db.execute(SQL.oldest_claimable, params)).fetchall()
+        rows = oldest_apart(found)
+        if rows is not None:
+            running = {}
+            if cap is not None:
+                running = await _running(db, sorted({where for _, where in rows}), now)
+            ids = fitting(rows, cap=cap, running=running, room=room)
+            if len(ids) >= wanted or len(found) < count:
+                return ids
+            seen = sorted({where for _, where in rows})
+            probe = {"now": now, "window": window, "destinations": seen}
+            other = bool(await (await db.execute(SQL.other_destination, probe)).fetchall())
+            destinations = len(seen) + other
+            if not may_find_more(rows, ids, destinations, cap=cap, running=running, room=room):
+                return ids
+        self._apart_skips = APART_SKIPS
+        return None
 
     async def release(self, lease: Lease, *, ready_at: float) -> bool:
         return await self._update(SQL.release_owned, _fenced(lease, ready_at=ready_at))

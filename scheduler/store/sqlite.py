@@ -72,6 +72,7 @@ from . import (
     unsendable,
 )
 from .claims import (
+    APART_SKIPS,
     claim_candidates,
     claim_window,
     fitting,
@@ -1058,9 +1059,6 @@ class SQLiteStore:
             self._file = self._wal = None
 
 
-APART_SKIPS = 8
-"""How many claims after one whose oldest calls did not decide it read their window at
-once, rather than try the oldest first again (a fan-out of one root, limits)."""
 MANUAL_SYNC = os.name == "posix"
 """Whether the writer syncs the WAL itself after a durable COMMIT; elsewhere (Windows)
 the COMMIT does, with ``synchronous = FULL``, and a Dispatch's handed-over calls start
