@@ -1061,8 +1061,8 @@ class SQLiteStore:
 
 MANUAL_SYNC = os.name == "posix"
 """Whether the writer syncs the WAL itself after a durable COMMIT; elsewhere (Windows)
-the COMMIT does, with ``synchronous = FULL``, and a Dispatch's handed-over calls start
-after it."""
+every COMMIT does, with ``synchronous = FULL`` (a lease's too), and a Dispatch's
+handed-over calls start after it."""
 _fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync; SQLite uses fsync
 
 
