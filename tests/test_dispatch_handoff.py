@@ -381,8 +381,10 @@ def test_on_sqlite_a_handed_call_starts_while_its_dispatch_is_synced_to_disk(
         sync = store._writer._sync
         try:
             api = Api(store, engine, insecure=True)
-            await api.dispatch(dispatch_request("f"), {})  # the claim loop runs
-            await until(lambda: len(caller.attempts) == 1, "the first attempt")
+            # The claim loop runs, and the first call's outcome is written: the next
+            # fsync held below is the Dispatch's.
+            (first,) = (await api.dispatch(dispatch_request("f"), {})).dispatch_ids
+            await finished(store, engine, first)
 
             def held() -> None:
                 syncing.set()
