@@ -672,13 +672,11 @@ class PostgresStore:
         found = await (await db.execute(SQL.oldest_claimable, params)).fetchall()
         rows = oldest_apart(found)
         if rows is not None:
-            running = {}
-            if cap is not None:
-                running = await _running(db, sorted({where for _, where in rows}), now)
+            seen = sorted({where for _, where in rows})
+            running = {} if cap is None else await _running(db, seen, now)
             ids = fitting(rows, cap=cap, running=running, room=room)
             if len(ids) >= wanted or len(found) < count:
                 return ids
-            seen = sorted({where for _, where in rows})
             probe = {"now": now, "window": window, "destinations": seen}
             other = bool(await (await db.execute(SQL.other_destination, probe)).fetchall())
             destinations = len(seen) + other

@@ -482,9 +482,8 @@ class SQLiteStore:
 
         # One writer at a time: a duplicate finds the first one's rows, never races them.
         # The leases of a handoff ride in the Dispatch's durable commit.
-        ids, handed = await self._write(insert, now, committed=committed)
-        if handoff is not None:
-            handoff.claimed = handed  # only once committed
+        # ``committed`` fills the handoff's leases, before this returns.
+        ids, _ = await self._write(insert, now, committed=committed)
         return ids
 
     def subscribe(self, wake: Callable[[], None]) -> None:
@@ -610,13 +609,13 @@ class SQLiteStore:
         found = db.execute(SQL.oldest_claimable, {"now": now, "window": count}).fetchall()
         rows = oldest_apart(found)
         if rows is not None:
-            running = {} if cap is None else _running(db, {w for _, w in rows}, now)
+            seen = {where for _, where in rows}
+            running = {} if cap is None else _running(db, seen, now)
             ids = fitting(rows, cap=cap, running=running, room=room)
             if len(ids) >= wanted or len(found) < count:
                 return ids
             # Left short by full destinations: the window could only deal calls of
             # another one (the claim reads it then), as ``choose`` would find.
-            seen = {where for _, where in rows}
             params = {
                 "now": now,
                 "window": window,
