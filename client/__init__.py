@@ -67,6 +67,7 @@ logger = logging.getLogger(__name__)
 
 _WAIT_STEP = 50  # seconds per Wait RPC, under the scheduler's limit
 _POLL_PAUSE = 0.5  # seconds between Wait RPCs that brought nothing new
+_WAIT_MANY = 1000  # calls per WaitMany RPC, the scheduler's limit
 _SCHEDULES = "/dispatchlet.scheduler.v1.CallService/"
 
 
@@ -424,6 +425,65 @@ class Client:
                 # Nothing new: never ask again at once (a scheduler may answer early).
                 time.sleep(_POLL_PAUSE)
             seen = ended
+
+    def wait_all(
+        self, dispatch_ids: Iterable[str], timeout: float | None = None
+    ) -> builtins.list[CallInfo]:
+        """Each call once it is done, or as it is when ``timeout`` seconds have passed
+        (None: as long as it takes), in the order of ``dispatch_ids``: a request asks
+        for up to 1,000 of them at once, however many there are. Without input,
+        coroutine state and attempt history (``get`` has them)."""
+        ids = builtins.list(dispatch_ids)
+        ended = {info.dispatch_id: info for info in self._ending(ids, timeout, every=True)}
+        return [ended[dispatch_id] for dispatch_id in ids]
+
+    def as_completed(
+        self, dispatch_ids: Iterable[str], timeout: float | None = None
+    ) -> Iterator[CallInfo]:
+        """The calls as they end (each once), as ``wait_all`` tells them; TimeoutError,
+        as ``concurrent.futures.as_completed`` raises, when ``timeout`` seconds pass
+        before the last one ended."""
+        for info in self._ending(builtins.list(dispatch_ids), timeout, every=False):
+            if not info.done:
+                raise TimeoutError(f"calls still running after {timeout} seconds")
+            yield info
+
+    def _ending(
+        self, ids: builtins.list[str], timeout: float | None, *, every: bool
+    ) -> Iterator[CallInfo]:
+        """Each of the calls ``ids`` once, done, as it ends (``every``: a request's
+        calls once all of them ended, which the scheduler reads with fewer wake-ups);
+        after ``timeout``, those not done as they are then."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pending = dict.fromkeys(ids)  # in order, each once
+        while pending:
+            step = _WAIT_STEP if deadline is None else max(0.0, deadline - time.monotonic())
+            step = min(step, _WAIT_STEP)
+            asked = builtins.list(pending)[:_WAIT_MANY]
+            request = calls_pb2.WaitManyRequest(dispatch_ids=asked)
+            request.min_done = len(asked) if every else 1
+            request.timeout.FromMilliseconds(int(step * 1000))
+            answer = self._rpc(
+                "/dispatchlet.scheduler.v1.CallService/WaitMany",
+                request,
+                calls_pb2.WaitManyResponse,
+                timeout=step + self.timeout,
+                deadline=deadline,  # no resend after the wait's own end
+            )
+            timed_out = deadline is not None and time.monotonic() >= deadline
+            infos = [CallInfo.from_proto(found) for found in answer.calls]
+            # A result too large for the answer comes with a Wait of its own.
+            infos += [self.wait(dispatch_id) for dispatch_id in answer.large]
+            ended = [info for info in infos if info.done or timed_out]
+            for info in ended:
+                pending.pop(info.dispatch_id, None)
+                yield info
+            if not ended and not timed_out:
+                time.sleep(_POLL_PAUSE)  # never ask again at once (an early answer)
+            if timed_out:
+                # Those the answer had no room for, or past the first 1,000.
+                yield from (self.get(dispatch_id) for dispatch_id in pending)
+                return
 
     def cancel(self, dispatch_id: str) -> Cancelled:
         """End the call and its unfinished descendants; how many were ended at once (0:

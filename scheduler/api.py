@@ -44,7 +44,7 @@ from ..core.proto_json import message_to_json
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2, error_pb2, poll_pb2
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2, options_pb2
-from .call_answer import CallAnswer, CallResponse, add_result
+from .call_answer import LARGE_RESULT, CallAnswer, CallResponse, add_result
 from .call_limits import LimitsInvalid, limits_of
 from .calls import (
     AT_ONCE,
@@ -65,6 +65,7 @@ from .schedule_api import ScheduleApi
 from .settings import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_INPUT_SIZE, METRICS_KEY_ENV
 from .store import (
     END_BATCH,
+    LISTED_ERROR_BYTES,
     MAILBOX_MESSAGES,
     NO_LIMITS,
     AttemptHistory,
@@ -89,6 +90,10 @@ MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_EXPIRATION = 24 * 3600.0
 MAX_WAIT = 60.0
 MAX_PAGE = 1000
+MAX_WAIT_MANY = 1000
+"""The most calls one WaitMany asks for."""
+WAIT_MANY_BYTES = 4 * 1024 * 1024
+"""The most outputs and errors one WaitMany answer holds (in stored bytes)."""
 PURGE_SECONDS = 10.0
 """How long one Purge request deletes, at most (then it answers ``more``), so that no
 client's timeout ends it midway."""
@@ -168,6 +173,7 @@ class Api:
         for name, handler, kind in (
             ("Get", self.get, calls_pb2.GetRequest),
             ("Wait", self.wait, calls_pb2.WaitRequest),
+            ("WaitMany", self.wait_many, calls_pb2.WaitManyRequest),
             ("List", self.list, calls_pb2.ListRequest),
             ("Cancel", self.cancel, calls_pb2.CancelRequest),
             ("Retry", self.retry, calls_pb2.RetryRequest),
@@ -460,6 +466,44 @@ class Api:
                     # The safety re-read.
                     found, history = await self._found_with_history(request.dispatch_id)
         return whole_call(calls_pb2.WaitResponse, found, history)
+
+    async def wait_many(self, request: calls_pb2.WaitManyRequest) -> calls_pb2.WaitManyResponse:
+        ids = list(dict.fromkeys(request.dispatch_ids))  # each once, in the request's order
+        if not ids:
+            raise InvalidArgument("missing dispatch_ids")
+        if len(ids) > MAX_WAIT_MANY:
+            raise InvalidArgument(f"at most {MAX_WAIT_MANY} dispatch_ids at once")
+        wanted = min(max(1, request.min_done), len(ids))
+        limit = MAX_WAIT
+        if request.HasField("timeout"):
+            limit = min(limit, max(0.0, duration_seconds(request.timeout)))
+        deadline = time.monotonic() + limit
+        # As Wait, for every call at once; read again: only those still running that
+        # changed (a final call stays so), or all of them on a safety re-read.
+        with self.engine.watching(*ids) as until:
+            found = await self._found_many(ids)
+            for call in found.values():
+                until.within(call.root_id)
+            pending = {i for i, call in found.items() if not call.done}
+            while len(ids) - len(pending) < wanted:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                reread = self.engine.reread
+                changed = await until(remaining if reread is None else min(remaining, reread))
+                touched = until.touched() if changed else None
+                again = pending if touched is None else pending & touched
+                if again:
+                    found.update(await self._found_many(sorted(again)))
+                    pending -= {i for i in again if found[i].done}
+        timed_out = len(ids) - len(pending) < wanted
+        return many_calls([found[dispatch_id] for dispatch_id in ids], all_of_them=timed_out)
+
+    async def _found_many(self, ids: Sequence[str]) -> dict[str, Call]:
+        found = {call.dispatch_id: call for call in await self.store.get_many(ids)}
+        for dispatch_id in ids:
+            _known(_asked(dispatch_id), found.get(dispatch_id))
+        return found
 
     async def list(self, request: calls_pb2.ListRequest) -> calls_pb2.ListResponse:
         state = None
@@ -817,6 +861,26 @@ def add_history(info: calls_pb2.CallInfo, history: AttemptHistory) -> None:
         )
         shown.started_at.CopyFrom(timestamp(attempt.started_at))
         shown.duration.FromNanoseconds(round(attempt.duration * 1e9))
+
+
+def many_calls(calls: Sequence[Call], *, all_of_them: bool) -> calls_pb2.WaitManyResponse:
+    """A WaitMany answer: the final ``calls`` with their results, those too large for
+    it named in ``large`` and those past its room left out; ``all_of_them``: the others
+    too, as List shows them (their error only when small and it fits)."""
+    answer = calls_pb2.WaitManyResponse()
+    room = WAIT_MANY_BYTES
+    for call in calls:
+        size = len(call.result)
+        if call.done and size >= LARGE_RESULT:
+            answer.large.append(call.dispatch_id)
+        elif call.done and size <= room:
+            answer.calls.append(call_info(call))
+            room -= size
+        elif not call.done and all_of_them:
+            shown = size <= min(room, LISTED_ERROR_BYTES)
+            answer.calls.append(call_info(call, with_result=shown))
+            room -= size if shown else 0
+    return answer
 
 
 def call_info(

@@ -43,7 +43,7 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 from google.protobuf import any_pb2
@@ -157,10 +157,10 @@ class Engine:
         self._due = float("inf")  # the earliest retry this process scheduled
         self._stopping = False
         self._running: set[asyncio.Task[None]] = set()
-        self._watchers: dict[str, list[asyncio.Event]] = {}
+        self._watchers: dict[str, list[Watch]] = {}
         # Watchers of calls that are not their tree's root, by root: a call that ends
         # may end its unfinished descendants too.
-        self._tree_watchers: dict[str, list[asyncio.Event]] = {}
+        self._tree_watchers: dict[str, list[Watch]] = {}
         self._roots: dict[str, str] = {}  # the root of each call this process runs
         self.reread: float | None = None
         """How often a waiter reads its call again anyway (``Store.watch``)."""
@@ -212,39 +212,42 @@ class Engine:
                 await asyncio.wait_for(self._ending.wait(), ENDING_INTERVAL)
 
     @contextlib.contextmanager
-    def watching(self, dispatch_id: str) -> Iterator[Watch]:
-        """Within the block, ``await until(timeout)`` returns once the call ended or a
-        retry of it was recorded (by this process, or by another one on a store shared
-        by several: ``Store.watch``) since the block began or since the last ``until``
-        returned, or after ``timeout`` seconds. Watching starts before the caller reads
-        the store, so that a change in between is not missed; ``until.within(root_id)``
-        once the caller knows the call's root, so that the end of an ancestor, which
-        ends the call too, wakes it."""
-        until = Watch(dispatch_id, self._tree_watchers)
-        _add(self._watchers, dispatch_id, until.changed)
+    def watching(self, *dispatch_ids: str) -> Iterator[Watch]:
+        """Within the block, ``await until(timeout)`` returns once one of the calls
+        ended or a retry of it was recorded (by this process, or by another one on a
+        store shared by several: ``Store.watch``) since the block began or since the
+        last ``until`` returned, or after ``timeout`` seconds. Watching starts before the
+        caller reads the store, so that a change in between is not missed;
+        ``until.within(root_id)`` once the caller knows a call's root, so that the end
+        of an ancestor, which ends the call too, wakes it."""
+        until = Watch(dispatch_ids, self._tree_watchers)
+        for dispatch_id in until.dispatch_ids:
+            _add(self._watchers, dispatch_id, until)
         try:
             yield until
         finally:
-            _remove(self._watchers, dispatch_id, until.changed)
-            if until.root is not None:
-                _remove(self._tree_watchers, until.root, until.changed)
+            for dispatch_id in until.dispatch_ids:
+                _remove(self._watchers, dispatch_id, until)
+            for root in until.roots:
+                _remove(self._tree_watchers, root, until)
 
     def changed(self, dispatch_id: str | None, root_id: str | None = None) -> None:
         """Wake whoever watches the call: it ended, or will be retried; and with
         ``root_id``, whoever watches a call of that tree (descendants of it may have
         ended; ``ALL_TREES``: of any tree). Both None: any call may have changed."""
-        woken: list[list[asyncio.Event]] = []
+        # Each told which call changed, or (None) that any of its calls may have.
+        woken: list[tuple[list[Watch], str | None]] = []
         if dispatch_id is None and root_id is None:
-            woken = list(self._watchers.values())
+            woken = [(watches, None) for watches in self._watchers.values()]
         if dispatch_id is not None:
-            woken.append(self._watchers.get(dispatch_id, []))
+            woken.append((self._watchers.get(dispatch_id, []), dispatch_id))
         if root_id == ALL_TREES:
-            woken.extend(self._tree_watchers.values())
+            woken.extend((watches, None) for watches in self._tree_watchers.values())
         elif root_id is not None:
-            woken.append(self._tree_watchers.get(root_id, []))
-        for events in woken:
-            for event in events:
-                event.set()
+            woken.append((self._tree_watchers.get(root_id, []), None))
+        for watches, which in woken:
+            for watch in watches:
+                watch.touch(which)
 
     def _changed(self, dispatch_id: str) -> None:
         """This process ended the call or recorded a retry of it."""
@@ -768,20 +771,35 @@ ALL_TREES = "*"
 
 
 class Watch:
-    """A waiter's view of its call's changes (``Engine.watching``)."""
+    """A waiter's view of its calls' changes (``Engine.watching``)."""
 
-    def __init__(self, dispatch_id: str, trees: dict[str, list[asyncio.Event]]) -> None:
-        self.dispatch_id = dispatch_id
+    def __init__(self, dispatch_ids: Iterable[str], trees: dict[str, list[Watch]]) -> None:
+        self.dispatch_ids = frozenset(dispatch_ids)
         self.changed = asyncio.Event()
-        self.root: str | None = None
+        self.roots: set[str] = set()
         self._trees = trees
+        self._touched: set[str] | None = set()
 
     def within(self, root_id: str) -> None:
-        """The call belongs to the tree of ``root_id``: the end of any call of that tree
+        """A call belongs to the tree of ``root_id``: the end of any call of that tree
         wakes it too (it may have ended the call as one of its descendants)."""
-        if root_id != self.dispatch_id and self.root is None:
-            self.root = root_id
-            _add(self._trees, root_id, self.changed)
+        if root_id not in self.dispatch_ids and root_id not in self.roots:
+            self.roots.add(root_id)
+            _add(self._trees, root_id, self)
+
+    def touch(self, dispatch_id: str | None) -> None:
+        """The call changed (None: any of them may have)."""
+        if dispatch_id is None:
+            self._touched = None
+        elif self._touched is not None:
+            self._touched.add(dispatch_id)
+        self.changed.set()
+
+    def touched(self) -> set[str] | None:
+        """The calls that changed since the last time this was asked (None: any may
+        have), so that a waiter of many reads again only those."""
+        touched, self._touched = self._touched, set()
+        return touched
 
     async def __call__(self, timeout: float) -> bool:
         """Whether the call changed within ``timeout`` seconds."""
@@ -792,14 +810,14 @@ class Watch:
         return changed
 
 
-def _add(watchers: dict[str, list[asyncio.Event]], key: str, event: asyncio.Event) -> None:
-    watchers.setdefault(key, []).append(event)
+def _add(watchers: dict[str, list[Watch]], key: str, watch: Watch) -> None:
+    watchers.setdefault(key, []).append(watch)
 
 
-def _remove(watchers: dict[str, list[asyncio.Event]], key: str, event: asyncio.Event) -> None:
+def _remove(watchers: dict[str, list[Watch]], key: str, watch: Watch) -> None:
     found = watchers.get(key, [])
-    if event in found:
-        found.remove(event)
+    if watch in found:
+        found.remove(watch)
     if not found:
         watchers.pop(key, None)
 

@@ -140,6 +140,25 @@ def test_dispatch_is_all_or_nothing(open_store: Any) -> None:
     assert with_store(open_store, body) == []
 
 
+def test_get_many_reads_the_calls_that_exist_as_get_has_them(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        ids = await store.dispatch([call(f"f{n}") for n in range(3)], now=NOW)
+        (claimed,) = await store.claim(owner="me", limit=1, now=NOW, lease_seconds=60)
+        assert await store.finish(claimed.lease, 1, b"\x12\x01y", now=NOW + 1)
+        asked = [ids[2], "0" * 32, ids[0], ids[2], claimed.call.dispatch_id]
+        found = await store.get_many(asked)
+        # Each once, as ``get`` reads it (the finished one with its result); none for an
+        # unknown id.
+        expected = [await store.get(i) for i in sorted({ids[0], ids[2], claimed.call.dispatch_id})]
+        assert sorted(found, key=lambda c: c.dispatch_id) == expected
+        assert await store.get_many([]) == []
+        # As many as a WaitMany asks for at once.
+        many = await store.dispatch([call("g")] * 1000, now=NOW)
+        assert {c.dispatch_id for c in await store.get_many(many)} == set(many)
+
+    with_store(open_store, body)
+
+
 def test_claim_leases_ready_calls_once(open_store: Any) -> None:
     async def body(store: Store) -> None:
         (dispatch_id,) = await store.dispatch([call()], now=NOW)

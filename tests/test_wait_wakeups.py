@@ -30,6 +30,7 @@ from dispatchlet.scheduler.store.memory import MemoryStore
 
 BOUND = 60.0  # how long anything may take before the test fails, whatever the load
 WAIT = "/dispatchlet.scheduler.v1.CallService/Wait"
+WAIT_MANY = "/dispatchlet.scheduler.v1.CallService/WaitMany"
 
 
 class CountingStore(MemoryStore):
@@ -205,10 +206,16 @@ def test_the_end_of_a_parent_wakes_the_waiter_of_the_child_it_ends() -> None:
 
             await child_started()
             child = children[0].dispatch_id
-            answer = await asyncio.wait_for(api.wait(wait_request(child)), BOUND)
+            many = calls_pb2.WaitManyRequest(dispatch_ids=[child])
+            many.timeout.FromSeconds(60)
+            answer, answers = await asyncio.wait_for(
+                asyncio.gather(api.wait(wait_request(child)), api.wait_many(many)), BOUND
+            )
             # The parent resumed after its max_wait and returned: its child was ended.
             assert answer.message().call.done, answer
             assert answer.message().call.status != Status.OK.value
+            # A WaitMany of it too (each waiter is woken by its calls' trees).
+            assert [(info.dispatch_id, info.done) for info in answers.calls] == [(child, True)]
 
     asyncio.run(scenario())
 
@@ -340,21 +347,35 @@ def test_a_wait_is_woken_when_another_process_ends_the_call(
             # The first process runs the call; another one answers the Wait.
             assert HeldEndpoint.arrived.wait(BOUND), "the call never reached its endpoint"
             with scheduler_process(url, tmp_path) as waiter:
-                answers: list[tuple[int, bytes]] = []
-                request = wait_request(dispatch_id, seconds=25).SerializeToString()
-                asking = threading.Thread(
-                    target=lambda: answers.append(post(waiter + WAIT, request, None))
-                )
-                asking.start()
-                time.sleep(0.5)  # let the Wait begin; it would be answered anyway
+                answers: dict[str, tuple[int, bytes]] = {}
+                many = calls_pb2.WaitManyRequest(dispatch_ids=[dispatch_id])
+                many.timeout.FromSeconds(25)
+                requests = {
+                    WAIT: wait_request(dispatch_id, seconds=25).SerializeToString(),
+                    WAIT_MANY: many.SerializeToString(),
+                }
+                asking = [
+                    threading.Thread(
+                        target=lambda path=path, body=body: answers.update(
+                            {path: post(waiter + path, body, None)}
+                        )
+                    )
+                    for path, body in requests.items()
+                ]
+                for thread in asking:
+                    thread.start()
+                time.sleep(0.5)  # let the Waits begin; they would be answered anyway
                 HeldEndpoint.release.set()
-                asking.join(BOUND)
-                assert answers, "no answer to the Wait"
-        ((status, body),) = answers
-        assert status == 200, body
-        info = calls_pb2.WaitResponse.FromString(body).call
+                for thread in asking:
+                    thread.join(BOUND)
+                assert len(answers) == 2, f"answered: {list(answers)}"
+        for status, body in answers.values():
+            assert status == 200, body
+        info = calls_pb2.WaitResponse.FromString(answers[WAIT][1]).call
+        (many_info,) = calls_pb2.WaitManyResponse.FromString(answers[WAIT_MANY][1]).calls
+        assert (many_info.done, many_info.status) == (True, Status.OK.value), many_info
         # Its timeout (25 s) is shorter than the safety re-read (30 s): only the
-        # notification of the other process's outcome can have answered it done.
+        # notification of the other process's outcome can have answered them done.
         assert info.done, info
         assert info.status == Status.OK.value, info
     finally:

@@ -584,6 +584,9 @@ class Store(Protocol):
     async def get(self, dispatch_id: str) -> Call | None:
         """The call, or None."""
 
+    async def get_many(self, dispatch_ids: Sequence[str]) -> builtins.list[Call]:
+        """The calls of those ids that exist, in one read, in no particular order."""
+
     async def children(self, parent_id: str) -> list[Child]:
         """Every child of the call, with its result, in creation order (a failed
         workflow's steps, for ``CallService.Resume``)."""

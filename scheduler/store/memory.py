@@ -519,6 +519,11 @@ class MemoryStore:
         row = self._rows.get(dispatch_id)
         return None if row is None else row.call()
 
+    async def get_many(self, dispatch_ids: Sequence[str]) -> builtins.list[Call]:
+        self._check_open()
+        rows = (self._rows.get(dispatch_id) for dispatch_id in set(dispatch_ids))
+        return [row.call() for row in rows if row is not None]
+
     async def children(self, parent_id: str) -> builtins.list[Child]:
         self._check_open()
         row = self._rows.get(parent_id)

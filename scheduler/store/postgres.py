@@ -928,6 +928,10 @@ class PostgresStore:
         rows = await self._select(SQL.get, {"id": dispatch_id})
         return call_from_row(rows[0]) if rows else None
 
+    async def get_many(self, dispatch_ids: Sequence[str]) -> list[Call]:
+        rows = await self._select(SQL.get_many, {"ids": sorted(set(dispatch_ids))})
+        return [call_from_row(row) for row in rows]
+
     async def children(self, parent_id: str) -> list[Child]:
         rows = await self._select(SQL.children, {"id": parent_id})
         return [child_from_row(row) for row in rows]

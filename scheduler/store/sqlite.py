@@ -798,6 +798,13 @@ class SQLiteStore:
     async def get(self, dispatch_id: str) -> Call | None:
         return await self._lookup(lambda db: _call_of(db, dispatch_id))
 
+    async def get_many(self, dispatch_ids: Sequence[str]) -> list[Call]:
+        def select(db: sqlite3.Connection) -> list[Call]:
+            rows = db.execute(SQL.get_many, {"ids": json.dumps(sorted(set(dispatch_ids)))})
+            return [call_from_row(row) for row in rows.fetchall()]
+
+        return await self._lookup(select)
+
     async def children(self, parent_id: str) -> list[Child]:
         def select(db: sqlite3.Connection) -> list[Child]:
             rows = db.execute(SQL.children, {"id": parent_id}).fetchall()

@@ -502,10 +502,18 @@ _OTHER_DESTINATION = (
     "  AND ready_at <= :now ORDER BY ready_at, {seq} LIMIT :window) AS ready"
     " WHERE destination NOT IN ({destinations}) LIMIT 1"
 )
-_DESTINATIONS = {
-    "sqlite": "SELECT value FROM json_each(:destinations)",
-    "postgres": "SELECT unnest(:destinations::text[])",
-}
+
+
+def _values_of(name: str) -> dict[str, str]:
+    """The values of the list parameter ``name`` as a subquery, in each database's form
+    (SQLite's: a JSON array of them)."""
+    return {
+        "sqlite": f"SELECT value FROM json_each(:{name})",
+        "postgres": f"SELECT unnest(:{name}::text[])",
+    }
+
+
+_DESTINATIONS = _values_of("destinations")
 # The oldest ready call of each of the first :roots roots that have ready calls: a skip
 # scan of the (root_id, ready_at) index, one seek per root, in each database's form.
 _ROOT_HEADS = {
@@ -652,6 +660,8 @@ class Statements:
         self.dialect = dialect
         self.select = r(f"SELECT {COLUMNS} FROM {{calls}}")
         self.get = self.select + r(" WHERE dispatch_id = :id")
+        ids = _values_of("ids")[dialect.name]
+        self.get_many = self.select + r(f" WHERE dispatch_id IN ({ids})")
         self.insert = r(
             f"INSERT INTO {{calls}} ({', '.join(INSERTED)}, state) "
             f"VALUES ({', '.join(':' + column for column in INSERTED)}, 'ready')"

@@ -275,6 +275,73 @@ class WaitResponse(_message.Message):
 Global___WaitResponse: _TypeAlias = WaitResponse  # noqa: Y015
 
 @_typing.final
+class WaitManyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPATCH_IDS_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    MIN_DONE_FIELD_NUMBER: _builtins.int
+    min_done: _builtins.int
+    """How many of the calls (each id counted once) must be final for the answer; 0: 1.
+    More than were asked for: all of them.
+    """
+    @_builtins.property
+    def dispatch_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """How long to wait at most; unset: the server's limit."""
+
+    def __init__(
+        self,
+        *,
+        dispatch_ids: _abc.Iterable[_builtins.str] | None = ...,
+        timeout: _duration_pb2.Duration | None = ...,
+        min_done: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch_ids", b"dispatch_ids", "min_done", b"min_done", "timeout", b"timeout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WaitManyRequest: _TypeAlias = WaitManyRequest  # noqa: Y015
+
+@_typing.final
+class WaitManyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLS_FIELD_NUMBER: _builtins.int
+    LARGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___CallInfo]:
+        """The calls asked for that are final (with their output or error), in the request's
+        order; once the timeout has passed, the others too, as List shows them. Without
+        input, coroutine_state and history (Get and Wait have them). An answer holds at most
+        4 MiB of outputs and errors: final calls past that are left out (ask again: they are
+        answered at once).
+        """
+
+    @_builtins.property
+    def large(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Final calls whose output or error is too large for this answer (from 256 KiB): Wait
+        for each.
+        """
+
+    def __init__(
+        self,
+        *,
+        calls: _abc.Iterable[Global___CallInfo] | None = ...,
+        large: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "large", b"large"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WaitManyResponse: _TypeAlias = WaitManyResponse  # noqa: Y015
+
+@_typing.final
 class ListRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
