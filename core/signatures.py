@@ -485,10 +485,12 @@ def sign_request(
     keyid: str = DISPATCH_KEYID,
     components: Sequence[str] = REQUIRED_COMPONENTS,
     digest: str = "sha-512",
+    signer: ed25519.Sign | None = None,
 ) -> Request:
     """A copy of ``request`` with Content-Digest, Signature-Input and Signature set.
 
     The authority and path signed are the request's own, as a client addressed them.
+    ``signer`` signs with ``key`` (``ed25519.signer_for``; None: ``key.sign``).
     """
     if _KEY.fullmatch(label) is None:
         raise ValueError(f"invalid signature label {label!r}")
@@ -514,6 +516,6 @@ def sign_request(
     headers.append(("Signature-Input", f"{label}={covered.serialized}"))
     # The serialization of {label: Item(signature)}: the label is a valid key (above),
     # and a byte sequence without parameters is ":" base64 ":".
-    signature = base64.b64encode(key.sign(base)).decode("ascii")
+    signature = base64.b64encode((signer or key.sign)(base)).decode("ascii")
     headers.append(("Signature", f"{label}=:{signature}:"))
     return replace(request, headers=headers)

@@ -1,6 +1,7 @@
 """PyNaCl (libsodium) as the verification backend accepts and rejects exactly what
 cryptography (OpenSSL) does: the RFC vector, every tampering, and 10,000 random keys,
-messages and mutated signatures; weak keys, where the two differ, are refused."""
+messages and mutated signatures; weak keys, where the two differ, are refused. As the
+signing backend it signs into the same bytes."""
 
 from __future__ import annotations
 
@@ -60,6 +61,35 @@ def test_ten_thousand_random_keys_messages_and_signatures_agree() -> None:
         accepted += openssl
     # Both branches were taken often: the unchanged signatures verified.
     assert 800 < accepted < 2500, accepted
+
+
+def test_both_sign_random_messages_with_random_keys_into_the_same_bytes() -> None:
+    rng = random.Random(9421)
+    for _ in range(2_000):
+        private = Ed25519PrivateKey.from_private_bytes(rng.randbytes(32))
+        message = rng.randbytes(rng.randrange(1200))
+        signatures = {ed25519.signer_for(private, name)(message) for name in BACKENDS}
+        (signature,) = signatures
+        private.public_key().verify(signature, message)
+
+
+def test_a_scheduler_signs_with_the_backend_asked_for_and_endpoints_verify_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dispatchlet.core.http import Request
+    from dispatchlet.core.signatures import sign_request
+    from dispatchlet.scheduler.http_caller import HttpCaller
+
+    key = Ed25519PrivateKey.generate()
+    request = Request("POST", "/run", "example.com", [("Content-Type", "x")], b"body")
+    signed = {}
+    for name in BACKENDS:
+        monkeypatch.setenv(ed25519.BACKEND_ENV, name)
+        caller = HttpCaller(key)
+        assert caller._sign is not None
+        signed[name] = sign_request(request, key, created=1, signer=caller._sign)
+        Verifier((key.public_key(),), backend="cryptography").verify(signed[name], now=2)
+    assert signed["nacl"] == signed["cryptography"] == sign_request(request, key, created=1)
 
 
 def test_the_rfc_vector_verifies_with_both() -> None:
