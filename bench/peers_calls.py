@@ -14,8 +14,9 @@ process of its own with a queue of worker concurrency 8 polled every millisecond
 ``-d 0.001``), its workflows (a no-op, no step) enqueued by this process with
 `DBOSClient` one at a time, as Huey's are; the results polled every millisecond.
 
-- throughput: ``--calls`` calls started (dispatchlet: in batches of 100), timed to the
-  last one final; calls/s;
+- throughput: ``--calls`` calls started (dispatchlet: in batches of 100), timed until
+  the caller holds every result (dispatchlet: ``Client.wait_all``; Huey and DBOS: each
+  handle's result); calls/s;
 - start p50: ``--singles`` calls one at a time, dispatch to the function's first line.
 
 PostgreSQL: the server at ``--database-url`` (a database made for each run, dropped
