@@ -5,6 +5,7 @@ applies to, and the one conversion of stored times to and from protobuf."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -132,11 +133,24 @@ _PATH = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*")
 _ARN = re.compile(r"arn:aws[a-z-]*:lambda:[a-z0-9-]+:[0-9]+:function:[A-Za-z0-9_.$:-]+")
 
 
+CHECKED_ENDPOINTS = 1024
+"""How many endpoints' verdicts are kept: a Dispatch's calls name the same few, and
+checking one costs tens of microseconds (a batch of 100 calls, milliseconds)."""
+_KEPT_LENGTH = 2048
+"""Verdicts are kept for endpoints up to this long (the cache holds what it keeps)."""
+
+
 def endpoint_problem(endpoint: str) -> str | None:
     """Why no attempt could call ``endpoint``, or None: an ``http(s)://host[:port][/path]``
     URL the HTTP caller can send a request to (a host, a port from 1 to 65535, an ASCII
     path with valid percent escapes, no user information, query or fragment), or a
     Lambda function's ARN."""
+    if len(endpoint) <= _KEPT_LENGTH:
+        return _kept_endpoint_problem(endpoint)
+    return _endpoint_problem(endpoint)
+
+
+def _endpoint_problem(endpoint: str) -> str | None:
     shown = endpoint[:200]
     expected = (
         f"invalid endpoint {shown!r}: expected an http://, https:// or arn:aws:lambda: endpoint"
@@ -183,6 +197,9 @@ def endpoint_problem(endpoint: str) -> str | None:
             "other percent-encoded (%XX)"
         )
     return None
+
+
+_kept_endpoint_problem = functools.lru_cache(maxsize=CHECKED_ENDPOINTS)(_endpoint_problem)
 
 
 def _valid_host(host: str) -> bool:

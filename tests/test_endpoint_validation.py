@@ -195,3 +195,19 @@ def test_any_endpoint_accepted_is_usable_by_the_http_caller(endpoint: str) -> No
 @pytest.mark.parametrize("endpoint", [u for u in USABLE if not u.startswith("arn:")])
 def test_the_usable_examples_are_usable_by_the_http_caller(endpoint: str) -> None:
     _usable_by_the_caller(endpoint)
+
+
+def test_verdicts_are_kept_for_few_endpoints_of_bounded_length() -> None:
+    from dispatchlet.scheduler import calls
+
+    for n in range(calls.CHECKED_ENDPOINTS + 50):
+        assert endpoint_problem(f"http://host-{n}.test:8000/") is None
+        assert endpoint_problem(f"http://host-{n}.test:0/") is not None
+    kept = calls._kept_endpoint_problem.cache_info()
+    assert kept.currsize == calls.CHECKED_ENDPOINTS
+    # A long one is checked each time, never looked for among the kept ones.
+    long = "http://example.test/" + "a" * 5000
+    assert endpoint_problem(long) is None
+    assert endpoint_problem(long + "%zz") is not None
+    after = calls._kept_endpoint_problem.cache_info()
+    assert (after.hits, after.misses) == (kept.hits, kept.misses)
