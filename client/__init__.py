@@ -479,7 +479,9 @@ class Client:
                 pending.pop(info.dispatch_id, None)
                 yield info
             if not ended and not timed_out:
-                time.sleep(_POLL_PAUSE)  # never ask again at once (an early answer)
+                # Never ask again at once (an early answer), nor sleep past the deadline.
+                left = _POLL_PAUSE if deadline is None else deadline - time.monotonic()
+                time.sleep(max(0.0, min(_POLL_PAUSE, left)))
             if timed_out:
                 # Those the answer had no room for, or past the first 1,000.
                 yield from (self.get(dispatch_id) for dispatch_id in pending)

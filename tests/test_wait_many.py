@@ -190,6 +190,8 @@ def test_as_completed_yields_calls_as_they_end_and_times_out_on_the_rest(
         async with harness(tmp_path, by_input, policy=SLOW_RETRIES) as h:
             ids = await h.dispatch(call("f", ["ok", 1]), call("f", ["stuck"]), call("f", ["ok", 2]))
             await retrying(h, ids[1])
+            for dispatch_id in (ids[0], ids[2]):
+                await h.done(dispatch_id, timeout=BOUND)
             seen: list[CallInfo] = []
 
             def consume(client: Client) -> None:
