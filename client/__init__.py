@@ -68,6 +68,7 @@ logger = logging.getLogger(__name__)
 _WAIT_STEP = 50  # seconds per Wait RPC, under the scheduler's limit
 _POLL_PAUSE = 0.5  # seconds between Wait RPCs that brought nothing new
 _WAIT_MANY = 1000  # calls per WaitMany RPC, the scheduler's limit
+_WINDOW_STEP = 1.0  # seconds per WaitMany RPC of as_completed over more than that
 _SCHEDULES = "/dispatchlet.scheduler.v1.CallService/"
 
 
@@ -460,6 +461,13 @@ class Client:
             step = _WAIT_STEP if deadline is None else max(0.0, deadline - time.monotonic())
             step = min(step, _WAIT_STEP)
             asked = builtins.list(pending)[:_WAIT_MANY]
+            rotating = not every and len(pending) > len(asked)
+            if rotating:
+                # More than one request holds: a short wait on these, then the next ones
+                # (each asked goes to the back), so that no call waits behind others.
+                step = min(step, _WINDOW_STEP)
+                for dispatch_id in asked:
+                    pending[dispatch_id] = pending.pop(dispatch_id)
             request = calls_pb2.WaitManyRequest(dispatch_ids=asked)
             request.min_done = len(asked) if every else 1
             request.timeout.FromMilliseconds(int(step * 1000))
@@ -478,7 +486,7 @@ class Client:
             for info in ended:
                 pending.pop(info.dispatch_id, None)
                 yield info
-            if not ended and not timed_out:
+            if not ended and not timed_out and not rotating:
                 # Never ask again at once (an early answer), nor sleep past the deadline.
                 left = _POLL_PAUSE if deadline is None else deadline - time.monotonic()
                 time.sleep(max(0.0, min(_POLL_PAUSE, left)))

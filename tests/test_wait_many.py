@@ -41,14 +41,14 @@ def by_input(endpoint: str, request: function_pb2.RunRequest) -> Outcome:
     return returned(rest[0])
 
 
-async def in_thread(h: Harness, use: Callable[[Client], T]) -> T:
+async def in_thread(h: Harness, use: Callable[[Client], T], bound: float = BOUND) -> T:
     """``use`` of a real client of the harness's API, in a thread (the client blocks)."""
 
     def run() -> T:
         with Client(h.url, API_KEY) as client:
             return use(client)
 
-    return await asyncio.wait_for(asyncio.to_thread(run), BOUND)
+    return await asyncio.wait_for(asyncio.to_thread(run), bound)
 
 
 async def retrying(h: Harness, dispatch_id: str) -> None:
@@ -238,3 +238,24 @@ def test_bad_wait_many_requests_are_refused_with_their_reason(tmp_path: Path) ->
     assert from_client[0] == 404
     assert from_client[1]["code"] == "not_found"
     assert "f" * 32 in from_client[1]["message"]
+
+
+def test_as_completed_over_more_calls_than_a_request_holds_misses_none_behind_others(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> CallInfo:
+        async with harness(tmp_path, by_input, policy=SLOW_RETRIES) as h:
+            stuck = await h.dispatch(*(call("f", ["stuck"]) for _ in range(MAX_WAIT_MANY)))
+            (last,) = await h.dispatch(call("f", ["ok", "behind"]))
+            await h.done(last, timeout=BOUND)
+
+            def first(client: Client) -> CallInfo:
+                # The only call done is the last one asked for: it comes first.
+                return next(client.as_completed([*stuck, last]))
+
+            # Well before the first thousand's request would end (50 s), however loaded
+            # the machine; each of the client's requests waits 1 s when it rotates.
+            return await in_thread(h, first, bound=30.0)
+
+    info = asyncio.run(scenario())
+    assert (info.done, info.output) == (True, "behind")
