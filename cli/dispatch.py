@@ -214,14 +214,17 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
             "one call: its fields, input, output, attempts, a workflow's journal",
             run_show,
         ),
-        ("wait", "wait for a call and print its output", run_wait),
+        ("wait", "wait for calls and print their outputs", run_wait),
         ("cancel", "end a call and its unfinished descendants", run_cancel),
         ("retry", "start a call's next attempt now, not after its backoff", run_retry),
         ("rerun", "run a done call again, as a new call linked to it", run_rerun),
         ("resume", "resume a failed workflow from its failed step", run_resume),
     ):
         action = actions.add_parser(name, help=help_text)
-        action.add_argument("dispatch_id", metavar="ID")
+        if name == "wait":
+            action.add_argument("dispatch_ids", metavar="ID", nargs="+")
+        else:
+            action.add_argument("dispatch_id", metavar="ID")
         if name == "wait":
             action.add_argument("--timeout", type=seconds, metavar="SECONDS")
         if name in ("show", "wait"):
@@ -364,7 +367,37 @@ def run_dispatch(args: argparse.Namespace) -> int:
 
 def run_wait(args: argparse.Namespace) -> int:
     with client() as scheduler:
-        return _wait(scheduler, args.dispatch_id, args.timeout, as_json=args.use_json)
+        if len(args.dispatch_ids) > 1:
+            return _wait_all(scheduler, args.dispatch_ids, args.timeout, as_json=args.use_json)
+        (dispatch_id,) = args.dispatch_ids
+        return _wait(scheduler, dispatch_id, args.timeout, as_json=args.use_json)
+
+
+def _wait_all(
+    scheduler: Client, dispatch_ids: list[str], timeout: float | None, *, as_json: bool
+) -> int:
+    """Wait for several calls (``Client.wait_all``) and print each, in the order given:
+    its id and output (stdout) or error (stderr); with ``as_json``, one JSON array."""
+    _note(f"waiting for {len(dispatch_ids)} calls (Ctrl+C stops waiting, not the calls)")
+    try:
+        infos = checked(lambda: scheduler.wait_all(dispatch_ids, timeout=timeout))
+    except KeyboardInterrupt:
+        _note("stopped waiting; the calls go on")
+        return EXIT_INTERRUPTED
+    if as_json:
+        print(json.dumps([as_dict(info) for info in infos], indent=2, ensure_ascii=False))
+    for info in infos:
+        if not info.done:
+            _note(f"{info.dispatch_id} is not done yet ({info.state})")
+        elif info.status is Status.OK and not as_json:
+            print(f"{info.dispatch_id}\t{render(info.output)}")
+        elif info.status is not Status.OK:
+            error = f"{info.error.type}: {info.error.message}" if info.error else "no error"
+            status = info.status.name if info.status is not None else info.state
+            _note(f"{info.dispatch_id} {status} after {info.attempts} attempt(s): {error}")
+    if not all(info.done for info in infos):
+        return EXIT_ERROR
+    return EXIT_OK if all(info.status is Status.OK for info in infos) else EXIT_FAILED
 
 
 def _wait(scheduler: Client, dispatch_id: str, timeout: float | None, *, as_json: bool) -> int:

@@ -321,6 +321,30 @@ def test_show_decodes_input_output_and_a_workflows_journal(setup: Setup) -> None
     assert setup.run("calls", "cancel", dispatch_id).returncode == 0
 
 
+def test_wait_for_several_calls_prints_each_in_the_order_given(setup: Setup) -> None:
+    first = setup.run("dispatch", "greet", "Ada").stdout.strip()
+    failed = setup.run("dispatch", "divide", "[1, 0]").stdout.strip()
+    second = setup.run("dispatch", "double", "21").stdout.strip()
+    result = setup.run("calls", "wait", second, failed, first)
+    # Any call that failed fails the command; each is told in the order given.
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.splitlines() == [f"{second}\t42", f'{first}\t"Hello, Ada!"']
+    assert "waiting for 3 calls" in result.stderr
+    assert f"{failed} INVALID_ARGUMENT after 1 attempt(s): ValueError: cannot divide by zero" in (
+        result.stderr
+    )
+    as_json = setup.run("calls", "wait", first, second, "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    shown = json.loads(as_json.stdout)
+    assert [(c["dispatch_id"], c["output"]) for c in shown] == [
+        (first, "Hello, Ada!"),
+        (second, 42),
+    ]
+    unknown = setup.run("calls", "wait", first, "0" * 32)
+    assert unknown.returncode == 2
+    assert f"not_found: no call '{'0' * 32}'" in unknown.stderr
+
+
 def test_a_missing_api_key_is_named(setup: Setup) -> None:
     env = {k: v for k, v in setup.env.items() if k != "DISPATCH_API_KEY"}
     result = setup.run("calls", "list", env=env)
