@@ -392,9 +392,7 @@ def _wait_all(
         elif info.status is Status.OK and not as_json:
             print(f"{info.dispatch_id}\t{render(info.output)}")
         elif info.status is not Status.OK:
-            error = f"{info.error.type}: {info.error.message}" if info.error else "no error"
-            status = info.status.name if info.status is not None else info.state
-            _note(f"{info.dispatch_id} {status} after {info.attempts} attempt(s): {error}")
+            _note(f"{info.dispatch_id} {failure(info)}")
     if not all(info.done for info in infos):
         return EXIT_ERROR
     return EXIT_OK if all(info.status is Status.OK for info in infos) else EXIT_FAILED
@@ -543,10 +541,15 @@ def show(info: CallInfo, *, as_json: bool = False) -> int:
     elif info.status is Status.OK:
         print(render(info.output))
     else:
-        status = info.status.name if info.status is not None else info.state
-        error = f"{info.error.type}: {info.error.message}" if info.error else "no error"
-        print(f"{status} after {info.attempts} attempt(s): {error}", file=sys.stderr)
+        print(failure(info), file=sys.stderr)
     return EXIT_OK if info.status is Status.OK else EXIT_FAILED
+
+
+def failure(info: CallInfo) -> str:
+    """How a final call that did not succeed ended."""
+    status = info.status.name if info.status is not None else info.state
+    error = f"{info.error.type}: {info.error.message}" if info.error else "no error"
+    return f"{status} after {info.attempts} attempt(s): {error}"
 
 
 def checked(action: Callable[[], T]) -> T:
