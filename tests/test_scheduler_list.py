@@ -275,9 +275,11 @@ def test_list_answers_the_calls_created_within_a_time_range(tmp_path: Path) -> N
                 assert found is not None
                 created[dispatch_id] = found.created_at
             since, until = calls_pb2.ListRequest(), calls_pb2.ListRequest()
-            # At or just below the second call's time (a float's last bits would round
-            # it either way), and after the first's: whole microseconds, rounded down.
-            at = math.floor(created[ids[1]] * 1e6) * 1000
+            # Just below the second call's time, and after the first's: a whole
+            # microsecond below it, more than a float of these times' spacing (0.24 us)
+            # can round the bound back above it (the calls are dispatched one by one, far
+            # more than that apart).
+            at = (math.floor(created[ids[1]] * 1e6) - 1) * 1000
             since.created_after.FromNanoseconds(at)
             until.created_before.FromNanoseconds(at)
             bound = since.created_after.seconds + since.created_after.nanos / 1e9
