@@ -135,7 +135,8 @@ _ARN = re.compile(r"arn:aws[a-z-]*:lambda:[a-z0-9-]+:[0-9]+:function:[A-Za-z0-9_
 
 CHECKED_ENDPOINTS = 1024
 """How many endpoints' verdicts are kept: a Dispatch's calls name the same few, and
-checking one costs tens of microseconds (a batch of 100 calls, milliseconds)."""
+checking one costs ~3 us in a loop of its own, ~40 us in a running scheduler (a batch of
+100 calls: up to 4 ms of its event loop)."""
 _KEPT_LENGTH = 2048
 """Verdicts are kept for endpoints up to this long (the cache holds what it keeps)."""
 
