@@ -454,7 +454,7 @@ class Api:
         # Each read takes the history with the call: the one that answers needs it.
         with self.engine.watching(request.dispatch_id) as until:
             found, history = await self._found_with_history(request.dispatch_id)
-            until.within(found.root_id)
+            until.within(found.dispatch_id, found.root_id)
             while not _answers_wait(found, seen):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -483,7 +483,7 @@ class Api:
         with self.engine.watching(*ids) as until:
             found = await self._found_many(ids)
             for call in found.values():
-                until.within(call.root_id)
+                until.within(call.dispatch_id, call.root_id)
             pending = {i for i, call in found.items() if not call.done}
             while len(ids) - len(pending) < wanted:
                 remaining = deadline - time.monotonic()

@@ -218,8 +218,8 @@ class Engine:
         store shared by several: ``Store.watch``) since the block began or since the
         last ``until`` returned, or after ``timeout`` seconds. Watching starts before the
         caller reads the store, so that a change in between is not missed;
-        ``until.within(root_id)`` once the caller knows a call's root, so that the end
-        of an ancestor, which ends the call too, wakes it."""
+        ``until.within(dispatch_id, root_id)`` once the caller knows a call's root, so
+        that the end of an ancestor, which ends the call too, wakes it."""
         until = Watch(dispatch_ids, self._tree_watchers)
         for dispatch_id in until.dispatch_ids:
             _add(self._watchers, dispatch_id, until)
@@ -780,10 +780,11 @@ class Watch:
         self._trees = trees
         self._touched: set[str] | None = set()
 
-    def within(self, root_id: str) -> None:
-        """A call belongs to the tree of ``root_id``: the end of any call of that tree
-        wakes it too (it may have ended the call as one of its descendants)."""
-        if root_id not in self.dispatch_ids and root_id not in self.roots:
+    def within(self, dispatch_id: str, root_id: str) -> None:
+        """The call ``dispatch_id`` belongs to the tree of ``root_id``: the end of any
+        call of that tree wakes it too (it may have ended the call as one of its
+        descendants; a root's end wakes its own watchers already)."""
+        if root_id != dispatch_id and root_id not in self.roots:
             self.roots.add(root_id)
             _add(self._trees, root_id, self)
 

@@ -162,6 +162,36 @@ def test_a_cancel_through_the_api_wakes_the_waiters_of_the_call_and_its_children
     asyncio.run(scenario())
 
 
+def test_a_cancel_wakes_a_wait_many_of_a_call_and_its_child_for_both() -> None:
+    async def scenario() -> None:
+        store = await CountingStore.open()
+        async with scheduler(store) as (engine, _, api):
+            now = time.time()
+            (root,) = await store.dispatch(
+                [NewCall("gated", "http://endpoint.test", b"", now + 3600)], now=now
+            )
+            child = NewCall(
+                "gated", "http://endpoint.test", b"", now + 3600, parent_id=root, root_id=root
+            )
+            (child_id,) = await store.dispatch([child], now=now)
+            # Both asked for at once, answered once both are final: the root's end,
+            # which ends its child in the same stroke, must have the child read again.
+            request = calls_pb2.WaitManyRequest(dispatch_ids=[root, child_id], min_done=2)
+            request.timeout.FromSeconds(55)
+            many = asyncio.create_task(api.wait_many(request))
+            await until(lambda: waiting(engine) == 2, "the WaitMany watching both")
+            await api.cancel(calls_pb2.CancelRequest(dispatch_id=root))
+            # Woken by the cancel, not answered by its own timeout (55 s, when it reads
+            # every call again), however loaded the machine.
+            answer = await asyncio.wait_for(many, 30.0)
+            assert [(c.dispatch_id, c.done) for c in answer.calls] == [
+                (root, True),
+                (child_id, True),
+            ]
+
+    asyncio.run(scenario())
+
+
 def test_descendants_ended_in_later_batches_wake_their_waiters() -> None:
     children = END_BATCH + 100  # more than a cancel ends at once
 
