@@ -223,10 +223,9 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         action = actions.add_parser(name, help=help_text)
         if name == "wait":
             action.add_argument("dispatch_ids", metavar="ID", nargs="+")
+            action.add_argument("--timeout", type=seconds, metavar="SECONDS")
         else:
             action.add_argument("dispatch_id", metavar="ID")
-        if name == "wait":
-            action.add_argument("--timeout", type=seconds, metavar="SECONDS")
         if name in ("show", "wait"):
             action.add_argument("--json", dest="use_json", action="store_true")
         action.set_defaults(handler=handler)

@@ -205,6 +205,14 @@ class CallInfo:
         )
 
 
+def _wait_step(deadline: float | None) -> float:
+    """How long the next Wait or WaitMany RPC waits: up to ``_WAIT_STEP``, never past the
+    ``time.monotonic()`` ``deadline`` (None: none)."""
+    if deadline is None:
+        return _WAIT_STEP
+    return min(_WAIT_STEP, max(0.0, deadline - time.monotonic()))
+
+
 def _attempts_ended(info: CallInfo) -> int:
     """How many attempts of the call's current run have ended (a suspended workflow
     counts afresh once resumed)."""
@@ -392,8 +400,7 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         seen = 0  # attempts ended so far, as reported to on_attempt
         while True:
-            step = _WAIT_STEP if deadline is None else max(0.0, deadline - time.monotonic())
-            step = min(step, _WAIT_STEP)
+            step = _wait_step(deadline)
             request = calls_pb2.WaitRequest(dispatch_id=dispatch_id)
             request.timeout.FromMilliseconds(int(step * 1000))
             if on_attempt is not None:
@@ -458,8 +465,7 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         pending = dict.fromkeys(ids)  # in order, each once
         while pending:
-            step = _WAIT_STEP if deadline is None else max(0.0, deadline - time.monotonic())
-            step = min(step, _WAIT_STEP)
+            step = _wait_step(deadline)
             asked = builtins.list(pending)[:_WAIT_MANY]
             rotating = not every and len(pending) > len(asked)
             if rotating:

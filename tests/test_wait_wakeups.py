@@ -130,27 +130,21 @@ def test_many_waiters_do_not_read_the_store_until_their_calls_end() -> None:
     asyncio.run(scenario())
 
 
+async def tree(store: MemoryStore, children: int) -> tuple[str, list[str]]:
+    """A root call and ``children`` children of it, none run yet (``gated``)."""
+    now = time.time()
+    (root,) = await store.dispatch(
+        [NewCall("gated", "http://endpoint.test", b"", now + 3600)], now=now
+    )
+    below = NewCall("gated", "http://endpoint.test", b"", now + 3600, parent_id=root, root_id=root)
+    return root, await store.dispatch([below] * children, now=now)
+
+
 def test_a_cancel_through_the_api_wakes_the_waiters_of_the_call_and_its_children() -> None:
     async def scenario() -> None:
         store = await CountingStore.open()
         async with scheduler(store) as (engine, _, api):
-            now = time.time()
-            (root,) = await store.dispatch(
-                [NewCall("gated", "http://endpoint.test", b"", now + 3600)], now=now
-            )
-            (child,) = await store.dispatch(
-                [
-                    NewCall(
-                        "gated",
-                        "http://endpoint.test",
-                        b"",
-                        now + 3600,
-                        parent_id=root,
-                        root_id=root,
-                    )
-                ],
-                now=now,
-            )
+            root, (child,) = await tree(store, 1)
             waits = [asyncio.create_task(api.wait(wait_request(i))) for i in (root, child)]
             await until(lambda: waiting(engine) == 2, "both Waits watching")
             await api.cancel(calls_pb2.CancelRequest(dispatch_id=root))
@@ -166,14 +160,7 @@ def test_a_cancel_wakes_a_wait_many_of_a_call_and_its_child_for_both() -> None:
     async def scenario() -> None:
         store = await CountingStore.open()
         async with scheduler(store) as (engine, _, api):
-            now = time.time()
-            (root,) = await store.dispatch(
-                [NewCall("gated", "http://endpoint.test", b"", now + 3600)], now=now
-            )
-            child = NewCall(
-                "gated", "http://endpoint.test", b"", now + 3600, parent_id=root, root_id=root
-            )
-            (child_id,) = await store.dispatch([child], now=now)
+            root, (child_id,) = await tree(store, 1)
             # Both asked for at once, answered once both are final: the root's end,
             # which ends its child in the same stroke, must have the child read again.
             request = calls_pb2.WaitManyRequest(dispatch_ids=[root, child_id], min_done=2)
@@ -198,14 +185,7 @@ def test_descendants_ended_in_later_batches_wake_their_waiters() -> None:
     async def scenario() -> None:
         store = await CountingStore.open()
         async with scheduler(store) as (engine, _, api):
-            now = time.time()
-            (root,) = await store.dispatch(
-                [NewCall("gated", "http://endpoint.test", b"", now + 3600)], now=now
-            )
-            below = NewCall(
-                "gated", "http://endpoint.test", b"", now + 3600, parent_id=root, root_id=root
-            )
-            ids = await store.dispatch([below] * children, now=now)
+            root, ids = await tree(store, children)
             waits = [asyncio.create_task(api.wait(wait_request(i))) for i in ids]
             await until(lambda: waiting(engine) == children, "every Wait watching")
             cancelled = await api.cancel(calls_pb2.CancelRequest(dispatch_id=root))
