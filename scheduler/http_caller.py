@@ -1,10 +1,10 @@
 """Calling a function endpoint over HTTP: a signed Run request, and what its answer
 means as a run status.
 
-aiohttp is the client: asyncio-native, with connection pooling per host and a server
-in the same package (the scheduler's API). The request is signed (RFC 9421, the
-Dispatch profile) for exactly the authority and path it is sent to, and sent with the
-path as signed (no re-encoding). Every answer or failure becomes an ``Outcome``:
+The request goes over the scheduler's own keep-alive connections (``endpoint_connections``:
+one write of bytes, the answer parsed by httptools). It is signed (RFC 9421, the Dispatch
+profile) for exactly the authority and path it is sent to, and sent with the path and
+Host as signed. Every answer or failure becomes an ``Outcome``:
 
 - a 200 whose body is a RunResponse: that response, taken as is;
 - 400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND:
@@ -13,28 +13,29 @@ path as signed (no re-encoding). Every answer or failure becomes an ``Outcome``:
   endpoint's limit when its error tells it;
 - 408 TIMEOUT, 429 THROTTLED, 5xx TEMPORARY_ERROR, any other status HTTP_ERROR: retried,
   ``Retry-After`` honoured;
-- refused or reset connections TCP_ERROR, DNS failures DNS_ERROR, TLS failures
-  TLS_ERROR, no answer in time TIMEOUT: retried;
-- a 200 that is no RunResponse, or an answer larger than the limit (the output limit,
-  ``--max-output-size``, and ``ANSWER_MARGIN``; twice the output limit in JSON, whose
-  base64 is larger): INVALID_RESPONSE, final.
+- refused, reset or closed connections (and no connection within ``CONNECT_TIMEOUT``)
+  TCP_ERROR, DNS failures DNS_ERROR, TLS failures TLS_ERROR, no answer in time TIMEOUT:
+  retried;
+- a 200 that is no RunResponse, an answer that is not HTTP/1.1, or one larger than the
+  limit (the output limit, ``--max-output-size``, and ``ANSWER_MARGIN``; twice the
+  output limit in JSON, whose base64 is larger): INVALID_RESPONSE, final.
 
-An answer is read into one buffer, of its announced length when it has one, and no
-further than the limit; an error answer's body no further than ``ERROR_BODY_BYTES``,
-all its message needs. So a large answer costs its size once, then its decoded form.
+An answer is read into one buffer, no further than the limit (one announced as longer
+is not read at all); an error answer's body no further than ``ERROR_BODY_BYTES``, all
+its message needs. So a large answer costs its size once, then its decoded form.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import ssl
 import typing
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from yarl import URL
 
 from ..core import tracing
 from ..core.connect import JSON, PROTO
@@ -45,6 +46,7 @@ from ..core.http import Request, media_type, retry_after
 from ..core.signatures import sign_request
 from ..core.status import Status
 from ..proto.dispatch.sdk.v1 import function_pb2
+from .endpoint_connections import Connections, EndpointClosed, InvalidHttp, Target
 from .outcome import ANSWER_MARGIN, MAX_ANSWER_BYTES, Outcome
 from .settings import DEFAULT_MAX_OUTPUT_SIZE
 from .within import within
@@ -58,7 +60,7 @@ MAX_TARGETS = 1024
 """The most endpoints whose parsed URL is kept (all are forgotten when more come)."""
 
 CONNECT_TIMEOUT = 30.0
-"""Seconds to open a connection to an endpoint (aiohttp's default), within the attempt's."""
+"""Seconds to open a connection to an endpoint (TLS included), within the attempt's."""
 
 ERROR_BODY_BYTES = 64 * 1024
 """How much of an error answer's body is read: its Connect error, or the start of a page."""
@@ -87,9 +89,9 @@ class HttpCaller:
         # PyNaCl's signing when it is installed: about half of cryptography's time.
         self._sign = None if signing_key is None else signer_for(signing_key, backend())
         self.max_output_size = max_output_size
-        self._session: aiohttp.ClientSession | None = None
-        # Each endpoint's parts and Run URL, parsed once (a bounded number of them).
-        self._targets: dict[str, tuple[EndpointURL, URL]] = {}
+        self._connections = Connections(connect_timeout=CONNECT_TIMEOUT)
+        # Each endpoint's parts and where to connect, parsed once (a bounded number).
+        self._targets: dict[str, tuple[EndpointURL, Target]] = {}
 
     async def __aenter__(self) -> HttpCaller:
         return self
@@ -97,24 +99,8 @@ class HttpCaller:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
-                # The attempt's own timeout bounds each request (``run``), not
-                # aiohttp's default total of 5 minutes: a Lambda may run for 15.
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT),
-                # Redirects are not followed: a signature covers the authority and path.
-                headers={"User-Agent": USER_AGENT},
-                auto_decompress=False,
-                skip_auto_headers=("Accept-Encoding",),
-            )
-        return self._session
-
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._connections.close()
 
     async def run(
         self, endpoint: str, request: function_pb2.RunRequest, *, timeout: float
@@ -123,60 +109,102 @@ class HttpCaller:
         known = self._targets.get(endpoint)
         if known is None:
             try:
-                target = parse_endpoint_url(endpoint)
+                known = _target(endpoint)
             except ValueError as exc:
                 return Outcome(Status.INVALID_ARGUMENT, error_type="ValueError", message=str(exc))
             if len(self._targets) >= MAX_TARGETS:
                 self._targets.clear()
-            known = self._targets[endpoint] = target, URL(target.run_url, encoded=True)
-        target, url = known
+            self._targets[endpoint] = known
+        parts, target = known
         headers = [("Content-Type", PROTO)]
         # The attempt's span context (traceparent): not signed, for tracing only.
         tracing.inject(headers)
         http_request = Request(
             "POST",
-            target.run_path,
-            target.authority,
+            parts.run_path,
+            parts.authority,
             headers,
             request.SerializeToString(),
-            scheme=target.scheme,
+            scheme=parts.scheme,
         )
         if self.signing_key is not None:
             http_request = sign_request(http_request, self.signing_key, signer=self._sign)
         try:
-            return await within(self._send(url, http_request), timeout)
+            wire = _wire(http_request)
+        except ValueError as exc:
+            return Outcome(Status.INVALID_ARGUMENT, error_type="ValueError", message=str(exc))
+        try:
+            return await within(self._send(target, wire, len(http_request.body)), timeout)
         except (TimeoutError, asyncio.TimeoutError):
             return Outcome(Status.TIMEOUT, error_type="TimeoutError", message=_no_answer(timeout))
 
-    async def _send(self, url: URL, request: Request) -> Outcome:
+    async def _send(self, target: Target, wire: bytes, sent: int) -> Outcome:
         try:
-            async with self._client().post(
-                url,
-                data=request.body,
-                headers=request.headers,
-                allow_redirects=False,
-            ) as answer:
-                if answer.status != 200:
-                    error = await _read_start(answer, ERROR_BODY_BYTES)
-                    return _outcome(answer.status, answer.headers, error, sent=len(request.body))
-                limit = answer_limit(self.max_output_size, answer.headers.get("Content-Type"))
-                body = await _read_bounded(answer, limit)
-                if body is None:
-                    return _too_long(answer.content_length, limit, self.max_output_size)
-                # Decoded from the buffer as it is (protobuf and json read a bytearray as
-                # they read bytes): no copy of it.
-                read = typing.cast(bytes, body)
-                return _outcome(answer.status, answer.headers, read, sent=len(request.body))
-        except aiohttp.ClientConnectorDNSError as exc:
-            return _failure(Status.DNS_ERROR, exc)
-        except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
+            answer = await self._connections.exchange(target, wire, self._answer_limit)
+        except socket.gaierror as exc:
+            return _failure(Status.DNS_ERROR, exc, f"cannot resolve {target.host}")
+        except (ssl.SSLError, ssl.CertificateError) as exc:
             return _failure(Status.TLS_ERROR, exc)
-        except ssl.SSLError as exc:
-            return _failure(Status.TLS_ERROR, exc)
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
-            return _failure(Status.TCP_ERROR, exc)
-        except aiohttp.ClientResponseError as exc:  # a malformed answer
+        except InvalidHttp as exc:
             return _failure(Status.INVALID_RESPONSE, exc)
+        except (TimeoutError, asyncio.TimeoutError) as exc:  # only connecting has its own
+            message = f"no connection to {target.host}:{target.port} within {CONNECT_TIMEOUT:g} s"
+            return _failure(Status.TCP_ERROR, exc, message)
+        except EndpointClosed as exc:
+            return _failure(Status.TCP_ERROR, exc)
+        except OSError as exc:  # all else that fails on the way is an EndpointClosed
+            return _failure(Status.TCP_ERROR, exc, f"cannot connect to {target.host}:{target.port}")
+        if answer.status != 200:
+            return _outcome(answer.status, answer.headers, bytes(answer.body), sent=sent)
+        if answer.cut:
+            limit = self._answer_limit(answer.status, answer.headers)
+            return _too_long(answer.length, limit, self.max_output_size)
+        # Decoded from the buffer as it is (protobuf and json read a bytearray as they
+        # read bytes): no copy of it.
+        return _outcome(200, answer.headers, typing.cast(bytes, answer.body), sent=sent)
+
+    def _answer_limit(self, status: int, headers: dict[str, str]) -> int:
+        if status != 200:
+            return ERROR_BODY_BYTES
+        return answer_limit(self.max_output_size, headers.get("content-type"))
+
+
+def _target(endpoint: str) -> tuple[EndpointURL, Target]:
+    """An endpoint's parts, and the host and port to connect to."""
+    parts = parse_endpoint_url(endpoint)
+    split = urlsplit(parts.run_url)
+    try:
+        port = split.port
+    except ValueError as exc:  # not a number, or out of range
+        raise ValueError(f"invalid endpoint URL {endpoint!r}: {exc}") from None
+    if port is None:
+        port = 443 if parts.scheme == "https" else 80
+    host = split.hostname
+    assert host is not None  # parse_endpoint_url has checked
+    return parts, Target(parts.scheme, host, port)
+
+
+def _wire(request: Request) -> bytes:
+    """``request`` as the bytes sent: head and body. A header that would end the line
+    early is refused (it can come only from a bug, never from a call)."""
+    lines = [
+        f"{request.method} {request.path} HTTP/1.1",
+        f"Host: {request.authority}",
+        f"User-Agent: {USER_AGENT}",
+        f"Content-Length: {len(request.body)}",
+        *(f"{name}: {value}" for name, value in request.headers),
+    ]
+    head = "\r\n".join(lines)
+    if "\n" in head.replace("\r\n", "") or "\r" in head.replace("\r\n", ""):
+        raise ValueError("a header of the Run request holds a line break")
+    try:
+        encoded = head.encode("ascii")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"the endpoint's address {request.authority!r} is not ASCII: give its host "
+            "in its IDNA form (xn--...)"
+        ) from None
+    return b"".join((encoded, b"\r\n\r\n", request.body))
 
 
 def answer_limit(max_output_size: int, content_type: str | None) -> int:
@@ -185,43 +213,6 @@ def answer_limit(max_output_size: int, content_type: str | None) -> int:
     if media_type(content_type) == JSON:
         return 2 * max_output_size + ANSWER_MARGIN
     return max_output_size + ANSWER_MARGIN
-
-
-async def _read_bounded(answer: aiohttp.ClientResponse, limit: int) -> bytearray | None:
-    """The whole body, in one buffer, or None when it is longer than ``limit`` (found
-    out from its announced length, or by reading no more than ``limit`` and one chunk).
-    The chunks are copied into the buffer as they come, and not kept: one copy."""
-    length = answer.content_length
-    if length is not None and length > limit:
-        return None
-    if length is not None:
-        # As long as announced: aiohttp stops there, and fails a body cut short.
-        body = bytearray(length)
-        view, size = memoryview(body), 0
-        async for chunk in answer.content.iter_any():
-            if size + len(chunk) > length:
-                return None
-            view[size : size + len(chunk)] = chunk
-            size += len(chunk)
-        view.release()
-        return body if size == length else body[:size]
-    grown = bytearray()
-    async for chunk in answer.content.iter_any():
-        if len(grown) + len(chunk) > limit:
-            return None
-        grown += chunk
-    return grown
-
-
-async def _read_start(answer: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The first ``limit`` bytes of the body at most; the rest is left unread (the
-    connection is then closed, not reused)."""
-    start = bytearray()
-    async for chunk in answer.content.iter_any():
-        start += chunk[: limit - len(start)]
-        if len(start) >= limit:
-            break
-    return bytes(start)
 
 
 def _too_long(length: int | None, limit: int, max_output_size: int) -> Outcome:
@@ -238,7 +229,8 @@ def _too_long(length: int | None, limit: int, max_output_size: int) -> Outcome:
 
 
 def _outcome(status: int, headers: Any, body: bytes, *, sent: int = 0) -> Outcome:
-    content_type = headers.get("Content-Type")
+    """An answer's outcome; ``headers`` by lower-case name."""
+    content_type = headers.get("content-type")
     if status == 200:
         try:
             return Outcome(Status.OK, decode_response(content_type, body))
@@ -264,7 +256,7 @@ def _outcome(status: int, headers: Any, body: bytes, *, sent: int = 0) -> Outcom
         kind,
         error_type="HTTPError",
         message=f"HTTP {status} {error}",
-        retry_after=retry_after(headers.get("Retry-After")),
+        retry_after=retry_after(headers.get("retry-after")),
     )
 
 
@@ -286,8 +278,11 @@ def _too_large(error: ConnectError, sent: int) -> str:
 _LIMIT = re.compile(r"\d{4,}")
 
 
-def _failure(status: Status, exc: BaseException) -> Outcome:
-    return Outcome(status, error_type=type(exc).__name__, message=str(exc) or type(exc).__name__)
+def _failure(status: Status, exc: BaseException, message: str = "") -> Outcome:
+    said = str(exc)
+    if message:
+        said = f"{message}: {said}" if said else message
+    return Outcome(status, error_type=type(exc).__name__, message=said or type(exc).__name__)
 
 
 def _no_answer(timeout: float) -> str:

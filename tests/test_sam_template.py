@@ -433,9 +433,10 @@ def check_layout(artifacts: Path, app: Path = ROOT / "examples", version: str = 
     for path in app.glob("*.py"):
         assert (artifacts / path.name).read_text() == path.read_text(), path.name
     assert (artifacts / "dispatchlet" / "adapters" / "aws_lambda" / "__init__.py").is_file()
-    # What Lambda never uses is left out: the local server, the scheduler's HTTP library.
+    # What Lambda never uses is left out: the local server, the scheduler's HTTP libraries.
     assert not list(artifacts.glob("waitress*"))
     assert not list(artifacts.glob("aiohttp*"))
+    assert not list(artifacts.glob("httptools*"))
     assert (artifacts / "cryptography").is_dir()
     assert (artifacts / "google" / "protobuf").is_dir()
     # Nothing the build machine made for itself, nothing that differs between builds.

@@ -20,7 +20,7 @@ def answer(endpoint: str, request: function_pb2.RunRequest) -> Outcome:
             "ValueError", "never valid\nsecond line " + "x" * 500, Status.INVALID_ARGUMENT
         )
     if request.function == "unreachable":
-        return Outcome(Status.TCP_ERROR, error_type="ClientConnectorError", message="refused")
+        return Outcome(Status.TCP_ERROR, error_type="ConnectionRefusedError", message="refused")
     if request.function == "bad_poll":
         response = function_pb2.RunResponse(status=Status.OK.value)
         response.poll.min_results, response.poll.max_results = 2, 1
@@ -75,4 +75,4 @@ def test_each_attempt_is_logged_with_its_runs_status_and_error(
 
     unreachable = logged["unreachable"]
     assert unreachable.status == "TCP_ERROR"  # type: ignore[attr-defined]
-    assert unreachable.getMessage().endswith("(ClientConnectorError: refused)")
+    assert unreachable.getMessage().endswith("(ConnectionRefusedError: refused)")

@@ -9,7 +9,7 @@ DIR is the app's folder (default: this repository's examples/): everything in it
 copied except what deploy/shared/app_files.py leaves out (databases such as the dev
 loop's dispatchlet.db, dotfiles and dot-folders, virtual environments, caches, build
 folders) and what ``--exclude`` names; the build prints what went in. Its
-requirements.txt, if any, is installed with dispatchlet (less waitress and aiohttp,
+requirements.txt, if any, is installed with dispatchlet (less waitress, aiohttp and httptools,
 which a function never uses). MODULE:ATTR (or Lambda's
 MODULE.ATTR), when given, names the handler, ``handler = lambda_handler(endpoint)``: the
 build checks that MODULE is in DIR and prints Lambda's Handler setting for it. The SAM build
@@ -50,8 +50,8 @@ APP_DIR = ROOT / "examples"
 # template.yaml's Handler, in Lambda's MODULE.ATTR form: the example's entry module.
 HANDLER = "lambda_app.handler"
 # What Lambda never uses of dispatchlet's own requirements: the local HTTP server and the
-# scheduler's HTTP library.
-LAMBDA_UNUSED = frozenset({"waitress", "aiohttp"})
+# scheduler's HTTP libraries.
+LAMBDA_UNUSED = frozenset({"waitress", "aiohttp", "httptools"})
 # Lambda's code folder, where tracebacks should say the files are.
 TASK_ROOT = "/var/task"
 RUNTIME = "python3.12"
