@@ -1644,6 +1644,47 @@ def test_postgres_tells_every_process_of_ends_retries_and_cancels(postgres_serve
     assert run(scenario()) == []
 
 
+def test_postgres_tells_every_process_of_each_call_of_a_batch_of_ends(
+    postgres_server: str,
+) -> None:
+    """Ends committed together are told a hundred to a notification: each one of them,
+    with its root, to every process."""
+    from dispatchlet.scheduler.store.postgres import PostgresStore
+
+    url = fresh_database(postgres_server)
+
+    async def scenario() -> tuple[set[tuple[str | None, str | None]], set[tuple[str, str]]]:
+        writer, watcher = await PostgresStore.open(url), await PostgresStore.open(url)
+        told: set[tuple[str | None, str | None]] = set()
+        news = asyncio.Event()
+
+        def changed(dispatch_id: str | None, root_id: str | None) -> None:
+            told.add((dispatch_id, root_id))
+            news.set()
+
+        try:
+            watcher.watch(changed)
+            while (None, None) not in told:  # listening
+                await asyncio.wait_for(news.wait(), 30)
+                news.clear()
+            await writer.dispatch([call() for _ in range(250)], now=NOW)
+            claims = await writer.claim(owner="w", now=NOW, limit=300, lease_seconds=30)
+            ended = {(c.call.dispatch_id, c.call.root_id) for c in claims}
+            assert len(ended) == 250
+            # Finished at once: they queue up for one batch (group commit).
+            await asyncio.gather(*(writer.finish(c.lease, 1, b"", now=NOW) for c in claims))
+            while not ended <= told:
+                await asyncio.wait_for(news.wait(), 30)
+                news.clear()
+            return told - {(None, None)}, ended
+        finally:
+            await writer.close()
+            await watcher.close()
+
+    told, ended = run(scenario())
+    assert told == ended
+
+
 # --- actions on a call: retry now, re-runs; a call's children listed -------------------
 
 

@@ -455,8 +455,9 @@ class PostgresStore:
                     self._tell_changed(None, None)
                     async for notice in connection.notifies():
                         if notice.channel == CHANGED:
-                            dispatch_id, _, root_id = notice.payload.partition(" ")
-                            self._tell_changed(dispatch_id or None, root_id or None)
+                            for line in notice.payload.split("\n"):
+                                dispatch_id, _, root_id = line.partition(" ")
+                                self._tell_changed(dispatch_id or None, root_id or None)
                         else:
                             self._notify_local()
             except asyncio.CancelledError:

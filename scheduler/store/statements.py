@@ -43,8 +43,12 @@ from .limits import LIMIT_COLUMNS, LIMITED
 CHANNEL = "dispatchlet_ready"
 """The PostgreSQL channel that is notified when a call becomes claimable now."""
 CHANGED = "dispatchlet_changed"
-"""The PostgreSQL channel that is notified when a call ends (payload: its dispatch id
-and root id) or a retry of it is recorded (its dispatch id), for its waiters."""
+"""The PostgreSQL channel that is notified when calls end (payload: a line for each,
+its dispatch id and root id) or a retry of one is recorded (its dispatch id), for their
+waiters."""
+ENDED_PER_NOTICE = 100
+"""The most ended calls told in one notification: 6,600 bytes, of the 8,000 a payload
+may have (a dispatch id is 32 characters)."""
 
 
 @dataclass(frozen=True)
@@ -1104,10 +1108,14 @@ class PostgresStatements(Statements):
         )
 
         # Waiters are told of the calls that ended and the retries recorded, in the same
-        # transaction (a notification is sent at commit, and only then).
+        # transaction (a notification is sent at commit, and only then). The calls that
+        # ended are told ENDED_PER_NOTICE to a notification, a line each (a notification
+        # per call was 10% of the database's time for background calls).
         self.notify_ended = r(
-            f"SELECT pg_notify('{CHANGED}', dispatch_id || ' ' || root_id) FROM {{calls}}"
-            f" WHERE {POSTGRES.one_of('dispatch_id', 'ids')} AND state = 'done'"
+            f"SELECT pg_notify('{CHANGED}', string_agg(dispatch_id || ' ' || root_id, E'\\n'))"
+            f" FROM (SELECT dispatch_id, root_id, (row_number() OVER () - 1) / {ENDED_PER_NOTICE}"
+            f"  AS part FROM {{calls}} WHERE {POSTGRES.one_of('dispatch_id', 'ids')}"
+            "  AND state = 'done') AS ended GROUP BY part"
         )
         # The tree of ended descendants (their root, after a space: no call named).
         self.notify_tree = r(
