@@ -194,15 +194,15 @@ def _wire(request: Request) -> bytes:
         f"Content-Length: {len(request.body)}",
         *(f"{name}: {value}" for name, value in request.headers),
     ]
-    head = "\r\n".join(lines)
-    if "\n" in head.replace("\r\n", "") or "\r" in head.replace("\r\n", ""):
+    if any("\n" in line or "\r" in line for line in lines):
         raise ValueError("a header of the Run request holds a line break")
+    head = "\r\n".join(lines)
     try:
         encoded = head.encode("ascii")
     except UnicodeEncodeError:
         raise ValueError(
-            f"the endpoint's address {request.authority!r} is not ASCII: give its host "
-            "in its IDNA form (xn--...)"
+            f"the endpoint's URL is not ASCII ({request.authority!r}, {request.path!r}): "
+            "give its host in its IDNA form (xn--...) and its path percent-encoded"
         ) from None
     return b"".join((encoded, b"\r\n\r\n", request.body))
 

@@ -21,11 +21,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from dispatchlet.core.http import Request
 from dispatchlet.core.status import Status
 from dispatchlet.proto.dispatch.sdk.v1 import function_pb2
 from dispatchlet.scheduler import endpoint_connections
 from dispatchlet.scheduler.endpoint_connections import Connections, Target
-from dispatchlet.scheduler.http_caller import HttpCaller, Outcome
+from dispatchlet.scheduler.http_caller import HttpCaller, Outcome, _wire
 from google.protobuf import wrappers_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -436,3 +437,12 @@ def test_an_https_endpoint_whose_certificate_does_not_check_out_is_a_tls_error(
     assert outcome.status is Status.TLS_ERROR, outcome
     assert outcome.error_type == "SSLCertVerificationError"
     assert outcome.retry_after is None
+
+
+@pytest.mark.parametrize("value", ["a\r\nX-Injected: 1", "a\nb", "a\rb"])
+def test_a_header_that_would_end_its_line_early_is_never_written(value: str) -> None:
+    request = Request("POST", "/run", "endpoint.test", [("traceparent", value)], b"")
+    with pytest.raises(ValueError, match="line break"):
+        _wire(request)
+    fine = _wire(Request("POST", "/run", "endpoint.test", [("traceparent", "00-x")], b"body"))
+    assert fine.endswith(b"\r\ntraceparent: 00-x\r\n\r\nbody")
