@@ -176,7 +176,12 @@ class _Reading:
     """One answer being read."""
 
     limit: Limit
-    done: asyncio.Future[tuple[Answer, bool]]
+    done: asyncio.Future[None]
+    """Set once the answer is whole: ``answer`` and ``keep`` then hold it. (Not the
+    future's result: asyncio holds the future it woke a task with until the task's next
+    wait, and a large body with it.)"""
+    answer: Answer | None = None
+    keep: bool = False
     status: int = 0
     headers: dict[str, str] = field(default_factory=dict)
     head_bytes: int = 0
@@ -184,6 +189,8 @@ class _Reading:
     header_bytes: int = 0
     """Bytes of the headers parsed."""
     body: bytearray = field(default_factory=bytearray)
+    filled: int | None = None
+    """How much of ``body`` is read, when it was made at the announced length."""
     most: int = 0
     length: int | None = None
     cut: bool = False
@@ -226,9 +233,12 @@ class _Connection(asyncio.Protocol):
         if self._transport is None or not self.usable():
             raise EndpointClosed("the connection was closed")
         loop = asyncio.get_running_loop()
-        self._reading = _Reading(limit, loop.create_future())
+        reading = self._reading = _Reading(limit, loop.create_future())
         self._transport.write(request)
-        return await self._reading.done
+        await reading.done
+        answer, reading.answer = reading.answer, None
+        assert answer is not None
+        return answer, reading.keep
 
     def close(self) -> None:
         if self._transport is not None:
@@ -310,10 +320,24 @@ class _Connection(asyncio.Protocol):
         reading.until_close = reading.length is None and not chunked
         if reading.length is not None and reading.length > reading.most and reading.status < 300:
             reading.cut = True  # too long to use: not read (an error's start tells the error)
+        elif reading.length is not None:
+            # Made once at its size and filled: a body grown as it comes would be copied
+            # at each growth, and for a while held twice.
+            reading.body = bytearray(min(reading.length, reading.most))
+            reading.filled = 0
 
     def on_body(self, body: bytes) -> None:
         reading = self._current()
         if reading.cut:
+            return
+        if reading.filled is not None:
+            start = reading.filled
+            room = len(reading.body) - start
+            # Copied into place as it is, not sliced first (a slice is a copy too).
+            part = body if len(body) <= room else memoryview(body)[:room]
+            reading.body[start : start + len(part)] = part
+            reading.filled = start + len(part)
+            reading.cut = len(body) > room
             return
         room = reading.most - len(reading.body)
         if len(body) > room:
@@ -340,11 +364,14 @@ class _Connection(asyncio.Protocol):
     def _finish(self, *, keep: bool) -> None:
         reading = self._reading
         assert reading is not None
+        if reading.filled is not None and reading.filled < len(reading.body):
+            del reading.body[reading.filled :]  # cut short by the connection's end
         answer = Answer(reading.status, reading.headers, reading.body, reading.length, reading.cut)
         if reading.status == 0:
             self._fail(EndpointClosed("the endpoint closed the connection before answering"))
             return
-        reading.done.set_result((answer, keep and not self._lost))
+        reading.answer, reading.keep = answer, keep and not self._lost
+        reading.done.set_result(None)
         self._reading = None
 
     def _fail(self, exc: BaseException) -> None:
