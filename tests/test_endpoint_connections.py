@@ -67,6 +67,9 @@ class Scripted:
         self.requests: list[bytes] = []
         self.closed = threading.Event()
         """Set whenever the server closes a connection (cleared by the test)."""
+        self.may_close = threading.Event()
+        """What a ``CLOSE`` after an answer waits for (set from the start: at once)."""
+        self.may_close.set()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(WAIT)
         self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
@@ -113,6 +116,7 @@ class Scripted:
             connection.sendall(answer)
             if self.script and self.script[0] == CLOSE:
                 self.script.pop(0)
+                self.may_close.wait(WAIT)
                 return
 
     def stop(self) -> None:
@@ -193,6 +197,9 @@ def closed_under(seen: bool) -> list[Outcome]:
     """Two Run requests, the endpoint closing the first one's connection after its
     answer; the second sent once the caller's loop has ``seen`` the close, or before."""
     with scripted([ok(run_response("a")), CLOSE, ok(run_response("b"))]) as server:
+        # Unseen: the server closes only once the loop is blocked, below.
+        if not seen:
+            server.may_close.clear()
 
         async def go() -> list[Outcome]:
             async with HttpCaller(None, insecure=True) as caller:
@@ -207,6 +214,7 @@ def closed_under(seen: bool) -> list[Outcome]:
                     assert not kept.usable()
                 else:
                     # Blocking the loop: the close reaches the socket, not the loop.
+                    server.may_close.set()
                     assert server.closed.wait(WAIT)
                     assert kept.usable(), "the loop has seen the close"
                 return [first, await caller.run(server.url, request, timeout=WAIT)]
