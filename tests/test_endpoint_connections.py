@@ -56,6 +56,15 @@ def chunked(body: bytes, size: int) -> bytes:
     return ok(b"", "Transfer-Encoding: chunked") + chunks + b"0\r\n\r\n"
 
 
+def content_length(head: bytes) -> int:
+    """A request head's Content-Length (the caller always sends one)."""
+    return next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+
+
 class Scripted:
     """A loopback server on a thread of its own: it reads each request whole, then sends
     the next answer of its script (see ``CLOSE``); a connection with nothing left to
@@ -101,11 +110,7 @@ class Scripted:
                     return
                 pending += data
             head, _, pending = pending.partition(b"\r\n\r\n")
-            length = next(
-                int(line.split(b":", 1)[1])
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length:")
-            )
+            length = content_length(head)
             while len(pending) < length:
                 pending += connection.recv(65536)
             self.requests.append(head + b"\r\n\r\n" + pending[:length])
@@ -397,8 +402,7 @@ def tls_runs(certificate: tuple[Path, Path], host: str, count: int) -> tuple[lis
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
-                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-                await reader.readexactly(length)
+                await reader.readexactly(content_length(head))
                 writer.write(ok(body))
                 await writer.drain()
         writer.close()
