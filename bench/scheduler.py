@@ -116,7 +116,12 @@ def process(
 ) -> Iterator[str]:
     """A process started and stopped around the block; the first match of ``ready``.
     Its process id is added to ``pids``."""
-    log = cwd / f"{Path(command[2] if len(command) > 2 else command[0]).name}.log"
+    name = Path(command[2] if len(command) > 2 else command[0]).name
+    if command[1:2] == ["-m"] and len(command) > 3:
+        # ``python -m dispatchlet serve`` and ``... scheduler``: a log each, not one file
+        # both write over (where the ready line of one could be read garbled).
+        name += f"-{Path(command[3]).name}"
+    log = cwd / f"{name}.log"
     with log.open("w") as out:
         child = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
     if pids is not None:

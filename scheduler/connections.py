@@ -24,6 +24,7 @@ import json
 import logging
 import struct
 import time
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -119,7 +120,8 @@ class _Tracked(asyncio.Protocol):
         """The address counted against the cap per client; None: not counted."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A stream transport (uvloop's is one without deriving from asyncio.Transport).
+        transport = typing.cast(asyncio.Transport, transport)
         self.transport = transport
         self.client = capped_client(transport.get_extra_info("peername"))
         refusal = self.site.admit(self)
@@ -202,7 +204,7 @@ class _Refused(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = typing.cast(asyncio.Transport, transport)
         self.transport = transport
         transport.write(self.refusal)
         if len(self.site.lingering) >= MAX_LINGERING or not transport.can_write_eof():
