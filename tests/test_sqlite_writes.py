@@ -10,6 +10,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Coroutine, Iterable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -56,6 +57,7 @@ class Watched:
         self.faults: dict[str, Exception] = {}
         """A statement, and the error raised once in its place."""
         self.at_commit: Callable[[], None] = lambda: None
+        self.at_begin: Callable[[], None] = lambda: None
 
     def _fault(self, sql: str) -> None:
         self.statements.append(sql)
@@ -68,6 +70,8 @@ class Watched:
         if sql == "COMMIT":
             self.commits.append(NORMAL)
             self.at_commit()
+        elif sql == "BEGIN IMMEDIATE":
+            self.at_begin()
         return self.real.execute(sql, *args)
 
     def synced(self, sync: Callable[[], None]) -> Callable[[], None]:
@@ -208,11 +212,28 @@ def test_a_claim_that_records_rate_limited_starts_commits_with_an_fsync(tmp_path
     with_store(tmp_path / "scheduler.db", body)
 
 
+def hold_writer(store: SQLiteStore, gate: threading.Event) -> Future[bool]:
+    """Keep the writer's thread busy (as with a transaction of its own) until ``gate``
+    is set: the writes that come meanwhile queue up for it."""
+    writer = store._writer
+    with writer._lock:
+        assert not writer._draining, "the writer is busy already"
+        writer._draining = True
+
+    def hold() -> bool:
+        try:
+            return gate.wait(WAIT)
+        finally:
+            writer._next()
+
+    return store._executor.submit(hold)
+
+
 async def queued_together(store: SQLiteStore, *writes: Coroutine[Any, Any, Any]) -> list[Any]:
     """Run ``writes`` queued behind a busy writer thread: taken together once it is
     free. Each one's result, or the exception it raised."""
     gate = threading.Event()
-    holding = store._executor.submit(gate.wait, WAIT)
+    holding = hold_writer(store, gate)
     tasks = [asyncio.create_task(write) for write in writes]
     try:
         for _ in range(100_000):
@@ -290,7 +311,7 @@ def test_a_batch_is_answered_only_once_committed(tmp_path: Path) -> None:
 
         watched.at_commit = hold
         gate = threading.Event()
-        store._executor.submit(gate.wait, WAIT)
+        hold_writer(store, gate)
         tasks = [asyncio.create_task(store.dispatch([call(name)], now=NOW)) for name in ("a", "b")]
         for _ in range(100_000):
             if store._writer.queued() == 2:
@@ -517,5 +538,102 @@ def test_a_handoff_is_told_its_leases_committed_before_the_fsync_and_answered_af
         (dispatch_id,) = await dispatching
         assert [c.call.dispatch_id for c in handoff.claimed] == [dispatch_id]
         assert watched.commits == [FULL]
+
+    with_store(tmp_path / "scheduler.db", body)
+
+
+def settings_at_commit(watched: Watched) -> list[tuple[bool, int, int]]:
+    """For each COMMIT from now on: whether it ran on this (the event loop's) thread,
+    and the connection's busy timeout and automatic checkpoint then."""
+    seen: list[tuple[bool, int, int]] = []
+    loop_thread = threading.get_ident()
+
+    def record() -> None:
+        (busy,) = watched.real.execute("PRAGMA busy_timeout").fetchone()
+        (pages,) = watched.real.execute("PRAGMA wal_autocheckpoint").fetchone()
+        seen.append((threading.get_ident() == loop_thread, busy, pages))
+
+    watched.at_commit = record
+    return seen
+
+
+def test_a_small_dispatch_to_an_idle_writer_commits_on_the_loop_and_waits_for_nothing(
+    tmp_path: Path,
+) -> None:
+    """Its transaction runs at once on the event loop (no hand-off to the writer's
+    thread and back), with no wait for a lock and no checkpoint there; its fsync is
+    still the thread's, and it is answered after it."""
+
+    async def body(store: SQLiteStore, watched: Watched) -> None:
+        seen = settings_at_commit(watched)
+        (small,) = await store.dispatch([call("a")], now=NOW)
+        assert seen == [(True, 0, 0)]
+        assert watched.commits == [FULL]
+        # The thread's own transactions wait for a lock and checkpoint as SQLite does.
+        many = [call("b")] * (sqlite_store.SMALL_DISPATCH + 1)
+        large = await store.dispatch(many, now=NOW)
+        await store.claim(owner="p", now=NOW + 0.1, limit=1, lease_seconds=LEASE)
+        assert seen[1:] == [(False, 5000, 1000)] * 2
+        assert watched.commits == [FULL, FULL, NORMAL]
+        assert {c.dispatch_id for c in await store.list(limit=100)} == {small, *large}
+
+    with_store(tmp_path / "scheduler.db", body)
+
+
+def test_a_small_dispatch_finding_the_database_locked_waits_on_the_writer_thread(
+    tmp_path: Path,
+) -> None:
+    """Another process holding the write lock: the loop does not wait for it (its
+    attempt fails at once, nothing written); the thread does, and commits it after."""
+    path = tmp_path / "scheduler.db"
+
+    async def body(store: SQLiteStore, watched: Watched) -> None:
+        seen = settings_at_commit(watched)
+        begun: list[tuple[bool, int]] = []
+        loop_thread = threading.get_ident()
+
+        def record() -> None:
+            (busy,) = watched.real.execute("PRAGMA busy_timeout").fetchone()
+            begun.append((threading.get_ident() == loop_thread, busy))
+
+        watched.at_begin = record
+        other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            dispatching = asyncio.create_task(store.dispatch([call("a")], now=NOW))
+            for _ in range(100_000):
+                if watched.begun() >= 1 and store._writer.queued() == 0:
+                    break
+                await asyncio.sleep(0)
+            assert not dispatching.done()
+            assert watched.commits == []
+            other.execute("COMMIT")
+            (dispatch_id,) = await dispatching
+        finally:
+            other.close()
+        assert begun == [(True, 0), (False, 5000)]
+        assert seen == [(False, 5000, 1000)]
+        assert watched.commits == [FULL]
+        assert [c.dispatch_id for c in await store.list()] == [dispatch_id]
+
+    with_store(path, body)
+
+
+@pytest.mark.parametrize("where", ["COMMIT", "insert"])
+def test_an_error_in_a_dispatch_committed_on_the_loop_fails_it_alone(
+    tmp_path: Path, where: str
+) -> None:
+    async def body(store: SQLiteStore, watched: Watched) -> None:
+        statement = "COMMIT" if where == "COMMIT" else SQL.insert
+        watched.faults[statement] = sqlite3.OperationalError("disk I/O error")
+        with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+            await store.dispatch([call("a")], now=NOW)
+        assert await store.list() == []
+        assert not store._writer._draining, "the writer was left busy"
+        # The next write goes on as usual, still on the loop.
+        seen = settings_at_commit(watched)
+        (dispatch_id,) = await store.dispatch([call("b")], now=NOW)
+        assert seen == [(True, 0, 0)]
+        assert [c.dispatch_id for c in await store.list()] == [dispatch_id]
 
     with_store(tmp_path / "scheduler.db", body)

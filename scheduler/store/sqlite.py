@@ -117,7 +117,7 @@ from .schedules import (
     schedule_from_row,
     sync_plan,
 )
-from .sqlite_writer import NeedsDurability, Writer
+from .sqlite_writer import BUSY_TIMEOUT_MS, NeedsDurability, Writer
 from .statements import (
     SQLITE,
     UNBOUNDED,
@@ -221,7 +221,12 @@ class SQLiteStore:
         self._broken: str | None = None
         """Why the database may no longer be used, once it may not."""
         self._writer = Writer(
-            self._executor, lambda: self._connection, self._check_file, self._sync_wal, MARK_EVERY
+            self._executor,
+            lambda: self._connection,
+            self._check_file,
+            self._sync_wal,
+            MARK_EVERY,
+            on_loop=MANUAL_SYNC and self.path != ":memory:",
         )
         self._starts_recorded = False
         """Whether the last claim recorded rate-limited starts (the next one likely will)."""
@@ -265,7 +270,9 @@ class SQLiteStore:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         # Autocommit mode: transactions are begun explicitly, IMMEDIATE so that a writer
         # never upgrades a read lock midway.
-        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        # Used by the writer's thread, and by the event loop's while that thread is idle
+        # (``Writer``), never by both at once.
+        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._connection = connection
         try:
             connection.execute("PRAGMA journal_mode = WAL")
@@ -277,7 +284,7 @@ class SQLiteStore:
             raise DatabaseBroken(self._refusal(str(exc))) from None
         connection.execute("PRAGMA synchronous = FULL")
         connection.execute("PRAGMA foreign_keys = ON")
-        connection.execute("PRAGMA busy_timeout = 5000")
+        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         if not memory:
             self._file = os.open(self.path, os.O_RDONLY)
         self._migrate(connection)
@@ -388,7 +395,7 @@ class SQLiteStore:
             connection = sqlite3.connect(
                 uri, uri=True, isolation_level=None, check_same_thread=False
             )
-            connection.execute("PRAGMA busy_timeout = 5000")
+            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self._local.connection = connection
             with self._lock:
                 self._reading.append(connection)
@@ -449,13 +456,16 @@ class SQLiteStore:
         *,
         durable: bool = True,
         committed: Callable[[T], None] | None = None,
+        small: bool = False,
     ) -> T:
         """``fn`` in a transaction of the writer's, once committed (with an fsync if
         ``durable``; ``committed`` told before it); ``now``, the time it writes by,
         recorded as the latest written if it is ``MARK_EVERY`` past the last one (see
-        ``written_until``)."""
+        ``written_until``). A ``small`` one may run on the event loop (``Writer``)."""
         try:
-            return await self._writer.write(fn, now, durable=durable, committed=committed)
+            return await self._writer.write(
+                fn, now, durable=durable, committed=committed, small=small
+            )
         except sqlite3.DatabaseError as exc:
             if not corrupt(exc):
                 raise
@@ -483,7 +493,8 @@ class SQLiteStore:
         # One writer at a time: a duplicate finds the first one's rows, never races them.
         # The leases of a handoff ride in the Dispatch's durable commit.
         # ``committed`` fills the handoff's leases, before this returns.
-        ids, _ = await self._write(insert, now, committed=committed)
+        small = len(calls) <= SMALL_DISPATCH
+        ids, _ = await self._write(insert, now, committed=committed, small=small)
         return ids
 
     def subscribe(self, wake: Callable[[], None]) -> None:
@@ -1055,6 +1066,7 @@ class SQLiteStore:
         for connection in self._reading:
             connection.close()
         self._reading.clear()
+        self._writer.stop_on_loop()
         try:
             await self._run(shut)
         finally:
@@ -1065,6 +1077,9 @@ class SQLiteStore:
             self._file = self._wal = None
 
 
+SMALL_DISPATCH = 16
+"""The most calls of a Dispatch whose transaction may run on the event loop when the
+writer's thread is idle (~0.1 ms for one call, a few more for each other)."""
 MANUAL_SYNC = os.name == "posix"
 """Whether the writer syncs the WAL itself after a durable COMMIT; elsewhere (Windows)
 every COMMIT does, with ``synchronous = FULL`` (a lease's too), and a Dispatch's
