@@ -637,3 +637,63 @@ def test_an_error_in_a_dispatch_committed_on_the_loop_fails_it_alone(
         assert [c.dispatch_id for c in await store.list()] == [dispatch_id]
 
     with_store(tmp_path / "scheduler.db", body)
+
+
+def test_a_small_dispatchs_handed_calls_start_before_the_thread_is_woken_for_its_fsync(
+    tmp_path: Path,
+) -> None:
+    """Committed on the loop, a lone Dispatch tells its handoff at once (not through the
+    loop's wake-up pipe), and the attempts started then take their first step before the
+    writer's thread is woken for the fsync, whose waking would take the interpreter from
+    them. The Dispatch is still answered only once the fsync is done."""
+
+    async def body(store: SQLiteStore, watched: Watched) -> None:
+        events: list[str] = []
+        submit = store._executor.submit
+
+        def woken(fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
+            events.append("thread woken")
+            return submit(fn, *args)
+
+        store._executor.submit = woken  # type: ignore[method-assign]
+
+        async def attempt() -> None:
+            events.append("attempt started")
+
+        def handed(_: Handoff) -> None:  # as Engine.handed starts the attempts
+            events.append("told")
+            asyncio.get_running_loop().create_task(attempt())
+
+        handoff = Handoff("s1", LEASE, 5, lambda _: 5, committed=handed)
+        (dispatch_id,) = await store.dispatch([call("a")], now=NOW, handoff=handoff)
+        events.append("answered")
+        assert events == ["told", "attempt started", "thread woken", "answered"]
+        assert [c.call.dispatch_id for c in handoff.claimed] == [dispatch_id]
+        assert watched.commits == [FULL]
+
+    with_store(tmp_path / "scheduler.db", body)
+
+
+def test_calls_leased_as_they_are_stored_keep_the_dispatchs_order(tmp_path: Path) -> None:
+    """A handoff with room for some of a Dispatch's calls (two on host a, one on b, none
+    on c) stores those leased, each in one write, as a claim leaves them; every call
+    keeps its place: the claim takes the others in the order they were sent."""
+
+    async def body(store: SQLiteStore, watched: Watched) -> None:
+        hosts = ["a", "b", "a", "a", "b", "c", "b"]
+        sent = [call(f"f{n}", endpoint=f"http://{host}:8000") for n, host in enumerate(hosts)]
+        room = {destination(f"http://{host}:8000"): n for host, n in (("a", 2), ("b", 1))}
+        handoff = Handoff("s1", LEASE, 5, lambda where: room.get(where, 0))
+        ids = await store.dispatch(sent, now=NOW, handoff=handoff)
+        assert [c.call.dispatch_id for c in handoff.claimed] == [ids[0], ids[1], ids[2]]
+        for claimed in handoff.claimed:
+            assert (claimed.call.state, claimed.call.attempts) == (State.RUNNING, 1)
+            assert (claimed.lease.token, claimed.lease.expires_at) == (1, NOW + LEASE)
+            stored = await store.get(claimed.call.dispatch_id)
+            assert stored is not None
+            assert stored.state is State.RUNNING
+        assert not any(s.startswith("UPDATE calls SET state") for s in watched.statements)
+        rest = await store.claim(owner="p", now=NOW + 0.1, limit=10, lease_seconds=LEASE)
+        assert [c.call.dispatch_id for c in rest] == ids[3:]
+
+    with_store(tmp_path / "scheduler.db", body)

@@ -1110,6 +1110,27 @@ def _insert(db: sqlite3.Connection, calls: Sequence[NewCall], now: float) -> lis
     return ids
 
 
+def _insert_handing(
+    db: sqlite3.Connection, calls: Sequence[NewCall], now: float, handoff: Handoff
+) -> tuple[list[str], list[Claimed]]:
+    """``calls`` stored in order, those ``handoff`` chooses already leased to it (the
+    row a claim would leave, written once rather than written and then updated)."""
+    ids, rows = rows_to_insert(calls, now)
+    expires = now + handoff.lease_seconds
+    leased: list[Claimed] = []
+    start = 0  # the first row not yet stored: rows go in their order
+    for index in handoff.chosen(calls, now):  # in order
+        db.executemany(SQL.insert, rows[start:index])
+        start = index + 1
+        params = {**rows[index], "owner": handoff.owner, "expires": expires}
+        found = db.execute(SQL.insert_leased, params).fetchone()
+        call = call_from_row(found[2:])
+        # New: no results of children to carry.
+        leased.append(Claimed(call, Lease(call.dispatch_id, found[0], expires, ())))
+    db.executemany(SQL.insert, rows[start:])
+    return ids, leased
+
+
 def _insert_keyed(db: sqlite3.Connection, children: Sequence[NewCall], now: float) -> list[str]:
     """A Poll's children, some with keys: those whose key is known follow its call."""
     known: dict[str, str] = {}
@@ -1142,15 +1163,15 @@ def _dispatch(
         for found, dispatch_id in db.execute(IDEMPOTENCY.find_keys, {"keys": key}):
             known[found] = dispatch_id
     keyed = KeyedCalls(calls, known)
-    stored = _insert(db, keyed.fresh, now)
+    handed: list[Claimed] = []
+    if handoff is None:
+        stored = _insert(db, keyed.fresh, now)
+    else:
+        stored, handed = _insert_handing(db, keyed.fresh, now, handoff)
     db.executemany(IDEMPOTENCY.insert_key, keyed.new_keys(stored))
     ids = keyed.ids(stored)
     if request is not None:
         db.execute(IDEMPOTENCY.insert_request, request_row(request, ids, now))
-    handed: list[Claimed] = []
-    if handoff is not None:
-        chosen = [stored[index] for index in handoff.chosen(keyed.fresh, now)]
-        handed = _lease(db, chosen, handoff.owner, now + handoff.lease_seconds)
     return ids, handed
 
 

@@ -27,7 +27,10 @@ itself ~0.1 ms. The thread is marked busy meanwhile, so that the connection is n
 used by both; it still does the fsync, and answers the write after it, so the loop never
 waits on the disk. Nor on a lock or a checkpoint: that transaction commits with no busy
 wait (a lock held by another process sends the write to the thread, which waits for it)
-and no automatic checkpoint, which is left to the thread's next commit.
+and no automatic checkpoint, which is left to the thread's next commit. Its ``committed``
+is called there and then, and the thread is woken for the fsync only in the loop's next
+turn: the attempts a Dispatch hands over have sent their Run requests by then (woken
+earlier, the thread would take the interpreter from them, and the saving with it).
 """
 
 from __future__ import annotations
@@ -155,7 +158,7 @@ class Writer:
             connection.execute("PRAGMA busy_timeout = 0")
             connection.execute("PRAGMA wal_autocheckpoint = 0")
             try:
-                outcomes, _ = self._transact([write], sync=False)
+                outcomes, _ = self._transact([write], on_loop=True)
             finally:
                 connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
                 connection.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
@@ -168,14 +171,30 @@ class Writer:
                 self._schedule()
                 return
             outcomes = [(write, False, exc)]
-        if write.durable and outcomes[0][1]:
+        ok, value = outcomes[0][1], outcomes[0][2]
+        if ok and write.committed is not None:
+            # Told here, not through the loop's self-pipe: a Dispatch's handed-over
+            # calls start in this turn of the loop.
             try:
-                self._executor.submit(self._finish, outcomes)
-                return
-            except RuntimeError:  # the executor was shut down: the store is closed
-                outcomes = [(write, False, StoreError("the store is closed"))]
+                write.committed(value)
+            except Exception as exc:
+                write.loop.call_exception_handler(
+                    {"message": "a committed write's callback failed", "exception": exc}
+                )
+        if write.durable and ok:
+            # After the tasks just started have sent their requests: the thread's
+            # waking would otherwise take the interpreter from them.
+            write.loop.call_soon(self._sync_then_answer, outcomes)
+            return
         _set(outcomes)
         self._next()
+
+    def _sync_then_answer(self, outcomes: list[Outcome]) -> None:
+        try:
+            self._executor.submit(self._finish, outcomes)
+        except RuntimeError:  # the executor was shut down: the store is closed
+            _set([(write, False, StoreError("the store is closed")) for write, _, _ in outcomes])
+            self._next()
 
     def _finish(self, outcomes: list[Outcome]) -> None:
         """On the thread: make a transaction committed on the loop durable, answer its
@@ -239,10 +258,11 @@ class Writer:
             _settle(outcomes)
 
     def _transact(
-        self, batch: list[Write[Any]], *, sync: bool = True
+        self, batch: list[Write[Any]], *, on_loop: bool = False
     ) -> tuple[list[Outcome], list[Write[Any]]]:
         """``batch`` in one transaction: the outcomes once committed (and synced, if it
-        is durable and ``sync``), and the writes to run again in a durable one."""
+        is durable), and the writes to run again in a durable one. ``on_loop``: run by
+        the event loop, which tells the writes and has the thread sync afterwards."""
         connection = self._connection()
         if connection is None:
             raise StoreError("the store is closed")
@@ -267,8 +287,9 @@ class Writer:
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
                 raise
-            _tell_committed(outcomes)
-            if self.durable and sync:
+            if not on_loop:
+                _tell_committed(outcomes)
+            if self.durable and not on_loop:
                 self._sync()
         finally:
             self.durable = True

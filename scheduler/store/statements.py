@@ -670,6 +670,14 @@ class Statements:
             f"INSERT INTO {{calls}} ({', '.join(INSERTED)}, state) "
             f"VALUES ({', '.join(':' + column for column in INSERTED)}, 'ready')"
         )
+        # A new call leased as it is stored (``Handoff``): the row a claim would leave,
+        # with no claim after it.
+        self.insert_leased = r(
+            f"INSERT INTO {{calls}} ({', '.join(INSERTED)}, state, lease_owner, lease_token,"
+            " lease_expires, attempts) "
+            f"VALUES ({', '.join(':' + column for column in INSERTED)}, 'running', :owner, 1,"
+            f" :expires, 1) RETURNING lease_token, poll_max, {COLUMNS}"
+        )
         # PostgreSQL: a batch's rows in one statement, one array per column (each row
         # one execution of ``insert`` costs the server a statement each), in order.
         arrays = ", ".join(
