@@ -38,7 +38,15 @@ IDLE_SECONDS = 15.0
 """How long an unused connection is kept open (aiohttp's default)."""
 MAX_IDLE = 512
 """The most unused connections kept open to one endpoint (host and port)."""
+SPARE_IDLE = 4
+"""Unused connections kept for ``IDLE_SECONDS`` to each endpoint: those used last. The
+others, left by a burst of calls, are closed once unused for ``SURPLUS_SECONDS``: an
+endpoint's server pays for every connection it holds (waitress looks at each one at
+every turn of its loop)."""
+SURPLUS_SECONDS = 1.0
 _POLL = hasattr(select, "poll")  # not on Windows
+_SWEEP_SLACK = 0.05
+"""Seconds a sweep may come late rather than be scheduled again."""
 
 
 class Answer(NamedTuple):
@@ -82,6 +90,8 @@ class Connections:
         self._idle: dict[Target, list[_Connection]] = {}
         self._tls: ssl.SSLContext | None = None
         self._sweeping: asyncio.TimerHandle | None = None
+        self._sweep_at = 0.0
+        """When the sweep ``_sweeping`` is due (``time.monotonic``)."""
         self._closed = False
 
     async def exchange(self, target: Target, request: bytes, limit: Limit) -> Answer:
@@ -130,26 +140,44 @@ class Connections:
             return
         connection.idle_since = time.monotonic()
         idle.append(connection)
-        if self._sweeping is None:
-            loop = asyncio.get_running_loop()
-            self._sweeping = loop.call_later(IDLE_SECONDS, self._sweep)
+        kept_for = SURPLUS_SECONDS if len(idle) > SPARE_IDLE else IDLE_SECONDS
+        self._sweep_by(connection.idle_since + kept_for)
+
+    def _sweep_by(self, when: float) -> None:
+        """Sweep at ``when`` (``time.monotonic``) at the latest."""
+        if self._sweeping is not None:
+            if self._sweep_at <= when + _SWEEP_SLACK:
+                return
+            self._sweeping.cancel()
+        self._sweep_at = when
+        delay = max(0.0, when - time.monotonic())
+        self._sweeping = asyncio.get_running_loop().call_later(delay, self._sweep)
 
     def _sweep(self) -> None:
-        """Close the connections unused for ``IDLE_SECONDS``; again later if some stay."""
+        """Close the connections unused for longer than they are kept (the ``SPARE_IDLE``
+        used last: ``IDLE_SECONDS``; the others: ``SURPLUS_SECONDS``); again when the
+        next of those left is due."""
         self._sweeping = None
-        oldest = time.monotonic() - IDLE_SECONDS
+        now = time.monotonic()
+        due = float("inf")
         for target, idle in list(self._idle.items()):
-            kept = [c for c in idle if c.usable() and c.idle_since > oldest]
-            for connection in idle:
-                if connection not in kept:
+            spares_from = len(idle) - SPARE_IDLE  # the list ends with those used last
+            kept = []
+            for index, connection in enumerate(idle):
+                until = connection.idle_since + (
+                    IDLE_SECONDS if index >= spares_from else SURPLUS_SECONDS
+                )
+                if connection.usable() and until > now:
+                    kept.append(connection)
+                    due = min(due, until)
+                else:
                     connection.close()
             if kept:
                 self._idle[target] = kept
             else:
                 del self._idle[target]
         if self._idle:
-            loop = asyncio.get_running_loop()
-            self._sweeping = loop.call_later(IDLE_SECONDS, self._sweep)
+            self._sweep_by(due)
 
     async def _open(self, target: Target) -> _Connection:
         loop = asyncio.get_running_loop()

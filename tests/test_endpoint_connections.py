@@ -300,6 +300,86 @@ def test_an_unused_connection_is_closed_after_a_while(monkeypatch: pytest.Monkey
         asyncio.run(go())
 
 
+class KeepAliveServer:
+    """A threaded loopback server answering every Run request on a connection kept open,
+    counting the connections open now."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.accepted = 0
+        self.changed = threading.Condition()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return
+            with self.changed:
+                self.open += 1
+                self.accepted += 1
+                self.changed.notify_all()
+            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        pending = b""
+        with connection:
+            while True:
+                while b"\r\n\r\n" not in pending:
+                    data = connection.recv(65536)
+                    if not data:
+                        with self.changed:
+                            self.open -= 1
+                            self.changed.notify_all()
+                        return
+                    pending += data
+                head, _, pending = pending.partition(b"\r\n\r\n")
+                pending = pending[content_length(head) :]  # the body came with its head
+                connection.sendall(ok(run_response("done")))
+
+    def wait_open(self, count: int) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: self.open == count, WAIT)
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def test_connections_left_by_a_burst_are_closed_soon_but_the_last_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Six calls at once open six connections; once unused, all but the two used last
+    are closed soon (an endpoint's server pays for every connection it holds), and
+    those two serve the next calls."""
+    monkeypatch.setattr(endpoint_connections, "SPARE_IDLE", 2)
+    monkeypatch.setattr(endpoint_connections, "SURPLUS_SECONDS", 0.05)
+    monkeypatch.setattr(endpoint_connections, "IDLE_SECONDS", 3600.0)  # not in this test
+    server = KeepAliveServer()
+
+    async def go() -> None:
+        async with HttpCaller(None, insecure=True) as caller:
+            request = function_pb2.RunRequest(function="f")
+            burst = [caller.run(server.url, request, timeout=WAIT) for _ in range(6)]
+            for outcome in await asyncio.gather(*burst):
+                assert output(outcome) == "done"
+            assert server.accepted == 6
+            (idle,) = caller._connections._idle.values()
+            last_used = idle[-2:]
+            assert await asyncio.to_thread(server.wait_open, 2)
+            assert list(caller._connections._idle.values()) == [last_used]
+            for _ in range(3):
+                assert output(await caller.run(server.url, request, timeout=WAIT)) == "done"
+            assert server.accepted == 6
+
+    try:
+        asyncio.run(go())
+    finally:
+        server.close()
+
+
 def test_a_refused_connection_is_a_tcp_error() -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
