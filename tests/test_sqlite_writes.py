@@ -697,3 +697,32 @@ def test_calls_leased_as_they_are_stored_keep_the_dispatchs_order(tmp_path: Path
         assert [c.call.dispatch_id for c in rest] == ids[3:]
 
     with_store(tmp_path / "scheduler.db", body)
+
+
+def test_a_dispatch_committed_on_the_loop_is_synced_before_the_store_closes(
+    tmp_path: Path,
+) -> None:
+    """The store stopping its writes on the loop (as it closes) in the very turn that
+    committed a Dispatch there, its fsync not yet asked of the thread: that fsync comes
+    before anything the thread is given after it (the connection's close), and the
+    Dispatch is answered."""
+
+    async def body(store: SQLiteStore, watched: Watched) -> None:
+        order: list[str] = []
+        sync = store._writer._sync
+
+        def syncing() -> None:
+            order.append("fsync")
+            sync()
+
+        store._writer._sync = syncing
+        dispatching = asyncio.create_task(store.dispatch([call("a")], now=NOW))
+        await asyncio.sleep(0)  # its first step: committed, the fsync still to be asked
+        assert watched.commits == [NORMAL]
+        store._writer.stop_on_loop()
+        await store._run(lambda: order.append("closing"))
+        (dispatch_id,) = await dispatching
+        assert order == ["fsync", "closing"]
+        assert await store.get(dispatch_id) is not None
+
+    with_store(tmp_path / "scheduler.db", body)

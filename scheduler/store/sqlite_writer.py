@@ -111,6 +111,8 @@ class Writer:
         self._queue: deque[Write[Any]] = deque()
         self._lock = threading.Lock()
         self._draining = False
+        self._unsynced: tuple[asyncio.Handle, list[Outcome]] | None = None
+        """A transaction committed on the loop whose fsync the thread is not asked for yet."""
         self.durable = True
         """Whether the transaction under way is made durable (the thread's own)."""
 
@@ -144,9 +146,13 @@ class Writer:
 
     def stop_on_loop(self) -> None:
         """Run every write on the thread from now on (the connection is being closed
-        there)."""
+        there), after the fsync of the one committed on the loop last, if still to come."""
         with self._lock:
             self._on_loop = False
+        if self._unsynced is not None:
+            handle, outcomes = self._unsynced
+            handle.cancel()
+            self._sync_then_answer(outcomes)
 
     def _run_here(self, write: Write[Any]) -> None:
         """``write`` alone, on the event loop, the thread held idle; its fsync and its
@@ -184,12 +190,14 @@ class Writer:
         if write.durable and ok:
             # After the tasks just started have sent their requests: the thread's
             # waking would otherwise take the interpreter from them.
-            write.loop.call_soon(self._sync_then_answer, outcomes)
+            handle = write.loop.call_soon(self._sync_then_answer, outcomes)
+            self._unsynced = (handle, outcomes)
             return
         _set(outcomes)
         self._next()
 
     def _sync_then_answer(self, outcomes: list[Outcome]) -> None:
+        self._unsynced = None
         try:
             self._executor.submit(self._finish, outcomes)
         except RuntimeError:  # the executor was shut down: the store is closed
