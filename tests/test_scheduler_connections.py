@@ -386,3 +386,37 @@ def test_the_connection_cap_leaves_room_under_the_open_files_limit() -> None:
 def test_metrics_keys_come_from_the_environment() -> None:
     found = Settings.from_env({"DISPATCHLET_METRICS_KEY": "scrape, old"}, database="x.db")
     assert found.metrics_keys == ("scrape", "old")
+
+
+def test_the_bounded_site_serves_on_uvloop() -> None:
+    """An app that runs the scheduler on uvloop's event loop (its transports are not
+    asyncio.Transport subclasses) gets its requests answered, not its connections
+    dropped."""
+    import uvloop
+
+    async def scenario() -> bytes:
+        app = web.Application()
+
+        async def hello(request: web.Request) -> web.Response:
+            return web.Response(text="hello")
+
+        app.router.add_get("/", hello)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        try:
+            site = BoundedSite(runner, "127.0.0.1", 0, max_connections=10)
+            await site.start()
+            server = site._server
+            assert server is not None
+            port = server.sockets[0].getsockname()[1]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answer = await asyncio.wait_for(reader.read(), 30)
+            writer.close()
+            return answer
+        finally:
+            await runner.cleanup()
+
+    answer = uvloop.run(scenario())
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert answer.endswith(b"hello")
