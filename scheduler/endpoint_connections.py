@@ -40,9 +40,10 @@ MAX_IDLE = 512
 """The most unused connections kept open to one endpoint (host and port)."""
 SPARE_IDLE = 4
 """Unused connections kept for ``IDLE_SECONDS`` to each endpoint: those used last. The
-others, left by a burst of calls, are closed once unused for ``SURPLUS_SECONDS``: an
-endpoint's server pays for every connection it holds (waitress looks at each one at
-every turn of its loop)."""
+others, left by a burst of calls, are closed once unused for ``SURPLUS_SECONDS`` (up to
+twice that: a sweep is timed by the connection returned last): an endpoint's server
+pays for every connection it holds (waitress looks at each one at every turn of its
+loop)."""
 SURPLUS_SECONDS = 1.0
 _POLL = hasattr(select, "poll")  # not on Windows
 _SWEEP_SLACK = 0.05

@@ -868,6 +868,14 @@ def call_from_row(row: Sequence[Any]) -> Call:
     )
 
 
+def newly_leased(row: Sequence[Any], expires: float, owner: str = "") -> Claimed:
+    """A call leased as it was stored or just after (``Handoff``), from a row of
+    ``lease_token, poll_max`` and its columns: new, it has no children's results to
+    carry."""
+    call = call_from_row(row[2:])
+    return Claimed(call, Lease(call.dispatch_id, int(row[0]), expires, (), owner))
+
+
 def child_from_row(row: Sequence[Any]) -> Child:
     """A child from its ``(dispatch_id, correlation_id, state, delivered, status, result,
     finished_at)`` columns."""

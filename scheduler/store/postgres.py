@@ -65,6 +65,7 @@ from . import (
     children_of,
     history_of,
     limit_columns,
+    newly_leased,
     policy_columns,
     unsendable,
 )
@@ -1399,11 +1400,10 @@ async def _lease_new(
     expires = now + handoff.lease_seconds
     params = {"owner": owner, "expires": expires, "ids": list(ids)}
     rows = await (await db.execute(SQL.claim, params)).fetchall()
-    leased = {}
-    for row in rows:
-        call = call_from_row(row[2:])
-        lease = Lease(call.dispatch_id, int(row[0]), expires, (), owner)
-        leased[call.dispatch_id] = Claimed(call, lease)
+    leased = {
+        claimed.call.dispatch_id: claimed
+        for claimed in (newly_leased(row, expires, owner) for row in rows)
+    }
     return [leased[dispatch_id] for dispatch_id in ids]
 
 

@@ -68,6 +68,7 @@ from . import (
     corrupt,
     history_of,
     limit_columns,
+    newly_leased,
     policy_columns,
     unsendable,
 )
@@ -1123,10 +1124,7 @@ def _insert_handing(
         db.executemany(SQL.insert, rows[start:index])
         start = index + 1
         params = {**rows[index], "owner": handoff.owner, "expires": expires}
-        found = db.execute(SQL.insert_leased, params).fetchone()
-        call = call_from_row(found[2:])
-        # New: no results of children to carry.
-        leased.append(Claimed(call, Lease(call.dispatch_id, found[0], expires, ())))
+        leased.append(newly_leased(db.execute(SQL.insert_leased, params).fetchone(), expires))
     db.executemany(SQL.insert, rows[start:])
     return ids, leased
 
