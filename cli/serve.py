@@ -1,4 +1,5 @@
-"""``dispatchlet serve``: an app's Endpoint on a local HTTP server (waitress)."""
+"""``dispatchlet serve``: an app's Endpoint on a local HTTP server (``ThreadServer``: a
+thread per connection, which runs the app for the requests it reads)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from ..core.endpoint import Endpoint
 from ..core.functions import Function
 from ..core.keys import SIGNING_KEY_ENV, private_key_base64, public_key_base64
 from ..serving import logging_setup
-from ..serving.waitress_server import WILDCARDS, listening, local_url, waitress_options
+from ..serving.thread_server import ThreadServer
+from ..serving.waitress_server import WILDCARDS, local_url
 from .errors import CommandError
 from .local_server import DEFAULT_ENDPOINT_URL, load_app
 from .signals import EPILOG, interrupting_main_thread
@@ -65,7 +67,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load the app, start waitress, serve until SIGINT or SIGTERM."""
+    """Load the app, listen, serve until SIGINT or SIGTERM."""
     logging_setup.configure(args)
     endpoint = load_app(args.app)
     session_key = None
@@ -73,29 +75,25 @@ def run(args: argparse.Namespace) -> int:
         session_key = Ed25519PrivateKey.generate()
         endpoint.set_verification_key(session_key.public_key())
 
-    from waitress import create_server  # here: only `serve` needs it
-
     try:
-        server = create_server(
+        server = ThreadServer(
             wsgi_app(endpoint),
-            host=args.host,
-            port=args.port,
+            args.host,
+            args.port,
             threads=args.threads,
-            **waitress_options(endpoint),
+            max_body=endpoint.max_body_size,
         )
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise CommandError(f"cannot listen on {args.host}:{args.port}: {reason}") from None
 
-    addresses = listening(server)
     with interrupting_main_thread() as stop:
         try:
-            print(banner(args.app, endpoint, addresses, session_key), flush=True)
-            # Returns on KeyboardInterrupt (SIGINT or SIGTERM, see interrupting_main_thread)
-            # once its worker threads have stopped.
-            server.run()
+            print(banner(args.app, endpoint, server.addresses, session_key), flush=True)
+            # Returns on KeyboardInterrupt (SIGINT or SIGTERM, see interrupting_main_thread).
+            server.serve()
         except KeyboardInterrupt:
-            pass  # the signal came before waitress ran
+            pass
         finally:
             server.close()
     logging_setup.notice("dispatchlet serve: stopped")

@@ -3,8 +3,9 @@ their request heads (slowloris) must not keep the scheduler's signed requests fr
 answered. gunicorn alone (sync or gthread workers, and functions-framework, which runs
 gunicorn gthread) reads heads in its worker threads without a time limit and answers
 fewer (the control here: gthread); the guides' configurations are waitress through
-serve_waitress.py, and gunicorn as gunicorn.conf.py runs it behind nginx buffering
-whole requests."""
+serve_waitress.py, gunicorn as gunicorn.conf.py runs it behind nginx buffering whole
+requests, and ``dispatchlet serve`` (a thread per connection, the app's turns taken only
+by requests that arrived whole)."""
 
 from __future__ import annotations
 
@@ -103,6 +104,17 @@ def test_waitress_as_the_recipe_runs_it_answers_every_probe(app_dir: Path, tmp_p
     env = server_env(tmp_path, HOST="127.0.0.1", PORT="0")
     command = [sys.executable, str(DEPLOY / "serve_waitress.py"), "server_app.py"]
     server: Server = launch("waitress", command, app_dir, tmp_path, env)
+    try:
+        assert answered_under_attack(server.port) == PROBES
+        server.assert_serves()
+    finally:
+        stop(server.process)
+
+
+def test_dispatchlet_serve_answers_every_probe(app_dir: Path, tmp_path: Path) -> None:
+    server: Server = launch(
+        "dispatchlet-serve", SERVERS["dispatchlet-serve"], app_dir, tmp_path, server_env(tmp_path)
+    )
     try:
         assert answered_under_attack(server.port) == PROBES
         server.assert_serves()

@@ -1,0 +1,532 @@
+"""The HTTP/1.1 server of ``dispatchlet serve``: a thread per connection, which reads
+each request and runs the app for it itself.
+
+waitress reads requests on one thread and hands each to a worker thread; on the start
+of a call that hand-over and waitress's parsing in Python were about 0.17 ms of ~1.45
+(measured in bench/scheduler.py's one-at-a-time calls). Here the request is parsed by
+httptools (llhttp, in C) on the thread that then runs the app: no hand-over.
+
+What a client can hold stays bounded as with waitress:
+
+- at most ``connection_limit`` connections (a thread each); past it, accepting waits
+  for one to end and the kernel's backlog holds the rest;
+- at most ``threads`` requests run the app at once: a request takes its turn only once
+  it has arrived whole, so a slow client holds its connection's thread, never a turn;
+- a head of at most ``max_head`` bytes (431), a body read no further than the app's
+  limit plus one byte (the app, an Endpoint, answers a larger one with its 400; one
+  announced larger is not read at all);
+- a connection that sends nothing for ``channel_timeout`` seconds is closed, or, in
+  the middle of a body, the request is handed to the app as stalled (its 400); an
+  answer the client does not read for that long is given up.
+
+The app's answer is gathered whole before it is written (an Endpoint's answers are
+bounded by its own limits), so that a client slow to read holds no turn either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import io
+import logging
+import selectors
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import httptools
+
+from ..adapters.wsgi import WSGIApplication
+
+logger = logging.getLogger(__name__)
+
+CONNECTION_LIMIT = 100
+"""Connections open at once (waitress's default)."""
+MAX_HEAD = 256 * 1024
+"""Bytes of a request's line and header fields (waitress's default)."""
+CHANNEL_TIMEOUT = 10.0
+"""Seconds a connection may send nothing (or not read its answer) before it is given up."""
+LINGER = 2.0
+"""Seconds a connection closed by the server reads what its client still sends."""
+LINGER_BYTES = 1 << 20
+"""Bytes read so at most."""
+STOP_GRACE = 5.0
+"""Seconds a stop waits for the requests running the app to finish."""
+_READ = 64 * 1024
+_HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length"})
+_NO_BODY = (b"1", b"204", b"304")
+
+
+class _Unfinished(io.BytesIO):
+    """A body that did not arrive whole: what came, then the error the app reports."""
+
+    def __init__(self, data: bytes, error: OSError) -> None:
+        super().__init__(data)
+        self.error = error
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        if not data:
+            raise self.error
+        return data
+
+
+class _Request:
+    """One request as the parser reports it."""
+
+    def __init__(self) -> None:
+        self.target = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.size = 0
+        self.length: int | None = None
+        """The announced Content-Length (None: chunked, or no body)."""
+        self.chunked = False
+        self.oversized_head = False
+        self.headed = False
+        self.complete = False
+        self.keep_alive = False
+        self.method = b"GET"
+        self.version = "1.1"
+
+
+class _Connection:
+    """A connection's thread: reads requests, runs the app for each, writes answers."""
+
+    def __init__(self, server: ThreadServer, sock: socket.socket, peer: Any) -> None:
+        self.server = server
+        self.sock = sock
+        self.peer = peer
+        self.parser = httptools.HttpRequestParser(self)
+        self.current: _Request | None = None
+        self.ready: list[_Request] = []
+        self.head_bytes = 0
+        self.waiting = True
+        """Waiting for a new request, with nothing of it received (a stop may close it)."""
+        self.client_closed = False
+
+    # --- the parser's callbacks -----------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.current = _Request()
+
+    def on_url(self, url: bytes) -> None:
+        assert self.current is not None
+        self.current.target += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        assert self.current is not None
+        self.current.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        request = self.current
+        assert request is not None
+        request.headed = True
+        request.method = self.parser.get_method()
+        request.version = self.parser.get_http_version()
+        request.keep_alive = self.parser.should_keep_alive()
+        self.head_bytes = 0
+        head = len(request.target) + sum(len(n) + len(v) + 4 for n, v in request.headers)
+        if head > self.server.max_head:
+            request.oversized_head = True
+            self._end_request()
+            return
+        for name, value in request.headers:
+            lowered = name.lower()
+            if lowered == b"content-length":
+                request.length = int(value)  # llhttp has checked it: digits, one value
+            elif lowered == b"transfer-encoding":
+                request.chunked = True
+        if request.length is not None and request.length > self.server.max_body:
+            self._end_request()  # refused by the app unread: nothing more is parsed
+            return
+        expects = any(n.lower() == b"expect" for n, _ in request.headers)
+        if expects and request.version == "1.1" and (request.length or request.chunked):
+            with contextlib.suppress(OSError):
+                self.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        request = self.current
+        assert request is not None
+        room = self.server.max_body + 1 - request.size
+        if room > 0:
+            request.body.append(body[:room])
+            request.size += min(len(body), room)
+        if request.size > self.server.max_body:
+            self._end_request()  # the app refuses it: the rest is not read
+
+    def on_message_complete(self) -> None:
+        assert self.current is not None
+        self.current.complete = True
+        self.ready.append(self.current)
+        self.current = None
+
+    def _end_request(self) -> None:
+        """Stop reading: the request as it is goes to the app, the connection then ends."""
+        assert self.current is not None
+        self.current.keep_alive = False
+        self.ready.append(self.current)
+        self.current = None
+        raise _Cut
+
+    # --- the connection's loop --------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self.sock.settimeout(self.server.channel_timeout)
+            while self._serve_some():
+                pass
+        except Exception:  # never an uncaught exception in a thread: log it, drop it
+            logger.exception("error on the connection from %s", self.peer)
+        finally:
+            self._close()
+            self.server._ended(self)
+
+    def _close(self) -> None:
+        """Close, letting the client read the last answer: what it still sends is read
+        and dropped for a moment first (closing on unread bytes resets the connection,
+        and a reset can discard the answer before the client reads it)."""
+        with contextlib.suppress(OSError):
+            if not self.client_closed:
+                self.sock.shutdown(socket.SHUT_WR)
+                deadline = time.monotonic() + LINGER
+                drained = 0
+                while drained < LINGER_BYTES and (left := deadline - time.monotonic()) > 0:
+                    self.sock.settimeout(left)
+                    data = self.sock.recv(_READ)
+                    if not data:
+                        break
+                    drained += len(data)
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def _serve_some(self) -> bool:
+        """Read what comes and answer the requests it completes; whether to go on."""
+        if self.server.stopping and self.waiting:
+            return False
+        try:
+            data = self.sock.recv(_READ)
+        except TimeoutError:
+            return self._incomplete(stalled=True)
+        except OSError:
+            self.client_closed = True
+            return False
+        if not data:
+            self.client_closed = True
+            return self._incomplete(stalled=False)
+        self.waiting = False
+        if self.current is None or not self.current.headed:
+            self.head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if not isinstance(exc.__context__, _Cut):
+                raise
+        except httptools.HttpParserUpgrade:
+            return self._refuse(400, "protocol upgrades are not supported")
+        except httptools.HttpParserError as exc:
+            if not self.ready:
+                return self._refuse(400, f"malformed request: {exc}")
+            self.ready[-1].keep_alive = False  # answer those before it, then close
+        if self.head_bytes > self.server.max_head and not self.ready:
+            return self._refuse(431, "request head too large")
+        while self.ready:
+            request = self.ready.pop(0)
+            if request.oversized_head:
+                return self._refuse(431, "request head too large")
+            if not self._answer(request):
+                return False
+        if self.current is None:
+            self.waiting = True
+        return True
+
+    def _incomplete(self, *, stalled: bool) -> bool:
+        """The client went quiet (``stalled``) or closed: a request it began with its
+        head whole goes to the app, which answers that its body is incomplete."""
+        request = self.current
+        if request is None or not request.headed:
+            return False
+        request.keep_alive = False
+        self._answer(request, stalled=stalled)
+        return False
+
+    def _refuse(self, status: int, message: str) -> bool:
+        reason = {400: "Bad Request", 431: "Request Header Fields Too Large"}[status]
+        text = f"{message}\n".encode()
+        head = (
+            f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(text)}\r\nConnection: close\r\n\r\n"
+        )
+        with contextlib.suppress(OSError):
+            self.sock.sendall(head.encode("latin-1") + text)
+        return False
+
+    def _answer(self, request: _Request, *, stalled: bool = False) -> bool:
+        """Run the app for ``request`` and write its answer; whether to keep reading."""
+        try:
+            environ = self.server.environ(request, self.peer, stalled=stalled)
+        except ValueError as exc:
+            return self._refuse(400, str(exc))
+        keep = request.keep_alive and request.complete
+        status, headers, body = self.server.run_app(environ)
+        if self.server.stopping:
+            keep = False
+        lines = [f"HTTP/1.1 {status}"]
+        lines += [f"{n}: {v}" for n, v in headers if n.lower() not in _HOP_BY_HOP]
+        lines.append(f"Date: {_date()}")
+        if not status.encode().startswith(_NO_BODY):
+            lines.append(f"Content-Length: {len(body)}")
+        if not keep:
+            lines.append("Connection: close")
+        elif request.version == "1.0":
+            lines.append("Connection: keep-alive")
+        if request.method == b"HEAD" or status.encode().startswith(_NO_BODY):
+            body = b""
+        data = "\r\n".join([*lines, "", ""]).encode("latin-1") + body
+        try:
+            self.sock.sendall(data)
+        except OSError:
+            return False
+        return keep
+
+
+class _Cut(Exception):
+    """Raised in a parser callback to stop reading a request."""
+
+
+_last_date = (0, "")
+
+
+def _date() -> str:
+    """The Date field, formatted once a second."""
+    global _last_date
+    now = int(time.time())
+    if _last_date[0] != now:
+        _last_date = (now, email.utils.formatdate(now, usegmt=True))
+    return _last_date[1]
+
+
+class ThreadServer:
+    """``app`` served on ``host``:``port`` (every address the name has), a thread per
+    connection; at most ``threads`` requests run it at once."""
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        host: str,
+        port: int,
+        *,
+        threads: int,
+        max_body: int,
+        max_head: int = MAX_HEAD,
+        connection_limit: int = CONNECTION_LIMIT,
+        channel_timeout: float = CHANNEL_TIMEOUT,
+    ) -> None:
+        self.app = app
+        self.max_body = max_body
+        self.max_head = max_head
+        self.connection_limit = connection_limit
+        self.channel_timeout = channel_timeout
+        self.stopping = False
+        self._turns = threading.BoundedSemaphore(threads)
+        self._lock = threading.Condition()
+        self._connections: set[_Connection] = set()
+        self._running = 0
+        self.listeners = _listen(host, port)
+        self.addresses = [_address(s) for s in self.listeners]
+
+    def serve(self) -> None:
+        """Accept connections until ``close()`` (or an exception here, as a signal's
+        KeyboardInterrupt)."""
+        with selectors.DefaultSelector() as selector:
+            for listener in self.listeners:
+                selector.register(listener, selectors.EVENT_READ)
+            while not self.stopping:
+                with self._lock:
+                    while len(self._connections) >= self.connection_limit:
+                        self._lock.wait(0.5)
+                for key, _ in selector.select(0.5):
+                    self._accept(key.fileobj)  # type: ignore[arg-type]
+
+    def _accept(self, listener: socket.socket) -> None:
+        try:
+            sock, peer = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # out of descriptors: wait for some to be freed
+            logger.warning("cannot accept a connection: %s", exc)
+            time.sleep(0.1)
+            return
+        sock.setblocking(True)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        connection = _Connection(self, sock, peer)
+        with self._lock:
+            self._connections.add(connection)
+        thread = threading.Thread(target=connection.run, name="dispatchlet-connection")
+        thread.daemon = True
+        try:
+            thread.start()
+        except RuntimeError:  # no thread can be started: the connection is dropped
+            logger.warning("cannot start a thread for a connection")
+            sock.close()
+            self._ended(connection)
+
+    def _ended(self, connection: _Connection) -> None:
+        with self._lock:
+            self._connections.discard(connection)
+            self._lock.notify_all()
+
+    def run_app(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
+        """The app's answer to ``environ``, run in its turn: status, fields, body."""
+        if self.stopping:
+            return _text("503 Service Unavailable", "the server is stopping")
+        answer: list[Any] = []
+
+        def start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Any:
+            if exc_info is not None and answer:
+                raise exc_info[1].with_traceback(exc_info[2])
+            answer[:] = [status, headers]
+            return written.append
+
+        written: list[bytes] = []
+        with self._turns:
+            with self._lock:
+                self._running += 1
+            try:
+                result: Iterable[bytes] = self.app(environ, start_response)
+                try:
+                    written.extend(result)
+                finally:
+                    close: Callable[[], object] | None = getattr(result, "close", None)
+                    if close is not None:
+                        close()
+            except Exception:
+                logger.exception("the app failed on %s", environ.get("REQUEST_URI"))
+                return _text("500 Internal Server Error", "internal server error")
+            finally:
+                with self._lock:
+                    self._running -= 1
+                    self._lock.notify_all()
+        if not answer:
+            logger.error(
+                "the app answered %s without starting a response", environ.get("REQUEST_URI")
+            )
+            return _text("500 Internal Server Error", "internal server error")
+        return answer[0], answer[1], b"".join(written)
+
+    def environ(self, request: _Request, peer: Any, *, stalled: bool) -> dict[str, Any]:
+        """The WSGI environ of ``request`` (PEP 3333)."""
+        try:
+            url = httptools.parse_url(request.target)
+        except httptools.HttpParserInvalidURLError:
+            raise ValueError("malformed request target") from None
+        body = b"".join(request.body)
+        local = self.addresses[0]
+        environ: dict[str, Any] = {
+            "REQUEST_METHOD": request.method.decode("latin-1"),
+            "SCRIPT_NAME": "",
+            "PATH_INFO": _unquote(url.path or b"/"),
+            "QUERY_STRING": (url.query or b"").decode("latin-1"),
+            "REQUEST_URI": request.target.decode("latin-1"),
+            "SERVER_NAME": local[0],
+            "SERVER_PORT": str(local[1]),
+            "SERVER_PROTOCOL": f"HTTP/{request.version}",
+            "REMOTE_ADDR": str(peer[0]) if isinstance(peer, tuple) else "",
+            "REMOTE_PORT": str(peer[1]) if isinstance(peer, tuple) else "",
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.input": _body_stream(request, body, stalled=stalled),
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": False,
+            "wsgi.run_once": False,
+        }
+        if request.chunked:
+            # The body as far as read: whole, or one byte past the limit (the app
+            # refuses it), or cut short (the app says so).
+            environ["wsgi.input_terminated"] = True
+            environ["HTTP_TRANSFER_ENCODING"] = "chunked"
+        elif request.length is not None:
+            environ["CONTENT_LENGTH"] = str(request.length)
+        for name, value in request.headers:
+            key = name.decode("latin-1").upper().replace("-", "_")
+            if "_" in name.decode("latin-1") or key in ("CONTENT_LENGTH", "TRANSFER_ENCODING"):
+                # "X_Y" would pass for "X-Y" once named in the environ: dropped.
+                continue
+            if key != "CONTENT_TYPE":
+                key = "HTTP_" + key
+            text = value.decode("latin-1")
+            environ[key] = f"{environ[key]}, {text}" if key in environ else text
+        return environ
+
+    def close(self, grace: float = STOP_GRACE) -> None:
+        """Stop: no new connection or request; idle connections closed; the requests
+        running the app waited for up to ``grace`` seconds."""
+        self.stopping = True
+        for listener in self.listeners:
+            with contextlib.suppress(OSError):
+                listener.close()
+        with self._lock:
+            idle = [c for c in self._connections if c.waiting]
+        for connection in idle:
+            with contextlib.suppress(OSError):
+                connection.sock.shutdown(socket.SHUT_RDWR)
+        deadline = time.monotonic() + grace
+        with self._lock:
+            while self._running and time.monotonic() < deadline:
+                self._lock.wait(min(0.5, max(deadline - time.monotonic(), 0.0)))
+
+
+def _body_stream(request: _Request, body: bytes, *, stalled: bool) -> io.BytesIO:
+    """What the app reads: the body, or as much as came of one cut short."""
+    if stalled:
+        return _Unfinished(body, TimeoutError("the request body stopped arriving"))
+    if request.chunked and not request.complete:
+        # Without a length the app could not tell a body cut short from a whole one.
+        return _Unfinished(body, ConnectionResetError("closed in the middle of the body"))
+    return io.BytesIO(body)
+
+
+def _text(status: str, message: str) -> tuple[str, list[tuple[str, str]], bytes]:
+    return status, [("Content-Type", "text/plain; charset=utf-8")], f"{message}\n".encode()
+
+
+def _unquote(path: bytes) -> str:
+    """PATH_INFO: the path percent-decoded, as latin-1 text (PEP 3333)."""
+    from urllib.parse import unquote_to_bytes
+
+    return unquote_to_bytes(path).decode("latin-1")
+
+
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on every address ``host`` names (one each, as waitress)."""
+    found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(
+            (f, k, p, "", a) for f, k, p, _, a in found
+        ):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(1024)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _address(sock: socket.socket) -> tuple[str, int]:
+    name = sock.getsockname()
+    return str(name[0]), int(name[1])
