@@ -27,7 +27,7 @@ from ..core.status import Status
 from ..core.values import DecodeError, EncodeError, from_any, to_any, type_name
 from ..proto.dispatch.sdk.python.v1.pickled_pb2 import Pickled
 from ..proto.dispatch.sdk.v1 import function_pb2, status_pb2
-from ..serving.waitress_server import serving
+from ..serving.thread_server import serving
 from . import call_lambda
 from .errors import EXIT_ERROR, EXIT_FAILED, EXIT_OK, CommandError
 from .local_server import DEFAULT_ENDPOINT_URL, load_app

@@ -1,6 +1,6 @@
 """``dispatchlet dev``: the whole loop on this machine, the scheduler (SQLite) and the
-app's endpoint (waitress), both on loopback, wired with a key pair and an API key that
-last across restarts, the endpoint reloaded when the app's code changes."""
+app's endpoint (``serving.thread_server``), both on loopback, wired with a key pair and an
+API key that last across restarts, the endpoint reloaded when the app's code changes."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from ..serving.app_loading import (
     load_endpoint,
     user_traceback,
 )
-from ..serving.waitress_server import serving
+from ..serving.thread_server import serving
 from .call import parse_input
 from .call_views import attempt_line
 from .dispatch import show

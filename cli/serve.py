@@ -20,8 +20,7 @@ from ..core.endpoint import Endpoint
 from ..core.functions import Function
 from ..core.keys import SIGNING_KEY_ENV, private_key_base64, public_key_base64
 from ..serving import logging_setup
-from ..serving.thread_server import ThreadServer
-from ..serving.waitress_server import WILDCARDS, local_url
+from ..serving.thread_server import WILDCARDS, ThreadServer, local_url
 from .errors import CommandError
 from .local_server import DEFAULT_ENDPOINT_URL, load_app
 from .signals import EPILOG, interrupting_main_thread

@@ -34,12 +34,14 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httptools
 
-from ..adapters.wsgi import WSGIApplication
+from ..adapters.wsgi import WSGIApplication, wsgi_app
+from ..core.endpoint import Endpoint
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ LINGER_BYTES = 1 << 20
 """Bytes read so at most."""
 STOP_GRACE = 5.0
 """Seconds a stop waits for the requests running the app to finish."""
+LOCAL_THREADS = 2
+"""Requests run at once by the loopback server of ``call --app`` and ``dev``."""
 _READ = 64 * 1024
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length"})
 _NO_BODY = (b"1", b"204", b"304")
@@ -337,19 +341,34 @@ class ThreadServer:
         self._running = 0
         self.listeners = _listen(host, port)
         self.addresses = [_address(s) for s in self.listeners]
+        # Written to by close(), to end serve()'s wait at once.
+        self._wake, self._waker = socket.socketpair()
+        self._serving = False
 
     def serve(self) -> None:
         """Accept connections until ``close()`` (or an exception here, as a signal's
         KeyboardInterrupt)."""
+        with self._lock:
+            if self.stopping:
+                return
+            self._serving = True
+        try:
+            self._accept_until_stopped()
+        finally:
+            self._wake.close()
+
+    def _accept_until_stopped(self) -> None:
         with selectors.DefaultSelector() as selector:
             for listener in self.listeners:
                 selector.register(listener, selectors.EVENT_READ)
+            selector.register(self._wake, selectors.EVENT_READ)
             while not self.stopping:
                 with self._lock:
-                    while len(self._connections) >= self.connection_limit:
+                    while len(self._connections) >= self.connection_limit and not self.stopping:
                         self._lock.wait(0.5)
                 for key, _ in selector.select(0.5):
-                    self._accept(key.fileobj)  # type: ignore[arg-type]
+                    if key.fileobj is not self._wake:
+                        self._accept(key.fileobj)  # type: ignore[arg-type]
 
     def _accept(self, listener: socket.socket) -> None:
         try:
@@ -465,19 +484,27 @@ class ThreadServer:
             environ[key] = f"{environ[key]}, {text}" if key in environ else text
         return environ
 
-    def close(self, grace: float = STOP_GRACE) -> None:
+    def close(self, grace: float = STOP_GRACE, *, abandon: bool = False) -> None:
         """Stop: no new connection or request; idle connections closed; the requests
-        running the app waited for up to ``grace`` seconds."""
-        self.stopping = True
+        running the app waited for up to ``grace`` seconds (``abandon``: not waited for,
+        their connections shut down, their answers dropped)."""
+        with self._lock:
+            self.stopping = True
+            self._lock.notify_all()
+            if not self._serving:
+                self._wake.close()
+        with contextlib.suppress(OSError):
+            self._waker.send(b"x")
+        self._waker.close()
         for listener in self.listeners:
             with contextlib.suppress(OSError):
                 listener.close()
         with self._lock:
-            idle = [c for c in self._connections if c.waiting]
+            idle = [c for c in self._connections if c.waiting or abandon]
         for connection in idle:
             with contextlib.suppress(OSError):
                 connection.sock.shutdown(socket.SHUT_RDWR)
-        deadline = time.monotonic() + grace
+        deadline = time.monotonic() + (0.0 if abandon else grace)
         with self._lock:
             while self._running and time.monotonic() < deadline:
                 self._lock.wait(min(0.5, max(deadline - time.monotonic(), 0.0)))
@@ -491,6 +518,18 @@ def _body_stream(request: _Request, body: bytes, *, stalled: bool) -> io.BytesIO
         # Without a length the app could not tell a body cut short from a whole one.
         return _Unfinished(body, ConnectionResetError("closed in the middle of the body"))
     return io.BytesIO(body)
+
+
+WILDCARDS = ("0.0.0.0", "::", "")  # noqa: S104 - recognised, not bound to
+
+
+def local_url(host: str, port: int) -> str:
+    """The URL to call a server listening on ``host``:``port`` from this machine."""
+    if host in WILDCARDS:  # listening everywhere: call it on this machine
+        host = "::1" if host == "::" else "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 def _text(status: str, message: str) -> tuple[str, list[tuple[str, str]], bytes]:
@@ -530,3 +569,34 @@ def _listen(host: str, port: int) -> list[socket.socket]:
 def _address(sock: socket.socket) -> tuple[str, int]:
     name = sock.getsockname()
     return str(name[0]), int(name[1])
+
+
+@contextmanager
+def serving(
+    endpoint: Endpoint, *, port: int = 0, application: WSGIApplication | None = None
+) -> Iterator[str]:
+    """Serve ``endpoint`` (through ``application``, by default its WSGI app) on loopback
+    (``port``, or a free one) in background threads; yield its URL (``call --app`` and
+    ``dev``).
+
+    Leaving the block stops the server before it returns: its accepting thread has ended
+    and its listening socket is closed. Functions still running (a call that timed out,
+    Ctrl+C) are not waited for: their connections are shut down (the client sees the
+    end) and their answers dropped."""
+    server = ThreadServer(
+        application or wsgi_app(endpoint),
+        "127.0.0.1",
+        port,
+        threads=LOCAL_THREADS,
+        max_body=endpoint.max_body_size,
+    )
+    thread = threading.Thread(target=server.serve, name="dispatchlet-server", daemon=True)
+    thread.start()
+    try:
+        yield local_url(*server.addresses[0])
+    finally:
+        server.close(abandon=True)
+        thread.join(STOP_GRACE)
+        if thread.is_alive():
+            # Said, not raised: this runs while the command ends, maybe on its own error.
+            logger.warning("the local server did not stop within %g s", STOP_GRACE)

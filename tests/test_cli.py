@@ -286,7 +286,7 @@ def test_call_reports_http_errors(hello: Server) -> None:
 
 @pytest.mark.slow
 def test_stalled_connections_neither_starve_serve_nor_stay_open(hello: Server) -> None:
-    from dispatchlet.serving.waitress_server import CHANNEL_TIMEOUT, CLEANUP_INTERVAL
+    from dispatchlet.serving.thread_server import CHANNEL_TIMEOUT, LINGER
 
     host, port = hello.url.removeprefix("http://").rsplit(":", 1)
     stalled = []
@@ -300,7 +300,7 @@ def test_stalled_connections_neither_starve_serve_nor_stay_open(hello: Server) -
         result = call(hello, "greet", "World")
         assert (result.returncode, result.stdout.strip()) == (0, '"Hello, World!"')
         # And every stalled connection is closed by the server, not left open.
-        limit = CHANNEL_TIMEOUT + 2 * CLEANUP_INTERVAL + 5
+        limit = CHANNEL_TIMEOUT + LINGER + 5
         for sock in stalled:
             sock.settimeout(limit)
             assert sock.recv(1024) == b""

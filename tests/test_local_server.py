@@ -17,7 +17,7 @@ import pytest
 from dispatchlet import Endpoint, Response
 from dispatchlet.core.connect import PROTO, RUN_PATH
 from dispatchlet.proto.dispatch.sdk.v1 import function_pb2
-from dispatchlet.serving.waitress_server import serving
+from dispatchlet.serving.thread_server import serving
 from support import output, run_request
 
 pytestmark = pytest.mark.slow
@@ -45,7 +45,7 @@ def post(url: str, request: function_pb2.RunRequest, timeout: float = 30) -> byt
 @pytest.fixture
 def problems(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """What would print a traceback: an exception no thread caught, and error records
-    (waitress logs a worker's failure as one)."""
+    (the server logs a connection's failure as one)."""
     found: list[str] = []
 
     def hook(args: threading.ExceptHookArgs) -> None:
@@ -109,15 +109,16 @@ def test_stopping_while_a_function_runs_neither_waits_nor_breaks(
             callers.append(caller)
             assert started.acquire(timeout=30), "the function did not start"
         # The function still runs: it finishes after the server stopped, and its
-        # worker writes its answer into a server that is gone.
+        # connection's thread writes its answer to a connection shut down.
         assert server_threads() == []
         release.set()
     for caller in callers:
         caller.join(timeout=60)
         assert not caller.is_alive()
-    waitress_workers = [t for t in threading.enumerate() if t.name.startswith("waitress-")]
-    for worker in waitress_workers:
+    # Each abandoned function's connection thread ends once its function returns.
+    for worker in [t for t in threading.enumerate() if t.name == "dispatchlet-connection"]:
         worker.join(timeout=30)
+        assert not worker.is_alive()
     assert problems == []
     assert "Traceback" not in capfd.readouterr().err
 
