@@ -580,6 +580,41 @@ def test_a_small_dispatch_to_an_idle_writer_commits_on_the_loop_and_waits_for_no
     with_store(tmp_path / "scheduler.db", body)
 
 
+def test_dispatches_on_the_loop_one_after_another_set_its_settings_once(
+    tmp_path: Path,
+) -> None:
+    """The loop's settings are set by its first transaction and left: the next ones set
+    nothing on their way; the thread puts SQLite's own back before a transaction of its
+    own, and before it closes the connection (whose close checkpoints)."""
+
+    async def body(store: SQLiteStore, watched: Watched) -> None:
+        seen = settings_at_commit(watched)
+
+        def pragmas() -> list[str]:
+            return [s for s in watched.statements if s.startswith("PRAGMA")]
+
+        for n in range(3):
+            await store.dispatch([call(f"loop {n}")], now=NOW)
+        assert seen == [(True, 0, 0)] * 3
+        assert pragmas() == ["PRAGMA busy_timeout = 0", "PRAGMA wal_autocheckpoint = 0"]
+        await store.claim(owner="p", now=NOW + 0.1, limit=1, lease_seconds=LEASE)
+        assert seen[3:] == [(False, 5000, 1000)]
+        await store.dispatch([call("loop again")], now=NOW)
+        assert seen[4:] == [(True, 0, 0)]
+        assert len(pragmas()) == 6
+        await store.close()
+        assert watched.statements[-2:] == [
+            "PRAGMA busy_timeout = 5000",
+            "PRAGMA wal_autocheckpoint = 1000",
+        ]
+
+    async def scenario() -> None:
+        store, watched = await opened(tmp_path / "scheduler.db")
+        await asyncio.wait_for(body(store, watched), WAIT)
+
+    asyncio.run(scenario())
+
+
 def test_a_small_dispatch_finding_the_database_locked_waits_on_the_writer_thread(
     tmp_path: Path,
 ) -> None:

@@ -1058,6 +1058,7 @@ class SQLiteStore:
     async def close(self) -> None:
         def shut() -> None:
             if self._connection is not None:
+                self._writer.thread_settings()  # its close checkpoints as SQLite does
                 self._connection.close()
                 self._connection = None
 

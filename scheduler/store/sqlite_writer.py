@@ -115,6 +115,9 @@ class Writer:
         """A transaction committed on the loop whose fsync the thread is not asked for yet."""
         self.durable = True
         """Whether the transaction under way is made durable (the thread's own)."""
+        self._loop_settings = False
+        """Whether the connection has the loop's settings (no wait for a lock, no
+        checkpoint), which the thread puts back before it uses the connection itself."""
 
     async def write(
         self,
@@ -161,13 +164,14 @@ class Writer:
         try:
             if connection is None:
                 raise StoreError("the store is closed")
-            connection.execute("PRAGMA busy_timeout = 0")
-            connection.execute("PRAGMA wal_autocheckpoint = 0")
-            try:
-                outcomes, _ = self._transact([write], on_loop=True)
-            finally:
-                connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-                connection.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
+            if not self._loop_settings:
+                # Left so until the thread's next transaction of its own: loop
+                # transactions one after another set nothing (each PRAGMA a statement
+                # on the call's way to its start).
+                connection.execute("PRAGMA busy_timeout = 0")
+                connection.execute("PRAGMA wal_autocheckpoint = 0")
+                self._loop_settings = True
+            outcomes, _ = self._transact([write], on_loop=True)
         except BaseException as exc:
             if isinstance(exc, sqlite3.OperationalError) and _busy(exc):
                 # Another process holds the lock: the thread waits for it (nothing was
@@ -195,6 +199,15 @@ class Writer:
             return
         _set(outcomes)
         self._next()
+
+    def thread_settings(self) -> None:
+        """On the thread, before it uses the connection: SQLite's waits for a lock and
+        checkpoints back, if the loop's transactions took them away."""
+        connection = self._connection()
+        if self._loop_settings and connection is not None:
+            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            connection.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
+            self._loop_settings = False
 
     def _sync_then_answer(self, outcomes: list[Outcome]) -> None:
         self._unsynced = None
@@ -274,6 +287,8 @@ class Writer:
         connection = self._connection()
         if connection is None:
             raise StoreError("the store is closed")
+        if not on_loop:
+            self.thread_settings()
         self._check()
         if connection.in_transaction:  # left by a ROLLBACK that failed
             connection.execute("ROLLBACK")
