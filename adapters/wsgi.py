@@ -29,7 +29,7 @@ from urllib.parse import quote, urlsplit
 from ..core.body import BodyReader
 from ..core.endpoint import Endpoint
 from ..core.errors import DispatchletError
-from ..core.http import Request
+from ..core.http import Request, request_from_target
 
 StartResponse = Callable[..., Any]
 WSGIApplication = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -73,22 +73,14 @@ def wsgi_app(
 
 def request_from_environ(environ: dict[str, Any], body: bytes) -> Request:
     """The core's view of a WSGI request whose body has been read."""
+    method: str = environ.get("REQUEST_METHOD", "GET")
+    headers = request_headers(environ)
+    scheme: str = environ.get("wsgi.url_scheme", "http")
     raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
-    if raw and raw[0] == "/":  # what servers hand over: the origin-form target as sent
-        path, _, query = raw.partition("?")
-        authority: str = environ.get("HTTP_HOST", "")
-    else:
-        path, query = request_target(environ)
-        authority = request_authority(environ)
-    return Request(
-        environ.get("REQUEST_METHOD", "GET"),
-        path,
-        authority,
-        request_headers(environ),
-        body,
-        query,
-        environ.get("wsgi.url_scheme", "http"),
-    )
+    if raw:  # what servers hand over: the target as sent
+        return request_from_target(method, raw, environ.get("HTTP_HOST", ""), headers, body, scheme)
+    path, query = request_target(environ)
+    return Request(method, path, request_authority(environ), headers, body, query, scheme)
 
 
 def request_target(environ: dict[str, Any]) -> tuple[str, str]:

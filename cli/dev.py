@@ -21,10 +21,12 @@ from typing import Any, NoReturn
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ..adapters.wsgi import StartResponse, WSGIApplication, wsgi_app
 from ..client import CallInfo, Client, ClientError
+from ..core.body import BodyReader
 from ..core.dispatching import API_KEY_ENV, API_URL_ENV, split_api_keys
 from ..core.endpoint import ENDPOINT_URL_ENV, Endpoint
+from ..core.errors import DispatchletError
+from ..core.http import Request, Response
 from ..core.keys import load_private_key, private_key_base64
 from ..core.values import EncodeError, to_any
 from ..proto.dispatch.sdk.v1 import call_pb2
@@ -144,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
             api_keys = [state.api_key()]
         app = ReloadingApp(args.app, endpoint, key)
         try:
-            with serving(endpoint, port=args.port, application=app) as endpoint_url:
+            with serving(app, port=args.port) as endpoint_url:
                 app.served_at(endpoint_url)
                 if call is None:
                     return asyncio.run(_serve(args, app, key, api_keys))
@@ -218,32 +220,46 @@ class DevState:
 
 
 class ReloadingApp:
-    """The WSGI application served by ``dev``: the app's current Endpoint, loaded again
-    when its files change. A reload that fails keeps the last Endpoint that loaded."""
+    """What ``dev`` serves: the app's current Endpoint, loaded again when its files
+    change. A reload that fails keeps the last Endpoint that loaded."""
 
     def __init__(self, app: str, endpoint: Endpoint, key: Ed25519PrivateKey) -> None:
         self.app = app
         self.key = key
         self.endpoint_url = ""
         self.endpoint = endpoint
-        self._wsgi = self._prepare(endpoint)
+        self._prepare(endpoint)
         self._files = self._snapshot(app_files(app))
         self.synced: Callable[[], None] | None = None
         """Pushes the app's declared schedules (set once the scheduler listens)."""
 
-    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        return self._wsgi(environ, start_response)
+    # What the server asks of an Endpoint, asked of the current one.
+    @property
+    def max_body_size(self) -> int:
+        return self.endpoint.max_body_size
+
+    def handle(self, request: Request) -> Response:
+        return self.endpoint.handle(request)
+
+    def reject(self, error: DispatchletError) -> Response:
+        return self.endpoint.reject(error)
+
+    def body_reader(
+        self, content_length: str | int | None, *, ends_without_length: bool, chunked: bool = False
+    ) -> BodyReader:
+        return self.endpoint.body_reader(
+            content_length, ends_without_length=ends_without_length, chunked=chunked
+        )
 
     def served_at(self, url: str) -> None:
         self.endpoint_url = url
-        self._wsgi = self._prepare(self.endpoint)
+        self._prepare(self.endpoint)
 
-    def _prepare(self, endpoint: Endpoint) -> WSGIApplication:
+    def _prepare(self, endpoint: Endpoint) -> None:
         endpoint.set_verification_key(self.key.public_key())
         if endpoint.endpoint_url is None and self.endpoint_url:
             # The app's own dispatches (greet.dispatch(...)) reach it here.
             endpoint.endpoint_url = self.endpoint_url
-        return wsgi_app(endpoint)
 
     @staticmethod
     def _snapshot(files: Iterable[Path]) -> dict[Path, tuple[int, int] | None]:
@@ -278,7 +294,7 @@ class ReloadingApp:
             # Watch what the failed load touched too: fixing any of it loads again.
             self._files = self._snapshot(before | app_files(self.app))
             return False
-        self._wsgi = self._prepare(endpoint)
+        self._prepare(endpoint)
         self.endpoint = endpoint
         self._files = self._snapshot(before | app_files(self.app))
         names = ", ".join(endpoint.functions) or "none"

@@ -14,7 +14,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
 )
 
-from ..adapters.wsgi import wsgi_app
 from ..core.context import RunContext
 from ..core.endpoint import Endpoint
 from ..core.functions import Function
@@ -75,13 +74,7 @@ def run(args: argparse.Namespace) -> int:
         endpoint.set_verification_key(session_key.public_key())
 
     try:
-        server = ThreadServer(
-            wsgi_app(endpoint),
-            args.host,
-            args.port,
-            threads=args.threads,
-            max_body=endpoint.max_body_size,
-        )
+        server = ThreadServer(endpoint, args.host, args.port, threads=args.threads)
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise CommandError(f"cannot listen on {args.host}:{args.port}: {reason}") from None

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
 
 
 def header_value(headers: Iterable[tuple[str, str]], name: str) -> str | None:
@@ -55,6 +56,28 @@ class Request:
     body: bytes
     query: str = ""
     scheme: str = "https"
+
+
+def request_from_target(
+    method: str,
+    target: str,
+    host: str,
+    headers: Sequence[tuple[str, str]],
+    body: bytes,
+    scheme: str = "https",
+) -> Request:
+    """A request as a server read it: ``target`` is its request line's target as sent,
+    ``host`` its Host header ("" without one).
+
+    An origin-form target (``/path?query``) is kept exactly as sent, for the signature.
+    An absolute-form one (a request through a proxy) gives its path and query, and its
+    authority wins over Host (RFC 9112 3.2.2). A malformed one raises ``ValueError``."""
+    if target[:1] == "/":
+        path, _, query = target.partition("?")
+        return Request(method, path, host, headers, body, query, scheme)
+    parts = urlsplit(target)
+    authority = parts.netloc.rpartition("@")[2] or host
+    return Request(method, parts.path or "/", authority, headers, body, parts.query, scheme)
 
 
 @dataclass(slots=True)

@@ -1,47 +1,48 @@
-"""The HTTP/1.1 server of ``dispatchlet serve``: a thread per connection, which reads
-each request and runs the app for it itself.
+"""The HTTP/1.1 server of ``dispatchlet serve`` (and of ``call --app`` and ``dev``): a
+thread per connection, which reads each request and has the Endpoint handle it itself.
 
 waitress reads requests on one thread and hands each to a worker thread; on the start
 of a call that hand-over and waitress's parsing in Python were about 0.17 ms of ~1.45
 (measured in bench/scheduler.py's one-at-a-time calls). Here the request is parsed by
-httptools (llhttp, in C) on the thread that then runs the app: no hand-over.
+httptools (llhttp, in C) on the thread that then runs the function: no hand-over. It is
+an adapter of its own: the core's ``Request`` is made from what was parsed, with no
+WSGI environ in between.
 
 What a client can hold stays bounded as with waitress:
 
 - at most ``connection_limit`` connections (a thread each); past it, accepting waits
   for one to end and the kernel's backlog holds the rest;
-- at most ``threads`` requests run the app at once: a request takes its turn only once
+- at most ``threads`` requests are handled at once: a request takes its turn only once
   it has arrived whole, so a slow client holds its connection's thread, never a turn;
-- a head of at most ``max_head`` bytes (431), a body read no further than the app's
-  limit plus one byte (the app, an Endpoint, answers a larger one with its 400; one
-  announced larger is not read at all);
+- a head of at most ``max_head`` bytes (431), a body read no further than the
+  Endpoint's limit plus one byte (a larger one gets its 400; one announced larger is not
+  read at all);
 - a connection that sends nothing for ``channel_timeout`` seconds is closed, or, in
-  the middle of a body, the request is handed to the app as stalled (its 400); an
-  answer the client does not read for that long is given up.
+  the middle of a body, the request is refused as stalled (400); an answer the client
+  does not read for that long is given up.
 
-The app's answer is gathered whole before it is written (an Endpoint's answers are
-bounded by its own limits), so that a client slow to read holds no turn either.
+An answer is written once the turn is over, so that a client slow to read holds none.
 """
 
 from __future__ import annotations
 
 import contextlib
 import email.utils
-import io
 import logging
 import selectors
 import socket
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import httptools
 
-from ..adapters.wsgi import WSGIApplication, wsgi_app
-from ..core.endpoint import Endpoint
+from ..adapters.wsgi import status_line
+from ..core.body import BodyReader
+from ..core.errors import DispatchletError
+from ..core.http import Request, Response, request_from_target
 
 logger = logging.getLogger(__name__)
 
@@ -61,21 +62,21 @@ LOCAL_THREADS = 2
 """Requests run at once by the loopback server of ``call --app`` and ``dev``."""
 _READ = 64 * 1024
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length"})
-_NO_BODY = (b"1", b"204", b"304")
 
 
-class _Unfinished(io.BytesIO):
-    """A body that did not arrive whole: what came, then the error the app reports."""
+class Served(Protocol):
+    """What the server serves: an ``Endpoint`` (or one standing for the current one)."""
 
-    def __init__(self, data: bytes, error: OSError) -> None:
-        super().__init__(data)
-        self.error = error
+    @property
+    def max_body_size(self) -> int: ...
 
-    def read(self, size: int | None = -1) -> bytes:
-        data = super().read(size)
-        if not data:
-            raise self.error
-        return data
+    def handle(self, request: Request) -> Response: ...
+
+    def reject(self, error: DispatchletError) -> Response: ...
+
+    def body_reader(
+        self, content_length: str | int | None, *, ends_without_length: bool, chunked: bool = False
+    ) -> BodyReader: ...
 
 
 class _Request:
@@ -89,6 +90,8 @@ class _Request:
         self.length: int | None = None
         """The announced Content-Length (None: chunked, or no body)."""
         self.chunked = False
+        self.limit = 0
+        """The body's limit, the Endpoint's when the head arrived."""
         self.oversized_head = False
         self.headed = False
         self.complete = False
@@ -144,8 +147,9 @@ class _Connection:
                 request.length = int(value)  # llhttp has checked it: digits, one value
             elif lowered == b"transfer-encoding":
                 request.chunked = True
-        if request.length is not None and request.length > self.server.max_body:
-            self._end_request()  # refused by the app unread: nothing more is parsed
+        request.limit = self.server.served.max_body_size
+        if request.length is not None and request.length > request.limit:
+            self._end_request()  # refused unread: nothing more is parsed
             return
         expects = any(n.lower() == b"expect" for n, _ in request.headers)
         if expects and request.version == "1.1" and (request.length or request.chunked):
@@ -155,12 +159,12 @@ class _Connection:
     def on_body(self, body: bytes) -> None:
         request = self.current
         assert request is not None
-        room = self.server.max_body + 1 - request.size
+        room = request.limit + 1 - request.size
         if room > 0:
             request.body.append(body[:room])
             request.size += min(len(body), room)
-        if request.size > self.server.max_body:
-            self._end_request()  # the app refuses it: the rest is not read
+        if request.size > request.limit:
+            self._end_request()  # refused: the rest is not read
 
     def on_message_complete(self) -> None:
         assert self.current is not None
@@ -269,25 +273,22 @@ class _Connection:
         return False
 
     def _answer(self, request: _Request, *, stalled: bool = False) -> bool:
-        """Run the app for ``request`` and write its answer; whether to keep reading."""
-        try:
-            environ = self.server.environ(request, self.peer, stalled=stalled)
-        except ValueError as exc:
-            return self._refuse(400, str(exc))
-        keep = request.keep_alive and request.complete
-        status, headers, body = self.server.run_app(environ)
-        if self.server.stopping:
-            keep = False
-        lines = [f"HTTP/1.1 {status}"]
-        lines += [f"{n}: {v}" for n, v in headers if n.lower() not in _HOP_BY_HOP]
+        """Handle ``request`` and write its answer; whether to keep reading."""
+        response = self.server.respond(request, stalled=stalled)
+        keep = request.keep_alive and request.complete and not self.server.stopping
+        lines = [f"HTTP/1.1 {status_line(response.status)}"]
+        lines += [f"{n}: {v}" for n, v in response.headers if n.lower() not in _HOP_BY_HOP]
         lines.append(f"Date: {_date()}")
-        if not status.encode().startswith(_NO_BODY):
+        body = response.body
+        if response.status >= 200 and response.status not in (204, 304):
             lines.append(f"Content-Length: {len(body)}")
+        else:
+            body = b""
         if not keep:
             lines.append("Connection: close")
         elif request.version == "1.0":
             lines.append("Connection: keep-alive")
-        if request.method == b"HEAD" or status.encode().startswith(_NO_BODY):
+        if request.method == b"HEAD":
             body = b""
         data = "\r\n".join([*lines, "", ""]).encode("latin-1") + body
         try:
@@ -314,23 +315,21 @@ def _date() -> str:
 
 
 class ThreadServer:
-    """``app`` served on ``host``:``port`` (every address the name has), a thread per
-    connection; at most ``threads`` requests run it at once."""
+    """``served`` on ``host``:``port`` (every address the name has), a thread per
+    connection; at most ``threads`` requests handled at once."""
 
     def __init__(
         self,
-        app: WSGIApplication,
+        served: Served,
         host: str,
         port: int,
         *,
         threads: int,
-        max_body: int,
         max_head: int = MAX_HEAD,
         connection_limit: int = CONNECTION_LIMIT,
         channel_timeout: float = CHANNEL_TIMEOUT,
     ) -> None:
-        self.app = app
-        self.max_body = max_body
+        self.served = served
         self.max_head = max_head
         self.connection_limit = connection_limit
         self.channel_timeout = channel_timeout
@@ -399,90 +398,35 @@ class ThreadServer:
             self._connections.discard(connection)
             self._lock.notify_all()
 
-    def run_app(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
-        """The app's answer to ``environ``, run in its turn: status, fields, body."""
+    def respond(self, request: _Request, *, stalled: bool = False) -> Response:
+        """The Endpoint's answer to ``request``, handled in its turn."""
         if self.stopping:
-            return _text("503 Service Unavailable", "the server is stopping")
-        answer: list[Any] = []
-
-        def start_response(
-            status: str, headers: list[tuple[str, str]], exc_info: Any = None
-        ) -> Any:
-            if exc_info is not None and answer:
-                raise exc_info[1].with_traceback(exc_info[2])
-            answer[:] = [status, headers]
-            return written.append
-
-        written: list[bytes] = []
+            return _text(503, "the server is stopping")
+        served = self.served
+        try:
+            body = _body(served, request, stalled=stalled)
+        except DispatchletError as exc:
+            return served.reject(exc)
+        target = request.target.decode("latin-1")
+        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.headers]
+        host = next((v for n, v in headers if n.lower() == "host"), "")
+        method = request.method.decode("latin-1")
+        try:
+            core = request_from_target(method, target, host, headers, body, "http")
+        except ValueError:
+            return _text(400, "malformed request target")
         with self._turns:
             with self._lock:
                 self._running += 1
             try:
-                result: Iterable[bytes] = self.app(environ, start_response)
-                try:
-                    written.extend(result)
-                finally:
-                    close: Callable[[], object] | None = getattr(result, "close", None)
-                    if close is not None:
-                        close()
-            except Exception:
-                logger.exception("the app failed on %s", environ.get("REQUEST_URI"))
-                return _text("500 Internal Server Error", "internal server error")
+                return served.handle(core)
+            except Exception:  # handle() answers its own errors: this is a bug
+                logger.exception("error while handling %s %s", method, target)
+                return _text(500, "internal server error")
             finally:
                 with self._lock:
                     self._running -= 1
                     self._lock.notify_all()
-        if not answer:
-            logger.error(
-                "the app answered %s without starting a response", environ.get("REQUEST_URI")
-            )
-            return _text("500 Internal Server Error", "internal server error")
-        return answer[0], answer[1], b"".join(written)
-
-    def environ(self, request: _Request, peer: Any, *, stalled: bool) -> dict[str, Any]:
-        """The WSGI environ of ``request`` (PEP 3333)."""
-        try:
-            url = httptools.parse_url(request.target)
-        except httptools.HttpParserInvalidURLError:
-            raise ValueError("malformed request target") from None
-        body = b"".join(request.body)
-        local = self.addresses[0]
-        environ: dict[str, Any] = {
-            "REQUEST_METHOD": request.method.decode("latin-1"),
-            "SCRIPT_NAME": "",
-            "PATH_INFO": _unquote(url.path or b"/"),
-            "QUERY_STRING": (url.query or b"").decode("latin-1"),
-            "REQUEST_URI": request.target.decode("latin-1"),
-            "SERVER_NAME": local[0],
-            "SERVER_PORT": str(local[1]),
-            "SERVER_PROTOCOL": f"HTTP/{request.version}",
-            "REMOTE_ADDR": str(peer[0]) if isinstance(peer, tuple) else "",
-            "REMOTE_PORT": str(peer[1]) if isinstance(peer, tuple) else "",
-            "wsgi.version": (1, 0),
-            "wsgi.url_scheme": "http",
-            "wsgi.input": _body_stream(request, body, stalled=stalled),
-            "wsgi.errors": sys.stderr,
-            "wsgi.multithread": True,
-            "wsgi.multiprocess": False,
-            "wsgi.run_once": False,
-        }
-        if request.chunked:
-            # The body as far as read: whole, or one byte past the limit (the app
-            # refuses it), or cut short (the app says so).
-            environ["wsgi.input_terminated"] = True
-            environ["HTTP_TRANSFER_ENCODING"] = "chunked"
-        elif request.length is not None:
-            environ["CONTENT_LENGTH"] = str(request.length)
-        for name, value in request.headers:
-            key = name.decode("latin-1").upper().replace("-", "_")
-            if "_" in name.decode("latin-1") or key in ("CONTENT_LENGTH", "TRANSFER_ENCODING"):
-                # "X_Y" would pass for "X-Y" once named in the environ: dropped.
-                continue
-            if key != "CONTENT_TYPE":
-                key = "HTTP_" + key
-            text = value.decode("latin-1")
-            environ[key] = f"{environ[key]}, {text}" if key in environ else text
-        return environ
 
     def close(self, grace: float = STOP_GRACE, *, abandon: bool = False) -> None:
         """Stop: no new connection or request; idle connections closed; the requests
@@ -510,14 +454,20 @@ class ThreadServer:
                 self._lock.wait(min(0.5, max(deadline - time.monotonic(), 0.0)))
 
 
-def _body_stream(request: _Request, body: bytes, *, stalled: bool) -> io.BytesIO:
-    """What the app reads: the body, or as much as came of one cut short."""
+def _body(served: Served, request: _Request, *, stalled: bool) -> bytes:
+    """``request``'s body, or the Endpoint's error for what arrived of it."""
+    reader = served.body_reader(
+        None if request.chunked else request.length,
+        ends_without_length=request.chunked,
+        chunked=request.chunked,
+    )
     if stalled:
-        return _Unfinished(body, TimeoutError("the request body stopped arriving"))
-    if request.chunked and not request.complete:
-        # Without a length the app could not tell a body cut short from a whole one.
-        return _Unfinished(body, ConnectionResetError("closed in the middle of the body"))
-    return io.BytesIO(body)
+        raise BodyReader.stalled()
+    body = b"".join(request.body)
+    if request.chunked and not request.complete and len(body) <= request.limit:
+        # Without a length, a body cut short could pass for a whole one.
+        raise BodyReader.broken(ConnectionResetError("closed in the middle of the body"))
+    return reader.complete(body)
 
 
 WILDCARDS = ("0.0.0.0", "::", "")  # noqa: S104 - recognised, not bound to
@@ -532,15 +482,9 @@ def local_url(host: str, port: int) -> str:
     return f"http://{host}:{port}"
 
 
-def _text(status: str, message: str) -> tuple[str, list[tuple[str, str]], bytes]:
-    return status, [("Content-Type", "text/plain; charset=utf-8")], f"{message}\n".encode()
-
-
-def _unquote(path: bytes) -> str:
-    """PATH_INFO: the path percent-decoded, as latin-1 text (PEP 3333)."""
-    from urllib.parse import unquote_to_bytes
-
-    return unquote_to_bytes(path).decode("latin-1")
+def _text(status: int, message: str) -> Response:
+    text = f"{message}\n".encode()
+    return Response(status, [("Content-Type", "text/plain; charset=utf-8")], text)
 
 
 def _listen(host: str, port: int) -> list[socket.socket]:
@@ -572,24 +516,15 @@ def _address(sock: socket.socket) -> tuple[str, int]:
 
 
 @contextmanager
-def serving(
-    endpoint: Endpoint, *, port: int = 0, application: WSGIApplication | None = None
-) -> Iterator[str]:
-    """Serve ``endpoint`` (through ``application``, by default its WSGI app) on loopback
-    (``port``, or a free one) in background threads; yield its URL (``call --app`` and
-    ``dev``).
+def serving(served: Served, *, port: int = 0) -> Iterator[str]:
+    """Serve ``served`` (an Endpoint) on loopback (``port``, or a free one) in background
+    threads; yield its URL (``call --app`` and ``dev``).
 
     Leaving the block stops the server before it returns: its accepting thread has ended
     and its listening socket is closed. Functions still running (a call that timed out,
     Ctrl+C) are not waited for: their connections are shut down (the client sees the
     end) and their answers dropped."""
-    server = ThreadServer(
-        application or wsgi_app(endpoint),
-        "127.0.0.1",
-        port,
-        threads=LOCAL_THREADS,
-        max_body=endpoint.max_body_size,
-    )
+    server = ThreadServer(served, "127.0.0.1", port, threads=LOCAL_THREADS)
     thread = threading.Thread(target=server.serve, name="dispatchlet-server", daemon=True)
     thread.start()
     try:

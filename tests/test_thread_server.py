@@ -9,10 +9,13 @@ import contextlib
 import json
 import socket
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from dispatchlet.core.body import BodyReader
+from dispatchlet.core.errors import DispatchletError
+from dispatchlet.core.http import Request, Response
 from dispatchlet.serving.thread_server import ThreadServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,10 +23,12 @@ from hypothesis import strategies as st
 WAIT = 20.0  # generous: a bound on waits, never a measured time
 
 
-class EchoApp:
-    """Answers each request with what it saw, as JSON; ``gate`` holds calls until set."""
+class Echo:
+    """Served: answers each request with what the server made of it, as JSON (``gate``
+    holds requests until set); refuses a body as an Endpoint does, by ``BodyReader``."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_body_size: int = 1024) -> None:
+        self.max_body_size = max_body_size
         self.gate = threading.Event()
         self.gate.set()
         self.lock = threading.Lock()
@@ -31,36 +36,48 @@ class EchoApp:
         self.most_inside = 0
         self.entered = threading.Semaphore(0)
 
-    def __call__(
-        self, environ: dict[str, Any], start_response: Callable[..., Any]
-    ) -> Iterable[bytes]:
+    def body_reader(
+        self, content_length: str | int | None, *, ends_without_length: bool, chunked: bool = False
+    ) -> BodyReader:
+        return BodyReader(
+            self.max_body_size,
+            content_length,
+            ends_without_length=ends_without_length,
+            chunked=chunked,
+        )
+
+    def reject(self, error: DispatchletError) -> Response:
+        return Response(400, [("Content-Type", "text/plain")], str(error).encode())
+
+    def handle(self, request: Request) -> Response:
         with self.lock:
             self.inside += 1
             self.most_inside = max(self.most_inside, self.inside)
         self.entered.release()
         try:
             assert self.gate.wait(WAIT)
-            if environ["PATH_INFO"] == "/fail":
-                raise RuntimeError("the app failed")
-            body = environ["wsgi.input"].read()
-            seen = {k: v for k, v in environ.items() if isinstance(v, str)}
-            seen["body"] = body.decode("latin-1")
-            seen["thread"] = threading.current_thread().name
-            seen["thread_id"] = str(threading.get_ident())
-            data = json.dumps(seen).encode()
-            start_response(
-                "200 OK", [("Content-Type", "application/json"), ("Connection", "bogus")]
-            )
-            return [data]
+            if request.path == "/fail":
+                raise RuntimeError("the handler failed")
+            seen = {
+                "method": request.method,
+                "path": request.path,
+                "query": request.query,
+                "authority": request.authority,
+                "headers": [list(field) for field in request.headers],
+                "body": request.body.decode("latin-1"),
+                "thread": threading.current_thread().name,
+                "thread_id": threading.get_ident(),
+            }
+            headers = [("Content-Type", "application/json"), ("Connection", "bogus")]
+            return Response(200, headers, json.dumps(seen).encode())
         finally:
             with self.lock:
                 self.inside -= 1
 
 
 @contextlib.contextmanager
-def running(app: Any, **options: Any) -> Iterator[ThreadServer]:
-    settings_ = {"threads": 4, "max_body": 1024, **options}
-    server = ThreadServer(app, "127.0.0.1", 0, **settings_)
+def running(served: Echo, **options: Any) -> Iterator[ThreadServer]:
+    server = ThreadServer(served, "127.0.0.1", 0, **{"threads": 4, **options})
     thread = threading.Thread(target=server.serve, daemon=True)
     thread.start()
     try:
@@ -114,40 +131,38 @@ class Reader:
         return bool(data)
 
 
-def seen(answer: tuple[int, dict[str, str], bytes] | None) -> dict[str, str]:
+def seen(answer: tuple[int, dict[str, str], bytes] | None) -> dict[str, Any]:
     assert answer is not None
     assert answer[0] == 200, answer
     return dict(json.loads(answer[2]))
 
 
 def test_a_connection_serves_requests_one_after_another_on_its_own_thread() -> None:
-    with running(EchoApp()) as server, connect(server) as sock:
+    with running(Echo()) as server, connect(server) as sock:
         reader = Reader(sock)
         threads = []
         for n in range(3):
             sock.sendall(request(f"/r{n}", f"body {n}".encode()))
             answer = reader.answer()
             echoed = seen(answer)
-            assert (echoed["PATH_INFO"], echoed["body"]) == (f"/r{n}", f"body {n}")
+            assert (echoed["path"], echoed["body"]) == (f"/r{n}", f"body {n}")
             assert answer is not None
             assert "connection" not in answer[1]  # kept alive
             threads.append((echoed["thread"], echoed["thread_id"]))
-        # The thread reading the connection ran the app each time: no hand-over.
+        # The thread reading the connection handled each request: no hand-over.
         assert len(set(threads)) == 1
         assert threads[0][0] == "dispatchlet-connection"
 
 
 def test_pipelined_requests_are_answered_in_order() -> None:
-    with running(EchoApp()) as server, connect(server) as sock:
+    with running(Echo()) as server, connect(server) as sock:
         sock.sendall(b"".join(request(f"/p{n}", b"x" * n) for n in range(5)))
         reader = Reader(sock)
-        assert [seen(reader.answer())["PATH_INFO"] for _ in range(5)] == [
-            f"/p{n}" for n in range(5)
-        ]
+        assert [seen(reader.answer())["path"] for _ in range(5)] == [f"/p{n}" for n in range(5)]
 
 
 def test_chunked_body_and_expect_continue() -> None:
-    with running(EchoApp()) as server, connect(server) as sock:
+    with running(Echo()) as server, connect(server) as sock:
         head = (
             "POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
             "Expect: 100-continue\r\n\r\n"
@@ -160,37 +175,40 @@ def test_chunked_body_and_expect_continue() -> None:
         sock.sendall(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
         echoed = seen(reader.answer())
         assert echoed["body"] == "abcde"
-        assert echoed["HTTP_TRANSFER_ENCODING"] == "chunked"
-        assert "CONTENT_LENGTH" not in echoed
+        assert ["Transfer-Encoding", "chunked"] in echoed["headers"]
 
 
-def test_environ_fields() -> None:
-    with running(EchoApp()) as server, connect(server) as sock:
-        extra = (
-            "Content-Type: text/plain\r\nX-Twice: a\r\nX-Twice: b\r\nX_Spoof: no\r\n"
-            "Transfer-Encoding-Not: kept\r\n"
-        )
-        sock.sendall(request("/a%2Fb/c%20d?q=1&r", b"hi", extra=extra))
-        echoed = seen(Reader(sock).answer())
-    assert echoed["REQUEST_URI"] == "/a%2Fb/c%20d?q=1&r"  # as sent, for the signature
-    assert echoed["PATH_INFO"] == "/a/b/c d"
-    assert echoed["QUERY_STRING"] == "q=1&r"
-    assert echoed["CONTENT_TYPE"] == "text/plain"
-    assert echoed["CONTENT_LENGTH"] == "2"
-    assert echoed["HTTP_X_TWICE"] == "a, b"
-    assert "HTTP_X_SPOOF" not in echoed  # would pass for X-Spoof
-    assert echoed["HTTP_TRANSFER_ENCODING_NOT"] == "kept"
-    assert echoed["SERVER_PROTOCOL"] == "HTTP/1.1"
-    assert echoed["REMOTE_ADDR"] == "127.0.0.1"
+def test_the_request_as_sent() -> None:
+    with running(Echo()) as server, connect(server) as sock:
+        extra = "Content-Type: text/plain\r\nX-Twice: a\r\nx-twice: b\r\nX_Under: kept\r\n"
+        sock.sendall(request("/a%2Fb//c%20d;p?q=1&r", b"hi", extra=extra))
+        reader = Reader(sock)
+        echoed = seen(reader.answer())
+        # Through a proxy: the target's authority wins over Host (RFC 9112 3.2.2).
+        sock.sendall(request("http://other:8080/p%2F?x", b""))
+        proxied = seen(reader.answer())
+    # The path exactly as sent (what a signature covers), and the query apart.
+    assert (echoed["path"], echoed["query"]) == ("/a%2Fb//c%20d;p", "q=1&r")
+    assert (echoed["method"], echoed["authority"], echoed["body"]) == ("POST", "example", "hi")
+    # Each field as sent, in order: names in their case, a repeated one twice.
+    assert echoed["headers"] == [
+        ["Host", "example"],
+        ["Content-Length", "2"],
+        ["Content-Type", "text/plain"],
+        ["X-Twice", "a"],
+        ["x-twice", "b"],
+        ["X_Under", "kept"],
+    ]
+    assert (proxied["authority"], proxied["path"], proxied["query"]) == ("other:8080", "/p%2F", "x")
 
 
 def test_answer_framing_is_the_servers() -> None:
-    with running(EchoApp()) as server, connect(server) as sock:
+    with running(Echo()) as server, connect(server) as sock:
         sock.sendall(request())
         reader = Reader(sock)
         answer = reader.answer()
         assert answer is not None
-        # The app's hop-by-hop field is dropped; the length is the body's.
+        # The handler's hop-by-hop field is dropped; the length is the body's.
         assert answer[1].get("connection") is None
         assert int(answer[1]["content-length"]) == len(answer[2])
         assert "date" in answer[1]
@@ -208,12 +226,12 @@ def test_answer_framing_is_the_servers() -> None:
 
 @pytest.mark.parametrize("keep_alive", [False, True])
 def test_http_1_0_keeps_the_connection_only_when_asked(keep_alive: bool) -> None:
-    with running(EchoApp()) as server, connect(server) as sock:
+    with running(Echo()) as server, connect(server) as sock:
         extra = "Connection: keep-alive\r\n" if keep_alive else ""
         sock.sendall(request(version="1.0", extra=extra))
         reader = Reader(sock)
         answer = reader.answer()
-        assert seen(answer)["SERVER_PROTOCOL"] == "HTTP/1.0"
+        assert seen(answer)["path"] == "/"
         assert answer is not None
         if keep_alive:
             assert answer[1]["connection"] == "keep-alive"
@@ -241,8 +259,8 @@ def test_http_1_0_keeps_the_connection_only_when_asked(keep_alive: bool) -> None
     ids=["garbage", "length-and-chunked", "two-lengths", "upgrade", "huge-head", "endless-head"],
 )
 def test_bad_requests_are_refused_and_the_connection_closed(data: bytes, status: int) -> None:
-    app = EchoApp()
-    with running(app) as server:
+    served = Echo()
+    with running(served) as server:
         with connect(server) as sock:
             with contextlib.suppress(OSError):  # the server may close before it all went
                 sock.sendall(data)
@@ -254,70 +272,79 @@ def test_bad_requests_are_refused_and_the_connection_closed(data: bytes, status:
         with connect(server) as sock:
             sock.sendall(request())
             assert seen(Reader(sock).answer())
-    assert app.most_inside <= 1  # the refused one never reached the app
+    assert served.most_inside <= 1  # the refused one never reached the handler
 
 
-def test_body_limits_hand_the_app_what_it_refuses() -> None:
-    with running(EchoApp(), max_body=10) as server:
+def refusal(sock: socket.socket) -> str:
+    """The text of the 400 answered on ``sock``, once the connection is closed after it."""
+    reader = Reader(sock)
+    answer = reader.answer()
+    assert answer is not None
+    assert answer[0] == 400, answer
+    assert answer[1]["connection"] == "close"
+    assert reader.closed()
+    return answer[2].decode()
+
+
+def test_a_body_past_the_limit_is_refused_unread() -> None:
+    with running(Echo(max_body_size=10)) as server:
         with connect(server) as sock:
-            # Announced too large: not read, the app sees the length (and refuses it).
+            # Announced too large: refused before a byte of it is read.
             sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
-            reader = Reader(sock)
-            echoed = seen(reader.answer())
-            assert (echoed["CONTENT_LENGTH"], echoed["body"]) == ("1000000", "")
-            assert reader.closed()
+            assert refusal(sock) == "request body exceeds 10 bytes"
         with connect(server) as sock:
             # Chunked past the limit: read to one byte past it, no further.
             head = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
             sock.sendall(head + b"8\r\n12345678\r\n8\r\n12345678\r\n")
-            reader = Reader(sock)
-            assert seen(reader.answer())["body"] == "12345678123"
-            assert reader.closed()
+            assert refusal(sock) == "request body exceeds 10 bytes"
+        with connect(server) as sock:
+            # Exactly at the limit: served.
+            sock.sendall(request(body=b"x" * 10))
+            assert seen(Reader(sock).answer())["body"] == "x" * 10
 
 
-def test_a_body_cut_short_is_never_passed_on_as_whole() -> None:
-    class Reading(EchoApp):
-        def __call__(
-            self, environ: dict[str, Any], start_response: Callable[..., Any]
-        ) -> Iterable[bytes]:
-            try:
-                environ["wsgi.input"].read()
-                environ["wsgi.input"].read()
-            except OSError as exc:
-                start_response("400 Bad Request", [])
-                return [type(exc).__name__.encode()]
-            start_response("200 OK", [])
-            return [b"whole"]
+@pytest.mark.parametrize(
+    ("framing", "ending", "expected"),
+    [
+        ("length", "closed", "incomplete request body: 5 of 10 bytes arrived"),
+        ("chunked", "closed", "incomplete request body (ConnectionResetError)"),
+        ("length", "stalled", "incomplete request body: it stopped arriving (timed out)"),
+        ("chunked", "stalled", "incomplete request body: it stopped arriving (timed out)"),
+    ],
+)
+def test_a_body_cut_short_is_refused_never_passed_on_as_whole(
+    framing: str, ending: str, expected: str
+) -> None:
+    served = Echo()
+    with running(served, channel_timeout=0.5) as server, connect(server) as sock:
+        if framing == "length":
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabcde")
+        else:
+            head = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            sock.sendall(head + b"5\r\nabcde\r\n")
+        if ending == "closed":
+            sock.shutdown(socket.SHUT_WR)
+        assert refusal(sock) == expected
+    assert served.most_inside == 0
 
-    with running(Reading(), channel_timeout=0.5) as server:
-        for tail, expected in [(b"", b"ConnectionResetError"), (None, b"TimeoutError")]:
-            with connect(server) as sock:
-                head = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                sock.sendall(head + b"5\r\nabcde\r\n")
-                if tail is not None:
-                    sock.shutdown(socket.SHUT_WR)  # closed mid-body
-                answer = Reader(sock).answer()
-                assert answer is not None
-                assert answer[2] == expected
 
-
-def test_turns_bound_the_app_and_a_slow_client_holds_none() -> None:
-    app = EchoApp()
-    with running(app, threads=1) as server:
-        app.gate.clear()
+def test_turns_bound_the_handler_and_a_slow_client_holds_none() -> None:
+    served = Echo()
+    with running(served, threads=1) as server:
+        served.gate.clear()
         with connect(server) as slow, connect(server) as first, connect(server) as second:
             slow.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Le")  # and nothing more
             first.sendall(request("/first"))
-            assert app.entered.acquire(timeout=WAIT)  # the first has the one turn
+            assert served.entered.acquire(timeout=WAIT)  # the first has the one turn
             second.sendall(request("/second"))
-            app.gate.set()
-            assert seen(Reader(first).answer())["PATH_INFO"] == "/first"
-            assert seen(Reader(second).answer())["PATH_INFO"] == "/second"
-    assert app.most_inside == 1
+            served.gate.set()
+            assert seen(Reader(first).answer())["path"] == "/first"
+            assert seen(Reader(second).answer())["path"] == "/second"
+    assert served.most_inside == 1
 
 
 def test_the_connection_limit_holds_new_connections_until_one_ends() -> None:
-    with running(EchoApp(), connection_limit=2) as server:
+    with running(Echo(), connection_limit=2) as server:
         first, second = connect(server), connect(server)
         try:
             for sock in (first, second):  # both accepted and served
@@ -330,44 +357,44 @@ def test_the_connection_limit_holds_new_connections_until_one_ends() -> None:
                 third.recv(1)  # not accepted while two are open
             third.settimeout(WAIT)
             first.close()
-            assert seen(Reader(third).answer())["PATH_INFO"] == "/third"
+            assert seen(Reader(third).answer())["path"] == "/third"
             third.close()
         finally:
             first.close()
             second.close()
 
 
-def test_an_app_error_is_500_and_the_server_goes_on() -> None:
-    with running(EchoApp()) as server, connect(server) as sock:
+def test_a_handler_error_is_500_and_the_server_goes_on() -> None:
+    with running(Echo()) as server, connect(server) as sock:
         reader = Reader(sock)
         sock.sendall(request("/fail"))
         failed = reader.answer()
         assert failed is not None
         assert failed[0] == 500
         sock.sendall(request("/after"))
-        assert seen(reader.answer())["PATH_INFO"] == "/after"
+        assert seen(reader.answer())["path"] == "/after"
 
 
 def test_stopping_closes_idle_connections_and_finishes_running_requests() -> None:
-    app = EchoApp()
-    server = ThreadServer(app, "127.0.0.1", 0, threads=2, max_body=1024)
+    served = Echo()
+    server = ThreadServer(served, "127.0.0.1", 0, threads=2)
     serving = threading.Thread(target=server.serve, daemon=True)
     serving.start()
     idle, busy = connect(server), connect(server)
     try:
         idle.sendall(request())
         assert seen(Reader(idle).answer())
-        app.gate.clear()
+        served.gate.clear()
         busy.sendall(request("/busy"))
-        assert app.entered.acquire(timeout=WAIT)
-        assert app.entered.acquire(timeout=WAIT)  # (the idle one's, then the busy one's)
+        assert served.entered.acquire(timeout=WAIT)
+        assert served.entered.acquire(timeout=WAIT)  # (the idle one's, then the busy one's)
         stopping = threading.Thread(target=server.close, kwargs={"grace": WAIT})
         stopping.start()
         assert Reader(idle).closed()  # the idle connection is closed at once
-        app.gate.set()
+        served.gate.set()
         reader = Reader(busy)
         answer = reader.answer()
-        assert seen(answer)["PATH_INFO"] == "/busy"  # the running one is answered
+        assert seen(answer)["path"] == "/busy"  # the running one is answered
         assert answer is not None
         assert answer[1]["connection"] == "close"
         stopping.join(WAIT)
@@ -379,13 +406,13 @@ def test_stopping_closes_idle_connections_and_finishes_running_requests() -> Non
     finally:
         idle.close()
         busy.close()
-        app.gate.set()
+        served.gate.set()
         server.close(grace=0)
 
 
 @pytest.fixture(scope="module")
 def fuzzed() -> Iterator[ThreadServer]:
-    with running(EchoApp(), channel_timeout=2.0) as server:
+    with running(Echo(), channel_timeout=2.0) as server:
         yield server
 
 
@@ -417,4 +444,4 @@ def test_any_bytes_get_an_answer_or_a_close_and_the_server_goes_on(
                 assert 100 <= answer[0] < 600
     with connect(fuzzed) as sock:
         sock.sendall(request("/still"))
-        assert seen(Reader(sock).answer())["PATH_INFO"] == "/still"
+        assert seen(Reader(sock).answer())["path"] == "/still"
