@@ -57,9 +57,9 @@ LINGER = 2.0
 LINGER_BYTES = 1 << 20
 """Bytes read so at most."""
 STOP_GRACE = 5.0
-"""Seconds a stop waits for the requests running the app to finish."""
+"""Seconds a stop waits for the requests being handled to finish."""
 LOCAL_THREADS = 2
-"""Requests run at once by the loopback server of ``call --app`` and ``dev``."""
+"""Requests handled at once by the loopback server of ``call --app`` and ``dev``."""
 _READ = 64 * 1024
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length"})
 
@@ -101,7 +101,7 @@ class _Request:
 
 
 class _Connection:
-    """A connection's thread: reads requests, runs the app for each, writes answers."""
+    """A connection's thread: reads requests, has each handled, writes the answers."""
 
     def __init__(self, server: ThreadServer, sock: socket.socket, peer: Any) -> None:
         self.server = server
@@ -173,7 +173,8 @@ class _Connection:
         self.current = None
 
     def _end_request(self) -> None:
-        """Stop reading: the request as it is goes to the app, the connection then ends."""
+        """Stop reading: the request is answered as it stands (refused), then the connection
+        ends."""
         assert self.current is not None
         self.current.keep_alive = False
         self.ready.append(self.current)
@@ -253,7 +254,7 @@ class _Connection:
 
     def _incomplete(self, *, stalled: bool) -> bool:
         """The client went quiet (``stalled``) or closed: a request it began with its
-        head whole goes to the app, which answers that its body is incomplete."""
+        head whole is answered that its body is incomplete."""
         request = self.current
         if request is None or not request.headed:
             return False
@@ -262,10 +263,10 @@ class _Connection:
         return False
 
     def _refuse(self, status: int, message: str) -> bool:
-        reason = {400: "Bad Request", 431: "Request Header Fields Too Large"}[status]
+        """Answer a request that cannot be read with ``status``; the connection ends."""
         text = f"{message}\n".encode()
         head = (
-            f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"HTTP/1.1 {status_line(status)}\r\nContent-Type: text/plain; charset=utf-8\r\n"
             f"Content-Length: {len(text)}\r\nConnection: close\r\n\r\n"
         )
         with contextlib.suppress(OSError):
@@ -409,7 +410,10 @@ class ThreadServer:
             return served.reject(exc)
         target = request.target.decode("latin-1")
         headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.headers]
-        host = next((v for n, v in headers if n.lower() == "host"), "")
+        hosts = [v for n, v in headers if n.lower() == "host"]
+        if len(hosts) > 1:  # which one was signed? (RFC 9112 3.2: 400)
+            return _text(400, "more than one Host header")
+        host = hosts[0] if hosts else ""
         method = request.method.decode("latin-1")
         try:
             core = request_from_target(method, target, host, headers, body, "http")
@@ -430,7 +434,7 @@ class ThreadServer:
 
     def close(self, grace: float = STOP_GRACE, *, abandon: bool = False) -> None:
         """Stop: no new connection or request; idle connections closed; the requests
-        running the app waited for up to ``grace`` seconds (``abandon``: not waited for,
+        being handled waited for up to ``grace`` seconds (``abandon``: not waited for,
         their connections shut down, their answers dropped)."""
         with self._lock:
             self.stopping = True

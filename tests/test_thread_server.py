@@ -253,10 +253,19 @@ def test_http_1_0_keeps_the_connection_only_when_asked(keep_alive: bool) -> None
         ),
         (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
         (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nHost: b\r\nContent-Length: 0\r\n\r\n", 400),
         (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"y" * 300_000 + b"\r\n\r\n", 431),
         (b"GET / HTTP/1.1\r\nHost: x\r\nX-Endless: " + b"y" * 300_000, 431),
     ],
-    ids=["garbage", "length-and-chunked", "two-lengths", "upgrade", "huge-head", "endless-head"],
+    ids=[
+        "garbage",
+        "length-and-chunked",
+        "two-lengths",
+        "upgrade",
+        "two-hosts",
+        "huge-head",
+        "endless-head",
+    ],
 )
 def test_bad_requests_are_refused_and_the_connection_closed(data: bytes, status: int) -> None:
     served = Echo()
