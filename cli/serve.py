@@ -1,5 +1,5 @@
 """``dispatchlet serve``: an app's Endpoint on a local HTTP server (``ThreadServer``: a
-thread per connection, which runs the app for the requests it reads)."""
+thread per connection, which has the Endpoint handle the requests it reads)."""
 
 from __future__ import annotations
 

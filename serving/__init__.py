@@ -1,4 +1,5 @@
 """Running an app's Endpoint as a process: finding the Endpoint an APP argument names,
 and serving it: on the command line's own HTTP server (``thread_server``: a thread per
-connection, which runs the app for the requests it reads), or on waitress with settings
-that bound what clients can hold (the deploy recipe, deploy/wsgi/serve_waitress.py)."""
+connection, which has the Endpoint handle the requests it reads), or on waitress with
+settings that bound what clients can hold (the deploy recipe,
+deploy/wsgi/serve_waitress.py)."""

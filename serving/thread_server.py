@@ -376,6 +376,8 @@ class ThreadServer:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:  # out of descriptors: wait for some to be freed
+            if self.stopping:  # the listener was closed under it
+                return
             logger.warning("cannot accept a connection: %s", exc)
             time.sleep(0.1)
             return
