@@ -80,7 +80,7 @@ def exit_now(status: int) -> NoReturn:
 
 @contextmanager
 def interrupting_main_thread() -> Iterator[Stop]:
-    """For a command that blocks in its main thread (waitress): the first SIGINT or SIGTERM
+    """For a command that blocks in its main thread (``serve``): the first SIGINT or SIGTERM
     raises KeyboardInterrupt there; a second one ends the process at once."""
     stop = Stop()
 
