@@ -212,10 +212,19 @@ def test_a_claim_that_records_rate_limited_starts_commits_with_an_fsync(tmp_path
     with_store(tmp_path / "scheduler.db", body)
 
 
+async def writer_idle(store: SQLiteStore) -> None:
+    """Once the writer's thread is done with what it was given: a write is answered
+    before the thread marks itself idle (a write coming between goes to the thread)."""
+    await asyncio.wrap_future(store._executor.submit(lambda: None))
+
+
 def hold_writer(store: SQLiteStore, gate: threading.Event) -> Future[bool]:
     """Keep the writer's thread busy (as with a transaction of its own) until ``gate``
     is set: the writes that come meanwhile queue up for it."""
     writer = store._writer
+    # A write is answered before its thread is done with it (it marks itself idle
+    # after): what the thread still has to do goes first.
+    store._executor.submit(lambda: None).result(timeout=WAIT)
     with writer._lock:
         assert not writer._draining, "the writer is busy already"
         writer._draining = True
@@ -594,11 +603,13 @@ def test_dispatches_on_the_loop_one_after_another_set_its_settings_once(
             return [s for s in watched.statements if s.startswith("PRAGMA")]
 
         for n in range(3):
+            await writer_idle(store)
             await store.dispatch([call(f"loop {n}")], now=NOW)
         assert seen == [(True, 0, 0)] * 3
         assert pragmas() == ["PRAGMA busy_timeout = 0", "PRAGMA wal_autocheckpoint = 0"]
         await store.claim(owner="p", now=NOW + 0.1, limit=1, lease_seconds=LEASE)
         assert seen[3:] == [(False, 5000, 1000)]
+        await writer_idle(store)
         await store.dispatch([call("loop again")], now=NOW)
         assert seen[4:] == [(True, 0, 0)]
         assert len(pragmas()) == 6
