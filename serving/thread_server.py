@@ -141,17 +141,19 @@ class _Connection:
             request.oversized_head = True
             self._end_request()
             return
+        expects = False
         for name, value in request.headers:
             lowered = name.lower()
             if lowered == b"content-length":
                 request.length = int(value)  # llhttp has checked it: digits, one value
             elif lowered == b"transfer-encoding":
                 request.chunked = True
+            elif lowered == b"expect":
+                expects = True
         request.limit = self.server.served.max_body_size
         if request.length is not None and request.length > request.limit:
             self._end_request()  # refused unread: nothing more is parsed
             return
-        expects = any(n.lower() == b"expect" for n, _ in request.headers)
         if expects and request.version == "1.1" and (request.length or request.chunked):
             with contextlib.suppress(OSError):
                 self.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -498,9 +500,7 @@ def _listen(host: str, port: int) -> list[socket.socket]:
     found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
     try:
-        for family, kind, proto, _, address in dict.fromkeys(
-            (f, k, p, "", a) for f, k, p, _, a in found
-        ):
+        for family, kind, proto, address in dict.fromkeys((f, k, p, a) for f, k, p, _, a in found):
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
