@@ -6,7 +6,9 @@ commit, all failed by an error that ends the transaction."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import resource
 import sqlite3
 import threading
 from collections.abc import Callable, Coroutine, Iterable
@@ -495,6 +497,31 @@ def test_a_wal_file_made_anew_is_the_one_synced(
         assert synced[-1] == os.stat(f"{path}-wal").st_ino
 
     with_store(path, body)
+
+
+def test_a_first_dispatch_is_synced_while_every_file_descriptor_is_taken(
+    tmp_path: Path,
+) -> None:
+    """Connections pouring in can take every descriptor the process may open (the API
+    caps them only just under the limit): the WAL file's is open before, so the first
+    durable write still syncs and the store stays usable."""
+
+    async def body(store: SQLiteStore, watched: Watched) -> None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        held: list[int] = []
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 20, hard))
+        try:
+            with contextlib.suppress(OSError):
+                while True:
+                    held.append(os.open(os.devnull, os.O_RDONLY))
+            assert await store.dispatch([call()], now=NOW)
+        finally:
+            for descriptor in held:
+                os.close(descriptor)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert await store.dispatch([call()], now=NOW + 0.1)
+
+    with_store(tmp_path / "scheduler.db", body)
 
 
 def test_a_wal_file_that_cannot_be_synced_breaks_the_store(

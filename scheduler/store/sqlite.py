@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import json
 import logging
 import os
@@ -295,6 +296,10 @@ class SQLiteStore:
         if not memory and MANUAL_SYNC:
             # From here the writer syncs the WAL itself after each durable COMMIT.
             connection.execute("PRAGMA synchronous = NORMAL")
+            # Its descriptor opened now, not at the first sync: connections arriving
+            # then may have taken every descriptor the process may open.
+            with contextlib.suppress(FileNotFoundError):
+                self._wal = os.open(self.path + "-wal", os.O_RDONLY)
 
     def _sync_wal(self) -> None:
         """Put every commit so far on disk: an fsync of the WAL file, as
