@@ -19,17 +19,15 @@ It only translates; the endpoint decides. What it takes from the environ:
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable
 from contextlib import suppress
-from http import HTTPStatus
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import quote, urlsplit
 
 from ..core.body import BodyReader
 from ..core.endpoint import Endpoint
 from ..core.errors import DispatchletError
-from ..core.http import Request, request_from_target
+from ..core.http import Request, request_from_target, status_line
 
 StartResponse = Callable[..., Any]
 WSGIApplication = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -196,12 +194,3 @@ def _client_socket(environ: dict[str, Any]) -> _Socket | None:
     # An HTTP/2 connection's socket carries other streams too: never touch it.
     http1 = str(environ.get("SERVER_PROTOCOL", "")).startswith("HTTP/1.")
     return sock if http1 and isinstance(sock, _Socket) else None
-
-
-@functools.lru_cache(maxsize=64)
-def status_line(status: int) -> str:
-    """``"200 OK"``: the status line WSGI wants."""
-    try:
-        return f"{status} {HTTPStatus(status).phrase}"
-    except ValueError:
-        return f"{status} Unknown"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
+from email.utils import formatdate, parsedate_to_datetime
 from urllib.parse import urlsplit
 
 
@@ -91,3 +92,26 @@ class Response:
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), or None."""
         return header_value(self.headers, name.lower())
+
+
+_last_date = (0, "")
+
+
+def date_field() -> str:
+    """The value of an answer's ``Date`` field, formatted once a second."""
+    global _last_date
+    now = int(time.time())
+    if _last_date[0] != now:
+        _last_date = (now, formatdate(now, usegmt=True))
+    return _last_date[1]
+
+
+@functools.lru_cache(maxsize=64)
+def status_line(status: int) -> str:
+    """``"200 OK"``: a status with its reason phrase, as in an answer's first line."""
+    from http import HTTPStatus  # not at import: the Lambda adapter has no use for it
+
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"{status} Unknown"

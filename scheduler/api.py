@@ -19,7 +19,8 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import NamedTuple, TypeVar
 
 from aiohttp import web
 from google.protobuf import json_format, message, timestamp_pb2
@@ -55,6 +56,7 @@ from .calls import (
     planned,
     timestamp,
 )
+from .direct_api import DirectApi, Streamed, WholeRequest
 from .engine import Engine
 from .host_check import host_allowed, refusal
 from .metrics import CONTENT_TYPE
@@ -117,6 +119,31 @@ _INVALID_KEY = (
 )
 
 
+class Unary(NamedTuple):
+    """A Connect unary method: its handler and request type."""
+
+    handler: Callable[..., Awaitable[message.Message | CallAnswer]]
+    kind: type[message.Message]
+    headers: bool = False
+    """Whether the handler is given the request's headers too."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """A unary request's answer, in its codec ``wire``."""
+
+    message: message.Message | CallAnswer
+    wire: str
+
+    def payload(self) -> bytes:
+        assert not isinstance(self.message, CallAnswer)
+        if self.wire == PROTO:
+            return self.message.SerializeToString()
+        # A stored value of a type this process does not know is shown as
+        # {"@type", "value": base64}, not a failed answer.
+        return message_to_json(self.message)
+
+
 class Api:
     """The request handlers, over one store and engine."""
 
@@ -161,15 +188,10 @@ class Api:
         self.allowed_hosts = tuple(allowed_hosts)
         """Names an insecure scheduler answers beside IP addresses and localhost."""
 
-    def app(self) -> web.Application:
-        # Open to anyone who reaches it, so not to pages of other sites rebound to it.
-        guards = [self.host_guard] if self.insecure else []
-        app = web.Application(client_max_size=self.max_body_size, middlewares=guards)
-        app.router.add_get(_lenient("/healthz"), self.healthz)
-        app.router.add_get(_lenient("/metrics"), self.metrics)
+    def unary_methods(self) -> dict[str, Unary]:
+        """The Connect unary methods by path."""
         # Read as dispatch.sdk.v1.DispatchRequest with each call's options (field 1000).
-        dispatch = self.rpc(self.dispatch, options_pb2.DispatchRequest, headers=True)
-        app.router.add_route("*", _lenient(DISPATCH_PATH), dispatch)
+        methods = {DISPATCH_PATH: Unary(self.dispatch, options_pb2.DispatchRequest, headers=True)}
         for name, handler, kind in (
             ("Get", self.get, calls_pb2.GetRequest),
             ("Wait", self.wait, calls_pb2.WaitRequest),
@@ -181,21 +203,53 @@ class Api:
             ("Purge", self.purge, calls_pb2.PurgeRequest),
             ("Send", self.send, calls_pb2.SendRequest),
         ):
-            app.router.add_route("*", _lenient(CALLS_PATH + name), self.rpc(handler, kind))
+            methods[CALLS_PATH + name] = Unary(handler, kind)
         for name, schedule_handler, schedule_kind in ScheduleApi(self).routes():
-            route = self.rpc(schedule_handler, schedule_kind)  # type: ignore[arg-type]
-            app.router.add_route("*", _lenient(CALLS_PATH + name), route)
+            methods[CALLS_PATH + name] = Unary(schedule_handler, schedule_kind)  # type: ignore[arg-type]
         # Given its headers: its request id (``Idempotency-Key``), as Dispatch.
-        rerun = self.rpc(self.rerun, calls_pb2.RerunRequest, headers=True)
-        app.router.add_route("*", _lenient(CALLS_PATH + "Rerun"), rerun)
-        resume = self.rpc(self.resume, calls_pb2.ResumeRequest, headers=True)
-        app.router.add_route("*", _lenient(CALLS_PATH + "Resume"), resume)
+        methods[CALLS_PATH + "Rerun"] = Unary(self.rerun, calls_pb2.RerunRequest, headers=True)
+        methods[CALLS_PATH + "Resume"] = Unary(self.resume, calls_pb2.ResumeRequest, headers=True)
+        return methods
+
+    def app(self) -> web.Application:
+        # Open to anyone who reaches it, so not to pages of other sites rebound to it.
+        guards = [self.host_guard] if self.insecure else []
+        app = web.Application(client_max_size=self.max_body_size, middlewares=guards)
+        app.router.add_get(_lenient("/healthz"), self.healthz)
+        app.router.add_get(_lenient("/metrics"), self.metrics)
+        for path, unary in self.unary_methods().items():
+            app.router.add_route("*", _lenient(path), self.rpc(unary))
         if self.dashboard:
             # Imported only then: --no-dashboard loads no template engine.
             from .dashboard import Dashboard
 
             Dashboard(self).mount(app)
         return app
+
+    def direct(self) -> DirectApi:
+        """The unary methods answered from a request read whole, without aiohttp
+        (``direct_api.py``)."""
+        methods = self.unary_methods()
+
+        async def answer(request: WholeRequest) -> Response | Streamed:
+            if self.insecure and not host_allowed(request.headers.get("Host"), self.allowed_hosts):
+                return http_error_response(PermissionDenied(refusal(request.headers.get("Host"))))
+            body = request.body
+
+            async def read() -> bytes:
+                return body
+
+            done = await self.answer(
+                methods[request.path], request.method, request.headers, len(body), read
+            )
+            if isinstance(done, Response):
+                return done
+            if isinstance(done.message, CallAnswer):
+                # A large output: framed from its stored bytes, sent in pieces.
+                return Streamed(done.wire, *done.message.pieces(done.wire))
+            return Response(200, [("Content-Type", done.wire)], done.payload())
+
+        return DirectApi(frozenset(methods), answer)
 
     @web.middleware
     async def host_guard(
@@ -233,61 +287,73 @@ class Api:
             return _web(http_error_response(TemporaryError(_STORE_FAILED)))
         return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE})
 
-    def rpc(
-        self,
-        handler: Callable[..., Awaitable[message.Message | CallAnswer]],
-        kind: type[M],
-        *,
-        headers: bool = False,
-    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-        """A Connect unary handler: authenticated, decoded, answered in the same codec
-        (``headers``: the handler is given the request's headers too)."""
+    def rpc(self, unary: Unary) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """``unary`` served by aiohttp."""
 
         async def serve(request: web.Request) -> web.StreamResponse:
-            try:
-                if request.method != "POST":
-                    raise MethodNotAllowed(f"method {request.method[:20]!r} not allowed: use POST")
-                self._authenticate(request.headers.get("Authorization"))
-                wire = codec(request.headers.get("Content-Type"))
-                if (request.content_length or 0) > self.max_body_size:
-                    # Announced: refused unread.
-                    raise self._too_large(request.content_length)
-                body = await self._read(request)
-                decoded = _decode(kind, body, wire)
-                answer = await (handler(decoded, request.headers) if headers else handler(decoded))
-            except web.HTTPRequestEntityTooLarge:
-                return _web(http_error_response(self._too_large(request.content_length)))
-            except Exception as exc:
-                # First: a StoreError is a DispatchletError too, but not the request's fault.
-                if unavailable(exc):
-                    # The database is restarting or unreachable: nothing was
-                    # acknowledged, and the request may be sent again.
-                    logger.exception("a %s request failed", kind.DESCRIPTOR.name)
-                    return _web(http_error_response(TemporaryError(_STORE_FAILED)))
-                if refuses(exc):  # the request refused, and why
-                    refusal = _web(http_error_response(exc))
-                    if isinstance(exc, BodyTimeout):
-                        refusal.force_close()  # the rest of its body may still come
-                    return refusal
-                # An error of the scheduler's own: logged here, and the client told no
-                # more than that (retrying would meet it again).
-                logger.exception("a %s request failed unexpectedly", kind.DESCRIPTOR.name)
-                return _web(http_error_response(InternalError(_INTERNAL)))
-            if isinstance(answer, CallAnswer):
-                if answer.framed:
-                    # A large output: framed from its stored bytes, sent in pieces.
-                    return await answer.write(request, wire)
-                answer = answer.message()
-            payload = (
-                answer.SerializeToString()
-                if wire == PROTO
-                # A stored value of a type this process does not know is shown as
-                # {"@type", "value": base64}, not a failed answer.
-                else message_to_json(answer)
+            done = await self.answer(
+                unary,
+                request.method,
+                request.headers,
+                request.content_length,
+                lambda: self._read(request),
             )
-            return web.Response(body=payload, content_type=wire)
+            if isinstance(done, Response):
+                refusal = _web(done)
+                if done.header("Connection") is not None:
+                    refusal.force_close()  # the rest of its body may still come
+                return refusal
+            if isinstance(done.message, CallAnswer):
+                # A large output: framed from its stored bytes, sent in pieces.
+                return await done.message.write(request, done.wire)
+            return web.Response(body=done.payload(), content_type=done.wire)
 
         return serve
+
+    async def answer(
+        self,
+        unary: Unary,
+        method: str,
+        headers: Mapping[str, str],
+        content_length: int | None,
+        read: Callable[[], Awaitable[bytes]],
+    ) -> Answered | Response:
+        """A Connect unary request answered: authenticated, decoded, handled, its answer
+        in the request's codec; or the error that refuses it."""
+        try:
+            if method != "POST":
+                raise MethodNotAllowed(f"method {method[:20]!r} not allowed: use POST")
+            self._authenticate(headers.get("Authorization"))
+            wire = codec(headers.get("Content-Type"))
+            if (content_length or 0) > self.max_body_size:
+                # Announced: refused unread.
+                raise self._too_large(content_length)
+            body = await read()
+            decoded = _decode(unary.kind, body, wire)
+            handler = unary.handler
+            answer = await (handler(decoded, headers) if unary.headers else handler(decoded))
+        except web.HTTPRequestEntityTooLarge:
+            return http_error_response(self._too_large(content_length))
+        except Exception as exc:
+            name = unary.kind.DESCRIPTOR.name
+            # First: a StoreError is a DispatchletError too, but not the request's fault.
+            if unavailable(exc):
+                # The database is restarting or unreachable: nothing was
+                # acknowledged, and the request may be sent again.
+                logger.exception("a %s request failed", name)
+                return http_error_response(TemporaryError(_STORE_FAILED))
+            if refuses(exc):  # the request refused, and why
+                refused = http_error_response(exc)
+                if isinstance(exc, BodyTimeout):
+                    refused.headers.append(("Connection", "close"))
+                return refused
+            # An error of the scheduler's own: logged here, and the client told no
+            # more than that (retrying would meet it again).
+            logger.exception("a %s request failed unexpectedly", name)
+            return http_error_response(InternalError(_INTERNAL))
+        if isinstance(answer, CallAnswer) and not answer.framed:
+            answer = answer.message()
+        return Answered(answer, wire)
 
     async def _read(self, request: web.Request) -> bytes:
         """The request's body, if it arrives within the body timeout (a client that

@@ -115,19 +115,19 @@ class CallAnswer:
         del shown
         return {"call": ordered}
 
+    def pieces(self, wire: str) -> tuple[int, Iterator[bytes | memoryview]]:
+        """The answer in ``wire``: its length, and its bytes in pieces."""
+        if wire == PROTO:
+            return sum(len(piece) for piece in self.proto()), self.proto()
+        value = self._json_value()
+        return json_size(value), json_chunks(value)
+
     async def write(self, request: web.Request, wire: str) -> web.StreamResponse:
         """Send the answer in ``wire``, a piece at a time (each written when the client
         has taken the one before)."""
         answer = web.StreamResponse()
         answer.content_type = wire
-        pieces: Iterator[bytes | memoryview]
-        if wire == PROTO:
-            pieces = self.proto()
-            answer.content_length = sum(len(piece) for piece in self.proto())
-        else:
-            value = self._json_value()
-            pieces = json_chunks(value)
-            answer.content_length = json_size(value)
+        answer.content_length, pieces = self.pieces(wire)
         await answer.prepare(request)
         for piece in pieces:
             await answer.write(piece)

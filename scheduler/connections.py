@@ -12,7 +12,8 @@ one, the newcomer is answered 503 and closed, as PostgreSQL answers "too many cl
 with a healthy listener. (nginx likewise reuses its connections waiting for a first
 request or in keep-alive when it runs out.) One address (loopback aside) may hold at
 most ``max_per_client`` of them, so that it cannot take every slot with requests it
-trickles in.
+trickles in. Each connection's requests that arrive whole are answered here, without
+aiohttp (``direct_api.py``), until one does not.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ except ImportError:  # pragma: no cover - Windows: no open files limit to raise
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from ..core.http import Response
+from .direct_api import DirectApi, WholeRequest, answer_bytes, answer_head, whole_request
+
 logger = logging.getLogger(__name__)
 
 FD_RESERVE = 512
@@ -50,6 +54,9 @@ LINGER = 2.0
 the client reads the 503 rather than a reset."""
 MAX_LINGERING = 64
 """Refused connections kept lingering at once; past it one is closed at once."""
+WAITING_BYTES = 1024 * 1024
+"""Bytes read past a request being answered directly before reading pauses until its
+answer is written."""
 
 _UNAVAILABLE = json.dumps(
     {
@@ -103,13 +110,13 @@ def connection_cap(wanted: int, fd_limit: int) -> int:
 
 
 class _Tracked(asyncio.Protocol):
-    """aiohttp's protocol for one connection, seen by the site: whether it is idle (has
-    sent nothing since it opened or since its last answer), and when it ends. Admitted
-    or refused once connected (asyncio makes the protocols of a batch of accepted
-    sockets before connecting any): then the count is exact, and the older connections'
-    sockets can be looked at."""
-
-    inner: asyncio.Protocol
+    """One connection, seen by the site: whether it is idle (has sent nothing since it
+    opened or since its last answer), and when it ends. Admitted or refused once
+    connected (asyncio makes the protocols of a batch of accepted sockets before
+    connecting any): then the count is exact, and the older connections' sockets can be
+    looked at. Its requests are answered directly (``direct_api.py``) while each comes
+    whole in one read; the first that does not hands the connection to aiohttp's
+    protocol (``inner``) for good."""
 
     def __init__(self, make_inner: Callable[[], asyncio.Protocol], site: BoundedSite) -> None:
         self.make_inner = make_inner
@@ -118,6 +125,16 @@ class _Tracked(asyncio.Protocol):
         self.idle = True
         self.client: str | None = None
         """The address counted against the cap per client; None: not counted."""
+        self.inner: asyncio.Protocol | None = None
+        self.answering: asyncio.Future[None] | None = None
+        """The request being answered directly, if any."""
+        self.waiting: list[bytes] = []
+        """What came while it was: read once it is answered."""
+        self.waiting_size = 0
+        self.quiet_until = 0.0
+        self.quiet_timer: asyncio.TimerHandle | None = None
+        self.writable = asyncio.Event()
+        self.writable.set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (uvloop's is one without deriving from asyncio.Transport).
@@ -130,13 +147,110 @@ class _Tracked(asyncio.Protocol):
             transport.set_protocol(refused)
             refused.connection_made(transport)
             return
+        if self.site.direct is None:
+            self._hand_over()
+        else:
+            self._quiet_for(self.site.keepalive_timeout)
+
+    def _hand_over(self) -> asyncio.Protocol:
+        """aiohttp's protocol, serving the connection from here on."""
+        if self.quiet_timer is not None:
+            self.quiet_timer.cancel()
+            self.quiet_timer = None
         self.inner = self.make_inner()
-        self.inner.connection_made(transport)
+        self.inner.connection_made(typing.cast(asyncio.Transport, self.transport))
+        return self.inner
 
     def data_received(self, data: bytes) -> None:
         if self.idle:
             self.site.became_busy(self)
-        self.inner.data_received(data)
+        if self.inner is not None:
+            self.inner.data_received(data)
+        elif self.answering is not None:
+            # Answers go out in order: the next request waits for this one's.
+            self.waiting.append(data)
+            self.waiting_size += len(data)
+            if self.waiting_size > WAITING_BYTES and self.transport is not None:
+                self.transport.pause_reading()
+        else:
+            self._read(data)
+
+    def _read(self, data: bytes) -> None:
+        direct = self.site.direct
+        assert direct is not None
+        request = whole_request(data, direct.paths)
+        if request is None:
+            self._hand_over().data_received(data)
+            return
+        self.answering = asyncio.ensure_future(self._answer(direct, request))
+        self.answering.add_done_callback(self._answered)
+
+    async def _answer(self, direct: DirectApi, request: WholeRequest) -> None:
+        answer = await direct.answer(request)
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        closes = isinstance(answer, Response) and answer.header("Connection") is not None
+        keep_alive = request.keep_alive and not closes and not self.site.stopping
+        if isinstance(answer, Response):
+            transport.write(answer_bytes(answer, keep_alive=keep_alive))
+        else:
+            fields = [("Content-Type", answer.content_type)]
+            transport.write(answer_head(200, fields, answer.length, keep_alive=keep_alive))
+            for piece in answer.pieces:
+                # Each piece once the client has taken most of the one before.
+                await self.writable.wait()
+                if transport.is_closing():
+                    return
+                transport.write(piece)
+        if not keep_alive:
+            transport.close()  # once the answer is written
+            return
+        self.answering = None
+        waiting, self.waiting, self.waiting_size = self.waiting, [], 0
+        if waiting:
+            transport.resume_reading()
+            self._read(b"".join(waiting))
+            return
+        self.answered()
+        self._quiet_for(self.site.keepalive_timeout)
+
+    def _answered(self, answering: asyncio.Future[None]) -> None:
+        if self.answering is answering:
+            self.answering = None
+        transport = self.transport
+        if answering.cancelled():
+            if transport is not None:
+                transport.close()
+        elif answering.exception() is not None:
+            logger.error("answering a request failed", exc_info=answering.exception())
+            if transport is not None:
+                transport.abort()
+
+    def _quiet_for(self, seconds: float) -> None:
+        """Close the connection if it sends nothing for ``seconds`` (as aiohttp's
+        keep-alive timeout does for the connections it serves)."""
+        loop = asyncio.get_running_loop()
+        self.quiet_until = loop.time() + seconds
+        if self.quiet_timer is None:
+            self.quiet_timer = loop.call_at(self.quiet_until, self._quiet)
+
+    def _quiet(self) -> None:
+        self.quiet_timer = None
+        transport = self.transport
+        if self.inner is not None or transport is None or self.answering is not None:
+            return  # aiohttp's to time now, or a request's answer sets it again
+        loop = asyncio.get_running_loop()
+        if loop.time() < self.quiet_until:
+            self.quiet_timer = loop.call_at(self.quiet_until, self._quiet)
+        elif self.idle:
+            transport.close()
+
+    def stop(self) -> None:
+        """The server stops: closed now if idle, else once its answer is written
+        (aiohttp closes those it serves)."""
+        if self.inner is None and self.answering is None and self.transport is not None:
+            self.transport.close()
 
     def answered(self) -> None:
         """An answer was written: the connection is idle again unless more of a request
@@ -151,17 +265,30 @@ class _Tracked(asyncio.Protocol):
         self.site.became_idle(self)
 
     def eof_received(self) -> bool | None:
-        return self.inner.eof_received()
+        if self.inner is not None:
+            return self.inner.eof_received()
+        return None  # closed, a request being answered cancelled (as aiohttp does)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.site.forget(self)
-        self.inner.connection_lost(exc)
+        if self.quiet_timer is not None:
+            self.quiet_timer.cancel()
+        if self.answering is not None:
+            self.answering.cancel()
+        if self.inner is not None:
+            self.inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
-        self.inner.pause_writing()
+        if self.inner is not None:
+            self.inner.pause_writing()
+        else:
+            self.writable.clear()
 
     def resume_writing(self) -> None:
-        self.inner.resume_writing()
+        if self.inner is not None:
+            self.inner.resume_writing()
+        else:
+            self.writable.set()
 
 
 class AnswersSeen(AbstractAccessLogger):
@@ -246,9 +373,16 @@ class BoundedSite(web.TCPSite):
         *args: Any,
         max_connections: int,
         max_per_client: int | None = None,
+        direct: DirectApi | None = None,
+        keepalive_timeout: float = 75.0,
         **kw: Any,
     ):
         super().__init__(runner, *args, **kw)
+        self.direct = direct
+        """The requests answered without aiohttp (None: all go to aiohttp)."""
+        self.keepalive_timeout = keepalive_timeout
+        """Seconds a connection may stay quiet (aiohttp's own, for those it serves)."""
+        self.stopping = False
         self.max_connections = max_connections
         self.max_per_client = (
             per_client_cap(max_connections) if max_per_client is None else max_per_client
@@ -278,6 +412,12 @@ class BoundedSite(web.TCPSite):
 
     def _protocol(self, server: web.Server) -> Callable[[], asyncio.Protocol]:
         return lambda: _Tracked(server, self)
+
+    async def stop(self) -> None:
+        await super().stop()
+        self.stopping = True
+        for connection in [*self.idle, *self.busy]:
+            connection.stop()
 
     @property
     def connections(self) -> int:

@@ -162,6 +162,8 @@ async def serve(
             reuse_port=settings.reuse_port,
             max_connections=max_connections,
             max_per_client=settings.max_connections_per_client,
+            direct=api.direct(),
+            keepalive_timeout=settings.keepalive_timeout,
         )
         await site.start()
         if ready is not None:

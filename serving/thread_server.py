@@ -27,7 +27,6 @@ An answer is written once the turn is over, so that a client slow to read holds 
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import logging
 import selectors
 import socket
@@ -39,10 +38,9 @@ from typing import Any, Protocol
 
 import httptools
 
-from ..adapters.wsgi import status_line
 from ..core.body import BodyReader
 from ..core.errors import DispatchletError
-from ..core.http import Request, Response, request_from_target
+from ..core.http import Request, Response, date_field, request_from_target, status_line
 
 logger = logging.getLogger(__name__)
 
@@ -281,7 +279,7 @@ class _Connection:
         keep = request.keep_alive and request.complete and not self.server.stopping
         lines = [f"HTTP/1.1 {status_line(response.status)}"]
         lines += [f"{n}: {v}" for n, v in response.headers if n.lower() not in _HOP_BY_HOP]
-        lines.append(f"Date: {_date()}")
+        lines.append(f"Date: {date_field()}")
         body = response.body
         if response.status >= 200 and response.status not in (204, 304):
             lines.append(f"Content-Length: {len(body)}")
@@ -303,18 +301,6 @@ class _Connection:
 
 class _Cut(Exception):
     """Raised in a parser callback to stop reading a request."""
-
-
-_last_date = (0, "")
-
-
-def _date() -> str:
-    """The Date field, formatted once a second."""
-    global _last_date
-    now = int(time.time())
-    if _last_date[0] != now:
-        _last_date = (now, email.utils.formatdate(now, usegmt=True))
-    return _last_date[1]
 
 
 class ThreadServer:

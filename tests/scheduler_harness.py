@@ -17,6 +17,7 @@ from dispatchlet.core import values
 from dispatchlet.core.status import Status
 from dispatchlet.proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2, function_pb2
 from dispatchlet.scheduler.api import Api
+from dispatchlet.scheduler.connections import BoundedSite
 from dispatchlet.scheduler.engine import Engine
 from dispatchlet.scheduler.http_caller import Outcome
 from dispatchlet.scheduler.retry import RetryPolicy
@@ -149,7 +150,8 @@ async def harness(
     api = Api(opened, engine, max_input_size=max_input_size, **api_options)
     runner = web.AppRunner(api.app(), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    # As the scheduler serves it: whole requests answered directly, the rest by aiohttp.
+    site = BoundedSite(runner, "127.0.0.1", 0, max_connections=1000, direct=api.direct())
     await site.start()
     host, port = runner.addresses[0][:2]
     task = asyncio.create_task(engine.run()) if running else None

@@ -30,6 +30,7 @@ from google.protobuf import any_pb2, wrappers_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scheduler_harness import harness
+from test_direct_api import exchange, post
 
 NOW = 1_700_000_000.0
 CALLS = "/dispatchlet.scheduler.v1.CallService/"
@@ -229,6 +230,33 @@ def test_a_large_output_is_answered_whole_by_get_and_wait(tmp_path: Path) -> Non
                 "@type": "type.googleapis.com/google.protobuf.BytesValue",
                 "value": base64.b64encode(value).decode(),
             }, name
+
+
+def test_a_large_output_is_written_in_pieces_alike_directly_and_by_aiohttp(
+    tmp_path: Path,
+) -> None:
+    """A Get read whole is answered without aiohttp (``direct_api.py``), its large
+    output framed in pieces as aiohttp's answer is: the same bytes, in both codecs."""
+
+    async def scenario() -> None:
+        async with harness(tmp_path, large_answer) as h:
+            (dispatch_id,) = await h.dispatch(call_pb2.Call(function="f", endpoint="http://e.test"))
+            await h.done(dispatch_id)
+            port = int(h.url.rsplit(":", 1)[1])
+            proto = calls_pb2.GetRequest(dispatch_id=dispatch_id).SerializeToString()
+            text = json.dumps({"dispatchId": dispatch_id}).encode()
+            for body, content_type in ((proto, "application/proto"), (text, "application/json")):
+                data = post(CALLS + "Get", body, content_type=content_type)
+                direct = await exchange(port, data)
+                split = data.index(b"\r\n\r\n") + 4
+                aiohttp = await exchange(port, data[:split], data[split:], pause=0.2)
+                assert not direct.by_aiohttp
+                assert aiohttp.by_aiohttp
+                assert direct.status == aiohttp.status == 200
+                assert len(direct.body) > LARGE
+                assert direct.body == aiohttp.body
+
+    asyncio.run(scenario())
 
 
 @pytest.mark.slow
