@@ -199,7 +199,9 @@ def test_a_request_is_answered_directly_as_aiohttp_answers_it(
     asyncio.run(scenario())
 
 
-def test_a_dispatch_answered_directly_stores_its_calls(tmp_path: Path) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_dispatch_answered_directly_stores_its_calls(tmp_path: Path, loop: str) -> None:
+    # An app may run the scheduler on uvloop, whose transports are its own.
     async def scenario() -> None:
         async with serving(tmp_path) as (port, api):
             answer = await exchange(port, post(DISPATCH_PATH, dispatch_body("f", "g")))
@@ -209,7 +211,12 @@ def test_a_dispatch_answered_directly_stores_its_calls(tmp_path: Path) -> None:
             stored = [await api.store.get(i) for i in ids]
             assert [c.function for c in stored if c is not None] == ["f", "g"]
 
-    asyncio.run(scenario())
+    if loop == "uvloop":
+        import uvloop
+
+        uvloop.run(scenario())
+    else:
+        asyncio.run(scenario())
 
 
 def test_a_request_sent_while_one_is_answered_is_answered_after_it(tmp_path: Path) -> None:
