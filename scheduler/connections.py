@@ -24,9 +24,10 @@ import ipaddress
 import json
 import logging
 import struct
+import sys
 import time
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 try:  # POSIX only
@@ -182,7 +183,7 @@ class _Tracked(asyncio.Protocol):
         if request is None:
             self._hand_over().data_received(data)
             return
-        self.answering = asyncio.ensure_future(self._answer(direct, request))
+        self.answering = _started(self._answer(direct, request))
         self.answering.add_done_callback(self._answered)
 
     async def _answer(self, direct: DirectApi, request: WholeRequest) -> None:
@@ -289,6 +290,14 @@ class _Tracked(asyncio.Protocol):
             self.inner.resume_writing()
         else:
             self.writable.set()
+
+
+def _started(answering: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    """A task of ``answering``, run at once up to its first wait where Python can (as
+    aiohttp runs its handlers): a request's handling begins in this turn of the loop."""
+    if sys.version_info >= (3, 12):
+        return asyncio.Task(answering, loop=asyncio.get_running_loop(), eager_start=True)
+    return asyncio.ensure_future(answering)
 
 
 class AnswersSeen(AbstractAccessLogger):
