@@ -207,6 +207,11 @@ class _Tracked(asyncio.Protocol):
         if not keep_alive:
             transport.close()  # once the answer is written
             return
+        # The next request is read once the client has taken most of this answer: one
+        # that sends requests without reading the answers cannot pile them up here.
+        await self.writable.wait()
+        if transport.is_closing():
+            return
         self.answering = None
         waiting, self.waiting, self.waiting_size = self.waiting, [], 0
         if waiting:

@@ -81,7 +81,11 @@ class _Reader:
         self.complete = True
 
 
-_LEFT_TO_AIOHTTP = frozenset((b"expect", b"upgrade"))
+_LEFT_TO_AIOHTTP = frozenset((b"expect", b"upgrade", b"content-encoding"))
+"""Fields of requests that aiohttp answers: a 100 Continue, an upgrade, a body to
+decompress."""
+MAX_LINE = 8190
+"""aiohttp's longest request line and field: a longer one is left to it to refuse."""
 
 
 def whole_request(data: bytes, paths: Container[str]) -> WholeRequest | None:
@@ -97,6 +101,8 @@ def whole_request(data: bytes, paths: Container[str]) -> WholeRequest | None:
         return None
     if not reader.complete or reader.messages != 1 or parser.get_http_version() != "1.1":
         return None
+    if len(reader.url) > MAX_LINE:
+        return None
     target = reader.url.decode("latin-1")
     path, _, _ = target.partition("?")
     # As the aiohttp routes take it (``api._lenient``): repeated slashes before it.
@@ -107,7 +113,9 @@ def whole_request(data: bytes, paths: Container[str]) -> WholeRequest | None:
     keep_alive = True  # HTTP/1.1's default
     for name, value in reader.fields:
         lowered = name.lower()
-        if lowered in _LEFT_TO_AIOHTTP:
+        if lowered in _LEFT_TO_AIOHTTP or len(name) + len(value) + 2 > MAX_LINE:
+            return None
+        if lowered == b"transfer-encoding" and value.strip().lower() != b"chunked":
             return None
         if lowered == b"connection" and b"close" in value.lower().replace(b" ", b"").split(b","):
             keep_alive = False

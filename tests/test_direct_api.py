@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 from aiohttp import web
+from dispatchlet.core.http import Response
 from dispatchlet.proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2
 from dispatchlet.proto.dispatchlet.scheduler.v1 import calls_pb2
 from dispatchlet.scheduler.api import CALLS_PATH, DISPATCH_PATH, Api
 from dispatchlet.scheduler.connections import BoundedSite
-from dispatchlet.scheduler.direct_api import whole_request
+from dispatchlet.scheduler.direct_api import DirectApi, Streamed, WholeRequest, whole_request
 from dispatchlet.scheduler.engine import Engine
 from dispatchlet.scheduler.store.memory import MemoryStore
 from hypothesis import given, settings
@@ -86,6 +88,16 @@ def test_a_whole_chunked_body_is_read() -> None:
         pytest.param(post("http://x" + DISPATCH_PATH, b""), id="absolute target"),
         pytest.param(post(DISPATCH_PATH, b"").replace(b"Host:", b"Ho st:"), id="malformed"),
         pytest.param(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", id="a page"),
+        pytest.param(post(DISPATCH_PATH, b"", extra="Content-Encoding: gzip\r\n"), id="gzip"),
+        pytest.param(
+            post(DISPATCH_PATH, b"", extra="Transfer-Encoding: gzip, chunked\r\n").replace(
+                b"Content-Length: 0\r\n", b""
+            )
+            + b"0\r\n\r\n",
+            id="another transfer coding",
+        ),
+        pytest.param(post(DISPATCH_PATH, b"", extra=f"X-Long: {'a' * 8200}\r\n"), id="long field"),
+        pytest.param(post(DISPATCH_PATH + "?" + "a" * 8200, b""), id="long target"),
     ],
 )
 def test_anything_else_is_left_to_aiohttp(data: bytes) -> None:
@@ -105,7 +117,7 @@ def test_any_bytes_after_a_request_line_are_read_or_left_without_an_error(rest: 
 @asynccontextmanager
 async def serving(
     tmp_path: Path, *, keepalive: float = 75.0, **api_options: object
-) -> AsyncIterator[tuple[int, Api]]:
+) -> AsyncIterator[tuple[int, Api, BoundedSite]]:
     """The API on a free loopback port as the scheduler serves it, its engine not
     running (calls stay ready), over an in-memory store."""
     store = MemoryStore()
@@ -124,7 +136,7 @@ async def serving(
     )
     await site.start()
     try:
-        yield runner.addresses[0][1], api
+        yield runner.addresses[0][1], api, site
     finally:
         await site.stop()
         await runner.cleanup()
@@ -180,7 +192,7 @@ def test_a_request_is_answered_directly_as_aiohttp_answers_it(
     tmp_path: Path, options: dict[str, str | None], body: bytes, status: int
 ) -> None:
     async def scenario() -> None:
-        async with serving(tmp_path) as (port, _):
+        async with serving(tmp_path) as (port, _, _):
             data = post(DISPATCH_PATH, body, **options)  # type: ignore[arg-type]
             direct = await exchange(port, data)
             # The head and then the body, read apart: aiohttp's.
@@ -203,7 +215,7 @@ def test_a_request_is_answered_directly_as_aiohttp_answers_it(
 def test_a_dispatch_answered_directly_stores_its_calls(tmp_path: Path, loop: str) -> None:
     # An app may run the scheduler on uvloop, whose transports are its own.
     async def scenario() -> None:
-        async with serving(tmp_path) as (port, api):
+        async with serving(tmp_path) as (port, api, _):
             answer = await exchange(port, post(DISPATCH_PATH, dispatch_body("f", "g")))
             assert answer.status == 200
             assert not answer.by_aiohttp
@@ -221,7 +233,7 @@ def test_a_dispatch_answered_directly_stores_its_calls(tmp_path: Path, loop: str
 
 def test_a_request_sent_while_one_is_answered_is_answered_after_it(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with serving(tmp_path) as (port, _):
+        async with serving(tmp_path) as (port, _, _):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             try:
                 writer.write(post(DISPATCH_PATH, dispatch_body("f")))
@@ -250,7 +262,7 @@ def test_a_request_sent_while_one_is_answered_is_answered_after_it(tmp_path: Pat
 
 def test_pipelined_requests_go_to_aiohttp_and_are_answered_in_order(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with serving(tmp_path) as (port, _):
+        async with serving(tmp_path) as (port, _, _):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             try:
                 writer.write(post(DISPATCH_PATH, dispatch_body("f")) + post(DISPATCH_PATH, b"\xff"))
@@ -265,7 +277,7 @@ def test_pipelined_requests_go_to_aiohttp_and_are_answered_in_order(tmp_path: Pa
 
 def test_a_connection_handed_to_aiohttp_stays_with_it(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with serving(tmp_path) as (port, _):
+        async with serving(tmp_path) as (port, _, _):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             try:
                 answers = []
@@ -286,7 +298,7 @@ def test_a_connection_handed_to_aiohttp_stays_with_it(tmp_path: Path) -> None:
 
 def test_connection_close_is_answered_and_the_connection_closed(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with serving(tmp_path) as (port, _):
+        async with serving(tmp_path) as (port, _, _):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             try:
                 writer.write(post(DISPATCH_PATH, dispatch_body("f"), extra="Connection: close\r\n"))
@@ -302,7 +314,7 @@ def test_connection_close_is_answered_and_the_connection_closed(tmp_path: Path) 
 
 def test_a_quiet_connection_is_closed_after_the_keepalive_timeout(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with serving(tmp_path, keepalive=1.0) as (port, _):
+        async with serving(tmp_path, keepalive=1.0) as (port, _, _):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             try:
                 # In use: kept past the timeout, each request answered directly.
@@ -324,7 +336,7 @@ def test_a_quiet_connection_is_closed_after_the_keepalive_timeout(tmp_path: Path
 
 def test_a_stop_closes_quiet_connections(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with serving(tmp_path) as (port, _):
+        async with serving(tmp_path) as (port, _, _):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(post(DISPATCH_PATH, dispatch_body("f")))
             assert (await read_answer(reader)).status == 200
@@ -338,12 +350,63 @@ def test_a_stop_closes_quiet_connections(tmp_path: Path) -> None:
 
 def test_an_insecure_scheduler_refuses_another_sites_host_directly(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with serving(tmp_path, insecure=True) as (port, _):
+        async with serving(tmp_path, insecure=True) as (port, _, _):
             data = post(DISPATCH_PATH, dispatch_body("f"), key=None)
             rebound = data.replace(b"Host: 127.0.0.1", b"Host: attacker.example")
             refused = await exchange(port, rebound)
             assert refused.status == 403
             assert not refused.by_aiohttp
             assert (await exchange(port, data)).status == 200
+
+    asyncio.run(scenario())
+
+
+def test_a_client_that_reads_no_answers_has_them_held_within_a_bound(tmp_path: Path) -> None:
+    """Requests sent one at a time, each read whole, without their answers being read:
+    once the answers waiting for the client pass the transport's high-water mark, the
+    next request waits (as aiohttp's do), so they do not pile up in the server."""
+
+    async def scenario() -> None:
+        async with serving(tmp_path) as (port, _, site):
+            assert site.direct is not None
+            answered: list[None] = []
+            answer = site.direct.answer
+
+            async def counted(request: WholeRequest) -> Response | Streamed:
+                answered.append(None)
+                return await answer(request)
+
+            site.direct = DirectApi(site.direct.paths, counted)
+            refused = post(DISPATCH_PATH, dispatch_body("f"), key="wrong")  # a 401 each
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", port))
+            sock.setblocking(False)
+            try:
+                while not (connections := [*site.idle, *site.busy]):
+                    await asyncio.sleep(0.01)
+                (connection,) = connections
+                transport = connection.transport
+                assert transport is not None
+                # The kernel holds little of the answers: the server's own buffer fills.
+                transport.get_extra_info("socket").setsockopt(
+                    socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+                )
+                held_back = False
+                for sent in range(1, 5001):
+                    sock.send(refused)
+                    # Each request alone: the next sent once this one has been handled.
+                    for _ in range(400):
+                        await asyncio.sleep(0.005)
+                        if len(answered) == sent:
+                            break
+                    else:
+                        held_back = True  # not read: an answer waits for the client
+                        break
+                assert connection.inner is None  # each was read whole, and answered here
+                assert held_back, "every request was answered into the buffer"
+                assert transport.get_write_buffer_size() < 256 * 1024
+            finally:
+                sock.close()
 
     asyncio.run(scenario())
