@@ -162,19 +162,26 @@ async def read_answer(reader: asyncio.StreamReader) -> Answer:
     return answer
 
 
+@asynccontextmanager
+async def connected(port: int) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A connection to the API on ``port``, closed after the block."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+
+
 async def exchange(port: int, *sends: bytes, pause: float = 0.0) -> Answer:
     """The answer to ``sends``, sent one after another on a new connection (``pause``
     between them, so that each is read apart)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
+    async with connected(port) as (reader, writer):
         for index, data in enumerate(sends):
             if index:
                 await asyncio.sleep(pause)
             writer.write(data)
             await writer.drain()
         return await read_answer(reader)
-    finally:
-        writer.close()
 
 
 REFUSED = [
@@ -233,103 +240,86 @@ def test_a_dispatch_answered_directly_stores_its_calls(tmp_path: Path, loop: str
 
 def test_a_request_sent_while_one_is_answered_is_answered_after_it(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with serving(tmp_path) as (port, _, _):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            try:
-                writer.write(post(DISPATCH_PATH, dispatch_body("f")))
-                first = await read_answer(reader)
-                (dispatch_id,) = dispatch_pb2.DispatchResponse.FromString(first.body).dispatch_ids
-                # The call never runs (no engine): the WaitMany waits its whole second.
-                wait = calls_pb2.WaitManyRequest(dispatch_ids=[dispatch_id])
-                wait.timeout.seconds = 1
-                writer.write(post(CALLS_PATH + "WaitMany", wait.SerializeToString()))
-                await writer.drain()
-                await asyncio.sleep(0.2)  # read apart, while the WaitMany waits
-                writer.write(post(DISPATCH_PATH, dispatch_body("g")))
-                waited = await read_answer(reader)
-                second = await read_answer(reader)
-                assert not (first.by_aiohttp)
-                assert not (waited.by_aiohttp)
-                assert not (second.by_aiohttp)
-                answer = calls_pb2.WaitManyResponse.FromString(waited.body)
-                assert [c.dispatch_id for c in answer.calls] == [dispatch_id]
-                assert len(dispatch_pb2.DispatchResponse.FromString(second.body).dispatch_ids) == 1
-            finally:
-                writer.close()
+        async with serving(tmp_path) as (port, _, _), connected(port) as (reader, writer):
+            writer.write(post(DISPATCH_PATH, dispatch_body("f")))
+            first = await read_answer(reader)
+            (dispatch_id,) = dispatch_pb2.DispatchResponse.FromString(first.body).dispatch_ids
+            # The call never runs (no engine): the WaitMany waits its whole second.
+            wait = calls_pb2.WaitManyRequest(dispatch_ids=[dispatch_id])
+            wait.timeout.seconds = 1
+            writer.write(post(CALLS_PATH + "WaitMany", wait.SerializeToString()))
+            await writer.drain()
+            await asyncio.sleep(0.2)  # read apart, while the WaitMany waits
+            writer.write(post(DISPATCH_PATH, dispatch_body("g")))
+            waited = await read_answer(reader)
+            second = await read_answer(reader)
+            assert not first.by_aiohttp
+            assert not waited.by_aiohttp
+            assert not second.by_aiohttp
+            answer = calls_pb2.WaitManyResponse.FromString(waited.body)
+            assert [c.dispatch_id for c in answer.calls] == [dispatch_id]
+            assert len(dispatch_pb2.DispatchResponse.FromString(second.body).dispatch_ids) == 1
 
     asyncio.run(scenario())
 
 
 def test_pipelined_requests_go_to_aiohttp_and_are_answered_in_order(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with serving(tmp_path) as (port, _, _):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            try:
-                writer.write(post(DISPATCH_PATH, dispatch_body("f")) + post(DISPATCH_PATH, b"\xff"))
-                first, second = await read_answer(reader), await read_answer(reader)
-                assert first.by_aiohttp
-                assert (first.status, second.status) == (200, 400)
-            finally:
-                writer.close()
+        async with serving(tmp_path) as (port, _, _), connected(port) as (reader, writer):
+            writer.write(post(DISPATCH_PATH, dispatch_body("f")) + post(DISPATCH_PATH, b"\xff"))
+            first, second = await read_answer(reader), await read_answer(reader)
+            assert first.by_aiohttp
+            assert (first.status, second.status) == (200, 400)
 
     asyncio.run(scenario())
 
 
 def test_a_connection_handed_to_aiohttp_stays_with_it(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with serving(tmp_path) as (port, _, _):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            try:
-                answers = []
-                for data in (
-                    post(DISPATCH_PATH, dispatch_body("f")),
-                    b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
-                    post(DISPATCH_PATH, dispatch_body("g")),
-                ):
-                    writer.write(data)
-                    answers.append(await read_answer(reader))
-                assert [a.status for a in answers] == [200, 200, 200]
-                assert [a.by_aiohttp for a in answers] == [False, True, True]
-            finally:
-                writer.close()
+        async with serving(tmp_path) as (port, _, _), connected(port) as (reader, writer):
+            answers = []
+            for data in (
+                post(DISPATCH_PATH, dispatch_body("f")),
+                b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+                post(DISPATCH_PATH, dispatch_body("g")),
+            ):
+                writer.write(data)
+                answers.append(await read_answer(reader))
+            assert [a.status for a in answers] == [200, 200, 200]
+            assert [a.by_aiohttp for a in answers] == [False, True, True]
 
     asyncio.run(scenario())
 
 
 def test_connection_close_is_answered_and_the_connection_closed(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with serving(tmp_path) as (port, _, _):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            try:
-                writer.write(post(DISPATCH_PATH, dispatch_body("f"), extra="Connection: close\r\n"))
-                answer = await read_answer(reader)
-                assert answer.status == 200
-                assert answer.fields["connection"] == "close"
-                assert await asyncio.wait_for(reader.read(), BOUND) == b""
-            finally:
-                writer.close()
+        async with serving(tmp_path) as (port, _, _), connected(port) as (reader, writer):
+            writer.write(post(DISPATCH_PATH, dispatch_body("f"), extra="Connection: close\r\n"))
+            answer = await read_answer(reader)
+            assert answer.status == 200
+            assert answer.fields["connection"] == "close"
+            assert await asyncio.wait_for(reader.read(), BOUND) == b""
 
     asyncio.run(scenario())
 
 
 def test_a_quiet_connection_is_closed_after_the_keepalive_timeout(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with serving(tmp_path, keepalive=1.0) as (port, _, _):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            try:
-                # In use: kept past the timeout, each request answered directly.
-                loop = asyncio.get_running_loop()
-                until = loop.time() + 2.5
-                while loop.time() < until:
-                    writer.write(post(DISPATCH_PATH, dispatch_body("f")))
-                    answer = await read_answer(reader)
-                    assert answer.status == 200
-                    assert not answer.by_aiohttp
-                    await asyncio.sleep(0.05)
-                # Then quiet: closed, with nothing sent.
-                assert await asyncio.wait_for(reader.read(), BOUND) == b""
-            finally:
-                writer.close()
+        async with (
+            serving(tmp_path, keepalive=1.0) as (port, _, _),
+            connected(port) as (reader, writer),
+        ):
+            # In use: kept past the timeout, each request answered directly.
+            loop = asyncio.get_running_loop()
+            until = loop.time() + 2.5
+            while loop.time() < until:
+                writer.write(post(DISPATCH_PATH, dispatch_body("f")))
+                answer = await read_answer(reader)
+                assert answer.status == 200
+                assert not answer.by_aiohttp
+                await asyncio.sleep(0.05)
+            # Then quiet: closed, with nothing sent.
+            assert await asyncio.wait_for(reader.read(), BOUND) == b""
 
     asyncio.run(scenario())
 
