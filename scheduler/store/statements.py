@@ -606,13 +606,27 @@ def attempt_params(attempt: NewAttempt) -> dict[str, Any]:
 # The batch's finishes that took effect: the call done under the finishing lease's token.
 # Once per call: a finish under a claim a server crash lost has the token of the finish
 # that took effect beside it (only ``finish_all`` tells them apart, by owner).
+# A batch's calls are each read by their primary key in a subquery of its own (``CROSS
+# JOIN LATERAL (... OFFSET 0)``, which the planner cannot fold into a join): as a join,
+# the planner may read instead the partial index of a state (every done call, every
+# ready one) whenever its statistics say that state is rare, as they do on a table that
+# grew since it was last analyzed (a new database, a burst after a quiet hour), and the
+# statement then costs as much as the backlog or the history is long.
 _FINISHES = (
     "finishes AS (SELECT * FROM unnest(:ids::text[], :tokens::bigint[],"
     "  :nows::double precision[], :orphan_statuses::integer[], :orphan_results::bytea[])"
     "  AS f (id, token, now, orphan_status, orphan_result)),"
-    " finished AS (SELECT DISTINCT ON (f.id) f.* FROM finishes AS f JOIN {calls} AS c"
-    "  ON c.dispatch_id = f.id AND c.lease_token = f.token AND c.state = 'done')"
+    " finished AS (SELECT DISTINCT ON (f.id) f.* FROM finishes AS f CROSS JOIN LATERAL ("
+    "  SELECT 1 FROM {calls} AS c"
+    "  WHERE c.dispatch_id = f.id AND c.lease_token = f.token AND c.state = 'done'"
+    "  OFFSET 0) AS c)"
 )
+
+
+def _unindexed_state(row: str, state: str) -> str:
+    """``row``'s state is ``state``, said as a CASE, which no partial index of a state
+    matches: the batch's rows are read by their primary key (see ``_FINISHES``)."""
+    return f"CASE {row}.state WHEN '{state}' THEN TRUE END"
 
 
 # --- the queue's depth and the calls finished lately (metrics, the overview) ---------
@@ -1031,9 +1045,12 @@ class PostgresStatements(Statements):
             "WITH wanted AS (SELECT * FROM unnest(:ids::text[]) WITH ORDINALITY AS w (id, n)),"
             " taken AS (SELECT c.dispatch_id AS taken_id, w.n FROM {calls} AS c"
             "  JOIN wanted AS w ON c.dispatch_id = w.id"
-            "  WHERE (c.state = 'ready' AND c.ready_at <= :now)"
-            "  OR (c.state = 'running' AND c.lease_expires <= :now)"
-            "  OR (c.state = 'waiting' AND c.poll_until <= :now)"
+            # Said as a CASE, which no partial index of a state matches: the rows are
+            # read by their primary key (see _FINISHES), never by a scan of every ready
+            # call.
+            "  WHERE CASE c.state WHEN 'ready' THEN c.ready_at"
+            "   WHEN 'running' THEN c.lease_expires WHEN 'waiting' THEN c.poll_until END"
+            "  <= :now"
             "  ORDER BY w.n LIMIT :wanted FOR UPDATE OF c SKIP LOCKED)"
             " UPDATE {calls} SET state = 'running', lease_owner = :owner,"
             "  lease_token = lease_token + 1, lease_expires = :expires, attempts = attempts + 1"
@@ -1056,7 +1073,7 @@ class PostgresStatements(Statements):
             "  WHERE parent_id = parent.dispatch_id AND state = 'done' AND delivered = {false}"
             "  ORDER BY finished_at, seq LIMIT greatest(parent.poll_max, 1)) AS child"
             " WHERE parent.dispatch_id = ANY(:ids::text[]) AND parent.lease_owner = :owner"
-            " AND parent.state = 'running' AND parent.poll <> {empty}"
+            f" AND {_unindexed_state('parent', 'running')} AND parent.poll <> {{empty}}"
         )
         # The rows of a claim's candidates locked, by primary key alone (the plan cannot
         # stray into a scan), with what shows whether each is still claimable.
@@ -1076,7 +1093,8 @@ class PostgresStatements(Statements):
             + " FROM unnest(:ids::text[], :tokens::bigint[], :statuses::integer[],"
             "  :results::bytea[], :nows::double precision[],"
             "  :owners::text[]) AS f (id, token, status, result, now, owner)"
-            " WHERE c.dispatch_id = f.id AND c.lease_token = f.token AND c.state = 'running'"
+            " WHERE c.dispatch_id = f.id AND c.lease_token = f.token"
+            f" AND {_unindexed_state('c', 'running')}"
             " AND c.lease_owner = f.owner RETURNING c.dispatch_id, c.lease_token, f.owner"
         )
         # The results a finished resume was given are delivered.
@@ -1107,9 +1125,11 @@ class PostgresStatements(Statements):
             " woken AS ("
             "  UPDATE {calls} AS parent SET state = 'ready', ready_at = w.now"
             "  FROM (SELECT c.parent_id, max(f.now) AS now FROM finished AS f"
-            "   JOIN {calls} AS c ON c.dispatch_id = f.id"
+            "   CROSS JOIN LATERAL (SELECT parent_id FROM {calls}"
+            "    WHERE dispatch_id = f.id OFFSET 0) AS c"
             "   WHERE c.parent_id IS NOT NULL GROUP BY c.parent_id) AS w"
-            "  WHERE parent.dispatch_id = w.parent_id AND parent.state = 'waiting'"
+            "  WHERE parent.dispatch_id = w.parent_id"
+            f"  AND {_unindexed_state('parent', 'waiting')}"
             f"  AND parent.poll_min <= ({_UNDELIVERED_COUNT % 'parent.dispatch_id'})"
             "  RETURNING parent.dispatch_id)"
             f" SELECT pg_notify('{CHANNEL}', '') WHERE EXISTS (SELECT 1 FROM woken)"
@@ -1122,8 +1142,9 @@ class PostgresStatements(Statements):
         self.notify_ended = r(
             f"SELECT pg_notify('{CHANGED}', string_agg(dispatch_id || ' ' || root_id, E'\\n'))"
             f" FROM (SELECT dispatch_id, root_id, (row_number() OVER () - 1) / {ENDED_PER_NOTICE}"
-            f"  AS part FROM {{calls}} WHERE {POSTGRES.one_of('dispatch_id', 'ids')}"
-            "  AND state = 'done') AS ended GROUP BY part"
+            "  AS part FROM unnest(:ids::text[]) AS i (id) CROSS JOIN LATERAL ("
+            "   SELECT dispatch_id, root_id FROM {calls}"
+            "   WHERE dispatch_id = i.id AND state = 'done' OFFSET 0) AS c) AS ended GROUP BY part"
         )
         # The tree of ended descendants (their root, after a space: no call named).
         self.notify_tree = r(
@@ -1161,12 +1182,16 @@ class PostgresStatements(Statements):
             "   error_message, keep)),"
             " took AS (SELECT a.*, coalesce((SELECT max(h.number)"
             f"   FROM {ATTEMPTS} AS h WHERE h.dispatch_id = a.id), 0) + 1 AS number"
-            "  FROM given AS a JOIN {calls} AS c"
-            "  ON c.dispatch_id = a.id AND c.lease_token = a.token AND c.state = 'done'),"
+            "  FROM given AS a CROSS JOIN LATERAL (SELECT 1 FROM {calls} AS c"
+            "   WHERE c.dispatch_id = a.id AND c.lease_token = a.token AND c.state = 'done'"
+            "   OFFSET 0) AS c),"
             f" added AS (INSERT INTO {ATTEMPTS} (dispatch_id, {_ATTEMPT_COLUMNS})"
             "  SELECT id, number, function, started_at, duration, status, error_type,"
             "   error_message FROM took)"
-            f" DELETE FROM {ATTEMPTS} AS h USING took AS t"
+            # Only the calls past their history's bound (few: a call with more
+            # attempts than it keeps) joined: whatever plan the join is given, it reads
+            # nothing for a batch that trims no attempt.
+            f" DELETE FROM {ATTEMPTS} AS h USING (SELECT * FROM took WHERE number > keep) AS t"
             " WHERE h.dispatch_id = t.id AND h.number <= t.number - t.keep"
         )
 
