@@ -21,7 +21,9 @@ process of its own with a queue of worker concurrency 8 polled every millisecond
 
 PostgreSQL: the server at ``--database-url`` (a database made for each run, dropped
 after), else a throwaway one made as the tests make theirs, with fsync on. dispatchlet,
-pgqueuer and the endpoint floor as bench/scheduler.py runs them; procrastinate: a worker
+pgqueuer and the endpoint floor as bench/scheduler.py runs them (dispatchlet with
+``--max-per-destination`` ``--cap``, and once more in one process with no cap, its
+default); procrastinate: a worker
 process (concurrency 8, the same as the endpoint's threads) of a no-op task, the jobs
 deferred in batches of 100. Timed from the first dispatch to the queue empty.
 
@@ -208,11 +210,24 @@ def sqlite_rows(folder: Path, calls: int, singles: int, fsync_calls: int) -> lis
     ]
 
 
+def uncapped_run(
+    folder: Path, url: str, processes: int, calls: int, cap: int, measured: Any = None
+) -> float:
+    """dispatchlet's run with no ``--max-per-destination`` (the default): the process's
+    own adaptive limit bounds its calls in flight, and the calls a Dispatch brings are
+    leased in its transaction when it has room (a cap, which holds across processes,
+    leaves every call to the claims)."""
+    del cap
+    extra = {} if measured is None else {"measured": measured}
+    return float(shared.dispatchlet_postgres_run(folder, url, processes, calls, None, **extra))
+
+
 def postgres_rows(folder: Path, server: str, calls: int, cap: int, fsync_calls: int) -> list[Row]:
     one, three = "dispatchlet, 1 process", "dispatchlet, 3 processes"
     # Each: (run, processes); a run is called (folder, url, processes, calls, cap).
     runs = {
         one: (shared.dispatchlet_postgres_run, 1),
+        "dispatchlet, 1 process, no cap": (uncapped_run, 1),
         three: (shared.dispatchlet_postgres_run, 3),
         "pgqueuer": (shared.pgqueuer_run, 1),
         "procrastinate": (procrastinate_run, 1),
@@ -273,7 +288,7 @@ def main() -> None:
             with peers.postgres(args.database_url) as server:
                 rows = postgres_rows(folder / "postgres", server, args.calls, args.cap, fsync_calls)
             report(
-                f"Background calls, PostgreSQL, no-op work, at most {args.cap} in flight",
+                f"Background calls, PostgreSQL, no-op work, at most {args.cap} in flight (but with no cap)",
                 [columns[0], columns[2]],
                 rows,
             )

@@ -431,14 +431,14 @@ def dispatchlet_postgres_run(
     url: str,
     processes: int,
     calls: int,
-    cap: int,
+    cap: int | None,
     options: Sequence[str] = (),
     cpu: dict[str, float] | None = None,
     measured: Measured = unmeasured,
 ) -> float:
     """Calls per second with ``processes`` schedulers on the database at ``url``, at most
-    ``cap`` calls in flight to the endpoint among them (in ``cpu``: the schedulers' CPU
-    time per call, in microseconds)."""
+    ``cap`` calls in flight to the endpoint among them (None: no cap, each process's own
+    adaptive limit) (in ``cpu``: the schedulers' CPU time per call, in microseconds)."""
     key = Ed25519PrivateKey.generate()
     (folder / "app.py").write_text(ENDPOINT_APP)
     base = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH")}
@@ -456,7 +456,9 @@ def dispatchlet_postgres_run(
     serve = [sys.executable, "-m", "dispatchlet", "serve", "app.py", "--port", "0"]
     serve += ["--threads", "8"]
     scheduler = [sys.executable, "-m", "dispatchlet", "scheduler", "--port", "0"]
-    scheduler += ["--max-per-destination", str(cap), *options]
+    if cap is not None:
+        scheduler += ["--max-per-destination", str(cap)]
+    scheduler += options
     with ExitStack() as stack:
         endpoint = stack.enter_context(
             process(serve, endpoint_env, folder, r"serving \S+ at (http://\S+)")
