@@ -288,7 +288,8 @@ def main() -> None:
             with peers.postgres(args.database_url) as server:
                 rows = postgres_rows(folder / "postgres", server, args.calls, args.cap, fsync_calls)
             report(
-                f"Background calls, PostgreSQL, no-op work, at most {args.cap} in flight (but with no cap)",
+                "Background calls, PostgreSQL, no-op work,"
+                f" at most {args.cap} in flight (but with no cap)",
                 [columns[0], columns[2]],
                 rows,
             )
