@@ -166,6 +166,11 @@ DDL_ATTEMPTS = 60
 BACKFILL_BATCH = 5000
 # A claim's commit is not waited for on disk (``claim``).
 ASYNC_COMMIT = "SET LOCAL synchronous_commit = off"
+# A batch of finishes' statements each read their calls one by one by primary key (see
+# ``statements._FINISHES``): planned for the parameters given, each plan's cost follows
+# the batch's size, so that PostgreSQL would plan them again at every execution (the
+# plan of a generic batch never looks the cheaper); the same plan serves every batch.
+GENERIC_PLANS = "SET LOCAL plan_cache_mode = force_generic_plan"
 # Batches of finishes written at once; the finishes that arrive meanwhile wait for the
 # next batch.
 FINISH_FLUSHES = 1
@@ -1242,6 +1247,7 @@ async def _finish_all(db: Connection, finishes: Sequence[_Finish]) -> set[tuple[
         "orphan_statuses": [finish[4][0] for finish in finishes],
         "orphan_results": [finish[4][1] for finish in finishes],
     }
+    await db.execute(GENERIC_PLANS)
     finished = await db.execute(SQL.finish_all, params)
     queued = await db.execute(SQL.queue_endings_all, params)
     await db.execute(SQL.wake_parents_all, params)

@@ -1073,7 +1073,7 @@ class PostgresStatements(Statements):
             "  WHERE parent_id = parent.dispatch_id AND state = 'done' AND delivered = {false}"
             "  ORDER BY finished_at, seq LIMIT greatest(parent.poll_max, 1)) AS child"
             " WHERE parent.dispatch_id = ANY(:ids::text[]) AND parent.lease_owner = :owner"
-            f" AND {_unindexed_state('parent', 'running')} AND parent.poll <> {{empty}}"
+            " AND parent.state = 'running' AND parent.poll <> {empty}"
         )
         # The rows of a claim's candidates locked, by primary key alone (the plan cannot
         # stray into a scan), with what shows whether each is still claimable.
@@ -1093,8 +1093,7 @@ class PostgresStatements(Statements):
             + " FROM unnest(:ids::text[], :tokens::bigint[], :statuses::integer[],"
             "  :results::bytea[], :nows::double precision[],"
             "  :owners::text[]) AS f (id, token, status, result, now, owner)"
-            " WHERE c.dispatch_id = f.id AND c.lease_token = f.token"
-            f" AND {_unindexed_state('c', 'running')}"
+            " WHERE c.dispatch_id = f.id AND c.lease_token = f.token AND c.state = 'running'"
             " AND c.lease_owner = f.owner RETURNING c.dispatch_id, c.lease_token, f.owner"
         )
         # The results a finished resume was given are delivered.
