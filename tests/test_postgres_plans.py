@@ -1,10 +1,9 @@
 """The PostgreSQL store's statements for a batch of calls (a claim of chosen calls, a
 batch of finishes and what goes with it) read those calls by their primary key (and
-their children by the index of their parent), whatever
-the planner's statistics say: on a table that grew since it was last analyzed (a new
-database, a burst after a quiet hour) the statistics call every state rare, and a plan
-that read a state's partial index instead would read every done call or the whole
-backlog, for each batch.
+their children by the index of their parent), whatever the planner's statistics say: on
+a table that grew since it was last analyzed (a new database, a burst after a quiet
+hour) the statistics call every state rare, and a plan that read a state's partial
+index instead would read every done call or the whole backlog, for each batch.
 
 The plans are PostgreSQL's own (``EXPLAIN``), of the statements the store runs, on a
 table of thousands of calls never analyzed."""
