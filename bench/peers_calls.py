@@ -211,15 +211,21 @@ def sqlite_rows(folder: Path, calls: int, singles: int, fsync_calls: int) -> lis
 
 
 def uncapped_run(
-    folder: Path, url: str, processes: int, calls: int, cap: int, measured: Any = None
+    folder: Path,
+    url: str,
+    processes: int,
+    calls: int,
+    cap: int,
+    measured: Any = shared.unmeasured,
 ) -> float:
     """dispatchlet's run with no ``--max-per-destination`` (the default): the process's
     own adaptive limit bounds its calls in flight, and the calls a Dispatch brings are
     leased in its transaction when it has room (a cap, which holds across processes,
     leaves every call to the claims)."""
     del cap
-    extra = {} if measured is None else {"measured": measured}
-    return float(shared.dispatchlet_postgres_run(folder, url, processes, calls, None, **extra))
+    return float(
+        shared.dispatchlet_postgres_run(folder, url, processes, calls, None, measured=measured)
+    )
 
 
 def postgres_rows(folder: Path, server: str, calls: int, cap: int, fsync_calls: int) -> list[Row]:

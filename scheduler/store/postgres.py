@@ -167,7 +167,7 @@ BACKFILL_BATCH = 5000
 # A claim's commit is not waited for on disk (``claim``).
 ASYNC_COMMIT = "SET LOCAL synchronous_commit = off"
 # A batch of finishes' statements each read their calls one by one by primary key (see
-# ``statements._FINISHES``): planned for the parameters given, each plan's cost follows
+# ``statements._done_under``): planned for the parameters given, each plan's cost follows
 # the batch's size, so that PostgreSQL would plan them again at every execution (the
 # plan of a generic batch never looks the cheaper); the same plan serves every batch.
 GENERIC_PLANS = "SET LOCAL plan_cache_mode = force_generic_plan"

@@ -603,29 +603,36 @@ def attempt_params(attempt: NewAttempt) -> dict[str, Any]:
 
 # --- PostgreSQL only ---------------------------------------------------------------
 
+
+def _done_under(row: str) -> str:
+    """A join of ``row`` (with ``id`` and ``token``) to its call, done under that lease
+    token, read by its primary key in a subquery of its own (``CROSS JOIN LATERAL (...
+    OFFSET 0)``, which the planner cannot fold into a join): as a join, the planner may
+    read instead the partial index of a state (every done call) whenever its statistics
+    say that state is rare, as they do on a table that grew since it was last analyzed
+    (a new database, a burst after a quiet hour), and the statement then costs as much
+    as the history is long."""
+    return (
+        "CROSS JOIN LATERAL (SELECT 1 FROM {calls} AS c"
+        f" WHERE c.dispatch_id = {row}.id AND c.lease_token = {row}.token"
+        " AND c.state = 'done' OFFSET 0) AS c"
+    )
+
+
 # The batch's finishes that took effect: the call done under the finishing lease's token.
 # Once per call: a finish under a claim a server crash lost has the token of the finish
 # that took effect beside it (only ``finish_all`` tells them apart, by owner).
-# A batch's calls are each read by their primary key in a subquery of its own (``CROSS
-# JOIN LATERAL (... OFFSET 0)``, which the planner cannot fold into a join): as a join,
-# the planner may read instead the partial index of a state (every done call, every
-# ready one) whenever its statistics say that state is rare, as they do on a table that
-# grew since it was last analyzed (a new database, a burst after a quiet hour), and the
-# statement then costs as much as the backlog or the history is long.
 _FINISHES = (
     "finishes AS (SELECT * FROM unnest(:ids::text[], :tokens::bigint[],"
     "  :nows::double precision[], :orphan_statuses::integer[], :orphan_results::bytea[])"
     "  AS f (id, token, now, orphan_status, orphan_result)),"
-    " finished AS (SELECT DISTINCT ON (f.id) f.* FROM finishes AS f CROSS JOIN LATERAL ("
-    "  SELECT 1 FROM {calls} AS c"
-    "  WHERE c.dispatch_id = f.id AND c.lease_token = f.token AND c.state = 'done'"
-    "  OFFSET 0) AS c)"
+    f" finished AS (SELECT DISTINCT ON (f.id) f.* FROM finishes AS f {_done_under('f')})"
 )
 
 
 def _unindexed_state(row: str, state: str) -> str:
     """``row``'s state is ``state``, said as a CASE, which no partial index of a state
-    matches: the batch's rows are read by their primary key (see ``_FINISHES``)."""
+    matches: the batch's rows are read by their primary key (see ``_done_under``)."""
     return f"CASE {row}.state WHEN '{state}' THEN TRUE END"
 
 
@@ -1046,7 +1053,7 @@ class PostgresStatements(Statements):
             " taken AS (SELECT c.dispatch_id AS taken_id, w.n FROM {calls} AS c"
             "  JOIN wanted AS w ON c.dispatch_id = w.id"
             # Said as a CASE, which no partial index of a state matches: the rows are
-            # read by their primary key (see _FINISHES), never by a scan of every ready
+            # read by their primary key (see _done_under), never by a scan of every ready
             # call.
             "  WHERE CASE c.state WHEN 'ready' THEN c.ready_at"
             "   WHEN 'running' THEN c.lease_expires WHEN 'waiting' THEN c.poll_until END"
@@ -1181,9 +1188,7 @@ class PostgresStatements(Statements):
             "   error_message, keep)),"
             " took AS (SELECT a.*, coalesce((SELECT max(h.number)"
             f"   FROM {ATTEMPTS} AS h WHERE h.dispatch_id = a.id), 0) + 1 AS number"
-            "  FROM given AS a CROSS JOIN LATERAL (SELECT 1 FROM {calls} AS c"
-            "   WHERE c.dispatch_id = a.id AND c.lease_token = a.token AND c.state = 'done'"
-            "   OFFSET 0) AS c),"
+            f"  FROM given AS a {_done_under('a')}),"
             f" added AS (INSERT INTO {ATTEMPTS} (dispatch_id, {_ATTEMPT_COLUMNS})"
             "  SELECT id, number, function, started_at, duration, status, error_type,"
             "   error_message FROM took)"
