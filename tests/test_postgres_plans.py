@@ -130,12 +130,12 @@ PLANS = {
 
 
 def explained(db: Any, text: str, params: dict[str, Any], mode: str) -> list[Any]:
-    """EXPLAIN's JSON of the statement ``text`` (``%(name)s`` parameters) prepared on
+    """EXPLAIN's JSON of the statement ``text`` (``%(name)b`` parameters) prepared on
     ``db`` and executed with ``params``, planned as ``mode`` says."""
     from psycopg import ClientCursor
 
-    names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", text)))
-    numbered = re.sub(r"%\((\w+)\)s", lambda m: f"${names.index(m.group(1)) + 1}", text)
+    names = list(dict.fromkeys(re.findall(r"%\((\w+)\)b", text)))
+    numbered = re.sub(r"%\((\w+)\)b", lambda m: f"${names.index(m.group(1)) + 1}", text)
     db.execute(f"SET plan_cache_mode = {mode}")
     db.execute(f"PREPARE batch AS {numbered}".encode())
     values = ", ".join(["%s"] * len(names))

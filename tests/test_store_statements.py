@@ -22,7 +22,7 @@ def parameters_sqlite(text: str) -> set[str]:
 
 
 def parameters_postgres(text: str) -> set[str]:
-    return set(re.findall(r"%\(([a-z_]+)\)s", text))
+    return set(re.findall(r"%\(([a-z_]+)\)b", text))
 
 
 @pytest.mark.parametrize("name", sorted(SHARED))
@@ -41,7 +41,7 @@ def test_a_shared_statement_takes_the_same_parameters_in_both_databases(name: st
 
 def test_postgresql_casts_are_not_taken_for_parameters() -> None:
     text = POSTGRES.render("SELECT * FROM unnest(:ids::text[]) WHERE x = :now")
-    assert text == "SELECT * FROM unnest(%(ids)s::text[]) WHERE x = %(now)s"
+    assert text == "SELECT * FROM unnest(%(ids)b::text[]) WHERE x = %(now)b"
 
 
 def test_a_migration_is_written_once_in_each_databases_words() -> None:

@@ -4,7 +4,7 @@ Each statement is a template in which a few words differ by database, and
 ``Statements(dialect)`` renders all of them for one database when its store module is
 imported. The words a template may use:
 
-- ``:name``, a parameter (rendered ``:name`` for SQLite, ``%(name)s`` for psycopg);
+- ``:name``, a parameter (rendered ``:name`` for SQLite, ``%(name)b`` for psycopg);
   every statement takes its parameters by name;
 - ``{calls}``, the table; ``{seq}``, the column in creation order (SQLite's ``rowid``,
   PostgreSQL's ``seq``); ``{empty}``, an empty BLOB; ``{true}`` and ``{false}``;
@@ -115,7 +115,10 @@ POSTGRES = Dialect(
     false="FALSE",
     double="DOUBLE PRECISION",
     blob="BYTEA",
-    parameter="%({})s",
+    # Sent in binary: psycopg writes an array out as text element by element in Python
+    # (a batch of ten finishes' eight arrays: ~0.3 ms), in binary in C (~0.04 ms); each
+    # value also reaches the server typed, with nothing left to parse.
+    parameter="%({})b",
     many=True,
     in_order=", seq",
 )
