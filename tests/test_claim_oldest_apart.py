@@ -5,6 +5,8 @@ same order, as the round-robin over the whole window would give."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,22 +95,30 @@ def test_a_fan_out_is_dealt_in_turns_and_the_next_claims_read_the_window_at_once
     assert reads == [(1, 1), (0, 1), (0, 1)]
 
 
+@pytest.fixture
+def decided(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether each PostgreSQL claim's oldest calls decided it (``_apart``), in order."""
+    from dispatchlet.scheduler.store.postgres import PostgresStore
+
+    decisions: list[bool] = []
+    apart = PostgresStore._apart
+
+    async def recorded(self: PostgresStore, *args: Any) -> list[str] | None:
+        ids = await apart(self, *args)
+        decisions.append(ids is not None)
+        return ids
+
+    monkeypatch.setattr(PostgresStore, "_apart", recorded)
+    return decisions
+
+
 def test_on_postgres_the_oldest_calls_decide_a_claim_too(
-    postgres_server: str, monkeypatch: pytest.MonkeyPatch
+    postgres_server: str, decided: list[bool]
 ) -> None:
     """With and without a cap (which the oldest calls' destinations are counted
     against), and a fan-out after them sends the next claims to the window."""
     from dispatchlet.scheduler.store.postgres import PostgresStore
 
-    decided: list[bool] = []
-    apart = PostgresStore._apart
-
-    async def recorded(self: PostgresStore, *args: Any) -> list[str] | None:
-        ids = await apart(self, *args)
-        decided.append(ids is not None)
-        return ids
-
-    monkeypatch.setattr(PostgresStore, "_apart", recorded)
     url = fresh_database(postgres_server)
 
     async def scenario() -> None:
@@ -126,3 +136,50 @@ def test_on_postgres_the_oldest_calls_decide_a_claim_too(
             await store.close()
 
     asyncio.run(scenario())
+
+
+def growing_room() -> Callable[[str], int]:
+    """Room for two more calls at each reading, as attempts that end while a claim
+    awaits the store free theirs."""
+    readings = itertools.count(1)
+    return lambda where: 2 * next(readings)
+
+
+def test_a_claim_decides_by_the_room_it_first_read(tmp_path: Path) -> None:
+    """One destination's calls, with room for 2 of the 10 asked when the claim reads it
+    and more by its next reading: the claim takes the 2, and its oldest calls decide it
+    (its window, a thousand calls and more, is not read to look for more of them)."""
+
+    async def body(store: SQLiteStore, watched: Watched) -> tuple[int, int]:
+        await store.dispatch([call() for _ in range(100)], now=NOW)
+        before = len(watched.statements)
+        claimed = await store.claim(
+            owner="p", now=NOW, limit=10, lease_seconds=LEASE, room=growing_room()
+        )
+        return len(claimed), window_reads(watched, before)
+
+    assert with_store(tmp_path / "scheduler.db", body) == (2, 0)
+
+
+def test_on_postgres_a_claim_decides_by_the_room_it_first_read(
+    postgres_server: str, decided: list[bool]
+) -> None:
+    """As on SQLite: there the claim awaits the database between its readings of the
+    room, while the attempts in flight go on ending."""
+    from dispatchlet.scheduler.store.postgres import PostgresStore
+
+    url = fresh_database(postgres_server)
+
+    async def scenario() -> int:
+        store = await PostgresStore.open(url)
+        try:
+            await store.dispatch([call() for _ in range(100)], now=NOW)
+            claimed = await store.claim(
+                owner="p", now=NOW, limit=10, lease_seconds=LEASE, room=growing_room()
+            )
+            return len(claimed)
+        finally:
+            await store.close()
+
+    assert asyncio.run(scenario()) == 2
+    assert decided == [True]

@@ -214,6 +214,23 @@ class Held:
         return {"held_functions": functions, "held_keys": keys}
 
 
+def room_as_read(room: Callable[[str], int] | None) -> Callable[[str], int] | None:
+    """``room`` as a claim first read it for each destination. Attempts that end while
+    the claim awaits the store free more, and a claim's decisions must agree with one
+    another: one its full destination left short, finding room there by its next
+    reading, would read its whole window of calls again for nothing."""
+    if room is None:
+        return None
+    read: dict[str, int] = {}
+
+    def first(where: str) -> int:
+        if where not in read:
+            read[where] = room(where)
+        return read[where]
+
+    return first
+
+
 def room_left(
     room: Callable[[str], int] | None, taken: Counter[str]
 ) -> Callable[[str], int] | None:

@@ -61,6 +61,7 @@ from .limits import (
     Usage,
     limit_stats_of,
     rate_periods,
+    room_as_read,
     room_left,
     within_limits,
 )
@@ -241,6 +242,7 @@ class MemoryStore:
         room: Callable[[str], int] | None = None,
     ) -> list[Claimed]:
         self._check_open()
+        room = room_as_read(room)
         found = [
             (row.dispatch_id, row.root_id, row.destination, row.ready_at, row.seq)
             for row in (self._rows[i] for i in self._unfinished)

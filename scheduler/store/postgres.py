@@ -100,6 +100,7 @@ from .limits import (
     limited_ids,
     limits_by_id,
     rate_periods,
+    room_as_read,
     room_left,
     within_limits,
 )
@@ -532,6 +533,7 @@ class PostgresStore:
         # Each claim's leases have an owner of their own: the fence of an attempt whose
         # claim a server crash lost refuses it though another claim got the same token.
         owner = f"{owner} {secrets.token_hex(8)}"
+        room = room_as_read(room)
 
         async def lease(db: Connection) -> list[Claimed]:
             if cap is not None:

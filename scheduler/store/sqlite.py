@@ -103,6 +103,7 @@ from .limits import (
     limited_ids,
     limits_by_id,
     rate_periods,
+    room_as_read,
     room_left,
     within_limits,
 )
@@ -524,6 +525,7 @@ class SQLiteStore:
     ) -> list[Claimed]:
         if self._broken is not None:
             return []  # said once, loudly; the engine stops taking calls from it
+        room = room_as_read(room)
 
         def lease(db: sqlite3.Connection) -> list[Claimed]:
             # Round-robin across roots (each root's oldest claimable call first, then
