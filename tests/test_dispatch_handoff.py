@@ -68,6 +68,33 @@ def test_a_handed_call_is_leased_as_a_claim_would_lease_it(open_store: Any) -> N
     with_store(open_store, body)
 
 
+def test_a_batchs_handed_calls_are_leased_as_a_lone_one_is(open_store: Any) -> None:
+    """Handed over among calls left to the claims, in one Dispatch: each leased with its
+    first attempt counted, fenced by its own lease; the others untouched by it."""
+
+    async def body(store: Store) -> None:
+        given = handoff()
+        ids = await store.dispatch(
+            [call("a"), call("later", ready_at=NOW + 1), call("b")], now=NOW, handoff=given
+        )
+        assert [item.call.dispatch_id for item in given.claimed] == [ids[0], ids[2]]
+        for item in given.claimed:
+            stored = await store.get(item.call.dispatch_id)
+            assert stored is not None
+            assert (stored.state, stored.attempts) == (State.RUNNING, 1)
+            assert item.lease.expires_at == NOW + LEASE
+        later = await store.get(ids[1])
+        assert later is not None
+        assert (later.state, later.attempts) == (State.READY, 0)
+        # Its first claim counts its first attempt, as for any call stored ready.
+        (claimed,) = await store.claim(owner="s2", now=NOW + 1, limit=10, lease_seconds=LEASE)
+        assert (claimed.call.dispatch_id, claimed.call.attempts) == (ids[1], 1)
+        for item in [*given.claimed, claimed]:
+            assert await store.finish(item.lease, OK, b"ok", now=NOW + 2)
+
+    with_store(open_store, body)
+
+
 def test_only_ready_unlimited_calls_are_handed_over(open_store: Any) -> None:
     async def body(store: Store) -> None:
         given = handoff()

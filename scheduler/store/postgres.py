@@ -499,10 +499,7 @@ class PostgresStore:
 
         async def insert(db: Connection) -> list[str]:
             nonlocal handed
-            ids, stored, chosen = await _dispatch(db, calls, now, request, handoff)
-            handed = []
-            if handoff is not None and chosen:
-                handed = await _lease_new(db, chosen, handoff, now)
+            ids, stored, handed = await _dispatch(db, calls, now, request, handoff)
             if len(stored) > len(handed):
                 await db.execute(SQL.notify)
             return ids
@@ -1343,6 +1340,32 @@ async def _insert(db: Connection, calls: Sequence[NewCall], now: float) -> list[
     return ids
 
 
+async def _insert_handing(
+    db: Connection, calls: Sequence[NewCall], now: float, handoff: Handoff
+) -> tuple[list[str], list[Claimed]]:
+    """``calls`` stored in order, those ``handoff`` chooses already leased to it, as a
+    claim leases (the row a claim would leave, written once rather than written and then
+    updated); the leased ones in the order of ``calls``."""
+    ids, rows = rows_to_insert(calls, now)
+    chosen = handoff.chosen(calls, now)
+    if not chosen:
+        await _insert_rows(db, rows)
+        return ids, []
+    owner = f"{handoff.owner} {secrets.token_hex(8)}"  # a claim's own, as in ``claim``
+    expires = now + handoff.lease_seconds
+    lease = {"owner": owner, "expires": expires}
+    if len(rows) == 1:
+        found = await (await db.execute(SQL.insert_leased, {**rows[0], **lease})).fetchall()
+    else:
+        leased = [False] * len(rows)
+        for index in chosen:
+            leased[index] = True
+        params = {**as_columns(rows), **lease, "leased": leased}
+        found = await (await db.execute(SQL.insert_rows_leasing, params)).fetchall()
+    handed = {row[2]: newly_leased(row, expires, owner) for row in found}
+    return ids, [handed[ids[index]] for index in chosen]
+
+
 async def _insert_rows(db: Connection, rows: Sequence[dict[str, Any]]) -> None:
     """``rows`` inserted in one statement (a row alone, in the plain one)."""
     if len(rows) == 1:
@@ -1371,10 +1394,10 @@ async def _dispatch(
     now: float,
     request: RequestId | None,
     handoff: Handoff | None = None,
-) -> tuple[list[str], list[str], list[str]]:
+) -> tuple[list[str], list[str], list[Claimed]]:
     """``Store.dispatch`` in one transaction: a known request id answered with its ids,
     calls with known keys answered with their calls' ids, the others stored; the ids,
-    the ids of the calls stored, and those of them ``handoff`` chooses to lease. A
+    the ids of the calls stored, and those of them ``handoff`` chose, leased to it. A
     concurrent duplicate fails on a primary key."""
     if request is not None:
         params = {"request_id": request.id}
@@ -1387,7 +1410,11 @@ async def _dispatch(
         rows = await (await db.execute(IDEMPOTENCY.find_keys, {"keys": keys})).fetchall()
         known = {found: dispatch_id for found, dispatch_id in rows}
     keyed = KeyedCalls(calls, known)
-    stored = await _insert(db, keyed.fresh, now)
+    stored, handed = (
+        (await _insert(db, keyed.fresh, now), [])
+        if handoff is None
+        else await _insert_handing(db, keyed.fresh, now, handoff)
+    )
     new_keys = keyed.new_keys(stored)
     if new_keys:
         async with db.cursor() as cursor:
@@ -1395,24 +1422,7 @@ async def _dispatch(
     ids = keyed.ids(stored)
     if request is not None:
         await db.execute(IDEMPOTENCY.insert_request, request_row(request, ids, now))
-    chosen = [] if handoff is None else [stored[i] for i in handoff.chosen(keyed.fresh, now)]
-    return ids, stored, chosen
-
-
-async def _lease_new(
-    db: Connection, ids: Sequence[str], handoff: Handoff, now: float
-) -> list[Claimed]:
-    """Lease the calls ``ids`` just stored to ``handoff``'s owner, as a claim does (new
-    calls: no results to carry), in the order of ``ids``."""
-    owner = f"{handoff.owner} {secrets.token_hex(8)}"  # a claim's own, as in ``claim``
-    expires = now + handoff.lease_seconds
-    params = {"owner": owner, "expires": expires, "ids": list(ids)}
-    rows = await (await db.execute(SQL.claim, params)).fetchall()
-    leased = {
-        claimed.call.dispatch_id: claimed
-        for claimed in (newly_leased(row, expires, owner) for row in rows)
-    }
-    return [leased[dispatch_id] for dispatch_id in ids]
+    return ids, stored, handed
 
 
 async def _undelivered(db: Connection, parent_id: str, limit: int) -> tuple[ChildResult, ...]:

@@ -712,6 +712,28 @@ class Statements:
             f"SELECT {', '.join(INSERTED)}, 'ready' FROM unnest({arrays})"
             f" WITH ORDINALITY AS new ({', '.join(INSERTED)}, n) ORDER BY n"
         )
+        # The same, those that :leased marks stored already leased (``insert_leased``;
+        # the others get the columns' defaults), returned as a claim returns its calls.
+        leasing = {
+            "lease_owner": ":owner",
+            "lease_token": "1",
+            "lease_expires": ":expires",
+            "attempts": "1",
+        }
+        defaults = {"lease_owner": "NULL", "lease_token": "0", "lease_expires": "NULL"}
+        self.insert_rows_leasing = r(
+            f"WITH inserted AS (INSERT INTO {{calls}} ({', '.join(INSERTED)}, state, "
+            f"{', '.join(leasing)}) SELECT {', '.join(INSERTED)}, "
+            "CASE WHEN leased THEN 'running' ELSE 'ready' END, "
+            + ", ".join(
+                f"CASE WHEN leased THEN {value} ELSE {defaults.get(column, '0')} END"
+                for column, value in leasing.items()
+            )
+            + f" FROM unnest({arrays}, :leased::boolean[])"
+            f" WITH ORDINALITY AS new ({', '.join(INSERTED)}, leased, n) ORDER BY n"
+            f" RETURNING lease_token, poll_max, {COLUMNS}) "
+            "SELECT * FROM inserted WHERE state = 'running'"
+        )
 
         # Claims.
         self.oldest_claimable = r(_oldest_claimable())
