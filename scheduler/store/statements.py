@@ -713,21 +713,19 @@ class Statements:
             f" WITH ORDINALITY AS new ({', '.join(INSERTED)}, n) ORDER BY n"
         )
         # The same, those that :leased marks stored already leased (``insert_leased``;
-        # the others get the columns' defaults), returned as a claim returns its calls.
-        leasing = {
-            "lease_owner": ":owner",
-            "lease_token": "1",
-            "lease_expires": ":expires",
-            "attempts": "1",
-        }
-        defaults = {"lease_owner": "NULL", "lease_token": "0", "lease_expires": "NULL"}
+        # the others as ``insert_rows`` stores them), returned as a claim returns its calls.
+        leasing = (  # (column, its value leased, its value ready: the column's default)
+            ("state", "'running'", "'ready'"),
+            ("lease_owner", ":owner", "NULL"),
+            ("lease_token", "1", "0"),
+            ("lease_expires", ":expires", "NULL"),
+            ("attempts", "1", "0"),
+        )
         self.insert_rows_leasing = r(
-            f"WITH inserted AS (INSERT INTO {{calls}} ({', '.join(INSERTED)}, state, "
-            f"{', '.join(leasing)}) SELECT {', '.join(INSERTED)}, "
-            "CASE WHEN leased THEN 'running' ELSE 'ready' END, "
+            f"WITH inserted AS (INSERT INTO {{calls}} ({', '.join(INSERTED)}, "
+            f"{', '.join(column for column, *_ in leasing)}) SELECT {', '.join(INSERTED)}, "
             + ", ".join(
-                f"CASE WHEN leased THEN {value} ELSE {defaults.get(column, '0')} END"
-                for column, value in leasing.items()
+                f"CASE WHEN leased THEN {leased} ELSE {ready} END" for _, leased, ready in leasing
             )
             + f" FROM unnest({arrays}, :leased::boolean[])"
             f" WITH ORDINALITY AS new ({', '.join(INSERTED)}, leased, n) ORDER BY n"
