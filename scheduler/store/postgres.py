@@ -1341,14 +1341,13 @@ async def _insert(db: Connection, calls: Sequence[NewCall], now: float) -> list[
 
 
 async def _insert_handing(
-    db: Connection, calls: Sequence[NewCall], now: float, handoff: Handoff
+    db: Connection, calls: Sequence[NewCall], now: float, handoff: Handoff | None
 ) -> tuple[list[str], list[Claimed]]:
     """``calls`` stored in order, those ``handoff`` chooses already leased to it, as a
     claim leases (the row a claim would leave, written once rather than written and then
     updated); the leased ones in the order of ``calls``."""
     ids, rows = rows_to_insert(calls, now)
-    chosen = handoff.chosen(calls, now)
-    if not chosen:
+    if handoff is None or not (chosen := handoff.chosen(calls, now)):
         await _insert_rows(db, rows)
         return ids, []
     owner = f"{handoff.owner} {secrets.token_hex(8)}"  # a claim's own, as in ``claim``
@@ -1410,11 +1409,7 @@ async def _dispatch(
         rows = await (await db.execute(IDEMPOTENCY.find_keys, {"keys": keys})).fetchall()
         known = {found: dispatch_id for found, dispatch_id in rows}
     keyed = KeyedCalls(calls, known)
-    stored, handed = (
-        (await _insert(db, keyed.fresh, now), [])
-        if handoff is None
-        else await _insert_handing(db, keyed.fresh, now, handoff)
-    )
+    stored, handed = await _insert_handing(db, keyed.fresh, now, handoff)
     new_keys = keyed.new_keys(stored)
     if new_keys:
         async with db.cursor() as cursor:
