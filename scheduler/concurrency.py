@@ -2,9 +2,13 @@
 function): found without configuration, by additive increase and multiplicative
 decrease, as TCP finds its window, within a fair share of this process's pool.
 
-Each success raises a destination's limit by one attempt per limit's worth of successes
-(about one more per round trip); THROTTLED, TIMEOUT and TEMPORARY_ERROR halve it. An
-optional hard cap bounds it whatever the destination answers.
+A new destination's limit starts at ``initial`` and, as in TCP's slow start, grows by a
+whole attempt per success (it doubles each round trip) up to ``threshold``, so that a
+burst reaches what a common endpoint serves within a few round trips rather than some
+hundreds of calls. Past it, or once the destination has shown overload, each success
+raises the limit by one attempt per limit's worth of successes (about one more per
+round trip); THROTTLED, TIMEOUT and TEMPORARY_ERROR halve it. An optional hard cap
+bounds it whatever the destination answers.
 
 A destination that hangs must not take the pool from the others:
 
@@ -84,6 +88,8 @@ class Window:
     """How long its attempts usually take, in seconds (None: none has ended yet)."""
     shrunk_for: float | None = None
     """The start of the stalled attempt the window last halved for: once per attempt."""
+    overloaded: bool = False
+    """Whether the destination has shown overload: its slow start is over."""
 
     @property
     def oldest(self) -> float | None:
@@ -95,6 +101,10 @@ class Limiter:
     """The limits of every destination seen."""
 
     initial: float = 4.0
+    threshold: float = 32.0
+    """Where a limit's slow start ends (TCP's ssthresh): well under the connections
+    common servers accept at once (waitress's and ``dispatchlet serve``'s 100), past
+    which requests wait unread."""
     minimum: float = 1.0
     cap: float | None = None
     windows: dict[str, Window] = field(default_factory=dict)
@@ -119,8 +129,12 @@ class Limiter:
             return False
         if window.shrunk_for != oldest:
             window.shrunk_for = oldest
-            window.limit = max(self.minimum, window.limit / 2)
+            self._halve(window)
         return True
+
+    def _halve(self, window: Window) -> None:
+        window.limit = max(self.minimum, window.limit / 2)
+        window.overloaded = True
 
     def acquire(self, key: str) -> float | None:
         """Take a slot for an attempt to ``key``: when it started (to give to
@@ -156,9 +170,10 @@ class Limiter:
         if status in BACKOFF:
             if status is Status.TIMEOUT and window.shrunk_for == started:
                 return  # halved already, when the attempt stalled its destination
-            window.limit = max(self.minimum, window.limit / 2)
+            self._halve(window)
         elif status is not None:
-            window.limit += 1 / window.limit
+            starting = not window.overloaded and window.limit < self.threshold
+            window.limit += min(1, self.threshold - window.limit) if starting else 1 / window.limit
             if self.cap is not None:
                 window.limit = min(window.limit, self.cap)
 

@@ -1,5 +1,5 @@
-"""Per-destination concurrency: additive increase on success, multiplicative decrease on
-overload, under an optional cap."""
+"""Per-destination concurrency: a slow start, then additive increase on success,
+multiplicative decrease on overload, under an optional cap."""
 
 from __future__ import annotations
 
@@ -14,12 +14,23 @@ def test_destinations_are_hosts_or_functions() -> None:
     assert destination(arn) == arn
 
 
+def succeed(limiter: Limiter, key: str, times: int) -> None:
+    for _ in range(times):
+        assert limiter.try_acquire(key)
+        limiter.release(key, Status.OK)
+
+
 def test_the_limit_grows_with_successes_and_halves_on_overload() -> None:
-    limiter = Limiter(initial=4)
+    limiter = Limiter(initial=4, threshold=32)
     assert [limiter.try_acquire("d") for _ in range(5)] == [True] * 4 + [False]
     for _ in range(4):
         limiter.release("d", Status.OK)
-    assert 4.9 < limiter.windows["d"].limit <= 5  # about one more per window of successes
+    # Slow start: a whole attempt per success, so a round trip's successes double it.
+    assert limiter.windows["d"].limit == 8
+    succeed(limiter, "d", 24)
+    assert limiter.windows["d"].limit == 32  # and no further by whole attempts
+    succeed(limiter, "d", 32)
+    assert 32.9 < limiter.windows["d"].limit <= 33  # about one more per window of successes
     for _ in range(40):
         assert limiter.try_acquire("d")
         limiter.release("d", Status.OK)
@@ -32,6 +43,32 @@ def test_the_limit_grows_with_successes_and_halves_on_overload() -> None:
         limiter.try_acquire("d")
         limiter.release("d", status)
     assert limiter.limit("d") == 1  # never below one attempt at a time
+
+
+def test_overload_ends_the_slow_start() -> None:
+    limiter = Limiter(initial=4, threshold=32)
+    succeed(limiter, "d", 2)
+    assert limiter.windows["d"].limit == 6
+    assert limiter.try_acquire("d")
+    limiter.release("d", Status.THROTTLED)
+    assert limiter.windows["d"].limit == 3
+    succeed(limiter, "d", 3)  # now about one more per window of successes, not three more
+    assert 3.5 < limiter.windows["d"].limit < 4
+    # A destination that stalls shows overload too.
+    clock = [0.0]
+    stalling = Limiter(initial=4, threshold=32, clock=lambda: clock[0], stall_floor=1.0)
+    assert stalling.try_acquire("s")
+    clock[0] = 5.0
+    assert stalling.room("s") == 0  # stalled: halved to 2
+    stalling.release("s", Status.OK)
+    succeed(stalling, "s", 2)
+    assert 2.0 < stalling.windows["s"].limit < 4  # whole attempts would have made 5
+
+
+def test_the_slow_start_stops_at_the_cap() -> None:
+    limiter = Limiter(initial=4, threshold=32, cap=10)
+    succeed(limiter, "d", 20)
+    assert limiter.limit("d") == 10
 
 
 def test_destinations_have_their_own_limits_and_the_cap_holds() -> None:
