@@ -25,7 +25,10 @@ pgqueuer and the endpoint floor as bench/scheduler.py runs them (dispatchlet wit
 ``--max-per-destination`` ``--cap``, and once more in one process with no cap, its
 default); procrastinate: a worker
 process (concurrency 8, the same as the endpoint's threads) of a no-op task, the jobs
-deferred in batches of 100. Timed from the first dispatch to the queue empty.
+deferred in batches of 100. Timed from the first dispatch to the queue empty. The
+ceiling rows: dispatchlet's scheduler with no database at all (``no_database.py``: its
+calls in memory, claimed from the head of a queue), timed as on SQLite: what one process
+reaches when the store costs next to nothing.
 
 fsyncs per call: where strace is installed, each system runs ``--fsync-calls`` calls
 again (not timed) with `strace -f -c -e trace=fsync,fdatasync` attached to every process
@@ -228,13 +231,47 @@ def uncapped_run(
     )
 
 
+def no_database_run(
+    folder: Path,
+    url: str,
+    processes: int,
+    calls: int,
+    cap: int | None,
+    measured: Any = shared.unmeasured,
+) -> float:
+    """The ceiling: dispatchlet's scheduler (one process) with no database, its calls in
+    memory and claimed from the head of a queue (``no_database.py``): what the scheduler
+    and the endpoint reach when the store costs next to nothing."""
+    del url, processes
+    options = () if cap is None else ("--max-per-destination", str(cap))
+    launcher = (str(Path(__file__).resolve().with_name("no_database.py")),)
+    figures = shared.dispatchlet_run(folder, calls, 0, 0, options, measured, launcher)
+    return float(figures["throughput"])
+
+
+def uncapped_no_database_run(
+    folder: Path,
+    url: str,
+    processes: int,
+    calls: int,
+    cap: int,
+    measured: Any = shared.unmeasured,
+) -> float:
+    """``no_database_run`` with no cap: the process's own adaptive limit."""
+    del cap
+    return no_database_run(folder, url, processes, calls, None, measured)
+
+
 def postgres_rows(folder: Path, server: str, calls: int, cap: int, fsync_calls: int) -> list[Row]:
     one, three = "dispatchlet, 1 process", "dispatchlet, 3 processes"
+    ceiling = "no database (ceiling), 1 process"
     # Each: (run, processes); a run is called (folder, url, processes, calls, cap).
     runs = {
         one: (shared.dispatchlet_postgres_run, 1),
         "dispatchlet, 1 process, no cap": (uncapped_run, 1),
         three: (shared.dispatchlet_postgres_run, 3),
+        ceiling: (no_database_run, 1),
+        f"{ceiling}, no cap": (uncapped_no_database_run, 1),
         "pgqueuer": (shared.pgqueuer_run, 1),
         "procrastinate": (procrastinate_run, 1),
     }
@@ -245,7 +282,7 @@ def postgres_rows(folder: Path, server: str, calls: int, cap: int, fsync_calls: 
         here.mkdir()
         with shared.database(server, f"bench_peers_{number}") as url:
             figures[name] = {"throughput": run(here, url, processes, calls, cap)}
-        if fsync_calls:
+        if fsync_calls and not name.startswith(ceiling):  # nothing is written there
             here = folder / f"pg{number}-counted"
             here.mkdir()
             with shared.database(server, f"bench_peers_{number}_counted") as url:

@@ -177,7 +177,10 @@ def dispatchlet_run(
     history: int,
     options: Sequence[str] = (),
     measured: Measured = unmeasured,
+    launcher: Sequence[str] = ("-m", "dispatchlet"),
 ) -> dict[str, float]:
+    """dispatchlet's figures on SQLite (``launcher``: how Python starts ``dispatchlet``,
+    e.g. ``no_database.py``'s scheduler)."""
     key = Ed25519PrivateKey.generate()
     starts_log = folder / "starts-dispatchlet.log"
     (folder / "app.py").write_text(ENDPOINT_APP)
@@ -210,8 +213,7 @@ def dispatchlet_run(
     ]
     scheduler = [
         sys.executable,
-        "-m",
-        "dispatchlet",
+        *launcher,
         "scheduler",
         "--db",
         str(database),
