@@ -9,21 +9,24 @@ parser, in C): 1xx answers skipped, bodies of a length, chunked, or until the
 connection closes, headers bounded (``MAX_HEAD_BYTES``), the body no further than the
 caller's limit.
 
-A connection is reused while both ends keep it alive, forgotten when the endpoint closes
-it, and closed after ``IDLE_SECONDS`` unused. Before one is reused, its socket is asked
-whether anything came while it was idle: an endpoint's close (its keep-alive timeout)
-that the event loop has not read yet, which would fail the request written on it. A
-request is never sent twice: one whose connection the endpoint closed in the instant it
-was written (a close still on the network) fails as TCP_ERROR, and the call is retried
-as any other.
+At most ``MAX_CONNECTIONS`` are open to one endpoint at once; a request past them waits
+for one, in turn. A connection is reused while both ends keep it alive, forgotten when
+the endpoint closes it, and closed after ``IDLE_SECONDS`` unused. Before one is reused,
+its socket is asked whether anything came while it was idle: an endpoint's close (its
+keep-alive timeout) that the event loop has not read yet, which would fail the request
+written on it. A request is never sent twice: one whose connection the endpoint closed
+in the instant it was written (a close still on the network) fails as TCP_ERROR, and the
+call is retried as any other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import select
 import ssl
 import time
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -36,6 +39,12 @@ MAX_HEAD_BYTES = 64 * 1024
 """The most bytes of an answer read before its headers end (1xx answers' included)."""
 IDLE_SECONDS = 15.0
 """How long an unused connection is kept open (aiohttp's default)."""
+MAX_CONNECTIONS = 100
+"""Connections open at once to one endpoint (host and port), as aiohttp's client
+allowed. Servers take about as many (waitress's and ``dispatchlet serve``'s limit is
+100) and leave one past theirs unaccepted, its request unread until another of theirs
+closes: seconds, in a long burst; here such a request waits for a connection instead,
+and goes as soon as one is free."""
 MAX_IDLE = 512
 """The most unused connections kept open to one endpoint (host and port)."""
 SPARE_IDLE = 4
@@ -89,6 +98,10 @@ class Connections:
     def __init__(self, *, connect_timeout: float) -> None:
         self.connect_timeout = connect_timeout
         self._idle: dict[Target, list[_Connection]] = {}
+        self._busy: Counter[Target] = Counter()
+        """Connections in use per endpoint, and being opened (``MAX_CONNECTIONS``)."""
+        self._waiting: dict[Target, deque[asyncio.Future[None]]] = {}
+        """The requests waiting for a connection, per endpoint, in turn."""
         self._tls: ssl.SSLContext | None = None
         self._sweeping: asyncio.TimerHandle | None = None
         self._sweep_at = 0.0
@@ -97,8 +110,46 @@ class Connections:
 
     async def exchange(self, target: Target, request: bytes, limit: Limit) -> Answer:
         """Send ``request`` (all its bytes, head and body) to ``target``; its answer."""
-        connection = self._reused(target) or await self._open(target)
-        return await self._exchange(target, connection, request, limit)
+        await self._turn(target)
+        try:
+            connection = self._reused(target) or await self._open(target)
+            return await self._exchange(target, connection, request, limit)
+        finally:
+            self._pass_turn(target)
+
+    async def _turn(self, target: Target) -> None:
+        """Wait until a connection to ``target`` may be used (``MAX_CONNECTIONS``)."""
+        waiting = self._waiting.get(target)
+        if self._busy[target] < MAX_CONNECTIONS and not waiting:
+            self._busy[target] += 1
+            return
+        if waiting is None:
+            waiting = self._waiting[target] = deque()
+        turn = asyncio.get_running_loop().create_future()
+        waiting.append(turn)
+        try:
+            await turn  # ``_pass_turn`` hands over a connection's place, still counted
+        except BaseException:
+            if turn.done() and not turn.cancelled():
+                self._pass_turn(target)  # given a turn, then cancelled: the next one's
+            else:
+                with contextlib.suppress(ValueError):
+                    waiting.remove(turn)
+            raise
+
+    def _pass_turn(self, target: Target) -> None:
+        """A request to ``target`` is done with its connection: the next one waiting has
+        its place."""
+        waiting = self._waiting.get(target)
+        while waiting:
+            turn = waiting.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self._waiting.pop(target, None)
+        self._busy[target] -= 1
+        if self._busy[target] <= 0:
+            del self._busy[target]
 
     async def close(self) -> None:
         """Close every unused connection, and each one in use as its answer ends."""

@@ -306,6 +306,7 @@ class KeepAliveServer:
 
     def __init__(self) -> None:
         self.open = 0
+        self.most_open = 0
         self.accepted = 0
         self.changed = threading.Condition()
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -320,6 +321,7 @@ class KeepAliveServer:
                 return
             with self.changed:
                 self.open += 1
+                self.most_open = max(self.most_open, self.open)
                 self.accepted += 1
                 self.changed.notify_all()
             threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
@@ -378,6 +380,74 @@ def test_connections_left_by_a_burst_are_closed_soon_but_the_last_used(
         asyncio.run(go())
     finally:
         server.close()
+
+
+def test_requests_past_the_connections_allowed_wait_for_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Twelve calls at once on three connections: a server leaves a connection past its
+    own limit unaccepted, and its request unread, until another of its connections ends."""
+    monkeypatch.setattr(endpoint_connections, "MAX_CONNECTIONS", 3)
+    server = KeepAliveServer()
+
+    async def go() -> None:
+        async with HttpCaller(None, insecure=True) as caller:
+            request = function_pb2.RunRequest(function="f")
+            burst = [caller.run(server.url, request, timeout=WAIT) for _ in range(12)]
+            assert [output(o) for o in await asyncio.gather(*burst)] == ["done"] * 12
+            assert caller._connections._busy == {}  # every place given back
+        assert server.most_open == 3
+        assert server.accepted == 3
+
+    try:
+        asyncio.run(go())
+    finally:
+        server.close()
+
+
+def test_a_request_cancelled_while_it_waits_for_a_connection_takes_no_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(endpoint_connections, "MAX_CONNECTIONS", 1)
+    wire = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+
+    async def go() -> None:
+        release = asyncio.Event()
+        connected = 0
+
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal connected
+            connected += 1
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                while await reader.readuntil(b"\r\n\r\n"):
+                    await release.wait()
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        target = Target("http", "127.0.0.1", server.sockets[0].getsockname()[1])
+        connections = Connections(connect_timeout=WAIT)
+        try:
+            first = asyncio.create_task(connections.exchange(target, wire, lambda s, h: 100))
+            waiting = asyncio.create_task(connections.exchange(target, wire, lambda s, h: 100))
+            while not connections._waiting.get(target):
+                await asyncio.sleep(0.01)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            release.set()
+            assert bytes((await first).body) == b"ok"
+            after = await asyncio.wait_for(
+                connections.exchange(target, wire, lambda s, h: 100), WAIT
+            )
+            assert bytes(after.body) == b"ok"
+            assert connected == 1
+            assert connections._busy == {}
+            assert connections._waiting == {}
+        finally:
+            await connections.close()
+            server.close()
+
+    asyncio.run(go())
 
 
 def test_a_refused_connection_is_a_tcp_error() -> None:
