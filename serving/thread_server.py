@@ -10,8 +10,13 @@ WSGI environ in between.
 
 What a client can hold stays bounded as with waitress:
 
-- at most ``connection_limit`` connections (a thread each); past it, accepting waits
-  for one to end and the kernel's backlog holds the rest;
+- at most ``connection_limit`` connections (a thread each); past it, a newcomer takes
+  the place of the connection idle longest (waiting for a next request, nothing of it
+  received), which is closed, as nginx reuses its keep-alive connections; with a
+  request in progress on every one, the newcomer is answered 503 (``Retry-After: 1``)
+  and closed. Left in the kernel's backlog instead (waitress's way), a newcomer's
+  request would wait unread until some connection ended: seconds, for a client that
+  keeps its connections alive and busy, as the scheduler does;
 - at most ``threads`` requests are handled at once: a request takes its turn only once
   it has arrived whole, so a slow client holds its connection's thread, never a turn;
 - a head of at most ``max_head`` bytes (431), a body read no further than the
@@ -54,6 +59,8 @@ LINGER = 2.0
 """Seconds a connection closed by the server reads what its client still sends."""
 LINGER_BYTES = 1 << 20
 """Bytes read so at most."""
+MAX_REFUSED = 64
+"""Newcomers refused past the connection limit and read so at once."""
 STOP_GRACE = 5.0
 """Seconds a stop waits for the requests being handled to finish."""
 LOCAL_THREADS = 2
@@ -110,7 +117,12 @@ class _Connection:
         self.ready: list[_Request] = []
         self.head_bytes = 0
         self.waiting = True
-        """Waiting for a new request, with nothing of it received (a stop may close it)."""
+        """Waiting for a new request, with nothing of it received (a stop may close it,
+        and so may a newcomer past the connection limit)."""
+        self.idle_since = time.monotonic()
+        """Since when it has been waiting so (when ``waiting``)."""
+        self.evicted = False
+        """Closed to make room for a newcomer (under the server's lock)."""
         self.client_closed = False
 
     # --- the parser's callbacks -----------------------------------------------------
@@ -249,6 +261,7 @@ class _Connection:
             if not self._answer(request):
                 return False
         if self.current is None:
+            self.idle_since = time.monotonic()
             self.waiting = True
         return True
 
@@ -350,15 +363,35 @@ class ThreadServer:
             for listener in self.listeners:
                 selector.register(listener, selectors.EVENT_READ)
             selector.register(self._wake, selectors.EVENT_READ)
-            while not self.stopping:
-                with self._lock:
-                    while len(self._connections) >= self.connection_limit and not self.stopping:
-                        self._lock.wait(0.5)
-                for key, _ in selector.select(0.5):
-                    if key.fileobj is not self._wake:
-                        self._accept(key.fileobj)  # type: ignore[arg-type]
+            refusals = _Refusals(selector)
+            try:
+                while not self.stopping:
+                    for key, _ in selector.select(refusals.wait(0.5)):
+                        if key.data is refusals:
+                            refusals.read(key.fileobj)  # type: ignore[arg-type]
+                        elif key.fileobj is not self._wake:
+                            self._accept(key.fileobj, refusals)  # type: ignore[arg-type]
+                    refusals.expire()
+            finally:
+                refusals.close()
 
-    def _accept(self, listener: socket.socket) -> None:
+    def _make_room(self) -> bool:
+        """Whether a newcomer may have a connection: under the limit, or past it once the
+        connection idle longest is closed for it (its thread ends on its own)."""
+        with self._lock:
+            staying = [c for c in self._connections if not c.evicted]
+            if len(staying) < self.connection_limit:
+                return True
+            idle = [c for c in staying if c.waiting]
+            if not idle:
+                return False
+            oldest = min(idle, key=lambda c: c.idle_since)
+            oldest.evicted = True
+        with contextlib.suppress(OSError):
+            oldest.sock.shutdown(socket.SHUT_RDWR)
+        return True
+
+    def _accept(self, listener: socket.socket, refusals: _Refusals) -> None:
         try:
             sock, peer = listener.accept()
         except (BlockingIOError, InterruptedError):
@@ -368,6 +401,9 @@ class ThreadServer:
                 return
             logger.warning("cannot accept a connection: %s", exc)
             time.sleep(0.1)
+            return
+        if not self._make_room():
+            refusals.refuse(sock)
             return
         sock.setblocking(True)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -474,6 +510,65 @@ def local_url(host: str, port: int) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{port}"
+
+
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Retry-After: 1\r\nContent-Length: 38\r\nConnection: close\r\n\r\n"
+    b"every connection has a request going\r\n"
+)
+
+
+class _Refusals:
+    """Newcomers past the connection limit, answered 503 on the accepting thread: each is
+    then read, what it sends dropped, until it closes or for ``LINGER`` seconds (closing
+    on unread bytes resets a connection, which can discard the answer before the client
+    reads it), at most ``MAX_REFUSED`` at once (past them, one is closed at once)."""
+
+    def __init__(self, selector: selectors.BaseSelector) -> None:
+        self.selector = selector
+        self.deadlines: dict[socket.socket, float] = {}
+
+    def refuse(self, sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.setblocking(False)
+            sock.send(_BUSY)
+            sock.shutdown(socket.SHUT_WR)
+            if len(self.deadlines) < MAX_REFUSED:
+                self.selector.register(sock, selectors.EVENT_READ, self)
+                self.deadlines[sock] = time.monotonic() + LINGER
+                return
+        sock.close()
+
+    def read(self, sock: socket.socket) -> None:
+        try:
+            data = sock.recv(_READ)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(sock)
+
+    def wait(self, longest: float) -> float:
+        """How long the accepting thread may wait for events: until the next deadline."""
+        if not self.deadlines:
+            return longest
+        return max(0.0, min(longest, min(self.deadlines.values()) - time.monotonic()))
+
+    def expire(self) -> None:
+        now = time.monotonic()
+        for sock in [s for s, deadline in self.deadlines.items() if deadline <= now]:
+            self._drop(sock)
+
+    def close(self) -> None:
+        for sock in list(self.deadlines):
+            self._drop(sock)
+
+    def _drop(self, sock: socket.socket) -> None:
+        self.selector.unregister(sock)
+        del self.deadlines[sock]
+        sock.close()
 
 
 def _text(status: int, message: str) -> Response:

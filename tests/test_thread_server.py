@@ -352,25 +352,49 @@ def test_turns_bound_the_handler_and_a_slow_client_holds_none() -> None:
     assert served.most_inside == 1
 
 
-def test_the_connection_limit_holds_new_connections_until_one_ends() -> None:
-    with running(Echo(), connection_limit=2) as server:
-        first, second = connect(server), connect(server)
-        try:
-            for sock in (first, second):  # both accepted and served
-                sock.sendall(request())
-                assert seen(Reader(sock).answer())
-            third = connect(server)  # the kernel's backlog takes it
+def test_past_the_connection_limit_the_connection_idle_longest_makes_room() -> None:
+    with (
+        running(Echo(), connection_limit=2) as server,
+        connect(server) as first,
+        connect(server) as second,
+    ):
+        readers = {}
+        for sock in (first, second):  # both accepted and served, then idle
+            sock.sendall(request())
+            readers[sock] = Reader(sock)
+            assert seen(readers[sock].answer())
+        with connect(server) as third:  # a third, past the limit
             third.sendall(request("/third"))
-            third.settimeout(0.5)
-            with pytest.raises(TimeoutError):
-                third.recv(1)  # not accepted while two are open
-            third.settimeout(WAIT)
-            first.close()
             assert seen(Reader(third).answer())["path"] == "/third"
-            third.close()
-        finally:
-            first.close()
-            second.close()
+            assert readers[first].answer() is None  # idle longest: closed for it
+            second.sendall(request("/second"))  # the other one goes on
+            assert seen(readers[second].answer())["path"] == "/second"
+
+
+def test_past_the_connection_limit_with_every_connection_busy_a_newcomer_is_refused() -> None:
+    served = Echo()
+    with running(served, connection_limit=2, threads=2) as server:
+        served.gate.clear()
+        with connect(server) as first, connect(server) as second:
+            for sock in (first, second):
+                sock.sendall(request("/busy"))
+            for _ in (first, second):
+                assert served.entered.acquire(timeout=WAIT)
+            with connect(server) as third:
+                third.sendall(request("/third"))
+                refused = Reader(third).answer()
+                assert refused is not None
+                status, headers, body = refused
+                assert (status, headers["retry-after"], headers["connection"]) == (
+                    503,
+                    "1",
+                    "close",
+                )
+                assert body == b"every connection has a request going\r\n"
+                assert Reader(third).answer() is None  # and closed
+            served.gate.set()
+            for sock in (first, second):  # neither was touched
+                assert seen(Reader(sock).answer())["path"] == "/busy"
 
 
 def test_a_handler_error_is_500_and_the_server_goes_on() -> None:
