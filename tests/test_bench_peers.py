@@ -42,3 +42,35 @@ def test_fsyncs_are_read_from_straces_summary_with_or_without_errors() -> None:
 """
     assert peers.summary_calls(summary) == {"fdatasync": 301, "fsync": 96}
     assert peers.summary_calls("") == {}
+
+
+def test_the_ceilings_store_claims_the_oldest_ready_calls_in_turn() -> None:
+    """bench/no_database.py's store, which the ceiling row's figures rest on: its claims
+    take the ready calls in the order they came, within the room given, and a released
+    call comes first again."""
+    import asyncio
+    import time
+
+    from dispatchlet.scheduler.store import NewCall
+
+    bench = load_script("bench_no_database", ROOT / "bench" / "no_database.py")
+
+    async def go() -> None:
+        store = bench.QueueStore()
+        now = time.time()
+        calls = [NewCall(f"f{n}", "http://127.0.0.1:1", b"", now + 60) for n in range(5)]
+        ids = await store.dispatch(calls, now=now)
+        first = await store.claim(owner="o", now=now, limit=2, lease_seconds=60)
+        assert [c.call.dispatch_id for c in first] == ids[:2]
+        assert await store.release(first[1].lease, ready_at=now)
+        room = {"http://127.0.0.1:1": 2}
+        again = await store.claim(
+            owner="o", now=now, limit=5, lease_seconds=60, room=lambda d: room[d]
+        )
+        assert [c.call.dispatch_id for c in again] == [ids[1], ids[2]]
+        assert await store.finish(again[0].lease, 1, b"", now=now)
+        rest = await store.claim(owner="o", now=now, limit=5, lease_seconds=60)
+        assert [c.call.dispatch_id for c in rest] == ids[3:]
+        assert await store.claim(owner="o", now=now, limit=5, lease_seconds=60) == []
+
+    asyncio.run(go())
