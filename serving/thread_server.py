@@ -368,7 +368,7 @@ class ThreadServer:
                 while not self.stopping:
                     for key, _ in selector.select(refusals.wait(0.5)):
                         if key.data is refusals:
-                            refusals.read(key.fileobj)  # type: ignore[arg-type]
+                            refusals.read(key.fileobj)
                         elif key.fileobj is not self._wake:
                             self._accept(key.fileobj, refusals)  # type: ignore[arg-type]
                     refusals.expire()
