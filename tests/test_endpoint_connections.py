@@ -429,8 +429,12 @@ def test_a_request_cancelled_while_it_waits_for_a_connection_takes_no_place(
         try:
             first = asyncio.create_task(connections.exchange(target, wire, lambda s, h: 100))
             waiting = asyncio.create_task(connections.exchange(target, wire, lambda s, h: 100))
-            while not connections._waiting.get(target):
-                await asyncio.sleep(0.01)
+
+            async def queued() -> None:
+                while not connections._waiting.get(target):
+                    await asyncio.sleep(0.01)
+
+            await asyncio.wait_for(queued(), WAIT)
             waiting.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await waiting
