@@ -1346,10 +1346,10 @@ async def _insert_handing(
     """``calls`` stored in order, those ``handoff`` chooses already leased to it, as a
     claim leases (the row a claim would leave, written once rather than written and then
     updated); the leased ones in the order of ``calls``."""
+    chosen = [] if handoff is None else handoff.chosen(calls, now)
+    if handoff is None or not chosen:
+        return await _insert(db, calls, now), []
     ids, rows = rows_to_insert(calls, now)
-    if handoff is None or not (chosen := handoff.chosen(calls, now)):
-        await _insert_rows(db, rows)
-        return ids, []
     owner = f"{handoff.owner} {secrets.token_hex(8)}"  # a claim's own, as in ``claim``
     expires = now + handoff.lease_seconds
     lease = {"owner": owner, "expires": expires}
