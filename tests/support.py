@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.server
 import importlib.util
 import json
 import sys
@@ -25,6 +26,16 @@ PUBLIC_KEY = KEY.public_key()
 OTHER_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
 
 _UNSET = object()
+
+
+class EndpointServer(http.server.ThreadingHTTPServer):
+    """An endpoint served on threads with a listen backlog as real servers have (gunicorn's
+    2048, waitress's 1024). http.server's backlog of 5 overflows when the scheduler opens
+    dozens of connections at once, and Linux leaves a connection whose handshake it
+    dropped half open, its request unread, for up to two minutes."""
+
+    request_queue_size = 1024
+    daemon_threads = True
 
 
 def run_request(function: str, value: Any = _UNSET, **fields: Any) -> function_pb2.RunRequest:

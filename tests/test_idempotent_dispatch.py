@@ -22,6 +22,7 @@ from dispatchlet.core.call_options import OPTIONS_FIELD, call_options, set_call_
 from dispatchlet.proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2
 from dispatchlet.proto.dispatchlet.scheduler.v1 import options_pb2
 from scheduler_harness import API_KEY, ENDPOINT, Harness, call, harness
+from support import EndpointServer
 
 DISPATCH = "/dispatch.sdk.v1.DispatchService/Dispatch"
 PROTO, JSON = "application/proto", "application/json"
@@ -215,7 +216,7 @@ class Dropping(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def dropping() -> Iterator[str]:
     Dropping.request_ids = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Dropping)
+    server = EndpointServer(("127.0.0.1", 0), Dropping)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

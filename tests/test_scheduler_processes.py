@@ -33,6 +33,7 @@ from dispatchlet.proto.dispatchlet.scheduler.v1 import calls_pb2
 from google.protobuf import message
 from postgres_server import fresh_database
 from prometheus_client.parser import text_string_to_metric_families
+from support import EndpointServer
 
 pytestmark = pytest.mark.slow
 
@@ -614,7 +615,7 @@ class Misbehaving(http.server.BaseHTTPRequestHandler):
 @contextmanager
 def http_server(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
     """``handler`` served on a free loopback port in a thread; its base URL."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = EndpointServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

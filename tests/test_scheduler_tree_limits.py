@@ -25,6 +25,7 @@ from dispatchlet.proto.dispatchlet.scheduler.v1 import calls_pb2
 from dispatchlet.scheduler.http_caller import Outcome
 from dispatchlet.scheduler.store import END_BATCH, NewCall, Store
 from scheduler_harness import ENDPOINT, Harness, call, harness, returned
+from support import EndpointServer
 
 BOUND = 60.0
 CALLS = "/dispatchlet.scheduler.v1.CallService/"
@@ -201,7 +202,7 @@ def _post(url: str, body: dict[str, object]) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_the_scheduler_command_bounds_call_trees_as_its_flags_say(tmp_path: Path) -> None:
-    endpoint = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Endpoint)
+    endpoint = EndpointServer(("127.0.0.1", 0), _Endpoint)
     threading.Thread(target=endpoint.serve_forever, daemon=True).start()
     port = _free_port()
     api = f"http://127.0.0.1:{port}"

@@ -27,6 +27,7 @@ from dispatchlet.scheduler.http_caller import Outcome
 from dispatchlet.scheduler.settings import Settings
 from dispatchlet.scheduler.store import END_BATCH, Call, NewCall
 from dispatchlet.scheduler.store.memory import MemoryStore
+from support import EndpointServer
 
 BOUND = 60.0  # how long anything may take before the test fails, whatever the load
 WAIT = "/dispatchlet.scheduler.v1.CallService/Wait"
@@ -338,7 +339,7 @@ def test_a_wait_is_woken_when_another_process_ends_the_call(
     from test_scheduler_processes import post
 
     url = fresh_database(postgres_server)
-    endpoint = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HeldEndpoint)
+    endpoint = EndpointServer(("127.0.0.1", 0), HeldEndpoint)
     threading.Thread(target=endpoint.serve_forever, daemon=True).start()
     endpoint_url = f"http://127.0.0.1:{endpoint.server_address[1]}"
     try:

@@ -24,7 +24,7 @@ from dispatchlet.scheduler.http_caller import HttpCaller
 from dispatchlet.scheduler.retry import RetryPolicy
 from dispatchlet.scheduler.store import Call, NewCall
 from dispatchlet.scheduler.store.sqlite import SQLiteStore
-from support import KEY, PUBLIC_KEY
+from support import KEY, PUBLIC_KEY, EndpointServer
 from test_aws_lambda import CONTEXT, as_response, function_url_event
 from test_cloud_functions import serve
 from test_lambda_caller import ARN, AdapterClient
@@ -133,7 +133,7 @@ class FunctionUrl(http.server.BaseHTTPRequestHandler):
 
 @contextmanager
 def function_url() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FunctionUrl)
+    server = EndpointServer(("127.0.0.1", 0), FunctionUrl)
     url = f"http://127.0.0.1:{server.server_address[1]}"
     endpoint = workflow_endpoint(verification_key=PUBLIC_KEY, endpoint_url=url)
     FunctionUrl.handler = staticmethod(lambda_handler(endpoint))  # type: ignore[assignment]
