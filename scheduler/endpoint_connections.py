@@ -17,6 +17,13 @@ keep-alive timeout) that the event loop has not read yet, which would fail the r
 written on it. A request is never sent twice: one whose connection the endpoint closed
 in the instant it was written (a close still on the network) fails as TCP_ERROR, and the
 call is retried as any other.
+
+A connection whose peer falls silent is given up after ``SILENT_SECONDS`` (TCP keep-alive
+probes and TCP_USER_TIMEOUT, where the platform has them): a host that crashed or was cut
+off while its function ran, or a connection the endpoint's kernel dropped after the
+handshake (its accept queue full), which this side would otherwise believe open until
+the attempt's timeout (5 minutes by default, hours for long functions). A slow function
+is not silence: its host acknowledges the request and the probes while it runs.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import select
+import socket
 import ssl
 import time
 from collections import Counter, deque
@@ -54,6 +62,10 @@ twice that: a sweep is timed by the connection returned last): an endpoint's ser
 pays for every connection it holds (waitress looks at each one at every turn of its
 loop)."""
 SURPLUS_SECONDS = 1.0
+SILENT_SECONDS = 30.0
+"""How long an endpoint's host may leave what was sent unacknowledged, or keep-alive
+probes unanswered, before its connection is given up (its attempt a TCP_ERROR, retried):
+as long as a connection may take to open."""
 _POLL = hasattr(select, "poll")  # not on Windows
 _SWEEP_SLACK = 0.05
 """Seconds a sweep may come late rather than be scheduled again."""
@@ -329,7 +341,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
-        self._socket = transport.get_extra_info("socket").fileno()
+        sock = transport.get_extra_info("socket")
+        self._socket = sock.fileno()
+        _watch_for_silence(sock)
 
     def data_received(self, data: bytes) -> None:
         reading = self._reading
@@ -367,11 +381,7 @@ class _Connection(asyncio.Protocol):
             if reading.until_close and exc is None:
                 self._finish(keep=False)
             else:
-                closed = EndpointClosed(
-                    f"the endpoint closed the connection before its answer was whole"
-                    f"{f' ({exc})' if exc else ''}"
-                )
-                self._fail(closed)
+                self._fail(EndpointClosed(_lost(exc)))
 
     # --- httptools' callbacks
 
@@ -460,3 +470,38 @@ class _Connection(asyncio.Protocol):
             reading.done.set_exception(exc)
         self._reading = None
         self.close()
+
+
+def _lost(exc: Exception | None) -> str:
+    """Why a connection ended before its answer was whole."""
+    if exc is None:
+        return "the endpoint closed the connection before its answer was whole"
+    if isinstance(exc, ConnectionError):  # a reset, mostly
+        return f"the endpoint closed the connection before its answer was whole ({exc})"
+    if isinstance(exc, TimeoutError):
+        return (
+            f"nothing heard from the endpoint's host for {SILENT_SECONDS:g} s:"
+            f" the connection was given up ({exc})"
+        )
+    return f"the connection to the endpoint failed before its answer was whole ({exc})"
+
+
+def _watch_for_silence(sock: socket.socket) -> None:
+    """Keep-alive probes from a third of ``SILENT_SECONDS`` of silence on, and the
+    connection given up once the host has acknowledged nothing for ``SILENT_SECONDS``
+    (TCP_USER_TIMEOUT bounds the probes too). Options a platform lacks are left out."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    every = max(1, round(SILENT_SECONDS / 3))
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (
+        ("TCP_KEEPIDLE", every),
+        ("TCP_KEEPINTVL", every),
+        ("TCP_KEEPCNT", 3),
+        ("TCP_USER_TIMEOUT", round(SILENT_SECONDS * 1000)),
+    ):
+        if hasattr(socket, name):
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    for level, option, value in options:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(level, option, value)

@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import json
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -612,3 +615,22 @@ def test_a_header_that_would_end_its_line_early_is_never_written(value: str) -> 
         _wire(request)
     fine = _wire(Request("POST", "/run", "endpoint.test", [("traceparent", "00-x")], b"body"))
     assert fine.endswith(b"\r\ntraceparent: 00-x\r\n\r\nbody")
+
+
+@pytest.mark.slow
+def test_an_endpoint_host_falling_silent_ends_the_attempt_as_a_tcp_error() -> None:
+    # In namespaces of its own (silent_host.py): the host's address taken away while a
+    # function runs there, then just before a request goes on a kept connection. Either
+    # attempt would otherwise wait its whole timeout (60 s there; 5 minutes by default).
+    staged = subprocess.run(
+        ["unshare", "-rn", sys.executable, str(Path(__file__).with_name("silent_host.py"))],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert staged.returncode == 0, staged.stderr
+    outcomes = {line["request"]: line for line in map(json.loads, staged.stdout.splitlines())}
+    assert set(outcomes) == {"held", "sent"}
+    for outcome in outcomes.values():
+        assert outcome["status"] == "TCP_ERROR", outcome
+        assert outcome["message"].startswith("nothing heard from the endpoint's host for 3 s")
