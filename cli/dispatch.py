@@ -48,6 +48,12 @@ e.g. 2026-12-05T18:00:00Z), the call is stored at once and first runs no earlier
 then; its expiration counts from then. --max-attempts N and --timeout DURATION (per
 attempt) replace the scheduler's retry policy for this call.
 
+Limits, as @endpoint.function(...) gives them to calls made in Python: --concurrency
+N (at most N attempts of FUNCTION in flight across the scheduler's processes),
+--concurrency-key KEY with --concurrency-per-key N (at most N in flight with KEY),
+--rate-limit COUNT/PERIOD (at most COUNT attempts of FUNCTION start per PERIOD:
+10/1s, 100/1m, 1000/1h). A call over a limit waits; it does not fail.
+
 With --wait (and `calls wait`), stderr tells the dispatch id at once, then each
 failed attempt as it happens; Ctrl+C stops waiting, not the call (exit 130), and
 `dispatchlet calls wait ID` follows it again.
@@ -141,6 +147,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         metavar="DURATION",
         help="how long one attempt may run (10, 30s, 5m)",
     )
+    add_limit_arguments(parser, per_key=True)
     parser.add_argument(
         "--json", dest="use_json", action="store_true", help="print the call as JSON"
     )
@@ -232,6 +239,57 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     stats = actions.add_parser("stats", help="the last hour's calls and the queue now")
     stats.add_argument("--json", dest="use_json", action="store_true")
     stats.set_defaults(handler=run_stats)
+
+
+def add_limit_arguments(parser: argparse.ArgumentParser, *, per_key: bool) -> None:
+    """``--concurrency``, ``--rate-limit`` and (``per_key``) the per-key limit."""
+    parser.add_argument(
+        "--concurrency",
+        type=limit_count,
+        metavar="N",
+        help="at most N attempts of the function in flight at once",
+    )
+    if per_key:
+        parser.add_argument(
+            "--concurrency-key", metavar="KEY", help="the call's key for --concurrency-per-key"
+        )
+        parser.add_argument(
+            "--concurrency-per-key",
+            type=limit_count,
+            metavar="N",
+            help="at most N attempts in flight with the same --concurrency-key",
+        )
+    parser.add_argument(
+        "--rate-limit",
+        type=rate_limit,
+        metavar="COUNT/PERIOD",
+        help="at most COUNT attempts of the function start per PERIOD (10/1s, 100/1m)",
+    )
+
+
+def limit_count(text: str) -> int:
+    """``--concurrency``, ``--concurrency-per-key``: a count of 1 or more."""
+    return attempts(text)
+
+
+def rate_limit(text: str) -> tuple[int, float]:
+    """``--rate-limit``: ``COUNT/PERIOD``, PERIOD a duration (``1s``, ``1m``, ``90``) or
+    a unit alone (``10/s`` is ``10/1s``)."""
+    count, slash, period = text.partition("/")
+    if not slash:
+        raise argparse.ArgumentTypeError(
+            f"{text[:40]!r} is not COUNT/PERIOD: write it as 10/1s, 100/1m or 1000/1h"
+        )
+    number = attempts(count.strip())
+    period = period.strip()
+    seconds = delay("1" + period if period in ("s", "m", "h", "d") else period)
+    from ..scheduler.store.limits import MAX_RATE_PERIOD  # only when one is given
+
+    if not 0 < seconds <= MAX_RATE_PERIOD:
+        raise argparse.ArgumentTypeError(
+            f"{text[:40]!r}: a rate limit's period is above 0 and at most a day"
+        )
+    return number, seconds
 
 
 def status_filter(text: str) -> str:
@@ -352,9 +410,18 @@ def run_dispatch(args: argparse.Namespace) -> int:
             at=args.at,
             max_attempts=args.max_attempts,
             timeout=args.timeout,
+            concurrency=args.concurrency,
+            concurrency_key=args.concurrency_key,
+            concurrency_per_key=args.concurrency_per_key,
+            rate_limit=args.rate_limit,
         )
     except (TypeError, ValueError) as exc:
         raise CommandError(str(exc)) from None
+    if (given.concurrency_key is None) != (given.concurrency_per_key is None):
+        raise CommandError(
+            "--concurrency-key and --concurrency-per-key go together: the key and the limit"
+            " of the calls with it"
+        )
     given.apply(call)
     with client() as scheduler:
         (dispatch_id,) = checked(lambda: scheduler.dispatch([call]))

@@ -14,7 +14,7 @@ from ..core.endpoint import ENDPOINT_URL_ENV
 from ..core.values import EncodeError
 from .call import parse_input, seconds
 from .call_views import moment
-from .dispatch import attempt_timeout, attempts, checked, client
+from .dispatch import add_limit_arguments, attempt_timeout, attempts, checked, client
 from .errors import EXIT_OK, CommandError
 from .local_server import DEFAULT_ENDPOINT_URL, load_app
 
@@ -29,8 +29,8 @@ processes share its database. Ticks missed while no scheduler ran are caught up 
           read in --timezone (an IANA name, default UTC). INPUT as for `dispatchlet
           call`. The endpoint is --endpoint, else {ENDPOINT_URL_ENV}, else
           {DEFAULT_ENDPOINT_URL}. Each tick's call takes --max-attempts N,
-          --timeout DURATION (per attempt) and --expiration SECONDS, as
-          `dispatchlet dispatch` does.
+          --timeout DURATION (per attempt), --expiration SECONDS, --concurrency N
+          and --rate-limit COUNT/PERIOD, as `dispatchlet dispatch` does.
   list    one line per schedule: name, cron, time zone, function, paused, next tick,
           last tick, and the endpoint it was synced for (- when created by hand);
           --json for programs.
@@ -81,6 +81,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="SECONDS",
         help="each tick's call: give up on it after this",
     )
+    add_limit_arguments(create, per_key=False)
     create.set_defaults(handler=run_create)
     listing = actions.add_parser("list", help="every schedule, with its next and last tick")
     listing.add_argument("--json", dest="use_json", action="store_true")
@@ -118,6 +119,8 @@ def run_create(args: argparse.Namespace) -> int:
                     max_attempts=args.max_attempts,
                     timeout=args.timeout,
                     expiration=args.expiration,
+                    concurrency=args.concurrency,
+                    rate_limit=args.rate_limit,
                 )
             )
         except EncodeError as exc:

@@ -163,3 +163,69 @@ def test_a_call_without_options_has_no_limits() -> None:
     assert not limits_of(options_pb2.CallOptions(concurrency_key="k")).limited
     with pytest.raises(LimitsInvalid):
         limits_of(options_pb2.CallOptions(rate_limit=options_pb2.RateLimit()))
+
+
+def test_the_cli_dispatches_calls_with_limits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dispatchlet.cli.main import main
+
+    async def cli(*arguments: str) -> str:
+        status = await asyncio.to_thread(main, ["dispatch", *arguments, "--endpoint", ENDPOINT])
+        printed = capsys.readouterr()
+        assert status == 0, printed
+        return printed.out.strip()
+
+    async def body(h: Harness) -> None:
+        monkeypatch.setenv("DISPATCH_API_URL", h.url)
+        monkeypatch.setenv("DISPATCH_API_KEY", API_KEY)
+        limited = [await cli("charge", "--concurrency", "2", "--rate-limit", "5/1m")]
+        limited += [await cli("charge", "--concurrency", "2") for _ in range(2)]
+        keyed = [
+            await cli("notify", "--concurrency-key", "c-17", "--concurrency-per-key", "1")
+            for _ in range(2)
+        ]
+        stored = await h.store.get(limited[0])
+        assert stored is not None
+        assert stored.limits == Limits(concurrency=2, rate_count=5, rate_period=60.0)
+        now = time.time() + 1
+        claimed = await h.store.claim(owner="t", now=now, limit=10, lease_seconds=30)
+        # Two of charge's three, one of the key's two.
+        assert {c.call.dispatch_id for c in claimed} == {*limited[:2], keyed[0]}
+
+    scenario(tmp_path, body)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--rate-limit", "10"], "'10' is not COUNT/PERIOD: write it as 10/1s"),
+        (["--rate-limit", "0/1m"], "0 is not in 1.."),
+        (["--rate-limit", "5/0s"], "a rate limit's period is above 0 and at most a day"),
+        (["--rate-limit", "5/2d"], "a rate limit's period is above 0 and at most a day"),
+        (["--rate-limit", "5/soon"], "invalid duration 'soon'"),
+        (["--concurrency", "0"], "0 is not in 1.."),
+        (["--concurrency-key", "c-17"], "--concurrency-key and --concurrency-per-key go together"),
+        (["--concurrency-per-key", "1"], "--concurrency-key and --concurrency-per-key go together"),
+        (
+            ["--concurrency-key", "k" * 300, "--concurrency-per-key", "1"],
+            "concurrency_key: a concurrency key longer than 256 characters",
+        ),
+    ],
+)
+def test_the_cli_refuses_limits_no_call_can_have(
+    arguments: list[str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from dispatchlet.cli.main import main
+
+    # Refused before any scheduler is asked: none listens at this address.
+    monkeypatch.setenv("DISPATCH_API_URL", "http://127.0.0.1:9")
+    try:
+        status = main(["dispatch", "f", *arguments, "--endpoint", "http://127.0.0.1:9"])
+    except SystemExit as exited:
+        status = exited.code
+    assert status == 2
+    assert message in capsys.readouterr().err

@@ -218,6 +218,7 @@ def test_the_cli_creates_a_schedule_with_a_policy(
             "schedules", "create", "digest", "0 9 * * *", "send_digest", '{"team": "ops"}',
             "--endpoint", ENDPOINT, "--timezone", "Europe/Paris",
             "--max-attempts", "4", "--timeout", "2m", "--expiration", "3600",
+            "--concurrency", "1", "--rate-limit", "10/1h",
         ]  # fmt: skip
         status = await asyncio.to_thread(main, arguments)
         captured = capsys.readouterr()
@@ -227,6 +228,7 @@ def test_the_cli_creates_a_schedule_with_a_policy(
         assert made.policy is not None
         assert (made.policy.max_attempts, made.policy.attempt_timeout) == (4, 120.0)
         assert made.expires_at == pytest.approx(made.created_at + 3600)
+        assert made.limits == Limits(concurrency=1, rate_count=10, rate_period=3600.0)
         listed = await asyncio.to_thread(main, ["schedules", "list", "--json"])
         assert listed == 0
         shown = json.loads(capsys.readouterr().out)
@@ -241,6 +243,8 @@ def test_the_cli_creates_a_schedule_with_a_policy(
         (["--max-attempts", "0"], "0 is not in 1.."),
         (["--timeout", "0"], "an attempt's timeout must be positive"),
         (["--expiration", "-5"], "is not a positive number of seconds"),
+        (["--concurrency", "0"], "0 is not in 1.."),
+        (["--rate-limit", "5"], "'5' is not COUNT/PERIOD"),
     ],
 )
 def test_the_cli_refuses_a_bad_policy_for_a_schedule(
