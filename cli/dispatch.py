@@ -85,8 +85,9 @@ What became of the calls the scheduler holds.
           unknown or done call is an error.
   resume  resume a failed workflow from where it failed: a new call, whose "re-run
           of" names the old one, that starts from its journal, so that the steps
-          that finished are not run again and the failed one is tried anew; prints
-          its dispatch id (and, on stderr, how many steps it kept and runs again).
+          that finished are not run again and the failed one is tried anew, and
+          which takes the messages no receive of the failed call took; prints its
+          dispatch id (and, on stderr, how many steps it kept and runs again).
           A call not done, done OK, or that is not a workflow is refused.
   purge   delete the finished call trees whose root finished longer ago than
           --older-than (30d, 12h, ...), only those whose root ended with --status

@@ -738,9 +738,10 @@ class Api:
         """A new root call that resumes the failed workflow from its journal
         (``resume.py``): the steps that finished OK are kept, the failed one (and any
         unfinished) is made anew. Its ``rerun_of`` names the old call, which is left as
-        it is; it is given as long as the old one was. A call not done, done OK, or with
-        no journal kept is refused. Idempotent with a request id, as Rerun. It keeps the
-        old call's policy, limits and trace context."""
+        it is but for its mailbox: the messages no receive of it took move to the new
+        call, for its receives. It is given as long as the old one was. A call not done,
+        done OK, or with no journal kept is refused. Idempotent with a request id, as
+        Rerun. It keeps the old call's policy, limits and trace context."""
         found = await self._found(request.dispatch_id)
         if not found.done:
             raise FailedPrecondition(
@@ -766,6 +767,7 @@ class Api:
             poll=resumed.poll,
             policy=found.policy,
             limits=found.limits,
+            messages_of=found.dispatch_id,
         )
         (new_id,) = await self.store.dispatch(
             [again], now=now, request=_request_id(headers, request)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dispatchlet import Client, Endpoint, PermanentError
+from dispatchlet import Client, Endpoint, PermanentError, receive
 from dispatchlet.cli.main import main
 from dispatchlet.client import ClientError
 from dispatchlet.core import values
@@ -55,6 +55,12 @@ class Workflows:
             if self.broken:
                 raise ValueError("the workflow's own code is broken")
             return total
+
+        @self.endpoint.function
+        async def collects(start: int) -> list[str]:
+            first = await receive("item")
+            await step(start + 2)
+            return [first, await receive("item"), await receive("item")]
 
         @self.endpoint.function
         def plain(n: int) -> int:
@@ -133,6 +139,44 @@ def test_a_workflow_that_failed_in_its_own_code_resumes_from_its_last_results(
             resumed = await h.done(answer.dispatch_id, WAIT)
             assert (resumed.status, output(resumed)) == (Status.OK.value, 30)
             assert dict(app.runs) == {1: 1, 2: 1}
+
+    asyncio.run(scenario())
+
+
+def test_messages_the_failed_workflow_had_not_received_go_to_the_resumed_one(
+    tmp_path: Path,
+) -> None:
+    app = Workflows()
+
+    async def scenario() -> None:
+        async with harness(tmp_path, app.answer) as h:
+            client = Client(h.url, API_KEY)
+            now = time.time()
+            # Stored to start in an hour: the three messages are all sent before it runs.
+            later = NewCall(
+                function="collects",
+                endpoint=call("collects").endpoint,
+                input=call("collects", 1).input.SerializeToString(),
+                ready_at=now + 3600,
+                expires_at=now + 7200,
+            )
+            (old,) = await h.store.dispatch([later], now=now)
+            for item in ("a", "b", "c"):
+                assert await asyncio.to_thread(client.send, old, "item", item) is False
+            assert await asyncio.to_thread(client.retry, old)
+            # It took "a", then its step 3 failed: "b" and "c" were never received.
+            failed = await h.done(old, WAIT)
+            assert failed.status == Status.PERMANENT_ERROR.value
+            app.broken = False
+            new = str(await asyncio.to_thread(client.resume, old))
+            resumed = await h.done(new, WAIT)
+            assert resumed.status == Status.OK.value, resumed.result
+            assert output(resumed) == ["a", "b", "c"]
+            assert dict(app.runs) == {3: 2}
+            # The failed call is done: a message to it is still refused.
+            with pytest.raises(ClientError) as refused:
+                await asyncio.to_thread(client.send, old, "item", "d")
+            assert refused.value.code == "failed_precondition"
 
     asyncio.run(scenario())
 

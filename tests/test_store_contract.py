@@ -2849,6 +2849,44 @@ def test_messages_sent_before_the_wait_are_kept_in_order_and_taken_once(
     with_store(open_store, body)
 
 
+def test_a_call_stored_to_take_over_a_mailbox_gets_its_messages_in_order(
+    open_store: Opener,
+) -> None:
+    async def body(store: Store) -> None:
+        failed, lease = await a_workflow(store)
+        for topic, value in (("item", b"1"), ("other", b"x"), ("item", b"2")):
+            assert await store.send(failed, topic, message(value), now=NOW) is Sent.KEPT
+        assert await store.finish(lease, PERMANENT_ERROR, b"err", now=NOW + 1)
+        # As a resume stores its new call: the failed call's messages move to it.
+        (new,) = await store.dispatch([call("workflow", messages_of=failed)], now=NOW + 2)
+        (claimed,) = await store.claim(owner="s", now=NOW + 2, limit=1, lease_seconds=LEASE)
+        assert claimed.call.dispatch_id == new
+        receives = (receive("item", 1), receive("item", 2), receive("other", 3))
+        await waits_for(store, claimed.lease, *receives, now=NOW + 2)
+        woken = await resumed(store, NOW + 3)
+        assert [(r.correlation_id, r.result) for r in woken.results] == [
+            (1, message(b"1")),
+            (2, message(b"2")),
+            (3, message(b"x")),
+        ]
+        # A message sent to the new call comes after the moved ones.
+        assert await store.send(new, "item", message(b"3"), now=NOW + 4) is Sent.KEPT
+        await waits_for(store, woken.lease, receive("item", 4), now=NOW + 4)
+        again = await resumed(store, NOW + 5)
+        assert [r.result for r in again.results] == [message(b"3")]
+        # Moved, not copied: another call taking the failed call's mailbox over finds
+        # it empty, its receive waits.
+        (other,) = await store.dispatch([call("workflow", messages_of=failed)], now=NOW + 6)
+        (claimed,) = await store.claim(owner="s", now=NOW + 6, limit=1, lease_seconds=LEASE)
+        assert claimed.call.dispatch_id == other
+        (waiting,) = await waits_for(store, claimed.lease, receive("item", 1), now=NOW + 6)
+        left = await store.get(waiting)
+        assert left is not None
+        assert left.state is State.WAITING
+
+    with_store(open_store, body)
+
+
 def test_a_lapsed_lease_frees_its_slot(open_store: Opener) -> None:
     async def body(store: Store) -> None:
         ids = await store.dispatch([limited(concurrency=3) for _ in range(4)], now=NOW)

@@ -156,6 +156,20 @@ class NewCall:
     follows: str | None = None
     """The call this one takes its outcome from instead of running (a Poll's child
     whose idempotency key another call has: ``idempotency.KeyedChildren``)."""
+    messages_of: str | None = None
+    """A done call whose mailbox (the messages no receive of it took) this one takes
+    over, in order, in the transaction that stores it (a resumed workflow's failed call:
+    ``CallService.Resume``)."""
+
+
+def mailboxes_moved(calls: Sequence[NewCall], stored: Sequence[str]) -> list[dict[str, str]]:
+    """The mailboxes the calls just stored as ``stored`` take over (``messages_of``):
+    parameters of ``move_messages``, the old call's id and the new one's."""
+    return [
+        {"old": call.messages_of, "new": new}
+        for call, new in zip(calls, stored, strict=True)
+        if call.messages_of is not None
+    ]
 
 
 @dataclass(frozen=True)

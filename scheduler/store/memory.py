@@ -45,6 +45,7 @@ from . import (
     claim_candidates,
     fitting,
     in_turns,
+    mailboxes_moved,
     new_dispatch_id,
     stored_text,
     summary,
@@ -210,6 +211,10 @@ class MemoryStore:
             return repeated(request, *self._requests[request.id])
         keyed = KeyedCalls(calls, self._keys)
         stored = self._insert(keyed.fresh, now)
+        for moved in mailboxes_moved(keyed.fresh, stored):
+            old = self._rows.get(moved["old"])
+            if old is not None:
+                self._rows[moved["new"]].mailbox, old.mailbox = old.mailbox, deque()
         for row in keyed.new_keys(stored):
             self._keys[row["key"]] = row["dispatch_id"]
         ids = keyed.ids(stored)

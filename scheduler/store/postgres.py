@@ -65,6 +65,7 @@ from . import (
     children_of,
     history_of,
     limit_columns,
+    mailboxes_moved,
     newly_leased,
     policy_columns,
     unsendable,
@@ -1410,6 +1411,8 @@ async def _dispatch(
         known = {found: dispatch_id for found, dispatch_id in rows}
     keyed = KeyedCalls(calls, known)
     stored, handed = await _insert_handing(db, keyed.fresh, now, handoff)
+    for moved in mailboxes_moved(keyed.fresh, stored):
+        await db.execute(SQL.move_messages, moved)
     new_keys = keyed.new_keys(stored)
     if new_keys:
         async with db.cursor() as cursor:

@@ -69,6 +69,7 @@ from . import (
     corrupt,
     history_of,
     limit_columns,
+    mailboxes_moved,
     newly_leased,
     policy_columns,
     unsendable,
@@ -1174,6 +1175,9 @@ def _dispatch(
         stored = _insert(db, keyed.fresh, now)
     else:
         stored, handed = _insert_handing(db, keyed.fresh, now, handoff)
+    moved = mailboxes_moved(keyed.fresh, stored)
+    if moved:  # a resume's
+        db.executemany(SQL.move_messages, moved)
     db.executemany(IDEMPOTENCY.insert_key, keyed.new_keys(stored))
     ids = keyed.ids(stored)
     if request is not None:

@@ -922,6 +922,9 @@ class Statements:
             f"UPDATE {{calls}} SET topic = :topic, {_ended(':status', ':result', ':now')} "
             "WHERE dispatch_id = :id"
         )
+        # A resumed workflow's new call takes over its failed call's mailbox, numbers
+        # and order kept (the new call has none of its own yet).
+        self.move_messages = r(f"UPDATE {MESSAGES} SET dispatch_id = :new WHERE dispatch_id = :old")
         self.await_message = r(
             "UPDATE {calls} SET topic = :topic, state = 'waiting', poll_min = 1,"
             " poll_until = expires_at WHERE dispatch_id = :id"
