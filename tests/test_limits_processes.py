@@ -3,7 +3,8 @@ PostgreSQL database and an endpoint served by `dispatchlet serve` (32 threads) w
 functions record each run's entry and exit. A function declared with
 ``@endpoint.function(concurrency=3)`` never has more than 3 runs at once, counted on the
 endpoint's side, while another function's calls run meanwhile; with
-``concurrency_per_key=1``, each key's calls run one at a time."""
+``concurrency_per_key=1``, each key's calls run one at a time; with ``rate_limit=(3, 6)``,
+no more than 3 attempts start in any 6 s."""
 
 from __future__ import annotations
 
@@ -70,6 +71,13 @@ def limited(n: int) -> int:
 @endpoint.function(concurrency_per_key=1)
 def per_customer(customer: str, n: int) -> int:
     return held("per_customer", customer, n)
+
+
+@endpoint.function(rate_limit=(3, 6))
+def paced(n: int) -> int:
+    record("paced", "", 1)
+    record("paced", "", -1)
+    return n
 
 
 @endpoint.function
@@ -208,3 +216,27 @@ def test_a_limit_per_key_runs_each_keys_calls_one_at_a_time(
                 running[line["key"]] = running.get(line["key"], 0) + line["change"]
                 assert running[line["key"]] <= 1, line
         assert len(stack.entered("per_customer")) == 12
+
+
+def test_a_rate_limit_holds_across_scheduler_processes(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    count, period = 3, 6.0
+    # A start is timed when its attempt begins, a moment after the claim that counted it.
+    slack = 2.0
+    with started(request, tmp_path, monkeypatch) as stack:
+        app = stack.app
+        # Dispatched through each scheduler in turn: every process claims them.
+        ids = [
+            stack.client(i % SCHEDULERS).dispatch([app.paced.build_call(i)])[0] for i in range(9)
+        ]
+        infos = [stack.client(1).wait(dispatch_id, timeout=WAIT) for dispatch_id in ids]
+        assert sorted(info.output for info in infos) == list(range(9))
+        starts = sorted(
+            attempt.started_at.timestamp() for info in infos for attempt in info.attempts_history
+        )
+        assert len(starts) >= 9
+        # At most 3 in any 6 s: the 4th start after any one comes a period later or more.
+        gaps = [starts[i + count] - starts[i] for i in range(len(starts) - count)]
+        assert min(gaps) >= period - slack, gaps
+        assert len(stack.entered("paced")) == len(starts)
