@@ -110,7 +110,9 @@ logger = logging.getLogger("dispatchlet.scheduler")
 FOLLOW_INTERVAL = 0.5
 FOLLOW_INTERVAL_MAX = 30.0
 """How often, in seconds, a call that follows another (``Call.follows``) looks whether
-that one is done: at first, and at most, as it waits longer."""
+that one is done: at first, and at most, as it waits longer. The end of the call it
+follows, seen by this process (its own, or another's told by ``Store.watch``), brings
+the next look forward to then."""
 
 ENDING_INTERVAL = 1.0
 """How often, in seconds, the engine looks for descendants left to end that it was not
@@ -172,6 +174,10 @@ class Engine:
         # may hand over (``handoff``): the claim loop leaves them.
         self._reserved: Counter[str] = Counter()
         self._holds: dict[int, Counter[str]] = {}  # each handoff's, by its id()
+        # The followers this process handed back to look again later, by the call they
+        # follow; and those whose look an end brought forward, for the claim loop.
+        self._followers: dict[str, set[str]] = {}
+        self._looks_due: set[str] = set()
 
     @property
     def in_flight(self) -> int:
@@ -248,6 +254,15 @@ class Engine:
         for watches, which in woken:
             for watch in watches:
                 watch.touch(which)
+        if self._followers:
+            if dispatch_id is None and root_id is None:
+                looks = [self._followers.pop(followed) for followed in list(self._followers)]
+            else:
+                looks = [self._followers.pop(dispatch_id, set())] if dispatch_id else []
+            for followers in looks:
+                self._looks_due |= followers
+            if self._looks_due:
+                self._wake.set()
 
     def _changed(self, dispatch_id: str) -> None:
         """This process ended the call or recorded a retry of it."""
@@ -269,6 +284,8 @@ class Engine:
             # Cleared before the claim, not after: a Dispatch that commits while the
             # claim is in flight (and that it may not see) wakes the next wait.
             self._wake.clear()
+            if self._looks_due:
+                await self._look_again()
             if free > 0:
                 # No more than this process's limits let it start now: the store reads
                 # and deals no calls that would only be left.
@@ -506,8 +523,24 @@ class Engine:
                 ready_at = now + wait
                 if await self.store.release(lease, ready_at=ready_at):
                     self._ready_at(ready_at)
+                    followed_id = followed.dispatch_id
+                    self._followers.setdefault(followed_id, set()).add(call.dispatch_id)
+                    # Ended before it was noted here, which ``changed`` then missed.
+                    again = await self.store.get(followed_id)
+                    if again is None or again.done:
+                        self.changed(followed_id)
         except Exception:
             logger.exception("following %s for %s failed", call.follows, call.dispatch_id)
+
+    async def _look_again(self) -> None:
+        """The followers whose call ended made claimable now, not at their next look."""
+        looks, self._looks_due = self._looks_due, set()
+        now = self.clock()
+        for dispatch_id in looks:
+            try:
+                await self.store.retry_now(dispatch_id, now=now)
+            except Exception:
+                logger.exception("looking again at %s failed", dispatch_id)
 
     def _ready_at(self, ready_at: float) -> None:
         """A call handed back to the store is ready again at ``ready_at``: the claim

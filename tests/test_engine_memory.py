@@ -704,6 +704,63 @@ def test_cancelling_a_waiting_call_ends_its_children() -> None:
     scenario(body)
 
 
+class FrozenClock:
+    """A clock that stands still: what a look due later waits for never comes by time."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def wall_skew(self) -> float:
+        return 0.0
+
+
+@pytest.mark.parametrize("ends", ["while it waits", "while it is looked at"])
+def test_a_follower_ends_when_its_call_ends_not_at_its_next_look(ends: str) -> None:
+    """The call a follower follows ends: the follower, handed back to look again later
+    (by a clock that never gets there), ends then with its outcome."""
+    released = asyncio.Event()
+    looking = asyncio.Event()
+    clock = FrozenClock(time.time())  # the attempts' deadlines are read on the wall clock
+
+    async def body() -> None:
+        answers = {"first": hanging(released)}
+        async with running(answers, idle_interval=NO_POLLING, clock=clock) as run:
+            store = run.store
+            first = await run.dispatch("first")
+            await run.until(first, lambda call: call.state is State.RUNNING)
+            if ends == "while it is looked at":
+                # The follower reads the call it follows as running, then that call
+                # ends before the follower is handed back.
+                async def get_then_end(dispatch_id: str) -> Call | None:
+                    found = await store.get(dispatch_id)
+                    if dispatch_id == first and not looking.is_set():
+                        looking.set()
+                        released.set()
+                        await run.done(first)
+                    return found
+
+                run.engine.store.get = get_then_end  # type: ignore[method-assign]
+            now = clock()
+            (follower,) = await store.dispatch(
+                [NewCall("first", ENDPOINT, b"", now + 3600, follows=first)], now=now
+            )
+            run.engine.wake()
+            if ends == "while it waits":
+                await run.until(follower, lambda call: call.ready_at > now)
+                released.set()
+            else:
+                await asyncio.wait_for(looking.wait(), BOUND)
+            assert (await run.done(first)).status == Status.OK
+            ended = await run.done(follower)
+            assert ended.status == Status.OK
+            assert ended.result == (await run.done(first)).result
+
+    scenario(body)
+
+
 def test_a_follower_checks_its_call_again_by_its_own_time_not_the_idle_polling() -> None:
     """A follower (a call that takes the outcome of the call with its key) handed back
     to the store to look again later is claimed again by then, though nothing else
