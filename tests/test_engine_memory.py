@@ -24,6 +24,7 @@ from dispatchlet.scheduler.retry import RetryPolicy
 from dispatchlet.scheduler.store import Call, NewCall, State
 from dispatchlet.scheduler.store.memory import MemoryStore
 from google.protobuf import any_pb2
+from test_cron import FixedClock
 
 ENDPOINT = "http://endpoint.test"
 OTHER = "https://other.test"
@@ -704,26 +705,15 @@ def test_cancelling_a_waiting_call_ends_its_children() -> None:
     scenario(body)
 
 
-class FrozenClock:
-    """A clock that stands still: what a look due later waits for never comes by time."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def wall_skew(self) -> float:
-        return 0.0
-
-
 @pytest.mark.parametrize("ends", ["while it waits", "while it is looked at"])
 def test_a_follower_ends_when_its_call_ends_not_at_its_next_look(ends: str) -> None:
     """The call a follower follows ends: the follower, handed back to look again later
     (by a clock that never gets there), ends then with its outcome."""
     released = asyncio.Event()
     looking = asyncio.Event()
-    clock = FrozenClock(time.time())  # the attempts' deadlines are read on the wall clock
+    # A clock that stands still: a look due later never comes by time. (Started at the
+    # wall clock's time: the attempts' deadlines are read on it.)
+    clock = FixedClock(time.time())
 
     async def body() -> None:
         answers = {"first": hanging(released)}

@@ -14,7 +14,8 @@ from dispatchlet.scheduler.engine import Engine
 from dispatchlet.scheduler.store import Call, NewCall, State, Store
 from dispatchlet.scheduler.store.postgres import PostgresStore
 from postgres_server import fresh_database
-from test_engine_memory import BOUND, ENDPOINT, NO_POLLING, POLICY, FrozenClock, Scripted, hanging
+from test_cron import FixedClock
+from test_engine_memory import BOUND, ENDPOINT, NO_POLLING, POLICY, Scripted, hanging
 
 
 async def until(store: Store, dispatch_id: str, ready: Callable[[Call], bool]) -> Call:
@@ -42,7 +43,7 @@ def test_a_follower_ends_when_another_process_ends_its_call(postgres_server: str
     url = fresh_database(postgres_server)
     released = asyncio.Event()
     # A clock that stands still: the follower's next look never comes by time.
-    clock = FrozenClock(time.time())
+    clock = FixedClock(time.time())
 
     def engine(store: Store, caller: Scripted, **options: int) -> Engine:
         return Engine(
