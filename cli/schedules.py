@@ -4,6 +4,7 @@ cron schedules."""
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 from collections.abc import Iterable
@@ -256,7 +257,20 @@ def schedule_dict(info: ScheduleInfo) -> dict[str, Any]:
         "last_tick": iso(info.last_tick),
         "last_dispatch_id": info.last_dispatch_id,
         "synced_for": info.synced_for,
+        "max_attempts": info.max_attempts,
+        "timeout": seconds_or_none(info.timeout),
+        "expiration": seconds_or_none(info.expiration),
+        "concurrency": info.concurrency,
+        "rate_limit": (
+            None
+            if info.rate_limit is None
+            else {"count": info.rate_limit[0], "period": info.rate_limit[1].total_seconds()}
+        ),
     }
+
+
+def seconds_or_none(value: datetime.timedelta | None) -> float | None:
+    return None if value is None else value.total_seconds()
 
 
 __all__ = ["add_parser", "sync", "sync_line"]

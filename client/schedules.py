@@ -38,10 +38,20 @@ class ScheduleInfo:
     """The endpoint URL whose sync manages it; empty for one created by hand."""
     created_at: datetime.datetime | None
     updated_at: datetime.datetime | None
+    # What each tick's call carries (None: the scheduler's default, or no limit).
+    max_attempts: int | None = None
+    timeout: datetime.timedelta | None = None
+    """How long one attempt may run."""
+    expiration: datetime.timedelta | None = None
+    """How long the scheduler may take to run the call."""
+    concurrency: int | None = None
+    rate_limit: tuple[int, datetime.timedelta] | None = None
+    """At most this many attempts start per this period."""
 
     @classmethod
     def from_proto(cls, info: calls_pb2.ScheduleInfo) -> ScheduleInfo:
         spec = info.spec
+        options = spec.options
         data: object = None
         if spec.HasField("input"):
             try:
@@ -62,6 +72,19 @@ class ScheduleInfo:
             synced_for=info.synced_for,
             created_at=_time(info, "created_at"),
             updated_at=_time(info, "updated_at"),
+            max_attempts=options.max_attempts or None,
+            timeout=(
+                options.attempt_timeout.ToTimedelta()
+                if options.HasField("attempt_timeout")
+                else None
+            ),
+            expiration=spec.expiration.ToTimedelta() if spec.HasField("expiration") else None,
+            concurrency=options.concurrency or None,
+            rate_limit=(
+                (options.rate_limit.count, options.rate_limit.period.ToTimedelta())
+                if options.HasField("rate_limit")
+                else None
+            ),
         )
 
 

@@ -5,6 +5,7 @@ call, and the policy given to a schedule created by the client or the CLI."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -162,6 +163,21 @@ def test_a_tick_of_a_synced_schedule_carries_its_functions_policy_and_limits(
         other = await tick(h, "plain")
         assert not other.limits.limited
         assert other.policy is None
+        listed = {s.name: s for s in await asyncio.to_thread(client(h).list_schedules)}
+        shown = listed["limited"]
+        assert (shown.max_attempts, shown.concurrency) == (3, 2)
+        assert shown.rate_limit == (5, datetime.timedelta(seconds=60))
+        assert (shown.timeout, shown.expiration) == (
+            datetime.timedelta(seconds=30),
+            datetime.timedelta(seconds=600),
+        )
+        plain = listed["plain"]
+        assert (plain.max_attempts, plain.timeout, plain.concurrency, plain.rate_limit) == (
+            None,
+            None,
+            None,
+            None,
+        )
 
     scenario(tmp_path, body)
 
@@ -182,6 +198,12 @@ def test_the_client_gives_a_schedules_ticks_a_policy_and_limits(tmp_path: Path) 
             )
         )
         assert created.name == "report"
+        assert (created.max_attempts, created.timeout, created.expiration) == (
+            2,
+            datetime.timedelta(seconds=15),
+            datetime.timedelta(seconds=900),
+        )
+        assert (created.concurrency, created.rate_limit) == (1, None)
         made = await tick(h, "report")
         assert made.policy is not None
         assert (made.policy.max_attempts, made.policy.attempt_timeout) == (2, 15.0)
@@ -233,6 +255,14 @@ def test_the_cli_creates_a_schedule_with_a_policy(
         assert listed == 0
         shown = json.loads(capsys.readouterr().out)
         assert (shown["name"], shown["timezone"]) == ("digest", "Europe/Paris")
+        # The policy and limits of each tick's call, as given.
+        assert {k: shown[k] for k in ("max_attempts", "timeout", "expiration")} == {
+            "max_attempts": 4,
+            "timeout": 120.0,
+            "expiration": 3600.0,
+        }
+        assert shown["concurrency"] == 1
+        assert shown["rate_limit"] == {"count": 10, "period": 3600.0}
 
     scenario(tmp_path, body)
 
