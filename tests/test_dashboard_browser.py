@@ -453,3 +453,50 @@ def test_the_overview_charts_calls_per_minute(browser: Any, stack: Stack) -> Non
     assert browser.find_element(By.CSS_SELECTOR, "svg.bars").size["width"] > 250
     shot(browser, "overview-chart-phone", 2400)
     browser.set_window_size(1280, 1000)
+
+
+def test_a_schedule_created_from_the_form_and_what_each_call_carries(
+    browser: Any, stack: Stack
+) -> None:
+    from dispatchlet.proto.dispatchlet.scheduler.v1 import calls_pb2
+    from selenium.webdriver.common.by import By
+
+    # One stack for both browsers: names of their own.
+    limited, typed = (f"{kind}-{uuid.uuid4().hex[:6]}" for kind in ("digest", "typed"))
+    spec = calls_pb2.ScheduleSpec(
+        name=limited, cron="0 9 * * 1-5", timezone="Europe/Paris", function="echo"
+    )
+    spec.endpoint = stack.url
+    spec.options.max_attempts = 3
+    spec.options.concurrency = 2
+    spec.options.rate_limit.count = 5
+    spec.options.rate_limit.period.FromSeconds(60)
+    spec.expiration.FromSeconds(600)
+    stack.rpc(
+        "/dispatchlet.scheduler.v1.CallService/CreateSchedule",
+        calls_pb2.CreateScheduleRequest(schedule=spec),
+        calls_pb2.CreateScheduleResponse,
+    )
+    log_in(browser, stack)
+    browser.set_window_size(1280, 1000)
+    browser.get(stack.api + "/schedules")
+    until("the schedule", lambda: limited in text(browser))
+    row = browser.find_element(By.XPATH, f"//tr[td[normalize-space()='{limited}']]")
+    assert "Each call: at most 3 attempts" in row.text
+    assert "at most 2 of its function in flight; at most 5 starts per 60 s" in row.text
+    assert "given 10m00s to run" in row.text
+    # The form, as a viewer fills it in.
+    if not browser.find_element(By.NAME, "name").is_displayed():  # the form is folded
+        browser.find_element(By.CSS_SELECTOR, "details.create-schedule summary").click()
+        until("the form", browser.find_element(By.NAME, "name").is_displayed)
+    fields = {"name": typed, "cron": "*/30 * * * *", "function": "echo", "endpoint": stack.url}
+    for name, value in fields.items():
+        browser.find_element(By.NAME, name).send_keys(value)
+    browser.find_element(By.NAME, "input").send_keys('{"team": "ops"}')
+    browser.find_element(By.CSS_SELECTOR, "details.create-schedule button[type=submit]").click()
+    until("the new schedule", lambda: "done=create" in browser.current_url)
+    created = browser.find_element(By.XPATH, f"//tr[td[normalize-space()='{typed}']]")
+    assert "*/30 * * * *" in created.text
+    assert "active" in created.text
+    assert "Each call" not in created.text  # the scheduler's defaults
+    shot(browser, "schedules")

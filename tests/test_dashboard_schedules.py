@@ -5,6 +5,7 @@ pauses, resumes and deletes it with CSRF-checked POSTs."""
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 from dispatchlet.core import values
 from dispatchlet.proto.dispatchlet.scheduler.v1 import calls_pb2, options_pb2
+from google.protobuf import duration_pb2
 from scheduler_harness import ENDPOINT, Harness, harness
 from test_dashboard import get, log_in, post
 
@@ -184,6 +186,29 @@ def test_the_schedules_page_lists_pauses_resumes_and_deletes(tmp_path: Path) -> 
         unknown = "/schedules/hourly/delete"
         assert (await post(h, unknown, {"csrf": csrf}, cookie=token))[0] == 404
         assert (await post(h, "/schedules/nightly/explode", {"csrf": csrf}, cookie=token))[0] == 404
+
+    scenario(tmp_path, body)
+
+
+def test_the_schedules_page_says_what_each_tick_call_carries(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        token, _ = await log_in(h)
+        limited = spec("digest", expiration=duration_pb2.Duration(seconds=600))
+        limited.options.max_attempts = 3
+        limited.options.attempt_timeout.FromSeconds(30)
+        limited.options.concurrency = 2
+        limited.options.rate_limit.count = 5
+        limited.options.rate_limit.period.FromSeconds(60)
+        assert (await create(h, limited))[0] == 200
+        assert (await create(h, spec("plain")))[0] == 200
+        _, page, _ = await get(h, "/schedules", cookie=token)
+        page = html.unescape(page)
+        assert page.count("Each call: ") == 1
+        assert (
+            "Each call: at most 3 attempts; 30.0s per attempt (the scheduler's settings for "
+            "the rest); at most 2 of its function in flight; at most 5 starts per 60 s; "
+            "given 10m00s to run</div>"
+        ) in page
 
     scenario(tmp_path, body)
 

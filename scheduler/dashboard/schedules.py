@@ -7,6 +7,7 @@ was typed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.parse
 from dataclasses import dataclass
@@ -16,8 +17,11 @@ from aiohttp import web
 
 from ...core.errors import InvalidArgument, refuses
 from ...core.values import EncodeError, to_any
-from ...proto.dispatchlet.scheduler.v1 import calls_pb2
+from ...proto.dispatchlet.scheduler.v1 import calls_pb2, options_pb2
+from ..call_limits import LimitsInvalid, limits_of
+from ..calls import planned
 from ..schedule_api import DEFAULT_TIMEZONE, ScheduleApi
+from ..store.limits import limits_text
 from ..store.schedules import Schedule
 from . import views
 
@@ -83,6 +87,8 @@ class ScheduleRow:
     last_tick: str
     last_tick_iso: str
     actions: tuple[ScheduleAction, ...]
+    each_call: str
+    """What each tick's call carries, in words (empty: the scheduler's defaults)."""
 
     @classmethod
     def of(cls, schedule: Schedule) -> ScheduleRow:
@@ -94,7 +100,23 @@ class ScheduleRow:
             last_tick=views.moment(schedule.last_tick),
             last_tick_iso=views.iso(schedule.last_tick),
             actions=tuple(a for a in SCHEDULE_ACTIONS if a.applies(schedule)),
+            each_call=each_call(schedule),
         )
+
+
+def each_call(schedule: Schedule) -> str:
+    """The policy, limits and expiration each tick's call carries, in words."""
+    parts = []
+    if schedule.options:
+        options = options_pb2.CallOptions.FromString(schedule.options)
+        plan = planned(options, 0.0)
+        if not isinstance(plan, str):
+            parts.append(views.policy_text(plan.policy))
+        with contextlib.suppress(LimitsInvalid):  # checked when stored
+            parts.append(limits_text(limits_of(options)))
+    if schedule.expiration:
+        parts.append(f"given {views.duration(schedule.expiration)} to run")
+    return "; ".join(part for part in parts if part)
 
 
 class SchedulesPage:

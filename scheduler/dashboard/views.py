@@ -21,7 +21,7 @@ from ...core.status import Status
 from ...core.value_views import decoded, plain, read_journal
 from ...core.values import to_any
 from ...proto.dispatch.sdk.v1 import call_pb2, poll_pb2
-from ..store import AttemptHistory, Call, State
+from ..store import AttemptHistory, Call, CallPolicy, State
 
 FAILED = "failed"
 MAX_SHOWN_CHARS = 64 * 1024
@@ -63,6 +63,27 @@ def duration(seconds: float) -> str:
         return f"{hours}h{minutes:02d}m"
     days, hours = divmod(hours, 24)
     return f"{days}d{hours:02d}h"
+
+
+def policy_text(own: CallPolicy | None) -> str:
+    """A call's own retry policy in words (empty: the scheduler's settings)."""
+    if own is None:
+        return ""
+    parts = []
+    if own.max_attempts:
+        parts.append(f"at most {own.max_attempts} attempt{'s' if own.max_attempts != 1 else ''}")
+    if own.attempt_timeout:
+        parts.append(f"{duration(own.attempt_timeout)} per attempt")
+    if own.backoff_initial or own.backoff_maximum or own.backoff_multiplier:
+        backoff = (
+            f"backoff from {duration(own.backoff_initial)}" if own.backoff_initial else "backoff"
+        )
+        if own.backoff_multiplier:
+            backoff += f", times {own.backoff_multiplier:g} each retry"
+        if own.backoff_maximum:
+            backoff += f", at most {duration(own.backoff_maximum)}"
+        parts.append(backoff)
+    return "; ".join(parts) + " (the scheduler's settings for the rest)"
 
 
 def status_name(number: int | None) -> str:
@@ -469,28 +490,7 @@ class CallPage:
     @property
     def policy(self) -> str:
         """The call's own retry policy (empty: the scheduler's settings)."""
-        own = self.call.policy
-        if own is None:
-            return ""
-        parts = []
-        if own.max_attempts:
-            parts.append(
-                f"at most {own.max_attempts} attempt{'s' if own.max_attempts != 1 else ''}"
-            )
-        if own.attempt_timeout:
-            parts.append(f"{duration(own.attempt_timeout)} per attempt")
-        if own.backoff_initial or own.backoff_maximum or own.backoff_multiplier:
-            backoff = (
-                f"backoff from {duration(own.backoff_initial)}"
-                if own.backoff_initial
-                else "backoff"
-            )
-            if own.backoff_multiplier:
-                backoff += f", times {own.backoff_multiplier:g} each retry"
-            if own.backoff_maximum:
-                backoff += f", at most {duration(own.backoff_maximum)}"
-            parts.append(backoff)
-        return "; ".join(parts) + " (the scheduler's settings for the rest)"
+        return policy_text(self.call.policy)
 
     @property
     def times(self) -> list[tuple[str, str, str]]:
