@@ -124,6 +124,40 @@ def table(calls: Iterable[CallInfo]) -> list[str]:
 # --- JSON ----------------------------------------------------------------------------
 
 
+def policy_text(info: CallInfo) -> str:
+    """The call's own retry policy in words (empty: the scheduler's settings)."""
+    parts = []
+    if info.max_attempts is not None:
+        parts.append(f"at most {info.max_attempts} attempt{'s' if info.max_attempts != 1 else ''}")
+    if info.timeout is not None:
+        parts.append(f"{duration(info.timeout.total_seconds())} per attempt")
+    return ", ".join(parts)
+
+
+def limits_text(info: CallInfo) -> str:
+    """The call's concurrency and rate limits in words (empty: none)."""
+    parts = []
+    if info.concurrency is not None:
+        parts.append(f"{info.concurrency} of {info.function} at once")
+    if info.concurrency_per_key is not None:
+        parts.append(f"{info.concurrency_per_key} at once with key {info.concurrency_key!r}")
+    if info.rate_limit is not None:
+        count, period = info.rate_limit
+        parts.append(f"{count} starts per {duration(period.total_seconds())}")
+    return ", ".join(parts)
+
+
+def seconds_or_none(value: datetime.timedelta | None) -> float | None:
+    return None if value is None else value.total_seconds()
+
+
+def rate_limit_dict(rate_limit: tuple[int, datetime.timedelta] | None) -> dict[str, Any] | None:
+    """A rate limit as JSON: its count and period (seconds)."""
+    if rate_limit is None:
+        return None
+    return {"count": rate_limit[0], "period": rate_limit[1].total_seconds()}
+
+
 def as_dict(info: CallInfo, *, history: bool = False) -> dict[str, Any]:
     """A call as JSON can carry it: names for statuses, ISO 8601 times, decoded values,
     a workflow's journal decoded; ``history``: its attempts too (a whole call's)."""
@@ -150,6 +184,12 @@ def as_dict(info: CallInfo, *, history: bool = False) -> dict[str, Any]:
         "expires_at": info.expires_at.isoformat(),
         "ready_at": info.ready_at.isoformat() if info.ready_at is not None else None,
         "coroutine_state": None if state is None else _state_dict(state),
+        "max_attempts": info.max_attempts,
+        "timeout": seconds_or_none(info.timeout),
+        "concurrency": info.concurrency,
+        "concurrency_key": info.concurrency_key or None,
+        "concurrency_per_key": info.concurrency_per_key,
+        "rate_limit": rate_limit_dict(info.rate_limit),
     }
     if history:
         shown["attempts_total"] = info.attempts_total
@@ -234,6 +274,11 @@ def describe(info: CallInfo) -> list[str]:
         fields.append(("root", info.root_dispatch_id))
     if info.rerun_of:
         fields.append(("re-run of", info.rerun_of))
+    policy, limits = policy_text(info), limits_text(info)
+    if policy:
+        fields.append(("policy", policy))
+    if limits:
+        fields.append(("limits", limits))
     fields.append(("input", text(info.input)))
     if info.done and info.error is None:
         fields.append(("output", text(info.output)))

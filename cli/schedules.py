@@ -4,7 +4,6 @@ cron schedules."""
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 from collections.abc import Iterable
@@ -14,7 +13,7 @@ from ..client import Client, ScheduleInfo, SyncResult
 from ..core.endpoint import ENDPOINT_URL_ENV
 from ..core.values import EncodeError
 from .call import parse_input, seconds
-from .call_views import moment
+from .call_views import moment, rate_limit_dict, seconds_or_none
 from .dispatch import add_limit_arguments, attempt_timeout, attempts, checked, client
 from .errors import EXIT_OK, CommandError
 from .local_server import DEFAULT_ENDPOINT_URL, load_app
@@ -261,16 +260,8 @@ def schedule_dict(info: ScheduleInfo) -> dict[str, Any]:
         "timeout": seconds_or_none(info.timeout),
         "expiration": seconds_or_none(info.expiration),
         "concurrency": info.concurrency,
-        "rate_limit": (
-            None
-            if info.rate_limit is None
-            else {"count": info.rate_limit[0], "period": info.rate_limit[1].total_seconds()}
-        ),
+        "rate_limit": rate_limit_dict(info.rate_limit),
     }
-
-
-def seconds_or_none(value: datetime.timedelta | None) -> float | None:
-    return None if value is None else value.total_seconds()
 
 
 __all__ = ["add_parser", "sync", "sync_line"]

@@ -59,6 +59,7 @@ from ..proto.dispatch.sdk.v1 import call_pb2, dispatch_pb2
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2
 from .connection import Connection, SecureConnection
 from .overview import Overview
+from .policies import policy_fields
 from .retries import DEFAULT_RETRIES, DEFAULT_RETRY_TIMEOUT, Backoff
 from .schedules import ScheduleInfo, SyncResult, declared_schedules, schedule_spec
 
@@ -163,6 +164,17 @@ class CallInfo:
     attempts_total: int = 0
     """How many attempts of the call the scheduler recorded in its life (the history
     keeps the latest; 0 with the history off)."""
+    # The call's own retry policy and limits, as dispatched (``options(...)``, the
+    # function's defaults, ``dispatchlet dispatch --max-attempts ...``); None: the
+    # scheduler's setting, or no limit.
+    max_attempts: int | None = None
+    timeout: datetime.timedelta | None = None
+    """How long one attempt may run."""
+    concurrency: int | None = None
+    concurrency_key: str = ""
+    concurrency_per_key: int | None = None
+    rate_limit: tuple[int, datetime.timedelta] | None = None
+    """At most this many attempts of its function start per this period."""
 
     @classmethod
     def from_proto(cls, info: calls_pb2.CallInfo, *, allow_pickle: bool = False) -> CallInfo:
@@ -202,6 +214,7 @@ class CallInfo:
             rerun_of=info.rerun_of,
             attempts_history=tuple(AttemptInfo.from_proto(a) for a in info.history),
             attempts_total=info.attempts_total,
+            **policy_fields(info.options),
         )
 
 

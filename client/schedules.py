@@ -14,6 +14,7 @@ from ..core.declared_schedule import read_schedule
 from ..core.dispatch_options import Backoff, Seconds, settings
 from ..core.endpoint import Endpoint
 from ..proto.dispatchlet.scheduler.v1 import calls_pb2
+from .policies import policy_fields
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class ScheduleInfo:
     @classmethod
     def from_proto(cls, info: calls_pb2.ScheduleInfo) -> ScheduleInfo:
         spec = info.spec
-        options = spec.options
+        policy = policy_fields(spec.options)
         data: object = None
         if spec.HasField("input"):
             try:
@@ -72,19 +73,11 @@ class ScheduleInfo:
             synced_for=info.synced_for,
             created_at=_time(info, "created_at"),
             updated_at=_time(info, "updated_at"),
-            max_attempts=options.max_attempts or None,
-            timeout=(
-                options.attempt_timeout.ToTimedelta()
-                if options.HasField("attempt_timeout")
-                else None
-            ),
             expiration=spec.expiration.ToTimedelta() if spec.HasField("expiration") else None,
-            concurrency=options.concurrency or None,
-            rate_limit=(
-                (options.rate_limit.count, options.rate_limit.period.ToTimedelta())
-                if options.HasField("rate_limit")
-                else None
-            ),
+            max_attempts=policy["max_attempts"],
+            timeout=policy["timeout"],
+            concurrency=policy["concurrency"],
+            rate_limit=policy["rate_limit"],
         )
 
 

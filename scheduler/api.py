@@ -52,6 +52,7 @@ from .calls import (
     MAX_EXPIRATION,
     call_problem,
     duration_seconds,
+    options_of,
     oversized_input,
     planned,
     timestamp,
@@ -986,6 +987,8 @@ def call_info(
         poll = poll_pb2.Poll.FromString(call.poll)
         if poll.HasField("typed_coroutine_state"):
             info.coroutine_state.CopyFrom(poll.typed_coroutine_state)
+    if call.policy is not None or call.limits.limited:
+        info.options.CopyFrom(options_of(call.policy, call.limits))
     return info
 
 

@@ -21,6 +21,7 @@ from ..core.limits import MAX_POLL_CALLS, MAX_POLL_RESULTS
 from ..proto.dispatch.sdk.v1 import call_pb2
 from ..proto.dispatchlet.scheduler.v1 import options_pb2
 from .store import CallPolicy
+from .store.limits import Limits
 
 ENDPOINT_SCHEMES = ("http://", "https://", "arn:aws:lambda:")
 
@@ -109,6 +110,27 @@ def _policy(options: options_pb2.CallOptions) -> CallPolicy | str:
         backoff_maximum=durations["backoff maximum"],
         backoff_multiplier=multiplier,
     )
+
+
+def options_of(policy: CallPolicy | None, limits: Limits) -> options_pb2.CallOptions:
+    """The ``CallOptions`` a call's own policy and limits were given by (``planned`` and
+    ``limits_of`` read them): what ``CallInfo.options`` tells."""
+    options = options_pb2.CallOptions()
+    if policy is not None:
+        options.max_attempts = policy.max_attempts
+        if policy.attempt_timeout:
+            options.attempt_timeout.FromNanoseconds(round(policy.attempt_timeout * 1e9))
+        if policy.backoff_initial or policy.backoff_maximum or policy.backoff_multiplier:
+            options.backoff.initial.FromNanoseconds(round(policy.backoff_initial * 1e9))
+            options.backoff.maximum.FromNanoseconds(round(policy.backoff_maximum * 1e9))
+            options.backoff.multiplier = policy.backoff_multiplier
+    options.concurrency = limits.concurrency
+    options.concurrency_key = limits.key
+    options.concurrency_per_key = limits.per_key
+    if limits.rate_count:
+        options.rate_limit.count = limits.rate_count
+        options.rate_limit.period.FromNanoseconds(round(limits.rate_period * 1e9))
+    return options
 
 
 def call_problem(

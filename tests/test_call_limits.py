@@ -192,6 +192,27 @@ def test_the_cli_dispatches_calls_with_limits(
         claimed = await h.store.claim(owner="t", now=now, limit=10, lease_seconds=30)
         # Two of charge's three, one of the key's two.
         assert {c.call.dispatch_id for c in claimed} == {*limited[:2], keyed[0]}
+        # What each carries, as `calls show` tells it.
+        shown = await show(limited[0])
+        assert "limits       2 of charge at once, 5 starts per 1m00s" in shown
+        assert "policy" not in shown
+        shown = await show(keyed[1])
+        assert "limits       1 at once with key 'c-17'" in shown
+        policed = await cli("charge", "--max-attempts", "3", "--timeout", "30s")
+        assert "policy       at most 3 attempts, 30.0s per attempt" in await show(policed)
+        assert "limits" not in await show(policed)
+        fields = json.loads(await show(limited[0], "--json"))
+        assert {k: fields[k] for k in ("concurrency", "rate_limit", "max_attempts")} == {
+            "concurrency": 2,
+            "rate_limit": {"count": 5, "period": 60.0},
+            "max_attempts": None,
+        }
+
+    async def show(dispatch_id: str, *options: str) -> str:
+        status = await asyncio.to_thread(main, ["calls", "show", dispatch_id, *options])
+        printed = capsys.readouterr()
+        assert status == 0, printed
+        return printed.out
 
     scenario(tmp_path, body)
 

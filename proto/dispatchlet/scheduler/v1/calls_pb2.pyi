@@ -49,6 +49,7 @@ class CallInfo(_message.Message):
     RERUN_OF_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
     ATTEMPTS_TOTAL_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
     dispatch_id: _builtins.str
     function: _builtins.str
     endpoint: _builtins.str
@@ -102,6 +103,14 @@ class CallInfo(_message.Message):
         Get and Wait only (List leaves them out).
         """
 
+    @_builtins.property
+    def options(self) -> _options_pb2.CallOptions:
+        """The call's own retry policy and limits, as it was dispatched with them (max_attempts,
+        attempt_timeout, backoff, concurrency, concurrency_key, concurrency_per_key,
+        rate_limit); unset: the scheduler's settings, no limit. Never its key, delay or
+        start time.
+        """
+
     def __init__(
         self,
         *,
@@ -126,10 +135,11 @@ class CallInfo(_message.Message):
         rerun_of: _builtins.str = ...,
         history: _abc.Iterable[Global___Attempt] | None = ...,
         attempts_total: _builtins.int = ...,
+        options: _options_pb2.CallOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["coroutine_state", b"coroutine_state", "created_at", b"created_at", "error", b"error", "expires_at", b"expires_at", "finished_at", b"finished_at", "input", b"input", "output", b"output", "ready_at", b"ready_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["coroutine_state", b"coroutine_state", "created_at", b"created_at", "error", b"error", "expires_at", b"expires_at", "finished_at", b"finished_at", "input", b"input", "options", b"options", "output", b"output", "ready_at", b"ready_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "attempts_total", b"attempts_total", "coroutine_state", b"coroutine_state", "created_at", b"created_at", "dispatch_id", b"dispatch_id", "done", b"done", "endpoint", b"endpoint", "error", b"error", "expires_at", b"expires_at", "finished_at", b"finished_at", "function", b"function", "history", b"history", "input", b"input", "last_status", b"last_status", "output", b"output", "parent_dispatch_id", b"parent_dispatch_id", "ready_at", b"ready_at", "rerun_of", b"rerun_of", "root_dispatch_id", b"root_dispatch_id", "state", b"state", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "attempts_total", b"attempts_total", "coroutine_state", b"coroutine_state", "created_at", b"created_at", "dispatch_id", b"dispatch_id", "done", b"done", "endpoint", b"endpoint", "error", b"error", "expires_at", b"expires_at", "finished_at", b"finished_at", "function", b"function", "history", b"history", "input", b"input", "last_status", b"last_status", "options", b"options", "output", b"output", "parent_dispatch_id", b"parent_dispatch_id", "ready_at", b"ready_at", "rerun_of", b"rerun_of", "root_dispatch_id", b"root_dispatch_id", "state", b"state", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
