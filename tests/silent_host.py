@@ -1,5 +1,5 @@
-"""An endpoint's host falling silent, staged in network namespaces of its own (run as
-root of a new user and network namespace: ``unshare -rn python silent_host.py``).
+"""An endpoint's host falling silent, staged in network namespaces of its own (run in a
+new network namespace, as root of it: ``unshare -n`` as root, ``unshare -rn`` otherwise).
 
 The endpoint runs in a second network namespace joined to this one by a veth pair; its
 address is taken away at a chosen moment, after which its host drops all that comes to
