@@ -276,6 +276,8 @@ def limit_count(text: str) -> int:
 def rate_limit(text: str) -> tuple[int, float]:
     """``--rate-limit``: ``COUNT/PERIOD``, PERIOD a duration (``1s``, ``1m``, ``90``) or
     a unit alone (``10/s`` is ``10/1s``)."""
+    from ..scheduler.store.limits import MAX_RATE_PERIOD  # only when one is given
+
     count, slash, period = text.partition("/")
     if not slash:
         raise argparse.ArgumentTypeError(
@@ -284,8 +286,6 @@ def rate_limit(text: str) -> tuple[int, float]:
     number = attempts(count.strip())
     period = period.strip()
     seconds = delay("1" + period if period in ("s", "m", "h", "d") else period)
-    from ..scheduler.store.limits import MAX_RATE_PERIOD  # only when one is given
-
     if not 0 < seconds <= MAX_RATE_PERIOD:
         raise argparse.ArgumentTypeError(
             f"{text[:40]!r}: a rate limit's period is above 0 and at most a day"
