@@ -38,6 +38,7 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
+import itertools
 import logging
 import random
 import time
@@ -113,6 +114,9 @@ FOLLOW_INTERVAL_MAX = 30.0
 that one is done: at first, and at most, as it waits longer. The end of the call it
 follows, seen by this process (its own, or another's told by ``Store.watch``), brings
 the next look forward to then."""
+
+LOOKS_PER_TURN = 64
+"""The most followers the claim loop makes claimable in one turn (``_look_again``)."""
 
 ENDING_INTERVAL = 1.0
 """How often, in seconds, the engine looks for descendants left to end that it was not
@@ -533,8 +537,13 @@ class Engine:
             logger.exception("following %s for %s failed", call.follows, call.dispatch_id)
 
     async def _look_again(self) -> None:
-        """The followers whose call ended made claimable now, not at their next look."""
-        looks, self._looks_due = self._looks_due, set()
+        """The followers whose call ended made claimable now, not at their next look: up
+        to ``LOOKS_PER_TURN`` of them each turn of the claim loop, which claims between
+        (a call many followers wait on does not hold the loop up)."""
+        looks = list(itertools.islice(self._looks_due, LOOKS_PER_TURN))
+        self._looks_due.difference_update(looks)
+        if self._looks_due:
+            self._wake.set()  # the rest next turn
         now = self.clock()
         for dispatch_id in looks:
             try:

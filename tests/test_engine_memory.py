@@ -751,6 +751,35 @@ def test_a_follower_ends_when_its_call_ends_not_at_its_next_look(ends: str) -> N
     scenario(body)
 
 
+def test_many_followers_of_one_call_all_end_when_it_ends() -> None:
+    """More followers than the claim loop makes claimable in one turn: the rest follow
+    in the next turns."""
+    released = asyncio.Event()
+    clock = FixedClock(time.time())
+    count = 3 * engine_module.LOOKS_PER_TURN + 1
+
+    async def body() -> None:
+        answers = {"first": hanging(released)}
+        # Room for them all at once: followers are claimed within their destination's.
+        room = Limiter(initial=float(count + 1))
+        options = {"idle_interval": NO_POLLING, "clock": clock, "limiter": room}
+        async with running(answers, concurrency=count + 1, **options) as run:
+            first = await run.dispatch("first")
+            await run.until(first, lambda call: call.state is State.RUNNING)
+            now = clock()
+            followers = await run.store.dispatch(
+                [NewCall("first", ENDPOINT, b"", now + 3600, follows=first)] * count, now=now
+            )
+            run.engine.wake()
+            for follower in followers:
+                await run.until(follower, lambda call: call.ready_at > now)
+            released.set()
+            for follower in followers:
+                assert (await run.done(follower)).status == Status.OK
+
+    scenario(body)
+
+
 def test_a_follower_checks_its_call_again_by_its_own_time_not_the_idle_polling() -> None:
     """A follower (a call that takes the outcome of the call with its key) handed back
     to the store to look again later is claimed again by then, though nothing else
