@@ -13,6 +13,7 @@ from typing import Any
 from google.protobuf import any_pb2
 
 from ..client import AttemptInfo, CallInfo
+from ..core.dispatch_options import Backoff
 from ..core.status import Status
 from ..core.value_views import describe_any, plain, read_journal, text
 
@@ -131,6 +132,12 @@ def policy_text(info: CallInfo) -> str:
         parts.append(f"at most {info.max_attempts} attempt{'s' if info.max_attempts != 1 else ''}")
     if info.timeout is not None:
         parts.append(f"{duration(info.timeout.total_seconds())} per attempt")
+    backoff = info.backoff
+    if backoff is not None:
+        waits = f"backoff from {duration(backoff.initial)}, times {backoff.multiplier:g} each retry"
+        if backoff.maximum is not None:
+            waits += f", at most {duration(backoff.maximum)}"
+        parts.append(waits)
     return ", ".join(parts)
 
 
@@ -149,6 +156,17 @@ def limits_text(info: CallInfo) -> str:
 
 def seconds_or_none(value: datetime.timedelta | None) -> float | None:
     return None if value is None else value.total_seconds()
+
+
+def backoff_dict(backoff: Backoff | None) -> dict[str, Any] | None:
+    """A backoff as JSON: its first wait and cap in seconds, and its multiplier."""
+    if backoff is None:
+        return None
+    return {
+        "initial": backoff.initial,
+        "maximum": backoff.maximum,
+        "multiplier": backoff.multiplier,
+    }
 
 
 def rate_limit_dict(rate_limit: tuple[int, datetime.timedelta] | None) -> dict[str, Any] | None:
@@ -186,6 +204,7 @@ def as_dict(info: CallInfo, *, history: bool = False) -> dict[str, Any]:
         "coroutine_state": None if state is None else _state_dict(state),
         "max_attempts": info.max_attempts,
         "timeout": seconds_or_none(info.timeout),
+        "backoff": backoff_dict(info.backoff),
         "concurrency": info.concurrency,
         "concurrency_key": info.concurrency_key or None,
         "concurrency_per_key": info.concurrency_per_key,

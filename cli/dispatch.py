@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from ..client import CallInfo, Client, ClientError
 from ..core.call_options import key_problem
-from ..core.dispatch_options import MAX_COUNT, settings
+from ..core.dispatch_options import MAX_COUNT, Backoff, settings
 from ..core.endpoint import ENDPOINT_URL_ENV
 from ..core.messages import topic_problem
 from ..core.status import Status
@@ -45,8 +45,9 @@ first call's dispatch id (so a script may retry a dispatch safely).
 
 With --delay DURATION (90, 30s, 10m, 2h, 1d) or --at TIME (ISO 8601 with its offset,
 e.g. 2026-12-05T18:00:00Z), the call is stored at once and first runs no earlier than
-then; its expiration counts from then. --max-attempts N and --timeout DURATION (per
-attempt) replace the scheduler's retry policy for this call.
+then; its expiration counts from then. --max-attempts N, --timeout DURATION (per
+attempt) and --backoff DURATION (the first retry's wait, doubled each retry, at most
+--backoff-cap DURATION) replace the scheduler's retry policy for this call.
 
 Limits, as @endpoint.function(...) gives them to calls made in Python: --concurrency
 N (at most N attempts of FUNCTION in flight across the scheduler's processes),
@@ -148,6 +149,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         metavar="DURATION",
         help="how long one attempt may run (10, 30s, 5m)",
     )
+    add_backoff_arguments(parser)
     add_limit_arguments(parser, per_key=True)
     parser.add_argument(
         "--json", dest="use_json", action="store_true", help="print the call as JSON"
@@ -240,6 +242,42 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     stats = actions.add_parser("stats", help="the last hour's calls and the queue now")
     stats.add_argument("--json", dest="use_json", action="store_true")
     stats.set_defaults(handler=run_stats)
+
+
+def add_backoff_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--backoff`` and ``--backoff-cap``: a call's own wait before retries."""
+    parser.add_argument(
+        "--backoff",
+        type=backoff_wait,
+        metavar="DURATION",
+        help="the first retry's wait, doubled each retry (1s, 30s, 5m)",
+    )
+    parser.add_argument(
+        "--backoff-cap",
+        type=backoff_wait,
+        metavar="DURATION",
+        help="the longest wait between attempts (with --backoff)",
+    )
+
+
+def backoff_wait(text: str) -> float:
+    """``--backoff``, ``--backoff-cap``: a positive duration."""
+    found = delay(text)
+    if found <= 0:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r}: a wait between attempts must be positive")
+    return found
+
+
+def backoff_of(args: argparse.Namespace) -> Backoff | None:
+    """The ``Backoff`` that ``--backoff`` and ``--backoff-cap`` ask for, if any."""
+    if args.backoff is None:
+        if args.backoff_cap is not None:
+            raise CommandError("--backoff-cap needs --backoff: the first retry's wait")
+        return None
+    try:
+        return Backoff(args.backoff, args.backoff_cap)
+    except ValueError as exc:
+        raise CommandError(str(exc).replace("Backoff maximum", "--backoff-cap")) from None
 
 
 def add_limit_arguments(parser: argparse.ArgumentParser, *, per_key: bool) -> None:
@@ -411,6 +449,7 @@ def run_dispatch(args: argparse.Namespace) -> int:
             at=args.at,
             max_attempts=args.max_attempts,
             timeout=args.timeout,
+            backoff=backoff_of(args),
             concurrency=args.concurrency,
             concurrency_key=args.concurrency_key,
             concurrency_per_key=args.concurrency_per_key,

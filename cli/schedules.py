@@ -13,8 +13,16 @@ from ..client import Client, ScheduleInfo, SyncResult
 from ..core.endpoint import ENDPOINT_URL_ENV
 from ..core.values import EncodeError
 from .call import parse_input, seconds
-from .call_views import moment, rate_limit_dict, seconds_or_none
-from .dispatch import add_limit_arguments, attempt_timeout, attempts, checked, client
+from .call_views import backoff_dict, moment, rate_limit_dict, seconds_or_none
+from .dispatch import (
+    add_backoff_arguments,
+    add_limit_arguments,
+    attempt_timeout,
+    attempts,
+    backoff_of,
+    checked,
+    client,
+)
 from .errors import EXIT_OK, CommandError
 from .local_server import DEFAULT_ENDPOINT_URL, load_app
 
@@ -29,8 +37,9 @@ processes share its database. Ticks missed while no scheduler ran are caught up 
           read in --timezone (an IANA name, default UTC). INPUT as for `dispatchlet
           call`. The endpoint is --endpoint, else {ENDPOINT_URL_ENV}, else
           {DEFAULT_ENDPOINT_URL}. Each tick's call takes --max-attempts N,
-          --timeout DURATION (per attempt), --expiration SECONDS, --concurrency N
-          and --rate-limit COUNT/PERIOD, as `dispatchlet dispatch` does.
+          --timeout DURATION (per attempt), --backoff DURATION (--backoff-cap
+          DURATION), --expiration SECONDS, --concurrency N and --rate-limit
+          COUNT/PERIOD, as `dispatchlet dispatch` does.
   list    one line per schedule: name, cron, time zone, function, paused, next tick,
           last tick, and the endpoint it was synced for (- when created by hand);
           --json for programs.
@@ -81,6 +90,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="SECONDS",
         help="each tick's call: give up on it after this",
     )
+    add_backoff_arguments(create)
     add_limit_arguments(create, per_key=False)
     create.set_defaults(handler=run_create)
     listing = actions.add_parser("list", help="every schedule, with its next and last tick")
@@ -102,6 +112,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run_create(args: argparse.Namespace) -> int:
     check_schedule(args.name, args.cron, args.timezone)
+    backoff = backoff_of(args)
     endpoint = args.endpoint or os.environ.get(ENDPOINT_URL_ENV) or DEFAULT_ENDPOINT_URL
     value = None
     if args.input is not None:
@@ -118,6 +129,7 @@ def run_create(args: argparse.Namespace) -> int:
                     timezone=args.timezone,
                     max_attempts=args.max_attempts,
                     timeout=args.timeout,
+                    backoff=backoff,
                     expiration=args.expiration,
                     concurrency=args.concurrency,
                     rate_limit=args.rate_limit,
@@ -258,6 +270,7 @@ def schedule_dict(info: ScheduleInfo) -> dict[str, Any]:
         "synced_for": info.synced_for,
         "max_attempts": info.max_attempts,
         "timeout": seconds_or_none(info.timeout),
+        "backoff": backoff_dict(info.backoff),
         "expiration": seconds_or_none(info.expiration),
         "concurrency": info.concurrency,
         "rate_limit": rate_limit_dict(info.rate_limit),

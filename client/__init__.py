@@ -170,6 +170,8 @@ class CallInfo:
     max_attempts: int | None = None
     timeout: datetime.timedelta | None = None
     """How long one attempt may run."""
+    backoff: CallBackoff | None = None
+    """The wait before retries (its times in seconds)."""
     concurrency: int | None = None
     concurrency_key: str = ""
     concurrency_per_key: int | None = None

@@ -43,6 +43,8 @@ class ScheduleInfo:
     max_attempts: int | None = None
     timeout: datetime.timedelta | None = None
     """How long one attempt may run."""
+    backoff: Backoff | None = None
+    """The wait before retries (its times in seconds)."""
     expiration: datetime.timedelta | None = None
     """How long the scheduler may take to run the call."""
     concurrency: int | None = None
@@ -76,6 +78,7 @@ class ScheduleInfo:
             expiration=spec.expiration.ToTimedelta() if spec.HasField("expiration") else None,
             max_attempts=policy["max_attempts"],
             timeout=policy["timeout"],
+            backoff=policy["backoff"],
             concurrency=policy["concurrency"],
             rate_limit=policy["rate_limit"],
         )

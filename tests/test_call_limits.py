@@ -198,9 +198,20 @@ def test_the_cli_dispatches_calls_with_limits(
         assert "policy" not in shown
         shown = await show(keyed[1])
         assert "limits       1 at once with key 'c-17'" in shown
-        policed = await cli("charge", "--max-attempts", "3", "--timeout", "30s")
-        assert "policy       at most 3 attempts, 30.0s per attempt" in await show(policed)
+        policed = await cli(
+            "charge", "--max-attempts", "3", "--timeout", "30s", "--backoff", "2s",
+            "--backoff-cap", "1m",
+        )  # fmt: skip
+        assert (
+            "policy       at most 3 attempts, 30.0s per attempt, backoff from 2.0s, times 2 "
+            "each retry, at most 1m00s"
+        ) in await show(policed)
         assert "limits" not in await show(policed)
+        assert json.loads(await show(policed, "--json"))["backoff"] == {
+            "initial": 2.0,
+            "maximum": 60.0,
+            "multiplier": 2.0,
+        }
         fields = json.loads(await show(limited[0], "--json"))
         assert {k: fields[k] for k in ("concurrency", "rate_limit", "max_attempts")} == {
             "concurrency": 2,
@@ -226,6 +237,9 @@ def test_the_cli_dispatches_calls_with_limits(
         (["--rate-limit", "5/2d"], "a rate limit's period is above 0 and at most a day"),
         (["--rate-limit", "5/soon"], "invalid duration 'soon'"),
         (["--concurrency", "0"], "0 is not in 1.."),
+        (["--backoff", "0"], "a wait between attempts must be positive"),
+        (["--backoff-cap", "5s"], "--backoff-cap needs --backoff"),
+        (["--backoff", "1m", "--backoff-cap", "5s"], "--backoff-cap (5.0 s) is below its"),
         (["--concurrency-key", "c-17"], "--concurrency-key and --concurrency-per-key go together"),
         (["--concurrency-per-key", "1"], "--concurrency-key and --concurrency-per-key go together"),
         (

@@ -240,7 +240,7 @@ def test_the_cli_creates_a_schedule_with_a_policy(
             "schedules", "create", "digest", "0 9 * * *", "send_digest", '{"team": "ops"}',
             "--endpoint", ENDPOINT, "--timezone", "Europe/Paris",
             "--max-attempts", "4", "--timeout", "2m", "--expiration", "3600",
-            "--concurrency", "1", "--rate-limit", "10/1h",
+            "--concurrency", "1", "--rate-limit", "10/1h", "--backoff", "30s",
         ]  # fmt: skip
         status = await asyncio.to_thread(main, arguments)
         captured = capsys.readouterr()
@@ -263,6 +263,8 @@ def test_the_cli_creates_a_schedule_with_a_policy(
         }
         assert shown["concurrency"] == 1
         assert shown["rate_limit"] == {"count": 10, "period": 3600.0}
+        assert shown["backoff"] == {"initial": 30.0, "maximum": None, "multiplier": 2.0}
+        assert made.policy.backoff_initial == 30.0
 
     scenario(tmp_path, body)
 
