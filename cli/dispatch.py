@@ -262,10 +262,7 @@ def add_backoff_arguments(parser: argparse.ArgumentParser) -> None:
 
 def backoff_wait(text: str) -> float:
     """``--backoff``, ``--backoff-cap``: a positive duration."""
-    found = delay(text)
-    if found <= 0:
-        raise argparse.ArgumentTypeError(f"{text[:40]!r}: a wait between attempts must be positive")
-    return found
+    return positive_duration(text, "a wait between attempts")
 
 
 def backoff_of(args: argparse.Namespace) -> Backoff | None:
@@ -284,7 +281,7 @@ def add_limit_arguments(parser: argparse.ArgumentParser, *, per_key: bool) -> No
     """``--concurrency``, ``--rate-limit`` and (``per_key``) the per-key limit."""
     parser.add_argument(
         "--concurrency",
-        type=limit_count,
+        type=attempts,
         metavar="N",
         help="at most N attempts of the function in flight at once",
     )
@@ -294,7 +291,7 @@ def add_limit_arguments(parser: argparse.ArgumentParser, *, per_key: bool) -> No
         )
         parser.add_argument(
             "--concurrency-per-key",
-            type=limit_count,
+            type=attempts,
             metavar="N",
             help="at most N attempts in flight with the same --concurrency-key",
         )
@@ -304,11 +301,6 @@ def add_limit_arguments(parser: argparse.ArgumentParser, *, per_key: bool) -> No
         metavar="COUNT/PERIOD",
         help="at most COUNT attempts of the function start per PERIOD (10/1s, 100/1m)",
     )
-
-
-def limit_count(text: str) -> int:
-    """``--concurrency``, ``--concurrency-per-key``: a count of 1 or more."""
-    return attempts(text)
 
 
 def rate_limit(text: str) -> tuple[int, float]:
@@ -358,14 +350,20 @@ def delay(text: str) -> float:
 
 def attempt_timeout(text: str) -> float:
     """``--timeout``: a positive duration."""
+    return positive_duration(text, "an attempt's timeout")
+
+
+def positive_duration(text: str, what: str) -> float:
+    """A duration above 0; argparse's error naming ``what`` otherwise."""
     found = delay(text)
     if found <= 0:
-        raise argparse.ArgumentTypeError(f"{text[:40]!r}: an attempt's timeout must be positive")
+        raise argparse.ArgumentTypeError(f"{text[:40]!r}: {what} must be positive")
     return found
 
 
 def attempts(text: str) -> int:
-    """``--max-attempts``: a count of 1 or more."""
+    """``--max-attempts``, ``--concurrency``, ``--concurrency-per-key``: a count of 1 or
+    more."""
     try:
         number = int(text)
     except ValueError:

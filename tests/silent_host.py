@@ -23,6 +23,7 @@ from dispatchlet.core.status import Status
 from dispatchlet.proto.dispatch.sdk.v1 import function_pb2
 from dispatchlet.scheduler import endpoint_connections
 from dispatchlet.scheduler.http_caller import HttpCaller, Outcome
+from support import EndpointServer
 
 SILENT_SECONDS = 3.0
 """The silence after which a connection is given up, here (30 s by default)."""
@@ -54,8 +55,7 @@ class Endpoint(http.server.BaseHTTPRequestHandler):
 
 
 def serve() -> None:
-    server = http.server.ThreadingHTTPServer(("0.0.0.0", PORT), Endpoint)
-    server.daemon_threads = True
+    server = EndpointServer(("0.0.0.0", PORT), Endpoint)
     print("listening", flush=True)
     server.serve_forever()
 
